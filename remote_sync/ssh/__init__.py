@@ -1,0 +1,1 @@
+"""SSH transport: the connection pool, streaming remote commands, and remote snippets."""

@@ -62,13 +62,17 @@ class SSHError(RemoteSyncError):
 class HostUnreachableError(SSHError):
     """TCP connect, DNS, proxy or handshake failed, or timed out."""
 
-    default_hint = "check that the host is up, the address and port are right and the network reaches it"
+    default_hint = (
+        "check that the host is up, the address and port are right and the network reaches it"
+    )
 
 
 class AuthenticationError(SSHError):
     """The server refused every key and method we offered."""
 
-    default_hint = "check the user name, the identity file or ssh-agent, and the server's authorized_keys"
+    default_hint = (
+        "check the user name, the identity file or ssh-agent, and the server's authorized_keys"
+    )
 
 
 class HostKeyError(SSHError):

@@ -1,0 +1,378 @@
+"""The SSH connection pool: one asyncssh connection per endpoint, shared by every operation.
+
+What it owns:
+
+- :class:`Endpoint`, how to reach a machine (address, user, port, keys, ssh_config, known_hosts).
+  Two inventory entries that reach the same machine the same way compare equal and so share one
+  connection.
+- Lazy connection set-up under a global cap on concurrent handshakes (key exchange is CPU work
+  on our single event loop, and sshd drops bursts above ``MaxStartups``).
+- A per-endpoint cap on concurrent channels, below sshd's ``MaxSessions`` (10): asking for more
+  waits for a free slot, it never fails.
+- Transport tuning: AES-GCM preferred, compression off, large channel windows (the window, not
+  the cipher, bounds throughput on a high-RTT link), keepalives, connect timeout, idle close.
+- Reconnecting once, with backoff, when a connection dropped between operations.
+- Classifying asyncssh/OS failures into :mod:`remote_sync.errors`.
+
+Host keys are always checked against known_hosts. The only relaxation is the documented opt-in
+``host_key_policy="accept-new"`` (OpenSSH's ``StrictHostKeyChecking accept-new``): an unknown
+host's key is recorded on first contact; a *changed* key is refused exactly as in strict mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import asyncssh
+
+from ..errors import (
+    AuthenticationError,
+    ChannelRefusedError,
+    ConfigError,
+    ConnectionLostError,
+    HostKeyError,
+    HostUnreachableError,
+    RemoteSyncError,
+    SSHError,
+)
+
+log = logging.getLogger(__name__)
+
+HostKeyPolicy = Literal["strict", "accept-new"]
+
+#: AES-GCM first: measured about 30% faster than chacha20-poly1305 through asyncssh here,
+#: because AES-NI does the work in C while asyncssh's chacha path costs more per packet.
+PREFERRED_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach one machine. Equal endpoints share a connection in the pool."""
+
+    address: str
+    user: str | None = None
+    port: int | None = None
+    identity_files: tuple[str, ...] = ()
+    #: OpenSSH client config files; ``None`` means asyncssh's default (``~/.ssh/config``).
+    ssh_config: tuple[str, ...] | None = None
+    #: known_hosts file; ``None`` means the default ``~/.ssh/known_hosts``. Never "no checking".
+    known_hosts: str | None = None
+    host_key_policy: HostKeyPolicy = "strict"
+    proxy_command: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How errors name this endpoint when no inventory name is given."""
+        text = f"{self.user}@{self.address}" if self.user else self.address
+        return f"{text}:{self.port}" if self.port else text
+
+    @classmethod
+    def parse(cls, spec: str, **kwargs: Any) -> Endpoint:
+        """Parse an ad-hoc ``[user@]host[:port]`` (or a bare ssh_config alias)."""
+        user, sep, rest = spec.rpartition("@")
+        if not sep:
+            user, rest = "", spec
+        port: int | None = None
+        host = rest
+        if rest.startswith("["):  # [ipv6]:port
+            close = rest.find("]")
+            if close < 0:
+                raise ConfigError(f"unbalanced '[' in host {spec!r}")
+            host, tail = rest[1:close], rest[close + 1 :]
+            if tail.startswith(":"):
+                port = _parse_port(spec, tail[1:])
+        elif rest.count(":") == 1:
+            host, port_text = rest.split(":")
+            port = _parse_port(spec, port_text)
+        if not host:
+            raise ConfigError(f"no host name in {spec!r}", hint="use [user@]host[:port]")
+        return cls(address=host, user=user or None, port=port, **kwargs)
+
+
+def _parse_port(spec: str, text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"bad port {text!r} in {spec!r}", hint="use [user@]host[:port]")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Tuning of the pool; defaults suit small hosts behind home uplinks and VPS hops."""
+
+    #: Concurrent channels per connection; sshd's MaxSessions default is 10.
+    channels_per_host: int = 8
+    #: Concurrent SSH handshakes across all hosts.
+    max_handshakes: int = 16
+    connect_timeout: float = 15.0
+    login_timeout: float = 30.0
+    keepalive_interval: float = 15.0
+    keepalive_count_max: int = 3
+    #: Close a connection nobody used for this long (seconds); 0 keeps it open.
+    idle_close: float = 300.0
+    #: Receive window per channel. At 50 ms RTT a 2 MiB window caps a channel near 40 MB/s;
+    #: 16 MiB allows ~300 MB/s while keeping memory per stream bounded by this figure.
+    window: int = 16 * 1024 * 1024
+    max_pktsize: int = 256 * 1024
+    compression: bool = False
+    reconnect_backoff: float = 0.5
+
+
+@dataclass
+class HostStats:
+    """What the pool did for one endpoint (tests and the recap read it)."""
+
+    connects: int = 0
+    channels_open: int = 0
+    channels_peak: int = 0
+    operations: int = 0
+
+
+class _Client(asyncssh.SSHClient):
+    """Records host-key decisions so a refusal can say "unknown" or "changed"."""
+
+    def __init__(self, known_hosts: str, policy: HostKeyPolicy) -> None:
+        self.known_hosts = known_hosts
+        self.policy = policy
+        self.host_key_state: Literal["unknown", "changed"] | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        # Called only when the key is not among the trusted ones for this host.
+        trusted: list[Any] = []
+        if os.path.exists(self.known_hosts):
+            trusted = list(asyncssh.match_known_hosts(self.known_hosts, host, addr, port)[0])
+        self.host_key_state = "changed" if trusted else "unknown"
+        if trusted or self.policy != "accept-new":
+            return False
+        pattern = host if port in (22, None) else f"[{host}]:{port}"
+        line = f"{pattern} {key.export_public_key('openssh').decode().strip()}\n"
+        Path(self.known_hosts).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.known_hosts, "a", encoding="utf-8") as out:
+            out.write(line)
+        log.warning("accept-new: recorded the host key of %s in %s", pattern, self.known_hosts)
+        return True
+
+
+class _HostSlot:
+    """One endpoint's connection, its channel cap and its figures."""
+
+    def __init__(self, endpoint: Endpoint, settings: PoolSettings) -> None:
+        self.endpoint = endpoint
+        self.channels = anyio.Semaphore(settings.channels_per_host)
+        self.lock = anyio.Lock()
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.stats = HostStats()
+        self.last_used = time.monotonic()
+        self.ever_connected = False
+
+
+class SSHPool:
+    """Pooled asyncssh connections. Use as ``async with SSHPool() as pool``."""
+
+    def __init__(self, settings: PoolSettings | None = None) -> None:
+        self.settings = settings or PoolSettings()
+        self._slots: dict[Endpoint, _HostSlot] = {}
+        self._handshakes = anyio.Semaphore(self.settings.max_handshakes)
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> SSHPool:
+        if self.settings.idle_close > 0:
+            self._task_group = anyio.create_task_group()
+            await self._task_group.__aenter__()
+            self._task_group.start_soon(self._close_idle_loop)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
+                await self._task_group.__aexit__(None, None, None)
+        finally:
+            self._task_group = None
+            with anyio.CancelScope(shield=True):
+                await self.close()
+
+    async def close(self) -> None:
+        """Close every connection."""
+        for slot in self._slots.values():
+            await self._drop(slot)
+
+    def stats(self, endpoint: Endpoint) -> HostStats:
+        return self._slot(endpoint).stats
+
+    def _slot(self, endpoint: Endpoint) -> _HostSlot:
+        slot = self._slots.get(endpoint)
+        if slot is None:
+            slot = self._slots[endpoint] = _HostSlot(endpoint, self.settings)
+        return slot
+
+    @asynccontextmanager
+    async def session(
+        self, endpoint: Endpoint, *, host: str | None = None
+    ) -> AsyncIterator[asyncssh.SSHClientConnection]:
+        """Hold one of the endpoint's channel slots and yield its (shared) connection.
+
+        The caller opens exactly one channel on the connection while inside.
+        """
+        slot = self._slot(endpoint)
+        async with slot.channels:
+            conn = await self._connection(slot, host or endpoint.label)
+            slot.stats.operations += 1
+            slot.stats.channels_open += 1
+            slot.stats.channels_peak = max(slot.stats.channels_peak, slot.stats.channels_open)
+            try:
+                yield conn
+            finally:
+                slot.stats.channels_open -= 1
+                slot.last_used = time.monotonic()
+
+    async def reconnect(
+        self, endpoint: Endpoint, *, host: str | None = None
+    ) -> asyncssh.SSHClientConnection:
+        """A live connection for ``endpoint``: the pooled one, or a new one after a backoff."""
+        return await self._connection(self._slot(endpoint), host or endpoint.label)
+
+    async def invalidate(self, endpoint: Endpoint) -> None:
+        """Forget a connection found dead so the next operation reconnects."""
+        slot = self._slots.get(endpoint)
+        if slot is not None:
+            await self._drop(slot)
+
+    async def _connection(self, slot: _HostSlot, host: str) -> asyncssh.SSHClientConnection:
+        async with slot.lock:
+            if slot.conn is not None and not slot.conn.is_closed():
+                return slot.conn
+            if slot.conn is not None or slot.ever_connected:
+                # The connection dropped since the last operation: reopen it once, after a
+                # pause, so a host that is rebooting is not hammered.
+                slot.conn = None
+                await anyio.sleep(self.settings.reconnect_backoff)
+            async with self._handshakes:
+                slot.conn = await self._connect(slot.endpoint, host)
+            slot.ever_connected = True
+            slot.stats.connects += 1
+            slot.last_used = time.monotonic()
+            return slot.conn
+
+    async def _connect(self, endpoint: Endpoint, host: str) -> asyncssh.SSHClientConnection:
+        settings = self.settings
+        # With no explicit known_hosts, asyncssh reads UserKnownHostsFile from ssh_config and
+        # falls back to ~/.ssh/known_hosts, like ssh; that default is also where accept-new writes.
+        known_hosts = _expand(endpoint.known_hosts or "~/.ssh/known_hosts")
+        client = _Client(known_hosts, endpoint.host_key_policy)
+        options: dict[str, Any] = {
+            "client_factory": lambda: client,
+            "encryption_algs": list(PREFERRED_CIPHERS),
+            "compression_algs": (
+                ["zlib@openssh.com", "zlib", "none"] if settings.compression else ["none"]
+            ),
+            "connect_timeout": settings.connect_timeout,
+            "login_timeout": settings.login_timeout,
+            "keepalive_interval": settings.keepalive_interval,
+            "keepalive_count_max": settings.keepalive_count_max,
+        }
+        if endpoint.known_hosts is not None:
+            options["known_hosts"] = known_hosts
+        if endpoint.ssh_config is not None:
+            options["config"] = [_expand(p) for p in endpoint.ssh_config]
+        if endpoint.user:
+            options["username"] = endpoint.user
+        if endpoint.port:
+            options["port"] = endpoint.port
+        if endpoint.identity_files:
+            options["client_keys"] = [_expand(p) for p in endpoint.identity_files]
+        if endpoint.proxy_command:
+            options["proxy_command"] = endpoint.proxy_command
+        try:
+            return await asyncssh.connect(endpoint.address, **options)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            state = client.host_key_state or "not trusted"
+            what = "CHANGED" if state == "changed" else state
+            raise HostKeyError(
+                f"host key is {what} (known_hosts: {known_hosts}); refusing to connect",
+                host=host,
+            ) from exc
+        except asyncssh.PermissionDenied as exc:
+            raise AuthenticationError(f"authentication failed: {exc.reason}", host=host) from exc
+        except asyncssh.ConfigParseError as exc:
+            raise ConfigError(f"ssh_config: {exc}", host=host) from exc
+        except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
+            raise classify(exc, host, connecting=True) from exc
+
+    async def _drop(self, slot: _HostSlot) -> None:
+        conn, slot.conn = slot.conn, None
+        if conn is not None:
+            conn.close()
+            with anyio.move_on_after(2):
+                await conn.wait_closed()
+
+    async def _close_idle_loop(self) -> None:
+        idle = self.settings.idle_close
+        while True:
+            await anyio.sleep(min(idle / 2, 30.0))
+            now = time.monotonic()
+            for slot in list(self._slots.values()):
+                if (
+                    slot.conn is not None
+                    and slot.stats.channels_open == 0
+                    and now - slot.last_used > idle
+                ):
+                    log.debug("closing idle connection to %s", slot.endpoint.label)
+                    await self._drop(slot)
+
+
+def _expand(path: str) -> str:
+    """``~`` expansion (string work only; no file system access)."""
+    return os.path.expanduser(path)
+
+
+def classify(exc: BaseException, host: str, *, connecting: bool = False) -> SSHError:
+    """Map an asyncssh/OS failure to our hierarchy, naming the host."""
+    if isinstance(exc, SSHError):
+        return exc
+    if isinstance(exc, RemoteSyncError):
+        return SSHError(exc.message, host=host)
+    if isinstance(exc, asyncssh.ChannelOpenError):
+        return ChannelRefusedError(f"channel refused: {exc.reason}", host=host)
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return AuthenticationError(f"authentication failed: {exc.reason}", host=host)
+    if isinstance(exc, socket.gaierror):
+        return HostUnreachableError(f"cannot resolve host: {exc.strerror}", host=host)
+    if isinstance(exc, TimeoutError):
+        return HostUnreachableError("connection timed out", host=host)
+    if isinstance(exc, ConnectionRefusedError):
+        return HostUnreachableError("connection refused", host=host)
+    if connecting:
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        return HostUnreachableError(f"cannot connect: {reason}", host=host)
+    reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    return ConnectionLostError(f"connection lost: {reason}", host=host)
+
+
+__all__ = [
+    "Endpoint",
+    "HostStats",
+    "PoolSettings",
+    "SSHPool",
+    "classify",
+]
+
+# Silence asyncssh's per-channel info logging unless the user asks for debug output.
+logging.getLogger("asyncssh").setLevel(logging.WARNING)

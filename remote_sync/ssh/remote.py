@@ -1,0 +1,58 @@
+"""Building the command lines we run on remote hosts.
+
+Remote hosts are assumed to have a POSIX ``sh`` and coreutils or BusyBox, nothing more (no
+Python). Every remote command is built here from an argv list with :func:`shlex.quote`: a file
+name is data, never code. Names that are not valid UTF-8 cannot travel in a command line (SSH
+carries the command as text), so the engine sends such names on the command's stdin instead.
+
+Every command is wrapped so that its first stderr line reports its process id. The remote
+process is a process-group leader (sshd calls ``setsid`` for each session), so a cancel can stop
+the whole group with ``kill`` even when the server ignores SSH signal requests (OpenSSH < 7.9).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+#: Prefix of the first stderr line of every wrapped command.
+PID_MARKER = b"remote-sync-pid "
+
+# Runs under the user's login shell (which may be bash, dash, zsh, ash, even fish or csh: the
+# outer "exec sh -c" hands over to POSIX sh at once). "$$" is then the pid sshd started, which
+# is also the process group id; "exec" keeps that pid for the real command.
+_WRAPPER = 'echo "remote-sync-pid $$" >&2; exec "$@"'
+
+
+def quote_argv(argv: Sequence[str]) -> str:
+    """Quote an argv list into one POSIX shell command line."""
+    if not argv:
+        raise ValueError("empty remote command")
+    for arg in argv:
+        if "\x00" in arg:
+            raise ValueError("a remote argument cannot contain a NUL byte")
+    return " ".join(shlex.quote(arg) for arg in argv)
+
+
+def wrapped_command(argv: Sequence[str]) -> str:
+    """The command line sent to sshd: argv, run by ``sh`` after reporting its pid on stderr."""
+    return f"exec sh -c {shlex.quote(_WRAPPER)} sh {quote_argv(argv)}"
+
+
+def sh_script(script: str, *args: str) -> list[str]:
+    """argv that runs a POSIX sh script with positional arguments (``$1``...)."""
+    return ["sh", "-c", script, "sh", *args]
+
+
+def kill_group_command(pid: int) -> str:
+    """Stop a remote process group: TERM now, KILL a second later, without waiting for it.
+
+    The delayed KILL runs detached with its fds on /dev/null so the channel closes at once.
+    """
+    if pid <= 1:
+        raise ValueError(f"refusing to signal pid {pid}")
+    return (
+        f"kill -TERM -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; "
+        f"(sleep 1; kill -KILL -{pid} 2>/dev/null || kill -KILL {pid} 2>/dev/null) "
+        "</dev/null >/dev/null 2>&1 & exit 0"
+    )

@@ -1,0 +1,421 @@
+"""exec_streaming: run a remote command and consume its stdout as a bounded stream of chunks.
+
+What it owns: one SSH channel from opening to closing, the flow of its stdout into an anyio
+memory object stream, its exit status and a bounded tail of its stderr, the idle timeout, and
+stopping the remote process when the consumer cancels or leaves early.
+
+Backpressure: asyncssh hands us packets in a callback. We queue them until ``high_water`` bytes
+are waiting and then pause the channel; a paused asyncssh channel stops sending window
+adjustments, so the remote writer blocks once the SSH window is full. Memory per stream is thus
+bounded by ``window + high_water + buffer_chunks * chunk_size`` whatever the output size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import asyncssh
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..cancel import CancelRegistry, CancelToken, default_registry
+from ..errors import (
+    ConnectionLostError,
+    IdleTimeoutError,
+    RemoteCommandError,
+    RemoteSyncError,
+    TransferCancelledError,
+)
+from .pool import Endpoint, SSHPool, classify
+from .remote import PID_MARKER, kill_group_command, wrapped_command
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL_BYTES = 8 * 1024
+#: How long a signalled remote process gets to exit before the kill fallback is used.
+SIGNAL_GRACE = 0.5
+#: Upper bound on the remote clean-up after a cancel (it runs shielded).
+CLEANUP_TIMEOUT = 5.0
+
+
+class RemoteStream:
+    """The consumer's side of one remote command: iterate it for stdout chunks.
+
+    After the last chunk, iteration raises :class:`RemoteCommandError` if the command failed
+    (when ``check`` is set), :class:`ConnectionLostError` or :class:`IdleTimeoutError` if the
+    stream broke, or :class:`TransferCancelledError` if its token was cancelled.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        path: str | None,
+        token: CancelToken,
+        receive: MemoryObjectReceiveStream[bytes],
+        check: bool,
+    ) -> None:
+        self.host = host
+        self.path = path
+        self.token = token
+        self.exit_status: int | None = None
+        self.exit_signal: str | None = None
+        self.remote_pid: int | None = None
+        self.bytes_received = 0
+        self.check = check
+        self._receive = receive
+        self._stderr = bytearray()
+        self._stderr_head = bytearray()  # until the pid line is complete
+        self._failure: RemoteSyncError | None = None
+        self._finished = False
+
+    @property
+    def transfer_id(self) -> str:
+        return self.token.id
+
+    @property
+    def stderr_tail(self) -> bytes:
+        return bytes(self._stderr)
+
+    def __aiter__(self) -> RemoteStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            self._raise_outcome()
+            raise StopAsyncIteration from None
+
+    async def read_all(self) -> bytes:
+        """Collect the whole output (for small outputs such as listings)."""
+        return b"".join([chunk async for chunk in self])
+
+    def _raise_outcome(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self.token.cancelled:
+            raise TransferCancelledError(
+                self.token.reason or "cancelled", host=self.host, path=self.path
+            )
+        if self._failure is not None:
+            raise self._failure
+        if not self.check:
+            return
+        if self.exit_signal is not None:
+            raise RemoteCommandError(
+                f"remote command killed by signal {self.exit_signal}",
+                host=self.host,
+                path=self.path,
+                exit_signal=self.exit_signal,
+                stderr_tail=self.stderr_tail,
+            )
+        if self.exit_status is None:
+            raise ConnectionLostError(
+                "channel closed without an exit status", host=self.host, path=self.path
+            )
+        if self.exit_status != 0:
+            raise RemoteCommandError(
+                f"remote command exited with status {self.exit_status}",
+                host=self.host,
+                path=self.path,
+                exit_status=self.exit_status,
+                stderr_tail=self.stderr_tail,
+            )
+
+    def _add_stderr(self, data: bytes) -> None:
+        if self.remote_pid is None and len(self._stderr_head) < 64:
+            self._stderr_head += data
+            newline = self._stderr_head.find(b"\n")
+            if newline < 0 and len(self._stderr_head) < 64:
+                return
+            line = bytes(self._stderr_head[: max(newline, 0)])
+            rest = bytes(self._stderr_head[newline + 1 :]) if newline >= 0 else b""
+            self._stderr_head.clear()
+            if line.startswith(PID_MARKER) and line[len(PID_MARKER) :].isdigit():
+                self.remote_pid = int(line[len(PID_MARKER) :])
+                data = rest
+            else:
+                self.remote_pid = 0  # no marker: a non-POSIX shell ate the wrapper
+                data = line + b"\n" + rest if newline >= 0 else line
+        self._stderr += data
+        if len(self._stderr) > STDERR_TAIL_BYTES:
+            del self._stderr[: len(self._stderr) - STDERR_TAIL_BYTES]
+
+
+class _Channel(asyncssh.SSHClientSession[bytes]):
+    """asyncssh callbacks → a byte queue with pause/resume around a high-water mark."""
+
+    def __init__(self, stream: RemoteStream, high_water: int) -> None:
+        self.stream = stream
+        self.high_water = high_water
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.paused = False
+        self.discard = False
+        self.closed = anyio.Event()
+        self.exited = anyio.Event()
+        self.lost: Exception | None = None
+        self._wakeup: anyio.Event | None = None
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.stream._add_stderr(data)
+            return
+        if self.discard:
+            return
+        self.queue.append(data)
+        self.queued += len(data)
+        if self.queued >= self.high_water and not self.paused and self.chan is not None:
+            self.paused = True
+            self.chan.pause_reading()
+        self._wake()
+
+    def exit_status_received(self, status: int) -> None:
+        self.stream.exit_status = status
+        self.exited.set()
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.stream.exit_signal = signal
+        self.exited.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+        self.closed.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    def take(self, limit: int) -> bytes:
+        """Remove up to about ``limit`` queued bytes (whole packets) as one chunk."""
+        parts = []
+        size = 0
+        while self.queue and (size == 0 or size + len(self.queue[0]) <= limit):
+            part = self.queue.popleft()
+            parts.append(part)
+            size += len(part)
+        self.queued -= size
+        if self.paused and self.queued < self.high_water // 2 and self.chan is not None:
+            self.paused = False
+            self.chan.resume_reading()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def wait_for_data(self, idle_timeout: float | None) -> bool:
+        """Wait until data is queued or the channel closed; False on idle timeout."""
+        if self.queue or self.closed.is_set():
+            return True
+        event = self._wakeup = anyio.Event()
+        with anyio.move_on_after(idle_timeout):
+            await event.wait()
+            return True
+        return bool(self.queue) or self.closed.is_set()
+
+    def stop_reading(self) -> None:
+        """Drop anything further (used while a cancelled process winds down)."""
+        self.discard = True
+        self.queue.clear()
+        self.queued = 0
+        if self.paused and self.chan is not None:
+            self.paused = False
+            self.chan.resume_reading()
+
+
+async def _pump(
+    channel: _Channel,
+    stream: RemoteStream,
+    send: MemoryObjectSendStream[bytes],
+    *,
+    chunk_size: int,
+    idle_timeout: float | None,
+) -> None:
+    """Move queued packets into the bounded memory stream; ends when the channel closes."""
+    async with send:
+        with anyio.CancelScope() as scope, stream.token.bind(scope):
+            while True:
+                if not await channel.wait_for_data(idle_timeout):
+                    stream._failure = IdleTimeoutError(
+                        f"no output for {idle_timeout:g} s", host=stream.host, path=stream.path
+                    )
+                    return
+                if not channel.queue:  # closed and drained
+                    if channel.lost is not None:
+                        stream._failure = classify(channel.lost, stream.host)
+                        stream._failure.path = stream.path
+                    return
+                chunk = channel.take(chunk_size)
+                stream.bytes_received += len(chunk)
+                try:
+                    await send.send(chunk)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return  # the consumer left; the context exit stops the remote side
+
+
+async def _open_channel(
+    pool: SSHPool,
+    endpoint: Endpoint,
+    conn: asyncssh.SSHClientConnection,
+    host: str,
+    command: str,
+    factory: Any,
+) -> asyncssh.SSHClientChannel[bytes]:
+    settings = pool.settings
+
+    async def create(on: asyncssh.SSHClientConnection) -> asyncssh.SSHClientChannel[bytes]:
+        chan, _ = await on.create_session(
+            factory,
+            command,
+            encoding=None,
+            window=settings.window,
+            max_pktsize=settings.max_pktsize,
+        )
+        return chan
+
+    try:
+        return await create(conn)
+    except asyncssh.ChannelOpenError as exc:
+        raise classify(exc, host) from exc
+    except (asyncssh.Error, OSError) as exc:
+        # The shared connection died since it was last used: reopen it once and retry.
+        log.info("%s: connection dropped (%s); reconnecting once", host, exc)
+        await pool.invalidate(endpoint)
+        try:
+            return await create(await pool.reconnect(endpoint, host=host))
+        except (asyncssh.Error, OSError) as retry_exc:
+            raise classify(retry_exc, host) from retry_exc
+
+
+@asynccontextmanager
+async def exec_streaming(
+    pool: SSHPool,
+    endpoint: Endpoint,
+    argv: Sequence[str],
+    *,
+    host: str | None = None,
+    path: str | None = None,
+    stdin: bytes | None = None,
+    idle_timeout: float | None = 60.0,
+    chunk_size: int = 256 * 1024,
+    buffer_chunks: int = 8,
+    check: bool = True,
+    token: CancelToken | None = None,
+    transfer_id: str | None = None,
+    registry: CancelRegistry | None = None,
+) -> AsyncIterator[RemoteStream]:
+    """Run ``argv`` on ``endpoint`` and yield a :class:`RemoteStream` of its stdout.
+
+    ``host`` names the host in errors (the inventory name; defaults to the endpoint's label),
+    ``path`` the file concerned if any. ``stdin`` is written to the command and closed.
+    ``idle_timeout`` fails the stream after that many seconds *without any byte* (a slow
+    consumer does not count: a paused stream is not idle). The transfer is registered under
+    ``transfer_id`` in ``registry`` (child of ``token``) for as long as the block runs.
+    Leaving the block early, or cancelling, stops the remote process.
+    """
+    host = host or endpoint.label
+    registry = registry if registry is not None else default_registry
+    command = wrapped_command(argv)
+    with registry.register(transfer_id, parent=token) as own_token:
+        own_token.raise_if_cancelled(host=host, path=path)
+        send, receive = anyio.create_memory_object_stream[bytes](buffer_chunks)
+        stream = RemoteStream(host=host, path=path, token=own_token, receive=receive, check=check)
+        channel = _Channel(stream, high_water=max(chunk_size, 64 * 1024) * 2)
+        kill_pid: int | None = None
+        with receive:
+            async with pool.session(endpoint, host=host) as conn:
+                chan = await _open_channel(pool, endpoint, conn, host, command, lambda: channel)
+                unhook = own_token.on_cancel(lambda: _signal(chan, "TERM"))
+                if stdin is not None:
+                    chan.write(stdin)
+                chan.write_eof()
+                # The consumer's exception is held while the task group closes and raised after,
+                # so callers see it as is rather than wrapped in an ExceptionGroup.
+                body_error: Exception | None = None
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(
+                            lambda: _pump(
+                                channel,
+                                stream,
+                                send,
+                                chunk_size=chunk_size,
+                                idle_timeout=idle_timeout,
+                            )
+                        )
+                        try:
+                            yield stream
+                        except Exception as exc:
+                            body_error = exc
+                        finally:
+                            with anyio.CancelScope(shield=True):
+                                kill_pid = await _stop_channel(chan, channel, stream)
+                            tg.cancel_scope.cancel()
+                finally:
+                    unhook()
+            if kill_pid:
+                # The server ignored our signal (or the process ignores TERM): stop the group
+                # over a fresh channel, after releasing ours so a full cap cannot deadlock.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+                    await _kill_remote(pool, endpoint, host, kill_pid)
+            if body_error is not None:
+                raise body_error
+
+
+def _signal(chan: asyncssh.SSHClientChannel[bytes], name: str) -> None:
+    try:
+        chan.send_signal(name)
+    except (asyncssh.Error, OSError, BrokenPipeError) as exc:
+        log.debug("could not send signal %s: %s", name, exc)
+
+
+async def _stop_channel(
+    chan: asyncssh.SSHClientChannel[bytes], channel: _Channel, stream: RemoteStream
+) -> int | None:
+    """Bring the channel down; returns the remote pid still to be killed, if any."""
+    if channel.closed.is_set():
+        return None
+    # The consumer left before the command ended (cancel, early exit, error): signal it and
+    # give it a moment to go, discarding output so it cannot block on a full window.
+    channel.stop_reading()
+    if not channel.exited.is_set():
+        _signal(chan, "TERM")
+        with anyio.move_on_after(SIGNAL_GRACE):
+            await channel.exited.wait()
+    chan.close()
+    with anyio.move_on_after(CLEANUP_TIMEOUT):
+        await channel.closed.wait()
+    if channel.exited.is_set():
+        return None
+    return stream.remote_pid or None
+
+
+async def _kill_remote(pool: SSHPool, endpoint: Endpoint, host: str, pid: int) -> None:
+    try:
+        async with pool.session(endpoint, host=host) as conn:
+            await conn.run(kill_group_command(pid), check=False, encoding=None)
+    except (RemoteSyncError, asyncssh.Error, OSError) as exc:
+        log.warning("%s: could not stop remote process %d: %s", host, pid, exc)
+
+
+async def run_command(
+    pool: SSHPool,
+    endpoint: Endpoint,
+    argv: Sequence[str],
+    **kwargs: Any,
+) -> bytes:
+    """Run a command with small output and return its stdout (errors as exec_streaming)."""
+    async with exec_streaming(pool, endpoint, argv, **kwargs) as stream:
+        return await stream.read_all()
+
+
+__all__ = ["RemoteStream", "exec_streaming", "run_command"]

@@ -1,0 +1,372 @@
+"""Incremental JSONL decoding: byte chunks in, records with absolute offsets out.
+
+This module owns the framing and decoding of newline-delimited JSON transcripts as they are
+pulled from a host: :class:`JsonlDecoder` is fed arbitrary byte chunks and returns one
+:class:`Record` per complete line (its absolute byte offset, its length and the decoded value)
+or one :class:`LineError` per line that cannot be decoded, and it tracks
+:attr:`JsonlDecoder.committed_offset`, the point up to which a checkpoint may advance.
+:func:`decode_all` is the whole-buffer convenience.
+
+Rules, all of which depend only on a line's own bytes (never on how the stream was chunked):
+
+* A line ends at ``b"\\n"``. ``length`` always includes that newline; a ``b"\\r"`` before it is
+  part of the line and JSON whitespace, so CRLF files decode like LF files.
+* The partial line after the last newline is held, never emitted and never lost, until its
+  newline arrives.
+* Blank and whitespace-only lines (JSON whitespace: space, tab, ``\\r``) yield nothing, but
+  offsets account for them and they are committed.
+* A line that is not valid UTF-8, is not valid JSON, or does not match the requested type
+  yields a :class:`LineError` and decoding continues with the next line.
+* A line whose bytes, not counting its ``b"\\n"``, number more than ``max_line_bytes`` yields a
+  :class:`LineError` and is never buffered whole: as soon as the held partial line grows past
+  the limit its bytes are dropped and the decoder skips to the next newline, keeping only a
+  count.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from typing import Any, Generic, TypeVar, overload
+
+import msgspec
+
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "JsonlDecoder", "LineError", "Record", "decode_all"]
+
+T = TypeVar("T")
+
+DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
+"""Lines longer than this (64 MiB, newline not counted) are reported, not decoded."""
+
+_NL = b"\n"
+_JSON_WS = b" \t\r"
+
+# Types whose msgspec decoding reads every string in the document (and so rejects invalid
+# UTF-8 by itself). For any other type (a Struct skips unknown fields unread, ``Raw`` skips
+# everything) the decoder checks UTF-8 itself.
+_SELF_VALIDATING: frozenset[object] = frozenset({dict[str, Any], dict, Any, list[Any], list})
+
+_UTF8_WINDOW = 256 * 1024
+
+_SHAPE_MISMATCH = re.compile(r"Expected `([^`]+)`, got `([^`]+)`")
+
+
+class Record(msgspec.Struct, Generic[T], gc=False):
+    """One decoded line."""
+
+    offset: int
+    """Absolute byte offset of the line's first byte."""
+    length: int
+    """Bytes of the line, including its trailing ``b"\\n"``."""
+    value: T
+    """The decoded JSON value."""
+
+
+class LineError(msgspec.Struct, gc=False):
+    """One line that could not be decoded; the decoder carried on past it."""
+
+    offset: int
+    """Absolute byte offset of the line's first byte."""
+    length: int
+    """Bytes of the line, including its trailing ``b"\\n"``."""
+    reason: str
+    """What was wrong, e.g. ``"invalid UTF-8"`` or ``"expected object, got array"``."""
+
+
+class JsonlDecoder(Generic[T]):
+    """Decode a JSONL byte stream fed in arbitrary chunks.
+
+    ``type`` is what each line decodes to: by default ``dict[str, Any]`` (any JSON object), or
+    a msgspec Struct (unknown fields are ignored unless the Struct forbids them). One
+    ``msgspec.json.Decoder`` is built per decoder and reused for every line.
+
+    ``start_offset`` is the absolute file offset of the first byte that will be fed, so that
+    offsets stay absolute when decoding resumes mid-file; it must be the start of a line.
+
+    Invariant: ``committed_offset + pending_bytes == start_offset + total bytes fed``.
+    """
+
+    __slots__ = (
+        "_committed",
+        "_decode",
+        "_max",
+        "_parts",
+        "_pending_len",
+        "_skipping",
+        "_too_long_prefix",
+        "_utf8_checked_by_msgspec",
+    )
+
+    @overload
+    def __init__(
+        self: JsonlDecoder[dict[str, Any]],
+        *,
+        max_line_bytes: int = ...,
+        start_offset: int = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        type: type[T],
+        *,
+        max_line_bytes: int = ...,
+        start_offset: int = ...,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        type: Any = dict[str, Any],
+        *,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        start_offset: int = 0,
+    ) -> None:
+        if max_line_bytes < 0:
+            raise ValueError(f"max_line_bytes must be >= 0, got {max_line_bytes}")
+        if start_offset < 0:
+            raise ValueError(f"start_offset must be >= 0, got {start_offset}")
+        self._decode = msgspec.json.Decoder(type).decode
+        self._utf8_checked_by_msgspec = _is_self_validating(type)
+        self._max = max_line_bytes
+        self._too_long_prefix = f"line longer than {max_line_bytes} bytes ("
+        self._committed = start_offset
+        # The held partial line: a list of its pieces, joined only when its newline arrives
+        # (or when pending() asks), so a line fed in many small chunks costs O(n), not O(n^2).
+        self._parts: list[bytes] = []
+        # Bytes of the partial line so far: held in _parts, or counted only while skipping.
+        self._pending_len = 0
+        self._skipping = False
+
+    @property
+    def committed_offset(self) -> int:
+        """Absolute offset just past the last complete line: where a checkpoint may advance to."""
+        return self._committed
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes fed since :attr:`committed_offset`: the partial trailing line.
+
+        While an over-long line is being skipped this counts the skipped bytes too (they are
+        fed but not committed), although :meth:`pending` returns nothing for them.
+        """
+        return self._pending_len
+
+    @property
+    def skipping(self) -> bool:
+        """True while the partial line has outgrown ``max_line_bytes`` and is being dropped."""
+        return self._skipping
+
+    def pending(self) -> bytes:
+        """The held partial trailing line (empty while skipping an over-long line)."""
+        parts = self._parts
+        if not parts:
+            return b""
+        if len(parts) > 1:
+            parts[:] = [b"".join(parts)]
+        return parts[0]
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[Record[T] | LineError]:
+        """Consume ``chunk`` and return the records and errors of the lines it completes."""
+        data = chunk if type(chunk) is bytes else bytes(chunk)
+        size = len(data)
+        out: list[Record[T] | LineError] = []
+        if not size:
+            return out
+        pos = 0
+        if self._pending_len:  # a partial line (held or being skipped) is waiting
+            nl = data.find(_NL)
+            if nl < 0:
+                self._grow_pending(data)
+                return out
+            self._finish_pending(data, nl, out)
+            pos = nl + 1
+        last = data.rfind(_NL, pos)
+        if last >= 0:
+            self._decode_lines(data, pos, last, out)
+            pos = last + 1
+        if pos < size:
+            self._grow_pending(data[pos:] if pos else data)
+        return out
+
+    def _grow_pending(self, piece: bytes) -> None:
+        """Add a newline-free piece to the partial line, switching to skipping past the limit."""
+        self._pending_len += len(piece)
+        if self._skipping:
+            return
+        if self._pending_len > self._max:
+            self._parts.clear()
+            self._skipping = True
+        else:
+            self._parts.append(piece)
+
+    def _finish_pending(self, data: bytes, nl: int, out: list[Record[T] | LineError]) -> None:
+        """The newline of the partial line is at ``data[nl]``: emit that line."""
+        offset = self._committed
+        content = self._pending_len + nl
+        length = content + 1
+        if self._skipping or content > self._max:
+            out.append(LineError(offset, length, f"{self._too_long_prefix}{length} bytes)"))
+        else:
+            self._parts.append(data[:nl])
+            line = b"".join(self._parts)
+            if not self._utf8_checked_by_msgspec and not _is_utf8(line):
+                out.append(LineError(offset, length, "invalid UTF-8"))
+            else:
+                try:
+                    out.append(Record(offset, length, self._decode(line)))
+                except Exception as exc:
+                    error = _line_error(line, offset, exc)
+                    if error is not None:
+                        out.append(error)
+        self._parts.clear()
+        self._pending_len = 0
+        self._skipping = False
+        self._committed = offset + length
+
+    def _decode_lines(
+        self, data: bytes, pos: int, last: int, out: list[Record[T] | LineError]
+    ) -> None:
+        """Decode the whole lines of ``data[pos : last + 1]`` (``data[last]`` is a newline);
+        ``data[pos]`` is at the committed offset."""
+        base = self._committed - pos  # absolute offset of data[0]
+        max_bytes = self._max
+        view = memoryview(data)  # lines are decoded from zero-copy slices
+        bad_utf8 = None
+        if not self._utf8_checked_by_msgspec and not data.isascii():
+            bad_utf8 = _invalid_utf8_starts(data, pos, last + 1, base, max_bytes)
+        decode = self._decode
+        find = data.find
+        append = out.append
+        while pos <= last:
+            nl = find(_NL, pos)
+            length = nl - pos + 1
+            if length > max_bytes + 1:
+                append(LineError(base + pos, length, f"{self._too_long_prefix}{length} bytes)"))
+            elif bad_utf8 and base + pos in bad_utf8:
+                append(LineError(base + pos, length, "invalid UTF-8"))
+            else:
+                try:
+                    append(Record(base + pos, length, decode(view[pos:nl])))
+                except Exception as exc:
+                    error = _line_error(data[pos:nl], base + pos, exc)
+                    if error is not None:
+                        append(error)
+            pos = nl + 1
+        self._committed = base + pos
+
+
+def _is_self_validating(tp: object) -> bool:
+    try:
+        return tp in _SELF_VALIDATING
+    except TypeError:  # an unhashable type expression
+        return False
+
+
+def _is_utf8(line: bytes) -> bool:
+    if line.isascii():
+        return True
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _invalid_utf8_starts(data: bytes, pos: int, end: int, base: int, max_bytes: int) -> set[int]:
+    """Absolute offsets of the lines of ``data[pos:end]`` that are not valid UTF-8.
+
+    ``data[pos]`` starts a line, ``data[end - 1]`` ends one and ``data[0]`` is at absolute
+    offset ``base``. A newline never occurs inside a UTF-8 sequence, so lines are independent:
+    validate up to the first bad byte, flag its line, resume at the next line. Validation runs
+    over windows of whole lines (the decoded text it allocates stays small and cache-warm);
+    lines over ``max_bytes`` are reported as too long anyway and are not read.
+    """
+    bad: set[int] = set()
+    view = memoryview(data)
+    while pos < end:
+        stop = pos + _UTF8_WINDOW
+        if stop >= end:
+            stop = end
+        else:
+            nl = data.rfind(_NL, pos, stop)
+            if nl < 0:  # one line longer than the window
+                stop = data.find(_NL, stop, end) + 1
+                if stop - pos - 1 > max_bytes:
+                    pos = stop
+                    continue
+            else:
+                stop = nl + 1
+        try:
+            codecs.utf_8_decode(view[pos:stop], "strict", True)
+        except UnicodeDecodeError as exc:
+            at = pos + exc.start
+            nl = data.rfind(_NL, pos, at)
+            bad.add(base + (nl + 1 if nl >= 0 else pos))
+            pos = data.find(_NL, at, end) + 1
+        else:
+            pos = stop
+    return bad
+
+
+def _line_error(line: bytes, offset: int, exc: Exception) -> LineError | None:
+    """The error for a line that failed to decode, or None for a blank line (skipped)."""
+    if not line.strip(_JSON_WS):
+        return None
+    length = len(line) + 1
+    if not _is_utf8(line):
+        return LineError(offset, length, "invalid UTF-8")
+    return LineError(offset, length, _reason(exc))
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, msgspec.ValidationError):
+        message = str(exc)
+        shape = _SHAPE_MISMATCH.fullmatch(message)
+        if shape is not None:  # the top-level value is the wrong kind
+            return f"expected {shape[1]}, got {shape[2]}"
+        return f"schema mismatch: {message}"
+    if isinstance(exc, msgspec.DecodeError):
+        message = str(exc).removeprefix("JSON is malformed: ")
+        if message == "Input data was truncated":
+            message = "truncated"
+        return f"invalid JSON: {message}"
+    if isinstance(exc, RecursionError):
+        return "invalid JSON: nested too deeply"
+    return f"cannot decode: {type(exc).__name__}: {exc}"
+
+
+@overload
+def decode_all(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_line_bytes: int = ...,
+    start_offset: int = ...,
+) -> tuple[list[Record[dict[str, Any]] | LineError], int]: ...
+
+
+@overload
+def decode_all(
+    data: bytes | bytearray | memoryview,
+    type: type[T],
+    *,
+    max_line_bytes: int = ...,
+    start_offset: int = ...,
+) -> tuple[list[Record[T] | LineError], int]: ...
+
+
+def decode_all(
+    data: bytes | bytearray | memoryview,
+    type: Any = dict[str, Any],
+    *,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    start_offset: int = 0,
+) -> tuple[list[Any], int]:
+    """Decode a whole buffer: its records and errors, and the committed offset.
+
+    A partial last line (no trailing newline) is not decoded; the committed offset stops at
+    its start, so a caller can resume there.
+    """
+    decoder: JsonlDecoder[Any] = JsonlDecoder(
+        type, max_line_bytes=max_line_bytes, start_offset=start_offset
+    )
+    return decoder.feed(data), decoder.committed_offset

@@ -1,0 +1,480 @@
+"""Tests of the incremental JSONL decoder (remote_sync.decode.jsonl)."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from typing import Any
+from unittest import mock
+
+import msgspec
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from remote_sync.decode import jsonl
+from remote_sync.decode.jsonl import (
+    DEFAULT_MAX_LINE_BYTES,
+    JsonlDecoder,
+    LineError,
+    Record,
+    decode_all,
+)
+
+MiB = 1024 * 1024
+
+Item = Record[Any] | LineError
+
+
+class View(msgspec.Struct):
+    """A small view: unknown fields are ignored (msgspec's default)."""
+
+    type: str
+    id: int | None = None
+
+
+class Loose(msgspec.Struct):
+    """Every field optional, so any JSON object decodes: exercises the Struct UTF-8 path."""
+
+    a: Any = None
+
+
+def feed_chunks(decoder: JsonlDecoder[Any], data: bytes, cuts: list[int]) -> list[Item]:
+    """Feed ``data`` cut at ``cuts`` (sorted, may repeat: empty chunks), checking invariants."""
+    out: list[Item] = []
+    start = decoder.committed_offset + decoder.pending_bytes
+    prev = 0
+    for cut in [*cuts, len(data)]:
+        out.extend(decoder.feed(data[prev:cut]))
+        prev = cut
+        fed = start + cut
+        assert decoder.committed_offset + decoder.pending_bytes == fed
+        if decoder.skipping:
+            assert decoder.pending() == b""
+        else:
+            first = decoder.committed_offset - start
+            assert decoder.pending() == data[first:cut]
+            assert b"\n" not in decoder.pending()
+    return out
+
+
+def reference(
+    data: bytes, tp: Any, max_line_bytes: int, start_offset: int = 0
+) -> tuple[list[tuple[Any, ...]], int]:
+    """An independent, obviously-right model: split on newlines, judge each line alone."""
+    decode = msgspec.json.Decoder(tp).decode
+    lines = data.split(b"\n")
+    lines.pop()  # the partial tail (or b"" after a final newline)
+    model: list[tuple[Any, ...]] = []
+    offset = start_offset
+    for line in lines:
+        length = len(line) + 1
+        if len(line) > max_line_bytes:
+            model.append(("too_long", offset, length))
+        elif line.strip(b" \t\r"):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                model.append(("error", offset, length, "invalid UTF-8"))
+            else:
+                try:
+                    model.append(("record", offset, length, decode(line)))
+                except (msgspec.DecodeError, RecursionError):
+                    model.append(("error", offset, length, None))
+        offset += length
+    return model, offset
+
+
+def as_model(items: list[Item], max_line_bytes: int) -> list[tuple[Any, ...]]:
+    model: list[tuple[Any, ...]] = []
+    for item in items:
+        if isinstance(item, Record):
+            model.append(("record", item.offset, item.length, item.value))
+        elif item.reason.startswith("line longer than"):
+            assert item.reason == f"line longer than {max_line_bytes} bytes ({item.length} bytes)"
+            model.append(("too_long", item.offset, item.length))
+        elif item.reason == "invalid UTF-8":
+            model.append(("error", item.offset, item.length, item.reason))
+        else:
+            prefixes = ("invalid JSON: ", "expected ", "schema mismatch: ", "cannot decode: ")
+            assert item.reason.startswith(prefixes), item.reason
+            model.append(("error", item.offset, item.length, None))
+    return model
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def test_offsets_and_lengths() -> None:
+    data = b'{"a":1}\n{"bb":22}\n{"c":"\xc3\xa9"}\n'
+    items, committed = decode_all(data)
+    assert items == [
+        Record(0, 8, {"a": 1}),
+        Record(8, 10, {"bb": 22}),
+        Record(18, 11, {"c": "é"}),
+    ]
+    assert committed == len(data)
+    for item in items:
+        assert data[item.offset + item.length - 1 : item.offset + item.length] == b"\n"
+
+
+def test_partial_tail_held_then_completed() -> None:
+    decoder = JsonlDecoder()
+    assert decoder.feed(b'{"a":1}\n{"b":') == [Record(0, 8, {"a": 1})]
+    assert decoder.committed_offset == 8
+    assert decoder.pending_bytes == 5
+    assert decoder.pending() == b'{"b":'
+    assert decoder.feed(b"") == []
+    assert decoder.feed(b"2") == []
+    assert decoder.pending() == b'{"b":2'
+    assert decoder.feed(b"}") == []
+    assert decoder.committed_offset == 8
+    assert decoder.feed(b"\n") == [Record(8, 8, {"b": 2})]
+    assert decoder.committed_offset == 16
+    assert decoder.pending_bytes == 0
+    assert decoder.pending() == b""
+
+
+def test_decode_all_leaves_partial_tail_uncommitted() -> None:
+    items, committed = decode_all(b'{"a":1}\n{"b":2}')
+    assert items == [Record(0, 8, {"a": 1})]
+    assert committed == 8
+
+
+def test_accepts_bytearray_and_memoryview() -> None:
+    decoder = JsonlDecoder()
+    buf = bytearray(b'{"a":1}\n{"b"')
+    assert decoder.feed(buf) == [Record(0, 8, {"a": 1})]
+    buf[:] = b"XXXXXXXXXXXXX"  # the caller reuses its buffer: the held tail must not change
+    assert decoder.feed(memoryview(b"xx:2}\n")[2:]) == [Record(8, 8, {"b": 2})]
+
+
+def test_malformed_json_reported_and_decoding_continues() -> None:
+    data = b'{"a":1}\n{"a":\n{nope}\n{"a":1} trailing\n{"b":2}\n'
+    items, committed = decode_all(data)
+    assert items[0] == Record(0, 8, {"a": 1})
+    errors = items[1:4]
+    assert [(e.offset, e.length) for e in errors] == [(8, 6), (14, 7), (21, 17)]
+    for error in errors:
+        assert isinstance(error, LineError)
+        assert error.reason.startswith("invalid JSON: ")
+    assert items[4] == Record(38, 8, {"b": 2})
+    assert committed == len(data)
+
+
+@pytest.mark.parametrize("tp", [dict[str, Any], View, Loose])
+def test_invalid_utf8(tp: Any) -> None:
+    lines = [
+        b'{"type":"x","s":"\xff"}',  # invalid byte inside a string (skipped by View)
+        b'{"type":"x","\xc3":1}',  # truncated sequence in a key
+        b'{"type":"x","s":"\xed\xa0\x80"}',  # UTF-8-encoded surrogate
+        b'{"type":"x","s":"\xc0\x80"}',  # overlong NUL
+        b'{"type":"x"} \xe2\x82',  # truncated sequence after the value
+    ]
+    good = b'{"type":"ok","s":"\xe2\x82\xac"}'
+    data = b"\n".join([good, *lines, good]) + b"\n"
+    items, _ = decode_all(data, tp)
+    assert isinstance(items[0], Record)
+    assert isinstance(items[-1], Record)
+    assert len(items) == len(lines) + 2
+    offset = len(good) + 1
+    for item, line in zip(items[1:-1], lines, strict=True):
+        assert item == LineError(offset, len(line) + 1, "invalid UTF-8")
+        offset += len(line) + 1
+    # The same lines fed one byte at a time go through the partial-line path.
+    decoder = JsonlDecoder(tp)
+    assert feed_chunks(decoder, data, list(range(len(data)))) == items
+
+
+def test_wrong_type() -> None:
+    data = b'[1,2]\n"s"\n3\nnull\n{"a":[]}\n'
+    items, _ = decode_all(data)
+    assert items[:4] == [
+        LineError(0, 6, "expected object, got array"),
+        LineError(6, 4, "expected object, got str"),
+        LineError(10, 2, "expected object, got int"),
+        LineError(12, 5, "expected object, got null"),
+    ]
+    assert items[4] == Record(17, 9, {"a": []})
+
+
+def test_struct_tolerates_unknown_fields_and_reports_schema_mismatch() -> None:
+    data = (
+        b'{"type":"message","id":7,"message":{"content":[{"x":1}]},"extra":null}\n'
+        b'{"id":1}\n'
+        b'{"type":5}\n'
+        b'{"type":"m"}\n'
+    )
+    items, _ = decode_all(data, View)
+    first = data.index(b"\n") + 1
+    assert items[0] == Record(0, first, View(type="message", id=7))
+    assert isinstance(items[1], LineError)
+    assert items[1].reason.startswith("schema mismatch: ")
+    assert "type" in items[1].reason
+    assert isinstance(items[2], LineError)
+    assert items[2].reason.startswith("schema mismatch: ")
+    assert items[3] == Record(len(data) - 13, 13, View(type="m"))
+
+
+def test_crlf_lines() -> None:
+    data = b'{"a":1}\r\n\r\n{"b":2}\r\n{"c":'
+    decoder = JsonlDecoder()
+    items = decoder.feed(data)
+    assert items == [Record(0, 9, {"a": 1}), Record(11, 9, {"b": 2})]
+    assert decoder.committed_offset == 20
+    # A lone \r is neither a line end nor valid inside a value.
+    items, _ = decode_all(b'{"a":1}\r{"b":2}\n')
+    assert len(items) == 1
+    assert isinstance(items[0], LineError)
+
+
+def test_blank_lines_skipped_but_counted() -> None:
+    data = b'\n  \n\t\r\n{"a":1}\n\n \n'
+    decoder = JsonlDecoder()
+    assert decoder.feed(data) == [Record(7, 8, {"a": 1})]
+    assert decoder.committed_offset == len(data)
+    assert decoder.feed(b"\n\n") == []
+    assert decoder.committed_offset == len(data) + 2
+    # Other ASCII whitespace (form feed) is not JSON whitespace: an error, not a blank line.
+    (error,), _ = decode_all(b"\x0c\n")
+    assert isinstance(error, LineError)
+    assert (error.offset, error.length) == (0, 2)
+    assert error.reason.startswith("invalid JSON: ")
+
+
+def test_start_offset() -> None:
+    data = b'{"a":1}\n\n[1]\n{"b":'
+    decoder = JsonlDecoder(start_offset=1000)
+    items = decoder.feed(data)
+    assert items == [
+        Record(1000, 8, {"a": 1}),
+        LineError(1009, 4, "expected object, got array"),
+    ]
+    assert decoder.committed_offset == 1013
+    assert decoder.pending_bytes == 5
+    assert decoder.feed(b"2}\n") == [Record(1013, 8, {"b": 2})]
+    assert decode_all(data, start_offset=7)[1] == 20
+
+
+def test_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        JsonlDecoder(max_line_bytes=-1)
+    with pytest.raises(ValueError):
+        JsonlDecoder(start_offset=-1)
+
+
+def test_default_limit() -> None:
+    assert 64 * MiB == DEFAULT_MAX_LINE_BYTES
+
+
+def test_too_long_line_in_one_chunk() -> None:
+    data = b'{"a":"' + b"x" * 20 + b'"}\n{"b":2}\n'
+    items, committed = decode_all(data, max_line_bytes=16)
+    assert items == [
+        LineError(0, 29, "line longer than 16 bytes (29 bytes)"),
+        Record(29, 8, {"b": 2}),
+    ]
+    assert committed == len(data)
+
+
+def test_limit_is_exclusive_of_newline() -> None:
+    line = b'{"a":"xy"}'  # 10 bytes
+    assert isinstance(decode_all(line + b"\n", max_line_bytes=10)[0][0], Record)
+    assert isinstance(decode_all(line + b"\n", max_line_bytes=9)[0][0], LineError)
+    decoder = JsonlDecoder(max_line_bytes=10)
+    assert decoder.feed(line) == []
+    assert not decoder.skipping
+    assert decoder.feed(b"\n") == [Record(0, 11, {"a": "xy"})]
+
+
+def test_too_long_line_skipped_across_chunks() -> None:
+    decoder = JsonlDecoder(max_line_bytes=10, start_offset=5)
+    assert decoder.feed(b'{"a":1}\n{"long":"') == [Record(5, 8, {"a": 1})]
+    assert not decoder.skipping
+    assert decoder.feed(b"xxxxx") == []
+    assert decoder.skipping
+    assert decoder.pending() == b""
+    assert decoder.pending_bytes == 14
+    assert decoder.committed_offset == 13
+    assert decoder.feed(b"y" * 100) == []
+    assert decoder.pending_bytes == 114
+    assert decoder.feed(b'"}\n{"b":2}\n') == [
+        LineError(13, 117, "line longer than 10 bytes (117 bytes)"),
+        Record(130, 8, {"b": 2}),
+    ]
+    assert not decoder.skipping
+    assert decoder.committed_offset == 138
+    assert decoder.pending_bytes == 0
+
+
+def test_too_long_line_not_buffered() -> None:
+    """A 200 MiB line with a 1 MiB limit, fed in 1 MiB chunks, never holds more than a chunk."""
+    chunk = bytearray(b"x" * MiB)
+    decoder = JsonlDecoder(max_line_bytes=MiB)
+    n_chunks = 200
+    tracemalloc.start()
+    try:
+        results: list[Item] = []
+        for _ in range(n_chunks):
+            results += decoder.feed(memoryview(chunk))  # copied to bytes by feed: 1 MiB each
+        assert decoder.skipping
+        assert decoder.pending_bytes == n_chunks * MiB
+        results += decoder.feed(b'\n{"a":1}\n')
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    length = n_chunks * MiB + 1
+    assert results == [
+        LineError(0, length, f"line longer than {MiB} bytes ({length} bytes)"),
+        Record(length, 8, {"a": 1}),
+    ]
+    assert peak < 4 * MiB, f"peak {peak / MiB:.1f} MiB"
+
+
+def test_long_line_in_small_chunks_is_linear() -> None:
+    """A 4 MiB line fed in 64-byte chunks: joining the pieces once keeps it O(n)."""
+    text = b"y" * (4 * MiB)
+    data = b'{"a":"' + text + b'"}\n'
+    decoder = JsonlDecoder()
+    started = time.perf_counter()
+    items: list[Item] = []
+    for i in range(0, len(data), 64):
+        items += decoder.feed(data[i : i + 64])
+    elapsed = time.perf_counter() - started
+    assert items == [Record(0, len(data), {"a": text.decode()})]
+    assert elapsed < 10, f"{elapsed:.1f} s: quadratic buffering?"
+
+
+def test_pending_join_does_not_lose_bytes() -> None:
+    decoder = JsonlDecoder()
+    for piece in (b'{"a"', b":", b'"b', b'c"'):
+        assert decoder.feed(piece) == []
+        assert decoder.pending() == b'{"a":"bc"'[: decoder.pending_bytes]
+    assert decoder.feed(b"}\n") == [Record(0, 11, {"a": "bc"})]
+
+
+def test_deeply_nested_line_is_an_error() -> None:
+    data = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b'}\n{"b":1}\n'
+    items, _ = decode_all(data)
+    assert isinstance(items[0], LineError)
+    assert items[0].reason.startswith("invalid JSON")
+    assert items[1] == Record(len(data) - 8, 8, {"b": 1})
+
+
+def test_post_init_failure_is_an_error() -> None:
+    class Checked(msgspec.Struct):
+        n: int
+
+        def __post_init__(self) -> None:
+            if self.n < 0:
+                raise ValueError("n must be >= 0")
+
+    items, _ = decode_all(b'{"n":-1}\n{"n":1}\n', Checked)
+    assert isinstance(items[0], LineError)
+    assert "n must be >= 0" in items[0].reason
+    assert items[1] == Record(9, 8, Checked(1))
+
+
+# --------------------------------------------------------------------------- properties
+
+_json_value = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+)
+_object_line = st.builds(
+    lambda obj, pad, cr: pad + orjson.dumps(obj) + pad + cr,
+    st.dictionaries(st.text(max_size=6), _json_value, max_size=4),
+    st.sampled_from([b"", b" ", b"\t"]),
+    st.sampled_from([b"", b"\r"]),
+)
+_invalid_utf8 = st.sampled_from(
+    [b"\xff", b"\xc3", b"\xe2\x82", b"\xed\xa0\x80", b"\xc0\x80", b"\x80", b"\xf4\x90\x80\x80"]
+)
+_hostile_line = st.one_of(
+    st.binary(max_size=24),  # anything at all, including newlines, NULs and lone \r
+    st.builds(lambda b: b'{"a":"' + b + b'"}', _invalid_utf8),
+    st.builds(lambda b: b'{"a":1,"z":["' + b + b'"]}', _invalid_utf8),
+    st.sampled_from([b"[1,2]", b"1", b'"s"', b"null", b"{", b"}", b"\x00", b"\r", b"\x0c"]),
+    st.sampled_from([b"", b" ", b"\t\r", b"\r"]),
+)
+_long_line = st.builds(lambda n: b'{"a":"' + b"L" * n + b'"}', st.integers(10, 80))
+_line = st.one_of(_object_line, _object_line, _hostile_line, _long_line)
+
+
+@st.composite
+def _streams(draw: st.DrawFn) -> bytes:
+    lines = draw(st.lists(_line, max_size=12))
+    data = b"\n".join(lines)
+    ending = draw(st.sampled_from(["newline", "newline", "partial", "none"]))
+    if ending == "newline" and lines:
+        data += b"\n"
+    elif ending == "partial":
+        data += b"\n" + draw(st.one_of(_object_line, _long_line)).rstrip(b"\n")
+    return data
+
+
+@st.composite
+def _cuts(draw: st.DrawFn, data: bytes) -> list[int]:
+    return sorted(draw(st.lists(st.integers(0, len(data)), max_size=10)))
+
+
+_types = st.sampled_from([dict[str, Any], Loose])
+_limits = st.sampled_from([DEFAULT_MAX_LINE_BYTES, 40, 16, 1, 0])
+_fast = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_fast
+@given(data=_streams(), tp=_types, limit=_limits, start=st.integers(0, 2**40), seed=st.data())
+def test_any_chunking_matches_whole_decode(
+    data: bytes, tp: Any, limit: int, start: int, seed: st.DataObject
+) -> None:
+    whole, committed = decode_all(data, tp, max_line_bytes=limit, start_offset=start)
+    cuts = seed.draw(_cuts(data))
+    decoder: JsonlDecoder[Any] = JsonlDecoder(tp, max_line_bytes=limit, start_offset=start)
+    assert feed_chunks(decoder, data, cuts) == whole
+    assert decoder.committed_offset == committed
+
+
+@_fast
+@given(data=_streams(), tp=_types, limit=_limits)
+def test_one_byte_chunks_match_whole_decode(data: bytes, tp: Any, limit: int) -> None:
+    whole, committed = decode_all(data, tp, max_line_bytes=limit)
+    decoder: JsonlDecoder[Any] = JsonlDecoder(tp, max_line_bytes=limit)
+    assert feed_chunks(decoder, data, list(range(len(data)))) == whole
+    assert decoder.committed_offset == committed
+
+
+@_fast
+@given(data=_streams(), tp=_types, limit=_limits, start=st.integers(0, 2**20))
+def test_whole_decode_matches_reference_model(data: bytes, tp: Any, limit: int, start: int) -> None:
+    items, committed = decode_all(data, tp, max_line_bytes=limit, start_offset=start)
+    model, model_committed = reference(data, tp, limit, start)
+    assert as_model(items, limit) == model
+    assert committed == model_committed
+    tail = data[committed - start :]
+    assert b"\n" not in tail
+
+
+@_fast
+@given(data=_streams(), limit=_limits, window=st.integers(1, 64))
+def test_windowed_utf8_check_matches_reference_model(data: bytes, limit: int, window: int) -> None:
+    """Struct types get their UTF-8 checked in windows of whole lines: shrink the window."""
+    with mock.patch.object(jsonl, "_UTF8_WINDOW", window):
+        items, committed = decode_all(data, Loose, max_line_bytes=limit)
+    model, model_committed = reference(data, Loose, limit)
+    assert as_model(items, limit) == model
+    assert committed == model_committed
+
+
+def test_windowed_utf8_check_at_the_limit() -> None:
+    line = b'{"a":1,"z":"\xff"}'  # invalid UTF-8 in a field the Struct skips
+    data = line + b"\n" + line + b"x\n"
+    with mock.patch.object(jsonl, "_UTF8_WINDOW", 4):
+        items, _ = decode_all(data, Loose, max_line_bytes=len(line))
+    n = len(line)
+    assert items == [
+        LineError(0, n + 1, "invalid UTF-8"),
+        LineError(n + 1, n + 2, f"line longer than {n} bytes ({n + 2} bytes)"),
+    ]

@@ -7,7 +7,8 @@ stopping the remote process when the consumer cancels or leaves early.
 Backpressure: asyncssh hands us packets in a callback. We queue them until ``high_water`` bytes
 are waiting and then pause the channel; a paused asyncssh channel stops sending window
 adjustments, so the remote writer blocks once the SSH window is full. Memory per stream is thus
-bounded by ``window + high_water + buffer_chunks * chunk_size`` whatever the output size.
+bounded by about ``2 * window + high_water + buffer_chunks * chunk_size`` whatever the output
+size (see ``_Channel.take`` for the factor 2).
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
         self.queue: deque[bytes] = deque()
         self.queued = 0
         self.paused = False
+        self.resuming = False
         self.discard = False
         self.closed = anyio.Event()
         self.exited = anyio.Event()
@@ -175,10 +177,14 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
             return
         self.queue.append(data)
         self.queued += len(data)
-        if self.queued >= self.high_water and not self.paused and self.chan is not None:
+        if self.queued >= self.high_water and not self.resuming:
+            self._pause()
+        self._wake()
+
+    def _pause(self) -> None:
+        if not self.paused and self.chan is not None:
             self.paused = True
             self.chan.pause_reading()
-        self._wake()
 
     def exit_status_received(self, status: int) -> None:
         self.stream.exit_status = status
@@ -208,8 +214,19 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
             size += len(part)
         self.queued -= size
         if self.paused and self.queued < self.high_water // 2 and self.chan is not None:
+            # asyncssh re-opens the whole window on the first packet it hands over after a
+            # resume, however few we then take. Pausing again in mid-flush would leave the
+            # rest in its buffer with the window already re-credited, and that buffer would
+            # grow by a window per cycle. So take the whole flush, then pause: at most two
+            # windows are ever held (its buffer after one flush plus one in flight).
             self.paused = False
-            self.chan.resume_reading()
+            self.resuming = True
+            try:
+                self.chan.resume_reading()
+            finally:
+                self.resuming = False
+            if self.queued >= self.high_water:
+                self._pause()
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def wait_for_data(self, idle_timeout: float | None) -> bool:
@@ -284,9 +301,9 @@ async def _open_channel(
 
     try:
         return await create(conn)
-    except asyncssh.ChannelOpenError as exc:
-        raise classify(exc, host) from exc
     except (asyncssh.Error, OSError) as exc:
+        if isinstance(exc, asyncssh.ChannelOpenError) and not _connection_gone(conn, exc):
+            raise classify(exc, host) from exc
         # The shared connection died since it was last used: reopen it once and retry.
         log.info("%s: connection dropped (%s); reconnecting once", host, exc)
         await pool.invalidate(endpoint)
@@ -294,6 +311,12 @@ async def _open_channel(
             return await create(await pool.reconnect(endpoint, host=host))
         except (asyncssh.Error, OSError) as retry_exc:
             raise classify(retry_exc, host) from retry_exc
+
+
+def _connection_gone(conn: asyncssh.SSHClientConnection, exc: asyncssh.ChannelOpenError) -> bool:
+    # asyncssh fails pending channel opens with this reason when the connection closes under
+    # them; that is a dead connection to reopen, not a refusal by the server.
+    return conn.is_closed() or exc.reason == "SSH connection closed"
 
 
 @asynccontextmanager

@@ -1,0 +1,354 @@
+"""The streaming SSH core against real OpenSSH servers: pool, exec_streaming, cancellation."""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import time
+import tracemalloc
+from pathlib import Path
+
+import anyio
+import pytest
+from sshfleet import SSHFleet
+
+from remote_sync.cancel import CancelRegistry
+from remote_sync.errors import (
+    AuthenticationError,
+    HostKeyError,
+    HostUnreachableError,
+    IdleTimeoutError,
+    RemoteCommandError,
+    RemoteSyncError,
+    TransferCancelledError,
+)
+from remote_sync.ssh.pool import Endpoint, PoolSettings, SSHPool
+from remote_sync.ssh.stream import exec_streaming, run_command
+
+MiB = 1024 * 1024
+
+
+def endpoint(fleet: SSHFleet, name: str, **kwargs: object) -> Endpoint:
+    """The endpoint a user would write: an ssh_config alias, with that config and known_hosts."""
+    fields: dict[str, object] = {
+        "address": fleet.host(name).alias,
+        "ssh_config": (str(fleet.ssh_config),),
+        "known_hosts": str(fleet.known_hosts),
+    }
+    fields.update(kwargs)
+    return Endpoint(**fields)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
+            return True
+        await anyio.sleep(0.05)
+    return False
+
+
+async def test_stream_is_byte_identical_and_reports_exit(fleet: SSHFleet) -> None:
+    data = os.urandom(3 * MiB + 17)
+    fleet.write("h0", "blob", data)
+    async with SSHPool() as pool:
+        async with exec_streaming(
+            pool, endpoint(fleet, "h0"), ["cat", str(fleet.path("h0", "blob"))]
+        ) as s:
+            got = await s.read_all()
+        assert got == data
+        assert s.exit_status == 0
+        assert s.remote_pid and s.remote_pid > 1
+
+
+async def test_nonzero_exit_carries_status_and_stderr_tail(fleet: SSHFleet) -> None:
+    argv = ["sh", "-c", "printf out; echo 'it broke' >&2; exit 3"]
+    chunks: list[bytes] = []
+    async with SSHPool() as pool:
+        with pytest.raises(RemoteCommandError) as info:
+            async with exec_streaming(pool, endpoint(fleet, "h0"), argv, host="kitchen") as s:
+                async for chunk in s:
+                    chunks.append(chunk)
+    assert b"".join(chunks) == b"out"
+    assert info.value.exit_status == 3
+    assert info.value.stderr_tail == b"it broke\n"
+    assert "kitchen" in str(info.value) and "it broke" in str(info.value)
+
+
+async def test_argv_is_data_never_code(fleet: SSHFleet, tmp_path: Path) -> None:
+    marker = fleet.path("h0", "pwned")
+    hostile = f"$(touch {marker}); `touch {marker}` ' \" \n -rf *"
+    async with SSHPool() as pool:
+        out = await run_command(pool, endpoint(fleet, "h0"), ["printf", "%s", hostile])
+    assert out == hostile.encode()
+    assert not marker.exists()
+
+
+async def test_pool_reuses_one_connection_for_many_operations(fleet: SSHFleet) -> None:
+    ep = endpoint(fleet, "h0")
+    async with SSHPool() as pool:
+        for i in range(30):
+            assert await run_command(pool, ep, ["echo", str(i)]) == f"{i}\n".encode()
+        # A second inventory entry reaching the same machine the same way is the same endpoint.
+        assert await run_command(pool, endpoint(fleet, "h0"), ["true"]) == b""
+        stats = pool.stats(ep)
+    assert stats.connects == 1
+    assert stats.operations == 31
+
+
+async def test_channel_cap_holds_under_50_concurrent_streams(fleet: SSHFleet) -> None:
+    ep = endpoint(fleet, "h0")
+    fleet.write("h0", "mid", os.urandom(256 * 1024))
+    results: list[bytes] = []
+    async with SSHPool(PoolSettings(channels_per_host=8)) as pool:
+
+        async def one(i: int) -> None:
+            argv = ["sh", "-c", f"sleep 0.05; cat {fleet.path('h0', 'mid')}; echo {i}"]
+            results.append(await run_command(pool, ep, argv))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(one, i)
+        stats = pool.stats(ep)
+    assert len(results) == 50  # asking for more than the cap waits, never fails
+    assert stats.channels_peak == 8
+    assert stats.connects == 1
+
+
+async def _peak_allocations_of_slow_pull(pool: SSHPool, ep: Endpoint, size: int) -> int:
+    """Pull ``size`` bytes, pausing now and then like a slow consumer; return the peak."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        received = 0
+        async with exec_streaming(pool, ep, ["head", "-c", str(size), "/dev/zero"]) as s:
+            async for chunk in s:
+                received += len(chunk)
+                if received % (16 * MiB) < len(chunk):
+                    # Slow now and then: the remote must wait for us, not pile up here.
+                    await anyio.sleep(0.1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert received == size
+    return peak
+
+
+async def test_slow_consumer_of_1_gib_keeps_allocations_bounded(fleet: SSHFleet) -> None:
+    """Backpressure: memory is bounded by the window and buffers, not by the output size."""
+    ep = endpoint(fleet, "h0")
+    async with SSHPool(PoolSettings(window=4 * MiB)) as pool:
+        await run_command(pool, ep, ["true"])  # connect outside the measurement
+        small = await _peak_allocations_of_slow_pull(pool, ep, 48 * MiB)
+        large = await _peak_allocations_of_slow_pull(pool, ep, 1024 * MiB)
+    # asyncssh re-opens the window when it hands data over, so up to two windows can be in
+    # flight, plus our high-water queue and the memory stream's chunks.
+    assert large < 2 * 4 * MiB + 8 * MiB, f"1 GiB pull peaked at {large / MiB:.1f} MiB"
+    assert large < small + 4 * MiB, f"grew with size: {small / MiB:.1f} -> {large / MiB:.1f} MiB"
+
+
+async def test_idle_timeout_fires_on_silence_not_on_long_streams(fleet: SSHFleet) -> None:
+    ep = endpoint(fleet, "h0")
+    async with SSHPool() as pool:
+        started = time.monotonic()
+        with pytest.raises(IdleTimeoutError) as info:
+            async with exec_streaming(pool, ep, ["sleep", "30"], idle_timeout=0.5) as s:
+                await s.read_all()
+        assert time.monotonic() - started < 10
+        assert "no output for 0.5 s" in str(info.value)
+        # A stream that keeps flowing for longer than the idle timeout is fine.
+        argv = ["sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.2; done"]
+        async with exec_streaming(pool, ep, argv, idle_timeout=0.6) as s:
+            assert await s.read_all() == b"1\n2\n3\n4\n5\n6\n"
+
+
+async def test_cancel_midway_stops_remote_and_keeps_connection(fleet: SSHFleet) -> None:
+    ep = endpoint(fleet, "h0")
+    registry = CancelRegistry()
+    argv = ["head", "-c", str(4096 * MiB), "/dev/zero"]
+    async with SSHPool() as pool:
+        received = 0
+        cancelled_at = 0.0
+        with pytest.raises(TransferCancelledError) as info:
+            async with exec_streaming(
+                pool, ep, argv, transfer_id="big", registry=registry, host="h0"
+            ) as s:
+                async for chunk in s:
+                    received += len(chunk)
+                    if received >= 64 * MiB and not cancelled_at:
+                        cancelled_at = time.monotonic()
+                        assert registry.cancel("big")
+        latency = time.monotonic() - cancelled_at
+        assert latency < 1.0, latency
+        assert received < 1024 * MiB
+        assert info.value.host == "h0"
+        assert s.remote_pid is not None
+        assert await wait_gone(s.remote_pid), "remote process still running after cancel"
+        assert "big" not in registry and len(registry) == 0  # entries die with the transfer
+        # The same connection serves the next operation.
+        assert await run_command(pool, ep, ["echo", "still here"]) == b"still here\n"
+        assert pool.stats(ep).connects == 1
+        assert pool.stats(ep).channels_open == 0
+
+
+async def test_cancel_stops_a_process_that_ignores_sigterm(fleet: SSHFleet) -> None:
+    """The fallback: TERM is ignored, so the group is killed over a fresh channel."""
+    ep = endpoint(fleet, "h0")
+    registry = CancelRegistry()
+    argv = ["sh", "-c", "trap '' TERM; echo ready; exec sleep 300"]
+    async with SSHPool() as pool:
+        with pytest.raises(TransferCancelledError):
+            async with exec_streaming(pool, ep, argv, transfer_id="stuck", registry=registry) as s:
+                async for _chunk in s:
+                    registry.cancel("stuck")
+        assert s.remote_pid is not None
+        assert await wait_gone(s.remote_pid, timeout=8), "ignoring TERM kept it alive"
+        assert await run_command(pool, ep, ["echo", "ok"]) == b"ok\n"
+
+
+async def test_cancel_all_and_parent_tokens(fleet: SSHFleet) -> None:
+    ep = endpoint(fleet, "h0")
+    registry = CancelRegistry()
+    outcomes: list[str] = []
+    async with SSHPool() as pool:
+
+        async def stream(i: int) -> None:
+            try:
+                async with exec_streaming(
+                    pool, ep, ["sleep", "60"], registry=registry, transfer_id=f"t{i}"
+                ) as s:
+                    await s.read_all()
+            except TransferCancelledError:
+                outcomes.append("cancelled")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(stream, i)
+            while len(registry) < 5:
+                await anyio.sleep(0.02)
+            assert registry.cancel_all() == 5
+    assert outcomes == ["cancelled"] * 5
+    assert len(registry) == 0
+
+
+async def test_leaving_early_stops_the_remote_process(fleet: SSHFleet) -> None:
+    ep = endpoint(fleet, "h0")
+    async with SSHPool() as pool:
+        async with exec_streaming(pool, ep, ["head", "-c", str(1024 * MiB), "/dev/zero"]) as s:
+            async for _chunk in s:
+                break
+        assert s.remote_pid is not None
+        assert await wait_gone(s.remote_pid)
+        assert await run_command(pool, ep, ["echo", "ok"]) == b"ok\n"
+
+
+async def test_dropped_connection_is_reopened_for_the_next_operation(fleet: SSHFleet) -> None:
+    ep = endpoint(fleet, "h0")
+    async with SSHPool(PoolSettings(reconnect_backoff=0.1)) as pool:
+        assert await run_command(pool, ep, ["echo", "1"]) == b"1\n"
+        fleet.restart("h0")  # kills sshd and its live connections
+        assert await run_command(pool, ep, ["echo", "2"]) == b"2\n"
+        assert pool.stats(ep).connects == 2
+
+
+async def test_host_vanishing_midway_is_connection_lost(fleet: SSHFleet) -> None:
+    ep = endpoint(fleet, "h0")
+    async with SSHPool() as pool:
+        with pytest.raises(RemoteSyncError) as info:
+            async with exec_streaming(pool, ep, ["head", "-c", str(4096 * MiB), "/dev/zero"],
+                                      host="h0") as s:  # fmt: skip
+                received = 0
+                async for chunk in s:
+                    received += len(chunk)
+                    if received > 16 * MiB:
+                        fleet.stop("h0")
+        assert info.value.kind in ("connection_lost", "remote_command_failed")
+        assert info.value.host == "h0"
+
+
+async def test_errors_are_classified_per_host_while_others_carry_on(ssh_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = ssh_fleet(3)
+    fleet.rotate_host_key("h1")  # known_hosts now holds a different key: a mismatch
+    fleet.write("h2", "f", b"fine\n")
+    hosts = {
+        "down": Endpoint(
+            address="127.0.0.1", port=free_port(), ssh_config=(), known_hosts=str(fleet.known_hosts)
+        ),
+        "rekeyed": endpoint(fleet, "h1"),
+        "good": endpoint(fleet, "h2"),
+    }
+    results: dict[str, object] = {}
+    async with SSHPool(PoolSettings(connect_timeout=5)) as pool:
+
+        async def pull(name: str, ep: Endpoint) -> None:
+            try:
+                results[name] = await run_command(pool, ep, ["cat", str(fleet.path("h2", "f"))],
+                                                  host=name)  # fmt: skip
+            except RemoteSyncError as exc:
+                results[name] = exc
+
+        async with anyio.create_task_group() as tg:
+            for name, ep in hosts.items():
+                tg.start_soon(pull, name, ep)
+    assert results["good"] == b"fine\n"
+    down, rekeyed = results["down"], results["rekeyed"]
+    assert isinstance(down, HostUnreachableError) and down.host == "down"
+    assert isinstance(rekeyed, HostKeyError) and rekeyed.host == "rekeyed"
+    assert "CHANGED" in str(rekeyed) and "known_hosts" in str(rekeyed)
+
+
+async def test_unknown_host_key_is_refused_unless_accept_new(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    empty_known_hosts = tmp_path / "known_hosts"
+    empty_known_hosts.write_text("")
+    strict = endpoint(fleet, "h0", known_hosts=str(empty_known_hosts))
+    async with SSHPool() as pool:
+        with pytest.raises(HostKeyError, match="unknown"):
+            await run_command(pool, strict, ["true"])
+    assert empty_known_hosts.read_text() == ""
+    accept_new = endpoint(
+        fleet, "h0", known_hosts=str(empty_known_hosts), host_key_policy="accept-new"
+    )
+    async with SSHPool() as pool:
+        assert await run_command(pool, accept_new, ["echo", "hi"]) == b"hi\n"
+    assert str(fleet.host("h0").port) in empty_known_hosts.read_text()
+    # The recorded key is now enforced: a changed key is refused even under accept-new.
+    fleet.rotate_host_key("h0")
+    async with SSHPool() as pool:
+        with pytest.raises(HostKeyError, match="CHANGED"):
+            await run_command(pool, accept_new, ["true"])
+
+
+async def test_auth_failure_is_its_own_error(fleet: SSHFleet, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {stranger}")
+    ep = Endpoint(address="127.0.0.1", port=fleet.host("h0").port, user=fleet.user, ssh_config=(),
+                  identity_files=(str(stranger),), known_hosts=str(fleet.known_hosts))  # fmt: skip
+    async with SSHPool() as pool:
+        with pytest.raises(AuthenticationError) as info:
+            await run_command(pool, ep, ["true"], host="h0")
+    assert info.value.host == "h0"
+
+
+def test_endpoint_parse() -> None:
+    assert Endpoint.parse("me@box:2222") == Endpoint(address="box", user="me", port=2222)
+    assert Endpoint.parse("box") == Endpoint(address="box")
+    assert Endpoint.parse("[::1]:22").address == "::1"
+    with pytest.raises(RemoteSyncError):
+        Endpoint.parse("box:notaport")

@@ -118,7 +118,7 @@ async def test_channel_cap_holds_under_50_concurrent_streams(fleet: SSHFleet) ->
     async with SSHPool(PoolSettings(channels_per_host=8)) as pool:
 
         async def one(i: int) -> None:
-            argv = ["sh", "-c", f"sleep 0.05; cat {fleet.path('h0', 'mid')}; echo {i}"]
+            argv = ["sh", "-c", f"sleep 0.3; cat {fleet.path('h0', 'mid')}; echo {i}"]
             results.append(await run_command(pool, ep, argv))
 
         async with anyio.create_task_group() as tg:

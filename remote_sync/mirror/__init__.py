@@ -1,0 +1,1 @@
+"""The mirror: planning, fetching, writing and checkpointing a host's files."""

@@ -1,0 +1,473 @@
+"""A host's sync round, and the fleet's rounds.
+
+What it owns: the order of a round (recover, list, plan, fetch, commit, mark deletions), the
+two remote commands per host it costs (one listing, one streaming fetch; a third only when a
+rewrite is discovered mid-fetch), turning frame events into writer calls, batching commits,
+running hosts concurrently under a bound, and reporting every step as an event. One host failing
+never stops the others; its error is in its ``host_done`` event and the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from ..cancel import CancelRegistry, CancelToken, default_registry
+from ..errors import (
+    MirrorError,
+    RemoteCommandError,
+    RemoteSyncError,
+    TransferCancelledError,
+)
+from ..events import Emit, ErrorEvent, FileCounts, HostDone, Progress, Summary
+from ..inventory import Host
+from ..ssh.pool import PoolSettings, SSHPool
+from ..ssh.stream import exec_streaming
+from .plan import Plan, Transfer, make_plan
+from .remote_ops import (
+    EXIT_ROOT_UNUSABLE,
+    Begin,
+    Data,
+    Denied,
+    End,
+    FetchRequest,
+    FrameParser,
+    Gone,
+    ListingParser,
+    RemoteFile,
+    Short,
+    fetch_argv,
+    fetch_stdin,
+    listing_argv,
+    new_marker,
+)
+from .state import FileState, MirrorState
+from .writer import AppendWriter, CommitBatch, Pending, RewriteDetected, WholeWriter
+
+log = logging.getLogger(__name__)
+
+#: Flush (fsync + commit) after this many bytes or files, or this many seconds.
+FLUSH_BYTES = 64 * 1024 * 1024
+FLUSH_FILES = 1000
+FLUSH_SECONDS = 2.0
+#: A follow-up fetch asks for the whole file: "up to this many bytes" means "to its end".
+TO_EOF = 1 << 62
+
+
+@dataclass
+class SyncOptions:
+    dest: Path
+    concurrency: int = 8
+    dry_run: bool = False
+    idle_timeout: float = 120.0
+    pool: PoolSettings = field(default_factory=PoolSettings)
+
+
+@dataclass
+class HostRound:
+    """What one host's round did (becomes its ``host_done`` event)."""
+
+    host: str
+    files: FileCounts = field(default_factory=FileCounts)
+    bytes: int = 0
+    versions_kept: int = 0
+    error: RemoteSyncError | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def status(self) -> str:
+        if isinstance(self.error, TransferCancelledError):
+            return "cancelled"
+        if self.error is not None:
+            return "failed"
+        return "partial" if self.files.failed else "ok"
+
+    def event(self) -> HostDone:
+        return HostDone(
+            host=self.host,
+            status=self.status,
+            files=self.files,
+            bytes=self.bytes,
+            versions_kept=self.versions_kept,
+            seconds=round(time.monotonic() - self.started, 3),
+            error=str(self.error) if self.error else None,
+        )
+
+
+class HostSync:
+    """One host's round against one mirror."""
+
+    def __init__(
+        self,
+        host: Host,
+        pool: SSHPool,
+        state: MirrorState,
+        options: SyncOptions,
+        emit: Emit,
+        token: CancelToken,
+    ) -> None:
+        self.host = host
+        self.name = host.name
+        self.pool = pool
+        self.state = state
+        self.options = options
+        self.emit = emit
+        self.token = token
+        self.result = HostRound(host.name)
+        self.batch = CommitBatch(state)
+        self.last_flush = time.monotonic()
+        self.bytes_total = 0
+        self.files_total = 0
+        self.files_done = 0
+
+    async def run(self) -> HostRound:
+        try:
+            await self._round()
+        except RemoteSyncError as exc:
+            self.result.error = exc
+            self.emit(ErrorEvent.from_exception(exc))
+        self.emit(
+            Progress(
+                self.name,
+                "done",
+                self.files_done,
+                self.files_total,
+                self.result.bytes,
+                self.bytes_total,
+            )
+        )
+        return self.result
+
+    async def _round(self) -> None:
+        self.emit(Progress(self.name, "listing", 0, 0, 0, 0))
+        listing, complete = await self._list()
+        rows = self.state.host_files(self.name)
+        source = self.host.source
+        plan = make_plan(
+            listing,
+            rows,
+            is_append_only=source.is_append_only,
+            is_included=source.is_included,
+            listing_complete=complete,
+        )
+        self.result.files.unchanged = len(plan.unchanged)
+        self.files_total = len(plan.transfers)
+        self.bytes_total = plan.bytes
+        self.emit(Progress(self.name, "fetching", 0, self.files_total, 0, self.bytes_total))
+        if self.options.dry_run:
+            self._count_dry_run(plan)
+            return
+        try:
+            again = await self._fetch(plan.transfers, follow_up=False)
+            if again:
+                # Rewrites found mid-fetch (overlap mismatch, a file that shrank while read):
+                # one more command fetches them whole, so the mirror is current after this run.
+                retry = [self._as_whole(t) for t in again]
+                still = await self._fetch(retry, follow_up=True)
+                for t in still:
+                    self._fail(t.remote.path, "changed again while being fetched; retry next run")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._flush()
+        self._mark_deleted(plan.deleted)
+
+    async def _list(self) -> tuple[list[RemoteFile], bool]:
+        source = self.host.source
+        argv = listing_argv(source.root, source.start_points)
+        parser = ListingParser(self.name)
+        files: list[RemoteFile] = []
+        try:
+            async with exec_streaming(
+                self.pool,
+                self.host.endpoint,
+                argv,
+                host=self.name,
+                idle_timeout=self.options.idle_timeout,
+                token=self.token,
+            ) as stream:
+                async for chunk in stream:
+                    files.extend(f for f in parser.feed(chunk) if source.is_included(f.path))
+                parser.close()
+        except RemoteCommandError as exc:
+            if exc.exit_status == EXIT_ROOT_UNUSABLE:
+                raise RemoteCommandError(
+                    f"the remote root {source.root!r} does not exist or cannot be entered",
+                    host=self.name,
+                    exit_status=exc.exit_status,
+                    stderr_tail=exc.stderr_tail,
+                    hint="check 'root' (and 'format') for this host in the inventory",
+                ) from exc
+            raise
+        warnings = stream.stderr_tail.decode("utf-8", "backslashreplace").strip()
+        if warnings:
+            # find could not read part of the tree: report it, and do not take the files it
+            # could not see for deleted.
+            self.emit(
+                ErrorEvent(
+                    self.name,
+                    None,
+                    "listing_incomplete",
+                    warnings,
+                    "fix permissions on the host; deletions are not recorded for this round",
+                )
+            )
+        return files, not warnings
+
+    async def _fetch(self, transfers: Sequence[Transfer], *, follow_up: bool) -> list[Transfer]:
+        """Fetch ``transfers`` in one stream; returns those that must be fetched whole."""
+        if not transfers:
+            return []
+        requests = [t.request() for t in transfers]
+        if follow_up:
+            requests = [FetchRequest(r.path, 0, TO_EOF) for r in requests]
+        # The marker goes on stdin, never on a command line other users could read in `ps`.
+        marker = new_marker()
+        parser = FrameParser(self.name, marker.encode(), requests)
+        handler = _FrameHandler(self, transfers, follow_up=follow_up)
+        argv = fetch_argv(self.host.source.root)
+        try:
+            async with exec_streaming(
+                self.pool,
+                self.host.endpoint,
+                argv,
+                host=self.name,
+                stdin=fetch_stdin(requests, marker),
+                idle_timeout=self.options.idle_timeout,
+                token=self.token,
+            ) as stream:
+                async for chunk in stream:
+                    for event in parser.feed(chunk):
+                        await handler.handle(event)
+                for event in parser.close():
+                    await handler.handle(event)
+        except RemoteCommandError as exc:
+            handler.abort()
+            if exc.exit_status == EXIT_ROOT_UNUSABLE:
+                raise RemoteCommandError(
+                    f"the remote root {self.host.source.root!r} vanished during the fetch",
+                    host=self.name,
+                    exit_status=exc.exit_status,
+                    stderr_tail=exc.stderr_tail,
+                ) from exc
+            raise
+        except BaseException:
+            handler.abort()
+            raise
+        return handler.again
+
+    def _as_whole(self, t: Transfer) -> Transfer:
+        return Transfer(t.remote, t.kind, "whole", "rewritten", 0, TO_EOF, t.row)
+
+    async def finished(self, pending: Pending) -> None:
+        self.batch.add(pending)
+        self.files_done += 1
+        self._progress()
+        now = time.monotonic()
+        if (
+            self.batch.bytes >= FLUSH_BYTES
+            or len(self.batch.items) >= FLUSH_FILES
+            or now - self.last_flush >= FLUSH_SECONDS
+        ):
+            await self._flush()
+
+    async def _flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.batch.items:
+            return
+        items = await anyio.to_thread.run_sync(self.batch.flush_files)
+        self.state.commit(item.row for item in items)
+        for item in items:
+            counts = self.result.files
+            setattr(counts, item.category, getattr(counts, item.category) + 1)
+            self.result.versions_kept += item.versioned
+
+    def _progress(self) -> None:
+        self.emit(
+            Progress(
+                self.name,
+                "fetching",
+                self.files_done,
+                self.files_total,
+                self.result.bytes,
+                self.bytes_total,
+            )
+        )
+
+    def _fail(self, path: bytes, message: str, kind: str = "file_failed") -> None:
+        self.result.files.failed += 1
+        shown = path.decode("utf-8", "backslashreplace")
+        self.emit(ErrorEvent(self.name, shown, kind, message, "see the message; a rerun retries"))
+
+    def _mark_deleted(self, rows: list[FileState]) -> None:
+        now = time.time()
+        for row in rows:
+            row.state = "deleted"
+            row.deleted_at = now
+        self.state.commit(rows)
+        self.result.files.deleted = len(rows)
+
+    def _count_dry_run(self, plan: Plan) -> None:
+        counts = self.result.files
+        for t in plan.transfers:
+            setattr(counts, t.category, getattr(counts, t.category) + 1)
+        counts.deleted = len(plan.deleted)
+        self.result.bytes = plan.bytes
+
+
+class _FrameHandler:
+    """Frame events of one fetch stream → writer calls for the file each belongs to."""
+
+    def __init__(self, sync: HostSync, transfers: Sequence[Transfer], *, follow_up: bool) -> None:
+        self.sync = sync
+        self.transfers = transfers
+        self.follow_up = follow_up
+        self.writer: AppendWriter | WholeWriter | None = None
+        self.index = -1
+        self.again: list[Transfer] = []
+
+    async def handle(self, event: object) -> None:
+        sync = self.sync
+        if isinstance(event, Data):
+            if self.writer is not None:
+                try:
+                    self.writer.write(event.data)
+                except RewriteDetected:
+                    self._rewrite()
+                sync.result.bytes += len(event.data)
+            return
+        t = self.transfers[event.index]  # type: ignore[attr-defined]
+        if isinstance(event, Begin):
+            self.index = event.index
+            self.writer = self._open(t)
+        elif isinstance(event, End) or (isinstance(event, Short) and self.follow_up):
+            writer, self.writer = self.writer, None
+            if writer is None:
+                return
+            try:
+                pending = writer.finish()
+            except RewriteDetected:
+                writer.abort()
+                self.again.append(t)
+                return
+            pending.row.remote_size = t.remote.size
+            await sync.finished(pending)
+        elif isinstance(event, Short):
+            self._drop()
+            self.again.append(t)  # it shrank while we read it: a rewrite
+        elif isinstance(event, Gone):
+            pass  # vanished since the listing: the next round records the deletion
+        elif isinstance(event, Denied):
+            sync._fail(t.remote.path, "permission denied on the host", "permission_denied")
+
+    def _open(self, t: Transfer) -> AppendWriter | WholeWriter:
+        state = self.sync.state
+        r = t.remote
+        row = FileState(
+            host=self.sync.name,
+            path=r.path,
+            kind=t.kind,
+            size=0,
+            remote_size=r.size,
+            mtime=r.mtime,
+            dev=r.dev,
+            ino=r.ino,
+            fingerprint=b"",
+            version=t.row.version if t.row else 0,
+            first_seen=t.row.first_seen if t.row else 0.0,
+        )
+        if t.mode == "append":
+            assert t.row is not None
+            row.size = t.row.size
+            row.fingerprint = t.row.fingerprint
+            return AppendWriter(state, t.row, t.start, row)
+        return WholeWriter(state, row, lines_only=t.kind == "append", category=t.category)
+
+    def _rewrite(self) -> None:
+        self._drop()
+        self.again.append(self.transfers[self.index])
+
+    def _drop(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+
+    def abort(self) -> None:
+        try:
+            self._drop()
+        except OSError as exc:  # the abort must not hide the error that caused it
+            log.warning("%s: could not clean up a partial fetch: %s", self.sync.name, exc)
+
+
+async def sync_fleet(
+    hosts: Sequence[Host],
+    options: SyncOptions,
+    emit: Emit,
+    *,
+    token: CancelToken | None = None,
+    registry: CancelRegistry | None = None,
+    transfer_id: str | None = None,
+) -> Summary:
+    """Sync every host into ``options.dest``; returns the summary (also emitted)."""
+    started = time.monotonic()
+    registry = registry if registry is not None else default_registry
+    results: dict[str, HostRound] = {}
+    with MirrorState(options.dest) as state, registry.register(transfer_id, parent=token) as tok:
+        for note in state.recover([h.name for h in hosts]):
+            log.warning("recovery: %s", note)
+        limiter = anyio.CapacityLimiter(max(1, options.concurrency))
+        async with SSHPool(options.pool) as pool:
+
+            async def one(host: Host) -> None:
+                async with limiter:
+                    if tok.cancelled:
+                        results[host.name] = HostRound(
+                            host.name,
+                            error=TransferCancelledError(
+                                "cancelled before it started", host=host.name
+                            ),
+                        )
+                        return
+                    round_ = HostSync(host, pool, state, options, emit, tok)
+                    results[host.name] = await round_.run()
+                emit(results[host.name].event())
+
+            async with anyio.create_task_group() as tg:
+                for host in hosts:
+                    tg.start_soon(one, host)
+    rounds = [results[h.name] for h in hosts if h.name in results]
+    return _summary(rounds, options, started, cancelled=tok.cancelled, emit=emit)
+
+
+def _summary(
+    rounds: list[HostRound], options: SyncOptions, started: float, *, cancelled: bool, emit: Emit
+) -> Summary:
+    totals = FileCounts()
+    for r in rounds:
+        totals.add(r.files)
+    failed = sum(1 for r in rounds if r.error is not None)
+    if cancelled:
+        code = 130
+    elif failed or totals.failed:
+        code = 1
+    else:
+        code = 0
+    summary = Summary(
+        hosts=[r.event() for r in rounds],
+        files=totals,
+        bytes=sum(r.bytes for r in rounds),
+        hosts_ok=len(rounds) - failed,
+        hosts_failed=failed,
+        exit_code=code,
+        dry_run=options.dry_run,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    emit(summary)
+    return summary
+
+
+__all__ = ["HostRound", "HostSync", "MirrorError", "SyncOptions", "sync_fleet"]

@@ -1,0 +1,112 @@
+"""Planning a host's round: the remote listing against the checkpoints → what to fetch.
+
+What it owns: the decision, per file, between *unchanged*, *append* (fetch from just before the
+committed end, verified by the overlap), *whole* (new file, a file copied whole, or a rewrite:
+smaller than mirrored, or a different inode), and *deleted* (gone from the remote: marked, never
+removed locally). It is pure: no I/O, so it is tested on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .remote_ops import FetchRequest, RemoteFile
+from .state import FileState
+
+#: Bytes re-fetched before the committed end of an appended file to verify it is unchanged.
+OVERLAP_BYTES = 4096
+
+Mode = Literal["append", "whole"]
+Category = Literal["new", "grown", "rewritten"]
+
+
+@dataclass(slots=True)
+class Transfer:
+    """One file to fetch in this round."""
+
+    remote: RemoteFile
+    kind: str  # 'append' or 'whole': how the file evolves
+    mode: Mode  # how this fetch writes it
+    category: Category
+    start: int
+    length: int
+    row: FileState | None  # the checkpoint before this round, if any
+
+    def request(self) -> FetchRequest:
+        return FetchRequest(self.remote.path, self.start, self.length)
+
+
+@dataclass
+class Plan:
+    transfers: list[Transfer] = field(default_factory=list)
+    unchanged: list[RemoteFile] = field(default_factory=list)
+    deleted: list[FileState] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.length for t in self.transfers)
+
+
+def make_plan(
+    listing: Iterable[RemoteFile],
+    rows: dict[bytes, FileState],
+    *,
+    is_append_only: Callable[[bytes], bool],
+    is_included: Callable[[bytes], bool],
+    listing_complete: bool = True,
+) -> Plan:
+    """Compare a host's listing with its checkpoints.
+
+    ``listing_complete`` is False when the remote ``find`` reported errors (an unreadable
+    directory): files missing from such a listing are not marked deleted.
+    """
+    plan = Plan()
+    seen: set[bytes] = set()
+    for remote in listing:
+        seen.add(remote.path)
+        row = rows.get(remote.path)
+        kind = "append" if is_append_only(remote.path) else "whole"
+        transfer = _decide(remote, row, kind)
+        if transfer is None:
+            plan.unchanged.append(remote)
+        else:
+            plan.transfers.append(transfer)
+    if listing_complete:
+        for path, row in rows.items():
+            if row.state == "live" and path not in seen and is_included(path):
+                plan.deleted.append(row)
+    return plan
+
+
+def _decide(remote: RemoteFile, row: FileState | None, kind: str) -> Transfer | None:
+    if row is None:
+        if remote.size == 0 and kind == "append":
+            return None  # an empty transcript: nothing to mirror until it has a line
+        return Transfer(remote, kind, "whole", "new", 0, remote.size, None)
+    if kind == "whole" or row.kind != kind:
+        if (
+            remote.size == row.remote_size
+            and remote.mtime == row.mtime
+            and remote.ino == row.ino
+            and row.state == "live"
+        ):
+            return None
+        return _whole(remote, row, kind, "rewritten")
+    # An append-only file.
+    if remote.ino != row.ino or remote.size < row.size:
+        # Replaced (rename, copy) or shrunk (compaction, truncation): fetch it whole; the
+        # writer keeps the old copy as a version unless the old content is a prefix of the new.
+        return _whole(remote, row, kind, "rewritten")
+    if remote.size == row.remote_size or remote.size == row.size:
+        return None  # nothing new (a partial last line stays partial until it grows)
+    overlap = min(OVERLAP_BYTES, row.size)
+    start = row.size - overlap
+    return Transfer(remote, kind, "append", "grown", start, remote.size - start, row)
+
+
+def _whole(remote: RemoteFile, row: FileState, kind: str, category: Category) -> Transfer | None:
+    if remote.size == 0 and kind == "append":
+        return None  # truncated to nothing: keep what we have; new lines come as a rewrite
+    return Transfer(remote, kind, "whole", category, 0, remote.size, row)

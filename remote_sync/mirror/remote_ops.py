@@ -1,0 +1,626 @@
+"""The two remote operations of a sync round: the listing and the multi-file fetch.
+
+This module owns their POSIX ``sh`` scripts, the argv (and stdin) that run them, and the
+incremental parsers of their output. It does no I/O itself: the caller runs the argv with
+:func:`remote_sync.ssh.stream.exec_streaming` and feeds the stdout chunks to the parser.
+
+Remote hosts have only POSIX ``sh`` plus coreutils *or* BusyBox, so the scripts use nothing
+else (``find``, ``stat``, ``head``, ``tail``, ``xargs``, ``printf``). A file name is data, never
+code: names travel as positional arguments or on stdin, never through ``eval``.
+
+Exit statuses (both operations): 0 on success, also when ``find`` could not read some
+directory (its messages stay on stderr, for the caller to report as warnings naming the host);
+:data:`EXIT_ROOT_UNUSABLE` (3) when the root directory is missing, not a directory or not
+readable. Anything else is an unexpected failure of the remote tools.
+
+Listing (:func:`listing_argv`, :class:`ListingParser`)
+    ``cd`` into the root (a leading ``~`` or ``~/`` means ``$HOME``), keep the start points that
+    exist and run ``find START... -type f`` without following symlinks. Each regular file is
+    one record ``<size> <mtime> <dev> <ino>\\n<path>\\0``; ``path`` is relative to the root
+    (``./`` prefixed; the parser strips it). GNU find prints it with ``-printf`` (mtime with a
+    fraction), other finds (BusyBox) through ``stat -c '%s %Y %d %i'`` (whole seconds).
+
+Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
+    stdin holds one NUL-terminated item ``<start>:<length>:<path>`` per
+    :class:`FetchRequest` (any bytes in a path, no command-line length limit), consumed in
+    batches by ``xargs -0 -r``. The answer to each request, in order, is a frame::
+
+        <marker> G\\n                                   not a regular file (gone)
+        <marker> D\\n                                   not readable (denied)
+        <marker> B\\n<up to length bytes><marker> E\\n   the byte range
+
+    Fewer than ``length`` bytes (the file shrank or became unreadable mid-read) is a short
+    frame: the parser finds the end marker inside the data window and resynchronizes on it.
+    The marker is a random nonce per run (:func:`new_marker`). It travels either in the argv
+    or, better, as a first line on stdin: from there it reaches the per-batch scripts through
+    the environment, never a command line, so other users of the host cannot read it in the
+    process list and forge frames from a file they can write.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import ConfigError, ProtocolError
+from ..ssh.remote import sh_script
+
+__all__ = [
+    "EXIT_ROOT_UNUSABLE",
+    "MAX_LISTING_RECORD",
+    "Begin",
+    "Data",
+    "Denied",
+    "End",
+    "FetchRequest",
+    "FrameEvent",
+    "FrameParser",
+    "Gone",
+    "ListingParser",
+    "RemoteFile",
+    "Short",
+    "fetch_argv",
+    "fetch_stdin",
+    "listing_argv",
+    "new_marker",
+]
+
+#: Exit status of both scripts when the root directory cannot be entered or read.
+EXIT_ROOT_UNUSABLE = 3
+
+#: A listing record (stat line + path) longer than this without its terminator is an error.
+#: Real records are at most about 4 KiB (PATH_MAX) plus a short stat line.
+MAX_LISTING_RECORD = 64 * 1024
+
+# ----------------------------------------------------------------------------- scripts
+
+# Shared by both scripts: $1 is the root. CDPATH could make cd print to stdout; a root that
+# starts with "-" must not be read as an option (or as "cd -"). Tilde patterns are quoted so
+# the shell does not expand them itself.
+_ENTER_ROOT = r"""unset CDPATH
+root=$1
+case $root in
+"~") root=$HOME ;;
+"~/"*) root=$HOME/${root#"~/"} ;;
+-*) root=./$root ;;
+esac
+if [ -z "$root" ] || ! cd -- "$root"; then
+    printf 'remote-sync: cannot enter the root directory %s\n' "$root" >&2
+    exit 3
+fi
+if [ ! -r . ]; then
+    printf 'remote-sync: the root directory %s is not readable\n' "$root" >&2
+    exit 3
+fi
+"""
+
+# $2... are start points, already normalized by listing_argv (relative, no "..", no empty or
+# "." components, or exactly "."). Each gets a "./" prefix so find never takes one for an
+# option or an operator ("-x", "!", "("). Missing ones are skipped; one below a symlinked
+# directory is skipped with a warning (find would follow that link out of the root, and the
+# fetch refuses such paths anyway). The kept ones replace the positional parameters (the "for"
+# list was expanded before the loop changed them). find's status 1 means "some file or
+# directory could not be read": its messages are on stderr and the listing is still useful, so
+# that is success; 3 is kept for the root.
+_LISTING_SCRIPT = (
+    _ENTER_ROOT
+    + r"""shift
+n=$#
+for p do
+    case $p in
+    .) ;;
+    *) p=./$p ;;
+    esac
+    [ -e "$p" ] || [ -L "$p" ] || continue
+    d=$p
+    while :; do
+        case $d in
+        */*) d=${d%/*} ;;
+        *) break ;;
+        esac
+        if [ -L "$d" ]; then
+            printf 'remote-sync: start point %s is under a symbolic link: skipped\n' "$p" >&2
+            continue 2
+        fi
+    done
+    set -- "$@" "$p"
+done
+shift "$n"
+[ "$#" -gt 0 ] || exit 0
+if find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
+    find "$@" -type f -printf '%s %T@ %D %i\n%p\0'
+else
+    find "$@" -type f -exec sh -c '
+        for f do
+            stat -c "%s %Y %d %i" -- "$f" && printf "%s\0" "$f"
+        done' sh {} +
+fi
+st=$?
+case $st in
+0 | 1) exit 0 ;;
+3) exit 4 ;;
+*) exit "$st" ;;
+esac
+"""
+)
+
+# Run by xargs once per batch of items; the marker comes from the environment. Items are
+# checked (a malformed one stops everything: exit 255 makes xargs stop at once). A path whose
+# own entry or any parent directory is a symlink is "gone" (the listing never lists such a
+# file; this narrows the window in which a swapped-in symlink could lead outside the root).
+# Paths get a "./" prefix so no tool or test operator can take one for an option.
+_FETCH_BATCH_SCRIPT = r"""m=$REMOTE_SYNC_MARKER
+for item do
+    case $item in
+    [0-9]*:[0-9]*:?*) ;;
+    *) item=: ;;
+    esac
+    start=${item%%:*}
+    rest=${item#*:}
+    len=${rest%%:*}
+    f=./${rest#*:}
+    case $start$len in
+    "" | *[!0-9]*)
+        echo 'remote-sync: malformed fetch request on stdin' >&2
+        exit 255
+        ;;
+    esac
+    gone=
+    if [ ! -f "$f" ] || [ -L "$f" ]; then
+        gone=1
+    else
+        d=$f
+        while :; do
+            case $d in
+            */*) d=${d%/*} ;;
+            *) break ;;
+            esac
+            if [ -L "$d" ]; then
+                gone=1
+                break
+            fi
+        done
+    fi
+    if [ -n "$gone" ]; then
+        printf '%s G\n' "$m"
+    elif [ ! -r "$f" ]; then
+        printf '%s D\n' "$m"
+    else
+        printf '%s B\n' "$m"
+        if [ "$start" = 0 ]; then
+            head -c "$len" -- "$f"
+        else
+            tail -c +"$((start + 1))" -- "$f" | head -c "$len"
+        fi
+        printf '%s E\n' "$m"
+    fi
+done
+"""
+
+# $1 root, $2 the batch script, $3 the marker, or "" when it is the first line of stdin (read
+# byte by byte by the shell, so xargs gets the rest of stdin intact). Entering the root here,
+# before xargs, gives a clean exit status 3 (xargs would turn it into 123); the batches
+# inherit the directory.
+_FETCH_SCRIPT = (
+    _ENTER_ROOT
+    + r"""REMOTE_SYNC_MARKER=$3
+if [ -z "$REMOTE_SYNC_MARKER" ]; then
+    IFS= read -r REMOTE_SYNC_MARKER || REMOTE_SYNC_MARKER=
+fi
+case $REMOTE_SYNC_MARKER in
+"" | *[!0-9a-f]*)
+    echo 'remote-sync: no valid fetch marker' >&2
+    exit 2
+    ;;
+esac
+export REMOTE_SYNC_MARKER
+exec xargs -0 -r sh -c "$2" sh
+"""
+)
+
+
+def _normalize_start_point(point: str) -> str:
+    if not point or "\x00" in point:
+        raise ConfigError(f"invalid start point {point!r}: empty or contains a NUL byte")
+    if point.startswith("/"):
+        raise ConfigError(f"start point {point!r} must be relative to the root directory")
+    parts = [part for part in point.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ConfigError(f"start point {point!r} must stay inside the root directory")
+    return "/".join(parts) or "."
+
+
+def _check_root(root: str) -> None:
+    if not root or "\x00" in root:
+        raise ConfigError(f"invalid root directory {root!r}: empty or contains a NUL byte")
+
+
+def listing_argv(root: str, start_points: Sequence[str]) -> list[str]:
+    """argv of the listing of ``start_points`` (relative to ``root``) on one host.
+
+    Start points are normalized (``a//b/`` and ``./a/b`` are ``a/b``; ``.`` is the whole root)
+    and deduplicated; an absolute one or one with a ``..`` component is a :class:`ConfigError`.
+    Start points that do not exist on the host are skipped; none at all gives empty output.
+    Nested start points (``.`` and ``a``) list the files below both twice.
+    """
+    _check_root(root)
+    points = list(dict.fromkeys(_normalize_start_point(p) for p in start_points))
+    return sh_script(_LISTING_SCRIPT, root, *points)
+
+
+def new_marker() -> str:
+    """A fresh random frame marker for one fetch (32 lowercase hex digits)."""
+    return secrets.token_hex(16)
+
+
+def fetch_argv(root: str, marker: str | None = None) -> list[str]:
+    """argv of the multi-file fetch under ``root``; the requests go on stdin (fetch_stdin).
+
+    Give the marker here *or* to :func:`fetch_stdin`, not both. On stdin it is preferable:
+    a command line is visible to every user of the host (``ps``), and a user who knows the
+    marker and can write a file being fetched can forge frames for the files after it.
+    """
+    _check_root(root)
+    if marker is not None:
+        _check_marker(marker.encode("ascii", "replace"))
+    return sh_script(_FETCH_SCRIPT, root, _FETCH_BATCH_SCRIPT, marker or "")
+
+
+def fetch_stdin(requests: Sequence[FetchRequest], marker: str | None = None) -> bytes:
+    """The fetch's stdin: one ``<start>:<length>:<path>\\0`` item per request.
+
+    With ``marker`` (when it was not given to :func:`fetch_argv`), a first line holds it.
+    """
+    parts: list[bytes] = []
+    if marker is not None:
+        _check_marker(marker.encode("ascii", "replace"))
+        parts.append(marker.encode("ascii") + b"\n")
+    for request in requests:
+        parts.append(b"%d:%d:%s\x00" % (request.start, request.length, request.path))
+    return b"".join(parts)
+
+
+def _check_marker(marker: bytes) -> None:
+    if len(marker) < 16 or marker.strip(b"0123456789abcdef"):
+        raise ValueError(f"a marker is at least 16 lowercase hex digits, not {marker!r}")
+
+
+# ----------------------------------------------------------------------------- listing
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    """One regular file of a listing."""
+
+    path: bytes
+    """Relative to the root, normalized (no ``./`` prefix, no empty/``.``/``..`` parts)."""
+    size: int
+    mtime: float
+    dev: int
+    ino: int
+
+
+_STAT_LINE = re.compile(
+    rb"([0-9]{1,20}) (-?[0-9]{1,20}(?:\.[0-9]{1,20})?) ([0-9]{1,20}) ([0-9]{1,20})"
+)
+
+
+def _show(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+def _path_problem(path: bytes) -> str | None:
+    """Why ``path`` (already without its ``./``) is not a safe relative path, or None."""
+    if not path:
+        return "empty path"
+    if b"\x00" in path:
+        return "path contains a NUL byte"
+    if path.startswith(b"/"):
+        return "absolute path"
+    for part in path.split(b"/"):
+        if part in (b"", b".", b".."):
+            return "path with an empty, '.' or '..' component"
+    return None
+
+
+class ListingParser:
+    """Incremental parser of a listing's stdout: chunks in, :class:`RemoteFile` records out.
+
+    Holds at most one partial record between chunks (at most :data:`MAX_LISTING_RECORD`
+    bytes). Every path is validated: the host controls this output, and a path that is empty,
+    absolute or has an empty, ``.`` or ``..`` component is a :class:`ProtocolError`.
+    """
+
+    __slots__ = ("_closed", "_pending", "count", "host")
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.count = 0
+        self._pending = b""
+        self._closed = False
+
+    def feed(self, chunk: bytes) -> list[RemoteFile]:
+        if self._closed:
+            raise ValueError("feed() after close()")
+        buf = self._pending + chunk if self._pending else bytes(chunk)
+        out: list[RemoteFile] = []
+        pos = 0
+        find = buf.find
+        while True:
+            newline = find(b"\n", pos)
+            if newline < 0:
+                break
+            end = find(b"\x00", newline + 1)
+            if end < 0:
+                break
+            out.append(self._record(buf[pos:newline], buf[newline + 1 : end]))
+            pos = end + 1
+        rest = buf[pos:]
+        if len(rest) > MAX_LISTING_RECORD:
+            raise ProtocolError(
+                f"listing record longer than {MAX_LISTING_RECORD} bytes without terminator "
+                f"(starts {rest[:80]!r})",
+                host=self.host,
+            )
+        self._pending = rest
+        self.count += len(out)
+        return out
+
+    def close(self) -> None:
+        """End of output: a partial record left over is a :class:`ProtocolError`."""
+        self._closed = True
+        if self._pending:
+            pending, self._pending = self._pending, b""
+            raise ProtocolError(
+                f"listing ended inside a record ({len(pending)} bytes: {pending[:80]!r})",
+                host=self.host,
+            )
+
+    def _record(self, line: bytes, path: bytes) -> RemoteFile:
+        match = _STAT_LINE.fullmatch(line)
+        if match is None:
+            raise ProtocolError(
+                f"malformed listing record {line[:80]!r} for path {path[:200]!r}",
+                host=self.host,
+                path=_show(path[:200]),
+            )
+        if path.startswith(b"./"):
+            path = path[2:]
+        problem = _path_problem(path)
+        if problem is not None:
+            raise ProtocolError(
+                f"unsafe path in listing ({problem}): {path!r}", host=self.host, path=_show(path)
+            )
+        size, mtime, dev, ino = match.groups()
+        return RemoteFile(path, int(size), float(mtime), int(dev), int(ino))
+
+
+# ----------------------------------------------------------------------------- fetch
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """Fetch ``length`` bytes of ``path`` (relative to the root) from offset ``start``."""
+
+    path: bytes
+    start: int
+    length: int
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.length <= 0:
+            raise ValueError(f"bad byte range start={self.start} length={self.length}")
+        problem = _path_problem(self.path)
+        if problem is not None:
+            raise ValueError(f"bad fetch path {self.path!r}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """The file is readable; its bytes follow as :class:`Data` events."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """Bytes of the file, in order (a view into the chunk fed: use or copy it at once)."""
+
+    index: int
+    data: bytes | memoryview
+
+    def __repr__(self) -> str:
+        return f"Data(index={self.index}, {len(self.data)} bytes: {bytes(self.data[:40])!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The file delivered exactly the requested length."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Short:
+    """The frame ended after ``received`` < length bytes: discard this file's Data."""
+
+    index: int
+    received: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """The path is no longer a regular file (deleted, replaced, or reached via a symlink)."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """The file exists but is not readable."""
+
+    index: int
+
+
+FrameEvent = Begin | Data | End | Short | Gone | Denied
+
+_KINDS = b"GDB"
+
+
+class FrameParser:
+    """Incremental parser of a fetch's stdout into :data:`FrameEvent` s, one frame per request.
+
+    Data is streamed: a range of any size passes through as views of the chunks fed, never
+    buffered per file. Between chunks the parser holds only a possible split marker (fewer
+    bytes than a marker line), so the last few bytes of a chunk may be emitted with the next.
+    Anything that is not a marker line where one is expected is a :class:`ProtocolError`
+    naming the host and the path of the request concerned.
+    """
+
+    __slots__ = (
+        "_carry",
+        "_closed",
+        "_end",
+        "_end_first",
+        "_end_len",
+        "_head",
+        "_head_len",
+        "_in_data",
+        "_index",
+        "_received",
+        "_remaining",
+        "host",
+        "marker",
+        "requests",
+    )
+
+    def __init__(self, host: str, marker: bytes, requests: Sequence[FetchRequest]) -> None:
+        _check_marker(marker)
+        self.host = host
+        self.marker = marker
+        self.requests = requests
+        self._head = marker + b" "
+        self._head_len = len(marker) + 3
+        self._end = marker + b" E\n"
+        self._end_len = len(self._end)
+        self._end_first = self._end[:1]
+        self._index = 0
+        self._in_data = False
+        self._remaining = 0
+        self._received = 0
+        self._carry = b""
+        self._closed = False
+
+    @property
+    def answered(self) -> int:
+        """How many requests have had their complete frame."""
+        return self._index
+
+    def feed(self, chunk: bytes) -> list[FrameEvent]:
+        if self._closed:
+            raise ValueError("feed() after close()")
+        buf = self._carry + chunk if self._carry else bytes(chunk)
+        self._carry = b""
+        size = len(buf)
+        view = memoryview(buf)
+        events: list[FrameEvent] = []
+        pos = 0
+        while pos < size:
+            if self._in_data:
+                pos = self._data(buf, view, pos, events)
+            else:
+                pos = self._header(buf, pos, events)
+        return events
+
+    def close(self) -> list[FrameEvent]:
+        """End of output: unanswered requests or leftover bytes are a :class:`ProtocolError`."""
+        self._closed = True
+        if self._carry or self._in_data or self._index < len(self.requests):
+            index = min(self._index, len(self.requests) - 1)
+            where = "inside a frame" if self._carry or self._in_data else "before its frame"
+            raise ProtocolError(
+                f"fetch output ended {where}: {len(self.requests) - self._index} of "
+                f"{len(self.requests)} requests unanswered",
+                host=self.host,
+                path=_show(self.requests[index].path) if index >= 0 else None,
+            )
+        return []
+
+    def _error(self, what: str, found: bytes) -> ProtocolError:
+        index = min(self._index, len(self.requests) - 1)
+        path = self.requests[index].path if index >= 0 else None
+        about = f" (request {index}: {path!r})" if path is not None else ""
+        return ProtocolError(
+            f"{what}{about}; found {found[:80]!r}",
+            host=self.host,
+            path=_show(path) if path is not None else None,
+        )
+
+    def _header(self, buf: bytes, pos: int, events: list[FrameEvent]) -> int:
+        if self._index >= len(self.requests):
+            raise self._error("unexpected output after the last frame", buf[pos:])
+        head = self._head
+        avail = len(buf) - pos
+        if avail < self._head_len:
+            part = buf[pos:]
+            ok = head.startswith(part) if avail <= len(head) else part.startswith(head)
+            if not ok or (avail > len(head) and part[len(head)] not in _KINDS):
+                raise self._error("expected a frame marker", part)
+            self._carry = part
+            return len(buf)
+        end = pos + self._head_len
+        kind = buf[end - 2]
+        if not buf.startswith(head, pos) or buf[end - 1] != 0x0A or kind not in _KINDS:
+            raise self._error("expected a frame marker", buf[pos:end])
+        index = self._index
+        if kind == 0x42:  # B
+            events.append(Begin(index))
+            self._in_data = True
+            self._remaining = self.requests[index].length
+            self._received = 0
+        else:
+            events.append(Gone(index) if kind == 0x47 else Denied(index))
+            self._index = index + 1
+        return end
+
+    def _data(self, buf: bytes, view: memoryview, pos: int, events: list[FrameEvent]) -> int:
+        size = len(buf)
+        remaining = self._remaining
+        end_len = self._end_len
+        # The end marker starts at most `remaining` bytes from here.
+        full_window = pos + remaining + end_len
+        window_end = min(size, full_window)
+        found = buf.find(self._end, pos, window_end)
+        index = self._index
+        if found >= 0:
+            got = found - pos
+            if got:
+                events.append(Data(index, view[pos:found]))
+            received = self._received + got
+            events.append(End(index) if got == remaining else Short(index, received))
+            self._in_data = False
+            self._index = index + 1
+            return found + end_len
+        if window_end == full_window:
+            raise self._error("data longer than requested, or end marker missing", buf[pos:])
+        # The chunk ends inside the window: keep a possible split marker (a suffix of the
+        # chunk that is a prefix of the end marker and starts within the data), emit the rest.
+        limit = pos + remaining
+        split = size
+        first = self._end_first
+        probe = buf.find(first, max(pos, size - end_len + 1), limit + 1)
+        while probe >= 0:
+            if self._end.startswith(buf[probe:]):
+                split = probe
+                break
+            probe = buf.find(first, probe + 1, limit + 1)
+        if split > limit:
+            raise self._error("data longer than requested, or end marker missing", buf[limit:])
+        if split > pos:
+            events.append(Data(index, view[pos:split]))
+            got = split - pos
+            self._received += got
+            self._remaining = remaining - got
+        self._carry = buf[split:]
+        return size

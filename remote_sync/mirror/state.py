@@ -1,0 +1,299 @@
+"""The mirror's checkpoint: one SQLite database (WAL) inside the destination, and its lock.
+
+What it owns: the destination's control directory (``DIR/.remote-sync/``), the exclusive lock
+that keeps two runs off one destination, the ``files`` table (per host and remote path: the bytes
+committed in the mirror, the remote size, identity, prefix fingerprint, mtime and version), and
+crash recovery: on open, bytes beyond a checkpoint are cut back and stray temp files removed, so
+a run killed at any instant resumes exactly.
+
+The order that makes this safe is the writer's: bytes written, flushed to disk, *then* the
+checkpoint committed. A checkpoint therefore never claims bytes the disk does not hold; the disk
+may hold bytes the checkpoint does not claim, and recovery cuts those back.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import LockedError, MirrorError, StateError
+
+CONTROL_DIR = ".remote-sync"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    host TEXT NOT NULL,
+    path BLOB NOT NULL,            -- remote path relative to the host's root, exact bytes
+    kind TEXT NOT NULL,            -- 'append' (grows by offset) or 'whole' (copied whole)
+    size INTEGER NOT NULL,         -- bytes committed in the mirror
+    remote_size INTEGER NOT NULL,  -- size the remote listed at the last sync
+    mtime REAL NOT NULL,
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    fingerprint BLOB NOT NULL,     -- the first bytes of the file (up to FINGERPRINT_BYTES)
+    version INTEGER NOT NULL DEFAULT 0,  -- earlier copies kept under versions/
+    state TEXT NOT NULL DEFAULT 'live',  -- 'live' or 'deleted' (gone from the remote)
+    first_seen REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    deleted_at REAL,
+    PRIMARY KEY (host, path)
+) WITHOUT ROWID;
+"""
+
+#: How many leading bytes identify a file's content (Filebeat's fingerprint uses 1 KiB too).
+FINGERPRINT_BYTES = 1024
+
+
+@dataclass(slots=True)
+class FileState:
+    """One row of ``files``: what the mirror holds of one remote file."""
+
+    host: str
+    path: bytes
+    kind: str
+    size: int
+    remote_size: int
+    mtime: float
+    dev: int
+    ino: int
+    fingerprint: bytes
+    version: int = 0
+    state: str = "live"
+    first_seen: float = 0.0
+    updated_at: float = 0.0
+    deleted_at: float | None = None
+
+
+_COLUMNS = (
+    "host, path, kind, size, remote_size, mtime, dev, ino, fingerprint, version, state, "
+    "first_seen, updated_at, deleted_at"
+)
+
+
+class MirrorState:
+    """The destination's state database and lock. Use as a context manager."""
+
+    def __init__(self, dest: str | os.PathLike[str]) -> None:
+        self.dest = Path(dest)
+        self.control = self.dest / CONTROL_DIR
+        self.tmp_dir = self.control / "tmp"
+        self.versions_dir = self.control / "versions"
+        self._lock_fd: int | None = None
+        self._db: sqlite3.Connection | None = None
+
+    # -- opening, locking, recovery -------------------------------------------------------
+
+    def __enter__(self) -> MirrorState:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        try:
+            self.control.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MirrorError(
+                f"cannot create the destination: {exc.strerror}", path=str(self.dest)
+            ) from exc
+        self._lock()
+        try:
+            self._db = sqlite3.connect(self.control / "state.db", isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives any process kill; after a power loss the newest
+            # commits may be lost, which recovery handles by cutting data back to them.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        except sqlite3.Error as exc:
+            self.close()
+            raise StateError(
+                f"the state database is unusable: {exc}",
+                path=str(self.control / "state.db"),
+                hint="move it aside; a rerun rebuilds state by refetching",
+            ) from exc
+
+    def _lock(self) -> None:
+        fd = os.open(self.control / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise LockedError(
+                f"another remote-sync run (pid {holder or '?'}) is using this destination",
+                path=str(self.dest),
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StateError("state database is not open", path=str(self.dest))
+        return self._db
+
+    def recover(self, hosts: Iterable[str] | None = None) -> list[str]:
+        """Make the mirror match its checkpoints; returns notes on what was repaired.
+
+        Bytes beyond a checkpoint (a run killed between writing and committing) are cut back;
+        a file shorter than its checkpoint (damaged or removed by hand) has its checkpoint
+        reset so the next fetch takes it whole; stray temp files are removed.
+        """
+        notes: list[str] = []
+        if self.tmp_dir.exists():
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        rows = self.all_files(hosts)
+        resets: list[FileState] = []
+        for row in rows:
+            local = self.local_path(row.host, row.path)
+            try:
+                size = local.stat().st_size
+            except FileNotFoundError:
+                size = -1
+            except OSError as exc:
+                raise MirrorError(
+                    f"cannot stat mirror file: {exc.strerror}", host=row.host, path=_show(row.path)
+                ) from exc
+            if size > row.size:
+                with open(local, "r+b") as out:
+                    out.truncate(row.size)
+                    os.fsync(out.fileno())
+                notes.append(
+                    f"{row.host}: {_show(row.path)}: cut back to the checkpoint "
+                    f"({size - row.size} uncommitted bytes)"
+                )
+            elif size < row.size:
+                row.size = max(size, 0)
+                row.ino = -1  # forces a whole fetch and a comparison with what is left
+                resets.append(row)
+                notes.append(
+                    f"{row.host}: {_show(row.path)}: shorter than its checkpoint; "
+                    "it will be fetched whole"
+                )
+        if resets:
+            self.commit(resets)
+        return notes
+
+    # -- reading and writing rows ---------------------------------------------------------
+
+    def all_files(self, hosts: Iterable[str] | None = None) -> list[FileState]:
+        if hosts is None:
+            cur = self.db.execute(f"SELECT {_COLUMNS} FROM files")
+            return [FileState(*r) for r in cur]
+        out: list[FileState] = []
+        for host in hosts:
+            out.extend(self.host_files(host).values())
+        return out
+
+    def host_files(self, host: str) -> dict[bytes, FileState]:
+        cur = self.db.execute(f"SELECT {_COLUMNS} FROM files WHERE host = ?", (host,))
+        return {bytes(r[1]): FileState(r[0], bytes(r[1]), *r[2:]) for r in cur}
+
+    def commit(self, rows: Iterable[FileState]) -> None:
+        """Write checkpoints in one transaction (call only after their bytes are on disk)."""
+        now = time.time()
+        params = []
+        for r in rows:
+            r.updated_at = now
+            if not r.first_seen:
+                r.first_seen = now
+            params.append(
+                (
+                    r.host,
+                    r.path,
+                    r.kind,
+                    r.size,
+                    r.remote_size,
+                    r.mtime,
+                    r.dev,
+                    r.ino,
+                    r.fingerprint,
+                    r.version,
+                    r.state,
+                    r.first_seen,
+                    r.updated_at,
+                    r.deleted_at,
+                )
+            )
+        if not params:
+            return
+        try:
+            with self._transaction():
+                self.db.executemany(
+                    f"INSERT OR REPLACE INTO files ({_COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    params,
+                )
+        except sqlite3.Error as exc:
+            raise StateError(
+                f"cannot write checkpoints: {exc}",
+                path=str(self.control),
+                hint="check free space on the destination",
+            ) from exc
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    # -- paths ------------------------------------------------------------------------------
+
+    def host_dir(self, host: str) -> Path:
+        return self.dest / host
+
+    def local_path(self, host: str, path: bytes) -> Path:
+        return Path(os.fsdecode(os.path.join(os.fsencode(self.dest / host), path)))
+
+    def version_path(self, host: str, path: bytes, version: int) -> Path:
+        base = os.path.join(os.fsencode(self.versions_dir / host), path)
+        return Path(os.fsdecode(base + f".v{version}".encode()))
+
+    def temp_path(self) -> Path:
+        return self.tmp_dir / f"fetch-{os.getpid()}-{time.monotonic_ns()}"
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _show(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+def iter_chunks(path: Path, start: int, length: int, size: int = 1 << 20) -> Iterator[bytes]:
+    """Read ``length`` bytes of a local file from ``start`` in pieces."""
+    with open(path, "rb") as src:
+        src.seek(start)
+        while length > 0:
+            piece = src.read(min(size, length))
+            if not piece:
+                return
+            length -= len(piece)
+            yield piece

@@ -1,0 +1,271 @@
+"""Writing fetched bytes into the mirror, and committing them in batches.
+
+What it owns: the two ways a file's bytes land on disk, and the batch that makes them durable.
+
+- :class:`AppendWriter` extends a mirrored file in place. The fetch starts a little before the
+  committed end; those overlap bytes must equal the local tail, which proves the remote file is
+  still the one we mirrored without re-reading it. A mismatch raises :class:`RewriteDetected`.
+  Only whole lines are kept: a trailing partial line is cut off and arrives next run.
+- :class:`WholeWriter` streams a file into a temp file. On commit it replaces the mirrored copy
+  atomically (rename). If the old copy is not a prefix of the new content (compaction,
+  truncation, replace-by-rename) the old copy is first moved to ``versions/`` and kept forever.
+
+:class:`CommitBatch` holds finished files until a flush: data fsynced (in a worker thread),
+renames done, directories fsynced, *then* the checkpoints committed in one transaction. The
+fsyncs are batched; the guarantee is not.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import MirrorError
+from .state import FINGERPRINT_BYTES, FileState, MirrorState
+
+
+class RewriteDetected(Exception):
+    """The overlap bytes differ from the local tail: the remote file was rewritten."""
+
+
+def _mirror_error(exc: OSError, host: str, path: bytes, doing: str) -> MirrorError:
+    shown = path.decode("utf-8", "backslashreplace")
+    if exc.errno == errno.ENOSPC:
+        return MirrorError(f"disk full while {doing}", host=host, path=shown)
+    return MirrorError(f"cannot {doing}: {exc.strerror or exc}", host=host, path=shown)
+
+
+def _makedirs_for(path: Path, host: str, remote_path: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise MirrorError(
+            "a parent of this path is a file in the mirror (the remote replaced a file by a "
+            "directory); the old file is kept",
+            host=host,
+            path=remote_path.decode("utf-8", "backslashreplace"),
+            hint="move the conflicting mirror file aside, then run again",
+        ) from exc
+    except OSError as exc:
+        raise _mirror_error(exc, host, remote_path, "create its directory") from exc
+
+
+@dataclass
+class Pending:
+    """A finished file waiting for the batch flush."""
+
+    row: FileState
+    handle: BinaryIO
+    temp: Path | None = None  # WholeWriter: the temp file to rename into place
+    category: str = "grown"  # new / grown / rewritten: decided at flush for whole fetches
+    versioned: bool = False
+    bytes: int = 0
+
+
+class AppendWriter:
+    """Extend a mirrored file in place after verifying the overlap."""
+
+    def __init__(self, state: MirrorState, row: FileState, start: int, new_row: FileState) -> None:
+        self.row = new_row  # what will be committed (size updated on finish)
+        self.host = row.host
+        self.path = row.path
+        self.committed = row.size
+        self.local = state.local_path(row.host, row.path)
+        try:
+            self.handle: BinaryIO = open(self.local, "r+b")  # noqa: SIM115 (kept until flush)
+            self.handle.seek(start)
+            self.expected = self.handle.read(row.size - start)
+        except OSError as exc:
+            raise _mirror_error(exc, self.host, self.path, "open the mirrored file") from exc
+        self.overlap_seen = 0
+        self.offset = row.size  # where the next new byte goes
+        self.end_of_lines = row.size
+        self.handle.seek(row.size)
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        if self.overlap_seen < len(self.expected):
+            take = min(len(view), len(self.expected) - self.overlap_seen)
+            if view[:take] != self.expected[self.overlap_seen : self.overlap_seen + take]:
+                raise RewriteDetected
+            self.overlap_seen += take
+            view = view[take:]
+        if not view:
+            return
+        try:
+            self.handle.write(view)
+        except OSError as exc:
+            raise _mirror_error(exc, self.host, self.path, "append to the mirrored file") from exc
+        newline = _rfind_newline(view)
+        if newline >= 0:
+            self.end_of_lines = self.offset + newline + 1
+        self.offset += len(view)
+
+    def finish(self) -> Pending:
+        if self.overlap_seen < len(self.expected):
+            raise RewriteDetected  # the remote file ended inside our overlap: it shrank
+        try:
+            self.handle.truncate(self.end_of_lines)  # a partial last line waits for next run
+        except OSError as exc:
+            raise _mirror_error(exc, self.host, self.path, "truncate the mirrored file") from exc
+        self.row.size = self.end_of_lines
+        if self.committed < FINGERPRINT_BYTES:
+            self.handle.seek(0)
+            self.row.fingerprint = self.handle.read(FINGERPRINT_BYTES)
+        added = self.end_of_lines - self.committed
+        return Pending(self.row, self.handle, category="grown", bytes=added)
+
+    def abort(self) -> None:
+        """Cut back to the checkpoint: nothing of this fetch stays."""
+        try:
+            self.handle.truncate(self.committed)
+        finally:
+            self.handle.close()
+
+
+def _rfind_newline(view: memoryview) -> int:
+    # bytes(view) would copy a whole chunk; search the tail first, where a newline usually is.
+    tail = bytes(view[-4096:])
+    found = tail.rfind(b"\n")
+    if found >= 0:
+        return len(view) - len(tail) + found
+    if len(view) <= 4096:
+        return -1
+    return bytes(view[:-4096]).rfind(b"\n")
+
+
+class WholeWriter:
+    """Stream a whole file into a temp file; the flush puts it in place."""
+
+    def __init__(
+        self, state: MirrorState, row: FileState, *, lines_only: bool, category: str
+    ) -> None:
+        self.state = state
+        self.row = row
+        self.lines_only = lines_only
+        self.category = category
+        self.temp = state.temp_path()
+        try:
+            self.handle: BinaryIO = open(self.temp, "wb")  # noqa: SIM115 (kept until flush)
+        except OSError as exc:
+            raise _mirror_error(exc, row.host, row.path, "create a temp file") from exc
+        self.offset = 0
+        self.end_of_lines = 0
+        self.head = bytearray()
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            self.handle.write(view)
+        except OSError as exc:
+            raise _mirror_error(exc, self.row.host, self.row.path, "write a temp file") from exc
+        if len(self.head) < FINGERPRINT_BYTES:
+            self.head += view[: FINGERPRINT_BYTES - len(self.head)]
+        if self.lines_only:
+            newline = _rfind_newline(view)
+            if newline >= 0:
+                self.end_of_lines = self.offset + newline + 1
+        self.offset += len(view)
+
+    def finish(self) -> Pending:
+        size = self.end_of_lines if self.lines_only else self.offset
+        try:
+            self.handle.truncate(size)
+        except OSError as exc:
+            raise _mirror_error(exc, self.row.host, self.row.path, "truncate a temp file") from exc
+        self.row.size = size
+        self.row.fingerprint = bytes(self.head[: min(size, FINGERPRINT_BYTES)])
+        return Pending(self.row, self.handle, temp=self.temp, category=self.category, bytes=size)
+
+    def abort(self) -> None:
+        self.handle.close()
+        self.temp.unlink(missing_ok=True)
+
+
+@dataclass
+class CommitBatch:
+    """Finished files not yet durable. ``flush_files`` runs in a worker thread."""
+
+    state: MirrorState
+    items: list[Pending] = field(default_factory=list)
+    bytes: int = 0
+
+    def add(self, item: Pending) -> None:
+        self.items.append(item)
+        self.bytes += item.bytes
+
+    def flush_files(self) -> list[Pending]:
+        """Make every pending file durable and in place; returns them for committing.
+
+        Blocking (fsync, renames, comparisons): call through ``anyio.to_thread``.
+        """
+        items, self.items, self.bytes = self.items, [], 0
+        dirs: set[Path] = set()
+        try:
+            for item in items:
+                item.handle.flush()
+                os.fsync(item.handle.fileno())
+                item.handle.close()
+            for item in items:
+                if item.temp is not None:
+                    self._put_in_place(item, dirs)
+            for directory in dirs:
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            for item in items:
+                item.handle.close()
+                if item.temp is not None:
+                    item.temp.unlink(missing_ok=True)
+            raise MirrorError(
+                f"cannot make fetched files durable: {exc.strerror or exc}",
+                path=str(self.state.dest),
+            ) from exc
+        return items
+
+    def _put_in_place(self, item: Pending, dirs: set[Path]) -> None:
+        assert item.temp is not None
+        row = item.row
+        local = self.state.local_path(row.host, row.path)
+        _makedirs_for(local, row.host, row.path)
+        if local.is_dir() and not local.is_symlink():
+            raise MirrorError(
+                "the mirror has a directory where the remote has a file",
+                host=row.host,
+                path=row.path.decode("utf-8", "backslashreplace"),
+            )
+        if local.exists() and not _is_prefix(local, item.temp):
+            if row.kind == "append" or item.category == "new":
+                # The remote rewrote history (or an unknown file sits here): keep the old copy.
+                row.version += 1
+                kept = self.state.version_path(row.host, row.path, row.version)
+                _makedirs_for(kept, row.host, row.path)
+                os.rename(local, kept)  # same file system: instant, never a copy
+                dirs.add(kept.parent)
+                item.versioned = True
+            item.category = "rewritten"
+        elif item.category == "rewritten":
+            # Identity changed but the content only grew (e.g. replaced by rename with the
+            # same history): nothing to keep apart.
+            item.category = "grown"
+        os.rename(item.temp, local)
+        dirs.add(local.parent)
+
+
+def _is_prefix(old: Path, new: Path, block: int = 1 << 20) -> bool:
+    """Is the content of ``old`` a prefix of the content of ``new``?"""
+    if old.stat().st_size > new.stat().st_size:
+        return False
+    with open(old, "rb") as a, open(new, "rb") as b:
+        while True:
+            x = a.read(block)
+            if not x:
+                return True
+            if b.read(len(x)) != x:
+                return False

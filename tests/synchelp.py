@@ -1,0 +1,131 @@
+"""Helpers for sync tests: inventories for a test fleet, realistic trees, mirror comparison."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from sshfleet import SSHFleet
+
+from remote_sync.cli import main
+from remote_sync.events import decode_event
+
+SESSIONS = "agents/{agent}/sessions"
+
+
+def write_inventory(fleet: SSHFleet, path: Path, names: list[str] | None = None,
+                    extra: str = "") -> Path:  # fmt: skip
+    """An inventory with one entry per fleet host, rooted at the host's data dir."""
+    lines = [
+        "[defaults]",
+        f'ssh_config = "{fleet.ssh_config}"',
+        f'known_hosts = "{fleet.known_hosts}"',
+        'format = "openclaw"',
+        "",
+    ]
+    for name in names or fleet.names:
+        lines += ["[[hosts]]", f'name = "{name}"', f'address = "{name}"',
+                  f'root = "{fleet.path(name)}"', extra, ""]  # fmt: skip
+    path.write_text("\n".join(lines))
+    return path
+
+
+def session_line(rng: random.Random, i: int, size: int = 300) -> bytes:
+    text = "".join(rng.choice("abcdefghij klmnopqrstuvwxyzé😀") for _ in range(size))
+    record = {
+        "type": "message",
+        "id": f"{i:08x}",
+        "timestamp": "2026-11-21T10:00:00Z",
+        "message": {
+            "role": "user" if i % 2 else "assistant",
+            "content": [{"type": "text", "text": text}],
+        },  # fmt: skip
+    }
+    return json.dumps(record, ensure_ascii=False).encode() + b"\n"
+
+
+def session_bytes(rng: random.Random, lines: int, start: int = 0, size: int = 300) -> bytes:
+    return b"".join(session_line(rng, start + i, size) for i in range(lines))
+
+
+def big_session(size: int) -> bytes:
+    """About ``size`` bytes of JSONL, fast to make (random base64 text in 2 KB lines)."""
+    import base64
+
+    blob = base64.b64encode(os.urandom(size * 3 // 4))
+    step = 2000
+    return b"".join(b'{"type":"message","text":"%s"}\n' % blob[i : i + step]
+                    for i in range(0, len(blob), step))  # fmt: skip
+
+
+def make_openclaw_tree(fleet: SSHFleet, name: str, *, agents: int = 2, sessions: int = 5,
+                       lines: int = 20, seed: int = 0) -> list[str]:  # fmt: skip
+    """Sessions and a sessions.json per agent; returns the relative transcript paths."""
+    rng = random.Random(seed)
+    paths = []
+    for a in range(agents):
+        base = SESSIONS.format(agent=f"agent{a}")
+        index = {}
+        for s in range(sessions):
+            rel = f"{base}/sess-{a}-{s}.jsonl"
+            fleet.write(name, rel, session_bytes(rng, lines))
+            index[f"agent:agent{a}:s{s}"] = {"sessionId": f"sess-{a}-{s}"}
+            paths.append(rel)
+        fleet.write(name, f"{base}/sessions.json", json.dumps(index))
+    return paths
+
+
+def append(fleet: SSHFleet, name: str, rel: str, data: bytes) -> None:
+    with open(fleet.path(name, rel), "ab") as out:
+        out.write(data)
+
+
+def expected_tree(root: Path, include_prefix: str = "agents/") -> dict[bytes, bytes]:
+    """What the mirror should hold: regular files under the root (JSONL cut at the last line)."""
+    out: dict[bytes, bytes] = {}
+    broot = os.fsencode(root)
+    for dirpath, _dirs, files in os.walk(broot):
+        for f in files:
+            full = os.path.join(dirpath, f)
+            if os.path.islink(full):
+                continue
+            rel = os.path.relpath(full, broot)
+            if not rel.startswith(include_prefix.encode()) or b"/sessions/" not in rel:
+                continue
+            data = Path(os.fsdecode(full)).read_bytes()
+            if b".jsonl" in os.path.basename(rel):
+                cut = data.rfind(b"\n") + 1
+                data = data[:cut]
+                if not data:
+                    continue
+            out[rel] = data
+    return out
+
+
+def mirror_tree(dest: Path, host: str) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    broot = os.fsencode(dest / host)
+    for dirpath, _dirs, files in os.walk(broot):
+        for f in files:
+            full = os.path.join(dirpath, f)
+            out[os.path.relpath(full, broot)] = Path(os.fsdecode(full)).read_bytes()
+    return out
+
+
+def run_cli(args: list[str], capsys: object | None = None) -> tuple[int, list[object]]:
+    """Run ``remote-sync`` in this process; with --json, returns the parsed events."""
+    code = main(args)
+    events: list[object] = []
+    if capsys is not None:
+        out = capsys.readouterr().out  # type: ignore[attr-defined]
+        events = [decode_event(line) for line in out.splitlines() if line.strip()]
+    return code, events
+
+
+def cli_process(args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "remote_sync.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]  # fmt: skip

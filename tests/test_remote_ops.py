@@ -1,0 +1,795 @@
+"""The listing and fetch remote operations: their parsers, and their scripts run for real.
+
+- Property tests: the parsers give the same result however the output is cut into chunks.
+- Local runs of the sh scripts (through the same ``wrapped_command`` quoting sshd gets) over a
+  tree of hostile names, once with dash + GNU tools and once with nothing but BusyBox applets.
+- Real sshd (non-root login user): permissions, symlinks, a missing root, deleted files.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sshfleet import SSHFleet
+
+from remote_sync.errors import ConfigError, ProtocolError, RemoteCommandError
+from remote_sync.mirror.remote_ops import (
+    MAX_LISTING_RECORD,
+    Begin,
+    Data,
+    FetchRequest,
+    FrameEvent,
+    FrameParser,
+    ListingParser,
+    RemoteFile,
+    Short,
+    fetch_argv,
+    fetch_stdin,
+    listing_argv,
+    new_marker,
+)
+from remote_sync.ssh.pool import Endpoint, SSHPool
+from remote_sync.ssh.remote import PID_MARKER, wrapped_command
+from remote_sync.ssh.stream import exec_streaming
+
+MARKER = "0123456789abcdef" * 2
+MB = MARKER.encode()
+END = MB + b" E\n"
+TO_EOF = 1 << 62
+
+# ----------------------------------------------------------------------------- helpers
+
+Merged = tuple[object, ...]
+
+
+def merge(events: Sequence[FrameEvent]) -> list[Merged]:
+    """Events with each file's Data joined into one item, so chunking does not matter."""
+    out: list[Merged] = []
+    for event in events:
+        if isinstance(event, Data):
+            last = out[-1] if out else None
+            if last is not None and last[:2] == ("data", event.index):
+                out[-1] = ("data", event.index, bytes(last[2]) + bytes(event.data))  # type: ignore[call-overload]
+            else:
+                out.append(("data", event.index, bytes(event.data)))
+        else:
+            out.append((type(event).__name__, *vars_of(event)))
+    return out
+
+
+def vars_of(event: FrameEvent) -> tuple[int, ...]:
+    if isinstance(event, Short):
+        return (event.index, event.received)
+    return (event.index,)
+
+
+def feed_frames(parser: FrameParser, stream: bytes, cuts: Sequence[int]) -> list[FrameEvent]:
+    events: list[FrameEvent] = []
+    last = 0
+    for cut in sorted(set(cuts)):
+        events += parser.feed(stream[last:cut])
+        last = cut
+    events += parser.feed(stream[last:])
+    events += parser.close()
+    return events
+
+
+def check_data_bounds(events: Sequence[FrameEvent], requests: Sequence[FetchRequest]) -> None:
+    got: dict[int, int] = {}
+    for event in events:
+        if isinstance(event, Data):
+            assert len(event.data) > 0
+            got[event.index] = got.get(event.index, 0) + len(event.data)
+            assert got[event.index] <= requests[event.index].length
+
+
+def collect(events: Sequence[FrameEvent]) -> dict[int, tuple[str, bytes]]:
+    """index -> (outcome, bytes) where outcome is End/Short/Gone/Denied."""
+    out: dict[int, tuple[str, bytes]] = {}
+    data: dict[int, bytearray] = {}
+    for event in events:
+        if isinstance(event, Begin):
+            data[event.index] = bytearray()
+        elif isinstance(event, Data):
+            data[event.index] += event.data
+        else:
+            out[event.index] = (type(event).__name__, bytes(data.get(event.index, b"")))
+    return out
+
+
+# ----------------------------------------------------------------------------- FrameParser
+
+# Data full of near-misses: marker prefixes, marker lines other than the end marker, newlines.
+_pieces = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from(
+        [b"\n", b" ", b" E", b" E\r\n", MB, MB + b" ", MB + b" E", MB + b" B\n", MB + b" G\n"]
+    ),
+    st.integers(1, len(MB)).map(lambda k: MB[:k]),
+    st.integers(1, len(MB)).map(lambda k: MB[-k:] + b" E\n"),
+)
+_data = st.lists(_pieces, max_size=12).map(b"".join).filter(lambda d: END not in d)
+
+_frame = st.one_of(
+    st.tuples(st.just("G"), st.integers(1, 100), st.just(b"")),
+    st.tuples(st.just("D"), st.integers(1, 100), st.just(b"")),
+    # a complete range: length == len(data)
+    _data.filter(bool).map(lambda d: ("B", len(d), d)),
+    # a short one: the file shrank, the end marker comes early
+    st.tuples(st.just("S"), st.integers(1, 50), _data),
+)
+
+
+def build_stream(
+    frames: Sequence[tuple[str, int, bytes]],
+) -> tuple[bytes, list[FetchRequest], list[Merged]]:
+    parts: list[bytes] = []
+    requests: list[FetchRequest] = []
+    expected: list[Merged] = []
+    for i, (kind, extra, data) in enumerate(frames):
+        if kind in "GD":
+            requests.append(FetchRequest(b"f%d" % i, 0, extra))
+            parts.append(MB + b" " + kind.encode() + b"\n")
+            expected.append(("Gone" if kind == "G" else "Denied", i))
+            continue
+        length = len(data) if kind == "B" else len(data) + extra
+        requests.append(FetchRequest(b"dir/f:%d" % i, i, length))
+        parts += [MB + b" B\n", data, END]
+        expected.append(("Begin", i))
+        if data:
+            expected.append(("data", i, data))
+        expected.append(("End", i) if kind == "B" else ("Short", i, len(data)))
+    return b"".join(parts), requests, expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames=st.lists(_frame, max_size=8), cuts=st.lists(st.integers(0, 2000), max_size=12))
+def test_frame_parser_is_independent_of_chunking(
+    frames: list[tuple[str, int, bytes]], cuts: list[int]
+) -> None:
+    stream, requests, expected = build_stream(frames)
+    whole = FrameParser("h", MB, requests)
+    whole_events = whole.feed(stream) + whole.close()
+    assert merge(whole_events) == expected
+    cut_events = feed_frames(
+        FrameParser("h", MB, requests), stream, [c for c in cuts if c < len(stream)]
+    )
+    assert merge(cut_events) == expected
+    check_data_bounds(cut_events, requests)
+
+
+@settings(max_examples=100, deadline=None)
+@given(frames=st.lists(_frame, min_size=1, max_size=6), data=st.data())
+def test_frame_parser_byte_by_byte_and_truncated(
+    frames: list[tuple[str, int, bytes]], data: st.DataObject
+) -> None:
+    stream, requests, expected = build_stream(frames)
+    parser = FrameParser("h", MB, requests)
+    events: list[FrameEvent] = []
+    for i in range(len(stream)):
+        events += parser.feed(stream[i : i + 1])
+    events += parser.close()
+    assert merge(events) == expected
+    # Any strict prefix of the stream is an error at close(), never a silent success.
+    cut = data.draw(st.integers(0, len(stream) - 1))
+    parser = FrameParser("h", MB, requests)
+    parser.feed(stream[:cut])
+    with pytest.raises(ProtocolError):
+        parser.close()
+
+
+def test_frame_parser_streams_large_ranges_without_buffering() -> None:
+    size = 4 * 1024 * 1024
+    payload = os.urandom(size)
+    requests = [FetchRequest(b"big", 0, size)]
+    stream = MB + b" B\n" + payload + END
+    parser = FrameParser("h", MB, requests)
+    chunk = 64 * 1024
+    total = 0
+    for offset in range(0, len(stream), chunk):
+        events = parser.feed(stream[offset : offset + chunk])
+        got = sum(len(e.data) for e in events if isinstance(e, Data))
+        total += got
+        # Each chunk's data comes out at once, less at most a marker line held back.
+        assert total >= min(offset + chunk - len(MB) - 3, size) - len(END)
+    assert total == size
+    assert parser.close() == []
+
+
+def test_frame_parser_resyncs_after_a_short_frame() -> None:
+    requests = [FetchRequest(b"a", 0, 100), FetchRequest(b"b", 5, 3)]
+    stream = MB + b" B\nonly this" + END + MB + b" B\nxyz" + END
+    events = FrameParser("h", MB, requests).feed(stream)
+    assert merge(events) == [
+        ("Begin", 0),
+        ("data", 0, b"only this"),
+        ("Short", 0, 9),
+        ("Begin", 1),
+        ("data", 1, b"xyz"),
+        ("End", 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stream", "what"),
+    [
+        (b"garbage\n", "expected a frame marker"),
+        (MB + b" X\n", "expected a frame marker"),
+        (MB + b" E\n", "expected a frame marker"),
+        (b"x123", "expected a frame marker"),
+        (b"0123", "ended inside a frame"),  # a marker's start, then nothing
+        (MB + b" B\n0123456789" + END, "longer than requested"),
+        (MB + b" B\nabcd" + b"junk" * 20, "longer than requested"),
+        (MB + b" G\n" + MB + b" G\n", "after the last frame"),
+    ],
+)
+def test_frame_parser_rejects_bad_output(stream: bytes, what: str) -> None:
+    requests = [FetchRequest(b"odd\nname\xff", 0, 4)]
+    parser = FrameParser("kitchen", MB, requests)
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(stream)
+        parser.close()
+    assert what in info.value.message
+    assert info.value.host == "kitchen"
+    assert info.value.path == "odd\nname\\xff"
+    assert "kitchen" in str(info.value)
+
+
+def test_frame_parser_close_reports_unanswered_requests() -> None:
+    requests = [FetchRequest(b"a", 0, 4), FetchRequest(b"b", 0, 4)]
+    parser = FrameParser("h", MB, requests)
+    parser.feed(MB + b" B\nabcd" + END)
+    with pytest.raises(ProtocolError, match="1 of 2 requests unanswered") as info:
+        parser.close()
+    assert info.value.path == "b"
+
+
+def test_fetch_request_and_marker_validation() -> None:
+    for path in (b"", b"/etc/passwd", b"a/../b", b"../a", b"a//b", b"./a", b"a/", b"a\x00b"):
+        with pytest.raises(ValueError):
+            FetchRequest(path, 0, 1)
+    with pytest.raises(ValueError):
+        FetchRequest(b"a", 0, 0)
+    with pytest.raises(ValueError):
+        FetchRequest(b"a", -1, 1)
+    with pytest.raises(ValueError):
+        FrameParser("h", b"short", [])
+    with pytest.raises(ValueError):
+        fetch_stdin([], "NOT-HEX" * 5)
+    marker = new_marker()
+    assert len(marker) == 32 and marker != new_marker()
+    requests = [FetchRequest(b"a:b\nc", 7, 9), FetchRequest(b"\xff", 0, 1)]
+    assert fetch_stdin(requests) == b"7:9:a:b\nc\x000:1:\xff\x00"
+    assert fetch_stdin(requests, marker) == marker.encode() + b"\n7:9:a:b\nc\x000:1:\xff\x00"
+
+
+def test_frame_parser_throughput() -> None:
+    """Hot path sanity check (the report quotes the numbers; this only catches regressions)."""
+    chunk = 256 * 1024
+    payload = os.urandom(1024 * 1024)
+    requests = [FetchRequest(b"f%d" % i, 0, len(payload)) for i in range(16)]
+    stream = (MB + b" B\n" + payload + END) * len(requests)
+    chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
+    parser = FrameParser("h", MB, requests)
+    started = time.perf_counter()
+    total = 0
+    for piece in chunks:
+        total += sum(len(e.data) for e in parser.feed(piece) if isinstance(e, Data))
+    elapsed = time.perf_counter() - started
+    parser.close()
+    assert total == 16 * len(payload)
+    assert total / elapsed > 100e6  # measured: several GB/s
+
+
+# ----------------------------------------------------------------------------- ListingParser
+
+_component = (
+    st.binary(min_size=1, max_size=12)
+    .map(lambda b: b.replace(b"\x00", b"0").replace(b"/", b"_"))
+    .filter(lambda b: b not in (b".", b".."))
+)
+_path = st.lists(_component, min_size=1, max_size=4).map(b"/".join)
+_mtime_text = st.one_of(
+    st.integers(0, 2**33).map(str),  # BusyBox stat: whole seconds
+    st.tuples(st.integers(0, 2**33), st.integers(0, 10**10 - 1)).map(
+        lambda t: f"{t[0]}.{t[1]:010d}"  # GNU find %T@
+    ),
+)
+_record = st.tuples(
+    _path,
+    st.integers(0, 2**40),
+    _mtime_text,
+    st.integers(0, 2**32),
+    st.integers(0, 2**63),
+    st.booleans(),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(_record, max_size=10), cuts=st.lists(st.integers(0, 1000), max_size=10))
+def test_listing_parser_is_independent_of_chunking(
+    records: list[tuple[bytes, int, str, int, int, bool]], cuts: list[int]
+) -> None:
+    stream = b"".join(
+        b"%d %s %d %d\n%s%s\x00" % (size, mtime.encode(), dev, ino, b"./" if dot else b"", path)
+        for path, size, mtime, dev, ino, dot in records
+    )
+    expected = [
+        RemoteFile(path, size, float(mtime), dev, ino) for path, size, mtime, dev, ino, _ in records
+    ]
+    parser = ListingParser("h")
+    got: list[RemoteFile] = []
+    last = 0
+    for cut in sorted(c for c in set(cuts) if c < len(stream)):
+        got += parser.feed(stream[last:cut])
+        last = cut
+    got += parser.feed(stream[last:])
+    parser.close()
+    assert got == expected
+    assert parser.count == len(expected)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"", b"./", b"/etc/passwd", b"../up", b"a/../../b", b"a//b", b"a/./b", b"a/", b"./.", b".."],
+)
+def test_listing_parser_rejects_unsafe_paths(path: bytes) -> None:
+    parser = ListingParser("kitchen")
+    with pytest.raises(ProtocolError, match="unsafe path") as info:
+        parser.feed(b"1 2 3 4\n" + path + b"\x00")
+    assert info.value.host == "kitchen"
+    assert repr(path.removeprefix(b"./")) in info.value.message
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"", b"1 2 3", b"1 2 3 4 5", b"x 2 3 4", b"-1 2 3 4", b"1 2.x 3 4", b"1  2 3 4", b"1 2 3 4\r"],
+)
+def test_listing_parser_rejects_malformed_stat_lines(line: bytes) -> None:
+    with pytest.raises(ProtocolError, match="malformed listing record") as info:
+        ListingParser("h").feed(line + b"\nname\x00")
+    assert info.value.host == "h" and info.value.path == "name"
+
+
+def test_listing_parser_bounds_its_buffer_and_detects_truncation() -> None:
+    parser = ListingParser("h")
+    assert parser.feed(b"1 2 3 4\nsome/pa") == []
+    with pytest.raises(ProtocolError, match="ended inside a record"):
+        parser.close()
+    parser = ListingParser("h")
+    with pytest.raises(ProtocolError, match="without terminator"):
+        for _ in range(3):
+            parser.feed(b"1 2 3 4\n" + b"x" * (MAX_LISTING_RECORD // 2))
+    mtimes = ListingParser("h").feed(b"5 1700000000.1234567890 64768 12\n./x\x00")
+    assert mtimes == [RemoteFile(b"x", 5, 1700000000.123456789, 64768, 12)]
+
+
+def test_argv_validation() -> None:
+    for bad in ("/abs", "a/../..", "", "x\x00"):
+        with pytest.raises(ConfigError):
+            listing_argv("root", [bad])
+    with pytest.raises(ConfigError):
+        listing_argv("", ["."])
+    with pytest.raises(ConfigError):
+        fetch_argv("")
+    argv = listing_argv("r", ["a//b/", "./a/b", ".", "./"])
+    assert argv[0] == "sh" and argv[-3:] == ["r", "a/b", "."]
+
+
+# ----------------------------------------------------------------------------- local runs
+
+HOSTILE_NAMES = [
+    b"plain.jsonl",
+    b"with space.jsonl",
+    b"new\nline.jsonl",
+    b"quote'double\"",
+    b"$(touch pwned)",
+    b"`touch pwned`",
+    b"-rf",
+    b"--help",
+    b"\xff\xfe.jsonl",
+    b"co:lon:1:2",
+    b"tab\tback\\slash",
+    b"!",
+    b"(",
+    b" lead",
+    b"*",
+    b"\x01\x1b[31mctl",
+    b"agents/a/sessions/x.jsonl",
+    b"agents/-d/$(x)/y:z",
+    b"agents/a/\xc3(/deep\n",
+]
+
+
+def content(name: bytes, i: int) -> bytes:
+    # Varied sizes; some contents carry marker-looking text and newlines.
+    return (name + b"\n" + MB[: i * 3 % 33] + b" E\n") * (1 + i * 7) + bytes(range(i % 256))
+
+
+def build_tree(root: Path) -> dict[bytes, bytes]:
+    """The hostile tree under ``root``; returns rel path -> content of every regular file."""
+    files: dict[bytes, bytes] = {}
+    base = os.fsencode(root)
+    for i, name in enumerate(HOSTILE_NAMES):
+        full = base + b"/" + name
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        data = content(name, i)
+        with open(full, "wb") as fh:
+            fh.write(data)
+        files[name] = data
+    with open(base + b"/empty", "wb"):
+        files[b"empty"] = b""
+    outside = root.parent / f"{root.name}-outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "secret.txt").write_bytes(b"outside the root")
+    (outside / "dir" / "inner.jsonl").write_bytes(b"also outside")
+    os.symlink(outside / "secret.txt", root / "link-to-file")
+    os.symlink(outside / "dir", root / "link-to-dir")
+    os.symlink("missing-target", root / "dangling")
+    return files
+
+
+def walk_regular(root: Path, skip: Sequence[bytes] = ()) -> dict[bytes, os.stat_result]:
+    """Regular files under ``root`` (symlinks not followed), by path relative to it."""
+    base = os.fsencode(root)
+    out: dict[bytes, os.stat_result] = {}
+    for dirpath, _dirs, names in os.walk(base):
+        for name in names:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, base)
+            st_ = os.lstat(full)
+            if stat.S_ISREG(st_.st_mode) and not any(rel.startswith(s) for s in skip):
+                out[rel] = st_
+    return out
+
+
+@pytest.fixture(scope="session")
+def busybox() -> str:
+    """The busybox binary, installed with apt-get when missing."""
+    found = shutil.which("busybox")
+    if found is None:
+        errors = []
+        for argv in (["apt-get", "install", "-y", "busybox"], ["apt-get", "update"]) * 2:
+            try:
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+                errors.append(r.stderr.strip()[-300:])
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                errors.append(str(exc))
+            found = shutil.which("busybox")
+            if found:
+                break
+        if found is None:
+            pytest.skip(f"busybox is not installed and apt-get could not install it: {errors}")
+    return found
+
+
+def applet_dir(busybox: str, where: Path) -> Path:
+    """A directory holding only BusyBox applets: with PATH set to it, no GNU tool is found."""
+    where.mkdir(parents=True, exist_ok=True)
+    for applet in ("sh", "find", "stat", "head", "tail", "xargs", "printf", "cat"):
+        os.symlink(busybox, where / applet)
+    return where
+
+
+Runner = tuple[list[str], dict[str, str]]
+
+
+@pytest.fixture(params=["gnu", "busybox"])
+def toolset(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runner]:
+    """(shell argv prefix, environment) of a POSIX sh with GNU tools, or BusyBox only."""
+    home = tmp_path / "home"
+    home.mkdir()
+    if request.param == "gnu":
+        yield ["sh"], {"PATH": os.environ["PATH"], "HOME": str(home)}
+    else:
+        bindir = applet_dir(request.getfixturevalue("busybox"), tmp_path / "bb")
+        yield [str(bindir / "sh")], {"PATH": str(bindir), "HOME": str(home)}
+
+
+def run_local(
+    runner: Runner, argv: list[str], stdin: bytes = b"", cwd: Path | None = None
+) -> tuple[int, bytes, bytes]:
+    """Run argv as sshd would (the same wrapped command line), return (rc, stdout, stderr)."""
+    shell, env = runner
+    r = subprocess.run(
+        [*shell, "-c", wrapped_command(argv)],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd=cwd or env["HOME"],
+        timeout=60,
+        check=False,
+    )
+    first, _, rest = r.stderr.partition(b"\n")
+    assert first.startswith(PID_MARKER), r.stderr
+    return r.returncode, r.stdout, rest
+
+
+def parse_listing(out: bytes, host: str = "h") -> dict[bytes, RemoteFile]:
+    parser = ListingParser(host)
+    files = parser.feed(out)
+    parser.close()
+    by_path = {f.path: f for f in files}
+    assert len(by_path) == len(files), "a file was listed twice"
+    return by_path
+
+
+def run_fetch(
+    runner: Runner, root: Path, requests: list[FetchRequest], *, in_argv: bool = False
+) -> dict[int, tuple[str, bytes]]:
+    marker = new_marker()
+    argv = fetch_argv(str(root), marker if in_argv else None)
+    stdin = fetch_stdin(requests, None if in_argv else marker)
+    rc, out, err = run_local(runner, argv, stdin)
+    assert rc == 0, err
+    events = feed_frames(FrameParser("h", marker.encode(), requests), out, range(0, len(out), 997))
+    check_data_bounds(events, requests)
+    return collect(events)
+
+
+def test_local_listing_of_hostile_names(toolset: Runner, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    build_tree(root)
+    rc, out, err = run_local(toolset, listing_argv(str(root), ["."]))
+    assert (rc, err) == (0, b"")
+    listed = parse_listing(out)
+    expected = walk_regular(root)
+    assert set(listed) == set(expected)
+    for path, f in listed.items():
+        st_ = expected[path]
+        assert (f.size, f.dev, f.ino) == (st_.st_size, st_.st_dev, st_.st_ino), path
+        assert abs(f.mtime - st_.st_mtime) < 1.0
+    assert not any(p.startswith(b"link-") or p == b"dangling" for p in listed)
+    assert not list(tmp_path.rglob("pwned"))
+
+
+def test_local_listing_start_points_and_root(toolset: Runner, tmp_path: Path) -> None:
+    home = Path(toolset[1]["HOME"])
+    root = home / "sessions root"
+    (root / "agents" / "a").mkdir(parents=True)
+    (root / "agents" / "a" / "x.jsonl").write_bytes(b"x")
+    (root / "-dash dir").mkdir()
+    (root / "-dash dir" / "y").write_bytes(b"yy")
+    (root / "top.jsonl").write_bytes(b"zzz")
+    (home / "-odd root").mkdir()
+    (home / "-odd root" / "f").write_bytes(b"f")
+    os.symlink(root / "agents", root / "link-dir")
+    os.symlink(root / "top.jsonl", root / "link-file")
+
+    def listed(root_arg: str, points: list[str]) -> set[bytes]:
+        rc, out, err = run_local(toolset, listing_argv(root_arg, points))
+        assert (rc, err) == (0, b"")
+        return set(parse_listing(out))
+
+    everything = {b"agents/a/x.jsonl", b"-dash dir/y", b"top.jsonl"}
+    assert listed(str(root), ["."]) == everything
+    assert listed("~/sessions root", ["."]) == everything  # relative to $HOME
+    assert listed("sessions root", ["agents/", "./agents", "nope", "top.jsonl"]) == {
+        b"agents/a/x.jsonl",
+        b"top.jsonl",
+    }
+    assert listed(str(root), ["-dash dir"]) == {b"-dash dir/y"}
+    assert listed(str(root), ["missing", "also/missing"]) == set()
+    # A symlink as start point is not followed (nor with a trailing slash).
+    assert listed(str(root), ["link-dir", "link-dir/", "link-file", "top.jsonl"]) == {b"top.jsonl"}
+    # Below a symlinked directory: skipped, with a warning (find would leave the root).
+    rc, out, err = run_local(toolset, listing_argv(str(root), ["link-dir/a", "top.jsonl"]))
+    assert (rc, set(parse_listing(out))) == (0, {b"top.jsonl"})
+    assert b"start point ./link-dir/a is under a symbolic link" in err
+    assert listed(str(root), []) == set()
+    assert listed("-odd root", ["."]) == {b"f"}
+    assert b"sessions root/top.jsonl" in listed("~", ["."])
+
+    for missing in (str(tmp_path / "nope"), str(root / "top.jsonl"), "~/nope"):
+        rc, out, err = run_local(toolset, listing_argv(missing, ["."]))
+        assert (rc, out) == (3, b""), err
+        assert b"cannot enter the root directory" in err
+
+
+def test_local_fetch_of_hostile_names(toolset: Runner, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    files = build_tree(root)
+    (root / "a dir").mkdir()
+    os.mkfifo(root / "fifo")
+    requests: list[FetchRequest] = []
+    expected: list[tuple[str, bytes]] = []
+    for i, (path, data) in enumerate(sorted(files.items())):
+        if not data:
+            continue
+        start = [0, 1, len(data) // 2, len(data) - 1][i % 4]
+        length = len(data) - start if i % 3 else max(1, (len(data) - start) // 2)
+        requests.append(FetchRequest(path, start, length))
+        expected.append(("End", data[start : start + length]))
+        if i % 5 == 0:  # asking for more than there is: a short frame with all there is
+            requests.append(FetchRequest(path, start, len(data) + 10))
+            expected.append(("Short", data[start:]))
+    big = os.urandom(3 * 1024 * 1024 + 7)
+    (root / "big").write_bytes(big)
+    requests += [
+        FetchRequest(b"big", 1000, len(big) - 2000),
+        FetchRequest(b"big", 0, TO_EOF),
+        FetchRequest(b"big", len(big), 5),  # at EOF: nothing
+        FetchRequest(b"missing", 0, 1),
+        FetchRequest(b"link-to-file", 0, 5),
+        FetchRequest(b"link-to-dir/inner.jsonl", 0, 5),
+        FetchRequest(b"a dir", 0, 5),
+        FetchRequest(b"fifo", 0, 5),
+    ]
+    expected += [
+        ("End", big[1000:-1000]),
+        ("Short", big),
+        ("Short", b""),
+        ("Gone", b""),
+        ("Gone", b""),
+        ("Gone", b""),
+        ("Gone", b""),
+        ("Gone", b""),
+    ]
+    got = run_fetch(toolset, root, requests)
+    assert [got[i] for i in range(len(requests))] == expected
+    small = [r for r in requests if r.length < 1000]
+    again = run_fetch(toolset, root, small, in_argv=True)
+    assert [again[i] for i in range(len(small))] == [
+        e for r, e in zip(requests, expected, strict=True) if r.length < 1000
+    ]
+    assert not list(tmp_path.rglob("pwned"))
+
+
+def test_local_fetch_batches_and_errors(toolset: Runner, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    deep = root.joinpath(*["d" * 200 + str(i) for i in range(8)])
+    deep.mkdir(parents=True)
+    name = "f" * 200 + ":x"
+    (deep / name).write_bytes(b"0123456789")
+    rel = os.fsencode(deep.relative_to(root) / name)
+    # ~1.6 KiB per item, 250 items: more than one xargs batch with GNU and BusyBox
+    requests = [FetchRequest(rel, i % 10, 10 - i % 10) for i in range(250)]
+    got = run_fetch(toolset, root, requests)
+    assert [got[i] for i in range(250)] == [("End", b"0123456789"[i % 10 :]) for i in range(250)]
+
+    # No requests: nothing runs, nothing printed.
+    marker = new_marker()
+    assert run_local(toolset, fetch_argv(str(root)), fetch_stdin([], marker)) == (0, b"", b"")
+    # Root missing: status 3 before anything is read.
+    rc, out, err = run_local(toolset, fetch_argv(str(tmp_path / "nope")), fetch_stdin([], marker))
+    assert (rc, out) == (3, b"") and b"cannot enter the root directory" in err
+    # No marker anywhere, or a marker in both places: refused, nothing fetched.
+    rc, out, _ = run_local(toolset, fetch_argv(str(root)), fetch_stdin(requests[:1]))
+    assert rc == 2 and out == b""
+    rc, out, _ = run_local(
+        toolset, fetch_argv(str(root), marker), fetch_stdin(requests[:1], marker)
+    )
+    assert rc != 0 and out == b""
+
+
+# ----------------------------------------------------------------------------- real sshd
+
+
+def endpoint(fleet: SSHFleet, name: str) -> Endpoint:
+    return Endpoint(
+        address=fleet.host(name).alias,
+        ssh_config=(str(fleet.ssh_config),),
+        known_hosts=str(fleet.known_hosts),
+    )
+
+
+async def remote_run(
+    pool: SSHPool,
+    ep: Endpoint,
+    argv: list[str],
+    feed: ListingParser | FrameParser,
+    stdin: bytes | None = None,
+) -> tuple[list[object], bytes]:
+    items: list[object] = []
+    async with exec_streaming(pool, ep, argv, host="h0", stdin=stdin) as stream:
+        async for chunk in stream:
+            items += feed.feed(chunk)
+    closed = feed.close()
+    items += closed or []
+    assert stream.exit_status == 0
+    return items, stream.stderr_tail
+
+
+@pytest.mark.parametrize("tools", ["gnu", "busybox"])
+async def test_listing_and_fetch_over_ssh(
+    ssh_fleet: Callable[..., SSHFleet], tools: str, request: pytest.FixtureRequest
+) -> None:
+    fleet = ssh_fleet(1)
+    prefix: list[str] = []
+    if tools == "busybox":
+        busybox = request.getfixturevalue("busybox")
+        bindir = applet_dir(busybox, fleet.root / "bb")
+        login_home = pwd.getpwnam(fleet.user).pw_dir
+        prefix = [busybox, "env", "-i", f"PATH={bindir}", f"HOME={login_home}"]
+    files: dict[bytes, bytes] = {}
+    for i, name in enumerate(HOSTILE_NAMES):
+        data = content(name, i)
+        fleet.write("h0", "root/" + os.fsdecode(name), data)
+        files[name] = data
+    big = os.urandom(2 * 1024 * 1024 + 3)
+    fleet.write("h0", "root/big", big)
+    fleet.write("h0", "root/secret.jsonl", b"top secret", mode=0o000)
+    fleet.write("h0", "root/locked/hidden.jsonl", b"hidden")
+    fleet.write("h0", "root/doomed.jsonl", b"soon gone")
+    fleet.write("h0", "outside/secret.txt", b"outside")
+    fleet.write("h0", "outside/dir/inner.jsonl", b"outside too")
+    root = fleet.path("h0", "root")
+    os.symlink(fleet.path("h0", "outside/secret.txt"), root / "link-to-file")
+    os.symlink(fleet.path("h0", "outside/dir"), root / "link-to-dir")
+    os.chmod(root / "locked", 0)
+    home = Path(pwd.getpwnam(fleet.user).pw_dir)
+    ep = endpoint(fleet, "h0")
+
+    async with SSHPool() as pool:
+        items, stderr = await remote_run(
+            pool, ep, [*prefix, *listing_argv(str(root), ["."])], ListingParser("h0")
+        )
+        listed = {f.path: f for f in items if isinstance(f, RemoteFile)}
+        expected = walk_regular(root, skip=[b"locked/"])
+        assert set(listed) == set(expected)
+        for path, f in listed.items():
+            st_ = expected[path]
+            assert (f.size, f.dev, f.ino) == (st_.st_size, st_.st_dev, st_.st_ino), path
+            if tools == "gnu":
+                assert abs(f.mtime - st_.st_mtime) < 1e-3
+            else:
+                assert f.mtime == int(st_.st_mtime)
+        assert b"locked" in stderr and b"ermission denied" in stderr  # a warning, exit 0
+        for pwned in (root / "pwned", home / "pwned", fleet.path("h0", "pwned")):
+            assert not pwned.exists()
+
+        with pytest.raises(RemoteCommandError) as info:
+            await remote_run(
+                pool, ep, [*prefix, *listing_argv(str(root / "nope"), ["."])], ListingParser("h")
+            )
+        assert info.value.exit_status == 3
+        assert b"cannot enter the root directory" in info.value.stderr_tail
+
+        os.unlink(root / "doomed.jsonl")
+        requests: list[FetchRequest] = []
+        wanted: list[tuple[str, bytes]] = []
+        for i, (path, data) in enumerate(sorted(files.items())):
+            start = 0 if i % 2 else len(data) // 3
+            requests.append(FetchRequest(path, start, len(data) - start))
+            wanted.append(("End", data[start:]))
+        requests += [
+            FetchRequest(b"big", 0, len(big)),
+            FetchRequest(b"big", 12345, len(big)),
+            FetchRequest(b"big", 1000, 1000),  # tail is cut off by head: no noise
+            FetchRequest(b"secret.jsonl", 0, 10),
+            FetchRequest(b"doomed.jsonl", 0, 9),
+            FetchRequest(b"link-to-file", 0, 7),
+            FetchRequest(b"link-to-dir/inner.jsonl", 0, 5),
+        ]
+        wanted += [
+            ("End", big),
+            ("Short", big[12345:]),
+            ("End", big[1000:2000]),
+            ("Denied", b""),
+            ("Gone", b""),
+            ("Gone", b""),
+            ("Gone", b""),
+        ]
+        for in_argv in (False, True):
+            marker = new_marker()
+            argv = fetch_argv(str(root), marker if in_argv else None)
+            stdin = fetch_stdin(requests, None if in_argv else marker)
+            parser = FrameParser("h0", marker.encode(), requests)
+            events, stderr = await remote_run(pool, ep, [*prefix, *argv], parser, stdin)
+            got = collect(events)  # type: ignore[arg-type]
+            assert [got[i] for i in range(len(requests))] == wanted
+            assert stderr == b""
+        for pwned in (root / "pwned", home / "pwned"):
+            assert not pwned.exists()

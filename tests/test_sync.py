@@ -1,0 +1,377 @@
+"""`remote-sync sync` against a fleet of real sshd hosts."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from sshfleet import SSHFleet
+from synchelp import (
+    append,
+    big_session,
+    cli_process,
+    expected_tree,
+    make_openclaw_tree,
+    mirror_tree,
+    run_cli,
+    session_bytes,
+    write_inventory,
+)
+
+from remote_sync.events import ErrorEvent, HostDone, Progress, Summary
+from remote_sync.mirror.state import MirrorState
+
+
+def sync(inv: Path, dest: Path, capsys: pytest.CaptureFixture[str], *extra: str):  # type: ignore[no-untyped-def]
+    code, events = run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json",
+                            *extra], capsys)  # fmt: skip
+    summary = events[-1]
+    assert isinstance(summary, Summary)
+    return code, summary, events
+
+
+def assert_exact(fleet: SSHFleet, dest: Path, name: str) -> None:
+    want = expected_tree(fleet.path(name))
+    got = mirror_tree(dest, name)
+    assert sorted(got) == sorted(want)
+    for rel, data in want.items():
+        assert got[rel] == data, rel
+
+
+def test_initial_and_incremental_sync_are_byte_identical(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml")
+    dest = tmp_path / "mirror"
+    paths = make_openclaw_tree(fleet, "h0", sessions=6)
+    make_openclaw_tree(fleet, "h1", sessions=3, seed=1)
+    code, summary, events = sync(inv, dest, capsys)
+    assert code == 0
+    assert_exact(fleet, dest, "h0")
+    assert_exact(fleet, dest, "h1")
+    assert summary.files.new == 12 + 2 + 6 + 2
+    assert summary.exit_code == 0
+    # Grow a few sessions; only the new bytes move.
+    rng = random.Random(5)
+    grown = session_bytes(rng, 3, start=100)
+    for rel in paths[:3]:
+        append(fleet, "h0", rel, grown)
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0
+    assert_exact(fleet, dest, "h0")
+    h0 = next(h for h in summary.hosts if h.host == "h0")
+    assert h0.files.grown == 3
+    assert h0.files.new == 0 and h0.files.rewritten == 0
+    # Bytes on the wire: the appended bytes plus the verification overlap, nothing else.
+    assert h0.bytes <= 3 * (len(grown) + 4096)
+    # A third run moves nothing.
+    code, summary, _ = sync(inv, dest, capsys)
+    assert summary.bytes == 0 and summary.files.unchanged == 22
+
+
+def test_json_events_parse_and_summary_adds_up(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml")
+    make_openclaw_tree(fleet, "h0")
+    make_openclaw_tree(fleet, "h1", seed=2)
+    code, summary, events = sync(inv, tmp_path / "m", capsys)
+    kinds = {type(e).__name__ for e in events}
+    assert {"Progress", "HostDone", "Summary"} <= kinds
+    done = [e for e in events if isinstance(e, HostDone)]
+    assert sorted(h.host for h in done) == ["h0", "h1"]
+    assert summary.bytes == sum(h.bytes for h in done)
+    assert summary.files.new == sum(h.files.new for h in done)
+    assert summary.hosts_ok == 2 and summary.hosts_failed == 0
+    assert all(isinstance(e, Progress | HostDone | Summary) for e in events)
+
+
+def test_dry_run_moves_nothing(fleet: SSHFleet, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0")
+    code, summary, _ = sync(inv, tmp_path / "m", capsys, "--dry-run")
+    assert code == 0 and summary.dry_run
+    assert summary.files.new == 12
+    assert not (tmp_path / "m" / "h0").exists()
+
+
+def test_partial_trailing_line_waits_for_its_newline(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/s.jsonl"
+    fleet.write("h0", rel, b'{"a":1}\n{"b":2}\n{"c":')
+    sync(inv, dest, capsys)
+    assert (dest / "h0" / rel).read_bytes() == b'{"a":1}\n{"b":2}\n'
+    append(fleet, "h0", rel, b'3}\n{"d":4}\n')
+    sync(inv, dest, capsys)
+    assert (dest / "h0" / rel).read_bytes() == b'{"a":1}\n{"b":2}\n{"c":3}\n{"d":4}\n'
+
+
+def test_rewrites_keep_the_old_copy_as_a_version(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(9)
+    base = "agents/a/sessions"
+    originals = {}
+    for kind in ("shrunk", "renamed", "regrown", "truncated"):
+        originals[kind] = session_bytes(rng, 30)
+        fleet.write("h0", f"{base}/{kind}.jsonl", originals[kind])
+    sync(inv, dest, capsys)
+    # compaction: shorter content
+    fleet.write("h0", f"{base}/shrunk.jsonl", session_bytes(rng, 5))
+    # replace-by-rename with new content of a larger size (a different inode)
+    new = fleet.write("h0", f"{base}/renamed.tmp", session_bytes(rng, 40))
+    os.rename(new, fleet.path("h0", f"{base}/renamed.jsonl"))
+    # copy-truncate, then the agent wrote more than before: same inode, larger, overlap differs
+    with open(fleet.path("h0", f"{base}/regrown.jsonl"), "r+b") as f:
+        f.truncate(0)
+        f.write(session_bytes(rng, 45, start=1000))
+    # truncated to nothing: the mirror keeps everything
+    with open(fleet.path("h0", f"{base}/truncated.jsonl"), "r+b") as f:
+        f.truncate(0)
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0
+    h0 = summary.hosts[0]
+    assert h0.files.rewritten == 3
+    assert h0.versions_kept == 3
+    for kind in ("shrunk", "renamed", "regrown"):
+        assert (dest / "h0" / base / f"{kind}.jsonl").read_bytes() == fleet.path(
+            "h0", f"{base}/{kind}.jsonl"
+        ).read_bytes()
+        kept = dest / ".remote-sync" / "versions" / "h0" / base / f"{kind}.jsonl.v1"
+        assert kept.read_bytes() == originals[kind], kind
+    assert (dest / "h0" / base / "truncated.jsonl").read_bytes() == originals["truncated"]
+    # Then it grows again from nothing: the old copy is kept as a version.
+    append(fleet, "h0", f"{base}/truncated.jsonl", session_bytes(rng, 2))
+    sync(inv, dest, capsys)
+    kept = dest / ".remote-sync" / "versions" / "h0" / base / "truncated.jsonl.v1"
+    assert kept.read_bytes() == originals["truncated"]
+    assert_exact(fleet, dest, "h0")
+
+
+def test_deleted_files_stay_in_the_mirror(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    paths = make_openclaw_tree(fleet, "h0")
+    sync(inv, dest, capsys)
+    kept = (dest / "h0" / paths[0]).read_bytes()
+    fleet.path("h0", paths[0]).unlink()
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0 and summary.files.deleted == 1
+    assert (dest / "h0" / paths[0]).read_bytes() == kept
+    with MirrorState(dest) as state:
+        row = state.host_files("h0")[paths[0].encode()]
+    assert row.state == "deleted" and row.deleted_at
+
+
+HOSTILE = [
+    b"with space.jsonl",
+    b"new\nline.jsonl",
+    b"quote'single\".jsonl",
+    b"$(touch PWNED).jsonl",
+    b"`touch PWNED2`.jsonl",
+    b"-leading-dash.jsonl",
+    b"\xff\xfenot-utf8.jsonl",
+    b"colon:in:name.jsonl",
+    b"back\\slash.jsonl",
+]
+
+
+def test_hostile_file_names_are_mirrored_exactly_and_never_run(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    base = os.fsencode(fleet.path("h0", "agents/a/sessions"))
+    fleet.mkdir("h0", "agents/a/sessions")
+    for i, name in enumerate(HOSTILE):
+        with open(os.path.join(base, name), "wb") as out:
+            out.write(b'{"n":%d}\n' % i)
+        os.chown(os.path.join(base, name), fleet.uid, fleet.gid)
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0, summary
+    mirrored = os.fsencode(dest / "h0" / "agents/a/sessions")
+    assert sorted(os.listdir(mirrored)) == sorted(HOSTILE)
+    for i, name in enumerate(HOSTILE):
+        assert Path(os.fsdecode(os.path.join(mirrored, name))).read_bytes() == b'{"n":%d}\n' % i
+    home = Path("/home") / fleet.user
+    for where in (fleet.path("h0"), home, Path(os.getcwd()), fleet.path("h0", "agents/a/sessions")):
+        assert not (where / "PWNED").exists() and not (where / "PWNED2").exists()
+
+
+def test_symlinks_are_not_followed(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    secret = tmp_path / "outside"
+    secret.mkdir()
+    (secret / "secret.jsonl").write_bytes(b'{"secret":1}\n')
+    fleet.write("h0", "agents/a/sessions/real.jsonl", b'{"ok":1}\n')
+    os.symlink(secret / "secret.jsonl", fleet.path("h0", "agents/a/sessions/link.jsonl"))
+    os.symlink(secret, fleet.path("h0", "agents/a/sessions/linkdir"))
+    dest = tmp_path / "m"
+    code, _, _ = sync(inv, dest, capsys)
+    assert code == 0
+    assert sorted(os.listdir(dest / "h0" / "agents/a/sessions")) == ["real.jsonl"]
+
+
+def test_permission_denied_file_is_reported_while_the_rest_syncs(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    paths = make_openclaw_tree(fleet, "h0")
+    os.chmod(fleet.path("h0", paths[1]), 0)
+    dest = tmp_path / "m"
+    code, summary, events = sync(inv, dest, capsys)
+    assert code == 1
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert [(e.host, e.path, e.kind) for e in errors] == [("h0", paths[1], "permission_denied")]
+    h0 = summary.hosts[0]
+    assert h0.status == "partial" and h0.files.failed == 1 and h0.files.new == 11
+    assert (dest / "h0" / paths[0]).exists() and not (dest / "h0" / paths[1]).exists()
+
+
+def test_host_key_mismatch_is_refused_while_others_sync(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml")
+    make_openclaw_tree(fleet, "h0")
+    make_openclaw_tree(fleet, "h1")
+    fleet.rotate_host_key("h1")
+    dest = tmp_path / "m"
+    code, summary, events = sync(inv, dest, capsys)
+    assert code == 1
+    by_host = {h.host: h for h in summary.hosts}
+    assert by_host["h0"].status == "ok"
+    assert by_host["h1"].status == "failed" and "CHANGED" in (by_host["h1"].error or "")
+    assert any(isinstance(e, ErrorEvent) and e.kind == "host_key" and e.host == "h1"
+               for e in events)  # fmt: skip
+    assert not (dest / "h1").exists()
+
+
+def test_unreachable_host_exit_1_others_carry_on(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml")
+    make_openclaw_tree(fleet, "h0")
+    fleet.stop("h1")
+    code, summary, _ = sync(inv, tmp_path / "m", capsys)
+    assert code == 1
+    by_host = {h.host: h for h in summary.hosts}
+    assert by_host["h0"].status == "ok" and by_host["h1"].status == "failed"
+    assert "h1" in (by_host["h1"].error or "")
+
+
+def test_second_run_is_refused_by_the_lock(fleet: SSHFleet, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    make_openclaw_tree(fleet, "h0")
+    with MirrorState(dest):
+        code, events = run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"],
+                               capsys)  # fmt: skip
+    assert code == 75
+    assert isinstance(events[0], ErrorEvent) and events[0].kind == "locked"
+    assert not (dest / "h0").exists()
+
+
+def test_bad_inventory_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inv = tmp_path / "inventory.toml"
+    inv.write_text('[[hosts]]\nname = "a"\nadress = "x"\n')
+    code = run_cli(["sync", "--inventory", str(inv), "--dest", str(tmp_path / "m")])[0]
+    assert code == 2
+    assert "inventory.toml: line 3" in capsys.readouterr().err
+
+
+def test_adhoc_host_with_ssh_config(fleet: SSHFleet, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    make_openclaw_tree(fleet, "h0")
+    dest = tmp_path / "m"
+    code, events = run_cli(["sync", "h0", "--dest", str(dest), "-F", str(fleet.ssh_config),
+                            "--known-hosts", str(fleet.known_hosts),
+                            "--root", str(fleet.path("h0")), "--json"], capsys)  # fmt: skip
+    assert code == 0, events
+    assert_exact(fleet, dest, "h0")
+
+
+def test_sshd_killed_mid_transfer_exit_1_then_rerun_completes(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    fleet.write("h0", "agents/a/sessions/big.jsonl", big_session(256 * 1024 * 1024))
+    make_openclaw_tree(fleet, "h0")
+    proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"])
+    temp_dir = dest / ".remote-sync" / "tmp"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        temps = list(temp_dir.glob("*")) if temp_dir.exists() else []
+        if any(t.stat().st_size > 16 * 1024 * 1024 for t in temps if t.exists()):
+            fleet.stop("h0")  # the host vanishes mid-transfer
+            break
+        time.sleep(0.005)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    summary = [line for line in out.splitlines() if b'"summary"' in line][-1]
+    assert b'"host":"h0","status":"failed"' in summary
+    assert b"h0: connection lost" in summary or b"h0: " in err
+    assert not list(temp_dir.glob("*")), "a partial temp file was left behind"
+    fleet.start("h0")
+    proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest)])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_exact(fleet, dest, "h0")
+
+
+def test_kill_9_at_random_points_then_rerun_gives_an_exact_mirror(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """No duplicated or lost line, whatever instant the process dies at."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(11)
+    paths = make_openclaw_tree(fleet, "h0", agents=3, sessions=10, lines=200)
+    fleet.write("h0", "agents/big/sessions/big.jsonl", session_bytes(rng, 10_000, size=1500))
+    args = ["sync", "--inventory", str(inv), "--dest", str(dest)]
+    kills = 0
+    for round_no in range(12):
+        # Change the remote between rounds: appends, a rewrite, a new file.
+        for rel in rng.sample(paths, 5):
+            append(fleet, "h0", rel, session_bytes(rng, rng.randint(1, 50), start=round_no * 1000))
+        if round_no % 4 == 1:
+            fleet.write("h0", paths[round_no], session_bytes(rng, 3, start=7))
+        fleet.write("h0", f"agents/new/sessions/n{round_no}.jsonl", session_bytes(rng, 30))
+        if round_no % 2 == 0:
+            # Plenty to do, so the kill lands mid-fetch, mid-flush or mid-commit.
+            append(fleet, "h0", "agents/big/sessions/big.jsonl", big_session(24 * 1024 * 1024))
+        proc = cli_process(args)
+        time.sleep(rng.uniform(0.2, 1.2))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.communicate(timeout=60)
+    assert kills >= 3
+    proc = cli_process(args)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_exact(fleet, dest, "h0")
+    # Lines are exactly the remote's: none lost, none duplicated.
+    for rel in paths:
+        got = (dest / "h0" / rel).read_bytes().splitlines()
+        want = fleet.path("h0", rel).read_bytes().splitlines()
+        assert got == want
+    # The state agrees with the files.
+    db = sqlite3.connect(dest / ".remote-sync" / "state.db")
+    for path, size in db.execute("SELECT path, size FROM files WHERE host = 'h0'"):
+        assert (dest / "h0" / os.fsdecode(path)).stat().st_size == size

@@ -29,7 +29,10 @@ class RichRenderer:
     """An ``Emit`` that draws progress (on a TTY) and prints the recap."""
 
     def __init__(self, console: Console | None = None, err_console: Console | None = None) -> None:
+        # Piped output has no width to honour: use one wide enough for the recap's columns.
         self.console = console or Console()
+        if not self.console.is_terminal and console is None:
+            self.console = Console(width=120)
         self.err = err_console or Console(stderr=True)
         self.live = self.console.is_terminal
         self.progress = Progress(

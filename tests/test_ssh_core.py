@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import subprocess
 import time
 import tracemalloc
 from pathlib import Path
@@ -16,6 +17,7 @@ from sshfleet import SSHFleet
 from remote_sync.cancel import CancelRegistry
 from remote_sync.errors import (
     AuthenticationError,
+    ChannelRefusedError,
     HostKeyError,
     HostUnreachableError,
     IdleTimeoutError,
@@ -352,3 +354,78 @@ def test_endpoint_parse() -> None:
     assert Endpoint.parse("[::1]:22").address == "::1"
     with pytest.raises(RemoteSyncError):
         Endpoint.parse("box:notaport")
+
+
+async def test_aes_gcm_is_preferred_and_compression_off(fleet: SSHFleet) -> None:
+    ep = endpoint(fleet, "h0")
+    async with SSHPool() as pool:
+        async with pool.session(ep) as conn:
+            assert conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
+            assert conn.get_extra_info("recv_compression") in (None, "none")
+
+
+async def test_channels_beyond_maxsessions_are_refused_with_their_own_error(
+    fleet: SSHFleet,
+) -> None:
+    """Our cap (8) exists because sshd refuses the 11th session; above it, a clear error."""
+    ep = endpoint(fleet, "h0")
+    outcomes: list[object] = []
+    async with SSHPool(PoolSettings(channels_per_host=14)) as pool:
+
+        async def one() -> None:
+            try:
+                outcomes.append(await run_command(pool, ep, ["sleep", "1"], host="h0"))
+            except RemoteSyncError as exc:
+                outcomes.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(14):
+                tg.start_soon(one)
+    refused = [o for o in outcomes if isinstance(o, ChannelRefusedError)]
+    assert refused and all(o.host == "h0" and "MaxSessions" in str(o) for o in refused)
+
+
+async def test_idle_connections_are_closed_and_reopened_on_demand(fleet: SSHFleet) -> None:
+    ep = endpoint(fleet, "h0")
+    async with SSHPool(PoolSettings(idle_close=0.4)) as pool:
+        assert await run_command(pool, ep, ["true"]) == b""
+        await anyio.sleep(1.5)
+        assert pool._slots[ep].conn is None  # closed while idle
+        assert await run_command(pool, ep, ["echo", "back"]) == b"back\n"
+        assert pool.stats(ep).connects == 2
+
+
+async def test_connect_timeout_on_a_silent_server() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        ep = Endpoint(address="127.0.0.1", port=port, ssh_config=())
+        started = time.monotonic()
+        async with SSHPool(PoolSettings(connect_timeout=1.0, login_timeout=1.0)) as pool:
+            with pytest.raises(HostUnreachableError) as info:
+                await run_command(pool, ep, ["true"], host="silent")
+        assert time.monotonic() - started < 10
+        assert info.value.host == "silent"
+
+
+async def test_keys_from_ssh_agent(fleet: SSHFleet, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.02)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(fleet.client_key)], env=env, check=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        # No identity file and no ssh_config: the only key is the agent's.
+        ep = Endpoint(address="127.0.0.1", port=fleet.host("h0").port, user=fleet.user,
+                      ssh_config=(), known_hosts=str(fleet.known_hosts))  # fmt: skip
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/id_* to fall back on
+        async with SSHPool() as pool:
+            assert await run_command(pool, ep, ["echo", "via agent"]) == b"via agent\n"
+    finally:
+        agent.kill()
+        agent.wait()

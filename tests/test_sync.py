@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -375,3 +376,75 @@ def test_kill_9_at_random_points_then_rerun_gives_an_exact_mirror(
     db = sqlite3.connect(dest / ".remote-sync" / "state.db")
     for path, size in db.execute("SELECT path, size FROM files WHERE host = 'h0'"):
         assert (dest / "h0" / os.fsdecode(path)).stat().st_size == size
+
+
+def _wait_for_temp_bytes(proc, dest: Path, size: int, timeout: float = 60) -> bool:  # type: ignore[no-untyped-def]
+    temp_dir = dest / ".remote-sync" / "tmp"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        temps = list(temp_dir.glob("*")) if temp_dir.exists() else []
+        if any(t.stat().st_size > size for t in temps if t.exists()):
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_ctrl_c_cancels_with_130_and_a_rerun_completes(fleet: SSHFleet, tmp_path: Path) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    make_openclaw_tree(fleet, "h0")
+    fleet.write("h0", "agents/a/sessions/big.jsonl", big_session(256 * 1024 * 1024))
+    proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"])
+    assert _wait_for_temp_bytes(proc, dest, 16 * 1024 * 1024)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert b'"status":"cancelled"' in out
+    assert not list((dest / ".remote-sync" / "tmp").glob("*"))
+    with MirrorState(dest) as state:  # the lock was released and the state is readable
+        assert all(r.size == (dest / "h0" / os.fsdecode(r.path)).stat().st_size
+                   for r in state.host_files("h0").values())  # fmt: skip
+    proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest)])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_exact(fleet, dest, "h0")
+
+
+def test_appends_during_a_sync_arrive_whole(fleet: SSHFleet, tmp_path: Path) -> None:
+    """An agent writing while we read: never a torn line, and the rest comes next run."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/live.jsonl"
+    fleet.write("h0", rel, big_session(64 * 1024 * 1024))
+    rng = random.Random(4)
+    proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest)])
+    written = 0
+    with open(fleet.path("h0", rel), "ab") as out:
+        while proc.poll() is None:
+            # Write lines in two pieces, the way a slow agent's buffered writes land.
+            line = session_bytes(rng, 1, start=written)
+            out.write(line[:50])
+            out.flush()
+            out.write(line[50:])
+            out.flush()
+            written += 1
+    assert proc.wait() == 0, proc.stderr.read() if proc.stderr else ""
+    mirrored = (dest / "h0" / rel).read_bytes()
+    assert mirrored.endswith(b"\n")
+    assert fleet.path("h0", rel).read_bytes().startswith(mirrored)
+    code = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest)]).wait()
+    assert code == 0
+    assert_exact(fleet, dest, "h0")
+    assert written > 0
+
+
+def test_recap_table_without_json(fleet: SSHFleet, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    inv = write_inventory(fleet, tmp_path / "inventory.toml")
+    make_openclaw_tree(fleet, "h0")
+    make_openclaw_tree(fleet, "h1")
+    code, _ = run_cli(["sync", "--inventory", str(inv), "--dest", str(tmp_path / "m")])
+    out = capsys.readouterr().out
+    assert code == 0
+    for word in ("sync recap", "h0", "h1", "new", "grown", "rewritten", "unchanged", "failed"):
+        assert word in out

@@ -239,11 +239,23 @@ def ensure_login_user(name: str = DEFAULT_USER) -> pwd.struct_passwd:
         except KeyError:
             r = subprocess.run(
                 [
-                    "useradd", "--system", "--user-group", "--no-create-home",
-                    "--home-dir", f"/home/{name}", "--shell", "/bin/sh", "--password", "*", name,
+                    "useradd",
+                    "--system",
+                    "--user-group",
+                    "--no-create-home",
+                    "--home-dir",
+                    f"/home/{name}",
+                    "--shell",
+                    "/bin/sh",
+                    "--password",
+                    "*",
+                    name,
                 ],
-                capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             try:  # someone else may have created it meanwhile: fine either way
                 pw = pwd.getpwnam(name)
             except KeyError:
@@ -425,8 +437,9 @@ class SSHFleet:
         self._trusted[name] = self.host(name).host_public_key
         self._write_known_hosts()
 
-    def write(self, name: str, relpath: str | os.PathLike[str], data: bytes | str,
-              mode: int = 0o644) -> Path:  # fmt: skip
+    def write(
+        self, name: str, relpath: str | os.PathLike[str], data: bytes | str, mode: int = 0o644
+    ) -> Path:
         """Write a file into the host's data dir, owned by the login user; return its path.
 
         Missing parent directories are created (0755, owned by the login user).
@@ -459,8 +472,16 @@ class SSHFleet:
         As always with ssh, the remote words are joined with spaces and run by the remote
         login shell (/bin/sh -c): quote them (shlex.quote) if they contain specials.
         """
-        return [self.ssh, "-F", str(self.ssh_config), "-o", "BatchMode=yes",
-                self.host(name).alias, "--", *remote_argv]  # fmt: skip
+        return [
+            self.ssh,
+            "-F",
+            str(self.ssh_config),
+            "-o",
+            "BatchMode=yes",
+            self.host(name).alias,
+            "--",
+            *remote_argv,
+        ]
 
     def connect_kwargs(self, name: str) -> dict[str, Any]:
         """Keyword arguments for ``asyncssh.connect(**kw)`` without relying on ssh_config."""

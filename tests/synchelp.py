@@ -17,8 +17,9 @@ from remote_sync.events import decode_event
 SESSIONS = "agents/{agent}/sessions"
 
 
-def write_inventory(fleet: SSHFleet, path: Path, names: list[str] | None = None,
-                    extra: str = "") -> Path:  # fmt: skip
+def write_inventory(
+    fleet: SSHFleet, path: Path, names: list[str] | None = None, extra: str = ""
+) -> Path:
     """An inventory with one entry per fleet host, rooted at the host's data dir."""
     lines = [
         "[defaults]",
@@ -28,8 +29,14 @@ def write_inventory(fleet: SSHFleet, path: Path, names: list[str] | None = None,
         "",
     ]
     for name in names or fleet.names:
-        lines += ["[[hosts]]", f'name = "{name}"', f'address = "{name}"',
-                  f'root = "{fleet.path(name)}"', extra, ""]  # fmt: skip
+        lines += [
+            "[[hosts]]",
+            f'name = "{name}"',
+            f'address = "{name}"',
+            f'root = "{fleet.path(name)}"',
+            extra,
+            "",
+        ]
     path.write_text("\n".join(lines))
     return path
 
@@ -43,7 +50,7 @@ def session_line(rng: random.Random, i: int, size: int = 300) -> bytes:
         "message": {
             "role": "user" if i % 2 else "assistant",
             "content": [{"type": "text", "text": text}],
-        },  # fmt: skip
+        },
     }
     return json.dumps(record, ensure_ascii=False).encode() + b"\n"
 
@@ -58,12 +65,20 @@ def big_session(size: int) -> bytes:
 
     blob = base64.b64encode(os.urandom(size * 3 // 4))
     step = 2000
-    return b"".join(b'{"type":"message","text":"%s"}\n' % blob[i : i + step]
-                    for i in range(0, len(blob), step))  # fmt: skip
+    return b"".join(
+        b'{"type":"message","text":"%s"}\n' % blob[i : i + step] for i in range(0, len(blob), step)
+    )
 
 
-def make_openclaw_tree(fleet: SSHFleet, name: str, *, agents: int = 2, sessions: int = 5,
-                       lines: int = 20, seed: int = 0) -> list[str]:  # fmt: skip
+def make_openclaw_tree(
+    fleet: SSHFleet,
+    name: str,
+    *,
+    agents: int = 2,
+    sessions: int = 5,
+    lines: int = 20,
+    seed: int = 0,
+) -> list[str]:
     """Sessions and a sessions.json per agent; returns the relative transcript paths."""
     rng = random.Random(seed)
     paths = []
@@ -127,5 +142,9 @@ def run_cli(args: list[str], capsys: object | None = None) -> tuple[int, list[ob
 
 
 def cli_process(args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "remote_sync.cli", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "remote_sync.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )  # type: ignore[call-overload]

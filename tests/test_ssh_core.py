@@ -272,8 +272,9 @@ async def test_host_vanishing_midway_is_connection_lost(fleet: SSHFleet) -> None
     ep = endpoint(fleet, "h0")
     async with SSHPool() as pool:
         with pytest.raises(RemoteSyncError) as info:
-            async with exec_streaming(pool, ep, ["head", "-c", str(4096 * MiB), "/dev/zero"],
-                                      host="h0") as s:  # fmt: skip
+            async with exec_streaming(
+                pool, ep, ["head", "-c", str(4096 * MiB), "/dev/zero"], host="h0"
+            ) as s:
                 received = 0
                 async for chunk in s:
                     received += len(chunk)
@@ -299,8 +300,9 @@ async def test_errors_are_classified_per_host_while_others_carry_on(ssh_fleet) -
 
         async def pull(name: str, ep: Endpoint) -> None:
             try:
-                results[name] = await run_command(pool, ep, ["cat", str(fleet.path("h2", "f"))],
-                                                  host=name)  # fmt: skip
+                results[name] = await run_command(
+                    pool, ep, ["cat", str(fleet.path("h2", "f"))], host=name
+                )
             except RemoteSyncError as exc:
                 results[name] = exc
 
@@ -340,8 +342,14 @@ async def test_unknown_host_key_is_refused_unless_accept_new(
 async def test_auth_failure_is_its_own_error(fleet: SSHFleet, tmp_path: Path) -> None:
     stranger = tmp_path / "stranger"
     os.system(f"ssh-keygen -q -t ed25519 -N '' -f {stranger}")
-    ep = Endpoint(address="127.0.0.1", port=fleet.host("h0").port, user=fleet.user, ssh_config=(),
-                  identity_files=(str(stranger),), known_hosts=str(fleet.known_hosts))  # fmt: skip
+    ep = Endpoint(
+        address="127.0.0.1",
+        port=fleet.host("h0").port,
+        user=fleet.user,
+        ssh_config=(),
+        identity_files=(str(stranger),),
+        known_hosts=str(fleet.known_hosts),
+    )
     async with SSHPool() as pool:
         with pytest.raises(AuthenticationError) as info:
             await run_command(pool, ep, ["true"], host="h0")
@@ -358,10 +366,9 @@ def test_endpoint_parse() -> None:
 
 async def test_aes_gcm_is_preferred_and_compression_off(fleet: SSHFleet) -> None:
     ep = endpoint(fleet, "h0")
-    async with SSHPool() as pool:
-        async with pool.session(ep) as conn:
-            assert conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
-            assert conn.get_extra_info("recv_compression") in (None, "none")
+    async with SSHPool() as pool, pool.session(ep) as conn:
+        assert conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
+        assert conn.get_extra_info("recv_compression") in (None, "none")
 
 
 async def test_channels_beyond_maxsessions_are_refused_with_their_own_error(
@@ -421,8 +428,13 @@ async def test_keys_from_ssh_agent(fleet: SSHFleet, tmp_path: Path, monkeypatch)
         subprocess.run(["ssh-add", "-q", str(fleet.client_key)], env=env, check=True)
         monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
         # No identity file and no ssh_config: the only key is the agent's.
-        ep = Endpoint(address="127.0.0.1", port=fleet.host("h0").port, user=fleet.user,
-                      ssh_config=(), known_hosts=str(fleet.known_hosts))  # fmt: skip
+        ep = Endpoint(
+            address="127.0.0.1",
+            port=fleet.host("h0").port,
+            user=fleet.user,
+            ssh_config=(),
+            known_hosts=str(fleet.known_hosts),
+        )
         monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/id_* to fall back on
         async with SSHPool() as pool:
             assert await run_command(pool, ep, ["echo", "via agent"]) == b"via agent\n"

@@ -67,9 +67,11 @@ def test_remote_user_is_not_root(fleet: SSHFleet) -> None:
 async def test_asyncssh_via_ssh_config(fleet: SSHFleet) -> None:
     path = fleet.write("h1", "f.bin", PAYLOAD)
     async with asyncssh.connect(
-        "h1", config=[str(fleet.ssh_config)], known_hosts=str(fleet.known_hosts),
+        "h1",
+        config=[str(fleet.ssh_config)],
+        known_hosts=str(fleet.known_hosts),
         agent_path=None,
-    ) as conn:  # fmt: skip
+    ) as conn:
         r = await conn.run(f"cat {path}", encoding=None, check=True)
         assert r.stdout == PAYLOAD
         async with conn.start_sftp_client() as sftp, sftp.open(str(path), "rb") as f:

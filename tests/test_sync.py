@@ -28,8 +28,9 @@ from remote_sync.mirror.state import MirrorState
 
 
 def sync(inv: Path, dest: Path, capsys: pytest.CaptureFixture[str], *extra: str):  # type: ignore[no-untyped-def]
-    code, events = run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json",
-                            *extra], capsys)  # fmt: skip
+    code, events = run_cli(
+        ["sync", "--inventory", str(inv), "--dest", str(dest), "--json", *extra], capsys
+    )
     summary = events[-1]
     assert isinstance(summary, Summary)
     return code, summary, events
@@ -50,7 +51,7 @@ def test_initial_and_incremental_sync_are_byte_identical(
     dest = tmp_path / "mirror"
     paths = make_openclaw_tree(fleet, "h0", sessions=6)
     make_openclaw_tree(fleet, "h1", sessions=3, seed=1)
-    code, summary, events = sync(inv, dest, capsys)
+    code, summary, _events = sync(inv, dest, capsys)
     assert code == 0
     assert_exact(fleet, dest, "h0")
     assert_exact(fleet, dest, "h1")
@@ -80,7 +81,7 @@ def test_json_events_parse_and_summary_adds_up(
     inv = write_inventory(fleet, tmp_path / "inventory.toml")
     make_openclaw_tree(fleet, "h0")
     make_openclaw_tree(fleet, "h1", seed=2)
-    code, summary, events = sync(inv, tmp_path / "m", capsys)
+    _code, summary, events = sync(inv, tmp_path / "m", capsys)
     kinds = {type(e).__name__ for e in events}
     assert {"Progress", "HostDone", "Summary"} <= kinds
     done = [e for e in events if isinstance(e, HostDone)]
@@ -91,8 +92,9 @@ def test_json_events_parse_and_summary_adds_up(
     assert all(isinstance(e, Progress | HostDone | Summary) for e in events)
 
 
-def test_dry_run_moves_nothing(fleet: SSHFleet, tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_dry_run_moves_nothing(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
     make_openclaw_tree(fleet, "h0")
     code, summary, _ = sync(inv, tmp_path / "m", capsys, "--dry-run")
@@ -256,8 +258,9 @@ def test_host_key_mismatch_is_refused_while_others_sync(
     by_host = {h.host: h for h in summary.hosts}
     assert by_host["h0"].status == "ok"
     assert by_host["h1"].status == "failed" and "CHANGED" in (by_host["h1"].error or "")
-    assert any(isinstance(e, ErrorEvent) and e.kind == "host_key" and e.host == "h1"
-               for e in events)  # fmt: skip
+    assert any(
+        isinstance(e, ErrorEvent) and e.kind == "host_key" and e.host == "h1" for e in events
+    )
     assert not (dest / "h1").exists()
 
 
@@ -274,14 +277,16 @@ def test_unreachable_host_exit_1_others_carry_on(
     assert "h1" in (by_host["h1"].error or "")
 
 
-def test_second_run_is_refused_by_the_lock(fleet: SSHFleet, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_second_run_is_refused_by_the_lock(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
     dest = tmp_path / "m"
     make_openclaw_tree(fleet, "h0")
     with MirrorState(dest):
-        code, events = run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"],
-                               capsys)  # fmt: skip
+        code, events = run_cli(
+            ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"], capsys
+        )
     assert code == 75
     assert isinstance(events[0], ErrorEvent) and events[0].kind == "locked"
     assert not (dest / "h0").exists()
@@ -295,13 +300,27 @@ def test_bad_inventory_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "inventory.toml: line 3" in capsys.readouterr().err
 
 
-def test_adhoc_host_with_ssh_config(fleet: SSHFleet, tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_adhoc_host_with_ssh_config(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     make_openclaw_tree(fleet, "h0")
     dest = tmp_path / "m"
-    code, events = run_cli(["sync", "h0", "--dest", str(dest), "-F", str(fleet.ssh_config),
-                            "--known-hosts", str(fleet.known_hosts),
-                            "--root", str(fleet.path("h0")), "--json"], capsys)  # fmt: skip
+    code, events = run_cli(
+        [
+            "sync",
+            "h0",
+            "--dest",
+            str(dest),
+            "-F",
+            str(fleet.ssh_config),
+            "--known-hosts",
+            str(fleet.known_hosts),
+            "--root",
+            str(fleet.path("h0")),
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, events
     assert_exact(fleet, dest, "h0")
 
@@ -364,7 +383,7 @@ def test_kill_9_at_random_points_then_rerun_gives_an_exact_mirror(
         proc.communicate(timeout=60)
     assert kills >= 3
     proc = cli_process(args)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert_exact(fleet, dest, "h0")
     # Lines are exactly the remote's: none lost, none duplicated.
@@ -402,8 +421,10 @@ def test_ctrl_c_cancels_with_130_and_a_rerun_completes(fleet: SSHFleet, tmp_path
     assert b'"status":"cancelled"' in out
     assert not list((dest / ".remote-sync" / "tmp").glob("*"))
     with MirrorState(dest) as state:  # the lock was released and the state is readable
-        assert all(r.size == (dest / "h0" / os.fsdecode(r.path)).stat().st_size
-                   for r in state.host_files("h0").values())  # fmt: skip
+        assert all(
+            r.size == (dest / "h0" / os.fsdecode(r.path)).stat().st_size
+            for r in state.host_files("h0").values()
+        )
     proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest)])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -438,8 +459,9 @@ def test_appends_during_a_sync_arrive_whole(fleet: SSHFleet, tmp_path: Path) -> 
     assert written > 0
 
 
-def test_recap_table_without_json(fleet: SSHFleet, tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_recap_table_without_json(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     inv = write_inventory(fleet, tmp_path / "inventory.toml")
     make_openclaw_tree(fleet, "h0")
     make_openclaw_tree(fleet, "h1")

@@ -1,0 +1,138 @@
+"""Per-session facts, and the contract every format's reader fulfils.
+
+What it owns: :class:`SessionFacts`, the accumulator the index stores per session and extends
+line by line (so a sync only decodes the *new* bytes of a transcript and adds them to the facts
+it already had), :class:`Message`, one shown message of ``sessions show``, and the
+:class:`FormatReader` protocol that each module in :mod:`remote_sync.formats` implements.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+
+#: Titles are the first user text, shortened to this many characters.
+TITLE_CHARS = 80
+#: How many recent usage keys are remembered across syncs to count a response's usage once.
+RECENT_USAGE_KEYS = 32
+
+
+class SessionFacts(msgspec.Struct, kw_only=True):
+    """What the index knows about one session; extended record by record.
+
+    Every field is a sum, a max/min, a set or a first value, so facts of a file's prefix plus
+    the records of its new bytes equal the facts of the whole file.
+    """
+
+    session_id: str | None = None
+    agent: str | None = None  # agent id or project, when the format has one
+    bytes: int = 0  # bytes of complete lines seen
+    lines: int = 0  # complete lines seen (blank ones included)
+    malformed: int = 0  # lines that were not JSON objects of the format
+    user: int = 0  # messages by role
+    assistant: int = 0
+    tool: int = 0
+    system: int = 0
+    other: int = 0
+    tool_calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cache_read: int = 0
+    tokens_cache_write: int = 0
+    cost: float | None = None  # in USD when the format records it
+    models: list[str] = msgspec.field(default_factory=list)
+    first_ts: str | None = None  # ISO 8601 UTC, e.g. 2026-11-21T10:00:00.000Z
+    last_ts: str | None = None
+    title: str | None = None
+    #: Claude Code repeats one response's usage on each of its lines: remember recent
+    #: ``message.id:requestId`` keys (across syncs) to count each once.
+    recent_usage_keys: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def messages(self) -> int:
+        return self.user + self.assistant + self.tool + self.system + self.other
+
+    def add_message(self, role: str | None) -> None:
+        if role == "user":
+            self.user += 1
+        elif role == "assistant":
+            self.assistant += 1
+        elif role in ("tool", "toolResult", "tool_result", "function"):
+            self.tool += 1
+        elif role in ("system", "developer"):
+            self.system += 1
+        else:
+            self.other += 1
+
+    def add_model(self, model: str | None) -> None:
+        if model and model not in self.models:
+            self.models.append(model)
+
+    def add_time(self, ts: str | None) -> None:
+        if not ts:
+            return
+        if self.first_ts is None or ts < self.first_ts:
+            self.first_ts = ts
+        if self.last_ts is None or ts > self.last_ts:
+            self.last_ts = ts
+
+    def add_title(self, text: str | None) -> None:
+        if self.title is None and text:
+            flat = " ".join(text.split())
+            if flat:
+                self.title = flat if len(flat) <= TITLE_CHARS else flat[: TITLE_CHARS - 1] + "…"
+
+    def add_cost(self, cost: float | None) -> None:
+        if cost is not None:
+            self.cost = (self.cost or 0.0) + cost
+
+    def usage_seen(self, key: str) -> bool:
+        """True if this usage key was counted already; records it otherwise."""
+        if key in self.recent_usage_keys:
+            return True
+        self.recent_usage_keys.append(key)
+        if len(self.recent_usage_keys) > RECENT_USAGE_KEYS:
+            del self.recent_usage_keys[0]
+        return False
+
+
+class ToolCall(msgspec.Struct):
+    name: str
+    arguments: str  # shortened JSON of the arguments
+
+
+class Message(msgspec.Struct, kw_only=True):
+    """One message as ``sessions show`` prints it."""
+
+    offset: int  # byte offset of its line in the transcript
+    role: str
+    timestamp: str | None = None
+    text: str = ""
+    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
+    model: str | None = None
+
+
+class FormatReader(Protocol):
+    """What a format module provides to the index (one instance per format, stateless)."""
+
+    #: The format's name (the inventory's ``format`` key).
+    name: str
+    #: msgspec type each transcript line is decoded into (lenient: unknown fields ignored).
+    line_type: type[Any]
+
+    def is_transcript(self, path: bytes) -> bool:
+        """Is this mirrored file (path relative to the root) a session transcript?"""
+        ...
+
+    def identify(self, path: bytes) -> tuple[str | None, str]:
+        """(agent or project, session id) from the path alone."""
+        ...
+
+    def update(self, facts: SessionFacts, line: Any) -> None:
+        """Fold one decoded line into the facts (the caller counts lines and bytes)."""
+        ...
+
+    def message(self, line: Any, offset: int) -> Message | None:
+        """The line as a shown message, or None when it is not a message (headers, events)."""
+        ...

@@ -1,36 +1,61 @@
-"""The command line: parse arguments, call the engine, render its events, map errors to exit codes.
+"""The command line: parse arguments, run the engine or read the index, map errors to exit codes.
 
-Thin on purpose: everything it does is also reachable from the async library API.
+Thin on purpose: everything it does is also reachable from the library API. Commands:
 
-Exit codes (scripts rely on them): 0 every host synced; 1 some hosts or files failed (the rest
-synced); 2 usage or configuration error; 75 the destination is locked by another run (nothing
-touched; try again later, like EX_TEMPFAIL); 130 cancelled (Ctrl-C).
+* ``sync``: mirror hosts into DIR (the engine; rich progress or ``--json`` events).
+* ``sessions list`` / ``sessions show`` / ``sessions stats``: read the session index of a
+  mirror (read-only: they take no lock and never block a running sync).
+* ``index rebuild``: recompute the index from the mirrored files (takes the lock).
+
+Exit codes (scripts rely on them): 0 success; 1 some hosts or files failed (the rest synced), or
+a mirrored file could not be read; 2 usage or configuration error (no mirror, no such host or
+session); 75 the destination is locked by another run (nothing touched; try again later, like
+EX_TEMPFAIL); 130 cancelled (Ctrl-C).
+
+``--dest`` of the read commands defaults to ``$REMOTE_SYNC_DEST``, else ``./mirror``.
+
+Start-up cost matters (``sessions list --json`` over 10,000 sessions runs in well under half a
+second), so this module imports only the standard library's argument parsing at import time:
+the engine, asyncssh, anyio and rich are imported inside the commands that use them.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .cancel import CancelRegistry
 from .errors import ConfigError, LockedError, RemoteSyncError
-from .events import Emit, ErrorEvent, ThrottledProgress, json_lines_renderer
-from .inventory import AdhocOptions, Host, Inventory, load_inventory
-from .mirror.engine import SyncOptions, sync_fleet
-from .ssh.pool import PoolSettings
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from .events import Emit
+    from .index.query import SessionRow, StatsRow
+    from .index.show import ShowResult
+    from .inventory import Host
+    from .mirror.engine import SyncOptions
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 75
 EXIT_CANCELLED = 130
+
+#: Where the read commands look for the mirror when ``--dest`` is not given.
+DEST_ENV = "REMOTE_SYNC_DEST"
+DEFAULT_DEST = "mirror"
+
+_CLASSES = ("empty", "low", "valuable")
+_STATES = ("live", "deleted", "rewritten")
+_STATS_KEYS = ("host", "agent", "format", "model", "day")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,13 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"remote-sync {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_sync(sub)
+    _add_sessions(sub)
+    _add_index(sub)
+    return parser
 
+
+def _add_sync(sub: Any) -> None:
     sync = sub.add_parser(
         "sync",
         help="bring the mirror up to date with every host",
         description="Bring DIR up to date with each host's session files, moving only new "
         "bytes. A HOST not in the inventory is an ad-hoc [user@]host[:port] or ssh_config alias.",
     )
+    sync.set_defaults(run=run_sync)
     sync.add_argument("hosts", nargs="*", metavar="HOST", help="hosts to sync (default: all)")
     sync.add_argument("--inventory", "-I", metavar="FILE", help="inventory TOML file")
     sync.add_argument("--dest", "-d", metavar="DIR", required=True, help="mirror directory")
@@ -81,23 +113,167 @@ def build_parser() -> argparse.ArgumentParser:
         help="record unknown host keys on first contact (OpenSSH accept-new); "
         "a changed key is still refused",
     )
-    return parser
+
+
+def _dest_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dest",
+        "-d",
+        metavar="DIR",
+        help=f"mirror directory (default: ${DEST_ENV}, else ./{DEFAULT_DEST})",
+    )
+
+
+def _filter_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", metavar="H", help="only this host")
+    parser.add_argument("--format", metavar="F", help="only this format (openclaw, codex, ...)")
+    parser.add_argument("--agent", metavar="A", help="only this agent or project")
+    parser.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only sessions active at or after WHEN: an ISO date or datetime (UTC unless it "
+        "says otherwise) or an age like 7d, 12h, 30m",
+    )
+    parser.add_argument(
+        "--class",
+        dest="klass",
+        choices=_CLASSES,
+        help="only this class: empty (under 500 bytes or no messages), low (at most one user "
+        "message and idle for 7 days), valuable (the rest)",
+    )
+    parser.add_argument(
+        "--state",
+        choices=_STATES,
+        help="only this state: live, deleted (gone from the remote), rewritten (versions kept)",
+    )
+
+
+def _remote_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("remote (ask the hosts instead of the mirror)")
+    group.add_argument("--remote", action="store_true", help="read the hosts over SSH")
+    group.add_argument("--inventory", "-I", metavar="FILE", help="inventory TOML (with --remote)")
+
+
+def _add_sessions(sub: Any) -> None:
+    sessions = sub.add_parser(
+        "sessions",
+        help="list, show and sum the mirrored sessions (from the index)",
+        description="Read the session index of a mirror. Never takes the mirror's lock: "
+        "works while a sync runs.",
+    )
+    verbs = sessions.add_subparsers(dest="verb", required=True)
+
+    listing = verbs.add_parser(
+        "list",
+        help="one line per session",
+        description="List the indexed sessions. --sort FIELD sorts ascending, --sort -FIELD "
+        "descending (default -last_ts: the most recent first); missing values sort last.",
+    )
+    listing.set_defaults(run=run_sessions_list)
+    _dest_option(listing)
+    _filter_options(listing)
+    listing.add_argument(
+        "--sort",
+        metavar="FIELD",
+        default="-last_ts",
+        help="sort by any field of the JSON rows but models (e.g. last_ts, messages, tokens_out, "
+        "cost, bytes, host); a leading '-' sorts descending (default -last_ts)",
+    )
+    listing.add_argument("--limit", type=int, metavar="N", help="at most N sessions")
+    listing.add_argument("--json", action="store_true", help="one JSON object per session")
+    _remote_options(listing)
+
+    show = verbs.add_parser(
+        "show",
+        help="the messages of one session",
+        description="Show messages of one session, reading only what is shown. Without "
+        "--head/--tail/--page: the first page.",
+    )
+    show.set_defaults(run=run_sessions_show)
+    show.add_argument("host", metavar="HOST", help="the host (as in the inventory)")
+    show.add_argument(
+        "session",
+        metavar="SESSION",
+        help="session id (or a unique prefix of it), or the file's path relative to the root",
+    )
+    _dest_option(show)
+    which = show.add_mutually_exclusive_group()
+    which.add_argument("--head", type=int, metavar="N", help="the first N messages")
+    which.add_argument("--tail", type=int, metavar="N", help="the last N messages")
+    which.add_argument("--page", type=int, metavar="K", help="page K (1-based) of --page-size")
+    show.add_argument(
+        "--page-size", type=int, default=50, metavar="N", help="messages per page (default 50)"
+    )
+    show.add_argument("--json", action="store_true", help="one JSON object per message")
+    _remote_options(show)
+
+    stats = verbs.add_parser(
+        "stats",
+        help="totals per host, agent, format, model or day",
+        description="Sum sessions, messages, tool calls, tokens, cost and bytes per group. "
+        "By model: a session that used several models counts for each. By day: of its last "
+        "activity (UTC).",
+    )
+    stats.set_defaults(run=run_sessions_stats)
+    _dest_option(stats)
+    stats.add_argument("--by", choices=_STATS_KEYS, default="host", help="group by (default host)")
+    _filter_options(stats)
+    stats.add_argument("--json", action="store_true", help="one JSON object per group")
+
+
+def _add_index(sub: Any) -> None:
+    index = sub.add_parser("index", help="maintain the session index")
+    verbs = index.add_subparsers(dest="verb", required=True)
+    rebuild = verbs.add_parser(
+        "rebuild",
+        help="recompute the index from the mirrored files",
+        description="Recompute every session's facts from the mirror (takes the mirror's lock, "
+        "like a sync).",
+    )
+    rebuild.set_defaults(run=run_index_rebuild)
+    _dest_option(rebuild)
+    rebuild.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_sort_value(sys.argv[1:] if argv is None else argv))
+    try:
+        code: int = args.run(args)
+    except KeyboardInterrupt:
+        return EXIT_CANCELLED
+    return code
+
+
+def _join_sort_value(argv: Sequence[str]) -> list[str]:
+    """``--sort -FIELD`` as ``--sort=-FIELD`` (argparse would take -FIELD for an option)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+        if argv[i] == "--sort" and value[:1] == "-" and value[:2] != "--":
+            out.append(f"--sort={value}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def _setup_logging(verbose: int) -> None:
+    import logging
+
     logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else logging.INFO
-        if args.verbose
-        else logging.WARNING,
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    return run_sync(args) if args.command == "sync" else EXIT_USAGE
+
+
+# -- sync ---------------------------------------------------------------------------------------
 
 
 def _select_hosts(args: argparse.Namespace) -> list[Host]:
+    from .inventory import AdhocOptions, Inventory, load_inventory
+
     inventory = load_inventory(args.inventory) if args.inventory else Inventory(None, [])
     adhoc = AdhocOptions(
         format=args.format,
@@ -116,6 +292,13 @@ def _select_hosts(args: argparse.Namespace) -> list[Host]:
 
 
 def run_sync(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
+    import anyio
+
+    from .events import ThrottledProgress, json_lines_renderer
+    from .mirror.engine import SyncOptions
+    from .ssh.pool import PoolSettings
+
     error_out = json_lines_renderer() if args.json else None
     try:
         if args.concurrency < 1:
@@ -151,6 +334,13 @@ def run_sync(args: argparse.Namespace) -> int:
 
 
 async def _sync_main(hosts: list[Host], options: SyncOptions, emit: Emit) -> int:
+    import signal
+
+    import anyio
+
+    from .cancel import CancelRegistry
+    from .mirror.engine import sync_fleet
+
     registry = CancelRegistry()
     async with anyio.create_task_group() as tg:
 
@@ -179,8 +369,434 @@ async def _sync_main(hosts: list[Host], options: SyncOptions, emit: Emit) -> int
 
 def _report(exc: RemoteSyncError, json_out: Emit | None) -> None:
     if json_out is not None:
+        from .events import ErrorEvent
+
         json_out(ErrorEvent.from_exception(exc))
     print(f"remote-sync: {exc}", file=sys.stderr)
+
+
+# -- sessions and index -------------------------------------------------------------------------
+
+
+def _dest(args: argparse.Namespace) -> Path:
+    return Path(args.dest or os.environ.get(DEST_ENV) or DEFAULT_DEST)
+
+
+def _exit_code(exc: RemoteSyncError) -> int:
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    if isinstance(exc, LockedError):
+        return EXIT_LOCKED
+    return EXIT_FAILED
+
+
+def _fail(exc: RemoteSyncError) -> int:
+    print(f"remote-sync: {exc}", file=sys.stderr)
+    return _exit_code(exc)
+
+
+def _write_json_lines(items: Iterable[Any]) -> int:
+    """Encode items as JSON lines and write them to stdout in large chunks.
+
+    U+2028 and U+2029 are written escaped: they are valid in JSON strings, but many line
+    splitters (Python's ``str.splitlines``, JavaScript) take them for line ends.
+    """
+    import msgspec
+
+    encode = msgspec.json.Encoder().encode_lines
+    out = sys.stdout.buffer
+
+    def write(batch: list[Any]) -> None:
+        data = encode(batch)
+        if b"\xe2\x80" in data:
+            data = data.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+        out.write(data)
+
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= 4096:
+            write(batch)
+            batch.clear()
+    if batch:
+        write(batch)
+    out.flush()
+    return EXIT_OK
+
+
+def _guard_pipe(run: Any) -> int:
+    """Run ``run()``; a reader that closed the pipe (``| head``) is not an error."""
+    try:
+        code: int = run()
+        return code
+    except BrokenPipeError:
+        # Python would complain again when flushing stdout at exit: point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
+
+
+def _remote_api(*names: str) -> Any:
+    """The first of ``remote_sync.api``'s functions ``names`` that exists (or a ConfigError)."""
+    import importlib
+
+    try:
+        api = importlib.import_module("remote_sync.api")
+    except ImportError:
+        api = None
+    for name in names:
+        function = getattr(api, name, None)
+        if function is not None:
+            return function
+    raise ConfigError(
+        "--remote is not available: remote_sync.api has no "
+        + " or ".join(names)
+        + " in this installation",
+        hint="read the mirror instead (drop --remote)",
+    )
+
+
+def _resolve(result: Any) -> Any:
+    """``result``, awaited first when it is a coroutine (the library API is async)."""
+    if not hasattr(result, "__await__"):
+        return result
+    import anyio
+
+    async def wait() -> Any:
+        return await result
+
+    return anyio.run(wait)
+
+
+def _remote_hosts(args: argparse.Namespace, names: list[str]) -> list[Host]:
+    from .inventory import Inventory, load_inventory
+
+    inventory = load_inventory(args.inventory) if args.inventory else Inventory(None, [])
+    hosts = inventory.select(names, [])
+    if not hosts:
+        raise ConfigError("no hosts to ask", hint="pass --inventory FILE, or --host H")
+    return list(hosts)
+
+
+def _list_remote(args: argparse.Namespace, filters: dict[str, Any]) -> list[SessionRow]:
+    function = _remote_api("list_sessions_remote", "list_sessions")
+    if function.__name__ == "list_sessions_remote":
+        return list(_resolve(function(inventory=args.inventory, **filters)))
+    from .index.query import select_rows
+
+    hosts = _remote_hosts(args, [args.host] if args.host else [])
+    return select_rows(_resolve(function(remote=True, hosts=hosts)), **filters)
+
+
+def _show_remote(args: argparse.Namespace, how: dict[str, Any]) -> tuple[Any, ShowResult]:
+    function = _remote_api("show_session_remote", "show_session")
+    if function.__name__ == "show_session_remote":
+        row, result = _resolve(function(args.host, args.session, inventory=args.inventory, **how))
+        return row, result
+    from .index.show import ShowResult
+
+    if args.page is not None:
+        raise ConfigError("--page needs the mirror's index", hint="use --head or --tail")
+    head = how["head"] if how["tail"] is not None or how["head"] is not None else args.page_size
+    (host,) = _remote_hosts(args, [args.host])
+    messages = _resolve(function(host, args.session, head=head, tail=how["tail"]))
+    return None, ShowResult(messages=list(messages), first=0 if how["tail"] is None else None)
+
+
+def _check_remote_flags(args: argparse.Namespace) -> None:
+    if args.inventory and not args.remote:
+        raise ConfigError("--inventory applies only with --remote")
+
+
+def run_sessions_list(args: argparse.Namespace) -> int:
+    try:
+        _check_remote_flags(args)
+        filters: dict[str, Any] = {
+            "host": args.host,
+            "format": args.format,
+            "agent": args.agent,
+            "since": args.since,
+            "klass": args.klass,
+            "state": args.state,
+            "sort": args.sort,
+            "limit": args.limit,
+        }
+        db: sqlite3.Connection | None = None
+        if args.remote:
+            rows: Iterable[SessionRow] = _list_remote(args, filters)
+        else:
+            from .index.query import open_index, query_sessions
+
+            db = open_index(_dest(args))
+            rows = query_sessions(db, **filters)
+        try:
+            if args.json:
+                return _guard_pipe(lambda: _write_json_lines(rows))
+            return _guard_pipe(lambda: _print_sessions(list(rows)))
+        finally:
+            if db is not None:
+                db.close()
+    except RemoteSyncError as exc:
+        return _fail(exc)
+
+
+def run_sessions_show(args: argparse.Namespace) -> int:
+    try:
+        _check_remote_flags(args)
+        if args.page_size < 1:
+            raise ConfigError("--page-size must be at least 1")
+        head, tail, page = args.head, args.tail, args.page
+        if head is None and tail is None and page is None:
+            page = 1
+        how = {"head": head, "tail": tail, "page": page, "page_size": args.page_size}
+        if args.remote:
+            row, result = _show_remote(args, how)
+        else:
+            from .index.show import show_session
+
+            row, result = show_session(_dest(args), args.host, args.session, **how)
+        if args.json:
+            return _guard_pipe(lambda: _write_json_lines(result.messages))
+        return _guard_pipe(lambda: _print_messages(row, result, page, args.page_size))
+    except RemoteSyncError as exc:
+        return _fail(exc)
+
+
+def run_sessions_stats(args: argparse.Namespace) -> int:
+    try:
+        from .index.query import open_index, session_stats
+
+        db = open_index(_dest(args))
+        try:
+            groups = session_stats(
+                db,
+                args.by,
+                host=args.host,
+                format=args.format,
+                agent=args.agent,
+                since=args.since,
+                klass=args.klass,
+                state=args.state,
+            )
+        finally:
+            db.close()
+        if args.json:
+            return _guard_pipe(lambda: _write_json_lines(groups))
+        return _guard_pipe(lambda: _print_stats(args.by, groups))
+    except RemoteSyncError as exc:
+        return _fail(exc)
+
+
+def run_index_rebuild(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
+    dest = _dest(args)
+    try:
+        if not (dest / ".remote-sync" / "state.db").is_file():
+            raise ConfigError(
+                f"no mirror at {dest} (no .remote-sync/state.db)",
+                hint=f"pass --dest DIR (or set {DEST_ENV}) to a directory `remote-sync sync` "
+                "has filled",
+            )
+        try:
+            from .index.update import rebuild_index
+        except ImportError:
+            raise ConfigError(
+                "index rebuild is not available: remote_sync.index.update is missing"
+            ) from None
+        count = rebuild_index(dest)
+    except RemoteSyncError as exc:
+        return _fail(exc)
+    if args.json:
+        sys.stdout.write(f'{{"type":"index_rebuilt","sessions":{count}}}\n')
+    else:
+        print(f"{count} sessions indexed in {dest}")
+    return EXIT_OK
+
+
+# -- human output (rich, imported only here) ----------------------------------------------------
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    # Piped output has no width to honour: one wide enough for the columns.
+    return console if console.is_terminal else Console(width=160, highlight=False)
+
+
+def _count(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def _when(ts: str | None) -> str:
+    return f"{ts[:10]} {ts[11:16]}" if ts else "-"
+
+
+def _cut(text: str | None, width: int) -> str:
+    if not text:
+        return ""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print_sessions(rows: list[SessionRow]) -> int:
+    from rich.table import Table
+    from rich.text import Text
+
+    console = _console()
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("host", "agent", "session", "class", "state"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("messages", justify="right", no_wrap=True)
+    table.add_column("tokens", justify="right", no_wrap=True)
+    table.add_column("last activity", no_wrap=True)
+    table.add_column("title", no_wrap=True, overflow="ellipsis", ratio=1)
+    class_style = {"empty": "dim", "low": "yellow", "valuable": "green"}
+    state_style = {"live": "", "deleted": "red", "rewritten": "magenta"}
+    for r in rows:
+        table.add_row(
+            Text(r.host),
+            Text(r.agent or "-"),
+            Text(_cut(r.session_id, 14)),
+            Text(r.klass, style=class_style.get(r.klass, "")),
+            Text(r.state, style=state_style.get(r.state, "")),
+            Text(str(r.messages)),
+            Text(_count(r.tokens_in + r.tokens_out)),
+            Text(_when(r.last_ts)),
+            Text(_cut(r.title, 60)),
+        )
+    console.print(table)
+    if not rows:
+        print("no sessions match", file=sys.stderr)
+    return EXIT_OK
+
+
+_TEXT_CHARS = 1200
+_TEXT_LINES = 16
+
+
+def _message_text(text: str) -> str:
+    lines = text.strip().splitlines()
+    cut = len(lines) > _TEXT_LINES
+    shown = "\n".join(lines[:_TEXT_LINES])
+    if len(shown) > _TEXT_CHARS:
+        shown, cut = shown[:_TEXT_CHARS], True
+    return shown + (" …" if cut else "")
+
+
+def _print_messages(
+    row: SessionRow | None, result: ShowResult, page: int | None, page_size: int
+) -> int:
+    """Messages for a person; ``row`` is None for a session read straight from its host."""
+    from rich.text import Text
+
+    console = _console()
+    if row is not None:
+        console.print(
+            Text.assemble(
+                (f"{row.host} ", "bold"),
+                (row.path, "bold"),
+                f"  session {row.session_id}  {row.messages} messages  {row.state}",
+            )
+        )
+    role_style = {"user": "bold cyan", "assistant": "bold green", "tool": "bold magenta"}
+    for i, message in enumerate(result.messages):
+        number = f"#{result.first + i + 1} " if result.first is not None else ""
+        header = Text.assemble(
+            (number, "dim"),
+            (message.role, role_style.get(message.role, "bold")),
+            (f"  {_when(message.timestamp)}" if message.timestamp else "", "dim"),
+            (f"  {message.model}" if message.model else "", "dim"),
+        )
+        console.print()
+        console.print(header)
+        if message.text:
+            console.print(Text(_message_text(message.text)), soft_wrap=False)
+        for call in message.tool_calls:
+            console.print(Text(f"→ {call.name}({_cut(call.arguments, 160)})", style="yellow"))
+    _print_footer(row, result, page, page_size)
+    return EXIT_OK
+
+
+def _print_footer(
+    row: SessionRow | None, result: ShowResult, page: int | None, page_size: int
+) -> None:
+    shown = len(result.messages)
+    if row is None:
+        print(f"\n{shown} messages", file=sys.stderr)
+        return
+    if page is not None:
+        pages = max(1, -(-row.messages // page_size))
+        if not shown:
+            note = f"page {page} is past the end ({row.messages} messages, {pages} pages)"
+        else:
+            note = f"page {page} of {pages} ({row.messages} messages)"
+            if page < pages:
+                note += f"; --page {page + 1} for more"
+    else:
+        note = f"{shown} of {row.messages} messages"
+    print(f"\n{note}; read {_size(result.bytes_read)}", file=sys.stderr)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _print_stats(by: str, groups: list[StatsRow]) -> int:
+    from rich.table import Table
+    from rich.text import Text
+
+    console = _console()
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column(by, no_wrap=True)
+    heads = ("sessions", "messages", "tool calls", "tokens in", "tokens out", "cache read")
+    for name in (*heads, "cache write", "cost", "bytes"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for g in groups:
+        table.add_row(*_stats_cells(Text(g.key or "-"), g))
+    if groups and by != "model":
+        total = _total(groups)
+        table.add_row(*_stats_cells(Text("total", style="bold"), total), end_section=True)
+    console.print(table)
+    return EXIT_OK
+
+
+def _stats_cells(key: Text, g: StatsRow) -> Iterator[Text | str]:
+    yield key
+    yield str(g.sessions)
+    yield str(g.messages)
+    yield str(g.tool_calls)
+    for n in (g.tokens_in, g.tokens_out, g.tokens_cache_read, g.tokens_cache_write):
+        yield _count(n)
+    yield "-" if g.cost is None else f"${g.cost:.2f}"
+    yield _size(g.bytes)
+
+
+def _total(groups: list[StatsRow]) -> StatsRow:
+    from .index.query import StatsRow
+
+    costs = [g.cost for g in groups if g.cost is not None]
+    return StatsRow(
+        groups[0].by,
+        None,
+        sum(g.sessions for g in groups),
+        sum(g.messages for g in groups),
+        sum(g.tool_calls for g in groups),
+        sum(g.tokens_in for g in groups),
+        sum(g.tokens_out for g in groups),
+        sum(g.tokens_cache_read for g in groups),
+        sum(g.tokens_cache_write for g in groups),
+        sum(costs) if costs else None,
+        sum(g.bytes for g in groups),
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,9 @@ from ..errors import (
     TransferCancelledError,
 )
 from ..events import Emit, ErrorEvent, FileCounts, HostDone, Progress, Summary
+from ..formats.readers import get_reader
+from ..index.facts import FormatReader
+from ..index.update import FileIndexer, indexer_for
 from ..inventory import Host
 from ..ssh.pool import PoolSettings, SSHPool
 from ..ssh.stream import exec_streaming
@@ -124,6 +127,7 @@ class HostSync:
         self.bytes_total = 0
         self.files_total = 0
         self.files_done = 0
+        self.reader: FormatReader | None = get_reader(host.source.format)
 
     async def run(self) -> HostRound:
         try:
@@ -145,9 +149,11 @@ class HostSync:
 
     async def _round(self) -> None:
         self.emit(Progress(self.name, "listing", 0, 0, 0, 0))
+        source = self.host.source
+        if not self.options.dry_run:
+            self.state.set_host(self.name, source.format, source.root, self.host.endpoint.label)
         listing, complete = await self._list()
         rows = self.state.host_files(self.name)
-        source = self.host.source
         plan = make_plan(
             listing,
             rows,
@@ -177,33 +183,9 @@ class HostSync:
         self._mark_deleted(plan.deleted)
 
     async def _list(self) -> tuple[list[RemoteFile], bool]:
-        source = self.host.source
-        argv = listing_argv(source.root, source.start_points)
-        parser = ListingParser(self.name)
-        files: list[RemoteFile] = []
-        try:
-            async with exec_streaming(
-                self.pool,
-                self.host.endpoint,
-                argv,
-                host=self.name,
-                idle_timeout=self.options.idle_timeout,
-                token=self.token,
-            ) as stream:
-                async for chunk in stream:
-                    files.extend(f for f in parser.feed(chunk) if source.is_included(f.path))
-                parser.close()
-        except RemoteCommandError as exc:
-            if exc.exit_status == EXIT_ROOT_UNUSABLE:
-                raise RemoteCommandError(
-                    f"the remote root {source.root!r} does not exist or cannot be entered",
-                    host=self.name,
-                    exit_status=exc.exit_status,
-                    stderr_tail=exc.stderr_tail,
-                    hint="check 'root' (and 'format') for this host in the inventory",
-                ) from exc
-            raise
-        warnings = stream.stderr_tail.decode("utf-8", "backslashreplace").strip()
+        files, warnings = await list_host(
+            self.pool, self.host, token=self.token, idle_timeout=self.options.idle_timeout
+        )
         if warnings:
             # find could not read part of the tree: report it, and do not take the files it
             # could not see for deleted.
@@ -280,7 +262,14 @@ class HostSync:
         if not self.batch.items:
             return
         items = await anyio.to_thread.run_sync(self.batch.flush_files)
-        self.state.commit(item.row for item in items)
+        db = self.state.db
+
+        def write_index() -> None:
+            for item in items:
+                if item.index is not None:
+                    item.index.write(db)
+
+        self.state.commit((item.row for item in items), also=write_index)
         for item in items:
             counts = self.result.files
             setattr(counts, item.category, getattr(counts, item.category) + 1)
@@ -317,6 +306,43 @@ class HostSync:
             setattr(counts, t.category, getattr(counts, t.category) + 1)
         counts.deleted = len(plan.deleted)
         self.result.bytes = plan.bytes
+
+
+async def list_host(
+    pool: SSHPool,
+    host: Host,
+    *,
+    token: CancelToken | None = None,
+    idle_timeout: float | None = 120.0,
+    keep: Callable[[bytes], bool] | None = None,
+) -> tuple[list[RemoteFile], str]:
+    """One listing command: the host's included files (and ``keep``-ed), plus find's warnings."""
+    source = host.source
+    argv = listing_argv(source.root, source.start_points)
+    parser = ListingParser(host.name)
+    files: list[RemoteFile] = []
+    try:
+        async with exec_streaming(
+            pool, host.endpoint, argv, host=host.name, idle_timeout=idle_timeout, token=token
+        ) as stream:
+            async for chunk in stream:
+                files.extend(
+                    f
+                    for f in parser.feed(chunk)
+                    if source.is_included(f.path) and (keep is None or keep(f.path))
+                )
+            parser.close()
+    except RemoteCommandError as exc:
+        if exc.exit_status == EXIT_ROOT_UNUSABLE:
+            raise RemoteCommandError(
+                f"the remote root {source.root!r} does not exist or cannot be entered",
+                host=host.name,
+                exit_status=exc.exit_status,
+                stderr_tail=exc.stderr_tail,
+                hint="check 'root' (and 'format') for this host in the inventory",
+            ) from exc
+        raise
+    return files, stream.stderr_tail.decode("utf-8", "backslashreplace").strip()
 
 
 class _FrameHandler:
@@ -380,12 +406,24 @@ class _FrameHandler:
             version=t.row.version if t.row else 0,
             first_seen=t.row.first_seen if t.row else 0.0,
         )
+        reader = self.sync.reader
+        indexed = t.kind == "append" and reader is not None and reader.is_transcript(r.path)
         if t.mode == "append":
             assert t.row is not None
             row.size = t.row.size
             row.fingerprint = t.row.fingerprint
-            return AppendWriter(state, t.row, t.start, row)
-        return WholeWriter(state, row, lines_only=t.kind == "append", category=t.category)
+            indexer = (
+                indexer_for(state.db, reader, self.sync.name, r.path, start=t.row.size)
+                if indexed and reader is not None
+                else None
+            )
+            return AppendWriter(state, t.row, t.start, row, indexer)
+        whole_indexer = (
+            FileIndexer(reader, self.sync.name, r.path) if indexed and reader is not None else None
+        )
+        return WholeWriter(
+            state, row, lines_only=t.kind == "append", category=t.category, indexer=whole_indexer
+        )
 
     def _rewrite(self) -> None:
         self._drop()

@@ -18,17 +18,25 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LockedError, MirrorError, StateError
+from ..index.store import ensure_schema as ensure_index_schema
 
 CONTROL_DIR = ".remote-sync"
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hosts (
+    host TEXT PRIMARY KEY,         -- inventory name: DIR/<host>/ in the mirror
+    format TEXT NOT NULL,          -- its session format, for the index
+    root TEXT NOT NULL,            -- remote root the paths are relative to
+    address TEXT NOT NULL,
+    last_sync REAL
+);
 CREATE TABLE IF NOT EXISTS files (
     host TEXT NOT NULL,
     path BLOB NOT NULL,            -- remote path relative to the host's root, exact bytes
@@ -113,6 +121,7 @@ class MirrorState:
             # commits may be lost, which recovery handles by cutting data back to them.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            ensure_index_schema(self._db)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
@@ -211,8 +220,24 @@ class MirrorState:
         cur = self.db.execute(f"SELECT {_COLUMNS} FROM files WHERE host = ?", (host,))
         return {bytes(r[1]): FileState(r[0], bytes(r[1]), *r[2:]) for r in cur}
 
-    def commit(self, rows: Iterable[FileState]) -> None:
-        """Write checkpoints in one transaction (call only after their bytes are on disk)."""
+    def set_host(self, host: str, fmt: str, root: str, address: str) -> None:
+        """Record which format and root a host's mirror has (the index and rebuild read it)."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO hosts VALUES (?, ?, ?, ?, ?)",
+                (host, fmt, root, address, time.time()),
+            )
+
+    def hosts(self) -> dict[str, tuple[str, str]]:
+        """host → (format, root) of every host this mirror has synced."""
+        cur = self.db.execute("SELECT host, format, root FROM hosts")
+        return {h: (f, r) for h, f, r in cur}
+
+    def commit(self, rows: Iterable[FileState], also: Callable[[], None] | None = None) -> None:
+        """Write checkpoints in one transaction (call only after their bytes are on disk).
+
+        ``also`` runs inside the same transaction (the index's rows for these files).
+        """
         now = time.time()
         params = []
         for r in rows:
@@ -237,15 +262,17 @@ class MirrorState:
                     r.deleted_at,
                 )
             )
-        if not params:
+        if not params and also is None:
             return
         try:
-            with self._transaction():
+            with self.transaction():
                 self.db.executemany(
                     f"INSERT OR REPLACE INTO files ({_COLUMNS}) VALUES "
                     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     params,
                 )
+                if also is not None:
+                    also()
         except sqlite3.Error as exc:
             raise StateError(
                 f"cannot write checkpoints: {exc}",
@@ -253,7 +280,8 @@ class MirrorState:
                 hint="check free space on the destination",
             ) from exc
 
-    def _transaction(self) -> _Transaction:
+    def transaction(self) -> _Transaction:
+        """``with state.transaction():`` runs statements atomically (BEGIN IMMEDIATE)."""
         return _Transaction(self.db)
 
     # -- paths ------------------------------------------------------------------------------

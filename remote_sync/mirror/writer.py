@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import MirrorError
+from ..index.update import FileIndexer, IndexUpdate
 from .state import FINGERPRINT_BYTES, FileState, MirrorState
 
 
@@ -63,13 +64,22 @@ class Pending:
     category: str = "grown"  # new / grown / rewritten: decided at flush for whole fetches
     versioned: bool = False
     bytes: int = 0
+    index: IndexUpdate | None = None  # the session's facts, committed with the checkpoint
 
 
 class AppendWriter:
     """Extend a mirrored file in place after verifying the overlap."""
 
-    def __init__(self, state: MirrorState, row: FileState, start: int, new_row: FileState) -> None:
+    def __init__(
+        self,
+        state: MirrorState,
+        row: FileState,
+        start: int,
+        new_row: FileState,
+        indexer: FileIndexer | None = None,
+    ) -> None:
         self.row = new_row  # what will be committed (size updated on finish)
+        self.indexer = indexer  # fed the new bytes only (after the overlap)
         self.host = row.host
         self.path = row.path
         self.committed = row.size
@@ -99,6 +109,8 @@ class AppendWriter:
             self.handle.write(view)
         except OSError as exc:
             raise _mirror_error(exc, self.host, self.path, "append to the mirrored file") from exc
+        if self.indexer is not None:
+            self.indexer.feed(view)
         newline = _rfind_newline(view)
         if newline >= 0:
             self.end_of_lines = self.offset + newline + 1
@@ -116,7 +128,8 @@ class AppendWriter:
             self.handle.seek(0)
             self.row.fingerprint = self.handle.read(FINGERPRINT_BYTES)
         added = self.end_of_lines - self.committed
-        return Pending(self.row, self.handle, category="grown", bytes=added)
+        index = self.indexer.result() if self.indexer is not None else None
+        return Pending(self.row, self.handle, category="grown", bytes=added, index=index)
 
     def abort(self) -> None:
         """Cut back to the checkpoint: nothing of this fetch stays."""
@@ -141,8 +154,15 @@ class WholeWriter:
     """Stream a whole file into a temp file; the flush puts it in place."""
 
     def __init__(
-        self, state: MirrorState, row: FileState, *, lines_only: bool, category: str
+        self,
+        state: MirrorState,
+        row: FileState,
+        *,
+        lines_only: bool,
+        category: str,
+        indexer: FileIndexer | None = None,
     ) -> None:
+        self.indexer = indexer
         self.state = state
         self.row = row
         self.lines_only = lines_only
@@ -162,6 +182,8 @@ class WholeWriter:
             self.handle.write(view)
         except OSError as exc:
             raise _mirror_error(exc, self.row.host, self.row.path, "write a temp file") from exc
+        if self.indexer is not None:
+            self.indexer.feed(view)
         if len(self.head) < FINGERPRINT_BYTES:
             self.head += view[: FINGERPRINT_BYTES - len(self.head)]
         if self.lines_only:
@@ -178,7 +200,10 @@ class WholeWriter:
             raise _mirror_error(exc, self.row.host, self.row.path, "truncate a temp file") from exc
         self.row.size = size
         self.row.fingerprint = bytes(self.head[: min(size, FINGERPRINT_BYTES)])
-        return Pending(self.row, self.handle, temp=self.temp, category=self.category, bytes=size)
+        index = self.indexer.result() if self.indexer is not None else None
+        return Pending(
+            self.row, self.handle, temp=self.temp, category=self.category, bytes=size, index=index
+        )
 
     def abort(self) -> None:
         self.handle.close()

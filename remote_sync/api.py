@@ -1,0 +1,145 @@
+"""The async library API: the same engine as the CLI, for programs and UIs.
+
+What it owns: the public entry points. ``sync`` mirrors hosts; ``list_sessions`` returns every
+session at once (from a mirror's index, or straight from hosts with ``remote=True``);
+``stream_sessions`` yields them in batches as they are decoded, for UIs that render
+progressively; ``show_session`` returns a session's messages. Every call is cancellable through
+a :class:`~remote_sync.cancel.CancelRegistry` (pass ``transfer_id`` and cancel it there) and
+reports progress through ``emit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .cancel import CancelRegistry, CancelToken, default_registry
+from .events import Emit, Progress, Summary
+from .index.facts import Message
+from .index.query import SessionRow
+from .inventory import Host
+
+__all__ = ["list_sessions", "show_session", "stream_sessions", "sync"]
+
+
+async def sync(
+    hosts: Sequence[Host],
+    dest: str | Path,
+    *,
+    emit: Emit | None = None,
+    registry: CancelRegistry | None = None,
+    transfer_id: str | None = None,
+    **options: Any,
+) -> Summary:
+    """Mirror ``hosts`` into ``dest`` (what ``remote-sync sync`` does)."""
+    from .mirror.engine import SyncOptions, sync_fleet
+
+    return await sync_fleet(
+        hosts,
+        SyncOptions(dest=Path(dest), **options),
+        emit or _ignore,
+        registry=registry,
+        transfer_id=transfer_id,
+    )
+
+
+async def stream_sessions(
+    *,
+    dest: str | Path | None = None,
+    hosts: Sequence[Host] = (),
+    remote: bool = False,
+    batch_size: int = 50,
+    emit: Emit | None = None,
+    registry: CancelRegistry | None = None,
+    transfer_id: str | None = None,
+    **filters: Any,
+) -> AsyncIterator[list[SessionRow]]:
+    """Sessions in batches of ``batch_size`` as they are read.
+
+    From the mirror at ``dest`` (its index; ``filters`` as ``sessions list``), or with
+    ``remote=True`` straight from ``hosts`` over SSH, decoding each transcript as it streams.
+    """
+    emit = emit or _ignore
+    registry = registry if registry is not None else default_registry
+    with registry.register(transfer_id) as token:
+        if not remote:
+            async for batch in _local_batches(dest, batch_size, token, filters):
+                yield batch
+            return
+        from .ssh.pool import SSHPool
+
+        async with SSHPool() as pool:
+            for host in hosts:
+                done = 0
+                emit(Progress(host.name, "listing", 0, 0, 0, 0))
+                async for batch in _remote_batches(pool, host, batch_size, token):
+                    done += len(batch)
+                    emit(Progress(host.name, "fetching", done, 0, 0, 0))
+                    yield batch
+                emit(Progress(host.name, "done", done, done, 0, 0))
+
+
+async def list_sessions(**kwargs: Any) -> list[SessionRow]:
+    """Every session at once (eager); the arguments are those of :func:`stream_sessions`."""
+    out: list[SessionRow] = []
+    async for batch in stream_sessions(**kwargs):
+        out.extend(batch)
+    return out
+
+
+async def show_session(
+    host: Host,
+    session: str,
+    *,
+    head: int | None = None,
+    tail: int | None = None,
+    transfer_id: str | None = None,
+    registry: CancelRegistry | None = None,
+) -> list[Message]:
+    """A session's first or last messages, fetched from the host (only the bytes shown)."""
+    from .index.remote import show_remote_session
+    from .ssh.pool import SSHPool
+
+    registry = registry if registry is not None else default_registry
+    with registry.register(transfer_id) as token:
+        async with SSHPool() as pool:
+            return await show_remote_session(pool, host, session, head=head, tail=tail, token=token)
+
+
+async def _remote_batches(
+    pool: Any, host: Host, batch_size: int, token: CancelToken
+) -> AsyncIterator[list[SessionRow]]:
+    from .index.remote import stream_remote_sessions
+
+    async for batch in stream_remote_sessions(pool, host, batch_size=batch_size, token=token):
+        yield batch
+
+
+async def _local_batches(
+    dest: str | Path | None, batch_size: int, token: CancelToken, filters: dict[str, Any]
+) -> AsyncIterator[list[SessionRow]]:
+    import anyio
+
+    from .index.query import open_index, query_sessions
+
+    if dest is None:
+        raise ValueError("dest is required unless remote=True")
+    db = open_index(Path(dest))
+    try:
+        batch: list[SessionRow] = []
+        for row in query_sessions(db, **filters):
+            batch.append(row)
+            if len(batch) >= batch_size:
+                token.raise_if_cancelled()
+                yield batch
+                batch = []
+                await anyio.lowlevel.checkpoint()
+        if batch:
+            yield batch
+    finally:
+        db.close()
+
+
+def _ignore(_: object) -> None:
+    return None

@@ -1,0 +1,205 @@
+"""OpenAI Codex CLI rollouts (``~/.codex``).
+
+What it owns: the line view of a rollout (:class:`CodexLine`) and :class:`CodexReader`.
+
+Files: ``sessions/YYYY/MM/DD/rollout-<time>-<uuid>.jsonl`` and the flat
+``archived_sessions/rollout-*.jsonl``. Not transcripts: ``session_index.jsonl``,
+``history.jsonl`` and anything not named ``rollout-*.jsonl``. Identity from a path: no
+project, and the session id is the uuid at the end of the file name (the stem after
+``rollout-`` when there is none).
+
+Every line is ``{timestamp, type, payload}``; what is read:
+
+* ``session_meta``: ``payload.id`` is the session id; ``payload.cwd`` becomes the project
+  (``agent``) when the path gave none.
+* ``response_item`` with ``payload.type``:
+
+  - ``message``: a message of ``payload.role`` (``developer`` counts as system); the first
+    user text that is not injected context (``<environment_context>``, ``<user_instructions>``,
+    ``# AGENTS.md instructions…``) is the title;
+  - ``function_call``, ``custom_tool_call``, ``local_shell_call``: a tool call, and an
+    assistant message (the model's turn that asked for it; ``show`` renders it);
+  - ``function_call_output``, ``custom_tool_call_output``: a tool message;
+  - anything else (``reasoning``, ``web_search_call``...): nothing.
+
+* ``event_msg`` with ``payload.type == "token_count"``: ``payload.info.total_token_usage`` is
+  the session's **cumulative** usage, so it *replaces* the token facts instead of adding to
+  them (the last total seen wins): ``tokens_in = input_tokens - cached_input_tokens`` (input
+  not served from cache), ``tokens_cache_read = cached_input_tokens``, ``tokens_out =
+  output_tokens`` (which includes ``reasoning_output_tokens``); ``tokens_cache_write`` stays
+  0. Other ``event_msg`` lines (``user_message``, ``agent_message``...) repeat response items
+  and are not counted. If a resumed session restarted its totals from zero, the facts show
+  the totals since the restart.
+* ``turn_context``: ``payload.model`` is a model.
+* every line's ``timestamp`` (ISO). Rollouts record no cost.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from ..index.facts import Message, SessionFacts, ToolCall
+from .generic import (
+    NO_RAW,
+    blocks_text,
+    canonical_role,
+    is_injected,
+    iso_utc,
+    raw_string,
+    split_path,
+    tool_call,
+)
+
+__all__ = ["CodexLine", "CodexReader"]
+
+_TEXT_KINDS = ("input_text", "output_text", "text")
+_CALLS = frozenset({"function_call", "custom_tool_call", "local_shell_call"})
+_OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output"})
+_UUID_AT_END = re.compile(
+    r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+)
+_output_decode = msgspec.json.Decoder().decode
+
+
+class CodexBlock(msgspec.Struct, gc=False):
+    type: str | None = None
+    text: msgspec.Raw = NO_RAW  # decoded on demand (see generic.blocks_text)
+
+
+class CodexUsage(msgspec.Struct, gc=False):
+    input_tokens: int | None = None
+    cached_input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+class CodexTokenInfo(msgspec.Struct, gc=False):
+    total_token_usage: CodexUsage | None = None
+
+
+class CodexPayload(msgspec.Struct, gc=False):
+    type: str | None = None
+    id: str | None = None  # session_meta
+    cwd: str | None = None  # session_meta, turn_context
+    model: str | None = None  # turn_context
+    role: str | None = None  # message
+    content: str | list[CodexBlock] | None = None  # message
+    name: str | None = None  # function_call, custom_tool_call
+    arguments: msgspec.Raw = NO_RAW  # function_call (a JSON string), kept raw
+    input: msgspec.Raw = NO_RAW  # custom_tool_call, kept raw
+    action: msgspec.Raw = NO_RAW  # local_shell_call, kept raw
+    output: msgspec.Raw = NO_RAW  # *_output, kept raw
+    info: CodexTokenInfo | None = None  # token_count
+
+
+class CodexLine(msgspec.Struct, gc=False):
+    """The fields of a rollout line that the index and ``show`` use."""
+
+    timestamp: str | None = None
+    type: str | None = None
+    payload: CodexPayload | None = None
+
+
+def _output_text(raw: msgspec.Raw | None) -> str:
+    """A tool output as text; a JSON-encoded ``{"output": …}`` envelope is unwrapped."""
+    text = raw_string(raw)
+    if text.startswith("{") and '"output"' in text:
+        try:
+            value = _output_decode(text)
+        except msgspec.DecodeError:
+            return text
+        if isinstance(value, dict) and isinstance(value.get("output"), str):
+            return str(value["output"])
+    return text
+
+
+class CodexReader:
+    """Codex rollouts (see the module docstring)."""
+
+    name = "codex"
+    line_type: type[Any] = CodexLine
+
+    def is_transcript(self, path: bytes) -> bool:
+        segs = split_path(path)
+        if not segs:
+            return False
+        name = segs[-1]
+        return name.startswith("rollout-") and name.endswith(".jsonl")
+
+    def identify(self, path: bytes) -> tuple[str | None, str]:
+        segs = split_path(path)
+        stem = segs[-1].removesuffix(".jsonl") if segs else ""
+        found = _UUID_AT_END.search(stem)
+        return None, found.group(1) if found else stem.removeprefix("rollout-")
+
+    def update(self, facts: SessionFacts, line: CodexLine) -> None:
+        p = line.payload
+        if p is not None:
+            kind = line.type
+            if kind == "response_item":
+                item = p.type
+                if item == "message":
+                    role = p.role
+                    facts.add_message(role)
+                    if role == "user" and facts.title is None:
+                        text = blocks_text(p.content, _TEXT_KINDS)
+                        if text and not is_injected(text):
+                            facts.add_title(text)
+                elif item in _CALLS:
+                    facts.tool_calls += 1
+                    facts.assistant += 1
+                elif item in _OUTPUTS:
+                    facts.tool += 1
+            elif kind == "event_msg":
+                info = p.info
+                if info is not None and p.type == "token_count":
+                    total = info.total_token_usage
+                    if total is not None:
+                        cached = total.cached_input_tokens or 0
+                        facts.tokens_in = max((total.input_tokens or 0) - cached, 0)
+                        facts.tokens_cache_read = cached
+                        facts.tokens_out = total.output_tokens or 0
+            elif kind == "turn_context":
+                facts.add_model(p.model)
+            elif kind == "session_meta":
+                if p.id:
+                    facts.session_id = p.id
+                if facts.agent is None and p.cwd:
+                    facts.agent = p.cwd
+        ts = line.timestamp
+        if ts:
+            facts.add_time(iso_utc(ts))
+
+    def message(self, line: CodexLine, offset: int) -> Message | None:
+        p = line.payload
+        if p is None or line.type != "response_item":
+            return None
+        item = p.type
+        calls: list[ToolCall] = []
+        text = ""
+        if item == "message":
+            role = canonical_role(p.role)
+            text = blocks_text(p.content, _TEXT_KINDS)
+        elif item == "function_call":
+            role = "assistant"
+            calls = [tool_call(p.name, raw_string(p.arguments))]
+        elif item == "custom_tool_call":
+            role = "assistant"
+            calls = [tool_call(p.name, p.input)]
+        elif item == "local_shell_call":
+            role = "assistant"
+            calls = [tool_call("local_shell", p.action)]
+        elif item in _OUTPUTS:
+            role = "tool"
+            text = _output_text(p.output)
+        else:
+            return None
+        return Message(
+            offset=offset,
+            role=role,
+            timestamp=iso_utc(line.timestamp) if line.timestamp else None,
+            text=text,
+            tool_calls=calls,
+        )

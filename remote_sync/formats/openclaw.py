@@ -1,0 +1,75 @@
+"""OpenClaw's JSONL session store: which files are transcripts and whose.
+
+What it owns: :class:`OpenClawReader`. OpenClaw embeds pi-coding-agent's SessionManager, so
+its lines are session version 3 and are folded and rendered by
+:class:`remote_sync.formats.pi.V3Reader` (see there for what each line contributes).
+
+Transcripts live in ``agents/<agentId>/sessions/`` (or ClawPal's sibling
+``sessions_archive/``), directly in that directory:
+
+* ``<sessionId>.jsonl``: a session;
+* ``<sessionId>-topic-<threadId>.jsonl``: a Telegram topic of it. Its session id keeps the
+  ``-topic-<n>`` suffix, so each topic is a session of its own, and the header's id (the base
+  session's) does not replace it;
+* ``<sessionId>.jsonl.reset.<ts>`` and ``<sessionId>.jsonl.deleted.<ts>``: archives left by
+  ``/new``, ``/reset`` and deletion. Their session id is ``<sessionId>``: the index tells them
+  apart from the live file by path.
+
+Not transcripts: ``sessions.json`` (the index), trajectory side files
+``*.trajectory.jsonl`` / ``*.trajectory-path.json`` (runtime events), repair backups
+``*.bak-*`` and anything in subdirectories (``cold/*.jsonl.zst``).
+
+Identity: the agent is ``<agentId>`` (the directory above ``sessions/``); the session id is
+the file name without ``.jsonl`` and without an archive suffix. A path of a single segment
+(a root set to one sessions directory) has no agent.
+"""
+
+from __future__ import annotations
+
+from ..index.facts import SessionFacts
+from .generic import split_path
+from .pi import V3Reader
+
+__all__ = ["OpenClawReader"]
+
+_SESSION_DIRS = ("sessions", "sessions_archive")
+_ARCHIVES = (".jsonl.reset.", ".jsonl.deleted.")
+
+
+def _session_stem(name: str) -> str | None:
+    """The session id in a transcript's file name, or None if the name is not a transcript."""
+    if ".trajectory.jsonl" in name:
+        return None
+    if name.endswith(".jsonl"):
+        stem = name[: -len(".jsonl")]
+        return stem or None
+    for marker in _ARCHIVES:
+        at = name.find(marker)
+        if at > 0 and len(name) > at + len(marker):
+            return name[:at]
+    return None
+
+
+class OpenClawReader(V3Reader):
+    """OpenClaw (JSONL era) transcripts under ``agents/<agent>/sessions/``."""
+
+    name = "openclaw"
+
+    def is_transcript(self, path: bytes) -> bool:
+        segs = split_path(path)
+        if not segs or (len(segs) > 1 and segs[-2] not in _SESSION_DIRS):
+            return False
+        return _session_stem(segs[-1]) is not None
+
+    def identify(self, path: bytes) -> tuple[str | None, str]:
+        segs = split_path(path)
+        name = segs[-1] if segs else ""
+        stem = _session_stem(name) or name
+        agent = segs[-3] if len(segs) >= 3 and segs[-2] in _SESSION_DIRS else None
+        return agent, stem
+
+    def _header_id(self, facts: SessionFacts, header_id: str) -> None:
+        current = facts.session_id
+        if current and current.startswith(header_id + "-topic-"):
+            return  # a topic file keeps its own id
+        facts.session_id = header_id

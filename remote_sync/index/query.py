@@ -1,0 +1,622 @@
+"""Reading the session index: listing, finding and summing sessions, without the mirror's lock.
+
+What it owns: :class:`SessionRow` (one session as ``sessions list --json`` prints it and the
+library returns it), :class:`StatsRow` (one group of ``sessions stats``), :func:`open_index`
+(a read-only connection to the mirror's state database that never takes the lock, so it works
+while a sync runs and never blocks one), :func:`query_sessions`, :func:`session_stats` and
+:func:`find_session` (``sessions show``'s HOST SESSION lookup).
+
+Filtering, the class and state of a session, sorting and the limit are all done in SQL, so
+``--limit`` stays fast on a large index. Definitions:
+
+* **state**: ``deleted`` when the file is gone from the remote, else ``rewritten`` when earlier
+  copies were kept (the file's ``version`` > 0), else ``live``.
+* **class**: ``empty`` when the transcript has fewer than :data:`EMPTY_BYTES` bytes or no
+  messages; else ``low`` (low value) when it has at most one user message and its last activity
+  (``last_ts``, or the file's mtime when no line had a timestamp) is older than
+  :data:`LOW_VALUE_AGE` before ``now``; else ``valuable``.
+* **sort**: ``FIELD`` sorts ascending, ``-FIELD`` descending; the default is ``-last_ts`` (most
+  recent first). Missing values (no timestamp, no cost, no agent) always sort last; ties are
+  broken by host, then path.
+* **since**: keeps sessions whose ``last_ts`` is at or after the given instant (an ISO date,
+  an ISO datetime, naive meaning UTC, or a relative age such as ``7d``, ``12h``, ``2w``).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from ..errors import ConfigError
+from .facts import SessionFacts
+
+__all__ = [
+    "CLASSES",
+    "DEFAULT_SORT",
+    "EMPTY_BYTES",
+    "LOW_VALUE_AGE",
+    "SORT_FIELDS",
+    "STATES",
+    "STATS_KEYS",
+    "SessionRef",
+    "SessionRow",
+    "StatsRow",
+    "find_session",
+    "iso_instant",
+    "open_index",
+    "query_sessions",
+    "row_from_facts",
+    "select_rows",
+    "session_class",
+    "session_stats",
+]
+
+#: Transcripts smaller than this many bytes are ``empty``.
+EMPTY_BYTES = 500
+#: Sessions with at most one user message and no activity for this long are ``low``.
+LOW_VALUE_AGE = timedelta(days=7)
+DEFAULT_SORT = "-last_ts"
+CLASSES = ("empty", "low", "valuable")
+STATES = ("live", "deleted", "rewritten")
+STATS_KEYS = ("host", "agent", "format", "model", "day")
+
+StatsKey = Literal["host", "agent", "format", "model", "day"]
+Since = str | date | datetime
+
+
+class SessionRow(msgspec.Struct, omit_defaults=False):
+    """One indexed session: its facts, its state in the mirror and its class."""
+
+    host: str
+    path: str  # relative to the host's root; undecodable bytes shown as \\xNN
+    format: str
+    agent: str | None
+    session_id: str
+    bytes: int
+    lines: int
+    messages: int
+    user_messages: int
+    assistant_messages: int
+    tool_messages: int
+    tool_calls: int
+    tokens_in: int
+    tokens_out: int
+    tokens_cache_read: int
+    tokens_cache_write: int
+    cost: float | None
+    models: list[str]
+    first_ts: str | None
+    last_ts: str | None
+    title: str | None
+    malformed: int
+    state: str  # live | deleted | rewritten
+    klass: str = msgspec.field(name="class")  # empty | low | valuable
+
+
+class StatsRow(msgspec.Struct):
+    """Totals of one group of sessions (``by``: what they are grouped by, ``key``: the group)."""
+
+    by: str
+    key: str | None  # None: sessions without an agent / a model / a timestamp
+    sessions: int
+    messages: int
+    tool_calls: int
+    tokens_in: int
+    tokens_out: int
+    tokens_cache_read: int
+    tokens_cache_write: int
+    cost: float | None
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRef:
+    """A session found by :func:`find_session`, with what reading its file needs."""
+
+    row: SessionRow
+    raw_path: bytes  # the exact path bytes (``row.path`` is for display)
+    committed: int | None  # bytes the mirror's checkpoint vouches for (None: no files row)
+
+
+#: SessionRow field → SQL expression over ``s`` (sessions) and ``f`` (files, left-joined).
+_SELECT = (
+    ("host", "s.host"),
+    ("path", "s.path"),
+    ("format", "s.format"),
+    ("agent", "s.agent"),
+    ("session_id", "s.session_id"),
+    ("bytes", "s.bytes"),
+    ("lines", "s.lines"),
+    ("messages", "s.messages"),
+    ("user_messages", "s.user_messages"),
+    ("assistant_messages", "s.assistant_messages"),
+    ("tool_messages", "s.tool_messages"),
+    ("tool_calls", "s.tool_calls"),
+    ("tokens_in", "s.tokens_in"),
+    ("tokens_out", "s.tokens_out"),
+    ("tokens_cache_read", "s.tokens_cache_read"),
+    ("tokens_cache_write", "s.tokens_cache_write"),
+    ("cost", "s.cost"),
+    ("models", "s.models"),
+    ("first_ts", "s.first_ts"),
+    ("last_ts", "s.last_ts"),
+    ("title", "s.title"),
+    ("malformed", "s.malformed"),
+    (
+        "state",
+        "CASE WHEN f.state = 'deleted' THEN 'deleted' "
+        "WHEN f.version > 0 THEN 'rewritten' ELSE 'live' END",
+    ),
+    (
+        "class",
+        f"CASE WHEN s.bytes < {EMPTY_BYTES} OR s.messages = 0 THEN 'empty' "
+        "WHEN s.user_messages <= 1 AND COALESCE(s.last_ts, "
+        "strftime('%Y-%m-%dT%H:%M:%fZ', f.mtime, 'unixepoch'), '') < :cutoff THEN 'low' "
+        "ELSE 'valuable' END",
+    ),
+)
+_COLUMNS = ", ".join(f'{expr} AS "{name}"' for name, expr in _SELECT)
+_BASE = (
+    f"SELECT {_COLUMNS}, f.size AS committed FROM sessions AS s "
+    "LEFT JOIN files AS f ON f.host = s.host AND f.path = s.path"
+)
+
+#: Fields ``sort`` accepts (every SessionRow field but ``models``; ``class`` sorts by name).
+SORT_FIELDS = tuple(name for name, _ in _SELECT if name != "models")
+
+_RELATIVE = re.compile(r"(\d+)\s*([smhdw])", re.ASCII)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def open_index(dest: str | Path) -> sqlite3.Connection:
+    """A read-only connection to the mirror's index: takes no lock, never blocks a sync.
+
+    Raises :class:`ConfigError` naming ``dest`` when it holds no mirror or no index.
+    """
+    db_path = Path(dest) / ".remote-sync" / "state.db"
+    if not db_path.is_file():
+        raise ConfigError(
+            f"no mirror at {dest} (no .remote-sync/state.db)",
+            hint="pass --dest DIR (or set REMOTE_SYNC_DEST) to a directory that "
+            "`remote-sync sync` has filled",
+        )
+    uri = db_path.absolute().as_uri() + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout = 5000")
+        tables = {
+            name
+            for (name,) in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name IN ('sessions', 'files', 'session_marks')"
+            )
+        }
+    except sqlite3.Error as exc:
+        raise ConfigError(
+            f"cannot read the mirror's state database in {dest}: {exc}",
+            hint="check permissions on DIR/.remote-sync/",
+        ) from exc
+    if "sessions" not in tables or "files" not in tables:
+        db.close()
+        raise ConfigError(
+            f"the mirror at {dest} has no session index yet",
+            hint=f"run `remote-sync index rebuild --dest {dest}` (or sync it once)",
+        )
+    return db
+
+
+def iso_instant(value: Since, now: datetime | None = None) -> str:
+    """``value`` as a sortable UTC string comparable with ``first_ts``/``last_ts``.
+
+    Accepts a date (its midnight, UTC), a datetime (naive means UTC), an ISO string of either,
+    or a relative age before ``now``: ``30s``, ``15m``, ``12h``, ``7d``, ``2w``.
+    """
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day, tzinfo=UTC)
+    else:
+        text = value.strip()
+        relative = _RELATIVE.fullmatch(text)
+        if relative:
+            seconds = int(relative[1]) * _UNIT_SECONDS[relative[2]]
+            moment = _now(now) - timedelta(seconds=seconds)
+        else:
+            try:
+                if len(text) == 10:
+                    day = date.fromisoformat(text)
+                    moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                else:
+                    moment = datetime.fromisoformat(text)
+            except ValueError:
+                raise ConfigError(
+                    f"cannot read the time {value!r}",
+                    hint="use an ISO date (2026-11-21), datetime (2026-11-21T10:00:00Z) "
+                    "or an age like 7d, 12h, 30m",
+                ) from None
+    return _format_instant(moment)
+
+
+def _format_instant(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    # Milliseconds always: "…:00.000Z" sorts at or before "…:00Z" and "…:00.000Z" alike.
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{moment.microsecond // 1000:03d}Z"
+
+
+def _now(now: datetime | None) -> datetime:
+    return datetime.now(UTC) if now is None else now
+
+
+def _where(
+    *,
+    host: str | None,
+    format: str | None,
+    agent: str | None,
+    since: Since | None,
+    klass: str | None,
+    state: str | None,
+    now: datetime | None,
+) -> tuple[str, dict[str, Any]]:
+    """The filtered rows as SQL over ``_BASE``, and its named parameters."""
+    params: dict[str, Any] = {"cutoff": _format_instant(_now(now) - LOW_VALUE_AGE)}
+    inner: list[str] = []
+    outer: list[str] = []
+    if host is not None:
+        inner.append("s.host = :host")
+        params["host"] = host
+    if format is not None:
+        inner.append("s.format = :format")
+        params["format"] = format
+    if agent is not None:
+        inner.append("s.agent = :agent")
+        params["agent"] = agent
+    if since is not None:
+        inner.append("s.last_ts >= :since")
+        params["since"] = iso_instant(since, now)
+    if klass is not None:
+        if klass not in CLASSES:
+            raise ConfigError(f"unknown class {klass!r}", hint=f"use one of {', '.join(CLASSES)}")
+        outer.append('"class" = :klass')
+        params["klass"] = klass
+    if state is not None:
+        if state not in STATES:
+            raise ConfigError(f"unknown state {state!r}", hint=f"use one of {', '.join(STATES)}")
+        outer.append("state = :state")
+        params["state"] = state
+    sql = _BASE + (" WHERE " + " AND ".join(inner) if inner else "")
+    if outer:
+        sql = f"SELECT * FROM ({sql}) WHERE " + " AND ".join(outer)
+    return sql, params
+
+
+def _order(sort: str) -> str:
+    descending = sort.startswith("-")
+    field = sort.lstrip("+-")
+    if field not in SORT_FIELDS:
+        raise ConfigError(
+            f"cannot sort by {field!r}",
+            hint=f"use FIELD (ascending) or -FIELD (descending), FIELD one of "
+            f"{', '.join(SORT_FIELDS)}",
+        )
+    column = f'"{field}"'
+    direction = " DESC" if descending else ""
+    return f"{column} IS NULL, {column}{direction}, host, path"
+
+
+def query_sessions(
+    db: sqlite3.Connection,
+    *,
+    host: str | None = None,
+    format: str | None = None,
+    agent: str | None = None,
+    since: Since | None = None,
+    klass: str | None = None,
+    state: str | None = None,
+    sort: str = DEFAULT_SORT,
+    limit: int | None = None,
+    now: datetime | None = None,
+) -> Iterator[SessionRow]:
+    """The index's sessions matching every given filter, sorted, at most ``limit`` of them.
+
+    ``sort`` is ``FIELD`` (ascending) or ``-FIELD`` (descending), FIELD in
+    :data:`SORT_FIELDS`. ``now`` (default: the current time) is when ``class`` is judged and
+    relative ``since`` ages are counted from. Bad arguments raise :class:`ConfigError` before
+    any row is produced.
+    """
+    sql, params = _where(
+        host=host, format=format, agent=agent, since=since, klass=klass, state=state, now=now
+    )
+    sql = f"SELECT * FROM ({sql}) ORDER BY {_order(sort)}"
+    if limit is not None:
+        if limit < 0:
+            raise ConfigError("--limit must not be negative")
+        sql += " LIMIT :limit"
+        params["limit"] = limit
+    return _rows(db.execute(sql, params))
+
+
+def _row(r: Sequence[Any]) -> SessionRow:
+    return SessionRow(
+        r[0],
+        r[1].decode("utf-8", "backslashreplace"),
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        r[10],
+        r[11],
+        r[12],
+        r[13],
+        r[14],
+        r[15],
+        r[16],
+        r[17].split(",") if r[17] else [],
+        r[18],
+        r[19],
+        r[20],
+        r[21],
+        r[22],
+        r[23],
+    )
+
+
+def _rows(cursor: sqlite3.Cursor) -> Iterator[SessionRow]:
+    row = _row
+    while True:
+        batch = cursor.fetchmany(1024)
+        if not batch:
+            return
+        for r in batch:
+            yield row(r)
+
+
+def session_class(
+    size: int, messages: int, user_messages: int, last_activity: str | None, cutoff: str
+) -> str:
+    """The class as the SQL computes it (``cutoff``: :func:`iso_instant` of now - 7 days)."""
+    if size < EMPTY_BYTES or messages == 0:
+        return "empty"
+    if user_messages <= 1 and (last_activity or "") < cutoff:
+        return "low"
+    return "valuable"
+
+
+def row_from_facts(
+    host: str,
+    path: bytes,
+    fmt: str,
+    facts: SessionFacts,
+    *,
+    state: str = "live",
+    now: float | datetime | None = None,
+    mtime: float | None = None,
+) -> SessionRow:
+    """A :class:`SessionRow` from facts not (yet) in an index, e.g. read straight from a host.
+
+    ``now`` (epoch seconds or a datetime; default: the current time) judges the class;
+    ``mtime`` stands in for the last activity when no line had a timestamp.
+    """
+    moment = datetime.fromtimestamp(now, UTC) if isinstance(now, int | float) else _now(now)
+    last = facts.last_ts
+    if last is None and mtime is not None:
+        last = _format_instant(datetime.fromtimestamp(mtime, UTC))
+    klass = session_class(
+        facts.bytes,
+        facts.messages,
+        facts.user,
+        last,
+        _format_instant(moment - LOW_VALUE_AGE),
+    )
+    return SessionRow(
+        host,
+        path.decode("utf-8", "backslashreplace"),
+        fmt,
+        facts.agent,
+        facts.session_id or "",
+        facts.bytes,
+        facts.lines,
+        facts.messages,
+        facts.user,
+        facts.assistant,
+        facts.tool,
+        facts.tool_calls,
+        facts.tokens_in,
+        facts.tokens_out,
+        facts.tokens_cache_read,
+        facts.tokens_cache_write,
+        facts.cost,
+        list(facts.models),
+        facts.first_ts,
+        facts.last_ts,
+        facts.title,
+        facts.malformed,
+        state,
+        klass,
+    )
+
+
+def select_rows(
+    rows: Iterable[SessionRow],
+    *,
+    host: str | None = None,
+    format: str | None = None,
+    agent: str | None = None,
+    since: Since | None = None,
+    klass: str | None = None,
+    state: str | None = None,
+    sort: str = DEFAULT_SORT,
+    limit: int | None = None,
+    now: datetime | None = None,
+) -> list[SessionRow]:
+    """:func:`query_sessions`'s filters, sort and limit applied to rows already in memory
+    (sessions read straight from hosts). Same arguments, same semantics."""
+    _where(host=None, format=None, agent=None, since=None, klass=klass, state=state, now=now)
+    _order(sort)  # validates the arguments like the SQL path does
+    if limit is not None and limit < 0:
+        raise ConfigError("--limit must not be negative")
+    after = iso_instant(since, now) if since is not None else None
+    kept = [
+        r
+        for r in rows
+        if (host is None or r.host == host)
+        and (format is None or r.format == format)
+        and (agent is None or r.agent == agent)
+        and (after is None or (r.last_ts is not None and r.last_ts >= after))
+        and (klass is None or r.klass == klass)
+        and (state is None or r.state == state)
+    ]
+    field = sort.lstrip("+-")
+    value: Callable[[SessionRow], Any] = (
+        _row_path_bytes
+        if field == "path"
+        else operator.attrgetter("klass" if field == "class" else field)
+    )
+    kept.sort(key=lambda r: (r.host, _path_bytes(r.path)))
+    present = [r for r in kept if value(r) is not None]
+    missing = [r for r in kept if value(r) is None]
+    present.sort(key=value, reverse=sort.startswith("-"))
+    out = present + missing
+    return out if limit is None else out[:limit]
+
+
+_ESCAPED_BYTE = re.compile(rb"\\x([0-9a-f]{2})")
+
+
+def _path_bytes(path: str) -> bytes:
+    """A displayed path's bytes again (``\\xNN`` escapes undone), to sort like SQLite does."""
+    data = path.encode("utf-8", "surrogateescape")
+    if b"\\x" not in data:
+        return data
+    return _ESCAPED_BYTE.sub(lambda m: bytes([int(m[1], 16)]), data)
+
+
+def _row_path_bytes(row: SessionRow) -> bytes:
+    return _path_bytes(row.path)
+
+
+def find_session(
+    db: sqlite3.Connection, host: str, session: str, *, now: datetime | None = None
+) -> SessionRef:
+    """The one session of ``host`` that ``session`` names: its path relative to the host's
+    root (as listed), else its session id, else a unique prefix of its session id.
+
+    Raises :class:`ConfigError` for an unknown host, no match, or several matches (the message
+    lists them).
+    """
+    hosts = [h for (h,) in db.execute("SELECT DISTINCT host FROM sessions ORDER BY host")]
+    if host not in hosts:
+        known = ", ".join(hosts) if hosts else "none yet"
+        raise ConfigError(f"no host {host!r} in the index", hint=f"indexed hosts: {known}")
+    base, params = _where(
+        host=host, format=None, agent=None, since=None, klass=None, state=None, now=now
+    )
+    params["raw"] = session.encode("utf-8", "surrogateescape")
+    params["session"] = session
+    # Path match first (exact bytes), then exact session id; ordered so the first wins.
+    tiers = (
+        f"SELECT * FROM ({base}) WHERE path = :raw",
+        f"SELECT * FROM ({base}) WHERE session_id = :session ORDER BY path",
+        f"SELECT * FROM ({base}) WHERE substr(session_id, 1, length(:session)) = :session "
+        "ORDER BY path",
+    )
+    for sql in tiers:
+        found = db.execute(sql, params).fetchall()
+        if not found and sql is tiers[0]:
+            # A path shown with \xNN escapes: compare what is displayed.
+            found = [
+                r
+                for r in db.execute(f"SELECT * FROM ({base})", params)
+                if r[1].decode("utf-8", "backslashreplace") == session
+            ]
+        if len(found) == 1:
+            r = found[0]
+            return SessionRef(_row(r), bytes(r[1]), r[24])
+        if len(found) > 1:
+            shown = "\n  ".join(
+                f"{r[1].decode('utf-8', 'backslashreplace')}  (session {r[4]})" for r in found[:20]
+            )
+            more = f"\n  … and {len(found) - 20} more" if len(found) > 20 else ""
+            raise ConfigError(
+                f"{host}: {session!r} matches {len(found)} sessions:\n  {shown}{more}",
+                hint="name one by its path",
+            )
+    raise ConfigError(
+        f"{host}: no session {session!r}",
+        hint=f"`remote-sync sessions list --host {host}` shows its sessions",
+    )
+
+
+_SUMS = (
+    "COUNT(*), COALESCE(SUM(messages), 0), COALESCE(SUM(tool_calls), 0), "
+    "COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), "
+    "COALESCE(SUM(tokens_cache_read), 0), COALESCE(SUM(tokens_cache_write), 0), "
+    "SUM(cost), COALESCE(SUM(bytes), 0)"
+)
+_GROUP_EXPR = {
+    "host": "host",
+    "agent": "agent",
+    "format": "format",
+    "day": "substr(last_ts, 1, 10)",
+}
+
+
+def session_stats(
+    db: sqlite3.Connection,
+    by: StatsKey = "host",
+    *,
+    host: str | None = None,
+    format: str | None = None,
+    agent: str | None = None,
+    since: Since | None = None,
+    klass: str | None = None,
+    state: str | None = None,
+    now: datetime | None = None,
+) -> list[StatsRow]:
+    """Totals per host, agent, format, model or day (of ``last_ts``), over the filtered sessions.
+
+    ``model``: a session that used several models counts in full for each of them. Groups come
+    sorted by key (days chronologically); the group of sessions without a key comes last.
+    """
+    if by not in STATS_KEYS:
+        raise ConfigError(f"cannot group by {by!r}", hint=f"use one of {', '.join(STATS_KEYS)}")
+    sql, params = _where(
+        host=host, format=format, agent=agent, since=since, klass=klass, state=state, now=now
+    )
+    if by != "model":
+        expr = _GROUP_EXPR[by]
+        cur = db.execute(
+            f"SELECT {expr} AS key, {_SUMS} FROM ({sql}) GROUP BY key ORDER BY key IS NULL, key",
+            params,
+        )
+        return [StatsRow(by, *r) for r in cur]
+    cur = db.execute(
+        f"SELECT models, messages, tool_calls, tokens_in, tokens_out, tokens_cache_read, "
+        f"tokens_cache_write, cost, bytes FROM ({sql})",
+        params,
+    )
+    groups: dict[str | None, list[Any]] = {}
+    for models, *figures in cur:
+        for model in models.split(",") if models else [None]:
+            acc = groups.get(model)
+            if acc is None:
+                acc = groups[model] = [0, 0, 0, 0, 0, 0, 0, None, 0]
+            acc[0] += 1
+            for i, value in enumerate(figures, start=1):
+                if value is not None:
+                    acc[i] = value if acc[i] is None else acc[i] + value
+    keys = sorted(groups, key=lambda k: (k is None, k or ""))
+    return [StatsRow(by, k, *groups[k]) for k in keys]

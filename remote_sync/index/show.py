@@ -1,0 +1,243 @@
+"""Reading the messages of one mirrored session, touching only the bytes that are shown.
+
+What it owns: :func:`read_messages` (the first N messages, the last N, or page K of a
+transcript) and :func:`show_session` (the same for a session named by host and session id or
+path in a mirror). A transcript may be a GiB; none of the three ways scans it whole:
+
+* ``head``: decodes from the start until N messages are found.
+* ``tail``: reads backwards from the end in blocks (:data:`TAIL_FIRST_BLOCK`, doubling up to
+  :data:`TAIL_MAX_BLOCK`) until N messages are found; the start of the file is never read
+  unless the session is that short.
+* ``page`` K of ``page_size`` N: seeks to the index's mark at or before message (K-1)*N (a
+  mark records the byte offset of every 256th message) and decodes forward from there.
+
+Messages are numbered like the index counts them: a line is a message when the format's reader
+turns it into a :class:`~remote_sync.index.facts.Message`. Shortening text for display is the
+CLI's job, not this module's.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..decode.jsonl import JsonlDecoder, Record
+from ..errors import ConfigError, MirrorError
+from .facts import FormatReader, Message
+from .query import SessionRow, find_session, open_index
+from .store import mark_before
+
+__all__ = [
+    "HEAD_BLOCK",
+    "TAIL_FIRST_BLOCK",
+    "TAIL_MAX_BLOCK",
+    "MarkLookup",
+    "ShowResult",
+    "read_messages",
+    "show_session",
+]
+
+#: Forward reads (head, page) start with this many bytes and double up to ``TAIL_MAX_BLOCK``.
+HEAD_BLOCK = 64 * 1024
+#: Backward reads (tail) start with this many bytes from the end and double each step.
+TAIL_FIRST_BLOCK = 256 * 1024
+TAIL_MAX_BLOCK = 16 * 1024 * 1024
+
+#: ``message_no -> (mark's message number, its byte offset)`` for the last mark at or before
+#: ``message_no``, or the marks themselves as sorted ``(message_no, offset)`` pairs.
+MarkLookup = Callable[[int], tuple[int, int]] | Sequence[tuple[int, int]]
+
+
+@dataclass(slots=True)
+class ShowResult:
+    """The messages read, where they are in the session, and what reading them cost."""
+
+    messages: list[Message] = field(default_factory=list)
+    #: Number (0-based) of the first message returned; None when unknown (a tail).
+    first: int | None = None
+    #: Bytes read from the file (the benchmark and the tests bound this).
+    bytes_read: int = 0
+    #: True when the end of the file (or of ``end``) was reached.
+    at_end: bool = False
+
+
+def read_messages(
+    path: Path,
+    reader: FormatReader,
+    *,
+    head: int | None = None,
+    tail: int | None = None,
+    page: int | None = None,
+    page_size: int = 50,
+    marks: MarkLookup | None = None,
+    end: int | None = None,
+) -> ShowResult:
+    """Messages of the transcript at ``path``: the first ``head``, the last ``tail``, or page
+    ``page`` (1-based) of ``page_size``; with none of them, every message.
+
+    ``end`` limits reading to the file's first ``end`` bytes (the mirror's checkpoint: bytes
+    beyond it may be a sync's uncommitted write). ``marks`` (for ``page``) lets the read start
+    near the page instead of at the first line.
+    """
+    chosen = [name for name, v in (("head", head), ("tail", tail), ("page", page)) if v is not None]
+    if len(chosen) > 1:
+        raise ConfigError(f"choose one of {' / '.join(chosen)}")
+    for name, value in (("head", head), ("tail", tail), ("page", page), ("page size", page_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"the {name} must be at least 1, got {value}")
+    try:
+        with open(path, "rb") as src:
+            size = src.seek(0, 2)
+            limit = size if end is None else min(end, size)
+            if tail is not None:
+                return _tail(src, reader, tail, limit)
+            if page is not None:
+                skip = (page - 1) * page_size
+                start_no, offset = _mark(marks, skip)
+                return _forward(src, reader, limit, offset, start_no, skip, page_size)
+            return _forward(src, reader, limit, 0, 0, 0, head)
+    except OSError as exc:
+        raise MirrorError(
+            f"cannot read the mirrored session: {exc.strerror}", path=str(path)
+        ) from exc
+
+
+def _mark(marks: MarkLookup | None, message_no: int) -> tuple[int, int]:
+    if marks is None:
+        return 0, 0
+    if callable(marks):
+        return marks(message_no)
+    at = bisect.bisect_right(marks, message_no, key=lambda mark: mark[0]) - 1
+    return marks[at] if at >= 0 else (0, 0)
+
+
+def _messages(records: list[Any], reader: FormatReader) -> list[Message]:
+    out: list[Message] = []
+    message = reader.message
+    for item in records:
+        if type(item) is Record:
+            shown = message(item.value, item.offset)
+            if shown is not None:
+                out.append(shown)
+    return out
+
+
+def _forward(
+    src: BinaryIO,
+    reader: FormatReader,
+    limit: int,
+    offset: int,
+    number: int,
+    skip_to: int,
+    count: int | None,
+) -> ShowResult:
+    """Decode from ``offset`` (message ``number`` starts there or later) on: skip to message
+    ``skip_to``, then keep ``count`` messages (None: all)."""
+    result = ShowResult(first=skip_to)
+    decoder: JsonlDecoder[Any] = JsonlDecoder(reader.line_type, start_offset=offset)
+    src.seek(offset)
+    pos = offset
+    block = HEAD_BLOCK
+    out = result.messages
+    while pos < limit:
+        data = src.read(min(block, limit - pos))
+        if not data:
+            break
+        pos += len(data)
+        result.bytes_read += len(data)
+        block = min(block * 2, TAIL_MAX_BLOCK)
+        for shown in _messages(decoder.feed(data), reader):
+            if number >= skip_to:
+                out.append(shown)
+            number += 1
+        if count is not None and len(out) >= count:
+            del out[count:]
+            return result
+    result.at_end = True
+    return result
+
+
+def _tail(src: BinaryIO, reader: FormatReader, count: int, limit: int) -> ShowResult:
+    """The last ``count`` messages before ``limit``, reading backwards block by block."""
+    result = ShowResult(first=None)
+    found: list[list[Message]] = []  # per block, the latest block first
+    have = 0
+    pos = limit  # everything from pos on is read
+    partial = b""  # bytes from pos to the first line start after it (a line cut by pos)
+    block = TAIL_FIRST_BLOCK
+    while have < count and pos > 0:
+        start = max(0, pos - block)
+        src.seek(start)
+        data = src.read(pos - start)
+        result.bytes_read += len(data)
+        data += partial
+        if start > 0:
+            # The first line may begin before `start`: keep it for the next block.
+            nl = data.find(b"\n")
+            if nl < 0:
+                partial, pos, block = data, start, min(block * 2, TAIL_MAX_BLOCK)
+                continue
+            partial, lines, base = data[: nl + 1], data[nl + 1 :], start + nl + 1
+        else:
+            partial, lines, base = b"", data, 0
+        decoder: JsonlDecoder[Any] = JsonlDecoder(reader.line_type, start_offset=base)
+        shown = _messages(decoder.feed(lines), reader)
+        if shown:
+            keep = shown[-(count - have) :]
+            found.append(keep)
+            have += len(keep)
+        pos = start
+        block = min(block * 2, TAIL_MAX_BLOCK)
+    result.at_end = True
+    for messages in reversed(found):
+        result.messages.extend(messages)
+    return result
+
+
+def show_session(
+    dest: str | Path,
+    host: str,
+    session: str,
+    *,
+    head: int | None = None,
+    tail: int | None = None,
+    page: int | None = None,
+    page_size: int = 50,
+) -> tuple[SessionRow, ShowResult]:
+    """Find ``session`` of ``host`` in the mirror at ``dest`` and read its messages.
+
+    Returns the session's :class:`~remote_sync.index.query.SessionRow` and the
+    :class:`ShowResult`; ``first`` is filled in for a tail too when the index's message count
+    is current. Raises :class:`ConfigError` for no mirror, host or session (or several).
+    Never takes the mirror's lock.
+    """
+    from ..formats.readers import get_reader
+
+    db = open_index(dest)
+    try:
+        ref = find_session(db, host, session)
+        reader = get_reader(ref.row.format)
+
+        def lookup(message_no: int) -> tuple[int, int]:
+            return mark_before(db, host, ref.raw_path, message_no)
+
+        local = Path(os.fsdecode(os.path.join(os.fsencode(Path(dest) / host), ref.raw_path)))
+        result = read_messages(
+            local,
+            reader,
+            head=head,
+            tail=tail,
+            page=page,
+            page_size=page_size,
+            marks=lookup,
+            end=ref.committed,
+        )
+    finally:
+        db.close()
+    if result.first is None and ref.row.bytes == ref.committed:
+        result.first = max(ref.row.messages - len(result.messages), 0)
+    return ref.row, result

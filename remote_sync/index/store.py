@@ -1,0 +1,145 @@
+"""The session index's tables in the mirror's state database.
+
+What it owns: the ``sessions`` table (one row of facts per transcript, keyed like ``files`` by
+host and remote path) and ``session_marks`` (the byte offset of every ``MARK_EVERY``-th message,
+so ``sessions show --page`` seeks instead of scanning from line 1). Rows are written in the same
+transaction as the file checkpoints they describe, so the index never disagrees with the mirror.
+
+A session's state (live, deleted on the remote, rewritten) is not stored here: it is the
+``files`` row's, joined at query time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from .facts import SessionFacts
+
+#: A mark every this many messages (message 0, 256, 512, ... of a session).
+MARK_EVERY = 256
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    host TEXT NOT NULL,
+    path BLOB NOT NULL,
+    format TEXT NOT NULL,
+    agent TEXT,
+    session_id TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    lines INTEGER NOT NULL,
+    malformed INTEGER NOT NULL,
+    messages INTEGER NOT NULL,
+    user_messages INTEGER NOT NULL,
+    assistant_messages INTEGER NOT NULL,
+    tool_messages INTEGER NOT NULL,
+    system_messages INTEGER NOT NULL,
+    other_messages INTEGER NOT NULL,
+    tool_calls INTEGER NOT NULL,
+    tokens_in INTEGER NOT NULL,
+    tokens_out INTEGER NOT NULL,
+    tokens_cache_read INTEGER NOT NULL,
+    tokens_cache_write INTEGER NOT NULL,
+    cost REAL,
+    models TEXT NOT NULL,          -- comma-separated, in order of first use
+    first_ts TEXT,
+    last_ts TEXT,
+    title TEXT,
+    facts BLOB NOT NULL,           -- the SessionFacts accumulator, to extend with new bytes
+    PRIMARY KEY (host, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_by_last_ts ON sessions (last_ts);
+CREATE TABLE IF NOT EXISTS session_marks (
+    host TEXT NOT NULL,
+    path BLOB NOT NULL,
+    message_no INTEGER NOT NULL,   -- messages before this one
+    offset INTEGER NOT NULL,       -- byte offset of its line
+    PRIMARY KEY (host, path, message_no)
+) WITHOUT ROWID;
+"""
+
+_facts_encoder = msgspec.json.Encoder()
+_facts_decoder = msgspec.json.Decoder(SessionFacts)
+
+
+def ensure_schema(db: sqlite3.Connection) -> None:
+    db.executescript(SCHEMA)
+
+
+def load_facts(db: sqlite3.Connection, host: str, path: bytes) -> SessionFacts | None:
+    row = db.execute(
+        "SELECT facts FROM sessions WHERE host = ? AND path = ?", (host, path)
+    ).fetchone()
+    return _facts_decoder.decode(row[0]) if row else None
+
+
+def put_session(
+    db: sqlite3.Connection,
+    host: str,
+    path: bytes,
+    fmt: str,
+    facts: SessionFacts,
+    marks: Sequence[tuple[int, int]] = (),
+    *,
+    fresh: bool = False,
+) -> None:
+    """Write one session's facts (call inside the checkpoint's transaction).
+
+    ``fresh`` drops its earlier marks first (the file was fetched whole: re-indexed).
+    """
+    db.execute(
+        "INSERT OR REPLACE INTO sessions VALUES "
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            host,
+            path,
+            fmt,
+            facts.agent,
+            facts.session_id or "",
+            facts.bytes,
+            facts.lines,
+            facts.malformed,
+            facts.messages,
+            facts.user,
+            facts.assistant,
+            facts.tool,
+            facts.system,
+            facts.other,
+            facts.tool_calls,
+            facts.tokens_in,
+            facts.tokens_out,
+            facts.tokens_cache_read,
+            facts.tokens_cache_write,
+            facts.cost,
+            ",".join(facts.models),
+            facts.first_ts,
+            facts.last_ts,
+            facts.title,
+            _facts_encoder.encode(facts),
+        ),
+    )
+    if fresh:
+        db.execute("DELETE FROM session_marks WHERE host = ? AND path = ?", (host, path))
+    if marks:
+        db.executemany(
+            "INSERT OR REPLACE INTO session_marks VALUES (?, ?, ?, ?)",
+            [(host, path, n, offset) for n, offset in marks],
+        )
+
+
+def delete_sessions(db: sqlite3.Connection, keys: Iterable[tuple[str, bytes]]) -> None:
+    for host, path in keys:
+        db.execute("DELETE FROM sessions WHERE host = ? AND path = ?", (host, path))
+        db.execute("DELETE FROM session_marks WHERE host = ? AND path = ?", (host, path))
+
+
+def mark_before(db: sqlite3.Connection, host: str, path: bytes, message_no: int) -> tuple[int, int]:
+    """The last mark at or before message ``message_no``: (its message number, its offset)."""
+    row = db.execute(
+        "SELECT message_no, offset FROM session_marks WHERE host = ? AND path = ? "
+        "AND message_no <= ? ORDER BY message_no DESC LIMIT 1",
+        (host, path, message_no),
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)

@@ -1,0 +1,142 @@
+"""Keeping the session index current: from the new bytes of a sync, or rebuilt from the mirror.
+
+What it owns: :class:`FileIndexer`, which decodes the bytes a sync writes for one transcript
+(only the new ones: an append continues the facts already stored) and folds them into the
+session's facts with the format's reader, and :func:`rebuild_index`, which recomputes every
+session from the mirrored files (after an upgrade, or when the index is in doubt).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..decode.jsonl import JsonlDecoder, LineError
+from .facts import FormatReader, SessionFacts
+from .store import MARK_EVERY, delete_sessions, load_facts, put_session
+
+
+@dataclass
+class IndexUpdate:
+    """One session's new facts, written with its file's checkpoint."""
+
+    host: str
+    path: bytes
+    format: str
+    facts: SessionFacts
+    marks: list[tuple[int, int]] = field(default_factory=list)
+    fresh: bool = False
+
+    def write(self, db: sqlite3.Connection) -> None:
+        put_session(db, self.host, self.path, self.format, self.facts, self.marks, fresh=self.fresh)
+
+
+class FileIndexer:
+    """Folds the bytes of one transcript, from ``start`` on, into its facts."""
+
+    def __init__(
+        self,
+        reader: FormatReader,
+        host: str,
+        path: bytes,
+        *,
+        start: int = 0,
+        facts: SessionFacts | None = None,
+    ) -> None:
+        self.reader = reader
+        self.fresh = facts is None
+        if facts is None:
+            agent, session_id = reader.identify(path)
+            facts = SessionFacts(session_id=session_id, agent=agent)
+        self.facts = facts
+        self.update = IndexUpdate(host, path, reader.name, facts, fresh=self.fresh)
+        self.decoder: JsonlDecoder[Any] = JsonlDecoder(reader.line_type, start_offset=start)
+
+    def feed(self, data: bytes | memoryview) -> None:
+        facts = self.facts
+        fold = self.reader.update
+        marks = self.update.marks
+        for item in self.decoder.feed(data):
+            facts.lines += 1
+            facts.bytes += item.length
+            if isinstance(item, LineError):
+                facts.malformed += 1
+                continue
+            before = facts.messages
+            fold(facts, item.value)
+            if facts.messages != before and before % MARK_EVERY == 0:
+                marks.append((before, item.offset))
+
+    def result(self) -> IndexUpdate:
+        return self.update
+
+
+def indexer_for(
+    db: sqlite3.Connection,
+    reader: FormatReader,
+    host: str,
+    path: bytes,
+    *,
+    start: int,
+) -> FileIndexer:
+    """An indexer continuing the stored facts when ``start`` > 0, else starting afresh."""
+    facts = load_facts(db, host, path) if start > 0 else None
+    if start > 0 and facts is None:
+        # The index lost this session (e.g. made by an older version): index it whole next
+        # time it is fetched whole; for now continue from an empty history.
+        indexer = FileIndexer(reader, host, path, start=start)
+        indexer.update.fresh = True
+        return indexer
+    return FileIndexer(reader, host, path, start=start, facts=facts)
+
+
+def index_local_file(
+    reader: FormatReader, host: str, path: bytes, local: Path, size: int
+) -> IndexUpdate:
+    """Index the first ``size`` bytes of a mirrored file from scratch."""
+    indexer = FileIndexer(reader, host, path)
+    with open(local, "rb") as src:
+        remaining = size
+        while remaining > 0:
+            block = src.read(min(remaining, 1 << 20))
+            if not block:
+                break
+            remaining -= len(block)
+            indexer.feed(block)
+    return indexer.result()
+
+
+def rebuild_index(dest: Path, hosts: Sequence[str] | None = None) -> int:
+    """Recompute the index from the mirror; returns how many sessions it holds."""
+    from ..formats.readers import get_reader
+    from ..mirror.state import MirrorState
+
+    count = 0
+    with MirrorState(dest) as state:
+        known = state.hosts()
+        for host, (fmt, _root) in known.items():
+            if hosts is not None and host not in hosts:
+                continue
+            reader = get_reader(fmt)
+            rows = state.host_files(host)
+            updates = [
+                index_local_file(reader, host, path, state.local_path(host, path), row.size)
+                for path, row in rows.items()
+                if row.size > 0 and reader.is_transcript(path)
+            ]
+            indexed = {u.path for u in updates}
+            stale = [
+                (host, bytes(p))
+                for (p,) in state.db.execute("SELECT path FROM sessions WHERE host = ?", (host,))
+                if bytes(p) not in indexed
+            ]
+            with state.transaction():
+                delete_sessions(state.db, stale)
+                for update in updates:
+                    update.fresh = True
+                    update.write(state.db)
+            count += len(updates)
+    return count

@@ -1,0 +1,159 @@
+"""The session index as `remote-sync sync` keeps it: from new bytes only, equal to a rebuild."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+from sessiongen import build_tree, facts_dict, generate
+from sshfleet import SSHFleet
+
+from remote_sync import api
+from remote_sync.cli import main
+from remote_sync.index.store import _facts_decoder
+from remote_sync.index.update import rebuild_index
+from remote_sync.inventory import load_inventory
+
+FORMATS = ["openclaw", "claude-code", "codex", "picoclaw", "pi"]
+
+
+def inventory(fleet: SSHFleet, tmp_path: Path, fmt: str, root: Path) -> Path:
+    path = tmp_path / f"{fmt}.toml"
+    path.write_text(
+        "[defaults]\n"
+        f'ssh_config = "{fleet.ssh_config}"\nknown_hosts = "{fleet.known_hosts}"\n'
+        f'[[hosts]]\nname = "h0"\naddress = "h0"\nformat = "{fmt}"\nroot = "{root}"\n'
+    )
+    return path
+
+
+def make_readable(root: Path) -> None:
+    for dirpath, dirs, files in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+
+
+def index_facts(dest: Path) -> dict[bytes, dict[str, object]]:
+    db = sqlite3.connect(dest / ".remote-sync" / "state.db")
+    try:
+        return {
+            bytes(path): facts_dict(_facts_decoder.decode(blob))
+            for path, blob in db.execute("SELECT path, facts FROM sessions WHERE host = 'h0'")
+        }
+    finally:
+        db.close()
+
+
+def sync(inv: Path, dest: Path) -> int:
+    return main(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_sync_indexes_every_format_as_generated(
+    fmt: str, fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = fleet.path("h0", fmt)
+    tree = build_tree(fmt, root, 6, random.Random(fmt), messages=30, malformed=2, unicode=True)
+    make_readable(root)
+    dest = tmp_path / "m"
+    assert sync(inventory(fleet, tmp_path, fmt, root), dest) in (0, 1)
+    capsys.readouterr()
+    got = index_facts(dest)
+    want = {t.rel: t.expected for t in tree.transcripts}
+    assert sorted(got) == sorted(want)
+    for rel, expected in want.items():
+        facts = dict(got[rel])
+        facts.pop("recent_usage_keys", None)
+        for key, value in expected.items():
+            assert facts[key] == value, (rel, key)
+
+
+def test_index_after_many_incremental_syncs_equals_a_rebuild(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(7)
+    root = fleet.path("h0", "cc")
+    tree = build_tree("claude-code", root, 5, rng, messages=20, split_responses=True)
+    make_readable(root)
+    inv = inventory(fleet, tmp_path, "claude-code", root)
+    dest = tmp_path / "m"
+    assert sync(inv, dest) == 0
+    for round_no in range(6):
+        for t in rng.sample(tree.transcripts, 3):
+            more = generate(
+                "claude-code",
+                rng,
+                messages=rng.randint(1, 8),
+                split_responses=True,
+                malformed=round_no % 2,
+            )
+            # Append in two writes: the first ends mid-line, as an agent's buffered write may.
+            cut = rng.randint(1, len(more.data) - 1)
+            with open(t.path, "ab") as out:
+                out.write(more.data[:cut])
+            assert sync(inv, dest) == 0
+            with open(t.path, "ab") as out:
+                out.write(more.data[cut:])
+        assert sync(inv, dest) == 0
+    capsys.readouterr()
+    incremental = index_facts(dest)
+    assert rebuild_index(dest) == len(tree.transcripts)
+    rebuilt = index_facts(dest)
+    assert incremental == rebuilt
+    assert main(["index", "rebuild", "--dest", str(dest)]) == 0
+
+
+def test_rewritten_session_is_reindexed_from_its_new_content(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(3)
+    root = fleet.path("h0", "pico")
+    tree = build_tree("picoclaw", root, 3, rng, messages=30, compacted=0.0)
+    make_readable(root)
+    inv = inventory(fleet, tmp_path, "picoclaw", root)
+    dest = tmp_path / "m"
+    assert sync(inv, dest) == 0
+    target = tree.transcripts[0]
+    smaller = generate("picoclaw", rng, messages=4)
+    target.path.write_bytes(smaller.data)  # compaction rewrites the file shorter
+    assert sync(inv, dest) == 0
+    capsys.readouterr()
+    facts = index_facts(dest)[target.rel]
+    assert facts["user"] == smaller.expected["user"]
+    assert facts["bytes"] == len(smaller.data)
+
+
+def test_remote_and_local_listing_agree(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = fleet.path("h0", "oc")
+    build_tree("openclaw", root, 8, random.Random(1), messages=25)
+    make_readable(root)
+    inv = inventory(fleet, tmp_path, "openclaw", root)
+    dest = tmp_path / "m"
+    assert sync(inv, dest) == 0
+    capsys.readouterr()
+    hosts = load_inventory(inv).hosts
+
+    async def both() -> tuple[list[object], list[object], list[list[object]]]:
+        local = await api.list_sessions(dest=dest)
+        remote = await api.list_sessions(remote=True, hosts=hosts)
+        batches = [b async for b in api.stream_sessions(remote=True, hosts=hosts, batch_size=3)]
+        return local, remote, batches  # type: ignore[return-value]
+
+    local, remote, batches = anyio.run(both)
+
+    def key(rows: list[object]) -> list[tuple[object, ...]]:
+        return sorted(
+            (r.path, r.session_id, r.messages, r.tokens_in, r.tokens_out, r.title, r.bytes)  # type: ignore[attr-defined]
+            for r in rows
+        )
+
+    assert key(local) == key(remote)
+    assert len(local) > 8  # transcripts plus topic files and archives
+    assert all(len(b) <= 3 for b in batches) and sum(len(b) for b in batches) == len(remote)

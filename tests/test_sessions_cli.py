@@ -1,0 +1,923 @@
+"""Tests of the session index's read side: ``sessions list/show/stats`` and ``index rebuild``.
+
+Covers the queries (filters, sort, limit, class with a fixed ``now``, state), the stats per
+key, reading only the shown part of a transcript (head, tail, page via marks, with the bytes
+read bounded), the CLI's JSON and table outputs and exit codes, a real sync of generated
+sessions against the sshd fleet, and the CLI's start-up cost (no heavy imports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import sessiongen
+from synchelp import write_inventory
+
+from remote_sync.cli import main
+from remote_sync.errors import ConfigError
+from remote_sync.formats.readers import get_reader
+from remote_sync.index.facts import Message, SessionFacts
+from remote_sync.index.query import (
+    SessionRow,
+    StatsRow,
+    find_session,
+    open_index,
+    query_sessions,
+    row_from_facts,
+    select_rows,
+    session_stats,
+)
+from remote_sync.index.show import TAIL_FIRST_BLOCK, read_messages, show_session
+from remote_sync.index.store import MARK_EVERY, put_session
+from remote_sync.mirror.state import FileState, MirrorState
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+MiB = 1024 * 1024
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+# -- an index written directly ------------------------------------------------------------------
+
+
+@dataclass
+class Spec:
+    host: str
+    fmt: str
+    path: bytes
+    facts: SessionFacts
+    state: str = "live"
+    version: int = 0
+    mtime: float = field(default_factory=lambda: NOW.timestamp())
+
+
+def facts(
+    sid: str,
+    *,
+    agent: str | None = None,
+    size: int = 5000,
+    user: int = 1,
+    assistant: int = 1,
+    tool: int = 0,
+    tool_calls: int = 0,
+    tokens: tuple[int, int, int, int] = (0, 0, 0, 0),
+    cost: float | None = None,
+    models: tuple[str, ...] = (),
+    last: datetime | None = None,
+    title: str | None = None,
+) -> SessionFacts:
+    return SessionFacts(
+        session_id=sid,
+        agent=agent,
+        bytes=size,
+        lines=user + assistant + tool + 1,
+        user=user,
+        assistant=assistant,
+        tool=tool,
+        tool_calls=tool_calls,
+        tokens_in=tokens[0],
+        tokens_out=tokens[1],
+        tokens_cache_read=tokens[2],
+        tokens_cache_write=tokens[3],
+        cost=cost,
+        models=list(models),
+        first_ts=iso(last - timedelta(hours=1)) if last else None,
+        last_ts=iso(last) if last else None,
+        title=title,
+    )
+
+
+def specs(now: datetime = NOW) -> list[Spec]:
+    d = timedelta(days=1)
+    return [
+        Spec("h0", "openclaw", b"agents/main/sessions/big.jsonl", facts(
+            "big", agent="main", size=90_000, user=6, assistant=8, tool=3, tool_calls=4,
+            tokens=(1000, 500, 100, 50), cost=0.5, models=("claude-a", "gpt-b"),
+            last=now - 2 * d, title="Refactor the parser")),
+        Spec("h0", "openclaw", b"agents/main/sessions/tiny.jsonl", facts(
+            "tiny", agent="main", size=300, last=now - timedelta(hours=1))),
+        Spec("h0", "openclaw", b"agents/ops/sessions/once.jsonl", facts(
+            "once", agent="ops", size=4000, user=1, assistant=2, tokens=(10, 20, 0, 0),
+            cost=0.1, models=("claude-a",), last=now - 10 * d), state="deleted"),
+        Spec("h0", "openclaw", b"agents/ops/sessions/fresh.jsonl", facts(
+            "fresh", agent="ops", size=4000, last=now - d), version=1),
+        Spec("h0", "openclaw", b"agents/ops/sessions/\xff-odd.jsonl", facts(
+            "odd", agent="ops", size=2000, user=0, assistant=0)),
+        Spec("h1", "codex", b"sessions/2026/11/01/rollout-a.jsonl", facts(
+            "rollout-a", size=50_000, user=3, assistant=3, tokens=(2000, 800, 0, 0),
+            models=("gpt-b",), last=now - 20 * d)),
+        Spec("h1", "codex", b"sessions/2026/11/02/rollout-b.jsonl", facts("dup", size=3000),
+             mtime=(now - 30 * d).timestamp()),
+        Spec("h1", "codex", b"sessions/2026/11/03/rollout-c.jsonl", facts("dup", size=3000),
+             mtime=(now - d).timestamp()),
+    ]
+
+
+def build_index(dest: Path, entries: list[Spec]) -> None:
+    with MirrorState(dest) as state:
+        for host, fmt in sorted({(s.host, s.fmt) for s in entries}):
+            state.set_host(host, fmt, "/data", host)
+        rows = [
+            FileState(s.host, s.path, "append", s.facts.bytes, s.facts.bytes, s.mtime, 1, i,
+                      b"", version=s.version, state=s.state)
+            for i, s in enumerate(entries)
+        ]
+
+        def write_sessions() -> None:
+            for s in entries:
+                put_session(state.db, s.host, s.path, s.fmt, s.facts)
+
+        state.commit(rows, also=write_sessions)
+
+
+@pytest.fixture
+def index_dest(tmp_path: Path) -> Path:
+    dest = tmp_path / "mirror"
+    build_index(dest, specs())
+    return dest
+
+
+@pytest.fixture
+def db(index_dest: Path) -> Iterator[Any]:
+    conn = open_index(index_dest)
+    yield conn
+    conn.close()
+
+
+def ids(rows: Any) -> list[str]:
+    return [f"{r.host}:{r.path.rsplit('/', 1)[-1]}" for r in rows]
+
+
+# -- queries --------------------------------------------------------------------------------
+
+
+def test_list_rows_state_class_and_default_order(db: Any) -> None:
+    rows = list(query_sessions(db, now=NOW))
+    # Newest activity first; sessions without a timestamp last, by host and path.
+    assert ids(rows) == [
+        "h0:tiny.jsonl",
+        "h0:fresh.jsonl",
+        "h0:big.jsonl",
+        "h0:once.jsonl",
+        "h1:rollout-a.jsonl",
+        "h0:\\xff-odd.jsonl",
+        "h1:rollout-b.jsonl",
+        "h1:rollout-c.jsonl",
+    ]
+    by = {r.path.rsplit("/", 1)[-1]: r for r in rows}
+    assert {k: (r.klass, r.state) for k, r in by.items()} == {
+        "tiny.jsonl": ("empty", "live"),  # < 500 bytes
+        "fresh.jsonl": ("valuable", "rewritten"),  # one user message but active yesterday
+        "big.jsonl": ("valuable", "live"),
+        "once.jsonl": ("low", "deleted"),  # one user message, idle for 10 days
+        "rollout-a.jsonl": ("valuable", "live"),  # old but 3 user messages
+        "\\xff-odd.jsonl": ("empty", "live"),  # no messages
+        "rollout-b.jsonl": ("low", "live"),  # no timestamps: the file's mtime (30 days)
+        "rollout-c.jsonl": ("valuable", "live"),  # mtime yesterday
+    }
+    big = by["big.jsonl"]
+    assert (big.messages, big.user_messages, big.assistant_messages, big.tool_messages) == (
+        17,
+        6,
+        8,
+        3,
+    )
+    assert big.models == ["claude-a", "gpt-b"] and by["tiny.jsonl"].models == []
+    assert (big.tokens_in, big.tokens_out, big.tokens_cache_read, big.tokens_cache_write) == (
+        1000,
+        500,
+        100,
+        50,
+    )
+    assert big.cost == 0.5 and big.title == "Refactor the parser" and big.agent == "main"
+    assert big.last_ts == iso(NOW - timedelta(days=2))
+    assert by["rollout-a.jsonl"].agent is None and by["rollout-a.jsonl"].format == "codex"
+    # The class moves with `now`: a week later `fresh` has gone quiet too.
+    later = {r.session_id: r.klass for r in query_sessions(db, now=NOW + timedelta(days=7))}
+    assert later["fresh"] == "low" and later["big"] == "valuable"
+
+
+def test_filters_and_limit(db: Any) -> None:
+    def q(**kw: Any) -> list[str]:
+        return ids(query_sessions(db, now=NOW, **kw))
+
+    assert q(host="h1") == ["h1:rollout-a.jsonl", "h1:rollout-b.jsonl", "h1:rollout-c.jsonl"]
+    assert q(format="codex") == q(host="h1")
+    assert q(agent="ops") == ["h0:fresh.jsonl", "h0:once.jsonl", "h0:\\xff-odd.jsonl"]
+    assert q(klass="low") == ["h0:once.jsonl", "h1:rollout-b.jsonl"]
+    assert q(klass="empty") == ["h0:tiny.jsonl", "h0:\\xff-odd.jsonl"]
+    assert q(state="deleted") == ["h0:once.jsonl"]
+    assert q(state="rewritten") == ["h0:fresh.jsonl"]
+    # since compares last_ts (sessions without one never match): date, datetime, age.
+    recent = ["h0:tiny.jsonl", "h0:fresh.jsonl", "h0:big.jsonl"]
+    assert q(since=(NOW - timedelta(days=3)).date().isoformat()) == recent
+    assert q(since=NOW - timedelta(days=3)) == recent
+    assert q(since="3d") == recent
+    assert q(since=iso(NOW - timedelta(days=2))) == recent  # inclusive
+    assert q(since="2026-11-19T15:00:00+02:00") == recent[:2]  # 13:00 UTC: after big
+    assert q(host="h0", klass="valuable", agent="main") == ["h0:big.jsonl"]
+    assert q(limit=2) == ["h0:tiny.jsonl", "h0:fresh.jsonl"]
+    assert q(limit=0) == []
+    assert q(host="nope") == []
+    for bad in ({"klass": "gold"}, {"state": "gone"}, {"since": "yesterday"}, {"limit": -1}):
+        with pytest.raises(ConfigError):
+            list(query_sessions(db, **bad))
+
+
+def test_sort(db: Any) -> None:
+    def q(sort: str, **kw: Any) -> list[str]:
+        return [r.session_id for r in query_sessions(db, sort=sort, now=NOW, **kw)]
+
+    assert q("messages", host="h0") == ["odd", "tiny", "fresh", "once", "big"]
+    assert q("-messages", host="h0") == ["big", "once", "tiny", "fresh", "odd"]  # ties: by path
+    assert q("-bytes") == ["big", "rollout-a", "fresh", "once", "dup", "dup", "odd", "tiny"]
+    # Missing values sort last both ways; ties by host then path.
+    no_cost = ["tiny", "fresh", "odd", "rollout-a", "dup", "dup"]  # path bytes: \xff after f
+    assert q("cost") == ["once", "big", *no_cost]
+    assert q("-cost") == ["big", "once", *no_cost]
+    assert q("last_ts")[:5] == ["rollout-a", "once", "big", "fresh", "tiny"]
+    assert q("class", host="h0") == ["tiny", "odd", "once", "big", "fresh"]
+    assert q("+session_id", host="h1") == ["dup", "dup", "rollout-a"]
+    with pytest.raises(ConfigError, match="cannot sort by 'models'"):
+        q("models")
+    with pytest.raises(ConfigError):
+        q("-nope")
+
+
+def test_in_memory_selection_matches_sql(db: Any) -> None:
+    everything = list(query_sessions(db, now=NOW, sort="host"))
+    cases: list[dict[str, Any]] = [
+        {},
+        {"sort": "messages"},
+        {"sort": "-cost", "limit": 3},
+        {"host": "h0", "sort": "-tokens_out"},
+        {"klass": "low"},
+        {"state": "live", "sort": "title"},
+        {"since": "3d", "sort": "last_ts"},
+        {"agent": "ops", "format": "openclaw", "sort": "-session_id"},
+    ]
+    for kw in cases:
+        assert ids(select_rows(everything, now=NOW, **kw)) == ids(
+            query_sessions(db, now=NOW, **kw)
+        ), kw
+
+
+def test_row_from_facts_classifies_like_sql(db: Any) -> None:
+    sql = {(r.host, r.session_id, r.path): r for r in query_sessions(db, now=NOW)}
+    for s in specs():
+        row = row_from_facts(
+            s.host, s.path, s.fmt, s.facts, state="x", now=NOW.timestamp(), mtime=s.mtime
+        )
+        expected = sql[(s.host, s.facts.session_id, row.path)]
+        assert row.klass == expected.klass, s.path
+        assert msgspec.structs.replace(row, state=expected.state) == expected
+
+
+def test_stats_by_every_key(db: Any) -> None:
+    def stats(by: str, **kw: Any) -> dict[str | None, StatsRow]:
+        rows = session_stats(db, by, now=NOW, **kw)  # type: ignore[arg-type]
+        assert all(r.by == by for r in rows)
+        return {r.key: r for r in rows}
+
+    hosts = stats("host")
+    assert list(hosts) == ["h0", "h1"]
+    h0 = hosts["h0"]
+    assert (h0.sessions, h0.messages, h0.tool_calls) == (5, 17 + 2 + 3 + 2 + 0, 4)
+    assert (h0.tokens_in, h0.tokens_out, h0.tokens_cache_read, h0.tokens_cache_write) == (
+        1010,
+        520,
+        100,
+        50,
+    )
+    assert h0.cost == pytest.approx(0.6) and h0.bytes == 90_000 + 300 + 4000 + 4000 + 2000
+    assert hosts["h1"].cost is None and hosts["h1"].sessions == 3
+
+    models = stats("model")  # a session with several models counts for each
+    assert list(models) == ["claude-a", "gpt-b", None]
+    assert models["claude-a"].sessions == 2 and models["claude-a"].tokens_in == 1010
+    assert models["gpt-b"].sessions == 2 and models["gpt-b"].tokens_in == 3000
+    assert models["gpt-b"].cost == 0.5
+    assert models[None].sessions == 5
+
+    agents = stats("agent")
+    assert [(k, a.sessions) for k, a in agents.items()] == [("main", 2), ("ops", 3), (None, 3)]
+    formats = stats("format")
+    assert [(k, f.sessions) for k, f in formats.items()] == [("codex", 3), ("openclaw", 5)]
+
+    days = stats("day")
+    keys = list(days)
+    assert keys[-1] is None and days[None].sessions == 3
+    assert keys[:-1] == sorted(keys[:-1])  # chronological
+    assert days[(NOW - timedelta(days=2)).date().isoformat()].messages == 17
+
+    # Filters apply before grouping.
+    assert list(stats("host", klass="valuable")) == ["h0", "h1"]
+    assert stats("host", klass="valuable")["h0"].sessions == 2
+    assert stats("host", host="h1", since="25d")["h1"].sessions == 1
+    with pytest.raises(ConfigError):
+        session_stats(db, "week")  # type: ignore[arg-type]
+
+
+def test_open_index_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no mirror at") as info:
+        open_index(tmp_path / "nothing")
+    assert str(tmp_path / "nothing") in str(info.value)
+
+
+def test_reading_does_not_take_the_lock_or_block_a_writer(index_dest: Path) -> None:
+    reader = open_index(index_dest)
+    cursor = reader.execute("SELECT host FROM sessions")
+    cursor.fetchone()  # a read in progress
+    with MirrorState(index_dest) as state:  # the lock is free; a write commits
+        state.set_host("h9", "jsonl", "/x", "h9")
+    cursor.fetchall()
+    reader.close()
+
+
+# -- the CLI over the index ------------------------------------------------------------------
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def json_rows(out: str, tp: Any = SessionRow) -> list[Any]:
+    return [msgspec.json.decode(line, type=tp) for line in out.splitlines()]
+
+
+def test_cli_list_json(index_dest: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(["sessions", "list", "--json", "--dest", str(index_dest)], capsys)
+    assert code == 0, err
+    rows = json_rows(out)
+    assert len(rows) == 8
+    first = json.loads(out.splitlines()[0])
+    assert list(first) == [
+        "host", "path", "format", "agent", "session_id", "bytes", "lines", "messages",
+        "user_messages", "assistant_messages", "tool_messages", "tool_calls", "tokens_in",
+        "tokens_out", "tokens_cache_read", "tokens_cache_write", "cost", "models", "first_ts",
+        "last_ts", "title", "malformed", "state", "class",
+    ]
+    assert {r.klass for r in rows} <= {"empty", "low", "valuable"}
+
+    # "--sort -FIELD" works with a space too (argparse alone would take -FIELD for an option).
+    for sort_args in (["--sort", "-messages"], ["--sort=-messages"]):
+        code, out, _ = cli(
+            ["sessions", "list", "--json", "--dest", str(index_dest), "--limit", "2", *sort_args],
+            capsys,
+        )
+        assert code == 0 and [r.session_id for r in json_rows(out)] == ["big", "rollout-a"]
+
+    code, out, _ = cli(
+        ["sessions", "list", "--json", "-d", str(index_dest), "--host", "h1", "--class", "low"],
+        capsys,
+    )
+    assert [r.path for r in json_rows(out)] == ["sessions/2026/11/02/rollout-b.jsonl"]
+    code, out, _ = cli(
+        ["sessions", "list", "--json", "-d", str(index_dest), "--state", "deleted"], capsys
+    )
+    assert [r.session_id for r in json_rows(out)] == ["once"]
+
+
+def test_cli_list_table_and_default_dest(
+    index_dest: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REMOTE_SYNC_DEST", str(index_dest))
+    code, out, err = cli(["sessions", "list"], capsys)
+    assert code == 0, err
+    header = out.splitlines()[0].split()
+    assert header[:5] == ["host", "agent", "session", "class", "state"]
+    assert "Refactor the parser" in out and "rollout-a" in out and "deleted" in out
+    assert "\\xff-odd" not in out  # paths are not a column; sessions show by id
+    # Without the variable: ./mirror relative to the working directory.
+    monkeypatch.delenv("REMOTE_SYNC_DEST")
+    monkeypatch.chdir(index_dest.parent)
+    code, out, _ = cli(["sessions", "list", "--json", "--limit", "1"], capsys)
+    assert code == 0 and len(out.splitlines()) == 1
+
+
+def test_cli_stats(index_dest: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for by in ("host", "agent", "format", "model", "day"):
+        code, out, err = cli(
+            ["sessions", "stats", "--by", by, "--json", "--dest", str(index_dest)], capsys
+        )
+        assert code == 0, err
+        rows = json_rows(out, StatsRow)
+        assert rows and all(r.by == by for r in rows)
+        if by != "model":
+            assert sum(r.sessions for r in rows) == 8
+    code, out, _ = cli(["sessions", "stats", "--dest", str(index_dest)], capsys)
+    assert code == 0 and "total" in out and "h0" in out and "$0.60" in out
+    code, out, _ = cli(
+        ["sessions", "stats", "--json", "-d", str(index_dest), "--class", "empty", "--by", "host"],
+        capsys,
+    )
+    assert [(r.key, r.sessions) for r in json_rows(out, StatsRow)] == [("h0", 2)]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sessions", "list", "--sort", "models"],
+        ["sessions", "list", "--sort", "-nope"],
+        ["sessions", "list", "--since", "last tuesday"],
+        ["sessions", "list", "--limit", "-3"],
+        ["sessions", "list", "--inventory", "inv.toml"],
+        ["sessions", "show", "h9", "x"],
+        ["sessions", "show", "h1", "dup"],
+        ["sessions", "show", "h0", "no-such-session"],
+        ["sessions", "show", "h0", "big", "--page-size", "0"],
+    ],
+)
+def test_cli_usage_errors_exit_2(
+    index_dest: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    code, out, err = cli([*args, "--dest", str(index_dest)], capsys)
+    assert code == 2 and out == "" and err.startswith("remote-sync: ")
+
+
+def test_cli_errors_name_what_is_wrong(
+    index_dest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-mirror-here"
+    for args in (["sessions", "list", "--json"], ["sessions", "stats"], ["index", "rebuild"]):
+        code, _, err = cli([*args, "--dest", str(missing)], capsys)
+        assert code == 2 and f"no mirror at {missing}" in err
+    assert not missing.exists()  # a reader (or a failed rebuild) creates nothing
+    code, _, err = cli(["sessions", "show", "h1", "dup", "-d", str(index_dest)], capsys)
+    assert "matches 2 sessions" in err
+    assert "rollout-b.jsonl" in err and "rollout-c.jsonl" in err
+    code, _, err = cli(["sessions", "show", "h9", "x", "-d", str(index_dest)], capsys)
+    assert "no host 'h9'" in err and "h0, h1" in err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: mutually exclusive
+        main(["sessions", "show", "h0", "big", "--head", "1", "--tail", "1"])
+    assert exit_info.value.code == 2
+    capsys.readouterr()
+
+
+def test_find_session_by_path_id_prefix_and_escaped_path(db: Any) -> None:
+    assert find_session(db, "h0", "big").row.path == "agents/main/sessions/big.jsonl"
+    assert find_session(db, "h0", "agents/main/sessions/big.jsonl").row.session_id == "big"
+    assert find_session(db, "h1", "rollout-a").row.session_id == "rollout-a"
+    assert find_session(db, "h1", "roll").row.session_id == "rollout-a"  # unique prefix
+    assert find_session(db, "h1", "sessions/2026/11/02/rollout-b.jsonl").row.session_id == "dup"
+    odd = find_session(db, "h0", "agents/ops/sessions/\\xff-odd.jsonl")
+    assert odd.raw_path == b"agents/ops/sessions/\xff-odd.jsonl"
+    with pytest.raises(ConfigError, match="matches 2 sessions"):
+        find_session(db, "h1", "dup")
+    with pytest.raises(ConfigError, match="no session"):
+        find_session(db, "h0", "rollout-a")  # another host's
+
+
+def test_remote_flags_without_the_remote_api(
+    index_dest: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "remote_sync.api", None)  # import fails
+    for args in (["sessions", "list", "--remote"], ["sessions", "show", "h0", "x", "--remote"]):
+        code, out, err = cli(args, capsys)
+        assert code == 2 and "--remote is not available" in err and out == ""
+
+
+# -- show: reading only what is shown -------------------------------------------------------------
+
+_LINE = (
+    b'{"type":"message","id":"m%d","parentId":null,"timestamp":"2026-11-20T%02d:%02d:%02d.000Z",'
+    b'"message":{"role":"%s","content":[{"type":"text","text":"msg %d %s"}]%s}}\n'
+)
+_USAGE = (
+    b',"model":"claude-sonnet-4","usage":{"input":100,"output":40,"cacheRead":7,'
+    b'"cacheWrite":3,"cost":{"total":0.002}}'
+)
+
+
+def openclaw_session(sid: str, messages: int, *, pad: int = 100, start: int = 0) -> bytes:
+    """An OpenClaw (pi v3) transcript: a header, then alternating user/assistant messages whose
+    text starts with ``msg <number>`` (0-based)."""
+    head = (
+        b'{"type":"session","version":3,"id":"%s","timestamp":"2026-11-20T09:00:00.000Z",'
+        b'"cwd":"/work"}\n' % sid.encode()
+        if start == 0
+        else b""
+    )
+    filler = b"x" * pad
+    out = [head]
+    for i in range(start, start + messages):
+        user = i % 2 == 0
+        out.append(
+            _LINE
+            % (
+                i,
+                10 + i // 3600 % 10,
+                i // 60 % 60,
+                i % 60,
+                b"user" if user else b"assistant",
+                i,
+                filler,
+                b"" if user else _USAGE,
+            )
+        )
+    return b"".join(out)
+
+
+def text_numbers(messages: list[Message]) -> list[int]:
+    return [int(m.text.split()[1]) for m in messages]
+
+
+def make_mirror(dest: Path, host: str, fmt: str, files: dict[str, bytes]) -> None:
+    """Mirror files as a sync would leave them (bytes + checkpoints), without an index."""
+    with MirrorState(dest) as state:
+        state.set_host(host, fmt, "/data", host)
+        rows = []
+        for i, (rel, data) in enumerate(files.items()):
+            local = state.local_path(host, rel.encode())
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(data)
+            rows.append(
+                FileState(host, rel.encode(), "append", len(data), len(data), 0.0, 1, i, b"")
+            )
+        state.commit(rows)
+
+
+@pytest.fixture
+def show_dest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    dest = tmp_path / "mirror"
+    make_mirror(
+        dest,
+        "h0",
+        "openclaw",
+        {
+            "agents/main/sessions/long-0001.jsonl": openclaw_session("long-0001", 1000),
+            "agents/main/sessions/short.jsonl": openclaw_session("short", 3),
+            "agents/main/sessions/short.jsonl.reset.2026-11-20T10-00-00.000Z": (
+                openclaw_session("short", 2)
+            ),
+        },
+    )
+    code, out, err = cli(["index", "rebuild", "--dest", str(dest)], capsys)
+    assert code == 0, err
+    assert out.strip() == f"3 sessions indexed in {dest}"
+    return dest
+
+
+def full_messages(dest: Path, rel: str) -> list[Message]:
+    result = read_messages(dest / "h0" / rel, get_reader("openclaw"))
+    return result.messages
+
+
+def test_show_head_tail_page_json(show_dest: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    everything = full_messages(show_dest, "agents/main/sessions/long-0001.jsonl")
+    assert text_numbers(everything) == list(range(1000))
+
+    def show(*args: str) -> list[Message]:
+        code, out, err = cli(
+            ["sessions", "show", "h0", *args, "--json", "-d", str(show_dest)], capsys
+        )
+        assert code == 0, err
+        return json_rows(out, Message)
+
+    assert show("long-0001", "--head", "5") == everything[:5]
+    assert show("long-0001", "--tail", "5") == everything[-5:]
+    assert show("long-0001", "--page", "3", "--page-size", "7") == everything[14:21]
+    assert show("long-0001", "--page", "40", "--page-size", "25") == everything[975:]
+    assert show("long-0001", "--page", "41", "--page-size", "25") == []
+    assert show("long-0001") == everything[:50]  # default: the first page
+    assert show("long") == everything[:50]  # a unique prefix of the session id
+    assert show("agents/main/sessions/long-0001.jsonl", "--tail", "1") == everything[-1:]
+    assert show("long-0001", "--tail", "5000") == everything
+    assert show("long-0001", "--head", "5000") == everything
+    # The live file and its reset archive share a session id: name one by its path.
+    code, _, err = cli(["sessions", "show", "h0", "short", "-d", str(show_dest)], capsys)
+    assert code == 2 and "short.jsonl.reset." in err and "agents/main/sessions/short.jsonl " in err
+    assert len(show("agents/main/sessions/short.jsonl")) == 3
+
+
+def test_show_pages_agree_with_a_full_read_across_marks(show_dest: Path) -> None:
+    rel = "agents/main/sessions/long-0001.jsonl"
+    everything = full_messages(show_dest, rel)
+    for size in (1, 7, 50, 255, 256, 257, 999):
+        pages = -(-1000 // size)
+        for page in {1, 2, pages // 2, pages - 1, pages, pages + 1} - {0}:
+            _row, result = show_session(show_dest, "h0", rel, page=page, page_size=size)
+            assert result.messages == everything[(page - 1) * size : page * size], (size, page)
+            assert result.first == (page - 1) * size
+    row, result = show_session(show_dest, "h0", rel, tail=3)
+    assert result.first == 997 and row.messages == 1000
+
+
+def test_show_text_output(show_dest: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def show(*args: str) -> tuple[int, str, str]:
+        return cli(["sessions", "show", "h0", "long-0001", *args, "-d", str(show_dest)], capsys)
+
+    code, out, err = show("--page", "2", "--page-size", "3")
+    assert code == 0, err
+    assert "#4 assistant" in out and "#5 user" in out and "msg 3 " in out and "msg 5 " in out
+    assert "#3" not in out and "#7" not in out
+    assert "page 2 of 334 (1000 messages)" in err and "--page 3" in err
+    code, out, err = show("--tail", "2")
+    assert code == 0 and "#999 user" in out and "#1000 assistant" in out
+    assert "claude-sonnet-4" in out
+
+
+def test_show_reads_only_committed_bytes(
+    show_dest: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rel = "agents/main/sessions/long-0001.jsonl"
+    before = show_session(show_dest, "h0", rel, tail=3)[1].messages
+    # A sync writing beyond the checkpoint: complete and partial lines not yet committed.
+    with open(show_dest / "h0" / rel, "ab") as out:
+        out.write(openclaw_session("long-0001", 2, start=1000) + b'{"type":"mess')
+    assert show_session(show_dest, "h0", rel, tail=3)[1].messages == before
+    assert text_numbers(show_session(show_dest, "h0", rel, head=1000)[1].messages)[-1] == 999
+
+
+def test_tail_with_a_line_longer_than_the_first_block(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    data = (
+        openclaw_session("s", 3)
+        + openclaw_session("s", 1, start=3, pad=3 * TAIL_FIRST_BLOCK)
+        + openclaw_session("s", 2, start=4)
+    )
+    path.write_bytes(data)
+    reader = get_reader("openclaw")
+    result = read_messages(path, reader, tail=4)
+    assert text_numbers(result.messages) == [2, 3, 4, 5]
+    assert len(result.messages[1].text) > 3 * TAIL_FIRST_BLOCK
+    assert text_numbers(read_messages(path, reader, tail=1).messages) == [5]
+    with pytest.raises(ConfigError):
+        read_messages(path, reader, head=1, tail=1)
+    with pytest.raises(ConfigError):
+        read_messages(path, reader, tail=0)
+
+
+def test_big_session_reads_are_bounded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 96 MiB transcript: tail, head and a deep page each read a few MiB at most."""
+    dest = tmp_path / "mirror"
+    n = 96 * 1024  # ~1 KiB per message line
+    data = openclaw_session("big", n, pad=900)
+    assert len(data) > 90 * MiB
+    make_mirror(dest, "h0", "openclaw", {"agents/a/sessions/big.jsonl": data})
+    del data
+    started = time.perf_counter()
+    assert main(["index", "rebuild", "--dest", str(dest)]) == 0
+    print(f"rebuild of {n} messages: {time.perf_counter() - started:.2f}s")
+    capsys.readouterr()
+
+    row, tail = show_session(dest, "h0", "big", tail=100)
+    assert row.messages == n and text_numbers(tail.messages) == list(range(n - 100, n))
+    assert tail.bytes_read <= 4 * MiB
+    _, head = show_session(dest, "h0", "big", head=10)
+    assert text_numbers(head.messages) == list(range(10)) and head.bytes_read <= 128 * 1024
+    page = n // 50 - 3  # near the end: the mark before it saves reading ~90 MiB
+    _, deep = show_session(dest, "h0", "big", page=page, page_size=50)
+    assert text_numbers(deep.messages) == list(range((page - 1) * 50, page * 50))
+    assert deep.bytes_read <= (MARK_EVERY + 50) * 1024 + 2 * MiB
+    print(f"bytes read: tail {tail.bytes_read}, head {head.bytes_read}, page {deep.bytes_read}")
+
+
+# -- a real sync of generated sessions ----------------------------------------------------------
+
+_RENAMED = {"user": "user_messages", "assistant": "assistant_messages", "tool": "tool_messages"}
+_FACT_FIELDS = (
+    "session_id", "agent", "bytes", "lines", "malformed", "user", "assistant", "tool",
+    "tool_calls", "tokens_in", "tokens_out", "tokens_cache_read", "tokens_cache_write", "models",
+    "first_ts", "last_ts", "title",
+)
+
+
+def expected_row(expected: dict[str, Any]) -> dict[str, Any]:
+    out = {_RENAMED.get(k, k): expected[k] for k in _FACT_FIELDS}
+    out["messages"] = sum(expected[k] for k in ("user", "assistant", "tool", "system", "other"))
+    return out
+
+
+def shown(messages: list[Message]) -> list[tuple[Any, ...]]:
+    return [(m.offset, m.role, m.timestamp, m.text, m.model, [c.name for c in m.tool_calls])
+            for m in messages]
+
+
+def generated(messages: list[sessiongen.ExpectedMessage]) -> list[tuple[Any, ...]]:
+    return [(m.offset, m.role, m.timestamp, m.text, m.model, [c[0] for c in m.tool_calls])
+            for m in messages]
+
+
+def test_every_format_synced_listed_and_shown(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(7)
+    host = fleet.names[0]
+    trees = {
+        fmt: sessiongen.build_tree(fmt, fleet.path(host) / fmt, 6, rng, messages=30)
+        for fmt in sessiongen.FORMATS
+    }
+    lines = [
+        "[defaults]",
+        f'ssh_config = "{fleet.ssh_config}"',
+        f'known_hosts = "{fleet.known_hosts}"',
+    ]
+    for fmt in trees:
+        lines += ["[[hosts]]", f'name = "{host}-{fmt}"', f'address = "{host}"',
+                  f'format = "{fmt}"', f'root = "{fleet.path(host) / fmt}"']
+        if fmt == "jsonl":
+            lines.append('include = ["**/*.jsonl"]')
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text("\n".join(lines) + "\n")
+    dest = tmp_path / "mirror"
+    assert main(["sync", "--inventory", str(inventory), "--dest", str(dest), "--json"]) == 0
+    capsys.readouterr()
+
+    code, out, err = cli(["sessions", "list", "--json", "-d", str(dest)], capsys)
+    assert code == 0, err
+    rows = {(r.host, r.path): r for r in json_rows(out)}
+    want = {
+        (f"{host}-{fmt}", entry.rel.decode()): entry
+        for fmt, tree in trees.items()
+        for entry in tree.transcripts
+    }
+    assert set(rows) == set(want)  # every transcript, no side file
+    for key, entry in want.items():
+        row = rows[key]
+        got = msgspec.structs.asdict(row)
+        expected = expected_row(entry.expected)
+        assert row.cost == pytest.approx(entry.expected["cost"]), key
+        assert {k: got[k] for k in expected} == expected, key
+        assert row.format == key[0].removeprefix(f"{host}-") and row.state == "live"
+
+    code, out, _ = cli(["sessions", "stats", "--by", "format", "--json", "-d", str(dest)], capsys)
+    counts = {r.key: r.sessions for r in json_rows(out, StatsRow)}
+    assert counts == {fmt: len(tree.transcripts) for fmt, tree in trees.items()}
+
+    for fmt, tree in trees.items():
+        entry = max(tree.transcripts, key=lambda e: len(e.session.messages))
+        expected_messages = generated(entry.session.messages)
+        name = f"{host}-{fmt}"
+        for how, part in (
+            (["--tail", "5"], expected_messages[-5:]),
+            (["--head", "3"], expected_messages[:3]),
+            (["--page", "2", "--page-size", "4"], expected_messages[4:8]),
+        ):
+            code, out, err = cli(["sessions", "show", name, entry.rel.decode(), *how, "--json",
+                                  "-d", str(dest)], capsys)
+            assert code == 0, err
+            assert shown(json_rows(out, Message)) == part, (fmt, how)
+
+
+def test_pages_of_every_format_across_marks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(11)
+    dest = tmp_path / "mirror"
+    chosen: dict[str, sessiongen.TreeFile] = {}
+    for fmt in sessiongen.FORMATS:
+        tree = sessiongen.build_tree(fmt, tmp_path / "src" / fmt, 1, rng, messages=600)
+        entry = chosen[fmt] = tree.transcripts[0]
+        make_mirror(dest, f"h-{fmt}", fmt, {entry.rel.decode(): entry.session.data})
+    assert main(["index", "rebuild", "--dest", str(dest)]) == 0
+    capsys.readouterr()
+    for fmt, entry in chosen.items():
+        everything = generated(entry.session.messages)
+        total = len(everything)
+        assert total > MARK_EVERY, fmt
+        for size in (7, 100, 256):
+            for page in (1, 2, total // size, total // size + 1):
+                _, result = show_session(
+                    dest, f"h-{fmt}", entry.rel.decode(), page=page, page_size=size
+                )
+                part = everything[(page - 1) * size : page * size]
+                assert shown(result.messages) == part, (fmt, size, page)
+        _, tail = show_session(dest, f"h-{fmt}", entry.rel.decode(), tail=10)
+        assert shown(tail.messages) == everything[-10:] and tail.first == total - 10
+
+
+def test_sessions_after_a_real_sync(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    generated: dict[tuple[str, str], int] = {}
+    for h, name in enumerate(fleet.names):
+        for a in range(2):
+            for s in range(3):
+                sid = f"{name}-a{a}-s{s}"
+                count = 10 + 7 * s + h
+                rel = f"agents/agent{a}/sessions/{sid}.jsonl"
+                fleet.write(name, rel, openclaw_session(sid, count))
+                generated[(name, sid)] = count
+        fleet.write(name, "agents/agent0/sessions/sessions.json", "{}")
+    inventory = write_inventory(fleet, tmp_path / "inventory.toml")
+    dest = tmp_path / "mirror"
+    sync = ["sync", "--inventory", str(inventory), "--dest", str(dest), "--json"]
+    assert main(sync) == 0
+    capsys.readouterr()
+
+    code, out, err = cli(["sessions", "list", "--json", "-d", str(dest), "--sort", "host"], capsys)
+    assert code == 0, err
+    rows = json_rows(out)
+    assert {(r.host, r.session_id): r.messages for r in rows} == generated
+    for r in rows:
+        assert r.format == "openclaw" and r.state == "live" and r.malformed == 0
+        assert r.user_messages == (r.messages + 1) // 2
+        assert r.tokens_in == 100 * r.assistant_messages and r.models == ["claude-sonnet-4"]
+        assert r.agent in ("agent0", "agent1") and r.first_ts == "2026-11-20T09:00:00.000Z"
+
+    # Rewrite one session (shrunk: versions kept), delete another, grow a third; sync again.
+    h0 = fleet.names[0]
+    fleet.write(h0, "agents/agent0/sessions/h0-a0-s1.jsonl", openclaw_session("h0-a0-s1", 4))
+    os.unlink(fleet.path(h0, "agents/agent1/sessions/h0-a1-s2.jsonl"))
+    with open(fleet.path(h0, "agents/agent0/sessions/h0-a0-s0.jsonl"), "ab") as grow:
+        grow.write(openclaw_session("h0-a0-s0", 5, start=10))
+    assert main(sync) == 0
+    capsys.readouterr()
+    code, out, _ = cli(["sessions", "list", "--json", "-d", str(dest), "--host", h0], capsys)
+    states = {r.session_id: (r.state, r.messages) for r in json_rows(out)}
+    assert states["h0-a0-s1"] == ("rewritten", 4)
+    assert states["h0-a1-s2"] == ("deleted", 24)
+    assert states["h0-a0-s0"] == ("live", 15)
+    code, out, _ = cli(["sessions", "show", h0, "h0-a0-s0", "--tail", "6", "--json", "-d",
+                        str(dest)], capsys)
+    assert code == 0 and text_numbers(json_rows(out, Message)) == list(range(9, 15))
+
+    code, out, _ = cli(["sessions", "stats", "--json", "-d", str(dest)], capsys)
+    by_host = {r.key: r for r in json_rows(out, StatsRow)}
+    assert by_host[h0].sessions == 6 and by_host[h0].messages == 15 + 4 + 24 + 10 + 17 + 24
+
+    # Straight from the hosts: the same facts (state aside) without the mirror.
+    code, out, err = cli(["sessions", "list", "--remote", "--inventory", str(inventory), "--json",
+                          "--host", h0], capsys)
+    assert code == 0, err
+    remote = {r.session_id: r.messages for r in json_rows(out)}
+    assert remote == {sid: m for sid, (state, m) in states.items() if state != "deleted"}
+
+
+# -- start-up cost ------------------------------------------------------------------------------
+
+_HEAVY = ("asyncssh", "anyio", "rich", "remote_sync.mirror.engine", "remote_sync.ssh.pool")
+
+
+def test_cli_import_and_json_listing_stay_light(index_dest: Path) -> None:
+    code = (
+        "import sys\n"
+        "from remote_sync import cli\n"
+        f"heavy = {_HEAVY!r}\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "sys.stdout.flush()\n"
+        f"cli.main(['sessions', 'list', '--json', '--dest', {str(index_dest)!r}])\n"
+        "sys.stdout.flush()\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    assert lines[0] == "[]" and lines[-1] == "[]" and len(lines) == 10
+
+
+def build_many(dest: Path, n: int) -> None:
+    now = datetime.now(UTC)
+    entries = [
+        Spec(f"h{i % 4}", "openclaw", f"agents/a{i % 9}/sessions/s{i:06d}.jsonl".encode(), facts(
+            f"s{i:06d}", agent=f"a{i % 9}", size=300 + 97 * i, user=i % 5, assistant=3,
+            tool_calls=i % 7, tokens=(i, 2 * i, 0, 0), cost=i / 1000,
+            models=("claude-a", "gpt-b")[: i % 3], last=now - timedelta(minutes=i),
+            title=f"session number {i} about something"))
+        for i in range(n)
+    ]
+    build_index(dest, entries)
+
+
+def test_list_json_over_10000_sessions_as_a_process(tmp_path: Path) -> None:
+    dest = tmp_path / "mirror"
+    build_many(dest, 10_000)
+    argv = [sys.executable, "-m", "remote_sync.cli", "sessions", "list", "--json", "--dest"]
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        done = subprocess.run([*argv, str(dest)], capture_output=True, check=True)
+        timings.append(time.perf_counter() - started)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 10_000
+    assert msgspec.json.decode(lines[0], type=SessionRow).session_id == "s000000"
+    print(f"sessions list --json, 10,000 sessions: best {min(timings):.3f}s of {timings}")
+
+
+def test_list_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    dest = tmp_path / "mirror"
+    build_many(dest, 20_000)
+    argv = [sys.executable, "-m", "remote_sync.cli", "sessions", "list", "--json", "-d", str(dest)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"{")
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

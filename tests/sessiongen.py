@@ -15,7 +15,8 @@ API (all deterministic for a given ``random.Random``):
   ``blank_lines``, ``huge_line_bytes`` (one tool output of about that many bytes),
   ``unicode`` (CJK, RTL, emoji, combining marks, U+2028 in texts), ``split_responses``
   (Claude Code: one line per content block, repeating the response's usage),
-  ``session_id``, ``subagent`` (Claude Code sidechain), ``v3_header_id`` (v3 formats).
+  ``session_id`` (the header's / file's id), ``subagent`` (a Claude Code sidechain),
+  ``start_ns`` (the start time, epoch nanoseconds).
 * ``expected`` is a dict keyed like :class:`remote_sync.index.facts.SessionFacts` fields:
   ``session_id agent bytes lines malformed user assistant tool system other tool_calls
   tokens_in tokens_out tokens_cache_read tokens_cache_write cost models first_ts last_ts
@@ -38,6 +39,9 @@ API (all deterministic for a given ``random.Random``):
   a compacted picoclaw file); ``Tree.side_files`` the paths that are NOT transcripts. Other
   keyword arguments go to :func:`generate`.
 * :func:`write_tree` ``(...) -> list[Path]``: ``build_tree`` returning the transcript paths.
+* :func:`iso_ms` ``(ns) -> str``: the index's timestamp form of epoch nanoseconds.
+
+Malformed lines carry no facts; the realistic lines never fail the readers' line views.
 
 Semantics the expectations encode (documented in :mod:`remote_sync.formats`): Claude Code
 counts usage once per ``message.id:requestId`` and every assistant line as one message; a
@@ -61,7 +65,6 @@ import orjson
 
 FORMATS = ("openclaw", "claude-code", "codex", "picoclaw", "pi", "jsonl")
 TITLE_CHARS = 80  # as remote_sync.index.facts.TITLE_CHARS
-TOOL_ARGS_CHARS = 200  # as remote_sync.formats.generic.TOOL_ARGS_CHARS
 
 FACT_KEYS = (
     "session_id",

@@ -58,7 +58,9 @@ def test_sync_indexes_every_format_as_generated(
     fmt: str, fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = fleet.path("h0", fmt)
-    tree = build_tree(fmt, root, 6, random.Random(fmt), messages=30, malformed=2, unicode=True)
+    tree = build_tree(
+        fmt, root, 6, random.Random(fmt), messages=30, malformed=2, blank_lines=2, unicode=True
+    )
     make_readable(root)
     dest = tmp_path / "m"
     assert sync(inventory(fleet, tmp_path, fmt, root), dest) in (0, 1)

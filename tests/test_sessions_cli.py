@@ -104,26 +104,89 @@ def facts(
 def specs(now: datetime = NOW) -> list[Spec]:
     d = timedelta(days=1)
     return [
-        Spec("h0", "openclaw", b"agents/main/sessions/big.jsonl", facts(
-            "big", agent="main", size=90_000, user=6, assistant=8, tool=3, tool_calls=4,
-            tokens=(1000, 500, 100, 50), cost=0.5, models=("claude-a", "gpt-b"),
-            last=now - 2 * d, title="Refactor the parser")),
-        Spec("h0", "openclaw", b"agents/main/sessions/tiny.jsonl", facts(
-            "tiny", agent="main", size=300, last=now - timedelta(hours=1))),
-        Spec("h0", "openclaw", b"agents/ops/sessions/once.jsonl", facts(
-            "once", agent="ops", size=4000, user=1, assistant=2, tokens=(10, 20, 0, 0),
-            cost=0.1, models=("claude-a",), last=now - 10 * d), state="deleted"),
-        Spec("h0", "openclaw", b"agents/ops/sessions/fresh.jsonl", facts(
-            "fresh", agent="ops", size=4000, last=now - d), version=1),
-        Spec("h0", "openclaw", b"agents/ops/sessions/\xff-odd.jsonl", facts(
-            "odd", agent="ops", size=2000, user=0, assistant=0)),
-        Spec("h1", "codex", b"sessions/2026/11/01/rollout-a.jsonl", facts(
-            "rollout-a", size=50_000, user=3, assistant=3, tokens=(2000, 800, 0, 0),
-            models=("gpt-b",), last=now - 20 * d)),
-        Spec("h1", "codex", b"sessions/2026/11/02/rollout-b.jsonl", facts("dup", size=3000),
-             mtime=(now - 30 * d).timestamp()),
-        Spec("h1", "codex", b"sessions/2026/11/03/rollout-c.jsonl", facts("dup", size=3000),
-             mtime=(now - d).timestamp()),
+        Spec(
+            "h0",
+            "openclaw",
+            b"agents/main/sessions/big.jsonl",
+            facts(
+                "big",
+                agent="main",
+                size=90_000,
+                user=6,
+                assistant=8,
+                tool=3,
+                tool_calls=4,
+                tokens=(1000, 500, 100, 50),
+                cost=0.5,
+                models=("claude-a", "gpt-b"),
+                last=now - 2 * d,
+                title="Refactor the parser",
+            ),
+        ),
+        Spec(
+            "h0",
+            "openclaw",
+            b"agents/main/sessions/tiny.jsonl",
+            facts("tiny", agent="main", size=300, last=now - timedelta(hours=1)),
+        ),
+        Spec(
+            "h0",
+            "openclaw",
+            b"agents/ops/sessions/once.jsonl",
+            facts(
+                "once",
+                agent="ops",
+                size=4000,
+                user=1,
+                assistant=2,
+                tokens=(10, 20, 0, 0),
+                cost=0.1,
+                models=("claude-a",),
+                last=now - 10 * d,
+            ),
+            state="deleted",
+        ),
+        Spec(
+            "h0",
+            "openclaw",
+            b"agents/ops/sessions/fresh.jsonl",
+            facts("fresh", agent="ops", size=4000, last=now - d),
+            version=1,
+        ),
+        Spec(
+            "h0",
+            "openclaw",
+            b"agents/ops/sessions/\xff-odd.jsonl",
+            facts("odd", agent="ops", size=2000, user=0, assistant=0),
+        ),
+        Spec(
+            "h1",
+            "codex",
+            b"sessions/2026/11/01/rollout-a.jsonl",
+            facts(
+                "rollout-a",
+                size=50_000,
+                user=3,
+                assistant=3,
+                tokens=(2000, 800, 0, 0),
+                models=("gpt-b",),
+                last=now - 20 * d,
+            ),
+        ),
+        Spec(
+            "h1",
+            "codex",
+            b"sessions/2026/11/02/rollout-b.jsonl",
+            facts("dup", size=3000),
+            mtime=(now - 30 * d).timestamp(),
+        ),
+        Spec(
+            "h1",
+            "codex",
+            b"sessions/2026/11/03/rollout-c.jsonl",
+            facts("dup", size=3000),
+            mtime=(now - d).timestamp(),
+        ),
     ]
 
 
@@ -132,8 +195,19 @@ def build_index(dest: Path, entries: list[Spec]) -> None:
         for host, fmt in sorted({(s.host, s.fmt) for s in entries}):
             state.set_host(host, fmt, "/data", host)
         rows = [
-            FileState(s.host, s.path, "append", s.facts.bytes, s.facts.bytes, s.mtime, 1, i,
-                      b"", version=s.version, state=s.state)
+            FileState(
+                s.host,
+                s.path,
+                "append",
+                s.facts.bytes,
+                s.facts.bytes,
+                s.mtime,
+                1,
+                i,
+                b"",
+                version=s.version,
+                state=s.state,
+            )
             for i, s in enumerate(entries)
         ]
 
@@ -368,10 +442,30 @@ def test_cli_list_json(index_dest: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert len(rows) == 8
     first = json.loads(out.splitlines()[0])
     assert list(first) == [
-        "host", "path", "format", "agent", "session_id", "bytes", "lines", "messages",
-        "user_messages", "assistant_messages", "tool_messages", "tool_calls", "tokens_in",
-        "tokens_out", "tokens_cache_read", "tokens_cache_write", "cost", "models", "first_ts",
-        "last_ts", "title", "malformed", "state", "class",
+        "host",
+        "path",
+        "format",
+        "agent",
+        "session_id",
+        "bytes",
+        "lines",
+        "messages",
+        "user_messages",
+        "assistant_messages",
+        "tool_messages",
+        "tool_calls",
+        "tokens_in",
+        "tokens_out",
+        "tokens_cache_read",
+        "tokens_cache_write",
+        "cost",
+        "models",
+        "first_ts",
+        "last_ts",
+        "title",
+        "malformed",
+        "state",
+        "class",
     ]
     assert {r.klass for r in rows} <= {"empty", "low", "valuable"}
 
@@ -674,8 +768,9 @@ def test_big_session_reads_are_bounded(tmp_path: Path, capsys: pytest.CaptureFix
     del data
     started = time.perf_counter()
     assert main(["index", "rebuild", "--dest", str(dest)]) == 0
-    print(f"rebuild of {n} messages: {time.perf_counter() - started:.2f}s")
+    rebuilt = time.perf_counter() - started
     capsys.readouterr()
+    print(f"rebuild of {n} messages ({96} MiB): {rebuilt:.2f}s")
 
     row, tail = show_session(dest, "h0", "big", tail=100)
     assert row.messages == n and text_numbers(tail.messages) == list(range(n - 100, n))
@@ -693,9 +788,23 @@ def test_big_session_reads_are_bounded(tmp_path: Path, capsys: pytest.CaptureFix
 
 _RENAMED = {"user": "user_messages", "assistant": "assistant_messages", "tool": "tool_messages"}
 _FACT_FIELDS = (
-    "session_id", "agent", "bytes", "lines", "malformed", "user", "assistant", "tool",
-    "tool_calls", "tokens_in", "tokens_out", "tokens_cache_read", "tokens_cache_write", "models",
-    "first_ts", "last_ts", "title",
+    "session_id",
+    "agent",
+    "bytes",
+    "lines",
+    "malformed",
+    "user",
+    "assistant",
+    "tool",
+    "tool_calls",
+    "tokens_in",
+    "tokens_out",
+    "tokens_cache_read",
+    "tokens_cache_write",
+    "models",
+    "first_ts",
+    "last_ts",
+    "title",
 )
 
 
@@ -706,13 +815,17 @@ def expected_row(expected: dict[str, Any]) -> dict[str, Any]:
 
 
 def shown(messages: list[Message]) -> list[tuple[Any, ...]]:
-    return [(m.offset, m.role, m.timestamp, m.text, m.model, [c.name for c in m.tool_calls])
-            for m in messages]
+    return [
+        (m.offset, m.role, m.timestamp, m.text, m.model, [c.name for c in m.tool_calls])
+        for m in messages
+    ]
 
 
 def generated(messages: list[sessiongen.ExpectedMessage]) -> list[tuple[Any, ...]]:
-    return [(m.offset, m.role, m.timestamp, m.text, m.model, [c[0] for c in m.tool_calls])
-            for m in messages]
+    return [
+        (m.offset, m.role, m.timestamp, m.text, m.model, [c[0] for c in m.tool_calls])
+        for m in messages
+    ]
 
 
 def test_every_format_synced_listed_and_shown(
@@ -730,8 +843,13 @@ def test_every_format_synced_listed_and_shown(
         f'known_hosts = "{fleet.known_hosts}"',
     ]
     for fmt in trees:
-        lines += ["[[hosts]]", f'name = "{host}-{fmt}"', f'address = "{host}"',
-                  f'format = "{fmt}"', f'root = "{fleet.path(host) / fmt}"']
+        lines += [
+            "[[hosts]]",
+            f'name = "{host}-{fmt}"',
+            f'address = "{host}"',
+            f'format = "{fmt}"',
+            f'root = "{fleet.path(host) / fmt}"',
+        ]
         if fmt == "jsonl":
             lines.append('include = ["**/*.jsonl"]')
     inventory = tmp_path / "inventory.toml"
@@ -770,8 +888,10 @@ def test_every_format_synced_listed_and_shown(
             (["--head", "3"], expected_messages[:3]),
             (["--page", "2", "--page-size", "4"], expected_messages[4:8]),
         ):
-            code, out, err = cli(["sessions", "show", name, entry.rel.decode(), *how, "--json",
-                                  "-d", str(dest)], capsys)
+            code, out, err = cli(
+                ["sessions", "show", name, entry.rel.decode(), *how, "--json", "-d", str(dest)],
+                capsys,
+            )
             assert code == 0, err
             assert shown(json_rows(out, Message)) == part, (fmt, how)
 
@@ -845,8 +965,9 @@ def test_sessions_after_a_real_sync(
     assert states["h0-a0-s1"] == ("rewritten", 4)
     assert states["h0-a1-s2"] == ("deleted", 24)
     assert states["h0-a0-s0"] == ("live", 15)
-    code, out, _ = cli(["sessions", "show", h0, "h0-a0-s0", "--tail", "6", "--json", "-d",
-                        str(dest)], capsys)
+    code, out, _ = cli(
+        ["sessions", "show", h0, "h0-a0-s0", "--tail", "6", "--json", "-d", str(dest)], capsys
+    )
     assert code == 0 and text_numbers(json_rows(out, Message)) == list(range(9, 15))
 
     code, out, _ = cli(["sessions", "stats", "--json", "-d", str(dest)], capsys)
@@ -854,11 +975,29 @@ def test_sessions_after_a_real_sync(
     assert by_host[h0].sessions == 6 and by_host[h0].messages == 15 + 4 + 24 + 10 + 17 + 24
 
     # Straight from the hosts: the same facts (state aside) without the mirror.
-    code, out, err = cli(["sessions", "list", "--remote", "--inventory", str(inventory), "--json",
-                          "--host", h0], capsys)
+    code, out, err = cli(
+        ["sessions", "list", "--remote", "--inventory", str(inventory), "--json", "--host", h0],
+        capsys,
+    )
     assert code == 0, err
     remote = {r.session_id: r.messages for r in json_rows(out)}
     assert remote == {sid: m for sid, (state, m) in states.items() if state != "deleted"}
+    remote_show = ["--remote", "--inventory", str(inventory), "--tail", "6", "--json"]
+    code, out, err = cli(["sessions", "show", h0, "h0-a0-s0", *remote_show], capsys)
+    assert code == 0, err
+    assert text_numbers(json_rows(out, Message)) == list(range(9, 15))
+
+
+def test_index_rebuild_waits_for_no_one(
+    show_dest: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with MirrorState(show_dest):  # a sync holds the lock: rebuild refuses, reading still works
+        code, _, err = cli(["index", "rebuild", "--dest", str(show_dest)], capsys)
+        assert code == 75 and "another remote-sync run" in err
+        code, out, err = cli(["sessions", "list", "--json", "--dest", str(show_dest)], capsys)
+        assert code == 0 and len(out.splitlines()) == 3, err
+    code, out, _ = cli(["index", "rebuild", "--dest", str(show_dest), "--json"], capsys)
+    assert code == 0 and json.loads(out) == {"type": "index_rebuilt", "sessions": 3}
 
 
 # -- start-up cost ------------------------------------------------------------------------------
@@ -885,11 +1024,24 @@ def test_cli_import_and_json_listing_stay_light(index_dest: Path) -> None:
 def build_many(dest: Path, n: int) -> None:
     now = datetime.now(UTC)
     entries = [
-        Spec(f"h{i % 4}", "openclaw", f"agents/a{i % 9}/sessions/s{i:06d}.jsonl".encode(), facts(
-            f"s{i:06d}", agent=f"a{i % 9}", size=300 + 97 * i, user=i % 5, assistant=3,
-            tool_calls=i % 7, tokens=(i, 2 * i, 0, 0), cost=i / 1000,
-            models=("claude-a", "gpt-b")[: i % 3], last=now - timedelta(minutes=i),
-            title=f"session number {i} about something"))
+        Spec(
+            f"h{i % 4}",
+            "openclaw",
+            f"agents/a{i % 9}/sessions/s{i:06d}.jsonl".encode(),
+            facts(
+                f"s{i:06d}",
+                agent=f"a{i % 9}",
+                size=300 + 97 * i,
+                user=i % 5,
+                assistant=3,
+                tool_calls=i % 7,
+                tokens=(i, 2 * i, 0, 0),
+                cost=i / 1000,
+                models=("claude-a", "gpt-b")[: i % 3],
+                last=now - timedelta(minutes=i),
+                title=f"session number {i} about something",
+            ),
+        )
         for i in range(n)
     ]
     build_index(dest, entries)

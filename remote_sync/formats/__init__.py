@@ -22,7 +22,9 @@ Where the formats keep their sessions:
 * ``pi`` (``~/.pi/agent``): ``sessions/`` (per-cwd directories of ``*.jsonl`` sessions).
 * ``jsonl``: generic; no default root or include globs, the inventory must give both.
 
-A later change adds per-format record types and parsing here.
+How each format's transcripts are read (which files are transcripts, their identity, and
+the facts and messages of their lines) is in :mod:`remote_sync.formats.readers` and the
+per-format modules it registers.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ class ClaudeLine(msgspec.Struct, gc=False):
     type: str | None = None
     timestamp: str | None = None
     message: ClaudeMessage | None = None
-    requestId: str | None = None  # the format's name
+    requestId: str | None = None  # camelCase names as the format spells them
     isMeta: bool | None = None
     isCompactSummary: bool | None = None
 

@@ -16,8 +16,13 @@ The generic reader: a line is a message when it has a ``role`` (top level, or in
 string, or epoch seconds / milliseconds as a number: values above 10^11 are milliseconds);
 its text is ``content``, ``text`` or ``message.content`` (a string, or a list of blocks whose
 ``text`` fields are joined). ``model`` (top level or in ``message``) is recorded, and OpenAI
-style ``tool_calls`` lists are counted. A line without a role only contributes its time. The
-session id is the path without ``.jsonl``; there is no agent.
+style ``tool_calls`` lists are counted. A line without a role only contributes its time. Any
+JSON object is a line: fields of unexpected shapes (a ``message`` that is not an object, a
+``tool_calls`` that is not a list) are ignored, never malformed. The session id is the path
+without ``.jsonl``; there is no agent.
+
+Line views keep bulky text raw (``msgspec.Raw``) and decode it only for a title or for
+``show``: decoding every text of every line costs more than all the rest of the indexing.
 """
 
 from __future__ import annotations
@@ -65,8 +70,19 @@ _encode = msgspec.json.encode
 def iso_utc(value: str) -> str | None:
     """``value`` (an ISO 8601 / RFC 3339 time) as ``YYYY-MM-DDTHH:MM:SS.mmmZ``, or None."""
     # Fast path: JavaScript's toISOString(), Rust's and Claude Code's form is already ours.
-    if len(value) == 24 and value[23] == "Z" and value[19] == "." and value[10] == "T":
+    size = len(value)
+    if (
+        size == 24
+        and value[23] == "Z"
+        and value[19] == "."
+        and value[10] == "T"
+        and value[20:23].isdigit()  # the shape is trusted, not each field
+    ):
         return value
+    if size > 20 and value[-1] == "Z" and value[19] == "." and value[10] == "T":
+        fraction = value[20:-1]  # Go's RFC3339Nano in UTC: 1 to 9 digits
+        if fraction.isdigit():
+            return value[:20] + (fraction + "00")[:3] + "Z"
     try:
         dt = _fromisoformat(value)
         if dt.tzinfo is not None:

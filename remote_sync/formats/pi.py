@@ -57,7 +57,7 @@ class V3Cost(msgspec.Struct, gc=False):
 class V3Usage(msgspec.Struct, gc=False):
     input: int | None = None
     output: int | None = None
-    cacheRead: int | None = None  # the format's names
+    cacheRead: int | None = None  # camelCase names as the format spells them
     cacheWrite: int | None = None
     cost: V3Cost | None = None
 

@@ -4,10 +4,12 @@ What it owns: :class:`SessionRow` (one session as ``sessions list --json`` print
 library returns it), :class:`StatsRow` (one group of ``sessions stats``), :func:`open_index`
 (a read-only connection to the mirror's state database that never takes the lock, so it works
 while a sync runs and never blocks one), :func:`query_sessions`, :func:`session_stats` and
-:func:`find_session` (``sessions show``'s HOST SESSION lookup).
+:func:`find_session` (``sessions show``'s HOST SESSION lookup); and for sessions read straight
+from hosts (no index), :func:`row_from_facts` and :func:`select_rows`, which classify, filter
+and sort in memory exactly like the SQL does.
 
-Filtering, the class and state of a session, sorting and the limit are all done in SQL, so
-``--limit`` stays fast on a large index. Definitions:
+Over the index, filtering, the class and state of a session, sorting and the limit are all
+done in SQL, so ``--limit`` stays fast on a large index. Definitions:
 
 * **state**: ``deleted`` when the file is gone from the remote, else ``rewritten`` when earlier
   copies were kept (the file's ``version`` > 0), else ``live``.
@@ -72,7 +74,7 @@ StatsKey = Literal["host", "agent", "format", "model", "day"]
 Since = str | date | datetime
 
 
-class SessionRow(msgspec.Struct, omit_defaults=False):
+class SessionRow(msgspec.Struct):
     """One indexed session: its facts, its state in the mirror and its class."""
 
     host: str
@@ -526,22 +528,15 @@ def find_session(
     )
     params["raw"] = session.encode("utf-8", "surrogateescape")
     params["session"] = session
-    # Path match first (exact bytes), then exact session id; ordered so the first wins.
+    params["unescaped"] = _path_bytes(session)  # a path as listed: \xNN for odd bytes
     tiers = (
-        f"SELECT * FROM ({base}) WHERE path = :raw",
+        f"SELECT * FROM ({base}) WHERE path IN (:raw, :unescaped) ORDER BY path",
         f"SELECT * FROM ({base}) WHERE session_id = :session ORDER BY path",
         f"SELECT * FROM ({base}) WHERE substr(session_id, 1, length(:session)) = :session "
         "ORDER BY path",
     )
     for sql in tiers:
         found = db.execute(sql, params).fetchall()
-        if not found and sql is tiers[0]:
-            # A path shown with \xNN escapes: compare what is displayed.
-            found = [
-                r
-                for r in db.execute(f"SELECT * FROM ({base})", params)
-                if r[1].decode("utf-8", "backslashreplace") == session
-            ]
         if len(found) == 1:
             r = found[0]
             return SessionRef(_row(r), bytes(r[1]), r[24])

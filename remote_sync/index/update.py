@@ -59,9 +59,13 @@ class FileIndexer:
         facts = self.facts
         fold = self.reader.update
         marks = self.update.marks
-        for item in self.decoder.feed(data):
-            facts.lines += 1
-            facts.bytes += item.length
+        chunk = data if type(data) is bytes else bytes(data)  # one copy, shared with the decoder
+        before = self.decoder.committed_offset
+        items = self.decoder.feed(chunk)
+        # Every newline ends a line (blank ones too, which the decoder passes over silently).
+        facts.lines += chunk.count(b"\n")
+        facts.bytes += self.decoder.committed_offset - before
+        for item in items:
             if isinstance(item, LineError):
                 facts.malformed += 1
                 continue

@@ -69,6 +69,8 @@ class SyncOptions:
     dry_run: bool = False
     idle_timeout: float = 120.0
     pool: PoolSettings = field(default_factory=PoolSettings)
+    #: Keep the session index current from the fetched bytes (off: mirror only).
+    index: bool = True
 
 
 @dataclass
@@ -127,7 +129,9 @@ class HostSync:
         self.bytes_total = 0
         self.files_total = 0
         self.files_done = 0
-        self.reader: FormatReader | None = get_reader(host.source.format)
+        self.reader: FormatReader | None = (
+            get_reader(host.source.format) if options.index else None
+        )
 
     async def run(self) -> HostRound:
         try:

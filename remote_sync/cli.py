@@ -100,6 +100,9 @@ def _add_sync(sub: Any) -> None:
         help="hosts synced at once (default 8)",
     )
     sync.add_argument("--dry-run", "-n", action="store_true", help="show what would move")
+    sync.add_argument(
+        "--no-index", action="store_true", help="mirror only; do not update the session index"
+    )
     sync.add_argument("--json", action="store_true", help="JSON lines on stdout")
     adhoc = sync.add_argument_group("ad-hoc hosts (not in the inventory)")
     adhoc.add_argument("--format", default="openclaw", help="session format (default openclaw)")
@@ -312,6 +315,7 @@ def run_sync(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         dry_run=args.dry_run,
         pool=PoolSettings(),
+        index=not args.no_index,
     )
     try:
         if args.json:

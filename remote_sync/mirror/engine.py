@@ -129,9 +129,7 @@ class HostSync:
         self.bytes_total = 0
         self.files_total = 0
         self.files_done = 0
-        self.reader: FormatReader | None = (
-            get_reader(host.source.format) if options.index else None
-        )
+        self.reader: FormatReader | None = get_reader(host.source.format) if options.index else None
 
     async def run(self) -> HostRound:
         try:

@@ -59,7 +59,15 @@ def test_sync_indexes_every_format_as_generated(
 ) -> None:
     root = fleet.path("h0", fmt)
     tree = build_tree(
-        fmt, root, 6, random.Random(fmt), messages=30, malformed=2, blank_lines=2, unicode=True
+        fmt,
+        root,
+        6,
+        random.Random(fmt),
+        messages=30,
+        malformed=2,
+        blank_lines=2,
+        huge_line_bytes=300_000,
+        unicode=True,
     )
     make_readable(root)
     dest = tmp_path / "m"
@@ -159,3 +167,38 @@ def test_remote_and_local_listing_agree(
     assert key(local) == key(remote)
     assert len(local) > 8  # transcripts plus topic files and archives
     assert all(len(b) <= 3 for b in batches) and sum(len(b) for b in batches) == len(remote)
+
+
+def test_stream_sessions_reports_progress_and_cancels_midway(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    from remote_sync.cancel import CancelRegistry
+    from remote_sync.errors import TransferCancelledError
+    from remote_sync.events import Progress
+
+    root = fleet.path("h0", "oc")
+    build_tree("openclaw", root, 30, random.Random(2), messages=20)
+    make_readable(root)
+    hosts = load_inventory(inventory(fleet, tmp_path, "openclaw", root)).hosts
+    registry = CancelRegistry()
+    events: list[Progress] = []
+    seen = 0
+
+    async def consume() -> None:
+        nonlocal seen
+        async for batch in api.stream_sessions(
+            remote=True,
+            hosts=hosts,
+            batch_size=5,
+            registry=registry,
+            transfer_id="listing",
+            emit=events.append,
+        ):
+            seen += len(batch)
+            registry.cancel("listing")
+
+    with pytest.raises(TransferCancelledError):
+        anyio.run(consume)
+    assert 5 <= seen < 30
+    assert len(registry) == 0
+    assert [e.phase for e in events][:2] == ["listing", "fetching"]

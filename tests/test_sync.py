@@ -470,3 +470,23 @@ def test_recap_table_without_json(
     assert code == 0
     for word in ("sync recap", "h0", "h1", "new", "grown", "rewritten", "unchanged", "failed"):
         assert word in out
+
+
+def test_two_agents_on_one_box_share_one_connection(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OpenClaw and Claude Code on the same host: two entries, one SSH connection."""
+    fleet.write("h0", "oc/agents/a/sessions/s.jsonl", b'{"type":"session","id":"s"}\n')
+    fleet.write("h0", "cc/projects/p/u.jsonl", b'{"type":"user","message":{"role":"user"}}\n')
+    inv = tmp_path / "inventory.toml"
+    inv.write_text(
+        f'[defaults]\nssh_config = "{fleet.ssh_config}"\nknown_hosts = "{fleet.known_hosts}"\n'
+        f'[[hosts]]\nname = "box-openclaw"\naddress = "h0"\nroot = "{fleet.path("h0", "oc")}"\n'
+        f'[[hosts]]\nname = "box-claude"\naddress = "h0"\nformat = "claude-code"\n'
+        f'root = "{fleet.path("h0", "cc")}"\n'
+    )
+    before = fleet.host("h0").log().count("Accepted publickey")
+    code, summary, _ = sync(inv, tmp_path / "m", capsys)
+    assert code == 0 and summary.files.new == 2
+    assert fleet.host("h0").log().count("Accepted publickey") - before == 1
+    assert (tmp_path / "m" / "box-claude" / "projects/p/u.jsonl").exists()

@@ -32,7 +32,7 @@ def inventory(fleet: SSHFleet, tmp_path: Path, fmt: str, root: Path) -> Path:
 
 
 def make_readable(root: Path) -> None:
-    for dirpath, dirs, files in os.walk(root):
+    for dirpath, _dirs, files in os.walk(root):
         os.chmod(dirpath, 0o755)
         for f in files:
             os.chmod(os.path.join(dirpath, f), 0o644)

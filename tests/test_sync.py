@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import sqlite3
 import time
 from pathlib import Path
@@ -490,3 +491,56 @@ def test_two_agents_on_one_box_share_one_connection(
     assert code == 0 and summary.files.new == 2
     assert fleet.host("h0").log().count("Accepted publickey") - before == 1
     assert (tmp_path / "m" / "box-claude" / "projects/p/u.jsonl").exists()
+
+
+def test_unreadable_remote_directory_is_reported_and_deletions_not_recorded(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    paths = make_openclaw_tree(fleet, "h0")
+    dest = tmp_path / "m"
+    sync(inv, dest, capsys)
+    os.chmod(fleet.path("h0", "agents/agent1/sessions"), 0)
+    try:
+        code, summary, events = sync(inv, dest, capsys)
+    finally:
+        os.chmod(fleet.path("h0", "agents/agent1/sessions"), 0o755)
+    assert code == 1
+    assert any(
+        isinstance(e, ErrorEvent)
+        and e.kind == "listing_incomplete"
+        and e.host == "h0"
+        and "agent1" in e.message
+        for e in events
+    )
+    assert summary.files.deleted == 0  # files it could not see are not taken for deleted
+    assert all((dest / "h0" / p).exists() for p in paths)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_disk_full_is_a_clear_error_and_loses_nothing(
+    fleet: SSHFleet, tmp_path: Path, small_disk: Path
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0")
+    fleet.write("h0", "agents/a/sessions/big.jsonl", big_session(6 * 1024 * 1024))
+    dest = small_disk / "m"
+    proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"])
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert b"disk full" in out and b"big.jsonl" in out and b'"host":"h0"' in out
+    assert not list((dest / ".remote-sync" / "tmp").glob("*"))
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest)])
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert_exact(fleet, dest, "h0")

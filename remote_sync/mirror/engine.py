@@ -189,8 +189,9 @@ class HostSync:
             self.pool, self.host, token=self.token, idle_timeout=self.options.idle_timeout
         )
         if warnings:
-            # find could not read part of the tree: report it, and do not take the files it
-            # could not see for deleted.
+            # find could not read part of the tree: report it, count it as a failure (files
+            # there were not mirrored), and do not take the files it could not see for deleted.
+            self.result.files.failed += 1
             self.emit(
                 ErrorEvent(
                     self.name,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 

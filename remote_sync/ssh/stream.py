@@ -37,6 +37,12 @@ from .remote import PID_MARKER, kill_group_command, wrapped_command
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_BYTES = 8 * 1024
+#: Pauses before re-asking a server that refused a channel (about 0.6 s in all).
+REFUSAL_BACKOFF = (0.02, 0.05, 0.1, 0.15, 0.3)
+_TRANSIENT_REFUSALS = (
+    asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+    asyncssh.OPEN_RESOURCE_SHORTAGE,
+)
 #: How long a signalled remote process gets to exit before the kill fallback is used.
 SIGNAL_GRACE = 0.5
 #: Upper bound on the remote clean-up after a cancel (it runs shielded).
@@ -299,18 +305,31 @@ async def _open_channel(
         )
         return chan
 
-    try:
-        return await create(conn)
-    except (asyncssh.Error, OSError) as exc:
-        if isinstance(exc, asyncssh.ChannelOpenError) and not _connection_gone(conn, exc):
-            raise classify(exc, host) from exc
-        # The shared connection died since it was last used: reopen it once and retry.
-        log.info("%s: connection dropped (%s); reconnecting once", host, exc)
-        await pool.invalidate(endpoint)
+    dropped: BaseException | None = None
+    for delay in (*REFUSAL_BACKOFF, None):
         try:
-            return await create(await pool.reconnect(endpoint, host=host))
-        except (asyncssh.Error, OSError) as retry_exc:
-            raise classify(retry_exc, host) from retry_exc
+            return await create(conn)
+        except asyncssh.ChannelOpenError as exc:
+            if _connection_gone(conn, exc):
+                dropped = exc
+                break
+            if delay is None or exc.code not in _TRANSIENT_REFUSALS:
+                raise classify(exc, host) from exc
+            # sshd frees a session slot only once it has reaped the closed session's process,
+            # so right after our channels close it may briefly still count them against
+            # MaxSessions. Within our cap that refusal is transient: wait a little, try again.
+            log.debug("%s: channel refused (%s); retrying in %.2f s", host, exc.reason, delay)
+            await anyio.sleep(delay)
+        except (asyncssh.Error, OSError) as exc:
+            dropped = exc
+            break
+    # The shared connection died since it was last used: reopen it once and retry.
+    log.info("%s: connection dropped (%s); reconnecting once", host, dropped)
+    await pool.invalidate(endpoint)
+    try:
+        return await create(await pool.reconnect(endpoint, host=host))
+    except (asyncssh.Error, OSError) as retry_exc:
+        raise classify(retry_exc, host) from retry_exc
 
 
 def _connection_gone(conn: asyncssh.SSHClientConnection, exc: asyncssh.ChannelOpenError) -> bool:

@@ -43,7 +43,7 @@ def index_facts(dest: Path) -> dict[bytes, dict[str, object]]:
     try:
         return {
             bytes(path): facts_dict(_facts_decoder.decode(blob))
-            for path, blob in db.execute("SELECT path, facts FROM sessions WHERE host = 'h0'")
+            for path, blob in db.execute("SELECT path, facts FROM session_facts WHERE host = 'h0'")
         }
     finally:
         db.close()

@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS sessions (
     first_ts TEXT,
     last_ts TEXT,
     title TEXT,
+    PRIMARY KEY (host, path)
+) WITHOUT ROWID;
+-- The accumulators live apart so listing scans only the lean sessions table.
+CREATE TABLE IF NOT EXISTS session_facts (
+    host TEXT NOT NULL,
+    path BLOB NOT NULL,
     facts BLOB NOT NULL,           -- the SessionFacts accumulator, to extend with new bytes
     PRIMARY KEY (host, path)
 ) WITHOUT ROWID;
@@ -70,7 +76,7 @@ def ensure_schema(db: sqlite3.Connection) -> None:
 
 def load_facts(db: sqlite3.Connection, host: str, path: bytes) -> SessionFacts | None:
     row = db.execute(
-        "SELECT facts FROM sessions WHERE host = ? AND path = ?", (host, path)
+        "SELECT facts FROM session_facts WHERE host = ? AND path = ?", (host, path)
     ).fetchone()
     return _facts_decoder.decode(row[0]) if row else None
 
@@ -91,7 +97,7 @@ def put_session(
     """
     db.execute(
         "INSERT OR REPLACE INTO sessions VALUES "
-        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             host,
             path,
@@ -117,8 +123,11 @@ def put_session(
             facts.first_ts,
             facts.last_ts,
             facts.title,
-            _facts_encoder.encode(facts),
         ),
+    )
+    db.execute(
+        "INSERT OR REPLACE INTO session_facts VALUES (?, ?, ?)",
+        (host, path, _facts_encoder.encode(facts)),
     )
     if fresh:
         db.execute("DELETE FROM session_marks WHERE host = ? AND path = ?", (host, path))
@@ -132,6 +141,7 @@ def put_session(
 def delete_sessions(db: sqlite3.Connection, keys: Iterable[tuple[str, bytes]]) -> None:
     for host, path in keys:
         db.execute("DELETE FROM sessions WHERE host = ? AND path = ?", (host, path))
+        db.execute("DELETE FROM session_facts WHERE host = ? AND path = ?", (host, path))
         db.execute("DELETE FROM session_marks WHERE host = ? AND path = ?", (host, path))
 
 

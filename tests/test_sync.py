@@ -537,7 +537,10 @@ def test_disk_full_is_a_clear_error_and_loses_nothing(
     proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"])
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, (out, err)
-    assert b"disk full" in out and b"big.jsonl" in out and b'"host":"h0"' in out
+    # Where the space runs out (a file's bytes, the flush, the checkpoint database) varies;
+    # the error says "disk full" and the host's round is the one that failed.
+    assert b"disk full" in out, out[-2000:]
+    assert b'"host":"h0","status":"failed"' in out
     assert not list((dest / ".remote-sync" / "tmp").glob("*"))
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest)])

@@ -274,8 +274,12 @@ class MirrorState:
                 if also is not None:
                     also()
         except sqlite3.Error as exc:
+            # SQLITE_FULL reads "database or disk is full"; say it the way the writer does.
+            full = isinstance(exc, sqlite3.OperationalError) and "is full" in str(exc)
             raise StateError(
-                f"cannot write checkpoints: {exc}",
+                "disk full while writing checkpoints"
+                if full
+                else f"cannot write checkpoints: {exc}",
                 path=str(self.control),
                 hint="check free space on the destination",
             ) from exc

@@ -35,8 +35,8 @@ class RewriteDetected(Exception):
 def _mirror_error(exc: OSError, host: str, path: bytes, doing: str) -> MirrorError:
     shown = path.decode("utf-8", "backslashreplace")
     if exc.errno == errno.ENOSPC:
-        return MirrorError(f"disk full while {doing}", host=host, path=shown)
-    return MirrorError(f"cannot {doing}: {exc.strerror or exc}", host=host, path=shown)
+        return MirrorError(f"disk full while {doing}", host=host or None, path=shown)
+    return MirrorError(f"cannot {doing}: {exc.strerror or exc}", host=host or None, path=shown)
 
 
 def _makedirs_for(path: Path, host: str, remote_path: bytes) -> None:
@@ -248,9 +248,12 @@ class CommitBatch:
                 item.handle.close()
                 if item.temp is not None:
                     item.temp.unlink(missing_ok=True)
-            raise MirrorError(
-                f"cannot make fetched files durable: {exc.strerror or exc}",
-                path=str(self.state.dest),
+            first = items[0].row if items else None
+            raise _mirror_error(
+                exc,
+                first.host if first else "",
+                first.path if first else os.fsencode(self.state.dest),
+                f"making {len(items)} fetched file(s) durable",
             ) from exc
         return items
 

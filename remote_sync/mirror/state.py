@@ -222,11 +222,14 @@ class MirrorState:
 
     def set_host(self, host: str, fmt: str, root: str, address: str) -> None:
         """Record which format and root a host's mirror has (the index and rebuild read it)."""
-        with self.transaction():
-            self.db.execute(
-                "INSERT OR REPLACE INTO hosts VALUES (?, ?, ?, ?, ?)",
-                (host, fmt, root, address, time.time()),
-            )
+        try:
+            with self.transaction():
+                self.db.execute(
+                    "INSERT OR REPLACE INTO hosts VALUES (?, ?, ?, ?, ?)",
+                    (host, fmt, root, address, time.time()),
+                )
+        except sqlite3.Error as exc:
+            raise self._db_error(exc, "record the host") from exc
 
     def hosts(self) -> dict[str, tuple[str, str]]:
         """host → (format, root) of every host this mirror has synced."""
@@ -274,15 +277,16 @@ class MirrorState:
                 if also is not None:
                     also()
         except sqlite3.Error as exc:
-            # SQLITE_FULL reads "database or disk is full"; say it the way the writer does.
-            full = isinstance(exc, sqlite3.OperationalError) and "is full" in str(exc)
-            raise StateError(
-                "disk full while writing checkpoints"
-                if full
-                else f"cannot write checkpoints: {exc}",
-                path=str(self.control),
-                hint="check free space on the destination",
-            ) from exc
+            raise self._db_error(exc, "write checkpoints") from exc
+
+    def _db_error(self, exc: sqlite3.Error, doing: str) -> StateError:
+        # SQLITE_FULL reads "database or disk is full"; say it the way the writer does.
+        full = isinstance(exc, sqlite3.OperationalError) and "is full" in str(exc)
+        return StateError(
+            f"disk full while trying to {doing}" if full else f"cannot {doing}: {exc}",
+            path=str(self.control / "state.db"),
+            hint="check free space on the destination",
+        )
 
     def transaction(self) -> _Transaction:
         """``with state.transaction():`` runs statements atomically (BEGIN IMMEDIATE)."""

@@ -19,15 +19,22 @@ previous one's dirty pages):
    else the child's rusage) for the fleet runs and for one host with one 1 GiB session (goal
    <= 64 MB each); the 1 GiB initial mirror's time vs ``rsync -a`` and ``ssh cat > file``.
 
-After every run the mirrors are checked against the remote files (remote-sync: byte-identical
-up to each JSONL file's last newline; rsync: byte-identical).
+Where this version of the CLI has ``--no-index``, mirror-only runs of ``remote-sync sync`` join
+the alternation (info). Every run also records its client CPU time (``time -v``) and the rest
+of the machine's busy CPU time meanwhile (``/proc/stat``: sshd, remote commands, kernel, and
+any other load on the machine). After every run the mirrors are checked against the remote
+files (remote-sync: byte-identical up to each JSONL file's last newline; rsync: identical).
 
-    python3 bench/bench_sync.py [--quick] [--json] [--profile]
+    python3 bench/bench_sync.py [--quick] [--json] [--profile] [--save FILE] [--repeat N]
+                                [--only one|fleet|big]
 
 ``--quick`` shrinks everything (100 sessions / 20 MB, 5 hosts x 100 sessions, a 128 MiB
-session; about a minute). ``--profile`` adds diagnostics: a phase breakdown of instrumented
-remote-sync runs (in a child), cProfile tops, the remote scripts timed alone through OpenSSH,
-and Python's start-up cost. Progress goes to stderr.
+session; one to two minutes). ``--profile`` adds diagnostics, each in child processes: a phase
+breakdown of instrumented runs, cProfile tops, what-if runs with one library setting changed in
+memory (window, fsync, gc.freeze, overlap, SSH compression, concurrency), a tracemalloc peak,
+the remote scripts timed alone through OpenSSH, Python's start-up cost and a comparison of
+fsync strategies. Progress goes to stderr. It benchmarks whichever ``remote_sync`` is imported
+(this checkout, or a copy first on PYTHONPATH); the output names it.
 """
 
 from __future__ import annotations
@@ -1601,6 +1608,24 @@ def print_table(r: dict[str, Any]) -> None:
                 "info",
             )
         )
+    rsync_rss = [
+        ("one", "rsync_initial", "single host initial"),
+        ("fleet", "rsync_initial", "fleet initial (largest process)"),
+        ("big", "rsync", "big session"),
+    ]
+    rows.append(
+        (
+            "3 peak RSS of rsync: " + " / ".join(label for _, _, label in rsync_rss),
+            "-",
+            " / ".join(
+                f"{max(x['rss_mb'] for x in r[part]['runs'][key]):.1f}"
+                for part, key, _ in rsync_rss
+            )
+            + " MB",
+            "-",
+            "info",
+        )
+    )
     # Mirror only (--no-index), when this version has it: what the session index costs.
     for part, key, peer, label in (
         ("one", "ours_noindex_initial", "rsync_initial", "1 initial, --no-index vs rsync -a"),

@@ -6,6 +6,7 @@ import gc
 import os
 import socket
 import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -441,3 +442,18 @@ async def test_keys_from_ssh_agent(fleet: SSHFleet, tmp_path: Path, monkeypatch)
     finally:
         agent.kill()
         agent.wait()
+
+
+async def test_inventory_proxy_command_tokens_are_expanded(fleet: SSHFleet) -> None:
+    relay = Path(__file__).resolve().parent.parent / "bench" / "delay_relay.py"
+    ep = Endpoint(
+        address="127.0.0.1",
+        port=fleet.host("h0").port,
+        user=fleet.user,
+        ssh_config=(),
+        identity_files=(str(fleet.client_key),),
+        known_hosts=str(fleet.known_hosts),
+        proxy_command=f"{sys.executable} {relay} --delay-ms 0 %h %p",
+    )
+    async with SSHPool() as pool:
+        assert await run_command(pool, ep, ["echo", "through the proxy"]) == b"through the proxy\n"

@@ -21,8 +21,10 @@ host's key is recorded on first contact; a *changed* key is refused exactly as i
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -299,7 +301,7 @@ class SSHPool:
         if endpoint.identity_files:
             options["client_keys"] = [_expand(p) for p in endpoint.identity_files]
         if endpoint.proxy_command:
-            options["proxy_command"] = endpoint.proxy_command
+            options["proxy_command"] = expand_proxy_tokens(endpoint)
         try:
             return await asyncssh.connect(endpoint.address, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
@@ -336,6 +338,21 @@ class SSHPool:
                 ):
                     log.debug("closing idle connection to %s", slot.endpoint.label)
                     await self._drop(slot)
+
+
+def expand_proxy_tokens(endpoint: Endpoint) -> str:
+    """ProxyCommand with OpenSSH's %h, %p, %r and %% expanded, as ssh does it.
+
+    asyncssh expands them only in ssh_config; an inventory's proxy_command comes to it as is.
+    """
+    assert endpoint.proxy_command is not None
+    values = {
+        "h": endpoint.address,
+        "p": str(endpoint.port or 22),
+        "r": endpoint.user or getpass.getuser(),
+        "%": "%",
+    }
+    return re.sub(r"%([hpr%])", lambda m: values[m.group(1)], endpoint.proxy_command)
 
 
 def _expand(path: str) -> str:

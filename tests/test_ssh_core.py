@@ -382,7 +382,8 @@ async def test_channels_beyond_maxsessions_are_refused_with_their_own_error(
 
         async def one() -> None:
             try:
-                outcomes.append(await run_command(pool, ep, ["sleep", "1"], host="h0"))
+                # Longer than the refusal backoff, so the refusal persists and is reported.
+                outcomes.append(await run_command(pool, ep, ["sleep", "6"], host="h0"))
             except RemoteSyncError as exc:
                 outcomes.append(exc)
 

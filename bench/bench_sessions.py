@@ -8,9 +8,11 @@ realistic OpenClaw sessions from ``tests/sessiongen.py`` into it, and measures:
    whole process (``python3 -m remote_sync.cli``, the console script next to this Python, and
    ``remote-sync`` as found on PATH when that is something else), median of 5 alternating runs
    with its peers ``python3 -c pass`` and ``sqlite3 D/.remote-sync/state.db 'select * from
-   sessions'``. The index is written directly (``MirrorState.commit`` + ``put_session``) from
-   the facts of 250 generated transcripts indexed by the real reader, replicated with new ids,
-   paths, hosts and times. Goal: <= 0.4 s.
+   sessions'``; also without cached bytecode, and on a copy whose file fingerprints are cut to
+   16 bytes (what-if). The index is written directly (``MirrorState.commit`` + ``put_session``)
+   from the facts of 250 generated transcripts indexed by the real reader, replicated with new
+   ids, paths, hosts and times. A child splits the time (import, ``cli.main()``, SQL, JSON) and
+   times the first query with a bigger page cache or a memory map. Goal: <= 0.4 s.
 2. ``show``: ``sessions show h0 SID --tail 100 --json`` (and ``--head 100``, ``--page K`` in the
    middle) of a 1 GiB session mirrored by a real ``remote-sync sync`` (which also indexes it and
    records its page marks). The session is one ~16 MiB generated OpenClaw transcript whose
@@ -19,23 +21,27 @@ realistic OpenClaw sessions from ``tests/sessiongen.py`` into it, and measures:
    ``cli.main``), whole-process time (median of 5) against ``python3 -c pass`` and
    ``tail -n 100`` / ``head -n 100`` of the file. Goals: <= 4 MiB read, <= 0.3 s.
 3. ``remote``: peak Python allocations (``tracemalloc``, in a fresh child per case, after a
-   warm-up listing) of ``api.stream_sessions(remote=True, batch_size=50)`` consumed batch by
-   batch over 1,000 vs 100 generated sessions (``sessiongen.build_tree``, 20-60 messages each),
-   and of the eager ``api.list_sessions`` for context. Goal: the streamed peak does not grow
-   with the number of sessions (within 1 MiB or 10 %). Wall time of ``sessions list --remote
-   --json`` (whole process) and of the API call alone against ``ssh -F cfg h0 'cat
-   ROOT/agents/*/sessions/*.jsonl*'`` (median of 3, alternating).
+   warm-up listing; median of 3) of ``api.stream_sessions(remote=True, batch_size=50)``
+   consumed batch by batch over 100, 300 and 1,000 generated sessions
+   (``sessiongen.build_tree``, 20-60 messages each), and of the eager ``api.list_sessions`` for
+   context. Goal: the streamed peak does not grow with the number of sessions (1,000 vs 100:
+   within 1 MiB or 10 %). Wall time of ``sessions list --remote --json`` (whole process) and
+   of the API call alone against ``ssh -F cfg h0 'cat ROOT/agents/*/sessions/*.jsonl*'``
+   (median of 3, alternating). Diagnostics: what is held mid-stream (a tracemalloc snapshot)
+   and a cProfile of the stream.
 4. ``sync``: initial ``remote-sync sync`` of a 500-session OpenClaw tree (~100 MB) with the
    index (the default) vs ``--no-index``, fresh destination each time, median of 3 alternating;
    then incremental runs after 20 sessions grew by ~10 KB each. Goal: indexing costs <= 10 %.
    One more indexed initial run under ``python3 -m cProfile`` shows where indexing time goes.
 
-    python3 bench/bench_sessions.py [--quick] [--json]
+    python3 bench/bench_sessions.py [--quick] [--json] [--save FILE] [--only PART]
 
-``--quick`` shrinks everything (2,000 indexed sessions, a 128 MiB session, 200 vs 20 remote
-sessions, a 100-session tree): about a minute. The full run takes about 5 minutes on a 2-core
-machine. Progress goes to stderr. Needs ``sshd``, ``ssh``, ``ssh-keygen``; uses ``sqlite3``
-and ``/usr/bin/time`` when installed.
+``--quick`` shrinks everything (2,000 indexed sessions, a 128 MiB session, 20/60/200 remote
+sessions, a 100-session tree): under a minute. The full run takes about 2 minutes on a quiet
+2-core machine (up to 4 when shared). Python children run with bytecode caching on, into a
+private ``PYTHONPYCACHEPREFIX``. Progress goes to stderr. Needs ``sshd``, ``ssh``,
+``ssh-keygen``; uses ``sqlite3`` and ``/usr/bin/time`` when installed. Results and their
+reading: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations

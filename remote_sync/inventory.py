@@ -60,7 +60,7 @@ import os
 import re
 import tomllib
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -140,11 +140,6 @@ class Source:
     def is_included(self, path: bytes) -> bool:
         """Whether to mirror ``path`` (relative to the root): included and not excluded."""
         return self.include_set.match(path) and not self.exclude_set.match(path)
-
-    @property
-    def matcher(self) -> Callable[[bytes], bool]:
-        """:meth:`is_included` as a plain callable."""
-        return self.is_included
 
     def is_append_only(self, path: bytes) -> bool:
         """Whether ``path`` grows by appends (pull its tail) rather than being copied whole."""

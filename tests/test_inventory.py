@@ -158,7 +158,7 @@ def test_valid_inventory(tmp_path: Path) -> None:
     assert not vps.source.is_included(b"agents/main/sessions/big/a.jsonl")
     assert not vps.source.is_included(b"agents/main/sessions/a.tmp")
     assert not vps.source.is_included(b"agents/other/sessions/a.jsonl")
-    assert vps.source.matcher(b"agents/main/sessions/x")
+    assert vps.source.is_included(b"agents/main/sessions/x")
     assert vps.source.is_append_only(b"agents/main/sessions/a.jsonl")
     assert not vps.source.is_append_only(b"agents/main/sessions/sessions.json")
 

@@ -18,7 +18,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -321,15 +321,3 @@ class _Transaction:
 
 def _show(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
-
-
-def iter_chunks(path: Path, start: int, length: int, size: int = 1 << 20) -> Iterator[bytes]:
-    """Read ``length`` bytes of a local file from ``start`` in pieces."""
-    with open(path, "rb") as src:
-        src.seek(start)
-        while length > 0:
-            piece = src.read(min(size, length))
-            if not piece:
-                return
-            length -= len(piece)
-            yield piece

@@ -458,3 +458,14 @@ async def test_inventory_proxy_command_tokens_are_expanded(fleet: SSHFleet) -> N
     )
     async with SSHPool() as pool:
         assert await run_command(pool, ep, ["echo", "through the proxy"]) == b"through the proxy\n"
+
+
+async def test_a_momentary_maxsessions_refusal_is_retried(fleet: SSHFleet) -> None:
+    """sshd may count a just-closed session a little longer; within our cap that must not fail."""
+    ep = endpoint(fleet, "h0")
+    async with SSHPool(PoolSettings(channels_per_host=12)) as pool:
+        # 12 > MaxSessions (10): the last two are refused until short commands free slots.
+        async with anyio.create_task_group() as tg:
+            for _ in range(12):
+                tg.start_soon(run_command, pool, ep, ["sleep", "0.5"])
+        assert pool.stats(ep).channels_peak == 12

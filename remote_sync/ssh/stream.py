@@ -40,7 +40,9 @@ STDERR_TAIL_BYTES = 8 * 1024
 #: Pauses before re-asking a server that refused a channel (about 3 s in all: under load sshd
 #: took longer than 0.6 s to free the slots of sessions that had already closed).
 REFUSAL_BACKOFF = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5)
+#: OpenSSH answers "no more sessions" (MaxSessions) with OPEN_CONNECT_FAILED, "open failed".
 _TRANSIENT_REFUSALS = (
+    asyncssh.OPEN_CONNECT_FAILED,
     asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
     asyncssh.OPEN_RESOURCE_SHORTAGE,
 )

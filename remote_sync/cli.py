@@ -104,6 +104,13 @@ def _add_sync(sub: Any) -> None:
         "--no-index", action="store_true", help="mirror only; do not update the session index"
     )
     sync.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    sync.add_argument(
+        "--compress",
+        "-z",
+        action="store_true",
+        help="SSH compression for hosts whose inventory entry does not set 'compression' "
+        "(like ssh -C or rsync -z: for slow links; on a LAN it only costs CPU)",
+    )
     adhoc = sync.add_argument_group("ad-hoc hosts (not in the inventory)")
     adhoc.add_argument("--format", default="openclaw", help="session format (default openclaw)")
     adhoc.add_argument("--root", help="remote directory (default: the format's)")
@@ -314,7 +321,7 @@ def run_sync(args: argparse.Namespace) -> int:
         dest=Path(args.dest),
         concurrency=args.concurrency,
         dry_run=args.dry_run,
-        pool=PoolSettings(),
+        pool=PoolSettings(compression=args.compress),
         index=not args.no_index,
     )
     try:

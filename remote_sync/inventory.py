@@ -25,11 +25,13 @@ Inventory schema (read with :mod:`tomllib`)::
     exclude = ["**/*.tmp"]                # added to the format's (and [defaults]') excludes
     host_key_policy = "strict"            # or "accept-new"
     proxy_command = "ssh -W %h:%p bastion"
+    compression = true                    # SSH compression, like ssh -C (default false)
 
 Rules:
 
 * ``[defaults]`` takes ssh_config, known_hosts, format, root, user, port, identity_file,
-  include, exclude, host_key_policy, proxy_command; ``[[hosts]]`` also name, address, tags.
+  include, exclude, host_key_policy, proxy_command, compression; ``[[hosts]]`` also name,
+  address, tags.
   Any other key or table is an error. A per-host value replaces the default, except
   ``exclude``, which accumulates: the format's, then ``[defaults]``', then the host's.
 * ``root`` and ``include`` in ``[defaults]`` belong to the format of ``[defaults]``: when it
@@ -99,6 +101,7 @@ _DEFAULT_KEYS = (
     "exclude",
     "host_key_policy",
     "proxy_command",
+    "compression",
 )
 _HOST_ONLY_KEYS = ("name", "address", "tags")
 _HOST_KEYS = _DEFAULT_KEYS + _HOST_ONLY_KEYS
@@ -605,6 +608,7 @@ class _Loader:
                 known_hosts=pick("known_hosts"),
                 host_key_policy=pick("host_key_policy", "strict"),
                 proxy_command=pick("proxy_command"),
+                compression=pick("compression"),
             )
             source = Source(
                 format=format_name,
@@ -665,6 +669,10 @@ class _Loader:
                 raise bad(f"must be an integer, not {_kind(value)}", "e.g. port = 2222")
             if not 0 < value < 65536:
                 raise bad(f"is {value}, outside 1..65535")
+            return value
+        if key == "compression":
+            if not isinstance(value, bool):
+                raise bad(f"must be true or false, not {_kind(value)}")
             return value
         if key == "format":
             fmt = text(value)

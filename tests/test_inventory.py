@@ -97,6 +97,7 @@ VALID = """
     exclude = ["**/big/**"]
     host_key_policy = "accept-new"
     proxy_command = "ssh -W %h:%p bastion"
+    compression = true
     tags = ["cloud"]
 
     [[hosts]]
@@ -151,6 +152,8 @@ def test_valid_inventory(tmp_path: Path) -> None:
     )
     assert vps.endpoint.host_key_policy == "accept-new"
     assert vps.endpoint.proxy_command == "ssh -W %h:%p bastion"
+    assert vps.endpoint.compression is True
+    assert kitchen.endpoint.compression is None  # not set: the pool's default (off)
     assert vps.source.root == "/srv/agent/.openclaw"  # the remote root is never rewritten
     assert vps.source.include == ("agents/main/sessions/**",)
     assert vps.source.exclude == ("**/*.tmp", "**/big/**")
@@ -385,6 +388,7 @@ def test_missing_address(tmp_path: Path) -> None:
         ('user = ""', 3, "must not be empty"),
         ("identity_file = [1]", 3, "must be a string"),
         ('host_key_policy = "none"', 3, "accept-new"),
+        ('compression = "yes"', 3, "must be true or false"),
         ('include = ["a/../b"]', 3, "'..'"),
         ('include = [\n  "ok/**",\n  "[z-a]",\n]', 5, "reversed"),
         ("include = []", 3, "nothing would be mirrored"),

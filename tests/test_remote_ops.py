@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import pwd
 import shutil
@@ -327,16 +328,38 @@ def test_listing_parser_is_independent_of_chunking(
     expected = [
         RemoteFile(path, size, float(mtime), dev, ino) for path, size, mtime, dev, ino, _ in records
     ]
+    for sent in (stream, gzip.compress(stream, compresslevel=1)):
+        parser = ListingParser("h")
+        got: list[RemoteFile] = []
+        last = 0
+        for cut in sorted(c for c in set(cuts) if c < len(sent)):
+            got += parser.feed(sent[last:cut])
+            last = cut
+        got += parser.feed(sent[last:])
+        parser.close()
+        assert got == expected
+        assert parser.count == len(expected)
+
+
+def test_compressed_listing_is_inflated_in_bounded_steps() -> None:
+    # A tiny stream inflating to 64 MiB without a terminator: refused after the first steps.
+    bomb = gzip.compress(b"1 2 3 4\n" + b"x" * (64 << 20))
+    assert len(bomb) < 100_000
+    with pytest.raises(ProtocolError, match="without terminator"):
+        ListingParser("h").feed(bomb)
+    good = gzip.compress(b"5 6 7 8\n./a\x00")
     parser = ListingParser("h")
-    got: list[RemoteFile] = []
-    last = 0
-    for cut in sorted(c for c in set(cuts) if c < len(stream)):
-        got += parser.feed(stream[last:cut])
-        last = cut
-    got += parser.feed(stream[last:])
+    assert parser.feed(good[:-3]) == [RemoteFile(b"a", 5, 6.0, 7, 8)]
+    with pytest.raises(ProtocolError, match="ended early"):
+        parser.close()
+    with pytest.raises(ProtocolError, match="corrupt compressed listing"):
+        ListingParser("h").feed(good[:10] + b"\xff" * 20)
+    with pytest.raises(ProtocolError, match="after the end"):
+        ListingParser("h").feed(good + b"5 6 7 8\n./b\x00")
+    parser = ListingParser("h")  # the magic split across chunks
+    assert parser.feed(good[:1]) == []
+    assert parser.feed(good[1:]) == [RemoteFile(b"a", 5, 6.0, 7, 8)]
     parser.close()
-    assert got == expected
-    assert parser.count == len(expected)
 
 
 @pytest.mark.parametrize(
@@ -473,10 +496,10 @@ def busybox() -> str:
     return found
 
 
-def applet_dir(busybox: str, where: Path) -> Path:
+def applet_dir(busybox: str, where: Path, extra: tuple[str, ...] = ()) -> Path:
     """A directory holding only BusyBox applets: with PATH set to it, no GNU tool is found."""
     where.mkdir(parents=True, exist_ok=True)
-    for applet in ("sh", "find", "stat", "head", "tail", "xargs", "printf", "cat"):
+    for applet in ("sh", "find", "stat", "head", "tail", "xargs", "printf", "cat", *extra):
         os.symlink(busybox, where / applet)
     return where
 
@@ -484,15 +507,17 @@ def applet_dir(busybox: str, where: Path) -> Path:
 Runner = tuple[list[str], dict[str, str]]
 
 
-@pytest.fixture(params=["gnu", "busybox"])
+@pytest.fixture(params=["gnu", "busybox", "busybox-gzip"])
 def toolset(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runner]:
-    """(shell argv prefix, environment) of a POSIX sh with GNU tools, or BusyBox only."""
+    """(shell argv prefix, environment) of a POSIX sh with GNU tools (gzip among them), or
+    BusyBox only (without gzip: the listing comes plain; with its gzip applet)."""
     home = tmp_path / "home"
     home.mkdir()
     if request.param == "gnu":
         yield ["sh"], {"PATH": os.environ["PATH"], "HOME": str(home)}
     else:
-        bindir = applet_dir(request.getfixturevalue("busybox"), tmp_path / "bb")
+        extra = ("gzip",) if request.param == "busybox-gzip" else ()
+        bindir = applet_dir(request.getfixturevalue("busybox"), tmp_path / "bb", extra)
         yield [str(bindir / "sh")], {"PATH": str(bindir), "HOME": str(home)}
 
 
@@ -543,6 +568,8 @@ def test_local_listing_of_hostile_names(toolset: Runner, tmp_path: Path) -> None
     build_tree(root)
     rc, out, err = run_local(toolset, listing_argv(str(root), ["."]))
     assert (rc, err) == (0, b"")
+    has_gzip = any((Path(d) / "gzip").exists() for d in toolset[1]["PATH"].split(os.pathsep))
+    assert out.startswith(b"\x1f\x8b") == has_gzip
     listed = parse_listing(out)
     expected = walk_regular(root)
     assert set(listed) == set(expected)

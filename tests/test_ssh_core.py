@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import socket
@@ -370,6 +371,22 @@ async def test_aes_gcm_is_preferred_and_compression_off(fleet: SSHFleet) -> None
     async with SSHPool() as pool, pool.session(ep) as conn:
         assert conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
         assert conn.get_extra_info("recv_compression") in (None, "none")
+
+
+async def test_compression_per_endpoint_or_pool_default(fleet: SSHFleet) -> None:
+    ep = endpoint(fleet, "h0")
+    compressed = dataclasses.replace(ep, compression=True)
+    async with SSHPool() as pool:
+        async with pool.session(compressed) as conn:
+            assert conn.get_extra_info("recv_compression") == "zlib@openssh.com"
+        data = await run_command(pool, compressed, ["head", "-c", "300000", "/dev/zero"])
+        assert data == bytes(300000)
+    off = dataclasses.replace(ep, compression=False)
+    async with SSHPool(PoolSettings(compression=True)) as pool:
+        async with pool.session(ep) as conn:
+            assert conn.get_extra_info("recv_compression") == "zlib@openssh.com"
+        async with pool.session(off) as conn:
+            assert conn.get_extra_info("recv_compression") == "none"
 
 
 async def test_channels_beyond_maxsessions_are_refused_with_their_own_error(

@@ -1,0 +1,67 @@
+"""Planning a round: the listing against the checkpoints (pure, no I/O)."""
+
+from __future__ import annotations
+
+from remote_sync.mirror.plan import MIN_OVERLAP_BYTES, OVERLAP_BYTES, make_plan, overlap_for
+from remote_sync.mirror.remote_ops import RemoteFile
+from remote_sync.mirror.state import FileState
+
+
+def remote(path: bytes, size: int, ino: int = 7, mtime: float = 1.0) -> RemoteFile:
+    return RemoteFile(path, size, mtime, 1, ino)
+
+
+def row(path: bytes, size: int, ino: int = 7, kind: str = "append", **kw: object) -> FileState:
+    return FileState("h", path, kind, size, size, 1.0, 1, ino, b"", **kw)  # type: ignore[arg-type]
+
+
+def plan(listing: list[RemoteFile], rows: list[FileState], complete: bool = True):  # type: ignore[no-untyped-def]
+    return make_plan(
+        listing,
+        {r.path: r for r in rows},
+        is_append_only=lambda p: p.endswith(b".jsonl"),
+        is_included=lambda p: True,
+        listing_complete=complete,
+    )
+
+
+def test_overlap_scales_with_the_growth_within_bounds() -> None:
+    assert overlap_for(100, 10_240) == 100  # never more than what is committed
+    assert overlap_for(1 << 20, 10_240) == 640  # 1/16 of a 10 KB append
+    assert overlap_for(1 << 20, 100) == MIN_OVERLAP_BYTES
+    assert overlap_for(1 << 20, 1 << 30) == OVERLAP_BYTES
+
+
+def test_kinds_of_decision() -> None:
+    rows = [
+        row(b"grew.jsonl", 50_000),
+        row(b"same.jsonl", 50_000),
+        row(b"shrank.jsonl", 50_000),
+        row(b"replaced.jsonl", 50_000),
+        row(b"gone.jsonl", 10),
+        row(b"meta.json", 10, kind="whole"),
+    ]
+    listing = [
+        remote(b"grew.jsonl", 60_240),
+        remote(b"same.jsonl", 50_000),
+        remote(b"shrank.jsonl", 40_000),
+        remote(b"replaced.jsonl", 60_000, ino=8),
+        remote(b"meta.json", 10, mtime=2.0),
+        remote(b"new.jsonl", 5),
+        remote(b"empty.jsonl", 0),
+    ]
+    p = plan(listing, rows)
+    by_path = {t.remote.path: t for t in p.transfers}
+    grew = by_path[b"grew.jsonl"]
+    assert (grew.mode, grew.category, grew.start) == ("append", "grown", 50_000 - 640)
+    assert grew.length == 10_240 + 640
+    assert by_path[b"shrank.jsonl"].category == "rewritten"
+    assert by_path[b"replaced.jsonl"].mode == "whole"
+    assert by_path[b"meta.json"].category == "rewritten"
+    assert (by_path[b"new.jsonl"].category, by_path[b"new.jsonl"].start) == ("new", 0)
+    assert set(by_path) == {b"grew.jsonl", b"shrank.jsonl", b"replaced.jsonl", b"meta.json",
+                            b"new.jsonl"}  # fmt: skip
+    assert [r.path for r in p.unchanged] == [b"same.jsonl", b"empty.jsonl"]
+    assert [r.path for r in p.deleted] == [b"gone.jsonl"]
+    # An incomplete listing records no deletion.
+    assert plan(listing, rows, complete=False).deleted == []

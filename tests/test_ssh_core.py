@@ -166,6 +166,35 @@ async def test_slow_consumer_of_1_gib_keeps_allocations_bounded(fleet: SSHFleet)
     assert large < small + 4 * MiB, f"grew with size: {small / MiB:.1f} -> {large / MiB:.1f} MiB"
 
 
+async def test_channel_windows_share_the_pool_budget(fleet: SSHFleet) -> None:
+    """One channel alone gets the full window; many at once share the budget (floored)."""
+    settings = PoolSettings(window=16 * MiB, window_budget=16 * MiB, min_window=1 * MiB)
+    seen: list[int] = []
+    async with SSHPool(settings) as pool:
+        eps = [endpoint(fleet, "h0"), endpoint(fleet, "h1")]
+        async with pool.session(eps[0]):
+            seen.append(pool.channel_window())
+        async with anyio.create_task_group() as tg:
+            release = anyio.Event()
+
+            async def hold(ep: Endpoint) -> None:
+                async with pool.session(ep):
+                    seen.append(pool.channel_window())
+                    await release.wait()
+
+            for i in range(8):
+                tg.start_soon(hold, eps[i % 2])
+            while pool.stats(eps[0]).channels_open + pool.stats(eps[1]).channels_open < 8:
+                await anyio.sleep(0.01)
+            seen.append(pool.channel_window())
+            release.set()
+    assert seen[0] == 16 * MiB
+    assert seen[-1] == 2 * MiB  # 8 channels open
+    assert min(seen) >= 1 * MiB
+    unshared = SSHPool(PoolSettings(window_budget=0))
+    assert unshared.channel_window() == PoolSettings().window
+
+
 async def test_idle_timeout_fires_on_silence_not_on_long_streams(fleet: SSHFleet) -> None:
     ep = endpoint(fleet, "h0")
     async with SSHPool() as pool:

@@ -134,6 +134,13 @@ class PoolSettings:
     #: Receive window per channel. At 50 ms RTT a 2 MiB window caps a channel near 40 MB/s;
     #: 16 MiB allows ~300 MB/s while keeping memory per stream bounded by this figure.
     window: int = 16 * 1024 * 1024
+    #: The windows of the channels open at once share this budget: a channel opened while
+    #: ``n`` are open (itself included) gets ``budget / n``, between ``min_window`` and
+    #: ``window``. A stream may hold about two windows when its consumer is slower than the
+    #: link, so this bounds a fleet's buffers (8 hosts: 2 MiB windows) while one large
+    #: transfer alone keeps the full window. 0 disables the sharing.
+    window_budget: int = 16 * 1024 * 1024
+    min_window: int = 1024 * 1024
     max_pktsize: int = 256 * 1024
     compression: bool = False
     reconnect_backoff: float = 0.5
@@ -222,6 +229,15 @@ class SSHPool:
 
     def stats(self, endpoint: Endpoint) -> HostStats:
         return self._slot(endpoint).stats
+
+    def channel_window(self) -> int:
+        """The receive window for a channel opened now (see ``PoolSettings.window_budget``)."""
+        settings = self.settings
+        if settings.window_budget <= 0:
+            return settings.window
+        open_now = max(1, sum(slot.stats.channels_open for slot in self._slots.values()))
+        share = settings.window_budget // open_now
+        return max(min(settings.min_window, settings.window), min(settings.window, share))
 
     def _slot(self, endpoint: Endpoint) -> _HostSlot:
         slot = self._slots.get(endpoint)

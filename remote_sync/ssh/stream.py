@@ -297,13 +297,14 @@ async def _open_channel(
     factory: Any,
 ) -> asyncssh.SSHClientChannel[bytes]:
     settings = pool.settings
+    window = pool.channel_window()
 
     async def create(on: asyncssh.SSHClientConnection) -> asyncssh.SSHClientChannel[bytes]:
         chan, _ = await on.create_session(
             factory,
             command,
             encoding=None,
-            window=settings.window,
+            window=window,
             max_pktsize=settings.max_pktsize,
         )
         return chan
@@ -352,7 +353,7 @@ async def exec_streaming(
     stdin: bytes | None = None,
     idle_timeout: float | None = 60.0,
     chunk_size: int = 256 * 1024,
-    buffer_chunks: int = 8,
+    buffer_chunks: int = 2,
     check: bool = True,
     token: CancelToken | None = None,
     transfer_id: str | None = None,

@@ -27,7 +27,7 @@ def plan(listing: list[RemoteFile], rows: list[FileState], complete: bool = True
 
 def test_overlap_scales_with_the_growth_within_bounds() -> None:
     assert overlap_for(100, 10_240) == 100  # never more than what is committed
-    assert overlap_for(1 << 20, 10_240) == 640  # 1/16 of a 10 KB append
+    assert overlap_for(1 << 20, 10_240) == 1280  # 1/8 of a 10 KB append
     assert overlap_for(1 << 20, 100) == MIN_OVERLAP_BYTES
     assert overlap_for(1 << 20, 1 << 30) == OVERLAP_BYTES
 
@@ -53,8 +53,8 @@ def test_kinds_of_decision() -> None:
     p = plan(listing, rows)
     by_path = {t.remote.path: t for t in p.transfers}
     grew = by_path[b"grew.jsonl"]
-    assert (grew.mode, grew.category, grew.start) == ("append", "grown", 50_000 - 640)
-    assert grew.length == 10_240 + 640
+    assert (grew.mode, grew.category, grew.start) == ("append", "grown", 50_000 - 1280)
+    assert grew.length == 10_240 + 1280
     assert by_path[b"shrank.jsonl"].category == "rewritten"
     assert by_path[b"replaced.jsonl"].mode == "whole"
     assert by_path[b"meta.json"].category == "rewritten"

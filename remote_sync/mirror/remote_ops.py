@@ -150,7 +150,7 @@ list_files() {
 }
 if command -v gzip >/dev/null 2>&1; then
     exec 4>&1
-    st=$({ { list_files "$@"; echo "$?" >&3; } | gzip -1 -c >&4; } 3>&1)
+    st=$({ { list_files "$@"; echo "$?" >&3; } | gzip -c >&4; } 3>&1)
     exec 4>&-
 else
     list_files "$@"

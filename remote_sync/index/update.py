@@ -2,7 +2,8 @@
 
 What it owns: :class:`FileIndexer`, which decodes the bytes a sync writes for one transcript
 (only the new ones: an append continues the facts already stored) and folds them into the
-session's facts with the format's reader, and :func:`rebuild_index`, which recomputes every
+session's facts with the format's reader, :func:`index_range`, the same over a byte range of a
+file on disk (the index worker's fallback), and :func:`rebuild_index`, which recomputes every
 session from the mirrored files (after an upgrade, or when the index is in doubt).
 """
 
@@ -58,21 +59,27 @@ class FileIndexer:
     def feed(self, data: bytes | memoryview) -> None:
         facts = self.facts
         fold = self.reader.update
-        marks = self.update.marks
         chunk = data if type(data) is bytes else bytes(data)  # one copy, shared with the decoder
-        before = self.decoder.committed_offset
+        start = self.decoder.committed_offset
         items = self.decoder.feed(chunk)
         # Every newline ends a line (blank ones too, which the decoder passes over silently).
         facts.lines += chunk.count(b"\n")
-        facts.bytes += self.decoder.committed_offset - before
+        facts.bytes += self.decoder.committed_offset - start
+        if not items:
+            return
+        # Hot loop (one pass per line): the message count is read once per line, not twice.
+        marks = self.update.marks
+        messages = facts.messages
         for item in items:
             if isinstance(item, LineError):
                 facts.malformed += 1
                 continue
-            before = facts.messages
             fold(facts, item.value)
-            if facts.messages != before and before % MARK_EVERY == 0:
-                marks.append((before, item.offset))
+            now = facts.messages
+            if now != messages:
+                if messages % MARK_EVERY == 0:
+                    marks.append((messages, item.offset))
+                messages = now
 
     def result(self) -> IndexUpdate:
         return self.update
@@ -101,9 +108,30 @@ def index_local_file(
     reader: FormatReader, host: str, path: bytes, local: Path, size: int
 ) -> IndexUpdate:
     """Index the first ``size`` bytes of a mirrored file from scratch."""
-    indexer = FileIndexer(reader, host, path)
+    return index_range(reader, host, path, local, start=0, end=size)
+
+
+def index_range(
+    reader: FormatReader,
+    host: str,
+    path: bytes,
+    local: Path,
+    *,
+    start: int,
+    end: int,
+    facts: SessionFacts | None = None,
+    fresh: bool | None = None,
+) -> IndexUpdate:
+    """Fold bytes ``[start, end)`` of a mirrored file into ``facts`` (None: a fresh session).
+
+    ``fresh`` (default: no ``facts`` given) says the session's page marks start afresh.
+    """
+    indexer = FileIndexer(reader, host, path, start=start, facts=facts)
+    if fresh is not None:
+        indexer.update.fresh = fresh
     with open(local, "rb") as src:
-        remaining = size
+        src.seek(start)
+        remaining = end - start
         while remaining > 0:
             block = src.read(min(remaining, 1 << 20))
             if not block:

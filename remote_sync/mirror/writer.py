@@ -10,22 +10,47 @@ What it owns: the two ways a file's bytes land on disk, and the batch that makes
   atomically (rename). If the old copy is not a prefix of the new content (compaction,
   truncation, replace-by-rename) the old copy is first moved to ``versions/`` and kept forever.
 
-:class:`CommitBatch` holds finished files until a flush: data fsynced (in a worker thread),
-renames done, directories fsynced, *then* the checkpoints committed in one transaction. The
-fsyncs are batched; the guarantee is not.
+Both feed the session index as they write: an in-process :class:`FileIndexer` gets the bytes,
+or an index worker's :class:`IndexJob` is told which line-complete prefix of the file is written
+(it reads those bytes itself, from the page cache).
+
+:class:`CommitBatch` holds finished files until a flush; :func:`make_durable` (run in a worker
+thread while the stream goes on) makes a taken batch durable: data synced, renames done,
+directories synced. Only *then* does the engine commit the checkpoints in one transaction. The
+syncs are batched (one ``syncfs(2)`` for a batch of many files, ``fdatasync`` per file for a
+few); the guarantee is not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
+import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import MirrorError
 from ..index.update import FileIndexer, IndexUpdate
 from .state import FINGERPRINT_BYTES, FileState, MirrorState
+
+if TYPE_CHECKING:
+    from ..index.worker import IndexJob
+
+log = logging.getLogger(__name__)
+
+#: Tell an index worker about written lines after at least this many new bytes (and at the end):
+#: often enough that it keeps up with the stream, rarely enough that messages cost nothing.
+NOTIFY_BYTES = 4 * 1024 * 1024
+#: A batch of at least this many files is made durable by one ``syncfs(2)`` of the destination's
+#: file system (2.7x faster than an fsync per file for 505 fresh files); smaller batches sync
+#: file by file, so a small incremental round does not flush other processes' dirty data.
+SYNCFS_MIN_FILES = 16
+#: Directories touched by renames: above this many, one more ``syncfs`` replaces their fsyncs.
+SYNCFS_MIN_DIRS = 8
 
 
 class RewriteDetected(Exception):
@@ -65,6 +90,7 @@ class Pending:
     versioned: bool = False
     bytes: int = 0
     index: IndexUpdate | None = None  # the session's facts, committed with the checkpoint
+    job: IndexJob | None = None  # ...or the index worker's job that computes them
 
 
 class AppendWriter:
@@ -77,9 +103,11 @@ class AppendWriter:
         start: int,
         new_row: FileState,
         indexer: FileIndexer | None = None,
+        job: IndexJob | None = None,
     ) -> None:
         self.row = new_row  # what will be committed (size updated on finish)
         self.indexer = indexer  # fed the new bytes only (after the overlap)
+        self.job = job  # or told where the new complete lines end
         self.host = row.host
         self.path = row.path
         self.committed = row.size
@@ -93,6 +121,7 @@ class AppendWriter:
         self.overlap_seen = 0
         self.offset = row.size  # where the next new byte goes
         self.end_of_lines = row.size
+        self.notified = row.size
         self.handle.seek(row.size)
 
     def write(self, data: bytes | memoryview) -> None:
@@ -114,7 +143,18 @@ class AppendWriter:
         newline = _rfind_newline(view)
         if newline >= 0:
             self.end_of_lines = self.offset + newline + 1
+            if self.job is not None and self.end_of_lines - self.notified >= NOTIFY_BYTES:
+                self._notify()
         self.offset += len(view)
+
+    def _notify(self) -> None:
+        assert self.job is not None
+        try:
+            self.handle.flush()  # the worker reads the file, not our buffer
+        except OSError as exc:
+            raise _mirror_error(exc, self.host, self.path, "append to the mirrored file") from exc
+        self.job.written(self.end_of_lines)
+        self.notified = self.end_of_lines
 
     def finish(self) -> Pending:
         if self.overlap_seen < len(self.expected):
@@ -129,10 +169,16 @@ class AppendWriter:
             self.row.fingerprint = self.handle.read(FINGERPRINT_BYTES)
         added = self.end_of_lines - self.committed
         index = self.indexer.result() if self.indexer is not None else None
-        return Pending(self.row, self.handle, category="grown", bytes=added, index=index)
+        if self.job is not None:
+            self.job.finish(self.end_of_lines)  # truncate() flushed the buffer
+        return Pending(
+            self.row, self.handle, category="grown", bytes=added, index=index, job=self.job
+        )
 
     def abort(self) -> None:
         """Cut back to the checkpoint: nothing of this fetch stays."""
+        if self.job is not None:
+            self.job.drop()
         try:
             self.handle.truncate(self.committed)
         finally:
@@ -161,19 +207,23 @@ class WholeWriter:
         lines_only: bool,
         category: str,
         indexer: FileIndexer | None = None,
+        job: IndexJob | None = None,
     ) -> None:
         self.indexer = indexer
+        self.job = job
         self.state = state
         self.row = row
         self.lines_only = lines_only
         self.category = category
         self.temp = state.temp_path()
         try:
-            self.handle: BinaryIO = open(self.temp, "wb")  # noqa: SIM115 (kept until flush)
+            # Readable too: an index worker reads the lines through (a copy of) this descriptor.
+            self.handle: BinaryIO = open(self.temp, "w+b")  # noqa: SIM115 (kept until flush)
         except OSError as exc:
             raise _mirror_error(exc, row.host, row.path, "create a temp file") from exc
         self.offset = 0
         self.end_of_lines = 0
+        self.notified = 0
         self.head = bytearray()
 
     def write(self, data: bytes | memoryview) -> None:
@@ -190,7 +240,18 @@ class WholeWriter:
             newline = _rfind_newline(view)
             if newline >= 0:
                 self.end_of_lines = self.offset + newline + 1
+                if self.job is not None and self.end_of_lines - self.notified >= NOTIFY_BYTES:
+                    self._notify()
         self.offset += len(view)
+
+    def _notify(self) -> None:
+        assert self.job is not None
+        try:
+            self.handle.flush()  # the worker reads the file, not our buffer
+        except OSError as exc:
+            raise _mirror_error(exc, self.row.host, self.row.path, "write a temp file") from exc
+        self.job.written(self.end_of_lines)
+        self.notified = self.end_of_lines
 
     def finish(self) -> Pending:
         size = self.end_of_lines if self.lines_only else self.offset
@@ -201,18 +262,28 @@ class WholeWriter:
         self.row.size = size
         self.row.fingerprint = bytes(self.head[: min(size, FINGERPRINT_BYTES)])
         index = self.indexer.result() if self.indexer is not None else None
+        if self.job is not None:
+            self.job.finish(size)  # truncate() flushed the buffer
         return Pending(
-            self.row, self.handle, temp=self.temp, category=self.category, bytes=size, index=index
+            self.row,
+            self.handle,
+            temp=self.temp,
+            category=self.category,
+            bytes=size,
+            index=index,
+            job=self.job,
         )
 
     def abort(self) -> None:
+        if self.job is not None:
+            self.job.drop()
         self.handle.close()
         self.temp.unlink(missing_ok=True)
 
 
 @dataclass
 class CommitBatch:
-    """Finished files not yet durable. ``flush_files`` runs in a worker thread."""
+    """Finished files not yet durable, taken whole by a flush."""
 
     state: MirrorState
     items: list[Pending] = field(default_factory=list)
@@ -222,68 +293,154 @@ class CommitBatch:
         self.items.append(item)
         self.bytes += item.bytes
 
-    def flush_files(self) -> list[Pending]:
-        """Make every pending file durable and in place; returns them for committing.
-
-        Blocking (fsync, renames, comparisons): call through ``anyio.to_thread``.
-        """
+    def take(self) -> list[Pending]:
+        """The batch so far, leaving it empty (on the event loop, before a flush thread runs)."""
         items, self.items, self.bytes = self.items, [], 0
-        dirs: set[Path] = set()
-        try:
-            for item in items:
-                item.handle.flush()
-                os.fsync(item.handle.fileno())
-                item.handle.close()
-            for item in items:
-                if item.temp is not None:
-                    self._put_in_place(item, dirs)
+        return items
+
+    def flush_files(self) -> list[Pending]:
+        """Take the batch and make it durable (blocking: call through ``anyio.to_thread``)."""
+        return make_durable(self.state, self.take())
+
+
+def discard(items: list[Pending]) -> None:
+    """Give up on items that will not be committed: close them, remove their temp files.
+
+    Appended bytes stay on disk beyond the checkpoint; recovery cuts them back on next open.
+    """
+    for item in items:
+        if item.job is not None:
+            item.job.drop()
+        # Its bytes are not claimed by any checkpoint: a failing close loses nothing.
+        with contextlib.suppress(OSError):
+            item.handle.close()
+        if item.temp is not None:
+            item.temp.unlink(missing_ok=True)
+
+
+def make_durable(state: MirrorState, items: list[Pending]) -> list[Pending]:
+    """Make ``items`` durable and put them in place; returns them for committing.
+
+    Blocking (syncs, renames, comparisons): run it in a worker thread. On failure every item
+    is discarded (see :func:`discard`) and a :class:`MirrorError` says what failed.
+    """
+    dirs: set[Path] = set()
+    try:
+        _sync_data(items)
+        for item in items:
+            if item.temp is not None:
+                _put_in_place(state, item, dirs)
+        if len(dirs) >= SYNCFS_MIN_DIRS and _syncfs_of(next(iter(dirs))):
+            pass  # one journal commit covers every rename
+        else:
             for directory in dirs:
                 fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
                 try:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-        except OSError as exc:
-            for item in items:
-                item.handle.close()
-                if item.temp is not None:
-                    item.temp.unlink(missing_ok=True)
-            first = items[0].row if items else None
-            raise _mirror_error(
-                exc,
-                first.host if first else "",
-                first.path if first else os.fsencode(self.state.dest),
-                f"making {len(items)} fetched file(s) durable",
-            ) from exc
-        return items
+    except (OSError, MirrorError) as exc:
+        discard(items)
+        if isinstance(exc, MirrorError):
+            raise
+        first = items[0].row if items else None
+        raise _mirror_error(
+            exc,
+            first.host if first else "",
+            first.path if first else os.fsencode(state.dest),
+            f"making {len(items)} fetched file(s) durable",
+        ) from exc
+    return items
 
-    def _put_in_place(self, item: Pending, dirs: set[Path]) -> None:
-        assert item.temp is not None
-        row = item.row
-        local = self.state.local_path(row.host, row.path)
-        _makedirs_for(local, row.host, row.path)
-        if local.is_dir() and not local.is_symlink():
-            raise MirrorError(
-                "the mirror has a directory where the remote has a file",
-                host=row.host,
-                path=row.path.decode("utf-8", "backslashreplace"),
-            )
-        if local.exists() and not _is_prefix(local, item.temp):
-            if row.kind == "append" or item.category == "new":
-                # The remote rewrote history (or an unknown file sits here): keep the old copy.
-                row.version += 1
-                kept = self.state.version_path(row.host, row.path, row.version)
-                _makedirs_for(kept, row.host, row.path)
-                os.rename(local, kept)  # same file system: instant, never a copy
-                dirs.add(kept.parent)
-                item.versioned = True
-            item.category = "rewritten"
-        elif item.category == "rewritten":
-            # Identity changed but the content only grew (e.g. replaced by rename with the
-            # same history): nothing to keep apart.
-            item.category = "grown"
-        os.rename(item.temp, local)
-        dirs.add(local.parent)
+
+def _sync_data(items: list[Pending]) -> None:
+    """Every item's bytes on disk; handles closed."""
+    for item in items:
+        item.handle.flush()
+    synced = False
+    if len(items) >= SYNCFS_MIN_FILES:
+        synced = _syncfs(items[0].handle.fileno())
+    for item in items:
+        if not synced:
+            # fdatasync: the data and the size, which is all a checkpoint claims (about a
+            # quarter cheaper than fsync, which also writes the times).
+            os.fdatasync(item.handle.fileno())
+        item.handle.close()
+
+
+def _syncfs_of(directory: Path) -> bool:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return _syncfs(fd)
+    finally:
+        os.close(fd)
+
+
+_libc_syncfs: object = None  # the C function once looked up; False where there is none
+
+
+def _syncfs(fd: int) -> bool:
+    """``syncfs(fd)``: True when done, False where unavailable (the caller syncs per file).
+
+    Since Linux 5.8 it reports write-back errors of the file system like fsync does; an error
+    raises OSError, exactly as a failing fsync would.
+    """
+    global _libc_syncfs
+    if _libc_syncfs is None:
+        _libc_syncfs = _find_syncfs()
+    if _libc_syncfs is False:
+        return False
+    func = _libc_syncfs
+    assert callable(func)
+    if func(fd) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        _libc_syncfs = False
+        return False
+    raise OSError(err, os.strerror(err))
+
+
+def _find_syncfs() -> object:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        func = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        log.debug("syncfs(2) is not available: syncing file by file")
+        return False
+    func.argtypes = [ctypes.c_int]
+    func.restype = ctypes.c_int
+    return func
+
+
+def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
+    assert item.temp is not None
+    row = item.row
+    local = state.local_path(row.host, row.path)
+    _makedirs_for(local, row.host, row.path)
+    if local.is_dir() and not local.is_symlink():
+        raise MirrorError(
+            "the mirror has a directory where the remote has a file",
+            host=row.host,
+            path=row.path.decode("utf-8", "backslashreplace"),
+        )
+    if local.exists() and not _is_prefix(local, item.temp):
+        if row.kind == "append" or item.category == "new":
+            # The remote rewrote history (or an unknown file sits here): keep the old copy.
+            row.version += 1
+            kept = state.version_path(row.host, row.path, row.version)
+            _makedirs_for(kept, row.host, row.path)
+            os.rename(local, kept)  # same file system: instant, never a copy
+            dirs.add(kept.parent)
+            item.versioned = True
+        item.category = "rewritten"
+    elif item.category == "rewritten":
+        # Identity changed but the content only grew (e.g. replaced by rename with the
+        # same history): nothing to keep apart.
+        item.category = "grown"
+    os.rename(item.temp, local)
+    dirs.add(local.parent)
 
 
 def _is_prefix(old: Path, new: Path, block: int = 1 << 20) -> bool:

@@ -1,0 +1,390 @@
+"""The index worker process, the flush that does not stall the stream, and the syncfs path."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from sessiongen import build_tree, facts_dict, generate
+from sshfleet import SSHFleet
+from synchelp import (
+    append,
+    big_session,
+    cli_process,
+    expected_tree,
+    make_openclaw_tree,
+    mirror_tree,
+    session_bytes,
+    write_inventory,
+)
+from test_index import index_facts, inventory, make_readable, sync
+
+from remote_sync.errors import RemoteCommandError
+from remote_sync.formats.readers import get_reader
+from remote_sync.index.update import FileIndexer, index_range, rebuild_index
+from remote_sync.index.worker import IndexWorker, IndexWorkerError
+from remote_sync.mirror import engine, writer
+from remote_sync.mirror.state import MirrorState
+
+FAKE_WORKER = Path(__file__).resolve().parent / "fake_index_worker.py"
+
+
+def assert_exact(fleet: SSHFleet, dest: Path, name: str) -> None:
+    want = expected_tree(fleet.path(name))
+    got = mirror_tree(dest, name)
+    assert sorted(got) == sorted(want)
+    for rel, data in want.items():
+        assert got[rel] == data, rel
+
+
+def assert_state_matches_disk(dest: Path, host: str = "h0") -> None:
+    db = sqlite3.connect(dest / ".remote-sync" / "state.db")
+    try:
+        for path, size in db.execute("SELECT path, size FROM files WHERE host = ?", (host,)):
+            assert (dest / host / os.fsdecode(path)).stat().st_size == size, path
+    finally:
+        db.close()
+
+
+def assert_index_is_a_rebuild(dest: Path) -> None:
+    incremental = index_facts(dest)
+    rebuild_index(dest)
+    assert index_facts(dest) == incremental
+
+
+# -- the worker on its own ------------------------------------------------------------------
+
+
+def test_worker_answers_what_the_in_process_indexer_computes(tmp_path: Path) -> None:
+    rng = random.Random(1)
+    reader = get_reader("claude-code")
+    first = generate("claude-code", rng, messages=600, malformed=3, blank_lines=2).data
+    more = generate("claude-code", rng, messages=300, malformed=1).data
+    local = tmp_path / "s.jsonl"
+    local.write_bytes(first + more + b'{"partial":')
+    end_first, end_all = len(first), len(first) + len(more)
+    base = index_range(reader, "h", b"p/s.jsonl", local, start=0, end=end_first)
+
+    async def main() -> tuple[Any, Any]:
+        worker = IndexWorker()
+        async with anyio.create_task_group() as tg:
+            worker.start(tg)
+            with open(local, "rb") as f:
+                whole = worker.job(
+                    fd=f.fileno(),
+                    host="h",
+                    path=b"p/s.jsonl",
+                    fmt="claude-code",
+                    start=0,
+                    facts=None,
+                    fresh=True,
+                )
+                whole.written(end_first // 2 + 7)  # not at a line end: held, never counted
+                whole.finish(end_all)
+                grown = worker.job(
+                    fd=f.fileno(),
+                    host="h",
+                    path=b"p/s.jsonl",
+                    fmt="claude-code",
+                    start=end_first,
+                    facts=base.facts,
+                    fresh=False,
+                )
+                grown.finish(end_all)
+            results = (await whole.result(), await grown.result())
+            await worker.aclose()
+        return results
+
+    whole, grown = anyio.run(main)
+    in_process = FileIndexer(reader, "h", b"p/s.jsonl")
+    in_process.feed(local.read_bytes()[:end_all])
+    want = in_process.result()
+    assert facts_dict(whole.facts) == facts_dict(want.facts)
+    assert whole.marks == want.marks and whole.fresh
+    # An append continues the stored facts; the sum equals indexing the whole at once.
+    assert facts_dict(grown.facts) == facts_dict(want.facts)
+    assert not grown.fresh
+    assert grown.marks == [m for m in want.marks if m[1] >= end_first]
+
+
+@pytest.mark.parametrize("mode", ["exit", "wrong"])
+def test_a_worker_that_dies_or_lies_fails_its_jobs(tmp_path: Path, mode: str) -> None:
+    local = tmp_path / "s.jsonl"
+    local.write_bytes(b'{"type":"user"}\n' * 10)
+
+    async def main() -> str:
+        worker = IndexWorker([sys.executable, str(FAKE_WORKER), mode])
+        async with anyio.create_task_group() as tg:
+            worker.start(tg)
+            with open(local, "rb") as f:
+                job = worker.job(
+                    fd=f.fileno(),
+                    host="h",
+                    path=b"s.jsonl",
+                    fmt="claude-code",
+                    start=0,
+                    facts=None,
+                    fresh=True,
+                )
+                job.finish(160)
+            with pytest.raises(IndexWorkerError) as info:
+                await job.result()
+            await worker.aclose()
+        return str(info.value)
+
+    message = anyio.run(main)
+    assert (
+        ("exited" in message or "gone" in message)
+        if mode == "exit"
+        else ("expected 160" in message)
+    )
+
+
+# -- sync with the worker -------------------------------------------------------------------
+
+
+@pytest.fixture
+def always_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMOTE_SYNC_INDEX_WORKER_MIN_BYTES", "0")
+
+
+def test_index_through_the_worker_equals_a_rebuild(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    always_worker: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    jobs = 0
+    original = IndexWorker.job
+
+    def counting(self: IndexWorker, **kwargs: Any) -> Any:
+        nonlocal jobs
+        jobs += 1
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(IndexWorker, "job", counting)
+    rng = random.Random(8)
+    root = fleet.path("h0", "cc")
+    tree = build_tree("claude-code", root, 6, rng, messages=30, split_responses=True)
+    make_readable(root)
+    inv = inventory(fleet, tmp_path, "claude-code", root)
+    dest = tmp_path / "m"
+    with caplog.at_level(logging.INFO, logger="remote_sync"):
+        assert sync(inv, dest) == 0
+        for round_no in range(3):
+            for t in rng.sample(tree.transcripts, 3):
+                more = generate("claude-code", rng, messages=5, malformed=round_no % 2)
+                cut = rng.randint(1, len(more.data) - 1)
+                with open(t.path, "ab") as out:
+                    out.write(more.data[:cut])  # ends mid-line: the index must stop before it
+                assert sync(inv, dest) == 0
+                with open(t.path, "ab") as out:
+                    out.write(more.data[cut:])
+        assert sync(inv, dest) == 0
+    capsys.readouterr()
+    assert jobs >= len(tree.transcripts) + 9
+    assert "in-process" not in caplog.text  # the worker answered every job itself
+    assert_index_is_a_rebuild(dest)
+
+
+def test_worker_killed_mid_round_falls_back_in_process(
+    fleet: SSHFleet, tmp_path: Path, always_worker: None
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    make_openclaw_tree(fleet, "h0", sessions=20, lines=50)
+    fleet.write("h0", "agents/a/sessions/big.jsonl", big_session(96 * 1024 * 1024))
+    proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"])
+    killed = False
+    deadline = time.monotonic() + 60
+    while not killed and time.monotonic() < deadline and proc.poll() is None:
+        for pid in _children(proc.pid):
+            if b"remote_sync.index.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                time.sleep(0.3)  # let it take some jobs first
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=120)
+    assert killed, "the sync never started an index worker"
+    assert proc.returncode == 0, (out[-2000:], err[-2000:])
+    assert_exact(fleet, dest, "h0")
+    assert_index_is_a_rebuild(dest)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def test_a_lying_worker_never_reaches_the_index(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    always_worker: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Liar(IndexWorker):
+        def __init__(self) -> None:
+            super().__init__([sys.executable, str(FAKE_WORKER), "wrong"])
+
+    monkeypatch.setattr(engine, "IndexWorker", Liar)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    paths = make_openclaw_tree(fleet, "h0", sessions=4, lines=30)
+    assert sync(inv, dest) == 0
+    append(fleet, "h0", paths[0], session_bytes(random.Random(2), 5, start=100))
+    assert sync(inv, dest) == 0
+    capsys.readouterr()
+    assert_exact(fleet, dest, "h0")
+    assert_index_is_a_rebuild(dest)
+
+
+def test_kill_9_with_the_worker_then_rerun_is_exact(
+    fleet: SSHFleet, tmp_path: Path, always_worker: None
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(12)
+    paths = make_openclaw_tree(fleet, "h0", agents=2, sessions=10, lines=100)
+    fleet.write("h0", "agents/big/sessions/big.jsonl", session_bytes(rng, 100))
+    args = ["sync", "--inventory", str(inv), "--dest", str(dest)]
+    kills = 0
+    for round_no in range(6):
+        for rel in rng.sample(paths, 5):
+            append(fleet, "h0", rel, session_bytes(rng, rng.randint(1, 40), start=round_no * 1000))
+        append(fleet, "h0", "agents/big/sessions/big.jsonl", big_session(16 * 1024 * 1024))
+        proc = cli_process(args)
+        time.sleep(rng.uniform(0.3, 1.0))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.communicate(timeout=60)
+    assert kills >= 2
+    proc = cli_process(args)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_exact(fleet, dest, "h0")
+    assert_state_matches_disk(dest)
+    assert_index_is_a_rebuild(dest)
+
+
+# -- flushes in flight ----------------------------------------------------------------------
+
+
+def test_stream_failing_with_a_flush_in_flight_loses_nothing(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine, "FLUSH_FILES", 3)
+    durable = writer.make_durable
+    flushes: list[int] = []
+
+    def slow_durable(state: MirrorState, items: list[writer.Pending]) -> list[writer.Pending]:
+        time.sleep(0.2)  # the stream goes on meanwhile: several files land in the next batch
+        flushes.append(len(items))
+        return durable(state, items)
+
+    monkeypatch.setattr(engine, "make_durable", slow_durable)
+    handle = engine._FrameHandler.handle
+    begins = 0
+
+    async def failing(self: engine._FrameHandler, event: object) -> None:
+        nonlocal begins
+        if type(event).__name__ == "Begin":
+            begins += 1
+            if begins == 25:
+                raise RemoteCommandError("stream broke (test)", host="h0")
+        await handle(self, event)
+
+    monkeypatch.setattr(engine._FrameHandler, "handle", failing)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    make_openclaw_tree(fleet, "h0", agents=3, sessions=12, lines=40)
+    code = sync(inv, dest)
+    capsys.readouterr()
+    assert code == 1
+    assert len(flushes) >= 3 and sum(flushes) == 24  # every finished file was flushed
+    assert_state_matches_disk(dest)
+    with MirrorState(dest) as state:
+        assert len(state.host_files("h0")) == 24
+    assert not list((dest / ".remote-sync" / "tmp").glob("*"))
+    monkeypatch.setattr(engine._FrameHandler, "handle", handle)
+    assert sync(inv, dest) == 0
+    capsys.readouterr()
+    assert_exact(fleet, dest, "h0")
+    assert_index_is_a_rebuild(dest)
+
+
+# -- making batches durable -----------------------------------------------------------------
+
+
+def _pending(state: MirrorState, n: int) -> list[writer.Pending]:
+    items = []
+    for i in range(n):
+        temp = state.temp_path()
+        handle = open(temp, "w+b")  # noqa: SIM115 (closed by make_durable)
+        data = b'{"n":%d}\n' % i
+        handle.write(data)
+        row = engine.FileState(
+            host="h", path=b"d%d/f%d.jsonl" % (i % 3, i), kind="append", size=len(data),
+            remote_size=len(data), mtime=0.0, dev=0, ino=i, fingerprint=data,
+        )  # fmt: skip
+        items.append(writer.Pending(row, handle, temp=temp, category="new", bytes=len(data)))
+    return items
+
+
+@pytest.mark.parametrize("syncfs", [True, False])
+def test_make_durable_with_and_without_syncfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool
+) -> None:
+    calls = {"syncfs": 0, "fdatasync": 0}
+    real_syncfs = writer._syncfs
+
+    def counting_syncfs(fd: int) -> bool:
+        calls["syncfs"] += 1
+        return real_syncfs(fd) if syncfs else False
+
+    real_fdatasync = os.fdatasync
+
+    def counting_fdatasync(fd: int) -> None:
+        calls["fdatasync"] += 1
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(writer, "_syncfs", counting_syncfs)
+    monkeypatch.setattr(writer.os, "fdatasync", counting_fdatasync)
+    with MirrorState(tmp_path / "m") as state:
+        state.recover()
+        few = writer.make_durable(state, _pending(state, 3))
+        many = writer.make_durable(state, _pending(state, writer.SYNCFS_MIN_FILES))
+        assert all(item.handle.closed for item in few + many)
+        for item in few + many:
+            local = state.local_path("h", item.row.path)
+            assert local.read_bytes() == item.row.fingerprint
+    assert calls["syncfs"] == 1  # only the batch of many files tries it
+    assert calls["fdatasync"] == 3 + (0 if syncfs else writer.SYNCFS_MIN_FILES)
+
+
+def test_syncfs_is_real_on_linux(tmp_path: Path) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("syncfs(2) is Linux only")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert writer._syncfs(fd) is True
+    finally:
+        os.close(fd)

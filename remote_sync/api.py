@@ -3,7 +3,10 @@
 What it owns: the public entry points. ``sync`` mirrors hosts; ``list_sessions`` returns every
 session at once (from a mirror's index, or straight from hosts with ``remote=True``);
 ``stream_sessions`` yields them in batches as they are decoded, for UIs that render
-progressively; ``show_session`` returns a session's messages. Every call is cancellable through
+progressively; ``show_session`` returns a session's messages straight from its host, and
+``read_session`` the same with where they are and what reading them cost. The remote calls
+open their own connection pool, with channel windows sized for them (a listing decodes more
+slowly than a window refills; a show stops reading early). Every call is cancellable through
 a :class:`~remote_sync.cancel.CancelRegistry` (pass ``transfer_id`` and cancel it there) and
 reports progress through ``emit``.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cancel import CancelRegistry, CancelToken, default_registry
 from .events import Emit, Progress, Summary
@@ -20,7 +23,10 @@ from .index.facts import Message
 from .index.query import SessionRow
 from .inventory import Host
 
-__all__ = ["list_sessions", "show_session", "stream_sessions", "sync"]
+if TYPE_CHECKING:
+    from .index.show import ShowResult
+
+__all__ = ["list_sessions", "read_session", "show_session", "stream_sessions", "sync"]
 
 
 async def sync(
@@ -67,9 +73,10 @@ async def stream_sessions(
             async for batch in _local_batches(dest, batch_size, token, filters):
                 yield batch
             return
-        from .ssh.pool import SSHPool
+        from .index.remote import LIST_WINDOW
+        from .ssh.pool import PoolSettings, SSHPool
 
-        async with SSHPool() as pool:
+        async with SSHPool(PoolSettings(window=LIST_WINDOW)) as pool:
             for host in hosts:
                 done = 0
                 emit(Progress(host.name, "listing", 0, 0, 0, 0))
@@ -94,17 +101,57 @@ async def show_session(
     *,
     head: int | None = None,
     tail: int | None = None,
+    page: int | None = None,
+    page_size: int = 50,
     transfer_id: str | None = None,
     registry: CancelRegistry | None = None,
 ) -> list[Message]:
-    """A session's first or last messages, fetched from the host (only the bytes shown)."""
-    from .index.remote import show_remote_session
-    from .ssh.pool import SSHPool
+    """A session's first ``head``, last ``tail`` or page ``page`` of ``page_size`` messages
+    (page 1 when none is given), fetched from the host: only the bytes shown, in one remote
+    command. ``session`` is a session id or the file's path relative to the host's root."""
+    result = await read_session(
+        host,
+        session,
+        head=head,
+        tail=tail,
+        page=page,
+        page_size=page_size,
+        transfer_id=transfer_id,
+        registry=registry,
+    )
+    return result.messages
+
+
+async def read_session(
+    host: Host,
+    session: str,
+    *,
+    head: int | None = None,
+    tail: int | None = None,
+    page: int | None = None,
+    page_size: int = 50,
+    transfer_id: str | None = None,
+    registry: CancelRegistry | None = None,
+) -> ShowResult:
+    """:func:`show_session` with the :class:`~remote_sync.index.show.ShowResult`: the number
+    of the first message (for a tail only when the whole file was read), the bytes read, and
+    whether the end of the session was reached."""
+    from .index.remote import SHOW_WINDOW, read_remote_session
+    from .ssh.pool import PoolSettings, SSHPool
 
     registry = registry if registry is not None else default_registry
     with registry.register(transfer_id) as token:
-        async with SSHPool() as pool:
-            return await show_remote_session(pool, host, session, head=head, tail=tail, token=token)
+        async with SSHPool(PoolSettings(window=SHOW_WINDOW)) as pool:
+            return await read_remote_session(
+                pool,
+                host,
+                session,
+                head=head,
+                tail=tail,
+                page=page,
+                page_size=page_size,
+                token=token,
+            )
 
 
 async def _remote_batches(

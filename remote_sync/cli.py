@@ -536,9 +536,7 @@ def _remote_hosts(args: argparse.Namespace, names: list[str]) -> list[Host]:
 
 
 def _list_remote(args: argparse.Namespace, filters: dict[str, Any]) -> list[SessionRow]:
-    function = _remote_api("list_sessions_remote", "list_sessions")
-    if function.__name__ == "list_sessions_remote":
-        return list(_resolve(function(inventory=args.inventory, **filters)))
+    function = _remote_api("list_sessions")
     from .index.query import select_rows
 
     hosts = _remote_hosts(args, [args.host] if args.host else [])
@@ -546,18 +544,11 @@ def _list_remote(args: argparse.Namespace, filters: dict[str, Any]) -> list[Sess
 
 
 def _show_remote(args: argparse.Namespace, how: dict[str, Any]) -> tuple[Any, ShowResult]:
-    function = _remote_api("show_session_remote", "show_session")
-    if function.__name__ == "show_session_remote":
-        row, result = _resolve(function(args.host, args.session, inventory=args.inventory, **how))
-        return row, result
-    from .index.show import ShowResult
-
-    if args.page is not None:
-        raise ConfigError("--page needs the mirror's index", hint="use --head or --tail")
-    head = how["head"] if how["tail"] is not None or how["head"] is not None else args.page_size
+    """A session straight from its host: no index row (None), and the messages read."""
+    function = _remote_api("read_session")
     (host,) = _remote_hosts(args, [args.host])
-    messages = _resolve(function(host, args.session, head=head, tail=how["tail"]))
-    return None, ShowResult(messages=list(messages), first=0 if how["tail"] is None else None)
+    result: ShowResult = _resolve(function(host, args.session, **how))
+    return None, result
 
 
 def _check_remote_flags(args: argparse.Namespace) -> None:
@@ -781,8 +772,11 @@ def _print_footer(
     row: SessionRow | None, result: ShowResult, page: int | None, page_size: int
 ) -> None:
     shown = len(result.messages)
-    if row is None:
-        print(f"\n{shown} messages", file=sys.stderr)
+    if row is None:  # straight from the host: no message count to compare with
+        note = f"page {page}: {shown} messages" if page is not None else f"{shown} messages"
+        if page is not None and result.at_end:
+            note += ", the last page" if shown else " (past the end of the session)"
+        print(f"\n{note}; read {_size(result.bytes_read)}", file=sys.stderr)
         return
     if page is not None:
         pages = max(1, -(-row.messages // page_size))

@@ -1,56 +1,559 @@
 """Sessions straight from a host, no mirror needed: `sessions list --remote` and `show --remote`.
 
-What it owns: listing a host's transcripts and folding their bytes into facts as they stream
-in (one listing command, then one framed fetch of every transcript; batches are yielded as
-sessions complete, so memory does not grow with the number of sessions), and showing one
-session by fetching only the bytes it shows in one remote command (a tail is read from the end
-of the file with ``tail -c``; a bigger slice is asked for only when the first held too few
-messages).
+What it owns: the two remote commands of ``--remote`` (their POSIX ``sh`` scripts, argv and
+stdin), the incremental parser of their framed output (:class:`FrameStream`), and the client
+side of each:
+
+* :func:`stream_remote_sessions` runs **one** command that walks the host's start points with
+  ``find`` and streams every candidate transcript as it goes (a header naming the file, its
+  bytes, an end mark). Each file is folded into facts while it streams and dropped when its
+  end mark arrives; batches are yielded as sessions complete. Nothing is kept per file (no
+  listing, no request list, no stdin built up front), so memory does not grow with the number
+  of sessions; the stream's own buffers are bounded by :data:`LIST_CHUNK` and
+  :data:`LIST_BUFFER_CHUNKS` here and by the pool's channel window (``api`` opens its pool
+  with :data:`LIST_WINDOW`).
+* :func:`read_remote_session` shows one session with **one** command, by path or by session
+  id: the remote side resolves the id with ``find`` (name patterns from the format's rules,
+  :func:`id_predicate`), reports the candidates, and when there is exactly one streams it
+  straight away: from the start for ``head`` and ``page`` (the client stops the command as
+  soon as it holds the messages it needs), or backwards from the end in growing blocks for
+  ``tail`` (the client stops it once the blocks read hold enough messages). Only when the
+  name patterns leave several candidates, of which the format's exact rules keep one, does a
+  second command fetch it by path.
+
+Which files are transcripts is decided exactly on this side (``Source.is_included`` and the
+reader's ``is_transcript``); the remote ``find`` only narrows by file name
+(:data:`NAME_FILTERS`, a superset per format), so a file it passes that is not a transcript
+costs its bytes but is never indexed. Inventory ``exclude`` globs are applied here too.
+
+Remote hosts have POSIX ``sh`` plus coreutils or BusyBox only. A file name is data, never
+code: names reach the scripts as ``find -exec`` arguments or on stdin and are printed with
+``printf %s``; ids and patterns travel as argv words quoted with ``shlex.quote``. The frame
+marker is a random nonce sent as the first line of stdin (never on a command line, where
+other users could read it in ``ps`` and forge frames from a file they can write).
+
+Output frames (``M`` is the marker, ``\\0`` a NUL byte)::
+
+    M F <path>\\0  <bytes of the file>  M E\\n      a file of the listing (M X\\n: read failed)
+    M U <path>\\0                                 a file of the listing that is not readable
+    M C <path>\\0                                 show: a candidate for the session named
+    M G\\n  |  M D\\n                              show: the file is gone / not readable
+    M B\\n  <bytes>  M E\\n                         show: the file from its start
+    M S <size>\\n                                 show: the file's size, before tail blocks
+    M K <start>\\n  <bytes>  M E\\n                 show: the block from <start> to the previous
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..cancel import CancelToken
 from ..decode.jsonl import JsonlDecoder, Record
-from ..errors import ConfigError
+from ..errors import ConfigError, ProtocolError, RemoteCommandError
 from ..formats.readers import get_reader
 from ..inventory import Host
-from ..mirror.remote_ops import (
-    Begin,
-    Data,
-    End,
-    FetchRequest,
-    FrameParser,
-    RemoteFile,
-    Short,
-    fetch_argv,
-    fetch_stdin,
-    new_marker,
-)
+from ..mirror.remote_ops import _ENTER_ROOT, EXIT_ROOT_UNUSABLE, new_marker
 from ..ssh.pool import SSHPool
 from ..ssh.remote import sh_script
 from ..ssh.stream import exec_streaming
-from .facts import Message
+from .facts import FormatReader, Message
 from .query import SessionRow, row_from_facts
+from .show import TAIL_FIRST_BLOCK, ShowResult
 from .update import FileIndexer
 
-#: First slice of a file fetched for ``show --tail`` / ``--head``; grows 8x when too small.
-FIRST_SLICE = 256 * 1024
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LIST_BUFFER_CHUNKS",
+    "LIST_CHUNK",
+    "LIST_WINDOW",
+    "NAME_FILTERS",
+    "SHOW_WINDOW",
+    "FrameStream",
+    "id_predicate",
+    "list_argv",
+    "read_remote_session",
+    "show_argv",
+    "show_remote_session",
+    "stream_remote_sessions",
+]
+
+#: Channel window for a remote listing. The client is CPU-bound while it decodes (about
+#: 70 MB/s here), so a bigger window only piles received data up in memory (up to two
+#: windows: see ssh.stream), and a longer listing reaches that bound more surely than a short
+#: one; 512 KiB still allows about 10 MB/s at 50 ms of round-trip time, 50 MB/s at 10 ms.
+LIST_WINDOW = 512 * 1024
+#: Chunks of a remote listing's stream, and how many may wait between the SSH channel and the
+#: decoder (with the channel's high-water mark, about 2 * window + 4 * chunk are ever held).
+LIST_CHUNK = 64 * 1024
+LIST_BUFFER_CHUNKS = 2
+#: Channel window for ``show``: what the host may send beyond the last byte the client needs
+#: before the client's stop reaches it.
+SHOW_WINDOW = 512 * 1024
+#: Candidates kept when an id's name patterns match many files (the error lists some).
+MAX_CANDIDATES = 64
+#: A path in a frame header longer than this without its NUL is a protocol error.
+MAX_FRAME_PATH = 64 * 1024
+
+#: Per format, ``find -name`` patterns that every transcript's file name matches and patterns
+#: none matches: a superset of the reader's ``is_transcript``, which is checked exactly on the
+#: client. A format missing here streams every included file.
+NAME_FILTERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "openclaw": (("*.jsonl", "*.jsonl.reset.*", "*.jsonl.deleted.*"), ("*.trajectory.jsonl",)),
+    "claude-code": (("*.jsonl",), ()),
+    "codex": (("rollout-*.jsonl",), ()),
+    "picoclaw": (("*.jsonl",), ()),
+    "pi": (("*.jsonl",), ()),
+    "jsonl": (("*.jsonl",), ()),
+}
+
+# ----------------------------------------------------------------------------- scripts
+
+# After the root is entered ($1): the marker is the first line of stdin (read by the shell
+# byte by byte, so what follows stays for xargs), and reaches the per-batch scripts through
+# the environment, never a command line.
+_READ_MARKER = r"""IFS= read -r REMOTE_SYNC_MARKER || REMOTE_SYNC_MARKER=
+case $REMOTE_SYNC_MARKER in
+"" | *[!0-9a-f]*)
+    echo 'remote-sync: no valid frame marker on stdin' >&2
+    exit 2
+    ;;
+esac
+export REMOTE_SYNC_MARKER
+"""
+
+# Expects $n and the positional parameters: n start points (normalized by globs.start_points,
+# or "."), then find's predicate words. Keeps the points that exist and are not below a
+# symlinked directory (find would follow that link out of the root), each with a "./" prefix
+# so find never takes one for an option or operator, followed by the predicate words; sets
+# $kept. The "for" list is expanded before the loop appends to "$@".
+_START_POINTS = r"""total=$# i=0 kept=0
+for a do
+    i=$((i + 1))
+    if [ "$i" -gt "$n" ]; then
+        set -- "$@" "$a"
+        continue
+    fi
+    case $a in
+    .) ;;
+    *) a=./$a ;;
+    esac
+    [ -e "$a" ] || [ -L "$a" ] || continue
+    d=$a
+    while :; do
+        case $d in
+        */*) d=${d%/*} ;;
+        *) break ;;
+        esac
+        if [ -L "$d" ]; then
+            printf 'remote-sync: start point %s is under a symbolic link: skipped\n' "$a" >&2
+            continue 2
+        fi
+    done
+    set -- "$@" "$a"
+    kept=$((kept + 1))
+done
+shift "$total"
+"""
+
+# A path found by find is skipped when it is no longer a regular file or a parent directory
+# became a symlink since (narrows the window in which a swapped-in link could lead outside the
+# root). find's status 1 means some directory could not be read: its messages are on stderr
+# and what was found is still useful.
+_FIND_STATUS = r"""st=$?
+case $st in
+0 | 1) exit 0 ;;
+*) exit "$st" ;;
+esac
+"""
+
+_SAFE_FILE = r"""[ -f "$f" ] && [ ! -L "$f" ] || continue
+    d=$f
+    while :; do
+        case $d in
+        */*) d=${d%/*} ;;
+        *) break ;;
+        esac
+        [ -L "$d" ] && continue 2
+    done
+"""
+
+# Run by find -exec ... {} + for each batch of files found.
+_LIST_BATCH = (
+    r"""m=$REMOTE_SYNC_MARKER
+for f do
+    """
+    + _SAFE_FILE
+    + r"""    if [ -r "$f" ]; then
+        printf '%s F %s\0' "$m" "$f"
+        if cat -- "$f"; then printf '%s E\n' "$m"; else printf '%s X\n' "$m"; fi
+    else
+        printf '%s U %s\0' "$m" "$f"
+    fi
+done
+"""
+)
+
+# $1 root, $2 the batch script, $3 how many start points follow, then the points, then find's
+# predicate words. The marker is the first line of stdin.
+_LIST_SCRIPT = (
+    _ENTER_ROOT
+    + r"""batch=$2
+n=$3
+shift 3
+"""
+    + _READ_MARKER
+    + _START_POINTS
+    + r"""[ "$kept" -gt 0 ] || exit 0
+LC_ALL=C find "$@" -exec sh -c "$batch" sh {} +
+"""
+    + _FIND_STATUS
+)
+
+# Run with the candidates as arguments (by find -exec, or by xargs for a path). Every
+# candidate is reported; the file is streamed only when it is the only one of the whole run
+# ($RS_COUNT, counted before). head: the whole file from its start, the client stops reading
+# when it has what it needs. tail: its size, then blocks backwards from the end, the first of
+# $RS_BLOCK bytes, each twice the last up to 16 MiB (show.TAIL_MAX_BLOCK), until the start of
+# the file or until the client stops reading. A short block (the file shrank) ends early.
+_SHOW_BATCH = r"""m=$REMOTE_SYNC_MARKER
+for f do
+    printf '%s C %s\0' "$m" "$f"
+done
+[ "$RS_COUNT" -eq 1 ] && [ "$#" -eq 1 ] || exit 0
+f=$1
+gone() {
+    printf '%s G\n' "$m"
+    exit 0
+}
+[ -f "$f" ] && [ ! -L "$f" ] || gone
+d=$f
+while :; do
+    case $d in
+    */*) d=${d%/*} ;;
+    *) break ;;
+    esac
+    [ -L "$d" ] && gone
+done
+if [ ! -r "$f" ]; then
+    printf '%s D\n' "$m"
+    exit 0
+fi
+if [ "$RS_MODE" = head ]; then
+    printf '%s B\n' "$m"
+    if cat -- "$f"; then printf '%s E\n' "$m"; else printf '%s X\n' "$m"; fi
+    exit 0
+fi
+size=$(wc -c < "$f") || gone
+size=$((size + 0))
+printf '%s S %s\n' "$m" "$size"
+end=$size
+blk=$RS_BLOCK
+while [ "$end" -gt 0 ]; do
+    start=$((end - blk))
+    [ "$start" -ge 0 ] || start=0
+    printf '%s K %s\n' "$m" "$start"
+    tail -c +"$((start + 1))" -- "$f" | head -c "$((end - start))"
+    printf '%s E\n' "$m"
+    end=$start
+    [ "$blk" -ge 16777216 ] || blk=$((blk * 2))
+done
+"""
+
+# $1 root, $2 the batch script, $3 "path" or "id", $4 head or tail, $5 the first tail block;
+# for "id": $6 how many start points follow, the points, then find's predicate words. For
+# "path" the path (with a ./ prefix) follows the marker line on stdin, NUL-terminated: any
+# bytes, no command-line encoding.
+_SHOW_SCRIPT = (
+    _ENTER_ROOT
+    + r"""batch=$2
+how=$3
+RS_MODE=$4
+RS_BLOCK=$5
+case $RS_MODE:$RS_BLOCK in
+head:* | tail:[1-9]*) ;;
+*)
+    echo 'remote-sync: bad show arguments' >&2
+    exit 2
+    ;;
+esac
+case $RS_BLOCK in
+*[!0-9]*)
+    echo 'remote-sync: bad show arguments' >&2
+    exit 2
+    ;;
+esac
+export RS_MODE RS_BLOCK
+"""
+    + _READ_MARKER
+    + r"""if [ "$how" = path ]; then
+    RS_COUNT=1
+    export RS_COUNT
+    exec xargs -0 sh -c "$batch" sh
+fi
+n=$6
+shift 6
+"""
+    + _START_POINTS
+    + r"""[ "$kept" -gt 0 ] || exit 0
+RS_COUNT=$(LC_ALL=C find "$@" -exec sh -c 'for f do printf .; done' sh {} + | wc -c)
+RS_COUNT=$((RS_COUNT + 0))
+export RS_COUNT
+[ "$RS_COUNT" -gt 0 ] || exit 0
+LC_ALL=C find "$@" -exec sh -c "$batch" sh {} +
+"""
+    + _FIND_STATUS
+)
 
 
-async def list_transcripts(
-    pool: SSHPool, host: Host, token: CancelToken | None = None
-) -> list[RemoteFile]:
-    """One listing command: the host's transcripts (per its format) with sizes."""
-    from ..mirror.engine import list_host
+def _name_predicate(fmt: str) -> list[str]:
+    """find predicate words narrowing a listing of ``fmt`` by file name."""
+    words = ["-type", "f"]
+    names = NAME_FILTERS.get(fmt)
+    if names is None:
+        return words
+    keep, drop = names
+    words.append("(")
+    for i, pattern in enumerate(keep):
+        words += (["-o"] if i else []) + ["-name", pattern]
+    words.append(")")
+    for pattern in drop:
+        words += ["!", "-name", pattern]
+    return words
 
-    reader = get_reader(host.source.format)
-    files, _warnings = await list_host(pool, host, token=token, keep=reader.is_transcript)
-    return files
+
+def _fnmatch_escape(text: str) -> str:
+    """``text`` as a literal in a find -name/-path pattern."""
+    return "".join("\\" + c if c in "\\*?[" else c for c in text)
+
+
+def id_predicate(fmt: str, session: str) -> list[str]:
+    """find predicate words matching the files that may hold session ``session`` of ``fmt``.
+
+    A superset of what the reader's ``identify`` maps to that id (the client checks exactly),
+    narrow enough that a real id usually matches one file.
+    """
+    e = _fnmatch_escape(session)
+    if fmt == "openclaw":
+        names = [f"{e}.jsonl", f"{e}.jsonl.reset.*", f"{e}.jsonl.deleted.*"]
+    elif fmt == "claude-code" and "/" in session:
+        # <session>/agent-<id> is a sub-agent: <slug>/<session>/subagents/agent-<id>.jsonl.
+        parent, _, name = session.rpartition("/")
+        esc_parent, esc_name = _fnmatch_escape(parent), _fnmatch_escape(name)
+        return ["-type", "f", "-path", f"*/{esc_parent}/subagents/{esc_name}.jsonl"]
+    elif fmt in ("claude-code", "picoclaw"):
+        names = [f"{e}.jsonl"]
+    elif fmt == "codex":
+        names = [f"rollout-*{e}.jsonl"]
+    elif fmt == "pi":
+        names = [f"{e}.jsonl", f"*_{e}.jsonl"]
+    elif fmt == "jsonl":
+        return ["-type", "f", "-path", f"./{e}.jsonl"]
+    else:
+        return ["-type", "f", "-path", f"*{e}*"]
+    words = ["-type", "f", "("]
+    for i, pattern in enumerate(names):
+        words += (["-o"] if i else []) + ["-name", pattern]
+    return [*words, ")"]
+
+
+def _start_points(host: Host) -> list[str]:
+    return list(dict.fromkeys(host.source.start_points)) or ["."]
+
+
+def list_argv(host: Host) -> list[str]:
+    """argv of the walk-and-stream command of ``host`` (the marker goes on stdin)."""
+    points = _start_points(host)
+    predicate = _name_predicate(host.source.format)
+    return sh_script(
+        _LIST_SCRIPT, host.source.root, _LIST_BATCH, str(len(points)), *points, *predicate
+    )
+
+
+def show_argv(
+    host: Host, session: str | None, mode: str, block: int = TAIL_FIRST_BLOCK
+) -> list[str]:
+    """argv of the show command: by id ``session``, or by path (None: the path is on stdin)."""
+    if session is None:
+        return sh_script(_SHOW_SCRIPT, host.source.root, _SHOW_BATCH, "path", mode, str(block))
+    points = _start_points(host)
+    predicate = id_predicate(host.source.format, session)
+    return sh_script(
+        _SHOW_SCRIPT,
+        host.source.root,
+        _SHOW_BATCH,
+        "id",
+        mode,
+        str(block),
+        str(len(points)),
+        *points,
+        *predicate,
+    )
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def _show(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+def _relative(path: bytes) -> bytes:
+    """A path as find printed it (``./a/b``) → relative to the root, checked."""
+    rel = path[2:] if path.startswith(b"./") else path
+    parts = rel.split(b"/")
+    if not rel or rel.startswith(b"/") or any(p in (b"", b".", b"..") for p in parts):
+        raise ValueError(f"unsafe path {path!r}")
+    return rel
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A frame header: its kind (one of ``FUCGDBSKEX``) and argument (a path or a number)."""
+
+    kind: str
+    arg: bytes = b""
+
+
+_PATH_KINDS = b"FUC"
+_NUMBER_KINDS = b"SK"
+_BARE_KINDS = b"GDBEX"
+_DATA_KINDS = b"FBK"
+
+
+class FrameStream:
+    """Incremental parser of the output of both commands: chunks in, frames out.
+
+    ``feed`` returns :class:`Header` s and, between a data header and its end mark, the
+    file's bytes as views of the chunk fed (use or copy them at once). Data is found by its
+    end mark, the secret marker, so nothing is buffered per file: between chunks only a
+    possible split marker or header is kept. Anything else where a header is expected is a
+    :class:`ProtocolError` naming the host (and the file of the last header).
+    """
+
+    __slots__ = ("_carry", "_in_data", "_token", "host", "path")
+
+    def __init__(self, host: str, marker: bytes) -> None:
+        if len(marker) < 16 or marker.strip(b"0123456789abcdef"):
+            raise ValueError(f"a marker is at least 16 lowercase hex digits, not {marker!r}")
+        self.host = host
+        #: The path of the last path header (for errors).
+        self.path: bytes | None = None
+        self._token = marker + b" "
+        self._carry = b""
+        self._in_data = False
+
+    def feed(self, chunk: bytes) -> list[Header | memoryview]:
+        buf = self._carry + chunk if self._carry else chunk
+        self._carry = b""
+        out: list[Header | memoryview] = []
+        view = memoryview(buf)
+        size = len(buf)
+        token = self._token
+        tl = len(token)
+        pos = 0
+        while pos < size:
+            if self._in_data:
+                at = buf.find(token, pos)
+                if at < 0:
+                    keep = self._split_token(buf, pos)
+                    if keep > pos:
+                        out.append(view[pos:keep])
+                    self._carry = buf[keep:]
+                    return out
+                if at > pos:
+                    out.append(view[pos:at])
+                if size - at < tl + 2:
+                    self._carry = buf[at:]
+                    return out
+                kind = buf[at + tl]
+                if kind not in b"EX" or buf[at + tl + 1] != 0x0A:
+                    raise self._error("a file's data holds the frame marker", buf[at : at + 80])
+                out.append(Header(chr(kind)))
+                self._in_data = False
+                pos = at + tl + 2
+                continue
+            if size - pos < tl + 2:
+                if not (token.startswith(buf[pos:]) or buf.startswith(token, pos)):
+                    raise self._error("expected a frame header", buf[pos:])
+                self._carry = buf[pos:]
+                return out
+            if not buf.startswith(token, pos):
+                raise self._error("expected a frame header", buf[pos : pos + 80])
+            kind = buf[pos + tl]
+            start = pos + tl + 1
+            if kind in _BARE_KINDS and kind not in b"EX":
+                if buf[start] != 0x0A:
+                    raise self._error("malformed frame header", buf[pos : pos + 80])
+                header = Header(chr(kind))
+                pos = start + 1
+            elif kind in _PATH_KINDS or kind in _NUMBER_KINDS:
+                stop = b"\x00" if kind in _PATH_KINDS else b"\n"
+                end = buf.find(stop, start)
+                if end < 0:
+                    if size - start > MAX_FRAME_PATH:
+                        raise self._error("frame header without its end", buf[pos : pos + 80])
+                    self._carry = buf[pos:]
+                    return out
+                arg = buf[start + 1 : end]
+                if buf[start] != 0x20 or (kind in _NUMBER_KINDS and not arg.isdigit()):
+                    raise self._error("malformed frame header", buf[pos : pos + 80])
+                if kind in _PATH_KINDS:
+                    try:
+                        arg = _relative(arg)
+                    except ValueError:
+                        raise self._error("unsafe path in a frame", arg[:200]) from None
+                    self.path = arg
+                header = Header(chr(kind), arg)
+                pos = end + 1
+            else:
+                raise self._error("unknown frame", buf[pos : pos + 80])
+            out.append(header)
+            self._in_data = kind in _DATA_KINDS
+        return out
+
+    def close(self) -> None:
+        """End of output: a frame left unfinished is a :class:`ProtocolError`."""
+        if self._carry or self._in_data:
+            raise self._error("output ended inside a frame", self._carry[:80])
+
+    def _split_token(self, buf: bytes, pos: int) -> int:
+        """Where a possible start of the marker at the end of ``buf`` begins (else its end)."""
+        token = self._token
+        size = len(buf)
+        at = max(pos, size - len(token) + 1)
+        first = token[0]
+        while True:
+            at = buf.find(first, at)
+            if at < 0:
+                return size
+            if token.startswith(buf[at:]):
+                return at
+            at += 1
+
+    def _error(self, what: str, found: bytes) -> ProtocolError:
+        path = _show(self.path) if self.path is not None else None
+        return ProtocolError(f"{what}; found {found[:80]!r}", host=self.host, path=path)
+
+
+def _root_error(exc: RemoteCommandError, host: Host) -> RemoteCommandError:
+    if exc.exit_status != EXIT_ROOT_UNUSABLE:
+        return exc
+    return RemoteCommandError(
+        f"the remote root {host.source.root!r} does not exist or cannot be entered",
+        host=host.name,
+        exit_status=exc.exit_status,
+        stderr_tail=exc.stderr_tail,
+        hint="check 'root' (and 'format') for this host in the inventory",
+    )
+
+
+# ----------------------------------------------------------------------------- list
 
 
 async def stream_remote_sessions(
@@ -61,84 +564,393 @@ async def stream_remote_sessions(
     token: CancelToken | None = None,
     now: float | None = None,
 ) -> AsyncIterator[list[SessionRow]]:
-    """Yield the host's sessions in batches as their bytes are decoded."""
+    """Yield the host's sessions in batches as their bytes are decoded (one remote command)."""
     reader = get_reader(host.source.format)
-    files = await list_transcripts(pool, host, token)
-    files = [f for f in files if f.size > 0]
-    if not files:
-        return
-    requests = [FetchRequest(f.path, 0, f.size) for f in files]
-    del files  # the requests carry what is needed; keep one copy only
+    source = host.source
     marker = new_marker()
-    parser = FrameParser(host.name, marker.encode(), requests)
+    frames = FrameStream(host.name, marker.encode())
     indexer: FileIndexer | None = None
+    received = 0
     batch: list[SessionRow] = []
     now = time.time() if now is None else now
-    async with exec_streaming(
-        pool,
-        host.endpoint,
-        fetch_argv(host.source.root),
-        host=host.name,
-        stdin=fetch_stdin(requests, marker),
-        token=token,
-    ) as stream:
-        async for chunk in stream:
-            for event in parser.feed(chunk):
-                if isinstance(event, Data):
-                    if indexer is not None:
-                        indexer.feed(event.data)
-                elif isinstance(event, Begin):
-                    indexer = FileIndexer(reader, host.name, requests[event.index].path)
-                elif isinstance(event, End | Short) and indexer is not None:
-                    update = indexer.result()
-                    batch.append(
-                        row_from_facts(
-                            host.name, update.path, reader.name, update.facts, state="live", now=now
+    try:
+        async with exec_streaming(
+            pool,
+            host.endpoint,
+            list_argv(host),
+            host=host.name,
+            stdin=marker.encode() + b"\n",
+            token=token,
+            chunk_size=LIST_CHUNK,
+            buffer_chunks=LIST_BUFFER_CHUNKS,
+        ) as stream:
+            async for chunk in stream:
+                for item in frames.feed(chunk):
+                    if type(item) is memoryview:
+                        if indexer is not None:
+                            indexer.feed(item)
+                            received += len(item)
+                        continue
+                    assert isinstance(item, Header)
+                    kind = item.kind
+                    if kind == "F":
+                        path = item.arg
+                        if source.is_included(path) and reader.is_transcript(path):
+                            indexer, received = FileIndexer(reader, host.name, path), 0
+                    elif kind in "EX":
+                        # An empty file is no session (as in a mirror's index); one whose
+                        # read failed midway (X) is left out rather than shown in part.
+                        if indexer is not None and kind == "E" and received:
+                            update = indexer.result()
+                            batch.append(
+                                row_from_facts(
+                                    host.name,
+                                    update.path,
+                                    reader.name,
+                                    update.facts,
+                                    state="live",
+                                    now=now,
+                                )
+                            )
+                            if len(batch) >= batch_size:
+                                yield batch
+                                batch = []
+                        indexer = None
+                    elif kind == "U":
+                        log.warning("%s: %s is not readable: left out", host.name, _show(item.arg))
+                    else:
+                        raise ProtocolError(
+                            f"unexpected frame {kind!r} in a listing", host=host.name
                         )
-                    )
-                    indexer = None
-                    if len(batch) >= batch_size:
-                        yield batch
-                        batch = []
-        parser.close()
+            frames.close()
+    except RemoteCommandError as exc:
+        raise _root_error(exc, host) from exc
     if batch:
         yield batch
 
 
-_SHOW_SCRIPT = r"""
-case $1 in "~") r=$HOME ;; "~/"*) r=$HOME/${1#"~/"} ;; *) r=$1 ;; esac
-cd -- "$r" 2>/dev/null || { echo "cannot enter $1" >&2; exit 3; }
-f=$2 mode=$3 n=$4
-case $f in -*) f=./$f ;; esac
-[ -f "$f" ] && [ ! -L "$f" ] || { echo "no such session file" >&2; exit 5; }
-[ -r "$f" ] || { echo "permission denied" >&2; exit 6; }
-size=$(wc -c < "$f") || exit 6
-printf '%s\n' $size
-if [ "$mode" = tail ]; then tail -c "$n" -- "$f"; else head -c "$n" -- "$f"; fi
-"""
+# ----------------------------------------------------------------------------- show
 
 
-async def _fetch_slice(
-    pool: SSHPool, host: Host, path: bytes, mode: str, n: int, token: CancelToken | None
-) -> tuple[int, bytes]:
-    argv = sh_script(
-        _SHOW_SCRIPT, host.source.root, path.decode("utf-8", "surrogateescape"), mode, str(n)
-    )
-    async with exec_streaming(pool, host.endpoint, argv, host=host.name, token=token) as s:
-        data = await s.read_all()
-    head, _, rest = data.partition(b"\n")
-    return int(head.strip() or b"0"), rest
-
-
-def _messages(reader: Any, data: bytes, start: int) -> list[Message]:
-    decoder: JsonlDecoder[Any] = JsonlDecoder(reader.line_type, start_offset=start)
+def _messages(reader: FormatReader, records: list[Any]) -> list[Message]:
     out: list[Message] = []
-    for item in decoder.feed(data):
-        if isinstance(item, Record):
-            message = reader.message(item.value, item.offset)
-            if message is not None:
-                out.append(message)
+    for item in records:
+        if type(item) is Record:
+            shown = reader.message(item.value, item.offset)
+            if shown is not None:
+                out.append(shown)
     return out
+
+
+class _Forward:
+    """head / page: decode from the start, keep messages ``skip`` to ``skip + count``."""
+
+    def __init__(self, reader: FormatReader, skip: int, count: int, result: ShowResult) -> None:
+        self.reader = reader
+        self.skip = skip
+        self.count = count
+        self.result = result
+        self.number = 0
+        self.decoder: JsonlDecoder[Any] = JsonlDecoder(reader.line_type)
+
+    def feed(self, data: memoryview) -> bool:
+        """Take bytes; True when the messages wanted are all there."""
+        out = self.result.messages
+        for shown in _messages(self.reader, self.decoder.feed(data)):
+            if self.number >= self.skip:
+                out.append(shown)
+            self.number += 1
+            if len(out) >= self.count:
+                return True
+        return False
+
+
+class _Backward:
+    """tail: blocks backwards from the end; keep the last ``count`` messages."""
+
+    def __init__(self, reader: FormatReader, count: int, result: ShowResult) -> None:
+        self.reader = reader
+        self.count = count
+        self.result = result
+        self.size = 0
+        self.have = 0
+        self.found: list[list[Message]] = []  # per block, the latest block first
+        self.partial = b""  # the start of the line cut by the last block's start
+        self.start = 0
+        self.end = 0
+        self.lead = b""  # this block's bytes before its first newline (maybe a partial line)
+        self.decoder: JsonlDecoder[Any] | None = None
+        self.shown: deque[Message] = deque()
+        self.seen = 0  # messages decoded in all blocks (the whole count once start is 0)
+
+    def begin(self, start: int) -> None:
+        if not self.end:
+            self.end = self.size
+        self.start = start
+        self.lead = b""
+        self.decoder = None if start > 0 else JsonlDecoder(self.reader.line_type)
+        self.shown = deque(maxlen=self.count - self.have)
+
+    def feed(self, data: memoryview) -> None:
+        if self.decoder is None:
+            # The block's first line may begin before its start: hold it for the next block.
+            nl = bytes(data).find(b"\n")
+            if nl < 0:
+                self.lead += bytes(data)
+                return
+            self.lead += bytes(data[: nl + 1])
+            base = self.start + len(self.lead)
+            self.decoder = JsonlDecoder(self.reader.line_type, start_offset=base)
+            data = data[nl + 1 :]
+        self._add(self.decoder.feed(data))
+
+    def _add(self, records: list[Any]) -> None:
+        shown = _messages(self.reader, records)
+        self.seen += len(shown)
+        self.shown.extend(shown)
+
+    def finish(self, received: int) -> bool:
+        """The block is complete; True when enough messages are held."""
+        if received != self.end - self.start:
+            raise ValueError("short block")
+        if self.decoder is None:  # no newline in the whole block: all of it is one line cut
+            self.partial = self.lead + self.partial
+        else:
+            self._add(self.decoder.feed(self.partial))
+            self.partial = self.lead
+        if self.shown:
+            self.found.append(list(self.shown))
+            self.have += len(self.shown)
+        self.end = self.start
+        done = self.have >= self.count or self.start == 0
+        if done:
+            for messages in reversed(self.found):
+                self.result.messages.extend(messages)
+            self.result.at_end = True
+        return done
+
+
+def _validate(head: int | None, tail: int | None, page: int | None, page_size: int) -> None:
+    chosen = [name for name, v in (("head", head), ("tail", tail), ("page", page)) if v is not None]
+    if len(chosen) > 1:
+        raise ConfigError(f"choose one of {' / '.join(chosen)}")
+    for name, value in (("head", head), ("tail", tail), ("page", page), ("page size", page_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"the {name} must be at least 1, got {value}")
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one show command found: the candidates, or the result when it streamed one."""
+
+    candidates: list[bytes]
+    more: int = 0  # candidates beyond MAX_CANDIDATES
+    result: ShowResult | None = None
+
+
+async def read_remote_session(
+    pool: SSHPool,
+    host: Host,
+    session: str,
+    *,
+    head: int | None = None,
+    tail: int | None = None,
+    page: int | None = None,
+    page_size: int = 50,
+    token: CancelToken | None = None,
+) -> ShowResult:
+    """The first ``head``, last ``tail`` or page ``page`` of ``page_size`` messages of one
+    session (by id, or by its path relative to the root), reading as little as possible.
+
+    One remote command whenever the id's name patterns match one file (see the module
+    docstring). ``bytes_read`` is the file's bytes received; ``first`` is the number of the
+    first message (for a tail, only when the whole file was read).
+    """
+    _validate(head, tail, page, page_size)
+    if not session:
+        raise ConfigError("no session given", host=host.name)
+    reader = get_reader(host.source.format)
+    if page is None and head is None and tail is None:
+        page = 1
+    mode = "tail" if tail is not None else "head"
+    raw = session.encode("utf-8", "surrogateescape")
+    if reader.is_transcript(raw):
+        path = raw
+    else:
+        try:
+            session.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                f"session id {session!r} is not valid UTF-8",
+                host=host.name,
+                hint="name the session by its path relative to the host's root",
+            ) from None
+        outcome = await _run_show(
+            pool, host, reader, session, None, mode, head, tail, page, page_size, token
+        )
+        if outcome.result is not None:
+            return outcome.result
+        path = _pick(host, reader, session, outcome)
+    outcome = await _run_show(
+        pool, host, reader, None, path, mode, head, tail, page, page_size, token
+    )
+    if outcome.result is None:
+        raise ConfigError(
+            f"no session file {_show(path)!r}",
+            host=host.name,
+            hint="see `remote-sync sessions list --remote` for the sessions",
+        )
+    return outcome.result
+
+
+def _genuine(host: Host, reader: FormatReader, session: str) -> Callable[[bytes], bool]:
+    source = host.source
+
+    def check(path: bytes) -> bool:
+        return (
+            source.is_included(path)
+            and reader.is_transcript(path)
+            and reader.identify(path)[1] == session
+        )
+
+    return check
+
+
+def _pick(host: Host, reader: FormatReader, session: str, outcome: _Outcome) -> bytes:
+    matches = [p for p in outcome.candidates if _genuine(host, reader, session)(p)]
+    if not matches:
+        raise ConfigError(
+            f"no session {session!r}",
+            host=host.name,
+            hint="see `remote-sync sessions list --remote` for the ids",
+        )
+    if len(matches) > 1 or outcome.more:
+        shown = "\n  ".join(_show(m) for m in matches[:20])
+        raise ConfigError(
+            f"{host.name}: {session!r} matches {len(matches)}"
+            f"{'+' if outcome.more else ''} sessions:\n  {shown}",
+            hint="name one by its path",
+        )
+    return matches[0]
+
+
+async def _run_show(
+    pool: SSHPool,
+    host: Host,
+    reader: FormatReader,
+    session: str | None,
+    path: bytes | None,
+    mode: str,
+    head: int | None,
+    tail: int | None,
+    page: int | None,
+    page_size: int,
+    token: CancelToken | None,
+) -> _Outcome:
+    """One show command, by id ``session`` or by ``path``."""
+    marker = new_marker()
+    stdin = marker.encode() + b"\n"
+    if path is not None:
+        stdin += b"./" + path + b"\x00"
+    frames = FrameStream(host.name, marker.encode())
+    outcome = _Outcome([])
+    genuine = _genuine(host, reader, session) if session is not None else None
+    result = ShowResult()
+    forward: _Forward | None = None
+    backward: _Backward | None = None
+    received = 0
+    current: bytes | None = None
+    try:
+        async with exec_streaming(
+            pool,
+            host.endpoint,
+            show_argv(host, session, mode),
+            host=host.name,
+            stdin=stdin,
+            token=token,
+            chunk_size=LIST_CHUNK,
+            buffer_chunks=LIST_BUFFER_CHUNKS,
+        ) as stream:
+            async for chunk in stream:
+                for item in frames.feed(chunk):
+                    if type(item) is memoryview:
+                        received += len(item)
+                        result.bytes_read += len(item)
+                        if forward is not None:
+                            if forward.feed(item):
+                                outcome.result = result
+                                return outcome  # leaving the block stops the remote command
+                        elif backward is not None:
+                            backward.feed(item)
+                        continue
+                    assert isinstance(item, Header)
+                    kind = item.kind
+                    if kind == "C":
+                        current = item.arg
+                        if len(outcome.candidates) < MAX_CANDIDATES:
+                            outcome.candidates.append(item.arg)
+                        else:
+                            outcome.more += 1
+                        continue
+                    where = _show(current) if current is not None else None
+                    if kind in "BS" and genuine is not None and not genuine(current or b""):
+                        return outcome  # the one candidate is not this session
+                    if kind == "G":
+                        raise ConfigError(
+                            "no such session file",
+                            host=host.name,
+                            path=where,
+                            hint="it may have been deleted; see `sessions list --remote`",
+                        )
+                    if kind == "D":
+                        raise RemoteCommandError(
+                            "the session file is not readable",
+                            host=host.name,
+                            path=where,
+                            hint="check its permissions on the host",
+                        )
+                    if kind == "B":
+                        skip = (page - 1) * page_size if page is not None else 0
+                        count = page_size if page is not None else head or page_size
+                        result.first = skip
+                        forward = _Forward(reader, skip, count, result)
+                    elif kind == "S":
+                        backward = _Backward(reader, tail or 1, result)
+                        backward.size = int(item.arg)
+                        if backward.size == 0:
+                            result.at_end, result.first = True, 0
+                            outcome.result = result
+                    elif kind == "K" and backward is not None:
+                        backward.begin(int(item.arg))
+                        received = 0
+                    elif kind == "E" and backward is not None:
+                        try:
+                            done = backward.finish(received)
+                        except ValueError:
+                            raise _changed(host, where) from None
+                        if done:
+                            if backward.start == 0:  # every message was counted
+                                result.first = max(backward.seen - len(result.messages), 0)
+                            outcome.result = result
+                            return outcome
+                    elif kind == "E" and forward is not None:
+                        result.at_end = True
+                        outcome.result = result
+                    elif kind == "X":
+                        raise _changed(host, where)
+            frames.close()
+    except RemoteCommandError as exc:
+        raise _root_error(exc, host) from exc
+    return outcome
+
+
+def _changed(host: Host, where: str | None) -> RemoteCommandError:
+    return RemoteCommandError(
+        "the session file changed or became unreadable while it was read",
+        host=host.name,
+        path=where,
+        hint="run the command again",
+    )
 
 
 async def show_remote_session(
@@ -148,58 +960,12 @@ async def show_remote_session(
     *,
     head: int | None = None,
     tail: int | None = None,
+    page: int | None = None,
+    page_size: int = 50,
     token: CancelToken | None = None,
 ) -> list[Message]:
-    """The first ``head`` or last ``tail`` messages of one session, fetching only those bytes."""
-    reader = get_reader(host.source.format)
-    path = await resolve_session(pool, host, session, token)
-    want = tail if tail is not None else head if head is not None else 50
-    mode = "tail" if tail is not None else "head"
-    n = FIRST_SLICE
-    while True:
-        size, data = await _fetch_slice(pool, host, path, mode, n, token)
-        whole = len(data) >= size
-        if mode == "tail":
-            start = size - len(data)
-            if not whole:  # we start mid-line: drop the partial first line
-                cut = data.find(b"\n") + 1
-                data, start = data[cut:], start + cut
-            messages = _messages(reader, data, start)
-            if len(messages) >= want or whole:
-                return messages[-want:]
-        else:
-            messages = _messages(reader, data, 0)
-            if len(messages) >= want or whole:
-                return messages[:want]
-        n *= 8
-
-
-async def resolve_session(
-    pool: SSHPool, host: Host, session: str, token: CancelToken | None = None
-) -> bytes:
-    """A session id (or a path relative to the root) → the transcript's path."""
-    if "/" in session and session.endswith(".jsonl"):
-        return session.encode("utf-8", "surrogateescape")
-    reader = get_reader(host.source.format)
-    matches = [
-        f.path
-        for f in await list_transcripts(pool, host, token)
-        if reader.identify(f.path)[1] == session
-    ]
-    if not matches:
-        raise ConfigError(
-            f"no session {session!r}",
-            host=host.name,
-            hint="see `remote-sync sessions list --remote` for the ids",
-        )
-    if len(matches) > 1:
-        shown = ", ".join(m.decode("utf-8", "backslashreplace") for m in matches[:5])
-        raise ConfigError(
-            f"session {session!r} is ambiguous: {shown}",
-            host=host.name,
-            hint="give the path relative to the host's root instead",
-        )
-    return matches[0]
-
-
-__all__ = ["list_transcripts", "resolve_session", "show_remote_session", "stream_remote_sessions"]
+    """The messages of :func:`read_remote_session` alone."""
+    result = await read_remote_session(
+        pool, host, session, head=head, tail=tail, page=page, page_size=page_size, token=token
+    )
+    return result.messages

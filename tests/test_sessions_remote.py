@@ -1,0 +1,480 @@
+"""Tests of ``sessions list/show --remote``: sessions straight from a host, no mirror.
+
+- :class:`FrameStream`: the same frames however the output is cut into chunks; anything but a
+  frame where one is expected is a protocol error.
+- The two ``sh`` scripts run locally over hostile file names, once with dash + GNU tools and
+  once with nothing but BusyBox applets.
+- Real sshd: ``list --remote`` gives the rows a mirror's index gives (every format, hostile
+  names, empty, unreadable and side files); ``show --remote`` by id or path takes one remote
+  command (head, tail, page), reports ambiguous and unknown ids, and reads little of a big
+  session; a remote listing's memory does not grow with the number of sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+import sessiongen
+from synchelp import write_inventory
+from test_sessions_cli import generated, openclaw_session, shown, text_numbers
+
+from remote_sync import api
+from remote_sync.cli import main
+from remote_sync.errors import ConfigError, ProtocolError
+from remote_sync.index.facts import Message
+from remote_sync.index.query import SessionRow
+from remote_sync.index.remote import (
+    LIST_WINDOW,
+    FrameStream,
+    Header,
+    list_argv,
+    read_remote_session,
+    show_argv,
+    stream_remote_sessions,
+)
+from remote_sync.inventory import Host, Source, load_inventory
+from remote_sync.mirror.remote_ops import new_marker
+from remote_sync.ssh.pool import Endpoint, PoolSettings, SSHPool
+from remote_sync.ssh.remote import PID_MARKER, wrapped_command
+
+MiB = 1024 * 1024
+SESSIONS = "agents/main/sessions"
+
+# ----------------------------------------------------------------------------- frames
+
+
+def frames(marker: bytes, out: bytes, step: int) -> list[Any]:
+    """Parsed frames with consecutive data joined (so chunking does not show)."""
+    parser = FrameStream("h", marker)
+    items: list[Any] = []
+    for at in range(0, len(out), step):
+        for item in parser.feed(out[at : at + step]):
+            if isinstance(item, Header):
+                items.append(item)
+            elif items and isinstance(items[-1], bytes):
+                items[-1] += bytes(item)
+            else:
+                items.append(bytes(item))
+    parser.close()
+    return items
+
+
+def test_frames_any_chunking() -> None:
+    m = new_marker().encode()
+    # Data that looks like frames with another marker, and a prefix of ours at a chunk's end.
+    fake = b"0123456789abcdef0123456789abcdef E\n" + m[:20]
+    out = (
+        m + b" F ./a/b.jsonl\x00" + fake + b"\n" + m + b" E\n"
+        + m + b" U ./-x\x00"
+        + m + b" F ./new\nline\xff\x00" + m + b" X\n"
+        + m + b" C ./c\x00" + m + b" S 12\n" + m + b" K 4\n" + b"12345678" + m + b" E\n"
+        + m + b" G\n" + m + b" D\n" + m + b" B\n" + m + b" E\n"
+    )  # fmt: skip
+    want = [
+        Header("F", b"a/b.jsonl"),
+        fake + b"\n",
+        Header("E"),
+        Header("U", b"-x"),
+        Header("F", b"new\nline\xff"),
+        Header("X"),
+        Header("C", b"c"),
+        Header("S", b"12"),
+        Header("K", b"4"),
+        b"12345678",
+        Header("E"),
+        Header("G"),
+        Header("D"),
+        Header("B"),
+        Header("E"),
+    ]
+    for step in (1, 2, 3, 7, 33, 34, 35, 100, len(out)):
+        assert frames(m, out, step) == want, step
+
+
+@pytest.mark.parametrize(
+    "out",
+    [
+        b"garbage",
+        b"%(m)s Q\n",
+        b"%(m)s F /etc/passwd\x00",
+        b"%(m)s F ./a/../../x\x00",
+        b"%(m)s F ./a\x00data%(m)s Z\n",  # our marker inside the data: refused
+        b"%(m)s S x\n",
+        b"%(m)s E\n",  # an end mark outside data
+    ],
+)
+def test_frame_errors(out: bytes) -> None:
+    m = new_marker().encode()
+    with pytest.raises(ProtocolError):
+        frames(m, out % {b"m": m}, 5)
+
+
+def test_unfinished_frame_is_an_error() -> None:
+    m = new_marker().encode()
+    parser = FrameStream("h", m)
+    parser.feed(m + b" B\nsome data")
+    with pytest.raises(ProtocolError, match="inside a frame"):
+        parser.close()
+
+
+# ----------------------------------------------------------------------------- local runs
+
+HOSTILE = [
+    b"plain.jsonl",
+    b"with space.jsonl",
+    b"new\nline.jsonl",
+    b"quote'double\".jsonl",
+    b"$(touch pwned).jsonl",
+    b"`touch pwned`.jsonl",
+    b"-rf.jsonl",
+    b"--help.jsonl",
+    b"\xff\xfe.jsonl",
+    b"tab\tback\\slash.jsonl",
+    b"*.jsonl",
+    b"[a].jsonl",
+    b"\x01\x1b[31mctl.jsonl",
+]
+
+
+def hostile_tree(sessions: Path, outside: Path) -> dict[bytes, bytes]:
+    """Transcripts with hostile names (name -> content) plus side files, in ``sessions``; a
+    symlink among them points to a transcript in ``outside`` (outside the listing's start)."""
+    sessions.mkdir(parents=True, exist_ok=True)
+    base = os.fsencode(sessions)
+    files: dict[bytes, bytes] = {}
+    for i, name in enumerate(HOSTILE):
+        data = openclaw_session(f"s{i}", 3 + i) + b"tail without newline " + name
+        with open(base + b"/" + name, "wb") as fh:
+            fh.write(data)
+        files[name] = data
+    (sessions / "sessions.json").write_text("{}")
+    (sessions / "plain.trajectory.jsonl").write_text('{"type":"event"}\n')
+    (sessions / "empty.jsonl").write_bytes(b"")
+    outside.mkdir(parents=True)
+    (outside / "secret.jsonl").write_text("outside the sessions directory\n")
+    os.symlink(outside / "secret.jsonl", sessions / "link.jsonl")
+    return files
+
+
+@pytest.fixture(params=["gnu", "busybox"])
+def toolset(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """(shell, environment): dash with GNU tools, or BusyBox applets alone on PATH."""
+    home = tmp_path / "home"
+    home.mkdir()
+    if request.param == "gnu":
+        yield "sh", {"PATH": os.environ["PATH"], "HOME": str(home)}
+        return
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox is not installed")
+    bindir = tmp_path / "bb"
+    bindir.mkdir()
+    for applet in ("sh", "find", "head", "tail", "xargs", "printf", "cat", "wc"):
+        os.symlink(busybox, bindir / applet)
+    yield str(bindir / "sh"), {"PATH": str(bindir), "HOME": str(home)}
+
+
+def run_local(
+    toolset: tuple[str, dict[str, str]], argv: list[str], stdin: bytes
+) -> tuple[bytes, bytes]:
+    shell, env = toolset
+    r = subprocess.run(
+        [shell, "-c", wrapped_command(argv)],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd=env["HOME"],
+        timeout=60,
+        check=False,
+    )
+    first, _, rest = r.stderr.partition(b"\n")
+    assert r.returncode == 0 and first.startswith(PID_MARKER), r.stderr
+    return r.stdout, rest
+
+
+def local_host(root: Path) -> Host:
+    return Host(
+        "h", Endpoint("localhost"), Source("openclaw", str(root), ("agents/*/sessions/**",))
+    )
+
+
+def test_local_list_script_streams_hostile_names(
+    toolset: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    files = hostile_tree(root / SESSIONS, tmp_path / "outside")
+    marker = new_marker()
+    out, err = run_local(toolset, list_argv(local_host(root)), marker.encode() + b"\n")
+    assert err == b""
+    got: dict[bytes, bytes] = {}
+    path = b""
+    for item in frames(marker.encode(), out, 4096):
+        if isinstance(item, bytes):
+            got[path] += item
+        elif item.kind == "F":
+            path = item.arg
+            got[path] = b""
+        else:
+            assert item.kind == "E", item
+    prefix = SESSIONS.encode() + b"/"
+    # Transcript names only (by name; the side files and the symlink are not streamed).
+    assert got == {prefix + k: v for k, v in files.items()} | {prefix + b"empty.jsonl": b""}
+    assert not list(tmp_path.rglob("pwned"))
+
+
+def test_local_show_script_by_id_and_path(
+    toolset: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    files = hostile_tree(root / SESSIONS, tmp_path / "outside")
+    host = local_host(root)
+    data = files[b"-rf.jsonl"]
+    for session, stdin_path in (("-rf", None), (None, b"./" + SESSIONS.encode() + b"/-rf.jsonl")):
+        marker = new_marker()
+        stdin = marker.encode() + b"\n" + (stdin_path + b"\x00" if stdin_path else b"")
+        out, _ = run_local(toolset, show_argv(host, session, "tail", 16), stdin)
+        items = frames(marker.encode(), out, 999)
+        assert items[:2] == [
+            Header("C", SESSIONS.encode() + b"/-rf.jsonl"),
+            Header("S", b"%d" % len(data)),
+        ]
+        # Blocks backwards from the end (16, 32, 64... bytes) make up the file.
+        blocks = []
+        for head, body, end in zip(items[2::3], items[3::3], items[4::3], strict=True):
+            assert head.kind == "K" and end == Header("E")
+            blocks.append((int(head.arg), body))
+        assert [len(b) for _, b in blocks[:3]] == [16, 32, 64]
+        assert b"".join(b for _, b in reversed(blocks)) == data and blocks[-1][0] == 0
+    # An id whose name patterns hold glob characters matches only itself.
+    marker = new_marker()
+    out, _ = run_local(toolset, show_argv(host, "*", "head"), marker.encode() + b"\n")
+    assert frames(marker.encode(), out, 999) == [
+        Header("C", SESSIONS.encode() + b"/*.jsonl"),
+        Header("B"),
+        files[b"*.jsonl"],
+        Header("E"),
+    ]
+    marker = new_marker()
+    out, _ = run_local(toolset, show_argv(host, "nothing", "head"), marker.encode() + b"\n")
+    assert out == b""
+    assert not list(tmp_path.rglob("pwned"))
+
+
+# ----------------------------------------------------------------------------- real sshd
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def rows_of(out: str) -> dict[tuple[str, str], SessionRow]:
+    rows = [msgspec.json.decode(line, type=SessionRow) for line in out.splitlines()]
+    return {(r.host, r.path): r for r in rows}
+
+
+def test_list_remote_equals_the_mirror_every_format(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(5)
+    name = fleet.names[0]
+    lines = [
+        "[defaults]",
+        f'ssh_config = "{fleet.ssh_config}"',
+        f'known_hosts = "{fleet.known_hosts}"',
+    ]
+    trees = {}
+    for fmt in sessiongen.FORMATS:
+        root = fleet.path(name) / fmt
+        trees[fmt] = sessiongen.build_tree(fmt, root, 5, rng, messages=20)
+        lines += [f'[[hosts]]\nname = "{name}-{fmt}"\naddress = "{name}"\nformat = "{fmt}"']
+        lines.append(f'root = "{root}"')
+        if fmt == "jsonl":
+            lines.append('include = ["**/*.jsonl"]')
+    # Hostile names, an empty transcript and side files next to OpenClaw's sessions.
+    hostile = hostile_tree(
+        fleet.path(name) / "openclaw" / "agents" / "hostile" / "sessions",
+        fleet.path(name) / "elsewhere",
+    )
+    subprocess.run(["chmod", "-R", "a+rX", str(fleet.path(name))], check=True)
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text("\n".join(lines) + "\n")
+    dest = tmp_path / "mirror"
+    assert main(["sync", "--inventory", str(inventory), "--dest", str(dest), "--json"]) == 0
+    capsys.readouterr()
+
+    code, out, err = cli(["sessions", "list", "--json", "-d", str(dest)], capsys)
+    assert code == 0, err
+    local = rows_of(out)
+    code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inventory)], capsys)
+    assert code == 0, err
+    remote = rows_of(out)
+    assert remote == local
+    assert sum(1 for host, _ in remote if host.endswith("-openclaw")) >= len(hostile)
+    want = {
+        (f"{name}-{fmt}", entry.rel.decode())
+        for fmt, tree in trees.items()
+        for entry in tree.transcripts
+    }
+    assert want <= set(remote)
+
+    # Show straight from the host, by path and by id, agrees with the generated messages.
+    hosts = {h.name: h for h in load_inventory(inventory).hosts}
+    for fmt, tree in trees.items():
+        entry = max(tree.transcripts, key=lambda e: len(e.session.messages))
+        everything = generated(entry.session.messages)
+        host = hosts[f"{name}-{fmt}"]
+        session_id = remote[(host.name, entry.rel.decode())].session_id
+        for session in (entry.rel.decode(), session_id):
+            for how, part in (
+                ({"tail": 5}, everything[-5:]),
+                ({"head": 3}, everything[:3]),
+                ({"page": 2, "page_size": 4}, everything[4:8]),
+                ({"page": 1, "page_size": 1000}, everything),
+            ):
+                result = anyio.run(lambda: api.read_session(host, session, **how))  # noqa: B023
+                assert shown(result.messages) == part, (fmt, session, how)
+
+
+def test_show_remote_takes_one_command(fleet: Any, tmp_path: Path) -> None:
+    name = fleet.names[0]
+    fleet.write(name, f"{SESSIONS}/alpha.jsonl", openclaw_session("alpha", 40))
+    fleet.write(name, f"{SESSIONS}/beta.jsonl", openclaw_session("beta", 7))
+    fleet.write(
+        name, f"{SESSIONS}/beta.jsonl.reset.2026-11-20T10:00:00Z", openclaw_session("beta", 3)
+    )
+    fleet.write(name, f"{SESSIONS}/gamma-x.jsonl", openclaw_session("gamma-x", 5))
+    fleet.write(name, "agents/other/sessions/alpha.jsonl.bak-1", openclaw_session("alpha", 2))
+    fleet.write(name, "agents/other/notes/gamma.jsonl", openclaw_session("gamma", 2))
+    (host,) = load_inventory(write_inventory(fleet, tmp_path / "inv.toml", [name])).hosts
+
+    async def show(session: str, **how: Any) -> tuple[Any, int]:
+        async with SSHPool() as pool:
+            try:
+                result: Any = await read_remote_session(pool, host, session, **how)
+            except ConfigError as exc:
+                result = exc
+            return result, pool.stats(host.endpoint).operations
+
+    for session in ("alpha", f"{SESSIONS}/alpha.jsonl"):
+        result, commands = anyio.run(lambda: show(session, tail=4))  # noqa: B023
+        assert (text_numbers(result.messages), commands) == ([36, 37, 38, 39], 1)
+        assert result.first is None or result.first == 36
+        result, commands = anyio.run(lambda: show(session, page=3, page_size=7))  # noqa: B023
+        assert (text_numbers(result.messages), result.first, commands) == (
+            list(range(14, 21)),
+            14,
+            1,
+        )
+    # The whole file read by a tail: the first message's number is known.
+    result, _ = anyio.run(lambda: show("gamma-x", tail=50))
+    assert (text_numbers(result.messages), result.first) == (list(range(5)), 0)
+    # Past the end: nothing, the end reached.
+    result, _ = anyio.run(lambda: show("alpha", page=9, page_size=7))
+    assert (result.messages, result.at_end) == ([], True)
+    # The live file and its archive both hold session "beta": ambiguous, named by path instead.
+    error, commands = anyio.run(lambda: show("beta", head=2))
+    assert isinstance(error, ConfigError) and "matches 2 sessions" in str(error)
+    assert "beta.jsonl.reset" in str(error) and commands == 1
+    result, commands = anyio.run(lambda: show(f"{SESSIONS}/beta.jsonl.reset.2026-11-20T10:00:00Z"))
+    assert (text_numbers(result.messages), commands) == ([0, 1, 2], 1)
+    # A name pattern may match a file the format does not count (not in a sessions dir).
+    error, commands = anyio.run(lambda: show("gamma"))
+    assert isinstance(error, ConfigError) and "no session 'gamma'" in str(error)
+    error, _ = anyio.run(lambda: show("nothing"))
+    assert isinstance(error, ConfigError) and "no session 'nothing'" in str(error)
+    error, _ = anyio.run(lambda: show(f"{SESSIONS}/missing.jsonl"))
+    assert isinstance(error, ConfigError) and "missing.jsonl" in str(error)
+
+
+def test_show_remote_hostile_names_and_cli(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = fleet.names[0]
+    sessions = fleet.path(name) / SESSIONS
+    hostile_tree(sessions, fleet.path(name) / "elsewhere")
+    subprocess.run(["chmod", "-R", "a+rX", str(fleet.path(name))], check=True)
+    inventory = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    (host,) = load_inventory(inventory).hosts
+    for i, raw in enumerate(HOSTILE):
+        path = (SESSIONS.encode() + b"/" + raw).decode("utf-8", "surrogateescape")
+        result = anyio.run(lambda: api.read_session(host, path, tail=2))  # noqa: B023
+        assert text_numbers(result.messages) == [1 + i, 2 + i], raw
+        if raw.endswith(b".jsonl") and b"\xff" not in raw:
+            # by id: the id is the file name, whatever it holds
+            stem = raw[: -len(b".jsonl")].decode()
+            result = anyio.run(lambda: api.read_session(host, stem, head=1))  # noqa: B023
+            assert text_numbers(result.messages) == [0], raw
+    remote = ["--remote", "-I", str(inventory), "--json"]
+    page = ["--page", "2", "--page-size", "2"]
+    code, out, err = cli(["sessions", "show", *page, *remote, "--", name, "-rf"], capsys)
+    assert code == 0, err
+    messages = [msgspec.json.decode(line, type=Message) for line in out.splitlines()]
+    assert text_numbers(messages) == [2, 3]
+    code, out, err = cli(
+        ["sessions", "show", "--tail", "1", *remote[:-1], "--", name, "--help"], capsys
+    )
+    assert code == 0 and "#10 assistant" in out and "msg 9 " in out, err
+    assert "1 messages; read" in err
+    code, _, err = cli(["sessions", "show", name, "nope", *remote], capsys)
+    assert code == 2 and "no session 'nope'" in err
+
+
+def test_show_remote_reads_little_of_a_big_session(fleet: Any, tmp_path: Path) -> None:
+    name = fleet.names[0]
+    count = 60_000  # about 14 MB
+    fleet.write(name, f"{SESSIONS}/big.jsonl", openclaw_session("big", count, pad=120))
+    (host,) = load_inventory(write_inventory(fleet, tmp_path / "inv.toml", [name])).hosts
+
+    tail = anyio.run(lambda: api.read_session(host, "big", tail=100))
+    assert text_numbers(tail.messages) == list(range(count - 100, count))
+    assert tail.bytes_read <= 256 * 1024  # the first block held them
+    head = anyio.run(lambda: api.read_session(host, "big", page=2, page_size=50))
+    assert text_numbers(head.messages) == list(range(50, 100)) and head.first == 50
+    # The command is stopped once the page is complete: what was read beyond it is what was
+    # in flight (a window, the stream's buffers), not the rest of the file.
+    assert head.bytes_read <= 2 * MiB, head.bytes_read
+    middle = anyio.run(lambda: api.read_session(host, "big", page=300, page_size=100))
+    assert text_numbers(middle.messages) == list(range(29_900, 30_000))
+
+
+def test_remote_list_memory_does_not_grow_with_sessions(fleet: Any, tmp_path: Path) -> None:
+    name = fleet.names[0]
+    one = openclaw_session("x", 30, pad=400)  # about 17 KB
+    hosts = {}
+    for count in (100, 800):  # 1.7 and 14 MB: both more than the window can hold
+        for i in range(count):
+            fleet.write(name, f"n{count}/{SESSIONS}/s{i:05d}.jsonl", one)
+        extra = f'root = "{fleet.path(name) / f"n{count}"}"'
+        inventory = write_inventory(fleet, tmp_path / f"inv{count}.toml", [name])
+        text = inventory.read_text().replace(f'root = "{fleet.path(name)}"', extra)
+        inventory.write_text(text)
+        (hosts[count],) = load_inventory(inventory).hosts
+
+    async def peak(host: Host) -> tuple[int, int]:
+        seen = 0
+        async with SSHPool(PoolSettings(window=LIST_WINDOW)) as pool:
+            tracemalloc.start()
+            try:
+                async for batch in stream_remote_sessions(pool, host, batch_size=50):
+                    seen += len(batch)
+                return seen, tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+
+    anyio.run(peak, hosts[100])  # warm-up: lazy imports, first-use caches
+    small_seen, small = anyio.run(peak, hosts[100])
+    large_seen, large = anyio.run(peak, hosts[800])
+    assert (small_seen, large_seen) == (100, 800)
+    assert large - small < MiB // 2, (small, large)

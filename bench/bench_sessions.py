@@ -27,8 +27,10 @@ realistic OpenClaw sessions from ``tests/sessiongen.py`` into it, and measures:
    context. Goal: the streamed peak does not grow with the number of sessions (1,000 vs 100:
    within 1 MiB or 10 %). Wall time of ``sessions list --remote --json`` (whole process) and
    of the API call alone against ``ssh -F cfg h0 'cat ROOT/agents/*/sessions/*.jsonl*'``
-   (median of 3, alternating). Diagnostics: what is held mid-stream (a tracemalloc snapshot)
-   and a cProfile of the stream.
+   (median of 3, alternating). ``show --remote`` of the large tree's biggest session by id
+   (``--tail 100``, ``--head 100``, ``--page 2 --page-size 10``): remote commands per call,
+   bytes of the file decoded, wall time with the connection (median of 3). Diagnostics: what
+   is held mid-stream (a tracemalloc snapshot) and a cProfile of the stream.
 4. ``sync``: initial ``remote-sync sync`` of a 500-session OpenClaw tree (~100 MB) with the
    index (the default) vs ``--no-index``, fresh destination each time, median of 3 alternating;
    then incremental runs after 20 sessions grew by ~10 KB each. Goal: indexing costs <= 10 %.
@@ -860,6 +862,15 @@ def bench_remote(fleet: Any, work: Path, sizes: Sizes, rng: random.Random) -> di
             + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in runs.items())
         )
     med = {k: median(v) for k, v in runs.items()}
+    shows = bench_remote_show(big["inventory"], root)
+    progress(
+        f"remote show {shows['session']} ({shows['file_bytes'] / 1e3:.0f} kB): "
+        + ", ".join(
+            f"{k} {v['commands']} command(s), {v['bytes_read'] / 1024:.0f} KiB, "
+            f"{v['seconds'] * 1000:.0f} ms"
+            for k, v in shows["cases"].items()
+        )
+    )
     progress("remote: a diagnostic run (what is held mid-stream) and a profiled run")
     held = remote_child(big["inventory"], "stream", trace=True, warmup=warm, snapshot=True)
     profiled = remote_child(big["inventory"], "stream", trace=False, warmup=warm, profile=True)
@@ -892,7 +903,51 @@ def bench_remote(fleet: Any, work: Path, sizes: Sizes, rng: random.Random) -> di
         "profile": profiled["profile"],
         "ratio_cli_vs_ssh_cat": med["cli"] / med["ssh_cat"],
         "ratio_api_vs_ssh_cat": med["api"] / med["ssh_cat"],
+        "show": shows,
     }
+
+
+def bench_remote_show(inventory: Path, root: Path) -> dict[str, Any]:
+    """``show --remote`` by id of the tree's biggest session with an id of its own (no archive
+    shares it): remote commands per call, file bytes decoded, wall time (connect included)."""
+    import anyio
+
+    from remote_sync.formats.readers import get_reader
+    from remote_sync.index.remote import SHOW_WINDOW, read_remote_session
+    from remote_sync.inventory import load_inventory
+    from remote_sync.ssh.pool import PoolSettings, SSHPool
+
+    (host,) = load_inventory(inventory).hosts
+    reader = get_reader(FORMAT)
+    by_id: dict[str, list[Path]] = {}
+    for path in root.glob("agents/*/sessions/*"):
+        rel = os.fsencode(path.relative_to(root))
+        if reader.is_transcript(rel):
+            by_id.setdefault(reader.identify(rel)[1], []).append(path)
+    session, (path,) = max(
+        ((k, v) for k, v in by_id.items() if len(v) == 1), key=lambda kv: kv[1][0].stat().st_size
+    )
+
+    async def one(how: dict[str, int]) -> dict[str, Any]:
+        async with SSHPool(PoolSettings(window=SHOW_WINDOW)) as pool:
+            t0 = time.perf_counter()
+            result = await read_remote_session(pool, host, session, **how)
+            return {
+                "messages": len(result.messages),
+                "bytes_read": result.bytes_read,
+                "commands": pool.stats(host.endpoint).operations,
+                "seconds": time.perf_counter() - t0,
+            }
+
+    cases: dict[str, Any] = {}
+    for label, how in (
+        ("tail_100", {"tail": 100}),
+        ("head_100", {"head": 100}),
+        ("page_2_of_10", {"page": 2, "page_size": 10}),
+    ):
+        runs = [anyio.run(one, how) for _ in range(3)]
+        cases[label] = runs[0] | {"seconds": median([r["seconds"] for r in runs])}
+    return {"session": session, "file_bytes": path.stat().st_size, "cases": cases}
 
 
 # ----------------------------------------------------------------------------- part 4: sync

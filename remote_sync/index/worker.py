@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -168,6 +169,9 @@ def serve(sock: socket.socket) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    # Ctrl-C reaches the whole process group; the parent turns it into a cancellation and
+    # closes our socket, which is how we stop (no traceback on the terminal).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(args[0]))
     try:
         serve(sock)

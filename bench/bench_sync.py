@@ -895,7 +895,7 @@ def bench_big(fleet: Any, sizes: Sizes, block: bytes, work: Path, profile: bool)
 PATCHES = {
     "window": "PoolSettings.window (bytes) for every connection",
     "overlap": "mirror.plan.OVERLAP_BYTES",
-    "fsync": "'off': os.fsync does nothing (what fsync costs; never for real use)",
+    "fsync": "'off': fsync, fdatasync and syncfs do nothing (what they cost; never for real use)",
     "gcfreeze": "gc.freeze() after the imports (less GC work, and a fast interpreter exit)",
     "tracemalloc": "trace Python allocations; reports the peak of traced memory",
     "compression": "PoolSettings.compression (SSH zlib@openssh.com)",
@@ -908,7 +908,7 @@ def apply_patch(key: str, value: str) -> None:
     import gc
 
     import remote_sync.cli as cli
-    from remote_sync.mirror import plan
+    from remote_sync.mirror import plan, writer
     from remote_sync.ssh import pool
 
     if key in ("window", "compression"):
@@ -921,6 +921,9 @@ def apply_patch(key: str, value: str) -> None:
         plan.OVERLAP_BYTES = int(value)
     elif key == "fsync" and value == "off":
         os.fsync = lambda fd: None
+        os.fdatasync = lambda fd: None
+        if hasattr(writer, "_syncfs"):  # newer versions: one syncfs for big batches
+            writer._syncfs = lambda fd: True
     elif key == "gcfreeze":
         gc.freeze()
     elif key == "tracemalloc":
@@ -1013,8 +1016,12 @@ def child_main(argv: list[str]) -> int:
                     wrap(engine, "make_plan", "plan")
                     wrap(engine.HostSync, "_fetch", "fetch stream (frames, writes, index feed)")
                     wrap(engine.HostSync, "_flush", "flush (await fsync thread + sqlite commit)")
+                    wrap(engine.HostSync, "_complete", "  wait for the flush in flight + commit")
                     wrap(writer.CommitBatch, "flush_files", "  fsync + rename (worker thread)")
+                    wrap(writer, "make_durable", "  sync + rename (flush thread)")
                     wrap(os, "fsync", "  os.fsync calls")
+                    wrap(os, "fdatasync", "  os.fdatasync calls")
+                    wrap(writer, "_syncfs", "  syncfs calls")
                     wrap(state.MirrorState, "commit", "  sqlite commit (checkpoints + index)")
                     wrap(state.MirrorState, "open", "state open (lock, sqlite, schema)")
                     wrap(state.MirrorState, "recover", "state recover")

@@ -173,39 +173,54 @@ class MirrorState:
         if self.tmp_dir.exists():
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        rows = self.all_files(hosts)
         resets: list[FileState] = []
-        for row in rows:
-            local = self.local_path(row.host, row.path)
+        rows_of: dict[str, dict[bytes, FileState]] = {}
+        # Runs on every open over every mirrored file of the hosts in the run, so it reads only
+        # the three columns it needs and stats byte paths directly (Path objects per file cost
+        # more than the stat itself).
+        for host, path, committed in self._committed_sizes(hosts):
+            local = os.path.join(os.fsencode(self.dest / host), path)
             try:
-                size = local.stat().st_size
+                size = os.stat(local).st_size
             except FileNotFoundError:
                 size = -1
             except OSError as exc:
                 raise MirrorError(
-                    f"cannot stat mirror file: {exc.strerror}", host=row.host, path=_show(row.path)
+                    f"cannot stat mirror file: {exc.strerror}", host=host, path=_show(path)
                 ) from exc
-            if size > row.size:
+            if size > committed:
                 with open(local, "r+b") as out:
-                    out.truncate(row.size)
+                    out.truncate(committed)
                     os.fsync(out.fileno())
                 notes.append(
-                    f"{row.host}: {_show(row.path)}: cut back to the checkpoint "
-                    f"({size - row.size} uncommitted bytes)"
+                    f"{host}: {_show(path)}: cut back to the checkpoint "
+                    f"({size - committed} uncommitted bytes)"
                 )
-            elif size < row.size:
+            elif size < committed:
+                if host not in rows_of:
+                    rows_of[host] = self.host_files(host)
+                row = rows_of[host][path]
                 row.size = max(size, 0)
                 row.ino = -1  # forces a whole fetch and a comparison with what is left
                 resets.append(row)
                 notes.append(
-                    f"{row.host}: {_show(row.path)}: shorter than its checkpoint; "
-                    "it will be fetched whole"
+                    f"{host}: {_show(path)}: shorter than its checkpoint; it will be fetched whole"
                 )
         if resets:
             self.commit(resets)
         return notes
 
     # -- reading and writing rows ---------------------------------------------------------
+
+    def _committed_sizes(self, hosts: Iterable[str] | None) -> list[tuple[str, bytes, int]]:
+        query = "SELECT host, path, size FROM files"
+        if hosts is None:
+            return [(h, bytes(p), n) for h, p, n in self.db.execute(query)]
+        out: list[tuple[str, bytes, int]] = []
+        for host in hosts:
+            cur = self.db.execute(query + " WHERE host = ?", (host,))
+            out.extend((h, bytes(p), n) for h, p, n in cur)
+        return out
 
     def all_files(self, hosts: Iterable[str] | None = None) -> list[FileState]:
         if hosts is None:

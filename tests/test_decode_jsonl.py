@@ -478,3 +478,157 @@ def test_windowed_utf8_check_at_the_limit() -> None:
         LineError(0, n + 1, "invalid UTF-8"),
         LineError(n + 1, n + 2, f"line longer than {n} bytes ({n + 2} bytes)"),
     ]
+
+
+# --------------------------------------------------------------------------- feed_values
+
+# Runs of lines built to pass some of the fast path's line checks while not being one object
+# per line: decode_lines would read them differently from line by line.
+_brace_run = st.sampled_from(
+    [
+        [b'{"a":1}{"b":2}'],  # two objects on one line
+        [b'{"a":1} {"b":2}\r'],
+        [b'{"a":{}', b"}{}"],  # an object over two lines, then another: 2 values, 2 lines
+        [b'{"x":0}{"a":', b"{}}"],
+        [b'{"x":0}{"a":[', b"{}]}"],
+        [b'{"x":0},{"a":1', b'"b":2}'],
+        [b'{"a":1,', b'"b":{}}'],
+        [b'{"a":"}', b'{"}'],  # a string cannot hold a newline: errors
+        [b'{"a":{"b":1}'],
+        [b"}"],
+        [b"{}"],
+        [b"{}\r"],
+        [b'{"a":1,"z":"\xff"}'],  # invalid UTF-8 in a field Loose skips
+        [b'{"z":["\xed\xa0\x80"],"a":2}'],
+        [b"[]"],
+        [b'{"a":1}}'],
+        [b"{{}"],
+    ]
+)
+# Objects with nothing around them: the lines the fast path takes.
+_tight_object_line = st.builds(
+    lambda obj, cr: orjson.dumps(obj) + cr,
+    st.dictionaries(st.text(max_size=6), _json_value, max_size=4),
+    st.sampled_from([b"", b"", b"\r"]),
+)
+
+
+@st.composite
+def _brace_streams(draw: st.DrawFn) -> bytes:
+    """Mostly lines that pass the fast path's line checks, sometimes one that does not."""
+    runs = draw(st.lists(st.one_of(_tight_object_line.map(lambda x: [x]), _brace_run), max_size=8))
+    lines = [line for run in runs for line in run]
+    if lines and draw(st.integers(0, 3)) == 0:
+        lines.insert(draw(st.integers(0, len(lines))), draw(_line))
+    crlf = draw(st.booleans())
+    data = (b"\r\n" if crlf else b"\n").join(lines)
+    if lines and draw(st.integers(0, 3)) > 0:
+        data += b"\r\n" if crlf else b"\n"
+    return data
+
+
+# The default limit mostly, so that whole runs of lines can take the fast path.
+_fast_limits = st.sampled_from([DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_LINE_BYTES, 64, 16, 0])
+
+
+def values_model(items: list[Item]) -> tuple[list[tuple[int, Any]], int]:
+    """What feed_values must give for these items: (offset, value) of records, errors."""
+    good = [(item.offset, item.value) for item in items if isinstance(item, Record)]
+    return good, sum(isinstance(item, LineError) for item in items)
+
+
+def feed_values_chunks(
+    decoder: JsonlDecoder[Any], data: bytes, cuts: list[int]
+) -> tuple[list[tuple[int, Any]], int, int, list[tuple[int, int, bytes]]]:
+    """feed_values over ``data`` cut at ``cuts``: (offset, value) pairs, malformed, lines and
+    the decoder's state after each chunk."""
+    good: list[tuple[int, Any]] = []
+    malformed = lines = 0
+    states: list[tuple[int, int, bytes]] = []
+    prev = 0
+    for cut in [*cuts, len(data)]:
+        fed = decoder.feed_values(data[prev:cut])
+        assert len(fed.values) == len(fed.offsets)
+        good.extend(zip(fed.offsets, fed.values, strict=True))
+        malformed += fed.malformed
+        lines += fed.lines
+        assert lines == data[:cut].count(b"\n")
+        states.append((decoder.committed_offset, decoder.pending_bytes, decoder.pending()))
+        prev = cut
+    return good, malformed, lines, states
+
+
+def record_states(
+    decoder: JsonlDecoder[Any], data: bytes, cuts: list[int]
+) -> tuple[list[Item], list[tuple[int, int, bytes]]]:
+    items: list[Item] = []
+    states: list[tuple[int, int, bytes]] = []
+    prev = 0
+    for cut in [*cuts, len(data)]:
+        items.extend(decoder.feed(data[prev:cut]))
+        states.append((decoder.committed_offset, decoder.pending_bytes, decoder.pending()))
+        prev = cut
+    return items, states
+
+
+@_fast
+@given(
+    data=st.one_of(_streams(), _brace_streams(), _brace_streams()),
+    tp=_types,
+    limit=_fast_limits,
+    start=st.integers(0, 2**40),
+    seed=st.data(),
+)
+def test_feed_values_matches_feed(
+    data: bytes, tp: Any, limit: int, start: int, seed: st.DataObject
+) -> None:
+    """Same values, offsets, malformed count and decoder state as the Record path, for any
+    chunking (the fast path sees whichever runs of whole lines the cuts leave)."""
+    cuts = seed.draw(_cuts(data))
+    items, states = record_states(
+        JsonlDecoder(tp, max_line_bytes=limit, start_offset=start), data, cuts
+    )
+    fast = JsonlDecoder(tp, max_line_bytes=limit, start_offset=start)
+    good, malformed, _lines, fast_states = feed_values_chunks(fast, data, cuts)
+    assert (good, malformed) == values_model(items)
+    assert fast_states == states
+
+
+@_fast
+@given(data=_brace_streams(), tp=_types, limit=_fast_limits)
+def test_feed_values_whole_matches_reference_model(data: bytes, tp: Any, limit: int) -> None:
+    fed = JsonlDecoder(tp, max_line_bytes=limit).feed_values(data)
+    model, _ = reference(data, tp, limit)
+    good = [(m[1], m[3]) for m in model if m[0] == "record"]
+    assert list(zip(fed.offsets, fed.values, strict=True)) == good
+    assert fed.malformed == len(model) - len(good)
+
+
+def test_feed_values_takes_the_one_call_path_for_clean_lines() -> None:
+    lines = [orjson.dumps({"type": "t", "id": i}) for i in range(50)]
+    data = b"\n".join(lines) + b"\n"
+    per_line = mock.patch.object(JsonlDecoder, "_values_by_line", side_effect=AssertionError)
+    with per_line:
+        fed = JsonlDecoder(View).feed_values(data)
+    assert fed.values == [View("t", i) for i in range(50)]
+    assert fed.offsets == [sum(len(x) + 1 for x in lines[:i]) for i in range(50)]
+    assert (fed.malformed, fed.lines) == (0, 50)
+    with per_line:
+        assert JsonlDecoder(View).feed_values(data.replace(b"\n", b"\r\n")).values == fed.values
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"type":"a"}{"type":"b"}\n\n',  # two on one line, then a blank line: 2 values, 2 lines
+        b'{"type":"a","id":{}\n}{"type":"b"}\n',  # one object over two lines, then another
+        b'{"type":"x"},{"type":"a"\n,"id":1}\n',
+        b'{"type":"a","z":"\xff"}\n{"type":"b"}\n',  # invalid UTF-8 in a skipped field
+        b'{"type":"a"}\n \n{"type":"b"}\n',
+    ],
+)
+def test_feed_values_falls_back_where_decode_lines_differs(data: bytes) -> None:
+    items, _ = decode_all(data, View)
+    fed = JsonlDecoder(View).feed_values(data)
+    assert (list(zip(fed.offsets, fed.values, strict=True)), fed.malformed) == values_model(items)
+    assert fed.malformed >= 1 or b"\n \n" in data

@@ -6,16 +6,23 @@ import os
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sessiongen import build_tree, facts_dict, generate
 from sshfleet import SSHFleet
 
 from remote_sync import api
 from remote_sync.cli import main
+from remote_sync.decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder, LineError
+from remote_sync.formats.readers import get_reader
+from remote_sync.index.facts import FormatReader, SessionFacts
 from remote_sync.index.store import _facts_decoder
-from remote_sync.index.update import rebuild_index
+from remote_sync.index.update import FileIndexer, rebuild_index
 from remote_sync.inventory import load_inventory
 
 FORMATS = ["openclaw", "claude-code", "codex", "picoclaw", "pi"]
@@ -202,3 +209,119 @@ def test_stream_sessions_reports_progress_and_cancels_midway(
     assert 5 <= seen < 30
     assert len(registry) == 0
     assert [e.phase for e in events][:2] == ["listing", "fetching"]
+
+
+# --------------------------------------------------------------------------- FileIndexer
+
+
+def index_by_records(
+    reader: FormatReader,
+    path: bytes,
+    chunks: list[bytes],
+    *,
+    max_line_bytes: int,
+    mark_every: int,
+) -> tuple[SessionFacts, list[tuple[int, int]], int, int]:
+    """The per-record path FileIndexer.feed took before feed_values: a Record or LineError
+    per line from JsonlDecoder.feed, then the fold over them."""
+    agent, session_id = reader.identify(path)
+    facts = SessionFacts(session_id=session_id, agent=agent)
+    marks: list[tuple[int, int]] = []
+    decoder: JsonlDecoder[Any] = JsonlDecoder(reader.line_type, max_line_bytes=max_line_bytes)
+    for chunk in chunks:
+        start = decoder.committed_offset
+        items = decoder.feed(chunk)
+        facts.lines += chunk.count(b"\n")
+        facts.bytes += decoder.committed_offset - start
+        messages = facts.messages
+        for item in items:
+            if isinstance(item, LineError):
+                facts.malformed += 1
+                continue
+            reader.update(facts, item.value)
+            now = facts.messages
+            if now != messages:
+                if messages % mark_every == 0:
+                    marks.append((messages, item.offset))
+                messages = now
+    return facts, marks, decoder.committed_offset, decoder.pending_bytes
+
+
+_HOSTILE = [
+    b"",
+    b" \t\r",
+    b"\r",
+    b'{"zz":"\xff"}',
+    b"[1,2]",
+    b"{",
+    b"}{}",
+    b'{"a":1}{"b":2}',
+    b'{"x":' + b"L" * 200 + b"}",
+]
+
+
+@st.composite
+def _transcripts(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A generated transcript with hostile lines: invalid UTF-8 in skipped fields, blank
+    lines, two objects on one line, an object over two lines, odd values, CRLF."""
+    fmt = draw(st.sampled_from(FORMATS))
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    session = generate(
+        fmt,
+        rng,
+        messages=draw(st.integers(1, 12)),
+        malformed=draw(st.integers(0, 2)),
+        blank_lines=draw(st.integers(0, 2)),
+    )
+    lines = session.data.split(b"\n")
+    tail = lines.pop()  # b"" after the final newline
+    for _ in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(0, len(lines)))
+        kind = draw(st.integers(0, 3))
+        if kind == 0:
+            lines.insert(at, draw(st.sampled_from(_HOSTILE)))
+        elif lines and kind == 1:  # invalid UTF-8 in a field every view skips
+            i = min(at, len(lines) - 1)
+            if lines[i].startswith(b"{"):
+                lines[i] = b'{"zz_skipped":"\xc3(",' + lines[i][1:]
+        elif len(lines) > 1 and kind == 2:  # two lines run together: two objects on one
+            i = min(at, len(lines) - 2)
+            lines[i : i + 2] = [lines[i] + lines[i + 1]]
+        elif lines and kind == 3:  # an object over two lines
+            i = min(at, len(lines) - 1)
+            comma = lines[i].find(b",")
+            if comma > 0:
+                lines[i] = lines[i][: comma + 1] + b"\n" + lines[i][comma + 1 :]
+    sep = b"\r\n" if draw(st.booleans()) else b"\n"
+    data = sep.join(lines) + (sep if lines else b"") + tail
+    if draw(st.booleans()):
+        data += draw(st.sampled_from([b'{"partial":', b"{}", b" "]))
+    return fmt, data
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    transcript=_transcripts(),
+    limit=st.sampled_from([DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_LINE_BYTES, 300, 40]),
+    mark_every=st.sampled_from([1, 3, 256]),
+    seed=st.data(),
+)
+def test_file_indexer_equals_the_record_path(
+    transcript: tuple[str, bytes], limit: int, mark_every: int, seed: st.DataObject
+) -> None:
+    """Same facts, page marks, malformed count and decoder state as folding JsonlDecoder's
+    records, for every format, hostile lines and any chunking."""
+    fmt, data = transcript
+    reader = get_reader(fmt)
+    path = b"agents/a/sessions/s.jsonl"
+    cuts = sorted(seed.draw(st.lists(st.integers(0, len(data)), max_size=8)))
+    chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    want = index_by_records(reader, path, chunks, max_line_bytes=limit, mark_every=mark_every)
+    indexer = FileIndexer(reader, "h", path)
+    indexer.decoder = JsonlDecoder(reader.line_type, max_line_bytes=limit)
+    with mock.patch("remote_sync.index.update.MARK_EVERY", mark_every):
+        for chunk in chunks:
+            indexer.feed(chunk)
+    decoder = indexer.decoder
+    got = (indexer.facts, indexer.update.marks, decoder.committed_offset, decoder.pending_bytes)
+    assert got == want

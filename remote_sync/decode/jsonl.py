@@ -5,7 +5,10 @@ pulled from a host: :class:`JsonlDecoder` is fed arbitrary byte chunks and retur
 :class:`Record` per complete line (its absolute byte offset, its length and the decoded value)
 or one :class:`LineError` per line that cannot be decoded, and it tracks
 :attr:`JsonlDecoder.committed_offset`, the point up to which a checkpoint may advance.
-:func:`decode_all` is the whole-buffer convenience.
+:func:`decode_all` is the whole-buffer convenience. :meth:`JsonlDecoder.feed_values` is the
+same decoding for callers that only fold the values (the session index): no object per line,
+the values of a run of well-formed lines decoded by msgspec in one call, offsets on demand
+(:class:`FedLines`).
 
 Rules, all of which depend only on a line's own bytes (never on how the stream was chunked):
 
@@ -31,7 +34,14 @@ from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 
-__all__ = ["DEFAULT_MAX_LINE_BYTES", "JsonlDecoder", "LineError", "Record", "decode_all"]
+__all__ = [
+    "DEFAULT_MAX_LINE_BYTES",
+    "FedLines",
+    "JsonlDecoder",
+    "LineError",
+    "Record",
+    "decode_all",
+]
 
 T = TypeVar("T")
 
@@ -73,6 +83,24 @@ class LineError(msgspec.Struct, gc=False):
     """What was wrong, e.g. ``"invalid UTF-8"`` or ``"expected object, got array"``."""
 
 
+class FedLines(Generic[T]):
+    """What one :meth:`JsonlDecoder.feed_values` call completed.
+
+    ``values`` are the decoded values of its good lines, in order, and ``offsets`` the
+    absolute offsets of their lines; ``malformed`` counts the lines that
+    :meth:`JsonlDecoder.feed` would report as :class:`LineError`; ``lines`` counts every line
+    completed (blank ones too: the newlines consumed).
+    """
+
+    __slots__ = ("lines", "malformed", "offsets", "values")
+
+    def __init__(self) -> None:
+        self.values: list[T] = []
+        self.offsets: list[int] = []
+        self.malformed = 0
+        self.lines = 0
+
+
 class JsonlDecoder(Generic[T]):
     """Decode a JSONL byte stream fed in arbitrary chunks.
 
@@ -89,6 +117,7 @@ class JsonlDecoder(Generic[T]):
     __slots__ = (
         "_committed",
         "_decode",
+        "_decode_many",
         "_max",
         "_parts",
         "_pending_len",
@@ -125,7 +154,9 @@ class JsonlDecoder(Generic[T]):
             raise ValueError(f"max_line_bytes must be >= 0, got {max_line_bytes}")
         if start_offset < 0:
             raise ValueError(f"start_offset must be >= 0, got {start_offset}")
-        self._decode = msgspec.json.Decoder(type).decode
+        decoder = msgspec.json.Decoder(type)
+        self._decode = decoder.decode
+        self._decode_many = decoder.decode_lines
         self._utf8_checked_by_msgspec = _is_self_validating(type)
         self._max = max_line_bytes
         self._too_long_prefix = f"line longer than {max_line_bytes} bytes ("
@@ -252,6 +283,136 @@ class JsonlDecoder(Generic[T]):
                     if error is not None:
                         append(error)
             pos = nl + 1
+        self._committed = base + pos
+
+    def feed_values(self, chunk: bytes | bytearray | memoryview) -> FedLines[T]:
+        """Consume ``chunk`` like :meth:`feed`, returning only what folding needs.
+
+        Same lines, values and offsets, and as many malformed lines as :meth:`feed` would
+        return for the same chunk (whatever the chunking), but no :class:`Record` or
+        :class:`LineError` is made, and a run of lines that :meth:`_values_in_one_call`
+        proves well-formed is decoded by one msgspec call instead of one call per line.
+        """
+        data = chunk if type(chunk) is bytes else bytes(chunk)
+        size = len(data)
+        out: FedLines[T] = FedLines()
+        if not size:
+            return out
+        pos = 0
+        if self._pending_len:  # a partial line (held or being skipped) is waiting
+            nl = data.find(_NL)
+            if nl < 0:
+                self._grow_pending(data)
+                return out
+            items: list[Record[T] | LineError] = []
+            self._finish_pending(data, nl, items)  # one line: its objects cost nothing
+            out.lines = 1
+            for item in items:
+                if isinstance(item, LineError):
+                    out.malformed += 1
+                else:
+                    out.values.append(item.value)
+                    out.offsets.append(item.offset)
+            pos = nl + 1
+        last = data.rfind(_NL, pos)
+        if last >= 0:
+            if not self._values_in_one_call(data, pos, last, out):
+                self._values_by_line(data, pos, last, out)
+            pos = last + 1
+        if pos < size:
+            self._grow_pending(data[pos:] if pos else data)
+        return out
+
+    def _values_in_one_call(self, data: bytes, pos: int, last: int, out: FedLines[T]) -> bool:
+        """Decode the whole lines of ``data[pos : last + 1]`` (``data[last]`` is a newline)
+        with one ``decode_lines`` call, if that provably equals decoding each line alone;
+        False (``out`` untouched) when it does not or cannot be proved: the caller then
+        decodes line by line.
+
+        ``decode_lines`` reads JSON values separated by any JSON whitespace: it accepts two
+        values on one line and one value over several lines, and skips blank lines. It equals
+        the per-line rules here when:
+
+        * no line is over the limit, and the run is valid UTF-8 (checked here for types that
+          skip fields unread: msgspec does not check those);
+        * every line starts with ``{`` and ends with ``}`` (or ``}\r``) before its newline.
+          msgspec rejects a raw control character in any string, skipped ones included, so
+          every newline of a run it decodes lies between two tokens, here a ``}`` and a ``{``,
+          and JSON allows no ``{`` right after a ``}`` inside one value: every newline ends a
+          value, so no value spans lines and each line holds one or more whole values;
+        * it returns exactly as many values as there are lines: one per line, each the value
+          of its line alone (the same decoder parses the same bytes; only the whitespace
+          around them differs).
+
+        Anything else (an error anywhere, a blank or padded line) takes the per-line path,
+        which gives the same results, only slower. Walking the lines costs little next to
+        decoding them: ``find`` jumps to each newline.
+        """
+        base = self._committed - pos  # absolute offset of data[0]
+        end = last + 1
+        max_bytes = self._max
+        offsets: list[int] = []
+        add = offsets.append
+        find = data.find
+        start = pos
+        while pos < end:
+            nl = find(_NL, pos)
+            close = nl - 1 if data[nl - 1] != 0x0D else nl - 2  # before a CRLF's \r
+            # b"{" ... b"}" within the limit (a line shorter than b"{}" fails: its close is
+            # before its start, or is its b"{")
+            if data[pos] != 0x7B or close <= pos or data[close] != 0x7D or nl - pos > max_bytes:
+                return False
+            add(base + pos)
+            pos = nl + 1
+        view = memoryview(data)[start:end]
+        if not self._utf8_checked_by_msgspec and not data.isascii():
+            try:
+                codecs.utf_8_decode(view, "strict", True)
+            except UnicodeDecodeError:
+                return False
+        try:
+            values: list[T] = self._decode_many(view)
+        except Exception:
+            return False
+        if len(values) != len(offsets):
+            return False
+        out.values.extend(values)
+        out.offsets.extend(offsets)
+        out.lines += len(offsets)
+        self._committed = base + end
+        return True
+
+    def _values_by_line(self, data: bytes, pos: int, last: int, out: FedLines[T]) -> None:
+        """:meth:`_decode_lines` without the objects: values, offsets and a malformed count."""
+        base = self._committed - pos  # absolute offset of data[0]
+        max_bytes = self._max
+        view = memoryview(data)
+        bad_utf8 = None
+        if not self._utf8_checked_by_msgspec and not data.isascii():
+            bad_utf8 = _invalid_utf8_starts(data, pos, last + 1, base, max_bytes)
+        decode = self._decode
+        find = data.find
+        values = out.values
+        offsets = out.offsets
+        malformed = 0
+        lines = 0
+        while pos <= last:
+            lines += 1
+            nl = find(_NL, pos)
+            if nl - pos > max_bytes or (bad_utf8 and base + pos in bad_utf8):
+                malformed += 1
+            else:
+                try:
+                    value = decode(view[pos:nl])
+                except Exception:
+                    if data[pos:nl].strip(_JSON_WS):  # a blank line is no error
+                        malformed += 1
+                else:
+                    values.append(value)
+                    offsets.append(base + pos)
+            pos = nl + 1
+        out.malformed += malformed
+        out.lines += lines
         self._committed = base + pos
 
 

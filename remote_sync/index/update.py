@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..decode.jsonl import JsonlDecoder, LineError
+from ..decode.jsonl import JsonlDecoder
 from .facts import FormatReader, SessionFacts
 from .store import MARK_EVERY, delete_sessions, load_facts, put_session
 
@@ -57,28 +57,33 @@ class FileIndexer:
         self.decoder: JsonlDecoder[Any] = JsonlDecoder(reader.line_type, start_offset=start)
 
     def feed(self, data: bytes | memoryview) -> None:
+        """Fold the lines ``data`` completes into the facts (a partial last line waits).
+
+        Runs on the event loop for every byte a sync writes, so it takes the decoder's
+        :meth:`~remote_sync.decode.jsonl.JsonlDecoder.feed_values` (values and offsets, no
+        object per line) and folds them in one pass.
+        """
         facts = self.facts
-        fold = self.reader.update
-        chunk = data if type(data) is bytes else bytes(data)  # one copy, shared with the decoder
-        start = self.decoder.committed_offset
-        items = self.decoder.feed(chunk)
-        # Every newline ends a line (blank ones too, which the decoder passes over silently).
-        facts.lines += chunk.count(b"\n")
-        facts.bytes += self.decoder.committed_offset - start
-        if not items:
+        decoder = self.decoder
+        start = decoder.committed_offset
+        fed = decoder.feed_values(data)
+        facts.lines += fed.lines  # every newline ends a line, blank ones too
+        facts.bytes += decoder.committed_offset - start
+        facts.malformed += fed.malformed
+        values = fed.values
+        if not values:
             return
         # Hot loop (one pass per line): the message count is read once per line, not twice.
+        offsets = fed.offsets
+        fold = self.reader.update
         marks = self.update.marks
         messages = facts.messages
-        for item in items:
-            if isinstance(item, LineError):
-                facts.malformed += 1
-                continue
-            fold(facts, item.value)
+        for i, value in enumerate(values):
+            fold(facts, value)
             now = facts.messages
             if now != messages:
                 if messages % MARK_EVERY == 0:
-                    marks.append((messages, item.offset))
+                    marks.append((messages, offsets[i]))
                 messages = now
 
     def result(self) -> IndexUpdate:

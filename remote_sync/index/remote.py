@@ -57,7 +57,7 @@ from ..decode.jsonl import JsonlDecoder, Record
 from ..errors import ConfigError, ProtocolError, RemoteCommandError
 from ..formats.readers import get_reader
 from ..inventory import Host
-from ..mirror.remote_ops import _ENTER_ROOT, EXIT_ROOT_UNUSABLE, new_marker
+from ..mirror.remote_ops import ENTER_ROOT_SH, EXIT_ROOT_UNUSABLE, new_marker
 from ..ssh.pool import SSHPool
 from ..ssh.remote import sh_script
 from ..ssh.stream import exec_streaming
@@ -205,7 +205,7 @@ done
 # $1 root, $2 the batch script, $3 how many start points follow, then the points, then find's
 # predicate words. The marker is the first line of stdin.
 _LIST_SCRIPT = (
-    _ENTER_ROOT
+    ENTER_ROOT_SH
     + r"""batch=$2
 n=$3
 shift 3
@@ -273,7 +273,7 @@ done
 # "path" the path (with a ./ prefix) follows the marker line on stdin, NUL-terminated: any
 # bytes, no command-line encoding.
 _SHOW_SCRIPT = (
-    _ENTER_ROOT
+    ENTER_ROOT_SH
     + r"""batch=$2
 how=$3
 RS_MODE=$4

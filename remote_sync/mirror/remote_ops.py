@@ -51,6 +51,7 @@ from ..errors import ConfigError, ProtocolError
 from ..ssh.remote import sh_script
 
 __all__ = [
+    "ENTER_ROOT_SH",
     "EXIT_ROOT_UNUSABLE",
     "MAX_LISTING_RECORD",
     "Begin",
@@ -83,10 +84,11 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 # ----------------------------------------------------------------------------- scripts
 
-# Shared by both scripts: $1 is the root. CDPATH could make cd print to stdout; a root that
+# Shared by every script that works under a host's root (also the `--remote` sessions
+# scripts): $1 is the root. CDPATH could make cd print to stdout; a root that
 # starts with "-" must not be read as an option (or as "cd -"). Tilde patterns are quoted so
 # the shell does not expand them itself.
-_ENTER_ROOT = r"""unset CDPATH
+ENTER_ROOT_SH = r"""unset CDPATH
 root=$1
 case $root in
 "~") root=$HOME ;;
@@ -114,7 +116,7 @@ fi
 # compressed (about 5x smaller: paths repeat their directories); find's status comes back
 # around the pipe on fd 3, since POSIX sh has no pipefail.
 _LISTING_SCRIPT = (
-    _ENTER_ROOT
+    ENTER_ROOT_SH
     + r"""shift
 n=$#
 for p do
@@ -222,7 +224,7 @@ done
 # before xargs, gives a clean exit status 3 (xargs would turn it into 123); the batches
 # inherit the directory.
 _FETCH_SCRIPT = (
-    _ENTER_ROOT
+    ENTER_ROOT_SH
     + r"""REMOTE_SYNC_MARKER=$3
 if [ -z "$REMOTE_SYNC_MARKER" ]; then
     IFS= read -r REMOTE_SYNC_MARKER || REMOTE_SYNC_MARKER=

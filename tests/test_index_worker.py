@@ -262,13 +262,30 @@ def test_kill_9_with_the_worker_then_rerun_is_exact(
     paths = make_openclaw_tree(fleet, "h0", agents=2, sessions=10, lines=100)
     fleet.write("h0", "agents/big/sessions/big.jsonl", session_bytes(rng, 100))
     args = ["sync", "--inventory", str(inv), "--dest", str(dest)]
-    kills = 0
-    for round_no in range(6):
+
+    def grow(round_no: int) -> None:
         for rel in rng.sample(paths, 5):
             append(fleet, "h0", rel, session_bytes(rng, rng.randint(1, 40), start=round_no * 1000))
         append(fleet, "h0", "agents/big/sessions/big.jsonl", big_session(16 * 1024 * 1024))
+
+    # How long an undisturbed round of this shape takes on this machine now: the kills land
+    # at random points within it (a fixed delay misses on a fast machine, kills at once on a
+    # slow one).
+    def complete_run() -> None:
         proc = cli_process(args)
-        time.sleep(rng.uniform(0.3, 1.0))
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+
+    complete_run()
+    grow(0)
+    started = time.monotonic()
+    complete_run()
+    round_seconds = time.monotonic() - started
+    kills = 0
+    for round_no in range(1, 7):
+        grow(round_no)
+        proc = cli_process(args)
+        time.sleep(rng.uniform(0.1, 0.8) * round_seconds)
         if proc.poll() is None:
             proc.kill()
             kills += 1

@@ -405,3 +405,14 @@ def test_syncfs_is_real_on_linux(tmp_path: Path) -> None:
         assert writer._syncfs(fd) is True
     finally:
         os.close(fd)
+
+
+def test_worker_threshold_needs_a_spare_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REMOTE_SYNC_INDEX_WORKER_MIN_BYTES", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert engine.worker_min_bytes() is None  # 2 processors: index in-process
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert engine.worker_min_bytes() == engine.WORKER_MIN_BYTES
+    monkeypatch.setenv("REMOTE_SYNC_INDEX_WORKER_MIN_BYTES", "0")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert engine.worker_min_bytes() == 0  # the override wins

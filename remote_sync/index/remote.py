@@ -79,7 +79,6 @@ __all__ = [
     "list_argv",
     "read_remote_session",
     "show_argv",
-    "show_remote_session",
     "stream_remote_sessions",
 ]
 
@@ -954,21 +953,3 @@ def _changed(host: Host, where: str | None) -> RemoteCommandError:
         path=where,
         hint="run the command again",
     )
-
-
-async def show_remote_session(
-    pool: SSHPool,
-    host: Host,
-    session: str,
-    *,
-    head: int | None = None,
-    tail: int | None = None,
-    page: int | None = None,
-    page_size: int = 50,
-    token: CancelToken | None = None,
-) -> list[Message]:
-    """The messages of :func:`read_remote_session` alone."""
-    result = await read_remote_session(
-        pool, host, session, head=head, tail=tail, page=page, page_size=page_size, token=token
-    )
-    return result.messages

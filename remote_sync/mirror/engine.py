@@ -83,18 +83,28 @@ FLUSH_FILES = 1000
 FLUSH_SECONDS = 2.0
 #: A follow-up fetch asks for the whole file: "up to this many bytes" means "to its end".
 TO_EOF = 1 << 62
-#: A round with more transcript bytes than this to index uses the index worker process.
+#: A round with more transcript bytes than this to index uses the index worker process, on a
+#: machine with at least WORKER_MIN_CPUS processors (the worker needs a core of its own).
 #: Starting one costs 0.1-0.15 s (interpreter, imports) and every file a few messages, while
-#: in-process decoding runs at 250-350 MB/s: measured on 2 cores shared with sshd, a 19 MB
-#: tree synced faster in-process (1.06x the unindexed time against 1.43x), a 128 MiB session
-#: faster with the worker (1.50x against 1.69x). Overridden by the environment variable
-#: REMOTE_SYNC_INDEX_WORKER_MIN_BYTES (tests set 0).
+#: in-process decoding runs at 400-550 MB/s. Measured on 2 cores shared with the benchmark's
+#: sshd servers, the worker lost everywhere but on one 128 MiB session: a 96 MB tree took
+#: 1.35x its unindexed time with the worker against 1.17x in-process, a 1 GiB session 2.2x.
+#: The environment variable REMOTE_SYNC_INDEX_WORKER_MIN_BYTES overrides the threshold and
+#: the processor count (tests set 0 to force the worker).
 WORKER_MIN_BYTES = 64 * 1024 * 1024
+WORKER_MIN_CPUS = 3
 
 
-def worker_min_bytes() -> int:
+def worker_min_bytes() -> int | None:
+    """Bytes to index above which a round uses the worker; None: never on this machine."""
     value = os.environ.get("REMOTE_SYNC_INDEX_WORKER_MIN_BYTES")
-    return int(value) if value else WORKER_MIN_BYTES
+    if value:
+        return int(value)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return WORKER_MIN_BYTES if cpus >= WORKER_MIN_CPUS else None
 
 
 @dataclass
@@ -209,14 +219,15 @@ class HostSync:
         if self.options.dry_run:
             self._count_dry_run(plan)
             return
-        if self.reader is not None and self.workers is not None:
+        threshold = worker_min_bytes()
+        if self.reader is not None and self.workers is not None and threshold is not None:
             reader = self.reader
             to_index = sum(
                 t.length
                 for t in plan.transfers
                 if t.kind == "append" and reader.is_transcript(t.remote.path)
             )
-            if to_index > worker_min_bytes():
+            if to_index > threshold:
                 self.worker = await self.workers.get()
         try:
             again = await self._fetch(plan.transfers, follow_up=False)

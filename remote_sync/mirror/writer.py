@@ -93,8 +93,49 @@ class Pending:
     job: IndexJob | None = None  # ...or the index worker's job that computes them
 
 
-class AppendWriter:
+class _LineWriter:
+    """What both writers share: bytes go to ``handle`` at ``offset``; the in-process indexer is
+    fed them, or the index worker is told (every NOTIFY_BYTES) where the complete lines end."""
+
+    _doing = "write the file"  # what a write error says we were doing
+    handle: BinaryIO
+    host: str
+    path: bytes
+    indexer: FileIndexer | None
+    job: IndexJob | None
+    offset: int
+    end_of_lines: int
+    notified: int
+
+    def _put(self, view: memoryview, *, track_lines: bool = True) -> None:
+        try:
+            self.handle.write(view)
+        except OSError as exc:
+            raise _mirror_error(exc, self.host, self.path, self._doing) from exc
+        if self.indexer is not None:
+            self.indexer.feed(view)
+        if track_lines:
+            newline = _rfind_newline(view)
+            if newline >= 0:
+                self.end_of_lines = self.offset + newline + 1
+                if self.job is not None and self.end_of_lines - self.notified >= NOTIFY_BYTES:
+                    self._notify()
+        self.offset += len(view)
+
+    def _notify(self) -> None:
+        assert self.job is not None
+        try:
+            self.handle.flush()  # the worker reads the file, not our buffer
+        except OSError as exc:
+            raise _mirror_error(exc, self.host, self.path, self._doing) from exc
+        self.job.written(self.end_of_lines)
+        self.notified = self.end_of_lines
+
+
+class AppendWriter(_LineWriter):
     """Extend a mirrored file in place after verifying the overlap."""
+
+    _doing = "append to the mirrored file"
 
     def __init__(
         self,
@@ -132,29 +173,8 @@ class AppendWriter:
                 raise RewriteDetected
             self.overlap_seen += take
             view = view[take:]
-        if not view:
-            return
-        try:
-            self.handle.write(view)
-        except OSError as exc:
-            raise _mirror_error(exc, self.host, self.path, "append to the mirrored file") from exc
-        if self.indexer is not None:
-            self.indexer.feed(view)
-        newline = _rfind_newline(view)
-        if newline >= 0:
-            self.end_of_lines = self.offset + newline + 1
-            if self.job is not None and self.end_of_lines - self.notified >= NOTIFY_BYTES:
-                self._notify()
-        self.offset += len(view)
-
-    def _notify(self) -> None:
-        assert self.job is not None
-        try:
-            self.handle.flush()  # the worker reads the file, not our buffer
-        except OSError as exc:
-            raise _mirror_error(exc, self.host, self.path, "append to the mirrored file") from exc
-        self.job.written(self.end_of_lines)
-        self.notified = self.end_of_lines
+        if view:
+            self._put(view)
 
     def finish(self) -> Pending:
         if self.overlap_seen < len(self.expected):
@@ -196,8 +216,10 @@ def _rfind_newline(view: memoryview) -> int:
     return bytes(view[:-4096]).rfind(b"\n")
 
 
-class WholeWriter:
+class WholeWriter(_LineWriter):
     """Stream a whole file into a temp file; the flush puts it in place."""
+
+    _doing = "write a temp file"
 
     def __init__(
         self,
@@ -213,6 +235,8 @@ class WholeWriter:
         self.job = job
         self.state = state
         self.row = row
+        self.host = row.host
+        self.path = row.path
         self.lines_only = lines_only
         self.category = category
         self.temp = state.temp_path()
@@ -228,30 +252,9 @@ class WholeWriter:
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        try:
-            self.handle.write(view)
-        except OSError as exc:
-            raise _mirror_error(exc, self.row.host, self.row.path, "write a temp file") from exc
-        if self.indexer is not None:
-            self.indexer.feed(view)
         if len(self.head) < FINGERPRINT_BYTES:
             self.head += view[: FINGERPRINT_BYTES - len(self.head)]
-        if self.lines_only:
-            newline = _rfind_newline(view)
-            if newline >= 0:
-                self.end_of_lines = self.offset + newline + 1
-                if self.job is not None and self.end_of_lines - self.notified >= NOTIFY_BYTES:
-                    self._notify()
-        self.offset += len(view)
-
-    def _notify(self) -> None:
-        assert self.job is not None
-        try:
-            self.handle.flush()  # the worker reads the file, not our buffer
-        except OSError as exc:
-            raise _mirror_error(exc, self.row.host, self.row.path, "write a temp file") from exc
-        self.job.written(self.end_of_lines)
-        self.notified = self.end_of_lines
+        self._put(view, track_lines=self.lines_only)
 
     def finish(self) -> Pending:
         size = self.end_of_lines if self.lines_only else self.offset

@@ -143,3 +143,14 @@ def write_jsonl_file(path: Path, size: int, block: bytes) -> tuple[int, int]:
 def tool_version(argv: Sequence[str]) -> str:
     proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
     return (proc.stdout + proc.stderr).strip().splitlines()[0] if proc.returncode == 0 else "?"
+
+
+def print_rows(rows: Sequence[Sequence[str]]) -> None:
+    """The benchmarks' result table: one row per figure, columns padded to fit."""
+    headers = ("benchmark", "ours", "peer", "ratio", "goal")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    print(line)
+    print("-" * len(line))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))

@@ -67,7 +67,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import MiB, median, rss_kib, tool_version
+from _common import MiB, median, print_rows, rss_kib, tool_version
 
 THIS = Path(__file__).resolve()
 
@@ -1367,13 +1367,7 @@ def print_table(r: dict[str, Any]) -> None:
             "info",
         ),
     ]
-    headers = ("benchmark", "ours", "peer", "ratio", "goal")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    print(line)
-    print("-" * len(line))
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    print_rows(rows)
     prof = y["profile"]
     print(
         f"\nProfile of one indexed initial sync (cProfile, {prof['profiled_total_s']:.2f} s "

@@ -43,6 +43,7 @@ from _common import (
     BENCH,
     MiB,
     median,
+    print_rows,
     rss_kib,
     run_measuring_rss,
     timed_run,
@@ -719,13 +720,7 @@ def print_table(r: dict[str, Any]) -> None:
             f"info (our connect {x['our_connect_s'] * 1e3:.0f} ms)",
         ),
     ]
-    headers = ("benchmark", "ours", "peer", "ratio", "goal")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    print(line)
-    print("-" * len(line))
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    print_rows(rows)
     print(
         "\nratio: ours/peer time for 1, ours/peer MB/s for 3, speed-up for 5 "
         "(raw / ssh minus its connect). Relay peer: ssh cat raw / connect-adjusted."

@@ -58,7 +58,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH, MiB, median, tool_version
+from _common import BENCH, MiB, median, print_rows, tool_version
 
 THIS = Path(__file__).resolve()
 COUNT_RELAY = BENCH / "count_relay.py"
@@ -1686,13 +1686,7 @@ def print_table(r: dict[str, Any]) -> None:
                 "info",
             )
         )
-    headers = ("benchmark", "ours", "peer", "ratio", "goal")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(wd) for h, wd in zip(headers, widths, strict=True))
-    print(line)
-    print("-" * len(line))
-    for row in rows:
-        print("  ".join(v.ljust(wd) for v, wd in zip(row, widths, strict=True)))
+    print_rows(rows)
     print("\nratio: ours / peer (time, or bytes); wire bytes are TCP payload through the relay.")
 
 

@@ -24,11 +24,12 @@ is no ``_``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
-from ..index.facts import Message, SessionFacts, ToolCall
+from ..index.facts import SYSTEM_ROLES, TOOL_ROLES, Message, SessionFacts, ToolCall
 from .generic import (
     NO_RAW,
     blocks_text,
@@ -82,6 +83,10 @@ class V3Line(msgspec.Struct, gc=False):
     modelId: str | None = None  # model_change
 
 
+def _no_offset(index: int) -> int:
+    return 0  # update() of one line keeps no page marks
+
+
 def _time(value: str | int | float) -> str | None:
     if isinstance(value, str):
         return iso_utc(value)
@@ -104,41 +109,84 @@ class V3Reader:
         facts.session_id = header_id
 
     def update(self, facts: SessionFacts, line: V3Line) -> None:
-        kind = line.type
-        ts = line.timestamp
-        if kind == "message":
-            msg = line.message
-            if msg is not None:
-                role = msg.role
-                facts.add_message(role)
-                if role == "assistant":
-                    content = msg.content
-                    if isinstance(content, list):
-                        for block in content:
-                            if block.type == "toolCall":
-                                facts.tool_calls += 1
-                    usage = msg.usage
-                    if usage is not None:
-                        facts.tokens_in += usage.input or 0
-                        facts.tokens_out += usage.output or 0
-                        facts.tokens_cache_read += usage.cacheRead or 0
-                        facts.tokens_cache_write += usage.cacheWrite or 0
-                        cost = usage.cost
-                        if cost is not None:
-                            facts.add_cost(cost.total)
-                    if msg.model:
-                        facts.add_model(msg.model)
-                elif role == "user" and facts.title is None:
-                    facts.add_title(blocks_text(msg.content))
-                if ts is None:
-                    ts = msg.timestamp
-        elif kind == "session":
-            if line.id:
-                self._header_id(facts, line.id)
-        elif kind == "model_change":
-            facts.add_model(line.modelId)
-        if ts is not None:
-            facts.add_time(_time(ts))
+        self.fold_many(facts, (line,), _no_offset, [], 1)
+
+    def fold_many(
+        self,
+        facts: SessionFacts,
+        lines: Sequence[V3Line],
+        offset_of: Callable[[int], int],
+        marks: list[tuple[int, int]],
+        mark_every: int,
+    ) -> None:
+        """Fold ``lines`` into ``facts`` (see ``FormatReader.update``), one pass for a chunk.
+
+        The hot loop of indexing: the message counters and the first and last times stay in
+        local variables for the whole chunk.
+        """
+        user, assistant, tool = facts.user, facts.assistant, facts.tool
+        system, other = facts.system, facts.other
+        messages = user + assistant + tool + system + other
+        first, last = facts.first_ts, facts.last_ts
+        for i, line in enumerate(lines):
+            kind = line.type
+            ts = line.timestamp
+            if kind == "message":
+                msg = line.message
+                if msg is not None:
+                    if messages % mark_every == 0:
+                        marks.append((messages, offset_of(i)))
+                    messages += 1
+                    role = msg.role
+                    if role == "assistant":
+                        assistant += 1
+                        self._assistant(facts, msg)
+                    elif role == "user":
+                        user += 1
+                        if facts.title is None:
+                            facts.add_title(blocks_text(msg.content))
+                    elif role in TOOL_ROLES:
+                        tool += 1
+                    elif role in SYSTEM_ROLES:
+                        system += 1
+                    else:
+                        other += 1
+                    if ts is None:
+                        ts = msg.timestamp
+            elif kind == "session":
+                if line.id:
+                    self._header_id(facts, line.id)
+            elif kind == "model_change":
+                facts.add_model(line.modelId)
+            if ts is not None:
+                iso = _time(ts)
+                if iso:
+                    if first is None or iso < first:
+                        first = iso
+                    if last is None or iso > last:
+                        last = iso
+        facts.user, facts.assistant, facts.tool = user, assistant, tool
+        facts.system, facts.other = system, other
+        facts.first_ts, facts.last_ts = first, last
+
+    @staticmethod
+    def _assistant(facts: SessionFacts, msg: V3Message) -> None:
+        content = msg.content
+        if isinstance(content, list):
+            for block in content:
+                if block.type == "toolCall":
+                    facts.tool_calls += 1
+        usage = msg.usage
+        if usage is not None:
+            facts.tokens_in += usage.input or 0
+            facts.tokens_out += usage.output or 0
+            facts.tokens_cache_read += usage.cacheRead or 0
+            facts.tokens_cache_write += usage.cacheWrite or 0
+            cost = usage.cost
+            if cost is not None:
+                facts.add_cost(cost.total)
+        if msg.model:
+            facts.add_model(msg.model)
 
     def message(self, line: V3Line, offset: int) -> Message | None:
         msg = line.message

@@ -16,6 +16,10 @@ import msgspec
 TITLE_CHARS = 80
 #: How many recent usage keys are remembered across syncs to count a response's usage once.
 RECENT_USAGE_KEYS = 32
+#: Message roles counted as ``tool`` and as ``system`` (``user`` and ``assistant`` are
+#: themselves; any other role is ``other``).
+TOOL_ROLES = frozenset({"tool", "toolResult", "tool_result", "function"})
+SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
 class SessionFacts(msgspec.Struct, kw_only=True):
@@ -58,9 +62,9 @@ class SessionFacts(msgspec.Struct, kw_only=True):
             self.user += 1
         elif role == "assistant":
             self.assistant += 1
-        elif role in ("tool", "toolResult", "tool_result", "function"):
+        elif role in TOOL_ROLES:
             self.tool += 1
-        elif role in ("system", "developer"):
+        elif role in SYSTEM_ROLES:
             self.system += 1
         else:
             self.other += 1
@@ -130,7 +134,14 @@ class FormatReader(Protocol):
         ...
 
     def update(self, facts: SessionFacts, line: Any) -> None:
-        """Fold one decoded line into the facts (the caller counts lines and bytes)."""
+        """Fold one decoded line into the facts (the caller counts lines and bytes).
+
+        A reader may also have ``fold_many(facts, lines, offset_of, marks, mark_every)``: the
+        same for a list of lines, appending ``(messages before, offset_of(i))`` to ``marks``
+        for a line ``i`` that adds a message when the count before it is a multiple of
+        ``mark_every``. The indexer then calls it once per chunk instead of ``update`` once
+        per line.
+        """
         ...
 
     def message(self, line: Any, offset: int) -> Message | None:

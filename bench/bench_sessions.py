@@ -67,7 +67,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import MiB, median, print_rows, rss_kib, tool_version
+from _common import (
+    MiB,
+    median,
+    print_rows,
+    rss_kib,
+    set_aside,
+    tool_version,
+    wait_for_fast_file_creation,
+)
 
 THIS = Path(__file__).resolve()
 
@@ -417,7 +425,7 @@ def bench_list(dest: Path, n: int, repeat: int) -> dict[str, Any]:
         for _ in range(repeat)
     ]
     med = {k: median(v) for k, v in runs.items()}
-    shutil.rmtree(whatif, ignore_errors=True)
+    set_aside(whatif)
     return {
         "sessions": n,
         "db_bytes": (dest / ".remote-sync" / "state.db").stat().st_size,
@@ -1059,7 +1067,7 @@ def bench_sync(fleet: Any, work: Path, sizes: Sizes, rng: random.Random) -> dict
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in (*dests, "inc_index", "inc_noindex")}
 
     def initial(kind: str) -> None:
-        shutil.rmtree(dests[kind], ignore_errors=True)
+        set_aside(dests[kind])  # not deleted: see _common.set_aside
         argv = cli("sync", "--inventory", str(inventory), "--dest", str(dests[kind]), "--json")
         r = measure([*argv, *extra[kind]])
         summary = sync_summary(r.pop("stdout"))
@@ -1071,6 +1079,8 @@ def bench_sync(fleet: Any, work: Path, sizes: Sizes, rng: random.Random) -> dict
             raise RuntimeError(f"{kind}: {r['sessions_indexed']} sessions indexed, not {want}")
         runs[kind].append(r)
 
+    creation_ms = wait_for_fast_file_creation(work, say=progress)
+    progress(f"file creation: {creation_ms:.3f} ms a file")
     for rep in range(sizes.repeat_sync):
         alternate(rep, [lambda: initial("index"), lambda: initial("noindex")])
         progress(
@@ -1126,6 +1136,7 @@ def bench_sync(fleet: Any, work: Path, sizes: Sizes, rng: random.Random) -> dict
         },
         "grow_files": sizes.grow_files,
         "grown_bytes": grown_bytes,
+        "file_create_ms": creation_ms,
         "runs": runs,
         "median": m,
         "ratio_initial": m["index_s"] / m["noindex_s"],
@@ -1467,12 +1478,12 @@ def run_all(*, quick: bool, as_json: bool, only: list[str] | None, save: str | N
             dest = work / "list-mirror"
             results["list_index"] = build_index(dest, sizes.index_sessions, rng)
             results["list"] = bench_list(dest, sizes.index_sessions, sizes.repeat_cli)
-            shutil.rmtree(dest, ignore_errors=True)
+            set_aside(dest)
         if "show" in parts:
             progress("part 2: sessions show of a big session")
             results["show"] = bench_show(fleet, work, sizes.big_bytes, sizes.repeat_cli, rng)
-            shutil.rmtree(fleet.path(HOST, "big"), ignore_errors=True)
-            shutil.rmtree(work / "big-mirror", ignore_errors=True)
+            set_aside(fleet.path(HOST, "big"))
+            set_aside(work / "big-mirror")
         if "remote" in parts:
             progress("part 3: remote listing")
             results["remote"] = bench_remote(fleet, work, sizes, rng)

@@ -458,8 +458,20 @@ def fleet_rsync(fleet: Any, dest: Path, *extra: str) -> dict[str, Any]:
 
 
 def clear(*paths: Path) -> None:
+    """Empty destinations between runs: set aside, deleted when the benchmark ends (see
+    ``_common.set_aside`` for why they are not deleted at once)."""
+    from _common import set_aside
+
     for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
+        set_aside(path)
+
+
+def settle(work: Path) -> None:
+    """Before a part's timed runs: wait out a recent mass deletion (``_common``)."""
+    from _common import wait_for_fast_file_creation
+
+    ms = wait_for_fast_file_creation(work, say=progress)
+    progress(f"file creation: {ms:.3f} ms a file")
 
 
 def alternate(rep: int, steps: Sequence[Callable[[], None]]) -> None:
@@ -531,6 +543,7 @@ def bench_one(fleet: Any, sizes: Sizes, lines: Lines, work: Path, profile: bool)
 
         return step
 
+    settle(work)
     for rep in range(sizes.repeat):
         clear(ours_dest, rsync_dest, fsync_dest, noindex_dest)
         steps = [ours("initial"), rsync("initial")]
@@ -719,6 +732,7 @@ def bench_fleet(sizes: Sizes, lines: Lines, work: Path, profile: bool) -> dict[s
 
             return step
 
+        settle(work)
         for rep in range(sizes.repeat):
             clear(ours_dest, rsync_dest, noindex_dest)
             rsync_dest.mkdir()
@@ -842,6 +856,7 @@ def bench_big(fleet: Any, sizes: Sizes, block: bytes, work: Path, profile: bool)
 
         return step
 
+    settle(work)
     for rep in range(sizes.repeat):
         clear(*dests.values())
         dests["cat"].mkdir()

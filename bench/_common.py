@@ -68,7 +68,7 @@ def file_creation_ms(work: Path, count: int = 300) -> float:
 
 
 def wait_for_fast_file_creation(
-    work: Path, *, limit_ms: float = 0.25, patience_s: float = 180.0, say: Any = None
+    work: Path, *, limit_ms: float = 0.1, patience_s: float = 300.0, say: Any = None
 ) -> float:
     """Wait (up to ``patience_s``) until creating a file takes under ``limit_ms`` again.
 

@@ -49,6 +49,7 @@ reading: ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pstats
@@ -1425,6 +1426,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=["list", "show", "remote", "sync"],
         help="run only these parts (repeatable)",
     )
+    parser.add_argument(
+        "--repeat-sync", type=int, help="runs per median in parts 3 and 4 (default 3)"
+    )
     child = parser.add_argument_group("child mode (internal)")
     child.add_argument("--child", choices=["remote-list", "list-breakdown"])
     child.add_argument("--inventory")
@@ -1440,15 +1444,30 @@ def main(argv: list[str] | None = None) -> int:
         return child_remote_list(args)
     if args.child == "list-breakdown":
         return child_list_breakdown(args.dest)
-    return run_all(quick=args.quick, as_json=args.json, only=args.only, save=args.save)
+    return run_all(
+        quick=args.quick,
+        as_json=args.json,
+        only=args.only,
+        save=args.save,
+        repeat_sync=args.repeat_sync,
+    )
 
 
-def run_all(*, quick: bool, as_json: bool, only: list[str] | None, save: str | None) -> int:
+def run_all(
+    *,
+    quick: bool,
+    as_json: bool,
+    only: list[str] | None,
+    save: str | None,
+    repeat_sync: int | None = None,
+) -> int:
     import asyncssh
     import msgspec
     from sshfleet import SSHFleet  # type: ignore[import-not-found]  # tests/, on sys.path
 
     sizes = QUICK if quick else FULL
+    if repeat_sync:
+        sizes = dataclasses.replace(sizes, repeat_sync=max(1, repeat_sync))
     parts = only or ["list", "show", "remote", "sync"]
     started = time.perf_counter()
     results: dict[str, Any] = {

@@ -270,21 +270,14 @@ class GenericInner(msgspec.Struct, gc=False):
     tool_calls: msgspec.Raw = NO_RAW
 
 
-class GenericLine(msgspec.Struct, gc=False):
+class GenericLine(GenericInner, gc=False):
     """A lenient view of a chat-like JSONL line: every field optional and of any shape.
 
     Bulky fields stay raw and are decoded only when needed, so a line whose fields have
-    unexpected shapes is still a line (not malformed), just not a message.
+    unexpected shapes is still a line (not malformed), just not a message. Its fields are
+    those of a nested ``message`` object plus that object itself, kept raw.
     """
 
-    role: Any = None
-    timestamp: Any = None
-    created_at: Any = None
-    time: Any = None
-    content: msgspec.Raw = NO_RAW
-    text: msgspec.Raw = NO_RAW
-    model: Any = None
-    tool_calls: msgspec.Raw = NO_RAW
     message: msgspec.Raw = NO_RAW
 
 

@@ -509,14 +509,15 @@ Runner = tuple[list[str], dict[str, str]]
 
 @pytest.fixture(params=["gnu", "busybox", "busybox-gzip"])
 def toolset(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runner]:
-    """(shell argv prefix, environment) of a POSIX sh with GNU tools (gzip among them), or
-    BusyBox only (without gzip: the listing comes plain; with its gzip applet)."""
+    """(shell argv prefix, environment) of a POSIX sh with GNU tools (gzip and tar among them),
+    or BusyBox only: without gzip and tar (the listing comes plain, archive requests as head
+    ranges), or with its gzip and tar applets."""
     home = tmp_path / "home"
     home.mkdir()
     if request.param == "gnu":
         yield ["sh"], {"PATH": os.environ["PATH"], "HOME": str(home)}
     else:
-        extra = ("gzip",) if request.param == "busybox-gzip" else ()
+        extra = ("gzip", "tar") if request.param == "busybox-gzip" else ()
         bindir = applet_dir(request.getfixturevalue("busybox"), tmp_path / "bb", extra)
         yield [str(bindir / "sh")], {"PATH": str(bindir), "HOME": str(home)}
 
@@ -671,6 +672,50 @@ def test_local_fetch_of_hostile_names(toolset: Runner, tmp_path: Path) -> None:
     assert [again[i] for i in range(len(small))] == [
         e for r, e in zip(requests, expected, strict=True) if r.length < 1000
     ]
+    assert not list(tmp_path.rglob("pwned"))
+
+
+def test_local_fetch_of_whole_files_through_tar(toolset: Runner, tmp_path: Path) -> None:
+    """Archive requests: one tar per batch where the host has one, head ranges where not;
+    the same bytes either way, but for a hard link to a file earlier in the same archive."""
+    root = tmp_path / "root"
+    root.mkdir()
+    files = build_tree(root)
+    deep = root.joinpath(*["d" * 200 + str(i) for i in range(8)])
+    deep.mkdir(parents=True)
+    long_names = []
+    for i in range(250):
+        (deep / f"{'f' * 200}:{i}").write_bytes(b"long %d\n" % i * 300)
+        long_names.append(os.fsencode((deep / f"{'f' * 200}:{i}").relative_to(root)))
+    os.link(root / "plain.jsonl", root / "hard.jsonl")
+    (root / "a dir").mkdir()
+    os.mkfifo(root / "fifo")
+    has_tar = any((Path(d) / "tar").exists() for d in toolset[1]["PATH"].split(os.pathsep))
+    requests: list[FetchRequest] = []
+    expected: list[tuple[str, bytes]] = []
+    for i, (path, data) in enumerate(sorted(files.items())):
+        if not data:
+            continue
+        if i % 4 == 3:  # a range between archive requests
+            requests.append(FetchRequest(path, 1, len(data) - 1))
+            expected.append(("End", data[1:]))
+        length = [len(data), len(data) - 1 or 1, len(data) + 10][i % 3]  # exact, grew, shrank
+        requests.append(FetchRequest(path, 0, length, archive=True))
+        expected.append(("End" if length <= len(data) else "Short", data[:length]))
+    requests += [FetchRequest(b"hard.jsonl", 0, len(files[b"plain.jsonl"]), archive=True)]
+    expected += [("Short", b"") if has_tar else ("End", files[b"plain.jsonl"])]
+    for path in (b"missing", b"link-to-file", b"link-to-dir/inner.jsonl", b"a dir", b"fifo"):
+        requests.append(FetchRequest(path, 0, 5, archive=True))
+        expected.append(("Gone", b""))
+    # ~1.6 KiB per item: several xargs batches, each with its own tar, of GNU long names.
+    # (One path twice in an archive would be a hard link to itself: a fetch never asks that.)
+    for i, name in enumerate(long_names):
+        requests.append(FetchRequest(name, 0, 1500, archive=True))
+        expected.append(("End", (b"long %d\n" % i * 300)[:1500]))
+    got = run_fetch(toolset, root, requests)
+    assert [got[i] for i in range(len(requests))] == expected
+    again = run_fetch(toolset, root, requests[:40], in_argv=True)
+    assert [again[i] for i in range(40)] == expected[:40]
     assert not list(tmp_path.rglob("pwned"))
 
 

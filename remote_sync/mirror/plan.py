@@ -47,7 +47,10 @@ class Transfer:
     row: FileState | None  # the checkpoint before this round, if any
 
     def request(self) -> FetchRequest:
-        return FetchRequest(self.remote.path, self.start, self.length)
+        # A whole line-committed file may come as a tar entry: tar's NUL padding of a file that
+        # shrank mid-read lies after its last newline, which the writer never commits.
+        archive = self.mode == "whole" and self.kind == "append"
+        return FetchRequest(self.remote.path, self.start, self.length, archive)
 
 
 @dataclass

@@ -30,6 +30,12 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
         <marker> G\\n                                   not a regular file (gone)
         <marker> D\\n                                   not readable (denied)
         <marker> B\\n<up to length bytes><marker> E\\n   the byte range
+        <marker> T\\n                                   in this batch's archive
+
+    and a batch with ``T`` answers ends with ``<marker> A\\n<tar stream><marker> E\\n``: one
+    ``tar`` reads the files of the batch's archive requests (``a`` for the start: whole
+    line-committed files), instead of one ``head`` process per file
+    (:mod:`remote_sync.mirror.archive` reads the stream).
 
     Fewer than ``length`` bytes (the file shrank or became unreadable mid-read) is a short
     frame: the parser finds the end marker inside the data window and resynchronizes on it.
@@ -49,6 +55,8 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, ProtocolError
 from ..ssh.remote import sh_script
+from .archive import ArchiveReader
+from .fetch_events import Begin, Data, Denied, End, FrameEvent, Gone, Short, scan_region
 
 __all__ = [
     "ENTER_ROOT_SH",
@@ -170,17 +178,37 @@ esac
 # checked (a malformed one stops everything: exit 255 makes xargs stop at once). A path whose
 # own entry or any parent directory is a symlink is "gone" (the listing never lists such a
 # file; this narrows the window in which a swapped-in symlink could lead outside the root).
-# Paths get a "./" prefix so no tool or test operator can take one for an option.
+# Paths get a "./" prefix so no tool or test operator can take one for an option. An archive
+# item ("a" for its start) that passes the checks is only announced ("T"), and its path added
+# to the positional parameters (the "for" list was expanded before the loop changed them):
+# after the loop one tar reads them all, in that order, into the batch's archive frame ("A").
+# tar's status and messages are not needed: the reader sees any file tar skipped or cut, and
+# the engine fetches it again with head. Where tar lacks the options (or is missing), archive
+# items are ranges from 0 like any other.
 _FETCH_BATCH_SCRIPT = r"""m=$REMOTE_SYNC_MARKER
+n=$#
+tar_ok=
 for item do
     case $item in
-    [0-9]*:[0-9]*:?*) ;;
+    [0-9a]*:[0-9]*:?*) ;;
     *) item=: ;;
     esac
     start=${item%%:*}
     rest=${item#*:}
     len=${rest%%:*}
     f=./${rest#*:}
+    archive=
+    if [ "$start" = a ]; then
+        archive=1
+        start=0
+        if [ -z "$tar_ok" ]; then
+            if tar --no-recursion --numeric-owner -cf /dev/null /dev/null >/dev/null 2>&1; then
+                tar_ok=y
+            else
+                tar_ok=n
+            fi
+        fi
+    fi
     case $start$len in
     "" | *[!0-9]*)
         echo 'remote-sync: malformed fetch request on stdin' >&2
@@ -207,6 +235,9 @@ for item do
         printf '%s G\n' "$m"
     elif [ ! -r "$f" ]; then
         printf '%s D\n' "$m"
+    elif [ "$archive$tar_ok" = 1y ]; then
+        printf '%s T\n' "$m"
+        set -- "$@" "$f"
     else
         printf '%s B\n' "$m"
         if [ "$start" = 0 ]; then
@@ -217,6 +248,12 @@ for item do
         printf '%s E\n' "$m"
     fi
 done
+shift "$n"
+if [ "$#" -gt 0 ]; then
+    printf '%s A\n' "$m"
+    tar --no-recursion --numeric-owner -cf - "$@" 2>/dev/null
+    printf '%s E\n' "$m"
+fi
 """
 
 # $1 root, $2 the batch script, $3 the marker, or "" when it is the first line of stdin (read
@@ -298,7 +335,8 @@ def fetch_stdin(requests: Sequence[FetchRequest], marker: str | None = None) -> 
         _check_marker(marker.encode("ascii", "replace"))
         parts.append(marker.encode("ascii") + b"\n")
     for request in requests:
-        parts.append(b"%d:%d:%s\x00" % (request.start, request.length, request.path))
+        start = b"a" if request.archive else b"%d" % request.start
+        parts.append(b"%s:%d:%s\x00" % (start, request.length, request.path))
     return b"".join(parts)
 
 
@@ -462,65 +500,21 @@ class FetchRequest:
     path: bytes
     start: int
     length: int
+    archive: bool = False
+    """The host may answer with an entry of a tar stream instead of a ``head`` range: only for
+    a whole (``start`` 0) line-committed file (see :mod:`remote_sync.mirror.archive`)."""
 
     def __post_init__(self) -> None:
         if self.start < 0 or self.length <= 0:
             raise ValueError(f"bad byte range start={self.start} length={self.length}")
+        if self.archive and self.start:
+            raise ValueError(f"an archive request starts at 0, not {self.start}")
         problem = _path_problem(self.path)
         if problem is not None:
             raise ValueError(f"bad fetch path {self.path!r}: {problem}")
 
 
-@dataclass(frozen=True, slots=True)
-class Begin:
-    """The file is readable; its bytes follow as :class:`Data` events."""
-
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Data:
-    """Bytes of the file, in order (a view into the chunk fed: use or copy it at once)."""
-
-    index: int
-    data: bytes | memoryview
-
-    def __repr__(self) -> str:
-        return f"Data(index={self.index}, {len(self.data)} bytes: {bytes(self.data[:40])!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class End:
-    """The file delivered exactly the requested length."""
-
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Short:
-    """The frame ended after ``received`` < length bytes: discard this file's Data."""
-
-    index: int
-    received: int
-
-
-@dataclass(frozen=True, slots=True)
-class Gone:
-    """The path is no longer a regular file (deleted, replaced, or reached via a symlink)."""
-
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Denied:
-    """The file exists but is not readable."""
-
-    index: int
-
-
-FrameEvent = Begin | Data | End | Short | Gone | Denied
-
-_KINDS = b"GDB"
+_KINDS = b"GDBTA"
 
 
 class FrameParser:
@@ -534,10 +528,11 @@ class FrameParser:
     """
 
     __slots__ = (
+        "_archive",
         "_carry",
         "_closed",
+        "_deferred",
         "_end",
-        "_end_first",
         "_end_len",
         "_head",
         "_head_len",
@@ -559,9 +554,10 @@ class FrameParser:
         self._head_len = len(marker) + 3
         self._end = marker + b" E\n"
         self._end_len = len(self._end)
-        self._end_first = self._end[:1]
         self._index = 0
         self._in_data = False
+        self._deferred: list[int] = []  # requests answered by the next archive frame
+        self._archive: ArchiveReader | None = None
         self._remaining = 0
         self._received = 0
         self._carry = b""
@@ -582,7 +578,14 @@ class FrameParser:
         events: list[FrameEvent] = []
         pos = 0
         while pos < size:
-            if self._in_data:
+            archive = self._archive
+            if archive is not None:
+                pos = archive.feed(buf, view, pos, events)
+                if archive.carry:
+                    self._carry, archive.carry = archive.carry, b""
+                if archive.done:
+                    self._archive = None
+            elif self._in_data:
                 pos = self._data(buf, view, pos, events)
             else:
                 pos = self._header(buf, pos, events)
@@ -591,9 +594,14 @@ class FrameParser:
     def close(self) -> list[FrameEvent]:
         """End of output: unanswered requests or leftover bytes are a :class:`ProtocolError`."""
         self._closed = True
-        if self._carry or self._in_data or self._index < len(self.requests):
+        inside = self._carry or self._in_data or self._archive is not None
+        if inside or self._deferred or self._index < len(self.requests):
             index = min(self._index, len(self.requests) - 1)
-            where = "inside a frame" if self._carry or self._in_data else "before its frame"
+            if self._archive is not None and self._archive.deferred:
+                index = self._archive.deferred[0]
+            elif self._deferred:
+                index = self._deferred[0]
+            where = "inside a frame" if inside else "before its frame"
             raise ProtocolError(
                 f"fetch output ended {where}: {len(self.requests) - self._index} of "
                 f"{len(self.requests)} requests unanswered",
@@ -613,7 +621,7 @@ class FrameParser:
         )
 
     def _header(self, buf: bytes, pos: int, events: list[FrameEvent]) -> int:
-        if self._index >= len(self.requests):
+        if self._index >= len(self.requests) and not self._deferred:
             raise self._error("unexpected output after the last frame", buf[pos:])
         head = self._head
         avail = len(buf) - pos
@@ -629,7 +637,20 @@ class FrameParser:
         if not buf.startswith(head, pos) or buf[end - 1] != 0x0A or kind not in _KINDS:
             raise self._error("expected a frame marker", buf[pos:end])
         index = self._index
-        if kind == 0x42:  # B
+        if kind == 0x41:  # A: the tar stream answering the requests deferred to it
+            if not self._deferred:
+                raise self._error("an archive frame with no request deferred to it", buf[pos:end])
+            self._archive = ArchiveReader(self.host, self._end, self.requests, self._deferred)
+            self._deferred = []
+            return end
+        if index >= len(self.requests):
+            raise self._error("unexpected output after the last frame", buf[pos:end])
+        if kind == 0x54:  # T: this request is answered by the batch's archive frame
+            if not self.requests[index].archive:
+                raise self._error("a range request deferred to an archive", buf[pos:end])
+            self._deferred.append(index)
+            self._index = index + 1
+        elif kind == 0x42:  # B
             events.append(Begin(index))
             self._in_data = True
             self._remaining = self.requests[index].length
@@ -640,14 +661,9 @@ class FrameParser:
         return end
 
     def _data(self, buf: bytes, view: memoryview, pos: int, events: list[FrameEvent]) -> int:
-        size = len(buf)
         remaining = self._remaining
-        end_len = self._end_len
-        # The end marker starts at most `remaining` bytes from here.
-        full_window = pos + remaining + end_len
-        window_end = min(size, full_window)
-        found = buf.find(self._end, pos, window_end)
         index = self._index
+        found, split = scan_region(buf, pos, remaining, self._end)
         if found >= 0:
             got = found - pos
             if got:
@@ -656,20 +672,8 @@ class FrameParser:
             events.append(End(index) if got == remaining else Short(index, received))
             self._in_data = False
             self._index = index + 1
-            return found + end_len
-        if window_end == full_window:
-            raise self._error("data longer than requested, or end marker missing", buf[pos:])
-        # The chunk ends inside the window: keep a possible split marker (a suffix of the
-        # chunk that is a prefix of the end marker and starts within the data), emit the rest.
+            return found + self._end_len
         limit = pos + remaining
-        split = size
-        first = self._end_first
-        probe = buf.find(first, max(pos, size - end_len + 1), limit + 1)
-        while probe >= 0:
-            if self._end.startswith(buf[probe:]):
-                split = probe
-                break
-            probe = buf.find(first, probe + 1, limit + 1)
         if split > limit:
             raise self._error("data longer than requested, or end marker missing", buf[limit:])
         if split > pos:
@@ -678,4 +682,4 @@ class FrameParser:
             self._received += got
             self._remaining = remaining - got
         self._carry = buf[split:]
-        return size
+        return len(buf)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import tarfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -31,6 +32,8 @@ from remote_sync.mirror.remote_ops import (
     Short,
     fetch_stdin,
 )
+from remote_sync.mirror.state import FileState, MirrorState
+from remote_sync.mirror.writer import WholeWriter
 
 Entry = tuple[bytes, bytes]  # (path, content)
 
@@ -291,3 +294,24 @@ def test_short_and_end_are_the_only_outcomes_of_deferred_requests() -> None:
         ("End", 1),
     ]
     assert not any(isinstance(e, Short) for e in events)
+
+
+# ----------------------------------------------------------------------------- the writer
+
+
+def test_nul_padding_of_a_file_that_shrank_under_tar_is_never_committed(tmp_path: Path) -> None:
+    """GNU tar pads a file that shrank while it read it with NULs up to the size it announced.
+    Only line-committed files come through tar, and the writer commits them up to their last
+    newline: the padding (no newline in it) never reaches the mirror."""
+    lines = b'{"type":"message","n":1}\n{"type":"message","n":2}\n'
+    with MirrorState(tmp_path / "dest") as state:
+        state.recover()  # as a sync does before its rounds: makes the temp directory
+        row = FileState("h", b"agents/a/sessions/s.jsonl", "append", 0, 200, 1.0, 1, 7, b"")
+        writer = WholeWriter(state, row, lines_only=True, category="new")
+        writer.write(lines + b'{"type":"mess')  # the file was cut mid-line by a rewrite...
+        writer.write(memoryview(bytes(200 - len(lines) - 13)))  # ...and tar padded it
+        pending = writer.finish()
+        assert pending.bytes == len(lines) and pending.row.size == len(lines)
+        pending.handle.seek(0)
+        assert pending.handle.read() == lines
+        writer.abort()

@@ -782,7 +782,7 @@ async def test_listing_and_fetch_over_ssh(
     prefix: list[str] = []
     if tools == "busybox":
         busybox = request.getfixturevalue("busybox")
-        bindir = applet_dir(busybox, fleet.root / "bb")
+        bindir = applet_dir(busybox, fleet.root / "bb", ("tar",))
         login_home = pwd.getpwnam(fleet.user).pw_dir
         prefix = [busybox, "env", "-i", f"PATH={bindir}", f"HOME={login_home}"]
     files: dict[bytes, bytes] = {}
@@ -836,7 +836,13 @@ async def test_listing_and_fetch_over_ssh(
             start = 0 if i % 2 else len(data) // 3
             requests.append(FetchRequest(path, start, len(data) - start))
             wanted.append(("End", data[start:]))
+            if i % 3 == 0:  # the same whole file through the batch's tar
+                requests.append(FetchRequest(path, 0, len(data), archive=True))
+                wanted.append(("End", data))
         requests += [
+            FetchRequest(b"big", 0, len(big), archive=True),
+            FetchRequest(b"secret.jsonl", 0, 10, archive=True),
+            FetchRequest(b"link-to-file", 0, 7, archive=True),
             FetchRequest(b"big", 0, len(big)),
             FetchRequest(b"big", 12345, len(big)),
             FetchRequest(b"big", 1000, 1000),  # tail is cut off by head: no noise
@@ -846,6 +852,9 @@ async def test_listing_and_fetch_over_ssh(
             FetchRequest(b"link-to-dir/inner.jsonl", 0, 5),
         ]
         wanted += [
+            ("End", big),
+            ("Denied", b""),
+            ("Gone", b""),
             ("End", big),
             ("Short", big[12345:]),
             ("End", big[1000:2000]),

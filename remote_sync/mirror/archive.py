@@ -147,6 +147,11 @@ class ArchiveReader:
                 pos = self._block(buf, pos, events)
         return pos
 
+    def pending(self) -> list[int]:
+        """The requests not answered yet: the entry being read, then those still deferred."""
+        current = [self._index] if self._index >= 0 else []
+        return current + list(self.deferred)
+
     # -- blocks
 
     def _block(self, buf: bytes, pos: int, events: list[FrameEvent]) -> int:

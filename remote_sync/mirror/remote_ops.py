@@ -563,11 +563,6 @@ class FrameParser:
         self._carry = b""
         self._closed = False
 
-    @property
-    def answered(self) -> int:
-        """How many requests have had their complete frame."""
-        return self._index
-
     def feed(self, chunk: bytes) -> list[FrameEvent]:
         if self._closed:
             raise ValueError("feed() after close()")
@@ -594,17 +589,16 @@ class FrameParser:
     def close(self) -> list[FrameEvent]:
         """End of output: unanswered requests or leftover bytes are a :class:`ProtocolError`."""
         self._closed = True
-        inside = self._carry or self._in_data or self._archive is not None
-        if inside or self._deferred or self._index < len(self.requests):
-            index = min(self._index, len(self.requests) - 1)
-            if self._archive is not None and self._archive.deferred:
-                index = self._archive.deferred[0]
-            elif self._deferred:
-                index = self._deferred[0]
-            where = "inside a frame" if inside else "before its frame"
+        archive = self._archive
+        inside = self._carry or self._in_data or archive is not None
+        pending = archive.pending() if archive is not None else []
+        pending += self._deferred
+        pending += range(self._index, len(self.requests))
+        if inside or pending:
+            index = pending[0] if pending else len(self.requests) - 1
             raise ProtocolError(
-                f"fetch output ended {where}: {len(self.requests) - self._index} of "
-                f"{len(self.requests)} requests unanswered",
+                f"fetch output ended {'inside a frame' if inside else 'before its frame'}: "
+                f"{len(pending)} of {len(self.requests)} requests unanswered",
                 host=self.host,
                 path=_show(self.requests[index].path) if index >= 0 else None,
             )

@@ -27,6 +27,7 @@ from remote_sync.errors import (
     RemoteSyncError,
     TransferCancelledError,
 )
+from remote_sync.ssh import pool as pool_module
 from remote_sync.ssh.pool import Endpoint, PoolSettings, SSHPool
 from remote_sync.ssh.stream import exec_streaming, run_command
 
@@ -193,6 +194,44 @@ async def test_channel_windows_share_the_pool_budget(fleet: SSHFleet) -> None:
     assert min(seen) >= 1 * MiB
     unshared = SSHPool(PoolSettings(window_budget=0))
     assert unshared.channel_window() == PoolSettings().window
+
+
+async def test_windows_are_sized_to_the_round_trip_of_a_direct_connection(
+    fleet: SSHFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loopback needs no 16 MiB window; behind a proxy the RTT is unknown, so it keeps it."""
+    settings = PoolSettings(window=16 * MiB, window_floor=4 * MiB, window_rate=512 * MiB)
+    relay = Path(__file__).resolve().parent.parent / "bench" / "delay_relay.py"
+    direct = endpoint(fleet, "h0")
+    proxied = Endpoint(
+        address="127.0.0.1",
+        port=fleet.host("h0").port,
+        user=fleet.user,
+        ssh_config=(),
+        identity_files=(str(fleet.client_key),),
+        known_hosts=str(fleet.known_hosts),
+        proxy_command=f"{sys.executable} {relay} --delay-ms 0 %h %p",
+    )
+    async with SSHPool(settings) as pool:
+        assert pool.round_trip(direct) is None  # not connected yet
+        await run_command(pool, direct, ["true"])
+        await run_command(pool, proxied, ["true"])
+        rtt = pool.round_trip(direct)
+        assert rtt is not None and 0 < rtt < 0.2
+        assert pool.channel_window(direct) == 4 * MiB
+        assert pool.round_trip(proxied) is None
+        assert pool.channel_window(proxied) == 16 * MiB
+        # A long round trip gets the window that keeps the link busy, up to ``window``.
+        for seconds, window in ((0.001, 4 * MiB), (0.02, int(0.02 * 512 * MiB)), (0.05, 16 * MiB)):
+            monkeypatch.setattr(pool_module, "tcp_round_trip", lambda sock, s=seconds: s)
+            assert pool.channel_window(direct) == window
+    monkeypatch.undo()
+    unsized = SSHPool(dataclasses.replace(settings, window_rate=0))
+    assert unsized.channel_window(direct) == 16 * MiB
+    a, b = socket.socketpair()  # not TCP: no RTT to read
+    with a, b:
+        assert pool_module.tcp_round_trip(a) is None
+    assert pool_module.tcp_round_trip(None) is None
 
 
 async def test_idle_timeout_fires_on_silence_not_on_long_streams(fleet: SSHFleet) -> None:

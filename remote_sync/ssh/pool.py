@@ -9,9 +9,9 @@ What it owns:
   on our single event loop, and sshd drops bursts above ``MaxStartups``).
 - A per-endpoint cap on concurrent channels, below sshd's ``MaxSessions`` (10): asking for more
   waits for a free slot, it never fails.
-- Transport tuning: AES-GCM preferred, compression off unless asked for (per endpoint), large
-  channel windows (the window, not the cipher, bounds throughput on a high-RTT link),
-  keepalives, connect timeout, idle close.
+- Transport tuning: AES-GCM preferred, compression off unless asked for (per endpoint),
+  channel windows sized to the link (the window, not the cipher, bounds throughput on a
+  high-RTT link; on a short one it is only memory), keepalives, connect timeout, idle close.
 - Reconnecting once, with backoff, when a connection dropped between operations.
 - Classifying asyncssh/OS failures into :mod:`remote_sync.errors`.
 
@@ -27,6 +27,8 @@ import logging
 import os
 import re
 import socket
+import struct
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -141,6 +143,15 @@ class PoolSettings:
     #: transfer alone keeps the full window. 0 disables the sharing.
     window_budget: int = 16 * 1024 * 1024
     min_window: int = 1024 * 1024
+    #: On a direct TCP connection the kernel knows its round-trip time; such a channel gets the
+    #: window that carries ``window_rate`` bytes per second over that RTT, never less than
+    #: ``window_floor`` nor more than ``window`` (the budget still applies). A window is
+    #: memory the link cannot use when the RTT is short: over loopback or a LAN, 4 MiB keeps a
+    #: transfer about as fast as 16 MiB and halves what a slow consumer may hold. Through a
+    #: ProxyCommand or ProxyJump the RTT past the first hop is unknown, so those get ``window``.
+    #: 0 turns the sizing off.
+    window_rate: int = 512 * 1024 * 1024
+    window_floor: int = 4 * 1024 * 1024
     max_pktsize: int = 256 * 1024
     compression: bool = False
     reconnect_backoff: float = 0.5
@@ -230,14 +241,30 @@ class SSHPool:
     def stats(self, endpoint: Endpoint) -> HostStats:
         return self._slot(endpoint).stats
 
-    def channel_window(self) -> int:
-        """The receive window for a channel opened now (see ``PoolSettings.window_budget``)."""
+    def channel_window(self, endpoint: Endpoint | None = None) -> int:
+        """The receive window for a channel opened now to ``endpoint``.
+
+        See ``PoolSettings.window_rate`` (sized to the endpoint's round trip, once known) and
+        ``PoolSettings.window_budget`` (shared by the channels open at once).
+        """
         settings = self.settings
+        largest = settings.window
+        round_trip = self.round_trip(endpoint) if endpoint is not None else None
+        if round_trip is not None and settings.window_rate > 0:
+            needed = int(round_trip * settings.window_rate)
+            largest = min(largest, max(settings.window_floor, needed))
         if settings.window_budget <= 0:
-            return settings.window
-        open_now = max(1, sum(slot.stats.channels_open for slot in self._slots.values()))
+            return largest
+        open_now = max(1, sum(other.stats.channels_open for other in self._slots.values()))
         share = settings.window_budget // open_now
-        return max(min(settings.min_window, settings.window), min(settings.window, share))
+        return max(min(settings.min_window, largest), min(largest, share))
+
+    def round_trip(self, endpoint: Endpoint) -> float | None:
+        """The kernel's smoothed RTT of ``endpoint``'s connection, when it is direct TCP."""
+        slot = self._slots.get(endpoint)
+        if slot is None or slot.conn is None:
+            return None
+        return tcp_round_trip(slot.conn.get_extra_info("socket"))
 
     def _slot(self, endpoint: Endpoint) -> _HostSlot:
         slot = self._slots.get(endpoint)
@@ -357,6 +384,25 @@ class SSHPool:
                 ):
                     log.debug("closing idle connection to %s", slot.endpoint.label)
                     await self._drop(slot)
+
+
+#: Where Linux's ``struct tcp_info`` (``TCP_INFO``) keeps ``tcpi_rtt``, the smoothed round-trip
+#: time in microseconds; the layout up to it has not changed since Linux 2.6.
+_TCPI_RTT_OFFSET = 68
+
+
+def tcp_round_trip(sock: Any) -> float | None:
+    """The kernel's smoothed RTT of a connected TCP socket, in seconds (Linux); else None."""
+    if sock is None or sys.platform != "linux" or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_RTT_OFFSET + 8)
+    except (OSError, AttributeError, TypeError):
+        return None  # not a TCP socket (a proxy's pipe), or closed
+    if not isinstance(info, bytes) or len(info) < _TCPI_RTT_OFFSET + 4:
+        return None
+    (micros,) = struct.unpack_from("=I", info, _TCPI_RTT_OFFSET)
+    return micros / 1e6 if micros else None
 
 
 def expand_proxy_tokens(endpoint: Endpoint) -> str:

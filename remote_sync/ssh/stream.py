@@ -297,7 +297,7 @@ async def _open_channel(
     factory: Any,
 ) -> asyncssh.SSHClientChannel[bytes]:
     settings = pool.settings
-    window = pool.channel_window()
+    window = pool.channel_window(endpoint)
 
     async def create(on: asyncssh.SSHClientConnection) -> asyncssh.SSHClientChannel[bytes]:
         chan, _ = await on.create_session(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import io
 import logging
 import os
 import sys
@@ -98,7 +99,7 @@ class _LineWriter:
     fed them, or the index worker is told (every NOTIFY_BYTES) where the complete lines end."""
 
     _doing = "write the file"  # what a write error says we were doing
-    handle: BinaryIO
+    handle: io.BufferedRandom
     host: str
     path: bytes
     indexer: FileIndexer | None
@@ -121,6 +122,19 @@ class _LineWriter:
                 if self.job is not None and self.end_of_lines - self.notified >= NOTIFY_BYTES:
                     self._notify()
         self.offset += len(view)
+
+    def _without_buffer(self) -> BinaryIO:
+        """The file's raw handle, its write buffer freed, for the wait until the batch flush.
+
+        Hundreds of finished files of a fleet may wait for one flush; each buffer is memory
+        nothing will write again (``truncate`` has flushed it).
+        """
+        try:
+            raw = self.handle.detach()
+        except OSError as exc:
+            raise _mirror_error(exc, self.host, self.path, self._doing) from exc
+        assert isinstance(raw, io.FileIO)
+        return raw
 
     def _notify(self) -> None:
         assert self.job is not None
@@ -154,7 +168,7 @@ class AppendWriter(_LineWriter):
         self.committed = row.size
         self.local = state.local_path(row.host, row.path)
         try:
-            self.handle: BinaryIO = open(self.local, "r+b")  # noqa: SIM115 (kept until flush)
+            self.handle = open(self.local, "r+b")  # noqa: SIM115 (kept until flush)
             self.handle.seek(start)
             self.expected = self.handle.read(row.size - start)
         except OSError as exc:
@@ -192,7 +206,12 @@ class AppendWriter(_LineWriter):
         if self.job is not None:
             self.job.finish(self.end_of_lines)  # truncate() flushed the buffer
         return Pending(
-            self.row, self.handle, category="grown", bytes=added, index=index, job=self.job
+            self.row,
+            self._without_buffer(),
+            category="grown",
+            bytes=added,
+            index=index,
+            job=self.job,
         )
 
     def abort(self) -> None:
@@ -242,7 +261,7 @@ class WholeWriter(_LineWriter):
         self.temp = state.temp_path()
         try:
             # Readable too: an index worker reads the lines through (a copy of) this descriptor.
-            self.handle: BinaryIO = open(self.temp, "w+b")  # noqa: SIM115 (kept until flush)
+            self.handle = open(self.temp, "w+b")  # noqa: SIM115 (kept until flush)
         except OSError as exc:
             raise _mirror_error(exc, row.host, row.path, "create a temp file") from exc
         self.offset = 0
@@ -269,7 +288,7 @@ class WholeWriter(_LineWriter):
             self.job.finish(size)  # truncate() flushed the buffer
         return Pending(
             self.row,
-            self.handle,
+            self._without_buffer(),
             temp=self.temp,
             category=self.category,
             bytes=size,

@@ -9,9 +9,8 @@ side of each:
   bytes, an end mark). Each file is folded into facts while it streams and dropped when its
   end mark arrives; batches are yielded as sessions complete. Nothing is kept per file (no
   listing, no request list, no stdin built up front), so memory does not grow with the number
-  of sessions; the stream's own buffers are bounded by :data:`LIST_CHUNK` and
-  :data:`LIST_BUFFER_CHUNKS` here and by the pool's channel window (``api`` opens its pool
-  with :data:`LIST_WINDOW`).
+  of sessions; the stream's own buffers are bounded by :data:`LIST_CHUNK` here and by the
+  pool's channel window (``api`` opens its pool with :data:`LIST_WINDOW`).
 * :func:`read_remote_session` shows one session with **one** command, by path or by session
   id: the remote side resolves the id with ``find`` (name patterns from the format's rules,
   :func:`id_predicate`), reports the candidates, and when there is exactly one streams it
@@ -69,7 +68,6 @@ from .update import FileIndexer
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "LIST_BUFFER_CHUNKS",
     "LIST_CHUNK",
     "LIST_WINDOW",
     "NAME_FILTERS",
@@ -83,17 +81,16 @@ __all__ = [
 ]
 
 #: Channel window for a remote listing. The client is CPU-bound while it decodes (about
-#: 70 MB/s here), so a bigger window only piles received data up in memory (up to two
-#: windows: see ssh.stream), and a longer listing reaches that bound more surely than a
-#: short one: with 2 MiB the peak still grew by about 0.9 MiB from 122 to 1,177 transcripts,
-#: with 1 MiB by 0.2 MiB. Smaller windows cost time where client and host share little CPU
-#: (512 KiB: about 20 % slower here). 1 MiB allows about 20 MB/s at 50 ms of round-trip time.
+#: 70 MB/s here), so a bigger window only piles received data up in memory (up to a window;
+#: up to two before the window followed consumption, see ssh.flow). Measured then: with 2 MiB
+#: the peak grew by about 0.9 MiB from 122 to 1,177 transcripts, with 1 MiB by 0.2 MiB.
+#: Smaller windows cost time where client and host share little CPU (512 KiB: about 20 %
+#: slower here). 1 MiB allows about 20 MB/s at 50 ms of round-trip time.
 LIST_WINDOW = 1024 * 1024
-#: Chunks of a remote listing's stream, and how many may wait between the SSH channel and the
-#: decoder (with the channel's high-water mark, about 2 * window + 4 * chunk are ever held).
-#: Chunks of 64 KiB cost about a third more time than 256 KiB (more trips through the loop).
+#: The largest chunk the decoder is handed at once from a remote listing's stream (the stream
+#: holds at most its window of unconsumed bytes, plus the chunk the decoder holds). Chunks of
+#: 64 KiB cost about a third more time than 256 KiB (more trips through the loop).
 LIST_CHUNK = 256 * 1024
-LIST_BUFFER_CHUNKS = 2
 #: Channel window for ``show``: what the host may send beyond the last byte the client needs
 #: before the client's stop reaches it.
 SHOW_WINDOW = 512 * 1024
@@ -584,7 +581,6 @@ async def stream_remote_sessions(
             stdin=marker.encode() + b"\n",
             token=token,
             chunk_size=LIST_CHUNK,
-            buffer_chunks=LIST_BUFFER_CHUNKS,
         ) as stream:
             async for chunk in stream:
                 for item in frames.feed(chunk):
@@ -871,7 +867,6 @@ async def _run_show(
             stdin=stdin,
             token=token,
             chunk_size=LIST_CHUNK,
-            buffer_chunks=LIST_BUFFER_CHUNKS,
         ) as stream:
             async for chunk in stream:
                 for item in frames.feed(chunk):

@@ -4,11 +4,13 @@ What it owns: one SSH channel from opening to closing, the flow of its stdout in
 memory object stream, its exit status and a bounded tail of its stderr, the idle timeout, and
 stopping the remote process when the consumer cancels or leaves early.
 
-Backpressure: asyncssh hands us packets in a callback. We queue them until ``high_water`` bytes
-are waiting and then pause the channel; a paused asyncssh channel stops sending window
-adjustments, so the remote writer blocks once the SSH window is full. Memory per stream is thus
-bounded by about ``2 * window + high_water + buffer_chunks * chunk_size`` whatever the output
-size (see ``_Channel.take`` for the factor 2).
+Backpressure: asyncssh hands us packets in a callback and we queue them; the SSH window is
+re-opened only for what the consumer has taken (:mod:`.flow`), so the remote writer blocks once
+``window`` bytes are unconsumed. The consumer takes chunks of up to ``chunk_size`` straight from
+that queue, so memory per stream is bounded by about ``window + chunk_size`` whatever the
+output size or the consumer's pace. Where asyncssh's internals differ, the queue pauses the
+channel at ``high_water`` bytes instead, which bounds a stream by about ``2 * window`` (see
+``_Channel.take``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from typing import Any
 
 import anyio
 import asyncssh
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..cancel import CancelRegistry, CancelToken, default_registry
 from ..errors import (
@@ -31,6 +32,7 @@ from ..errors import (
     RemoteSyncError,
     TransferCancelledError,
 )
+from .flow import ConsumerCredit
 from .pool import Endpoint, SSHPool, classify
 from .remote import PID_MARKER, kill_group_command, wrapped_command
 
@@ -66,8 +68,9 @@ class RemoteStream:
         host: str,
         path: str | None,
         token: CancelToken,
-        receive: MemoryObjectReceiveStream[bytes],
         check: bool,
+        chunk_size: int,
+        idle_timeout: float | None,
     ) -> None:
         self.host = host
         self.path = path
@@ -77,7 +80,9 @@ class RemoteStream:
         self.remote_pid: int | None = None
         self.bytes_received = 0
         self.check = check
-        self._receive = receive
+        self._chunk_size = chunk_size
+        self._idle_timeout = idle_timeout
+        self._channel: _Channel | None = None  # set by exec_streaming once the channel exists
         self._stderr = bytearray()
         self._stderr_head = bytearray()  # until the pid line is complete
         self._failure: RemoteSyncError | None = None
@@ -95,11 +100,28 @@ class RemoteStream:
         return self
 
     async def __anext__(self) -> bytes:
-        try:
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            self._raise_outcome()
-            raise StopAsyncIteration from None
+        # The consumer takes straight from the channel's queue: a chunk exists only while the
+        # consumer holds it, and the window re-opens as it takes (see :mod:`.flow`).
+        channel = self._channel
+        assert channel is not None
+        if not self._finished and not channel.queue and not channel.closed.is_set():
+            with anyio.CancelScope() as scope, self.token.bind(scope):
+                if not await channel.wait_for_data(self._idle_timeout):
+                    self._failure = IdleTimeoutError(
+                        f"no output for {self._idle_timeout:g} s", host=self.host, path=self.path
+                    )
+        if channel.queue and not self._finished and self._failure is None:
+            if not self.token.cancelled:
+                await anyio.lowlevel.checkpoint()  # let other transfers and a cancel through
+            if not self.token.cancelled:
+                chunk = channel.take(self._chunk_size)
+                self.bytes_received += len(chunk)
+                return chunk
+        if channel.lost is not None and self._failure is None and not channel.queue:
+            self._failure = classify(channel.lost, self.host)
+            self._failure.path = self.path
+        self._raise_outcome()
+        raise StopAsyncIteration
 
     async def read_all(self) -> bytes:
         """Collect the whole output (for small outputs such as listings)."""
@@ -159,7 +181,10 @@ class RemoteStream:
 
 
 class _Channel(asyncssh.SSHClientSession[bytes]):
-    """asyncssh callbacks → a byte queue with pause/resume around a high-water mark."""
+    """asyncssh callbacks → a byte queue; the window re-opens as the consumer takes from it.
+
+    Where :class:`ConsumerCredit` cannot be installed, pause/resume around a high-water mark.
+    """
 
     def __init__(self, stream: RemoteStream, high_water: int) -> None:
         self.stream = stream
@@ -167,6 +192,7 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
         self.queue: deque[bytes] = deque()
         self.queued = 0
+        self.credit: ConsumerCredit | None = None
         self.paused = False
         self.resuming = False
         self.discard = False
@@ -177,16 +203,18 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self.chan = chan
+        self.credit = ConsumerCredit.install(chan, self.data_received)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if datatype == asyncssh.EXTENDED_DATA_STDERR:
-            self.stream._add_stderr(data)
-            return
-        if self.discard:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR or self.discard:
+            if datatype == asyncssh.EXTENDED_DATA_STDERR:
+                self.stream._add_stderr(data)
+            if self.credit is not None:
+                self.credit.settle(self.queued)  # consumed on arrival
             return
         self.queue.append(data)
         self.queued += len(data)
-        if self.queued >= self.high_water and not self.resuming:
+        if self.credit is None and self.queued >= self.high_water and not self.resuming:
             self._pause()
         self._wake()
 
@@ -222,7 +250,9 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
             parts.append(part)
             size += len(part)
         self.queued -= size
-        if self.paused and self.queued < self.high_water // 2 and self.chan is not None:
+        if self.credit is not None:
+            self.credit.settle(self.queued)
+        elif self.paused and self.queued < self.high_water // 2 and self.chan is not None:
             # asyncssh re-opens the whole window on the first packet it hands over after a
             # resume, however few we then take. Pausing again in mid-flush would leave the
             # rest in its buffer with the window already re-credited, and that buffer would
@@ -253,39 +283,11 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
         self.discard = True
         self.queue.clear()
         self.queued = 0
+        if self.credit is not None:
+            self.credit.settle(0)
         if self.paused and self.chan is not None:
             self.paused = False
             self.chan.resume_reading()
-
-
-async def _pump(
-    channel: _Channel,
-    stream: RemoteStream,
-    send: MemoryObjectSendStream[bytes],
-    *,
-    chunk_size: int,
-    idle_timeout: float | None,
-) -> None:
-    """Move queued packets into the bounded memory stream; ends when the channel closes."""
-    async with send:
-        with anyio.CancelScope() as scope, stream.token.bind(scope):
-            while True:
-                if not await channel.wait_for_data(idle_timeout):
-                    stream._failure = IdleTimeoutError(
-                        f"no output for {idle_timeout:g} s", host=stream.host, path=stream.path
-                    )
-                    return
-                if not channel.queue:  # closed and drained
-                    if channel.lost is not None:
-                        stream._failure = classify(channel.lost, stream.host)
-                        stream._failure.path = stream.path
-                    return
-                chunk = channel.take(chunk_size)
-                stream.bytes_received += len(chunk)
-                try:
-                    await send.send(chunk)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    return  # the consumer left; the context exit stops the remote side
 
 
 async def _open_channel(
@@ -353,7 +355,6 @@ async def exec_streaming(
     stdin: bytes | None = None,
     idle_timeout: float | None = 60.0,
     chunk_size: int = 256 * 1024,
-    buffer_chunks: int = 2,
     check: bool = True,
     token: CancelToken | None = None,
     transfer_id: str | None = None,
@@ -373,48 +374,42 @@ async def exec_streaming(
     command = wrapped_command(argv)
     with registry.register(transfer_id, parent=token) as own_token:
         own_token.raise_if_cancelled(host=host, path=path)
-        send, receive = anyio.create_memory_object_stream[bytes](buffer_chunks)
-        stream = RemoteStream(host=host, path=path, token=own_token, receive=receive, check=check)
-        channel = _Channel(stream, high_water=max(chunk_size, 64 * 1024) * 2)
+        stream = RemoteStream(
+            host=host,
+            path=path,
+            token=own_token,
+            check=check,
+            chunk_size=chunk_size,
+            idle_timeout=idle_timeout,
+        )
+        channel = stream._channel = _Channel(stream, high_water=max(chunk_size, 64 * 1024) * 2)
         kill_pid: int | None = None
-        with receive:
-            async with pool.session(endpoint, host=host) as conn:
-                chan = await _open_channel(pool, endpoint, conn, host, command, lambda: channel)
-                unhook = own_token.on_cancel(lambda: _signal(chan, "TERM"))
+        # The consumer's exception is held until the remote side is stopped and the session
+        # slot released, then raised as is.
+        body_error: Exception | None = None
+        async with pool.session(endpoint, host=host) as conn:
+            chan = await _open_channel(pool, endpoint, conn, host, command, lambda: channel)
+            unhook = own_token.on_cancel(lambda: _signal(chan, "TERM"))
+            try:
                 if stdin is not None:
                     chan.write(stdin)
                 chan.write_eof()
-                # The consumer's exception is held while the task group closes and raised after,
-                # so callers see it as is rather than wrapped in an ExceptionGroup.
-                body_error: Exception | None = None
                 try:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(
-                            lambda: _pump(
-                                channel,
-                                stream,
-                                send,
-                                chunk_size=chunk_size,
-                                idle_timeout=idle_timeout,
-                            )
-                        )
-                        try:
-                            yield stream
-                        except Exception as exc:
-                            body_error = exc
-                        finally:
-                            with anyio.CancelScope(shield=True):
-                                kill_pid = await _stop_channel(chan, channel, stream)
-                            tg.cancel_scope.cancel()
+                    yield stream
+                except Exception as exc:
+                    body_error = exc
                 finally:
-                    unhook()
-            if kill_pid:
-                # The server ignored our signal (or the process ignores TERM): stop the group
-                # over a fresh channel, after releasing ours so a full cap cannot deadlock.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
-                    await _kill_remote(pool, endpoint, host, kill_pid)
-            if body_error is not None:
-                raise body_error
+                    with anyio.CancelScope(shield=True):
+                        kill_pid = await _stop_channel(chan, channel, stream)
+            finally:
+                unhook()
+        if kill_pid:
+            # The server ignored our signal (or the process ignores TERM): stop the group
+            # over a fresh channel, after releasing ours so a full cap cannot deadlock.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+                await _kill_remote(pool, endpoint, host, kill_pid)
+        if body_error is not None:
+            raise body_error
 
 
 def _signal(chan: asyncssh.SSHClientChannel[bytes], name: str) -> None:

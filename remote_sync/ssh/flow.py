@@ -1,0 +1,69 @@
+"""Receive-window credit that follows the consumer, not the arrival of data.
+
+What it owns: :class:`ConsumerCredit`, the one place that reaches into asyncssh's channel
+internals. asyncssh re-opens a channel's whole receive window as soon as it hands data to the
+session (when reading is paused: on the first packet after the resume), however much of it the
+application still holds. A consumer slower than the link then holds up to two windows: one in
+asyncssh's buffer and one in ours. When the credit follows what the consumer has taken, the
+remote may send only ``window - held`` more bytes, so a stream never holds more than one window
+whatever the pace of its consumer (apache/mina-sshd fixed the same flaw the same way).
+
+How: the channel's ``_deliver_data`` is shadowed on the instance by a function that hands data
+to the session without touching the window, and :meth:`ConsumerCredit.settle` sends
+``SSH_MSG_CHANNEL_WINDOW_ADJUST`` for what has been consumed, in steps of at least half a
+window, as OpenSSH does. :meth:`ConsumerCredit.install` checks that the channel has what this
+relies on (``_deliver_data``, an integer ``_recv_window``, ``send_packet``) and returns None
+when it does not; the stream then falls back to asyncssh's pause/resume (two windows).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+
+log = logging.getLogger(__name__)
+
+#: SSH_MSG_CHANNEL_WINDOW_ADJUST (RFC 4254, section 5.2).
+MSG_CHANNEL_WINDOW_ADJUST = 93
+
+Deliver = Callable[[bytes, asyncssh.DataType], None]
+
+
+class ConsumerCredit:
+    """The receive window of one channel, re-opened only for consumed bytes."""
+
+    def __init__(self, chan: Any, window: int) -> None:
+        self._chan = chan
+        self.window = window
+
+    @classmethod
+    def install(
+        cls, chan: asyncssh.SSHClientChannel[bytes], deliver: Deliver
+    ) -> ConsumerCredit | None:
+        """Route ``chan``'s data to ``deliver`` with the window left to :meth:`settle`.
+
+        Call it from the session's ``connection_made``, before any data can arrive. Returns
+        None (and changes nothing) when this asyncssh keeps its window some other way.
+        """
+        internals: Any = chan
+        if not (
+            callable(getattr(internals, "_deliver_data", None))
+            and isinstance(getattr(internals, "_recv_window", None), int)
+            and callable(getattr(internals, "send_packet", None))
+        ):
+            log.debug("asyncssh channel internals differ: flow control by pause/resume")
+            return None
+        internals._deliver_data = deliver
+        return cls(internals, chan.get_recv_window())
+
+    def settle(self, held: int) -> None:
+        """Re-open the window for everything received except the ``held`` unconsumed bytes."""
+        chan = self._chan
+        free = self.window - chan._recv_window - held
+        if free >= self.window // 2:
+            # After the channel closed asyncssh drops the packet (it has no channel number).
+            chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, free.to_bytes(4, "big"))
+            chan._recv_window += free

@@ -241,6 +241,10 @@ async def test_windows_are_sized_to_the_round_trip_of_a_direct_connection(
         assert pool.channel_window(direct) == 4 * MiB
         assert pool.round_trip(proxied) is None
         assert pool.channel_window(proxied) == 16 * MiB
+        async with pool.session(direct), pool.session(direct), pool.session(direct):
+            # Short round trips: the floor is what absorbs the client's pauses, a total.
+            assert pool.channel_window(direct) == 4 * MiB // 3
+            assert pool.channel_window(proxied) == 16 * MiB // 3  # the budget's share
         # A long round trip gets the window that keeps the link busy, up to ``window``.
         for seconds, window in ((0.001, 4 * MiB), (0.02, int(0.02 * 512 * MiB)), (0.05, 16 * MiB)):
             monkeypatch.setattr(pool_module, "tcp_round_trip", lambda sock, s=seconds: s)

@@ -145,11 +145,11 @@ class PoolSettings:
     min_window: int = 1024 * 1024
     #: On a direct TCP connection the kernel knows its round-trip time; such a channel gets the
     #: window that carries ``window_rate`` bytes per second over that RTT, never less than
-    #: ``window_floor`` nor more than ``window`` (the budget still applies). A window is
-    #: memory the link cannot use when the RTT is short: over loopback or a LAN, 4 MiB keeps a
-    #: transfer about as fast as 16 MiB and halves what a slow consumer may hold. Through a
-    #: ProxyCommand or ProxyJump the RTT past the first hop is unknown, so those get ``window``.
-    #: 0 turns the sizing off.
+    #: ``window_floor`` divided among the channels open at once, nor more than ``window`` (the
+    #: budget still applies). A window is memory the link cannot use when the RTT is short:
+    #: over loopback or a LAN, 4 MiB keeps a transfer about as fast as 16 MiB, and eight
+    #: concurrent ones need no more in all. Through a ProxyCommand or ProxyJump the RTT past
+    #: the first hop is unknown, so those get ``window``. 0 turns the sizing off.
     window_rate: int = 512 * 1024 * 1024
     window_floor: int = 4 * 1024 * 1024
     max_pktsize: int = 256 * 1024
@@ -248,14 +248,16 @@ class SSHPool:
         ``PoolSettings.window_budget`` (shared by the channels open at once).
         """
         settings = self.settings
+        open_now = max(1, sum(other.stats.channels_open for other in self._slots.values()))
         largest = settings.window
         round_trip = self.round_trip(endpoint) if endpoint is not None else None
         if round_trip is not None and settings.window_rate > 0:
+            # What the link needs, or else what absorbs the client's pauses; the client's pace
+            # is shared by its streams, so that floor is shared by the channels open at once.
             needed = int(round_trip * settings.window_rate)
-            largest = min(largest, max(settings.window_floor, needed))
+            largest = min(largest, max(settings.window_floor // open_now, needed))
         if settings.window_budget <= 0:
             return largest
-        open_now = max(1, sum(other.stats.channels_open for other in self._slots.values()))
         share = settings.window_budget // open_now
         return max(min(settings.min_window, largest), min(largest, share))
 

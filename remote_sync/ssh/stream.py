@@ -1,8 +1,8 @@
 """exec_streaming: run a remote command and consume its stdout as a bounded stream of chunks.
 
-What it owns: one SSH channel from opening to closing, the flow of its stdout into an anyio
-memory object stream, its exit status and a bounded tail of its stderr, the idle timeout, and
-stopping the remote process when the consumer cancels or leaves early.
+What it owns: one SSH channel from opening to closing, the queue of its stdout that the
+consumer iterates in chunks, its exit status and a bounded tail of its stderr, the idle timeout,
+and stopping the remote process when the consumer cancels or leaves early.
 
 Backpressure: asyncssh hands us packets in a callback and we queue them; the SSH window is
 re-opened only for what the consumer has taken (:mod:`.flow`), so the remote writer blocks once

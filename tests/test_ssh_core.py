@@ -35,6 +35,20 @@ from remote_sync.ssh.stream import exec_streaming, run_command
 MiB = 1024 * 1024
 
 
+def _through_relay(fleet: SSHFleet) -> Endpoint:
+    """Host h0 reached through bench/delay_relay.py (no delay) as the ProxyCommand."""
+    relay = Path(__file__).resolve().parent.parent / "bench" / "delay_relay.py"
+    return Endpoint(
+        address="127.0.0.1",
+        port=fleet.host("h0").port,
+        user=fleet.user,
+        ssh_config=(),
+        identity_files=(str(fleet.client_key),),
+        known_hosts=str(fleet.known_hosts),
+        proxy_command=f"{sys.executable} {relay} --delay-ms 0 %h %p",
+    )
+
+
 def endpoint(fleet: SSHFleet, name: str, **kwargs: object) -> Endpoint:
     """The endpoint a user would write: an ssh_config alias, with that config and known_hosts."""
     fields: dict[str, object] = {
@@ -221,17 +235,8 @@ async def test_windows_are_sized_to_the_round_trip_of_a_direct_connection(
 ) -> None:
     """Loopback needs no 16 MiB window; behind a proxy the RTT is unknown, so it keeps it."""
     settings = PoolSettings(window=16 * MiB, window_floor=4 * MiB, window_rate=512 * MiB)
-    relay = Path(__file__).resolve().parent.parent / "bench" / "delay_relay.py"
     direct = endpoint(fleet, "h0")
-    proxied = Endpoint(
-        address="127.0.0.1",
-        port=fleet.host("h0").port,
-        user=fleet.user,
-        ssh_config=(),
-        identity_files=(str(fleet.client_key),),
-        known_hosts=str(fleet.known_hosts),
-        proxy_command=f"{sys.executable} {relay} --delay-ms 0 %h %p",
-    )
+    proxied = _through_relay(fleet)
     async with SSHPool(settings) as pool:
         assert pool.round_trip(direct) is None  # not connected yet
         await run_command(pool, direct, ["true"])
@@ -555,16 +560,7 @@ async def test_keys_from_ssh_agent(fleet: SSHFleet, tmp_path: Path, monkeypatch)
 
 
 async def test_inventory_proxy_command_tokens_are_expanded(fleet: SSHFleet) -> None:
-    relay = Path(__file__).resolve().parent.parent / "bench" / "delay_relay.py"
-    ep = Endpoint(
-        address="127.0.0.1",
-        port=fleet.host("h0").port,
-        user=fleet.user,
-        ssh_config=(),
-        identity_files=(str(fleet.client_key),),
-        known_hosts=str(fleet.known_hosts),
-        proxy_command=f"{sys.executable} {relay} --delay-ms 0 %h %p",
-    )
+    ep = _through_relay(fleet)
     async with SSHPool() as pool:
         assert await run_command(pool, ep, ["echo", "through the proxy"]) == b"through the proxy\n"
 

@@ -25,13 +25,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import _common  # noqa: F401  (puts tests/ on sys.path for sessiongen)
+import _common  # noqa: F401  (puts tests/ on sys.path for sessiongen and indexref)
 import msgspec
+from indexref import index_by_records
 
-from remote_sync.decode.jsonl import JsonlDecoder, LineError
+from remote_sync.decode.jsonl import JsonlDecoder
 from remote_sync.formats.readers import get_reader
 from remote_sync.index.facts import FormatReader, SessionFacts
-from remote_sync.index.store import MARK_EVERY
 from remote_sync.index.update import FileIndexer
 
 CHUNK = 256 * 1024
@@ -63,27 +63,7 @@ def run_indexer(reader: FormatReader, chunks: list[bytes]) -> tuple[SessionFacts
 
 def run_records(reader: FormatReader, chunks: list[bytes]) -> tuple[SessionFacts, Any]:
     """The per-record path: ``FileIndexer.feed`` as it was before ``feed_values``."""
-    agent, session_id = reader.identify(PATHS.get(reader.name, b"s.jsonl"))
-    facts = SessionFacts(session_id=session_id, agent=agent)
-    marks: list[tuple[int, int]] = []
-    decoder: JsonlDecoder[Any] = JsonlDecoder(reader.line_type)
-    fold = reader.update
-    for chunk in chunks:
-        start = decoder.committed_offset
-        items = decoder.feed(chunk)
-        facts.lines += chunk.count(b"\n")
-        facts.bytes += decoder.committed_offset - start
-        messages = facts.messages
-        for item in items:
-            if isinstance(item, LineError):
-                facts.malformed += 1
-                continue
-            fold(facts, item.value)
-            now = facts.messages
-            if now != messages:
-                if messages % MARK_EVERY == 0:
-                    marks.append((messages, item.offset))
-                messages = now
+    facts, marks, _, _ = index_by_records(reader, PATHS.get(reader.name, b"s.jsonl"), chunks)
     return facts, marks
 
 

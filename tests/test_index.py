@@ -6,21 +6,20 @@ import os
 import random
 import sqlite3
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
 import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from indexref import index_by_records
 from sessiongen import build_tree, facts_dict, generate
 from sshfleet import SSHFleet
 
 from remote_sync import api
 from remote_sync.cli import main
-from remote_sync.decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder, LineError
+from remote_sync.decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder
 from remote_sync.formats.readers import get_reader
-from remote_sync.index.facts import FormatReader, SessionFacts
 from remote_sync.index.store import _facts_decoder
 from remote_sync.index.update import FileIndexer, rebuild_index
 from remote_sync.inventory import load_inventory
@@ -212,39 +211,6 @@ def test_stream_sessions_reports_progress_and_cancels_midway(
 
 
 # --------------------------------------------------------------------------- FileIndexer
-
-
-def index_by_records(
-    reader: FormatReader,
-    path: bytes,
-    chunks: list[bytes],
-    *,
-    max_line_bytes: int,
-    mark_every: int,
-) -> tuple[SessionFacts, list[tuple[int, int]], int, int]:
-    """The per-record path FileIndexer.feed took before feed_values: a Record or LineError
-    per line from JsonlDecoder.feed, then the fold over them."""
-    agent, session_id = reader.identify(path)
-    facts = SessionFacts(session_id=session_id, agent=agent)
-    marks: list[tuple[int, int]] = []
-    decoder: JsonlDecoder[Any] = JsonlDecoder(reader.line_type, max_line_bytes=max_line_bytes)
-    for chunk in chunks:
-        start = decoder.committed_offset
-        items = decoder.feed(chunk)
-        facts.lines += chunk.count(b"\n")
-        facts.bytes += decoder.committed_offset - start
-        messages = facts.messages
-        for item in items:
-            if isinstance(item, LineError):
-                facts.malformed += 1
-                continue
-            reader.update(facts, item.value)
-            now = facts.messages
-            if now != messages:
-                if messages % mark_every == 0:
-                    marks.append((messages, item.offset))
-                messages = now
-    return facts, marks, decoder.committed_offset, decoder.pending_bytes
 
 
 _HOSTILE = [

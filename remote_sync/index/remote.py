@@ -62,7 +62,7 @@ from ..ssh.remote import sh_script
 from ..ssh.stream import exec_streaming
 from .facts import FormatReader, Message
 from .query import SessionRow, row_from_facts
-from .show import TAIL_FIRST_BLOCK, ShowResult
+from .show import TAIL_FIRST_BLOCK, ShowResult, check_selection
 from .update import FileIndexer
 
 log = logging.getLogger(__name__)
@@ -728,15 +728,6 @@ class _Backward:
         return done
 
 
-def _validate(head: int | None, tail: int | None, page: int | None, page_size: int) -> None:
-    chosen = [name for name, v in (("head", head), ("tail", tail), ("page", page)) if v is not None]
-    if len(chosen) > 1:
-        raise ConfigError(f"choose one of {' / '.join(chosen)}")
-    for name, value in (("head", head), ("tail", tail), ("page", page), ("page size", page_size)):
-        if value is not None and value < 1:
-            raise ConfigError(f"the {name} must be at least 1, got {value}")
-
-
 @dataclass(slots=True)
 class _Outcome:
     """What one show command found: the candidates, or the result when it streamed one."""
@@ -764,7 +755,7 @@ async def read_remote_session(
     docstring). ``bytes_read`` is the file's bytes received; ``first`` is the number of the
     first message (for a tail, only when the whole file was read).
     """
-    _validate(head, tail, page, page_size)
+    check_selection(head, tail, page, page_size)
     if not session:
         raise ConfigError("no session given", host=host.name)
     reader = get_reader(host.source.format)

@@ -37,6 +37,7 @@ __all__ = [
     "TAIL_MAX_BLOCK",
     "MarkLookup",
     "ShowResult",
+    "check_selection",
     "read_messages",
     "show_session",
 ]
@@ -65,6 +66,16 @@ class ShowResult:
     at_end: bool = False
 
 
+def check_selection(head: int | None, tail: int | None, page: int | None, page_size: int) -> None:
+    """At most one of ``head``, ``tail`` and ``page``, and each count at least 1."""
+    chosen = [name for name, v in (("head", head), ("tail", tail), ("page", page)) if v is not None]
+    if len(chosen) > 1:
+        raise ConfigError(f"choose one of {' / '.join(chosen)}")
+    for name, value in (("head", head), ("tail", tail), ("page", page), ("page size", page_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"the {name} must be at least 1, got {value}")
+
+
 def read_messages(
     path: Path,
     reader: FormatReader,
@@ -83,12 +94,7 @@ def read_messages(
     beyond it may be a sync's uncommitted write). ``marks`` (for ``page``) lets the read start
     near the page instead of at the first line.
     """
-    chosen = [name for name, v in (("head", head), ("tail", tail), ("page", page)) if v is not None]
-    if len(chosen) > 1:
-        raise ConfigError(f"choose one of {' / '.join(chosen)}")
-    for name, value in (("head", head), ("tail", tail), ("page", page), ("page size", page_size)):
-        if value is not None and value < 1:
-            raise ConfigError(f"the {name} must be at least 1, got {value}")
+    check_selection(head, tail, page, page_size)
     try:
         with open(path, "rb") as src:
             size = src.seek(0, 2)

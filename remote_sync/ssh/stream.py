@@ -206,17 +206,17 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
         self.credit = ConsumerCredit.install(chan, self.data_received)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if datatype == asyncssh.EXTENDED_DATA_STDERR or self.discard:
-            if datatype == asyncssh.EXTENDED_DATA_STDERR:
-                self.stream._add_stderr(data)
-            if self.credit is not None:
-                self.credit.settle(self.queued)  # consumed on arrival
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.stream._add_stderr(data)
+        elif not self.discard:
+            self.queue.append(data)
+            self.queued += len(data)
+            if self.credit is None and self.queued >= self.high_water and not self.resuming:
+                self._pause()
+            self._wake()
             return
-        self.queue.append(data)
-        self.queued += len(data)
-        if self.credit is None and self.queued >= self.high_water and not self.resuming:
-            self._pause()
-        self._wake()
+        if self.credit is not None:
+            self.credit.settle(self.queued)  # stderr and discarded output: consumed on arrival
 
     def _pause(self) -> None:
         if not self.paused and self.chan is not None:

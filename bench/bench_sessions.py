@@ -8,11 +8,12 @@ realistic OpenClaw sessions from ``tests/sessiongen.py`` into it, and measures:
    whole process (``python3 -m remote_sync.cli``, the console script next to this Python, and
    ``remote-sync`` as found on PATH when that is something else), median of 5 alternating runs
    with its peers ``python3 -c pass`` and ``sqlite3 D/.remote-sync/state.db 'select * from
-   sessions'``; also without cached bytecode, and on a copy whose file fingerprints are cut to
-   16 bytes (what-if). The index is written directly (``MirrorState.commit`` + ``put_session``)
-   from the facts of 250 generated transcripts indexed by the real reader, replicated with new
-   ids, paths, hosts and times. A child splits the time (import, ``cli.main()``, SQL, JSON) and
-   times the first query with a bigger page cache or a memory map. Goal: <= 0.4 s.
+   sessions'``; also without cached bytecode. The index is written directly
+   (``MirrorState.commit`` + ``put_session``) from the facts of 250 generated transcripts
+   indexed by the real reader, replicated with new ids, paths, hosts and times; each file's
+   fingerprint is the digest a sync records. A child splits the time (import, ``cli.main()``,
+   SQL, JSON) and times the first query with a bigger page cache or a memory map. Goal:
+   <= 0.4 s.
 2. ``show``: ``sessions show h0 SID --tail 100 --json`` (and ``--head 100``, ``--page K`` in the
    middle) of a 1 GiB session mirrored by a real ``remote-sync sync`` (which also indexes it and
    records its page marks). The session is one ~16 MiB generated OpenClaw transcript whose
@@ -286,11 +287,12 @@ def console_scripts() -> dict[str, str]:
 
 
 def index_templates(rng: random.Random, count: int) -> list[tuple[Any, list[Any], bytes]]:
-    """(facts, marks, first KiB) of ``count`` generated transcripts, indexed by the reader."""
+    """(facts, marks, fingerprint) of ``count`` generated transcripts, indexed by the reader."""
     import sessiongen  # type: ignore[import-not-found]
 
     from remote_sync.formats.readers import get_reader
     from remote_sync.index.update import FileIndexer
+    from remote_sync.mirror.state import FINGERPRINT_BYTES, fingerprint_of
 
     reader = get_reader(FORMAT)
     out = []
@@ -302,7 +304,7 @@ def index_templates(rng: random.Random, count: int) -> list[tuple[Any, list[Any]
         indexer = FileIndexer(reader, HOST, f"agents/main/sessions/{sid}.jsonl".encode())
         indexer.feed(session.data)
         update = indexer.result()
-        out.append((update.facts, update.marks, session.data[:1024]))
+        out.append((update.facts, update.marks, fingerprint_of(session.data[:FINGERPRINT_BYTES])))
     return out
 
 
@@ -319,7 +321,7 @@ def build_index(dest: Path, n: int, rng: random.Random) -> dict[str, Any]:
     files: list[FileState] = []
     sessions: list[tuple[str, bytes, Any, list[Any]]] = []
     for i in range(n):
-        facts, marks, head = templates[i % len(templates)]
+        facts, marks, fingerprint = templates[i % len(templates)]
         host = f"h{i % 4}"
         agent = ("main", "work", "ops")[i % 3]
         sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
@@ -347,7 +349,7 @@ def build_index(dest: Path, n: int, rng: random.Random) -> dict[str, Any]:
                 mtime=shift.timestamp(),
                 dev=2049,
                 ino=1_000_000 + i,
-                fingerprint=head,
+                fingerprint=fingerprint,
                 version=1 if 0.05 <= roll < 0.07 else 0,
                 state="deleted" if roll < 0.05 else "live",
             )
@@ -382,20 +384,6 @@ def bench_list(dest: Path, n: int, repeat: int) -> dict[str, Any]:
     if sqlite3_bin:
         db = dest / ".remote-sync" / "state.db"
         commands["sqlite3"] = [sqlite3_bin, str(db), "select * from sessions"]
-    # What-if: the same index with each file's fingerprint cut from 1 KiB to 16 bytes (a copy,
-    # VACUUMed): how much of the time is reading the files rows that the query joins.
-    whatif = dest.parent / f"{dest.name}-fingerprint16"
-    shutil.rmtree(whatif, ignore_errors=True)
-    shutil.copytree(dest / ".remote-sync", whatif / ".remote-sync")
-    import sqlite3
-
-    conn = sqlite3.connect(whatif / ".remote-sync" / "state.db", isolation_level=None)
-    conn.execute("UPDATE files SET fingerprint = substr(fingerprint, 1, 16)")
-    conn.execute("VACUUM")
-    conn.close()
-    whatif_bytes = (whatif / ".remote-sync" / "state.db").stat().st_size
-    commands["module_fingerprint16"] = cli("sessions", "list", "--json", "--dest", str(whatif))
-
     # Check the output once (and warm the page cache and the bytecode cache of every command).
     _, out = run_timed(commands["module"], capture=True)
     lines = out.splitlines()
@@ -426,11 +414,9 @@ def bench_list(dest: Path, n: int, repeat: int) -> dict[str, Any]:
         for _ in range(repeat)
     ]
     med = {k: median(v) for k, v in runs.items()}
-    set_aside(whatif)
     return {
         "sessions": n,
         "db_bytes": (dest / ".remote-sync" / "state.db").stat().st_size,
-        "db_bytes_fingerprint16": whatif_bytes,
         "output_bytes": len(out),
         "first_row_keys": sorted(first),
         "commands": {k: " ".join(shlex.quote(x) for x in v[:1]) for k, v in commands.items()},
@@ -1203,16 +1189,6 @@ def print_table(r: dict[str, Any]) -> None:
             ms(med["python_pass"]),
             f"{med['module_uncached'] / med['python_pass']:.1f}",
             "info",
-        )
-    )
-    rows.append(
-        (
-            f"1 what-if: fingerprints cut to 16 B (db {p['db_bytes'] / 1e6:.0f} -> "
-            f"{p['db_bytes_fingerprint16'] / 1e6:.0f} MB)",
-            ms(med["module_fingerprint16"]),
-            ms(med["module"]),
-            f"{med['module_fingerprint16'] / med['module']:.2f}",
-            "info (peer: the real index)",
         )
     )
     b = p["breakdown_s"]

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 from pathlib import Path
 
-from remote_sync.mirror.state import FileState, MirrorState
+import pytest
+
+from remote_sync.errors import StateError
+from remote_sync.mirror.state import (
+    FINGERPRINT_BYTES,
+    SCHEMA_VERSION,
+    FileState,
+    MirrorState,
+    fingerprint_of,
+)
+from remote_sync.mirror.writer import AppendWriter, WholeWriter, make_durable
 
 
 def row(path: bytes, size: int, host: str = "h") -> FileState:
@@ -42,3 +54,46 @@ def test_recovery_cuts_back_resets_and_cleans(tmp_path: Path) -> None:
     assert len(notes) == 4
     assert sum("cut back" in n for n in notes) == 2
     assert sum("fetched whole" in n for n in notes) == 2
+
+
+def test_fingerprint_is_a_digest_of_the_first_kib(tmp_path: Path) -> None:
+    """Rows stay small (a KiB per row spilled into an overflow page each): 16 bytes that
+    change with the first KiB, recomputed while the file is shorter than that."""
+    lines = b"".join(b'{"n":%04d}\n' % i for i in range(300))  # 3300 bytes
+    with MirrorState(tmp_path / "m") as state:
+        state.recover()
+        new = FileState("h", b"s.jsonl", "append", 0, len(lines), 1.0, 1, 7, b"")
+        whole = WholeWriter(state, new, lines_only=True, category="new")
+        whole.write(lines[:110])  # ten whole lines
+        pending = whole.finish()
+        assert pending.row.fingerprint == fingerprint_of(lines[:110])
+        make_durable(state, [pending])
+        state.commit([pending.row])
+        grown = dataclasses.replace(pending.row)
+        append = AppendWriter(state, pending.row, 110 - 20, grown)
+        append.write(lines[90:])  # 20 bytes of overlap, then the rest
+        pending = append.finish()
+        assert len(pending.row.fingerprint) == 16
+        assert pending.row.fingerprint == fingerprint_of(lines[:FINGERPRINT_BYTES])
+        make_durable(state, [pending])
+        state.commit([pending.row])
+        assert state.local_path("h", b"s.jsonl").read_bytes() == lines
+
+
+def test_state_of_schema_1_is_upgraded_and_a_newer_one_refused(tmp_path: Path) -> None:
+    head = bytes(range(256)) * 4
+    with MirrorState(tmp_path / "m") as state:
+        state.commit([FileState("h", b"a.jsonl", "append", 9, 9, 1.0, 1, 7, head)])
+        state.db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with MirrorState(tmp_path / "m") as state:
+        assert state.host_files("h")[b"a.jsonl"].fingerprint == fingerprint_of(head)
+        version = state.db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        assert version.fetchone()[0] == str(SCHEMA_VERSION)
+        state.db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StateError, match="newer remote-sync") as info:
+        MirrorState(tmp_path / "m").open()
+    assert "upgrade remote-sync" in str(info.value)
+    with sqlite3.connect(tmp_path / "m" / ".remote-sync" / "state.db") as db:
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    with MirrorState(tmp_path / "m"):  # the refusal released the lock
+        pass

@@ -14,6 +14,7 @@ may hold bytes the checkpoint does not claim, and recovery cuts those back.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -26,7 +27,8 @@ from ..errors import LockedError, MirrorError, StateError
 from ..index.store import ensure_schema as ensure_index_schema
 
 CONTROL_DIR = ".remote-sync"
-SCHEMA_VERSION = 1
+#: 2: ``files.fingerprint`` is a digest of the first bytes, no longer the bytes themselves.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,7 +48,7 @@ CREATE TABLE IF NOT EXISTS files (
     mtime REAL NOT NULL,
     dev INTEGER NOT NULL,
     ino INTEGER NOT NULL,
-    fingerprint BLOB NOT NULL,     -- the first bytes of the file (up to FINGERPRINT_BYTES)
+    fingerprint BLOB NOT NULL,     -- digest of the first FINGERPRINT_BYTES (fingerprint_of)
     version INTEGER NOT NULL DEFAULT 0,  -- earlier copies kept under versions/
     state TEXT NOT NULL DEFAULT 'live',  -- 'live' or 'deleted' (gone from the remote)
     first_seen REAL NOT NULL,
@@ -58,6 +60,16 @@ CREATE TABLE IF NOT EXISTS files (
 
 #: How many leading bytes identify a file's content (Filebeat's fingerprint uses 1 KiB too).
 FINGERPRINT_BYTES = 1024
+
+
+def fingerprint_of(head: bytes | bytearray | memoryview) -> bytes:
+    """The fingerprint of a file whose first bytes (up to FINGERPRINT_BYTES) are ``head``.
+
+    A 16-byte digest, as Filebeat keeps a hash and not the bytes: a row holding the whole KiB
+    is too big for a page of a ``WITHOUT ROWID`` table, so every row spilled into an overflow
+    page of its own and the table grew fivefold, and so did every scan of it.
+    """
+    return hashlib.blake2b(head, digest_size=16).digest()
 
 
 @dataclass(slots=True)
@@ -125,6 +137,7 @@ class MirrorState:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            self._upgrade()
         except sqlite3.Error as exc:
             self.close()
             raise StateError(
@@ -132,6 +145,28 @@ class MirrorState:
                 path=str(self.control / "state.db"),
                 hint="move it aside; a rerun rebuilds state by refetching",
             ) from exc
+
+    def _upgrade(self) -> None:
+        """Bring a state written by an earlier version to this one's schema (once)."""
+        db = self.db
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            self.close()
+            raise StateError(
+                f"the state was written by a newer remote-sync (schema {version}; this one "
+                f"knows {SCHEMA_VERSION})",
+                path=str(self.control / "state.db"),
+                hint="upgrade remote-sync to use this destination",
+            )
+        if version < 2:
+            # Version 1 kept the first KiB itself as the fingerprint.
+            db.create_function("fingerprint_of", 1, fingerprint_of, deterministic=True)
+            with self.transaction():
+                db.execute("UPDATE files SET fingerprint = fingerprint_of(fingerprint)")
+                db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+                )
 
     def _lock(self) -> None:
         fd = os.open(self.control / "lock", os.O_RDWR | os.O_CREAT, 0o644)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import MirrorError
 from ..index.update import FileIndexer, IndexUpdate
-from .state import FINGERPRINT_BYTES, FileState, MirrorState
+from .state import FINGERPRINT_BYTES, FileState, MirrorState, fingerprint_of
 
 if TYPE_CHECKING:
     from ..index.worker import IndexJob
@@ -200,7 +200,7 @@ class AppendWriter(_LineWriter):
         self.row.size = self.end_of_lines
         if self.committed < FINGERPRINT_BYTES:
             self.handle.seek(0)
-            self.row.fingerprint = self.handle.read(FINGERPRINT_BYTES)
+            self.row.fingerprint = fingerprint_of(self.handle.read(FINGERPRINT_BYTES))
         added = self.end_of_lines - self.committed
         index = self.indexer.result() if self.indexer is not None else None
         if self.job is not None:
@@ -282,7 +282,7 @@ class WholeWriter(_LineWriter):
         except OSError as exc:
             raise _mirror_error(exc, self.row.host, self.row.path, "truncate a temp file") from exc
         self.row.size = size
-        self.row.fingerprint = bytes(self.head[: min(size, FINGERPRINT_BYTES)])
+        self.row.fingerprint = fingerprint_of(self.head[: min(size, FINGERPRINT_BYTES)])
         index = self.indexer.result() if self.indexer is not None else None
         if self.job is not None:
             self.job.finish(size)  # truncate() flushed the buffer

@@ -175,7 +175,7 @@ async def test_slow_consumer_of_1_gib_keeps_allocations_bounded(
 ) -> None:
     """Backpressure: memory is bounded by the window and one chunk, not by the output size."""
     if credit == "pause/resume fallback":  # what an asyncssh with other internals gets
-        monkeypatch.setattr(ConsumerCredit, "install", classmethod(lambda cls, c, d: None))
+        monkeypatch.setattr(ConsumerCredit, "install", classmethod(lambda cls, *args: None))
     ep = endpoint(fleet, "h0")
     async with SSHPool(PoolSettings(window=4 * MiB)) as pool:
         await run_command(pool, ep, ["true"])  # connect outside the measurement
@@ -261,6 +261,38 @@ async def test_windows_are_sized_to_the_round_trip_of_a_direct_connection(
     with a, b:
         assert pool_module.tcp_round_trip(a) is None
     assert pool_module.tcp_round_trip(None) is None
+
+
+async def test_a_channel_gives_up_its_window_as_others_open(fleet: SSHFleet) -> None:
+    """A window is fixed when the channel opens, but the credit follows the pool's share: a
+    stream that opened alone (4 MiB on loopback) holds no more than a quarter of it once three
+    more channels are open, so a fleet's buffers stay within the floor, not a floor per host."""
+    ep = endpoint(fleet, "h0")
+    settings = PoolSettings(window=16 * MiB, window_floor=4 * MiB, window_rate=512 * MiB)
+    async with SSHPool(settings) as pool:
+        await run_command(pool, ep, ["true"])  # connected: the RTT is known
+        assert pool.channel_window(ep) == 4 * MiB
+        argv = ["head", "-c", str(48 * MiB), "/dev/zero"]
+        async with exec_streaming(pool, ep, argv) as stream:
+            channel = stream._channel
+            assert channel is not None and channel.credit is not None
+            with anyio.fail_after(30):
+                while channel.queued < 3 * MiB:  # alone, the remote fills the whole window
+                    await anyio.sleep(0.01)
+            alone = channel.queued
+            async with pool.session(ep), pool.session(ep), pool.session(ep):
+                assert pool.channel_window(ep) == 1 * MiB
+                received = 0
+                held_later = 0
+                async for chunk in stream:
+                    received += len(chunk)
+                    if received > 8 * MiB:  # what was credited before has drained
+                        held_later = max(held_later, channel.queued)
+                    await anyio.sleep(0.005)
+        assert received == 48 * MiB
+    assert alone >= 3 * MiB
+    # One share, plus a packet that may be on its way when the credit is computed.
+    assert 0 < held_later <= 1 * MiB + 64 * 1024, f"held {held_later / MiB:.2f} MiB"
 
 
 async def test_idle_timeout_fires_on_silence_not_on_long_streams(fleet: SSHFleet) -> None:

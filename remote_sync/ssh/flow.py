@@ -29,24 +29,34 @@ log = logging.getLogger(__name__)
 #: SSH_MSG_CHANNEL_WINDOW_ADJUST (RFC 4254, section 5.2).
 MSG_CHANNEL_WINDOW_ADJUST = 93
 
+#: The least window a shrinking share leaves a channel: two of OpenSSH's 32 KiB packets.
+MIN_SHARED_WINDOW = 64 * 1024
+
 Deliver = Callable[[bytes, asyncssh.DataType], None]
 
 
 class ConsumerCredit:
     """The receive window of one channel, re-opened only for consumed bytes."""
 
-    def __init__(self, chan: Any, window: int) -> None:
+    def __init__(self, chan: Any, window: int, share: Callable[[], int] | None = None) -> None:
         self._chan = chan
         self.window = window
+        self._share = share
 
     @classmethod
     def install(
-        cls, chan: asyncssh.SSHClientChannel[bytes], deliver: Deliver
+        cls,
+        chan: asyncssh.SSHClientChannel[bytes],
+        deliver: Deliver,
+        share: Callable[[], int] | None = None,
     ) -> ConsumerCredit | None:
         """Route ``chan``'s data to ``deliver`` with the window left to :meth:`settle`.
 
         Call it from the session's ``connection_made``, before any data can arrive. Returns
         None (and changes nothing) when this asyncssh keeps its window some other way.
+        ``share``, when given, says what window the channel may have *now* (the pool's share
+        for the channels open at the moment): the credit then never re-opens more than that,
+        so a channel opened alone gives up its large window as others open beside it.
         """
         internals: Any = chan
         if not (
@@ -57,13 +67,17 @@ class ConsumerCredit:
             log.debug("asyncssh channel internals differ: flow control by pause/resume")
             return None
         internals._deliver_data = deliver
-        return cls(internals, chan.get_recv_window())
+        return cls(internals, chan.get_recv_window(), share)
 
     def settle(self, held: int) -> None:
         """Re-open the window for everything received except the ``held`` unconsumed bytes."""
         chan = self._chan
-        free = self.window - chan._recv_window - held
-        if free >= self.window // 2:
+        window = self.window
+        if self._share is not None:
+            # Never below two full OpenSSH packets, or credit could never be sent.
+            window = min(window, max(self._share(), MIN_SHARED_WINDOW))
+        free = window - chan._recv_window - held
+        if free >= window // 2:
             # After the channel closed asyncssh drops the packet (it has no channel number).
             chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, free.to_bytes(4, "big"))
             chan._recv_window += free

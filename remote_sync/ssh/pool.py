@@ -138,9 +138,10 @@ class PoolSettings:
     window: int = 16 * 1024 * 1024
     #: The windows of the channels open at once share this budget: a channel opened while
     #: ``n`` are open (itself included) gets ``budget / n``, between ``min_window`` and
-    #: ``window``. A stream may hold about two windows when its consumer is slower than the
-    #: link, so this bounds a fleet's buffers (8 hosts: 2 MiB windows) while one large
-    #: transfer alone keeps the full window. 0 disables the sharing.
+    #: ``window``. Its credit then follows the share of the moment (see ``ssh/flow.py``): a
+    #: channel opened alone gives its large window up as others open. This bounds a fleet's
+    #: buffers (8 hosts: 2 MiB windows) while one large transfer alone keeps the full window.
+    #: 0 disables the sharing.
     window_budget: int = 16 * 1024 * 1024
     min_window: int = 1024 * 1024
     #: On a direct TCP connection the kernel knows its round-trip time; such a channel gets the

@@ -6,18 +6,19 @@ and stopping the remote process when the consumer cancels or leaves early.
 
 Backpressure: asyncssh hands us packets in a callback and we queue them; the SSH window is
 re-opened only for what the consumer has taken (:mod:`.flow`), so the remote writer blocks once
-``window`` bytes are unconsumed. The consumer takes chunks of up to ``chunk_size`` straight from
-that queue, so memory per stream is bounded by about ``window + chunk_size`` whatever the
-output size or the consumer's pace. Where asyncssh's internals differ, the queue pauses the
-channel at ``high_water`` bytes instead, which bounds a stream by about ``2 * window`` (see
-``_Channel.take``).
+``window`` bytes are unconsumed (the credit never exceeds the pool's share for the channels open
+at the moment, so ``window`` shrinks as other channels open). The consumer takes chunks of up
+to ``chunk_size`` straight from that queue, so memory per stream is bounded by about ``window +
+chunk_size`` whatever the output size or the consumer's pace. Where asyncssh's internals
+differ, the queue pauses the channel at ``high_water`` bytes instead, which bounds a stream by
+about ``2 * window`` (see ``_Channel.take``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -186,9 +187,12 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
     Where :class:`ConsumerCredit` cannot be installed, pause/resume around a high-water mark.
     """
 
-    def __init__(self, stream: RemoteStream, high_water: int) -> None:
+    def __init__(
+        self, stream: RemoteStream, high_water: int, share: Callable[[], int] | None = None
+    ) -> None:
         self.stream = stream
         self.high_water = high_water
+        self.share = share
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
         self.queue: deque[bytes] = deque()
         self.queued = 0
@@ -203,7 +207,7 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self.chan = chan
-        self.credit = ConsumerCredit.install(chan, self.data_received)
+        self.credit = ConsumerCredit.install(chan, self.data_received, self.share)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if datatype == asyncssh.EXTENDED_DATA_STDERR:
@@ -382,7 +386,12 @@ async def exec_streaming(
             chunk_size=chunk_size,
             idle_timeout=idle_timeout,
         )
-        channel = stream._channel = _Channel(stream, high_water=max(chunk_size, 64 * 1024) * 2)
+        channel = stream._channel = _Channel(
+            stream,
+            high_water=max(chunk_size, 64 * 1024) * 2,
+            # The pool's share for the channels open at the moment, not only at the open.
+            share=lambda: pool.channel_window(endpoint),
+        )
         kill_pid: int | None = None
         # The consumer's exception is held until the remote side is stopped and the session
         # slot released, then raised as is.

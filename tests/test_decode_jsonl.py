@@ -468,6 +468,28 @@ def test_windowed_utf8_check_matches_reference_model(data: bytes, limit: int, wi
     assert committed == model_committed
 
 
+@_fast
+@given(
+    data=st.lists(
+        st.one_of(
+            st.text(max_size=8).map(str.encode),  # valid sequences of every length
+            st.binary(max_size=4),  # anything, including a sequence cut short
+        ),
+        max_size=12,
+    ).map(b"".join),
+    step=st.integers(1, 9),
+)
+def test_utf8_run_check_in_steps_matches_python(data: bytes, step: int) -> None:
+    """A run decoded at once is checked a step at a time; a step may cut any sequence."""
+    try:
+        data.decode("utf-8")
+        valid = True
+    except UnicodeDecodeError:
+        valid = False
+    with mock.patch.object(jsonl, "_UTF8_WINDOW", step):
+        assert jsonl._is_utf8_run(memoryview(data)) is valid
+
+
 def test_windowed_utf8_check_at_the_limit() -> None:
     line = b'{"a":1,"z":"\xff"}'  # invalid UTF-8 in a field the Struct skips
     data = line + b"\n" + line + b"x\n"

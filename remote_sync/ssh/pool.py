@@ -148,11 +148,12 @@ class PoolSettings:
     #: window that carries ``window_rate`` bytes per second over that RTT, never less than
     #: ``window_floor`` divided among the channels open at once, nor more than ``window`` (the
     #: budget still applies). A window is memory the link cannot use when the RTT is short:
-    #: over loopback or a LAN, 4 MiB keeps a transfer about as fast as 16 MiB, and eight
-    #: concurrent ones need no more in all. Through a ProxyCommand or ProxyJump the RTT past
-    #: the first hop is unknown, so those get ``window``. 0 turns the sizing off.
+    #: over loopback or a LAN, 2 MiB keeps a transfer about as fast as 16 MiB (a 1 GiB pull:
+    #: 1.07 s against 1.05 s with 4 MiB), and eight concurrent ones need no more in all.
+    #: Through a ProxyCommand or ProxyJump the RTT past the first hop is unknown, so those get
+    #: ``window``. 0 turns the sizing off.
     window_rate: int = 512 * 1024 * 1024
-    window_floor: int = 4 * 1024 * 1024
+    window_floor: int = 2 * 1024 * 1024
     max_pktsize: int = 256 * 1024
     compression: bool = False
     reconnect_backoff: float = 0.5

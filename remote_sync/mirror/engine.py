@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -285,10 +285,11 @@ class HostSync:
                 token=self.token,
             ) as stream:
                 async for chunk in stream:
-                    for event in parser.feed(chunk):
-                        await handler.handle(event)
-                for event in parser.close():
-                    await handler.handle(event)
+                    await handler.handle_all(parser.feed(chunk))
+                    # Not held while the stream waits for more: with eight hosts at once that
+                    # would be eight idle chunks (the events, gone with handle_all, view it too).
+                    del chunk
+                await handler.handle_all(parser.close())
         except RemoteCommandError as exc:
             handler.abort()
             if exc.exit_status == EXIT_ROOT_UNUSABLE:
@@ -459,6 +460,7 @@ async def list_host(
                     for f in parser.feed(chunk)
                     if source.is_included(f.path) and (keep is None or keep(f.path))
                 )
+                del chunk  # not held while the stream waits for more
             parser.close()
     except RemoteCommandError as exc:
         if exc.exit_status == EXIT_ROOT_UNUSABLE:
@@ -483,6 +485,10 @@ class _FrameHandler:
         self.writer: AppendWriter | WholeWriter | None = None
         self.index = -1
         self.again: list[Transfer] = []
+
+    async def handle_all(self, events: Iterable[object]) -> None:
+        for event in events:
+            await self.handle(event)
 
     async def handle(self, event: object) -> None:
         sync = self.sync

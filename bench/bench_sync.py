@@ -1032,7 +1032,6 @@ def child_main(argv: list[str]) -> int:
                     wrap(engine.HostSync, "_fetch", "fetch stream (frames, writes, index feed)")
                     wrap(engine.HostSync, "_flush", "flush (await fsync thread + sqlite commit)")
                     wrap(engine.HostSync, "_complete", "  wait for the flush in flight + commit")
-                    wrap(writer.CommitBatch, "flush_files", "  fsync + rename (worker thread)")
                     wrap(writer, "make_durable", "  sync + rename (flush thread)")
                     wrap(os, "fsync", "  os.fsync calls")
                     wrap(os, "fdatasync", "  os.fdatasync calls")

@@ -387,8 +387,8 @@ def test_make_durable_with_and_without_syncfs(
     monkeypatch.setattr(writer.os, "fdatasync", counting_fdatasync)
     with MirrorState(tmp_path / "m") as state:
         state.recover()
-        few = writer.make_durable(state, _pending(state, 3))
-        many = writer.make_durable(state, _pending(state, writer.SYNCFS_MIN_FILES))
+        few = writer.make_durable(state, _pending(state, 3)).done
+        many = writer.make_durable(state, _pending(state, writer.SYNCFS_MIN_FILES)).done
         assert all(item.handle.closed for item in few + many)
         for item in few + many:
             local = state.local_path("h", item.row.path)

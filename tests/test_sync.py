@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import anyio
 import pytest
 from sshfleet import SSHFleet
 from synchelp import (
@@ -547,3 +548,47 @@ def test_disk_full_is_a_clear_error_and_loses_nothing(
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert_exact(fleet, dest, "h0")
+
+
+def test_new_files_fetched_again_are_counted_new(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tar sends a second hard link as a link, not as data: that file takes the follow-up."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    first = fleet.write("h0", "agents/a/sessions/one.jsonl", session_bytes(random.Random(12), 4))
+    os.link(first, fleet.path("h0", "agents/a/sessions/two.jsonl"))
+    code, summary, _ = sync(inv, tmp_path / "m", capsys)
+    assert code == 0
+    assert (summary.files.new, summary.files.rewritten, summary.files.grown) == (2, 0, 0)
+    assert_exact(fleet, tmp_path / "m", "h0")
+
+
+def test_a_rewrite_seen_mid_file_that_also_ends_short_is_fetched_again_once(
+    tmp_path: Path,
+) -> None:
+    import types
+
+    from remote_sync.mirror.engine import HostRound, _FrameHandler
+    from remote_sync.mirror.fetch_events import Begin, Data, Short
+    from remote_sync.mirror.plan import Transfer
+    from remote_sync.mirror.remote_ops import RemoteFile
+    from remote_sync.mirror.state import FileState, fingerprint_of
+
+    data = session_bytes(random.Random(13), 10)
+    with MirrorState(tmp_path / "m") as state:
+        state.recover()
+        local = state.local_path("h", b"s.jsonl")
+        local.parent.mkdir(parents=True)
+        local.write_bytes(data)
+        row = FileState("h", b"s.jsonl", "append", len(data), len(data), 1.0, 1, 7,
+                        fingerprint_of(data[:1024]))  # fmt: skip
+        remote = RemoteFile(b"s.jsonl", len(data) + 500, 2.0, 1, 7)
+        t = Transfer(remote, "append", "append", "grown", len(data) - 100, 600, row)
+        sync = types.SimpleNamespace(
+            state=state, name="h", reader=None, worker=None, result=HostRound("h")
+        )
+        handler = _FrameHandler(sync, [t], follow_up=False)  # type: ignore[arg-type]
+        events = [Begin(0), Data(0, b"x" * 100), Short(0, 100)]  # the overlap differs
+        anyio.run(handler.handle_all, events)
+        assert handler.again == [t]
+        assert local.read_bytes() == data

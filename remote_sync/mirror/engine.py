@@ -32,6 +32,7 @@ import anyio.lowlevel
 
 from ..cancel import CancelRegistry, CancelToken, default_registry
 from ..errors import (
+    ConfigError,
     MirrorError,
     RemoteCommandError,
     RemoteSyncError,
@@ -46,7 +47,7 @@ from ..index.worker import IndexJob, IndexWorker, IndexWorkerError
 from ..inventory import Host
 from ..ssh.pool import PoolSettings, SSHPool
 from ..ssh.stream import exec_streaming
-from .plan import Plan, Transfer, make_plan
+from .plan import Category, Plan, Transfer, make_plan
 from .remote_ops import (
     EXIT_ROOT_UNUSABLE,
     Begin,
@@ -186,6 +187,17 @@ class HostSync:
         except RemoteSyncError as exc:
             self.result.error = exc
             self.emit(ErrorEvent.from_exception(exc))
+        except Exception as exc:
+            # A bug must not take the other hosts down with it: this host fails, loudly, and
+            # its committed state is consistent (commits happen only after durable bytes).
+            log.exception("%s: internal error", self.name)
+            error = RemoteSyncError(
+                f"internal error: {type(exc).__name__}: {exc}",
+                host=self.name,
+                hint="please report this with the log; a rerun resumes from the checkpoints",
+            )
+            self.result.error = error
+            self.emit(ErrorEvent.from_exception(error))
         self.emit(
             Progress(
                 self.name,
@@ -242,6 +254,7 @@ class HostSync:
             with anyio.CancelScope(shield=True):
                 await self._drain()
         self._mark_deleted(plan.deleted)
+        self._revive(plan.revived)
 
     async def _list(self) -> tuple[list[RemoteFile], bool]:
         files, warnings = await list_host(
@@ -306,7 +319,9 @@ class HostSync:
         return handler.again
 
     def _as_whole(self, t: Transfer) -> Transfer:
-        return Transfer(t.remote, t.kind, "whole", "rewritten", 0, TO_EOF, t.row)
+        # A new file stays new (there is no old copy to count it a rewrite of).
+        category: Category = "new" if t.category == "new" else "rewritten"
+        return Transfer(t.remote, t.kind, "whole", category, 0, TO_EOF, t.row)
 
     async def finished(self, pending: Pending) -> None:
         self.batch.add(pending)
@@ -329,7 +344,12 @@ class HostSync:
             return
         if self.inflight is not None:
             await self._complete()  # one flush in flight per host: its fsyncs bound our pace
-        self.inflight = _Flush(self.state, self.batch.take())
+        items = self.batch.take()
+        # Files this flush will replace by rename lose their identity first: a run killed
+        # after the renames and before the commit then finds checkpoints that recovery does
+        # not cut back to, and that the next round fetches whole.
+        self.state.mark_in_doubt(item.row for item in items if item.temp is not None)
+        self.inflight = _Flush(self.state, items)
 
     async def _flush(self) -> None:
         """Make everything finished durable and committed, now."""
@@ -355,9 +375,12 @@ class HostSync:
         # cancellation must not leave the flush half-collected.
         with anyio.CancelScope(shield=True):
             try:
-                items = await flush.wait()
+                items, failed = await flush.wait()
             finally:
                 self.inflight = None
+            for _item, error in failed:  # that file only; the rest of the batch goes on
+                self.result.files.failed += 1
+                self.emit(ErrorEvent.from_exception(error))
             for item in items:
                 if item.job is not None:
                     item.index = await self._job_result(item, item.job)
@@ -428,6 +451,12 @@ class HostSync:
             row.deleted_at = now
         self.state.commit(rows)
         self.result.files.deleted = len(rows)
+
+    def _revive(self, rows: list[FileState]) -> None:
+        for row in rows:
+            row.state = "live"
+            row.deleted_at = None
+        self.state.commit(rows)
 
     def _count_dry_run(self, plan: Plan) -> None:
         counts = self.result.files
@@ -503,7 +532,10 @@ class _FrameHandler:
         t = self.transfers[event.index]  # type: ignore[attr-defined]
         if isinstance(event, Begin):
             self.index = event.index
-            self.writer = self._open(t)
+            try:
+                self.writer = self._open(t)
+            except RewriteDetected:  # the mirrored copy is not what its checkpoint says
+                self._again(t)
         elif isinstance(event, End) or (isinstance(event, Short) and self.follow_up):
             writer, self.writer = self.writer, None
             if writer is None:
@@ -512,13 +544,13 @@ class _FrameHandler:
                 pending = writer.finish()
             except RewriteDetected:
                 writer.abort()
-                self.again.append(t)
+                self._again(t)
                 return
             pending.row.remote_size = t.remote.size
             await sync.finished(pending)
         elif isinstance(event, Short):
             self._drop()
-            self.again.append(t)  # it shrank while we read it: a rewrite
+            self._again(t)  # it shrank while we read it: a rewrite
         elif isinstance(event, Gone):
             pass  # vanished since the listing: the next round records the deletion
         elif isinstance(event, Denied):
@@ -587,7 +619,12 @@ class _FrameHandler:
 
     def _rewrite(self) -> None:
         self._drop()
-        self.again.append(self.transfers[self.index])
+        self._again(self.transfers[self.index])
+
+    def _again(self, t: Transfer) -> None:
+        """Fetch ``t`` whole in the follow-up (once: a rewrite seen mid-file ends Short too)."""
+        if not any(other is t for other in self.again):
+            self.again.append(t)
 
     def _drop(self) -> None:
         if self.writer is not None:
@@ -615,6 +652,7 @@ async def sync_fleet(
     registry = registry if registry is not None else default_registry
     results: dict[str, HostRound] = {}
     with MirrorState(options.dest) as state, registry.register(transfer_id, parent=token) as tok:
+        _check_sources(state, hosts)
         for note in state.recover([h.name for h in hosts]):
             log.warning("recovery: %s", note)
         limiter = anyio.CapacityLimiter(max(1, options.concurrency))
@@ -641,6 +679,27 @@ async def sync_fleet(
     return _summary(rounds, options, started, cancelled=tok.cancelled, emit=emit)
 
 
+def _check_sources(state: MirrorState, hosts: Sequence[Host]) -> None:
+    """Refuse a host name this mirror already holds for another format or root.
+
+    Its files would be taken for rewrites and deletions of the other source's (nothing would
+    be lost, but two histories would mix under one name) and the index would read them with
+    the wrong format.
+    """
+    known = state.hosts()
+    for host in hosts:
+        source = host.source
+        if host.name in known and known[host.name] != (source.format, source.root):
+            fmt, root = known[host.name]
+            raise ConfigError(
+                f"this mirror holds {host.name!r} as format {fmt!r} with root {root!r}, "
+                f"not format {source.format!r} with root {source.root!r}",
+                host=host.name,
+                path=str(state.dest),
+                hint="give this source another host name, or sync it into another destination",
+            )
+
+
 class _Flush:
     """One batch being made durable in a thread of its own."""
 
@@ -650,9 +709,12 @@ class _Flush:
         self.error: BaseException | None = None
         token = anyio.lowlevel.current_token()
 
+        self.failed: list[tuple[Pending, MirrorError]] = []
+
         def run() -> None:
             try:
-                make_durable(state, items)
+                durable = make_durable(state, items)
+                self.items, self.failed = durable.done, durable.failed
             except BaseException as exc:  # handed to the event loop, raised there
                 self.error = exc
             finally:
@@ -668,11 +730,12 @@ class _Flush:
             return False
         return all(item.job is None or item.job.done.is_set() for item in self.items)
 
-    async def wait(self) -> list[Pending]:
+    async def wait(self) -> tuple[list[Pending], list[tuple[Pending, MirrorError]]]:
+        """The items made durable and those that could not be put in place."""
         await self.done.wait()
         if self.error is not None:
             raise self.error
-        return self.items
+        return self.items, self.failed
 
 
 class IndexWorkers:

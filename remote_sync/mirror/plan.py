@@ -58,6 +58,8 @@ class Plan:
     transfers: list[Transfer] = field(default_factory=list)
     unchanged: list[RemoteFile] = field(default_factory=list)
     deleted: list[FileState] = field(default_factory=list)
+    #: Rows marked deleted whose file is back unchanged (moved away and back): live again.
+    revived: list[FileState] = field(default_factory=list)
 
     @property
     def bytes(self) -> int:
@@ -86,6 +88,8 @@ def make_plan(
         transfer = _decide(remote, row, kind)
         if transfer is None:
             plan.unchanged.append(remote)
+            if row is not None and row.state != "live":
+                plan.revived.append(row)
         else:
             plan.transfers.append(transfer)
     if listing_complete:

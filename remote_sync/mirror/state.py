@@ -13,6 +13,7 @@ may hold bytes the checkpoint does not claim, and recovery cuts those back.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -173,7 +174,15 @@ class MirrorState:
                 )
 
     def _lock(self) -> None:
-        fd = os.open(self.control / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock = self.control / "lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise MirrorError(
+                f"cannot open the destination's lock file: {exc.strerror or exc}",
+                path=str(lock),
+                hint="the destination must be writable by this user",
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -183,8 +192,17 @@ class MirrorState:
                 f"another remote-sync run (pid {holder or '?'}) is using this destination",
                 path=str(self.dest),
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise MirrorError(
+                f"cannot lock the destination: {exc.strerror or exc}",
+                path=str(lock),
+                hint="use a destination on a local file system that supports flock",
+            ) from exc
+        # The pid is for the message a second run prints; failing to write it is harmless.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
     def close(self) -> None:
@@ -205,60 +223,147 @@ class MirrorState:
         """Make the mirror match its checkpoints; returns notes on what was repaired.
 
         Bytes beyond a checkpoint (a run killed between writing and committing) are cut back;
-        a file shorter than its checkpoint (damaged or removed by hand) has its checkpoint
-        reset so the next fetch takes it whole; stray temp files are removed.
+        stray temp files are removed. A file the checkpoint no longer describes has its
+        checkpoint follow the file, so the next fetch takes it whole and compares: a file
+        shorter than its checkpoint (damaged or cut by hand), and a file a rewrite replaced
+        before its checkpoint was committed (its old copy already under ``versions/``). A run
+        killed between a rewrite's two renames has the old copy put back in place.
         """
+        try:
+            return self._recover(hosts)
+        except sqlite3.Error as exc:
+            raise self._db_error(exc, "read the checkpoints") from exc
+
+    def _recover(self, hosts: Iterable[str] | None) -> list[str]:
         notes: list[str] = []
-        if self.tmp_dir.exists():
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        resets: list[FileState] = []
+        try:
+            if self.tmp_dir.exists():
+                shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MirrorError(
+                f"cannot prepare the temp directory: {exc.strerror or exc}",
+                path=str(self.tmp_dir),
+                hint="check that the destination is writable",
+            ) from exc
+        followed: list[FileState] = []
         rows_of: dict[str, dict[bytes, FileState]] = {}
         # Runs on every open over every mirrored file of the hosts in the run, so it reads only
-        # the three columns it needs and stats byte paths directly (Path objects per file cost
-        # more than the stat itself).
-        for host, path, committed in self._committed_sizes(hosts):
+        # the columns it needs and stats byte paths directly (Path objects per file cost more
+        # than the stat itself). versions/ is looked at only for a file that does not match.
+        for host, path, kind, committed, version, ino in self._committed_sizes(hosts):
             local = os.path.join(os.fsencode(self.dest / host), path)
             try:
-                size = os.stat(local).st_size
-            except FileNotFoundError:
-                size = -1
-            except OSError as exc:
-                raise MirrorError(
-                    f"cannot stat mirror file: {exc.strerror}", host=host, path=_show(path)
-                ) from exc
-            if size > committed:
-                with open(local, "r+b") as out:
-                    out.truncate(committed)
-                    os.fsync(out.fileno())
-                notes.append(
-                    f"{host}: {_show(path)}: cut back to the checkpoint "
-                    f"({size - committed} uncommitted bytes)"
-                )
-            elif size < committed:
+                size = _size_of(local)
+                if size == committed:
+                    continue
+                kept = self._unrecorded_version(host, path, version)
+                if size < 0 and kept > version:
+                    # Killed between a rewrite's two renames: the old copy went to versions/
+                    # and the new one never arrived. Undo the first rename.
+                    os.rename(self.version_path(host, path, kept), local)
+                    _fsync_dir(os.path.dirname(local))
+                    kept -= 1
+                    size = _size_of(local)
+                    notes.append(f"{host}: {_show(path)}: put back from versions/ (v{kept + 1})")
+                    if size == committed:
+                        continue
+                if size > committed and kind == "append" and kept == version and ino != -1:
+                    # Appended in place beyond the checkpoint: those bytes were never committed.
+                    # (A file about to be replaced by rename is marked in doubt, -1, first.)
+                    with open(local, "r+b") as out:
+                        out.truncate(committed)
+                        os.fsync(out.fileno())
+                    notes.append(
+                        f"{host}: {_show(path)}: cut back to the checkpoint "
+                        f"({size - committed} uncommitted bytes)"
+                    )
+                    continue
+                # Anything else is a file the checkpoint does not describe: a whole-kind file
+                # or a rewrite renamed into place before its commit (its old copy is kept
+                # as version ``kept``), or a file cut or removed by hand. Never cut such a file
+                # back (that would splice two contents): the checkpoint takes what is on disk,
+                # and the unknown identity makes the next fetch take the file whole and compare.
                 if host not in rows_of:
                     rows_of[host] = self.host_files(host)
                 row = rows_of[host][path]
                 row.size = max(size, 0)
-                row.ino = -1  # forces a whole fetch and a comparison with what is left
-                resets.append(row)
+                row.ino = -1
+                row.version = kept
+                if size > 0:
+                    with open(local, "rb") as src:
+                        row.fingerprint = fingerprint_of(src.read(FINGERPRINT_BYTES))
+                followed.append(row)
                 notes.append(
-                    f"{host}: {_show(path)}: shorter than its checkpoint; it will be fetched whole"
+                    f"{host}: {_show(path)}: does not match its checkpoint"
+                    f" ({'missing' if size < 0 else f'{size} bytes, {committed} committed'});"
+                    " it will be fetched whole"
                 )
-        if resets:
-            self.commit(resets)
+            except OSError as exc:
+                raise MirrorError(
+                    f"cannot check the mirrored file against its checkpoint: {exc.strerror or exc}",
+                    host=host,
+                    path=_show(path),
+                    hint="check the destination's permissions and free space",
+                ) from exc
+        if followed:
+            self.commit(followed, also=lambda: self._reindex(followed))
         return notes
+
+    def _unrecorded_version(self, host: str, path: bytes, version: int) -> int:
+        """The highest version on disk in an unbroken run after ``version`` (the recorded one):
+        a rewrite killed before its commit leaves its old copy there, unrecorded."""
+        while os.path.lexists(self.version_path(host, path, version + 1)):
+            version += 1
+        return version
+
+    def _reindex(self, rows: list[FileState]) -> None:
+        """The index of sessions whose checkpoint followed the file, from the file itself.
+
+        The index describes the committed bytes; once the checkpoint takes what is on disk it
+        must too, or it would differ from a rebuild until the file is fetched again (which may
+        never happen, if the remote file is gone). Only sessions the index has are redone (a
+        mirror synced with ``--no-index`` keeps none).
+        """
+        from ..formats.readers import get_reader
+        from ..index.store import delete_sessions
+        from ..index.update import index_local_file
+
+        formats = {host: fmt for host, (fmt, _root) in self.hosts().items()}
+        for row in rows:
+            known = self.db.execute(
+                "SELECT 1 FROM sessions WHERE host = ? AND path = ?", (row.host, row.path)
+            ).fetchone()
+            if not known:
+                continue
+            delete_sessions(self.db, [(row.host, row.path)])
+            if row.size > 0 and row.host in formats:
+                local = self.local_path(row.host, row.path)
+                reader = get_reader(formats[row.host])
+                try:
+                    update = index_local_file(reader, row.host, row.path, local, row.size)
+                except OSError as exc:
+                    raise MirrorError(
+                        f"cannot read the mirrored file to index it: {exc.strerror or exc}",
+                        host=row.host,
+                        path=_show(row.path),
+                        hint="check the destination's permissions",
+                    ) from exc
+                update.fresh = True
+                update.write(self.db)
 
     # -- reading and writing rows ---------------------------------------------------------
 
-    def _committed_sizes(self, hosts: Iterable[str] | None) -> list[tuple[str, bytes, int]]:
-        query = "SELECT host, path, size FROM files"
+    def _committed_sizes(
+        self, hosts: Iterable[str] | None
+    ) -> list[tuple[str, bytes, str, int, int, int]]:
+        query = "SELECT host, path, kind, size, version, ino FROM files"
         if hosts is None:
-            return [(h, bytes(p), n) for h, p, n in self.db.execute(query)]
-        out: list[tuple[str, bytes, int]] = []
+            return [(h, bytes(p), k, n, v, i) for h, p, k, n, v, i in self.db.execute(query)]
+        out: list[tuple[str, bytes, str, int, int, int]] = []
         for host in hosts:
             cur = self.db.execute(query + " WHERE host = ?", (host,))
-            out.extend((h, bytes(p), n) for h, p, n in cur)
+            out.extend((h, bytes(p), k, n, v, i) for h, p, k, n, v, i in cur)
         return out
 
     def all_files(self, hosts: Iterable[str] | None = None) -> list[FileState]:
@@ -283,7 +388,7 @@ class MirrorState:
                     (host, fmt, root, address, time.time()),
                 )
         except sqlite3.Error as exc:
-            raise self._db_error(exc, "record the host") from exc
+            raise self._db_error(exc, "record the host", host) from exc
 
     def hosts(self) -> dict[str, tuple[str, str]]:
         """host → (format, root) of every host this mirror has synced."""
@@ -331,13 +436,32 @@ class MirrorState:
                 if also is not None:
                     also()
         except sqlite3.Error as exc:
-            raise self._db_error(exc, "write checkpoints") from exc
+            hosts = {host for host, *_ in params}
+            raise self._db_error(
+                exc, "write checkpoints", hosts.pop() if len(hosts) == 1 else None
+            ) from exc
 
-    def _db_error(self, exc: sqlite3.Error, doing: str) -> StateError:
+    def mark_in_doubt(self, rows: Iterable[FileState]) -> None:
+        """Forget the identity of these files' checkpoints (before replacing them by rename).
+
+        Their sizes and content stay claimed; only the inode (-1) changes, which makes the next
+        round fetch them whole and recovery never cut them back (see :meth:`recover`).
+        """
+        keys = [(row.host, row.path) for row in rows]
+        if not keys:
+            return
+        try:
+            with self.transaction():
+                self.db.executemany("UPDATE files SET ino = -1 WHERE host = ? AND path = ?", keys)
+        except sqlite3.Error as exc:
+            raise self._db_error(exc, "write checkpoints", keys[0][0]) from exc
+
+    def _db_error(self, exc: sqlite3.Error, doing: str, host: str | None = None) -> StateError:
         # SQLITE_FULL reads "database or disk is full"; say it the way the writer does.
         full = isinstance(exc, sqlite3.OperationalError) and "is full" in str(exc)
         return StateError(
             f"disk full while trying to {doing}" if full else f"cannot {doing}: {exc}",
+            host=host,
             path=str(self.control / "state.db"),
             hint="check free space on the destination",
         )
@@ -370,8 +494,29 @@ class _Transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not exc_type:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:
+            # SQLite may have rolled back already (a full disk does): then the error that
+            # got us here is the one to report, not "no transaction is active".
+            self.db.execute("ROLLBACK")
 
 
 def _show(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
+
+
+def _size_of(path: bytes) -> int:
+    """The file's size, or -1 when there is none."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return -1
+
+
+def _fsync_dir(directory: bytes | str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -65,7 +65,14 @@ def _mirror_error(exc: OSError, host: str, path: bytes, doing: str) -> MirrorErr
     return MirrorError(f"cannot {doing}: {exc.strerror or exc}", host=host or None, path=shown)
 
 
-def _makedirs_for(path: Path, host: str, remote_path: bytes) -> None:
+def _makedirs_for(path: Path, host: str, remote_path: bytes, dirs: set[Path]) -> None:
+    """Create ``path``'s missing parents; the directory holding each new one goes to ``dirs``
+    (a new directory's entry is durable only once its parent is synced)."""
+    missing: list[Path] = []
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
@@ -78,6 +85,7 @@ def _makedirs_for(path: Path, host: str, remote_path: bytes) -> None:
         ) from exc
     except OSError as exc:
         raise _mirror_error(exc, host, remote_path, "create its directory") from exc
+    dirs.update(created.parent for created in missing)
 
 
 @dataclass
@@ -173,6 +181,11 @@ class AppendWriter(_LineWriter):
             self.expected = self.handle.read(row.size - start)
         except OSError as exc:
             raise _mirror_error(exc, self.host, self.path, "open the mirrored file") from exc
+        if len(self.expected) != row.size - start:
+            # Cut short since recovery (by hand, mid-run): appending at row.size would leave
+            # a hole, and a short overlap would verify nothing. Fetch it whole instead.
+            self.handle.close()
+            raise RewriteDetected
         self.overlap_seen = 0
         self.offset = row.size  # where the next new byte goes
         self.end_of_lines = row.size
@@ -320,10 +333,6 @@ class CommitBatch:
         items, self.items, self.bytes = self.items, [], 0
         return items
 
-    def flush_files(self) -> list[Pending]:
-        """Take the batch and make it durable (blocking: call through ``anyio.to_thread``)."""
-        return make_durable(self.state, self.take())
-
 
 def discard(items: list[Pending]) -> None:
     """Give up on items that will not be committed: close them, remove their temp files.
@@ -340,54 +349,89 @@ def discard(items: list[Pending]) -> None:
             item.temp.unlink(missing_ok=True)
 
 
-def make_durable(state: MirrorState, items: list[Pending]) -> list[Pending]:
+@dataclass
+class Durable:
+    """What a flush made of its batch: items durable and in place, and items that failed."""
+
+    done: list[Pending] = field(default_factory=list)
+    failed: list[tuple[Pending, MirrorError]] = field(default_factory=list)
+
+
+def make_durable(state: MirrorState, items: list[Pending]) -> Durable:
     """Make ``items`` durable and put them in place; returns them for committing.
 
-    Blocking (syncs, renames, comparisons): run it in a worker thread. On failure every item
-    is discarded (see :func:`discard`) and a :class:`MirrorError` says what failed.
+    Blocking (syncs, renames, comparisons): run it in a worker thread. An item that cannot be
+    put in place (a directory where the file goes) is discarded and listed as failed; the
+    others go on. A failing sync fails the whole batch (which of its files reached the disk
+    is unknown): every item is discarded and a :class:`MirrorError` names the file.
     """
     dirs: set[Path] = set()
+    result = Durable()
     try:
         _sync_data(items)
         for item in items:
-            if item.temp is not None:
+            if item.temp is None:
+                result.done.append(item)
+                continue
+            try:
                 _put_in_place(state, item, dirs)
+            except MirrorError as exc:
+                discard([item])
+                result.failed.append((item, exc))
+            except OSError as exc:
+                discard([item])
+                failure = _mirror_error(exc, item.row.host, item.row.path, "put the file in place")
+                result.failed.append((item, failure))
+            else:
+                result.done.append(item)
         if len(dirs) >= SYNCFS_MIN_DIRS and _syncfs_of(next(iter(dirs))):
             pass  # one journal commit covers every rename
         else:
             for directory in dirs:
-                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-    except (OSError, MirrorError) as exc:
+                    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                except OSError as exc:
+                    raise MirrorError(
+                        f"cannot sync a directory of the mirror: {exc.strerror or exc}",
+                        path=str(directory),
+                        hint="check the destination's file system; a rerun fetches again",
+                    ) from exc
+    except MirrorError:
         discard(items)
-        if isinstance(exc, MirrorError):
-            raise
-        first = items[0].row if items else None
-        raise _mirror_error(
-            exc,
-            first.host if first else "",
-            first.path if first else os.fsencode(state.dest),
-            f"making {len(items)} fetched file(s) durable",
-        ) from exc
-    return items
+        raise
+    return result
 
 
 def _sync_data(items: list[Pending]) -> None:
     """Every item's bytes on disk; handles closed."""
-    for item in items:
-        item.handle.flush()
-    synced = False
-    if len(items) >= SYNCFS_MIN_FILES:
-        synced = _syncfs(items[0].handle.fileno())
-    for item in items:
-        if not synced:
-            # fdatasync: the data and the size, which is all a checkpoint claims (about a
-            # quarter cheaper than fsync, which also writes the times).
-            os.fdatasync(item.handle.fileno())
-        item.handle.close()
+    current: Pending | None = None
+    try:
+        for current in items:
+            current.handle.flush()
+        current = None
+        synced = False
+        if len(items) >= SYNCFS_MIN_FILES:
+            synced = _syncfs(items[0].handle.fileno())
+        for current in items:
+            if not synced:
+                # fdatasync: the data and the size, which is all a checkpoint claims (about a
+                # quarter cheaper than fsync, which also writes the times).
+                os.fdatasync(current.handle.fileno())
+            current.handle.close()
+    except OSError as exc:
+        if current is None:  # syncfs: the whole batch, no one file
+            raise MirrorError(
+                f"cannot make {len(items)} fetched files durable: {exc.strerror or exc}",
+                host=items[0].row.host if items else None,
+                hint="check the destination's disk; a rerun fetches them again",
+            ) from exc
+        raise _mirror_error(
+            exc, current.row.host, current.row.path, "make the fetched file durable"
+        ) from exc
 
 
 def _syncfs_of(directory: Path) -> bool:
@@ -440,19 +484,27 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
     assert item.temp is not None
     row = item.row
     local = state.local_path(row.host, row.path)
-    _makedirs_for(local, row.host, row.path)
+    _makedirs_for(local, row.host, row.path, dirs)
     if local.is_dir() and not local.is_symlink():
         raise MirrorError(
             "the mirror has a directory where the remote has a file",
             host=row.host,
             path=row.path.decode("utf-8", "backslashreplace"),
         )
+    kept: Path | None = None
+    recorded = row.version
     if local.exists() and not _is_prefix(local, item.temp):
         if row.kind == "append" or item.category == "new":
             # The remote rewrote history (or an unknown file sits here): keep the old copy.
-            row.version += 1
-            kept = state.version_path(row.host, row.path, row.version)
-            _makedirs_for(kept, row.host, row.path)
+            # Numbered after every version on disk, not only the recorded ones: a run killed
+            # before its commit leaves one the checkpoint does not count, and rename()
+            # would replace it. (The destination's lock keeps other writers out.)
+            version = row.version + 1
+            while os.path.lexists(state.version_path(row.host, row.path, version)):
+                version += 1
+            row.version = version
+            kept = state.version_path(row.host, row.path, version)
+            _makedirs_for(kept, row.host, row.path, dirs)
             os.rename(local, kept)  # same file system: instant, never a copy
             dirs.add(kept.parent)
             item.versioned = True
@@ -461,7 +513,14 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
         # Identity changed but the content only grew (e.g. replaced by rename with the
         # same history): nothing to keep apart.
         item.category = "grown"
-    os.rename(item.temp, local)
+    try:
+        os.rename(item.temp, local)
+    except OSError:
+        if kept is not None:  # the mirror keeps its copy where it was, not only in versions/
+            os.rename(kept, local)
+            row.version = recorded
+            item.versioned = False
+        raise
     dirs.add(local.parent)
 
 

@@ -1,0 +1,54 @@
+"""``remote-sync`` with a crash injected, for tests of recovery (run as a script).
+
+``REMOTE_SYNC_TEST_FAULT`` picks the instant the process dies with ``os._exit(9)``, as a
+``kill -9`` would leave it, but at a chosen point instead of a random one:
+
+- ``before_commit``: a flush made its files durable and renamed them into place; the
+  checkpoints of that batch are not committed.
+- ``after_version_rename``: a rewrite moved the old copy into ``versions/``; the new copy is
+  not yet renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from remote_sync.mirror import state as state_module
+
+FAULT = os.environ.get("REMOTE_SYNC_TEST_FAULT", "")
+
+if FAULT == "before_commit":
+    original_commit = state_module.MirrorState.commit
+
+    def commit(
+        self: state_module.MirrorState,
+        rows: Iterable[state_module.FileState],
+        also: Callable[[], None] | None = None,
+    ) -> None:
+        rows = list(rows)
+        if rows and also is not None:  # a flush's commit (deletions come without ``also``)
+            os._exit(9)
+        original_commit(self, rows, also)
+
+    state_module.MirrorState.commit = commit  # type: ignore[method-assign]
+
+elif FAULT == "after_version_rename":
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        real_rename(src, dst, *args, **kwargs)
+        if f"{os.sep}versions{os.sep}" in os.fsdecode(dst):
+            os._exit(9)
+
+    os.rename = rename
+
+elif FAULT:
+    sys.exit(f"unknown REMOTE_SYNC_TEST_FAULT {FAULT!r}")
+
+if __name__ == "__main__":
+    from remote_sync.cli import main
+
+    sys.exit(main(sys.argv[1:]))

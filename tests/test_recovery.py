@@ -1,0 +1,366 @@
+"""A run killed between a flush and its commit, files damaged by hand, and conflicts in the
+mirror: nothing kept is ever overwritten, no file is spliced, and the index follows."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sshfleet import SSHFleet
+from synchelp import append, run_cli, session_bytes, write_inventory
+
+from remote_sync.errors import MirrorError, StateError
+from remote_sync.events import ErrorEvent, Summary
+from remote_sync.formats.readers import get_reader
+from remote_sync.index.update import index_local_file, rebuild_index
+from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
+from remote_sync.mirror.writer import AppendWriter, RewriteDetected, WholeWriter, make_durable
+
+TESTS = Path(__file__).parent
+SESSION = b"agents/a/sessions/s.jsonl"
+VERSIONS = Path(".remote-sync/versions/h")
+
+
+def lines(rng: random.Random, n: int, start: int = 0) -> bytes:
+    return session_bytes(rng, n, start=start, size=60)
+
+
+def committed(state: MirrorState, path: bytes, data: bytes, kind: str = "append") -> FileState:
+    """``data`` mirrored and committed (with its index row) as a sync would leave it."""
+    local = state.local_path("h", path)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(data)
+    row = FileState("h", path, kind, len(data), len(data), 1.0, 1, 7, fingerprint_of(data[:1024]))
+    update = index_local_file(get_reader("openclaw"), "h", path, local, len(data))
+    state.commit([row], also=lambda: update.write(state.db))
+    return row
+
+
+def index_rows(dest: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(dest / ".remote-sync" / "state.db") as db:
+        return sorted(db.execute("SELECT * FROM sessions"))
+
+
+def assert_index_is_a_rebuild(dest: Path) -> None:
+    before = index_rows(dest)
+    rebuild_index(dest)
+    assert index_rows(dest) == before
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    dest = tmp_path / "m"
+    with MirrorState(dest) as state:
+        state.set_host("h", "openclaw", "/r", "h")
+    return dest
+
+
+# --- recovery, from the states a kill leaves -------------------------------------------------
+
+
+def test_a_rewrite_renamed_in_before_its_commit_is_not_spliced(dest: Path) -> None:
+    rng = random.Random(1)
+    old, new = lines(rng, 20), lines(rng, 30, start=100)
+    with MirrorState(dest) as state:
+        committed(state, SESSION, old)
+        # The kill: the old copy went to versions/ and the new one into place, uncommitted.
+        kept = state.version_path("h", SESSION, 1)
+        kept.parent.mkdir(parents=True)
+        os.rename(state.local_path("h", SESSION), kept)
+        state.local_path("h", SESSION).write_bytes(new)
+    with MirrorState(dest) as state:
+        notes = state.recover(["h"])
+        row = state.host_files("h")[SESSION]
+    assert (dest / "h" / os.fsdecode(SESSION)).read_bytes() == new  # not cut to len(old)
+    assert kept.read_bytes() == old
+    assert (row.size, row.version, row.ino) == (len(new), 1, -1)  # fetched whole next run
+    assert row.fingerprint == fingerprint_of(new[:1024])
+    assert any("does not match its checkpoint" in n for n in notes)
+    assert_index_is_a_rebuild(dest)
+
+
+def test_a_whole_file_replaced_before_its_commit_is_not_cut_back(dest: Path) -> None:
+    path = b"agents/a/sessions/sessions.json"
+    with MirrorState(dest) as state:
+        committed(state, path, b'{"a": 1}', kind="whole")
+        state.local_path("h", path).write_bytes(b'{"a": 1, "b": 2}')  # renamed in, uncommitted
+    with MirrorState(dest) as state:
+        state.recover(["h"])
+        row = state.host_files("h")[path]
+    assert (dest / "h" / os.fsdecode(path)).read_bytes() == b'{"a": 1, "b": 2}'
+    assert (row.size, row.ino) == (16, -1)
+
+
+def test_killed_between_the_two_renames_puts_the_old_copy_back(dest: Path) -> None:
+    old = lines(random.Random(2), 10)
+    with MirrorState(dest) as state:
+        committed(state, SESSION, old)
+        kept = state.version_path("h", SESSION, 1)
+        kept.parent.mkdir(parents=True)
+        os.rename(state.local_path("h", SESSION), kept)  # ... and killed
+    with MirrorState(dest) as state:
+        notes = state.recover(["h"])
+        row = state.host_files("h")[SESSION]
+    assert (dest / "h" / os.fsdecode(SESSION)).read_bytes() == old
+    assert not kept.exists()
+    assert (row.size, row.version, row.ino) == (len(old), 0, 7)  # as committed
+    assert notes == ["h: agents/a/sessions/s.jsonl: put back from versions/ (v1)"]
+
+
+def test_a_file_marked_in_doubt_before_its_replacement_is_not_cut_back(dest: Path) -> None:
+    """A rewrite whose old copy was a prefix of the new keeps no version: only the mark that
+    the flush wrote before renaming tells recovery the longer file is not an append."""
+    rng = random.Random(12)
+    old = lines(rng, 10)
+    new = old[:-200] + lines(rng, 10, start=50)  # same start, different history
+    with MirrorState(dest) as state:
+        row = committed(state, SESSION, old)
+        state.mark_in_doubt([row])
+        state.local_path("h", SESSION).write_bytes(new)  # renamed in; killed before commit
+    with MirrorState(dest) as state:
+        state.recover(["h"])
+        row = state.host_files("h")[SESSION]
+    assert (dest / "h" / os.fsdecode(SESSION)).read_bytes() == new
+    assert (row.size, row.ino) == (len(new), -1)
+    assert_index_is_a_rebuild(dest)
+
+
+def test_appended_bytes_beyond_the_checkpoint_are_still_cut_back(dest: Path) -> None:
+    rng = random.Random(3)
+    old = lines(rng, 10)
+    with MirrorState(dest) as state:
+        committed(state, SESSION, old)
+        with open(state.local_path("h", SESSION), "ab") as f:
+            f.write(lines(rng, 3, start=10) + b'{"partial')
+    with MirrorState(dest) as state:
+        state.recover(["h"])
+    assert (dest / "h" / os.fsdecode(SESSION)).read_bytes() == old
+
+
+def test_a_file_cut_by_hand_takes_its_index_along(dest: Path) -> None:
+    rng = random.Random(4)
+    with MirrorState(dest) as state:
+        committed(state, SESSION, lines(rng, 20))
+        committed(state, b"agents/a/sessions/gone.jsonl", lines(rng, 5))
+        with open(state.local_path("h", SESSION), "r+b") as f:
+            f.truncate(600)
+        state.local_path("h", b"agents/a/sessions/gone.jsonl").unlink()
+    with MirrorState(dest) as state:
+        state.recover(["h"])
+    (row,) = index_rows(dest)  # the session with nothing left is gone
+    assert row[1] == SESSION and 0 < row[5] < 600  # the bytes of the whole lines left
+    assert_index_is_a_rebuild(dest)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def rewrite(state: MirrorState, row: FileState, data: bytes) -> list[object]:
+    """Fetch ``data`` whole over ``row``'s file and flush it, as a sync does."""
+    state.tmp_dir.mkdir(exist_ok=True)
+    new = FileState("h", row.path, row.kind, 0, len(data), 2.0, 1, 8, b"", version=row.version)
+    writer = WholeWriter(state, new, lines_only=True, category="rewritten")
+    writer.write(data)
+    durable = make_durable(state, [writer.finish()])
+    state.commit([item.row for item in durable.done])
+    return [*durable.done, *durable.failed]
+
+
+def test_a_version_left_unrecorded_is_never_overwritten(dest: Path) -> None:
+    rng = random.Random(5)
+    first, second, third = lines(rng, 5), lines(rng, 6, start=10), lines(rng, 7, start=20)
+    with MirrorState(dest) as state:
+        row = committed(state, SESSION, second)
+        unrecorded = state.version_path("h", SESSION, 1)  # a killed run's, row.version is 0
+        unrecorded.parent.mkdir(parents=True)
+        unrecorded.write_bytes(first)
+        rewrite(state, row, third)
+        row = state.host_files("h")[SESSION]
+    assert row.version == 2
+    assert unrecorded.read_bytes() == first
+    assert (dest / VERSIONS / "agents/a/sessions/s.jsonl.v2").read_bytes() == second
+    assert (dest / "h" / os.fsdecode(SESSION)).read_bytes() == third
+
+
+def test_one_file_that_cannot_be_put_in_place_fails_alone(dest: Path) -> None:
+    rng = random.Random(6)
+    with MirrorState(dest) as state:
+        state.recover()
+        items = []
+        for name in (b"agents/a/sessions/ok.jsonl", b"agents/a/sessions/dir.jsonl"):
+            new = FileState("h", name, "append", 0, 100, 2.0, 1, 8, b"")
+            writer = WholeWriter(state, new, lines_only=True, category="new")
+            writer.write(lines(rng, 2))
+            items.append(writer.finish())
+        state.local_path("h", b"agents/a/sessions/dir.jsonl").mkdir(parents=True)
+        durable = make_durable(state, items)
+    assert [item.row.path for item in durable.done] == [b"agents/a/sessions/ok.jsonl"]
+    ((item, error),) = durable.failed
+    assert item.row.path == b"agents/a/sessions/dir.jsonl"
+    assert isinstance(error, MirrorError) and error.host == "h"
+    assert "directory where the remote has a file" in str(error)
+    assert not list(state.tmp_dir.iterdir())  # the failed one's temp file is gone
+
+
+def test_appending_to_a_file_shorter_than_its_checkpoint_refetches_it(dest: Path) -> None:
+    data = lines(random.Random(7), 10)
+    with MirrorState(dest) as state:
+        row = committed(state, SESSION, data)
+        with open(state.local_path("h", SESSION), "r+b") as f:
+            f.truncate(len(data) - 100)  # cut after recovery ran: mid-run
+        new = FileState("h", SESSION, "append", len(data), len(data) + 50, 2.0, 1, 7, b"")
+        with pytest.raises(RewriteDetected):
+            AppendWriter(state, row, len(data) - 64, new)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def test_a_failed_statement_is_reported_not_the_rollback(dest: Path) -> None:
+    with MirrorState(dest) as state:
+        with pytest.raises(ZeroDivisionError), state.transaction():
+            state.db.execute("ROLLBACK")  # what SQLite does itself on a full disk
+            raise ZeroDivisionError
+        assert not state.db.in_transaction
+
+
+def test_an_unusable_lock_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "m" / ".remote-sync" / "lock").mkdir(parents=True)  # cannot be opened
+    with pytest.raises(MirrorError, match="lock file"), MirrorState(tmp_path / "m"):
+        pass
+
+
+def test_a_damaged_state_database_is_a_clear_error(dest: Path) -> None:
+    with MirrorState(dest) as state:
+        for i in range(300):
+            committed(state, b"agents/a/sessions/%03d.jsonl" % i, b'{"type":"session"}\n')
+        state.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db = dest / ".remote-sync" / "state.db"
+    data = bytearray(db.read_bytes())
+    data[8192:] = b"\xde\xad" * ((len(data) - 8192) // 2)  # every page after the second
+    db.write_bytes(bytes(data))
+    with pytest.raises(StateError) as info, MirrorState(dest) as state:
+        state.recover()
+    assert "state.db" in str(info.value)
+
+
+# --- whole runs against real hosts -----------------------------------------------------------
+
+
+def faulty_sync(inv: Path, dest: Path, fault: str) -> int:
+    env = dict(os.environ, REMOTE_SYNC_TEST_FAULT=fault)
+    args = ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"]
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "fault_cli.py"), *args],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    return done.returncode
+
+
+def sync(inv: Path, dest: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, Summary]:
+    code, events = run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"], capsys)
+    assert isinstance(events[-1], Summary)
+    return code, events[-1]
+
+
+@pytest.mark.parametrize("fault", ["before_commit", "after_version_rename"])
+def test_a_rewrite_killed_midway_loses_no_version(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], fault: str
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(8)
+    rel = "agents/a/sessions/s.jsonl"
+    contents = [lines(rng, 30), lines(rng, 45, start=1000), lines(rng, 10, start=5000)]
+    fleet.write("h0", rel, contents[0])
+    assert sync(inv, dest, capsys)[0] == 0
+    with open(fleet.path("h0", rel), "r+b") as f:  # rewritten in place, larger
+        f.truncate(0)
+        f.write(contents[1])
+    assert faulty_sync(inv, dest, fault) == 9
+    fleet.write("h0", rel, contents[2])  # and rewritten once more
+    assert sync(inv, dest, capsys)[0] == 0
+    assert (dest / "h0" / rel).read_bytes() == contents[2]
+    kept = sorted((dest / ".remote-sync/versions/h0/agents/a/sessions").iterdir())
+    held = [path.read_bytes() for path in kept]
+    assert contents[0] in held  # never overwritten by a later version
+    if fault == "before_commit":  # the second content reached the mirror before the kill
+        assert contents[1] in held
+    assert_index_is_a_rebuild(dest)
+
+
+def test_a_transcript_moved_away_and_back_is_live_again(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/s.jsonl"
+    fleet.write("h0", rel, lines(random.Random(9), 5))
+    sync(inv, dest, capsys)
+    away = fleet.path("h0", "away.jsonl")
+    os.rename(fleet.path("h0", rel), away)
+    assert sync(inv, dest, capsys)[1].files.deleted == 1
+    os.rename(away, fleet.path("h0", rel))  # same inode, same size
+    sync(inv, dest, capsys)
+    with MirrorState(dest) as state:
+        row = state.host_files("h0")[rel.encode()]
+    assert (row.state, row.deleted_at) == ("live", None)
+
+
+def test_a_conflict_in_the_mirror_fails_that_file_only(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(10)
+    for name in ("a", "b", "c"):
+        fleet.write("h0", f"agents/a/sessions/{name}.jsonl", lines(rng, 3))
+    (dest / "h0/agents/a/sessions/b.jsonl").mkdir(parents=True)  # in the way
+    code, events = run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"], capsys)
+    assert code == 1
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert [e.path for e in errors] == ["agents/a/sessions/b.jsonl"]
+    summary = events[-1]
+    assert isinstance(summary, Summary)
+    assert (summary.files.new, summary.files.failed) == (2, 1)
+    append(fleet, "h0", "agents/a/sessions/a.jsonl", lines(rng, 1, start=50))
+    code, summary = sync(inv, dest, capsys)
+    assert (summary.files.grown, summary.files.unchanged, summary.files.failed) == (1, 1, 1)
+
+
+def test_a_host_name_holding_another_source_is_refused(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "m"
+    fleet.write("h0", "agents/a/sessions/s.jsonl", lines(random.Random(11), 3))
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    assert sync(inv, dest, capsys)[0] == 0
+    moved = inv.read_text().replace(str(fleet.path("h0")), str(fleet.path("h1")))
+    (tmp_path / "moved.toml").write_text(moved)
+    code, events = run_cli(
+        ["sync", "--inventory", str(tmp_path / "moved.toml"), "--dest", str(dest), "--json"],
+        capsys,
+    )
+    assert code == 2
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert error.host == "h0" and "another destination" in error.hint
+    with MirrorState(dest) as state:
+        assert state.hosts()["h0"][1] == str(fleet.path("h0"))
+
+
+def test_new_directories_are_synced_in_their_parents(tmp_path: Path) -> None:
+    from remote_sync.mirror.writer import _makedirs_for
+
+    (tmp_path / "h").mkdir()
+    dirs: set[Path] = set()
+    _makedirs_for(tmp_path / "h/a/b/c/s.jsonl", "h", b"a/b/c/s.jsonl", dirs)
+    # c's entry lives in b, b's in a, a's in h: each must reach the disk (c itself is synced
+    # by the rename that puts the file there).
+    assert dirs == {tmp_path / "h", tmp_path / "h/a", tmp_path / "h/a/b"}

@@ -5,8 +5,10 @@
 - The two ``sh`` scripts run locally over hostile file names, once with dash + GNU tools and
   once with nothing but BusyBox applets.
 - Real sshd: ``list --remote`` gives the rows a mirror's index gives (every format, hostile
-  names, empty, unreadable and side files); ``show --remote`` by id or path takes one remote
-  command (head, tail, page), reports ambiguous and unknown ids, and reads little of a big
+  names, empty, unreadable and side files; the class of sessions without timestamps, judged
+  by the file's mtime); ``show --remote`` by id or path takes one remote command (head, tail,
+  page), resolves a unique id prefix and reports ambiguous and unknown ids as ``show`` over a
+  mirror does (glob characters and quotes in them are data), and reads little of a big
   session; a remote listing's memory does not grow with the number of sessions.
 """
 
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import subprocess
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,19 +78,22 @@ def test_frames_any_chunking() -> None:
     # Data that looks like frames with another marker, and a prefix of ours at a chunk's end.
     fake = b"0123456789abcdef0123456789abcdef E\n" + m[:20]
     out = (
-        m + b" F ./a/b.jsonl\x00" + fake + b"\n" + m + b" E\n"
+        m + b" F 1795302230.6779972420 ./a/b.jsonl\x00" + fake + b"\n" + m + b" E\n"
         + m + b" U ./-x\x00"
-        + m + b" F ./new\nline\xff\x00" + m + b" X\n"
+        + m + b" F 12 ./new\nline\xff\x00" + m + b" X\n"
+        + m + b" F -5 ./with space 7\x00" + m + b" E\n"
         + m + b" C ./c\x00" + m + b" S 12\n" + m + b" K 4\n" + b"12345678" + m + b" E\n"
         + m + b" G\n" + m + b" D\n" + m + b" B\n" + m + b" E\n"
     )  # fmt: skip
     want = [
-        Header("F", b"a/b.jsonl"),
+        Header("F", b"a/b.jsonl", 1795302230.677997242),
         fake + b"\n",
         Header("E"),
         Header("U", b"-x"),
-        Header("F", b"new\nline\xff"),
+        Header("F", b"new\nline\xff", 12.0),
         Header("X"),
+        Header("F", b"with space 7", -5.0),
+        Header("E"),
         Header("C", b"c"),
         Header("S", b"12"),
         Header("K", b"4"),
@@ -106,9 +113,12 @@ def test_frames_any_chunking() -> None:
     [
         b"garbage",
         b"%(m)s Q\n",
-        b"%(m)s F /etc/passwd\x00",
-        b"%(m)s F ./a/../../x\x00",
-        b"%(m)s F ./a\x00data%(m)s Z\n",  # our marker inside the data: refused
+        b"%(m)s F 1 /etc/passwd\x00",
+        b"%(m)s F 1 ./a/../../x\x00",
+        b"%(m)s F ./a\x00",  # no mtime
+        b"%(m)s F 1e9 ./a\x00",
+        b"%(m)s F 1. ./a\x00",
+        b"%(m)s F 1 ./a\x00data%(m)s Z\n",  # our marker inside the data: refused
         b"%(m)s S x\n",
         b"%(m)s E\n",  # an end mark outside data
     ],
@@ -179,7 +189,7 @@ def toolset(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
         pytest.skip("busybox is not installed")
     bindir = tmp_path / "bb"
     bindir.mkdir()
-    for applet in ("sh", "find", "head", "tail", "xargs", "printf", "cat", "wc"):
+    for applet in ("sh", "find", "head", "tail", "xargs", "printf", "cat", "wc", "stat"):
         os.symlink(busybox, bindir / applet)
     yield str(bindir / "sh"), {"PATH": str(bindir), "HOME": str(home)}
 
@@ -213,10 +223,14 @@ def test_local_list_script_streams_hostile_names(
 ) -> None:
     root = tmp_path / "root"
     files = hostile_tree(root / SESSIONS, tmp_path / "outside")
+    base = os.fsencode(root / SESSIONS) + b"/"
+    for i, name in enumerate([*files, b"empty.jsonl"]):
+        os.utime(base + name, ns=(0, 1_600_000_000_250_000_000 + i * 10**9))
     marker = new_marker()
     out, err = run_local(toolset, list_argv(local_host(root)), marker.encode() + b"\n")
     assert err == b""
     got: dict[bytes, bytes] = {}
+    mtimes: dict[bytes, float | None] = {}
     path = b""
     for item in frames(marker.encode(), out, 4096):
         if isinstance(item, bytes):
@@ -224,11 +238,19 @@ def test_local_list_script_streams_hostile_names(
         elif item.kind == "F":
             path = item.arg
             got[path] = b""
+            mtimes[path] = item.mtime
         else:
             assert item.kind == "E", item
     prefix = SESSIONS.encode() + b"/"
     # Transcript names only (by name; the side files and the symlink are not streamed).
     assert got == {prefix + k: v for k, v in files.items()} | {prefix + b"empty.jsonl": b""}
+    # Each file's mtime as the mirror's listing has it: GNU find's with its fraction,
+    # BusyBox stat's in whole seconds.
+    fraction = 0.25 if toolset[0] == "sh" else 0.0
+    assert mtimes == {
+        prefix + name: 1_600_000_000 + i + fraction
+        for i, name in enumerate([*files, b"empty.jsonl"])
+    }
     assert not list(tmp_path.rglob("pwned"))
 
 
@@ -357,6 +379,7 @@ def test_show_remote_takes_one_command(fleet: Any, tmp_path: Path) -> None:
     fleet.write(name, f"{SESSIONS}/gamma-x.jsonl", openclaw_session("gamma-x", 5))
     fleet.write(name, "agents/other/sessions/alpha.jsonl.bak-1", openclaw_session("alpha", 2))
     fleet.write(name, "agents/other/notes/gamma.jsonl", openclaw_session("gamma", 2))
+    fleet.write(name, "agents/other/notes/delta.jsonl", openclaw_session("delta", 2))
     (host,) = load_inventory(write_inventory(fleet, tmp_path / "inv.toml", [name])).hosts
 
     async def show(session: str, **how: Any) -> tuple[Any, int]:
@@ -389,9 +412,13 @@ def test_show_remote_takes_one_command(fleet: Any, tmp_path: Path) -> None:
     assert "beta.jsonl.reset" in str(error) and commands == 1
     result, commands = anyio.run(lambda: show(f"{SESSIONS}/beta.jsonl.reset.2026-11-20T10:00:00Z"))
     assert (text_numbers(result.messages), commands) == ([0, 1, 2], 1)
-    # A name pattern may match a file the format does not count (not in a sessions dir).
-    error, commands = anyio.run(lambda: show("gamma"))
-    assert isinstance(error, ConfigError) and "no session 'gamma'" in str(error)
+    # A name pattern may match a file the format does not count (not in a sessions dir):
+    # "gamma" is no session but the prefix of one (fetched by path: the patterns found two
+    # files), "delta" neither.
+    result, commands = anyio.run(lambda: show("gamma", head=1))
+    assert (text_numbers(result.messages), commands) == ([0], 2)
+    error, commands = anyio.run(lambda: show("delta"))
+    assert isinstance(error, ConfigError) and "no session 'delta'" in str(error)
     error, _ = anyio.run(lambda: show("nothing"))
     assert isinstance(error, ConfigError) and "no session 'nothing'" in str(error)
     error, _ = anyio.run(lambda: show(f"{SESSIONS}/missing.jsonl"))
@@ -429,6 +456,119 @@ def test_show_remote_hostile_names_and_cli(
     assert "1 messages; read" in err
     code, _, err = cli(["sessions", "show", name, "nope", *remote], capsys)
     assert code == 2 and "no session 'nope'" in err
+
+
+def untimed_session(sid: str, messages: int) -> bytes:
+    """An OpenClaw transcript without any timestamp (its class falls back on the mtime)."""
+    return re.sub(rb',"timestamp":"[^"]*"', b"", openclaw_session(sid, messages, pad=300))
+
+
+def test_list_remote_and_mirror_agree_on_class(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = fleet.names[0]
+    now = time.time()
+    # (file, content, mtime, class): without timestamps the mtime judges a session with at
+    # most one user message; with timestamps or more user messages it does not matter.
+    cases = [
+        ("old-untimed", untimed_session("old-untimed", 2), now - 30 * 86400 + 0.375, "low"),
+        ("new-untimed", untimed_session("new-untimed", 2), now - 3600 + 0.5, "valuable"),
+        ("busy-untimed", untimed_session("busy-untimed", 9), now - 30 * 86400, "valuable"),
+        ("timed", openclaw_session("timed", 2, pad=300), now - 30 * 86400, None),
+        ("tiny", untimed_session("tiny", 0)[:100], now, "empty"),
+    ]
+    for stem, data, mtime, _ in cases:
+        path = fleet.write(name, f"{SESSIONS}/{stem}.jsonl", data)
+        os.utime(path, (mtime, mtime))
+    inventory = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    dest = tmp_path / "mirror"
+    assert main(["sync", "--inventory", str(inventory), "--dest", str(dest), "--json"]) == 0
+    capsys.readouterr()
+
+    code, out, err = cli(["sessions", "list", "--json", "-d", str(dest)], capsys)
+    assert code == 0, err
+    local = rows_of(out)
+    code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inventory)], capsys)
+    assert code == 0, err
+    remote = rows_of(out)
+    assert remote == local  # every field, class included
+    for stem, _, _, klass in cases:
+        row = remote[(name, f"{SESSIONS}/{stem}.jsonl")]
+        assert klass is None or row.klass == klass, (stem, row)
+    assert remote[(name, f"{SESSIONS}/old-untimed.jsonl")].last_ts is None
+
+
+def test_show_remote_resolves_prefixes_like_the_mirror(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = fleet.names[0]
+    stems = [
+        "alpha-one",
+        "alpha-two",
+        "dup",
+        "dup-more",
+        "star*name",
+        "starXname",
+        "q'\"$(touch pwned)x",
+        "[s]tar",
+        "s",
+    ]
+    for i, stem in enumerate(stems):
+        fleet.write(name, f"{SESSIONS}/{stem}.jsonl", openclaw_session(stem, 2, start=i * 2))
+    inventory = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    (host,) = load_inventory(inventory).hosts
+    dest = tmp_path / "mirror"
+    assert main(["sync", "--inventory", str(inventory), "--dest", str(dest), "--json"]) == 0
+    capsys.readouterr()
+
+    def both(session: str) -> tuple[int, str, str]:
+        """Show ``session`` from the mirror and from the host: the same outcome."""
+        local = cli(["sessions", "show", "--json", "-d", str(dest), "--", name, session], capsys)
+        remote = cli(
+            ["sessions", "show", "--json", "--remote", "-I", str(inventory), "--", name, session],
+            capsys,
+        )
+        assert (remote[0], remote[1]) == (local[0], local[1]), (session, local, remote)
+        return remote
+
+    def first(out: str) -> int:
+        return text_numbers([msgspec.json.decode(out.splitlines()[0], type=Message)])[0]
+
+    # A unique prefix, glob characters and quotes in it matching themselves.
+    for session, stem in (
+        ("alpha-o", "alpha-one"),
+        ("alpha-t", "alpha-two"),
+        ("dup", "dup"),  # an exact id wins over the ids it starts
+        ("dup-", "dup-more"),
+        ("star*", "star*name"),
+        ("starX", "starXname"),
+        ("q'\"$(touch pwned)", "q'\"$(touch pwned)x"),
+        ("[s]", "[s]tar"),
+        ("s", "s"),
+    ):
+        code, out, err = both(session)
+        assert (code, first(out)) == (0, stems.index(stem) * 2), (session, err)
+    # Ambiguous: exit 2 and the matches listed, as over the mirror.
+    for session, count in (("alpha", 2), ("st", 2), ("d", 2)):
+        code, _, err = both(session)
+        assert code == 2 and f"{session!r} matches {count} sessions" in err, err
+        assert "(session " in err and "name one by its path" in err, err
+    code, _, err = both("al")
+    assert "alpha-one.jsonl  (session alpha-one)" in err and "alpha-two.jsonl" in err
+    # Glob characters match only themselves; a quote or a command is a name, nothing runs.
+    for session in ("st?r", "[s]t*r", "sta[r]", "*", "?", "'; touch pwned; '", "$(touch pwned)"):
+        code, _, err = both(session)
+        assert code == 2 and f"no session {session!r}" in err, (session, err)
+    assert not list(fleet.path(name).rglob("pwned")) and not list(tmp_path.rglob("pwned"))
+
+    async def commands(session: str) -> int:
+        async with SSHPool() as pool:
+            await read_remote_session(pool, host, session, head=1)
+            return pool.stats(host.endpoint).operations
+
+    # One command for a unique prefix; a second (by path) when the patterns found several.
+    assert anyio.run(commands, "alpha-o") == 1
+    assert anyio.run(commands, "dup") == 2
 
 
 def test_show_remote_reads_little_of_a_big_session(fleet: Any, tmp_path: Path) -> None:

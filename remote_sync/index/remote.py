@@ -5,20 +5,27 @@ stdin), the incremental parser of their framed output (:class:`FrameStream`), an
 side of each:
 
 * :func:`stream_remote_sessions` runs **one** command that walks the host's start points with
-  ``find`` and streams every candidate transcript as it goes (a header naming the file, its
-  bytes, an end mark). Each file is folded into facts while it streams and dropped when its
-  end mark arrives; batches are yielded as sessions complete. Nothing is kept per file (no
-  listing, no request list, no stdin built up front), so memory does not grow with the number
-  of sessions; the stream's own buffers are bounded by :data:`LIST_CHUNK` here and by the
-  pool's channel window (``api`` opens its pool with :data:`LIST_WINDOW`).
-* :func:`read_remote_session` shows one session with **one** command, by path or by session
-  id: the remote side resolves the id with ``find`` (name patterns from the format's rules,
-  :func:`id_predicate`), reports the candidates, and when there is exactly one streams it
-  straight away: from the start for ``head`` and ``page`` (the client stops the command as
-  soon as it holds the messages it needs), or backwards from the end in growing blocks for
-  ``tail`` (the client stops it once the blocks read hold enough messages). Only when the
-  name patterns leave several candidates, of which the format's exact rules keep one, does a
-  second command fetch it by path.
+  ``find`` and streams every candidate transcript as it goes (a header naming the file and
+  its mtime, its bytes, an end mark). Each file is folded into facts while it streams and
+  dropped when its end mark arrives; batches are yielded as sessions complete. Nothing is
+  kept per file (no listing, no request list, no stdin built up front), so memory does not
+  grow with the number of sessions; the stream's own buffers are bounded by
+  :data:`LIST_CHUNK` here and by the pool's channel window (``api`` opens its pool with
+  :data:`LIST_WINDOW`). The mtime is the one the mirror's listing records (GNU ``find
+  -printf``'s, with its fraction, else ``stat``'s whole seconds), so a session without
+  timestamps gets the same ``class`` as over a mirror's index.
+* :func:`read_remote_session` shows one session with **one** command, by path, by session id
+  or by a unique prefix of one (as ``sessions show`` over a mirror: an exact id wins over
+  prefixes; several exact or, without one, several prefix matches are an error listing
+  them): the remote side finds the candidates with ``find`` (name patterns from the format's
+  rules, :func:`id_predicate`, matching every file whose id may start with the text given),
+  reports them, and when there is exactly one streams it straight away: from the start for
+  ``head`` and ``page`` (the client stops the command as soon as it holds the messages it
+  needs), or backwards from the end in growing blocks for ``tail`` (the client stops it once
+  the blocks read hold enough messages). Only when the name patterns leave several
+  candidates, of which the format's exact rules keep one, does a second command fetch it by
+  path. Ids are the ones the format's file names give (``identify``); the index takes
+  those too, except where a file's first lines name another.
 
 Which files are transcripts is decided exactly on this side (``Source.is_included`` and the
 reader's ``is_transcript``); the remote ``find`` only narrows by file name
@@ -33,7 +40,7 @@ other users could read it in ``ps`` and forge frames from a file they can write)
 
 Output frames (``M`` is the marker, ``\\0`` a NUL byte)::
 
-    M F <path>\\0  <bytes of the file>  M E\\n      a file of the listing (M X\\n: read failed)
+    M F <mtime> <path>\\0  <bytes>  M E\\n         a file of the listing (M X\\n: read failed)
     M U <path>\\0                                 a file of the listing that is not readable
     M C <path>\\0                                 show: a candidate for the session named
     M G\\n  |  M D\\n                              show: the file is gone / not readable
@@ -45,6 +52,7 @@ Output frames (``M`` is the marker, ``\\0`` a NUL byte)::
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -94,8 +102,11 @@ LIST_CHUNK = 256 * 1024
 #: Channel window for ``show``: what the host may send beyond the last byte the client needs
 #: before the client's stop reaches it.
 SHOW_WINDOW = 512 * 1024
-#: Candidates kept when an id's name patterns match many files (the error lists some).
+#: Matches kept per kind (exact id, prefix) when a ``show`` names many sessions (all are
+#: counted; the error lists some).
 MAX_CANDIDATES = 64
+#: Matches an ambiguity error lists (as over a mirror's index).
+SHOWN_MATCHES = 20
 #: A path in a frame header longer than this without its NUL is a protocol error.
 MAX_FRAME_PATH = 64 * 1024
 
@@ -182,14 +193,29 @@ _SAFE_FILE = r"""[ -f "$f" ] && [ ! -L "$f" ] || continue
     done
 """
 
-# Run by find -exec ... {} + for each batch of files found.
+# Run for each batch of files found: $1 says where each file's mtime comes from, the files
+# follow. "given": each argument is <mtime>/<path> as GNU find printed it (the mtime with its
+# fraction, as the mirror's listing has it). "stat": each argument is a path and stat tells
+# its mtime in whole seconds, as the mirror's listing has it where find has no -printf
+# (BusyBox). The mtime goes with the file's header: the class of a session without
+# timestamps is judged by it, the same as over a mirror's index.
 _LIST_BATCH = (
     r"""m=$REMOTE_SYNC_MARKER
+how=$1
+shift
 for f do
+    t=
+    if [ "$how" = given ]; then
+        t=${f%%/*}
+        f=${f#*/}
+    fi
     """
     + _SAFE_FILE
     + r"""    if [ -r "$f" ]; then
-        printf '%s F %s\0' "$m" "$f"
+        if [ -z "$t" ]; then
+            t=$(stat -c %Y -- "$f") || continue
+        fi
+        printf '%s F %s %s\0' "$m" "$t" "$f"
         if cat -- "$f"; then printf '%s E\n' "$m"; else printf '%s X\n' "$m"; fi
     else
         printf '%s U %s\0' "$m" "$f"
@@ -199,7 +225,10 @@ done
 )
 
 # $1 root, $2 the batch script, $3 how many start points follow, then the points, then find's
-# predicate words. The marker is the first line of stdin.
+# predicate words. The marker is the first line of stdin. Where find has -printf (GNU, tested
+# as the mirror's listing tests it) it prints each file's mtime with its path, NUL-terminated
+# for xargs, so no process per file is spent on the mtime; find's status comes back around
+# the pipe on fd 3 (POSIX sh has no pipefail). Elsewhere the batches ask stat.
 _LIST_SCRIPT = (
     ENTER_ROOT_SH
     + r"""batch=$2
@@ -209,9 +238,20 @@ shift 3
     + _READ_MARKER
     + _START_POINTS
     + r"""[ "$kept" -gt 0 ] || exit 0
-LC_ALL=C find "$@" -exec sh -c "$batch" sh {} +
+if LC_ALL=C find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
+    exec 4>&1
+    st=$({ { LC_ALL=C find "$@" -printf '%T@/%p\0'; echo "$?" >&3; } |
+        xargs -0 sh -c "$batch" sh given >&4; } 3>&1)
+    exec 4>&-
+else
+    LC_ALL=C find "$@" -exec sh -c "$batch" sh stat {} +
+    st=$?
+fi
+case ${st:-2} in
+0 | 1) exit 0 ;;
+*) exit "${st:-2}" ;;
+esac
 """
-    + _FIND_STATUS
 )
 
 # Run with the candidates as arguments (by find -exec, or by xargs for a path). Every
@@ -332,27 +372,35 @@ def _fnmatch_escape(text: str) -> str:
 
 
 def id_predicate(fmt: str, session: str) -> list[str]:
-    """find predicate words matching the files that may hold session ``session`` of ``fmt``.
+    """find predicate words matching the files that may hold a session of ``fmt`` whose id is
+    ``session`` or starts with it.
 
-    A superset of what the reader's ``identify`` maps to that id (the client checks exactly),
-    narrow enough that a real id usually matches one file.
+    A superset of what the reader's ``identify`` maps to such an id (the client checks exactly
+    and prefers an exact id), narrow enough that a real id usually matches one file. The text
+    is data: glob characters in it match themselves.
     """
     e = _fnmatch_escape(session)
     if fmt == "openclaw":
-        names = [f"{e}.jsonl", f"{e}.jsonl.reset.*", f"{e}.jsonl.deleted.*"]
+        names = [f"{e}*.jsonl", f"{e}*.jsonl.reset.*", f"{e}*.jsonl.deleted.*"]
     elif fmt == "claude-code" and "/" in session:
         # <session>/agent-<id> is a sub-agent: <slug>/<session>/subagents/agent-<id>.jsonl.
         parent, _, name = session.rpartition("/")
         esc_parent, esc_name = _fnmatch_escape(parent), _fnmatch_escape(name)
-        return ["-type", "f", "-path", f"*/{esc_parent}/subagents/{esc_name}.jsonl"]
-    elif fmt in ("claude-code", "picoclaw"):
-        names = [f"{e}.jsonl"]
+        return ["-type", "f", "-path", f"*/{esc_parent}/subagents/{esc_name}*.jsonl"]
+    elif fmt == "claude-code":
+        # A session, an old-layout agent-<id>, or a sub-agent of a session the text starts.
+        return [
+            "-type", "f", "(", "-name", f"{e}*.jsonl",
+            "-o", "-path", f"*/{e}*/subagents/*.jsonl", ")",
+        ]  # fmt: skip
+    elif fmt == "picoclaw":
+        names = [f"{e}*.jsonl"]
     elif fmt == "codex":
-        names = [f"rollout-*{e}.jsonl"]
+        names = [f"rollout-*{e}*.jsonl"]
     elif fmt == "pi":
-        names = [f"{e}.jsonl", f"*_{e}.jsonl"]
+        names = [f"{e}*.jsonl", f"*_{e}*.jsonl"]
     elif fmt == "jsonl":
-        return ["-type", "f", "-path", f"./{e}.jsonl"]
+        return ["-type", "f", "-path", f"./{e}*.jsonl"]
     else:
         return ["-type", "f", "-path", f"*{e}*"]
     words = ["-type", "f", "("]
@@ -413,16 +461,21 @@ def _relative(path: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    """A frame header: its kind (one of ``FUCGDBSKEX``) and argument (a path or a number)."""
+    """A frame header: its kind (one of ``FUCGDBSKEX``), argument (a path or a number) and,
+    for ``F``, the file's mtime (epoch seconds)."""
 
     kind: str
     arg: bytes = b""
+    mtime: float | None = None
 
 
 _PATH_KINDS = b"FUC"
 _NUMBER_KINDS = b"SK"
 _BARE_KINDS = b"GDBEX"
 _DATA_KINDS = b"FBK"
+#: The mtime in an ``F`` header: what find's ``%T@`` or stat's ``%Y`` prints (as the mirror's
+#: listing reads it).
+_MTIME = re.compile(rb"-?[0-9]{1,20}(?:\.[0-9]{1,20})?")
 
 
 class FrameStream:
@@ -502,13 +555,19 @@ class FrameStream:
                 arg = buf[start + 1 : end]
                 if buf[start] != 0x20 or (kind in _NUMBER_KINDS and not arg.isdigit()):
                     raise self._error("malformed frame header", buf[pos : pos + 80])
+                mtime = None
+                if kind == 0x46:  # F: "<mtime> <path>"
+                    stamp, space, arg = arg.partition(b" ")
+                    if not space or _MTIME.fullmatch(stamp) is None:
+                        raise self._error("malformed frame header", buf[pos : pos + 80])
+                    mtime = float(stamp)
                 if kind in _PATH_KINDS:
                     try:
                         arg = _relative(arg)
                     except ValueError:
                         raise self._error("unsafe path in a frame", arg[:200]) from None
                     self.path = arg
-                header = Header(chr(kind), arg)
+                header = Header(chr(kind), arg, mtime)
                 pos = end + 1
             else:
                 raise self._error("unknown frame", buf[pos : pos + 80])
@@ -569,6 +628,7 @@ async def stream_remote_sessions(
     marker = new_marker()
     frames = FrameStream(host.name, marker.encode())
     indexer: FileIndexer | None = None
+    mtime: float | None = None
     received = 0
     batch: list[SessionRow] = []
     now = time.time() if now is None else now
@@ -595,6 +655,7 @@ async def stream_remote_sessions(
                         path = item.arg
                         if source.is_included(path) and reader.is_transcript(path):
                             indexer, received = FileIndexer(reader, host.name, path), 0
+                            mtime = item.mtime
                     elif kind in "EX":
                         # An empty file is no session (as in a mirror's index); one whose
                         # read failed midway (X) is left out rather than shown in part.
@@ -608,6 +669,7 @@ async def stream_remote_sessions(
                                     update.facts,
                                     state="live",
                                     now=now,
+                                    mtime=mtime,
                                 )
                             )
                             if len(batch) >= batch_size:
@@ -729,11 +791,32 @@ class _Backward:
 
 
 @dataclass(slots=True)
-class _Outcome:
-    """What one show command found: the candidates, or the result when it streamed one."""
+class _Matches:
+    """Sessions a show's candidates hold: by exact id, else by id prefix (counted, and the
+    first :data:`MAX_CANDIDATES` of each kept)."""
 
-    candidates: list[bytes]
-    more: int = 0  # candidates beyond MAX_CANDIDATES
+    exact: list[bytes]
+    prefix: list[bytes]
+    exact_count: int = 0
+    prefix_count: int = 0
+
+    def add(self, path: bytes, exact: bool) -> None:
+        if exact:
+            self.exact_count += 1
+            if len(self.exact) < MAX_CANDIDATES:
+                self.exact.append(path)
+        else:
+            self.prefix_count += 1
+            if len(self.prefix) < MAX_CANDIDATES:
+                self.prefix.append(path)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one show command found: the matching sessions, or the result when it streamed
+    one."""
+
+    matches: _Matches
     result: ShowResult | None = None
 
 
@@ -749,7 +832,8 @@ async def read_remote_session(
     token: CancelToken | None = None,
 ) -> ShowResult:
     """The first ``head``, last ``tail`` or page ``page`` of ``page_size`` messages of one
-    session (by id, or by its path relative to the root), reading as little as possible.
+    session (by id, a unique prefix of one, or its path relative to the root), reading as
+    little as possible.
 
     One remote command whenever the id's name patterns match one file (see the module
     docstring). ``bytes_read`` is the file's bytes received; ``first`` is the number of the
@@ -779,7 +863,7 @@ async def read_remote_session(
         )
         if outcome.result is not None:
             return outcome.result
-        path = _pick(host, reader, session, outcome)
+        path = _pick(host, reader, session, outcome.matches)
     outcome = await _run_show(
         pool, host, reader, None, path, mode, head, tail, page, page_size, token
     )
@@ -792,35 +876,46 @@ async def read_remote_session(
     return outcome.result
 
 
-def _genuine(host: Host, reader: FormatReader, session: str) -> Callable[[bytes], bool]:
+def _match(host: Host, reader: FormatReader, session: str) -> Callable[[bytes], bool | None]:
+    """Whether a candidate path is session ``session`` (True), a session whose id starts with
+    it (False), or neither (None): the exact rules over what the name patterns found."""
     source = host.source
 
-    def check(path: bytes) -> bool:
-        return (
-            source.is_included(path)
-            and reader.is_transcript(path)
-            and reader.identify(path)[1] == session
-        )
+    def check(path: bytes) -> bool | None:
+        if not (source.is_included(path) and reader.is_transcript(path)):
+            return None
+        found = reader.identify(path)[1]
+        if found == session:
+            return True
+        return False if found.startswith(session) else None
 
     return check
 
 
-def _pick(host: Host, reader: FormatReader, session: str, outcome: _Outcome) -> bytes:
-    matches = [p for p in outcome.candidates if _genuine(host, reader, session)(p)]
-    if not matches:
-        raise ConfigError(
-            f"no session {session!r}",
-            host=host.name,
-            hint="see `remote-sync sessions list --remote` for the ids",
-        )
-    if len(matches) > 1 or outcome.more:
-        shown = "\n  ".join(_show(m) for m in matches[:20])
-        raise ConfigError(
-            f"{host.name}: {session!r} matches {len(matches)}"
-            f"{'+' if outcome.more else ''} sessions:\n  {shown}",
-            hint="name one by its path",
-        )
-    return matches[0]
+def _pick(host: Host, reader: FormatReader, session: str, matches: _Matches) -> bytes:
+    """The one session ``session`` names: its exact id, else a unique prefix of its id (the
+    order of ``find_session`` over a mirror's index)."""
+    for paths, count in (
+        (matches.exact, matches.exact_count),
+        (matches.prefix, matches.prefix_count),
+    ):
+        if count == 1:
+            return paths[0]
+        if count > 1:
+            shown = "\n  ".join(
+                f"{_show(p)}  (session {reader.identify(p)[1]})"
+                for p in sorted(paths)[:SHOWN_MATCHES]
+            )
+            more = f"\n  … and {count - SHOWN_MATCHES} more" if count > SHOWN_MATCHES else ""
+            raise ConfigError(
+                f"{host.name}: {session!r} matches {count} sessions:\n  {shown}{more}",
+                hint="name one by its path",
+            )
+    raise ConfigError(
+        f"no session {session!r}",
+        host=host.name,
+        hint="see `remote-sync sessions list --remote` for the ids",
+    )
 
 
 async def _run_show(
@@ -842,8 +937,8 @@ async def _run_show(
     if path is not None:
         stdin += b"./" + path + b"\x00"
     frames = FrameStream(host.name, marker.encode())
-    outcome = _Outcome([])
-    genuine = _genuine(host, reader, session) if session is not None else None
+    outcome = _Outcome(_Matches([], []))
+    match = _match(host, reader, session) if session is not None else None
     result = ShowResult()
     forward: _Forward | None = None
     backward: _Backward | None = None
@@ -875,14 +970,13 @@ async def _run_show(
                     kind = item.kind
                     if kind == "C":
                         current = item.arg
-                        if len(outcome.candidates) < MAX_CANDIDATES:
-                            outcome.candidates.append(item.arg)
-                        else:
-                            outcome.more += 1
+                        exact = match(current) if match is not None else True
+                        if exact is not None:
+                            outcome.matches.add(current, exact)
                         continue
                     where = _show(current) if current is not None else None
-                    if kind in "BS" and genuine is not None and not genuine(current or b""):
-                        return outcome  # the one candidate is not this session
+                    if kind in "BS" and match is not None and match(current or b"") is None:
+                        return outcome  # the one candidate is no session this names
                     if kind == "G":
                         raise ConfigError(
                             "no such session file",

@@ -9,22 +9,30 @@ open their own connection pool, with channel windows sized for them (a listing d
 slowly than a window refills; a show stops reading early). Every call is cancellable through
 a :class:`~remote_sync.cancel.CancelRegistry` (pass ``transfer_id`` and cancel it there) and
 reports progress through ``emit``.
+
+``emit`` is called from inside the engine's tasks: an exception it raises is logged and the
+event dropped (see :func:`~remote_sync.events.guarded`); it never aborts the work.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cancel import CancelRegistry, CancelToken, default_registry
-from .events import Emit, Progress, Summary
+from .errors import RemoteSyncError, TransferCancelledError
+from .events import Emit, ErrorEvent, Progress, Summary, guarded
 from .index.facts import Message
 from .index.query import SessionRow
 from .inventory import Host
 
 if TYPE_CHECKING:
     from .index.show import ShowResult
+
+#: The largest count passed on (SQLite's and C's 64-bit integers; no session is longer).
+_INT64_MAX = 2**63 - 1
 
 __all__ = ["list_sessions", "read_session", "show_session", "stream_sessions", "sync"]
 
@@ -44,7 +52,7 @@ async def sync(
     return await sync_fleet(
         hosts,
         SyncOptions(dest=Path(dest), **options),
-        emit or _ignore,
+        guarded(emit) if emit is not None else _ignore,
         registry=registry,
         transfer_id=transfer_id,
     )
@@ -59,12 +67,27 @@ async def stream_sessions(
     emit: Emit | None = None,
     registry: CancelRegistry | None = None,
     transfer_id: str | None = None,
+    errors: list[RemoteSyncError] | None = None,
     **filters: Any,
 ) -> AsyncIterator[list[SessionRow]]:
     """Sessions in batches of ``batch_size`` as they are read.
 
-    From the mirror at ``dest`` (its index; ``filters`` as ``sessions list``), or with
-    ``remote=True`` straight from ``hosts`` over SSH, decoding each transcript as it streams.
+    From the mirror at ``dest`` (its index), or with ``remote=True`` straight from ``hosts``
+    over SSH, decoding each transcript as it streams. ``filters`` are those of ``sessions
+    list`` (:func:`~remote_sync.index.query.query_sessions`: ``host``, ``format``, ``agent``,
+    ``since``, ``klass``, ``state``, ``sort``, ``limit``, ``now``) and mean the same for both;
+    bad ones raise :class:`~remote_sync.errors.ConfigError` before any host is contacted.
+    Remote rows are filtered batch by batch as they arrive (``host`` also skips the other
+    hosts); with ``sort`` or ``limit`` they are sorted and cut once every host was read (as
+    over the index, ``limit`` keeps the most recent unless ``sort`` says otherwise), then
+    yielded.
+
+    With ``remote=True`` a host that cannot be read does not cost the others their rows: its
+    failure is reported through ``emit`` as an :class:`~remote_sync.events.ErrorEvent` (the
+    ``--json`` error of ``sync``) and the listing goes on with the next host. Once every host
+    was read, the first failure is raised, so a partial listing is never taken for a whole
+    one; pass a list as ``errors`` to have the failures appended there instead. A
+    cancellation stops everything at once.
     """
     emit = emit or _ignore
     registry = registry if registry is not None else default_registry
@@ -73,22 +96,20 @@ async def stream_sessions(
             async for batch in _local_batches(dest, batch_size, token, filters):
                 yield batch
             return
-        from .index.remote import LIST_WINDOW
-        from .ssh.pool import PoolSettings, SSHPool
-
-        async with SSHPool(PoolSettings(window=LIST_WINDOW)) as pool:
-            for host in hosts:
-                done = 0
-                emit(Progress(host.name, "listing", 0, 0, 0, 0))
-                async for batch in _remote_batches(pool, host, batch_size, token):
-                    done += len(batch)
-                    emit(Progress(host.name, "fetching", done, 0, 0, 0))
-                    yield batch
-                emit(Progress(host.name, "done", done, done, 0, 0))
+        failures: list[RemoteSyncError] = errors if errors is not None else []
+        async for batch in _remote_sessions(hosts, batch_size, emit, token, failures, filters):
+            yield batch
+        if errors is None and failures:
+            raise failures[0]
 
 
 async def list_sessions(**kwargs: Any) -> list[SessionRow]:
-    """Every session at once (eager); the arguments are those of :func:`stream_sessions`."""
+    """Every session at once (eager); the arguments are those of :func:`stream_sessions`.
+
+    With ``remote=True``, pass ``errors=[]`` to get the rows of every host that could be read
+    when some could not (the failures are appended to that list); without it the first
+    failure is raised after every host was read.
+    """
     out: list[SessionRow] = []
     async for batch in stream_sessions(**kwargs):
         out.extend(batch)
@@ -146,12 +167,18 @@ async def read_session(
                 pool,
                 host,
                 session,
-                head=head,
-                tail=tail,
+                head=_bounded(head),
+                tail=_bounded(tail),
                 page=page,
-                page_size=page_size,
+                page_size=min(page_size, _INT64_MAX),
                 token=token,
             )
+
+
+def _bounded(count: int | None) -> int | None:
+    """A message count no session reaches stands for "all": at most 2**63 - 1, so that it
+    fits the C integers (a deque's length) the reading uses."""
+    return None if count is None else min(count, _INT64_MAX)
 
 
 async def _remote_batches(
@@ -161,6 +188,58 @@ async def _remote_batches(
 
     async for batch in stream_remote_sessions(pool, host, batch_size=batch_size, token=token):
         yield batch
+
+
+async def _remote_sessions(
+    hosts: Sequence[Host],
+    batch_size: int,
+    emit: Emit,
+    token: CancelToken,
+    failures: list[RemoteSyncError],
+    filters: dict[str, Any],
+) -> AsyncIterator[list[SessionRow]]:
+    """Each host's sessions, filtered like the index's; failed hosts reported and skipped."""
+    from .index.query import DEFAULT_SORT, filter_rows, select_rows
+    from .index.remote import LIST_WINDOW
+    from .ssh.pool import PoolSettings, SSHPool
+
+    filters = dict(filters)
+    sort: str | None = filters.pop("sort", None)
+    limit: int | None = filters.pop("limit", None)
+    if filters.get("now") is None:
+        # One "now" for every batch: a relative `since` (7d) must not move while hosts are read.
+        filters["now"] = datetime.now(UTC)
+    # Validates every argument (ConfigError, or TypeError for an unknown one) before connecting.
+    select_rows([], sort=sort or DEFAULT_SORT, limit=limit, **filters)
+    ordered = sort is not None or limit is not None
+    wanted = filters.get("host")
+    kept: list[SessionRow] = []
+    async with SSHPool(PoolSettings(window=LIST_WINDOW)) as pool:
+        for host in hosts:
+            if wanted is not None and host.name != wanted:
+                continue  # none of its rows could match: do not even connect
+            done = 0
+            emit(Progress(host.name, "listing", 0, 0, 0, 0))
+            try:
+                async for batch in _remote_batches(pool, host, batch_size, token):
+                    done += len(batch)
+                    emit(Progress(host.name, "fetching", done, 0, 0, 0))
+                    rows = filter_rows(batch, **filters)
+                    if ordered:
+                        kept.extend(rows)
+                    elif rows:
+                        yield rows
+            except TransferCancelledError:
+                raise
+            except RemoteSyncError as exc:
+                failures.append(exc)
+                emit(ErrorEvent.from_exception(exc))
+            emit(Progress(host.name, "done", done, done, 0, 0))
+    if ordered:
+        chosen = select_rows(kept, sort=sort or DEFAULT_SORT, limit=limit, now=filters.get("now"))
+        for start in range(0, len(chosen), batch_size):
+            token.raise_if_cancelled()
+            yield chosen[start : start + batch_size]
 
 
 async def _local_batches(

@@ -7,12 +7,18 @@ Thin on purpose: everything it does is also reachable from the library API. Comm
   mirror (read-only: they take no lock and never block a running sync).
 * ``index rebuild``: recompute the index from the mirrored files (takes the lock).
 
-Exit codes (scripts rely on them): 0 success; 1 some hosts or files failed (the rest synced), or
-a mirrored file could not be read; 2 usage or configuration error (no mirror, no such host or
-session); 75 the destination is locked by another run (nothing touched; try again later, like
-EX_TEMPFAIL); 130 cancelled (Ctrl-C).
+Exit codes (scripts rely on them): 0 success; 1 some hosts or files failed (the rest synced or
+was listed), or a mirrored file could not be read; 2 usage or configuration error (no mirror,
+no such host or session, a value out of range); 75 the destination is locked by another run
+(nothing touched; try again later, like EX_TEMPFAIL); 130 cancelled (Ctrl-C). A reader that
+closes the pipe early (``| head``) is no error: the command finishes its work (a sync its
+mirror) and exits with the code it would have had, 0 for a listing.
 
-``--dest`` of the read commands defaults to ``$REMOTE_SYNC_DEST``, else ``./mirror``.
+``--dest`` of the read commands defaults to ``$REMOTE_SYNC_DEST``, else ``./mirror``; an empty
+``--dest`` is a usage error everywhere (``Path("")`` would be the current directory).
+
+Everything printed for a person goes through rich as plain Text (``render.plain``): session
+titles, message text, paths and host names are data, never markup.
 
 Start-up cost matters (``sessions list --json`` over 10,000 sessions runs in well under half a
 second), so this module imports only the standard library's argument parsing at import time:
@@ -348,7 +354,7 @@ def run_sync(args: argparse.Namespace) -> int:
     import_asyncssh()
     import anyio
 
-    from .events import ThrottledProgress, json_lines_renderer
+    from .events import ThrottledProgress, guarded, json_lines_renderer
     from .mirror.engine import SyncOptions
     from .ssh.pool import PoolSettings
 
@@ -356,6 +362,7 @@ def run_sync(args: argparse.Namespace) -> int:
 
     error_out = json_lines_renderer() if args.json else None
     try:
+        dest = _given_dest(args.dest)
         if args.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
         hosts = _select_hosts(args)
@@ -363,19 +370,22 @@ def run_sync(args: argparse.Namespace) -> int:
         _report(exc, error_out)
         return EXIT_USAGE
     options = SyncOptions(
-        dest=Path(args.dest),
+        dest=dest,
         concurrency=args.concurrency,
         dry_run=args.dry_run,
         pool=PoolSettings(compression=args.compress),
         index=not args.no_index,
     )
     try:
-        if args.json:
-            return anyio.run(_sync_main, hosts, options, ThrottledProgress(json_lines_renderer()))
+        # guarded: a failing sink (a reader gone away, a renderer's bug) must not abort the
+        # host tasks that call it; the mirror matters more than its report.
+        if error_out is not None:
+            return anyio.run(_sync_main, hosts, options, guarded(ThrottledProgress(error_out)))
         from .render import RichRenderer
 
         with RichRenderer() as renderer:
-            return anyio.run(_sync_main, hosts, options, ThrottledProgress(renderer, 0.1))
+            emit = guarded(ThrottledProgress(renderer, 0.1))
+            return anyio.run(_sync_main, hosts, options, emit)
     except LockedError as exc:
         _report(exc, error_out)
         return EXIT_LOCKED
@@ -423,19 +433,40 @@ async def _sync_main(hosts: list[Host], options: SyncOptions, emit: Emit) -> int
     return summary.exit_code
 
 
+def _say(exc: RemoteSyncError) -> None:
+    """``exc`` on stderr, undecodable bytes of its host or path as ``\\xNN`` (like paths
+    everywhere else), not as the surrogates Python keeps them in."""
+    from .events import json_safe
+
+    print(f"remote-sync: {json_safe(str(exc))}", file=sys.stderr)
+
+
 def _report(exc: RemoteSyncError, json_out: Emit | None) -> None:
     if json_out is not None:
         from .events import ErrorEvent
 
         json_out(ErrorEvent.from_exception(exc))
-    print(f"remote-sync: {exc}", file=sys.stderr)
+    _say(exc)
 
 
 # -- sessions and index -------------------------------------------------------------------------
 
 
 def _dest(args: argparse.Namespace) -> Path:
-    return Path(args.dest or os.environ.get(DEST_ENV) or DEFAULT_DEST)
+    """The read commands' mirror: ``--dest``, else ``$REMOTE_SYNC_DEST``, else ./mirror."""
+    if args.dest is not None:
+        return _given_dest(args.dest)
+    return Path(os.environ.get(DEST_ENV) or DEFAULT_DEST)
+
+
+def _given_dest(value: str) -> Path:
+    """An explicit ``--dest``: never empty, which ``Path`` would take for the current directory
+    (a sync would fill it, a reader would read it)."""
+    if not value:
+        raise ConfigError(
+            "--dest is empty", hint="name the mirror directory; for the current one, say --dest ."
+        )
+    return Path(value)
 
 
 def _exit_code(exc: RemoteSyncError) -> int:
@@ -447,7 +478,7 @@ def _exit_code(exc: RemoteSyncError) -> int:
 
 
 def _fail(exc: RemoteSyncError) -> int:
-    print(f"remote-sync: {exc}", file=sys.stderr)
+    _say(exc)
     return _exit_code(exc)
 
 
@@ -481,15 +512,19 @@ def _write_json_lines(items: Iterable[Any]) -> int:
 
 
 def _guard_pipe(run: Any) -> int:
-    """Run ``run()``; a reader that closed the pipe (``| head``) is not an error."""
+    """Run ``run()``; a reader that closed the pipe (``| head``) is not an error.
+
+    The rich output uses ``render.PipeConsole``, which goes quiet instead of raising; plain
+    writes raise BrokenPipeError, caught here.
+    """
     try:
         code: int = run()
         return code
     except BrokenPipeError:
+        from .events import stdout_to_devnull
+
         # Python would complain again when flushing stdout at exit: point it at /dev/null.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        stdout_to_devnull()
         return EXIT_OK
 
 
@@ -535,12 +570,26 @@ def _remote_hosts(args: argparse.Namespace, names: list[str]) -> list[Host]:
     return list(hosts)
 
 
-def _list_remote(args: argparse.Namespace, filters: dict[str, Any]) -> list[SessionRow]:
-    function = _remote_api("list_sessions")
-    from .index.query import select_rows
-
+def _list_remote(
+    args: argparse.Namespace, filters: dict[str, Any], failures: list[RemoteSyncError]
+) -> list[SessionRow]:
+    """The hosts' sessions, filtered and sorted by the library; a host that failed is appended
+    to ``failures`` (and said on stderr), and the other hosts' rows are still returned."""
+    function = _remote_api("stream_sessions")
     hosts = _remote_hosts(args, [args.host] if args.host else [])
-    return select_rows(_resolve(function(remote=True, hosts=hosts)), **filters)
+
+    async def collect() -> list[SessionRow]:
+        rows: list[SessionRow] = []
+        async for batch in function(remote=True, hosts=hosts, errors=failures, **filters):
+            rows.extend(batch)
+        return rows
+
+    import anyio
+
+    result: list[SessionRow] = anyio.run(collect)
+    for exc in failures:
+        _say(exc)
+    return result
 
 
 def _show_remote(args: argparse.Namespace, how: dict[str, Any]) -> tuple[Any, ShowResult]:
@@ -570,8 +619,9 @@ def run_sessions_list(args: argparse.Namespace) -> int:
             "limit": args.limit,
         }
         db: sqlite3.Connection | None = None
+        failures: list[RemoteSyncError] = []
         if args.remote:
-            rows: Iterable[SessionRow] = _list_remote(args, filters)
+            rows: Iterable[SessionRow] = _list_remote(args, filters, failures)
         else:
             from .index.query import open_index, query_sessions
 
@@ -579,13 +629,29 @@ def run_sessions_list(args: argparse.Namespace) -> int:
             rows = query_sessions(db, **filters)
         try:
             if args.json:
-                return _guard_pipe(lambda: _write_json_lines(rows))
-            return _guard_pipe(lambda: _print_sessions(list(rows)))
+                code = _guard_pipe(lambda: _write_json_lines(rows))
+                # The hosts that failed, as `sync --json` reports them (after the rows).
+                _write_error_events(failures)
+            else:
+                code = _guard_pipe(lambda: _print_sessions(list(rows), quiet=bool(failures)))
         finally:
             if db is not None:
                 db.close()
+        # Some hosts could not be read: the rows shown are not the whole fleet's.
+        return EXIT_FAILED if failures else code
     except RemoteSyncError as exc:
         return _fail(exc)
+
+
+def _write_error_events(errors: Sequence[RemoteSyncError]) -> int:
+    """Each error as a ``--json`` error event line (``"type": "error"``, as ``sync`` writes)."""
+    if errors:
+        from .events import ErrorEvent, json_lines_renderer
+
+        emit = json_lines_renderer()
+        for exc in errors:
+            emit(ErrorEvent.from_exception(exc))
+    return EXIT_OK
 
 
 def run_sessions_show(args: argparse.Namespace) -> int:
@@ -637,8 +703,14 @@ def run_sessions_stats(args: argparse.Namespace) -> int:
 
 def run_index_rebuild(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
-    dest = _dest(args)
+    unreadable: list[RemoteSyncError] = []
+
+    def on_error(exc: RemoteSyncError) -> None:
+        unreadable.append(exc)
+        _say(exc)
+
     try:
+        dest = _dest(args)
         if not (dest / ".remote-sync" / "state.db").is_file():
             raise ConfigError(
                 f"no mirror at {dest} (no .remote-sync/state.db)",
@@ -651,25 +723,36 @@ def run_index_rebuild(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "index rebuild is not available: remote_sync.index.update is missing"
             ) from None
-        count = rebuild_index(dest)
+        # A file it cannot read is left out and reported; the rest is indexed (see there).
+        count = rebuild_index(dest, on_error=on_error)
     except RemoteSyncError as exc:
         return _fail(exc)
-    if args.json:
-        sys.stdout.write(f'{{"type":"index_rebuilt","sessions":{count}}}\n')
-    else:
-        print(f"{count} sessions indexed in {dest}")
-    return EXIT_OK
+
+    def report() -> int:
+        if args.json:
+            _write_error_events(unreadable)
+            extra = f',"unreadable":{len(unreadable)}' if unreadable else ""
+            sys.stdout.write(f'{{"type":"index_rebuilt","sessions":{count}{extra}}}\n')
+            sys.stdout.flush()
+        else:
+            n = len(unreadable)
+            left_out = f"; {n} unreadable file{'s' * (n > 1)} left out" if n else ""
+            print(f"{count} sessions indexed in {dest}{left_out}", flush=True)
+        return EXIT_OK
+
+    code = _guard_pipe(report)
+    return EXIT_FAILED if unreadable else code
 
 
 # -- human output (rich, imported only here) ----------------------------------------------------
 
 
 def _console() -> Console:
-    from rich.console import Console
+    from .render import PipeConsole
 
-    console = Console(highlight=False)
+    console = PipeConsole(highlight=False)
     # Piped output has no width to honour: one wide enough for the columns.
-    return console if console.is_terminal else Console(width=160, highlight=False)
+    return console if console.is_terminal else PipeConsole(width=160, highlight=False)
 
 
 def _count(n: int) -> str:
@@ -689,9 +772,12 @@ def _cut(text: str | None, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _print_sessions(rows: list[SessionRow]) -> int:
+def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:
+    """The table of sessions; ``quiet``: no "no sessions match" (errors were said instead)."""
     from rich.table import Table
     from rich.text import Text
+
+    from .render import plain
 
     console = _console()
     table = Table(box=None, header_style="bold", pad_edge=False)
@@ -705,18 +791,18 @@ def _print_sessions(rows: list[SessionRow]) -> int:
     state_style = {"live": "", "deleted": "red", "rewritten": "magenta"}
     for r in rows:
         table.add_row(
-            Text(r.host),
-            Text(r.agent or "-"),
-            Text(_cut(r.session_id, 14)),
-            Text(r.klass, style=class_style.get(r.klass, "")),
-            Text(r.state, style=state_style.get(r.state, "")),
+            plain(r.host),
+            plain(r.agent or "-"),
+            plain(_cut(r.session_id, 14)),
+            plain(r.klass, class_style.get(r.klass, "")),
+            plain(r.state, state_style.get(r.state, "")),
             Text(str(r.messages)),
             Text(_count(r.tokens_in + r.tokens_out)),
-            Text(_when(r.last_ts)),
-            Text(_cut(r.title, 60)),
+            plain(_when(r.last_ts)),
+            plain(_cut(r.title, 60)),
         )
     console.print(table)
-    if not rows:
+    if not rows and not quiet:
         print("no sessions match", file=sys.stderr)
     return EXIT_OK
 
@@ -740,13 +826,19 @@ def _print_messages(
     """Messages for a person; ``row`` is None for a session read straight from its host."""
     from rich.text import Text
 
+    from .render import plain
+
     console = _console()
     if row is not None:
         console.print(
             Text.assemble(
-                (f"{row.host} ", "bold"),
-                (row.path, "bold"),
-                f"  session {row.session_id}  {row.messages} messages  {row.state}",
+                plain(row.host, "bold"),
+                " ",
+                plain(row.path, "bold"),
+                "  session ",
+                plain(row.session_id),
+                f"  {row.messages} messages  ",
+                plain(row.state),
             )
         )
     role_style = {"user": "bold cyan", "assistant": "bold green", "tool": "bold magenta"}
@@ -754,16 +846,17 @@ def _print_messages(
         number = f"#{result.first + i + 1} " if result.first is not None else ""
         header = Text.assemble(
             (number, "dim"),
-            (message.role, role_style.get(message.role, "bold")),
-            (f"  {_when(message.timestamp)}" if message.timestamp else "", "dim"),
-            (f"  {message.model}" if message.model else "", "dim"),
+            plain(message.role, role_style.get(message.role, "bold")),
+            plain(f"  {_when(message.timestamp)}" if message.timestamp else "", "dim"),
+            plain(f"  {message.model}" if message.model else "", "dim"),
         )
         console.print()
         console.print(header)
         if message.text:
-            console.print(Text(_message_text(message.text)), soft_wrap=False)
+            console.print(plain(_message_text(message.text), lines=True), soft_wrap=False)
         for call in message.tool_calls:
-            console.print(Text(f"→ {call.name}({_cut(call.arguments, 160)})", style="yellow"))
+            shown = f"→ {call.name}({_cut(call.arguments, 160)})"
+            console.print(plain(shown, "yellow"))
     _print_footer(row, result, page, page_size)
     return EXIT_OK
 
@@ -804,6 +897,8 @@ def _print_stats(by: str, groups: list[StatsRow]) -> int:
     from rich.table import Table
     from rich.text import Text
 
+    from .render import plain
+
     console = _console()
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column(by, no_wrap=True)
@@ -811,7 +906,7 @@ def _print_stats(by: str, groups: list[StatsRow]) -> int:
     for name in (*heads, "cache write", "cost", "bytes"):
         table.add_column(name, justify="right", no_wrap=True)
     for g in groups:
-        table.add_row(*_stats_cells(Text(g.key or "-"), g))
+        table.add_row(*_stats_cells(plain(g.key or "-"), g))
     if groups and by != "model":
         total = _total(groups)
         table.add_row(*_stats_cells(Text("total", style="bold"), total), end_section=True)

@@ -3,10 +3,19 @@
 The engine reports everything it does as events; it never prints. Every event is a msgspec
 Struct tagged by ``type`` (``progress``, ``host_done``, ``error``, ``summary``) so ``--json``
 output is one self-describing JSON object per line, as restic and borg do it.
+
+Reporting must never cost a run its work: :func:`guarded` wraps a sink so that an exception it
+raises is logged instead of reaching the engine's host tasks, and the JSON renderer stops
+writing, without error, once its reader has gone away (``sync --json | head``). Strings in
+events may come from hostile names (a host or path with bytes that are not UTF-8, kept as
+surrogate escapes): :func:`json_safe` turns them into backslash escapes so every event encodes.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +24,8 @@ from typing import IO, Any
 import msgspec
 
 from .errors import RemoteSyncError
+
+log = logging.getLogger(__name__)
 
 
 class FileCounts(msgspec.Struct):
@@ -50,7 +61,15 @@ class ErrorEvent(msgspec.Struct, tag="error", tag_field="type"):
 
     @classmethod
     def from_exception(cls, exc: RemoteSyncError) -> ErrorEvent:
-        return cls(host=exc.host, path=exc.path, kind=exc.kind, message=exc.message, hint=exc.hint)
+        """The event for ``exc``, its strings made :func:`json_safe` (a host or path named on
+        the command line may hold bytes that are not UTF-8)."""
+        return cls(
+            host=None if exc.host is None else json_safe(exc.host),
+            path=None if exc.path is None else json_safe(exc.path),
+            kind=exc.kind,
+            message=json_safe(exc.message),
+            hint=json_safe(exc.hint),
+        )
 
 
 class HostDone(msgspec.Struct, tag="host_done", tag_field="type"):
@@ -78,17 +97,102 @@ Event = Progress | ErrorEvent | HostDone | Summary
 Emit = Callable[[Event], None]
 
 _encoder = msgspec.json.Encoder()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_safe(text: str) -> str:
+    """``text`` with lone surrogates (undecodable bytes kept by ``surrogateescape``) written as
+    backslash escapes (``\\xff``, as ``backslashreplace`` shows them), so it encodes as UTF-8."""
+    if text.isascii():
+        return text
+    return _SURROGATE.sub(_escape_surrogate, text)
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def encode_event(event: Event) -> bytes:
+    """``event`` as one JSON object (no newline); never fails on a string's contents."""
+    try:
+        return _encoder.encode(event)
+    except UnicodeEncodeError:
+        # Rare (a surrogate-escaped name), so only then pay for a copy of the event.
+        return _encoder.encode(_json_safe_value(msgspec.to_builtins(event)))
+
+
+def _json_safe_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return json_safe(value)
+    if isinstance(value, dict):
+        return {json_safe(k): _json_safe_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe_value(v) for v in value]
+    return value
 
 
 def json_lines_renderer(out: IO[bytes] | None = None) -> Emit:
-    """Write each event as one JSON line (stdout by default), flushed at once."""
+    """Write each event as one JSON line (stdout by default), flushed at once.
+
+    When the reader goes away (``sync --json | head``) the renderer stops writing, and stdout is
+    pointed at /dev/null so that nothing else (a later flush, the interpreter's at exit) fails
+    on it: a reader that has seen enough is not a failure of the sync, which goes on to the end.
+    """
     stream = out if out is not None else sys.stdout.buffer
+    closed = False
 
     def emit(event: Event) -> None:
-        stream.write(_encoder.encode(event) + b"\n")
-        stream.flush()
+        nonlocal closed
+        if closed:
+            return
+        try:
+            stream.write(encode_event(event) + b"\n")
+            stream.flush()
+        except BrokenPipeError:
+            closed = True
+            if out is None:
+                stdout_to_devnull()
 
     return emit
+
+
+def stdout_to_devnull() -> None:
+    """Point file descriptor 1 at /dev/null (Python's recipe for a closed pipe, see the
+    ``signal`` module's note on SIGPIPE), so pending and later writes to stdout go nowhere."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced or closed stdout: nothing to do
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def guarded(emit: Emit) -> Emit:
+    """``emit`` that never raises: what a sink raises is logged, the event dropped.
+
+    The engine calls ``emit`` inside every host's task, so an exception from a sink (a bug in a
+    caller's callback, a terminal gone away) would abort the whole run and lose its data. The
+    run's data and state matter more than its report. ``SystemExit`` is caught too: rich's
+    default reaction to a closed pipe is to raise it. Later events are still passed on.
+    """
+    failed = False
+
+    def call(event: Event) -> None:
+        nonlocal failed
+        try:
+            emit(event)
+        except (Exception, SystemExit) as exc:
+            level = logging.DEBUG if failed else logging.WARNING
+            log.log(
+                level, "cannot report an event (%s: %s); the run goes on", type(exc).__name__, exc
+            )
+            failed = True
+
+    return call
 
 
 class ThrottledProgress:

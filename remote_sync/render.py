@@ -3,44 +3,94 @@
 What it owns: everything a person sees from ``remote-sync sync`` without ``--json``: a progress
 bar per host and one for the total (bytes and files), errors as they happen (on stderr), and
 the recap table at the end (host, status, files new/grown/rewritten/unchanged/deleted/failed,
-bytes), like Ansible's PLAY RECAP.
+bytes), like Ansible's PLAY RECAP. Also the pieces the ``sessions`` commands print with:
+:class:`PipeConsole` and :func:`plain`.
+
+Every piece of data shown (host names, paths, messages, session titles) is hostile: it goes
+into rich as a :class:`~rich.text.Text` made by :func:`plain`, never into a markup string, so
+``[`` in a path is printed as is, and control characters cannot drive the terminal.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
+from rich.text import Text
 
 from . import events as ev
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+
+class PipeConsole(Console):
+    """A rich Console for which a reader closing the pipe (``| head``) is not an error.
+
+    rich's default raises ``SystemExit(1)``; we go quiet instead and the command finishes with
+    its own exit code, as ``git log | head`` does. Its file descriptor is pointed at /dev/null
+    so the interpreter's last flush does not fail either.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        if self.file is sys.stdout:
+            ev.stdout_to_devnull()
+
+
+_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_UNSHOWABLE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def plain(text: str | None, style: str = "", *, lines: bool = False) -> Text:
+    """``text`` as rich Text printed exactly as it is: no markup, no emoji codes, and control
+    characters (escape sequences, carriage returns) and undecodable bytes shown as ``\\xNN``.
+    ``lines`` keeps newlines and tabs (message text); otherwise they are escaped too."""
+    if not text:
+        return Text("", style=style)
+    pattern = _UNSHOWABLE if lines else _UNSHOWABLE_IN_LINE
+    return Text(pattern.sub(_escape_char, text), style=style)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    if 0xD800 <= code <= 0xDFFF:
+        return ev.json_safe(match[0])
+    return f"\\x{code:02x}"
 
 
 class RichRenderer:
     """An ``Emit`` that draws progress (on a TTY) and prints the recap."""
 
     def __init__(self, console: Console | None = None, err_console: Console | None = None) -> None:
+        # rich.progress is imported here, not with the module: `sessions` prints with the
+        # module's other pieces and has no use for it.
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
+
         # Piped output has no width to honour: use one wide enough for the recap's columns.
-        self.console = console or Console()
+        self.console = console or PipeConsole()
         if not self.console.is_terminal and console is None:
-            self.console = Console(width=120)
-        self.err = err_console or Console(stderr=True)
+            self.console = PipeConsole(width=120)
+        self.err = err_console or PipeConsole(stderr=True)
         self.live = self.console.is_terminal
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
+        # Host names are data: the description column must not read them as markup.
+        self.progress: Progress = Progress(
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
-            TextColumn("{task.fields[files]}"),
+            TextColumn("{task.fields[files]}", markup=False),
             TimeElapsedColumn(),
             console=self.console,
             transient=True,
@@ -67,9 +117,10 @@ class RichRenderer:
             self._progress(event)
         elif isinstance(event, ev.ErrorEvent):
             where = ": ".join(p for p in (event.host, event.path) if p)
-            self.err.print(f"[red]error[/red] {where}: {event.message}", highlight=False)
+            line = Text.assemble(("error", "red"), " ", plain(where), ": ", plain(event.message))
+            self.err.print(line, highlight=False)
             if event.hint:
-                self.err.print(f"  [dim]{event.hint}[/dim]", highlight=False)
+                self.err.print(Text.assemble("  ", plain(event.hint, "dim")), highlight=False)
         elif isinstance(event, ev.Summary):
             self.progress.stop()
             self.console.print(recap_table(event))
@@ -77,7 +128,8 @@ class RichRenderer:
     def _progress(self, event: ev.Progress) -> None:
         task = self.tasks.get(event.host)
         if task is None:
-            task = self.tasks[event.host] = self.progress.add_task(event.host, total=None, files="")
+            shown = plain(event.host).plain
+            task = self.tasks[event.host] = self.progress.add_task(shown, total=None, files="")
         self.progress.update(
             task,
             completed=event.bytes_done,
@@ -106,8 +158,8 @@ def recap_table(summary: ev.Summary) -> Table:
     for h in summary.hosts:
         f = h.files
         table.add_row(
-            h.host,
-            f"[{style.get(h.status, '')}]{h.status}[/]",
+            plain(h.host),
+            plain(h.status, style.get(h.status, "")),
             str(f.new),
             str(f.grown),
             str(f.rewritten),
@@ -118,7 +170,7 @@ def recap_table(summary: ev.Summary) -> Table:
         )
     t = summary.files
     table.add_row(
-        "[bold]total",
+        Text("total", style="bold"),
         f"{summary.hosts_ok} ok / {summary.hosts_failed} failed",
         str(t.new),
         str(t.grown),

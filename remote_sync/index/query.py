@@ -5,8 +5,8 @@ library returns it), :class:`StatsRow` (one group of ``sessions stats``), :func:
 (a read-only connection to the mirror's state database that never takes the lock, so it works
 while a sync runs and never blocks one), :func:`query_sessions`, :func:`session_stats` and
 :func:`find_session` (``sessions show``'s HOST SESSION lookup); and for sessions read straight
-from hosts (no index), :func:`row_from_facts` and :func:`select_rows`, which classify, filter
-and sort in memory exactly like the SQL does.
+from hosts (no index), :func:`row_from_facts`, :func:`filter_rows` and :func:`select_rows`,
+which classify, filter and sort in memory exactly like the SQL does.
 
 Over the index, filtering, the class and state of a session, sorting and the limit are all
 done in SQL, so ``--limit`` stays fast on a large index. Definitions:
@@ -21,7 +21,9 @@ done in SQL, so ``--limit`` stays fast on a large index. Definitions:
   recent first). Missing values (no timestamp, no cost, no agent) always sort last; ties are
   broken by host, then path.
 * **since**: keeps sessions whose ``last_ts`` is at or after the given instant (an ISO date,
-  an ISO datetime, naive meaning UTC, or a relative age such as ``7d``, ``12h``, ``2w``).
+  an ISO datetime, naive meaning UTC, or a relative age such as ``7d``, ``12h``, ``2w``); one
+  outside the years 1 to 9999 (in UTC) is a :class:`ConfigError`.
+* **limit**: none below 0; one above SQLite's largest integer means no limit.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ __all__ = [
     "SessionRef",
     "SessionRow",
     "StatsRow",
+    "filter_rows",
     "find_session",
     "iso_instant",
     "open_index",
@@ -174,6 +177,9 @@ _BASE = (
 #: Fields ``sort`` accepts (every SessionRow field but ``models``; ``class`` sorts by name).
 SORT_FIELDS = tuple(name for name, _ in _SELECT if name != "models")
 
+#: SQLite's largest INTEGER: a larger limit or message number cannot be bound as a parameter.
+INT64_MAX = 2**63 - 1
+
 _RELATIVE = re.compile(r"(\d+)\s*([smhdw])", re.ASCII)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -219,40 +225,54 @@ def iso_instant(value: Since, now: datetime | None = None) -> str:
     """``value`` as a sortable UTC string comparable with ``first_ts``/``last_ts``.
 
     Accepts a date (its midnight, UTC), a datetime (naive means UTC), an ISO string of either,
-    or a relative age before ``now``: ``30s``, ``15m``, ``12h``, ``7d``, ``2w``.
+    or a relative age before ``now``: ``30s``, ``15m``, ``12h``, ``7d``, ``2w``. Raises
+    :class:`ConfigError` for what it cannot read and for an instant outside the years 1-9999.
     """
+    try:
+        return _format_instant(_instant(value, now))
+    except (OverflowError, ValueError):
+        # datetime's range ends at years 1 and 9999: an age of 99999999d, or 0001-01-01 in a
+        # zone east of UTC, has no instant to compare with.
+        raise ConfigError(
+            f"the time {value!s} is out of range",
+            hint="give an instant between the years 1 and 9999 (in UTC), or an age that "
+            "reaches no further back",
+        ) from None
+
+
+def _instant(value: Since, now: datetime | None) -> datetime:
     if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, date):
-        moment = datetime(value.year, value.month, value.day, tzinfo=UTC)
-    else:
-        text = value.strip()
-        relative = _RELATIVE.fullmatch(text)
-        if relative:
-            seconds = int(relative[1]) * _UNIT_SECONDS[relative[2]]
-            moment = _now(now) - timedelta(seconds=seconds)
-        else:
-            try:
-                if len(text) == 10:
-                    day = date.fromisoformat(text)
-                    moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
-                else:
-                    moment = datetime.fromisoformat(text)
-            except ValueError:
-                raise ConfigError(
-                    f"cannot read the time {value!r}",
-                    hint="use an ISO date (2026-11-21), datetime (2026-11-21T10:00:00Z) "
-                    "or an age like 7d, 12h, 30m",
-                ) from None
-    return _format_instant(moment)
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    text = value.strip()
+    relative = _RELATIVE.fullmatch(text)
+    if relative:
+        seconds = int(relative[1]) * _UNIT_SECONDS[relative[2]]
+        return _now(now) - timedelta(seconds=seconds)
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"cannot read the time {value!r}",
+            hint="use an ISO date (2026-11-21), datetime (2026-11-21T10:00:00Z) "
+            "or an age like 7d, 12h, 30m",
+        ) from None
 
 
 def _format_instant(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    # Milliseconds always: "…:00.000Z" sorts at or before "…:00Z" and "…:00.000Z" alike.
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{moment.microsecond // 1000:03d}Z"
+    m = moment.astimezone(UTC)
+    # The year always in 4 digits (strftime's %Y gives "999" for 999, which sorts after
+    # "2026"); milliseconds always: "…:00.000Z" sorts at or before "…:00Z" and "…:00.000Z".
+    return (
+        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+        f".{m.microsecond // 1000:03d}Z"
+    )
 
 
 def _now(now: datetime | None) -> datetime:
@@ -343,7 +363,8 @@ def query_sessions(
         if limit < 0:
             raise ConfigError("--limit must not be negative")
         sql += " LIMIT :limit"
-        params["limit"] = limit
+        # SQLite binds at most a signed 64-bit integer; a larger limit is no limit.
+        params["limit"] = min(limit, INT64_MAX)
     return _rows(db.execute(sql, params))
 
 
@@ -451,6 +472,33 @@ def row_from_facts(
     )
 
 
+def filter_rows(
+    rows: Iterable[SessionRow],
+    *,
+    host: str | None = None,
+    format: str | None = None,
+    agent: str | None = None,
+    since: Since | None = None,
+    klass: str | None = None,
+    state: str | None = None,
+    now: datetime | None = None,
+) -> list[SessionRow]:
+    """The rows matching every given filter, in their order (:func:`query_sessions`'s filters,
+    for rows that arrive in batches: a stream can filter each batch as it comes)."""
+    _where(host=None, format=None, agent=None, since=None, klass=klass, state=state, now=now)
+    after = iso_instant(since, now) if since is not None else None
+    return [
+        r
+        for r in rows
+        if (host is None or r.host == host)
+        and (format is None or r.format == format)
+        and (agent is None or r.agent == agent)
+        and (after is None or (r.last_ts is not None and r.last_ts >= after))
+        and (klass is None or r.klass == klass)
+        and (state is None or r.state == state)
+    ]
+
+
 def select_rows(
     rows: Iterable[SessionRow],
     *,
@@ -466,21 +514,19 @@ def select_rows(
 ) -> list[SessionRow]:
     """:func:`query_sessions`'s filters, sort and limit applied to rows already in memory
     (sessions read straight from hosts). Same arguments, same semantics."""
-    _where(host=None, format=None, agent=None, since=None, klass=klass, state=state, now=now)
     _order(sort)  # validates the arguments like the SQL path does
     if limit is not None and limit < 0:
         raise ConfigError("--limit must not be negative")
-    after = iso_instant(since, now) if since is not None else None
-    kept = [
-        r
-        for r in rows
-        if (host is None or r.host == host)
-        and (format is None or r.format == format)
-        and (agent is None or r.agent == agent)
-        and (after is None or (r.last_ts is not None and r.last_ts >= after))
-        and (klass is None or r.klass == klass)
-        and (state is None or r.state == state)
-    ]
+    kept = filter_rows(
+        rows,
+        host=host,
+        format=format,
+        agent=agent,
+        since=since,
+        klass=klass,
+        state=state,
+        now=now,
+    )
     field = sort.lstrip("+-")
     value: Callable[[SessionRow], Any] = (
         _row_path_bytes

@@ -4,20 +4,25 @@ What it owns: :class:`FileIndexer`, which decodes the bytes a sync writes for on
 (only the new ones: an append continues the facts already stored) and folds them into the
 session's facts with the format's reader, :func:`index_range`, the same over a byte range of a
 file on disk (the index worker's fallback), and :func:`rebuild_index`, which recomputes every
-session from the mirrored files (after an upgrade, or when the index is in doubt).
+session from the mirrored files (after an upgrade, or when the index is in doubt); a mirrored
+file it cannot read is reported and left out, and the rest is indexed.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..decode.jsonl import JsonlDecoder
+from ..errors import MirrorError
 from .facts import FormatReader, SessionFacts
 from .store import MARK_EVERY, delete_sessions, load_facts, put_session
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -149,11 +154,22 @@ def index_range(
     return indexer.result()
 
 
-def rebuild_index(dest: Path, hosts: Sequence[str] | None = None) -> int:
-    """Recompute the index from the mirror; returns how many sessions it holds."""
+def rebuild_index(
+    dest: Path,
+    hosts: Sequence[str] | None = None,
+    *,
+    on_error: Callable[[MirrorError], None] | None = None,
+) -> int:
+    """Recompute the index from the mirror; returns how many sessions it holds.
+
+    A mirrored file that cannot be read (gone, unreadable, not a file) is left out, with its
+    session, and reported as a :class:`MirrorError` naming host and path to ``on_error``
+    (default: logged as a warning); every other session is indexed.
+    """
     from ..formats.readers import get_reader
     from ..mirror.state import MirrorState
 
+    report = on_error if on_error is not None else _log_unreadable
     count = 0
     with MirrorState(dest) as state:
         known = state.hosts()
@@ -162,11 +178,28 @@ def rebuild_index(dest: Path, hosts: Sequence[str] | None = None) -> int:
                 continue
             reader = get_reader(fmt)
             rows = state.host_files(host)
-            updates = [
-                index_local_file(reader, host, path, state.local_path(host, path), row.size)
-                for path, row in rows.items()
-                if row.size > 0 and reader.is_transcript(path)
-            ]
+            updates: list[IndexUpdate] = []
+            for path, row in rows.items():
+                if row.size <= 0 or not reader.is_transcript(path):
+                    continue
+                local = state.local_path(host, path)
+                try:
+                    updates.append(index_local_file(reader, host, path, local, row.size))
+                except OSError as exc:
+                    # As rsync does with a file that vanished and `restic check` with a damaged
+                    # pack: report it, go on with the rest, fail at the end. One lost file must
+                    # not keep every other session out of the index; and an index rebuilt
+                    # from what the mirror holds has no session for a file it does not hold.
+                    report(
+                        MirrorError(
+                            f"cannot read the mirrored file: {exc.strerror or exc}; "
+                            "its session is left out of the index",
+                            host=host,
+                            path=path.decode("utf-8", "backslashreplace"),
+                            hint=f"restore {local} or fix its permissions, then run "
+                            "`remote-sync index rebuild` again",
+                        )
+                    )
             indexed = {u.path for u in updates}
             stale = [
                 (host, bytes(p))
@@ -180,3 +213,7 @@ def rebuild_index(dest: Path, hosts: Sequence[str] | None = None) -> int:
                     update.write(state.db)
             count += len(updates)
     return count
+
+
+def _log_unreadable(error: MirrorError) -> None:
+    log.warning("%s", error)

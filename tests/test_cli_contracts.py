@@ -1,0 +1,649 @@
+"""The CLI's contracts with scripts and people, and the library's with programs.
+
+One test (or a few) per audited defect: a reader closing the pipe is no error and never costs
+a sync its work (``sync --json | head``, ``sessions show | head -1``); data is never read as
+rich markup or terminal control; an empty ``--dest`` is a usage error; out-of-range values are
+usage errors (or bounded), not tracebacks; ``index rebuild`` leaves out a file it cannot read
+and says so; undecodable bytes in names never break ``--json``; a host that cannot be listed
+costs the others nothing; and the library applies ``sessions list``'s filters to remote rows.
+
+Most run without SSH (an index written directly, remote listings replaced by a stand-in);
+the end-to-end checks use the ``fleet`` / ``ssh_fleet`` fixtures (real sshd on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from rich.console import Console
+from sshfleet import SSHFleet
+from synchelp import expected_tree, make_openclaw_tree, mirror_tree, write_inventory
+
+from remote_sync import api
+from remote_sync.cli import main
+from remote_sync.errors import ConfigError, HostUnreachableError, MirrorError, RemoteSyncError
+from remote_sync.events import (
+    ErrorEvent,
+    FileCounts,
+    HostDone,
+    Progress,
+    Summary,
+    decode_event,
+    encode_event,
+    guarded,
+    json_lines_renderer,
+    json_safe,
+)
+from remote_sync.index.facts import SessionFacts
+from remote_sync.index.query import SessionRow, iso_instant, open_index, query_sessions
+from remote_sync.index.store import mark_before, put_session
+from remote_sync.index.update import rebuild_index
+from remote_sync.inventory import Host, load_inventory
+from remote_sync.mirror.state import FileState, MirrorState
+from remote_sync.render import RichRenderer, plain
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+HOSTILE_TITLE = "[/x] [bold]loud[/bold] \x1b[2J\x1b]0;owned\x07 :smile:"
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def process(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "remote_sync.cli", *args],
+        capture_output=True,
+        timeout=120,
+        check=False,
+        **kwargs,
+    )
+
+
+def into_closed_pipe(args: list[str], timeout: float = 120) -> tuple[int, str]:
+    """Run the CLI with a stdout whose reader is already gone (``| head -0``): every write
+    fails with EPIPE. Returns the exit code and stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "remote_sync.cli", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    return done.returncode, done.stderr.decode("utf-8", "replace")
+
+
+def transcript(sid: str, messages: int, *, text: str = "hello", pad: int = 100) -> bytes:
+    """An OpenClaw transcript: a header, then user/assistant messages."""
+    lines = [
+        {
+            "type": "session",
+            "version": 3,
+            "id": sid,
+            "timestamp": "2026-11-20T09:00:00.000Z",
+            "cwd": "/w",
+        }
+    ]
+    for i in range(messages):
+        lines.append(
+            {
+                "type": "message",
+                "id": f"m{i}",
+                "parentId": None,
+                "timestamp": "2026-11-20T10:00:00.000Z",
+                "message": {
+                    "role": "user" if i % 2 == 0 else "assistant",
+                    "content": [{"type": "text", "text": f"{text} {i} " + "y" * pad}],
+                },
+            }
+        )
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def make_mirror(dest: Path, files: dict[bytes, bytes], host: str = "h0") -> None:
+    """Files as a sync leaves them (bytes and checkpoints), then indexed by a rebuild."""
+    with MirrorState(dest) as state:
+        state.set_host(host, "openclaw", "/data", host)
+        rows = []
+        for i, (rel, data) in enumerate(files.items()):
+            local = state.local_path(host, rel)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(data)
+            rows.append(FileState(host, rel, "append", len(data), len(data), 0.0, 1, i, b""))
+        state.commit(rows)
+    rebuild_index(dest)
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Path:
+    dest = tmp_path / "mirror"
+    make_mirror(
+        dest,
+        {
+            b"agents/a1/sessions/[draft] s.jsonl": transcript("draft", 3, text=HOSTILE_TITLE),
+            b"agents/a1/sessions/long.jsonl": transcript("long", 2000, pad=300),
+            b"agents/a1/sessions/old.jsonl": transcript("old", 4),
+        },
+    )
+    return dest
+
+
+def write_facts_index(dest: Path, rows: list[tuple[str, bytes, SessionFacts]]) -> None:
+    """An index written directly (no transcript files), for what only the index shows."""
+    with MirrorState(dest) as state:
+        for host in sorted({h for h, _, _ in rows}):
+            state.set_host(host, "openclaw", "/data", host)
+        files = [
+            FileState(h, p, "append", f.bytes, f.bytes, NOW.timestamp(), 1, i, b"")
+            for i, (h, p, f) in enumerate(rows)
+        ]
+
+        def sessions() -> None:
+            for h, p, f in rows:
+                put_session(state.db, h, p, "openclaw", f)
+
+        state.commit(files, also=sessions)
+
+
+# -- 1. sync --json | head: the sync goes on -----------------------------------------------------
+
+
+class ClosedPipe(io.RawIOBase):
+    """A stream whose reader has gone: every write fails like a pipe's (EPIPE)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.writes += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_json_renderer_stops_quietly_when_the_reader_is_gone() -> None:
+    stream = ClosedPipe()
+    emit = json_lines_renderer(stream)  # type: ignore[arg-type]
+    for _ in range(3):
+        emit(Progress("h0", "listing", 0, 0, 0, 0))  # never raises
+    assert stream.writes == 1  # after the first failure it stops writing
+
+
+def test_guarded_sink_never_raises_into_the_engine(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[object] = []
+
+    def sink(event: object) -> None:
+        seen.append(event)
+        if len(seen) == 1:
+            raise RuntimeError("renderer bug")
+        if len(seen) == 2:
+            raise SystemExit(1)  # what rich's default does on a closed pipe
+
+    emit = guarded(sink)
+    for _ in range(3):
+        emit(Progress("h0", "listing", 0, 0, 0, 0))
+    assert len(seen) == 3  # later events still reach the sink
+    assert "renderer bug" in caplog.text
+
+
+def test_sync_json_into_a_closed_pipe_completes_the_mirror(fleet: SSHFleet, tmp_path: Path) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml")
+    make_openclaw_tree(fleet, "h0", sessions=4)
+    make_openclaw_tree(fleet, "h1", sessions=3, seed=1)
+    dest = tmp_path / "mirror"
+    code, err = into_closed_pipe(["sync", "-I", str(inv), "-d", str(dest), "--json"])
+    assert code == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    for name in ("h0", "h1"):
+        assert mirror_tree(dest, name) == expected_tree(fleet.path(name))
+    # The state is whole too: a second run finds nothing to do.
+    done = process(["sync", "-I", str(inv), "-d", str(dest), "--json"])
+    summary = decode_event(done.stdout.splitlines()[-1])
+    assert done.returncode == 0 and isinstance(summary, Summary)
+    assert summary.files.new == summary.files.grown == 0
+    # Without --json the recap goes to the closed pipe: the same.
+    code, err = into_closed_pipe(["sync", "-I", str(inv), "-d", str(dest)])
+    assert code == 0 and "Traceback" not in err, err
+
+
+def test_sync_into_a_closed_pipe_keeps_its_own_exit_code(tmp_path: Path) -> None:
+    # No sshd needed: a closed port fails the host; the exit code stays the sync's (1).
+    dest = tmp_path / "mirror"
+    for extra in (["--json"], []):
+        code, err = into_closed_pipe(["sync", "rs@127.0.0.1:1", "-d", str(dest), *extra])
+        assert code == 1, err
+        assert "Traceback" not in err and "ExceptionGroup" not in err
+
+
+# -- 2. data is never markup -----------------------------------------------------------------
+
+
+def test_recap_and_error_lines_print_hostile_names_as_they_are() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    renderer = RichRenderer(Console(file=out, width=200), Console(file=err, width=200))
+    renderer(
+        ErrorEvent(
+            "[draft]", "agents/a1/sessions/d[/x].jsonl", "file_failed", "bad [/b] line", "[hint]"
+        )
+    )
+    renderer(Progress("[bold]h", "fetching", 1, 2, 3, 4))
+    done = HostDone("[draft]", "partial", FileCounts(new=1), 10)
+    renderer(Summary([done], FileCounts(new=1), 10, 0, 1, 1, False, 0.1))
+    assert "error [draft]: agents/a1/sessions/d[/x].jsonl: bad [/b] line" in err.getvalue()
+    assert "[hint]" in err.getvalue()
+    assert "│ [draft] " in out.getvalue()
+
+
+def test_plain_escapes_control_characters_and_surrogates() -> None:
+    assert plain("a\x1b[2Jb\rc\udcff").plain == "a\\x1b[2Jb\\x0dc\\xff"
+    assert plain("one\ntwo\tx", lines=True).plain == "one\ntwo\tx"
+    assert plain("one\ntwo").plain == "one\\x0atwo"
+
+
+def test_sessions_list_show_and_stats_print_hostile_text_as_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "mirror"
+    hostile = SessionFacts(
+        session_id="[red]sid",
+        agent="[/agent]",
+        bytes=5000,
+        lines=3,
+        user=2,
+        assistant=1,
+        models=["[bold]m"],
+        last_ts="2026-11-20T10:00:00.000Z",
+        title=HOSTILE_TITLE,
+    )
+    write_facts_index(dest, [("h0", b"agents/[x]/sessions/[draft] s.jsonl", hostile)])
+    code, out, err = cli(["sessions", "list", "-d", str(dest)], capsys)
+    assert code == 0, err
+    assert "[/agent]" in out and "[red]sid" in out and "[/x] [bold]loud[/bold]" in out
+    assert "\x1b" not in out and "\\x1b[2J" in out
+    for by in ("agent", "model"):
+        code, out, err = cli(["sessions", "stats", "--by", by, "-d", str(dest)], capsys)
+        assert code == 0 and ("[/agent]" in out or "[bold]m" in out), err
+
+
+def test_sessions_show_prints_hostile_paths_and_text_as_is(
+    mirror: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cli(["sessions", "show", "h0", "draft", "-d", str(mirror)], capsys)
+    assert code == 0, err
+    assert "agents/a1/sessions/[draft] s.jsonl" in out
+    assert "[/x] [bold]loud[/bold]" in out and ":smile:" in out
+    assert "\x1b" not in out and "\x07" not in out
+
+
+# -- 4. an empty --dest --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sync", "rs@127.0.0.1:1"],
+        ["sync", "rs@127.0.0.1:1", "--json"],
+        ["sessions", "list"],
+        ["sessions", "show", "h0", "x"],
+        ["sessions", "stats"],
+        ["index", "rebuild"],
+    ],
+)
+def test_an_empty_dest_is_a_usage_error(
+    args: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli([*args, "--dest", ""], capsys)
+    assert code == 2 and "--dest is empty" in (err + out)
+    assert list(tmp_path.iterdir()) == []  # nothing made in the current directory
+    if "--json" in args:
+        event = decode_event(out.splitlines()[0])
+        assert isinstance(event, ErrorEvent) and event.kind == "config"
+
+
+def test_read_commands_keep_their_default_dest(
+    mirror: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REMOTE_SYNC_DEST", str(mirror))
+    code, out, _ = cli(["sessions", "list", "--json"], capsys)
+    assert code == 0 and len(out.splitlines()) == 3
+    monkeypatch.delenv("REMOTE_SYNC_DEST")
+    monkeypatch.chdir(mirror.parent)  # ./mirror
+    code, out, _ = cli(["sessions", "list", "--json"], capsys)
+    assert code == 0 and len(out.splitlines()) == 3
+
+
+# -- 5. out-of-range values ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sessions", "list", "--since", "99999999d"],
+        ["sessions", "list", "--since", "9" * 5000 + "w"],
+        ["sessions", "stats", "--since", "99999999d"],
+        ["sessions", "list", "--since", "0001-01-01T00:00+01:00"],
+        ["sessions", "list", "--since", "9999-12-31T23:59:59-01:00"],
+        ["sessions", "stats", "--since", "0001-01-01T00:00+01:00"],
+    ],
+)
+def test_out_of_range_times_exit_2(
+    mirror: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    code, out, err = cli([*args, "-d", str(mirror)], capsys)
+    assert code == 2 and out == "" and "out of range" in err
+
+
+def test_huge_limit_and_page_are_bounded(mirror: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    huge = "99999999999999999999"
+    code, out, err = cli(["sessions", "list", "--json", "--limit", huge, "-d", str(mirror)], capsys)
+    assert code == 0 and len(out.splitlines()) == 3, err
+    code, out, err = cli(
+        ["sessions", "show", "h0", "long", "--page", huge, "-d", str(mirror)], capsys
+    )
+    assert code == 0 and "past the end" in err
+    show = ["sessions", "show", "h0", "long", "--json", "-d", str(mirror)]
+    code, out, err = cli([*show, "--page", "2", "--page-size", huge], capsys)
+    assert code == 0 and out == "" and "Traceback" not in err
+    code, out, err = cli([*show, "--head", huge], capsys)
+    assert code == 0 and len(out.splitlines()) == 2000
+
+
+def test_years_before_1000_sort_before_later_ones(
+    mirror: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert iso_instant("0999-01-01") == "0999-01-01T00:00:00.000Z"
+    assert iso_instant("0001-01-01T00:00Z") == "0001-01-01T00:00:00.000Z"
+    code, out, _ = cli(
+        ["sessions", "list", "--json", "--since", "0999-01-01", "-d", str(mirror)], capsys
+    )
+    assert code == 0 and len(out.splitlines()) == 3
+
+
+def test_library_bounds(mirror: Path) -> None:
+    db = open_index(mirror)
+    try:
+        assert len(list(query_sessions(db, limit=10**30))) == 3
+        assert mark_before(db, "h0", b"agents/a1/sessions/long.jsonl", 10**30)[0] == 1792
+        east = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
+        with pytest.raises(ConfigError, match="out of range"):
+            list(query_sessions(db, since=east))
+        with pytest.raises(ConfigError, match="out of range"):
+            iso_instant("99999999d")
+    finally:
+        db.close()
+
+
+# -- 6. index rebuild with a file gone -----------------------------------------------------------
+
+
+def test_index_rebuild_leaves_out_an_unreadable_file_and_exits_1(
+    mirror: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (mirror / "h0" / "agents/a1/sessions/old.jsonl").unlink()
+    draft = mirror / "h0" / "agents/a1/sessions/[draft] s.jsonl"
+    draft.unlink()
+    draft.mkdir()  # a directory where the file was: unreadable as a file
+    code, out, err = cli(["index", "rebuild", "-d", str(mirror)], capsys)
+    assert code == 1
+    assert "1 sessions indexed" in out and "2 unreadable files left out" in out
+    assert "h0: agents/a1/sessions/old.jsonl: cannot read the mirrored file" in err
+    assert "h0: agents/a1/sessions/[draft] s.jsonl: cannot read" in err
+    assert "index rebuild` again" in err  # says what to do
+    code, out, _ = cli(["sessions", "list", "--json", "-d", str(mirror)], capsys)
+    assert [json.loads(line)["session_id"] for line in out.splitlines()] == ["long"]
+
+    code, out, err = cli(["index", "rebuild", "-d", str(mirror), "--json"], capsys)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and [e["type"] for e in events] == ["error", "error", "index_rebuilt"]
+    assert {e["path"] for e in events[:2]} == {
+        "agents/a1/sessions/old.jsonl",
+        "agents/a1/sessions/[draft] s.jsonl",
+    }
+    assert events[0]["host"] == "h0" and events[0]["kind"] == "mirror"
+    assert events[2] == {"type": "index_rebuilt", "sessions": 1, "unreadable": 2}
+
+
+def test_rebuild_index_reports_to_on_error(mirror: Path) -> None:
+    (mirror / "h0" / "agents/a1/sessions/old.jsonl").unlink()
+    errors: list[MirrorError] = []
+    assert rebuild_index(mirror, on_error=errors.append) == 2
+    assert [(e.host, e.path) for e in errors] == [("h0", "agents/a1/sessions/old.jsonl")]
+
+
+# -- 10. undecodable bytes in event strings ------------------------------------------------------
+
+
+def test_every_event_encodes_with_undecodable_bytes() -> None:
+    exc = ConfigError("bad \udcfe", host="\udcffbox", path="/d/\udcff", hint="\ud800")
+    event = ErrorEvent.from_exception(exc)
+    assert (event.host, event.path, event.message) == ("\\xffbox", "/d/\\xff", "bad \\xfe")
+    raw = ErrorEvent("\udcffh", "\udcff", "k", "m", "h")  # made directly: encoding copes
+    assert json.loads(encode_event(raw))["host"] == "\\xffh"
+    done = HostDone("\udcffh", "failed", FileCounts(), 0, error="\udcffh: down")
+    for ev in (
+        Progress("\udcffh", "listing", 0, 0, 0, 0),
+        done,
+        Summary([done], FileCounts(), 0, 0, 1, 1, False, 0.0),
+    ):
+        assert "\\xffh" in encode_event(ev).decode()
+    assert json_safe("plain") == "plain"
+
+
+def test_sync_json_with_undecodable_host_and_dest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cli(
+        ["sync", "\udcffbox", "--format", "jsonl", "--dest", str(tmp_path / "m"), "--json"], capsys
+    )
+    assert code == 2 and "\\xffbox" in err
+    event = decode_event(out.splitlines()[0])
+    assert isinstance(event, ErrorEvent) and event.host == "\\xffbox"
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    dest = os.fsdecode(os.fsencode(blocker) + b"/\xff")
+    code, out, err = cli(["sync", "rs@127.0.0.1:1", "--dest", dest, "--json"], capsys)
+    assert code == 1 and "Traceback" not in err
+    events = [decode_event(line) for line in out.splitlines()]
+    assert isinstance(events[0], ErrorEvent) and events[0].path == f"{blocker}/\\xff"
+    # The human output copes as well.
+    code, out, err = cli(["sync", "\udcffbox", "--format", "jsonl", "--dest", "m"], capsys)
+    assert code == 2 and "\\xffbox" in err
+
+
+# -- 11. | head on every command that prints ---------------------------------------------------
+
+
+def test_commands_into_a_closed_pipe_exit_0(mirror: Path) -> None:
+    dest = ["-d", str(mirror)]
+    for args in (
+        ["sessions", "show", "h0", "long", "--page-size", "2000"],
+        ["sessions", "show", "h0", "long", "--page-size", "2000", "--json"],
+        ["sessions", "list"],
+        ["sessions", "list", "--json"],
+        ["sessions", "stats"],
+        ["sessions", "stats", "--json"],
+        ["index", "rebuild"],
+        ["index", "rebuild", "--json"],
+    ):
+        code, err = into_closed_pipe([*args, *dest])
+        assert code == 0, (args, err)
+        assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_show_piped_to_head_exits_0(mirror: Path) -> None:
+    argv = [sys.executable, "-m", "remote_sync.cli", "sessions", "show", "h0", "long"]
+    proc = subprocess.Popen(
+        [*argv, "--page-size", "2000", "-d", str(mirror)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"h0 ")
+    proc.stdout.close()  # `| head -1`: far more than a pipe's buffer is still to come
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err
+
+
+# -- 7a / 12. remote listings: failed hosts and filters ----------------------------------------
+
+
+def fake_row(host: str, sid: str, *, messages: int = 3, last: str | None = None) -> SessionRow:
+    return SessionRow(
+        host, f"agents/a/sessions/{sid}.jsonl", "openclaw", "a", sid, 600 if messages else 10,
+        messages + 1, messages, 1, messages - 1 if messages else 0, 0, 0, 0, 0, 0, 0, None, [],
+        last, last, None, 0, "live", "valuable" if messages else "empty",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def fake_remote(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[list[Host], Path]:
+    """Three inventory hosts whose listings come from a stand-in: h0 and h2 answer, h1 is
+    unreachable. Returns the hosts and the inventory file."""
+    inv = tmp_path / "inventory.toml"
+    inv.write_text(
+        "".join(
+            f'[[hosts]]\nname = "{h}"\naddress = "127.0.0.1"\nport = 1\nroot = "/r"\n'
+            for h in ("h0", "h1", "h2")
+        )
+    )
+    rows = {
+        "h0": [
+            fake_row("h0", "a", last="2026-11-20T10:00:00.000Z"),
+            fake_row("h0", "b", messages=0),
+        ],
+        "h2": [fake_row("h2", "c", last="2026-11-21T10:00:00.000Z")],
+    }
+
+    async def batches(
+        pool: Any, host: Host, batch_size: int, token: Any
+    ) -> AsyncIterator[list[SessionRow]]:
+        if host.name == "h1":
+            raise HostUnreachableError("connection refused", host=host.name)
+        for row in rows[host.name]:
+            yield [row]
+
+    monkeypatch.setattr(api, "_remote_batches", batches)
+    return load_inventory(inv).hosts, inv
+
+
+def test_library_remote_listing_keeps_the_other_hosts(
+    fake_remote: tuple[list[Host], Path],
+) -> None:
+    hosts, _ = fake_remote
+    events: list[object] = []
+    errors: list[RemoteSyncError] = []
+    rows = anyio.run(
+        lambda: api.list_sessions(remote=True, hosts=hosts, emit=events.append, errors=errors)
+    )
+    assert sorted(r.session_id for r in rows) == ["a", "b", "c"]
+    assert [e.host for e in errors] == ["h1"]
+    failed = [e for e in events if isinstance(e, ErrorEvent)]
+    assert [(e.host, e.kind) for e in failed] == [("h1", "unreachable")]
+    # Without `errors`, every host is still read, then the failure is raised.
+    seen: list[SessionRow] = []
+
+    async def stream() -> None:
+        async for batch in api.stream_sessions(remote=True, hosts=hosts):
+            seen.extend(batch)
+
+    with pytest.raises(HostUnreachableError):
+        anyio.run(stream)
+    assert sorted(r.session_id for r in seen) == ["a", "b", "c"]
+
+
+def test_library_remote_listing_applies_the_filters(
+    fake_remote: tuple[list[Host], Path],
+) -> None:
+    hosts, _ = fake_remote
+
+    def listing(**filters: Any) -> list[str]:
+        rows = anyio.run(lambda: api.list_sessions(remote=True, hosts=hosts, errors=[], **filters))
+        return [r.session_id for r in rows]
+
+    assert listing(host="nope", klass="empty", limit=1) == []
+    assert listing(host="h0") == ["a", "b"]
+    assert listing(klass="empty") == ["b"]
+    assert listing(since="2026-11-21") == ["c"]
+    assert listing(sort="-last_ts") == ["c", "a", "b"]  # missing values last
+    assert listing(limit=1) == ["c"]  # the most recent, as over the index
+    assert listing(sort="session_id", limit=2) == ["a", "b"]
+    with pytest.raises(ConfigError, match="cannot sort"):
+        listing(sort="bogus")
+    with pytest.raises(ConfigError, match="out of range"):
+        listing(since="99999999d")
+
+
+def test_cli_remote_list_reports_a_failed_host_and_prints_the_others(
+    fake_remote: tuple[list[Host], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, inv = fake_remote
+    base = ["sessions", "list", "--remote", "-I", str(inv)]
+    code, out, err = cli([*base, "--json"], capsys)
+    assert code == 1
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [x.get("session_id") for x in lines[:3]] == ["c", "a", "b"]
+    assert lines[3]["type"] == "error" and lines[3]["host"] == "h1"
+    assert lines[3]["kind"] == "unreachable" and len(lines) == 4
+    assert "remote-sync: h1: connection refused" in err
+    code, out, err = cli(base, capsys)
+    assert code == 1 and "h0" in out and "h2" in out and "h1: connection refused" in err
+    code, out, err = cli([*base, "--json", "--class", "empty", "--host", "h0"], capsys)
+    assert code == 0 and [json.loads(line)["session_id"] for line in out.splitlines()] == ["b"]
+
+
+def test_remote_list_with_an_unreachable_host_over_ssh(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml")
+    make_openclaw_tree(fleet, "h0", sessions=3)
+    fleet.stop("h1")
+    code, out, err = cli(["sessions", "list", "--remote", "-I", str(inv), "--json"], capsys)
+    assert code == 1
+    lines = [json.loads(line) for line in out.splitlines()]
+    rows = [x for x in lines if "type" not in x]
+    assert len(rows) == 6 and {r["host"] for r in rows} == {"h0"}
+    assert [(x["host"], x["type"]) for x in lines if "type" in x] == [("h1", "error")]
+    assert "h1" in err
+    hosts = load_inventory(inv).hosts
+    picked = anyio.run(
+        lambda: api.list_sessions(remote=True, hosts=hosts[:1], host="nope", klass="empty", limit=1)
+    )
+    assert picked == []
+    limited = anyio.run(lambda: api.list_sessions(remote=True, hosts=hosts[:1], limit=2))
+    assert len(limited) == 2
+    # Out-of-range counts (5.) straight from the host too: bounded, not an OverflowError.
+    huge = "99999999999999999999"
+    show = ["sessions", "show", "h0", "sess-0-0", "--remote", "-I", str(inv), "--json"]
+    for extra in (["--tail", huge], ["--head", huge], ["--page", huge], ["--page-size", huge]):
+        code, out, err = cli([*show, *extra], capsys)
+        assert code == 0 and "Traceback" not in err, (extra, err)
+        assert len(out.splitlines()) == (0 if extra[0] == "--page" else 20)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_dest(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("REMOTE_SYNC_DEST", raising=False)
+    yield

@@ -61,7 +61,7 @@ DEST_ENV = "REMOTE_SYNC_DEST"
 DEFAULT_DEST = "mirror"
 
 _CLASSES = ("empty", "low", "valuable")
-_STATES = ("live", "deleted", "rewritten")
+_STATES = ("live", "deleted", "rewritten", "renamed")
 _STATS_KEYS = ("host", "agent", "format", "model", "day")
 
 
@@ -161,7 +161,8 @@ def _filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state",
         choices=_STATES,
-        help="only this state: live, deleted (gone from the remote), rewritten (versions kept)",
+        help="only this state: live, deleted (gone from the remote), rewritten (versions kept), "
+        "renamed (archived by the host under another name; left out unless asked for)",
     )
 
 
@@ -788,7 +789,7 @@ def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:
     table.add_column("last activity", no_wrap=True)
     table.add_column("title", no_wrap=True, overflow="ellipsis", ratio=1)
     class_style = {"empty": "dim", "low": "yellow", "valuable": "green"}
-    state_style = {"live": "", "deleted": "red", "rewritten": "magenta"}
+    state_style = {"live": "", "deleted": "red", "rewritten": "magenta", "renamed": "dim"}
     for r in rows:
         table.add_row(
             plain(r.host),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
@@ -142,6 +143,48 @@ def test_rewritten_session_is_reindexed_from_its_new_content(
     facts = index_facts(dest)[target.rel]
     assert facts["user"] == smaller.expected["user"]
     assert facts["bytes"] == len(smaller.data)
+
+
+def test_a_session_archived_by_the_host_counts_once(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OpenClaw's /reset renames ``<id>.jsonl`` to ``<id>.jsonl.reset.<time>``: the old path
+    is gone from the host, the same conversation is there under the new name."""
+    rng = random.Random(4)
+    root = fleet.path("h0", "claw")
+    tree = build_tree("openclaw", root, 3, rng, messages=20)
+    make_readable(root)
+    inv = inventory(fleet, tmp_path, "openclaw", root)
+    dest = tmp_path / "m"
+    assert sync(inv, dest) == 0
+
+    def stats() -> dict[str, object]:
+        capsys.readouterr()
+        assert main(["sessions", "stats", "--dest", str(dest), "--json"]) == 0
+        (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        return row  # type: ignore[no-any-return]
+
+    before = stats()
+    target = tree.transcripts[0]
+    archived = target.path.with_name(target.path.name + ".reset.2026-11-21T10-00-00.000Z")
+    os.rename(target.path, archived)
+    assert sync(inv, dest) == 0
+    assert stats() == before  # not twice
+    capsys.readouterr()
+    assert main(["sessions", "list", "--dest", str(dest), "--json"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(listed) == 3 and all(r["state"] == "live" for r in listed)
+    assert main(["sessions", "list", "--dest", str(dest), "--state", "renamed", "--json"]) == 0
+    (old,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert old["path"] == target.rel.decode()
+    # By id, the current name is meant (the old one would make it ambiguous).
+    assert main(["sessions", "show", "h0", old["session_id"], "--dest", str(dest), "--json"]) == 0
+    # Deleted outright: a deletion, counted as such.
+    os.unlink(archived)
+    assert sync(inv, dest) == 0
+    capsys.readouterr()
+    assert main(["sessions", "list", "--dest", str(dest), "--state", "deleted", "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
 
 
 def test_remote_and_local_listing_agree(

@@ -11,8 +11,11 @@ which classify, filter and sort in memory exactly like the SQL does.
 Over the index, filtering, the class and state of a session, sorting and the limit are all
 done in SQL, so ``--limit`` stays fast on a large index. Definitions:
 
-* **state**: ``deleted`` when the file is gone from the remote, else ``rewritten`` when earlier
-  copies were kept (the file's ``version`` > 0), else ``live``.
+* **state**: ``deleted`` when the file is gone from the remote, ``renamed`` when it is gone
+  because the host renamed it (an OpenClaw session archived as ``<id>.jsonl.reset.<time>``:
+  the same conversation is indexed under its new name), else ``rewritten`` when earlier
+  copies were kept (the file's ``version`` > 0), else ``live``. Renamed sessions are left out
+  of listings and totals unless asked for by ``state``, so a conversation counts once.
 * **class**: ``empty`` when the transcript has fewer than :data:`EMPTY_BYTES` bytes or no
   messages; else ``low`` (low value) when it has at most one user message and its last activity
   (``last_ts``, or the file's mtime when no line had a timestamp) is older than
@@ -70,7 +73,7 @@ EMPTY_BYTES = 500
 LOW_VALUE_AGE = timedelta(days=7)
 DEFAULT_SORT = "-last_ts"
 CLASSES = ("empty", "low", "valuable")
-STATES = ("live", "deleted", "rewritten")
+STATES = ("live", "deleted", "rewritten", "renamed")
 STATS_KEYS = ("host", "agent", "format", "model", "day")
 
 StatsKey = Literal["host", "agent", "format", "model", "day"]
@@ -157,7 +160,7 @@ _SELECT = (
     ("malformed", "s.malformed"),
     (
         "state",
-        "CASE WHEN f.state = 'deleted' THEN 'deleted' "
+        "CASE WHEN f.state IN ('deleted', 'renamed') THEN f.state "
         "WHEN f.version > 0 THEN 'rewritten' ELSE 'live' END",
     ),
     (
@@ -169,6 +172,7 @@ _SELECT = (
     ),
 )
 _COLUMNS = ", ".join(f'{expr} AS "{name}"' for name, expr in _SELECT)
+_STATE = [name for name, _expr in _SELECT].index("state")
 _BASE = (
     f"SELECT {_COLUMNS}, f.size AS committed FROM sessions AS s "
     "LEFT JOIN files AS f ON f.host = s.host AND f.path = s.path"
@@ -288,8 +292,11 @@ def _where(
     klass: str | None,
     state: str | None,
     now: datetime | None,
+    with_renamed: bool = False,
 ) -> tuple[str, dict[str, Any]]:
-    """The filtered rows as SQL over ``_BASE``, and its named parameters."""
+    """The filtered rows as SQL over ``_BASE``, and its named parameters.
+
+    With no ``state``, renamed sessions are left out unless ``with_renamed``."""
     params: dict[str, Any] = {"cutoff": _format_instant(_now(now) - LOW_VALUE_AGE)}
     inner: list[str] = []
     outer: list[str] = []
@@ -315,6 +322,8 @@ def _where(
             raise ConfigError(f"unknown state {state!r}", hint=f"use one of {', '.join(STATES)}")
         outer.append("state = :state")
         params["state"] = state
+    elif not with_renamed:
+        outer.append("state != 'renamed'")
     sql = _BASE + (" WHERE " + " AND ".join(inner) if inner else "")
     if outer:
         sql = f"SELECT * FROM ({sql}) WHERE " + " AND ".join(outer)
@@ -570,7 +579,14 @@ def find_session(
         known = ", ".join(hosts) if hosts else "none yet"
         raise ConfigError(f"no host {host!r} in the index", hint=f"indexed hosts: {known}")
     base, params = _where(
-        host=host, format=None, agent=None, since=None, klass=None, state=None, now=now
+        host=host,
+        format=None,
+        agent=None,
+        since=None,
+        klass=None,
+        state=None,
+        now=now,
+        with_renamed=True,
     )
     params["raw"] = session.encode("utf-8", "surrogateescape")
     params["session"] = session
@@ -583,6 +599,11 @@ def find_session(
     )
     for sql in tiers:
         found = db.execute(sql, params).fetchall()
+        if len(found) > 1:
+            # The old name of a renamed session holds the same conversation: the current
+            # one is meant.
+            current = [r for r in found if r[_STATE] != "renamed"]
+            found = current if len(current) == 1 else found
         if len(found) == 1:
             r = found[0]
             return SessionRef(_row(r), bytes(r[1]), r[24])

@@ -180,6 +180,7 @@ class HostSync:
         self.workers = workers
         self.worker: IndexWorker | None = None  # this round's index worker, if it uses one
         self.inflight: _Flush | None = None  # at most one batch being made durable
+        self.new_rows: list[FileState] = []  # files new to the mirror, committed this round
 
     async def run(self) -> HostRound:
         try:
@@ -396,6 +397,8 @@ class HostSync:
             counts = self.result.files
             setattr(counts, item.category, getattr(counts, item.category) + 1)
             self.result.versions_kept += item.versioned
+            if item.category == "new":
+                self.new_rows.append(item.row)
 
     async def _job_result(self, item: Pending, job: IndexJob) -> IndexUpdate:
         """The worker's facts for a durable item, or (if it failed) the same computed here."""
@@ -445,9 +448,14 @@ class HostSync:
         self.emit(ErrorEvent(self.name, shown, kind, message, "see the message; a rerun retries"))
 
     def _mark_deleted(self, rows: list[FileState]) -> None:
+        """Files gone from the remote: ``deleted``, or ``renamed`` when a file new this round
+        is the same one under another name (same device, inode and first KiB), such as an
+        OpenClaw session archived as ``<id>.jsonl.reset.<time>``; the index then counts its
+        conversation once, under the new name."""
         now = time.time()
+        moved = {(row.dev, row.ino, row.fingerprint) for row in self.new_rows}
         for row in rows:
-            row.state = "deleted"
+            row.state = "renamed" if (row.dev, row.ino, row.fingerprint) in moved else "deleted"
             row.deleted_at = now
         self.state.commit(rows)
         self.result.files.deleted = len(rows)

@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS files (
     ino INTEGER NOT NULL,
     fingerprint BLOB NOT NULL,     -- digest of the first FINGERPRINT_BYTES (fingerprint_of)
     version INTEGER NOT NULL DEFAULT 0,  -- earlier copies kept under versions/
-    state TEXT NOT NULL DEFAULT 'live',  -- 'live' or 'deleted' (gone from the remote)
+    state TEXT NOT NULL DEFAULT 'live',  -- 'live', 'deleted' or 'renamed' (gone from the remote)
     first_seen REAL NOT NULL,
     updated_at REAL NOT NULL,
     deleted_at REAL,

@@ -65,3 +65,21 @@ def test_kinds_of_decision() -> None:
     assert [r.path for r in p.deleted] == [b"gone.jsonl"]
     # An incomplete listing records no deletion.
     assert plan(listing, rows, complete=False).deleted == []
+
+
+def test_the_same_size_with_another_mtime_is_verified_by_its_overlap() -> None:
+    """Rewritten in place to the same length (or only touched): rsync's quick check would
+    look at it, so the tail is fetched and compared; the same size and mtime is unchanged."""
+    partial = row(b"partial.jsonl", 50_000)
+    partial.remote_size = 50_100  # a partial last line waits for its newline
+    rows = [row(b"touched.jsonl", 50_000), partial]
+    listing = [remote(b"touched.jsonl", 50_000, mtime=2.0), remote(b"partial.jsonl", 50_100)]
+    p = plan(listing, rows)
+    (t,) = p.transfers
+    assert (t.remote.path, t.mode, t.start, t.length) == (
+        b"touched.jsonl",
+        "append",
+        50_000 - OVERLAP_BYTES,
+        OVERLAP_BYTES,
+    )
+    assert [r.path for r in p.unchanged] == [b"partial.jsonl"]

@@ -592,3 +592,29 @@ def test_a_rewrite_seen_mid_file_that_also_ends_short_is_fetched_again_once(
         anyio.run(handler.handle_all, events)
         assert handler.again == [t]
         assert local.read_bytes() == data
+
+
+def test_a_rewrite_to_the_same_size_is_found_and_a_touch_moves_nothing(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(14)
+    rel = "agents/a/sessions/s.jsonl"
+    original = session_bytes(rng, 20)
+    path = fleet.write("h0", rel, original)
+    sync(inv, dest, capsys)
+    os.utime(path, (time.time() + 5, time.time() + 5))  # touched only
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.unchanged, summary.files.grown) == (0, 1, 0)
+    assert summary.bytes <= 4096  # the tail it compared, nothing more
+    other = session_bytes(rng, 20, start=100)[: len(original)]  # same length, other lines
+    with open(path, "r+b") as f:  # copy-truncate, then the same number of bytes
+        f.truncate(0)
+        f.write(other[:-1] + b"\n")
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.rewritten, summary.hosts[0].versions_kept) == (0, 1, 1)
+    kept = dest / ".remote-sync/versions/h0" / f"{rel}.v1"
+    assert kept.read_bytes() == original
+    assert_exact(fleet, dest, "h0")

@@ -95,7 +95,7 @@ class Pending:
     row: FileState
     handle: BinaryIO
     temp: Path | None = None  # WholeWriter: the temp file to rename into place
-    category: str = "grown"  # new / grown / rewritten: decided at flush for whole fetches
+    category: str = "grown"  # new / grown / rewritten / unchanged; whole fetches: at flush
     versioned: bool = False
     bytes: int = 0
     index: IndexUpdate | None = None  # the session's facts, committed with the checkpoint
@@ -221,7 +221,7 @@ class AppendWriter(_LineWriter):
         return Pending(
             self.row,
             self._without_buffer(),
-            category="grown",
+            category="grown" if added else "unchanged",  # verified only (a touched file)
             bytes=added,
             index=index,
             job=self.job,

@@ -3,6 +3,8 @@
 - Property tests: the parsers give the same result however the output is cut into chunks.
 - Local runs of the sh scripts (through the same ``wrapped_command`` quoting sshd gets) over a
   tree of hostile names, once with dash + GNU tools and once with nothing but BusyBox applets.
+- Local runs with wrapper tools or a racing thread: a read error (head), files vanishing
+  during the listing, real errors kept; a sparse file beyond 4 GiB; files that grew or shrank.
 - Real sshd (non-root login user): permissions, symlinks, a missing root, deleted files.
 """
 
@@ -11,9 +13,11 @@ from __future__ import annotations
 import gzip
 import os
 import pwd
+import shlex
 import shutil
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -110,24 +114,49 @@ def collect(events: Sequence[FrameEvent]) -> dict[int, tuple[str, bytes]]:
 
 # ----------------------------------------------------------------------------- FrameParser
 
-# Data full of near-misses: marker prefixes, marker lines other than the end marker, newlines.
+# Data full of near-misses: marker prefixes, marker lines other than the end lines, newlines.
 _pieces = st.one_of(
     st.binary(max_size=40),
     st.sampled_from(
-        [b"\n", b" ", b" E", b" E\r\n", MB, MB + b" ", MB + b" E", MB + b" B\n", MB + b" G\n"]
+        [
+            b"\n",
+            b" ",
+            b" E",
+            b" E\r\n",
+            MB,
+            MB + b" ",
+            MB + b" E",
+            MB + b" X",
+            MB + b" X\r\n",
+            MB + b" B\n",
+            MB + b" G\n",
+            MB + b" T\n",
+        ]
     ),
     st.integers(1, len(MB)).map(lambda k: MB[:k]),
     st.integers(1, len(MB)).map(lambda k: MB[-k:] + b" E\n"),
+    st.integers(1, len(MB)).map(lambda k: MB[-k:] + b" X\n"),
 )
-_data = st.lists(_pieces, max_size=12).map(b"".join).filter(lambda d: END not in d)
+FAILED_END = MB + b" X\n"
+_data = (
+    st.lists(_pieces, max_size=12)
+    .map(b"".join)
+    .filter(lambda d: END not in d and FAILED_END not in d)
+)
 
 _frame = st.one_of(
     st.tuples(st.just("G"), st.integers(1, 100), st.just(b"")),
     st.tuples(st.just("D"), st.integers(1, 100), st.just(b"")),
     # a complete range: length == len(data)
     _data.filter(bool).map(lambda d: ("B", len(d), d)),
-    # a short one: the file shrank, the end marker comes early
+    # a short one: the file shrank, the end line comes early
     st.tuples(st.just("S"), st.integers(1, 50), _data),
+    # the read failed on the host after some bytes (up to the whole length)
+    st.tuples(st.just("X"), st.integers(0, 50), _data),
+    # detect_growth: the host read one byte more than listed, and it came
+    _data.filter(lambda d: len(d) > 1).map(lambda d: ("C", 0, d)),
+    # detect_growth: exactly the listed length, or fewer
+    st.tuples(st.just("W"), st.integers(0, 50), _data.filter(bool)),
 )
 
 
@@ -143,13 +172,21 @@ def build_stream(
             parts.append(MB + b" " + kind.encode() + b"\n")
             expected.append(("Gone" if kind == "G" else "Denied", i))
             continue
-        length = len(data) if kind == "B" else len(data) + extra
-        requests.append(FetchRequest(b"dir/f:%d" % i, i, length))
-        parts += [MB + b" B\n", data, END]
+        length = {"B": len(data), "C": len(data) - 1}.get(kind, len(data) + extra)
+        length = max(1, length)
+        requests.append(FetchRequest(b"dir/f:%d" % i, i, length, detect_growth=kind in "CW"))
+        parts += [MB + b" B\n", data, FAILED_END if kind == "X" else END]
         expected.append(("Begin", i))
-        if data:
-            expected.append(("data", i, data))
-        expected.append(("End", i) if kind == "B" else ("Short", i, len(data)))
+        if data[:length]:
+            expected.append(("data", i, data[:length]))  # never the byte beyond the length
+        if kind == "X":
+            expected.append(("Failed", i))
+        elif kind == "C":
+            expected.append(("Changed", i))
+        elif len(data) == length:
+            expected.append(("End", i))
+        else:
+            expected.append(("Short", i, len(data)))
     return b"".join(parts), requests, expected
 
 
@@ -270,8 +307,8 @@ def test_fetch_request_and_marker_validation() -> None:
     marker = new_marker()
     assert len(marker) == 32 and marker != new_marker()
     requests = [FetchRequest(b"a:b\nc", 7, 9), FetchRequest(b"\xff", 0, 1)]
-    assert fetch_stdin(requests) == b"7:9:a:b\nc\x000:1:\xff\x00"
-    assert fetch_stdin(requests, marker) == marker.encode() + b"\n7:9:a:b\nc\x000:1:\xff\x00"
+    assert fetch_stdin(requests) == b"0+7:9:a:b\nc\x000+0:1:\xff\x00"
+    assert fetch_stdin(requests, marker) == marker.encode() + b"\n0+7:9:a:b\nc\x000+0:1:\xff\x00"
 
 
 def test_frame_parser_throughput() -> None:
@@ -499,7 +536,7 @@ def busybox() -> str:
 def applet_dir(busybox: str, where: Path, extra: tuple[str, ...] = ()) -> Path:
     """A directory holding only BusyBox applets: with PATH set to it, no GNU tool is found."""
     where.mkdir(parents=True, exist_ok=True)
-    for applet in ("sh", "find", "stat", "head", "tail", "xargs", "printf", "cat", *extra):
+    for applet in ("sh", "find", "stat", "head", "dd", "xargs", "printf", "cat", *extra):
         os.symlink(busybox, where / applet)
     return where
 
@@ -701,7 +738,9 @@ def test_local_fetch_of_whole_files_through_tar(toolset: Runner, tmp_path: Path)
             expected.append(("End", data[1:]))
         length = [len(data), len(data) - 1 or 1, len(data) + 10][i % 3]  # exact, grew, shrank
         requests.append(FetchRequest(path, 0, length, archive=True))
-        expected.append(("End" if length <= len(data) else "Short", data[:length]))
+        # A last byte NUL looks like GNU tar's padding after a failed read: not trusted.
+        padded = has_tar and data[:length].endswith(b"\x00")
+        expected.append(("End" if length <= len(data) and not padded else "Short", data[:length]))
     requests += [FetchRequest(b"hard.jsonl", 0, len(files[b"plain.jsonl"]), archive=True)]
     expected += [("Short", b"") if has_tar else ("End", files[b"plain.jsonl"])]
     for path in (b"missing", b"link-to-file", b"link-to-dir/inner.jsonl", b"a dir", b"fifo"):
@@ -744,6 +783,229 @@ def test_local_fetch_batches_and_errors(toolset: Runner, tmp_path: Path) -> None
         toolset, fetch_argv(str(root), marker), fetch_stdin(requests[:1], marker)
     )
     assert rc != 0 and out == b""
+
+
+def real_tool(runner: Runner, name: str) -> str:
+    """sh words running the real tool ``name`` of the runner's tool set (by absolute path)."""
+    shell = runner[0][0]
+    if shell == "sh":
+        found = shutil.which(name)
+        assert found is not None, name
+        return shlex.quote(found)
+    return f"{shlex.quote(os.path.realpath(shell))} {name}"
+
+
+def wrap_tools(runner: Runner, where: Path, scripts: dict[str, str]) -> Runner:
+    """The runner with ``where`` first on PATH, holding sh scripts that stand for tools."""
+    where.mkdir()
+    shell = shutil.which("sh") if runner[0][0] == "sh" else runner[0][0]
+    for name, body in scripts.items():
+        (where / name).write_text(f"#!{shell}\n{body}")
+        (where / name).chmod(0o755)
+    env = dict(runner[1])
+    env["PATH"] = f"{where}{os.pathsep}{env['PATH']}"
+    return runner[0], env
+
+
+def test_local_fetch_beyond_4_gib(toolset: Runner, tmp_path: Path) -> None:
+    """BusyBox's tail -c +N reads N as 32 bits: offsets from 4 GiB on must still work (a
+    sparse file, so nothing is written but the few marked bytes)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    far = 5 * 2**30 + 12345
+    marks = {2**31 - 1: b"AB", 2**32 - 5: b"ACROSS-4GiB\n", far: b"line far away\n"}
+    with open(root / "huge.jsonl", "wb") as fh:
+        for offset, data in marks.items():
+            fh.seek(offset)
+            fh.write(data)
+    size = far + 14
+    assert (root / "huge.jsonl").stat().st_size == size
+    cases = [
+        (FetchRequest(b"huge.jsonl", 2**31 - 1, 2), ("End", b"AB")),  # the last small offset
+        (FetchRequest(b"huge.jsonl", 2**31, 1), ("End", b"B")),  # the first one in blocks
+        (FetchRequest(b"huge.jsonl", 2**32 - 5, 12), ("End", b"ACROSS-4GiB\n")),
+        (FetchRequest(b"huge.jsonl", 2**32, 3), ("End", b"S-4")),  # a whole number of blocks
+        (FetchRequest(b"huge.jsonl", far - 2, 16), ("End", b"\x00\x00line far away\n")),
+        (FetchRequest(b"huge.jsonl", far + 5, 100), ("Short", b"far away\n")),
+        (FetchRequest(b"huge.jsonl", far + 5, 9, detect_growth=True), ("End", b"far away\n")),
+        (FetchRequest(b"huge.jsonl", far + 5, 4, detect_growth=True), ("Changed", b"far ")),
+        (FetchRequest(b"huge.jsonl", size, 5), ("Short", b"")),  # at the end
+        (FetchRequest(b"huge.jsonl", size + 2**33, 5), ("Short", b"")),  # far beyond it
+    ]
+    requests = [request for request, _ in cases]
+    got = run_fetch(toolset, root, requests)
+    assert [got[i] for i in range(len(cases))] == [outcome for _, outcome in cases]
+
+
+# Fails like a disk with a bad sector for the files under root/ named broken*: a few bytes,
+# then an I/O error. head reads the file open on its stdin, so that is how it finds the name.
+_FAILING_HEAD = """case $({readlink} /proc/$$/fd/0) in
+*/root/broken*)
+    {head} -c 3
+    echo "head: error reading 'standard input': Input/output error" >&2
+    exit 1
+    ;;
+esac
+exec {head} "$@"
+"""
+
+
+def test_local_fetch_reports_a_failed_read(toolset: Runner, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "broken.json").write_bytes(b"0123456789")
+    (root / "broken.jsonl").write_bytes(b"x" * 100_000)
+    (root / "fine").write_bytes(b"fine data\n")
+    head = _FAILING_HEAD.format(
+        readlink=real_tool(toolset, "readlink"), head=real_tool(toolset, "head")
+    )
+    runner = wrap_tools(toolset, tmp_path / "failbin", {"head": head})
+    requests = [
+        FetchRequest(b"broken.json", 0, 10),
+        FetchRequest(b"fine", 0, 10),
+        FetchRequest(b"broken.jsonl", 70_000, 30_000),  # an append: dd seeks, head fails
+        FetchRequest(b"fine", 5, 5, detect_growth=True),
+        FetchRequest(b"broken.json", 0, 10, archive=True),  # through head where tar is missing
+    ]
+    marker = new_marker()
+    rc, out, err = run_local(runner, fetch_argv(str(root)), fetch_stdin(requests, marker))
+    assert rc == 0, err
+    events = feed_frames(FrameParser("h", marker.encode(), requests), out, range(0, len(out), 7))
+    check_data_bounds(events, requests)
+    got = collect(events)
+    has_tar = any((Path(d) / "tar").exists() for d in runner[1]["PATH"].split(os.pathsep))
+    assert [got[i] for i in range(len(requests))] == [
+        ("Failed", b"012"),
+        ("End", b"fine data\n"),
+        ("Failed", b"xxx"),
+        ("End", b"data\n"),
+        ("End", b"0123456789") if has_tar else ("Failed", b"012"),
+    ]
+    assert err.count(b"Input/output error") == 3 - has_tar  # head's own message, kept
+
+
+def test_local_fetch_of_files_that_grew_or_shrank(toolset: Runner, tmp_path: Path) -> None:
+    """A whole file listed at one size: with detect_growth a longer file is Changed (not a
+    cut-off End), a shorter one Short; without it (appends) a longer one is End."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "sessions.json").write_bytes(b'{"a": 1, "b": 22}')  # listed at 8 bytes
+    (root / "empty.lock").write_bytes(b"")
+    requests = [
+        FetchRequest(b"sessions.json", 0, 8, detect_growth=True),
+        FetchRequest(b"sessions.json", 0, 17, detect_growth=True),
+        FetchRequest(b"sessions.json", 0, 30, detect_growth=True),
+        FetchRequest(b"sessions.json", 0, 8),
+        FetchRequest(b"sessions.json", 0, 30),
+        FetchRequest(b"empty.lock", 0, 0, detect_growth=True),  # an empty file: 0 bytes
+        FetchRequest(b"sessions.json", 0, 0, detect_growth=True),  # listed empty, now not
+    ]
+    got = run_fetch(toolset, root, requests)
+    assert [got[i] for i in range(len(requests))] == [
+        ("Changed", b'{"a": 1,'),
+        ("End", b'{"a": 1, "b": 22}'),
+        ("Short", b'{"a": 1, "b": 22}'),
+        ("End", b'{"a": 1,'),
+        ("Short", b'{"a": 1, "b": 22}'),
+        ("End", b""),
+        ("Changed", b""),
+    ]
+    with pytest.raises(ValueError):
+        FetchRequest(b"sessions.json", 0, 0)  # a range of nothing is a bug
+
+
+def test_local_listing_ignores_files_vanishing_mid_listing(toolset: Runner, tmp_path: Path) -> None:
+    """Temporary files and directories come and go while find walks the tree (an agent's
+    atomic saves): never a warning (that would make the round fail and skip deletions)."""
+    root = tmp_path / "root"
+    (root / "keep").mkdir(parents=True)
+    kept = {b"keep/f%d.jsonl" % i for i in range(60)}
+    for name in kept:
+        (root / os.fsdecode(name)).write_bytes(b"x\n")
+    stop = threading.Event()
+
+    def churn() -> None:
+        turn = 0
+        while not stop.is_set():
+            temp = root / f"tmpdir{turn % 3}"
+            (temp / "sub").mkdir(parents=True, exist_ok=True)
+            for k in range(5):
+                (temp / "sub" / f"t{k}").write_bytes(b"t")
+                (root / "keep" / f"save{k}.tmp").write_bytes(b"t")
+            for k in range(5):
+                os.unlink(root / "keep" / f"save{k}.tmp")
+            shutil.rmtree(temp)
+            turn += 1
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(12):
+            rc, out, err = run_local(toolset, listing_argv(str(root), ["."]))
+            assert (rc, err) == (0, b"")
+            assert kept <= set(parse_listing(out))
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_local_listing_drops_vanished_paths_but_keeps_real_errors(
+    toolset: Runner, tmp_path: Path
+) -> None:
+    """find's and stat's messages, made up by wrappers (as root nothing is unreadable): one
+    saying a path vanished (ENOENT) is dropped, any other stays. The wrapped find refuses
+    -printf, so GNU tools take the stat path too."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "present").mkdir()
+    for name in ("a.jsonl", "gone.vanish", "locked.noperm", "back.vanish"):
+        (root / "present" / name).write_bytes(b"data\n")
+    messages = tmp_path / "find-messages"
+    real_lines = [
+        b"find: ./locked: Permission denied",
+        b"find: ./a dir: Input/output error",
+        b"find: ./odd: No such file or directory, or so",
+    ]
+    vanished_lines = [
+        b"find: ./gone dir: No such file or directory",  # BusyBox: the name as it is
+        b"find: './gone too/x': No such file or directory",  # GNU: quoted
+        b"find: './it\\'s': No such file or directory",
+    ]
+    messages.write_bytes(
+        b"\n".join([*vanished_lines[:1], *real_lines, *vanished_lines[1:]]) + b"\n"
+    )
+    find = f"""for a do
+    [ "$a" = -printf ] && exit 1
+done
+{real_tool(toolset, "cat")} {shlex.quote(str(messages))} >&2
+exec {real_tool(toolset, "find")} "$@"
+"""
+    # The path is stat's last argument. "gone" vanishes just before stat looks at it; "back"
+    # too, and is created again right after (a fixed temporary name saved anew).
+    stat_ = f"""for f do :; done
+case $f in
+*gone.vanish) {real_tool(toolset, "rm")} -f -- "$f" ;;
+*back.vanish)
+    {real_tool(toolset, "rm")} -f -- "$f"
+    {real_tool(toolset, "stat")} "$@"
+    : >"$f"
+    exit 1
+    ;;
+*.noperm)
+    echo "stat: can't stat '$f': Permission denied" >&2
+    exit 1
+    ;;
+esac
+exec {real_tool(toolset, "stat")} "$@"
+"""
+    runner = wrap_tools(toolset, tmp_path / "wrappers", {"find": find, "stat": stat_})
+    rc, out, err = run_local(runner, listing_argv(str(root), ["."]))
+    assert rc == 0
+    assert set(parse_listing(out)) == {b"present/a.jsonl"}
+    assert err.splitlines() == [
+        *real_lines,
+        b"stat: can't stat './present/locked.noperm': Permission denied",
+    ]
 
 
 # ----------------------------------------------------------------------------- real sshd
@@ -845,7 +1107,7 @@ async def test_listing_and_fetch_over_ssh(
             FetchRequest(b"link-to-file", 0, 7, archive=True),
             FetchRequest(b"big", 0, len(big)),
             FetchRequest(b"big", 12345, len(big)),
-            FetchRequest(b"big", 1000, 1000),  # tail is cut off by head: no noise
+            FetchRequest(b"big", 1000, 1000),  # a range inside the file: dd seeks, head reads
             FetchRequest(b"secret.jsonl", 0, 10),
             FetchRequest(b"doomed.jsonl", 0, 9),
             FetchRequest(b"link-to-file", 0, 7),

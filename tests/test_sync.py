@@ -563,18 +563,21 @@ def test_new_files_fetched_again_are_counted_new(
     assert_exact(fleet, tmp_path / "m", "h0")
 
 
-def test_a_rewrite_seen_mid_file_that_also_ends_short_is_fetched_again_once(
-    tmp_path: Path,
-) -> None:
+@pytest.mark.parametrize("ending", ["short", "changed", "failed"])
+def test_a_fetch_that_ends_badly_commits_nothing(tmp_path: Path, ending: str) -> None:
+    """The events a frame may end with besides End: a rewrite seen mid-file that also ends
+    Short is fetched again once; a whole file that grew (Changed) is fetched again; a read
+    that failed on the host (Failed) is that file's error. Nothing of them is written."""
     import types
 
     from remote_sync.mirror.engine import HostRound, _FrameHandler
-    from remote_sync.mirror.fetch_events import Begin, Data, Short
+    from remote_sync.mirror.fetch_events import Begin, Changed, Data, Failed, Short
     from remote_sync.mirror.plan import Transfer
     from remote_sync.mirror.remote_ops import RemoteFile
     from remote_sync.mirror.state import FileState, fingerprint_of
 
     data = session_bytes(random.Random(13), 10)
+    failures: list[tuple[bytes, str, str]] = []
     with MirrorState(tmp_path / "m") as state:
         state.recover()
         local = state.local_path("h", b"s.jsonl")
@@ -583,15 +586,45 @@ def test_a_rewrite_seen_mid_file_that_also_ends_short_is_fetched_again_once(
         row = FileState("h", b"s.jsonl", "append", len(data), len(data), 1.0, 1, 7,
                         fingerprint_of(data[:1024]))  # fmt: skip
         remote = RemoteFile(b"s.jsonl", len(data) + 500, 2.0, 1, 7)
-        t = Transfer(remote, "append", "append", "grown", len(data) - 100, 600, row)
+        if ending == "short":  # an append whose overlap differs, then the file ends early
+            t = Transfer(remote, "append", "append", "grown", len(data) - 100, 600, row)
+            events = [Begin(0), Data(0, b"x" * 100), Short(0, 100)]
+        else:  # a whole fetch
+            t = Transfer(remote, "append", "whole", "rewritten", 0, len(data) + 500, row)
+            last = Changed(0) if ending == "changed" else Failed(0)
+            events = [Begin(0), Data(0, b"y" * 100), last]
         sync = types.SimpleNamespace(
-            state=state, name="h", reader=None, worker=None, result=HostRound("h")
+            state=state,
+            name="h",
+            reader=None,
+            worker=None,
+            result=HostRound("h"),
+            _fail=lambda path, message, kind: failures.append((path, message, kind)),
         )
         handler = _FrameHandler(sync, [t], follow_up=False)  # type: ignore[arg-type]
-        events = [Begin(0), Data(0, b"x" * 100), Short(0, 100)]  # the overlap differs
         anyio.run(handler.handle_all, events)
-        assert handler.again == [t]
+        assert handler.again == ([] if ending == "failed" else [t])
+        assert failures == (
+            [(b"s.jsonl", "reading the file on the host failed midway", "read_failed")]
+            if ending == "failed"
+            else []
+        )
         assert local.read_bytes() == data
+        assert not list(state.tmp_dir.iterdir())
+
+
+def test_empty_files_copied_whole_are_mirrored(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    fleet.write("h0", "agents/a/sessions/notes.txt", b"")
+    fleet.write("h0", "agents/a/sessions/sessions.json", b'{"a": 1}')
+    assert sync(inv, dest, capsys)[0] == 0
+    fleet.write("h0", "agents/a/sessions/sessions.json", b"")  # truncated to nothing
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.rewritten) == (0, 1)
+    assert_exact(fleet, dest, "h0")
 
 
 def test_a_rewrite_to_the_same_size_is_found_and_a_touch_moves_nothing(

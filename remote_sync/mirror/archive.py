@@ -6,10 +6,8 @@ deferred to the archive, and finding the frame's end marker wherever tar stopped
 
 Why tar: ``head -c`` once per file costs one process per file on the host (about 1 ms each
 on a small machine: most of the remote CPU of a fleet's first mirror); one ``tar`` reads a
-whole batch. Only whole fetches of line-committed (JSONL) files go this way. When a file
-shrinks while tar reads it, GNU tar pads it with NUL bytes to the size it announced; padding
-holds no newline, so it never becomes part of the committed lines. Other whole files keep
-``head``, whose short read is exact.
+whole batch. Only whole fetches of line-committed (JSONL) files go this way; other whole
+files keep ``head``, whose reads the fetch script checks.
 
 Entries come in the order the file names were given to tar, each matched to the deferred
 request of the same path. A deferred request that tar skipped (the file vanished or became
@@ -19,11 +17,24 @@ fetches those again with ``head`` and gets the real answer. An entry larger than
 (the file grew since the listing) gives the requested bytes; a smaller one is :class:`Short`,
 like a short ``head`` range.
 
-A tar that stops midway (killed, or BusyBox's "short read" when a file shrinks) is followed
-at once by the end marker. The reader looks for the marker inside entries, padding, headers
-and the trailer, so no byte after a cut is ever taken for file data; the entry cut and the
-requests after it end as :class:`Short`. Anything else that is not tar is a
+tar's exit status and messages never reach us (its stderr is discarded: they are not tied to
+an entry in any parseable way), so a failed read is recognized in the stream itself. GNU tar
+does not stop when a read fails (EIO) or a file shrinks while it reads it: it pads the entry
+with NUL bytes up to the size it announced and goes on. So an entry whose delivered bytes end
+with a NUL is not trusted: it ends as :class:`Short` (with what was received), and the engine
+fetches it again with ``head``, whose read errors the fetch script reports (a JSONL file never
+ends with a NUL byte; one that does only costs that second fetch). BusyBox tar dies instead
+(a cut, below).
+
+A tar that stops midway (killed, or BusyBox's "short read" when a file shrinks or a read
+fails) is followed at once by the end marker. The reader looks for the marker inside entries,
+padding, headers and the trailer, so no byte after a cut is ever taken for file data; the
+entry cut and the requests after it end as :class:`Short`. Anything else that is not tar is a
 :class:`ProtocolError` naming the host.
+
+What is not detected (with ``head`` neither): a file rewritten in place, at the same size,
+while tar reads it (GNU tar's "file changed as we read it"); the engine's overlap check on the
+next append catches a rewrite of bytes it committed.
 """
 
 from __future__ import annotations
@@ -101,7 +112,9 @@ class ArchiveReader:
 
     __slots__ = (
         "_deliver",
+        "_ends",
         "_index",
+        "_last",
         "_meta",
         "_meta_type",
         "_next_name",
@@ -123,6 +136,7 @@ class ArchiveReader:
     ) -> None:
         self.host = host
         self.end = end
+        self._ends = (end,)
         self.requests = requests
         self.deferred: deque[int] = deque(deferred)
         self.carry = b""
@@ -132,6 +146,7 @@ class ArchiveReader:
         self._deliver = 0  # of those, how many still go out as Data (or into _meta)
         self._index = -1  # the request the current entry answers, -1 when it is skipped
         self._received = 0
+        self._last = -1  # the last byte delivered of the current entry, -1 before the first
         self._meta: bytearray | None = None  # the data of a long name or pax header
         self._meta_type = 0
         self._next_name: bytes | None = None  # the next entry's name, from _meta
@@ -228,6 +243,7 @@ class ArchiveReader:
                     self._index = index
                     self._deliver = min(size, self.requests[index].length)
                     self._received = 0
+                    self._last = -1
                     events.append(Begin(index))
                 else:
                     events.append(Short(index, 0))
@@ -252,7 +268,7 @@ class ArchiveReader:
     def _region(self, buf: bytes, view: memoryview, pos: int, events: list[FrameEvent]) -> int:
         remaining = self._remaining
         limit = pos + remaining
-        found, split = scan_region(buf, pos, remaining, self.end)
+        found, split = scan_region(buf, pos, remaining, self._ends)
         if 0 <= found < limit:  # tar stopped inside this entry
             self._take(view, pos, found, events)
             self._cut(events)
@@ -276,6 +292,7 @@ class ArchiveReader:
         elif self._index >= 0:
             events.append(Data(self._index, view[start : start + count]))
             self._received += count
+            self._last = view[start + count - 1]
 
     def _end_entry(self, events: list[FrameEvent]) -> None:
         if self._meta is not None:
@@ -286,7 +303,8 @@ class ArchiveReader:
                 self._read_pax(meta)
         elif self._index >= 0:
             index, received = self._index, self._received
-            complete = received == self.requests[index].length
+            # A NUL last byte: GNU tar's padding after a failed or short read (see above).
+            complete = received == self.requests[index].length and self._last != 0
             events.append(End(index) if complete else Short(index, received))
         self._index = -1
 

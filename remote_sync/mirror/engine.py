@@ -51,9 +51,11 @@ from .plan import Category, Plan, Transfer, make_plan
 from .remote_ops import (
     EXIT_ROOT_UNUSABLE,
     Begin,
+    Changed,
     Data,
     Denied,
     End,
+    Failed,
     FetchRequest,
     FrameParser,
     Gone,
@@ -556,9 +558,12 @@ class _FrameHandler:
                 return
             pending.row.remote_size = t.remote.size
             await sync.finished(pending)
-        elif isinstance(event, Short):
+        elif isinstance(event, (Short, Changed)):
             self._drop()
-            self._again(t)  # it shrank while we read it: a rewrite
+            self._again(t)  # it shrank or grew while we read it: fetch it whole again
+        elif isinstance(event, Failed):
+            self._drop()
+            sync._fail(t.remote.path, "reading the file on the host failed midway", "read_failed")
         elif isinstance(event, Gone):
             pass  # vanished since the listing: the next round records the deletion
         elif isinstance(event, Denied):

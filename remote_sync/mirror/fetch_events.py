@@ -1,15 +1,30 @@
-"""The events a fetch stream is parsed into, and the search for a frame's end marker.
+"""The events a fetch stream is parsed into, and the search for a frame's end line.
 
 Shared by the frame parser (:mod:`remote_sync.mirror.remote_ops`) and the archive reader
 (:mod:`remote_sync.mirror.archive`): whichever way a file's bytes travel (a ``head`` range or
-a tar entry), the engine sees the same events, in order, for one file at a time.
+a tar entry), the engine sees the same events, in order, for one file at a time: either one
+of :class:`Gone` / :class:`Denied`, or :class:`Begin`, any :class:`Data`, then exactly one of
+:class:`End`, :class:`Short`, :class:`Changed`, :class:`Failed`. Only after :class:`End` is the
+file's Data the file's content; after the other three it must be discarded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Begin", "Data", "Denied", "End", "FrameEvent", "Gone", "Short", "scan_region"]
+__all__ = [
+    "Begin",
+    "Changed",
+    "Data",
+    "Denied",
+    "End",
+    "Failed",
+    "FrameEvent",
+    "Gone",
+    "Short",
+    "scan_region",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +54,33 @@ class End:
 
 @dataclass(frozen=True, slots=True)
 class Short:
-    """The frame ended after ``received`` < length bytes: discard this file's Data."""
+    """The frame ended after ``received`` < length bytes: discard this file's Data.
+
+    The file shrank since the listing (or, for a tar entry, tar's copy cannot be trusted): the
+    engine fetches it again whole.
+    """
 
     index: int
     received: int
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """The file is longer than listed (only for a request with ``detect_growth``): discard
+    this file's Data and fetch it again whole; its listed size and mtime are stale."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Reading the file on the host failed midway (an I/O error): discard this file's Data.
+
+    A file-level error of this round, not a change of the file: fetching it again at once
+    would most likely fail the same way.
+    """
+
+    index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,31 +97,46 @@ class Denied:
     index: int
 
 
-FrameEvent = Begin | Data | End | Short | Gone | Denied
+FrameEvent = Begin | Data | End | Short | Changed | Failed | Gone | Denied
 
 
-def scan_region(buf: bytes, pos: int, remaining: int, marker: bytes) -> tuple[int, int]:
-    """Look for ``marker`` among the ``remaining`` bytes of a region starting at ``buf[pos]``.
+def scan_region(buf: bytes, pos: int, remaining: int, ends: Sequence[bytes]) -> tuple[int, int]:
+    """Look for an end line among the ``remaining`` bytes of a region starting at ``buf[pos]``.
 
-    Returns ``(found, split)``. ``found`` is the position of a marker starting inside the
+    ``ends`` are the lines that may end the region, all of the same length and differing only
+    in their last two bytes (``<marker> E\\n``, ``<marker> X\\n``).
+
+    Returns ``(found, split)``. ``found`` is the position of an end line starting inside the
     region or right after it (``pos <= found <= pos + remaining``), else -1. When -1, the bytes
-    from ``pos`` up to ``split`` hold no such marker start, and ``buf[split:]`` (when ``split``
+    from ``pos`` up to ``split`` hold no such line's start, and ``buf[split:]`` (when ``split``
     is before the end of ``buf``) may be the beginning of one that the next chunk completes:
     the caller keeps it for then. ``split > pos + remaining`` means the region ends in ``buf``
-    with no marker in or right after it.
+    with no end line in or right after it.
     """
     size = len(buf)
-    marker_len = len(marker)
-    full_window = pos + remaining + marker_len
-    found = buf.find(marker, pos, min(size, full_window))
-    if found >= 0:
-        return found, found
+    line_len = len(ends[0])
+    prefix = ends[0][:-2]
+    prefix_len = len(prefix)
     limit = pos + remaining
+    # Only a full prefix starting at or before the limit counts; one cut by the end of buf is
+    # found by the probe below.
+    stop = min(size, limit + prefix_len)
+    start = pos
+    while True:
+        found = buf.find(prefix, start, stop)
+        if found < 0:
+            break
+        line = buf[found : found + line_len]
+        if line in ends:
+            return found, found
+        if len(line) < line_len and any(end.startswith(line) for end in ends):
+            return -1, found  # the line's last bytes come with the next chunk
+        start = found + 1  # a marker followed by something else: data
     split = size
-    first = marker[:1]
-    probe = buf.find(first, max(pos, size - marker_len + 1), limit + 1)
+    first = prefix[:1]
+    probe = buf.find(first, max(pos, size - prefix_len + 1), limit + 1)
     while probe >= 0:
-        if marker.startswith(buf[probe:]):
+        if prefix.startswith(buf[probe:]):
             split = probe
             break
         probe = buf.find(first, probe + 1, limit + 1)

@@ -50,7 +50,10 @@ class Transfer:
         # A whole line-committed file may come as a tar entry: tar's NUL padding of a file that
         # shrank mid-read lies after its last newline, which the writer never commits.
         archive = self.mode == "whole" and self.kind == "append"
-        return FetchRequest(self.remote.path, self.start, self.length, archive)
+        # A file copied whole must be read to its end: one that grew since the listing comes
+        # back Changed (and is fetched again) instead of as a cut-off prefix.
+        growth = self.mode == "whole" and self.kind == "whole"
+        return FetchRequest(self.remote.path, self.start, self.length, archive, growth)
 
 
 @dataclass

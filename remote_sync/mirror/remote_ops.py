@@ -5,8 +5,9 @@ incremental parsers of their output. It does no I/O itself: the caller runs the 
 :func:`remote_sync.ssh.stream.exec_streaming` and feeds the stdout chunks to the parser.
 
 Remote hosts have only POSIX ``sh`` plus coreutils *or* BusyBox, so the scripts use nothing
-else (``find``, ``stat``, ``head``, ``tail``, ``xargs``, ``printf``). A file name is data, never
-code: names travel as positional arguments or on stdin, never through ``eval``.
+else (``find``, ``stat``, ``head``, ``dd``, ``tar``, ``gzip``, ``xargs``, ``printf``). A file
+name is data, never code: names travel as positional arguments or on stdin, never through
+``eval``.
 
 Exit statuses (both operations): 0 on success, also when ``find`` could not read some
 directory (its messages stay on stderr, for the caller to report as warnings naming the host);
@@ -20,7 +21,9 @@ Listing (:func:`listing_argv`, :class:`ListingParser`)
     (``./`` prefixed; the parser strips it). GNU find prints it with ``-printf`` (mtime with a
     fraction), other finds (BusyBox) through ``stat -c '%s %Y %d %i'`` (whole seconds).
     Where the host has ``gzip`` the records come gzip-compressed (the parser sees the magic
-    bytes and inflates them in bounded steps); without it they come plain.
+    bytes and inflates them in bounded steps); without it they come plain. A file or
+    directory that vanishes while find walks the tree is left out silently (no message on
+    stderr: it is not an incomplete listing); real errors keep their messages.
 
 Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     stdin holds one NUL-terminated item ``<start>:<length>:<path>`` per
@@ -29,7 +32,8 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
 
         <marker> G\\n                                   not a regular file (gone)
         <marker> D\\n                                   not readable (denied)
-        <marker> B\\n<up to length bytes><marker> E\\n   the byte range
+        <marker> B\\n<up to length bytes><marker> E\\n   the byte range, read successfully
+        <marker> B\\n<up to length bytes><marker> X\\n   the read failed midway (EIO...)
         <marker> T\\n                                   in this batch's archive
 
     and a batch with ``T`` answers ends with ``<marker> A\\n<tar stream><marker> E\\n``: one
@@ -37,8 +41,18 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     line-committed files), instead of one ``head`` process per file
     (:mod:`remote_sync.mirror.archive` reads the stream).
 
-    Fewer than ``length`` bytes (the file shrank or became unreadable mid-read) is a short
-    frame: the parser finds the end marker inside the data window and resynchronizes on it.
+    A range is read from the file opened once: ``dd`` seeks (``skip``, no copy), ``head -c``
+    reads, and its exit status picks the end line. Fewer than ``length`` bytes before ``E``
+    (the file shrank) is a short frame: the parser finds the end line inside the data window
+    and resynchronizes on it. With ``detect_growth`` the host reads one byte more than asked:
+    when it arrives, the file is longer than listed (:class:`Changed`).
+
+    Events, per request in order: :class:`Gone` or :class:`Denied` alone; or :class:`Begin`,
+    :class:`Data`..., then :class:`End` (exactly ``length`` bytes: the content), :class:`Short`
+    (fewer: the file shrank, or tar's copy is not to be trusted: fetch it whole again),
+    :class:`Changed` (more: fetch it whole again) or :class:`Failed` (the host could not read
+    it: a file-level error). Data never goes beyond ``length`` bytes.
+
     The marker is a random nonce per run (:func:`new_marker`). It travels either in the argv
     or, better, as a first line on stdin: from there it reaches the per-batch scripts through
     the environment, never a command line, so other users of the host cannot read it in the
@@ -56,16 +70,30 @@ from dataclasses import dataclass
 from ..errors import ConfigError, ProtocolError
 from ..ssh.remote import sh_script
 from .archive import ArchiveReader
-from .fetch_events import Begin, Data, Denied, End, FrameEvent, Gone, Short, scan_region
+from .fetch_events import (
+    Begin,
+    Changed,
+    Data,
+    Denied,
+    End,
+    Failed,
+    FrameEvent,
+    Gone,
+    Short,
+    scan_region,
+)
 
 __all__ = [
     "ENTER_ROOT_SH",
     "EXIT_ROOT_UNUSABLE",
     "MAX_LISTING_RECORD",
+    "SKIP_BLOCK",
     "Begin",
+    "Changed",
     "Data",
     "Denied",
     "End",
+    "Failed",
     "FetchRequest",
     "FrameEvent",
     "FrameParser",
@@ -81,6 +109,12 @@ __all__ = [
 
 #: Exit status of both scripts when the root directory cannot be entered or read.
 EXIT_ROOT_UNUSABLE = 3
+
+#: The fetch script reaches an offset as ``dd bs=SKIP_BLOCK skip=<blocks>`` then
+#: ``dd bs=1 skip=<bytes>`` (each an lseek). Offsets up to :data:`_SMALL_OFFSET` need only the
+#: second: one process less for most appends, and a count any dd reads as a positive number.
+SKIP_BLOCK = 65536
+_SMALL_OFFSET = 2**31 - 1
 
 #: A listing record (stat line + path) longer than this without its terminator is an error.
 #: Real records are at most about 4 KiB (PATH_MAX) plus a short stat line.
@@ -123,9 +157,23 @@ fi
 # that is success; 3 is kept for the root. When the host has gzip the listing travels
 # compressed (about 5x smaller: paths repeat their directories); find's status comes back
 # around the pipe on fd 3, since POSIX sh has no pipefail.
+#
+# Any message on stderr makes the caller take the listing as incomplete (no deletions
+# recorded), so a file or directory that vanishes while find walks the tree (an agent's
+# atomic save removes its temporary file) must not produce one, while a real error (an
+# unreadable directory) must. ENOENT there can only mean that: the name was just read from
+# its directory, or the start point was just checked. GNU find's -ignore_readdir_race covers
+# files; the stat loop of other finds drops its own ENOENT; drop_vanished removes find's
+# (GNU find still prints them for a directory that vanished, BusyBox find for anything).
+# Even when the name exists again (a fixed temporary name, saved anew): that is a new file,
+# which the next round lists. Messages are matched in the C locale (LC_ALL=C); one in any
+# other form stays (a needless warning, never a lost one). find's stderr goes to the filter
+# through a pipe, so its status comes back on fd 7 (fd 6 is its stdout).
 _LISTING_SCRIPT = (
     ENTER_ROOT_SH
     + r"""shift
+LC_ALL=C
+export LC_ALL
 n=$#
 for p do
     case $p in
@@ -149,21 +197,48 @@ done
 shift "$n"
 [ "$#" -gt 0 ] || exit 0
 list_files() {
-    if find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
+    if find . -maxdepth 0 -ignore_readdir_race -printf '' >/dev/null 2>&1; then
+        find "$@" -ignore_readdir_race -type f -printf '%s %T@ %D %i\n%p\0'
+    elif find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
         find "$@" -type f -printf '%s %T@ %D %i\n%p\0'
     else
         find "$@" -type f -exec sh -c '
             for f do
-                stat -c "%s %Y %d %i" -- "$f" && printf "%s\0" "$f"
+                if s=$(stat -c "%s %Y %d %i" -- "$f" 2>&1); then
+                    printf "%s\n%s\0" "$s" "$f"
+                    continue
+                fi
+                case $s in
+                *": No such file or directory") ;;
+                *) printf "%s\n" "$s" >&2 ;;
+                esac
             done' sh {} +
     fi
 }
+drop_vanished() {
+    while IFS= read -r line || [ -n "$line" ]; do
+        case $line in
+        "find: "*": No such file or directory") ;;
+        *) printf '%s\n' "$line" ;;
+        esac
+    done
+}
+list_checked() {
+    {
+        st=$(
+            {
+                { list_files "$@" 2>&1 >&6 6>&- 7>&-; echo "$?" >&7; } | drop_vanished >&2
+            } 7>&1
+        )
+    } 6>&1
+    return "${st:-2}"
+}
 if command -v gzip >/dev/null 2>&1; then
     exec 4>&1
-    st=$({ { list_files "$@"; echo "$?" >&3; } | gzip -c >&4; } 3>&1)
+    st=$({ { list_checked "$@"; echo "$?" >&3; } | gzip -c >&4; } 3>&1)
     exec 4>&-
 else
-    list_files "$@"
+    list_checked "$@"
     st=$?
 fi
 case ${st:-2} in
@@ -182,25 +257,64 @@ esac
 # item ("a" for its start) that passes the checks is only announced ("T"), and its path added
 # to the positional parameters (the "for" list was expanded before the loop changed them):
 # after the loop one tar reads them all, in that order, into the batch's archive frame ("A").
-# tar's status and messages are not needed: the reader sees any file tar skipped or cut, and
-# the engine fetches it again with head. Where tar lacks the options (or is missing), archive
-# items are ranges from 0 like any other.
+# tar's status and messages are not needed: the reader sees any file tar skipped or cut or
+# padded, and the engine fetches it again with head. Where tar lacks the options (or is
+# missing), archive items are ranges from 0 like any other.
+#
+# A range is read by read_range from the file opened once on its stdin: dd moves the shared
+# offset (lseek: count=0 copies nothing; BusyBox's tail -c +N cannot go past 4 GiB), then head
+# reads from there. No pipeline, so head's status is at hand (POSIX sh has no pipefail) and
+# becomes the end line: E when the read succeeded, X when it failed (EIO...). The offset
+# arrives as <blocks>+<bytes> (SKIP_BLOCK blocks, computed by the client): no arithmetic
+# here, and no number dd or the shell could take as 32 bits. Once the file is open, a rename,
+# unlink or chmod no longer matters; if the open itself fails (the file went away since the
+# checks) the answer is G or D as if the checks had seen it, and the shell's message is
+# dropped (fd 3 keeps the real stderr for dd and head).
 _FETCH_BATCH_SCRIPT = r"""m=$REMOTE_SYNC_MARKER
 n=$#
 tar_ok=
+opened=
+read_range() {
+    opened=1
+    printf '%s B\n' "$m"
+    if { [ "$blocks" = 0 ] || dd bs=@SKIP_BLOCK@ skip="$blocks" count=0 2>/dev/null; } &&
+        { [ "$bytes" = 0 ] || dd bs=1 skip="$bytes" count=0 2>/dev/null; } &&
+        head -c "$len" 2>&3; then
+        printf '%s E\n' "$m"
+    else
+        printf '%s X\n' "$m"
+    fi
+}
+is_gone() {
+    if [ ! -f "$f" ] || [ -L "$f" ]; then
+        return 0
+    fi
+    d=$f
+    while :; do
+        case $d in
+        */*) d=${d%/*} ;;
+        *) return 1 ;;
+        esac
+        if [ -L "$d" ]; then
+            return 0
+        fi
+    done
+}
 for item do
-    case $item in
-    [0-9a]*:[0-9]*:?*) ;;
-    *) item=: ;;
-    esac
     start=${item%%:*}
     rest=${item#*:}
     len=${rest%%:*}
     f=./${rest#*:}
+    case $item in
+    *:*:?*) ;;
+    *) start= ;;
+    esac
     archive=
-    if [ "$start" = a ]; then
+    case $start in
+    a)
         archive=1
-        start=0
+        blocks=0
+        bytes=0
         if [ -z "$tar_ok" ]; then
             if tar --no-recursion --numeric-owner -cf /dev/null /dev/null >/dev/null 2>&1; then
                 tar_ok=y
@@ -208,30 +322,20 @@ for item do
                 tar_ok=n
             fi
         fi
-    fi
-    case $start$len in
-    "" | *[!0-9]*)
+        ;;
+    *+*)
+        blocks=${start%%+*}
+        bytes=${start#*+}
+        ;;
+    *) blocks= ;;
+    esac
+    case ${blocks:-x}:${bytes:-x}:${len:-x} in
+    *[!0-9:]*)
         echo 'remote-sync: malformed fetch request on stdin' >&2
         exit 255
         ;;
     esac
-    gone=
-    if [ ! -f "$f" ] || [ -L "$f" ]; then
-        gone=1
-    else
-        d=$f
-        while :; do
-            case $d in
-            */*) d=${d%/*} ;;
-            *) break ;;
-            esac
-            if [ -L "$d" ]; then
-                gone=1
-                break
-            fi
-        done
-    fi
-    if [ -n "$gone" ]; then
+    if is_gone; then
         printf '%s G\n' "$m"
     elif [ ! -r "$f" ]; then
         printf '%s D\n' "$m"
@@ -239,13 +343,17 @@ for item do
         printf '%s T\n' "$m"
         set -- "$@" "$f"
     else
-        printf '%s B\n' "$m"
-        if [ "$start" = 0 ]; then
-            head -c "$len" -- "$f"
+        opened=
+        read_range 3>&2 2>/dev/null <"$f"
+        if [ -n "$opened" ]; then
+            :
+        elif is_gone; then
+            printf '%s G\n' "$m"
+        elif [ ! -r "$f" ]; then
+            printf '%s D\n' "$m"
         else
-            tail -c +"$((start + 1))" -- "$f" | head -c "$len"
+            printf '%s B\n%s X\n' "$m" "$m"
         fi
-        printf '%s E\n' "$m"
     fi
 done
 shift "$n"
@@ -254,7 +362,7 @@ if [ "$#" -gt 0 ]; then
     tar --no-recursion --numeric-owner -cf - "$@" 2>/dev/null
     printf '%s E\n' "$m"
 fi
-"""
+""".replace("@SKIP_BLOCK@", str(SKIP_BLOCK))
 
 # $1 root, $2 the batch script, $3 the marker, or "" when it is the first line of stdin (read
 # byte by byte by the shell, so xargs gets the rest of stdin intact). Entering the root here,
@@ -328,6 +436,11 @@ def fetch_argv(root: str, marker: str | None = None) -> list[str]:
 def fetch_stdin(requests: Sequence[FetchRequest], marker: str | None = None) -> bytes:
     """The fetch's stdin: one ``<start>:<length>:<path>\\0`` item per request.
 
+    ``start`` is ``a`` for an archive request, else ``<blocks>+<bytes>``: the offset as
+    :data:`SKIP_BLOCK` blocks plus bytes, so that the host does no arithmetic and no tool
+    there sees a number above 2**31 for any file below 128 TiB. ``length`` is one more than
+    requested with ``detect_growth`` (the parser tells a longer file by that byte).
+
     With ``marker`` (when it was not given to :func:`fetch_argv`), a first line holds it.
     """
     parts: list[bytes] = []
@@ -335,8 +448,14 @@ def fetch_stdin(requests: Sequence[FetchRequest], marker: str | None = None) -> 
         _check_marker(marker.encode("ascii", "replace"))
         parts.append(marker.encode("ascii") + b"\n")
     for request in requests:
-        start = b"a" if request.archive else b"%d" % request.start
-        parts.append(b"%s:%d:%s\x00" % (start, request.length, request.path))
+        if request.archive:
+            start = b"a"
+        elif request.start <= _SMALL_OFFSET:
+            start = b"0+%d" % request.start  # one dd with bs=1 reaches it
+        else:
+            start = b"%d+%d" % divmod(request.start, SKIP_BLOCK)
+        length = request.length + 1 if request.detect_growth else request.length
+        parts.append(b"%s:%d:%s\x00" % (start, length, request.path))
     return b"".join(parts)
 
 
@@ -503,12 +622,21 @@ class FetchRequest:
     archive: bool = False
     """The host may answer with an entry of a tar stream instead of a ``head`` range: only for
     a whole (``start`` 0) line-committed file (see :mod:`remote_sync.mirror.archive`)."""
+    detect_growth: bool = False
+    """The range should reach the end of the file: the host reads one byte more, and a file
+    longer than ``start + length`` ends as :class:`Changed` instead of a cut-off
+    :class:`End`. For whole files that are not line-committed (a prefix of their new content
+    is not a valid copy); not with ``archive``."""
 
     def __post_init__(self) -> None:
-        if self.start < 0 or self.length <= 0:
+        # An empty whole file is asked for with 0 bytes: the extra byte of detect_growth
+        # still tells whether it is empty.
+        if self.start < 0 or self.length < 0 or (self.length == 0 and not self.detect_growth):
             raise ValueError(f"bad byte range start={self.start} length={self.length}")
         if self.archive and self.start:
             raise ValueError(f"an archive request starts at 0, not {self.start}")
+        if self.archive and self.detect_growth:
+            raise ValueError("an archive request cannot detect growth")
         problem = _path_problem(self.path)
         if problem is not None:
             raise ValueError(f"bad fetch path {self.path!r}: {problem}")
@@ -534,10 +662,12 @@ class FrameParser:
         "_deferred",
         "_end",
         "_end_len",
+        "_ends",
         "_head",
         "_head_len",
         "_in_data",
         "_index",
+        "_length",
         "_received",
         "_remaining",
         "host",
@@ -554,12 +684,14 @@ class FrameParser:
         self._head_len = len(marker) + 3
         self._end = marker + b" E\n"
         self._end_len = len(self._end)
+        self._ends = (self._end, marker + b" X\n")  # the end lines of a range frame
         self._index = 0
         self._in_data = False
         self._deferred: list[int] = []  # requests answered by the next archive frame
         self._archive: ArchiveReader | None = None
-        self._remaining = 0
-        self._received = 0
+        self._remaining = 0  # bytes the current frame may still hold
+        self._received = 0  # bytes of the current frame so far
+        self._length = 0  # the current request's length: bytes beyond it are not Data
         self._carry = b""
         self._closed = False
 
@@ -646,8 +778,10 @@ class FrameParser:
             self._index = index + 1
         elif kind == 0x42:  # B
             events.append(Begin(index))
+            request = self.requests[index]
             self._in_data = True
-            self._remaining = self.requests[index].length
+            self._length = request.length
+            self._remaining = request.length + (1 if request.detect_growth else 0)
             self._received = 0
         else:
             events.append(Gone(index) if kind == 0x47 else Denied(index))
@@ -657,13 +791,19 @@ class FrameParser:
     def _data(self, buf: bytes, view: memoryview, pos: int, events: list[FrameEvent]) -> int:
         remaining = self._remaining
         index = self._index
-        found, split = scan_region(buf, pos, remaining, self._end)
+        found, split = scan_region(buf, pos, remaining, self._ends)
         if found >= 0:
-            got = found - pos
-            if got:
-                events.append(Data(index, view[pos:found]))
-            received = self._received + got
-            events.append(End(index) if got == remaining else Short(index, received))
+            self._deliver(view, pos, found, events)
+            received = self._received
+            length = self._length
+            if buf[found + self._end_len - 2] == 0x58:  # X: the read failed on the host
+                events.append(Failed(index))
+            elif received > length:  # the byte past the listed end (detect_growth)
+                events.append(Changed(index))
+            elif received == length:
+                events.append(End(index))
+            else:
+                events.append(Short(index, received))
             self._in_data = False
             self._index = index + 1
             return found + self._end_len
@@ -671,9 +811,15 @@ class FrameParser:
         if split > limit:
             raise self._error("data longer than requested, or end marker missing", buf[limit:])
         if split > pos:
-            events.append(Data(index, view[pos:split]))
-            got = split - pos
-            self._received += got
-            self._remaining = remaining - got
+            self._deliver(view, pos, split, events)
+            self._remaining = remaining - (split - pos)
         self._carry = buf[split:]
         return len(buf)
+
+    def _deliver(self, view: memoryview, pos: int, stop: int, events: list[FrameEvent]) -> None:
+        """``view[pos:stop]`` is frame data: Data up to the request's length, never beyond."""
+        received = self._received
+        self._received = received + stop - pos
+        stop = min(stop, pos + self._length - received)
+        if stop > pos:
+            events.append(Data(self._index, view[pos:stop]))

@@ -187,6 +187,29 @@ def test_a_session_archived_by_the_host_counts_once(
     assert len(capsys.readouterr().out.splitlines()) == 1
 
 
+def test_a_transcript_without_a_whole_line_has_no_session(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = fleet.path("h0", "claw")
+    tree = build_tree("openclaw", root, 2, random.Random(5), messages=5)
+    make_readable(root)
+    partial = root / "agents/main/sessions/new-session.jsonl"
+    partial.write_bytes(b'{"type":"session","id":"x"')  # the agent is mid-write
+    inv = inventory(fleet, tmp_path, "openclaw", root)
+    dest = tmp_path / "m"
+    assert sync(inv, dest) == 0
+    target = tree.transcripts[0]
+    target.path.write_bytes(b'{"type":"session","id":"y"')  # rewritten: a partial line only
+    assert sync(inv, dest) == 0
+    capsys.readouterr()
+    sessions = set(index_facts(dest))
+    assert partial.relative_to(root).as_posix().encode() not in sessions
+    assert target.rel not in sessions
+    before = index_facts(dest)
+    rebuild_index(dest)
+    assert index_facts(dest) == before
+
+
 def test_remote_and_local_listing_agree(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

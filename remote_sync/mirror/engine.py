@@ -41,7 +41,7 @@ from ..errors import (
 from ..events import Emit, ErrorEvent, FileCounts, HostDone, Progress, Summary
 from ..formats.readers import get_reader
 from ..index.facts import FormatReader
-from ..index.store import load_facts
+from ..index.store import delete_sessions, load_facts
 from ..index.update import FileIndexer, IndexUpdate, index_range, indexer_for
 from ..index.worker import IndexJob, IndexWorker, IndexWorkerError
 from ..inventory import Host
@@ -391,7 +391,13 @@ class HostSync:
 
             def write_index() -> None:
                 for item in items:
-                    if item.index is not None:
+                    if item.index is None:
+                        continue
+                    if item.row.size == 0:
+                        # Not one whole line yet (or any more): no session, as a rebuild of
+                        # the mirror has none for an empty file.
+                        delete_sessions(db, [(item.row.host, item.row.path)])
+                    else:
                         item.index.write(db)
 
             self.state.commit((item.row for item in items), also=write_index)

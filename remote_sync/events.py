@@ -1,7 +1,8 @@
 """Progress and result events, and their two renderers (rich on a TTY, JSON lines for scripts).
 
 The engine reports everything it does as events; it never prints. Every event is a msgspec
-Struct tagged by ``type`` (``progress``, ``host_done``, ``error``, ``summary``) so ``--json``
+Struct tagged by ``type`` (``progress``, ``host_done``, ``error``, ``summary``, and with
+``--dry-run`` ``planned``) so ``--json``
 output is one self-describing JSON object per line, as restic and borg do it.
 
 Reporting must never cost a run its work: :func:`guarded` wraps a sink so that an exception it
@@ -93,7 +94,16 @@ class Summary(msgspec.Struct, tag="summary", tag_field="type"):
     seconds: float
 
 
-Event = Progress | ErrorEvent | HostDone | Summary
+class Planned(msgspec.Struct, tag="planned", tag_field="type"):
+    """With ``--dry-run``: one file that a sync would move (like ``rsync -n``'s list)."""
+
+    host: str
+    path: str  # relative to the host's root; undecodable bytes as backslash escapes
+    action: str  # "new", "grown", "rewritten" or "deleted" (marked, never removed)
+    bytes: int  # bytes the fetch would ask for (0 for a deletion)
+
+
+Event = Progress | ErrorEvent | HostDone | Summary | Planned
 Emit = Callable[[Event], None]
 
 _encoder = msgspec.json.Encoder()

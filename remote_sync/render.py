@@ -46,6 +46,9 @@ _UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _UNSHOWABLE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
+_ACTION_STYLE = {"new": "green", "grown": "cyan", "rewritten": "magenta", "deleted": "red"}
+
+
 def plain(text: str | None, style: str = "", *, lines: bool = False) -> Text:
     """``text`` as rich Text printed exactly as it is: no markup, no emoji codes, and control
     characters (escape sequences, carriage returns) and undecodable bytes shown as ``\\xNN``.
@@ -121,6 +124,17 @@ class RichRenderer:
             self.err.print(line, highlight=False)
             if event.hint:
                 self.err.print(Text.assemble("  ", plain(event.hint, "dim")), highlight=False)
+        elif isinstance(event, ev.Planned):
+            # rsync -n's list: one line per file a sync would move (above the progress bars).
+            size = f"{event.bytes:>12,}" if event.action != "deleted" else " " * 12
+            line = Text.assemble(
+                (f"{event.action:<9}", _ACTION_STYLE.get(event.action, "")),
+                f" {size}  ",
+                plain(event.host),
+                ": ",
+                plain(event.path),
+            )
+            self.console.print(line, highlight=False)
         elif isinstance(event, ev.Summary):
             self.progress.stop()
             self.console.print(recap_table(event))

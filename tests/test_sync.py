@@ -25,7 +25,8 @@ from synchelp import (
     write_inventory,
 )
 
-from remote_sync.events import ErrorEvent, HostDone, Progress, Summary
+from remote_sync.cli import main
+from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary
 from remote_sync.mirror.state import MirrorState
 
 
@@ -99,10 +100,29 @@ def test_dry_run_moves_nothing(
 ) -> None:
     inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
     make_openclaw_tree(fleet, "h0")
-    code, summary, _ = sync(inv, tmp_path / "m", capsys, "--dry-run")
+    dest = tmp_path / "m"
+    code, summary, events = sync(inv, dest, capsys, "--dry-run")
     assert code == 0 and summary.dry_run
     assert summary.files.new == 12
-    assert not (tmp_path / "m" / "h0").exists()
+    assert not dest.exists()  # nothing created, not even the state (as rsync -n)
+    planned = [e for e in events if isinstance(e, Planned)]
+    assert sorted(e.path.encode() for e in planned) == sorted(expected_tree(fleet.path("h0")))
+    assert {e.action for e in planned} == {"new"}
+    assert sum(e.bytes for e in planned) == summary.bytes
+    # Against a mirror: the files that grew, and those gone (marked, never removed).
+    sync(inv, dest, capsys)
+    rel = sorted(expected_tree(fleet.path("h0")))
+    append(fleet, "h0", rel[0].decode(), b'{"more": 1}\n')
+    os.unlink(fleet.path("h0", rel[1].decode()))
+    before = mirror_tree(dest, "h0")
+    code, summary, events = sync(inv, dest, capsys, "--dry-run")
+    planned = [(e.action, e.path.encode()) for e in events if isinstance(e, Planned)]
+    assert sorted(planned) == sorted([("grown", rel[0]), ("deleted", rel[1])])
+    assert mirror_tree(dest, "h0") == before
+    # On a terminal: one line per file, as rsync -n lists them.
+    assert main(["sync", "--inventory", str(inv), "--dest", str(dest), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "grown" in out and rel[0].decode() in out and rel[1].decode() in out
 
 
 def test_partial_trailing_line_waits_for_its_newline(

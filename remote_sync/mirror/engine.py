@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,7 +39,7 @@ from ..errors import (
     RemoteSyncError,
     TransferCancelledError,
 )
-from ..events import Emit, ErrorEvent, FileCounts, HostDone, Progress, Summary
+from ..events import Emit, ErrorEvent, FileCounts, HostDone, Planned, Progress, Summary
 from ..formats.readers import get_reader
 from ..index.facts import FormatReader
 from ..index.store import delete_sessions, load_facts
@@ -67,7 +68,7 @@ from .remote_ops import (
     listing_argv,
     new_marker,
 )
-from .state import FileState, MirrorState
+from .state import CONTROL_DIR, FileState, MirrorState
 from .writer import (
     AppendWriter,
     CommitBatch,
@@ -475,9 +476,13 @@ class HostSync:
         self.state.commit(rows)
 
     def _count_dry_run(self, plan: Plan) -> None:
+        """Report what a sync would move, file by file, and count it as the round's result."""
         counts = self.result.files
         for t in plan.transfers:
             setattr(counts, t.category, getattr(counts, t.category) + 1)
+            self.emit(Planned(self.name, _shown(t.remote.path), t.category, t.length))
+        for row in plan.deleted:
+            self.emit(Planned(self.name, _shown(row.path), "deleted", 0))
         counts.deleted = len(plan.deleted)
         self.result.bytes = plan.bytes
 
@@ -670,10 +675,13 @@ async def sync_fleet(
     started = time.monotonic()
     registry = registry if registry is not None else default_registry
     results: dict[str, HostRound] = {}
-    with MirrorState(options.dest) as state, registry.register(transfer_id, parent=token) as tok:
+    with contextlib.ExitStack() as stack:
+        state = stack.enter_context(_state_for(options, stack))
+        tok = stack.enter_context(registry.register(transfer_id, parent=token))
         _check_sources(state, hosts)
-        for note in state.recover([h.name for h in hosts]):
-            log.warning("recovery: %s", note)
+        if not options.dry_run:  # a dry run changes nothing, repairs included
+            for note in state.recover([h.name for h in hosts]):
+                log.warning("recovery: %s", note)
         limiter = anyio.CapacityLimiter(max(1, options.concurrency))
         async with SSHPool(options.pool) as pool, IndexWorkers() as workers:
 
@@ -696,6 +704,19 @@ async def sync_fleet(
                     tg.start_soon(one, host)
     rounds = [results[h.name] for h in hosts if h.name in results]
     return _summary(rounds, options, started, cancelled=tok.cancelled, emit=emit)
+
+
+def _state_for(options: SyncOptions, stack: contextlib.ExitStack) -> MirrorState:
+    """The destination's state; for a dry run on a destination not synced yet, an empty one
+    in a temporary directory, so that a dry run creates nothing (like ``rsync -n``)."""
+    dest = options.dest
+    if options.dry_run and not (dest / CONTROL_DIR / "state.db").exists():
+        dest = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="remote-sync-dry-")))
+    return MirrorState(dest)
+
+
+def _shown(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
 
 
 def _check_sources(state: MirrorState, hosts: Sequence[Host]) -> None:

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 #: Prefix of the first stderr line of every wrapped command.
 PID_MARKER = b"remote-sync-pid "
 
-# Runs under the user's login shell (which may be bash, dash, zsh, ash, even fish or csh: the
-# outer "exec sh -c" hands over to POSIX sh at once). "$$" is then the pid sshd started, which
-# is also the process group id; "exec" keeps that pid for the real command.
+# Runs under the user's login shell (bash, dash, zsh, ash: the outer "exec sh -c" hands over
+# to POSIX sh at once). "$$" is then the pid sshd started, which is also the process group id;
+# "exec" keeps that pid for the real command. csh and tcsh as login shells are not supported:
+# they reject a newline inside quotes and expand "!" there, and the scripts have both.
 _WRAPPER = 'echo "remote-sync-pid $$" >&2; exec "$@"'
 
 

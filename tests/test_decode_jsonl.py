@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import tracemalloc
 from typing import Any
@@ -81,9 +82,36 @@ def reference(
                 try:
                     model.append(("record", offset, length, decode(line)))
                 except (msgspec.DecodeError, RecursionError):
-                    model.append(("error", offset, length, None))
+                    model.append(_with_lone_surrogates(line, decode, offset, length))
         offset += length
     return model, offset
+
+
+def _replaced(value: Any) -> Any:
+    """``value`` with every lone surrogate (as Python's json reads one) made U+FFFD."""
+    if isinstance(value, str):
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+    if isinstance(value, list):
+        return [_replaced(v) for v in value]
+    if isinstance(value, dict):
+        return {_replaced(k): _replaced(v) for k, v in value.items()}
+    return value
+
+
+def _with_lone_surrogates(line: bytes, decode: Any, offset: int, length: int) -> tuple[Any, ...]:
+    """The model of a line msgspec refuses: a record when Python's json reads it with lone
+    surrogates and msgspec reads it once they are U+FFFD; else an error."""
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        return ("error", offset, length, None)
+    fixed = _replaced(value)
+    if fixed == value:
+        return ("error", offset, length, None)
+    try:
+        return ("record", offset, length, decode(json.dumps(fixed).encode()))
+    except (msgspec.DecodeError, RecursionError):
+        return ("error", offset, length, None)
 
 
 def as_model(items: list[Item], max_line_bytes: int) -> list[tuple[Any, ...]]:
@@ -215,6 +243,24 @@ def test_struct_tolerates_unknown_fields_and_reports_schema_mismatch() -> None:
     assert isinstance(items[2], LineError)
     assert items[2].reason.startswith("schema mismatch: ")
     assert items[3] == Record(len(data) - 13, 13, View(type="m"))
+
+
+def test_a_lone_surrogate_escape_is_read_as_the_replacement_character() -> None:
+    """JavaScript agents cut long texts by UTF-16 units: a cut inside an emoji leaves a lone
+    surrogate, which JSON.stringify writes as an escape. The line is valid JSON, not lost."""
+    data = (
+        b'{"type":"t","text":"cut \\ud83d"}\n'  # a lone high surrogate
+        b'{"type":"t","text":"\\\\ud83d"}\n'  # an escaped backslash, then plain text
+        b'{"type":"t","text":"\\ud83d\\ude00 \\ude00"}\n'  # a pair, then a lone low one
+    )
+    items, _ = decode_all(data)
+    assert [i.value["text"] for i in items if isinstance(i, Record)] == [
+        "cut \ufffd",
+        "\\ud83d",
+        "\U0001f600 \ufffd",
+    ]
+    fed = JsonlDecoder(View).feed_values(data)
+    assert (len(fed.values), fed.malformed) == (3, 0)
 
 
 def test_crlf_lines() -> None:
@@ -399,8 +445,19 @@ _hostile_line = st.one_of(
     st.sampled_from([b"[1,2]", b"1", b'"s"', b"null", b"{", b"}", b"\x00", b"\r", b"\x0c"]),
     st.sampled_from([b"", b" ", b"\t\r", b"\r"]),
 )
+# Lone surrogate escapes (JavaScript cut a string inside a surrogate pair), next to pairs,
+# escaped backslashes and plain text; in values and in keys.
+_surrogate_text = st.lists(
+    st.sampled_from(["\ud83d", "\ude00", "\udbff", "x", "\\", "\\u", "\ud83d\ude00", "é"]),
+    max_size=5,
+).map("".join)
+_surrogate_line = st.builds(
+    lambda key, value: json.dumps({key: value, "a": [value]}).encode(),
+    _surrogate_text,
+    _surrogate_text,
+)
 _long_line = st.builds(lambda n: b'{"a":"' + b"L" * n + b'"}', st.integers(10, 80))
-_line = st.one_of(_object_line, _object_line, _hostile_line, _long_line)
+_line = st.one_of(_object_line, _object_line, _hostile_line, _long_line, _surrogate_line)
 
 
 @st.composite

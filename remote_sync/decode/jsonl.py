@@ -250,9 +250,13 @@ class JsonlDecoder(Generic[T]):
                 try:
                     out.append(Record(offset, length, self._decode(line)))
                 except Exception as exc:
-                    error = _line_error(line, offset, exc)
-                    if error is not None:
-                        out.append(error)
+                    repaired = _decode_repaired(self._decode, line)
+                    if repaired is not None:
+                        out.append(Record(offset, length, repaired[0]))
+                    else:
+                        error = _line_error(line, offset, exc)
+                        if error is not None:
+                            out.append(error)
         self._parts.clear()
         self._pending_len = 0
         self._skipping = False
@@ -283,9 +287,13 @@ class JsonlDecoder(Generic[T]):
                 try:
                     append(Record(base + pos, length, decode(view[pos:nl])))
                 except Exception as exc:
-                    error = _line_error(data[pos:nl], base + pos, exc)
-                    if error is not None:
-                        append(error)
+                    repaired = _decode_repaired(decode, data[pos:nl])
+                    if repaired is not None:
+                        append(Record(base + pos, length, repaired[0]))
+                    else:
+                        error = _line_error(data[pos:nl], base + pos, exc)
+                        if error is not None:
+                            append(error)
             pos = nl + 1
         self._committed = base + pos
 
@@ -406,7 +414,11 @@ class JsonlDecoder(Generic[T]):
                 try:
                     value = decode(view[pos:nl])
                 except Exception:
-                    if data[pos:nl].strip(_JSON_WS):  # a blank line is no error
+                    repaired = _decode_repaired(decode, data[pos:nl])
+                    if repaired is not None:
+                        values.append(repaired[0])
+                        offsets.append(base + pos)
+                    elif data[pos:nl].strip(_JSON_WS):  # a blank line is no error
                         malformed += 1
                 else:
                     values.append(value)
@@ -484,6 +496,44 @@ def _invalid_utf8_starts(data: bytes, pos: int, end: int, base: int, max_bytes: 
         else:
             pos = stop
     return bad
+
+
+# A JSON string escape: a surrogate pair, a lone surrogate, or any other escape (taken whole,
+# so that an escaped backslash before "u" is never read as the start of a \u escape).
+_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+    rb"|\\."
+)
+
+
+def _decode_repaired(decode: Any, line: bytes) -> tuple[Any] | None:
+    """``(value,)`` of a line msgspec refused only for a lone surrogate escape, else None.
+
+    JavaScript agents write one when they cut a string in the middle of a surrogate pair
+    (``text.slice(0, n)`` of a long tool output ending in an emoji): JSON's grammar allows it
+    and Python's json reads it, but msgspec refuses the whole line, and the index would lose
+    that message. It is read as U+FFFD, the replacement character.
+    """
+    if b"\\u" not in line:
+        return None
+    replaced = False
+
+    def lone_to_replacement(match: re.Match[bytes]) -> bytes:
+        nonlocal replaced
+        escape = match[0]
+        if len(escape) == 6 and escape[2] in b"dD":
+            replaced = True
+            return b"\\ufffd"
+        return escape
+
+    fixed = _ESCAPE.sub(lone_to_replacement, line)
+    if not replaced:
+        return None
+    try:
+        return (decode(fixed),)
+    except Exception:
+        return None
 
 
 def _line_error(line: bytes, offset: int, exc: Exception) -> LineError | None:

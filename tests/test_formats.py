@@ -291,7 +291,8 @@ def test_title_skips_injected_and_meta_lines() -> None:
     data = b"".join(msgspec.json.encode(r) + b"\n" for r in claude)
     facts = fold(READERS["claude-code"], data)
     assert facts.title == "Fix the build " + "x" * 65 + "…"
-    assert (facts.user, facts.tool) == (5, 1)
+    # The meta line and the compaction summary were not typed by the user: system messages.
+    assert (facts.user, facts.tool, facts.system) == (3, 1, 2)
 
     def codex(text: str) -> dict[str, Any]:
         content = [{"type": "input_text", "text": text}]
@@ -308,7 +309,15 @@ def test_title_skips_injected_and_meta_lines() -> None:
         codex("add a --dry-run flag"),
     ]
     data = b"".join(msgspec.json.encode(r) + b"\n" for r in rows)
-    assert fold(READERS["codex"], data).title == "add a --dry-run flag"
+    facts = fold(READERS["codex"], data)
+    assert facts.title == "add a --dry-run flag"
+    # Codex injects the first two into every rollout: one prompt is one user message, so a
+    # one-prompt session can be of low value.
+    assert (facts.user, facts.system) == (1, 2)
+    reader = READERS["codex"]
+    decoded = JsonlDecoder(reader.line_type).feed(data)
+    shown = [reader.message(r.value, r.offset) for r in decoded if isinstance(r, Record)]
+    assert [m.role for m in shown if m is not None] == ["system", "system", "user"]
 
 
 # --- chunking and incremental folding -------------------------------------------------------

@@ -17,6 +17,8 @@ What is read from a line (types ``user`` and ``assistant`` with a ``message`` ar
 
 * role: ``message.role`` (the line's ``type`` if absent). A ``user`` line whose content holds
   a ``tool_result`` block is a **tool** message: that is how Claude Code records tool output.
+  A ``user`` line marked ``isMeta`` (text the harness injected) or ``isCompactSummary`` (the
+  summary that replaces a compacted history) is a **system** message: the user typed neither.
 * One API response is written as several ``assistant`` lines (one per content block), each
   repeating the response's ``usage``. Each line counts as an assistant message (so that
   every line ``message()`` renders is one counted message), but the usage is counted once per
@@ -150,9 +152,11 @@ class ClaudeCodeReader:
             elif role == "user":
                 if _is_tool_result(content):
                     facts.tool += 1
+                elif line.isMeta or line.isCompactSummary:
+                    facts.system += 1
                 else:
                     facts.user += 1
-                    if facts.title is None and not line.isMeta and not line.isCompactSummary:
+                    if facts.title is None:
                         text = blocks_text(content)
                         if text and not is_injected(text):
                             facts.add_title(text)
@@ -180,6 +184,8 @@ class ClaudeCodeReader:
             text = blocks_text(content)
             if isinstance(content, list):
                 calls = [make_tool_call(b.name, b.input) for b in content if b.type == "tool_use"]
+            if role == "user" and (line.isMeta or line.isCompactSummary):
+                role = "system"  # as counted (see update)
         model = msg.model if msg.model != "<synthetic>" else None
         return Message(
             offset=offset,

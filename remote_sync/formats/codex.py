@@ -14,9 +14,11 @@ Every line is ``{timestamp, type, payload}``; what is read:
   (``agent``) when the path gave none.
 * ``response_item`` with ``payload.type``:
 
-  - ``message``: a message of ``payload.role`` (``developer`` counts as system); the first
-    user text that is not injected context (``<environment_context>``, ``<user_instructions>``,
-    ``# AGENTS.md instructions…``) is the title;
+  - ``message``: a message of ``payload.role`` (``developer`` counts as system). A user
+    message whose text is context Codex injects (``<environment_context>``,
+    ``<user_instructions>``, ``# AGENTS.md instructions…``, in every rollout) counts as
+    system too: it was not typed by the user, and a one-prompt session would otherwise never
+    be of low value. The first user text left is the title;
   - ``function_call``, ``custom_tool_call``, ``local_shell_call``: a tool call, and an
     assistant message (the model's turn that asked for it; ``show`` renders it);
   - ``function_call_output``, ``custom_tool_call_output``: a tool message;
@@ -142,11 +144,13 @@ class CodexReader:
                 item = p.type
                 if item == "message":
                     role = p.role
-                    facts.add_message(role)
-                    if role == "user" and facts.title is None:
+                    if role == "user":
                         text = blocks_text(p.content, _TEXT_KINDS)
-                        if text and not is_injected(text):
+                        if text and is_injected(text):
+                            role = "system"
+                        elif facts.title is None:
                             facts.add_title(text)
+                    facts.add_message(role)
                 elif item in _CALLS:
                     facts.tool_calls += 1
                     facts.assistant += 1
@@ -182,6 +186,8 @@ class CodexReader:
         if item == "message":
             role = canonical_role(p.role)
             text = blocks_text(p.content, _TEXT_KINDS)
+            if role == "user" and text and is_injected(text):
+                role = "system"  # as counted (see update)
         elif item == "function_call":
             role = "assistant"
             calls = [tool_call(p.name, raw_string(p.arguments))]

@@ -306,6 +306,20 @@ def rows_of(out: str) -> dict[tuple[str, str], SessionRow]:
     return {(r.host, r.path): r for r in rows}
 
 
+def mirrored_and_remote_rows(
+    inventory: Path, dest: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[dict[tuple[str, str], SessionRow], dict[tuple[str, str], SessionRow]]:
+    """``sessions list --json`` of a fresh mirror of the inventory, and of the hosts asked."""
+    assert main(["sync", "--inventory", str(inventory), "--dest", str(dest), "--json"]) == 0
+    capsys.readouterr()
+    code, out, err = cli(["sessions", "list", "--json", "-d", str(dest)], capsys)
+    assert code == 0, err
+    local = rows_of(out)
+    code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inventory)], capsys)
+    assert code == 0, err
+    return local, rows_of(out)
+
+
 def test_list_remote_equals_the_mirror_every_format(
     fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -332,16 +346,7 @@ def test_list_remote_equals_the_mirror_every_format(
     subprocess.run(["chmod", "-R", "a+rX", str(fleet.path(name))], check=True)
     inventory = tmp_path / "inventory.toml"
     inventory.write_text("\n".join(lines) + "\n")
-    dest = tmp_path / "mirror"
-    assert main(["sync", "--inventory", str(inventory), "--dest", str(dest), "--json"]) == 0
-    capsys.readouterr()
-
-    code, out, err = cli(["sessions", "list", "--json", "-d", str(dest)], capsys)
-    assert code == 0, err
-    local = rows_of(out)
-    code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inventory)], capsys)
-    assert code == 0, err
-    remote = rows_of(out)
+    local, remote = mirrored_and_remote_rows(inventory, tmp_path / "mirror", capsys)
     assert remote == local
     assert sum(1 for host, _ in remote if host.endswith("-openclaw")) >= len(hostile)
     want = {
@@ -481,16 +486,7 @@ def test_list_remote_and_mirror_agree_on_class(
         path = fleet.write(name, f"{SESSIONS}/{stem}.jsonl", data)
         os.utime(path, (mtime, mtime))
     inventory = write_inventory(fleet, tmp_path / "inv.toml", [name])
-    dest = tmp_path / "mirror"
-    assert main(["sync", "--inventory", str(inventory), "--dest", str(dest), "--json"]) == 0
-    capsys.readouterr()
-
-    code, out, err = cli(["sessions", "list", "--json", "-d", str(dest)], capsys)
-    assert code == 0, err
-    local = rows_of(out)
-    code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inventory)], capsys)
-    assert code == 0, err
-    remote = rows_of(out)
+    local, remote = mirrored_and_remote_rows(inventory, tmp_path / "mirror", capsys)
     assert remote == local  # every field, class included
     for stem, _, _, klass in cases:
         row = remote[(name, f"{SESSIONS}/{stem}.jsonl")]

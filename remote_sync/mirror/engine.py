@@ -352,7 +352,9 @@ class HostSync:
         # Files this flush will replace by rename lose their identity first: a run killed
         # after the renames and before the commit then finds checkpoints that recovery does
         # not cut back to, and that the next round fetches whole.
-        self.state.mark_in_doubt(item.row for item in items if item.temp is not None)
+        self.state.mark_in_doubt(
+            item.row for item in items if item.temp is not None and item.category != "new"
+        )
         self.inflight = _Flush(self.state, items)
 
     async def _flush(self) -> None:

@@ -73,6 +73,8 @@ def _makedirs_for(path: Path, host: str, remote_path: bytes, dirs: set[Path]) ->
     while not parent.is_dir() and parent != parent.parent:
         missing.append(parent)
         parent = parent.parent
+    if not missing:
+        return  # the usual case: one stat, no mkdir
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:

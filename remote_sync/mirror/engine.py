@@ -308,7 +308,7 @@ class HostSync:
                     del chunk
                 await handler.handle_all(parser.close())
         except RemoteCommandError as exc:
-            handler.abort()
+            handler.abort_naming(exc)
             if exc.exit_status == EXIT_ROOT_UNUSABLE:
                 raise RemoteCommandError(
                     f"the remote root {self.host.source.root!r} vanished during the fetch",
@@ -316,6 +316,9 @@ class HostSync:
                     exit_status=exc.exit_status,
                     stderr_tail=exc.stderr_tail,
                 ) from exc
+            raise
+        except RemoteSyncError as exc:  # e.g. the connection lost midway
+            handler.abort_naming(exc)
             raise
         except BaseException:
             handler.abort()
@@ -656,6 +659,12 @@ class _FrameHandler:
         if self.writer is not None:
             self.writer.abort()
             self.writer = None
+
+    def abort_naming(self, exc: RemoteSyncError) -> None:
+        """:meth:`abort`, and name in ``exc`` the file it interrupted (when it names none)."""
+        if exc.path is None and self.writer is not None:
+            exc.path = _shown(self.transfers[self.index].remote.path)
+        self.abort()
 
     def abort(self) -> None:
         try:

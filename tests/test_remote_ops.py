@@ -619,6 +619,31 @@ def test_local_listing_of_hostile_names(toolset: Runner, tmp_path: Path) -> None
     assert not list(tmp_path.rglob("pwned"))
 
 
+def test_local_listing_with_a_find_that_knows_only_exec_semicolon(
+    busybox: str, tmp_path: Path
+) -> None:
+    """BusyBox built without FEATURE_FIND_EXEC_PLUS refuses ``-exec ... {} +``: the listing
+    runs its stat loop once per file instead, and lists the same files."""
+    bindir = applet_dir(busybox, tmp_path / "bb")
+    os.unlink(bindir / "find")
+    (bindir / "find").write_text(
+        f"#!{bindir}/sh\n"
+        'for a do [ "$a" = + ] && { echo "find: unrecognized: +" >&2; exit 1; }; done\n'
+        f'exec {busybox} find "$@"\n'
+    )
+    (bindir / "find").chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    runner: Runner = ([str(bindir / "sh")], {"PATH": str(bindir), "HOME": str(home)})
+    root = tmp_path / "root"
+    root.mkdir()
+    build_tree(root)
+    rc, out, err = run_local(runner, listing_argv(str(root), ["."]))
+    assert (rc, err) == (0, b"")
+    assert set(parse_listing(out)) == set(walk_regular(root))
+    assert not list(tmp_path.rglob("pwned"))
+
+
 def test_local_listing_start_points_and_root(toolset: Runner, tmp_path: Path) -> None:
     home = Path(toolset[1]["HOME"])
     root = home / "sessions root"

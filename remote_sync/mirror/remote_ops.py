@@ -202,6 +202,10 @@ list_files() {
     elif find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
         find "$@" -type f -printf '%s %T@ %D %i\n%p\0'
     else
+        # Some BusyBox builds (FEATURE_FIND_EXEC_PLUS off) know only "-exec ... ;": one sh per
+        # file, slower but a listing all the same.
+        end=+
+        find . -maxdepth 0 -exec true {} + >/dev/null 2>&1 || end=';'
         find "$@" -type f -exec sh -c '
             for f do
                 if s=$(stat -c "%s %Y %d %i" -- "$f" 2>&1); then
@@ -212,7 +216,7 @@ list_files() {
                 *": No such file or directory") ;;
                 *) printf "%s\n" "$s" >&2 ;;
                 esac
-            done' sh {} +
+            done' sh {} "$end"
     fi
 }
 drop_vanished() {

@@ -40,6 +40,12 @@ class RemoteSyncError(Exception):
         return f"{text} ({self.hint})" if self.hint else text
 
 
+def path_text(path: bytes) -> str:
+    """A remote path (any bytes) as text for messages and events: bytes that are not UTF-8
+    appear as ``\\xNN`` escapes, so the text names the file exactly and always encodes."""
+    return path.decode("utf-8", "backslashreplace")
+
+
 def _printable(path: str | None) -> str | None:
     """Show a hostile path (newlines, control bytes) on one line without hiding what it is."""
     if path is None:

@@ -61,7 +61,7 @@ from typing import Any
 
 from ..cancel import CancelToken
 from ..decode.jsonl import JsonlDecoder, Record
-from ..errors import ConfigError, ProtocolError, RemoteCommandError
+from ..errors import ConfigError, ProtocolError, RemoteCommandError, path_text
 from ..formats.readers import get_reader
 from ..inventory import Host
 from ..mirror.remote_ops import ENTER_ROOT_SH, EXIT_ROOT_UNUSABLE, new_marker
@@ -446,10 +446,6 @@ def show_argv(
 # ----------------------------------------------------------------------------- frames
 
 
-def _show(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")
-
-
 def _relative(path: bytes) -> bytes:
     """A path as find printed it (``./a/b``) → relative to the root, checked."""
     rel = path[2:] if path.startswith(b"./") else path
@@ -595,7 +591,7 @@ class FrameStream:
             at += 1
 
     def _error(self, what: str, found: bytes) -> ProtocolError:
-        path = _show(self.path) if self.path is not None else None
+        path = path_text(self.path) if self.path is not None else None
         return ProtocolError(f"{what}; found {found[:80]!r}", host=self.host, path=path)
 
 
@@ -677,7 +673,9 @@ async def stream_remote_sessions(
                                 batch = []
                         indexer = None
                     elif kind == "U":
-                        log.warning("%s: %s is not readable: left out", host.name, _show(item.arg))
+                        log.warning(
+                            "%s: %s is not readable: left out", host.name, path_text(item.arg)
+                        )
                     else:
                         raise ProtocolError(
                             f"unexpected frame {kind!r} in a listing", host=host.name
@@ -869,7 +867,7 @@ async def read_remote_session(
     )
     if outcome.result is None:
         raise ConfigError(
-            f"no session file {_show(path)!r}",
+            f"no session file {path_text(path)!r}",
             host=host.name,
             hint="see `remote-sync sessions list --remote` for the sessions",
         )
@@ -903,7 +901,7 @@ def _pick(host: Host, reader: FormatReader, session: str, matches: _Matches) -> 
             return paths[0]
         if count > 1:
             shown = "\n  ".join(
-                f"{_show(p)}  (session {reader.identify(p)[1]})"
+                f"{path_text(p)}  (session {reader.identify(p)[1]})"
                 for p in sorted(paths)[:SHOWN_MATCHES]
             )
             more = f"\n  … and {count - SHOWN_MATCHES} more" if count > SHOWN_MATCHES else ""
@@ -974,7 +972,7 @@ async def _run_show(
                         if exact is not None:
                             outcome.matches.add(current, exact)
                         continue
-                    where = _show(current) if current is not None else None
+                    where = path_text(current) if current is not None else None
                     if kind in "BS" and match is not None and match(current or b"") is None:
                         return outcome  # the one candidate is no session this names
                     if kind == "G":

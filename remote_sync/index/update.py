@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..decode.jsonl import JsonlDecoder
-from ..errors import MirrorError
+from ..errors import MirrorError, path_text
 from .facts import FormatReader, SessionFacts
 from .store import MARK_EVERY, delete_sessions, load_facts, put_session
 
@@ -195,7 +195,7 @@ def rebuild_index(
                             f"cannot read the mirrored file: {exc.strerror or exc}; "
                             "its session is left out of the index",
                             host=host,
-                            path=path.decode("utf-8", "backslashreplace"),
+                            path=path_text(path),
                             hint=f"restore {local} or fix its permissions, then run "
                             "`remote-sync index rebuild` again",
                         )

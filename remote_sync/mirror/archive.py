@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, path_text
 from .fetch_events import Begin, Data, End, FrameEvent, Short, scan_region
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ class ArchiveReader:
         raise ProtocolError(
             f"{what} in the fetch output; found {buf[pos : pos + 80]!r}",
             host=self.host,
-            path=path.decode("utf-8", "backslashreplace") if path is not None else None,
+            path=path_text(path) if path is not None else None,
         )
 
     def _keep(self, buf: bytes, pos: int) -> int:

@@ -38,6 +38,7 @@ from ..errors import (
     RemoteCommandError,
     RemoteSyncError,
     TransferCancelledError,
+    path_text,
 )
 from ..events import Emit, ErrorEvent, FileCounts, HostDone, Planned, Progress, Summary
 from ..formats.readers import get_reader
@@ -440,7 +441,7 @@ class HostSync:
             raise MirrorError(
                 f"cannot read the mirrored file to index it: {exc.strerror or exc}",
                 host=row.host,
-                path=row.path.decode("utf-8", "backslashreplace"),
+                path=path_text(row.path),
                 hint="a rerun fetches and indexes it again",
             ) from exc
 
@@ -458,8 +459,11 @@ class HostSync:
 
     def _fail(self, path: bytes, message: str, kind: str = "file_failed") -> None:
         self.result.files.failed += 1
-        shown = path.decode("utf-8", "backslashreplace")
-        self.emit(ErrorEvent(self.name, shown, kind, message, "see the message; a rerun retries"))
+        self.emit(
+            ErrorEvent(
+                self.name, path_text(path), kind, message, "see the message; a rerun retries"
+            )
+        )
 
     def _mark_deleted(self, rows: list[FileState]) -> None:
         """Files gone from the remote: ``deleted``, or ``renamed`` when a file new this round
@@ -485,9 +489,9 @@ class HostSync:
         counts = self.result.files
         for t in plan.transfers:
             setattr(counts, t.category, getattr(counts, t.category) + 1)
-            self.emit(Planned(self.name, _shown(t.remote.path), t.category, t.length))
+            self.emit(Planned(self.name, path_text(t.remote.path), t.category, t.length))
         for row in plan.deleted:
-            self.emit(Planned(self.name, _shown(row.path), "deleted", 0))
+            self.emit(Planned(self.name, path_text(row.path), "deleted", 0))
         counts.deleted = len(plan.deleted)
         self.result.bytes = plan.bytes
 
@@ -663,7 +667,7 @@ class _FrameHandler:
     def abort_naming(self, exc: RemoteSyncError) -> None:
         """:meth:`abort`, and name in ``exc`` the file it interrupted (when it names none)."""
         if exc.path is None and self.writer is not None:
-            exc.path = _shown(self.transfers[self.index].remote.path)
+            exc.path = path_text(self.transfers[self.index].remote.path)
         self.abort()
 
     def abort(self) -> None:
@@ -726,10 +730,6 @@ def _state_for(options: SyncOptions, stack: contextlib.ExitStack) -> MirrorState
     return MirrorState(dest)
 
 
-def _shown(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")
-
-
 def _check_sources(state: MirrorState, hosts: Sequence[Host]) -> None:
     """Refuse a host name this mirror already holds for another format or root.
 
@@ -758,9 +758,8 @@ class _Flush:
         self.items = items
         self.done = anyio.Event()
         self.error: BaseException | None = None
-        token = anyio.lowlevel.current_token()
-
         self.failed: list[tuple[Pending, MirrorError]] = []
+        token = anyio.lowlevel.current_token()
 
         def run() -> None:
             try:

@@ -67,7 +67,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import ConfigError, ProtocolError
+from ..errors import ConfigError, ProtocolError, path_text
 from ..ssh.remote import sh_script
 from .archive import ArchiveReader
 from .fetch_events import (
@@ -488,10 +488,6 @@ _STAT_LINE = re.compile(
 )
 
 
-def _show(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")
-
-
 def _path_problem(path: bytes) -> str | None:
     """Why ``path`` (already without its ``./``) is not a safe relative path, or None."""
     if not path:
@@ -600,14 +596,16 @@ class ListingParser:
             raise ProtocolError(
                 f"malformed listing record {line[:80]!r} for path {path[:200]!r}",
                 host=self.host,
-                path=_show(path[:200]),
+                path=path_text(path[:200]),
             )
         if path.startswith(b"./"):
             path = path[2:]
         problem = _path_problem(path)
         if problem is not None:
             raise ProtocolError(
-                f"unsafe path in listing ({problem}): {path!r}", host=self.host, path=_show(path)
+                f"unsafe path in listing ({problem}): {path!r}",
+                host=self.host,
+                path=path_text(path),
             )
         size, mtime, dev, ino = match.groups()
         return RemoteFile(path, int(size), float(mtime), int(dev), int(ino))
@@ -736,7 +734,7 @@ class FrameParser:
                 f"fetch output ended {'inside a frame' if inside else 'before its frame'}: "
                 f"{len(pending)} of {len(self.requests)} requests unanswered",
                 host=self.host,
-                path=_show(self.requests[index].path) if index >= 0 else None,
+                path=path_text(self.requests[index].path) if index >= 0 else None,
             )
         return []
 
@@ -747,7 +745,7 @@ class FrameParser:
         return ProtocolError(
             f"{what}{about}; found {found[:80]!r}",
             host=self.host,
-            path=_show(path) if path is not None else None,
+            path=path_text(path) if path is not None else None,
         )
 
     def _header(self, buf: bytes, pos: int, events: list[FrameEvent]) -> int:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LockedError, MirrorError, StateError
+from ..errors import LockedError, MirrorError, StateError, path_text
 from ..index.store import ensure_schema as ensure_index_schema
 
 CONTROL_DIR = ".remote-sync"
@@ -257,15 +257,17 @@ class MirrorState:
                 size = _size_of(local)
                 if size == committed:
                     continue
-                kept = self._unrecorded_version(host, path, version)
+                kept = self.last_version_on_disk(host, path, version)
                 if size < 0 and kept > version:
                     # Killed between a rewrite's two renames: the old copy went to versions/
                     # and the new one never arrived. Undo the first rename.
                     os.rename(self.version_path(host, path, kept), local)
-                    _fsync_dir(os.path.dirname(local))
+                    fsync_dir(os.path.dirname(local))
                     kept -= 1
                     size = _size_of(local)
-                    notes.append(f"{host}: {_show(path)}: put back from versions/ (v{kept + 1})")
+                    notes.append(
+                        f"{host}: {path_text(path)}: put back from versions/ (v{kept + 1})"
+                    )
                     if size == committed:
                         continue
                 if size > committed and kind == "append" and kept == version and ino != -1:
@@ -275,7 +277,7 @@ class MirrorState:
                         out.truncate(committed)
                         os.fsync(out.fileno())
                     notes.append(
-                        f"{host}: {_show(path)}: cut back to the checkpoint "
+                        f"{host}: {path_text(path)}: cut back to the checkpoint "
                         f"({size - committed} uncommitted bytes)"
                     )
                     continue
@@ -295,7 +297,7 @@ class MirrorState:
                         row.fingerprint = fingerprint_of(src.read(FINGERPRINT_BYTES))
                 followed.append(row)
                 notes.append(
-                    f"{host}: {_show(path)}: does not match its checkpoint"
+                    f"{host}: {path_text(path)}: does not match its checkpoint"
                     f" ({'missing' if size < 0 else f'{size} bytes, {committed} committed'});"
                     " it will be fetched whole"
                 )
@@ -303,14 +305,14 @@ class MirrorState:
                 raise MirrorError(
                     f"cannot check the mirrored file against its checkpoint: {exc.strerror or exc}",
                     host=host,
-                    path=_show(path),
+                    path=path_text(path),
                     hint="check the destination's permissions and free space",
                 ) from exc
         if followed:
             self.commit(followed, also=lambda: self._reindex(followed))
         return notes
 
-    def _unrecorded_version(self, host: str, path: bytes, version: int) -> int:
+    def last_version_on_disk(self, host: str, path: bytes, version: int) -> int:
         """The highest version on disk in an unbroken run after ``version`` (the recorded one):
         a rewrite killed before its commit leaves its old copy there, unrecorded."""
         while os.path.lexists(self.version_path(host, path, version + 1)):
@@ -346,7 +348,7 @@ class MirrorState:
                     raise MirrorError(
                         f"cannot read the mirrored file to index it: {exc.strerror or exc}",
                         host=row.host,
-                        path=_show(row.path),
+                        path=path_text(row.path),
                         hint="check the destination's permissions",
                     ) from exc
                 update.fresh = True
@@ -502,10 +504,6 @@ class _Transaction:
             self.db.execute("ROLLBACK")
 
 
-def _show(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")
-
-
 def _size_of(path: bytes) -> int:
     """The file's size, or -1 when there is none."""
     try:
@@ -514,7 +512,8 @@ def _size_of(path: bytes) -> int:
         return -1
 
 
-def _fsync_dir(directory: bytes | str) -> None:
+def fsync_dir(directory: bytes | str | os.PathLike[str]) -> None:
+    """Make a directory's entries (files created, renamed or removed in it) durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ..errors import MirrorError
+from ..errors import MirrorError, path_text
 from ..index.update import FileIndexer, IndexUpdate
-from .state import FINGERPRINT_BYTES, FileState, MirrorState, fingerprint_of
+from .state import FINGERPRINT_BYTES, FileState, MirrorState, fingerprint_of, fsync_dir
 
 if TYPE_CHECKING:
     from ..index.worker import IndexJob
@@ -59,7 +59,7 @@ class RewriteDetected(Exception):
 
 
 def _mirror_error(exc: OSError, host: str, path: bytes, doing: str) -> MirrorError:
-    shown = path.decode("utf-8", "backslashreplace")
+    shown = path_text(path)
     if exc.errno == errno.ENOSPC:
         return MirrorError(f"disk full while {doing}", host=host or None, path=shown)
     return MirrorError(f"cannot {doing}: {exc.strerror or exc}", host=host or None, path=shown)
@@ -82,7 +82,7 @@ def _makedirs_for(path: Path, host: str, remote_path: bytes, dirs: set[Path]) ->
             "a parent of this path is a file in the mirror (the remote replaced a file by a "
             "directory); the old file is kept",
             host=host,
-            path=remote_path.decode("utf-8", "backslashreplace"),
+            path=path_text(remote_path),
             hint="move the conflicting mirror file aside, then run again",
         ) from exc
     except OSError as exc:
@@ -391,11 +391,7 @@ def make_durable(state: MirrorState, items: list[Pending]) -> Durable:
         else:
             for directory in dirs:
                 try:
-                    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    fsync_dir(directory)
                 except OSError as exc:
                     raise MirrorError(
                         f"cannot sync a directory of the mirror: {exc.strerror or exc}",
@@ -491,7 +487,7 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
         raise MirrorError(
             "the mirror has a directory where the remote has a file",
             host=row.host,
-            path=row.path.decode("utf-8", "backslashreplace"),
+            path=path_text(row.path),
         )
     kept: Path | None = None
     recorded = row.version
@@ -501,9 +497,7 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
             # Numbered after every version on disk, not only the recorded ones: a run killed
             # before its commit leaves one the checkpoint does not count, and rename()
             # would replace it. (The destination's lock keeps other writers out.)
-            version = row.version + 1
-            while os.path.lexists(state.version_path(row.host, row.path, version)):
-                version += 1
+            version = state.last_version_on_disk(row.host, row.path, row.version) + 1
             row.version = version
             kept = state.version_path(row.host, row.path, version)
             _makedirs_for(kept, row.host, row.path, dirs)

@@ -458,8 +458,7 @@ def fetch_stdin(requests: Sequence[FetchRequest], marker: str | None = None) -> 
             start = b"0+%d" % request.start  # one dd with bs=1 reaches it
         else:
             start = b"%d+%d" % divmod(request.start, SKIP_BLOCK)
-        length = request.length + 1 if request.detect_growth else request.length
-        parts.append(b"%s:%d:%s\x00" % (start, length, request.path))
+        parts.append(b"%s:%d:%s\x00" % (start, request.asked, request.path))
     return b"".join(parts)
 
 
@@ -630,6 +629,11 @@ class FetchRequest:
     :class:`End`. For whole files that are not line-committed (a prefix of their new content
     is not a valid copy); not with ``archive``."""
 
+    @property
+    def asked(self) -> int:
+        """Bytes the host is asked for: one more than ``length`` with ``detect_growth``."""
+        return self.length + 1 if self.detect_growth else self.length
+
     def __post_init__(self) -> None:
         # An empty whole file is asked for with 0 bytes: the extra byte of detect_growth
         # still tells whether it is empty.
@@ -783,7 +787,7 @@ class FrameParser:
             request = self.requests[index]
             self._in_data = True
             self._length = request.length
-            self._remaining = request.length + (1 if request.detect_growth else 0)
+            self._remaining = request.asked
             self._received = 0
         else:
             events.append(Gone(index) if kind == 0x47 else Denied(index))

@@ -26,13 +26,13 @@ from .errors import RemoteSyncError, TransferCancelledError
 from .events import Emit, ErrorEvent, Progress, Summary, guarded
 from .index.facts import Message
 from .index.query import SessionRow
+from .index.store import INT64_MAX
 from .inventory import Host
 
 if TYPE_CHECKING:
     from .index.show import ShowResult
 
 #: The largest count passed on (SQLite's and C's 64-bit integers; no session is longer).
-_INT64_MAX = 2**63 - 1
 
 __all__ = ["list_sessions", "read_session", "show_session", "stream_sessions", "sync"]
 
@@ -170,7 +170,7 @@ async def read_session(
                 head=_bounded(head),
                 tail=_bounded(tail),
                 page=page,
-                page_size=min(page_size, _INT64_MAX),
+                page_size=min(page_size, INT64_MAX),
                 token=token,
             )
 
@@ -178,7 +178,7 @@ async def read_session(
 def _bounded(count: int | None) -> int | None:
     """A message count no session reaches stands for "all": at most 2**63 - 1, so that it
     fits the C integers (a deque's length) the reading uses."""
-    return None if count is None else min(count, _INT64_MAX)
+    return None if count is None else min(count, INT64_MAX)
 
 
 async def _remote_batches(
@@ -210,7 +210,7 @@ async def _remote_sessions(
         # One "now" for every batch: a relative `since` (7d) must not move while hosts are read.
         filters["now"] = datetime.now(UTC)
     # Validates every argument (ConfigError, or TypeError for an unknown one) before connecting.
-    select_rows([], sort=sort or DEFAULT_SORT, limit=limit, **filters)
+    select_rows([], sort=sort or DEFAULT_SORT, limit=limit, **filters)  # checks them, early
     ordered = sort is not None or limit is not None
     wanted = filters.get("host")
     kept: list[SessionRow] = []

@@ -44,6 +44,7 @@ import msgspec
 
 from ..errors import ConfigError
 from .facts import SessionFacts
+from .store import INT64_MAX
 
 __all__ = [
     "CLASSES",
@@ -180,9 +181,6 @@ _BASE = (
 
 #: Fields ``sort`` accepts (every SessionRow field but ``models``; ``class`` sorts by name).
 SORT_FIELDS = tuple(name for name, _ in _SELECT if name != "models")
-
-#: SQLite's largest INTEGER: a larger limit or message number cannot be bound as a parameter.
-INT64_MAX = 2**63 - 1
 
 _RELATIVE = re.compile(r"(\d+)\s*([smhdw])", re.ASCII)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

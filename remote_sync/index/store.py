@@ -146,14 +146,14 @@ def delete_sessions(db: sqlite3.Connection, keys: Iterable[tuple[str, bytes]]) -
 
 
 #: SQLite's largest INTEGER (a larger Python int cannot be bound as a parameter).
-_INT64_MAX = 2**63 - 1
+INT64_MAX = 2**63 - 1
 
 
 def mark_before(db: sqlite3.Connection, host: str, path: bytes, message_no: int) -> tuple[int, int]:
     """The last mark at or before message ``message_no``: (its message number, its offset)."""
     # A page far past any session (`show --page 99999999999999999999`) asks for a message
     # number SQLite cannot bind; every mark is at or before the largest it can.
-    bounded = max(0, min(message_no, _INT64_MAX))
+    bounded = max(0, min(message_no, INT64_MAX))
     row = db.execute(
         "SELECT message_no, offset FROM session_marks WHERE host = ? AND path = ? "
         "AND message_no <= ? ORDER BY message_no DESC LIMIT 1",

@@ -832,7 +832,34 @@ def wrap_tools(runner: Runner, where: Path, scripts: dict[str, str]) -> Runner:
     return runner[0], env
 
 
-def test_local_fetch_beyond_4_gib(toolset: Runner, tmp_path: Path) -> None:
+# A dd without iflag=skip_bytes,count_bytes (BusyBox before 1.33, other old dds): the fetch
+# script falls back to dd's lseek plus head. "{fail}" is where a failing read goes.
+_DD_WITHOUT_BYTE_FLAGS = """case " $* " in
+*" iflag="*)
+    echo "dd: invalid input flag" >&2
+    exit 1
+    ;;
+esac
+{fail}exec {dd} "$@"
+"""
+
+
+@pytest.fixture(params=["dd-bytes", "dd-seek-head"])
+def dd_kind(request: pytest.FixtureRequest) -> str:
+    """Which way the fetch script reads a range: one dd that counts bytes, or (with a dd that
+    lacks those flags) a dd that seeks and a head that reads."""
+    return str(request.param)
+
+
+def with_dd(runner: Runner, dd_kind: str, fail: str = "") -> dict[str, str]:
+    """Tool scripts for wrap_tools: a dd of the kind asked for, failing as ``fail`` says."""
+    dd = real_tool(runner, "dd")
+    if dd_kind == "dd-bytes":
+        return {"dd": f'{fail}exec {dd} "$@"\n'} if fail else {}
+    return {"dd": _DD_WITHOUT_BYTE_FLAGS.format(fail=fail, dd=dd)}
+
+
+def test_local_fetch_beyond_4_gib(toolset: Runner, dd_kind: str, tmp_path: Path) -> None:
     """BusyBox's tail -c +N reads N as 32 bits: offsets from 4 GiB on must still work (a
     sparse file, so nothing is written but the few marked bytes)."""
     root = tmp_path / "root"
@@ -858,33 +885,38 @@ def test_local_fetch_beyond_4_gib(toolset: Runner, tmp_path: Path) -> None:
         (FetchRequest(b"huge.jsonl", size + 2**33, 5), ("Short", b"")),  # far beyond it
     ]
     requests = [request for request, _ in cases]
-    got = run_fetch(toolset, root, requests)
+    runner = wrap_tools(toolset, tmp_path / "ddbin", with_dd(toolset, dd_kind))
+    got = run_fetch(runner, root, requests)
     assert [got[i] for i in range(len(cases))] == [outcome for _, outcome in cases]
 
 
 # Fails like a disk with a bad sector for the files under root/ named broken*: a few bytes,
-# then an I/O error. head reads the file open on its stdin, so that is how it finds the name.
-_FAILING_HEAD = """case $({readlink} /proc/$$/fd/0) in
+# then an I/O error. The reader (dd or head) reads the file open on its stdin, so that is how
+# it finds the name; a dd that only seeks (count=0) reads nothing and does not fail.
+_FAILING_READ = """case $({readlink} /proc/$$/fd/0):" $* " in
+*/root/broken*:*" count=0 "*) ;;
 */root/broken*)
     {head} -c 3
-    echo "head: error reading 'standard input': Input/output error" >&2
+    echo "{tool}: error reading 'standard input': Input/output error" >&2
     exit 1
     ;;
 esac
-exec {head} "$@"
 """
 
 
-def test_local_fetch_reports_a_failed_read(toolset: Runner, tmp_path: Path) -> None:
+def test_local_fetch_reports_a_failed_read(toolset: Runner, dd_kind: str, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     (root / "broken.json").write_bytes(b"0123456789")
     (root / "broken.jsonl").write_bytes(b"x" * 100_000)
     (root / "fine").write_bytes(b"fine data\n")
-    head = _FAILING_HEAD.format(
-        readlink=real_tool(toolset, "readlink"), head=real_tool(toolset, "head")
+    readlink, head = real_tool(toolset, "readlink"), real_tool(toolset, "head")
+    tools = with_dd(
+        toolset, dd_kind, fail=_FAILING_READ.format(readlink=readlink, head=head, tool="dd")
     )
-    runner = wrap_tools(toolset, tmp_path / "failbin", {"head": head})
+    tools["head"] = _FAILING_READ.format(readlink=readlink, head=head, tool="head")
+    tools["head"] += f'exec {head} "$@"\n'
+    runner = wrap_tools(toolset, tmp_path / "failbin", tools)
     requests = [
         FetchRequest(b"broken.json", 0, 10),
         FetchRequest(b"fine", 0, 10),
@@ -906,7 +938,9 @@ def test_local_fetch_reports_a_failed_read(toolset: Runner, tmp_path: Path) -> N
         ("End", b"data\n"),
         ("End", b"0123456789") if has_tar else ("Failed", b"012"),
     ]
-    assert err.count(b"Input/output error") == 3 - has_tar  # head's own message, kept
+    # The reader's own message, kept; it names the reader the script chose.
+    reader = b"dd" if dd_kind == "dd-bytes" else b"head"
+    assert err.count(reader + b": error reading") == 3 - has_tar
 
 
 def test_local_fetch_of_files_that_grew_or_shrank(toolset: Runner, tmp_path: Path) -> None:

@@ -41,10 +41,11 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     line-committed files), instead of one ``head`` process per file
     (:mod:`remote_sync.mirror.archive` reads the stream).
 
-    A range is read from the file opened once: ``dd`` seeks (``skip``, no copy), ``head -c``
-    reads, and its exit status picks the end line. Fewer than ``length`` bytes before ``E``
-    (the file shrank) is a short frame: the parser finds the end line inside the data window
-    and resynchronizes on it. With ``detect_growth`` the host reads one byte more than asked:
+    A range is read from the file opened once: one ``dd`` with byte counts seeks and reads
+    where ``dd`` knows ``iflag=skip_bytes,count_bytes``; elsewhere ``dd`` seeks (``skip``, no
+    copy) and ``head -c`` reads. The reader's exit status picks the end line. Fewer than
+    ``length`` bytes before ``E`` (the file shrank) is a short frame: the parser finds the end
+    line inside the data window and resynchronizes on it. With ``detect_growth`` the host reads one byte more than asked:
     when it arrives, the file is longer than listed (:class:`Changed`).
 
     Events, per request in order: :class:`Gone` or :class:`Denied` alone; or :class:`Begin`,
@@ -265,23 +266,43 @@ esac
 # padded, and the engine fetches it again with head. Where tar lacks the options (or is
 # missing), archive items are ranges from 0 like any other.
 #
-# A range is read by read_range from the file opened once on its stdin: dd moves the shared
-# offset (lseek: count=0 copies nothing; BusyBox's tail -c +N cannot go past 4 GiB), then head
-# reads from there. No pipeline, so head's status is at hand (POSIX sh has no pipefail) and
-# becomes the end line: E when the read succeeded, X when it failed (EIO...). The offset
-# arrives as <blocks>+<bytes> (SKIP_BLOCK blocks, computed by the client): no arithmetic
-# here, and no number dd or the shell could take as 32 bits. Once the file is open, a rename,
+# A range is read by read_range from the file opened once on its stdin. Where dd knows
+# iflag=skip_bytes,count_bytes (GNU coreutils, BusyBox 1.33+; probed once per batch) and the
+# numbers are small, one dd seeks and reads: one process per append, which is most of what an
+# incremental round costs the host. Otherwise dd moves the shared offset (lseek: count=0
+# copies nothing; BusyBox's tail -c +N cannot go past 4 GiB), then head reads from there.
+# No pipeline, so the reader's status is at hand (POSIX sh has no pipefail) and becomes the
+# end line: E when the read succeeded, X when it failed (EIO...). The offset arrives as
+# <blocks>+<bytes> (SKIP_BLOCK blocks, computed by the client): no arithmetic here, and no
+# number dd or the shell could take as 32 bits (the one-dd path wants blocks 0 and a length
+# of at most 9 digits, so both stay below 2**31). Once the file is open, a rename,
 # unlink or chmod no longer matters; if the open itself fails (the file went away since the
 # checks) the answer is G or D as if the checks had seen it, and the shell's message is
-# dropped (fd 3 keeps the real stderr for dd and head).
+# dropped (fd 3 keeps the real stderr of the reader).
 _FETCH_BATCH_SCRIPT = r"""m=$REMOTE_SYNC_MARKER
 n=$#
 tar_ok=
+dd_bytes=
 opened=
 read_range() {
     opened=1
     printf '%s B\n' "$m"
-    if { [ "$blocks" = 0 ] || dd bs=@SKIP_BLOCK@ skip="$blocks" count=0 2>/dev/null; } &&
+    if [ -z "$dd_bytes" ]; then
+        if dd iflag=skip_bytes,count_bytes bs=1 count=0 status=none </dev/null >/dev/null 2>&1
+        then
+            dd_bytes=y
+        else
+            dd_bytes=n
+        fi
+    fi
+    if [ "$dd_bytes$blocks" = y0 ] && [ "${#len}" -le 9 ]; then
+        if dd iflag=skip_bytes,count_bytes bs=65536 skip="$bytes" count="$len" status=none 2>&3
+        then
+            printf '%s E\n' "$m"
+        else
+            printf '%s X\n' "$m"
+        fi
+    elif { [ "$blocks" = 0 ] || dd bs=@SKIP_BLOCK@ skip="$blocks" count=0 2>/dev/null; } &&
         { [ "$bytes" = 0 ] || dd bs=1 skip="$bytes" count=0 2>/dev/null; } &&
         head -c "$len" 2>&3; then
         printf '%s E\n' "$m"

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import pwd
 import shlex
@@ -41,7 +42,9 @@ from remote_sync.mirror.remote_ops import (
     fetch_argv,
     fetch_stdin,
     listing_argv,
+    listing_end_marker,
     new_marker,
+    round_argv,
 )
 from remote_sync.ssh.pool import Endpoint, SSHPool
 from remote_sync.ssh.remote import PID_MARKER, wrapped_command
@@ -399,6 +402,63 @@ def test_compressed_listing_is_inflated_in_bounded_steps() -> None:
     parser.close()
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=st.lists(_record, max_size=6),
+    end=st.tuples(st.integers(0, 255), st.booleans()),
+    after=st.binary(max_size=40),
+    compressed=st.booleans(),
+    cuts=st.lists(st.integers(0, 600), max_size=8),
+)
+def test_a_rounds_listing_ends_at_its_end_line_whatever_the_chunks(
+    records: list[tuple[bytes, int, str, int, int, bool]],
+    end: tuple[int, bool],
+    after: bytes,
+    compressed: bool,
+    cuts: list[int],
+) -> None:
+    """The listing (plain or gzip) of a round, its end line, then the fetch's bytes: the
+    parser yields the records, the end, and every byte after the end line, untouched."""
+    listing = b"".join(
+        b"%d %s %d %d\n%s%s\x00" % (size, mtime.encode(), dev, ino, b"./" if dot else b"", path)
+        for path, size, mtime, dev, ino, dot in records
+    )
+    if compressed:
+        listing = gzip.compress(listing, compresslevel=1)
+    stream = listing + b"L %d %d\n" % (end[0], end[1]) + after
+    chunks = [stream[a:b] for a, b in itertools.pairwise([0, *sorted(set(cuts)), len(stream)])]
+    parser = ListingParser("h", trailer=True)
+    got: list[RemoteFile] = []
+    for i, chunk in enumerate(chunks):
+        got += parser.feed(chunk)
+        if parser.end is not None:
+            assert parser.rest + b"".join(chunks[i + 1 :]) == after
+            break
+    parser.close()
+    assert parser.end == end
+    assert got == [RemoteFile(p, size, float(m), dev, ino) for p, size, m, dev, ino, _ in records]
+    with pytest.raises(ValueError):
+        parser.feed(b"x")
+
+
+def test_a_rounds_listing_rejects_a_bad_or_missing_end_line() -> None:
+    record = b"5 6 7 8\n./a\x00"
+    for bad in (b"L 0\n", b"L 0 2\n", b"L -1 0\n", b"L 1000 0\n", b"Lx\n"):
+        with pytest.raises(ProtocolError, match="malformed end of the listing"):
+            ListingParser("h", trailer=True).feed(record + bad)
+    # After a compressed listing only the end line may come, never more records.
+    with pytest.raises(ProtocolError, match="after the end of the compressed listing"):
+        ListingParser("h", trailer=True).feed(gzip.compress(record) + record)
+    for cut_short in (record, record[:-2], gzip.compress(record), b"L 0 0"):
+        parser = ListingParser("h", trailer=True)
+        parser.feed(cut_short)
+        with pytest.raises(ProtocolError, match=r"end line|inside a record|ended early"):
+            parser.close()
+    # Without trailer (the listing command), an end line is just a malformed record.
+    with pytest.raises(ProtocolError, match="malformed listing record"):
+        ListingParser("h").feed(record + b"L 0 0\nx\x00")
+
+
 @pytest.mark.parametrize(
     "path",
     [b"", b"./", b"/etc/passwd", b"../up", b"a/../../b", b"a//b", b"a/./b", b"a/", b"./.", b".."],
@@ -685,6 +745,81 @@ def test_local_listing_start_points_and_root(toolset: Runner, tmp_path: Path) ->
         rc, out, err = run_local(toolset, listing_argv(missing, ["."]))
         assert (rc, out) == (3, b""), err
         assert b"cannot enter the root directory" in err
+
+
+def run_round(
+    runner: Runner, root: str, points: list[str], requests: list[FetchRequest]
+) -> tuple[int, list[RemoteFile], tuple[int, bool] | None, dict[int, tuple[str, bytes]], bytes]:
+    """A whole round, its stdin given at once (the client sends the items after reading the
+    listing, which the script does not notice): (rc, files, end, frames, listing's stderr)."""
+    marker = new_marker()
+    stdin = fetch_stdin([], marker) + fetch_stdin(requests)
+    rc, out, err = run_local(runner, round_argv(root, points), stdin)
+    parser = ListingParser("h", trailer=True)
+    files = parser.feed(out) if out else []
+    frames: dict[int, tuple[str, bytes]] = {}
+    if parser.end is not None:
+        parser.close()
+        if parser.end[0] == 0:
+            parsed = FrameParser("h", marker.encode(), requests)
+            events = feed_frames(parsed, parser.rest, [])
+            check_data_bounds(events, requests)
+            frames = collect(events)
+        else:
+            assert parser.rest == b""  # a failed listing fetches nothing
+        messages, found, fetch_messages = err.partition(listing_end_marker(marker))
+        assert found, err
+        assert b"\n" + marker.encode() not in fetch_messages  # the boundary comes once
+        err = messages
+    return rc, files, parser.end, frames, err
+
+
+def test_local_round_lists_then_fetches_in_one_command(toolset: Runner, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    files = build_tree(root)
+    wanted = sorted(path for path, data in files.items() if data)[:6]
+    requests = [FetchRequest(path, 1, len(files[path]) - 1) for path in wanted]
+    rc, listed, end, frames, err = run_round(toolset, str(root), ["."], requests)
+    assert (rc, end, err) == (0, (0, False), b"")
+    assert {f.path: f.size for f in listed} == {
+        path: st_.st_size for path, st_ in walk_regular(root).items()
+    }
+    assert [frames[i] for i in range(len(wanted))] == [("End", files[p][1:]) for p in wanted]
+    assert not list(tmp_path.rglob("pwned"))
+
+    # Nothing asked for (EOF right after the marker): the listing alone, exit 0.
+    rc, listed, end, frames, err = run_round(toolset, str(root), ["."], [])
+    assert (rc, end, frames, err) == (0, (0, False), {}, b"")
+    # No start point exists: an empty listing, and the fetch still runs.
+    rc, listed, end, frames, _ = run_round(toolset, str(root), ["missing"], requests[:1])
+    assert (rc, listed, end, frames) == (0, [], (0, False), {0: ("End", files[wanted[0]][1:])})
+    # A start point below a symlinked directory: its warning marks the listing incomplete.
+    (root / "sub").mkdir()
+    (root / "sub" / "plain").write_bytes(b"p")
+    os.symlink("..", root / "sub" / "up")
+    rc, listed, end, frames, err = run_round(toolset, str(root), ["sub/up/sub/plain", "."], [])
+    assert (rc, end) == (0, (0, True))
+    assert b"start point ./sub/up/sub/plain is under a symbolic link" in err
+    # The root missing: status 3 before anything is printed.
+    rc, listed, end, _, err = run_round(toolset, str(tmp_path / "nope"), ["."], requests)
+    assert (rc, listed, end) == (3, [], None) and b"cannot enter the root directory" in err
+    # A bad marker: refused before the listing.
+    rc, out, err = run_local(toolset, round_argv(str(root), ["."]), b"not-hex\n")
+    assert (rc, out) == (2, b"") and b"no valid fetch marker" in err
+
+
+def test_local_round_whose_listing_fails(toolset: Runner, tmp_path: Path) -> None:
+    """find failing outright (not status 1, "some directory unreadable"): the end line carries
+    its status, the command exits with it, and nothing is fetched."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f").write_bytes(b"data\n")
+    find = 'echo "find: out of memory" >&2\nexit 2\n'
+    runner = wrap_tools(toolset, tmp_path / "failbin", {"find": find})
+    rc, listed, end, frames, err = run_round(runner, str(root), ["."], [FetchRequest(b"f", 0, 5)])
+    assert (rc, listed, end, frames) == (2, [], (2, True), {})
+    assert b"out of memory" in err
 
 
 def test_local_fetch_of_hostile_names(toolset: Runner, tmp_path: Path) -> None:
@@ -1193,5 +1328,38 @@ async def test_listing_and_fetch_over_ssh(
             got = collect(events)  # type: ignore[arg-type]
             assert [got[i] for i in range(len(requests))] == wanted
             assert stderr == b""
+
+        # The round: one command lists, waits for the requests the client sends once it has
+        # read the listing, and fetches them.
+        marker = new_marker()
+        async with exec_streaming(
+            pool,
+            ep,
+            [*prefix, *round_argv(str(root), ["."])],
+            host="h0",
+            stdin=fetch_stdin([], marker),
+            keep_stdin_open=True,
+        ) as stream:
+            lister = ListingParser("h0", trailer=True)
+            seen: list[RemoteFile] = []
+            async for chunk in stream:
+                seen += lister.feed(chunk)
+                if lister.end is not None:
+                    break
+            assert lister.end == (0, True)  # the locked directory: a warning
+            assert {f.path for f in seen} == set(listed) - {b"doomed.jsonl"}
+            stream.send(fetch_stdin(requests), end=True)
+            parser = FrameParser("h0", marker.encode(), requests)
+            events = parser.feed(lister.rest)
+            async for chunk in stream:
+                events += parser.feed(chunk)
+            events += parser.close()
+        assert stream.exit_status == 0
+        with pytest.raises(RuntimeError):
+            stream.send(b"more")  # stdin closed with the command
+        got = collect(events)
+        assert [got[i] for i in range(len(requests))] == wanted
+        messages, found, after = stream.stderr_tail.partition(listing_end_marker(marker))
+        assert found and b"locked" in messages and after == b""
         for pwned in (root / "pwned", home / "pwned"):
             assert not pwned.exists()

@@ -517,6 +517,36 @@ def test_two_agents_on_one_box_share_one_connection(
     assert (tmp_path / "m" / "box-claude" / "projects/p/u.jsonl").exists()
 
 
+def test_a_round_is_one_remote_command_per_host(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The listing and the fetch share one command: one start of the login shell per round,
+    whether it mirrors everything, grows a few files or finds nothing to do; a rewrite found
+    mid-fetch costs one more."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    paths = make_openclaw_tree(fleet, "h0", sessions=4)
+    dest = tmp_path / "m"
+    host = fleet.host("h0")
+
+    def commands() -> int:
+        return host.log().count("Starting session: command")
+
+    for change in ("initial", "grown", "none", "rewritten"):
+        if change == "grown":
+            append(fleet, "h0", paths[0], session_bytes(random.Random(1), 2, start=50))
+        if change == "rewritten":  # in place and longer: only the overlap shows it
+            data = fleet.path("h0", paths[1]).read_bytes()
+            with open(fleet.path("h0", paths[1]), "r+b") as f:
+                f.write(data[:-10] + b"X" * 9 + b"\n" + data)
+        before = commands()
+        code, summary, _ = sync(inv, dest, capsys)
+        assert code == 0, change
+        assert_exact(fleet, dest, "h0")
+        assert commands() - before == (2 if change == "rewritten" else 1), change
+        if change == "rewritten":
+            assert summary.files.rewritten == 1
+
+
 def test_unreadable_remote_directory_is_reported_and_deletions_not_recorded(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -535,6 +565,7 @@ def test_unreadable_remote_directory_is_reported_and_deletions_not_recorded(
         and e.kind == "listing_incomplete"
         and e.host == "h0"
         and "agent1" in e.message
+        and " L" not in e.message  # the round's stderr boundary is not part of the message
         for e in events
     )
     assert summary.files.deleted == 0  # files it could not see are not taken for deleted

@@ -1,10 +1,11 @@
 """A host's sync round, and the fleet's rounds.
 
 What it owns: the order of a round (recover, list, plan, fetch, commit, mark deletions), the
-two remote commands per host it costs (one listing, one streaming fetch; a third only when a
-rewrite is discovered mid-fetch), turning frame events into writer calls, batching commits,
-running hosts concurrently under a bound, and reporting every step as an event. One host failing
-never stops the others; its error is in its ``host_done`` event and the summary.
+one remote command per host it costs (it lists, then fetches the ranges the plan sends it on
+stdin; a second only when a rewrite is discovered mid-fetch), turning frame events into writer
+calls, batching commits, running hosts concurrently under a bound, and reporting every step as
+an event. One host failing never stops the others; its error is in its ``host_done`` event and
+the summary.
 
 Flushes do not stall the stream: a full batch goes to a thread that makes it durable while the
 stream fills the next one (at most one flush in flight per host); its checkpoints and index
@@ -35,6 +36,7 @@ from ..cancel import CancelRegistry, CancelToken, default_registry
 from ..errors import (
     ConfigError,
     MirrorError,
+    ProtocolError,
     RemoteCommandError,
     RemoteSyncError,
     TransferCancelledError,
@@ -48,7 +50,7 @@ from ..index.update import FileIndexer, IndexUpdate, index_range, indexer_for
 from ..index.worker import IndexJob, IndexWorker, IndexWorkerError
 from ..inventory import Host
 from ..ssh.pool import PoolSettings, SSHPool
-from ..ssh.stream import exec_streaming
+from ..ssh.stream import RemoteStream, exec_streaming
 from .plan import Category, Plan, Transfer, make_plan
 from .remote_ops import (
     EXIT_ROOT_UNUSABLE,
@@ -67,7 +69,9 @@ from .remote_ops import (
     fetch_argv,
     fetch_stdin,
     listing_argv,
+    listing_end_marker,
     new_marker,
+    round_argv,
 )
 from .state import CONTROL_DIR, FileState, MirrorState
 from .writer import (
@@ -220,34 +224,47 @@ class HostSync:
         source = self.host.source
         if not self.options.dry_run:
             self.state.set_host(self.name, source.format, source.root, self.host.endpoint.label)
-        listing, complete = await self._list()
-        rows = self.state.host_files(self.name)
-        plan = make_plan(
-            listing,
-            rows,
-            is_append_only=source.is_append_only,
-            is_included=source.is_included,
-            listing_complete=complete,
-        )
-        self.result.files.unchanged = len(plan.unchanged)
-        self.files_total = len(plan.transfers)
-        self.bytes_total = plan.bytes
-        self.emit(Progress(self.name, "fetching", 0, self.files_total, 0, self.bytes_total))
-        if self.options.dry_run:
-            self._count_dry_run(plan)
-            return
-        threshold = worker_min_bytes()
-        if self.reader is not None and self.workers is not None and threshold is not None:
-            reader = self.reader
-            to_index = sum(
-                t.length
-                for t in plan.transfers
-                if t.kind == "append" and reader.is_transcript(t.remote.path)
-            )
-            if to_index > threshold:
-                self.worker = await self.workers.get()
+        # One command lists and then fetches what the plan asks for (see round_argv). The
+        # marker goes on stdin, never on a command line other users could read in `ps`.
+        marker = new_marker()
+        again: list[Transfer] = []
         try:
-            again = await self._fetch(plan.transfers, follow_up=False)
+            async with exec_streaming(
+                self.pool,
+                self.host.endpoint,
+                round_argv(source.root, source.start_points),
+                host=self.name,
+                stdin=fetch_stdin([], marker),
+                keep_stdin_open=True,
+                idle_timeout=self.options.idle_timeout,
+                token=self.token,
+            ) as stream:
+                listing, listed = await self._list(stream)
+                assert listed.end is not None
+                complete = not listed.end[1]
+                rows = self.state.host_files(self.name)
+                plan = make_plan(
+                    listing,
+                    rows,
+                    is_append_only=source.is_append_only,
+                    is_included=source.is_included,
+                    listing_complete=complete,
+                )
+                self.result.files.unchanged = len(plan.unchanged)
+                self.files_total = len(plan.transfers)
+                self.bytes_total = plan.bytes
+                self.emit(Progress(self.name, "fetching", 0, self.files_total, 0, self.bytes_total))
+                if self.options.dry_run:
+                    stream.send(b"", end=True)
+                    await _drain_stream(stream)
+                    self._count_dry_run(plan)
+                else:
+                    await self._pick_worker(plan)
+                    again = await self._fetch_on(stream, marker, plan.transfers, listed.rest)
+            if not complete:
+                self._listing_incomplete(stream.stderr_tail, marker)
+            if self.options.dry_run:
+                return
             if again:
                 # Rewrites found mid-fetch (overlap mismatch, a file that shrank while read):
                 # one more command fetches them whole, so the mirror is current after this run.
@@ -261,55 +278,98 @@ class HostSync:
         self._mark_deleted(plan.deleted)
         self._revive(plan.revived)
 
-    async def _list(self) -> tuple[list[RemoteFile], bool]:
-        files, warnings = await list_host(
-            self.pool, self.host, token=self.token, idle_timeout=self.options.idle_timeout
-        )
-        if warnings:
-            # find could not read part of the tree: report it, count it as a failure (files
-            # there were not mirrored), and do not take the files it could not see for deleted.
-            self.result.files.failed += 1
-            self.emit(
-                ErrorEvent(
-                    self.name,
-                    None,
-                    "listing_incomplete",
-                    warnings,
-                    "fix permissions on the host; deletions are not recorded for this round",
-                )
+    async def _list(self, stream: RemoteStream) -> tuple[list[RemoteFile], ListingParser]:
+        """Read the round's listing up to its end line (the parser has it, and what followed)."""
+        source = self.host.source
+        parser = ListingParser(self.name, trailer=True)
+        files: list[RemoteFile] = []
+        try:
+            async for chunk in stream:
+                files.extend(f for f in parser.feed(chunk) if source.is_included(f.path))
+                del chunk  # not held while the stream waits for more
+                if parser.end is not None:
+                    break
+            else:
+                parser.close()  # the command ended without the listing's end line
+        except RemoteCommandError as exc:
+            raise _root_error(exc, self.host) from exc
+        assert parser.end is not None
+        if parser.end[0] != 0:
+            await _drain_stream(stream)  # the command exits with the listing's status
+            raise ProtocolError(
+                f"the listing failed with status {parser.end[0]}, the command did not",
+                host=self.name,
             )
-        return files, not warnings
+        return files, parser
+
+    def _listing_incomplete(self, stderr: bytes, marker: str) -> None:
+        # find could not read part of the tree: report it, count it as a failure (files
+        # there were not mirrored), and do not take the files it could not see for deleted.
+        messages, found, _ = stderr.partition(listing_end_marker(marker))
+        text = messages.decode("utf-8", "backslashreplace").strip() if found else ""
+        self.result.files.failed += 1
+        self.emit(
+            ErrorEvent(
+                self.name,
+                None,
+                "listing_incomplete",
+                text or "the listing reported errors (their messages were not kept)",
+                "fix permissions on the host; deletions are not recorded for this round",
+            )
+        )
+
+    async def _pick_worker(self, plan: Plan) -> None:
+        """Take an index worker for this round when it has many transcript bytes to index."""
+        threshold = worker_min_bytes()
+        if self.reader is None or self.workers is None or threshold is None:
+            return
+        reader = self.reader
+        to_index = sum(
+            t.length
+            for t in plan.transfers
+            if t.kind == "append" and reader.is_transcript(t.remote.path)
+        )
+        if to_index > threshold:
+            self.worker = await self.workers.get()
+
+    async def _fetch_on(
+        self, stream: RemoteStream, marker: str, transfers: Sequence[Transfer], first: bytes
+    ) -> list[Transfer]:
+        """Fetch ``transfers`` on the round's own command (``first``: frames already read);
+        returns those that must be fetched whole."""
+        requests = [t.request() for t in transfers]
+        stream.send(fetch_stdin(requests), end=True)
+        if not transfers:
+            await _drain_stream(stream)
+            return []
+        parser = FrameParser(self.name, marker.encode(), requests)
+        handler = _FrameHandler(self, transfers, follow_up=False)
+        await self._consume(stream, parser, handler, first)
+        return handler.again
 
     async def _fetch(self, transfers: Sequence[Transfer], *, follow_up: bool) -> list[Transfer]:
-        """Fetch ``transfers`` in one stream; returns those that must be fetched whole."""
+        """Fetch ``transfers`` with a command of their own; returns those that must be fetched
+        whole."""
         if not transfers:
             return []
         requests = [t.request() for t in transfers]
         if follow_up:
             requests = [FetchRequest(r.path, 0, TO_EOF) for r in requests]
-        # The marker goes on stdin, never on a command line other users could read in `ps`.
         marker = new_marker()
         parser = FrameParser(self.name, marker.encode(), requests)
         handler = _FrameHandler(self, transfers, follow_up=follow_up)
-        argv = fetch_argv(self.host.source.root)
         try:
             async with exec_streaming(
                 self.pool,
                 self.host.endpoint,
-                argv,
+                fetch_argv(self.host.source.root),
                 host=self.name,
                 stdin=fetch_stdin(requests, marker),
                 idle_timeout=self.options.idle_timeout,
                 token=self.token,
             ) as stream:
-                async for chunk in stream:
-                    await handler.handle_all(parser.feed(chunk))
-                    # Not held while the stream waits for more: with eight hosts at once that
-                    # would be eight idle chunks (the events, gone with handle_all, view it too).
-                    del chunk
-                await handler.handle_all(parser.close())
+                await self._consume(stream, parser, handler, b"")
         except RemoteCommandError as exc:
-            handler.abort_naming(exc)
             if exc.exit_status == EXIT_ROOT_UNUSABLE:
                 raise RemoteCommandError(
                     f"the remote root {self.host.source.root!r} vanished during the fetch",
@@ -318,13 +378,27 @@ class HostSync:
                     stderr_tail=exc.stderr_tail,
                 ) from exc
             raise
+        return handler.again
+
+    async def _consume(
+        self, stream: RemoteStream, parser: FrameParser, handler: _FrameHandler, first: bytes
+    ) -> None:
+        """Feed a fetch's frames (``first``, then the rest of ``stream``) to ``handler``."""
+        try:
+            if first:
+                await handler.handle_all(parser.feed(first))
+            async for chunk in stream:
+                await handler.handle_all(parser.feed(chunk))
+                # Not held while the stream waits for more: with eight hosts at once that
+                # would be eight idle chunks (the events, gone with handle_all, view it too).
+                del chunk
+            await handler.handle_all(parser.close())
         except RemoteSyncError as exc:  # e.g. the connection lost midway
             handler.abort_naming(exc)
             raise
         except BaseException:
             handler.abort()
             raise
-        return handler.again
 
     def _as_whole(self, t: Transfer) -> Transfer:
         # A new file stays new (there is no old copy to count it a rewrite of).
@@ -522,16 +596,27 @@ async def list_host(
                 del chunk  # not held while the stream waits for more
             parser.close()
     except RemoteCommandError as exc:
-        if exc.exit_status == EXIT_ROOT_UNUSABLE:
-            raise RemoteCommandError(
-                f"the remote root {source.root!r} does not exist or cannot be entered",
-                host=host.name,
-                exit_status=exc.exit_status,
-                stderr_tail=exc.stderr_tail,
-                hint="check 'root' (and 'format') for this host in the inventory",
-            ) from exc
-        raise
+        raise _root_error(exc, host) from exc
     return files, stream.stderr_tail.decode("utf-8", "backslashreplace").strip()
+
+
+def _root_error(exc: RemoteCommandError, host: Host) -> RemoteCommandError:
+    """The error to raise for a failed listing: a clear one when the root is unusable."""
+    if exc.exit_status != EXIT_ROOT_UNUSABLE:
+        return exc
+    return RemoteCommandError(
+        f"the remote root {host.source.root!r} does not exist or cannot be entered",
+        host=host.name,
+        exit_status=exc.exit_status,
+        stderr_tail=exc.stderr_tail,
+        hint="check 'root' (and 'format') for this host in the inventory",
+    )
+
+
+async def _drain_stream(stream: RemoteStream) -> None:
+    """Read a command's output to its end (raising its errors), keeping none of it."""
+    async for _chunk in stream:
+        pass
 
 
 class _FrameHandler:

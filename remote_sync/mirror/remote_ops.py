@@ -1,4 +1,4 @@
-"""The two remote operations of a sync round: the listing and the multi-file fetch.
+"""The remote operations of a sync round: the listing, the multi-file fetch, and both in one.
 
 This module owns their POSIX ``sh`` scripts, the argv (and stdin) that run them, and the
 incremental parsers of their output. It does no I/O itself: the caller runs the argv with
@@ -9,7 +9,7 @@ else (``find``, ``stat``, ``head``, ``dd``, ``tar``, ``gzip``, ``xargs``, ``prin
 name is data, never code: names travel as positional arguments or on stdin, never through
 ``eval``.
 
-Exit statuses (both operations): 0 on success, also when ``find`` could not read some
+Exit statuses (every operation): 0 on success, also when ``find`` could not read some
 directory (its messages stay on stderr, for the caller to report as warnings naming the host);
 :data:`EXIT_ROOT_UNUSABLE` (3) when the root directory is missing, not a directory or not
 readable. Anything else is an unexpected failure of the remote tools.
@@ -24,6 +24,13 @@ Listing (:func:`listing_argv`, :class:`ListingParser`)
     bytes and inflates them in bounded steps); without it they come plain. A file or
     directory that vanishes while find walks the tree is left out silently (no message on
     stderr: it is not an incomplete listing); real errors keep their messages.
+
+Round (:func:`round_argv`, ``ListingParser(trailer=True)``, then :class:`FrameParser`)
+    The listing and the fetch in one command, so a round costs each host one start of its
+    login shell. stdin starts with the marker line; stdout is the listing, then its end line
+    ``L <status> <warned>`` (``warned``: the listing wrote messages on stderr, so it may be
+    incomplete), then, once the client has sent the fetch items and EOF, the fetch's frames.
+    On stderr ``<marker> L`` separates the listing's messages from the fetch's.
 
 Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     stdin holds one NUL-terminated item ``<start>:<length>:<path>`` per
@@ -45,8 +52,9 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     where ``dd`` knows ``iflag=skip_bytes,count_bytes``; elsewhere ``dd`` seeks (``skip``, no
     copy) and ``head -c`` reads. The reader's exit status picks the end line. Fewer than
     ``length`` bytes before ``E`` (the file shrank) is a short frame: the parser finds the end
-    line inside the data window and resynchronizes on it. With ``detect_growth`` the host reads one byte more than asked:
-    when it arrives, the file is longer than listed (:class:`Changed`).
+    line inside the data window and resynchronizes on it. With ``detect_growth`` the host
+    reads one byte more than asked: when it arrives, the file is longer than listed
+    (:class:`Changed`).
 
     Events, per request in order: :class:`Gone` or :class:`Denied` alone; or :class:`Begin`,
     :class:`Data`..., then :class:`End` (exactly ``length`` bytes: the content), :class:`Short`
@@ -105,7 +113,9 @@ __all__ = [
     "fetch_argv",
     "fetch_stdin",
     "listing_argv",
+    "listing_end_marker",
     "new_marker",
+    "round_argv",
 ]
 
 #: Exit status of both scripts when the root directory cannot be entered or read.
@@ -148,16 +158,16 @@ if [ ! -r . ]; then
 fi
 """
 
-# $2... are start points, already normalized by listing_argv (relative, no "..", no empty or
-# "." components, or exactly "."). Each gets a "./" prefix so find never takes one for an
-# option or an operator ("-x", "!", "("). Missing ones are skipped; one below a symlinked
-# directory is skipped with a warning (find would follow that link out of the root, and the
-# fetch refuses such paths anyway). The kept ones replace the positional parameters (the "for"
-# list was expanded before the loop changed them). find's status 1 means "some file or
-# directory could not be read": its messages are on stderr and the listing is still useful, so
-# that is success; 3 is kept for the root. When the host has gzip the listing travels
-# compressed (about 5x smaller: paths repeat their directories); find's status comes back
-# around the pipe on fd 3, since POSIX sh has no pipefail.
+# After the root, "$@" are the start points, already normalized by listing_argv (relative, no "..",
+# no empty or "." components, or exactly "."). Each gets a "./" prefix so find never takes one for
+# an option or an operator ("-x", "!", "("). Missing ones are skipped; one below a symlinked
+# directory is skipped with a warning (find would follow that link out of the root, and the fetch
+# refuses such paths anyway). The kept ones replace the positional parameters (the "for" list was
+# expanded before the loop changed them). find's status 1 means "some file or directory could not be
+# read": its messages are on stderr and the listing is still useful, so that is success; 3 is kept
+# for the root. When the host has gzip the listing travels compressed (about 5x smaller: paths
+# repeat their directories); find's status comes back around the pipe on fd 3, since POSIX sh has no
+# pipefail.
 #
 # Any message on stderr makes the caller take the listing as incomplete (no deletions
 # recorded), so a file or directory that vanishes while find walks the tree (an agent's
@@ -170,10 +180,7 @@ fi
 # which the next round lists. Messages are matched in the C locale (LC_ALL=C); one in any
 # other form stays (a needless warning, never a lost one). find's stderr goes to the filter
 # through a pipe, so its status comes back on fd 7 (fd 6 is its stdout).
-_LISTING_SCRIPT = (
-    ENTER_ROOT_SH
-    + r"""shift
-LC_ALL=C
+_LISTING_BODY = r"""LC_ALL=C
 export LC_ALL
 n=$#
 for p do
@@ -252,7 +259,8 @@ case ${st:-2} in
 *) exit "${st:-2}" ;;
 esac
 """
-)
+
+_LISTING_SCRIPT = ENTER_ROOT_SH + "shift\n" + _LISTING_BODY
 
 # Run by xargs once per batch of items; the marker comes from the environment. Items are
 # checked (a malformed one stops everything: exit 255 makes xargs stop at once). A path whose
@@ -389,6 +397,15 @@ if [ "$#" -gt 0 ]; then
 fi
 """.replace("@SKIP_BLOCK@", str(SKIP_BLOCK))
 
+_CHECK_MARKER_SH = r"""case $REMOTE_SYNC_MARKER in
+"" | *[!0-9a-f]*)
+    echo 'remote-sync: no valid fetch marker' >&2
+    exit 2
+    ;;
+esac
+export REMOTE_SYNC_MARKER
+"""
+
 # $1 root, $2 the batch script, $3 the marker, or "" when it is the first line of stdin (read
 # byte by byte by the shell, so xargs gets the rest of stdin intact). Entering the root here,
 # before xargs, gives a clean exit status 3 (xargs would turn it into 123); the batches
@@ -399,14 +416,63 @@ _FETCH_SCRIPT = (
 if [ -z "$REMOTE_SYNC_MARKER" ]; then
     IFS= read -r REMOTE_SYNC_MARKER || REMOTE_SYNC_MARKER=
 fi
-case $REMOTE_SYNC_MARKER in
-"" | *[!0-9a-f]*)
-    echo 'remote-sync: no valid fetch marker' >&2
-    exit 2
-    ;;
-esac
-export REMOTE_SYNC_MARKER
-exec xargs -0 -r sh -c "$2" sh
+"""
+    + _CHECK_MARKER_SH
+    + r"""exec xargs -0 -r sh -c "$2" sh
+"""
+)
+
+# A whole round in one command: $1 root, $2 the batch script, $3... start points; stdin is
+# the marker line, then (once the client has read the listing and planned) the fetch items.
+# One command instead of a listing and a fetch saves a channel, and above all a start of the
+# host's login shell, per round (a heavy ~/.bashrc costs tens of milliseconds each time).
+#
+# The listing runs in a subshell, its stdin on /dev/null (so the items stay for xargs), its
+# stdout straight to ours (gzip-compressed or plain as in the listing script). Its stderr goes
+# on to ours through a filter that notes whether any message came: that is the in-band flag
+# the client decides "incomplete listing" on, since stdout and stderr reach it in no fixed
+# order. The subshell's status and the flag come back tagged ("s<status>", "w<0|1>") in one
+# command substitution, in either order. Then the listing's end line "L <status> <flag>" on
+# stdout (after the listing, where a record would start: a record starts with a digit), and
+# "<marker> L" on stderr: the client takes the stderr before it as the listing's messages.
+# A listing that failed ends the script with its status; otherwise the fetch follows.
+_ROUND_SCRIPT = (
+    ENTER_ROOT_SH
+    + r"""batch=$2
+shift 2
+IFS= read -r REMOTE_SYNC_MARKER || REMOTE_SYNC_MARKER=
+"""
+    + _CHECK_MARKER_SH
+    + "list_tree() {\n"
+    + _LISTING_BODY
+    + r"""}
+exec 5>&1
+result=$(
+    {
+        { (list_tree "$@") 2>&1 >&5 5>&- 7>&- </dev/null; echo "s$?" >&7; } |
+            {
+                w=0
+                while IFS= read -r line || [ -n "$line" ]; do
+                    printf '%s\n' "$line" >&2
+                    w=1
+                done
+                echo "w$w" >&7
+            }
+    } 7>&1
+)
+exec 5>&-
+st=2
+warned=1
+for word in $result; do
+    case $word in
+    s*) st=${word#s} ;;
+    w*) warned=${word#w} ;;
+    esac
+done
+printf '%s L\n' "$REMOTE_SYNC_MARKER" >&2
+printf 'L %s %s\n' "$st" "$warned"
+[ "$st" = 0 ] || exit "$st"
+exec xargs -0 -r sh -c "$batch" sh
 """
 )
 
@@ -438,6 +504,25 @@ def listing_argv(root: str, start_points: Sequence[str]) -> list[str]:
     _check_root(root)
     points = list(dict.fromkeys(_normalize_start_point(p) for p in start_points))
     return sh_script(_LISTING_SCRIPT, root, *points)
+
+
+def round_argv(root: str, start_points: Sequence[str]) -> list[str]:
+    """argv of a whole round in one command: the listing, then the fetch of what the client
+    asks for once it has read the listing (see :class:`ListingParser`'s ``trailer``).
+
+    Its stdin starts with the marker line (``fetch_stdin([], marker)``) and goes on, after
+    the listing's end line, with the items of :func:`fetch_stdin` (without a marker), then
+    EOF. An EOF right after the marker fetches nothing. Start points as in
+    :func:`listing_argv`.
+    """
+    _check_root(root)
+    points = list(dict.fromkeys(_normalize_start_point(p) for p in start_points))
+    return sh_script(_ROUND_SCRIPT, root, _FETCH_BATCH_SCRIPT, *points)
+
+
+def listing_end_marker(marker: str) -> bytes:
+    """The stderr line after which a round's messages are no longer the listing's."""
+    return marker.encode("ascii") + b" L\n"
 
 
 def new_marker() -> str:
@@ -522,29 +607,51 @@ def _path_problem(path: bytes) -> str | None:
     return None
 
 
+_END_LINE = re.compile(rb"L ([0-9]{1,3}) ([01])")
+
+
 class ListingParser:
     """Incremental parser of a listing's stdout: chunks in, :class:`RemoteFile` records out.
 
     Holds at most one partial record between chunks (at most :data:`MAX_LISTING_RECORD`
     bytes). Every path is validated: the host controls this output, and a path that is empty,
     absolute or has an empty, ``.`` or ``..`` component is a :class:`ProtocolError`.
+
+    With ``trailer`` (a round's output, :func:`round_argv`) the listing ends at its end line
+    ``L <status> <warned>``: then :attr:`end` holds ``(status, warned)`` and :attr:`rest` the
+    bytes that came after it in the chunk (the fetch's frames); feed nothing more.
     """
 
-    __slots__ = ("_closed", "_inflate", "_pending", "_sniff", "count", "host")
+    __slots__ = (
+        "_closed",
+        "_gzip_done",
+        "_inflate",
+        "_pending",
+        "_sniff",
+        "_trailer",
+        "count",
+        "end",
+        "host",
+        "rest",
+    )
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, *, trailer: bool = False) -> None:
         self.host = host
         self.count = 0
+        self.end: tuple[int, bool] | None = None
+        self.rest = b""
+        self._trailer = trailer
         self._pending = b""
         self._closed = False
         # The first bytes tell whether the listing is gzip-compressed: a plain record starts
         # with a digit, never with the gzip magic.
         self._sniff: bytes | None = b""
         self._inflate: zlib._Decompress | None = None
+        self._gzip_done = False
 
     def feed(self, chunk: bytes) -> list[RemoteFile]:
-        if self._closed:
-            raise ValueError("feed() after close()")
+        if self._closed or self.end is not None:
+            raise ValueError("feed() after the end of the listing")
         if self._sniff is not None:
             head = self._sniff + bytes(chunk)
             if len(head) < len(_GZIP_MAGIC) and _GZIP_MAGIC.startswith(head):
@@ -565,10 +672,22 @@ class ListingParser:
                 raise ProtocolError(f"corrupt compressed listing: {exc}", host=self.host) from exc
             data = self._inflate.unconsumed_tail
             out.extend(self._parse(plain))
-            if self._inflate.eof and (data or self._inflate.unused_data):
-                raise ProtocolError(
-                    "output after the end of the compressed listing", host=self.host
-                )
+            if not self._inflate.eof:
+                continue
+            after = self._inflate.unused_data + data
+            if not self._trailer:
+                if after:
+                    raise ProtocolError(
+                        "output after the end of the compressed listing", host=self.host
+                    )
+                break
+            if self._pending:
+                raise ProtocolError("the compressed listing ended inside a record", host=self.host)
+            # Only the end line may follow the compressed records.
+            self._inflate = None
+            self._gzip_done = True
+            out.extend(self._parse(after))
+            break
         return out
 
     def _parse(self, chunk: bytes) -> list[RemoteFile]:
@@ -577,6 +696,20 @@ class ListingParser:
         pos = 0
         find = buf.find
         while True:
+            if self._trailer and buf[pos : pos + 1] == b"L":
+                newline = find(b"\n", pos)
+                if newline < 0:
+                    break
+                self._end_line(buf[pos:newline])
+                self.rest = buf[newline + 1 :]
+                self._pending = b""
+                self.count += len(out)
+                return out
+            if self._gzip_done and pos < len(buf):
+                raise ProtocolError(
+                    f"output after the end of the compressed listing: {buf[pos : pos + 80]!r}",
+                    host=self.host,
+                )
             newline = find(b"\n", pos)
             if newline < 0:
                 break
@@ -596,9 +729,18 @@ class ListingParser:
         self.count += len(out)
         return out
 
+    def _end_line(self, line: bytes) -> None:
+        match = _END_LINE.fullmatch(line)
+        if match is None:
+            raise ProtocolError(f"malformed end of the listing {line[:80]!r}", host=self.host)
+        self.end = (int(match[1]), match[2] == b"1")
+
     def close(self) -> None:
-        """End of output: a partial record left over is a :class:`ProtocolError`."""
+        """End of output: a partial record left over is a :class:`ProtocolError`, and so is
+        a round's output without the listing's end line."""
         self._closed = True
+        if self.end is not None:
+            return
         if self._sniff:
             self._pending, self._sniff = self._sniff, None
         if self._inflate is not None and not self._inflate.eof:
@@ -609,6 +751,8 @@ class ListingParser:
                 f"listing ended inside a record ({len(pending)} bytes: {pending[:80]!r})",
                 host=self.host,
             )
+        if self._trailer:
+            raise ProtocolError("the listing ended without its end line", host=self.host)
 
     def _record(self, line: bytes, path: bytes) -> RemoteFile:
         match = _STAT_LINE.fullmatch(line)

@@ -84,6 +84,7 @@ class RemoteStream:
         self._chunk_size = chunk_size
         self._idle_timeout = idle_timeout
         self._channel: _Channel | None = None  # set by exec_streaming once the channel exists
+        self._stdin: asyncssh.SSHClientChannel[bytes] | None = None  # while stdin stays open
         self._stderr = bytearray()
         self._stderr_head = bytearray()  # until the pid line is complete
         self._failure: RemoteSyncError | None = None
@@ -123,6 +124,18 @@ class RemoteStream:
             self._failure.path = self.path
         self._raise_outcome()
         raise StopAsyncIteration
+
+    def send(self, data: bytes, *, end: bool = False) -> None:
+        """Write ``data`` to the command's stdin (of a stream opened with ``keep_stdin_open``);
+        ``end`` closes stdin after it. asyncssh buffers what the window does not take yet."""
+        chan = self._stdin
+        if chan is None:
+            raise RuntimeError("stdin of this remote command is closed")
+        if data:
+            chan.write(data)
+        if end:
+            self._stdin = None
+            chan.write_eof()
 
     async def read_all(self) -> bytes:
         """Collect the whole output (for small outputs such as listings)."""
@@ -357,6 +370,7 @@ async def exec_streaming(
     host: str | None = None,
     path: str | None = None,
     stdin: bytes | None = None,
+    keep_stdin_open: bool = False,
     idle_timeout: float | None = 60.0,
     chunk_size: int = 256 * 1024,
     check: bool = True,
@@ -367,7 +381,9 @@ async def exec_streaming(
     """Run ``argv`` on ``endpoint`` and yield a :class:`RemoteStream` of its stdout.
 
     ``host`` names the host in errors (the inventory name; defaults to the endpoint's label),
-    ``path`` the file concerned if any. ``stdin`` is written to the command and closed.
+    ``path`` the file concerned if any. ``stdin`` is written to the command and closed, or
+    with ``keep_stdin_open`` left open for :meth:`RemoteStream.send` (the command reads more
+    once the consumer has seen some of its output).
     ``idle_timeout`` fails the stream after that many seconds *without any byte* (a slow
     consumer does not count: a paused stream is not idle). The transfer is registered under
     ``transfer_id`` in ``registry`` (child of ``token``) for as long as the block runs.
@@ -402,12 +418,16 @@ async def exec_streaming(
             try:
                 if stdin is not None:
                     chan.write(stdin)
-                chan.write_eof()
+                if keep_stdin_open:
+                    stream._stdin = chan
+                else:
+                    chan.write_eof()
                 try:
                     yield stream
                 except Exception as exc:
                     body_error = exc
                 finally:
+                    stream._stdin = None
                     with anyio.CancelScope(shield=True):
                         kill_pid = await _stop_channel(chan, channel, stream)
             finally:

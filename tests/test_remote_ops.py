@@ -18,6 +18,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -745,6 +746,27 @@ def test_local_listing_start_points_and_root(toolset: Runner, tmp_path: Path) ->
         rc, out, err = run_local(toolset, listing_argv(missing, ["."]))
         assert (rc, out) == (3, b""), err
         assert b"cannot enter the root directory" in err
+
+    # "~user/...": that user's home, looked up by the shell (here the user running the test,
+    # whose home is not the $HOME the runner sets).
+    me = pwd.getpwuid(os.getuid())
+    assert os.path.realpath(me.pw_dir) != os.path.realpath(home)
+    mine = Path(tempfile.mkdtemp(prefix="remote-sync-test ", dir=me.pw_dir))
+    try:
+        (mine / "in home.jsonl").write_bytes(b"h")
+        relative = mine.relative_to(me.pw_dir)
+        assert listed(f"~{me.pw_name}/{relative}", ["."]) == {b"in home.jsonl"}
+        assert listed(f"~{me.pw_name}", [str(relative)]) == {
+            relative.as_posix().encode() + b"/in home.jsonl"
+        }
+    finally:
+        shutil.rmtree(mine)
+    # Unknown users, and anything but a plain user name, are never expanded (nor run).
+    for odd in ("~no-such-user-here/x", "~$(touch pwned)", "~root;touch pwned", "~+", "~-"):
+        rc, out, err = run_local(toolset, listing_argv(odd, ["."]), cwd=tmp_path)
+        assert (rc, out) == (3, b""), (odd, err)
+        assert b"cannot enter the root directory " + odd.encode() in err
+    assert not list(tmp_path.rglob("pwned"))
 
 
 def run_round(

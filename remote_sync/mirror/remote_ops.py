@@ -140,12 +140,31 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # Shared by every script that works under a host's root (also the `--remote` sessions
 # scripts): $1 is the root. CDPATH could make cd print to stdout; a root that
 # starts with "-" must not be read as an option (or as "cd -"). Tilde patterns are quoted so
-# the shell does not expand them itself.
+# the shell does not expand them itself. "~user" and "~user/..." are another user's home, as
+# in a shell: only the shell knows it (NSS, not just /etc/passwd), and it expands a tilde
+# only in the text of a command, so the one eval of these scripts builds "~user" from a name
+# checked first to be a portable user name (letters, digits, ".", "_", "-", not first): no
+# quote, "$", "/", "+" or other character the shell could read as anything but the name.
+# An unknown user stays "~user", a directory cd cannot enter.
 ENTER_ROOT_SH = r"""unset CDPATH
 root=$1
 case $root in
 "~") root=$HOME ;;
 "~/"*) root=$HOME/${root#"~/"} ;;
+"~"*)
+    user=${root#"~"}
+    user=${user%%/*}
+    case $user in
+    "" | -* | *[!A-Za-z0-9._-]*) ;;
+    *)
+        eval "home=~$user"
+        case $home in
+        "~"*) ;;
+        *) root=$home${root#"~$user"} ;;
+        esac
+        ;;
+    esac
+    ;;
 -*) root=./$root ;;
 esac
 if [ -z "$root" ] || ! cd -- "$root"; then

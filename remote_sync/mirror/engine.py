@@ -23,7 +23,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -68,7 +68,6 @@ from .remote_ops import (
     Short,
     fetch_argv,
     fetch_stdin,
-    listing_argv,
     listing_end_marker,
     new_marker,
     round_argv,
@@ -292,7 +291,9 @@ class HostSync:
             else:
                 parser.close()  # the command ended without the listing's end line
         except RemoteCommandError as exc:
-            raise _root_error(exc, self.host) from exc
+            if exc.exit_status == EXIT_ROOT_UNUSABLE:
+                raise _root_unusable(exc, self.host) from exc
+            raise
         assert parser.end is not None
         if parser.end[0] != 0:
             await _drain_stream(stream)  # the command exits with the listing's status
@@ -570,40 +571,8 @@ class HostSync:
         self.result.bytes = plan.bytes
 
 
-async def list_host(
-    pool: SSHPool,
-    host: Host,
-    *,
-    token: CancelToken | None = None,
-    idle_timeout: float | None = 120.0,
-    keep: Callable[[bytes], bool] | None = None,
-) -> tuple[list[RemoteFile], str]:
-    """One listing command: the host's included files (and ``keep``-ed), plus find's warnings."""
-    source = host.source
-    argv = listing_argv(source.root, source.start_points)
-    parser = ListingParser(host.name)
-    files: list[RemoteFile] = []
-    try:
-        async with exec_streaming(
-            pool, host.endpoint, argv, host=host.name, idle_timeout=idle_timeout, token=token
-        ) as stream:
-            async for chunk in stream:
-                files.extend(
-                    f
-                    for f in parser.feed(chunk)
-                    if source.is_included(f.path) and (keep is None or keep(f.path))
-                )
-                del chunk  # not held while the stream waits for more
-            parser.close()
-    except RemoteCommandError as exc:
-        raise _root_error(exc, host) from exc
-    return files, stream.stderr_tail.decode("utf-8", "backslashreplace").strip()
-
-
-def _root_error(exc: RemoteCommandError, host: Host) -> RemoteCommandError:
-    """The error to raise for a failed listing: a clear one when the root is unusable."""
-    if exc.exit_status != EXIT_ROOT_UNUSABLE:
-        return exc
+def _root_unusable(exc: RemoteCommandError, host: Host) -> RemoteCommandError:
+    """The clear error for a round that exited with EXIT_ROOT_UNUSABLE."""
     return RemoteCommandError(
         f"the remote root {host.source.root!r} does not exist or cannot be entered",
         host=host.name,

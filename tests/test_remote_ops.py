@@ -16,6 +16,7 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -48,7 +49,7 @@ from remote_sync.mirror.remote_ops import (
     round_argv,
 )
 from remote_sync.ssh.pool import Endpoint, SSHPool
-from remote_sync.ssh.remote import PID_MARKER, wrapped_command
+from remote_sync.ssh.remote import PID_MARKER, kill_group_command, wrapped_command
 from remote_sync.ssh.stream import exec_streaming
 
 MARKER = "0123456789abcdef" * 2
@@ -829,6 +830,65 @@ def test_local_round_lists_then_fetches_in_one_command(toolset: Runner, tmp_path
     # A bad marker: refused before the listing.
     rc, out, err = run_local(toolset, round_argv(str(root), ["."]), b"not-hex\n")
     assert (rc, out) == (2, b"") and b"no valid fetch marker" in err
+
+
+@pytest.mark.parametrize("login", ["bash", "dash", "busybox", "zsh", "fish"])
+def test_commands_run_under_each_login_shell(login: str, tmp_path: Path) -> None:
+    """sshd runs a command as ``<login shell> -c <command line>``. Under each supported login
+    shell the round lists and fetches, and the kill fallback stops a process group."""
+    found = shutil.which(login)
+    if found is None:
+        pytest.skip(f"{login} is not installed (.ci/run installs it)")
+    shell = [found, "sh"] if login == "busybox" else [found]
+    root = tmp_path / "root"
+    root.mkdir()
+    files = build_tree(root)
+    wanted = sorted(path for path, data in files.items() if data)[:4]
+    requests = [FetchRequest(path, 0, len(files[path])) for path in wanted]
+    marker = new_marker()
+    run = subprocess.run(
+        [*shell, "-c", wrapped_command(round_argv(str(root), ["."]))],
+        input=fetch_stdin([], marker) + fetch_stdin(requests),
+        capture_output=True,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.startswith(PID_MARKER)
+    parser = ListingParser("h", trailer=True)
+    listed = parser.feed(run.stdout)
+    assert parser.end == (0, False)
+    assert {f.path for f in listed} == set(walk_regular(root))
+    events = feed_frames(FrameParser("h", marker.encode(), requests), parser.rest, [])
+    assert [collect(events)[i] for i in range(len(wanted))] == [("End", files[p]) for p in wanted]
+    assert not list(tmp_path.rglob("pwned"))
+
+    sleeper = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        subprocess.run([*shell, "-c", kill_group_command(sleeper.pid)], check=True, timeout=30)
+        assert sleeper.wait(timeout=5) == -signal.SIGTERM
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_no_remote_script_has_what_fish_reads_as_an_escape() -> None:
+    """fish takes backslash-backslash and backslash-quote inside single quotes as escapes:
+    quoted by shlex.quote, a script holding either would reach fish's sh changed."""
+    from remote_sync.index import remote as sessions_remote
+    from remote_sync.mirror import remote_ops
+    from remote_sync.ssh import remote
+
+    scripts = [
+        value
+        for module in (remote_ops, sessions_remote, remote)
+        for value in vars(module).values()
+        if isinstance(value, str) and ("\n" in value or "$" in value)
+    ]
+    assert len(scripts) > 8
+    for script in scripts:
+        assert "\\\\" not in script and "\\'" not in script, script[:200]
 
 
 def test_local_round_whose_listing_fails(toolset: Runner, tmp_path: Path) -> None:

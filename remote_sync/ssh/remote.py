@@ -18,10 +18,13 @@ from collections.abc import Sequence
 #: Prefix of the first stderr line of every wrapped command.
 PID_MARKER = b"remote-sync-pid "
 
-# Runs under the user's login shell (bash, dash, zsh, ash: the outer "exec sh -c" hands over
-# to POSIX sh at once). "$$" is then the pid sshd started, which is also the process group id;
-# "exec" keeps that pid for the real command. csh and tcsh as login shells are not supported:
-# they reject a newline inside quotes and expand "!" there, and the scripts have both.
+# Runs under the user's login shell (bash, dash, zsh, ash, fish: the outer "exec sh -c"
+# hands over to POSIX sh at once). "$$" is then the pid sshd started, which is also the process
+# group id; "exec" keeps that pid for the real command. fish reads "\\" and "\'" inside single
+# quotes as escapes: the scripts contain neither, and under fish a root or start point holding
+# a backslash before a quote or another backslash is not supported. csh and tcsh as login
+# shells are not supported: they reject a newline inside quotes and expand "!" there, and the
+# scripts have both.
 _WRAPPER = 'echo "remote-sync-pid $$" >&2; exec "$@"'
 
 
@@ -45,6 +48,15 @@ def sh_script(script: str, *args: str) -> list[str]:
     return ["sh", "-c", script, "sh", *args]
 
 
+# $1 is the process group. Run by sh, not by the login shell: fish reads "( ... )" as a
+# command substitution.
+_KILL_GROUP = (
+    'kill -TERM -"$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null; '
+    '(sleep 1; kill -KILL -"$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null) '
+    "</dev/null >/dev/null 2>&1 & exit 0"
+)
+
+
 def kill_group_command(pid: int) -> str:
     """Stop a remote process group: TERM now, KILL a second later, without waiting for it.
 
@@ -52,8 +64,4 @@ def kill_group_command(pid: int) -> str:
     """
     if pid <= 1:
         raise ValueError(f"refusing to signal pid {pid}")
-    return (
-        f"kill -TERM -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; "
-        f"(sleep 1; kill -KILL -{pid} 2>/dev/null || kill -KILL {pid} 2>/dev/null) "
-        "</dev/null >/dev/null 2>&1 & exit 0"
-    )
+    return quote_argv(["sh", "-c", _KILL_GROUP, "sh", str(pid)])

@@ -64,7 +64,7 @@ from ..decode.jsonl import JsonlDecoder, Record
 from ..errors import ConfigError, ProtocolError, RemoteCommandError, path_text
 from ..formats.readers import get_reader
 from ..inventory import Host
-from ..mirror.remote_ops import ENTER_ROOT_SH, EXIT_ROOT_UNUSABLE, new_marker
+from ..mirror.remote_ops import ENTER_ROOT_SH, EXIT_ROOT_UNUSABLE, new_marker, root_unusable
 from ..ssh.pool import SSHPool
 from ..ssh.remote import sh_script
 from ..ssh.stream import exec_streaming
@@ -595,18 +595,6 @@ class FrameStream:
         return ProtocolError(f"{what}; found {found[:80]!r}", host=self.host, path=path)
 
 
-def _root_error(exc: RemoteCommandError, host: Host) -> RemoteCommandError:
-    if exc.exit_status != EXIT_ROOT_UNUSABLE:
-        return exc
-    return RemoteCommandError(
-        f"the remote root {host.source.root!r} does not exist or cannot be entered",
-        host=host.name,
-        exit_status=exc.exit_status,
-        stderr_tail=exc.stderr_tail,
-        hint="check 'root' (and 'format') for this host in the inventory",
-    )
-
-
 # ----------------------------------------------------------------------------- list
 
 
@@ -682,7 +670,9 @@ async def stream_remote_sessions(
                         )
             frames.close()
     except RemoteCommandError as exc:
-        raise _root_error(exc, host) from exc
+        if exc.exit_status == EXIT_ROOT_UNUSABLE:
+            raise root_unusable(exc, host.name, host.source.root) from exc
+        raise
     if batch:
         yield batch
 
@@ -1020,7 +1010,9 @@ async def _run_show(
                         raise _changed(host, where)
             frames.close()
     except RemoteCommandError as exc:
-        raise _root_error(exc, host) from exc
+        if exc.exit_status == EXIT_ROOT_UNUSABLE:
+            raise root_unusable(exc, host.name, host.source.root) from exc
+        raise
     return outcome
 
 

@@ -70,6 +70,7 @@ from .remote_ops import (
     fetch_stdin,
     listing_end_marker,
     new_marker,
+    root_unusable,
     round_argv,
 )
 from .state import CONTROL_DIR, FileState, MirrorState
@@ -292,7 +293,7 @@ class HostSync:
                 parser.close()  # the command ended without the listing's end line
         except RemoteCommandError as exc:
             if exc.exit_status == EXIT_ROOT_UNUSABLE:
-                raise _root_unusable(exc, self.host) from exc
+                raise root_unusable(exc, self.name, self.host.source.root) from exc
             raise
         assert parser.end is not None
         if parser.end[0] != 0:
@@ -569,17 +570,6 @@ class HostSync:
             self.emit(Planned(self.name, path_text(row.path), "deleted", 0))
         counts.deleted = len(plan.deleted)
         self.result.bytes = plan.bytes
-
-
-def _root_unusable(exc: RemoteCommandError, host: Host) -> RemoteCommandError:
-    """The clear error for a round that exited with EXIT_ROOT_UNUSABLE."""
-    return RemoteCommandError(
-        f"the remote root {host.source.root!r} does not exist or cannot be entered",
-        host=host.name,
-        exit_status=exc.exit_status,
-        stderr_tail=exc.stderr_tail,
-        hint="check 'root' (and 'format') for this host in the inventory",
-    )
 
 
 async def _drain_stream(stream: RemoteStream) -> None:

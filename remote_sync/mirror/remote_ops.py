@@ -76,7 +76,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import ConfigError, ProtocolError, path_text
+from ..errors import ConfigError, ProtocolError, RemoteCommandError, path_text
 from ..ssh.remote import sh_script
 from .archive import ArchiveReader
 from .fetch_events import (
@@ -115,11 +115,24 @@ __all__ = [
     "listing_argv",
     "listing_end_marker",
     "new_marker",
+    "root_unusable",
     "round_argv",
 ]
 
-#: Exit status of both scripts when the root directory cannot be entered or read.
+#: Exit status of every script when the root directory cannot be entered or read.
 EXIT_ROOT_UNUSABLE = 3
+
+
+def root_unusable(exc: RemoteCommandError, host: str, root: str) -> RemoteCommandError:
+    """The clear error for a command that exited with :data:`EXIT_ROOT_UNUSABLE`."""
+    return RemoteCommandError(
+        f"the remote root {root!r} does not exist or cannot be entered",
+        host=host,
+        exit_status=exc.exit_status,
+        stderr_tail=exc.stderr_tail,
+        hint="check 'root' (and 'format') for this host in the inventory",
+    )
+
 
 #: The fetch script reaches an offset as ``dd bs=SKIP_BLOCK skip=<blocks>`` then
 #: ``dd bs=1 skip=<bytes>`` (each an lseek). Offsets up to :data:`_SMALL_OFFSET` need only the

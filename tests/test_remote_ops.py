@@ -456,6 +456,10 @@ def test_a_rounds_listing_rejects_a_bad_or_missing_end_line() -> None:
         parser.feed(cut_short)
         with pytest.raises(ProtocolError, match=r"end line|inside a record|ended early"):
             parser.close()
+    # Inside the compressed records an end line is a malformed record, never the end.
+    hidden = gzip.compress(record + b"L 0 0\n" + b"9 9 9 9\n./smuggled\x00") + b"L 7 1\n"
+    with pytest.raises(ProtocolError, match="malformed listing record"):
+        ListingParser("h", trailer=True).feed(hidden)
     # Without trailer (the listing command), an end line is just a malformed record.
     with pytest.raises(ProtocolError, match="malformed listing record"):
         ListingParser("h").feed(record + b"L 0 0\nx\x00")
@@ -733,8 +737,14 @@ def test_local_listing_start_points_and_root(toolset: Runner, tmp_path: Path) ->
     }
     assert listed(str(root), ["-dash dir"]) == {b"-dash dir/y"}
     assert listed(str(root), ["missing", "also/missing"]) == set()
-    # A symlink as start point is not followed (nor with a trailing slash).
-    assert listed(str(root), ["link-dir", "link-dir/", "link-file", "top.jsonl"]) == {b"top.jsonl"}
+    # A symlink as start point is not followed. One to a file lists nothing, as a symlinked
+    # file anywhere; one to a directory is skipped with a warning (the files mirrored from
+    # there must not be taken for deleted).
+    assert listed(str(root), ["link-file", "top.jsonl"]) == {b"top.jsonl"}
+    for point in ("link-dir", "link-dir/"):
+        rc, out, err = run_local(toolset, listing_argv(str(root), [point, "top.jsonl"]))
+        assert (rc, set(parse_listing(out))) == (0, {b"top.jsonl"})
+        assert b"start point ./link-dir is a symbolic link to a directory: skipped" in err
     # Below a symlinked directory: skipped, with a warning (find would leave the root).
     rc, out, err = run_local(toolset, listing_argv(str(root), ["link-dir/a", "top.jsonl"]))
     assert (rc, set(parse_listing(out))) == (0, {b"top.jsonl"})
@@ -763,7 +773,8 @@ def test_local_listing_start_points_and_root(toolset: Runner, tmp_path: Path) ->
     finally:
         shutil.rmtree(mine)
     # Unknown users, and anything but a plain user name, are never expanded (nor run).
-    for odd in ("~no-such-user-here/x", "~$(touch pwned)", "~root;touch pwned", "~+", "~-"):
+    odd_roots = ("~no-such-user-here/x", "~$(touch pwned)", "~root;touch pwned", "~+", "~-", "~0")
+    for odd in odd_roots:  # "~0" is bash's directory stack, no user name
         rc, out, err = run_local(toolset, listing_argv(odd, ["."]), cwd=tmp_path)
         assert (rc, out) == (3, b""), (odd, err)
         assert b"cannot enter the root directory " + odd.encode() in err
@@ -889,6 +900,25 @@ def test_no_remote_script_has_what_fish_reads_as_an_escape() -> None:
     assert len(scripts) > 8
     for script in scripts:
         assert "\\\\" not in script and "\\'" not in script, script[:200]
+
+
+@pytest.mark.parametrize("toolset", ["gnu", "busybox-gzip"], indirect=True)
+def test_local_round_whose_gzip_dies(toolset: Runner, tmp_path: Path) -> None:
+    """A gzip that read the whole listing but died before its last block: the listing fails
+    (status 5, gzip named), rather than passing a cut stream for a complete one."""
+    root = tmp_path / "root"
+    root.mkdir()
+    for i in range(300):
+        (root / f"session-{i:04d}.jsonl").write_bytes(b"{}\n")
+    gzip_tool = real_tool(toolset, "gzip")
+    scratch = tmp_path / "gz.out"
+    dying = f'{gzip_tool} "$@" > {scratch}\nhead -c 200 {scratch}\nkill -9 $$\n'
+    runner = wrap_tools(toolset, tmp_path / "dying", {"gzip": dying})
+    marker = new_marker()
+    stdin = fetch_stdin([], marker) + fetch_stdin([FetchRequest(b"x", 0, 1)])
+    rc, out, err = run_local(runner, round_argv(str(root), ["."]), stdin)
+    assert rc == 5 and out.endswith(b"L 5 1\n") and len(out) <= 200 + 6  # nothing fetched
+    assert b"gzip failed (status 137)" in err
 
 
 def test_local_round_whose_listing_fails(toolset: Runner, tmp_path: Path) -> None:

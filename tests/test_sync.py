@@ -27,6 +27,7 @@ from synchelp import (
 
 from remote_sync.cli import main
 from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary
+from remote_sync.mirror import engine
 from remote_sync.mirror.state import MirrorState
 
 
@@ -545,6 +546,180 @@ def test_a_round_is_one_remote_command_per_host(
         assert commands() - before == (2 if change == "rewritten" else 1), change
         if change == "rewritten":
             assert summary.files.rewritten == 1
+
+
+def host_tools(
+    fleet: SSHFleet, monkeypatch: pytest.MonkeyPatch, name: str, scripts: dict[str, str]
+) -> None:
+    """Give every host's round these stand-in tools, first on its PATH (sh scripts)."""
+    where = fleet.root / name
+    where.mkdir()
+    for tool, body in scripts.items():
+        (where / tool).write_text("#!/bin/sh\n" + body)
+        (where / tool).chmod(0o755)
+    real = engine.round_argv
+    monkeypatch.setattr(
+        engine,
+        "round_argv",
+        lambda root, points: ["env", f"PATH={where}:/usr/bin:/bin", *real(root, points)],
+    )
+
+
+def slow_planning(monkeypatch: pytest.MonkeyPatch, then: object = None) -> None:
+    """The client takes a while between the listing's end and sending the fetch items (a
+    big listing to plan, an index worker starting); ``then`` runs first, given the HostSync."""
+    real = engine.HostSync._list
+
+    async def slow(self: engine.HostSync, stream):  # type: ignore[no-untyped-def]
+        listed = await real(self, stream)
+        if callable(then):
+            then(self)
+        await anyio.sleep(0.5)
+        return listed
+
+    monkeypatch.setattr(engine.HostSync, "_list", slow)
+
+
+@pytest.mark.parametrize("how", ["fetch command fails", "connection drops", "cancelled"])
+def test_a_round_that_ends_before_the_fetch_is_sent_says_why(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """The host's command may end while the client plans: its real outcome is reported (the
+    command's failure, the lost connection, the cancel), never an internal error."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0", sessions=3)
+    if how == "fetch command fails":  # as a BusyBox xargs built without -0 would
+        host_tools(
+            fleet,
+            monkeypatch,
+            "no-xargs-0",
+            {"xargs": "echo 'xargs: unknown option -0' >&2\nexit 1\n"},
+        )
+        slow_planning(monkeypatch)
+    elif how == "connection drops":
+        slow_planning(monkeypatch, lambda _sync: fleet.stop("h0"))
+    else:
+        slow_planning(monkeypatch, lambda sync_: sync_.token.cancel("interrupted"))
+    code, _, events = sync(inv, tmp_path / "m", capsys)
+    (done,) = [e for e in events if isinstance(e, HostDone)]
+    assert done.error is not None and "internal error" not in done.error, done.error
+    if how == "fetch command fails":
+        assert (code, done.status) == (1, "failed")
+        assert "xargs: unknown option -0" in done.error
+    elif how == "connection drops":
+        assert (code, done.status) == (1, "failed")
+        fleet.start("h0")
+    else:
+        assert (code, done.status) == (130, "cancelled")
+    assert not (tmp_path / "m" / "h0").exists() or not any((tmp_path / "m" / "h0").rglob("*.jsonl"))
+
+
+@pytest.mark.parametrize("fetch", ["writes much to stderr", "fails"])
+def test_an_incomplete_listing_is_reported_whatever_the_fetch_does(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fetch: str,
+) -> None:
+    """find's messages about an unreadable directory reach the listing_incomplete event whole,
+    although the fetch then writes more than the stderr tail holds, or fails."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    paths = make_openclaw_tree(fleet, "h0", sessions=4)
+    dest = tmp_path / "m"
+    assert sync(inv, dest, capsys)[0] == 0
+    for rel in paths[:2]:
+        append(fleet, "h0", rel, session_bytes(random.Random(1), 2, start=50))
+    if fetch == "fails":
+        script = "cat >/dev/null\necho 'xargs: sh: killed by signal 9' >&2\nexit 125\n"
+        host_tools(fleet, monkeypatch, "bad-xargs", {"xargs": script})
+    else:
+        noise = (
+            "i=0\n"
+            'while [ $i -lt 300 ]; do echo "dd: noise $i ...................." >&2\n'
+            "i=$((i + 1)); done\n"
+        )
+        host_tools(fleet, monkeypatch, "noisy-dd", {"dd": noise + 'exec /usr/bin/dd "$@"\n'})
+    fleet.mkdir("h0", "agents/locked/sessions")
+    os.chmod(fleet.path("h0", "agents/locked"), 0)
+    try:
+        code, _, events = sync(inv, dest, capsys)
+    finally:
+        os.chmod(fleet.path("h0", "agents/locked"), 0o755)
+    assert code == 1
+    (message,) = [
+        e.message for e in events if isinstance(e, ErrorEvent) and e.kind == "listing_incomplete"
+    ]
+    assert "locked" in message and "noise" not in message and "xargs" not in message
+    if fetch == "writes much to stderr":
+        assert_exact(fleet, dest, "h0")
+
+
+def test_a_failed_listing_is_reported_as_one(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0", sessions=2)
+    host_tools(fleet, monkeypatch, "oom-find", {"find": "echo 'find: out of memory' >&2\nexit 2\n"})
+    code, _, events = sync(inv, tmp_path / "m", capsys)
+    (done,) = [e for e in events if isinstance(e, HostDone)]
+    assert code == 1 and done.error is not None
+    assert "the listing failed (status 2)" in done.error and "out of memory" in done.error
+    assert " L" not in done.error.partition("remote stderr:")[2]  # the round's boundary line
+
+
+def test_a_login_shell_that_prints_a_banner_is_a_clear_error(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An rc file that echoes on every command spoils the output, as it does rsync's: the host
+    fails at once with a hint at the rc files, nothing is mirrored, the others are unharmed."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0", "h1"])
+    make_openclaw_tree(fleet, "h0", sessions=3)
+    make_openclaw_tree(fleet, "h1", sessions=3)
+    real = engine.round_argv
+
+    def with_banner(root: str, points: list[str]) -> list[str]:
+        if root != str(fleet.path("h0")):
+            return real(root, points)
+        return ["sh", "-c", 'echo "Welcome to h0!"; exec "$@"', "sh", *real(root, points)]
+
+    monkeypatch.setattr(engine, "round_argv", with_banner)
+    code, _, events = sync(inv, tmp_path / "m", capsys)
+    done = {e.host: e for e in events if isinstance(e, HostDone)}
+    assert code == 1 and done["h1"].status == "ok" and done["h0"].status == "failed"
+    assert done["h0"].error is not None and "rc files" in done["h0"].error
+    assert not (tmp_path / "m" / "h0").exists()
+    assert_exact(fleet, tmp_path / "m", "h1")
+
+
+def test_a_compressed_listing_cut_short_fails_at_once(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gzip dying after it read the whole listing (out of memory) used to leave the client
+    reading the end line as compressed data, and waiting for the idle timeout."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0", sessions=30)
+    cut = '/usr/bin/gzip "$@" > "$0.$$"\nhead -c 300 "$0.$$"\nrm -f "$0.$$"\nkill -9 $$\n'
+    host_tools(fleet, monkeypatch, "dying-gzip", {"gzip": cut})
+    os.chmod(fleet.root / "dying-gzip", 0o777)  # its scratch file goes next to it
+    started = time.monotonic()
+    code, _, events = sync(inv, tmp_path / "m", capsys)
+    (done,) = [e for e in events if isinstance(e, HostDone)]
+    assert code == 1 and done.error is not None and "gzip failed" in done.error
+    assert time.monotonic() - started < 20
 
 
 def test_unreadable_remote_directory_is_reported_and_deletions_not_recorded(

@@ -228,6 +228,8 @@ class HostSync:
         # marker goes on stdin, never on a command line other users could read in `ps`.
         marker = new_marker()
         again: list[Transfer] = []
+        stream: RemoteStream | None = None
+        complete = True
         try:
             async with exec_streaming(
                 self.pool,
@@ -236,6 +238,7 @@ class HostSync:
                 host=self.name,
                 stdin=fetch_stdin([], marker),
                 keep_stdin_open=True,
+                stderr_boundary=listing_end_marker(marker),
                 idle_timeout=self.options.idle_timeout,
                 token=self.token,
             ) as stream:
@@ -261,8 +264,6 @@ class HostSync:
                 else:
                     await self._pick_worker(plan)
                     again = await self._fetch_on(stream, marker, plan.transfers, listed.rest)
-            if not complete:
-                self._listing_incomplete(stream.stderr_tail, marker)
             if self.options.dry_run:
                 return
             if again:
@@ -273,6 +274,9 @@ class HostSync:
                 for t in still:
                     self._fail(t.remote.path, "changed again while being fetched; retry next run")
         finally:
+            if not complete:  # reported even when the fetch then failed
+                assert stream is not None
+                self._listing_incomplete(stream.stderr_before)
             with anyio.CancelScope(shield=True):
                 await self._drain()
         self._mark_deleted(plan.deleted)
@@ -295,20 +299,39 @@ class HostSync:
             if exc.exit_status == EXIT_ROOT_UNUSABLE:
                 raise root_unusable(exc, self.name, self.host.source.root) from exc
             raise
+        except ProtocolError as exc:
+            # Broken listing bytes are often the trace of a command that failed (gzip killed
+            # midway): its exit status and messages say more. Without a failure, the bytes.
+            stream.send(b"", end=True)
+            try:
+                await _drain_stream(stream)
+            except RemoteCommandError as failed:
+                raise failed from exc
+            except RemoteSyncError:
+                pass
+            raise
         assert parser.end is not None
         if parser.end[0] != 0:
-            await _drain_stream(stream)  # the command exits with the listing's status
+            try:
+                await _drain_stream(stream)  # the command exits with the listing's status
+            except RemoteCommandError as exc:
+                raise RemoteCommandError(
+                    f"the listing failed (status {parser.end[0]})",
+                    host=self.name,
+                    exit_status=exc.exit_status,
+                    stderr_tail=exc.stderr_tail,
+                ) from exc
             raise ProtocolError(
                 f"the listing failed with status {parser.end[0]}, the command did not",
                 host=self.name,
             )
         return files, parser
 
-    def _listing_incomplete(self, stderr: bytes, marker: str) -> None:
+    def _listing_incomplete(self, messages: bytes | None) -> None:
         # find could not read part of the tree: report it, count it as a failure (files
         # there were not mirrored), and do not take the files it could not see for deleted.
-        messages, found, _ = stderr.partition(listing_end_marker(marker))
-        text = messages.decode("utf-8", "backslashreplace").strip() if found else ""
+        # The messages are None when the stderr boundary never came (the command was cut).
+        text = messages.decode("utf-8", "backslashreplace").strip() if messages else ""
         self.result.files.failed += 1
         self.emit(
             ErrorEvent(

@@ -156,8 +156,9 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # the shell does not expand them itself. "~user" and "~user/..." are another user's home, as
 # in a shell: only the shell knows it (NSS, not just /etc/passwd), and it expands a tilde
 # only in the text of a command, so the one eval of these scripts builds "~user" from a name
-# checked first to be a portable user name (letters, digits, ".", "_", "-", not first): no
-# quote, "$", "/", "+" or other character the shell could read as anything but the name.
+# checked first to be a portable user name (a letter or "_", then letters, digits, ".", "_",
+# "-"): no quote, "$", "/", "+" or other character the shell could read as anything but the
+# name, and no digit first (bash reads "~0" as its directory stack).
 # An unknown user stays "~user", a directory cd cannot enter.
 ENTER_ROOT_SH = r"""unset CDPATH
 root=$1
@@ -168,7 +169,7 @@ case $root in
     user=${root#"~"}
     user=${user%%/*}
     case $user in
-    "" | -* | *[!A-Za-z0-9._-]*) ;;
+    "" | [!A-Za-z_]* | *[!A-Za-z0-9._-]*) ;;
     *)
         eval "home=~$user"
         case $home in
@@ -190,16 +191,17 @@ if [ ! -r . ]; then
 fi
 """
 
-# After the root, "$@" are the start points, already normalized by listing_argv (relative, no "..",
-# no empty or "." components, or exactly "."). Each gets a "./" prefix so find never takes one for
-# an option or an operator ("-x", "!", "("). Missing ones are skipped; one below a symlinked
-# directory is skipped with a warning (find would follow that link out of the root, and the fetch
-# refuses such paths anyway). The kept ones replace the positional parameters (the "for" list was
-# expanded before the loop changed them). find's status 1 means "some file or directory could not be
-# read": its messages are on stderr and the listing is still useful, so that is success; 3 is kept
-# for the root. When the host has gzip the listing travels compressed (about 5x smaller: paths
-# repeat their directories); find's status comes back around the pipe on fd 3, since POSIX sh has no
-# pipefail.
+# After the root, "$@" are the start points, already normalized by listing_argv (relative, no
+# "..", no empty or "." components, or exactly "."). Each gets a "./" prefix so find never takes
+# one for an option or an operator ("-x", "!", "("). Missing ones are skipped; one below a
+# symlinked directory is skipped with a warning (find would follow that link out of the root, and
+# the fetch refuses such paths anyway), and so is one that is itself a symlink to a directory
+# (find would list nothing there, and every file mirrored from it would be taken for deleted). The
+# kept ones replace the positional parameters (the "for" list was expanded before the loop changed
+# them). find's status 1 means "some file or directory could not be read": its messages are on
+# stderr and the listing is still useful, so that is success; 3 is kept for the root. When the
+# host has gzip the listing travels compressed (about 5x smaller: paths repeat their directories);
+# find's status comes back around the pipe on fd 3, since POSIX sh has no pipefail.
 #
 # Any message on stderr makes the caller take the listing as incomplete (no deletions
 # recorded), so a file or directory that vanishes while find walks the tree (an agent's
@@ -221,6 +223,10 @@ for p do
     *) p=./$p ;;
     esac
     [ -e "$p" ] || [ -L "$p" ] || continue
+    if [ -L "$p" ] && [ -d "$p" ]; then
+        printf 'remote-sync: start point %s is a symbolic link to a directory: skipped\n' "$p" >&2
+        continue
+    fi
     d=$p
     while :; do
         case $d in
@@ -280,7 +286,14 @@ list_checked() {
 if command -v gzip >/dev/null 2>&1; then
     exec 4>&1
     st=$({ { list_checked "$@"; echo "$?" >&3; } | gzip -c >&4; } 3>&1)
+    gz=$?
     exec 4>&-
+    if [ "$gz" != 0 ]; then
+        # A cut compressed stream must not pass for a listing (the round's end line would
+        # be read as more compressed data).
+        printf 'remote-sync: gzip failed (status %s); the listing is incomplete\n' "$gz" >&2
+        st=5
+    fi
 else
     list_checked "$@"
     st=$?
@@ -728,7 +741,7 @@ class ListingParser:
         pos = 0
         find = buf.find
         while True:
-            if self._trailer and buf[pos : pos + 1] == b"L":
+            if self._trailer and self._inflate is None and buf[pos : pos + 1] == b"L":
                 newline = find(b"\n", pos)
                 if newline < 0:
                     break

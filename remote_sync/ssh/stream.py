@@ -85,6 +85,9 @@ class RemoteStream:
         self._idle_timeout = idle_timeout
         self._channel: _Channel | None = None  # set by exec_streaming once the channel exists
         self._stdin: asyncssh.SSHClientChannel[bytes] | None = None  # while stdin stays open
+        self._boundary: bytes | None = None  # a stderr line awaited (set_stderr_boundary)
+        self._before = bytearray()  # stderr while the boundary is awaited (a bounded tail)
+        self._stderr_before: bytes | None = None
         self._stderr = bytearray()
         self._stderr_head = bytearray()  # until the pid line is complete
         self._failure: RemoteSyncError | None = None
@@ -96,6 +99,8 @@ class RemoteStream:
 
     @property
     def stderr_tail(self) -> bytes:
+        if self._boundary is not None and self._before:  # still awaited: all of it so far
+            return bytes(self._stderr + self._before)[-STDERR_TAIL_BYTES:]
         return bytes(self._stderr)
 
     def __aiter__(self) -> RemoteStream:
@@ -127,15 +132,40 @@ class RemoteStream:
 
     def send(self, data: bytes, *, end: bool = False) -> None:
         """Write ``data`` to the command's stdin (of a stream opened with ``keep_stdin_open``);
-        ``end`` closes stdin after it. asyncssh buffers what the window does not take yet."""
+        ``end`` closes stdin after it. asyncssh buffers what the window does not take yet.
+
+        A command that has already ended (it failed, the connection dropped, the transfer was
+        cancelled) takes nothing: the data is dropped, and reading the stream on raises what
+        really happened.
+        """
         chan = self._stdin
         if chan is None:
             raise RuntimeError("stdin of this remote command is closed")
-        if data:
-            chan.write(data)
         if end:
             self._stdin = None
-            chan.write_eof()
+        try:
+            if data:
+                chan.write(data)
+            if end:
+                chan.write_eof()
+        except (BrokenPipeError, OSError, asyncssh.Error) as exc:
+            log.debug("%s: stdin not sent, the command has ended: %s", self.host, exc)
+            self._stdin = None
+
+    def set_stderr_boundary(self, line: bytes) -> None:
+        """Keep the stderr that comes before ``line`` apart, in :attr:`stderr_before`.
+
+        For a command in two phases that marks the end of the first on stderr: its messages
+        stay whole (up to the tail's size) whatever the second phase writes after them, and
+        ``line`` itself is left out of every tail.
+        """
+        self._boundary = line
+        self._before = bytearray()
+
+    @property
+    def stderr_before(self) -> bytes | None:
+        """The stderr before the boundary line, once it has come (see set_stderr_boundary)."""
+        return self._stderr_before
 
     async def read_all(self) -> bytes:
         """Collect the whole output (for small outputs such as listings)."""
@@ -189,6 +219,20 @@ class RemoteStream:
             else:
                 self.remote_pid = 0  # no marker: a non-POSIX shell ate the wrapper
                 data = line + b"\n" + rest if newline >= 0 else line
+        boundary = self._boundary
+        if boundary is not None:
+            self._before += data
+            found = self._before.find(boundary)
+            if found < 0:
+                # Keep a tail, plus enough to find a boundary split between two packets.
+                excess = len(self._before) - STDERR_TAIL_BYTES - len(boundary)
+                if excess > 0:
+                    del self._before[:excess]
+                return
+            self._stderr_before = bytes(self._before[:found])[-STDERR_TAIL_BYTES:]
+            data = self._stderr_before + self._before[found + len(boundary) :]
+            self._boundary = None
+            self._before = bytearray()
         self._stderr += data
         if len(self._stderr) > STDERR_TAIL_BYTES:
             del self._stderr[: len(self._stderr) - STDERR_TAIL_BYTES]
@@ -371,6 +415,7 @@ async def exec_streaming(
     path: str | None = None,
     stdin: bytes | None = None,
     keep_stdin_open: bool = False,
+    stderr_boundary: bytes | None = None,
     idle_timeout: float | None = 60.0,
     chunk_size: int = 256 * 1024,
     check: bool = True,
@@ -383,7 +428,8 @@ async def exec_streaming(
     ``host`` names the host in errors (the inventory name; defaults to the endpoint's label),
     ``path`` the file concerned if any. ``stdin`` is written to the command and closed, or
     with ``keep_stdin_open`` left open for :meth:`RemoteStream.send` (the command reads more
-    once the consumer has seen some of its output).
+    once the consumer has seen some of its output). With ``stderr_boundary`` the stderr before
+    that line is kept apart (:meth:`RemoteStream.set_stderr_boundary`).
     ``idle_timeout`` fails the stream after that many seconds *without any byte* (a slow
     consumer does not count: a paused stream is not idle). The transfer is registered under
     ``transfer_id`` in ``registry`` (child of ``token``) for as long as the block runs.
@@ -402,6 +448,8 @@ async def exec_streaming(
             chunk_size=chunk_size,
             idle_timeout=idle_timeout,
         )
+        if stderr_boundary is not None:
+            stream.set_stderr_boundary(stderr_boundary)
         channel = stream._channel = _Channel(
             stream,
             high_water=max(chunk_size, 64 * 1024) * 2,

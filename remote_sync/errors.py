@@ -9,6 +9,8 @@ is a cancellation (exit 130), everything else is a failure of that host or file 
 
 from __future__ import annotations
 
+import re
+
 
 class RemoteSyncError(Exception):
     """Base class: a message plus the host, path and hint it concerns."""
@@ -44,6 +46,18 @@ def path_text(path: bytes) -> str:
     """A remote path (any bytes) as text for messages and events: bytes that are not UTF-8
     appear as ``\\xNN`` escapes, so the text names the file exactly and always encodes."""
     return path.decode("utf-8", "backslashreplace")
+
+
+_ESCAPED_BYTE = re.compile(rb"\\x([0-9a-f]{2})")
+
+
+def path_bytes(text: str) -> bytes:
+    """The bytes :func:`path_text` showed as ``text`` (its ``\\xNN`` escapes undone). A name
+    that really holds such text reads differently; callers that must tell try both."""
+    data = text.encode("utf-8", "surrogateescape")
+    if b"\\x" not in data:
+        return data
+    return _ESCAPED_BYTE.sub(lambda m: bytes([int(m[1], 16)]), data)
 
 
 def _printable(path: str | None) -> str | None:

@@ -189,7 +189,7 @@ def toolset(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
         pytest.skip("busybox is not installed")
     bindir = tmp_path / "bb"
     bindir.mkdir()
-    for applet in ("sh", "find", "head", "tail", "xargs", "printf", "cat", "wc", "stat"):
+    for applet in ("sh", "find", "head", "tail", "xargs", "printf", "cat", "wc", "stat", "dd"):
         os.symlink(busybox, bindir / applet)
     yield str(bindir / "sh"), {"PATH": str(bindir), "HOME": str(home)}
 

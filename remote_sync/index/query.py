@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..errors import ConfigError
+from ..errors import ConfigError, path_bytes
 from .facts import SessionFacts
 from .store import INT64_MAX
 
@@ -540,7 +540,7 @@ def select_rows(
         if field == "path"
         else operator.attrgetter("klass" if field == "class" else field)
     )
-    kept.sort(key=lambda r: (r.host, _path_bytes(r.path)))
+    kept.sort(key=lambda r: (r.host, path_bytes(r.path)))
     present = [r for r in kept if value(r) is not None]
     missing = [r for r in kept if value(r) is None]
     present.sort(key=value, reverse=sort.startswith("-"))
@@ -548,19 +548,8 @@ def select_rows(
     return out if limit is None else out[:limit]
 
 
-_ESCAPED_BYTE = re.compile(rb"\\x([0-9a-f]{2})")
-
-
-def _path_bytes(path: str) -> bytes:
-    """A displayed path's bytes again (``\\xNN`` escapes undone), to sort like SQLite does."""
-    data = path.encode("utf-8", "surrogateescape")
-    if b"\\x" not in data:
-        return data
-    return _ESCAPED_BYTE.sub(lambda m: bytes([int(m[1], 16)]), data)
-
-
 def _row_path_bytes(row: SessionRow) -> bytes:
-    return _path_bytes(row.path)
+    return path_bytes(row.path)
 
 
 def find_session(
@@ -588,7 +577,7 @@ def find_session(
     )
     params["raw"] = session.encode("utf-8", "surrogateescape")
     params["session"] = session
-    params["unescaped"] = _path_bytes(session)  # a path as listed: \xNN for odd bytes
+    params["unescaped"] = path_bytes(session)  # a path as listed: \xNN for odd bytes
     tiers = (
         f"SELECT * FROM ({base}) WHERE path IN (:raw, :unescaped) ORDER BY path",
         f"SELECT * FROM ({base}) WHERE session_id = :session ORDER BY path",

@@ -61,7 +61,7 @@ from typing import Any
 
 from ..cancel import CancelToken
 from ..decode.jsonl import JsonlDecoder, Record
-from ..errors import ConfigError, ProtocolError, RemoteCommandError, path_text
+from ..errors import ConfigError, ProtocolError, RemoteCommandError, path_bytes, path_text
 from ..formats.readers import get_reader
 from ..inventory import Host
 from ..mirror.remote_ops import ENTER_ROOT_SH, EXIT_ROOT_UNUSABLE, new_marker, root_unusable
@@ -150,7 +150,7 @@ for a do
         continue
     fi
     case $a in
-    .) ;;
+    . | ./*) ;;
     *) a=./$a ;;
     esac
     [ -e "$a" ] || [ -L "$a" ] || continue
@@ -212,8 +212,9 @@ for f do
     """
     + _SAFE_FILE
     + r"""    if [ -r "$f" ]; then
-        if [ -z "$t" ]; then
-            t=$(stat -c %Y -- "$f") || continue
+        if [ -z "$t" ] && ! t=$(stat -c %Y -- "$f"); then
+            [ ! -e "$f" ] || printf 'remote-sync: cannot stat %s: left out\n' "$f" >&2
+            continue
         fi
         printf '%s F %s %s\0' "$m" "$t" "$f"
         if cat -- "$f"; then printf '%s E\n' "$m"; else printf '%s X\n' "$m"; fi
@@ -242,9 +243,17 @@ if LC_ALL=C find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
     exec 4>&1
     st=$({ { LC_ALL=C find "$@" -printf '%T@/%p\0'; echo "$?" >&3; } |
         xargs -0 sh -c "$batch" sh given >&4; } 3>&1)
+    xs=$?
     exec 4>&-
+    if [ "$xs" != 0 ]; then
+        printf 'remote-sync: xargs failed (status %s); the listing is incomplete\n' "$xs" >&2
+        exit 5
+    fi
 else
-    LC_ALL=C find "$@" -exec sh -c "$batch" sh stat {} +
+    # Some BusyBox builds (FEATURE_FIND_EXEC_PLUS off) know only "-exec ... ;".
+    end=+
+    find . -maxdepth 0 -exec true {} + >/dev/null 2>&1 || end=';'
+    LC_ALL=C find "$@" -exec sh -c "$batch" sh stat {} "$end"
     st=$?
 fi
 case ${st:-2} in
@@ -260,6 +269,9 @@ esac
 # when it has what it needs. tail: its size, then blocks backwards from the end, the first of
 # $RS_BLOCK bytes, each twice the last up to 16 MiB (show.TAIL_MAX_BLOCK), until the start of
 # the file or until the client stops reading. A short block (the file shrank) ends early.
+# The size comes from stat and each block from the file opened anew, read by one dd that
+# seeks and counts bytes where dd can, else by dd seeking and head reading: BusyBox's
+# "tail -c +N" reads the file from its start up to N, and its "wc -c" reads all of it.
 _SHOW_BATCH = r"""m=$REMOTE_SYNC_MARKER
 for f do
     printf '%s C %s\0' "$m" "$f"
@@ -288,16 +300,32 @@ if [ "$RS_MODE" = head ]; then
     if cat -- "$f"; then printf '%s E\n' "$m"; else printf '%s X\n' "$m"; fi
     exit 0
 fi
-size=$(wc -c < "$f") || gone
+size=$(stat -c %s -- "$f" 2>/dev/null) || size=$(wc -c <"$f") || gone
 size=$((size + 0))
 printf '%s S %s\n' "$m" "$size"
+dd_bytes=
+if dd iflag=skip_bytes,count_bytes bs=1 count=0 status=none </dev/null >/dev/null 2>&1; then
+    dd_bytes=y
+fi
+read_block() {
+    if [ -n "$dd_bytes" ] && [ "$start" -le 2147483647 ]; then
+        dd iflag=skip_bytes,count_bytes bs=65536 skip="$start" count="$len" status=none
+    else
+        blocks=$((start / 65536))
+        bytes=$((start % 65536))
+        { [ "$blocks" = 0 ] || dd bs=65536 skip="$blocks" count=0 2>/dev/null; } &&
+            { [ "$bytes" = 0 ] || dd bs=1 skip="$bytes" count=0 2>/dev/null; } &&
+            head -c "$len"
+    fi
+}
 end=$size
 blk=$RS_BLOCK
 while [ "$end" -gt 0 ]; do
     start=$((end - blk))
     [ "$start" -ge 0 ] || start=0
+    len=$((end - start))
     printf '%s K %s\n' "$m" "$start"
-    tail -c +"$((start + 1))" -- "$f" | head -c "$((end - start))"
+    read_block <"$f"
     printf '%s E\n' "$m"
     end=$start
     [ "$blk" -ge 16777216 ] || blk=$((blk * 2))
@@ -615,6 +643,7 @@ async def stream_remote_sessions(
     mtime: float | None = None
     received = 0
     batch: list[SessionRow] = []
+    unread: list[str] = []  # files whose read failed midway
     now = time.time() if now is None else now
     try:
         async with exec_streaming(
@@ -643,6 +672,8 @@ async def stream_remote_sessions(
                     elif kind in "EX":
                         # An empty file is no session (as in a mirror's index); one whose
                         # read failed midway (X) is left out rather than shown in part.
+                        if indexer is not None and kind == "X":
+                            unread.append(path_text(path))
                         if indexer is not None and kind == "E" and received:
                             update = indexer.result()
                             batch.append(
@@ -675,6 +706,27 @@ async def stream_remote_sessions(
         raise
     if batch:
         yield batch
+    warnings = _listing_warnings(stream.stderr_tail)
+    if warnings or unread:
+        # What was listed has been yielded; the host still counts as failed (exit 1), as a
+        # sync's incomplete listing does, since sessions may be missing.
+        reasons = warnings + [f"{path}: the read failed midway: left out" for path in unread]
+        raise RemoteCommandError(
+            "the listing is incomplete: " + "; ".join(reasons),
+            host=host.name,
+            hint="fix permissions (or the failing tool) on the host; the rest was listed",
+        )
+
+
+def _listing_warnings(stderr: bytes) -> list[str]:
+    """The messages of a listing's stderr that mean missing sessions: not those of a file or
+    directory that vanished while find walked the tree (an agent's atomic save)."""
+    lines = stderr.decode("utf-8", "backslashreplace").splitlines()
+    return [
+        line
+        for line in (raw.strip() for raw in lines)
+        if line and not (line.startswith("find: ") and line.endswith(": No such file or directory"))
+    ]
 
 
 # ----------------------------------------------------------------------------- show
@@ -834,9 +886,20 @@ async def read_remote_session(
     if page is None and head is None and tail is None:
         page = 1
     mode = "tail" if tail is not None else "head"
-    raw = session.encode("utf-8", "surrogateescape")
-    if reader.is_transcript(raw):
-        path = raw
+    paths = _as_paths(host, reader, session)
+    if paths:
+        # As listed, a name that is not UTF-8 shows \xNN escapes: its bytes are tried too
+        # (second, since a real name may hold such text), as over a mirror's index.
+        for path in paths[:-1]:
+            try:
+                outcome = await _run_show(
+                    pool, host, reader, None, path, mode, head, tail, page, page_size, token
+                )
+            except ConfigError:
+                continue
+            if outcome.result is not None:
+                return outcome.result
+        path = paths[-1]
     else:
         try:
             session.encode("utf-8")
@@ -862,6 +925,34 @@ async def read_remote_session(
             hint="see `remote-sync sessions list --remote` for the sessions",
         )
     return outcome.result
+
+
+def _as_paths(host: Host, reader: FormatReader, session: str) -> list[bytes]:
+    """The transcript paths ``session`` may spell (relative to the root, ``./`` and doubled
+    slashes dropped), or none when it is no transcript's path (then it is an id)."""
+    raw = session.encode("utf-8", "surrogateescape")
+    spellings = list(dict.fromkeys([raw, path_bytes(session)]))
+    paths: list[bytes] = []
+    for spelling in spellings:
+        parts = [part for part in spelling.split(b"/") if part not in (b"", b".")]
+        path = b"/".join(parts)
+        if not reader.is_transcript(path):
+            continue
+        if spelling.startswith(b"/") or b".." in parts:
+            raise ConfigError(
+                f"{session!r} is not a path inside the host's root",
+                host=host.name,
+                hint="name the session by its path as `sessions list --remote` shows it",
+            )
+        if not host.source.is_included(path):
+            raise ConfigError(
+                f"{session!r} is excluded by this host's include/exclude globs",
+                host=host.name,
+                hint="see the inventory's include and exclude for this host",
+            )
+        if path not in paths:
+            paths.append(path)
+    return paths
 
 
 def _match(host: Host, reader: FormatReader, session: str) -> Callable[[bytes], bool | None]:

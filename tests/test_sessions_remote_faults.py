@@ -1,0 +1,217 @@
+"""`sessions list|show --remote` when the host's tools, files or paths misbehave (real sshd).
+
+Each case is what an audit of the remote session commands found: a listing that came back
+incomplete with exit 0, BusyBox reading a whole file for a tail, start points and paths the
+scripts or the client spelled differently, an inventory exclude that `show` ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from synchelp import write_inventory
+from test_sessions_cli import openclaw_session
+
+from remote_sync.cli import main
+from remote_sync.index import remote as remote_module
+
+SESSIONS = "agents/main/sessions"
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def host_tools(
+    fleet: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    scripts: dict[str, str],
+    busybox_only: bool = False,
+) -> None:
+    """The host's commands find these stand-in tools (sh scripts) first on their PATH; with
+    ``busybox_only`` the other tools are BusyBox applets, and nothing else is on PATH."""
+    where = fleet.root / "tools"
+    where.mkdir()
+    path = f"{where}:$PATH"
+    if busybox_only:
+        busybox = shutil.which("busybox")
+        assert busybox is not None, "busybox is installed by .ci/run"
+        for applet in ("sh", "find", "head", "tail", "xargs", "printf", "cat", "wc", "stat", "dd"):
+            if applet not in scripts:
+                os.symlink(busybox, where / applet)
+        path = str(where)
+    for tool, body in scripts.items():
+        (where / tool).write_text("#!/bin/sh\n" + body)
+        (where / tool).chmod(0o755)
+    first = f'PATH="{path}"; export PATH\n'
+    monkeypatch.setattr(remote_module, "_LIST_SCRIPT", first + remote_module._LIST_SCRIPT)
+    monkeypatch.setattr(remote_module, "_SHOW_SCRIPT", first + remote_module._SHOW_SCRIPT)
+
+
+def sessions(fleet: Any, name: str, count: int = 3) -> None:
+    for i in range(count):
+        fleet.write(name, f"{SESSIONS}/s{i}.jsonl", openclaw_session(f"s{i}", 3))
+
+
+def listed(out: str) -> set[str]:
+    """The paths of the session rows printed (error events go to stdout too with --json)."""
+    rows = [json.loads(line) for line in out.splitlines()]
+    return {row["path"] for row in rows if row.get("type") != "error"}
+
+
+@pytest.mark.parametrize(
+    "tool",
+    ["xargs killed", "stat missing (BusyBox)", "find without -exec + (BusyBox)", "read fails"],
+)
+def test_a_listing_that_a_tool_cut_short_is_not_passed_for_complete(
+    fleet: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tool: str,
+) -> None:
+    name = fleet.names[0]
+    sessions(fleet, name)
+    busybox = shutil.which("busybox") or "busybox"
+    if tool == "xargs killed":
+        host_tools(fleet, monkeypatch, {"xargs": "sleep 0.2\nkill -9 $$\n"})
+    elif tool == "stat missing (BusyBox)":
+        stat = 'echo "stat: applet not found" >&2\nexit 127\n'
+        host_tools(fleet, monkeypatch, {"stat": stat}, busybox_only=True)
+    elif tool == "find without -exec + (BusyBox)":
+        find = (
+            'for a do [ "$a" = + ] && { echo "find: unrecognized: +" >&2; exit 1; }; done\n'
+            f'exec {busybox} find "$@"\n'
+        )
+        host_tools(fleet, monkeypatch, {"find": find}, busybox_only=True)
+    else:
+        cat = (
+            'case $2 in *s1.jsonl) head -c 100 "$2"; echo "cat: I/O error" >&2; exit 1 ;; esac\n'
+            'exec /usr/bin/cat "$@"\n'
+        )
+        host_tools(fleet, monkeypatch, {"cat": cat})
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
+    everything = {f"{SESSIONS}/s{i}.jsonl" for i in range(3)}
+    if tool == "find without -exec + (BusyBox)":  # its fallback lists everything
+        assert (code, listed(out)) == (0, everything), err
+        return
+    assert code == 1 and name in err and "incomplete" in err, (code, err)
+    if tool == "xargs killed":
+        assert "xargs failed" in err
+    elif tool == "stat missing (BusyBox)":
+        assert "cannot stat" in err
+    else:
+        assert listed(out) == everything - {f"{SESSIONS}/s1.jsonl"}
+        assert "s1.jsonl: the read failed midway" in err
+
+
+def test_an_unreadable_directory_makes_the_listing_incomplete(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = fleet.names[0]
+    sessions(fleet, name, 1)
+    fleet.write(name, "agents/secret/sessions/b.jsonl", openclaw_session("b", 3))
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    os.chmod(fleet.path(name, "agents/secret/sessions"), 0)
+    try:
+        code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
+    finally:
+        os.chmod(fleet.path(name, "agents/secret/sessions"), 0o755)
+    assert listed(out) == {f"{SESSIONS}/s0.jsonl"}  # what could be read is listed
+    assert code == 1 and "incomplete" in err and "Permission denied" in err
+
+
+def test_busybox_tail_reads_only_the_blocks(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BusyBox's tail -c +N reads the file from its start (and failed past 2 GiB) and its
+    wc -c reads it all: a tail of a 3 GiB session (sparse here) must use neither."""
+    name = fleet.names[0]
+    path = fleet.write(name, f"{SESSIONS}/big.jsonl", b"")
+    with open(path, "r+b") as fh:
+        fh.truncate(3 * 1024**3)
+        fh.seek(0, 2)
+        fh.write(b"\n" + openclaw_session("big", 50))
+    refuse = 'echo "$0: must not read the file for a tail" >&2\nexit 99\n'
+    busybox = shutil.which("busybox") or "busybox"
+    wc = f'[ -p /dev/stdin ] && exec {busybox} wc "$@"\n' + refuse  # counting on a pipe is fine
+    host_tools(fleet, monkeypatch, {"tail": refuse, "wc": wc}, busybox_only=True)
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    code, out, err = cli(
+        ["sessions", "show", "--json", "--tail", "3", "--remote", "-I", str(inv), name, "big"],
+        capsys,
+    )
+    assert code == 0, err
+    assert [json.loads(line)["role"] for line in out.splitlines()][-3:] != []
+
+
+def test_show_accepts_the_path_as_listed_and_its_other_spellings(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = fleet.names[0]
+    fleet.write(name, f"{SESSIONS}/plain.jsonl", openclaw_session("plain", 3))
+    with open(os.fsencode(fleet.path(name, SESSIONS)) + b"/\xff\xfe.jsonl", "wb") as fh:
+        fh.write(openclaw_session("odd", 3))
+    subprocess.run(["chown", "-R", fleet.user, str(fleet.path(name))], check=True)
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
+    assert code == 0, err
+    odd = next(path for path in listed(out) if "\\x" in path)  # as listed: \xff\xfe
+    for given in (
+        odd,
+        f"./{SESSIONS}/plain.jsonl",
+        "agents/main//sessions/plain.jsonl",
+        f"{SESSIONS}/./plain.jsonl",
+    ):
+        code, out, err = cli(["sessions", "show", "--remote", "-I", str(inv), name, given], capsys)
+        assert code == 0 and out, (given, err)
+    for outside in (f"/{SESSIONS}/plain.jsonl", f"{SESSIONS}/../sessions/plain.jsonl"):
+        code, _, err = cli(["sessions", "show", "--remote", "-I", str(inv), name, outside], capsys)
+        assert code == 2 and "not a path inside the host's root" in err, (outside, err)
+
+
+def test_show_keeps_to_the_inventory_excludes(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = fleet.names[0]
+    sessions(fleet, name, 1)
+    fleet.write(name, f"{SESSIONS}/secret.jsonl", openclaw_session("secret", 3))
+    inv = write_inventory(
+        fleet, tmp_path / "inv.toml", [name], extra='exclude = ["**/secret.jsonl"]'
+    )
+    code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
+    assert (code, listed(out)) == (0, {f"{SESSIONS}/s0.jsonl"}), err
+    path = f"{SESSIONS}/secret.jsonl"
+    code, out, err = cli(["sessions", "show", "--remote", "-I", str(inv), name, path], capsys)
+    assert code == 2 and "excluded" in err and out == ""
+
+
+def test_start_points_that_begin_with_a_dash(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Claude Code names a project's directory after its path: "-home-alice-work"."""
+    name = fleet.names[0]
+    line = (
+        b'{"type":"user","message":{"role":"user","content":"hello"},'
+        b'"timestamp":"2026-01-01T00:00:00Z"}\n'
+    )
+    fleet.write(name, "projects/-home-alice-work/abc.jsonl", line)
+    inv = tmp_path / "inv.toml"
+    inv.write_text(
+        f'[defaults]\nssh_config = "{fleet.ssh_config}"\nknown_hosts = "{fleet.known_hosts}"\n'
+        f'[[hosts]]\nname = "{name}"\naddress = "{name}"\nformat = "claude-code"\n'
+        f'root = "{fleet.path(name, "projects")}"\ninclude = ["-home-alice-work/**"]\n'
+    )
+    code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
+    assert (code, listed(out)) == (0, {"-home-alice-work/abc.jsonl"}), err
+    code, out, err = cli(["sessions", "show", "--remote", "-I", str(inv), name, "abc"], capsys)
+    assert code == 0 and "hello" in out, err

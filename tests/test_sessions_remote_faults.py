@@ -215,3 +215,53 @@ def test_start_points_that_begin_with_a_dash(
     assert (code, listed(out)) == (0, {"-home-alice-work/abc.jsonl"}), err
     code, out, err = cli(["sessions", "show", "--remote", "-I", str(inv), name, "abc"], capsys)
     assert code == 0 and "hello" in out, err
+
+
+def test_a_cancel_stops_a_handshake_that_hangs(tmp_path: Path) -> None:
+    """A host that accepts TCP and never says a word: cancelling through the registry ends a
+    remote listing and a remote show at once, not after the connect timeout."""
+    import socket
+    import time
+
+    import anyio
+
+    from remote_sync import api
+    from remote_sync.cancel import CancelRegistry
+    from remote_sync.errors import TransferCancelledError
+    from remote_sync.inventory import load_inventory
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(5)
+        port = silent.getsockname()[1]
+        inv = tmp_path / "inv.toml"
+        inv.write_text(
+            f'[[hosts]]\nname = "mute"\naddress = "127.0.0.1"\nport = {port}\nroot = "/tmp"\n'
+        )
+        (host,) = load_inventory(inv).hosts
+
+        async def cancelled_after(seconds: float, work: Any) -> float:
+            registry = CancelRegistry()
+            started = time.monotonic()
+            async with anyio.create_task_group() as tg:
+
+                async def cancel() -> None:
+                    await anyio.sleep(seconds)
+                    assert registry.cancel("t")
+
+                tg.start_soon(cancel)
+                with pytest.raises(TransferCancelledError):
+                    await work(registry)
+            return time.monotonic() - started
+
+        async def listing(registry: CancelRegistry) -> None:
+            async for _ in api.stream_sessions(
+                remote=True, hosts=[host], registry=registry, transfer_id="t", errors=[]
+            ):
+                pass
+
+        async def show(registry: CancelRegistry) -> None:
+            await api.read_session(host, "abc", registry=registry, transfer_id="t")
+
+        for work in (listing, show):
+            assert anyio.run(cancelled_after, 0.3, work) < 5  # the connect timeout is 15 s

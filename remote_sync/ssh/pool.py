@@ -22,6 +22,7 @@ host's key is recorded on first contact; a *changed* key is refused exactly as i
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
@@ -39,6 +40,7 @@ from typing import Any, Literal
 import anyio
 import asyncssh
 
+from ..cancel import CancelToken
 from ..errors import (
     AuthenticationError,
     ChannelRefusedError,
@@ -278,15 +280,22 @@ class SSHPool:
 
     @asynccontextmanager
     async def session(
-        self, endpoint: Endpoint, *, host: str | None = None
+        self, endpoint: Endpoint, *, host: str | None = None, token: CancelToken | None = None
     ) -> AsyncIterator[asyncssh.SSHClientConnection]:
         """Hold one of the endpoint's channel slots and yield its (shared) connection.
 
-        The caller opens exactly one channel on the connection while inside.
+        The caller opens exactly one channel on the connection while inside. Cancelling
+        ``token`` while this waits for a slot or for the connection (a handshake that hangs)
+        raises :class:`TransferCancelledError` at once.
         """
         slot = self._slot(endpoint)
-        async with slot.channels:
-            conn = await self._connection(slot, host or endpoint.label)
+        name = host or endpoint.label
+        acquired = False
+        try:
+            with token.scope(host=name) if token is not None else contextlib.nullcontext():
+                await slot.channels.acquire()
+                acquired = True
+                conn = await self._connection(slot, name)
             slot.stats.operations += 1
             slot.stats.channels_open += 1
             slot.stats.channels_peak = max(slot.stats.channels_peak, slot.stats.channels_open)
@@ -295,6 +304,9 @@ class SSHPool:
             finally:
                 slot.stats.channels_open -= 1
                 slot.last_used = time.monotonic()
+        finally:
+            if acquired:
+                slot.channels.release()
 
     async def reconnect(
         self, endpoint: Endpoint, *, host: str | None = None

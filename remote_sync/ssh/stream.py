@@ -460,7 +460,7 @@ async def exec_streaming(
         # The consumer's exception is held until the remote side is stopped and the session
         # slot released, then raised as is.
         body_error: Exception | None = None
-        async with pool.session(endpoint, host=host) as conn:
+        async with pool.session(endpoint, host=host, token=own_token) as conn:
             chan = await _open_channel(pool, endpoint, conn, host, command, lambda: channel)
             unhook = own_token.on_cancel(lambda: _signal(chan, "TERM"))
             try:

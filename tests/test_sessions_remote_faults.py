@@ -265,3 +265,21 @@ def test_a_cancel_stops_a_handshake_that_hangs(tmp_path: Path) -> None:
 
         for work in (listing, show):
             assert anyio.run(cancelled_after, 0.3, work) < 5  # the connect timeout is 15 s
+
+
+def test_a_tail_whose_tools_fail_says_so(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No size from stat or wc: the host's own message, not "no such session file"."""
+    name = fleet.names[0]
+    sessions(fleet, name, 1)
+    broken = 'echo "$0: cannot run" >&2\nexit 127\n'
+    busybox = shutil.which("busybox") or "busybox"
+    wc = f'[ -p /dev/stdin ] && exec {busybox} wc "$@"\n' + broken  # counts, but not files
+    host_tools(fleet, monkeypatch, {"stat": broken, "wc": wc}, busybox_only=True)
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    code, out, err = cli(
+        ["sessions", "show", "--tail", "2", "--remote", "-I", str(inv), name, "s0"], capsys
+    )
+    assert code == 1 and out == "", err
+    assert "cannot tell the size" in err and "no such session" not in err, err

@@ -300,7 +300,10 @@ if [ "$RS_MODE" = head ]; then
     if cat -- "$f"; then printf '%s E\n' "$m"; else printf '%s X\n' "$m"; fi
     exit 0
 fi
-size=$(stat -c %s -- "$f" 2>/dev/null) || size=$(wc -c <"$f") || gone
+if ! size=$(stat -c %s -- "$f" 2>/dev/null) && ! size=$(wc -c <"$f"); then
+    printf 'remote-sync: cannot tell the size of %s (stat and wc failed)\n' "$f" >&2
+    exit 6
+fi
 size=$((size + 0))
 printf '%s S %s\n' "$m" "$size"
 dd_bytes=
@@ -1088,7 +1091,7 @@ async def _run_show(
                         try:
                             done = backward.finish(received)
                         except ValueError:
-                            raise _changed(host, where) from None
+                            raise _changed(host, where, stream.stderr_tail) from None
                         if done:
                             if backward.start == 0:  # every message was counted
                                 result.first = max(backward.seen - len(result.messages), 0)
@@ -1098,7 +1101,7 @@ async def _run_show(
                         result.at_end = True
                         outcome.result = result
                     elif kind == "X":
-                        raise _changed(host, where)
+                        raise _changed(host, where, stream.stderr_tail)
             frames.close()
     except RemoteCommandError as exc:
         if exc.exit_status == EXIT_ROOT_UNUSABLE:
@@ -1107,10 +1110,13 @@ async def _run_show(
     return outcome
 
 
-def _changed(host: Host, where: str | None) -> RemoteCommandError:
+def _changed(host: Host, where: str | None, stderr: bytes) -> RemoteCommandError:
+    """A block or the file came short: the file changed, or a read failed (whose message,
+    if it has arrived, is in ``stderr``)."""
     return RemoteCommandError(
         "the session file changed or became unreadable while it was read",
         host=host.name,
         path=where,
-        hint="run the command again",
+        hint="run the command again; if it fails the same way, see the remote stderr",
+        stderr_tail=stderr,
     )

@@ -283,3 +283,16 @@ def test_a_tail_whose_tools_fail_says_so(
     )
     assert code == 1 and out == "", err
     assert "cannot tell the size" in err and "no such session" not in err, err
+
+
+def test_a_start_point_that_is_a_symlink_to_a_directory_is_reported(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Symlinks are not followed; a start point that is one would list nothing, silently."""
+    name = fleet.names[0]
+    fleet.write(name, "real/agents/main/sessions/s.jsonl", openclaw_session("s", 3))
+    os.symlink(fleet.path(name, "real/agents"), fleet.path(name, "agents"))
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
+    assert code == 1 and listed(out) == set()
+    assert "is a symbolic link to a directory" in err and "incomplete" in err

@@ -154,6 +154,10 @@ for a do
     *) a=./$a ;;
     esac
     [ -e "$a" ] || [ -L "$a" ] || continue
+    if [ -L "$a" ] && [ -d "$a" ]; then
+        printf 'remote-sync: start point %s is a symbolic link to a directory: skipped\n' "$a" >&2
+        continue
+    fi
     d=$a
     while :; do
         case $d in

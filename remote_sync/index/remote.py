@@ -64,7 +64,14 @@ from ..decode.jsonl import JsonlDecoder, Record
 from ..errors import ConfigError, ProtocolError, RemoteCommandError, path_bytes, path_text
 from ..formats.readers import get_reader
 from ..inventory import Host
-from ..mirror.remote_ops import ENTER_ROOT_SH, EXIT_ROOT_UNUSABLE, new_marker, root_unusable
+from ..mirror.remote_ops import (
+    ENTER_ROOT_SH,
+    EXIT_ROOT_UNUSABLE,
+    START_POINT_SH,
+    UNDER_SYMLINK_SH,
+    new_marker,
+    root_unusable,
+)
 from ..ssh.pool import SSHPool
 from ..ssh.remote import sh_script
 from ..ssh.stream import exec_streaming
@@ -138,11 +145,13 @@ export REMOTE_SYNC_MARKER
 """
 
 # Expects $n and the positional parameters: n start points (normalized by globs.start_points,
-# or "."), then find's predicate words. Keeps the points that exist and are not below a
-# symlinked directory (find would follow that link out of the root), each with a "./" prefix
+# or "."), then find's predicate words. Keeps the usable points (usable_start_point: they
+# exist, and no symlink leads find out of the root or to nothing), each with a "./" prefix
 # so find never takes one for an option or operator, followed by the predicate words; sets
 # $kept. The "for" list is expanded before the loop appends to "$@".
-_START_POINTS = r"""total=$# i=0 kept=0
+_START_POINTS = (
+    START_POINT_SH
+    + r"""total=$# i=0 kept=0
 for a do
     i=$((i + 1))
     if [ "$i" -gt "$n" ]; then
@@ -153,27 +162,13 @@ for a do
     . | ./*) ;;
     *) a=./$a ;;
     esac
-    [ -e "$a" ] || [ -L "$a" ] || continue
-    if [ -L "$a" ] && [ -d "$a" ]; then
-        printf 'remote-sync: start point %s is a symbolic link to a directory: skipped\n' "$a" >&2
-        continue
-    fi
-    d=$a
-    while :; do
-        case $d in
-        */*) d=${d%/*} ;;
-        *) break ;;
-        esac
-        if [ -L "$d" ]; then
-            printf 'remote-sync: start point %s is under a symbolic link: skipped\n' "$a" >&2
-            continue 2
-        fi
-    done
+    usable_start_point "$a" || continue
     set -- "$@" "$a"
     kept=$((kept + 1))
 done
 shift "$total"
 """
+)
 
 # A path found by find is skipped when it is no longer a regular file or a parent directory
 # became a symlink since (narrows the window in which a swapped-in link could lead outside the
@@ -186,15 +181,7 @@ case $st in
 esac
 """
 
-_SAFE_FILE = r"""[ -f "$f" ] && [ ! -L "$f" ] || continue
-    d=$f
-    while :; do
-        case $d in
-        */*) d=${d%/*} ;;
-        *) break ;;
-        esac
-        [ -L "$d" ] && continue 2
-    done
+_SAFE_FILE = r"""[ -f "$f" ] && [ ! -L "$f" ] && ! under_symlink "$f" || continue
 """
 
 # Run for each batch of files found: $1 says where each file's mtime comes from, the files
@@ -204,7 +191,8 @@ _SAFE_FILE = r"""[ -f "$f" ] && [ ! -L "$f" ] || continue
 # (BusyBox). The mtime goes with the file's header: the class of a session without
 # timestamps is judged by it, the same as over a mirror's index.
 _LIST_BATCH = (
-    r"""m=$REMOTE_SYNC_MARKER
+    UNDER_SYMLINK_SH
+    + r"""m=$REMOTE_SYNC_MARKER
 how=$1
 shift
 for f do
@@ -276,7 +264,9 @@ esac
 # The size comes from stat and each block from the file opened anew, read by one dd that
 # seeks and counts bytes where dd can, else by dd seeking and head reading: BusyBox's
 # "tail -c +N" reads the file from its start up to N, and its "wc -c" reads all of it.
-_SHOW_BATCH = r"""m=$REMOTE_SYNC_MARKER
+_SHOW_BATCH = (
+    UNDER_SYMLINK_SH
+    + r"""m=$REMOTE_SYNC_MARKER
 for f do
     printf '%s C %s\0' "$m" "$f"
 done
@@ -286,15 +276,7 @@ gone() {
     printf '%s G\n' "$m"
     exit 0
 }
-[ -f "$f" ] && [ ! -L "$f" ] || gone
-d=$f
-while :; do
-    case $d in
-    */*) d=${d%/*} ;;
-    *) break ;;
-    esac
-    [ -L "$d" ] && gone
-done
+[ -f "$f" ] && [ ! -L "$f" ] && ! under_symlink "$f" || gone
 if [ ! -r "$f" ]; then
     printf '%s D\n' "$m"
     exit 0
@@ -338,6 +320,7 @@ while [ "$end" -gt 0 ]; do
     [ "$blk" -ge 16777216 ] || blk=$((blk * 2))
 done
 """
+)
 
 # $1 root, $2 the batch script, $3 "path" or "id", $4 head or tail, $5 the first tail block;
 # for "id": $6 how many start points follow, the points, then find's predicate words. For

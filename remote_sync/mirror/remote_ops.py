@@ -150,6 +150,42 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 # ----------------------------------------------------------------------------- scripts
 
+# Shared sh functions. under_symlink PATH: whether a parent directory of PATH (relative, with
+# a "./" prefix) is a symlink: find or a read would follow it out of the root. A start point
+# is usable (usable_start_point) when it exists, is not itself a symlink to a directory (find
+# would list nothing there, and every file mirrored from it would be taken for deleted) and
+# is not below a symlinked directory; a skipped one is reported on stderr, which makes the
+# listing incomplete. The scripts run as separate "sh -c" processes, so each carries the
+# text of what it uses.
+UNDER_SYMLINK_SH = r"""under_symlink() {
+    d=$1
+    while :; do
+        case $d in
+        */*) d=${d%/*} ;;
+        *) return 1 ;;
+        esac
+        if [ -L "$d" ]; then
+            return 0
+        fi
+    done
+}
+"""
+START_POINT_SH = (
+    UNDER_SYMLINK_SH
+    + r"""usable_start_point() {
+    [ -e "$1" ] || [ -L "$1" ] || return 1
+    if [ -L "$1" ] && [ -d "$1" ]; then
+        printf 'remote-sync: start point %s is a symbolic link to a directory: skipped\n' "$1" >&2
+        return 1
+    fi
+    if under_symlink "$1"; then
+        printf 'remote-sync: start point %s is under a symbolic link: skipped\n' "$1" >&2
+        return 1
+    fi
+}
+"""
+)
+
 # Shared by every script that works under a host's root (also the `--remote` sessions
 # scripts): $1 is the root. CDPATH could make cd print to stdout; a root that
 # starts with "-" must not be read as an option (or as "cd -"). Tilde patterns are quoted so
@@ -214,7 +250,9 @@ fi
 # which the next round lists. Messages are matched in the C locale (LC_ALL=C); one in any
 # other form stays (a needless warning, never a lost one). find's stderr goes to the filter
 # through a pipe, so its status comes back on fd 7 (fd 6 is its stdout).
-_LISTING_BODY = r"""LC_ALL=C
+_LISTING_BODY = (
+    START_POINT_SH
+    + r"""LC_ALL=C
 export LC_ALL
 n=$#
 for p do
@@ -222,22 +260,7 @@ for p do
     .) ;;
     *) p=./$p ;;
     esac
-    [ -e "$p" ] || [ -L "$p" ] || continue
-    if [ -L "$p" ] && [ -d "$p" ]; then
-        printf 'remote-sync: start point %s is a symbolic link to a directory: skipped\n' "$p" >&2
-        continue
-    fi
-    d=$p
-    while :; do
-        case $d in
-        */*) d=${d%/*} ;;
-        *) break ;;
-        esac
-        if [ -L "$d" ]; then
-            printf 'remote-sync: start point %s is under a symbolic link: skipped\n' "$p" >&2
-            continue 2
-        fi
-    done
+    usable_start_point "$p" || continue
     set -- "$@" "$p"
 done
 shift "$n"
@@ -304,6 +327,7 @@ case ${st:-2} in
 *) exit "${st:-2}" ;;
 esac
 """
+)
 
 _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\n" + _LISTING_BODY
 
@@ -332,7 +356,9 @@ _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\n" + _LISTING_BODY
 # unlink or chmod no longer matters; if the open itself fails (the file went away since the
 # checks) the answer is G or D as if the checks had seen it, and the shell's message is
 # dropped (fd 3 keeps the real stderr of the reader).
-_FETCH_BATCH_SCRIPT = r"""m=$REMOTE_SYNC_MARKER
+_FETCH_BATCH_SCRIPT = (
+    UNDER_SYMLINK_SH
+    + r"""m=$REMOTE_SYNC_MARKER
 n=$#
 tar_ok=
 dd_bytes=
@@ -364,19 +390,7 @@ read_range() {
     fi
 }
 is_gone() {
-    if [ ! -f "$f" ] || [ -L "$f" ]; then
-        return 0
-    fi
-    d=$f
-    while :; do
-        case $d in
-        */*) d=${d%/*} ;;
-        *) return 1 ;;
-        esac
-        if [ -L "$d" ]; then
-            return 0
-        fi
-    done
+    [ ! -f "$f" ] || [ -L "$f" ] || under_symlink "$f"
 }
 for item do
     start=${item%%:*}
@@ -441,6 +455,7 @@ if [ "$#" -gt 0 ]; then
     printf '%s E\n' "$m"
 fi
 """.replace("@SKIP_BLOCK@", str(SKIP_BLOCK))
+)
 
 _CHECK_MARKER_SH = r"""case $REMOTE_SYNC_MARKER in
 "" | *[!0-9a-f]*)

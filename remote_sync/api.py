@@ -28,6 +28,7 @@ from .index.facts import Message
 from .index.query import SessionRow
 from .index.store import INT64_MAX
 from .inventory import Host
+from .ssh.remote import IDLE_TIMEOUT
 
 if TYPE_CHECKING:
     from .index.show import ShowResult
@@ -68,6 +69,7 @@ async def stream_sessions(
     registry: CancelRegistry | None = None,
     transfer_id: str | None = None,
     errors: list[RemoteSyncError] | None = None,
+    idle_timeout: float | None = IDLE_TIMEOUT,
     **filters: Any,
 ) -> AsyncIterator[list[SessionRow]]:
     """Sessions in batches of ``batch_size`` as they are read.
@@ -87,7 +89,8 @@ async def stream_sessions(
     ``--json`` error of ``sync``) and the listing goes on with the next host. Once every host
     was read, the first failure is raised, so a partial listing is never taken for a whole
     one; pass a list as ``errors`` to have the failures appended there instead. A
-    cancellation stops everything at once.
+    cancellation stops everything at once. A host whose command sends nothing for
+    ``idle_timeout`` seconds fails (None: no limit).
     """
     emit = emit or _ignore
     registry = registry if registry is not None else default_registry
@@ -97,7 +100,9 @@ async def stream_sessions(
                 yield batch
             return
         failures: list[RemoteSyncError] = errors if errors is not None else []
-        async for batch in _remote_sessions(hosts, batch_size, emit, token, failures, filters):
+        async for batch in _remote_sessions(
+            hosts, batch_size, emit, token, failures, filters, idle_timeout
+        ):
             yield batch
         if errors is None and failures:
             raise failures[0]
@@ -126,10 +131,12 @@ async def show_session(
     page_size: int = 50,
     transfer_id: str | None = None,
     registry: CancelRegistry | None = None,
+    idle_timeout: float | None = IDLE_TIMEOUT,
 ) -> list[Message]:
     """A session's first ``head``, last ``tail`` or page ``page`` of ``page_size`` messages
     (page 1 when none is given), fetched from the host: only the bytes shown, in one remote
-    command. ``session`` is a session id or the file's path relative to the host's root."""
+    command. ``session`` is a session id or the file's path relative to the host's root. The
+    host fails if its command sends nothing for ``idle_timeout`` seconds (None: no limit)."""
     result = await read_session(
         host,
         session,
@@ -139,6 +146,7 @@ async def show_session(
         page_size=page_size,
         transfer_id=transfer_id,
         registry=registry,
+        idle_timeout=idle_timeout,
     )
     return result.messages
 
@@ -153,6 +161,7 @@ async def read_session(
     page_size: int = 50,
     transfer_id: str | None = None,
     registry: CancelRegistry | None = None,
+    idle_timeout: float | None = IDLE_TIMEOUT,
 ) -> ShowResult:
     """:func:`show_session` with the :class:`~remote_sync.index.show.ShowResult`: the number
     of the first message (for a tail only when the whole file was read), the bytes read, and
@@ -172,6 +181,7 @@ async def read_session(
                 page=page,
                 page_size=min(page_size, INT64_MAX),
                 token=token,
+                idle_timeout=idle_timeout,
             )
 
 
@@ -182,11 +192,13 @@ def _bounded(count: int | None) -> int | None:
 
 
 async def _remote_batches(
-    pool: Any, host: Host, batch_size: int, token: CancelToken
+    pool: Any, host: Host, batch_size: int, token: CancelToken, idle_timeout: float | None
 ) -> AsyncIterator[list[SessionRow]]:
     from .index.remote import stream_remote_sessions
 
-    async for batch in stream_remote_sessions(pool, host, batch_size=batch_size, token=token):
+    async for batch in stream_remote_sessions(
+        pool, host, batch_size=batch_size, token=token, idle_timeout=idle_timeout
+    ):
         yield batch
 
 
@@ -197,6 +209,7 @@ async def _remote_sessions(
     token: CancelToken,
     failures: list[RemoteSyncError],
     filters: dict[str, Any],
+    idle_timeout: float | None,
 ) -> AsyncIterator[list[SessionRow]]:
     """Each host's sessions, filtered like the index's; failed hosts reported and skipped."""
     from .index.query import DEFAULT_SORT, filter_rows, select_rows
@@ -221,7 +234,7 @@ async def _remote_sessions(
             done = 0
             emit(Progress(host.name, "listing", 0, 0, 0, 0))
             try:
-                async for batch in _remote_batches(pool, host, batch_size, token):
+                async for batch in _remote_batches(pool, host, batch_size, token, idle_timeout):
                     done += len(batch)
                     emit(Progress(host.name, "fetching", done, 0, 0, 0))
                     rows = filter_rows(batch, **filters)

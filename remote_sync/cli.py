@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import ConfigError, LockedError, RemoteSyncError
+from .ssh.remote import IDLE_TIMEOUT
 
 if TYPE_CHECKING:
     import sqlite3
@@ -111,6 +112,7 @@ def _add_sync(sub: Any) -> None:
         "--no-index", action="store_true", help="mirror only; do not update the session index"
     )
     sync.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    _timeout_option(sync)
     sync.add_argument(
         "--compress",
         "-z",
@@ -130,6 +132,35 @@ def _add_sync(sub: Any) -> None:
         help="record unknown host keys on first contact (OpenSSH accept-new); "
         "a changed key is still refused",
     )
+
+
+def _timeout_option(parser: Any) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="a host whose remote command sends nothing for this long fails (like rsync's "
+        f"--timeout; default {IDLE_TIMEOUT:g}, 0: no limit). Raise it for slow disks or very "
+        "large trees; dead links are found by the SSH keepalives anyway",
+    )
+
+
+def _seconds(text: str) -> float:
+    """A ``--timeout`` value: seconds, 0 for no limit."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more seconds: {text!r}")
+    return value
+
+
+def _idle_timeout(args: argparse.Namespace) -> float | None:
+    """The idle timeout ``--timeout`` asks for (None: no limit)."""
+    if args.timeout is None:
+        return IDLE_TIMEOUT
+    return args.timeout or None
 
 
 def _dest_option(parser: argparse.ArgumentParser) -> None:
@@ -170,6 +201,7 @@ def _remote_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("remote (ask the hosts instead of the mirror)")
     group.add_argument("--remote", action="store_true", help="read the hosts over SSH")
     group.add_argument("--inventory", "-I", metavar="FILE", help="inventory TOML (with --remote)")
+    _timeout_option(group)
 
 
 def _add_sessions(sub: Any) -> None:
@@ -376,6 +408,7 @@ def run_sync(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         pool=PoolSettings(compression=args.compress),
         index=not args.no_index,
+        idle_timeout=_idle_timeout(args),
     )
     try:
         # guarded: a failing sink (a reader gone away, a renderer's bug) must not abort the
@@ -581,7 +614,9 @@ def _list_remote(
 
     async def collect() -> list[SessionRow]:
         rows: list[SessionRow] = []
-        async for batch in function(remote=True, hosts=hosts, errors=failures, **filters):
+        async for batch in function(
+            remote=True, hosts=hosts, errors=failures, idle_timeout=_idle_timeout(args), **filters
+        ):
             rows.extend(batch)
         return rows
 
@@ -597,13 +632,17 @@ def _show_remote(args: argparse.Namespace, how: dict[str, Any]) -> tuple[Any, Sh
     """A session straight from its host: no index row (None), and the messages read."""
     function = _remote_api("read_session")
     (host,) = _remote_hosts(args, [args.host])
-    result: ShowResult = _resolve(function(host, args.session, **how))
+    result: ShowResult = _resolve(
+        function(host, args.session, idle_timeout=_idle_timeout(args), **how)
+    )
     return None, result
 
 
 def _check_remote_flags(args: argparse.Namespace) -> None:
     if args.inventory and not args.remote:
         raise ConfigError("--inventory applies only with --remote")
+    if args.timeout is not None and not args.remote:
+        raise ConfigError("--timeout applies only with --remote")
 
 
 def run_sessions_list(args: argparse.Namespace) -> int:

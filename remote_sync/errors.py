@@ -119,7 +119,10 @@ class ConnectionLostError(SSHError):
 class IdleTimeoutError(SSHError):
     """A remote command produced no output for longer than the idle timeout."""
 
-    default_hint = "the host or link stalled; raise the idle timeout if the remote is just slow"
+    default_hint = (
+        "the host or link stalled; if the host is only slow (a long walk of a large tree, a "
+        "busy disk), raise --timeout (idle_timeout in the library; 0 or None: no limit)"
+    )
 
 
 class RemoteCommandError(SSHError):

@@ -296,3 +296,35 @@ def test_a_start_point_that_is_a_symlink_to_a_directory_is_reported(
     code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
     assert code == 1 and listed(out) == set()
     assert "is a symbolic link to a directory" in err and "incomplete" in err
+
+
+def test_remote_commands_slower_than_the_timeout_fail_and_a_larger_one_waits(
+    fleet: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long silent walk (a large tree, a slow disk): past --timeout the host fails with a
+    message that names the option; with a larger one, or 0 (no limit), list and show work."""
+    name = fleet.names[0]
+    sessions(fleet, name, 2)
+    slow = 'case $1 in .) ;; *) sleep 1.5 ;; esac\nexec /usr/bin/find "$@"\n'
+    host_tools(fleet, monkeypatch, {"find": slow})
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    remote = ["--json", "--remote", "-I", str(inv)]
+    code, out, err = cli(["sessions", "list", *remote, "--timeout", "0.3"], capsys)
+    assert code == 1 and name in err and "no output for 0.3 s" in err and "--timeout" in err
+    code, out, err = cli(["sessions", "show", name, "s1", *remote, "--timeout", "0.3"], capsys)
+    assert code == 1 and "no output for 0.3 s" in err
+    for timeout in ("30", "0"):
+        code, out, err = cli(["sessions", "list", *remote, "--timeout", timeout], capsys)
+        assert (code, listed(out)) == (0, {f"{SESSIONS}/s0.jsonl", f"{SESSIONS}/s1.jsonl"}), err
+    code, out, err = cli(["sessions", "show", name, "s1", *remote, "--timeout", "0"], capsys)
+    assert code == 0 and len(out.splitlines()) == 3, err
+
+
+def test_timeout_without_remote_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = cli(["sessions", "list", "--dest", str(tmp_path), "--timeout", "5"], capsys)
+    assert code == 2 and "--timeout applies only with --remote" in err

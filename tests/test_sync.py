@@ -702,6 +702,40 @@ def test_a_login_shell_that_prints_a_banner_is_a_clear_error(
     assert_exact(fleet, tmp_path / "m", "h1")
 
 
+SLOW_WALK = 'case $1 in .) ;; *) sleep 1.5 ;; esac\nexec /usr/bin/find "$@"\n'
+
+
+def test_a_host_slower_than_the_timeout_fails_and_a_larger_timeout_lets_it_sync(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A walk of a large tree on a slow disk sends nothing for a while. Past --timeout the host
+    fails with a message that names the option; with a larger one, or 0 (no limit), as with
+    rsync's --timeout, the same host syncs."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0", sessions=3)
+    host_tools(fleet, monkeypatch, "slow-find", {"find": SLOW_WALK})
+    code, _, events = sync(inv, tmp_path / "m", capsys, "--timeout", "0.3")
+    (done,) = [e for e in events if isinstance(e, HostDone)]
+    assert code == 1 and done.error is not None
+    assert "no output for 0.3 s" in done.error and "raise --timeout" in done.error
+    for timeout in ("30", "0"):
+        code, summary, _ = sync(inv, tmp_path / "m", capsys, "--timeout", timeout)
+        assert code == 0, summary
+    assert_exact(fleet, tmp_path / "m", "h0")
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan", "inf"])
+def test_a_bad_timeout_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sync", "me@box", "--dest", str(tmp_path / "m"), "--timeout", value])
+    assert exit_info.value.code == 2 and "--timeout" in capsys.readouterr().err
+
+
 def test_a_compressed_listing_cut_short_fails_at_once(
     fleet: SSHFleet,
     tmp_path: Path,

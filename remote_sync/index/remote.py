@@ -73,7 +73,7 @@ from ..mirror.remote_ops import (
     root_unusable,
 )
 from ..ssh.pool import SSHPool
-from ..ssh.remote import sh_script
+from ..ssh.remote import IDLE_TIMEOUT, sh_script
 from ..ssh.stream import exec_streaming
 from .facts import FormatReader, Message
 from .query import SessionRow, row_from_facts
@@ -623,6 +623,7 @@ async def stream_remote_sessions(
     batch_size: int = 50,
     token: CancelToken | None = None,
     now: float | None = None,
+    idle_timeout: float | None = IDLE_TIMEOUT,
 ) -> AsyncIterator[list[SessionRow]]:
     """Yield the host's sessions in batches as their bytes are decoded (one remote command)."""
     reader = get_reader(host.source.format)
@@ -644,6 +645,7 @@ async def stream_remote_sessions(
             stdin=marker.encode() + b"\n",
             token=token,
             chunk_size=LIST_CHUNK,
+            idle_timeout=idle_timeout,
         ) as stream:
             async for chunk in stream:
                 for item in frames.feed(chunk):
@@ -860,6 +862,7 @@ async def read_remote_session(
     page: int | None = None,
     page_size: int = 50,
     token: CancelToken | None = None,
+    idle_timeout: float | None = IDLE_TIMEOUT,
 ) -> ShowResult:
     """The first ``head``, last ``tail`` or page ``page`` of ``page_size`` messages of one
     session (by id, a unique prefix of one, or its path relative to the root), reading as
@@ -876,15 +879,30 @@ async def read_remote_session(
     if page is None and head is None and tail is None:
         page = 1
     mode = "tail" if tail is not None else "head"
+
+    async def run(session_id: str | None, path: bytes | None) -> _Outcome:
+        return await _run_show(
+            pool,
+            host,
+            reader,
+            session_id,
+            path,
+            mode,
+            head,
+            tail,
+            page,
+            page_size,
+            token,
+            idle_timeout,
+        )
+
     paths = _as_paths(host, reader, session)
     if paths:
         # As listed, a name that is not UTF-8 shows \xNN escapes: its bytes are tried too
         # (second, since a real name may hold such text), as over a mirror's index.
         for path in paths[:-1]:
             try:
-                outcome = await _run_show(
-                    pool, host, reader, None, path, mode, head, tail, page, page_size, token
-                )
+                outcome = await run(None, path)
             except ConfigError:
                 continue
             if outcome.result is not None:
@@ -899,15 +917,11 @@ async def read_remote_session(
                 host=host.name,
                 hint="name the session by its path relative to the host's root",
             ) from None
-        outcome = await _run_show(
-            pool, host, reader, session, None, mode, head, tail, page, page_size, token
-        )
+        outcome = await run(session, None)
         if outcome.result is not None:
             return outcome.result
         path = _pick(host, reader, session, outcome.matches)
-    outcome = await _run_show(
-        pool, host, reader, None, path, mode, head, tail, page, page_size, token
-    )
+    outcome = await run(None, path)
     if outcome.result is None:
         raise ConfigError(
             f"no session file {path_text(path)!r}",
@@ -999,6 +1013,7 @@ async def _run_show(
     page: int | None,
     page_size: int,
     token: CancelToken | None,
+    idle_timeout: float | None,
 ) -> _Outcome:
     """One show command, by id ``session`` or by ``path``."""
     marker = new_marker()
@@ -1022,6 +1037,7 @@ async def _run_show(
             stdin=stdin,
             token=token,
             chunk_size=LIST_CHUNK,
+            idle_timeout=idle_timeout,
         ) as stream:
             async for chunk in stream:
                 for item in frames.feed(chunk):

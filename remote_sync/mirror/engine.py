@@ -50,6 +50,7 @@ from ..index.update import FileIndexer, IndexUpdate, index_range, indexer_for
 from ..index.worker import IndexJob, IndexWorker, IndexWorkerError
 from ..inventory import Host
 from ..ssh.pool import PoolSettings, SSHPool
+from ..ssh.remote import IDLE_TIMEOUT
 from ..ssh.stream import RemoteStream, exec_streaming
 from .plan import Category, Plan, Transfer, make_plan
 from .remote_ops import (
@@ -121,7 +122,8 @@ class SyncOptions:
     dest: Path
     concurrency: int = 8
     dry_run: bool = False
-    idle_timeout: float = 120.0
+    #: Seconds a remote command may stay silent before its host fails (None: no limit).
+    idle_timeout: float | None = IDLE_TIMEOUT
     pool: PoolSettings = field(default_factory=PoolSettings)
     #: Keep the session index current from the fetched bytes (off: mirror only).
     index: bool = True

@@ -17,6 +17,9 @@ from collections.abc import Sequence
 
 #: Prefix of the first stderr line of every wrapped command.
 PID_MARKER = b"remote-sync-pid "
+#: Seconds a remote command may go without sending a byte before it counts as hung (rsync's
+#: ``--timeout``; the CLI's ``--timeout``). Dead links are found sooner by the keepalives.
+IDLE_TIMEOUT = 120.0
 
 # Runs under the user's login shell (bash, dash, zsh, ash, fish: the outer "exec sh -c"
 # hands over to POSIX sh at once). "$$" is then the pid sshd started, which is also the process

@@ -35,7 +35,7 @@ from ..errors import (
 )
 from .flow import ConsumerCredit
 from .pool import Endpoint, SSHPool, classify
-from .remote import PID_MARKER, kill_group_command, wrapped_command
+from .remote import IDLE_TIMEOUT, PID_MARKER, kill_group_command, wrapped_command
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +416,7 @@ async def exec_streaming(
     stdin: bytes | None = None,
     keep_stdin_open: bool = False,
     stderr_boundary: bytes | None = None,
-    idle_timeout: float | None = 60.0,
+    idle_timeout: float | None = IDLE_TIMEOUT,
     chunk_size: int = 256 * 1024,
     check: bool = True,
     token: CancelToken | None = None,
@@ -431,9 +431,9 @@ async def exec_streaming(
     once the consumer has seen some of its output). With ``stderr_boundary`` the stderr before
     that line is kept apart (:meth:`RemoteStream.set_stderr_boundary`).
     ``idle_timeout`` fails the stream after that many seconds *without any byte* (a slow
-    consumer does not count: a paused stream is not idle). The transfer is registered under
-    ``transfer_id`` in ``registry`` (child of ``token``) for as long as the block runs.
-    Leaving the block early, or cancelling, stops the remote process.
+    consumer does not count: a paused stream is not idle); None waits for ever. The transfer
+    is registered under ``transfer_id`` in ``registry`` (child of ``token``) for as long as
+    the block runs. Leaving the block early, or cancelling, stops the remote process.
     """
     host = host or endpoint.label
     registry = registry if registry is not None else default_registry

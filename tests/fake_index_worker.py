@@ -1,4 +1,5 @@
-"""A misbehaving index worker for tests: ``exit`` quits at once, ``wrong`` answers nonsense."""
+"""A misbehaving index worker for tests: ``exit`` quits at once, ``wrong`` answers nonsense,
+``hang`` never answers."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def main() -> int:
         msg = decoder.decode(data)
         if isinstance(msg, Open):
             continue
-        if isinstance(msg, Finish):
+        if isinstance(msg, Finish) and mode == "wrong":
             facts = msgspec.json.encode(SessionFacts(session_id="lie", bytes=1))
             sock.sendall(msgspec.msgpack.encode(Done(msg.job, msg.end + 1, facts, [])))
 

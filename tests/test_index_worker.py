@@ -28,10 +28,15 @@ from synchelp import (
 )
 from test_index import index_facts, inventory, make_readable, sync
 
+from remote_sync import api
+from remote_sync.cancel import CancelRegistry
 from remote_sync.errors import RemoteCommandError
+from remote_sync.events import Summary
 from remote_sync.formats.readers import get_reader
+from remote_sync.index import worker as worker_module
 from remote_sync.index.update import FileIndexer, index_range, rebuild_index
 from remote_sync.index.worker import IndexWorker, IndexWorkerError
+from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine, writer
 from remote_sync.mirror.state import MirrorState
 
@@ -416,3 +421,44 @@ def test_worker_threshold_needs_a_spare_core(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("REMOTE_SYNC_INDEX_WORKER_MIN_BYTES", "0")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert engine.worker_min_bytes() == 0  # the override wins
+
+
+def test_a_cancel_does_not_wait_for_a_hung_index_worker(
+    fleet: SSHFleet, tmp_path: Path, always_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that never answers held a cancel (Ctrl-C) for its whole timeout, the engine
+    waiting on it in a shielded commit. Now the cancel drops its jobs: the durable items are
+    indexed in-process and committed, and the run ends as cancelled at once."""
+
+    class Hung(IndexWorker):
+        def __init__(self) -> None:
+            super().__init__([sys.executable, str(FAKE_WORKER), "hang"])
+
+    monkeypatch.setattr(engine, "IndexWorker", Hung)
+    monkeypatch.setattr(worker_module, "IDLE_TIMEOUT", 600.0)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    make_openclaw_tree(fleet, "h0", sessions=6, lines=30)
+    hosts = load_inventory(inv).select([], [])
+    registry = CancelRegistry()
+
+    async def cancelled_run() -> tuple[Summary, float]:
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_soon() -> None:
+                await anyio.sleep(2.0)  # the round is waiting for the worker by then
+                registry.cancel_all("test")
+
+            tg.start_soon(cancel_soon)
+            started = time.monotonic()
+            summary = await api.sync(hosts, dest, registry=registry, transfer_id="sync")
+            return summary, time.monotonic() - started
+
+    summary, took = anyio.run(cancelled_run)
+    assert summary.exit_code == 130 and took < 30, (summary, took)
+    assert_state_matches_disk(dest)
+    assert_index_is_a_rebuild(dest)
+    monkeypatch.undo()
+    assert sync(inv, dest) == 0
+    assert_exact(fleet, dest, "h0")
+    assert_index_is_a_rebuild(dest)

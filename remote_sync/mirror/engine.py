@@ -517,11 +517,19 @@ class HostSync:
                 self.new_rows.append(item.row)
 
     async def _job_result(self, item: Pending, job: IndexJob) -> IndexUpdate:
-        """The worker's facts for a durable item, or (if it failed) the same computed here."""
+        """The worker's facts for a durable item, or (if it failed) the same computed here.
+
+        Runs shielded. A cancel stops the wait for the worker (a hung one would hold Ctrl-C for
+        its whole timeout): the job is dropped and the item indexed here, a bounded amount of
+        work on bytes already durable, so that the commit's index still covers them.
+        """
+        unhook = self.token.on_cancel(job.drop)
         try:
             return await job.result()
         except IndexWorkerError as exc:
             log.info("%s: indexing %r in-process: %s", self.name, item.row.path, exc)
+        finally:
+            unhook()
         assert self.reader is not None
         reader, row = self.reader, item.row
         local = self.state.local_path(row.host, row.path)

@@ -237,6 +237,27 @@ def test_codex_token_totals_replace_not_add() -> None:
     assert (again.tokens_in, again.tokens_cache_read, again.tokens_out) == (100, 200, 30)
 
 
+def test_a_codex_fork_keeps_its_own_id() -> None:
+    """A forked or sub-agent rollout goes on with its parent's items, the parent's
+    session_meta among them: the session id stays the fork's (its first line's and its file
+    name's), however the file is cut into syncs."""
+    child, parent = "0199aaaa-0000-7000-8000-000000000002", "0199aaaa-0000-7000-8000-000000000001"
+
+    def meta(session: str, second: int) -> bytes:
+        payload = {"id": session, "cwd": "/srv/app", "forked_from_id": parent}
+        ts = f"2026-01-02T00:00:0{second}.000Z"
+        return msgspec.json.encode({"timestamp": ts, "type": "session_meta", "payload": payload})
+
+    data = meta(child, 1) + b"\n" + meta(parent, 0) + b"\n"
+    rel = f"sessions/2026/01/02/rollout-2026-01-02T00-00-00-{child}.jsonl".encode()
+    reader = READERS["codex"]
+    assert index_file(reader, rel, data).session_id == child
+    first = fold(reader, data[: len(meta(child, 1)) + 1], facts=SessionFacts())
+    assert first.session_id == child
+    rest = fold(reader, data[len(meta(child, 1)) + 1 :], facts=first, start=len(meta(child, 1)) + 1)
+    assert rest.session_id == child
+
+
 def test_picoclaw_compaction_rewrite() -> None:
     before = sg.generate("picoclaw", random.Random(3), messages=60, malformed=3, blank_lines=2)
     after = sg.compact_picoclaw(before, 12)

@@ -10,8 +10,9 @@ project, and the session id is the uuid at the end of the file name (the stem af
 
 Every line is ``{timestamp, type, payload}``; what is read:
 
-* ``session_meta``: ``payload.id`` is the session id; ``payload.cwd`` becomes the project
-  (``agent``) when the path gave none.
+* ``session_meta``: the first one's ``payload.id`` is the session id (a fork's rollout goes on
+  with its parent's items, the parent's ``session_meta`` among them); ``payload.cwd`` becomes
+  the project (``agent``) when the path gave none.
 * ``response_item`` with ``payload.type``:
 
   - ``message``: a message of ``payload.role`` (``developer`` counts as system). A user
@@ -168,7 +169,10 @@ class CodexReader:
             elif kind == "turn_context":
                 facts.add_model(p.model)
             elif kind == "session_meta":
-                if p.id:
+                # The first line's id. A fork or sub-agent rollout goes on with its parent's
+                # items, the parent's session_meta among them, which must not rename it. No
+                # time seen yet means this is the first line (every line has one).
+                if p.id and facts.first_ts is None:
                     facts.session_id = p.id
                 if facts.agent is None and p.cwd:
                     facts.agent = p.cwd

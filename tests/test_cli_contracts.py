@@ -513,8 +513,8 @@ def test_show_piped_to_head_exits_0(mirror: Path) -> None:
 def fake_row(host: str, sid: str, *, messages: int = 3, last: str | None = None) -> SessionRow:
     return SessionRow(
         host, f"agents/a/sessions/{sid}.jsonl", "openclaw", "a", sid, 600 if messages else 10,
-        messages + 1, messages, 1, messages - 1 if messages else 0, 0, 0, 0, 0, 0, 0, None, [],
-        last, last, None, 0, "live", "valuable" if messages else "empty",
+        messages + 1, messages, 1, messages - 1 if messages else 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        None, [], last, last, None, 0, "live", "valuable" if messages else "empty",
     )  # fmt: skip
 
 
@@ -538,7 +538,7 @@ def fake_remote(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[list[H
     }
 
     async def batches(
-        pool: Any, host: Host, batch_size: int, token: Any
+        pool: Any, host: Host, batch_size: int, token: Any, idle_timeout: float | None
     ) -> AsyncIterator[list[SessionRow]]:
         if host.name == "h1":
             raise HostUnreachableError("connection refused", host=host.name)

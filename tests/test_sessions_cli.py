@@ -453,6 +453,8 @@ def test_cli_list_json(index_dest: Path, capsys: pytest.CaptureFixture[str]) -> 
         "user_messages",
         "assistant_messages",
         "tool_messages",
+        "system_messages",
+        "other_messages",
         "tool_calls",
         "tokens_in",
         "tokens_out",
@@ -786,7 +788,9 @@ def test_big_session_reads_are_bounded(tmp_path: Path, capsys: pytest.CaptureFix
 
 # -- a real sync of generated sessions ----------------------------------------------------------
 
-_RENAMED = {"user": "user_messages", "assistant": "assistant_messages", "tool": "tool_messages"}
+_RENAMED = {
+    role: f"{role}_messages" for role in ("user", "assistant", "tool", "system", "other")
+}
 _FACT_FIELDS = (
     "session_id",
     "agent",
@@ -796,6 +800,8 @@ _FACT_FIELDS = (
     "user",
     "assistant",
     "tool",
+    "system",
+    "other",
     "tool_calls",
     "tokens_in",
     "tokens_out",

@@ -95,6 +95,8 @@ class SessionRow(msgspec.Struct):
     user_messages: int
     assistant_messages: int
     tool_messages: int
+    system_messages: int  # system and developer turns, and context the harness injected
+    other_messages: int  # any other role (e.g. pi's bashExecution, custom messages)
     tool_calls: int
     tokens_in: int
     tokens_out: int
@@ -148,6 +150,8 @@ _SELECT = (
     ("user_messages", "s.user_messages"),
     ("assistant_messages", "s.assistant_messages"),
     ("tool_messages", "s.tool_messages"),
+    ("system_messages", "s.system_messages"),
+    ("other_messages", "s.other_messages"),
     ("tool_calls", "s.tool_calls"),
     ("tokens_in", "s.tokens_in"),
     ("tokens_out", "s.tokens_out"),
@@ -174,6 +178,8 @@ _SELECT = (
 )
 _COLUMNS = ", ".join(f'{expr} AS "{name}"' for name, expr in _SELECT)
 _STATE = [name for name, _expr in _SELECT].index("state")
+#: Where the checkpoint's committed size follows the row's columns in a find_session query.
+_COMMITTED = len(_SELECT)
 _BASE = (
     f"SELECT {_COLUMNS}, f.size AS committed FROM sessions AS s "
     "LEFT JOIN files AS f ON f.host = s.host AND f.path = s.path"
@@ -394,13 +400,15 @@ def _row(r: Sequence[Any]) -> SessionRow:
         r[14],
         r[15],
         r[16],
-        r[17].split(",") if r[17] else [],
+        r[17],
         r[18],
-        r[19],
+        r[19].split(",") if r[19] else [],
         r[20],
         r[21],
         r[22],
         r[23],
+        r[24],
+        r[25],
     )
 
 
@@ -463,6 +471,8 @@ def row_from_facts(
         facts.user,
         facts.assistant,
         facts.tool,
+        facts.system,
+        facts.other,
         facts.tool_calls,
         facts.tokens_in,
         facts.tokens_out,
@@ -593,7 +603,7 @@ def find_session(
             found = current if len(current) == 1 else found
         if len(found) == 1:
             r = found[0]
-            return SessionRef(_row(r), bytes(r[1]), r[24])
+            return SessionRef(_row(r), bytes(r[1]), r[_COMMITTED])
         if len(found) > 1:
             shown = "\n  ".join(
                 f"{r[1].decode('utf-8', 'backslashreplace')}  (session {r[4]})" for r in found[:20]

@@ -55,12 +55,15 @@ def test_initial_and_incremental_sync_are_byte_identical(
     dest = tmp_path / "mirror"
     paths = make_openclaw_tree(fleet, "h0", sessions=6)
     make_openclaw_tree(fleet, "h1", sessions=3, seed=1)
-    code, summary, _events = sync(inv, dest, capsys)
+    code, summary, events = sync(inv, dest, capsys)
     assert code == 0
     assert_exact(fleet, dest, "h0")
     assert_exact(fleet, dest, "h1")
     assert summary.files.new == 12 + 2 + 6 + 2
     assert summary.exit_code == 0
+    # The summary repeats each host_done as it was sent, its seconds included.
+    done = {e.host: e for e in events if isinstance(e, HostDone)}
+    assert {h.host: h for h in summary.hosts} == done
     # Grow a few sessions; only the new bytes move.
     rng = random.Random(5)
     grown = session_bytes(rng, 3, start=100)

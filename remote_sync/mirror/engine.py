@@ -139,6 +139,7 @@ class HostRound:
     versions_kept: int = 0
     error: RemoteSyncError | None = None
     started: float = field(default_factory=time.monotonic)
+    done: HostDone | None = None
 
     @property
     def status(self) -> str:
@@ -149,15 +150,19 @@ class HostRound:
         return "partial" if self.files.failed else "ok"
 
     def event(self) -> HostDone:
-        return HostDone(
-            host=self.host,
-            status=self.status,
-            files=self.files,
-            bytes=self.bytes,
-            versions_kept=self.versions_kept,
-            seconds=round(time.monotonic() - self.started, 3),
-            error=str(self.error) if self.error else None,
-        )
+        """The round's ``host_done``, made once: the summary repeats it as it was sent (its
+        seconds are the host's own, not the time until the summary)."""
+        if self.done is None:
+            self.done = HostDone(
+                host=self.host,
+                status=self.status,
+                files=self.files,
+                bytes=self.bytes,
+                versions_kept=self.versions_kept,
+                seconds=round(time.monotonic() - self.started, 3),
+                error=str(self.error) if self.error else None,
+            )
+        return self.done
 
 
 class HostSync:

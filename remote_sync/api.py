@@ -16,7 +16,8 @@ event dropped (see :func:`~remote_sync.events.guarded`); it never aborts the wor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,8 +72,12 @@ async def stream_sessions(
     errors: list[RemoteSyncError] | None = None,
     idle_timeout: float | None = IDLE_TIMEOUT,
     **filters: Any,
-) -> AsyncIterator[list[SessionRow]]:
+) -> AsyncGenerator[list[SessionRow], None]:
     """Sessions in batches of ``batch_size`` as they are read.
+
+    A caller that may stop before the end closes it in its own task: ``async with
+    contextlib.aclosing(stream_sessions(...)) as batches:`` (as for any async generator that
+    holds connections).
 
     From the mirror at ``dest`` (its index), or with ``remote=True`` straight from ``hosts``
     over SSH, decoding each transcript as it streams. ``filters`` are those of ``sessions
@@ -92,18 +97,21 @@ async def stream_sessions(
     cancellation stops everything at once. A host whose command sends nothing for
     ``idle_timeout`` seconds fails (None: no limit).
     """
-    emit = emit or _ignore
+    emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
+    failures: list[RemoteSyncError] = errors if errors is not None else []
     with registry.register(transfer_id) as token:
-        if not remote:
-            async for batch in _local_batches(dest, batch_size, token, filters):
+        if remote:
+            batches = _remote_sessions(
+                hosts, batch_size, emit, token, failures, filters, idle_timeout
+            )
+        else:
+            batches = _local_batches(dest, batch_size, token, emit, filters)
+        # Closed here, in the caller's task, when the caller stops early (aclosing): left to
+        # the garbage collector, the connections' task groups would be exited in another task.
+        async with aclosing(batches):
+            async for batch in batches:
                 yield batch
-            return
-        failures: list[RemoteSyncError] = errors if errors is not None else []
-        async for batch in _remote_sessions(
-            hosts, batch_size, emit, token, failures, filters, idle_timeout
-        ):
-            yield batch
         if errors is None and failures:
             raise failures[0]
 
@@ -132,6 +140,7 @@ async def show_session(
     transfer_id: str | None = None,
     registry: CancelRegistry | None = None,
     idle_timeout: float | None = IDLE_TIMEOUT,
+    emit: Emit | None = None,
 ) -> list[Message]:
     """A session's first ``head``, last ``tail`` or page ``page`` of ``page_size`` messages
     (page 1 when none is given), fetched from the host: only the bytes shown, in one remote
@@ -147,6 +156,7 @@ async def show_session(
         transfer_id=transfer_id,
         registry=registry,
         idle_timeout=idle_timeout,
+        emit=emit,
     )
     return result.messages
 
@@ -162,17 +172,21 @@ async def read_session(
     transfer_id: str | None = None,
     registry: CancelRegistry | None = None,
     idle_timeout: float | None = IDLE_TIMEOUT,
+    emit: Emit | None = None,
 ) -> ShowResult:
     """:func:`show_session` with the :class:`~remote_sync.index.show.ShowResult`: the number
     of the first message (for a tail only when the whole file was read), the bytes read, and
-    whether the end of the session was reached."""
+    whether the end of the session was reached. ``emit`` gets a ``fetching`` progress event,
+    then ``done`` with the messages and bytes read."""
     from .index.remote import SHOW_WINDOW, read_remote_session
     from .ssh.pool import PoolSettings, SSHPool
 
+    emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
+    emit(Progress(host.name, "fetching", 0, 0, 0, 0))
     with registry.register(transfer_id) as token:
         async with SSHPool(PoolSettings(window=SHOW_WINDOW)) as pool:
-            return await read_remote_session(
+            result = await read_remote_session(
                 pool,
                 host,
                 session,
@@ -183,6 +197,9 @@ async def read_session(
                 token=token,
                 idle_timeout=idle_timeout,
             )
+    shown, read = len(result.messages), result.bytes_read
+    emit(Progress(host.name, "done", shown, shown, read, read))
+    return result
 
 
 def _bounded(count: int | None) -> int | None:
@@ -193,13 +210,15 @@ def _bounded(count: int | None) -> int | None:
 
 async def _remote_batches(
     pool: Any, host: Host, batch_size: int, token: CancelToken, idle_timeout: float | None
-) -> AsyncIterator[list[SessionRow]]:
+) -> AsyncGenerator[list[SessionRow], None]:
     from .index.remote import stream_remote_sessions
 
-    async for batch in stream_remote_sessions(
+    batches = stream_remote_sessions(
         pool, host, batch_size=batch_size, token=token, idle_timeout=idle_timeout
-    ):
-        yield batch
+    )
+    async with aclosing(batches):
+        async for batch in batches:
+            yield batch
 
 
 async def _remote_sessions(
@@ -210,7 +229,7 @@ async def _remote_sessions(
     failures: list[RemoteSyncError],
     filters: dict[str, Any],
     idle_timeout: float | None,
-) -> AsyncIterator[list[SessionRow]]:
+) -> AsyncGenerator[list[SessionRow], None]:
     """Each host's sessions, filtered like the index's; failed hosts reported and skipped."""
     from .index.query import DEFAULT_SORT, filter_rows, select_rows
     from .index.remote import LIST_WINDOW
@@ -234,14 +253,16 @@ async def _remote_sessions(
             done = 0
             emit(Progress(host.name, "listing", 0, 0, 0, 0))
             try:
-                async for batch in _remote_batches(pool, host, batch_size, token, idle_timeout):
-                    done += len(batch)
-                    emit(Progress(host.name, "fetching", done, 0, 0, 0))
-                    rows = filter_rows(batch, **filters)
-                    if ordered:
-                        kept.extend(rows)
-                    elif rows:
-                        yield rows
+                batches = _remote_batches(pool, host, batch_size, token, idle_timeout)
+                async with aclosing(batches):
+                    async for batch in batches:
+                        done += len(batch)
+                        emit(Progress(host.name, "fetching", done, 0, 0, 0))
+                        rows = filter_rows(batch, **filters)
+                        if ordered:
+                            kept.extend(rows)
+                        elif rows:
+                            yield rows
             except TransferCancelledError:
                 raise
             except RemoteSyncError as exc:
@@ -256,8 +277,14 @@ async def _remote_sessions(
 
 
 async def _local_batches(
-    dest: str | Path | None, batch_size: int, token: CancelToken, filters: dict[str, Any]
-) -> AsyncIterator[list[SessionRow]]:
+    dest: str | Path | None,
+    batch_size: int,
+    token: CancelToken,
+    emit: Emit,
+    filters: dict[str, Any],
+) -> AsyncGenerator[list[SessionRow], None]:
+    """The index's rows in batches. Progress events name no host (the index holds them all):
+    ``listing`` with the rows read so far before each batch, then ``done``."""
     import anyio
 
     from .index.query import open_index, query_sessions
@@ -265,19 +292,26 @@ async def _local_batches(
     if dest is None:
         raise ValueError("dest is required unless remote=True")
     db = open_index(Path(dest))
+    done = 0
     try:
         batch: list[SessionRow] = []
         for row in query_sessions(db, **filters):
             batch.append(row)
             if len(batch) >= batch_size:
                 token.raise_if_cancelled()
+                done += len(batch)
+                emit(Progress("", "listing", done, 0, 0, 0))
                 yield batch
                 batch = []
                 await anyio.lowlevel.checkpoint()
         if batch:
+            token.raise_if_cancelled()
+            done += len(batch)
+            emit(Progress("", "listing", done, 0, 0, 0))
             yield batch
     finally:
         db.close()
+    emit(Progress("", "done", done, done, 0, 0))
 
 
 def _ignore(_: object) -> None:

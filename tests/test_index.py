@@ -276,6 +276,36 @@ def test_stream_sessions_reports_progress_and_cancels_midway(
     assert [e.phase for e in events][:2] == ["listing", "fetching"]
 
 
+def test_stream_sessions_closed_early_is_closed_in_the_callers_task(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """A caller that stops after the first batch and closes the stream (aclosing) goes on
+    normally: the connections were closed in its task, not left to the garbage collector (whose
+    task could not exit their cancel scopes, and cancelled the caller's next await)."""
+    import contextlib
+
+    from remote_sync.cancel import CancelRegistry
+
+    root = fleet.path("h0", "oc")
+    build_tree("openclaw", root, 6, random.Random(3), messages=5)
+    make_readable(root)
+    hosts = load_inventory(inventory(fleet, tmp_path, "openclaw", root)).hosts
+    registry = CancelRegistry()
+
+    async def stop_early() -> int:
+        stream = api.stream_sessions(
+            remote=True, hosts=hosts, batch_size=2, registry=registry, transfer_id="x"
+        )
+        async with contextlib.aclosing(stream) as batches:
+            async for _batch in batches:
+                break
+        await anyio.sleep(0.2)
+        return len(await api.list_sessions(remote=True, hosts=hosts))
+
+    assert anyio.run(stop_early) > 6
+    assert len(registry) == 0
+
+
 # --------------------------------------------------------------------------- FileIndexer
 
 

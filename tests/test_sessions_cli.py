@@ -406,6 +406,37 @@ def test_stats_by_every_key(db: Any) -> None:
         session_stats(db, "week")  # type: ignore[arg-type]
 
 
+def test_library_local_stream_reports_progress_and_stops_on_a_cancel(index_dest: Path) -> None:
+    """Over the index, as over hosts: progress events as batches go, and a cancel stops the
+    stream before its next batch, the last (partial) one included."""
+    import anyio
+
+    from remote_sync import api
+    from remote_sync.cancel import CancelRegistry
+    from remote_sync.errors import TransferCancelledError
+    from remote_sync.events import Progress
+
+    events: list[Progress] = []
+    total = len(anyio.run(lambda: api.list_sessions(dest=index_dest, emit=events.append)))
+    assert total > 2
+    assert [e.phase for e in events] == ["listing"] * -(-total // 50) + ["done"]
+    assert (events[-1].files_done, events[-1].files_total) == (total, total)
+
+    registry = CancelRegistry()
+    seen: list[int] = []
+
+    async def consume() -> None:
+        async for batch in api.stream_sessions(
+            dest=index_dest, batch_size=total - 1, registry=registry, transfer_id="t"
+        ):
+            seen.append(len(batch))
+            registry.cancel("t")
+
+    with pytest.raises(TransferCancelledError):
+        anyio.run(consume)
+    assert seen == [total - 1] and len(registry) == 0
+
+
 def test_open_index_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no mirror at") as info:
         open_index(tmp_path / "nothing")
@@ -788,9 +819,7 @@ def test_big_session_reads_are_bounded(tmp_path: Path, capsys: pytest.CaptureFix
 
 # -- a real sync of generated sessions ----------------------------------------------------------
 
-_RENAMED = {
-    role: f"{role}_messages" for role in ("user", "assistant", "tool", "system", "other")
-}
+_RENAMED = {role: f"{role}_messages" for role in ("user", "assistant", "tool", "system", "other")}
 _FACT_FIELDS = (
     "session_id",
     "agent",

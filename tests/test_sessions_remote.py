@@ -35,6 +35,7 @@ from test_sessions_cli import generated, openclaw_session, shown, text_numbers
 from remote_sync import api
 from remote_sync.cli import main
 from remote_sync.errors import ConfigError, ProtocolError
+from remote_sync.events import Progress
 from remote_sync.index import remote as remote_module
 from remote_sync.index.facts import Message
 from remote_sync.index.query import SessionRow
@@ -573,9 +574,14 @@ def test_show_remote_reads_little_of_a_big_session(fleet: Any, tmp_path: Path) -
     fleet.write(name, f"{SESSIONS}/big.jsonl", openclaw_session("big", count, pad=120))
     (host,) = load_inventory(write_inventory(fleet, tmp_path / "inv.toml", [name])).hosts
 
-    tail = anyio.run(lambda: api.read_session(host, "big", tail=100))
+    events: list[Progress] = []
+    tail = anyio.run(lambda: api.read_session(host, "big", tail=100, emit=events.append))
     assert text_numbers(tail.messages) == list(range(count - 100, count))
     assert tail.bytes_read <= 256 * 1024  # the first block held them
+    assert events == [
+        Progress(name, "fetching", 0, 0, 0, 0),
+        Progress(name, "done", 100, 100, tail.bytes_read, tail.bytes_read),
+    ]
     head = anyio.run(lambda: api.read_session(host, "big", page=2, page_size=50))
     assert text_numbers(head.messages) == list(range(50, 100)) and head.first == 50
     # The command is stopped once the page is complete: what was read beyond it is what was

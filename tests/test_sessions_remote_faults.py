@@ -328,3 +328,23 @@ def test_timeout_without_remote_is_refused(
 ) -> None:
     code, _, err = cli(["sessions", "list", "--dest", str(tmp_path), "--timeout", "5"], capsys)
     assert code == 2 and "--timeout applies only with --remote" in err
+
+
+def test_an_unreadable_transcript_makes_the_listing_incomplete(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The host would not open one session (a sync reports it as permission denied): the
+    others are listed and the host fails, as for an unreadable directory."""
+    name = fleet.names[0]
+    sessions(fleet, name, 3)
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    secret = fleet.path(name, f"{SESSIONS}/s1.jsonl")
+    os.chmod(secret, 0)
+    try:
+        code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
+    finally:
+        os.chmod(secret, 0o644)
+    assert listed(out) == {f"{SESSIONS}/s0.jsonl", f"{SESSIONS}/s2.jsonl"}
+    assert code == 1 and "incomplete" in err and "s1.jsonl: not readable" in err, err
+    (error,) = [json.loads(line) for line in out.splitlines() if '"type":"error"' in line]
+    assert error["host"] == name

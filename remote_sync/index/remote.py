@@ -55,7 +55,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -624,7 +624,7 @@ async def stream_remote_sessions(
     token: CancelToken | None = None,
     now: float | None = None,
     idle_timeout: float | None = IDLE_TIMEOUT,
-) -> AsyncIterator[list[SessionRow]]:
+) -> AsyncGenerator[list[SessionRow], None]:
     """Yield the host's sessions in batches as their bytes are decoded (one remote command)."""
     reader = get_reader(host.source.format)
     source = host.source
@@ -635,6 +635,7 @@ async def stream_remote_sessions(
     received = 0
     batch: list[SessionRow] = []
     unread: list[str] = []  # files whose read failed midway
+    unreadable: list[str] = []  # files the host would not open
     now = time.time() if now is None else now
     try:
         async with exec_streaming(
@@ -684,9 +685,10 @@ async def stream_remote_sessions(
                                 batch = []
                         indexer = None
                     elif kind == "U":
-                        log.warning(
-                            "%s: %s is not readable: left out", host.name, path_text(item.arg)
-                        )
+                        # A session the host would not let us read is missing from the
+                        # listing, as surely as one in an unreadable directory.
+                        if source.is_included(item.arg) and reader.is_transcript(item.arg):
+                            unreadable.append(path_text(item.arg))
                     else:
                         raise ProtocolError(
                             f"unexpected frame {kind!r} in a listing", host=host.name
@@ -699,10 +701,14 @@ async def stream_remote_sessions(
     if batch:
         yield batch
     warnings = _listing_warnings(stream.stderr_tail)
-    if warnings or unread:
+    if warnings or unread or unreadable:
         # What was listed has been yielded; the host still counts as failed (exit 1), as a
         # sync's incomplete listing does, since sessions may be missing.
-        reasons = warnings + [f"{path}: the read failed midway: left out" for path in unread]
+        reasons = (
+            warnings
+            + [f"{path}: not readable: left out" for path in unreadable]
+            + [f"{path}: the read failed midway: left out" for path in unread]
+        )
         raise RemoteCommandError(
             "the listing is incomplete: " + "; ".join(reasons),
             host=host.name,

@@ -31,7 +31,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -419,7 +419,7 @@ def run_sync(args: argparse.Namespace) -> int:
 
         with RichRenderer() as renderer:
             emit = guarded(ThrottledProgress(renderer, 0.1))
-            return anyio.run(_sync_main, hosts, options, emit)
+            return anyio.run(_sync_main, hosts, options, emit, renderer.progress.stop)
     except LockedError as exc:
         _report(exc, error_out)
         return EXIT_LOCKED
@@ -433,7 +433,12 @@ def run_sync(args: argparse.Namespace) -> int:
         return EXIT_CANCELLED
 
 
-async def _sync_main(hosts: list[Host], options: SyncOptions, emit: Emit) -> int:
+async def _sync_main(
+    hosts: list[Host],
+    options: SyncOptions,
+    emit: Emit,
+    stop_display: Callable[[], None] | None = None,
+) -> int:
     import signal
 
     import anyio
@@ -449,7 +454,7 @@ async def _sync_main(hosts: list[Host], options: SyncOptions, emit: Emit) -> int
                 first = True
                 async for _ in signals:
                     if not first:
-                        raise KeyboardInterrupt
+                        _abort_at_once(emit, stop_display)
                     first = False
                     print("\ncancelling (Ctrl-C again to abort at once)...", file=sys.stderr)
                     registry.cancel_all("cancelled by signal")
@@ -465,6 +470,29 @@ async def _sync_main(hosts: list[Host], options: SyncOptions, emit: Emit) -> int
     if error is not None:
         raise error
     return summary.exit_code
+
+
+def _abort_at_once(emit: Emit, stop_display: Callable[[], None] | None) -> NoReturn:
+    """A second Ctrl-C: leave now, as a ``kill -9`` would, without waiting for the rounds to
+    wind down (a commit in progress, a host that does not answer the cancel). The mirror is
+    built to survive exactly that: the next run cuts back what no checkpoint covers."""
+    from .errors import TransferCancelledError
+    from .events import ErrorEvent
+
+    emit(
+        ErrorEvent.from_exception(
+            TransferCancelledError(
+                "aborted at once by a second signal",
+                hint="run the sync again: it resumes from the last checkpoints",
+            )
+        )
+    )
+    if stop_display is not None:
+        stop_display()  # the terminal gets its cursor back
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(EXIT_CANCELLED)
 
 
 def _say(exc: RemoteSyncError) -> None:

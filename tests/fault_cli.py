@@ -7,6 +7,9 @@
   checkpoints of that batch are not committed.
 - ``after_version_rename``: a rewrite moved the old copy into ``versions/``; the new copy is
   not yet renamed into place.
+
+``hold_cancel`` does not crash: a cancelled round waits a minute before it winds down (a
+commit that takes its time), so that only a second Ctrl-C ends the run soon.
 """
 
 from __future__ import annotations
@@ -44,6 +47,21 @@ elif FAULT == "after_version_rename":
             os._exit(9)
 
     os.rename = rename
+
+elif FAULT == "hold_cancel":
+    import anyio
+
+    from remote_sync.mirror import engine
+
+    real_drain = engine.HostSync._drain
+
+    async def _drain(self: engine.HostSync) -> None:
+        if self.token.cancelled:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(60)
+        await real_drain(self)
+
+    engine.HostSync._drain = _drain  # type: ignore[method-assign]
 
 elif FAULT:
     sys.exit(f"unknown REMOTE_SYNC_TEST_FAULT {FAULT!r}")

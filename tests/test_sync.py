@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -437,18 +439,45 @@ def _wait_for_temp_bytes(proc, dest: Path, size: int, timeout: float = 60) -> bo
     return False
 
 
-def test_ctrl_c_cancels_with_130_and_a_rerun_completes(fleet: SSHFleet, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signals", [1, 2])
+def test_ctrl_c_cancels_with_130_and_a_rerun_completes(
+    fleet: SSHFleet, tmp_path: Path, signals: int
+) -> None:
+    """Ctrl-C cancels (the summary says so); a second one aborts at once, as kill -9 would,
+    with an error event and no traceback, even while the cancelled round winds down slowly.
+    Either way a rerun completes the mirror."""
     inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
     dest = tmp_path / "m"
     make_openclaw_tree(fleet, "h0")
     fleet.write("h0", "agents/a/sessions/big.jsonl", big_session(256 * 1024 * 1024))
-    proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"])
+    args = ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"]
+    if signals == 1:
+        proc = cli_process(args)
+    else:  # the first cancel takes a minute to wind down
+        fault_cli = str(Path(__file__).resolve().parent / "fault_cli.py")
+        env = dict(os.environ, REMOTE_SYNC_TEST_FAULT="hold_cancel")
+        proc = subprocess.Popen(
+            [sys.executable, fault_cli, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
     assert _wait_for_temp_bytes(proc, dest, 16 * 1024 * 1024)
     proc.send_signal(signal.SIGINT)
+    if signals == 2:
+        time.sleep(0.5)
+        assert proc.poll() is None  # still winding down
+        proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    assert b'"status":"cancelled"' in out
-    assert not list((dest / ".remote-sync" / "tmp").glob("*"))
+    assert b"Traceback" not in err, err
+    last = json.loads(out.splitlines()[-1])
+    if signals == 1:
+        assert last["type"] == "summary" and last["hosts"][0]["status"] == "cancelled"
+        assert not list((dest / ".remote-sync" / "tmp").glob("*"))
+    else:
+        assert last["type"] == "error" and last["kind"] == "cancelled", last
+        assert "second signal" in last["message"]
     with MirrorState(dest) as state:  # the lock was released and the state is readable
         assert all(
             r.size == (dest / "h0" / os.fsdecode(r.path)).stat().st_size

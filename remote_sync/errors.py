@@ -168,6 +168,13 @@ class StateError(MirrorError):
     """The mirror's checkpoint database is unusable."""
 
 
+class DestinationError(ConfigError):
+    """The destination cannot be used at all (not a directory, not writable): nothing was
+    attempted, so it is a usage error (exit 2), not a failed sync."""
+
+    default_hint = "give --dest a directory this user can write (or a path to create)"
+
+
 class LockedError(RemoteSyncError):
     """Another remote-sync run holds the destination's lock."""
 
@@ -192,6 +199,7 @@ _KIND_BY_CLASS = {
     "TransferCancelledError": "cancelled",
     "MirrorError": "mirror",
     "StateError": "state",
+    "DestinationError": "destination",
     "LockedError": "locked",
     "ProtocolError": "protocol",
 }

@@ -20,6 +20,7 @@ from remote_sync.cancel import CancelRegistry
 from remote_sync.errors import (
     AuthenticationError,
     ChannelRefusedError,
+    ConfigError,
     HostKeyError,
     HostUnreachableError,
     IdleTimeoutError,
@@ -470,6 +471,29 @@ async def test_unknown_host_key_is_refused_unless_accept_new(
             await run_command(pool, accept_new, ["true"])
 
 
+async def test_local_files_that_do_not_exist_are_configuration_errors(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """A missing ssh_config, key or (strict) known_hosts file is named as this host's
+    configuration error, not taken for an unreachable host; under accept-new a known_hosts
+    file that does not exist yet is created at first contact, as OpenSSH does."""
+    missing = str(tmp_path / "nope")
+    async with SSHPool() as pool:
+        for what, ep in (
+            ("known_hosts", endpoint(fleet, "h0", known_hosts=missing)),
+            ("ssh_config", endpoint(fleet, "h0", ssh_config=(missing,))),
+            ("identity_file", endpoint(fleet, "h0", identity_files=(missing,))),
+        ):
+            with pytest.raises(ConfigError, match=f"{what} .* does not exist") as info:
+                await run_command(pool, ep, ["true"], host="h0")
+            assert (info.value.host, info.value.path) == ("h0", missing)
+    fresh = tmp_path / "new" / "known_hosts"
+    accept_new = endpoint(fleet, "h0", known_hosts=str(fresh), host_key_policy="accept-new")
+    async with SSHPool() as pool:
+        assert await run_command(pool, accept_new, ["echo", "hi"]) == b"hi\n"
+    assert str(fleet.host("h0").port) in fresh.read_text()
+
+
 async def test_auth_failure_is_its_own_error(fleet: SSHFleet, tmp_path: Path) -> None:
     stranger = tmp_path / "stranger"
     os.system(f"ssh-keygen -q -t ed25519 -N '' -f {stranger}")
@@ -493,6 +517,11 @@ def test_endpoint_parse() -> None:
     assert Endpoint.parse("[::1]:22").address == "::1"
     with pytest.raises(RemoteSyncError):
         Endpoint.parse("box:notaport")
+    assert Endpoint.parse("pi_kitchen.lan.").address == "pi_kitchen.lan."
+    assert Endpoint.parse("[fe80::1%eth0]:22").address == "fe80::1%eth0"
+    for bad in ["..", ".", "../x", "a/b", "-oProxyCommand=x", "a b", "a..b", "$(id)", "a;b"]:
+        with pytest.raises(ConfigError, match="not a host name"):
+            Endpoint.parse(f"me@{bad}")
 
 
 async def test_aes_gcm_is_preferred_and_compression_off(fleet: SSHFleet) -> None:

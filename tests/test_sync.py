@@ -131,6 +131,77 @@ def test_dry_run_moves_nothing(
     assert "grown" in out and rel[0].decode() in out and rel[1].decode() in out
 
 
+def test_a_dry_run_writes_nothing_to_an_existing_mirror(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not the state (even one written by an older version, which a sync would upgrade), not
+    the lock file: a dry run reads a copy of the state."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0")
+    dest = tmp_path / "m"
+    assert sync(inv, dest, capsys)[0] == 0
+    control = dest / ".remote-sync"
+    db = sqlite3.connect(control / "state.db")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.commit()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    (control / "lock").write_text("4242\n")
+
+    def snapshot() -> dict[str, tuple[bytes, int]]:
+        return {
+            p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in control.iterdir()
+            if p.is_file() and not p.name.startswith("state.db-")  # SQLite's own side files
+        }
+
+    before = snapshot()
+    append(fleet, "h0", sorted(expected_tree(fleet.path("h0")))[0].decode(), b'{"more": 1}\n')
+    code, summary, _ = sync(inv, dest, capsys, "--dry-run")
+    assert code == 0 and summary.files.grown == 1
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_destination_that_is_a_file_is_a_usage_error(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], dry_run: bool
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0")
+    dest = tmp_path / "afile"
+    dest.write_text("not a directory")
+    args = ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"]
+    code = main([*args, "--dry-run"] if dry_run else args)
+    out = capsys.readouterr().out
+    assert code == 2, out
+    (error,) = [json.loads(line) for line in out.splitlines()]
+    assert error["kind"] == "destination" and error["path"] == str(dest)
+    assert dest.read_text() == "not a directory"
+
+
+def test_missing_local_ssh_files_are_configuration_errors(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One host's key file that is not there fails that host (the others sync, exit 1); an
+    ssh_config that is not there fails every host: a configuration error, exit 2."""
+    make_openclaw_tree(fleet, "h0")
+    make_openclaw_tree(fleet, "h1")
+    missing = tmp_path / "keys" / "id_missing"
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0", "h1"])
+    text = inv.read_text().replace('name = "h1"', f'name = "h1"\nidentity_file = "{missing}"')
+    inv.write_text(text)
+    code, summary, events = sync(inv, tmp_path / "m", capsys)
+    assert code == 1
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert (error.host, error.kind, error.path) == ("h1", "config", str(missing))
+    assert "does not exist" in error.message
+    assert_exact(fleet, tmp_path / "m", "h0")
+    inv.write_text(text.replace(str(fleet.ssh_config), str(tmp_path / "no_config")))
+    code, summary, events = sync(inv, tmp_path / "m", capsys)
+    assert code == 2 and summary.hosts_failed == 2
+    assert {e.kind for e in events if isinstance(e, ErrorEvent)} == {"config"}
+
+
 def test_partial_trailing_line_waits_for_its_newline(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

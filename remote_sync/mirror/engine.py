@@ -35,6 +35,7 @@ import anyio.lowlevel
 from ..cancel import CancelRegistry, CancelToken, default_registry
 from ..errors import (
     ConfigError,
+    DestinationError,
     MirrorError,
     ProtocolError,
     RemoteCommandError,
@@ -74,7 +75,7 @@ from .remote_ops import (
     root_unusable,
     round_argv,
 )
-from .state import CONTROL_DIR, FileState, MirrorState
+from .state import CONTROL_DIR, FileState, MirrorState, copy_state
 from .writer import (
     AppendWriter,
     CommitBatch,
@@ -804,12 +805,21 @@ async def sync_fleet(
 
 
 def _state_for(options: SyncOptions, stack: contextlib.ExitStack) -> MirrorState:
-    """The destination's state; for a dry run on a destination not synced yet, an empty one
-    in a temporary directory, so that a dry run creates nothing (like ``rsync -n``)."""
+    """The destination's state. A dry run writes nothing, like ``rsync -n``: it works on a
+    copy of the state in a temporary directory (an empty one for a destination not synced
+    yet), so that neither the lock, nor a schema upgrade, nor anything else touches the
+    destination."""
     dest = options.dest
-    if options.dry_run and not (dest / CONTROL_DIR / "state.db").exists():
-        dest = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="remote-sync-dry-")))
-    return MirrorState(dest)
+    if not options.dry_run:
+        return MirrorState(dest)
+    if dest.exists() and not dest.is_dir():
+        raise DestinationError("the destination is not a directory", path=str(dest))
+    copy = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="remote-sync-dry-")))
+    state_db = dest / CONTROL_DIR / "state.db"
+    if state_db.exists():
+        (copy / CONTROL_DIR).mkdir()
+        copy_state(state_db, copy / CONTROL_DIR / "state.db")
+    return MirrorState(copy)
 
 
 def _check_sources(state: MirrorState, hosts: Sequence[Host]) -> None:
@@ -922,6 +932,10 @@ def _summary(
     failed = sum(1 for r in rounds if r.error is not None)
     if cancelled:
         code = 130
+    elif rounds and all(isinstance(r.error, ConfigError) for r in rounds):
+        # Every host failed on its configuration (a missing ssh_config or key file) before
+        # anything was fetched: a configuration error, as ssh itself would exit on it.
+        code = 2
     elif failed or totals.failed:
         code = 1
     else:

@@ -20,11 +20,12 @@ import os
 import shutil
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LockedError, MirrorError, StateError, path_text
+from ..errors import DestinationError, LockedError, MirrorError, StateError, path_text
 from ..index.store import ensure_schema as ensure_index_schema
 
 CONTROL_DIR = ".remote-sync"
@@ -99,6 +100,28 @@ _COLUMNS = (
 )
 
 
+def copy_state(source: Path, target: Path) -> None:
+    """A consistent copy of the state database ``source`` (read-only: it is not locked,
+    upgraded or written; a sync may be running). For a dry run, which must change nothing."""
+    uri = "file:" + urllib.parse.quote(os.fsencode(source.resolve())) + "?mode=ro"
+    try:
+        src = sqlite3.connect(uri, uri=True)
+        try:
+            dst = sqlite3.connect(target)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except sqlite3.Error as exc:
+        raise StateError(
+            f"cannot read the state database: {exc}",
+            path=str(source),
+            hint="check its permissions; a sync (not a dry run) says more",
+        ) from exc
+
+
 class MirrorState:
     """The destination's state database and lock. Use as a context manager."""
 
@@ -123,8 +146,8 @@ class MirrorState:
         try:
             self.control.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise MirrorError(
-                f"cannot create the destination: {exc.strerror}", path=str(self.dest)
+            raise DestinationError(
+                f"cannot create the destination: {exc.strerror or exc}", path=str(self.dest)
             ) from exc
         self._lock()
         try:
@@ -178,7 +201,7 @@ class MirrorState:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise MirrorError(
+            raise DestinationError(
                 f"cannot open the destination's lock file: {exc.strerror or exc}",
                 path=str(lock),
                 hint="the destination must be writable by this user",

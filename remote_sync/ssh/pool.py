@@ -112,7 +112,25 @@ class Endpoint:
             port = _parse_port(spec, port_text)
         if not host:
             raise ConfigError(f"no host name in {spec!r}", hint="use [user@]host[:port]")
+        if not _plausible_host(host):
+            # As OpenSSH refuses such names (and asyncssh fails on empty labels with an
+            # encoding error): a name is data, and it reaches ssh_config's %h tokens.
+            raise ConfigError(
+                f"{host!r} in {spec!r} is not a host name or an ssh_config alias",
+                hint="use [user@]host[:port]: letters, digits, '-', '_' and '.', or [ipv6]",
+            )
         return cls(address=host, user=user or None, port=port, **kwargs)
+
+
+def _plausible_host(host: str) -> bool:
+    """A DNS name, an ssh_config alias, an IPv4 or (unbracketed) IPv6 address: no empty
+    label, no leading '-', nothing but letters, digits and ``-_.:%``."""
+    if host.startswith("-") or not all(c.isalnum() or c in "-_.:%" for c in host):
+        return False
+    if ":" in host:  # IPv6 (with an optional %scope)
+        return True
+    labels = host.removesuffix(".").split(".")
+    return all(labels)
 
 
 def _parse_port(spec: str, text: str) -> int:
@@ -196,6 +214,48 @@ class _Client(asyncssh.SSHClient):
             out.write(line)
         log.warning("accept-new: recorded the host key of %s in %s", pattern, self.known_hosts)
         return True
+
+
+def _local_file_options(endpoint: Endpoint, host: str, known_hosts: str) -> dict[str, Any]:
+    """asyncssh's options for the local files ``endpoint`` names, each checked first.
+
+    A file named explicitly that is not there is this host's configuration error (as ``ssh
+    -F`` on a missing file exits at once), not "unreachable". A missing known_hosts is fine
+    only with accept-new, whose first contact creates it.
+    """
+    options: dict[str, Any] = {}
+    if endpoint.known_hosts is not None:
+        if os.path.exists(known_hosts):
+            options["known_hosts"] = known_hosts
+        elif endpoint.host_key_policy == "accept-new":
+            options["known_hosts"] = b""  # nothing trusted yet
+        else:
+            raise ConfigError(
+                f"known_hosts {known_hosts!r} does not exist: no host key can be verified",
+                host=host,
+                path=known_hosts,
+                hint="fix the path, or create the file (ssh-keyscan, then check the keys), "
+                "or let first contact record the keys (host_key_policy = 'accept-new', "
+                "--accept-new-host-keys)",
+            )
+    for what, key, paths in (
+        # ssh_config = [] reads no config at all (not ~/.ssh/config): passed on even empty.
+        ("ssh_config", "config", endpoint.ssh_config),
+        ("identity_file", "client_keys", endpoint.identity_files or None),
+    ):
+        if paths is None:
+            continue
+        expanded = [_expand(path) for path in paths]
+        for path in expanded:
+            if not os.path.exists(path):
+                raise ConfigError(
+                    f"{what} {path!r} does not exist",
+                    host=host,
+                    path=path,
+                    hint="fix the path in the inventory (or on the command line)",
+                )
+        options[key] = expanded
+    return options
 
 
 class _HostSlot:
@@ -352,16 +412,11 @@ class SSHPool:
             "keepalive_interval": settings.keepalive_interval,
             "keepalive_count_max": settings.keepalive_count_max,
         }
-        if endpoint.known_hosts is not None:
-            options["known_hosts"] = known_hosts
-        if endpoint.ssh_config is not None:
-            options["config"] = [_expand(p) for p in endpoint.ssh_config]
+        options.update(_local_file_options(endpoint, host, known_hosts))
         if endpoint.user:
             options["username"] = endpoint.user
         if endpoint.port:
             options["port"] = endpoint.port
-        if endpoint.identity_files:
-            options["client_keys"] = [_expand(p) for p in endpoint.identity_files]
         if endpoint.proxy_command:
             options["proxy_command"] = expand_proxy_tokens(endpoint)
         try:

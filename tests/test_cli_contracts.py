@@ -464,7 +464,7 @@ def test_sync_json_with_undecodable_host_and_dest(
     blocker.write_bytes(b"")
     dest = os.fsdecode(os.fsencode(blocker) + b"/\xff")
     code, out, err = cli(["sync", "rs@127.0.0.1:1", "--dest", dest, "--json"], capsys)
-    assert code == 1 and "Traceback" not in err
+    assert code == 2 and "Traceback" not in err  # an unusable destination: a usage error
     events = [decode_event(line) for line in out.splitlines()]
     assert isinstance(events[0], ErrorEvent) and events[0].path == f"{blocker}/\\xff"
     # The human output copes as well.

@@ -14,7 +14,7 @@ import pytest
 from sshfleet import SSHFleet
 from synchelp import append, run_cli, session_bytes, write_inventory
 
-from remote_sync.errors import MirrorError, StateError
+from remote_sync.errors import DestinationError, MirrorError, StateError
 from remote_sync.events import ErrorEvent, Summary
 from remote_sync.formats.readers import get_reader
 from remote_sync.index.update import index_local_file, rebuild_index
@@ -231,7 +231,7 @@ def test_a_failed_statement_is_reported_not_the_rollback(dest: Path) -> None:
 
 def test_an_unusable_lock_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "m" / ".remote-sync" / "lock").mkdir(parents=True)  # cannot be opened
-    with pytest.raises(MirrorError, match="lock file"), MirrorState(tmp_path / "m"):
+    with pytest.raises(DestinationError, match="lock file"), MirrorState(tmp_path / "m"):
         pass
 
 

@@ -18,6 +18,7 @@ from remote_sync.errors import DestinationError, MirrorError, StateError
 from remote_sync.events import ErrorEvent, Summary
 from remote_sync.formats.readers import get_reader
 from remote_sync.index.update import index_local_file, rebuild_index
+from remote_sync.mirror import writer as writer_module
 from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
 from remote_sync.mirror.writer import AppendWriter, RewriteDetected, WholeWriter, make_durable
 
@@ -333,6 +334,92 @@ def test_a_conflict_in_the_mirror_fails_that_file_only(
     append(fleet, "h0", "agents/a/sessions/a.jsonl", lines(rng, 1, start=50))
     code, summary = sync(inv, dest, capsys)
     assert (summary.files.grown, summary.files.unchanged, summary.files.failed) == (1, 1, 1)
+
+
+def test_a_mirrored_file_that_cannot_be_opened_fails_alone(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mirrored file its append cannot open (made read-only by someone): that file fails,
+    with a hint about its permissions; the files after it are still synced."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(12)
+    names = [f"agents/a/sessions/{name}.jsonl" for name in ("a", "b", "c")]
+    for rel in names:
+        fleet.write("h0", rel, lines(rng, 3))
+    assert sync(inv, dest, capsys)[0] == 0
+    for rel in names:
+        append(fleet, "h0", rel, lines(rng, 1, start=50))
+    real = AppendWriter.__init__
+
+    def refuse_a(self: AppendWriter, state: MirrorState, row: FileState, *rest: object) -> None:
+        if row.path == names[0].encode():
+            denied = PermissionError(13, "Permission denied")
+            doing = "open the mirrored file"
+            raise writer_module._mirror_error(denied, row.host, row.path, doing) from denied
+        real(self, state, row, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AppendWriter, "__init__", refuse_a)
+    code, events = run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"], capsys)
+    assert code == 1
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert (error.path, error.kind) == (names[0], "mirror") and "permissions" in error.hint
+    summary = events[-1]
+    assert isinstance(summary, Summary) and (summary.files.grown, summary.files.failed) == (2, 1)
+    for rel in names[1:]:
+        assert (dest / "h0" / rel).read_bytes() == fleet.path("h0", rel).read_bytes()
+
+
+def test_a_file_committed_empty_is_fetched_once_rewritten_at_the_same_size(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """First synced while it held only a partial line (nothing committed), then rewritten in
+    place to whole lines of the same size: another mtime, so it is fetched."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/s.jsonl"
+    partial = b'{"type":"message","text":"' + b"a" * 60
+    fleet.write("h0", rel, partial)
+    assert sync(inv, dest, capsys)[0] == 0
+    whole = b'{"type":"message","text":"' + b"b" * 57 + b'"}\n'
+    assert len(whole) == len(partial)
+    remote = fleet.path("h0", rel)
+    with open(remote, "r+b") as f:
+        f.write(whole)
+    stat = remote.stat()
+    os.utime(remote, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert sync(inv, dest, capsys)[0] == 0
+    assert (dest / "h0" / rel).read_bytes() == whole
+
+
+def test_a_low_open_file_limit_does_not_fail_a_first_mirror(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """Each finished file stays open until its batch is durable. Under a hard limit of 256
+    open files (a soft one is raised to the hard one first), 600 new files in one round."""
+    import resource
+
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(13)
+    for i in range(600):
+        fleet.write("h0", f"agents/a/sessions/s{i:03d}.jsonl", lines(rng, 1))
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    args = ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"]
+    done = subprocess.run(
+        [sys.executable, "-m", "remote_sync.cli", *args],
+        capture_output=True,
+        preexec_fn=low_limit,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-1000:]
+    assert len(list((dest / "h0/agents/a/sessions").iterdir())) == 600
 
 
 def test_a_host_name_holding_another_source_is_refused(

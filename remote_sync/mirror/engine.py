@@ -84,6 +84,7 @@ from .writer import (
     WholeWriter,
     discard,
     make_durable,
+    only_this_file,
 )
 
 log = logging.getLogger(__name__)
@@ -178,8 +179,10 @@ class HostSync:
         emit: Emit,
         token: CancelToken,
         workers: IndexWorkers | None = None,
+        flush_files: int = FLUSH_FILES,
     ) -> None:
         self.host = host
+        self.flush_files = flush_files  # a batch holds each of its files open until its flush
         self.name = host.name
         self.pool = pool
         self.state = state
@@ -447,7 +450,7 @@ class HostSync:
         now = time.monotonic()
         if (
             self.batch.bytes >= FLUSH_BYTES
-            or len(self.batch.items) >= FLUSH_FILES
+            or len(self.batch.items) >= self.flush_files
             or now - self.last_flush >= FLUSH_SECONDS
         ):
             await self._start_flush()
@@ -572,13 +575,15 @@ class HostSync:
             )
         )
 
-    def _fail(self, path: bytes, message: str, kind: str = "file_failed") -> None:
+    def _fail(
+        self,
+        path: bytes,
+        message: str,
+        kind: str = "file_failed",
+        hint: str = "see the message; a rerun retries",
+    ) -> None:
         self.result.files.failed += 1
-        self.emit(
-            ErrorEvent(
-                self.name, path_text(path), kind, message, "see the message; a rerun retries"
-            )
-        )
+        self.emit(ErrorEvent(self.name, path_text(path), kind, message, hint))
 
     def _mark_deleted(self, rows: list[FileState]) -> None:
         """Files gone from the remote: ``deleted``, or ``renamed`` when a file new this round
@@ -649,6 +654,13 @@ class _FrameHandler:
                 self.writer = self._open(t)
             except RewriteDetected:  # the mirrored copy is not what its checkpoint says
                 self._again(t)
+            except MirrorError as exc:
+                if not only_this_file(exc):
+                    raise  # disk full, too many open files...: every file would fail
+                # This mirrored file cannot be opened (its permissions, a directory in its
+                # place): it fails, its bytes are read past, and the other files go on.
+                self.writer = None
+                sync._fail(t.remote.path, exc.message, "mirror", exc.hint)
         elif isinstance(event, End) or (isinstance(event, Short) and self.follow_up):
             writer, self.writer = self.writer, None
             if writer is None:
@@ -781,6 +793,7 @@ async def sync_fleet(
             for note in state.recover([h.name for h in hosts]):
                 log.warning("recovery: %s", note)
         limiter = anyio.CapacityLimiter(max(1, options.concurrency))
+        flush_files = files_per_flush(max(1, options.concurrency))
         async with SSHPool(options.pool) as pool, IndexWorkers() as workers:
 
             async def one(host: Host) -> None:
@@ -793,7 +806,9 @@ async def sync_fleet(
                             ),
                         )
                         return
-                    round_ = HostSync(host, pool, state, options, emit, tok, workers)
+                    round_ = HostSync(
+                        host, pool, state, options, emit, tok, workers, flush_files
+                    )
                     results[host.name] = await round_.run()
                 emit(results[host.name].event())
 
@@ -802,6 +817,38 @@ async def sync_fleet(
                     tg.start_soon(one, host)
     rounds = [results[h.name] for h in hosts if h.name in results]
     return _summary(rounds, options, started, cancelled=tok.cancelled, emit=emit)
+
+
+def files_per_flush(concurrency: int) -> int:
+    """How many files a host's batch may hold open before it is flushed.
+
+    Each finished file keeps its descriptor until its batch is durable, and a host has two
+    batches at most (one flushing, one filling). The soft limit on open files is first raised
+    to the hard one (as Go programs do at start): the common soft limit of 1024 is far below
+    ``FLUSH_FILES`` per host. What the limit still allows is shared out between the hosts.
+    """
+    limit = _raise_open_file_limit()
+    return max(8, min(FLUSH_FILES, (limit - OWN_DESCRIPTORS) // (2 * concurrency)))
+
+
+#: Descriptors kept apart from the batches: connections, the state database, the index
+#: worker's sockets, the interpreter's own.
+OWN_DESCRIPTORS = 256
+
+
+def _raise_open_file_limit() -> int:
+    """The soft RLIMIT_NOFILE, raised to the hard limit (at most 65536) where it is lower."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as exc:
+            log.debug("cannot raise the open file limit: %s", exc)
+    return 65536 if soft == resource.RLIM_INFINITY else soft
 
 
 def _state_for(options: SyncOptions, stack: contextlib.ExitStack) -> MirrorState:

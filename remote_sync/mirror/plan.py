@@ -122,7 +122,7 @@ def _decide(remote: RemoteFile, row: FileState | None, kind: str) -> Transfer | 
         # writer keeps the old copy as a version unless the old content is a prefix of the new.
         return _whole(remote, row, kind, "rewritten")
     if remote.size == row.remote_size or remote.size == row.size:
-        if remote.mtime == row.mtime or row.size == 0:
+        if remote.mtime == row.mtime or remote.size == 0:
             return None  # nothing new (a partial last line stays partial until it grows)
         # The same size with another mtime: rewritten in place to the same length, or only
         # touched. rsync's quick check would transfer it; here the overlap alone is fetched,

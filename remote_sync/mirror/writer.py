@@ -62,7 +62,28 @@ def _mirror_error(exc: OSError, host: str, path: bytes, doing: str) -> MirrorErr
     shown = path_text(path)
     if exc.errno == errno.ENOSPC:
         return MirrorError(f"disk full while {doing}", host=host or None, path=shown)
+    if exc.errno in _ONE_FILE_ERRNOS:
+        return MirrorError(
+            f"cannot {doing}: {exc.strerror or exc}",
+            host=host or None,
+            path=shown,
+            hint="fix this mirrored file's permissions, or move it aside; the next run "
+            "fetches it again",
+        )
     return MirrorError(f"cannot {doing}: {exc.strerror or exc}", host=host or None, path=shown)
+
+
+#: Errors of one mirrored file (its permissions, its name, what is in its place), as opposed to
+#: those of the whole destination (disk full, read-only, too many open files, I/O errors).
+_ONE_FILE_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}
+)
+
+
+def only_this_file(exc: MirrorError) -> bool:
+    """Does ``exc`` concern one mirrored file only, so that the others can go on?"""
+    cause = exc.__cause__
+    return isinstance(cause, OSError) and cause.errno in _ONE_FILE_ERRNOS
 
 
 def _makedirs_for(path: Path, host: str, remote_path: bytes, dirs: set[Path]) -> None:

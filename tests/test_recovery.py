@@ -188,6 +188,24 @@ def test_a_version_left_unrecorded_is_never_overwritten(dest: Path) -> None:
     assert (dest / "h" / os.fsdecode(SESSION)).read_bytes() == third
 
 
+def test_a_session_with_the_longest_name_keeps_its_versions(dest: Path) -> None:
+    """A 255-byte name has no room for ``.vN``: its versions get a shortened name with a digest
+    of the whole one, so a rewrite still keeps the old copy, and each version its own file."""
+    rng = random.Random(15)
+    long_path = b"agents/a/sessions/" + b"x" * 249 + b".jsonl"
+    contents = [lines(rng, 3), lines(rng, 4, start=10), lines(rng, 5, start=20)]
+    with MirrorState(dest) as state:
+        row = committed(state, long_path, contents[0])
+        for data in contents[1:]:
+            (done,) = rewrite(state, row, data)
+            assert done.versioned  # type: ignore[attr-defined]
+            row = state.host_files("h")[long_path]
+        kept = [state.version_path("h", long_path, v) for v in (1, 2)]
+    assert [p.read_bytes() for p in kept] == contents[:2]
+    assert all(len(p.name.encode()) <= 255 for p in kept) and kept[0] != kept[1]
+    assert (dest / "h" / os.fsdecode(long_path)).read_bytes() == contents[2]
+
+
 def test_one_file_that_cannot_be_put_in_place_fails_alone(dest: Path) -> None:
     rng = random.Random(6)
     with MirrorState(dest) as state:

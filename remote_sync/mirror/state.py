@@ -29,6 +29,8 @@ from ..errors import DestinationError, LockedError, MirrorError, StateError, pat
 from ..index.store import ensure_schema as ensure_index_schema
 
 CONTROL_DIR = ".remote-sync"
+#: The longest file name (bytes) of the file systems a mirror lives on (ext4, XFS, btrfs...).
+NAME_MAX = 255
 #: 2: ``files.fingerprint`` is a digest of the first bytes, no longer the bytes themselves.
 SCHEMA_VERSION = 2
 
@@ -504,8 +506,15 @@ class MirrorState:
         return Path(os.fsdecode(os.path.join(os.fsencode(self.dest / host), path)))
 
     def version_path(self, host: str, path: bytes, version: int) -> Path:
-        base = os.path.join(os.fsencode(self.versions_dir / host), path)
-        return Path(os.fsdecode(base + f".v{version}".encode()))
+        """``versions/<host>/<path>.v<version>``. A name too long for the suffix (file names
+        end at 255 bytes) is cut, and a digest of the whole name keeps it unique."""
+        head, slash, name = path.rpartition(b"/")
+        suffix = f".v{version}".encode()
+        if len(name) + len(suffix) > NAME_MAX:
+            digest = b"~" + hashlib.sha256(name).hexdigest()[:16].encode()
+            name = name[: NAME_MAX - len(suffix) - len(digest)] + digest
+        base = os.path.join(os.fsencode(self.versions_dir / host), head + slash + name)
+        return Path(os.fsdecode(base + suffix))
 
     def temp_path(self) -> Path:
         return self.tmp_dir / f"fetch-{os.getpid()}-{time.monotonic_ns()}"

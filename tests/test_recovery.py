@@ -254,6 +254,28 @@ def test_an_unusable_lock_is_a_clear_error(tmp_path: Path) -> None:
         pass
 
 
+def test_a_full_disk_at_open_is_not_called_a_damaged_state(
+    dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite says "disk I/O error" when a full file system leaves no room for its WAL files:
+    that is a full disk (free space, run again), not a database to move aside."""
+    import os as os_module
+
+    from remote_sync.mirror import state as state_module
+
+    class Full:
+        f_bavail, f_frsize, f_files, f_favail = 0, 4096, 1000, 10
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(state_module.sqlite3, "connect", refuse)
+    monkeypatch.setattr(os_module, "statvfs", lambda path: Full())
+    with pytest.raises(MirrorError, match="disk full") as info, MirrorState(dest):
+        pass
+    assert not isinstance(info.value, StateError) and "free space" in info.value.hint
+
+
 def test_a_damaged_state_database_is_a_clear_error(dest: Path) -> None:
     with MirrorState(dest) as state:
         for i in range(300):

@@ -102,6 +102,15 @@ _COLUMNS = (
 )
 
 
+def _nearly_full(directory: Path) -> bool:
+    """Is the file system of ``directory`` out of space (under 1 MiB free, or no inodes)?"""
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        return False
+    return fs.f_bavail * fs.f_frsize < (1 << 20) or (fs.f_files > 0 and fs.f_favail == 0)
+
+
 def copy_state(source: Path, target: Path) -> None:
     """A consistent copy of the state database ``source`` (read-only: it is not locked,
     upgraded or written; a sync may be running). For a dry run, which must change nothing."""
@@ -170,10 +179,19 @@ class MirrorState:
             self._upgrade()
         except sqlite3.Error as exc:
             self.close()
+            if _nearly_full(self.control):
+                # SQLite says "disk I/O error" when it cannot even make its WAL files: the
+                # database is fine, and moving it aside would throw its history away.
+                raise MirrorError(
+                    f"disk full while opening the state database ({exc})",
+                    path=str(self.control / "state.db"),
+                    hint="free space on the destination's file system, then run again",
+                ) from exc
             raise StateError(
                 f"the state database is unusable: {exc}",
                 path=str(self.control / "state.db"),
-                hint="move it aside; a rerun rebuilds state by refetching",
+                hint="check the destination's file system; if the database itself is damaged, "
+                "move it aside (a rerun then fetches every file again)",
             ) from exc
 
     def _upgrade(self) -> None:

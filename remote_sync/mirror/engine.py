@@ -806,9 +806,7 @@ async def sync_fleet(
                             ),
                         )
                         return
-                    round_ = HostSync(
-                        host, pool, state, options, emit, tok, workers, flush_files
-                    )
+                    round_ = HostSync(host, pool, state, options, emit, tok, workers, flush_files)
                     results[host.name] = await round_.run()
                 emit(results[host.name].event())
 

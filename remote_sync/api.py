@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -294,21 +295,13 @@ async def _local_batches(
     db = open_index(Path(dest))
     done = 0
     try:
-        batch: list[SessionRow] = []
-        for row in query_sessions(db, **filters):
-            batch.append(row)
-            if len(batch) >= batch_size:
-                token.raise_if_cancelled()
-                done += len(batch)
-                emit(Progress("", "listing", done, 0, 0, 0))
-                yield batch
-                batch = []
-                await anyio.lowlevel.checkpoint()
-        if batch:
+        rows = query_sessions(db, **filters)
+        while batch := list(islice(rows, batch_size)):
             token.raise_if_cancelled()
             done += len(batch)
             emit(Progress("", "listing", done, 0, 0, 0))
             yield batch
+            await anyio.lowlevel.checkpoint()
     finally:
         db.close()
     emit(Progress("", "done", done, done, 0, 0))

@@ -395,12 +395,14 @@ def test_a_mirrored_file_that_cannot_be_opened_fails_alone(
         append(fleet, "h0", rel, lines(rng, 1, start=50))
     real = AppendWriter.__init__
 
-    def refuse_a(self: AppendWriter, state: MirrorState, row: FileState, *rest: object) -> None:
+    def refuse_a(
+        self: AppendWriter, state: MirrorState, row: FileState, *rest: object, **kw: object
+    ) -> None:
         if row.path == names[0].encode():
             denied = PermissionError(13, "Permission denied")
             doing = "open the mirrored file"
             raise writer_module._mirror_error(denied, row.host, row.path, doing) from denied
-        real(self, state, row, *rest)  # type: ignore[arg-type]
+        real(self, state, row, *rest, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(AppendWriter, "__init__", refuse_a)
     code, events = run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"], capsys)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
 import os
 import pwd
@@ -38,6 +39,7 @@ from remote_sync.mirror.remote_ops import (
     FetchRequest,
     FrameEvent,
     FrameParser,
+    HeadDigest,
     ListingParser,
     RemoteFile,
     Short,
@@ -77,9 +79,11 @@ def merge(events: Sequence[FrameEvent]) -> list[Merged]:
     return out
 
 
-def vars_of(event: FrameEvent) -> tuple[int, ...]:
+def vars_of(event: FrameEvent) -> tuple[object, ...]:
     if isinstance(event, Short):
         return (event.index, event.received)
+    if isinstance(event, HeadDigest):
+        return (event.indices, event.digest)
     return (event.index,)
 
 
@@ -162,7 +166,18 @@ _frame = st.one_of(
     _data.filter(lambda d: len(d) > 1).map(lambda d: ("C", 0, d)),
     # detect_growth: exactly the listed length, or fewer
     st.tuples(st.just("W"), st.integers(0, 50), _data.filter(bool)),
+    # checked: a complete range, or a short one, then the host's digest of the head
+    _data.filter(bool).map(lambda d: ("K", len(d), d)),
+    st.tuples(st.just("k"), st.integers(1, 50), _data),
 )
+
+
+def head_digest_line(i: int) -> tuple[bytes, bytes | None]:
+    """The K line of request ``i`` and its digest: ``-`` (no md5sum) for every third."""
+    if i % 3 == 0:
+        return MB + b" K -\n", None
+    digest = hashlib.md5(b"%d" % i).digest()
+    return MB + b" K " + digest.hex().encode() + b"\n", digest
 
 
 def build_stream(
@@ -177,9 +192,13 @@ def build_stream(
             parts.append(MB + b" " + kind.encode() + b"\n")
             expected.append(("Gone" if kind == "G" else "Denied", i))
             continue
-        length = {"B": len(data), "C": len(data) - 1}.get(kind, len(data) + extra)
+        length = {"B": len(data), "C": len(data) - 1, "K": len(data)}.get(kind, len(data) + extra)
         length = max(1, length)
-        requests.append(FetchRequest(b"dir/f:%d" % i, i, length, detect_growth=kind in "CW"))
+        checked = kind in "Kk"
+        request = FetchRequest(
+            b"dir/f:%d" % i, i, length, detect_growth=kind in "CW", check=checked
+        )
+        requests.append(request)
         parts += [MB + b" B\n", data, FAILED_END if kind == "X" else END]
         expected.append(("Begin", i))
         if data[:length]:
@@ -192,6 +211,10 @@ def build_stream(
             expected.append(("End", i))
         else:
             expected.append(("Short", i, len(data)))
+        if checked:
+            line, digest = head_digest_line(i)
+            parts.append(line)
+            expected.append(("HeadDigest", (i,), digest))
     return b"".join(parts), requests, expected
 
 
@@ -295,6 +318,44 @@ def test_frame_parser_close_reports_unanswered_requests() -> None:
     with pytest.raises(ProtocolError, match="1 of 2 requests unanswered") as info:
         parser.close()
     assert info.value.path == "b"
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        b"",  # the output ends where the digest should come
+        MB + b" K \n",
+        MB + b" K " + b"0" * 31 + b"\n",
+        MB + b" K " + b"0" * 33 + b"\n",
+        MB + b" K " + b"G" * 32 + b"\n",
+        MB + b" K " + b"0" * 40,  # no newline where one must be
+        MB + b" E\n",
+        MB + b" G\n",
+    ],
+)
+def test_frame_parser_rejects_a_bad_or_missing_head_digest(after: bytes) -> None:
+    requests = [FetchRequest(b"s.jsonl", 0, 4, check=True)]
+    parser = FrameParser("kitchen", MB, requests)
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(MB + b" B\nabcd" + END + after)
+        parser.close()
+    assert info.value.host == "kitchen" and info.value.path == "s.jsonl"
+
+
+def test_frame_parser_has_no_head_digest_after_a_failed_read() -> None:
+    """The host hashes the head only after a read that succeeded (E), never after X."""
+    requests = [FetchRequest(b"a", 0, 4, check=True), FetchRequest(b"b", 0, 2, check=True)]
+    stream = MB + b" B\nab" + FAILED_END + MB + b" B\nxy" + END + MB + b" K -\n"
+    parser = FrameParser("h", MB, requests)
+    assert merge(parser.feed(stream) + parser.close()) == [
+        ("Begin", 0),
+        ("data", 0, b"ab"),
+        ("Failed", 0),
+        ("Begin", 1),
+        ("data", 1, b"xy"),
+        ("End", 1),
+        ("HeadDigest", (1,), None),
+    ]
 
 
 def test_fetch_request_and_marker_validation() -> None:
@@ -620,7 +681,7 @@ def toolset(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runner]:
     if request.param == "gnu":
         yield ["sh"], {"PATH": os.environ["PATH"], "HOME": str(home)}
     else:
-        extra = ("gzip", "tar") if request.param == "busybox-gzip" else ()
+        extra = ("gzip", "tar", "md5sum") if request.param == "busybox-gzip" else ()
         bindir = applet_dir(request.getfixturevalue("busybox"), tmp_path / "bb", extra)
         yield [str(bindir / "sh")], {"PATH": str(bindir), "HOME": str(home)}
 
@@ -1028,6 +1089,52 @@ def test_local_fetch_of_whole_files_through_tar(toolset: Runner, tmp_path: Path)
     again = run_fetch(toolset, root, requests[:40], in_argv=True)
     assert [again[i] for i in range(40)] == expected[:40]
     assert not list(tmp_path.rglob("pwned"))
+
+
+def test_local_fetch_sends_the_digest_of_each_checked_head(toolset: Runner, tmp_path: Path) -> None:
+    """After a checked range, and after an archive with checked entries (one digest of their
+    heads one after another), the md5 of the first KiB as it is on the host; ``None`` where
+    the host has no md5sum. Small batches: each archive has its own digest."""
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    sizes = {b"d/big.jsonl": 200_000, b"d/a b.jsonl": 5000, b"d/small": 300, b"d/c.jsonl": 3000}
+    for name, size in sizes.items():
+        (root / os.fsdecode(name)).write_bytes(os.urandom(size))
+    requests = [
+        FetchRequest(b"d/big.jsonl", 0, 200_000, check=True),
+        FetchRequest(b"d/big.jsonl", 100_000, 100_000, check=True),
+        FetchRequest(b"d/a b.jsonl", 0, 5000, archive=True, check=True),
+        FetchRequest(b"d/small", 0, 300, archive=True),
+        FetchRequest(b"d/gone.jsonl", 0, 10, check=True),
+        FetchRequest(b"d/c.jsonl", 0, 3000, archive=True, check=True),
+        FetchRequest(b"d/a b.jsonl", 0, 5000, archive=True, check=True),
+    ]
+    marker = new_marker()
+    argv = fetch_argv(str(root), per_batch=5)
+    rc, out, err = run_local(toolset, argv, fetch_stdin(requests, marker))
+    assert rc == 0, err
+    events = feed_frames(FrameParser("h", marker.encode(), requests), out, range(0, len(out), 61))
+    digests = [(e.indices, e.digest) for e in events if isinstance(e, HeadDigest)]
+    path = toolset[1]["PATH"].split(os.pathsep)
+    has_md5 = any((Path(d) / "md5sum").exists() for d in path)
+    has_tar = any((Path(d) / "tar").exists() for d in path)
+
+    def head(*names: bytes) -> bytes | None:
+        if not has_md5:
+            return None
+        heads = b"".join((root / os.fsdecode(n)).read_bytes()[:1024] for n in names)
+        return hashlib.md5(heads).digest()
+
+    big = head(b"d/big.jsonl")
+    if has_tar:  # batch 1 archives "a b" (its digest after the archive), batch 2 "c" and "a b"
+        want = [((0,), big), ((1,), big), ((2,), head(b"d/a b.jsonl"))]
+        want.append(((5, 6), head(b"d/c.jsonl", b"d/a b.jsonl")))
+    else:  # archive requests are ranges: a digest after each checked one
+        want = [((0,), big), ((1,), big), ((2,), head(b"d/a b.jsonl"))]
+        want += [((5,), head(b"d/c.jsonl")), ((6,), head(b"d/a b.jsonl"))]
+    assert digests == want
+    outcomes = collect([e for e in events if not isinstance(e, HeadDigest)])
+    assert [outcomes[i][0] for i in range(len(requests))] == ["End"] * 4 + ["Gone"] + ["End"] * 2
 
 
 def test_local_fetch_batches_and_errors(toolset: Runner, tmp_path: Path) -> None:

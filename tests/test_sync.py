@@ -664,7 +664,11 @@ def host_tools(
     monkeypatch.setattr(
         engine,
         "round_argv",
-        lambda root, points: ["env", f"PATH={where}:/usr/bin:/bin", *real(root, points)],
+        lambda root, points, **kw: [
+            "env",
+            f"PATH={where}:/usr/bin:/bin",
+            *real(root, points, **kw),
+        ],
     )
 
 
@@ -791,10 +795,11 @@ def test_a_login_shell_that_prints_a_banner_is_a_clear_error(
     make_openclaw_tree(fleet, "h1", sessions=3)
     real = engine.round_argv
 
-    def with_banner(root: str, points: list[str]) -> list[str]:
+    def with_banner(root: str, points: list[str], per_batch: int) -> list[str]:
+        argv = real(root, points, per_batch=per_batch)
         if root != str(fleet.path("h0")):
-            return real(root, points)
-        return ["sh", "-c", 'echo "Welcome to h0!"; exec "$@"', "sh", *real(root, points)]
+            return argv
+        return ["sh", "-c", 'echo "Welcome to h0!"; exec "$@"', "sh", *argv]
 
     monkeypatch.setattr(engine, "round_argv", with_banner)
     code, _, events = sync(inv, tmp_path / "m", capsys)
@@ -967,7 +972,7 @@ def test_a_fetch_that_ends_badly_commits_nothing(tmp_path: Path, ending: str) ->
             result=HostRound("h"),
             _fail=lambda path, message, kind: failures.append((path, message, kind)),
         )
-        handler = _FrameHandler(sync, [t], follow_up=False)  # type: ignore[arg-type]
+        handler = _FrameHandler(sync, [t], [t.request()], follow_up=False)  # type: ignore[arg-type]
         anyio.run(handler.handle_all, events)
         assert handler.again == ([] if ending == "failed" else [t])
         assert failures == (
@@ -977,6 +982,73 @@ def test_a_fetch_that_ends_badly_commits_nothing(tmp_path: Path, ending: str) ->
         )
         assert local.read_bytes() == data
         assert not list(state.tmp_dir.iterdir())
+
+
+@pytest.mark.parametrize("digest", ["agrees", "differs", "unknown", "incomplete"])
+@pytest.mark.parametrize("mode", ["whole", "append"])
+def test_a_checked_file_is_committed_only_once_its_head_digest_agrees(
+    tmp_path: Path, digest: str, mode: str
+) -> None:
+    """A checked file is held after its End until the host's digest of its head: committed
+    when the digest agrees (or the host cannot hash), else dropped and fetched whole again,
+    its mirrored copy as it was."""
+    import hashlib
+    import types
+
+    from remote_sync.mirror.engine import HostRound, _FrameHandler
+    from remote_sync.mirror.fetch_events import Begin, Data, End, HeadDigest
+    from remote_sync.mirror.plan import Transfer
+    from remote_sync.mirror.remote_ops import RemoteFile
+    from remote_sync.mirror.state import FileState, fingerprint_of
+
+    rng = random.Random(15)
+    old = session_bytes(rng, 10)
+    new = session_bytes(rng, 300, start=10)
+    finished: list[object] = []
+    with MirrorState(tmp_path / "m") as state:
+        state.recover()
+        local = state.local_path("h", b"s.jsonl")
+        local.parent.mkdir(parents=True)
+        local.write_bytes(old)
+        row = FileState("h", b"s.jsonl", "append", len(old), len(old), 1.0, 1, 7,
+                        fingerprint_of(old[:1024]))  # fmt: skip
+        if mode == "whole":
+            remote = RemoteFile(b"s.jsonl", len(new), 2.0, 1, 8)
+            t = Transfer(remote, "append", "whole", "rewritten", 0, len(new), row)
+            head, data = new[:1024], new
+        else:
+            remote = RemoteFile(b"s.jsonl", len(old) + len(new), 2.0, 1, 7)
+            start = len(old) - 1024
+            t = Transfer(remote, "append", "append", "grown", start, len(new) + 1024, row)
+            head, data = old[:1024], old[start:] + new
+        request = t.request()
+        assert request.check
+        hashed = {
+            "agrees": hashlib.md5(head).digest(),
+            "differs": hashlib.md5(b"x" + head[1:]).digest(),
+            "unknown": None,
+            "incomplete": hashlib.md5(head).digest(),
+        }[digest]
+        indices = (0, 1) if digest == "incomplete" else (0,)
+
+        async def done(pending: object) -> None:
+            finished.append(pending)
+
+        sync = types.SimpleNamespace(
+            state=state, name="h", reader=None, worker=None, result=HostRound("h"), finished=done
+        )
+        handler = _FrameHandler(sync, [t], [request], follow_up=False)  # type: ignore[arg-type]
+        events = [Begin(0), Data(0, data), End(0), HeadDigest(indices, hashed)]
+        anyio.run(handler.handle_all, events[:3])
+        assert finished == [] and len(handler.held) == 1  # not before the digest
+        anyio.run(handler.handle_all, events[3:])
+        if digest in ("agrees", "unknown"):
+            assert len(finished) == 1 and handler.again == []
+        else:
+            assert finished == [] and handler.again == [t]
+            assert local.read_bytes() == old  # the append's bytes cut back at once
+            assert not list(state.tmp_dir.iterdir())
+        assert handler.held == []
 
 
 def test_empty_files_copied_whole_are_mirrored(

@@ -18,6 +18,7 @@ index in-process, which is cheaper than starting a process.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -56,6 +57,8 @@ from ..ssh.stream import RemoteStream, exec_streaming
 from .plan import Category, Plan, Transfer, make_plan
 from .remote_ops import (
     EXIT_ROOT_UNUSABLE,
+    HEAD_BYTES,
+    SKIP_BLOCK,
     Begin,
     Changed,
     Data,
@@ -65,6 +68,7 @@ from .remote_ops import (
     FetchRequest,
     FrameParser,
     Gone,
+    HeadDigest,
     ListingParser,
     RemoteFile,
     Short,
@@ -83,6 +87,7 @@ from .writer import (
     RewriteDetected,
     WholeWriter,
     discard,
+    give_up,
     make_durable,
     only_this_file,
 )
@@ -245,7 +250,7 @@ class HostSync:
             async with exec_streaming(
                 self.pool,
                 self.host.endpoint,
-                round_argv(source.root, source.start_points),
+                round_argv(source.root, source.start_points, per_batch=self.flush_files),
                 host=self.name,
                 stdin=fetch_stdin([], marker),
                 keep_stdin_open=True,
@@ -379,7 +384,7 @@ class HostSync:
             await _drain_stream(stream)
             return []
         parser = FrameParser(self.name, marker.encode(), requests)
-        handler = _FrameHandler(self, transfers, follow_up=False)
+        handler = _FrameHandler(self, transfers, requests, follow_up=False)
         await self._consume(stream, parser, handler, first)
         return handler.again
 
@@ -390,15 +395,23 @@ class HostSync:
             return []
         requests = [t.request() for t in transfers]
         if follow_up:
-            requests = [FetchRequest(r.path, 0, TO_EOF) for r in requests]
+            requests = [
+                FetchRequest(
+                    t.remote.path,
+                    0,
+                    TO_EOF,
+                    check=t.kind == "append" and t.remote.size > SKIP_BLOCK,
+                )
+                for t in transfers
+            ]
         marker = new_marker()
         parser = FrameParser(self.name, marker.encode(), requests)
-        handler = _FrameHandler(self, transfers, follow_up=follow_up)
+        handler = _FrameHandler(self, transfers, requests, follow_up=follow_up)
         try:
             async with exec_streaming(
                 self.pool,
                 self.host.endpoint,
-                fetch_argv(self.host.source.root),
+                fetch_argv(self.host.source.root, per_batch=self.flush_files),
                 host=self.name,
                 stdin=fetch_stdin(requests, marker),
                 idle_timeout=self.options.idle_timeout,
@@ -623,15 +636,32 @@ async def _drain_stream(stream: RemoteStream) -> None:
 
 
 class _FrameHandler:
-    """Frame events of one fetch stream → writer calls for the file each belongs to."""
+    """Frame events of one fetch stream → writer calls for the file each belongs to.
 
-    def __init__(self, sync: HostSync, transfers: Sequence[Transfer], *, follow_up: bool) -> None:
+    A checked file (see :attr:`FetchRequest.check`) is finished but *held* until the host's
+    digest of its head after the read: a head that changed under the read means the copy may
+    be the old head with the new tail, so it is dropped and the file fetched whole again;
+    nothing spliced is ever committed.
+    """
+
+    def __init__(
+        self,
+        sync: HostSync,
+        transfers: Sequence[Transfer],
+        requests: Sequence[FetchRequest],
+        *,
+        follow_up: bool,
+    ) -> None:
         self.sync = sync
         self.transfers = transfers
+        self.requests = requests
         self.follow_up = follow_up
         self.writer: AppendWriter | WholeWriter | None = None
         self.index = -1
         self.again: list[Transfer] = []
+        # Finished checked files since the last digest, and the md5 of their heads in order.
+        self.held: list[tuple[int, Pending]] = []
+        self.held_heads = hashlib.md5(usedforsecurity=False)
 
     async def handle_all(self, events: Iterable[object]) -> None:
         for event in events:
@@ -646,6 +676,9 @@ class _FrameHandler:
                 except RewriteDetected:
                     self._rewrite()
                 sync.result.bytes += len(event.data)
+            return
+        if isinstance(event, HeadDigest):
+            await self._digest(event)
             return
         t = self.transfers[event.index]  # type: ignore[attr-defined]
         if isinstance(event, Begin):
@@ -672,6 +705,10 @@ class _FrameHandler:
                 self._again(t)
                 return
             pending.row.remote_size = t.remote.size
+            if self.requests[event.index].check:
+                self.held.append((event.index, pending))
+                self.held_heads.update(writer.head[:HEAD_BYTES])
+                return
             await sync.finished(pending)
         elif isinstance(event, (Short, Changed)):
             self._drop()
@@ -715,7 +752,8 @@ class _FrameHandler:
                 if indexed and reader is not None and worker is None
                 else None
             )
-            writer = AppendWriter(state, t.row, t.start, row, indexer)
+            check = self.requests[self.index].check
+            writer = AppendWriter(state, t.row, t.start, row, indexer, keep_head=check)
         else:
             whole_indexer = (
                 FileIndexer(reader, self.sync.name, r.path)
@@ -745,6 +783,32 @@ class _FrameHandler:
             )
         return writer
 
+    async def _digest(self, event: HeadDigest) -> None:
+        """Commit the held files if their heads are as the host hashed them after the read."""
+        held, self.held = self.held, []
+        heads, self.held_heads = self.held_heads, hashlib.md5(usedforsecurity=False)
+        # A checked file that did not end (shrank, failed...) is in the host's digest but not
+        # in ours: the others cannot be told apart from it, and are fetched again too.
+        complete = [index for index, _ in held] == list(event.indices)
+        if event.digest is None or (complete and heads.digest() == event.digest):
+            for _, pending in held:
+                await self.sync.finished(pending)
+            return
+        for index, pending in held:
+            t = self.transfers[index]
+            log.info(
+                "%s: %s: its head is not what was read (rewritten in place during the read?); "
+                "fetching it whole",
+                self.sync.name,
+                path_text(t.remote.path),
+            )
+            self._give_up(index, pending)
+            self._again(t)
+
+    def _give_up(self, index: int, pending: Pending) -> None:
+        t = self.transfers[index]
+        give_up(pending, t.row.size if t.mode == "append" and t.row is not None else None)
+
     def _rewrite(self) -> None:
         self._drop()
         self._again(self.transfers[self.index])
@@ -766,6 +830,9 @@ class _FrameHandler:
         self.abort()
 
     def abort(self) -> None:
+        held, self.held = self.held, []
+        for index, pending in held:
+            self._give_up(index, pending)
         try:
             self._drop()
         except OSError as exc:  # the abort must not hide the error that caused it
@@ -821,12 +888,14 @@ def files_per_flush(concurrency: int) -> int:
     """How many files a host's batch may hold open before it is flushed.
 
     Each finished file keeps its descriptor until its batch is durable, and a host has two
-    batches at most (one flushing, one filling). The soft limit on open files is first raised
-    to the hard one (as Go programs do at start): the common soft limit of 1024 is far below
-    ``FLUSH_FILES`` per host. What the limit still allows is shared out between the hosts.
+    batches at most (one flushing, one filling), plus the files of one fetch batch waiting
+    for their head digest (at most as many: ``per_batch``). The soft limit on open files is
+    first raised to the hard one (as Go programs do at start): the common soft limit of 1024
+    is far below ``FLUSH_FILES`` per host. What the limit still allows is shared out between
+    the hosts.
     """
     limit = _raise_open_file_limit()
-    return max(8, min(FLUSH_FILES, (limit - OWN_DESCRIPTORS) // (2 * concurrency)))
+    return max(8, min(FLUSH_FILES, (limit - OWN_DESCRIPTORS) // (3 * concurrency)))
 
 
 #: Descriptors kept apart from the batches: connections, the state database, the index

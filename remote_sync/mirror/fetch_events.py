@@ -5,7 +5,9 @@ Shared by the frame parser (:mod:`remote_sync.mirror.remote_ops`) and the archiv
 a tar entry), the engine sees the same events, in order, for one file at a time: either one
 of :class:`Gone` / :class:`Denied`, or :class:`Begin`, any :class:`Data`, then exactly one of
 :class:`End`, :class:`Short`, :class:`Changed`, :class:`Failed`. Only after :class:`End` is the
-file's Data the file's content; after the other three it must be discarded.
+file's Data the file's content; after the other three it must be discarded. A checked request
+(or an archive with checked entries) is followed by :class:`HeadDigest`, and an :class:`End`
+it covers is not the file's content until that digest agrees with it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = [
     "Failed",
     "FrameEvent",
     "Gone",
+    "HeadDigest",
     "Short",
     "scan_region",
 ]
@@ -97,7 +100,20 @@ class Denied:
     index: int
 
 
-FrameEvent = Begin | Data | End | Short | Changed | Failed | Gone | Denied
+@dataclass(frozen=True, slots=True)
+class HeadDigest:
+    """The md5 of the first KiBs of the requests ``indices`` (one after another), read on the
+    host after their bytes were: if it is not the md5 of the heads the client received (or
+    holds), a file was rewritten in place while it was read, and its copy may be spliced.
+
+    ``digest`` is None when the host could not hash (no ``md5sum``): nothing to check.
+    """
+
+    indices: tuple[int, ...]
+    digest: bytes | None
+
+
+FrameEvent = Begin | Data | End | Short | Changed | Failed | Gone | Denied | HeadDigest
 
 
 def scan_region(buf: bytes, pos: int, remaining: int, ends: Sequence[bytes]) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .remote_ops import FetchRequest, RemoteFile
+from .remote_ops import HEAD_BYTES, SKIP_BLOCK, FetchRequest, RemoteFile
 from .state import FileState
 
 #: Bytes re-fetched before the committed end of an appended file to verify it is unchanged:
@@ -53,7 +53,16 @@ class Transfer:
         # A file copied whole must be read to its end: one that grew since the listing comes
         # back Changed (and is fetched again) instead of as a cut-off prefix.
         growth = self.mode == "whole" and self.kind == "whole"
-        return FetchRequest(self.remote.path, self.start, self.length, archive, growth)
+        check = self.kind == "append" and (self.length >= HEAD_BYTES if archive else self.long)
+        return FetchRequest(self.remote.path, self.start, self.length, archive, growth, check)
+
+    @property
+    def long(self) -> bool:
+        """Whether the host reads this range in more than one ``read``: only then can the file
+        be truncated and rewritten in place between two of them (a copy made of its old head
+        and its new tail), so only then does the host hash the head afterwards. tar reads a
+        file in records of 10 KiB, so every archive entry of a KiB or more is checked."""
+        return self.length > SKIP_BLOCK
 
 
 @dataclass

@@ -46,7 +46,16 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     and a batch with ``T`` answers ends with ``<marker> A\\n<tar stream><marker> E\\n``: one
     ``tar`` reads the files of the batch's archive requests (``a`` for the start: whole
     line-committed files), instead of one ``head`` process per file
-    (:mod:`remote_sync.mirror.archive` reads the stream).
+    (:mod:`remote_sync.mirror.archive` reads the stream). At most ``per_batch`` items go to
+    one batch (``xargs -n``).
+
+    A request with ``check`` (``h`` before its start) gets, once its range was read (after
+    ``E``), a line ``<marker> K <md5>\\n``: the md5 of the file's first :data:`HEAD_BYTES` as
+    they are *now*, or ``-`` where the host has no ``md5sum``. An archive with such requests
+    gets one such line after its end: the md5 of their first KiBs, one after another. A file
+    truncated and rewritten in place while it was being read gives a copy made of the old
+    head and the new tail; this line is how the client sees that the head changed under the
+    read (:class:`HeadDigest`).
 
     A range is read from the file opened once: one ``dd`` with byte counts seeks and reads
     where ``dd`` knows ``iflag=skip_bytes,count_bytes``; elsewhere ``dd`` seeks (``skip``, no
@@ -60,7 +69,8 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     :class:`Data`..., then :class:`End` (exactly ``length`` bytes: the content), :class:`Short`
     (fewer: the file shrank, or tar's copy is not to be trusted: fetch it whole again),
     :class:`Changed` (more: fetch it whole again) or :class:`Failed` (the host could not read
-    it: a file-level error). Data never goes beyond ``length`` bytes.
+    it: a file-level error). Data never goes beyond ``length`` bytes. After the last event of
+    a checked range, or of an archive with checked entries, comes :class:`HeadDigest`.
 
     The marker is a random nonce per run (:func:`new_marker`). It travels either in the argv
     or, better, as a first line on stdin: from there it reaches the per-batch scripts through
@@ -88,6 +98,7 @@ from .fetch_events import (
     Failed,
     FrameEvent,
     Gone,
+    HeadDigest,
     Short,
     scan_region,
 )
@@ -95,6 +106,7 @@ from .fetch_events import (
 __all__ = [
     "ENTER_ROOT_SH",
     "EXIT_ROOT_UNUSABLE",
+    "HEAD_BYTES",
     "MAX_LISTING_RECORD",
     "SKIP_BLOCK",
     "Begin",
@@ -107,6 +119,7 @@ __all__ = [
     "FrameEvent",
     "FrameParser",
     "Gone",
+    "HeadDigest",
     "ListingParser",
     "RemoteFile",
     "Short",
@@ -139,6 +152,10 @@ def root_unusable(exc: RemoteCommandError, host: str, root: str) -> RemoteComman
 #: second: one process less for most appends, and a count any dd reads as a positive number.
 SKIP_BLOCK = 65536
 _SMALL_OFFSET = 2**31 - 1
+
+#: How much of a file's head the host hashes for a checked request (as much as the state's
+#: fingerprint covers).
+HEAD_BYTES = 1024
 
 #: A listing record (stat line + path) longer than this without its terminator is an error.
 #: Real records are at most about 4 KiB (PATH_MAX) plus a short stat line.
@@ -356,6 +373,13 @@ _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\n" + _LISTING_BODY
 # unlink or chmod no longer matters; if the open itself fails (the file went away since the
 # checks) the answer is G or D as if the checks had seen it, and the shell's message is
 # dropped (fd 3 keeps the real stderr of the reader).
+#
+# A checked item ("h" before its start) is followed, once read, by the md5 of the file's first
+# KiB as it is then (K): one head and one md5sum, for reads long enough to be paused by the
+# window (the client asks only for those). An archive's paths carry a one-character flag
+# ("c" checked, "-" not) in the positional parameters, stripped for tar; one digest after the
+# archive covers the heads of its checked entries, in order (head -q reads them all at once;
+# where head lacks -q, one dd each). Without md5sum (some BusyBox builds) the digest is "-".
 _FETCH_BATCH_SCRIPT = (
     UNDER_SYMLINK_SH
     + r"""m=$REMOTE_SYNC_MARKER
@@ -363,6 +387,43 @@ n=$#
 tar_ok=
 dd_bytes=
 opened=
+md5_ok=
+head_q=
+archive_checked=
+head_digest() {
+    if [ -z "$md5_ok" ]; then
+        if command -v md5sum >/dev/null 2>&1; then md5_ok=y; else md5_ok=n; fi
+        if head -q -c 1 /dev/null /dev/null >/dev/null 2>&1; then head_q=y; else head_q=n; fi
+    fi
+    if [ "$md5_ok" = n ]; then
+        echo -
+        return
+    fi
+    if [ "$head_q" = y ]; then
+        sum=$(head -q -c @HEAD@ "$@" 2>/dev/null | md5sum)
+    else
+        sum=$(for h do dd if="$h" bs=@HEAD@ count=1 2>/dev/null; done | md5sum)
+    fi
+    echo "${sum%% *}"
+}
+archive_tar() {
+    k=$#
+    for a do
+        set -- "$@" "${a#?}"
+    done
+    shift "$k"
+    tar --no-recursion --numeric-owner -cf - "$@" 2>/dev/null
+}
+archive_digest() {
+    k=$#
+    for a do
+        case $a in
+        c*) set -- "$@" "${a#c}" ;;
+        esac
+    done
+    shift "$k"
+    head_digest "$@"
+}
 read_range() {
     opened=1
     printf '%s B\n' "$m"
@@ -377,16 +438,22 @@ read_range() {
     if [ "$dd_bytes$blocks" = y0 ] && [ "${#len}" -le 9 ]; then
         if dd iflag=skip_bytes,count_bytes bs=65536 skip="$bytes" count="$len" status=none 2>&3
         then
-            printf '%s E\n' "$m"
+            read_done
         else
             printf '%s X\n' "$m"
         fi
     elif { [ "$blocks" = 0 ] || dd bs=@SKIP_BLOCK@ skip="$blocks" count=0 2>/dev/null; } &&
         { [ "$bytes" = 0 ] || dd bs=1 skip="$bytes" count=0 2>/dev/null; } &&
         head -c "$len" 2>&3; then
-        printf '%s E\n' "$m"
+        read_done
     else
         printf '%s X\n' "$m"
+    fi
+}
+read_done() {
+    printf '%s E\n' "$m"
+    if [ -n "$check" ]; then
+        printf '%s K %s\n' "$m" "$(head_digest "$f")"
     fi
 }
 is_gone() {
@@ -400,6 +467,13 @@ for item do
     case $item in
     *:*:?*) ;;
     *) start= ;;
+    esac
+    check=
+    case $start in
+    h*)
+        check=c
+        start=${start#h}
+        ;;
     esac
     archive=
     case $start in
@@ -433,7 +507,8 @@ for item do
         printf '%s D\n' "$m"
     elif [ "$archive$tar_ok" = 1y ]; then
         printf '%s T\n' "$m"
-        set -- "$@" "$f"
+        set -- "$@" "${check:--}$f"
+        archive_checked=${archive_checked:-$check}
     else
         opened=
         read_range 3>&2 2>/dev/null <"$f"
@@ -451,10 +526,13 @@ done
 shift "$n"
 if [ "$#" -gt 0 ]; then
     printf '%s A\n' "$m"
-    tar --no-recursion --numeric-owner -cf - "$@" 2>/dev/null
+    archive_tar "$@"
     printf '%s E\n' "$m"
+    if [ -n "$archive_checked" ]; then
+        printf '%s K %s\n' "$m" "$(archive_digest "$@")"
+    fi
 fi
-""".replace("@SKIP_BLOCK@", str(SKIP_BLOCK))
+""".replace("@SKIP_BLOCK@", str(SKIP_BLOCK)).replace("@HEAD@", str(HEAD_BYTES))
 )
 
 _CHECK_MARKER_SH = r"""case $REMOTE_SYNC_MARKER in
@@ -466,23 +544,24 @@ esac
 export REMOTE_SYNC_MARKER
 """
 
-# $1 root, $2 the batch script, $3 the marker, or "" when it is the first line of stdin (read
-# byte by byte by the shell, so xargs gets the rest of stdin intact). Entering the root here,
-# before xargs, gives a clean exit status 3 (xargs would turn it into 123); the batches
-# inherit the directory.
+# $1 root, $2 the batch script, $3 the items per batch, $4 the marker, or "" when it is the
+# first line of stdin (read byte by byte by the shell, so xargs gets the rest of stdin
+# intact). Entering the root here, before xargs, gives a clean exit status 3 (xargs would
+# turn it into 123); the batches inherit the directory.
 _FETCH_SCRIPT = (
     ENTER_ROOT_SH
-    + r"""REMOTE_SYNC_MARKER=$3
+    + r"""REMOTE_SYNC_MARKER=$4
 if [ -z "$REMOTE_SYNC_MARKER" ]; then
     IFS= read -r REMOTE_SYNC_MARKER || REMOTE_SYNC_MARKER=
 fi
 """
     + _CHECK_MARKER_SH
-    + r"""exec xargs -0 -r sh -c "$2" sh
+    + r"""exec xargs -0 -r -n "$3" sh -c "$2" sh
 """
 )
 
-# A whole round in one command: $1 root, $2 the batch script, $3... start points; stdin is
+# A whole round in one command: $1 root, $2 the batch script, $3 the items per batch, $4...
+# start points; stdin is
 # the marker line, then (once the client has read the listing and planned) the fetch items.
 # One command instead of a listing and a fetch saves a channel, and above all a start of the
 # host's login shell, per round (a heavy ~/.bashrc costs tens of milliseconds each time).
@@ -499,7 +578,8 @@ fi
 _ROUND_SCRIPT = (
     ENTER_ROOT_SH
     + r"""batch=$2
-shift 2
+per_batch=$3
+shift 3
 IFS= read -r REMOTE_SYNC_MARKER || REMOTE_SYNC_MARKER=
 """
     + _CHECK_MARKER_SH
@@ -532,7 +612,7 @@ done
 printf '%s L\n' "$REMOTE_SYNC_MARKER" >&2
 printf 'L %s %s\n' "$st" "$warned"
 [ "$st" = 0 ] || exit "$st"
-exec xargs -0 -r sh -c "$batch" sh
+exec xargs -0 -r -n "$per_batch" sh -c "$batch" sh
 """
 )
 
@@ -566,18 +646,29 @@ def listing_argv(root: str, start_points: Sequence[str]) -> list[str]:
     return sh_script(_LISTING_SCRIPT, root, *points)
 
 
-def round_argv(root: str, start_points: Sequence[str]) -> list[str]:
+#: Items per batch script (``xargs -n``) unless the caller says otherwise. A batch's archive
+#: entries wait for its head digest before they are committed, each holding its descriptor.
+PER_BATCH = 1000
+
+
+def _per_batch(count: int) -> str:
+    if count < 1:
+        raise ValueError(f"at least one item per batch, not {count}")
+    return str(count)
+
+
+def round_argv(root: str, start_points: Sequence[str], *, per_batch: int = PER_BATCH) -> list[str]:
     """argv of a whole round in one command: the listing, then the fetch of what the client
     asks for once it has read the listing (see :class:`ListingParser`'s ``trailer``).
 
     Its stdin starts with the marker line (``fetch_stdin([], marker)``) and goes on, after
     the listing's end line, with the items of :func:`fetch_stdin` (without a marker), then
     EOF. An EOF right after the marker fetches nothing. Start points as in
-    :func:`listing_argv`.
+    :func:`listing_argv`. At most ``per_batch`` items go to one batch of the fetch.
     """
     _check_root(root)
     points = list(dict.fromkeys(_normalize_start_point(p) for p in start_points))
-    return sh_script(_ROUND_SCRIPT, root, _FETCH_BATCH_SCRIPT, *points)
+    return sh_script(_ROUND_SCRIPT, root, _FETCH_BATCH_SCRIPT, _per_batch(per_batch), *points)
 
 
 def listing_end_marker(marker: str) -> bytes:
@@ -590,7 +681,7 @@ def new_marker() -> str:
     return secrets.token_hex(16)
 
 
-def fetch_argv(root: str, marker: str | None = None) -> list[str]:
+def fetch_argv(root: str, marker: str | None = None, *, per_batch: int = PER_BATCH) -> list[str]:
     """argv of the multi-file fetch under ``root``; the requests go on stdin (fetch_stdin).
 
     Give the marker here *or* to :func:`fetch_stdin`, not both. On stdin it is preferable:
@@ -600,13 +691,15 @@ def fetch_argv(root: str, marker: str | None = None) -> list[str]:
     _check_root(root)
     if marker is not None:
         _check_marker(marker.encode("ascii", "replace"))
-    return sh_script(_FETCH_SCRIPT, root, _FETCH_BATCH_SCRIPT, marker or "")
+    batch = _per_batch(per_batch)
+    return sh_script(_FETCH_SCRIPT, root, _FETCH_BATCH_SCRIPT, batch, marker or "")
 
 
 def fetch_stdin(requests: Sequence[FetchRequest], marker: str | None = None) -> bytes:
     """The fetch's stdin: one ``<start>:<length>:<path>\\0`` item per request.
 
-    ``start`` is ``a`` for an archive request, else ``<blocks>+<bytes>``: the offset as
+    ``start`` is ``a`` for an archive request, else ``<blocks>+<bytes>``, after an ``h`` for a
+    request with ``check``. ``<blocks>+<bytes>`` is the offset as
     :data:`SKIP_BLOCK` blocks plus bytes, so that the host does no arithmetic and no tool
     there sees a number above 2**31 for any file below 128 TiB. ``length`` is one more than
     requested with ``detect_growth`` (the parser tells a longer file by that byte).
@@ -624,7 +717,8 @@ def fetch_stdin(requests: Sequence[FetchRequest], marker: str | None = None) -> 
             start = b"0+%d" % request.start  # one dd with bs=1 reaches it
         else:
             start = b"%d+%d" % divmod(request.start, SKIP_BLOCK)
-        parts.append(b"%s:%d:%s\x00" % (start, request.asked, request.path))
+        check = b"h" if request.check else b""
+        parts.append(b"%s%s:%d:%s\x00" % (check, start, request.asked, request.path))
     return b"".join(parts)
 
 
@@ -853,6 +947,10 @@ class FetchRequest:
     longer than ``start + length`` ends as :class:`Changed` instead of a cut-off
     :class:`End`. For whole files that are not line-committed (a prefix of their new content
     is not a valid copy); not with ``archive``."""
+    check: bool = False
+    """After the read, the host sends the md5 of the file's first :data:`HEAD_BYTES`
+    (:class:`HeadDigest`): a head that changed while the file was read tells a copy spliced
+    from two contents. For line-committed files, whose head the client has in full."""
 
     @property
     def asked(self) -> int:
@@ -888,9 +986,12 @@ class FrameParser:
 
     __slots__ = (
         "_archive",
+        "_archive_checked",
         "_carry",
         "_closed",
         "_deferred",
+        "_digest_for",
+        "_digest_prefix",
         "_end",
         "_end_len",
         "_ends",
@@ -920,6 +1021,9 @@ class FrameParser:
         self._in_data = False
         self._deferred: list[int] = []  # requests answered by the next archive frame
         self._archive: ArchiveReader | None = None
+        self._archive_checked: tuple[int, ...] = ()  # its checked entries: a digest follows it
+        self._digest_for: tuple[int, ...] | None = None  # requests whose K line comes next
+        self._digest_prefix = marker + b" K "
         self._remaining = 0  # bytes the current frame may still hold
         self._received = 0  # bytes of the current frame so far
         self._length = 0  # the current request's length: bytes beyond it are not Data
@@ -943,6 +1047,10 @@ class FrameParser:
                     self._carry, archive.carry = archive.carry, b""
                 if archive.done:
                     self._archive = None
+                    if self._archive_checked:
+                        self._digest_for, self._archive_checked = self._archive_checked, ()
+            elif self._digest_for is not None:
+                pos = self._digest(buf, pos, events)
             elif self._in_data:
                 pos = self._data(buf, view, pos, events)
             else:
@@ -954,6 +1062,7 @@ class FrameParser:
         self._closed = True
         archive = self._archive
         inside = self._carry or self._in_data or archive is not None
+        inside = inside or self._digest_for is not None
         pending = archive.pending() if archive is not None else []
         pending += self._deferred
         pending += range(self._index, len(self.requests))
@@ -998,6 +1107,7 @@ class FrameParser:
             if not self._deferred:
                 raise self._error("an archive frame with no request deferred to it", buf[pos:end])
             self._archive = ArchiveReader(self.host, self._end, self.requests, self._deferred)
+            self._archive_checked = tuple(i for i in self._deferred if self.requests[i].check)
             self._deferred = []
             return end
         if index >= len(self.requests):
@@ -1035,6 +1145,8 @@ class FrameParser:
                 events.append(End(index))
             else:
                 events.append(Short(index, received))
+            if self.requests[index].check and buf[found + self._end_len - 2] == 0x45:
+                self._digest_for = (index,)  # E: the host hashed the head after the read
             self._in_data = False
             self._index = index + 1
             return found + self._end_len
@@ -1046,6 +1158,41 @@ class FrameParser:
             self._remaining = remaining - (split - pos)
         self._carry = buf[split:]
         return len(buf)
+
+    def _digest(self, buf: bytes, pos: int, events: list[FrameEvent]) -> int:
+        """The line ``<marker> K <md5 | ->`` after a checked range or archive."""
+        indices = self._digest_for
+        assert indices is not None
+        prefix = self._digest_prefix
+        longest = len(prefix) + 33  # 32 hex digits and the newline
+        newline = buf.find(b"\n", pos, pos + longest)
+        if newline < 0:
+            part = buf[pos:]
+            if len(part) >= longest or not prefix.startswith(part[: len(prefix)]):
+                raise self._digest_error(buf[pos:])
+            self._carry = part
+            return len(buf)
+        value = buf[pos + len(prefix) : newline]
+        if not buf.startswith(prefix, pos):
+            raise self._digest_error(buf[pos:newline])
+        if value == b"-":
+            digest = None  # no md5sum on the host
+        elif len(value) == 32 and not value.strip(b"0123456789abcdef"):
+            digest = bytes.fromhex(value.decode("ascii"))
+        else:
+            raise self._digest_error(buf[pos:newline])
+        events.append(HeadDigest(indices, digest))
+        self._digest_for = None
+        return newline + 1
+
+    def _digest_error(self, found: bytes) -> ProtocolError:
+        indices = self._digest_for or (0,)
+        path = self.requests[indices[0]].path
+        return ProtocolError(
+            f"expected the head digest after request {indices[0]} ({path!r}); found {found[:80]!r}",
+            host=self.host,
+            path=path_text(path),
+        )
 
     def _deliver(self, view: memoryview, pos: int, stop: int, events: list[FrameEvent]) -> None:
         """``view[pos:stop]`` is frame data: Data up to the request's length, never beyond."""

@@ -190,6 +190,8 @@ class AppendWriter(_LineWriter):
         new_row: FileState,
         indexer: FileIndexer | None = None,
         job: IndexJob | None = None,
+        *,
+        keep_head: bool = False,
     ) -> None:
         self.row = new_row  # what will be committed (size updated on finish)
         self.indexer = indexer  # fed the new bytes only (after the overlap)
@@ -200,6 +202,12 @@ class AppendWriter(_LineWriter):
         self.local = state.local_path(row.host, row.path)
         try:
             self.handle = open(self.local, "r+b")  # noqa: SIM115 (kept until flush)
+            # The file's first KiB, for the host's digest of it after the read: the mirror's
+            # (committed, unchanged by this append), or the first bytes received.
+            self.head = bytearray()
+            self.head_from_data = keep_head and start == 0
+            if keep_head and start > 0:
+                self.head += self.handle.read(FINGERPRINT_BYTES)
             self.handle.seek(start)
             self.expected = self.handle.read(row.size - start)
         except OSError as exc:
@@ -217,6 +225,8 @@ class AppendWriter(_LineWriter):
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
+        if self.head_from_data and len(self.head) < FINGERPRINT_BYTES:
+            self.head += view[: FINGERPRINT_BYTES - len(self.head)]
         if self.overlap_seen < len(self.expected):
             take = min(len(view), len(self.expected) - self.overlap_seen)
             if view[:take] != self.expected[self.overlap_seen : self.overlap_seen + take]:
@@ -355,6 +365,16 @@ class CommitBatch:
         """The batch so far, leaving it empty (on the event loop, before a flush thread runs)."""
         items, self.items, self.bytes = self.items, [], 0
         return items
+
+
+def give_up(item: Pending, committed: int | None) -> None:
+    """Discard a finished item (see :func:`discard`); an append's file (``committed``: its
+    checkpoint's size) is cut back at once, so that no later step of this run sees its new
+    bytes."""
+    if item.temp is None and committed is not None:
+        with contextlib.suppress(OSError):
+            item.handle.truncate(committed)  # else recovery cuts them back on next open
+    discard([item])
 
 
 def discard(items: list[Pending]) -> None:

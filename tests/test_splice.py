@@ -1,0 +1,139 @@
+"""A transcript truncated and rewritten in place *while it is being read* (OpenClaw's
+overwrite of a transcript on every turn, a copy-truncate): the host's reader goes on at its
+offset in the new content, so the bytes read are the old head and the new tail. The host
+hashes the head once the read is over; the client holds the file until that digest agrees,
+so a spliced copy is never committed: the file is fetched whole again instead.
+
+The read is paused deterministically: small SSH windows, and a client that rewrites the file
+on the host when the first bytes of it arrive, before it takes any more (the host's reader is
+then blocked by the window, far from the end of the file)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import anyio
+import pytest
+from sshfleet import SSHFleet
+from synchelp import big_session, expected_tree, mirror_tree, write_inventory
+
+from remote_sync.events import ErrorEvent, Summary
+from remote_sync.inventory import load_inventory
+from remote_sync.mirror import engine
+from remote_sync.mirror.fetch_events import Data
+from remote_sync.ssh.pool import PoolSettings
+
+REL = "agents/a/sessions/s.jsonl"
+SMALL_WINDOWS = PoolSettings(
+    window=256 * 1024, window_budget=256 * 1024, min_window=256 * 1024, window_rate=0
+)
+
+
+def run_sync(inv: Path, dest: Path) -> Summary:
+    hosts = load_inventory(inv).hosts
+    options = engine.SyncOptions(dest=dest, pool=SMALL_WINDOWS)
+    return anyio.run(lambda: engine.sync_fleet(hosts, options, lambda _event: None))
+
+
+def rewrite_on_first_data(
+    monkeypatch: pytest.MonkeyPatch, path: Path, new: bytearray, times: int = 1
+) -> list[int]:
+    """When the first bytes of ``REL`` arrive, rewrite it on the host in place (same inode),
+    in the first ``times`` fetches of it; returns the list the rewrites are counted in."""
+    real = engine._FrameHandler.handle
+    rewrites: list[int] = []
+    seen: set[int] = set()
+
+    async def handle(self: engine._FrameHandler, event: object) -> None:
+        if (
+            len(rewrites) < times
+            and isinstance(event, Data)
+            and id(self) not in seen
+            and self.transfers[event.index].remote.path == REL.encode()
+        ):
+            seen.add(id(self))
+            new[:1] = b"{" if len(rewrites) % 2 else b" "  # each rewrite another head
+            # Overwritten from its start, then cut to the new length: the same rewrite as a
+            # truncate and a write, without the instant in which the file is shorter than the
+            # reader's offset (the reader would see its end there: a short read, not a splice).
+            with open(path, "r+b") as f:
+                f.write(new)
+                f.truncate(len(new))
+            rewrites.append(len(new))
+        await real(self, event)
+
+    monkeypatch.setattr(engine._FrameHandler, "handle", handle)
+    return rewrites
+
+
+def other_session(size: int, seed: int) -> bytes:
+    """Other content of about ``size`` bytes, with its own first line."""
+    rng = random.Random(seed)
+    header = b'{"type":"session","id":"%08x"}\n' % rng.getrandbits(32)
+    return header + big_session(size)
+
+
+@pytest.mark.parametrize("how", ["new file (tar)", "append (dd)"])
+def test_a_file_rewritten_in_place_while_read_is_never_committed_spliced(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    first = other_session(1024 * 1024, 1)
+    path = fleet.write("h0", REL, first)
+    if how == "append (dd)":
+        assert run_sync(inv, dest).exit_code == 0
+        with open(path, "ab") as f:  # a grown file: an append read by dd
+            f.write(big_session(6 * 1024 * 1024))
+    else:  # a new file of 7 MiB: read by tar
+        path.write_bytes(first + big_session(6 * 1024 * 1024))
+    new = bytearray(other_session(8 * 1024 * 1024, 2))
+    rewrites = rewrite_on_first_data(monkeypatch, path, new)
+    summary = run_sync(inv, dest)
+    assert len(rewrites) == 1
+    assert summary.exit_code == 0, summary
+    mirrored = (dest / "h0" / REL).read_bytes()
+    assert mirrored == new  # fetched whole again, not the old head with the new tail
+    assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
+    kept = dest / ".remote-sync/versions/h0" / f"{REL}.v1"
+    if how == "append (dd)":
+        assert kept.read_bytes() == first  # the copy as it was committed, nothing of the read
+        assert summary.files.rewritten == 1
+    else:
+        assert not kept.exists()
+        assert summary.files.new == 1
+
+
+def test_a_file_rewritten_during_every_read_fails_alone_and_the_next_run_gets_it(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rewritten in place again while the follow-up reads it whole: that file fails this run
+    (exit 1, named), its mirrored copy as it was; the next run fetches it."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    first = other_session(1024 * 1024, 1)
+    path = fleet.write("h0", REL, first)
+    fleet.write("h0", "agents/a/sessions/other.jsonl", other_session(100 * 1024, 3))
+    assert run_sync(inv, dest).exit_code == 0
+    with open(path, "ab") as f:
+        f.write(big_session(6 * 1024 * 1024))
+    new = bytearray(other_session(8 * 1024 * 1024, 2))
+    rewrites = rewrite_on_first_data(monkeypatch, path, new, times=2)
+    errors: list[ErrorEvent] = []
+    hosts = load_inventory(inv).hosts
+    options = engine.SyncOptions(dest=dest, pool=SMALL_WINDOWS)
+
+    def keep(event: object) -> None:
+        if isinstance(event, ErrorEvent):
+            errors.append(event)
+
+    summary = anyio.run(lambda: engine.sync_fleet(hosts, options, keep))
+    assert len(rewrites) == 2
+    assert summary.exit_code == 1 and summary.files.failed == 1
+    (error,) = errors
+    assert (error.host, error.path) == ("h0", REL) and "changed again" in error.message
+    assert (dest / "h0" / REL).read_bytes() == first
+    monkeypatch.undo()
+    assert run_sync(inv, dest).exit_code == 0
+    assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))

@@ -10,7 +10,10 @@ then blocked by the window, far from the end of the file)."""
 
 from __future__ import annotations
 
+import gc
+import os
 import random
+import shutil
 from pathlib import Path
 
 import anyio
@@ -18,10 +21,12 @@ import pytest
 from sshfleet import SSHFleet
 from synchelp import big_session, expected_tree, mirror_tree, write_inventory
 
+from remote_sync.errors import MirrorError
 from remote_sync.events import ErrorEvent, Summary
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine
 from remote_sync.mirror.fetch_events import Data
+from remote_sync.mirror.writer import Pending, discard
 from remote_sync.ssh.pool import PoolSettings
 
 REL = "agents/a/sessions/s.jsonl"
@@ -137,3 +142,113 @@ def test_a_file_rewritten_during_every_read_fails_alone_and_the_next_run_gets_it
     monkeypatch.undo()
     assert run_sync(inv, dest).exit_code == 0
     assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
+
+
+def rewrite(path: Path, new: bytes) -> None:
+    with open(path, "r+b") as f:  # same inode, never shorter than a reader's offset
+        f.write(new)
+        f.truncate(len(new))
+
+
+def test_a_file_listed_small_is_checked_when_the_follow_up_reads_it(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follow-up exists because a file changed since the listing: its listed size says
+    nothing of its read, so the follow-up checks every transcript. A file listed at 50 KiB,
+    rewritten to 2 MiB after the listing and again during the follow-up's read, is never
+    committed spliced: it fails this run, its copy as it was."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    first = other_session(40 * 1024, 1)
+    path = fleet.write("h0", REL, first)
+    assert run_sync(inv, dest).exit_code == 0
+    with open(path, "ab") as f:
+        f.write(big_session(10 * 1024))  # listed at about 50 KiB: an unchecked append
+    real_plan = engine.make_plan
+
+    def plan_then_rewrite(*args: object, **kwargs: object) -> object:
+        plan = real_plan(*args, **kwargs)  # type: ignore[arg-type]
+        rewrite(path, other_session(2 * 1024 * 1024, 2))
+        return plan
+
+    monkeypatch.setattr(engine, "make_plan", plan_then_rewrite)
+    rewrites = rewrite_on_first_data(
+        monkeypatch, path, bytearray(other_session(2 * 1024 * 1024, 3)), times=2
+    )
+    summary = run_sync(inv, dest)
+    assert len(rewrites) == 2  # the first fetch's overlap mismatch, then the follow-up
+    assert summary.exit_code == 1 and summary.files.failed == 1
+    assert (dest / "h0" / REL).read_bytes() == first
+
+
+def test_a_small_file_appended_to_after_the_follow_up_read_is_not_a_rewrite(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follow-up read of fewer bytes than a head is one read, never spliced: the copy is
+    committed even when the agent appends before the host hashes the head."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    path = fleet.write("h0", REL, big_session(100 * 1024))
+    path.chmod(0o666)
+    assert run_sync(inv, dest).exit_code == 0
+    with open(path, "ab") as f:
+        f.write(big_session(100 * 1024))
+    reset = b'{"type":"session","id":"new"}\n' + b'{"type":"message","text":"hi"}\n' * 15
+    real_plan = engine.make_plan
+
+    def plan_then_reset(*args: object, **kwargs: object) -> object:
+        plan = real_plan(*args, **kwargs)  # type: ignore[arg-type]
+        rewrite(path, reset)  # reset in place after the listing: smaller than a KiB
+        return plan
+
+    monkeypatch.setattr(engine, "make_plan", plan_then_reset)
+    tools = fleet.root / "appending-head"
+    tools.mkdir()
+    (tools / "head").write_text(  # the agent appends just before the host hashes the head
+        "#!/bin/sh\n"
+        'if [ "$1" = -q ]; then\n'
+        "    for last do :; done\n"
+        '    printf \'{"type":"message","text":"appended"}\\n\' >> "$last"\n'
+        "fi\n"
+        f'exec {shutil.which("head")} "$@"\n'
+    )
+    (tools / "head").chmod(0o755)
+    real_fetch_argv = engine.fetch_argv
+    monkeypatch.setattr(
+        engine,
+        "fetch_argv",
+        lambda root, *args, **kwargs: [
+            "env",
+            f"PATH={tools}:/usr/bin:/bin",
+            *real_fetch_argv(root, *args, **kwargs),
+        ],
+    )
+    summary = run_sync(inv, dest)
+    assert summary.exit_code == 0, summary
+    mirrored = (dest / "h0" / REL).read_bytes()
+    assert mirrored == reset and path.read_bytes().startswith(reset)
+
+
+def test_held_files_are_given_up_when_a_flush_fails(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush that fails while held files are being committed: the files not yet committed
+    are given up too, no temp file or descriptor left behind."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    for i in range(6):  # six new transcripts of 4 KiB: one archive, all checked
+        fleet.write("h0", f"agents/a/sessions/s{i}.jsonl", big_session(4096))
+    monkeypatch.setattr(engine, "FLUSH_SECONDS", 0.0)  # every finished file starts a flush
+
+    def failing(state: object, items: list[Pending]) -> object:
+        discard(items)  # as the real one does when a sync fails
+        raise MirrorError("cannot make 1 fetched files durable: Input/output error")
+
+    monkeypatch.setattr(engine, "make_durable", failing)
+    summary = run_sync(inv, dest)
+    assert summary.exit_code == 1
+    assert list((dest / ".remote-sync" / "tmp").iterdir()) == []
+    gc.collect()
+    fds = [f"/proc/self/fd/{fd}" for fd in os.listdir("/proc/self/fd")]
+    targets = [os.readlink(fd) for fd in fds if os.path.exists(fd)]  # less listdir's own
+    assert not [p for p in targets if "/.remote-sync/tmp/" in p]

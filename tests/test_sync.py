@@ -30,7 +30,7 @@ from synchelp import (
 from remote_sync.cli import main
 from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary
 from remote_sync.mirror import engine
-from remote_sync.mirror.state import MirrorState
+from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
 
 
 def sync(inv: Path, dest: Path, capsys: pytest.CaptureFixture[str], *extra: str):  # type: ignore[no-untyped-def]
@@ -934,6 +934,17 @@ def test_new_files_fetched_again_are_counted_new(
     assert_exact(fleet, tmp_path / "m", "h0")
 
 
+def mirrored_session(state: MirrorState, data: bytes) -> tuple[Path, FileState]:
+    """``s.jsonl`` of host ``h`` mirrored with ``data`` and its checkpoint (a recovered state)."""
+    state.recover()
+    local = state.local_path("h", b"s.jsonl")
+    local.parent.mkdir(parents=True)
+    local.write_bytes(data)
+    row = FileState("h", b"s.jsonl", "append", len(data), len(data), 1.0, 1, 7,
+                    fingerprint_of(data[:1024]))  # fmt: skip
+    return local, row
+
+
 @pytest.mark.parametrize("ending", ["short", "changed", "failed"])
 def test_a_fetch_that_ends_badly_commits_nothing(tmp_path: Path, ending: str) -> None:
     """The events a frame may end with besides End: a rewrite seen mid-file that also ends
@@ -945,17 +956,11 @@ def test_a_fetch_that_ends_badly_commits_nothing(tmp_path: Path, ending: str) ->
     from remote_sync.mirror.fetch_events import Begin, Changed, Data, Failed, Short
     from remote_sync.mirror.plan import Transfer
     from remote_sync.mirror.remote_ops import RemoteFile
-    from remote_sync.mirror.state import FileState, fingerprint_of
 
     data = session_bytes(random.Random(13), 10)
     failures: list[tuple[bytes, str, str]] = []
     with MirrorState(tmp_path / "m") as state:
-        state.recover()
-        local = state.local_path("h", b"s.jsonl")
-        local.parent.mkdir(parents=True)
-        local.write_bytes(data)
-        row = FileState("h", b"s.jsonl", "append", len(data), len(data), 1.0, 1, 7,
-                        fingerprint_of(data[:1024]))  # fmt: skip
+        local, row = mirrored_session(state, data)
         remote = RemoteFile(b"s.jsonl", len(data) + 500, 2.0, 1, 7)
         if ending == "short":  # an append whose overlap differs, then the file ends early
             t = Transfer(remote, "append", "append", "grown", len(data) - 100, 600, row)
@@ -999,19 +1004,13 @@ def test_a_checked_file_is_committed_only_once_its_head_digest_agrees(
     from remote_sync.mirror.fetch_events import Begin, Data, End, HeadDigest
     from remote_sync.mirror.plan import Transfer
     from remote_sync.mirror.remote_ops import RemoteFile
-    from remote_sync.mirror.state import FileState, fingerprint_of
 
     rng = random.Random(15)
     old = session_bytes(rng, 10)
     new = session_bytes(rng, 300, start=10)
     finished: list[object] = []
     with MirrorState(tmp_path / "m") as state:
-        state.recover()
-        local = state.local_path("h", b"s.jsonl")
-        local.parent.mkdir(parents=True)
-        local.write_bytes(old)
-        row = FileState("h", b"s.jsonl", "append", len(old), len(old), 1.0, 1, 7,
-                        fingerprint_of(old[:1024]))  # fmt: skip
+        local, row = mirrored_session(state, old)
         if mode == "whole":
             remote = RemoteFile(b"s.jsonl", len(new), 2.0, 1, 8)
             t = Transfer(remote, "append", "whole", "rewritten", 0, len(new), row)

@@ -58,7 +58,6 @@ from .plan import Category, Plan, Transfer, make_plan
 from .remote_ops import (
     EXIT_ROOT_UNUSABLE,
     HEAD_BYTES,
-    SKIP_BLOCK,
     Begin,
     Changed,
     Data,
@@ -396,12 +395,9 @@ class HostSync:
         requests = [t.request() for t in transfers]
         if follow_up:
             requests = [
-                FetchRequest(
-                    t.remote.path,
-                    0,
-                    TO_EOF,
-                    check=t.kind == "append" and t.remote.size > SKIP_BLOCK,
-                )
+                # The file changed since the listing: its listed size says nothing of how
+                # long the read is, so every transcript is checked.
+                FetchRequest(t.remote.path, 0, TO_EOF, check=t.kind == "append")
                 for t in transfers
             ]
         marker = new_marker()
@@ -640,8 +636,8 @@ class _FrameHandler:
 
     A checked file (see :attr:`FetchRequest.check`) is finished but *held* until the host's
     digest of its head after the read: a head that changed under the read means the copy may
-    be the old head with the new tail, so it is dropped and the file fetched whole again;
-    nothing spliced is ever committed.
+    be the old head with the new tail, so it is dropped and the file fetched whole again. A
+    rewrite that keeps the first KiB as it was is not seen this way.
     """
 
     def __init__(
@@ -705,7 +701,9 @@ class _FrameHandler:
                 self._again(t)
                 return
             pending.row.remote_size = t.remote.size
-            if self.requests[event.index].check:
+            # Fewer bytes than a head (a follow-up's read of a small file) came in one read:
+            # nothing to check, and the host's head may have grown since.
+            if self.requests[event.index].check and len(writer.head) >= HEAD_BYTES:
                 self.held.append((event.index, pending))
                 self.held_heads.update(writer.head[:HEAD_BYTES])
                 return
@@ -791,16 +789,22 @@ class _FrameHandler:
         # in ours: the others cannot be told apart from it, and are fetched again too.
         complete = [index for index, _ in held] == list(event.indices)
         if event.digest is None or (complete and heads.digest() == event.digest):
-            for _, pending in held:
-                await self.sync.finished(pending)
+            for n, (_, pending) in enumerate(held):
+                try:
+                    await self.sync.finished(pending)
+                except BaseException:
+                    self.held = held[n + 1 :]  # a flush failed: abort() gives these up
+                    raise
             return
         for index, pending in held:
             t = self.transfers[index]
             log.info(
-                "%s: %s: its head is not what was read (rewritten in place during the read?); "
-                "fetching it whole",
+                "%s: %s: %s; fetching it whole",
                 self.sync.name,
                 path_text(t.remote.path),
+                "its head changed while it was read"
+                if complete
+                else "its batch's heads could not be compared (an entry of it did not end)",
             )
             self._give_up(index, pending)
             self._again(t)

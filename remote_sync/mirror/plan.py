@@ -22,6 +22,8 @@ from .state import FileState
 #: keeps a 10 KB append within about an eighth of extra bytes on the wire (a fixed 4 KiB was
 #: 40%), while a growth of 32 KiB or more gets the full 4 KiB.
 OVERLAP_BYTES = 4096
+#: tar's block: a file of at most one block lies in one record, and is read at once.
+TAR_BLOCK = 512
 MIN_OVERLAP_BYTES = 1024
 
 
@@ -49,7 +51,7 @@ class Transfer:
     def request(self) -> FetchRequest:
         # A whole line-committed file may come as a tar entry: tar's NUL padding of a file that
         # shrank mid-read lies after its last newline, which the writer never commits.
-        archive = self.mode == "whole" and self.kind == "append"
+        archive = self.mode == "whole" and self.kind == "append" and not self.straddles
         # A file copied whole must be read to its end: one that grew since the listing comes
         # back Changed (and is fetched again) instead of as a cut-off prefix.
         growth = self.mode == "whole" and self.kind == "whole"
@@ -63,6 +65,13 @@ class Transfer:
         and its new tail), so only then does the host hash the head afterwards. tar reads a
         file in records of 10 KiB, so every archive entry of a KiB or more is checked."""
         return self.length > SKIP_BLOCK
+
+    @property
+    def straddles(self) -> bool:
+        """Whether tar may read this file in two reads with too few bytes to check: its two
+        data blocks may lie in two records (GNU tar writes a record between them). Such a
+        file comes as a range instead: one read."""
+        return TAR_BLOCK < self.length < HEAD_BYTES
 
 
 @dataclass

@@ -374,27 +374,34 @@ _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\n" + _LISTING_BODY
 # checks) the answer is G or D as if the checks had seen it, and the shell's message is
 # dropped (fd 3 keeps the real stderr of the reader).
 #
-# A checked item ("h" before its start) is followed, once read, by the md5 of the file's first
-# KiB as it is then (K): one head and one md5sum, for reads long enough to be paused by the
-# window (the client asks only for those). An archive's paths carry a one-character flag
-# ("c" checked, "-" not) in the positional parameters, stripped for tar; one digest after the
-# archive covers the heads of its checked entries, in order (head -q reads them all at once;
-# where head lacks -q, one dd each). Without md5sum (some BusyBox builds) the digest is "-".
+# A range of at most 64 KiB is read in one read() (one dd, or where dd cannot seek and read at
+# once, a dd with bs of its length after the seeks): a file rewritten in place cannot give it
+# bytes of both contents. A checked item ("h" before its start) is followed, once read, by
+# the md5 of the file's first KiB as it is then (K): one head and one md5sum, for reads that
+# the window can pause between two read() calls (the client asks only for those). An
+# archive's paths carry a one-character flag ("c" checked, "-" not) in the positional
+# parameters, stripped for tar; one digest after the archive covers the heads of its checked
+# entries, in order (head -q reads them all at once; where head lacks -q, one dd each). The
+# probe for md5sum and head -q runs once per batch, outside the command substitutions.
+# Without md5sum (some BusyBox builds), or when it prints nothing, the digest is "-".
 _FETCH_BATCH_SCRIPT = (
     UNDER_SYMLINK_SH
     + r"""m=$REMOTE_SYNC_MARKER
 n=$#
 tar_ok=
 dd_bytes=
+dd_quiet=
 opened=
 md5_ok=
 head_q=
 archive_checked=
-head_digest() {
+probe_digest() {
     if [ -z "$md5_ok" ]; then
         if command -v md5sum >/dev/null 2>&1; then md5_ok=y; else md5_ok=n; fi
         if head -q -c 1 /dev/null /dev/null >/dev/null 2>&1; then head_q=y; else head_q=n; fi
     fi
+}
+head_digest() {
     if [ "$md5_ok" = n ]; then
         echo -
         return
@@ -404,7 +411,8 @@ head_digest() {
     else
         sum=$(for h do dd if="$h" bs=@HEAD@ count=1 2>/dev/null; done | md5sum)
     fi
-    echo "${sum%% *}"
+    sum=${sum%% *}
+    echo "${sum:--}"
 }
 archive_tar() {
     k=$#
@@ -444,15 +452,31 @@ read_range() {
         fi
     elif { [ "$blocks" = 0 ] || dd bs=@SKIP_BLOCK@ skip="$blocks" count=0 2>/dev/null; } &&
         { [ "$bytes" = 0 ] || dd bs=1 skip="$bytes" count=0 2>/dev/null; } &&
-        head -c "$len" 2>&3; then
+        read_rest; then
         read_done
     else
         printf '%s X\n' "$m"
     fi
 }
+read_rest() {
+    if [ "${#len}" -le 5 ] && [ "$len" -le 65536 ]; then
+        if [ -z "$dd_quiet" ]; then
+            dd_quiet=-
+            dd status=none count=0 </dev/null >/dev/null 2>&1 && dd_quiet=status=none
+        fi
+        if [ "$dd_quiet" = - ]; then
+            dd bs="$len" count=1 2>&3
+        else
+            dd bs="$len" count=1 status=none 2>&3
+        fi
+    else
+        head -c "$len" 2>&3
+    fi
+}
 read_done() {
     printf '%s E\n' "$m"
     if [ -n "$check" ]; then
+        probe_digest
         printf '%s K %s\n' "$m" "$(head_digest "$f")"
     fi
 }
@@ -529,6 +553,7 @@ if [ "$#" -gt 0 ]; then
     archive_tar "$@"
     printf '%s E\n' "$m"
     if [ -n "$archive_checked" ]; then
+        probe_digest
         printf '%s K %s\n' "$m" "$(archive_digest "$@")"
     fi
 fi

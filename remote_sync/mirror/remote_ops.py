@@ -586,8 +586,8 @@ fi
 )
 
 # A whole round in one command: $1 root, $2 the batch script, $3 the items per batch, $4...
-# start points; stdin is
-# the marker line, then (once the client has read the listing and planned) the fetch items.
+# start points; stdin is the marker line, then (once the client has read the listing and
+# planned) the fetch items.
 # One command instead of a listing and a fetch saves a channel, and above all a start of the
 # host's login shell, per round (a heavy ~/.bashrc costs tens of milliseconds each time).
 #

@@ -285,7 +285,7 @@ class HostSync:
                 # Rewrites found mid-fetch (overlap mismatch, a file that shrank while read):
                 # one more command fetches them whole, so the mirror is current after this run.
                 retry = [self._as_whole(t) for t in again]
-                still = await self._fetch(retry, follow_up=True)
+                still = await self._fetch_whole_again(retry)
                 for t in still:
                     self._fail(t.remote.path, "changed again while being fetched; retry next run")
         finally:
@@ -387,22 +387,20 @@ class HostSync:
         await self._consume(stream, parser, handler, first)
         return handler.again
 
-    async def _fetch(self, transfers: Sequence[Transfer], *, follow_up: bool) -> list[Transfer]:
-        """Fetch ``transfers`` with a command of their own; returns those that must be fetched
-        whole."""
+    async def _fetch_whole_again(self, transfers: Sequence[Transfer]) -> list[Transfer]:
+        """Fetch ``transfers`` whole (to their end) with a command of their own; returns those
+        that changed again while being read."""
         if not transfers:
             return []
-        requests = [t.request() for t in transfers]
-        if follow_up:
-            requests = [
-                # The file changed since the listing: its listed size says nothing of how
-                # long the read is, so every transcript is checked.
-                FetchRequest(t.remote.path, 0, TO_EOF, check=t.kind == "append")
-                for t in transfers
-            ]
+        requests = [
+            # The file changed since the listing: its listed size says nothing of how long
+            # the read is, so every transcript is checked.
+            FetchRequest(t.remote.path, 0, TO_EOF, check=t.kind == "append")
+            for t in transfers
+        ]
         marker = new_marker()
         parser = FrameParser(self.name, marker.encode(), requests)
-        handler = _FrameHandler(self, transfers, requests, follow_up=follow_up)
+        handler = _FrameHandler(self, transfers, requests, follow_up=True)
         try:
             async with exec_streaming(
                 self.pool,

@@ -135,6 +135,7 @@ class _LineWriter:
     path: bytes
     indexer: FileIndexer | None
     job: IndexJob | None
+    head: bytearray  # the file's first bytes, for its fingerprint or the host's head digest
     offset: int
     end_of_lines: int
     notified: int
@@ -153,6 +154,11 @@ class _LineWriter:
                 if self.job is not None and self.end_of_lines - self.notified >= NOTIFY_BYTES:
                     self._notify()
         self.offset += len(view)
+
+    def _keep_head(self, view: memoryview) -> None:
+        """Keep the file's first bytes (up to FINGERPRINT_BYTES) as they arrive."""
+        if len(self.head) < FINGERPRINT_BYTES:
+            self.head += view[: FINGERPRINT_BYTES - len(self.head)]
 
     def _without_buffer(self) -> BinaryIO:
         """The file's raw handle, its write buffer freed, for the wait until the batch flush.
@@ -225,8 +231,8 @@ class AppendWriter(_LineWriter):
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        if self.head_from_data and len(self.head) < FINGERPRINT_BYTES:
-            self.head += view[: FINGERPRINT_BYTES - len(self.head)]
+        if self.head_from_data:
+            self._keep_head(view)
         if self.overlap_seen < len(self.expected):
             take = min(len(view), len(self.expected) - self.overlap_seen)
             if view[:take] != self.expected[self.overlap_seen : self.overlap_seen + take]:
@@ -317,8 +323,7 @@ class WholeWriter(_LineWriter):
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        if len(self.head) < FINGERPRINT_BYTES:
-            self.head += view[: FINGERPRINT_BYTES - len(self.head)]
+        self._keep_head(view)
         self._put(view, track_lines=self.lines_only)
 
     def finish(self) -> Pending:

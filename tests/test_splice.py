@@ -48,16 +48,16 @@ def rewrite_on_first_data(
     in the first ``times`` fetches of it; returns the list the rewrites are counted in."""
     real = engine._FrameHandler.handle
     rewrites: list[int] = []
-    seen: set[int] = set()
+    seen: list[engine._FrameHandler] = []  # kept alive: a freed handler's id() is reused
 
     async def handle(self: engine._FrameHandler, event: object) -> None:
         if (
             len(rewrites) < times
             and isinstance(event, Data)
-            and id(self) not in seen
+            and not any(handler is self for handler in seen)
             and self.transfers[event.index].remote.path == REL.encode()
         ):
-            seen.add(id(self))
+            seen.append(self)
             new[:1] = b"{" if len(rewrites) % 2 else b" "  # each rewrite another head
             # Overwritten from its start, then cut to the new length: the same rewrite as a
             # truncate and a write, without the instant in which the file is shorter than the

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sshfleet import SSHFleet
 from synchelp import append, run_cli, session_bytes, write_inventory
 
@@ -204,6 +206,56 @@ def test_a_session_with_the_longest_name_keeps_its_versions(dest: Path) -> None:
     assert [p.read_bytes() for p in kept] == contents[:2]
     assert all(len(p.name.encode()) <= 255 for p in kept) and kept[0] != kept[1]
     assert (dest / "h" / os.fsdecode(long_path)).read_bytes() == contents[2]
+
+
+@pytest.mark.parametrize("first", ["file", "directory"])
+def test_a_file_and_a_directory_named_like_its_version_keep_both_versions(
+    dest: Path, first: str
+) -> None:
+    """The remote holds ``d`` and ``d.v1/x`` at once; both are rewritten, in either order."""
+    rng = random.Random(13)
+    file_path, inner = b"agents/a/sessions/d", b"agents/a/sessions/d.v1/x"
+    old = {file_path: lines(rng, 3), inner: lines(rng, 4, start=10)}
+    new = {file_path: lines(rng, 5, start=20), inner: lines(rng, 6, start=30)}
+    order = [file_path, inner] if first == "file" else [inner, file_path]
+    with MirrorState(dest) as state:
+        rows = {path: committed(state, path, old[path]) for path in order}
+        for path in order:
+            (done,) = rewrite(state, rows[path], new[path])
+            assert done.versioned, done  # type: ignore[attr-defined]
+        kept = {path: state.version_path("h", path, 1) for path in order}
+        versions = {path: row.version for path, row in state.host_files("h").items()}
+    assert versions == {file_path: 1, inner: 1}
+    assert {path: kept[path].read_bytes() for path in order} == old
+    assert {path: (dest / "h" / os.fsdecode(path)).read_bytes() for path in order} == new
+
+
+_SEGMENTS = st.sampled_from(["d", "d.v1", "d.v1~", "d.v1~~", "d~", "x.v12", "e" * 254 + ".v1"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.lists(_SEGMENTS, min_size=1, max_size=4), st.integers(1, 12)),
+        min_size=2,
+        max_size=6,
+    )
+)
+def test_every_version_has_a_place_of_its_own(versions: list[tuple[list[str], int]]) -> None:
+    """No two (file, version) pairs share a path, and no version's path lies inside another's
+    (which would need a file and a directory in one place), whatever the remote's names."""
+    state = MirrorState.__new__(MirrorState)
+    state.versions_dir = Path("/v")
+    places: dict[bytes, tuple[bytes, int]] = {}
+    for segments, number in versions:
+        path = "/".join(segments).encode()
+        place = os.fsencode(state.version_path("h", path, number))
+        assert all(len(name) <= 255 for name in place.split(b"/"))
+        places.setdefault(place, (path, number))
+        assert places[place] == (path, number)
+    for place in places:
+        for other in places:
+            assert not other.startswith(place + b"/")
 
 
 def test_one_file_that_cannot_be_put_in_place_fails_alone(dest: Path) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -31,6 +32,26 @@ from ..index.store import ensure_schema as ensure_index_schema
 CONTROL_DIR = ".remote-sync"
 #: The longest file name (bytes) of the file systems a mirror lives on (ext4, XFS, btrfs...).
 NAME_MAX = 255
+
+#: A name in the versions tree that only a kept version may have: it ends in ``.v<n>``.
+#: Directories whose names end so (or so followed by ``~``) get one more ``~``.
+_VERSION_LIKE = re.compile(rb"\.v[0-9]+~*\Z")
+
+
+def _fit_name(name: bytes, suffix: bytes) -> bytes:
+    """``name + suffix``, with ``name`` cut and marked by a digest of it when the whole would
+    pass NAME_MAX."""
+    if len(name) + len(suffix) > NAME_MAX:
+        digest = b"~" + hashlib.sha256(name).hexdigest()[:16].encode()
+        name = name[: NAME_MAX - len(suffix) - len(digest)] + digest
+    return name + suffix
+
+
+def _version_dir_name(segment: bytes) -> bytes:
+    """A remote directory's name in the versions tree, never one a version could have."""
+    return _fit_name(segment, b"~") if _VERSION_LIKE.search(segment) else segment
+
+
 #: 2: ``files.fingerprint`` is a digest of the first bytes, no longer the bytes themselves.
 SCHEMA_VERSION = 2
 
@@ -524,15 +545,17 @@ class MirrorState:
         return Path(os.fsdecode(os.path.join(os.fsencode(self.dest / host), path)))
 
     def version_path(self, host: str, path: bytes, version: int) -> Path:
-        """``versions/<host>/<path>.v<version>``. A name too long for the suffix (file names
-        end at 255 bytes) is cut, and a digest of the whole name keeps it unique."""
-        head, slash, name = path.rpartition(b"/")
-        suffix = f".v{version}".encode()
-        if len(name) + len(suffix) > NAME_MAX:
-            digest = b"~" + hashlib.sha256(name).hexdigest()[:16].encode()
-            name = name[: NAME_MAX - len(suffix) - len(digest)] + digest
-        base = os.path.join(os.fsencode(self.versions_dir / host), head + slash + name)
-        return Path(os.fsdecode(base + suffix))
+        """``versions/<host>/<path>.v<version>``, one distinct path per file and version.
+
+        A name too long for the suffix (file names end at 255 bytes) is cut, and a digest of
+        the whole name keeps it unique. A directory whose name ends like a version (``d.v1``,
+        ``d.v1~``) gets one more ``~``: the remote may hold a file ``d`` and a directory
+        ``d.v1/`` at once, and ``d``'s first version must not need the directory's place.
+        """
+        head, _slash, name = path.rpartition(b"/")
+        dirs = [_version_dir_name(segment) for segment in head.split(b"/")] if head else []
+        leaf = _fit_name(name, f".v{version}".encode())
+        return Path(os.fsdecode(os.path.join(os.fsencode(self.versions_dir / host), *dirs, leaf)))
 
     def temp_path(self) -> Path:
         return self.tmp_dir / f"fetch-{os.getpid()}-{time.monotonic_ns()}"

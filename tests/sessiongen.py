@@ -879,6 +879,7 @@ def _claude(
     lines: list[_Line] = []
     parent: str | None = None
     agent_id = _hex(rng, 8)
+    hosted = random.Random(session_id)  # hosted tool calls, apart from the main stream
     base: dict[str, Any] = {
         "isSidechain": subagent,
         "userType": "external",
@@ -944,9 +945,9 @@ def _claude(
             "<command-name>/model</command-name>\n<command-message>model</command-message>\n"
             "<command-args></command-args>"
         )
-        user(ns + 1_000_000, cmd, cmd, title=False)
+        user(ns + 1_000_000, cmd, cmd, title=False, role="system")  # Claude Code's record
         out = "<local-command-stdout>Set model to \x1b[1mSonnet 4.5\x1b[22m</local-command-stdout>"
-        user(ns + 2_000_000, out, out, title=False)
+        user(ns + 2_000_000, out, out, title=False, role="system")
     for step in steps:
         if isinstance(step, _User):
             if not subagent:
@@ -974,7 +975,8 @@ def _claude(
             user(step.ns, content, step.text, title=True)
             if rng.random() < 0.03:
                 stop = "[Request interrupted by user]"
-                user(step.ns + 3_000_000, [{"type": "text", "text": stop}], stop, title=False)
+                stop_line = [{"type": "text", "text": stop}]
+                user(step.ns + 3_000_000, stop_line, stop, title=False, role="system")
         elif isinstance(step, _Resp):
             msg_id = "msg_01" + _b62(rng, 22)
             req_id = "req_011C" + _b62(rng, 20)
@@ -1010,6 +1012,13 @@ def _claude(
                         [(call.name, _args_text(call.args))],
                     )
                 )
+            if hosted.random() < 0.1:  # a search the API runs itself: a tool call all the same
+                query = {"query": " ".join(hosted.choices(_WORDS, k=3))}
+                search_id = "srvtoolu_01" + _b62(hosted, 22)
+                use = {"type": "server_tool_use", "id": search_id, "name": "web_search"}
+                blocks.append(({**use, "input": query}, "", [("web_search", _args_text(query))]))
+                found = {"type": "web_search_tool_result", "tool_use_id": search_id, "content": []}
+                blocks.append((found, "", []))
             groups = [[b] for b in blocks] if split_responses else [blocks]
             for n, group in enumerate(groups):
                 last = n == len(groups) - 1
@@ -1149,6 +1158,7 @@ def _codex(
 ) -> list[_Line]:
     lines: list[_Line] = []
     cwd = "/home/dev/project"
+    hosted = random.Random(session_id)  # hosted tool calls, apart from the main stream
 
     def add(ns: int, kind: str, payload: dict[str, Any], eff: _Eff) -> None:
         eff.ts = iso_ms(ns)
@@ -1363,6 +1373,20 @@ def _codex(
                             ),
                         ),
                     )
+            if hosted.random() < 0.1:  # a search the API runs itself: a tool call all the same
+                sns = ns + 800_000_000
+                action = {"type": "search", "query": " ".join(hosted.choices(_WORDS, k=3))}
+                item(
+                    sns,
+                    {"type": "web_search_call", "status": "completed", "action": action},
+                    _Eff(
+                        role="assistant",
+                        tool_calls=1,
+                        message=ExpectedMessage(
+                            0, "assistant", iso_ms(sns), "", [("web_search", _args_text(action))]
+                        ),
+                    ),
+                )
             if step.text:
                 tns = ns + 900_000_000
                 msg(tns, "assistant", "output_text", step.text, title=False)

@@ -312,8 +312,9 @@ def test_title_skips_injected_and_meta_lines() -> None:
     data = b"".join(msgspec.json.encode(r) + b"\n" for r in claude)
     facts = fold(READERS["claude-code"], data)
     assert facts.title == "Fix the build " + "x" * 65 + "…"
-    # The meta line and the compaction summary were not typed by the user: system messages.
-    assert (facts.user, facts.tool, facts.system) == (3, 1, 2)
+    # The meta line, the slash command's record, the compaction summary and the blank text
+    # were not typed by the user as a message: system messages (as Codex's injected context).
+    assert (facts.user, facts.tool, facts.system) == (1, 1, 4)
 
     def codex(text: str) -> dict[str, Any]:
         content = [{"type": "input_text", "text": text}]
@@ -339,6 +340,70 @@ def test_title_skips_injected_and_meta_lines() -> None:
     decoded = JsonlDecoder(reader.line_type).feed(data)
     shown = [reader.message(r.value, r.offset) for r in decoded if isinstance(r, Record)]
     assert [m.role for m in shown if m is not None] == ["system", "system", "user"]
+
+
+def test_claude_code_harness_records_are_not_user_messages() -> None:
+    """An interrupted one-prompt session is one user message (so it can be of low value)."""
+
+    def user(content: Any) -> dict[str, Any]:
+        return {"type": "user", "message": {"role": "user", "content": content}}
+
+    rows = [
+        user("<command-name>/model</command-name>\n<command-args></command-args>"),
+        user("<local-command-stdout>Set model to Sonnet</local-command-stdout>"),
+        user("rename the flag"),
+        user([{"type": "text", "text": "[Request interrupted by user]"}]),
+        user("[Request interrupted by user for tool use]"),
+    ]
+    data = b"".join(msgspec.json.encode(r) + b"\n" for r in rows)
+    reader = READERS["claude-code"]
+    facts = fold(reader, data)
+    assert (facts.user, facts.system, facts.title) == (1, 4, "rename the flag")
+    decoded = JsonlDecoder(reader.line_type).feed(data)
+    shown = [reader.message(r.value, r.offset) for r in decoded if isinstance(r, Record)]
+    assert [m.role for m in shown if m is not None] == ["system", "system", "user"] + ["system"] * 2
+
+
+def test_hosted_tool_calls_count_and_show() -> None:
+    """A search the API runs itself (Claude's ``server_tool_use``, Codex's ``web_search_call``)
+    is a call the model made: counted, and shown with its query."""
+    query = {"query": "sqlite wal checkpoint"}
+    claude = {
+        "type": "assistant",
+        "requestId": "req_1",
+        "message": {
+            "id": "msg_1",
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "server_tool_use",
+                    "id": "srvtoolu_1",
+                    "name": "web_search",
+                    "input": query,
+                },
+                {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []},
+                {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}},
+            ],
+        },
+    }
+    action = {"type": "search", **query}
+    codex = {
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "type": "response_item",
+        "payload": {"type": "web_search_call", "status": "completed", "action": action},
+    }
+    for fmt, line, calls in (
+        ("claude-code", claude, [("web_search", query), ("Bash", {"command": "ls"})]),
+        ("codex", codex, [("web_search", action)]),
+    ):
+        reader = READERS[fmt]
+        data = msgspec.json.encode(line) + b"\n"
+        facts = fold(reader, data)
+        assert (facts.tool_calls, facts.assistant) == (len(calls), 1), fmt
+        message = reader.message(msgspec.json.decode(data, type=reader.line_type), 0)
+        assert message is not None and message.role == "assistant"
+        expected = [(name, msgspec.json.encode(args).decode()) for name, args in calls]
+        assert [(c.name, c.arguments) for c in message.tool_calls] == expected, fmt
 
 
 # --- chunking and incremental folding -------------------------------------------------------

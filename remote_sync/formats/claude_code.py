@@ -19,17 +19,21 @@ What is read from a line (types ``user`` and ``assistant`` with a ``message`` ar
   a ``tool_result`` block is a **tool** message: that is how Claude Code records tool output.
   A ``user`` line marked ``isMeta`` (text the harness injected) or ``isCompactSummary`` (the
   summary that replaces a compacted history) is a **system** message: the user typed neither.
+  So is a ``user`` line whose whole text is what Claude Code writes around a turn (a slash
+  command's ``<command-name>…`` record, ``<local-command-stdout>…``, the ``[Request
+  interrupted by user]`` marker; see :func:`~remote_sync.formats.generic.is_injected`), as
+  Codex's injected context is: otherwise an interrupted one-prompt session would count two
+  user messages and never be of low value.
 * One API response is written as several ``assistant`` lines (one per content block), each
   repeating the response's ``usage``. Each line counts as an assistant message (so that
   every line ``message()`` renders is one counted message), but the usage is counted once per
   ``message.id:requestId`` key (:meth:`SessionFacts.usage_seen`). Tokens: ``input_tokens``
   → in, ``output_tokens`` → out, ``cache_read_input_tokens`` → cache read,
   ``cache_creation_input_tokens`` → cache write. Transcripts record no cost.
-* each ``tool_use`` block is a tool call; ``message.model`` is a model (except Claude Code's
-  ``<synthetic>`` placeholder).
-* title: the first user text, skipping ``isMeta`` and ``isCompactSummary`` lines and
-  harness-injected text (``<command-name>…``, ``<local-command-stdout>…``,
-  ``[Request interrupted by user]``).
+* each ``tool_use`` block is a tool call, and so is each ``server_tool_use`` block (a tool the
+  API runs itself, such as ``web_search``: the model called it all the same);
+  ``message.model`` is a model (except Claude Code's ``<synthetic>`` placeholder).
+* title: the first text of a user message as counted above.
 * ``timestamp`` (ISO) of every line that has one.
 """
 
@@ -52,6 +56,9 @@ from .generic import (
 from .generic import tool_call as make_tool_call
 
 __all__ = ["ClaudeCodeReader", "ClaudeLine"]
+
+#: Content blocks that are a tool call: the client's tools and the API's own (``web_search``).
+_CALL_BLOCKS = frozenset({"tool_use", "server_tool_use"})
 
 
 class ClaudeBlock(msgspec.Struct, gc=False):
@@ -135,7 +142,7 @@ class ClaudeCodeReader:
                 facts.assistant += 1
                 if isinstance(content, list):
                     for block in content:
-                        if block.type == "tool_use":
+                        if block.type in _CALL_BLOCKS:
                             facts.tool_calls += 1
                 usage = msg.usage
                 if usage is not None and (
@@ -155,10 +162,12 @@ class ClaudeCodeReader:
                 elif line.isMeta or line.isCompactSummary:
                     facts.system += 1
                 else:
-                    facts.user += 1
-                    if facts.title is None:
-                        text = blocks_text(content)
-                        if text and not is_injected(text):
+                    text = blocks_text(content)
+                    if text and is_injected(text):
+                        facts.system += 1
+                    else:
+                        facts.user += 1
+                        if facts.title is None and text:
                             facts.add_title(text)
             else:
                 facts.add_message(role)
@@ -183,8 +192,10 @@ class ClaudeCodeReader:
         else:
             text = blocks_text(content)
             if isinstance(content, list):
-                calls = [make_tool_call(b.name, b.input) for b in content if b.type == "tool_use"]
-            if role == "user" and (line.isMeta or line.isCompactSummary):
+                calls = [make_tool_call(b.name, b.input) for b in content if b.type in _CALL_BLOCKS]
+            if role == "user" and (
+                line.isMeta or line.isCompactSummary or (text and is_injected(text))
+            ):
                 role = "system"  # as counted (see update)
         model = msg.model if msg.model != "<synthetic>" else None
         return Message(

@@ -20,10 +20,11 @@ Every line is ``{timestamp, type, payload}``; what is read:
     ``<user_instructions>``, ``# AGENTS.md instructions…``, in every rollout) counts as
     system too: it was not typed by the user, and a one-prompt session would otherwise never
     be of low value. The first user text left is the title;
-  - ``function_call``, ``custom_tool_call``, ``local_shell_call``: a tool call, and an
+  - ``function_call``, ``custom_tool_call``, ``local_shell_call``, ``web_search_call`` (a
+    search the API runs itself; the model called it all the same): a tool call, and an
     assistant message (the model's turn that asked for it; ``show`` renders it);
   - ``function_call_output``, ``custom_tool_call_output``: a tool message;
-  - anything else (``reasoning``, ``web_search_call``...): nothing.
+  - anything else (``reasoning``...): nothing.
 
 * ``event_msg`` with ``payload.type == "token_count"``: ``payload.info.total_token_usage`` is
   the session's **cumulative** usage, so it *replaces* the token facts instead of adding to
@@ -59,7 +60,7 @@ from .generic import (
 __all__ = ["CodexLine", "CodexReader"]
 
 _TEXT_KINDS = ("input_text", "output_text", "text")
-_CALLS = frozenset({"function_call", "custom_tool_call", "local_shell_call"})
+_CALLS = frozenset({"function_call", "custom_tool_call", "local_shell_call", "web_search_call"})
 _OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output"})
 _UUID_AT_END = re.compile(
     r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
@@ -92,7 +93,7 @@ class CodexPayload(msgspec.Struct, gc=False):
     name: str | None = None  # function_call, custom_tool_call
     arguments: msgspec.Raw = NO_RAW  # function_call (a JSON string), kept raw
     input: msgspec.Raw = NO_RAW  # custom_tool_call, kept raw
-    action: msgspec.Raw = NO_RAW  # local_shell_call, kept raw
+    action: msgspec.Raw = NO_RAW  # local_shell_call, web_search_call, kept raw
     output: msgspec.Raw = NO_RAW  # *_output, kept raw
     info: CodexTokenInfo | None = None  # token_count
 
@@ -201,6 +202,9 @@ class CodexReader:
         elif item == "local_shell_call":
             role = "assistant"
             calls = [tool_call("local_shell", p.action)]
+        elif item == "web_search_call":
+            role = "assistant"
+            calls = [tool_call("web_search", p.action)]
         elif item in _OUTPUTS:
             role = "tool"
             text = _output_text(p.output)

@@ -674,6 +674,7 @@ def _check_remote_flags(args: argparse.Namespace) -> None:
 
 
 def run_sessions_list(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
     try:
         _check_remote_flags(args)
         filters: dict[str, Any] = {
@@ -723,6 +724,7 @@ def _write_error_events(errors: Sequence[RemoteSyncError]) -> int:
 
 
 def run_sessions_show(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
     try:
         _check_remote_flags(args)
         if args.page_size < 1:
@@ -745,6 +747,7 @@ def run_sessions_show(args: argparse.Namespace) -> int:
 
 
 def run_sessions_stats(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
     try:
         from .index.query import open_index, session_stats
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -699,6 +700,34 @@ def show_dest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     assert code == 0, err
     assert out.strip() == f"3 sessions indexed in {dest}"
     return dest
+
+
+def test_an_index_counted_by_earlier_rules_warns_until_rebuilt(
+    show_dest: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Old bytes are never read again to update the index, so rows an earlier version counted
+    stay as they were: listings say so (stderr only) until `index rebuild` recounts them."""
+    listing = [sys.executable, "-m", "remote_sync.cli", "sessions", "list", "--json"]
+    listing += ["--dest", str(show_dest)]
+
+    def run() -> tuple[list[SessionRow], str]:
+        done = subprocess.run(listing, capture_output=True, text=True, timeout=60, check=True)
+        return json_rows(done.stdout), done.stderr
+
+    rows, err = run()
+    assert len(rows) == 3 and err == ""
+    with sqlite3.connect(show_dest / ".remote-sync" / "state.db") as db:
+        db.execute("DELETE FROM meta WHERE key = 'index_rules'")  # as an older version left it
+    with MirrorState(show_dest):  # a sync of this version does not make the old rows current
+        pass
+    rows, err = run()
+    assert len(rows) == 3
+    assert "computed by an earlier remote-sync" in err
+    assert f"remote-sync index rebuild --dest {show_dest}" in err
+    code, _out, _err = cli(["index", "rebuild", "--dest", str(show_dest)], capsys)
+    assert code == 0
+    rows, err = run()
+    assert len(rows) == 3 and err == ""
 
 
 def full_messages(dest: Path, rel: str) -> list[Message]:

@@ -31,6 +31,7 @@ done in SQL, so ``--limit`` stays fast on a large index. Definitions:
 
 from __future__ import annotations
 
+import logging
 import operator
 import re
 import sqlite3
@@ -44,7 +45,9 @@ import msgspec
 
 from ..errors import ConfigError, path_bytes
 from .facts import SessionFacts
-from .store import INT64_MAX
+from .store import INDEX_RULES, INT64_MAX, index_rules
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CLASSES",
@@ -226,7 +229,29 @@ def open_index(dest: str | Path) -> sqlite3.Connection:
             f"the mirror at {dest} has no session index yet",
             hint=f"run `remote-sync index rebuild --dest {dest}` (or sync it once)",
         )
+    _warn_if_other_rules(db, dest)
     return db
+
+
+def _warn_if_other_rules(db: sqlite3.Connection, dest: str | Path) -> None:
+    """Say so when the index was counted by another version's rules (it still answers)."""
+    try:
+        rules = index_rules(db)
+    except (sqlite3.Error, ValueError):  # a state without a meta table: nothing to compare
+        return
+    if rules < INDEX_RULES:
+        log.warning(
+            "the session index of %s was computed by an earlier remote-sync, which counted "
+            "some messages differently; run `remote-sync index rebuild --dest %s` to recount",
+            dest,
+            dest,
+        )
+    elif rules > INDEX_RULES:
+        log.warning(
+            "the session index of %s was computed by a newer remote-sync; its rows may hold "
+            "counts this version does not make (upgrade remote-sync)",
+            dest,
+        )
 
 
 def iso_instant(value: Since, now: datetime | None = None) -> str:

@@ -21,6 +21,13 @@ from .facts import SessionFacts
 #: A mark every this many messages (message 0, 256, 512, ... of a session).
 MARK_EVERY = 256
 
+#: The rules the format readers count by, kept in the state's ``meta`` table as
+#: ``index_rules``. Raise it when a reader counts or names something differently: rows
+#: computed under earlier rules stay as they were (old bytes are never read again to update
+#: the index), so listings warn until ``index rebuild`` recounts them. 2: Claude Code's
+#: harness records count as system messages, hosted tool calls as tool calls.
+INDEX_RULES = 2
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     host TEXT NOT NULL,
@@ -72,6 +79,19 @@ _facts_decoder = msgspec.json.Decoder(SessionFacts)
 
 def ensure_schema(db: sqlite3.Connection) -> None:
     db.executescript(SCHEMA)
+
+
+def index_rules(db: sqlite3.Connection) -> int:
+    """The rules the index was computed by: 1 for a mirror from before they were recorded
+    that holds sessions, :data:`INDEX_RULES` for one that holds none."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'index_rules'").fetchone()
+    if row is not None:
+        return int(row[0])
+    return 1 if db.execute("SELECT 1 FROM sessions LIMIT 1").fetchone() else INDEX_RULES
+
+
+def record_index_rules(db: sqlite3.Connection, rules: int = INDEX_RULES) -> None:
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('index_rules', ?)", (str(rules),))
 
 
 def load_facts(db: sqlite3.Connection, host: str, path: bytes) -> SessionFacts | None:

@@ -20,7 +20,7 @@ from typing import Any
 from ..decode.jsonl import JsonlDecoder
 from ..errors import MirrorError, path_text
 from .facts import FormatReader, SessionFacts
-from .store import MARK_EVERY, delete_sessions, load_facts, put_session
+from .store import MARK_EVERY, delete_sessions, load_facts, put_session, record_index_rules
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,8 @@ def rebuild_index(
                     update.fresh = True
                     update.write(state.db)
             count += len(updates)
+        if hosts is None:  # every row is now counted by this version's rules
+            record_index_rules(state.db)
     return count
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..errors import DestinationError, LockedError, MirrorError, StateError, path_text
 from ..index.store import ensure_schema as ensure_index_schema
+from ..index.store import index_rules, record_index_rules
 
 CONTROL_DIR = ".remote-sync"
 #: The longest file name (bytes) of the file systems a mirror lives on (ext4, XFS, btrfs...).
@@ -197,6 +198,9 @@ class MirrorState:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            # Before its first sync a mirror's (empty) index follows this version's rules; an
+            # older mirror keeps the rules it was indexed by until `index rebuild`.
+            record_index_rules(self._db, index_rules(self._db))
             self._upgrade()
         except sqlite3.Error as exc:
             self.close()

@@ -200,7 +200,8 @@ class MirrorState:
             )
             # Before its first sync a mirror's (empty) index follows this version's rules; an
             # older mirror keeps the rules it was indexed by until `index rebuild`.
-            record_index_rules(self._db, index_rules(self._db))
+            if self._db.execute("SELECT 1 FROM meta WHERE key = 'index_rules'").fetchone() is None:
+                record_index_rules(self._db, index_rules(self._db))
             self._upgrade()
         except sqlite3.Error as exc:
             self.close()

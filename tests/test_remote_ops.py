@@ -947,6 +947,59 @@ def test_commands_run_under_each_login_shell(login: str, tmp_path: Path) -> None
         sleeper.wait()
 
 
+_HOSTILE_WORDS = [
+    "a\\b",
+    "\\",
+    "\\\\",
+    "end\\",
+    "\\start",
+    "x\\'y",
+    "'\\'",
+    "\\'\\\\\"",
+    "$(touch pwned)\\",
+    "`touch pwned`",
+    "new\nline\\",
+    "",
+    "-n",
+    "%self",
+    "{a,b}",
+    "~",
+    "*",
+    "a;b|c&d",
+    "ünï\\cödé",
+]
+
+
+@pytest.mark.parametrize("login", ["bash", "dash", "busybox", "zsh", "fish"])
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    words=st.lists(st.text(st.sampled_from("ab \\'\"$`\n{}~*%;&|()!#é"), max_size=12), max_size=40)
+)
+def test_every_word_reaches_sh_intact_under_each_login_shell(
+    login: str, tmp_path: Path, words: list[str]
+) -> None:
+    """A root or start point goes through the login shell's parser before sh sees it: under
+    each login shell (fish reads backslashes in single quotes differently) every word,
+    backslashes and quotes included, arrives unchanged, and nothing in it runs."""
+    found = shutil.which(login)
+    if found is None:
+        pytest.skip(f"{login} is not installed (.ci/run installs it)")
+    shell = [found, "sh"] if login == "busybox" else [found]
+    argv = [*_HOSTILE_WORDS, *words]
+    run = subprocess.run(
+        [*shell, "-c", wrapped_command(["printf", "%s\\0", *argv])],
+        capture_output=True,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == b"".join(word.encode() + b"\0" for word in argv)
+    assert not list(tmp_path.rglob("pwned"))
+
+
 def test_no_remote_script_has_what_fish_reads_as_an_escape() -> None:
     """fish takes backslash-backslash and backslash-quote inside single quotes as escapes:
     quoted by shlex.quote, a script holding either would reach fish's sh changed."""

@@ -34,7 +34,7 @@ costs its bytes but is never indexed. Inventory ``exclude`` globs are applied he
 
 Remote hosts have POSIX ``sh`` plus coreutils or BusyBox only. A file name is data, never
 code: names reach the scripts as ``find -exec`` arguments or on stdin and are printed with
-``printf %s``; ids and patterns travel as argv words quoted with ``shlex.quote``. The frame
+``printf %s``; ids and patterns travel as argv words quoted by ``ssh.remote.quote_word``. The frame
 marker is a random nonce sent as the first line of stdin (never on a command line, where
 other users could read it in ``ps`` and forge frames from a file they can write).
 

@@ -24,10 +24,10 @@ IDLE_TIMEOUT = 120.0
 # Runs under the user's login shell (bash, dash, zsh, ash, fish: the outer "exec sh -c"
 # hands over to POSIX sh at once). "$$" is then the pid sshd started, which is also the process
 # group id; "exec" keeps that pid for the real command. fish reads "\\" and "\'" inside single
-# quotes as escapes: the scripts contain neither, and under fish a root or start point holding
-# a backslash before a quote or another backslash is not supported. csh and tcsh as login
-# shells are not supported: they reject a newline inside quotes and expand "!" there, and the
-# scripts have both.
+# quotes as escapes: the scripts contain neither, and every backslash of an argument (a root, a
+# start point) is quoted apart (see quote_word). csh and tcsh as login shells are not
+# supported: they reject a newline inside quotes and expand "!" there, and the scripts have
+# both.
 _WRAPPER = 'echo "remote-sync-pid $$" >&2; exec "$@"'
 
 
@@ -38,7 +38,23 @@ def quote_argv(argv: Sequence[str]) -> str:
     for arg in argv:
         if "\x00" in arg:
             raise ValueError("a remote argument cannot contain a NUL byte")
-    return " ".join(shlex.quote(arg) for arg in argv)
+    return " ".join(quote_word(arg) for arg in argv)
+
+
+def quote_word(arg: str) -> str:
+    """``arg`` quoted for every login shell: :func:`shlex.quote`, with two changes for fish.
+
+    The login shell reads the command line before sh does, and fish, unlike POSIX shells,
+    takes ``\\\\`` and ``\\'`` inside single quotes as escapes and expands a bare ``%self``. So each
+    backslash is quoted apart, as ``"\\\\"`` (one backslash to both), and every other piece is in
+    single quotes, even one shlex would leave bare.
+    """
+    return '"\\\\"'.join(_single_quoted(piece) for piece in arg.split("\\"))
+
+
+def _single_quoted(piece: str) -> str:
+    quoted = shlex.quote(piece)
+    return quoted if quoted.startswith("'") else f"'{quoted}'"
 
 
 def wrapped_command(argv: Sequence[str]) -> str:

@@ -115,6 +115,59 @@ def test_killed_between_the_two_renames_puts_the_old_copy_back(dest: Path) -> No
     assert notes == ["h: agents/a/sessions/s.jsonl: put back from versions/ (v1)"]
 
 
+def placeholder(state: MirrorState, path: bytes, data: bytes | None) -> FileState:
+    """A new file's row as a flush writes it before renaming the file into place, and the
+    file in place (``data``) or not (None), as a kill before the commit leaves them."""
+    row = FileState("h", path, "append", len(data or b""), 0, 3.0, 1, 42, b"")
+    state.mark_in_doubt([row])
+    if data is not None:
+        local = state.local_path("h", path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(data)
+    return row
+
+
+def test_a_new_file_renamed_in_before_its_first_commit_is_kept_and_indexed(dest: Path) -> None:
+    rng = random.Random(14)
+    old, new = lines(rng, 6), lines(rng, 9, start=100)
+    other = b"agents/a/sessions/other.jsonl"
+    with MirrorState(dest) as state:
+        committed(state, SESSION, old)
+        placeholder(state, other, new)
+        placeholder(state, b"agents/a/sessions/never.jsonl", None)  # killed before its rename
+        placeholder(state, b"agents/a/sessions/dir.jsonl", None)
+        (dest / "h/agents/a/sessions/dir.jsonl").mkdir()  # its rename failed: in the way
+    with MirrorState(dest) as state:
+        notes = state.recover(["h"])
+        rows = state.host_files("h")
+    assert sorted(rows) == [other, SESSION]  # the intents alone are forgotten
+    row = rows[other]
+    assert (row.size, row.ino, row.fingerprint) == (len(new), -1, fingerprint_of(new[:1024]))
+    assert notes == [
+        f"h: {other.decode()}: found before its first commit ({len(new)} bytes); "
+        "it will be fetched whole"
+    ]
+    assert (dest / "h" / os.fsdecode(other)).read_bytes() == new
+    assert [r[1] for r in index_rows(dest)] == [other, SESSION]
+    assert_index_is_a_rebuild(dest)
+
+
+def test_a_file_found_before_its_first_commit_stays_out_of_an_unindexed_mirror(
+    dest: Path,
+) -> None:
+    """A mirror synced with --no-index has files and no sessions: recovery indexes nothing."""
+    rng = random.Random(15)
+    with MirrorState(dest) as state:
+        state.commit([FileState("h", SESSION, "append", 10, 10, 1.0, 1, 7, b"x")])
+        (dest / "h" / os.fsdecode(SESSION)).parent.mkdir(parents=True)
+        (dest / "h" / os.fsdecode(SESSION)).write_bytes(b"0123456789")
+        placeholder(state, b"agents/a/sessions/other.jsonl", lines(rng, 3))
+    with MirrorState(dest) as state:
+        state.recover(["h"])
+        assert len(state.host_files("h")) == 2
+    assert index_rows(dest) == []
+
+
 def test_a_file_marked_in_doubt_before_its_replacement_is_not_cut_back(dest: Path) -> None:
     """A rewrite whose old copy was a prefix of the new keeps no version: only the mark that
     the flush wrote before renaming tells recovery the longer file is not an append."""
@@ -386,6 +439,36 @@ def test_a_rewrite_killed_midway_loses_no_version(
     assert contents[0] in held  # never overwritten by a later version
     if fault == "before_commit":  # the second content reached the mirror before the kill
         assert contents[1] in held
+    assert_index_is_a_rebuild(dest)
+
+
+def test_new_files_killed_before_their_first_commit_are_not_left_unknown(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first sync dies after renaming its new files into place, before committing them;
+    the host then deletes one session and archives the other. The rerun still knows both:
+    marked gone from the host, indexed, and the archive mirrored beside them."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(16)
+    one, two = "agents/a/sessions/one.jsonl", "agents/a/sessions/two.jsonl"
+    contents = {one: lines(rng, 10), two: lines(rng, 12, start=100)}
+    for rel, data in contents.items():
+        fleet.write("h0", rel, data)
+    assert faulty_sync(inv, dest, "before_commit") == 9
+    assert {rel: (dest / "h0" / rel).read_bytes() for rel in contents} == contents
+    os.unlink(fleet.path("h0", one))
+    os.rename(fleet.path("h0", two), fleet.path("h0", two + ".reset.2026-11-22T03-00-00.000Z"))
+    code, summary = sync(inv, dest, capsys)
+    assert (code, summary.files.new, summary.files.deleted) == (0, 1, 2)
+    with MirrorState(dest) as state:
+        rows = state.host_files("h0")
+    assert {rel: rows[rel.encode()].state for rel in contents} == {one: "deleted", two: "deleted"}
+    assert {rel: rows[rel.encode()].size for rel in contents} == {
+        rel: len(data) for rel, data in contents.items()
+    }
+    assert {rel: (dest / "h0" / rel).read_bytes() for rel in contents} == contents
+    assert len(index_rows(dest)) == 3
     assert_index_is_a_rebuild(dest)
 
 

@@ -921,6 +921,35 @@ def test_disk_full_is_a_clear_error_and_loses_nothing(
     assert_exact(fleet, dest, "h0")
 
 
+def test_checkpoints_that_cannot_be_written_before_a_flush_leave_no_temp_file(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rows a flush writes before its renames fail (the state's disk full): the batch's
+    temp files and descriptors go at once, not at the next run's recovery."""
+    from remote_sync.errors import StateError
+
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0")
+    dest = tmp_path / "m"
+
+    def full(self: MirrorState, rows: object) -> None:
+        raise StateError("disk full while trying to write checkpoints", host="h0")
+
+    monkeypatch.setattr(MirrorState, "mark_in_doubt", full)
+    fds = len(os.listdir("/proc/self/fd"))
+    code, summary, events = sync(inv, dest, capsys)
+    assert code == 1 and [(h.host, h.status) for h in summary.hosts] == [("h0", "failed")]
+    assert any(isinstance(e, ErrorEvent) and "disk full" in e.message for e in events)
+    assert not list((dest / ".remote-sync" / "tmp").iterdir())
+    assert len(os.listdir("/proc/self/fd")) <= fds
+    monkeypatch.undo()
+    assert sync(inv, dest, capsys)[0] == 0
+    assert_exact(fleet, dest, "h0")
+
+
 def test_new_files_fetched_again_are_counted_new(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -470,12 +470,15 @@ class HostSync:
         if self.inflight is not None:
             await self._complete()  # one flush in flight per host: its fsyncs bound our pace
         items = self.batch.take()
-        # Files this flush will replace by rename lose their identity first: a run killed
-        # after the renames and before the commit then finds checkpoints that recovery does
-        # not cut back to, and that the next round fetches whole.
-        self.state.mark_in_doubt(
-            item.row for item in items if item.temp is not None and item.category != "new"
-        )
+        # Files this flush will rename into place are recorded in doubt first (a new file
+        # gets a placeholder row): a run killed after the renames and before the commit then
+        # finds a row for each, which recovery never cuts back to and makes follow the file
+        # on disk, and which the next round fetches whole.
+        try:
+            self.state.mark_in_doubt(item.row for item in items if item.temp is not None)
+        except BaseException:
+            discard(items)  # nothing of this batch was renamed: temp files and fds go
+            raise
         self.inflight = _Flush(self.state, items)
 
     async def _flush(self) -> None:
@@ -508,6 +511,8 @@ class HostSync:
             for _item, error in failed:  # that file only; the rest of the batch goes on
                 self.result.files.failed += 1
                 self.emit(ErrorEvent.from_exception(error))
+            # A new file that never reached its place leaves no row behind (see mark_in_doubt).
+            self.state.forget_placeholders([(item.row.host, item.row.path) for item, _ in failed])
             for item in items:
                 if item.job is not None:
                     item.index = await self._job_result(item, item.job)

@@ -22,7 +22,7 @@ import shutil
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +83,10 @@ CREATE TABLE IF NOT EXISTS files (
     PRIMARY KEY (host, path)
 ) WITHOUT ROWID;
 """
+
+#: The inode recovery sees for a placeholder row: a new file about to be renamed into place,
+#: nothing of it committed yet (stored as size 0, inode -1 and an empty fingerprint).
+PLACEHOLDER = -2
 
 #: How many leading bytes identify a file's content (Filebeat's fingerprint uses 1 KiB too).
 FINGERPRINT_BYTES = 1024
@@ -316,6 +320,8 @@ class MirrorState:
                 hint="check that the destination is writable",
             ) from exc
         followed: list[FileState] = []
+        forgotten: list[tuple[str, bytes]] = []
+        first_seen: set[tuple[str, bytes]] = set()
         rows_of: dict[str, dict[bytes, FileState]] = {}
         # Runs on every open over every mirrored file of the hosts in the run, so it reads only
         # the columns it needs and stats byte paths directly (Path objects per file cost more
@@ -339,9 +345,15 @@ class MirrorState:
                     )
                     if size == committed:
                         continue
-                if size > committed and kind == "append" and kept == version and ino != -1:
+                elif ino == PLACEHOLDER and not os.path.isfile(local):
+                    # A new file's row written before its rename, which never happened (or
+                    # failed: something else is in the way): the row was only ever an intent.
+                    forgotten.append((host, path))
+                    continue
+                if size > committed and kind == "append" and kept == version and ino >= 0:
                     # Appended in place beyond the checkpoint: those bytes were never committed.
-                    # (A file about to be replaced by rename is marked in doubt, -1, first.)
+                    # (A file about to be replaced by rename is marked in doubt, -1, first, and
+                    # a new one has a placeholder.)
                     with open(local, "r+b") as out:
                         out.truncate(committed)
                         os.fsync(out.fileno())
@@ -365,11 +377,14 @@ class MirrorState:
                     with open(local, "rb") as src:
                         row.fingerprint = fingerprint_of(src.read(FINGERPRINT_BYTES))
                 followed.append(row)
-                notes.append(
-                    f"{host}: {path_text(path)}: does not match its checkpoint"
-                    f" ({'missing' if size < 0 else f'{size} bytes, {committed} committed'});"
-                    " it will be fetched whole"
-                )
+                if ino == PLACEHOLDER:
+                    first_seen.add((host, path))
+                    found = f"found before its first commit ({size} bytes)"
+                else:
+                    found = "does not match its checkpoint" + (
+                        " (missing)" if size < 0 else f" ({size} bytes, {committed} committed)"
+                    )
+                notes.append(f"{host}: {path_text(path)}: {found}; it will be fetched whole")
             except OSError as exc:
                 raise MirrorError(
                     f"cannot check the mirrored file against its checkpoint: {exc.strerror or exc}",
@@ -377,8 +392,9 @@ class MirrorState:
                     path=path_text(path),
                     hint="check the destination's permissions and free space",
                 ) from exc
+        self.forget_placeholders(forgotten)
         if followed:
-            self.commit(followed, also=lambda: self._reindex(followed))
+            self.commit(followed, also=lambda: self._reindex(followed, first_seen))
         return notes
 
     def last_version_on_disk(self, host: str, path: bytes, version: int) -> int:
@@ -388,13 +404,14 @@ class MirrorState:
             version += 1
         return version
 
-    def _reindex(self, rows: list[FileState]) -> None:
+    def _reindex(self, rows: list[FileState], first_seen: set[tuple[str, bytes]]) -> None:
         """The index of sessions whose checkpoint followed the file, from the file itself.
 
         The index describes the committed bytes; once the checkpoint takes what is on disk it
         must too, or it would differ from a rebuild until the file is fetched again (which may
         never happen, if the remote file is gone). Only sessions the index has are redone (a
-        mirror synced with ``--no-index`` keeps none).
+        mirror synced with ``--no-index`` keeps none); of the files ``first_seen`` (found
+        before their first commit), the transcripts of hosts whose other files are indexed.
         """
         from ..formats.readers import get_reader
         from ..index.store import delete_sessions
@@ -402,12 +419,18 @@ class MirrorState:
 
         formats = {host: fmt for host, (fmt, _root) in self.hosts().items()}
         for row in rows:
-            known = self.db.execute(
-                "SELECT 1 FROM sessions WHERE host = ? AND path = ?", (row.host, row.path)
-            ).fetchone()
-            if not known:
+            key = (row.host, row.path)
+            if key in first_seen:
+                if row.host not in formats:
+                    continue
+                reader = get_reader(formats[row.host])
+                if not reader.is_transcript(row.path) or not self._indexes(row.host):
+                    continue
+            elif not self.db.execute(
+                "SELECT 1 FROM sessions WHERE host = ? AND path = ?", key
+            ).fetchone():
                 continue
-            delete_sessions(self.db, [(row.host, row.path)])
+            delete_sessions(self.db, [key])
             if row.size > 0 and row.host in formats:
                 local = self.local_path(row.host, row.path)
                 reader = get_reader(formats[row.host])
@@ -428,7 +451,12 @@ class MirrorState:
     def _committed_sizes(
         self, hosts: Iterable[str] | None
     ) -> list[tuple[str, bytes, str, int, int, int]]:
-        query = "SELECT host, path, kind, size, version, ino FROM files"
+        """host, path, kind, committed size, version and inode of every row; the inode of a
+        placeholder (see :meth:`mark_in_doubt`) is given as :data:`PLACEHOLDER`."""
+        query = (
+            "SELECT host, path, kind, size, version, "
+            f"CASE WHEN size = 0 AND fingerprint = X'' THEN {PLACEHOLDER} ELSE ino END FROM files"
+        )
         if hosts is None:
             return [(h, bytes(p), k, n, v, i) for h, p, k, n, v, i in self.db.execute(query)]
         out: list[tuple[str, bytes, str, int, int, int]] = []
@@ -516,16 +544,54 @@ class MirrorState:
         """Forget the identity of these files' checkpoints (before replacing them by rename).
 
         Their sizes and content stay claimed; only the inode (-1) changes, which makes the next
-        round fetch them whole and recovery never cut them back (see :meth:`recover`).
+        round fetch them whole and recovery never cut them back (see :meth:`recover`). A file
+        with no checkpoint yet gets a placeholder: nothing committed (size 0, no fingerprint),
+        so that a file renamed into place before its first commit is not left in the mirror
+        unknown to the state.
         """
-        keys = [(row.host, row.path) for row in rows]
+        now = time.time()
+        placeholders = [
+            (row.host, row.path, row.kind, row.remote_size, row.mtime, row.dev, row.version, now)
+            for row in rows
+        ]
+        if not placeholders:
+            return
+        try:
+            with self.transaction():
+                self.db.executemany(
+                    "INSERT INTO files (host, path, kind, size, remote_size, mtime, dev, ino, "
+                    "fingerprint, version, state, first_seen, updated_at) "
+                    "VALUES (?, ?, ?, 0, ?, ?, ?, -1, X'', ?, 'live', ?, ?) "
+                    "ON CONFLICT (host, path) DO UPDATE SET ino = -1",
+                    [(*values, now) for values in placeholders],
+                )
+        except sqlite3.Error as exc:
+            raise self._db_error(exc, "write checkpoints", placeholders[0][0]) from exc
+
+    def forget_placeholders(self, keys: Sequence[tuple[str, bytes]]) -> None:
+        """Drop the placeholder rows of these files whose rename never happened: a file in its
+        place, or a row with anything committed, is kept."""
+        keys = [key for key in keys if not os.path.isfile(self.local_path(*key))]
         if not keys:
             return
         try:
             with self.transaction():
-                self.db.executemany("UPDATE files SET ino = -1 WHERE host = ? AND path = ?", keys)
+                self.db.executemany(
+                    "DELETE FROM files WHERE host = ? AND path = ? AND size = 0 "
+                    "AND fingerprint = X''",
+                    keys,
+                )
         except sqlite3.Error as exc:
             raise self._db_error(exc, "write checkpoints", keys[0][0]) from exc
+
+    def _indexes(self, host: str) -> bool:
+        """Is ``host``'s mirror indexed: it has sessions, or no committed file yet (a mirror
+        synced with ``--no-index`` has files and no sessions)?"""
+        if self.db.execute("SELECT 1 FROM sessions WHERE host = ? LIMIT 1", (host,)).fetchone():
+            return True
+        return not self.db.execute(
+            "SELECT 1 FROM files WHERE host = ? AND size > 0 AND ino >= 0 LIMIT 1", (host,)
+        ).fetchone()
 
     def _db_error(self, exc: sqlite3.Error, doing: str, host: str | None = None) -> StateError:
         # SQLITE_FULL reads "database or disk is full"; say it the way the writer does.

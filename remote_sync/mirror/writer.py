@@ -61,7 +61,7 @@ class RewriteDetected(Exception):
 def _mirror_error(exc: OSError, host: str, path: bytes, doing: str) -> MirrorError:
     shown = path_text(path)
     if exc.errno == errno.ENOSPC:
-        return MirrorError(f"disk full while {doing}", host=host or None, path=shown)
+        return MirrorError(f"disk full while trying to {doing}", host=host or None, path=shown)
     if exc.errno in _ONE_FILE_ERRNOS:
         return MirrorError(
             f"cannot {doing}: {exc.strerror or exc}",

@@ -1117,3 +1117,17 @@ def test_a_rewrite_to_the_same_size_is_found_and_a_touch_moves_nothing(
     kept = dest / ".remote-sync/versions/h0" / f"{rel}.v1"
     assert kept.read_bytes() == original
     assert_exact(fleet, dest, "h0")
+    # Rewritten in place again, to the same size, behind an unchanged tail: the head the
+    # host hashes after the read differs from the mirror's.
+    current = path.read_bytes()
+    tail_at = current.index(b"\n", len(current) - 6000) + 1
+    head = session_bytes(rng, 40, start=500)
+    cut = head.rindex(b"\n", 0, tail_at)
+    rewritten = head[:cut] + b"x" * (tail_at - cut - 1) + b"\n" + current[tail_at:]
+    assert len(rewritten) == len(current) and rewritten[-4096:] == current[-4096:]
+    path.write_bytes(rewritten)
+    os.utime(path, (time.time() + 15, time.time() + 15))
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.rewritten, summary.hosts[0].versions_kept) == (0, 1, 1)
+    assert (dest / ".remote-sync/versions/h0" / f"{rel}.v2").read_bytes() == current
+    assert_exact(fleet, dest, "h0")

@@ -47,6 +47,9 @@ class Transfer:
     start: int
     length: int
     row: FileState | None  # the checkpoint before this round, if any
+    #: Have the host hash the file's head after the read even for a short range: a file of
+    #: its old size with another mtime may be rewritten in place behind an unchanged tail.
+    verify_head: bool = False
 
     def request(self) -> FetchRequest:
         # A whole line-committed file may come as a tar entry: tar's NUL padding of a file that
@@ -55,7 +58,9 @@ class Transfer:
         # A file copied whole must be read to its end: one that grew since the listing comes
         # back Changed (and is fetched again) instead of as a cut-off prefix.
         growth = self.mode == "whole" and self.kind == "whole"
-        check = self.kind == "append" and (self.length >= HEAD_BYTES if archive else self.long)
+        check = self.kind == "append" and (
+            self.verify_head or (self.length >= HEAD_BYTES if archive else self.long)
+        )
         return FetchRequest(self.remote.path, self.start, self.length, archive, growth, check)
 
     @property
@@ -144,9 +149,11 @@ def _decide(remote: RemoteFile, row: FileState | None, kind: str) -> Transfer | 
             return None  # nothing new (a partial last line stays partial until it grows)
         # The same size with another mtime: rewritten in place to the same length, or only
         # touched. rsync's quick check would transfer it; here the overlap alone is fetched,
-        # and a tail that differs from the mirror's makes it a rewrite (fetched whole).
+        # and a tail that differs from the mirror's, or a head that differs (hashed on the
+        # host), makes it a rewrite (fetched whole).
         start = row.size - min(row.size, OVERLAP_BYTES)
-        return Transfer(remote, kind, "append", "grown", start, remote.size - start, row)
+        length = remote.size - start
+        return Transfer(remote, kind, "append", "grown", start, length, row, verify_head=True)
     overlap = overlap_for(row.size, remote.size - row.size)
     start = row.size - overlap
     return Transfer(remote, kind, "append", "grown", start, remote.size - start, row)

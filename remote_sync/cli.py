@@ -109,7 +109,10 @@ def _add_sync(sub: Any) -> None:
     )
     sync.add_argument("--dry-run", "-n", action="store_true", help="show what would move")
     sync.add_argument(
-        "--no-index", action="store_true", help="mirror only; do not update the session index"
+        "--no-index",
+        action="store_true",
+        help="mirror only: the sessions whose bytes move leave the index until the next sync "
+        "without it, which indexes them from the mirror",
     )
     sync.add_argument("--json", action="store_true", help="JSON lines on stdout")
     _timeout_option(sync)

@@ -125,6 +125,57 @@ def test_index_after_many_incremental_syncs_equals_a_rebuild(
     assert main(["index", "rebuild", "--dest", str(dest)]) == 0
 
 
+@pytest.mark.parametrize("worker", [False, True], ids=["in-process", "worker"])
+def test_rounds_with_no_index_then_indexed_rounds_equal_a_rebuild(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    worker: bool,
+) -> None:
+    """A --no-index run moves bytes the index does not see: the next indexed run indexes
+    what it missed from the mirror (appended to since or not), as `index rebuild` would."""
+    if worker:
+        monkeypatch.setenv("REMOTE_SYNC_INDEX_WORKER_MIN_BYTES", "0")
+    rng = random.Random(21)
+    root = fleet.path("h0", "oc")
+    tree = build_tree("openclaw", root, 4, rng, messages=300)
+    make_readable(root)
+    inv = inventory(fleet, tmp_path, "openclaw", root)
+    dest = tmp_path / "m"
+    grown, still = tree.transcripts[0], tree.transcripts[1]
+
+    def grow(t: object) -> None:
+        more = generate("openclaw", rng, messages=rng.randint(2, 6)).data
+        with open(t.path, "ab") as out:  # type: ignore[attr-defined]
+            out.write(more.split(b"\n", 1)[1])  # its lines, without a second header
+
+    def assert_a_rebuild() -> None:
+        incremental = index_facts(dest)
+        assert sorted(incremental) == sorted(t.rel for t in tree.transcripts)
+        rebuild_index(dest)
+        assert index_facts(dest) == incremental
+
+    assert main(["sync", "--inventory", str(inv), "--dest", str(dest), "--no-index"]) == 0
+    grow(grown)
+    assert sync(inv, dest) == 0
+    assert_a_rebuild()
+    # Page 1 of the grown session starts at its first message, as the marks say.
+    rel = grown.rel.decode()
+    capsys.readouterr()
+    assert main(["sessions", "show", "h0", rel, "--dest", str(dest), "--page", "1", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert first["offset"] == len(grown.path.read_bytes().split(b"\n", 1)[0]) + 1
+    # An indexed mirror, one --no-index round in between.
+    grow(grown)
+    grow(still)
+    assert main(["sync", "--inventory", str(inv), "--dest", str(dest), "--no-index"]) == 0
+    grow(grown)
+    assert sync(inv, dest) == 0
+    capsys.readouterr()
+    assert_a_rebuild()
+
+
 def test_rewritten_session_is_reindexed_from_its_new_content(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -105,14 +105,28 @@ def indexer_for(
     path: bytes,
     *,
     start: int,
+    local: Path | None = None,
 ) -> FileIndexer:
-    """An indexer continuing the stored facts when ``start`` > 0, else starting afresh."""
+    """An indexer continuing the stored facts when ``start`` > 0, else starting afresh.
+
+    Stored facts that do not describe exactly the ``start`` committed bytes (none, or fewer:
+    a ``--no-index`` run appended to the file, or an older version's index lost it) are made
+    again from the first ``start`` bytes of the mirrored file ``local``: the one case where
+    old bytes are read again. Without ``local`` the indexer goes on from an empty history.
+    """
     facts = load_facts(db, host, path) if start > 0 else None
-    if start > 0 and facts is None:
-        # The index lost this session (e.g. made by an older version): index it whole next
-        # time it is fetched whole; for now continue from an empty history.
-        indexer = FileIndexer(reader, host, path, start=start)
+    if start > 0 and (facts is None or facts.bytes != start):
+        if local is None:
+            indexer = FileIndexer(reader, host, path, start=start)
+            indexer.update.fresh = True
+            return indexer
+        try:
+            caught_up = index_range(reader, host, path, local, start=0, end=start)
+        except OSError:  # the writer that opens it next says what is wrong
+            return indexer_for(db, reader, host, path, start=start)
+        indexer = FileIndexer(reader, host, path, start=start, facts=caught_up.facts)
         indexer.update.fresh = True
+        indexer.update.marks.extend(caught_up.marks)
         return indexer
     return FileIndexer(reader, host, path, start=start, facts=facts)
 

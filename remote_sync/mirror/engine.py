@@ -48,7 +48,13 @@ from ..events import Emit, ErrorEvent, FileCounts, HostDone, Planned, Progress, 
 from ..formats.readers import get_reader
 from ..index.facts import FormatReader
 from ..index.store import delete_sessions, load_facts
-from ..index.update import FileIndexer, IndexUpdate, index_range, indexer_for
+from ..index.update import (
+    FileIndexer,
+    IndexUpdate,
+    index_local_file,
+    index_range,
+    indexer_for,
+)
 from ..index.worker import IndexJob, IndexWorker, IndexWorkerError
 from ..inventory import Host
 from ..ssh.pool import PoolSettings, SSHPool
@@ -296,6 +302,7 @@ class HostSync:
                 await self._drain()
         self._mark_deleted(plan.deleted)
         self._revive(plan.revived)
+        await self._index_the_unindexed()
 
     async def _list(self, stream: RemoteStream) -> tuple[list[RemoteFile], ListingParser]:
         """Read the round's listing up to its end line (the parser has it, and what followed)."""
@@ -518,9 +525,16 @@ class HostSync:
                     item.index = await self._job_result(item, item.job)
             db = self.state.db
 
+            indexing = self.reader is not None
+
             def write_index() -> None:
                 for item in items:
                     if item.index is None:
+                        if not indexing:
+                            # A --no-index run changed these bytes: a row describing the old
+                            # ones would be wrong. The next indexed run indexes the file from
+                            # the mirror (see update.indexer_for).
+                            delete_sessions(db, [(item.row.host, item.row.path)])
                         continue
                     if item.row.size == 0:
                         # Not one whole line yet (or any more): no session, as a rebuild of
@@ -609,6 +623,49 @@ class HostSync:
             row.deleted_at = now
         self.state.commit(rows)
         self.result.files.deleted = len(rows)
+
+    async def _index_the_unindexed(self) -> None:
+        """Index mirrored transcripts the index has no session for, from the mirror.
+
+        They come from runs with ``--no-index`` (which drop the rows of the files they change):
+        an indexed run leaves the index as ``index rebuild`` would make it. Usually there is
+        none, and this is one query.
+        """
+        reader = self.reader
+        if reader is None:
+            return
+        source = self.host.source
+        missing = [
+            (path, size)
+            for path, size in self.state.unindexed_files(self.name)
+            if reader.is_transcript(path) and source.is_append_only(path)  # as _writer indexes
+        ]
+        if not missing:
+            return
+        updates: list[IndexUpdate] = []
+        for path, size in missing:
+            local = self.state.local_path(self.name, path)
+            try:
+                update = await anyio.to_thread.run_sync(
+                    index_local_file, reader, self.name, path, local, size
+                )
+            except OSError as exc:
+                self._fail(
+                    path,
+                    f"cannot read the mirrored file to index it: {exc.strerror or exc}",
+                    "mirror",
+                    "check the destination's permissions, then run again",
+                )
+                continue
+            update.fresh = True
+            updates.append(update)
+        db = self.state.db
+
+        def write_index() -> None:
+            for update in updates:
+                update.write(db)
+
+        self.state.commit([], also=write_index)
 
     def _revive(self, rows: list[FileState]) -> None:
         for row in rows:
@@ -749,7 +806,14 @@ class _FrameHandler:
             row.size = t.row.size
             row.fingerprint = t.row.fingerprint
             indexer = (
-                indexer_for(state.db, reader, self.sync.name, r.path, start=t.row.size)
+                indexer_for(
+                    state.db,
+                    reader,
+                    self.sync.name,
+                    r.path,
+                    start=t.row.size,
+                    local=state.local_path(self.sync.name, r.path),
+                )
                 if indexed and reader is not None and worker is None
                 else None
             )
@@ -771,6 +835,10 @@ class _FrameHandler:
         if indexed and reader is not None and worker is not None:
             start = row.size if t.mode == "append" else 0
             facts = load_facts(state.db, self.sync.name, r.path) if start > 0 else None
+            if facts is None or facts.bytes != start:
+                # The index does not describe the committed bytes (lost, or a --no-index run
+                # appended to them): the worker indexes the file from its first byte.
+                start, facts = 0, None
             writer.job = worker.job(
                 fd=writer.handle.fileno(),
                 host=self.sync.name,

@@ -568,6 +568,16 @@ class MirrorState:
         except sqlite3.Error as exc:
             raise self._db_error(exc, "write checkpoints", placeholders[0][0]) from exc
 
+    def unindexed_files(self, host: str) -> list[tuple[bytes, int]]:
+        """Path and committed size of ``host``'s mirrored files that have bytes but no session
+        in the index (transcripts among them were synced with ``--no-index``)."""
+        cur = self.db.execute(
+            "SELECT f.path, f.size FROM files AS f WHERE f.host = ? AND f.size > 0 AND NOT "
+            "EXISTS (SELECT 1 FROM sessions AS s WHERE s.host = f.host AND s.path = f.path)",
+            (host,),
+        )
+        return [(bytes(path), size) for path, size in cur]
+
     def forget_placeholders(self, keys: Sequence[tuple[str, bytes]]) -> None:
         """Drop the placeholder rows of these files whose rename never happened: a file in its
         place, or a row with anything committed, is kept."""

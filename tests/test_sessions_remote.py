@@ -339,16 +339,20 @@ def test_list_remote_equals_the_mirror_every_format(
         lines.append(f'root = "{root}"')
         if fmt == "jsonl":
             lines.append('include = ["**/*.jsonl"]')
-    # Hostile names, an empty transcript and side files next to OpenClaw's sessions.
+    # Hostile names, an empty transcript and side files next to OpenClaw's sessions, and a
+    # transcript whose first line is still being written (no session yet, either way).
     hostile = hostile_tree(
         fleet.path(name) / "openclaw" / "agents" / "hostile" / "sessions",
         fleet.path(name) / "elsewhere",
     )
+    midwrite = fleet.path(name) / "openclaw" / "agents" / "main" / "sessions" / "midwrite.jsonl"
+    midwrite.write_bytes(b'{"type":"session","version":3,"id":"midwrite","timest')
     subprocess.run(["chmod", "-R", "a+rX", str(fleet.path(name))], check=True)
     inventory = tmp_path / "inventory.toml"
     inventory.write_text("\n".join(lines) + "\n")
     local, remote = mirrored_and_remote_rows(inventory, tmp_path / "mirror", capsys)
     assert remote == local
+    assert (f"{name}-openclaw", "agents/main/sessions/midwrite.jsonl") not in remote
     assert sum(1 for host, _ in remote if host.endswith("-openclaw")) >= len(hostile)
     want = {
         (f"{name}-{fmt}", entry.rel.decode())

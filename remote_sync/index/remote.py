@@ -632,7 +632,6 @@ async def stream_remote_sessions(
     frames = FrameStream(host.name, marker.encode())
     indexer: FileIndexer | None = None
     mtime: float | None = None
-    received = 0
     batch: list[SessionRow] = []
     unread: list[str] = []  # files whose read failed midway
     unreadable: list[str] = []  # files the host would not open
@@ -653,21 +652,21 @@ async def stream_remote_sessions(
                     if type(item) is memoryview:
                         if indexer is not None:
                             indexer.feed(item)
-                            received += len(item)
                         continue
                     assert isinstance(item, Header)
                     kind = item.kind
                     if kind == "F":
                         path = item.arg
                         if source.is_included(path) and reader.is_transcript(path):
-                            indexer, received = FileIndexer(reader, host.name, path), 0
+                            indexer = FileIndexer(reader, host.name, path)
                             mtime = item.mtime
                     elif kind in "EX":
-                        # An empty file is no session (as in a mirror's index); one whose
-                        # read failed midway (X) is left out rather than shown in part.
+                        # A file without a whole line is no session (as in a mirror's index,
+                        # which commits whole lines only); one whose read failed midway (X)
+                        # is left out rather than shown in part.
                         if indexer is not None and kind == "X":
                             unread.append(path_text(path))
-                        if indexer is not None and kind == "E" and received:
+                        if indexer is not None and kind == "E" and indexer.facts.bytes:
                             update = indexer.result()
                             batch.append(
                                 row_from_facts(

@@ -289,7 +289,7 @@ def _add_index(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_join_sort_value(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(_join_dashed_values(sys.argv[1:] if argv is None else argv))
     try:
         code: int = args.run(args)
     except KeyboardInterrupt:
@@ -324,18 +324,31 @@ def entry() -> NoReturn:
     os._exit(code)
 
 
-def _join_sort_value(argv: Sequence[str]) -> list[str]:
-    """``--sort -FIELD`` as ``--sort=-FIELD`` (argparse would take -FIELD for an option)."""
+#: Options whose value may begin with "-": a Claude Code project (``-home-dev-app``), a pi
+#: project (``--srv-app--``), any host name. The next word is their value, whatever it is,
+#: as getopt takes an option's argument.
+_VERBATIM_VALUES = ("--agent", "--host")
+
+
+def _join_dashed_values(argv: Sequence[str]) -> list[str]:
+    """``--sort -FIELD`` as ``--sort=-FIELD``, ``--agent -home-dev-app`` as
+    ``--agent=-home-dev-app`` (argparse would take a value starting with "-" for an option)."""
     out: list[str] = []
     i = 0
     while i < len(argv):
-        value = argv[i + 1] if i + 1 < len(argv) else ""
-        if argv[i] == "--sort" and value[:1] == "-" and value[:2] != "--":
-            out.append(f"--sort={value}")
-            i += 2
-        else:
-            out.append(argv[i])
-            i += 1
+        option = argv[i]
+        if i + 1 < len(argv):
+            value = argv[i + 1]
+            sort = option == "--sort" and value[:1] == "-" and value[:2] != "--"
+            if sort or (option in _VERBATIM_VALUES and value[:1] == "-"):
+                out.append(f"{option}={value}")
+                i += 2
+                continue
+        if option == "--":
+            out.extend(argv[i:])  # operands only from here
+            break
+        out.append(option)
+        i += 1
     return out
 
 

@@ -522,6 +522,36 @@ def test_cli_list_json(index_dest: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert [r.session_id for r in json_rows(out)] == ["once"]
 
 
+def test_cli_values_that_begin_with_a_dash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Claude Code and pi name projects "-home-dev-app" and "--srv-app--": `--agent` (and
+    `--host`) take such a value after a space, as `--sort -FIELD` does."""
+    dest = tmp_path / "mirror"
+    build_index(
+        dest,
+        [
+            Spec("-h", "claude-code", b"-home-dev-app/a.jsonl", facts("a", agent="-home-dev-app")),
+            Spec("h", "pi", b"--srv-app--/b.jsonl", facts("b", agent="--srv-app--")),
+        ],
+    )
+    for args, want in (
+        (["--agent", "-home-dev-app"], ["a"]),
+        (["--agent", "--srv-app--"], ["b"]),
+        (["--host", "-h"], ["a"]),
+        (["--agent=--srv-app--"], ["b"]),
+    ):
+        code, out, err = cli(["sessions", "list", "--json", "-d", str(dest), *args], capsys)
+        assert (code, [r.session_id for r in json_rows(out)]) == (0, want), (args, err)
+    code, out, err = cli(
+        ["sessions", "stats", "--json", "-d", str(dest), "--agent", "-home-dev-app"], capsys
+    )
+    assert code == 0 and json.loads(out.splitlines()[-1])["sessions"] == 1, (out, err)
+    with pytest.raises(SystemExit) as exited:  # other options still want their value
+        main(["sessions", "list", "-d", str(dest), "--limit", "--json"])
+    assert exited.value.code == 2
+
+
 def test_cli_list_table_and_default_dest(
     index_dest: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -552,6 +552,29 @@ def test_cli_values_that_begin_with_a_dash(
     assert exited.value.code == 2
 
 
+def test_a_model_name_with_a_comma_is_one_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "mirror"
+    models = ("acme/chat,2025-06", "b")
+    build_index(dest, [Spec("h", "openclaw", b"a/sessions/a.jsonl", facts("a", models=models))])
+
+    def listed() -> list[list[str]]:
+        code, out, _ = cli(["sessions", "list", "--json", "-d", str(dest)], capsys)
+        assert code == 0
+        return [r.models for r in json_rows(out)]
+
+    assert listed() == [list(models)]
+    code, out, _ = cli(["sessions", "stats", "--json", "-d", str(dest), "--by", "model"], capsys)
+    groups = [json.loads(line) for line in out.splitlines()]
+    assert code == 0
+    assert sorted(g["key"] for g in groups if g.get("type") != "total") == sorted(models)
+    # A row written by an earlier version (rules 1) kept them comma-separated.
+    with sqlite3.connect(dest / ".remote-sync" / "state.db") as db:
+        db.execute("UPDATE sessions SET models = 'x,y'")
+    assert listed() == [["x", "y"]]
+
+
 def test_cli_list_table_and_default_dest(
     index_dest: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

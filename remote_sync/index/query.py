@@ -45,7 +45,7 @@ import msgspec
 
 from ..errors import ConfigError, path_bytes
 from .facts import SessionFacts
-from .store import INDEX_RULES, INT64_MAX, index_rules
+from .store import INDEX_RULES, INT64_MAX, index_rules, models_list
 
 log = logging.getLogger(__name__)
 
@@ -427,7 +427,7 @@ def _row(r: Sequence[Any]) -> SessionRow:
         r[16],
         r[17],
         r[18],
-        r[19].split(",") if r[19] else [],
+        models_list(r[19]),
         r[20],
         r[21],
         r[22],
@@ -694,7 +694,8 @@ def session_stats(
     )
     groups: dict[str | None, list[Any]] = {}
     for models, *figures in cur:
-        for model in models.split(",") if models else [None]:
+        names: list[str | None] = [*models_list(models)] or [None]
+        for model in names:
             acc = groups.get(model)
             if acc is None:
                 acc = groups[model] = [0, 0, 0, 0, 0, 0, 0, None, 0]

@@ -25,7 +25,8 @@ MARK_EVERY = 256
 #: ``index_rules``. Raise it when a reader counts or names something differently: rows
 #: computed under earlier rules stay as they were (old bytes are never read again to update
 #: the index), so listings warn until ``index rebuild`` recounts them. 2: Claude Code's
-#: harness records count as system messages, hosted tool calls as tool calls.
+#: harness records count as system messages, hosted tool calls as tool calls; models are kept
+#: one per line (a model name may hold a comma).
 INDEX_RULES = 2
 
 SCHEMA = """
@@ -50,7 +51,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     tokens_cache_read INTEGER NOT NULL,
     tokens_cache_write INTEGER NOT NULL,
     cost REAL,
-    models TEXT NOT NULL,          -- comma-separated, in order of first use
+    models TEXT NOT NULL,          -- each followed by a newline, in order of first use
     first_ts TEXT,
     last_ts TEXT,
     title TEXT,
@@ -75,6 +76,20 @@ CREATE TABLE IF NOT EXISTS session_marks (
 
 _facts_encoder = msgspec.json.Encoder()
 _facts_decoder = msgspec.json.Decoder(SessionFacts)
+
+
+def models_text(models: Iterable[str]) -> str:
+    """The ``models`` column: each name followed by a newline (one inside a name is a space)."""
+    return "".join(model.replace("\n", " ") + "\n" for model in models)
+
+
+def models_list(text: str) -> list[str]:
+    """The names in a ``models`` column (comma-separated in indexes of rules 1)."""
+    if not text:
+        return []
+    if text[-1] == "\n":
+        return text[:-1].split("\n")
+    return text.split(",")
 
 
 def ensure_schema(db: sqlite3.Connection) -> None:
@@ -139,7 +154,7 @@ def put_session(
             facts.tokens_cache_read,
             facts.tokens_cache_write,
             facts.cost,
-            ",".join(facts.models),
+            models_text(facts.models),
             facts.first_ts,
             facts.last_ts,
             facts.title,

@@ -650,9 +650,10 @@ def _remote_hosts(args: argparse.Namespace, names: list[str]) -> list[Host]:
 
 def _list_remote(
     args: argparse.Namespace, filters: dict[str, Any], failures: list[RemoteSyncError]
-) -> list[SessionRow]:
-    """The hosts' sessions, filtered and sorted by the library; a host that failed is appended
-    to ``failures`` (and said on stderr), and the other hosts' rows are still returned."""
+) -> tuple[list[SessionRow], int]:
+    """The hosts' sessions, filtered and sorted by the library, and how many hosts were asked;
+    a host that failed is appended to ``failures`` (and said on stderr), and the other hosts'
+    rows are still returned."""
     function = _remote_api("stream_sessions")
     hosts = _remote_hosts(args, [args.host] if args.host else [])
 
@@ -669,7 +670,7 @@ def _list_remote(
     result: list[SessionRow] = anyio.run(collect)
     for exc in failures:
         _say(exc)
-    return result
+    return result, len(hosts)
 
 
 def _show_remote(args: argparse.Namespace, how: dict[str, Any]) -> tuple[Any, ShowResult]:
@@ -705,8 +706,10 @@ def run_sessions_list(args: argparse.Namespace) -> int:
         }
         db: sqlite3.Connection | None = None
         failures: list[RemoteSyncError] = []
+        hosts = 0
         if args.remote:
-            rows: Iterable[SessionRow] = _list_remote(args, filters, failures)
+            rows: Iterable[SessionRow]
+            rows, hosts = _list_remote(args, filters, failures)
         else:
             from .index.query import open_index, query_sessions
 
@@ -722,6 +725,9 @@ def run_sessions_list(args: argparse.Namespace) -> int:
         finally:
             if db is not None:
                 db.close()
+        configuration = all(isinstance(exc, ConfigError) for exc in failures)
+        if failures and configuration and len({exc.host for exc in failures}) == hosts:
+            return EXIT_USAGE  # every host failed on its configuration, as in `sync`
         # Some hosts could not be read: the rows shown are not the whole fleet's.
         return EXIT_FAILED if failures else code
     except RemoteSyncError as exc:

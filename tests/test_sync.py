@@ -200,6 +200,14 @@ def test_missing_local_ssh_files_are_configuration_errors(
     code, summary, events = sync(inv, tmp_path / "m", capsys)
     assert code == 2 and summary.hosts_failed == 2
     assert {e.kind for e in events if isinstance(e, ErrorEvent)} == {"config"}
+    # The same for the commands that read the hosts without a mirror.
+    remote = ["--remote", "--inventory", str(inv), "--json"]
+    assert main(["sessions", "list", *remote]) == 2
+    assert main(["sessions", "list", "--host", "h0", *remote]) == 2
+    assert main(["sessions", "show", "h0", "x.jsonl", *remote]) == 2
+    inv.write_text(text)  # one host's key missing again: the other host is read
+    assert main(["sessions", "list", *remote]) == 1
+    capsys.readouterr()
 
 
 def test_partial_trailing_line_waits_for_its_newline(

@@ -7,6 +7,7 @@ import os
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import anyio
@@ -36,6 +37,22 @@ def inventory(fleet: SSHFleet, tmp_path: Path, fmt: str, root: Path) -> Path:
         f'[[hosts]]\nname = "h0"\naddress = "h0"\nformat = "{fmt}"\nroot = "{root}"\n'
     )
     return path
+
+
+def served_tree(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    fmt: str,
+    subdir: str,
+    count: int,
+    rng: random.Random,
+    **kw: Any,
+) -> tuple[Any, Path, Path]:
+    """A generated tree of ``fmt`` on host h0, its inventory, and a destination for it."""
+    root = fleet.path("h0", subdir)
+    tree = build_tree(fmt, root, count, rng, **kw)
+    make_readable(root)
+    return tree, inventory(fleet, tmp_path, fmt, root), tmp_path / "m"
 
 
 def make_readable(root: Path) -> None:
@@ -94,11 +111,9 @@ def test_index_after_many_incremental_syncs_equals_a_rebuild(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rng = random.Random(7)
-    root = fleet.path("h0", "cc")
-    tree = build_tree("claude-code", root, 5, rng, messages=20, split_responses=True)
-    make_readable(root)
-    inv = inventory(fleet, tmp_path, "claude-code", root)
-    dest = tmp_path / "m"
+    tree, inv, dest = served_tree(
+        fleet, tmp_path, "claude-code", "cc", 5, rng, messages=20, split_responses=True
+    )
     assert sync(inv, dest) == 0
     for round_no in range(6):
         for t in rng.sample(tree.transcripts, 3):
@@ -138,11 +153,7 @@ def test_rounds_with_no_index_then_indexed_rounds_equal_a_rebuild(
     if worker:
         monkeypatch.setenv("REMOTE_SYNC_INDEX_WORKER_MIN_BYTES", "0")
     rng = random.Random(21)
-    root = fleet.path("h0", "oc")
-    tree = build_tree("openclaw", root, 4, rng, messages=300)
-    make_readable(root)
-    inv = inventory(fleet, tmp_path, "openclaw", root)
-    dest = tmp_path / "m"
+    tree, inv, dest = served_tree(fleet, tmp_path, "openclaw", "oc", 4, rng, messages=300)
     grown, still = tree.transcripts[0], tree.transcripts[1]
 
     def grow(t: object) -> None:
@@ -180,11 +191,9 @@ def test_rewritten_session_is_reindexed_from_its_new_content(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rng = random.Random(3)
-    root = fleet.path("h0", "pico")
-    tree = build_tree("picoclaw", root, 3, rng, messages=30, compacted=0.0)
-    make_readable(root)
-    inv = inventory(fleet, tmp_path, "picoclaw", root)
-    dest = tmp_path / "m"
+    tree, inv, dest = served_tree(
+        fleet, tmp_path, "picoclaw", "pico", 3, rng, messages=30, compacted=0.0
+    )
     assert sync(inv, dest) == 0
     target = tree.transcripts[0]
     smaller = generate("picoclaw", rng, messages=4)
@@ -202,11 +211,7 @@ def test_a_session_archived_by_the_host_counts_once(
     """OpenClaw's /reset renames ``<id>.jsonl`` to ``<id>.jsonl.reset.<time>``: the old path
     is gone from the host, the same conversation is there under the new name."""
     rng = random.Random(4)
-    root = fleet.path("h0", "claw")
-    tree = build_tree("openclaw", root, 3, rng, messages=20)
-    make_readable(root)
-    inv = inventory(fleet, tmp_path, "openclaw", root)
-    dest = tmp_path / "m"
+    tree, inv, dest = served_tree(fleet, tmp_path, "openclaw", "claw", 3, rng, messages=20)
     assert sync(inv, dest) == 0
 
     def stats() -> dict[str, object]:

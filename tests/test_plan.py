@@ -11,8 +11,11 @@ def remote(path: bytes, size: int, ino: int = 7, mtime: float = 1.0) -> RemoteFi
     return RemoteFile(path, size, mtime, 1, ino)
 
 
-def row(path: bytes, size: int, ino: int = 7, kind: str = "append", **kw: object) -> FileState:
-    return FileState("h", path, kind, size, size, 1.0, 1, ino, b"", **kw)  # type: ignore[arg-type]
+def row(
+    path: bytes, size: int, ino: int = 7, kind: str = "append", fingerprint: bytes = b"f" * 16
+) -> FileState:
+    """A committed checkpoint (every one has a fingerprint; an empty one is a placeholder's)."""
+    return FileState("h", path, kind, size, size, 1.0, 1, ino, fingerprint)
 
 
 def plan(listing: list[RemoteFile], rows: list[FileState], complete: bool = True):  # type: ignore[no-untyped-def]
@@ -65,6 +68,16 @@ def test_kinds_of_decision() -> None:
     assert [r.path for r in p.deleted] == [b"gone.jsonl"]
     # An incomplete listing records no deletion.
     assert plan(listing, rows, complete=False).deleted == []
+    # A placeholder (renamed into place before its first commit) is new, fetched whole.
+    placeholder = row(b"grew.jsonl", 50_000, ino=-1, fingerprint=b"")
+    (t,) = plan([remote(b"grew.jsonl", 60_240)], [placeholder]).transfers
+    assert (t.mode, t.category, t.start, t.length, t.row) == (
+        "whole",
+        "new",
+        0,
+        60_240,
+        placeholder,
+    )
 
 
 def test_the_same_size_with_another_mtime_is_verified_by_its_overlap() -> None:

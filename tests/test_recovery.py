@@ -3,11 +3,13 @@ mirror: nothing kept is ever overwritten, no file is spliced, and the index foll
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 from sshfleet import SSHFleet
 from synchelp import append, run_cli, session_bytes, write_inventory
 
+from remote_sync.cli import main
 from remote_sync.errors import DestinationError, MirrorError, StateError
 from remote_sync.events import ErrorEvent, Summary
 from remote_sync.formats.readers import get_reader
@@ -142,7 +145,8 @@ def test_a_new_file_renamed_in_before_its_first_commit_is_kept_and_indexed(dest:
         rows = state.host_files("h")
     assert sorted(rows) == [other, SESSION]  # the intents alone are forgotten
     row = rows[other]
-    assert (row.size, row.ino, row.fingerprint) == (len(new), -1, fingerprint_of(new[:1024]))
+    # No fingerprint until a round fetches it as the new file it is (and sees a rename).
+    assert (row.size, row.ino, row.fingerprint) == (len(new), -1, b"")
     assert notes == [
         f"h: {other.decode()}: found before its first commit ({len(new)} bytes); "
         "it will be fetched whole"
@@ -469,6 +473,74 @@ def test_new_files_killed_before_their_first_commit_are_not_left_unknown(
     }
     assert {rel: (dest / "h0" / rel).read_bytes() for rel in contents} == contents
     assert len(index_rows(dest)) == 3
+    assert_index_is_a_rebuild(dest)
+
+
+def test_an_archive_killed_before_its_first_commit_is_still_a_rename(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OpenClaw archives a session (renames it) and the sync that fetches the archive dies
+    before its commit: the rerun still sees one conversation renamed, not two."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/s.jsonl"
+    archive = rel + ".reset.2026-11-22T03-00-00.000Z"
+    fleet.write("h0", rel, lines(random.Random(17), 12))
+    assert sync(inv, dest, capsys)[0] == 0
+    os.rename(fleet.path("h0", rel), fleet.path("h0", archive))
+    assert faulty_sync(inv, dest, "before_commit") == 9
+    code, summary = sync(inv, dest, capsys)
+    assert (code, summary.files.new, summary.files.grown, summary.files.deleted) == (0, 1, 0, 1)
+    with MirrorState(dest) as state:
+        rows = state.host_files("h0")
+    assert (rows[rel.encode()].state, rows[archive.encode()].state) == ("renamed", "live")
+    capsys.readouterr()
+    assert main(["sessions", "list", "--dest", str(dest), "--json"]) == 0
+    assert [json.loads(line)["path"] for line in capsys.readouterr().out.splitlines()] == [archive]
+    assert_index_is_a_rebuild(dest)
+
+
+def test_a_new_file_without_a_line_killed_before_its_commit_leaves_no_row(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/midwrite.jsonl"
+    fleet.write("h0", "agents/a/sessions/s.jsonl", lines(random.Random(18), 3))
+    fleet.write("h0", rel, b'{"type":"session","id":"mid')  # the agent is mid-write
+    assert faulty_sync(inv, dest, "before_commit") == 9
+    os.unlink(fleet.path("h0", rel))
+    code, summary = sync(inv, dest, capsys)
+    assert (code, summary.files.deleted) == (0, 0)
+    with MirrorState(dest) as state:
+        assert rel.encode() not in state.host_files("h0")
+
+
+def test_a_same_size_rewrite_killed_before_its_commit_is_counted_from_disk(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The old copy went to versions/ and the new one (as long) into place, uncommitted; the
+    host then deletes the file. The checkpoint and the index follow what the mirror holds."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(19)
+    rel = "agents/a/sessions/s.jsonl"
+    old = lines(rng, 12)
+    new = lines(rng, 40, start=500)[: len(old)]
+    new = new[: new.rindex(b"\n")] + b"x" * (len(old) - new.rindex(b"\n") - 1) + b"\n"
+    assert len(new) == len(old)
+    fleet.write("h0", rel, old)
+    assert sync(inv, dest, capsys)[0] == 0
+    fleet.write("h0", rel, new)  # in place: same inode, same size, another mtime
+    os.utime(fleet.path("h0", rel), (time.time() + 5, time.time() + 5))
+    assert faulty_sync(inv, dest, "before_commit") == 9
+    os.unlink(fleet.path("h0", rel))
+    assert sync(inv, dest, capsys)[0] == 0
+    with MirrorState(dest) as state:
+        row = state.host_files("h0")[rel.encode()]
+        kept = state.version_path("h0", rel.encode(), 1)
+    assert (dest / "h0" / rel).read_bytes() == new and kept.read_bytes() == old
+    assert (row.state, row.version, row.fingerprint) == ("deleted", 1, fingerprint_of(new[:1024]))
     assert_index_is_a_rebuild(dest)
 
 

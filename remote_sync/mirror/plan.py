@@ -126,10 +126,12 @@ def make_plan(
 
 
 def _decide(remote: RemoteFile, row: FileState | None, kind: str) -> Transfer | None:
-    if row is None:
+    if row is None or not row.fingerprint:
+        # No checkpoint, or a placeholder's (a file renamed into place before its first
+        # commit, see MirrorState.mark_in_doubt): new, fetched whole and compared.
         if remote.size == 0 and kind == "append":
             return None  # an empty transcript: nothing to mirror until it has a line
-        return Transfer(remote, kind, "whole", "new", 0, remote.size, None)
+        return Transfer(remote, kind, "whole", "new", 0, remote.size, row)
     if kind == "whole" or row.kind != kind:
         if (
             remote.size == row.remote_size

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
@@ -85,7 +86,9 @@ CREATE TABLE IF NOT EXISTS files (
 """
 
 #: The inode recovery sees for a placeholder row: a new file about to be renamed into place,
-#: nothing of it committed yet (stored as size 0, inode -1 and an empty fingerprint).
+#: nothing of it committed yet (stored as size 0, inode -1 and an empty fingerprint; after a
+#: kill, recovery gives it the size on disk and keeps the empty fingerprint until the next
+#: round fetches it as new). Every committed row has a fingerprint (:func:`fingerprint_of`).
 PLACEHOLDER = -2
 
 #: How many leading bytes identify a file's content (Filebeat's fingerprint uses 1 KiB too).
@@ -330,8 +333,8 @@ class MirrorState:
             local = os.path.join(os.fsencode(self.dest / host), path)
             try:
                 size = _size_of(local)
-                if size == committed:
-                    continue
+                if size == committed and ino >= 0:
+                    continue  # the usual case: one stat
                 kept = self.last_version_on_disk(host, path, version)
                 if size < 0 and kept > version:
                     # Killed between a rewrite's two renames: the old copy went to versions/
@@ -343,13 +346,17 @@ class MirrorState:
                     notes.append(
                         f"{host}: {path_text(path)}: put back from versions/ (v{kept + 1})"
                     )
-                    if size == committed:
+                if ino == PLACEHOLDER:
+                    if _size_of_regular(local) <= 0:
+                        # A new file's row written before its rename, which never happened
+                        # (or failed: something else is in the way), or brought nothing (no
+                        # whole line yet): the row was only ever an intent.
+                        forgotten.append((host, path))
                         continue
-                elif ino == PLACEHOLDER and not os.path.isfile(local):
-                    # A new file's row written before its rename, which never happened (or
-                    # failed: something else is in the way): the row was only ever an intent.
-                    forgotten.append((host, path))
-                    continue
+                    if size == committed:
+                        continue  # followed already (see below), still to be fetched whole
+                elif size == committed and kept == version:
+                    continue  # in doubt, but nothing replaced it: it is as committed
                 if size > committed and kind == "append" and kept == version and ino >= 0:
                     # Appended in place beyond the checkpoint: those bytes were never committed.
                     # (A file about to be replaced by rename is marked in doubt, -1, first, and
@@ -373,17 +380,19 @@ class MirrorState:
                 row.size = max(size, 0)
                 row.ino = -1
                 row.version = kept
-                if size > 0:
-                    with open(local, "rb") as src:
-                        row.fingerprint = fingerprint_of(src.read(FINGERPRINT_BYTES))
-                followed.append(row)
                 if ino == PLACEHOLDER:
+                    # Its fingerprint stays empty: the next round takes it for a new file
+                    # (plan._decide), as it was, so that a rename is still seen as one.
                     first_seen.add((host, path))
                     found = f"found before its first commit ({size} bytes)"
                 else:
+                    if size > 0:
+                        with open(local, "rb") as src:
+                            row.fingerprint = fingerprint_of(src.read(FINGERPRINT_BYTES))
                     found = "does not match its checkpoint" + (
                         " (missing)" if size < 0 else f" ({size} bytes, {committed} committed)"
                     )
+                followed.append(row)
                 notes.append(f"{host}: {path_text(path)}: {found}; it will be fetched whole")
             except OSError as exc:
                 raise MirrorError(
@@ -455,7 +464,7 @@ class MirrorState:
         placeholder (see :meth:`mark_in_doubt`) is given as :data:`PLACEHOLDER`."""
         query = (
             "SELECT host, path, kind, size, version, "
-            f"CASE WHEN size = 0 AND fingerprint = X'' THEN {PLACEHOLDER} ELSE ino END FROM files"
+            f"CASE WHEN fingerprint = X'' THEN {PLACEHOLDER} ELSE ino END FROM files"
         )
         if hosts is None:
             return [(h, bytes(p), k, n, v, i) for h, p, k, n, v, i in self.db.execute(query)]
@@ -579,9 +588,9 @@ class MirrorState:
         return [(bytes(path), size) for path, size in cur]
 
     def forget_placeholders(self, keys: Sequence[tuple[str, bytes]]) -> None:
-        """Drop the placeholder rows of these files whose rename never happened: a file in its
-        place, or a row with anything committed, is kept."""
-        keys = [key for key in keys if not os.path.isfile(self.local_path(*key))]
+        """Drop the placeholder rows of these files whose rename never happened or brought no
+        byte: a row for a file with bytes in its place, or with anything committed, is kept."""
+        keys = [key for key in keys if _size_of_regular(self.local_path(*key)) <= 0]
         if not keys:
             return
         try:
@@ -664,6 +673,15 @@ def _size_of(path: bytes) -> int:
         return os.stat(path).st_size
     except FileNotFoundError:
         return -1
+
+
+def _size_of_regular(path: Path | bytes) -> int:
+    """The size of a regular file, or -1 when there is none (missing, a directory...)."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return -1
+    return st.st_size if stat.S_ISREG(st.st_mode) else -1
 
 
 def fsync_dir(directory: bytes | str | os.PathLike[str]) -> None:

@@ -154,6 +154,11 @@ def test_a_new_file_renamed_in_before_its_first_commit_is_kept_and_indexed(dest:
     assert (dest / "h" / os.fsdecode(other)).read_bytes() == new
     assert [r[1] for r in index_rows(dest)] == [other, SESSION]
     assert_index_is_a_rebuild(dest)
+    (dest / "h" / os.fsdecode(other)).unlink()  # removed by hand before it was fetched again
+    with MirrorState(dest) as state:
+        state.recover(["h"])
+        assert sorted(state.host_files("h")) == [SESSION]
+    assert_index_is_a_rebuild(dest)
 
 
 def test_a_file_found_before_its_first_commit_stays_out_of_an_unindexed_mirror(

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DestinationError, LockedError, MirrorError, StateError, path_text
+from ..index.store import delete_sessions, index_rules, record_index_rules
 from ..index.store import ensure_schema as ensure_index_schema
-from ..index.store import index_rules, record_index_rules
 
 CONTROL_DIR = ".remote-sync"
 #: The longest file name (bytes) of the file systems a mirror lives on (ext4, XFS, btrfs...).
@@ -423,7 +423,6 @@ class MirrorState:
         before their first commit), the transcripts of hosts whose other files are indexed.
         """
         from ..formats.readers import get_reader
-        from ..index.store import delete_sessions
         from ..index.update import index_local_file
 
         formats = {host: fmt for host, (fmt, _root) in self.hosts().items()}
@@ -589,17 +588,19 @@ class MirrorState:
 
     def forget_placeholders(self, keys: Sequence[tuple[str, bytes]]) -> None:
         """Drop the placeholder rows of these files whose rename never happened or brought no
-        byte: a row for a file with bytes in its place, or with anything committed, is kept."""
+        byte (or whose file is gone since): a row for a file with bytes in its place, or with
+        anything committed, is kept."""
         keys = [key for key in keys if _size_of_regular(self.local_path(*key)) <= 0]
         if not keys:
             return
         try:
             with self.transaction():
-                self.db.executemany(
-                    "DELETE FROM files WHERE host = ? AND path = ? AND size = 0 "
-                    "AND fingerprint = X''",
-                    keys,
-                )
+                for key in keys:
+                    dropped = self.db.execute(
+                        "DELETE FROM files WHERE host = ? AND path = ? AND fingerprint = X''", key
+                    )
+                    if dropped.rowcount:  # with the session recovery may have indexed
+                        delete_sessions(self.db, [key])
         except sqlite3.Error as exc:
             raise self._db_error(exc, "write checkpoints", keys[0][0]) from exc
 

@@ -151,6 +151,19 @@ class RemoteCommandError(SSHError):
         tail = self.stderr_tail.decode("utf-8", "replace").strip()
         return f"{base}\n  remote stderr: {tail}" if tail else base
 
+    def restated(
+        self, message: str, *, host: str | None, hint: str | None = None
+    ) -> RemoteCommandError:
+        """The same failure said the way the caller knows it (its exit status and stderr
+        kept), to be raised ``from`` this one."""
+        return RemoteCommandError(
+            message,
+            host=host,
+            hint=hint,
+            exit_status=self.exit_status,
+            stderr_tail=self.stderr_tail,
+        )
+
 
 class TransferCancelledError(RemoteSyncError):
     """The transfer was cancelled through the cancellation registry (or Ctrl-C)."""

@@ -99,35 +99,20 @@ class FileIndexer:
 
 
 def indexer_for(
-    db: sqlite3.Connection,
-    reader: FormatReader,
-    host: str,
-    path: bytes,
-    *,
-    start: int,
-    local: Path | None = None,
-) -> FileIndexer:
+    db: sqlite3.Connection, reader: FormatReader, host: str, path: bytes, *, start: int
+) -> FileIndexer | None:
     """An indexer continuing the stored facts when ``start`` > 0, else starting afresh.
 
-    Stored facts that do not describe exactly the ``start`` committed bytes (none, or fewer:
-    a ``--no-index`` run appended to the file, or an older version's index lost it) are made
-    again from the first ``start`` bytes of the mirrored file ``local``: the one case where
-    old bytes are read again. Without ``local`` the indexer goes on from an empty history.
+    None when the stored facts do not describe exactly the ``start`` committed bytes (none,
+    or fewer: a ``--no-index`` run appended to the file, or an older version's index lost
+    it): new bytes cannot be added to them. The sync then drops the session and indexes the
+    file from the mirror at the end of its round (``HostSync._index_the_unindexed``).
     """
-    facts = load_facts(db, host, path) if start > 0 else None
-    if start > 0 and (facts is None or facts.bytes != start):
-        if local is None:
-            indexer = FileIndexer(reader, host, path, start=start)
-            indexer.update.fresh = True
-            return indexer
-        try:
-            caught_up = index_range(reader, host, path, local, start=0, end=start)
-        except OSError:  # the writer that opens it next says what is wrong
-            return indexer_for(db, reader, host, path, start=start)
-        indexer = FileIndexer(reader, host, path, start=start, facts=caught_up.facts)
-        indexer.update.fresh = True
-        indexer.update.marks.extend(caught_up.marks)
-        return indexer
+    if start == 0:
+        return FileIndexer(reader, host, path)
+    facts = load_facts(db, host, path)
+    if facts is None or facts.bytes != start:
+        return None
     return FileIndexer(reader, host, path, start=start, facts=facts)
 
 

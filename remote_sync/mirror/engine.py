@@ -337,11 +337,8 @@ class HostSync:
             try:
                 await _drain_stream(stream)  # the command exits with the listing's status
             except RemoteCommandError as exc:
-                raise RemoteCommandError(
-                    f"the listing failed (status {parser.end[0]})",
-                    host=self.name,
-                    exit_status=exc.exit_status,
-                    stderr_tail=exc.stderr_tail,
+                raise exc.restated(
+                    f"the listing failed (status {parser.end[0]})", host=self.name
                 ) from exc
             raise ProtocolError(
                 f"the listing failed with status {parser.end[0]}, the command did not",
@@ -421,11 +418,9 @@ class HostSync:
                 await self._consume(stream, parser, handler, b"")
         except RemoteCommandError as exc:
             if exc.exit_status == EXIT_ROOT_UNUSABLE:
-                raise RemoteCommandError(
+                raise exc.restated(
                     f"the remote root {self.host.source.root!r} vanished during the fetch",
                     host=self.name,
-                    exit_status=exc.exit_status,
-                    stderr_tail=exc.stderr_tail,
                 ) from exc
             raise
         return handler.again
@@ -525,16 +520,14 @@ class HostSync:
                     item.index = await self._job_result(item, item.job)
             db = self.state.db
 
-            indexing = self.reader is not None
-
             def write_index() -> None:
                 for item in items:
                     if item.index is None:
-                        if not indexing:
-                            # A --no-index run changed these bytes: a row describing the old
-                            # ones would be wrong. The next indexed run indexes the file from
-                            # the mirror (see update.indexer_for).
-                            delete_sessions(db, [(item.row.host, item.row.path)])
+                        # No facts for these bytes (a --no-index run, a session the index
+                        # could not continue, a file that is no transcript): a row describing
+                        # older bytes would be wrong. The next indexed round's end makes it
+                        # again from the mirror (_index_the_unindexed).
+                        delete_sessions(db, [(item.row.host, item.row.path)])
                         continue
                     if item.row.size == 0:
                         # Not one whole line yet (or any more): no session, as a rebuild of
@@ -806,14 +799,7 @@ class _FrameHandler:
             row.size = t.row.size
             row.fingerprint = t.row.fingerprint
             indexer = (
-                indexer_for(
-                    state.db,
-                    reader,
-                    self.sync.name,
-                    r.path,
-                    start=t.row.size,
-                    local=state.local_path(self.sync.name, r.path),
-                )
+                indexer_for(state.db, reader, self.sync.name, r.path, start=t.row.size)
                 if indexed and reader is not None and worker is None
                 else None
             )
@@ -835,10 +821,8 @@ class _FrameHandler:
         if indexed and reader is not None and worker is not None:
             start = row.size if t.mode == "append" else 0
             facts = load_facts(state.db, self.sync.name, r.path) if start > 0 else None
-            if facts is None or facts.bytes != start:
-                # The index does not describe the committed bytes (lost, or a --no-index run
-                # appended to them): the worker indexes the file from its first byte.
-                start, facts = 0, None
+            if start > 0 and (facts is None or facts.bytes != start):
+                return writer  # no facts to continue: indexed at the round's end (indexer_for)
             writer.job = worker.job(
                 fd=writer.handle.fileno(),
                 host=self.sync.name,
@@ -846,8 +830,8 @@ class _FrameHandler:
                 fmt=reader.name,
                 start=start,
                 facts=facts,
-                # No stored facts: a whole fetch, or an append to a session the index lost
-                # (made by an older version); either way its marks start afresh.
+                # No stored facts: a whole fetch (or an append to an empty file), whose marks
+                # start afresh.
                 fresh=facts is None,
             )
         return writer

@@ -138,11 +138,9 @@ EXIT_ROOT_UNUSABLE = 3
 
 def root_unusable(exc: RemoteCommandError, host: str, root: str) -> RemoteCommandError:
     """The clear error for a command that exited with :data:`EXIT_ROOT_UNUSABLE`."""
-    return RemoteCommandError(
+    return exc.restated(
         f"the remote root {root!r} does not exist or cannot be entered",
         host=host,
-        exit_status=exc.exit_status,
-        stderr_tail=exc.stderr_tail,
         hint="check 'root' (and 'format') for this host in the inventory",
     )
 

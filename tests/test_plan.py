@@ -96,3 +96,17 @@ def test_the_same_size_with_another_mtime_is_verified_by_its_overlap() -> None:
         OVERLAP_BYTES,
     )
     assert [r.path for r in p.unchanged] == [b"partial.jsonl"]
+
+
+def test_a_file_copied_whole_is_hashed_whole_when_read_in_more_than_one_read() -> None:
+    """The host reads a whole copy plus one byte; above one read (64 KiB) it hashes the whole
+    file after the read. Transcripts keep their head check; nothing is both."""
+    listing = [
+        remote(b"small.json", 65_535),
+        remote(b"long.json", 65_536),
+        remote(b"s.jsonl", 200_000),
+    ]
+    requests = {t.remote.path: t.request() for t in plan(listing, []).transfers}
+    assert not requests[b"small.json"].check_whole and requests[b"small.json"].detect_growth
+    assert requests[b"long.json"].check_whole and not requests[b"long.json"].check
+    assert requests[b"s.jsonl"].check and not requests[b"s.jsonl"].check_whole

@@ -372,6 +372,10 @@ def test_fetch_request_and_marker_validation() -> None:
         FrameParser("h", b"short", [])
     with pytest.raises(ValueError):
         fetch_stdin([], "NOT-HEX" * 5)
+    for checks in ({"check": True}, {"archive": True}):
+        with pytest.raises(ValueError):
+            FetchRequest(b"a", 0, 1, check_whole=True, **checks)
+    assert fetch_stdin([FetchRequest(b"i.json", 0, 70000, detect_growth=True, check_whole=True)])
     marker = new_marker()
     assert len(marker) == 32 and marker != new_marker()
     requests = [FetchRequest(b"a:b\nc", 7, 9), FetchRequest(b"\xff", 0, 1)]
@@ -1190,6 +1194,30 @@ def test_local_fetch_sends_the_digest_of_each_checked_head(toolset: Runner, tmp_
     assert digests == want
     outcomes = collect([e for e in events if not isinstance(e, HeadDigest)])
     assert [outcomes[i][0] for i in range(len(requests))] == ["End"] * 4 + ["Gone"] + ["End"] * 2
+
+
+def test_local_fetch_sends_the_digest_of_a_whole_file(toolset: Runner, tmp_path: Path) -> None:
+    """After a range with ``check_whole``, the md5 of the whole file as it is on the host
+    (``None`` without md5sum); a range without a check has no digest line."""
+    root = tmp_path / "root"
+    root.mkdir()
+    index = os.urandom(200_000)
+    (root / "sessions.json").write_bytes(index)
+    (root / "meta.json").write_bytes(b"{}")
+    requests = [
+        FetchRequest(b"sessions.json", 0, 200_000, detect_growth=True, check_whole=True),
+        FetchRequest(b"meta.json", 0, 2, detect_growth=True),
+        FetchRequest(b"gone.json", 0, 2, detect_growth=True, check_whole=True),
+    ]
+    marker = new_marker()
+    rc, out, err = run_local(toolset, fetch_argv(str(root)), fetch_stdin(requests, marker))
+    assert rc == 0, err
+    events = feed_frames(FrameParser("h", marker.encode(), requests), out, range(0, len(out), 997))
+    has_md5 = any((Path(d) / "md5sum").exists() for d in toolset[1]["PATH"].split(os.pathsep))
+    digests = [(e.indices, e.digest) for e in events if isinstance(e, HeadDigest)]
+    assert digests == [((0,), hashlib.md5(index).digest() if has_md5 else None)]
+    outcomes = collect([e for e in events if not isinstance(e, HeadDigest)])
+    assert outcomes == {0: ("End", index), 1: ("End", b"{}"), 2: ("Gone", b"")}
 
 
 def test_local_fetch_batches_and_errors(toolset: Runner, tmp_path: Path) -> None:

@@ -42,10 +42,18 @@ def run_sync(inv: Path, dest: Path) -> Summary:
 
 
 def rewrite_on_first_data(
-    monkeypatch: pytest.MonkeyPatch, path: Path, new: bytearray, times: int = 1
+    monkeypatch: pytest.MonkeyPatch,
+    path: Path,
+    new: bytearray,
+    times: int = 1,
+    *,
+    rel: str = REL,
+    by_rename: bool = False,
 ) -> list[int]:
-    """When the first bytes of ``REL`` arrive, rewrite it on the host in place (same inode),
-    in the first ``times`` fetches of it; returns the list the rewrites are counted in."""
+    """When the first bytes of ``rel`` arrive, rewrite it on the host in place (same inode),
+    or with ``by_rename`` replace it by a renamed new file (as agents save their JSON
+    indexes), in the first ``times`` fetches of it; returns the list the rewrites are counted
+    in."""
     real = engine._FrameHandler.handle
     rewrites: list[int] = []
     seen: list[engine._FrameHandler] = []  # kept alive: a freed handler's id() is reused
@@ -55,16 +63,19 @@ def rewrite_on_first_data(
             len(rewrites) < times
             and isinstance(event, Data)
             and not any(handler is self for handler in seen)
-            and self.transfers[event.index].remote.path == REL.encode()
+            and self.transfers[event.index].remote.path == rel.encode()
         ):
             seen.append(self)
             new[:1] = b"{" if len(rewrites) % 2 else b" "  # each rewrite another head
-            # Overwritten from its start, then cut to the new length: the same rewrite as a
-            # truncate and a write, without the instant in which the file is shorter than the
-            # reader's offset (the reader would see its end there: a short read, not a splice).
-            with open(path, "r+b") as f:
-                f.write(new)
-                f.truncate(len(new))
+            if by_rename:
+                path.with_name(path.name + ".tmp").write_bytes(new)
+                path.with_name(path.name + ".tmp").replace(path)
+            else:
+                # Overwritten from its start, then cut to the new length: the same rewrite as
+                # a truncate and a write, without the instant in which the file is shorter
+                # than the reader's offset (the reader would see its end there: a short read,
+                # not a splice).
+                rewrite(path, bytes(new))
             rewrites.append(len(new))
         await real(self, event)
 
@@ -108,6 +119,53 @@ def test_a_file_rewritten_in_place_while_read_is_never_committed_spliced(
     else:
         assert not kept.exists()
         assert summary.files.new == 1
+
+
+INDEX_REL = "agents/a/sessions/sessions.json"
+
+
+def sessions_index(size: int, seed: int) -> bytes:
+    """A pretty-printed JSON index of exactly ``size`` bytes (copied whole, not by lines)."""
+    rng = random.Random(seed)
+    body = b"{\n" + b"".join(
+        b'  "agent:a:%08x": {"sessionId": "%032x", "updatedAt": %d},\n'
+        % (rng.getrandbits(32), rng.getrandbits(128), rng.getrandbits(40))
+        for _ in range(size // 90 + 1)
+    )
+    return body[: size - 2] + b"}\n"
+
+
+@pytest.mark.parametrize("how", ["in place", "by rename"])
+def test_a_file_copied_whole_is_never_committed_spliced(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A JSON index (copied whole: no overlap, no line ends to check) rewritten *in place to
+    the same size* while it is read would come as its old start and its new end. The host
+    hashes the whole file after the read, from a descriptor opened with the reader's: in
+    place, that differs from the bytes read, and the file is fetched again. Replaced by a
+    rename (how agents save such files), the descriptor still holds the copy that was read,
+    which is consistent: it is committed as read, and the next run fetches the new file."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    size = 3 * 1024 * 1024
+    old = sessions_index(size, 1)
+    path = fleet.write("h0", INDEX_REL, old)
+    new = bytearray(sessions_index(size, 2))
+    rewrites = rewrite_on_first_data(
+        monkeypatch, path, new, rel=INDEX_REL, by_rename=how == "by rename"
+    )
+    summary = run_sync(inv, dest)
+    assert len(rewrites) == 1 and len(new) == size
+    assert summary.exit_code == 0, summary
+    mirrored = (dest / "h0" / INDEX_REL).read_bytes()
+    if how == "in place":
+        assert mirrored == new  # fetched again, not the old start with the new end
+    else:
+        assert mirrored == old  # the file that was open, whole; nothing fetched twice
+        monkeypatch.undo()
+        assert run_sync(inv, dest).exit_code == 0
+        assert (dest / "h0" / INDEX_REL).read_bytes() == new
+    assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
 
 
 def test_a_file_rewritten_during_every_read_fails_alone_and_the_next_run_gets_it(

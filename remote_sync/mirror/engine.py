@@ -399,7 +399,9 @@ class HostSync:
         requests = [
             # The file changed since the listing: its listed size says nothing of how long
             # the read is, so every transcript is checked.
-            FetchRequest(t.remote.path, 0, TO_EOF, check=t.kind == "append")
+            FetchRequest(
+                t.remote.path, 0, TO_EOF, check=t.kind == "append", check_whole=t.kind == "whole"
+            )
             for t in transfers
         ]
         marker = new_marker()
@@ -690,7 +692,9 @@ class _FrameHandler:
     A checked file (see :attr:`FetchRequest.check`) is finished but *held* until the host's
     digest of its head after the read: a head that changed under the read means the copy may
     be the old head with the new tail, so it is dropped and the file fetched whole again. A
-    rewrite that keeps the first KiB as it was is not seen this way.
+    rewrite that keeps the first KiB as it was is not seen this way. A file copied whole with
+    :attr:`FetchRequest.check_whole` is held the same way until the host's md5 of the whole
+    file agrees with the md5 of the bytes received.
     """
 
     def __init__(
@@ -711,6 +715,8 @@ class _FrameHandler:
         # Finished checked files since the last digest, and the md5 of their heads in order.
         self.held: list[tuple[int, Pending]] = []
         self.held_heads = hashlib.md5(usedforsecurity=False)
+        # The md5 of the bytes of the file being read, when the host hashes it whole.
+        self.whole: hashlib._Hash | None = None
 
     async def handle_all(self, events: Iterable[object]) -> None:
         for event in events:
@@ -719,6 +725,8 @@ class _FrameHandler:
     async def handle(self, event: object) -> None:
         sync = self.sync
         if isinstance(event, Data):
+            if self.whole is not None:
+                self.whole.update(event.data)
             if self.writer is not None:
                 try:
                     self.writer.write(event.data)
@@ -732,6 +740,8 @@ class _FrameHandler:
         t = self.transfers[event.index]  # type: ignore[attr-defined]
         if isinstance(event, Begin):
             self.index = event.index
+            checked_whole = self.requests[event.index].check_whole
+            self.whole = hashlib.md5(usedforsecurity=False) if checked_whole else None
             try:
                 self.writer = self._open(t)
             except RewriteDetected:  # the mirrored copy is not what its checkpoint says
@@ -754,6 +764,13 @@ class _FrameHandler:
                 self._again(t)
                 return
             pending.row.remote_size = t.remote.size
+            whole, self.whole = self.whole, None
+            if whole is not None:
+                # Only a range's digest can be due: the held list is empty, and this file's
+                # digest is the md5 of all its bytes.
+                self.held.append((event.index, pending))
+                self.held_heads = whole
+                return
             # Fewer bytes than a head (a follow-up's read of a small file) came in one read:
             # nothing to check, and the host's head may have grown since.
             if self.requests[event.index].check and len(writer.head) >= HEAD_BYTES:
@@ -857,7 +874,7 @@ class _FrameHandler:
                 "%s: %s: %s; fetching it whole",
                 self.sync.name,
                 path_text(t.remote.path),
-                "its head changed while it was read"
+                "it changed while it was read"
                 if complete
                 else "its batch's heads could not be compared (an entry of it did not end)",
             )

@@ -105,6 +105,7 @@ class HeadDigest:
     """The md5 of the first KiBs of the requests ``indices`` (one after another), read on the
     host after their bytes were: if it is not the md5 of the heads the client received (or
     holds), a file was rewritten in place while it was read, and its copy may be spliced.
+    After a request with ``check_whole``, the md5 of that whole file instead.
 
     ``digest`` is None when the host could not hash (no ``md5sum``): nothing to check.
     """

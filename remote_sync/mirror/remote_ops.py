@@ -55,7 +55,9 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     gets one such line after its end: the md5 of their first KiBs, one after another. A file
     truncated and rewritten in place while it was being read gives a copy made of the old
     head and the new tail; this line is how the client sees that the head changed under the
-    read (:class:`HeadDigest`).
+    read (:class:`HeadDigest`). A request with ``check_whole`` (``w`` before its start) gets
+    the same line with the md5 of the whole file, read from a descriptor opened before the
+    read: for files copied whole, which have no head the client could trust on its own.
 
     A range is read from the file opened once: one ``dd`` with byte counts seeks and reads
     where ``dd`` knows ``iflag=skip_bytes,count_bytes``; elsewhere ``dd`` seeks (``skip``, no
@@ -382,6 +384,10 @@ _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\n" + _LISTING_BODY
 # entries, in order (head -q reads them all at once; where head lacks -q, one dd each). The
 # probe for md5sum and head -q runs once per batch, outside the command substitutions.
 # Without md5sum (some BusyBox builds), or when it prints nothing, the digest is "-".
+# A file copied whole has no overlap and no line ends to check, so a long read of one ("w"
+# before its start) is followed by the md5 of the whole file instead: from a second
+# descriptor opened with the reader's, so a file replaced by a rename meanwhile (how agents
+# save their JSON indexes) is hashed as it was read, and only a rewrite in place differs.
 _FETCH_BATCH_SCRIPT = (
     UNDER_SYMLINK_SH
     + r"""m=$REMOTE_SYNC_MARKER
@@ -473,10 +479,19 @@ read_rest() {
 }
 read_done() {
     printf '%s E\n' "$m"
-    if [ -n "$check" ]; then
+    if [ "$check" = w ]; then
+        probe_digest
+        printf '%s K %s\n' "$m" "$(whole_digest)"
+    elif [ -n "$check" ]; then
         probe_digest
         printf '%s K %s\n' "$m" "$(head_digest "$f")"
     fi
+}
+whole_digest() {
+    sum=
+    [ "$md5_ok" = n ] || sum=$(md5sum <&4 2>/dev/null)
+    sum=${sum%% *}
+    echo "${sum:--}"
 }
 is_gone() {
     [ ! -f "$f" ] || [ -L "$f" ] || under_symlink "$f"
@@ -495,6 +510,10 @@ for item do
     h*)
         check=c
         start=${start#h}
+        ;;
+    w*)
+        check=w
+        start=${start#w}
         ;;
     esac
     archive=
@@ -533,7 +552,11 @@ for item do
         archive_checked=${archive_checked:-$check}
     else
         opened=
-        read_range 3>&2 2>/dev/null <"$f"
+        if [ "$check" = w ]; then
+            read_range 3>&2 2>/dev/null <"$f" 4<"$f"
+        else
+            read_range 3>&2 2>/dev/null <"$f"
+        fi
         if [ -n "$opened" ]; then
             :
         elif is_gone; then
@@ -722,10 +745,11 @@ def fetch_stdin(requests: Sequence[FetchRequest], marker: str | None = None) -> 
     """The fetch's stdin: one ``<start>:<length>:<path>\\0`` item per request.
 
     ``start`` is ``a`` for an archive request, else ``<blocks>+<bytes>``, after an ``h`` for a
-    request with ``check``. ``<blocks>+<bytes>`` is the offset as
-    :data:`SKIP_BLOCK` blocks plus bytes, so that the host does no arithmetic and no tool
-    there sees a number above 2**31 for any file below 128 TiB. ``length`` is one more than
-    requested with ``detect_growth`` (the parser tells a longer file by that byte).
+    request with ``check`` or a ``w`` for one with ``check_whole``. ``<blocks>+<bytes>`` is
+    the offset as :data:`SKIP_BLOCK` blocks plus bytes, so that the host does no arithmetic
+    and no tool there sees a number above 2**31 for any file below 128 TiB. ``length`` is
+    one more than requested with ``detect_growth`` (the parser tells a longer file by that
+    byte).
 
     With ``marker`` (when it was not given to :func:`fetch_argv`), a first line holds it.
     """
@@ -740,7 +764,7 @@ def fetch_stdin(requests: Sequence[FetchRequest], marker: str | None = None) -> 
             start = b"0+%d" % request.start  # one dd with bs=1 reaches it
         else:
             start = b"%d+%d" % divmod(request.start, SKIP_BLOCK)
-        check = b"h" if request.check else b""
+        check = b"h" if request.check else b"w" if request.check_whole else b""
         parts.append(b"%s%s:%d:%s\x00" % (check, start, request.asked, request.path))
     return b"".join(parts)
 
@@ -974,6 +998,11 @@ class FetchRequest:
     """After the read, the host sends the md5 of the file's first :data:`HEAD_BYTES`
     (:class:`HeadDigest`): a head that changed while the file was read tells a copy spliced
     from two contents. For line-committed files, whose head the client has in full."""
+    check_whole: bool = False
+    """After the read, the host sends the md5 of the whole file (:class:`HeadDigest`), hashed
+    from a descriptor opened with the reader's: it differs from the bytes read when the file
+    was rewritten in place meanwhile. For files copied whole, whose every byte the client
+    hashes; not with ``check`` or ``archive``."""
 
     @property
     def asked(self) -> int:
@@ -989,6 +1018,8 @@ class FetchRequest:
             raise ValueError(f"an archive request starts at 0, not {self.start}")
         if self.archive and self.detect_growth:
             raise ValueError("an archive request cannot detect growth")
+        if self.check_whole and (self.check or self.archive):
+            raise ValueError("a whole-file check goes with neither a head check nor an archive")
         problem = _path_problem(self.path)
         if problem is not None:
             raise ValueError(f"bad fetch path {self.path!r}: {problem}")
@@ -1168,8 +1199,9 @@ class FrameParser:
                 events.append(End(index))
             else:
                 events.append(Short(index, received))
-            if self.requests[index].check and buf[found + self._end_len - 2] == 0x45:
-                self._digest_for = (index,)  # E: the host hashed the head after the read
+            request = self.requests[index]
+            if (request.check or request.check_whole) and buf[found + self._end_len - 2] == 0x45:
+                self._digest_for = (index,)  # E: the host hashed the file after the read
             self._in_data = False
             self._index = index + 1
             return found + self._end_len

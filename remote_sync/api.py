@@ -27,7 +27,7 @@ from .cancel import CancelRegistry, CancelToken, default_registry
 from .errors import RemoteSyncError, TransferCancelledError
 from .events import Emit, ErrorEvent, Progress, Summary, guarded
 from .index.facts import Message
-from .index.query import SessionRow
+from .index.query import SessionRow, check_batch_size
 from .index.store import INT64_MAX
 from .inventory import Host
 from .ssh.remote import IDLE_TIMEOUT
@@ -98,6 +98,7 @@ async def stream_sessions(
     cancellation stops everything at once. A host whose command sends nothing for
     ``idle_timeout`` seconds fails (None: no limit).
     """
+    check_batch_size(batch_size)
     emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
     failures: list[RemoteSyncError] = errors if errors is not None else []

@@ -438,6 +438,29 @@ def test_library_local_stream_reports_progress_and_stops_on_a_cancel(index_dest:
     assert seen == [total - 1] and len(registry) == 0
 
 
+@pytest.mark.parametrize("batch_size", [0, -1, True, 2.5])
+def test_stream_sessions_refuses_a_batch_size_below_one(
+    index_dest: Path, batch_size: Any
+) -> None:
+    """Not an empty listing, nor batches of one: a ConfigError before anything is read or any
+    host contacted (the host below does not exist)."""
+    import anyio
+
+    from remote_sync import api
+    from remote_sync.inventory import Host, Source
+    from remote_sync.ssh.pool import Endpoint
+
+    host = Host("nowhere", Endpoint("127.0.0.1", port=9), Source("openclaw", "/x", ("*",)))
+
+    async def first(**kwargs: Any) -> None:
+        async for _batch in api.stream_sessions(batch_size=batch_size, **kwargs):
+            break
+
+    for kwargs in ({"dest": index_dest}, {"remote": True, "hosts": [host]}):
+        with pytest.raises(ConfigError, match="batch_size must be a whole number"):
+            anyio.run(lambda: first(**kwargs))
+
+
 def test_open_index_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no mirror at") as info:
         open_index(tmp_path / "nothing")
@@ -616,6 +639,8 @@ def test_cli_stats(index_dest: Path, capsys: pytest.CaptureFixture[str]) -> None
     [
         ["sessions", "list", "--sort", "models"],
         ["sessions", "list", "--sort", "-nope"],
+        ["sessions", "list", "--sort=--messages"],
+        ["sessions", "list", "--sort=+-messages"],
         ["sessions", "list", "--since", "last tuesday"],
         ["sessions", "list", "--limit", "-3"],
         ["sessions", "list", "--inventory", "inv.toml"],

@@ -60,6 +60,7 @@ __all__ = [
     "SessionRef",
     "SessionRow",
     "StatsRow",
+    "check_batch_size",
     "filter_rows",
     "find_session",
     "iso_instant",
@@ -359,9 +360,23 @@ def _where(
     return sql, params
 
 
+def _sort_field(sort: str) -> str:
+    """The field of ``FIELD``, ``+FIELD`` or ``-FIELD`` (one sign at most)."""
+    return sort[1:] if sort[:1] in ("+", "-") else sort
+
+
+def check_batch_size(batch_size: int) -> None:
+    """A :class:`ConfigError` unless ``batch_size`` is a whole number of at least 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(
+            f"batch_size must be a whole number of at least 1, not {batch_size!r}",
+            hint="pass the number of sessions each batch should hold",
+        )
+
+
 def _order(sort: str) -> str:
     descending = sort.startswith("-")
-    field = sort.lstrip("+-")
+    field = _sort_field(sort)
     if field not in SORT_FIELDS:
         raise ConfigError(
             f"cannot sort by {field!r}",
@@ -569,7 +584,7 @@ def select_rows(
         state=state,
         now=now,
     )
-    field = sort.lstrip("+-")
+    field = _sort_field(sort)
     value: Callable[[SessionRow], Any] = (
         _row_path_bytes
         if field == "path"

@@ -76,7 +76,7 @@ from ..ssh.pool import SSHPool
 from ..ssh.remote import IDLE_TIMEOUT, sh_script
 from ..ssh.stream import exec_streaming
 from .facts import FormatReader, Message
-from .query import SessionRow, row_from_facts
+from .query import SessionRow, check_batch_size, row_from_facts
 from .show import TAIL_FIRST_BLOCK, ShowResult, check_selection
 from .update import FileIndexer
 
@@ -626,6 +626,7 @@ async def stream_remote_sessions(
     idle_timeout: float | None = IDLE_TIMEOUT,
 ) -> AsyncGenerator[list[SessionRow], None]:
     """Yield the host's sessions in batches as their bytes are decoded (one remote command)."""
+    check_batch_size(batch_size)
     reader = get_reader(host.source.format)
     source = host.source
     marker = new_marker()

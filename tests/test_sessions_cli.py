@@ -40,7 +40,8 @@ from remote_sync.index.query import (
     select_rows,
     session_stats,
 )
-from remote_sync.index.show import TAIL_FIRST_BLOCK, read_messages, show_session
+from remote_sync.index.remote import _Backward
+from remote_sync.index.show import TAIL_FIRST_BLOCK, ShowResult, read_messages, show_session
 from remote_sync.index.store import MARK_EVERY, put_session
 from remote_sync.mirror.state import FileState, MirrorState
 
@@ -896,6 +897,61 @@ def test_tail_with_a_line_longer_than_the_first_block(tmp_path: Path) -> None:
         read_messages(path, reader, head=1, tail=1)
     with pytest.raises(ConfigError):
         read_messages(path, reader, tail=0)
+
+
+def backward_tail(
+    data: bytes, reader: Any, count: int, max_line_bytes: int, block: int, max_block: int
+) -> list[Message]:
+    """The remote show's tail (``index.remote._Backward``) fed ``data`` the way its host sends
+    it: blocks from the end backwards, each doubling, in chunks of 32 KiB."""
+    result = ShowResult()
+    backward = _Backward(reader, count, result, max_line_bytes)
+    backward.size = end = len(data)
+    view = memoryview(data)
+    while True:
+        start = max(0, end - block)
+        backward.begin(start)
+        for at in range(start, end, 32 * 1024):
+            backward.feed(view[at : min(at + 32 * 1024, end)])
+        if backward.finish(end - start):
+            return result.messages
+        end, block = start, min(block * 2, max_block)
+
+
+def test_tail_past_a_line_too_long_to_be_a_message_holds_little_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line longer than the decoder takes is no message. Reading backwards past one (to
+    find where it starts, and the messages before it), a tail, local or remote, holds no more
+    of it than that, not the whole line."""
+    import tracemalloc
+
+    from remote_sync.index import show
+
+    monkeypatch.setattr(show, "TAIL_MAX_BLOCK", MiB)
+    path = tmp_path / "s.jsonl"
+    data = (
+        openclaw_session("s", 3)
+        + openclaw_session("s", 1, start=3, pad=12 * MiB)
+        + openclaw_session("s", 2, start=4)
+    )
+    path.write_bytes(data)
+    reader = get_reader("openclaw")
+    tracemalloc.start()
+    try:
+        local = read_messages(path, reader, tail=4, max_line_bytes=MiB)
+        local_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        remote = backward_tail(data, reader, 4, MiB, TAIL_FIRST_BLOCK, MiB)
+        remote_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert text_numbers(local.messages) == text_numbers(remote) == [1, 2, 4, 5]
+    assert local.bytes_read == len(data)  # the line's start had to be found
+    assert local_peak < 5 * MiB and remote_peak < 5 * MiB, (local_peak, remote_peak)
+    # A long line within the limit is still a message, both ways.
+    assert text_numbers(read_messages(path, reader, tail=4).messages) == [2, 3, 4, 5]
+    assert text_numbers(backward_tail(data, reader, 4, 16 * MiB, 1000, MiB)) == [2, 3, 4, 5]
 
 
 def test_big_session_reads_are_bounded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

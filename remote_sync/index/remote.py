@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cancel import CancelToken
-from ..decode.jsonl import JsonlDecoder, Record
+from ..decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder, Record
 from ..errors import ConfigError, ProtocolError, RemoteCommandError, path_bytes, path_text
 from ..formats.readers import get_reader
 from ..inventory import Host
@@ -77,7 +77,7 @@ from ..ssh.remote import IDLE_TIMEOUT, sh_script
 from ..ssh.stream import exec_streaming
 from .facts import FormatReader, Message
 from .query import SessionRow, check_batch_size, row_from_facts
-from .show import TAIL_FIRST_BLOCK, ShowResult, check_selection
+from .show import TAIL_FIRST_BLOCK, HeldLine, ShowResult, check_selection
 from .update import FileIndexer
 
 log = logging.getLogger(__name__)
@@ -766,17 +766,25 @@ class _Forward:
 class _Backward:
     """tail: blocks backwards from the end; keep the last ``count`` messages."""
 
-    def __init__(self, reader: FormatReader, count: int, result: ShowResult) -> None:
+    def __init__(
+        self,
+        reader: FormatReader,
+        count: int,
+        result: ShowResult,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ) -> None:
         self.reader = reader
+        self.max_line_bytes = max_line_bytes
         self.count = count
         self.result = result
         self.size = 0
         self.have = 0
         self.found: list[list[Message]] = []  # per block, the latest block first
-        self.partial = b""  # the start of the line cut by the last block's start
+        self.cut = HeldLine(max_line_bytes)  # the line cut by the last block's start, on
         self.start = 0
         self.end = 0
-        self.lead = b""  # this block's bytes before its first newline (maybe a partial line)
+        # This block's bytes before its first newline (maybe the end of a line cut).
+        self.lead: list[bytes] = []
         self.decoder: JsonlDecoder[Any] | None = None
         self.shown: deque[Message] = deque()
         self.seen = 0  # messages decoded in all blocks (the whole count once start is 0)
@@ -785,22 +793,27 @@ class _Backward:
         if not self.end:
             self.end = self.size
         self.start = start
-        self.lead = b""
-        self.decoder = None if start > 0 else JsonlDecoder(self.reader.line_type)
+        self.lead = []
+        self.decoder = None if start > 0 else self._decoder(0)
         self.shown = deque(maxlen=self.count - self.have)
 
     def feed(self, data: memoryview) -> None:
         if self.decoder is None:
             # The block's first line may begin before its start: hold it for the next block.
-            nl = bytes(data).find(b"\n")
+            chunk = bytes(data)
+            nl = chunk.find(b"\n")
             if nl < 0:
-                self.lead += bytes(data)
+                self.lead.append(chunk)
                 return
-            self.lead += bytes(data[: nl + 1])
-            base = self.start + len(self.lead)
-            self.decoder = JsonlDecoder(self.reader.line_type, start_offset=base)
+            self.lead.append(chunk[: nl + 1])
+            self.decoder = self._decoder(self.start + sum(map(len, self.lead)))
             data = data[nl + 1 :]
         self._add(self.decoder.feed(data))
+
+    def _decoder(self, base: int) -> JsonlDecoder[Any]:
+        return JsonlDecoder(
+            self.reader.line_type, start_offset=base, max_line_bytes=self.max_line_bytes
+        )
 
     def _add(self, records: list[Any]) -> None:
         shown = _messages(self.reader, records)
@@ -811,11 +824,10 @@ class _Backward:
         """The block is complete; True when enough messages are held."""
         if received != self.end - self.start:
             raise ValueError("short block")
-        if self.decoder is None:  # no newline in the whole block: all of it is one line cut
-            self.partial = self.lead + self.partial
-        else:
-            self._add(self.decoder.feed(self.partial))
-            self.partial = self.lead
+        if self.decoder is not None:  # else no newline in the whole block: one line cut
+            # (A line too long to be a message gives nothing: its start stays unfinished.)
+            self._add(self.decoder.feed(self.cut.take()))
+        self.cut.prepend(b"".join(self.lead))
         if self.shown:
             self.found.append(list(self.shown))
             self.have += len(self.shown)

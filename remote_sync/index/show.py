@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..decode.jsonl import JsonlDecoder, Record
+from ..decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder, Record
 from ..errors import ConfigError, MirrorError
 from .facts import FormatReader, Message
 from .query import SessionRow, find_session, open_index
@@ -35,6 +35,7 @@ __all__ = [
     "HEAD_BLOCK",
     "TAIL_FIRST_BLOCK",
     "TAIL_MAX_BLOCK",
+    "HeldLine",
     "MarkLookup",
     "ShowResult",
     "check_selection",
@@ -66,6 +67,43 @@ class ShowResult:
     at_end: bool = False
 
 
+class HeldLine:
+    """While a file is read backwards: the line cut by the current read's start, from there
+    to its end, gathered as earlier blocks arrive until its start is found.
+
+    A line longer than the decoder accepts (``max_line_bytes``) can be no message, so once it
+    is that long its bytes are let go: a tail past a huge line holds at most that many bytes
+    of it, and :meth:`take` gives nothing for it.
+    """
+
+    __slots__ = ("_parts", "_size", "max_line_bytes", "too_long")
+
+    def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._parts: list[bytes] = []  # the latest first
+        self._size = 0
+        self.too_long = False
+
+    def prepend(self, data: bytes) -> None:
+        """``data`` comes right before the bytes held."""
+        if self.too_long or not data:
+            return
+        self._size += len(data)
+        if self._size > self.max_line_bytes + 1:  # its newline is not counted
+            self.too_long = True
+            self._parts.clear()
+        else:
+            self._parts.append(data)
+
+    def take(self) -> bytes:
+        """The line held (now complete: its start was found), and hold nothing again."""
+        line = b"".join(reversed(self._parts))
+        self._parts.clear()
+        self._size = 0
+        self.too_long = False
+        return line
+
+
 def check_selection(head: int | None, tail: int | None, page: int | None, page_size: int) -> None:
     """At most one of ``head``, ``tail`` and ``page``, and each count at least 1."""
     chosen = [name for name, v in (("head", head), ("tail", tail), ("page", page)) if v is not None]
@@ -86,13 +124,15 @@ def read_messages(
     page_size: int = 50,
     marks: MarkLookup | None = None,
     end: int | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> ShowResult:
     """Messages of the transcript at ``path``: the first ``head``, the last ``tail``, or page
     ``page`` (1-based) of ``page_size``; with none of them, every message.
 
     ``end`` limits reading to the file's first ``end`` bytes (the mirror's checkpoint: bytes
     beyond it may be a sync's uncommitted write). ``marks`` (for ``page``) lets the read start
-    near the page instead of at the first line.
+    near the page instead of at the first line. A line longer than ``max_line_bytes`` is no
+    message (as when the index counted it), and no more of it than that is held in memory.
     """
     check_selection(head, tail, page, page_size)
     try:
@@ -100,12 +140,14 @@ def read_messages(
             size = src.seek(0, 2)
             limit = size if end is None else min(end, size)
             if tail is not None:
-                return _tail(src, reader, tail, limit)
+                return _tail(src, reader, tail, limit, max_line_bytes)
             if page is not None:
                 skip = (page - 1) * page_size
                 start_no, offset = _mark(marks, skip)
-                return _forward(src, reader, limit, offset, start_no, skip, page_size)
-            return _forward(src, reader, limit, 0, 0, 0, head)
+                return _forward(
+                    src, reader, limit, offset, start_no, skip, page_size, max_line_bytes
+                )
+            return _forward(src, reader, limit, 0, 0, 0, head, max_line_bytes)
     except OSError as exc:
         raise MirrorError(
             f"cannot read the mirrored session: {exc.strerror}", path=str(path)
@@ -140,11 +182,14 @@ def _forward(
     number: int,
     skip_to: int,
     count: int | None,
+    max_line_bytes: int,
 ) -> ShowResult:
     """Decode from ``offset`` (message ``number`` starts there or later) on: skip to message
     ``skip_to``, then keep ``count`` messages (None: all)."""
     result = ShowResult(first=skip_to)
-    decoder: JsonlDecoder[Any] = JsonlDecoder(reader.line_type, start_offset=offset)
+    decoder: JsonlDecoder[Any] = JsonlDecoder(
+        reader.line_type, start_offset=offset, max_line_bytes=max_line_bytes
+    )
     src.seek(offset)
     pos = offset
     block = HEAD_BLOCK
@@ -167,30 +212,38 @@ def _forward(
     return result
 
 
-def _tail(src: BinaryIO, reader: FormatReader, count: int, limit: int) -> ShowResult:
+def _tail(
+    src: BinaryIO, reader: FormatReader, count: int, limit: int, max_line_bytes: int
+) -> ShowResult:
     """The last ``count`` messages before ``limit``, reading backwards block by block."""
     result = ShowResult(first=None)
     found: list[list[Message]] = []  # per block, the latest block first
     have = 0
     pos = limit  # everything from pos on is read
-    partial = b""  # bytes from pos to the first line start after it (a line cut by pos)
+    cut = HeldLine(max_line_bytes)  # from pos to the first line start after it (a line cut)
     block = TAIL_FIRST_BLOCK
     while have < count and pos > 0:
         start = max(0, pos - block)
         src.seek(start)
         data = src.read(pos - start)
         result.bytes_read += len(data)
-        data += partial
         if start > 0:
             # The first line may begin before `start`: keep it for the next block.
             nl = data.find(b"\n")
             if nl < 0:
-                partial, pos, block = data, start, min(block * 2, TAIL_MAX_BLOCK)
+                cut.prepend(data)
+                pos, block = start, min(block * 2, TAIL_MAX_BLOCK)
                 continue
-            partial, lines, base = data[: nl + 1], data[nl + 1 :], start + nl + 1
+            lead, lines, base = data[: nl + 1], data[nl + 1 :], start + nl + 1
         else:
-            partial, lines, base = b"", data, 0
-        decoder: JsonlDecoder[Any] = JsonlDecoder(reader.line_type, start_offset=base)
+            lead, lines, base = b"", data, 0
+        # The cut line ends these lines (a line too long to be a message is left out: its
+        # start then ends them unfinished, which the decoder never gives as a record).
+        lines += cut.take()
+        cut.prepend(lead)
+        decoder: JsonlDecoder[Any] = JsonlDecoder(
+            reader.line_type, start_offset=base, max_line_bytes=max_line_bytes
+        )
         shown = _messages(decoder.feed(lines), reader)
         if shown:
             keep = shown[-(count - have) :]

@@ -652,3 +652,33 @@ def test_iso_from_epoch() -> None:
     assert iso_from_epoch(5, millis=True) == "1970-01-01T00:00:00.005Z"
     assert iso_from_epoch(float("nan")) is None
     assert iso_from_epoch(1e300) is None
+
+
+def test_a_title_leaves_out_blocks_the_harness_put_before_the_prompt() -> None:
+    """Claude Code puts an ``<ide_opened_file>`` block (and others) before what the user typed
+    in the same message: it counts as the user's message, but its title is what was typed."""
+    ide = "<ide_opened_file>The user opened the file /x.py in the IDE.</ide_opened_file>"
+    claude = {
+        "type": "user",
+        "message": {
+            "role": "user",
+            "content": [{"type": "text", "text": ide}, {"type": "text", "text": "fix the bug"}],
+        },
+    }
+    facts = fold(READERS["claude-code"], msgspec.json.encode(claude) + b"\n")
+    assert (facts.user, facts.system, facts.title) == (1, 0, "fix the bug")
+    context = "<environment_context>\n  <cwd>/srv</cwd>\n</environment_context>"
+    codex = {
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "type": "response_item",
+        "payload": {
+            "type": "message",
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": context},
+                {"type": "input_text", "text": "add a flag"},
+            ],
+        },
+    }
+    facts = fold(READERS["codex"], msgspec.json.encode(codex) + b"\n")
+    assert (facts.user, facts.system, facts.title) == (1, 0, "add a flag")

@@ -52,6 +52,7 @@ from .generic import (
     iso_utc,
     raw_string,
     split_path,
+    typed_text,
 )
 from .generic import tool_call as make_tool_call
 
@@ -168,7 +169,7 @@ class ClaudeCodeReader:
                     else:
                         facts.user += 1
                         if facts.title is None and text:
-                            facts.add_title(text)
+                            facts.add_title(typed_text(content) or text)
             else:
                 facts.add_message(role)
         ts = line.timestamp

@@ -55,6 +55,7 @@ from .generic import (
     raw_string,
     split_path,
     tool_call,
+    typed_text,
 )
 
 __all__ = ["CodexLine", "CodexReader"]
@@ -151,7 +152,7 @@ class CodexReader:
                         if text and is_injected(text):
                             role = "system"
                         elif facts.title is None:
-                            facts.add_title(text)
+                            facts.add_title(typed_text(p.content, _TEXT_KINDS) or text)
                     facts.add_message(role)
                 elif item in _CALLS:
                     facts.tool_calls += 1

@@ -49,6 +49,7 @@ __all__ = [
     "shorten",
     "split_path",
     "tool_call",
+    "typed_text",
 ]
 
 #: Tool-call arguments shown by ``message()`` are shortened to this many characters.
@@ -196,6 +197,16 @@ def blocks_text(content: Any, kinds: tuple[str, ...] = ("text",)) -> str:
         return content
     parts = [raw_string(b.text) for b in content if b.type in kinds and b.text]
     return "\n".join(part for part in parts if part)
+
+
+def typed_text(content: Any, kinds: tuple[str, ...] = ("text",)) -> str:
+    """:func:`blocks_text` without the blocks a harness put in (:func:`is_injected`), such as
+    the ``<ide_opened_file>`` block Claude Code puts before what the user typed: a title."""
+    if isinstance(content, list):
+        parts = [raw_string(b.text) for b in content if b.type in kinds and b.text]
+        return "\n".join(part for part in parts if part and not is_injected(part))
+    text = blocks_text(content, kinds)
+    return "" if is_injected(text) else text
 
 
 def any_text(content: Any) -> str:

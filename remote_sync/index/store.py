@@ -26,8 +26,9 @@ MARK_EVERY = 256
 #: computed under earlier rules stay as they were (old bytes are never read again to update
 #: the index), so listings warn until ``index rebuild`` recounts them. 2: Claude Code's
 #: harness records count as system messages, hosted tool calls as tool calls; models are kept
-#: one per line (a model name may hold a comma).
-INDEX_RULES = 2
+#: one per line (a model name may hold a comma). 3: a title leaves out the blocks a harness
+#: put before the prompt in the same message.
+INDEX_RULES = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (

@@ -682,3 +682,23 @@ def test_a_title_leaves_out_blocks_the_harness_put_before_the_prompt() -> None:
     }
     facts = fold(READERS["codex"], msgspec.json.encode(codex) + b"\n")
     assert (facts.user, facts.system, facts.title) == (1, 0, "add a flag")
+
+
+def test_picoclaw_shows_every_tool_call_it_counts() -> None:
+    row = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "exec", "arguments": "{}"}},
+            {"id": "b", "type": "function"},  # no function: counted, so shown too
+        ],
+    }
+    data = msgspec.json.encode(row) + b"\n"
+    reader = READERS["picoclaw"]
+    facts = fold(reader, data)
+    (record,) = JsonlDecoder(reader.line_type).feed(data)
+    assert isinstance(record, Record)
+    shown = reader.message(record.value, record.offset)
+    assert shown is not None
+    assert facts.tool_calls == len(shown.tool_calls) == 2
+    assert [c.name for c in shown.tool_calls] == ["exec", "?"]

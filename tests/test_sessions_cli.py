@@ -459,7 +459,7 @@ def test_stream_sessions_refuses_a_batch_size_below_one(
 
     for kwargs in ({"dest": index_dest}, {"remote": True, "hosts": [host]}):
         with pytest.raises(ConfigError, match="batch_size must be a whole number"):
-            anyio.run(lambda: first(**kwargs))
+            anyio.run(lambda kwargs=kwargs: first(**kwargs))
 
 
 def test_open_index_errors(tmp_path: Path) -> None:

@@ -83,10 +83,12 @@ class PicoclawReader:
         role = line.role
         if role is None:
             return None
+        # Every entry, as counted: one without its function shows as "?".
         calls = [
             tool_call(c.function.name, raw_string(c.function.arguments))
-            for c in line.tool_calls or ()
             if c.function is not None
+            else tool_call(None, None)
+            for c in line.tool_calls or ()
         ]
         return Message(
             offset=offset,

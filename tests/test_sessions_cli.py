@@ -440,9 +440,7 @@ def test_library_local_stream_reports_progress_and_stops_on_a_cancel(index_dest:
 
 
 @pytest.mark.parametrize("batch_size", [0, -1, True, 2.5])
-def test_stream_sessions_refuses_a_batch_size_below_one(
-    index_dest: Path, batch_size: Any
-) -> None:
+def test_stream_sessions_refuses_a_batch_size_below_one(index_dest: Path, batch_size: Any) -> None:
     """Not an empty listing, nor batches of one: a ConfigError before anything is read or any
     host contacted (the host below does not exist)."""
     import anyio

@@ -292,7 +292,21 @@ def test_a_file_and_a_directory_named_like_its_version_keep_both_versions(
     assert {path: (dest / "h" / os.fsdecode(path)).read_bytes() for path in order} == new
 
 
-_SEGMENTS = st.sampled_from(["d", "d.v1", "d.v1~", "d.v1~~", "d~", "x.v12", "e" * 254 + ".v1"])
+def _cut_forms() -> list[str]:
+    """Remote names that are exactly what a longer name is cut to: a directory named like
+    the cut of a long version-like one (with its ``~``, and without), a file named like the
+    cut of a long one (before ``.v1``)."""
+    from remote_sync.mirror.state import _fit_name
+
+    long_dir, long_file = b"e" * 254 + b".v1", b"f" * 255
+    cut_dir = _fit_name(long_dir, b"~")
+    cut_file = _fit_name(long_file, b".v1")[: -len(b".v1")]
+    return [os.fsdecode(name) for name in (cut_dir, cut_dir[:-1], cut_file, long_file)]
+
+
+_SEGMENTS = st.sampled_from(
+    ["d", "d.v1", "d.v1~", "d.v1~~", "d~", "x.v12", "e" * 254 + ".v1", *_cut_forms()]
+)
 
 
 @settings(max_examples=300, deadline=None)

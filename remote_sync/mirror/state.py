@@ -38,20 +38,27 @@ NAME_MAX = 255
 #: A name in the versions tree that only a kept version may have: it ends in ``.v<n>``.
 #: Directories whose names end so (or so followed by ``~``) get one more ``~``.
 _VERSION_LIKE = re.compile(rb"\.v[0-9]+~*\Z")
+#: A name that ends like one :func:`_fit_name` cut (``~`` and 16 hex digits, then any ``~``).
+#: Such a remote name is cut too (a digest of its own), so that it never takes the place of
+#: the cut form of another, longer name.
+_LOOKS_CUT = re.compile(rb"~[0-9a-f]{16}~*\Z")
 
 
 def _fit_name(name: bytes, suffix: bytes) -> bytes:
     """``name + suffix``, with ``name`` cut and marked by a digest of it when the whole would
-    pass NAME_MAX."""
-    if len(name) + len(suffix) > NAME_MAX:
+    pass NAME_MAX, or when ``name`` already ends like such a mark."""
+    if len(name) + len(suffix) > NAME_MAX or _LOOKS_CUT.search(name):
         digest = b"~" + hashlib.sha256(name).hexdigest()[:16].encode()
         name = name[: NAME_MAX - len(suffix) - len(digest)] + digest
     return name + suffix
 
 
 def _version_dir_name(segment: bytes) -> bytes:
-    """A remote directory's name in the versions tree, never one a version could have."""
-    return _fit_name(segment, b"~") if _VERSION_LIKE.search(segment) else segment
+    """A remote directory's name in the versions tree, never one a version could have, nor
+    the name another directory's cut form has."""
+    if _VERSION_LIKE.search(segment) or _LOOKS_CUT.search(segment):
+        return _fit_name(segment, b"~")
+    return segment
 
 
 #: 2: ``files.fingerprint`` is a digest of the first bytes, no longer the bytes themselves.

@@ -351,6 +351,7 @@ def test_one_file_that_cannot_be_put_in_place_fails_alone(dest: Path) -> None:
     assert item.row.path == b"agents/a/sessions/dir.jsonl"
     assert isinstance(error, MirrorError) and error.host == "h"
     assert "directory where the remote has a file" in str(error)
+    assert "move the mirror's directory aside" in error.hint
     assert not list(state.tmp_dir.iterdir())  # the failed one's temp file is gone
 
 

@@ -347,6 +347,7 @@ def test_permission_denied_file_is_reported_while_the_rest_syncs(
     assert code == 1
     errors = [e for e in events if isinstance(e, ErrorEvent)]
     assert [(e.host, e.path, e.kind) for e in errors] == [("h0", paths[1], "permission_denied")]
+    assert "let the SSH user read the file" in errors[0].hint
     h0 = summary.hosts[0]
     assert h0.status == "partial" and h0.files.failed == 1 and h0.files.new == 11
     assert (dest / "h0" / paths[0]).exists() and not (dest / "h0" / paths[1]).exists()
@@ -1012,7 +1013,7 @@ def test_a_fetch_that_ends_badly_commits_nothing(tmp_path: Path, ending: str) ->
             reader=None,
             worker=None,
             result=HostRound("h"),
-            _fail=lambda path, message, kind: failures.append((path, message, kind)),
+            _fail=lambda path, message, kind, hint: failures.append((path, message, kind)),
         )
         handler = _FrameHandler(sync, [t], [t.request()], follow_up=False)  # type: ignore[arg-type]
         anyio.run(handler.handle_all, events)
@@ -1098,6 +1099,54 @@ def test_empty_files_copied_whole_are_mirrored(
     fleet.write("h0", "agents/a/sessions/sessions.json", b"")  # truncated to nothing
     code, summary, _ = sync(inv, dest, capsys)
     assert (code, summary.files.rewritten) == (0, 1)
+    assert_exact(fleet, dest, "h0")
+
+
+def test_a_host_without_md5sum_gets_a_same_size_file_whole(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host whose md5sum is missing (or prints nothing) cannot hash a head. A JSONL file of
+    its old size with another mtime is then fetched whole and compared, so a rewrite in place
+    behind an unchanged tail is found there too; a file only touched stays as it was."""
+    tools = fleet.root / "no-md5sum"  # where the host's user can reach it
+    tools.mkdir()
+    (tools / "md5sum").write_text("#!/bin/sh\nexit 127\n")
+    (tools / "md5sum").chmod(0o755)
+    tools.chmod(0o755)
+    real_round_argv = engine.round_argv
+    monkeypatch.setattr(
+        engine,
+        "round_argv",
+        lambda *args, **kwargs: [
+            "env",
+            f"PATH={tools}:/usr/bin:/bin",
+            *real_round_argv(*args, **kwargs),
+        ],
+    )
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(15)
+    rel = "agents/a/sessions/s.jsonl"
+    current = session_bytes(rng, 40)
+    path = fleet.write("h0", rel, current)
+    assert sync(inv, dest, capsys)[0] == 0
+    tail_at = current.index(b"\n", len(current) - 6000) + 1
+    head = session_bytes(rng, 40, start=500)
+    cut = head.rindex(b"\n", 0, tail_at)
+    rewritten = head[:cut] + b"x" * (tail_at - cut - 1) + b"\n" + current[tail_at:]
+    assert len(rewritten) == len(current) and rewritten[-4096:] == current[-4096:]
+    path.write_bytes(rewritten)
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.rewritten, summary.hosts[0].versions_kept) == (0, 1, 1)
+    assert (dest / ".remote-sync/versions/h0" / f"{rel}.v1").read_bytes() == current
+    assert_exact(fleet, dest, "h0")
+    os.utime(path, (time.time() + 10, time.time() + 10))  # touched only
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.unchanged, summary.hosts[0].versions_kept) == (0, 1, 0)
     assert_exact(fleet, dest, "h0")
 
 

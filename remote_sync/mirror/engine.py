@@ -783,11 +783,21 @@ class _FrameHandler:
             self._again(t)  # it shrank or grew while we read it: fetch it whole again
         elif isinstance(event, Failed):
             self._drop()
-            sync._fail(t.remote.path, "reading the file on the host failed midway", "read_failed")
+            sync._fail(
+                t.remote.path,
+                "reading the file on the host failed midway",
+                "read_failed",
+                "check the host's disk and its log (an I/O error?); a rerun retries",
+            )
         elif isinstance(event, Gone):
             pass  # vanished since the listing: the next round records the deletion
         elif isinstance(event, Denied):
-            sync._fail(t.remote.path, "permission denied on the host", "permission_denied")
+            sync._fail(
+                t.remote.path,
+                "permission denied on the host",
+                "permission_denied",
+                "let the SSH user read the file on the host (or exclude it), then run again",
+            )
 
     def _open(self, t: Transfer) -> AppendWriter | WholeWriter:
         state = self.sync.state
@@ -861,7 +871,15 @@ class _FrameHandler:
         # in ours: the others cannot be told apart from it, and are fetched again too.
         complete = [index for index, _ in held] == list(event.indices)
         if event.digest is None or (complete and heads.digest() == event.digest):
-            for n, (_, pending) in enumerate(held):
+            for n, (index, pending) in enumerate(held):
+                t = self.transfers[index]
+                if event.digest is None and t.verify_head:
+                    # The host cannot hash (no md5sum), and a file of its old size with
+                    # another mtime had only its head left to show a rewrite in place: it is
+                    # fetched whole and compared instead.
+                    self._give_up(index, pending)
+                    self._again(t)
+                    continue
                 try:
                     await self.sync.finished(pending)
                 except BaseException:

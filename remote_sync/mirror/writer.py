@@ -534,6 +534,8 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
             "the mirror has a directory where the remote has a file",
             host=row.host,
             path=path_text(row.path),
+            hint="move the mirror's directory aside (it holds files the host no longer has), "
+            "then run again",
         )
     kept: Path | None = None
     recorded = row.version
@@ -553,8 +555,9 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
         item.category = "rewritten"
     elif item.category == "rewritten":
         # Identity changed but the content only grew (e.g. replaced by rename with the
-        # same history): nothing to keep apart.
-        item.category = "grown"
+        # same history), or is the same (only touched): nothing to keep apart.
+        same = local.exists() and local.stat().st_size == item.temp.stat().st_size
+        item.category = "unchanged" if same else "grown"
     try:
         os.rename(item.temp, local)
     except OSError:

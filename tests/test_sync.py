@@ -1102,6 +1102,21 @@ def test_empty_files_copied_whole_are_mirrored(
     assert_exact(fleet, dest, "h0")
 
 
+def rewrite_behind_the_tail(path: Path, rng: random.Random, mtime_ahead: float) -> bytes:
+    """Rewrite the session at ``path`` in place to the same size, keeping its last 4 KiB or
+    more (what an overlap compares), with an mtime ``mtime_ahead`` seconds ahead; returns the
+    content before."""
+    current = path.read_bytes()
+    tail_at = current.index(b"\n", len(current) - 6000) + 1
+    head = session_bytes(rng, 40, start=500)
+    cut = head.rindex(b"\n", 0, tail_at)
+    rewritten = head[:cut] + b"x" * (tail_at - cut - 1) + b"\n" + current[tail_at:]
+    assert len(rewritten) == len(current) and rewritten[-4096:] == current[-4096:]
+    path.write_bytes(rewritten)
+    os.utime(path, (time.time() + mtime_ahead, time.time() + mtime_ahead))
+    return current
+
+
 def test_a_host_without_md5sum_gets_a_same_size_file_whole(
     fleet: SSHFleet,
     tmp_path: Path,
@@ -1133,13 +1148,7 @@ def test_a_host_without_md5sum_gets_a_same_size_file_whole(
     current = session_bytes(rng, 40)
     path = fleet.write("h0", rel, current)
     assert sync(inv, dest, capsys)[0] == 0
-    tail_at = current.index(b"\n", len(current) - 6000) + 1
-    head = session_bytes(rng, 40, start=500)
-    cut = head.rindex(b"\n", 0, tail_at)
-    rewritten = head[:cut] + b"x" * (tail_at - cut - 1) + b"\n" + current[tail_at:]
-    assert len(rewritten) == len(current) and rewritten[-4096:] == current[-4096:]
-    path.write_bytes(rewritten)
-    os.utime(path, (time.time() + 5, time.time() + 5))
+    rewrite_behind_the_tail(path, rng, mtime_ahead=5)
     code, summary, _ = sync(inv, dest, capsys)
     assert (code, summary.files.rewritten, summary.hosts[0].versions_kept) == (0, 1, 1)
     assert (dest / ".remote-sync/versions/h0" / f"{rel}.v1").read_bytes() == current
@@ -1176,14 +1185,7 @@ def test_a_rewrite_to_the_same_size_is_found_and_a_touch_moves_nothing(
     assert_exact(fleet, dest, "h0")
     # Rewritten in place again, to the same size, behind an unchanged tail: the head the
     # host hashes after the read differs from the mirror's.
-    current = path.read_bytes()
-    tail_at = current.index(b"\n", len(current) - 6000) + 1
-    head = session_bytes(rng, 40, start=500)
-    cut = head.rindex(b"\n", 0, tail_at)
-    rewritten = head[:cut] + b"x" * (tail_at - cut - 1) + b"\n" + current[tail_at:]
-    assert len(rewritten) == len(current) and rewritten[-4096:] == current[-4096:]
-    path.write_bytes(rewritten)
-    os.utime(path, (time.time() + 15, time.time() + 15))
+    current = rewrite_behind_the_tail(path, rng, mtime_ahead=15)
     code, summary, _ = sync(inv, dest, capsys)
     assert (code, summary.files.rewritten, summary.hosts[0].versions_kept) == (0, 1, 1)
     assert (dest / ".remote-sync/versions/h0" / f"{rel}.v2").read_bytes() == current

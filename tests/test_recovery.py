@@ -304,9 +304,31 @@ def _cut_forms() -> list[str]:
     return [os.fsdecode(name) for name in (cut_dir, cut_dir[:-1], cut_file, long_file)]
 
 
+_HEX = "0123456789abcdef"
 _SEGMENTS = st.sampled_from(
-    ["d", "d.v1", "d.v1~", "d.v1~~", "d~", "x.v12", "e" * 254 + ".v1", *_cut_forms()]
+    [
+        *("d", "d.v1", "d.v1~", "d.v1~~", "d~", "x.v12", "e" * 254 + ".v1"),
+        *(f"a~{_HEX}", f"a~{_HEX}~", f"a~{_HEX}~~", f"a~{_HEX}.v1"),
+        *_cut_forms(),
+    ]
 )
+
+
+def test_names_are_placed_as_before_unless_they_look_cut(dest: Path) -> None:
+    """Only a name that ends like a cut one moves: a file's stem ``~<16 hex>``, a directory's
+    ``~<16 hex>~``. Versions kept before stay where the tool looks for them."""
+    with MirrorState(dest) as state:
+        base = state.versions_dir / "h"
+        for path, version, place in [
+            (b"a/s.jsonl", 3, "a/s.jsonl.v3"),
+            (b"x.v1/y", 2, "x.v1~/y.v2"),
+            (f"d~{_HEX}/f".encode(), 1, f"d~{_HEX}/f.v1"),
+            (f"d/a~{_HEX}~".encode(), 1, f"d/a~{_HEX}~.v1"),
+        ]:
+            assert state.version_path("h", path, version) == base / place
+        moved = state.version_path("h", f"d~{_HEX}~/a~{_HEX}".encode(), 1)
+        assert moved.parent.name.startswith(f"d~{_HEX}~~") and moved.parent.name.endswith("~")
+        assert moved.name.startswith(f"a~{_HEX}~") and moved.name.endswith(".v1")
 
 
 @settings(max_examples=300, deadline=None)

@@ -168,6 +168,40 @@ def test_a_file_copied_whole_is_never_committed_spliced(
     assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
 
 
+def test_a_file_copied_whole_that_keeps_growing_is_taken_as_read(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file copied whole that grows by appends all the while (a log): its whole-file md5
+    covers bytes appended after the read, so it differs, and the file is read again to its
+    end; that second read is taken as read (a prefix of the file), not failed as changed."""
+    rel = "agents/a/sessions/events.log"
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    path = fleet.write("h0", rel, b"event\n" * 50_000)
+    path.chmod(0o666)
+    tools = fleet.root / "growing-md5sum"
+    tools.mkdir()
+    (tools / "md5sum").write_text(  # the log grows just before every hash
+        f"#!/bin/sh\nprintf 'event\\n' >> {path}\nexec {shutil.which('md5sum')} \"$@\"\n"
+    )
+    (tools / "md5sum").chmod(0o755)
+    for name in ("round_argv", "fetch_argv"):  # the round's command, then the follow-up's
+        real = getattr(engine, name)
+        monkeypatch.setattr(
+            engine,
+            name,
+            lambda *args, real=real, **kwargs: [
+                "env",
+                f"PATH={tools}:/usr/bin:/bin",
+                *real(*args, **kwargs),
+            ],
+        )
+    summary = run_sync(inv, dest)
+    assert summary.exit_code == 0, summary
+    mirrored = (dest / "h0" / rel).read_bytes()
+    assert len(mirrored) > 300_000 and path.read_bytes().startswith(mirrored)
+
+
 def test_a_file_rewritten_during_every_read_fails_alone_and_the_next_run_gets_it(
     fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

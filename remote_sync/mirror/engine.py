@@ -398,10 +398,10 @@ class HostSync:
             return []
         requests = [
             # The file changed since the listing: its listed size says nothing of how long
-            # the read is, so every transcript is checked.
-            FetchRequest(
-                t.remote.path, 0, TO_EOF, check=t.kind == "append", check_whole=t.kind == "whole"
-            )
+            # the read is, so every transcript is checked. A file copied whole is read to its
+            # end and taken as read: the host's md5 of the whole file would also cover what
+            # was appended after the read, so a file that keeps growing could never agree.
+            FetchRequest(t.remote.path, 0, TO_EOF, check=t.kind == "append")
             for t in transfers
         ]
         marker = new_marker()

@@ -38,25 +38,34 @@ NAME_MAX = 255
 #: A name in the versions tree that only a kept version may have: it ends in ``.v<n>``.
 #: Directories whose names end so (or so followed by ``~``) get one more ``~``.
 _VERSION_LIKE = re.compile(rb"\.v[0-9]+~*\Z")
-#: A name that ends like one :func:`_fit_name` cut (``~`` and 16 hex digits, then any ``~``).
-#: Such a remote name is cut too (a digest of its own), so that it never takes the place of
-#: the cut form of another, longer name.
-_LOOKS_CUT = re.compile(rb"~[0-9a-f]{16}~*\Z")
+#: Remote names that end like a cut one (see :func:`_fit_name`): a file's name before its
+#: ``.v<n>`` (``~`` and 16 hex digits), a directory's (the same, then ``~``). Such a name is
+#: cut too, with a digest of its own, so that it never takes the place of the cut form of
+#: another, longer name. No other name is placed differently than before this rule.
+_LIKE_CUT_FILE = re.compile(rb"~[0-9a-f]{16}\Z")
+_LIKE_CUT_DIR = re.compile(rb"~[0-9a-f]{16}~+\Z")
 
 
-def _fit_name(name: bytes, suffix: bytes) -> bytes:
+def _fit_name(name: bytes, suffix: bytes, *, cut: bool = False) -> bytes:
     """``name + suffix``, with ``name`` cut and marked by a digest of it when the whole would
-    pass NAME_MAX, or when ``name`` already ends like such a mark."""
-    if len(name) + len(suffix) > NAME_MAX or _LOOKS_CUT.search(name):
+    pass NAME_MAX (or when ``cut`` says so)."""
+    if cut or len(name) + len(suffix) > NAME_MAX:
         digest = b"~" + hashlib.sha256(name).hexdigest()[:16].encode()
         name = name[: NAME_MAX - len(suffix) - len(digest)] + digest
     return name + suffix
 
 
+def _version_name(name: bytes, version: int) -> bytes:
+    """The name of ``name``'s version ``version`` in the versions tree."""
+    return _fit_name(name, b".v%d" % version, cut=bool(_LIKE_CUT_FILE.search(name)))
+
+
 def _version_dir_name(segment: bytes) -> bytes:
     """A remote directory's name in the versions tree, never one a version could have, nor
     the name another directory's cut form has."""
-    if _VERSION_LIKE.search(segment) or _LOOKS_CUT.search(segment):
+    if _LIKE_CUT_DIR.search(segment):
+        return _fit_name(segment, b"~", cut=True)
+    if _VERSION_LIKE.search(segment):
         return _fit_name(segment, b"~")
     return segment
 
@@ -652,7 +661,7 @@ class MirrorState:
         """
         head, _slash, name = path.rpartition(b"/")
         dirs = [_version_dir_name(segment) for segment in head.split(b"/")] if head else []
-        leaf = _fit_name(name, f".v{version}".encode())
+        leaf = _version_name(name, version)
         return Path(os.fsdecode(os.path.join(os.fsencode(self.versions_dir / host), *dirs, leaf)))
 
     def temp_path(self) -> Path:

@@ -110,10 +110,20 @@ def indexer_for(
     """
     if start == 0:
         return FileIndexer(reader, host, path)
-    facts = load_facts(db, host, path)
-    if facts is None or facts.bytes != start:
+    facts = continuable_facts(db, host, path, start)
+    if facts is None:
         return None
     return FileIndexer(reader, host, path, start=start, facts=facts)
+
+
+def continuable_facts(
+    db: sqlite3.Connection, host: str, path: bytes, start: int
+) -> SessionFacts | None:
+    """The stored facts of exactly the ``start`` committed bytes of a session, to which the
+    facts of its new bytes can be added; None when there are none such (see
+    :func:`indexer_for`)."""
+    facts = load_facts(db, host, path)
+    return facts if facts is not None and facts.bytes == start else None
 
 
 def index_local_file(

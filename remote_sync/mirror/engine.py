@@ -47,10 +47,11 @@ from ..errors import (
 from ..events import Emit, ErrorEvent, FileCounts, HostDone, Planned, Progress, Summary
 from ..formats.readers import get_reader
 from ..index.facts import FormatReader
-from ..index.store import delete_sessions, load_facts
+from ..index.store import delete_sessions
 from ..index.update import (
     FileIndexer,
     IndexUpdate,
+    continuable_facts,
     index_local_file,
     index_range,
     indexer_for,
@@ -847,8 +848,8 @@ class _FrameHandler:
             )
         if indexed and reader is not None and worker is not None:
             start = row.size if t.mode == "append" else 0
-            facts = load_facts(state.db, self.sync.name, r.path) if start > 0 else None
-            if start > 0 and (facts is None or facts.bytes != start):
+            facts = continuable_facts(state.db, self.sync.name, r.path, start) if start else None
+            if start > 0 and facts is None:
                 return writer  # no facts to continue: indexed at the round's end (indexer_for)
             writer.job = worker.job(
                 fd=writer.handle.fileno(),

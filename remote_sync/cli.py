@@ -195,7 +195,8 @@ def _filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state",
         choices=_STATES,
-        help="only this state: live, deleted (gone from the remote), rewritten (versions kept), "
+        help="only this state: live, deleted (gone from the remote, or kept by the agent "
+        "only as a tombstone such as OpenClaw's .deleted. archive), rewritten (versions kept), "
         "renamed (archived by the host under another name; left out unless asked for)",
     )
 

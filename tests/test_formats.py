@@ -576,6 +576,25 @@ def test_paths(fmt: str, path: str, identity: tuple[str | None, str] | None) -> 
         assert reader.identify(rel) == identity
 
 
+def test_only_openclaws_tombstones_are_deleted_by_the_agent() -> None:
+    """OpenClaw deletes a session by renaming it ``<id>.jsonl.deleted.<time>``; nothing else
+    (a live file whose id holds the marker, a reset archive, another format) is a tombstone."""
+    openclaw = READERS["openclaw"]
+    sessions = "agents/ops/sessions/"
+    for name, deleted in [
+        ("5f0c.jsonl.deleted.2026-01-02T03-04-05Z", True),
+        ("5f0c-topic-7.jsonl.deleted.2026-01-02T03-04-05Z", True),
+        ("5f0c.jsonl", False),
+        ("5f0c.jsonl.reset.2026-01-02T03-04-05.678Z", False),
+        ("5f0c.jsonl.reset.1.jsonl.deleted.2", False),  # a reset archive (its first marker)
+        ("x.jsonl.deleted.y.jsonl", False),  # a live file: the name ends in .jsonl
+    ]:
+        assert openclaw.deleted_by_agent((sessions + name).encode()) is deleted, name
+    for fmt in ALL:
+        if fmt != "openclaw":
+            assert not READERS[fmt].deleted_by_agent(b"sessions/5f0c.jsonl.deleted.1")
+
+
 @pytest.mark.parametrize("fmt", ALL)
 def test_undecodable_path_bytes(fmt: str) -> None:
     reader = READERS[fmt]

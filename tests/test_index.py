@@ -243,6 +243,34 @@ def test_a_session_archived_by_the_host_counts_once(
     assert len(capsys.readouterr().out.splitlines()) == 1
 
 
+def test_a_session_the_agent_deleted_is_listed_as_deleted_once(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OpenClaw deletes a session by renaming it to ``<id>.jsonl.deleted.<time>``: the file is
+    still on the host, the conversation is deleted, and it counts once, as deleted."""
+    rng = random.Random(6)
+    tree, inv, dest = served_tree(fleet, tmp_path, "openclaw", "claw", 3, rng, messages=20)
+    assert sync(inv, dest) == 0
+    target = tree.transcripts[0]
+    tombstone = target.path.with_name(target.path.name + ".deleted.2026-11-21T10-00-00.000Z")
+    os.rename(target.path, tombstone)
+    assert sync(inv, dest) == 0
+
+    def listed(*args: str) -> list[dict[str, object]]:
+        capsys.readouterr()
+        assert main(["sessions", "list", "--dest", str(dest), "--json", *args]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    states = sorted(str(r["state"]) for r in listed())
+    assert states == ["deleted", "live", "live"]
+    (deleted,) = listed("--state", "deleted")
+    assert str(deleted["path"]).endswith(".deleted.2026-11-21T10-00-00.000Z")
+    (old,) = listed("--state", "renamed")
+    assert old["path"] == target.rel.decode()
+    remote = anyio.run(lambda: api.list_sessions(remote=True, hosts=load_inventory(inv).hosts))
+    assert sorted(r.state for r in remote) == states
+
+
 def test_a_transcript_without_a_whole_line_has_no_session(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -288,7 +316,7 @@ def test_remote_and_local_listing_agree(
 
     def key(rows: list[object]) -> list[tuple[object, ...]]:
         return sorted(
-            (r.path, r.session_id, r.messages, r.tokens_in, r.tokens_out, r.title, r.bytes)  # type: ignore[attr-defined]
+            (r.path, r.session_id, r.state, r.messages, r.tokens_in, r.tokens_out, r.title, r.bytes)  # type: ignore[attr-defined]
             for r in rows
         )
 

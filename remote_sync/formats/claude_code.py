@@ -133,6 +133,9 @@ class ClaudeCodeReader:
             return segs[0], f"{segs[1]}/{stem}"
         return (segs[0] if len(segs) >= 2 else None), stem
 
+    def deleted_by_agent(self, path: bytes) -> bool:
+        return False  # this agent deletes a transcript by removing its file
+
     def update(self, facts: SessionFacts, line: ClaudeLine) -> None:
         msg = line.message
         kind = line.type

@@ -139,6 +139,9 @@ class CodexReader:
         found = _UUID_AT_END.search(stem)
         return None, found.group(1) if found else stem.removeprefix("rollout-")
 
+    def deleted_by_agent(self, path: bytes) -> bool:
+        return False  # this agent deletes a transcript by removing its file
+
     def update(self, facts: SessionFacts, line: CodexLine) -> None:
         p = line.payload
         if p is not None:

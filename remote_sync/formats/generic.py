@@ -335,6 +335,9 @@ class GenericReader:
         text = path.decode("utf-8", "replace")
         return None, text.removesuffix(".jsonl")
 
+    def deleted_by_agent(self, path: bytes) -> bool:
+        return False  # no tombstone names are known in generic JSONL
+
     def _parts(
         self, line: GenericLine
     ) -> tuple[str | None, msgspec.Raw, Any, msgspec.Raw, str | None]:

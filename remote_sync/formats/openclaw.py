@@ -33,20 +33,28 @@ from .pi import V3Reader
 __all__ = ["OpenClawReader"]
 
 _SESSION_DIRS = ("sessions", "sessions_archive")
-_ARCHIVES = (".jsonl.reset.", ".jsonl.deleted.")
+_DELETED = ".jsonl.deleted."
+_DELETED_BYTES = _DELETED.encode()
+_ARCHIVES = (".jsonl.reset.", _DELETED)
 
 
 def _session_stem(name: str) -> str | None:
     """The session id in a transcript's file name, or None if the name is not a transcript."""
+    named = _transcript_name(name)
+    return named[0] if named else None
+
+
+def _transcript_name(name: str) -> tuple[str, str | None] | None:
+    """(session id, archive marker or None for a live file) of a transcript's file name."""
     if ".trajectory.jsonl" in name:
         return None
     if name.endswith(".jsonl"):
         stem = name[: -len(".jsonl")]
-        return stem or None
+        return (stem, None) if stem else None
     for marker in _ARCHIVES:
         at = name.find(marker)
         if at > 0 and len(name) > at + len(marker):
-            return name[:at]
+            return name[:at], marker
     return None
 
 
@@ -67,6 +75,14 @@ class OpenClawReader(V3Reader):
         stem = _session_stem(name) or name
         agent = segs[-3] if len(segs) >= 3 and segs[-2] in _SESSION_DIRS else None
         return agent, stem
+
+    def deleted_by_agent(self, path: bytes) -> bool:
+        if _DELETED_BYTES not in path:
+            return False  # the common case, answered without decoding the path
+        segs = split_path(path)
+        name = segs[-1] if segs else ""
+        named = _transcript_name(name)
+        return named is not None and named[1] == _DELETED
 
     def _header_id(self, facts: SessionFacts, header_id: str) -> None:
         current = facts.session_id

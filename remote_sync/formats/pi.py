@@ -105,6 +105,9 @@ class V3Reader:
     def identify(self, path: bytes) -> tuple[str | None, str]:  # pragma: no cover
         raise NotImplementedError
 
+    def deleted_by_agent(self, path: bytes) -> bool:
+        return False  # pi deletes a session by removing its file; OpenClaw overrides this
+
     def _header_id(self, facts: SessionFacts, header_id: str) -> None:
         facts.session_id = header_id
 

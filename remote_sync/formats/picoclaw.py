@@ -64,6 +64,9 @@ class PicoclawReader:
         segs = split_path(path)
         return None, segs[-1].removesuffix(".jsonl") if segs else ""
 
+    def deleted_by_agent(self, path: bytes) -> bool:
+        return False  # this agent deletes a transcript by removing its file
+
     def update(self, facts: SessionFacts, line: PicoLine) -> None:
         role = line.role
         if role is not None:

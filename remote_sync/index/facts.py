@@ -133,6 +133,10 @@ class FormatReader(Protocol):
         """(agent or project, session id) from the path alone."""
         ...
 
+    def deleted_by_agent(self, path: bytes) -> bool:
+        """Is this transcript one the agent deleted, kept by it under a tombstone's name?"""
+        ...
+
     def update(self, facts: SessionFacts, line: Any) -> None:
         """Fold one decoded line into the facts (the caller counts lines and bytes).
 

@@ -11,11 +11,14 @@ which classify, filter and sort in memory exactly like the SQL does.
 Over the index, filtering, the class and state of a session, sorting and the limit are all
 done in SQL, so ``--limit`` stays fast on a large index. Definitions:
 
-* **state**: ``deleted`` when the file is gone from the remote, ``renamed`` when it is gone
-  because the host renamed it (an OpenClaw session archived as ``<id>.jsonl.reset.<time>``:
-  the same conversation is indexed under its new name), else ``rewritten`` when earlier
-  copies were kept (the file's ``version`` > 0), else ``live``. Renamed sessions are left out
-  of listings and totals unless asked for by ``state``, so a conversation counts once.
+* **state**: ``deleted`` when the file is gone from the remote, or when the agent deleted the
+  conversation and keeps it only under a tombstone's name (OpenClaw's
+  ``<id>.jsonl.deleted.<time>``: the format reader's ``deleted_by_agent`` knows the names);
+  ``renamed`` when it is gone because the host renamed it (an OpenClaw session archived as
+  ``<id>.jsonl.reset.<time>`` or ``.deleted.<time>``: the same conversation is indexed under
+  its new name); else ``rewritten`` when earlier copies were kept (the file's ``version`` > 0);
+  else ``live``. Renamed sessions are left out of listings and totals unless asked for by
+  ``state``, so a conversation counts once.
 * **class**: ``empty`` when the transcript has fewer than :data:`EMPTY_BYTES` bytes or no
   messages; else ``low`` (low value) when it has at most one user message and its last activity
   (``last_ts``, or the file's mtime when no line had a timestamp) is older than
@@ -44,6 +47,7 @@ from typing import Any, Literal
 import msgspec
 
 from ..errors import ConfigError, path_bytes
+from ..formats.readers import READERS
 from .facts import SessionFacts
 from .store import INDEX_RULES, INT64_MAX, index_rules, models_list
 
@@ -170,6 +174,7 @@ _SELECT = (
     (
         "state",
         "CASE WHEN f.state IN ('deleted', 'renamed') THEN f.state "
+        "WHEN deleted_by_agent(s.format, s.path) THEN 'deleted' "
         "WHEN f.version > 0 THEN 'rewritten' ELSE 'live' END",
     ),
     (
@@ -232,6 +237,16 @@ def open_index(dest: str | Path) -> sqlite3.Connection:
         )
     _warn_if_other_rules(db, dest)
     return db
+
+
+def _deleted_by_agent(format_name: str, path: bytes) -> bool:
+    reader = READERS.get(format_name)
+    return reader is not None and reader.deleted_by_agent(path)
+
+
+def _use_readers(db: sqlite3.Connection) -> None:
+    """Let ``db``'s queries ask the format readers what the SQL cannot know (idempotent)."""
+    db.create_function("deleted_by_agent", 2, _deleted_by_agent, deterministic=True)
 
 
 def _warn_if_other_rules(db: sqlite3.Connection, dest: str | Path) -> None:
@@ -408,6 +423,7 @@ def query_sessions(
     relative ``since`` ages are counted from. Bad arguments raise :class:`ConfigError` before
     any row is produced.
     """
+    _use_readers(db)
     sql, params = _where(
         host=host, format=format, agent=agent, since=since, klass=klass, state=state, now=now
     )
@@ -615,6 +631,7 @@ def find_session(
     if host not in hosts:
         known = ", ".join(hosts) if hosts else "none yet"
         raise ConfigError(f"no host {host!r} in the index", hint=f"indexed hosts: {known}")
+    _use_readers(db)
     base, params = _where(
         host=host,
         format=None,
@@ -692,6 +709,7 @@ def session_stats(
     """
     if by not in STATS_KEYS:
         raise ConfigError(f"cannot group by {by!r}", hint=f"use one of {', '.join(STATS_KEYS)}")
+    _use_readers(db)
     sql, params = _where(
         host=host, format=format, agent=agent, since=since, klass=klass, state=state, now=now
     )

@@ -675,7 +675,11 @@ async def stream_remote_sessions(
                                     update.path,
                                     reader.name,
                                     update.facts,
-                                    state="live",
+                                    state=(
+                                        "deleted"
+                                        if reader.deleted_by_agent(update.path)
+                                        else "live"
+                                    ),
                                     now=now,
                                     mtime=mtime,
                                 )

@@ -925,6 +925,12 @@ def test_disk_full_is_a_clear_error_and_loses_nothing(
     # the error says "disk full" and the host's round is the one that failed.
     assert b"disk full" in out, out[-2000:]
     assert b'"host":"h0","status":"failed"' in out
+    # The files the round meant to fetch and did not commit count as failed: at least the one
+    # that filled the disk, and with those committed, every file of the host.
+    (done,) = [e for e in map(json.loads, out.splitlines()) if e["type"] == "host_done"]
+    files = done["files"]
+    assert files["failed"] >= 1
+    assert files["new"] + files["failed"] == len(expected_tree(fleet.path("h0")))
     assert not list((dest / ".remote-sync" / "tmp").glob("*"))
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest)])

@@ -211,12 +211,18 @@ class HostSync:
         self.worker: IndexWorker | None = None  # this round's index worker, if it uses one
         self.inflight: _Flush | None = None  # at most one batch being made durable
         self.new_rows: list[FileState] = []  # files new to the mirror, committed this round
+        # The files this round means to fetch, and those it has committed or failed: when the
+        # round fails midway, the rest count as failed too (they were left behind).
+        self.planned: list[bytes] = []
+        self.settled: set[bytes] = set()
 
     async def run(self) -> HostRound:
         try:
             await self._round()
         except RemoteSyncError as exc:
             self.result.error = exc
+            if not isinstance(exc, TransferCancelledError):
+                self._count_left_behind()
             self.emit(ErrorEvent.from_exception(exc))
         except Exception as exc:
             # A bug must not take the other hosts down with it: this host fails, loudly, and
@@ -228,6 +234,7 @@ class HostSync:
                 hint="please report this with the log; a rerun resumes from the checkpoints",
             )
             self.result.error = error
+            self._count_left_behind()
             self.emit(ErrorEvent.from_exception(error))
         self.emit(
             Progress(
@@ -284,6 +291,7 @@ class HostSync:
                     await _drain_stream(stream)
                     self._count_dry_run(plan)
                 else:
+                    self.planned = [t.remote.path for t in plan.transfers]
                     await self._pick_worker(plan)
                     again = await self._fetch_on(stream, marker, plan.transfers, listed.rest)
             if self.options.dry_run:
@@ -513,8 +521,9 @@ class HostSync:
                 items, failed = await flush.wait()
             finally:
                 self.inflight = None
-            for _item, error in failed:  # that file only; the rest of the batch goes on
+            for item, error in failed:  # that file only; the rest of the batch goes on
                 self.result.files.failed += 1
+                self.settled.add(item.row.path)
                 self.emit(ErrorEvent.from_exception(error))
             # A new file that never reached its place leaves no row behind (see mark_in_doubt).
             self.state.forget_placeholders([(item.row.host, item.row.path) for item, _ in failed])
@@ -543,6 +552,7 @@ class HostSync:
         for item in items:
             counts = self.result.files
             setattr(counts, item.category, getattr(counts, item.category) + 1)
+            self.settled.add(item.row.path)
             self.result.versions_kept += item.versioned
             if item.category == "new":
                 self.new_rows.append(item.row)
@@ -605,7 +615,13 @@ class HostSync:
         hint: str = "see the message; a rerun retries",
     ) -> None:
         self.result.files.failed += 1
+        self.settled.add(path)
         self.emit(ErrorEvent(self.name, path_text(path), kind, message, hint))
+
+    def _count_left_behind(self) -> None:
+        """The round failed: every file it meant to fetch and did not commit counts as failed
+        (the host's error says why; a rerun fetches them)."""
+        self.result.files.failed += sum(1 for path in self.planned if path not in self.settled)
 
     def _mark_deleted(self, rows: list[FileState]) -> None:
         """Files gone from the remote: ``deleted``, or ``renamed`` when a file new this round

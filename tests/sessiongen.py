@@ -10,8 +10,9 @@ API (all deterministic for a given ``random.Random``):
 * :func:`generate` ``(format, rng, *, messages=40, ...) -> Session``: one transcript.
   ``Session`` unpacks as ``data, expected = generate(...)``; it also has ``messages`` (the
   :class:`ExpectedMessage` of every line a reader's ``message()`` must render, with offsets)
-  and ``line_offsets`` (the start of every line). Knobs: ``malformed`` (that many malformed
-  lines: truncated JSON, non-objects, invalid UTF-8, NUL runs, shape mismatches),
+  and ``line_offsets`` (the start of every line). Knobs: ``malformed`` (that many noise
+  lines: truncated JSON, non-objects, invalid UTF-8, NUL runs, all malformed; and shape
+  mismatches, which are read without their bad field and add nothing),
   ``blank_lines``, ``huge_line_bytes`` (one tool output of about that many bytes),
   ``unicode`` (CJK, RTL, emoji, combining marks, U+2028 in texts), ``split_responses``
   (Claude Code: one line per content block, repeating the response's usage),
@@ -626,16 +627,19 @@ def _conversation(
 
 # --- malformed lines -----------------------------------------------------------------------
 
+# Valid JSON with a known field of the wrong shape: the decoder leaves that field out (see
+# remote_sync.decode.salvage), and what is left is no message. Not malformed, no effect.
 _MISMATCH = {
     "openclaw": b'{"type":"message","id":"0badf00d","message":"not an object"}',
     "pi": b'{"type":"message","id":"0badf00d","message":["not","an","object"]}',
-    "claude-code": b'{"type":"assistant","message":"oops","timestamp":"2026-01-01T00:00:00.000Z"}',
-    "codex": b'{"timestamp":"2026-01-01T00:00:00.000Z","type":"response_item","payload":"x"}',
+    "claude-code": b'{"type":"assistant","message":"oops"}',
+    "codex": b'{"type":"response_item","payload":"x"}',
     "picoclaw": b'{"role":["user"],"content":"a role that is not a string"}',
 }
 
 
-def _malformed(rng: random.Random, fmt: str) -> bytes:
+def _malformed(rng: random.Random, fmt: str) -> tuple[bytes, bool]:
+    """A noise line, and whether it is malformed (else it is read but adds nothing)."""
     kinds: list[bytes] = [
         b'{"type":"message","id":"ab12cd34","timestamp":"2026-01-0',  # a crash mid-write
         b"[1,2,3]",
@@ -649,14 +653,16 @@ def _malformed(rng: random.Random, fmt: str) -> bytes:
     ]
     if fmt in _MISMATCH:
         kinds.append(_MISMATCH[fmt])
-    return rng.choice(kinds)
+    line = rng.choice(kinds)
+    return line, line != _MISMATCH.get(fmt)
 
 
 def _insert_noise(
     rng: random.Random, fmt: str, lines: list[_Line], malformed: int, blank_lines: int
 ) -> None:
     for _ in range(malformed):
-        lines.insert(rng.randint(0, len(lines)), _Line(_malformed(rng, fmt), _Eff(malformed=True)))
+        line, is_malformed = _malformed(rng, fmt)
+        lines.insert(rng.randint(0, len(lines)), _Line(line, _Eff(malformed=is_malformed)))
     for _ in range(blank_lines):
         blank = rng.choice((b"", b"   ", b"\t", b"\r"))
         lines.insert(rng.randint(0, len(lines)), _Line(blank, _Eff()))

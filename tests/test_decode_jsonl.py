@@ -22,6 +22,7 @@ from remote_sync.decode.jsonl import (
     Record,
     decode_all,
 )
+from remote_sync.decode.salvage import MAX_REMOVALS
 
 MiB = 1024 * 1024
 
@@ -408,6 +409,73 @@ def test_deeply_nested_line_is_an_error() -> None:
     assert items[1] == Record(len(data) - 8, 8, {"b": 1})
 
 
+class Usage(msgspec.Struct):
+    input: int | None = None
+    output: int | None = None
+    cost: float | None = None
+
+
+class Block(msgspec.Struct):
+    type: str | None = None
+    text: str | None = None
+
+
+class Typed(msgspec.Struct):
+    """A line view with typed fields, as the format readers have."""
+
+    role: str | None = None
+    model: str | None = None
+    usage: Usage | None = None
+    content: list[Block] | None = None
+
+
+def test_fields_of_the_wrong_shape_are_left_out_not_the_line() -> None:
+    """Writers that are not strict: a count as a float or a string, a model as an object, one
+    odd block. The line keeps its message; only what cannot be read is left out."""
+    cases = [
+        (
+            b'{"role":"a","usage":{"input":5.0,"output":"10","cost":"0.5"}}',
+            Typed(role="a", usage=Usage(5, 10, 0.5)),
+        ),
+        (b'{"role":"a","usage":{"input":1e3,"output":2.5}}', Typed(role="a", usage=Usage(1000))),
+        (b'{"role":"a","model":{"id":"m"},"usage":{"input":1}}', Typed(role="a", usage=Usage(1))),
+        (
+            b'{"role":"a","content":[{"type":"text","text":"hi"},{"type":7},"x",'
+            b'{"type":"text","text":"yo"}]}',
+            # the block's bad field goes; a block that is no object goes whole
+            Typed(role="a", content=[Block("text", "hi"), Block(), Block("text", "yo")]),
+        ),
+        (b'{"role":["user"],"model":"m"}', Typed(model="m")),
+        (b'{"role":"a","usage":[1,2]}', Typed(role="a")),
+    ]
+    data = b"".join(line + b"\n" for line, _ in cases)
+    items, _ = decode_all(data, Typed)
+    assert [i.value for i in items] == [want for _, want in cases]  # type: ignore[union-attr]
+    fed = JsonlDecoder(Typed).feed_values(data)
+    assert (fed.values, fed.malformed) == ([want for _, want in cases], 0)
+
+
+def test_a_line_that_cannot_be_salvaged_stays_malformed() -> None:
+    many_bad = b'{"content":[' + b",".join([b"1"] * (MAX_REMOVALS + 1)) + b"]}"
+    data = b"[1,2]\n" + many_bad + b"\n" + b'{"role":"a","usage":{"input":\n'
+    items, _ = decode_all(data, Typed)
+    assert [type(i) for i in items] == [LineError, LineError, LineError]
+    assert items[1].reason.startswith("schema mismatch: ")  # type: ignore[union-attr]
+    fewer = b'{"content":[' + b",".join([b"1"] * MAX_REMOVALS) + b"]}\n"
+    assert decode_all(fewer, Typed)[0] == [Record(0, len(fewer), Typed(content=[]))]
+
+
+def test_a_key_holding_dots_and_brackets_is_found() -> None:
+    """msgspec names a field ``$.a.b`` whether ``a.b`` is one key or two: both are tried."""
+
+    class Dotted(msgspec.Struct, rename={"n": "x.y[0]"}):
+        n: int | None = None
+        keep: str | None = None
+
+    line = b'{"x.y[0]":"no","keep":"k"}\n'
+    assert decode_all(line, Dotted)[0] == [Record(0, len(line), Dotted(keep="k"))]
+
+
 def test_post_init_failure_is_an_error() -> None:
     class Checked(msgspec.Struct):
         n: int
@@ -711,3 +779,47 @@ def test_feed_values_falls_back_where_decode_lines_differs(data: bytes) -> None:
     fed = JsonlDecoder(View).feed_values(data)
     assert (list(zip(fed.offsets, fed.values, strict=True)), fed.malformed) == values_model(items)
     assert fed.malformed >= 1 or b"\n \n" in data
+
+
+# Objects with the fields of Typed, each of any shape: most lines need salvaging.
+_typed_line = st.builds(
+    lambda obj: orjson.dumps(obj),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "role": _json_value,
+            "model": _json_value,
+            "usage": st.one_of(
+                _json_value, st.fixed_dictionaries({}, optional={"input": _json_value})
+            ),
+            "content": st.lists(
+                st.one_of(_json_value, st.fixed_dictionaries({}, optional={"text": _json_value})),
+                max_size=4,
+            ),
+        },
+    ),
+)
+
+
+@_fast
+@given(
+    lines=st.lists(st.one_of(_typed_line, _typed_line, _hostile_line), max_size=10),
+    seed=st.data(),
+)
+def test_salvage_is_the_same_for_any_chunking_and_both_paths(
+    lines: list[bytes], seed: st.DataObject
+) -> None:
+    data = b"\n".join(lines) + b"\n"
+    whole, _ = decode_all(data, Typed)
+    cuts = seed.draw(_cuts(data))
+    assert feed_chunks(JsonlDecoder(Typed), data, cuts) == whole
+    good, malformed, _lines, _states = feed_values_chunks(JsonlDecoder(Typed), data, cuts)
+    assert (good, malformed) == values_model(whole)
+
+
+@_fast
+@given(line=_typed_line)
+def test_an_object_with_few_bad_fields_is_always_read(line: bytes) -> None:
+    """At most 7 values of these lines can be of a wrong shape: each one is mended."""
+    (item,), _ = decode_all(line + b"\n", Typed)
+    assert isinstance(item, Record), (line, item)

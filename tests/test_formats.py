@@ -138,7 +138,8 @@ def test_generated_session_gives_expected_facts(fmt: str, seed: int) -> None:
 def test_malformed_lines_are_counted(fmt: str) -> None:
     session = sg.generate(fmt, random.Random(5), messages=10, malformed=25)
     facts = fold(READERS[fmt], session.data)
-    assert facts.malformed == 25 == session.expected["malformed"]
+    # 25 noise lines; the shape mismatches among them are read (their bad field left out).
+    assert 0 < facts.malformed == session.expected["malformed"] <= 25
     check(facts, session.expected)
 
 

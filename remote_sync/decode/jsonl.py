@@ -18,8 +18,9 @@ Rules, all of which depend only on a line's own bytes (never on how the stream w
   newline arrives.
 * Blank and whitespace-only lines (JSON whitespace: space, tab, ``\\r``) yield nothing, but
   offsets account for them and they are committed.
-* A line that is not valid UTF-8, is not valid JSON, or does not match the requested type
-  yields a :class:`LineError` and decoding continues with the next line.
+* A line that is not valid UTF-8 or not valid JSON yields a :class:`LineError` and decoding
+  continues with the next line. So does one that does not match the requested type, unless
+  it does once the fields of the wrong shape are left out (:mod:`.salvage`).
 * A line whose bytes, not counting its ``b"\\n"``, number more than ``max_line_bytes`` yields a
   :class:`LineError` and is never buffered whole: as soon as the held partial line grows past
   the limit its bytes are dropped and the decoder skips to the next newline, keeping only a
@@ -33,6 +34,8 @@ import re
 from typing import Any, Generic, TypeVar, overload
 
 import msgspec
+
+from .salvage import Salvage
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
@@ -125,6 +128,7 @@ class JsonlDecoder(Generic[T]):
         "_max",
         "_parts",
         "_pending_len",
+        "_salvage",
         "_skipping",
         "_too_long_prefix",
         "_utf8_checked_by_msgspec",
@@ -162,6 +166,8 @@ class JsonlDecoder(Generic[T]):
         self._decode = decoder.decode
         self._decode_many = decoder.decode_lines
         self._utf8_checked_by_msgspec = _is_self_validating(type)
+        # A type that takes any JSON object has no fields to be of the wrong shape.
+        self._salvage = None if self._utf8_checked_by_msgspec else Salvage(type)
         self._max = max_line_bytes
         self._too_long_prefix = f"line longer than {max_line_bytes} bytes ("
         self._committed = start_offset
@@ -223,6 +229,20 @@ class JsonlDecoder(Generic[T]):
             self._grow_pending(data[pos:] if pos else data)
         return out
 
+    def _repair(self, line: bytes, exc: Exception) -> tuple[Any] | None:
+        """``(value,)`` of a line that failed to decode as ``exc`` says, read after all: its
+        lone surrogate escapes as U+FFFD (see :func:`_without_lone_surrogates`), its fields of
+        the wrong shape left out (see :mod:`remote_sync.decode.salvage`); else None."""
+        fixed = _without_lone_surrogates(line)
+        if fixed is not None:
+            try:
+                return (self._decode(fixed),)
+            except Exception as again:
+                line, exc = fixed, again
+        if self._salvage is None or not isinstance(exc, msgspec.ValidationError):
+            return None
+        return self._salvage(line)
+
     def _grow_pending(self, piece: bytes) -> None:
         """Add a newline-free piece to the partial line, switching to skipping past the limit."""
         self._pending_len += len(piece)
@@ -250,7 +270,7 @@ class JsonlDecoder(Generic[T]):
                 try:
                     out.append(Record(offset, length, self._decode(line)))
                 except Exception as exc:
-                    repaired = _decode_repaired(self._decode, line)
+                    repaired = self._repair(line, exc)
                     if repaired is not None:
                         out.append(Record(offset, length, repaired[0]))
                     else:
@@ -287,7 +307,7 @@ class JsonlDecoder(Generic[T]):
                 try:
                     append(Record(base + pos, length, decode(view[pos:nl])))
                 except Exception as exc:
-                    repaired = _decode_repaired(decode, data[pos:nl])
+                    repaired = self._repair(data[pos:nl], exc)
                     if repaired is not None:
                         append(Record(base + pos, length, repaired[0]))
                     else:
@@ -413,8 +433,8 @@ class JsonlDecoder(Generic[T]):
             else:
                 try:
                     value = decode(view[pos:nl])
-                except Exception:
-                    repaired = _decode_repaired(decode, data[pos:nl])
+                except Exception as exc:
+                    repaired = self._repair(data[pos:nl], exc)
                     if repaired is not None:
                         values.append(repaired[0])
                         offsets.append(base + pos)
@@ -507,8 +527,8 @@ _ESCAPE = re.compile(
 )
 
 
-def _decode_repaired(decode: Any, line: bytes) -> tuple[Any] | None:
-    """``(value,)`` of a line msgspec refused only for a lone surrogate escape, else None.
+def _without_lone_surrogates(line: bytes) -> bytes | None:
+    """``line`` with its lone surrogate escapes replaced by U+FFFD's, or None if it has none.
 
     JavaScript agents write one when they cut a string in the middle of a surrogate pair
     (``text.slice(0, n)`` of a long tool output ending in an emoji): JSON's grammar allows it
@@ -528,12 +548,7 @@ def _decode_repaired(decode: Any, line: bytes) -> tuple[Any] | None:
         return escape
 
     fixed = _ESCAPE.sub(lone_to_replacement, line)
-    if not replaced:
-        return None
-    try:
-        return (decode(fixed),)
-    except Exception:
-        return None
+    return fixed if replaced else None
 
 
 def _line_error(line: bytes, offset: int, exc: Exception) -> LineError | None:

@@ -6,9 +6,9 @@ What it owns: :data:`READERS` (format name → reader, the same names as
 Contract shared by every reader, which the index relies on:
 
 * ``line_type`` is a lenient msgspec view: unknown fields are ignored and every field is
-  optional, so any JSON object of the format decodes; a line that is not a JSON object (or
-  whose known fields have the wrong shape) fails decoding and is counted as malformed by the
-  caller.
+  optional, so any JSON object of the format decodes. A line that is not a JSON object fails
+  decoding and is counted as malformed by the caller; one whose known fields have the wrong
+  shape is read without them (:mod:`remote_sync.decode.salvage`).
 * ``update`` keeps no state outside the :class:`~remote_sync.index.facts.SessionFacts` it is
   given, so folding a file's prefix and then the rest into the same facts equals folding the
   whole file, however the bytes were chunked.

@@ -27,8 +27,9 @@ MARK_EVERY = 256
 #: the index), so listings warn until ``index rebuild`` recounts them. 2: Claude Code's
 #: harness records count as system messages, hosted tool calls as tool calls; models are kept
 #: one per line (a model name may hold a comma). 3: a title leaves out the blocks a harness
-#: put before the prompt in the same message.
-INDEX_RULES = 3
+#: put before the prompt in the same message. 4: a line with fields of the wrong shape is
+#: read without them, not counted as malformed.
+INDEX_RULES = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (

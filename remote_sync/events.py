@@ -92,6 +92,8 @@ class Summary(msgspec.Struct, tag="summary", tag_field="type"):
     exit_code: int
     dry_run: bool
     seconds: float
+    #: Hosts that synced but with some files failed (``hosts_ok`` leaves them out).
+    hosts_partial: int = 0
 
 
 class Planned(msgspec.Struct, tag="planned", tag_field="type"):

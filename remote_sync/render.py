@@ -185,7 +185,9 @@ def recap_table(summary: ev.Summary) -> Table:
     t = summary.files
     table.add_row(
         Text("total", style="bold"),
-        f"{summary.hosts_ok} ok / {summary.hosts_failed} failed",
+        f"{summary.hosts_ok} ok / {summary.hosts_partial} partial / {summary.hosts_failed} failed"
+        if summary.hosts_partial
+        else f"{summary.hosts_ok} ok / {summary.hosts_failed} failed",
         str(t.new),
         str(t.grown),
         str(t.rewritten),

@@ -494,6 +494,43 @@ async def test_local_files_that_do_not_exist_are_configuration_errors(
     assert str(fleet.host("h0").port) in fresh.read_text()
 
 
+async def test_local_files_that_cannot_be_used_are_configuration_errors(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """A key or known_hosts that is a directory, a key that needs a passphrase, an ssh_config
+    that includes itself: each is this host's configuration error, naming the file, not an
+    unreachable host (nor a traceback). (A file that is no key at all is skipped, as ssh
+    skips it with a warning: authentication then fails, as its own error.)"""
+    locked = tmp_path / "locked"
+    os.system(f"ssh-keygen -q -t ed25519 -N secret -f {locked}")
+    os.unlink(f"{locked}.pub")  # with it, asyncssh defers the passphrase to the key's use
+    looping = tmp_path / "looping"
+    looping.write_text(f"Include {looping}\n")
+    a_dir = str(tmp_path)
+    cases = (
+        (endpoint(fleet, "h0", identity_files=(a_dir,)), a_dir, "identity_file"),
+        (endpoint(fleet, "h0", known_hosts=a_dir), a_dir, "known_hosts"),
+        (
+            Endpoint(
+                address="127.0.0.1",
+                port=fleet.host("h0").port,
+                user=fleet.user,
+                ssh_config=(),
+                identity_files=(str(locked),),
+                known_hosts=str(fleet.known_hosts),
+            ),
+            str(locked),
+            "private key",
+        ),
+        (endpoint(fleet, "h0", ssh_config=(str(looping),)), str(looping), "Include"),
+    )
+    async with SSHPool() as pool:
+        for ep, path, said in cases:
+            with pytest.raises(ConfigError, match=said) as info:
+                await run_command(pool, ep, ["true"], host="h0")
+            assert (info.value.host, info.value.path) == ("h0", path), said
+
+
 async def test_auth_failure_is_its_own_error(fleet: SSHFleet, tmp_path: Path) -> None:
     stranger = tmp_path / "stranger"
     os.system(f"ssh-keygen -q -t ed25519 -N '' -f {stranger}")

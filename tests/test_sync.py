@@ -149,16 +149,18 @@ def test_a_dry_run_writes_nothing_to_an_existing_mirror(
     (control / "lock").write_text("4242\n")
 
     def snapshot() -> dict[str, tuple[bytes, int]]:
+        # SQLite's side files included: a reader must not create a -wal or -shm either.
         return {
-            p.name: (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in control.iterdir()
-            if p.is_file() and not p.name.startswith("state.db-")  # SQLite's own side files
+            p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in control.iterdir() if p.is_file()
         }
 
     before = snapshot()
     append(fleet, "h0", sorted(expected_tree(fleet.path("h0")))[0].decode(), b'{"more": 1}\n')
     code, summary, _ = sync(inv, dest, capsys, "--dry-run")
     assert code == 0 and summary.files.grown == 1
+    assert snapshot() == before
+    for command in (["list"], ["stats"]):
+        assert main(["sessions", *command, "--dest", str(dest), "--json"]) == 0
     assert snapshot() == before
 
 
@@ -350,6 +352,8 @@ def test_permission_denied_file_is_reported_while_the_rest_syncs(
     assert "let the SSH user read the file" in errors[0].hint
     h0 = summary.hosts[0]
     assert h0.status == "partial" and h0.files.failed == 1 and h0.files.new == 11
+    # Not counted as an ok host: the totals say partial, as the exit code does.
+    assert (summary.hosts_ok, summary.hosts_partial, summary.hosts_failed) == (0, 1, 0)
     assert (dest / "h0" / paths[0]).exists() and not (dest / "h0" / paths[1]).exists()
 
 
@@ -1199,3 +1203,49 @@ def test_a_rewrite_to_the_same_size_is_found_and_a_touch_moves_nothing(
     assert (code, summary.files.rewritten, summary.hosts[0].versions_kept) == (0, 1, 1)
     assert (dest / ".remote-sync/versions/h0" / f"{rel}.v2").read_bytes() == current
     assert_exact(fleet, dest, "h0")
+
+
+def test_a_destination_inside_another_mirror_is_refused(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mirror in a host's directory of another would take that host's files for its own
+    (rewrite them, keep the other's copies as versions); one in the state directory, worse."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0")
+    dest = tmp_path / "m"
+    assert sync(inv, dest, capsys)[0] == 0
+    before = mirror_tree(dest, "h0")
+    for inner in (dest / "h0", dest / "h0" / "agents" / "new", dest / ".remote-sync" / "x"):
+        for extra in ([], ["--dry-run"]):
+            code, events = run_cli(
+                ["sync", "--inventory", str(inv), "--dest", str(inner), "--json", *extra], capsys
+            )
+            assert code == 2, (inner, extra)
+            (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+            assert f"inside the mirror at {dest}" in error.message
+            assert not (inner / ".remote-sync").exists()
+    assert mirror_tree(dest, "h0") == before
+    assert not (dest / "h0" / "agents" / "new").exists()
+
+
+def test_a_read_only_mirror_can_be_listed_and_dry_run(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mirror on a read-only mount (a backup disk, a snapshot): the readers need no write."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0")
+    dest = tmp_path / "m"
+    assert sync(inv, dest, capsys)[0] == 0
+    view = tmp_path / "ro"
+    view.mkdir()
+    if subprocess.run(["mount", "--bind", str(dest), str(view)]).returncode:
+        pytest.skip("cannot bind-mount here (not root?)")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+        capsys.readouterr()
+        assert main(["sessions", "list", "--dest", str(view), "--json"]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 10
+        code, summary, _ = sync(inv, view, capsys, "--dry-run")
+        assert code == 0 and summary.files.unchanged == len(expected_tree(fleet.path("h0")))
+    finally:
+        subprocess.run(["umount", "-l", str(view)])

@@ -49,7 +49,7 @@ import msgspec
 from ..errors import ConfigError, path_bytes
 from ..formats.readers import READERS
 from .facts import SessionFacts
-from .store import INDEX_RULES, INT64_MAX, index_rules, models_list
+from .store import INDEX_RULES, INT64_MAX, index_rules, models_list, read_only_uri
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def open_index(dest: str | Path) -> sqlite3.Connection:
             hint="pass --dest DIR (or set REMOTE_SYNC_DEST) to a directory that "
             "`remote-sync sync` has filled",
         )
-    uri = db_path.absolute().as_uri() + "?mode=ro"
+    uri = read_only_uri(db_path)
     try:
         db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA busy_timeout = 5000")

@@ -11,12 +11,30 @@ A session's state (live, deleted on the remote, rewritten) is not stored here: i
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import msgspec
 
 from .facts import SessionFacts
+
+
+def read_only_uri(db_path: Path) -> str:
+    """The URI that opens the state database ``db_path`` for reading without writing a byte.
+
+    A WAL database opened ``mode=ro`` still creates its ``-wal`` and ``-shm`` files (and
+    fails where the directory is read-only). With no ``-wal`` file there is nothing beyond
+    the database file to read (a sync's connection keeps one while it is open): it is opened
+    ``immutable``, which creates nothing. Otherwise a sync may be writing, and ``mode=ro``
+    reads its commits safely through the shared memory it already made.
+    """
+    uri = "file:" + urllib.parse.quote(os.fsencode(db_path.absolute()))
+    wal = db_path.with_name(db_path.name + "-wal")
+    return uri + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
+
 
 #: A mark every this many messages (message 0, 256, 512, ... of a session).
 MARK_EVERY = 256

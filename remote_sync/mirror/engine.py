@@ -85,7 +85,7 @@ from .remote_ops import (
     root_unusable,
     round_argv,
 )
-from .state import CONTROL_DIR, FileState, MirrorState, copy_state
+from .state import CONTROL_DIR, FileState, MirrorState, copy_state, refuse_nested
 from .writer import (
     AppendWriter,
     CommitBatch,
@@ -1035,6 +1035,7 @@ def _state_for(options: SyncOptions, stack: contextlib.ExitStack) -> MirrorState
     yet), so that neither the lock, nor a schema upgrade, nor anything else touches the
     destination."""
     dest = options.dest
+    refuse_nested(dest)
     if not options.dry_run:
         return MirrorState(dest)
     if dest.exists() and not dest.is_dir():
@@ -1155,6 +1156,7 @@ def _summary(
     for r in rounds:
         totals.add(r.files)
     failed = sum(1 for r in rounds if r.error is not None)
+    partial = sum(1 for r in rounds if r.error is None and r.files.failed)
     if cancelled:
         code = 130
     elif rounds and all(isinstance(r.error, ConfigError) for r in rounds):
@@ -1169,8 +1171,9 @@ def _summary(
         hosts=[r.event() for r in rounds],
         files=totals,
         bytes=sum(r.bytes for r in rounds),
-        hosts_ok=len(rounds) - failed,
+        hosts_ok=len(rounds) - failed - partial,
         hosts_failed=failed,
+        hosts_partial=partial,
         exit_code=code,
         dry_run=options.dry_run,
         seconds=round(time.monotonic() - started, 3),

@@ -22,13 +22,19 @@ import shutil
 import sqlite3
 import stat
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DestinationError, LockedError, MirrorError, StateError, path_text
-from ..index.store import delete_sessions, index_rules, record_index_rules
+from ..errors import (
+    ConfigError,
+    DestinationError,
+    LockedError,
+    MirrorError,
+    StateError,
+    path_text,
+)
+from ..index.store import delete_sessions, index_rules, read_only_uri, record_index_rules
 from ..index.store import ensure_schema as ensure_index_schema
 
 CONTROL_DIR = ".remote-sync"
@@ -156,10 +162,26 @@ def _nearly_full(directory: Path) -> bool:
     return fs.f_bavail * fs.f_frsize < (1 << 20) or (fs.f_files > 0 and fs.f_favail == 0)
 
 
+def refuse_nested(dest: Path) -> None:
+    """A :class:`ConfigError` when ``dest`` lies inside another mirror: in one of its host
+    directories (a sync there would take that host's files for its own, rewrite them and keep
+    the other mirror's copies as versions) or in its state directory."""
+    here = dest.resolve()
+    for parent in here.parents:
+        if parent.name == CONTROL_DIR or (parent / CONTROL_DIR / "state.db").is_file():
+            mirror = parent.parent if parent.name == CONTROL_DIR else parent
+            raise ConfigError(
+                f"the destination is inside the mirror at {mirror}",
+                path=str(dest),
+                hint="give a destination outside every mirror: a mirror's directories hold "
+                "its hosts' files and its state",
+            )
+
+
 def copy_state(source: Path, target: Path) -> None:
     """A consistent copy of the state database ``source`` (read-only: it is not locked,
     upgraded or written; a sync may be running). For a dry run, which must change nothing."""
-    uri = "file:" + urllib.parse.quote(os.fsencode(source.resolve())) + "?mode=ro"
+    uri = read_only_uri(source.resolve())
     try:
         src = sqlite3.connect(uri, uri=True)
         try:

@@ -98,6 +98,8 @@ class Endpoint:
         user, sep, rest = spec.rpartition("@")
         if not sep:
             user, rest = "", spec
+        elif not user:
+            raise ConfigError(f"empty user name in {spec!r}", hint="use [user@]host[:port]")
         port: int | None = None
         host = rest
         if rest.startswith("["):  # [ipv6]:port
@@ -107,6 +109,10 @@ class Endpoint:
             host, tail = rest[1:close], rest[close + 1 :]
             if tail.startswith(":"):
                 port = _parse_port(spec, tail[1:])
+            elif tail:
+                raise ConfigError(
+                    f"{tail!r} after the address in {spec!r}", hint="use [user@][ipv6]:port"
+                )
         elif rest.count(":") == 1:
             host, port_text = rest.split(":")
             port = _parse_port(spec, port_text)
@@ -432,7 +438,34 @@ class SSHPool:
             raise AuthenticationError(f"authentication failed: {exc.reason}", host=host) from exc
         except asyncssh.ConfigParseError as exc:
             raise ConfigError(f"ssh_config: {exc}", host=host) from exc
-        except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
+        except RecursionError as exc:  # an Include that includes itself, directly or not
+            raise ConfigError(
+                "ssh_config: too many nested Include directives (one includes itself?)",
+                host=host,
+                path=", ".join(endpoint.ssh_config or ()) or "~/.ssh/config",
+                hint="fix the Include lines of the ssh_config",
+            ) from exc
+        except asyncssh.KeyImportError as exc:
+            raise ConfigError(
+                f"cannot load a private key: {exc}",
+                host=host,
+                path=", ".join(options.get("client_keys", ())) or None,
+                hint="give identity_file a private key ssh can read without asking; for a "
+                "passphrase-protected one, add it to ssh-agent (ssh-add) and leave "
+                "identity_file out",
+            ) from exc
+        except OSError as exc:
+            named = _local_files(options)
+            if exc.filename is not None and str(exc.filename) in named:
+                raise ConfigError(
+                    f"cannot read {named[str(exc.filename)]} {exc.filename!r}: "
+                    f"{exc.strerror or exc}",
+                    host=host,
+                    path=str(exc.filename),
+                    hint="fix the path in the inventory (or on the command line)",
+                ) from exc
+            raise classify(exc, host, connecting=True) from exc
+        except (asyncssh.Error, TimeoutError, ValueError) as exc:
             raise classify(exc, host, connecting=True) from exc
 
     async def _drop(self, slot: _HostSlot) -> None:
@@ -489,6 +522,18 @@ def expand_proxy_tokens(endpoint: Endpoint) -> str:
         "%": "%",
     }
     return re.sub(r"%([hpr%])", lambda m: values[m.group(1)], endpoint.proxy_command)
+
+
+def _local_files(options: dict[str, Any]) -> dict[str, str]:
+    """The local files asyncssh was given to read, each with the option that names it."""
+    named: dict[str, str] = {}
+    for key, what in (("config", "ssh_config"), ("client_keys", "identity_file")):
+        for path in options.get(key, ()):
+            named[str(path)] = what
+    known = options.get("known_hosts")
+    if isinstance(known, str):
+        named[known] = "known_hosts"
+    return named
 
 
 def _expand(path: str) -> str:

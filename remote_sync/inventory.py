@@ -43,7 +43,7 @@ Rules:
   ``root`` is never rewritten.
 * Host names must be unique (ignoring letter case, for case-insensitive file systems) and
   usable as one directory name: not empty, no ``/``, NUL or control character, not starting
-  with ``.``, at most 255 bytes of UTF-8.
+  with ``.``, no white space at either end, at most 255 bytes of UTF-8.
 * Entries with equal address, user, port, keys and ssh settings get equal
   :class:`~remote_sync.ssh.pool.Endpoint` values, and so share one SSH connection.
 
@@ -289,7 +289,7 @@ class Inventory:
 
 _NAME_HINT = (
     "a host name names a directory: no '/', NUL or control characters, "
-    "not starting with '.', at most 255 bytes"
+    "not starting with '.' nor starting or ending with white space, at most 255 bytes"
 )
 _BAD_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f/\ud800-\udfff]")
 
@@ -310,6 +310,9 @@ def host_name_problem(name: str) -> str | None:
         return "contains a control character"
     if name.startswith("."):
         return "starts with '.'"
+    if name != name.strip():
+        # " " would be a blank in every table; "pi " a second pi that no one can tell apart.
+        return "starts or ends with white space"
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         return f"is longer than {MAX_NAME_BYTES} bytes"
     return None

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from .events import Emit
     from .index.query import SessionRow, StatsRow
     from .index.show import ShowResult
-    from .inventory import Host
+    from .inventory import Host, Inventory
     from .mirror.engine import SyncOptions
 
 EXIT_OK = 0
@@ -124,7 +124,7 @@ def _add_sync(sub: Any) -> None:
         "(like ssh -C or rsync -z: for slow links; on a LAN it only costs CPU)",
     )
     adhoc = sync.add_argument_group("ad-hoc hosts (not in the inventory)")
-    adhoc.add_argument("--format", default="openclaw", help="session format (default openclaw)")
+    adhoc.add_argument("--format", help="session format (default openclaw)")
     adhoc.add_argument("--root", help="remote directory (default: the format's)")
     adhoc.add_argument("--ssh-config", "-F", metavar="FILE", help="OpenSSH client config")
     adhoc.add_argument("--known-hosts", metavar="FILE", help="known_hosts file")
@@ -378,11 +378,11 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _select_hosts(args: argparse.Namespace) -> list[Host]:
-    from .inventory import AdhocOptions, Inventory, load_inventory
+    from .inventory import DEFAULT_FORMAT, AdhocOptions, Inventory, load_inventory
 
     inventory = load_inventory(args.inventory) if args.inventory else Inventory(None, [])
     adhoc = AdhocOptions(
-        format=args.format,
+        format=args.format or DEFAULT_FORMAT,
         root=args.root,
         ssh_config=args.ssh_config,
         known_hosts=args.known_hosts,
@@ -394,7 +394,35 @@ def _select_hosts(args: argparse.Namespace) -> list[Host]:
         raise ConfigError(
             "no hosts to sync", hint="name hosts, fix --tag, or add hosts to the inventory"
         )
+    _refuse_unused_adhoc_options(args, inventory, hosts)
     return list(hosts)
+
+
+def _refuse_unused_adhoc_options(
+    args: argparse.Namespace, inventory: Inventory, hosts: Sequence[Host]
+) -> None:
+    """Options for ad-hoc hosts, given when every host comes from the inventory, would be
+    ignored without a word (``--format codex`` against an inventory's openclaw hosts)."""
+    given = [
+        option
+        for option, value in (
+            ("--format", args.format),
+            ("--root", args.root),
+            ("--ssh-config", args.ssh_config),
+            ("--known-hosts", args.known_hosts),
+            ("--identity", args.identity),
+            ("--accept-new-host-keys", args.accept_new_host_keys),
+        )
+        if value
+    ]
+    if given and all(inventory.get(host.name) is host for host in hosts):
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ConfigError(
+            f"{', '.join(given)} {verb} only to hosts that are not in the inventory, and every "
+            "host to sync is in it",
+            path=str(args.inventory),
+            hint="set these per host (or in [defaults]) in the inventory, or leave them out",
+        )
 
 
 def run_sync(args: argparse.Namespace) -> int:

@@ -113,7 +113,10 @@ class ChannelRefusedError(SSHError):
 class ConnectionLostError(SSHError):
     """An established connection dropped while an operation was using it."""
 
-    default_hint = "the host went away midway; run again to resume where it stopped"
+    default_hint = (
+        "the host went away midway; run again: what was committed is kept, a file cut "
+        "midway is fetched again"
+    )
 
 
 class IdleTimeoutError(SSHError):
@@ -168,7 +171,10 @@ class RemoteCommandError(SSHError):
 class TransferCancelledError(RemoteSyncError):
     """The transfer was cancelled through the cancellation registry (or Ctrl-C)."""
 
-    default_hint = "cancelled on request; run again to resume where it stopped"
+    default_hint = (
+        "cancelled on request; run again: what was committed is kept, a file cut midway "
+        "is fetched again"
+    )
 
 
 class MirrorError(RemoteSyncError):

@@ -322,6 +322,22 @@ def test_an_empty_dest_is_a_usage_error(
         assert isinstance(event, ErrorEvent) and event.kind == "config"
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [["--format", "codex"], ["--format", "nope"], ["--root", "/x"], ["--identity", "k"]],
+)
+def test_ad_hoc_options_with_only_inventory_hosts_are_a_usage_error(
+    extra: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They would be ignored without a word: the inventory says how its hosts are reached."""
+    inv = tmp_path / "inventory.toml"
+    inv.write_text('[[hosts]]\nname = "pi"\naddress = "pi.invalid"\n')
+    dest = tmp_path / "m"
+    code, _out, err = cli(["sync", "--inventory", str(inv), "--dest", str(dest), *extra], capsys)
+    assert code == 2 and "only to hosts that are not in the inventory" in err, err
+    assert extra[0] in err and not dest.exists()
+
+
 def test_read_commands_keep_their_default_dest(
     mirror: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,8 +27,10 @@ from synchelp import (
     write_inventory,
 )
 
+from remote_sync import api
 from remote_sync.cli import main
 from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary
+from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine
 from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
 
@@ -1027,6 +1029,7 @@ def test_a_fetch_that_ends_badly_commits_nothing(tmp_path: Path, ending: str) ->
             worker=None,
             result=HostRound("h"),
             _fail=lambda path, message, kind, hint: failures.append((path, message, kind)),
+            _progress_within_file=lambda: None,
         )
         handler = _FrameHandler(sync, [t], [t.request()], follow_up=False)  # type: ignore[arg-type]
         anyio.run(handler.handle_all, events)
@@ -1085,7 +1088,13 @@ def test_a_checked_file_is_committed_only_once_its_head_digest_agrees(
             finished.append(pending)
 
         sync = types.SimpleNamespace(
-            state=state, name="h", reader=None, worker=None, result=HostRound("h"), finished=done
+            state=state,
+            name="h",
+            reader=None,
+            worker=None,
+            result=HostRound("h"),
+            finished=done,
+            _progress_within_file=lambda: None,
         )
         handler = _FrameHandler(sync, [t], [request], follow_up=False)  # type: ignore[arg-type]
         events = [Begin(0), Data(0, data), End(0), HeadDigest(indices, hashed)]
@@ -1249,3 +1258,26 @@ def test_a_read_only_mirror_can_be_listed_and_dry_run(
         assert code == 0 and summary.files.unchanged == len(expected_tree(fleet.path("h0")))
     finally:
         subprocess.run(["umount", "-l", str(view)])
+
+
+def test_progress_moves_while_a_large_file_streams_in(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not only when a file ends: a 1 GiB session would hold the bar still for minutes."""
+    monkeypatch.setattr(engine, "PROGRESS_SECONDS", 0.0)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    fleet.write("h0", "agents/a/sessions/big.jsonl", big_session(8 * 1024 * 1024))
+    events: list[object] = []
+    hosts = load_inventory(inv).hosts
+    summary = anyio.run(lambda: api.sync(hosts, tmp_path / "m", emit=events.append))
+    assert summary.exit_code == 0
+    within = [
+        e
+        for e in events
+        if isinstance(e, Progress) and e.files_done == 0 and 0 < e.bytes_done < e.bytes_total
+    ]
+    assert len(within) >= 2
+    assert [e.bytes_done for e in within] == sorted(e.bytes_done for e in within)

@@ -104,6 +104,8 @@ log = logging.getLogger(__name__)
 FLUSH_BYTES = 64 * 1024 * 1024
 FLUSH_FILES = 1000
 FLUSH_SECONDS = 2.0
+#: Progress events while one file streams in: at most this often per host.
+PROGRESS_SECONDS = 0.25
 #: A follow-up fetch asks for the whole file: "up to this many bytes" means "to its end".
 TO_EOF = 1 << 62
 #: A round with more transcript bytes than this to index uses the index worker process, on a
@@ -203,6 +205,7 @@ class HostSync:
         self.result = HostRound(host.name)
         self.batch = CommitBatch(state)
         self.last_flush = time.monotonic()
+        self.last_progress = self.last_flush
         self.bytes_total = 0
         self.files_total = 0
         self.files_done = 0
@@ -595,7 +598,15 @@ class HostSync:
                 hint="a rerun fetches and indexes it again",
             ) from exc
 
+    def _progress_within_file(self) -> None:
+        """A progress event while a large file streams in, at most every PROGRESS_SECONDS (a
+        bar that moves only when a file ends would stand still for a whole 1 GiB session)."""
+        now = time.monotonic()
+        if now - self.last_progress >= PROGRESS_SECONDS:
+            self._progress()
+
     def _progress(self) -> None:
+        self.last_progress = time.monotonic()
         self.emit(
             Progress(
                 self.name,
@@ -750,6 +761,7 @@ class _FrameHandler:
                 except RewriteDetected:
                     self._rewrite()
                 sync.result.bytes += len(event.data)
+                sync._progress_within_file()
             return
         if isinstance(event, HeadDigest):
             await self._digest(event)

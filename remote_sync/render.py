@@ -121,9 +121,11 @@ class RichRenderer:
         elif isinstance(event, ev.ErrorEvent):
             where = ": ".join(p for p in (event.host, event.path) if p)
             line = Text.assemble(("error", "red"), " ", plain(where), ": ", plain(event.message))
-            self.err.print(line, highlight=False)
+            # soft_wrap: one error, one line (a terminal wraps it; a log keeps it greppable).
+            self.err.print(line, highlight=False, soft_wrap=True)
             if event.hint:
-                self.err.print(Text.assemble("  ", plain(event.hint, "dim")), highlight=False)
+                hint = Text.assemble("  ", plain(event.hint, "dim"))
+                self.err.print(hint, highlight=False, soft_wrap=True)
         elif isinstance(event, ev.Planned):
             # rsync -n's list: one line per file a sync would move (above the progress bars).
             size = f"{event.bytes:>12,}" if event.action != "deleted" else " " * 12

@@ -250,6 +250,12 @@ def test_recap_and_error_lines_print_hostile_names_as_they_are() -> None:
     assert "error [draft]: agents/a1/sessions/d[/x].jsonl: bad [/b] line" in err.getvalue()
     assert "[hint]" in err.getvalue()
     assert "│ [draft] " in out.getvalue()
+    # An error is one line however long, and its hint another: logs stay greppable.
+    narrow = io.StringIO()
+    RichRenderer(Console(file=io.StringIO()), Console(file=narrow, width=40))(
+        ErrorEvent("h", "p", "file_failed", "word " * 30, "hint " * 20)
+    )
+    assert len(narrow.getvalue().splitlines()) == 2
 
 
 def test_plain_escapes_control_characters_and_surrogates() -> None:

@@ -42,8 +42,10 @@ class PipeConsole(Console):
             ev.stdout_to_devnull()
 
 
-_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-_UNSHOWABLE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Bidirectional overrides and isolates (U+202A-202E, U+2066-2069) too: printed raw, they
+# reorder what follows them on screen, so a name or a message could show another text.
+_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNSHOWABLE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 _ACTION_STYLE = {"new": "green", "grown": "cyan", "rewritten": "magenta", "deleted": "red"}
@@ -63,7 +65,7 @@ def _escape_char(match: re.Match[str]) -> str:
     code = ord(match[0])
     if 0xD800 <= code <= 0xDFFF:
         return ev.json_safe(match[0])
-    return f"\\x{code:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 class RichRenderer:

@@ -262,6 +262,7 @@ def test_plain_escapes_control_characters_and_surrogates() -> None:
     assert plain("a\x1b[2Jb\rc\udcff").plain == "a\\x1b[2Jb\\x0dc\\xff"
     assert plain("one\ntwo\tx", lines=True).plain == "one\ntwo\tx"
     assert plain("one\ntwo").plain == "one\\x0atwo"
+    assert plain("txt.\u202egpj.exe", lines=True).plain == "txt.\\u202egpj.exe"
 
 
 def test_sessions_list_show_and_stats_print_hostile_text_as_is(

@@ -85,11 +85,8 @@ def _remove_at(tree: Any, path: str | None) -> bool:
     where = _locate(tree, path)
     if where is None:
         return False
-    container, key = where
-    if isinstance(container, dict):
-        del container[key]
-    else:
-        del container[key]
+    container, key = where  # a dict and its key, or a list and its index
+    del container[key]
     return True
 
 

@@ -17,6 +17,8 @@ API (all deterministic for a given ``random.Random``):
   ``unicode`` (CJK, RTL, emoji, combining marks, U+2028 in texts), ``split_responses``
   (Claude Code: one line per content block, repeating the response's usage),
   ``session_id`` (the header's / file's id), ``subagent`` (a Claude Code sidechain),
+  ``cost_usd`` (Claude Code: write older versions' top-level ``costUSD`` on every assistant
+  line, repeated on the lines of one response; without it a Claude Code session has no cost),
   ``start_ns`` (the start time, epoch nanoseconds).
 * ``expected`` is a dict keyed like :class:`remote_sync.index.facts.SessionFacts` fields:
   ``session_id agent bytes lines malformed user assistant tool system other tool_calls
@@ -45,7 +47,8 @@ API (all deterministic for a given ``random.Random``):
 Malformed lines carry no facts; the realistic lines never fail the readers' line views.
 
 Semantics the expectations encode (documented in :mod:`remote_sync.formats`): Claude Code
-counts usage once per ``message.id:requestId`` and every assistant line as one message; a
+counts usage and ``costUSD`` once per ``message.id:requestId`` and every assistant line as one
+message; a
 ``user`` line of ``tool_result`` blocks is a ``tool`` message; Codex tokens are the last
 cumulative ``total_token_usage`` (in = input - cached, cache read = cached, out = output);
 Codex function calls are assistant messages; timestamps are ISO UTC with milliseconds
@@ -200,17 +203,22 @@ def _fold(lines: list[_Line]) -> dict[str, Any]:
         if e.role:
             exp[e.role] += 1
         exp["tool_calls"] += e.tool_calls
-        if e.usage is not None and (e.usage_key is None or e.usage_key not in seen):
+        # A response's usage and cost count once per key (Claude Code repeats both on each
+        # line of a response); without a key, every line's count.
+        if (e.usage is not None or e.cost is not None) and (
+            e.usage_key is None or e.usage_key not in seen
+        ):
             if e.usage_key is not None:
                 seen.add(e.usage_key)
-            exp["tokens_in"] += e.usage[0]
-            exp["tokens_out"] += e.usage[1]
-            exp["tokens_cache_read"] += e.usage[2]
-            exp["tokens_cache_write"] += e.usage[3]
+            if e.usage is not None:
+                exp["tokens_in"] += e.usage[0]
+                exp["tokens_out"] += e.usage[1]
+                exp["tokens_cache_read"] += e.usage[2]
+                exp["tokens_cache_write"] += e.usage[3]
+            if e.cost is not None:
+                exp["cost"] = (exp["cost"] or 0.0) + e.cost
         if e.codex_total is not None:
             exp["tokens_in"], exp["tokens_cache_read"], exp["tokens_out"] = e.codex_total
-        if e.cost is not None:
-            exp["cost"] = (exp["cost"] or 0.0) + e.cost
         for model in e.models:
             if model and model not in exp["models"]:
                 exp["models"].append(model)
@@ -881,6 +889,7 @@ def _claude(
     *,
     split_responses: bool,
     subagent: bool,
+    cost_usd: bool,
 ) -> list[_Line]:
     lines: list[_Line] = []
     parent: str | None = None
@@ -891,7 +900,7 @@ def _claude(
         "userType": "external",
         "cwd": "/home/dev/project",
         "sessionId": session_id,
-        "version": "2.0.31",
+        "version": "1.0.43" if cost_usd else "2.0.31",  # costUSD is from the 1.0 era
         "gitBranch": "main",
     }
     if subagent:
@@ -1026,6 +1035,9 @@ def _claude(
                 found = {"type": "web_search_tool_result", "tool_use_id": search_id, "content": []}
                 blocks.append((found, "", []))
             groups = [[b] for b in blocks] if split_responses else [blocks]
+            # Older versions price each response; every line of it repeats the price.
+            price = round(i * 3e-6 + o * 15e-6 + cr * 0.3e-6 + cw * 3.75e-6, 9)
+            priced = {"costUSD": price, "durationMs": 1000 + o} if cost_usd else {}
             for n, group in enumerate(groups):
                 last = n == len(groups) - 1
                 message = {
@@ -1044,12 +1056,13 @@ def _claude(
                 add(
                     "assistant",
                     ns,
-                    {"message": message, "requestId": req_id},
+                    {"message": message, "requestId": req_id, **priced},
                     _Eff(
                         role="assistant",
                         tool_calls=len(calls),
                         usage=step.usage,
                         usage_key=f"{msg_id}:{req_id}",
+                        cost=price if cost_usd else None,
                         models=(step.model,),
                         message=ExpectedMessage(
                             0, "assistant", iso_ms(ns), shown, calls, step.model
@@ -1146,10 +1159,12 @@ def _claude(
         add(
             "assistant",
             ns,
-            {"message": msg, "isApiErrorMessage": False},
+            {"message": msg, "isApiErrorMessage": False, **({"costUSD": 0} if cost_usd else {})},
             _Eff(
                 role="assistant",
                 usage=(0, 0, 0, 0),
+                usage_key=f"{msg['id']}:None",  # no requestId: keyed by the id alone
+                cost=0.0 if cost_usd else None,
                 message=ExpectedMessage(0, "assistant", iso_ms(ns), "No response requested.", []),
             ),
         )
@@ -1661,6 +1676,7 @@ def generate(
     unicode: bool = True,
     split_responses: bool = True,
     subagent: bool = False,
+    cost_usd: bool = False,
     start_ns: int | None = None,
 ) -> Session:
     """One realistic transcript of ``format`` with about ``messages`` messages.
@@ -1681,7 +1697,14 @@ def generate(
         lines = _v3(format, rng, text, _Clock(rng, steps[0].ns - 5_000_000_000), steps, sid)
     elif format == "claude-code":
         lines = _claude(
-            rng, text, clock, steps, sid, split_responses=split_responses, subagent=subagent
+            rng,
+            text,
+            clock,
+            steps,
+            sid,
+            split_responses=split_responses,
+            subagent=subagent,
+            cost_usd=cost_usd,
         )
     elif format == "codex":
         lines = _codex(rng, text, _Clock(rng, steps[0].ns - 20_000_000_000), steps, sid)

@@ -211,6 +211,58 @@ def test_claude_code_usage_keys() -> None:
     assert facts.models == ["claude-x"]
 
 
+def test_claude_code_cost_usd_counts_once_per_response() -> None:
+    """Older Claude Code writes a response's price as ``costUSD`` on each of its lines: the
+    session's cost counts it once per ``message.id:requestId``, as ccusage does."""
+
+    def line(msg_id: str | None, req: str | None, cost: Any, usage: bool = True) -> bytes:
+        message: dict[str, Any] = {"role": "assistant", "model": "claude-x", "content": []}
+        if usage:
+            message["usage"] = {"input_tokens": 1, "output_tokens": 1}
+        if msg_id:
+            message["id"] = msg_id
+        record: dict[str, Any] = {"type": "assistant", "message": message, "costUSD": cost}
+        if req:
+            record["requestId"] = req
+        return msgspec.json.encode(record) + b"\n"
+
+    data = (
+        line("m1", "r1", 0.25)
+        + line("m1", "r1", 0.25)  # the same response's next block
+        + line("m1", "r2", 0.5)  # a retried request: another response
+        + line("m2", "r3", 1, usage=False)  # an integer price, no usage
+        + line(None, None, 0.125)  # no key: always counted
+        + line(None, None, 0.125)
+    )
+    facts = fold(READERS["claude-code"], data)
+    assert facts.cost == pytest.approx(0.25 + 0.5 + 1 + 0.125 + 0.125)
+    assert facts.tokens_in == 4 and facts.assistant == 6
+    # A price of the wrong shape is left out, and a session without one has no cost.
+    assert fold(READERS["claude-code"], line("m1", "r1", {"usd": 0.25})).cost is None
+    assert fold(READERS["claude-code"], line("m1", "r1", None)).cost is None
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_generated_claude_code_cost_usd(split: bool) -> None:
+    reader = READERS["claude-code"]
+    priced = sg.generate(
+        "claude-code", random.Random(12), messages=60, split_responses=split, cost_usd=True
+    )
+    plain = sg.generate("claude-code", random.Random(12), messages=60, split_responses=split)
+    assert priced.data.count(b'"costUSD"') > 0
+    facts = fold(reader, priced.data)
+    check(facts, priced.expected)
+    assert facts.cost is not None and facts.cost > 0
+    # Each response's price once, however many lines repeat it.
+    prices = {
+        (r["message"]["id"], r.get("requestId")): r["costUSD"]
+        for r in map(msgspec.json.decode, priced.data.splitlines())
+        if r.get("type") == "assistant"
+    }
+    assert facts.cost == pytest.approx(sum(prices.values()))
+    assert fold(reader, plain.data).cost is None is plain.expected["cost"]
+
+
 def test_codex_token_totals_replace_not_add() -> None:
     def count(info: Any) -> bytes:
         payload = {"type": "token_count", "info": info, "rate_limits": None}

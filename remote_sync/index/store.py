@@ -28,7 +28,8 @@ MARK_EVERY = 256
 #: harness records count as system messages, hosted tool calls as tool calls; models are kept
 #: one per line (a model name may hold a comma). 3: a title leaves out the blocks a harness
 #: put before the prompt in the same message. 4: a line with fields of the wrong shape is
-#: read without them, not counted as malformed.
+#: read without them, not counted as malformed; Claude Code's ``costUSD`` (older versions)
+#: is the session's cost, once per response.
 INDEX_RULES = 4
 
 SCHEMA = """

@@ -24,9 +24,10 @@ API (all deterministic for a given ``random.Random``):
   ``session_id agent bytes lines malformed user assistant tool system other tool_calls
   tokens_in tokens_out tokens_cache_read tokens_cache_write cost models first_ts last_ts
   title``. ``lines`` counts every newline-terminated line (blank ones too) and ``bytes`` is
-  ``len(data)``. ``session_id``/``agent`` are what the lines alone give (a header's id,
-  Codex's ``cwd``), None otherwise: with a path, use :class:`Tree` entries, whose expected
-  values include what ``identify()`` gives.
+  ``len(data)``. ``session_id``/``agent`` are what the lines alone give (pi's header id,
+  Codex's ``cwd``; not OpenClaw's header id, as its id is the file name's), None otherwise:
+  with a path, use :class:`Tree` entries, whose expected values include what ``identify()``
+  gives.
 * :func:`facts_dict` ``(facts) -> dict``: a ``SessionFacts`` in the same shape, to compare.
 * :func:`compact_picoclaw` ``(session, keep_last) -> Session``: the file picoclaw's Compact
   rewrites (the last ``keep_last`` messages; malformed and blank lines are dropped).
@@ -709,7 +710,9 @@ def _v3(
         "timestamp": iso_ms(start),
         "cwd": cwd,
     }
-    lines.append(_Line(_json(header), _Eff(ts=iso_ms(start), session_id=session_id)))
+    # pi's id is its header's; OpenClaw's is its file name's (a path, not the lines, gives it).
+    header_id = session_id if fmt == "pi" else None
+    lines.append(_Line(_json(header), _Eff(ts=iso_ms(start), session_id=header_id)))
     current: str | None = None
     for step in steps:
         if isinstance(step, _User):

@@ -335,13 +335,30 @@ def test_picoclaw_times_with_offsets_and_nanoseconds() -> None:
 
 
 def test_v3_header_and_topic_ids() -> None:
+    """OpenClaw's session id is its file name's (what sessions.json's sessionId names and
+    archives keep), whatever the header says; pi's is its header's."""
     data = sg.generate("openclaw", random.Random(1), messages=5, session_id="abc").data
     reader = READERS["openclaw"]
     assert index_file(reader, b"agents/main/sessions/abc.jsonl", data).session_id == "abc"
     topic = index_file(reader, b"agents/main/sessions/abc-topic-42.jsonl", data)
     assert (topic.agent, topic.session_id) == ("main", "abc-topic-42")
-    # The header's id wins over a name that differs (e.g. a file renamed by a repair).
-    assert index_file(reader, b"agents/main/sessions/other.jsonl", data).session_id == "abc"
+    for name, sid in [
+        ("other.jsonl", "other"),  # a file copied or repaired under another name
+        ("other.jsonl.reset.2026-01-02T03-04-05.678Z", "other"),
+        ("other.jsonl.deleted.2026-01-02T03-04-05Z", "other"),
+        ("abc-topic-7.jsonl.reset.2026-01-02T03-04-05Z", "abc-topic-7"),
+    ]:
+        facts = index_file(reader, f"agents/main/sessions/{name}".encode(), data)
+        assert facts.session_id == sid == reader.identify(f"x/sessions/{name}".encode())[1]
+    assert fold(reader, data).session_id is None  # the lines alone name no session
+    # Folded in two syncs, the header in the first: the same.
+    cut = data.index(b"\n") + 1
+    first = fold(reader, data[:cut], facts=SessionFacts(session_id="other"))
+    assert fold(reader, data[cut:], facts=first, start=cut).session_id == "other"
+
+    pi = sg.generate("pi", random.Random(1), messages=5, session_id="abc").data
+    rel = b"sessions/--srv--/2026-01-02T10-11-12-123Z_other.jsonl"
+    assert index_file(READERS["pi"], rel, pi).session_id == "abc"
 
 
 def test_title_skips_injected_and_meta_lines() -> None:

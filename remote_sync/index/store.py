@@ -29,7 +29,8 @@ MARK_EVERY = 256
 #: one per line (a model name may hold a comma). 3: a title leaves out the blocks a harness
 #: put before the prompt in the same message. 4: a line with fields of the wrong shape is
 #: read without them, not counted as malformed; Claude Code's ``costUSD`` (older versions)
-#: is the session's cost, once per response.
+#: is the session's cost, once per response; an OpenClaw session's id is its file name's,
+#: not its header's.
 INDEX_RULES = 4
 
 SCHEMA = """

@@ -19,6 +19,8 @@ API (all deterministic for a given ``random.Random``):
   ``session_id`` (the header's / file's id), ``subagent`` (a Claude Code sidechain),
   ``cost_usd`` (Claude Code: write older versions' top-level ``costUSD`` on every assistant
   line, repeated on the lines of one response; without it a Claude Code session has no cost),
+  ``migrated`` (picoclaw: that many first messages carry Go's zero time as ``created_at``, as
+  messages imported from a legacy session do; they have no time),
   ``start_ns`` (the start time, epoch nanoseconds).
 * ``expected`` is a dict keyed like :class:`remote_sync.index.facts.SessionFacts` fields:
   ``session_id agent bytes lines malformed user assistant tool system other tool_calls
@@ -1496,14 +1498,25 @@ def _codex(
 # --- picoclaw ------------------------------------------------------------------------------
 
 
-def _picoclaw(rng: random.Random, text: _Text, clock: _Clock, steps: list[_Step]) -> list[_Line]:
+#: Go's zero time.Time as encoding/json writes it: picoclaw's created_at when it was unset.
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def _picoclaw(
+    rng: random.Random, text: _Text, clock: _Clock, steps: list[_Step], migrated: int
+) -> list[_Line]:
     lines: list[_Line] = []
     offset = rng.choice((0, 480, -300, 330, 60))
     with_model = rng.random() < 0.7
 
     def add(record: dict[str, Any], ns: int, eff: _Eff) -> None:
-        record["created_at"] = _rfc3339nano(ns, offset)
-        eff.ts = iso_ms(ns)
+        if len(lines) < migrated:  # imported from a legacy session: no time, Go's zero one
+            record["created_at"] = GO_ZERO_TIME
+            if eff.message is not None:
+                eff.message.timestamp = None
+        else:
+            record["created_at"] = _rfc3339nano(ns, offset)
+            eff.ts = iso_ms(ns)
         lines.append(_Line(_go_json(record), eff))
 
     for step in steps:
@@ -1680,6 +1693,7 @@ def generate(
     split_responses: bool = True,
     subagent: bool = False,
     cost_usd: bool = False,
+    migrated: int = 0,
     start_ns: int | None = None,
 ) -> Session:
     """One realistic transcript of ``format`` with about ``messages`` messages.
@@ -1712,7 +1726,7 @@ def generate(
     elif format == "codex":
         lines = _codex(rng, text, _Clock(rng, steps[0].ns - 20_000_000_000), steps, sid)
     elif format == "picoclaw":
-        lines = _picoclaw(rng, text, clock, steps)
+        lines = _picoclaw(rng, text, clock, steps, migrated)
     else:
         lines = _generic(rng, text, clock, steps)
     _insert_noise(rng, format, lines, malformed, blank_lines)

@@ -334,6 +334,22 @@ def test_picoclaw_times_with_offsets_and_nanoseconds() -> None:
     assert facts.last_ts == "2026-03-01T02:00:02.000Z"
 
 
+def test_picoclaw_go_zero_time_is_no_time() -> None:
+    """Go writes an unset ``created_at`` as its zero time: no time, not year 1."""
+    reader = READERS["picoclaw"]
+    session = sg.generate("picoclaw", random.Random(4), messages=20, migrated=3)
+    assert session.data.count(sg.GO_ZERO_TIME.encode()) == 3
+    facts = fold(reader, session.data)
+    check(facts, session.expected)
+    assert facts.first_ts is not None and facts.first_ts > "2000"
+    decoded = JsonlDecoder(reader.line_type).feed(session.data)
+    shown = [reader.message(r.value, r.offset) for r in decoded if isinstance(r, Record)]
+    assert [m.timestamp for m in shown if m is not None][:3] == [None] * 3
+    only_zero = b'{"role":"user","content":"hi","created_at":"0001-01-01T00:00:00Z"}\n'
+    facts = fold(reader, only_zero)
+    assert (facts.user, facts.first_ts, facts.last_ts) == (1, None, None)
+
+
 def test_v3_header_and_topic_ids() -> None:
     """OpenClaw's session id is its file name's (what sessions.json's sessionId names and
     archives keep), whatever the header says; pi's is its header's."""

@@ -1030,9 +1030,16 @@ def test_every_format_synced_listed_and_shown(
     rng = random.Random(7)
     host = fleet.names[0]
     # Claude Code's sessions carry older versions' costUSD: the listing's cost is theirs.
+    # picoclaw's start with messages of Go's zero time: no time, not year 1.
     trees = {
         fmt: sessiongen.build_tree(
-            fmt, fleet.path(host) / fmt, 6, rng, messages=30, cost_usd=fmt == "claude-code"
+            fmt,
+            fleet.path(host) / fmt,
+            6,
+            rng,
+            messages=30,
+            cost_usd=fmt == "claude-code",
+            migrated=2 if fmt == "picoclaw" else 0,
         )
         for fmt in sessiongen.FORMATS
     }

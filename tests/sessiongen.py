@@ -35,8 +35,9 @@ API (all deterministic for a given ``random.Random``):
   rewrites (the last ``keep_last`` messages; malformed and blank lines are dropped).
 * :func:`build_tree` ``(format, root, sessions, rng, *, messages=40, ...) -> Tree``: a whole
   store under ``root``: transcripts plus the side files the format has (OpenClaw
-  ``sessions.json``, topic files, ``.reset.``/``.deleted.`` archives, trajectory side files
-  and ``.bak-`` backups; Claude Code sub-agents, ``tool-results/`` and ``history.jsonl``;
+  ``sessions.json``, topic files, ``.reset.``/``.deleted.`` archives, ClawPal's
+  ``sessions_archive/``, trajectory side files and ``.bak-`` backups; Claude Code
+  sub-agents, ``tool-results/`` and ``history.jsonl``;
   Codex ``session_index.jsonl``, ``archived_sessions/`` and ``history.jsonl``; picoclaw
   ``.meta.json`` files, compacted sessions (``compacted`` fraction) and legacy
   ``.json.migrated`` files; pi per-cwd directories). ``Tree.transcripts`` lists
@@ -1790,6 +1791,8 @@ def build_tree(
                 rel = f"{d}/{sid}.jsonl.reset.{_compact_ts(_last_ns(session))}"
             elif roll < 0.22:
                 rel = f"{d}/{sid}.jsonl.deleted.{_compact_ts(_last_ns(session))}"
+            elif roll < 0.27:  # archived by ClawPal into the sibling directory
+                rel = f"agents/{agent}/sessions_archive/{sid}.jsonl"
             else:
                 rel = f"{d}/{sid}.jsonl"
                 key = f"agent:{agent}:" + ("main" if n == 0 else f"telegram:group:{n}")

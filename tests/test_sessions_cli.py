@@ -1081,7 +1081,9 @@ def test_every_format_synced_listed_and_shown(
         if key[0].endswith("-claude-code"):
             assert row.cost is not None and row.cost > 0, key
         assert {k: got[k] for k in expected} == expected, key
-        assert row.format == key[0].removeprefix(f"{host}-") and row.state == "live"
+        # OpenClaw's .deleted. tombstones are sessions the agent deleted; the rest are live.
+        state = "deleted" if ".jsonl.deleted." in key[1] else "live"
+        assert row.format == key[0].removeprefix(f"{host}-") and row.state == state, key
 
     code, out, _ = cli(["sessions", "stats", "--by", "format", "--json", "-d", str(dest)], capsys)
     counts = {r.key: r.sessions for r in json_rows(out, StatsRow)}

@@ -56,7 +56,8 @@ message; a
 ``user`` line of ``tool_result`` blocks is a ``tool`` message; Codex tokens are the last
 cumulative ``total_token_usage`` (in = input - cached, cache read = cached, out = output);
 Codex function calls are assistant messages; timestamps are ISO UTC with milliseconds
-(finer fractions truncated); titles are the first user text that is not harness-injected.
+(finer fractions truncated); titles are the first user text that is not harness-injected
+(only blocks of the harness's own tags are: a prompt of pasted markup is the user's).
 """
 
 from __future__ import annotations
@@ -1711,6 +1712,12 @@ def generate(
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
     steps = _conversation(rng, text, clock, family, max(messages, 1), huge_line_bytes)
+    # Some prompts are markup the user pasted: still the user's text (only the harness's own
+    # tags are injected). Drawn apart from rng, so the rest of a session stays as it was.
+    markup = random.Random(f"markup-{sid}")
+    for step in steps:
+        if isinstance(step, _User) and markup.random() < 0.08:
+            step.text = f'<div class="card">{step.text}</div>'
     if format in ("openclaw", "pi"):
         lines = _v3(format, rng, text, _Clock(rng, steps[0].ns - 5_000_000_000), steps, sid)
     elif format == "claude-code":

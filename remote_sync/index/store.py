@@ -30,7 +30,9 @@ MARK_EVERY = 256
 #: put before the prompt in the same message. 4: a line with fields of the wrong shape is
 #: read without them, not counted as malformed; Claude Code's ``costUSD`` (older versions)
 #: is the session's cost, once per response; an OpenClaw session's id is its file name's,
-#: not its header's; picoclaw's Go zero time (``0001-01-01T00:00:00Z``) is no time.
+#: not its header's; picoclaw's Go zero time (``0001-01-01T00:00:00Z``) is no time; user
+#: text counts as injected by the harness (a system message, no title) only when it is made
+#: of blocks of the harness's own tags, not whenever it starts with ``<`` and ends with ``>``.
 INDEX_RULES = 4
 
 SCHEMA = """

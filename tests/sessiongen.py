@@ -17,21 +17,27 @@ API (all deterministic for a given ``random.Random``):
   ``unicode`` (CJK, RTL, emoji, combining marks, U+2028 in texts), ``split_responses``
   (Claude Code: one line per content block, repeating the response's usage),
   ``session_id`` (the header's / file's id), ``subagent`` (a Claude Code sidechain),
+  ``cost_usd`` (Claude Code: write older versions' top-level ``costUSD`` on every assistant
+  line, repeated on the lines of one response; without it a Claude Code session has no cost),
+  ``migrated`` (picoclaw: that many first messages carry Go's zero time as ``created_at``, as
+  messages imported from a legacy session do; they have no time),
   ``start_ns`` (the start time, epoch nanoseconds).
 * ``expected`` is a dict keyed like :class:`remote_sync.index.facts.SessionFacts` fields:
   ``session_id agent bytes lines malformed user assistant tool system other tool_calls
   tokens_in tokens_out tokens_cache_read tokens_cache_write cost models first_ts last_ts
   title``. ``lines`` counts every newline-terminated line (blank ones too) and ``bytes`` is
-  ``len(data)``. ``session_id``/``agent`` are what the lines alone give (a header's id,
-  Codex's ``cwd``), None otherwise: with a path, use :class:`Tree` entries, whose expected
-  values include what ``identify()`` gives.
+  ``len(data)``. ``session_id``/``agent`` are what the lines alone give (pi's header id,
+  Codex's ``cwd``; not OpenClaw's header id, as its id is the file name's), None otherwise:
+  with a path, use :class:`Tree` entries, whose expected values include what ``identify()``
+  gives.
 * :func:`facts_dict` ``(facts) -> dict``: a ``SessionFacts`` in the same shape, to compare.
 * :func:`compact_picoclaw` ``(session, keep_last) -> Session``: the file picoclaw's Compact
   rewrites (the last ``keep_last`` messages; malformed and blank lines are dropped).
 * :func:`build_tree` ``(format, root, sessions, rng, *, messages=40, ...) -> Tree``: a whole
   store under ``root``: transcripts plus the side files the format has (OpenClaw
-  ``sessions.json``, topic files, ``.reset.``/``.deleted.`` archives, trajectory side files
-  and ``.bak-`` backups; Claude Code sub-agents, ``tool-results/`` and ``history.jsonl``;
+  ``sessions.json``, topic files, ``.reset.``/``.deleted.`` archives, ClawPal's
+  ``sessions_archive/``, trajectory side files and ``.bak-`` backups; Claude Code
+  sub-agents, ``tool-results/`` and ``history.jsonl``;
   Codex ``session_index.jsonl``, ``archived_sessions/`` and ``history.jsonl``; picoclaw
   ``.meta.json`` files, compacted sessions (``compacted`` fraction) and legacy
   ``.json.migrated`` files; pi per-cwd directories). ``Tree.transcripts`` lists
@@ -45,11 +51,13 @@ API (all deterministic for a given ``random.Random``):
 Malformed lines carry no facts; the realistic lines never fail the readers' line views.
 
 Semantics the expectations encode (documented in :mod:`remote_sync.formats`): Claude Code
-counts usage once per ``message.id:requestId`` and every assistant line as one message; a
+counts usage and ``costUSD`` once per ``message.id:requestId`` and every assistant line as one
+message; a
 ``user`` line of ``tool_result`` blocks is a ``tool`` message; Codex tokens are the last
 cumulative ``total_token_usage`` (in = input - cached, cache read = cached, out = output);
 Codex function calls are assistant messages; timestamps are ISO UTC with milliseconds
-(finer fractions truncated); titles are the first user text that is not harness-injected.
+(finer fractions truncated); titles are the first user text that is not harness-injected
+(only blocks of the harness's own tags are: a prompt of pasted markup is the user's).
 """
 
 from __future__ import annotations
@@ -200,17 +208,22 @@ def _fold(lines: list[_Line]) -> dict[str, Any]:
         if e.role:
             exp[e.role] += 1
         exp["tool_calls"] += e.tool_calls
-        if e.usage is not None and (e.usage_key is None or e.usage_key not in seen):
+        # A response's usage and cost count once per key (Claude Code repeats both on each
+        # line of a response); without a key, every line's count.
+        if (e.usage is not None or e.cost is not None) and (
+            e.usage_key is None or e.usage_key not in seen
+        ):
             if e.usage_key is not None:
                 seen.add(e.usage_key)
-            exp["tokens_in"] += e.usage[0]
-            exp["tokens_out"] += e.usage[1]
-            exp["tokens_cache_read"] += e.usage[2]
-            exp["tokens_cache_write"] += e.usage[3]
+            if e.usage is not None:
+                exp["tokens_in"] += e.usage[0]
+                exp["tokens_out"] += e.usage[1]
+                exp["tokens_cache_read"] += e.usage[2]
+                exp["tokens_cache_write"] += e.usage[3]
+            if e.cost is not None:
+                exp["cost"] = (exp["cost"] or 0.0) + e.cost
         if e.codex_total is not None:
             exp["tokens_in"], exp["tokens_cache_read"], exp["tokens_out"] = e.codex_total
-        if e.cost is not None:
-            exp["cost"] = (exp["cost"] or 0.0) + e.cost
         for model in e.models:
             if model and model not in exp["models"]:
                 exp["models"].append(model)
@@ -701,7 +714,9 @@ def _v3(
         "timestamp": iso_ms(start),
         "cwd": cwd,
     }
-    lines.append(_Line(_json(header), _Eff(ts=iso_ms(start), session_id=session_id)))
+    # pi's id is its header's; OpenClaw's is its file name's (a path, not the lines, gives it).
+    header_id = session_id if fmt == "pi" else None
+    lines.append(_Line(_json(header), _Eff(ts=iso_ms(start), session_id=header_id)))
     current: str | None = None
     for step in steps:
         if isinstance(step, _User):
@@ -881,6 +896,7 @@ def _claude(
     *,
     split_responses: bool,
     subagent: bool,
+    cost_usd: bool,
 ) -> list[_Line]:
     lines: list[_Line] = []
     parent: str | None = None
@@ -891,7 +907,7 @@ def _claude(
         "userType": "external",
         "cwd": "/home/dev/project",
         "sessionId": session_id,
-        "version": "2.0.31",
+        "version": "1.0.43" if cost_usd else "2.0.31",  # costUSD is from the 1.0 era
         "gitBranch": "main",
     }
     if subagent:
@@ -1026,6 +1042,9 @@ def _claude(
                 found = {"type": "web_search_tool_result", "tool_use_id": search_id, "content": []}
                 blocks.append((found, "", []))
             groups = [[b] for b in blocks] if split_responses else [blocks]
+            # Older versions price each response; every line of it repeats the price.
+            price = round(i * 3e-6 + o * 15e-6 + cr * 0.3e-6 + cw * 3.75e-6, 9)
+            priced = {"costUSD": price, "durationMs": 1000 + o} if cost_usd else {}
             for n, group in enumerate(groups):
                 last = n == len(groups) - 1
                 message = {
@@ -1044,12 +1063,13 @@ def _claude(
                 add(
                     "assistant",
                     ns,
-                    {"message": message, "requestId": req_id},
+                    {"message": message, "requestId": req_id, **priced},
                     _Eff(
                         role="assistant",
                         tool_calls=len(calls),
                         usage=step.usage,
                         usage_key=f"{msg_id}:{req_id}",
+                        cost=price if cost_usd else None,
                         models=(step.model,),
                         message=ExpectedMessage(
                             0, "assistant", iso_ms(ns), shown, calls, step.model
@@ -1146,10 +1166,12 @@ def _claude(
         add(
             "assistant",
             ns,
-            {"message": msg, "isApiErrorMessage": False},
+            {"message": msg, "isApiErrorMessage": False, **({"costUSD": 0} if cost_usd else {})},
             _Eff(
                 role="assistant",
                 usage=(0, 0, 0, 0),
+                usage_key=f"{msg['id']}:None",  # no requestId: keyed by the id alone
+                cost=0.0 if cost_usd else None,
                 message=ExpectedMessage(0, "assistant", iso_ms(ns), "No response requested.", []),
             ),
         )
@@ -1478,14 +1500,25 @@ def _codex(
 # --- picoclaw ------------------------------------------------------------------------------
 
 
-def _picoclaw(rng: random.Random, text: _Text, clock: _Clock, steps: list[_Step]) -> list[_Line]:
+#: Go's zero time.Time as encoding/json writes it: picoclaw's created_at when it was unset.
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def _picoclaw(
+    rng: random.Random, text: _Text, clock: _Clock, steps: list[_Step], migrated: int
+) -> list[_Line]:
     lines: list[_Line] = []
     offset = rng.choice((0, 480, -300, 330, 60))
     with_model = rng.random() < 0.7
 
     def add(record: dict[str, Any], ns: int, eff: _Eff) -> None:
-        record["created_at"] = _rfc3339nano(ns, offset)
-        eff.ts = iso_ms(ns)
+        if len(lines) < migrated:  # imported from a legacy session: no time, Go's zero one
+            record["created_at"] = GO_ZERO_TIME
+            if eff.message is not None:
+                eff.message.timestamp = None
+        else:
+            record["created_at"] = _rfc3339nano(ns, offset)
+            eff.ts = iso_ms(ns)
         lines.append(_Line(_go_json(record), eff))
 
     for step in steps:
@@ -1661,6 +1694,8 @@ def generate(
     unicode: bool = True,
     split_responses: bool = True,
     subagent: bool = False,
+    cost_usd: bool = False,
+    migrated: int = 0,
     start_ns: int | None = None,
 ) -> Session:
     """One realistic transcript of ``format`` with about ``messages`` messages.
@@ -1677,16 +1712,29 @@ def generate(
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
     steps = _conversation(rng, text, clock, family, max(messages, 1), huge_line_bytes)
+    # Some prompts are markup the user pasted: still the user's text (only the harness's own
+    # tags are injected). Drawn apart from rng, so the rest of a session stays as it was.
+    markup = random.Random(f"markup-{sid}")
+    for step in steps:
+        if isinstance(step, _User) and markup.random() < 0.08:
+            step.text = f'<div class="card">{step.text}</div>'
     if format in ("openclaw", "pi"):
         lines = _v3(format, rng, text, _Clock(rng, steps[0].ns - 5_000_000_000), steps, sid)
     elif format == "claude-code":
         lines = _claude(
-            rng, text, clock, steps, sid, split_responses=split_responses, subagent=subagent
+            rng,
+            text,
+            clock,
+            steps,
+            sid,
+            split_responses=split_responses,
+            subagent=subagent,
+            cost_usd=cost_usd,
         )
     elif format == "codex":
         lines = _codex(rng, text, _Clock(rng, steps[0].ns - 20_000_000_000), steps, sid)
     elif format == "picoclaw":
-        lines = _picoclaw(rng, text, clock, steps)
+        lines = _picoclaw(rng, text, clock, steps, migrated)
     else:
         lines = _generic(rng, text, clock, steps)
     _insert_noise(rng, format, lines, malformed, blank_lines)
@@ -1750,6 +1798,8 @@ def build_tree(
                 rel = f"{d}/{sid}.jsonl.reset.{_compact_ts(_last_ns(session))}"
             elif roll < 0.22:
                 rel = f"{d}/{sid}.jsonl.deleted.{_compact_ts(_last_ns(session))}"
+            elif roll < 0.27:  # archived by ClawPal into the sibling directory
+                rel = f"agents/{agent}/sessions_archive/{sid}.jsonl"
             else:
                 rel = f"{d}/{sid}.jsonl"
                 key = f"agent:{agent}:" + ("main" if n == 0 else f"telegram:group:{n}")

@@ -211,6 +211,58 @@ def test_claude_code_usage_keys() -> None:
     assert facts.models == ["claude-x"]
 
 
+def test_claude_code_cost_usd_counts_once_per_response() -> None:
+    """Older Claude Code writes a response's price as ``costUSD`` on each of its lines: the
+    session's cost counts it once per ``message.id:requestId``, as ccusage does."""
+
+    def line(msg_id: str | None, req: str | None, cost: Any, usage: bool = True) -> bytes:
+        message: dict[str, Any] = {"role": "assistant", "model": "claude-x", "content": []}
+        if usage:
+            message["usage"] = {"input_tokens": 1, "output_tokens": 1}
+        if msg_id:
+            message["id"] = msg_id
+        record: dict[str, Any] = {"type": "assistant", "message": message, "costUSD": cost}
+        if req:
+            record["requestId"] = req
+        return msgspec.json.encode(record) + b"\n"
+
+    data = (
+        line("m1", "r1", 0.25)
+        + line("m1", "r1", 0.25)  # the same response's next block
+        + line("m1", "r2", 0.5)  # a retried request: another response
+        + line("m2", "r3", 1, usage=False)  # an integer price, no usage
+        + line(None, None, 0.125)  # no key: always counted
+        + line(None, None, 0.125)
+    )
+    facts = fold(READERS["claude-code"], data)
+    assert facts.cost == pytest.approx(0.25 + 0.5 + 1 + 0.125 + 0.125)
+    assert facts.tokens_in == 4 and facts.assistant == 6
+    # A price of the wrong shape is left out, and a session without one has no cost.
+    assert fold(READERS["claude-code"], line("m1", "r1", {"usd": 0.25})).cost is None
+    assert fold(READERS["claude-code"], line("m1", "r1", None)).cost is None
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_generated_claude_code_cost_usd(split: bool) -> None:
+    reader = READERS["claude-code"]
+    priced = sg.generate(
+        "claude-code", random.Random(12), messages=60, split_responses=split, cost_usd=True
+    )
+    plain = sg.generate("claude-code", random.Random(12), messages=60, split_responses=split)
+    assert priced.data.count(b'"costUSD"') > 0
+    facts = fold(reader, priced.data)
+    check(facts, priced.expected)
+    assert facts.cost is not None and facts.cost > 0
+    # Each response's price once, however many lines repeat it.
+    prices = {
+        (r["message"]["id"], r.get("requestId")): r["costUSD"]
+        for r in map(msgspec.json.decode, priced.data.splitlines())
+        if r.get("type") == "assistant"
+    }
+    assert facts.cost == pytest.approx(sum(prices.values()))
+    assert fold(reader, plain.data).cost is None is plain.expected["cost"]
+
+
 def test_codex_token_totals_replace_not_add() -> None:
     def count(info: Any) -> bytes:
         payload = {"type": "token_count", "info": info, "rate_limits": None}
@@ -282,14 +334,47 @@ def test_picoclaw_times_with_offsets_and_nanoseconds() -> None:
     assert facts.last_ts == "2026-03-01T02:00:02.000Z"
 
 
+def test_picoclaw_go_zero_time_is_no_time() -> None:
+    """Go writes an unset ``created_at`` as its zero time: no time, not year 1."""
+    reader = READERS["picoclaw"]
+    session = sg.generate("picoclaw", random.Random(4), messages=20, migrated=3)
+    assert session.data.count(sg.GO_ZERO_TIME.encode()) == 3
+    facts = fold(reader, session.data)
+    check(facts, session.expected)
+    assert facts.first_ts is not None and facts.first_ts > "2000"
+    decoded = JsonlDecoder(reader.line_type).feed(session.data)
+    shown = [reader.message(r.value, r.offset) for r in decoded if isinstance(r, Record)]
+    assert [m.timestamp for m in shown if m is not None][:3] == [None] * 3
+    only_zero = b'{"role":"user","content":"hi","created_at":"0001-01-01T00:00:00Z"}\n'
+    facts = fold(reader, only_zero)
+    assert (facts.user, facts.first_ts, facts.last_ts) == (1, None, None)
+
+
 def test_v3_header_and_topic_ids() -> None:
+    """OpenClaw's session id is its file name's (what sessions.json's sessionId names and
+    archives keep), whatever the header says; pi's is its header's."""
     data = sg.generate("openclaw", random.Random(1), messages=5, session_id="abc").data
     reader = READERS["openclaw"]
     assert index_file(reader, b"agents/main/sessions/abc.jsonl", data).session_id == "abc"
     topic = index_file(reader, b"agents/main/sessions/abc-topic-42.jsonl", data)
     assert (topic.agent, topic.session_id) == ("main", "abc-topic-42")
-    # The header's id wins over a name that differs (e.g. a file renamed by a repair).
-    assert index_file(reader, b"agents/main/sessions/other.jsonl", data).session_id == "abc"
+    for name, sid in [
+        ("other.jsonl", "other"),  # a file copied or repaired under another name
+        ("other.jsonl.reset.2026-01-02T03-04-05.678Z", "other"),
+        ("other.jsonl.deleted.2026-01-02T03-04-05Z", "other"),
+        ("abc-topic-7.jsonl.reset.2026-01-02T03-04-05Z", "abc-topic-7"),
+    ]:
+        facts = index_file(reader, f"agents/main/sessions/{name}".encode(), data)
+        assert facts.session_id == sid == reader.identify(f"x/sessions/{name}".encode())[1]
+    assert fold(reader, data).session_id is None  # the lines alone name no session
+    # Folded in two syncs, the header in the first: the same.
+    cut = data.index(b"\n") + 1
+    first = fold(reader, data[:cut], facts=SessionFacts(session_id="other"))
+    assert fold(reader, data[cut:], facts=first, start=cut).session_id == "other"
+
+    pi = sg.generate("pi", random.Random(1), messages=5, session_id="abc").data
+    rel = b"sessions/--srv--/2026-01-02T10-11-12-123Z_other.jsonl"
+    assert index_file(READERS["pi"], rel, pi).session_id == "abc"
 
 
 def test_title_skips_injected_and_meta_lines() -> None:
@@ -363,6 +448,72 @@ def test_claude_code_harness_records_are_not_user_messages() -> None:
     decoded = JsonlDecoder(reader.line_type).feed(data)
     shown = [reader.message(r.value, r.offset) for r in decoded if isinstance(r, Record)]
     assert [m.role for m in shown if m is not None] == ["system", "system", "user"] + ["system"] * 2
+
+
+def test_a_prompt_of_markup_is_the_users() -> None:
+    """Only blocks of the harness's own tags are injected: a prompt that is (or looks like)
+    markup the user typed or pasted is a user message, and the session's title."""
+    prompts = [
+        '<div class="x">Why does this render blank?</div>',
+        "<template>\n  <p>{{ msg }}</p>\n</template>",
+        "<br/>",
+        "<system-reminder>ok</system-reminder> and now fix the bug <b>here</b>",
+        "<command-name>/x</command-name> <div>not a record</div>",
+        "<environment_context>unclosed",
+    ]
+    reader = READERS["claude-code"]
+    for prompt in prompts:
+        line = {"type": "user", "message": {"role": "user", "content": prompt}}
+        data = msgspec.json.encode(line) + b"\n"
+        facts = fold(reader, data)
+        assert (facts.user, facts.system, facts.title) == (1, 0, " ".join(prompt.split()))
+        shown = reader.message(msgspec.json.decode(data, type=reader.line_type), 0)
+        assert shown is not None and shown.role == "user", prompt
+    codex = READERS["codex"]
+    payload = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": prompts[0]}],
+    }
+    line = {"timestamp": "2026-01-01T00:00:00.000Z", "type": "response_item", "payload": payload}
+    facts = fold(codex, msgspec.json.encode(line) + b"\n")
+    assert (facts.user, facts.system, facts.title) == (1, 0, prompts[0])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<command-name>/model</command-name>\n<command-message>model</command-message>\n"
+        "<command-args></command-args>",
+        "<local-command-stdout>Set model</local-command-stdout>",
+        "<local-command-stderr>Error: no such command</local-command-stderr>",
+        "<local-command-caveat>Caveat: generated by local commands</local-command-caveat>",
+        "<system-reminder>\nThe file was modified.\n</system-reminder>",
+        "<user-prompt-submit-hook>lint ran</user-prompt-submit-hook>",
+        "<ide_opened_file>The user opened /x.py in the IDE.</ide_opened_file>",
+        '<ide_selection>The user selected lines 1-3 of /x.py:\n<div id="a"></div></ide_selection>',
+        "<bash-input>ls</bash-input>",
+        "<bash-stdout>a.txt</bash-stdout><bash-stderr></bash-stderr>",
+        "<task-notification>\n<task-id>b1</task-id>\n</task-notification>",
+        "<environment_context>\n  <cwd>/srv</cwd>\n</environment_context>",
+        "<user_instructions>\n\nbe brief\n\n</user_instructions>",
+        "<turn_aborted>\nThe user interrupted the turn.\n</turn_aborted>",
+        "<user_shell_command>\n<command>\ngit status\n</command>\n</user_shell_command>",
+        "  <system-reminder>a</system-reminder>\n\n<system-reminder>b</system-reminder>  ",
+        "# AGENTS.md instructions for /srv\n\n<INSTRUCTIONS>\nx\n</INSTRUCTIONS>",
+        "[Request interrupted by user for tool use]",
+    ],
+)
+def test_harness_blocks_are_system_messages(text: str) -> None:
+    """What Claude Code and Codex write into a user turn themselves stays a system message,
+    and no title."""
+    claude = {"type": "user", "message": {"role": "user", "content": text}}
+    facts = fold(READERS["claude-code"], msgspec.json.encode(claude) + b"\n")
+    assert (facts.user, facts.system, facts.title) == (0, 1, None)
+    payload = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    codex = {"timestamp": "2026-01-01T00:00:00.000Z", "type": "response_item", "payload": payload}
+    facts = fold(READERS["codex"], msgspec.json.encode(codex) + b"\n")
+    assert (facts.user, facts.system, facts.title) == (0, 1, None)
 
 
 def test_hosted_tool_calls_count_and_show() -> None:

@@ -107,6 +107,29 @@ def test_sync_indexes_every_format_as_generated(
             assert facts[key] == value, (rel, key)
 
 
+def test_clawpals_sessions_archive_is_mirrored_and_indexed(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ClawPal archives OpenClaw transcripts into ``agents/<a>/sessions_archive/``, which the
+    reader reads: the format's default includes mirror it, so its sessions are indexed."""
+    rng = random.Random(31)
+    root = fleet.path("h0", "clawpal")
+    tree = build_tree("openclaw", root, 3, rng, messages=10)
+    archived = generate("openclaw", rng, messages=12, session_id="0ld5e55")
+    rel = b"agents/main/sessions_archive/0ld5e55.jsonl"
+    (root / rel.decode()).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel.decode()).write_bytes(archived.data)
+    make_readable(root)
+    dest = tmp_path / "m"
+    assert sync(inventory(fleet, tmp_path, "openclaw", root), dest) == 0
+    capsys.readouterr()
+    got = index_facts(dest)
+    assert sorted(got) == sorted([t.rel for t in tree.transcripts] + [rel])
+    expected = dict(archived.expected, agent="main", session_id="0ld5e55")
+    assert {k: got[rel][k] for k in expected} == expected
+    assert (dest / "h0" / rel.decode()).read_bytes() == archived.data
+
+
 def test_index_after_many_incremental_syncs_equals_a_rebuild(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

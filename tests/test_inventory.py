@@ -49,7 +49,8 @@ def assert_line(err: ConfigError, line: int) -> None:
 
 def test_formats_registry() -> None:
     assert set(FORMATS) == {"openclaw", "claude-code", "codex", "picoclaw", "pi", "jsonl"}
-    assert get_format("openclaw").include == ("agents/*/sessions/**",)
+    openclaw_include = ("agents/*/sessions/**", "agents/*/sessions_archive/**")
+    assert get_format("openclaw").include == openclaw_include
     assert get_format("codex").default_root == "~/.codex"
     assert get_format("jsonl").default_root is None
     assert get_format("jsonl").include == ()
@@ -58,6 +59,12 @@ def test_formats_registry() -> None:
     openclaw = compile_globs(get_format("openclaw").append_only)
     assert openclaw.match(b"agents/main/sessions/abc.jsonl.reset.2025-01-01")
     assert not openclaw.match(b"agents/main/sessions/sessions.json")
+    # ClawPal's sibling archive directory, whose transcripts the reader reads, is mirrored
+    # (and pulled by appends) too; other directories of an agent are not.
+    included = compile_globs(get_format("openclaw").include)
+    archived = b"agents/main/sessions_archive/abc.jsonl"
+    assert included.match(archived) and openclaw.match(archived)
+    assert not included.match(b"agents/main/agent/auth-profiles.json")
 
 
 def test_unknown_format_lists_known_ones() -> None:
@@ -129,7 +136,7 @@ def test_valid_inventory(tmp_path: Path) -> None:
     assert kitchen.source == Source(
         format="openclaw",
         root="~/.openclaw-prod",
-        include=("agents/*/sessions/**",),
+        include=("agents/*/sessions/**", "agents/*/sessions_archive/**"),
         exclude=("**/*.tmp",),
         append_only=("*.jsonl", "*.jsonl.reset.*", "*.jsonl.deleted.*"),
     )
@@ -550,7 +557,7 @@ def test_adhoc_host() -> None:
     assert host.name == "me@box:2222"
     assert host.endpoint == Endpoint(address="box", user="me", port=2222)
     assert host.source.root == "~/.openclaw"
-    assert host.source.include == ("agents/*/sessions/**",)
+    assert host.source.include == ("agents/*/sessions/**", "agents/*/sessions_archive/**")
     assert host.tags == ()
 
     host = adhoc_host(

@@ -1029,8 +1029,18 @@ def test_every_format_synced_listed_and_shown(
 ) -> None:
     rng = random.Random(7)
     host = fleet.names[0]
+    # Claude Code's sessions carry older versions' costUSD: the listing's cost is theirs.
+    # picoclaw's start with messages of Go's zero time: no time, not year 1.
     trees = {
-        fmt: sessiongen.build_tree(fmt, fleet.path(host) / fmt, 6, rng, messages=30)
+        fmt: sessiongen.build_tree(
+            fmt,
+            fleet.path(host) / fmt,
+            6,
+            rng,
+            messages=30,
+            cost_usd=fmt == "claude-code",
+            migrated=2 if fmt == "picoclaw" else 0,
+        )
         for fmt in sessiongen.FORMATS
     }
     lines = [
@@ -1068,8 +1078,12 @@ def test_every_format_synced_listed_and_shown(
         got = msgspec.structs.asdict(row)
         expected = expected_row(entry.expected)
         assert row.cost == pytest.approx(entry.expected["cost"]), key
+        if key[0].endswith("-claude-code"):
+            assert row.cost is not None and row.cost > 0, key
         assert {k: got[k] for k in expected} == expected, key
-        assert row.format == key[0].removeprefix(f"{host}-") and row.state == "live"
+        # OpenClaw's .deleted. tombstones are sessions the agent deleted; the rest are live.
+        state = "deleted" if ".jsonl.deleted." in key[1] else "live"
+        assert row.format == key[0].removeprefix(f"{host}-") and row.state == state, key
 
     code, out, _ = cli(["sessions", "stats", "--by", "format", "--json", "-d", str(dest)], capsys)
     counts = {r.key: r.sessions for r in json_rows(out, StatsRow)}

@@ -334,7 +334,9 @@ def test_list_remote_equals_the_mirror_every_format(
     trees = {}
     for fmt in sessiongen.FORMATS:
         root = fleet.path(name) / fmt
-        trees[fmt] = sessiongen.build_tree(fmt, root, 5, rng, messages=20)
+        trees[fmt] = sessiongen.build_tree(
+            fmt, root, 5, rng, messages=20, cost_usd=fmt == "claude-code"
+        )
         lines += [f'[[hosts]]\nname = "{name}-{fmt}"\naddress = "{name}"\nformat = "{fmt}"']
         lines.append(f'root = "{root}"')
         if fmt == "jsonl":

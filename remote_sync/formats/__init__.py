@@ -11,7 +11,9 @@ Where the formats keep their sessions:
 
 * ``openclaw`` (``~/.openclaw``): ``agents/<agentId>/sessions/`` holds ``sessions.json`` (the
   index), one ``<sessionId>.jsonl`` transcript per session plus per-topic files, and archives
-  renamed to ``*.jsonl.reset.<ts>`` / ``*.jsonl.deleted.<ts>`` on reset and delete.
+  renamed to ``*.jsonl.reset.<ts>`` / ``*.jsonl.deleted.<ts>`` on reset and delete. ClawPal
+  keeps archived transcripts in the sibling ``agents/<agentId>/sessions_archive/``, which is
+  mirrored too (its ``*.jsonl`` are append-only like the others).
 * ``claude-code`` (``~/.claude``): ``projects/<cwd-slug>/<session-uuid>.jsonl``, with
   sub-agent transcripts under ``projects/<slug>/<uuid>/subagents/``.
 * ``codex`` (``~/.codex``): ``sessions/YYYY/MM/DD/rollout-*.jsonl``, moved to
@@ -56,7 +58,7 @@ FORMATS: dict[str, FormatSpec] = {
         FormatSpec(
             name="openclaw",
             default_root="~/.openclaw",
-            include=("agents/*/sessions/**",),
+            include=("agents/*/sessions/**", "agents/*/sessions_archive/**"),
             exclude=(),
             append_only=("*.jsonl", "*.jsonl.reset.*", "*.jsonl.deleted.*"),
         ),

@@ -29,7 +29,10 @@ What is read from a line (types ``user`` and ``assistant`` with a ``message`` ar
   every line ``message()`` renders is one counted message), but the usage is counted once per
   ``message.id:requestId`` key (:meth:`SessionFacts.usage_seen`). Tokens: ``input_tokens``
   → in, ``output_tokens`` → out, ``cache_read_input_tokens`` → cache read,
-  ``cache_creation_input_tokens`` → cache write. Transcripts record no cost.
+  ``cache_creation_input_tokens`` → cache write. Older versions also write the response's
+  price in USD as a top-level ``costUSD`` on each of these lines (ccusage reads it): it is
+  the cost, counted once per key like the usage (the first line of a key decides, for both).
+  A session none of whose lines has one has no cost (not a cost of 0).
 * each ``tool_use`` block is a tool call, and so is each ``server_tool_use`` block (a tool the
   API runs itself, such as ``web_search``: the model called it all the same);
   ``message.model`` is a model (except Claude Code's ``<synthetic>`` placeholder).
@@ -94,6 +97,7 @@ class ClaudeLine(msgspec.Struct, gc=False):
     requestId: str | None = None  # camelCase names as the format spells them
     isMeta: bool | None = None
     isCompactSummary: bool | None = None
+    costUSD: float | None = None  # older versions only: the response's price in USD
 
 
 def _is_tool_result(content: str | list[ClaudeBlock] | None) -> bool:
@@ -149,14 +153,19 @@ class ClaudeCodeReader:
                         if block.type in _CALL_BLOCKS:
                             facts.tool_calls += 1
                 usage = msg.usage
-                if usage is not None and (
+                cost = line.costUSD
+                # Usage and cost are the response's, repeated on each of its lines: both are
+                # counted by the first line of a key, so a key is recorded once for both.
+                if (usage is not None or cost is not None) and (
                     (msg.id is None and line.requestId is None)
                     or not facts.usage_seen(f"{msg.id}:{line.requestId}")
                 ):
-                    facts.tokens_in += usage.input_tokens or 0
-                    facts.tokens_out += usage.output_tokens or 0
-                    facts.tokens_cache_read += usage.cache_read_input_tokens or 0
-                    facts.tokens_cache_write += usage.cache_creation_input_tokens or 0
+                    if usage is not None:
+                        facts.tokens_in += usage.input_tokens or 0
+                        facts.tokens_out += usage.output_tokens or 0
+                        facts.tokens_cache_read += usage.cache_read_input_tokens or 0
+                        facts.tokens_cache_write += usage.cache_creation_input_tokens or 0
+                    facts.add_cost(cost)
                 model = msg.model
                 if model and model != "<synthetic>":
                     facts.add_model(model)

@@ -27,6 +27,7 @@ Line views keep bulky text raw (``msgspec.Raw``) and decode it only for a title 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +36,7 @@ import msgspec
 from ..index.facts import Message, SessionFacts, ToolCall
 
 __all__ = [
+    "HARNESS_TAGS",
     "NO_RAW",
     "TOOL_ARGS_CHARS",
     "GenericInner",
@@ -231,18 +233,76 @@ def any_text(content: Any) -> str:
     return ""
 
 
+#: Tags of the blocks Claude Code and Codex write into a user turn themselves: slash-command
+#: records and their output, ``!`` shell passthroughs, hook and IDE context, reminders, and
+#: Codex's injected context. Only text made of these blocks is the harness's: a prompt that
+#: merely looks like markup (``<div>…</div>``) is the user's.
+HARNESS_TAGS = frozenset(
+    {
+        # Claude Code
+        "command-name",
+        "command-message",
+        "command-args",
+        "local-command-stdout",
+        "local-command-stderr",
+        "local-command-caveat",
+        "system-reminder",
+        "user-prompt-submit-hook",
+        "ide_opened_file",
+        "ide_selection",
+        "bash-input",
+        "bash-stdout",
+        "bash-stderr",
+        "task-notification",
+        # Codex
+        "environment_context",
+        "user_instructions",
+        "turn_aborted",
+        "user_shell_command",
+        "subagent_notification",
+        "skill",
+    }
+)
+
+#: An opening (or self-closing) tag at a position: its name, and ``/`` if self-closing.
+_OPEN_TAG = re.compile(r"<([A-Za-z_][\w.-]*)(?:\s[^<>]*?)?(/?)>")
+
+
+def _harness_blocks_only(s: str) -> bool:
+    """Is ``s`` (stripped, starting with ``<``) one or more whole harness blocks, separated
+    by whitespace only?"""
+    pos, end = 0, len(s)
+    while pos < end:
+        tag = _OPEN_TAG.match(s, pos)
+        if tag is None or tag.group(1) not in HARNESS_TAGS:
+            return False
+        if tag.group(2):
+            pos = tag.end()
+        else:
+            close = f"</{tag.group(1)}>"
+            at = s.find(close, tag.end())
+            if at < 0:
+                return False
+            pos = at + len(close)
+        while pos < end and s[pos].isspace():
+            pos += 1
+    return True
+
+
 def is_injected(text: str) -> bool:
     """Text a harness put into a user turn rather than what the user typed.
 
-    Whole-tag wrapped text (``<environment_context>…</environment_context>``,
-    ``<command-name>…``, ``<system-reminder>…``), Codex's ``# AGENTS.md instructions`` and
-    Claude Code's ``[Request interrupted by user…]`` markers.
+    Text made only of whole blocks of :data:`HARNESS_TAGS`
+    (``<environment_context>…</environment_context>``, ``<command-name>…</command-name>``
+    followed by ``<command-args>…``, ``<system-reminder>…``), Codex's ``# AGENTS.md
+    instructions`` and Claude Code's ``[Request interrupted by user…]`` markers. Blank text
+    is no one's prompt either.
     """
     s = text.strip()
     if not s:
         return True
-    if s[0] == "<" and s[-1] == ">":
-        return True
+    if s[0] == "<":
+        return _harness_blocks_only(s)
     return s.startswith(("# AGENTS.md instructions", "[Request interrupted by user"))
 
 

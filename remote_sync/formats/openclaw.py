@@ -9,8 +9,7 @@ Transcripts live in ``agents/<agentId>/sessions/`` (or ClawPal's sibling
 
 * ``<sessionId>.jsonl``: a session;
 * ``<sessionId>-topic-<threadId>.jsonl``: a Telegram topic of it. Its session id keeps the
-  ``-topic-<n>`` suffix, so each topic is a session of its own, and the header's id (the base
-  session's) does not replace it;
+  ``-topic-<n>`` suffix, so each topic is a session of its own;
 * ``<sessionId>.jsonl.reset.<ts>`` and ``<sessionId>.jsonl.deleted.<ts>``: archives left by
   ``/new``, ``/reset`` and deletion. Their session id is ``<sessionId>``: the index tells them
   apart from the live file by path.
@@ -21,7 +20,10 @@ Not transcripts: ``sessions.json`` (the index), trajectory side files
 
 Identity: the agent is ``<agentId>`` (the directory above ``sessions/``); the session id is
 the file name without ``.jsonl`` and without an archive suffix. A path of a single segment
-(a root set to one sessions directory) has no agent.
+(a root set to one sessions directory) has no agent. The header line's ``id`` is not used
+(unlike pi's): OpenClaw's ``sessionId`` is the file's name, the one ``sessions.json`` points
+to and archives keep, while a header may name another session (a topic file carries its base
+session's, a repaired or copied file its original's).
 """
 
 from __future__ import annotations
@@ -85,7 +87,4 @@ class OpenClawReader(V3Reader):
         return named is not None and named[1] == _DELETED
 
     def _header_id(self, facts: SessionFacts, header_id: str) -> None:
-        current = facts.session_id
-        if current and current.startswith(header_id + "-topic-"):
-            return  # a topic file keeps its own id
-        facts.session_id = header_id
+        pass  # the id is the file name's (see the module docstring)

@@ -6,7 +6,8 @@ folding and rendering OpenClaw shares, see :mod:`remote_sync.formats.openclaw`) 
 
 What is read from a line:
 
-* ``type: "session"`` (the header): its ``id`` is the session id.
+* ``type: "session"`` (the header): its ``id`` is pi's session id (OpenClaw keeps the file
+  name's instead, see :mod:`remote_sync.formats.openclaw`).
 * ``type: "message"``: one message of ``message.role`` (``toolResult`` counts as ``tool``;
   ``bashExecution``, ``custom`` and other roles count as ``other``). For assistants: each
   ``toolCall`` content block is a tool call; ``usage`` gives tokens (``input``, ``output``,
@@ -109,6 +110,8 @@ class V3Reader:
         return False  # pi deletes a session by removing its file; OpenClaw overrides this
 
     def _header_id(self, facts: SessionFacts, header_id: str) -> None:
+        # pi names its file after the header's id: the header is the authority (OpenClaw,
+        # whose id is the file name, overrides this).
         facts.session_id = header_id
 
     def update(self, facts: SessionFacts, line: V3Line) -> None:

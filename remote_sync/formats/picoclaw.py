@@ -11,7 +11,9 @@ it is the session id (the real key lives only in the meta file). There is no age
 Every line with a ``role`` is a message of that role (``tool`` for tool output); each entry
 of ``tool_calls`` is a tool call; ``model_name`` is a model; ``created_at`` (RFC 3339, any
 offset, up to nanoseconds) is its time; the first user ``content`` is the title. Lines record
-no usage or cost.
+no usage or cost. Go writes an unset time as its zero time, ``0001-01-01T00:00:00Z`` (a
+message imported from a legacy session without one, for instance): that is no time, not
+one in year 1.
 
 picoclaw truncates history logically (``meta.skip``) and, on compaction, rewrites the JSONL
 with only the kept lines. The index counts the lines in the file as it is: it does not apply
@@ -29,6 +31,15 @@ from ..index.facts import Message, SessionFacts
 from .generic import NO_RAW, canonical_role, iso_utc, raw_string, split_path, tool_call
 
 __all__ = ["PicoLine", "PicoclawReader"]
+
+#: Go's zero ``time.Time`` as ``iso_utc`` gives it: an unset time, not a time.
+_GO_ZERO_TIME = "0001-01-01T00:00:00.000Z"
+
+
+def _time(value: str) -> str | None:
+    """``created_at`` as an ISO time; None when it is unreadable or Go's zero time."""
+    iso = iso_utc(value)
+    return None if iso == _GO_ZERO_TIME else iso
 
 
 class PicoFunction(msgspec.Struct, gc=False):
@@ -80,7 +91,7 @@ class PicoclawReader:
                 facts.add_title(raw_string(line.content))
         ts = line.created_at
         if ts:
-            facts.add_time(iso_utc(ts))
+            facts.add_time(_time(ts))
 
     def message(self, line: PicoLine, offset: int) -> Message | None:
         role = line.role
@@ -96,7 +107,7 @@ class PicoclawReader:
         return Message(
             offset=offset,
             role=canonical_role(role),
-            timestamp=iso_utc(line.created_at) if line.created_at else None,
+            timestamp=_time(line.created_at) if line.created_at else None,
             text=raw_string(line.content),
             tool_calls=calls,
             model=line.model_name,

@@ -49,8 +49,8 @@ class SessionFacts(msgspec.Struct, kw_only=True):
     first_ts: str | None = None  # ISO 8601 UTC, e.g. 2026-11-21T10:00:00.000Z
     last_ts: str | None = None
     title: str | None = None
-    #: Claude Code repeats one response's usage on each of its lines: remember recent
-    #: ``message.id:requestId`` keys (across syncs) to count each once.
+    #: Claude Code repeats one response's usage (and ``costUSD``) on each of its lines:
+    #: remember recent ``message.id:requestId`` keys (across syncs) to count each once.
     recent_usage_keys: list[str] = msgspec.field(default_factory=list)
 
     @property

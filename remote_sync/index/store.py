@@ -46,7 +46,11 @@ MARK_EVERY = 256
 #: harness records count as system messages, hosted tool calls as tool calls; models are kept
 #: one per line (a model name may hold a comma). 3: a title leaves out the blocks a harness
 #: put before the prompt in the same message. 4: a line with fields of the wrong shape is
-#: read without them, not counted as malformed.
+#: read without them, not counted as malformed; Claude Code's ``costUSD`` (older versions)
+#: is the session's cost, once per response; an OpenClaw session's id is its file name's,
+#: not its header's; picoclaw's Go zero time (``0001-01-01T00:00:00Z``) is no time; user
+#: text counts as injected by the harness (a system message, no title) only when it is made
+#: of blocks of the harness's own tags, not whenever it starts with ``<`` and ends with ``>``.
 INDEX_RULES = 4
 
 SCHEMA = """

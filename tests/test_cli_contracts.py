@@ -293,7 +293,8 @@ def test_sessions_list_show_and_stats_print_hostile_text_as_is(
 def test_sessions_show_prints_hostile_paths_and_text_as_is(
     mirror: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = cli(["sessions", "show", "h0", "draft", "-d", str(mirror)], capsys)
+    # OpenClaw's session id is the file's name (its header says "draft").
+    code, out, err = cli(["sessions", "show", "h0", "[draft] s", "-d", str(mirror)], capsys)
     assert code == 0, err
     assert "agents/a1/sessions/[draft] s.jsonl" in out
     assert "[/x] [bold]loud[/bold]" in out and ":smile:" in out

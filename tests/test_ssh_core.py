@@ -61,6 +61,18 @@ def endpoint(fleet: SSHFleet, name: str, **kwargs: object) -> Endpoint:
     return Endpoint(**fields)  # type: ignore[arg-type]
 
 
+def direct_endpoint(fleet: SSHFleet, name: str, identity: str) -> Endpoint:
+    """The host by address and port with this one key, no ssh_config (nor its keys)."""
+    return Endpoint(
+        address="127.0.0.1",
+        port=fleet.host(name).port,
+        user=fleet.user,
+        ssh_config=(),
+        identity_files=(identity,),
+        known_hosts=str(fleet.known_hosts),
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -510,18 +522,7 @@ async def test_local_files_that_cannot_be_used_are_configuration_errors(
     cases = (
         (endpoint(fleet, "h0", identity_files=(a_dir,)), a_dir, "identity_file"),
         (endpoint(fleet, "h0", known_hosts=a_dir), a_dir, "known_hosts"),
-        (
-            Endpoint(
-                address="127.0.0.1",
-                port=fleet.host("h0").port,
-                user=fleet.user,
-                ssh_config=(),
-                identity_files=(str(locked),),
-                known_hosts=str(fleet.known_hosts),
-            ),
-            str(locked),
-            "private key",
-        ),
+        (direct_endpoint(fleet, "h0", str(locked)), str(locked), "private key"),
         (endpoint(fleet, "h0", ssh_config=(str(looping),)), str(looping), "Include"),
     )
     async with SSHPool() as pool:
@@ -534,14 +535,7 @@ async def test_local_files_that_cannot_be_used_are_configuration_errors(
 async def test_auth_failure_is_its_own_error(fleet: SSHFleet, tmp_path: Path) -> None:
     stranger = tmp_path / "stranger"
     os.system(f"ssh-keygen -q -t ed25519 -N '' -f {stranger}")
-    ep = Endpoint(
-        address="127.0.0.1",
-        port=fleet.host("h0").port,
-        user=fleet.user,
-        ssh_config=(),
-        identity_files=(str(stranger),),
-        known_hosts=str(fleet.known_hosts),
-    )
+    ep = direct_endpoint(fleet, "h0", str(stranger))
     async with SSHPool() as pool:
         with pytest.raises(AuthenticationError) as info:
             await run_command(pool, ep, ["true"], host="h0")

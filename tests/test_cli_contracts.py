@@ -31,7 +31,14 @@ from synchelp import expected_tree, make_openclaw_tree, mirror_tree, write_inven
 
 from remote_sync import api
 from remote_sync.cli import main
-from remote_sync.errors import ConfigError, HostUnreachableError, MirrorError, RemoteSyncError
+from remote_sync.errors import (
+    ConfigError,
+    ConnectionLostError,
+    HostUnreachableError,
+    MirrorError,
+    RemoteSyncError,
+    TransferCancelledError,
+)
 from remote_sync.events import (
     ErrorEvent,
     FileCounts,
@@ -457,6 +464,13 @@ def test_rebuild_index_reports_to_on_error(mirror: Path) -> None:
 
 
 # -- 10. undecodable bytes in event strings ------------------------------------------------------
+
+
+def test_hints_after_a_cut_do_not_promise_a_resume_mid_file() -> None:
+    """A file cut midway is fetched again whole: the hint must not say it resumes there."""
+    for error in (ConnectionLostError("lost"), TransferCancelledError("stop")):
+        assert "a file cut midway is fetched again" in error.hint
+        assert "where it stopped" not in error.hint
 
 
 def test_every_event_encodes_with_undecodable_bytes() -> None:

@@ -299,6 +299,10 @@ HOSTILE = [
     b"\xff\xfenot-utf8.jsonl",
     b"colon:in:name.jsonl",
     b"back\\slash.jsonl",
+    # From the tenth item on, the fetch script refers to an item as ${10}, ${11}...
+    b"dollar${1}brace.jsonl",
+    b"glob*?[a].jsonl",
+    b"tab\there;echo PWNED3.jsonl",
 ]
 
 
@@ -321,7 +325,7 @@ def test_hostile_file_names_are_mirrored_exactly_and_never_run(
         assert Path(os.fsdecode(os.path.join(mirrored, name))).read_bytes() == b'{"n":%d}\n' % i
     home = Path("/home") / fleet.user
     for where in (fleet.path("h0"), home, Path(os.getcwd()), fleet.path("h0", "agents/a/sessions")):
-        assert not (where / "PWNED").exists() and not (where / "PWNED2").exists()
+        assert not any((where / f"PWNED{n}").exists() for n in ("", "2", "3"))
 
 
 def test_symlinks_are_not_followed(

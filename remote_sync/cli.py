@@ -66,8 +66,25 @@ _STATES = ("live", "deleted", "rewritten", "renamed")
 _STATS_KEYS = ("host", "agent", "format", "model", "day")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors also reach a script that asked for ``--json``:
+    one ``error`` line on stdout (kind ``config``) before the usage text on stderr and exit 2.
+    Its subcommands' parsers are of the same class."""
+
+    #: Set by :func:`main` from the words of the command line, before parsing them.
+    json_wanted = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_wanted:
+            hint = f"see {self.prog} --help"
+            _write_error_events([ConfigError(f"{self.prog}: {message}", hint=hint)])
+            with contextlib.suppress(OSError):
+                sys.stdout.flush()
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="remote-sync",
         description="Mirror AI-agent session transcripts from hosts over SSH.",
     )
@@ -290,12 +307,26 @@ def _add_index(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_join_dashed_values(sys.argv[1:] if argv is None else argv))
+    words = _join_dashed_values(sys.argv[1:] if argv is None else argv)
+    options = words[: words.index("--")] if "--" in words else words
+    _Parser.json_wanted = "--json" in options
+    args = build_parser().parse_args(words)
     try:
         code: int = args.run(args)
     except KeyboardInterrupt:
+        if getattr(args, "json", False):
+            _write_error_events([_interrupted()])
         return EXIT_CANCELLED
     return code
+
+
+def _interrupted() -> RemoteSyncError:
+    """What a Ctrl-C caught outside a sync's rounds is (the rounds report their own)."""
+    from .errors import TransferCancelledError
+
+    return TransferCancelledError(
+        "cancelled by a signal", hint="nothing was left half-done; run the command again"
+    )
 
 
 def entry() -> NoReturn:
@@ -475,6 +506,9 @@ def run_sync(args: argparse.Namespace) -> int:
         _report(exc, error_out)
         return EXIT_FAILED
     except KeyboardInterrupt:
+        # Before the rounds' signal handler was installed (or after it was removed): the
+        # rounds report their own cancels, with a summary.
+        _report(_interrupted(), error_out)
         return EXIT_CANCELLED
 
 

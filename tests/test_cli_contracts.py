@@ -338,6 +338,78 @@ def test_an_empty_dest_is_a_usage_error(
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["sync", "--dest", "m", "--concurrency", "many", "--json"],
+        ["sync", "--json"],  # --dest missing
+        ["sessions", "list", "--json", "--limit"],
+        ["sessions", "list", "--json", "--class", "gold"],
+        ["sessions", "stats", "--json", "--by", "year"],
+        ["index", "rebuild", "--json", "--bogus"],
+        ["sessions", "--json"],  # no subcommand
+    ],
+)
+def test_usage_errors_under_json_print_an_error_line(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A script that asked for --json gets the usage error as JSON too (argparse alone writes
+    only to stderr), and still exit 2."""
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2 and "usage:" in err
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    event = decode_event(lines[0])
+    assert isinstance(event, ErrorEvent) and event.kind == "config"
+    assert "error" not in event.message.split(":")[0] and event.hint.endswith("--help")
+    # Without --json: stderr only, as before.
+    with pytest.raises(SystemExit):
+        main([a for a in args if a != "--json"] or ["sync"])
+    assert capsys.readouterr().out == ""
+
+
+def test_json_after_the_operands_marker_is_not_an_option(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["sync", "--concurrency", "x", "--", "--json"])
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("command", ["sync", "sync-start", "sessions"])
+def test_ctrl_c_before_the_rounds_still_says_so_under_json(
+    command: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C before the sync's own signal handler is in place (imports, inventory, state)
+    exits 130, and under --json says so in an error line."""
+    import remote_sync.cli as cli_module
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    async def interrupted_at_start(*_args: object) -> int:
+        raise KeyboardInterrupt
+
+    if command == "sync":
+        monkeypatch.setattr(cli_module, "_select_hosts", interrupted)
+        args = ["sync", "me@box.invalid", "--dest", str(tmp_path / "m"), "--json"]
+    elif command == "sync-start":
+        monkeypatch.setattr(cli_module, "_sync_main", interrupted_at_start)
+        args = ["sync", "me@box.invalid", "--dest", str(tmp_path / "m"), "--json"]
+    else:
+        monkeypatch.setattr(cli_module, "_dest", interrupted)
+        args = ["sessions", "list", "--json"]
+    code, out, _err = cli(args, capsys)
+    assert code == 130
+    event = decode_event(out.splitlines()[-1])
+    assert isinstance(event, ErrorEvent) and event.kind == "cancelled"
+
+
+@pytest.mark.parametrize(
     "extra",
     [["--format", "codex"], ["--format", "nope"], ["--root", "/x"], ["--identity", "k"]],
 )

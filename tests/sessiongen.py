@@ -1369,7 +1369,7 @@ def _codex(
                                 "assistant",
                                 iso_ms(cns),
                                 "",
-                                [("apply_patch", _args_text(patch))],
+                                [("apply_patch", patch)],  # a string's text, unquoted
                             ),
                         ),
                     )

@@ -174,11 +174,15 @@ def raw_string(raw: msgspec.Raw | None) -> str:
 def tool_call(name: Any, arguments: msgspec.Raw | str | Any) -> ToolCall:
     """A :class:`ToolCall` with its arguments as (shortened) JSON text.
 
-    ``arguments`` is raw JSON (shown as written), a string that already holds JSON (Codex and
-    OpenAI ``function.arguments``: shown as is) or any other value (JSON-encoded).
+    ``arguments`` is raw JSON (shown as written; a JSON string, such as the patch of Codex's
+    ``apply_patch``, as its text), a string that already holds JSON (Codex and OpenAI
+    ``function.arguments``: shown as is) or any other value (JSON-encoded).
     """
     if isinstance(arguments, msgspec.Raw):
-        text = raw_json_text(arguments)
+        if arguments and memoryview(arguments)[0] == 0x22:  # '"'
+            text = _str_decode(arguments)
+        else:
+            text = raw_json_text(arguments)
     elif isinstance(arguments, str):
         text = arguments
     elif arguments is None:

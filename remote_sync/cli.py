@@ -421,9 +421,16 @@ def _select_hosts(args: argparse.Namespace) -> list[Host]:
         host_key_policy="accept-new" if args.accept_new_host_keys else "strict",
     )
     hosts = inventory.select(args.hosts, args.tag, adhoc=adhoc)
-    if not hosts:
+    if not hosts:  # no names, no tags (a tag no host has is an error of its own)
+        if args.inventory:
+            raise ConfigError(
+                "the inventory lists no hosts",
+                path=str(args.inventory),
+                hint="add a [[hosts]] table with a name and an address, or name hosts to sync",
+            )
         raise ConfigError(
-            "no hosts to sync", hint="name hosts, fix --tag, or add hosts to the inventory"
+            "no hosts to sync",
+            hint="name a host ([user@]host[:port] or an ssh_config alias), or give --inventory",
         )
     _refuse_unused_adhoc_options(args, inventory, hosts)
     return list(hosts)

@@ -409,6 +409,20 @@ def test_ctrl_c_before_the_rounds_still_says_so_under_json(
     assert isinstance(event, ErrorEvent) and event.kind == "cancelled"
 
 
+@pytest.mark.parametrize("text", ["hosts = []\n", '[defaults]\nformat = "codex"\n', ""])
+def test_an_inventory_without_hosts_is_named(
+    text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = tmp_path / "inventory.toml"
+    inv.write_text(text)
+    dest = tmp_path / "m"
+    code, _out, err = cli(["sync", "--inventory", str(inv), "--dest", str(dest)], capsys)
+    assert code == 2 and f"{inv}: the inventory lists no hosts" in err, err
+    assert not dest.exists()
+    code, _out, err = cli(["sync", "--dest", str(dest)], capsys)
+    assert code == 2 and "no hosts to sync" in err and "--inventory" in err
+
+
 @pytest.mark.parametrize(
     "extra",
     [["--format", "codex"], ["--format", "nope"], ["--root", "/x"], ["--identity", "k"]],

@@ -409,6 +409,53 @@ def test_ctrl_c_before_the_rounds_still_says_so_under_json(
     assert isinstance(event, ErrorEvent) and event.kind == "cancelled"
 
 
+@pytest.mark.parametrize(
+    ("config", "blamed", "jump"),
+    [
+        ("HostName 127.0.0.1\n  ProxyJump me@jump.invalid:2222\n", "jump.invalid", True),
+        (
+            "HostName 127.0.0.1\n  ProxyJump hop\nHost hop\n  HostName hop.invalid\n",
+            "hop.invalid",
+            True,
+        ),
+        ("HostName target.invalid\n", "target.invalid", False),
+        # Refused by the jump host (nothing listens on port 1): the message says it went
+        # through it, since asyncssh cannot tell which hop refused.
+        ("HostName 127.0.0.1\n  ProxyJump me@127.0.0.1:1\n", "through ProxyJump", True),
+    ],
+)
+def test_connection_errors_name_the_hop(
+    config: str,
+    blamed: str,
+    jump: bool,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ProxyJump host that did not resolve or refused was reported as the target's own failure."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and host.endswith(".invalid"):  # no DNS query leaves
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host target\n  Port 1\n  {config}")
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    args = ["sync", "target", "--ssh-config", str(cfg), "--known-hosts", str(known)]
+    code, out, _err = cli([*args, "--dest", str(tmp_path / "m"), "--json"], capsys)
+    (event,) = [e for e in map(decode_event, out.splitlines()) if isinstance(e, ErrorEvent)]
+    assert code == 1 and event.kind == "unreachable"
+    assert event.host == "target", event
+    assert (blamed if " " in blamed else repr(blamed)) in event.message, event.message
+    assert ("ProxyJump" in event.message) == jump
+
+
 @pytest.mark.parametrize("text", ["hosts = []\n", '[defaults]\nformat = "codex"\n', ""])
 def test_an_inventory_without_hosts_is_named(
     text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

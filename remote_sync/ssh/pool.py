@@ -31,7 +31,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -454,6 +454,19 @@ class SSHPool:
                 "passphrase-protected one, add it to ssh-agent (ssh-add) and leave "
                 "identity_file out",
             ) from exc
+        except socket.gaierror as exc:
+            name, jump = await anyio.to_thread.run_sync(
+                _unresolved_name, endpoint.address, endpoint.port, options.get("config", ())
+            )
+            unresolved = f" {name!r}" if name else ""
+            via = " (a ProxyJump host of its ssh_config)" if jump else ""
+            raise HostUnreachableError(
+                f"cannot resolve host name{unresolved}{via}: {exc.strerror}",
+                host=host,
+                hint="check the ProxyJump line of the ssh_config and that the name resolves here"
+                if jump
+                else None,
+            ) from exc
         except OSError as exc:
             named = _local_files(options)
             if exc.filename is not None and str(exc.filename) in named:
@@ -464,9 +477,13 @@ class SSHPool:
                     path=str(exc.filename),
                     hint="fix the path in the inventory (or on the command line)",
                 ) from exc
-            raise classify(exc, host, connecting=True) from exc
+            raise await _noting_jump(
+                classify(exc, host, connecting=True), endpoint, options
+            ) from exc
         except (asyncssh.Error, TimeoutError, ValueError) as exc:
-            raise classify(exc, host, connecting=True) from exc
+            raise await _noting_jump(
+                classify(exc, host, connecting=True), endpoint, options
+            ) from exc
 
     async def _drop(self, slot: _HostSlot) -> None:
         conn, slot.conn = slot.conn, None
@@ -522,6 +539,74 @@ def expand_proxy_tokens(endpoint: Endpoint) -> str:
         "%": "%",
     }
     return re.sub(r"%([hpr%])", lambda m: values[m.group(1)], endpoint.proxy_command)
+
+
+async def _noting_jump(error: SSHError, endpoint: Endpoint, options: dict[str, Any]) -> SSHError:
+    """``error``, saying that the connection went through a ProxyJump host when the ssh_config
+    has one: asyncssh's errors do not tell which hop refused or did not answer."""
+    if type(error) is not HostUnreachableError:
+        return error
+    route = await anyio.to_thread.run_sync(
+        _route, endpoint.address, endpoint.port, options.get("config", ())
+    )
+    if route is None or route[2] is None:
+        return error
+    return HostUnreachableError(
+        f"{error.message} (through ProxyJump {route[2]!r}: that host or this one)",
+        host=error.host,
+        hint="check that both hosts are up, the ProxyJump line of the ssh_config is right and "
+        "the network reaches the jump host",
+    )
+
+
+def _route(
+    address: str, port: int | None, config: Sequence[str]
+) -> tuple[str, list[str], str | None] | None:
+    """How asyncssh reaches ``address`` by the ssh_config: the host name it connects to (the
+    HostName), the host names of the ProxyJump hosts on the way (each one's own HostName) and
+    the ProxyJump value itself. None when the config cannot be read (the connection says so)."""
+
+    def lookup(name: str, port: int | None = None) -> asyncssh.SSHClientConnectionOptions:
+        return asyncssh.SSHClientConnectionOptions(
+            host=name, port=port or (), config=list(config), known_hosts=None, client_keys=None
+        )
+
+    try:
+        own = lookup(address, port)
+    except (asyncssh.Error, OSError, ValueError):
+        return None
+    tunnel = own.tunnel if isinstance(own.tunnel, str) and own.tunnel else None
+    jumps: list[str] = []
+    for jump in tunnel.split(",") if tunnel else ():
+        name = jump.rpartition("@")[2]
+        if name.startswith("["):  # [v6 address]:port
+            name = name[1:].partition("]")[0]
+        elif name.count(":") == 1:
+            name = name.partition(":")[0]
+        try:
+            jumps.append(lookup(name).host)
+        except (asyncssh.Error, OSError, ValueError):
+            jumps.append(name)
+    return own.host, jumps, tunnel
+
+
+def _unresolved_name(
+    address: str, port: int | None, config: Sequence[str]
+) -> tuple[str | None, bool]:
+    """The name on the way to ``address`` that does not resolve now, and whether it is a
+    ProxyJump host's. ``(None, False)`` when every name resolves now."""
+    route = _route(address, port, config)
+    if route is None:
+        return None, False
+    own, jumps, _ = route
+    for hop, is_jump in [*((jump, True) for jump in jumps), (own, False)]:
+        try:
+            socket.getaddrinfo(hop, None)
+        except socket.gaierror:
+            return hop, is_jump
+        except (OSError, UnicodeError):
+            continue
+    return None, False
 
 
 def _local_files(options: dict[str, Any]) -> dict[str, str]:

@@ -567,8 +567,9 @@ def _route(
     the ProxyJump value itself. None when the config cannot be read (the connection says so)."""
 
     def lookup(name: str, port: int | None = None) -> asyncssh.SSHClientConnectionOptions:
+        # config as the connection had it: () reads ~/.ssh/config, [] no config at all.
         return asyncssh.SSHClientConnectionOptions(
-            host=name, port=port or (), config=list(config), known_hosts=None, client_keys=None
+            host=name, port=port or (), config=config, known_hosts=None, client_keys=None
         )
 
     try:

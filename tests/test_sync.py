@@ -204,6 +204,12 @@ def test_missing_local_ssh_files_are_configuration_errors(
     code, summary, events = sync(inv, tmp_path / "m", capsys)
     assert code == 2 and summary.hosts_failed == 2
     assert {e.kind for e in events if isinstance(e, ErrorEvent)} == {"config"}
+    # Found before anything is touched: a destination never synced is not even created.
+    code, summary, events = sync(inv, tmp_path / "never", capsys)
+    assert code == 2 and summary.hosts_failed == 2 and not (tmp_path / "never").exists()
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert [(e.host, e.kind) for e in errors] == [("h0", "config"), ("h1", "config")]
+    assert [h.status for h in summary.hosts] == ["failed", "failed"]
     # The same for the commands that read the hosts without a mirror.
     remote = ["--remote", "--inventory", str(inv), "--json"]
     assert main(["sessions", "list", *remote]) == 2

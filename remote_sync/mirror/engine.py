@@ -58,7 +58,7 @@ from ..index.update import (
 )
 from ..index.worker import IndexJob, IndexWorker, IndexWorkerError
 from ..inventory import Host
-from ..ssh.pool import PoolSettings, SSHPool
+from ..ssh.pool import PoolSettings, SSHPool, local_file_problem
 from ..ssh.remote import IDLE_TIMEOUT
 from ..ssh.stream import RemoteStream, exec_streaming
 from .plan import Category, Plan, Transfer, make_plan
@@ -975,6 +975,17 @@ async def sync_fleet(
     started = time.monotonic()
     registry = registry if registry is not None else default_registry
     results: dict[str, HostRound] = {}
+    problems = [local_file_problem(host.endpoint, host.name) for host in hosts]
+    if hosts and all(problems):
+        # Every host would stop on a local file named but not there (as `ssh -F missing`
+        # does): report it as their rounds would, but leave the destination untouched.
+        rounds: list[HostRound] = []
+        for host, problem in zip(hosts, problems, strict=True):
+            assert problem is not None
+            rounds.append(HostRound(host.name, error=problem))
+            emit(ErrorEvent.from_exception(problem))
+            emit(rounds[-1].event())
+        return _summary(rounds, options, started, cancelled=False, emit=emit)
     with contextlib.ExitStack() as stack:
         state = stack.enter_context(_state_for(options, stack))
         tok = stack.enter_context(registry.register(transfer_id, parent=token))

@@ -222,6 +222,17 @@ class _Client(asyncssh.SSHClient):
         return True
 
 
+def local_file_problem(endpoint: Endpoint, host: str) -> ConfigError | None:
+    """The configuration error a connection to ``endpoint`` would stop on before any traffic
+    (an ssh_config, identity file or known_hosts named but not there), or None."""
+    known_hosts = _expand(endpoint.known_hosts or "~/.ssh/known_hosts")
+    try:
+        _local_file_options(endpoint, host, known_hosts)
+    except ConfigError as exc:
+        return exc
+    return None
+
+
 def _local_file_options(endpoint: Endpoint, host: str, known_hosts: str) -> dict[str, Any]:
     """asyncssh's options for the local files ``endpoint`` names, each checked first.
 
@@ -656,6 +667,7 @@ __all__ = [
     "PoolSettings",
     "SSHPool",
     "classify",
+    "local_file_problem",
 ]
 
 # Silence asyncssh's per-channel info logging unless the user asks for debug output.

@@ -424,10 +424,12 @@ def test_ctrl_c_before_the_rounds_still_says_so_under_json(
         ("HostName 127.0.0.1\n  ProxyJump me@127.0.0.1:1\n", "through ProxyJump", True),
     ],
 )
+@pytest.mark.parametrize("given", [True, False], ids=["ssh-config-given", "home-ssh-config"])
 def test_connection_errors_name_the_hop(
     config: str,
     blamed: str,
     jump: bool,
+    given: bool,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -443,11 +445,15 @@ def test_connection_errors_name_the_hop(
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    cfg = tmp_path / "ssh_config"
+    # Named on the command line, or read from ~/.ssh/config as ssh does when none is named.
+    cfg = tmp_path / "ssh_config" if given else tmp_path / "home" / ".ssh" / "config"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
     cfg.write_text(f"Host target\n  Port 1\n  {config}")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     known = tmp_path / "known_hosts"
     known.write_text("")
-    args = ["sync", "target", "--ssh-config", str(cfg), "--known-hosts", str(known)]
+    args = ["sync", "target", "--known-hosts", str(known)]
+    args += ["--ssh-config", str(cfg)] if given else []
     code, out, _err = cli([*args, "--dest", str(tmp_path / "m"), "--json"], capsys)
     (event,) = [e for e in map(decode_event, out.splitlines()) if isinstance(e, ErrorEvent)]
     assert code == 1 and event.kind == "unreachable"

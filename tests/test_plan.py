@@ -110,3 +110,26 @@ def test_a_file_copied_whole_is_hashed_whole_when_read_in_more_than_one_read() -
     assert not requests[b"small.json"].check_whole and requests[b"small.json"].detect_growth
     assert requests[b"long.json"].check_whole and not requests[b"long.json"].check
     assert requests[b"s.jsonl"].check and not requests[b"s.jsonl"].check_whole
+
+
+def test_an_append_whose_overlap_misses_the_head_has_it_hashed_at_the_batch_end() -> None:
+    """Only the overlap of an append is re-read: unless it reaches the file's start, the host
+    hashes the head with the batch's other appends. A short file's overlap covers it all; a
+    file of its old size with another mtime, or a long read, has a head check of its own."""
+    rows = [
+        row(b"grew.jsonl", 50_000),
+        row(b"tiny.jsonl", 900),
+        row(b"touched.jsonl", 50_000),
+        row(b"long.jsonl", 50_000),
+    ]
+    listing = [
+        remote(b"grew.jsonl", 60_240),
+        remote(b"tiny.jsonl", 2_000),
+        remote(b"touched.jsonl", 50_000, mtime=2.0),
+        remote(b"long.jsonl", 50_000 + 100_000),
+    ]
+    requests = {t.remote.path: t.request() for t in plan(listing, rows).transfers}
+    assert requests[b"grew.jsonl"].check_batched and not requests[b"grew.jsonl"].check
+    assert requests[b"tiny.jsonl"].start == 0 and not requests[b"tiny.jsonl"].check_batched
+    for path in (b"touched.jsonl", b"long.jsonl"):
+        assert requests[path].check and not requests[path].check_batched

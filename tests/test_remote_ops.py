@@ -171,6 +171,9 @@ _frame = st.one_of(
     # checked: a complete range, or a short one, then the host's digest of the head
     _data.filter(bool).map(lambda d: ("K", len(d), d)),
     st.tuples(st.just("k"), st.integers(1, 50), _data),
+    # checked at the batch's end (check_batched): complete or short; the digest comes later
+    _data.filter(bool).map(lambda d: ("E", len(d), d)),
+    st.tuples(st.just("e"), st.integers(1, 50), _data),
 )
 
 
@@ -185,20 +188,35 @@ def head_digest_line(i: int) -> tuple[bytes, bytes | None]:
 def build_stream(
     frames: Sequence[tuple[str, int, bytes]],
 ) -> tuple[bytes, list[FetchRequest], list[Merged]]:
+    """The host's output for ``frames``, with a batch's digest after every fourth frame (and
+    the last) when check_batched ranges of it were read."""
     parts: list[bytes] = []
     requests: list[FetchRequest] = []
     expected: list[Merged] = []
+    read_in_batch: list[int] = []
     for i, (kind, extra, data) in enumerate(frames):
+        if i % 4 == 0 and read_in_batch:
+            line, digest = head_digest_line(i + 1000)
+            parts.append(line)
+            expected.append(("HeadDigest", tuple(read_in_batch), digest))
+            read_in_batch = []
         if kind in "GD":
             requests.append(FetchRequest(b"f%d" % i, 0, extra))
             parts.append(MB + b" " + kind.encode() + b"\n")
             expected.append(("Gone" if kind == "G" else "Denied", i))
             continue
-        length = {"B": len(data), "C": len(data) - 1, "K": len(data)}.get(kind, len(data) + extra)
+        length = {"B": len(data), "C": len(data) - 1, "K": len(data), "E": len(data)}.get(
+            kind, len(data) + extra
+        )
         length = max(1, length)
         checked = kind in "Kk"
         request = FetchRequest(
-            b"dir/f:%d" % i, i, length, detect_growth=kind in "CW", check=checked
+            b"dir/f:%d" % i,
+            i,
+            length,
+            detect_growth=kind in "CW",
+            check=checked,
+            check_batched=kind in "Ee",
         )
         requests.append(request)
         parts += [MB + b" B\n", data, FAILED_END if kind == "X" else END]
@@ -217,6 +235,12 @@ def build_stream(
             line, digest = head_digest_line(i)
             parts.append(line)
             expected.append(("HeadDigest", (i,), digest))
+        if request.check_batched and kind != "X":
+            read_in_batch.append(i)
+    if read_in_batch:
+        line, digest = head_digest_line(len(frames) + 1000)
+        parts.append(line)
+        expected.append(("HeadDigest", tuple(read_in_batch), digest))
     return b"".join(parts), requests, expected
 
 
@@ -1194,6 +1218,57 @@ def test_local_fetch_sends_the_digest_of_each_checked_head(toolset: Runner, tmp_
     assert digests == want
     outcomes = collect([e for e in events if not isinstance(e, HeadDigest)])
     assert [outcomes[i][0] for i in range(len(requests))] == ["End"] * 4 + ["Gone"] + ["End"] * 2
+
+
+def test_local_fetch_sends_one_digest_of_the_appended_heads_per_batch(
+    toolset: Runner, tmp_path: Path
+) -> None:
+    """Appends with ``check_batched`` share one digest after their batch's last item, before
+    its archive: the md5 of the first KiBs of those read, in order (not of one gone)."""
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    for name, size in {"a.jsonl": 5000, "b.jsonl": 3000, "x.jsonl": 2000}.items():
+        (root / "d" / name).write_bytes(os.urandom(size - 1) + b"\n")
+    requests = [
+        FetchRequest(b"d/a.jsonl", 4000, 1000, check_batched=True),
+        FetchRequest(b"d/gone.jsonl", 2000, 10, check_batched=True),
+        FetchRequest(b"d/x.jsonl", 0, 2000, archive=True, check=True),
+        FetchRequest(b"d/b.jsonl", 2500, 500, check_batched=True),
+        FetchRequest(b"d/b.jsonl", 2000, 1000, check_batched=True),  # the second batch
+    ]
+    marker = new_marker()
+    argv = fetch_argv(str(root), per_batch=4)
+    rc, out, err = run_local(toolset, argv, fetch_stdin(requests, marker))
+    assert rc == 0, err
+    events = feed_frames(FrameParser("h", marker.encode(), requests), out, range(0, len(out), 7))
+    path = toolset[1]["PATH"].split(os.pathsep)
+    has_md5 = any((Path(d) / "md5sum").exists() for d in path)
+    has_tar = any((Path(d) / "tar").exists() for d in path)
+
+    def head(*names: str) -> bytes | None:
+        heads = b"".join((root / "d" / n).read_bytes()[:1024] for n in names)
+        return hashlib.md5(heads).digest() if has_md5 else None
+
+    batch = [((0, 3), head("a.jsonl", "b.jsonl"))]
+    x = [((2,), head("x.jsonl"))]
+    last = [((4,), head("b.jsonl"))]
+    # With tar, x comes in the archive after the batch's digest; else as a checked range.
+    want = batch + x + last if has_tar else x + batch + last
+    assert [(e.indices, e.digest) for e in events if isinstance(e, HeadDigest)] == want
+    outcomes = collect([e for e in events if not isinstance(e, HeadDigest)])
+    assert [outcomes[i][0] for i in range(len(requests))] == ["End", "Gone", "End", "End", "End"]
+
+
+def test_frame_parser_wants_the_batch_digest_of_appends_that_were_read() -> None:
+    requests = [FetchRequest(b"a", 4, 4, check_batched=True), FetchRequest(b"b", 0, 2)]
+    parser = FrameParser("h", MB, requests)
+    parser.feed(MB + b" B\nabcd" + END + MB + b" B\nxy" + END)
+    with pytest.raises(ProtocolError, match="inside a frame"):
+        parser.close()
+    # A read that failed (X) is not hashed: no digest is due.
+    failed = FrameParser("h", MB, requests)
+    failed.feed(MB + b" B\nab" + FAILED_END + MB + b" B\nxy" + END)
+    assert failed.close() == []
 
 
 def test_local_fetch_sends_the_digest_of_a_whole_file(toolset: Runner, tmp_path: Path) -> None:

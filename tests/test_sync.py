@@ -1109,7 +1109,7 @@ def test_a_checked_file_is_committed_only_once_its_head_digest_agrees(
         handler = _FrameHandler(sync, [t], [request], follow_up=False)  # type: ignore[arg-type]
         events = [Begin(0), Data(0, data), End(0), HeadDigest(indices, hashed)]
         anyio.run(handler.handle_all, events[:3])
-        assert finished == [] and len(handler.held) == 1  # not before the digest
+        assert finished == [] and len(handler.held.files) == 1  # not before the digest
         anyio.run(handler.handle_all, events[3:])
         if digest in ("agrees", "unknown"):
             assert len(finished) == 1 and handler.again == []
@@ -1117,7 +1117,7 @@ def test_a_checked_file_is_committed_only_once_its_head_digest_agrees(
             assert finished == [] and handler.again == [t]
             assert local.read_bytes() == old  # the append's bytes cut back at once
             assert not list(state.tmp_dir.iterdir())
-        assert handler.held == []
+        assert handler.held.files == []
 
 
 def test_empty_files_copied_whole_are_mirrored(
@@ -1222,6 +1222,49 @@ def test_a_rewrite_to_the_same_size_is_found_and_a_touch_moves_nothing(
     assert (code, summary.files.rewritten, summary.hosts[0].versions_kept) == (0, 1, 1)
     assert (dest / ".remote-sync/versions/h0" / f"{rel}.v2").read_bytes() == current
     assert_exact(fleet, dest, "h0")
+
+
+def test_a_head_rewritten_in_place_is_found_when_the_file_grows(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An agent that saves a whole transcript anew, in place, with another first line and more
+    lines after the old ones: the overlap near the old end agrees, the head does not. The
+    host's digest of the batch's heads finds it, and the old copy is kept as a version. The
+    other appends of the batch are checked one by one, not fetched whole: a large session
+    that only grew moves its new bytes, even with a second rewrite in the batch."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(16)
+    rels = [f"agents/a/sessions/s{i}.jsonl" for i in range(4)]
+    for n, rel in enumerate(rels):
+        fleet.write("h0", rel, session_bytes(rng, 20 if n < 2 else 400, start=1000 * n))
+    assert sync(inv, dest, capsys)[0] == 0
+    before = [fleet.path("h0", rel).read_bytes() for rel in rels]
+    first = before[0].index(b"\n")
+    new_head = before[0][:first].replace(b'"id": "00000000"', b'"id": "ffffffff"')
+    assert len(new_head) == first and new_head != before[0][:first]
+    with open(fleet.path("h0", rels[0]), "r+b") as out:  # in place: the same inode
+        out.truncate(0)
+        out.write(new_head + before[0][first:] + session_bytes(rng, 2, start=100))
+    with open(fleet.path("h0", rels[1]), "r+b") as out:  # rewritten in place, longer
+        out.truncate(0)
+        out.write(session_bytes(rng, 30, start=5000))
+    for rel in rels[2:]:
+        append(fleet, "h0", rel, session_bytes(rng, 2, start=200))
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.rewritten, summary.files.grown) == (0, 2, 2)
+    assert summary.hosts[0].versions_kept == 2
+    versions = dest / ".remote-sync/versions/h0"
+    assert [(versions / f"{rel}.v1").read_bytes() for rel in rels[:2]] == before[:2]
+    assert sorted(p.name for p in versions.rglob("*") if p.is_file()) == [
+        "s0.jsonl.v1",
+        "s1.jsonl.v1",
+    ]
+    assert_exact(fleet, dest, "h0")
+    assert summary.bytes < len(before[2])  # neither large session came whole
+    # Nothing changed since: one more round moves nothing, and checks nothing in vain.
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.bytes, summary.files.unchanged) == (0, 0, 4)
 
 
 def test_a_destination_inside_another_mirror_is_refused(

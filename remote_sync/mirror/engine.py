@@ -260,6 +260,7 @@ class HostSync:
         # marker goes on stdin, never on a command line other users could read in `ps`.
         marker = new_marker()
         again: list[Transfer] = []
+        recheck: list[Transfer] = []
         stream: RemoteStream | None = None
         complete = True
         try:
@@ -296,14 +297,21 @@ class HostSync:
                 else:
                     self.planned = [t.remote.path for t in plan.transfers]
                     await self._pick_worker(plan)
-                    again = await self._fetch_on(stream, marker, plan.transfers, listed.rest)
+                    again, recheck = await self._fetch_on(
+                        stream, marker, plan.transfers, listed.rest
+                    )
             if self.options.dry_run:
                 return
-            if again:
+            if again or recheck:
                 # Rewrites found mid-fetch (overlap mismatch, a file that shrank while read):
                 # one more command fetches them whole, so the mirror is current after this run.
-                retry = [self._as_whole(t) for t in again]
-                still = await self._fetch_whole_again(retry)
+                # Appends whose batch's heads did not agree come again as they were, each
+                # with a head check of its own: only one found rewritten is then fetched
+                # whole (one command more), not every append of its batch.
+                still = await self._fetch_again([self._as_whole(t) for t in again] + recheck)
+                rewritten = [self._as_whole(t) for t in still if t.mode == "append"]
+                still = [t for t in still if t.mode != "append"]
+                still += await self._fetch_again(rewritten)
                 for t in still:
                     self._fail(t.remote.path, "changed again while being fetched; retry next run")
         finally:
@@ -390,22 +398,23 @@ class HostSync:
 
     async def _fetch_on(
         self, stream: RemoteStream, marker: str, transfers: Sequence[Transfer], first: bytes
-    ) -> list[Transfer]:
+    ) -> tuple[list[Transfer], list[Transfer]]:
         """Fetch ``transfers`` on the round's own command (``first``: frames already read);
-        returns those that must be fetched whole."""
+        returns those that must be fetched whole, and the appends to check one by one."""
         requests = [t.request() for t in transfers]
         stream.send(fetch_stdin(requests), end=True)
         if not transfers:
             await _drain_stream(stream)
-            return []
+            return [], []
         parser = FrameParser(self.name, marker.encode(), requests)
         handler = _FrameHandler(self, transfers, requests, follow_up=False)
         await self._consume(stream, parser, handler, first)
-        return handler.again
+        return handler.again, handler.recheck
 
-    async def _fetch_whole_again(self, transfers: Sequence[Transfer]) -> list[Transfer]:
-        """Fetch ``transfers`` whole (to their end) with a command of their own; returns those
-        that changed again while being read."""
+    async def _fetch_again(self, transfers: Sequence[Transfer]) -> list[Transfer]:
+        """Fetch ``transfers`` with a command of their own: whole ones to their end, appends
+        as planned, each with its head checked; returns those that changed again while being
+        read (or, for an append, were found rewritten)."""
         if not transfers:
             return []
         requests = [
@@ -414,6 +423,8 @@ class HostSync:
             # end and taken as read: the host's md5 of the whole file would also cover what
             # was appended after the read, so a file that keeps growing could never agree.
             FetchRequest(t.remote.path, 0, TO_EOF, check=t.kind == "append")
+            if t.mode == "whole"
+            else FetchRequest(t.remote.path, t.start, t.length, check=True)
             for t in transfers
         ]
         marker = new_marker()
@@ -722,7 +733,9 @@ class _FrameHandler:
     be the old head with the new tail, so it is dropped and the file fetched whole again. A
     rewrite that keeps the first KiB as it was is not seen this way. A file copied whole with
     :attr:`FetchRequest.check_whole` is held the same way until the host's md5 of the whole
-    file agrees with the md5 of the bytes received.
+    file agrees with the md5 of the bytes received. An append with
+    :attr:`FetchRequest.check_batched` is held until its batch's digest, apart from the
+    others: that one comes after the batch's last item, theirs right after their read.
     """
 
     def __init__(
@@ -740,9 +753,12 @@ class _FrameHandler:
         self.writer: AppendWriter | WholeWriter | None = None
         self.index = -1
         self.again: list[Transfer] = []
+        # Appends whose batch's head digest did not agree: read again one by one, checked.
+        self.recheck: list[Transfer] = []
         # Finished checked files since the last digest, and the md5 of their heads in order.
-        self.held: list[tuple[int, Pending]] = []
-        self.held_heads = hashlib.md5(usedforsecurity=False)
+        self.held = _Held()
+        # The same for appends checked at their batch's end (check_batched).
+        self.held_in_batch = _Held()
         # The md5 of the bytes of the file being read, when the host hashes it whole.
         self.whole: hashlib._Hash | None = None
 
@@ -797,14 +813,16 @@ class _FrameHandler:
             if whole is not None:
                 # Only a range's digest can be due: the held list is empty, and this file's
                 # digest is the md5 of all its bytes.
-                self.held.append((event.index, pending))
-                self.held_heads = whole
+                self.held.files.append((event.index, pending))
+                self.held.heads = whole
                 return
             # Fewer bytes than a head (a follow-up's read of a small file) came in one read:
             # nothing to check, and the host's head may have grown since.
-            if self.requests[event.index].check and len(writer.head) >= HEAD_BYTES:
-                self.held.append((event.index, pending))
-                self.held_heads.update(writer.head[:HEAD_BYTES])
+            request = self.requests[event.index]
+            if len(writer.head) >= HEAD_BYTES and (request.check or request.check_batched):
+                held = self.held_in_batch if request.check_batched else self.held
+                held.files.append((event.index, pending))
+                held.heads.update(writer.head[:HEAD_BYTES])
                 return
             await sync.finished(pending)
         elif isinstance(event, (Short, Changed)):
@@ -859,7 +877,8 @@ class _FrameHandler:
                 if indexed and reader is not None and worker is None
                 else None
             )
-            check = self.requests[self.index].check
+            request = self.requests[self.index]
+            check = request.check or request.check_batched
             writer = AppendWriter(state, t.row, t.start, row, indexer, keep_head=check)
         else:
             whole_indexer = (
@@ -894,8 +913,12 @@ class _FrameHandler:
 
     async def _digest(self, event: HeadDigest) -> None:
         """Commit the held files if their heads are as the host hashed them after the read."""
-        held, self.held = self.held, []
-        heads, self.held_heads = self.held_heads, hashlib.md5(usedforsecurity=False)
+        batch = self.requests[event.indices[0]].check_batched
+        if batch:
+            group, self.held_in_batch = self.held_in_batch, _Held()
+        else:
+            group, self.held = self.held, _Held()
+        held, heads = group.files, group.heads
         # A checked file that did not end (shrank, failed...) is in the host's digest but not
         # in ours: the others cannot be told apart from it, and are fetched again too.
         complete = [index for index, _ in held] == list(event.indices)
@@ -912,21 +935,27 @@ class _FrameHandler:
                 try:
                     await self.sync.finished(pending)
                 except BaseException:
-                    self.held = held[n + 1 :]  # a flush failed: abort() gives these up
+                    self.held.files += held[n + 1 :]  # a flush failed: abort() gives these up
                     raise
             return
+        if batch:
+            # Which of the batch's appends has another head (or whether the one that did not
+            # end had) is not known: each is read again as planned, with a head check of its
+            # own, and only one found rewritten is then fetched whole.
+            why = "its batch's heads were rewritten or could not be compared; checking it alone"
+        elif complete:
+            why = "it changed while it was read; fetching it whole"
+        else:
+            why = "its batch's heads could not be compared (an entry of it did not end); "
+            why += "fetching it whole"
         for index, pending in held:
             t = self.transfers[index]
-            log.info(
-                "%s: %s: %s; fetching it whole",
-                self.sync.name,
-                path_text(t.remote.path),
-                "it changed while it was read"
-                if complete
-                else "its batch's heads could not be compared (an entry of it did not end)",
-            )
+            log.info("%s: %s: %s", self.sync.name, path_text(t.remote.path), why)
             self._give_up(index, pending)
-            self._again(t)
+            if batch:
+                self.recheck.append(t)
+            else:
+                self._again(t)
 
     def _give_up(self, index: int, pending: Pending) -> None:
         t = self.transfers[index]
@@ -953,13 +982,22 @@ class _FrameHandler:
         self.abort()
 
     def abort(self) -> None:
-        held, self.held = self.held, []
+        held = self.held.files + self.held_in_batch.files
+        self.held, self.held_in_batch = _Held(), _Held()
         for index, pending in held:
             self._give_up(index, pending)
         try:
             self._drop()
         except OSError as exc:  # the abort must not hide the error that caused it
             log.warning("%s: could not clean up a partial fetch: %s", self.sync.name, exc)
+
+
+@dataclass
+class _Held:
+    """Finished checked files awaiting one digest, and the md5 of their heads in order."""
+
+    files: list[tuple[int, Pending]] = field(default_factory=list)
+    heads: hashlib._Hash = field(default_factory=lambda: hashlib.md5(usedforsecurity=False))
 
 
 async def sync_fleet(

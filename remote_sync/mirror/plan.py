@@ -1,9 +1,10 @@
 """Planning a host's round: the remote listing against the checkpoints → what to fetch.
 
 What it owns: the decision, per file, between *unchanged*, *append* (fetch from just before the
-committed end, verified by the overlap), *whole* (new file, a file copied whole, or a rewrite:
-smaller than mirrored, or a different inode), and *deleted* (gone from the remote: marked, never
-removed locally). It is pure: no I/O, so it is tested on its own.
+committed end, verified by the overlap and by the head the host hashes per batch), *whole*
+(new file, a file copied whole, or a rewrite: smaller than mirrored, or a different inode),
+and *deleted* (gone from the remote: marked, never removed locally). It is pure: no I/O, so
+it is tested on its own.
 """
 
 from __future__ import annotations
@@ -64,8 +65,19 @@ class Transfer:
         # A file copied whole that the host reads in more than one read (its extra byte
         # counted) is hashed whole after the read: it has no overlap or line ends to check.
         check_whole = growth and self.length + 1 > SKIP_BLOCK
+        # An append re-reads only its overlap: when that does not reach back to the start, a
+        # head rewritten in place since the last round (the rest of the file kept, or grown)
+        # would go unseen. The host hashes such heads once per batch.
+        check_batched = self.mode == "append" and self.start > 0 and not check
         return FetchRequest(
-            self.remote.path, self.start, self.length, archive, growth, check, check_whole
+            self.remote.path,
+            self.start,
+            self.length,
+            archive,
+            growth,
+            check,
+            check_whole,
+            check_batched,
         )
 
     @property

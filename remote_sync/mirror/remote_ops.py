@@ -59,6 +59,10 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     read (:class:`HeadDigest`). A request with ``check_whole`` (``w`` before its start) gets
     the same line with the md5 of the whole file, read from a descriptor opened before the
     read: for files copied whole, which have no head the client could trust on its own.
+    Requests with ``check_batched`` (``e`` before the start) share one such line, after the
+    last item of their batch (before its archive): the md5 of the first KiBs of those whose
+    range ended with ``E``, in order. That is how an append finds its file's head rewritten
+    in place since the last round, for one ``head`` and one ``md5sum`` per batch.
 
     A range is read from the file opened once: one ``dd`` with byte counts seeks and reads
     where ``dd`` knows ``iflag=skip_bytes,count_bytes``; elsewhere ``dd`` seeks (``skip``, no
@@ -73,7 +77,8 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     (fewer: the file shrank, or tar's copy is not to be trusted: fetch it whole again),
     :class:`Changed` (more: fetch it whole again) or :class:`Failed` (the host could not read
     it: a file-level error). Data never goes beyond ``length`` bytes. After the last event of
-    a checked range, or of an archive with checked entries, comes :class:`HeadDigest`.
+    a checked range, or of an archive with checked entries, comes :class:`HeadDigest`; after
+    the last item of a batch with ``check_batched`` ranges that ended, one for those.
 
     The marker is a random nonce per run (:func:`new_marker`). It travels either in the argv
     or, better, as a first line on stdin: from there it reaches the per-batch scripts through
@@ -386,6 +391,9 @@ _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\n" + _LISTING_BODY
 # digest after the archive covers the heads of its checked entries, in order (a second eval'd
 # list of references; head -q reads them all at once; where head lacks -q, one dd each). The
 # probe for md5sum and head -q runs once per batch, outside the command substitutions.
+# Items checked at the batch's end ("e", appends) join a third list when their read ended
+# well; after the batch's last item, one digest covers their heads, in order: an append reads
+# only the bytes near the old end, and its head may have been rewritten in place since.
 # Without md5sum (some BusyBox builds), or when it prints nothing, the digest is "-".
 # A file copied whole has no overlap and no line ends to check, so a long read of one ("w"
 # before its start) is followed by the md5 of the whole file instead: from a second
@@ -403,6 +411,7 @@ head_q=
 i=0
 archived=
 archived_checked=
+read_checked=
 probe_digest() {
     if [ -z "$md5_ok" ]; then
         if command -v md5sum >/dev/null 2>&1; then md5_ok=y; else md5_ok=n; fi
@@ -468,6 +477,8 @@ read_done() {
     if [ "$check" = w ]; then
         probe_digest
         printf '%s K %s\n' "$m" "$(whole_digest)"
+    elif [ "$check" = e ]; then
+        read_checked="$read_checked \"./\${$i#*:*:}\""
     elif [ -n "$check" ]; then
         probe_digest
         printf '%s K %s\n' "$m" "$(head_digest "$f")"
@@ -501,6 +512,10 @@ for item do
     w*)
         check=w
         start=${start#w}
+        ;;
+    e*)
+        check=e
+        start=${start#e}
         ;;
     esac
     archive=
@@ -555,6 +570,10 @@ for item do
         fi
     fi
 done
+if [ -n "$read_checked" ]; then
+    probe_digest
+    printf '%s K %s\n' "$m" "$(eval "head_digest $read_checked")"
+fi
 if [ -n "$archived" ]; then
     printf '%s A\n' "$m"
     eval "tar --no-recursion --numeric-owner -cf - $archived" 2>/dev/null
@@ -750,7 +769,12 @@ def fetch_stdin(requests: Sequence[FetchRequest], marker: str | None = None) -> 
             start = b"0+%d" % request.start  # one dd with bs=1 reaches it
         else:
             start = b"%d+%d" % divmod(request.start, SKIP_BLOCK)
-        check = b"h" if request.check else b"w" if request.check_whole else b""
+        if request.check:
+            check = b"h"
+        elif request.check_whole:
+            check = b"w"
+        else:
+            check = b"e" if request.check_batched else b""
         parts.append(b"%s%s:%d:%s\x00" % (check, start, request.asked, request.path))
     return b"".join(parts)
 
@@ -989,6 +1013,13 @@ class FetchRequest:
     from a descriptor opened with the reader's: it differs from the bytes read when the file
     was rewritten in place meanwhile. For files copied whole, whose every byte the client
     hashes; not with ``check`` or ``archive``."""
+    check_batched: bool = False
+    """Once the batch's reads are done, the host sends one md5 of the first
+    :data:`HEAD_BYTES` of every such request of the batch that was read (:class:`HeadDigest`):
+    an append fetches only the bytes after an overlap near the old end, and this is how a head
+    rewritten in place since the last round (an agent saving the whole file anew with another
+    first line, a tool redacting a secret to the same length) is seen. For appends whose
+    overlap does not cover the head; not with another check or ``archive``."""
 
     @property
     def asked(self) -> int:
@@ -1006,6 +1037,8 @@ class FetchRequest:
             raise ValueError("an archive request cannot detect growth")
         if self.check_whole and (self.check or self.archive):
             raise ValueError("a whole-file check goes with neither a head check nor an archive")
+        if self.check_batched and (self.check or self.check_whole or self.archive):
+            raise ValueError("a batched head check goes with no other check and no archive")
         problem = _path_problem(self.path)
         if problem is not None:
             raise ValueError(f"bad fetch path {self.path!r}: {problem}")
@@ -1027,6 +1060,7 @@ class FrameParser:
     __slots__ = (
         "_archive",
         "_archive_checked",
+        "_batch_checked",
         "_carry",
         "_closed",
         "_deferred",
@@ -1062,6 +1096,8 @@ class FrameParser:
         self._deferred: list[int] = []  # requests answered by the next archive frame
         self._archive: ArchiveReader | None = None
         self._archive_checked: tuple[int, ...] = ()  # its checked entries: a digest follows it
+        # check_batched ranges read since the last batch digest: the batch's digest covers them
+        self._batch_checked: list[int] = []
         self._digest_for: tuple[int, ...] | None = None  # requests whose K line comes next
         self._digest_prefix = marker + b" K "
         self._remaining = 0  # bytes the current frame may still hold
@@ -1102,7 +1138,7 @@ class FrameParser:
         self._closed = True
         archive = self._archive
         inside = self._carry or self._in_data or archive is not None
-        inside = inside or self._digest_for is not None
+        inside = inside or self._digest_for is not None or bool(self._batch_checked)
         pending = archive.pending() if archive is not None else []
         pending += self._deferred
         pending += range(self._index, len(self.requests))
@@ -1127,10 +1163,19 @@ class FrameParser:
         )
 
     def _header(self, buf: bytes, pos: int, events: list[FrameEvent]) -> int:
-        if self._index >= len(self.requests) and not self._deferred:
-            raise self._error("unexpected output after the last frame", buf[pos:])
         head = self._head
         avail = len(buf) - pos
+        if self._batch_checked:
+            # A batch with check_batched ranges that were read ends with their digest.
+            digest = self._digest_prefix
+            if buf.startswith(digest, pos):
+                self._digest_for, self._batch_checked = tuple(self._batch_checked), []
+                return pos  # read by _digest
+            if avail < len(digest) and digest.startswith(buf[pos:]):
+                self._carry = buf[pos:]
+                return len(buf)
+        if self._index >= len(self.requests) and not self._deferred:
+            raise self._error("unexpected output after the last frame", buf[pos:])
         if avail < self._head_len:
             part = buf[pos:]
             ok = head.startswith(part) if avail <= len(head) else part.startswith(head)
@@ -1186,8 +1231,11 @@ class FrameParser:
             else:
                 events.append(Short(index, received))
             request = self.requests[index]
-            if (request.check or request.check_whole) and buf[found + self._end_len - 2] == 0x45:
-                self._digest_for = (index,)  # E: the host hashed the file after the read
+            if buf[found + self._end_len - 2] == 0x45:  # E: the read went well
+                if request.check or request.check_whole:
+                    self._digest_for = (index,)  # the host hashed the file after the read
+                elif request.check_batched:
+                    self._batch_checked.append(index)  # hashed at the batch's end
             self._in_data = False
             self._index = index + 1
             return found + self._end_len

@@ -1,10 +1,12 @@
 """Random sequences of what agents do to their session files, each followed now and then by a
 `remote-sync sync` over real sshd, checked against a model after every round.
 
-What an agent does between two rounds is drawn by hypothesis: new sessions, appends (ending
-mid-line or not), compaction rewriting a file in place, a rewrite renamed over it, archives
-(OpenClaw's ``.reset.`` and ``.deleted.``), deletions, a rewrite of the same size, and new
-``sessions.json`` indexes. Rounds run with or without the index. After each round:
+What an agent does between two rounds is drawn by hypothesis: new sessions (some with
+hostile names), appends (ending mid-line or not), compaction rewriting a file in place, a
+rewrite or a longer copy renamed over it, renames, archives (OpenClaw's ``.reset.`` and
+``.deleted.``), deletions, a rewrite of the same size or a whole file saved anew with another
+head, and new ``sessions.json`` indexes. Rounds run with or without the index, and some are
+killed (SIGKILL) midway, then run again. After each whole round:
 
 * every file on the host is mirrored exactly (JSONL cut at its last newline): a head
   rewritten in place is found whether the file kept its size or grew;
@@ -25,12 +27,14 @@ unchecked head of an append (``test_a_head_rewritten_in_place_is_found_when_the_
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import random
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -45,13 +49,22 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from sshfleet import SSHFleet
-from synchelp import expected_tree, mirror_tree, run_cli, session_line
+from synchelp import cli_process, expected_tree, mirror_tree, run_cli, session_line
 
 from remote_sync.events import Summary
 from remote_sync.index.update import rebuild_index
 
 HOST = "h0"
 AGENTS = ("a", "b")
+#: Session file names, from the plain to the hostile (see test_sync's hostile names).
+NAME_STYLES = {
+    "plain": "s{}.jsonl",
+    "space": "s {} x.jsonl",
+    "newline": "s{}\nx.jsonl",
+    "quotes": "s{}'\"$(touch pwned)`id`.jsonl",
+    "dash": "-s{}.jsonl",
+    "not utf-8": os.fsdecode(b"s{}\xff\xfe.jsonl"),
+}
 STATE_DB = Path(".remote-sync") / "state.db"
 VERSIONS = Path(".remote-sync") / "versions" / HOST
 _machines = itertools.count()
@@ -129,15 +142,19 @@ class AgentHost(RuleBasedStateMachine):
         self.clock += 7.25
         os.utime(path, (self.clock, self.clock))
 
+    def _new_name(self, style: str) -> str:
+        self.next_name += 1
+        return NAME_STYLES[style].format(self.next_name)
+
     @rule(
         agent=st.sampled_from(AGENTS),
         count=st.integers(0, 4),
         partial=st.booleans(),
+        style=st.sampled_from(sorted(NAME_STYLES)),
     )
-    def new_session(self, agent: str, count: int, partial: bool) -> None:
-        self.next_name += 1
+    def new_session(self, agent: str, count: int, partial: bool, style: str) -> None:
         data = self._more(count) + (b'{"type":"mess' if partial else b"")
-        self._write(self._sessions(agent) / f"s{self.next_name}.jsonl", data)
+        self._write(self._sessions(agent) / self._new_name(style), data)
 
     @precondition(lambda self: bool(self._live()))
     @rule(
@@ -189,12 +206,11 @@ class AgentHost(RuleBasedStateMachine):
         os.replace(temp, path)
 
     @precondition(lambda self: bool(self._live()))
-    @rule(which=st.integers(0, 50))
-    def rename(self, which: int) -> None:
+    @rule(which=st.integers(0, 50), style=st.sampled_from(sorted(NAME_STYLES)))
+    def rename(self, which: int, style: str) -> None:
         """A transcript moved to a new session name."""
         path = self._pick(which)
-        self.next_name += 1
-        os.rename(path, path.with_name(f"s{self.next_name}.jsonl"))
+        os.rename(path, path.with_name(self._new_name(style)))
 
     @precondition(lambda self: bool(self._live()))
     @rule(which=st.integers(0, 50), kind=st.sampled_from(("reset", "deleted")))
@@ -263,6 +279,21 @@ class AgentHost(RuleBasedStateMachine):
         if index:
             self._check_the_index()
 
+    @rule(after=st.floats(0, 0.25))
+    def sync_killed_then_again(self, after: float) -> None:
+        """A round killed (SIGKILL) some time after it connected, then a whole round: the
+        same mirror as if the first had never run."""
+        args = ["sync", "--inventory", str(self.inventory), "--dest", str(self.dest), "--json"]
+        proc = cli_process(args)
+        try:
+            assert proc.stdout is not None
+            proc.stdout.readline()  # its first event: it has connected
+            time.sleep(after)
+        finally:
+            proc.kill()
+            proc.communicate()
+        self.sync(index=True)
+
     def _check_the_mirror(self) -> None:
         want = expected_tree(self.root)
         got = mirror_tree(self.dest, HOST)
@@ -293,7 +324,7 @@ class AgentHost(RuleBasedStateMachine):
                 assert any(k.startswith(data) for k in kept), f"a content of {rel!r} was lost"
 
     def _check_the_checkpoints(self) -> None:
-        with sqlite3.connect(self.dest / STATE_DB) as db:
+        with contextlib.closing(sqlite3.connect(self.dest / STATE_DB)) as db:
             rows = list(db.execute("SELECT path, size FROM files WHERE host = ?", (HOST,)))
         for path, size in rows:
             local = self.dest / HOST / os.fsdecode(bytes(path))
@@ -319,7 +350,7 @@ def _is_transcript(rel: bytes) -> bool:
 
 
 def _rows(dest: Path, table: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(dest / STATE_DB) as db:
+    with contextlib.closing(sqlite3.connect(dest / STATE_DB)) as db:
         return sorted(db.execute(f"SELECT * FROM {table}"))
 
 

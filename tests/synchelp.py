@@ -148,3 +148,13 @@ def cli_process(args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
         **kwargs,
     )  # type: ignore[call-overload]
+
+
+def change_first_id_in_place(path: Path) -> None:
+    """Rewrite the session at ``path`` in place to the same size, with another id on its
+    first line (the rest as it was)."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b'"id": "') + len(b'"id": "')
+    data[at : at + 8] = b"%08x" % (int(data[at : at + 8], 16) ^ 0xFFFF)
+    with open(path, "r+b") as out:
+        out.write(data)

@@ -49,7 +49,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from sshfleet import SSHFleet
-from synchelp import cli_process, expected_tree, mirror_tree, run_cli, session_line
+from synchelp import (
+    change_first_id_in_place,
+    cli_process,
+    expected_tree,
+    mirror_tree,
+    run_cli,
+    session_line,
+)
 
 from remote_sync.events import Summary
 from remote_sync.index.update import rebuild_index
@@ -231,11 +238,7 @@ class AgentHost(RuleBasedStateMachine):
         """The same number of bytes, another first line (in place)."""
         candidates = [p for p in self._live() if p.stat().st_size > 100]
         path = candidates[which % len(candidates)]
-        data = bytearray(path.read_bytes())
-        at = data.index(b'"id": "') + len(b'"id": "')
-        data[at : at + 8] = b"%08x" % (int(data[at : at + 8], 16) ^ 0xFFFF)
-        with open(path, "r+b") as out:
-            out.write(data)
+        change_first_id_in_place(path)
         self._touch(path)
 
     @precondition(lambda self: any(p.stat().st_size > 100 for p in self._live()))

@@ -25,7 +25,14 @@ from pathlib import Path
 
 import pytest
 from sshfleet import SSHFleet
-from synchelp import expected_tree, mirror_tree, run_cli, session_line, write_inventory
+from synchelp import (
+    change_first_id_in_place,
+    expected_tree,
+    mirror_tree,
+    run_cli,
+    session_line,
+    write_inventory,
+)
 
 ROUNDS = int(os.environ.get("REMOTE_SYNC_RACE_ROUNDS", "0"))
 pytestmark = pytest.mark.skipif(not ROUNDS, reason="opt-in: set REMOTE_SYNC_RACE_ROUNDS")
@@ -73,11 +80,7 @@ class Agent:
             temp.write_bytes(self._more(self.rng.randint(1, 20)))
             os.replace(temp, path)
         else:
-            data = bytearray(path.read_bytes())
-            at = data.index(b'"id": "') + len(b'"id": "')
-            data[at : at + 8] = b"%08x" % (int(data[at : at + 8], 16) ^ 0xFFFF)
-            with open(path, "r+b") as out:
-                out.write(data)
+            change_first_id_in_place(path)
         self._done(path)
 
     def made_up(self, name: str, data: bytes) -> bool:

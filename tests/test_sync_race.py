@@ -7,6 +7,7 @@ After every round:
 
 * nothing in the mirror or its versions is made up: each mirrored content is a prefix of a
   content the file had (whole lines, as the agent wrote them);
+* a round fails no file but one that changed again while its follow-up read it;
 * after the quiet round, the mirror equals the host's files.
 
 It is opt-in because it depends on timing: an in-place rewrite caught halfway by a read is a
@@ -33,6 +34,8 @@ from synchelp import (
     session_line,
     write_inventory,
 )
+
+from remote_sync.events import ErrorEvent
 
 ROUNDS = int(os.environ.get("REMOTE_SYNC_RACE_ROUNDS", "0"))
 pytestmark = pytest.mark.skipif(not ROUNDS, reason="opt-in: set REMOTE_SYNC_RACE_ROUNDS")
@@ -111,11 +114,15 @@ def test_rounds_while_agents_write_invent_nothing_and_catch_up(
         writer = threading.Thread(target=write_meanwhile)
         writer.start()
         try:
-            code, _ = run_cli(args, capsys)
+            code, events = run_cli(args, capsys)
         finally:
             stop.set()
             writer.join()
-        assert code == 0
+        # A file that changed again while its follow-up read it fails this round (exit 1),
+        # and nothing else may.
+        errors = [e for e in events if isinstance(e, ErrorEvent)]
+        assert code == (1 if errors else 0)
+        assert all(e.message.startswith("changed again while being fetched") for e in errors)
         kept = [p for p in (dest / "h0").rglob("*") if p.is_file()]
         versions = dest / ".remote-sync" / "versions" / "h0"
         kept += [p for p in versions.rglob("*") if p.is_file()]

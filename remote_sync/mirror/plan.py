@@ -73,11 +73,11 @@ class Transfer:
             self.remote.path,
             self.start,
             self.length,
-            archive,
-            growth,
-            check,
-            check_whole,
-            check_batched,
+            archive=archive,
+            detect_growth=growth,
+            check=check,
+            check_whole=check_whole,
+            check_batched=check_batched,
         )
 
     @property

@@ -590,11 +590,10 @@ def _route(
     tunnel = own.tunnel if isinstance(own.tunnel, str) and own.tunnel else None
     jumps: list[str] = []
     for jump in tunnel.split(",") if tunnel else ():
-        name = jump.rpartition("@")[2]
-        if name.startswith("["):  # [v6 address]:port
-            name = name[1:].partition("]")[0]
-        elif name.count(":") == 1:
-            name = name.partition(":")[0]
+        try:  # [user@]host[:port], as an ad-hoc host is given
+            name = Endpoint.parse(jump).address
+        except ConfigError:
+            name = jump.rpartition("@")[2]
         try:
             jumps.append(lookup(name).host)
         except (asyncssh.Error, OSError, ValueError):

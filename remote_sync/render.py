@@ -18,6 +18,7 @@ import sys
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -141,7 +142,8 @@ class RichRenderer:
             self.console.print(line, highlight=False)
         elif isinstance(event, ev.Summary):
             self.progress.stop()
-            self.console.print(recap_table(event))
+            # Piped (a log, cron's mail): ASCII rules, which every pager and mailer shows.
+            self.console.print(recap_table(event, ascii_rules=not self.live))
 
     def _progress(self, event: ev.Progress) -> None:
         task = self.tasks.get(event.host)
@@ -166,9 +168,10 @@ class RichRenderer:
         )
 
 
-def recap_table(summary: ev.Summary) -> Table:
+def recap_table(summary: ev.Summary, *, ascii_rules: bool = False) -> Table:
     title = "dry run: what would move" if summary.dry_run else "sync recap"
-    table = Table(title=title, title_justify="left")
+    rules = box.ASCII if ascii_rules else box.HEAVY_HEAD
+    table = Table(title=title, title_justify="left", box=rules)
     for name in ("host", "status", "new", "grown", "rewritten", "unchanged", "deleted", "failed"):
         table.add_column(name, justify="left" if name in ("host", "status") else "right")
     table.add_column("bytes", justify="right")
@@ -187,6 +190,7 @@ def recap_table(summary: ev.Summary) -> Table:
             _size(h.bytes),
         )
     t = summary.files
+    table.add_section()  # a rule between the hosts and their total
     table.add_row(
         Text("total", style="bold"),
         f"{summary.hosts_ok} ok / {summary.hosts_partial} partial / {summary.hosts_failed} failed"
@@ -199,7 +203,6 @@ def recap_table(summary: ev.Summary) -> Table:
         str(t.deleted),
         str(t.failed),
         _size(summary.bytes),
-        end_section=True,
     )
     return table
 

@@ -256,7 +256,9 @@ def test_recap_and_error_lines_print_hostile_names_as_they_are() -> None:
     renderer(Summary([done], FileCounts(new=1), 10, 0, 1, 1, False, 0.1))
     assert "error [draft]: agents/a1/sessions/d[/x].jsonl: bad [/b] line" in err.getvalue()
     assert "[hint]" in err.getvalue()
-    assert "│ [draft] " in out.getvalue()
+    # Not a terminal: the recap's rules are ASCII (logs, cron mail).
+    assert "| [draft] " in out.getvalue()
+    assert out.getvalue().isascii()
     # An error is one line however long, and its hint another: logs stay greppable.
     narrow = io.StringIO()
     RichRenderer(Console(file=io.StringIO()), Console(file=narrow, width=40))(

@@ -43,12 +43,24 @@ def _ld_so_conf(path: str, depth: int) -> Iterator[str]:
 
 def find_library_quickly(name: str) -> str | None:
     """The path of ``lib<name>.so*`` in the dynamic linker's directories, or None."""
+    prefix = f"lib{name}.so"
+    searched: set[str] = set()
     for directory in _linker_dirs():
-        found = glob.glob(os.path.join(glob.escape(directory), f"lib{name}.so*"))
+        # Merged-/usr systems list /lib/<arch> and /usr/lib/<arch> (a thousand entries each)
+        # twice over: one listing of each real directory, matched by prefix, not by glob.
+        real = os.path.realpath(directory)
+        if real in searched:
+            continue
+        searched.add(real)
+        try:
+            found = [entry for entry in os.listdir(real) if entry.startswith(prefix)]
+        except OSError:
+            continue
         if found:
             # A versioned file (lib<name>.so.5) is the library itself; a bare lib<name>.so
             # may be a development symlink or a linker script.
-            return min(found, key=lambda path: (".so." not in path, path))
+            best = min(found, key=lambda entry: (not entry.startswith(prefix + "."), entry))
+            return os.path.join(directory, best)
     return None
 
 

@@ -211,12 +211,17 @@ def _bounded(count: int | None) -> int | None:
 
 
 async def _remote_batches(
-    pool: Any, host: Host, batch_size: int, token: CancelToken, idle_timeout: float | None
+    pool: Any,
+    host: Host,
+    batch_size: int,
+    token: CancelToken,
+    idle_timeout: float | None,
+    now: datetime,
 ) -> AsyncGenerator[list[SessionRow], None]:
     from .index.remote import stream_remote_sessions
 
     batches = stream_remote_sessions(
-        pool, host, batch_size=batch_size, token=token, idle_timeout=idle_timeout
+        pool, host, batch_size=batch_size, token=token, now=now, idle_timeout=idle_timeout
     )
     async with aclosing(batches):
         async for batch in batches:
@@ -255,7 +260,10 @@ async def _remote_sessions(
             done = 0
             emit(Progress(host.name, "listing", 0, 0, 0, 0))
             try:
-                batches = _remote_batches(pool, host, batch_size, token, idle_timeout)
+                # The rows' class is judged at the same "now" as the filters, as the index's is.
+                batches = _remote_batches(
+                    pool, host, batch_size, token, idle_timeout, filters["now"]
+                )
                 async with aclosing(batches):
                     async for batch in batches:
                         done += len(batch)

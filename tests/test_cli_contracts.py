@@ -717,7 +717,12 @@ def fake_remote(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[list[H
     }
 
     async def batches(
-        pool: Any, host: Host, batch_size: int, token: Any, idle_timeout: float | None
+        pool: Any,
+        host: Host,
+        batch_size: int,
+        token: Any,
+        idle_timeout: float | None,
+        now: datetime,
     ) -> AsyncIterator[list[SessionRow]]:
         if host.name == "h1":
             raise HostUnreachableError("connection refused", host=host.name)

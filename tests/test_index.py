@@ -6,6 +6,8 @@ import json
 import os
 import random
 import sqlite3
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -346,6 +348,38 @@ def test_remote_and_local_listing_agree(
     assert key(local) == key(remote)
     assert len(local) > 8  # transcripts plus topic files and archives
     assert all(len(b) <= 3 for b in batches) and sum(len(b) for b in batches) == len(remote)
+
+
+def test_remote_and_local_listing_judge_the_class_at_the_same_now(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A library caller's ``now`` decides a remote row's class as it decides a local one's
+    (the remote rows were judged at the wall clock)."""
+    root = fleet.path("h0", "oc")
+    # Sessions of the last hour: of low value only at a ``now`` years later.
+    hour_ago = time.time_ns() - 3600 * 10**9
+    build_tree("openclaw", root, 12, random.Random(4), messages=2, start_ns=hour_ago)
+    make_readable(root)
+    inv = inventory(fleet, tmp_path, "openclaw", root)
+    dest = tmp_path / "m"
+    assert sync(inv, dest) == 0
+    capsys.readouterr()
+    hosts = load_inventory(inv).hosts
+    later = datetime(2031, 1, 1, tzinfo=UTC)  # every session is then older than 7 days
+
+    async def classes(**filters: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        local = await api.list_sessions(dest=dest, now=later, **filters)
+        remote = await api.list_sessions(remote=True, hosts=hosts, now=later, **filters)
+        return (
+            sorted((r.session_id, r.klass) for r in local),
+            sorted((r.session_id, r.klass) for r in remote),
+        )
+
+    local, remote = anyio.run(classes)
+    assert local == remote
+    assert {"low", "valuable"} <= {klass for _, klass in local}
+    local_low, remote_low = anyio.run(lambda: classes(klass="low"))
+    assert local_low == remote_low and local_low
 
 
 def test_stream_sessions_reports_progress_and_cancels_midway(

@@ -57,6 +57,7 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ..cancel import CancelToken
@@ -622,10 +623,12 @@ async def stream_remote_sessions(
     *,
     batch_size: int = 50,
     token: CancelToken | None = None,
-    now: float | None = None,
+    now: float | datetime | None = None,
     idle_timeout: float | None = IDLE_TIMEOUT,
 ) -> AsyncGenerator[list[SessionRow], None]:
-    """Yield the host's sessions in batches as their bytes are decoded (one remote command)."""
+    """Yield the host's sessions in batches as their bytes are decoded (one remote command).
+
+    ``now`` (epoch seconds or a datetime; default: the current time) judges their class."""
     check_batch_size(batch_size)
     reader = get_reader(host.source.format)
     source = host.source

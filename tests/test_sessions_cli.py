@@ -683,10 +683,32 @@ def test_find_session_by_path_id_prefix_and_escaped_path(db: Any) -> None:
     assert find_session(db, "h1", "sessions/2026/11/02/rollout-b.jsonl").row.session_id == "dup"
     odd = find_session(db, "h0", "agents/ops/sessions/\\xff-odd.jsonl")
     assert odd.raw_path == b"agents/ops/sessions/\xff-odd.jsonl"
+    # The same path typed raw: the shell passes the byte, Python decodes it as \udcff.
+    raw = find_session(db, "h0", os.fsdecode(b"agents/ops/sessions/\xff-odd.jsonl"))
+    assert raw.raw_path == odd.raw_path
     with pytest.raises(ConfigError, match="matches 2 sessions"):
         find_session(db, "h1", "dup")
     with pytest.raises(ConfigError, match="no session"):
         find_session(db, "h0", "rollout-a")  # another host's
+
+
+def test_arguments_that_are_not_utf8_match_nothing_cleanly(
+    index_dest: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A byte that is not UTF-8 in an argument (``$'\\xff'``) is no session, agent or host
+    of the index: a clean answer, not a traceback."""
+    odd = os.fsdecode(b"x\xff")
+    dest = ["--dest", str(index_dest)]
+    code, out, err = cli(["sessions", "show", "h0", odd, *dest], capsys)
+    assert code == 2 and "no session" in err and "Traceback" not in err
+    for option in ("--host", "--agent", "--format"):
+        code, out, err = cli(["sessions", "list", option, odd, "--json", *dest], capsys)
+        assert (code, out, err) == (0, "", "")
+    code, out, err = cli(["sessions", "stats", "--agent", odd, "--json", *dest], capsys)
+    assert (code, err) == (0, "")
+    assert (code, out, err) == cli(
+        ["sessions", "stats", "--agent", "nobody", "--json", *dest], capsys
+    )
 
 
 def test_remote_flags_without_the_remote_api(

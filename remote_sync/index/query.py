@@ -328,6 +328,17 @@ def _now(now: datetime | None) -> datetime:
     return datetime.now(UTC) if now is None else now
 
 
+def as_indexed(text: str) -> str:
+    """A command-line argument (``\\udcNN`` for bytes that are not UTF-8) as the index holds
+    such text: ids, agents and other names read from paths have those bytes replaced
+    (U+FFFD), and SQLite cannot take the escapes at all."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no decoding made (a library caller's text)
+        data = text.encode("utf-8", "surrogatepass")
+    return data.decode("utf-8", "replace")
+
+
 def _where(
     *,
     host: str | None,
@@ -347,13 +358,13 @@ def _where(
     outer: list[str] = []
     if host is not None:
         inner.append("s.host = :host")
-        params["host"] = host
+        params["host"] = as_indexed(host)
     if format is not None:
         inner.append("s.format = :format")
-        params["format"] = format
+        params["format"] = as_indexed(format)
     if agent is not None:
         inner.append("s.agent = :agent")
-        params["agent"] = agent
+        params["agent"] = as_indexed(agent)
     if since is not None:
         inner.append("s.last_ts >= :since")
         params["since"] = iso_instant(since, now)
@@ -643,7 +654,7 @@ def find_session(
         with_renamed=True,
     )
     params["raw"] = session.encode("utf-8", "surrogateescape")
-    params["session"] = session
+    params["session"] = as_indexed(session)
     params["unescaped"] = path_bytes(session)  # a path as listed: \xNN for odd bytes
     tiers = (
         f"SELECT * FROM ({base}) WHERE path IN (:raw, :unescaped) ORDER BY path",

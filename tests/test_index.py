@@ -319,6 +319,52 @@ def test_a_transcript_without_a_whole_line_has_no_session(
     assert index_facts(dest) == before
 
 
+def test_token_counts_beyond_sqlite_integers_are_stored_saturated(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A usage line may claim up to 2**64 - 1 tokens (valid JSON): the session is stored with
+    its sums held at 2**63 - 1, in the sync, after it grows, and by a rebuild, and the remote
+    listing says the same (such a row once failed every later sync in recovery)."""
+    top = 2**63 - 1
+
+    def turn(n: int, tokens: int) -> bytes:
+        user = {"type": "user", "message": {"role": "user", "content": f"question {n}"}}
+        usage = {"input_tokens": 10, "output_tokens": tokens, "cache_read_input_tokens": top}
+        answer = {
+            "type": "assistant",
+            "requestId": f"req_{n}",
+            "timestamp": "2026-11-20T10:00:00.000Z",
+            "message": {"id": f"msg_{n}", "role": "assistant", "usage": usage},
+        }
+        return b"".join(json.dumps(x).encode() + b"\n" for x in (user, answer))
+
+    root = fleet.path("h0", "cc")
+    rel = "projects/-home-u/11111111-2222-3333-4444-555555555555.jsonl"
+    fleet.write("h0", f"cc/{rel}", turn(1, 10**19))
+    make_readable(root)
+    inv = inventory(fleet, tmp_path, "claude-code", root)
+    dest = tmp_path / "m"
+    assert sync(inv, dest) == 0
+    with open(fleet.path("h0", f"cc/{rel}"), "ab") as grown:
+        grown.write(turn(2, 5))
+    assert sync(inv, dest) == 0
+    assert sync(inv, dest) == 0  # recovery and a round with nothing to do
+    capsys.readouterr()
+    facts = index_facts(dest)[rel.encode()]
+    assert (facts["tokens_in"], facts["tokens_out"], facts["tokens_cache_read"]) == (20, top, top)
+    before = index_facts(dest)
+    rebuild_index(dest)
+    assert index_facts(dest) == before
+    hosts = load_inventory(inv).hosts
+    local, remote = anyio.run(lambda: _both_listings(dest, hosts), backend="asyncio")
+    assert [(r.tokens_out, r.tokens_cache_read) for r in local] == [(top, top)]
+    assert [(r.tokens_out, r.tokens_cache_read) for r in remote] == [(top, top)]
+
+
+async def _both_listings(dest: Path, hosts: Any) -> tuple[list[Any], list[Any]]:
+    return await api.list_sessions(dest=dest), await api.list_sessions(remote=True, hosts=hosts)
+
+
 def test_remote_and_local_listing_agree(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

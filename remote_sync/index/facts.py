@@ -16,6 +16,8 @@ import msgspec
 TITLE_CHARS = 80
 #: How many recent usage keys are remembered across syncs to count a response's usage once.
 RECENT_USAGE_KEYS = 32
+#: SQLite's INTEGER range, which the token sums are held to (see :meth:`SessionFacts.bound`).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: Message roles counted as ``tool`` and as ``system`` (``user`` and ``assistant`` are
 #: themselves; any other role is ``other``).
 TOOL_ROLES = frozenset({"tool", "toolResult", "tool_result", "function"})
@@ -86,6 +88,16 @@ class SessionFacts(msgspec.Struct, kw_only=True):
             flat = " ".join(text.split())
             if flat:
                 self.title = flat if len(flat) <= TITLE_CHARS else flat[: TITLE_CHARS - 1] + "…"
+
+    def bound(self) -> None:
+        """Hold the token sums to SQLite's integer range (saturating). A transcript may claim
+        any count up to 2**64 - 1 (a corrupt or hostile usage line), and its session must still
+        be stored. For counts that are not negative, saturating the facts of a prefix and
+        then adding the rest gives what saturating the whole file's facts gives."""
+        for name in ("tokens_in", "tokens_out", "tokens_cache_read", "tokens_cache_write"):
+            value = getattr(self, name)
+            if not INT64_MIN <= value <= INT64_MAX:
+                setattr(self, name, min(max(value, INT64_MIN), INT64_MAX))
 
     def add_cost(self, cost: float | None) -> None:
         if cost is not None:

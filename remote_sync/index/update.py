@@ -95,6 +95,8 @@ class FileIndexer:
                 messages = now
 
     def result(self) -> IndexUpdate:
+        """The session's facts so far, ready to store (every index write comes through here)."""
+        self.facts.bound()
         return self.update
 
 

@@ -268,6 +268,41 @@ def test_a_session_archived_by_the_host_counts_once(
     assert len(capsys.readouterr().out.splitlines()) == 1
 
 
+@pytest.mark.parametrize("grown_to", [900, 5000])
+def test_a_session_archived_after_a_short_first_copy_counts_once(
+    grown_to: int, fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Mirrored with its first prompt only (under the KiB a fingerprint covers), then grown
+    and archived by /reset: still the same file under another name, not a deletion."""
+    root = fleet.path("h0", "claw")
+    sessions = "claw/agents/main/sessions"
+
+    def line(record: dict[str, object]) -> bytes:
+        return json.dumps(record).encode() + b"\n"
+
+    first = line({"type": "session", "version": 3, "id": "s1", "timestamp": "2026-11-20T10:00:00Z"})
+    first += line({"type": "message", "message": {"role": "user", "content": "fix the build"}})
+    assert len(first) < 300
+    path = fleet.write("h0", f"{sessions}/s1.jsonl", first)
+    make_readable(root)
+    inv = inventory(fleet, tmp_path, "openclaw", root)
+    dest = tmp_path / "m"
+    assert sync(inv, dest) == 0
+    reply = {"type": "message", "message": {"role": "assistant", "content": "on it"}}
+    with open(path, "ab") as grown:
+        while os.path.getsize(path) < grown_to:
+            grown.write(line(reply))
+            grown.flush()
+    os.rename(path, path.with_name("s1.jsonl.reset.2026-11-21T10-00-00.000Z"))
+    assert sync(inv, dest) == 0
+    capsys.readouterr()
+    assert main(["sessions", "list", "--dest", str(dest), "--state", "renamed", "--json"]) == 0
+    (old,) = [json.loads(row) for row in capsys.readouterr().out.splitlines()]
+    assert old["path"] == "agents/main/sessions/s1.jsonl"
+    assert main(["sessions", "stats", "--dest", str(dest), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sessions"] == 1
+
+
 def test_a_session_the_agent_deleted_is_listed_as_deleted_once(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

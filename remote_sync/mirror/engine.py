@@ -85,7 +85,15 @@ from .remote_ops import (
     root_unusable,
     round_argv,
 )
-from .state import CONTROL_DIR, FileState, MirrorState, copy_state, refuse_nested
+from .state import (
+    CONTROL_DIR,
+    FINGERPRINT_BYTES,
+    FileState,
+    MirrorState,
+    copy_state,
+    fingerprint_of,
+    refuse_nested,
+)
 from .writer import (
     AppendWriter,
     CommitBatch,
@@ -652,11 +660,28 @@ class HostSync:
         conversation once, under the new name."""
         now = time.time()
         moved = {(row.dev, row.ino, row.fingerprint) for row in self.new_rows}
+        by_inode = {(row.dev, row.ino): row for row in self.new_rows}
         for row in rows:
-            row.state = "renamed" if (row.dev, row.ino, row.fingerprint) in moved else "deleted"
+            same = (row.dev, row.ino, row.fingerprint) in moved or self._continued_by(
+                row, by_inode.get((row.dev, row.ino))
+            )
+            row.state = "renamed" if same else "deleted"
             row.deleted_at = now
         self.state.commit(rows)
         self.result.files.deleted = len(rows)
+
+    def _continued_by(self, gone: FileState, new: FileState | None) -> bool:
+        """Does ``new`` (a file new this round on the same device and inode) begin with the
+        bytes mirrored of ``gone``? Their fingerprints cover different lengths when ``gone``
+        was mirrored shorter than a KiB (a session renamed after its first prompt grew)."""
+        if new is None or not 0 < gone.size < min(new.size, FINGERPRINT_BYTES):
+            return False
+        try:
+            with open(self.state.local_path(self.name, new.path), "rb") as mirrored:
+                head = mirrored.read(gone.size)
+        except OSError:
+            return False  # then it is counted as deleted, as before: nothing is lost
+        return fingerprint_of(head) == gone.fingerprint
 
     async def _index_the_unindexed(self) -> None:
         """Index mirrored transcripts the index has no session for, from the mirror.

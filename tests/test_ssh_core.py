@@ -11,6 +11,7 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -666,3 +667,107 @@ async def test_a_momentary_maxsessions_refusal_is_retried(fleet: SSHFleet) -> No
             for _ in range(12):
                 tg.start_soon(run_command, pool, ep, ["sleep", "0.5"])
         assert pool.stats(ep).channels_peak == 12
+
+
+def _box_config(fleet: SSHFleet, tmp_path: Path, extra: str) -> Path:
+    """An ssh_config naming host h0 "box", plus ``extra`` lines (host-key settings)."""
+    h = fleet.host("h0")
+    cfg = tmp_path / "box_config"
+    cfg.write_text(
+        f"Host box\n  HostName 127.0.0.1\n  Port {h.port}\n  User {fleet.user}\n"
+        f"  IdentityFile {fleet.client_key}\n  IdentitiesOnly yes\n{extra}"
+    )
+    return cfg
+
+
+def _h0_key_line(fleet: SSHFleet) -> str:
+    port = fleet.host("h0").port
+    (line,) = [x for x in fleet.known_hosts.read_text().splitlines() if f"]:{port} " in x]
+    return line + "\n"
+
+
+async def test_known_hosts_files_are_the_ones_ssh_reads(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ssh_config's UserKnownHostsFile and GlobalKnownHostsFile (default
+    /etc/ssh/ssh_known_hosts) are read as ssh reads them: "none" trusts nothing (it did not
+    turn checking off), a key held only in the system file is trusted, and a changed key
+    held there is refused under accept-new too (it was recorded anew in ~/.ssh)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))  # an empty ~/.ssh
+    system = tmp_path / "ssh_known_hosts"
+    system.write_text("")
+    box = Endpoint(address="box", ssh_config=(str(_box_config(fleet, tmp_path, "")),))
+
+    def configured(extra: str, **kwargs: Any) -> Endpoint:
+        return dataclasses.replace(
+            box, ssh_config=(str(_box_config(fleet, tmp_path, extra)),), **kwargs
+        )
+
+    nothing = configured(f"  UserKnownHostsFile none\n  GlobalKnownHostsFile {system}\n")
+    async with SSHPool() as pool:
+        with pytest.raises(HostKeyError, match="unknown"):
+            await run_command(pool, nothing, ["true"])
+    system.write_text(_h0_key_line(fleet))
+    pinned = configured(f"  GlobalKnownHostsFile {system}\n")
+    async with SSHPool() as pool:
+        assert await run_command(pool, pinned, ["echo", "hi"]) == b"hi\n"
+    fleet.rotate_host_key("h0")
+    accept_new = dataclasses.replace(pinned, host_key_policy="accept-new")
+    async with SSHPool() as pool:
+        with pytest.raises(HostKeyError, match=f"CHANGED .*{system}"):
+            await run_command(pool, accept_new, ["true"])
+    assert not (home / ".ssh" / "known_hosts").exists()
+
+
+async def test_accept_new_records_a_host_key_alias_without_the_port(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """With HostKeyAlias, ssh looks the key up (and records it) under the bare alias."""
+    mine = tmp_path / "known_hosts"
+    cfg = _box_config(
+        fleet,
+        tmp_path,
+        f"  HostKeyAlias pi-kitchen\n  UserKnownHostsFile {mine}\n"
+        "  GlobalKnownHostsFile /dev/null\n",
+    )
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), host_key_policy="accept-new")
+    async with SSHPool() as pool:
+        assert await run_command(pool, ep, ["echo", "hi"]) == b"hi\n"
+    assert mine.read_text().startswith("pi-kitchen ssh-ed25519 ")
+    strict = dataclasses.replace(ep, host_key_policy="strict")
+    async with SSHPool() as pool:
+        assert await run_command(pool, strict, ["echo", "again"]) == b"again\n"
+
+
+async def test_inventory_proxy_command_tokens_come_from_the_ssh_config(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """%h and %p are the HostName and Port the ssh_config gives the alias, as in ssh."""
+    relay = Path(__file__).resolve().parent.parent / "bench" / "delay_relay.py"
+    cfg = _box_config(fleet, tmp_path, "")
+    ep = Endpoint(
+        address="box",
+        ssh_config=(str(cfg),),
+        known_hosts=str(fleet.known_hosts),
+        proxy_command=f"{sys.executable} {relay} --delay-ms 0 %h %p",
+    )
+    async with SSHPool() as pool:
+        assert await run_command(pool, ep, ["echo", "through"]) == b"through\n"
+
+
+async def test_a_jump_host_whose_keys_would_go_unchecked_is_refused(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """asyncssh connects a ProxyJump host from the ssh_config alone, and would take its
+    "UserKnownHostsFile none" for "check nothing": that is refused before any connection."""
+    cfg = _box_config(
+        fleet,
+        tmp_path,
+        "  ProxyJump hop\nHost hop\n  HostName 127.0.0.1\n  UserKnownHostsFile none\n",
+    )
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(fleet.known_hosts))
+    async with SSHPool() as pool:
+        with pytest.raises(ConfigError, match="'hop' has 'UserKnownHostsFile none'"):
+            await run_command(pool, ep, ["true"], host="box")
+        assert pool.stats(ep).connects == 0

@@ -195,31 +195,181 @@ class HostStats:
     operations: int = 0
 
 
-class _Client(asyncssh.SSHClient):
-    """Records host-key decisions so a refusal can say "unknown" or "changed"."""
+#: Where ssh looks up host keys when the ssh_config names no files (ssh_config(5)).
+DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 
-    def __init__(self, known_hosts: str, policy: HostKeyPolicy) -> None:
-        self.known_hosts = known_hosts
+
+@dataclass(frozen=True)
+class HostKeyFiles:
+    """Where one connection's host keys are looked up and recorded, as ssh decides it.
+
+    ``user`` are the UserKnownHostsFile files (the inventory's ``known_hosts`` replaces them;
+    ``none`` in the ssh_config leaves none), ``system`` the GlobalKnownHostsFile files (by
+    default ``/etc/ssh/ssh_known_hosts``). Both are always consulted: asyncssh alone reads
+    only the user files, and takes ``UserKnownHostsFile none`` for "check nothing", where ssh
+    trusts nothing. ``alias`` is the HostKeyAlias, under which keys are looked up without a
+    port, as ssh does.
+    """
+
+    user: tuple[str, ...]
+    system: tuple[str, ...]
+    alias: str | None = None
+
+    def readable(self) -> list[str]:
+        return [path for path in (*self.user, *self.system) if os.access(path, os.R_OK)]
+
+    def trusted(self) -> list[str] | bytes:
+        """asyncssh's ``known_hosts``: the readable files, or no keys at all (never None,
+        which would turn checking off)."""
+        return self.readable() or b""
+
+    def holding(self, host: str, addr: str, port: int | None) -> list[str]:
+        """The readable files with keys for this host (any key: a changed one is refused)."""
+        found = []
+        for path in self.readable():
+            with contextlib.suppress(OSError, ValueError):
+                if asyncssh.match_known_hosts(path, host, addr, port)[0]:
+                    found.append(path)
+        return found
+
+    def describe(self) -> str:
+        return ", ".join((*self.user, *self.system)) or "none"
+
+
+class _Client(asyncssh.SSHClient):
+    """Records host-key decisions so a refusal can say "unknown" or "changed", and where."""
+
+    def __init__(self, files: HostKeyFiles, policy: HostKeyPolicy) -> None:
+        self.files = files
         self.policy = policy
         self.host_key_state: Literal["unknown", "changed"] | None = None
+        self.held_in: list[str] = []
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
     ) -> bool:
-        # Called only when the key is not among the trusted ones for this host.
-        trusted: list[Any] = []
-        if os.path.exists(self.known_hosts):
-            trusted = list(asyncssh.match_known_hosts(self.known_hosts, host, addr, port)[0])
-        self.host_key_state = "changed" if trusted else "unknown"
-        if trusted or self.policy != "accept-new":
+        # Called only when the key is not among the trusted ones for this host (``host`` is
+        # the HostKeyAlias when there is one, and then the port plays no part, as in ssh).
+        lookup_port = None if self.files.alias else port
+        self.held_in = self.files.holding(host, addr, lookup_port)
+        self.host_key_state = "changed" if self.held_in else "unknown"
+        record_to = self.files.user[0] if self.files.user else None
+        if self.held_in or self.policy != "accept-new" or record_to is None:
             return False
-        pattern = host if port in (22, None) else f"[{host}]:{port}"
+        pattern = host if lookup_port in (22, None) else f"[{host}]:{port}"
         line = f"{pattern} {key.export_public_key('openssh').decode().strip()}\n"
-        Path(self.known_hosts).parent.mkdir(parents=True, exist_ok=True)
-        with open(self.known_hosts, "a", encoding="utf-8") as out:
+        Path(record_to).parent.mkdir(parents=True, exist_ok=True)
+        with open(record_to, "a", encoding="utf-8") as out:
             out.write(line)
-        log.warning("accept-new: recorded the host key of %s in %s", pattern, self.known_hosts)
+        log.warning("accept-new: recorded the host key of %s in %s", pattern, record_to)
         return True
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """What the ssh_config makes of an endpoint, for the parts we apply ourselves."""
+
+    host: str  # the HostName
+    port: int
+    user: str
+    keys: HostKeyFiles
+    jumps: str | None = None  # the ProxyJump hosts, as the ssh_config gives them
+
+
+def _resolve(endpoint: Endpoint, config: Sequence[str] | None) -> _Resolved:
+    """Look ``endpoint`` up in its ssh_config (``()`` reads ~/.ssh/config, ``[]`` none).
+
+    A config that cannot be read gives the defaults: the connection then fails on it itself,
+    with its own message.
+    """
+    user_files: list[str] | None = None
+    system_files: list[str] | None = None
+    alias = jumps = None
+    host, port, user = endpoint.address, endpoint.port or 22, endpoint.user or ""
+    try:
+        found = asyncssh.SSHClientConnectionOptions(
+            host=endpoint.address,
+            port=endpoint.port or (),
+            username=endpoint.user or (),
+            config=() if config is None else config,
+            known_hosts=None,  # nothing read or checked: a lookup only
+            client_keys=None,
+        )
+    except (asyncssh.Error, OSError, ValueError, RecursionError):
+        pass
+    else:
+        host, port, user = found.host, found.port, found.username
+        user_files = found.config.get("UserKnownHostsFile")  # type: ignore[assignment]
+        system_files = found.config.get("GlobalKnownHostsFile")  # type: ignore[assignment]
+        alias = found.host_key_alias
+        jumps = found.tunnel if isinstance(found.tunnel, str) and found.tunnel else None
+    tokens = {"h": host, "p": str(port), "r": user, "n": endpoint.address}
+
+    def files(listed: Sequence[str] | None, default: Sequence[str]) -> tuple[str, ...]:
+        return tuple(
+            _expand_tokens(path, tokens) for path in (default if listed is None else listed)
+        )
+
+    user_known = (
+        (_expand(endpoint.known_hosts),)
+        if endpoint.known_hosts is not None
+        else files(user_files, DEFAULT_USER_KNOWN_HOSTS)
+    )
+    system_known = files(system_files, DEFAULT_GLOBAL_KNOWN_HOSTS)
+    return _Resolved(host, port, user, HostKeyFiles(user_known, system_known, alias), jumps)
+
+
+def _refuse_unchecked_jumps(jumps: str, config: Sequence[str] | None, host: str) -> None:
+    """A :class:`ConfigError` if a ProxyJump host on the way has ``UserKnownHostsFile none``.
+
+    asyncssh connects jump hosts from the ssh_config alone, and reads that as "check no host
+    key" (ssh reads it as "trust no key of this file"): such a hop is refused rather than
+    connected unchecked. A jump host's own ProxyJump is followed too.
+    """
+    pending, seen = jumps.split(","), set[str]()
+    while pending:
+        jump = pending.pop()
+        if jump in seen or len(seen) > 16:
+            continue
+        seen.add(jump)
+        try:  # [user@]host[:port], as asyncssh splits it
+            hop = Endpoint.parse(jump)
+        except ConfigError:
+            continue  # asyncssh then fails on it, with its own message
+        try:
+            found = asyncssh.SSHClientConnectionOptions(
+                host=hop.address,
+                port=hop.port or (),
+                username=hop.user or (),
+                config=() if config is None else config,
+                known_hosts=None,
+                client_keys=None,
+            )
+        except (asyncssh.Error, OSError, ValueError, RecursionError):
+            continue
+        if found.config.get("UserKnownHostsFile") == []:
+            raise ConfigError(
+                f"the ProxyJump host {jump!r} has 'UserKnownHostsFile none' in the ssh_config, "
+                "which would connect it without checking its host key",
+                host=host,
+                hint="give that host a known_hosts file holding its key in the ssh_config; "
+                "host keys are never left unchecked",
+            )
+        if isinstance(found.tunnel, str) and found.tunnel:
+            pending.extend(found.tunnel.split(","))
+
+
+def _expand_tokens(path: str, tokens: dict[str, str]) -> str:
+    """A known_hosts path with ``~`` and ssh's tokens (%d %u %h %p %r %n %k %%) expanded."""
+    values = {
+        "d": os.path.expanduser("~"),
+        "u": getpass.getuser(),
+        "k": tokens["n"],
+        "%": "%",
+        **tokens,
+    }
+    return _expand(re.sub(r"%([durhpnk%])", lambda m: values[m.group(1)], path))
 
 
 def local_file_problem(endpoint: Endpoint, host: str) -> ConfigError | None:
@@ -241,20 +391,16 @@ def _local_file_options(endpoint: Endpoint, host: str, known_hosts: str) -> dict
     only with accept-new, whose first contact creates it.
     """
     options: dict[str, Any] = {}
-    if endpoint.known_hosts is not None:
-        if os.path.exists(known_hosts):
-            options["known_hosts"] = known_hosts
-        elif endpoint.host_key_policy == "accept-new":
-            options["known_hosts"] = b""  # nothing trusted yet
-        else:
-            raise ConfigError(
-                f"known_hosts {known_hosts!r} does not exist: no host key can be verified",
-                host=host,
-                path=known_hosts,
-                hint="fix the path, or create the file (ssh-keyscan, then check the keys), "
-                "or let first contact record the keys (host_key_policy = 'accept-new', "
-                "--accept-new-host-keys)",
-            )
+    missing = endpoint.known_hosts is not None and not os.path.exists(known_hosts)
+    if missing and endpoint.host_key_policy != "accept-new":
+        raise ConfigError(
+            f"known_hosts {known_hosts!r} does not exist: no host key can be verified",
+            host=host,
+            path=known_hosts,
+            hint="fix the path, or create the file (ssh-keyscan, then check the keys), "
+            "or let first contact record the keys (host_key_policy = 'accept-new', "
+            "--accept-new-host-keys)",
+        )
     for what, key, paths in (
         # ssh_config = [] reads no config at all (not ~/.ssh/config): passed on even empty.
         ("ssh_config", "config", endpoint.ssh_config),
@@ -415,13 +561,9 @@ class SSHPool:
 
     async def _connect(self, endpoint: Endpoint, host: str) -> asyncssh.SSHClientConnection:
         settings = self.settings
-        # With no explicit known_hosts, asyncssh reads UserKnownHostsFile from ssh_config and
-        # falls back to ~/.ssh/known_hosts, like ssh; that default is also where accept-new writes.
         known_hosts = _expand(endpoint.known_hosts or "~/.ssh/known_hosts")
-        client = _Client(known_hosts, endpoint.host_key_policy)
         compress = settings.compression if endpoint.compression is None else endpoint.compression
         options: dict[str, Any] = {
-            "client_factory": lambda: client,
             "encryption_algs": list(PREFERRED_CIPHERS),
             "compression_algs": (["zlib@openssh.com", "zlib", "none"] if compress else ["none"]),
             "connect_timeout": settings.connect_timeout,
@@ -430,19 +572,29 @@ class SSHPool:
             "keepalive_count_max": settings.keepalive_count_max,
         }
         options.update(_local_file_options(endpoint, host, known_hosts))
+        # The known_hosts files are chosen here, as ssh chooses them, and always given to
+        # asyncssh: left to itself it reads no system-wide file, and the ssh_config's
+        # "UserKnownHostsFile none" would turn checking off.
+        resolved = _resolve(endpoint, options.get("config"))
+        if resolved.jumps is not None:
+            _refuse_unchecked_jumps(resolved.jumps, options.get("config"), host)
+        client = _Client(resolved.keys, endpoint.host_key_policy)
+        options["client_factory"] = lambda: client
+        options["known_hosts"] = resolved.keys.trusted()
         if endpoint.user:
             options["username"] = endpoint.user
         if endpoint.port:
             options["port"] = endpoint.port
         if endpoint.proxy_command:
-            options["proxy_command"] = expand_proxy_tokens(endpoint)
+            options["proxy_command"] = expand_proxy_tokens(endpoint, resolved)
         try:
             return await asyncssh.connect(endpoint.address, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
             state = client.host_key_state or "not trusted"
             what = "CHANGED" if state == "changed" else state
+            where = ", ".join(client.held_in) or resolved.keys.describe()
             raise HostKeyError(
-                f"host key is {what} (known_hosts: {known_hosts}); refusing to connect",
+                f"host key is {what} (known_hosts: {where}); refusing to connect",
                 host=host,
             ) from exc
         except asyncssh.PermissionDenied as exc:
@@ -537,16 +689,17 @@ def tcp_round_trip(sock: Any) -> float | None:
     return micros / 1e6 if micros else None
 
 
-def expand_proxy_tokens(endpoint: Endpoint) -> str:
-    """ProxyCommand with OpenSSH's %h, %p, %r and %% expanded, as ssh does it.
+def expand_proxy_tokens(endpoint: Endpoint, resolved: _Resolved) -> str:
+    """ProxyCommand with OpenSSH's %h, %p, %r and %% expanded, as ssh does it: from the
+    HostName, Port and User the ssh_config gives the endpoint (``resolved``).
 
     asyncssh expands them only in ssh_config; an inventory's proxy_command comes to it as is.
     """
     assert endpoint.proxy_command is not None
     values = {
-        "h": endpoint.address,
-        "p": str(endpoint.port or 22),
-        "r": endpoint.user or getpass.getuser(),
+        "h": resolved.host,
+        "p": str(resolved.port),
+        "r": resolved.user or getpass.getuser(),
         "%": "%",
     }
     return re.sub(r"%([hpr%])", lambda m: values[m.group(1)], endpoint.proxy_command)
@@ -627,8 +780,8 @@ def _local_files(options: dict[str, Any]) -> dict[str, str]:
         for path in options.get(key, ()):
             named[str(path)] = what
     known = options.get("known_hosts")
-    if isinstance(known, str):
-        named[known] = "known_hosts"
+    for path in [known] if isinstance(known, str) else known if isinstance(known, list) else ():
+        named[path] = "known_hosts"
     return named
 
 

@@ -464,6 +464,39 @@ def _refuse_unused_adhoc_options(
 
 
 def run_sync(args: argparse.Namespace) -> int:
+    with _terminate_as_interrupt():
+        return _run_sync(args)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, systemd stopping a timer's run) taken as a Ctrl-C from the start,
+    until the rounds' own handler takes both over, and again after it. Left to its default,
+    a SIGTERM while the state was opened or recovered (a second or more on a large mirror)
+    ended the process unreported, and left a dry run's copy of the state behind."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (a library caller's thread)
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        # Whatever a Ctrl-C does now: asyncio's runner cancels the main task (and raises
+        # KeyboardInterrupt once it has wound down); outside the loop, KeyboardInterrupt.
+        on_ctrl_c = signal.getsignal(signal.SIGINT)
+        if not callable(on_ctrl_c):
+            raise KeyboardInterrupt
+        on_ctrl_c(signal.SIGINT, frame)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_sync(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     from .ssh.fastimport import import_asyncssh
 

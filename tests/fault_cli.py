@@ -8,6 +8,10 @@
 - ``after_version_rename``: a rewrite moved the old copy into ``versions/``; the new copy is
   not yet renamed into place.
 
+``term_in_recovery`` and ``term_in_state_copy`` send the process a SIGTERM while it opens the
+mirror (before the rounds' signal handler is installed): in recovery, or while a dry run
+copies the state.
+
 ``hold_cancel`` does not crash: a cancelled round waits a minute before it winds down (a
 commit that takes its time), so that only a second Ctrl-C ends the run soon.
 """
@@ -47,6 +51,23 @@ elif FAULT == "after_version_rename":
             os._exit(9)
 
     os.rename = rename
+
+elif FAULT in ("term_in_recovery", "term_in_state_copy"):
+    import signal
+
+    from remote_sync.mirror import engine
+
+    def terminated(original: Callable[..., Any]) -> Callable[..., Any]:
+        def step(*args: Any, **kwargs: Any) -> Any:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return original(*args, **kwargs)
+
+        return step
+
+    if FAULT == "term_in_recovery":
+        state_module.MirrorState.recover = terminated(state_module.MirrorState.recover)  # type: ignore[method-assign]
+    else:
+        engine.copy_state = terminated(engine.copy_state)
 
 elif FAULT == "hold_cancel":
     import anyio

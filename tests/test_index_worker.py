@@ -106,6 +106,10 @@ def test_worker_answers_what_the_in_process_indexer_computes(tmp_path: Path) -> 
                 )
                 grown.finish(end_all)
             results = (await whole.result(), await grown.result())
+            # Its own process group: a terminal's Ctrl-C (sent to the foreground group)
+            # does not reach it while it starts, when it would print a traceback.
+            assert worker.proc is not None
+            assert os.getpgid(worker.proc.pid) == worker.proc.pid != os.getpgid(0)
             await worker.aclose()
         return results
 

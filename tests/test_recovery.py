@@ -742,3 +742,34 @@ def test_new_directories_are_synced_in_their_parents(tmp_path: Path) -> None:
     # c's entry lives in b, b's in a, a's in h: each must reach the disk (c itself is synced
     # by the rename that puts the file there).
     assert dirs == {tmp_path / "h", tmp_path / "h/a", tmp_path / "h/a/b"}
+
+
+@pytest.mark.parametrize("fault", ["term_in_recovery", "term_in_state_copy"])
+def test_a_sigterm_while_the_mirror_opens_is_a_cancel(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], fault: str
+) -> None:
+    """Before the rounds' signal handler is installed (recovery, a dry run's copy of the
+    state), a SIGTERM is taken as Ctrl-C: exit 130 with a cancelled event, no temporary copy
+    left behind, and a rerun is exact. It used to end the process unreported (status -15)."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/s.jsonl"
+    fleet.write("h0", rel, lines(random.Random(3), 20))
+    assert sync(inv, dest, capsys)[0] == 0
+    append(fleet, "h0", rel, lines(random.Random(4), 5, start=100))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    args = ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"]
+    args += ["--dry-run"] if fault == "term_in_state_copy" else []
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "fault_cli.py"), *args],
+        capture_output=True,
+        env=dict(os.environ, REMOTE_SYNC_TEST_FAULT=fault, TMPDIR=str(temp)),
+        timeout=120,
+    )
+    assert done.returncode == 130, done.stderr
+    last = json.loads(done.stdout.splitlines()[-1])
+    assert (last["type"], last["kind"]) == ("error", "cancelled")
+    assert list(temp.iterdir()) == []
+    assert sync(inv, dest, capsys)[0] == 0
+    assert (dest / "h0" / rel).read_bytes() == fleet.path("h0", rel).read_bytes()

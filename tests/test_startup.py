@@ -72,3 +72,10 @@ def test_console_entry_flushes_and_keeps_the_exit_code(tmp_path: Path) -> None:
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)
+
+
+def test_python_dash_m_runs_the_command_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "remote_sync", "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.startswith("remote-sync ")

@@ -753,6 +753,27 @@ def test_a_round_that_ends_before_the_fetch_is_sent_says_why(
     assert not (tmp_path / "m" / "h0").exists() or not any((tmp_path / "m" / "h0").rglob("*.jsonl"))
 
 
+def test_hosts_cancelled_while_queued_are_reported_like_the_others(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancel while hosts wait for a slot (--concurrency 1): each host gets its error and
+    its host_done line, as scripts count them (the waiting ones got neither)."""
+    names = fleet.names
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", names)
+    for name in names:
+        make_openclaw_tree(fleet, name, sessions=2)
+    slow_planning(monkeypatch, lambda sync_: sync_.token.cancel("interrupted"))
+    code, summary, events = sync(inv, tmp_path / "m", capsys, "--concurrency", "1")
+    assert code == 130 and len(names) > 1
+    done = [e.host for e in events if isinstance(e, HostDone)]
+    failed = [e.host for e in events if isinstance(e, ErrorEvent) and e.kind == "cancelled"]
+    assert sorted(done) == sorted(failed) == sorted(names)
+    assert [h.status for h in summary.hosts] == ["cancelled"] * len(names)
+
+
 @pytest.mark.parametrize("fetch", ["writes much to stderr", "fails"])
 def test_an_incomplete_listing_is_reported_whatever_the_fetch_does(
     fleet: SSHFleet,

@@ -169,8 +169,9 @@ def serve(sock: socket.socket) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    # Ctrl-C reaches the whole process group; the parent turns it into a cancellation and
-    # closes our socket, which is how we stop (no traceback on the terminal).
+    # The parent starts us in a process group of our own, which a terminal's Ctrl-C does not
+    # reach; a SIGINT sent to us all the same is ignored too. The parent turns Ctrl-C into a
+    # cancellation and closes our socket, which is how we stop (no traceback on the terminal).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(args[0]))
     try:
@@ -294,6 +295,9 @@ class IndexWorker:
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
+                # Not in the terminal's foreground group: a Ctrl-C there would reach the
+                # worker while it starts, before it can ignore it, and print a traceback.
+                process_group=0,
             )
         except OSError:
             parent.close()

@@ -1063,15 +1063,18 @@ async def sync_fleet(
             async def one(host: Host) -> None:
                 async with limiter:
                     if tok.cancelled:
-                        results[host.name] = HostRound(
-                            host.name,
-                            error=TransferCancelledError(
-                                "cancelled before it started", host=host.name
-                            ),
+                        # Reported like a round that was cancelled: its error, then its
+                        # host_done (scripts count one per host).
+                        error = TransferCancelledError(
+                            "cancelled before it started", host=host.name
                         )
-                        return
-                    round_ = HostSync(host, pool, state, options, emit, tok, workers, flush_files)
-                    results[host.name] = await round_.run()
+                        results[host.name] = HostRound(host.name, error=error)
+                        emit(ErrorEvent.from_exception(error))
+                    else:
+                        round_ = HostSync(
+                            host, pool, state, options, emit, tok, workers, flush_files
+                        )
+                        results[host.name] = await round_.run()
                 emit(results[host.name].event())
 
             async with anyio.create_task_group() as tg:

@@ -771,3 +771,25 @@ async def test_a_jump_host_whose_keys_would_go_unchecked_is_refused(
         with pytest.raises(ConfigError, match="'hop' has 'UserKnownHostsFile none'"):
             await run_command(pool, ep, ["true"], host="box")
         assert pool.stats(ep).connects == 0
+
+
+async def test_a_private_key_others_may_read_is_refused(fleet: SSHFleet, tmp_path: Path) -> None:
+    """ssh ignores a private key with group or other permissions ("UNPROTECTED PRIVATE KEY
+    FILE"); asyncssh would use it. Named in the inventory or by the ssh_config, it is this
+    host's configuration error, saying what to do."""
+    key = tmp_path / "open_key"
+    key.write_bytes(fleet.client_key.read_bytes())
+    key.chmod(0o644)
+    cfg = _box_config(fleet, tmp_path, "")
+    cfg.write_text(cfg.read_text().replace(str(fleet.client_key), str(key)))
+    by_config = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(fleet.known_hosts))
+    by_inventory = endpoint(fleet, "h0", identity_files=(str(key),))
+    async with SSHPool() as pool:
+        for ep in (by_config, by_inventory):
+            with pytest.raises(ConfigError, match="may be read by others") as info:
+                await run_command(pool, ep, ["true"], host="h0")
+            assert info.value.path == str(key) and "chmod 600" in info.value.hint
+    key.chmod(0o600)
+    async with SSHPool() as pool:
+        for ep in (by_config, by_inventory):
+            assert await run_command(pool, ep, ["echo", "ok"], host="h0") == b"ok\n"

@@ -275,6 +275,7 @@ class _Resolved:
     user: str
     keys: HostKeyFiles
     jumps: str | None = None  # the ProxyJump hosts, as the ssh_config gives them
+    identities: tuple[str, ...] = ()  # the ssh_config's IdentityFile entries
 
 
 def _resolve(endpoint: Endpoint, config: Sequence[str] | None) -> _Resolved:
@@ -286,6 +287,7 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None) -> _Resolved:
     user_files: list[str] | None = None
     system_files: list[str] | None = None
     alias = jumps = None
+    identities: Sequence[str] = ()
     host, port, user = endpoint.address, endpoint.port or 22, endpoint.user or ""
     try:
         found = asyncssh.SSHClientConnectionOptions(
@@ -304,6 +306,7 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None) -> _Resolved:
         system_files = found.config.get("GlobalKnownHostsFile")  # type: ignore[assignment]
         alias = found.host_key_alias
         jumps = found.tunnel if isinstance(found.tunnel, str) and found.tunnel else None
+        identities = found.config.get("IdentityFile", ())  # type: ignore[assignment]
     tokens = {"h": host, "p": str(port), "r": user, "n": endpoint.address}
 
     def files(listed: Sequence[str] | None, default: Sequence[str]) -> tuple[str, ...]:
@@ -317,7 +320,26 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None) -> _Resolved:
         else files(user_files, DEFAULT_USER_KNOWN_HOSTS)
     )
     system_known = files(system_files, DEFAULT_GLOBAL_KNOWN_HOSTS)
-    return _Resolved(host, port, user, HostKeyFiles(user_known, system_known, alias), jumps)
+    keys = HostKeyFiles(user_known, system_known, alias)
+    return _Resolved(host, port, user, keys, jumps, tuple(_expand(path) for path in identities))
+
+
+def refuse_unprotected_key(path: str, host: str) -> None:
+    """A :class:`ConfigError` for a private key of ours that others may read: ssh ignores
+    such a key ("UNPROTECTED PRIVATE KEY FILE"), and so do we, aloud (asyncssh would use it).
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # a missing default key is no key; a named one is reported elsewhere
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        raise ConfigError(
+            f"the private key {path!r} may be read by others (mode {st.st_mode & 0o777:04o}); "
+            "ssh refuses to use it, and so does remote-sync",
+            host=host,
+            path=path,
+            hint=f"chmod 600 {path}",
+        )
 
 
 def _refuse_unchecked_jumps(jumps: str, config: Sequence[str] | None, host: str) -> None:
@@ -576,6 +598,9 @@ class SSHPool:
         # asyncssh: left to itself it reads no system-wide file, and the ssh_config's
         # "UserKnownHostsFile none" would turn checking off.
         resolved = _resolve(endpoint, options.get("config"))
+        # Keys named in the inventory replace the ssh_config's IdentityFile (as in asyncssh).
+        for key in options.get("client_keys") or resolved.identities:
+            refuse_unprotected_key(key, host)
         if resolved.jumps is not None:
             _refuse_unchecked_jumps(resolved.jumps, options.get("config"), host)
         client = _Client(resolved.keys, endpoint.host_key_policy)

@@ -793,3 +793,20 @@ async def test_a_private_key_others_may_read_is_refused(fleet: SSHFleet, tmp_pat
     async with SSHPool() as pool:
         for ep in (by_config, by_inventory):
             assert await run_command(pool, ep, ["echo", "ok"], host="h0") == b"ok\n"
+
+
+def test_an_include_glob_is_read_in_sorted_order(tmp_path: Path) -> None:
+    """ssh reads the files of ``Include conf.d/*`` sorted (glob(3)); with first-match-wins,
+    only then does "box" get the port of ``00-box.conf``. asyncssh read directory order."""
+    import asyncssh
+
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    for i in range(12):  # the first one written first: directory order rarely sorts it first
+        (conf_d / f"{i:02d}-box.conf").write_text(f"Host box\n  Port {2200 + i}\n")
+    main_config = tmp_path / "config"
+    main_config.write_text(f"Include {conf_d}/*\n")
+    found = asyncssh.SSHClientConnectionOptions(
+        host="box", config=[str(main_config)], known_hosts=None, client_keys=None
+    )
+    assert found.port == 2200

@@ -849,3 +849,38 @@ __all__ = [
 
 # Silence asyncssh's per-channel info logging unless the user asks for debug output.
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+
+def _sort_config_includes() -> None:
+    """Make asyncssh read the files of an ssh_config ``Include`` glob in sorted order.
+
+    ssh expands ``Include conf.d/*`` with glob(3), which sorts; asyncssh 2.x takes
+    ``Path.glob``'s directory order, so with first-match-wins a host could get another
+    file's HostName or Port than ssh gives it (and be mirrored under the wrong name). Its
+    client config's include step is wrapped so that, while it runs, ``Path.glob`` answers in
+    sorted order. Where that step is not found (another asyncssh), nothing is changed.
+    """
+    config_class = getattr(getattr(asyncssh, "config", None), "SSHClientConfig", None)
+    handlers = getattr(config_class, "_handlers", None)
+    entry = handlers.get("include") if isinstance(handlers, dict) else None
+    if handlers is None or entry is None or getattr(entry[1], "sorted_globs", False):
+        return
+    name, include = entry
+
+    def sorted_include(config: Any, option: str, args: list[str]) -> None:
+        real_glob = Path.glob
+
+        def sorted_glob(path: Path, pattern: str, *more: Any, **kwargs: Any) -> Any:
+            return iter(sorted(real_glob(path, pattern, *more, **kwargs)))
+
+        Path.glob = sorted_glob  # type: ignore[method-assign,assignment]
+        try:
+            include(config, option, args)
+        finally:
+            Path.glob = real_glob  # type: ignore[method-assign]
+
+    sorted_include.sorted_globs = True  # type: ignore[attr-defined]
+    handlers["include"] = (name, sorted_include)
+
+
+_sort_config_includes()

@@ -680,8 +680,8 @@ def _box_config(fleet: SSHFleet, tmp_path: Path, extra: str) -> Path:
     return cfg
 
 
-def _h0_key_line(fleet: SSHFleet) -> str:
-    port = fleet.host("h0").port
+def _key_line(fleet: SSHFleet, name: str = "h0") -> str:
+    port = fleet.host(name).port
     (line,) = [x for x in fleet.known_hosts.read_text().splitlines() if f"]:{port} " in x]
     return line + "\n"
 
@@ -708,7 +708,7 @@ async def test_known_hosts_files_are_the_ones_ssh_reads(
     async with SSHPool() as pool:
         with pytest.raises(HostKeyError, match="unknown"):
             await run_command(pool, nothing, ["true"])
-    system.write_text(_h0_key_line(fleet))
+    system.write_text(_key_line(fleet))
     pinned = configured(f"  GlobalKnownHostsFile {system}\n")
     async with SSHPool() as pool:
         assert await run_command(pool, pinned, ["echo", "hi"]) == b"hi\n"
@@ -810,3 +810,27 @@ def test_an_include_glob_is_read_in_sorted_order(tmp_path: Path) -> None:
         host="box", config=[str(main_config)], known_hosts=None, client_keys=None
     )
     assert found.port == 2200
+
+
+async def test_a_jump_host_key_refused_is_named_as_the_jump_hosts(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """A ProxyJump host whose key its known_hosts lacks: the refusal names the jump host,
+    not the target and the target's known_hosts."""
+    jump = fleet.host("h1")
+    nobody = tmp_path / "empty_known_hosts"
+    nobody.write_text("")
+    cfg = _box_config(
+        fleet,
+        tmp_path,
+        f"  ProxyJump hop\n  UserKnownHostsFile {fleet.known_hosts}\n"
+        f"Host hop\n  HostName 127.0.0.1\n  Port {jump.port}\n  User {fleet.user}\n"
+        f"  IdentityFile {fleet.client_key}\n  UserKnownHostsFile {nobody}\n",
+    )
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    async with SSHPool() as pool:
+        with pytest.raises(HostKeyError, match="ProxyJump host 'hop' is not trusted"):
+            await run_command(pool, ep, ["true"], host="box")
+    nobody.write_text(_key_line(fleet, "h1"))
+    async with SSHPool() as pool:
+        assert await run_command(pool, ep, ["echo", "via hop"], host="box") == b"via hop\n"

@@ -615,6 +615,14 @@ class SSHPool:
         try:
             return await asyncssh.connect(endpoint.address, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
+            if client.host_key_state is None and resolved.jumps is not None:
+                # Our client never saw a key: a jump host's was refused on the way.
+                raise HostKeyError(
+                    f"the host key of the ProxyJump host {resolved.jumps!r} is not trusted "
+                    "(known_hosts: as the ssh_config gives it for that host); refusing to "
+                    "connect",
+                    host=host,
+                ) from exc
             state = client.host_key_state or "not trusted"
             what = "CHANGED" if state == "changed" else state
             where = ", ".join(client.held_in) or resolved.keys.describe()

@@ -421,9 +421,13 @@ def test_ctrl_c_before_the_rounds_still_says_so_under_json(
             True,
         ),
         ("HostName target.invalid\n", "target.invalid", False),
-        # Refused by the jump host (nothing listens on port 1): the message says it went
-        # through it, since asyncssh cannot tell which hop refused.
-        ("HostName 127.0.0.1\n  ProxyJump me@127.0.0.1:1\n", "through ProxyJump", True),
+        # The jump host refused (nothing listens on port 1): jump hosts are connected one
+        # by one, so the message names the one that refused.
+        (
+            "HostName 127.0.0.1\n  ProxyJump me@127.0.0.1:1\n",
+            "ProxyJump host 'me@127.0.0.1:1'",
+            True,
+        ),
     ],
 )
 @pytest.mark.parametrize("given", [True, False], ids=["ssh-config-given", "home-ssh-config"])

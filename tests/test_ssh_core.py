@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -756,21 +757,74 @@ async def test_inventory_proxy_command_tokens_come_from_the_ssh_config(
         assert await run_command(pool, ep, ["echo", "through"]) == b"through\n"
 
 
-async def test_a_jump_host_whose_keys_would_go_unchecked_is_refused(
-    fleet: SSHFleet, tmp_path: Path
-) -> None:
+async def test_jump_hosts_are_checked_by_the_same_rules(fleet: SSHFleet, tmp_path: Path) -> None:
     """asyncssh connects a ProxyJump host from the ssh_config alone, and would take its
-    "UserKnownHostsFile none" for "check nothing": that is refused before any connection."""
-    cfg = _box_config(
-        fleet,
-        tmp_path,
-        "  ProxyJump hop\nHost hop\n  HostName 127.0.0.1\n  UserKnownHostsFile none\n",
-    )
-    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(fleet.known_hosts))
+    "UserKnownHostsFile none" for "check nothing": jump hosts are connected here instead,
+    whatever their alias looks like, and a refused key is named as the jump host's."""
+    jump = fleet.host("h1")
+    nobody = tmp_path / "empty_known_hosts"
+    nobody.write_text("")
+
+    def via(alias: str, known: str) -> Endpoint:
+        cfg = _box_config(
+            fleet,
+            tmp_path,
+            f"  ProxyJump {alias}\n  UserKnownHostsFile {fleet.known_hosts}\n"
+            f"Host {alias}\n  HostName 127.0.0.1\n  Port {jump.port}\n  User {fleet.user}\n"
+            f"  IdentityFile {fleet.client_key}\n  UserKnownHostsFile {known}\n"
+            "  GlobalKnownHostsFile /dev/null\n",
+        )
+        return Endpoint(address="box", ssh_config=(str(cfg),))
+
     async with SSHPool() as pool:
-        with pytest.raises(ConfigError, match="'hop' has 'UserKnownHostsFile none'"):
-            await run_command(pool, ep, ["true"], host="box")
-        assert pool.stats(ep).connects == 0
+        for alias, known in (("hop", "none"), ("gw+1", "none"), ("hop", str(nobody))):
+            with pytest.raises(
+                HostKeyError, match=f"ProxyJump host '{re.escape(alias)}': host key is unknown"
+            ):
+                await run_command(pool, via(alias, known), ["true"], host="box")
+    nobody.write_text(_key_line(fleet, "h1"))
+    async with SSHPool() as pool:
+        ep = via("hop", str(nobody))
+        assert await run_command(pool, ep, ["echo", "via hop"], host="box") == b"via hop\n"
+
+
+async def test_known_hosts_paths_lines_and_aliases_as_ssh_reads_them(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """${VAR} and %k in a known_hosts path name the file ssh reads (a changed key held there
+    is refused under accept-new); a token not understood is a configuration error; a line
+    that cannot be read is skipped; and an alias's key is not taken for "changed" because
+    the address has another key (several hosts behind one router)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    monkeypatch.setenv("RS_KEYS", str(keys))
+    (keys / "pi-kitchen").write_text(
+        "garbage\n@bogus-marker x y\n"
+        + _key_line(fleet).replace(_key_line(fleet).split()[0], "pi-kitchen", 1)
+    )
+
+    def box(extra: str, policy: str = "strict") -> Endpoint:
+        cfg = _box_config(fleet, tmp_path, extra + "  GlobalKnownHostsFile /dev/null\n")
+        return Endpoint(address="box", ssh_config=(str(cfg),), host_key_policy=policy)  # type: ignore[arg-type]
+
+    aliased = "  HostKeyAlias pi-kitchen\n  UserKnownHostsFile ${RS_KEYS}/%k\n"
+    async with SSHPool() as pool:
+        assert await run_command(pool, box(aliased), ["echo", "hi"]) == b"hi\n"
+    async with SSHPool() as pool:
+        with pytest.raises(ConfigError, match="cannot expand '%C'"):
+            await run_command(pool, box("  UserKnownHostsFile ~/%C\n"), ["true"])
+    router = tmp_path / "router_known_hosts"  # the router's own key, for its address
+    router.write_text("127.0.0.1 " + " ".join(_key_line(fleet, "h1").split()[1:]) + "\n")
+    other = f"  HostKeyAlias pi-garage\n  UserKnownHostsFile {router}\n"
+    async with SSHPool() as pool:
+        assert await run_command(pool, box(other, "accept-new"), ["echo", "new"]) == b"new\n"
+    assert "pi-garage ssh-ed25519" in router.read_text()
+    fleet.rotate_host_key("h0")
+    async with SSHPool() as pool:
+        with pytest.raises(HostKeyError, match=f"CHANGED .*{keys}/pi-kitchen"):
+            await run_command(pool, box(aliased, "accept-new"), ["true"])
 
 
 async def test_a_private_key_others_may_read_is_refused(fleet: SSHFleet, tmp_path: Path) -> None:
@@ -789,6 +843,10 @@ async def test_a_private_key_others_may_read_is_refused(fleet: SSHFleet, tmp_pat
             with pytest.raises(ConfigError, match="may be read by others") as info:
                 await run_command(pool, ep, ["true"], host="h0")
             assert info.value.path == str(key) and "chmod 600" in info.value.hint
+    # With another key that ssh may use, only a warning: ssh would log in with that one.
+    both = dataclasses.replace(by_inventory, identity_files=(str(key), str(fleet.client_key)))
+    async with SSHPool() as pool:
+        assert await run_command(pool, both, ["echo", "other"], host="h0") == b"other\n"
     key.chmod(0o600)
     async with SSHPool() as pool:
         for ep in (by_config, by_inventory):
@@ -810,27 +868,3 @@ def test_an_include_glob_is_read_in_sorted_order(tmp_path: Path) -> None:
         host="box", config=[str(main_config)], known_hosts=None, client_keys=None
     )
     assert found.port == 2200
-
-
-async def test_a_jump_host_key_refused_is_named_as_the_jump_hosts(
-    fleet: SSHFleet, tmp_path: Path
-) -> None:
-    """A ProxyJump host whose key its known_hosts lacks: the refusal names the jump host,
-    not the target and the target's known_hosts."""
-    jump = fleet.host("h1")
-    nobody = tmp_path / "empty_known_hosts"
-    nobody.write_text("")
-    cfg = _box_config(
-        fleet,
-        tmp_path,
-        f"  ProxyJump hop\n  UserKnownHostsFile {fleet.known_hosts}\n"
-        f"Host hop\n  HostName 127.0.0.1\n  Port {jump.port}\n  User {fleet.user}\n"
-        f"  IdentityFile {fleet.client_key}\n  UserKnownHostsFile {nobody}\n",
-    )
-    ep = Endpoint(address="box", ssh_config=(str(cfg),))
-    async with SSHPool() as pool:
-        with pytest.raises(HostKeyError, match="ProxyJump host 'hop' is not trusted"):
-            await run_command(pool, ep, ["true"], host="box")
-    nobody.write_text(_key_line(fleet, "h1"))
-    async with SSHPool() as pool:
-        assert await run_command(pool, ep, ["echo", "via hop"], host="box") == b"via hop\n"

@@ -30,6 +30,7 @@ import re
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -197,6 +198,8 @@ class HostStats:
 
 #: Where ssh looks up host keys when the ssh_config names no files (ssh_config(5)).
 DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+#: ProxyJump hosts reached through ProxyJump hosts, at most this deep.
+MAX_JUMP_DEPTH = 8
 DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 
 
@@ -209,7 +212,7 @@ class HostKeyFiles:
     default ``/etc/ssh/ssh_known_hosts``). Both are always consulted: asyncssh alone reads
     only the user files, and takes ``UserKnownHostsFile none`` for "check nothing", where ssh
     trusts nothing. ``alias`` is the HostKeyAlias, under which keys are looked up without a
-    port, as ssh does.
+    port, as ssh does. As ssh does, a line that cannot be read is skipped, not fatal.
     """
 
     user: tuple[str, ...]
@@ -217,24 +220,52 @@ class HostKeyFiles:
     alias: str | None = None
 
     def readable(self) -> list[str]:
-        return [path for path in (*self.user, *self.system) if os.access(path, os.R_OK)]
+        return [
+            path
+            for path in (*self.user, *self.system)
+            if os.path.isfile(path) and os.access(path, os.R_OK)
+        ]
 
-    def trusted(self) -> list[str] | bytes:
-        """asyncssh's ``known_hosts``: the readable files, or no keys at all (never None,
-        which would turn checking off)."""
-        return self.readable() or b""
+    def trusted(self) -> asyncssh.SSHKnownHosts:
+        """asyncssh's ``known_hosts``: the keys of every readable file (none at all when
+        there is none: never None, which would turn checking off)."""
+        return _read_known_hosts(self.readable())
 
-    def holding(self, host: str, addr: str, port: int | None) -> list[str]:
-        """The readable files with keys for this host (any key: a changed one is refused)."""
+    def holding(self, host: str, port: int | None) -> list[str]:
+        """The readable files with a key for exactly this host name (and port): as ssh looks
+        a host up, not by its address (CheckHostIP is off by default) and not falling back
+        from ``[host]:port`` to ``host`` (as asyncssh does when it trusts)."""
         found = []
         for path in self.readable():
-            with contextlib.suppress(OSError, ValueError):
-                if asyncssh.match_known_hosts(path, host, addr, port)[0]:
-                    found.append(path)
+            known = _read_known_hosts([path])
+            exact = getattr(known, "_match", known.match)
+            if exact(host, "", None if port in (22, None) else port)[0]:
+                found.append(path)
         return found
 
     def describe(self) -> str:
         return ", ".join((*self.user, *self.system)) or "none"
+
+
+def _read_known_hosts(paths: Sequence[str]) -> asyncssh.SSHKnownHosts:
+    """The known_hosts entries of ``paths``, skipping what cannot be read (a line asyncssh
+    cannot parse, bytes that are not UTF-8, a file that went away), as ssh skips it."""
+    lines: list[str] = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            lines += Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    try:
+        return asyncssh.import_known_hosts("\n".join(lines))
+    except ValueError:
+        return asyncssh.import_known_hosts("\n".join(line for line in lines if _parses(line)))
+
+
+def _parses(line: str) -> bool:
+    try:
+        asyncssh.import_known_hosts(line)
+    except ValueError:
+        return False
+    return True
 
 
 class _Client(asyncssh.SSHClient):
@@ -252,16 +283,20 @@ class _Client(asyncssh.SSHClient):
         # Called only when the key is not among the trusted ones for this host (``host`` is
         # the HostKeyAlias when there is one, and then the port plays no part, as in ssh).
         lookup_port = None if self.files.alias else port
-        self.held_in = self.files.holding(host, addr, lookup_port)
+        self.held_in = self.files.holding(host, lookup_port)
         self.host_key_state = "changed" if self.held_in else "unknown"
         record_to = self.files.user[0] if self.files.user else None
         if self.held_in or self.policy != "accept-new" or record_to is None:
             return False
         pattern = host if lookup_port in (22, None) else f"[{host}]:{port}"
         line = f"{pattern} {key.export_public_key('openssh').decode().strip()}\n"
-        Path(record_to).parent.mkdir(parents=True, exist_ok=True)
-        with open(record_to, "a", encoding="utf-8") as out:
-            out.write(line)
+        try:
+            Path(record_to).parent.mkdir(parents=True, exist_ok=True)
+            with open(record_to, "a", encoding="utf-8") as out:
+                out.write(line)
+        except OSError as exc:  # as ssh: "Failed to add the host", and on
+            log.warning("accept-new: could not record the host key of %s: %s", pattern, exc)
+            return True
         log.warning("accept-new: recorded the host key of %s in %s", pattern, record_to)
         return True
 
@@ -278,11 +313,12 @@ class _Resolved:
     identities: tuple[str, ...] = ()  # the ssh_config's IdentityFile entries
 
 
-def _resolve(endpoint: Endpoint, config: Sequence[str] | None) -> _Resolved:
+def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -> _Resolved:
     """Look ``endpoint`` up in its ssh_config (``()`` reads ~/.ssh/config, ``[]`` none).
 
     A config that cannot be read gives the defaults: the connection then fails on it itself,
-    with its own message.
+    with its own message. A known_hosts path with a token this cannot expand is this host's
+    :class:`ConfigError` (a wrong file would mean trusting or recording the wrong keys).
     """
     user_files: list[str] | None = None
     system_files: list[str] | None = None
@@ -307,12 +343,23 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None) -> _Resolved:
         alias = found.host_key_alias
         jumps = found.tunnel if isinstance(found.tunnel, str) and found.tunnel else None
         identities = found.config.get("IdentityFile", ())  # type: ignore[assignment]
-    tokens = {"h": host, "p": str(port), "r": user, "n": endpoint.address}
+    local = socket.gethostname()
+    tokens = {
+        "d": os.path.expanduser("~"),
+        "u": getpass.getuser(),
+        "h": host,
+        "p": str(port),
+        "r": user,
+        "n": endpoint.address,
+        "k": alias or endpoint.address,
+        "l": local,
+        "L": local.split(".")[0],
+        "%": "%",
+    }
 
     def files(listed: Sequence[str] | None, default: Sequence[str]) -> tuple[str, ...]:
-        return tuple(
-            _expand_tokens(path, tokens) for path in (default if listed is None else listed)
-        )
+        paths = default if listed is None else listed
+        return tuple(_expand_tokens(path, tokens, host_name) for path in paths)
 
     user_known = (
         (_expand(endpoint.known_hosts),)
@@ -324,74 +371,60 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None) -> _Resolved:
     return _Resolved(host, port, user, keys, jumps, tuple(_expand(path) for path in identities))
 
 
-def refuse_unprotected_key(path: str, host: str) -> None:
-    """A :class:`ConfigError` for a private key of ours that others may read: ssh ignores
-    such a key ("UNPROTECTED PRIVATE KEY FILE"), and so do we, aloud (asyncssh would use it).
-    """
+def _unprotected(path: str) -> bool:
+    """Is ``path`` a private key of ours that others may read (ssh's sshkey_perm_ok)?"""
     try:
         st = os.stat(path)
     except OSError:
-        return  # a missing default key is no key; a named one is reported elsewhere
-    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        return False  # a missing default key is no key; a named one is reported elsewhere
+    return st.st_uid == os.getuid() and bool(st.st_mode & 0o077)
+
+
+def refuse_unprotected_keys(paths: Sequence[str], host: str) -> None:
+    """ssh ignores a private key others may read ("UNPROTECTED PRIVATE KEY FILE"); asyncssh
+    would use it. When every key named is such a key, that is this host's
+    :class:`ConfigError`; when some other key remains, a warning (ssh would use the other)."""
+    present = [path for path in paths if os.path.exists(path)]
+    unprotected = [path for path in present if _unprotected(path)]
+    if not unprotected:
+        return
+    mode = os.stat(unprotected[0]).st_mode & 0o777
+    if len(unprotected) < len(present):
+        log.warning(
+            "%s: the private key %s may be read by others; chmod 600 it", host, unprotected[0]
+        )
+        return
+    raise ConfigError(
+        f"the private key {unprotected[0]!r} may be read by others (mode {mode:04o}); "
+        "ssh refuses to use it, and so does remote-sync",
+        host=host,
+        path=unprotected[0],
+        hint=f"chmod 600 {unprotected[0]}",
+    )
+
+
+_TOKEN = re.compile(r"%(.)|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_tokens(path: str, tokens: dict[str, str], host: str) -> str:
+    """A known_hosts path with ``~``, ssh's tokens (%d %u %h %p %r %n %k %l %L %%) and
+    ``${VAR}`` expanded; any other token is a :class:`ConfigError` (%C, %i...)."""
+
+    def value(match: re.Match[str]) -> str:
+        token, variable = match.group(1), match.group(2)
+        if variable is not None and variable in os.environ:
+            return os.environ[variable]
+        if token is not None and token in tokens:
+            return tokens[token]
         raise ConfigError(
-            f"the private key {path!r} may be read by others (mode {st.st_mode & 0o777:04o}); "
-            "ssh refuses to use it, and so does remote-sync",
+            f"cannot expand {match.group(0)!r} in the known_hosts path {path!r}",
             host=host,
             path=path,
-            hint=f"chmod 600 {path}",
+            hint="spell that part of UserKnownHostsFile or GlobalKnownHostsFile out in the "
+            "ssh_config, or give the host known_hosts in the inventory",
         )
 
-
-def _refuse_unchecked_jumps(jumps: str, config: Sequence[str] | None, host: str) -> None:
-    """A :class:`ConfigError` if a ProxyJump host on the way has ``UserKnownHostsFile none``.
-
-    asyncssh connects jump hosts from the ssh_config alone, and reads that as "check no host
-    key" (ssh reads it as "trust no key of this file"): such a hop is refused rather than
-    connected unchecked. A jump host's own ProxyJump is followed too.
-    """
-    pending, seen = jumps.split(","), set[str]()
-    while pending:
-        jump = pending.pop()
-        if jump in seen or len(seen) > 16:
-            continue
-        seen.add(jump)
-        try:  # [user@]host[:port], as asyncssh splits it
-            hop = Endpoint.parse(jump)
-        except ConfigError:
-            continue  # asyncssh then fails on it, with its own message
-        try:
-            found = asyncssh.SSHClientConnectionOptions(
-                host=hop.address,
-                port=hop.port or (),
-                username=hop.user or (),
-                config=() if config is None else config,
-                known_hosts=None,
-                client_keys=None,
-            )
-        except (asyncssh.Error, OSError, ValueError, RecursionError):
-            continue
-        if found.config.get("UserKnownHostsFile") == []:
-            raise ConfigError(
-                f"the ProxyJump host {jump!r} has 'UserKnownHostsFile none' in the ssh_config, "
-                "which would connect it without checking its host key",
-                host=host,
-                hint="give that host a known_hosts file holding its key in the ssh_config; "
-                "host keys are never left unchecked",
-            )
-        if isinstance(found.tunnel, str) and found.tunnel:
-            pending.extend(found.tunnel.split(","))
-
-
-def _expand_tokens(path: str, tokens: dict[str, str]) -> str:
-    """A known_hosts path with ``~`` and ssh's tokens (%d %u %h %p %r %n %k %%) expanded."""
-    values = {
-        "d": os.path.expanduser("~"),
-        "u": getpass.getuser(),
-        "k": tokens["n"],
-        "%": "%",
-        **tokens,
-    }
-    return _expand(re.sub(r"%([durhpnk%])", lambda m: values[m.group(1)], path))
+    return _expand(_TOKEN.sub(value, path))
 
 
 def local_file_problem(endpoint: Endpoint, host: str) -> ConfigError | None:
@@ -413,6 +446,13 @@ def _local_file_options(endpoint: Endpoint, host: str, known_hosts: str) -> dict
     only with accept-new, whose first contact creates it.
     """
     options: dict[str, Any] = {}
+    if endpoint.known_hosts is not None and os.path.isdir(known_hosts):
+        raise ConfigError(
+            f"cannot read known_hosts {known_hosts!r}: it is a directory",
+            host=host,
+            path=known_hosts,
+            hint="fix the path in the inventory (or on the command line)",
+        )
     missing = endpoint.known_hosts is not None and not os.path.exists(known_hosts)
     if missing and endpoint.host_key_policy != "accept-new":
         raise ConfigError(
@@ -581,7 +621,15 @@ class SSHPool:
             slot.last_used = time.monotonic()
             return slot.conn
 
-    async def _connect(self, endpoint: Endpoint, host: str) -> asyncssh.SSHClientConnection:
+    async def _connect(
+        self,
+        endpoint: Endpoint,
+        host: str,
+        tunnel: asyncssh.SSHClientConnection | None = None,
+        depth: int = 0,
+    ) -> asyncssh.SSHClientConnection:
+        """A connection to ``endpoint`` (through ``tunnel``, else through the ProxyJump hosts
+        its ssh_config names, each connected here with the same host-key rules)."""
         settings = self.settings
         known_hosts = _expand(endpoint.known_hosts or "~/.ssh/known_hosts")
         compress = settings.compression if endpoint.compression is None else endpoint.compression
@@ -597,12 +645,9 @@ class SSHPool:
         # The known_hosts files are chosen here, as ssh chooses them, and always given to
         # asyncssh: left to itself it reads no system-wide file, and the ssh_config's
         # "UserKnownHostsFile none" would turn checking off.
-        resolved = _resolve(endpoint, options.get("config"))
+        resolved = _resolve(endpoint, options.get("config"), host)
         # Keys named in the inventory replace the ssh_config's IdentityFile (as in asyncssh).
-        for key in options.get("client_keys") or resolved.identities:
-            refuse_unprotected_key(key, host)
-        if resolved.jumps is not None:
-            _refuse_unchecked_jumps(resolved.jumps, options.get("config"), host)
+        refuse_unprotected_keys(options.get("client_keys") or resolved.identities, host)
         client = _Client(resolved.keys, endpoint.host_key_policy)
         options["client_factory"] = lambda: client
         options["known_hosts"] = resolved.keys.trusted()
@@ -610,19 +655,88 @@ class SSHPool:
             options["username"] = endpoint.user
         if endpoint.port:
             options["port"] = endpoint.port
+        opened = None
         if endpoint.proxy_command:
             options["proxy_command"] = expand_proxy_tokens(endpoint, resolved)
+        elif tunnel is None and resolved.jumps is not None:
+            # Jump hosts are connected here, not by asyncssh: it would connect them from the
+            # ssh_config alone, with "UserKnownHostsFile none" meaning no check at all.
+            opened = tunnel = await self._open_jumps(resolved.jumps, endpoint, host, depth)
+        # None: no jump host, and asyncssh must not open one of its own choosing (a ProxyJump
+        # only a "Match final" block gives is not followed: the connection goes direct).
+        options["tunnel"] = tunnel
+        try:
+            conn = await self._connect_mapped(endpoint, host, options, client, resolved)
+        except BaseException:
+            if opened is not None:
+                opened.close()
+            raise
+        if tunnel is not None:
+            conn.set_tunnel(tunnel)  # closing this connection closes the jump hosts' too
+        return conn
+
+    async def _open_jumps(
+        self, jumps: str, endpoint: Endpoint, host: str, depth: int
+    ) -> asyncssh.SSHClientConnection:
+        """Connect the ProxyJump hosts ``jumps`` (``[user@]host[:port]``, comma-separated, split
+        as asyncssh splits them), each through the one before; the first one through its own
+        ProxyJump, if its ssh_config gives it one. Host keys are checked strictly."""
+        if depth >= MAX_JUMP_DEPTH:
+            raise ConfigError(
+                f"ProxyJump hosts lead through more than {MAX_JUMP_DEPTH} hops (a loop?)",
+                host=host,
+                hint="check the ProxyJump lines of the ssh_config",
+            )
+        conn: asyncssh.SSHClientConnection | None = None
+        try:
+            for jump in jumps.split(","):
+                user, _, address = jump.rpartition("@")
+                port: int | None = None
+                if ":" in address:
+                    address, _, port_text = address.rpartition(":")
+                    try:
+                        port = int(port_text)
+                    except ValueError:
+                        raise ConfigError(
+                            f"bad port in the ProxyJump host {jump!r}", host=host
+                        ) from None
+                hop = Endpoint(
+                    address=address,
+                    user=user or None,
+                    port=port,
+                    ssh_config=endpoint.ssh_config,
+                    compression=endpoint.compression,
+                )
+                try:
+                    conn = await self._connect(hop, host, conn, depth + 1)
+                except RemoteSyncError as exc:
+                    if exc.message.startswith("ProxyJump host "):
+                        raise
+                    raise type(exc)(
+                        f"ProxyJump host {jump!r}: {exc.message}",
+                        host=host,
+                        path=exc.path,
+                        hint=exc.hint,
+                    ) from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        assert conn is not None
+        return conn
+
+    async def _connect_mapped(
+        self,
+        endpoint: Endpoint,
+        host: str,
+        options: dict[str, Any],
+        client: _Client,
+        resolved: _Resolved,
+    ) -> asyncssh.SSHClientConnection:
+        """asyncssh's connect, its failures mapped to our errors, naming ``host``."""
         try:
             return await asyncssh.connect(endpoint.address, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
-            if client.host_key_state is None and resolved.jumps is not None:
-                # Our client never saw a key: a jump host's was refused on the way.
-                raise HostKeyError(
-                    f"the host key of the ProxyJump host {resolved.jumps!r} is not trusted "
-                    "(known_hosts: as the ssh_config gives it for that host); refusing to "
-                    "connect",
-                    host=host,
-                ) from exc
             state = client.host_key_state or "not trusted"
             what = "CHANGED" if state == "changed" else state
             where = ", ".join(client.held_in) or resolved.keys.describe()
@@ -859,6 +973,9 @@ __all__ = [
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 
+_INCLUDE_LOCK = threading.RLock()
+
+
 def _sort_config_includes() -> None:
     """Make asyncssh read the files of an ssh_config ``Include`` glob in sorted order.
 
@@ -876,16 +993,20 @@ def _sort_config_includes() -> None:
     name, include = entry
 
     def sorted_include(config: Any, option: str, args: list[str]) -> None:
-        real_glob = Path.glob
+        # One swap at a time (configs are read on the event loop and in worker threads),
+        # re-entrant for an included file's own Include.
+        with _INCLUDE_LOCK:
+            real_glob = Path.glob
 
-        def sorted_glob(path: Path, pattern: str, *more: Any, **kwargs: Any) -> Any:
-            return iter(sorted(real_glob(path, pattern, *more, **kwargs)))
+            def sorted_glob(path: Path, pattern: str, *more: Any, **kwargs: Any) -> Any:
+                # As glob(3) sorts: whole path strings, not Path objects part by part.
+                return iter(sorted(real_glob(path, pattern, *more, **kwargs), key=str))
 
-        Path.glob = sorted_glob  # type: ignore[method-assign,assignment]
-        try:
-            include(config, option, args)
-        finally:
-            Path.glob = real_glob  # type: ignore[method-assign]
+            Path.glob = sorted_glob  # type: ignore[method-assign,assignment]
+            try:
+                include(config, option, args)
+            finally:
+                Path.glob = real_glob  # type: ignore[method-assign]
 
     sorted_include.sorted_globs = True  # type: ignore[attr-defined]
     handlers["include"] = (name, sorted_include)

@@ -400,17 +400,29 @@ async def _both_listings(dest: Path, hosts: Any) -> tuple[list[Any], list[Any]]:
     return await api.list_sessions(dest=dest), await api.list_sessions(remote=True, hosts=hosts)
 
 
-def test_remote_and_local_listing_agree(
-    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def synced_openclaw(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    count: int,
+    rng: random.Random,
+    **knobs: Any,
+) -> tuple[Path, list[Any]]:
+    """A generated OpenClaw tree on h0, synced: the destination and the inventory's hosts."""
     root = fleet.path("h0", "oc")
-    build_tree("openclaw", root, 8, random.Random(1), messages=25)
+    build_tree("openclaw", root, count, rng, **knobs)
     make_readable(root)
     inv = inventory(fleet, tmp_path, "openclaw", root)
     dest = tmp_path / "m"
     assert sync(inv, dest) == 0
     capsys.readouterr()
-    hosts = load_inventory(inv).hosts
+    return dest, load_inventory(inv).hosts
+
+
+def test_remote_and_local_listing_agree(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest, hosts = synced_openclaw(fleet, tmp_path, capsys, 8, random.Random(1), messages=25)
 
     async def both() -> tuple[list[object], list[object], list[list[object]]]:
         local = await api.list_sessions(dest=dest)
@@ -436,16 +448,11 @@ def test_remote_and_local_listing_judge_the_class_at_the_same_now(
 ) -> None:
     """A library caller's ``now`` decides a remote row's class as it decides a local one's
     (the remote rows were judged at the wall clock)."""
-    root = fleet.path("h0", "oc")
     # Sessions of the last hour: of low value only at a ``now`` years later.
     hour_ago = time.time_ns() - 3600 * 10**9
-    build_tree("openclaw", root, 12, random.Random(4), messages=2, start_ns=hour_ago)
-    make_readable(root)
-    inv = inventory(fleet, tmp_path, "openclaw", root)
-    dest = tmp_path / "m"
-    assert sync(inv, dest) == 0
-    capsys.readouterr()
-    hosts = load_inventory(inv).hosts
+    dest, hosts = synced_openclaw(
+        fleet, tmp_path, capsys, 12, random.Random(4), messages=2, start_ns=hour_ago
+    )
     later = datetime(2031, 1, 1, tzinfo=UTC)  # every session is then older than 7 days
 
     async def classes(**filters: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

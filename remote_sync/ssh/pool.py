@@ -198,9 +198,9 @@ class HostStats:
 
 #: Where ssh looks up host keys when the ssh_config names no files (ssh_config(5)).
 DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 #: ProxyJump hosts reached through ProxyJump hosts, at most this deep.
 MAX_JUMP_DEPTH = 8
-DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 
 
 @dataclass(frozen=True)

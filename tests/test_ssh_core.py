@@ -868,3 +868,22 @@ def test_an_include_glob_is_read_in_sorted_order(tmp_path: Path) -> None:
         host="box", config=[str(main_config)], known_hosts=None, client_keys=None
     )
     assert found.port == 2200
+
+
+async def test_a_target_the_jump_host_cannot_reach_is_named_as_such(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """The jump host answered (it is connected first), so the failure is the target's."""
+    jump = fleet.host("h1")
+    cfg = _box_config(
+        fleet,
+        tmp_path,
+        f"  ProxyJump hop\n  UserKnownHostsFile {fleet.known_hosts}\n"
+        f"Host hop\n  HostName 127.0.0.1\n  Port {jump.port}\n  User {fleet.user}\n"
+        f"  IdentityFile {fleet.client_key}\n  UserKnownHostsFile {fleet.known_hosts}\n",
+    )
+    cfg.write_text(cfg.read_text().replace(f"Port {fleet.host('h0').port}\n", "Port 1\n", 1))
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    async with SSHPool() as pool:
+        with pytest.raises(HostUnreachableError, match="through ProxyJump 'hop', which answered"):
+            await run_command(pool, ep, ["true"], host="box")

@@ -371,13 +371,16 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
     return _Resolved(host, port, user, keys, jumps, tuple(_expand(path) for path in identities))
 
 
-def _unprotected(path: str) -> bool:
-    """Is ``path`` a private key of ours that others may read (ssh's sshkey_perm_ok)?"""
+def _open_mode(path: str) -> int | None:
+    """The mode of ``path`` if it is a private key of ours that others may read (ssh's
+    sshkey_perm_ok), else None (a missing default key is no key; a named one is reported
+    elsewhere)."""
     try:
         st = os.stat(path)
     except OSError:
-        return False  # a missing default key is no key; a named one is reported elsewhere
-    return st.st_uid == os.getuid() and bool(st.st_mode & 0o077)
+        return None
+    mode = st.st_mode & 0o777
+    return mode if st.st_uid == os.getuid() and mode & 0o077 else None
 
 
 def refuse_unprotected_keys(paths: Sequence[str], host: str) -> None:
@@ -385,21 +388,19 @@ def refuse_unprotected_keys(paths: Sequence[str], host: str) -> None:
     would use it. When every key named is such a key, that is this host's
     :class:`ConfigError`; when some other key remains, a warning (ssh would use the other)."""
     present = [path for path in paths if os.path.exists(path)]
-    unprotected = [path for path in present if _unprotected(path)]
+    unprotected = [(path, mode) for path in present if (mode := _open_mode(path)) is not None]
     if not unprotected:
         return
-    mode = os.stat(unprotected[0]).st_mode & 0o777
+    path, mode = unprotected[0]
     if len(unprotected) < len(present):
-        log.warning(
-            "%s: the private key %s may be read by others; chmod 600 it", host, unprotected[0]
-        )
+        log.warning("%s: the private key %s may be read by others; chmod 600 it", host, path)
         return
     raise ConfigError(
-        f"the private key {unprotected[0]!r} may be read by others (mode {mode:04o}); "
+        f"the private key {path!r} may be read by others (mode {mode:04o}); "
         "ssh refuses to use it, and so does remote-sync",
         host=host,
-        path=unprotected[0],
-        hint=f"chmod 600 {unprotected[0]}",
+        path=path,
+        hint=f"chmod 600 {path}",
     )
 
 
@@ -666,7 +667,8 @@ class SSHPool:
         # only a "Match final" block gives is not followed: the connection goes direct).
         options["tunnel"] = tunnel
         try:
-            conn = await self._connect_mapped(endpoint, host, options, client, resolved)
+            through = resolved.jumps if opened is not None else None
+            conn = await self._connect_mapped(endpoint, host, options, client, resolved, through)
         except BaseException:
             if opened is not None:
                 opened.close()
@@ -732,8 +734,10 @@ class SSHPool:
         options: dict[str, Any],
         client: _Client,
         resolved: _Resolved,
+        through: str | None,
     ) -> asyncssh.SSHClientConnection:
-        """asyncssh's connect, its failures mapped to our errors, naming ``host``."""
+        """asyncssh's connect, its failures mapped to our errors, naming ``host`` (and the
+        ProxyJump hosts it went ``through``, when it opened them)."""
         try:
             return await asyncssh.connect(endpoint.address, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
@@ -765,17 +769,10 @@ class SSHPool:
                 "identity_file out",
             ) from exc
         except socket.gaierror as exc:
-            name, jump = await anyio.to_thread.run_sync(
-                _unresolved_name, endpoint.address, endpoint.port, options.get("config", ())
-            )
-            unresolved = f" {name!r}" if name else ""
-            via = " (a ProxyJump host of its ssh_config)" if jump else ""
+            # Only a direct connection resolves a name here (through jump hosts, the last
+            # one does): the ssh_config's HostName.
             raise HostUnreachableError(
-                f"cannot resolve host name{unresolved}{via}: {exc.strerror}",
-                host=host,
-                hint="check the ProxyJump line of the ssh_config and that the name resolves here"
-                if jump
-                else None,
+                f"cannot resolve host name {resolved.host!r}: {exc.strerror}", host=host
             ) from exc
         except OSError as exc:
             named = _local_files(options)
@@ -787,13 +784,9 @@ class SSHPool:
                     path=str(exc.filename),
                     hint="fix the path in the inventory (or on the command line)",
                 ) from exc
-            raise await _noting_jump(
-                classify(exc, host, connecting=True), endpoint, options
-            ) from exc
+            raise _noting_jump(exc, host, through) from exc
         except (asyncssh.Error, TimeoutError, ValueError) as exc:
-            raise await _noting_jump(
-                classify(exc, host, connecting=True), endpoint, options
-            ) from exc
+            raise _noting_jump(exc, host, through) from exc
 
     async def _drop(self, slot: _HostSlot) -> None:
         conn, slot.conn = slot.conn, None
@@ -852,72 +845,22 @@ def expand_proxy_tokens(endpoint: Endpoint, resolved: _Resolved) -> str:
     return re.sub(r"%([hpr%])", lambda m: values[m.group(1)], endpoint.proxy_command)
 
 
-async def _noting_jump(error: SSHError, endpoint: Endpoint, options: dict[str, Any]) -> SSHError:
-    """``error``, saying that the connection went through a ProxyJump host when the ssh_config
-    has one: asyncssh's errors do not tell which hop refused or did not answer."""
+def _noting_jump(exc: BaseException, host: str, through: str | None) -> SSHError:
+    """``exc`` as our error for a connection to ``host`` that went ``through`` ProxyJump hosts
+    (connected already, by then): a refusal or silence is then the target's, from the last
+    of them (not a channel cap of ours)."""
+    error = classify(exc, host, connecting=True)
+    if through is None:
+        return error
+    if isinstance(exc, asyncssh.ChannelOpenError):
+        error = HostUnreachableError(f"cannot connect: {exc.reason}", host=host)
     if type(error) is not HostUnreachableError:
         return error
-    route = await anyio.to_thread.run_sync(
-        _route, endpoint.address, endpoint.port, options.get("config", ())
-    )
-    if route is None or route[2] is None:
-        return error
     return HostUnreachableError(
-        f"{error.message} (through ProxyJump {route[2]!r}: that host or this one)",
-        host=error.host,
-        hint="check that both hosts are up, the ProxyJump line of the ssh_config is right and "
-        "the network reaches the jump host",
+        f"{error.message} (through ProxyJump {through!r}, which answered)",
+        host=host,
+        hint="check that the host is up and that the jump host reaches it",
     )
-
-
-def _route(
-    address: str, port: int | None, config: Sequence[str]
-) -> tuple[str, list[str], str | None] | None:
-    """How asyncssh reaches ``address`` by the ssh_config: the host name it connects to (the
-    HostName), the host names of the ProxyJump hosts on the way (each one's own HostName) and
-    the ProxyJump value itself. None when the config cannot be read (the connection says so)."""
-
-    def lookup(name: str, port: int | None = None) -> asyncssh.SSHClientConnectionOptions:
-        # config as the connection had it: () reads ~/.ssh/config, [] no config at all.
-        return asyncssh.SSHClientConnectionOptions(
-            host=name, port=port or (), config=config, known_hosts=None, client_keys=None
-        )
-
-    try:
-        own = lookup(address, port)
-    except (asyncssh.Error, OSError, ValueError):
-        return None
-    tunnel = own.tunnel if isinstance(own.tunnel, str) and own.tunnel else None
-    jumps: list[str] = []
-    for jump in tunnel.split(",") if tunnel else ():
-        try:  # [user@]host[:port], as an ad-hoc host is given
-            name = Endpoint.parse(jump).address
-        except ConfigError:
-            name = jump.rpartition("@")[2]
-        try:
-            jumps.append(lookup(name).host)
-        except (asyncssh.Error, OSError, ValueError):
-            jumps.append(name)
-    return own.host, jumps, tunnel
-
-
-def _unresolved_name(
-    address: str, port: int | None, config: Sequence[str]
-) -> tuple[str | None, bool]:
-    """The name on the way to ``address`` that does not resolve now, and whether it is a
-    ProxyJump host's. ``(None, False)`` when every name resolves now."""
-    route = _route(address, port, config)
-    if route is None:
-        return None, False
-    own, jumps, _ = route
-    for hop, is_jump in [*((jump, True) for jump in jumps), (own, False)]:
-        try:
-            socket.getaddrinfo(hop, None)
-        except socket.gaierror:
-            return hop, is_jump
-        except (OSError, UnicodeError):
-            continue
-    return None, False
 
 
 def _local_files(options: dict[str, Any]) -> dict[str, str]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -511,20 +514,16 @@ async def test_local_files_that_do_not_exist_are_configuration_errors(
 async def test_local_files_that_cannot_be_used_are_configuration_errors(
     fleet: SSHFleet, tmp_path: Path
 ) -> None:
-    """A key or known_hosts that is a directory, a key that needs a passphrase, an ssh_config
-    that includes itself: each is this host's configuration error, naming the file, not an
-    unreachable host (nor a traceback). (A file that is no key at all is skipped, as ssh
-    skips it with a warning: authentication then fails, as its own error.)"""
-    locked = tmp_path / "locked"
-    os.system(f"ssh-keygen -q -t ed25519 -N secret -f {locked}")
-    os.unlink(f"{locked}.pub")  # with it, asyncssh defers the passphrase to the key's use
+    """A key or known_hosts that is a directory, an ssh_config that includes itself: each is
+    this host's configuration error, naming the file, not an unreachable host (nor a
+    traceback). (A file that is no key at all, or a key that needs a passphrase, is skipped,
+    as ssh skips it: authentication then fails, as its own error.)"""
     looping = tmp_path / "looping"
     looping.write_text(f"Include {looping}\n")
     a_dir = str(tmp_path)
     cases = (
         (endpoint(fleet, "h0", identity_files=(a_dir,)), a_dir, "identity_file"),
         (endpoint(fleet, "h0", known_hosts=a_dir), a_dir, "known_hosts"),
-        (direct_endpoint(fleet, "h0", str(locked)), str(locked), "private key"),
         (endpoint(fleet, "h0", ssh_config=(str(looping),)), str(looping), "Include"),
     )
     async with SSHPool() as pool:
@@ -626,7 +625,9 @@ async def test_connect_timeout_on_a_silent_server() -> None:
         assert info.value.host == "silent"
 
 
-async def test_keys_from_ssh_agent(fleet: SSHFleet, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def ssh_agent(tmp_path: Path, *keys: Path) -> Iterator[str]:
+    """A running ssh-agent holding ``keys``; yields its socket."""
     sock = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
     try:
@@ -635,8 +636,17 @@ async def test_keys_from_ssh_agent(fleet: SSHFleet, tmp_path: Path, monkeypatch)
                 break
             time.sleep(0.02)
         env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
-        subprocess.run(["ssh-add", "-q", str(fleet.client_key)], env=env, check=True)
-        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        for key in keys:
+            subprocess.run(["ssh-add", "-q", str(key)], env=env, check=True)
+        yield str(sock)
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+async def test_keys_from_ssh_agent(fleet: SSHFleet, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    with ssh_agent(tmp_path, fleet.client_key) as sock:
+        monkeypatch.setenv("SSH_AUTH_SOCK", sock)
         # No identity file and no ssh_config: the only key is the agent's.
         ep = Endpoint(
             address="127.0.0.1",
@@ -648,9 +658,31 @@ async def test_keys_from_ssh_agent(fleet: SSHFleet, tmp_path: Path, monkeypatch)
         monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/id_* to fall back on
         async with SSHPool() as pool:
             assert await run_command(pool, ep, ["echo", "via agent"]) == b"via agent\n"
-    finally:
-        agent.kill()
-        agent.wait()
+
+
+async def test_a_passphrase_key_is_used_through_the_agent_else_named(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The usual set-up: identity_file names a passphrase-protected key that ssh-agent holds.
+    ssh then signs with the agent; so do we (we used to stop: "cannot load a private key").
+    With no agent, ssh in batch mode skips the key; the failure then names it, with ssh-add."""
+    locked = tmp_path / "locked"
+    shutil.copy(fleet.client_key, locked)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-p", "-P", "", "-N", "secret", "-f", str(locked)], check=True
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/id_* to fall back on
+    ep = direct_endpoint(fleet, "h0", str(locked))
+    with ssh_agent(tmp_path, fleet.client_key) as sock:
+        monkeypatch.setenv("SSH_AUTH_SOCK", sock)
+        async with SSHPool() as pool:
+            assert await run_command(pool, ep, ["echo", "signed"]) == b"signed\n"
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    async with SSHPool() as pool:
+        with pytest.raises(AuthenticationError, match="needs a passphrase") as info:
+            await run_command(pool, ep, ["true"], host="h0")
+    assert (info.value.host, info.value.path) == ("h0", str(locked))
+    assert f"ssh-add {locked}" in str(info.value)
 
 
 async def test_inventory_proxy_command_tokens_are_expanded(fleet: SSHFleet) -> None:

@@ -27,6 +27,7 @@ import getpass
 import logging
 import os
 import re
+import shlex
 import socket
 import struct
 import sys
@@ -383,6 +384,28 @@ def _open_mode(path: str) -> int | None:
     return mode if st.st_uid == os.getuid() and mode & 0o077 else None
 
 
+# The private keys ssh (and asyncssh) try when none is named.
+_DEFAULT_IDENTITIES = tuple(
+    f"~/.ssh/id_{kind}" for kind in ("rsa", "ecdsa", "ecdsa_sk", "ed25519", "ed25519_sk", "dsa")
+)
+
+
+def _locked_keys(paths: Sequence[str]) -> list[str]:
+    """The private keys among ``paths`` that cannot be read without a passphrase (so were
+    skipped): said when authentication fails, since an agent that should hold them did not."""
+    locked = []
+    for path in paths:
+        path = _expand(path)
+        try:
+            asyncssh.read_private_key(path)
+        except asyncssh.KeyImportError as exc:
+            if "assphrase" in str(exc):
+                locked.append(path)
+        except (OSError, ValueError):
+            pass
+    return locked
+
+
 def refuse_unprotected_keys(paths: Sequence[str], host: str) -> None:
     """ssh ignores a private key others may read ("UNPROTECTED PRIVATE KEY FILE"); asyncssh
     would use it. When every key named is such a key, that is this host's
@@ -643,6 +666,9 @@ class SSHPool:
             "keepalive_count_max": settings.keepalive_count_max,
         }
         options.update(_local_file_options(endpoint, host, known_hosts))
+        # A key that needs a passphrase is skipped, as ssh in batch mode skips it: the agent
+        # may hold it (asyncssh would stop on an inventory's identity_file instead).
+        options["ignore_encrypted"] = True
         # The known_hosts files are chosen here, as ssh chooses them, and always given to
         # asyncssh: left to itself it reads no system-wide file, and the ssh_config's
         # "UserKnownHostsFile none" would turn checking off.
@@ -749,7 +775,18 @@ class SSHPool:
                 host=host,
             ) from exc
         except asyncssh.PermissionDenied as exc:
-            raise AuthenticationError(f"authentication failed: {exc.reason}", host=host) from exc
+            keys = options.get("client_keys") or resolved.identities or _DEFAULT_IDENTITIES
+            locked = _locked_keys(keys)
+            raise AuthenticationError(
+                f"authentication failed: {exc.reason}"
+                + ("; this key needs a passphrase, and no ssh-agent offered it" if locked else ""),
+                host=host,
+                path=", ".join(locked) or None,
+                hint=f"add the key to ssh-agent (ssh-add {shlex.quote(locked[0])}), or "
+                "check that the agent runs for this job (SSH_AUTH_SOCK)"
+                if locked
+                else None,
+            ) from exc
         except asyncssh.ConfigParseError as exc:
             raise ConfigError(f"ssh_config: {exc}", host=host) from exc
         except RecursionError as exc:  # an Include that includes itself, directly or not
@@ -764,9 +801,8 @@ class SSHPool:
                 f"cannot load a private key: {exc}",
                 host=host,
                 path=", ".join(options.get("client_keys", ())) or None,
-                hint="give identity_file a private key ssh can read without asking; for a "
-                "passphrase-protected one, add it to ssh-agent (ssh-add) and leave "
-                "identity_file out",
+                hint="give identity_file a private key ssh can read "
+                "(ssh-keygen -y -f FILE shows whether it can)",
             ) from exc
         except socket.gaierror as exc:
             # Only a direct connection resolves a name here (through jump hosts, the last

@@ -73,6 +73,16 @@ class ErrorEvent(msgspec.Struct, tag="error", tag_field="type"):
         )
 
 
+class WarningEvent(msgspec.Struct, tag="warning", tag_field="type"):
+    """Something the user should know that fails nothing: the run's outcome stands."""
+
+    host: str | None
+    path: str | None
+    kind: str
+    message: str
+    hint: str
+
+
 class HostDone(msgspec.Struct, tag="host_done", tag_field="type"):
     host: str
     status: str  # "ok", "partial" (some files failed), "failed", "cancelled"
@@ -105,7 +115,7 @@ class Planned(msgspec.Struct, tag="planned", tag_field="type"):
     bytes: int  # bytes the fetch would ask for (0 for a deletion)
 
 
-Event = Progress | ErrorEvent | HostDone | Summary | Planned
+Event = Progress | ErrorEvent | WarningEvent | HostDone | Summary | Planned
 Emit = Callable[[Event], None]
 
 _encoder = msgspec.json.Encoder()

@@ -144,6 +144,15 @@ class Source:
         """Whether to mirror ``path`` (relative to the root): included and not excluded."""
         return self.include_set.match(path) and not self.exclude_set.match(path)
 
+    @cached_property
+    def moved_to_set(self) -> GlobSet:
+        return compile_globs(get_format(self.format).moved_to)
+
+    def shows_moved_store(self, path: bytes) -> bool:
+        """Whether ``path`` shows that the agent keeps its sessions elsewhere (see
+        :attr:`~remote_sync.formats.FormatSpec.moved_to`)."""
+        return self.moved_to_set.match(path)
+
     def is_append_only(self, path: bytes) -> bool:
         """Whether ``path`` grows by appends (pull its tail) rather than being copied whole."""
         return self.append_only_set.match(path)

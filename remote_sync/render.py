@@ -121,9 +121,10 @@ class RichRenderer:
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.Progress):
             self._progress(event)
-        elif isinstance(event, ev.ErrorEvent):
+        elif isinstance(event, ev.ErrorEvent | ev.WarningEvent):
             where = ": ".join(p for p in (event.host, event.path) if p)
-            line = Text.assemble(("error", "red"), " ", plain(where), ": ", plain(event.message))
+            label = ("error", "red") if isinstance(event, ev.ErrorEvent) else ("warning", "yellow")
+            line = Text.assemble(label, " ", plain(where), ": ", plain(event.message))
             # soft_wrap: one error, one line (a terminal wraps it; a log keeps it greppable).
             self.err.print(line, highlight=False, soft_wrap=True)
             if event.hint:

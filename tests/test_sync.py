@@ -29,7 +29,7 @@ from synchelp import (
 
 from remote_sync import api
 from remote_sync.cli import main
-from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary
+from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary, WarningEvent
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine
 from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
@@ -293,6 +293,36 @@ def test_deleted_files_stay_in_the_mirror(
     with MirrorState(dest) as state:
         row = state.host_files("h0")[paths[0].encode()]
     assert row.state == "deleted" and row.deleted_at
+
+
+def test_an_openclaw_that_moved_to_sqlite_is_said_and_its_database_never_copied(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OpenClaw 2026.7.2 and later keep sessions in a per-agent SQLite database: the JSONL
+    files left are mirrored, the live database is not copied, and every sync says so (a
+    warning, not a failure), rather than a mirror that looks complete while it is not."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0", "h1"])
+    dest = tmp_path / "m"
+    make_openclaw_tree(fleet, "h0")
+    make_openclaw_tree(fleet, "h1")
+    fleet.write(
+        "h0", "agents/main/agent/openclaw-agent.sqlite", b"SQLite format 3\x00" + bytes(100)
+    )
+    for _ in range(2):
+        code, summary, events = sync(inv, dest, capsys)
+        assert code == 0 and summary.exit_code == 0 and summary.hosts_ok == 2
+        warnings = [e for e in events if isinstance(e, WarningEvent)]
+        assert [(w.host, w.path, w.kind) for w in warnings] == [
+            ("h0", "agents/main/agent/openclaw-agent.sqlite", "moved_store")
+        ]
+        assert "SQLite" in warnings[0].message and "openclaw backup" in warnings[0].hint
+        assert_exact(fleet, dest, "h1")
+        assert not (dest / "h0" / "agents" / "main" / "agent").exists()
+    code, _ = run_cli(["sync", "--inventory", str(inv), "--dest", str(dest)])
+    assert code == 0
+    assert "warning h0: agents/main/agent/openclaw-agent.sqlite: this OpenClaw keeps" in (
+        capsys.readouterr().err.replace("\n", " ")
+    )
 
 
 HOSTILE = [

@@ -50,6 +50,12 @@ class FormatSpec:
     exclude: tuple[str, ...]
     #: Globs of files that grow by appends (JSONL transcripts); the rest is copied whole.
     append_only: tuple[str, ...]
+    #: Globs of files whose presence shows that the agent keeps its sessions where this
+    #: format does not read them (a newer store), and what to tell the user then: a warning
+    #: on each sync that lists one. Such files are never copied.
+    moved_to: tuple[str, ...] = ()
+    moved_note: str = ""
+    moved_hint: str = ""
 
 
 FORMATS: dict[str, FormatSpec] = {
@@ -61,6 +67,14 @@ FORMATS: dict[str, FormatSpec] = {
             include=("agents/*/sessions/**", "agents/*/sessions_archive/**"),
             exclude=(),
             append_only=("*.jsonl", "*.jsonl.reset.*", "*.jsonl.deleted.*"),
+            # OpenClaw 2026.7.2 and later keep sessions and transcripts in one SQLite
+            # database per agent; a live database is never copied (OpenClaw's own advice).
+            moved_to=("agents/*/agent/openclaw-agent.sqlite",),
+            moved_note="this OpenClaw keeps its sessions in SQLite (2026.7.2 and later); "
+            "remote-sync mirrors and indexes the JSONL store only, so sessions written since "
+            "the move are not in the mirror",
+            moved_hint="the JSONL files left under agents/*/sessions/ are still mirrored; for "
+            "the rest, use OpenClaw's own backup on the host (openclaw backup create)",
         ),
         FormatSpec(
             name="claude-code",

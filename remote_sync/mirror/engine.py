@@ -44,7 +44,17 @@ from ..errors import (
     TransferCancelledError,
     path_text,
 )
-from ..events import Emit, ErrorEvent, FileCounts, HostDone, Planned, Progress, Summary
+from ..events import (
+    Emit,
+    ErrorEvent,
+    FileCounts,
+    HostDone,
+    Planned,
+    Progress,
+    Summary,
+    WarningEvent,
+)
+from ..formats import get_format
 from ..formats.readers import get_reader
 from ..index.facts import FormatReader
 from ..index.store import delete_sessions
@@ -337,9 +347,14 @@ class HostSync:
         source = self.host.source
         parser = ListingParser(self.name, trailer=True)
         files: list[RemoteFile] = []
+        moved: bytes | None = None
         try:
             async for chunk in stream:
-                files.extend(f for f in parser.feed(chunk) if source.is_included(f.path))
+                for f in parser.feed(chunk):
+                    if source.is_included(f.path):
+                        files.append(f)
+                    elif moved is None and source.shows_moved_store(f.path):
+                        moved = f.path
                 del chunk  # not held while the stream waits for more
                 if parser.end is not None:
                     break
@@ -371,6 +386,13 @@ class HostSync:
             raise ProtocolError(
                 f"the listing failed with status {parser.end[0]}, the command did not",
                 host=self.name,
+            )
+        if moved is not None:
+            spec = get_format(source.format)
+            self.emit(
+                WarningEvent(
+                    self.name, path_text(moved), "moved_store", spec.moved_note, spec.moved_hint
+                )
             )
         return files, parser
 

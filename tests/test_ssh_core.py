@@ -543,6 +543,18 @@ async def test_auth_failure_is_its_own_error(fleet: SSHFleet, tmp_path: Path) ->
     assert info.value.host == "h0"
 
 
+async def test_an_identity_file_adds_to_the_ssh_config_keys_as_ssh_i_does(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """``ssh -i other alias`` still offers the alias's IdentityFile (and so does an
+    inventory's identity_file): asyncssh alone replaced them, and the login failed."""
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    ep = endpoint(fleet, "h0", identity_files=(str(other),))
+    async with SSHPool() as pool:
+        assert await run_command(pool, ep, ["echo", "both"], host="h0") == b"both\n"
+
+
 def test_endpoint_parse() -> None:
     assert Endpoint.parse("me@box:2222") == Endpoint(address="box", user="me", port=2222)
     assert Endpoint.parse("box") == Endpoint(address="box")
@@ -869,16 +881,19 @@ async def test_a_private_key_others_may_read_is_refused(fleet: SSHFleet, tmp_pat
     cfg = _box_config(fleet, tmp_path, "")
     cfg.write_text(cfg.read_text().replace(str(fleet.client_key), str(key)))
     by_config = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(fleet.known_hosts))
-    by_inventory = endpoint(fleet, "h0", identity_files=(str(key),))
+    by_inventory = direct_endpoint(fleet, "h0", str(key))
     async with SSHPool() as pool:
         for ep in (by_config, by_inventory):
             with pytest.raises(ConfigError, match="may be read by others") as info:
                 await run_command(pool, ep, ["true"], host="h0")
             assert info.value.path == str(key) and "chmod 600" in info.value.hint
-    # With another key that ssh may use, only a warning: ssh would log in with that one.
+    # With another key that ssh may use, only a warning: ssh would log in with that one,
+    # also when it is the ssh_config's (an identity_file adds to those, as ssh -i does).
     both = dataclasses.replace(by_inventory, identity_files=(str(key), str(fleet.client_key)))
+    with_config = endpoint(fleet, "h0", identity_files=(str(key),))
     async with SSHPool() as pool:
-        assert await run_command(pool, both, ["echo", "other"], host="h0") == b"other\n"
+        for ep in (both, with_config):
+            assert await run_command(pool, ep, ["echo", "other"], host="h0") == b"other\n"
     key.chmod(0o600)
     async with SSHPool() as pool:
         for ep in (by_config, by_inventory):

@@ -384,6 +384,14 @@ def _open_mode(path: str) -> int | None:
     return mode if st.st_uid == os.getuid() and mode & 0o077 else None
 
 
+def _adding_config_keys(named: list[str], resolved: _Resolved) -> list[str]:
+    """The keys named in the inventory (or by -i) first, then the ssh_config's IdentityFile
+    ones that exist: ssh -i adds to those, where asyncssh would replace them."""
+    return named + [
+        path for path in resolved.identities if path not in named and os.path.exists(path)
+    ]
+
+
 # The private keys ssh (and asyncssh) try when none is named.
 _DEFAULT_IDENTITIES = tuple(
     f"~/.ssh/id_{kind}" for kind in ("rsa", "ecdsa", "ecdsa_sk", "ed25519", "ed25519_sk", "dsa")
@@ -673,7 +681,8 @@ class SSHPool:
         # asyncssh: left to itself it reads no system-wide file, and the ssh_config's
         # "UserKnownHostsFile none" would turn checking off.
         resolved = _resolve(endpoint, options.get("config"), host)
-        # Keys named in the inventory replace the ssh_config's IdentityFile (as in asyncssh).
+        if "client_keys" in options:
+            options["client_keys"] = _adding_config_keys(options["client_keys"], resolved)
         refuse_unprotected_keys(options.get("client_keys") or resolved.identities, host)
         client = _Client(resolved.keys, endpoint.host_key_policy)
         options["client_factory"] = lambda: client

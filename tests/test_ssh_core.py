@@ -8,6 +8,7 @@ import gc
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -326,6 +327,46 @@ async def test_idle_timeout_fires_on_silence_not_on_long_streams(fleet: SSHFleet
         argv = ["sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.2; done"]
         async with exec_streaming(pool, ep, argv, idle_timeout=0.6) as s:
             assert await s.read_all() == b"1\n2\n3\n4\n5\n6\n"
+
+
+def _relay_pids(port: int) -> list[int]:
+    """The delay_relay.py processes forwarding to ``port``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"delay_relay.py") for a in argv) and str(port).encode() in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+async def test_an_idle_timeout_on_a_stalled_link_fails_soon_after_it(fleet: SSHFleet) -> None:
+    """When the link itself stalls, the stream fails at its idle timeout, not 10 s later
+    (a gentle stop of the remote command waited for answers that could not come); the
+    connection is cut, and the next operation connects anew."""
+    ep = _through_relay(fleet)
+    async with SSHPool() as pool:
+        argv = ["sh", "-c", "echo start; sleep 30"]
+        started = 0.0
+        stopped: list[int] = []
+        try:
+            with pytest.raises(IdleTimeoutError):
+                async with exec_streaming(pool, ep, argv, idle_timeout=1.0, host="h0") as s:
+                    async for chunk in s:
+                        assert chunk == b"start\n"
+                        stopped = _relay_pids(fleet.host("h0").port)
+                        for pid in stopped:
+                            os.kill(pid, signal.SIGSTOP)  # the link goes silent
+                        started = time.monotonic()
+            assert stopped and time.monotonic() - started < 4.5
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        assert await run_command(pool, ep, ["echo", "again"]) == b"again\n"
+        assert pool.stats(ep).connects == 2
 
 
 async def test_cancel_midway_stops_remote_and_keeps_connection(fleet: SSHFleet) -> None:

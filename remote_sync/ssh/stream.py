@@ -477,7 +477,7 @@ async def exec_streaming(
                 finally:
                     stream._stdin = None
                     with anyio.CancelScope(shield=True):
-                        kill_pid = await _stop_channel(chan, channel, stream)
+                        kill_pid = await _stop_channel(chan, channel, stream, conn)
             finally:
                 unhook()
         if kill_pid:
@@ -497,7 +497,10 @@ def _signal(chan: asyncssh.SSHClientChannel[bytes], name: str) -> None:
 
 
 async def _stop_channel(
-    chan: asyncssh.SSHClientChannel[bytes], channel: _Channel, stream: RemoteStream
+    chan: asyncssh.SSHClientChannel[bytes],
+    channel: _Channel,
+    stream: RemoteStream,
+    conn: asyncssh.SSHClientConnection,
 ) -> int | None:
     """Bring the channel down; returns the remote pid still to be killed, if any."""
     if channel.closed.is_set():
@@ -510,9 +513,17 @@ async def _stop_channel(
         with anyio.move_on_after(SIGNAL_GRACE):
             await channel.exited.wait()
     chan.close()
-    with anyio.move_on_after(CLEANUP_TIMEOUT):
+    # After an idle timeout the link itself may be what stalled: a live one closes the
+    # channel within the grace, a dead one never would. Waiting longer there, then asking
+    # it for a kill, only made the host's failure come 10 s after its timeout: the
+    # connection is cut instead (the host's sshd then ends the session's processes).
+    stalled = isinstance(stream._failure, IdleTimeoutError)
+    with anyio.move_on_after(SIGNAL_GRACE if stalled else CLEANUP_TIMEOUT):
         await channel.closed.wait()
     if channel.exited.is_set():
+        return None
+    if stalled and not channel.closed.is_set():
+        conn.abort()
         return None
     return stream.remote_pid or None
 

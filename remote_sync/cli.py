@@ -658,7 +658,11 @@ def _exit_code(exc: RemoteSyncError) -> int:
     return EXIT_FAILED
 
 
-def _fail(exc: RemoteSyncError) -> int:
+def _fail(exc: RemoteSyncError, args: argparse.Namespace) -> int:
+    """``exc`` said on stderr and, with ``--json``, as an error line on stdout too (as every
+    command reports its errors to a script); its exit code."""
+    if getattr(args, "json", False):
+        _write_error_events([exc])
     _say(exc)
     return _exit_code(exc)
 
@@ -834,7 +838,7 @@ def run_sessions_list(args: argparse.Namespace) -> int:
         # Some hosts could not be read: the rows shown are not the whole fleet's.
         return EXIT_FAILED if failures else code
     except RemoteSyncError as exc:
-        return _fail(exc)
+        return _fail(exc, args)
 
 
 def _write_error_events(errors: Sequence[RemoteSyncError]) -> int:
@@ -868,7 +872,7 @@ def run_sessions_show(args: argparse.Namespace) -> int:
             return _guard_pipe(lambda: _write_json_lines(result.messages))
         return _guard_pipe(lambda: _print_messages(row, result, page, args.page_size))
     except RemoteSyncError as exc:
-        return _fail(exc)
+        return _fail(exc, args)
 
 
 def run_sessions_stats(args: argparse.Namespace) -> int:
@@ -894,7 +898,7 @@ def run_sessions_stats(args: argparse.Namespace) -> int:
             return _guard_pipe(lambda: _write_json_lines(groups))
         return _guard_pipe(lambda: _print_stats(args.by, groups))
     except RemoteSyncError as exc:
-        return _fail(exc)
+        return _fail(exc, args)
 
 
 def run_index_rebuild(args: argparse.Namespace) -> int:
@@ -922,7 +926,7 @@ def run_index_rebuild(args: argparse.Namespace) -> int:
         # A file it cannot read is left out and reported; the rest is indexed (see there).
         count = rebuild_index(dest, on_error=on_error)
     except RemoteSyncError as exc:
-        return _fail(exc)
+        return _fail(exc, args)
 
     def report() -> int:
         if args.json:

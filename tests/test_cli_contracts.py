@@ -342,6 +342,35 @@ def test_an_empty_dest_is_a_usage_error(
 @pytest.mark.parametrize(
     "args",
     [
+        ["sessions", "list", "--since", "yesterday"],
+        ["sessions", "list", "--sort", "nosuchfield"],
+        ["sessions", "list", "--inventory", "inv.toml"],  # without --remote
+        ["sessions", "show", "h0", "x", "--page-size", "0"],
+        ["sessions", "show", "h0", "x"],  # no mirror there
+        ["sessions", "stats"],
+        ["index", "rebuild"],
+    ],
+)
+def test_errors_found_after_parsing_under_json_print_an_error_line_too(
+    args: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not only argparse's: a bad value found later, or no mirror, is a JSON line too."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli([*args, "--dest", str(tmp_path / "none"), "--json"], capsys)
+    assert code == 2 and err.startswith("remote-sync: ")
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    event = decode_event(lines[0])
+    assert isinstance(event, ErrorEvent) and event.kind == "config"
+    assert event.message in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
         ["sync", "--dest", "m", "--concurrency", "many", "--json"],
         ["sync", "--json"],  # --dest missing
         ["sessions", "list", "--json", "--limit"],

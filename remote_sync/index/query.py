@@ -678,11 +678,13 @@ def find_session(
             )
             more = f"\n  … and {len(found) - 20} more" if len(found) > 20 else ""
             raise ConfigError(
-                f"{host}: {session!r} matches {len(found)} sessions:\n  {shown}{more}",
+                f"{session!r} matches {len(found)} sessions:\n  {shown}{more}",
+                host=host,
                 hint="name one by its path",
             )
     raise ConfigError(
-        f"{host}: no session {session!r}",
+        f"no session {session!r}",
+        host=host,
         hint=f"`remote-sync sessions list --host {host}` shows its sessions",
     )
 

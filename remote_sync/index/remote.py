@@ -1016,7 +1016,8 @@ def _pick(host: Host, reader: FormatReader, session: str, matches: _Matches) -> 
             )
             more = f"\n  … and {count - SHOWN_MATCHES} more" if count > SHOWN_MATCHES else ""
             raise ConfigError(
-                f"{host.name}: {session!r} matches {count} sessions:\n  {shown}{more}",
+                f"{session!r} matches {count} sessions:\n  {shown}{more}",
+                host=host.name,
                 hint="name one by its path",
             )
     raise ConfigError(

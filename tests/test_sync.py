@@ -166,6 +166,25 @@ def test_a_dry_run_writes_nothing_to_an_existing_mirror(
     assert snapshot() == before
 
 
+def test_a_dry_run_records_no_host_key(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--accept-new-host-keys with --dry-run trusts a first key for that run only: the dry
+    run writes nothing, known_hosts included; the real run then records it."""
+    make_openclaw_tree(fleet, "h0")
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    args = ["sync", "h0", "-F", str(fleet.ssh_config), "--known-hosts", str(known)]
+    args += ["--root", str(fleet.path("h0")), "--accept-new-host-keys", "--json"]
+    dest = tmp_path / "m"
+    code, events = run_cli([*args, "--dest", str(dest), "--dry-run"], capsys)
+    assert code == 0 and any(isinstance(e, Planned) for e in events), events
+    assert known.read_text() == "" and not dest.exists()
+    code, _ = run_cli([*args, "--dest", str(dest)], capsys)
+    assert code == 0 and str(fleet.host("h0").port) in known.read_text()
+    assert_exact(fleet, dest, "h0")
+
+
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_a_destination_that_is_a_file_is_a_usage_error(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], dry_run: bool

@@ -18,6 +18,7 @@ index in-process, which is cheaper than starting a process.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -1080,7 +1081,10 @@ async def sync_fleet(
                 log.warning("recovery: %s", note)
         limiter = anyio.CapacityLimiter(max(1, options.concurrency))
         flush_files = files_per_flush(max(1, options.concurrency))
-        async with SSHPool(options.pool) as pool, IndexWorkers() as workers:
+        pool_settings = options.pool
+        if options.dry_run:
+            pool_settings = dataclasses.replace(pool_settings, record_new_host_keys=False)
+        async with SSHPool(pool_settings) as pool, IndexWorkers() as workers:
 
             async def one(host: Host) -> None:
                 async with limiter:

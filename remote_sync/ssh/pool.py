@@ -185,6 +185,9 @@ class PoolSettings:
     max_pktsize: int = 256 * 1024
     compression: bool = False
     reconnect_backoff: float = 0.5
+    #: False: accept-new trusts a host's first key for this pool's connections without
+    #: writing it to known_hosts (a dry run writes nothing).
+    record_new_host_keys: bool = True
 
 
 @dataclass
@@ -272,9 +275,10 @@ def _parses(line: str) -> bool:
 class _Client(asyncssh.SSHClient):
     """Records host-key decisions so a refusal can say "unknown" or "changed", and where."""
 
-    def __init__(self, files: HostKeyFiles, policy: HostKeyPolicy) -> None:
+    def __init__(self, files: HostKeyFiles, policy: HostKeyPolicy, record: bool = True) -> None:
         self.files = files
         self.policy = policy
+        self.record = record
         self.host_key_state: Literal["unknown", "changed"] | None = None
         self.held_in: list[str] = []
 
@@ -291,6 +295,9 @@ class _Client(asyncssh.SSHClient):
             return False
         pattern = host if lookup_port in (22, None) else f"[{host}]:{port}"
         line = f"{pattern} {key.export_public_key('openssh').decode().strip()}\n"
+        if not self.record:
+            log.warning("accept-new: trusting the new host key of %s for this run only", pattern)
+            return True
         try:
             Path(record_to).parent.mkdir(parents=True, exist_ok=True)
             with open(record_to, "a", encoding="utf-8") as out:
@@ -684,7 +691,7 @@ class SSHPool:
         if "client_keys" in options:
             options["client_keys"] = _adding_config_keys(options["client_keys"], resolved)
         refuse_unprotected_keys(options.get("client_keys") or resolved.identities, host)
-        client = _Client(resolved.keys, endpoint.host_key_policy)
+        client = _Client(resolved.keys, endpoint.host_key_policy, settings.record_new_host_keys)
         options["client_factory"] = lambda: client
         options["known_hosts"] = resolved.keys.trusted()
         if endpoint.user:

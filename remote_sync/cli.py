@@ -977,16 +977,24 @@ def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from .render import plain
+    from .render import PipeConsole, plain
 
     console = _console()
+    terminal = console.is_terminal
+    if not terminal:
+        # Piped (grep, a log): every row whole, as wide as its widest cell needs.
+        console = PipeConsole(width=1 << 20, highlight=False)
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("host", "agent", "session", "class", "state"):
+    # On a terminal the title takes what is left, and a narrow one cuts it first: the
+    # host never (it names the mirror's directory).
+    longest_host = max((len(r.host) for r in rows), default=4)
+    table.add_column("host", no_wrap=True, min_width=min(longest_host, 40))
+    for name in ("agent", "session", "class", "state"):
         table.add_column(name, no_wrap=True)
     table.add_column("messages", justify="right", no_wrap=True)
     table.add_column("tokens", justify="right", no_wrap=True)
     table.add_column("last activity", no_wrap=True)
-    table.add_column("title", no_wrap=True, overflow="ellipsis", ratio=1)
+    table.add_column("title", no_wrap=True, overflow="ellipsis", ratio=1 if terminal else None)
     class_style = {"empty": "dim", "low": "yellow", "valuable": "green"}
     state_style = {"live": "", "deleted": "red", "rewritten": "magenta", "renamed": "dim"}
     for r in rows:

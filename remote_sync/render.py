@@ -140,7 +140,8 @@ class RichRenderer:
                 ": ",
                 plain(event.path),
             )
-            self.console.print(line, highlight=False)
+            # soft_wrap: one file, one line, also piped (a long path is not folded in two).
+            self.console.print(line, highlight=False, soft_wrap=True)
         elif isinstance(event, ev.Summary):
             self.progress.stop()
             # Piped (a log, cron's mail): ASCII rules, which every pager and mailer shows.
@@ -172,10 +173,24 @@ class RichRenderer:
 def recap_table(summary: ev.Summary, *, ascii_rules: bool = False) -> Table:
     title = "dry run: what would move" if summary.dry_run else "sync recap"
     rules = box.ASCII if ascii_rules else box.HEAVY_HEAD
-    table = Table(title=title, title_justify="left", box=rules)
-    for name in ("host", "status", "new", "grown", "rewritten", "unchanged", "deleted", "failed"):
-        table.add_column(name, justify="left" if name in ("host", "status") else "right")
-    table.add_column("bytes", justify="right")
+    hosts = f"hosts: {summary.hosts_ok} ok, " + (
+        f"{summary.hosts_partial} partial, " if summary.hosts_partial else ""
+    )
+    # The hosts' tally goes below the table, not in its total row, whose widest cell it was.
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption=f"{hosts}{summary.hosts_failed} failed",
+        caption_justify="left",
+        box=rules,
+    )
+    # A terminal too narrow for the table folds the counts' headers; host names, statuses
+    # and sizes stay whole (rich would cut the widest column first: the host names).
+    table.add_column("host", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for name in ("new", "grown", "rewritten", "unchanged", "deleted", "failed"):
+        table.add_column(name, justify="right", overflow="fold")
+    table.add_column("bytes", justify="right", no_wrap=True)
     style = {"ok": "green", "partial": "yellow", "failed": "red", "cancelled": "magenta"}
     for h in summary.hosts:
         f = h.files
@@ -194,9 +209,7 @@ def recap_table(summary: ev.Summary, *, ascii_rules: bool = False) -> Table:
     table.add_section()  # a rule between the hosts and their total
     table.add_row(
         Text("total", style="bold"),
-        f"{summary.hosts_ok} ok / {summary.hosts_partial} partial / {summary.hosts_failed} failed"
-        if summary.hosts_partial
-        else f"{summary.hosts_ok} ok / {summary.hosts_failed} failed",
+        "",
         str(t.new),
         str(t.grown),
         str(t.rewritten),

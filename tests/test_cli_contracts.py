@@ -43,6 +43,7 @@ from remote_sync.events import (
     ErrorEvent,
     FileCounts,
     HostDone,
+    Planned,
     Progress,
     Summary,
     decode_event,
@@ -265,6 +266,37 @@ def test_recap_and_error_lines_print_hostile_names_as_they_are() -> None:
         ErrorEvent("h", "p", "file_failed", "word " * 30, "hint " * 20)
     )
     assert len(narrow.getvalue().splitlines()) == 2
+
+
+def test_narrow_terminals_and_pipes_cut_no_host_name_nor_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An 80-column terminal showed "pi-kit…" for both hosts of the recap; a piped listing
+    (a fixed width) cut host names, states and titles; a piped dry run folded a long path."""
+    out = io.StringIO()
+    terminal = Console(file=out, width=80, force_terminal=True, color_system=None)
+    renderer = RichRenderer(terminal, Console())
+    hosts = [
+        HostDone("pi-kitchen", "ok", FileCounts(new=3), 12345),
+        HostDone("pi-kitchen-claude", "partial", FileCounts(new=300, failed=1), 123456789),
+    ]
+    renderer(Summary(hosts, FileCounts(new=303, failed=1), 123469134, 1, 0, 1, False, 1.0, 1))
+    text = out.getvalue()
+    assert "pi-kitchen-claude" in text and "117.7 MiB" in text and "partial" in text
+    assert "hosts: 1 ok, 1 partial, 0 failed" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    piped = io.StringIO()
+    long_path = "agents/main/sessions/" + "x" * 200 + ".jsonl"
+    RichRenderer(Console(file=piped, width=80), Console())(Planned("h", long_path, "new", 5))
+    assert len(piped.getvalue().splitlines()) == 1 and long_path in piped.getvalue()
+    dest = tmp_path / "mirror"
+    title = "a title long enough to be cut at any fixed width " * 2
+    facts = SessionFacts(session_id="s1", bytes=5000, lines=2, user=1, title=title[:60])
+    host = "a-host-name-long-enough-to-be-cut-" + "h" * 30
+    write_facts_index(dest, [(host, b"agents/main/sessions/s1.jsonl", facts)])
+    code, listed, err = cli(["sessions", "list", "-d", str(dest)], capsys)
+    assert code == 0, err
+    assert host in listed and title[:59] in listed and "…" not in listed
 
 
 def test_plain_escapes_control_characters_and_surrogates() -> None:

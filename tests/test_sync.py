@@ -117,6 +117,8 @@ def test_dry_run_moves_nothing(
     assert sorted(e.path.encode() for e in planned) == sorted(expected_tree(fleet.path("h0")))
     assert {e.action for e in planned} == {"new"}
     assert sum(e.bytes for e in planned) == summary.bytes
+    done = [e for e in events if isinstance(e, Progress) and e.phase == "done"]
+    assert [(e.files_done, e.bytes_done, e.files_total) for e in done] == [(0, 0, 12)]
     # Against a mirror: the files that grew, and those gone (marked, never removed).
     sync(inv, dest, capsys)
     rel = sorted(expected_tree(fleet.path("h0")))

@@ -264,7 +264,8 @@ class HostSync:
                 "done",
                 self.files_done,
                 self.files_total,
-                self.result.bytes,
+                # A dry run's result counts what would move; its progress moved nothing.
+                0 if self.options.dry_run else self.result.bytes,
                 self.bytes_total,
             )
         )

@@ -228,9 +228,9 @@ def _remote_options(parser: argparse.ArgumentParser) -> None:
 def _add_sessions(sub: Any) -> None:
     sessions = sub.add_parser(
         "sessions",
-        help="list, show and sum the mirrored sessions (from the index)",
-        description="Read the session index of a mirror. Never takes the mirror's lock: "
-        "works while a sync runs.",
+        help="list, show and sum the mirrored sessions (list and show also --remote)",
+        description="Read the session index of a mirror, or with --remote (list, show) "
+        "the hosts themselves. Never takes the mirror's lock: works while a sync runs.",
     )
     verbs = sessions.add_subparsers(dest="verb", required=True)
 

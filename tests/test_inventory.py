@@ -184,6 +184,28 @@ def test_valid_inventory(tmp_path: Path) -> None:
     assert box.source.start_points == ["."]
 
 
+def test_the_readme_inventory_loads_as_it_says(tmp_path: Path) -> None:
+    """The README's example: every key it shows is valid, and its two entries for one
+    machine share a connection (they once did not: one had compression on)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme[readme.index("# inventory.toml") :]
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(example[: example.index("```")])
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "vps").write_text("")
+    hosts = {h.name: h for h in load_inventory(inventory).hosts}
+    assert hosts["pi-kitchen"].endpoint == hosts["pi-kitchen-claude"].endpoint
+    far = hosts["vps-far"].endpoint
+    assert (far.user, far.address, far.port, far.compression) == (
+        "agent",
+        "203.0.113.7",
+        2222,
+        True,
+    )
+    assert far.host_key_policy == "accept-new"
+    assert far.identity_files == (str(tmp_path / "keys" / "vps"),)
+
+
 def test_same_address_shares_an_equal_endpoint(tmp_path: Path) -> None:
     inventory = load_inventory(write(tmp_path, VALID))
     kitchen, codex = inventory.hosts[:2]

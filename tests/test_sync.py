@@ -1125,6 +1125,47 @@ def test_a_fetch_that_ends_badly_commits_nothing(tmp_path: Path, ending: str) ->
         assert not list(state.tmp_dir.iterdir())
 
 
+def test_a_transcript_compacted_by_rename_during_its_read_keeps_every_line_read(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """An agent compacts a transcript (a shorter file, another first line, renamed over it)
+    while the host reads a long append of it. The read came whole from the old file, so it is
+    committed; the next run keeps it as a version and fetches the compacted file. The head
+    used to be hashed by name, from the new file: the read was dropped (the lines compaction
+    removed were lost) and the run failed with "changed again"."""
+    from remote_sync.mirror.fetch_events import Data
+
+    rel = "agents/a/sessions/s.jsonl"
+    rng = random.Random(77)
+    path = fleet.write("h0", rel, session_bytes(rng, 200, size=3000))
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    assert sync(inv, dest, capsys)[0] == 0
+    append(fleet, "h0", rel, session_bytes(rng, 2000, start=200, size=3000))  # ~6 MB more
+    before = path.read_bytes()
+    compacted = session_bytes(random.Random(78), 300, size=3000)
+    real = engine._FrameHandler.handle
+    replaced: list[bool] = []
+
+    async def handle(self, event):  # type: ignore[no-untyped-def]
+        if not replaced and isinstance(event, Data):  # the host is reading it now
+            fleet.write("h0", rel + ".tmp", compacted)
+            fleet.path("h0", rel + ".tmp").replace(path)
+            replaced.append(True)
+        await real(self, event)
+
+    monkeypatch.setattr(engine._FrameHandler, "handle", handle)
+    code, summary, events = sync(inv, dest, capsys)
+    assert replaced and code == 0, [e for e in events if isinstance(e, ErrorEvent)]
+    assert (dest / "h0" / rel).read_bytes() == before
+    monkeypatch.setattr(engine._FrameHandler, "handle", real)
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0 and summary.files.rewritten == 1
+    assert (dest / "h0" / rel).read_bytes() == compacted
+    versions = list((dest / ".remote-sync" / "versions" / "h0").rglob("s.jsonl.v*"))
+    assert [v.read_bytes() for v in versions] == [before]
+
+
 @pytest.mark.parametrize("digest", ["agrees", "differs", "unknown", "incomplete"])
 @pytest.mark.parametrize("mode", ["whole", "append"])
 def test_a_checked_file_is_committed_only_once_its_head_digest_agrees(

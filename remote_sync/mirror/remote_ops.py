@@ -386,8 +386,11 @@ _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\n" + _LISTING_BODY
 # A range of at most 64 KiB is read in one read() (one dd, or where dd cannot seek and read at
 # once, a dd with bs of its length after the seeks): a file rewritten in place cannot give it
 # bytes of both contents. A checked item ("h" before its start) is followed, once read, by
-# the md5 of the file's first KiB as it is then (K): one head and one md5sum, for reads that
-# the window can pause between two read() calls (the client asks only for those). One
+# the md5 of the file's first KiB as it is then (K): one dd and one md5sum, for reads that
+# the window can pause between two read() calls (the client asks only for those). That dd
+# reads a second descriptor opened with the reader's: a transcript compacted by a rename
+# during the read was read whole from the old file, which is what it hashes (by name, the
+# new file's head made the client drop that read, and with it the lines compaction removed). One
 # digest after the archive covers the heads of its checked entries, in order (a second eval'd
 # list of references; head -q reads them all at once; where head lacks -q, one dd each). The
 # probe for md5sum and head -q runs once per batch, outside the command substitutions.
@@ -481,8 +484,14 @@ read_done() {
         read_checked="$read_checked \"./\${$i#*:*:}\""
     elif [ -n "$check" ]; then
         probe_digest
-        printf '%s K %s\n' "$m" "$(head_digest "$f")"
+        printf '%s K %s\n' "$m" "$(opened_head_digest)"
     fi
+}
+opened_head_digest() {
+    sum=
+    [ "$md5_ok" = n ] || sum=$(dd bs=@HEAD@ count=1 <&4 2>/dev/null | md5sum)
+    sum=${sum%% *}
+    echo "${sum:--}"
 }
 whole_digest() {
     sum=
@@ -554,7 +563,7 @@ for item do
         [ -z "$check" ] || archived_checked="$archived_checked \"./\${$i#*:*:}\""
     else
         opened=
-        if [ "$check" = w ]; then
+        if [ "$check" = w ] || [ "$check" = c ]; then
             read_range 3>&2 2>/dev/null <"$f" 4<"$f"
         else
             read_range 3>&2 2>/dev/null <"$f"

@@ -980,25 +980,13 @@ def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:
     from .render import PipeConsole, plain
 
     console = _console()
-    terminal = console.is_terminal
-    if not terminal:
+    if not console.is_terminal:
         # Piped (grep, a log): every row whole, as wide as its widest cell needs.
         console = PipeConsole(width=1 << 20, highlight=False)
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    # On a terminal the title takes what is left, and a narrow one cuts it first: the
-    # host never (it names the mirror's directory).
-    longest_host = max((len(r.host) for r in rows), default=4)
-    table.add_column("host", no_wrap=True, min_width=min(longest_host, 40))
-    for name in ("agent", "session", "class", "state"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("messages", justify="right", no_wrap=True)
-    table.add_column("tokens", justify="right", no_wrap=True)
-    table.add_column("last activity", no_wrap=True)
-    table.add_column("title", no_wrap=True, overflow="ellipsis", ratio=1 if terminal else None)
     class_style = {"empty": "dim", "low": "yellow", "valuable": "green"}
     state_style = {"live": "", "deleted": "red", "rewritten": "magenta", "renamed": "dim"}
-    for r in rows:
-        table.add_row(
+    cells = [
+        (
             plain(r.host),
             plain(r.agent or "-"),
             plain(_cut(r.session_id, 14)),
@@ -1007,8 +995,24 @@ def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:
             Text(str(r.messages)),
             Text(_count(r.tokens_in + r.tokens_out)),
             plain(_when(r.last_ts)),
-            plain(_cut(r.title, 60)),
         )
+        for r in rows
+    ]
+    heads = ("host", "agent", "session", "class", "state", "messages", "tokens", "last activity")
+    # The title gets what the other columns leave (rich alone would squeeze them all, host
+    # names first): on a narrow terminal it is the one cut.
+    widths = [len(head) for head in heads]
+    for row_cells in cells:
+        widths = [max(w, cell.cell_len) for w, cell in zip(widths, row_cells, strict=True)]
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for head in heads:
+        table.add_column(
+            head, no_wrap=True, justify="right" if head in ("messages", "tokens") else "left"
+        )
+    left = console.width - sum(widths) - 2 * len(widths)
+    table.add_column("title", no_wrap=True, overflow="ellipsis", max_width=max(left, 10))
+    for r, row_cells in zip(rows, cells, strict=True):
+        table.add_row(*row_cells, plain(_cut(r.title, 60)))
     console.print(table)
     if not rows and not quiet:
         print("no sessions match", file=sys.stderr)

@@ -479,23 +479,24 @@ read_done() {
     printf '%s E\n' "$m"
     if [ "$check" = w ]; then
         probe_digest
-        printf '%s K %s\n' "$m" "$(whole_digest)"
+        printf '%s K %s\n' "$m" "$(opened_digest)"
     elif [ "$check" = e ]; then
         read_checked="$read_checked \"./\${$i#*:*:}\""
     elif [ -n "$check" ]; then
         probe_digest
-        printf '%s K %s\n' "$m" "$(opened_head_digest)"
+        printf '%s K %s\n' "$m" "$(opened_digest head)"
     fi
 }
-opened_head_digest() {
+# The md5 of the file the reader opened (fd 4): of its first KiB with "head", else of all.
+opened_digest() {
     sum=
-    [ "$md5_ok" = n ] || sum=$(dd bs=@HEAD@ count=1 <&4 2>/dev/null | md5sum)
-    sum=${sum%% *}
-    echo "${sum:--}"
-}
-whole_digest() {
-    sum=
-    [ "$md5_ok" = n ] || sum=$(md5sum <&4 2>/dev/null)
+    if [ "$md5_ok" = n ]; then
+        :
+    elif [ "$1" = head ]; then
+        sum=$(dd bs=@HEAD@ count=1 <&4 2>/dev/null | md5sum)
+    else
+        sum=$(md5sum <&4 2>/dev/null)
+    fi
     sum=${sum%% *}
     echo "${sum:--}"
 }

@@ -469,15 +469,14 @@ def _expand_tokens(path: str, tokens: dict[str, str], host: str) -> str:
 def local_file_problem(endpoint: Endpoint, host: str) -> ConfigError | None:
     """The configuration error a connection to ``endpoint`` would stop on before any traffic
     (an ssh_config, identity file or known_hosts named but not there), or None."""
-    known_hosts = _expand(endpoint.known_hosts or "~/.ssh/known_hosts")
     try:
-        _local_file_options(endpoint, host, known_hosts)
+        _local_file_options(endpoint, host)
     except ConfigError as exc:
         return exc
     return None
 
 
-def _local_file_options(endpoint: Endpoint, host: str, known_hosts: str) -> dict[str, Any]:
+def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
     """asyncssh's options for the local files ``endpoint`` names, each checked first.
 
     A file named explicitly that is not there is this host's configuration error (as ``ssh
@@ -485,14 +484,15 @@ def _local_file_options(endpoint: Endpoint, host: str, known_hosts: str) -> dict
     only with accept-new, whose first contact creates it.
     """
     options: dict[str, Any] = {}
-    if endpoint.known_hosts is not None and os.path.isdir(known_hosts):
+    known_hosts = None if endpoint.known_hosts is None else _expand(endpoint.known_hosts)
+    if known_hosts is not None and os.path.isdir(known_hosts):
         raise ConfigError(
             f"cannot read known_hosts {known_hosts!r}: it is a directory",
             host=host,
             path=known_hosts,
             hint="fix the path in the inventory (or on the command line)",
         )
-    missing = endpoint.known_hosts is not None and not os.path.exists(known_hosts)
+    missing = known_hosts is not None and not os.path.exists(known_hosts)
     if missing and endpoint.host_key_policy != "accept-new":
         raise ConfigError(
             f"known_hosts {known_hosts!r} does not exist: no host key can be verified",
@@ -670,7 +670,6 @@ class SSHPool:
         """A connection to ``endpoint`` (through ``tunnel``, else through the ProxyJump hosts
         its ssh_config names, each connected here with the same host-key rules)."""
         settings = self.settings
-        known_hosts = _expand(endpoint.known_hosts or "~/.ssh/known_hosts")
         compress = settings.compression if endpoint.compression is None else endpoint.compression
         options: dict[str, Any] = {
             "encryption_algs": list(PREFERRED_CIPHERS),
@@ -680,7 +679,7 @@ class SSHPool:
             "keepalive_interval": settings.keepalive_interval,
             "keepalive_count_max": settings.keepalive_count_max,
         }
-        options.update(_local_file_options(endpoint, host, known_hosts))
+        options.update(_local_file_options(endpoint, host))
         # A key that needs a passphrase is skipped, as ssh in batch mode skips it: the agent
         # may hold it (asyncssh would stop on an inventory's identity_file instead).
         options["ignore_encrypted"] = True

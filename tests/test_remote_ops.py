@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from sshfleet import SSHFleet
 
 from remote_sync.errors import ConfigError, ProtocolError, RemoteCommandError
+from remote_sync.mirror import remote_ops
 from remote_sync.mirror.plan import Transfer
 from remote_sync.mirror.remote_ops import (
     MAX_LISTING_RECORD,
@@ -1257,6 +1258,91 @@ def test_local_fetch_sends_one_digest_of_the_appended_heads_per_batch(
     assert [(e.indices, e.digest) for e in events if isinstance(e, HeadDigest)] == want
     outcomes = collect([e for e in events if not isinstance(e, HeadDigest)])
     assert [outcomes[i][0] for i in range(len(requests))] == ["End", "Gone", "End", "End", "End"]
+
+
+def with_hooks_before_the_digests(
+    monkeypatch: pytest.MonkeyPatch, batch: str, archive: str
+) -> None:
+    """Run shell text in the batch script just before its digests by name: ``batch`` before
+    the one of the batch's appends, ``archive`` before the one of its archive."""
+    script = remote_ops._FETCH_BATCH_SCRIPT
+    for anchor, hook in (
+        ('if [ -n "$read_checked" ]; then\n', batch),
+        ('    if [ -n "$archived_checked" ]; then\n', archive),
+    ):
+        assert script.count(anchor) == 1
+        script = script.replace(anchor, hook + "\n" + anchor)
+    monkeypatch.setattr(remote_ops, "_FETCH_BATCH_SCRIPT", script)
+
+
+def test_local_fetch_names_the_inode_of_each_file_hashed_by_name(
+    toolset: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The digests that hash files by name (a batch's appends, an archive's checked entries)
+    end with the inode each name has just after, in order, None for a name gone: a file
+    replaced since its read shows there. None at all where the host cannot hash."""
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    for name, size in {"a.jsonl": 5000, "b.jsonl": 3000, "c.jsonl": 3000, "x.jsonl": 2000}.items():
+        (root / "d" / name).write_bytes(os.urandom(size - 1) + b"\n")
+    for name in ("b.new", "x.new"):
+        (root / name).write_bytes(b"compacted\n" * 200)
+    # b is compacted (renamed over) and c archived (renamed away) after their reads, x after
+    # the archive read it.
+    batch_hook = "mv -f b.new d/b.jsonl; mv -f d/c.jsonl d/c.jsonl.reset"
+    with_hooks_before_the_digests(monkeypatch, batch_hook, "mv -f x.new d/x.jsonl")
+    first = Path(toolset[1]["PATH"].split(os.pathsep)[0])
+    if (first / "sh").is_symlink() and not (first / "mv").exists():  # BusyBox only: the hooks'
+        os.symlink(os.readlink(first / "sh"), first / "mv")
+    requests = [
+        FetchRequest(b"d/a.jsonl", 4000, 1000, check_batched=True),
+        FetchRequest(b"d/b.jsonl", 2500, 500, check_batched=True),
+        FetchRequest(b"d/c.jsonl", 2000, 1000, check_batched=True),
+        FetchRequest(b"d/x.jsonl", 0, 2000, archive=True, check=True),
+    ]
+    marker = new_marker()
+    rc, out, err = run_local(toolset, fetch_argv(str(root)), fetch_stdin(requests, marker))
+    assert rc == 0, err
+    events = feed_frames(FrameParser("h", marker.encode(), requests), out, range(0, len(out), 7))
+    has_md5 = any((Path(d) / "md5sum").exists() for d in toolset[1]["PATH"].split(os.pathsep))
+
+    def ino(name: str) -> int:
+        return (root / "d" / name).stat().st_ino
+
+    digests = {e.indices: e.inodes for e in events if isinstance(e, HeadDigest)}
+    assert digests == {
+        (0, 1, 2): (ino("a.jsonl"), ino("b.jsonl"), None) if has_md5 else None,
+        (3,): (ino("x.jsonl"),) if has_md5 else None,
+    }
+    outcomes = collect([e for e in events if not isinstance(e, HeadDigest)])
+    assert [outcomes[i][0] for i in range(len(requests))] == ["End"] * 4
+
+
+def test_frame_parser_reads_the_inodes_after_a_digest_by_name() -> None:
+    """Inodes end only a digest by name, one per file (``-`` for a name gone); a count that
+    does not match is as if the host had sent none; anything else there is an error."""
+    requests = [
+        FetchRequest(b"a", 4, 4, check_batched=True),
+        FetchRequest(b"b", 4, 2, check_batched=True),
+    ]
+    frames = MB + b" B\nabcd" + END + MB + b" B\nxy" + END
+    digest = b"0" * 32
+
+    def parse(line: bytes, reqs: list[FetchRequest] = requests, data: bytes = frames) -> object:
+        parser = FrameParser("h", MB, reqs)
+        events = feed_frames(parser, data + MB + b" K " + line + b"\n", range(0, 200, 3))
+        return next(e for e in events if isinstance(e, HeadDigest)).inodes
+
+    assert parse(digest + b" 12 -") == (12, None)
+    assert parse(b"- 12 18446744073709551615") == (12, 2**64 - 1)
+    assert parse(digest) is None
+    assert parse(digest + b" 12") is None  # stat lost count
+    for bad in (b" 12 x", b" 12  13", b" 12 -1", b" " + b"1" * 40 + b" 2"):
+        with pytest.raises(ProtocolError, match="head digest"):
+            parse(digest + bad)
+    single = [FetchRequest(b"a", 4, 4, check=True)]
+    with pytest.raises(ProtocolError, match="head digest"):  # hashed from its descriptor
+        parse(digest + b" 12", single, MB + b" B\nabcd" + END)
 
 
 def test_frame_parser_wants_the_batch_digest_of_appends_that_were_read() -> None:

@@ -1166,6 +1166,52 @@ def test_a_transcript_compacted_by_rename_during_its_read_keeps_every_line_read(
     assert [v.read_bytes() for v in versions] == [before]
 
 
+@pytest.mark.parametrize("read", ["append", "archive"])
+def test_a_transcript_compacted_by_rename_before_its_batch_digest_keeps_every_line_read(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    read: str,
+) -> None:
+    """An agent compacts a transcript (a shorter file, another first line, renamed over it)
+    after the host read a short append of it, or the whole new file in its batch's tar, but
+    before the batch's digest of their heads, which hashes by name: the new file's head. The
+    host also sends the inode each name has then; this one is not the one listed, so the
+    read is committed, and the next run keeps it as a version and fetches the compacted
+    file. It used to be dropped: the lines compaction removed were lost."""
+    from test_remote_ops import with_hooks_before_the_digests
+
+    rel = "agents/a/sessions/s.jsonl"
+    rng = random.Random(79)
+    dest = tmp_path / "m"
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    fleet.write("h0", "keep.jsonl", b"{}\n")  # the root holds a file not mirrored
+    if read == "append":
+        fleet.write("h0", rel, session_bytes(rng, 20))
+        assert sync(inv, dest, capsys)[0] == 0
+        append(fleet, "h0", rel, session_bytes(rng, 3, start=20))  # one short read
+    else:
+        fleet.write("h0", rel, session_bytes(rng, 20))  # new: in the batch's tar
+    before = fleet.path("h0", rel).read_bytes()
+    fleet.write("h0", "compacted.tmp", session_bytes(random.Random(80), 5))
+    compacted = fleet.path("h0", "compacted.tmp").read_bytes()
+    hook = f"[ ! -e compacted.tmp ] || mv -f compacted.tmp {rel}"
+    if read == "append":
+        with_hooks_before_the_digests(monkeypatch, hook, "")
+    else:
+        with_hooks_before_the_digests(monkeypatch, "", hook)
+    code, summary, events = sync(inv, dest, capsys)
+    assert code == 0, [e for e in events if isinstance(e, ErrorEvent)]
+    assert fleet.path("h0", rel).read_bytes() == compacted  # the hook ran
+    assert (dest / "h0" / rel).read_bytes() == before
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0 and summary.files.rewritten == 1
+    assert (dest / "h0" / rel).read_bytes() == compacted
+    versions = list((dest / ".remote-sync" / "versions" / "h0").rglob("s.jsonl.v*"))
+    assert [v.read_bytes() for v in versions] == [before]
+
+
 @pytest.mark.parametrize("digest", ["agrees", "differs", "unknown", "incomplete"])
 @pytest.mark.parametrize("mode", ["whole", "append"])
 def test_a_checked_file_is_committed_only_once_its_head_digest_agrees(

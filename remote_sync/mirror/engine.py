@@ -987,6 +987,7 @@ class _FrameHandler:
                     self.held.files += held[n + 1 :]  # a flush failed: abort() gives these up
                     raise
             return
+        held = await self._commit_replaced(held, event)
         if batch:
             # Which of the batch's appends has another head (or whether the one that did not
             # end had) is not known: each is read again as planned, with a head check of its
@@ -1005,6 +1006,41 @@ class _FrameHandler:
                 self.recheck.append(t)
             else:
                 self._again(t)
+
+    async def _commit_replaced(
+        self, held: list[tuple[int, Pending]], event: HeadDigest
+    ) -> list[tuple[int, Pending]]:
+        """Commit the held files whose name the host found on another file than the one
+        listed, and return the others.
+
+        The host hashed those heads by name after the reads. A transcript compacted meanwhile
+        (a new file renamed over it) has another head there, but its bytes came from the
+        file listed, opened before the rename, or from the new file when the rename came
+        first, which its overlap with the mirrored tail then vouched for. Dropping such a
+        read would lose the lines compaction removed: committed, the next round finds the
+        new inode, keeps this copy as a version and fetches the new file whole. A file whose
+        head had to be verified (its size unchanged, another mtime) is not committed so."""
+        inodes = event.inodes
+        if inodes is None:
+            return held
+        now = dict(zip(event.indices, inodes, strict=True))
+        kept: list[tuple[int, Pending]] = []
+        for n, (index, pending) in enumerate(held):
+            t = self.transfers[index]
+            if index not in now or now[index] == t.remote.ino or t.verify_head:
+                kept.append((index, pending))
+                continue
+            log.info(
+                "%s: %s: replaced on the host since it was listed; committed as it was read",
+                self.sync.name,
+                path_text(t.remote.path),
+            )
+            try:
+                await self.sync.finished(pending)
+            except BaseException:
+                self.held.files += kept + held[n + 1 :]  # abort() gives these up
+                raise
+        return kept
 
     def _give_up(self, index: int, pending: Pending) -> None:
         t = self.transfers[index]

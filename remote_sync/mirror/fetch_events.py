@@ -108,10 +108,19 @@ class HeadDigest:
     After a request with ``check_whole``, the md5 of that whole file instead.
 
     ``digest`` is None when the host could not hash (no ``md5sum``): nothing to check.
+
+    A digest of files hashed by name (an archive's checked entries, a batch's appends) comes
+    with ``inodes``: the inode each name had just after, in the same order (None for a name
+    gone). One that is not the inode listed means the file was replaced since the listing (a
+    compaction renamed over it): the bytes read came from the file listed (or from a
+    replacement that agreed with its overlap) and the digest says nothing about them. None
+    when the host could not tell (no ``stat -c``), and for a single file's digest, which is
+    hashed from the descriptor it was read from.
     """
 
     indices: tuple[int, ...]
     digest: bytes | None
+    inodes: tuple[int | None, ...] | None = None
 
 
 FrameEvent = Begin | Data | End | Short | Changed | Failed | Gone | Denied | HeadDigest

@@ -62,7 +62,10 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     Requests with ``check_batched`` (``e`` before the start) share one such line, after the
     last item of their batch (before its archive): the md5 of the first KiBs of those whose
     range ended with ``E``, in order. That is how an append finds its file's head rewritten
-    in place since the last round, for one ``head`` and one ``md5sum`` per batch.
+    in place since the last round, for one ``head``, ``md5sum`` and ``stat`` per batch. These two
+    lines, which hash by name, end with the inode of each name just after
+    (``<marker> K <md5> <inode | ->...``): a name on another file than the one listed was
+    replaced since (:class:`HeadDigest`).
 
     A range is read from the file opened once: one ``dd`` with byte counts seeks and reads
     where ``dd`` knows ``iflag=skip_bytes,count_bytes``; elsewhere ``dd`` seeks (``skip``, no
@@ -397,6 +400,10 @@ _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\n" + _LISTING_BODY
 # Items checked at the batch's end ("e", appends) join a third list when their read ended
 # well; after the batch's last item, one digest covers their heads, in order: an append reads
 # only the bytes near the old end, and its head may have been rewritten in place since.
+# Those two digests hash by name, so each is followed by the inode of every name just after
+# (one stat -c %i for all; one each, "-" for a name gone, when stat skipped some; none where
+# stat lacks -c): a name on another file than the one listed was replaced meanwhile (a
+# compaction renamed over it), and its read, from the file opened before, is still good.
 # Without md5sum (some BusyBox builds), or when it prints nothing, the digest is "-".
 # A file copied whole has no overlap and no line ends to check, so a long read of one ("w"
 # before its start) is followed by the md5 of the whole file instead: from a second
@@ -432,7 +439,19 @@ head_digest() {
         sum=$(for h do dd if="$h" bs=@HEAD@ count=1 2>/dev/null; done | md5sum)
     fi
     sum=${sum%% *}
-    echo "${sum:--}"
+    inodes=$(stat -c %i -- "$@" 2>/dev/null)
+    if [ -n "$inodes" ]; then
+        n=0
+        for ino in $inodes; do n=$((n + 1)); done
+        if [ "$n" != "$#" ]; then
+            inodes=
+            for h do
+                ino=$(stat -c %i -- "$h" 2>/dev/null) || ino=
+                inodes="$inodes ${ino:--}"
+            done
+        fi
+    fi
+    echo "${sum:--}" $inodes
 }
 read_range() {
     opened=1
@@ -809,6 +828,7 @@ class RemoteFile:
     ino: int
 
 
+_INODE = re.compile(rb"[0-9]{1,20}")
 _STAT_LINE = re.compile(
     rb"([0-9]{1,20}) (-?[0-9]{1,20}(?:\.[0-9]{1,20})?) ([0-9]{1,20}) ([0-9]{1,20})"
 )
@@ -1075,6 +1095,7 @@ class FrameParser:
         "_closed",
         "_deferred",
         "_digest_for",
+        "_digest_named",
         "_digest_prefix",
         "_end",
         "_end_len",
@@ -1109,6 +1130,9 @@ class FrameParser:
         # check_batched ranges read since the last batch digest: the batch's digest covers them
         self._batch_checked: list[int] = []
         self._digest_for: tuple[int, ...] | None = None  # requests whose K line comes next
+        # Whether that line hashes the files by name (an archive's, a batch's), and so ends
+        # with the inode each name had then.
+        self._digest_named = False
         self._digest_prefix = marker + b" K "
         self._remaining = 0  # bytes the current frame may still hold
         self._received = 0  # bytes of the current frame so far
@@ -1135,6 +1159,7 @@ class FrameParser:
                     self._archive = None
                     if self._archive_checked:
                         self._digest_for, self._archive_checked = self._archive_checked, ()
+                        self._digest_named = True
             elif self._digest_for is not None:
                 pos = self._digest(buf, pos, events)
             elif self._in_data:
@@ -1180,6 +1205,7 @@ class FrameParser:
             digest = self._digest_prefix
             if buf.startswith(digest, pos):
                 self._digest_for, self._batch_checked = tuple(self._batch_checked), []
+                self._digest_named = True
                 return pos  # read by _digest
             if avail < len(digest) and digest.startswith(buf[pos:]):
                 self._carry = buf[pos:]
@@ -1244,6 +1270,7 @@ class FrameParser:
             if buf[found + self._end_len - 2] == 0x45:  # E: the read went well
                 if request.check or request.check_whole:
                     self._digest_for = (index,)  # the host hashed the file after the read
+                    self._digest_named = False
                 elif request.check_batched:
                     self._batch_checked.append(index)  # hashed at the batch's end
             self._in_data = False
@@ -1259,11 +1286,15 @@ class FrameParser:
         return len(buf)
 
     def _digest(self, buf: bytes, pos: int, events: list[FrameEvent]) -> int:
-        """The line ``<marker> K <md5 | ->`` after a checked range or archive."""
+        """The line ``<marker> K <md5 | ->`` after a checked range or archive, or after a
+        batch's appends; the last two end with the inode of each file's name (see
+        :class:`HeadDigest`)."""
         indices = self._digest_for
         assert indices is not None
+        named = self._digest_named
         prefix = self._digest_prefix
-        longest = len(prefix) + 33  # 32 hex digits and the newline
+        # 32 hex digits and the newline; then, by name, a space and up to 20 digits each.
+        longest = len(prefix) + 33 + (21 * len(indices) if named else 0)
         newline = buf.find(b"\n", pos, pos + longest)
         if newline < 0:
             part = buf[pos:]
@@ -1271,16 +1302,22 @@ class FrameParser:
                 raise self._digest_error(buf[pos:])
             self._carry = part
             return len(buf)
-        value = buf[pos + len(prefix) : newline]
         if not buf.startswith(prefix, pos):
             raise self._digest_error(buf[pos:newline])
+        value, *inode_words = buf[pos + len(prefix) : newline].split(b" ")
         if value == b"-":
             digest = None  # no md5sum on the host
         elif len(value) == 32 and not value.strip(b"0123456789abcdef"):
             digest = bytes.fromhex(value.decode("ascii"))
         else:
             raise self._digest_error(buf[pos:newline])
-        events.append(HeadDigest(indices, digest))
+        inodes: tuple[int | None, ...] | None = None
+        if inode_words:
+            if not named or not all(w == b"-" or _INODE.fullmatch(w) for w in inode_words):
+                raise self._digest_error(buf[pos:newline])
+            if len(inode_words) == len(indices):  # else stat lost count: as if it had none
+                inodes = tuple(None if w == b"-" else int(w) for w in inode_words)
+        events.append(HeadDigest(indices, digest, inodes))
         self._digest_for = None
         return newline + 1
 

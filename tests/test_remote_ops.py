@@ -758,13 +758,29 @@ def run_fetch(
     return collect(events)
 
 
+def fetch_events(
+    runner: Runner, root: Path, requests: list[FetchRequest], step: int, per_batch: int = 1000
+) -> list[FrameEvent]:
+    """The frame events of a local fetch of ``requests`` under ``root``, fed in ``step``-byte
+    pieces (the marker on stdin)."""
+    marker = new_marker()
+    argv = fetch_argv(str(root), per_batch=per_batch)
+    rc, out, err = run_local(runner, argv, fetch_stdin(requests, marker))
+    assert rc == 0, err
+    return feed_frames(FrameParser("h", marker.encode(), requests), out, range(0, len(out), step))
+
+
+def has_tool(runner: Runner, name: str) -> bool:
+    return any((Path(d) / name).exists() for d in runner[1]["PATH"].split(os.pathsep))
+
+
 def test_local_listing_of_hostile_names(toolset: Runner, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     build_tree(root)
     rc, out, err = run_local(toolset, listing_argv(str(root), ["."]))
     assert (rc, err) == (0, b"")
-    has_gzip = any((Path(d) / "gzip").exists() for d in toolset[1]["PATH"].split(os.pathsep))
+    has_gzip = has_tool(toolset, "gzip")
     assert out.startswith(b"\x1f\x8b") == has_gzip
     listed = parse_listing(out)
     expected = walk_regular(root)
@@ -1144,7 +1160,7 @@ def test_local_fetch_of_whole_files_through_tar(toolset: Runner, tmp_path: Path)
     os.link(root / "plain.jsonl", root / "hard.jsonl")
     (root / "a dir").mkdir()
     os.mkfifo(root / "fifo")
-    has_tar = any((Path(d) / "tar").exists() for d in toolset[1]["PATH"].split(os.pathsep))
+    has_tar = has_tool(toolset, "tar")
     requests: list[FetchRequest] = []
     expected: list[tuple[str, bytes]] = []
     for i, (path, data) in enumerate(sorted(files.items())):
@@ -1193,15 +1209,9 @@ def test_local_fetch_sends_the_digest_of_each_checked_head(toolset: Runner, tmp_
         FetchRequest(b"d/c.jsonl", 0, 3000, archive=True, check=True),
         FetchRequest(b"d/a b.jsonl", 0, 5000, archive=True, check=True),
     ]
-    marker = new_marker()
-    argv = fetch_argv(str(root), per_batch=5)
-    rc, out, err = run_local(toolset, argv, fetch_stdin(requests, marker))
-    assert rc == 0, err
-    events = feed_frames(FrameParser("h", marker.encode(), requests), out, range(0, len(out), 61))
+    events = fetch_events(toolset, root, requests, 61, per_batch=5)
     digests = [(e.indices, e.digest) for e in events if isinstance(e, HeadDigest)]
-    path = toolset[1]["PATH"].split(os.pathsep)
-    has_md5 = any((Path(d) / "md5sum").exists() for d in path)
-    has_tar = any((Path(d) / "tar").exists() for d in path)
+    has_md5, has_tar = has_tool(toolset, "md5sum"), has_tool(toolset, "tar")
 
     def head(*names: bytes) -> bytes | None:
         if not has_md5:
@@ -1237,14 +1247,8 @@ def test_local_fetch_sends_one_digest_of_the_appended_heads_per_batch(
         FetchRequest(b"d/b.jsonl", 2500, 500, check_batched=True),
         FetchRequest(b"d/b.jsonl", 2000, 1000, check_batched=True),  # the second batch
     ]
-    marker = new_marker()
-    argv = fetch_argv(str(root), per_batch=4)
-    rc, out, err = run_local(toolset, argv, fetch_stdin(requests, marker))
-    assert rc == 0, err
-    events = feed_frames(FrameParser("h", marker.encode(), requests), out, range(0, len(out), 7))
-    path = toolset[1]["PATH"].split(os.pathsep)
-    has_md5 = any((Path(d) / "md5sum").exists() for d in path)
-    has_tar = any((Path(d) / "tar").exists() for d in path)
+    events = fetch_events(toolset, root, requests, 7, per_batch=4)
+    has_md5, has_tar = has_tool(toolset, "md5sum"), has_tool(toolset, "tar")
 
     def head(*names: str) -> bytes | None:
         heads = b"".join((root / "d" / n).read_bytes()[:1024] for n in names)
@@ -1300,11 +1304,8 @@ def test_local_fetch_names_the_inode_of_each_file_hashed_by_name(
         FetchRequest(b"d/c.jsonl", 2000, 1000, check_batched=True),
         FetchRequest(b"d/x.jsonl", 0, 2000, archive=True, check=True),
     ]
-    marker = new_marker()
-    rc, out, err = run_local(toolset, fetch_argv(str(root)), fetch_stdin(requests, marker))
-    assert rc == 0, err
-    events = feed_frames(FrameParser("h", marker.encode(), requests), out, range(0, len(out), 7))
-    has_md5 = any((Path(d) / "md5sum").exists() for d in toolset[1]["PATH"].split(os.pathsep))
+    events = fetch_events(toolset, root, requests, 7)
+    has_md5 = has_tool(toolset, "md5sum")
 
     def ino(name: str) -> int:
         return (root / "d" / name).stat().st_ino
@@ -1370,11 +1371,8 @@ def test_local_fetch_sends_the_digest_of_a_whole_file(toolset: Runner, tmp_path:
         FetchRequest(b"meta.json", 0, 2, detect_growth=True),
         FetchRequest(b"gone.json", 0, 2, detect_growth=True, check_whole=True),
     ]
-    marker = new_marker()
-    rc, out, err = run_local(toolset, fetch_argv(str(root)), fetch_stdin(requests, marker))
-    assert rc == 0, err
-    events = feed_frames(FrameParser("h", marker.encode(), requests), out, range(0, len(out), 997))
-    has_md5 = any((Path(d) / "md5sum").exists() for d in toolset[1]["PATH"].split(os.pathsep))
+    events = fetch_events(toolset, root, requests, 997)
+    has_md5 = has_tool(toolset, "md5sum")
     digests = [(e.indices, e.digest) for e in events if isinstance(e, HeadDigest)]
     assert digests == [((0,), hashlib.md5(index).digest() if has_md5 else None)]
     outcomes = collect([e for e in events if not isinstance(e, HeadDigest)])
@@ -1529,7 +1527,7 @@ def test_local_fetch_reports_a_failed_read(toolset: Runner, dd_kind: str, tmp_pa
     events = feed_frames(FrameParser("h", marker.encode(), requests), out, range(0, len(out), 7))
     check_data_bounds(events, requests)
     got = collect(events)
-    has_tar = any((Path(d) / "tar").exists() for d in runner[1]["PATH"].split(os.pathsep))
+    has_tar = has_tool(runner, "tar")
     assert [got[i] for i in range(len(requests))] == [
         ("Failed", b"012"),
         ("End", b"fine data\n"),

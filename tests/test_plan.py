@@ -133,3 +133,56 @@ def test_an_append_whose_overlap_misses_the_head_has_it_hashed_at_the_batch_end(
     assert requests[b"tiny.jsonl"].start == 0 and not requests[b"tiny.jsonl"].check_batched
     for path in (b"touched.jsonl", b"long.jsonl"):
         assert requests[path].check and not requests[path].check_batched
+
+
+def test_a_renamed_transcript_extends_a_copy_of_its_old_name() -> None:
+    """A new transcript on the device and inode of a mirrored one whose name is gone (an
+    OpenClaw session archived as ``.reset.``) is an append to a copy of that one: from an
+    overlap before its mirrored end, checked like any append. Not when the old name is still
+    listed, when the file shrank, for a small copy, for a file copied whole, or twice."""
+    rows = [
+        row(b"a.jsonl", 50_000, ino=11),
+        row(b"listed.jsonl", 50_000, ino=12),
+        row(b"shrank.jsonl", 50_000, ino=13),
+        row(b"small.jsonl", 1000, ino=14),
+        row(b"index.json", 50_000, ino=15, kind="whole"),
+        row(b"twice.jsonl", 50_000, ino=16),
+    ]
+    listing = [
+        remote(b"a.jsonl.reset.2026-11-22T10-00-00.000Z", 60_240, ino=11),
+        remote(b"listed.jsonl", 50_000, ino=12),
+        remote(b"listed-link.jsonl", 50_000, ino=12),
+        remote(b"shrank.jsonl.reset.1", 40_000, ino=13),
+        remote(b"small.jsonl.reset.1", 2000, ino=14),
+        remote(b"index.json.1", 50_000, ino=15),
+        remote(b"twice-1.jsonl", 50_000, ino=16),
+        remote(b"twice-2.jsonl", 50_000, ino=16),
+        remote(b"other.jsonl", 70_000, ino=17),
+    ]
+    p = make_plan(
+        listing,
+        {r.path: r for r in rows},
+        is_append_only=lambda p: b".jsonl" in p,  # archives too, as in the OpenClaw format
+        is_included=lambda p: True,
+    )
+    by_path = {t.remote.path: t for t in p.transfers}
+    seeded = by_path.pop(b"a.jsonl.reset.2026-11-22T10-00-00.000Z")
+    assert (seeded.mode, seeded.category, seeded.row) == ("append", "new", None)
+    assert seeded.seed is rows[0]
+    assert (seeded.start, seeded.length) == (50_000 - 1280, 10_240 + 1280)
+    request = seeded.request()
+    assert request.check_batched and not request.archive
+    assert sum(t.seed is not None for t in by_path.values()) == 1  # one of twice-1, twice-2
+    for t in by_path.values():
+        if t.seed is None:
+            assert (t.mode, t.start, t.length) == ("whole", 0, t.remote.size), t.remote.path
+    assert {r.path for r in p.deleted} == {
+        b"a.jsonl",
+        b"shrank.jsonl",
+        b"small.jsonl",
+        b"index.json",
+        b"twice.jsonl",
+    }
+    # An unchanged rename: only the overlap comes (a KiB).
+    pure = plan([remote(b"a-deleted.jsonl", 50_000, ino=11)], rows[:1]).transfers[0]
+    assert (pure.seed, pure.start, pure.length) == (rows[0], 50_000 - 1024, 1024)

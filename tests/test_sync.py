@@ -52,6 +52,13 @@ def assert_exact(fleet: SSHFleet, dest: Path, name: str) -> None:
         assert got[rel] == data, rel
 
 
+def assert_holds_the_host(fleet: SSHFleet, dest: Path, name: str) -> None:
+    """Every file the host has is in the mirror, byte for byte (which keeps more)."""
+    got = mirror_tree(dest, name)
+    for rel, data in expected_tree(fleet.path(name)).items():
+        assert got.get(rel) == data, rel
+
+
 def test_initial_and_incremental_sync_are_byte_identical(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1164,6 +1171,51 @@ def test_a_transcript_compacted_by_rename_during_its_read_keeps_every_line_read(
     assert (dest / "h0" / rel).read_bytes() == compacted
     versions = list((dest / ".remote-sync" / "versions" / "h0").rglob("s.jsonl.v*"))
     assert [v.read_bytes() for v in versions] == [before]
+
+
+def test_a_transcript_renamed_on_the_host_brings_only_its_new_bytes(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OpenClaw's /reset renames a session to ``.reset.<time>``, often after one more turn.
+    The mirrored bytes of the old name are copied locally, and only what follows them comes
+    over the wire (from an overlap, checked as any append); the old name keeps its copy,
+    marked renamed, and the index counts the session once. A renamed file that is not what
+    was mirrored (overwritten in place first) fails those checks and is fetched whole."""
+    rel, other = "agents/a/sessions/s.jsonl", "agents/a/sessions/t.jsonl"
+    rng = random.Random(81)
+    fleet.write("h0", rel, session_bytes(rng, 600))  # about 180 KB each
+    fleet.write("h0", other, session_bytes(rng, 600))
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    assert sync(inv, dest, capsys)[0] == 0
+    old = fleet.path("h0", rel).read_bytes()
+    archived = rel + ".reset.2026-11-22T10-00-00.000Z"
+    fleet.path("h0", rel).rename(fleet.path("h0", archived))
+    append(fleet, "h0", archived, session_bytes(rng, 3, start=600))
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0
+    assert_holds_the_host(fleet, dest, "h0")
+    assert (dest / "h0" / rel).read_bytes() == old
+    assert (summary.files.new, summary.files.deleted, summary.hosts[0].versions_kept) == (1, 1, 0)
+    grown = len(fleet.path("h0", archived).read_bytes()) - len(old)
+    assert summary.bytes <= grown + 4096  # the new lines and an overlap, not 180 KB
+    capsys.readouterr()
+    assert main(["sessions", "list", "--dest", str(dest), "--json"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(row["path"] for row in listed) == sorted([archived, other])
+    assert main(["index", "rebuild", "--dest", str(dest)]) == 0
+    capsys.readouterr()
+    assert main(["sessions", "list", "--dest", str(dest), "--json"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == listed
+
+    replaced = session_bytes(random.Random(82), 700)  # same inode, other content
+    with open(fleet.path("h0", other), "r+b") as rewritten:
+        rewritten.write(replaced)
+    fleet.path("h0", other).rename(fleet.path("h0", other + ".deleted.1"))
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0 and summary.files.new == 1
+    assert summary.bytes >= len(replaced)  # fetched whole after the overlap disagreed
+    assert_holds_the_host(fleet, dest, "h0")
 
 
 @pytest.mark.parametrize("read", ["append", "archive"])

@@ -110,6 +110,7 @@ from .writer import (
     CommitBatch,
     Pending,
     RewriteDetected,
+    SeededWriter,
     WholeWriter,
     discard,
     give_up,
@@ -911,6 +912,14 @@ class _FrameHandler:
             version=t.row.version if t.row else 0,
             first_seen=t.row.first_seen if t.row else 0.0,
         )
+        request = self.requests[self.index]
+        if t.seed is not None:
+            # A renamed file: an append to a copy of its old name's mirrored bytes. Its
+            # session is indexed from the mirror at the round's end, as a new one.
+            row.size = t.seed.size
+            row.fingerprint = t.seed.fingerprint
+            keep_head = request.check or request.check_batched
+            return SeededWriter(state, t.seed, t.start, row, keep_head=keep_head)
         reader = self.sync.reader
         indexed = t.kind == "append" and reader is not None and reader.is_transcript(r.path)
         worker = self.sync.worker
@@ -926,7 +935,6 @@ class _FrameHandler:
                 if indexed and reader is not None and worker is None
                 else None
             )
-            request = self.requests[self.index]
             check = request.check or request.check_batched
             writer = AppendWriter(state, t.row, t.start, row, indexer, keep_head=check)
         else:

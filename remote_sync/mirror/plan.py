@@ -3,8 +3,9 @@
 What it owns: the decision, per file, between *unchanged*, *append* (fetch from just before the
 committed end, verified by the overlap and by the head the host hashes per batch), *whole*
 (new file, a file copied whole, or a rewrite: smaller than mirrored, or a different inode),
-and *deleted* (gone from the remote: marked, never removed locally). It is pure: no I/O, so
-it is tested on its own.
+and *deleted* (gone from the remote: marked, never removed locally). A new transcript that
+is a mirrored one renamed on the host is an append to a copy of that one (*seeded*). It is
+pure: no I/O, so it is tested on its own.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Transfer:
     #: Have the host hash the file's head after the read even for a short range: a file of
     #: its old size with another mtime may be rewritten in place behind an unchanged tail.
     verify_head: bool = False
+    #: A new file that is a mirrored one under its old name (see :func:`_seed_renamed`): an
+    #: append (``row`` None) to a copy of that one's mirrored bytes.
+    seed: FileState | None = None
 
     def request(self) -> FetchRequest:
         # A whole line-committed file may come as a tar entry: tar's NUL padding of a file that
@@ -139,7 +143,46 @@ def make_plan(
         for path, row in rows.items():
             if row.state == "live" and path not in seen and is_included(path):
                 plan.deleted.append(row)
+    _seed_renamed(plan, rows, seen)
     return plan
+
+
+def _seed_renamed(plan: Plan, rows: dict[bytes, FileState], seen: set[bytes]) -> None:
+    """Turn the fetch of a new transcript that is a mirrored one renamed on the host into an
+    append to a copy of the mirrored one.
+
+    Agents archive by renaming: an OpenClaw session reset or deleted becomes
+    ``<id>.jsonl.reset.<time>`` or ``.deleted.<time>``, a Codex session moves to
+    ``archived_sessions/``. The file keeps its device and inode, and its old name is gone
+    from the listing. Instead of fetching it whole again (as rsync would without
+    ``--fuzzy``), the round copies the mirrored bytes locally and fetches only what follows,
+    from an overlap, with its head hashed on the host: the checks of any append, so a file
+    that is not that one after all (an inode reused) fails them and is fetched whole. A
+    mirrored copy of a KiB or less is not worth it (the overlap would be all of it)."""
+    gone: dict[tuple[int, int], FileState] = {}
+    for path, row in rows.items():
+        if (
+            path not in seen
+            and row.state == "live"
+            and row.kind == "append"
+            and row.ino
+            and row.fingerprint
+            and row.size > MIN_OVERLAP_BYTES
+        ):
+            gone.setdefault((row.dev, row.ino), row)
+    if not gone:
+        return
+    for n, t in enumerate(plan.transfers):
+        if t.category != "new" or t.kind != "append" or t.row is not None:
+            continue
+        seed = gone.get((t.remote.dev, t.remote.ino))
+        if seed is None or t.remote.size < seed.size:
+            continue
+        del gone[(seed.dev, seed.ino)]  # one copy per mirrored file
+        start = seed.size - overlap_for(seed.size, t.remote.size - seed.size)
+        length = t.remote.size - start
+        seeded = Transfer(t.remote, t.kind, "append", "new", start, length, None, seed=seed)
+        plan.transfers[n] = seeded
 
 
 def _decide(remote: RemoteFile, row: FileState | None, kind: str) -> Transfer | None:

@@ -1,18 +1,21 @@
 """Writing fetched bytes into the mirror, and committing them in batches.
 
-What it owns: the two ways a file's bytes land on disk, and the batch that makes them durable.
+What it owns: the ways a file's bytes land on disk, and the batch that makes them durable.
 
 - :class:`AppendWriter` extends a mirrored file in place. The fetch starts a little before the
   committed end; those overlap bytes must equal the local tail, which proves the remote file is
   still the one we mirrored without re-reading it. A mismatch raises :class:`RewriteDetected`.
   Only whole lines are kept: a trailing partial line is cut off and arrives next run.
+- :class:`SeededWriter` is an :class:`AppendWriter` on a temp copy of another mirrored file
+  (a renamed transcript's old name), put in place like a whole file.
 - :class:`WholeWriter` streams a file into a temp file. On commit it replaces the mirrored copy
   atomically (rename). If the old copy is not a prefix of the new content (compaction,
   truncation, replace-by-rename) the old copy is first moved to ``versions/`` and kept forever.
 
-Both feed the session index as they write: an in-process :class:`FileIndexer` gets the bytes,
-or an index worker's :class:`IndexJob` is told which line-complete prefix of the file is written
-(it reads those bytes itself, from the page cache).
+Appends and whole files feed the session index as they write (a seeded copy is indexed from
+the mirror at the round's end, as a new session): an in-process :class:`FileIndexer` gets the
+bytes, or an index worker's :class:`IndexJob` is told which line-complete prefix of the file
+is written (it reads those bytes itself, from the page cache).
 
 :class:`CommitBatch` holds finished files until a flush; :func:`make_durable` (run in a worker
 thread while the stream goes on) makes a taken batch durable: data synced, renames done,
@@ -198,14 +201,15 @@ class AppendWriter(_LineWriter):
         job: IndexJob | None = None,
         *,
         keep_head: bool = False,
+        local: Path | None = None,
     ) -> None:
         self.row = new_row  # what will be committed (size updated on finish)
         self.indexer = indexer  # fed the new bytes only (after the overlap)
         self.job = job  # or told where the new complete lines end
-        self.host = row.host
-        self.path = row.path
+        self.host = new_row.host
+        self.path = new_row.path
         self.committed = row.size
-        self.local = state.local_path(row.host, row.path)
+        self.local = local or state.local_path(row.host, row.path)
         try:
             self.handle = open(self.local, "r+b")  # noqa: SIM115 (kept until flush)
             # The file's first KiB, for the host's digest of it after the read: the mirror's
@@ -274,6 +278,71 @@ class AppendWriter(_LineWriter):
             self.handle.truncate(self.committed)
         finally:
             self.handle.close()
+
+
+class SeededWriter(AppendWriter):
+    """Append to a copy of another mirrored file, to be put in place as a new file.
+
+    For a file the host renamed (see :func:`remote_sync.mirror.plan._seed_renamed`): the
+    mirrored bytes of its old name (``seed``, as far as its checkpoint goes) are copied into
+    a temp file, which the fetch then extends as :class:`AppendWriter` extends a mirrored
+    file, overlap check included. Its flush renames the temp file into place like
+    :class:`WholeWriter`'s; the copy under the old name is left as it is.
+    """
+
+    _doing = "append to a copy of a mirrored file"
+
+    def __init__(
+        self,
+        state: MirrorState,
+        seed: FileState,
+        start: int,
+        new_row: FileState,
+        *,
+        keep_head: bool,
+    ) -> None:
+        try:
+            source = open(state.local_path(seed.host, seed.path), "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise RewriteDetected from None  # moved away by hand: fetched whole instead
+        except OSError as exc:
+            raise _mirror_error(exc, seed.host, seed.path, "open the mirrored file") from exc
+        self.temp = state.temp_path()
+        try:
+            with source, open(self.temp, "wb") as copy:
+                _copy_prefix(source, copy, seed.size)
+            super().__init__(state, seed, start, new_row, keep_head=keep_head, local=self.temp)
+        except OSError as exc:
+            self.temp.unlink(missing_ok=True)
+            raise _mirror_error(exc, new_row.host, new_row.path, "copy a mirrored file") from exc
+        except BaseException:
+            self.temp.unlink(missing_ok=True)
+            raise
+
+    def finish(self) -> Pending:
+        pending = super().finish()
+        pending.temp = self.temp
+        pending.category = "new"
+        pending.bytes = self.row.size
+        return pending
+
+    def abort(self) -> None:
+        try:
+            super().abort()
+        finally:
+            self.temp.unlink(missing_ok=True)
+
+
+def _copy_prefix(source: BinaryIO, copy: BinaryIO, size: int, block: int = 1 << 20) -> None:
+    """Copy the first ``size`` bytes of ``source``; fewer there is :class:`RewriteDetected`
+    (the copy is not what its checkpoint says)."""
+    left = size
+    while left:
+        data = source.read(min(block, left))
+        if not data:
+            raise RewriteDetected
+        copy.write(data)
+        left -= len(data)
 
 
 def _rfind_newline(view: memoryview) -> int:

@@ -62,7 +62,7 @@ DEST_ENV = "REMOTE_SYNC_DEST"
 DEFAULT_DEST = "mirror"
 
 _CLASSES = ("empty", "low", "valuable")
-_STATES = ("live", "deleted", "rewritten", "renamed")
+_STATES = ("live", "archived", "deleted", "rewritten", "renamed")
 _STATS_KEYS = ("host", "agent", "format", "model", "day")
 
 
@@ -212,9 +212,11 @@ def _filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state",
         choices=_STATES,
-        help="only this state: live, deleted (gone from the remote, or kept by the agent "
-        "only as a tombstone such as OpenClaw's .deleted. archive), rewritten (versions kept), "
-        "renamed (archived by the host under another name; left out unless asked for)",
+        help="only this state: live, archived (archived by the agent: OpenClaw's .reset. "
+        "archives and sessions_archive/, Codex's archived_sessions/), deleted (gone from the "
+        "remote, or kept by the agent only as a tombstone such as OpenClaw's .deleted. "
+        "archive), rewritten (versions kept), renamed (archived by the host under another "
+        "name; left out unless asked for)",
     )
 
 
@@ -984,7 +986,13 @@ def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:
         # Piped (grep, a log): every row whole, as wide as its widest cell needs.
         console = PipeConsole(width=1 << 20, highlight=False)
     class_style = {"empty": "dim", "low": "yellow", "valuable": "green"}
-    state_style = {"live": "", "deleted": "red", "rewritten": "magenta", "renamed": "dim"}
+    state_style = {
+        "live": "",
+        "archived": "blue",
+        "deleted": "red",
+        "rewritten": "magenta",
+        "renamed": "dim",
+    }
     cells = [
         (
             plain(r.host),

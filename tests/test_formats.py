@@ -747,6 +747,29 @@ def test_only_openclaws_tombstones_are_deleted_by_the_agent() -> None:
             assert not READERS[fmt].deleted_by_agent(b"sessions/5f0c.jsonl.deleted.1")
 
 
+def test_archives_are_archived_by_the_agent() -> None:
+    """OpenClaw's /new and /reset archives and ClawPal's sessions_archive/, and Codex's
+    archived_sessions/: archived. A tombstone is deleted, not archived; live files are
+    neither, in every format."""
+    openclaw, codex = READERS["openclaw"], READERS["codex"]
+    for path, archived in [
+        ("agents/ops/sessions/5f0c.jsonl.reset.2026-01-02T03-04-05.678Z", True),
+        ("agents/ops/sessions_archive/5f0c.jsonl", True),
+        ("agents/ops/sessions_archive/5f0c-topic-7.jsonl", True),
+        ("agents/ops/sessions/5f0c.jsonl", False),
+        ("agents/ops/sessions/5f0c.jsonl.deleted.2026-01-02T03-04-05Z", False),
+        ("agents/ops/sessions/x.jsonl.reset.y.jsonl", False),  # a live file's name
+    ]:
+        assert openclaw.archived_by_agent(path.encode()) is archived, path
+    rollout = "rollout-2026-01-02T10-11-12-0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b.jsonl"
+    assert codex.archived_by_agent(f"archived_sessions/{rollout}".encode())
+    assert not codex.archived_by_agent(f"sessions/2026/01/02/{rollout}".encode())
+    for fmt in ALL:
+        if fmt not in ("openclaw", "codex"):
+            assert not READERS[fmt].archived_by_agent(b"sessions_archive/x.jsonl.reset.1")
+            assert not READERS[fmt].archived_by_agent(b"archived_sessions/rollout-x.jsonl")
+
+
 @pytest.mark.parametrize("fmt", ALL)
 def test_undecodable_path_bytes(fmt: str) -> None:
     reader = READERS[fmt]

@@ -254,7 +254,10 @@ def test_a_session_archived_by_the_host_counts_once(
     capsys.readouterr()
     assert main(["sessions", "list", "--dest", str(dest), "--json"]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(listed) == 3 and all(r["state"] == "live" for r in listed)
+    # The archive is listed as archived (the host's /reset archived it), in place of its old
+    # name, which is renamed.
+    states = {r["path"]: r["state"] for r in listed}
+    assert len(listed) == 3 and states[archived.relative_to(tree.root).as_posix()] == "archived"
     assert main(["sessions", "list", "--dest", str(dest), "--state", "renamed", "--json"]) == 0
     (old,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert old["path"] == target.rel.decode()
@@ -322,7 +325,7 @@ def test_a_session_the_agent_deleted_is_listed_as_deleted_once(
         return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
     states = sorted(str(r["state"]) for r in listed())
-    assert states == ["deleted", "live", "live"]
+    assert states == ["archived", "deleted", "live"]  # the tree holds a /reset archive too
     (deleted,) = listed("--state", "deleted")
     assert str(deleted["path"]).endswith(".deleted.2026-11-21T10-00-00.000Z")
     (old,) = listed("--state", "renamed")

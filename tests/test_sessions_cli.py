@@ -287,6 +287,58 @@ def test_list_rows_state_class_and_default_order(db: Any) -> None:
     assert later["fresh"] == "low" and later["big"] == "valuable"
 
 
+def test_archives_the_agent_keeps_are_archived(tmp_path: Path) -> None:
+    """OpenClaw's /reset archives and sessions_archive/, Codex's archived_sessions/: archived,
+    listed and counted by default; a tombstone stays deleted, an archive gone from the
+    remote is deleted, one with versions kept is rewritten."""
+    sessions = "agents/main/sessions"
+    entries = [
+        Spec("h0", "openclaw", f"{sessions}/live.jsonl".encode(), facts("live")),
+        Spec(
+            "h0", "openclaw", f"{sessions}/r.jsonl.reset.2026-11-21T10-00-00Z".encode(), facts("r")
+        ),
+        Spec("h0", "openclaw", b"agents/main/sessions_archive/old.jsonl", facts("old")),
+        Spec(
+            "h0",
+            "openclaw",
+            f"{sessions}/d.jsonl.deleted.2026-11-21T10-00-00Z".encode(),
+            facts("d"),
+        ),
+        Spec(
+            "h0",
+            "openclaw",
+            b"agents/main/sessions_archive/gone.jsonl",
+            facts("gone"),
+            state="deleted",
+        ),
+        Spec("h0", "openclaw", b"agents/main/sessions_archive/v.jsonl", facts("v"), version=1),
+        Spec("h1", "codex", b"sessions/2026/11/01/rollout-a.jsonl", facts("a")),
+        Spec("h1", "codex", b"archived_sessions/rollout-b.jsonl", facts("b")),
+    ]
+    dest = tmp_path / "mirror"
+    build_index(dest, entries)
+    conn = open_index(dest)
+    try:
+        states = {r.session_id: r.state for r in query_sessions(conn, now=NOW)}
+        assert states == {
+            "live": "live",
+            "r": "archived",
+            "old": "archived",
+            "d": "deleted",
+            "gone": "deleted",
+            "v": "rewritten",
+            "a": "live",
+            "b": "archived",
+        }
+        archived = query_sessions(conn, state="archived", sort="session_id", now=NOW)
+        assert [r.session_id for r in archived] == ["b", "old", "r"]
+        (total,) = session_stats(conn, by="format", host="h1", now=NOW)
+        assert total.sessions == 2  # the archived rollout counts
+        assert find_session(conn, "h1", "b").row.state == "archived"
+    finally:
+        conn.close()
+
+
 def test_filters_and_limit(db: Any) -> None:
     def q(**kw: Any) -> list[str]:
         return ids(query_sessions(db, now=NOW, **kw))
@@ -1103,8 +1155,15 @@ def test_every_format_synced_listed_and_shown(
         if key[0].endswith("-claude-code"):
             assert row.cost is not None and row.cost > 0, key
         assert {k: got[k] for k in expected} == expected, key
-        # OpenClaw's .deleted. tombstones are sessions the agent deleted; the rest are live.
-        state = "deleted" if ".jsonl.deleted." in key[1] else "live"
+        # OpenClaw's .deleted. tombstones are sessions the agent deleted; its .reset. archives
+        # and sessions_archive/, and Codex's archived_sessions/, sessions it archived.
+        archives = (".jsonl.reset.", "/sessions_archive/", "archived_sessions/")
+        if ".jsonl.deleted." in key[1]:
+            state = "deleted"
+        elif any(part in key[1] for part in archives):
+            state = "archived"
+        else:
+            state = "live"
         assert row.format == key[0].removeprefix(f"{host}-") and row.state == state, key
 
     code, out, _ = cli(["sessions", "stats", "--by", "format", "--json", "-d", str(dest)], capsys)

@@ -140,6 +140,9 @@ class ClaudeCodeReader:
     def deleted_by_agent(self, path: bytes) -> bool:
         return False  # this agent deletes a transcript by removing its file
 
+    def archived_by_agent(self, path: bytes) -> bool:
+        return False  # Claude Code has no archive: old transcripts are deleted
+
     def update(self, facts: SessionFacts, line: ClaudeLine) -> None:
         msg = line.message
         kind = line.type

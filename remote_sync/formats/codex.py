@@ -3,10 +3,10 @@
 What it owns: the line view of a rollout (:class:`CodexLine`) and :class:`CodexReader`.
 
 Files: ``sessions/YYYY/MM/DD/rollout-<time>-<uuid>.jsonl`` and the flat
-``archived_sessions/rollout-*.jsonl``. Not transcripts: ``session_index.jsonl``,
-``history.jsonl`` and anything not named ``rollout-*.jsonl``. Identity from a path: no
-project, and the session id is the uuid at the end of the file name (the stem after
-``rollout-`` when there is none).
+``archived_sessions/rollout-*.jsonl`` (archived by the agent: listed as ``archived``). Not
+transcripts: ``session_index.jsonl``, ``history.jsonl`` and anything not named
+``rollout-*.jsonl``. Identity from a path: no project, and the session id is the uuid at the
+end of the file name (the stem after ``rollout-`` when there is none).
 
 Every line is ``{timestamp, type, payload}``; what is read:
 
@@ -67,6 +67,8 @@ _UUID_AT_END = re.compile(
     r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
 )
 _output_decode = msgspec.json.Decoder().decode
+_ARCHIVED_DIR = "archived_sessions"
+_ARCHIVED_DIR_BYTES = _ARCHIVED_DIR.encode()
 
 
 class CodexBlock(msgspec.Struct, gc=False):
@@ -141,6 +143,14 @@ class CodexReader:
 
     def deleted_by_agent(self, path: bytes) -> bool:
         return False  # this agent deletes a transcript by removing its file
+
+    def archived_by_agent(self, path: bytes) -> bool:
+        # `codex archive` moves a rollout from sessions/YYYY/MM/DD/ into the flat
+        # archived_sessions/ directory.
+        if _ARCHIVED_DIR_BYTES not in path:
+            return False  # the common case, answered without decoding the path
+        segs = split_path(path)
+        return len(segs) > 1 and segs[-2] == _ARCHIVED_DIR
 
     def update(self, facts: SessionFacts, line: CodexLine) -> None:
         p = line.payload

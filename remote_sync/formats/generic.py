@@ -402,6 +402,9 @@ class GenericReader:
     def deleted_by_agent(self, path: bytes) -> bool:
         return False  # no tombstone names are known in generic JSONL
 
+    def archived_by_agent(self, path: bytes) -> bool:
+        return False  # nor archive names
+
     def _parts(
         self, line: GenericLine
     ) -> tuple[str | None, msgspec.Raw, Any, msgspec.Raw, str | None]:

@@ -109,6 +109,9 @@ class V3Reader:
     def deleted_by_agent(self, path: bytes) -> bool:
         return False  # pi deletes a session by removing its file; OpenClaw overrides this
 
+    def archived_by_agent(self, path: bytes) -> bool:
+        return False  # pi keeps no archive of sessions; OpenClaw overrides this
+
     def _header_id(self, facts: SessionFacts, header_id: str) -> None:
         # pi names its file after the header's id: the header is the authority (OpenClaw,
         # whose id is the file name, overrides this).

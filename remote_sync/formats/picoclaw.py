@@ -78,6 +78,9 @@ class PicoclawReader:
     def deleted_by_agent(self, path: bytes) -> bool:
         return False  # this agent deletes a transcript by removing its file
 
+    def archived_by_agent(self, path: bytes) -> bool:
+        return False  # picoclaw keeps no archive of sessions
+
     def update(self, facts: SessionFacts, line: PicoLine) -> None:
         role = line.role
         if role is not None:

@@ -149,6 +149,11 @@ class FormatReader(Protocol):
         """Is this transcript one the agent deleted, kept by it under a tombstone's name?"""
         ...
 
+    def archived_by_agent(self, path: bytes) -> bool:
+        """Is this transcript one the agent archived: moved out of its live sessions under an
+        archive's name or into an archive directory (and not deleted)?"""
+        ...
+
     def update(self, facts: SessionFacts, line: Any) -> None:
         """Fold one decoded line into the facts (the caller counts lines and bytes).
 

@@ -77,7 +77,7 @@ from ..ssh.pool import SSHPool
 from ..ssh.remote import IDLE_TIMEOUT, sh_script
 from ..ssh.stream import exec_streaming
 from .facts import FormatReader, Message
-from .query import SessionRow, check_batch_size, row_from_facts
+from .query import SessionRow, check_batch_size, held_state, row_from_facts
 from .show import TAIL_FIRST_BLOCK, HeldLine, ShowResult, check_selection
 from .update import FileIndexer
 
@@ -678,11 +678,7 @@ async def stream_remote_sessions(
                                     update.path,
                                     reader.name,
                                     update.facts,
-                                    state=(
-                                        "deleted"
-                                        if reader.deleted_by_agent(update.path)
-                                        else "live"
-                                    ),
+                                    state=held_state(reader, update.path),
                                     now=now,
                                     mtime=mtime,
                                 )

@@ -267,7 +267,8 @@ def _add_sessions(sub: Any) -> None:
     show.add_argument(
         "session",
         metavar="SESSION",
-        help="session id (or a unique prefix of it), or the file's path relative to the root",
+        help="session id (or a unique prefix of it), or the file's path relative to the root; "
+        "a picoclaw session also by its key (telegram:123 for telegram_123)",
     )
     _dest_option(show)
     which = show.add_mutually_exclusive_group()

@@ -744,6 +744,29 @@ def test_find_session_by_path_id_prefix_and_escaped_path(db: Any) -> None:
         find_session(db, "h0", "rollout-a")  # another host's
 
 
+def test_find_a_picoclaw_session_by_its_key(tmp_path: Path) -> None:
+    """A picoclaw key names the session its file name spells (':', '/', '\\' → '_'); an id
+    as given still matches exactly; other formats' ids are matched as given only."""
+    dest = tmp_path / "mirror"
+    build_index(
+        dest,
+        [
+            Spec("p", "picoclaw", b"sessions/telegram_42.jsonl", facts("telegram_42")),
+            Spec("p", "picoclaw", b"sessions/odd:name.jsonl", facts("odd:name")),
+            Spec("o", "openclaw", b"agents/a/sessions/x_y.jsonl", facts("x_y", agent="a")),
+        ],
+    )
+    conn = open_index(dest)
+    try:
+        for session in ("telegram:42", "telegram/42", "telegram\\42", "telegram_42", "telegram:4"):
+            assert find_session(conn, "p", session).row.session_id == "telegram_42", session
+        assert find_session(conn, "p", "odd:name").row.session_id == "odd:name"  # exact
+        with pytest.raises(ConfigError, match="no session"):
+            find_session(conn, "o", "x:y")
+    finally:
+        conn.close()
+
+
 def test_arguments_that_are_not_utf8_match_nothing_cleanly(
     index_dest: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -141,6 +141,9 @@ class CodexReader:
         found = _UUID_AT_END.search(stem)
         return None, found.group(1) if found else stem.removeprefix("rollout-")
 
+    def id_of_key(self, key: str) -> str:
+        return key  # ids are spelled as the agent spells them
+
     def deleted_by_agent(self, path: bytes) -> bool:
         return False  # this agent deletes a transcript by removing its file
 

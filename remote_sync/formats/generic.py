@@ -399,6 +399,9 @@ class GenericReader:
         text = path.decode("utf-8", "replace")
         return None, text.removesuffix(".jsonl")
 
+    def id_of_key(self, key: str) -> str:
+        return key  # ids are spelled as the agent spells them
+
     def deleted_by_agent(self, path: bytes) -> bool:
         return False  # no tombstone names are known in generic JSONL
 

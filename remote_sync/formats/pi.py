@@ -106,6 +106,9 @@ class V3Reader:
     def identify(self, path: bytes) -> tuple[str | None, str]:  # pragma: no cover
         raise NotImplementedError
 
+    def id_of_key(self, key: str) -> str:
+        return key  # ids are spelled as the agent spells them
+
     def deleted_by_agent(self, path: bytes) -> bool:
         return False  # pi deletes a session by removing its file; OpenClaw overrides this
 

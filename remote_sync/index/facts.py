@@ -145,6 +145,11 @@ class FormatReader(Protocol):
         """(agent or project, session id) from the path alone."""
         ...
 
+    def id_of_key(self, key: str) -> str:
+        """The session id of the session the agent knows by ``key`` (what a user may type to
+        name it): ``key`` itself, except in a format whose file names spell keys otherwise."""
+        ...
+
     def deleted_by_agent(self, path: bytes) -> bool:
         """Is this transcript one the agent deleted, kept by it under a tombstone's name?"""
         ...

@@ -647,7 +647,9 @@ def find_session(
     db: sqlite3.Connection, host: str, session: str, *, now: datetime | None = None
 ) -> SessionRef:
     """The one session of ``host`` that ``session`` names: its path relative to the host's
-    root (as listed), else its session id, else a unique prefix of its session id.
+    root (as listed), else its session id, else a unique prefix of its session id. An id is
+    also matched as the agent spells it in file names (a picoclaw key ``telegram:123`` is the
+    session ``telegram_123``: the readers' ``id_of_key``).
 
     Raises :class:`ConfigError` for an unknown host, no match, or several matches (the message
     lists them).
@@ -670,11 +672,24 @@ def find_session(
     params["raw"] = session.encode("utf-8", "surrogateescape")
     params["session"] = as_indexed(session)
     params["unescaped"] = path_bytes(session)  # a path as listed: \xNN for odd bytes
+    # The id as each format of the host's sessions spells a key in its file names, where
+    # that differs from the text given.
+    exact = ["session_id = :session"]
+    prefix = ["substr(session_id, 1, length(:session)) = :session"]
+    formats = db.execute("SELECT DISTINCT format FROM sessions WHERE host = :host", params)
+    for n, (fmt,) in enumerate(formats.fetchall()):
+        reader = READERS.get(fmt)
+        alias = as_indexed(reader.id_of_key(session)) if reader is not None else params["session"]
+        if alias != params["session"]:
+            params[f"format{n}"], params[f"alias{n}"] = fmt, alias
+            exact.append(f"(format = :format{n} AND session_id = :alias{n})")
+            prefix.append(
+                f"(format = :format{n} AND substr(session_id, 1, length(:alias{n})) = :alias{n})"
+            )
     tiers = (
         f"SELECT * FROM ({base}) WHERE path IN (:raw, :unescaped) ORDER BY path",
-        f"SELECT * FROM ({base}) WHERE session_id = :session ORDER BY path",
-        f"SELECT * FROM ({base}) WHERE substr(session_id, 1, length(:session)) = :session "
-        "ORDER BY path",
+        f"SELECT * FROM ({base}) WHERE {' OR '.join(exact)} ORDER BY path",
+        f"SELECT * FROM ({base}) WHERE {' OR '.join(prefix)} ORDER BY path",
     )
     for sql in tiers:
         found = db.execute(sql, params).fetchall()

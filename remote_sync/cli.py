@@ -1092,16 +1092,21 @@ def _print_footer(
             note += ", the last page" if shown else " (past the end of the session)"
         print(f"\n{note}; read {_size(result.bytes_read)}", file=sys.stderr)
         return
+    # Pages number every message shown, a record written again too (counted once in the row).
+    total = row.messages if result.total is None else result.total
+    count = f"{total} messages"
+    if total != row.messages:
+        count += f", {total - row.messages} of them repeated"
     if page is not None:
-        pages = max(1, -(-row.messages // page_size))
+        pages = max(1, -(-total // page_size))
         if not shown:
-            note = f"page {page} is past the end ({row.messages} messages, {pages} pages)"
+            note = f"page {page} is past the end ({count}, {pages} pages)"
         else:
-            note = f"page {page} of {pages} ({row.messages} messages)"
+            note = f"page {page} of {pages} ({count})"
             if page < pages:
                 note += f"; --page {page + 1} for more"
     else:
-        note = f"{shown} of {row.messages} messages"
+        note = f"{shown} of {count}"
     print(f"\n{note}; read {_size(result.bytes_read)}", file=sys.stderr)
 
 

@@ -603,11 +603,11 @@ def test_message_renders_text_and_tool_calls(fmt: str, seed: int) -> None:
     facts = SessionFacts()
     for item in JsonlDecoder(reader.line_type).feed(session.data):
         if isinstance(item, Record):
-            before = facts.messages
+            before = facts.shown
             reader.update(facts, item.value)
             message = reader.message(item.value, item.offset)
             # update() counts exactly the lines message() renders (show's numbering).
-            assert facts.messages - before == (message is not None)
+            assert facts.shown - before == (message is not None)
             if message is not None:
                 shown.append(message)
     assert len(shown) == len(session.messages)
@@ -654,6 +654,195 @@ def test_non_message_lines_render_nothing(fmt: str) -> None:
     facts = SessionFacts()
     reader.update(facts, value)
     assert facts.messages == 0
+
+
+# --- gemini-cli records, read by the generic jsonl format ------------------------------------
+
+
+def gemini_chat(rng: random.Random, turns: int) -> tuple[bytes, dict[str, Any], list[Any]]:
+    """A gemini-cli ``.jsonl`` chat written as its ChatRecordingService writes one: metadata,
+    then per turn a user record, the model's record (written again, whole, when its tokens
+    and each batch of tool calls arrive), ``$set`` patches; a CLI note now and then.
+    Returns the bytes, the facts expected and the (role, text, tool names) of every shown
+    message."""
+    lines: list[dict[str, Any]] = [
+        {
+            "sessionId": "9f1c2b3a-0000-4000-8000-000000000001",
+            "projectHash": "ab" * 32,
+            "startTime": "2026-11-20T10:00:00.000Z",
+            "lastUpdated": "2026-11-20T10:00:00.000Z",
+            "kind": "main",
+        }
+    ]
+    want = dict.fromkeys(("user", "assistant", "system", "repeated", "tool_calls"), 0)
+    want.update(tokens_in=0, tokens_out=0, tokens_cache_read=0)
+    shown: list[Any] = []
+    second = 0
+    last = ""  # the latest record's time (patches and tool calls have times of their own)
+
+    def stamp(record: bool = False) -> str:
+        nonlocal second, last
+        second += 1
+        at = f"2026-11-20T10:{second // 60:02d}:{second % 60:02d}.000Z"
+        last = at if record else last
+        return at
+
+    for turn in range(turns):
+        text = f"turn {turn}: please fix the parser"
+        content: Any = [{"text": text}] if rng.random() < 0.5 else text
+        lines.append(
+            {"id": f"u{turn}", "timestamp": stamp(True), "type": "user", "content": content}
+        )
+        want["user"] += 1
+        shown.append(("user", text, []))
+        lines.append({"$set": {"lastUpdated": stamp()}})
+        gid = f"g{turn}"
+        record: dict[str, Any] = {
+            "id": gid,
+            "timestamp": stamp(True),
+            "type": "gemini",
+            "content": f"answer {turn}",
+            "thoughts": [],
+            "tokens": None,
+            "model": "gemini-2.5-pro",
+        }
+        lines.append(dict(record))
+        want["assistant"] += 1
+        shown.append(("assistant", f"answer {turn}", []))
+        inp, out, cached, thoughts, tool = (rng.randint(100, 5000) for _ in range(5))
+        cached = min(cached, inp)
+        record["tokens"] = {
+            "input": inp,
+            "output": out,
+            "cached": cached,
+            "thoughts": thoughts,
+            "tool": tool,
+            "total": inp + out + thoughts + tool,
+        }
+        lines.append(dict(record))  # recordMessageTokens: the same message again
+        want["repeated"] += 1
+        shown.append(("assistant", f"answer {turn}", []))
+        want["tokens_in"] += inp - cached + tool
+        want["tokens_out"] += out + thoughts
+        want["tokens_cache_read"] += cached
+        calls: list[dict[str, Any]] = []
+        for batch in range(rng.randint(0, 2)):  # recordToolCalls, once per batch
+            calls = calls + [
+                {
+                    "id": f"c{turn}-{batch}-{n}",
+                    "name": rng.choice(("read_file", "run_shell_command", "replace")),
+                    "args": {"path": f"src/m{n}.py"},
+                    "result": [{"functionResponse": {"response": {"output": "ok"}}}],
+                    "status": "success",
+                    "timestamp": stamp(),
+                }
+                for n in range(rng.randint(1, 3))
+            ]
+            record["toolCalls"] = calls
+            lines.append(dict(record))
+            want["repeated"] += 1
+            shown.append(("assistant", f"answer {turn}", [c["name"] for c in calls]))
+        want["tool_calls"] += len(calls)
+        lines.append({"$set": {"lastUpdated": stamp()}})
+        if rng.random() < 0.3:
+            lines.append(
+                {"id": f"i{turn}", "timestamp": stamp(True), "type": "info", "content": "Retrying."}
+            )
+            want["system"] += 1
+            shown.append(("system", "Retrying.", []))
+    data = b"".join(msgspec.json.encode(line) + b"\n" for line in lines)
+    want.update(
+        models=["gemini-2.5-pro"],
+        title="turn 0: please fix the parser",
+        first_ts="2026-11-20T10:00:01.000Z",
+        last_ts=last,
+        lines=len(lines),
+        bytes=len(data),
+    )
+    return data, want, shown
+
+
+def test_gemini_cli_records_are_messages_counted_once() -> None:
+    reader = READERS["jsonl"]
+    for seed in range(6):
+        data, want, shown = gemini_chat(random.Random(seed), turns=1 + seed * 3)
+        facts = fold(reader, data)
+        got = sg.facts_dict(facts) | {"repeated": facts.repeated}
+        assert {k: got[k] for k in want} == want, seed
+        assert facts.tool == facts.other == facts.tokens_cache_write == facts.malformed == 0
+        # show renders every record written, the repeated ones too, as the facts number them.
+        messages = [
+            reader.message(item.value, item.offset)
+            for item in JsonlDecoder(reader.line_type).feed(data)
+            if isinstance(item, Record)
+        ]
+        rendered = [(m.role, m.text, [c.name for c in m.tool_calls]) for m in messages if m]
+        assert rendered == shown and len(rendered) == facts.shown, seed
+
+
+def test_gemini_cli_records_fold_alike_however_cut() -> None:
+    data, _want, _shown = gemini_chat(random.Random(7), turns=12)
+    reader = READERS["jsonl"]
+    whole = sg.facts_dict(fold(reader, data))
+    rng = random.Random(8)
+    ends = [i + 1 for i, byte in enumerate(data) if byte == 0x0A]
+    for _ in range(30):
+        facts, start = SessionFacts(), 0
+        for end in [*sorted(rng.sample(ends, 4)), len(data)]:
+            piece = data[start:end]
+            cuts = sorted(rng.randint(0, len(piece)) for _ in range(3))
+            facts = roundtrip(fold(reader, piece, facts=facts, start=start, cuts=cuts))
+            start = end
+        assert sg.facts_dict(facts) == whole
+
+
+def test_gemini_cli_record_shapes() -> None:
+    reader = READERS["jsonl"]
+
+    def folded(*records: dict[str, Any]) -> tuple[SessionFacts, list[Any]]:
+        data = b"".join(msgspec.json.encode(r) + b"\n" for r in records)
+        facts = fold(reader, data)
+        values = [i.value for i in JsonlDecoder(reader.line_type).feed(data)]
+        return facts, [reader.message(v, 0) for v in values]
+
+    # Content as one part, a list of strings and parts, a string; a tool call without args.
+    facts, shown = folded(
+        {"id": "a", "type": "user", "content": {"text": "one part"}},
+        {"id": "b", "type": "user", "content": ["plain ", {"text": "and a part"}]},
+        {"id": "c", "type": "gemini", "content": "", "toolCalls": [{"name": "ls"}, 7]},
+        {"id": "d", "type": "error", "content": "quota exceeded", "timestamp": 1767225600},
+        {"id": "e", "type": "warning", "content": "slow"},
+    )
+    assert [m.text for m in shown] == [
+        "one part",
+        "plain \nand a part",
+        "",
+        "quota exceeded",
+        "slow",
+    ]
+    assert [c.name for c in shown[2].tool_calls] == ["ls", "?"] and facts.tool_calls == 2
+    assert (facts.user, facts.assistant, facts.system, facts.title) == (2, 1, 2, "one part")
+    assert shown[3].role == "system" and shown[3].timestamp == "2026-01-01T00:00:00.000Z"
+    # Not records: no string id, another type, a role (a chat line), metadata and patches.
+    facts, shown = folded(
+        {"id": 5, "type": "user", "content": "x"},
+        {"id": "x", "type": "event", "content": "x"},
+        {"type": "error", "message": "boom"},
+        {"sessionId": "s", "projectHash": "h", "startTime": "2026-01-01T00:00:00Z"},
+        {"$set": {"lastUpdated": "2026-01-01T00:00:00Z", "messages": []}},
+        {"$rewindTo": "a"},
+    )
+    assert shown == [None] * 6 and facts.messages == facts.repeated == 0
+    facts, shown = folded({"id": "r1", "type": "gemini", "role": "user", "content": "chat"})
+    assert (facts.user, facts.assistant, shown[0].role) == (1, 0, "user")  # role wins
+    # Tokens of odd shapes count nothing; the same id again is one message.
+    facts, _ = folded(
+        {"id": "g", "type": "gemini", "tokens": {"input": "9", "output": -4, "cached": True}},
+        {"id": "g", "type": "gemini", "tokens": [1, 2]},
+        {"id": "g", "type": "gemini", "tokens": {"input": 10, "output": 2, "cached": 20}},
+    )
+    assert (facts.assistant, facts.repeated) == (1, 2)
+    assert (facts.tokens_in, facts.tokens_out, facts.tokens_cache_read) == (0, 2, 20)
 
 
 # --- paths ----------------------------------------------------------------------------------

@@ -1302,6 +1302,41 @@ def test_sessions_after_a_real_sync(
     assert text_numbers(json_rows(out, Message)) == list(range(9, 15))
 
 
+def test_show_numbers_a_gemini_record_written_again_like_the_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gemini-cli writes its last message again under the same id: the row counts it once,
+    show renders every version, and show's numbers (page marks, a tail's first, the
+    footer's total) count what it renders."""
+    from test_formats import gemini_chat
+
+    data, want, rendered = gemini_chat(random.Random(3), turns=160)
+    assert len(rendered) > 2 * MARK_EVERY and want["repeated"] > 0
+    dest = tmp_path / "mirror"
+    rel = "chats/session-2026-11-20T10-00-9f1c2b3a.jsonl"
+    make_mirror(dest, "g", "jsonl", {rel: data})
+    assert main(["index", "rebuild", "--dest", str(dest)]) == 0
+    everything = rendered
+
+    def got(messages: list[Message]) -> list[tuple[str, str, list[str]]]:
+        return [(m.role, m.text, [c.name for c in m.tool_calls]) for m in messages]
+
+    row, tail = show_session(dest, "g", rel, tail=7)
+    assert row.messages == want["user"] + want["assistant"] + want["system"]
+    assert row.tool_calls == want["tool_calls"] and row.tokens_in == want["tokens_in"]
+    assert got(tail.messages) == everything[-7:] and tail.first == len(everything) - 7
+    assert tail.total == len(everything)
+    for size in (50, 256):
+        for page in (1, 2, len(everything) // size + 1):
+            _, result = show_session(dest, "g", rel, page=page, page_size=size)
+            assert got(result.messages) == everything[(page - 1) * size : page * size]
+    capsys.readouterr()
+    assert main(["sessions", "show", "g", rel, "--dest", str(dest), "--page", "2"]) == 0
+    pages = -(-len(everything) // 50)
+    footer = capsys.readouterr().err
+    assert f"page 2 of {pages} ({len(everything)} messages, {want['repeated']} of them" in footer
+
+
 def test_index_rebuild_waits_for_no_one(
     show_dest: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

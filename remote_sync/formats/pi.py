@@ -138,7 +138,7 @@ class V3Reader:
         """
         user, assistant, tool = facts.user, facts.assistant, facts.tool
         system, other = facts.system, facts.other
-        messages = user + assistant + tool + system + other
+        messages = user + assistant + tool + system + other + facts.repeated  # as shown
         first, last = facts.first_ts, facts.last_ts
         for i, line in enumerate(lines):
             kind = line.type

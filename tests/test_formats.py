@@ -311,6 +311,198 @@ def test_a_codex_fork_keeps_its_own_id() -> None:
     assert rest.session_id == child
 
 
+# A Codex fork, as codex-rs writes one: its own session_meta, the parent's rollout copied
+# (re-stamped with the fork's time), then its own turns. Turn ids and session ids are UUIDv7.
+
+_T0 = 1_790_000_000_000  # the parent's creation, epoch ms
+
+
+def uuid7(ms: int, n: int = 0) -> str:
+    head = f"{ms:012x}"
+    return f"{head[:8]}-{head[8:]}-7{n:03x}-8000-{n:012x}"
+
+
+def iso_of(ms: int) -> str:
+    return iso_from_epoch(ms, millis=True) or ""
+
+
+def rollout_line(ms: int, kind: str, payload: dict[str, Any]) -> bytes:
+    return msgspec.json.encode({"timestamp": iso_of(ms), "type": kind, "payload": payload}) + b"\n"
+
+
+def codex_turn(
+    at: int,
+    stamp: int | None,
+    n: int,
+    *,
+    model: str,
+    totals: tuple[int, int, int],
+    last: tuple[int, int, int] | None,
+    turn_id: str | None = "v7",
+) -> bytes:
+    """One turn written at ``stamp`` (default: ``at``), begun at ``at``: turn_context and
+    task_started, a prompt, a reply, a tool call and its output, a token_count. 4 messages
+    shown (user, assistant, assistant's call, tool)."""
+    w = at if stamp is None else stamp
+    tid = {"v7": uuid7(at, n), None: None}.get(turn_id, turn_id)
+    ids = {} if tid is None else {"turn_id": tid}
+
+    def usage(u: tuple[int, int, int]) -> dict[str, int]:
+        return {"input_tokens": u[0], "cached_input_tokens": u[1], "output_tokens": u[2]}
+
+    info: dict[str, Any] = {"total_token_usage": usage(totals)}
+    if last is not None:
+        info["last_token_usage"] = usage(last)
+    text = [{"type": "input_text", "text": f"question {n}"}]
+    answer = [{"type": "output_text", "text": f"answer {n}"}]
+    return b"".join(
+        [
+            rollout_line(w, "turn_context", {"cwd": "/srv/app", "model": model, **ids}),
+            rollout_line(w, "event_msg", {"type": "task_started", **ids}),
+            rollout_line(w, "response_item", {"type": "message", "role": "user", "content": text}),
+            rollout_line(w, "event_msg", {"type": "user_message", "message": f"question {n}"}),
+            rollout_line(
+                w, "response_item", {"type": "message", "role": "assistant", "content": answer}
+            ),
+            rollout_line(
+                w,
+                "response_item",
+                {"type": "function_call", "name": "shell", "arguments": "{}", "call_id": f"c{n}"},
+            ),
+            rollout_line(
+                w,
+                "response_item",
+                {"type": "function_call_output", "call_id": f"c{n}", "output": "ok"},
+            ),
+            rollout_line(w, "event_msg", {"type": "token_count", "info": info}),
+        ]
+    )
+
+
+def codex_meta(ms: int, session: str, parent: str | None = None, stamp: int | None = None) -> bytes:
+    payload: dict[str, Any] = {"id": session, "timestamp": iso_of(ms), "cwd": "/srv/app"}
+    if parent is not None:
+        payload["forked_from_id"] = parent
+    return rollout_line(ms if stamp is None else stamp, "session_meta", payload)
+
+
+def codex_parent() -> tuple[str, list[bytes]]:
+    """A parent rollout's lines (its id, and each line) with two turns."""
+    pid = uuid7(_T0)
+    lines = codex_meta(_T0, pid).splitlines(keepends=True)
+    lines += codex_turn(
+        _T0 + 1000, None, 1, model="gpt-5", totals=(1000, 200, 100), last=(1000, 200, 100)
+    ).splitlines(keepends=True)
+    lines += codex_turn(
+        _T0 + 60_000, None, 2, model="gpt-5", totals=(3000, 1000, 300), last=(2000, 800, 200)
+    ).splitlines(keepends=True)
+    return pid, lines
+
+
+def codex_fork(copied: list[bytes], parent: str, created: int, **turn: Any) -> tuple[str, bytes]:
+    """A fork created at ``created``: its meta, the copied lines re-stamped at ``created``,
+    and one own turn 30 s later (``turn``: overrides for :func:`codex_turn`)."""
+    fid = uuid7(created, 1)
+    restamped = [
+        line.replace(b'"timestamp":"', b'"timestamp":"' + iso_of(created).encode() + b'","x":"', 1)
+        for line in copied
+    ]
+    own = {
+        "model": "gpt-5.1",
+        "totals": (3000 + 500, 1000 + 100, 300 + 50),
+        "last": (500, 100, 50),
+    } | turn
+    data = codex_meta(created, fid, parent) + b"".join(restamped)
+    return fid, data + codex_turn(created + 30_000, None, 9, **own)
+
+
+def test_a_codex_fork_counts_its_own_turns_only() -> None:
+    """A fork's rollout starts with a copy of its parent's: its messages are repeated (shown,
+    not counted), its tokens are the fork's totals less the parent's, its model, title and
+    times are the fork's own."""
+    pid, parent = codex_parent()
+    created = _T0 + 3_600_000
+    fid, data = codex_fork(parent, pid, created)
+    reader = READERS["codex"]
+    rel = f"sessions/2026/09/21/rollout-2026-09-21T00-00-00-{fid}.jsonl".encode()
+    facts = index_file(reader, rel, data)
+    assert (facts.session_id, facts.forked_from) == (fid, pid)
+    assert (facts.user, facts.assistant, facts.tool, facts.system, facts.other) == (1, 2, 1, 0, 0)
+    assert (facts.tool_calls, facts.repeated, facts.shown) == (1, 8, 12)
+    assert (facts.tokens_in, facts.tokens_cache_read, facts.tokens_out) == (400, 100, 50)
+    assert (facts.models, facts.title) == (["gpt-5.1"], "question 9")
+    assert (facts.first_ts, facts.last_ts) == (iso_of(created), iso_of(created + 30_000))
+    assert facts.copied_before_ms is None  # past the copy
+    # The parent alone, as before: everything counts.
+    whole = fold(reader, b"".join(parent))
+    assert (whole.user, whole.tool_calls, whole.repeated, whole.tokens_out) == (2, 2, 0, 300)
+    # However the file is cut into syncs, line by line or mid-line: the same facts.
+    ends = [i + 1 for i, byte in enumerate(data) if byte == 0x0A]
+    rng = random.Random(2)
+    want = sg.facts_dict(facts) | {"repeated": 8, "forked_from": pid}
+    for _ in range(40):
+        got, start = SessionFacts(session_id=fid), 0
+        for end in [*sorted(rng.sample(ends, 3)), len(data)]:
+            piece = data[start:end]
+            cuts = sorted(rng.randint(0, len(piece)) for _ in range(2))
+            got = roundtrip(fold(reader, piece, facts=got, start=start, cuts=cuts))
+            start = end
+        assert (
+            sg.facts_dict(got) | {"repeated": got.repeated, "forked_from": got.forked_from} == want
+        )
+
+
+def test_codex_fork_shapes() -> None:
+    reader = READERS["codex"]
+    pid, parent = codex_parent()
+    created = _T0 + 3_600_000
+    # A fork of a fork: the copy holds the first fork's own turn (begun after the parent,
+    # before this fork), still copied.
+    mid, first = codex_fork(parent, pid, created)
+    later = created + 3_600_000
+    _fid, data = codex_fork(
+        first.splitlines(keepends=True),
+        mid,
+        later,
+        totals=(3500 + 70, 1100 + 7, 350 + 9),
+        last=(70, 7, 9),
+    )
+    facts = fold(reader, data)
+    assert (facts.user, facts.repeated, facts.forked_from) == (1, 12, mid)
+    assert (facts.tokens_in, facts.tokens_cache_read, facts.tokens_out) == (63, 7, 9)
+    # A sub-agent forked without its parent's token events: its first own total less that
+    # event's own usage is where its totals started.
+    _fid, data = codex_fork(
+        [line for line in parent if b"token_count" not in line],
+        pid,
+        created,
+        totals=(3000 + 500, 1000 + 100, 300 + 50),
+        last=(500, 100, 50),
+    )
+    facts = fold(reader, data)
+    assert (facts.tokens_in, facts.tokens_cache_read, facts.tokens_out) == (400, 100, 50)
+    # Totals that restart below the base are the fork's own.
+    _fid, data = codex_fork(parent, pid, created, totals=(40, 10, 5), last=(40, 10, 5))
+    facts = fold(reader, data)
+    assert (facts.tokens_in, facts.tokens_cache_read, facts.tokens_out) == (30, 10, 5)
+    # Older Codex, turns without UUIDv7 ids: a turn written well after the fork's creation is
+    # its own; the copy, written as the fork was created, is not.
+    legacy = [
+        line.replace(b'"turn_id":"', b'"turn_id":"x', 1) if b"turn_id" in line else line
+        for line in parent
+    ]
+    for own_id in (None, "3f1e0a52-9c1d-4e2b-8f00-000000000009"):
+        _fid, data = codex_fork(legacy, pid, created, turn_id=own_id)
+        facts = fold(reader, data)
+        assert (facts.user, facts.repeated, facts.tokens_out) == (1, 8, 50), own_id
+    # A fork whose creation time cannot be read (no UUIDv7 id, no times) counts as before.
+    meta = {"id": "fork", "forked_from_id": pid}
+    data = msgspec.json.encode({"type": "session_meta", "payload": meta}) + b"\n"
+    data += b"".join(parent[1:])
+    facts = fold(reader, data)
+    assert (facts.user, facts.repeated, facts.forked_from) == (2, 0, pid)
+
+
 def test_picoclaw_compaction_rewrite() -> None:
     before = sg.generate("picoclaw", random.Random(3), messages=60, malformed=3, blank_lines=2)
     after = sg.compact_picoclaw(before, 12)

@@ -1337,6 +1337,25 @@ def test_show_numbers_a_gemini_record_written_again_like_the_index(
     assert f"page 2 of {pages} ({len(everything)} messages, {want['repeated']} of them" in footer
 
 
+def test_show_numbers_a_codex_forks_copied_history(tmp_path: Path) -> None:
+    """show renders a fork's copy of its parent's history (repeated: not counted), and
+    numbers it with the fork's own messages."""
+    from test_formats import codex_fork, codex_parent
+
+    pid, parent = codex_parent()
+    fid, data = codex_fork(parent, pid, 1_790_003_600_000)
+    dest = tmp_path / "mirror"
+    rel = f"sessions/2026/09/21/rollout-2026-09-21T01-00-00-{fid}.jsonl"
+    make_mirror(dest, "c", "codex", {rel: data})
+    assert main(["index", "rebuild", "--dest", str(dest)]) == 0
+    row, tail = show_session(dest, "c", fid, tail=5)
+    assert (row.messages, row.user_messages, tail.total, tail.first) == (4, 1, 12, 7)
+    assert [m.role for m in tail.messages] == ["tool", "user", "assistant", "assistant", "tool"]
+    assert tail.messages[1].text == "question 9"
+    _, page = show_session(dest, "c", fid, page=2, page_size=4)
+    assert [m.text for m in page.messages if m.role == "user"] == ["question 2"]
+
+
 def test_index_rebuild_waits_for_no_one(
     show_dest: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

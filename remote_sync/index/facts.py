@@ -43,8 +43,9 @@ class SessionFacts(msgspec.Struct, kw_only=True):
     system: int = 0
     other: int = 0
     #: Lines ``show`` renders as messages that are not counted as messages: the same message
-    #: written again (gemini-cli rewrites its last record under the same id). They are
-    #: numbered by ``show`` and by the page marks like the rest (see :attr:`shown`).
+    #: written again (gemini-cli rewrites its last record under the same id), or a Codex
+    #: fork's copy of its parent's history. They are numbered by ``show`` and by the page
+    #: marks like the rest (see :attr:`shown`).
     repeated: int = 0
     tool_calls: int = 0
     tokens_in: int = 0
@@ -65,6 +66,15 @@ class SessionFacts(msgspec.Struct, kw_only=True):
     #: (bounded memory); gemini-cli rewrites only its last message.
     last_record_id: str | None = None
     last_record_counts: list[int] = msgspec.field(default_factory=list)
+    #: The session this one was forked from (Codex's ``forked_from_id``), when it is a fork.
+    forked_from: str | None = None
+    #: While a fork's copy of its parent's history is read: when the fork was created (epoch
+    #: ms); turns begun before it are copied ones. None otherwise (not a fork, or past the
+    #: copy).
+    copied_before_ms: int | None = None
+    #: A fork's cumulative token totals (input, cached input, output) as its parent left them:
+    #: what its own totals grow from (empty until known). See ``formats/codex_fork.py``.
+    token_base: list[int] = msgspec.field(default_factory=list)
 
     @property
     def messages(self) -> int:

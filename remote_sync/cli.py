@@ -62,7 +62,7 @@ DEST_ENV = "REMOTE_SYNC_DEST"
 DEFAULT_DEST = "mirror"
 
 _CLASSES = ("empty", "low", "valuable")
-_STATES = ("live", "deleted", "rewritten", "renamed")
+_STATES = ("live", "archived", "deleted", "rewritten", "renamed")
 _STATS_KEYS = ("host", "agent", "format", "model", "day")
 
 
@@ -212,9 +212,11 @@ def _filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state",
         choices=_STATES,
-        help="only this state: live, deleted (gone from the remote, or kept by the agent "
-        "only as a tombstone such as OpenClaw's .deleted. archive), rewritten (versions kept), "
-        "renamed (archived by the host under another name; left out unless asked for)",
+        help="only this state: live, archived (archived by the agent: OpenClaw's .reset. "
+        "archives and sessions_archive/, Codex's archived_sessions/), deleted (gone from the "
+        "remote, or kept by the agent only as a tombstone such as OpenClaw's .deleted. "
+        "archive), rewritten (versions kept), renamed (archived by the host under another "
+        "name; left out unless asked for)",
     )
 
 
@@ -265,7 +267,8 @@ def _add_sessions(sub: Any) -> None:
     show.add_argument(
         "session",
         metavar="SESSION",
-        help="session id (or a unique prefix of it), or the file's path relative to the root",
+        help="session id (or a unique prefix of it), or the file's path relative to the root; "
+        "a picoclaw session also by its key (telegram:123 for telegram_123)",
     )
     _dest_option(show)
     which = show.add_mutually_exclusive_group()
@@ -984,7 +987,13 @@ def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:
         # Piped (grep, a log): every row whole, as wide as its widest cell needs.
         console = PipeConsole(width=1 << 20, highlight=False)
     class_style = {"empty": "dim", "low": "yellow", "valuable": "green"}
-    state_style = {"live": "", "deleted": "red", "rewritten": "magenta", "renamed": "dim"}
+    state_style = {
+        "live": "",
+        "archived": "blue",
+        "deleted": "red",
+        "rewritten": "magenta",
+        "renamed": "dim",
+    }
     cells = [
         (
             plain(r.host),
@@ -1083,16 +1092,21 @@ def _print_footer(
             note += ", the last page" if shown else " (past the end of the session)"
         print(f"\n{note}; read {_size(result.bytes_read)}", file=sys.stderr)
         return
+    # Pages number every message shown, a record written again too (counted once in the row).
+    total = row.messages if result.total is None else result.total
+    count = f"{total} messages"
+    if total != row.messages:
+        count += f", {total - row.messages} of them repeated"
     if page is not None:
-        pages = max(1, -(-row.messages // page_size))
+        pages = max(1, -(-total // page_size))
         if not shown:
-            note = f"page {page} is past the end ({row.messages} messages, {pages} pages)"
+            note = f"page {page} is past the end ({count}, {pages} pages)"
         else:
-            note = f"page {page} of {pages} ({row.messages} messages)"
+            note = f"page {page} of {pages} ({count})"
             if page < pages:
                 note += f"; --page {page + 1} for more"
     else:
-        note = f"{shown} of {row.messages} messages"
+        note = f"{shown} of {count}"
     print(f"\n{note}; read {_size(result.bytes_read)}", file=sys.stderr)
 
 

@@ -32,13 +32,13 @@ def index_by_records(
         items = decoder.feed(chunk)
         facts.lines += chunk.count(b"\n")
         facts.bytes += decoder.committed_offset - start
-        messages = facts.messages
+        messages = facts.shown
         for item in items:
             if isinstance(item, LineError):
                 facts.malformed += 1
                 continue
             reader.update(facts, item.value)
-            now = facts.messages
+            now = facts.shown
             if now != messages:
                 if messages % mark_every == 0:
                     marks.append((messages, item.offset))

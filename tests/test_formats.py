@@ -311,6 +311,198 @@ def test_a_codex_fork_keeps_its_own_id() -> None:
     assert rest.session_id == child
 
 
+# A Codex fork, as codex-rs writes one: its own session_meta, the parent's rollout copied
+# (re-stamped with the fork's time), then its own turns. Turn ids and session ids are UUIDv7.
+
+_T0 = 1_790_000_000_000  # the parent's creation, epoch ms
+
+
+def uuid7(ms: int, n: int = 0) -> str:
+    head = f"{ms:012x}"
+    return f"{head[:8]}-{head[8:]}-7{n:03x}-8000-{n:012x}"
+
+
+def iso_of(ms: int) -> str:
+    return iso_from_epoch(ms, millis=True) or ""
+
+
+def rollout_line(ms: int, kind: str, payload: dict[str, Any]) -> bytes:
+    return msgspec.json.encode({"timestamp": iso_of(ms), "type": kind, "payload": payload}) + b"\n"
+
+
+def codex_turn(
+    at: int,
+    stamp: int | None,
+    n: int,
+    *,
+    model: str,
+    totals: tuple[int, int, int],
+    last: tuple[int, int, int] | None,
+    turn_id: str | None = "v7",
+) -> bytes:
+    """One turn written at ``stamp`` (default: ``at``), begun at ``at``: turn_context and
+    task_started, a prompt, a reply, a tool call and its output, a token_count. 4 messages
+    shown (user, assistant, assistant's call, tool)."""
+    w = at if stamp is None else stamp
+    tid = {"v7": uuid7(at, n), None: None}.get(turn_id, turn_id)
+    ids = {} if tid is None else {"turn_id": tid}
+
+    def usage(u: tuple[int, int, int]) -> dict[str, int]:
+        return {"input_tokens": u[0], "cached_input_tokens": u[1], "output_tokens": u[2]}
+
+    info: dict[str, Any] = {"total_token_usage": usage(totals)}
+    if last is not None:
+        info["last_token_usage"] = usage(last)
+    text = [{"type": "input_text", "text": f"question {n}"}]
+    answer = [{"type": "output_text", "text": f"answer {n}"}]
+    return b"".join(
+        [
+            rollout_line(w, "turn_context", {"cwd": "/srv/app", "model": model, **ids}),
+            rollout_line(w, "event_msg", {"type": "task_started", **ids}),
+            rollout_line(w, "response_item", {"type": "message", "role": "user", "content": text}),
+            rollout_line(w, "event_msg", {"type": "user_message", "message": f"question {n}"}),
+            rollout_line(
+                w, "response_item", {"type": "message", "role": "assistant", "content": answer}
+            ),
+            rollout_line(
+                w,
+                "response_item",
+                {"type": "function_call", "name": "shell", "arguments": "{}", "call_id": f"c{n}"},
+            ),
+            rollout_line(
+                w,
+                "response_item",
+                {"type": "function_call_output", "call_id": f"c{n}", "output": "ok"},
+            ),
+            rollout_line(w, "event_msg", {"type": "token_count", "info": info}),
+        ]
+    )
+
+
+def codex_meta(ms: int, session: str, parent: str | None = None, stamp: int | None = None) -> bytes:
+    payload: dict[str, Any] = {"id": session, "timestamp": iso_of(ms), "cwd": "/srv/app"}
+    if parent is not None:
+        payload["forked_from_id"] = parent
+    return rollout_line(ms if stamp is None else stamp, "session_meta", payload)
+
+
+def codex_parent() -> tuple[str, list[bytes]]:
+    """A parent rollout's lines (its id, and each line) with two turns."""
+    pid = uuid7(_T0)
+    lines = codex_meta(_T0, pid).splitlines(keepends=True)
+    lines += codex_turn(
+        _T0 + 1000, None, 1, model="gpt-5", totals=(1000, 200, 100), last=(1000, 200, 100)
+    ).splitlines(keepends=True)
+    lines += codex_turn(
+        _T0 + 60_000, None, 2, model="gpt-5", totals=(3000, 1000, 300), last=(2000, 800, 200)
+    ).splitlines(keepends=True)
+    return pid, lines
+
+
+def codex_fork(copied: list[bytes], parent: str, created: int, **turn: Any) -> tuple[str, bytes]:
+    """A fork created at ``created``: its meta, the copied lines re-stamped at ``created``,
+    and one own turn 30 s later (``turn``: overrides for :func:`codex_turn`)."""
+    fid = uuid7(created, 1)
+    restamped = [
+        line.replace(b'"timestamp":"', b'"timestamp":"' + iso_of(created).encode() + b'","x":"', 1)
+        for line in copied
+    ]
+    own = {
+        "model": "gpt-5.1",
+        "totals": (3000 + 500, 1000 + 100, 300 + 50),
+        "last": (500, 100, 50),
+    } | turn
+    data = codex_meta(created, fid, parent) + b"".join(restamped)
+    return fid, data + codex_turn(created + 30_000, None, 9, **own)
+
+
+def test_a_codex_fork_counts_its_own_turns_only() -> None:
+    """A fork's rollout starts with a copy of its parent's: its messages are repeated (shown,
+    not counted), its tokens are the fork's totals less the parent's, its model, title and
+    times are the fork's own."""
+    pid, parent = codex_parent()
+    created = _T0 + 3_600_000
+    fid, data = codex_fork(parent, pid, created)
+    reader = READERS["codex"]
+    rel = f"sessions/2026/09/21/rollout-2026-09-21T00-00-00-{fid}.jsonl".encode()
+    facts = index_file(reader, rel, data)
+    assert (facts.session_id, facts.forked_from) == (fid, pid)
+    assert (facts.user, facts.assistant, facts.tool, facts.system, facts.other) == (1, 2, 1, 0, 0)
+    assert (facts.tool_calls, facts.repeated, facts.shown) == (1, 8, 12)
+    assert (facts.tokens_in, facts.tokens_cache_read, facts.tokens_out) == (400, 100, 50)
+    assert (facts.models, facts.title) == (["gpt-5.1"], "question 9")
+    assert (facts.first_ts, facts.last_ts) == (iso_of(created), iso_of(created + 30_000))
+    assert facts.copied_before_ms is None  # past the copy
+    # The parent alone, as before: everything counts.
+    whole = fold(reader, b"".join(parent))
+    assert (whole.user, whole.tool_calls, whole.repeated, whole.tokens_out) == (2, 2, 0, 300)
+    # However the file is cut into syncs, line by line or mid-line: the same facts.
+    ends = [i + 1 for i, byte in enumerate(data) if byte == 0x0A]
+    rng = random.Random(2)
+    want = sg.facts_dict(facts) | {"repeated": 8, "forked_from": pid}
+    for _ in range(40):
+        got, start = SessionFacts(session_id=fid), 0
+        for end in [*sorted(rng.sample(ends, 3)), len(data)]:
+            piece = data[start:end]
+            cuts = sorted(rng.randint(0, len(piece)) for _ in range(2))
+            got = roundtrip(fold(reader, piece, facts=got, start=start, cuts=cuts))
+            start = end
+        assert (
+            sg.facts_dict(got) | {"repeated": got.repeated, "forked_from": got.forked_from} == want
+        )
+
+
+def test_codex_fork_shapes() -> None:
+    reader = READERS["codex"]
+    pid, parent = codex_parent()
+    created = _T0 + 3_600_000
+    # A fork of a fork: the copy holds the first fork's own turn (begun after the parent,
+    # before this fork), still copied.
+    mid, first = codex_fork(parent, pid, created)
+    later = created + 3_600_000
+    _fid, data = codex_fork(
+        first.splitlines(keepends=True),
+        mid,
+        later,
+        totals=(3500 + 70, 1100 + 7, 350 + 9),
+        last=(70, 7, 9),
+    )
+    facts = fold(reader, data)
+    assert (facts.user, facts.repeated, facts.forked_from) == (1, 12, mid)
+    assert (facts.tokens_in, facts.tokens_cache_read, facts.tokens_out) == (63, 7, 9)
+    # A sub-agent forked without its parent's token events: its first own total less that
+    # event's own usage is where its totals started.
+    _fid, data = codex_fork(
+        [line for line in parent if b"token_count" not in line],
+        pid,
+        created,
+        totals=(3000 + 500, 1000 + 100, 300 + 50),
+        last=(500, 100, 50),
+    )
+    facts = fold(reader, data)
+    assert (facts.tokens_in, facts.tokens_cache_read, facts.tokens_out) == (400, 100, 50)
+    # Totals that restart below the base are the fork's own.
+    _fid, data = codex_fork(parent, pid, created, totals=(40, 10, 5), last=(40, 10, 5))
+    facts = fold(reader, data)
+    assert (facts.tokens_in, facts.tokens_cache_read, facts.tokens_out) == (30, 10, 5)
+    # Older Codex, turns without UUIDv7 ids: a turn written well after the fork's creation is
+    # its own; the copy, written as the fork was created, is not.
+    legacy = [
+        line.replace(b'"turn_id":"', b'"turn_id":"x', 1) if b"turn_id" in line else line
+        for line in parent
+    ]
+    for own_id in (None, "3f1e0a52-9c1d-4e2b-8f00-000000000009"):
+        _fid, data = codex_fork(legacy, pid, created, turn_id=own_id)
+        facts = fold(reader, data)
+        assert (facts.user, facts.repeated, facts.tokens_out) == (1, 8, 50), own_id
+    # A fork whose creation time cannot be read (no UUIDv7 id, no times) counts as before.
+    meta = {"id": "fork", "forked_from_id": pid}
+    data = msgspec.json.encode({"type": "session_meta", "payload": meta}) + b"\n"
+    data += b"".join(parent[1:])
+    facts = fold(reader, data)
+    assert (facts.user, facts.repeated, facts.forked_from) == (2, 0, pid)
+
+
 def test_picoclaw_compaction_rewrite() -> None:
     before = sg.generate("picoclaw", random.Random(3), messages=60, malformed=3, blank_lines=2)
     after = sg.compact_picoclaw(before, 12)
@@ -603,11 +795,11 @@ def test_message_renders_text_and_tool_calls(fmt: str, seed: int) -> None:
     facts = SessionFacts()
     for item in JsonlDecoder(reader.line_type).feed(session.data):
         if isinstance(item, Record):
-            before = facts.messages
+            before = facts.shown
             reader.update(facts, item.value)
             message = reader.message(item.value, item.offset)
             # update() counts exactly the lines message() renders (show's numbering).
-            assert facts.messages - before == (message is not None)
+            assert facts.shown - before == (message is not None)
             if message is not None:
                 shown.append(message)
     assert len(shown) == len(session.messages)
@@ -654,6 +846,195 @@ def test_non_message_lines_render_nothing(fmt: str) -> None:
     facts = SessionFacts()
     reader.update(facts, value)
     assert facts.messages == 0
+
+
+# --- gemini-cli records, read by the generic jsonl format ------------------------------------
+
+
+def gemini_chat(rng: random.Random, turns: int) -> tuple[bytes, dict[str, Any], list[Any]]:
+    """A gemini-cli ``.jsonl`` chat written as its ChatRecordingService writes one: metadata,
+    then per turn a user record, the model's record (written again, whole, when its tokens
+    and each batch of tool calls arrive), ``$set`` patches; a CLI note now and then.
+    Returns the bytes, the facts expected and the (role, text, tool names) of every shown
+    message."""
+    lines: list[dict[str, Any]] = [
+        {
+            "sessionId": "9f1c2b3a-0000-4000-8000-000000000001",
+            "projectHash": "ab" * 32,
+            "startTime": "2026-11-20T10:00:00.000Z",
+            "lastUpdated": "2026-11-20T10:00:00.000Z",
+            "kind": "main",
+        }
+    ]
+    want = dict.fromkeys(("user", "assistant", "system", "repeated", "tool_calls"), 0)
+    want.update(tokens_in=0, tokens_out=0, tokens_cache_read=0)
+    shown: list[Any] = []
+    second = 0
+    last = ""  # the latest record's time (patches and tool calls have times of their own)
+
+    def stamp(record: bool = False) -> str:
+        nonlocal second, last
+        second += 1
+        at = f"2026-11-20T10:{second // 60:02d}:{second % 60:02d}.000Z"
+        last = at if record else last
+        return at
+
+    for turn in range(turns):
+        text = f"turn {turn}: please fix the parser"
+        content: Any = [{"text": text}] if rng.random() < 0.5 else text
+        lines.append(
+            {"id": f"u{turn}", "timestamp": stamp(True), "type": "user", "content": content}
+        )
+        want["user"] += 1
+        shown.append(("user", text, []))
+        lines.append({"$set": {"lastUpdated": stamp()}})
+        gid = f"g{turn}"
+        record: dict[str, Any] = {
+            "id": gid,
+            "timestamp": stamp(True),
+            "type": "gemini",
+            "content": f"answer {turn}",
+            "thoughts": [],
+            "tokens": None,
+            "model": "gemini-2.5-pro",
+        }
+        lines.append(dict(record))
+        want["assistant"] += 1
+        shown.append(("assistant", f"answer {turn}", []))
+        inp, out, cached, thoughts, tool = (rng.randint(100, 5000) for _ in range(5))
+        cached = min(cached, inp)
+        record["tokens"] = {
+            "input": inp,
+            "output": out,
+            "cached": cached,
+            "thoughts": thoughts,
+            "tool": tool,
+            "total": inp + out + thoughts + tool,
+        }
+        lines.append(dict(record))  # recordMessageTokens: the same message again
+        want["repeated"] += 1
+        shown.append(("assistant", f"answer {turn}", []))
+        want["tokens_in"] += inp - cached + tool
+        want["tokens_out"] += out + thoughts
+        want["tokens_cache_read"] += cached
+        calls: list[dict[str, Any]] = []
+        for batch in range(rng.randint(0, 2)):  # recordToolCalls, once per batch
+            calls = calls + [
+                {
+                    "id": f"c{turn}-{batch}-{n}",
+                    "name": rng.choice(("read_file", "run_shell_command", "replace")),
+                    "args": {"path": f"src/m{n}.py"},
+                    "result": [{"functionResponse": {"response": {"output": "ok"}}}],
+                    "status": "success",
+                    "timestamp": stamp(),
+                }
+                for n in range(rng.randint(1, 3))
+            ]
+            record["toolCalls"] = calls
+            lines.append(dict(record))
+            want["repeated"] += 1
+            shown.append(("assistant", f"answer {turn}", [c["name"] for c in calls]))
+        want["tool_calls"] += len(calls)
+        lines.append({"$set": {"lastUpdated": stamp()}})
+        if rng.random() < 0.3:
+            lines.append(
+                {"id": f"i{turn}", "timestamp": stamp(True), "type": "info", "content": "Retrying."}
+            )
+            want["system"] += 1
+            shown.append(("system", "Retrying.", []))
+    data = b"".join(msgspec.json.encode(line) + b"\n" for line in lines)
+    want.update(
+        models=["gemini-2.5-pro"],
+        title="turn 0: please fix the parser",
+        first_ts="2026-11-20T10:00:01.000Z",
+        last_ts=last,
+        lines=len(lines),
+        bytes=len(data),
+    )
+    return data, want, shown
+
+
+def test_gemini_cli_records_are_messages_counted_once() -> None:
+    reader = READERS["jsonl"]
+    for seed in range(6):
+        data, want, shown = gemini_chat(random.Random(seed), turns=1 + seed * 3)
+        facts = fold(reader, data)
+        got = sg.facts_dict(facts) | {"repeated": facts.repeated}
+        assert {k: got[k] for k in want} == want, seed
+        assert facts.tool == facts.other == facts.tokens_cache_write == facts.malformed == 0
+        # show renders every record written, the repeated ones too, as the facts number them.
+        messages = [
+            reader.message(item.value, item.offset)
+            for item in JsonlDecoder(reader.line_type).feed(data)
+            if isinstance(item, Record)
+        ]
+        rendered = [(m.role, m.text, [c.name for c in m.tool_calls]) for m in messages if m]
+        assert rendered == shown and len(rendered) == facts.shown, seed
+
+
+def test_gemini_cli_records_fold_alike_however_cut() -> None:
+    data, _want, _shown = gemini_chat(random.Random(7), turns=12)
+    reader = READERS["jsonl"]
+    whole = sg.facts_dict(fold(reader, data))
+    rng = random.Random(8)
+    ends = [i + 1 for i, byte in enumerate(data) if byte == 0x0A]
+    for _ in range(30):
+        facts, start = SessionFacts(), 0
+        for end in [*sorted(rng.sample(ends, 4)), len(data)]:
+            piece = data[start:end]
+            cuts = sorted(rng.randint(0, len(piece)) for _ in range(3))
+            facts = roundtrip(fold(reader, piece, facts=facts, start=start, cuts=cuts))
+            start = end
+        assert sg.facts_dict(facts) == whole
+
+
+def test_gemini_cli_record_shapes() -> None:
+    reader = READERS["jsonl"]
+
+    def folded(*records: dict[str, Any]) -> tuple[SessionFacts, list[Any]]:
+        data = b"".join(msgspec.json.encode(r) + b"\n" for r in records)
+        facts = fold(reader, data)
+        values = [i.value for i in JsonlDecoder(reader.line_type).feed(data)]
+        return facts, [reader.message(v, 0) for v in values]
+
+    # Content as one part, a list of strings and parts, a string; a tool call without args.
+    facts, shown = folded(
+        {"id": "a", "type": "user", "content": {"text": "one part"}},
+        {"id": "b", "type": "user", "content": ["plain ", {"text": "and a part"}]},
+        {"id": "c", "type": "gemini", "content": "", "toolCalls": [{"name": "ls"}, 7]},
+        {"id": "d", "type": "error", "content": "quota exceeded", "timestamp": 1767225600},
+        {"id": "e", "type": "warning", "content": "slow"},
+    )
+    assert [m.text for m in shown] == [
+        "one part",
+        "plain \nand a part",
+        "",
+        "quota exceeded",
+        "slow",
+    ]
+    assert [c.name for c in shown[2].tool_calls] == ["ls", "?"] and facts.tool_calls == 2
+    assert (facts.user, facts.assistant, facts.system, facts.title) == (2, 1, 2, "one part")
+    assert shown[3].role == "system" and shown[3].timestamp == "2026-01-01T00:00:00.000Z"
+    # Not records: no string id, another type, a role (a chat line), metadata and patches.
+    facts, shown = folded(
+        {"id": 5, "type": "user", "content": "x"},
+        {"id": "x", "type": "event", "content": "x"},
+        {"type": "error", "message": "boom"},
+        {"sessionId": "s", "projectHash": "h", "startTime": "2026-01-01T00:00:00Z"},
+        {"$set": {"lastUpdated": "2026-01-01T00:00:00Z", "messages": []}},
+        {"$rewindTo": "a"},
+    )
+    assert shown == [None] * 6 and facts.messages == facts.repeated == 0
+    facts, shown = folded({"id": "r1", "type": "gemini", "role": "user", "content": "chat"})
+    assert (facts.user, facts.assistant, shown[0].role) == (1, 0, "user")  # role wins
+    # Tokens of odd shapes count nothing; the same id again is one message.
+    facts, _ = folded(
+        {"id": "g", "type": "gemini", "tokens": {"input": "9", "output": -4, "cached": True}},
+        {"id": "g", "type": "gemini", "tokens": [1, 2]},
+        {"id": "g", "type": "gemini", "tokens": {"input": 10, "output": 2, "cached": 20}},
+    )
+    assert (facts.assistant, facts.repeated) == (1, 2)
+    assert (facts.tokens_in, facts.tokens_out, facts.tokens_cache_read) == (0, 2, 20)
 
 
 # --- paths ----------------------------------------------------------------------------------
@@ -745,6 +1126,29 @@ def test_only_openclaws_tombstones_are_deleted_by_the_agent() -> None:
     for fmt in ALL:
         if fmt != "openclaw":
             assert not READERS[fmt].deleted_by_agent(b"sessions/5f0c.jsonl.deleted.1")
+
+
+def test_archives_are_archived_by_the_agent() -> None:
+    """OpenClaw's /new and /reset archives and ClawPal's sessions_archive/, and Codex's
+    archived_sessions/: archived. A tombstone is deleted, not archived; live files are
+    neither, in every format."""
+    openclaw, codex = READERS["openclaw"], READERS["codex"]
+    for path, archived in [
+        ("agents/ops/sessions/5f0c.jsonl.reset.2026-01-02T03-04-05.678Z", True),
+        ("agents/ops/sessions_archive/5f0c.jsonl", True),
+        ("agents/ops/sessions_archive/5f0c-topic-7.jsonl", True),
+        ("agents/ops/sessions/5f0c.jsonl", False),
+        ("agents/ops/sessions/5f0c.jsonl.deleted.2026-01-02T03-04-05Z", False),
+        ("agents/ops/sessions/x.jsonl.reset.y.jsonl", False),  # a live file's name
+    ]:
+        assert openclaw.archived_by_agent(path.encode()) is archived, path
+    rollout = "rollout-2026-01-02T10-11-12-0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b.jsonl"
+    assert codex.archived_by_agent(f"archived_sessions/{rollout}".encode())
+    assert not codex.archived_by_agent(f"sessions/2026/01/02/{rollout}".encode())
+    for fmt in ALL:
+        if fmt not in ("openclaw", "codex"):
+            assert not READERS[fmt].archived_by_agent(b"sessions_archive/x.jsonl.reset.1")
+            assert not READERS[fmt].archived_by_agent(b"archived_sessions/rollout-x.jsonl")
 
 
 @pytest.mark.parametrize("fmt", ALL)

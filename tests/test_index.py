@@ -165,6 +165,40 @@ def test_index_after_many_incremental_syncs_equals_a_rebuild(
     assert main(["index", "rebuild", "--dest", str(dest)]) == 0
 
 
+def test_a_codex_fork_synced_in_pieces_counts_its_parent_once(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Codex fork copies its parent's rollout before its own turns: synced while it is
+    written (cut inside the copy and mid-line), its facts equal a rebuild's, and the
+    totals count the parent's messages and tokens once."""
+    from test_formats import codex_fork, codex_parent
+
+    root = fleet.path("h0", "codex")
+    day = root / "sessions" / "2026" / "09" / "21"
+    day.mkdir(parents=True)
+    pid, parent = codex_parent()
+    fid, data = codex_fork(parent, pid, 1_790_003_600_000)
+    (day / f"rollout-2026-09-21T00-00-00-{pid}.jsonl").write_bytes(b"".join(parent))
+    fork = day / f"rollout-2026-09-21T01-00-00-{fid}.jsonl"
+    fork.write_bytes(b"")
+    make_readable(root)
+    inv, dest = inventory(fleet, tmp_path, "codex", root), tmp_path / "m"
+    rng = random.Random(12)
+    cuts = sorted(rng.sample(range(1, len(data)), 6))
+    for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+        with open(fork, "ab") as out:
+            out.write(data[start:end])
+        assert sync(inv, dest) == 0
+    capsys.readouterr()
+    incremental = index_facts(dest)
+    rebuild_index(dest)
+    assert index_facts(dest) == incremental
+    assert main(["sessions", "stats", "--dest", str(dest), "--json"]) == 0
+    (total,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (total["sessions"], total["messages"], total["tool_calls"]) == (2, 8 + 4, 2 + 1)
+    assert (total["tokens_out"], total["tokens_cache_read"]) == (300 + 50, 1000 + 100)
+
+
 @pytest.mark.parametrize("worker", [False, True], ids=["in-process", "worker"])
 def test_rounds_with_no_index_then_indexed_rounds_equal_a_rebuild(
     fleet: SSHFleet,
@@ -254,7 +288,10 @@ def test_a_session_archived_by_the_host_counts_once(
     capsys.readouterr()
     assert main(["sessions", "list", "--dest", str(dest), "--json"]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(listed) == 3 and all(r["state"] == "live" for r in listed)
+    # The archive is listed as archived (the host's /reset archived it), in place of its old
+    # name, which is renamed.
+    states = {r["path"]: r["state"] for r in listed}
+    assert len(listed) == 3 and states[archived.relative_to(tree.root).as_posix()] == "archived"
     assert main(["sessions", "list", "--dest", str(dest), "--state", "renamed", "--json"]) == 0
     (old,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert old["path"] == target.rel.decode()
@@ -322,7 +359,7 @@ def test_a_session_the_agent_deleted_is_listed_as_deleted_once(
         return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
     states = sorted(str(r["state"]) for r in listed())
-    assert states == ["deleted", "live", "live"]
+    assert states == ["archived", "deleted", "live"]  # the tree holds a /reset archive too
     (deleted,) = listed("--state", "deleted")
     assert str(deleted["path"]).endswith(".deleted.2026-11-21T10-00-00.000Z")
     (old,) = listed("--state", "renamed")

@@ -287,6 +287,58 @@ def test_list_rows_state_class_and_default_order(db: Any) -> None:
     assert later["fresh"] == "low" and later["big"] == "valuable"
 
 
+def test_archives_the_agent_keeps_are_archived(tmp_path: Path) -> None:
+    """OpenClaw's /reset archives and sessions_archive/, Codex's archived_sessions/: archived,
+    listed and counted by default; a tombstone stays deleted, an archive gone from the
+    remote is deleted, one with versions kept is rewritten."""
+    sessions = "agents/main/sessions"
+    entries = [
+        Spec("h0", "openclaw", f"{sessions}/live.jsonl".encode(), facts("live")),
+        Spec(
+            "h0", "openclaw", f"{sessions}/r.jsonl.reset.2026-11-21T10-00-00Z".encode(), facts("r")
+        ),
+        Spec("h0", "openclaw", b"agents/main/sessions_archive/old.jsonl", facts("old")),
+        Spec(
+            "h0",
+            "openclaw",
+            f"{sessions}/d.jsonl.deleted.2026-11-21T10-00-00Z".encode(),
+            facts("d"),
+        ),
+        Spec(
+            "h0",
+            "openclaw",
+            b"agents/main/sessions_archive/gone.jsonl",
+            facts("gone"),
+            state="deleted",
+        ),
+        Spec("h0", "openclaw", b"agents/main/sessions_archive/v.jsonl", facts("v"), version=1),
+        Spec("h1", "codex", b"sessions/2026/11/01/rollout-a.jsonl", facts("a")),
+        Spec("h1", "codex", b"archived_sessions/rollout-b.jsonl", facts("b")),
+    ]
+    dest = tmp_path / "mirror"
+    build_index(dest, entries)
+    conn = open_index(dest)
+    try:
+        states = {r.session_id: r.state for r in query_sessions(conn, now=NOW)}
+        assert states == {
+            "live": "live",
+            "r": "archived",
+            "old": "archived",
+            "d": "deleted",
+            "gone": "deleted",
+            "v": "rewritten",
+            "a": "live",
+            "b": "archived",
+        }
+        archived = query_sessions(conn, state="archived", sort="session_id", now=NOW)
+        assert [r.session_id for r in archived] == ["b", "old", "r"]
+        (total,) = session_stats(conn, by="format", host="h1", now=NOW)
+        assert total.sessions == 2  # the archived rollout counts
+        assert find_session(conn, "h1", "b").row.state == "archived"
+    finally:
+        conn.close()
+
+
 def test_filters_and_limit(db: Any) -> None:
     def q(**kw: Any) -> list[str]:
         return ids(query_sessions(db, now=NOW, **kw))
@@ -690,6 +742,29 @@ def test_find_session_by_path_id_prefix_and_escaped_path(db: Any) -> None:
         find_session(db, "h1", "dup")
     with pytest.raises(ConfigError, match="no session"):
         find_session(db, "h0", "rollout-a")  # another host's
+
+
+def test_find_a_picoclaw_session_by_its_key(tmp_path: Path) -> None:
+    """A picoclaw key names the session its file name spells (':', '/', '\\' → '_'); an id
+    as given still matches exactly; other formats' ids are matched as given only."""
+    dest = tmp_path / "mirror"
+    build_index(
+        dest,
+        [
+            Spec("p", "picoclaw", b"sessions/telegram_42.jsonl", facts("telegram_42")),
+            Spec("p", "picoclaw", b"sessions/odd:name.jsonl", facts("odd:name")),
+            Spec("o", "openclaw", b"agents/a/sessions/x_y.jsonl", facts("x_y", agent="a")),
+        ],
+    )
+    conn = open_index(dest)
+    try:
+        for session in ("telegram:42", "telegram/42", "telegram\\42", "telegram_42", "telegram:4"):
+            assert find_session(conn, "p", session).row.session_id == "telegram_42", session
+        assert find_session(conn, "p", "odd:name").row.session_id == "odd:name"  # exact
+        with pytest.raises(ConfigError, match="no session"):
+            find_session(conn, "o", "x:y")
+    finally:
+        conn.close()
 
 
 def test_arguments_that_are_not_utf8_match_nothing_cleanly(
@@ -1103,8 +1178,15 @@ def test_every_format_synced_listed_and_shown(
         if key[0].endswith("-claude-code"):
             assert row.cost is not None and row.cost > 0, key
         assert {k: got[k] for k in expected} == expected, key
-        # OpenClaw's .deleted. tombstones are sessions the agent deleted; the rest are live.
-        state = "deleted" if ".jsonl.deleted." in key[1] else "live"
+        # OpenClaw's .deleted. tombstones are sessions the agent deleted; its .reset. archives
+        # and sessions_archive/, and Codex's archived_sessions/, sessions it archived.
+        archives = (".jsonl.reset.", "/sessions_archive/", "archived_sessions/")
+        if ".jsonl.deleted." in key[1]:
+            state = "deleted"
+        elif any(part in key[1] for part in archives):
+            state = "archived"
+        else:
+            state = "live"
         assert row.format == key[0].removeprefix(f"{host}-") and row.state == state, key
 
     code, out, _ = cli(["sessions", "stats", "--by", "format", "--json", "-d", str(dest)], capsys)
@@ -1218,6 +1300,60 @@ def test_sessions_after_a_real_sync(
     code, out, err = cli(["sessions", "show", h0, "h0-a0-s0", *remote_show], capsys)
     assert code == 0, err
     assert text_numbers(json_rows(out, Message)) == list(range(9, 15))
+
+
+def test_show_numbers_a_gemini_record_written_again_like_the_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gemini-cli writes its last message again under the same id: the row counts it once,
+    show renders every version, and show's numbers (page marks, a tail's first, the
+    footer's total) count what it renders."""
+    from test_formats import gemini_chat
+
+    data, want, rendered = gemini_chat(random.Random(3), turns=160)
+    assert len(rendered) > 2 * MARK_EVERY and want["repeated"] > 0
+    dest = tmp_path / "mirror"
+    rel = "chats/session-2026-11-20T10-00-9f1c2b3a.jsonl"
+    make_mirror(dest, "g", "jsonl", {rel: data})
+    assert main(["index", "rebuild", "--dest", str(dest)]) == 0
+    everything = rendered
+
+    def got(messages: list[Message]) -> list[tuple[str, str, list[str]]]:
+        return [(m.role, m.text, [c.name for c in m.tool_calls]) for m in messages]
+
+    row, tail = show_session(dest, "g", rel, tail=7)
+    assert row.messages == want["user"] + want["assistant"] + want["system"]
+    assert row.tool_calls == want["tool_calls"] and row.tokens_in == want["tokens_in"]
+    assert got(tail.messages) == everything[-7:] and tail.first == len(everything) - 7
+    assert tail.total == len(everything)
+    for size in (50, 256):
+        for page in (1, 2, len(everything) // size + 1):
+            _, result = show_session(dest, "g", rel, page=page, page_size=size)
+            assert got(result.messages) == everything[(page - 1) * size : page * size]
+    capsys.readouterr()
+    assert main(["sessions", "show", "g", rel, "--dest", str(dest), "--page", "2"]) == 0
+    pages = -(-len(everything) // 50)
+    footer = capsys.readouterr().err
+    assert f"page 2 of {pages} ({len(everything)} messages, {want['repeated']} of them" in footer
+
+
+def test_show_numbers_a_codex_forks_copied_history(tmp_path: Path) -> None:
+    """show renders a fork's copy of its parent's history (repeated: not counted), and
+    numbers it with the fork's own messages."""
+    from test_formats import codex_fork, codex_parent
+
+    pid, parent = codex_parent()
+    fid, data = codex_fork(parent, pid, 1_790_003_600_000)
+    dest = tmp_path / "mirror"
+    rel = f"sessions/2026/09/21/rollout-2026-09-21T01-00-00-{fid}.jsonl"
+    make_mirror(dest, "c", "codex", {rel: data})
+    assert main(["index", "rebuild", "--dest", str(dest)]) == 0
+    row, tail = show_session(dest, "c", fid, tail=5)
+    assert (row.messages, row.user_messages, tail.total, tail.first) == (4, 1, 12, 7)
+    assert [m.role for m in tail.messages] == ["tool", "user", "assistant", "assistant", "tool"]
+    assert tail.messages[1].text == "question 9"
+    _, page = show_session(dest, "c", fid, page=2, page_size=4)
+    assert [m.text for m in page.messages if m.role == "user"] == ["question 2"]
 
 
 def test_index_rebuild_waits_for_no_one(

@@ -581,6 +581,52 @@ def test_show_remote_resolves_prefixes_like_the_mirror(
     assert anyio.run(commands, "dup") == 2
 
 
+def picoclaw_session(messages: int, start: int) -> bytes:
+    """A picoclaw transcript whose message texts start with ``msg <number>``."""
+    return b"".join(
+        b'{"role":"%s","content":"msg %d","created_at":"2026-11-20T09:00:%02dZ"}\n'
+        % (b"user" if i % 2 == 0 else b"assistant", i, i % 60)
+        for i in range(start, start + messages)
+    )
+
+
+def test_show_finds_a_picoclaw_session_by_its_key(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """picoclaw names a session's files after its key with ':', '/' and '\\' replaced by
+    '_': ``show`` takes the key (or a prefix of it) as well as the file's id, over a mirror
+    and straight from the host alike."""
+    name = fleet.names[0]
+    keys = ["telegram:123456", "agent:main:main", "cli/default\\7"]
+    for i, key in enumerate(keys):
+        stem = key.replace(":", "_").replace("/", "_").replace("\\", "_")
+        fleet.write(name, f"sessions/{stem}.jsonl", picoclaw_session(2, i * 10))
+        fleet.write(name, f"sessions/{stem}.meta.json", b'{"key": "%s"}' % key.encode())
+    subprocess.run(["chmod", "-R", "a+rX", str(fleet.path(name))], check=True)
+    inventory = write_inventory(fleet, tmp_path / "inv.toml", [name], 'format = "picoclaw"')
+    dest = tmp_path / "mirror"
+    assert main(["sync", "--inventory", str(inventory), "--dest", str(dest), "--json"]) == 0
+    capsys.readouterr()
+    where = {"mirror": ["-d", str(dest)], "remote": ["--remote", "-I", str(inventory)]}
+    for how, options in where.items():
+        for session, first in (
+            ("telegram:123456", 0),  # the key
+            ("telegram_123456", 0),  # the file's id
+            ("telegram:12", 0),  # a unique prefix of the key
+            ("agent:main:main", 10),
+            ("cli/default\\7", 20),
+            ("cli/default", 20),
+        ):
+            code, out, err = cli(
+                ["sessions", "show", "--json", *options, "--", name, session], capsys
+            )
+            assert code == 0, (how, session, err)
+            found = [msgspec.json.decode(line, type=Message) for line in out.splitlines()]
+            assert text_numbers(found) == [first, first + 1], (how, session)
+        code, _, err = cli(["sessions", "show", *options, "--", name, "telegram:9"], capsys)
+        assert code == 2 and "no session 'telegram:9'" in err, (how, err)
+
+
 def test_show_remote_reads_little_of_a_big_session(fleet: Any, tmp_path: Path) -> None:
     name = fleet.names[0]
     count = 60_000  # about 14 MB

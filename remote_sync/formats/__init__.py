@@ -22,7 +22,8 @@ Where the formats keep their sessions:
   ``<key>.meta.json`` beside each. Its JSONL files are rewritten in place on compaction, so
   "append-only" is only the common case: the mirror detects a rewrite and copies the file anew.
 * ``pi`` (``~/.pi/agent``): ``sessions/`` (per-cwd directories of ``*.jsonl`` sessions).
-* ``jsonl``: generic; no default root or include globs, the inventory must give both.
+* ``jsonl``: generic; no default root or include globs, the inventory must give both. It
+  also reads gemini-cli's ``.jsonl`` chats (``~/.gemini/tmp/<hash>/chats/``).
 
 How each format's transcripts are read (which files are transcripts, their identity, and
 the facts and messages of their lines) is in :mod:`remote_sync.formats.readers` and the

@@ -137,8 +137,14 @@ class ClaudeCodeReader:
             return segs[0], f"{segs[1]}/{stem}"
         return (segs[0] if len(segs) >= 2 else None), stem
 
+    def id_of_key(self, key: str) -> str:
+        return key  # ids are spelled as the agent spells them
+
     def deleted_by_agent(self, path: bytes) -> bool:
         return False  # this agent deletes a transcript by removing its file
+
+    def archived_by_agent(self, path: bytes) -> bool:
+        return False  # Claude Code has no archive: old transcripts are deleted
 
     def update(self, facts: SessionFacts, line: ClaudeLine) -> None:
         msg = line.message

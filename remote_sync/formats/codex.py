@@ -3,16 +3,21 @@
 What it owns: the line view of a rollout (:class:`CodexLine`) and :class:`CodexReader`.
 
 Files: ``sessions/YYYY/MM/DD/rollout-<time>-<uuid>.jsonl`` and the flat
-``archived_sessions/rollout-*.jsonl``. Not transcripts: ``session_index.jsonl``,
-``history.jsonl`` and anything not named ``rollout-*.jsonl``. Identity from a path: no
-project, and the session id is the uuid at the end of the file name (the stem after
-``rollout-`` when there is none).
+``archived_sessions/rollout-*.jsonl`` (archived by the agent: listed as ``archived``). Not
+transcripts: ``session_index.jsonl``, ``history.jsonl`` and anything not named
+``rollout-*.jsonl``. Identity from a path: no project, and the session id is the uuid at the
+end of the file name (the stem after ``rollout-`` when there is none).
 
 Every line is ``{timestamp, type, payload}``; what is read:
 
 * ``session_meta``: the first one's ``payload.id`` is the session id (a fork's rollout goes on
   with its parent's items, the parent's ``session_meta`` among them); ``payload.cwd`` becomes
-  the project (``agent``) when the path gave none.
+  the project (``agent``) when the path gave none. Its ``forked_from_id`` makes the session a
+  fork (``forked_from``): the copy of the parent's history that follows, up to the fork's
+  own first turn, is not the fork's activity. Its messages are ``repeated`` (``show``
+  renders and numbers them; they are not counted), its tool calls, models, titles and
+  times are not counted, and its last token totals are the base the fork's own totals are
+  counted from (:mod:`remote_sync.formats.codex_fork` says how the copy's end is found).
 * ``response_item`` with ``payload.type``:
 
   - ``message``: a message of ``payload.role`` (``developer`` counts as system). A user
@@ -31,9 +36,10 @@ Every line is ``{timestamp, type, payload}``; what is read:
   them (the last total seen wins): ``tokens_in = input_tokens - cached_input_tokens`` (input
   not served from cache), ``tokens_cache_read = cached_input_tokens``, ``tokens_out =
   output_tokens`` (which includes ``reasoning_output_tokens``); ``tokens_cache_write`` stays
-  0. Other ``event_msg`` lines (``user_message``, ``agent_message``...) repeat response items
-  and are not counted. If a resumed session restarted its totals from zero, the facts show
-  the totals since the restart.
+  0. A fork's totals go on from its parent's: its own are its totals less that base. Other
+  ``event_msg`` lines (``user_message``, ``agent_message``...) repeat response items and are
+  not counted. If a resumed session restarted its totals from zero, the facts show the
+  totals since the restart.
 * ``turn_context``: ``payload.model`` is a model.
 * every line's ``timestamp`` (ISO). Rollouts record no cost.
 """
@@ -46,6 +52,7 @@ from typing import Any
 import msgspec
 
 from ..index.facts import Message, SessionFacts, ToolCall
+from .codex_fork import LATE_TURN_MS, fork_created_ms, iso_ms, own_totals, turn_id_ms
 from .generic import (
     NO_RAW,
     blocks_text,
@@ -63,10 +70,13 @@ __all__ = ["CodexLine", "CodexReader"]
 _TEXT_KINDS = ("input_text", "output_text", "text")
 _CALLS = frozenset({"function_call", "custom_tool_call", "local_shell_call", "web_search_call"})
 _OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output"})
+_TURN_STARTS = frozenset({"task_started", "turn_started"})
 _UUID_AT_END = re.compile(
     r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
 )
 _output_decode = msgspec.json.Decoder().decode
+_ARCHIVED_DIR = "archived_sessions"
+_ARCHIVED_DIR_BYTES = _ARCHIVED_DIR.encode()
 
 
 class CodexBlock(msgspec.Struct, gc=False):
@@ -82,11 +92,15 @@ class CodexUsage(msgspec.Struct, gc=False):
 
 class CodexTokenInfo(msgspec.Struct, gc=False):
     total_token_usage: CodexUsage | None = None
+    last_token_usage: CodexUsage | None = None  # a fork's first own total: see codex_fork
 
 
 class CodexPayload(msgspec.Struct, gc=False):
     type: str | None = None
     id: str | None = None  # session_meta
+    forked_from_id: str | None = None  # session_meta of a fork
+    timestamp: msgspec.Raw = NO_RAW  # session_meta (ISO); kept raw: other payloads vary
+    turn_id: msgspec.Raw = NO_RAW  # turn_context, task_started; kept raw (see codex_fork)
     cwd: str | None = None  # session_meta, turn_context
     model: str | None = None  # turn_context
     role: str | None = None  # message
@@ -120,6 +134,39 @@ def _output_text(raw: msgspec.Raw | None) -> str:
     return text
 
 
+def _totals(usage: CodexUsage) -> tuple[int, int, int]:
+    """(input, cached input, output) of a token usage."""
+    return usage.input_tokens or 0, usage.cached_input_tokens or 0, usage.output_tokens or 0
+
+
+def _own_turn_starts(copied_before: int, kind: str | None, p: CodexPayload, ts: str | None) -> bool:
+    """Does this line of a fork's copied history start a turn of the fork's own (see
+    :mod:`remote_sync.formats.codex_fork`)?"""
+    if kind == "turn_context" or (kind == "event_msg" and p.type in _TURN_STARTS):
+        begun = turn_id_ms(bytes(p.turn_id)) if p.turn_id else None
+        if begun is not None:
+            return begun >= copied_before
+        written = iso_ms(iso_utc(ts)) if ts else None
+        return written is not None and written >= copied_before + LATE_TURN_MS
+    return False
+
+
+def _fold_copied(facts: SessionFacts, kind: str | None, p: CodexPayload | None) -> None:
+    """A line of a fork's copy of its parent's history: not the fork's own activity. A message
+    ``show`` renders is repeated (numbered, not counted); the copy's last token totals are
+    the fork's token base."""
+    if p is None:
+        return
+    if kind == "response_item":
+        item = p.type
+        if item == "message" or item in _CALLS or item in _OUTPUTS:
+            facts.repeated += 1
+    elif kind == "event_msg" and p.type == "token_count" and p.info is not None:
+        total = p.info.total_token_usage
+        if total is not None:
+            facts.token_base = list(_totals(total))
+
+
 class CodexReader:
     """Codex rollouts (see the module docstring)."""
 
@@ -139,11 +186,28 @@ class CodexReader:
         found = _UUID_AT_END.search(stem)
         return None, found.group(1) if found else stem.removeprefix("rollout-")
 
+    def id_of_key(self, key: str) -> str:
+        return key  # ids are spelled as the agent spells them
+
     def deleted_by_agent(self, path: bytes) -> bool:
         return False  # this agent deletes a transcript by removing its file
 
+    def archived_by_agent(self, path: bytes) -> bool:
+        # `codex archive` moves a rollout from sessions/YYYY/MM/DD/ into the flat
+        # archived_sessions/ directory.
+        if _ARCHIVED_DIR_BYTES not in path:
+            return False  # the common case, answered without decoding the path
+        segs = split_path(path)
+        return len(segs) > 1 and segs[-2] == _ARCHIVED_DIR
+
     def update(self, facts: SessionFacts, line: CodexLine) -> None:
         p = line.payload
+        copied_before = facts.copied_before_ms
+        if copied_before is not None:  # a fork, in its copy of its parent's history
+            if p is None or not _own_turn_starts(copied_before, line.type, p, line.timestamp):
+                _fold_copied(facts, line.type, p)
+                return
+            facts.copied_before_ms = None  # the fork's own first turn: the copy is over
         if p is not None:
             kind = line.type
             if kind == "response_item":
@@ -167,10 +231,17 @@ class CodexReader:
                 if info is not None and p.type == "token_count":
                     total = info.total_token_usage
                     if total is not None:
-                        cached = total.cached_input_tokens or 0
-                        facts.tokens_in = max((total.input_tokens or 0) - cached, 0)
+                        inp, cached, out = _totals(total)
+                        if facts.forked_from is not None:
+                            last = info.last_token_usage
+                            facts.token_base, (inp, cached, out) = own_totals(
+                                facts.token_base,
+                                (inp, cached, out),
+                                _totals(last) if last is not None else None,
+                            )
+                        facts.tokens_in = max(inp - cached, 0)
                         facts.tokens_cache_read = cached
-                        facts.tokens_out = total.output_tokens or 0
+                        facts.tokens_out = out
             elif kind == "turn_context":
                 facts.add_model(p.model)
             elif kind == "session_meta":
@@ -179,6 +250,15 @@ class CodexReader:
                 # time seen yet means this is the first line (every line has one).
                 if p.id and facts.first_ts is None:
                     facts.session_id = p.id
+                    if p.forked_from_id:
+                        # A fork: its parent's history follows (see codex_fork).
+                        facts.forked_from = p.forked_from_id
+                        created = raw_string(p.timestamp) if p.timestamp else None
+                        facts.copied_before_ms = fork_created_ms(
+                            p.id,
+                            iso_utc(created) if created else None,
+                            iso_utc(line.timestamp) if line.timestamp else None,
+                        )
                 if facts.agent is None and p.cwd:
                     facts.agent = p.cwd
         ts = line.timestamp

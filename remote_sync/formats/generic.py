@@ -19,7 +19,8 @@ its text is ``content``, ``text`` or ``message.content`` (a string, or a list of
 style ``tool_calls`` lists are counted. A line without a role only contributes its time. Any
 JSON object is a line: fields of unexpected shapes (a ``message`` that is not an object, a
 ``tool_calls`` that is not a list) are ignored, never malformed. The session id is the path
-without ``.jsonl``; there is no agent.
+without ``.jsonl``; there is no agent. The reader registered as ``jsonl`` extends this one
+with gemini-cli's records, which have no role (:mod:`remote_sync.formats.gemini`).
 
 Line views keep bulky text raw (``msgspec.Raw``) and decode it only for a title or for
 ``show``: decoding every text of every line costs more than all the rest of the indexing.
@@ -399,8 +400,14 @@ class GenericReader:
         text = path.decode("utf-8", "replace")
         return None, text.removesuffix(".jsonl")
 
+    def id_of_key(self, key: str) -> str:
+        return key  # ids are spelled as the agent spells them
+
     def deleted_by_agent(self, path: bytes) -> bool:
         return False  # no tombstone names are known in generic JSONL
+
+    def archived_by_agent(self, path: bytes) -> bool:
+        return False  # nor archive names
 
     def _parts(
         self, line: GenericLine

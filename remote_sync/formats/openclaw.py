@@ -12,7 +12,9 @@ Transcripts live in ``agents/<agentId>/sessions/`` (or ClawPal's sibling
   ``-topic-<n>`` suffix, so each topic is a session of its own;
 * ``<sessionId>.jsonl.reset.<ts>`` and ``<sessionId>.jsonl.deleted.<ts>``: archives left by
   ``/new``, ``/reset`` and deletion. Their session id is ``<sessionId>``: the index tells them
-  apart from the live file by path.
+  apart from the live file by path. A ``.reset.`` archive, like every transcript in
+  ``sessions_archive/``, is archived by the agent (``archived_by_agent``: listed as
+  ``archived``); a ``.deleted.`` one is its tombstone (``deleted_by_agent``: ``deleted``).
 
 Not transcripts: ``sessions.json`` (the index), trajectory side files
 ``*.trajectory.jsonl`` / ``*.trajectory-path.json`` (runtime events), repair backups
@@ -34,10 +36,14 @@ from .pi import V3Reader
 
 __all__ = ["OpenClawReader"]
 
-_SESSION_DIRS = ("sessions", "sessions_archive")
+_ARCHIVE_DIR = "sessions_archive"
+_ARCHIVE_DIR_BYTES = _ARCHIVE_DIR.encode()
+_SESSION_DIRS = ("sessions", _ARCHIVE_DIR)
 _DELETED = ".jsonl.deleted."
 _DELETED_BYTES = _DELETED.encode()
-_ARCHIVES = (".jsonl.reset.", _DELETED)
+_RESET = ".jsonl.reset."
+_RESET_BYTES = _RESET.encode()
+_ARCHIVES = (_RESET, _DELETED)
 
 
 def _session_stem(name: str) -> str | None:
@@ -85,6 +91,17 @@ class OpenClawReader(V3Reader):
         name = segs[-1] if segs else ""
         named = _transcript_name(name)
         return named is not None and named[1] == _DELETED
+
+    def archived_by_agent(self, path: bytes) -> bool:
+        # A /new or /reset archive, or a transcript ClawPal moved to sessions_archive/ (a
+        # tombstone is deleted_by_agent, which the index asks first).
+        if _RESET_BYTES not in path and _ARCHIVE_DIR_BYTES not in path:
+            return False  # the common case, answered without decoding the path
+        segs = split_path(path)
+        if len(segs) > 1 and segs[-2] == _ARCHIVE_DIR:
+            return True
+        named = _transcript_name(segs[-1]) if segs else None
+        return named is not None and named[1] == _RESET
 
     def _header_id(self, facts: SessionFacts, header_id: str) -> None:
         pass  # the id is the file name's (see the module docstring)

@@ -106,8 +106,14 @@ class V3Reader:
     def identify(self, path: bytes) -> tuple[str | None, str]:  # pragma: no cover
         raise NotImplementedError
 
+    def id_of_key(self, key: str) -> str:
+        return key  # ids are spelled as the agent spells them
+
     def deleted_by_agent(self, path: bytes) -> bool:
         return False  # pi deletes a session by removing its file; OpenClaw overrides this
+
+    def archived_by_agent(self, path: bytes) -> bool:
+        return False  # pi keeps no archive of sessions; OpenClaw overrides this
 
     def _header_id(self, facts: SessionFacts, header_id: str) -> None:
         # pi names its file after the header's id: the header is the authority (OpenClaw,
@@ -132,7 +138,7 @@ class V3Reader:
         """
         user, assistant, tool = facts.user, facts.assistant, facts.tool
         system, other = facts.system, facts.other
-        messages = user + assistant + tool + system + other
+        messages = user + assistant + tool + system + other + facts.repeated  # as shown
         first, last = facts.first_ts, facts.last_ts
         for i, line in enumerate(lines):
             kind = line.type

@@ -6,7 +6,9 @@ What it owns: the line view of a picoclaw session line (:class:`PicoLine`) and
 Files: ``sessions/<key>.jsonl``, one provider message per line, beside a
 ``<key>.meta.json`` (not a transcript, nor are legacy ``*.json`` / ``*.json.migrated``
 sessions). The file name is the session key with ``:``, ``/`` and ``\\`` replaced by ``_``;
-it is the session id (the real key lives only in the meta file). There is no agent.
+it is the session id (the real key lives only in the meta file), and ``id_of_key`` maps a
+key to it the same way, so that ``sessions show`` finds a session by its key too. There is
+no agent.
 
 Every line with a ``role`` is a message of that role (``tool`` for tool output); each entry
 of ``tool_calls`` is a tool call; ``model_name`` is a model; ``created_at`` (RFC 3339, any
@@ -31,6 +33,9 @@ from ..index.facts import Message, SessionFacts
 from .generic import NO_RAW, canonical_role, iso_utc, raw_string, split_path, tool_call
 
 __all__ = ["PicoLine", "PicoclawReader"]
+
+#: How picoclaw turns a session key into its files' name (pkg/memory/jsonl.go).
+_FILE_NAME_OF_KEY = str.maketrans({":": "_", "/": "_", "\\": "_"})
 
 #: Go's zero ``time.Time`` as ``iso_utc`` gives it: an unset time, not a time.
 _GO_ZERO_TIME = "0001-01-01T00:00:00.000Z"
@@ -75,8 +80,16 @@ class PicoclawReader:
         segs = split_path(path)
         return None, segs[-1].removesuffix(".jsonl") if segs else ""
 
+    def id_of_key(self, key: str) -> str:
+        # picoclaw names a session's files after its key with these replaced, so that
+        # `telegram:123` is the session `telegram_123` (the key itself is only in the meta).
+        return key.translate(_FILE_NAME_OF_KEY)
+
     def deleted_by_agent(self, path: bytes) -> bool:
         return False  # this agent deletes a transcript by removing its file
+
+    def archived_by_agent(self, path: bytes) -> bool:
+        return False  # picoclaw keeps no archive of sessions
 
     def update(self, facts: SessionFacts, line: PicoLine) -> None:
         role = line.role

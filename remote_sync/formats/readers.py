@@ -13,7 +13,9 @@ Contract shared by every reader, which the index relies on:
   given, so folding a file's prefix and then the rest into the same facts equals folding the
   whole file, however the bytes were chunked.
 * ``update`` counts exactly one message for every line ``message`` renders (and none for the
-  lines it returns None for), so message numbers from the facts and from ``show`` agree.
+  lines it returns None for), or, for a line that renders a message counted already (the
+  same record written again), one ``repeated``: so message numbers from the facts
+  (``SessionFacts.shown``) and from ``show`` agree.
 * Timestamps are ISO 8601 UTC with milliseconds and ``Z`` in every format.
 """
 
@@ -23,7 +25,7 @@ from ..errors import ConfigError
 from ..index.facts import FormatReader
 from .claude_code import ClaudeCodeReader
 from .codex import CodexReader
-from .generic import GenericReader
+from .gemini import JsonlReader
 from .openclaw import OpenClawReader
 from .pi import PiReader
 from .picoclaw import PicoclawReader
@@ -38,7 +40,7 @@ READERS: dict[str, FormatReader] = {
         CodexReader(),
         PicoclawReader(),
         PiReader(),
-        GenericReader(),
+        JsonlReader(),
     )
 }
 

@@ -27,7 +27,8 @@ SYSTEM_ROLES = frozenset({"system", "developer"})
 class SessionFacts(msgspec.Struct, kw_only=True):
     """What the index knows about one session; extended record by record.
 
-    Every field is a sum, a max/min, a set or a first value, so facts of a file's prefix plus
+    Every field is a sum, a max/min, a set, a first value or the state a reader carries from
+    one record to the next (kept here, never in the reader), so facts of a file's prefix plus
     the records of its new bytes equal the facts of the whole file.
     """
 
@@ -41,6 +42,11 @@ class SessionFacts(msgspec.Struct, kw_only=True):
     tool: int = 0
     system: int = 0
     other: int = 0
+    #: Lines ``show`` renders as messages that are not counted as messages: the same message
+    #: written again (gemini-cli rewrites its last record under the same id), or a Codex
+    #: fork's copy of its parent's history. They are numbered by ``show`` and by the page
+    #: marks like the rest (see :attr:`shown`).
+    repeated: int = 0
     tool_calls: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
@@ -54,10 +60,30 @@ class SessionFacts(msgspec.Struct, kw_only=True):
     #: Claude Code repeats one response's usage (and ``costUSD``) on each of its lines:
     #: remember recent ``message.id:requestId`` keys (across syncs) to count each once.
     recent_usage_keys: list[str] = msgspec.field(default_factory=list)
+    #: gemini-cli writes a message record again, whole, under the same id when its tokens or
+    #: tool calls arrive: the id of the last record and what it added (tool calls, tokens in,
+    #: out, cache read), replaced when the record comes again. Only the last one is kept
+    #: (bounded memory); gemini-cli rewrites only its last message.
+    last_record_id: str | None = None
+    last_record_counts: list[int] = msgspec.field(default_factory=list)
+    #: The session this one was forked from (Codex's ``forked_from_id``), when it is a fork.
+    forked_from: str | None = None
+    #: While a fork's copy of its parent's history is read: when the fork was created (epoch
+    #: ms); turns begun before it are copied ones. None otherwise (not a fork, or past the
+    #: copy).
+    copied_before_ms: int | None = None
+    #: A fork's cumulative token totals (input, cached input, output) as its parent left them:
+    #: what its own totals grow from (empty until known). See ``formats/codex_fork.py``.
+    token_base: list[int] = msgspec.field(default_factory=list)
 
     @property
     def messages(self) -> int:
         return self.user + self.assistant + self.tool + self.system + self.other
+
+    @property
+    def shown(self) -> int:
+        """The messages ``show`` renders: those counted and those :attr:`repeated`."""
+        return self.user + self.assistant + self.tool + self.system + self.other + self.repeated
 
     def add_message(self, role: str | None) -> None:
         if role == "user":
@@ -145,18 +171,28 @@ class FormatReader(Protocol):
         """(agent or project, session id) from the path alone."""
         ...
 
+    def id_of_key(self, key: str) -> str:
+        """The session id of the session the agent knows by ``key`` (what a user may type to
+        name it): ``key`` itself, except in a format whose file names spell keys otherwise."""
+        ...
+
     def deleted_by_agent(self, path: bytes) -> bool:
         """Is this transcript one the agent deleted, kept by it under a tombstone's name?"""
+        ...
+
+    def archived_by_agent(self, path: bytes) -> bool:
+        """Is this transcript one the agent archived: moved out of its live sessions under an
+        archive's name or into an archive directory (and not deleted)?"""
         ...
 
     def update(self, facts: SessionFacts, line: Any) -> None:
         """Fold one decoded line into the facts (the caller counts lines and bytes).
 
         A reader may also have ``fold_many(facts, lines, offset_of, marks, mark_every)``: the
-        same for a list of lines, appending ``(messages before, offset_of(i))`` to ``marks``
-        for a line ``i`` that adds a message when the count before it is a multiple of
-        ``mark_every``. The indexer then calls it once per chunk instead of ``update`` once
-        per line.
+        same for a list of lines, appending ``(messages shown before, offset_of(i))`` to
+        ``marks`` for a line ``i`` that ``message`` renders when the count before it is a
+        multiple of ``mark_every``. The indexer then calls it once per chunk instead of
+        ``update`` once per line.
         """
         ...
 

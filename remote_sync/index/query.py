@@ -17,8 +17,10 @@ done in SQL, so ``--limit`` stays fast on a large index. Definitions:
   ``renamed`` when it is gone because the host renamed it (an OpenClaw session archived as
   ``<id>.jsonl.reset.<time>`` or ``.deleted.<time>``: the same conversation is indexed under
   its new name); else ``rewritten`` when earlier copies were kept (the file's ``version`` > 0);
+  else ``archived`` when the agent archived it (OpenClaw's ``.jsonl.reset.<time>`` and
+  ``sessions_archive/``, Codex's ``archived_sessions/``: the reader's ``archived_by_agent``);
   else ``live``. Renamed sessions are left out of listings and totals unless asked for by
-  ``state``, so a conversation counts once.
+  ``state``, so a conversation counts once (its archive counts instead).
 * **class**: ``empty`` when the transcript has fewer than :data:`EMPTY_BYTES` bytes or no
   messages; else ``low`` (low value) when it has at most one user message and its last activity
   (``last_ts``, or the file's mtime when no line had a timestamp) is older than
@@ -48,7 +50,7 @@ import msgspec
 
 from ..errors import ConfigError, path_bytes
 from ..formats.readers import READERS
-from .facts import SessionFacts
+from .facts import FormatReader, SessionFacts
 from .store import INDEX_RULES, INT64_MAX, index_rules, models_list, read_only_uri
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ __all__ = [
     "check_batch_size",
     "filter_rows",
     "find_session",
+    "held_state",
     "iso_instant",
     "open_index",
     "query_sessions",
@@ -82,7 +85,7 @@ EMPTY_BYTES = 500
 LOW_VALUE_AGE = timedelta(days=7)
 DEFAULT_SORT = "-last_ts"
 CLASSES = ("empty", "low", "valuable")
-STATES = ("live", "deleted", "rewritten", "renamed")
+STATES = ("live", "archived", "deleted", "rewritten", "renamed")
 STATS_KEYS = ("host", "agent", "format", "model", "day")
 
 StatsKey = Literal["host", "agent", "format", "model", "day"]
@@ -116,7 +119,7 @@ class SessionRow(msgspec.Struct):
     last_ts: str | None
     title: str | None
     malformed: int
-    state: str  # live | deleted | rewritten
+    state: str  # live | archived | deleted | rewritten | renamed
     klass: str = msgspec.field(name="class")  # empty | low | valuable
 
 
@@ -174,8 +177,7 @@ _SELECT = (
     (
         "state",
         "CASE WHEN f.state IN ('deleted', 'renamed') THEN f.state "
-        "WHEN deleted_by_agent(s.format, s.path) THEN 'deleted' "
-        "WHEN f.version > 0 THEN 'rewritten' ELSE 'live' END",
+        "ELSE held_state(s.format, s.path, f.version) END",
     ),
     (
         "class",
@@ -239,14 +241,26 @@ def open_index(dest: str | Path) -> sqlite3.Connection:
     return db
 
 
-def _deleted_by_agent(format_name: str, path: bytes) -> bool:
-    reader = READERS.get(format_name)
-    return reader is not None and reader.deleted_by_agent(path)
+def held_state(reader: FormatReader | None, path: bytes, version: int | None = 0) -> str:
+    """The state of a transcript the remote still holds at ``path``: ``deleted`` (a tombstone
+    the agent keeps), ``rewritten`` (earlier copies kept: ``version`` > 0), ``archived`` (the
+    agent archived it) or ``live``. Tombstones come first: a deleted archive is deleted."""
+    if reader is not None and reader.deleted_by_agent(path):
+        return "deleted"
+    if version:
+        return "rewritten"
+    if reader is not None and reader.archived_by_agent(path):
+        return "archived"
+    return "live"
+
+
+def _held_state(format_name: str, path: bytes, version: int | None) -> str:
+    return held_state(READERS.get(format_name), path, version)
 
 
 def _use_readers(db: sqlite3.Connection) -> None:
     """Let ``db``'s queries ask the format readers what the SQL cannot know (idempotent)."""
-    db.create_function("deleted_by_agent", 2, _deleted_by_agent, deterministic=True)
+    db.create_function("held_state", 3, _held_state, deterministic=True)
 
 
 def _warn_if_other_rules(db: sqlite3.Connection, dest: str | Path) -> None:
@@ -633,7 +647,9 @@ def find_session(
     db: sqlite3.Connection, host: str, session: str, *, now: datetime | None = None
 ) -> SessionRef:
     """The one session of ``host`` that ``session`` names: its path relative to the host's
-    root (as listed), else its session id, else a unique prefix of its session id.
+    root (as listed), else its session id, else a unique prefix of its session id. An id is
+    also matched as the agent spells it in file names (a picoclaw key ``telegram:123`` is the
+    session ``telegram_123``: the readers' ``id_of_key``).
 
     Raises :class:`ConfigError` for an unknown host, no match, or several matches (the message
     lists them).
@@ -656,11 +672,24 @@ def find_session(
     params["raw"] = session.encode("utf-8", "surrogateescape")
     params["session"] = as_indexed(session)
     params["unescaped"] = path_bytes(session)  # a path as listed: \xNN for odd bytes
+    # The id as each format of the host's sessions spells a key in its file names, where
+    # that differs from the text given.
+    exact = ["session_id = :session"]
+    prefix = ["substr(session_id, 1, length(:session)) = :session"]
+    formats = db.execute("SELECT DISTINCT format FROM sessions WHERE host = :host", params)
+    for n, (fmt,) in enumerate(formats.fetchall()):
+        reader = READERS.get(fmt)
+        alias = as_indexed(reader.id_of_key(session)) if reader is not None else params["session"]
+        if alias != params["session"]:
+            params[f"format{n}"], params[f"alias{n}"] = fmt, alias
+            exact.append(f"(format = :format{n} AND session_id = :alias{n})")
+            prefix.append(
+                f"(format = :format{n} AND substr(session_id, 1, length(:alias{n})) = :alias{n})"
+            )
     tiers = (
         f"SELECT * FROM ({base}) WHERE path IN (:raw, :unescaped) ORDER BY path",
-        f"SELECT * FROM ({base}) WHERE session_id = :session ORDER BY path",
-        f"SELECT * FROM ({base}) WHERE substr(session_id, 1, length(:session)) = :session "
-        "ORDER BY path",
+        f"SELECT * FROM ({base}) WHERE {' OR '.join(exact)} ORDER BY path",
+        f"SELECT * FROM ({base}) WHERE {' OR '.join(prefix)} ORDER BY path",
     )
     for sql in tiers:
         found = db.execute(sql, params).fetchall()

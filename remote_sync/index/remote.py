@@ -25,7 +25,8 @@ side of each:
   the blocks read hold enough messages). Only when the name patterns leave several
   candidates, of which the format's exact rules keep one, does a second command fetch it by
   path. Ids are the ones the format's file names give (``identify``); the index takes
-  those too, except where a file's first lines name another.
+  those too, except where a file's first lines name another. As over a mirror's index, an
+  id is also found as the agent spells it in file names (a picoclaw key, ``id_of_key``).
 
 Which files are transcripts is decided exactly on this side (``Source.is_included`` and the
 reader's ``is_transcript``); the remote ``find`` only narrows by file name
@@ -77,7 +78,7 @@ from ..ssh.pool import SSHPool
 from ..ssh.remote import IDLE_TIMEOUT, sh_script
 from ..ssh.stream import exec_streaming
 from .facts import FormatReader, Message
-from .query import SessionRow, check_batch_size, row_from_facts
+from .query import SessionRow, check_batch_size, held_state, row_from_facts
 from .show import TAIL_FIRST_BLOCK, HeldLine, ShowResult, check_selection
 from .update import FileIndexer
 
@@ -413,7 +414,10 @@ def id_predicate(fmt: str, session: str) -> list[str]:
             "-o", "-path", f"*/{e}*/subagents/*.jsonl", ")",
         ]  # fmt: skip
     elif fmt == "picoclaw":
-        names = [f"{e}*.jsonl"]
+        # A session key names the session its file name spells (telegram:123 is
+        # telegram_123.jsonl); a pattern with a "/" would match no name (and GNU find warns).
+        ids = dict.fromkeys([session, get_reader(fmt).id_of_key(session)])
+        names = [f"{_fnmatch_escape(i)}*.jsonl" for i in ids if "/" not in i]
     elif fmt == "codex":
         names = [f"rollout-*{e}*.jsonl"]
     elif fmt == "pi":
@@ -678,11 +682,7 @@ async def stream_remote_sessions(
                                     update.path,
                                     reader.name,
                                     update.facts,
-                                    state=(
-                                        "deleted"
-                                        if reader.deleted_by_agent(update.path)
-                                        else "live"
-                                    ),
+                                    state=held_state(reader, update.path),
                                     now=now,
                                     mtime=mtime,
                                 )
@@ -988,14 +988,15 @@ def _match(host: Host, reader: FormatReader, session: str) -> Callable[[bytes], 
     """Whether a candidate path is session ``session`` (True), a session whose id starts with
     it (False), or neither (None): the exact rules over what the name patterns found."""
     source = host.source
+    ids = tuple(dict.fromkeys([session, reader.id_of_key(session)]))  # a key names its id too
 
     def check(path: bytes) -> bool | None:
         if not (source.is_included(path) and reader.is_transcript(path)):
             return None
         found = reader.identify(path)[1]
-        if found == session:
+        if found in ids:
             return True
-        return False if found.startswith(session) else None
+        return False if found.startswith(ids) else None
 
     return check
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from ..decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder, Record
 from ..errors import ConfigError, MirrorError
 from .facts import FormatReader, Message
 from .query import SessionRow, find_session, open_index
-from .store import mark_before
+from .store import load_facts, mark_before
 
 __all__ = [
     "HEAD_BLOCK",
@@ -65,6 +66,9 @@ class ShowResult:
     bytes_read: int = 0
     #: True when the end of the file (or of ``end``) was reached.
     at_end: bool = False
+    #: Messages the whole session shows, from the index (counted ones and repeated ones,
+    #: ``SessionFacts.shown``); None when unknown (read straight from a host).
+    total: int | None = None
 
 
 class HeldLine:
@@ -271,8 +275,8 @@ def show_session(
 
     Returns the session's :class:`~remote_sync.index.query.SessionRow` and the
     :class:`ShowResult`; ``first`` is filled in for a tail too when the index's message count
-    is current. Raises :class:`ConfigError` for no mirror, host or session (or several).
-    Never takes the mirror's lock.
+    is current, and ``total`` from the index. Raises :class:`ConfigError` for no mirror, host
+    or session (or several). Never takes the mirror's lock.
     """
     from ..formats.readers import get_reader
 
@@ -280,6 +284,12 @@ def show_session(
     try:
         ref = find_session(db, host, session)
         reader = get_reader(ref.row.format)
+        # Messages shown = counted + repeated (the same record again), as show numbers them.
+        try:
+            facts = load_facts(db, host, ref.raw_path)
+        except sqlite3.Error:  # an index from before the facts were kept apart
+            facts = None
+        total = ref.row.messages + (facts.repeated if facts is not None else 0)
 
         def lookup(message_no: int) -> tuple[int, int]:
             return mark_before(db, host, ref.raw_path, message_no)
@@ -297,6 +307,7 @@ def show_session(
         )
     finally:
         db.close()
+    result.total = total
     if result.first is None and ref.row.bytes == ref.committed:
-        result.first = max(ref.row.messages - len(result.messages), 0)
+        result.first = max(total - len(result.messages), 0)
     return ref.row, result

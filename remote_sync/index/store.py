@@ -51,7 +51,10 @@ MARK_EVERY = 256
 #: not its header's; picoclaw's Go zero time (``0001-01-01T00:00:00Z``) is no time; user
 #: text counts as injected by the harness (a system message, no title) only when it is made
 #: of blocks of the harness's own tags, not whenever it starts with ``<`` and ends with ``>``.
-INDEX_RULES = 4
+#: 5: the generic ``jsonl`` format reads gemini-cli's records (counting a record written
+#: again under the same id once); a Codex fork's copy of its parent's history is not counted
+#: (its messages are repeated, its tokens the base of the fork's own).
+INDEX_RULES = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (

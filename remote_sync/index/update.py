@@ -83,12 +83,13 @@ class FileIndexer:
         if self.fold_many is not None:
             self.fold_many(facts, values, fed.offsets.__getitem__, marks, MARK_EVERY)
             return
-        # One pass per line: the message count is read once per line, not twice.
+        # One pass per line: the message count is read once per line, not twice. Marks
+        # number the messages show renders (repeated ones too), as show counts them.
         fold = self.reader.update
-        messages = facts.messages
+        messages = facts.shown
         for i, value in enumerate(values):
             fold(facts, value)
-            now = facts.messages
+            now = facts.shown
             if now != messages:
                 if messages % MARK_EVERY == 0:
                     marks.append((messages, fed.offsets[i]))

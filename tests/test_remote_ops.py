@@ -496,6 +496,27 @@ def test_compressed_listing_is_inflated_in_bounded_steps() -> None:
     parser.close()
 
 
+@pytest.mark.parametrize("cut", [None, 1000, 70_000])
+def test_a_compressed_listing_longer_than_an_inflate_step_ends_at_its_end_line(
+    cut: int | None,
+) -> None:
+    """A round's listing of 20,000 files inflates to more than one step: what follows its
+    compressed stream (the end line, then the fetch's frames) comes once, however it is cut.
+    It came twice when the stream ended in a capped step, and every file of such a host's
+    round failed on the second copy of the end line."""
+    plain = b"".join(
+        b"300 1767225600.0000000000 2049 %d\n./agents/main/sessions/s%06d.jsonl\x00" % (i, i)
+        for i in range(20_000)
+    )
+    assert len(plain) > remote_ops._INFLATE_STEP
+    sent = gzip.compress(plain) + b"L 0 0\nFRAMES"
+    parser = ListingParser("h", trailer=True)
+    pieces = [sent] if cut is None else [sent[:cut], sent[cut:]]
+    files = [f for piece in pieces for f in parser.feed(piece)]
+    assert len(files) == 20_000 and files[-1].path == b"agents/main/sessions/s019999.jsonl"
+    assert (parser.end, parser.rest) == ((0, False), b"FRAMES")
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     records=st.lists(_record, max_size=6),

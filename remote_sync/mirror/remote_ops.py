@@ -915,7 +915,9 @@ class ListingParser:
             out.extend(self._parse(plain))
             if not self._inflate.eof:
                 continue
-            after = self._inflate.unused_data + data
+            # Every byte past the compressed stream is in unused_data; when the stream ended
+            # in a call whose output was capped, CPython leaves them in unconsumed_tail too.
+            after = self._inflate.unused_data
             if not self._trailer:
                 if after:
                     raise ProtocolError(

@@ -21,6 +21,7 @@ from contextlib import aclosing
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
+from sys import maxsize
 from typing import TYPE_CHECKING, Any
 
 from .cancel import CancelRegistry, CancelToken, default_registry
@@ -272,6 +273,7 @@ async def _remote_sessions(
                         if ordered:
                             kept.extend(rows)
                         elif rows:
+                            token.raise_if_cancelled()  # the rows of a chunk read before it
                             yield rows
             except TransferCancelledError:
                 raise
@@ -305,7 +307,7 @@ async def _local_batches(
     done = 0
     try:
         rows = query_sessions(db, **filters)
-        while batch := list(islice(rows, batch_size)):
+        while batch := list(islice(rows, min(batch_size, maxsize))):
             token.raise_if_cancelled()
             done += len(batch)
             emit(Progress("", "listing", done, 0, 0, 0))

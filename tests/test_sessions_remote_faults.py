@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from synchelp import write_inventory
 from test_sessions_cli import openclaw_session
 
+from remote_sync import api
+from remote_sync.cancel import CancelRegistry, default_registry
 from remote_sync.cli import main
+from remote_sync.errors import TransferCancelledError
 from remote_sync.index import remote as remote_module
+from remote_sync.inventory import load_inventory
 
 SESSIONS = "agents/main/sessions"
 
@@ -323,6 +329,30 @@ def test_remote_commands_slower_than_the_timeout_fail_and_a_larger_one_waits(
     assert code == 0 and len(out.splitlines()) == 3, err
 
 
+def test_a_host_that_stalls_after_sending_sessions_still_gives_them(
+    fleet: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host that goes silent midway (a hung disk, a dead link) fails past --timeout, and the
+    sessions it had sent whole are still printed, whatever the batch size: a default batch
+    (50) of them used to be dropped with the error."""
+    name = fleet.names[0]
+    sessions(fleet, name, 3)
+    plain = remote_module.list_argv
+    monkeypatch.setattr(
+        remote_module,
+        "list_argv",
+        lambda host: ["sh", "-c", shlex.join(plain(host)) + "; sleep 30"],
+    )
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    remote = ["--json", "--remote", "-I", str(inv), "--timeout", "1"]
+    code, out, err = cli(["sessions", "list", *remote], capsys)
+    assert code == 1 and "no output for 1 s" in err, err
+    assert listed(out) == {f"{SESSIONS}/s{i}.jsonl" for i in range(3)}
+
+
 def test_timeout_without_remote_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -348,3 +378,38 @@ def test_an_unreadable_transcript_makes_the_listing_incomplete(
     assert code == 1 and "incomplete" in err and "s1.jsonl: not readable" in err, err
     (error,) = [json.loads(line) for line in out.splitlines() if '"type":"error"' in line]
     assert error["host"] == name
+
+
+def test_a_cancel_ends_a_remote_stream_at_once_and_only_through_its_registry(
+    fleet: Any, tmp_path: Path
+) -> None:
+    """A stream's commands live in the caller's registry only: the process-wide one neither
+    lists nor cancels them. Cancelled there, the stream ends at its next batch, though rows
+    of a chunk already received remain (they used to come first: 400 batches of 600). The
+    local listing takes a batch size as large as the remote one does."""
+    name = fleet.names[0]
+    sessions(fleet, name, 200)
+    hosts = load_inventory(write_inventory(fleet, tmp_path / "inv.toml", [name])).hosts
+    mine = CancelRegistry()
+
+    async def consume() -> int:
+        seen = after = 0
+        with pytest.raises(TransferCancelledError):
+            async for _batch in api.stream_sessions(
+                remote=True, hosts=hosts, batch_size=1, registry=mine, transfer_id="transfer-1"
+            ):
+                seen += 1
+                if seen == 1:
+                    assert default_registry.active() == []
+                    assert default_registry.cancel_all("another component") == 0
+                    await anyio.sleep(0.3)  # the host's rows queue up meanwhile
+                elif seen == 2:
+                    assert mine.cancel("transfer-1")
+                else:
+                    after += 1
+        return after
+
+    assert anyio.run(consume) == 0
+    assert anyio.run(lambda: api.sync(hosts, tmp_path / "m")).exit_code == 0
+    rows = anyio.run(lambda: api.list_sessions(dest=tmp_path / "m", batch_size=2**70))
+    assert len(rows) == 200

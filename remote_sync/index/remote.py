@@ -63,7 +63,15 @@ from typing import Any
 
 from ..cancel import CancelToken
 from ..decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder, Record
-from ..errors import ConfigError, ProtocolError, RemoteCommandError, path_bytes, path_text
+from ..errors import (
+    ConfigError,
+    ProtocolError,
+    RemoteCommandError,
+    RemoteSyncError,
+    TransferCancelledError,
+    path_bytes,
+    path_text,
+)
 from ..formats.readers import get_reader
 from ..inventory import Host
 from ..mirror.remote_ops import (
@@ -688,6 +696,8 @@ async def stream_remote_sessions(
                                 )
                             )
                             if len(batch) >= batch_size:
+                                if token is not None:  # a cancel stops the rows of a chunk too
+                                    token.raise_if_cancelled(host=host.name)
                                 yield batch
                                 batch = []
                         indexer = None
@@ -701,9 +711,13 @@ async def stream_remote_sessions(
                             f"unexpected frame {kind!r} in a listing", host=host.name
                         )
             frames.close()
-    except RemoteCommandError as exc:
-        if exc.exit_status == EXIT_ROOT_UNUSABLE:
+    except TransferCancelledError:
+        raise
+    except RemoteSyncError as exc:
+        if isinstance(exc, RemoteCommandError) and exc.exit_status == EXIT_ROOT_UNUSABLE:
             raise root_unusable(exc, host.name, host.source.root) from exc
+        if batch:  # the host failed midway: the sessions read whole before still count
+            yield batch
         raise
     if batch:
         yield batch

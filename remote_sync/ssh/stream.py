@@ -433,10 +433,15 @@ async def exec_streaming(
     ``idle_timeout`` fails the stream after that many seconds *without any byte* (a slow
     consumer does not count: a paused stream is not idle); None waits for ever. The transfer
     is registered under ``transfer_id`` in ``registry`` (child of ``token``) for as long as
-    the block runs. Leaving the block early, or cancelling, stops the remote process.
+    the block runs: by default the process-wide one, or a private one for a child of
+    ``token``. Leaving the block early, or cancelling, stops the remote process.
     """
     host = host or endpoint.label
-    registry = registry if registry is not None else default_registry
+    if registry is None:
+        # A child of the caller's token is reached through it: kept out of the process-wide
+        # registry, where another component's cancel_all() or a transfer id of its own would
+        # reach it too.
+        registry = CancelRegistry() if token is not None else default_registry
     command = wrapped_command(argv)
     with registry.register(transfer_id, parent=token) as own_token:
         own_token.raise_if_cancelled(host=host, path=path)

@@ -16,6 +16,7 @@ event dropped (see :func:`~remote_sync.events.guarded`); it never aborts the wor
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from sys import maxsize
 from typing import TYPE_CHECKING, Any
 
 from .cancel import CancelRegistry, CancelToken, default_registry
-from .errors import RemoteSyncError, TransferCancelledError
+from .errors import ConfigError, RemoteSyncError, TransferCancelledError
 from .events import Emit, ErrorEvent, Progress, Summary, guarded
 from .index.facts import Message
 from .index.query import SessionRow, check_batch_size
@@ -52,6 +53,8 @@ async def sync(
 ) -> Summary:
     """Mirror ``hosts`` into ``dest`` (what ``remote-sync sync`` does)."""
     from .mirror.engine import SyncOptions, sync_fleet
+
+    _require_asyncio()
 
     return await sync_fleet(
         hosts,
@@ -100,6 +103,8 @@ async def stream_sessions(
     ``idle_timeout`` seconds fails (None: no limit).
     """
     check_batch_size(batch_size)
+    if remote:
+        _require_asyncio()
     emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
     failures: list[RemoteSyncError] = errors if errors is not None else []
@@ -184,6 +189,7 @@ async def read_session(
     from .index.remote import SHOW_WINDOW, read_remote_session
     from .ssh.pool import PoolSettings, SSHPool
 
+    _require_asyncio()
     emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
     emit(Progress(host.name, "fetching", 0, 0, 0, 0))
@@ -316,6 +322,18 @@ async def _local_batches(
     finally:
         db.close()
     emit(Progress("", "done", done, done, 0, 0))
+
+
+def _require_asyncio() -> None:
+    """SSH goes through asyncssh, which runs on asyncio only: anywhere else (trio), a clear
+    error instead of one from deep inside it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise ConfigError(
+            "remote-sync reaches hosts through asyncssh, which runs on asyncio only: run "
+            "this under asyncio (asyncio.run, or anyio.run(..., backend='asyncio'))"
+        ) from None
 
 
 def _ignore(_: object) -> None:

@@ -23,7 +23,7 @@ from test_sessions_cli import openclaw_session
 from remote_sync import api
 from remote_sync.cancel import CancelRegistry, default_registry
 from remote_sync.cli import main
-from remote_sync.errors import TransferCancelledError
+from remote_sync.errors import ConfigError, TransferCancelledError
 from remote_sync.index import remote as remote_module
 from remote_sync.inventory import load_inventory
 
@@ -413,3 +413,24 @@ def test_a_cancel_ends_a_remote_stream_at_once_and_only_through_its_registry(
     assert anyio.run(lambda: api.sync(hosts, tmp_path / "m")).exit_code == 0
     rows = anyio.run(lambda: api.list_sessions(dest=tmp_path / "m", batch_size=2**70))
     assert len(rows) == 200
+
+
+@pytest.mark.parametrize("call", ["sync", "stream_sessions", "read_session"])
+def test_the_api_says_it_needs_asyncio_before_touching_anything(call: str, tmp_path: Path) -> None:
+    """Outside asyncio (trio), what reaches hosts refuses at once with a ConfigError that says
+    what to do; sync used to take the lock and recover the mirror, then fail every host with
+    an internal error."""
+    inv = tmp_path / "inv.toml"
+    inv.write_text('[[hosts]]\nname = "box"\naddress = "box.invalid"\n')
+    (host,) = load_inventory(inv).hosts
+    dest = tmp_path / "m"
+    if call == "sync":
+        step: Any = api.sync([host], dest)
+    elif call == "read_session":
+        step = api.read_session(host, "s1")
+    else:
+        step = api.stream_sessions(remote=True, hosts=[host]).__anext__()
+    with pytest.raises(ConfigError, match="asyncio only"):
+        step.send(None)  # driven without any event loop, as another library would
+    step.close()
+    assert not dest.exists()

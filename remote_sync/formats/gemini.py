@@ -39,7 +39,16 @@ from typing import Any
 import msgspec
 
 from ..index.facts import Message, SessionFacts, ToolCall
-from .generic import NO_RAW, GenericLine, GenericReader, any_text, any_time, raw_string, tool_call
+from .generic import (
+    NO_RAW,
+    GenericLine,
+    GenericReader,
+    any_text,
+    any_time,
+    raw_list,
+    raw_string,
+    tool_call,
+)
 
 __all__ = ["JsonlLine", "JsonlReader"]
 
@@ -94,12 +103,7 @@ def _role(line: JsonlLine) -> str | None:
 
 def _entries(raw: msgspec.Raw) -> list[msgspec.Raw]:
     """The entries of a raw JSON list, each kept raw (none when it is not a list)."""
-    if not raw or memoryview(raw)[0] != 0x5B:  # "["
-        return []
-    try:
-        return _entries_decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return []
+    return raw_list(raw, _entries_decode)
 
 
 def _count(value: Any) -> int:

@@ -29,6 +29,7 @@ Line views keep bulky text raw (``msgspec.Raw``) and decode it only for a title 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -377,11 +378,14 @@ def _first_time(*values: Any) -> str | None:
     return None
 
 
-def _calls(raw: msgspec.Raw) -> list[Any]:
+def raw_list(
+    raw: msgspec.Raw, decode: Callable[[msgspec.Raw], list[Any]] = _list_decode
+) -> list[Any]:
+    """The entries of a raw JSON list, as ``decode`` makes them (none when it is not a list)."""
     if not raw or memoryview(raw)[0] != 0x5B:  # "["
         return []
     try:
-        return _list_decode(raw)
+        return decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return []
 
@@ -435,7 +439,7 @@ class GenericReader:
         if role is not None:
             facts.add_message(role)
             if calls:
-                facts.tool_calls += len(_calls(calls))
+                facts.tool_calls += len(raw_list(calls))
             if isinstance(model, str):
                 facts.add_model(model)
             if role == "user" and facts.title is None:
@@ -448,7 +452,7 @@ class GenericReader:
         if role is None:
             return None
         tool_calls: list[ToolCall] = []
-        for call in _calls(calls):
+        for call in raw_list(calls):
             if not isinstance(call, dict):
                 continue
             fn = call.get("function")

@@ -7,6 +7,8 @@
   checkpoints of that batch are not committed.
 - ``after_version_rename``: a rewrite moved the old copy into ``versions/``; the new copy is
   not yet renamed into place.
+- ``in_seed_copy``: a transcript renamed on the host is being seeded from its old name's
+  mirrored bytes; half of them are in the temp file.
 
 ``term_in_recovery`` and ``term_in_state_copy`` send the process a SIGTERM while it opens the
 mirror (before the rounds' signal handler is installed): in recovery, or while a dry run
@@ -51,6 +53,18 @@ elif FAULT == "after_version_rename":
             os._exit(9)
 
     os.rename = rename
+
+elif FAULT == "in_seed_copy":
+    from typing import BinaryIO
+
+    from remote_sync.mirror import writer as writer_module
+
+    def copy_half(source: BinaryIO, copy: BinaryIO, size: int) -> None:
+        copy.write(source.read(size // 2))
+        copy.flush()
+        os._exit(9)
+
+    writer_module._copy_prefix = copy_half
 
 elif FAULT in ("term_in_recovery", "term_in_state_copy"):
     import signal

@@ -542,6 +542,41 @@ def test_an_archive_killed_before_its_first_commit_is_still_a_rename(
     assert_index_is_a_rebuild(dest)
 
 
+@pytest.mark.parametrize("fault", ["in_seed_copy", "before_commit"])
+def test_a_renamed_transcript_killed_while_seeded_is_exact_after_a_rerun(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], fault: str
+) -> None:
+    """A transcript renamed on the host (``/reset`` after one more turn) is seeded from its
+    old name's mirrored bytes. The sync dies halfway through that local copy, or after the
+    seeded file was put in place but before its commit; the host goes on appending. The
+    rerun leaves no temp file behind, mirrors the archive byte for byte and keeps the old
+    name's copy as it was. After the half copy it still brings only the new bytes; a file
+    found in place before its first commit is fetched whole, as any such file is."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(19)
+    rel = "agents/a/sessions/s.jsonl"
+    archive = rel + ".reset.2026-11-22T03-00-00.000Z"
+    fleet.write("h0", rel, session_bytes(rng, 600))  # about 180 KB: worth a local copy
+    assert sync(inv, dest, capsys)[0] == 0
+    old = fleet.path("h0", rel).read_bytes()
+    os.rename(fleet.path("h0", rel), fleet.path("h0", archive))
+    append(fleet, "h0", archive, session_bytes(rng, 3, start=600))
+    assert faulty_sync(inv, dest, fault) == 9
+    append(fleet, "h0", archive, session_bytes(rng, 2, start=603))
+    code, summary = sync(inv, dest, capsys)
+    assert code == 0
+    assert (dest / "h0" / rel).read_bytes() == old
+    assert (dest / "h0" / archive).read_bytes() == fleet.path("h0", archive).read_bytes()
+    if fault == "in_seed_copy":
+        assert summary.bytes <= len(fleet.path("h0", archive).read_bytes()) - len(old) + 4096
+    assert list((dest / ".remote-sync" / "tmp").iterdir()) == []
+    with MirrorState(dest) as state:
+        rows = state.host_files("h0")
+    assert (rows[rel.encode()].state, rows[archive.encode()].state) == ("renamed", "live")
+    assert_index_is_a_rebuild(dest)
+
+
 def test_a_new_file_without_a_line_killed_before_its_commit_leaves_no_row(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

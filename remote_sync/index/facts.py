@@ -2,12 +2,14 @@
 
 What it owns: :class:`SessionFacts`, the accumulator the index stores per session and extends
 line by line (so a sync only decodes the *new* bytes of a transcript and adds them to the facts
-it already had), :class:`Message`, one shown message of ``sessions show``, and the
-:class:`FormatReader` protocol that each module in :mod:`remote_sync.formats` implements.
+it already had), :class:`Message`, one shown message of ``sessions show``, :class:`ShowResult`,
+what a show read (from a mirror or straight from a host), and the :class:`FormatReader`
+protocol that each module in :mod:`remote_sync.formats` implements.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
 import msgspec
@@ -153,6 +155,25 @@ class Message(msgspec.Struct, kw_only=True):
     text: str = ""
     tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
     model: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class ShowResult:
+    """The messages read, where they are in the session, and what reading them cost.
+
+    Kept here, with :class:`Message`, rather than with the readers that fill it: the library
+    API names it in its signatures, and importing it must not import those readers."""
+
+    messages: list[Message] = dataclasses.field(default_factory=list)
+    #: Number (0-based) of the first message returned; None when unknown (a tail).
+    first: int | None = None
+    #: Bytes read from the file (the benchmark and the tests bound this).
+    bytes_read: int = 0
+    #: True when the end of the file (or of ``end``) was reached.
+    at_end: bool = False
+    #: Messages the whole session shows, from the index (counted ones and repeated ones,
+    #: ``SessionFacts.shown``); None when unknown (read straight from a host).
+    total: int | None = None
 
 
 class FormatReader(Protocol):

@@ -22,13 +22,12 @@ import bisect
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder, Record
 from ..errors import ConfigError, MirrorError
-from .facts import FormatReader, Message
+from .facts import FormatReader, Message, ShowResult
 from .query import SessionRow, find_session, open_index
 from .store import load_facts, mark_before
 
@@ -53,22 +52,6 @@ TAIL_MAX_BLOCK = 16 * 1024 * 1024
 #: ``message_no -> (mark's message number, its byte offset)`` for the last mark at or before
 #: ``message_no``, or the marks themselves as sorted ``(message_no, offset)`` pairs.
 MarkLookup = Callable[[int], tuple[int, int]] | Sequence[tuple[int, int]]
-
-
-@dataclass(slots=True)
-class ShowResult:
-    """The messages read, where they are in the session, and what reading them cost."""
-
-    messages: list[Message] = field(default_factory=list)
-    #: Number (0-based) of the first message returned; None when unknown (a tail).
-    first: int | None = None
-    #: Bytes read from the file (the benchmark and the tests bound this).
-    bytes_read: int = 0
-    #: True when the end of the file (or of ``end``) was reached.
-    at_end: bool = False
-    #: Messages the whole session shows, from the index (counted ones and repeated ones,
-    #: ``SessionFacts.shown``); None when unknown (read straight from a host).
-    total: int | None = None
 
 
 class HeldLine:

@@ -3,62 +3,119 @@
 What it owns: the public entry points. ``sync`` mirrors hosts; ``list_sessions`` returns every
 session at once (from a mirror's index, or straight from hosts with ``remote=True``);
 ``stream_sessions`` yields them in batches as they are decoded, for UIs that render
-progressively; ``show_session`` returns a session's messages straight from its host, and
-``read_session`` the same with where they are and what reading them cost. The remote calls
-open their own connection pool, with channel windows sized for them (a listing decodes more
-slowly than a window refills; a show stops reading early). Every call is cancellable through
-a :class:`~remote_sync.cancel.CancelRegistry` (pass ``transfer_id`` and cancel it there) and
-reports progress through ``emit``.
+progressively; ``show_session`` returns a session's messages (from a mirror with ``dest``, or
+straight from its host), and ``read_session`` the same with where they are and what reading
+them cost; ``session_stats`` sums a mirror's sessions per host, agent, format, model or day.
+These are the CLI's ``sync`` and ``sessions list / show / stats``, with the same options as
+keyword arguments (a misspelt one is a TypeError, before anything is read or contacted). The
+remote calls open their own connection pool, with channel windows sized for them (a listing
+decodes more slowly than a window refills; a show stops reading early); the reads of a mirror
+that may be long (a show, the stats) run in a worker thread, so the event loop goes on. Every
+call is cancellable through a :class:`~remote_sync.cancel.CancelRegistry` (pass
+``transfer_id`` and cancel it there), and all but ``session_stats`` (one query) report
+progress through ``emit``.
 
 ``emit`` is called from inside the engine's tasks: an exception it raises is logged and the
 event dropped (see :func:`~remote_sync.events.guarded`); it never aborts the work.
+
+Every name a signature here uses is importable at run time, so ``typing.get_type_hints``
+works on each function; none of them pulls in the engine or the readers of a show, which
+stay imported lazily (start-up time).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+import inspect
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from sys import maxsize
-from typing import TYPE_CHECKING, Any
+from typing import Any, ParamSpec, TypeVar
+
+import anyio
 
 from .cancel import CancelRegistry, CancelToken, default_registry
 from .errors import ConfigError, RemoteSyncError, TransferCancelledError
 from .events import Emit, ErrorEvent, Progress, Summary, guarded
-from .index.facts import Message
-from .index.query import SessionRow, check_batch_size
+from .index.facts import Message, ShowResult
+from .index.query import DEFAULT_SORT, SessionRow, Since, StatsKey, StatsRow, check_batch_size
 from .index.store import INT64_MAX
 from .inventory import Host
+from .ssh.pool import PoolSettings
 from .ssh.remote import IDLE_TIMEOUT
 
-if TYPE_CHECKING:
-    from .index.show import ShowResult
+__all__ = [
+    "list_sessions",
+    "read_session",
+    "session_stats",
+    "show_session",
+    "stream_sessions",
+    "sync",
+]
 
-#: The largest count passed on (SQLite's and C's 64-bit integers; no session is longer).
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
-__all__ = ["list_sessions", "read_session", "show_session", "stream_sessions", "sync"]
+
+def _with_arguments_of(
+    model: Callable[_P, object],
+) -> Callable[[Callable[..., Coroutine[Any, Any, _R]]], Callable[_P, Coroutine[Any, Any, _R]]]:
+    """Give the decorated coroutine function exactly ``model``'s parameters: for mypy (a
+    misspelt keyword is an error at the call), and for ``inspect.signature``, ``help`` and
+    ``typing.get_type_hints``. The decorated function forwards its arguments to ``model``,
+    which raises TypeError for a misspelt one before doing anything."""
+
+    def retype(
+        function: Callable[..., Coroutine[Any, Any, _R]],
+    ) -> Callable[_P, Coroutine[Any, Any, _R]]:
+        returns = inspect.signature(function).return_annotation
+        function.__signature__ = inspect.signature(model).replace(  # type: ignore[attr-defined]
+            return_annotation=returns
+        )
+        function.__annotations__ = {**model.__annotations__, "return": returns}
+        return function
+
+    return retype
 
 
 async def sync(
     hosts: Sequence[Host],
     dest: str | Path,
     *,
+    concurrency: int = 8,
+    dry_run: bool = False,
+    idle_timeout: float | None = IDLE_TIMEOUT,
+    pool: PoolSettings | None = None,
+    index: bool = True,
     emit: Emit | None = None,
     registry: CancelRegistry | None = None,
     transfer_id: str | None = None,
-    **options: Any,
 ) -> Summary:
-    """Mirror ``hosts`` into ``dest`` (what ``remote-sync sync`` does)."""
+    """Mirror ``hosts`` into ``dest`` (what ``remote-sync sync`` does).
+
+    The options are :class:`~remote_sync.mirror.engine.SyncOptions`'s, with its defaults:
+    ``concurrency`` hosts at once (``--concurrency``), ``dry_run`` (``--dry-run``: report what
+    would move, write nothing), ``idle_timeout`` seconds a remote command may stay silent
+    (``--timeout``; None: no limit), ``pool`` the SSH pool's tuning (None: the defaults) and
+    ``index`` (off: ``--no-index``, mirror only)."""
     from .mirror.engine import SyncOptions, sync_fleet
 
     _require_asyncio()
-
+    options = SyncOptions(
+        dest=Path(dest),
+        concurrency=concurrency,
+        dry_run=dry_run,
+        idle_timeout=idle_timeout,
+        pool=pool if pool is not None else PoolSettings(),
+        index=index,
+    )
     return await sync_fleet(
         hosts,
-        SyncOptions(dest=Path(dest), **options),
+        options,
         guarded(emit) if emit is not None else _ignore,
         registry=registry,
         transfer_id=transfer_id,
@@ -70,13 +127,21 @@ async def stream_sessions(
     dest: str | Path | None = None,
     hosts: Sequence[Host] = (),
     remote: bool = False,
+    host: str | None = None,
+    format: str | None = None,
+    agent: str | None = None,
+    since: Since | None = None,
+    klass: str | None = None,
+    state: str | None = None,
+    sort: str | None = None,
+    limit: int | None = None,
+    now: datetime | None = None,
     batch_size: int = 50,
     emit: Emit | None = None,
     registry: CancelRegistry | None = None,
     transfer_id: str | None = None,
     errors: list[RemoteSyncError] | None = None,
     idle_timeout: float | None = IDLE_TIMEOUT,
-    **filters: Any,
 ) -> AsyncGenerator[list[SessionRow], None]:
     """Sessions in batches of ``batch_size`` as they are read.
 
@@ -85,14 +150,16 @@ async def stream_sessions(
     holds connections).
 
     From the mirror at ``dest`` (its index), or with ``remote=True`` straight from ``hosts``
-    over SSH, decoding each transcript as it streams. ``filters`` are those of ``sessions
-    list`` (:func:`~remote_sync.index.query.query_sessions`: ``host``, ``format``, ``agent``,
-    ``since``, ``klass``, ``state``, ``sort``, ``limit``, ``now``) and mean the same for both;
-    bad ones raise :class:`~remote_sync.errors.ConfigError` before any host is contacted.
-    Remote rows are filtered batch by batch as they arrive (``host`` also skips the other
-    hosts); with ``sort`` or ``limit`` they are sorted and cut once every host was read (as
-    over the index, ``limit`` keeps the most recent unless ``sort`` says otherwise), then
-    yielded.
+    over SSH, decoding each transcript as it streams. The filters are those of ``sessions
+    list`` (:func:`~remote_sync.index.query.query_sessions`): ``host``, ``format``, ``agent``,
+    ``since`` (an ISO date or datetime, or an age such as ``7d``), ``klass`` (``empty``,
+    ``low``, ``valuable``), ``state``, ``sort`` (``FIELD`` or ``-FIELD``), ``limit`` and
+    ``now`` (when the class is judged and ages are counted from; default: the current time),
+    and mean the same for both; bad ones raise :class:`~remote_sync.errors.ConfigError` before
+    any host is contacted. Over the index ``sort`` defaults to ``-last_ts``. Remote rows are
+    filtered batch by batch as they arrive (``host`` also skips the other hosts); with
+    ``sort`` or ``limit`` they are sorted and cut once every host was read (as over the index,
+    ``limit`` keeps the most recent unless ``sort`` says otherwise), then yielded.
 
     With ``remote=True`` a host that cannot be read does not cost the others their rows: its
     failure is reported through ``emit`` as an :class:`~remote_sync.events.ErrorEvent` (the
@@ -108,13 +175,24 @@ async def stream_sessions(
     emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
     failures: list[RemoteSyncError] = errors if errors is not None else []
+    filters: dict[str, Any] = {
+        "host": host,
+        "format": format,
+        "agent": agent,
+        "since": since,
+        "klass": klass,
+        "state": state,
+        "limit": limit,
+        "now": now,
+    }
     with registry.register(transfer_id) as token:
         if remote:
             batches = _remote_sessions(
-                hosts, batch_size, emit, token, failures, filters, idle_timeout
+                hosts, batch_size, emit, token, failures, {**filters, "sort": sort}, idle_timeout
             )
         else:
-            batches = _local_batches(dest, batch_size, token, emit, filters)
+            ordered = {**filters, "sort": sort or DEFAULT_SORT}
+            batches = _local_batches(dest, batch_size, token, emit, ordered)
         # Closed here, in the caller's task, when the caller stops early (aclosing): left to
         # the garbage collector, the connections' task groups would be exited in another task.
         async with aclosing(batches):
@@ -124,7 +202,8 @@ async def stream_sessions(
             raise failures[0]
 
 
-async def list_sessions(**kwargs: Any) -> list[SessionRow]:
+@_with_arguments_of(stream_sessions)
+async def list_sessions(*args: Any, **kwargs: Any) -> list[SessionRow]:
     """Every session at once (eager); the arguments are those of :func:`stream_sessions`.
 
     With ``remote=True``, pass ``errors=[]`` to get the rows of every host that could be read
@@ -132,47 +211,16 @@ async def list_sessions(**kwargs: Any) -> list[SessionRow]:
     failure is raised after every host was read.
     """
     out: list[SessionRow] = []
-    async for batch in stream_sessions(**kwargs):
+    async for batch in stream_sessions(*args, **kwargs):
         out.extend(batch)
     return out
 
 
-async def show_session(
-    host: Host,
-    session: str,
-    *,
-    head: int | None = None,
-    tail: int | None = None,
-    page: int | None = None,
-    page_size: int = 50,
-    transfer_id: str | None = None,
-    registry: CancelRegistry | None = None,
-    idle_timeout: float | None = IDLE_TIMEOUT,
-    emit: Emit | None = None,
-) -> list[Message]:
-    """A session's first ``head``, last ``tail`` or page ``page`` of ``page_size`` messages
-    (page 1 when none is given), fetched from the host: only the bytes shown, in one remote
-    command. ``session`` is a session id or the file's path relative to the host's root. The
-    host fails if its command sends nothing for ``idle_timeout`` seconds (None: no limit)."""
-    result = await read_session(
-        host,
-        session,
-        head=head,
-        tail=tail,
-        page=page,
-        page_size=page_size,
-        transfer_id=transfer_id,
-        registry=registry,
-        idle_timeout=idle_timeout,
-        emit=emit,
-    )
-    return result.messages
-
-
 async def read_session(
-    host: Host,
+    host: Host | str,
     session: str,
     *,
+    dest: str | Path | None = None,
     head: int | None = None,
     tail: int | None = None,
     page: int | None = None,
@@ -182,32 +230,152 @@ async def read_session(
     idle_timeout: float | None = IDLE_TIMEOUT,
     emit: Emit | None = None,
 ) -> ShowResult:
-    """:func:`show_session` with the :class:`~remote_sync.index.show.ShowResult`: the number
-    of the first message (for a tail only when the whole file was read), the bytes read, and
-    whether the end of the session was reached. ``emit`` gets a ``fetching`` progress event,
-    then ``done`` with the messages and bytes read."""
-    from .index.remote import SHOW_WINDOW, read_remote_session
-    from .ssh.pool import PoolSettings, SSHPool
+    """A session's first ``head``, last ``tail`` or page ``page`` of ``page_size`` messages
+    (page 1 when none is given), with where they are and what reading them cost: the
+    :class:`~remote_sync.index.facts.ShowResult` (the number of the first message, the bytes
+    read, whether the end of the session was reached, and from a mirror the messages the
+    whole session shows). ``session`` is a session id, a unique prefix of one, or the file's
+    path relative to the host's root (as listed).
 
-    _require_asyncio()
+    With ``dest``, from the mirror there (what ``sessions show HOST SESSION --dest DIR``
+    reads; ``host`` is the host's name or its :class:`~remote_sync.inventory.Host`): only the
+    bytes shown, in a worker thread, never taking the mirror's lock. Without it, straight from
+    the :class:`~remote_sync.inventory.Host` over SSH (``sessions show --remote``): only the
+    bytes shown, in one remote command; the host fails if its command sends nothing for
+    ``idle_timeout`` seconds (None: no limit). ``emit`` gets a ``fetching`` progress event,
+    then ``done`` with the messages and bytes read.
+    """
+    name = host.name if isinstance(host, Host) else host
+    if head is None and tail is None and page is None:
+        page = 1
+    fetch: Callable[[CancelToken], Awaitable[ShowResult]]
+    if dest is not None:
+        fetch = partial(_read_mirrored, Path(dest), name, session, head, tail, page, page_size)
+    elif isinstance(host, Host):
+        _require_asyncio()
+        fetch = partial(_read_remote, host, session, head, tail, page, page_size, idle_timeout)
+    else:
+        raise ValueError(
+            f"host {host!r} is a name: pass dest (the mirror to read the session from), "
+            "or the Host to read it from over SSH"
+        )
     emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
-    emit(Progress(host.name, "fetching", 0, 0, 0, 0))
+    emit(Progress(name, "fetching", 0, 0, 0, 0))
     with registry.register(transfer_id) as token:
-        async with SSHPool(PoolSettings(window=SHOW_WINDOW)) as pool:
-            result = await read_remote_session(
-                pool,
-                host,
-                session,
-                head=_bounded(head),
-                tail=_bounded(tail),
-                page=page,
-                page_size=min(page_size, INT64_MAX),
-                token=token,
-                idle_timeout=idle_timeout,
-            )
+        result = await fetch(token)
     shown, read = len(result.messages), result.bytes_read
-    emit(Progress(host.name, "done", shown, shown, read, read))
+    emit(Progress(name, "done", shown, shown, read, read))
+    return result
+
+
+@_with_arguments_of(read_session)
+async def show_session(*args: Any, **kwargs: Any) -> list[Message]:
+    """The messages of :func:`read_session` (same arguments), without what reading them
+    cost."""
+    result = await read_session(*args, **kwargs)
+    return result.messages
+
+
+async def session_stats(
+    *,
+    dest: str | Path,
+    by: StatsKey = "host",
+    host: str | None = None,
+    format: str | None = None,
+    agent: str | None = None,
+    since: Since | None = None,
+    klass: str | None = None,
+    state: str | None = None,
+    now: datetime | None = None,
+    registry: CancelRegistry | None = None,
+    transfer_id: str | None = None,
+) -> list[StatsRow]:
+    """Totals per ``by`` (``host``, ``agent``, ``format``, ``model`` or ``day`` of the last
+    activity) over the sessions of the mirror at ``dest`` that match the filters (those of
+    :func:`stream_sessions`): what ``sessions stats`` prints, as
+    :class:`~remote_sync.index.query.StatsRow` groups sorted by key, the group without one
+    last. By model, a session that used several models counts in full for each. Read in a
+    worker thread from the index, never taking the mirror's lock."""
+    from .index import query
+
+    def stats() -> list[StatsRow]:
+        db = query.open_index(Path(dest))
+        try:
+            return query.session_stats(
+                db,
+                by,
+                host=host,
+                format=format,
+                agent=agent,
+                since=since,
+                klass=klass,
+                state=state,
+                now=now,
+            )
+        finally:
+            db.close()
+
+    registry = registry if registry is not None else default_registry
+    with registry.register(transfer_id) as token:
+        return await _in_thread(token, stats)
+
+
+async def _read_remote(
+    host: Host,
+    session: str,
+    head: int | None,
+    tail: int | None,
+    page: int | None,
+    page_size: int,
+    idle_timeout: float | None,
+    token: CancelToken,
+) -> ShowResult:
+    """The messages chosen, fetched from ``host``: only the bytes shown, in one command."""
+    from .index.remote import SHOW_WINDOW, read_remote_session
+    from .ssh.pool import SSHPool
+
+    async with SSHPool(PoolSettings(window=SHOW_WINDOW)) as pool:
+        return await read_remote_session(
+            pool,
+            host,
+            session,
+            head=_bounded(head),
+            tail=_bounded(tail),
+            page=page,
+            page_size=min(page_size, INT64_MAX),
+            token=token,
+            idle_timeout=idle_timeout,
+        )
+
+
+async def _read_mirrored(
+    dest: Path,
+    host: str,
+    session: str,
+    head: int | None,
+    tail: int | None,
+    page: int | None,
+    page_size: int,
+    token: CancelToken,
+) -> ShowResult:
+    """The messages chosen, read from the mirror at ``dest`` in a worker thread."""
+    from .index.show import show_session as show_mirrored
+
+    read = partial(
+        show_mirrored, dest, host, session, head=head, tail=tail, page=page, page_size=page_size
+    )
+    _row, result = await _in_thread(token, read, host=host)
+    return result
+
+
+async def _in_thread(token: CancelToken, work: Callable[[], _R], *, host: str | None = None) -> _R:
+    """``work()`` in a worker thread, so that a large index or file does not hold up the
+    event loop. A cancel (of ``token``: :class:`TransferCancelledError`; or of the caller's
+    scope) stops the wait at once; the thread then finishes its read alone (a read of the
+    mirror is bounded, and closes what it opened)."""
+    with token.scope(host=host):
+        result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
     return result
 
 

@@ -1,0 +1,272 @@
+"""Tests of the async library API's contract (``remote_sync.api``).
+
+Covers what a program relies on beyond the CLI's behaviour: type hints that resolve at run
+time, explicit keyword options (a misspelt one is a TypeError before anything is read, written
+or contacted, and an error for mypy), the reads of a mirror (``read_session`` with ``dest``,
+``session_stats``) giving what the CLI's ``sessions show`` and ``stats`` give, in a worker
+thread that a cancel stops waiting for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+import typing
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import test_sessions_cli
+from test_sessions_cli import NOW, make_mirror, openclaw_session
+
+import remote_sync
+from remote_sync import api
+from remote_sync.cancel import CancelRegistry
+from remote_sync.errors import ConfigError, TransferCancelledError
+from remote_sync.events import Progress
+from remote_sync.index import query
+from remote_sync.index.show import ShowResult, show_session
+from remote_sync.index.update import rebuild_index
+from remote_sync.inventory import Host, Source
+from remote_sync.ssh.pool import Endpoint, PoolSettings
+
+LONG = "agents/main/sessions/long-0001.jsonl"
+
+#: The fixture of an index written directly (that module's ``specs()``), shared.
+index_dest = test_sessions_cli.index_dest
+
+
+def nowhere(name: str = "nowhere") -> Host:
+    """A host nothing listens for (the discard port): contacting it would fail the test."""
+    return Host(name, Endpoint("127.0.0.1", port=9), Source("openclaw", "/x", ("*",)))
+
+
+@pytest.fixture
+def show_dest(tmp_path: Path) -> Path:
+    dest = tmp_path / "mirror"
+    files = {
+        LONG: openclaw_session("long-0001", 1000),
+        "agents/main/sessions/short.jsonl": openclaw_session("short", 3),
+    }
+    make_mirror(dest, "h0", "openclaw", files)
+    rebuild_index(dest)
+    return dest
+
+
+# -- signatures ---------------------------------------------------------------------------------
+
+
+def test_every_public_function_has_type_hints_that_resolve() -> None:
+    """``typing.get_type_hints`` (pydantic, typer, docs tools) on each public function: no name
+    is left to the type checker alone."""
+    for name in api.__all__:
+        hints = typing.get_type_hints(getattr(api, name))
+        assert "return" in hints, name
+    assert typing.get_type_hints(api.read_session)["return"] is ShowResult
+    assert typing.get_type_hints(api.list_sessions)["return"] == list[query.SessionRow]
+
+
+def test_the_api_and_a_sync_import_no_reader_of_a_show() -> None:
+    """Importing the API, or the engine a sync runs, leaves the show's readers and the CLI's
+    renderer unimported (start-up time): the result types live in light modules."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import remote_sync.api
+        print(sorted(m for m in ("remote_sync.mirror.engine", "rich") if m in sys.modules))
+        import remote_sync.mirror.engine
+        late = ("remote_sync.index.show", "remote_sync.index.remote", "rich")
+        print(sorted(m for m in late if m in sys.modules))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == ["[]", "[]"]
+
+
+def keywords(function: Any) -> dict[str, Any]:
+    """The keyword parameters of ``function`` and their defaults."""
+    parameters = inspect.signature(function).parameters.values()
+    assert all(p.kind is not p.VAR_KEYWORD for p in parameters), function
+    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+
+
+def test_options_are_explicit_keywords_named_and_defaulted_as_the_engine_and_index() -> None:
+    """No ``**options``: each option has its name and default where the engine (SyncOptions)
+    and the index's queries define them, so the two cannot drift apart."""
+    from remote_sync.mirror.engine import SyncOptions
+
+    engine = {
+        f.name: PoolSettings() if f.name == "pool" else f.default
+        for f in dataclasses.fields(SyncOptions)
+        if f.name != "dest"
+    }
+    sync = keywords(api.sync)
+    assert {name: sync[name] for name in engine} == {**engine, "pool": None}
+    assert dataclasses.fields(SyncOptions)[0].name == "dest"
+
+    listing = keywords(api.stream_sessions)
+    index = keywords(query.query_sessions)
+    # Over the index, no sort means the index's default; from hosts, the order they arrive in.
+    assert index.pop("sort") == query.DEFAULT_SORT and listing["sort"] is None
+    assert {name: listing[name] for name in index} == index
+    assert keywords(api.list_sessions) == listing
+
+    stats = keywords(api.session_stats)
+    index_stats = keywords(query.session_stats)
+    assert {name: stats[name] for name in index_stats} == index_stats
+    assert stats["by"] == inspect.signature(query.session_stats).parameters["by"].default
+
+    assert inspect.signature(api.show_session).parameters == (
+        inspect.signature(api.read_session).parameters
+    )
+
+
+def test_a_misspelt_keyword_is_a_type_error_before_anything_happens(tmp_path: Path) -> None:
+    """At the call for ``sync`` and ``stream_sessions`` (nothing awaited), on awaiting for the
+    functions derived from them; no host is contacted, nothing is written."""
+    host = nowhere()
+    dest = tmp_path / "mirror"
+    with pytest.raises(TypeError, match="concurency"):
+        api.sync([host], dest, concurency=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="hots"):
+        api.stream_sessions(remote=True, hosts=[host], hots="x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="limt"):
+        anyio.run(lambda: api.list_sessions(remote=True, hosts=[host], limt=1))
+    with pytest.raises(TypeError, match="haed"):
+        anyio.run(lambda: api.show_session(host, "s", haed=1))
+    assert not dest.exists()
+
+
+def test_mypy_flags_a_misspelt_keyword(tmp_path: Path) -> None:
+    """The point of explicit keywords: the type checker catches the typo."""
+    pytest.importorskip("mypy")
+    (tmp_path / "caller.py").write_text(
+        textwrap.dedent(
+            """
+            from remote_sync import api
+
+
+            async def main() -> None:
+                await api.sync([], "m", concurency=2)
+                await api.list_sessions(dest="m", limt=3)
+                await api.show_session("h0", "s", dest="m", haed=3)
+                await api.session_stats(dest="m", hots="h0")
+                rows = await api.list_sessions(dest="m", limit=3, sort="-cost")
+                reveal_type(rows)
+            """
+        )
+    )
+    root = Path(remote_sync.__file__).parent.parent
+    command = [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache")]
+    done = subprocess.run(
+        [*command, "caller.py"],
+        cwd=tmp_path,  # not the project's configuration: this file alone
+        env={**os.environ, "MYPYPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
+    assert [line.split(":")[1] for line in errors] == ["6", "7", "8", "9"], done.stdout
+    # (mypy before 1.11 spells it "builtins.list")
+    revealed = r'Revealed type is "(builtins\.)?list\[remote_sync\.index\.query\.SessionRow\]"'
+    assert re.search(revealed, done.stdout), done.stdout
+
+
+# -- reading a mirror -----------------------------------------------------------------------------
+
+
+async def test_read_session_from_a_mirror_is_what_sessions_show_reads(show_dest: Path) -> None:
+    """With ``dest``: the mirror's copy, as ``sessions show --dest`` reads it (page 1 when no
+    part is chosen), for a host named or given as a Host; progress as for a remote read."""
+    for how in ({"page": 1}, {"head": 5}, {"tail": 7}, {"page": 3, "page_size": 40}):
+        _row, expected = show_session(show_dest, "h0", "long-0001", **how)
+        assert await api.read_session("h0", "long-0001", dest=show_dest, **how) == expected
+    _row, first_page = show_session(show_dest, "h0", LONG, page=1)
+    events: list[Progress] = []
+    result = await api.read_session("h0", LONG, dest=show_dest, emit=events.append)
+    assert result == first_page and (result.first, result.total) == (0, 1000)
+    read = result.bytes_read
+    assert events == [
+        Progress("h0", "fetching", 0, 0, 0, 0),
+        Progress("h0", "done", 50, 50, read, read),
+    ]
+    messages = await api.show_session(nowhere("h0"), "short", dest=show_dest, tail=2)
+    assert [m.text.split()[:2] for m in messages] == [["msg", "1"], ["msg", "2"]]
+
+
+async def test_a_mirror_read_runs_in_a_worker_thread_that_a_cancel_leaves(
+    show_dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the file is read the event loop goes on (here: it cancels the read through the
+    registry), and the cancel returns at once, without waiting for the read to end."""
+    from remote_sync.index import show
+
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+    real = show.show_session
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        release.wait(60)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(show, "show_session", held)
+    registry = CancelRegistry()
+    outcome: list[BaseException] = []
+
+    async def read() -> None:
+        try:
+            await api.read_session(
+                "h0", "short", dest=show_dest, registry=registry, transfer_id="t"
+            )
+        except TransferCancelledError as exc:
+            outcome.append(exc)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            assert await anyio.to_thread.run_sync(started.wait, 60)
+            assert registry.cancel("t")
+        assert len(outcome) == 1 and not release.is_set() and len(registry) == 0
+    finally:
+        release.set()
+    assert await anyio.to_thread.run_sync(finished.wait, 60)
+
+
+async def test_a_host_name_without_a_mirror_is_refused(show_dest: Path) -> None:
+    """A name is no address: without ``dest`` the Host is needed."""
+    with pytest.raises(ValueError, match="pass dest"):
+        await api.read_session("h0", "short")
+
+
+async def test_session_stats_are_those_of_sessions_stats(index_dest: Path) -> None:
+    registry = CancelRegistry()
+    db = query.open_index(index_dest)
+    try:
+        for by in query.STATS_KEYS:
+            for filters in ({}, {"klass": "valuable"}, {"host": "h1", "since": "25d"}):
+                expected = query.session_stats(db, by, now=NOW, **filters)  # type: ignore[arg-type]
+                groups = await api.session_stats(
+                    dest=index_dest,
+                    by=by,  # type: ignore[arg-type]
+                    now=NOW,
+                    registry=registry,
+                    **filters,
+                )
+                assert groups == expected, (by, filters)
+    finally:
+        db.close()
+    assert (await api.session_stats(dest=index_dest, now=NOW))[0].key == "h0"
+    assert len(registry) == 0
+    with pytest.raises(ConfigError, match="cannot group by"):
+        await api.session_stats(dest=index_dest, by="week")  # type: ignore[arg-type]

@@ -191,7 +191,7 @@ class DestinationError(ConfigError):
     """The destination cannot be used at all (not a directory, not writable): nothing was
     attempted, so it is a usage error (exit 2), not a failed sync."""
 
-    default_hint = "give --dest a directory this user can write (or a path to create)"
+    default_hint = "give dest (--dest) a directory this user can write (or a path to create)"
 
 
 class LockedError(RemoteSyncError):

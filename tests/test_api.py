@@ -4,7 +4,8 @@ Covers what a program relies on beyond the CLI's behaviour: type hints that reso
 time, explicit keyword options (a misspelt one is a TypeError before anything is read, written
 or contacted, and an error for mypy), the reads of a mirror (``read_session`` with ``dest``,
 ``session_stats``) giving what the CLI's ``sessions show`` and ``stats`` give, in a worker
-thread that a cancel stops waiting for.
+thread that a cancel stops waiting for, and error messages that name the argument a library
+caller passed as well as the CLI's option.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from test_sessions_cli import NOW, make_mirror, openclaw_session
 import remote_sync
 from remote_sync import api
 from remote_sync.cancel import CancelRegistry
-from remote_sync.errors import ConfigError, TransferCancelledError
+from remote_sync.errors import ConfigError, DestinationError, TransferCancelledError
 from remote_sync.events import Progress
 from remote_sync.index import query
 from remote_sync.index.show import ShowResult, show_session
@@ -270,3 +271,43 @@ async def test_session_stats_are_those_of_sessions_stats(index_dest: Path) -> No
     assert len(registry) == 0
     with pytest.raises(ConfigError, match="cannot group by"):
         await api.session_stats(dest=index_dest, by="week")  # type: ignore[arg-type]
+
+
+# -- errors speak to both callers -----------------------------------------------------------------
+
+
+async def test_a_negative_limit_names_the_argument_and_the_option(index_dest: Path) -> None:
+    """Over the index and from hosts (before any is contacted)."""
+    for where in ({"dest": index_dest}, {"remote": True, "hosts": [nowhere()]}):
+        with pytest.raises(ConfigError) as info:
+            await api.list_sessions(limit=-1, **where)  # type: ignore[arg-type]
+        assert info.value.message == "limit (--limit) must not be negative, got -1"
+
+
+async def test_no_mirror_at_dest_names_the_argument_and_the_option(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing"
+    for reading in (
+        lambda: api.list_sessions(dest=missing),
+        lambda: api.read_session("h0", "s", dest=missing),
+        lambda: api.session_stats(dest=missing),
+    ):
+        with pytest.raises(ConfigError, match="no mirror at") as info:
+            await reading()
+        assert info.value.hint.startswith("give dest (--dest DIR, or REMOTE_SYNC_DEST) ")
+
+
+async def test_an_unknown_session_points_to_the_listing_of_both_callers(show_dest: Path) -> None:
+    with pytest.raises(ConfigError, match="no session 'nope'") as info:
+        await api.read_session("h0", "nope", dest=show_dest)
+    hint = info.value.hint
+    assert "`remote-sync sessions list --host h0`" in hint and "list_sessions(host='h0')" in hint
+
+
+async def test_a_destination_that_is_a_file_names_the_argument_and_the_option(
+    tmp_path: Path,
+) -> None:
+    dest = tmp_path / "a-file"
+    dest.write_bytes(b"")
+    with pytest.raises(DestinationError) as info:
+        await api.sync([nowhere()], dest)
+    assert info.value.hint.startswith("give dest (--dest) a directory")

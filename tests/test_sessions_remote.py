@@ -433,6 +433,9 @@ def test_show_remote_takes_one_command(fleet: Any, tmp_path: Path) -> None:
     assert isinstance(error, ConfigError) and "no session 'delta'" in str(error)
     error, _ = anyio.run(lambda: show("nothing"))
     assert isinstance(error, ConfigError) and "no session 'nothing'" in str(error)
+    # The hint serves a caller of the CLI and one of the library alike.
+    assert "`remote-sync sessions list --remote`" in error.hint
+    assert "list_sessions(remote=True)" in error.hint
     error, _ = anyio.run(lambda: show(f"{SESSIONS}/missing.jsonl"))
     assert isinstance(error, ConfigError) and "missing.jsonl" in str(error)
 

@@ -212,7 +212,7 @@ def open_index(dest: str | Path) -> sqlite3.Connection:
     if not db_path.is_file():
         raise ConfigError(
             f"no mirror at {dest} (no .remote-sync/state.db)",
-            hint="pass --dest DIR (or set REMOTE_SYNC_DEST) to a directory that "
+            hint="give dest (--dest DIR, or REMOTE_SYNC_DEST) a directory that "
             "`remote-sync sync` has filled",
         )
     uri = read_only_uri(db_path)
@@ -229,7 +229,7 @@ def open_index(dest: str | Path) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise ConfigError(
             f"cannot read the mirror's state database in {dest}: {exc}",
-            hint="check permissions on DIR/.remote-sync/",
+            hint=f"check the permissions of {Path(dest) / '.remote-sync'}",
         ) from exc
     if "sessions" not in tables or "files" not in tables:
         db.close()
@@ -414,6 +414,15 @@ def check_batch_size(batch_size: int) -> None:
         )
 
 
+def _check_limit(limit: int | None) -> None:
+    """A :class:`ConfigError` for a negative ``limit``, naming the argument and the option."""
+    if limit is not None and limit < 0:
+        raise ConfigError(
+            f"limit (--limit) must not be negative, got {limit}",
+            hint="pass the largest number of sessions wanted, or none for all",
+        )
+
+
 def _order(sort: str) -> str:
     descending = sort.startswith("-")
     field = _sort_field(sort)
@@ -454,8 +463,7 @@ def query_sessions(
     )
     sql = f"SELECT * FROM ({sql}) ORDER BY {_order(sort)}"
     if limit is not None:
-        if limit < 0:
-            raise ConfigError("--limit must not be negative")
+        _check_limit(limit)
         sql += " LIMIT :limit"
         # SQLite binds at most a signed 64-bit integer; a larger limit is no limit.
         params["limit"] = min(limit, INT64_MAX)
@@ -613,8 +621,7 @@ def select_rows(
     """:func:`query_sessions`'s filters, sort and limit applied to rows already in memory
     (sessions read straight from hosts). Same arguments, same semantics."""
     _order(sort)  # validates the arguments like the SQL path does
-    if limit is not None and limit < 0:
-        raise ConfigError("--limit must not be negative")
+    _check_limit(limit)
     kept = filter_rows(
         rows,
         host=host,
@@ -714,7 +721,8 @@ def find_session(
     raise ConfigError(
         f"no session {session!r}",
         host=host,
-        hint=f"`remote-sync sessions list --host {host}` shows its sessions",
+        hint=f"`remote-sync sessions list --host {host}` (the library's "
+        f"list_sessions(host={host!r})) shows its sessions",
     )
 
 

@@ -126,6 +126,8 @@ MAX_CANDIDATES = 64
 SHOWN_MATCHES = 20
 #: A path in a frame header longer than this without its NUL is a protocol error.
 MAX_FRAME_PATH = 64 * 1024
+#: Where hints send a caller to see a host's sessions, on the command line and in the library.
+_LISTING = "`remote-sync sessions list --remote` (the library's list_sessions(remote=True))"
 
 #: Per format, ``find -name`` patterns that every transcript's file name matches and patterns
 #: none matches: a superset of the reader's ``is_transcript``, which is checked exactly on the
@@ -965,7 +967,7 @@ async def read_remote_session(
         raise ConfigError(
             f"no session file {path_text(path)!r}",
             host=host.name,
-            hint="see `remote-sync sessions list --remote` for the sessions",
+            hint=f"see {_LISTING} for the sessions",
         )
     return outcome.result
 
@@ -985,7 +987,7 @@ def _as_paths(host: Host, reader: FormatReader, session: str) -> list[bytes]:
             raise ConfigError(
                 f"{session!r} is not a path inside the host's root",
                 host=host.name,
-                hint="name the session by its path as `sessions list --remote` shows it",
+                hint=f"name the session by its path as {_LISTING} shows it",
             )
         if not host.source.is_included(path):
             raise ConfigError(
@@ -1038,7 +1040,7 @@ def _pick(host: Host, reader: FormatReader, session: str, matches: _Matches) -> 
     raise ConfigError(
         f"no session {session!r}",
         host=host.name,
-        hint="see `remote-sync sessions list --remote` for the ids",
+        hint=f"see {_LISTING} for the ids",
     )
 
 
@@ -1108,7 +1110,7 @@ async def _run_show(
                             "no such session file",
                             host=host.name,
                             path=where,
-                            hint="it may have been deleted; see `sessions list --remote`",
+                            hint=f"it may have been deleted; see {_LISTING}",
                         )
                     if kind == "D":
                         raise RemoteCommandError(

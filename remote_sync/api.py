@@ -29,12 +29,13 @@ import asyncio
 import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from itertools import islice
 from pathlib import Path
 from sys import maxsize
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
 
@@ -46,7 +47,13 @@ from .index.query import DEFAULT_SORT, SessionRow, Since, StatsKey, StatsRow, ch
 from .index.store import INT64_MAX
 from .inventory import Host
 from .ssh.pool import PoolSettings
-from .ssh.remote import IDLE_TIMEOUT
+from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT
+
+if TYPE_CHECKING:
+    from anyio import CapacityLimiter
+    from anyio.streams.memory import MemoryObjectSendStream
+
+    from .ssh.pool import SSHPool
 
 __all__ = [
     "list_sessions",
@@ -86,7 +93,7 @@ async def sync(
     hosts: Sequence[Host],
     dest: str | Path,
     *,
-    concurrency: int = 8,
+    concurrency: int = CONCURRENCY,
     dry_run: bool = False,
     idle_timeout: float | None = IDLE_TIMEOUT,
     pool: PoolSettings | None = None,
@@ -142,12 +149,15 @@ async def stream_sessions(
     transfer_id: str | None = None,
     errors: list[RemoteSyncError] | None = None,
     idle_timeout: float | None = IDLE_TIMEOUT,
+    concurrency: int = CONCURRENCY,
 ) -> AsyncGenerator[list[SessionRow], None]:
     """Sessions in batches of ``batch_size`` as they are read.
 
-    A caller that may stop before the end closes it in its own task: ``async with
-    contextlib.aclosing(stream_sessions(...)) as batches:`` (as for any async generator that
-    holds connections).
+    A caller that may stop before the end should close it: ``async with
+    contextlib.aclosing(stream_sessions(...)) as batches:`` stops the hosts as the loop is
+    left (as for any async generator that holds connections). A loop left without it is safe
+    too (no cancel scope of the stream's is held in the caller's task across a yield), but
+    the hosts then stop only when the stream is dropped and asyncio closes it.
 
     From the mirror at ``dest`` (its index), or with ``remote=True`` straight from ``hosts``
     over SSH, decoding each transcript as it streams. The filters are those of ``sessions
@@ -161,16 +171,24 @@ async def stream_sessions(
     ``sort`` or ``limit`` they are sorted and cut once every host was read (as over the index,
     ``limit`` keeps the most recent unless ``sort`` says otherwise), then yielded.
 
-    With ``remote=True`` a host that cannot be read does not cost the others their rows: its
-    failure is reported through ``emit`` as an :class:`~remote_sync.events.ErrorEvent` (the
-    ``--json`` error of ``sync``) and the listing goes on with the next host. Once every host
-    was read, the first failure is raised, so a partial listing is never taken for a whole
-    one; pass a list as ``errors`` to have the failures appended there instead. A
-    cancellation stops everything at once. A host whose command sends nothing for
-    ``idle_timeout`` seconds fails (None: no limit).
+    With ``remote=True`` up to ``concurrency`` hosts are read at once (as ``sync``'s), and
+    each batch is yielded as its host sends it: a batch holds one host's rows, and batches of
+    different hosts interleave (``concurrency=1`` reads the hosts one after another, in the
+    order given). A host's rows wait for the caller to take them, so a slow caller slows the
+    hosts down rather than filling memory. Each host reports ``listing``, ``fetching`` and
+    ``done`` progress through ``emit``.
+
+    A host that cannot be read does not cost the others their rows: its failure is reported
+    through ``emit`` as an :class:`~remote_sync.events.ErrorEvent` (the ``--json`` error of
+    ``sync``) at once, and the other hosts go on. Once every host was read, the first failure
+    (in the order of ``hosts``) is raised, so a partial listing is never taken for a whole
+    one; pass a list as ``errors`` to have the failures appended there instead (in the order
+    of ``hosts``, when the listing ends). A cancellation stops every host at once. A host
+    whose command sends nothing for ``idle_timeout`` seconds fails (None: no limit).
     """
     check_batch_size(batch_size)
     if remote:
+        _check_concurrency(concurrency)
         _require_asyncio()
     emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
@@ -188,13 +206,20 @@ async def stream_sessions(
     with registry.register(transfer_id) as token:
         if remote:
             batches = _remote_sessions(
-                hosts, batch_size, emit, token, failures, {**filters, "sort": sort}, idle_timeout
+                hosts,
+                batch_size,
+                emit,
+                token,
+                failures,
+                {**filters, "sort": sort},
+                idle_timeout,
+                concurrency,
             )
         else:
             ordered = {**filters, "sort": sort or DEFAULT_SORT}
             batches = _local_batches(dest, batch_size, token, emit, ordered)
-        # Closed here, in the caller's task, when the caller stops early (aclosing): left to
-        # the garbage collector, the connections' task groups would be exited in another task.
+        # Closed with this generator (so the hosts stop as soon as it is closed), not left to
+        # the garbage collector.
         async with aclosing(batches):
             async for batch in batches:
                 yield batch
@@ -386,7 +411,7 @@ def _bounded(count: int | None) -> int | None:
 
 
 async def _remote_batches(
-    pool: Any,
+    pool: SSHPool,
     host: Host,
     batch_size: int,
     token: CancelToken,
@@ -411,11 +436,16 @@ async def _remote_sessions(
     failures: list[RemoteSyncError],
     filters: dict[str, Any],
     idle_timeout: float | None,
+    concurrency: int,
 ) -> AsyncGenerator[list[SessionRow], None]:
-    """Each host's sessions, filtered like the index's; failed hosts reported and skipped."""
-    from .index.query import DEFAULT_SORT, filter_rows, select_rows
-    from .index.remote import LIST_WINDOW
-    from .ssh.pool import PoolSettings, SSHPool
+    """Each host's sessions, filtered like the index's; failed hosts reported and skipped.
+
+    Up to ``concurrency`` hosts are read at once, each in its own task. Their batches come
+    here through an unbuffered stream, so a host whose rows the caller has not taken yet waits
+    (and its SSH window fills, stopping its remote command) instead of piling rows up. The
+    failures are appended to ``failures`` in the order of ``hosts``, once the listing ends.
+    """
+    from .index.query import select_rows
 
     filters = dict(filters)
     sort: str | None = filters.pop("sort", None)
@@ -423,43 +453,136 @@ async def _remote_sessions(
     if filters.get("now") is None:
         # One "now" for every batch: a relative `since` (7d) must not move while hosts are read.
         filters["now"] = datetime.now(UTC)
-    # Validates every argument (ConfigError, or TypeError for an unknown one) before connecting.
-    select_rows([], sort=sort or DEFAULT_SORT, limit=limit, **filters)  # checks them, early
+    # Validates every value (a ConfigError) before connecting.
+    select_rows([], sort=sort or DEFAULT_SORT, limit=limit, **filters)
     ordered = sort is not None or limit is not None
     wanted = filters.get("host")
+    # None of another host's rows could match `host`: those are not even connected to.
+    asked = [host for host in hosts if wanted is None or host.name == wanted]
     kept: list[SessionRow] = []
-    async with SSHPool(PoolSettings(window=LIST_WINDOW)) as pool:
-        for host in hosts:
-            if wanted is not None and host.name != wanted:
-                continue  # none of its rows could match: do not even connect
-            done = 0
-            emit(Progress(host.name, "listing", 0, 0, 0, 0))
-            try:
-                # The rows' class is judged at the same "now" as the filters, as the index's is.
-                batches = _remote_batches(
-                    pool, host, batch_size, token, idle_timeout, filters["now"]
-                )
-                async with aclosing(batches):
-                    async for batch in batches:
-                        done += len(batch)
-                        emit(Progress(host.name, "fetching", done, 0, 0, 0))
-                        rows = filter_rows(batch, **filters)
-                        if ordered:
-                            kept.extend(rows)
-                        elif rows:
-                            token.raise_if_cancelled()  # the rows of a chunk read before it
-                            yield rows
-            except TransferCancelledError:
-                raise
-            except RemoteSyncError as exc:
-                failures.append(exc)
-                emit(ErrorEvent.from_exception(exc))
-            emit(Progress(host.name, "done", done, done, 0, 0))
+    reader = _HostReader(batch_size, emit, token, filters, idle_timeout)
+    send, receive = anyio.create_memory_object_stream[list[SessionRow] | Exception](0)
+    # The hosts are read in a task of their own, not in the caller's: none of their cancel
+    # scopes (the host tasks', the pool's) is held across this generator's yields. A caller
+    # that leaves its loop without closing the generator is then not cancelled by the
+    # generator's cleanup, which runs in whichever task closes it (PEP 789). The task lives
+    # within the generator: it is cancelled and awaited when the generator ends, however.
+    reading = asyncio.get_running_loop().create_task(
+        reader.read_all(asked, concurrency, send), name="remote-sync remote listing"
+    )
+    try:
+        async for rows in receive:
+            if isinstance(rows, Exception):
+                raise rows  # a cancel or a bug: every host stops
+            token.raise_if_cancelled()  # the rows of a chunk read before it
+            if ordered:
+                kept.extend(rows)
+            else:
+                yield rows
+    finally:
+        await _stopped(reading)
+        send.close()  # when the task was cancelled before it began
+        receive.close()
+        failures.extend(reader.failed[index] for index in sorted(reader.failed))
+    token.raise_if_cancelled()
     if ordered:
         chosen = select_rows(kept, sort=sort or DEFAULT_SORT, limit=limit, now=filters.get("now"))
         for start in range(0, len(chosen), batch_size):
             token.raise_if_cancelled()
             yield chosen[start : start + batch_size]
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    """``task`` cancelled unless it is done, and finished, whichever task awaits it."""
+    task.cancel()
+    with anyio.CancelScope(shield=True):
+        await asyncio.wait([task])
+    if not task.cancelled():
+        # What it could not pass on (the listing stopped before taking it) is moot now.
+        task.exception()
+
+
+@dataclass(slots=True)
+class _HostReader:
+    """The hosts of a remote listing, read at once, each in a task of its own."""
+
+    batch_size: int
+    emit: Emit
+    token: CancelToken
+    filters: dict[str, Any]
+    idle_timeout: float | None
+    failed: dict[int, RemoteSyncError] = field(default_factory=dict)  # by place in `hosts`
+
+    async def read_all(
+        self,
+        hosts: Sequence[Host],
+        concurrency: int,
+        send: MemoryObjectSendStream[list[SessionRow] | Exception],
+    ) -> None:
+        """Every host's filtered batches sent on ``send``, ``concurrency`` hosts at once;
+        an error that stops the listing is sent on for it to raise."""
+        from .index.remote import LIST_WINDOW
+        from .ssh.pool import PoolSettings, SSHPool
+
+        with send:
+            try:
+                async with (
+                    SSHPool(PoolSettings(window=LIST_WINDOW)) as pool,
+                    anyio.create_task_group() as tasks,
+                ):
+                    limiter = anyio.CapacityLimiter(concurrency)
+                    for index, host in enumerate(hosts):
+                        tasks.start_soon(self.run, pool, index, host, limiter, send.clone())
+            except Exception as exc:  # the pool's own, say (the host tasks pass theirs on)
+                await send.send(exc)
+
+    async def run(
+        self,
+        pool: SSHPool,
+        index: int,
+        host: Host,
+        limiter: CapacityLimiter,
+        send: MemoryObjectSendStream[list[SessionRow] | Exception],
+    ) -> None:
+        """Read ``host`` once a place is free. A host that fails is reported and recorded;
+        anything else that stops it (a cancel through the token, a bug) is sent on for the
+        listing to raise, rather than cancelling the other hosts as an exception would."""
+        with send:
+            try:
+                with self.token.scope(host=host.name):  # stops it waiting for a place too
+                    async with limiter:
+                        await self._read(pool, index, host, send)
+            except Exception as exc:
+                await send.send(exc)
+
+    async def _read(
+        self,
+        pool: SSHPool,
+        index: int,
+        host: Host,
+        send: MemoryObjectSendStream[list[SessionRow] | Exception],
+    ) -> None:
+        from .index.query import filter_rows
+
+        done = 0
+        self.emit(Progress(host.name, "listing", 0, 0, 0, 0))
+        try:
+            # The rows' class is judged at the same "now" as the filters, as the index's is.
+            batches = _remote_batches(
+                pool, host, self.batch_size, self.token, self.idle_timeout, self.filters["now"]
+            )
+            async with aclosing(batches):
+                async for batch in batches:
+                    done += len(batch)
+                    self.emit(Progress(host.name, "fetching", done, 0, 0, 0))
+                    if rows := filter_rows(batch, **self.filters):
+                        await send.send(rows)
+        except TransferCancelledError:
+            raise
+        except RemoteSyncError as exc:
+            self.failed[index] = exc
+            self.emit(ErrorEvent.from_exception(exc))
+        self.emit(Progress(host.name, "done", done, done, 0, 0))
 
 
 async def _local_batches(
@@ -471,8 +594,6 @@ async def _local_batches(
 ) -> AsyncGenerator[list[SessionRow], None]:
     """The index's rows in batches. Progress events name no host (the index holds them all):
     ``listing`` with the rows read so far before each batch, then ``done``."""
-    import anyio
-
     from .index.query import open_index, query_sessions
 
     if dest is None:
@@ -490,6 +611,15 @@ async def _local_batches(
     finally:
         db.close()
     emit(Progress("", "done", done, done, 0, 0))
+
+
+def _check_concurrency(concurrency: int) -> None:
+    """A :class:`ConfigError` unless ``concurrency`` is a whole number of at least 1."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigError(
+            f"concurrency must be a whole number of at least 1, not {concurrency!r}",
+            hint="pass how many hosts may be read at once",
+        )
 
 
 def _require_asyncio() -> None:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import ConfigError, LockedError, RemoteSyncError
-from .ssh.remote import IDLE_TIMEOUT
+from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 
 if TYPE_CHECKING:
     import sqlite3
@@ -116,14 +116,7 @@ def _add_sync(sub: Any) -> None:
         metavar="T",
         help="only hosts with this tag (repeatable: any of them)",
     )
-    sync.add_argument(
-        "--concurrency",
-        "-j",
-        type=int,
-        default=8,
-        metavar="N",
-        help="hosts synced at once (default 8)",
-    )
+    _concurrency_option(sync, "synced", CONCURRENCY)
     sync.add_argument("--dry-run", "-n", action="store_true", help="show what would move")
     sync.add_argument(
         "--no-index",
@@ -152,6 +145,22 @@ def _add_sync(sub: Any) -> None:
         help="record unknown host keys on first contact (OpenSSH accept-new); "
         "a changed key is still refused",
     )
+
+
+def _concurrency_option(parser: Any, done: str, default: int | None) -> None:
+    parser.add_argument(
+        "--concurrency",
+        "-j",
+        type=int,
+        default=default,
+        metavar="N",
+        help=f"hosts {done} at once (default {CONCURRENCY})",
+    )
+
+
+def _check_concurrency(concurrency: int) -> None:
+    if concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
 
 
 def _timeout_option(parser: Any) -> None:
@@ -220,11 +229,14 @@ def _filter_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _remote_options(parser: argparse.ArgumentParser) -> None:
+def _remote_options(parser: argparse.ArgumentParser, many_hosts: bool = False) -> None:
     group = parser.add_argument_group("remote (ask the hosts instead of the mirror)")
     group.add_argument("--remote", action="store_true", help="read the hosts over SSH")
     group.add_argument("--inventory", "-I", metavar="FILE", help="inventory TOML (with --remote)")
     _timeout_option(group)
+    if many_hosts:
+        # No default here: given without --remote it is refused, as --timeout is.
+        _concurrency_option(group, "read", None)
 
 
 def _add_sessions(sub: Any) -> None:
@@ -254,7 +266,7 @@ def _add_sessions(sub: Any) -> None:
     )
     listing.add_argument("--limit", type=int, metavar="N", help="at most N sessions")
     listing.add_argument("--json", action="store_true", help="one JSON object per session")
-    _remote_options(listing)
+    _remote_options(listing, many_hosts=True)
 
     show = verbs.add_parser(
         "show",
@@ -515,8 +527,7 @@ def _run_sync(args: argparse.Namespace) -> int:
     error_out = json_lines_renderer() if args.json else None
     try:
         dest = _given_dest(args.dest)
-        if args.concurrency < 1:
-            raise ConfigError("--concurrency must be at least 1")
+        _check_concurrency(args.concurrency)
         hosts = _select_hosts(args)
     except ConfigError as exc:
         _report(exc, error_out)
@@ -770,7 +781,12 @@ def _list_remote(
     async def collect() -> list[SessionRow]:
         rows: list[SessionRow] = []
         async for batch in function(
-            remote=True, hosts=hosts, errors=failures, idle_timeout=_idle_timeout(args), **filters
+            remote=True,
+            hosts=hosts,
+            errors=failures,
+            idle_timeout=_idle_timeout(args),
+            concurrency=args.concurrency or CONCURRENCY,
+            **filters,
         ):
             rows.extend(batch)
         return rows
@@ -798,6 +814,11 @@ def _check_remote_flags(args: argparse.Namespace) -> None:
         raise ConfigError("--inventory applies only with --remote")
     if args.timeout is not None and not args.remote:
         raise ConfigError("--timeout applies only with --remote")
+    concurrency: int | None = getattr(args, "concurrency", None)  # list has it, show not
+    if concurrency is not None:
+        if not args.remote:
+            raise ConfigError("--concurrency applies only with --remote")
+        _check_concurrency(concurrency)
 
 
 def run_sessions_list(args: argparse.Namespace) -> int:

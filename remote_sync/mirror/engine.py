@@ -70,7 +70,7 @@ from ..index.update import (
 from ..index.worker import IndexJob, IndexWorker, IndexWorkerError
 from ..inventory import Host
 from ..ssh.pool import PoolSettings, SSHPool, local_file_problem
-from ..ssh.remote import IDLE_TIMEOUT
+from ..ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 from ..ssh.stream import RemoteStream, exec_streaming
 from .plan import Category, Plan, Transfer, make_plan
 from .remote_ops import (
@@ -155,7 +155,7 @@ def worker_min_bytes() -> int | None:
 @dataclass
 class SyncOptions:
     dest: Path
-    concurrency: int = 8
+    concurrency: int = CONCURRENCY
     dry_run: bool = False
     #: Seconds a remote command may stay silent before its host fails (None: no limit).
     idle_timeout: float | None = IDLE_TIMEOUT

@@ -20,6 +20,9 @@ PID_MARKER = b"remote-sync-pid "
 #: Seconds a remote command may go without sending a byte before it counts as hung (rsync's
 #: ``--timeout``; the CLI's ``--timeout``). Dead links are found sooner by the keepalives.
 IDLE_TIMEOUT = 120.0
+#: Hosts worked on at once unless told otherwise: by ``sync`` and by a remote listing (the
+#: CLI's ``--concurrency``).
+CONCURRENCY = 8
 
 # Runs under the user's login shell (bash, dash, zsh, ash, fish: the outer "exec sh -c"
 # hands over to POSIX sh at once). "$$" is then the pid sshd started, which is also the process

@@ -229,15 +229,8 @@ class MirrorState:
             ) from exc
         self._lock()
         try:
-            self._db = sqlite3.connect(self.control / "state.db", isolation_level=None)
+            self._db = self._connect()
             self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode survives any process kill; after a power loss the newest
-            # commits may be lost, which recovery handles by cutting data back to them.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            # A sync reads each host's rows once, in one range scan, and writes each changed
-            # row once: beyond the B-tree's inner pages, SQLite's default 2 MB cache holds
-            # pages nobody reads again (the OS keeps the file cached anyway). 1 MiB.
-            self._db.execute("PRAGMA cache_size=-1024")
             self._db.executescript(_SCHEMA)
             ensure_index_schema(self._db)
             self._db.execute(
@@ -264,6 +257,34 @@ class MirrorState:
                 hint="check the destination's file system; if the database itself is damaged, "
                 "move it aside (a rerun then fetches every file again)",
             ) from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        # Not bound to the thread that opens it: a sync's work on the state moves between
+        # worker threads (see for_thread); a connection is used by one thread at a time.
+        db = sqlite3.connect(
+            self.control / "state.db", isolation_level=None, check_same_thread=False
+        )
+        # NORMAL in WAL mode survives any process kill; after a power loss the newest
+        # commits may be lost, which recovery handles by cutting data back to them.
+        db.execute("PRAGMA synchronous=NORMAL")
+        # A sync reads each host's rows once, in one range scan, and writes each changed
+        # row once: beyond the B-tree's inner pages, SQLite's default 2 MB cache holds
+        # pages nobody reads again (the OS keeps the file cached anyway). 1 MiB.
+        db.execute("PRAGMA cache_size=-1024")
+        return db
+
+    def for_thread(self) -> MirrorState:
+        """This open state over a connection of its own, for work in a worker thread while
+        the event loop's thread goes on using this one (a connection shares its transaction
+        with every statement made on it, whatever the thread). It reads what is committed;
+        its writes take turns with this one's (SQLite has one writer at a time). Valid while
+        this state is open (it holds the lock); closing it closes only its connection."""
+        other = MirrorState(self.dest)
+        try:
+            other._db = other._connect()
+        except sqlite3.Error as exc:
+            raise self._db_error(exc, "open the state database") from exc
+        return other
 
     def _upgrade(self) -> None:
         """Bring a state written by an earlier version to this one's schema (once)."""

@@ -9,10 +9,15 @@ the summary.
 
 Flushes do not stall the stream: a full batch goes to a thread that makes it durable while the
 stream fills the next one (at most one flush in flight per host); its checkpoints and index
-rows are committed on the event loop's thread once the thread is done *and* the batch's index
-results are in. A round with many transcript bytes to index hands the decoding to an index
-worker process (:mod:`remote_sync.index.worker`), one per run, shared by the hosts; small rounds
-index in-process, which is cheaper than starting a process.
+rows are committed once the thread is done *and* the batch's index results are in. A round
+with many transcript bytes to index hands the decoding to an index worker process
+(:mod:`remote_sync.index.worker`), one per run, shared by the hosts; small rounds index
+in-process, which is cheaper than starting a process.
+
+Nothing holds the event loop for long (an app that syncs keeps its UI or server going): the
+steps that grow with the mirror run in worker threads (recovery, parsing the listing, reading
+the checkpoints and planning, making the fetch's requests, and every write to the state, in
+turn through :class:`StateWrites`).
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar, TypeVarTuple
 
 import anyio
 import anyio.abc
@@ -120,6 +126,9 @@ from .writer import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
+
 #: Flush (fsync + commit) after this many bytes or files, or this many seconds.
 FLUSH_BYTES = 64 * 1024 * 1024
 FLUSH_FILES = 1000
@@ -208,6 +217,7 @@ class HostSync:
         host: Host,
         pool: SSHPool,
         state: MirrorState,
+        writes: StateWrites,
         options: SyncOptions,
         emit: Emit,
         token: CancelToken,
@@ -215,6 +225,9 @@ class HostSync:
         flush_files: int = FLUSH_FILES,
     ) -> None:
         self.host = host
+        # The state's connection is read on the event loop's thread; every write of the
+        # round goes through ``writes`` (a worker thread, one write at a time).
+        self.writes = writes
         self.flush_files = flush_files  # a batch holds each of its files open until its flush
         self.name = host.name
         self.pool = pool
@@ -276,7 +289,10 @@ class HostSync:
         self.emit(Progress(self.name, "listing", 0, 0, 0, 0))
         source = self.host.source
         if not self.options.dry_run:
-            self.state.set_host(self.name, source.format, source.root, self.host.endpoint.label)
+            address = self.host.endpoint.label
+            await self.writes.run(
+                lambda state: state.set_host(self.name, source.format, source.root, address)
+            )
         # One command lists and then fetches what the plan asks for (see round_argv). The
         # marker goes on stdin, never on a command line other users could read in `ps`.
         marker = new_marker()
@@ -299,14 +315,7 @@ class HostSync:
                 listing, listed = await self._list(stream)
                 assert listed.end is not None
                 complete = not listed.end[1]
-                rows = self.state.host_files(self.name)
-                plan = make_plan(
-                    listing,
-                    rows,
-                    is_append_only=source.is_append_only,
-                    is_included=source.is_included,
-                    listing_complete=complete,
-                )
+                plan = await in_thread(self._plan, listing, complete)
                 self.result.files.unchanged = len(plan.unchanged)
                 self.files_total = len(plan.transfers)
                 self.bytes_total = plan.bytes
@@ -341,9 +350,23 @@ class HostSync:
                 self._listing_incomplete(stream.stderr_before)
             with anyio.CancelScope(shield=True):
                 await self._drain()
-        self._mark_deleted(plan.deleted)
-        self._revive(plan.revived)
+        await self._mark_deleted(plan.deleted)
+        await self._revive(plan.revived)
         await self._index_the_unindexed()
+
+    def _plan(self, listing: list[RemoteFile], complete: bool) -> Plan:
+        """The round's plan from its listing and the host's checkpoints (in a worker thread:
+        reading 20,000 rows and comparing them with the listing takes a fifth of a second)."""
+        source = self.host.source
+        with contextlib.closing(self.state.for_thread()) as state:
+            rows = state.host_files(self.name)
+        return make_plan(
+            listing,
+            rows,
+            is_append_only=source.is_append_only,
+            is_included=source.is_included,
+            listing_complete=complete,
+        )
 
     async def _list(self, stream: RemoteStream) -> tuple[list[RemoteFile], ListingParser]:
         """Read the round's listing up to its end line (the parser has it, and what followed)."""
@@ -353,11 +376,10 @@ class HostSync:
         moved: bytes | None = None
         try:
             async for chunk in stream:
-                for f in parser.feed(chunk):
-                    if source.is_included(f.path):
-                        files.append(f)
-                    elif moved is None and source.shows_moved_store(f.path):
-                        moved = f.path
+                # In a worker thread: a chunk of a compressed listing holds some 13,000
+                # records, a tenth of a second of parsing.
+                found = await in_thread(self._take_listed, parser, chunk, files)
+                moved = moved or found  # the first one is reported
                 del chunk  # not held while the stream waits for more
                 if parser.end is not None:
                     break
@@ -399,6 +421,20 @@ class HostSync:
             )
         return files, parser
 
+    def _take_listed(
+        self, parser: ListingParser, chunk: bytes, files: list[RemoteFile]
+    ) -> bytes | None:
+        """Parse a chunk of the listing into ``files`` (those the source includes); returns
+        the first path of it that shows the format's store moved, if any."""
+        source = self.host.source
+        moved: bytes | None = None
+        for f in parser.feed(chunk):
+            if source.is_included(f.path):
+                files.append(f)
+            elif moved is None and source.shows_moved_store(f.path):
+                moved = f.path
+        return moved
+
     def _listing_incomplete(self, messages: bytes | None) -> None:
         # find could not read part of the tree: report it, count it as a failure (files
         # there were not mirrored), and do not take the files it could not see for deleted.
@@ -434,8 +470,9 @@ class HostSync:
     ) -> tuple[list[Transfer], list[Transfer]]:
         """Fetch ``transfers`` on the round's own command (``first``: frames already read);
         returns those that must be fetched whole, and the appends to check one by one."""
-        requests = [t.request() for t in transfers]
-        stream.send(fetch_stdin(requests), end=True)
+        # In a worker thread: the requests of 20,000 new files take tens of milliseconds.
+        requests, stdin = await in_thread(_requests_of, transfers)
+        stream.send(stdin, end=True)
         if not transfers:
             await _drain_stream(stream)
             return [], []
@@ -535,7 +572,8 @@ class HostSync:
         # finds a row for each, which recovery never cuts back to and makes follow the file
         # on disk, and which the next round fetches whole.
         try:
-            self.state.mark_in_doubt(item.row for item in items if item.temp is not None)
+            rows = [item.row for item in items if item.temp is not None]
+            await self.writes.run(lambda state: state.mark_in_doubt(rows))
         except BaseException:
             discard(items)  # nothing of this batch was renamed: temp files and fds go
             raise
@@ -573,29 +611,12 @@ class HostSync:
                 self.settled.add(item.row.path)
                 self.emit(ErrorEvent.from_exception(error))
             # A new file that never reached its place leaves no row behind (see mark_in_doubt).
-            self.state.forget_placeholders([(item.row.host, item.row.path) for item, _ in failed])
+            gone = [(item.row.host, item.row.path) for item, _ in failed]
+            await self.writes.run(lambda state: state.forget_placeholders(gone))
             for item in items:
                 if item.job is not None:
                     item.index = await self._job_result(item, item.job)
-            db = self.state.db
-
-            def write_index() -> None:
-                for item in items:
-                    if item.index is None:
-                        # No facts for these bytes (a --no-index run, a session the index
-                        # could not continue, a file that is no transcript): a row describing
-                        # older bytes would be wrong. The next indexed round's end makes it
-                        # again from the mirror (_index_the_unindexed).
-                        delete_sessions(db, [(item.row.host, item.row.path)])
-                        continue
-                    if item.row.size == 0:
-                        # Not one whole line yet (or any more): no session, as a rebuild of
-                        # the mirror has none for an empty file.
-                        delete_sessions(db, [(item.row.host, item.row.path)])
-                    else:
-                        item.index.write(db)
-
-            self.state.commit((item.row for item in items), also=write_index)
+            await self.writes.run(lambda state: _commit(state, items))
         for item in items:
             counts = self.result.files
             setattr(counts, item.category, getattr(counts, item.category) + 1)
@@ -678,11 +699,13 @@ class HostSync:
         (the host's error says why; a rerun fetches them)."""
         self.result.files.failed += sum(1 for path in self.planned if path not in self.settled)
 
-    def _mark_deleted(self, rows: list[FileState]) -> None:
+    async def _mark_deleted(self, rows: list[FileState]) -> None:
         """Files gone from the remote: ``deleted``, or ``renamed`` when a file new this round
         is the same one under another name (same device, inode and first KiB), such as an
         OpenClaw session archived as ``<id>.jsonl.reset.<time>``; the index then counts its
         conversation once, under the new name."""
+        if not rows:
+            return  # the usual round (new_rows may be 20,000 files of a first one)
         now = time.time()
         moved = {(row.dev, row.ino, row.fingerprint) for row in self.new_rows}
         by_inode = {(row.dev, row.ino): row for row in self.new_rows}
@@ -692,7 +715,7 @@ class HostSync:
             )
             row.state = "renamed" if same else "deleted"
             row.deleted_at = now
-        self.state.commit(rows)
+        await self.writes.run(lambda state: state.commit(rows))
         self.result.files.deleted = len(rows)
 
     def _continued_by(self, gone: FileState, new: FileState | None) -> bool:
@@ -718,12 +741,7 @@ class HostSync:
         reader = self.reader
         if reader is None:
             return
-        source = self.host.source
-        missing = [
-            (path, size)
-            for path, size in self.state.unindexed_files(self.name)
-            if reader.is_transcript(path) and source.is_append_only(path)  # as _writer indexes
-        ]
+        missing = await in_thread(self._unindexed_transcripts, reader)
         if not missing:
             return
         updates: list[IndexUpdate] = []
@@ -743,19 +761,33 @@ class HostSync:
                 continue
             update.fresh = True
             updates.append(update)
-        db = self.state.db
 
-        def write_index() -> None:
+        def write_index(state: MirrorState) -> None:
             for update in updates:
-                update.write(db)
+                update.write(state.db)
 
-        self.state.commit([], also=write_index)
+        await self.writes.run(lambda state: state.commit([], also=lambda: write_index(state)))
 
-    def _revive(self, rows: list[FileState]) -> None:
+    def _unindexed_transcripts(self, reader: FormatReader) -> list[tuple[bytes, int]]:
+        """Path and size of the host's mirrored transcripts the index has no session for (in
+        a worker thread: the query looks at every file of the host)."""
+        source = self.host.source
+        with contextlib.closing(self.state.for_thread()) as state:
+            found = state.unindexed_files(self.name)
+        # The transcripts the writers index (see _FrameHandler._open).
+        return [
+            (path, size)
+            for path, size in found
+            if reader.is_transcript(path) and source.is_append_only(path)
+        ]
+
+    async def _revive(self, rows: list[FileState]) -> None:
+        if not rows:
+            return
         for row in rows:
             row.state = "live"
             row.deleted_at = None
-        self.state.commit(rows)
+        await self.writes.run(lambda state: state.commit(rows))
 
     def _count_dry_run(self, plan: Plan) -> None:
         """Report what a sync would move, file by file, and count it as the round's result."""
@@ -767,6 +799,12 @@ class HostSync:
             self.emit(Planned(self.name, path_text(row.path), "deleted", 0))
         counts.deleted = len(plan.deleted)
         self.result.bytes = plan.bytes
+
+
+def _requests_of(transfers: Sequence[Transfer]) -> tuple[list[FetchRequest], bytes]:
+    """The fetch requests of ``transfers``, and the fetch's stdin that sends them."""
+    requests = [t.request() for t in transfers]
+    return requests, fetch_stdin(requests)
 
 
 async def _drain_stream(stream: RemoteStream) -> None:
@@ -1093,6 +1131,114 @@ class _Held:
     heads: hashlib._Hash = field(default_factory=lambda: hashlib.md5(usedforsecurity=False))
 
 
+def _commit(state: MirrorState, items: list[Pending]) -> None:
+    """Commit durable items' checkpoints and index rows in one transaction."""
+    db = state.db
+
+    def write_index() -> None:
+        for item in items:
+            if item.index is None:
+                # No facts for these bytes (a --no-index run, a session the index could not
+                # continue, a file that is no transcript): a row describing older bytes would
+                # be wrong. The next indexed round's end makes it again from the mirror
+                # (_index_the_unindexed).
+                delete_sessions(db, [(item.row.host, item.row.path)])
+                continue
+            if item.row.size == 0:
+                # Not one whole line yet (or any more): no session, as a rebuild of the mirror
+                # has none for an empty file.
+                delete_sessions(db, [(item.row.host, item.row.path)])
+            else:
+                item.index.write(db)
+
+    state.commit((item.row for item in items), also=write_index)
+
+
+class StateWrites:
+    """The run's writes to the state database, each in a worker thread, one at a time.
+
+    A flush's commit holds a thousand files' checkpoints and index rows: tens of
+    milliseconds, and more while the disk is busy with the next batch's syncs. Made on the
+    event loop's thread, it froze every other task of an app that syncs that long. Here every
+    write (recovery, checkpoints, index rows, hosts) runs in a worker thread on a connection
+    of its own, the writes of all hosts in turn (SQLite has one writer at a time: none waits
+    for its lock on the loop's thread). The state's own connection stays on the loop's
+    thread, where it only reads, and sees what is committed.
+    """
+
+    def __init__(self, state: MirrorState) -> None:
+        self.state = state
+        self.lock = anyio.Lock()
+        self.writer: MirrorState | None = None  # opened by the first write
+        self.closed = False
+
+    async def run(self, write: Callable[[MirrorState], T]) -> T:
+        """``write(state)`` in a worker thread, after the writes asked for before it. Once
+        asked for, a write is made: a cancellation comes after it."""
+        with anyio.CancelScope(shield=True):
+            async with self.lock:
+                done = await in_thread(self._write, write)
+        return done
+
+    def _write(self, write: Callable[[MirrorState], T]) -> T:
+        if self.writer is None:
+            self.writer = self.state.for_thread()
+        return write(self.writer)
+
+    def close(self) -> None:
+        """Close the writes' connection, then the state (once)."""
+        if self.closed:
+            return
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.state.close()
+        self.closed = True
+
+
+@contextlib.asynccontextmanager
+async def _opened(state: MirrorState) -> AsyncIterator[StateWrites]:
+    """``state`` opened, and its writes; all closed at the end. In worker threads: opening
+    may upgrade the schema, and the last connection's close copies the WAL into the database
+    and syncs it (up to some 4 MB)."""
+    writes = StateWrites(state)
+    try:
+        await in_thread(state.open)
+        yield writes
+    finally:
+        try:
+            with anyio.CancelScope(shield=True):
+                await in_thread(writes.close)
+        finally:
+            writes.close()  # what is still open: asyncio cancelled the task before the thread
+
+
+async def in_thread(work: Callable[[*Args], T], *args: *Args) -> T:
+    """``work(*args)`` in a worker thread, awaited to its end whatever cancels the task.
+
+    anyio's wait for a thread holds off anyio's cancellations but not asyncio's own
+    ``Task.cancel()`` (an app cancelling the task that syncs, ``asyncio.wait_for``'s
+    timeout): that would leave the thread running while the caller unwinds and closes the
+    state (and releases the destination's lock) under it. A task group is left only once its
+    tasks are done, so such a cancel is raised when the thread has finished. What ``work``
+    raises is raised as it is (not in the group's ExceptionGroup).
+    """
+    outcome: list[T] = []
+    failure: list[Exception] = []
+
+    async def run() -> None:
+        try:
+            outcome.append(await anyio.to_thread.run_sync(lambda: work(*args)))
+        except Exception as exc:
+            failure.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
 async def sync_fleet(
     hosts: Sequence[Host],
     options: SyncOptions,
@@ -1117,12 +1263,17 @@ async def sync_fleet(
             emit(ErrorEvent.from_exception(problem))
             emit(rounds[-1].event())
         return _summary(rounds, options, started, cancelled=False, emit=emit)
-    with contextlib.ExitStack() as stack:
-        state = stack.enter_context(_state_for(options, stack))
+    async with contextlib.AsyncExitStack() as stack:
+        # Registered first: a cancel that comes while the state is opened (in worker threads,
+        # while other tasks run) is not lost.
         tok = stack.enter_context(registry.register(transfer_id, parent=token))
+        state = await _state_for(options, stack)
+        writes = await stack.enter_async_context(_opened(state))
         _check_sources(state, hosts)
         if not options.dry_run:  # a dry run changes nothing, repairs included
-            for note in state.recover([h.name for h in hosts]):
+            names = [h.name for h in hosts]
+            # A stat of every mirrored file: a quarter of a second at 20,000 files.
+            for note in await writes.run(lambda recovered: recovered.recover(names)):
                 log.warning("recovery: %s", note)
         limiter = anyio.CapacityLimiter(max(1, options.concurrency))
         flush_files = files_per_flush(max(1, options.concurrency))
@@ -1143,7 +1294,7 @@ async def sync_fleet(
                         emit(ErrorEvent.from_exception(error))
                     else:
                         round_ = HostSync(
-                            host, pool, state, options, emit, tok, workers, flush_files
+                            host, pool, state, writes, options, emit, tok, workers, flush_files
                         )
                         results[host.name] = await round_.run()
                 emit(results[host.name].event())
@@ -1189,7 +1340,7 @@ def _raise_open_file_limit() -> int:
     return 65536 if soft == resource.RLIM_INFINITY else soft
 
 
-def _state_for(options: SyncOptions, stack: contextlib.ExitStack) -> MirrorState:
+async def _state_for(options: SyncOptions, stack: contextlib.AsyncExitStack) -> MirrorState:
     """The destination's state. A dry run writes nothing, like ``rsync -n``: it works on a
     copy of the state in a temporary directory (an empty one for a destination not synced
     yet), so that neither the lock, nor a schema upgrade, nor anything else touches the
@@ -1204,7 +1355,8 @@ def _state_for(options: SyncOptions, stack: contextlib.ExitStack) -> MirrorState
     state_db = dest / CONTROL_DIR / "state.db"
     if state_db.exists():
         (copy / CONTROL_DIR).mkdir()
-        copy_state(state_db, copy / CONTROL_DIR / "state.db")
+        # In a worker thread: tens of milliseconds for the state of a large mirror.
+        await in_thread(copy_state, state_db, copy / CONTROL_DIR / "state.db")
     return MirrorState(copy)
 
 

@@ -1,5 +1,6 @@
 """A sync embedded in an app leaves the app's event loop free for its other tasks (a UI, a
-web server): the heavy steps of a round run in worker threads.
+web server): the heavy steps of a round run in worker threads, and the long loops that stay
+on the event loop's thread let the other tasks run as they go.
 
 Nothing here measures time: a step proves it left the loop free by waiting, while it runs,
 for another task of the loop to run, which never happens while it holds the loop's thread.
@@ -11,12 +12,14 @@ import asyncio
 import random
 import threading
 import time
+import types
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from sshfleet import SSHFleet
 from synchelp import (
@@ -148,6 +151,33 @@ def test_the_heavy_steps_of_a_round_leave_the_event_loop_free(
         "make_plan": True,
     }
     assert loop_thread not in steps.threads
+
+
+def test_the_frames_of_a_chunk_are_handled_letting_other_tasks_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chunk of small files is hundreds of files to create, write and finish in one go
+    (150-300 ms at 20,000 files): the other tasks run between its events."""
+    monkeypatch.setattr(engine, "YIELD_SECONDS", 0.0, raising=False)  # after every event
+    ticker = Ticker()
+    ticks_at: list[int] = []
+
+    async def handle(self: engine._FrameHandler, event: object) -> None:
+        ticks_at.append(ticker.ticks)
+
+    monkeypatch.setattr(engine._FrameHandler, "handle", handle)
+    handler = engine._FrameHandler(types.SimpleNamespace(), [], [], follow_up=False)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker.run, 0)
+            await anyio.lowlevel.checkpoint()  # the ticker has started
+            await handler.handle_all(range(5))
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert len(ticks_at) == 5
+    assert len(set(ticks_at)) == 5, ticks_at  # the ticker ran between every two events
 
 
 def test_a_step_in_a_worker_thread_ends_before_a_cancel_of_its_task_goes_on() -> None:

@@ -17,7 +17,8 @@ in-process, which is cheaper than starting a process.
 Nothing holds the event loop for long (an app that syncs keeps its UI or server going): the
 steps that grow with the mirror run in worker threads (recovery, parsing the listing, reading
 the checkpoints and planning, making the fetch's requests, and every write to the state, in
-turn through :class:`StateWrites`).
+turn through :class:`StateWrites`), and handling a chunk's frames lets the other tasks run
+every :data:`YIELD_SECONDS`.
 """
 
 from __future__ import annotations
@@ -135,6 +136,9 @@ FLUSH_FILES = 1000
 FLUSH_SECONDS = 2.0
 #: Progress events while one file streams in: at most this often per host.
 PROGRESS_SECONDS = 0.25
+#: The event loop's other tasks (an app's UI, its server) get to run after this long of
+#: handling the frames of one chunk of a fetch.
+YIELD_SECONDS = 0.005
 #: A follow-up fetch asks for the whole file: "up to this many bytes" means "to its end".
 TO_EOF = 1 << 62
 #: A round with more transcript bytes than this to index uses the index worker process, on a
@@ -851,8 +855,16 @@ class _FrameHandler:
         self.whole: hashlib._Hash | None = None
 
     async def handle_all(self, events: Iterable[object]) -> None:
+        # A chunk of small files is hundreds of files to create, write and finish (the
+        # creation alone may take milliseconds): the other tasks of the event loop run
+        # between them every YIELD_SECONDS. Not a place to be cancelled (the stream's next
+        # read is), so that no event list is left halfway through.
+        since = time.monotonic()
         for event in events:
             await self.handle(event)
+            if time.monotonic() - since >= YIELD_SECONDS:
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+                since = time.monotonic()
 
     async def handle(self, event: object) -> None:
         sync = self.sync

@@ -76,7 +76,7 @@ def silent_host() -> Iterator[tuple[socket.socket, str]]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         port = listener.getsockname()[1]
-        entry = f'name = "mute"\naddress = "127.0.0.1"\nport = {port}\nroot = "/tmp"\n\n'
+        entry = f'name = "mute"\naddress = "127.0.0.1"\nport = {port}\nroot = "/srv/agent"\n\n'
         yield listener, "[[hosts]]\n" + entry
 
 

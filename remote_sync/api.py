@@ -43,7 +43,19 @@ from .cancel import CancelRegistry, CancelToken, default_registry
 from .errors import ConfigError, RemoteSyncError, TransferCancelledError
 from .events import Emit, ErrorEvent, Progress, Summary, guarded
 from .index.facts import Message, ShowResult
-from .index.query import DEFAULT_SORT, SessionRow, Since, StatsKey, StatsRow, check_batch_size
+from .index.query import (
+    DEFAULT_SORT,
+    SessionRow,
+    Since,
+    StatsKey,
+    StatsRow,
+    check_batch_size,
+    filter_rows,
+    open_index,
+    query_sessions,
+    select_rows,
+)
+from .index.query import session_stats as query_stats
 from .index.store import INT64_MAX
 from .inventory import Host
 from .ssh.pool import PoolSettings
@@ -322,12 +334,11 @@ async def session_stats(
     :class:`~remote_sync.index.query.StatsRow` groups sorted by key, the group without one
     last. By model, a session that used several models counts in full for each. Read in a
     worker thread from the index, never taking the mirror's lock."""
-    from .index import query
 
     def stats() -> list[StatsRow]:
-        db = query.open_index(Path(dest))
+        db = open_index(Path(dest))
         try:
-            return query.session_stats(
+            return query_stats(
                 db,
                 by,
                 host=host,
@@ -410,24 +421,6 @@ def _bounded(count: int | None) -> int | None:
     return None if count is None else min(count, INT64_MAX)
 
 
-async def _remote_batches(
-    pool: SSHPool,
-    host: Host,
-    batch_size: int,
-    token: CancelToken,
-    idle_timeout: float | None,
-    now: datetime,
-) -> AsyncGenerator[list[SessionRow], None]:
-    from .index.remote import stream_remote_sessions
-
-    batches = stream_remote_sessions(
-        pool, host, batch_size=batch_size, token=token, now=now, idle_timeout=idle_timeout
-    )
-    async with aclosing(batches):
-        async for batch in batches:
-            yield batch
-
-
 async def _remote_sessions(
     hosts: Sequence[Host],
     batch_size: int,
@@ -445,8 +438,6 @@ async def _remote_sessions(
     (and its SSH window fills, stopping its remote command) instead of piling rows up. The
     failures are appended to ``failures`` in the order of ``hosts``, once the listing ends.
     """
-    from .index.query import select_rows
-
     filters = dict(filters)
     sort: str | None = filters.pop("sort", None)
     limit: int | None = filters.pop("limit", None)
@@ -562,14 +553,19 @@ class _HostReader:
         host: Host,
         send: MemoryObjectSendStream[list[SessionRow] | Exception],
     ) -> None:
-        from .index.query import filter_rows
+        from .index.remote import stream_remote_sessions
 
         done = 0
         self.emit(Progress(host.name, "listing", 0, 0, 0, 0))
         try:
             # The rows' class is judged at the same "now" as the filters, as the index's is.
-            batches = _remote_batches(
-                pool, host, self.batch_size, self.token, self.idle_timeout, self.filters["now"]
+            batches = stream_remote_sessions(
+                pool,
+                host,
+                batch_size=self.batch_size,
+                token=self.token,
+                now=self.filters["now"],
+                idle_timeout=self.idle_timeout,
             )
             async with aclosing(batches):
                 async for batch in batches:
@@ -594,8 +590,6 @@ async def _local_batches(
 ) -> AsyncGenerator[list[SessionRow], None]:
     """The index's rows in batches. Progress events name no host (the index holds them all):
     ``listing`` with the rows read so far before each batch, then ``done``."""
-    from .index.query import open_index, query_sessions
-
     if dest is None:
         raise ValueError("dest is required unless remote=True")
     db = open_index(Path(dest))

@@ -52,6 +52,7 @@ from remote_sync.events import (
     json_lines_renderer,
     json_safe,
 )
+from remote_sync.index import remote as remote_index
 from remote_sync.index.facts import SessionFacts
 from remote_sync.index.query import SessionRow, iso_instant, open_index, query_sessions
 from remote_sync.index.store import mark_before, put_session
@@ -784,17 +785,18 @@ def fake_remote(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[list[H
     async def batches(
         pool: Any,
         host: Host,
+        *,
         batch_size: int,
         token: Any,
-        idle_timeout: float | None,
         now: datetime,
+        idle_timeout: float | None,
     ) -> AsyncIterator[list[SessionRow]]:
         if host.name == "h1":
             raise HostUnreachableError("connection refused", host=host.name)
         for row in rows[host.name]:
             yield [row]
 
-    monkeypatch.setattr(api, "_remote_batches", batches)
+    monkeypatch.setattr(remote_index, "stream_remote_sessions", batches)
     return load_inventory(inv).hosts, inv
 
 

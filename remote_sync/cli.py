@@ -323,16 +323,29 @@ def _add_index(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = _join_dashed_values(sys.argv[1:] if argv is None else argv)
-    options = words[: words.index("--")] if "--" in words else words
-    _Parser.json_wanted = "--json" in options
-    args = build_parser().parse_args(words)
+    _Parser.json_wanted = wants_json(words)
     try:
+        args = build_parser().parse_args(words)
         code: int = args.run(args)
     except KeyboardInterrupt:
-        if getattr(args, "json", False):
-            _write_error_events([_interrupted()])
-        return EXIT_CANCELLED
+        return report_cancelled_start(_Parser.json_wanted)
     return code
+
+
+def wants_json(words: Sequence[str]) -> bool:
+    """Whether the command line asks for ``--json`` (before any ``--``), known before parsing
+    it, so that even a usage error or an early cancel answers in JSON."""
+    return "--json" in (words[: words.index("--")] if "--" in words else words)
+
+
+def report_cancelled_start(json: bool) -> int:
+    """A Ctrl-C caught outside a sync's rounds (which report their own): under ``--json`` an
+    error event says so, otherwise one line on stderr; the exit status is 130 either way."""
+    if json:
+        _write_error_events([_interrupted()])
+    else:
+        _say(_interrupted())
+    return EXIT_CANCELLED
 
 
 def _interrupted() -> RemoteSyncError:

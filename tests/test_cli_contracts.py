@@ -473,6 +473,60 @@ def test_ctrl_c_before_the_rounds_still_says_so_under_json(
     assert isinstance(event, ErrorEvent) and event.kind == "cancelled"
 
 
+#: Runs the console script's target, with a real SIGINT arriving while ``remote_sync.cli``
+#: is being imported (the first tens of milliseconds of every run).
+_CTRL_C_WHILE_LOADING = """
+import os, signal, sys
+
+class CtrlCOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "remote_sync.cli":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlCOnImport())
+sys.argv = ["remote-sync", *sys.argv[1:]]
+from remote_sync.__main__ import run
+run()
+"""
+
+
+@pytest.mark.parametrize("json_wanted", [False, True])
+def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(
+    json_wanted: bool, tmp_path: Path
+) -> None:
+    """The ``remote-sync`` script's target catches a Ctrl-C during its own imports: exit 130,
+    one line (an error event under --json), no traceback, nothing started."""
+    args = ["sync", "me@box.invalid", "--dest", str(tmp_path / "m")]
+    argv = [sys.executable, "-c", _CTRL_C_WHILE_LOADING, *args, *(["--json"] * json_wanted)]
+    done = subprocess.run(argv, capture_output=True, timeout=60)
+    err = done.stderr.decode()
+    assert done.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert not (tmp_path / "m").exists()
+    if json_wanted:
+        event = decode_event(done.stdout.decode().splitlines()[-1])
+        assert isinstance(event, ErrorEvent) and event.kind == "cancelled"
+    else:
+        assert done.stdout == b""
+        assert err.startswith("remote-sync: cancelled by a signal")
+
+
+def test_ctrl_c_while_parsing_the_command_line_exits_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import remote_sync.cli as cli_module
+
+    def interrupted() -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "build_parser", interrupted)
+    code, out, err = cli(["sessions", "list"], capsys)
+    assert code == 130 and out == ""
+    assert "cancelled by a signal" in err
+
+
 @pytest.mark.parametrize(
     ("config", "blamed", "jump"),
     [

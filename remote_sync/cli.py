@@ -643,10 +643,12 @@ def _abort_at_once(emit: Emit, stop_display: Callable[[], None] | None) -> NoRet
 
 def _say(exc: RemoteSyncError) -> None:
     """``exc`` on stderr, undecodable bytes of its host or path as ``\\xNN`` (like paths
-    everywhere else), not as the surrogates Python keeps them in."""
-    from .events import json_safe
+    everywhere else), not as the surrogates Python keeps them in. The message may name what a
+    host holds (a file, the sessions a prefix matches, a tool's complaint): its control
+    characters are escaped as everywhere else, not sent to the terminal."""
+    from .events import showable
 
-    print(f"remote-sync: {json_safe(str(exc))}", file=sys.stderr)
+    print(f"remote-sync: {showable(str(exc), lines=True)}", file=sys.stderr)
 
 
 def _report(exc: RemoteSyncError, json_out: Emit | None) -> None:

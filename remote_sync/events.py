@@ -9,7 +9,8 @@ Reporting must never cost a run its work: :func:`guarded` wraps a sink so that a
 raises is logged instead of reaching the engine's host tasks, and the JSON renderer stops
 writing, without error, once its reader has gone away (``sync --json | head``). Strings in
 events may come from hostile names (a host or path with bytes that are not UTF-8, kept as
-surrogate escapes): :func:`json_safe` turns them into backslash escapes so every event encodes.
+surrogate escapes): :func:`json_safe` turns them into backslash escapes so every event encodes,
+and :func:`showable` escapes what a terminal would take for a command.
 """
 
 from __future__ import annotations
@@ -133,6 +134,29 @@ def json_safe(text: str) -> str:
 def _escape_surrogate(match: re.Match[str]) -> str:
     code = ord(match[0])
     return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+# Control characters (escape sequences, carriage returns, C1 codes), bidirectional overrides and
+# isolates (U+202A-202E, U+2066-2069; printed raw, they reorder what follows them on screen, so
+# a name or a message could show another text) and lone surrogates (undecodable bytes).
+_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNSHOWABLE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def showable(text: str, *, lines: bool = False) -> str:
+    """``text`` safe to print on a terminal: control characters and undecodable bytes as
+    ``\\xNN``, bidirectional controls as ``\\uNNNN``. ``lines`` keeps newlines and tabs;
+    otherwise they are escaped too. Hosts name files and write transcripts: what they hold is
+    hostile, and an escape sequence printed raw could retitle, clear or drive the terminal."""
+    pattern = _UNSHOWABLE if lines else _UNSHOWABLE_IN_LINE
+    return pattern.sub(_escape_char, text)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    if 0xD800 <= code <= 0xDFFF:
+        return _escape_surrogate(match)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 def encode_event(event: Event) -> bytes:

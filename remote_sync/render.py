@@ -13,7 +13,6 @@ into rich as a :class:`~rich.text.Text` made by :func:`plain`, never into a mark
 
 from __future__ import annotations
 
-import re
 import sys
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -43,12 +42,6 @@ class PipeConsole(Console):
             ev.stdout_to_devnull()
 
 
-# Bidirectional overrides and isolates (U+202A-202E, U+2066-2069) too: printed raw, they
-# reorder what follows them on screen, so a name or a message could show another text.
-_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-_UNSHOWABLE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
 _ACTION_STYLE = {"new": "green", "grown": "cyan", "rewritten": "magenta", "deleted": "red"}
 
 
@@ -58,15 +51,7 @@ def plain(text: str | None, style: str = "", *, lines: bool = False) -> Text:
     ``lines`` keeps newlines and tabs (message text); otherwise they are escaped too."""
     if not text:
         return Text("", style=style)
-    pattern = _UNSHOWABLE if lines else _UNSHOWABLE_IN_LINE
-    return Text(pattern.sub(_escape_char, text), style=style)
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    code = ord(match[0])
-    if 0xD800 <= code <= 0xDFFF:
-        return ev.json_safe(match[0])
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+    return Text(ev.showable(text, lines=lines), style=style)
 
 
 class RichRenderer:

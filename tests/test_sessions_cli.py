@@ -786,6 +786,30 @@ def test_arguments_that_are_not_utf8_match_nothing_cleanly(
     )
 
 
+def test_an_error_naming_hostile_files_escapes_their_control_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A host names its files: an error that lists them (the sessions a prefix matches) must
+    not send their escape sequences to the terminal, as the table and the messages do not."""
+    dest = tmp_path / "mirror"
+    title = b"agents/a/sessions/s-\x1b]0;owned\x07.jsonl"
+    clear = b"agents/a/sessions/s-\x1b[2J\xe2\x80\xae.jsonl"
+    build_index(
+        dest,
+        [
+            Spec("h", "openclaw", title, facts("s-\x1b]0;owned\x07", agent="a")),
+            Spec("h", "openclaw", clear, facts("s-\x1b[2J\u202e", agent="a")),
+        ],
+    )
+    code, out, err = cli(["sessions", "show", "h", "s-", "--dest", str(dest)], capsys)
+    assert code == 2 and "matches 2 sessions" in err
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+    assert "s-\\x1b]0;owned\\x07.jsonl" in err and "s-\\x1b[2J\\u202e.jsonl" in err
+    # --json keeps the message as it is (JSON escapes it), for a script to read.
+    code, out, err = cli(["sessions", "show", "h", "s-", "--json", "--dest", str(dest)], capsys)
+    assert "\x1b" not in err and "s-\x1b]0;owned\x07" in json.loads(out)["message"]
+
+
 def test_remote_flags_without_the_remote_api(
     index_dest: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -744,6 +744,25 @@ def test_find_session_by_path_id_prefix_and_escaped_path(db: Any) -> None:
         find_session(db, "h0", "rollout-a")  # another host's
 
 
+def test_find_a_path_spelt_as_a_show_over_ssh_takes_it(db: Any) -> None:
+    """``./a/b`` and ``a//b`` name the path ``a/b`` from a mirror as they do over SSH; an
+    absolute or ``..`` spelling names nothing, and an empty name is refused, not taken for a
+    prefix of every session."""
+    for given in (
+        "./agents/main/sessions/big.jsonl",
+        "agents//main/./sessions/big.jsonl",
+        "agents/main/sessions//big.jsonl",
+    ):
+        assert find_session(db, "h0", given).row.session_id == "big", given
+    odd = find_session(db, "h0", "./agents/ops/sessions/\\xff-odd.jsonl")
+    assert odd.raw_path == b"agents/ops/sessions/\xff-odd.jsonl"
+    for outside in ("/agents/main/sessions/big.jsonl", "agents/x/../main/sessions/big.jsonl"):
+        with pytest.raises(ConfigError, match="no session"):
+            find_session(db, "h0", outside)
+    with pytest.raises(ConfigError, match="no session given"):
+        find_session(db, "h0", "")
+
+
 def test_find_a_picoclaw_session_by_its_key(tmp_path: Path) -> None:
     """A picoclaw key names the session its file name spells (':', '/', '\\' → '_'); an id
     as given still matches exactly; other formats' ids are matched as given only."""

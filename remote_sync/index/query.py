@@ -665,6 +665,9 @@ def find_session(
     if host not in hosts:
         known = ", ".join(hosts) if hosts else "none yet"
         raise ConfigError(f"no host {host!r} in the index", hint=f"indexed hosts: {known}")
+    if not session:
+        # As over SSH: an empty prefix would name every session of the host (or its only one).
+        raise ConfigError("no session given", host=host)
     _use_readers(db)
     base, params = _where(
         host=host,
@@ -679,6 +682,9 @@ def find_session(
     params["raw"] = session.encode("utf-8", "surrogateescape")
     params["session"] = as_indexed(session)
     params["unescaped"] = path_bytes(session)  # a path as listed: \xNN for odd bytes
+    # Other spellings of a path (./a/b, a//b), which a show over SSH accepts too.
+    params["raw_tidy"] = _tidy_path(params["raw"])
+    params["unescaped_tidy"] = _tidy_path(params["unescaped"])
     # The id as each format of the host's sessions spells a key in its file names, where
     # that differs from the text given.
     exact = ["session_id = :session"]
@@ -694,7 +700,8 @@ def find_session(
                 f"(format = :format{n} AND substr(session_id, 1, length(:alias{n})) = :alias{n})"
             )
     tiers = (
-        f"SELECT * FROM ({base}) WHERE path IN (:raw, :unescaped) ORDER BY path",
+        f"SELECT * FROM ({base}) WHERE path IN (:raw, :unescaped, :raw_tidy, :unescaped_tidy) "
+        "ORDER BY path",
         f"SELECT * FROM ({base}) WHERE {' OR '.join(exact)} ORDER BY path",
         f"SELECT * FROM ({base}) WHERE {' OR '.join(prefix)} ORDER BY path",
     )
@@ -724,6 +731,15 @@ def find_session(
         hint=f"`remote-sync sessions list --host {host}` (the library's "
         f"list_sessions(host={host!r})) shows its sessions",
     )
+
+
+def _tidy_path(path: bytes) -> bytes:
+    """``path`` without its ``.`` components and empty ones (``./a//b`` is ``a/b``), as an
+    index stores it; an absolute path stays as it is (no path of a host's root: over SSH it
+    is refused)."""
+    if path.startswith(b"/"):
+        return path
+    return b"/".join(part for part in path.split(b"/") if part not in (b"", b"."))
 
 
 _SUMS = (

@@ -994,6 +994,19 @@ def _console() -> Console:
     return console if console.is_terminal else PipeConsole(width=160, highlight=False)
 
 
+def _print_whole(console: Console, table: Any) -> None:
+    """``table`` with every cell as its columns allow (a title cut to its ``max_width``):
+    rich fits a table to the terminal by cutting every column, so on an 80-column terminal a
+    host name became ``…`` and a size of 829 B ``82…``. A terminal narrower than the columns
+    need wraps the rows instead; nothing shown is cut short."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update_width(1 << 20), table).maximum
+    if needed > console.width:
+        console.width = needed
+    console.print(table)
+
+
 def _count(n: int) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
@@ -1058,7 +1071,7 @@ def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:
     table.add_column("title", no_wrap=True, overflow="ellipsis", max_width=max(left, 10))
     for r, row_cells in zip(rows, cells, strict=True):
         table.add_row(*row_cells, plain(_cut(r.title, 60)))
-    console.print(table)
+    _print_whole(console, table)
     if not rows and not quiet:
         print("no sessions match", file=sys.stderr)
     return EXIT_OK
@@ -1172,7 +1185,7 @@ def _print_stats(by: str, groups: list[StatsRow]) -> int:
     if groups and by != "model":
         total = _total(groups)
         table.add_row(*_stats_cells(Text("total", style="bold"), total), end_section=True)
-    console.print(table)
+    _print_whole(console, table)
     return EXIT_OK
 
 

@@ -300,6 +300,61 @@ def test_narrow_terminals_and_pipes_cut_no_host_name_nor_path(
     assert host in listed and title[:59] in listed and "…" not in listed
 
 
+def test_an_80_column_terminal_cuts_only_a_sessions_title_and_no_total(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an 80-column terminal rich fitted the tables by cutting every column: the session
+    listing showed "…" for a host name, the stats "82…" for 829 B and "…" for a cost. The
+    title alone is cut; a table wider than the terminal wraps its rows instead."""
+    from remote_sync import cli as cli_module
+    from remote_sync.render import PipeConsole
+
+    screen = io.StringIO()
+    monkeypatch.setattr(
+        cli_module,
+        "_console",
+        lambda: PipeConsole(
+            file=screen, width=80, force_terminal=True, color_system=None, highlight=False
+        ),
+    )
+    dest = tmp_path / "mirror"
+    title = "a title long enough to be cut at any width " * 2
+    rows = [
+        (
+            "pi-kitchen",
+            b"projects/-home-user-src-github-com-someone-project/s1.jsonl",
+            SessionFacts(
+                session_id="s1",
+                agent="-home-user-src-github-com-someone-project",
+                bytes=829,
+                lines=2,
+                user=1,
+                assistant=1,
+                cost=0.0264,
+                models=["claude-sonnet-4-5-20250929"],
+                last_ts="2026-11-21T12:00:00.000Z",
+                title=title[:60],
+            ),
+        )
+    ]
+    write_facts_index(dest, rows)
+    code, _, err = cli(["sessions", "list", "-d", str(dest)], capsys)
+    listed = screen.getvalue()
+    assert code == 0, err
+    assert "pi-kitchen" in listed and "-home-user-src-github-com-someone-project" in listed
+    assert "valuable" in listed and "2026-11-21 12:00" in listed and "a title" in listed
+    screen.truncate(0)
+    screen.seek(0)
+    for by in ("host", "model"):
+        code, _, err = cli(["sessions", "stats", "-d", str(dest), "--by", by], capsys)
+        shown = screen.getvalue()
+        assert code == 0, err
+        assert "829 B" in shown and "$0.03" in shown and "…" not in shown, shown
+        assert "claude-sonnet-4-5-20250929" in shown or by == "host"
+        screen.truncate(0)
+        screen.seek(0)
+
+
 def test_plain_escapes_control_characters_and_surrogates() -> None:
     assert plain("a\x1b[2Jb\rc\udcff").plain == "a\\x1b[2Jb\\x0dc\\xff"
     assert plain("one\ntwo\tx", lines=True).plain == "one\ntwo\tx"

@@ -763,6 +763,28 @@ def test_find_a_path_spelt_as_a_show_over_ssh_takes_it(db: Any) -> None:
         find_session(db, "h0", "")
 
 
+def test_a_name_holding_a_backslash_escape_is_found_as_typed(tmp_path: Path) -> None:
+    """A file named ``a\\xff.jsonl`` (a backslash, then "xff") lists as another file's
+    undecodable byte does: its path as typed names it (as over SSH), not both of them; the
+    other is named by its byte."""
+    dest = tmp_path / "mirror"
+    literal, odd = b"agents/a/sessions/a\\xff.jsonl", b"agents/a/sessions/a\xff.jsonl"
+    build_index(
+        dest,
+        [
+            Spec("h", "openclaw", literal, facts("a\\xff", agent="a")),
+            Spec("h", "openclaw", odd, facts("a\ufffd", agent="a")),
+        ],
+    )
+    conn = open_index(dest)
+    try:
+        assert find_session(conn, "h", literal.decode()).raw_path == literal
+        assert find_session(conn, "h", "./" + literal.decode()).raw_path == literal
+        assert find_session(conn, "h", os.fsdecode(odd)).raw_path == odd
+    finally:
+        conn.close()
+
+
 def test_find_a_picoclaw_session_by_its_key(tmp_path: Path) -> None:
     """A picoclaw key names the session its file name spells (':', '/', '\\' → '_'); an id
     as given still matches exactly; other formats' ids are matched as given only."""

@@ -700,8 +700,10 @@ def find_session(
                 f"(format = :format{n} AND substr(session_id, 1, length(:alias{n})) = :alias{n})"
             )
     tiers = (
-        f"SELECT * FROM ({base}) WHERE path IN (:raw, :unescaped, :raw_tidy, :unescaped_tidy) "
-        "ORDER BY path",
+        # The text as typed first: a name may hold a backslash and "xff" itself, which is also
+        # how the listing shows another file's undecodable byte (as over SSH).
+        f"SELECT * FROM ({base}) WHERE path IN (:raw, :raw_tidy) ORDER BY path",
+        f"SELECT * FROM ({base}) WHERE path IN (:unescaped, :unescaped_tidy) ORDER BY path",
         f"SELECT * FROM ({base}) WHERE {' OR '.join(exact)} ORDER BY path",
         f"SELECT * FROM ({base}) WHERE {' OR '.join(prefix)} ORDER BY path",
     )

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -246,6 +247,118 @@ def test_missing_local_ssh_files_are_configuration_errors(
     inv.write_text(text)  # one host's key missing again: the other host is read
     assert main(["sessions", "list", *remote]) == 1
     capsys.readouterr()
+
+
+def _unusable_local_file(fleet: SSHFleet, where: Path, case: str) -> tuple[str, str, str]:
+    """An inventory line for one host whose local SSH files its connection cannot use (found
+    only by reading them), the file it names and what the error says of it."""
+    config = where / "ssh_config"
+    if case == "config does not parse":
+        config.write_text(fleet.ssh_config.read_text() + "\nHost *\n    Port twenty-two\n")
+        return f'ssh_config = "{config}"', str(config), "Invalid Port integer value"
+    if case == "bad token":
+        config.write_text("Host *\n    HostName %Z\n" + fleet.ssh_config.read_text())
+        return f'ssh_config = "{config}"', str(config), "Invalid token expansion"
+    if case == "include loop":
+        config.write_text(f"Include {config}\n")
+        return f'ssh_config = "{config}"', str(config), "Include"
+    if case == "config is a directory":
+        return f'ssh_config = "{where}"', str(where), "cannot read ssh_config"
+    if case == "unreadable config":
+        config.write_text(fleet.ssh_config.read_text())
+        config.chmod(0)
+        return f'ssh_config = "{config}"', str(config), "cannot read ssh_config"
+    if case == "unreadable known_hosts":
+        known = where / "known_hosts"
+        known.write_bytes(fleet.known_hosts.read_bytes())
+        known.chmod(0)
+        return f'known_hosts = "{known}"', str(known), "cannot read known_hosts"
+    assert case == "not a key"
+    key = where / "id_notakey"
+    key.write_text("this is not a private key\n")
+    key.chmod(0o600)
+    # With IdentitiesOnly, a file that is no key is skipped, as ssh skips it.
+    config.write_text(fleet.ssh_config.read_text().replace("IdentitiesOnly yes", ""))
+    lines = f'ssh_config = "{config}"\nidentity_file = "{key}"'
+    return lines, str(key), "cannot load a private key"
+
+
+def _reads_mode_000() -> bool:
+    """Whether this process reads a file whatever its mode says (root, CAP_DAC_OVERRIDE)."""
+    with tempfile.TemporaryDirectory() as where:
+        probe = Path(where) / "mode-000"
+        probe.write_text("")
+        probe.chmod(0)
+        try:
+            probe.read_text()
+        except PermissionError:
+            return False
+        return True
+
+
+_OVERRIDES_MODES = _reads_mode_000()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "config does not parse",
+        "bad token",
+        "include loop",
+        "config is a directory",
+        pytest.param(
+            "unreadable config",
+            marks=pytest.mark.skipif(_OVERRIDES_MODES, reason="this user reads a mode 000 file"),
+        ),
+        pytest.param(
+            "unreadable known_hosts",
+            marks=pytest.mark.skipif(_OVERRIDES_MODES, reason="this user reads a mode 000 file"),
+        ),
+        "not a key",
+    ],
+)
+def test_local_files_found_unusable_on_reading_leave_the_destination_untouched(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    """An ssh_config that does not parse or includes itself, a file that cannot be read, an
+    identity file that is no key: found before the destination is touched when every host
+    stops on it (exit 2, nothing created, nothing added), with the very error the connection
+    gives when the other hosts sync (exit 1)."""
+    make_openclaw_tree(fleet, "h1")
+    where = tmp_path / "bad"
+    where.mkdir()
+    line, path, said = _unusable_local_file(fleet, where, case)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0", "h1"])
+    inv.write_text(inv.read_text().replace('name = "h0"', f'name = "h0"\n{line}'))
+    args = ["sync", "h0", "--inventory", str(inv), "--json", "--dest"]
+    never = tmp_path / "never"
+    code, events = run_cli([*args, str(never)], capsys)
+    assert code == 2 and not never.exists(), events
+    (first,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert (first.host, first.kind) == ("h0", "config")
+    assert path in (first.path or "") and said in first.message, first
+    assert [h.status for h in events[-1].hosts] == ["failed"]  # type: ignore[attr-defined]
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine\n")
+    code, _ = run_cli([*args, str(kept)], capsys)
+    assert code == 2 and [p.name for p in kept.iterdir()] == ["notes.txt"]
+    # In text too: the host, the file and what to do.
+    assert main(["sync", "h0", "--inventory", str(inv), "--dest", str(never)]) == 2
+    err = capsys.readouterr().err
+    assert f"h0: {path}" in err and said in err and first.hint in err, err
+    # The library's sync too.
+    hosts = [h for h in load_inventory(inv).hosts if h.name == "h0"]
+    got: list[object] = []
+    summary = anyio.run(lambda: api.sync(hosts, never, emit=got.append))
+    assert [e for e in got if isinstance(e, ErrorEvent)] == [first]
+    assert summary.exit_code == 2 and not never.exists()
+    # With a host that works, the bad one fails on connecting, with the same error.
+    code, summary, events = sync(inv, tmp_path / "m", capsys)
+    assert code == 1 and [h.status for h in summary.hosts] == ["failed", "ok"]
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert error == first
+    assert_exact(fleet, tmp_path / "m", "h1")
 
 
 def test_partial_trailing_line_waits_for_its_newline(

@@ -76,7 +76,7 @@ from ..index.update import (
 )
 from ..index.worker import IndexJob, IndexWorker, IndexWorkerError
 from ..inventory import Host
-from ..ssh.pool import PoolSettings, SSHPool, local_file_problem
+from ..ssh.pool import PoolSettings, SSHPool
 from ..ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 from ..ssh.stream import RemoteStream, exec_streaming
 from .plan import Category, Plan, Transfer, make_plan
@@ -1264,21 +1264,29 @@ async def sync_fleet(
     started = time.monotonic()
     registry = registry if registry is not None else default_registry
     results: dict[str, HostRound] = {}
-    problems = [local_file_problem(host.endpoint, host.name) for host in hosts]
-    if hosts and all(problems):
-        # Every host would stop on a local file named but not there (as `ssh -F missing`
-        # does): report it as their rounds would, but leave the destination untouched.
-        rounds: list[HostRound] = []
-        for host, problem in zip(hosts, problems, strict=True):
-            assert problem is not None
-            rounds.append(HostRound(host.name, error=problem))
-            emit(ErrorEvent.from_exception(problem))
-            emit(rounds[-1].event())
-        return _summary(rounds, options, started, cancelled=False, emit=emit)
+    pool_settings = options.pool
+    if options.dry_run:
+        pool_settings = dataclasses.replace(pool_settings, record_new_host_keys=False)
+    pool = SSHPool(pool_settings)
     async with contextlib.AsyncExitStack() as stack:
-        # Registered first: a cancel that comes while the state is opened (in worker threads,
-        # while other tasks run) is not lost.
+        # Registered first: a cancel that comes while the hosts' files are read or the state
+        # is opened (in worker threads, while other tasks run) is not lost.
         tok = stack.enter_context(registry.register(transfer_id, parent=token))
+        # In a worker thread: ssh_configs are parsed (a Match exec runs its command), keys
+        # loaded.
+        problems = await in_thread(lambda: [pool.preflight(h.endpoint, h.name) for h in hosts])
+        if hosts and all(problems):
+            # Every host would stop on its local files (a file named that is not there or
+            # cannot be read, an ssh_config that does not parse, a key that does not load),
+            # as `ssh -F bad` does: report it as their rounds would, but leave the
+            # destination untouched.
+            rounds: list[HostRound] = []
+            for host, problem in zip(hosts, problems, strict=True):
+                assert problem is not None
+                rounds.append(HostRound(host.name, error=problem))
+                emit(ErrorEvent.from_exception(problem))
+                emit(rounds[-1].event())
+            return _summary(rounds, options, started, cancelled=False, emit=emit)
         state = await _state_for(options, stack)
         writes = await stack.enter_async_context(_opened(state))
         _check_sources(state, hosts)
@@ -1289,10 +1297,7 @@ async def sync_fleet(
                 log.warning("recovery: %s", note)
         limiter = anyio.CapacityLimiter(max(1, options.concurrency))
         flush_files = files_per_flush(max(1, options.concurrency))
-        pool_settings = options.pool
-        if options.dry_run:
-            pool_settings = dataclasses.replace(pool_settings, record_new_host_keys=False)
-        async with SSHPool(pool_settings) as pool, IndexWorkers() as workers:
+        async with pool, IndexWorkers() as workers:
 
             async def one(host: Host) -> None:
                 async with limiter:

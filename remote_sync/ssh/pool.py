@@ -5,6 +5,10 @@ What it owns:
 - :class:`Endpoint`, how to reach a machine (address, user, port, keys, ssh_config, known_hosts).
   Two inventory entries that reach the same machine the same way compare equal and so share one
   connection.
+- The pre-flight of a connection (:meth:`SSHPool.preflight`): what it would stop on in its
+  local files (a file named that is missing or unreadable, an ssh_config that does not parse,
+  a key that does not load), found before any traffic, so a run whose every host would stop
+  there touches nothing; its ssh_config lookup is kept for the connection.
 - Lazy connection set-up under a global cap on concurrent handshakes (key exchange is CPU work
   on our single event loop, and sshd drops bursts above ``MaxStartups``).
 - A per-endpoint cap on concurrent channels, below sshd's ``MaxSessions`` (10): asking for more
@@ -319,19 +323,36 @@ class _Resolved:
     keys: HostKeyFiles
     jumps: str | None = None  # the ProxyJump hosts, as the ssh_config gives them
     identities: tuple[str, ...] = ()  # the ssh_config's IdentityFile entries
+    certificates: tuple[str, ...] = ()  # its CertificateFile entries
+    identities_only: bool = False  # its IdentitiesOnly: a file that is no key is skipped
 
 
-def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -> _Resolved:
+@dataclass(frozen=True)
+class _Prepared:
+    """What a connection to an endpoint reads before any traffic: asyncssh's options for the
+    local files named (:func:`_local_file_options`, with the ssh_config's keys added) and the
+    ssh_config's lookup."""
+
+    options: dict[str, Any]
+    resolved: _Resolved
+
+
+def _resolve(
+    endpoint: Endpoint, config: Sequence[str] | None, host_name: str, *, strict: bool = False
+) -> _Resolved:
     """Look ``endpoint`` up in its ssh_config (``()`` reads ~/.ssh/config, ``[]`` none).
 
     A config that cannot be read gives the defaults: the connection then fails on it itself,
-    with its own message. A known_hosts path with a token this cannot expand is this host's
-    :class:`ConfigError` (a wrong file would mean trusting or recording the wrong keys).
+    with its own message (``strict``: what asyncssh raised is raised). A known_hosts path
+    with a token this cannot expand is this host's :class:`ConfigError` (a wrong file would
+    mean trusting or recording the wrong keys).
     """
     user_files: list[str] | None = None
     system_files: list[str] | None = None
     alias = jumps = None
     identities: Sequence[str] = ()
+    certificates: Sequence[str] = ()
+    identities_only = False
     host, port, user = endpoint.address, endpoint.port or 22, endpoint.user or ""
     try:
         found = asyncssh.SSHClientConnectionOptions(
@@ -343,7 +364,8 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
             client_keys=None,
         )
     except (asyncssh.Error, OSError, ValueError, RecursionError):
-        pass
+        if strict:
+            raise
     else:
         host, port, user = found.host, found.port, found.username
         user_files = found.config.get("UserKnownHostsFile")  # type: ignore[assignment]
@@ -351,6 +373,8 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
         alias = found.host_key_alias
         jumps = found.tunnel if isinstance(found.tunnel, str) and found.tunnel else None
         identities = found.config.get("IdentityFile", ())  # type: ignore[assignment]
+        certificates = found.config.get("CertificateFile", ())  # type: ignore[assignment]
+        identities_only = bool(found.config.get("IdentitiesOnly"))
     local = socket.gethostname()
     tokens = {
         "d": os.path.expanduser("~"),
@@ -376,7 +400,16 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
     )
     system_known = files(system_files, DEFAULT_GLOBAL_KNOWN_HOSTS)
     keys = HostKeyFiles(user_known, system_known, alias)
-    return _Resolved(host, port, user, keys, jumps, tuple(_expand(path) for path in identities))
+    return _Resolved(
+        host,
+        port,
+        user,
+        keys,
+        jumps,
+        tuple(_expand(path) for path in identities),
+        tuple(_expand(path) for path in certificates),
+        identities_only,
+    )
 
 
 def _open_mode(path: str) -> int | None:
@@ -466,14 +499,55 @@ def _expand_tokens(path: str, tokens: dict[str, str], host: str) -> str:
     return _expand(_TOKEN.sub(value, path))
 
 
-def local_file_problem(endpoint: Endpoint, host: str) -> ConfigError | None:
-    """The configuration error a connection to ``endpoint`` would stop on before any traffic
-    (an ssh_config, identity file or known_hosts named but not there), or None."""
+def _look_up(endpoint: Endpoint, host: str) -> _Prepared:
+    """What a connection to ``endpoint`` needs from its local files, for asyncssh to read
+    them (a config it cannot read is left for it to fail on, with its own message)."""
+    options = _local_file_options(endpoint, host)
+    return _with_config_keys(options, _resolve(endpoint, options.get("config"), host), host)
+
+
+def _with_config_keys(options: dict[str, Any], resolved: _Resolved, host: str) -> _Prepared:
+    """``options`` (changed in place) with the ssh_config's keys added to the ones named, as
+    ssh adds them; a key ssh would refuse is refused."""
+    if "client_keys" in options:
+        options["client_keys"] = _adding_config_keys(options["client_keys"], resolved)
+    refuse_unprotected_keys(options.get("client_keys") or resolved.identities, host)
+    return _Prepared(options, resolved)
+
+
+#: What asyncssh raises while it reads an ssh_config and private keys.
+_READING_ERRORS = (asyncssh.Error, OSError, ValueError, RecursionError)
+
+
+def _preflight(endpoint: Endpoint, host: str) -> _Prepared:
+    """:func:`_look_up`, but what asyncssh would stop on in the local files is raised now,
+    before any traffic: the ssh_config parsed (Include, Match and tokens, as the connection
+    parses it) and the private keys named loaded. A configuration error is raised as the
+    connection reports it (:func:`_local_failure`); anything else as asyncssh raised it."""
+    options = _local_file_options(endpoint, host)
     try:
-        _local_file_options(endpoint, host)
-    except ConfigError as exc:
-        return exc
-    return None
+        resolved = _resolve(endpoint, options.get("config"), host, strict=True)
+        prepared = _with_config_keys(options, resolved, host)
+        # The keys asyncssh loads: the ones named (the ssh_config's among them), else the
+        # ssh_config's; with none named it tries the default ones, which nobody asked for
+        # (and skips those it cannot read). RSA keys are not validated here: that costs
+        # some 100 ms a key (per host), and the connection validates them anyway.
+        keys = options.get("client_keys") or resolved.identities
+        if keys:
+            asyncssh.load_keypairs(
+                list(keys),
+                None,
+                list(resolved.certificates),
+                resolved.identities_only,
+                True,  # ignore_encrypted, as the connection asks (the agent may hold them)
+                unsafe_skip_rsa_key_validation=True,
+            )
+    except _READING_ERRORS as exc:
+        error = _local_failure(exc, endpoint, host, options)
+        if error is None:
+            raise
+        raise error from exc
+    return prepared
 
 
 def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
@@ -491,6 +565,20 @@ def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
             host=host,
             path=known_hosts,
             hint="fix the path in the inventory (or on the command line)",
+        )
+    if (
+        known_hosts is not None
+        and os.path.exists(known_hosts)
+        and not os.access(known_hosts, os.R_OK)
+    ):
+        # Not skipped as an unreadable system file is: no key could be checked against it,
+        # and accept-new would take any key for a first one.
+        raise ConfigError(
+            f"cannot read known_hosts {known_hosts!r}: permission denied",
+            host=host,
+            path=known_hosts,
+            hint="let this user read it (chmod u+r), or fix the path in the inventory "
+            "(or on the command line)",
         )
     missing = known_hosts is not None and not os.path.exists(known_hosts)
     if missing and endpoint.host_key_policy != "accept-new":
@@ -543,6 +631,24 @@ class SSHPool:
         self._slots: dict[Endpoint, _HostSlot] = {}
         self._handshakes = anyio.Semaphore(self.settings.max_handshakes)
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._prepared: dict[Endpoint, _Prepared] = {}
+
+    def preflight(self, endpoint: Endpoint, host: str) -> ConfigError | None:
+        """The configuration error a connection to ``endpoint`` would stop on before any
+        traffic, or None: a local file named that is not there or cannot be read, an
+        ssh_config that does not parse, a private key that cannot be loaded. Nothing goes on
+        the network (beyond what a ``Match exec`` command of the ssh_config does).
+
+        The ssh_config's lookup is kept for the endpoint's first connection, which would
+        make it again. Blocking file work: call it in a worker thread.
+        """
+        try:
+            self._prepared[endpoint] = _preflight(endpoint, host)
+        except ConfigError as exc:
+            return exc
+        except _READING_ERRORS:
+            pass  # not a configuration error: the connection meets it and reports it
+        return None
 
     async def __aenter__(self) -> SSHPool:
         if self.settings.idle_close > 0:
@@ -679,17 +785,16 @@ class SSHPool:
             "keepalive_interval": settings.keepalive_interval,
             "keepalive_count_max": settings.keepalive_count_max,
         }
-        options.update(_local_file_options(endpoint, host))
+        # The pre-flight's lookup, once: a reconnect reads the files again.
+        prepared = self._prepared.pop(endpoint, None) or _look_up(endpoint, host)
+        options.update(prepared.options)
         # A key that needs a passphrase is skipped, as ssh in batch mode skips it: the agent
         # may hold it (asyncssh would stop on an inventory's identity_file instead).
         options["ignore_encrypted"] = True
         # The known_hosts files are chosen here, as ssh chooses them, and always given to
         # asyncssh: left to itself it reads no system-wide file, and the ssh_config's
         # "UserKnownHostsFile none" would turn checking off.
-        resolved = _resolve(endpoint, options.get("config"), host)
-        if "client_keys" in options:
-            options["client_keys"] = _adding_config_keys(options["client_keys"], resolved)
-        refuse_unprotected_keys(options.get("client_keys") or resolved.identities, host)
+        resolved = prepared.resolved
         client = _Client(resolved.keys, endpoint.host_key_policy, settings.record_new_host_keys)
         options["client_factory"] = lambda: client
         options["known_hosts"] = resolved.keys.trusted()
@@ -802,41 +907,16 @@ class SSHPool:
                 if locked
                 else None,
             ) from exc
-        except asyncssh.ConfigParseError as exc:
-            raise ConfigError(f"ssh_config: {exc}", host=host) from exc
-        except RecursionError as exc:  # an Include that includes itself, directly or not
-            raise ConfigError(
-                "ssh_config: too many nested Include directives (one includes itself?)",
-                host=host,
-                path=", ".join(endpoint.ssh_config or ()) or "~/.ssh/config",
-                hint="fix the Include lines of the ssh_config",
-            ) from exc
-        except asyncssh.KeyImportError as exc:
-            raise ConfigError(
-                f"cannot load a private key: {exc}",
-                host=host,
-                path=", ".join(options.get("client_keys", ())) or None,
-                hint="give identity_file a private key ssh can read "
-                "(ssh-keygen -y -f FILE shows whether it can)",
-            ) from exc
         except socket.gaierror as exc:
             # Only a direct connection resolves a name here (through jump hosts, the last
             # one does): the ssh_config's HostName.
             raise HostUnreachableError(
                 f"cannot resolve host name {resolved.host!r}: {exc.strerror}", host=host
             ) from exc
-        except OSError as exc:
-            named = _local_files(options)
-            if exc.filename is not None and str(exc.filename) in named:
-                raise ConfigError(
-                    f"cannot read {named[str(exc.filename)]} {exc.filename!r}: "
-                    f"{exc.strerror or exc}",
-                    host=host,
-                    path=str(exc.filename),
-                    hint="fix the path in the inventory (or on the command line)",
-                ) from exc
-            raise _noting_jump(exc, host, through) from exc
-        except (asyncssh.Error, TimeoutError, ValueError) as exc:
+        except _READING_ERRORS as exc:
+            error = _local_failure(exc, endpoint, host, options)
+            if error is not None:
+                raise error from exc
             raise _noting_jump(exc, host, through) from exc
 
     async def _drop(self, slot: _HostSlot) -> None:
@@ -914,6 +994,57 @@ def _noting_jump(exc: BaseException, host: str, through: str | None) -> SSHError
     )
 
 
+#: asyncssh's message for a line of an ssh_config it cannot parse.
+_CONFIG_LINE = re.compile(r"(?P<path>.+) line (?P<line>\d+): (?P<reason>.+)", re.DOTALL)
+
+
+def _local_failure(
+    exc: BaseException, endpoint: Endpoint, host: str, options: dict[str, Any]
+) -> ConfigError | None:
+    """``exc``, raised by asyncssh as it read the local files of ``options`` (a connection's
+    to ``endpoint``), as this host's configuration error; None when it is not one. Both the
+    connection and the check before it (:func:`_preflight`) say it this way."""
+    configs = ", ".join(endpoint.ssh_config or ()) or "~/.ssh/config"
+    if isinstance(exc, asyncssh.ConfigParseError):
+        # asyncssh names the file (an included one, when the line is there) and the line,
+        # except for a token or variable it cannot expand.
+        found = _CONFIG_LINE.fullmatch(str(exc))
+        if found is None:
+            return ConfigError(
+                f"ssh_config: {exc}", host=host, path=configs, hint="fix the ssh_config"
+            )
+        return ConfigError(
+            f"ssh_config line {found['line']}: {found['reason']}",
+            host=host,
+            path=found["path"],
+            hint="fix that line of the ssh_config",
+        )
+    if isinstance(exc, RecursionError):  # an Include that includes itself, directly or not
+        return ConfigError(
+            "ssh_config: too many nested Include directives (one includes itself?)",
+            host=host,
+            path=configs,
+            hint="fix the Include lines of the ssh_config",
+        )
+    if isinstance(exc, asyncssh.KeyImportError):
+        return ConfigError(
+            f"cannot load a private key: {exc}",
+            host=host,
+            path=", ".join(options.get("client_keys", ())) or None,
+            hint="give identity_file a private key ssh can read "
+            "(ssh-keygen -y -f FILE shows whether it can)",
+        )
+    named = _local_files(options)
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) in named:
+        return ConfigError(
+            f"cannot read {named[str(exc.filename)]} {exc.filename!r}: {exc.strerror or exc}",
+            host=host,
+            path=str(exc.filename),
+            hint="fix the path in the inventory (or on the command line)",
+        )
+    return None
+
+
 def _local_files(options: dict[str, Any]) -> dict[str, str]:
     """The local files asyncssh was given to read, each with the option that names it."""
     named: dict[str, str] = {}
@@ -960,7 +1091,6 @@ __all__ = [
     "PoolSettings",
     "SSHPool",
     "classify",
-    "local_file_problem",
 ]
 
 # Silence asyncssh's per-channel info logging unless the user asks for debug output.

@@ -699,6 +699,45 @@ def test_a_mirrored_file_that_cannot_be_opened_fails_alone(
         assert (dest / "h0" / rel).read_bytes() == fleet.path("h0", rel).read_bytes()
 
 
+def test_a_path_too_long_for_the_destination_fails_alone_run_after_run(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A remote path that fits the host's PATH_MAX but not the destination's (its prefix is
+    longer) fails alone, with a hint that says so. It used to end the host's round as an
+    internal error (nothing committed), and every later run at the mirror's opening, with a
+    hint about permissions and free space, for all hosts."""
+    rng = random.Random(16)
+    fleet.write("h0", "agents/a/sessions/ok.jsonl", lines(rng, 3))
+    root = len(os.fsencode(fleet.path("h0")))
+    deep = "agents/a/sessions/" + "/".join(["d" * 200] * ((3900 - root) // 201))
+    deep += "/" + "e" * (4090 - root - len(deep) - len("//deep.jsonl")) + "/deep.jsonl"
+    fleet.write("h0", deep, lines(rng, 2))
+    assert len(os.fsencode(fleet.path("h0", deep))) < 4095  # fine on the host
+    dest = tmp_path / ("L" * 200) / "m"
+    assert len(os.fsencode(dest / "h0" / deep)) > 4096  # not here
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    for run in range(2):
+        code, events = run_cli(
+            ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"], capsys
+        )
+        assert code == 1
+        (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+        assert (error.host, error.path, error.kind) == ("h0", deep, "mirror")
+        assert "too long" in error.message and "shorter destination" in error.hint
+        summary = events[-1]
+        assert isinstance(summary, Summary) and summary.hosts_partial == 1
+        assert (summary.files.new, summary.files.unchanged, summary.files.failed) == (
+            (1, 0, 1) if run == 0 else (0, 1, 1)
+        )
+        ok = fleet.path("h0", "agents/a/sessions/ok.jsonl").read_bytes()
+        assert (dest / "h0/agents/a/sessions/ok.jsonl").read_bytes() == ok
+    excluded = write_inventory(
+        fleet, tmp_path / "excluded.toml", ["h0"], 'exclude = ["agents/a/sessions/d*/**"]'
+    )
+    code, summary = sync(excluded, dest, capsys)
+    assert code == 0 and summary.files.failed == 0
+
+
 def test_a_file_committed_empty_is_fetched_once_rewritten_at_the_same_size(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,6 +14,7 @@ may hold bytes the checkpoint does not claim, and recovery cuts those back.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -733,6 +734,12 @@ def _size_of(path: bytes) -> int:
         return os.stat(path).st_size
     except FileNotFoundError:
         return -1
+    except OSError as exc:
+        # A path too long for the destination (a host's PATH_MAX is counted from its root,
+        # ours from the destination's) can hold no file: its put in place failed alone.
+        if exc.errno == errno.ENAMETOOLONG:
+            return -1
+        raise
 
 
 def _size_of_regular(path: Path | bytes) -> int:
@@ -741,6 +748,10 @@ def _size_of_regular(path: Path | bytes) -> int:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return -1
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # no file can be there, see _size_of
+            return -1
+        raise
     return st.st_size if stat.S_ISREG(st.st_mode) else -1
 
 

@@ -65,6 +65,13 @@ def _mirror_error(exc: OSError, host: str, path: bytes, doing: str) -> MirrorErr
     shown = path_text(path)
     if exc.errno == errno.ENOSPC:
         return MirrorError(f"disk full while trying to {doing}", host=host or None, path=shown)
+    if exc.errno == errno.ENAMETOOLONG:
+        return MirrorError(
+            f"cannot {doing}: the path is too long for the destination's file system",
+            host=host or None,
+            path=shown,
+            hint="sync into a shorter destination path, or exclude this file in the inventory",
+        )
     if exc.errno in _ONE_FILE_ERRNOS:
         return MirrorError(
             f"cannot {doing}: {exc.strerror or exc}",

@@ -738,6 +738,42 @@ def test_a_path_too_long_for_the_destination_fails_alone_run_after_run(
     assert code == 0 and summary.files.failed == 0
 
 
+def test_a_file_and_a_directory_swapped_on_the_host_sync_again_once_moved_aside(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The host turns a file into a directory and a directory into a file: both conflicts
+    fail alone, and once the user moves the mirror's old entries aside as the hints say,
+    every run is exact. The rows of the files kept in the old entries used to stop every
+    later run at the mirror's opening ("cannot check the mirrored file against its
+    checkpoint: Not a directory"), for all hosts."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(17)
+    base = "agents/a/sessions"
+    for rel in ("x.jsonl", "d/y.jsonl", "ok.jsonl"):
+        fleet.write("h0", f"{base}/{rel}", lines(rng, 3))
+    assert sync(inv, dest, capsys)[0] == 0
+    fleet.path("h0", f"{base}/x.jsonl").unlink()
+    fleet.write("h0", f"{base}/x.jsonl/inner.jsonl", lines(rng, 3))
+    fleet.path("h0", f"{base}/d/y.jsonl").unlink()
+    fleet.path("h0", f"{base}/d").rmdir()
+    fleet.write("h0", f"{base}/d", lines(rng, 3))
+    code, events = run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"], capsys)
+    assert code == 1
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert sorted(e.path for e in errors) == [f"{base}/d", f"{base}/x.jsonl/inner.jsonl"]
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in ("d", "x.jsonl"):
+        (dest / "h0" / base / name).rename(aside / name)
+    for _ in range(3):
+        code, summary = sync(inv, dest, capsys)
+        assert code == 0 and summary.files.failed == 0
+        for rel in ("x.jsonl/inner.jsonl", "d", "ok.jsonl"):
+            got = (dest / "h0" / base / rel).read_bytes()
+            assert got == fleet.path("h0", f"{base}/{rel}").read_bytes()
+
+
 def test_a_file_committed_empty_is_fetched_once_rewritten_at_the_same_size(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -392,17 +392,18 @@ class MirrorState:
         for host, path, kind, committed, version, ino in self._committed_sizes(hosts):
             local = os.path.join(os.fsencode(self.dest / host), path)
             try:
-                size = _size_of(local)
+                size = _size_of_regular(local)
                 if size == committed and ino >= 0:
                     continue  # the usual case: one stat
                 kept = self.last_version_on_disk(host, path, version)
-                if size < 0 and kept > version:
+                if size < 0 and kept > version and _room_for_a_file(local):
                     # Killed between a rewrite's two renames: the old copy went to versions/
-                    # and the new one never arrived. Undo the first rename.
+                    # and the new one never arrived. Undo the first rename (unless something
+                    # else took the file's place since: the old copy then stays a version).
                     os.rename(self.version_path(host, path, kept), local)
                     fsync_dir(os.path.dirname(local))
                     kept -= 1
-                    size = _size_of(local)
+                    size = _size_of_regular(local)
                     notes.append(
                         f"{host}: {path_text(path)}: put back from versions/ (v{kept + 1})"
                     )
@@ -728,28 +729,22 @@ class _Transaction:
             self.db.execute("ROLLBACK")
 
 
-def _size_of(path: bytes) -> int:
-    """The file's size, or -1 when there is none."""
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return -1
-    except OSError as exc:
-        # A path too long for the destination (a host's PATH_MAX is counted from its root,
-        # ours from the destination's) can hold no file: its put in place failed alone.
-        if exc.errno == errno.ENAMETOOLONG:
-            return -1
-        raise
+def _room_for_a_file(path: bytes) -> bool:
+    """Is nothing at ``path``, in a directory that exists?"""
+    return not os.path.lexists(path) and os.path.isdir(os.path.dirname(path))
 
 
 def _size_of_regular(path: Path | bytes) -> int:
-    """The size of a regular file, or -1 when there is none (missing, a directory...)."""
+    """The size of a regular file, or -1 when there is none (missing, a directory, a file
+    where a parent should be: the remote turned a file into a directory or the reverse)."""
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return -1
     except OSError as exc:
-        if exc.errno == errno.ENAMETOOLONG:  # no file can be there, see _size_of
+        # A path too long for the destination (a host's PATH_MAX is counted from its root,
+        # ours from the destination's) can hold no file: its put in place failed alone.
+        if exc.errno == errno.ENAMETOOLONG:
             return -1
         raise
     return st.st_size if stat.S_ISREG(st.st_mode) else -1

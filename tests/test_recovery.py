@@ -222,6 +222,25 @@ def test_a_file_cut_by_hand_takes_its_index_along(dest: Path) -> None:
     assert_index_is_a_rebuild(dest)
 
 
+def test_a_file_removed_by_hand_is_noted_once(dest: Path) -> None:
+    """A file removed from the mirror by hand (a session the host deleted, pruned) is noted
+    by the first recovery, which records it; it used to be noted again on every run, each time
+    saying it "will be fetched whole", which it never is once the host has deleted it."""
+    rng = random.Random(18)
+    gone = b"agents/a/sessions/gone.jsonl"
+    with MirrorState(dest) as state:
+        committed(state, gone, lines(rng, 5))
+        state.local_path("h", gone).unlink()
+    with MirrorState(dest) as state:
+        (note,) = state.recover(["h"])
+        assert "gone.jsonl" in note and "missing" in note
+    for _ in range(2):
+        with MirrorState(dest) as state:
+            assert state.recover(["h"]) == []
+            row = state.host_files("h")[gone]
+            assert (row.size, row.ino) == (0, -1)  # still unknown: fetched whole if it comes back
+
+
 # --- writing ---------------------------------------------------------------------------------
 
 

@@ -416,8 +416,13 @@ class MirrorState:
                         continue
                     if size == committed:
                         continue  # followed already (see below), still to be fetched whole
-                elif size == committed and kept == version:
-                    continue  # in doubt, but nothing replaced it: it is as committed
+                elif kept == version and (
+                    size == committed or (size < 0 and committed == 0 and ino < 0)
+                ):
+                    # In doubt, but nothing replaced it: it is as committed. (Or it is missing
+                    # and its row says so already, from an earlier recovery: a file the host
+                    # deleted, then removed from the mirror by hand, is noted once.)
+                    continue
                 if size > committed and kind == "append" and kept == version and ino >= 0:
                     # Appended in place beyond the checkpoint: those bytes were never committed.
                     # (A file about to be replaced by rename is marked in doubt, -1, first, and

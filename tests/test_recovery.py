@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -239,6 +240,28 @@ def test_a_file_removed_by_hand_is_noted_once(dest: Path) -> None:
             assert state.recover(["h"]) == []
             row = state.host_files("h")[gone]
             assert (row.size, row.ino) == (0, -1)  # still unknown: fetched whole if it comes back
+
+
+def test_a_mirrored_file_where_the_user_put_a_directory_or_under_a_file_is_missing(
+    dest: Path,
+) -> None:
+    """A directory put in a mirrored file's place, or a file in its parent's: recovery notes
+    the file as missing (the next round fails it alone, with a hint), instead of stopping
+    the run at the mirror's opening for every host ("Is a directory", "Not a directory")."""
+    rng = random.Random(19)
+    in_dir = b"agents/b/sessions/s.jsonl"
+    with MirrorState(dest) as state:
+        committed(state, SESSION, lines(rng, 5))
+        committed(state, in_dir, lines(rng, 5))
+        state.local_path("h", SESSION).unlink()
+        state.local_path("h", SESSION).mkdir()
+        shutil.rmtree(state.local_path("h", b"agents/b"))
+        state.local_path("h", b"agents/b").write_bytes(b"mine")
+    with MirrorState(dest) as state:
+        notes = state.recover(["h"])
+        assert len(notes) == 2 and all("(missing)" in note for note in notes)
+        rows = state.host_files("h")
+        assert [(rows[p].size, rows[p].ino) for p in (SESSION, in_dir)] == [(0, -1)] * 2
 
 
 # --- writing ---------------------------------------------------------------------------------

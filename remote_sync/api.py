@@ -172,16 +172,18 @@ async def stream_sessions(
     the hosts then stop only when the stream is dropped and asyncio closes it.
 
     From the mirror at ``dest`` (its index), or with ``remote=True`` straight from ``hosts``
-    over SSH, decoding each transcript as it streams. The filters are those of ``sessions
-    list`` (:func:`~remote_sync.index.query.query_sessions`): ``host``, ``format``, ``agent``,
-    ``since`` (an ISO date or datetime, or an age such as ``7d``), ``klass`` (``empty``,
-    ``low``, ``valuable``), ``state``, ``sort`` (``FIELD`` or ``-FIELD``), ``limit`` and
-    ``now`` (when the class is judged and ages are counted from; default: the current time),
-    and mean the same for both; bad ones raise :class:`~remote_sync.errors.ConfigError` before
-    any host is contacted. Over the index ``sort`` defaults to ``-last_ts``. Remote rows are
-    filtered batch by batch as they arrive (``host`` also skips the other hosts); with
-    ``sort`` or ``limit`` they are sorted and cut once every host was read (as over the index,
-    ``limit`` keeps the most recent unless ``sort`` says otherwise), then yielded.
+    over SSH, decoding each transcript as it streams (``dest`` with ``remote=True`` is a
+    :class:`~remote_sync.errors.ConfigError`, as ``--dest`` with ``--remote`` is). The
+    filters are those of ``sessions list`` (:func:`~remote_sync.index.query.query_sessions`):
+    ``host``, ``format``, ``agent``, ``since`` (an ISO date or datetime, or an age such as
+    ``7d``), ``klass`` (``empty``, ``low``, ``valuable``), ``state``, ``sort`` (``FIELD`` or
+    ``-FIELD``), ``limit`` and ``now`` (when the class is judged and ages are counted from;
+    default: the current time), and mean the same for both; bad ones raise
+    :class:`~remote_sync.errors.ConfigError` before any host is contacted. Over the index
+    ``sort`` defaults to ``-last_ts``. Remote rows are filtered batch by batch as they arrive
+    (``host`` also skips the other hosts); with ``sort`` or ``limit`` they are sorted and cut
+    once every host was read (as over the index, ``limit`` keeps the most recent unless
+    ``sort`` says otherwise), then yielded.
 
     With ``remote=True`` up to ``concurrency`` hosts are read at once (as ``sync``'s), and
     each batch is yielded as its host sends it: a batch holds one host's rows, and batches of
@@ -200,6 +202,7 @@ async def stream_sessions(
     """
     check_batch_size(batch_size)
     if remote:
+        _check_remote_listing(dest)
         _check_concurrency(concurrency)
         _require_asyncio()
     emit = guarded(emit) if emit is not None else _ignore
@@ -605,6 +608,19 @@ async def _local_batches(
     finally:
         db.close()
     emit(Progress("", "done", done, done, 0, 0))
+
+
+def _check_remote_listing(dest: str | Path | None) -> None:
+    """A :class:`ConfigError` for what a listing from the hosts cannot use: a ``dest`` would
+    be ignored without a word (the hosts are read, not that mirror), as ``--dest`` with
+    ``--remote`` is refused by the CLI."""
+    if dest is not None:
+        raise ConfigError(
+            "dest (--dest) does not apply with remote=True (--remote): the hosts are read, "
+            "not a mirror",
+            hint="pass dest to read the mirror's index, or remote=True and hosts to ask the "
+            "hosts over SSH",
+        )
 
 
 def _check_concurrency(concurrency: int) -> None:

@@ -825,6 +825,13 @@ def _show_remote(args: argparse.Namespace, how: dict[str, Any]) -> tuple[Any, Sh
 
 
 def _check_remote_flags(args: argparse.Namespace) -> None:
+    if args.remote and args.dest is not None:
+        # It would be ignored: the hosts are read, not that mirror ($REMOTE_SYNC_DEST, a
+        # default, is not refused).
+        raise ConfigError(
+            "--dest does not apply with --remote: the hosts are read, not a mirror",
+            hint="drop --dest to ask the hosts, or --remote to read the mirror",
+        )
     if args.inventory and not args.remote:
         raise ConfigError("--inventory applies only with --remote")
     if args.timeout is not None and not args.remote:

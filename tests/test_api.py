@@ -284,6 +284,26 @@ async def test_a_negative_limit_names_the_argument_and_the_option(index_dest: Pa
         assert info.value.message == "limit (--limit) must not be negative, got -1"
 
 
+async def test_dest_with_remote_names_both_arguments_and_options(index_dest: Path) -> None:
+    """The mirror at dest was ignored without a word (the hosts were read), while the CLI's
+    ``--dest`` with ``--remote`` is a usage error too. Refused before any host is contacted."""
+
+    async def streamed() -> None:
+        async for _batch in api.stream_sessions(dest=index_dest, remote=True, hosts=[nowhere()]):
+            pass
+
+    for reading in (
+        streamed,
+        lambda: api.list_sessions(dest=index_dest, remote=True, hosts=[nowhere()]),
+    ):
+        with pytest.raises(ConfigError) as info:
+            await reading()
+        assert info.value.message.startswith(
+            "dest (--dest) does not apply with remote=True (--remote)"
+        )
+        assert "pass dest to read the mirror's index, or remote=True" in info.value.hint
+
+
 async def test_no_mirror_at_dest_names_the_argument_and_the_option(tmp_path: Path) -> None:
     missing = tmp_path / "nothing"
     for reading in (

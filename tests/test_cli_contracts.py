@@ -974,6 +974,27 @@ def test_cli_remote_list_reports_a_failed_host_and_prints_the_others(
     assert code == 0 and [json.loads(line)["session_id"] for line in out.splitlines()] == ["b"]
 
 
+def test_dest_with_remote_is_a_usage_error(
+    fake_remote: tuple[list[Host], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It was ignored without a word (the hosts were read, not that mirror), as the library's
+    dest with remote=True; $REMOTE_SYNC_DEST, a default, is not in the way."""
+    _, inv = fake_remote
+    remote = ["--remote", "-I", str(inv), "--dest", str(tmp_path / "mirror")]
+    for args in (["sessions", "list", *remote], ["sessions", "show", "h0", "a", *remote]):
+        code, out, err = cli([*args, "--json"], capsys)
+        assert code == 2 and "--dest does not apply with --remote" in err, err
+        event = decode_event(out.splitlines()[0])
+        assert isinstance(event, ErrorEvent) and event.kind == "config"
+        assert "drop --dest to ask the hosts, or --remote to read the mirror" in err
+    monkeypatch.setenv("REMOTE_SYNC_DEST", str(tmp_path / "mirror"))
+    code, out, err = cli(["sessions", "list", "--remote", "-I", str(inv), "--host", "h0"], capsys)
+    assert code == 0 and "h0" in out, err
+
+
 def test_remote_list_with_an_unreachable_host_over_ssh(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

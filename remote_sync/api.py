@@ -172,8 +172,8 @@ async def stream_sessions(
     the hosts then stop only when the stream is dropped and asyncio closes it.
 
     From the mirror at ``dest`` (its index), or with ``remote=True`` straight from ``hosts``
-    over SSH, decoding each transcript as it streams (``dest`` with ``remote=True`` is a
-    :class:`~remote_sync.errors.ConfigError`, as ``--dest`` with ``--remote`` is). The
+    over SSH, decoding each transcript as it streams (``dest`` with ``remote=True``, or no
+    ``hosts``, is a :class:`~remote_sync.errors.ConfigError`, as for the CLI). The
     filters are those of ``sessions list`` (:func:`~remote_sync.index.query.query_sessions`):
     ``host``, ``format``, ``agent``, ``since`` (an ISO date or datetime, or an age such as
     ``7d``), ``klass`` (``empty``, ``low``, ``valuable``), ``state``, ``sort`` (``FIELD`` or
@@ -202,7 +202,7 @@ async def stream_sessions(
     """
     check_batch_size(batch_size)
     if remote:
-        _check_remote_listing(dest)
+        _check_remote_listing(dest, hosts)
         _check_concurrency(concurrency)
         _require_asyncio()
     emit = guarded(emit) if emit is not None else _ignore
@@ -610,10 +610,17 @@ async def _local_batches(
     emit(Progress("", "done", done, done, 0, 0))
 
 
-def _check_remote_listing(dest: str | Path | None) -> None:
-    """A :class:`ConfigError` for what a listing from the hosts cannot use: a ``dest`` would
-    be ignored without a word (the hosts are read, not that mirror), as ``--dest`` with
-    ``--remote`` is refused by the CLI."""
+def _check_remote_listing(dest: str | Path | None, hosts: Sequence[Host]) -> None:
+    """A :class:`ConfigError` for a listing from the hosts that cannot be what was meant: a
+    ``dest`` would be ignored without a word (the hosts are read, not that mirror), and no
+    hosts would list nothing, as if every host had no session. The CLI refuses both too
+    (``--dest`` with ``--remote``; no host selected)."""
+    if not hosts:
+        raise ConfigError(
+            "no hosts to ask: hosts is empty",
+            hint="pass hosts, the Hosts to read over SSH (what the CLI's --inventory FILE or "
+            "--host H selects)",
+        )
     if dest is not None:
         raise ConfigError(
             "dest (--dest) does not apply with remote=True (--remote): the hosts are read, "

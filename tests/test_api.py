@@ -304,6 +304,24 @@ async def test_dest_with_remote_names_both_arguments_and_options(index_dest: Pat
         assert "pass dest to read the mirror's index, or remote=True" in info.value.hint
 
 
+async def test_a_remote_listing_without_hosts_names_what_to_pass() -> None:
+    """It listed nothing without a word, as if no host had a session; the CLI says "no hosts
+    to ask" when its inventory and options select none."""
+    events: list[object] = []
+
+    async def streamed() -> None:
+        async for _batch in api.stream_sessions(remote=True, emit=events.append):
+            pass
+
+    for reading in (streamed, lambda: api.list_sessions(remote=True, hosts=[])):
+        with pytest.raises(ConfigError) as info:
+            await reading()
+        assert info.value.message == "no hosts to ask: hosts is empty"
+        assert info.value.hint.startswith("pass hosts, the Hosts to read over SSH")
+        assert "--inventory FILE" in info.value.hint
+    assert events == []
+
+
 async def test_no_mirror_at_dest_names_the_argument_and_the_option(tmp_path: Path) -> None:
     missing = tmp_path / "nothing"
     for reading in (

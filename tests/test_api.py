@@ -32,6 +32,7 @@ from remote_sync import api
 from remote_sync.cancel import CancelRegistry
 from remote_sync.errors import ConfigError, DestinationError, TransferCancelledError
 from remote_sync.events import Progress
+from remote_sync.formats import FORMATS
 from remote_sync.index import query
 from remote_sync.index.show import ShowResult, show_session
 from remote_sync.index.update import rebuild_index
@@ -320,6 +321,19 @@ async def test_a_remote_listing_without_hosts_names_what_to_pass() -> None:
         assert info.value.hint.startswith("pass hosts, the Hosts to read over SSH")
         assert "--inventory FILE" in info.value.hint
     assert events == []
+
+
+async def test_an_unknown_format_is_refused_as_a_bad_class_is(index_dest: Path) -> None:
+    """format="nope" matched nothing without a word, while klass="nope" is a ConfigError."""
+    known = ", ".join(sorted(FORMATS))  # the inventory's formats are the readers' formats
+    for where in ({"dest": index_dest}, {"remote": True, "hosts": [nowhere()]}):
+        with pytest.raises(ConfigError) as info:
+            await api.list_sessions(format="nope", **where)  # type: ignore[arg-type]
+        assert info.value.message == "unknown format 'nope'"
+        assert info.value.hint == f"use one of {known}"
+    with pytest.raises(ConfigError, match="unknown format 'nope'"):
+        await api.session_stats(dest=index_dest, format="nope")
+    assert len(await api.list_sessions(dest=index_dest, format="codex", now=NOW)) == 3
 
 
 async def test_no_mirror_at_dest_names_the_argument_and_the_option(tmp_path: Path) -> None:

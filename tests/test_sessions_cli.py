@@ -366,6 +366,18 @@ def test_filters_and_limit(db: Any) -> None:
             list(query_sessions(db, **bad))
 
 
+@pytest.mark.parametrize("verb", ["list", "stats"])
+def test_an_unknown_format_is_a_usage_error_naming_the_formats(
+    verb: str, index_dest: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It matched nothing (exit 0, "no sessions match"), while a bad --class is refused."""
+    code, out, err = cli(["sessions", verb, "--format", "nope", "--dest", str(index_dest)], capsys)
+    assert code == 2 and out == "", err
+    assert "remote-sync: unknown format 'nope' (use one of claude-code, codex, jsonl," in err
+    code, out, err = cli(["sessions", verb, "--format", "codex", "--dest", str(index_dest)], capsys)
+    assert code == 0 and "h1" in out and "h0" not in out, err
+
+
 def test_sort(db: Any) -> None:
     def q(sort: str, **kw: Any) -> list[str]:
         return [r.session_id for r in query_sessions(db, sort=sort, now=NOW, **kw)]
@@ -817,9 +829,12 @@ def test_arguments_that_are_not_utf8_match_nothing_cleanly(
     dest = ["--dest", str(index_dest)]
     code, out, err = cli(["sessions", "show", "h0", odd, *dest], capsys)
     assert code == 2 and "no session" in err and "Traceback" not in err
-    for option in ("--host", "--agent", "--format"):
+    for option in ("--host", "--agent"):
         code, out, err = cli(["sessions", "list", option, odd, "--json", *dest], capsys)
         assert (code, out, err) == (0, "", "")
+    # No format has such a name: a usage error, its byte escaped (as any unknown format).
+    code, out, err = cli(["sessions", "list", "--format", odd, *dest], capsys)
+    assert code == 2 and "unknown format 'x\\udcff'" in err and "Traceback" not in err
     code, out, err = cli(["sessions", "stats", "--agent", odd, "--json", *dest], capsys)
     assert (code, err) == (0, "")
     assert (code, out, err) == cli(

@@ -374,6 +374,11 @@ def _where(
         inner.append("s.host = :host")
         params["host"] = as_indexed(host)
     if format is not None:
+        if format not in READERS:
+            # As a bad class or state: a misspelt format would match nothing without a word.
+            raise ConfigError(
+                f"unknown format {format!r}", hint=f"use one of {', '.join(sorted(READERS))}"
+            )
         inner.append("s.format = :format")
         params["format"] = as_indexed(format)
     if agent is not None:
@@ -591,7 +596,7 @@ def filter_rows(
 ) -> list[SessionRow]:
     """The rows matching every given filter, in their order (:func:`query_sessions`'s filters,
     for rows that arrive in batches: a stream can filter each batch as it comes)."""
-    _where(host=None, format=None, agent=None, since=None, klass=klass, state=state, now=now)
+    _where(host=None, format=format, agent=None, since=None, klass=klass, state=state, now=now)
     after = iso_instant(since, now) if since is not None else None
     return [
         r

@@ -472,6 +472,37 @@ def test_stats_by_every_key(db: Any) -> None:
         session_stats(db, "week")  # type: ignore[arg-type]
 
 
+def test_costs_are_given_without_float_noise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Costs are sums of floats: ``stats --json`` printed 0.009899999999999999. Rounded to
+    10 significant digits in every row and total, over the index and from hosts alike (not to
+    fixed decimal places: a response may cost 0.0000369)."""
+    noisy, other = 0.0033 + 0.0066, 0.1 + 0.2
+    assert (noisy, other) != (0.0099, 0.3)  # the noise is there to be taken out
+    dest = tmp_path / "mirror"
+    entries = [
+        Spec("h0", "openclaw", b"agents/a/sessions/x.jsonl", facts("x", cost=noisy, models=("m",))),
+        Spec("h0", "openclaw", b"agents/a/sessions/y.jsonl", facts("y", cost=other, models=("m",))),
+        Spec(
+            "h1", "openclaw", b"agents/b/sessions/z.jsonl", facts("z", cost=3.69e-5, models=("n",))
+        ),
+    ]
+    build_index(dest, entries)
+    code, out, _err = cli(["sessions", "list", "--json", "--sort", "cost", "-d", str(dest)], capsys)
+    costs = [json.loads(line)["cost"] for line in out.splitlines()]
+    assert code == 0 and costs == [3.69e-5, 0.0099, 0.3]
+    assert '"cost":0.0099,' in out and '"cost":0.3,' in out, out
+    for by in ("host", "model"):
+        code, out, _err = cli(["sessions", "stats", "--by", by, "--json", "-d", str(dest)], capsys)
+        assert code == 0 and '"cost":0.3099,' in out and '"cost":0.0000369,' in out, out
+    code, out, _err = cli(["sessions", "stats", "-d", str(dest)], capsys)
+    assert code == 0 and "$0.31" in out  # the table's cents, as before
+    # A row read straight from a host has the same cost as the index's.
+    row = row_from_facts("h0", b"agents/a/sessions/x.jsonl", "openclaw", entries[0].facts)
+    assert row.cost == 0.0099
+
+
 def test_library_local_stream_reports_progress_and_stops_on_a_cancel(index_dest: Path) -> None:
     """Over the index, as over hosts: progress events as batches go, and a cancel stops the
     stream before its next batch, the last (partial) one included."""

@@ -32,6 +32,8 @@ done in SQL, so ``--limit`` stays fast on a large index. Definitions:
   an ISO datetime, naive meaning UTC, or a relative age such as ``7d``, ``12h``, ``2w``); one
   outside the years 1 to 9999 (in UTC) is a :class:`ConfigError`.
 * **limit**: none below 0; one above SQLite's largest integer means no limit.
+* **cost**: in USD, rounded to :data:`COST_DIGITS` significant digits (below them a sum of
+  floats has noise) in every row, sort and total, over the index and from hosts alike.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CLASSES",
+    "COST_DIGITS",
     "DEFAULT_SORT",
     "EMPTY_BYTES",
     "LOW_VALUE_AGE",
@@ -73,6 +76,7 @@ __all__ = [
     "iso_instant",
     "open_index",
     "query_sessions",
+    "round_cost",
     "row_from_facts",
     "select_rows",
     "session_class",
@@ -87,6 +91,11 @@ DEFAULT_SORT = "-last_ts"
 CLASSES = ("empty", "low", "valuable")
 STATES = ("live", "archived", "deleted", "rewritten", "renamed")
 STATS_KEYS = ("host", "agent", "format", "model", "day")
+#: Significant digits a cost (USD) is given out with. A session's cost is a sum of its
+#: responses' and a group's a sum of its sessions', floats whose noise (0.0033 + 0.0066 is
+#: 0.009899999999999999) would otherwise show in the JSON; a fixed number of decimal places
+#: would cut real ones (a response's cost such as 0.0000369, tokens times a price per million).
+COST_DIGITS = 10
 
 StatsKey = Literal["host", "agent", "format", "model", "day"]
 Since = str | date | datetime
@@ -113,7 +122,7 @@ class SessionRow(msgspec.Struct):
     tokens_out: int
     tokens_cache_read: int
     tokens_cache_write: int
-    cost: float | None
+    cost: float | None  # USD, to COST_DIGITS significant digits
     models: list[str]
     first_ts: str | None
     last_ts: str | None
@@ -135,7 +144,7 @@ class StatsRow(msgspec.Struct):
     tokens_out: int
     tokens_cache_read: int
     tokens_cache_write: int
-    cost: float | None
+    cost: float | None  # USD, to COST_DIGITS significant digits
     bytes: int
 
 
@@ -168,7 +177,7 @@ _SELECT = (
     ("tokens_out", "s.tokens_out"),
     ("tokens_cache_read", "s.tokens_cache_read"),
     ("tokens_cache_write", "s.tokens_cache_write"),
-    ("cost", "s.cost"),
+    ("cost", "round_cost(s.cost)"),
     ("models", "s.models"),
     ("first_ts", "s.first_ts"),
     ("last_ts", "s.last_ts"),
@@ -258,9 +267,17 @@ def _held_state(format_name: str, path: bytes, version: int | None) -> str:
     return held_state(READERS.get(format_name), path, version)
 
 
+def round_cost(cost: float | None) -> float | None:
+    """``cost`` to :data:`COST_DIGITS` significant digits, as every row and total gives it."""
+    return None if cost is None else float(f"{cost:.{COST_DIGITS}g}")
+
+
 def _use_readers(db: sqlite3.Connection) -> None:
-    """Let ``db``'s queries ask the format readers what the SQL cannot know (idempotent)."""
+    """Let ``db``'s queries ask the format readers what the SQL cannot know, and round costs
+    as Python does, so that rows from the index sort and sum as those read from hosts do
+    (idempotent)."""
     db.create_function("held_state", 3, _held_state, deterministic=True)
+    db.create_function("round_cost", 1, round_cost, deterministic=True)
 
 
 def _warn_if_other_rules(db: sqlite3.Connection, dest: str | Path) -> None:
@@ -572,7 +589,7 @@ def row_from_facts(
         facts.tokens_out,
         facts.tokens_cache_read,
         facts.tokens_cache_write,
-        facts.cost,
+        round_cost(facts.cost),
         list(facts.models),
         facts.first_ts,
         facts.last_ts,
@@ -792,7 +809,7 @@ def session_stats(
             f"SELECT {expr} AS key, {_SUMS} FROM ({sql}) GROUP BY key ORDER BY key IS NULL, key",
             params,
         )
-        return [StatsRow(by, *r) for r in cur]
+        return [_stats_row(by, *r) for r in cur]
     cur = db.execute(
         f"SELECT models, messages, tool_calls, tokens_in, tokens_out, tokens_cache_read, "
         f"tokens_cache_write, cost, bytes FROM ({sql})",
@@ -810,4 +827,11 @@ def session_stats(
                 if value is not None:
                     acc[i] = value if acc[i] is None else acc[i] + value
     keys = sorted(groups, key=lambda k: (k is None, k or ""))
-    return [StatsRow(by, k, *groups[k]) for k in keys]
+    return [_stats_row(by, k, *groups[k]) for k in keys]
+
+
+def _stats_row(by: str, key: str | None, *figures: Any) -> StatsRow:
+    """A group's totals, its cost (a sum of the sessions' rounded costs) rounded again."""
+    row = StatsRow(by, key, *figures)
+    row.cost = round_cost(row.cost)
+    return row

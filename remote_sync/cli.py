@@ -982,8 +982,8 @@ def run_index_rebuild(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         else:
             n = len(unreadable)
-            left_out = f"; {n} unreadable file{'s' * (n > 1)} left out" if n else ""
-            print(f"{count} sessions indexed in {dest}{left_out}", flush=True)
+            left_out = f"; {_counted(n, 'unreadable file')} left out" if n else ""
+            print(f"{_counted(count, 'session')} indexed in {dest}{left_out}", flush=True)
         return EXIT_OK
 
     code = _guard_pipe(report)
@@ -1012,6 +1012,11 @@ def _print_whole(console: Console, table: Any) -> None:
     if needed > console.width:
         console.width = needed
     console.print(table)
+
+
+def _counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, in the plural unless ``n`` is 1: "1 message", "0 messages"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _count(n: int) -> str:
@@ -1114,7 +1119,7 @@ def _print_messages(
                 plain(row.path, "bold"),
                 "  session ",
                 plain(row.session_id),
-                f"  {row.messages} messages  ",
+                f"  {_counted(row.messages, 'message')}  ",
                 plain(row.state),
             )
         )
@@ -1143,20 +1148,21 @@ def _print_footer(
 ) -> None:
     shown = len(result.messages)
     if row is None:  # straight from the host: no message count to compare with
-        note = f"page {page}: {shown} messages" if page is not None else f"{shown} messages"
+        messages = _counted(shown, "message")
+        note = f"page {page}: {messages}" if page is not None else messages
         if page is not None and result.at_end:
             note += ", the last page" if shown else " (past the end of the session)"
         print(f"\n{note}; read {_size(result.bytes_read)}", file=sys.stderr)
         return
     # Pages number every message shown, a record written again too (counted once in the row).
     total = row.messages if result.total is None else result.total
-    count = f"{total} messages"
+    count = _counted(total, "message")
     if total != row.messages:
         count += f", {total - row.messages} of them repeated"
     if page is not None:
         pages = max(1, -(-total // page_size))
         if not shown:
-            note = f"page {page} is past the end ({count}, {pages} pages)"
+            note = f"page {page} is past the end ({count}, {_counted(pages, 'page')})"
         else:
             note = f"page {page} of {pages} ({count})"
             if page < pages:

@@ -754,7 +754,7 @@ def test_index_rebuild_leaves_out_an_unreadable_file_and_exits_1(
     draft.mkdir()  # a directory where the file was: unreadable as a file
     code, out, err = cli(["index", "rebuild", "-d", str(mirror)], capsys)
     assert code == 1
-    assert "1 sessions indexed" in out and "2 unreadable files left out" in out
+    assert "1 session indexed" in out and "2 unreadable files left out" in out
     assert "h0: agents/a1/sessions/old.jsonl: cannot read the mirrored file" in err
     assert "h0: agents/a1/sessions/[draft] s.jsonl: cannot read" in err
     assert "index rebuild` again" in err  # says what to do

@@ -1074,6 +1074,31 @@ def test_show_text_output(show_dest: Path, capsys: pytest.CaptureFixture[str]) -
     assert "claude-sonnet-4" in out
 
 
+def test_counts_of_one_are_said_in_the_singular(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ "1 messages", "1 sessions indexed", "1 pages" were printed; the JSON says counts as
+    numbers and is unchanged."""
+    dest = tmp_path / "mirror"
+    make_mirror(
+        dest, "h0", "openclaw", {"agents/main/sessions/one.jsonl": openclaw_session("one", 1)}
+    )
+    code, out, err = cli(["index", "rebuild", "-d", str(dest)], capsys)
+    assert code == 0 and out.startswith("1 session indexed in "), out
+    code, out, err = cli(["index", "rebuild", "-d", str(dest), "--json"], capsys)
+    assert out == '{"type":"index_rebuilt","sessions":1}\n'
+    show = ["sessions", "show", "h0", "one", "-d", str(dest)]
+    code, out, err = cli(show, capsys)
+    assert code == 0 and "  session one  1 message  live" in out, out
+    assert "page 1 of 1 (1 message); read" in err, err
+    code, out, err = cli([*show, "--head", "1"], capsys)
+    assert code == 0 and "\n1 of 1 message; read" in err, err
+    code, out, err = cli([*show, "--page", "2"], capsys)
+    assert code == 0 and "page 2 is past the end (1 message, 1 page); read" in err, err
+    code, out, err = cli([*show, "--tail", "5"], capsys)
+    assert code == 0 and "\n1 of 1 message; read" in err, err
+
+
 def test_show_reads_only_committed_bytes(
     show_dest: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

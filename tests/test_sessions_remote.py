@@ -468,7 +468,7 @@ def test_show_remote_hostile_names_and_cli(
         ["sessions", "show", "--tail", "1", *remote[:-1], "--", name, "--help"], capsys
     )
     assert code == 0 and "#10 assistant" in out and "msg 9 " in out, err
-    assert "1 messages; read" in err
+    assert "1 message; read" in err
     code, _, err = cli(["sessions", "show", name, "nope", *remote], capsys)
     assert code == 2 and "no session 'nope'" in err
 

@@ -1147,17 +1147,18 @@ def _print_footer(
     row: SessionRow | None, result: ShowResult, page: int | None, page_size: int
 ) -> None:
     shown = len(result.messages)
-    if row is None:  # straight from the host: no message count to compare with
+    # Straight from the host, the total is known when the read decoded the whole file anyway
+    # (a page that reached the end, a tail that reached the start); reading the rest of the
+    # file only to count its messages would cost what a show is built not to read.
+    total = result.total if result.total is not None or row is None else row.messages
+    if total is None:
         messages = _counted(shown, "message")
         note = f"page {page}: {messages}" if page is not None else messages
-        if page is not None and result.at_end:
-            note += ", the last page" if shown else " (past the end of the session)"
         print(f"\n{note}; read {_size(result.bytes_read)}", file=sys.stderr)
         return
     # Pages number every message shown, a record written again too (counted once in the row).
-    total = row.messages if result.total is None else result.total
     count = _counted(total, "message")
-    if total != row.messages:
+    if row is not None and total != row.messages:
         count += f", {total - row.messages} of them repeated"
     if page is not None:
         pages = max(1, -(-total // page_size))

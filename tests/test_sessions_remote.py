@@ -440,6 +440,41 @@ def test_show_remote_takes_one_command(fleet: Any, tmp_path: Path) -> None:
     assert isinstance(error, ConfigError) and "missing.jsonl" in str(error)
 
 
+def test_show_remote_footer_has_the_total_when_the_whole_file_was_read(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The footer said "6 messages" where the mirror's says "6 of 6 messages": a read that
+    decoded the whole file anyway (a page or head that reached the end, a tail that reached
+    the start) counted every message and kept no total. Not read any further to count
+    them: a big session's head or tail still says only what it shows."""
+    name = fleet.names[0]
+    six = openclaw_session("six", 6)
+    fleet.write(name, f"{SESSIONS}/six.jsonl", six)
+    fleet.write(name, f"{SESSIONS}/big.jsonl", openclaw_session("big", 20_000, pad=120))
+    inventory = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    (host,) = load_inventory(inventory).hosts
+    show = ["sessions", "show", name, "--remote", "-I", str(inventory)]
+    for how, footer in (
+        ([], "page 1 of 1 (6 messages)"),
+        (["--head", "10"], "6 of 6 messages"),
+        (["--tail", "6"], "6 of 6 messages"),
+        (["--tail", "2"], "2 of 6 messages"),
+        (["--page", "2", "--page-size", "4"], "page 2 of 2 (6 messages)"),
+        # Full with the last message: the read stops there, before it could see the end.
+        (["--page", "3", "--page-size", "2"], "page 3: 2 messages"),
+        (["--page", "4", "--page-size", "2"], "page 4 is past the end (6 messages, 3 pages)"),
+    ):
+        code, _out, err = cli([*show, "six", *how], capsys)
+        assert code == 0 and f"\n{footer}; read " in err, (how, err)
+    result = anyio.run(lambda: api.read_session(host, "six", tail=2))
+    assert (result.total, result.first, result.bytes_read) == (6, 4, len(six))
+    for how in ({"head": 2}, {"tail": 2}, {"page": 2, "page_size": 5}):
+        result = anyio.run(lambda: api.read_session(host, "big", **how))  # noqa: B023
+        assert result.total is None and result.bytes_read <= 2 * MiB, how
+    code, _out, err = cli([*show, "big", "--head", "2"], capsys)
+    assert code == 0 and "\n2 messages; read " in err, err
+
+
 def test_show_remote_hostile_names_and_cli(
     fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -468,7 +503,7 @@ def test_show_remote_hostile_names_and_cli(
         ["sessions", "show", "--tail", "1", *remote[:-1], "--", name, "--help"], capsys
     )
     assert code == 0 and "#10 assistant" in out and "msg 9 " in out, err
-    assert "1 message; read" in err
+    assert "1 of 10 messages; read" in err  # the whole (small) file was read anyway
     code, _, err = cli(["sessions", "show", name, "nope", *remote], capsys)
     assert code == 2 and "no session 'nope'" in err
 

@@ -171,8 +171,10 @@ class ShowResult:
     bytes_read: int = 0
     #: True when the end of the file (or of ``end``) was reached.
     at_end: bool = False
-    #: Messages the whole session shows, from the index (counted ones and repeated ones,
-    #: ``SessionFacts.shown``); None when unknown (read straight from a host).
+    #: Messages the whole session shows (counted ones and repeated ones,
+    #: ``SessionFacts.shown``): from the index, or from a read straight from a host that
+    #: decoded the whole file anyway (a page or head that reached its end, a tail that reached
+    #: its start); None when unknown (the rest of the file was not read, to count it).
     total: int | None = None
 
 

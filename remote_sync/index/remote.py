@@ -1128,7 +1128,7 @@ async def _run_show(
                         backward = _Backward(reader, tail or 1, result)
                         backward.size = int(item.arg)
                         if backward.size == 0:
-                            result.at_end, result.first = True, 0
+                            result.at_end, result.first, result.total = True, 0, 0
                             outcome.result = result
                     elif kind == "K" and backward is not None:
                         backward.begin(int(item.arg))
@@ -1141,10 +1141,12 @@ async def _run_show(
                         if done:
                             if backward.start == 0:  # every message was counted
                                 result.first = max(backward.seen - len(result.messages), 0)
+                                result.total = backward.seen
                             outcome.result = result
                             return outcome
                     elif kind == "E" and forward is not None:
-                        result.at_end = True
+                        # The whole file was decoded: its messages are all counted.
+                        result.at_end, result.total = True, forward.number
                         outcome.result = result
                     elif kind == "X":
                         raise _changed(host, where, stream.stderr_tail)

@@ -596,6 +596,25 @@ async def test_an_identity_file_adds_to_the_ssh_config_keys_as_ssh_i_does(
         assert await run_command(pool, ep, ["echo", "both"], host="h0") == b"both\n"
 
 
+@pytest.mark.parametrize("identities_only", ["yes", "no"])
+async def test_an_ssh_config_identity_file_that_does_not_exist_is_skipped_as_ssh_skips_it(
+    identities_only: str, fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """One ~/.ssh/config serves several machines, and names keys some of them lack: ssh
+    skips an IdentityFile that is not there without a word. asyncssh stopped on it, and the
+    host failed as unreachable ("check that the host is up")."""
+    h = fleet.host("h0")
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        f"Host box\n  HostName 127.0.0.1\n  Port {h.port}\n  User {fleet.user}\n"
+        f"  IdentityFile {tmp_path / 'not-on-this-machine'}\n  IdentityFile {fleet.client_key}\n"
+        f"  IdentitiesOnly {identities_only}\n  UserKnownHostsFile {fleet.known_hosts}\n"
+    )
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    async with SSHPool() as pool:
+        assert await run_command(pool, ep, ["echo", "in"], host="h0") == b"in\n"
+
+
 def test_endpoint_parse() -> None:
     assert Endpoint.parse("me@box:2222") == Endpoint(address="box", user="me", port=2222)
     assert Endpoint.parse("box") == Endpoint(address="box")

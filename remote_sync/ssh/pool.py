@@ -511,6 +511,11 @@ def _with_config_keys(options: dict[str, Any], resolved: _Resolved, host: str) -
     ssh adds them; a key ssh would refuse is refused."""
     if "client_keys" in options:
         options["client_keys"] = _adding_config_keys(options["client_keys"], resolved)
+    elif resolved.identities:
+        # The ssh_config's keys that exist: one config often serves several machines and
+        # names keys some of them lack, which ssh skips without a word (asyncssh stopped on
+        # the first missing one). With none left, asyncssh tries its default keys.
+        options["client_keys"] = _adding_config_keys([], resolved)
     refuse_unprotected_keys(options.get("client_keys") or resolved.identities, host)
     return _Prepared(options, resolved)
 
@@ -528,11 +533,11 @@ def _preflight(endpoint: Endpoint, host: str) -> _Prepared:
     try:
         resolved = _resolve(endpoint, options.get("config"), host, strict=True)
         prepared = _with_config_keys(options, resolved, host)
-        # The keys asyncssh loads: the ones named (the ssh_config's among them), else the
-        # ssh_config's; with none named it tries the default ones, which nobody asked for
-        # (and skips those it cannot read). RSA keys are not validated here: that costs
-        # some 100 ms a key (per host), and the connection validates them anyway.
-        keys = options.get("client_keys") or resolved.identities
+        # The keys asyncssh loads: the ones named, the ssh_config's that exist among them;
+        # with none it tries the default ones, which nobody asked for (and skips those it
+        # cannot read). RSA keys are not validated here: that costs some 100 ms a key (per
+        # host), and the connection validates them anyway.
+        keys = options.get("client_keys")
         if keys:
             asyncssh.load_keypairs(
                 list(keys),

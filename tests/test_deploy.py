@@ -1,0 +1,63 @@
+"""The systemd units in deploy/ stay in step with the command line they run.
+
+A unit whose ExecStart names an option the CLI no longer has fails only when the timer
+fires, on the user's machine; here it fails the suite.
+"""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from remote_sync.cli import EXIT_FAILED, EXIT_LOCKED, build_parser
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+UNITS = [DEPLOY / "remote-sync.service", DEPLOY / "remote-sync.timer"]
+
+
+def unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    parser.read(path)
+    return parser
+
+
+def test_the_service_runs_a_sync_the_command_line_accepts() -> None:
+    service = unit(DEPLOY / "remote-sync.service")["Service"]
+    argv = shlex.split(service["ExecStart"])
+    assert Path(argv[0]).name == "remote-sync"
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "sync" and args.json and args.inventory and args.dest
+    # The mirror is where the unit may write, and the lock's exit status is no failure,
+    # while a partial run's is.
+    assert args.dest.startswith(service["ReadWritePaths"])
+    accepted = service["SuccessExitStatus"].split()
+    assert str(EXIT_LOCKED) in accepted and str(EXIT_FAILED) not in accepted
+
+
+def test_the_timer_starts_the_service() -> None:
+    timer = unit(DEPLOY / "remote-sync.timer")
+    assert timer["Timer"]["OnCalendar"]
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    # A timer starts the service of its own name unless it says otherwise.
+    assert "Unit" not in timer["Timer"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_finds_nothing_wrong_with_the_units(tmp_path: Path) -> None:
+    # The units name the path the install steps put the script at, which this machine may
+    # lack (systemd checks that ExecStart's program exists): any program stands in for it.
+    copies = []
+    for path in UNITS:
+        copy = tmp_path / path.name
+        copy.write_text(path.read_text().replace("/usr/local/bin/remote-sync", "/bin/true"))
+        copies.append(str(copy))
+    done = subprocess.run(
+        ["systemd-analyze", "verify", *copies], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done

@@ -994,3 +994,25 @@ async def test_a_target_the_jump_host_cannot_reach_is_named_as_such(
     async with SSHPool() as pool:
         with pytest.raises(HostUnreachableError, match="through ProxyJump 'hop', which answered"):
             await run_command(pool, ep, ["true"], host="box")
+
+
+async def test_ssh_config_comments_and_times_are_read_as_ssh_reads_them(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """ssh takes a word starting with '#' as the end of the line, and "1m" as a time;
+    asyncssh refused both ("Extra data at end", "Invalid ... integer value"), failing every
+    host of the config."""
+    cfg = _box_config(
+        fleet,
+        tmp_path,
+        f"  UserKnownHostsFile {fleet.known_hosts}  # the fleet's keys\n"
+        "  ServerAliveInterval 1m\n  ConnectTimeout 1m30s\n",
+    )
+    cfg.write_text("Match originalhost box # comment\n" + cfg.read_text())
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    async with SSHPool() as pool:
+        assert await run_command(pool, ep, ["echo", "read"], host="box") == b"read\n"
+    cfg.write_text(cfg.read_text() + "  ServerAliveCountMax # none given\n")
+    async with SSHPool() as pool:
+        with pytest.raises(ConfigError, match="line 11: Missing ServerAliveCountMax value"):
+            await run_command(pool, ep, ["true"], host="box")

@@ -1142,3 +1142,87 @@ def _sort_config_includes() -> None:
 
 
 _sort_config_includes()
+
+
+#: ssh's time format (convtime): seconds, or numbers with units, as in "1m30s".
+_SSH_TIME = re.compile(r"(?:\d+[smhdw])*\d*", re.IGNORECASE)
+_TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The options asyncssh reads as integers that ssh reads as times.
+_TIME_OPTIONS = ("connecttimeout", "serveraliveinterval")
+
+
+def _ssh_seconds(text: str) -> str | None:
+    """``text`` (an ssh_config time, "90", "1m30s") in seconds, or None if it is none."""
+    if not text or _SSH_TIME.fullmatch(text) is None:
+        return None
+    parts = re.findall(r"(\d+)([smhdw]?)", text, re.IGNORECASE)
+    return str(sum(int(number) * _TIME_UNITS[unit.lower()] for number, unit in parts))
+
+
+def _without_comment(line: str) -> str:
+    """``line`` up to a word that starts with ``#`` outside quotes, which ends a line of
+    ssh_config as ssh splits it (argv_split): ``IdentityFile ~/.ssh/work  # Bob's key``."""
+    i, end = 0, len(line)
+    while i < end:
+        if line[i] in " \t":
+            i += 1
+            continue
+        if line[i] == "#":
+            return line[:i]
+        quote = ""
+        while i < end and (quote or line[i] not in " \t"):
+            if line[i] == "\\":
+                i += 1
+            elif not quote and line[i] in "\"'":
+                quote = line[i]
+            elif line[i] == quote:
+                quote = ""
+            i += 1
+    return line
+
+
+class _SSHWords:
+    """What asyncssh's config reader splits its lines with (``shlex``): the same words, the
+    line's comment cut off first, as ssh does. (ProxyCommand and RemoteCommand take the
+    rest of their line unsplit, comment included, as in ssh.)"""
+
+    @staticmethod
+    def split(line: str) -> list[str]:
+        return shlex.split(_without_comment(line))
+
+
+def _read_config_as_ssh_does() -> None:
+    """Make asyncssh read two things of ssh_config syntax that ssh reads and asyncssh
+    refused, failing every host of the config (ssh_config(5)):
+
+    - a comment at the end of a line (asyncssh took its words for values, and an
+      apostrophe in it for an unclosed quote);
+    - a time with units (``ServerAliveInterval 1m``, ``ConnectTimeout 10s``).
+
+    Where asyncssh's reader is not as expected (another asyncssh), nothing is changed.
+    """
+    module: Any = getattr(asyncssh, "config", None)
+    config_class = getattr(module, "SSHClientConfig", None)
+    handlers = getattr(config_class, "_handlers", None)
+    if getattr(module, "shlex", None) is shlex:
+        module.shlex = _SSHWords
+    if not isinstance(handlers, dict):
+        return
+    for key in _TIME_OPTIONS:
+        entry = handlers.get(key)
+        if entry is not None and not getattr(entry[1], "ssh_times", False):
+            handlers[key] = (entry[0], _reading_times(entry[1]))
+
+
+def _reading_times(handler: Any) -> Any:
+    def read(config: Any, option: str, args: list[str]) -> None:
+        seconds = _ssh_seconds(args[0])
+        if seconds is not None:
+            args[0] = seconds
+        handler(config, option, args)
+
+    read.ssh_times = True  # type: ignore[attr-defined]
+    return read
+
+
+_read_config_as_ssh_does()

@@ -615,6 +615,21 @@ async def test_an_ssh_config_identity_file_that_does_not_exist_is_skipped_as_ssh
         assert await run_command(pool, ep, ["echo", "in"], host="h0") == b"in\n"
 
 
+async def test_an_ssh_config_certificate_file_that_does_not_exist_is_skipped(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """As an IdentityFile: ssh skips a CertificateFile that is not there; asyncssh stopped
+    on it, and the host failed as unreachable."""
+    missing = tmp_path / "not-on-this-machine-cert.pub"
+    cfg = _box_config(
+        fleet, tmp_path, f"  CertificateFile {missing}\n  UserKnownHostsFile {fleet.known_hosts}\n"
+    )
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    async with SSHPool() as pool:
+        assert pool.preflight(ep, "box") is None
+        assert await run_command(pool, ep, ["echo", "in"], host="box") == b"in\n"
+
+
 def test_endpoint_parse() -> None:
     assert Endpoint.parse("me@box:2222") == Endpoint(address="box", user="me", port=2222)
     assert Endpoint.parse("box") == Endpoint(address="box")

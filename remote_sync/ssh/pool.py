@@ -516,6 +516,10 @@ def _with_config_keys(options: dict[str, Any], resolved: _Resolved, host: str) -
         # names keys some of them lack, which ssh skips without a word (asyncssh stopped on
         # the first missing one). With none left, asyncssh tries its default keys.
         options["client_keys"] = _adding_config_keys([], resolved)
+    if resolved.certificates:
+        # As its keys: ssh skips a CertificateFile that is not there (asyncssh stopped, and
+        # the host was taken for unreachable).
+        options["client_certs"] = [path for path in resolved.certificates if os.path.exists(path)]
     refuse_unprotected_keys(options.get("client_keys") or resolved.identities, host)
     return _Prepared(options, resolved)
 
@@ -542,7 +546,7 @@ def _preflight(endpoint: Endpoint, host: str) -> _Prepared:
             asyncssh.load_keypairs(
                 list(keys),
                 None,
-                list(resolved.certificates),
+                options.get("client_certs", []),
                 resolved.identities_only,
                 True,  # ignore_encrypted, as the connection asks (the agent may hold them)
                 unsafe_skip_rsa_key_validation=True,

@@ -1031,3 +1031,23 @@ async def test_ssh_config_comments_and_times_are_read_as_ssh_reads_them(
     async with SSHPool() as pool:
         with pytest.raises(ConfigError, match="line 11: Missing ServerAliveCountMax value"):
             await run_command(pool, ep, ["true"], host="box")
+
+
+async def test_channels_carry_bytes_with_nothing_forwarded_whatever_the_ssh_config_asks(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host's "RequestTTY force" (with a RemoteCommand for tmux, say) gave our channels a
+    pseudo-terminal, which turned every \\n of the transfer into \\r\\n; its "ForwardAgent
+    yes" lent the host the agent's keys for every command. Like scp, neither."""
+    cfg = _box_config(
+        fleet,
+        tmp_path,
+        f"  RequestTTY force\n  ForwardAgent yes\n  UserKnownHostsFile {fleet.known_hosts}\n",
+    )
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    with ssh_agent(tmp_path, fleet.client_key) as sock:
+        monkeypatch.setenv("SSH_AUTH_SOCK", sock)
+        async with SSHPool() as pool:
+            assert await run_command(pool, ep, ["printf", "a\\nb"], host="box") == b"a\nb"
+            agent = await run_command(pool, ep, ["sh", "-c", 'echo "${SSH_AUTH_SOCK:-none}"'])
+            assert agent == b"none\n"

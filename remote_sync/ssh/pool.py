@@ -793,6 +793,12 @@ class SSHPool:
             "login_timeout": settings.login_timeout,
             "keepalive_interval": settings.keepalive_interval,
             "keepalive_count_max": settings.keepalive_count_max,
+            # Our channels carry bytes, as scp's do: never through a pseudo-terminal (the
+            # ssh_config's "RequestTTY force" turned every \n into \r\n), and with nothing
+            # forwarded to the host (its ForwardAgent would lend it the agent's keys).
+            "request_pty": False,
+            "agent_forwarding": False,
+            "x11_forwarding": False,
         }
         # The pre-flight's lookup, once: a reconnect reads the files again.
         prepared = self._prepared.pop(endpoint, None) or _look_up(endpoint, host)

@@ -1051,3 +1051,22 @@ async def test_channels_carry_bytes_with_nothing_forwarded_whatever_the_ssh_conf
             assert await run_command(pool, ep, ["printf", "a\\nb"], host="box") == b"a\nb"
             agent = await run_command(pool, ep, ["sh", "-c", 'echo "${SSH_AUTH_SOCK:-none}"'])
             assert agent == b"none\n"
+
+
+async def test_match_final_blocks_give_the_known_hosts_files_too(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncssh's connection applies "Match final" blocks (a second reading, as ssh's), but
+    the lookup of the known_hosts files read the config once: the host key was "unknown"
+    (looked up in ~/.ssh/known_hosts) where ssh found it in the block's file."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # an empty ~/.ssh
+    h = fleet.host("h0")
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        "Host box\n  HostName 127.0.0.1\n"
+        f"Match final host 127.0.0.1\n  Port {h.port}\n  User {fleet.user}\n"
+        f"  IdentityFile {fleet.client_key}\n  UserKnownHostsFile {fleet.known_hosts}\n"
+    )
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    async with SSHPool() as pool:
+        assert await run_command(pool, ep, ["echo", "final"], host="box") == b"final\n"

@@ -363,6 +363,10 @@ def _resolve(
             known_hosts=None,  # nothing read or checked: a lookup only
             client_keys=None,
         )
+        if found.config.has_match_final():
+            # The connection reads the config again for its "Match final" blocks, as ssh
+            # does; what they give (the known_hosts files, keys, ProxyJump) applies here too.
+            found.update(reload=True, final=True)
     except (asyncssh.Error, OSError, ValueError, RecursionError):
         if strict:
             raise
@@ -824,8 +828,7 @@ class SSHPool:
             # Jump hosts are connected here, not by asyncssh: it would connect them from the
             # ssh_config alone, with "UserKnownHostsFile none" meaning no check at all.
             opened = tunnel = await self._open_jumps(resolved.jumps, endpoint, host, depth)
-        # None: no jump host, and asyncssh must not open one of its own choosing (a ProxyJump
-        # only a "Match final" block gives is not followed: the connection goes direct).
+        # None: no jump host, and asyncssh must not open one of its own choosing.
         options["tunnel"] = tunnel
         try:
             through = resolved.jumps if opened is not None else None

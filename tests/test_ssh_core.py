@@ -1070,3 +1070,35 @@ async def test_match_final_blocks_give_the_known_hosts_files_too(
     ep = Endpoint(address="box", ssh_config=(str(cfg),))
     async with SSHPool() as pool:
         assert await run_command(pool, ep, ["echo", "final"], host="box") == b"final\n"
+
+
+async def test_the_ssh_config_accept_new_is_followed_and_its_no_is_not(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """ssh records a first key under the ssh_config's "StrictHostKeyChecking accept-new";
+    we refused it as unknown (asyncssh skips the option). A changed key is still refused,
+    and "no" still checks, saying that it is not followed."""
+    mine = tmp_path / "known_hosts"
+    mine.write_text("")
+
+    def box(checking: str) -> Endpoint:
+        cfg = _box_config(
+            fleet,
+            tmp_path,
+            f"  StrictHostKeyChecking {checking}  # the user's\n"
+            f"  UserKnownHostsFile {mine}\n  GlobalKnownHostsFile /dev/null\n",
+        )
+        return Endpoint(address="box", ssh_config=(str(cfg),))
+
+    async with SSHPool() as pool:
+        with pytest.raises(HostKeyError, match="unknown") as info:
+            await run_command(pool, box("no"), ["true"], host="box")
+    assert "StrictHostKeyChecking no is not followed" in info.value.hint
+    assert mine.read_text() == ""
+    async with SSHPool() as pool:
+        assert await run_command(pool, box("accept-new"), ["echo", "new"], host="box") == b"new\n"
+    assert str(fleet.host("h0").port) in mine.read_text()
+    fleet.rotate_host_key("h0")
+    async with SSHPool() as pool:
+        with pytest.raises(HostKeyError, match="CHANGED"):
+            await run_command(pool, box("accept-new"), ["true"], host="box")

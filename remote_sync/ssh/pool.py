@@ -20,8 +20,9 @@ What it owns:
 - Classifying asyncssh/OS failures into :mod:`remote_sync.errors`.
 
 Host keys are always checked against known_hosts. The only relaxation is the documented opt-in
-``host_key_policy="accept-new"`` (OpenSSH's ``StrictHostKeyChecking accept-new``): an unknown
-host's key is recorded on first contact; a *changed* key is refused exactly as in strict mode.
+``host_key_policy="accept-new"`` (OpenSSH's ``StrictHostKeyChecking accept-new``, which the
+ssh_config may say too): an unknown host's key is recorded on first contact; a *changed* key is
+refused exactly as in strict mode. The ssh_config's ``StrictHostKeyChecking no`` is not followed.
 """
 
 from __future__ import annotations
@@ -325,6 +326,7 @@ class _Resolved:
     identities: tuple[str, ...] = ()  # the ssh_config's IdentityFile entries
     certificates: tuple[str, ...] = ()  # its CertificateFile entries
     identities_only: bool = False  # its IdentitiesOnly: a file that is no key is skipped
+    checking: str | None = None  # its StrictHostKeyChecking, lower-cased
 
 
 @dataclass(frozen=True)
@@ -353,6 +355,7 @@ def _resolve(
     identities: Sequence[str] = ()
     certificates: Sequence[str] = ()
     identities_only = False
+    checking = None
     host, port, user = endpoint.address, endpoint.port or 22, endpoint.user or ""
     try:
         found = asyncssh.SSHClientConnectionOptions(
@@ -379,6 +382,7 @@ def _resolve(
         identities = found.config.get("IdentityFile", ())  # type: ignore[assignment]
         certificates = found.config.get("CertificateFile", ())  # type: ignore[assignment]
         identities_only = bool(found.config.get("IdentitiesOnly"))
+        checking = str(found.config.get("StrictHostKeyChecking") or "").lower() or None
     local = socket.gethostname()
     tokens = {
         "d": os.path.expanduser("~"),
@@ -413,6 +417,7 @@ def _resolve(
         tuple(_expand(path) for path in identities),
         tuple(_expand(path) for path in certificates),
         identities_only,
+        checking,
     )
 
 
@@ -814,7 +819,13 @@ class SSHPool:
         # asyncssh: left to itself it reads no system-wide file, and the ssh_config's
         # "UserKnownHostsFile none" would turn checking off.
         resolved = prepared.resolved
-        client = _Client(resolved.keys, endpoint.host_key_policy, settings.record_new_host_keys)
+        policy = endpoint.host_key_policy
+        if resolved.checking == "accept-new":
+            # The user's own opt-in, as the inventory's: a changed key is still refused. Its
+            # "no" is not followed (nor mapped to this: with "UserKnownHostsFile /dev/null",
+            # as it often comes, every key would pass for a first one).
+            policy = "accept-new"
+        client = _Client(resolved.keys, policy, settings.record_new_host_keys)
         options["client_factory"] = lambda: client
         options["known_hosts"] = resolved.keys.trusted()
         if endpoint.user:
@@ -906,11 +917,18 @@ class SSHPool:
             return await asyncssh.connect(endpoint.address, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
             state = client.host_key_state or "not trusted"
+            unfollowed = resolved.checking in ("no", "off", "false") and state != "changed"
             what = "CHANGED" if state == "changed" else state
             where = ", ".join(client.held_in) or resolved.keys.describe()
             raise HostKeyError(
                 f"host key is {what} (known_hosts: {where}); refusing to connect",
                 host=host,
+                hint=f"the ssh_config's StrictHostKeyChecking {resolved.checking} is not "
+                "followed, checks are never skipped: verify the host's key and add it to "
+                "known_hosts, or let first contact record it (StrictHostKeyChecking "
+                "accept-new, or --accept-new-host-keys)"
+                if unfollowed
+                else None,
             ) from exc
         except asyncssh.PermissionDenied as exc:
             keys = options.get("client_keys") or resolved.identities or _DEFAULT_IDENTITIES
@@ -1212,6 +1230,8 @@ def _read_config_as_ssh_does() -> None:
       apostrophe in it for an unclosed quote);
     - a time with units (``ServerAliveInterval 1m``, ``ConnectTimeout 10s``).
 
+    and keep the StrictHostKeyChecking option, which it skipped.
+
     Where asyncssh's reader is not as expected (another asyncssh), nothing is changed.
     """
     module: Any = getattr(asyncssh, "config", None)
@@ -1221,6 +1241,10 @@ def _read_config_as_ssh_does() -> None:
         module.shlex = _SSHWords
     if not isinstance(handlers, dict):
         return
+    set_string = getattr(getattr(module, "SSHConfig", None), "_set_string", None)
+    if set_string is not None:
+        # asyncssh skips it; its accept-new is followed (see SSHPool._connect).
+        handlers.setdefault("stricthostkeychecking", ("StrictHostKeyChecking", set_string))
     for key in _TIME_OPTIONS:
         entry = handlers.get(key)
         if entry is not None and not getattr(entry[1], "ssh_times", False):

@@ -1102,3 +1102,28 @@ async def test_the_ssh_config_accept_new_is_followed_and_its_no_is_not(
     async with SSHPool() as pool:
         with pytest.raises(HostKeyError, match="CHANGED"):
             await run_command(pool, box("accept-new"), ["true"], host="box")
+
+
+async def test_the_ssh_config_ciphers_and_timeouts_replace_the_pool_defaults(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's cipher list replaced the ssh_config's, so an old server that offers only
+    a cipher ssh needs to be told about ("Ciphers +aes128-cbc") was unreachable where ssh
+    connects; its ConnectTimeout, ServerAlive* and Compression were overridden alike."""
+    real = fleet._sshd_config
+    monkeypatch.setattr(fleet, "_sshd_config", lambda h: real(h) + "Ciphers aes128-cbc\n")
+    fleet.restart("h0")
+    cfg = _box_config(
+        fleet,
+        tmp_path,
+        f"  Ciphers +aes128-cbc\n  ConnectTimeout 7\n  ServerAliveInterval 5\n"
+        f"  ServerAliveCountMax 2\n  Compression yes\n  UserKnownHostsFile {fleet.known_hosts}\n",
+    )
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    async with SSHPool() as pool:
+        assert await run_command(pool, ep, ["echo", "old"], host="box") == b"old\n"
+        async with pool.session(ep) as conn:
+            options = conn._options  # what the connection was made with
+            assert (options.connect_timeout, options.keepalive_interval) == (7, 5)
+            assert options.keepalive_count_max == 2
+            assert conn.get_extra_info("recv_compression") == "zlib@openssh.com"

@@ -327,6 +327,7 @@ class _Resolved:
     certificates: tuple[str, ...] = ()  # its CertificateFile entries
     identities_only: bool = False  # its IdentitiesOnly: a file that is no key is skipped
     checking: str | None = None  # its StrictHostKeyChecking, lower-cased
+    tuned: frozenset[str] = frozenset()  # the options of _TUNING it sets
 
 
 @dataclass(frozen=True)
@@ -356,6 +357,7 @@ def _resolve(
     certificates: Sequence[str] = ()
     identities_only = False
     checking = None
+    tuned: frozenset[str] = frozenset()
     host, port, user = endpoint.address, endpoint.port or 22, endpoint.user or ""
     try:
         found = asyncssh.SSHClientConnectionOptions(
@@ -383,6 +385,11 @@ def _resolve(
         certificates = found.config.get("CertificateFile", ())  # type: ignore[assignment]
         identities_only = bool(found.config.get("IdentitiesOnly"))
         checking = str(found.config.get("StrictHostKeyChecking") or "").lower() or None
+        # A value that turns the thing off (ssh's default) leaves ours: "ServerAliveInterval
+        # 0" must not stop dead links from being found, "Compression no" -z from compressing.
+        tuned = frozenset(
+            option for option in _TUNING if found.config.get(option) not in (None, False, 0)
+        )
     local = socket.gethostname()
     tokens = {
         "d": os.path.expanduser("~"),
@@ -418,6 +425,7 @@ def _resolve(
         tuple(_expand(path) for path in certificates),
         identities_only,
         checking,
+        tuned,
     )
 
 
@@ -532,6 +540,15 @@ def _with_config_keys(options: dict[str, Any], resolved: _Resolved, host: str) -
     refuse_unprotected_keys(options.get("client_keys") or resolved.identities, host)
     return _Prepared(options, resolved)
 
+
+#: The ssh_config options that replace the pool's own tuning, with asyncssh's names.
+_TUNING = {
+    "Ciphers": "encryption_algs",
+    "Compression": "compression_algs",
+    "ConnectTimeout": "connect_timeout",
+    "ServerAliveInterval": "keepalive_interval",
+    "ServerAliveCountMax": "keepalive_count_max",
+}
 
 #: What asyncssh raises while it reads an ssh_config and private keys.
 _READING_ERRORS = (asyncssh.Error, OSError, ValueError, RecursionError)
@@ -819,6 +836,12 @@ class SSHPool:
         # asyncssh: left to itself it reads no system-wide file, and the ssh_config's
         # "UserKnownHostsFile none" would turn checking off.
         resolved = prepared.resolved
+        for option in resolved.tuned:
+            # What the ssh_config sets is followed, as ssh follows it (a NAS that offers only
+            # aes128-cbc, a link that needs a longer ConnectTimeout); -z or the inventory's
+            # compression still win over its Compression, as -C does.
+            if option != "Compression" or endpoint.compression is None:
+                del options[_TUNING[option]]
         policy = endpoint.host_key_policy
         if resolved.checking == "accept-new":
             # The user's own opt-in, as the inventory's: a changed key is still refused. Its

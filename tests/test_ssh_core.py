@@ -1127,3 +1127,24 @@ async def test_the_ssh_config_ciphers_and_timeouts_replace_the_pool_defaults(
             assert (options.connect_timeout, options.keepalive_interval) == (7, 5)
             assert options.keepalive_count_max == 2
             assert conn.get_extra_info("recv_compression") == "zlib@openssh.com"
+
+
+@pytest.mark.parametrize("agent", ["SSH_AUTH_SOCK", "$RS_AGENT"])
+async def test_an_identity_agent_named_by_variable_is_the_one_ssh_uses(
+    agent: str, fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ssh reads "IdentityAgent SSH_AUTH_SOCK" (and "$VAR") from the environment, as a
+    config does to undo another block's agent; asyncssh took it for a path: no agent."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/id_* to fall back on
+    h = fleet.host("h0")
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        f"Host box\n  HostName 127.0.0.1\n  Port {h.port}\n  User {fleet.user}\n"
+        f"  IdentityAgent {agent}\n  UserKnownHostsFile {fleet.known_hosts}\n"
+    )
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    with ssh_agent(tmp_path, fleet.client_key) as sock:
+        monkeypatch.setenv("SSH_AUTH_SOCK", sock)
+        monkeypatch.setenv("RS_AGENT", sock)
+        async with SSHPool() as pool:
+            assert await run_command(pool, ep, ["echo", "agent"], host="box") == b"agent\n"

@@ -328,6 +328,7 @@ class _Resolved:
     identities_only: bool = False  # its IdentitiesOnly: a file that is no key is skipped
     checking: str | None = None  # its StrictHostKeyChecking, lower-cased
     tuned: frozenset[str] = frozenset()  # the options of _TUNING it sets
+    agent: str | None = None  # its IdentityAgent
 
 
 @dataclass(frozen=True)
@@ -358,6 +359,7 @@ def _resolve(
     identities_only = False
     checking = None
     tuned: frozenset[str] = frozenset()
+    agent: str | None = None
     host, port, user = endpoint.address, endpoint.port or 22, endpoint.user or ""
     try:
         found = asyncssh.SSHClientConnectionOptions(
@@ -390,6 +392,8 @@ def _resolve(
         tuned = frozenset(
             option for option in _TUNING if found.config.get(option) not in (None, False, 0)
         )
+        named_agent = found.config.get("IdentityAgent")
+        agent = named_agent if isinstance(named_agent, str) else None
     local = socket.gethostname()
     tokens = {
         "d": os.path.expanduser("~"),
@@ -426,6 +430,7 @@ def _resolve(
         identities_only,
         checking,
         tuned,
+        agent,
     )
 
 
@@ -842,6 +847,11 @@ class SSHPool:
             # compression still win over its Compression, as -C does.
             if option != "Compression" or endpoint.compression is None:
                 del options[_TUNING[option]]
+        agent = resolved.agent
+        if agent is not None and (agent == "SSH_AUTH_SOCK" or agent.startswith("$")):
+            # ssh reads these from the environment (ssh_config(5)); asyncssh took them for
+            # a path, and found no agent.
+            options["agent_path"] = os.environ.get(agent.removeprefix("$"), "")
         policy = endpoint.host_key_policy
         if resolved.checking == "accept-new":
             # The user's own opt-in, as the inventory's: a changed key is still refused. Its

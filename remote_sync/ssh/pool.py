@@ -1247,8 +1247,8 @@ def _without_comment(line: str) -> str:
 
 class _SSHWords:
     """What asyncssh's config reader splits its lines with (``shlex``): the same words, the
-    line's comment cut off first, as ssh does. (ProxyCommand and RemoteCommand take the
-    rest of their line unsplit, comment included, as in ssh.)"""
+    line's comment cut off first, as ssh does. (ssh gives a ProxyCommand the rest of its
+    line, comment included, to the shell, for which it is a comment too.)"""
 
     @staticmethod
     def split(line: str) -> list[str]:

@@ -630,6 +630,43 @@ async def test_an_ssh_config_certificate_file_that_does_not_exist_is_skipped(
         assert await run_command(pool, ep, ["echo", "in"], host="box") == b"in\n"
 
 
+async def test_a_user_ssh_config_others_may_change_is_refused_as_ssh_refuses_it(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ssh refuses a ~/.ssh/config that another user may write ("Bad owner or
+    permissions"): its ProxyCommand and Match exec lines run as the user. So do we, read by
+    default or named, and once it is fixed the host is reached."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    config = home / ".ssh" / "config"
+    h = fleet.host("h0")
+    config.write_text(
+        f"Host box\n  HostName 127.0.0.1\n  Port {h.port}\n  User {fleet.user}\n"
+        f"  IdentityFile {fleet.client_key}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {fleet.known_hosts}\n"
+    )
+    by_default = Endpoint(address="box")
+    named = Endpoint(address="box", ssh_config=("~/.ssh/config",))
+    config.chmod(0o664)
+    for ep in (by_default, named):
+        async with SSHPool() as pool:
+            with pytest.raises(ConfigError, match="bad owner or permissions") as info:
+                await run_command(pool, ep, ["true"], host="h0")
+        assert info.value.host == "h0" and info.value.path == str(config)
+        assert "chmod go-w" in (info.value.hint or "")
+    # Another file, given as ssh -F gives it, is not checked (nor by ssh).
+    other = tmp_path / "other_config"
+    other.write_text(config.read_text())
+    other.chmod(0o666)
+    async with SSHPool() as pool:
+        ep = Endpoint(address="box", ssh_config=(str(other),))
+        assert await run_command(pool, ep, ["echo", "f"], host="h0") == b"f\n"
+    config.chmod(0o600)
+    async with SSHPool() as pool:
+        assert await run_command(pool, by_default, ["echo", "ok"], host="h0") == b"ok\n"
+
+
 def test_endpoint_parse() -> None:
     assert Endpoint.parse("me@box:2222") == Endpoint(address="box", user="me", port=2222)
     assert Endpoint.parse("box") == Endpoint(address="box")

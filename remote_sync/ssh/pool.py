@@ -630,6 +630,8 @@ def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
             "or let first contact record the keys (host_key_policy = 'accept-new', "
             "--accept-new-host-keys)",
         )
+    configs = ["~/.ssh/config"] if endpoint.ssh_config is None else endpoint.ssh_config
+    _refuse_a_config_others_may_change([_expand(path) for path in configs], host)
     for what, key, paths in (
         # ssh_config = [] reads no config at all (not ~/.ssh/config): passed on even empty.
         ("ssh_config", "config", endpoint.ssh_config),
@@ -648,6 +650,30 @@ def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
                 )
         options[key] = expanded
     return options
+
+
+def _refuse_a_config_others_may_change(paths: Sequence[str], host: str) -> None:
+    """A :class:`ConfigError` if the user's ``~/.ssh/config`` is among ``paths`` and another
+    user may change it, as ssh refuses it ("Bad owner or permissions"): its ProxyCommand and
+    Match exec lines run as this user. Only that file, as ssh checks it (also when the
+    inventory names it; another file given as ssh -F gives it is not checked)."""
+    user_config = os.path.realpath(_expand("~/.ssh/config"))
+    for path in paths:
+        if os.path.realpath(path) != user_config:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            return  # not there (ssh reads none) or unreadable (reported where it is read)
+        if st.st_uid not in (0, os.getuid()) or st.st_mode & 0o022:
+            raise ConfigError(
+                "bad owner or permissions on the ssh_config: another user may change it, "
+                "and its ProxyCommand or Match exec lines would run as you (ssh refuses it "
+                "too)",
+                host=host,
+                path=path,
+                hint=f"chmod go-w {shlex.quote(path)} (and chown it to yourself)",
+            )
 
 
 class _HostSlot:

@@ -1252,6 +1252,8 @@ def _ssh_seconds(text: str) -> str | None:
 def _without_comment(line: str) -> str:
     """``line`` up to a word that starts with ``#`` outside quotes, which ends a line of
     ssh_config as ssh splits it (argv_split): ``IdentityFile ~/.ssh/work  # Bob's key``."""
+    if "#" not in line:
+        return line  # most lines: a character loop per line of every lookup adds up
     i, end = 0, len(line)
     while i < end:
         if line[i] in " \t":

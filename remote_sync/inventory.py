@@ -173,6 +173,10 @@ class Host:
     endpoint: Endpoint
     source: Source
     tags: tuple[str, ...] = ()
+    #: Named on the command line, not in an inventory: errors then name options to give,
+    #: not inventory keys to fix. Not compared: it says where the host came from, not what
+    #: it is.
+    adhoc: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         problem = host_name_problem(self.name)
@@ -391,7 +395,7 @@ def adhoc_host(
         exclude=_unique(spec_format.exclude + tuple(exclude)),
         append_only=spec_format.append_only,
     )
-    return Host(name=sanitize_host_name(spec), endpoint=endpoint, source=source)
+    return Host(name=sanitize_host_name(spec), endpoint=endpoint, source=source, adhoc=True)
 
 
 def _unique(items: Sequence[str]) -> tuple[str, ...]:

@@ -307,6 +307,7 @@ class SSHFleet:
         base_dir: str | os.PathLike[str] | None = None,
         keep: bool = False,
         start_timeout: float = 10.0,
+        home_in_data: bool = False,
     ) -> None:
         if names is None:
             names = [f"h{i}" for i in range(n)]
@@ -329,6 +330,10 @@ class SSHFleet:
         self.ssh: str = _find_tool("ssh")
         self.start_timeout = start_timeout
         self.keep = keep
+        # Every host logs in as the same account, whose home is shared by every fleet (and
+        # every test running at once): a fleet that lays out an agent's default root
+        # (~/.claude) gives each host a home of its own, its data dir, through sshd's SetEnv.
+        self.home_in_data = home_in_data
         self._hosts: dict[str, FakeHost] = {}
         self._trusted: dict[str, str] = {}  # name -> public key written to known_hosts
         self._closed = False
@@ -577,6 +582,8 @@ class SSHFleet:
             "PrintMotd no",
             "X11Forwarding no",
         ]
+        if self.home_in_data:
+            lines.append(f"SetEnv HOME={h.data_dir}")
         if _sshd_version(self.sshd) >= (9, 8):
             # 9.8+ penalizes sources that fail auth or drop before auth (our readiness
             # probe, host-key-mismatch tests) by refusing them for a while: disable.

@@ -717,7 +717,9 @@ async def stream_remote_sessions(
         raise
     except RemoteSyncError as exc:
         if isinstance(exc, RemoteCommandError) and exc.exit_status == EXIT_ROOT_UNUSABLE:
-            raise root_unusable(exc, host.name, host.source.root) from exc
+            raise root_unusable(
+                exc, host.name, host.source.root, format=host.source.format, adhoc=host.adhoc
+            ) from exc
         if batch:  # the host failed midway: the sessions read whole before still count
             yield batch
         raise
@@ -1153,7 +1155,9 @@ async def _run_show(
             frames.close()
     except RemoteCommandError as exc:
         if exc.exit_status == EXIT_ROOT_UNUSABLE:
-            raise root_unusable(exc, host.name, host.source.root) from exc
+            raise root_unusable(
+                exc, host.name, host.source.root, format=host.source.format, adhoc=host.adhoc
+            ) from exc
         raise
     return outcome
 

@@ -98,6 +98,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import ConfigError, ProtocolError, RemoteCommandError, path_text
+from ..formats import FORMATS, get_format
 from ..ssh.remote import sh_script
 from .archive import ArchiveReader
 from .fetch_events import (
@@ -139,6 +140,8 @@ __all__ = [
     "listing_argv",
     "listing_end_marker",
     "new_marker",
+    "probe_roots_argv",
+    "probed_roots",
     "root_unusable",
     "round_argv",
 ]
@@ -147,13 +150,77 @@ __all__ = [
 EXIT_ROOT_UNUSABLE = 3
 
 
-def root_unusable(exc: RemoteCommandError, host: str, root: str) -> RemoteCommandError:
-    """The clear error for a command that exited with :data:`EXIT_ROOT_UNUSABLE`."""
+def root_unusable(
+    exc: RemoteCommandError,
+    host: str,
+    root: str,
+    *,
+    format: str | None = None,
+    adhoc: bool = False,
+    found: Sequence[tuple[str, str]] = (),
+) -> RemoteCommandError:
+    """The clear error for a command that exited with :data:`EXIT_ROOT_UNUSABLE`.
+
+    ``found`` holds the (format, default root) pairs that :func:`probe_roots_argv` found on
+    the host; ``adhoc`` says whether the host came from the command line (the hint then
+    names options to give, not an inventory to fix)."""
     return exc.restated(
         f"the remote root {root!r} does not exist or cannot be entered",
         host=host,
-        hint="check 'root' (and 'format') for this host in the inventory",
+        hint=_root_hint(root, format, adhoc, found),
     )
+
+
+def _root_hint(root: str, format: str | None, adhoc: bool, found: Sequence[tuple[str, str]]) -> str:
+    if not found:
+        if adhoc:
+            return (
+                "give the agent's directory on the host with --root, and its format with "
+                f"--format ({', '.join(sorted(FORMATS))})"
+            )
+        return "check 'root' (and 'format') for this host in the inventory"
+    there = " and ".join(f"{other_root} ({name})" for name, other_root in found)
+    if not adhoc:
+        ways = ", or ".join(
+            f'format = "{name}" and root = "{other_root}"' for name, other_root in found
+        )
+        return f"the host has {there}: set {ways} for this host in the inventory"
+    default = get_format(format).default_root if format in FORMATS else None
+    ways = " or ".join(
+        # Without --root the format's default root is used: naming the format is enough.
+        f"--format {name}" if root == default else f"--format {name} --root {other_root}"
+        for name, other_root in found
+    )
+    return f"the host has {there}: run again with {ways}"
+
+
+# Run only after a round found its root missing (never on the normal path): which agents'
+# default roots ("~/..." as the formats give them, $@) exist on the host, in one command, so
+# the error can name the format to use. Each is printed as given, one per line.
+_PROBE_ROOTS_SH = r"""for root do
+    case $root in
+    "~") dir=$HOME ;;
+    "~/"*) dir=$HOME/${root#"~/"} ;;
+    *) dir=$root ;;
+    esac
+    if [ -d "$dir" ] && [ -r "$dir" ]; then
+        printf '%s\n' "$root"
+    fi
+done
+"""
+
+
+def probe_roots_argv(roots: Sequence[str]) -> list[str]:
+    """argv that prints which of ``roots`` are readable directories on the host."""
+    for root in roots:
+        _check_root(root)
+    return sh_script(_PROBE_ROOTS_SH, *roots)
+
+
+def probed_roots(out: bytes, roots: Sequence[str]) -> list[str]:
+    """Those of ``roots`` that the output of :func:`probe_roots_argv` names, in order."""
+    named = set(out.decode("utf-8", "replace").splitlines())
+    return [root for root in roots if root in named]
 
 
 #: The fetch script reaches an offset as ``dd bs=SKIP_BLOCK skip=<blocks>`` then

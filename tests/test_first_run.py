@@ -1,0 +1,115 @@
+"""A newcomer's first run: ``remote-sync sync me@box --dest ./mirror`` with no inventory.
+
+The user's own ``~/.ssh/config`` (here: the fleet's, under a temporary ``$HOME``) reaches the
+hosts, each of which has one agent in its default layout in its home. Every host of a fleet
+logs in as the same account, whose real home is shared with every other test: these fleets
+give each host a home of its own, its data dir (``home_in_data``), so that ``~/.claude`` is
+that host's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import MakeFleet
+from sshfleet import SSHFleet
+
+from remote_sync.cli import main
+from remote_sync.events import ErrorEvent, decode_event
+from remote_sync.mirror import engine
+
+CLAUDE_SESSION = "projects/-w/11111111-2222-3333-4444-555555555555.jsonl"
+
+
+def claude_transcript() -> bytes:
+    lines = [
+        {
+            "type": "user",
+            "sessionId": "11111111-2222-3333-4444-555555555555",
+            "uuid": "a",
+            "timestamp": "2026-11-20T10:00:00.000Z",
+            "cwd": "/w",
+            "message": {"role": "user", "content": "fix the bug " + "z" * 600},
+        },
+        {
+            "type": "assistant",
+            "sessionId": "11111111-2222-3333-4444-555555555555",
+            "uuid": "b",
+            "timestamp": "2026-11-20T10:00:01.000Z",
+            "message": {"role": "assistant", "content": [{"type": "text", "text": "done"}]},
+        },
+    ]
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+@pytest.fixture
+def newcomer(ssh_fleet: MakeFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SSHFleet:
+    """Hosts ``cc`` (Claude Code only) and ``bare`` (no agent), reached through the user's
+    own ``~/.ssh/config``; the working directory is an empty one."""
+    fleet = ssh_fleet(names=["cc", "bare"], home_in_data=True)
+    fleet.write("cc", f".claude/{CLAUDE_SESSION}", claude_transcript())
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    shutil.copy(fleet.ssh_config, home / ".ssh" / "config")
+    monkeypatch.setenv("HOME", str(home))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return fleet
+
+
+def sync_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[object]]:
+    code = main(["sync", *args, "--json"])
+    out, _err = capsys.readouterr()
+    return code, [decode_event(line) for line in out.splitlines()]
+
+
+def test_a_missing_default_root_names_the_agent_the_host_has(
+    newcomer: SSHFleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Synced with the default format, a host with only Claude Code failed with "check 'root'
+    (and 'format') for this host in the inventory": there was no inventory, and nothing said
+    that ~/.claude was there nor which option reads it."""
+    code, events = sync_json([f"{newcomer.user}@cc", "--dest", "mirror"], capsys)
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert code == 1 and error.kind == "remote_command_failed", events
+    assert "'~/.openclaw' does not exist" in error.message
+    assert error.hint is not None and "inventory" not in error.hint, error.hint
+    assert "~/.claude (claude-code)" in error.hint and "--format claude-code" in error.hint
+
+    # Nothing of any agent's there: the hint names the options, and the formats.
+    code, events = sync_json([f"{newcomer.user}@bare", "--dest", "mirror"], capsys)
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert code == 1 and error.hint is not None, events
+    assert "--root" in error.hint and "--format" in error.hint and "claude-code" in error.hint
+
+
+def test_an_inventory_host_whose_root_is_missing_is_told_the_format_to_set(
+    newcomer: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text('[[hosts]]\nname = "cc"\naddress = "cc"\nformat = "codex"\n')
+    code, events = sync_json(["--inventory", str(inventory), "--dest", "mirror"], capsys)
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert code == 1 and error.hint is not None, events
+    assert "'~/.codex' does not exist" in error.message
+    assert 'format = "claude-code"' in error.hint and "inventory" in error.hint, error.hint
+
+
+def test_the_probe_of_other_roots_costs_a_healthy_sync_nothing(
+    newcomer: SSHFleet, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_second_command(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("a sync whose root exists ran a second command")
+
+    monkeypatch.setattr(engine, "run_command", no_second_command)
+    code, _events = sync_json(
+        [f"{newcomer.user}@cc", "--format", "claude-code", "--dest", "mirror"], capsys
+    )
+    assert code == 0
+    assert (Path("mirror") / f"{newcomer.user}@cc" / CLAUDE_SESSION).read_bytes() == (
+        claude_transcript()
+    )

@@ -113,3 +113,19 @@ def test_the_probe_of_other_roots_costs_a_healthy_sync_nothing(
     assert (Path("mirror") / f"{newcomer.user}@cc" / CLAUDE_SESSION).read_bytes() == (
         claude_transcript()
     )
+
+
+def test_the_rerun_the_hint_asks_for_is_not_refused(
+    newcomer: SSHFleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The failed first sync recorded the host as openclaw in ~/.openclaw, and the rerun with
+    --format claude-code was refused: "this mirror holds ... give this source another host
+    name, or sync it into another destination", although the mirror held nothing of it."""
+    host = f"{newcomer.user}@cc"
+    assert sync_json([host, "--dest", "mirror"], capsys)[0] == 1
+    code, events = sync_json([host, "--format", "claude-code", "--dest", "mirror"], capsys)
+    assert code == 0, events
+    assert (Path("mirror") / host / CLAUDE_SESSION).read_bytes() == claude_transcript()
+    code = main(["sessions", "list", "--dest", "mirror", "--host", host, "--json"])
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and row["format"] == "claude-code", row

@@ -1420,12 +1420,18 @@ def _check_sources(state: MirrorState, hosts: Sequence[Host]) -> None:
 
     Its files would be taken for rewrites and deletions of the other source's (nothing would
     be lost, but two histories would mix under one name) and the index would read them with
-    the wrong format.
+    the wrong format. A host recorded without any file (a first sync that found no root
+    there, run again with the right ``--format``) has no history to mix: it takes the new
+    source.
     """
     known = state.hosts()
     for host in hosts:
         source = host.source
-        if host.name in known and known[host.name] != (source.format, source.root):
+        if (
+            host.name in known
+            and known[host.name] != (source.format, source.root)
+            and state.holds_files(host.name)
+        ):
             fmt, root = known[host.name]
             raise ConfigError(
                 f"this mirror holds {host.name!r} as format {fmt!r} with root {root!r}, "

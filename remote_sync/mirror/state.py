@@ -568,6 +568,11 @@ class MirrorState:
         cur = self.db.execute("SELECT host, format, root FROM hosts")
         return {h: (f, r) for h, f, r in cur}
 
+    def holds_files(self, host: str) -> bool:
+        """Whether the mirror has a checkpoint of any file of ``host`` (deleted ones too)."""
+        cur = self.db.execute("SELECT 1 FROM files WHERE host = ? LIMIT 1", (host,))
+        return cur.fetchone() is not None
+
     def commit(self, rows: Iterable[FileState], also: Callable[[], None] | None = None) -> None:
         """Write checkpoints in one transaction (call only after their bytes are on disk).
 

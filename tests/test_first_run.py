@@ -18,7 +18,7 @@ from conftest import MakeFleet
 from sshfleet import SSHFleet
 
 from remote_sync.cli import main
-from remote_sync.events import ErrorEvent, decode_event
+from remote_sync.events import ErrorEvent, WarningEvent, decode_event
 from remote_sync.mirror import engine
 
 CLAUDE_SESSION = "projects/-w/11111111-2222-3333-4444-555555555555.jsonl"
@@ -129,3 +129,30 @@ def test_the_rerun_the_hint_asks_for_is_not_refused(
     code = main(["sessions", "list", "--dest", "mirror", "--host", host, "--json"])
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0 and row["format"] == "claude-code", row
+
+
+def test_a_root_without_session_files_says_nothing_was_found(
+    newcomer: SSHFleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An agent with no session yet, or a root given without its format: the sync said "ok"
+    with a row of zeros, and nothing told a wrong --root from an idle agent."""
+    newcomer.mkdir("bare", ".openclaw/agents/main/sessions")
+    code, events = sync_json([f"{newcomer.user}@bare", "--dest", "mirror"], capsys)
+    (warning,) = [e for e in events if isinstance(e, WarningEvent)]
+    assert code == 0 and warning.kind == "nothing_to_mirror", events
+    assert "'~/.openclaw'" in warning.message and "agents/*/sessions/**" in warning.message
+    assert warning.hint is not None and "--root" in warning.hint
+
+    # --root of another agent without --format: the hint names the format to give.
+    code, events = sync_json([f"{newcomer.user}@cc", "--root", "~/.claude", "-d", "m2"], capsys)
+    (warning,) = [e for e in events if isinstance(e, WarningEvent)]
+    assert code == 0 and warning.hint is not None, events
+    assert "--format claude-code" in warning.hint, warning.hint
+
+    # Once the mirror holds a file of the host, an empty listing is what it records (the
+    # files were deleted), not news.
+    newcomer.write("bare", ".openclaw/agents/main/sessions/s.jsonl", b"{}\n")
+    assert sync_json([f"{newcomer.user}@bare", "--dest", "mirror"], capsys)[0] == 0
+    newcomer.path("bare", ".openclaw/agents/main/sessions/s.jsonl").unlink()
+    code, events = sync_json([f"{newcomer.user}@bare", "--dest", "mirror"], capsys)
+    assert code == 0 and not [e for e in events if isinstance(e, WarningEvent)], events

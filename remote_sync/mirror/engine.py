@@ -257,6 +257,7 @@ class HostSync:
         # round fails midway, the rest count as failed too (they were left behind).
         self.planned: list[bytes] = []
         self.settled: set[bytes] = set()
+        self.moved_store = False  # the listing showed the format's store moved (warned)
 
     async def run(self) -> HostRound:
         try:
@@ -322,6 +323,8 @@ class HostSync:
                 assert listed.end is not None
                 complete = not listed.end[1]
                 plan = await in_thread(self._plan, listing, complete)
+                if not listing and complete and not self.moved_store:
+                    self._nothing_to_mirror()
                 self.result.files.unchanged = len(plan.unchanged)
                 self.files_total = len(plan.transfers)
                 self.bytes_total = plan.bytes
@@ -419,6 +422,7 @@ class HostSync:
                 host=self.name,
             )
         if moved is not None:
+            self.moved_store = True
             spec = get_format(source.format)
             self.emit(
                 WarningEvent(
@@ -461,6 +465,36 @@ class HostSync:
             format=source.format,
             adhoc=self.host.adhoc,
             found=found,
+        )
+
+    def _nothing_to_mirror(self) -> None:
+        """A root with no file to mirror, of a host the mirror holds nothing of, is no failure
+        (an agent with no sessions yet: the next sync picks them up, as rsync copies an empty
+        directory and exits 0), but a root or format given wrong looks the same: say what was
+        looked for, and where the agent's files may be instead."""
+        source = self.host.source
+        if self.state.holds_files(self.name):
+            return  # synced before: its files were deleted since, which the plan records
+        hint = "an agent with no sessions yet is fine: the next sync picks them up"
+        owners = [
+            spec.name
+            for spec in FORMATS.values()
+            if spec.default_root == source.root and spec.name != source.format
+        ]
+        if owners:  # --root ~/.claude without --format
+            fix = f"--format {owners[0]}" if self.host.adhoc else f'format = "{owners[0]}"'
+            hint = f"{source.root} is {owners[0]}'s directory, read as {source.format}: give {fix}"
+        elif self.host.adhoc:
+            hint = f"if the agent keeps its sessions elsewhere, give --root and --format; {hint}"
+        self.emit(
+            WarningEvent(
+                self.name,
+                None,
+                "nothing_to_mirror",
+                f"no file under {source.root!r} matches format {source.format!r} "
+                f"({', '.join(source.include)}): nothing to mirror",
+                hint,
+            )
         )
 
     def _take_listed(

@@ -57,6 +57,13 @@ EXIT_USAGE = 2
 EXIT_LOCKED = 75
 EXIT_CANCELLED = 130
 
+#: The first commands to type, shown below the help of the commands they use and alone with
+#: no command at all (argparse would only say that a command is required).
+FIRST_RUN = """first run (reaches hosts as ssh does: ~/.ssh/config, ssh-agent, known_hosts):
+  remote-sync sync me@box --dest ./mirror
+  remote-sync sync me@box --dest ./mirror --format claude-code   # or codex, picoclaw, pi
+  remote-sync sessions list --dest ./mirror"""
+
 #: Where the read commands look for the mirror when ``--dest`` is not given.
 DEST_ENV = "REMOTE_SYNC_DEST"
 DEFAULT_DEST = "mirror"
@@ -74,6 +81,10 @@ class _Parser(argparse.ArgumentParser):
     #: Set by :func:`main` from the words of the command line, before parsing them.
     json_wanted = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         if _Parser.json_wanted:
             hint = f"see {self.prog} --help"
@@ -83,10 +94,24 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's, except that an indented line of a description or epilog (a command to
+    copy) is kept whole: wrapping would cut it, even after the '-' of claude-code."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(
+            indent + line
+            if line.startswith("  ")
+            else super(_Formatter, self)._fill_text(line, width, indent)
+            for line in text.split("\n")
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="remote-sync",
         description="Mirror AI-agent session transcripts from hosts over SSH.",
+        epilog=FIRST_RUN,
     )
     parser.add_argument("--version", action="version", version=f"remote-sync {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -103,6 +128,7 @@ def _add_sync(sub: Any) -> None:
         help="bring the mirror up to date with every host",
         description="Bring DIR up to date with each host's session files, moving only new "
         "bytes. A HOST not in the inventory is an ad-hoc [user@]host[:port] or ssh_config alias.",
+        epilog=FIRST_RUN,
     )
     sync.set_defaults(run=run_sync)
     sync.add_argument("hosts", nargs="*", metavar="HOST", help="hosts to sync (default: all)")
@@ -134,7 +160,9 @@ def _add_sync(sub: Any) -> None:
         "(like ssh -C or rsync -z: for slow links; on a LAN it only costs CPU)",
     )
     adhoc = sync.add_argument_group("ad-hoc hosts (not in the inventory)")
-    adhoc.add_argument("--format", help="session format (default openclaw)")
+    from .formats import FORMATS  # the registry alone: no engine, no asyncssh
+
+    adhoc.add_argument("--format", help=f"session format: {', '.join(FORMATS)} (default openclaw)")
     adhoc.add_argument("--root", help="remote directory (default: the format's)")
     adhoc.add_argument("--ssh-config", "-F", metavar="FILE", help="OpenSSH client config")
     adhoc.add_argument("--known-hosts", metavar="FILE", help="known_hosts file")
@@ -253,6 +281,7 @@ def _add_sessions(sub: Any) -> None:
         help="one line per session",
         description="List the indexed sessions. --sort FIELD sorts ascending, --sort -FIELD "
         "descending (default -last_ts: the most recent first); missing values sort last.",
+        epilog="example:\n  remote-sync sessions list --dest ./mirror --host me@box --limit 20",
     )
     listing.set_defaults(run=run_sessions_list)
     _dest_option(listing)
@@ -273,6 +302,8 @@ def _add_sessions(sub: Any) -> None:
         help="the messages of one session",
         description="Show messages of one session, reading only what is shown. Without "
         "--head/--tail/--page: the first page.",
+        epilog="example (HOST and SESSION as sessions list shows them):\n"
+        "  remote-sync sessions show me@box 3f2a9c1e --dest ./mirror --tail 20",
     )
     show.set_defaults(run=run_sessions_show)
     show.add_argument("host", metavar="HOST", help="the host (as in the inventory)")
@@ -323,6 +354,11 @@ def _add_index(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = _join_dashed_values(sys.argv[1:] if argv is None else argv)
+    if not words:
+        # Nothing asked: the help says what there is and what to type first, where argparse
+        # alone says only that a command is required. Still a usage error for a script.
+        build_parser().print_help(sys.stderr)
+        return EXIT_USAGE
     _Parser.json_wanted = wants_json(words)
     try:
         args = build_parser().parse_args(words)

@@ -156,3 +156,26 @@ def test_a_root_without_session_files_says_nothing_was_found(
     newcomer.path("bare", ".openclaw/agents/main/sessions/s.jsonl").unlink()
     code, events = sync_json([f"{newcomer.user}@bare", "--dest", "mirror"], capsys)
     assert code == 0 and not [e for e in events if isinstance(e, WarningEvent)], events
+
+
+def test_no_command_and_the_help_show_the_first_commands(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`remote-sync` alone said only "the following arguments are required: command", and no
+    help showed a command to type."""
+    assert main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "sync,sessions,index" in err
+    assert "\n  remote-sync sync me@box --dest ./mirror\n" in err, err
+    for command in (["sync"], ["sessions", "list"], ["sessions", "show"]):
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        out = capsys.readouterr().out
+        assert done.value.code == 0 and f"\n  remote-sync {' '.join(command)} " in out, out
+
+
+def test_the_sync_help_lists_the_formats(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["sync", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "openclaw, claude-code, codex, picoclaw, pi, jsonl (default openclaw)" in out, out

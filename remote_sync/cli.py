@@ -596,7 +596,7 @@ def _run_sync(args: argparse.Namespace) -> int:
             return anyio.run(_sync_main, hosts, options, guarded(ThrottledProgress(error_out)))
         from .render import RichRenderer
 
-        with RichRenderer() as renderer:
+        with RichRenderer(dest=str(dest)) as renderer:
             emit = guarded(ThrottledProgress(renderer, 0.1))
             return anyio.run(_sync_main, hosts, options, emit, renderer.progress.stop)
     except LockedError as exc:

@@ -13,6 +13,8 @@ into rich as a :class:`~rich.text.Text` made by :func:`plain`, never into a mark
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -57,7 +59,12 @@ def plain(text: str | None, style: str = "", *, lines: bool = False) -> Text:
 class RichRenderer:
     """An ``Emit`` that draws progress (on a TTY) and prints the recap."""
 
-    def __init__(self, console: Console | None = None, err_console: Console | None = None) -> None:
+    def __init__(
+        self,
+        console: Console | None = None,
+        err_console: Console | None = None,
+        dest: str | None = None,
+    ) -> None:
         # rich.progress is imported here, not with the module: `sessions` prints with the
         # module's other pieces and has no use for it.
         from rich.progress import (
@@ -87,6 +94,7 @@ class RichRenderer:
             transient=True,
             disable=not self.live,
         )
+        self.dest = dest  # named below the recap: where the files went, how to read them
         self.tasks: dict[str, TaskID] = {}
         self.done: dict[str, ev.Progress] = {}
         self.total = self.progress.add_task("total", total=None, files="")
@@ -131,6 +139,11 @@ class RichRenderer:
             self.progress.stop()
             # Piped (a log, cron's mail): ASCII rules, which every pager and mailer shows.
             self.console.print(recap_table(event, ascii_rules=not self.live))
+            if self.dest is not None and not event.dry_run and event.hosts_ok + event.hosts_partial:
+                # The mirror's layout and the next command, which the table does not show.
+                command = f"remote-sync sessions list --dest {shlex.quote(self.dest)}"
+                note = f"mirror: {os.path.join(self.dest, '<host>', '')}; sessions: {command}"
+                self.console.print(plain(note), highlight=False, soft_wrap=True)
 
     def _progress(self, event: ev.Progress) -> None:
         task = self.tasks.get(event.host)

@@ -179,3 +179,13 @@ def test_the_sync_help_lists_the_formats(capsys: pytest.CaptureFixture[str]) -> 
         main(["sync", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "openclaw, claude-code, codex, picoclaw, pi, jsonl (default openclaw)" in out, out
+
+
+def test_the_recap_says_where_the_files_went_and_what_to_type_next(
+    newcomer: SSHFleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The recap's table named hosts and counts, not the mirror's layout nor how to read it."""
+    code = main(["sync", f"{newcomer.user}@cc", "--format", "claude-code", "--dest", "./mirror"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "mirror: mirror/<host>/; sessions: remote-sync sessions list --dest mirror" in out, out

@@ -1697,8 +1697,11 @@ def generate(
     cost_usd: bool = False,
     migrated: int = 0,
     start_ns: int | None = None,
+    bom: bool = False,
 ) -> Session:
     """One realistic transcript of ``format`` with about ``messages`` messages.
+
+    ``bom``: the file starts with a UTF-8 byte order mark (not part of the first line's JSON).
 
     ``messages`` counts abstract turns (user prompts, model responses, tool results); the
     lines a format writes for them differ (Claude Code splits responses; Codex adds events).
@@ -1738,6 +1741,8 @@ def generate(
     else:
         lines = _generic(rng, text, clock, steps)
     _insert_noise(rng, format, lines, malformed, blank_lines)
+    if bom:
+        lines[0] = _Line(b"\xef\xbb\xbf" + lines[0].data, lines[0].eff)
     return _assemble(lines)
 
 

@@ -25,6 +25,7 @@ from remote_sync.decode.jsonl import (
 from remote_sync.decode.salvage import MAX_REMOVALS
 
 MiB = 1024 * 1024
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
 
 Item = Record[Any] | LineError
 
@@ -70,9 +71,11 @@ def reference(
     lines.pop()  # the partial tail (or b"" after a final newline)
     model: list[tuple[Any, ...]] = []
     offset = start_offset
-    for line in lines:
-        length = len(line) + 1
-        if len(line) > max_line_bytes:
+    for whole in lines:
+        length = len(whole) + 1
+        # The file's byte order mark is not JSON; one anywhere else is a byte like others.
+        line = whole.removeprefix(BOM) if offset == 0 else whole
+        if len(whole) > max_line_bytes:
             model.append(("too_long", offset, length))
         elif line.strip(b" \t\r"):
             try:
@@ -103,7 +106,8 @@ def _with_lone_surrogates(line: bytes, decode: Any, offset: int, length: int) ->
     """The model of a line msgspec refuses: a record when Python's json reads it with lone
     surrogates and msgspec reads it once they are U+FFFD; else an error."""
     try:
-        value = json.loads(line)
+        # As text: given bytes, json.loads would skip a byte order mark anywhere.
+        value = json.loads(line.decode("utf-8"))
     except (ValueError, RecursionError):
         return ("error", offset, length, None)
     fixed = _replaced(value)
@@ -302,6 +306,42 @@ def test_start_offset() -> None:
     assert decoder.pending_bytes == 5
     assert decoder.feed(b"2}\n") == [Record(1013, 8, {"b": 2})]
     assert decode_all(data, start_offset=7)[1] == 20
+
+
+@pytest.mark.parametrize("tp", [dict[str, Any], Loose])
+def test_a_byte_order_mark_starting_the_file_is_not_part_of_its_json(tp: Any) -> None:
+    """Only at offset 0 of the file; the offsets and lengths count its bytes all the same."""
+    data = BOM + b'{"a":1}\n' + BOM + b'{"a":2}\n{"a":3}\n'
+    items, committed = decode_all(data, tp)
+    assert [type(i).__name__ for i in items] == ["Record", "LineError", "Record"]
+    assert [(i.offset, i.length) for i in items] == [(0, 11), (11, 11), (22, 8)]
+    assert committed == len(data)
+    # A decoder that starts further on never sees the file's first line.
+    assert isinstance(decode_all(data[11:], tp, start_offset=11)[0][0], LineError)
+    # A mark and nothing else is a blank line; one before a line that is no JSON is counted
+    # in that line's error.
+    assert decode_all(BOM + b"\r\n" + b'{"a":1}\n', tp)[0] == [
+        Record(5, 8, tp(a=1) if tp is Loose else {"a": 1})
+    ]
+    (error,) = decode_all(BOM + b"nope\n", tp)[0]
+    assert isinstance(error, LineError) and (error.offset, error.length) == (0, 8)
+    assert error.reason.startswith("invalid JSON")
+
+
+@pytest.mark.parametrize("cut", range(1, 12))
+def test_a_byte_order_mark_cut_by_the_chunks_is_still_the_files(cut: int) -> None:
+    data = BOM + b'{"a":1}\n{"a":2}\n'
+    for feed in ("feed", "feed_values"):
+        decoder: JsonlDecoder[Any] = JsonlDecoder()
+        first = getattr(decoder, feed)(data[:cut])
+        rest = getattr(decoder, feed)(data[cut:])
+        if feed == "feed":
+            got = [(r.offset, r.value) for r in [*first, *rest] if isinstance(r, Record)]
+        else:
+            got = list(zip(first.offsets + rest.offsets, first.values + rest.values, strict=True))
+            assert first.malformed + rest.malformed == 0
+        assert got == [(0, {"a": 1}), (11, {"a": 2})], feed
+        assert decoder.committed_offset == len(data)
 
 
 def test_rejects_bad_arguments() -> None:
@@ -525,13 +565,16 @@ _surrogate_line = st.builds(
     _surrogate_text,
 )
 _long_line = st.builds(lambda n: b'{"a":"' + b"L" * n + b'"}', st.integers(10, 80))
-_line = st.one_of(_object_line, _object_line, _hostile_line, _long_line, _surrogate_line)
+_bom_line = st.builds(lambda line: BOM + line, st.one_of(_object_line, _hostile_line))
+_line = st.one_of(_object_line, _object_line, _hostile_line, _long_line, _surrogate_line, _bom_line)
 
 
 @st.composite
 def _streams(draw: st.DrawFn) -> bytes:
     lines = draw(st.lists(_line, max_size=12))
     data = b"\n".join(lines)
+    if draw(st.integers(0, 3)) == 0:  # a file that starts with a byte order mark
+        data = BOM + data
     ending = draw(st.sampled_from(["newline", "newline", "partial", "none"]))
     if ending == "newline" and lines:
         data += b"\n"
@@ -669,6 +712,8 @@ def _brace_streams(draw: st.DrawFn) -> bytes:
         lines.insert(draw(st.integers(0, len(lines))), draw(_line))
     crlf = draw(st.booleans())
     data = (b"\r\n" if crlf else b"\n").join(lines)
+    if draw(st.integers(0, 3)) == 0:  # a file that starts with a byte order mark
+        data = BOM + data
     if lines and draw(st.integers(0, 3)) > 0:
         data += b"\r\n" if crlf else b"\n"
     return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -13,6 +14,7 @@ from typing import Any
 from unittest import mock
 
 import anyio
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -622,6 +624,8 @@ def _transcripts(draw: st.DrawFn) -> tuple[str, bytes]:
                 lines[i] = lines[i][: comma + 1] + b"\n" + lines[i][comma + 1 :]
     sep = b"\r\n" if draw(st.booleans()) else b"\n"
     data = sep.join(lines) + (sep if lines else b"") + tail
+    if draw(st.booleans()):  # a file that starts with a byte order mark
+        data = b"\xef\xbb\xbf" + data
     if draw(st.booleans()):
         data += draw(st.sampled_from([b'{"partial":', b"{}", b" "]))
     return fmt, data
@@ -653,3 +657,47 @@ def test_file_indexer_equals_the_record_path(
     decoder = indexer.decoder
     got = (indexer.facts, indexer.update.marks, decoder.committed_offset, decoder.pending_bytes)
     assert got == want
+
+
+@pytest.mark.parametrize("fmt", [*FORMATS, "jsonl"])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_byte_order_mark_is_the_files_across_syncs_and_chunks(
+    fmt: str, data: st.DataObject
+) -> None:
+    """A transcript starting with a byte order mark, indexed as syncs see it: rounds that end
+    anywhere (the first may hold two bytes of the mark: nothing committed, the next round
+    starts again at 0), each round's bytes in any chunks, the facts stored between rounds.
+    The facts are the generated ones: no line malformed for the mark, the first line read."""
+    session = _bom_sessions(fmt)
+    reader = get_reader(fmt)
+    path = b"x/rollout-s.jsonl" if fmt == "codex" else b"agents/a/sessions/s.jsonl"
+    size = len(session.data)
+    ends = sorted(data.draw(st.lists(st.integers(1, size), max_size=3), label="rounds"))
+    if data.draw(st.booleans(), label="first round ends in the mark"):
+        ends.insert(0, data.draw(st.integers(1, 2)))
+    start, stored = 0, None
+    for end in [*ends, size]:
+        if end <= start:
+            continue
+        indexer = FileIndexer(reader, "h", path, start=start, facts=stored)
+        piece = session.data[start:end]
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(piece)), max_size=4), label="cuts"))
+        for a, b in zip([0, *cuts], [*cuts, len(piece)], strict=True):
+            indexer.feed(piece[a:b])
+        if indexer.decoder.committed_offset > start:  # a round commits whole lines only
+            blob = msgspec.json.encode(indexer.result().facts)
+            stored = _facts_decoder.decode(blob)
+            start = indexer.decoder.committed_offset
+    assert stored is not None and start == size
+    got = facts_dict(stored)
+    want = dict(session.expected)
+    for key in ("session_id", "agent"):  # the path's or the first line's: not the point here
+        got.pop(key), want.pop(key)
+    assert got.pop("cost") == pytest.approx(want.pop("cost"))
+    assert got == want
+
+
+@functools.cache
+def _bom_sessions(fmt: str) -> Any:
+    return generate(fmt, random.Random(f"bom-{fmt}"), messages=12, bom=True)

@@ -18,6 +18,12 @@ Rules, all of which depend only on a line's own bytes (never on how the stream w
   newline arrives.
 * Blank and whitespace-only lines (JSON whitespace: space, tab, ``\\r``) yield nothing, but
   offsets account for them and they are committed.
+* A UTF-8 byte order mark (``EF BB BF``) at offset 0 of the file is not part of the first
+  line's JSON: Windows editors and PowerShell's ``Out-File`` write one, and JSON parsers that
+  read files as text (Python's ``utf-8-sig``, .NET, Node's ``strip-bom``) skip it. It still
+  counts in offsets and lengths (the mirror keeps it), and anywhere else it is a byte like any
+  other (a line starting with one is malformed). The line at offset 0 is always decoded alone,
+  from the whole line, so where the chunks split the mark makes no difference.
 * A line that is not valid UTF-8 or not valid JSON yields a :class:`LineError` and decoding
   continues with the next line. So does one that does not match the requested type, unless
   it does once the fields of the wrong shape are left out (:mod:`.salvage`).
@@ -53,6 +59,7 @@ DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 
 _NL = b"\n"
 _JSON_WS = b" \t\r"
+_BOM = b"\xef\xbb\xbf"
 
 # Types whose msgspec decoding reads every string in the document (and so rejects invalid
 # UTF-8 by itself). For any other type (a Struct skips unknown fields unread, ``Raw`` skips
@@ -214,7 +221,9 @@ class JsonlDecoder(Generic[T]):
         if not size:
             return out
         pos = 0
-        if self._pending_len:  # a partial line (held or being skipped) is waiting
+        # A partial line (held or being skipped) is waiting, or this is the file's first line,
+        # which goes through _finish_pending, the one place that knows its byte order mark.
+        if self._pending_len or not self._committed:
             nl = data.find(_NL)
             if nl < 0:
                 self._grow_pending(data)
@@ -264,6 +273,8 @@ class JsonlDecoder(Generic[T]):
         else:
             self._parts.append(data[:nl])
             line = b"".join(self._parts)
+            if not offset and line.startswith(_BOM):  # the file's byte order mark
+                line = line[3:]
             if not self._utf8_checked_by_msgspec and not _is_utf8(line):
                 out.append(LineError(offset, length, "invalid UTF-8"))
             else:
@@ -274,7 +285,7 @@ class JsonlDecoder(Generic[T]):
                     if repaired is not None:
                         out.append(Record(offset, length, repaired[0]))
                     else:
-                        error = _line_error(line, offset, exc)
+                        error = _line_error(line, offset, length, exc)
                         if error is not None:
                             out.append(error)
         self._parts.clear()
@@ -311,7 +322,7 @@ class JsonlDecoder(Generic[T]):
                     if repaired is not None:
                         append(Record(base + pos, length, repaired[0]))
                     else:
-                        error = _line_error(data[pos:nl], base + pos, exc)
+                        error = _line_error(data[pos:nl], base + pos, length, exc)
                         if error is not None:
                             append(error)
             pos = nl + 1
@@ -331,7 +342,7 @@ class JsonlDecoder(Generic[T]):
         if not size:
             return out
         pos = 0
-        if self._pending_len:  # a partial line (held or being skipped) is waiting
+        if self._pending_len or not self._committed:  # as in feed: a partial or the first line
             nl = data.find(_NL)
             if nl < 0:
                 self._grow_pending(data)
@@ -551,11 +562,11 @@ def _without_lone_surrogates(line: bytes) -> bytes | None:
     return fixed if replaced else None
 
 
-def _line_error(line: bytes, offset: int, exc: Exception) -> LineError | None:
-    """The error for a line that failed to decode, or None for a blank line (skipped)."""
+def _line_error(line: bytes, offset: int, length: int, exc: Exception) -> LineError | None:
+    """The error for a line of ``length`` bytes (its newline and any byte order mark
+    included) that failed to decode as ``line``, or None for a blank line (skipped)."""
     if not line.strip(_JSON_WS):
         return None
-    length = len(line) + 1
     if not _is_utf8(line):
         return LineError(offset, length, "invalid UTF-8")
     return LineError(offset, length, _reason(exc))

@@ -1182,15 +1182,43 @@ def _claude(
 
 
 def _codex(
-    rng: random.Random, text: _Text, clock: _Clock, steps: list[_Step], session_id: str
+    rng: random.Random,
+    text: _Text,
+    clock: _Clock,
+    steps: list[_Step],
+    session_id: str,
+    legacy: bool = False,
 ) -> list[_Line]:
+    """A Codex rollout; ``legacy``: as Codex wrote it before the ``{timestamp, type,
+    payload}`` wrapper (mid 2025): a bare session meta first, bare response items with no
+    time, ``record_type`` state lines, and no events, turn contexts or token counts."""
     lines: list[_Line] = []
     cwd = "/home/dev/project"
     hosted = random.Random(session_id)  # hosted tool calls, apart from the main stream
+    # Early legacy metas had no cwd; later ones had cwd, originator and cli_version.
+    legacy_cwd = legacy and rng.random() < 0.5
 
     def add(ns: int, kind: str, payload: dict[str, Any], eff: _Eff) -> None:
-        eff.ts = iso_ms(ns)
-        lines.append(_Line(_json({"timestamp": iso_ms(ns), "type": kind, "payload": payload}), eff))
+        if not legacy:
+            eff.ts = iso_ms(ns)
+            line = {"timestamp": iso_ms(ns), "type": kind, "payload": payload}
+            lines.append(_Line(_json(line), eff))
+        elif kind == "session_meta":
+            meta = {"id": payload["id"], "timestamp": payload["timestamp"]}
+            if legacy_cwd:
+                meta.update(cwd=cwd, originator="codex_cli_rs", cli_version="0.9.0")
+            else:
+                eff.agent = None
+            meta.update(instructions=None, git=payload["git"])
+            eff.ts = payload["timestamp"]
+            lines.append(_Line(_json(meta), eff))
+        elif kind == "response_item":
+            if eff.message is not None:
+                eff.message.timestamp = None  # a bare item has no time
+            lines.append(_Line(_json(payload), eff))
+            if eff.role == "assistant" and rng.random() < 0.5:
+                state = {"record_type": "state", "previous_response_id": "resp_" + _hex(rng, 48)}
+                lines.append(_Line(_json(state), _Eff()))
 
     def item(ns: int, payload: dict[str, Any], eff: _Eff) -> None:
         add(ns, "response_item", payload, eff)
@@ -1227,7 +1255,7 @@ def _codex(
         },
     }
     add(ns, "session_meta", meta, _Eff(session_id=session_id, agent=cwd))
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 and not legacy:
         msg(
             ns + 1,
             "developer",
@@ -1319,6 +1347,8 @@ def _codex(
             for n, call in enumerate(step.calls):
                 cns = ns + (n + 1) * 1_000_000
                 roll = rng.random()
+                if legacy and 0.6 <= roll < 0.85:
+                    roll = 0.9  # no custom tool calls then: a local shell call
                 if roll < 0.6:
                     args = {
                         "command": ["bash", "-lc", call.args.get("command", _cmd(rng))],
@@ -1401,7 +1431,7 @@ def _codex(
                             ),
                         ),
                     )
-            if hosted.random() < 0.1:  # a search the API runs itself: a tool call all the same
+            if hosted.random() < 0.1 and not legacy:  # a search the API runs itself
                 sns = ns + 800_000_000
                 action = {"type": "search", "query": " ".join(hosted.choices(_WORDS, k=3))}
                 item(
@@ -1697,10 +1727,12 @@ def generate(
     cost_usd: bool = False,
     migrated: int = 0,
     start_ns: int | None = None,
+    legacy_codex: bool = False,
     bom: bool = False,
 ) -> Session:
     """One realistic transcript of ``format`` with about ``messages`` messages.
 
+    ``legacy_codex``: a Codex rollout as written before the wrapper (see ``_codex``).
     ``bom``: the file starts with a UTF-8 byte order mark (not part of the first line's JSON).
 
     ``messages`` counts abstract turns (user prompts, model responses, tool results); the
@@ -1735,7 +1767,8 @@ def generate(
             cost_usd=cost_usd,
         )
     elif format == "codex":
-        lines = _codex(rng, text, _Clock(rng, steps[0].ns - 20_000_000_000), steps, sid)
+        codex_clock = _Clock(rng, steps[0].ns - 20_000_000_000)
+        lines = _codex(rng, text, codex_clock, steps, sid, legacy=legacy_codex)
     elif format == "picoclaw":
         lines = _picoclaw(rng, text, clock, steps, migrated)
     else:

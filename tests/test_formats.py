@@ -25,6 +25,7 @@ from remote_sync.formats import FORMATS
 from remote_sync.formats.generic import TOOL_ARGS_CHARS, iso_from_epoch, iso_utc, shorten
 from remote_sync.formats.readers import READERS, get_reader
 from remote_sync.index.facts import FormatReader, SessionFacts
+from remote_sync.inventory import Source
 
 ALL = sg.FORMATS
 
@@ -309,6 +310,116 @@ def test_a_codex_fork_keeps_its_own_id() -> None:
     assert first.session_id == child
     rest = fold(reader, data[len(meta(child, 1)) + 1 :], facts=first, start=len(meta(child, 1)) + 1)
     assert rest.session_id == child
+
+
+# Codex rollouts before the {timestamp, type, payload} wrapper (see formats/codex.py).
+
+_OLD_META = (
+    b'{"id":"5973b6c0-94b8-487b-a530-2aeb6098ae0e","timestamp":"2025-05-07T17:24:21.123Z",'
+    b'"instructions":null,"git":{"commit_hash":"abc123","branch":"main"}}'
+)
+_OLD_LINES = [
+    _OLD_META,
+    b'{"record_type":"state"}',
+    b'{"type":"message","role":"user","content":[{"type":"input_text","text":"Make a README"}]}',
+    b'{"record_type":"state","previous_response_id":"resp_1"}',
+    b'{"type":"reasoning","id":"rs_1","summary":[{"type":"summary_text","text":"Plan"}],'
+    b'"encrypted_content":"gAAAA"}',
+    b'{"type":"message","id":null,"role":"assistant",'
+    b'"content":[{"type":"output_text","text":"On it."}]}',
+    b'{"type":"function_call","name":"shell","arguments":"{\\"command\\":[\\"ls\\"]}",'
+    b'"call_id":"call_1"}',
+    b'{"type":"function_call_output","call_id":"call_1","output":"README.md"}',
+    b'{"type":"local_shell_call","id":"ls_1","call_id":"call_2","status":"completed",'
+    b'"action":{"type":"exec","command":["cat","README.md"]}}',
+    b'{"type":"message","role":"assistant","timestamp":"2025-05-07T17:25:00.000Z",'
+    b'"content":[{"type":"output_text","text":"Done."}]}',
+]
+
+
+def test_an_old_codex_rollout_gives_its_facts_and_messages() -> None:
+    """Bare lines: the meta's id and time, messages by role, tool calls, the title; state
+    lines are neither messages nor malformed."""
+    data = b"\n".join(_OLD_LINES) + b"\n"
+    rel = b"sessions/2025/05/07/rollout-2025-05-07T17-24-21-5973b6c0.jsonl"
+    reader = READERS["codex"]
+    facts = index_file(reader, rel, data)
+    assert facts.session_id == "5973b6c0-94b8-487b-a530-2aeb6098ae0e"
+    assert (facts.user, facts.assistant, facts.tool, facts.system, facts.other) == (1, 4, 1, 0, 0)
+    assert (facts.tool_calls, facts.malformed, facts.lines) == (2, 0, len(_OLD_LINES))
+    assert (facts.title, facts.agent, facts.models) == ("Make a README", None, [])
+    assert (facts.first_ts, facts.last_ts) == (
+        "2025-05-07T17:24:21.123Z",
+        "2025-05-07T17:25:00.000Z",
+    )
+    shown = []
+    for item in JsonlDecoder(reader.line_type).feed(data):
+        assert isinstance(item, Record)
+        message = reader.message(item.value, item.offset)
+        if message is not None:
+            shown.append((message.role, message.timestamp, message.text, message.tool_calls))
+    assert [(role, ts, text) for role, ts, text, _ in shown] == [
+        ("user", None, "Make a README"),
+        ("assistant", None, "On it."),
+        ("assistant", None, ""),
+        ("tool", None, "README.md"),
+        ("assistant", None, ""),
+        ("assistant", "2025-05-07T17:25:00.000Z", "Done."),
+    ]
+    assert [[(c.name, c.arguments) for c in calls] for *_, calls in shown][2:5] == [
+        [("shell", '{"command":["ls"]}')],
+        [],
+        [("local_shell", '{"type":"exec","command":["cat","README.md"]}')],
+    ]
+    assert len(shown) == facts.shown
+
+
+def test_old_codex_lines_then_wrapped_ones_read_as_both() -> None:
+    """A rollout begun by an older Codex and written on by a newer one: the first meta's id
+    stays, the wrapped lines add their messages, model and times."""
+    old = b"\n".join(_OLD_LINES[:3]) + b"\n"
+    new = codex_meta(_T0, "0199aaaa-0000-7000-8000-00000000000f") + codex_turn(
+        _T0 + 1000, None, 1, model="gpt-5-codex", totals=(10, 0, 5), last=None
+    )
+    reader = READERS["codex"]
+    facts = fold(reader, old + new, cuts=[len(old) - 5, len(old) + 7])
+    assert facts.session_id == "5973b6c0-94b8-487b-a530-2aeb6098ae0e"
+    assert (facts.user, facts.title, facts.malformed) == (2, "Make a README", 0)
+    assert (facts.models, facts.tokens_out) == (["gpt-5-codex"], 5)
+    assert facts.first_ts == "2025-05-07T17:24:21.123Z"
+    assert facts.last_ts is not None and facts.last_ts > "2026"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_generated_old_codex_rollouts_give_expected_facts(seed: int) -> None:
+    session = sg.generate(
+        "codex",
+        random.Random(f"old-codex-{seed}"),
+        messages=30,
+        malformed=2,
+        blank_lines=2,
+        legacy_codex=True,
+        bom=seed % 2 == 1,
+    )
+    reader = READERS["codex"]
+    check(fold(reader, session.data), session.expected)
+    shown = []
+    for item in JsonlDecoder(reader.line_type).feed(session.data):
+        if isinstance(item, Record):
+            message = reader.message(item.value, item.offset)
+            if message is not None:
+                shown.append((message.offset, message.role, message.timestamp, message.text))
+    assert shown == [(m.offset, m.role, m.timestamp, m.text) for m in session.messages]
+
+
+def test_the_typescript_codex_whole_json_rollout_is_mirrored_not_indexed() -> None:
+    """codex-cli's saveRollout wrote one pretty-printed JSON document per session: copied
+    whole (it is rewritten, not appended to), and no transcript (the index reads lines)."""
+    spec = FORMATS["codex"]
+    source = Source("codex", "~/.codex", spec.include, spec.exclude, spec.append_only)
+    path = b"sessions/rollout-2025-04-20-5973b6c0-94b8-487b-a530-2aeb6098ae0e.json"
+    assert source.is_included(path) and not source.is_append_only(path)
+    assert not READERS["codex"].is_transcript(path)
 
 
 # A Codex fork, as codex-rs writes one: its own session_meta, the parent's rollout copied

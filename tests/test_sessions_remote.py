@@ -30,7 +30,7 @@ import msgspec
 import pytest
 import sessiongen
 from synchelp import write_inventory
-from test_sessions_cli import generated, openclaw_session, shown, text_numbers
+from test_sessions_cli import expected_row, generated, openclaw_session, shown, text_numbers
 
 from remote_sync import api
 from remote_sync.cli import main
@@ -47,6 +47,7 @@ from remote_sync.index.remote import (
     show_argv,
     stream_remote_sessions,
 )
+from remote_sync.index.show import show_session
 from remote_sync.inventory import Host, Source, load_inventory
 from remote_sync.mirror.remote_ops import new_marker
 from remote_sync.ssh.pool import Endpoint, PoolSettings, SSHPool
@@ -724,3 +725,78 @@ def test_remote_list_memory_does_not_grow_with_sessions(
     large_seen, large = anyio.run(peak, hosts[800])
     assert (small_seen, large_seen) == (100, 800)
     assert large - small < MiB // 2, (small, large)
+
+
+def test_byte_order_marks_and_old_codex_rollouts_read_alike_everywhere(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Transcripts that start with a UTF-8 byte order mark (every format), and Codex
+    rollouts written before the ``{timestamp, type, payload}`` wrapper, give the rows they
+    were generated with whether the index was built by the sync, by ``index rebuild`` or by
+    a remote listing; ``show`` over the mirror and from the host give their messages; the
+    mirror keeps every byte (the mark too), and an old whole-JSON rollout is mirrored, not
+    listed."""
+    rng = random.Random(29)
+    name = fleet.names[0]
+    lines = [
+        "[defaults]",
+        f'ssh_config = "{fleet.ssh_config}"',
+        f'known_hosts = "{fleet.known_hosts}"',
+    ]
+    trees: dict[str, sessiongen.Tree] = {}
+    kinds = [(fmt, fmt, {"bom": True}) for fmt in sessiongen.FORMATS]
+    kinds.append(("codex-old", "codex", {"legacy_codex": True}))
+    kinds.append(("codex-old-bom", "codex", {"legacy_codex": True, "bom": True}))
+    for label, fmt, knobs in kinds:
+        root = fleet.path(name) / label
+        trees[label] = sessiongen.build_tree(fmt, root, 3, rng, messages=16, **knobs)
+        lines += [f'[[hosts]]\nname = "{name}-{label}"\naddress = "{name}"\nformat = "{fmt}"']
+        lines.append(f'root = "{root}"')
+        if fmt == "jsonl":
+            lines.append('include = ["**/*.jsonl"]')
+    # The TypeScript CLI's whole-JSON rollout: mirrored as a file, no session.
+    whole_json = b"sessions/rollout-2025-04-20-5973b6c0-94b8-487b-a530-2aeb6098ae0e.json"
+    whole = b'{\n  "session": {\n    "id": "5973b6c0",\n    "timestamp": "2025-04-20"\n  },\n'
+    whole += b'  "items": []\n}'
+    (fleet.path(name) / "codex-old" / whole_json.decode()).write_bytes(whole)
+    subprocess.run(["chmod", "-R", "a+rX", str(fleet.path(name))], check=True)
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text("\n".join(lines) + "\n")
+    dest = tmp_path / "mirror"
+    local, remote = mirrored_and_remote_rows(inventory, dest, capsys)
+    assert remote == local
+    want = {
+        (f"{name}-{label}", entry.rel.decode()): entry
+        for label, tree in trees.items()
+        for entry in tree.transcripts
+    }
+    assert set(local) == set(want)
+    for key, entry in want.items():
+        got = msgspec.structs.asdict(local[key])
+        expected = expected_row(entry.expected)
+        assert {k: got[k] for k in expected} == expected, key
+        assert (dest / key[0] / key[1]).read_bytes() == entry.session.data, key
+    old_title = [local[k].title for k in want if k[0].endswith("-codex-old")]
+    assert all(old_title) and all(local[k].messages for k in want)
+    assert (dest / f"{name}-codex-old" / whole_json.decode()).read_bytes() == whole
+    assert main(["index", "rebuild", "--dest", str(dest)]) == 0
+    capsys.readouterr()
+    code, out, err = cli(["sessions", "list", "--json", "-d", str(dest)], capsys)
+    assert code == 0, err
+    assert rows_of(out) == local
+
+    hosts = {h.name: h for h in load_inventory(inventory).hosts}
+    for label, tree in trees.items():
+        entry = max(tree.transcripts, key=lambda e: len(e.session.messages))
+        everything = generated(entry.session.messages)
+        host = hosts[f"{name}-{label}"]
+        for how, part in (
+            ({"tail": 5}, everything[-5:]),
+            ({"head": 3}, everything[:3]),
+            ({"page": 2, "page_size": 4}, everything[4:8]),
+            ({"tail": 1000}, everything),
+        ):
+            _row, mirrored = show_session(dest, host.name, entry.rel.decode(), **how)
+            assert shown(mirrored.messages) == part, (label, "mirror", how)
+            result = anyio.run(lambda: api.read_session(host, entry.rel.decode(), **how))  # noqa: B023
+            assert shown(result.messages) == part, (label, "remote", how)

@@ -17,7 +17,9 @@ Where the formats keep their sessions:
 * ``claude-code`` (``~/.claude``): ``projects/<cwd-slug>/<session-uuid>.jsonl``, with
   sub-agent transcripts under ``projects/<slug>/<uuid>/subagents/``.
 * ``codex`` (``~/.codex``): ``sessions/YYYY/MM/DD/rollout-*.jsonl``, moved to
-  ``archived_sessions/`` when archived, and the ``session_index.jsonl`` index.
+  ``archived_sessions/`` when archived, and the ``session_index.jsonl`` index. The first
+  (TypeScript) Codex CLI's ``sessions/rollout-*.json``, one JSON document rewritten whole, is
+  mirrored whole too but is no transcript (see :mod:`remote_sync.formats.codex`).
 * ``picoclaw`` (``~/.picoclaw/workspace``): ``sessions/<key>.jsonl`` with a
   ``<key>.meta.json`` beside each. Its JSONL files are rewritten in place on compaction, so
   "append-only" is only the common case: the mirror detects a rewrite and copies the file anew.

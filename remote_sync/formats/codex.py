@@ -42,6 +42,35 @@ Every line is ``{timestamp, type, payload}``; what is read:
   totals since the restart.
 * ``turn_context``: ``payload.model`` is a model.
 * every line's ``timestamp`` (ISO). Rollouts record no cost.
+
+Older rollouts (Codex CLI in Rust before the wrapper, mid 2025) have the same file names but
+bare lines: the first is the session meta itself, ``{id, timestamp, instructions}`` (later
+with ``git``, then ``cwd``, ``originator``, ``cli_version``), the rest are response items as
+they are (``{"type": "message", "role": ..., "content": [...]}``, ``function_call``,
+``function_call_output`` with a plain string ``output``, ``local_shell_call``,
+``reasoning``) and ``{"record_type": "state", ...}`` snapshots. They are read like the
+wrapped ones: the meta's ``id`` (on the first line) is the session id and its ``cwd`` the
+project; a bare item counts and shows as the same item wrapped. Mostly only the meta has a
+time (which the first versions wrote in the host's local time, marked ``Z`` all the same), so
+such a session's first and last times are both the meta's; an item's own ``timestamp``,
+which some versions wrote, counts like a wrapped line's. There are no models and no token
+counts (the per-item ``token_usage`` of those versions is not read: whether it repeats
+across one response's items is not known). A
+``record_type`` line is neither a message nor malformed. A file whose old lines are followed
+by wrapped ones (written on by a newer Codex) reads as both. Sources: openai/codex
+``codex-rs/core/src/rollout.rs`` (its ``SessionMeta``, ``rollout_writer`` and
+``StateLine``) and, after it moved, ``codex-rs/core/src/rollout/recorder.rs``
+(``SessionMetaWithGit``, before ``RolloutLine``); ``codex-rs/core/src/models.rs``
+(``ResponseItem``; ``FunctionCallOutputPayload`` serialized as a plain string); a
+third-party sample of the layout in yoavf/ai-sessions
+``src/lib/providers/__tests__/fixtures/codex-sample.ts``.
+
+The even older TypeScript Codex CLI (``codex-cli/src/utils/storage/save-rollout.ts``) wrote
+``sessions/rollout-<date>-<uuid>.json``: one pretty-printed JSON document, ``{session: {id,
+timestamp, instructions}, items: [...]}``, rewritten whole on each save. The format's globs
+(``sessions/**``) mirror such a file, whole (it is not append-only), but it is not indexed:
+it is no JSONL (its lines are no records), every path of the index (sync, rebuild, remote
+list, show) reads transcripts line by line, and the layout was replaced within weeks.
 """
 
 from __future__ import annotations
@@ -71,6 +100,9 @@ _TEXT_KINDS = ("input_text", "output_text", "text")
 _CALLS = frozenset({"function_call", "custom_tool_call", "local_shell_call", "web_search_call"})
 _OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output"})
 _TURN_STARTS = frozenset({"task_started", "turn_started"})
+#: The ``type`` of an older rollout's bare response item (``reasoning`` is one, folded as
+#: nothing); an ``event_msg``, ``turn_context`` or ``session_meta`` line is never bare.
+_BARE_ITEMS = frozenset({"message", "reasoning"}) | _CALLS | _OUTPUTS
 _UUID_AT_END = re.compile(
     r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
 )
@@ -95,14 +127,14 @@ class CodexTokenInfo(msgspec.Struct, gc=False):
     last_token_usage: CodexUsage | None = None  # a fork's first own total: see codex_fork
 
 
-class CodexPayload(msgspec.Struct, gc=False):
+class CodexItem(msgspec.Struct, gc=False):
+    """The fields of a response item (and of a session meta) that the index and ``show`` use:
+    a wrapped line's ``payload``, or the whole of an older bare line (see the module
+    docstring)."""
+
     type: str | None = None
     id: str | None = None  # session_meta
-    forked_from_id: str | None = None  # session_meta of a fork
-    timestamp: msgspec.Raw = NO_RAW  # session_meta (ISO); kept raw: other payloads vary
-    turn_id: msgspec.Raw = NO_RAW  # turn_context, task_started; kept raw (see codex_fork)
     cwd: str | None = None  # session_meta, turn_context
-    model: str | None = None  # turn_context
     role: str | None = None  # message
     content: str | list[CodexBlock] | None = None  # message
     name: str | None = None  # function_call, custom_tool_call
@@ -110,14 +142,21 @@ class CodexPayload(msgspec.Struct, gc=False):
     input: msgspec.Raw = NO_RAW  # custom_tool_call, kept raw
     action: msgspec.Raw = NO_RAW  # local_shell_call, web_search_call, kept raw
     output: msgspec.Raw = NO_RAW  # *_output, kept raw
+
+
+class CodexPayload(CodexItem, gc=False):
+    forked_from_id: str | None = None  # session_meta of a fork
+    timestamp: msgspec.Raw = NO_RAW  # session_meta (ISO); kept raw: other payloads vary
+    turn_id: msgspec.Raw = NO_RAW  # turn_context, task_started; kept raw (see codex_fork)
+    model: str | None = None  # turn_context
     info: CodexTokenInfo | None = None  # token_count
 
 
-class CodexLine(msgspec.Struct, gc=False):
-    """The fields of a rollout line that the index and ``show`` use."""
+class CodexLine(CodexItem, gc=False):
+    """The fields of a rollout line that the index and ``show`` use: a wrapped line's
+    ``timestamp``, ``type`` and ``payload``, and an older bare line's own fields."""
 
     timestamp: str | None = None
-    type: str | None = None
     payload: CodexPayload | None = None
 
 
@@ -211,21 +250,7 @@ class CodexReader:
         if p is not None:
             kind = line.type
             if kind == "response_item":
-                item = p.type
-                if item == "message":
-                    role = p.role
-                    if role == "user":
-                        text = blocks_text(p.content, _TEXT_KINDS)
-                        if text and is_injected(text):
-                            role = "system"
-                        elif facts.title is None:
-                            facts.add_title(typed_text(p.content, _TEXT_KINDS) or text)
-                    facts.add_message(role)
-                elif item in _CALLS:
-                    facts.tool_calls += 1
-                    facts.assistant += 1
-                elif item in _OUTPUTS:
-                    facts.tool += 1
+                _fold_item(facts, p)
             elif kind == "event_msg":
                 info = p.info
                 if info is not None and p.type == "token_count":
@@ -261,37 +286,50 @@ class CodexReader:
                         )
                 if facts.agent is None and p.cwd:
                     facts.agent = p.cwd
+        elif line.type in _BARE_ITEMS:  # an older rollout's response item, unwrapped
+            _fold_item(facts, line)
+        elif line.type is None and line.id and line.timestamp:  # an older rollout's meta
+            if facts.first_ts is None:  # the first line, as above
+                facts.session_id = line.id
+            if facts.agent is None and line.cwd:
+                facts.agent = line.cwd
         ts = line.timestamp
         if ts:
             facts.add_time(iso_utc(ts))
 
     def message(self, line: CodexLine, offset: int) -> Message | None:
         p = line.payload
-        if p is None or line.type != "response_item":
+        if p is not None:
+            if line.type != "response_item":
+                return None
+            item: CodexItem = p
+        elif line.type in _BARE_ITEMS:
+            item = line  # an older rollout's response item: no time of its own
+        else:
             return None
-        item = p.type
+        kind = item.type
         calls: list[ToolCall] = []
         text = ""
-        if item == "message":
-            role = canonical_role(p.role)
-            text = blocks_text(p.content, _TEXT_KINDS)
+        if kind == "message":
+            role = canonical_role(item.role)
+            text = blocks_text(item.content, _TEXT_KINDS)
             if role == "user" and text and is_injected(text):
                 role = "system"  # as counted (see update)
-        elif item == "function_call":
+        elif kind == "function_call":
             role = "assistant"
-            calls = [tool_call(p.name, raw_string(p.arguments))]
-        elif item == "custom_tool_call":
+            calls = [tool_call(item.name, raw_string(item.arguments))]
+        elif kind == "custom_tool_call":
             role = "assistant"
-            calls = [tool_call(p.name, p.input)]
-        elif item == "local_shell_call":
+            calls = [tool_call(item.name, item.input)]
+        elif kind == "local_shell_call":
             role = "assistant"
-            calls = [tool_call("local_shell", p.action)]
-        elif item == "web_search_call":
+            calls = [tool_call("local_shell", item.action)]
+        elif kind == "web_search_call":
             role = "assistant"
-            calls = [tool_call("web_search", p.action)]
-        elif item in _OUTPUTS:
+            calls = [tool_call("web_search", item.action)]
+        elif kind in _OUTPUTS:
             role = "tool"
-            text = _output_text(p.output)
+            text = _output_text(item.output)
         else:
             return None
         return Message(
@@ -301,3 +339,22 @@ class CodexReader:
             text=text,
             tool_calls=calls,
         )
+
+
+def _fold_item(facts: SessionFacts, item: CodexItem) -> None:
+    """Fold one response item (a wrapped line's payload or a bare older line)."""
+    kind = item.type
+    if kind == "message":
+        role = item.role
+        if role == "user":
+            text = blocks_text(item.content, _TEXT_KINDS)
+            if text and is_injected(text):
+                role = "system"
+            elif facts.title is None:
+                facts.add_title(typed_text(item.content, _TEXT_KINDS) or text)
+        facts.add_message(role)
+    elif kind in _CALLS:
+        facts.tool_calls += 1
+        facts.assistant += 1
+    elif kind in _OUTPUTS:
+        facts.tool += 1

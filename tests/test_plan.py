@@ -186,3 +186,54 @@ def test_a_renamed_transcript_extends_a_copy_of_its_old_name() -> None:
     # An unchanged rename: only the overlap comes (a KiB).
     pure = plan([remote(b"a-deleted.jsonl", 50_000, ino=11)], rows[:1]).transfers[0]
     assert (pure.seed, pure.start, pure.length) == (rows[0], 50_000 - 1024, 1024)
+
+
+def deleted(path: bytes, size: int, ino: int = 7, kind: str = "append") -> FileState:
+    """A checkpoint the host's file is gone from (marked deleted by an earlier round)."""
+    gone = row(path, size, ino=ino, kind=kind)
+    gone.state = "deleted"
+    return gone
+
+
+def test_a_file_back_where_one_was_deleted_is_new_unless_it_is_that_one() -> None:
+    """Another file at a deleted one's path (another inode, or the same transcript's inode
+    shrunk) is new, fetched whole; the same file back goes on as before: unchanged (live
+    again), or an append checked like any, whose failure makes it new too (Transfer.back).
+    An empty transcript there has nothing to mirror yet: the deleted mark stays."""
+    rows = [
+        deleted(b"other-inode.jsonl", 50_000),
+        deleted(b"shrank.jsonl", 50_000),
+        deleted(b"same.jsonl", 50_000),
+        deleted(b"grew.jsonl", 50_000),
+        deleted(b"empty.jsonl", 50_000),
+        deleted(b"index.json", 100, kind="whole"),
+        deleted(b"index-same.json", 100, kind="whole"),
+        deleted(b"touched.json", 100, kind="whole"),
+    ]
+    listing = [
+        remote(b"other-inode.jsonl", 60_000, ino=8),
+        remote(b"shrank.jsonl", 40_000),
+        remote(b"same.jsonl", 50_000),
+        remote(b"grew.jsonl", 60_240),
+        remote(b"empty.jsonl", 0, ino=9),
+        remote(b"index.json", 100, ino=8),
+        remote(b"index-same.json", 100),
+        remote(b"touched.json", 100, mtime=2.0),
+    ]
+    p = plan(listing, rows)
+    by_path = {t.remote.path: t for t in p.transfers}
+    for path in (b"other-inode.jsonl", b"shrank.jsonl", b"index.json", b"touched.json"):
+        t = by_path.pop(path)
+        assert (t.mode, t.category, t.start, t.length) == ("whole", "new", 0, t.remote.size)
+        assert t.back and t.row is not None and t.row.path == path
+    grew = by_path.pop(b"grew.jsonl")
+    assert (grew.mode, grew.category, grew.start) == ("append", "grown", 50_000 - 1280)
+    assert grew.back and grew.request().check_batched
+    assert by_path == {}
+    assert sorted(r.path for r in p.unchanged) == [
+        b"empty.jsonl",
+        b"index-same.json",
+        b"same.jsonl",
+    ]
+    assert sorted(r.path for r in p.revived) == [b"index-same.json", b"same.jsonl"]
+    assert p.deleted == []

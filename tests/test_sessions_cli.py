@@ -1438,6 +1438,45 @@ def test_sessions_after_a_real_sync(
     assert text_numbers(json_rows(out, Message)) == list(range(9, 15))
 
 
+def test_a_session_back_where_one_was_deleted_is_listed_and_shown_from_its_new_bytes(
+    ssh_fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A transcript deleted on the host (listed deleted), then another one written at its
+    path: the index has the new one, from its own bytes, no longer deleted (``rewritten``:
+    the deleted one's copy is kept as a version), and show shows its messages."""
+    fleet = ssh_fleet(1)
+    name = fleet.names[0]
+    rel = "agents/main/sessions/s.jsonl"
+    fleet.write(name, rel, openclaw_session("first", 12))
+    inventory = write_inventory(fleet, tmp_path / "inventory.toml")
+    dest = tmp_path / "mirror"
+    sync = ["sync", "--inventory", str(inventory), "--dest", str(dest), "--json"]
+    listing = ["sessions", "list", "--json", "-d", str(dest)]
+    assert main(sync) == 0
+    os.unlink(fleet.path(name, rel))
+    assert main(sync) == 0
+    capsys.readouterr()
+    code, out, _ = cli(listing, capsys)
+    assert [(r.state, r.messages) for r in json_rows(out)] == [("deleted", 12)]
+    fleet.write(name, rel, openclaw_session("second", 5))
+    assert main(sync) == 0
+    capsys.readouterr()
+    code, out, _ = cli(listing, capsys)
+    assert [(r.state, r.messages) for r in json_rows(out)] == [("rewritten", 5)]
+    code, out, _ = cli(["sessions", "show", name, rel, "--json", "-d", str(dest)], capsys)
+    assert code == 0 and text_numbers(json_rows(out, Message)) == list(range(5))
+    # It goes on from there: an append continues the new session's facts.
+    with open(fleet.path(name, rel), "ab") as grow:
+        grow.write(openclaw_session("second", 3, start=5))
+    assert main(sync) == 0
+    capsys.readouterr()
+    code, out, _ = cli(listing, capsys)
+    assert [(r.state, r.messages) for r in json_rows(out)] == [("rewritten", 8)]
+    assert cli(["index", "rebuild", "-d", str(dest)], capsys)[0] == 0
+    code, rebuilt, _ = cli(listing, capsys)
+    assert rebuilt == out
+
+
 def test_show_numbers_a_gemini_record_written_again_like_the_index(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1658,3 +1658,111 @@ def test_progress_moves_while_a_large_file_streams_in(
     ]
     assert len(within) >= 2
     assert [e.bytes_done for e in within] == sorted(e.bytes_done for e in within)
+
+
+def test_a_file_back_where_one_was_deleted_is_new_unless_it_is_that_one(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file at the path of one the host deleted (marked deleted by an earlier round) is new,
+    fetched whole, the deleted one's copy kept as a version; the same file back (its inode,
+    its overlap and head as mirrored) goes on as before. Transcripts and files copied whole,
+    in the dry run's plan, the counts, the state and the next rounds."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(23)
+    base = "agents/a/sessions"
+    names = ("other", "reused", "same", "between")
+    old = {name: session_bytes(rng, 20) for name in names}
+    for name, data in old.items():
+        fleet.write("h0", f"{base}/{name}.jsonl", data)
+    fleet.write("h0", f"{base}/sessions.json", b'{"old": 1}')
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.new) == (0, 5)
+    # Gone from the host: moved out of its root, so that each keeps its inode meanwhile.
+    away = fleet.mkdir("h0", "away")
+    for name in ("other", "reused", "same"):
+        os.rename(fleet.path("h0", f"{base}/{name}.jsonl"), away / name)
+    os.rename(fleet.path("h0", f"{base}/sessions.json"), away / "sessions.json")
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.deleted) == (0, 4)
+    # Back: another file (another inode: the old one still exists), the same inode with
+    # other lines, the same file grown; and a file replaced between two rounds (never seen
+    # gone: a replacement like any, counted rewritten).
+    new_other = session_bytes(rng, 25, start=1000)
+    fleet.write("h0", f"{base}/other.jsonl", new_other)
+    reused = session_bytes(rng, 30, start=2000)
+    with open(away / "reused", "r+b") as f:
+        f.truncate(0)
+        f.write(reused)
+    os.rename(away / "reused", fleet.path("h0", f"{base}/reused.jsonl"))
+    more = session_bytes(rng, 5, start=3000)
+    append(fleet, "h0", "away/same", more)
+    os.rename(away / "same", fleet.path("h0", f"{base}/same.jsonl"))
+    fleet.write("h0", f"{base}/sessions.json", b'{"new": 2}')
+    fleet.path("h0", f"{base}/between.jsonl").unlink()
+    fleet.write("h0", f"{base}/between.jsonl", session_bytes(rng, 10, start=4000))
+
+    code, summary, events = sync(inv, dest, capsys, "--dry-run")
+    planned = {e.path.rsplit("/", 1)[1]: e.action for e in events if isinstance(e, Planned)}
+    # The plan cannot know the head of a file on its old inode: it tries an append.
+    assert planned == {
+        "other.jsonl": "new",
+        "reused.jsonl": "grown",
+        "same.jsonl": "grown",
+        "sessions.json": "new",
+        "between.jsonl": "rewritten",
+    }
+
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0
+    files = summary.files
+    assert (files.new, files.grown, files.rewritten, files.unchanged) == (3, 1, 1, 0)
+    assert summary.hosts[0].versions_kept == 4
+    assert_exact(fleet, dest, "h0")
+    versions = dest / ".remote-sync" / "versions" / "h0" / base
+    for name in ("other", "reused", "between"):
+        assert (versions / f"{name}.jsonl.v1").read_bytes() == old[name], name
+    assert (versions / "sessions.json.v1").read_bytes() == b'{"old": 1}'
+    assert not (versions / "same.jsonl.v1").exists()
+    assert (dest / "h0" / base / "same.jsonl").read_bytes() == old["same"] + more
+    with MirrorState(dest) as state:
+        rows = state.host_files("h0")
+    for path, row in rows.items():
+        assert (row.state, row.deleted_at) == ("live", None), path
+
+    # The next rounds go on from the new files.
+    append(fleet, "h0", f"{base}/other.jsonl", more)
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.grown, summary.files.unchanged) == (0, 1, 4)
+    assert summary.hosts[0].versions_kept == 0
+    assert (dest / "h0" / base / "other.jsonl").read_bytes() == new_other + more
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.bytes, summary.files.unchanged) == (0, 0, 5)
+
+
+def test_a_file_back_unchanged_is_live_again_and_moves_nothing(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same transcript and file copied whole moved away and back as they were (a disk
+    unmounted for a while): live again, unchanged, nothing fetched, no version."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    base = "agents/a/sessions"
+    fleet.write("h0", f"{base}/s.jsonl", session_bytes(random.Random(3), 10))
+    fleet.write("h0", f"{base}/sessions.json", b'{"a": 1}')
+    sync(inv, dest, capsys)
+    away = fleet.mkdir("h0", "away")
+    for name in ("s.jsonl", "sessions.json"):
+        os.rename(fleet.path("h0", f"{base}/{name}"), away / name)
+    assert sync(inv, dest, capsys)[1].files.deleted == 2
+    for name in ("s.jsonl", "sessions.json"):
+        os.rename(away / name, fleet.path("h0", f"{base}/{name}"))
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.bytes, summary.files.unchanged, summary.hosts[0].versions_kept) == (
+        0,
+        0,
+        2,
+        0,
+    )
+    with MirrorState(dest) as state:
+        assert {row.state for row in state.host_files("h0").values()} == {"live"}

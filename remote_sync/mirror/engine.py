@@ -617,8 +617,9 @@ class HostSync:
             raise
 
     def _as_whole(self, t: Transfer) -> Transfer:
-        # A new file stays new (there is no old copy to count it a rewrite of).
-        category: Category = "new" if t.category == "new" else "rewritten"
+        # A new file stays new (there is no old copy to count it a rewrite of), and so does a
+        # file back where one was deleted that is not that one after all (see plan._back).
+        category: Category = "new" if t.category == "new" or t.back else "rewritten"
         return Transfer(t.remote, t.kind, "whole", category, 0, TO_EOF, t.row)
 
     async def finished(self, pending: Pending) -> None:
@@ -1070,6 +1071,7 @@ class _FrameHandler:
                 row,
                 lines_only=t.kind == "append",
                 category=t.category,
+                back=t.back,
                 indexer=whole_indexer,
             )
         if indexed and reader is not None and worker is not None:

@@ -3,9 +3,10 @@
 What it owns: the decision, per file, between *unchanged*, *append* (fetch from just before the
 committed end, verified by the overlap and by the head the host hashes per batch), *whole*
 (new file, a file copied whole, or a rewrite: smaller than mirrored, or a different inode),
-and *deleted* (gone from the remote: marked, never removed locally). A new transcript that
-is a mirrored one renamed on the host is an append to a copy of that one (*seeded*). It is
-pure: no I/O, so it is tested on its own.
+and *deleted* (gone from the remote: marked, never removed locally). A file back at the path
+of one marked deleted is new unless it is that one (same inode, checked like any append). A
+new transcript that is a mirrored one renamed on the host is an append to a copy of that one
+(*seeded*). It is pure: no I/O, so it is tested on its own.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ class Transfer:
     #: A new file that is a mirrored one under its old name (see :func:`_seed_renamed`): an
     #: append (``row`` None) to a copy of that one's mirrored bytes.
     seed: FileState | None = None
+
+    @property
+    def back(self) -> bool:
+        """Is this the file at the path of one the host deleted (its checkpoint marked so)?
+        Fetched whole, such a file is new, whatever the plan hoped (see :func:`_back`)."""
+        return self.row is not None and self.row.state != "live"
 
     def request(self) -> FetchRequest:
         # A whole line-committed file may come as a tar entry: tar's NUL padding of a file that
@@ -132,11 +139,14 @@ def make_plan(
         seen.add(remote.path)
         row = rows.get(remote.path)
         kind = "append" if is_append_only(remote.path) else "whole"
-        transfer = _decide(remote, row, kind)
+        if row is not None and row.state != "live" and row.fingerprint:
+            transfer = _back(remote, row, kind)
+            if transfer is None and _same_file(remote, row, kind):
+                plan.revived.append(row)
+        else:
+            transfer = _decide(remote, row, kind)
         if transfer is None:
             plan.unchanged.append(remote)
-            if row is not None and row.state != "live":
-                plan.revived.append(row)
         else:
             plan.transfers.append(transfer)
     if listing_complete:
@@ -185,6 +195,32 @@ def _seed_renamed(plan: Plan, rows: dict[bytes, FileState], seen: set[bytes]) ->
         plan.transfers[n] = seeded
 
 
+def _same_file(remote: RemoteFile, row: FileState, kind: str) -> bool:
+    """Is ``remote`` the file ``row`` mirrored: its inode, its kind, and nothing to fetch?"""
+    return remote.ino == row.ino and row.kind == kind and _decide(remote, row, kind) is None
+
+
+def _back(remote: RemoteFile, row: FileState, kind: str) -> Transfer | None:
+    """The decision for a file at the path of one the host deleted (``row``, marked deleted or
+    renamed).
+
+    The same file back (a disk unmounted for a while, a file moved away and back: its inode)
+    goes on as before: unchanged, or appended to with the overlap and head checks of any
+    append, which fetch it whole as new if it is not that one after all (see
+    :meth:`Transfer.back`). Any other file there is a new one, as it is to the host's agent:
+    fetched whole and counted new; the writer keeps the deleted one's copy as a version
+    (nothing of it is lost) unless it is a prefix of the new content. An empty transcript
+    has nothing to mirror yet; the deleted one stays deleted until it has a line.
+    """
+    if remote.ino == row.ino and row.kind == kind:
+        transfer = _decide(remote, row, kind)
+        if transfer is None or transfer.mode == "append":
+            return transfer
+    if remote.size == 0 and kind == "append":
+        return None
+    return Transfer(remote, kind, "whole", "new", 0, remote.size, row)
+
+
 def _decide(remote: RemoteFile, row: FileState | None, kind: str) -> Transfer | None:
     if row is None or not row.fingerprint:
         # No checkpoint, or a placeholder's (a file renamed into place before its first
@@ -193,12 +229,7 @@ def _decide(remote: RemoteFile, row: FileState | None, kind: str) -> Transfer | 
             return None  # an empty transcript: nothing to mirror until it has a line
         return Transfer(remote, kind, "whole", "new", 0, remote.size, row)
     if kind == "whole" or row.kind != kind:
-        if (
-            remote.size == row.remote_size
-            and remote.mtime == row.mtime
-            and remote.ino == row.ino
-            and row.state == "live"
-        ):
+        if remote.size == row.remote_size and remote.mtime == row.mtime and remote.ino == row.ino:
             return None
         return _whole(remote, row, kind, "rewritten")
     # An append-only file.

@@ -129,6 +129,9 @@ class Pending:
     handle: BinaryIO
     temp: Path | None = None  # WholeWriter: the temp file to rename into place
     category: str = "grown"  # new / grown / rewritten / unchanged; whole fetches: at flush
+    #: A file at the path of one the host deleted: new whatever the mirror held there (whose
+    #: copy is kept as a version unless it is a prefix of the new content).
+    back: bool = False
     versioned: bool = False
     bytes: int = 0
     index: IndexUpdate | None = None  # the session's facts, committed with the checkpoint
@@ -375,9 +378,11 @@ class WholeWriter(_LineWriter):
         *,
         lines_only: bool,
         category: str,
+        back: bool = False,
         indexer: FileIndexer | None = None,
         job: IndexJob | None = None,
     ) -> None:
+        self.back = back
         self.indexer = indexer
         self.job = job
         self.state = state
@@ -418,6 +423,7 @@ class WholeWriter(_LineWriter):
             self._without_buffer(),
             temp=self.temp,
             category=self.category,
+            back=self.back,
             bytes=size,
             index=index,
             job=self.job,
@@ -617,7 +623,8 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
     recorded = row.version
     if local.exists() and not _is_prefix(local, item.temp):
         if row.kind == "append" or item.category == "new":
-            # The remote rewrote history (or an unknown file sits here): keep the old copy.
+            # The remote rewrote history (or an unknown file sits here, or the copy of a file
+            # the host deleted before this one took its path): keep the old copy.
             # Numbered after every version on disk, not only the recorded ones: a run killed
             # before its commit leaves one the checkpoint does not count, and rename()
             # would replace it. (The destination's lock keeps other writers out.)
@@ -628,7 +635,8 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
             os.rename(local, kept)  # same file system: instant, never a copy
             dirs.add(kept.parent)
             item.versioned = True
-        item.category = "rewritten"
+        if not item.back:  # a file back where one was deleted is new, not a rewrite of it
+            item.category = "rewritten"
     elif item.category == "rewritten":
         # Identity changed but the content only grew (e.g. replaced by rename with the
         # same history), or is the same (only touched): nothing to keep apart.

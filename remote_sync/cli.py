@@ -682,7 +682,7 @@ def _say(exc: RemoteSyncError) -> None:
     everywhere else), not as the surrogates Python keeps them in. The message may name what a
     host holds (a file, the sessions a prefix matches, a tool's complaint): its control
     characters are escaped as everywhere else, not sent to the terminal."""
-    from .events import showable
+    from .errors import showable
 
     print(f"remote-sync: {showable(str(exc), lines=True)}", file=sys.stderr)
 

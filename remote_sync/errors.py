@@ -42,31 +42,83 @@ class RemoteSyncError(Exception):
         return f"{text} ({self.hint})" if self.hint else text
 
 
+# -- the shown form of names ----------------------------------------------------------------
+#
+# Hosts name their files with any bytes. A name is shown as text in which ``\xNN`` is one
+# byte (one that is not UTF-8, or a control character) and ``\uNNNN`` one character (a C1
+# or bidirectional control), as Python's ``backslashreplace`` writes them. A backslash that
+# would read as the start of such an escape is written as one itself, ``\x5c``, as rsync
+# writes a ``\#`` as ``\#134``: any other backslash stays as it is, so a name holding one
+# shows as typed, and every shown name reads back to its bytes (:func:`path_bytes`).
+
+#: A backslash followed by what reads as an escape: shown as ``\x5c`` (see above).
+_LIKE_AN_ESCAPE = re.compile(rb"\\(?=x[0-9a-f]{2}|u[0-9a-f]{4})")
+_ESCAPE = re.compile(rb"\\(?:x([0-9a-f]{2})|u([0-9a-f]{4}))")
+
+
 def path_text(path: bytes) -> str:
-    """A remote path (any bytes) as text for messages and events: bytes that are not UTF-8
-    appear as ``\\xNN`` escapes, so the text names the file exactly and always encodes."""
+    """A remote path (any bytes) as text for messages, events and listings: bytes that are
+    not UTF-8 appear as ``\\xNN`` escapes, and a backslash that would read as one as
+    ``\\x5c``, so the text names the file exactly (:func:`path_bytes` reads it back) and
+    always encodes."""
+    if b"\\" in path:
+        path = _LIKE_AN_ESCAPE.sub(rb"\\x5c", path)
     return path.decode("utf-8", "backslashreplace")
 
 
-_ESCAPED_BYTE = re.compile(rb"\\x([0-9a-f]{2})")
-
-
 def path_bytes(text: str) -> bytes:
-    """The bytes :func:`path_text` showed as ``text`` (its ``\\xNN`` escapes undone). A name
-    that really holds such text reads differently; callers that must tell try both."""
+    """The bytes a path shown as ``text`` names (by :func:`path_text`, and on a terminal by
+    :func:`showable`): its ``\\xNN`` and ``\\uNNNN`` escapes undone. A name typed as it is
+    reads the same unless it holds such escapes; callers that accept both try this first."""
     data = text.encode("utf-8", "surrogateescape")
-    if b"\\x" not in data:
+    if b"\\" not in data:
         return data
-    return _ESCAPED_BYTE.sub(lambda m: bytes([int(m[1], 16)]), data)
+    return _ESCAPE.sub(_unescape, data)
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    if match[1] is not None:
+        return bytes([int(match[1], 16)])
+    code = int(match[2], 16)
+    # A surrogate has no UTF-8 form (no file name holds one): left as typed.
+    return match[0] if 0xD800 <= code <= 0xDFFF else chr(code).encode()
+
+
+def escape_surrogate(match: re.Match[str]) -> str:
+    """The escape of a lone surrogate: ``\\xNN`` for an undecodable byte that
+    ``surrogateescape`` kept, ``\\uNNNN`` for any other."""
+    code = ord(match[0])
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+# Control characters (escape sequences, carriage returns, C1 codes), bidirectional overrides and
+# isolates (U+202A-202E, U+2066-2069; printed raw, they reorder what follows them on screen, so
+# a name or a message could show another text) and lone surrogates (undecodable bytes).
+_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNSHOWABLE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def showable(text: str, *, lines: bool = False) -> str:
+    """``text`` safe to print on a terminal: control characters and undecodable bytes as
+    ``\\xNN``, C1 and bidirectional controls as ``\\uNNNN`` (so a shown path reads back with
+    :func:`path_bytes`: ``\\x85`` is the byte 0x85, ``\\u0085`` the character). ``lines``
+    keeps newlines and tabs; otherwise they are escaped too. Hosts name files and write
+    transcripts: what they hold is hostile, and an escape sequence printed raw could retitle,
+    clear or drive the terminal."""
+    pattern = _UNSHOWABLE if lines else _UNSHOWABLE_IN_LINE
+    return pattern.sub(_escape_char, text)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    if 0xD800 <= code <= 0xDFFF:
+        return escape_surrogate(match)
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
 
 
 def _printable(path: str | None) -> str | None:
-    """Show a hostile path (newlines, control bytes) on one line without hiding what it is."""
-    if path is None:
-        return None
-    if path.isprintable():
-        return path
-    return repr(path)
+    """Show a hostile path (newlines, control bytes) on one line, escaped as listings show it."""
+    return None if path is None else showable(path)
 
 
 class ConfigError(RemoteSyncError):

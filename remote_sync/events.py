@@ -9,8 +9,10 @@ Reporting must never cost a run its work: :func:`guarded` wraps a sink so that a
 raises is logged instead of reaching the engine's host tasks, and the JSON renderer stops
 writing, without error, once its reader has gone away (``sync --json | head``). Strings in
 events may come from hostile names (a host or path with bytes that are not UTF-8, kept as
-surrogate escapes): :func:`json_safe` turns them into backslash escapes so every event encodes,
-and :func:`showable` escapes what a terminal would take for a command.
+surrogate escapes): :func:`json_safe` turns them into backslash escapes so every event encodes.
+Remote paths in events are :func:`remote_sync.errors.path_text`'s form, which
+:func:`remote_sync.errors.path_bytes` reads back; renderers print them through
+:func:`remote_sync.errors.showable`, which escapes what a terminal would take for a command.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import IO, Any
 
 import msgspec
 
-from .errors import RemoteSyncError
+from .errors import RemoteSyncError, escape_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ class Planned(msgspec.Struct, tag="planned", tag_field="type"):
     """With ``--dry-run``: one file that a sync would move (like ``rsync -n``'s list)."""
 
     host: str
-    path: str  # relative to the host's root; undecodable bytes as backslash escapes
+    path: str  # relative to the host's root, as errors.path_text shows it (\xNN: a byte)
     action: str  # "new", "grown", "rewritten" or "deleted" (marked, never removed)
     bytes: int  # bytes the fetch would ask for (0 for a deletion)
 
@@ -128,35 +130,7 @@ def json_safe(text: str) -> str:
     backslash escapes (``\\xff``, as ``backslashreplace`` shows them), so it encodes as UTF-8."""
     if text.isascii():
         return text
-    return _SURROGATE.sub(_escape_surrogate, text)
-
-
-def _escape_surrogate(match: re.Match[str]) -> str:
-    code = ord(match[0])
-    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
-
-
-# Control characters (escape sequences, carriage returns, C1 codes), bidirectional overrides and
-# isolates (U+202A-202E, U+2066-2069; printed raw, they reorder what follows them on screen, so
-# a name or a message could show another text) and lone surrogates (undecodable bytes).
-_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-_UNSHOWABLE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
-def showable(text: str, *, lines: bool = False) -> str:
-    """``text`` safe to print on a terminal: control characters and undecodable bytes as
-    ``\\xNN``, bidirectional controls as ``\\uNNNN``. ``lines`` keeps newlines and tabs;
-    otherwise they are escaped too. Hosts name files and write transcripts: what they hold is
-    hostile, and an escape sequence printed raw could retitle, clear or drive the terminal."""
-    pattern = _UNSHOWABLE if lines else _UNSHOWABLE_IN_LINE
-    return pattern.sub(_escape_char, text)
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    code = ord(match[0])
-    if 0xD800 <= code <= 0xDFFF:
-        return _escape_surrogate(match)
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+    return _SURROGATE.sub(escape_surrogate, text)
 
 
 def encode_event(event: Event) -> bytes:

@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import events as ev
+from .errors import showable
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -53,7 +54,7 @@ def plain(text: str | None, style: str = "", *, lines: bool = False) -> Text:
     ``lines`` keeps newlines and tabs (message text); otherwise they are escaped too."""
     if not text:
         return Text("", style=style)
-    return Text(ev.showable(text, lines=lines), style=style)
+    return Text(showable(text, lines=lines), style=style)
 
 
 class RichRenderer:

@@ -38,6 +38,8 @@ from remote_sync.errors import (
     MirrorError,
     RemoteSyncError,
     TransferCancelledError,
+    path_bytes,
+    path_text,
 )
 from remote_sync.events import (
     ErrorEvent,
@@ -360,6 +362,45 @@ def test_plain_escapes_control_characters_and_surrogates() -> None:
     assert plain("one\ntwo\tx", lines=True).plain == "one\ntwo\tx"
     assert plain("one\ntwo").plain == "one\\x0atwo"
     assert plain("txt.\u202egpj.exe", lines=True).plain == "txt.\\u202egpj.exe"
+
+
+#: Names that list alike when a backslash is shown as it is: a backslash and "xff" typed,
+#: and the byte 0xff; the text "\u0085" and the character U+0085 (a C1 control, which a
+#: terminal shows escaped) and its UTF-8 bytes' first one alone; a backslash before a
+#: control character or an undecodable byte; other backslashes, which show as typed.
+BACKSLASHED = [
+    b"a\\xff.jsonl",
+    b"a\xff.jsonl",
+    b"a\\x5cxff.jsonl",
+    b"b\\u0085.jsonl",
+    b"b\xc2\x85.jsonl",
+    b"b\x85.jsonl",
+    b"c\\\x1b.jsonl",
+    b"c\\\xfe.jsonl",
+    b"c\\x1.jsonl",
+    b"d\\.jsonl",
+    b"d\\\\xff.jsonl",
+    b"e\\xFF\\n\\u12.jsonl",
+    b"f\xe2\x80\xae\\u202e.jsonl",
+]
+
+
+def test_every_name_shows_alone_and_reads_back_to_its_bytes() -> None:
+    """A path shown (in events, listings, errors: path_text; on a terminal, through plain's
+    escapes as well) names one file: a backslash that would read as an escape is shown as \\x5c, as
+    rsync shows a "\\#" as "\\#134"; other backslashes show as typed."""
+    for shown_form in (path_text, lambda name: plain(path_text(name)).plain):
+        shown = [shown_form(name) for name in BACKSLASHED]
+        assert len(set(shown)) == len(shown), shown
+        assert [path_bytes(text) for text in shown] == BACKSLASHED
+    assert path_text(b"a\\xff.jsonl") == "a\\x5cxff.jsonl"
+    assert path_text(b"a\xff.jsonl") == "a\\xff.jsonl"
+    assert plain(path_text(b"b\xc2\x85.jsonl")).plain == "b\\u0085.jsonl"
+    for typed in (b"d\\.jsonl", b"e\\xFF\\n\\u12.jsonl", b"plain name.jsonl"):
+        assert path_text(typed) == typed.decode() and path_bytes(typed.decode()) == typed
+    # An error names its path in the same form, on one line.
+    error = MirrorError("cannot", host="h", path=path_text(b"a\\xff\n.jsonl"))
+    assert str(error).startswith("h: a\\x5cxff\\x0a.jsonl: cannot")
 
 
 def test_sessions_list_show_and_stats_print_hostile_text_as_is(

@@ -806,24 +806,38 @@ def test_find_a_path_spelt_as_a_show_over_ssh_takes_it(db: Any) -> None:
         find_session(db, "h0", "")
 
 
-def test_a_name_holding_a_backslash_escape_is_found_as_typed(tmp_path: Path) -> None:
-    """A file named ``a\\xff.jsonl`` (a backslash, then "xff") lists as another file's
-    undecodable byte does: its path as typed names it (as over SSH), not both of them; the
-    other is named by its byte."""
+def test_a_name_holding_a_backslash_escape_is_found_as_listed_and_as_typed(
+    tmp_path: Path,
+) -> None:
+    """A file named ``a\\xff.jsonl`` (a backslash, then "xff") lists as ``a\\x5cxff.jsonl``,
+    not as the file ``a`` + byte 0xff does (``a\\xff.jsonl``): each is found by its path as
+    listed. Typed as it is, a name holding a backslash finds its file when no listed path
+    reads so (the listing's form wins: it is what a user copies)."""
     dest = tmp_path / "mirror"
     literal, odd = b"agents/a/sessions/a\\xff.jsonl", b"agents/a/sessions/a\xff.jsonl"
+    alone = b"agents/a/sessions/b\\xff.jsonl"
     build_index(
         dest,
         [
             Spec("h", "openclaw", literal, facts("a\\xff", agent="a")),
             Spec("h", "openclaw", odd, facts("a\ufffd", agent="a")),
+            Spec("h", "openclaw", alone, facts("b\\xff", agent="a")),
         ],
     )
     conn = open_index(dest)
     try:
-        assert find_session(conn, "h", literal.decode()).raw_path == literal
-        assert find_session(conn, "h", "./" + literal.decode()).raw_path == literal
+        listed = {row.path: row for row in query_sessions(conn)}
+        assert sorted(listed) == [
+            "agents/a/sessions/a\\x5cxff.jsonl",
+            "agents/a/sessions/a\\xff.jsonl",
+            "agents/a/sessions/b\\x5cxff.jsonl",
+        ]
+        for path in listed:
+            assert find_session(conn, "h", path).row.path == path
+            assert find_session(conn, "h", "./" + path).row.path == path
         assert find_session(conn, "h", os.fsdecode(odd)).raw_path == odd
+        assert find_session(conn, "h", alone.decode()).raw_path == alone  # typed as it is
+        assert find_session(conn, "h", literal.decode()).raw_path == odd  # as listed
     finally:
         conn.close()
 
@@ -1475,6 +1489,57 @@ def test_a_session_back_where_one_was_deleted_is_listed_and_shown_from_its_new_b
     assert cli(["index", "rebuild", "-d", str(dest)], capsys)[0] == 0
     code, rebuilt, _ = cli(listing, capsys)
     assert rebuilt == out
+
+
+def test_names_told_apart_only_by_a_backslash_are_apart_everywhere(
+    ssh_fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A session named ``a\\xff.jsonl`` (typed backslash) and one named ``a`` + byte 0xff,
+    synced from a host: the dry run's plan, the errors, the recap, the listing (from the
+    mirror and from the host) and show name each apart, and each listed path shows its own
+    session (the literal one's backslash is listed as \\x5c)."""
+    from remote_sync.events import decode_event
+
+    fleet = ssh_fleet(1)
+    name = fleet.names[0]
+    base = b"agents/main/sessions/"
+    literal, odd, denied = base + b"a\\xff.jsonl", base + b"a\xff.jsonl", base + b"c\\xfe.jsonl"
+    fleet.write(name, os.fsdecode(literal), openclaw_session("literal", 3))
+    fleet.write(name, os.fsdecode(odd), openclaw_session("odd", 5))
+    fleet.write(name, os.fsdecode(denied), openclaw_session("denied", 1), mode=0)
+    listed = {
+        literal: "agents/main/sessions/a\\x5cxff.jsonl",
+        odd: "agents/main/sessions/a\\xff.jsonl",
+    }
+    inventory = write_inventory(fleet, tmp_path / "inventory.toml")
+    dest = tmp_path / "mirror"
+    sync = ["sync", "--inventory", str(inventory), "--dest", str(dest)]
+    code, out, _ = cli([*sync, "--json", "--dry-run"], capsys)
+    planned = [
+        e.path for e in map(decode_event, out.splitlines()) if e.__class__.__name__ == "Planned"
+    ]
+    assert sorted(planned) == sorted([*listed.values(), "agents/main/sessions/c\\x5cxfe.jsonl"])
+    code, out, _ = cli([*sync, "--json"], capsys)
+    errors = [
+        e for e in map(decode_event, out.splitlines()) if e.__class__.__name__ == "ErrorEvent"
+    ]
+    assert code == 1 and [e.path for e in errors] == ["agents/main/sessions/c\\x5cxfe.jsonl"]
+    code, out, err = cli(sync, capsys)
+    assert code == 1 and "c\\x5cxfe.jsonl" in out + err
+    code, out, _ = cli(["sessions", "list", "--json", "-d", str(dest)], capsys)
+    assert sorted(r.path for r in json_rows(out)) == sorted(listed.values())
+    remote = ["--remote", "--inventory", str(inventory)]
+    code, out, _ = cli(["sessions", "list", "--json", *remote], capsys)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert sorted(r["path"] for r in lines if "session_id" in r) == sorted(listed.values())
+    # The file it could not read is named in the same form.
+    (warning,) = [r for r in lines if "session_id" not in r]
+    assert "agents/main/sessions/c\\x5cxfe.jsonl: not readable" in warning["message"]
+    for raw, messages in ((literal, 3), (odd, 5)):
+        for where in (["-d", str(dest)], remote):
+            code, out, err = cli(["sessions", "show", name, listed[raw], "--json", *where], capsys)
+            assert code == 0, err
+            assert text_numbers(json_rows(out, Message)) == list(range(messages)), where
 
 
 def test_show_numbers_a_gemini_record_written_again_like_the_index(

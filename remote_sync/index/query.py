@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..errors import ConfigError, path_bytes
+from ..errors import ConfigError, path_bytes, path_text
 from ..formats.readers import READERS
 from .facts import FormatReader, SessionFacts
 from .store import INDEX_RULES, INT64_MAX, index_rules, models_list, read_only_uri
@@ -495,7 +495,7 @@ def query_sessions(
 def _row(r: Sequence[Any]) -> SessionRow:
     return SessionRow(
         r[0],
-        r[1].decode("utf-8", "backslashreplace"),
+        path_text(r[1]),
         r[2],
         r[3],
         r[4],
@@ -572,7 +572,7 @@ def row_from_facts(
     )
     return SessionRow(
         host,
-        path.decode("utf-8", "backslashreplace"),
+        path_text(path),
         fmt,
         facts.agent,
         facts.session_id or "",
@@ -703,7 +703,7 @@ def find_session(
     )
     params["raw"] = session.encode("utf-8", "surrogateescape")
     params["session"] = as_indexed(session)
-    params["unescaped"] = path_bytes(session)  # a path as listed: \xNN for odd bytes
+    params["unescaped"] = path_bytes(session)  # a path as listed (see errors.path_text)
     # Other spellings of a path (./a/b, a//b), which a show over SSH accepts too.
     params["raw_tidy"] = _tidy_path(params["raw"])
     params["unescaped_tidy"] = _tidy_path(params["unescaped"])
@@ -722,10 +722,11 @@ def find_session(
                 f"(format = :format{n} AND substr(session_id, 1, length(:alias{n})) = :alias{n})"
             )
     tiers = (
-        # The text as typed first: a name may hold a backslash and "xff" itself, which is also
-        # how the listing shows another file's undecodable byte (as over SSH).
-        f"SELECT * FROM ({base}) WHERE path IN (:raw, :raw_tidy) ORDER BY path",
+        # The path as listed first: its escapes name bytes (a backslash that reads as one is
+        # listed as \x5c). Then the text as typed, for a name holding such text itself, typed
+        # as it is (as over SSH).
         f"SELECT * FROM ({base}) WHERE path IN (:unescaped, :unescaped_tidy) ORDER BY path",
+        f"SELECT * FROM ({base}) WHERE path IN (:raw, :raw_tidy) ORDER BY path",
         f"SELECT * FROM ({base}) WHERE {' OR '.join(exact)} ORDER BY path",
         f"SELECT * FROM ({base}) WHERE {' OR '.join(prefix)} ORDER BY path",
     )
@@ -740,9 +741,7 @@ def find_session(
             r = found[0]
             return SessionRef(_row(r), bytes(r[1]), r[_COMMITTED])
         if len(found) > 1:
-            shown = "\n  ".join(
-                f"{r[1].decode('utf-8', 'backslashreplace')}  (session {r[4]})" for r in found[:20]
-            )
+            shown = "\n  ".join(f"{path_text(r[1])}  (session {r[4]})" for r in found[:20])
             more = f"\n  … and {len(found) - 20} more" if len(found) > 20 else ""
             raise ConfigError(
                 f"{session!r} matches {len(found)} sessions:\n  {shown}{more}",

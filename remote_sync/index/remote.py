@@ -941,8 +941,8 @@ async def read_remote_session(
 
     paths = _as_paths(host, reader, session)
     if paths:
-        # As listed, a name that is not UTF-8 shows \xNN escapes: its bytes are tried too
-        # (second, since a real name may hold such text), as over a mirror's index.
+        # The path as listed first (its \xNN escapes are bytes, see errors.path_text), then
+        # the text as typed (a name holding such text itself), as over a mirror's index.
         for path in paths[:-1]:
             try:
                 outcome = await run(None, path)
@@ -978,7 +978,7 @@ def _as_paths(host: Host, reader: FormatReader, session: str) -> list[bytes]:
     """The transcript paths ``session`` may spell (relative to the root, ``./`` and doubled
     slashes dropped), or none when it is no transcript's path (then it is an id)."""
     raw = session.encode("utf-8", "surrogateescape")
-    spellings = list(dict.fromkeys([raw, path_bytes(session)]))
+    spellings = list(dict.fromkeys([path_bytes(session), raw]))
     paths: list[bytes] = []
     for spelling in spellings:
         parts = [part for part in spelling.split(b"/") if part not in (b"", b".")]

@@ -31,6 +31,7 @@ from synchelp import (
 from remote_sync import api
 from remote_sync.cli import main
 from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary, WarningEvent
+from remote_sync.index.query import open_index, query_sessions
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine
 from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
@@ -1144,6 +1145,57 @@ def test_disk_full_is_a_clear_error_and_loses_nothing(
     proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest)])
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+    assert_exact(fleet, dest, "h0")
+
+
+def test_a_huge_partial_last_line_on_a_full_disk_is_not_needed(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], small_disk: Path
+) -> None:
+    """A last line the agent is still writing (no newline yet) larger than the free space:
+    its bytes are never committed, so a full disk while writing them fails nothing; the
+    whole lines before it are mirrored, appended or new. Once the line ends, the disk must
+    hold it: then it is a disk-full error, and with room the next run brings it."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = small_disk / "m"
+    base = "agents/a/sessions"
+    rng = random.Random(4)
+    old = session_bytes(rng, 20)
+    fleet.write("h0", f"{base}/grown.jsonl", old)
+    assert sync(inv, dest, capsys)[0] == 0
+    partial = b'{"type":"message","text":"' + b"x" * (5 * 1024 * 1024)
+    more = session_bytes(rng, 5, start=100)
+    append(fleet, "h0", f"{base}/grown.jsonl", more + partial)
+    new = session_bytes(rng, 5, start=200)
+    fleet.write("h0", f"{base}/new.jsonl", new + partial)
+    code, summary, events = sync(inv, dest, capsys)
+    assert code == 0, [e for e in events if isinstance(e, ErrorEvent)]
+    assert (summary.files.grown, summary.files.new, summary.files.failed) == (1, 1, 0)
+    assert (dest / "h0" / base / "grown.jsonl").read_bytes() == old + more
+    assert (dest / "h0" / base / "new.jsonl").read_bytes() == new
+    with MirrorState(dest) as state:
+        rows = state.host_files("h0")
+    assert rows[f"{base}/grown.jsonl".encode()].size == len(old + more)
+    assert rows[f"{base}/new.jsonl".encode()].size == len(new)
+    # The index counts those lines only, as a rebuild would.
+    conn = open_index(dest)
+    try:
+        indexed = {row.path: (row.bytes, row.lines) for row in query_sessions(conn)}
+    finally:
+        conn.close()
+    assert indexed == {
+        f"{base}/grown.jsonl": (len(old + more), 25),
+        f"{base}/new.jsonl": (len(new), 5),
+    }
+    # The next run finds nothing new: the partial line is not fetched again.
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.bytes, summary.files.unchanged) == (0, 0, 2)
+    # The line ends: now its bytes are needed, and the disk cannot hold them.
+    append(fleet, "h0", f"{base}/new.jsonl", b'"}\n')
+    code, summary, events = sync(inv, dest, capsys)
+    assert code == 1 and any("disk full" in e.message for e in events if isinstance(e, ErrorEvent))
+    assert (dest / "h0" / base / "new.jsonl").read_bytes() == new
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    assert sync(inv, dest, capsys)[0] == 0
     assert_exact(fleet, dest, "h0")
 
 

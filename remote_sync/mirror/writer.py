@@ -5,7 +5,8 @@ What it owns: the ways a file's bytes land on disk, and the batch that makes the
 - :class:`AppendWriter` extends a mirrored file in place. The fetch starts a little before the
   committed end; those overlap bytes must equal the local tail, which proves the remote file is
   still the one we mirrored without re-reading it. A mismatch raises :class:`RewriteDetected`.
-  Only whole lines are kept: a trailing partial line is cut off and arrives next run.
+  Only whole lines are kept: a trailing partial line is cut off and arrives next run (a disk
+  too full to hold it drops it as soon as that shows, see :meth:`_LineWriter._put`).
 - :class:`SeededWriter` is an :class:`AppendWriter` on a temp copy of another mirrored file
   (a renamed transcript's old name), put in place like a whole file.
 - :class:`WholeWriter` streams a file into a temp file. On commit it replaces the mirrored copy
@@ -152,12 +153,24 @@ class _LineWriter:
     offset: int
     end_of_lines: int
     notified: int
+    #: The disk filled up after the last line end: what follows is not written (see _put).
+    out_of_space: bool = False
 
     def _put(self, view: memoryview, *, track_lines: bool = True) -> None:
+        if self.out_of_space:
+            self._past_the_lines(view)
+            return
         try:
             self.handle.write(view)
         except OSError as exc:
-            raise _mirror_error(exc, self.host, self.path, self._doing) from exc
+            # A full disk while writing bytes after the last line end (a huge last line the
+            # agent is still writing) loses nothing: only whole lines are committed, and
+            # those bytes would be cut off at the end. The file goes on without them, and
+            # fails only if a newline comes (then they were needed).
+            if not (track_lines and exc.errno == errno.ENOSPC and self._drop_past_the_lines()):
+                raise _mirror_error(exc, self.host, self.path, self._doing) from exc
+            self._past_the_lines(view)
+            return
         if self.indexer is not None:
             self.indexer.feed(view)
         if track_lines:
@@ -167,6 +180,53 @@ class _LineWriter:
                 if self.job is not None and self.end_of_lines - self.notified >= NOTIFY_BYTES:
                     self._notify()
         self.offset += len(view)
+
+    def _past_the_lines(self, view: memoryview) -> None:
+        """Bytes not written (out of space): a newline among them ends a line the disk could
+        not hold, which fails the file as a full disk does."""
+        if _rfind_newline(view) >= 0:
+            raise MirrorError(
+                f"disk full while trying to {self._doing}",
+                host=self.host or None,
+                path=path_text(self.path),
+            )
+        self.offset += len(view)
+
+    def _drop_past_the_lines(self) -> bool:
+        """After a write failed for want of space: cut the file back to its last line end,
+        freeing what was written past it, and go on without writing. False (nothing done
+        but a fresh handle) when bytes before that end did not reach the file."""
+        # The buffered handle keeps what it could not write and would write it later: it is
+        # closed (its flush may fail: those bytes are past the lines or checked below) and
+        # the file taken up again through a copy of its descriptor.
+        try:
+            fd = os.dup(self.handle.fileno())
+        except OSError:
+            return False
+        with contextlib.suppress(OSError):
+            self.handle.close()
+        self.handle = open(fd, "r+b")  # noqa: SIM115 (kept until flush)
+        try:
+            # Written in order from the start (or from the committed end, which recovery
+            # and abort() keep the file's end): every line's bytes are in when it is so long.
+            if os.fstat(fd).st_size < self.end_of_lines:
+                return False
+            self.handle.truncate(self.end_of_lines)
+            self.handle.seek(self.end_of_lines)
+        except OSError:
+            return False
+        self.out_of_space = True
+        return True
+
+    def _cut_at_the_lines(self, size: int, doing: str, *, lines: bool = True) -> None:
+        """Truncate the file to ``size`` (its last line end, when ``lines``). The flush that
+        comes first may find the disk full with only bytes past the lines left to write:
+        they are dropped instead (see :meth:`_drop_past_the_lines`)."""
+        try:
+            self.handle.truncate(size)
+        except OSError as exc:
+            if not (lines and exc.errno == errno.ENOSPC and self._drop_past_the_lines()):
+                raise _mirror_error(exc, self.host, self.path, doing) from exc
 
     def _keep_head(self, view: memoryview) -> None:
         """Keep the file's first bytes (up to FINGERPRINT_BYTES) as they arrive."""
@@ -259,10 +319,8 @@ class AppendWriter(_LineWriter):
     def finish(self) -> Pending:
         if self.overlap_seen < len(self.expected):
             raise RewriteDetected  # the remote file ended inside our overlap: it shrank
-        try:
-            self.handle.truncate(self.end_of_lines)  # a partial last line waits for next run
-        except OSError as exc:
-            raise _mirror_error(exc, self.host, self.path, "truncate the mirrored file") from exc
+        # A partial last line waits for next run.
+        self._cut_at_the_lines(self.end_of_lines, "truncate the mirrored file")
         self.row.size = self.end_of_lines
         if self.committed < FINGERPRINT_BYTES:
             self.handle.seek(0)
@@ -409,10 +467,7 @@ class WholeWriter(_LineWriter):
 
     def finish(self) -> Pending:
         size = self.end_of_lines if self.lines_only else self.offset
-        try:
-            self.handle.truncate(size)
-        except OSError as exc:
-            raise _mirror_error(exc, self.row.host, self.row.path, "truncate a temp file") from exc
+        self._cut_at_the_lines(size, "truncate a temp file", lines=self.lines_only)
         self.row.size = size
         self.row.fingerprint = fingerprint_of(self.head[: min(size, FINGERPRINT_BYTES)])
         index = self.indexer.result() if self.indexer is not None else None

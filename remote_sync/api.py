@@ -7,7 +7,9 @@ progressively; ``show_session`` returns a session's messages (from a mirror with
 straight from its host), and ``read_session`` the same with where they are and what reading
 them cost; ``session_stats`` sums a mirror's sessions per host, agent, format, model or day.
 These are the CLI's ``sync`` and ``sessions list / show / stats``, with the same options as
-keyword arguments (a misspelt one is a TypeError, before anything is read or contacted). The
+keyword arguments (a misspelt one is a TypeError at the call, as for a plain ``async def``);
+the filters they share are defined once, as :class:`SessionFilters` and
+:class:`ListingOptions`, and spelt out as keywords in each signature. The
 remote calls open their own connection pool, with channel windows sized for them (a listing
 decodes more slowly than a window refills; a show stops reading early); the reads of a mirror
 that may be long (a show, the stats) run in a worker thread, so the event loop goes on. Every
@@ -27,15 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import typing
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
+from functools import partial, wraps
 from itertools import islice
 from pathlib import Path
 from sys import maxsize
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, cast
 
 import anyio
 
@@ -68,6 +71,8 @@ if TYPE_CHECKING:
     from .ssh.pool import SSHPool
 
 __all__ = [
+    "ListingOptions",
+    "SessionFilters",
     "list_sessions",
     "read_session",
     "session_stats",
@@ -78,25 +83,130 @@ __all__ = [
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_F = TypeVar("_F", bound=Callable[..., object])
+
+
+class SessionFilters(TypedDict, total=False):
+    """Which sessions: the filters of ``sessions list`` and ``sessions stats``, the keywords
+    that :func:`stream_sessions`, :func:`list_sessions` and :func:`session_stats` share
+    (defined here once; each spelt out as a keyword in their signatures). One left out, or
+    None, filters nothing. They mean the same over a mirror's index and straight from hosts
+    (:func:`~remote_sync.index.query.query_sessions`), and a bad one raises
+    :class:`~remote_sync.errors.ConfigError` before anything is read or any host contacted.
+    """
+
+    #: Only this host's sessions (from hosts: the others are not even contacted).
+    host: str | None
+    #: Only sessions of this session format (the inventory's ``format``).
+    format: str | None
+    #: Only this agent's sessions.
+    agent: str | None
+    #: Only sessions active at or after this: an ISO date or datetime (naive: UTC), or an age
+    #: such as ``7d``, ``12h``, ``2w``.
+    since: Since | None
+    #: Only sessions of this class: ``empty``, ``low`` or ``valuable``.
+    klass: str | None
+    #: Only sessions in this state (``live``, ``archived``, ``deleted``, ``rewritten``,
+    #: ``renamed``); without it, renamed sessions are left out (they count under their new
+    #: name).
+    state: str | None
+    #: When the class is judged and ages are counted from (default: the current time).
+    now: datetime | None
+
+
+class ListingOptions(SessionFilters, total=False):
+    """A listing's filters, its order and its length: the keywords of :func:`stream_sessions`
+    and :func:`list_sessions` that ``sessions list`` has as options."""
+
+    #: ``FIELD`` (ascending) or ``-FIELD`` (descending), FIELD one of
+    #: :data:`~remote_sync.index.query.SORT_FIELDS`. Over the index the default is
+    #: ``-last_ts``; from hosts, rows come in the order they arrive.
+    sort: str | None
+    #: At most this many sessions (by default the most recent); none below 0.
+    limit: int | None
+
+
+_FILTERS = frozenset(SessionFilters.__optional_keys__)
+
+
+def _filters_of(options: ListingOptions) -> SessionFilters:
+    """The filters among a listing's options (its sort and limit left out)."""
+    return cast(SessionFilters, {k: v for k, v in options.items() if k in _FILTERS})
+
+
+def _resolved(function: Callable[..., object]) -> inspect.Signature:
+    """``function``'s signature with its annotations evaluated (this module's are strings)."""
+    hints = typing.get_type_hints(function)
+    signature = inspect.signature(function)
+    return signature.replace(
+        parameters=[p.replace(annotation=hints[p.name]) for p in signature.parameters.values()],
+        return_annotation=hints["return"],
+    )
+
+
+def _checked_at_call(function: _F, signature: inspect.Signature) -> _F:
+    """``function`` behind a plain function that binds the arguments to ``signature`` first:
+    a misspelt keyword is a TypeError at the call, as for any ``async def`` with named
+    parameters, not once the coroutine is awaited or the generator iterated (and never a
+    keyword taken without a word by a ``**kwargs``). ``signature`` is also what
+    ``inspect.signature``, ``help`` and ``typing.get_type_hints`` see."""
+
+    @wraps(function)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{function.__name__}() {exc}") from None
+        return function(*args, **kwargs)
+
+    checked.__signature__ = signature  # type: ignore[attr-defined]
+    checked.__annotations__ = {
+        **{name: p.annotation for name, p in signature.parameters.items()},
+        "return": signature.return_annotation,
+    }
+    mark = getattr(inspect, "markcoroutinefunction", None)  # Python 3.12+
+    if mark is not None and inspect.iscoroutinefunction(function):
+        mark(checked)  # still a coroutine function for inspect (frameworks ask it)
+    return cast(_F, checked)
+
+
+def _keywords_of(options: type) -> Callable[[_F], _F]:
+    """Spell the decorated function's ``**options: Unpack[...]`` out, for ``inspect``,
+    ``help`` and ``typing.get_type_hints``, as one keyword-only parameter (default None) per
+    key of the TypedDict ``options``; any other keyword is a TypeError at the call. mypy
+    checks the keywords against the TypedDict itself."""
+
+    def spell_out(function: _F) -> _F:
+        signature = _resolved(function)
+        parameters: list[inspect.Parameter] = []
+        for parameter in signature.parameters.values():
+            if parameter.kind is parameter.VAR_KEYWORD:
+                parameters += [
+                    inspect.Parameter(name, parameter.KEYWORD_ONLY, default=None, annotation=hint)
+                    for name, hint in typing.get_type_hints(options).items()
+                ]
+            else:
+                parameters.append(parameter)
+        return _checked_at_call(function, signature.replace(parameters=parameters))
+
+    return spell_out
 
 
 def _with_arguments_of(
     model: Callable[_P, object],
 ) -> Callable[[Callable[..., Coroutine[Any, Any, _R]]], Callable[_P, Coroutine[Any, Any, _R]]]:
     """Give the decorated coroutine function exactly ``model``'s parameters: for mypy (a
-    misspelt keyword is an error at the call), and for ``inspect.signature``, ``help`` and
-    ``typing.get_type_hints``. The decorated function forwards its arguments to ``model``,
-    which raises TypeError for a misspelt one before doing anything."""
+    misspelt keyword is an error at the call), and at run time (the same TypeError at the
+    call as ``model`` raises, and what ``inspect.signature``, ``help`` and
+    ``typing.get_type_hints`` see). The decorated function forwards its arguments to
+    ``model``."""
 
     def retype(
         function: Callable[..., Coroutine[Any, Any, _R]],
     ) -> Callable[_P, Coroutine[Any, Any, _R]]:
-        returns = inspect.signature(function).return_annotation
-        function.__signature__ = inspect.signature(model).replace(  # type: ignore[attr-defined]
-            return_annotation=returns
-        )
-        function.__annotations__ = {**model.__annotations__, "return": returns}
-        return function
+        returns = typing.get_type_hints(function)["return"]
+        signature = _resolved(model).replace(return_annotation=returns)
+        return _checked_at_call(function, signature)
 
     return retype
 
@@ -141,20 +251,12 @@ async def sync(
     )
 
 
+@_keywords_of(ListingOptions)
 async def stream_sessions(
     *,
     dest: str | Path | None = None,
     hosts: Sequence[Host] = (),
     remote: bool = False,
-    host: str | None = None,
-    format: str | None = None,
-    agent: str | None = None,
-    since: Since | None = None,
-    klass: str | None = None,
-    state: str | None = None,
-    sort: str | None = None,
-    limit: int | None = None,
-    now: datetime | None = None,
     batch_size: int = 50,
     emit: Emit | None = None,
     registry: CancelRegistry | None = None,
@@ -162,6 +264,7 @@ async def stream_sessions(
     errors: list[RemoteSyncError] | None = None,
     idle_timeout: float | None = IDLE_TIMEOUT,
     concurrency: int = CONCURRENCY,
+    **options: Unpack[ListingOptions],
 ) -> AsyncGenerator[list[SessionRow], None]:
     """Sessions in batches of ``batch_size`` as they are read.
 
@@ -174,13 +277,14 @@ async def stream_sessions(
     From the mirror at ``dest`` (its index), or with ``remote=True`` straight from ``hosts``
     over SSH, decoding each transcript as it streams (``dest`` with ``remote=True``, or no
     ``hosts``, is a :class:`~remote_sync.errors.ConfigError`, as for the CLI). The
-    filters are those of ``sessions list`` (:func:`~remote_sync.index.query.query_sessions`):
-    ``host``, ``format``, ``agent``, ``since`` (an ISO date or datetime, or an age such as
-    ``7d``), ``klass`` (``empty``, ``low``, ``valuable``), ``state``, ``sort`` (``FIELD`` or
-    ``-FIELD``), ``limit`` and ``now`` (when the class is judged and ages are counted from;
-    default: the current time), and mean the same for both; bad ones raise
-    :class:`~remote_sync.errors.ConfigError` before any host is contacted. Over the index
-    ``sort`` defaults to ``-last_ts``. Remote rows are filtered batch by batch as they arrive
+    filters are those of ``sessions list``, the keys of :class:`ListingOptions` given as
+    keywords: ``host``, ``format``, ``agent``, ``since`` (an ISO date or datetime, or an age
+    such as ``7d``), ``klass`` (``empty``, ``low``, ``valuable``), ``state``, ``sort``
+    (``FIELD`` or ``-FIELD``), ``limit`` and ``now`` (when the class is judged and ages are
+    counted from; default: the current time), and mean the same for both; bad ones raise
+    :class:`~remote_sync.errors.ConfigError` before any host is contacted, and an unknown
+    keyword is a TypeError at the call. Over the index ``sort`` defaults to ``-last_ts``.
+    Remote rows are filtered batch by batch as they arrive
     (``host`` also skips the other hosts); with ``sort`` or ``limit`` they are sorted and cut
     once every host was read (as over the index, ``limit`` keeps the most recent unless
     ``sort`` says otherwise), then yielded.
@@ -208,31 +312,13 @@ async def stream_sessions(
     emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
     failures: list[RemoteSyncError] = errors if errors is not None else []
-    filters: dict[str, Any] = {
-        "host": host,
-        "format": format,
-        "agent": agent,
-        "since": since,
-        "klass": klass,
-        "state": state,
-        "limit": limit,
-        "now": now,
-    }
     with registry.register(transfer_id) as token:
         if remote:
             batches = _remote_sessions(
-                hosts,
-                batch_size,
-                emit,
-                token,
-                failures,
-                {**filters, "sort": sort},
-                idle_timeout,
-                concurrency,
+                hosts, batch_size, emit, token, failures, options, idle_timeout, concurrency
             )
         else:
-            ordered = {**filters, "sort": sort or DEFAULT_SORT}
-            batches = _local_batches(dest, batch_size, token, emit, ordered)
+            batches = _local_batches(dest, batch_size, token, emit, options)
         # Closed with this generator (so the hosts stop as soon as it is closed), not left to
         # the garbage collector.
         async with aclosing(batches):
@@ -317,23 +403,18 @@ async def show_session(*args: Any, **kwargs: Any) -> list[Message]:
     return result.messages
 
 
+@_keywords_of(SessionFilters)
 async def session_stats(
     *,
     dest: str | Path,
     by: StatsKey = "host",
-    host: str | None = None,
-    format: str | None = None,
-    agent: str | None = None,
-    since: Since | None = None,
-    klass: str | None = None,
-    state: str | None = None,
-    now: datetime | None = None,
     registry: CancelRegistry | None = None,
     transfer_id: str | None = None,
+    **filters: Unpack[SessionFilters],
 ) -> list[StatsRow]:
     """Totals per ``by`` (``host``, ``agent``, ``format``, ``model`` or ``day`` of the last
-    activity) over the sessions of the mirror at ``dest`` that match the filters (those of
-    :func:`stream_sessions`): what ``sessions stats`` prints, as
+    activity) over the sessions of the mirror at ``dest`` that match the filters (the keys of
+    :class:`SessionFilters`, as for :func:`stream_sessions`): what ``sessions stats`` prints, as
     :class:`~remote_sync.index.query.StatsRow` groups sorted by key, the group without one
     last. By model, a session that used several models counts in full for each. Read in a
     worker thread from the index, never taking the mirror's lock."""
@@ -341,17 +422,7 @@ async def session_stats(
     def stats() -> list[StatsRow]:
         db = open_index(Path(dest))
         try:
-            return query_stats(
-                db,
-                by,
-                host=host,
-                format=format,
-                agent=agent,
-                since=since,
-                klass=klass,
-                state=state,
-                now=now,
-            )
+            return query_stats(db, by, **filters)
         finally:
             db.close()
 
@@ -430,7 +501,7 @@ async def _remote_sessions(
     emit: Emit,
     token: CancelToken,
     failures: list[RemoteSyncError],
-    filters: dict[str, Any],
+    options: ListingOptions,
     idle_timeout: float | None,
     concurrency: int,
 ) -> AsyncGenerator[list[SessionRow], None]:
@@ -441,9 +512,8 @@ async def _remote_sessions(
     (and its SSH window fills, stopping its remote command) instead of piling rows up. The
     failures are appended to ``failures`` in the order of ``hosts``, once the listing ends.
     """
-    filters = dict(filters)
-    sort: str | None = filters.pop("sort", None)
-    limit: int | None = filters.pop("limit", None)
+    filters = _filters_of(options)
+    sort, limit = options.get("sort"), options.get("limit")
     if filters.get("now") is None:
         # One "now" for every batch: a relative `since` (7d) must not move while hosts are read.
         filters["now"] = datetime.now(UTC)
@@ -503,7 +573,7 @@ class _HostReader:
     batch_size: int
     emit: Emit
     token: CancelToken
-    filters: dict[str, Any]
+    filters: SessionFilters
     idle_timeout: float | None
     failed: dict[int, RemoteSyncError] = field(default_factory=dict)  # by place in `hosts`
 
@@ -589,7 +659,7 @@ async def _local_batches(
     batch_size: int,
     token: CancelToken,
     emit: Emit,
-    filters: dict[str, Any],
+    options: ListingOptions,
 ) -> AsyncGenerator[list[SessionRow], None]:
     """The index's rows in batches. Progress events name no host (the index holds them all):
     ``listing`` with the rows read so far before each batch, then ``done``."""
@@ -598,7 +668,8 @@ async def _local_batches(
     db = open_index(Path(dest))
     done = 0
     try:
-        rows = query_sessions(db, **filters)
+        sort, limit = options.get("sort") or DEFAULT_SORT, options.get("limit")
+        rows = query_sessions(db, **_filters_of(options), sort=sort, limit=limit)
         while batch := list(islice(rows, min(batch_size, maxsize))):
             token.raise_if_cancelled()
             done += len(batch)

@@ -34,6 +34,7 @@ from remote_sync.errors import ConfigError, DestinationError, TransferCancelledE
 from remote_sync.events import Progress
 from remote_sync.formats import FORMATS
 from remote_sync.index import query
+from remote_sync.index.facts import Message
 from remote_sync.index.show import ShowResult, show_session
 from remote_sync.index.update import rebuild_index
 from remote_sync.inventory import Host, Source
@@ -69,8 +70,9 @@ def test_every_public_function_has_type_hints_that_resolve() -> None:
     """``typing.get_type_hints`` (pydantic, typer, docs tools) on each public function: no name
     is left to the type checker alone."""
     for name in api.__all__:
-        hints = typing.get_type_hints(getattr(api, name))
-        assert "return" in hints, name
+        public = getattr(api, name)
+        hints = typing.get_type_hints(public)
+        assert isinstance(public, type) or "return" in hints, name
     assert typing.get_type_hints(api.read_session)["return"] is ShowResult
     assert typing.get_type_hints(api.list_sessions)["return"] == list[query.SessionRow]
 
@@ -125,25 +127,59 @@ def test_options_are_explicit_keywords_named_and_defaulted_as_the_engine_and_ind
     assert {name: stats[name] for name in index_stats} == index_stats
     assert stats["by"] == inspect.signature(query.session_stats).parameters["by"].default
 
-    assert inspect.signature(api.show_session).parameters == (
-        inspect.signature(api.read_session).parameters
-    )
+    shown, read = (inspect.signature(f).parameters for f in (api.show_session, api.read_session))
+    assert [(p.name, p.kind, p.default) for p in shown.values()] == [
+        (p.name, p.kind, p.default) for p in read.values()
+    ]
+    hints = typing.get_type_hints(api.read_session)
+    assert typing.get_type_hints(api.show_session) == {**hints, "return": list[Message]}
 
 
-def test_a_misspelt_keyword_is_a_type_error_before_anything_happens(tmp_path: Path) -> None:
-    """At the call for ``sync`` and ``stream_sessions`` (nothing awaited), on awaiting for the
-    functions derived from them; no host is contacted, nothing is written."""
+def test_a_misspelt_keyword_is_a_type_error_at_the_call(tmp_path: Path) -> None:
+    """For every entry point, as for a plain ``async def``: at the call, before a coroutine or
+    generator exists (nothing to await, no "never awaited" warning); no host is contacted,
+    nothing is written. The functions derived from others (``list_sessions``,
+    ``show_session``) raised it only once awaited, and they and ``session_stats`` name
+    themselves in it."""
     host = nowhere()
     dest = tmp_path / "mirror"
-    with pytest.raises(TypeError, match="concurency"):
-        api.sync([host], dest, concurency=2)  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match="hots"):
-        api.stream_sessions(remote=True, hosts=[host], hots="x")  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match="limt"):
-        anyio.run(lambda: api.list_sessions(remote=True, hosts=[host], limt=1))
-    with pytest.raises(TypeError, match="haed"):
-        anyio.run(lambda: api.show_session(host, "s", haed=1))
+    calls: list[tuple[str, str, Any]] = [
+        ("sync", "concurency", lambda: api.sync([host], dest, concurency=2)),
+        ("stream_sessions", "hots", lambda: api.stream_sessions(remote=True, hots="x")),
+        ("list_sessions", "limt", lambda: api.list_sessions(remote=True, hosts=[host], limt=1)),
+        ("read_session", "haed", lambda: api.read_session(host, "s", haed=1)),
+        ("show_session", "haed", lambda: api.show_session(host, "s", haed=1)),
+        ("session_stats", "hots", lambda: api.session_stats(dest=dest, hots="h0")),
+        ("list_sessions", "positional", lambda: api.list_sessions(dest)),
+    ]
+    for name, typo, call in calls:
+        with pytest.raises(TypeError, match=typo) as info:
+            call()
+        assert str(info.value).startswith(f"{name}()"), info.value
     assert not dest.exists()
+
+
+def test_the_filters_are_defined_once_and_spelt_out_as_keywords() -> None:
+    """``SessionFilters`` (and ``ListingOptions``, with sort and limit) define the filter
+    keywords once; each function that takes them shows them as keyword-only parameters
+    (default None, the TypedDict's type), so ``help`` and ``inspect`` show what to pass. A
+    derived function stays a coroutine function (where Python can say so: 3.12+)."""
+    filters = typing.get_type_hints(api.SessionFilters)
+    listing = typing.get_type_hints(api.ListingOptions)
+    assert set(listing) - set(filters) == {"sort", "limit"}
+    for function, options in (
+        (api.stream_sessions, listing),
+        (api.list_sessions, listing),
+        (api.session_stats, filters),
+    ):
+        parameters = inspect.signature(function).parameters
+        hints = typing.get_type_hints(function)
+        for name, hint in options.items():
+            assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY, (function, name)
+            assert parameters[name].default is None and hints[name] == hint, (function, name)
+    if sys.version_info >= (3, 12):
+        assert inspect.iscoroutinefunction(api.list_sessions)
+        assert inspect.iscoroutinefunction(api.show_session)
 
 
 def test_mypy_flags_a_misspelt_keyword(tmp_path: Path) -> None:
@@ -162,6 +198,13 @@ def test_mypy_flags_a_misspelt_keyword(tmp_path: Path) -> None:
                 await api.session_stats(dest="m", hots="h0")
                 rows = await api.list_sessions(dest="m", limit=3, sort="-cost")
                 reveal_type(rows)
+                await api.list_sessions(dest="m", limit="3")
+                async for _ in api.stream_sessions(dest="m", klass=1):
+                    pass
+                await api.session_stats(dest="m", since=7, state=None, now=None)
+                filters: api.SessionFilters = {"host": "h0", "since": "7d"}
+                await api.session_stats(dest="m", **filters)
+                await api.list_sessions(dest="m", sort="-cost", **filters)
             """
         )
     )
@@ -176,7 +219,9 @@ def test_mypy_flags_a_misspelt_keyword(tmp_path: Path) -> None:
         timeout=240,
     )
     errors = [line for line in done.stdout.splitlines() if ": error:" in line]
-    assert [line.split(":")[1] for line in errors] == ["6", "7", "8", "9"], done.stdout
+    assert [line.split(":")[1] for line in errors] == ["6", "7", "8", "9", "12", "13", "15"], (
+        done.stdout
+    )
     # (mypy before 1.11 spells it "builtins.list")
     revealed = r'Revealed type is "(builtins\.)?list\[remote_sync\.index\.query\.SessionRow\]"'
     assert re.search(revealed, done.stdout), done.stdout

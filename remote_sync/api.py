@@ -28,10 +28,11 @@ stay imported lazily (start-up time).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import typing
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial, wraps
@@ -231,24 +232,30 @@ async def sync(
     would move, write nothing), ``idle_timeout`` seconds a remote command may stay silent
     (``--timeout``; None: no limit), ``pool`` the SSH pool's tuning (None: the defaults) and
     ``index`` (off: ``--no-index``, mirror only)."""
-    from .mirror.engine import SyncOptions, sync_fleet
-
     _require_asyncio()
-    options = SyncOptions(
-        dest=Path(dest),
-        concurrency=concurrency,
-        dry_run=dry_run,
-        idle_timeout=idle_timeout,
-        pool=pool if pool is not None else PoolSettings(),
-        index=index,
-    )
-    return await sync_fleet(
-        hosts,
-        options,
-        guarded(emit) if emit is not None else _ignore,
-        registry=registry,
-        transfer_id=transfer_id,
-    )
+    registry = registry if registry is not None else default_registry
+    # Registered here, before the engine is imported (in a worker thread, while other tasks
+    # run): a cancel meanwhile is kept by the token, and the engine's rounds are born
+    # cancelled. The engine's own registration (the token's child) is private.
+    with registry.register(transfer_id) as token:
+        await _import_off_the_loop(_ENGINE)
+        from .mirror.engine import SyncOptions, sync_fleet
+
+        options = SyncOptions(
+            dest=Path(dest),
+            concurrency=concurrency,
+            dry_run=dry_run,
+            idle_timeout=idle_timeout,
+            pool=pool if pool is not None else PoolSettings(),
+            index=index,
+        )
+        return await sync_fleet(
+            hosts,
+            options,
+            guarded(emit) if emit is not None else _ignore,
+            token=token,
+            registry=CancelRegistry(),
+        )
 
 
 @_keywords_of(ListingOptions)
@@ -442,6 +449,8 @@ async def _read_remote(
     token: CancelToken,
 ) -> ShowResult:
     """The messages chosen, fetched from ``host``: only the bytes shown, in one command."""
+    await _import_off_the_loop(_REMOTE_READERS)
+    token.raise_if_cancelled(host=host.name)
     from .index.remote import SHOW_WINDOW, read_remote_session
     from .ssh.pool import SSHPool
 
@@ -470,6 +479,7 @@ async def _read_mirrored(
     token: CancelToken,
 ) -> ShowResult:
     """The messages chosen, read from the mirror at ``dest`` in a worker thread."""
+    await _import_off_the_loop(_MIRROR_READER)
     from .index.show import show_session as show_mirrored
 
     read = partial(
@@ -484,6 +494,7 @@ async def _in_thread(token: CancelToken, work: Callable[[], _R], *, host: str | 
     event loop. A cancel (of ``token``: :class:`TransferCancelledError`; or of the caller's
     scope) stops the wait at once; the thread then finishes its read alone (a read of the
     mirror is bounded, and closes what it opened)."""
+    await _import_off_the_loop()
     with token.scope(host=host):
         result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
     return result
@@ -519,6 +530,8 @@ async def _remote_sessions(
         filters["now"] = datetime.now(UTC)
     # Validates every value (a ConfigError) before connecting.
     select_rows([], sort=sort or DEFAULT_SORT, limit=limit, **filters)
+    await _import_off_the_loop(_REMOTE_READERS)
+    token.raise_if_cancelled()
     ordered = sort is not None or limit is not None
     wanted = filters.get("host")
     # None of another host's rows could match `host`: those are not even connected to.
@@ -665,6 +678,7 @@ async def _local_batches(
     ``listing`` with the rows read so far before each batch, then ``done``."""
     if dest is None:
         raise ValueError("dest is required unless remote=True")
+    await _import_off_the_loop()
     db = open_index(Path(dest))
     done = 0
     try:
@@ -679,6 +693,37 @@ async def _local_batches(
     finally:
         db.close()
     emit(Progress("", "done", done, done, 0, 0))
+
+
+#: What the calls import on first use (start-up time), each in :func:`_import_off_the_loop`.
+_ENGINE = "remote_sync.mirror.engine"
+_REMOTE_READERS = "remote_sync.index.remote"
+_MIRROR_READER = "remote_sync.index.show"
+#: anyio imports its asyncio backend on its first call that needs one (a cancel scope, a
+#: worker thread, an event): 20 ms, on the event loop, unless imported here first.
+_ANYIO_BACKEND = "anyio._backends._asyncio"
+#: The modules imported by an earlier call: no thread needed for them any more.
+_imported: set[str] = set()
+
+
+async def _import_off_the_loop(*modules: str) -> None:
+    """``modules`` and anyio's asyncio backend imported in a worker thread the first time, so
+    that the event loop goes on meanwhile (the engine and asyncssh's users take a tenth of a
+    second or more to import, a first sync would freeze a UI for that long). Awaited through
+    asyncio's own executor: anyio's threads would import anyio's backend on the loop first.
+    A module another thread is importing is waited for there, not on the loop (Python's
+    import lock), so it is counted as imported only once a thread here has imported it."""
+    wanted = [name for name in (_ANYIO_BACKEND, *modules) if name not in _imported]
+    if wanted:
+        await asyncio.get_running_loop().run_in_executor(None, _import_all, wanted)
+        _imported.update(wanted)
+
+
+def _import_all(modules: Sequence[str]) -> None:
+    for name in modules:
+        # Only a head start: the import where the module is used raises it, in context.
+        with suppress(ImportError):
+            importlib.import_module(name)
 
 
 def _check_remote_listing(dest: str | Path | None, hosts: Sequence[Host]) -> None:

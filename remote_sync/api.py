@@ -376,7 +376,9 @@ async def read_session(
     the :class:`~remote_sync.inventory.Host` over SSH (``sessions show --remote``): only the
     bytes shown, in one remote command; the host fails if its command sends nothing for
     ``idle_timeout`` seconds (None: no limit). ``emit`` gets a ``fetching`` progress event,
-    then ``done`` with the messages and bytes read.
+    then ``done`` with the messages and bytes read; when the read fails or is cancelled
+    through the registry, an :class:`~remote_sync.events.ErrorEvent` and ``done`` before the
+    error is raised.
     """
     name = host.name if isinstance(host, Host) else host
     if head is None and tail is None and page is None:
@@ -394,9 +396,15 @@ async def read_session(
         )
     emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
-    emit(Progress(name, "fetching", 0, 0, 0, 0))
-    with registry.register(transfer_id) as token:
-        result = await fetch(token)
+    with registry.register(transfer_id) as token:  # a duplicate id: before any event
+        emit(Progress(name, "fetching", 0, 0, 0, 0))
+        try:
+            result = await fetch(token)
+        except RemoteSyncError as exc:
+            # Reported as a listing reports a host that fails or is cancelled: its error, then
+            # its end, so that a caller that follows the events is not left "fetching".
+            _report_end(emit, name, exc, 0)
+            raise
     shown, read = len(result.messages), result.bytes_read
     emit(Progress(name, "done", shown, shown, read, read))
     return result
@@ -498,6 +506,13 @@ async def _in_thread(token: CancelToken, work: Callable[[], _R], *, host: str | 
     with token.scope(host=host):
         result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
     return result
+
+
+def _report_end(emit: Emit, host: str, error: RemoteSyncError, done: int) -> None:
+    """A host's read that stopped on ``error`` (a failure, or a cancel through the registry)
+    reported as ``sync`` reports a host's round that did: its error, then its ``done``."""
+    emit(ErrorEvent.from_exception(error))
+    emit(Progress(host, "done", done, done, 0, 0))
 
 
 def _bounded(count: int | None) -> int | None:

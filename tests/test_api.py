@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -31,8 +32,13 @@ from test_sessions_cli import NOW, make_mirror, openclaw_session
 import remote_sync
 from remote_sync import api
 from remote_sync.cancel import CancelRegistry
-from remote_sync.errors import ConfigError, DestinationError, TransferCancelledError
-from remote_sync.events import Progress
+from remote_sync.errors import (
+    ConfigError,
+    DestinationError,
+    HostUnreachableError,
+    TransferCancelledError,
+)
+from remote_sync.events import ErrorEvent, Progress
 from remote_sync.formats import FORMATS
 from remote_sync.index import query
 from remote_sync.index.facts import Message
@@ -505,3 +511,41 @@ def test_a_first_call_imports_what_it_needs_without_holding_the_loop(
     measured = json.loads(done.stdout)
     assert len(measured["import"]) == 1, (measured, done.stderr)  # imported by that call
     assert measured["gap"] < measured["import"][0] / 2, measured
+
+
+# -- progress a UI can follow ---------------------------------------------------------------------
+
+
+async def test_a_show_that_fails_or_is_cancelled_ends_its_progress() -> None:
+    """``fetching`` was the last event of a show whose host failed or that was cancelled
+    through the registry: a UI following the events kept the host "fetching". Now its error
+    event and ``done`` come before the error is raised, as for a listing's host."""
+    events: list[Any] = []
+    with pytest.raises(HostUnreachableError):
+        await api.read_session(nowhere("h0"), "s", emit=events.append)
+    assert [type(e) for e in events] == [Progress, ErrorEvent, Progress]
+    assert events[1].kind == "unreachable" and events[2] == Progress("h0", "done", 0, 0, 0, 0)
+
+    events.clear()
+    registry = CancelRegistry()
+    with socket.socket() as silent:  # accepts, never answers: the handshake hangs
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        host = dataclasses.replace(
+            nowhere("mute"), endpoint=Endpoint("127.0.0.1", port=silent.getsockname()[1])
+        )
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_once_fetching() -> None:
+                while not events:
+                    await anyio.sleep(0.01)
+                assert registry.cancel("show")
+
+            tg.start_soon(cancel_once_fetching)
+            with pytest.raises(TransferCancelledError):
+                await api.read_session(
+                    host, "s", emit=events.append, registry=registry, transfer_id="show"
+                )
+    assert [type(e) for e in events] == [Progress, ErrorEvent, Progress]
+    assert events[1].kind == "cancelled" and events[2].phase == "done"
+    assert len(registry) == 0

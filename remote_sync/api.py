@@ -308,7 +308,10 @@ async def stream_sessions(
     ``sync``) at once, and the other hosts go on. Once every host was read, the first failure
     (in the order of ``hosts``) is raised, so a partial listing is never taken for a whole
     one; pass a list as ``errors`` to have the failures appended there instead (in the order
-    of ``hosts``, when the listing ends). A cancellation stops every host at once. A host
+    of ``hosts``, when the listing ends). A cancellation stops every host at once; through
+    the registry, each host it stopped reports it (an ``ErrorEvent`` of kind ``cancelled``,
+    then ``done``: every host that reported ``listing`` ends with ``done``), and the
+    :class:`~remote_sync.errors.TransferCancelledError` raised names no host. A host
     whose command sends nothing for ``idle_timeout`` seconds fails (None: no limit).
     """
     check_batch_size(batch_size)
@@ -565,7 +568,9 @@ async def _remote_sessions(
     try:
         async for rows in receive:
             if isinstance(rows, Exception):
-                raise rows  # a cancel or a bug: every host stops
+                # A cancel stops the listing, not the host whose task said so first.
+                token.raise_if_cancelled()
+                raise rows  # a bug: every host stops
             token.raise_if_cancelled()  # the rows of a chunk read before it
             if ordered:
                 kept.extend(rows)
@@ -674,11 +679,19 @@ class _HostReader:
                     self.emit(Progress(host.name, "fetching", done, 0, 0, 0))
                     if rows := filter_rows(batch, **self.filters):
                         await send.send(rows)
-        except TransferCancelledError:
-            raise
-        except RemoteSyncError as exc:
+        except BaseException as exc:
+            if self.token.cancelled:
+                # Stopped by the listing's cancel (here as a TransferCancelledError, or as
+                # the cancellation of the token's scope around it): reported as a sync
+                # reports a host it cancelled, so that no host is left "fetching".
+                stopped = TransferCancelledError(self.token.reason or "cancelled", host=host.name)
+                _report_end(self.emit, host.name, stopped, done)
+                raise
+            if not isinstance(exc, RemoteSyncError) or isinstance(exc, TransferCancelledError):
+                raise  # a bug, or the caller's own cancel: it knows
             self.failed[index] = exc
-            self.emit(ErrorEvent.from_exception(exc))
+            _report_end(self.emit, host.name, exc, done)
+            return
         self.emit(Progress(host.name, "done", done, done, 0, 0))
 
 

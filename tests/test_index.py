@@ -514,14 +514,14 @@ def test_stream_sessions_reports_progress_and_cancels_midway(
 ) -> None:
     from remote_sync.cancel import CancelRegistry
     from remote_sync.errors import TransferCancelledError
-    from remote_sync.events import Progress
+    from remote_sync.events import ErrorEvent, Progress
 
     root = fleet.path("h0", "oc")
     build_tree("openclaw", root, 30, random.Random(2), messages=20)
     make_readable(root)
     hosts = load_inventory(inventory(fleet, tmp_path, "openclaw", root)).hosts
     registry = CancelRegistry()
-    events: list[Progress] = []
+    events: list[Progress | ErrorEvent] = []
     seen = 0
 
     async def consume() -> None:
@@ -541,7 +541,10 @@ def test_stream_sessions_reports_progress_and_cancels_midway(
         anyio.run(consume)
     assert 5 <= seen < 30
     assert len(registry) == 0
-    assert [e.phase for e in events][:2] == ["listing", "fetching"]
+    phases = [e.phase for e in events if isinstance(e, Progress)]
+    assert phases[:2] == ["listing", "fetching"] and phases[-1] == "done"
+    # The host stopped by the cancel says so, as a sync's would.
+    assert [e.kind for e in events if isinstance(e, ErrorEvent)] == ["cancelled"]
 
 
 def test_stream_sessions_closed_early_is_closed_in_the_callers_task(

@@ -1185,3 +1185,61 @@ async def test_an_identity_agent_named_by_variable_is_the_one_ssh_uses(
         monkeypatch.setenv("RS_AGENT", sock)
         async with SSHPool() as pool:
             assert await run_command(pool, ep, ["echo", "agent"], host="box") == b"agent\n"
+
+
+def _chain_config(fleet: SSHFleet, tmp_path: Path, extra: dict[str, str] | None = None) -> Path:
+    """An ssh_config naming h0 "box", reached through ``ProxyJump gw,hop``; "gw" has a
+    ProxyJump of its own, "up". "up", "gw" and "hop" are all h1. ``extra`` adds lines to
+    an alias's block."""
+    extra = extra or {}
+    jump = fleet.host("h1")
+    blocks = [
+        f"Host box\n  HostName 127.0.0.1\n  Port {fleet.host('h0').port}\n  ProxyJump gw,hop\n",
+        "Host gw\n  ProxyJump up\n",
+    ]
+    for alias in ("box", "gw", "hop", "up"):
+        blocks.append(
+            f"Host {alias}\n{extra.get(alias, '')}  HostName 127.0.0.1\n  Port {jump.port}\n"
+            f"  User {fleet.user}\n  IdentityFile {fleet.client_key}\n"
+            f"  UserKnownHostsFile {fleet.known_hosts}\n  GlobalKnownHostsFile /dev/null\n"
+        )
+    cfg = tmp_path / "chain_config"
+    cfg.write_text("".join(blocks))
+    return cfg
+
+
+async def test_a_connection_reuses_the_pre_flight_s_parse_of_the_ssh_config(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pre-flight parsed each ssh_config, and the connection (each jump host's too)
+    parsed it again; now a connection is built on the pre-flight's reading. One made later
+    (after an idle close) reads the files once, for itself."""
+    import asyncssh
+
+    parsed: list[str] = []
+    real_parse = asyncssh.config.SSHConfig.parse
+
+    def counting(self: Any, path: Path) -> None:
+        parsed.append(str(path))
+        real_parse(self, path)
+
+    monkeypatch.setattr(asyncssh.config.SSHConfig, "parse", counting)
+    cfg = _box_config(fleet, tmp_path, f"  UserKnownHostsFile {fleet.known_hosts}\n")
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    async with SSHPool() as pool:
+        assert pool.preflight(ep, "box") is None
+        assert parsed == [str(cfg)]
+        assert await run_command(pool, ep, ["echo", "a"], host="box") == b"a\n"
+        assert await run_command(pool, ep, ["echo", "b"], host="box") == b"b\n"
+        assert parsed == [str(cfg)]
+        await pool.invalidate(ep)  # as the idle close drops it
+        assert await run_command(pool, ep, ["echo", "c"], host="box") == b"c\n"
+        assert parsed == [str(cfg)] * 2
+    # Through jump hosts: one parse per host of the chain (up, gw, hop, box), none more.
+    chain = _chain_config(fleet, tmp_path)
+    ep = Endpoint(address="box", ssh_config=(str(chain),))
+    parsed.clear()
+    async with SSHPool() as pool:
+        assert pool.preflight(ep, "box") is None
+        assert await run_command(pool, ep, ["echo", "j"], host="box") == b"j\n"
+    assert parsed == [str(chain)] * 4

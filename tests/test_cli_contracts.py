@@ -680,6 +680,46 @@ def test_connection_errors_name_the_hop(
     assert ("ProxyJump" in event.message) == jump
 
 
+@pytest.mark.parametrize("case", ["jump host's key", "second jump host's line", "jump loop"])
+def test_a_problem_past_the_target_s_own_lines_leaves_the_destination_untouched(
+    case: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A jump host's key that does not load or ssh_config line that does not parse, a
+    ProxyJump loop: the pre-flight finds them, so the run exits 2 as for any configuration
+    error and creates nothing. They were found on connecting, after the destination and its
+    state were created (the second jump host's line said as the host being unreachable)."""
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = tmp_path / "ssh_config"
+    target = "Host box\n  HostName 127.0.0.1\n  Port 1\n"
+    hop = "Host gw hop\n  HostName 127.0.0.1\n  Port 1\n"
+    if case == "jump host's key":
+        key = tmp_path / "not_a_key"
+        key.write_text("this is not a private key\n")
+        key.chmod(0o600)
+        text = f"{target}  ProxyJump hop\n{hop}  IdentityFile {key}\n"
+        path, said = str(key), "ProxyJump host 'hop': cannot load a private key"
+    elif case == "second jump host's line":
+        text = f"{target}  ProxyJump gw,hop\nHost hop\n  Port twenty\n{hop}"
+        path, said = str(cfg), "ProxyJump host 'hop': ssh_config line 6: Invalid Port"
+    else:
+        text = f"{target}  ProxyJump gw\nHost gw\n  ProxyJump hop\nHost hop\n  ProxyJump gw\n{hop}"
+        path, said = str(cfg), "ProxyJump hosts lead in a loop: gw -> hop -> gw"
+    cfg.write_text(text)
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    dest = tmp_path / "m"
+    args = ["sync", "box", "--ssh-config", str(cfg), "--known-hosts", str(known), "--json"]
+    code, out, _err = cli([*args, "--dest", str(dest)], capsys)
+    (event,) = [e for e in map(decode_event, out.splitlines()) if isinstance(e, ErrorEvent)]
+    assert code == 2 and not dest.exists(), event
+    assert (event.kind, event.host, event.path) == ("config", "box", path), event
+    assert said in event.message, event.message
+
+
 @pytest.mark.parametrize("text", ["hosts = []\n", '[defaults]\nformat = "codex"\n', ""])
 def test_an_inventory_without_hosts_is_named(
     text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

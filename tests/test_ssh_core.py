@@ -1208,6 +1208,86 @@ def _chain_config(fleet: SSHFleet, tmp_path: Path, extra: dict[str, str] | None 
     return cfg
 
 
+def _connections(fleet: SSHFleet, name: str) -> int:
+    return fleet.host(name).log().count("Connection from")
+
+
+@pytest.mark.parametrize("broken", ["up", "gw", "hop"])
+@pytest.mark.parametrize("problem", ["key", "known_hosts", "config line"])
+async def test_every_jump_host_is_checked_before_any_traffic(
+    problem: str, broken: str, fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """A jump host's key that does not load, its UserKnownHostsFile that cannot be read, an
+    ssh_config line of its block that does not parse: found by the pre-flight, for every
+    host of a comma list and for the first one's own ProxyJump hosts (as ssh walks them),
+    as the target's configuration error naming the jump host; nothing goes on the network.
+    They were found only on connecting, after the destination was created."""
+    not_a_key = tmp_path / "not_a_key"
+    not_a_key.write_text("this is not a private key\n")
+    not_a_key.chmod(0o600)
+    line, path, said = {
+        "key": (f"  IdentityFile {not_a_key}\n", str(not_a_key), "cannot load a private key"),
+        "known_hosts": (
+            f"  UserKnownHostsFile {tmp_path}\n",
+            str(tmp_path),
+            "UserKnownHostsFile",
+        ),
+        "config line": ("  Port twenty\n", None, "Invalid Port integer value"),
+    }[problem]
+    cfg = _chain_config(fleet, tmp_path, {broken: line})
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    before = _connections(fleet, "h1")
+    pool = SSHPool()
+    problem_found = await anyio.to_thread.run_sync(pool.preflight, ep, "box")
+    assert isinstance(problem_found, ConfigError), problem_found
+    assert problem_found.host == "box"
+    assert problem_found.message.startswith(f"ProxyJump host '{broken}': "), problem_found
+    assert said in problem_found.message, problem_found
+    assert problem_found.path == (path or str(cfg)), problem_found
+    assert _connections(fleet, "h1") == before
+    # The connection says the same (when the host is tried anyway).
+    async with SSHPool() as fresh:
+        with pytest.raises(ConfigError) as info:
+            await run_command(fresh, ep, ["true"], host="box")
+    assert info.value.message == problem_found.message
+
+
+async def test_a_proxy_jump_chain_that_checks_out_connects_and_a_loop_is_refused(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """The pre-flight walks up -> gw -> hop -> box without a word, and the connection goes
+    that way; a ProxyJump line that leads back to a jump host on the way is a loop, said as
+    such before any traffic (ssh starts ssh after ssh without end)."""
+    ep = Endpoint(address="box", ssh_config=(str(_chain_config(fleet, tmp_path)),))
+    async with SSHPool() as pool:
+        assert await anyio.to_thread.run_sync(pool.preflight, ep, "box") is None
+        assert await run_command(pool, ep, ["echo", "via 3"], host="box") == b"via 3\n"
+    looping = _chain_config(fleet, tmp_path, {"up": "  ProxyJump gw\n"})
+    ep = Endpoint(address="box", ssh_config=(str(looping),))
+    before = _connections(fleet, "h1")
+    problem = SSHPool().preflight(ep, "box")
+    assert isinstance(problem, ConfigError) and problem.host == "box"
+    assert "ProxyJump hosts lead in a loop: gw -> up -> gw" in problem.message, problem
+    assert _connections(fleet, "h1") == before
+
+
+async def test_a_user_known_hosts_file_that_cannot_be_read_is_a_configuration_error(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """ssh skips a UserKnownHostsFile it cannot read. Under accept-new, whose first such file
+    is where a new key is recorded, that made every key pass for a first one, run after run
+    (the key could not be written, nor any checked); it is refused, as the inventory's
+    known_hosts is."""
+    a_dir = tmp_path / "known_hosts.d"
+    a_dir.mkdir()
+    cfg = _box_config(fleet, tmp_path, f"  UserKnownHostsFile {a_dir}\n")
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), host_key_policy="accept-new")
+    async with SSHPool() as pool:
+        with pytest.raises(ConfigError, match=r"UserKnownHostsFile .*: it is a directory") as info:
+            await run_command(pool, ep, ["true"], host="box")
+    assert (info.value.host, info.value.path) == ("box", str(a_dir))
+
+
 async def test_a_connection_reuses_the_pre_flight_s_parse_of_the_ssh_config(
     fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,9 +7,10 @@ What it owns:
   connection.
 - The pre-flight of a connection (:meth:`SSHPool.preflight`): what it would stop on in its
   local files (a file named that is missing or unreadable, an ssh_config that does not
-  parse, a key that does not load), found before any traffic, so a run whose every host
-  would stop there touches nothing; its parse of the ssh_config is the one the connection
-  is built on.
+  parse, a UserKnownHostsFile that cannot be read, a key that does not load), for the
+  endpoint and every ProxyJump host on its way, found before any traffic, so a run whose
+  every host would stop there touches nothing; its parse of the ssh_config is the one the
+  connection is built on.
 - Lazy connection set-up under a global cap on concurrent handshakes (key exchange is CPU work
   on our single event loop, and sshd drops bursts above ``MaxStartups``).
 - A per-endpoint cap on concurrent channels, below sshd's ``MaxSessions`` (10): asking for more
@@ -39,7 +40,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -543,13 +544,15 @@ _READING_ERRORS = (asyncssh.Error, OSError, ValueError, RecursionError)
 def _prepare(endpoint: Endpoint, host: str) -> _Prepared:
     """What a connection to ``endpoint`` needs from its local files, each checked before any
     traffic as asyncssh would stop on it, and as ssh stops on it: the ssh_config parsed
-    (Include, Match and tokens, as the connection would parse it), the private keys named
-    loaded. A configuration error is raised as the connection reports it
+    (Include, Match and tokens, as the connection would parse it), its UserKnownHostsFile
+    files, the private keys
+    named loaded. A configuration error is raised as the connection reports it
     (:func:`_local_failure`); anything else as asyncssh raised it. Both the pre-flight and a
     connection with none to reuse (a reconnect, a jump host's next use) call it."""
     options = _local_file_options(endpoint, host)
     try:
         resolved = _resolve(endpoint, options.get("config"), host)
+        _refuse_unreadable_user_known_hosts(resolved.keys, endpoint, host)
         prepared = _with_config_keys(options, resolved, host)
         # The keys asyncssh loads: the ones named, the ssh_config's that exist among them;
         # with none it tries the default ones, which nobody asked for (and skips those it
@@ -576,6 +579,33 @@ def _load_keys(keys: list[str], certs: list[str], identities_only: bool) -> None
         True,  # ignore_encrypted, as the connection asks (the agent may hold them)
         unsafe_skip_rsa_key_validation=True,
     )
+
+
+def _refuse_unreadable_user_known_hosts(keys: HostKeyFiles, endpoint: Endpoint, host: str) -> None:
+    """A :class:`ConfigError` for a UserKnownHostsFile of the ssh_config that exists but
+    cannot be read (a directory, no read permission).
+
+    ssh skips such a file; here, as for the inventory's known_hosts, it is not skipped: no
+    key could be checked against it, and under accept-new, whose first file is where a new
+    key goes, every key would pass for a first one, run after run. A file not there yet is
+    fine (accept-new creates it); the GlobalKnownHostsFile files are skipped, as ssh skips
+    them (a system file may be meant for others)."""
+    if endpoint.known_hosts is not None:
+        return  # the inventory's, checked by _local_file_options
+    for path in keys.user:
+        if os.path.isdir(path):
+            why = "it is a directory"
+        elif os.path.exists(path) and not os.access(path, os.R_OK):
+            why = "permission denied"
+        else:
+            continue
+        raise ConfigError(
+            f"cannot read the ssh_config's UserKnownHostsFile {path!r}: {why}",
+            host=host,
+            path=path,
+            hint="fix the UserKnownHostsFile line of the ssh_config, or let this user read "
+            "the file (chmod u+r)",
+        )
 
 
 def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
@@ -689,19 +719,25 @@ class SSHPool:
 
     def preflight(self, endpoint: Endpoint, host: str) -> ConfigError | None:
         """The configuration error a connection to ``endpoint`` would stop on before any
-        traffic, or None: a local file named that is not there or cannot be read, an
-        ssh_config that does not parse, a private key that cannot be loaded. Nothing goes on
-        the network (beyond what a ``Match exec`` command of the ssh_config does).
+        traffic, or None: a local file named that is not there or cannot be read (a
+        UserKnownHostsFile too), an ssh_config that does not parse, a private key that cannot
+        be loaded; the same for every ProxyJump host the connection goes through
+        (:func:`_prepare_jumps`). Nothing goes on the network (beyond what a ``Match exec``
+        command of the ssh_config does).
 
-        The ssh_config's parse is kept for the endpoint's first connection, which would make
-        it again. Blocking file work: call it in a worker thread.
+        What it reads (the ssh_config parsed, for the endpoint and its jump hosts) is kept
+        for their first connection, which would read it again. Blocking file work: call it
+        in a worker thread.
         """
         try:
-            self._prepared[endpoint] = _prepare(endpoint, host)
+            prepared = _prepare(endpoint, host)
+            jumps = _prepare_jumps(endpoint, prepared.resolved, host, self._prepared)
         except ConfigError as exc:
             return exc
         except _READING_ERRORS:
-            pass  # not a configuration error: the connection meets it and reports it
+            return None  # not a configuration error: the connection meets it and reports it
+        self._prepared.update(jumps)
+        self._prepared[endpoint] = prepared
         return None
 
     async def __aenter__(self) -> SSHPool:
@@ -911,43 +947,17 @@ class SSHPool:
         """Connect the ProxyJump hosts ``jumps`` (``[user@]host[:port]``, comma-separated, split
         as asyncssh splits them), each through the one before; the first one through its own
         ProxyJump, if its ssh_config gives it one. Host keys are checked strictly."""
-        if depth >= MAX_JUMP_DEPTH:
-            raise ConfigError(
-                f"ProxyJump hosts lead through more than {MAX_JUMP_DEPTH} hops (a loop?)",
-                host=host,
-                hint="check the ProxyJump lines of the ssh_config",
-            )
+        _refuse_deep_jumps(depth, host)
         conn: asyncssh.SSHClientConnection | None = None
         try:
-            for jump in jumps.split(","):
-                user, _, address = jump.rpartition("@")
-                port: int | None = None
-                if ":" in address:
-                    address, _, port_text = address.rpartition(":")
-                    try:
-                        port = int(port_text)
-                    except ValueError:
-                        raise ConfigError(
-                            f"bad port in the ProxyJump host {jump!r}", host=host
-                        ) from None
-                hop = Endpoint(
-                    address=address,
-                    user=user or None,
-                    port=port,
-                    ssh_config=endpoint.ssh_config,
-                    compression=endpoint.compression,
-                )
+            for jump, hop in _jump_endpoints(jumps, endpoint, host):
                 try:
                     conn = await self._connect(hop, host, conn, depth + 1)
                 except RemoteSyncError as exc:
-                    if exc.message.startswith("ProxyJump host "):
+                    named = _through_jump(exc, jump, host)
+                    if named is None:
                         raise
-                    raise type(exc)(
-                        f"ProxyJump host {jump!r}: {exc.message}",
-                        host=host,
-                        path=exc.path,
-                        hint=exc.hint,
-                    ) from exc
+                    raise named from exc
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -1065,6 +1075,99 @@ def expand_proxy_tokens(endpoint: Endpoint, resolved: _Resolved) -> str:
     return re.sub(r"%([hpr%])", lambda m: values[m.group(1)], endpoint.proxy_command)
 
 
+def _jump_endpoints(jumps: str, endpoint: Endpoint, host: str) -> list[tuple[str, Endpoint]]:
+    """The ProxyJump hosts ``jumps`` of ``endpoint`` (``[user@]host[:port]``, comma-separated,
+    split as asyncssh splits them), each as written and as the endpoint it is connected as:
+    looked up in the same ssh_config, nothing else of the target's (its keys, known_hosts)
+    applied, as ssh runs ``ssh -W`` for it with the same ``-F`` alone."""
+    hops = []
+    for jump in jumps.split(","):
+        user, _, address = jump.rpartition("@")
+        port: int | None = None
+        if ":" in address:
+            address, _, port_text = address.rpartition(":")
+            try:
+                port = int(port_text)
+            except ValueError:
+                raise ConfigError(f"bad port in the ProxyJump host {jump!r}", host=host) from None
+        hop = Endpoint(
+            address=address,
+            user=user or None,
+            port=port,
+            ssh_config=endpoint.ssh_config,
+            compression=endpoint.compression,
+        )
+        hops.append((jump, hop))
+    return hops
+
+
+def _through_jump(exc: RemoteSyncError, jump: str, host: str) -> RemoteSyncError | None:
+    """``exc``, met on the way through the ProxyJump host ``jump``, as ``host``'s error naming
+    that jump host; None when it names one already (the innermost, when the jump host has
+    jump hosts of its own)."""
+    if exc.message.startswith("ProxyJump host "):
+        return None
+    return type(exc)(
+        f"ProxyJump host {jump!r}: {exc.message}", host=host, path=exc.path, hint=exc.hint
+    )
+
+
+def _refuse_deep_jumps(depth: int, host: str) -> None:
+    if depth >= MAX_JUMP_DEPTH:
+        raise ConfigError(
+            f"ProxyJump hosts lead through more than {MAX_JUMP_DEPTH} hops (a loop?)",
+            host=host,
+            hint="check the ProxyJump lines of the ssh_config",
+        )
+
+
+def _prepare_jumps(
+    endpoint: Endpoint,
+    resolved: _Resolved,
+    host: str,
+    known: Mapping[Endpoint, _Prepared],
+    depth: int = 0,
+    chain: tuple[str, ...] = (),
+) -> dict[Endpoint, _Prepared]:
+    """:func:`_prepare` for every ProxyJump host a connection to ``endpoint`` goes through,
+    before any traffic, each as it is connected (:meth:`SSHPool._open_jumps`), as ssh walks
+    them: every host of a comma list (``a,b``: b reached through a), and the first one's own
+    ProxyJump hosts, recursively (ssh runs ``ssh -J a -W ... b``: b's own ProxyJump is
+    replaced, a's is followed). A configuration error is ``host``'s, naming the jump host.
+
+    A ProxyJump line that leads back to a jump host already on the way is a loop, refused
+    here (ssh starts ssh after ssh without end); a chain deeper than :data:`MAX_JUMP_DEPTH`
+    is refused as the connection refuses it. A jump host in ``known`` (checked for another
+    host of the run) is not read again.
+    """
+    jumps = None if endpoint.proxy_command else resolved.jumps
+    if jumps is None:
+        return {}
+    _refuse_deep_jumps(depth, host)
+    found: dict[Endpoint, _Prepared] = {}
+    for position, (jump, hop) in enumerate(_jump_endpoints(jumps, endpoint, host)):
+        try:
+            found[hop] = prepared = known.get(hop) or _prepare(hop, host)
+            if position > 0:
+                continue
+            if jump in chain:
+                way = " -> ".join((*chain, jump))
+                raise ConfigError(
+                    f"ProxyJump hosts lead in a loop: {way}",
+                    host=host,
+                    path=_config_names(endpoint),
+                    hint="fix the ProxyJump lines of the ssh_config",
+                )
+            deeper = _prepare_jumps(hop, prepared.resolved, host, known, depth + 1, (*chain, jump))
+            found.update(deeper)
+        except RemoteSyncError as exc:
+            named = _through_jump(exc, jump, host)
+            if named is None:
+                raise
+            raise named from exc
+    return found
+
+
 def _reusing_lookup(options: dict[str, Any], resolved: _Resolved) -> None:
     """``options`` (changed in place) built on the ssh_config as the lookup read it, instead
     of parsing the files again (about 2 ms a host for a 20-host ssh_config, against 0.07 ms).
@@ -1134,10 +1237,11 @@ def _local_failure(
             hint="fix the Include lines of the ssh_config",
         )
     if isinstance(exc, asyncssh.KeyImportError):
+        keys = [str(key) for key in options.get("client_keys") or ()]
         return ConfigError(
             f"cannot load a private key: {exc}",
             host=host,
-            path=", ".join(options.get("client_keys") or ()) or None,
+            path=", ".join(_unloadable(keys) or keys) or None,
             hint="give identity_file a private key ssh can read "
             "(ssh-keygen -y -f FILE shows whether it can)",
         )
@@ -1150,6 +1254,18 @@ def _local_failure(
             hint="fix the path in the inventory (or on the command line)",
         )
     return None
+
+
+def _unloadable(keys: list[str]) -> list[str]:
+    """The private keys among ``keys`` that do not load on their own (asyncssh's error does
+    not say which one stopped it)."""
+    failing = []
+    for key in keys:
+        try:
+            _load_keys([key], [], False)
+        except _READING_ERRORS:
+            failing.append(key)
+    return failing
 
 
 def _config_names(endpoint: Endpoint) -> str:

@@ -680,17 +680,24 @@ def test_connection_errors_name_the_hop(
     assert ("ProxyJump" in event.message) == jump
 
 
-@pytest.mark.parametrize("case", ["jump host's key", "second jump host's line", "jump loop"])
+@pytest.mark.parametrize(
+    "case", ["jump host's key", "second jump host's line", "include", "jump loop"]
+)
 def test_a_problem_past_the_target_s_own_lines_leaves_the_destination_untouched(
     case: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A jump host's key that does not load or ssh_config line that does not parse, a
-    ProxyJump loop: the pre-flight finds them, so the run exits 2 as for any configuration
-    error and creates nothing. They were found on connecting, after the destination and its
-    state were created (the second jump host's line said as the host being unreachable)."""
+    """A jump host's key that does not load or ssh_config line that does not parse, an
+    Include'd file that cannot be read, a ProxyJump loop: the pre-flight finds them, so the
+    run exits 2 as for any configuration error and creates nothing. They were found on
+    connecting, after the destination and its state were created (the Include and the
+    second jump host's line said as the host being unreachable)."""
+
+    import errno
+
+    import asyncssh
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     cfg = tmp_path / "ssh_config"
@@ -705,6 +712,18 @@ def test_a_problem_past_the_target_s_own_lines_leaves_the_destination_untouched(
     elif case == "second jump host's line":
         text = f"{target}  ProxyJump gw,hop\nHost hop\n  Port twenty\n{hop}"
         path, said = str(cfg), "ProxyJump host 'hop': ssh_config line 6: Invalid Port"
+    elif case == "include":
+        included = tmp_path / "included.conf"
+        included.write_text("Host box\n  User me\n")
+        text = f"Include {included}\n{target}"
+        path, said = str(included), "cannot read the ssh_config file"
+
+        def refusing(name: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(name) == str(included):  # as for a mode 000 file when not root
+                raise PermissionError(errno.EACCES, "Permission denied", str(name))
+            return open(name, *args, **kwargs)
+
+        monkeypatch.setattr(asyncssh.config, "open", refusing, raising=False)
     else:
         text = f"{target}  ProxyJump gw\nHost gw\n  ProxyJump hop\nHost hop\n  ProxyJump gw\n{hop}"
         path, said = str(cfg), "ProxyJump hosts lead in a loop: gw -> hop -> gw"

@@ -1288,6 +1288,45 @@ async def test_a_user_known_hosts_file_that_cannot_be_read_is_a_configuration_er
     assert (info.value.host, info.value.path) == ("box", str(a_dir))
 
 
+@pytest.mark.parametrize("how", ["mode 000", "open refused"])
+def test_an_included_file_that_cannot_be_read_is_a_configuration_error(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ssh stops on an Include'd file it cannot open ("Can't open user config file ...:
+    Permission denied"); asyncssh's failure to open it was taken for an unreachable host.
+    (Root reads a mode 000 file: there, ``open`` is made to refuse it.)"""
+    import errno
+
+    import asyncssh
+
+    included = tmp_path / "included.conf"
+    included.write_text("Host box\n  Port 2222\n")
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Include {tmp_path}/*.conf\nHost box\n  HostName 127.0.0.1\n")
+    if how == "mode 000":
+        included.chmod(0)
+        try:
+            included.read_bytes()
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("this user reads a mode 000 file")
+    else:
+
+        def refusing(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(path) == str(included):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return open(path, *args, **kwargs)
+
+        monkeypatch.setattr(asyncssh.config, "open", refusing, raising=False)
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    problem = SSHPool().preflight(ep, "box")
+    assert isinstance(problem, ConfigError), problem
+    assert (problem.host, problem.path) == ("box", str(included))
+    assert "cannot read the ssh_config file" in problem.message
+    assert "Permission denied" in problem.message and "Include" in (problem.hint or "")
+
+
 async def test_a_connection_reuses_the_pre_flight_s_parse_of_the_ssh_config(
     fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,9 +6,9 @@ What it owns:
   Two inventory entries that reach the same machine the same way compare equal and so share one
   connection.
 - The pre-flight of a connection (:meth:`SSHPool.preflight`): what it would stop on in its
-  local files (a file named that is missing or unreadable, an ssh_config that does not
-  parse, a UserKnownHostsFile that cannot be read, a key that does not load), for the
-  endpoint and every ProxyJump host on its way, found before any traffic, so a run whose
+  local files (a file named or Include'd that is missing or unreadable, an ssh_config that
+  does not parse, a UserKnownHostsFile that cannot be read, a key that does not load), for
+  the endpoint and every ProxyJump host on its way, found before any traffic, so a run whose
   every host would stop there touches nothing; its parse of the ssh_config is the one the
   connection is built on.
 - Lazy connection set-up under a global cap on concurrent handshakes (key exchange is CPU work
@@ -551,7 +551,13 @@ def _prepare(endpoint: Endpoint, host: str) -> _Prepared:
     connection with none to reuse (a reconnect, a jump host's next use) call it."""
     options = _local_file_options(endpoint, host)
     try:
-        resolved = _resolve(endpoint, options.get("config"), host)
+        try:
+            resolved = _resolve(endpoint, options.get("config"), host)
+        except OSError as exc:
+            included = _unreadable_include(exc, endpoint, host, options)
+            if included is None:
+                raise
+            raise included from exc
         _refuse_unreadable_user_known_hosts(resolved.keys, endpoint, host)
         prepared = _with_config_keys(options, resolved, host)
         # The keys asyncssh loads: the ones named, the ssh_config's that exist among them;
@@ -578,6 +584,25 @@ def _load_keys(keys: list[str], certs: list[str], identities_only: bool) -> None
         identities_only,
         True,  # ignore_encrypted, as the connection asks (the agent may hold them)
         unsafe_skip_rsa_key_validation=True,
+    )
+
+
+def _unreadable_include(
+    exc: OSError, endpoint: Endpoint, host: str, options: dict[str, Any]
+) -> ConfigError | None:
+    """``exc``, raised while the ssh_config was read, as this host's :class:`ConfigError` when
+    the file it names is one an ``Include`` line reads, as ssh refuses it too ("Can't open
+    user config file"); None for a file named in the inventory (:func:`_local_failure` says
+    it) or no file at all. asyncssh skips what an Include matches that is not a regular file
+    (ssh finds nothing in a directory), so only a file that cannot be opened gets here."""
+    if exc.filename is None or str(exc.filename) in _local_files(options):
+        return None
+    return ConfigError(
+        f"cannot read the ssh_config file {str(exc.filename)!r}, which an Include line "
+        f"reads: {exc.strerror or exc}",
+        host=host,
+        path=str(exc.filename),
+        hint=f"let this user read it, or fix the Include line in {_config_names(endpoint)}",
     )
 
 
@@ -719,9 +744,9 @@ class SSHPool:
 
     def preflight(self, endpoint: Endpoint, host: str) -> ConfigError | None:
         """The configuration error a connection to ``endpoint`` would stop on before any
-        traffic, or None: a local file named that is not there or cannot be read (a
-        UserKnownHostsFile too), an ssh_config that does not parse, a private key that cannot
-        be loaded; the same for every ProxyJump host the connection goes through
+        traffic, or None: a local file named that is not there or cannot be read (an
+        Include's, a UserKnownHostsFile), an ssh_config that does not parse, a private key
+        that cannot be loaded; the same for every ProxyJump host the connection goes through
         (:func:`_prepare_jumps`). Nothing goes on the network (beyond what a ``Match exec``
         command of the ssh_config does).
 

@@ -681,7 +681,7 @@ def test_connection_errors_name_the_hop(
 
 
 @pytest.mark.parametrize(
-    "case", ["jump host's key", "second jump host's line", "include", "jump loop"]
+    "case", ["jump host's key", "second jump host's line", "include", "ciphers", "jump loop"]
 )
 def test_a_problem_past_the_target_s_own_lines_leaves_the_destination_untouched(
     case: str,
@@ -690,11 +690,11 @@ def test_a_problem_past_the_target_s_own_lines_leaves_the_destination_untouched(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A jump host's key that does not load or ssh_config line that does not parse, an
-    Include'd file that cannot be read, a ProxyJump loop: the pre-flight finds them, so the
-    run exits 2 as for any configuration error and creates nothing. They were found on
-    connecting, after the destination and its state were created (the Include and the
-    second jump host's line said as the host being unreachable)."""
-
+    Include'd file that cannot be read, a Ciphers line naming no cipher asyncssh has, a
+    ProxyJump loop: the pre-flight finds them, so the run exits 2 as for any configuration
+    error and creates nothing. They were found on connecting, after the destination and its
+    state were created (the Include, the ciphers, the second jump host's line said as the
+    host being unreachable)."""
     import errno
 
     import asyncssh
@@ -724,6 +724,9 @@ def test_a_problem_past_the_target_s_own_lines_leaves_the_destination_untouched(
             return open(name, *args, **kwargs)
 
         monkeypatch.setattr(asyncssh.config, "open", refusing, raising=False)
+    elif case == "ciphers":
+        text = f"{target}  Ciphers nope-cipher@example.com\n"
+        path, said = str(cfg), "the ssh_config's Ciphers 'nope-cipher@example.com'"
     else:
         text = f"{target}  ProxyJump gw\nHost gw\n  ProxyJump hop\nHost hop\n  ProxyJump gw\n{hop}"
         path, said = str(cfg), "ProxyJump hosts lead in a loop: gw -> hop -> gw"

@@ -1327,6 +1327,71 @@ def test_an_included_file_that_cannot_be_read_is_a_configuration_error(
     assert "Permission denied" in problem.message and "Include" in (problem.hint or "")
 
 
+@pytest.mark.parametrize(
+    ("lines", "option"),
+    [
+        ("Ciphers nope-cipher@example.com", "Ciphers"),
+        ("Ciphers -*", "Ciphers"),
+        ("MACs nope-mac@example.com", "MACs"),
+        ("MACs nope-mac@example.com\n  Ciphers aes128-ctr,aes128-gcm@openssh.com", "MACs"),
+        ("KexAlgorithms nope-kex@example.com,nope2-*", "KexAlgorithms"),
+        ("HostKeyAlgorithms nope-key@example.com", "HostKeyAlgorithms"),
+        ("PubkeyAcceptedAlgorithms nope-key@example.com", "PubkeyAcceptedAlgorithms"),
+        ("PubkeyAcceptedKeyTypes nope-key@example.com", "PubkeyAcceptedKeyTypes"),
+        # The first of ssh's two names for one option wins.
+        (
+            "PubkeyAcceptedKeyTypes nope-key@example.com\n  PubkeyAcceptedAlgorithms ssh-ed25519",
+            "PubkeyAcceptedKeyTypes",
+        ),
+    ],
+)
+def test_an_algorithm_list_asyncssh_cannot_use_is_a_configuration_error(
+    lines: str, option: str, tmp_path: Path
+) -> None:
+    """A list naming only algorithms asyncssh does not support (or ``-`` removing every
+    one) failed in the key exchange, as an unreachable host ("No matching key exchange
+    algorithm" for a HostKeyAlgorithms); now the pre-flight names the option, the host and
+    what asyncssh supports. ssh refuses such a list too ("Bad SSH2 cipher spec")."""
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Host box\n  HostName 127.0.0.1\n  {lines}\n")
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    problem = SSHPool().preflight(ep, "box")
+    assert isinstance(problem, ConfigError), problem
+    assert (problem.host, problem.path) == ("box", str(cfg))
+    assert problem.message.startswith(f"the ssh_config's {option} "), problem
+    assert "asyncssh supports: " in (problem.hint or "")
+    supported = {
+        "Ciphers": "aes128-gcm@openssh.com",
+        "MACs": "hmac-sha2-256",
+        "KexAlgorithms": "curve25519-sha256",
+    }.get(option, "ssh-ed25519")
+    assert supported in (problem.hint or ""), problem.hint
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        "Ciphers nope-cipher@example.com,aes128-gcm@openssh.com",
+        "Ciphers +nope-cipher@example.com",
+        "Ciphers ^nope-cipher@example.com",
+        "Ciphers -aes128-cbc,aes192-cbc",
+        "MACs nope-mac@example.com\n  Ciphers aes128-gcm@openssh.com",
+        "KexAlgorithms nope-kex@example.com,curve25519-*",
+        "PubkeyAcceptedAlgorithms +ssh-rsa,nope-key@example.com",
+    ],
+)
+async def test_an_algorithm_list_asyncssh_can_use_part_of_keeps_working(
+    lines: str, fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """asyncssh drops the names it does not support (ssh knows some it lacks); while one it
+    supports is left, the host is reached."""
+    cfg = _box_config(fleet, tmp_path, f"  {lines}\n  UserKnownHostsFile {fleet.known_hosts}\n")
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    async with SSHPool() as pool:
+        assert pool.preflight(ep, "box") is None
+        assert await run_command(pool, ep, ["echo", "ok"], host="box") == b"ok\n"
+
+
 async def test_a_connection_reuses_the_pre_flight_s_parse_of_the_ssh_config(
     fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,10 +7,10 @@ What it owns:
   connection.
 - The pre-flight of a connection (:meth:`SSHPool.preflight`): what it would stop on in its
   local files (a file named or Include'd that is missing or unreadable, an ssh_config that
-  does not parse, a UserKnownHostsFile that cannot be read, a key that does not load), for
-  the endpoint and every ProxyJump host on its way, found before any traffic, so a run whose
-  every host would stop there touches nothing; its parse of the ssh_config is the one the
-  connection is built on.
+  does not parse or whose algorithm list leaves asyncssh nothing, a UserKnownHostsFile that
+  cannot be read, a key that does not load), for the endpoint and every ProxyJump host on
+  its way, found before any traffic, so a run whose every host would stop there touches
+  nothing; its parse of the ssh_config is the one the connection is built on.
 - Lazy connection set-up under a global cap on concurrent handshakes (key exchange is CPU work
   on our single event loop, and sshd drops bursts above ``MaxStartups``).
 - A per-endpoint cap on concurrent channels, below sshd's ``MaxSessions`` (10): asking for more
@@ -537,6 +537,99 @@ _TUNING = {
 }
 
 
+def _algorithm_lists() -> tuple[tuple[str, str, list[bytes], list[bytes]], ...]:
+    """The ssh_config's algorithm lists asyncssh follows (PubkeyAcceptedAlgorithms, which it
+    reads only through :func:`_read_config_as_ssh_does`, only checked): each option, what it
+    names, the algorithms asyncssh supports and its defaults (the base of ``+``, ``-``, ``^``)."""
+    from asyncssh import encryption, kex, mac, public_key
+
+    signatures = (
+        public_key.get_x509_certificate_algs()
+        + public_key.get_certificate_algs()
+        + public_key.get_public_key_algs()
+    )
+    default_signatures = (
+        public_key.get_default_certificate_algs() + public_key.get_default_public_key_algs()
+    )
+    return (
+        (
+            "Ciphers",
+            "cipher",
+            encryption.get_encryption_algs(),
+            encryption.get_default_encryption_algs(),
+        ),
+        ("MACs", "MAC", mac.get_mac_algs(), mac.get_default_mac_algs()),
+        ("KexAlgorithms", "key exchange", kex.get_kex_algs(), kex.get_default_kex_algs()),
+        ("HostKeyAlgorithms", "host key", signatures, default_signatures),
+        *((option, "public key", signatures, default_signatures) for option in _PUBKEY_ALGORITHMS),
+    )
+
+
+#: ssh's two names of one option (the second its old one): the first line of either wins.
+_PUBKEY_ALGORITHMS = ("PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes")
+
+
+def _usable_algorithms(value: str, supported: list[bytes], default: list[bytes]) -> list[bytes]:
+    """The algorithms asyncssh takes from the ssh_config list ``value``, as it reads one
+    given there (not as an argument): a name or ``*``/``?`` pattern it does not support
+    matches nothing and is dropped without a word; ``+`` appends what matched to its
+    defaults, ``^`` puts it before them, ``-`` removes it from them."""
+    from asyncssh.pattern import WildcardPattern
+
+    prefix = value[:1] if value[:1] in ("+", "-", "^") else ""
+    patterns = [WildcardPattern(name) for name in value[len(prefix) :].split(",")]
+    matched = [alg for alg in supported if any(p.matches(alg.decode("ascii")) for p in patterns)]
+    if prefix == "-":
+        return [alg for alg in default if alg not in matched]
+    if prefix == "^":
+        return matched + default
+    if prefix == "+":
+        return default + matched
+    return matched
+
+
+def _refuse_unusable_algorithms(resolved: _Resolved, endpoint: Endpoint, host: str) -> None:
+    """A :class:`ConfigError` for an algorithm list of the ssh_config that leaves asyncssh
+    nothing to offer (every name one it does not support, or ``-`` removing every one): the
+    connection would fail in the key exchange, and look like an unreachable host.
+
+    ssh refuses a list with any name it does not know; asyncssh's set is not ssh's (no
+    sntrup761 key exchange, say), so a list it can use part of is followed, as asyncssh
+    follows it. An empty MACs is refused only when a cipher in use needs a MAC (an AEAD
+    one, such as aes128-gcm, has its own)."""
+    parsed = resolved.parsed
+    if parsed is None:
+        return
+    for option, kind, supported, default in _algorithm_lists():
+        value = parsed.config.get(option)
+        if not isinstance(value, str) or _usable_algorithms(value, supported, default):
+            continue
+        if option == "MACs" and not _ciphers_need_a_mac(resolved):
+            continue
+        names = ", ".join(alg.decode("ascii") for alg in supported)
+        raise ConfigError(
+            f"the ssh_config's {option} {value!r} leaves no {kind} algorithm that "
+            "remote-sync's SSH library (asyncssh) supports",
+            host=host,
+            path=_config_names(endpoint),
+            hint=f"fix the {option} line of the ssh_config; asyncssh supports: {names}",
+        )
+
+
+def _ciphers_need_a_mac(resolved: _Resolved) -> bool:
+    """Whether a cipher the connection offers needs a MAC: the ssh_config's, else ours."""
+    from asyncssh import encryption
+
+    assert resolved.parsed is not None
+    ciphers = [alg.encode("ascii") for alg in PREFERRED_CIPHERS]
+    value = resolved.parsed.config.get("Ciphers")
+    if "Ciphers" in resolved.tuned and isinstance(value, str):
+        ciphers = _usable_algorithms(
+            value, encryption.get_encryption_algs(), encryption.get_default_encryption_algs()
+        )
+    return any(encryption.encryption_needs_mac(alg) for alg in ciphers)
+
+
 #: What asyncssh raises while it reads an ssh_config and private keys.
 _READING_ERRORS = (asyncssh.Error, OSError, ValueError, RecursionError)
 
@@ -544,8 +637,8 @@ _READING_ERRORS = (asyncssh.Error, OSError, ValueError, RecursionError)
 def _prepare(endpoint: Endpoint, host: str) -> _Prepared:
     """What a connection to ``endpoint`` needs from its local files, each checked before any
     traffic as asyncssh would stop on it, and as ssh stops on it: the ssh_config parsed
-    (Include, Match and tokens, as the connection would parse it), its UserKnownHostsFile
-    files, the private keys
+    (Include, Match and tokens, as the connection would parse it), its algorithm lists
+    (:func:`_refuse_unusable_algorithms`), its UserKnownHostsFile files, the private keys
     named loaded. A configuration error is raised as the connection reports it
     (:func:`_local_failure`); anything else as asyncssh raised it. Both the pre-flight and a
     connection with none to reuse (a reconnect, a jump host's next use) call it."""
@@ -559,6 +652,7 @@ def _prepare(endpoint: Endpoint, host: str) -> _Prepared:
                 raise
             raise included from exc
         _refuse_unreadable_user_known_hosts(resolved.keys, endpoint, host)
+        _refuse_unusable_algorithms(resolved, endpoint, host)
         prepared = _with_config_keys(options, resolved, host)
         # The keys asyncssh loads: the ones named, the ssh_config's that exist among them;
         # with none it tries the default ones, which nobody asked for (and skips those it
@@ -745,10 +839,10 @@ class SSHPool:
     def preflight(self, endpoint: Endpoint, host: str) -> ConfigError | None:
         """The configuration error a connection to ``endpoint`` would stop on before any
         traffic, or None: a local file named that is not there or cannot be read (an
-        Include's, a UserKnownHostsFile), an ssh_config that does not parse, a private key
-        that cannot be loaded; the same for every ProxyJump host the connection goes through
-        (:func:`_prepare_jumps`). Nothing goes on the network (beyond what a ``Match exec``
-        command of the ssh_config does).
+        Include's, a UserKnownHostsFile), an ssh_config that does not parse or names no
+        algorithm asyncssh supports, a private key that cannot be loaded; the same for every
+        ProxyJump host the connection goes through (:func:`_prepare_jumps`). Nothing goes on
+        the network (beyond what a ``Match exec`` command of the ssh_config does).
 
         What it reads (the ssh_config parsed, for the endpoint and its jump hosts) is kept
         for their first connection, which would read it again. Blocking file work: call it
@@ -1449,7 +1543,8 @@ def _read_config_as_ssh_does() -> None:
       apostrophe in it for an unclosed quote);
     - a time with units (``ServerAliveInterval 1m``, ``ConnectTimeout 10s``).
 
-    and keep the StrictHostKeyChecking option, which it skipped.
+    and keep the StrictHostKeyChecking option, which it skipped, and PubkeyAcceptedAlgorithms
+    (or PubkeyAcceptedKeyTypes), which it skips too, for the pre-flight to check.
 
     Where asyncssh's reader is not as expected (another asyncssh), nothing is changed.
     """
@@ -1464,10 +1559,25 @@ def _read_config_as_ssh_does() -> None:
     if set_string is not None:
         # asyncssh skips it; its accept-new is followed (see SSHPool._connect).
         handlers.setdefault("stricthostkeychecking", ("StrictHostKeyChecking", set_string))
+        for option in _PUBKEY_ALGORITHMS:
+            handlers.setdefault(option.lower(), (option, _first_of_both(set_string)))
     for key in _TIME_OPTIONS:
         entry = handlers.get(key)
         if entry is not None and not getattr(entry[1], "ssh_times", False):
             handlers[key] = (entry[0], _reading_times(entry[1]))
+
+
+def _first_of_both(set_string: Any) -> Any:
+    """asyncssh's string setter for PubkeyAcceptedAlgorithms and its old name: the first
+    line of either is kept, as ssh reads both as one option."""
+
+    def read(config: Any, option: str, args: list[str]) -> None:
+        if any(config.get(name) is not None for name in _PUBKEY_ALGORITHMS):
+            args.pop(0)
+            return
+        set_string(config, option, args)
+
+    return read
 
 
 def _reading_times(handler: Any) -> Any:

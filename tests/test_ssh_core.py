@@ -35,6 +35,7 @@ from remote_sync.errors import (
     TransferCancelledError,
 )
 from remote_sync.ssh import pool as pool_module
+from remote_sync.ssh import stream as stream_module
 from remote_sync.ssh.flow import ConsumerCredit
 from remote_sync.ssh.pool import Endpoint, PoolSettings, SSHPool
 from remote_sync.ssh.stream import exec_streaming, run_command
@@ -127,6 +128,37 @@ async def test_nonzero_exit_carries_status_and_stderr_tail(fleet: SSHFleet) -> N
     assert info.value.exit_status == 3
     assert info.value.stderr_tail == b"it broke\n"
     assert "kitchen" in str(info.value) and "it broke" in str(info.value)
+
+
+async def test_a_command_gone_before_its_stdin_is_written_reports_its_own_end(
+    fleet: SSHFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that ends at once (a root that does not exist) can close its channel before
+    the client, slowed by a loaded machine, writes the stdin it was started with: asyncssh
+    then raises BrokenPipeError ("Channel not open for sending"), and the host failed with an
+    "internal error" instead of the command's own exit and message."""
+    opened = stream_module._open_channel
+
+    async def open_then_wait_for_the_close(*args: Any) -> Any:
+        chan = await opened(*args)
+        await args[-1]().closed.wait()  # the command has ended and its channel closed
+        return chan
+
+    monkeypatch.setattr(stream_module, "_open_channel", open_then_wait_for_the_close)
+    argv = ["sh", "-c", "echo 'no such root' >&2; exit 2"]
+    async with SSHPool() as pool:
+        with pytest.raises(RemoteCommandError) as info:
+            async with exec_streaming(
+                pool, endpoint(fleet, "h0"), argv, host="kitchen", stdin=b"paths\n"
+            ) as s:
+                await s.read_all()
+        assert info.value.exit_status == 2 and "no such root" in str(info.value)
+        async with exec_streaming(
+            pool, endpoint(fleet, "h0"), ["true"], stdin=b"x", keep_stdin_open=True
+        ) as s:
+            assert await s.read_all() == b""
+            s.send(b"more", end=True)  # dropped: the command is gone
+        assert s.exit_status == 0
 
 
 async def test_argv_is_data_never_code(fleet: SSHFleet, tmp_path: Path) -> None:

@@ -85,6 +85,7 @@ class RemoteStream:
         self._idle_timeout = idle_timeout
         self._channel: _Channel | None = None  # set by exec_streaming once the channel exists
         self._stdin: asyncssh.SSHClientChannel[bytes] | None = None  # while stdin stays open
+        self._stdin_refused = False  # a write found the command gone: the rest is dropped
         self._boundary: bytes | None = None  # a stderr line awaited (set_stderr_boundary)
         self._before = bytearray()  # stderr while the boundary is awaited (a bounded tail)
         self._stderr_before: bytes | None = None
@@ -143,14 +144,18 @@ class RemoteStream:
             raise RuntimeError("stdin of this remote command is closed")
         if end:
             self._stdin = None
+        if self._stdin_refused:
+            return
         try:
             if data:
                 chan.write(data)
             if end:
                 chan.write_eof()
         except (BrokenPipeError, OSError, asyncssh.Error) as exc:
+            # Later sends are dropped alike: the caller learns how the command ended by
+            # reading the stream, not from a write that came too late.
             log.debug("%s: stdin not sent, the command has ended: %s", self.host, exc)
-            self._stdin = None
+            self._stdin_refused = True
 
     def set_stderr_boundary(self, line: bytes) -> None:
         """Keep the stderr that comes before ``line`` apart, in :attr:`stderr_before`.
@@ -469,12 +474,11 @@ async def exec_streaming(
             chan = await _open_channel(pool, endpoint, conn, host, command, lambda: channel)
             unhook = own_token.on_cancel(lambda: _signal(chan, "TERM"))
             try:
-                if stdin is not None:
-                    chan.write(stdin)
-                if keep_stdin_open:
-                    stream._stdin = chan
-                else:
-                    chan.write_eof()
+                # Through send(): a command that ends at once (a root that is not there) may
+                # have closed its channel before this write on a loaded machine, and asyncssh
+                # then raises BrokenPipeError; the stream reports how the command ended.
+                stream._stdin = chan
+                stream.send(stdin or b"", end=not keep_stdin_open)
                 try:
                     yield stream
                 except Exception as exc:

@@ -14,8 +14,11 @@ remote calls open their own connection pool, with channel windows sized for them
 decodes more slowly than a window refills; a show stops reading early); the reads of a mirror
 that may be long (a show, the stats) run in a worker thread, so the event loop goes on. Every
 call is cancellable through a :class:`~remote_sync.cancel.CancelRegistry` (pass
-``transfer_id`` and cancel it there), and all but ``session_stats`` (one query) report
-progress through ``emit``.
+``transfer_id`` and cancel it there): the transfer is registered at the call, so a cancel sent
+before the coroutine is awaited or the generator iterated is kept, and the run starts
+cancelled; a call never run leaves no entry once it is closed or dropped, and a
+``transfer_id`` already registered is a ValueError at the call. All but ``session_stats`` (one
+query) report progress through ``emit``.
 
 ``emit`` is called from inside the engine's tasks: an exception it raises is logged and the
 event dropped (see :func:`~remote_sync.events.guarded`); it never aborts the work.
@@ -150,15 +153,22 @@ def _checked_at_call(function: _F, signature: inspect.Signature) -> _F:
     a misspelt keyword is a TypeError at the call, as for any ``async def`` with named
     parameters, not once the coroutine is awaited or the generator iterated (and never a
     keyword taken without a word by a ``**kwargs``). ``signature`` is also what
-    ``inspect.signature``, ``help`` and ``typing.get_type_hints`` see."""
+    ``inspect.signature``, ``help`` and ``typing.get_type_hints`` see. The call registers the
+    transfer (:meth:`~remote_sync.cancel.CancelRegistry.reserve`)."""
 
     @wraps(function)
     def checked(*args: Any, **kwargs: Any) -> Any:
         try:
-            signature.bind(*args, **kwargs)
+            arguments = signature.bind(*args, **kwargs).arguments
         except TypeError as exc:
             raise TypeError(f"{function.__name__}() {exc}") from None
-        return function(*args, **kwargs)
+        # The transfer is registered now, not once the coroutine is awaited or the generator
+        # iterated: a UI cancels through the registry right after the call (a "stop" before
+        # the first batch), and that cancel must not find nothing. The body's own
+        # `registry.register` adopts this entry; a duplicate id fails here, at the call.
+        registry = arguments.get("registry")
+        registry = registry if registry is not None else default_registry
+        return registry.reserve(arguments.get("transfer_id"), partial(function, *args, **kwargs))
 
     checked.__signature__ = signature  # type: ignore[attr-defined]
     checked.__annotations__ = {
@@ -212,6 +222,13 @@ def _with_arguments_of(
     return retype
 
 
+def _registered_at_call(function: _F) -> _F:
+    """``function`` (an entry point that is neither spelt out nor derived) registering its
+    transfer at the call, as the others do (:func:`_checked_at_call`)."""
+    return _checked_at_call(function, _resolved(function))
+
+
+@_registered_at_call
 async def sync(
     hosts: Sequence[Host],
     dest: str | Path,
@@ -234,9 +251,10 @@ async def sync(
     ``index`` (off: ``--no-index``, mirror only)."""
     _require_asyncio()
     registry = registry if registry is not None else default_registry
-    # Registered here, before the engine is imported (in a worker thread, while other tasks
-    # run): a cancel meanwhile is kept by the token, and the engine's rounds are born
-    # cancelled. The engine's own registration (the token's child) is private.
+    # The token registered at the call (adopted here), before the engine is imported (in a
+    # worker thread, while other tasks run): a cancel meanwhile is kept by the token, and the
+    # engine's rounds are born cancelled. The engine's own registration (the token's child)
+    # is private.
     with registry.register(transfer_id) as token:
         await _import_off_the_loop(_ENGINE)
         from .mirror.engine import SyncOptions, sync_fleet
@@ -352,6 +370,7 @@ async def list_sessions(*args: Any, **kwargs: Any) -> list[SessionRow]:
     return out
 
 
+@_registered_at_call
 async def read_session(
     host: Host | str,
     session: str,

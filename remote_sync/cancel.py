@@ -8,21 +8,32 @@ token cancels every transfer under it.
 
 The :class:`CancelRegistry` maps ids to the tokens of transfers that are running *now*: an entry
 is added when the transfer starts and removed when it ends, however it ends, so the registry never
-grows past the number of live transfers. All methods must be called from the event loop's thread
-(a signal handler or another thread goes through ``loop.call_soon_threadsafe``).
+grows past the number of live transfers. A call of the library API registers its transfer at the
+call, before its coroutine or async generator runs (:meth:`CancelRegistry.reserve`), so that a
+cancel sent between the call and the first await is kept by the token; that entry goes when the
+work ends, or when it is closed or dropped without having run. All methods must be called from
+the event loop's thread (a signal handler or another thread goes through
+``loop.call_soon_threadsafe``).
 """
 
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from types import AsyncGeneratorType, CoroutineType
+from typing import Any, TypeVar
 
 import anyio
 
 from .errors import TransferCancelledError
 
 _ids = itertools.count(1)
+
+#: What a reservation waits for: the coroutine or async generator an API call returned.
+_W = TypeVar("_W")
 
 
 class CancelToken:
@@ -35,11 +46,16 @@ class CancelToken:
         self._scopes: set[anyio.CancelScope] = set()
         self._callbacks: list[Callable[[], None]] = []
         self._children: set[CancelToken] = set()
-        self._parent = parent
+        self._parent: CancelToken | None = None
         if parent is not None:
-            parent._children.add(self)
-            if parent.cancelled:
-                self.cancel(parent.reason)
+            self._attach(parent)
+
+    def _attach(self, parent: CancelToken) -> None:
+        """Become a child of ``parent`` (cancelled at once if it already is)."""
+        self._parent = parent
+        parent._children.add(self)
+        if parent.cancelled:
+            self.cancel(parent.reason)
 
     @property
     def cancelled(self) -> bool:
@@ -101,51 +117,139 @@ class CancelToken:
             self._parent = None
 
 
+@dataclass(slots=True)
+class _Entry:
+    """A registered transfer: its token, and while it is only reserved (not yet running) the
+    coroutine or async generator that will run it, weakly (a call never awaited must not be
+    kept alive by the registry)."""
+
+    token: CancelToken
+    owner: weakref.ref[Any] | None = None
+
+    def running_for(self) -> bool:
+        """Reserved, and its owner is executing now: whatever registers at this moment does so
+        on its behalf (the owner's own body, or a call it makes or awaits)."""
+        owner = self.owner() if self.owner is not None else None
+        if isinstance(owner, CoroutineType):
+            return owner.cr_running
+        if isinstance(owner, AsyncGeneratorType):
+            return owner.ag_running
+        return False
+
+    def stale(self) -> bool:
+        """Reserved by work that can no longer run: dropped, or closed (or thrown into) before
+        it started; its frame is gone then."""
+        if self.owner is None:
+            return False
+        owner = self.owner()
+        if isinstance(owner, CoroutineType):
+            return owner.cr_frame is None
+        if isinstance(owner, AsyncGeneratorType):
+            return owner.ag_frame is None
+        return True  # garbage-collected
+
+
 class CancelRegistry:
-    """Live transfers by id. Entries exist exactly as long as their transfer."""
+    """Live transfers by id. Entries exist exactly as long as their transfer (reserved ones
+    from the call that will run it)."""
 
     def __init__(self) -> None:
-        self._tokens: dict[str, CancelToken] = {}
+        self._entries: dict[str, _Entry] = {}
+
+    def _purge(self) -> None:
+        """Forget reservations whose work was dropped or closed without running: they are
+        no transfer. Done lazily, on every access, rather than from a finalizer (which would
+        run at any point, on any thread)."""
+        for transfer_id in [t for t, entry in self._entries.items() if entry.stale()]:
+            del self._entries[transfer_id]
+
+    def _reserved_for_running(self, transfer_id: str | None) -> _Entry | None:
+        """The reservation made for the work executing now (by id, or any when ``transfer_id``
+        is None, as the call reserved a generated id for it)."""
+        if transfer_id is not None:
+            entry = self._entries.get(transfer_id)
+            return entry if entry is not None and entry.running_for() else None
+        return next((e for e in self._entries.values() if e.running_for()), None)
+
+    def reserve(self, transfer_id: str | None, create: Callable[[], _W]) -> _W:
+        """Register a transfer now and return ``create()``, the coroutine or async generator
+        that will run it (its own :meth:`register` adopts this entry and its token): a cancel
+        from now on is kept by the token, and the work is born cancelled. The entry is gone
+        once the work ends, or once it is closed or garbage-collected without having run. A
+        duplicate id raises ValueError here, at the call. Called on behalf of reserved work
+        that is executing (an API call made inside another), nothing more is reserved."""
+        self._purge()
+        if self._reserved_for_running(transfer_id) is not None:
+            return create()
+        entry = self._add(transfer_id, None)
+        try:
+            work = create()
+        except BaseException:
+            self._drop(entry)
+            raise
+        entry.owner = weakref.ref(work)
+        return work
+
+    def _add(self, transfer_id: str | None, parent: CancelToken | None) -> _Entry:
+        transfer_id = transfer_id or f"transfer-{next(_ids)}"
+        if transfer_id in self._entries:
+            raise ValueError(f"a transfer with id {transfer_id!r} is already running")
+        entry = _Entry(CancelToken(transfer_id, parent))
+        self._entries[transfer_id] = entry
+        return entry
+
+    def _drop(self, entry: _Entry) -> None:
+        if self._entries.get(entry.token.id) is entry:
+            del self._entries[entry.token.id]
+        entry.token.detach()
 
     @contextmanager
     def register(
         self, transfer_id: str | None = None, *, parent: CancelToken | None = None
     ) -> Iterator[CancelToken]:
-        """Register a transfer for the duration of the ``with`` block and yield its token."""
-        transfer_id = transfer_id or f"transfer-{next(_ids)}"
-        if transfer_id in self._tokens:
-            raise ValueError(f"a transfer with id {transfer_id!r} is already running")
-        token = CancelToken(transfer_id, parent)
-        self._tokens[transfer_id] = token
+        """Register a transfer for the duration of the ``with`` block and yield its token (the
+        token reserved at the call, when the work executing now had one: :meth:`reserve`)."""
+        self._purge()
+        entry = self._reserved_for_running(transfer_id)
+        if entry is not None:
+            entry.owner = None  # running now: its end drops it
+            if parent is not None:
+                entry.token._attach(parent)
+        else:
+            entry = self._add(transfer_id, parent)
         try:
-            yield token
+            yield entry.token
         finally:
-            self._tokens.pop(transfer_id, None)
-            token.detach()
+            self._drop(entry)
 
     def cancel(self, transfer_id: str, reason: str = "cancelled") -> bool:
         """Cancel one transfer. Returns False when no such transfer is running."""
-        token = self._tokens.get(transfer_id)
-        if token is None:
+        self._purge()
+        entry = self._entries.get(transfer_id)
+        if entry is None:
             return False
-        token.cancel(reason)
+        entry.token.cancel(reason)
         return True
 
     def cancel_all(self, reason: str = "cancelled") -> int:
         """Cancel every running transfer; returns how many were cancelled."""
-        tokens = list(self._tokens.values())
-        for token in tokens:
-            token.cancel(reason)
-        return len(tokens)
+        self._purge()
+        entries = list(self._entries.values())
+        for entry in entries:
+            entry.token.cancel(reason)
+        return len(entries)
 
     def active(self) -> list[str]:
-        return list(self._tokens)
+        self._purge()
+        return list(self._entries)
 
     def __len__(self) -> int:
-        return len(self._tokens)
+        self._purge()
+        return len(self._entries)
 
     def __contains__(self, transfer_id: object) -> bool:
-        return transfer_id in self._tokens
+        self._purge()
+        return transfer_id in self._entries
 
 
 #: The process-wide registry used when a caller does not pass its own.

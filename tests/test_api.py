@@ -10,6 +10,7 @@ caller passed as well as the CLI's option.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import json
@@ -549,3 +550,75 @@ async def test_a_show_that_fails_or_is_cancelled_ends_its_progress() -> None:
     assert [type(e) for e in events] == [Progress, ErrorEvent, Progress]
     assert events[1].kind == "cancelled" and events[2].phase == "done"
     assert len(registry) == 0
+
+
+# -- a cancel sent right after the call -------------------------------------------------------
+
+
+async def test_a_cancel_sent_right_after_the_call_is_kept(index_dest: Path) -> None:
+    """A UI's "stop" before the first batch: the transfer was registered only once the stream
+    was iterated or the coroutine awaited, so ``registry.cancel`` found nothing (False) and
+    the listing ran to its end. Now every call registers at the call, and the run honours
+    the cancel (a remote one before any host is contacted: the host below does not exist)."""
+    registry = CancelRegistry()
+    calls: list[Any] = [
+        lambda: api.stream_sessions(dest=index_dest, registry=registry, transfer_id="t"),
+        lambda: api.stream_sessions(
+            remote=True, hosts=[nowhere()], registry=registry, transfer_id="t"
+        ),
+        lambda: api.list_sessions(dest=index_dest, registry=registry, transfer_id="t"),
+        lambda: api.list_sessions(
+            remote=True, hosts=[nowhere()], registry=registry, transfer_id="t"
+        ),
+        lambda: api.read_session("h0", "s", dest=index_dest, registry=registry, transfer_id="t"),
+        lambda: api.show_session(nowhere(), "s", registry=registry, transfer_id="t"),
+        lambda: api.session_stats(dest=index_dest, registry=registry, transfer_id="t"),
+    ]
+    for call in calls:
+        work = call()
+        assert registry.active() == ["t"]
+        assert registry.cancel("t", "stop clicked")
+        with pytest.raises(TransferCancelledError, match="stop clicked"):
+            if inspect.isasyncgen(work):
+                async for _batch in work:
+                    pass
+            else:
+                await work
+        assert len(registry) == 0
+    # A sync returns its summary: the host it never contacted reported cancelled (130).
+    work = api.sync([nowhere()], index_dest.parent / "m", registry=registry, transfer_id="t")
+    assert registry.cancel("t")
+    summary = await work
+    assert (summary.exit_code, summary.hosts_failed, len(registry)) == (130, 1, 0)
+
+
+async def test_a_call_never_run_leaves_no_transfer_and_a_duplicate_id_fails_at_the_call(
+    index_dest: Path,
+) -> None:
+    """Registered at the call, the entry goes with the work even when it never runs: dropped,
+    closed, or its task cancelled before its first step (the task kept). A second call with
+    the id of one not yet run is refused at once, as one of a running transfer is."""
+    registry = CancelRegistry()
+
+    def listing() -> Any:
+        return api.stream_sessions(dest=index_dest, registry=registry, transfer_id="t")
+
+    def eager() -> Any:
+        return api.list_sessions(dest=index_dest, registry=registry, transfer_id="t")
+
+    listing()  # dropped at once
+    assert len(registry) == 0 and "t" not in registry and registry.active() == []
+    stream = listing()
+    with pytest.raises(ValueError, match="'t' is already running"):
+        eager()
+    await stream.aclose()
+    assert registry.active() == [] and not registry.cancel("t")
+    coroutine = eager()
+    coroutine.close()
+    assert registry.active() == []
+    task = asyncio.get_running_loop().create_task(eager())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert registry.active() == []
+    assert len(await eager()) > 0 and registry.active() == []

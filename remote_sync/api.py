@@ -36,7 +36,7 @@ import inspect
 import typing
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import aclosing, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial, wraps
 from itertools import islice
@@ -289,6 +289,7 @@ async def stream_sessions(
     errors: list[RemoteSyncError] | None = None,
     idle_timeout: float | None = IDLE_TIMEOUT,
     concurrency: int = CONCURRENCY,
+    pool: PoolSettings | None = None,
     **options: Unpack[ListingOptions],
 ) -> AsyncGenerator[list[SessionRow], None]:
     """Sessions in batches of ``batch_size`` as they are read.
@@ -331,6 +332,11 @@ async def stream_sessions(
     then ``done``: every host that reported ``listing`` ends with ``done``), and the
     :class:`~remote_sync.errors.TransferCancelledError` raised names no host. A host
     whose command sends nothing for ``idle_timeout`` seconds fails (None: no limit).
+
+    ``pool`` tunes the SSH connection pool of a remote listing as it does ``sync``'s (say a
+    short ``connect_timeout``, so that a host that hangs in its handshake fails soon instead
+    of holding the listing up); its ``window``, left at the default, is the listing's own
+    smaller one (rows decode more slowly than a window refills).
     """
     check_batch_size(batch_size)
     if remote:
@@ -343,7 +349,7 @@ async def stream_sessions(
     with registry.register(transfer_id) as token:
         if remote:
             batches = _remote_sessions(
-                hosts, batch_size, emit, token, failures, options, idle_timeout, concurrency
+                hosts, batch_size, emit, token, failures, options, idle_timeout, concurrency, pool
             )
         else:
             batches = _local_batches(dest, batch_size, token, emit, options)
@@ -383,6 +389,7 @@ async def read_session(
     transfer_id: str | None = None,
     registry: CancelRegistry | None = None,
     idle_timeout: float | None = IDLE_TIMEOUT,
+    pool: PoolSettings | None = None,
     emit: Emit | None = None,
 ) -> ShowResult:
     """A session's first ``head``, last ``tail`` or page ``page`` of ``page_size`` messages
@@ -397,7 +404,9 @@ async def read_session(
     bytes shown, in a worker thread, never taking the mirror's lock. Without it, straight from
     the :class:`~remote_sync.inventory.Host` over SSH (``sessions show --remote``): only the
     bytes shown, in one remote command; the host fails if its command sends nothing for
-    ``idle_timeout`` seconds (None: no limit). ``emit`` gets a ``fetching`` progress event,
+    ``idle_timeout`` seconds (None: no limit), and ``pool`` tunes its SSH connection as it does
+    ``sync``'s (its ``window``, left at the default, is the show's own smaller one: a show
+    stops reading early). ``emit`` gets a ``fetching`` progress event,
     then ``done`` with the messages and bytes read; when the read fails or is cancelled
     through the registry, an :class:`~remote_sync.events.ErrorEvent` and ``done`` before the
     error is raised.
@@ -410,7 +419,9 @@ async def read_session(
         fetch = partial(_read_mirrored, Path(dest), name, session, head, tail, page, page_size)
     elif isinstance(host, Host):
         _require_asyncio()
-        fetch = partial(_read_remote, host, session, head, tail, page, page_size, idle_timeout)
+        fetch = partial(
+            _read_remote, host, session, head, tail, page, page_size, idle_timeout, pool
+        )
     else:
         raise ValueError(
             f"host {host!r} is a name: pass dest (the mirror to read the session from), "
@@ -476,6 +487,7 @@ async def _read_remote(
     page: int | None,
     page_size: int,
     idle_timeout: float | None,
+    pool: PoolSettings | None,
     token: CancelToken,
 ) -> ShowResult:
     """The messages chosen, fetched from ``host``: only the bytes shown, in one command."""
@@ -484,9 +496,9 @@ async def _read_remote(
     from .index.remote import SHOW_WINDOW, read_remote_session
     from .ssh.pool import SSHPool
 
-    async with SSHPool(PoolSettings(window=SHOW_WINDOW)) as pool:
+    async with SSHPool(_pool_for(pool, SHOW_WINDOW)) as connections:
         return await read_remote_session(
-            pool,
+            connections,
             host,
             session,
             head=_bounded(head),
@@ -530,6 +542,18 @@ async def _in_thread(token: CancelToken, work: Callable[[], _R], *, host: str | 
     return result
 
 
+_DEFAULT_POOL = PoolSettings()
+
+
+def _pool_for(pool: PoolSettings | None, window: int) -> PoolSettings:
+    """The caller's pool settings (None: the defaults) for a remote listing or show: with the
+    call's own ``window`` unless the caller chose one (a window other than the default)."""
+    pool = pool if pool is not None else PoolSettings()
+    if pool.window == _DEFAULT_POOL.window:
+        pool = replace(pool, window=window)
+    return pool
+
+
 def _report_end(emit: Emit, host: str, error: RemoteSyncError, done: int) -> None:
     """A host's read that stopped on ``error`` (a failure, or a cancel through the registry)
     reported as ``sync`` reports a host's round that did: its error, then its ``done``."""
@@ -552,6 +576,7 @@ async def _remote_sessions(
     options: ListingOptions,
     idle_timeout: float | None,
     concurrency: int,
+    pool: PoolSettings | None,
 ) -> AsyncGenerator[list[SessionRow], None]:
     """Each host's sessions, filtered like the index's; failed hosts reported and skipped.
 
@@ -568,13 +593,16 @@ async def _remote_sessions(
     # Validates every value (a ConfigError) before connecting.
     select_rows([], sort=sort or DEFAULT_SORT, limit=limit, **filters)
     await _import_off_the_loop(_REMOTE_READERS)
+    from .index.remote import LIST_WINDOW
+
     token.raise_if_cancelled()
     ordered = sort is not None or limit is not None
     wanted = filters.get("host")
     # None of another host's rows could match `host`: those are not even connected to.
     asked = [host for host in hosts if wanted is None or host.name == wanted]
     kept: list[SessionRow] = []
-    reader = _HostReader(batch_size, emit, token, filters, idle_timeout)
+    settings = _pool_for(pool, LIST_WINDOW)
+    reader = _HostReader(batch_size, emit, token, filters, idle_timeout, settings)
     send, receive = anyio.create_memory_object_stream[list[SessionRow] | Exception](0)
     # The hosts are read in a task of their own, not in the caller's: none of their cancel
     # scopes (the host tasks', the pool's) is held across this generator's yields. A caller
@@ -627,6 +655,7 @@ class _HostReader:
     token: CancelToken
     filters: SessionFilters
     idle_timeout: float | None
+    settings: PoolSettings
     failed: dict[int, RemoteSyncError] = field(default_factory=dict)  # by place in `hosts`
 
     async def read_all(
@@ -637,13 +666,12 @@ class _HostReader:
     ) -> None:
         """Every host's filtered batches sent on ``send``, ``concurrency`` hosts at once;
         an error that stops the listing is sent on for it to raise."""
-        from .index.remote import LIST_WINDOW
-        from .ssh.pool import PoolSettings, SSHPool
+        from .ssh.pool import SSHPool
 
         with send:
             try:
                 async with (
-                    SSHPool(PoolSettings(window=LIST_WINDOW)) as pool,
+                    SSHPool(self.settings) as pool,
                     anyio.create_task_group() as tasks,
                 ):
                     limiter = anyio.CapacityLimiter(concurrency)

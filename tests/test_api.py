@@ -142,6 +142,12 @@ def test_options_are_explicit_keywords_named_and_defaulted_as_the_engine_and_ind
     hints = typing.get_type_hints(api.read_session)
     assert typing.get_type_hints(api.show_session) == {**hints, "return": list[Message]}
 
+    # The remote reads take the pool's settings as sync does (they had no say in them).
+    pool = typing.get_type_hints(api.sync)["pool"]
+    for function in (api.stream_sessions, api.list_sessions, api.read_session, api.show_session):
+        assert keywords(function)["pool"] is None, function
+        assert typing.get_type_hints(function)["pool"] == pool, function
+
 
 def test_a_misspelt_keyword_is_a_type_error_at_the_call(tmp_path: Path) -> None:
     """For every entry point, as for a plain ``async def``: at the call, before a coroutine or
@@ -622,3 +628,46 @@ async def test_a_call_never_run_leaves_no_transfer_and_a_duplicate_id_fails_at_t
         await task
     assert registry.active() == []
     assert len(await eager()) > 0 and registry.active() == []
+
+
+# -- the pool of a remote read ----------------------------------------------------------------
+
+
+async def test_a_remote_read_bounds_a_hung_handshake_by_the_pools_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listing or a show could not set the SSH pool's settings: a host that hangs in its
+    handshake held them for the default connect timeout (15 s). With ``pool`` a UI bounds
+    that; the calls keep their own smaller channel windows unless ``pool`` sets one."""
+    from remote_sync.index import remote
+    from remote_sync.ssh import pool as pool_module
+
+    seen: list[PoolSettings] = []
+    real_init = pool_module.SSHPool.__init__
+
+    def recording(self: Any, settings: PoolSettings | None = None) -> None:
+        seen.append(settings or PoolSettings())
+        real_init(self, settings)
+
+    monkeypatch.setattr(pool_module.SSHPool, "__init__", recording)
+    short = PoolSettings(connect_timeout=0.5)
+    with socket.socket() as silent:  # accepts, never answers: the handshake hangs
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        mute = dataclasses.replace(
+            nowhere("mute"), endpoint=Endpoint("127.0.0.1", port=silent.getsockname()[1])
+        )
+        with anyio.fail_after(10):
+            errors: list[Any] = []
+            rows = await api.list_sessions(remote=True, hosts=[mute], pool=short, errors=errors)
+            assert rows == [] and [type(e) for e in errors] == [HostUnreachableError]
+            with pytest.raises(HostUnreachableError):
+                await api.show_session(mute, "s", pool=short)
+            wide = dataclasses.replace(short, window=4 * 1024 * 1024)
+            with pytest.raises(HostUnreachableError):
+                await api.read_session(mute, "s", pool=wide)
+    assert [(s.connect_timeout, s.window) for s in seen] == [
+        (0.5, remote.LIST_WINDOW),
+        (0.5, remote.SHOW_WINDOW),
+        (0.5, 4 * 1024 * 1024),
+    ]

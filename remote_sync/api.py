@@ -85,6 +85,10 @@ __all__ = [
     "sync",
 ]
 
+#: The host a mirror's listing names in its events (progress, and the error of a cancel): none
+#: in particular, as the index holds every host's rows.
+MIRROR_HOST = ""
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _F = TypeVar("_F", bound=Callable[..., object])
@@ -320,7 +324,9 @@ async def stream_sessions(
     different hosts interleave (``concurrency=1`` reads the hosts one after another, in the
     order given). A host's rows wait for the caller to take them, so a slow caller slows the
     hosts down rather than filling memory. Each host reports ``listing``, ``fetching`` and
-    ``done`` progress through ``emit``.
+    ``done`` progress through ``emit``. From the mirror, the events name the host ``""``
+    (:data:`MIRROR_HOST`: the index holds every host's rows): ``listing`` with the rows read
+    so far before each batch, then ``done``.
 
     A host that cannot be read does not cost the others their rows: its failure is reported
     through ``emit`` as an :class:`~remote_sync.events.ErrorEvent` (the ``--json`` error of
@@ -329,7 +335,8 @@ async def stream_sessions(
     one; pass a list as ``errors`` to have the failures appended there instead (in the order
     of ``hosts``, when the listing ends). A cancellation stops every host at once; through
     the registry, each host it stopped reports it (an ``ErrorEvent`` of kind ``cancelled``,
-    then ``done``: every host that reported ``listing`` ends with ``done``), and the
+    then ``done``: every host that reported ``listing`` ends with ``done``; from the mirror,
+    the same under the host ``""``), and the
     :class:`~remote_sync.errors.TransferCancelledError` raised names no host. A host
     whose command sends nothing for ``idle_timeout`` seconds fails (None: no limit).
 
@@ -554,6 +561,12 @@ def _pool_for(pool: PoolSettings | None, window: int) -> PoolSettings:
     return pool
 
 
+def _cancelled_on(token: CancelToken, host: str) -> TransferCancelledError:
+    """What a listing's ``host`` reports when the cancel of ``token`` stopped it: that cancel
+    under the host's name (the one raised names no host: it stops every host)."""
+    return TransferCancelledError(token.reason or "cancelled", host=host)
+
+
 def _report_end(emit: Emit, host: str, error: RemoteSyncError, done: int) -> None:
     """A host's read that stopped on ``error`` (a failure, or a cancel through the registry)
     reported as ``sync`` reports a host's round that did: its error, then its ``done``."""
@@ -731,8 +744,7 @@ class _HostReader:
                 # Stopped by the listing's cancel (here as a TransferCancelledError, or as
                 # the cancellation of the token's scope around it): reported as a sync
                 # reports a host it cancelled, so that no host is left "fetching".
-                stopped = TransferCancelledError(self.token.reason or "cancelled", host=host.name)
-                _report_end(self.emit, host.name, stopped, done)
+                _report_end(self.emit, host.name, _cancelled_on(self.token, host.name), done)
                 raise
             if not isinstance(exc, RemoteSyncError) or isinstance(exc, TransferCancelledError):
                 raise  # a bug, or the caller's own cancel: it knows
@@ -749,8 +761,10 @@ async def _local_batches(
     emit: Emit,
     options: ListingOptions,
 ) -> AsyncGenerator[list[SessionRow], None]:
-    """The index's rows in batches. Progress events name no host (the index holds them all):
-    ``listing`` with the rows read so far before each batch, then ``done``."""
+    """The index's rows in batches, reported as a remote listing reports a host, under the
+    host :data:`MIRROR_HOST` (the index holds every host's rows): ``listing`` with the rows
+    read so far before each batch, then ``done``; a listing stopped by a cancel through the
+    registry (or failing) after its first batch reports its error, then ``done``."""
     if dest is None:
         raise ValueError("dest is required unless remote=True")
     await _import_off_the_loop()
@@ -762,12 +776,17 @@ async def _local_batches(
         while batch := list(islice(rows, min(batch_size, maxsize))):
             token.raise_if_cancelled()
             done += len(batch)
-            emit(Progress("", "listing", done, 0, 0, 0))
+            emit(Progress(MIRROR_HOST, "listing", done, 0, 0, 0))
             yield batch
             await anyio.lowlevel.checkpoint()
+    except RemoteSyncError as exc:
+        if done:  # it reported `listing`: a UI following it is not left there
+            stopped = _cancelled_on(token, MIRROR_HOST) if token.cancelled else exc
+            _report_end(emit, MIRROR_HOST, stopped, done)
+        raise
     finally:
         db.close()
-    emit(Progress("", "done", done, done, 0, 0))
+    emit(Progress(MIRROR_HOST, "done", done, done, 0, 0))
 
 
 #: What the calls import on first use (start-up time), each in :func:`_import_off_the_loop`.

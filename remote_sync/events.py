@@ -48,6 +48,13 @@ class FileCounts(msgspec.Struct):
 
 
 class Progress(msgspec.Struct, tag="progress", tag_field="type"):
+    """How far one host's work is: ``listing``, ``fetching`` (a sync's files, a listing's
+    transcripts, a show's read), then ``done`` once it ended, after an :class:`ErrorEvent`
+    when it failed or was cancelled through the registry (a caller that stops the work
+    itself, by its own cancel scope or by closing a listing, gets no more events). ``host`` is
+    the inventory name; a listing of a mirror's index names the host ``""`` (the index holds
+    every host's rows), and so does the error event of its cancel."""
+
     host: str
     phase: str  # "listing", "fetching", "done"
     files_done: int

@@ -671,3 +671,28 @@ async def test_a_remote_read_bounds_a_hung_handshake_by_the_pools_connect_timeou
         (0.5, remote.SHOW_WINDOW),
         (0.5, 4 * 1024 * 1024),
     ]
+
+
+# -- a mirror listing's events ----------------------------------------------------------------
+
+
+async def test_a_mirror_listing_stopped_by_a_registry_cancel_reports_it_and_its_end(
+    index_dest: Path,
+) -> None:
+    """Its last event was the ``listing`` of the batch before the cancel: a UI following it
+    kept the listing going. Now, as a remote listing's host: an error event of kind
+    ``cancelled``, then ``done``, both under the host a mirror listing names (``""``); the
+    error raised names no host."""
+    registry = CancelRegistry()
+    events: list[Any] = []
+    with pytest.raises(TransferCancelledError) as raised:
+        async for _batch in api.stream_sessions(
+            dest=index_dest, batch_size=2, emit=events.append, registry=registry, transfer_id="t"
+        ):
+            assert registry.cancel("t", "stop clicked")
+    assert raised.value.host is None and len(registry) == 0
+    assert events[0] == Progress("", "listing", 2, 0, 0, 0)
+    assert [type(e) for e in events] == [Progress, ErrorEvent, Progress]
+    error, end = events[1], events[2]
+    assert (error.kind, error.host, error.message) == ("cancelled", "", "stop clicked")
+    assert end == Progress("", "done", 2, 2, 0, 0) and api.MIRROR_HOST == ""

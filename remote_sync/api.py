@@ -252,7 +252,15 @@ async def sync(
     ``concurrency`` hosts at once (``--concurrency``), ``dry_run`` (``--dry-run``: report what
     would move, write nothing), ``idle_timeout`` seconds a remote command may stay silent
     (``--timeout``; None: no limit), ``pool`` the SSH pool's tuning (None: the defaults) and
-    ``index`` (off: ``--no-index``, mirror only)."""
+    ``index`` (off: ``--no-index``, mirror only).
+
+    A cancel through the registry does not raise, unlike a listing's or a show's (which
+    have no summary to give, and raise :class:`~remote_sync.errors.TransferCancelledError`):
+    each host it stopped reports an ``ErrorEvent`` of kind ``cancelled``, then ``done`` and
+    a ``HostDone`` of status ``cancelled``, and is counted in the returned
+    :class:`~remote_sync.events.Summary`'s ``hosts_failed`` (a host's ``status`` tells a
+    cancelled one from a failed one), whose ``exit_code`` is 130, the CLI's on Ctrl-C. What
+    was committed before the cancel stays, consistent with the state."""
     _require_asyncio()
     registry = registry if registry is not None else default_registry
     # The token registered at the call (adopted here), before the engine is imported (in a
@@ -337,7 +345,8 @@ async def stream_sessions(
     the registry, each host it stopped reports it (an ``ErrorEvent`` of kind ``cancelled``,
     then ``done``: every host that reported ``listing`` ends with ``done``; from the mirror,
     the same under the host ``""``), and the
-    :class:`~remote_sync.errors.TransferCancelledError` raised names no host. A host
+    :class:`~remote_sync.errors.TransferCancelledError` raised names no host (a listing
+    raises it where :func:`sync` returns a summary with exit code 130). A host
     whose command sends nothing for ``idle_timeout`` seconds fails (None: no limit).
 
     ``pool`` tunes the SSH connection pool of a remote listing as it does ``sync``'s (say a
@@ -416,7 +425,8 @@ async def read_session(
     stops reading early). ``emit`` gets a ``fetching`` progress event,
     then ``done`` with the messages and bytes read; when the read fails or is cancelled
     through the registry, an :class:`~remote_sync.events.ErrorEvent` and ``done`` before the
-    error is raised.
+    error is raised (a cancel: :class:`~remote_sync.errors.TransferCancelledError`, where
+    :func:`sync` returns a summary with exit code 130).
     """
     name = host.name if isinstance(host, Host) else host
     if head is None and tail is None and page is None:

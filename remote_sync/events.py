@@ -104,6 +104,11 @@ class HostDone(msgspec.Struct, tag="host_done", tag_field="type"):
 
 
 class Summary(msgspec.Struct, tag="summary", tag_field="type"):
+    """The end of a sync. ``exit_code`` is the CLI's: 0 every host synced, 1 a host or a file
+    failed, 2 every host failed on its configuration, 130 cancelled (through the registry,
+    or Ctrl-C). ``hosts_failed`` counts the hosts that failed and those a cancel stopped;
+    each one's :class:`HostDone` ``status`` (``failed`` or ``cancelled``) tells which."""
+
     hosts: list[HostDone]
     files: FileCounts
     bytes: int

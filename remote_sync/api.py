@@ -789,6 +789,9 @@ async def _local_batches(
             emit(Progress(MIRROR_HOST, "listing", done, 0, 0, 0))
             yield batch
             await anyio.lowlevel.checkpoint()
+        # A cancel taken after the last batch stops the listing too, as a remote one's does:
+        # the registry said True, so it is not ignored.
+        token.raise_if_cancelled()
     except RemoteSyncError as exc:
         if done:  # it reported `listing`: a UI following it is not left there
             stopped = _cancelled_on(token, MIRROR_HOST) if token.cancelled else exc

@@ -696,3 +696,19 @@ async def test_a_mirror_listing_stopped_by_a_registry_cancel_reports_it_and_its_
     error, end = events[1], events[2]
     assert (error.kind, error.host, error.message) == ("cancelled", "", "stop clicked")
     assert end == Progress("", "done", 2, 2, 0, 0) and api.MIRROR_HOST == ""
+
+
+async def test_a_mirror_listing_cancelled_at_its_last_batch_stops_as_a_remote_one(
+    index_dest: Path,
+) -> None:
+    """A cancel the registry accepted (True) while the caller held the last batch was
+    ignored: the listing ended as if whole. A remote listing raises then; now so does this."""
+    registry = CancelRegistry()
+    events: list[Any] = []
+    with pytest.raises(TransferCancelledError):
+        async for _batch in api.stream_sessions(
+            dest=index_dest, emit=events.append, registry=registry, transfer_id="t"
+        ):
+            assert registry.cancel("t")
+    assert [type(e) for e in events] == [Progress, ErrorEvent, Progress]
+    assert events[1].kind == "cancelled" and events[2].phase == "done"

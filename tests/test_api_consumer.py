@@ -3,8 +3,9 @@ one that refuses connections and one that hangs in its handshake.
 
 What a UI relies on: the rows come in small batches as hosts send them, each host's progress
 events end with ``done`` however the host ended (an error event first when it failed or was
-cancelled), a cancel through the registry stops a remote listing or a sync in the middle and
-leaves no transfer registered and the mirror consistent, and a host that fails costs the
+cancelled), a cancel through the registry stops a listing (remote or of the mirror) or a sync
+in the middle, or a listing before it began, and leaves no transfer registered and the mirror
+consistent, a short connect timeout bounds a hung host, and a host that fails costs the
 others nothing.
 """
 
@@ -136,6 +137,39 @@ def test_a_ui_follows_listings_and_syncs_through_failures_hangs_and_cancels(
             for name in ("h0", "h1"):
                 assert_state_matches_disk(dest, name)
             assert_index_is_a_rebuild(dest)
+
+            # A listing whose pool bounds the handshake: the hung host fails instead of hanging.
+            ui = UI()
+            errors: list[Any] = []
+            short = PoolSettings(connect_timeout=1.0)
+            listed = await api.list_sessions(
+                remote=True, hosts=hosts, emit=ui.emit, errors=errors, pool=short
+            )
+            assert keys(listed) == keys(rows)
+            assert [type(e) for e in errors] == [HostUnreachableError] * 2
+            for host in hosts:
+                assert ui.phase(host.name) == "done", (host.name, ui.events)
+
+            # "Stop" clicked before the first batch: kept, no host contacted.
+            ui = UI()
+            stream = api.stream_sessions(
+                remote=True, hosts=hosts, emit=ui.emit, registry=registry, transfer_id="listing"
+            )
+            assert registry.cancel("listing")
+            with pytest.raises(TransferCancelledError):
+                async with aclosing(stream) as batches:
+                    async for _batch in batches:
+                        pass
+            assert registry.active() == [] and ui.events == []
+
+            # The mirror's listing, stopped after its first batch: its error, then its end.
+            ui = UI()
+            with pytest.raises(TransferCancelledError):
+                async for _batch in api.stream_sessions(
+                    dest=dest, emit=ui.emit, registry=registry, transfer_id="mirror"
+                ):
+                    assert registry.cancel("mirror")
+            assert ui.errors("") == ["cancelled"] and ui.phase("") == "done"
 
             # The mirror's listing, in small batches: the same sessions as the hosts gave.
             ui = UI()

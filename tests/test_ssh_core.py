@@ -680,7 +680,7 @@ async def test_a_user_ssh_config_others_may_change_is_refused_as_ssh_refuses_it(
     )
     by_default = Endpoint(address="box")
     named = Endpoint(address="box", ssh_config=("~/.ssh/config",))
-    config.chmod(0o664)
+    config.chmod(0o666)
     for ep in (by_default, named):
         async with SSHPool() as pool:
             with pytest.raises(ConfigError, match="bad owner or permissions") as info:
@@ -1459,3 +1459,172 @@ async def test_a_connection_reuses_the_pre_flight_s_parse_of_the_ssh_config(
         assert pool.preflight(ep, "box") is None
         assert await run_command(pool, ep, ["echo", "j"], host="box") == b"j\n"
     assert parsed == [str(chain)] * 4
+
+
+def _ssh_accepts(config: Path, alias: str = "box") -> tuple[bool, str]:
+    """Whether this machine's ``ssh -F config -G alias`` reads the config, and its stderr."""
+    ssh = shutil.which("ssh")
+    assert ssh is not None, "the ssh client is needed (CI installs openssh-client)"
+    done = subprocess.run(
+        [ssh, "-F", str(config), "-G", alias],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    )
+    return done.returncode == 0, done.stderr
+
+
+async def test_an_included_ssh_config_others_may_change_is_refused_as_ssh_refuses_it(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ssh checks every Include'd file as it checks ~/.ssh/config ("Bad owner or
+    permissions"), from a file given with -F too, and in a Host block that does not apply
+    (it reads the file all the same); asyncssh read it, and its ProxyCommand ran. Once it
+    is fixed, the host is reached."""
+    home = tmp_path / "home"
+    (home / ".ssh" / "conf.d").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    included = home / ".ssh" / "conf.d" / "box.conf"
+    included.write_text("Host box\n  ServerAliveInterval 30\n")
+    box = _box_config(fleet, tmp_path, f"  UserKnownHostsFile {fleet.known_hosts}\n")
+    cfg = tmp_path / "config"
+    for include in ("Include conf.d/*.conf\n", "Host elsewhere\n  Include conf.d/*.conf\n"):
+        cfg.write_text(include + box.read_text())
+        included.chmod(0o666)
+        ep = Endpoint(address="box", ssh_config=(str(cfg),))
+        problem = SSHPool().preflight(ep, "box")
+        assert isinstance(problem, ConfigError), problem
+        assert (problem.host, problem.path) == ("box", str(included))
+        assert "bad owner or permissions" in problem.message
+        assert f"Include line {cfg} line " in problem.message
+        assert "chmod go-w" in (problem.hint or "")
+        accepted, stderr = _ssh_accepts(cfg)
+        assert not accepted and f"Bad owner or permissions on {included}" in stderr
+        included.chmod(0o644)
+        assert _ssh_accepts(cfg)[0]
+        async with SSHPool() as pool:
+            assert pool.preflight(ep, "box") is None
+            assert await run_command(pool, ep, ["echo", "ok"], host="box") == b"ok\n"
+
+
+def test_a_group_writable_ssh_config_is_refused_unless_the_group_is_the_user_s_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As this machine's (Debian's) ssh judges it: group write is fine when the group's
+    only member is the user (a umask of 002 with a group per user), else refused."""
+    import grp
+    import pwd
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    config = home / ".ssh" / "config"
+    config.write_text("Host box\n  HostName 127.0.0.1\n")
+    config.chmod(0o664)
+    me = pwd.getpwuid(os.getuid())
+    own = grp.getgrgid(me.pw_gid)
+    others = [e.pw_name for e in pwd.getpwall() if e.pw_gid == me.pw_gid and e.pw_uid != me.pw_uid]
+    ep = Endpoint(address="box", known_hosts=str(config))
+    problem = SSHPool().preflight(ep, "box")
+    if others or own.gr_mem not in ([], [me.pw_name]):
+        assert isinstance(problem, ConfigError), "the user's group has other members"
+    else:
+        assert problem is None
+    if os.getuid() != 0:
+        return  # only root may give the file another group
+    shared = [g for g in grp.getgrall() if g.gr_gid != me.pw_gid and g.gr_name == "nogroup"]
+    if not shared:
+        pytest.skip("no 'nogroup' group to share the file with")
+    os.chown(config, -1, shared[0].gr_gid)
+    problem = SSHPool().preflight(ep, "box")
+    assert isinstance(problem, ConfigError) and problem.path == str(config)
+    assert "bad owner or permissions" in problem.message
+
+
+#: ssh_config files and whether ssh reads them: a keyword it does not know stops it, in
+#: whatever block (Include'd or not), unless an IgnoreUnknown line before it names it (the
+#: first one that applies is the one ssh goes by).
+_UNKNOWN_OPTION_CASES = [
+    ("Host box\n  Bogus yes\n", "Bogus", 2),
+    ("Host elsewhere\n  Bogus yes\n", "Bogus", 2),
+    ("Host box\n  Bogus yes\nIgnoreUnknown bogus\n", "Bogus", 2),
+    ("IgnoreUnknown other\nIgnoreUnknown bogus\nBogus yes\n", "Bogus", 3),
+    ("Bogus=yes\n", "Bogus", 1),
+    ("IgnoreUnknown bogus\nHost box\n  Bogus yes\n", None, 0),
+    ("IgnoreUnknown Bo*,!x\nBOGUS yes\n", None, 0),
+    ("Host *\n  IgnoreUnknown UseKeychain,AddKeysToAgent\n  UseKeychain yes\n", None, 0),
+    # Every keyword of OpenSSH's, its deprecated and unsupported ones too.
+    (
+        "Host box\n  Protocol 2\n  UseRoaming no\n  RSAAuthentication no\n  Cipher x\n"
+        "  GSSAPIAuthentication no\n  PubkeyAcceptedKeyTypes +ssh-rsa\n  ForwardX11 no\n"
+        "  ControlMaster auto\n  ControlPath none\n  LogLevel ERROR\n  SendEnv LANG\n",
+        None,
+        0,
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "bad", "line"), _UNKNOWN_OPTION_CASES)
+def test_an_option_ssh_does_not_know_is_refused_as_ssh_refuses_it(
+    text: str, bad: str | None, line: int, tmp_path: Path
+) -> None:
+    """asyncssh skipped an option it does not know without a word; ssh refuses the whole
+    config ("Bad configuration option: x ... terminating"). Now the pre-flight refuses what
+    this machine's ssh refuses, naming the file, the line and the option."""
+    cfg = tmp_path / "config"
+    cfg.write_text(text)
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    problem = SSHPool().preflight(ep, "box")
+    accepted, stderr = _ssh_accepts(cfg)
+    assert accepted == (problem is None) == (bad is None), (problem, stderr)
+    if bad is not None:
+        assert isinstance(problem, ConfigError)
+        assert (problem.host, problem.path) == ("box", str(cfg))
+        assert problem.message.startswith(f"ssh_config line {line}: unknown option ")
+        assert repr(bad.lower()) in problem.message
+        assert "IgnoreUnknown" in (problem.hint or "")
+
+
+def test_an_unknown_option_in_an_included_file_is_named_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a file Include'd under a block that does not apply, which asyncssh never read."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    included = tmp_path / "more.conf"
+    included.write_text("# more\nHost *\n  Bogus 1\n  Other 2\n")
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Host elsewhere\n  Include {included}\n")
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    problem = SSHPool().preflight(ep, "box")
+    assert isinstance(problem, ConfigError) and problem.path == str(included)
+    assert problem.message.startswith("ssh_config lines 3, 4: unknown options 'bogus', 'other'")
+    assert not _ssh_accepts(cfg)[0]
+    cfg.write_text(f"IgnoreUnknown bogus,other\nHost elsewhere\n  Include {included}\n")
+    assert SSHPool().preflight(ep, "box") is None
+    assert _ssh_accepts(cfg)[0]
+
+
+def test_every_keyword_this_ssh_knows_is_accepted(tmp_path: Path) -> None:
+    """The keyword table holds every option this machine's ssh prints (``ssh -G``), and
+    every keyword of the table is one this ssh knows, or one of another release or build."""
+    from remote_sync.ssh.sshconfig import KEYWORDS
+
+    cfg = tmp_path / "config"
+    cfg.write_text("")
+    ssh = shutil.which("ssh")
+    assert ssh is not None
+    shown = subprocess.run(
+        [ssh, "-F", str(cfg), "-G", "box"], capture_output=True, text=True, check=True
+    ).stdout
+    options = {line.split()[0].lower() for line in shown.splitlines() if line.strip()}
+    assert options <= KEYWORDS, sorted(options - KEYWORDS)
+    elsewhere = {  # newer releases, macOS, FreeBSD and HPN-SSH, an older release
+        "channeltimeout", "obscurekeystroketiming", "refuseconnection", "tag",
+        "warnweakcrypto", "usekeychain", "hpnbuffersize", "hpndisabled", "noneenabled",
+        "nonemacenabled", "noneswitch", "tcprcvbuf", "tcprcvbufpoll", "versionaddendum",
+        "zeroknowledgepasswordauthentication",
+    }  # fmt: skip
+    for keyword in sorted(KEYWORDS - elsewhere):
+        cfg.write_text(f"Host *\n  {keyword} x\n")
+        assert "Bad configuration option" not in _ssh_accepts(cfg)[1], keyword

@@ -60,6 +60,12 @@ from ..errors import (
     RemoteSyncError,
     SSHError,
 )
+from .sshconfig import (
+    check_config_files,
+    nested_includes_error,
+    split_words,
+    unreadable_include_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -691,12 +697,8 @@ def _unreadable_include(
     (ssh finds nothing in a directory), so only a file that cannot be opened gets here."""
     if exc.filename is None or str(exc.filename) in _local_files(options):
         return None
-    return ConfigError(
-        f"cannot read the ssh_config file {str(exc.filename)!r}, which an Include line "
-        f"reads: {exc.strerror or exc}",
-        host=host,
-        path=str(exc.filename),
-        hint=f"let this user read it, or fix the Include line in {_config_names(endpoint)}",
+    return unreadable_include_error(
+        str(exc.filename), exc.strerror or str(exc), host, _config_names(endpoint)
     )
 
 
@@ -767,8 +769,6 @@ def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
             "or let first contact record the keys (host_key_policy = 'accept-new', "
             "--accept-new-host-keys)",
         )
-    configs = ["~/.ssh/config"] if endpoint.ssh_config is None else endpoint.ssh_config
-    _refuse_a_config_others_may_change([_expand(path) for path in configs], host)
     for what, key, paths in (
         # ssh_config = [] reads no config at all (not ~/.ssh/config): passed on even empty.
         ("ssh_config", "config", endpoint.ssh_config),
@@ -786,31 +786,11 @@ def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
                     hint="fix the path in the inventory (or on the command line)",
                 )
         options[key] = expanded
+    # ssh's own checks of the files, before it uses any: keywords it does not know, files
+    # others may change, Includes it cannot open (in blocks that do not apply too).
+    configs = ["~/.ssh/config"] if endpoint.ssh_config is None else endpoint.ssh_config
+    check_config_files([_expand(path) for path in configs], host, _config_names(endpoint))
     return options
-
-
-def _refuse_a_config_others_may_change(paths: Sequence[str], host: str) -> None:
-    """A :class:`ConfigError` if the user's ``~/.ssh/config`` is among ``paths`` and another
-    user may change it, as ssh refuses it ("Bad owner or permissions"): its ProxyCommand and
-    Match exec lines run as this user. Only that file, as ssh checks it (also when the
-    inventory names it; another file given as ssh -F gives it is not checked)."""
-    user_config = os.path.realpath(_expand("~/.ssh/config"))
-    for path in paths:
-        if os.path.realpath(path) != user_config:
-            continue
-        try:
-            st = os.stat(path)
-        except OSError:
-            return  # not there (ssh reads none) or unreadable (reported where it is read)
-        if st.st_uid not in (0, os.getuid()) or st.st_mode & 0o022:
-            raise ConfigError(
-                "bad owner or permissions on the ssh_config: another user may change it, "
-                "and its ProxyCommand or Match exec lines would run as you (ssh refuses it "
-                "too)",
-                host=host,
-                path=path,
-                hint=f"chmod go-w {shlex.quote(path)} (and chown it to yourself)",
-            )
 
 
 class _HostSlot:
@@ -1349,12 +1329,7 @@ def _local_failure(
             hint="fix that line of the ssh_config",
         )
     if isinstance(exc, RecursionError):  # an Include that includes itself, directly or not
-        return ConfigError(
-            "ssh_config: too many nested Include directives (one includes itself?)",
-            host=host,
-            path=configs,
-            hint="fix the Include lines of the ssh_config",
-        )
+        return nested_includes_error(host, configs)
     if isinstance(exc, asyncssh.KeyImportError):
         keys = [str(key) for key in options.get("client_keys") or ()]
         return ConfigError(
@@ -1501,38 +1476,14 @@ def _ssh_seconds(text: str) -> str | None:
     return str(sum(int(number) * _TIME_UNITS[unit.lower()] for number, unit in parts))
 
 
-def _without_comment(line: str) -> str:
-    """``line`` up to a word that starts with ``#`` outside quotes, which ends a line of
-    ssh_config as ssh splits it (argv_split): ``IdentityFile ~/.ssh/work  # Bob's key``."""
-    if "#" not in line:
-        return line  # most lines: a character loop per line of every lookup adds up
-    i, end = 0, len(line)
-    while i < end:
-        if line[i] in " \t":
-            i += 1
-            continue
-        if line[i] == "#":
-            return line[:i]
-        quote = ""
-        while i < end and (quote or line[i] not in " \t"):
-            if line[i] == "\\":
-                i += 1
-            elif not quote and line[i] in "\"'":
-                quote = line[i]
-            elif line[i] == quote:
-                quote = ""
-            i += 1
-    return line
-
-
 class _SSHWords:
-    """What asyncssh's config reader splits its lines with (``shlex``): the same words, the
-    line's comment cut off first, as ssh does. (ssh gives a ProxyCommand the rest of its
-    line, comment included, to the shell, for which it is a comment too.)"""
+    """What asyncssh's config reader splits its lines with (``shlex``): the words ssh reads
+    (:func:`split_words`: the line's comment cut off). (ssh gives a ProxyCommand the rest
+    of its line, comment included, to the shell, for which it is a comment too.)"""
 
     @staticmethod
     def split(line: str) -> list[str]:
-        return shlex.split(_without_comment(line))
+        return split_words(line)
 
 
 def _read_config_as_ssh_does() -> None:

@@ -1,0 +1,291 @@
+"""ssh_config read as OpenSSH's ``ssh`` reads it, where asyncssh's reader differs.
+
+What it owns:
+
+- How a line of ssh_config splits into words (:func:`split_words`): a comment at the end
+  cut off.
+- :data:`KEYWORDS`, every keyword an OpenSSH ``ssh`` accepts, its deprecated and unsupported
+  ones (which it only warns about) and those of common vendor builds included.
+- The walk ``ssh`` makes of the files before it uses them (:func:`check_config_files`):
+  every line of every file, and of every file an ``Include`` names, whatever ``Host`` or
+  ``Match`` block it is in (asyncssh reads neither the lines nor the Includes of a block
+  that does not apply). What ``ssh`` refuses there is refused as this host's
+  :class:`ConfigError`: a keyword it does not know, unless an ``IgnoreUnknown`` line before
+  it names it ("Bad configuration option"; asyncssh skipped it without a word); the user's
+  ``~/.ssh/config`` or an Include'd file that another user may change ("Bad owner or
+  permissions"); an Include'd file that cannot be opened; Includes nested too deep.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import grp
+import os
+import pwd
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+#: The keywords of OpenSSH's readconf.c table (9.9), the ones added since (RefuseConnection
+#: in 10.0, WarnWeakCrypto in 10.1) and the ones of older releases it no longer lists; then
+#: those of common builds: Debian and Ubuntu (GSSAPI key exchange, its keep-alive aliases,
+#: the old blacklist), Apple's UseKeychain, FreeBSD's and HPN-SSH's. A keyword one of them
+#: accepts is accepted: refusing one would break a config that works with some ssh.
+KEYWORDS = frozenset(
+    {
+        # Deprecated or unsupported: ssh warns (or says nothing) and goes on.
+        "protocol", "cipher", "fallbacktorsh", "globalknownhostsfile2",
+        "rhostsauthentication", "userknownhostsfile2", "useroaming", "usersh",
+        "useprivilegedport", "afstokenpassing", "kerberosauthentication",
+        "kerberostgtpassing", "rsaauthentication", "rhostsrsaauthentication",
+        "compressionlevel", "gssapiauthentication", "gssapidelegatecredentials",
+        "pkcs11provider", "smartcarddevice", "zeroknowledgepasswordauthentication",
+        # The options.
+        "forwardagent", "forwardx11", "forwardx11trusted", "forwardx11timeout",
+        "exitonforwardfailure", "xauthlocation", "gatewayports", "passwordauthentication",
+        "kbdinteractiveauthentication", "kbdinteractivedevices",
+        "challengeresponseauthentication", "skeyauthentication", "tisauthentication",
+        "pubkeyauthentication", "dsaauthentication", "hostbasedauthentication",
+        "identityfile", "identityfile2", "identitiesonly", "certificatefile",
+        "addkeystoagent", "identityagent", "hostname", "hostkeyalias", "proxycommand",
+        "port", "ciphers", "macs", "remoteforward", "localforward", "permitremoteopen",
+        "user", "host", "match", "tag", "escapechar", "globalknownhostsfile",
+        "userknownhostsfile", "connectionattempts", "batchmode", "checkhostip",
+        "stricthostkeychecking", "compression", "tcpkeepalive", "keepalive",
+        "numberofpasswordprompts", "syslogfacility", "loglevel", "logverbose",
+        "dynamicforward", "preferredauthentications", "hostkeyalgorithms",
+        "casignaturealgorithms", "bindaddress", "bindinterface", "clearallforwardings",
+        "enablesshkeysign", "verifyhostkeydns", "nohostauthenticationforlocalhost",
+        "rekeylimit", "connecttimeout", "addressfamily", "serveraliveinterval",
+        "serveralivecountmax", "sendenv", "setenv", "controlpath", "controlmaster",
+        "controlpersist", "hashknownhosts", "include", "tunnel", "tunneldevice",
+        "localcommand", "permitlocalcommand", "remotecommand", "visualhostkey",
+        "kexalgorithms", "ipqos", "requesttty", "sessiontype", "stdinnull",
+        "forkafterauthentication", "proxyusefdpass", "canonicaldomains",
+        "canonicalizefallbacklocal", "canonicalizehostname", "canonicalizemaxdots",
+        "canonicalizepermittedcnames", "streamlocalbindmask", "streamlocalbindunlink",
+        "revokedhostkeys", "fingerprinthash", "updatehostkeys",
+        "hostbasedacceptedalgorithms", "hostbasedkeytypes", "pubkeyacceptedalgorithms",
+        "pubkeyacceptedkeytypes", "ignoreunknown", "proxyjump", "securitykeyprovider",
+        "knownhostscommand", "requiredrsasize", "enableescapecommandline",
+        "obscurekeystroketiming", "channeltimeout", "refuseconnection", "warnweakcrypto",
+        # Debian and Ubuntu.
+        "gssapikeyexchange", "gssapiclientidentity", "gssapiserveridentity",
+        "gssapirenewalforcesrekey", "gssapitrustdns", "gssapikexalgorithms",
+        "protocolkeepalives", "setuptimeout", "useblacklistedkeys",
+        # macOS.
+        "usekeychain",
+        # FreeBSD and HPN-SSH.
+        "hpndisabled", "hpnbuffersize", "tcprcvbufpoll", "tcprcvbuf", "noneenabled",
+        "noneswitch", "nonemacenabled", "versionaddendum",
+    }
+)  # fmt: skip
+
+#: ssh's READCONF_MAX_DEPTH: Includes nested deeper are refused.
+MAX_INCLUDE_DEPTH = 16
+
+
+def without_comment(line: str) -> str:
+    """``line`` up to a word that starts with ``#`` outside quotes, which ends a line of
+    ssh_config as ssh splits it (argv_split): ``IdentityFile ~/.ssh/work  # Bob's key``."""
+    if "#" not in line:
+        return line  # most lines: a character loop per line of every lookup adds up
+    i, end = 0, len(line)
+    while i < end:
+        if line[i] in " \t":
+            i += 1
+            continue
+        if line[i] == "#":
+            return line[:i]
+        quote = ""
+        while i < end and (quote or line[i] not in " \t"):
+            if line[i] == "\\":
+                i += 1
+            elif not quote and line[i] in "\"'":
+                quote = line[i]
+            elif line[i] == quote:
+                quote = ""
+            i += 1
+    return line
+
+
+def split_words(line: str) -> list[str]:
+    """The words of an ssh_config line as ssh splits them (quotes, backslashes), its comment
+    cut off first. Raises ValueError on an unclosed quote."""
+    return shlex.split(without_comment(line))
+
+
+def others_may_change(st: os.stat_result) -> bool:
+    """Whether another user than this one may change the file of ``st``, as ssh judges it
+    (secure_permissions): owned by someone else than this user or root, writable by all,
+    or writable by a group with another member than this user. (Upstream ssh refuses any
+    group-writable file; Debian's, like ours, a group of one, the user's own, as with a
+    umask of 002.)"""
+    uid = os.getuid()
+    if st.st_uid not in (0, uid) or st.st_mode & 0o002:
+        return True
+    if not st.st_mode & 0o020:
+        return False
+    try:
+        group = grp.getgrgid(st.st_gid)
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        return True
+    primary = [entry.pw_uid for entry in pwd.getpwall() if entry.pw_gid == st.st_gid]
+    if any(member != uid for member in primary):
+        return True
+    if group.gr_mem and group.gr_mem != [owner]:
+        return True
+    return not (primary or group.gr_mem)
+
+
+def nested_includes_error(host: str, configs: str) -> ConfigError:
+    """The error for Includes nested deeper than ssh follows them (one includes itself)."""
+    return ConfigError(
+        "ssh_config: too many nested Include directives (one includes itself?)",
+        host=host,
+        path=configs,
+        hint="fix the Include lines of the ssh_config",
+    )
+
+
+def unreadable_include_error(path: str, reason: str, host: str, configs: str) -> ConfigError:
+    """The error for a file an Include line names that cannot be opened, as ssh stops on
+    it ("Can't open user config file")."""
+    return ConfigError(
+        f"cannot read the ssh_config file {path!r}, which an Include line reads: {reason}",
+        host=host,
+        path=path,
+        hint=f"let this user read it, or fix the Include line in {configs}",
+    )
+
+
+def others_may_change_error(path: str, host: str, included_by: str | None) -> ConfigError:
+    """The error for an ssh_config that another user may change (``included_by``: the file
+    and line of the Include that reads it)."""
+    which = "the ssh_config" if included_by is None else f"the ssh_config file {path!r}"
+    where = "" if included_by is None else f", which the Include line {included_by} reads"
+    return ConfigError(
+        f"bad owner or permissions on {which}{where}: another user may change it, and its "
+        "ProxyCommand or Match exec lines would run as you (ssh refuses it too)",
+        host=host,
+        path=path,
+        hint=f"chmod go-w {shlex.quote(path)} (and chown it to yourself)",
+    )
+
+
+#: A line's keyword (after optional quotes, up to blanks or ``=``) and the rest of it.
+_LINE = re.compile(r'[ \t]*"?([^ \t="]*)"?[ \t]*(?:=[ \t]*)?(.*)', re.DOTALL)
+
+
+@dataclass
+class _Walk:
+    """One walk of the files, with what ssh would know of IgnoreUnknown at each line."""
+
+    host: str
+    configs: str
+    #: The IgnoreUnknown values read so far that may be the one ssh goes by (the first in
+    #: a block that applies): every one up to the first in a block that always applies.
+    ignoring: list[str] = field(default_factory=list)
+    settled: bool = False
+
+    def file(
+        self, path: str, check: bool, included_by: str | None, depth: int, always: bool = True
+    ) -> None:
+        """Read ``path`` (``check``: refuse it if others may change it); ``always``: whether
+        the Include that reads it (if any) applies to every host."""
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 (closed below; fstat needs it open)
+        except OSError as exc:
+            if included_by is None or exc.errno == errno.ENOENT:
+                return  # a named file: reported where it is read; a file gone: ssh skips it
+            raise unreadable_include_error(
+                path, exc.strerror or str(exc), self.host, self.configs
+            ) from exc
+        with handle:
+            if check and others_may_change(os.fstat(handle.fileno())):
+                raise others_may_change_error(path, self.host, included_by)
+            try:
+                data = handle.read()
+            except OSError:
+                return  # a directory an Include matched: ssh reads nothing in it
+        self.lines(path, data.decode("utf-8", "surrogateescape").split("\n"), depth, always)
+
+    def lines(self, path: str, lines: list[str], depth: int, inherited: bool) -> None:
+        unknown: list[tuple[int, str]] = []
+        always = inherited  # the line is in a block that applies to every host
+        for number, line in enumerate(lines, 1):
+            found = _LINE.fullmatch(line.strip())
+            keyword = found[1].lower() if found else ""
+            if not keyword or keyword.startswith("#"):
+                continue
+            rest = found[2] if found else ""
+            if keyword in ("host", "match", "include", "ignoreunknown"):
+                try:
+                    words = split_words(rest)
+                except ValueError:
+                    words = []  # unclosed quote: asyncssh stops on it where it reads it
+                if keyword == "host":
+                    patterns = [part for word in words for part in word.split(",")]
+                    always = (
+                        inherited
+                        and "*" in patterns
+                        and not any(p.startswith("!") for p in patterns)
+                    )
+                elif keyword == "match":
+                    always = inherited and [word.lower() for word in words] == ["all"]
+                elif keyword == "include":
+                    self.include(words, f"{path} line {number}", always, depth)
+                elif not self.settled:
+                    self.ignoring.extend(words[:1])
+                    self.settled = always
+            elif keyword not in KEYWORDS and not self.ignored(keyword):
+                unknown.append((number, keyword))
+        if unknown:
+            raise _unknown_error(path, unknown, self.host)
+
+    def include(self, patterns: list[str], line: str, always: bool, depth: int) -> None:
+        for pattern in patterns:
+            if not pattern.startswith(("/", "~")):
+                pattern = f"~/.ssh/{pattern}"
+            for path in sorted(glob.glob(os.path.expanduser(pattern))):
+                if depth >= MAX_INCLUDE_DEPTH:
+                    raise nested_includes_error(self.host, self.configs)
+                self.file(path, True, line, depth + 1, always)
+
+    def ignored(self, keyword: str) -> bool:
+        from asyncssh.pattern import WildcardPatternList
+
+        return any(WildcardPatternList(value.lower()).matches(keyword) for value in self.ignoring)
+
+
+def _unknown_error(path: str, unknown: list[tuple[int, str]], host: str) -> ConfigError:
+    lines = ", ".join(str(number) for number, _ in unknown)
+    names = ", ".join(repr(keyword) for _, keyword in unknown)
+    plural = "s" if len(unknown) > 1 else ""
+    return ConfigError(
+        f"ssh_config line{plural} {lines}: unknown option{plural} {names}; ssh refuses "
+        'the whole file for it ("Bad configuration option")',
+        host=host,
+        path=path,
+        hint="fix or remove the line, or name the option in an IgnoreUnknown line above it "
+        "(IgnoreUnknown " + ",".join(keyword for _, keyword in unknown) + ")",
+    )
+
+
+def check_config_files(paths: Sequence[str], host: str, configs: str) -> None:
+    """Walk the ssh_config files ``paths`` (expanded) and every file their Include lines
+    name, as ssh reads them before it uses any, and raise this host's :class:`ConfigError`
+    for what ssh refuses there (see the module's docstring). ``configs`` names the files in
+    errors. The user's ``~/.ssh/config`` is checked for others' write access, as ssh checks
+    it when it reads it by default (another file, given as ``ssh -F`` gives it, is not);
+    an Include'd file always is. A file named that cannot be opened is left to the reader
+    that reports it."""
+    user_config = os.path.realpath(os.path.expanduser("~/.ssh/config"))
+    walk = _Walk(host, configs)
+    for path in paths:
+        walk.file(path, os.path.realpath(path) == user_config, None, 0)

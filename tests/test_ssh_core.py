@@ -1475,6 +1475,16 @@ def _ssh_accepts(config: Path, alias: str = "box") -> tuple[bool, str]:
     return done.returncode == 0, done.stderr
 
 
+def _ssh_port(config: Path, alias: str = "box") -> int:
+    ssh = shutil.which("ssh")
+    assert ssh is not None
+    out = subprocess.run(
+        [ssh, "-F", str(config), "-G", alias], capture_output=True, text=True, check=True
+    ).stdout
+    (port,) = [line.split()[1] for line in out.splitlines() if line.startswith("port ")]
+    return int(port)
+
+
 async def test_an_included_ssh_config_others_may_change_is_refused_as_ssh_refuses_it(
     fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1628,3 +1638,25 @@ def test_every_keyword_this_ssh_knows_is_accepted(tmp_path: Path) -> None:
     for keyword in sorted(KEYWORDS - elsewhere):
         cfg.write_text(f"Host *\n  {keyword} x\n")
         assert "Bad configuration option" not in _ssh_accepts(cfg)[1], keyword
+
+
+async def test_a_match_exec_command_with_an_equals_sign_is_run_whole(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """asyncssh cut a quoted word of a Match line at its '=' ("Invalid match condition"),
+    failing every host of the config; ssh runs the command whole. ``Match host=x`` (no
+    quotes) still reads as ``Match host x``, as in ssh."""
+    h = fleet.host("h0")
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        'Match exec "test 1 = 2"\n  Port 1\n'
+        f'Match exec "X=1 test 1 = 1"\n  Port {h.port}\n'
+        "Match originalhost=box\n  HostName 127.0.0.1\n"
+        f"Host box\n  User {fleet.user}\n  IdentityFile {fleet.client_key}\n"
+        f"  IdentitiesOnly yes\n  UserKnownHostsFile {fleet.known_hosts}\n"
+    )
+    assert _ssh_port(cfg) == h.port
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    async with SSHPool() as pool:
+        assert pool.preflight(ep, "box") is None
+        assert await run_command(pool, ep, ["echo", "ok"], host="box") == b"ok\n"

@@ -1478,8 +1478,9 @@ def _ssh_seconds(text: str) -> str | None:
 
 class _SSHWords:
     """What asyncssh's config reader splits its lines with (``shlex``): the words ssh reads
-    (:func:`split_words`: the line's comment cut off). (ssh gives a ProxyCommand the rest
-    of its line, comment included, to the shell, for which it is a comment too.)"""
+    (:func:`split_words`: the line's comment cut off, an ``=`` inside quotes kept in its
+    word). (ssh gives a ProxyCommand the rest of its line, comment included, to the shell,
+    for which it is a comment too.)"""
 
     @staticmethod
     def split(line: str) -> list[str]:
@@ -1487,11 +1488,13 @@ class _SSHWords:
 
 
 def _read_config_as_ssh_does() -> None:
-    """Make asyncssh read two things of ssh_config syntax that ssh reads and asyncssh
+    """Make asyncssh read three things of ssh_config syntax that ssh reads and asyncssh
     refused, failing every host of the config (ssh_config(5)):
 
     - a comment at the end of a line (asyncssh took its words for values, and an
       apostrophe in it for an unclosed quote);
+    - an ``=`` inside quotes on a Host or Match line (``Match exec "test %h = x"``: asyncssh
+      cut the command in two there, "Invalid match condition");
     - a time with units (``ServerAliveInterval 1m``, ``ConnectTimeout 10s``).
 
     and keep the StrictHostKeyChecking option, which it skipped, and PubkeyAcceptedAlgorithms

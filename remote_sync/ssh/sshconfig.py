@@ -3,7 +3,8 @@
 What it owns:
 
 - How a line of ssh_config splits into words (:func:`split_words`): a comment at the end
-  cut off.
+  cut off, and an ``=`` inside quotes kept in its word (``Match exec "test %h = x"``), which
+  asyncssh cut in two at the ``=`` as if it separated a keyword from its value.
 - :data:`KEYWORDS`, every keyword an OpenSSH ``ssh`` accepts, its deprecated and unsupported
   ones (which it only warns about) and those of common vendor builds included.
 - The walk ``ssh`` makes of the files before it uses them (:func:`check_config_files`):
@@ -88,6 +89,10 @@ KEYWORDS = frozenset(
 #: ssh's READCONF_MAX_DEPTH: Includes nested deeper are refused.
 MAX_INCLUDE_DEPTH = 16
 
+#: Stands in for an ``=`` inside quotes while :mod:`shlex` splits a line (a NUL ends a C
+#: string, so no line ssh reads holds one).
+_QUOTED_EQUALS = "\0"
+
 
 def without_comment(line: str) -> str:
     """``line`` up to a word that starts with ``#`` outside quotes, which ends a line of
@@ -113,10 +118,54 @@ def without_comment(line: str) -> str:
     return line
 
 
+class QuotedWord(str):
+    """A word with an ``=`` that stood inside quotes: asyncssh's reader, which takes an
+    ``=`` in a word of a ``Host`` or ``Match`` line for a separator (``Match host=x``, as
+    ssh does), finds none in it, and the word stays whole, as in ssh."""
+
+    __slots__ = ()
+
+    def __contains__(self, part: object) -> bool:
+        return part != "=" and str.__contains__(self, part)  # type: ignore[operator]
+
+    def startswith(self, prefix: object, *args: object) -> bool:
+        return prefix != "=" and str.startswith(self, prefix, *args)  # type: ignore[arg-type]
+
+    def endswith(self, suffix: object, *args: object) -> bool:
+        return suffix != "=" and str.endswith(self, suffix, *args)  # type: ignore[arg-type]
+
+
 def split_words(line: str) -> list[str]:
     """The words of an ssh_config line as ssh splits them (quotes, backslashes), its comment
-    cut off first. Raises ValueError on an unclosed quote."""
-    return shlex.split(without_comment(line))
+    cut off first; a word with an ``=`` inside quotes is a :class:`QuotedWord`. Raises
+    ValueError on an unclosed quote."""
+    line = without_comment(line)
+    if "=" not in line or not ('"' in line or "'" in line) or _QUOTED_EQUALS in line:
+        return shlex.split(line)
+    words = shlex.split(_protect_quoted_equals(line))
+    return [
+        QuotedWord(word.replace(_QUOTED_EQUALS, "=")) if _QUOTED_EQUALS in word else word
+        for word in words
+    ]
+
+
+def _protect_quoted_equals(line: str) -> str:
+    """``line`` with every ``=`` inside quotes replaced by :data:`_QUOTED_EQUALS`, quotes
+    and backslashes read as :mod:`shlex` (POSIX) reads them."""
+    out, quote, i = [], "", 0
+    while i < len(line):
+        char = line[i]
+        if char == "\\" and quote != "'" and i + 1 < len(line):
+            out.append(line[i : i + 2])
+            i += 2
+            continue
+        if quote and char == quote:
+            quote = ""
+        elif not quote and char in "\"'":
+            quote = char
+        out.append(_QUOTED_EQUALS if quote and char == "=" else char)
+        i += 1
+    return "".join(out)
 
 
 def others_may_change(st: os.stat_result) -> bool:

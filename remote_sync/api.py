@@ -261,6 +261,7 @@ async def sync(
     :class:`~remote_sync.events.Summary`'s ``hosts_failed`` (a host's ``status`` tells a
     cancelled one from a failed one), whose ``exit_code`` is 130, the CLI's on Ctrl-C. What
     was committed before the cancel stays, consistent with the state."""
+    _check_concurrency(concurrency)  # as a listing's (the engine would take 0 as 1)
     _require_asyncio()
     registry = registry if registry is not None else default_registry
     # The token registered at the call (adopted here), before the engine is imported (in a
@@ -819,10 +820,16 @@ async def _import_off_the_loop(*modules: str) -> None:
     second or more to import, a first sync would freeze a UI for that long). Awaited through
     asyncio's own executor: anyio's threads would import anyio's backend on the loop first.
     A module another thread is importing is waited for there, not on the loop (Python's
-    import lock), so it is counted as imported only once a thread here has imported it."""
+    import lock), so it is counted as imported only once a thread here has imported it.
+    Under another backend (trio: a mirror's reads need no asyncio) nothing is done here, and
+    the modules are imported where they are used."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
     wanted = [name for name in (_ANYIO_BACKEND, *modules) if name not in _imported]
     if wanted:
-        await asyncio.get_running_loop().run_in_executor(None, _import_all, wanted)
+        await loop.run_in_executor(None, _import_all, wanted)
         _imported.update(wanted)
 
 

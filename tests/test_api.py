@@ -310,6 +310,28 @@ async def test_a_host_name_without_a_mirror_is_refused(show_dest: Path) -> None:
         await api.read_session("h0", "short")
 
 
+def test_a_mirror_listing_runs_under_trio_too(show_dest: Path) -> None:
+    """Only what reaches hosts needs asyncio (asyncssh); a mirror's listing is anyio's, and
+    ran under trio until its first imports moved to asyncio's executor."""
+    pytest.importorskip("trio")
+
+    async def listing() -> int:
+        return len(await api.list_sessions(dest=show_dest))
+
+    assert anyio.run(listing, backend="trio") == 2
+
+
+async def test_a_sync_with_no_concurrency_is_refused_as_a_listing_is(tmp_path: Path) -> None:
+    """A listing refused concurrency=0 while a sync took it as 1 without a word."""
+    for call in (
+        lambda: api.sync([nowhere()], tmp_path / "m", concurrency=0),
+        lambda: api.list_sessions(remote=True, hosts=[nowhere()], concurrency=0),
+    ):
+        with pytest.raises(ConfigError, match="concurrency must be"):
+            await call()
+    assert not (tmp_path / "m").exists()
+
+
 async def test_session_stats_are_those_of_sessions_stats(index_dest: Path) -> None:
     registry = CancelRegistry()
     db = query.open_index(index_dest)

@@ -163,16 +163,22 @@ def _checked_at_call(function: _F, signature: inspect.Signature) -> _F:
     @wraps(function)
     def checked(*args: Any, **kwargs: Any) -> Any:
         try:
-            arguments = signature.bind(*args, **kwargs).arguments
+            bound = signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{function.__name__}() {exc}") from None
         # The transfer is registered now, not once the coroutine is awaited or the generator
         # iterated: a UI cancels through the registry right after the call (a "stop" before
-        # the first batch), and that cancel must not find nothing. The body's own
-        # `registry.register` adopts this entry; a duplicate id fails here, at the call.
-        registry = arguments.get("registry")
+        # the first batch), and that cancel must not find nothing. The body is given the id
+        # (made up here when none was passed), and its own `registry.register` of that id
+        # adopts this entry; a duplicate id fails here, at the call.
+        registry = bound.arguments.get("registry")
         registry = registry if registry is not None else default_registry
-        return registry.reserve(arguments.get("transfer_id"), partial(function, *args, **kwargs))
+
+        def create(transfer_id: str) -> Any:
+            bound.arguments["transfer_id"] = transfer_id
+            return function(*bound.args, **bound.kwargs)
+
+        return registry.reserve(bound.arguments.get("transfer_id"), create)
 
     checked.__signature__ = signature  # type: ignore[attr-defined]
     checked.__annotations__ = {

@@ -164,26 +164,25 @@ class CancelRegistry:
             del self._entries[transfer_id]
 
     def _reserved_for_running(self, transfer_id: str | None) -> _Entry | None:
-        """The reservation made for the work executing now (by id, or any when ``transfer_id``
-        is None, as the call reserved a generated id for it)."""
-        if transfer_id is not None:
-            entry = self._entries.get(transfer_id)
-            return entry if entry is not None and entry.running_for() else None
-        return next((e for e in self._entries.values() if e.running_for()), None)
+        """The reservation of ``transfer_id``, if the work it was made for is executing now."""
+        entry = self._entries.get(transfer_id) if transfer_id is not None else None
+        return entry if entry is not None and entry.running_for() else None
 
-    def reserve(self, transfer_id: str | None, create: Callable[[], _W]) -> _W:
-        """Register a transfer now and return ``create()``, the coroutine or async generator
-        that will run it (its own :meth:`register` adopts this entry and its token): a cancel
-        from now on is kept by the token, and the work is born cancelled. The entry is gone
-        once the work ends, or once it is closed or garbage-collected without having run. A
-        duplicate id raises ValueError here, at the call. Called on behalf of reserved work
-        that is executing (an API call made inside another), nothing more is reserved."""
+    def reserve(self, transfer_id: str | None, create: Callable[[str], _W]) -> _W:
+        """Register a transfer now and return ``create(id)``, the coroutine or async generator
+        that will run it under that id (``transfer_id``, or one made up here), whose own
+        :meth:`register` of that id adopts this entry and its token: a cancel from now on is
+        kept by the token, and the work is born cancelled. The entry is gone once the work
+        ends, or once it is closed or garbage-collected without having run. A duplicate id
+        raises ValueError here, at the call. Called on behalf of reserved work that is
+        executing (an API call made inside another, with its id), nothing more is reserved."""
         self._purge()
         if self._reserved_for_running(transfer_id) is not None:
-            return create()
+            assert transfer_id is not None
+            return create(transfer_id)
         entry = self._add(transfer_id, None)
         try:
-            work = create()
+            work = create(entry.token.id)
         except BaseException:
             self._drop(entry)
             raise

@@ -1461,6 +1461,35 @@ async def test_a_connection_reuses_the_pre_flight_s_parse_of_the_ssh_config(
     assert parsed == [str(chain)] * 4
 
 
+async def test_jump_hosts_shared_by_targets_are_looked_up_once(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet behind one bastion: the pre-flight looked each jump host up once, but the
+    first target's connection took that lookup away, and every other target's connection
+    parsed and checked the bastion's files again."""
+    import asyncssh
+
+    parsed: list[str] = []
+    real_parse = asyncssh.config.SSHConfig.parse
+
+    def counting(self: Any, path: Path) -> None:
+        parsed.append(str(path))
+        real_parse(self, path)
+
+    monkeypatch.setattr(asyncssh.config.SSHConfig, "parse", counting)
+    chain = _chain_config(fleet, tmp_path)
+    targets = [
+        Endpoint(address="box", ssh_config=(str(chain),)),
+        Endpoint(address="box", port=fleet.host("h0").port, ssh_config=(str(chain),)),
+    ]
+    async with SSHPool() as pool:
+        for n, ep in enumerate(targets):
+            assert pool.preflight(ep, f"t{n}") is None
+        for n, ep in enumerate(targets):
+            assert await run_command(pool, ep, ["echo", "j"], host=f"t{n}") == b"j\n"
+    assert parsed == [str(chain)] * 5  # two targets, three jump hosts
+
+
 def _ssh_accepts(config: Path, alias: str = "box") -> tuple[bool, str]:
     """Whether this machine's ``ssh -F config -G alias`` reads the config, and its stderr."""
     ssh = shutil.which("ssh")
@@ -1516,6 +1545,25 @@ async def test_an_included_ssh_config_others_may_change_is_refused_as_ssh_refuse
         async with SSHPool() as pool:
             assert pool.preflight(ep, "box") is None
             assert await run_command(pool, ep, ["echo", "ok"], host="box") == b"ok\n"
+
+
+async def test_a_directory_an_include_glob_matches_is_skipped_as_ssh_skips_it(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Include conf.d/*`` with a directory among the matches: ssh reads nothing from it and
+    goes on; the walk of the files refused every host ("Is a directory")."""
+    home = tmp_path / "home"
+    (home / ".ssh" / "conf.d" / "old").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    (home / ".ssh" / "conf.d" / "box.conf").write_text("Host box\n  ServerAliveInterval 30\n")
+    box = _box_config(fleet, tmp_path, f"  UserKnownHostsFile {fleet.known_hosts}\n")
+    cfg = tmp_path / "config"
+    cfg.write_text("Include conf.d/*\n" + box.read_text())
+    assert _ssh_accepts(cfg)[0]
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    async with SSHPool() as pool:
+        assert pool.preflight(ep, "box") is None
+        assert await run_command(pool, ep, ["echo", "ok"], host="box") == b"ok\n"
 
 
 def test_a_group_writable_ssh_config_is_refused_unless_the_group_is_the_user_s_own(

@@ -980,8 +980,10 @@ class SSHPool:
             "agent_forwarding": False,
             "x11_forwarding": False,
         }
-        # The pre-flight's lookup, once: a reconnect reads the files again.
-        prepared = self._prepared.pop(endpoint, None)
+        # The pre-flight's lookup, once for a target: a reconnect reads the files again. A
+        # jump host keeps it (many targets go through one bastion, each over a connection
+        # of its own: a lookup each would read and check the same files again).
+        prepared = self._prepared.get(endpoint) if depth else self._prepared.pop(endpoint, None)
         if prepared is None:
             try:
                 prepared = _prepare(endpoint, host)

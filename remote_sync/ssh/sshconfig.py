@@ -20,6 +20,7 @@ What it owns:
 from __future__ import annotations
 
 import errno
+import functools
 import glob
 import grp
 import os
@@ -179,17 +180,26 @@ def others_may_change(st: os.stat_result) -> bool:
         return True
     if not st.st_mode & 0o020:
         return False
+    return not _group_is_only(st.st_gid, st.st_uid, uid)
+
+
+@functools.cache
+def _group_is_only(gid: int, owner_uid: int, uid: int) -> bool:
+    """Whether the group ``gid`` has no member but this user ``uid`` (the file's owner is
+    ``owner_uid``: this user or root), and someone is in it. Asked for every group-writable
+    file (umask 002) of every host's walk, and it reads the whole passwd database (slow
+    where that is a directory service): answered once per process."""
     try:
-        group = grp.getgrgid(st.st_gid)
-        owner = pwd.getpwuid(st.st_uid).pw_name
+        group = grp.getgrgid(gid)
+        owner = pwd.getpwuid(owner_uid).pw_name
     except KeyError:
-        return True
-    primary = [entry.pw_uid for entry in pwd.getpwall() if entry.pw_gid == st.st_gid]
+        return False
+    primary = [entry.pw_uid for entry in pwd.getpwall() if entry.pw_gid == gid]
     if any(member != uid for member in primary):
-        return True
+        return False
     if group.gr_mem and group.gr_mem != [owner]:
-        return True
-    return not (primary or group.gr_mem)
+        return False
+    return bool(primary or group.gr_mem)
 
 
 def nested_includes_error(host: str, configs: str) -> ConfigError:
@@ -250,18 +260,17 @@ class _Walk:
         try:
             handle = open(path, "rb")  # noqa: SIM115 (closed below; fstat needs it open)
         except OSError as exc:
-            if included_by is None or exc.errno == errno.ENOENT:
-                return  # a named file: reported where it is read; a file gone: ssh skips it
+            # A named file is reported where it is read; ssh skips a file gone since the
+            # glob, and reads nothing from a directory an Include matched.
+            if included_by is None or exc.errno in (errno.ENOENT, errno.EISDIR):
+                return
             raise unreadable_include_error(
                 path, exc.strerror or str(exc), self.host, self.configs
             ) from exc
         with handle:
             if check and others_may_change(os.fstat(handle.fileno())):
                 raise others_may_change_error(path, self.host, included_by)
-            try:
-                data = handle.read()
-            except OSError:
-                return  # a directory an Include matched: ssh reads nothing in it
+            data = handle.read()
         self.lines(path, data.decode("utf-8", "surrogateescape").split("\n"), depth, always)
 
     def lines(self, path: str, lines: list[str], depth: int, inherited: bool) -> None:

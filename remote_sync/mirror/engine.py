@@ -618,7 +618,7 @@ class HostSync:
 
     def _as_whole(self, t: Transfer) -> Transfer:
         # A new file stays new (there is no old copy to count it a rewrite of), and so does a
-        # file back where one was deleted that is not that one after all (see plan._back).
+        # file back where one was deleted that is not that one after all (see plan.make_plan).
         category: Category = "new" if t.category == "new" or t.back else "rewritten"
         return Transfer(t.remote, t.kind, "whole", category, 0, TO_EOF, t.row)
 
@@ -650,7 +650,8 @@ class HostSync:
         # on disk, and which the next round fetches whole.
         try:
             rows = [item.row for item in items if item.temp is not None]
-            await self.writes.run(lambda state: state.mark_in_doubt(rows))
+            if rows:  # none in a batch of appends: no trip to the writes' thread
+                await self.writes.run(lambda state: state.mark_in_doubt(rows))
         except BaseException:
             discard(items)  # nothing of this batch was renamed: temp files and fds go
             raise
@@ -689,7 +690,8 @@ class HostSync:
                 self.emit(ErrorEvent.from_exception(error))
             # A new file that never reached its place leaves no row behind (see mark_in_doubt).
             gone = [(item.row.host, item.row.path) for item, _ in failed]
-            await self.writes.run(lambda state: state.forget_placeholders(gone))
+            if gone:
+                await self.writes.run(lambda state: state.forget_placeholders(gone))
             for item in items:
                 if item.job is not None:
                     item.index = await self._job_result(item, item.job)

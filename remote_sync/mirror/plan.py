@@ -11,6 +11,7 @@ new transcript that is a mirrored one renamed on the host is an append to a copy
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -60,7 +61,7 @@ class Transfer:
     @property
     def back(self) -> bool:
         """Is this the file at the path of one the host deleted (its checkpoint marked so)?
-        Fetched whole, such a file is new, whatever the plan hoped (see :func:`_back`)."""
+        Fetched whole, such a file is new, whatever the plan hoped (see :func:`make_plan`)."""
         return self.row is not None and self.row.state != "live"
 
     def request(self) -> FetchRequest:
@@ -139,12 +140,19 @@ def make_plan(
         seen.add(remote.path)
         row = rows.get(remote.path)
         kind = "append" if is_append_only(remote.path) else "whole"
+        transfer = _decide(remote, row, kind)
         if row is not None and row.state != "live" and row.fingerprint:
-            transfer = _back(remote, row, kind)
-            if transfer is None and _same_file(remote, row, kind):
-                plan.revived.append(row)
-        else:
-            transfer = _decide(remote, row, kind)
+            # Back at the path of a file the host deleted (see Transfer.back). The same file
+            # back (a disk unmounted for a while, a file moved away and back: its inode) goes
+            # on as before: unchanged, or appended to with the overlap and head checks of any
+            # append, which fetch it whole as new if it is not that one after all. Anything
+            # fetched whole is a new file, as it is to the host's agent; the writer keeps the
+            # deleted one's copy as a version unless it is a prefix of the new content.
+            if transfer is None:
+                if remote.ino == row.ino:
+                    plan.revived.append(row)
+            elif transfer.mode == "whole":
+                transfer = dataclasses.replace(transfer, category="new")
         if transfer is None:
             plan.unchanged.append(remote)
         else:
@@ -193,32 +201,6 @@ def _seed_renamed(plan: Plan, rows: dict[bytes, FileState], seen: set[bytes]) ->
         length = t.remote.size - start
         seeded = Transfer(t.remote, t.kind, "append", "new", start, length, None, seed=seed)
         plan.transfers[n] = seeded
-
-
-def _same_file(remote: RemoteFile, row: FileState, kind: str) -> bool:
-    """Is ``remote`` the file ``row`` mirrored: its inode, its kind, and nothing to fetch?"""
-    return remote.ino == row.ino and row.kind == kind and _decide(remote, row, kind) is None
-
-
-def _back(remote: RemoteFile, row: FileState, kind: str) -> Transfer | None:
-    """The decision for a file at the path of one the host deleted (``row``, marked deleted or
-    renamed).
-
-    The same file back (a disk unmounted for a while, a file moved away and back: its inode)
-    goes on as before: unchanged, or appended to with the overlap and head checks of any
-    append, which fetch it whole as new if it is not that one after all (see
-    :meth:`Transfer.back`). Any other file there is a new one, as it is to the host's agent:
-    fetched whole and counted new; the writer keeps the deleted one's copy as a version
-    (nothing of it is lost) unless it is a prefix of the new content. An empty transcript
-    has nothing to mirror yet; the deleted one stays deleted until it has a line.
-    """
-    if remote.ino == row.ino and row.kind == kind:
-        transfer = _decide(remote, row, kind)
-        if transfer is None or transfer.mode == "append":
-            return transfer
-    if remote.size == 0 and kind == "append":
-        return None
-    return Transfer(remote, kind, "whole", "new", 0, remote.size, row)
 
 
 def _decide(remote: RemoteFile, row: FileState | None, kind: str) -> Transfer | None:

@@ -167,7 +167,7 @@ class _LineWriter:
             # agent is still writing) loses nothing: only whole lines are committed, and
             # those bytes would be cut off at the end. The file goes on without them, and
             # fails only if a newline comes (then they were needed).
-            if not (track_lines and exc.errno == errno.ENOSPC and self._drop_past_the_lines()):
+            if not (track_lines and self._dropped_past_the_lines(exc)):
                 raise _mirror_error(exc, self.host, self.path, self._doing) from exc
             self._past_the_lines(view)
             return
@@ -185,17 +185,17 @@ class _LineWriter:
         """Bytes not written (out of space): a newline among them ends a line the disk could
         not hold, which fails the file as a full disk does."""
         if _rfind_newline(view) >= 0:
-            raise MirrorError(
-                f"disk full while trying to {self._doing}",
-                host=self.host or None,
-                path=path_text(self.path),
-            )
+            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise _mirror_error(full, self.host, self.path, self._doing)
         self.offset += len(view)
 
-    def _drop_past_the_lines(self) -> bool:
-        """After a write failed for want of space: cut the file back to its last line end,
-        freeing what was written past it, and go on without writing. False (nothing done
-        but a fresh handle) when bytes before that end did not reach the file."""
+    def _dropped_past_the_lines(self, exc: OSError) -> bool:
+        """After a write failed with ``exc``: if for want of space, cut the file back to its
+        last line end, freeing what was written past it, and go on without writing. False
+        (nothing done, or nothing but a fresh handle) for another error, or when bytes
+        before that end did not reach the file."""
+        if exc.errno != errno.ENOSPC:
+            return False
         # The buffered handle keeps what it could not write and would write it later: it is
         # closed (its flush may fail: those bytes are past the lines or checked below) and
         # the file taken up again through a copy of its descriptor.
@@ -207,9 +207,9 @@ class _LineWriter:
             self.handle.close()
         self.handle = open(fd, "r+b")  # noqa: SIM115 (kept until flush)
         try:
-            # Written in order from the start (or from the committed end, which recovery
-            # and abort() keep the file's end): every line's bytes are in when it is so long.
-            if os.fstat(fd).st_size < self.end_of_lines:
+            # Written in order: the descriptor's offset (shared with the closed handle) is
+            # where the writes that reached the file end, whatever the file held past it.
+            if os.lseek(fd, 0, os.SEEK_CUR) < self.end_of_lines:
                 return False
             self.handle.truncate(self.end_of_lines)
             self.handle.seek(self.end_of_lines)
@@ -221,11 +221,11 @@ class _LineWriter:
     def _cut_at_the_lines(self, size: int, doing: str, *, lines: bool = True) -> None:
         """Truncate the file to ``size`` (its last line end, when ``lines``). The flush that
         comes first may find the disk full with only bytes past the lines left to write:
-        they are dropped instead (see :meth:`_drop_past_the_lines`)."""
+        they are dropped instead (see :meth:`_dropped_past_the_lines`)."""
         try:
             self.handle.truncate(size)
         except OSError as exc:
-            if not (lines and exc.errno == errno.ENOSPC and self._drop_past_the_lines()):
+            if not (lines and self._dropped_past_the_lines(exc)):
                 raise _mirror_error(exc, self.host, self.path, doing) from exc
 
     def _keep_head(self, view: memoryview) -> None:

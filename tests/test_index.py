@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import random
@@ -18,7 +19,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from indexref import index_by_records
+from indexref import delete_session_by_statements, index_by_records, put_session_by_statements
 from sessiongen import build_tree, facts_dict, generate
 from sshfleet import SSHFleet
 
@@ -26,9 +27,13 @@ from remote_sync import api
 from remote_sync.cli import main
 from remote_sync.decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder
 from remote_sync.formats.readers import get_reader
-from remote_sync.index.store import _facts_decoder
-from remote_sync.index.update import FileIndexer, rebuild_index
+from remote_sync.index.facts import SessionFacts
+from remote_sync.index.store import IndexRows, _facts_decoder, ensure_schema, models_text
+from remote_sync.index.update import FileIndexer, IndexUpdate, rebuild_index
 from remote_sync.inventory import load_inventory
+from remote_sync.mirror import engine
+from remote_sync.mirror.state import FileState, MirrorState
+from remote_sync.mirror.writer import Pending
 
 FORMATS = ["openclaw", "claude-code", "codex", "picoclaw", "pi"]
 
@@ -704,3 +709,117 @@ def test_a_byte_order_mark_is_the_files_across_syncs_and_chunks(
 @functools.cache
 def _bom_sessions(fmt: str) -> Any:
     return generate(fmt, random.Random(f"bom-{fmt}"), messages=12, bom=True)
+
+
+# -- a commit's index rows, one statement per table -----------------------------------------
+
+
+def _facts_of(rng: random.Random, path: bytes, i: int) -> SessionFacts:
+    """Realistic facts, and now and then a field the ``sessions`` row spells its own way."""
+    indexer = FileIndexer(get_reader("openclaw"), "h0", path)
+    indexer.feed(generate("openclaw", rng, messages=rng.randint(3, 40), unicode=True).data)
+    facts = indexer.result().facts
+    if i % 7 == 0:
+        facts.models = ["gpt\nodd", "claude", ""]  # a newline inside a name, an empty name
+    if i % 11 == 0:
+        facts.session_id, facts.title, facts.cost = None, None, None
+    return facts
+
+
+def _index_tables(db: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
+    tables = ("sessions", "session_facts", "session_marks")
+    return {t: sorted(db.execute(f"SELECT * FROM {t}")) for t in tables}
+
+
+def _commit_by_statements(state: MirrorState, items: list[Pending]) -> None:
+    """What ``engine._commit`` did with a statement per session and table."""
+
+    def write() -> None:
+        for item in items:
+            if item.index is None or item.row.size == 0:
+                delete_session_by_statements(state.db, item.row.host, item.row.path)
+            else:
+                u = item.index
+                put_session_by_statements(
+                    state.db, u.host, u.path, u.format, u.facts, u.marks, fresh=u.fresh
+                )
+
+    state.commit([item.row for item in items], also=write)
+
+
+def test_a_commits_index_rows_in_one_statement_per_table_are_the_per_session_rows(
+    tmp_path: Path,
+) -> None:
+    """A flush's commit of many sessions (``engine._commit``) leaves the index rows the
+    statements of each session alone left: new sessions, appended ones (their marks added to
+    the stored ones), ones re-indexed fresh (their old marks gone), ones without facts or
+    without a whole line (dropped), and in a second commit every one of those again."""
+    rng = random.Random(12)
+    paths = [f"agents/main/sessions/s{i:04d}.jsonl".encode() for i in range(260)]
+
+    def items(round_no: int) -> list[Pending]:
+        out = []
+        for i, path in enumerate(paths[: 200 + 30 * round_no]):
+            kind = i % 5 if round_no else 0
+            if kind == 4:
+                continue  # not in this commit: its rows stay as they are
+            facts = _facts_of(rng, path, i)
+            fresh = round_no == 0 or kind == 1 or i >= 200
+            count = 1 if round_no and fresh else 1 + i % 4  # fewer than a fresh one had
+            marks = [(256 * (k + 2 * (not fresh)), 40_000 * k + i) for k in range(count)]
+            size = 0 if kind == 3 else facts.bytes
+            row = FileState("h0", path, "append", size, size, 1.7e9, 2049, i, b"f" * 16)
+            update = IndexUpdate("h0", path, "openclaw", facts, marks, fresh=fresh)
+            out.append(Pending(row, io.BytesIO(), index=None if kind == 2 else update))
+        return out
+
+    with MirrorState(tmp_path / "a") as by_statements, MirrorState(tmp_path / "b") as batched:
+        for round_no in range(3):
+            batch = items(round_no)
+            _commit_by_statements(by_statements, batch)
+            engine._commit(batched, batch)
+            want = _index_tables(by_statements.db)
+            assert _index_tables(batched.db) == want
+            assert len(want["sessions"]) > 100 and len(want["session_marks"]) > 200
+
+
+_KEYS = [("h0", b"a.jsonl"), ("h0", b"b.jsonl"), ("h1", b"a.jsonl")]
+_OPS = st.tuples(
+    st.sampled_from(["put", "fresh", "delete"]),
+    st.sampled_from(_KEYS),
+    st.integers(0, 3),  # which facts
+    st.lists(st.tuples(st.sampled_from([0, 256, 512]), st.integers(0, 9)), max_size=3),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(stored=st.lists(st.sampled_from(_KEYS), unique=True), ops=st.lists(_OPS, max_size=8))
+def test_index_rows_about_one_session_twice_in_a_commit_leave_the_last_calls_rows(
+    stored: list[tuple[str, bytes]], ops: list[tuple[str, tuple[str, bytes], int, Any]]
+) -> None:
+    """Puts (fresh or not) and deletes of the same sessions, in any order, collected in one
+    :class:`IndexRows`: its rows are those of the calls made one by one as statements."""
+    facts = [SessionFacts(session_id=f"s{n}", bytes=n, user=n, models=["m"] * n) for n in range(4)]
+    dbs = [sqlite3.connect(":memory:") for _ in range(2)]
+    for db in dbs:
+        ensure_schema(db)
+        for host, path in stored:
+            put_session_by_statements(db, host, path, "pi", facts[3], [(0, 1), (256, 2)])
+    by_statements, batched = dbs
+    rows = IndexRows()
+    for op, (host, path), n, marks in ops:
+        if op == "delete":
+            delete_session_by_statements(by_statements, host, path)
+            rows.delete(host, path)
+        else:
+            fresh = op == "fresh"
+            put_session_by_statements(by_statements, host, path, "pi", facts[n], marks, fresh=fresh)
+            rows.put(host, path, "pi", facts[n], marks, fresh=fresh)
+    rows.write(batched)
+    assert _index_tables(batched) == _index_tables(by_statements)
+
+
+@given(st.lists(st.text(alphabet="ab\n ", max_size=4), max_size=4))
+def test_models_text_is_each_name_then_a_newline(models: list[str]) -> None:
+    want = "".join(model.replace("\n", " ") + "\n" for model in models)
+    assert models_text(models) == want

@@ -3,7 +3,8 @@
 What it owns: the ``sessions`` table (one row of facts per transcript, keyed like ``files`` by
 host and remote path) and ``session_marks`` (the byte offset of every ``MARK_EVERY``-th message,
 so ``sessions show --page`` seeks instead of scanning from line 1). Rows are written in the same
-transaction as the file checkpoints they describe, so the index never disagrees with the mirror.
+transaction as the file checkpoints they describe, so the index never disagrees with the mirror;
+a commit's rows are collected in :class:`IndexRows` and written with one statement per table.
 
 A session's state (live, deleted on the remote, rewritten) is not stored here: it is the
 ``files`` row's, joined at query time.
@@ -105,9 +106,14 @@ _facts_encoder = msgspec.json.Encoder()
 _facts_decoder = msgspec.json.Decoder(SessionFacts)
 
 
-def models_text(models: Iterable[str]) -> str:
+def models_text(models: Sequence[str]) -> str:
     """The ``models`` column: each name followed by a newline (one inside a name is a space)."""
-    return "".join(model.replace("\n", " ") + "\n" for model in models)
+    if not models:
+        return ""
+    text = "\n".join(models)
+    if text.count("\n") != len(models) - 1:  # rare: one join, not a string per name
+        text = "\n".join(model.replace("\n", " ") for model in models)
+    return text + "\n"
 
 
 def models_list(text: str) -> list[str]:
@@ -143,6 +149,115 @@ def load_facts(db: sqlite3.Connection, host: str, path: bytes) -> SessionFacts |
     return _facts_decoder.decode(row[0]) if row else None
 
 
+_PUT_SESSION = (
+    "INSERT OR REPLACE INTO sessions VALUES "
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_PUT_FACTS = "INSERT OR REPLACE INTO session_facts VALUES (?, ?, ?)"
+_PUT_MARK = "INSERT OR REPLACE INTO session_marks VALUES (?, ?, ?, ?)"
+_DROP_MARKS = "DELETE FROM session_marks WHERE host = ? AND path = ?"
+
+_Key = tuple[str, bytes]
+
+
+class IndexRows:
+    """The index rows of one commit, written with one statement per table.
+
+    A flush commits up to a thousand sessions: statements of each session's own cost a tenth
+    of the CPU its rows cost SQLite (calls, binding, resets). :meth:`put` and :meth:`delete`
+    collect, in the order called, and :meth:`write` (inside the checkpoints' transaction)
+    leaves the rows those calls, made one by one as statements, would leave: the deletes go
+    first, so a later call about the same session overrides an earlier one here, before
+    writing. A session's facts and marks are read when written, not when put.
+    """
+
+    __slots__ = ("_gone", "_puts", "_stale_marks")
+
+    def __init__(self) -> None:
+        self._gone: dict[_Key, None] = {}  # sessions whose rows are all dropped first
+        self._stale_marks: dict[_Key, None] = {}  # sessions whose stored marks are dropped
+        self._puts: dict[_Key, tuple[str, SessionFacts, Sequence[tuple[int, int]]]] = {}
+
+    def put(
+        self,
+        host: str,
+        path: bytes,
+        fmt: str,
+        facts: SessionFacts,
+        marks: Sequence[tuple[int, int]] = (),
+        *,
+        fresh: bool = False,
+    ) -> None:
+        """Store one session's facts and new page marks; ``fresh`` drops its earlier marks
+        first (the file was fetched whole: re-indexed)."""
+        key = (host, path)
+        if fresh:
+            self._stale_marks[key] = None
+        else:
+            earlier = self._puts.get(key)
+            if earlier is not None:  # its marks are kept, as the stored ones are
+                marks = [*earlier[2], *marks]
+        self._puts[key] = (fmt, facts, marks)
+
+    def delete(self, host: str, path: bytes) -> None:
+        """Drop one session: its row, facts and marks."""
+        key = (host, path)
+        self._puts.pop(key, None)
+        self._gone[key] = None
+
+    def write(self, db: sqlite3.Connection) -> None:
+        """Write what was collected (call inside the checkpoints' transaction)."""
+        if self._gone:
+            delete_sessions(db, self._gone)
+        if self._stale_marks:
+            db.executemany(_DROP_MARKS, self._stale_marks)
+        if not self._puts:
+            return
+        encode = _facts_encoder.encode
+        sessions = []
+        facts_rows = []
+        marks_rows = []
+        for (host, path), (fmt, facts, marks) in self._puts.items():
+            sessions.append(_session_row(host, path, fmt, facts))
+            facts_rows.append((host, path, encode(facts)))
+            for n, offset in marks:
+                marks_rows.append((host, path, n, offset))
+        db.executemany(_PUT_SESSION, sessions)
+        db.executemany(_PUT_FACTS, facts_rows)
+        if marks_rows:
+            db.executemany(_PUT_MARK, marks_rows)
+
+
+def _session_row(host: str, path: bytes, fmt: str, facts: SessionFacts) -> tuple[object, ...]:
+    """The ``sessions`` row of one session, its columns in the table's order."""
+    return (
+        host,
+        path,
+        fmt,
+        facts.agent,
+        facts.session_id or "",
+        facts.bytes,
+        facts.lines,
+        facts.malformed,
+        facts.messages,
+        facts.user,
+        facts.assistant,
+        facts.tool,
+        facts.system,
+        facts.other,
+        facts.tool_calls,
+        facts.tokens_in,
+        facts.tokens_out,
+        facts.tokens_cache_read,
+        facts.tokens_cache_write,
+        facts.cost,
+        models_text(facts.models),
+        facts.first_ts,
+        facts.last_ts,
+        facts.title,
+    )
+
+
 def put_session(
     db: sqlite3.Connection,
     host: str,
@@ -153,58 +268,23 @@ def put_session(
     *,
     fresh: bool = False,
 ) -> None:
-    """Write one session's facts (call inside the checkpoint's transaction).
+    """Write one session's facts (call inside the checkpoint's transaction); a commit of
+    many collects them in :class:`IndexRows`.
 
     ``fresh`` drops its earlier marks first (the file was fetched whole: re-indexed).
     """
-    db.execute(
-        "INSERT OR REPLACE INTO sessions VALUES "
-        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            host,
-            path,
-            fmt,
-            facts.agent,
-            facts.session_id or "",
-            facts.bytes,
-            facts.lines,
-            facts.malformed,
-            facts.messages,
-            facts.user,
-            facts.assistant,
-            facts.tool,
-            facts.system,
-            facts.other,
-            facts.tool_calls,
-            facts.tokens_in,
-            facts.tokens_out,
-            facts.tokens_cache_read,
-            facts.tokens_cache_write,
-            facts.cost,
-            models_text(facts.models),
-            facts.first_ts,
-            facts.last_ts,
-            facts.title,
-        ),
-    )
-    db.execute(
-        "INSERT OR REPLACE INTO session_facts VALUES (?, ?, ?)",
-        (host, path, _facts_encoder.encode(facts)),
-    )
-    if fresh:
-        db.execute("DELETE FROM session_marks WHERE host = ? AND path = ?", (host, path))
-    if marks:
-        db.executemany(
-            "INSERT OR REPLACE INTO session_marks VALUES (?, ?, ?, ?)",
-            [(host, path, n, offset) for n, offset in marks],
-        )
+    rows = IndexRows()
+    rows.put(host, path, fmt, facts, marks, fresh=fresh)
+    rows.write(db)
 
 
 def delete_sessions(db: sqlite3.Connection, keys: Iterable[tuple[str, bytes]]) -> None:
-    for host, path in keys:
-        db.execute("DELETE FROM sessions WHERE host = ? AND path = ?", (host, path))
-        db.execute("DELETE FROM session_facts WHERE host = ? AND path = ?", (host, path))
-        db.execute("DELETE FROM session_marks WHERE host = ? AND path = ?", (host, path))
+    keys = list(keys)
+    if not keys:
+        return
+    db.executemany("DELETE FROM sessions WHERE host = ? AND path = ?", keys)
+    db.executemany("DELETE FROM session_facts WHERE host = ? AND path = ?", keys)
+    db.executemany(_DROP_MARKS, keys)
 
 
 #: SQLite's largest INTEGER (a larger Python int cannot be bound as a parameter).

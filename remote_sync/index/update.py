@@ -20,7 +20,7 @@ from typing import Any
 from ..decode.jsonl import JsonlDecoder
 from ..errors import MirrorError, path_text
 from .facts import FormatReader, SessionFacts
-from .store import MARK_EVERY, delete_sessions, load_facts, put_session, record_index_rules
+from .store import MARK_EVERY, IndexRows, load_facts, record_index_rules
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,15 @@ class IndexUpdate:
     marks: list[tuple[int, int]] = field(default_factory=list)
     fresh: bool = False
 
+    def put_into(self, rows: IndexRows) -> None:
+        """Add its rows to a commit's (:meth:`IndexRows.write` writes them)."""
+        rows.put(self.host, self.path, self.format, self.facts, self.marks, fresh=self.fresh)
+
     def write(self, db: sqlite3.Connection) -> None:
-        put_session(db, self.host, self.path, self.format, self.facts, self.marks, fresh=self.fresh)
+        """Write its rows alone, now (call inside the checkpoint's transaction)."""
+        rows = IndexRows()
+        self.put_into(rows)
+        rows.write(db)
 
 
 class FileIndexer:
@@ -213,16 +220,15 @@ def rebuild_index(
                         )
                     )
             indexed = {u.path for u in updates}
-            stale = [
-                (host, bytes(p))
-                for (p,) in state.db.execute("SELECT path FROM sessions WHERE host = ?", (host,))
-                if bytes(p) not in indexed
-            ]
+            index = IndexRows()
+            for (p,) in state.db.execute("SELECT path FROM sessions WHERE host = ?", (host,)):
+                if bytes(p) not in indexed:
+                    index.delete(host, bytes(p))
+            for update in updates:
+                update.fresh = True
+                update.put_into(index)
             with state.transaction():
-                delete_sessions(state.db, stale)
-                for update in updates:
-                    update.fresh = True
-                    update.write(state.db)
+                index.write(state.db)
             count += len(updates)
         if hosts is None:  # every row is now counted by this version's rules
             record_index_rules(state.db)

@@ -65,7 +65,7 @@ from ..events import (
 from ..formats import FORMATS, get_format
 from ..formats.readers import get_reader
 from ..index.facts import FormatReader
-from ..index.store import delete_sessions
+from ..index.store import IndexRows
 from ..index.update import (
     FileIndexer,
     IndexUpdate,
@@ -814,8 +814,10 @@ class HostSync:
             updates.append(update)
 
         def write_index(state: MirrorState) -> None:
+            rows = IndexRows()
             for update in updates:
-                update.write(state.db)
+                update.put_into(rows)
+            rows.write(state.db)
 
         await self.writes.run(lambda state: state.commit([], also=lambda: write_index(state)))
 
@@ -1336,20 +1338,21 @@ def _commit(state: MirrorState, items: list[Pending]) -> None:
     db = state.db
 
     def write_index() -> None:
+        rows = IndexRows()
         for item in items:
             if item.index is None:
                 # No facts for these bytes (a --no-index run, a session the index could not
                 # continue, a file that is no transcript): a row describing older bytes would
                 # be wrong. The next indexed round's end makes it again from the mirror
                 # (_index_the_unindexed).
-                delete_sessions(db, [(item.row.host, item.row.path)])
-                continue
-            if item.row.size == 0:
+                rows.delete(item.row.host, item.row.path)
+            elif item.row.size == 0:
                 # Not one whole line yet (or any more): no session, as a rebuild of the mirror
                 # has none for an empty file.
-                delete_sessions(db, [(item.row.host, item.row.path)])
+                rows.delete(item.row.host, item.row.path)
             else:
-                item.index.write(db)
+                item.index.put_into(rows)
+        rows.write(db)
 
     state.commit((item.row for item in items), also=write_index)
 

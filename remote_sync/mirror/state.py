@@ -524,6 +524,8 @@ class MirrorState:
                         hint="check the destination's permissions",
                     ) from exc
                 update.fresh = True
+                # Written now, not batched: whether a later file's host counts as indexed
+                # (``_indexes``) reads the sessions as this one leaves them.
                 update.write(self.db)
 
     # -- reading and writing rows ---------------------------------------------------------
@@ -672,12 +674,15 @@ class MirrorState:
             return
         try:
             with self.transaction():
-                for key in keys:
-                    dropped = self.db.execute(
+                dropped = [
+                    key
+                    for key in keys
+                    if self.db.execute(
                         "DELETE FROM files WHERE host = ? AND path = ? AND fingerprint = X''", key
-                    )
-                    if dropped.rowcount:  # with the session recovery may have indexed
-                        delete_sessions(self.db, [key])
+                    ).rowcount
+                ]
+                # With their sessions, which recovery may have indexed.
+                delete_sessions(self.db, dropped)
         except sqlite3.Error as exc:
             raise self._db_error(exc, "write checkpoints", keys[0][0]) from exc
 

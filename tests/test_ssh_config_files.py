@@ -212,6 +212,63 @@ def test_a_match_exec_token_value_stays_data(context: str, tmp_path: Path) -> No
     assert not pwned.exists() and not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("line", "refused"),
+    [
+        ("host other exec {}", False),  # an earlier criterion fails: not run, as in ssh
+        ("!host box exec {}", False),
+        ("user nobody exec {}", False),
+        ('exec "true" host other exec {}', False),
+        ("host box exec {}", True),  # every earlier one holds: it would run
+        ("exec {}", True),
+        ("!exec {} host other", True),  # run before the criterion that fails
+    ],
+)
+def test_an_unsafe_token_value_is_refused_only_where_the_command_would_run(
+    line: str, refused: bool, tmp_path: Path
+) -> None:
+    """ssh expands a Match exec command, then skips it when a criterion before it on the
+    line failed (readconf.c: "skip execution if prior predicate failed"); asyncssh skips it
+    too. A target's token with a value the shell could read as code was refused on every
+    Match line, and a user ``DOMAIN\\u`` could not use an ssh_config whose ``Match host
+    other exec "test %r = x"`` was not about its host at all. It is refused where the
+    command would run, and ssh -G reads every one of these lines."""
+    user = "DOMAIN\\u"
+    out, pwned = tmp_path / "out", tmp_path / "pwned"
+    cfg = tmp_path / "config"
+    command = f'"test %r = x || touch {pwned}"'
+    cfg.write_text(  # in quotes, "\\\\" is one backslash for both readers
+        f'Host box\n  User "DOMAIN\\\\u"\nMatch {line.format(command)}\n'
+        f'  Port 2345\nMatch exec "printf %%s %p >{out}"\n  ServerAliveCountMax 7\n'
+    )
+    assert _ssh("-F", str(cfg), "-G", "box").returncode == 0
+    pwned.unlink(missing_ok=True)
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    problem = SSHPool().preflight(ep, "box")
+    if refused:
+        assert isinstance(problem, ConfigError), problem
+        assert problem.message.startswith("ssh_config line 3: Match exec ")
+        assert f"the remote user name %r is {user!r}" in problem.message
+    else:
+        assert problem is None
+        assert out.read_text() == "22"  # the lines below are read, the skipped one set nothing
+    assert not pwned.exists()
+
+
+def test_an_unknown_token_is_refused_on_a_line_that_does_not_apply_after_an_unsafe_one(
+    tmp_path: Path,
+) -> None:
+    """ssh expands the command of a Match line that does not apply too, and stops on a
+    token it does not know there, whatever comes before it."""
+    cfg = tmp_path / "config"
+    cfg.write_text('Host box\n  User a;b\nMatch host other exec "test %r %Z"\n  Port 1\n')
+    assert _ssh("-F", str(cfg), "-G", "box").returncode != 0
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    problem = SSHPool().preflight(ep, "box")
+    assert isinstance(problem, ConfigError), problem
+    assert "%Z is no token ssh expands there" in problem.message
+
+
 _SAFE = "abcXYZ019@%+=:,./_-"
 _VALUES = st.one_of(
     st.text(_SAFE, max_size=20),

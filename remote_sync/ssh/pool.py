@@ -1827,8 +1827,11 @@ def _read_config_as_ssh_does() -> None:
         if entry is not None and not getattr(entry[1], "notes_where", False):
             handlers[option.lower()] = (entry[0], _noting_where(entry[1]))
     entry = handlers.get("match")
-    if entry is not None and not getattr(entry[1], "exec_tokens", False):
+    run = getattr(module, "_exec", None)
+    if entry is not None and run is not None and not getattr(entry[1], "exec_tokens", False):
         handlers["match"] = (entry[0], _expanding_match_exec(entry[1]))
+        if not getattr(run, "refuses_unsafe", False):
+            module._exec = _running_checked(run)
     expanded = getattr(config_class, "_percent_expand", None)
     if config_class is not None and isinstance(expanded, set) and "RemoteCommand" in expanded:
         # Never run here (see _ignored_remote_command), so its tokens are not expanded:
@@ -1874,11 +1877,13 @@ _MATCH_ALONE = ("all", "canonical", "final")
 def _expanding_match_exec(match: Any) -> Any:
     """asyncssh's Match handler, with the ``%`` tokens of each ``exec`` command expanded
     first, as ssh expands them (:func:`~remote_sync.ssh.sshconfig.expand_match_exec`), from
-    the configuration read so far. A token ssh does not expand there, or one of the
-    target's (%h %n %k %r %p %j) whose value the shell could read as code, is an error
-    naming the file and line (:class:`_RefusedMatchExec`, with what to do for the latter):
-    ssh stops on the former, and the latter is never run. It is refused even on a Match
-    line whose earlier criteria fail (where ssh would not run the command): the safe side."""
+    the configuration read so far. A token ssh does not expand there is an error naming the
+    file and line, on any Match line: ssh expands the command before it looks at the
+    criteria before it, and stops on it. A value of one of the target's tokens (%h %n %k %r
+    %p %j) that the shell could read as code is refused (:class:`_RefusedMatchExec`, with
+    what to do) only where the command would run: ssh skips the ``exec`` of a line whose
+    earlier criteria failed, and so does asyncssh, which then never meets the refusal
+    (:class:`_RefusedCommand`, raised by :func:`_running_checked`)."""
 
     def read(config: Any, option: str, args: list[str]) -> None:
         i = 0
@@ -1888,19 +1893,54 @@ def _expanding_match_exec(match: Any) -> Any:
                 i += 1
                 continue
             if criterion == "exec" and i + 1 < len(args):
-                try:
-                    args[i + 1] = expand_match_exec(args[i + 1], _exec_tokens(config))
-                except UnsafeTokenValue as exc:
-                    raise _RefusedMatchExec(
-                        f"{config._path} line {config._line_no}: {exc}", exc.hint
-                    ) from exc
-                except ValueError as exc:
-                    config._error(str(exc))
+                args[i + 1] = _expanded_exec(config, args[i + 1])
             i += 2
         match(config, option, args)
 
     read.exec_tokens = True  # type: ignore[attr-defined]
     return read
+
+
+def _expanded_exec(config: Any, command: str) -> str:
+    """``command`` of a ``Match exec`` with its tokens expanded from asyncssh's reading
+    ``config``, or a :class:`_RefusedCommand` if a target's token value is unsafe."""
+    tokens = _exec_tokens(config)
+    where = f"{config._path} line {config._line_no}"  # as asyncssh words its errors
+    try:
+        return expand_match_exec(command, tokens)
+    except UnsafeTokenValue as exc:
+        try:  # an unknown token later in the command stops the reading, as in ssh
+            expand_match_exec(command, dict.fromkeys(tokens, ""))
+        except ValueError as unknown:
+            raise asyncssh.ConfigParseError(f"{where}: {unknown}") from None
+        return _RefusedCommand(command, _RefusedMatchExec(f"{where}: {exc}", exc.hint))
+    except ValueError as exc:
+        raise asyncssh.ConfigParseError(f"{where}: {exc}") from None
+
+
+class _RefusedCommand(str):
+    """A ``Match exec`` command not to run, a target's token value being unsafe: its text
+    as written, and the error to raise if asyncssh comes to run it."""
+
+    def __new__(cls, command: str, error: _RefusedMatchExec) -> _RefusedCommand:
+        made = super().__new__(cls, command)
+        made.error = error
+        return made
+
+    error: _RefusedMatchExec
+
+
+def _running_checked(run: Any) -> Any:
+    """asyncssh's runner of a ``Match exec`` command, raising the refusal of a
+    :class:`_RefusedCommand` instead of running it."""
+
+    def run_checked(command: str) -> bool:
+        if isinstance(command, _RefusedCommand):
+            raise command.error
+        return bool(run(command))
+
+    run_checked.refuses_unsafe = True  # type: ignore[attr-defined]
+    return run_checked
 
 
 class _RefusedMatchExec(asyncssh.ConfigParseError):

@@ -22,7 +22,8 @@ What it owns:
   which is not checked for others' write access (the files it Includes are).
 - ``Match exec`` commands with ssh's ``%`` tokens expanded (:func:`expand_match_exec`),
   each value put in as it is, as ssh puts it, and a value of the target's tokens (%h %n %k
-  %r %p %j) that the shell could read as more than a word refused.
+  %r %p %j) that the shell could read as more than a word refused (by the pool, where the
+  command would run).
 """
 
 from __future__ import annotations

@@ -365,6 +365,83 @@ def test_a_jump_hop_with_a_bad_port_is_refused(hop: str) -> None:
         sshconfig.jump_hop(hop)
 
 
+@pytest.mark.parametrize(
+    ("hop", "parsed"),
+    [
+        ("ssh://us%40er@jh", ("us@er", "jh", None)),  # the user is URL-decoded
+        ("ssh://a+b%3B@jh", ("a b;", "jh", None)),
+        ("ssh://us;fingerprint=x@jh:2200", ("us", "jh", 2200)),  # parameters dropped
+        ("ssh://u@JH.", ("u", "JH", None)),  # the host is not; one trailing dot dropped
+        ("ssh://u@jh:", ("u", "jh", None)),
+        ("ssh://u@[jh]:22/", ("u", "jh", 22)),
+        ("ssh://jh", (None, "jh", None)),
+    ],
+)
+def test_a_jump_uri_is_decoded_as_ssh_decodes_it(hop: str, parsed: tuple[object, ...]) -> None:
+    """As OpenSSH 9.2 reads them (``ssh -G`` prints the hop it made of each)."""
+    assert sshconfig.jump_hop(hop) == parsed
+
+
+@pytest.mark.parametrize(
+    "hop",
+    [
+        "ssh://u@jh/path",  # a path
+        "ssh://u@jh:22/x",
+        "ssh://u@jh//",
+        "ssh://u@jh:/",
+        "ssh://a@b@jh",  # the first @ ends the user
+        "ssh://%zz@jh",  # not an escape
+        "ssh://u%00v@jh",
+        "ssh://@jh",  # an empty user
+        "ssh://;x@jh",
+        "ssh://u@J%48",  # the host is not decoded
+        "ssh://u@jh;x",
+        "ssh://u@-jh",
+        "ssh://u@a..b",
+        "ssh://u@[::1]:2200",  # no IPv6 address in a URI
+        "ssh://u@",
+    ],
+)
+def test_a_jump_uri_ssh_refuses_is_refused(hop: str) -> None:
+    with pytest.raises(ValueError):
+        sshconfig.jump_hop(hop)
+
+
+def _ssh_jump_hop(hop: str, tmp_path: Path) -> tuple[str | None, str, int | None] | None:
+    """The ProxyJump hop ``hop`` as ``ssh -G`` prints it (``[user@]host[:port]``, its user
+    decoded), or None where ssh refuses it."""
+    cfg = tmp_path / "jump_config"
+    cfg.write_text(f"Host box\n  ProxyJump {hop}\n")
+    done = _ssh("-F", str(cfg), "-G", "box")
+    if done.returncode != 0:
+        assert "Invalid ProxyJump" in done.stderr, done.stderr
+        return None
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("proxyjump ")]
+    user, _, rest = line.removeprefix("proxyjump ").rpartition("@")
+    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    # ssh prints a host of digits and dots in brackets (readconf.c's dump_client_config).
+    return user or None, host.removeprefix("[").removesuffix("]"), int(port) if port else None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    user=st.one_of(st.none(), st.text("aZ0%4F+;@", max_size=6)),
+    host=st.text("aZ0.-_%[]:;@", max_size=6),
+    tail=st.text("0:/2", max_size=4),
+)
+def test_a_jump_uri_is_read_as_ssh_reads_it(
+    user: str | None, host: str, tail: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Whatever the URI holds, ours and ssh -G refuse it alike or make the same hop of it
+    (a port is a number here, never a service name, which this alphabet cannot spell)."""
+    hop = "ssh://" + ("" if user is None else f"{user}@") + host + tail
+    try:
+        ours: tuple[str | None, str, int | None] | None = sshconfig.jump_hop(hop)
+    except ValueError:
+        ours = None
+    assert ours == _ssh_jump_hop(hop, tmp_path_factory.mktemp("hop")), hop
+
+
 # --- algorithm names asyncssh does not support --------------------------------------------
 
 

@@ -1304,19 +1304,28 @@ async def test_a_proxy_jump_chain_that_checks_out_connects_and_a_loop_is_refused
 
 
 @pytest.mark.parametrize(
-    "spelling", ["ssh://{user}@127.0.0.1:{port}/", "{user}@[127.0.0.1]:{port}"]
+    "spelling",
+    [
+        "ssh://{user}@127.0.0.1:{port}/",
+        "{user}@[127.0.0.1]:{port}",
+        "ssh://{encoded};fingerprint=x@127.0.0.1:{port}",
+    ],
 )
 async def test_a_jump_host_written_as_a_uri_or_in_brackets_is_reached_as_ssh_reaches_it(
     spelling: str, fleet: SSHFleet, tmp_path: Path
 ) -> None:
     """ssh reads a ProxyJump hop as ``ssh://user@host:port`` too, and an address in brackets
     (IPv6's way of keeping its colons apart from the port); the user was taken for
-    ``ssh://user`` and the brackets kept in the address, so no such hop was reached."""
+    ``ssh://user`` and the brackets kept in the address, so no such hop was reached. A
+    URI's user is URL-decoded, its ``;`` parameters dropped, as ssh reads it; it was taken
+    as written (``%72%73...``), and the jump host refused it."""
     jump = fleet.host("h1")
+    encoded = "".join(f"%{byte:02X}" for byte in fleet.user.encode())
+    hop = spelling.format(user=fleet.user, port=jump.port, encoded=encoded)
     cfg = tmp_path / "config"
     cfg.write_text(
         f"Host box\n  HostName 127.0.0.1\n  Port {fleet.host('h0').port}\n"
-        f"  ProxyJump {spelling.format(user=fleet.user, port=jump.port)}\n"
+        f"  ProxyJump {hop}\n"
         f"Host *\n  IdentityFile {fleet.client_key}\n  User {fleet.user}\n"
         f"  UserKnownHostsFile {fleet.known_hosts}\n  GlobalKnownHostsFile /dev/null\n"
     )

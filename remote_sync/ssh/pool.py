@@ -1416,11 +1416,13 @@ def _jump_endpoints(jumps: str, endpoint: Endpoint, host: str) -> list[tuple[str
     for jump in jumps.split(","):
         try:
             user, address, port = jump_hop(jump)
-        except ValueError:
+        except ValueError as exc:
             raise ConfigError(
-                f"bad host or port in the ProxyJump host {jump!r}",
+                f"bad ProxyJump host {jump!r} ({exc}); ssh refuses it too",
                 host=host,
-                hint="write each ProxyJump hop as [user@]host[:port], an IPv6 address in []",
+                path=_config_names(endpoint),
+                hint="write each ProxyJump hop as [user@]host[:port], an IPv6 address in [], "
+                "or ssh://[user@]host[:port] (its user URL-encoded, no path)",
             ) from None
         hop = Endpoint(
             address=address,

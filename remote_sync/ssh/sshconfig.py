@@ -24,6 +24,8 @@ What it owns:
   each value put in as it is, as ssh puts it, and a value of the target's tokens (%h %n %k
   %r %p %j) that the shell could read as more than a word refused (by the pool, where the
   command would run).
+- A ProxyJump hop read as ssh reads it (:func:`jump_hop`), an ``ssh://`` URI's user
+  URL-decoded, and what ssh refuses there refused; %j (:func:`jump_host`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import pwd
 import re
 import shlex
 import socket
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -473,15 +476,17 @@ def match_exec_tokens(
 
 def jump_hop(hop: str) -> tuple[str | None, str, int | None]:
     """One hop of a ProxyJump value as ssh reads it (readconf.c's parse_jump, through
-    parse_ssh_uri or parse_user_host_port): ``[ssh://][user@]host[:port]``, the user ended by
-    the last ``@``, an IPv6 address in brackets (``[::1]:2222``), a URI's trailing ``/``.
-    Returns (user or None, host, port or None); an empty host, or a port that is not a
-    number from 1 to 65535, is a ValueError. Looser than ssh in places (a URI's user is not
-    URL-decoded, a port is never a service name): what both read, they read alike."""
+    parse_ssh_uri or parse_user_host_port): ``[user@]host[:port]``, the user ended by the
+    last ``@``, an IPv6 address in brackets (``[::1]:2222``); or an ``ssh://`` URI
+    (:func:`_uri_hop`). Returns (user or None, host, port or None); an empty host, or a port
+    that is not a number from 1 to 65535, is a ValueError. Looser than ssh in places (the
+    host of the first form is not checked), stricter in one (a port is never a service
+    name): what both read, they read alike."""
     text = hop.strip()
-    uri = text.startswith("ssh://")
-    user, _, rest = text.removeprefix("ssh://").rpartition("@")
-    found = _JUMP_HOST_PORT.fullmatch(rest.removesuffix("/") if uri else rest)
+    if text.startswith("ssh://"):
+        return _uri_hop(text)
+    user, _, rest = text.rpartition("@")
+    found = _JUMP_HOST_PORT.fullmatch(rest)
     host = None if found is None else (found["bracketed"] or found["host"])
     port = int(found["port"]) if found is not None and found["port"] else None
     if not host or (port is not None and not 0 < port < 65536):
@@ -493,6 +498,55 @@ def jump_hop(hop: str) -> tuple[str | None, str, int | None]:
 _JUMP_HOST_PORT = re.compile(
     r"(?:\[(?P<bracketed>[^\]]*)\]|(?P<host>[^:/\[\]]*))(?::(?P<port>[0-9]+))?"
 )
+
+
+def _uri_hop(uri: str) -> tuple[str | None, str, int | None]:
+    """The hop of the URI ``uri`` (``ssh://...``) as ssh reads it (misc.c's parse_uri,
+    checked against OpenSSH 9.2): ``[user[;params]@]host[:[port]][/]``. The user is ended by
+    the first ``@``, its ``;params`` dropped, and it is URL-decoded (``%40`` is ``@``, ``+`` a
+    blank); the host is not, and must be a domain name or IPv4 address (valid_domain:
+    letters, digits, ``-_.``, no ``..``, no leading ``-``; so no IPv6 address, in brackets
+    or not; one trailing dot dropped). A path, an empty user, or a ``%`` in it not followed
+    by two hex digits (or giving a NUL) is a ValueError, as ssh refuses the line ("Invalid
+    ProxyJump")."""
+    user = None
+    info, at, rest = uri.removeprefix("ssh://").partition("@")
+    if at:
+        name = info.split(";", 1)[0]  # "Just ignore connection params for now" (ssh)
+        if not name or _BAD_URL_ESCAPE.search(name):
+            raise ValueError(f"bad user name {info!r}: empty, or a % not two hex digits")
+        user = urllib.parse.unquote_plus(name, errors="surrogateescape")
+    else:
+        rest = info
+    # hpdelim2: the host up to ':' or '/', or a bracketed one up to its ']'.
+    if rest.startswith("["):
+        close = rest.find("]")
+        host, tail = (rest[1:close], rest[close + 1 :]) if close > 0 else ("", "[")
+    else:
+        cut = min((i for i in (rest.find(":"), rest.find("/")) if i >= 0), default=len(rest))
+        host, tail = rest[:cut], rest[cut:]
+    port_text, path = "", tail[1:]
+    if tail.startswith(":"):
+        port_text, slash, path = tail[1:].partition("/")
+        if not port_text and slash:
+            raise ValueError("empty port before the /")
+    elif tail and not tail.startswith("/"):
+        raise ValueError(f"{tail!r} after the host")
+    if path:
+        raise ValueError(f"a path, {path!r}, after the host")
+    if _DOMAIN.fullmatch(host) is None or ".." in host:
+        raise ValueError(f"bad host name {host!r} (a URI takes a domain name or IPv4 address)")
+    port = int(port_text) if port_text.isdigit() else None
+    if port_text and (port is None or not 0 < port < 65536):
+        raise ValueError(f"bad port {port_text!r}")
+    return user, host.removesuffix("."), port
+
+
+#: A ``%`` of a URI's user that is no escape ssh decodes: not two hex digits, or a NUL.
+_BAD_URL_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})|%00")
+
+#: A host name ssh takes in a URI (misc.c's valid_domain), ASCII as in its C locale.
+_DOMAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
 
 
 def jump_host(proxy_jump: str | None) -> str:

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from sshfleet import SSHFleet
 
 from remote_sync.cli import main
-from remote_sync.errors import AuthenticationError, ConfigError
+from remote_sync.errors import AuthenticationError, ConfigError, HostKeyError
 from remote_sync.events import WarningEvent
 from remote_sync.ssh import pool as pool_module
 from remote_sync.ssh import sshconfig
@@ -756,3 +756,99 @@ def test_a_shared_jump_host_s_warning_is_said_once_per_target(home: Path, tmp_pa
     assert said["t1"] == said["t2"]
     (message,) = said["t2"]
     assert message.endswith("left out: nope-cipher@example.com")
+
+
+# --- the host name's case -----------------------------------------------------------------
+
+
+def test_a_host_name_with_capitals_is_looked_up_as_ssh_looks_it_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ssh lowercases the host name once it has read its config (``ssh -G PI-K`` prints
+    ``hostname pi-k``), compares ``Match host`` and ``originalhost`` patterns with a name
+    ignoring case, and gives its final pass (``Match final``) the lowercased name as %h;
+    its first pass has the name as written, and ``Host`` patterns are compared with the
+    name as typed, case and all. The same config, read by ssh -G and by the pre-flight,
+    gives the same HostName, User, Port and ServerAliveCountMax, and its Match exec
+    commands write the same lines. asyncssh kept the capitals and compared with them."""
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        "Host PI-K\n  HostName PI-K.Example\n  HostKeyAlias Key-PI\n"
+        "Host pi-k\n  Port 1\n"  # not for PI-K: Host patterns are case-sensitive
+        "Match host pi-k.example\n  User lowered\n"
+        "Match originalhost pi-k\n  ServerAliveCountMax 7\n"
+        'Match exec "echo first %h %n %k >>$RS_OUT"\n'
+        'Match final exec "echo final %h %n %k >>$RS_OUT"\n'
+        "Match final host PI-K.EXAMPLE\n  Port 2222\n"
+    )
+    by_ssh, by_us = tmp_path / "ssh.txt", tmp_path / "us.txt"
+    done = _ssh("-F", str(cfg), "-G", "PI-K", env={**os.environ, "RS_OUT": str(by_ssh)})
+    assert done.returncode == 0, done.stderr
+    said = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    monkeypatch.setenv("RS_OUT", str(by_us))
+    ep = Endpoint(address="PI-K", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    resolved = pool_module._prepare(ep, "PI-K").resolved
+    assert resolved.parsed is not None
+    ours = (
+        resolved.host,
+        resolved.user,
+        str(resolved.port),
+        str(resolved.parsed.config.get("ServerAliveCountMax")),
+        resolved.keys.alias,
+    )
+    keys = ("hostname", "user", "port", "serveralivecountmax", "hostkeyalias")
+    assert ours == tuple(said[key] for key in keys)
+    assert ours == ("pi-k.example", "lowered", "2222", "7", "key-pi")
+    assert by_us.read_text() == by_ssh.read_text()
+    assert "final pi-k.example PI-K Key-PI\n" in by_us.read_text()  # the alias: later
+
+
+def _localhost_known_hosts(one: SSHFleet, path: Path, written: str) -> None:
+    """``path``: the key of ``one``'s host under ``written`` alone (a name, or a hash)."""
+    key = one.host("h0").host_public_key
+    path.write_text(f"{written} {key}\n")
+
+
+async def test_a_host_key_is_found_under_the_lowercased_host_name_as_ssh_finds_it(
+    one: SSHFleet, tmp_path: Path
+) -> None:
+    """The host ``LocalHost`` (an inventory address with capitals, or a HostName with them)
+    is reached by ssh as ``localhost``, and its key looked up under that name: a plain
+    known_hosts name is compared ignoring case, a hashed one is the hash of the lowercased
+    name. asyncssh looked the key up under ``[LocalHost]:PORT`` as written, compared case
+    and all, and refused a key ssh accepts ("host key is unknown"). Every case is run by
+    ssh too: both connect, or both refuse."""
+    h = one.host("h0")
+    known = tmp_path / "known_hosts"
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        f"Host box\n  HostName LOCALHOST\n  Port {h.port}\n  User {one.user}\n"
+        f"  IdentityFile {one.client_key}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {known}\n  GlobalKnownHostsFile /dev/null\n"
+    )
+    direct = Endpoint(
+        address="LocalHost",
+        port=h.port,
+        user=one.user,
+        ssh_config=(),
+        identity_files=(str(one.client_key),),
+        known_hosts=str(known),
+    )
+    aliased = Endpoint(address="box", ssh_config=(str(cfg),))
+    spellings = {
+        f"[localhost]:{h.port}": True,
+        f"[LocalHost]:{h.port}": True,
+        pool_module.hashed_host_name(f"[localhost]:{h.port}"): True,
+        pool_module.hashed_host_name(f"[LOCALHOST]:{h.port}"): False,
+    }
+    for written, found in spellings.items():
+        _localhost_known_hosts(one, known, written)
+        by_ssh = _ssh("-F", str(cfg), "-o", "BatchMode=yes", "box", "true")
+        assert (by_ssh.returncode == 0) == found, (written, by_ssh.stderr)
+        for ep in (direct, aliased):
+            async with SSHPool() as pool:
+                if found:
+                    assert await run_command(pool, ep, ["echo", "hi"]) == b"hi\n", written
+                else:
+                    with pytest.raises(HostKeyError, match="unknown"):
+                        await run_command(pool, ep, ["true"])

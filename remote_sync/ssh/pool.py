@@ -24,7 +24,9 @@ What it owns:
 - Reconnecting once, with backoff, when a connection dropped between operations.
 - Classifying asyncssh/OS failures into :mod:`remote_sync.errors`.
 
-Host keys are always checked against known_hosts. The only relaxation is the documented opt-in
+Host keys are always checked against known_hosts, under the host name ssh looks up: the
+HostName (else the name asked for) lowercased, compared with known_hosts names ignoring case
+(:func:`_lowercase_host_as_ssh_does`). The only relaxation is the documented opt-in
 ``host_key_policy="accept-new"`` (OpenSSH's ``StrictHostKeyChecking accept-new``, which the
 ssh_config may say too): an unknown host's key is recorded on first contact (its host name
 hashed when the ssh_config says ``HashKnownHosts yes``, as ssh writes it); a *changed* key is
@@ -76,6 +78,7 @@ from .sshconfig import (
     default_files,
     expand_match_exec,
     jump_hop,
+    lowercase_host,
     match_exec_tokens,
     nested_includes_error,
     split_words,
@@ -287,11 +290,27 @@ def _read_known_hosts(paths: Sequence[str]) -> asyncssh.SSHKnownHosts:
     lines: list[str] = []
     for path in paths:
         with contextlib.suppress(OSError):
-            lines += Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+            lines += [_lowercase_patterns(line) for line in text.splitlines()]
     try:
         return asyncssh.import_known_hosts("\n".join(lines))
     except ValueError:
         return asyncssh.import_known_hosts("\n".join(line for line in lines if _parses(line)))
+
+
+def _lowercase_patterns(line: str) -> str:
+    """A known_hosts ``line`` with its host patterns in lower case (unless hashed), as ssh
+    compares a host name with them (match_hostname, both sides lowercased; a hashed name is
+    compared with the hash of the lowercased name, which is the one looked up here too):
+    asyncssh compares case-sensitively, and a key written under ``PI-Kitchen`` was not
+    found for ``pi-kitchen``."""
+    lead = len(line) - len(line.lstrip())
+    words = line[lead:].split(None, 2)
+    at = 1 if words and words[0].startswith("@") else 0  # @cert-authority, @revoked
+    if len(words) <= at or words[at].startswith(("|", "#")) or line[lead:].startswith("#"):
+        return line
+    words[at] = lowercase_host(words[at])
+    return line[:lead] + " ".join(words)
 
 
 def _parses(line: str) -> bool:
@@ -424,7 +443,9 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
     if found.config.has_match_final():
         # The connection reads the config again for its "Match final" blocks, as ssh
         # does; what they give (the known_hosts files, keys, ProxyJump) applies here too.
-        found.update(reload=True, final=True)
+        # As ssh, with the host name of the first reading (lowercased) as its HostName:
+        # the final pass's %h and Match host (_FinalPassStart).
+        found.update(last_config=found.config, reload=True, final=True)
     host, port, user = found.host, found.port, found.username
     user_files = found.config.get("UserKnownHostsFile")
     system_files = found.config.get("GlobalKnownHostsFile")
@@ -1758,6 +1779,82 @@ def _reading_system_file(config: Any) -> bool:
 _read_system_file_as_ssh_does()
 
 
+#: The Match criteria whose value is a host name, compared as ssh compares it (ignoring
+#: case); ``user``, ``localuser`` and ``tagged`` are compared as they are, as in ssh.
+_HOST_CRITERIA = ("host", "originalhost")
+
+
+def _lowercase_host_as_ssh_does() -> None:
+    """Make asyncssh's reading of an ssh_config end, as ssh's does, with the host name
+    lowercased (:func:`~remote_sync.ssh.sshconfig.lowercase_host`): the HostName (the name
+    asked for when none is set) and the HostKeyAlias. The connection goes to that name and
+    looks its key up under it (asyncssh kept ``PI-Kitchen`` as written, and missed the key
+    that ssh, and ssh-keyscan, record under ``pi-kitchen``). A final pass (``Match final``)
+    starts from it, as ssh's does (:class:`_FinalPassStart`: its %h and ``Match host``
+    see the lowercased name; the first pass sees the name as written, as in ssh). And a
+    ``Match host`` or ``originalhost`` pattern is compared with the name ignoring case, as
+    ssh compares them (``Host`` patterns stay case-sensitive, as in ssh).
+
+    Where asyncssh's reader is not as expected (another asyncssh), nothing is changed."""
+    config_class: Any = getattr(getattr(asyncssh, "config", None), "SSHClientConfig", None)
+    load = getattr(config_class, "load", None)
+    real_load = getattr(load, "__func__", None)
+    match_val = getattr(config_class, "_match_val", None)
+    if real_load is None or match_val is None or getattr(real_load, "lowercases", False):
+        return
+
+    def loading(
+        cls: Any,
+        last_config: Any,
+        paths: Any,
+        reload: bool,
+        canonical: bool,
+        final: bool,
+        *args: Any,
+    ) -> Any:
+        if reload and final and not canonical and last_config is not None:
+            last_config = _FinalPassStart(last_config)
+        config = real_load(cls, last_config, paths, reload, canonical, final, *args)
+        options: dict[str, Any] = config._options
+        host = options.get("Hostname", config._orig_host)
+        if isinstance(host, str):
+            options["Hostname"] = lowercase_host(host)
+        alias = options.get("HostKeyAlias")
+        if isinstance(alias, str):
+            options["HostKeyAlias"] = lowercase_host(alias)
+        return config
+
+    def host_values(config: Any, match: str) -> object:
+        value = match_val(config, match)
+        return (
+            lowercase_host(value) if match in _HOST_CRITERIA and isinstance(value, str) else value
+        )
+
+    loading.lowercases = True  # type: ignore[attr-defined]
+    config_class.load = classmethod(loading)
+    config_class._match_val = host_values
+
+
+class _FinalPassStart:
+    """What asyncssh's final pass over the ssh_config starts from (its ``last_config``): the
+    options the first pass started from, and the HostName that pass ended with, lowercased,
+    which ssh gives its final pass as its host name (and which, set first, no HostName line
+    of that pass replaces)."""
+
+    def __init__(self, first: Any) -> None:
+        self.first = first
+
+    def get_options(self, reload: bool) -> dict[str, object]:
+        options: dict[str, object] = self.first.get_options(reload)
+        host = self.first.get("Hostname")
+        if host is not None:
+            options["Hostname"] = host
+        return options
+
+
+_lowercase_host_as_ssh_does()
+
+
 #: ssh's time format (convtime): seconds, or numbers with units, as in "1m30s".
 _SSH_TIME = re.compile(r"(?:\d+[smhdw])*\d*", re.IGNORECASE)
 _TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -1885,7 +1982,8 @@ def _expanding_match_exec(match: Any) -> Any:
     %p %j) that the shell could read as code is refused (:class:`_RefusedMatchExec`, with
     what to do) only where the command would run: ssh skips the ``exec`` of a line whose
     earlier criteria failed, and so does asyncssh, which then never meets the refusal
-    (:class:`_RefusedCommand`, raised by :func:`_running_checked`)."""
+    (:class:`_RefusedCommand`, raised by :func:`_running_checked`). A ``host`` or
+    ``originalhost`` pattern is lowercased, to be compared ignoring case, as in ssh."""
 
     def read(config: Any, option: str, args: list[str]) -> None:
         i = 0
@@ -1896,6 +1994,9 @@ def _expanding_match_exec(match: Any) -> Any:
                 continue
             if criterion == "exec" and i + 1 < len(args):
                 args[i + 1] = _expanded_exec(config, args[i + 1])
+            elif criterion in _HOST_CRITERIA and i + 1 < len(args):
+                # Lowercased as the name it is compared with (_lowercase_host_as_ssh_does).
+                args[i + 1] = lowercase_host(args[i + 1])
             i += 2
         match(config, option, args)
 

@@ -26,6 +26,7 @@ What it owns:
   command would run).
 - A ProxyJump hop read as ssh reads it (:func:`jump_hop`), an ``ssh://`` URI's user
   URL-decoded, and what ssh refuses there refused; %j (:func:`jump_host`).
+- The host name lowercased as ssh lowercases it (:func:`lowercase_host`).
 """
 
 from __future__ import annotations
@@ -472,6 +473,18 @@ def match_exec_tokens(
         "i": str(os.getuid()),
         "j": jump,
     }
+
+
+#: ASCII capitals to small letters, as C's tolower() maps them in ssh (not other letters).
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def lowercase_host(name: str) -> str:
+    """``name`` with its ASCII letters in lower case, as ssh lowercases the host name it
+    has once it has read its config (ssh.c's lowercase(host)): the name it connects to and
+    looks up in known_hosts, and its HostKeyAlias; and as it compares a host name with a
+    ``Match host`` pattern or a known_hosts pattern (match.c's match_hostname)."""
+    return name.translate(_ASCII_LOWER)
 
 
 def jump_hop(hop: str) -> tuple[str | None, str, int | None]:

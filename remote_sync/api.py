@@ -12,8 +12,8 @@ the filters they share are defined once, as :class:`SessionFilters` and
 :class:`ListingOptions`, and spelt out as keywords in each signature. The
 remote calls open their own connection pool, with channel windows sized for them (a listing
 decodes more slowly than a window refills; a show stops reading early); the reads of a mirror
-that may be long (a show, the stats) run in a worker thread, so the event loop goes on. Every
-call is cancellable through a :class:`~remote_sync.cancel.CancelRegistry` (pass
+(a listing, one batch per call; a show; the stats) run in a worker thread, so the event loop
+goes on. Every call is cancellable through a :class:`~remote_sync.cancel.CancelRegistry` (pass
 ``transfer_id`` and cancel it there): the transfer is registered at the call, so a cancel sent
 before the coroutine is awaited or the generator iterated is kept, and the run starts
 cancelled; a call never run leaves no entry once it is closed or dropped, and a
@@ -33,8 +33,17 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import sqlite3
+import threading
 import typing
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Sequence,
+)
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -806,16 +815,15 @@ async def _local_batches(
     """The index's rows in batches, reported as a remote listing reports a host, under the
     host :data:`MIRROR_HOST` (the index holds every host's rows): ``listing`` with the rows
     read so far before each batch, then ``done``; a listing stopped by a cancel through the
-    registry (or failing) after its first batch reports its error, then ``done``."""
+    registry (or failing) after its first batch reports its error, then ``done``. Each batch
+    is read in a worker thread (:class:`_IndexReader`), so the event loop goes on meanwhile."""
     if dest is None:
         raise ValueError("dest is required unless remote=True")
     await _import_off_the_loop()
-    db = open_index(Path(dest))
+    reader = _IndexReader(Path(dest), batch_size, options)
     done = 0
     try:
-        sort, limit = options.get("sort") or DEFAULT_SORT, options.get("limit")
-        rows = query_sessions(db, **_filters_of(options), sort=sort, limit=limit)
-        while batch := list(islice(rows, min(batch_size, maxsize))):
+        while batch := await reader.next_batch(token):
             token.raise_if_cancelled()
             done += len(batch)
             emit(Progress(MIRROR_HOST, "listing", done, 0, 0, 0))
@@ -823,7 +831,6 @@ async def _local_batches(
             # listing here: this batch is not handed over, no further row is read.
             token.raise_if_cancelled()
             yield batch
-            await anyio.lowlevel.checkpoint()
         # A cancel taken after the last batch stops the listing too, as a remote one's does:
         # the registry said True, so it is not ignored.
         token.raise_if_cancelled()
@@ -833,8 +840,86 @@ async def _local_batches(
             _report_end(emit, MIRROR_HOST, stopped, done)
         raise
     finally:
-        db.close()
+        reader.stop()
     emit(Progress(MIRROR_HOST, "done", done, done, 0, 0))
+
+
+class _IndexReader:
+    """A mirror listing's reads of the index, one batch per worker-thread call: the first
+    opens the index and runs the query (its sort reads every matching row before the first
+    comes out: 0.05-0.1 s over 10,000 sessions), each call builds one batch's rows,
+    and nothing is read ahead, so memory stays at a batch and a cancel between batches reads
+    no further row.
+
+    The connection is used by one thread at a time (opened with ``check_same_thread=False``
+    by :func:`~remote_sync.index.query.open_index`). A cancel while a call is in its thread
+    leaves that thread (the listing raises at once) and :meth:`stop` marks the reader
+    stopped: SQLite asks :meth:`_stopping` every :data:`_STEPS` of its instructions and
+    aborts the query, so the thread does not go on sorting an index nobody waits for; the
+    thread then closes the connection itself. Otherwise :meth:`stop` closes it at once."""
+
+    #: SQLite instructions between two asks whether to abort (each takes the GIL: a few
+    #: hundred in a query over 10,000 sessions, each answered in well under a millisecond).
+    _STEPS = 10_000
+
+    def __init__(self, dest: Path, batch_size: int, options: ListingOptions) -> None:
+        self._dest = dest
+        self._batch_size = min(batch_size, maxsize)
+        self._options = options
+        self._db: sqlite3.Connection | None = None
+        self._rows: Iterator[SessionRow] | None = None
+        self._lock = threading.Lock()  # guards the two flags, and so who closes `_db`
+        self._reading = False
+        self._stopped = False
+
+    async def next_batch(self, token: CancelToken) -> list[SessionRow]:
+        """The next batch (empty at the end), read in a worker thread that a cancel (of
+        ``token``: :class:`TransferCancelledError` naming no host; or of the caller's scope)
+        stops waiting for at once."""
+        with token.scope():
+            return await anyio.to_thread.run_sync(self._read, abandon_on_cancel=True)
+
+    def _read(self) -> list[SessionRow]:
+        """In a worker thread: the next batch, the index opened and queried first."""
+        with self._lock:
+            if self._stopped:  # cancelled after this call was made, before it ran
+                return []
+            self._reading = True
+        try:
+            if self._rows is None:
+                self._db = open_index(self._dest)
+                self._db.set_progress_handler(self._stopping, self._STEPS)
+                options = self._options
+                self._rows = query_sessions(
+                    self._db,
+                    **_filters_of(options),
+                    sort=options.get("sort") or DEFAULT_SORT,
+                    limit=options.get("limit"),
+                )
+            return list(islice(self._rows, self._batch_size))
+        finally:
+            with self._lock:
+                self._reading = False
+                if self._stopped:  # left by a cancel while it read: no one else closes
+                    self._close()
+
+    def _stopping(self) -> bool:
+        """SQLite's question between instructions: abort the query (the listing is over)?"""
+        return self._stopped
+
+    def stop(self) -> None:
+        """The listing is over: close the connection, or have the thread still reading (left
+        by a cancel) abort its query and close it."""
+        with self._lock:
+            self._stopped = True
+            if not self._reading:
+                self._close()
+
+    def _close(self) -> None:
+        self._rows = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 #: What the calls import on first use (start-up time), each in :func:`_import_off_the_loop`.

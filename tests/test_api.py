@@ -11,16 +11,20 @@ caller passed as well as the CLI's option.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import gc
 import inspect
 import json
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import typing
 from pathlib import Path
 from typing import Any
@@ -312,8 +316,9 @@ async def test_a_host_name_without_a_mirror_is_refused(show_dest: Path) -> None:
 
 def test_a_mirror_listing_runs_under_trio_too(show_dest: Path) -> None:
     """Only what reaches hosts needs asyncio (asyncssh); a mirror's listing is anyio's, and
-    ran under trio until its first imports moved to asyncio's executor."""
-    pytest.importorskip("trio")
+    ran under trio until its first imports moved to asyncio's executor. Its reads go through
+    anyio's worker threads, which pass trio the ``abandon_on_cancel`` of trio 0.23 on."""
+    pytest.importorskip("trio", minversion="0.23")
 
     async def listing() -> int:
         return len(await api.list_sessions(dest=show_dest))
@@ -603,6 +608,161 @@ async def test_a_remote_listing_or_show_looks_its_host_up_off_the_loop(
         assert error.host == "slow" and error.message.startswith("ProxyJump host 'jump': ")
     assert on_loop == [False] * 4  # the target's lookup and its jump host's, twice
     assert ticker.gap < SLOW_LOOKUP / 2, ticker.gap
+
+
+# -- a mirror listing off the event loop ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def many_dest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A mirror whose index holds 20,000 sessions (written directly, shared by the module)."""
+    dest = tmp_path_factory.mktemp("many") / "mirror"
+    test_sessions_cli.build_many(dest, MANY)
+    return dest
+
+
+MANY = 20_000
+
+
+class RowsMade:
+    """The index's rows made into SessionRows so far (``query._row`` counted), and on which
+    threads."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        self.threads: set[threading.Thread] = set()
+        real = query._row
+
+        def counting(r: Any) -> query.SessionRow:
+            self.count += 1
+            self.threads.add(threading.current_thread())
+            return real(r)
+
+        monkeypatch.setattr(query, "_row", counting)
+
+
+async def test_a_mirror_listing_reads_the_index_off_the_loop(
+    many_dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing of a mirror ran its query and made its rows on the event loop: over 20,000
+    sessions the query's sort alone held every other task of the program (a UI's redraws)
+    for a tenth of a second. Now each batch is read in a worker thread: a ticker on the loop
+    is never held for 50 ms (a bound far above a batch's own time, for a noisy machine).
+    The batches are counted, not kept, as a UI that renders them does: 20,000 rows kept
+    would have the garbage collector's full passes, which no thread avoids, in the gaps."""
+    made = RowsMade(monkeypatch)
+    ticker = Ticker()
+    listed = 0
+    # What the test process holds already (the modules of every earlier test) moved out of
+    # the collector's sight, as a program that cares for its latency does: a full pass over
+    # it takes a tenth of a second, in whichever thread allocates when it comes due.
+    gc.freeze()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker.run)
+            await anyio.sleep(0.02)
+            async for batch in api.stream_sessions(dest=many_dest):
+                listed += len(batch)
+            tg.cancel_scope.cancel()
+    finally:
+        gc.unfreeze()
+    assert listed == MANY == made.count
+    assert ticker.gap < 0.05, ticker.gap
+    assert threading.main_thread() not in made.threads
+
+
+async def test_a_mirror_listing_reads_one_batch_at_a_time(
+    many_dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first batch comes as soon as its own rows are made, not the listing's, and nothing
+    is read ahead of the caller: while it holds a batch no further row is made, so the rows
+    in memory stay at a batch however large the index."""
+    made = RowsMade(monkeypatch)
+    batches = api.stream_sessions(dest=many_dest, batch_size=100)
+    async with contextlib.aclosing(batches):
+        first = await anext(batches)
+        assert len(first) == 100 and made.count == 100
+        await anyio.sleep(0.1)  # time enough for a read ahead
+        assert made.count == 100
+        assert len(await anext(batches)) == 100 and made.count == 200
+    assert made.count == 200
+
+
+async def test_a_mirror_listing_cancelled_between_batches_reads_no_further(
+    many_dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel through the registry while the caller holds a batch: the next step raises
+    before any thread reads another row, and the index's connection is closed."""
+    made = RowsMade(monkeypatch)
+    opened = ConnectionsOpened(monkeypatch)
+    registry = CancelRegistry()
+    with pytest.raises(TransferCancelledError, match="stop clicked"):
+        async for _batch in api.stream_sessions(
+            dest=many_dest, batch_size=100, registry=registry, transfer_id="t"
+        ):
+            assert registry.cancel("t", "stop clicked")
+    assert made.count == 100 and len(registry) == 0
+    opened.assert_closed()
+
+
+async def test_a_cancel_during_a_mirror_listings_query_stops_the_query(
+    many_dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel while the worker thread runs the listing's query (its sort, made slow here:
+    seconds over the index) returns at once, and the thread does not go on with a query no
+    one waits for: SQLite aborts it within a few hundred rows, and the thread closes the
+    connection. Before, the query ran on the event loop, and the cancel could not even be
+    sent until it had read every row."""
+    calls, started = [0], threading.Event()
+    real = query._held_state
+
+    def slow(*args: Any) -> str:
+        calls[0] += 1
+        started.set()
+        time.sleep(0.0002)
+        return real(*args)
+
+    monkeypatch.setattr(query, "_held_state", slow)
+    opened = ConnectionsOpened(monkeypatch)
+    registry = CancelRegistry()
+    sent: list[float] = []
+
+    async def cancel_once_reading() -> None:
+        assert await anyio.to_thread.run_sync(started.wait, 30)
+        sent.append(time.perf_counter())
+        assert registry.cancel("t", "stop clicked")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cancel_once_reading)
+        with pytest.raises(TransferCancelledError, match="stop clicked"):
+            await api.list_sessions(dest=many_dest, registry=registry, transfer_id="t")
+    assert time.perf_counter() - sent[0] < 1
+    seen = -1
+    while calls[0] != seen:  # until the thread's query makes no more calls
+        seen = calls[0]
+        await anyio.sleep(0.1)
+    assert calls[0] < MANY / 4, calls
+    opened.assert_closed()
+
+
+class ConnectionsOpened:
+    """The index connections a listing opened (``api.open_index`` recorded)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.connections: list[sqlite3.Connection] = []
+        real = api.open_index
+
+        def recording(dest: Path) -> sqlite3.Connection:
+            db = real(dest)
+            self.connections.append(db)
+            return db
+
+        monkeypatch.setattr(api, "open_index", recording)
+
+    def assert_closed(self) -> None:
+        assert len(self.connections) == 1
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            self.connections[0].execute("SELECT 1")
 
 
 # -- progress a UI can follow ---------------------------------------------------------------------

@@ -1125,6 +1125,27 @@ def test_show_reads_only_committed_bytes(
     assert text_numbers(show_session(show_dest, "h0", rel, head=1000)[1].messages)[-1] == 999
 
 
+def test_show_of_a_session_whose_mirrored_file_is_gone_names_its_host_and_the_way_back(
+    show_dest: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mirrored file removed by hand (or by a cleanup) while its row stays in the index:
+    the error named no host (``"host": null`` in the JSON) and told the user to free space or
+    fix permissions, which helps with neither."""
+    rel = "agents/main/sessions/long-0001.jsonl"
+    (show_dest / "h0" / rel).unlink()
+    show = ["sessions", "show", "h0", "long-0001", "-d", str(show_dest)]
+    code, out, err = cli([*show, "--json"], capsys)
+    assert code == 1, err
+    (event,) = [json.loads(line) for line in out.splitlines()]
+    assert event["type"] == "error" and event["kind"] == "mirror"
+    assert event["host"] == "h0" and event["path"] == rel  # as `sessions list` names it
+    assert "No such file or directory" in event["message"]
+    assert "free space" not in event["hint"]
+    assert "sync" in event["hint"] and f"index rebuild --dest {show_dest}" in event["hint"]
+    code, out, err = cli(show, capsys)
+    assert code == 1 and f"h0: {rel}: cannot read the mirrored session" in err, err
+
+
 def test_tail_with_a_line_longer_than_the_first_block(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     data = (

@@ -259,7 +259,8 @@ def show_session(
     Returns the session's :class:`~remote_sync.index.query.SessionRow` and the
     :class:`ShowResult`; ``first`` is filled in for a tail too when the index's message count
     is current, and ``total`` from the index. Raises :class:`ConfigError` for no mirror, host
-    or session (or several). Never takes the mirror's lock.
+    or session (or several), and :class:`MirrorError` naming the host and the session's path
+    when its mirrored file cannot be read. Never takes the mirror's lock.
     """
     from ..formats.readers import get_reader
 
@@ -278,19 +279,40 @@ def show_session(
             return mark_before(db, host, ref.raw_path, message_no)
 
         local = Path(os.fsdecode(os.path.join(os.fsencode(Path(dest) / host), ref.raw_path)))
-        result = read_messages(
-            local,
-            reader,
-            head=head,
-            tail=tail,
-            page=page,
-            page_size=page_size,
-            marks=lookup,
-            end=ref.committed,
-        )
+        try:
+            result = read_messages(
+                local,
+                reader,
+                head=head,
+                tail=tail,
+                page=page,
+                page_size=page_size,
+                marks=lookup,
+                end=ref.committed,
+            )
+        except MirrorError as exc:
+            raise _unreadable(exc, dest, host, ref.row.path, local) from exc.__cause__
     finally:
         db.close()
     result.total = total
     if result.first is None and ref.row.bytes == ref.committed:
         result.first = max(total - len(result.messages), 0)
     return ref.row, result
+
+
+def _unreadable(
+    exc: MirrorError, dest: str | Path, host: str, path: str, local: Path
+) -> MirrorError:
+    """``exc`` (a mirrored session that could not be read) naming the host and the path as
+    listings name them, with what gets the file back: the default hint (free space, fix
+    permissions) fits a failed write, not a file the index lists and the mirror lost."""
+    if isinstance(exc.__cause__, FileNotFoundError):
+        # Removed by hand or by a cleanup: a sync fetches a file missing from the mirror
+        # whole again while the host has it; a rebuild indexes what the mirror holds.
+        hint = (
+            f"a sync of {host} fetches it again while the host still has it; otherwise "
+            f"`remote-sync index rebuild --dest {dest}` drops it from the index"
+        )
+    else:
+        hint = f"fix the permissions of {local}, then run again"
+    return MirrorError(exc.message, host=host, path=path, hint=hint)

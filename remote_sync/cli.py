@@ -1190,7 +1190,9 @@ def _print_messages(
                 plain(row.session_id),
                 f"  {_counted(row.messages, 'message')}  ",
                 plain(row.state),
-            )
+            ),
+            # One line however long the path: a terminal wraps it, a pipe keeps it whole.
+            soft_wrap=True,
         )
     role_style = {"user": "bold cyan", "assistant": "bold green", "tool": "bold magenta"}
     for i, message in enumerate(result.messages):
@@ -1207,7 +1209,9 @@ def _print_messages(
             console.print(plain(_message_text(message.text), lines=True), soft_wrap=False)
         for call in message.tool_calls:
             shown = f"→ {call.name}({_cut(call.arguments, 160)})"
-            console.print(plain(shown, "yellow"))
+            # Not folded at the console's width: rich broke a call after "→ " when its
+            # arguments filled their 160 characters, leaving the name on the next line.
+            console.print(plain(shown, "yellow"), soft_wrap=True)
     _print_footer(row, result, page, page_size)
     return EXIT_OK
 

@@ -1146,6 +1146,42 @@ def test_show_of_a_session_whose_mirrored_file_is_gone_names_its_host_and_the_wa
     assert code == 1 and f"h0: {rel}: cannot read the mirrored session" in err, err
 
 
+def test_show_piped_prints_a_long_tool_call_and_the_header_each_on_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Piped, show wrapped at 160 columns: a tool call whose arguments fill their 160
+    characters came out as a lone "→ " and its name on the next line (so `grep '→ edit'`
+    missed it), and a long path pushed the header's state onto a line of its own."""
+    args = json.dumps({"path": "src/module.py", "diff": "+" * 400})
+    sid = "a-session-with-a-rather-long-name-" + "x" * 60
+    data = (
+        b'{"type":"session","version":3,"id":"s","timestamp":"2026-11-20T09:00:00.000Z"}\n'
+        + json.dumps(
+            {
+                "type": "message",
+                "timestamp": "2026-11-20T09:00:01.000Z",
+                "message": {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "toolCall", "name": "edit", "arguments": json.loads(args)}
+                    ],
+                },
+            }
+        ).encode()
+        + b"\n"
+    )
+    dest = tmp_path / "mirror"
+    make_mirror(dest, "h0", "openclaw", {f"agents/main/sessions/{sid}.jsonl": data})
+    code, out, err = cli(["index", "rebuild", "-d", str(dest)], capsys)
+    assert code == 0, err
+    code, out, err = cli(["sessions", "show", "h0", sid, "-d", str(dest)], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    (call,) = [line for line in lines if "→" in line]
+    assert call.startswith("→ edit({") and call.endswith("…)"), lines
+    assert lines[0].startswith("h0 agents/main/sessions/") and lines[0].endswith("  live"), lines
+
+
 def test_tail_with_a_line_longer_than_the_first_block(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     data = (

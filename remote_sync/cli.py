@@ -1105,6 +1105,16 @@ def _cut(text: str | None, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _cut_session_id(session_id: str, width: int = 14) -> str:
+    """A session id for the table: cut at its end, or, for an id with a ``/`` (a Claude Code
+    sub-agent's ``<parent uuid>/agent-<id>``), in its middle, so that its last part shows and
+    a sub-agent does not read as its parent."""
+    head, slash, tail = session_id.rpartition("/")
+    if not slash or len(session_id) <= width:
+        return _cut(session_id, width)
+    return f"{head[:8]}…/{_cut(tail, width + 2)}"
+
+
 def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:
     """The table of sessions; ``quiet``: no "no sessions match" (errors were said instead)."""
     from rich.table import Table
@@ -1128,7 +1138,7 @@ def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:
         (
             plain(r.host),
             plain(r.agent or "-"),
-            plain(_cut(r.session_id, 14)),
+            plain(_cut_session_id(r.session_id)),
             plain(r.klass, class_style.get(r.klass, "")),
             plain(r.state, state_style.get(r.state, "")),
             Text(str(r.messages)),

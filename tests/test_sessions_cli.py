@@ -709,6 +709,31 @@ def test_cli_list_table_and_default_dest(
     assert code == 0 and len(out.splitlines()) == 1
 
 
+def test_the_table_tells_a_sub_agent_from_its_parent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The session column is cut to 14 characters: a Claude Code sub-agent's id (``<parent
+    uuid>/agent-<id>``) was cut at its end too, and read as its parent's."""
+    dest = tmp_path / "mirror"
+    parent = "3f2a9c1e-1111-4aaa-8bbb-123456789abc"
+    sub = f"{parent}/agent-ab12"
+    build_index(
+        dest,
+        [
+            Spec("h", "claude-code", f"projects/p/{parent}.jsonl".encode(), facts(parent)),
+            Spec(
+                "h",
+                "claude-code",
+                f"projects/p/{parent}/subagents/agent-ab12.jsonl".encode(),
+                facts(sub),
+            ),
+        ],
+    )
+    code, out, err = cli(["sessions", "list", "--dest", str(dest)], capsys)
+    assert code == 0, err
+    assert "3f2a9c1e…/agent-ab12" in out and "3f2a9c1e-1111…" in out, out
+
+
 def test_cli_stats(index_dest: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for by in ("host", "agent", "format", "model", "day"):
         code, out, err = cli(

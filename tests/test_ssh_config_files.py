@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import msgspec
 import pytest
 from conftest import MakeFleet
@@ -440,6 +441,87 @@ def test_a_jump_uri_is_read_as_ssh_reads_it(
     except ValueError:
         ours = None
     assert ours == _ssh_jump_hop(hop, tmp_path_factory.mktemp("hop")), hop
+
+
+# --- how a line splits into words ---------------------------------------------------------
+
+
+def _ssh_values(cfg: Path, key: str) -> list[str] | None:
+    """The values ``ssh -G box`` prints for ``key`` (as written, to the line's end), or None
+    where ssh refuses the config."""
+    done = _ssh("-F", str(cfg), "-G", "box")
+    if done.returncode != 0:
+        return None
+    lines = done.stdout.split("\n")
+    return [line[len(key) + 1 :] for line in lines if line.startswith(f"{key} ")]
+
+
+def _our_values(cfg: Path, option: str) -> list[str] | None:
+    """The values asyncssh's reading of ``cfg`` for the host ``box``, as the pool makes it
+    read, gives ``option`` (the reading refused: None), the HostKeyAlias lowercased as ssh
+    has it. (Read as the connection's options read it, which then refuse a User with a tab,
+    which ssh takes: no matter of splitting.)"""
+    try:
+        config = asyncssh.config.SSHClientConfig.load(
+            None, [str(cfg)], False, False, False, "me", (), "box", ()
+        )
+    except asyncssh.ConfigParseError:
+        return None
+    value = config.get(option)
+    if value is None:
+        return []
+    return [str(item) for item in value] if isinstance(value, list) else [str(value)]
+
+
+#: The options whose value ``ssh -G`` prints as it read it (the alias lowercased), and the
+#: names it prints them under.
+_PRINTED = {"User": "user", "HostKeyAlias": "hostkeyalias", "IdentityFile": "identityfile"}
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    option=st.sampled_from(sorted(_PRINTED)),
+    separator=st.sampled_from([" ", "\t", "=", " = ", "\t=\t", "  "]),
+    value=st.text("aZ\\\"'# \t=", min_size=1, max_size=8),
+)
+def test_a_line_splits_into_the_words_ssh_splits_it_into(
+    option: str, separator: str, value: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Whatever quotes, backslashes, blanks, ``#`` and ``=`` a value holds, the pre-flight's
+    reading and ssh -G (OpenSSH's argv_split) refuse it alike or read the same value. A
+    value ssh refuses as empty ("Missing argument") may be read as empty here (asyncssh
+    takes an empty value; that is no matter of splitting)."""
+    cfg = tmp_path_factory.mktemp("words") / "config"
+    cfg.write_text(f"Host box\n  {option}{separator}{value}\n")
+    by_ssh = _ssh_values(cfg, _PRINTED[option])
+    ours = _our_values(cfg, option)
+    if by_ssh is None:
+        assert ours in (None, [""]), (cfg.read_text(), ours)
+    else:
+        assert ours == by_ssh, cfg.read_text()
+
+
+def test_a_backslash_ssh_keeps_is_kept(tmp_path: Path) -> None:
+    """ssh takes a backslash for an escape only before a backslash, a quote or (outside
+    quotes) a space, and keeps any other: ``User CORP\\u`` is the Windows domain user
+    ``CORP\\u`` for ssh, and was ``CORPu`` here (shlex dropped it). ``User="a=b"`` is
+    ``a=b`` (asyncssh took ``User=a=b`` for an unknown keyword), ``Host box=x`` one pattern
+    that ``box`` does not match, ``IdentityFile = =k`` the file ``=k``, and ``#`` only starts
+    a comment at the start of a word, as for ssh -G."""
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        "Host box=x\n  Port 1\n"
+        "Host box\n  User CORP\\u\n  HostKeyAlias a#b'c d'\\q\n  IdentityFile = =k\\ 1\n"
+        'Host other\n  User="a=b"\n'
+    )
+    expected = {"User": "CORP\\u", "HostKeyAlias": "a#bc d\\q", "IdentityFile": "=k 1"}
+    for option, value in expected.items():
+        assert _our_values(cfg, option) == [value] == _ssh_values(cfg, _PRINTED[option])
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    resolved = pool_module._prepare(ep, "box").resolved
+    assert (resolved.user, resolved.port) == ("CORP\\u", 22)
+    ep = Endpoint(address="other", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    assert pool_module._prepare(ep, "other").resolved.user == "a=b"
 
 
 # --- algorithm names asyncssh does not support --------------------------------------------

@@ -81,7 +81,7 @@ from .sshconfig import (
     lowercase_host,
     match_exec_tokens,
     nested_includes_error,
-    split_words,
+    split_line,
     unreadable_include_error,
 )
 
@@ -1872,18 +1872,21 @@ def _ssh_seconds(text: str) -> str | None:
 
 class _SSHWords:
     """What asyncssh's config reader splits its lines with (``shlex``): the words ssh reads
-    (:func:`split_words`: the line's comment cut off, an ``=`` inside quotes kept in its
-    word). (ssh gives a ProxyCommand the rest of its line, comment included, to the shell,
-    for which it is a comment too.)"""
+    (:func:`~remote_sync.ssh.sshconfig.split_line`: the keyword split off at blanks or one
+    ``=``, the line's comment cut off, quotes and backslashes read as ssh reads them, an
+    ``=`` inside quotes kept in its word). (ssh gives a ProxyCommand the rest of its line,
+    comment included, to the shell, for which it is a comment too.)"""
 
     @staticmethod
     def split(line: str) -> list[str]:
-        return split_words(line)
+        return split_line(line)
 
 
 def _read_config_as_ssh_does() -> None:
-    """Make asyncssh read three things of ssh_config syntax that ssh reads and asyncssh
-    refused, failing every host of the config (ssh_config(5)):
+    """Make asyncssh split every line of ssh_config as ssh splits it (:class:`_SSHWords`;
+    its ``shlex`` dropped a backslash ssh keeps: ``User DOMAIN\\u`` was ``DOMAINu``), and
+    so read three things of ssh_config syntax that ssh reads and asyncssh refused, failing
+    every host of the config (ssh_config(5)):
 
     - a comment at the end of a line (asyncssh took its words for values, and an
       apostrophe in it for an unclosed quote);

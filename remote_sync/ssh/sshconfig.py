@@ -2,9 +2,14 @@
 
 What it owns:
 
-- How a line of ssh_config splits into words (:func:`split_words`): a comment at the end
-  cut off, and an ``=`` inside quotes kept in its word (``Match exec "test %h = x"``), which
-  asyncssh cut in two at the ``=`` as if it separated a keyword from its value.
+- How a line of ssh_config splits into words (:func:`split_line`, :func:`split_words`), as
+  OpenSSH's argv_split splits it, where asyncssh used :mod:`shlex`: a backslash escapes
+  only a backslash, a quote or (outside quotes) a blank, and any other is kept
+  (``User CORP\\alice``); a word starting with ``#`` ends the line; the keyword split off
+  at blanks or one ``=``; and an ``=`` inside quotes kept in its word
+  (``Match exec "test %h = x"``), which asyncssh cut in two at the ``=`` as if it separated
+  a keyword from its value. Read for every line of every file for every host, so most
+  lines take a path in C.
 - :data:`KEYWORDS`, every keyword an OpenSSH ``ssh`` accepts, its deprecated and unsupported
   ones (which it only warns about) and those of common vendor builds included.
 - The walk ``ssh`` makes of the files before it uses them (:func:`check_config_files`):
@@ -114,34 +119,6 @@ USER_CONFIG = "~/.ssh/config"
 #: ssh's READCONF_MAX_DEPTH: Includes nested deeper are refused.
 MAX_INCLUDE_DEPTH = 16
 
-#: Stands in for an ``=`` inside quotes while :mod:`shlex` splits a line (a NUL ends a C
-#: string, so no line ssh reads holds one).
-_QUOTED_EQUALS = "\0"
-
-
-def without_comment(line: str) -> str:
-    """``line`` up to a word that starts with ``#`` outside quotes, which ends a line of
-    ssh_config as ssh splits it (argv_split): ``IdentityFile ~/.ssh/work  # Bob's key``."""
-    if "#" not in line:
-        return line  # most lines: a character loop per line of every lookup adds up
-    i, end = 0, len(line)
-    while i < end:
-        if line[i] in " \t":
-            i += 1
-            continue
-        if line[i] == "#":
-            return line[:i]
-        quote = ""
-        while i < end and (quote or line[i] not in " \t"):
-            if line[i] == "\\":
-                i += 1
-            elif not quote and line[i] in "\"'":
-                quote = line[i]
-            elif line[i] == quote:
-                quote = ""
-            i += 1
-    return line
-
 
 class QuotedWord(str):
     """A word with an ``=`` that stood inside quotes: asyncssh's reader, which takes an
@@ -160,37 +137,121 @@ class QuotedWord(str):
         return suffix != "=" and str.endswith(self, suffix, *args)  # type: ignore[arg-type]
 
 
+#: The pieces of a line as ssh's argv_split (misc.c) reads them: blanks (only spaces and
+#: tabs part words); a run of plain characters; a backslash escaping a backslash, a quote or
+#: (outside quotes) a space; any other backslash, kept as it is (``DOMAIN\user``); a text in
+#: double or single quotes, in which a backslash escapes a backslash or either quote (and
+#: only those) and ``#`` is a letter; a quote that no other closes.
+_PIECE = re.compile(
+    r"""(?P<blank>[ \t]+)
+    | (?P<plain>[^ \t"'\\]+)
+    | \\(?P<escaped>[\\"' ])
+    | (?P<backslash>\\)
+    | "(?P<double>(?:[^"\\]|\\.)*)"
+    | '(?P<single>(?:[^'\\]|\\.)*)'
+    | (?P<unclosed>["'])""",
+    re.VERBOSE | re.DOTALL,
+)
+
+#: A backslash escape inside quotes.
+_QUOTED_ESCAPE = re.compile(r"""\\([\\"'])""")
+
+
 def split_words(line: str) -> list[str]:
-    """The words of an ssh_config line as ssh splits them (quotes, backslashes), its comment
-    cut off first; a word with an ``=`` inside quotes is a :class:`QuotedWord`. Raises
-    ValueError on an unclosed quote."""
-    line = without_comment(line)
-    if "=" not in line or not ('"' in line or "'" in line) or _QUOTED_EQUALS in line:
-        return shlex.split(line)
-    words = shlex.split(_protect_quoted_equals(line))
-    return [
-        QuotedWord(word.replace(_QUOTED_EQUALS, "=")) if _QUOTED_EQUALS in word else word
-        for word in words
-    ]
+    """The words of an ssh_config value as ssh splits them (argv_split): parted by spaces and
+    tabs, a word starting with ``#`` ending the line (``IdentityFile ~/.ssh/work  # Bob's
+    key``), quotes and backslashes read as ssh reads them (:data:`_PIECE`; not as a shell
+    does: ``DOMAIN\\u`` keeps its backslash); a word with an ``=`` inside quotes is a
+    :class:`QuotedWord`. Raises ValueError on an unclosed quote, as ssh refuses the line."""
+    words = _plain_words(line)
+    return _split_quoted(line) if words is None else words
 
 
-def _protect_quoted_equals(line: str) -> str:
-    """``line`` with every ``=`` inside quotes replaced by :data:`_QUOTED_EQUALS`, quotes
-    and backslashes read as :mod:`shlex` (POSIX) reads them."""
-    out, quote, i = [], "", 0
-    while i < len(line):
-        char = line[i]
-        if char == "\\" and quote != "'" and i + 1 < len(line):
-            out.append(line[i : i + 2])
-            i += 2
+def _plain_words(line: str) -> list[str] | None:
+    """:func:`split_words` for most lines, read for every host: those without a quote or
+    backslash, split by str.split in C, exact since a printable line has no blank but the
+    space (its tabs made spaces first); None for any other line."""
+    if '"' in line or "'" in line or "\\" in line or not line.replace("\t", " ").isprintable():
+        return None
+    words = line.split()
+    if "#" in line:
+        for i, word in enumerate(words):
+            if word.startswith("#"):
+                return words[:i]
+    return words
+
+
+def _split_quoted(line: str) -> list[str]:
+    """:func:`split_words` for a line with quotes or backslashes, a regular expression's
+    pieces at a time (a Python loop per character cost most of a host's config reading)."""
+    words: list[str] = []
+    parts: list[str] | None = None  # the word being read
+    quoted_equals = False
+    for piece in _PIECE.finditer(line):
+        kind = piece.lastgroup
+        if kind == "blank":
+            if parts is not None:
+                joined = "".join(parts)
+                words.append(QuotedWord(joined) if quoted_equals else joined)
+                parts, quoted_equals = None, False
             continue
-        if quote and char == quote:
-            quote = ""
-        elif not quote and char in "\"'":
-            quote = char
-        out.append(_QUOTED_EQUALS if quote and char == "=" else char)
-        i += 1
-    return "".join(out)
+        text = piece[0]
+        if parts is None:
+            if kind == "plain" and text.startswith("#"):
+                return words  # a comment: only at the start of a word
+            parts = []
+        if kind == "plain" or kind == "backslash":
+            parts.append(text)
+        elif kind == "escaped":
+            parts.append(text[1])
+        elif kind == "unclosed":
+            raise ValueError(f'unclosed quote ({text}), which ssh refuses too ("invalid quotes")')
+        else:
+            inside = text[1:-1]
+            quoted_equals = quoted_equals or "=" in inside
+            parts.append(_QUOTED_ESCAPE.sub(r"\1", inside) if "\\" in inside else inside)
+    if parts is not None:
+        joined = "".join(parts)
+        words.append(QuotedWord(joined) if quoted_equals else joined)
+    return words
+
+
+#: A line's keyword (after optional quotes, up to blanks or ``=``) and the rest of it.
+_LINE = re.compile(r'[ \t]*"?([^ \t="]*)"?[ \t]*(?:=[ \t]*)?(.*)', re.DOTALL)
+
+
+def split_line(line: str) -> list[str]:
+    """A whole ssh_config line as ssh splits it: its keyword, up to blanks or an ``=``
+    (readconf.c's strdelim, which takes one ``=`` between keyword and value: ``User=a=b`` is
+    User ``a=b``, ``User = =x`` User ``=x``), then its value's words (:func:`split_words`).
+    Where asyncssh's reader would cut a word that ssh keeps whole, the word is a
+    :class:`QuotedWord`: one with an ``=`` on a ``Host`` line (ssh's one pattern ``a=b``,
+    two for asyncssh), and the first of a value that starts with ``=`` (which asyncssh
+    dropped); no other word of a line but a ``Match`` line is one.
+
+    A ``Match`` line is split as every other line. OpenSSH 9.2 (the release these were
+    checked against) splits its criteria with an older splitter of its own (strdelim:
+    double quotes only, every backslash kept, a single quote a letter, an ``=`` a
+    separator), so a criterion quoted with single quotes or backslashes may read
+    otherwise there."""
+    if "=" not in line:
+        words = _plain_words(line)
+        if words is not None:
+            return words  # the keyword is the first word, as no quote or = is in it
+    found = _LINE.fullmatch(line)
+    if found is None:  # pragma: no cover - the pattern matches any text
+        return split_words(line)
+    keyword, rest = found[1], found[2]
+    words = split_words(rest)
+    lowered = keyword.lower()
+    if lowered == "host":
+        words = [QuotedWord(word) if "=" in word else word for word in words]
+    elif lowered != "match" and words:
+        # Plain str again, so that no QuotedWord ends up among the values asyncssh keeps.
+        words = [str(word) for word in words]
+        if words[0].startswith("="):
+            words[0] = QuotedWord(words[0])
+    return [keyword, *words] if keyword or words else []
 
 
 def others_may_change(st: os.stat_result) -> bool:
@@ -259,10 +320,6 @@ def others_may_change_error(path: str, host: str, included_by: str | None) -> Co
         path=path,
         hint=f"chmod go-w {shlex.quote(path)} (and chown it to yourself)",
     )
-
-
-#: A line's keyword (after optional quotes, up to blanks or ``=``) and the rest of it.
-_LINE = re.compile(r'[ \t]*"?([^ \t="]*)"?[ \t]*(?:=[ \t]*)?(.*)', re.DOTALL)
 
 
 @dataclass

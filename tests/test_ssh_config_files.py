@@ -885,6 +885,35 @@ def test_a_host_name_with_capitals_is_looked_up_as_ssh_looks_it_up(
     assert "final pi-k.example PI-K Key-PI\n" in by_us.read_text()  # the alias: later
 
 
+def test_the_files_and_proxy_command_of_a_host_name_with_capitals_are_ssh_s(
+    tmp_path: Path,
+) -> None:
+    """ssh expands %h in IdentityFile, CertificateFile and ProxyCommand (and %C, hashed from
+    it) with the host name lowercased, as it has it once its config is read; asyncssh used
+    the HostName as written, and looked for ``id_Real.EXAMPLE`` where ssh loads
+    ``id_real.example``. %n stays the name as typed. ssh -v, its ProxyCommand failing at
+    once, says which files it would load and the command it runs."""
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        f"Host MyHost\n  HostName Real.EXAMPLE\n  IdentityFile {tmp_path}/id_%h_%C\n"
+        f"  CertificateFile {tmp_path}/cert_%h_%n\n  ProxyCommand echo %h %n %p; exit 1\n"
+    )
+    done = _ssh("-v", "-F", str(cfg), "-o", "BatchMode=yes", "MyHost", "true")
+    said = done.stderr.splitlines()
+    proxy = [line.split(": exec ", 1)[1] for line in said if "Executing proxy command" in line]
+    files = [line.split(" file ", 1)[1].rsplit(" type ", 1)[0] for line in said if " file " in line]
+    ep = Endpoint(address="MyHost", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    resolved = pool_module._prepare(ep, "MyHost").resolved
+    assert resolved.parsed is not None
+    assert (
+        [resolved.parsed.config.get("ProxyCommand")]
+        == proxy
+        == ["echo real.example MyHost 22; exit 1"]
+    )
+    assert [*resolved.identities, *resolved.certificates] == files
+    assert files[1] == f"{tmp_path}/cert_real.example_MyHost"
+
+
 def _localhost_known_hosts(one: SSHFleet, path: Path, written: str) -> None:
     """``path``: the key of ``one``'s host under ``written`` alone (a name, or a hash)."""
     key = one.host("h0").host_public_key

@@ -75,6 +75,7 @@ from .sshconfig import (
     SystemWide,
     UnsafeTokenValue,
     check_config_files,
+    connection_hash,
     default_files,
     expand_match_exec,
     jump_hop,
@@ -1795,12 +1796,23 @@ def _lowercase_host_as_ssh_does() -> None:
     ``Match host`` or ``originalhost`` pattern is compared with the name ignoring case, as
     ssh compares them (``Host`` patterns stay case-sensitive, as in ssh).
 
+    The ``%h`` of the options asyncssh expands once a file is read (IdentityFile,
+    CertificateFile, ProxyCommand, IdentityAgent, ForwardAgent) is that lowercased name too,
+    and ``%C`` is hashed from it, as ssh expands them after lowercasing it (asyncssh used the
+    HostName as written: ``id_%h`` was ``id_Real.Example`` where ssh loads ``id_real.example``).
+
     Where asyncssh's reader is not as expected (another asyncssh), nothing is changed."""
     config_class: Any = getattr(getattr(asyncssh, "config", None), "SSHClientConfig", None)
     load = getattr(config_class, "load", None)
     real_load = getattr(load, "__func__", None)
     match_val = getattr(config_class, "_match_val", None)
-    if real_load is None or match_val is None or getattr(real_load, "lowercases", False):
+    set_tokens = getattr(config_class, "_set_tokens", None)
+    if (
+        real_load is None
+        or match_val is None
+        or set_tokens is None
+        or getattr(real_load, "lowercases", False)
+    ):
         return
 
     def loading(
@@ -1830,9 +1842,19 @@ def _lowercase_host_as_ssh_does() -> None:
             lowercase_host(value) if match in _HOST_CRITERIA and isinstance(value, str) else value
         )
 
+    def lowercased_tokens(config: Any) -> None:
+        set_tokens(config)
+        tokens: dict[str, str] = config._tokens
+        host = tokens.get("h")
+        if isinstance(host, str) and lowercase_host(host) != host:
+            tokens["h"] = lowercase_host(host)
+            # asyncssh's %C: ssh's of OpenSSH 9.2, without the jump host of 9.6.
+            tokens["C"] = connection_hash(tokens["l"], tokens["h"], tokens["p"], tokens["r"])
+
     loading.lowercases = True  # type: ignore[attr-defined]
     config_class.load = classmethod(loading)
     config_class._match_val = host_values
+    config_class._set_tokens = lowercased_tokens
 
 
 class _FinalPassStart:

@@ -31,7 +31,8 @@ What it owns:
   command would run).
 - A ProxyJump hop read as ssh reads it (:func:`jump_hop`), an ``ssh://`` URI's user
   URL-decoded, and what ssh refuses there refused; %j (:func:`jump_host`).
-- The host name lowercased as ssh lowercases it (:func:`lowercase_host`).
+- The host name lowercased as ssh lowercases it (:func:`lowercase_host`); %C
+  (:func:`connection_hash`).
 """
 
 from __future__ import annotations
@@ -513,11 +514,8 @@ def match_exec_tokens(
     (:func:`jump_host`). ``%d`` is ``$HOME``, as ``~`` is everywhere here."""
     local = socket.gethostname()
     jump = jump_host(proxy_jump)
-    connection = f"{local}{host}{port}{remote_user}{jump}"
     return {
-        # ssh's ssh_connection_hash: SHA-1 of these, the jump host added in OpenSSH 9.6
-        # (empty without one, so the same hash as older releases give then).
-        "C": hashlib.sha1(connection.encode("utf-8", "surrogateescape")).hexdigest(),
+        "C": connection_hash(local, host, str(port), remote_user, jump),
         "L": local.split(".")[0],
         "d": os.path.expanduser("~"),
         "h": host,
@@ -530,6 +528,14 @@ def match_exec_tokens(
         "i": str(os.getuid()),
         "j": jump,
     }
+
+
+def connection_hash(local: str, host: str, port: str, remote_user: str, jump: str = "") -> str:
+    """ssh's %C (ssh_connection_hash): the SHA-1 of this machine's host name, the host name,
+    port and user, and the jump host (added in OpenSSH 9.6; empty without one, so the same
+    hash as older releases give then)."""
+    connection = f"{local}{host}{port}{remote_user}{jump}"
+    return hashlib.sha1(connection.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 #: ASCII capitals to small letters, as C's tolower() maps them in ssh (not other letters).

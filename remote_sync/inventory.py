@@ -42,7 +42,8 @@ Rules:
   host's own ``user``/``port`` key is an error.
 * Local paths (ssh_config, known_hosts, identity_file) that are relative are taken relative to
   the inventory file's directory; ``~`` paths are kept for the SSH layer to expand. The remote
-  ``root`` is never rewritten.
+  ``root`` is never made relative to anything; only its redundant slashes and ``.``
+  components are dropped (:func:`normal_root`), so one directory has one spelling.
 * Host names must be unique (ignoring letter case, for case-insensitive file systems) and
   usable as one directory name: not empty, no ``/``, NUL or control character, not starting
   with ``.``, no white space at either end, at most 255 bytes of UTF-8.
@@ -84,6 +85,7 @@ __all__ = [
     "adhoc_host",
     "host_name_problem",
     "load_inventory",
+    "normal_root",
     "sanitize_host_name",
 ]
 
@@ -112,6 +114,17 @@ _HOST_KEYS = _DEFAULT_KEYS + _HOST_ONLY_KEYS
 # --------------------------------------------------------------------------- model
 
 
+def normal_root(root: str) -> str:
+    """``root`` spelt without what names no other directory: trailing and repeated slashes
+    and ``.`` components (``~/.openclaw/`` is ``~/.openclaw``, ``/srv//a/./b`` is
+    ``/srv/a/b``). A ``..`` stays: after a symlink it leads elsewhere than its text says."""
+    absolute = root.startswith("/")
+    kept = "/".join(part for part in root.split("/") if part not in ("", "."))
+    if absolute:
+        return "/" + kept
+    return kept or "."
+
+
 @dataclass(frozen=True)
 class Source:
     """What to mirror on a host: files under ``root`` matched by the globs (see globs.py)."""
@@ -127,6 +140,9 @@ class Source:
         get_format(self.format)
         if not isinstance(self.root, str) or not self.root or "\x00" in self.root:
             raise ConfigError(f"bad remote root {self.root!r}", hint="give a remote directory")
+        # One directory, one spelling: the mirror records its host's root and refuses another
+        # one (see the engine's source check), so "~/.openclaw/" must be "~/.openclaw".
+        object.__setattr__(self, "root", normal_root(self.root))
         # Compile now: a bad glob fails here, not in the middle of a run.
         _ = self.include_set, self.exclude_set, self.append_only_set
 

@@ -19,6 +19,7 @@ from remote_sync.inventory import (
     adhoc_host,
     host_name_problem,
     load_inventory,
+    normal_root,
     sanitize_host_name,
 )
 from remote_sync.ssh.pool import Endpoint
@@ -450,6 +451,23 @@ def test_unknown_format_in_defaults(tmp_path: Path) -> None:
     assert_line(err, 3)
     assert "unknown format 'nope'" in str(err)
     assert "openclaw" in err.hint
+
+
+@pytest.mark.parametrize(
+    ("given", "normal"),
+    [
+        ("~/.openclaw/", "~/.openclaw"),
+        ("~/", "~"),
+        ("~pi//.openclaw/./", "~pi/.openclaw"),
+        ("//srv/a/./b//", "/srv/a/b"),
+        ("/", "/"),
+        ("./", "."),
+        ("/srv/link/../b/", "/srv/link/../b"),
+    ],
+)
+def test_a_root_has_one_spelling(given: str, normal: str) -> None:
+    assert normal_root(given) == normal
+    assert adhoc_host("box", root=given).source.root == normal
 
 
 def test_jsonl_needs_root_and_include(tmp_path: Path) -> None:

@@ -885,6 +885,32 @@ def test_a_host_name_holding_another_source_is_refused(
         assert state.hosts()["h0"][1] == str(fleet.path("h0"))
 
 
+def test_the_same_root_spelt_with_a_trailing_slash_is_not_another_source(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A root given once as /x and once as /x/ (or /x//, /./x) is one directory: the second
+    sync was refused as "this mirror holds 'h0' ... with root '/x', not ... '/x/'". So was a
+    mirror that recorded '/x/' synced with '/x' (recorded by an older version, set here)."""
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/s.jsonl"
+    fleet.write("h0", rel, lines(random.Random(12), 3))
+    root = str(fleet.path("h0"))
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    assert sync(inv, dest, capsys)[0] == 0
+    append(fleet, "h0", rel, lines(random.Random(13), 2, start=10))
+    for spelt in (root + "/", root.replace("/", "//") + "/./"):
+        other = tmp_path / "slash.toml"
+        other.write_text(inv.read_text().replace(f'root = "{root}"', f'root = "{spelt}"'))
+        args = ["sync", "--inventory", str(other), "--dest", str(dest), "--json"]
+        code, events = run_cli(args, capsys)
+        assert code == 0, events
+    assert (dest / "h0" / rel).read_bytes() == fleet.path("h0", rel).read_bytes()
+    with MirrorState(dest) as state:
+        assert state.hosts()["h0"][1] == root
+        state.set_host("h0", "openclaw", root + "/", "h0")
+    assert sync(inv, dest, capsys)[0] == 0
+
+
 def test_new_directories_are_synced_in_their_parents(tmp_path: Path) -> None:
     from remote_sync.mirror.writer import _makedirs_for
 

@@ -75,7 +75,7 @@ from ..index.update import (
     indexer_for,
 )
 from ..index.worker import IndexJob, IndexWorker, IndexWorkerError
-from ..inventory import Host
+from ..inventory import Host, normal_root
 from ..ssh.pool import PoolSettings, SSHPool
 from ..ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 from ..ssh.stream import RemoteStream, exec_streaming
@@ -1585,12 +1585,13 @@ def _check_sources(state: MirrorState, hosts: Sequence[Host]) -> None:
     known = state.hosts()
     for host in hosts:
         source = host.source
-        if (
-            host.name in known
-            and known[host.name] != (source.format, source.root)
-            and state.holds_files(host.name)
+        if host.name not in known:
+            continue
+        fmt, root = known[host.name]
+        # A mirror written before roots were normalized may hold "~/.openclaw/".
+        if (fmt, normal_root(root)) != (source.format, source.root) and state.holds_files(
+            host.name
         ):
-            fmt, root = known[host.name]
             raise ConfigError(
                 f"this mirror holds {host.name!r} as format {fmt!r} with root {root!r}, "
                 f"not format {source.format!r} with root {source.root!r}",

@@ -561,6 +561,38 @@ async def test_unknown_host_key_is_refused_unless_accept_new(
             await run_command(pool, accept_new, ["true"])
 
 
+async def test_a_refused_host_key_is_told_what_to_do_for_its_case(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """Both refusals said "ssh-keygen -R HOST, then connect once with ssh": for a key never
+    seen there is nothing to remove (a first contact needs recording, which
+    --accept-new-host-keys does), and HOST was a placeholder for a name that is
+    [127.0.0.1]:PORT in known_hosts. Each now names the key the host offers."""
+    import asyncssh
+
+    def offered() -> str:
+        key = asyncssh.import_public_key(fleet.host("h0").host_public_key)
+        return str(key.get_fingerprint("sha256"))
+
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    async with SSHPool() as pool:
+        with pytest.raises(HostKeyError, match="unknown") as unknown:
+            await run_command(pool, endpoint(fleet, "h0", known_hosts=str(empty)), ["true"])
+    hint = unknown.value.hint
+    assert offered() in hint and "--accept-new-host-keys" in hint, hint
+    assert "ssh-keygen -R" not in hint, hint
+
+    fleet.rotate_host_key("h0")
+    async with SSHPool() as pool:
+        with pytest.raises(HostKeyError, match="CHANGED") as changed:
+            await run_command(pool, endpoint(fleet, "h0"), ["true"])
+    hint = changed.value.hint
+    name = f"'[127.0.0.1]:{fleet.host('h0').port}'"
+    assert offered() in hint, hint
+    assert f"ssh-keygen -R {name} -f {fleet.known_hosts}" in hint, hint
+
+
 async def test_local_files_that_do_not_exist_are_configuration_errors(
     fleet: SSHFleet, tmp_path: Path
 ) -> None:

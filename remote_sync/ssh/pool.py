@@ -350,6 +350,10 @@ class _Client(asyncssh.SSHClient):
         self.hash_names = hash_names
         self.host_key_state: Literal["unknown", "changed"] | None = None
         self.held_in: list[str] = []
+        #: The name the key is looked up under (``[host]:port`` off port 22, as in
+        #: known_hosts) and the offered key's SHA256 fingerprint, for the refusal's hint.
+        self.key_name = ""
+        self.offered = ""
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
@@ -359,10 +363,12 @@ class _Client(asyncssh.SSHClient):
         lookup_port = None if self.files.alias else port
         self.held_in = self.files.holding(host, lookup_port)
         self.host_key_state = "changed" if self.held_in else "unknown"
+        pattern = host if lookup_port in (22, None) else f"[{host}]:{port}"
+        self.key_name = pattern
+        self.offered = key.get_fingerprint("sha256")
         record_to = self.files.user[0] if self.files.user else None
         if self.held_in or self.policy != "accept-new" or record_to is None:
             return False
-        pattern = host if lookup_port in (22, None) else f"[{host}]:{port}"
         written = hashed_host_name(pattern) if self.hash_names else pattern
         line = f"{written} {key.export_public_key('openssh').decode().strip()}\n"
         if not self.record:
@@ -1344,7 +1350,7 @@ class SSHPool:
                 "known_hosts, or let first contact record it (StrictHostKeyChecking "
                 "accept-new, or --accept-new-host-keys)"
                 if unfollowed
-                else None,
+                else _host_key_hint(client),
             ) from exc
         except asyncssh.PermissionDenied as exc:
             keys = options.get("client_keys") or resolved.identities or _DEFAULT_IDENTITIES
@@ -1542,6 +1548,28 @@ def _reusing_lookup(options: dict[str, Any], resolved: _Resolved) -> None:
         return
     options.update(options=parsed, config=None, reload=False, final=False)
     options.setdefault("client_keys", ())
+
+
+def _host_key_hint(client: _Client) -> str | None:
+    """What to do about a refused host key, for the key the host offered: ``ssh-keygen -R``
+    helps only when a key is held (it removes it); an unknown key needs recording, which
+    the generic hint did not say (it told a first contact to remove a key it did not have).
+    None (the generic hint) when asyncssh refused before asking the client."""
+    if not client.key_name:
+        return None
+    name = shlex.quote(client.key_name)
+    if client.host_key_state == "changed":
+        files = " ".join(f"-f {shlex.quote(path)}" for path in client.held_in[:1])
+        return (
+            f"the host now offers {client.offered}; if that change is expected (the host "
+            f"was reinstalled), verify it out of band, remove the old key (ssh-keygen -R "
+            f"{name} {files}) and connect once with ssh; checks are never skipped"
+        )
+    return (
+        f"the host offers {client.offered}: verify it out of band, then record it by "
+        "connecting once with ssh, or run again with --accept-new-host-keys (for an "
+        'inventory host: host_key_policy = "accept-new"); checks are never skipped'
+    )
 
 
 def _noting_jump(exc: BaseException, host: str, through: str | None) -> SSHError:

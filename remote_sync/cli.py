@@ -40,6 +40,7 @@ from .errors import ConfigError, LockedError, RemoteSyncError
 from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 
 if TYPE_CHECKING:
+    import signal
     import sqlite3
 
     from rich.console import Console
@@ -559,11 +560,24 @@ def _terminate_as_interrupt() -> Iterator[None]:
             raise KeyboardInterrupt
         on_ctrl_c(signal.SIGINT, frame)
 
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        yield  # ignored by whoever started us: it stays ignored (see _heeded_signals)
+        return
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _heeded_signals() -> list[signal.Signals]:
+    """SIGINT and SIGTERM, less those this process was started with ignored. A shell starts a
+    background job (``remote-sync sync ... &`` in a script) with SIGINT ignored, so that a
+    Ctrl-C meant for the foreground leaves it running; as with any Unix tool (and Python's
+    own KeyboardInterrupt), a handler must not undo that."""
+    import signal
+
+    return [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
 
 
 def _run_sync(args: argparse.Namespace) -> int:
@@ -627,18 +641,19 @@ async def _sync_main(
     emit: Emit,
     stop_display: Callable[[], None] | None = None,
 ) -> int:
-    import signal
-
     import anyio
 
     from .cancel import CancelRegistry
     from .mirror.engine import sync_fleet
 
     registry = CancelRegistry()
+    heeded = _heeded_signals()
     async with anyio.create_task_group() as tg:
 
         async def on_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            if not heeded:
+                return
+            with anyio.open_signal_receiver(*heeded) as signals:
                 first = True
                 async for _ in signals:
                     if not first:

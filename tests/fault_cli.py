@@ -14,6 +14,9 @@
 mirror (before the rounds' signal handler is installed): in recovery, or while a dry run
 copies the state.
 
+``sigint_in_commit`` does not crash: each commit of the rounds first sends the process a
+SIGINT, as a Ctrl-C at that instant would.
+
 ``hold_cancel`` does not crash: a cancelled round waits a minute before it winds down (a
 commit that takes its time), so that only a second Ctrl-C ends the run soon.
 """
@@ -82,6 +85,23 @@ elif FAULT in ("term_in_recovery", "term_in_state_copy"):
         state_module.MirrorState.recover = terminated(state_module.MirrorState.recover)  # type: ignore[method-assign]
     else:
         engine.copy_state = terminated(engine.copy_state)
+
+elif FAULT == "sigint_in_commit":
+    import signal
+    import time
+
+    original_commit = state_module.MirrorState.commit
+
+    def commit(
+        self: state_module.MirrorState,
+        rows: Iterable[state_module.FileState],
+        also: Callable[[], None] | None = None,
+    ) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)  # the event loop's handler, if any, has taken it by then
+        original_commit(self, rows, also)
+
+    state_module.MirrorState.commit = commit  # type: ignore[method-assign]
 
 elif FAULT == "hold_cancel":
     import anyio

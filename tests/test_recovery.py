@@ -911,6 +911,37 @@ def test_the_same_root_spelt_with_a_trailing_slash_is_not_another_source(
     assert sync(inv, dest, capsys)[0] == 0
 
 
+@pytest.mark.parametrize("ignored", [False, True])
+def test_a_sigint_ignored_from_the_start_stays_ignored(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], ignored: bool
+) -> None:
+    """A shell starts a background job (`remote-sync sync ... &` in a script) with SIGINT
+    ignored, so that a Ctrl-C at the terminal leaves it running. The rounds' handler took
+    SIGINT over regardless, and such a run was cancelled (exit 130) by a Ctrl-C meant for
+    the foreground. A run started without it ignored is still cancelled."""
+    import signal
+
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/s.jsonl"
+    fleet.write("h0", rel, lines(random.Random(5), 20))
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "fault_cli.py"), "sync", "-I", str(inv), "-d", str(dest)],
+        capture_output=True,
+        env=dict(os.environ, REMOTE_SYNC_TEST_FAULT="sigint_in_commit"),
+        preexec_fn=ignore_sigint if ignored else None,
+        timeout=120,
+    )
+    assert done.returncode == (0 if ignored else 130), done.stderr
+    if ignored:
+        assert (dest / "h0" / rel).read_bytes() == fleet.path("h0", rel).read_bytes()
+    assert sync(inv, dest, capsys)[0] == 0
+
+
 def test_new_directories_are_synced_in_their_parents(tmp_path: Path) -> None:
     from remote_sync.mirror.writer import _makedirs_for
 

@@ -777,13 +777,18 @@ def run_fetch(
 
 
 def fetch_events(
-    runner: Runner, root: Path, requests: list[FetchRequest], step: int, per_batch: int = 1000
+    runner: Runner,
+    root: Path,
+    requests: list[FetchRequest],
+    step: int,
+    per_batch: int = 1000,
+    batch_bytes: int = remote_ops.BATCH_BYTES,
 ) -> list[FrameEvent]:
     """The frame events of a local fetch of ``requests`` under ``root``, fed in ``step``-byte
     pieces (the marker on stdin)."""
     marker = new_marker()
     argv = fetch_argv(str(root), per_batch=per_batch)
-    rc, out, err = run_local(runner, argv, fetch_stdin(requests, marker))
+    rc, out, err = run_local(runner, argv, fetch_stdin(requests, marker, batch_bytes=batch_bytes))
     assert rc == 0, err
     return feed_frames(FrameParser("h", marker.encode(), requests), out, range(0, len(out), step))
 
@@ -1290,6 +1295,77 @@ def test_local_fetch_sends_one_digest_of_the_appended_heads_per_batch(
     assert [(e.indices, e.digest) for e in events if isinstance(e, HeadDigest)] == want
     outcomes = collect([e for e in events if not isinstance(e, HeadDigest)])
     assert [outcomes[i][0] for i in range(len(requests))] == ["End", "Gone", "End", "End", "End"]
+
+
+def test_fetch_stdin_ends_a_batch_before_it_holds_too_many_bytes() -> None:
+    """What waits for a batch's end (its archive, its appends checked at its end) stays within
+    the byte budget: an item ``-`` ends the batch before a request that would go over it, and
+    a request larger than the budget is a batch of its own. Ranges checked on their own (and
+    unchecked ones) are committed as they come, and count for nothing."""
+
+    def archive(name: bytes, size: int) -> FetchRequest:
+        return FetchRequest(name, 0, size, archive=True, check=True)
+
+    requests = [
+        archive(b"a", 3000),
+        archive(b"b", 4000),  # 7000: the budget, not over it
+        archive(b"c", 1),
+        FetchRequest(b"r", 5, 50_000, check=True),  # its own digest: not held
+        FetchRequest(b"x", 5, 20_000),
+        archive(b"huge", 20_000),
+        FetchRequest(b"e", 2000, 1500, check_batched=True),
+        archive(b"d", 3000),
+        archive(b"f", 3000),
+    ]
+    items = fetch_stdin(requests, batch_bytes=7000).split(b"\x00")
+    assert items.pop() == b""
+    names = [item.rpartition(b":")[2] if item != b"-" else b"|" for item in items]
+    assert b"".join(names) == b"ab|crx|huge|ed|f"
+    # The whole framing of the batches: two bytes an end.
+    assert len(fetch_stdin(requests, batch_bytes=7000)) == len(fetch_stdin(requests)) + 8
+    assert fetch_stdin(requests, batch_bytes=1).count(b"\x00-\x00") == 6
+    with pytest.raises(ValueError, match="at least one byte"):
+        fetch_stdin(requests, batch_bytes=0)
+
+
+def test_local_fetch_cuts_batches_by_bytes_and_by_count(toolset: Runner, tmp_path: Path) -> None:
+    """A batch ends where the client's ``-`` item says (its bytes) and where xargs cuts the
+    items (their count, ``-`` items included): each batch sends its appends' digest and its
+    archive, followed by that archive's digest, before the next batch's first frame. A file
+    larger than the budget comes in an archive alone. Without tar, archive requests are
+    checked ranges with a digest each."""
+    root = tmp_path / "root"
+    root.mkdir()
+    sizes = {"a": 3000, "b": 3000, "huge": 20_000, "c": 3000, "e": 3000, "s": 1500, "t": 1500}
+    data = {}
+    for name, size in sizes.items():
+        data[name] = os.urandom(size - 1) + b"\n"  # a NUL last byte would look like tar's padding
+        (root / name).write_bytes(data[name])
+
+    def archive(name: str) -> FetchRequest:
+        return FetchRequest(name.encode(), 0, sizes[name], archive=True, check=True)
+
+    requests = [
+        archive("a"),
+        archive("b"),
+        archive("huge"),  # ends a batch, and the next: larger than the budget
+        archive("c"),
+        FetchRequest(b"e", 2000, 1000, check_batched=True),
+        archive("s"),
+        archive("t"),  # 7000 bytes of c, e, s, t: but xargs ends that batch before t
+        archive("a"),  # 1500 + 3000 of t and a: over the budget
+    ]
+    # The items: a b - huge - c e s t - a, cut by xargs -n 4 after "huge" and after "s".
+    events = fetch_events(toolset, root, requests, 101, per_batch=4, batch_bytes=7000)
+    digests = [e.indices for e in events if isinstance(e, HeadDigest)]
+    if has_tool(toolset, "tar"):
+        assert digests == [(0, 1), (2,), (4,), (3, 5), (6,), (7,)]
+    else:  # a digest after each checked range, the appends' at their batch's end
+        assert digests == [(0,), (1,), (2,), (3,), (5,), (4,), (6,), (7,)]
+    got = collect([e for e in events if not isinstance(e, HeadDigest)])
+    names = ["a", "b", "huge", "c", "", "s", "t", "a"]
+    want = [("End", data[n] if n else data["e"][2000:]) for n in names]
+    assert [got[i] for i in range(len(requests))] == want
 
 
 def with_hooks_before_the_digests(

@@ -37,7 +37,8 @@ from remote_sync.cli import main
 from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary, WarningEvent
 from remote_sync.index.query import open_index, query_sessions
 from remote_sync.inventory import load_inventory
-from remote_sync.mirror import engine
+from remote_sync.mirror import engine, remote_ops
+from remote_sync.mirror.plan import Transfer
 from remote_sync.mirror.remote_ops import FetchRequest
 from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
 
@@ -655,6 +656,56 @@ def test_sshd_killed_mid_transfer_exit_1_then_rerun_completes(
     proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest)])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
+    assert_exact(fleet, dest, "h0")
+
+
+def test_a_dropped_connection_keeps_the_whole_files_that_arrived_before_it(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first sync's whole transcripts come through tar in batches of at most BATCH_BYTES
+    (or one larger file each), each committed after its batch's head digest: a host cut off
+    once two of three large sessions fully arrived keeps those two, and the rerun fetches
+    only the third. (All three in one archive, as before, lost both to the cut.)"""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    # Any two are over the budget: each its own batch. Each is also more than the channel's
+    # window and the socket's buffers, so the one being read when the host dies is cut.
+    size = remote_ops.BATCH_BYTES // 2 + 1024 * 1024
+    paths = [f"agents/a/sessions/s{i}.jsonl" for i in range(3)]
+    for rel in paths:
+        fleet.write("h0", rel, big_session(size))
+    opened: list[bytes] = []
+    real_open = engine._FrameHandler._open
+
+    def open_then_cut(handler: engine._FrameHandler, t: Transfer) -> Any:
+        opened.append(t.remote.path)
+        if len(opened) == 3:  # the first two are in: the host goes away
+            fleet.stop("h0")
+        return real_open(handler, t)
+
+    monkeypatch.setattr(engine._FrameHandler, "_open", open_then_cut)
+    code, _, events = sync(inv, dest, capsys)
+    (done,) = [e for e in events if isinstance(e, HostDone)]
+    assert (code, done.status) == (1, "failed"), done.error
+    assert len(opened) == 3
+    with MirrorState(dest) as state:
+        committed = {path: row.size for path, row in state.host_files("h0").items()}
+    arrived = {path: fleet.path("h0", os.fsdecode(path)).stat().st_size for path in opened[:2]}
+    assert committed == arrived
+    for path in opened[:2]:
+        assert (dest / "h0" / os.fsdecode(path)).read_bytes() == fleet.path(
+            "h0", os.fsdecode(path)
+        ).read_bytes()
+    monkeypatch.undo()
+    fleet.start("h0")
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0
+    (h0,) = summary.hosts
+    assert (h0.files.new, h0.files.unchanged) == (1, 2)
+    assert h0.bytes == fleet.path("h0", os.fsdecode(opened[2])).stat().st_size
     assert_exact(fleet, dest, "h0")
 
 

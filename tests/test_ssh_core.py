@@ -1110,6 +1110,37 @@ async def test_a_target_the_jump_host_cannot_reach_is_named_as_such(
     async with SSHPool() as pool:
         with pytest.raises(HostUnreachableError, match="through ProxyJump 'hop', which answered"):
             await run_command(pool, ep, ["true"], host="box")
+        # The address the jump host was asked for, as the ssh_config gives it.
+        with pytest.raises(HostUnreachableError, match=r"cannot connect to 127\.0\.0\.1 port 1\b"):
+            await run_command(pool, ep, ["true"], host="box")
+
+
+async def test_an_unreachable_host_names_the_address_and_port_it_tried(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """ssh says "connect to host 127.0.0.1 port 57673: Connection refused"; the error said
+    "box: connection refused", which does not show a wrong HostName or Port. Through a
+    ProxyCommand no address of ours is tried: the command is named instead."""
+    port = free_port()  # nothing listens there: a host whose sshd is down
+    cfg = _box_config(fleet, tmp_path, f"  UserKnownHostsFile {fleet.known_hosts}\n")
+    cfg.write_text(cfg.read_text().replace(f"Port {fleet.host('h0').port}\n", f"Port {port}\n"))
+    async with SSHPool() as pool:
+        with pytest.raises(HostUnreachableError) as refused:
+            await run_command(pool, Endpoint("box", ssh_config=(str(cfg),)), ["true"], host="b")
+        assert refused.value.kind == "unreachable"
+        assert str(refused.value).startswith(
+            f"b: cannot connect to 127.0.0.1 port {port}: connection refused ("
+        )
+        # A port given with the host (the inventory's, ad-hoc host:port) wins, and is named.
+        other = free_port()
+        with pytest.raises(HostUnreachableError, match=f"to 127.0.0.1 port {other}: "):
+            await run_command(pool, Endpoint("box", port=other, ssh_config=(str(cfg),)), ["true"])
+        cfg.write_text(cfg.read_text() + "  ProxyCommand sh -c 'exit 1' %h\n")
+        with pytest.raises(HostUnreachableError) as proxied:
+            await run_command(pool, Endpoint("box", ssh_config=(str(cfg),)), ["true"], host="b")
+        shown = str(proxied.value)
+        assert "cannot connect through ProxyCommand sh -c 'exit 1' 127.0.0.1: " in shown, shown
+        assert "port" not in shown and "ProxyCommand runs" in shown, shown
 
 
 async def test_ssh_config_comments_and_times_are_read_as_ssh_reads_them(

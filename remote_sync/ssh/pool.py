@@ -1375,7 +1375,7 @@ class SSHPool:
             error = _local_failure(exc, endpoint, host, options)
             if error is not None:
                 raise error from exc
-            raise _noting_jump(exc, host, through) from exc
+            raise _noting_jump(exc, host, through, _route(options, resolved)) from exc
 
     async def _drop(self, slot: _HostSlot) -> None:
         conn, slot.conn = slot.conn, None
@@ -1572,15 +1572,31 @@ def _host_key_hint(client: _Client) -> str | None:
     )
 
 
-def _noting_jump(exc: BaseException, host: str, through: str | None) -> SSHError:
-    """``exc`` as our error for a connection to ``host`` that went ``through`` ProxyJump hosts
-    (connected already, by then): a refusal or silence is then the target's, from the last
-    of them (not a channel cap of ours)."""
-    error = classify(exc, host, connecting=True)
+def _route(options: dict[str, Any], resolved: _Resolved) -> str:
+    """Where a connection built with ``options`` went, as its failure names it: the address
+    and port asked for (of the ssh_config's HostName and Port, as ssh's "connect to host H
+    port P" names them; through ProxyJump hosts, the last one asked for them), or the
+    ProxyCommand it ran instead, as no address of ours was tried then."""
+    command = options.get("proxy_command")
+    if command is None and resolved.parsed is not None:
+        command = resolved.parsed.proxy_command  # the ssh_config's, split and expanded
+    if command:
+        text = command if isinstance(command, str) else shlex.join(command)
+        return f"through ProxyCommand {text}"
+    return f"to {resolved.host} port {resolved.port}"  # the lookup had the endpoint's port
+
+
+def _noting_jump(exc: BaseException, host: str, through: str | None, route: str) -> SSHError:
+    """``exc`` as our error for a connection to ``host`` by ``route`` (:func:`_route`) that
+    went ``through`` ProxyJump hosts (connected already, by then): a refusal or silence is
+    then the target's, from the last of them (not a channel cap of ours)."""
+    error = classify(exc, host, connecting=True, route=route)
     if through is None:
+        if route.startswith("through ProxyCommand") and type(error) is HostUnreachableError:
+            error.hint = "check that the ProxyCommand runs (try it in a shell) and reaches the host"
         return error
     if isinstance(exc, asyncssh.ChannelOpenError):
-        error = HostUnreachableError(f"cannot connect: {exc.reason}", host=host)
+        error = HostUnreachableError(f"cannot connect {route}: {exc.reason}", host=host)
     if type(error) is not HostUnreachableError:
         return error
     return HostUnreachableError(
@@ -1673,8 +1689,13 @@ def _expand(path: str) -> str:
     return os.path.expanduser(path)
 
 
-def classify(exc: BaseException, host: str, *, connecting: bool = False) -> SSHError:
-    """Map an asyncssh/OS failure to our hierarchy, naming the host."""
+def classify(
+    exc: BaseException, host: str, *, connecting: bool = False, route: str | None = None
+) -> SSHError:
+    """Map an asyncssh/OS failure to our hierarchy, naming the host, and for a connection
+    that failed, the ``route`` it took (:func:`_route`: "to 10.0.0.5 port 22", "through
+    ProxyCommand '...'"), as ssh names the address it tried: the host's name alone does not
+    show a wrong HostName or Port."""
     if isinstance(exc, SSHError):
         return exc
     if isinstance(exc, RemoteSyncError):
@@ -1685,13 +1706,14 @@ def classify(exc: BaseException, host: str, *, connecting: bool = False) -> SSHE
         return AuthenticationError(f"authentication failed: {exc.reason}", host=host)
     if isinstance(exc, socket.gaierror):
         return HostUnreachableError(f"cannot resolve host: {exc.strerror}", host=host)
+    tried = f"cannot connect {route}: " if route else ""
     if isinstance(exc, TimeoutError):
-        return HostUnreachableError("connection timed out", host=host)
+        return HostUnreachableError(f"{tried}connection timed out", host=host)
     if isinstance(exc, ConnectionRefusedError):
-        return HostUnreachableError("connection refused", host=host)
+        return HostUnreachableError(f"{tried}connection refused", host=host)
     if connecting:
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-        return HostUnreachableError(f"cannot connect: {reason}", host=host)
+        return HostUnreachableError(f"{tried or 'cannot connect: '}{reason}", host=host)
     reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
     return ConnectionLostError(f"connection lost: {reason}", host=host)
 

@@ -473,7 +473,7 @@ async def read_session(
         except RemoteSyncError as exc:
             # Reported as a listing reports a host that fails or is cancelled: its error, then
             # its end, so that a caller that follows the events is not left "fetching".
-            _report_end(emit, name, exc, 0)
+            _report_end(emit, name, host.explain(exc) if isinstance(host, Host) else exc, 0)
             raise
     shown, read = len(result.messages), result.bytes_read
     emit(Progress(name, "done", shown, shown, read, read))
@@ -799,7 +799,7 @@ class _HostReader:
                 raise
             if not isinstance(exc, RemoteSyncError) or isinstance(exc, TransferCancelledError):
                 raise  # a bug, or the caller's own cancel: it knows
-            self.failed[index] = exc
+            self.failed[index] = exc = host.explain(exc)
             _report_end(self.emit, host.name, exc, done)
             return
         self.emit(Progress(host.name, "done", done, done, 0, 0))

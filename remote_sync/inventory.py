@@ -66,12 +66,12 @@ import re
 import tomllib
 from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
-from .errors import ConfigError
+from .errors import ConfigError, HostUnreachableError, RemoteSyncError
 from .formats import FORMATS, get_format
 from .globs import GlobSet, compile_globs, start_points
 from .ssh.pool import Endpoint, HostKeyPolicy
@@ -195,11 +195,22 @@ class Host:
     #: not inventory keys to fix. Not compared: it says where the host came from, not what
     #: it is.
     adhoc: bool = field(default=False, compare=False)
+    #: For an ad-hoc host named beside an inventory, which lacks that name: what its
+    #: failure to connect says of it (:meth:`explain`). A mistyped inventory name is taken
+    #: for an address, and the error of its DNS lookup alone did not say so.
+    unlisted: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         problem = host_name_problem(self.name)
         if problem:
             raise ConfigError(f"host name {self.name!r} {problem}", hint=_NAME_HINT)
+
+    def explain(self, error: RemoteSyncError) -> RemoteSyncError:
+        """``error``, this host's, with the hint of an :attr:`unlisted` host when the host
+        could not be reached (its name not resolved, or no connection made)."""
+        if self.unlisted is not None and isinstance(error, HostUnreachableError):
+            error.hint = f"{self.unlisted}; if it is one, {error.hint}"
+        return error
 
 
 @dataclass(frozen=True)
@@ -282,6 +293,8 @@ class Inventory:
                     identity_file=options.identity_file,
                     host_key_policy=options.host_key_policy,
                 )
+                if self.path is not None:
+                    host = replace(host, unlisted=self._unlisted(name))
                 # Its mirror directory must not be an inventory host's, selected or not.
                 clash = by_folded.get(host.name.casefold())
                 if clash is not None:
@@ -314,6 +327,21 @@ class Inventory:
     @property
     def _label(self) -> str | None:
         return str(self.path) if self.path is not None else None
+
+    def _unlisted(self, name: str) -> str:
+        """What to say of ``name``, not a host of this inventory, when it cannot be reached
+        as an address: that it is not one, and the inventory's names closest to it."""
+        folded = {host.name.casefold(): host.name for host in self.hosts}
+        close = difflib.get_close_matches(name.casefold(), list(folded), n=3)
+        if close:
+            aside = f"did you mean {' or '.join(repr(folded[c]) for c in close)}?"
+        else:
+            names = [host.name for host in self.hosts]
+            aside = "its hosts: " + (", ".join(names[:10]) + (", ..." if len(names) > 10 else ""))
+        return (
+            f"{name!r} is not a host of the inventory {self.path} ({aside}), so it was tried "
+            "as an address or ssh_config alias"
+        )
 
 
 # --------------------------------------------------------------------------- host names

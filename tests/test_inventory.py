@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from remote_sync.errors import ConfigError
+from remote_sync.errors import AuthenticationError, ConfigError, HostUnreachableError
 from remote_sync.formats import FORMATS, get_format
 from remote_sync.globs import compile_globs
 from remote_sync.inventory import (
@@ -582,6 +582,29 @@ def test_select_adhoc(tmp_path: Path) -> None:
     (plain,) = Inventory(path=None, hosts=[]).select(["alias"])
     assert plain.source.format == "openclaw"
     assert plain.endpoint == Endpoint(address="alias")
+
+
+def test_an_unreachable_name_not_in_the_inventory_is_explained(tmp_path: Path) -> None:
+    """A name the inventory lacks is an ad-hoc host; when it cannot be reached, its hint
+    says the name is not in the inventory and gives the closest names, else its names.
+    Other errors, and hosts of the inventory or named without one, are left as they are."""
+    path = write(tmp_path, VALID)
+    inventory = load_inventory(path)
+    typo, far, listed = inventory.select(["pi-kitchn", "zz", "vps"])
+    assert typo.adhoc and listed.unlisted is None
+    error = typo.explain(HostUnreachableError("connection refused", host=typo.name))
+    assert error.hint.startswith(
+        f"'pi-kitchn' is not a host of the inventory {path} (did you mean 'pi-kitchen' or "
+        "'pi-kitchen-codex'?), so it was tried as an address or ssh_config alias; if it is "
+        "one, check that the host is up"
+    ), error.hint
+    error = far.explain(HostUnreachableError("cannot resolve host", host=far.name))
+    assert "(its hosts: pi-kitchen, pi-kitchen-codex, vps, box.lan)" in error.hint, error.hint
+    assert (
+        far.explain(AuthenticationError("no", host="zz")).hint == AuthenticationError.default_hint
+    )
+    (alone,) = Inventory(path=None, hosts=[]).select(["zz"])
+    assert alone.explain(HostUnreachableError("x")).hint == HostUnreachableError.default_hint
 
 
 def test_select_adhoc_name_clash(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -579,6 +580,30 @@ def test_unreachable_host_exit_1_others_carry_on(
     # The address and port tried, as ssh names them ("connect to host H port P").
     tried = f"h1: cannot connect to 127.0.0.1 port {fleet.host('h1').port}: connection refused"
     assert (by_host["h1"].error or "").startswith(tried), by_host["h1"].error
+
+
+def test_an_unreachable_name_not_in_the_inventory_says_so_and_suggests_its_names(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A HOST not in the inventory is an ad-hoc host (as it must be), so a mistyped name was
+    tried as an address and failed with nothing but "cannot resolve" or "refused". Its hint
+    now says that the name is not in the inventory and which of its names are close."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml")
+    # The ad-hoc host's own ssh_config sends every name to a closed port: no DNS is asked.
+    config = tmp_path / "adhoc_config"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config.write_text(f"Host *\n  HostName 127.0.0.1\n  Port {port}\n")
+    code, summary, events = sync(inv, tmp_path / "m", capsys, "h00", "-F", str(config))
+    assert code == 1 and summary.hosts[0].status == "failed"
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert error.host == "h00" and error.kind == "unreachable"
+    assert error.hint.startswith(
+        f"'h00' is not a host of the inventory {inv} (did you mean 'h0'?), so it was tried "
+        "as an address or ssh_config alias; if it is one, check that the host is up"
+    ), error.hint
+    assert "did you mean 'h0'?" in (summary.hosts[0].error or "")
 
 
 def test_second_run_is_refused_by_the_lock(

@@ -263,7 +263,8 @@ class HostSync:
     async def run(self) -> HostRound:
         try:
             await self._round()
-        except RemoteSyncError as exc:
+        except RemoteSyncError as raised:
+            exc = self.host.explain(raised)
             self.result.error = exc
             if not isinstance(exc, TransferCancelledError):
                 self._count_left_behind()

@@ -2050,3 +2050,22 @@ def test_a_small_tar_entry_that_may_straddle_two_records_comes_as_a_range(
 
     events = _paused_fetch(root, transfers, change, dict(os.environ))
     assert _received(events, 1) in (old, new)
+
+
+def test_the_paths_find_could_not_read_are_taken_from_its_messages() -> None:
+    """GNU find (C locale) quotes a path and escapes it as C does, BusyBox find writes it
+    raw; either names it under the root's "./". Other lines stay as text."""
+    messages = (
+        b"find: './a/sessions': Permission denied\n"
+        b"find: './it\\'s \\303\\251\\n\\\\x': Permission denied\n"
+        b"find: ./raw: name\r: Permission denied\n"
+        b"remote-sync: start point ./l is a symbolic link to a directory: skipped\n"
+    )
+    unread, other = remote_ops.unread_paths(messages)
+    assert unread == [
+        (b"a/sessions", "Permission denied"),
+        (b"it's \xc3\xa9\n\\x", "Permission denied"),
+        (b"raw: name\r", "Permission denied"),
+    ]
+    assert other == ["remote-sync: start point ./l is a symbolic link to a directory: skipped"]
+    assert remote_ops.unread_paths(b"") == ([], [])

@@ -1062,10 +1062,9 @@ def test_an_incomplete_listing_is_reported_whatever_the_fetch_does(
     finally:
         os.chmod(fleet.path("h0", "agents/locked"), 0o755)
     assert code == 1
-    (message,) = [
-        e.message for e in events if isinstance(e, ErrorEvent) and e.kind == "listing_incomplete"
-    ]
-    assert "locked" in message and "noise" not in message and "xargs" not in message
+    (error,) = [e for e in events if isinstance(e, ErrorEvent) and e.kind == "listing_incomplete"]
+    assert error.path == "agents/locked", error
+    assert "noise" not in error.message and "xargs" not in error.message
     if fetch == "writes much to stderr":
         assert_exact(fleet, dest, "h0")
 
@@ -1185,11 +1184,57 @@ def test_unreadable_remote_directory_is_reported_and_deletions_not_recorded(
         isinstance(e, ErrorEvent)
         and e.kind == "listing_incomplete"
         and e.host == "h0"
-        and "agent1" in e.message
+        and e.path == "agents/agent1/sessions"
         and " L" not in e.message  # the round's stderr boundary is not part of the message
         for e in events
     )
     assert summary.files.deleted == 0  # files it could not see are not taken for deleted
+    assert all((dest / "h0" / p).exists() for p in paths)
+
+
+@pytest.mark.parametrize("tools", ["GNU", "BusyBox"])
+def test_each_unreadable_remote_directory_is_an_error_naming_it(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    tools: str,
+) -> None:
+    """The error had no path (``path: null`` in --json) and find's raw words for a message,
+    and two unreadable directories counted as one failed file. Each directory find could not
+    read is now an error naming it, relative to the root as other paths are (a quote, a space
+    or a non-UTF-8 byte in its name unescaped from GNU find's quoting), saying what to do, and
+    counts as one failed: the files under it are not known, the host is partial, exit 1."""
+    if tools == "BusyBox":
+        bb = applet_dir(request.getfixturevalue("busybox"), fleet.root / "bb", ("gzip", "tar"))
+        with_host_path(monkeypatch, str(bb))
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    paths = make_openclaw_tree(fleet, "h0", sessions=2)
+    odd = b"agents/it's \xe9/sessions"
+    fleet.write("h0", os.fsdecode(odd + b"/s.jsonl"), session_bytes(random.Random(3), 3))
+    dest = tmp_path / "m"
+    assert sync(inv, dest, capsys)[0] == 0
+    locked = [fleet.path("h0", "agents/agent1/sessions"), fleet.path("h0", os.fsdecode(odd))]
+    for directory in locked:
+        os.chmod(directory, 0)
+    try:
+        code, summary, events = sync(inv, dest, capsys)
+    finally:
+        for directory in locked:
+            os.chmod(directory, 0o755)
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert code == 1 and summary.hosts[0].status == "partial"
+    assert sorted((e.kind, e.path) for e in errors) == [
+        ("listing_incomplete", "agents/agent1/sessions"),
+        ("listing_incomplete", "agents/it's \\xe9/sessions"),
+    ], errors
+    assert all(
+        e.message == "find could not read it (Permission denied): nothing under it was mirrored"
+        for e in errors
+    ), errors
+    assert all("chmod u+rx" in e.hint and "no deletion" in e.hint for e in errors)
+    assert summary.hosts[0].files.failed == 2 and summary.files.deleted == 0
     assert all((dest / "h0" / p).exists() for p in paths)
 
 

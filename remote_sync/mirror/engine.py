@@ -102,6 +102,7 @@ from .remote_ops import (
     listing_end_marker,
     new_marker,
     round_argv,
+    unread_paths,
 )
 from .root_probe import probed_root_error
 from .state import (
@@ -485,20 +486,38 @@ class HostSync:
         return moved
 
     def _listing_incomplete(self, messages: bytes | None) -> None:
-        # find could not read part of the tree: report it, count it as a failure (files
-        # there were not mirrored), and do not take the files it could not see for deleted.
-        # The messages are None when the stderr boundary never came (the command was cut).
-        text = messages.decode("utf-8", "backslashreplace").strip() if messages else ""
-        self.result.files.failed += 1
-        self.emit(
-            ErrorEvent(
-                self.name,
-                None,
-                "listing_incomplete",
-                text or "the listing reported errors (their messages were not kept)",
-                "fix permissions on the host; deletions are not recorded for this round",
+        """find could not read part of the tree: the files there were not seen, so they are
+        neither mirrored nor taken for deleted. Each path it could not read is an error
+        naming it, and counts as one failed file: how many files are under it is not known
+        (rsync counts none, and exits 23); one failed keeps the host "partial" and the run's
+        exit 1. Any other message (a start point skipped) is one error more, as it came. The
+        messages are None when the stderr boundary never came (the command was cut)."""
+        unread, other = unread_paths(messages or b"")
+        for path, reason in unread:
+            self.result.files.failed += 1
+            self.emit(
+                ErrorEvent(
+                    self.name,
+                    path_text(path),
+                    "listing_incomplete",
+                    f"find could not read it ({reason}): nothing under it was mirrored",
+                    # Not "exclude it": excludes filter the listing, find still walks there.
+                    "let the login user read and search it on the host (chmod u+rx, or "
+                    "through its group); until then no deletion is recorded for this host",
+                )
             )
-        )
+        if other or not unread:
+            self.result.files.failed += 1
+            self.emit(
+                ErrorEvent(
+                    self.name,
+                    None,
+                    "listing_incomplete",
+                    "\n".join(other)
+                    or "the listing reported errors (their messages were not kept)",
+                    "fix permissions on the host; deletions are not recorded for this round",
+                )
+            )
 
     async def _pick_worker(self, plan: Plan) -> None:
         """Take an index worker for this round when it has many transcript bytes to index."""

@@ -11,7 +11,8 @@ sees is never a file name's text: a user name checked to be portable (``~user``)
 references to positional parameters by number (the fetch's tar command line).
 
 Exit statuses (every operation): 0 on success, also when ``find`` could not read some
-directory (its messages stay on stderr, for the caller to report as warnings naming the host);
+directory (its messages stay on stderr, for the caller to report naming the host, and each
+path find could not read: :func:`unread_paths`);
 :data:`EXIT_ROOT_UNUSABLE` (3) when the root directory is missing, not a directory or not
 readable. Anything else is an unexpected failure of the remote tools.
 
@@ -149,6 +150,7 @@ __all__ = [
     "probed_roots",
     "read_marker_sh",
     "round_argv",
+    "unread_paths",
 ]
 
 #: Exit status of every script when the root directory cannot be entered or read.
@@ -769,6 +771,50 @@ printf 'L %s %s\n' "$st" "$warned"
 exec xargs -0 -r -n "$per_batch" sh -c "$batch" sh
 """
 )
+
+
+# What find writes on stderr about a path it could not read, in the C locale the listing sets:
+# GNU find quotes the path and escapes it as C does ("find: './a b\\'c': Permission denied";
+# a byte that is not printable ASCII as an octal escape), BusyBox find writes it raw. Either
+# way it starts with "./" (every start point has that prefix) and the reason, a strerror(3)
+# text, has no colon.
+_FIND_MESSAGE = re.compile(rb"find: (?:'(\./(?:[^'\\]|\\.)*)'|(\./.*)): ([^:]+)", re.DOTALL)
+_C_ESCAPE = re.compile(rb"\\([0-7]{1,3}|.)", re.DOTALL)
+_C_ESCAPES = {
+    b"n": b"\n",
+    b"t": b"\t",
+    b"r": b"\r",
+    b"a": b"\a",
+    b"b": b"\b",
+    b"f": b"\f",
+    b"v": b"\v",
+}
+
+
+def unread_paths(messages: bytes) -> tuple[list[tuple[bytes, str]], list[str]]:
+    """The listing's ``messages`` (its stderr, :data:`EXIT_ROOT_UNUSABLE` aside): each path
+    ``find`` could not read, relative to the root, with its reason ("Permission denied"),
+    and every other line as text. A name holding a newline splits a BusyBox message in two:
+    both halves are then other lines."""
+    unread: list[tuple[bytes, str]] = []
+    other: list[str] = []
+    for line in messages.split(b"\n"):  # not splitlines: a raw name may hold a \r
+        found = _FIND_MESSAGE.fullmatch(line)
+        if found is None:
+            if line.strip():
+                other.append(line.decode("utf-8", "backslashreplace").strip())
+            continue
+        quoted, raw, reason = found.groups()
+        path = _C_ESCAPE.sub(_unescape_c, quoted) if quoted is not None else raw
+        unread.append((path[2:] or b".", reason.decode("utf-8", "backslashreplace")))
+    return unread, other
+
+
+def _unescape_c(match: re.Match[bytes]) -> bytes:
+    code = match[1]
+    if code[:1].isdigit():
+        return bytes([int(code, 8) & 0xFF])
+    return _C_ESCAPES.get(code, code)  # \\, \', \" and \? stand for themselves
 
 
 def _normalize_start_point(point: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -1274,6 +1275,56 @@ def test_disk_full_is_a_clear_error_and_loses_nothing(
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert_exact(fleet, dest, "h0")
+
+
+@pytest.mark.parametrize("out_of", ["space", "inodes"])
+def test_a_destination_on_a_full_disk_says_so_and_exits_1(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    small_disk: Path,
+    out_of: str,
+) -> None:
+    """A disk already full when the state database is opened failed with exit 1 but "disk
+    full while opening the state database", and one out of inodes as an unwritable
+    destination, exit 2 ("must be writable by this user"). A full disk is no usage error:
+    both are a failed run (exit 1, as a disk that fills midway), saying that the
+    destination's disk is full and what to free."""
+    if out_of == "space":
+        with contextlib.suppress(OSError), open(small_disk / "filler", "wb") as filler:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+    else:  # room for the destination and its state directory, not one more file
+        fs = os.statvfs(small_disk)
+        used = fs.f_files - fs.f_ffree
+        subprocess.run(
+            ["mount", "-o", f"remount,nr_inodes={used + 2}", str(small_disk)], check=True
+        )
+    dest = small_disk / "m"
+    code, events = run_cli(
+        [
+            "sync",
+            "h0",
+            "--dest",
+            str(dest),
+            "-F",
+            str(fleet.ssh_config),
+            "--known-hosts",
+            str(fleet.known_hosts),
+            "--root",
+            str(fleet.path("h0")),
+            "--json",
+        ],
+        capsys,
+    )
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert code == 1 and error.kind == "mirror", error
+    assert error.path == str(dest) and error.message.startswith(
+        "the destination's disk is full ("
+    ), error
+    assert "KiB free" in error.message and (out_of == "space" or "no inode free" in error.message)
+    assert error.hint.startswith(f"free space on the file system that holds it (df -h {dest}; ")
 
 
 def test_a_huge_partial_last_line_on_a_full_disk_is_not_needed(

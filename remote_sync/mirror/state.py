@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import sqlite3
 import stat
@@ -169,6 +170,32 @@ def _nearly_full(directory: Path) -> bool:
     return fs.f_bavail * fs.f_frsize < (1 << 20) or (fs.f_files > 0 and fs.f_favail == 0)
 
 
+#: What a write says when the destination's file system (or this user's quota) is full.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def full_disk_error(dest: Path, cause: str) -> MirrorError:
+    """The error of a destination whose file system is full (``cause``: what said so). Not a
+    usage error (exit 2: nothing given is wrong) but a failed run, exit 1, as a disk that
+    fills midway fails one (rsync exits 11, a file I/O error, and 2 for usage)."""
+    try:
+        fs = os.statvfs(dest if dest.exists() else dest.parent)
+        room = f"{fs.f_bavail * fs.f_frsize // 1024} KiB free"
+        if fs.f_files > 0 and fs.f_favail == 0:
+            room += ", no inode free"
+    except OSError:
+        room = cause
+    else:
+        room = f"{cause}; {room}"
+    return MirrorError(
+        f"the destination's disk is full ({room})",
+        path=str(dest),
+        hint=f"free space on the file system that holds it (df -h {shlex.quote(str(dest))}; "
+        "df -i for inodes), or move the mirror to a larger one, then run again; nothing was "
+        "synced",
+    )
+
+
 def refuse_nested(dest: Path) -> None:
     """A :class:`ConfigError` when ``dest`` lies inside another mirror: in one of its host
     directories (a sync there would take that host's files for its own, rewrite them and keep
@@ -231,6 +258,8 @@ class MirrorState:
         try:
             self.control.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if exc.errno in _FULL:
+                raise full_disk_error(self.dest, exc.strerror or str(exc)) from exc
             raise DestinationError(
                 f"cannot create the destination: {exc.strerror or exc}", path=str(self.dest)
             ) from exc
@@ -253,11 +282,7 @@ class MirrorState:
             if _nearly_full(self.control):
                 # SQLite says "disk I/O error" when it cannot even make its WAL files: the
                 # database is fine, and moving it aside would throw its history away.
-                raise MirrorError(
-                    f"disk full while opening the state database ({exc})",
-                    path=str(self.control / "state.db"),
-                    hint="free space on the destination's file system, then run again",
-                ) from exc
+                raise full_disk_error(self.dest, f"opening the state database: {exc}") from exc
             raise StateError(
                 f"the state database is unusable: {exc}",
                 path=str(self.control / "state.db"),
@@ -320,6 +345,8 @@ class MirrorState:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
+            if exc.errno in _FULL:  # out of inodes: no usage error either
+                raise full_disk_error(self.dest, exc.strerror or str(exc)) from exc
             raise DestinationError(
                 f"cannot open the destination's lock file: {exc.strerror or exc}",
                 path=str(lock),

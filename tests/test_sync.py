@@ -408,8 +408,14 @@ def test_rewrites_keep_the_old_copy_as_a_version(
     # truncated to nothing: the mirror keeps everything
     with open(fleet.path("h0", f"{base}/truncated.jsonl"), "r+b") as f:
         f.truncate(0)
+    # As the README says: the emptied transcript is unchanged (its copy kept as it is), in a
+    # dry run as in the sync, until new lines arrive.
+    _, dry, events = sync(inv, dest, capsys, "--dry-run")
+    planned = {e.path for e in events if isinstance(e, Planned)}
+    assert f"{base}/truncated.jsonl" not in planned and len(planned) == 3
     code, summary, _ = sync(inv, dest, capsys)
     assert code == 0
+    assert dry.files.unchanged == summary.files.unchanged == 1
     h0 = summary.hosts[0]
     assert h0.files.rewritten == 3
     assert h0.versions_kept == 3

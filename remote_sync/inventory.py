@@ -208,7 +208,11 @@ class Host:
     def explain(self, error: RemoteSyncError) -> RemoteSyncError:
         """``error``, this host's, with the hint of an :attr:`unlisted` host when the host
         could not be reached (its name not resolved, or no connection made)."""
-        if self.unlisted is not None and isinstance(error, HostUnreachableError):
+        if (
+            self.unlisted is not None
+            and isinstance(error, HostUnreachableError)
+            and not (error.hint or "").startswith(self.unlisted)  # said once, however reported
+        ):
             error.hint = f"{self.unlisted}; if it is one, {error.hint}"
         return error
 

@@ -598,6 +598,8 @@ def test_an_unreachable_name_not_in_the_inventory_is_explained(tmp_path: Path) -
         "'pi-kitchen-codex'?), so it was tried as an address or ssh_config alias; if it is "
         "one, check that the host is up"
     ), error.hint
+    said = error.hint
+    assert typo.explain(error).hint == said  # explained twice: said once
     error = far.explain(HostUnreachableError("cannot resolve host", host=far.name))
     assert "(its hosts: pi-kitchen, pi-kitchen-codex, vps, box.lan)" in error.hint, error.hint
     assert (

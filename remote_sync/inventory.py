@@ -122,6 +122,9 @@ def normal_root(root: str) -> str:
     kept = "/".join(part for part in root.split("/") if part not in ("", "."))
     if absolute:
         return "/" + kept
+    if kept.startswith("~") and not root.startswith("~"):
+        # "./~x" names a directory called "~x"; "~x" would be user x's home on the host.
+        return "./" + kept
     return kept or "."
 
 

@@ -463,6 +463,11 @@ def test_unknown_format_in_defaults(tmp_path: Path) -> None:
         ("/", "/"),
         ("./", "."),
         ("/srv/link/../b/", "/srv/link/../b"),
+        # A directory named "~" or "~bob" under the login directory is not a home.
+        ("./~", "./~"),
+        ("./~bob/x/", "./~bob/x"),
+        (".//~", "./~"),
+        ("a/~b", "a/~b"),
     ],
 )
 def test_a_root_has_one_spelling(given: str, normal: str) -> None:

@@ -659,7 +659,8 @@ async def _sync_main(
                     if not first:
                         _abort_at_once(emit, stop_display)
                     first = False
-                    print("\ncancelling (Ctrl-C again to abort at once)...", file=sys.stderr)
+                    again = "Ctrl-C" if "SIGINT" in [s.name for s in heeded] else "SIGTERM"
+                    print(f"\ncancelling ({again} again to abort at once)...", file=sys.stderr)
                     registry.cancel_all("cancelled by signal")
 
         tg.start_soon(on_signals)
@@ -1127,7 +1128,9 @@ def _cut_session_id(session_id: str, width: int = 14) -> str:
     head, slash, tail = session_id.rpartition("/")
     if not slash or len(session_id) <= width:
         return _cut(session_id, width)
-    return f"{head[:8]}…/{_cut(tail, width + 2)}"
+    cut = f"{head[:8]}…/{tail if len(tail) <= width + 2 else '…' + tail[-(width + 1) :]}"
+    # The tail's end is kept: sub-agents of one parent differ there (agent-<hex id>).
+    return session_id if len(session_id) <= len(cut) else cut
 
 
 def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:

@@ -26,7 +26,7 @@ import pytest
 import sessiongen
 from synchelp import write_inventory
 
-from remote_sync.cli import main
+from remote_sync.cli import _cut_session_id, main
 from remote_sync.errors import ConfigError
 from remote_sync.formats.readers import get_reader
 from remote_sync.index.facts import Message, SessionFacts
@@ -712,8 +712,9 @@ def test_cli_list_table_and_default_dest(
 def test_the_table_tells_a_sub_agent_from_its_parent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The session column is cut to 14 characters: a Claude Code sub-agent's id (``<parent
-    uuid>/agent-<id>``) was cut at its end too, and read as its parent's."""
+    """The session column cuts ids at 14 characters: a Claude Code sub-agent's id (``<parent
+    uuid>/agent-<id>``) was cut at its end too, and read as its parent's; it is now cut in
+    its middle."""
     dest = tmp_path / "mirror"
     parent = "3f2a9c1e-1111-4aaa-8bbb-123456789abc"
     sub = f"{parent}/agent-ab12"
@@ -732,6 +733,9 @@ def test_the_table_tells_a_sub_agent_from_its_parent(
     code, out, err = cli(["sessions", "list", "--dest", str(dest)], capsys)
     assert code == 0, err
     assert "3f2a9c1e…/agent-ab12" in out and "3f2a9c1e-1111…" in out, out
+    # Sub-agents of one parent differ at their ids' ends, which are kept; a short id stays.
+    assert _cut_session_id(f"{parent}/agent-a1b2c3d4e5f6a7b8c9") == "3f2a9c1e…/…2c3d4e5f6a7b8c9"
+    assert _cut_session_id("ab/cdefghijklmnop") == "ab/cdefghijklmnop"
 
 
 def test_cli_stats(index_dest: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1166,7 +1170,9 @@ def test_show_of_a_session_whose_mirrored_file_is_gone_names_its_host_and_the_wa
     assert event["host"] == "h0" and event["path"] == rel  # as `sessions list` names it
     assert "No such file or directory" in event["message"]
     assert "free space" not in event["hint"]
-    assert "sync" in event["hint"] and f"index rebuild --dest {show_dest}" in event["hint"]
+    # A sync's recovery fetches it again, or drops its row: a rebuild alone would not.
+    assert f"remote-sync sync h0 --dest {show_dest}" in event["hint"], event["hint"]
+    assert "index rebuild" not in event["hint"]
     code, out, err = cli(show, capsys)
     assert code == 1 and f"h0: {rel}: cannot read the mirrored session" in err, err
 

@@ -306,12 +306,13 @@ def _unreadable(
     """``exc`` (a mirrored session that could not be read) naming the host and the path as
     listings name them, with what gets the file back: the default hint (free space, fix
     permissions) fits a failed write, not a file the index lists and the mirror lost."""
-    if isinstance(exc.__cause__, FileNotFoundError):
-        # Removed by hand or by a cleanup: a sync fetches a file missing from the mirror
-        # whole again while the host has it; a rebuild indexes what the mirror holds.
+    if isinstance(exc.__cause__, (FileNotFoundError, NotADirectoryError)):
+        # Removed by hand or by a cleanup: a sync's recovery finds the file missing, fetches
+        # it whole again while the host has it, and otherwise drops it from the index (a
+        # rebuild alone keeps reporting it: its checkpoint still claims bytes).
         hint = (
-            f"a sync of {host} fetches it again while the host still has it; otherwise "
-            f"`remote-sync index rebuild --dest {dest}` drops it from the index"
+            f"run `remote-sync sync {host} --dest {dest}` (with your inventory): it fetches "
+            "the file again while the host still has it, and otherwise drops it from the index"
         )
     else:
         hint = f"fix the permissions of {local}, then run again"

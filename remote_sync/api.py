@@ -848,8 +848,8 @@ class _IndexReader:
     """A mirror listing's reads of the index, one batch per worker-thread call: the first
     opens the index and runs the query (its sort reads every matching row before the first
     comes out: 0.05-0.1 s over 10,000 sessions), each call builds one batch's rows,
-    and nothing is read ahead, so memory stays at a batch and a cancel between batches reads
-    no further row.
+    and no batch is built ahead of the caller (the query hands rows over 1,024 at a time), so
+    memory stays at about a batch and a cancel between batches builds no further row.
 
     The connection is used by one thread at a time (opened with ``check_same_thread=False``
     by :func:`~remote_sync.index.query.open_index`). A cancel while a call is in its thread
@@ -876,8 +876,7 @@ class _IndexReader:
         """The next batch (empty at the end), read in a worker thread that a cancel (of
         ``token``: :class:`TransferCancelledError` naming no host; or of the caller's scope)
         stops waiting for at once."""
-        with token.scope():
-            return await anyio.to_thread.run_sync(self._read, abandon_on_cancel=True)
+        return await _in_thread(token, self._read)
 
     def _read(self) -> list[SessionRow]:
         """In a worker thread: the next batch, the index opened and queried first."""

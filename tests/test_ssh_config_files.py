@@ -401,11 +401,16 @@ def test_a_jump_uri_is_decoded_as_ssh_decodes_it(hop: str, parsed: tuple[object,
         "ssh://u@a..b",
         "ssh://u@[::1]:2200",  # no IPv6 address in a URI
         "ssh://u@",
+        "ssh://u@jh:\uff12\uff12",  # full-width digits are no port (ssh refuses them too)
+        "ssh://u@jh:\u00b2",
+        # Stricter than ssh, which sends these bytes as the user: asyncssh takes text.
+        "ssh://a%FF@jh",
     ],
 )
 def test_a_jump_uri_ssh_refuses_is_refused(hop: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as refused:
         sshconfig.jump_hop(hop)
+    assert type(refused.value) is ValueError  # a reason of ours, not int()'s or a codec's
 
 
 def _ssh_jump_hop(hop: str, tmp_path: Path) -> tuple[str | None, str, int | None] | None:
@@ -522,6 +527,23 @@ def test_a_backslash_ssh_keeps_is_kept(tmp_path: Path) -> None:
     assert (resolved.user, resolved.port) == ("CORP\\u", 22)
     ep = Endpoint(address="other", ssh_config=(str(cfg),), known_hosts=str(cfg))
     assert pool_module._prepare(ep, "other").resolved.user == "a=b"
+
+
+def test_a_quoted_keyword_is_read_as_ssh_reads_it(tmp_path: Path) -> None:
+    """A keyword in quotes that do not close is a line ssh drops (it was applied here: the
+    connection went to another HostName than ssh's); after a closed one, the value starts
+    right after the quote (``"User"=alice`` is the user ``=alice``); a quote right after an
+    unquoted keyword is an error, as ssh refuses the file."""
+    cfg = tmp_path / "config"
+    cfg.write_text('Host box\n  "HostName evil.example\n  "Port 2200\n  "User"=alice\n')
+    assert _ssh_values(cfg, "hostname") == ["box"]
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    resolved = pool_module._prepare(ep, "box").resolved
+    assert (resolved.host, resolved.port, resolved.user) == ("box", 22, "=alice")
+    assert _ssh_values(cfg, "user") == ["=alice"]
+    cfg.write_text('Host box\n  User"x"\n')
+    with pytest.raises(ConfigError, match="line 2"):
+        pool_module._prepare(ep, "box")
 
 
 # --- algorithm names asyncssh does not support --------------------------------------------

@@ -217,8 +217,29 @@ def _split_quoted(line: str) -> list[str]:
     return words
 
 
-#: A line's keyword (after optional quotes, up to blanks or ``=``) and the rest of it.
-_LINE = re.compile(r'[ \t]*"?([^ \t="]*)"?[ \t]*(?:=[ \t]*)?(.*)', re.DOTALL)
+#: A line's unquoted keyword (up to blanks, ``=`` or a quote) and the rest of it.
+_KEYWORD = re.compile(r'[ \t]*([^ \t="]*)(.*)', re.DOTALL)
+
+
+def keyword_and_rest(line: str) -> tuple[str, str] | None:
+    """A line's keyword and the text of its value, as readconf.c's strdelim takes the
+    keyword: up to blanks or one ``=`` between them (``User=a=b`` is User ``a=b``, ``User =
+    =x`` User ``=x``); or in double quotes, the value then starting right after the closing
+    quote (``"User"=x`` is User ``=x``). None for a line ssh drops as if it were blank (a
+    quote opened before the keyword that does not close); a ValueError for a quote right
+    after an unquoted keyword (``User"x"``), where ssh reads a keyword ``userx`` and refuses
+    the file."""
+    if line.lstrip(" \t").startswith('"'):
+        text = line.lstrip(" \t")
+        close = text.find('"', 1)
+        return None if close < 0 else (text[1:close], text[close + 1 :])
+    found = _KEYWORD.fullmatch(line)
+    assert found is not None  # the pattern matches any text
+    keyword, rest = found[1], found[2]
+    if rest.startswith('"'):
+        raise ValueError(f"a quote right after the keyword {keyword!r}, which ssh refuses too")
+    rest = rest.lstrip(" \t")
+    return keyword, rest[1:].lstrip(" \t") if rest.startswith("=") else rest
 
 
 def split_line(line: str) -> list[str]:
@@ -239,10 +260,10 @@ def split_line(line: str) -> list[str]:
         words = _plain_words(line)
         if words is not None:
             return words  # the keyword is the first word, as no quote or = is in it
-    found = _LINE.fullmatch(line)
-    if found is None:  # pragma: no cover - the pattern matches any text
-        return split_words(line)
-    keyword, rest = found[1], found[2]
+    found = keyword_and_rest(line)
+    if found is None:
+        return []  # a line ssh drops (asyncssh skips a line without words)
+    keyword, rest = found
     words = split_words(rest)
     lowered = keyword.lower()
     if lowered == "host":
@@ -369,11 +390,14 @@ class _Walk:
         unknown: list[tuple[int, str]] = []
         always = inherited  # the line is in a block that applies to every host
         for number, line in enumerate(lines, 1):
-            found = _LINE.fullmatch(line.strip())
-            keyword = found[1].lower() if found else ""
+            try:
+                found = keyword_and_rest(line.strip())
+            except ValueError:
+                found = None  # asyncssh stops on it where it reads it, naming the line
+            keyword = found[0].lower() if found else ""
             if not keyword or keyword.startswith("#"):
                 continue
-            rest = found[2] if found else ""
+            rest = found[1] if found else ""
             if keyword in ("host", "match", "include", "ignoreunknown"):
                 try:
                     words = split_words(rest)
@@ -556,8 +580,9 @@ def jump_hop(hop: str) -> tuple[str | None, str, int | None]:
     last ``@``, an IPv6 address in brackets (``[::1]:2222``); or an ``ssh://`` URI
     (:func:`_uri_hop`). Returns (user or None, host, port or None); an empty host, or a port
     that is not a number from 1 to 65535, is a ValueError. Looser than ssh in places (the
-    host of the first form is not checked), stricter in one (a port is never a service
-    name): what both read, they read alike."""
+    host of the first form is not checked), stricter in others (a port is never a service
+    name nor signed, ``+22``; a URI's user must decode to UTF-8): what both read, they read
+    alike."""
     text = hop.strip()
     if text.startswith("ssh://"):
         return _uri_hop(text)
@@ -591,7 +616,10 @@ def _uri_hop(uri: str) -> tuple[str | None, str, int | None]:
         name = info.split(";", 1)[0]  # "Just ignore connection params for now" (ssh)
         if not name or _BAD_URL_ESCAPE.search(name):
             raise ValueError(f"bad user name {info!r}: empty, or a % not two hex digits")
-        user = urllib.parse.unquote_plus(name, errors="surrogateescape")
+        try:  # a user that is not UTF-8 could not be sent (asyncssh takes text): refused
+            user = urllib.parse.unquote_plus(name, errors="strict")
+        except UnicodeDecodeError:
+            raise ValueError(f"bad user name {info!r}: not UTF-8 once decoded") from None
     else:
         rest = info
     # hpdelim2: the host up to ':' or '/', or a bracketed one up to its ']'.
@@ -612,11 +640,16 @@ def _uri_hop(uri: str) -> tuple[str | None, str, int | None]:
         raise ValueError(f"a path, {path!r}, after the host")
     if _DOMAIN.fullmatch(host) is None or ".." in host:
         raise ValueError(f"bad host name {host!r} (a URI takes a domain name or IPv4 address)")
-    port = int(port_text) if port_text.isdigit() else None
+    port = (
+        int(port_text) if _DIGITS.fullmatch(port_text) else None
+    )  # no full-width digits, no "+22"
     if port_text and (port is None or not 0 < port < 65536):
         raise ValueError(f"bad port {port_text!r}")
     return user, host.removesuffix("."), port
 
+
+#: A port as written: ASCII digits only (str.isdigit also takes other scripts' digits).
+_DIGITS = re.compile(r"[0-9]+")
 
 #: A ``%`` of a URI's user that is no escape ssh decodes: not two hex digits, or a NUL.
 _BAD_URL_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})|%00")

@@ -929,6 +929,13 @@ async def test_known_hosts_files_are_the_ones_ssh_reads(
     async with SSHPool() as pool:
         with pytest.raises(HostKeyError, match="unknown"):
             await run_command(pool, nothing, ["true"])
+        # Under accept-new there is still nowhere to record it: the hint says so, where it
+        # said to run again with --accept-new-host-keys, which is what failed.
+        asked = dataclasses.replace(nothing, host_key_policy="accept-new")
+        with pytest.raises(HostKeyError, match="unknown") as refused:
+            await run_command(pool, asked, ["true"])
+    assert "UserKnownHostsFile none" in refused.value.hint, refused.value.hint
+    assert "--accept-new-host-keys" not in refused.value.hint
     system.write_text(_key_line(fleet))
     pinned = configured(f"  GlobalKnownHostsFile {system}\n")
     async with SSHPool() as pool:
@@ -939,6 +946,14 @@ async def test_known_hosts_files_are_the_ones_ssh_reads(
         with pytest.raises(HostKeyError, match=f"CHANGED .*{system}"):
             await run_command(pool, accept_new, ["true"])
     assert not (home / ".ssh" / "known_hosts").exists()
+    # Held in two files: the hint removes it from both (one left still refuses the host).
+    mine = tmp_path / "mine"
+    mine.write_text(system.read_text())
+    both = configured(f"  UserKnownHostsFile {mine}\n  GlobalKnownHostsFile {system}\n")
+    async with SSHPool() as pool:
+        with pytest.raises(HostKeyError, match="CHANGED") as changed:
+            await run_command(pool, both, ["true"])
+    assert f"-f {mine}" in changed.value.hint and f"-f {system}" in changed.value.hint
 
 
 async def test_accept_new_records_a_host_key_alias_without_the_port(

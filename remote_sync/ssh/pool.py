@@ -1559,16 +1559,27 @@ def _host_key_hint(client: _Client) -> str | None:
         return None
     name = shlex.quote(client.key_name)
     if client.host_key_state == "changed":
-        files = " ".join(f"-f {shlex.quote(path)}" for path in client.held_in[:1])
+        # Each file that holds the old key: one left behind still refuses the host.
+        removals = "; ".join(
+            f"ssh-keygen -R {name} -f {shlex.quote(path)}" for path in client.held_in
+        )
         return (
             f"the host now offers {client.offered}; if that change is expected (the host "
-            f"was reinstalled), verify it out of band, remove the old key (ssh-keygen -R "
-            f"{name} {files}) and connect once with ssh; checks are never skipped"
+            f"was reinstalled), verify it out of band, remove the old key ({removals}) and "
+            "connect once with ssh; checks are never skipped"
+        )
+    if client.policy == "accept-new" and not client.files.user:
+        return (
+            f"the host offers {client.offered}; accept-new is asked for, but the ssh_config "
+            "names no known_hosts file to record it in (UserKnownHostsFile none): verify "
+            "the key out of band and add it to a known_hosts file; checks are never skipped"
         )
     return (
         f"the host offers {client.offered}: verify it out of band, then record it by "
         "connecting once with ssh, or run again with --accept-new-host-keys (for an "
-        'inventory host: host_key_policy = "accept-new"); checks are never skipped'
+        'inventory host: host_key_policy = "accept-new"; for a ProxyJump host, which '
+        "those leave strict: StrictHostKeyChecking accept-new in its ssh_config block); "
+        "checks are never skipped"
     )
 
 

@@ -54,6 +54,24 @@ def sync(inv: Path, dest: Path, capsys: pytest.CaptureFixture[str], *extra: str)
     return code, summary, events
 
 
+def adhoc_sync_args(fleet: SSHFleet, dest: Path) -> list[str]:
+    """``sync h0`` as an ad-hoc host (no inventory): the fleet's ssh_config, known_hosts and
+    h0's data directory as the root, JSON events."""
+    return [
+        "sync",
+        "h0",
+        "--dest",
+        str(dest),
+        "-F",
+        str(fleet.ssh_config),
+        "--known-hosts",
+        str(fleet.known_hosts),
+        "--root",
+        str(fleet.path("h0")),
+        "--json",
+    ]
+
+
 def assert_exact(fleet: SSHFleet, dest: Path, name: str) -> None:
     want = expected_tree(fleet.path(name))
     got = mirror_tree(dest, name)
@@ -641,22 +659,7 @@ def test_adhoc_host_with_ssh_config(
 ) -> None:
     make_openclaw_tree(fleet, "h0")
     dest = tmp_path / "m"
-    code, events = run_cli(
-        [
-            "sync",
-            "h0",
-            "--dest",
-            str(dest),
-            "-F",
-            str(fleet.ssh_config),
-            "--known-hosts",
-            str(fleet.known_hosts),
-            "--root",
-            str(fleet.path("h0")),
-            "--json",
-        ],
-        capsys,
-    )
+    code, events = run_cli(adhoc_sync_args(fleet, dest), capsys)
     assert code == 0, events
     assert_exact(fleet, dest, "h0")
 
@@ -1308,22 +1311,7 @@ def test_a_destination_on_a_full_disk_says_so_and_exits_1(
             ["mount", "-o", f"remount,nr_inodes={used + 2}", str(small_disk)], check=True
         )
     dest = small_disk / "m"
-    code, events = run_cli(
-        [
-            "sync",
-            "h0",
-            "--dest",
-            str(dest),
-            "-F",
-            str(fleet.ssh_config),
-            "--known-hosts",
-            str(fleet.known_hosts),
-            "--root",
-            str(fleet.path("h0")),
-            "--json",
-        ],
-        capsys,
-    )
+    code, events = run_cli(adhoc_sync_args(fleet, dest), capsys)
     (error,) = [e for e in events if isinstance(e, ErrorEvent)]
     assert code == 1 and error.kind == "mirror", error
     assert error.path == str(dest) and error.message.startswith(

@@ -266,7 +266,7 @@ async def sync(
     The options are :class:`~remote_sync.mirror.engine.SyncOptions`'s, with its defaults:
     ``concurrency`` hosts at once (``--concurrency``), ``dry_run`` (``--dry-run``: report what
     would move, write nothing), ``idle_timeout`` seconds a remote command may stay silent
-    (``--timeout``; None: no limit), ``pool`` the SSH pool's tuning (None: the defaults) and
+    (``--timeout``; 0 or None: no limit), ``pool`` the SSH pool's tuning (None: the defaults) and
     ``index`` (off: ``--no-index``, mirror only).
 
     A cancel through the registry does not raise, unlike a listing's or a show's (which
@@ -277,6 +277,8 @@ async def sync(
     cancelled one from a failed one), whose ``exit_code`` is 130, the CLI's on Ctrl-C. What
     was committed before the cancel stays, consistent with the state."""
     _check_concurrency(concurrency)  # as a listing's (the engine would take 0 as 1)
+    _check_names(hosts)
+    idle_timeout = _idle_limit(idle_timeout)
     _require_asyncio()
     registry = registry if registry is not None else default_registry
     # The token registered at the call (adopted here), before the engine is imported (in a
@@ -366,7 +368,7 @@ async def stream_sessions(
     the same under the host ``""``), and the
     :class:`~remote_sync.errors.TransferCancelledError` raised names no host (a listing
     raises it where :func:`sync` returns a summary with exit code 130). A host
-    whose command sends nothing for ``idle_timeout`` seconds fails (None: no limit).
+    whose command sends nothing for ``idle_timeout`` seconds fails (0 or None: no limit).
 
     ``pool`` tunes the SSH connection pool of a remote listing as it does ``sync``'s (say a
     short ``connect_timeout``, so that a host that hangs in its handshake fails soon instead
@@ -376,7 +378,9 @@ async def stream_sessions(
     check_batch_size(batch_size)
     if remote:
         _check_remote_listing(dest, hosts)
+        _check_names(hosts)
         _check_concurrency(concurrency)
+        idle_timeout = _idle_limit(idle_timeout)
         _require_asyncio()
     emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
@@ -439,7 +443,7 @@ async def read_session(
     bytes shown, in a worker thread, never taking the mirror's lock. Without it, straight from
     the :class:`~remote_sync.inventory.Host` over SSH (``sessions show --remote``): only the
     bytes shown, in one remote command; the host fails if its command sends nothing for
-    ``idle_timeout`` seconds (None: no limit), and ``pool`` tunes its SSH connection as it does
+    ``idle_timeout`` seconds (0 or None: no limit), and ``pool`` tunes its SSH connection as it does
     ``sync``'s (its ``window``, left at the default, is the show's own smaller one: a show
     stops reading early). ``emit`` gets a ``fetching`` progress event (over SSH, then the
     warnings of the host's ssh_config, as :func:`stream_sessions` gives them), then ``done``
@@ -456,10 +460,9 @@ async def read_session(
     if dest is not None:
         fetch = partial(_read_mirrored, Path(dest), name, session, head, tail, page, page_size)
     elif isinstance(host, Host):
+        limit = _idle_limit(idle_timeout)
         _require_asyncio()
-        fetch = partial(
-            _read_remote, host, session, head, tail, page, page_size, idle_timeout, pool, emit
-        )
+        fetch = partial(_read_remote, host, session, head, tail, page, page_size, limit, pool, emit)
     else:
         raise ValueError(
             f"host {host!r} is a name: pass dest (the mirror to read the session from), "
@@ -985,6 +988,42 @@ def _check_concurrency(concurrency: int) -> None:
             f"concurrency must be a whole number of at least 1, not {concurrency!r}",
             hint="pass how many hosts may be read at once",
         )
+
+
+def _check_names(hosts: Sequence[Host]) -> None:
+    """A :class:`ConfigError` for two of ``hosts`` of one name (compared ignoring case, as the
+    inventory compares them): a name is the host's directory in the mirror and its rows in
+    the state, so two sources under it would mix their histories (each taking the other's
+    files for rewrites), and a listing would give a host's rows twice."""
+    first: dict[str, int] = {}
+    for index, host in enumerate(hosts):
+        other = first.setdefault(host.name.casefold(), index)
+        if other != index:
+            raise ConfigError(
+                f"two hosts named {host.name!r}: hosts[{other}] and hosts[{index}] (names "
+                "are compared ignoring case; each is a directory of the mirror)",
+                host=host.name,
+                hint="give each Host a name of its own, or pass it once",
+            )
+
+
+def _idle_limit(idle_timeout: float | None) -> float | None:
+    """``idle_timeout`` as the remote commands take it: None for no limit, which 0 also
+    means (as ``--timeout 0`` does, and the idle timeout's hint says); a
+    :class:`ConfigError` for anything but 0 or more seconds (a negative one failed every
+    host at once, a NaN deep inside each host's round)."""
+    if idle_timeout is None:
+        return None
+    if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
+        number = False
+    else:
+        number = idle_timeout >= 0  # False for NaN
+    if not number:
+        raise ConfigError(
+            f"idle_timeout (--timeout) must be 0 (no limit) or more seconds, not {idle_timeout!r}",
+            hint="pass how many seconds a remote command may send nothing, or None for no limit",
+        )
+    return idle_timeout or None
 
 
 def _require_asyncio() -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import anyio
 import pytest
 import test_sessions_cli
+from synchelp import make_openclaw_tree, write_inventory
 from test_sessions_cli import NOW, make_mirror, openclaw_session
 
 import remote_sync
@@ -49,7 +50,7 @@ from remote_sync.index import query
 from remote_sync.index.facts import Message
 from remote_sync.index.show import ShowResult, show_session
 from remote_sync.index.update import rebuild_index
-from remote_sync.inventory import Host, Source
+from remote_sync.inventory import Host, Source, load_inventory
 from remote_sync.ssh.pool import Endpoint, PoolSettings
 
 LONG = "agents/main/sessions/long-0001.jsonl"
@@ -335,6 +336,64 @@ async def test_a_sync_with_no_concurrency_is_refused_as_a_listing_is(tmp_path: P
         with pytest.raises(ConfigError, match="concurrency must be"):
             await call()
     assert not (tmp_path / "m").exists()
+
+
+async def test_two_hosts_of_one_name_are_refused_before_anything_is_touched(
+    tmp_path: Path,
+) -> None:
+    """Each host is a directory of the mirror and rows of its state: a sync given two Hosts
+    of one name ran both rounds at once into that directory, each taking the other's files
+    for rewrites (two sources under one name mixed, the state left holding whichever root
+    came last, so that the next sync of the first was refused), and a listing gave every
+    row twice. The inventory refuses such names (compared ignoring case, as a mirror on a
+    case-insensitive disk would); a library caller is told the same, before any host is
+    contacted or the destination made."""
+    other = dataclasses.replace(nowhere("Nowhere"), source=Source("openclaw", "/y", ("*",)))
+    for hosts in ([nowhere(), nowhere()], [nowhere(), other]):
+        for call in (
+            api.sync(hosts, tmp_path / "m"),
+            api.list_sessions(remote=True, hosts=hosts),
+        ):
+            with pytest.raises(ConfigError, match="two hosts named") as refused:
+                await call
+            assert refused.value.host == hosts[1].name
+            assert "hosts[0] and hosts[1]" in refused.value.message
+            assert "a name of its own" in refused.value.hint
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), "60"])
+async def test_a_bad_idle_timeout_is_refused_before_any_host_is_contacted(
+    tmp_path: Path, bad: Any
+) -> None:
+    """A negative idle_timeout failed every host with "no output for -1 s", and a NaN with
+    an internal error from deep inside each host's round: a bad value is a ConfigError
+    naming the argument and the option, before any host is contacted."""
+    for call in (
+        lambda: api.sync([nowhere()], tmp_path / "m", idle_timeout=bad),
+        lambda: api.list_sessions(remote=True, hosts=[nowhere()], idle_timeout=bad),
+        lambda: api.read_session(nowhere(), "s", idle_timeout=bad),
+    ):
+        with pytest.raises(ConfigError, match=r"idle_timeout \(--timeout\) must be"):
+            await call()
+    assert not (tmp_path / "m").exists()
+
+
+async def test_an_idle_timeout_of_zero_is_no_limit_as_the_hint_and_the_cli_say(
+    fleet: Any, tmp_path: Path
+) -> None:
+    """The idle timeout's hint says "idle_timeout in the library; 0 or None: no limit", as
+    ``--timeout 0`` is; the library took 0 for a limit of 0 s, and every host failed at once
+    with "no output for 0 s"."""
+    make_openclaw_tree(fleet, "h0", agents=1, sessions=2)
+    host = load_inventory(write_inventory(fleet, tmp_path / "inv.toml", ["h0"])).hosts[0]
+    summary = await api.sync([host], tmp_path / "m", idle_timeout=0)
+    assert (summary.exit_code, summary.files.new) == (0, 3), summary
+    errors: list[Any] = []
+    listed = await api.list_sessions(remote=True, hosts=[host], idle_timeout=0, errors=errors)
+    assert (len(listed), errors) == (2, [])
+    shown = await api.show_session(host, "sess-0-1", tail=1, idle_timeout=0)
+    assert len(shown) == 1
 
 
 async def test_session_stats_are_those_of_sessions_stats(index_dest: Path) -> None:

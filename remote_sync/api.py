@@ -332,7 +332,8 @@ async def stream_sessions(
 
     From the mirror at ``dest`` (its index), or with ``remote=True`` straight from ``hosts``
     over SSH, decoding each transcript as it streams (``dest`` with ``remote=True``, or no
-    ``hosts``, is a :class:`~remote_sync.errors.ConfigError`, as for the CLI). The
+    ``hosts``, is a :class:`~remote_sync.errors.ConfigError`, as for the CLI; so are
+    ``hosts`` without ``remote=True``, and neither ``dest`` nor ``remote=True``). The
     filters are those of ``sessions list``, the keys of :class:`ListingOptions` given as
     keywords: ``host``, ``format``, ``agent``, ``since`` (an ISO date or datetime, or an age
     such as ``7d``), ``klass`` (``empty``, ``low``, ``valuable``), ``state``, ``sort``
@@ -376,7 +377,9 @@ async def stream_sessions(
     smaller one (rows decode more slowly than a window refills).
     """
     check_batch_size(batch_size)
-    if remote:
+    if not remote:
+        mirror = _check_mirror_listing(dest, hosts)
+    else:
         _check_remote_listing(dest, hosts)
         _check_names(hosts)
         _check_concurrency(concurrency)
@@ -391,7 +394,7 @@ async def stream_sessions(
                 hosts, batch_size, emit, token, failures, options, idle_timeout, concurrency, pool
             )
         else:
-            batches = _local_batches(dest, batch_size, token, emit, options)
+            batches = _local_batches(mirror, batch_size, token, emit, options)
         # Closed with this generator (so the hosts stop as soon as it is closed), not left to
         # the garbage collector.
         async with aclosing(batches):
@@ -809,7 +812,7 @@ class _HostReader:
 
 
 async def _local_batches(
-    dest: str | Path | None,
+    dest: str | Path,
     batch_size: int,
     token: CancelToken,
     emit: Emit,
@@ -820,8 +823,6 @@ async def _local_batches(
     read so far before each batch, then ``done``; a listing stopped by a cancel through the
     registry (or failing) after its first batch reports its error, then ``done``. Each batch
     is read in a worker thread (:class:`_IndexReader`), so the event loop goes on meanwhile."""
-    if dest is None:
-        raise ValueError("dest is required unless remote=True")
     await _import_off_the_loop()
     reader = _IndexReader(Path(dest), batch_size, options)
     done = 0
@@ -959,6 +960,26 @@ def _import_all(modules: Sequence[str]) -> None:
         # Only a head start: the import where the module is used raises it, in context.
         with suppress(ImportError):
             importlib.import_module(name)
+
+
+def _check_mirror_listing(dest: str | Path | None, hosts: Sequence[Host]) -> str | Path:
+    """``dest``, unless a listing of a mirror cannot be what was meant: ``hosts`` would be
+    ignored without a word (the CLI refuses ``--inventory`` without ``--remote``), and
+    without ``dest`` there is nothing to list. A :class:`ConfigError` for each."""
+    if hosts:
+        raise ConfigError(
+            "hosts (--inventory) apply only with remote=True (--remote): without it the "
+            "mirror at dest is read",
+            hint="pass remote=True to ask the hosts over SSH, or leave hosts out to read the "
+            "mirror's index",
+        )
+    if dest is None:
+        raise ConfigError(
+            "nothing to list: no dest (--dest) and no remote=True (--remote)",
+            hint="pass dest, a mirror that sync has filled, or remote=True and hosts to ask "
+            "the hosts over SSH",
+        )
+    return dest
 
 
 def _check_remote_listing(dest: str | Path | None, hosts: Sequence[Host]) -> None:

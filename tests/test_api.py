@@ -468,6 +468,32 @@ async def test_a_remote_listing_without_hosts_names_what_to_pass() -> None:
     assert events == []
 
 
+async def test_a_mirror_listing_given_hosts_or_no_dest_names_what_to_pass(
+    index_dest: Path,
+) -> None:
+    """Hosts given without remote=True were ignored without a word (the mirror listed, not
+    them: the CLI refuses --inventory without --remote), and neither dest nor remote=True
+    was a bare ValueError, which a caller catching the API's errors missed. Both are
+    ConfigErrors naming the arguments, the options and what to pass."""
+    for call in (
+        api.list_sessions(dest=index_dest, hosts=[nowhere()]),
+        api.list_sessions(hosts=[nowhere()]),
+    ):
+        with pytest.raises(ConfigError) as given_hosts:
+            await call
+        assert given_hosts.value.message == (
+            "hosts (--inventory) apply only with remote=True (--remote): without it the "
+            "mirror at dest is read"
+        )
+        assert "pass remote=True" in given_hosts.value.hint
+    with pytest.raises(ConfigError) as nothing:
+        await api.list_sessions()
+    assert nothing.value.message == (
+        "nothing to list: no dest (--dest) and no remote=True (--remote)"
+    )
+    assert "pass dest" in nothing.value.hint and "remote=True" in nothing.value.hint
+
+
 async def test_an_unknown_format_is_refused_as_a_bad_class_is(index_dest: Path) -> None:
     """format="nope" matched nothing without a word, while klass="nope" is a ConfigError."""
     known = ", ".join(sorted(FORMATS))  # the inventory's formats are the readers' formats

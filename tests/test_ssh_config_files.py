@@ -546,6 +546,42 @@ def test_a_quoted_keyword_is_read_as_ssh_reads_it(tmp_path: Path) -> None:
         pool_module._prepare(ep, "box")
 
 
+def test_a_host_line_s_words_are_patterns_and_a_comma_is_a_letter(tmp_path: Path) -> None:
+    """ssh takes each word of a ``Host`` line for one pattern, a comma in it a character
+    like any other: ``Host a,box`` applies to neither ``a`` nor ``box`` (asyncssh, and the
+    pre-flight's walk, read it as the list ``a``, ``box``), while ``Match host a,box`` is a
+    comma-separated list. The same config, read by ssh -G and by the pre-flight, gives
+    ``box`` the same values."""
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        "Host a,box\n  User fromhost\n  Port 1111\n"
+        "Host other box,\n  Port 2222\n"
+        "Match host a,box\n  HostKeyAlias frommatch\n"
+        "Host box*\n  User starred\n"
+    )
+    for option, key in (("User", "user"), ("HostKeyAlias", "hostkeyalias")):
+        assert _our_values(cfg, option) == _ssh_values(cfg, key)
+    assert _ssh_values(cfg, "user") == ["starred"]
+    assert _ssh_values(cfg, "port") == ["22"]
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    resolved = pool_module._prepare(ep, "box").resolved
+    assert (resolved.user, resolved.port) == ("starred", 22)
+    # The walk's IgnoreUnknown: the first of a block that applies to every host is the
+    # one ssh goes by; ``Host *,x`` is not such a block (it applies to names ending ,x).
+    cfg.write_text("Host *,x\n  IgnoreUnknown Foo\nHost *\n  IgnoreUnknown Bar\n  Bar yes\n")
+    assert _ssh("-F", str(cfg), "-G", "box").returncode == 0
+    assert SSHPool().preflight(ep, "box") is None
+
+
+def test_an_empty_host_pattern_is_refused_as_ssh_refuses_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "config"
+    cfg.write_text('Host box ""\n  Port 1\n')
+    assert _ssh_values(cfg, "port") is None
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    with pytest.raises(ConfigError, match="line 1: an empty Host pattern"):
+        pool_module._prepare(ep, "box")
+
+
 # --- algorithm names asyncssh does not support --------------------------------------------
 
 

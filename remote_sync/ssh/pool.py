@@ -78,6 +78,7 @@ from .sshconfig import (
     connection_hash,
     default_files,
     expand_match_exec,
+    host_block_applies,
     jump_hop,
     lowercase_host,
     match_exec_tokens,
@@ -1977,6 +1978,8 @@ def _read_config_as_ssh_does() -> None:
       cut the command in two there, "Invalid match condition");
     - a time with units (``ServerAliveInterval 1m``, ``ConnectTimeout 10s``).
 
+    decide whether a ``Host`` line applies as ssh decides (:func:`_host_block`: its words
+    are patterns, a comma in one a character, where asyncssh read one comma-separated list);
     expand ssh's ``%`` tokens in a ``Match exec`` command, which it ran as written
     (:func:`_expanding_match_exec`), and keep the StrictHostKeyChecking and HashKnownHosts
     options, which it skipped, and PubkeyAcceptedAlgorithms (or PubkeyAcceptedKeyTypes),
@@ -2011,6 +2014,9 @@ def _read_config_as_ssh_does() -> None:
         entry = handlers.get(option.lower())
         if entry is not None and not getattr(entry[1], "notes_where", False):
             handlers[option.lower()] = (entry[0], _noting_where(entry[1]))
+    entry = handlers.get("host")
+    if entry is not None and entry[1] is not _host_block:
+        handlers["host"] = (entry[0], _host_block)
     entry = handlers.get("match")
     run = getattr(module, "_exec", None)
     if entry is not None and run is not None and not getattr(entry[1], "exec_tokens", False):
@@ -2022,6 +2028,17 @@ def _read_config_as_ssh_does() -> None:
         # Never run here (see _ignored_remote_command), so its tokens are not expanded:
         # asyncssh stopped the whole host on one it lacks that ssh expands there (%k, %j).
         config_class._percent_expand = expanded - {"RemoteCommand"}
+
+
+def _host_block(config: Any, option: str, args: list[str]) -> None:
+    """asyncssh's Host handler, deciding as ssh decides
+    (:func:`~remote_sync.ssh.sshconfig.host_block_applies`: each word one pattern, a comma in
+    it a character; asyncssh joined the words into one comma-separated list, so ``Host a,b``
+    applied to ``b``); an empty pattern is refused, as ssh refuses it."""
+    if any(not word for word in args):
+        config._error('an empty Host pattern, which ssh refuses too ("empty argument")')
+    config._matching = host_block_applies(config._orig_host, args)
+    args.clear()
 
 
 #: The options whose file and line are kept, for the warnings that name them.

@@ -31,6 +31,9 @@ What it owns:
   command would run).
 - A ProxyJump hop read as ssh reads it (:func:`jump_hop`), an ``ssh://`` URI's user
   URL-decoded, and what ssh refuses there refused; %j (:func:`jump_host`).
+- Whether a ``Host`` line applies (:func:`host_block_applies`): its words are patterns, a
+  comma in one a character, not the comma-separated list asyncssh (and ``Match host``)
+  reads.
 - The host name lowercased as ssh lowercases it (:func:`lowercase_host`); %C
   (:func:`connection_hash`).
 """
@@ -276,6 +279,25 @@ def split_line(line: str) -> list[str]:
     return [keyword, *words] if keyword or words else []
 
 
+def host_block_applies(name: str, patterns: Sequence[str]) -> bool:
+    """Whether a ``Host`` line of ``patterns`` applies to the host ``name``, as ssh decides
+    (readconf.c's Host: match_pattern on each word): each word is one pattern (``*`` and
+    ``?`` wildcards, compared case and all), a comma in it a character like any other, so
+    ``Host a,b`` applies to neither ``a`` nor ``b`` (a ``Match host`` list is parted by
+    commas; a ``Host`` list by blanks); one starting with ``!`` that matches makes the line
+    apply to none. asyncssh took a ``Host`` line's words for one comma-separated list."""
+    from asyncssh.pattern import WildcardPattern
+
+    applies = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        if WildcardPattern(pattern[1:] if negated else pattern).matches(name):
+            if negated:
+                return False
+            applies = True
+    return applies
+
+
 def others_may_change(st: os.stat_result) -> bool:
     """Whether another user than this one may change the file of ``st``, as ssh judges it
     (secure_permissions): owned by someone else than this user or root, writable by all,
@@ -404,11 +426,9 @@ class _Walk:
                 except ValueError:
                     words = []  # unclosed quote: asyncssh stops on it where it reads it
                 if keyword == "host":
-                    patterns = [part for word in words for part in word.split(",")]
+                    # Each word one pattern, a comma in it a letter (host_block_applies).
                     always = (
-                        inherited
-                        and "*" in patterns
-                        and not any(p.startswith("!") for p in patterns)
+                        inherited and "*" in words and not any(p.startswith("!") for p in words)
                     )
                 elif keyword == "match":
                     always = inherited and [word.lower() for word in words] == ["all"]

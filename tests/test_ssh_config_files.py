@@ -582,6 +582,47 @@ def test_an_empty_host_pattern_is_refused_as_ssh_refuses_it(tmp_path: Path) -> N
         pool_module._prepare(ep, "box")
 
 
+@pytest.mark.parametrize(
+    "criteria",
+    [
+        'exec "test %h = box" host=box,other user "*" # a comment',
+        '!host x originalhost "b?x"',
+        'exec "test a\\b = a\\b"',  # a backslash before a letter: kept by both readings
+    ],
+)
+def test_a_match_line_both_ssh_readings_agree_on_is_read_as_ssh_reads_it(
+    criteria: str, tmp_path: Path
+) -> None:
+    """A Match line written in what OpenSSH 9.2's splitter (strdelim) and 9.9's (argv_split,
+    which remote-sync follows) read alike applies as ssh -G says."""
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Match {criteria}\n  Port 1\n")
+    assert _our_values(cfg, "Port") == _ssh_values(cfg, "port") == ["1"]
+
+
+@pytest.mark.parametrize(
+    "criteria",
+    [
+        "exec 'test 1 = 1'",
+        'exec "test \\"a b\\" = \\"a b\\""',
+        "exec test\\ 1\\ =\\ 1",  # the argument has an = of its own: not cut there
+        "exec x=1",
+    ],
+)
+def test_a_match_line_is_split_as_openssh_9_9_splits_it(criteria: str, tmp_path: Path) -> None:
+    """OpenSSH 9.9 splits a Match line's criteria as every other line (argv_split: single
+    quotes, and a backslash escaping a quote, a backslash or a blank); up to 9.8 it split
+    them with strdelim (double quotes only, every backslash kept), and refuses these lines
+    ("Bad Match condition"), as the 9.2 here does. And 9.9 takes the word after a
+    criterion whole, ``=`` and all, where asyncssh cut it there (refusing the line).
+    remote-sync follows 9.9 (the README says so): the commands are ``test 1 = 1``,
+    ``test "a b" = "a b"`` and ``x=1``, which succeed."""
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Match {criteria}\n  Port 1\n")
+    assert _our_values(cfg, "Port") == ["1"]
+    assert _ssh_values(cfg, "port") is None  # ssh 9.2: "Bad Match condition"
+
+
 # --- algorithm names asyncssh does not support --------------------------------------------
 
 

@@ -72,6 +72,7 @@ from ..errors import (
 )
 from . import sshconfig
 from .sshconfig import (
+    MATCH_ALONE,
     SystemWide,
     UnsafeTokenValue,
     check_config_files,
@@ -2072,10 +2073,6 @@ def _noting_where(handler: Any) -> Any:
     return read
 
 
-#: The Match criteria that take no argument.
-_MATCH_ALONE = ("all", "canonical", "final")
-
-
 def _expanding_match_exec(match: Any) -> Any:
     """asyncssh's Match handler, with the ``%`` tokens of each ``exec`` command expanded
     first, as ssh expands them (:func:`~remote_sync.ssh.sshconfig.expand_match_exec`), from
@@ -2092,7 +2089,7 @@ def _expanding_match_exec(match: Any) -> Any:
         i = 0
         while i < len(args):
             criterion = args[i].lower().removeprefix("!")
-            if criterion in _MATCH_ALONE:
+            if criterion in MATCH_ALONE:
                 i += 1
                 continue
             if criterion == "exec" and i + 1 < len(args):

@@ -254,11 +254,11 @@ def split_line(line: str) -> list[str]:
     two for asyncssh), and the first of a value that starts with ``=`` (which asyncssh
     dropped); no other word of a line but a ``Match`` line is one.
 
-    A ``Match`` line is split as every other line. OpenSSH 9.2 (the release these were
-    checked against) splits its criteria with an older splitter of its own (strdelim:
-    double quotes only, every backslash kept, a single quote a letter, an ``=`` a
-    separator), so a criterion quoted with single quotes or backslashes may read
-    otherwise there."""
+    A ``Match`` line is split as every other line, as OpenSSH 9.9 and later split it
+    (:func:`_match_words`). Releases up to 9.8 split its criteria with an older splitter
+    of their own (strdelim: double quotes only, every backslash kept, a single quote a
+    letter, an ``=`` a separator), so a criterion quoted with single quotes or
+    backslashes reads otherwise there (the installed ssh refuses ``Match exec 'true'``)."""
     if "=" not in line:
         words = _plain_words(line)
         if words is not None:
@@ -271,12 +271,37 @@ def split_line(line: str) -> list[str]:
     lowered = keyword.lower()
     if lowered == "host":
         words = [QuotedWord(word) if "=" in word else word for word in words]
+    elif lowered == "match":
+        words = _match_words(words)
     elif lowered != "match" and words:
         # Plain str again, so that no QuotedWord ends up among the values asyncssh keeps.
         words = [str(word) for word in words]
         if words[0].startswith("="):
             words[0] = QuotedWord(words[0])
     return [keyword, *words] if keyword or words else []
+
+
+#: The Match criteria that take no argument.
+MATCH_ALONE = ("all", "canonical", "final")
+
+
+def _match_words(words: list[str]) -> list[str]:
+    """A Match line's words, each argument of a criterion a :class:`QuotedWord` if it has an
+    ``=``: OpenSSH 9.9 takes the word after a criterion whole (``Match exec test\\ 1\\ =\\ 1``
+    runs ``test 1 = 1``), where asyncssh cut every word of the line at its ``=``. A
+    criterion word is still cut there (``host=box`` is ``host box``, as ssh up to 9.8
+    reads it); its argument is then the word's own."""
+    marked: list[str] = []
+    argument = False  # the word is the argument of the criterion before it
+    for word in words:
+        if argument:
+            marked.append(QuotedWord(word) if "=" in word else word)
+            argument = False
+            continue
+        marked.append(word)
+        criterion = word.lower().removeprefix("!")
+        argument = criterion not in MATCH_ALONE and "=" not in word
+    return marked
 
 
 def host_block_applies(name: str, patterns: Sequence[str]) -> bool:

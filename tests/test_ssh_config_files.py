@@ -327,6 +327,28 @@ def test_j_and_the_connection_hash_name_the_last_jump_host_alone(
     assert (jump, connection) == ("bastion", hashlib.sha1(hashed.encode()).hexdigest())
 
 
+def test_a_config_has_one_connection_hash_with_its_jump_host(tmp_path: Path) -> None:
+    """%C is hashed one way for the whole config: with the last ProxyJump hop's host, as
+    OpenSSH 9.6 and later hash it (SHA-1 of %l%h%p%r%j), in IdentityFile, CertificateFile
+    and ProxyCommand as in Match exec. asyncssh's (OpenSSH 9.2's) had no jump host, so an
+    IdentityFile id_%C and a Match exec's %C named two hashes no ssh release gives at once."""
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        f"Host box\n  HostName 127.0.0.1\n  User someone\n  ProxyJump admin@bastion:2222\n"
+        f"  IdentityFile {tmp_path}/id_%C\n  CertificateFile {tmp_path}/cert_%C\n"
+        f'Match exec "printf %C >{tmp_path}/out"\n  ServerAliveCountMax 7\n'
+    )
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    resolved = pool_module._prepare(ep, "box").resolved
+    hashed = f"{socket.gethostname()}127.0.0.122someonebastion"
+    connection = hashlib.sha1(hashed.encode()).hexdigest()
+    assert (tmp_path / "out").read_text() == connection
+    assert [*resolved.identities, *resolved.certificates] == [
+        f"{tmp_path}/id_{connection}",
+        f"{tmp_path}/cert_{connection}",
+    ]
+
+
 @pytest.mark.parametrize(
     ("proxy_jump", "host"),
     [

@@ -81,6 +81,7 @@ from .sshconfig import (
     expand_match_exec,
     host_block_applies,
     jump_hop,
+    jump_host,
     lowercase_host,
     match_exec_tokens,
     nested_includes_error,
@@ -1862,7 +1863,8 @@ def _lowercase_host_as_ssh_does() -> None:
     The ``%h`` of the options asyncssh expands once a file is read (IdentityFile,
     CertificateFile, ProxyCommand, IdentityAgent, ForwardAgent) is that lowercased name too,
     and ``%C`` is hashed from it, as ssh expands them after lowercasing it (asyncssh used the
-    HostName as written: ``id_%h`` was ``id_Real.Example`` where ssh loads ``id_real.example``).
+    HostName as written: ``id_%h`` was ``id_Real.Example`` where ssh loads ``id_real.example``),
+    and from the ProxyJump host, as OpenSSH 9.6 and later hash it, and as ``Match exec`` has it.
 
     Where asyncssh's reader is not as expected (another asyncssh), nothing is changed."""
     config_class: Any = getattr(getattr(asyncssh, "config", None), "SSHClientConfig", None)
@@ -1909,10 +1911,13 @@ def _lowercase_host_as_ssh_does() -> None:
         set_tokens(config)
         tokens: dict[str, str] = config._tokens
         host = tokens.get("h")
-        if isinstance(host, str) and lowercase_host(host) != host:
+        if isinstance(host, str):
             tokens["h"] = lowercase_host(host)
-            # asyncssh's %C: ssh's of OpenSSH 9.2, without the jump host of 9.6.
-            tokens["C"] = connection_hash(tokens["l"], tokens["h"], tokens["p"], tokens["r"])
+            # The %C of Match exec too: with the jump host, as OpenSSH 9.6 and later hash it
+            # (asyncssh's, as 9.2's, had none, so one config had two).
+            jumps = config._options.get("ProxyJump")
+            jump = jump_host(jumps if isinstance(jumps, str) else None)
+            tokens["C"] = connection_hash(tokens["l"], tokens["h"], tokens["p"], tokens["r"], jump)
 
     loading.lowercases = True  # type: ignore[attr-defined]
     config_class.load = classmethod(loading)

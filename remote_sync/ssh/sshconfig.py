@@ -602,7 +602,8 @@ def match_exec_tokens(
 def connection_hash(local: str, host: str, port: str, remote_user: str, jump: str = "") -> str:
     """ssh's %C (ssh_connection_hash): the SHA-1 of this machine's host name, the host name,
     port and user, and the jump host (added in OpenSSH 9.6; empty without one, so the same
-    hash as older releases give then)."""
+    hash as older releases give then). The one %C of a config, in ``Match exec`` as in
+    IdentityFile, CertificateFile and ProxyCommand: 9.6's, as %j is there too."""
     connection = f"{local}{host}{port}{remote_user}{jump}"
     return hashlib.sha1(connection.encode("utf-8", "surrogateescape")).hexdigest()
 

@@ -517,7 +517,8 @@ def test_a_line_splits_into_the_words_ssh_splits_it_into(
     """Whatever quotes, backslashes, blanks, ``#`` and ``=`` a value holds, the pre-flight's
     reading and ssh -G (OpenSSH's argv_split) refuse it alike or read the same value. A
     value ssh refuses as empty ("Missing argument") may be read as empty here (asyncssh
-    takes an empty value; that is no matter of splitting)."""
+    takes an empty value; the pre-flight's walk refuses it, not the reading compared
+    here)."""
     cfg = tmp_path_factory.mktemp("words") / "config"
     cfg.write_text(f"Host box\n  {option}{separator}{value}\n")
     by_ssh = _ssh_values(cfg, _PRINTED[option])
@@ -643,6 +644,50 @@ def test_a_match_line_is_split_as_openssh_9_9_splits_it(criteria: str, tmp_path:
     cfg.write_text(f"Match {criteria}\n  Port 1\n")
     assert _our_values(cfg, "Port") == ["1"]
     assert _ssh_values(cfg, "port") is None  # ssh 9.2: "Bad Match condition"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        'Host box\n  User ""\n',
+        "Host other\n  User ''\n",  # a block that does not apply: ssh refuses it there too
+        'Host box\n  HostKeyAlias "" # a comment\n',
+        'Host *\n  IdentityFile ""\n',
+    ],
+)
+def test_an_empty_value_is_refused_as_ssh_refuses_it(config: str, tmp_path: Path) -> None:
+    """ssh refuses an empty value ("Missing argument") on any line, in a block that applies
+    or not; asyncssh took ``User ""`` and went on to log in as no one."""
+    cfg = tmp_path / "config"
+    cfg.write_text(config)
+    assert _ssh("-F", str(cfg), "-G", "box").returncode != 0
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    error = SSHPool().preflight(ep, "box")
+    assert isinstance(error, ConfigError)
+    assert "line 2" in str(error) and "empty value" in str(error) and str(cfg) in str(error)
+
+
+def test_a_value_ssh_takes_empty_is_taken(tmp_path: Path) -> None:
+    cfg = tmp_path / "config"
+    cfg.write_text('Host other\n  ProxyJump ""\n  Protocol ""\n')
+    assert _ssh("-F", str(cfg), "-G", "box").returncode == 0
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    assert SSHPool().preflight(ep, "box") is None
+
+
+def test_a_user_name_the_connection_cannot_send_is_refused_with_its_line(
+    tmp_path: Path,
+) -> None:
+    """ssh takes and sends a User with a tab (``User "a<TAB>b"``); asyncssh's connection
+    options refuse it (SASLprep), and the pre-flight passed it, the connection then failing
+    with neither file nor line. It is refused as that line's configuration error."""
+    cfg = tmp_path / "config"
+    cfg.write_text('Host other\n  User "x\ty"\nHost box\n  User "a\tb"\n  User c\n')
+    assert _ssh_values(cfg, "user") == ["a\tb"]
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    error = SSHPool().preflight(ep, "box")
+    assert isinstance(error, ConfigError)
+    assert "line 4" in str(error) and "'a\\tb'" in str(error) and str(cfg) in str(error)
 
 
 # --- algorithm names asyncssh does not support --------------------------------------------

@@ -1986,6 +1986,8 @@ def _read_config_as_ssh_does() -> None:
 
     decide whether a ``Host`` line applies as ssh decides (:func:`_host_block`: its words
     are patterns, a comma in one a character, where asyncssh read one comma-separated list);
+    refuse, naming its file and line, a User the connection could not send
+    (:func:`_checking_user`);
     expand ssh's ``%`` tokens in a ``Match exec`` command, which it ran as written
     (:func:`_expanding_match_exec`), and keep the StrictHostKeyChecking and HashKnownHosts
     options, which it skipped, and PubkeyAcceptedAlgorithms (or PubkeyAcceptedKeyTypes),
@@ -2020,6 +2022,9 @@ def _read_config_as_ssh_does() -> None:
         entry = handlers.get(option.lower())
         if entry is not None and not getattr(entry[1], "notes_where", False):
             handlers[option.lower()] = (entry[0], _noting_where(entry[1]))
+    entry = handlers.get("user")
+    if entry is not None and not getattr(entry[1], "checks_user", False):
+        handlers["user"] = (entry[0], _checking_user(entry[1]))
     entry = handlers.get("host")
     if entry is not None and entry[1] is not _host_block:
         handlers["host"] = (entry[0], _host_block)
@@ -2045,6 +2050,31 @@ def _host_block(config: Any, option: str, args: list[str]) -> None:
         config._error('an empty Host pattern, which ssh refuses too ("empty argument")')
     config._matching = host_block_applies(config._orig_host, args)
     args.clear()
+
+
+def _checking_user(handler: Any) -> Any:
+    """asyncssh's User setter, refusing the user name it takes if the connection could not
+    send it, as an error naming the file and line: asyncssh puts user names through SASLprep,
+    which refuses a tab or another control character that ssh sends as it is (``User "a\tb"``),
+    and the connection's options stopped on it with neither (a bare SASLPrepError)."""
+    from asyncssh.saslprep import SASLPrepError, saslprep
+
+    def read(config: Any, option: str, args: list[str]) -> None:
+        before = config._options.get(option)
+        handler(config, option, args)
+        user = config._options.get(option)
+        if before is None and isinstance(user, str):
+            try:
+                saslprep(user)
+            except SASLPrepError as exc:
+                raise _RefusedLine(
+                    f"{config._path} line {config._line_no}: the user name {user!r} cannot be "
+                    f"sent by the SSH library remote-sync uses ({exc}), though ssh sends it",
+                    hint="give a User without tabs or control characters",
+                ) from None
+
+    read.checks_user = True  # type: ignore[attr-defined]
+    return read
 
 
 #: The options whose file and line are kept, for the warnings that name them.
@@ -2084,7 +2114,7 @@ def _expanding_match_exec(match: Any) -> Any:
     the configuration read so far. A token ssh does not expand there is an error naming the
     file and line, on any Match line: ssh expands the command before it looks at the
     criteria before it, and stops on it. A value of one of the target's tokens (%h %n %k %r
-    %p %j) that the shell could read as code is refused (:class:`_RefusedMatchExec`, with
+    %p %j) that the shell could read as code is refused (:class:`_RefusedLine`, with
     what to do) only where the command would run: ssh skips the ``exec`` of a line whose
     earlier criteria failed, and so does asyncssh, which then never meets the refusal
     (:class:`_RefusedCommand`, raised by :func:`_running_checked`). A ``host`` or
@@ -2121,7 +2151,7 @@ def _expanded_exec(config: Any, command: str) -> str:
             expand_match_exec(command, dict.fromkeys(tokens, ""))
         except ValueError as unknown:
             raise asyncssh.ConfigParseError(f"{where}: {unknown}") from None
-        return _RefusedCommand(command, _RefusedMatchExec(f"{where}: {exc}", exc.hint))
+        return _RefusedCommand(command, _RefusedLine(f"{where}: {exc}", exc.hint))
     except ValueError as exc:
         raise asyncssh.ConfigParseError(f"{where}: {exc}") from None
 
@@ -2130,12 +2160,12 @@ class _RefusedCommand(str):
     """A ``Match exec`` command not to run, a target's token value being unsafe: its text
     as written, and the error to raise if asyncssh comes to run it."""
 
-    def __new__(cls, command: str, error: _RefusedMatchExec) -> _RefusedCommand:
+    def __new__(cls, command: str, error: _RefusedLine) -> _RefusedCommand:
         made = super().__new__(cls, command)
         made.error = error
         return made
 
-    error: _RefusedMatchExec
+    error: _RefusedLine
 
 
 def _running_checked(run: Any) -> Any:
@@ -2151,7 +2181,7 @@ def _running_checked(run: Any) -> Any:
     return run_checked
 
 
-class _RefusedMatchExec(asyncssh.ConfigParseError):
+class _RefusedLine(asyncssh.ConfigParseError):
     """asyncssh's error for a line of ssh_config (``PATH line N: REASON``, as it words its
     own), with what to do about it, which :func:`_local_failure` gives as the hint."""
 

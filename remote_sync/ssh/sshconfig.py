@@ -20,7 +20,9 @@ What it owns:
   it names it ("Bad configuration option"; asyncssh skipped it without a word); the user's
   ``~/.ssh/config`` or an Include'd file that another user may change ("Bad owner or
   permissions"); an Include'd file that cannot be opened; Includes nested too deep; a
-  ``~`` path in an Include of the system-wide file ("bad include path").
+  ``~`` path in an Include of the system-wide file ("bad include path"); an empty value
+  (``User ""``, "Missing argument"; asyncssh took it), but where ssh takes one
+  (:data:`EMPTY_VALUE_TAKEN`).
 - Which files are read (:func:`default_files`): with none named (ssh without ``-F``), the
   user's ``~/.ssh/config`` and then the system-wide :data:`SYSTEM_CONFIG`, whose relative
   Include paths are taken from its own directory (``/etc/ssh``), not from ``~/.ssh``, and
@@ -108,6 +110,20 @@ KEYWORDS = frozenset(
         # FreeBSD and HPN-SSH.
         "hpndisabled", "hpnbuffersize", "tcprcvbufpoll", "tcprcvbuf", "noneenabled",
         "noneswitch", "nonemacenabled", "versionaddendum",
+    }
+)  # fmt: skip
+
+#: The keywords whose value OpenSSH 9.2 takes empty (``User ""`` it refuses, "Missing
+#: argument", as the value of any other): those it ignores, those whose value is the rest of
+#: the line (a command), and ProxyJump.
+EMPTY_VALUE_TAKEN = frozenset(
+    {
+        "afstokenpassing", "cipher", "compressionlevel", "fallbacktorsh",
+        "globalknownhostsfile2", "kerberosauthentication", "kerberostgtpassing",
+        "knownhostscommand", "localcommand", "protocol", "proxycommand", "proxyjump",
+        "remotecommand", "rhostsauthentication", "rhostsrsaauthentication",
+        "rsaauthentication", "useblacklistedkeys", "useprivilegedport", "userknownhostsfile2",
+        "useroaming", "usersh",
     }
 )  # fmt: skip
 
@@ -464,6 +480,13 @@ class _Walk:
                     self.settled = always
             elif keyword not in KEYWORDS and not self.ignored(keyword):
                 unknown.append((number, keyword))
+            elif ('""' in rest or "''" in rest) and keyword not in EMPTY_VALUE_TAKEN:
+                try:
+                    words = split_words(rest)
+                except ValueError:
+                    words = []  # unclosed quote: asyncssh stops on it where it reads it
+                if words[:1] == [""]:
+                    raise _empty_value_error(keyword, (path, number), self.host)
         if unknown:
             raise _unknown_error(path, unknown, self.host)
 
@@ -489,6 +512,16 @@ class _Walk:
         from asyncssh.pattern import WildcardPatternList
 
         return any(WildcardPatternList(value.lower()).matches(keyword) for value in self.ignoring)
+
+
+def _empty_value_error(keyword: str, where: tuple[str, int], host: str) -> ConfigError:
+    return ConfigError(
+        f'ssh_config line {where[1]}: {keyword} "": an empty value, which ssh refuses in any '
+        'block, whether it applies or not ("Missing argument"); asyncssh took it',
+        host=host,
+        path=where[0],
+        hint=f"give {keyword} a value, or remove the line",
+    )
 
 
 def _unknown_error(path: str, unknown: list[tuple[int, str]], host: str) -> ConfigError:

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, ca
 import anyio
 
 from .cancel import CancelRegistry, CancelToken, default_registry
-from .errors import ConfigError, RemoteSyncError, TransferCancelledError
+from .errors import ConfigError, ListingIncompleteError, RemoteSyncError, TransferCancelledError
 from .events import Emit, ErrorEvent, Progress, Summary, WarningEvent, guarded
 from .index.facts import Message, ShowResult
 from .index.query import (
@@ -360,10 +360,13 @@ async def stream_sessions(
 
     A host that cannot be read does not cost the others their rows: its failure is reported
     through ``emit`` as an :class:`~remote_sync.events.ErrorEvent` (the ``--json`` error of
-    ``sync``) at once, and the other hosts go on. Once every host was read, the first failure
-    (in the order of ``hosts``) is raised, so a partial listing is never taken for a whole
-    one; pass a list as ``errors`` to have the failures appended there instead (in the order
-    of ``hosts``, when the listing ends). A cancellation stops every host at once; through
+    ``sync``) at once, and the other hosts go on; a host whose listing find could not read
+    whole reports one error of kind ``listing_incomplete`` per directory it could not read,
+    naming it (as ``sync`` does), each one a failure of its own. Once every host was read,
+    the first failure (in the order of ``hosts``) is raised, so a partial listing is never
+    taken for a whole one; pass a list as ``errors`` to have the failures appended there
+    instead (in the order of ``hosts``, when the listing ends). A cancellation stops every
+    host at once; through
     the registry, each host it stopped reports it (an ``ErrorEvent`` of kind ``cancelled``,
     then ``done``: every host that reported ``listing`` ends with ``done``; from the mirror,
     the same under the host ``""``), and the
@@ -696,7 +699,7 @@ async def _remote_sessions(
         await _stopped(reading)
         send.close()  # when the task was cancelled before it began
         receive.close()
-        failures.extend(reader.failed[index] for index in sorted(reader.failed))
+        failures.extend(error for index in sorted(reader.failed) for error in reader.failed[index])
     token.raise_if_cancelled()
     if ordered:
         chosen = select_rows(kept, sort=sort or DEFAULT_SORT, limit=limit, now=filters.get("now"))
@@ -725,7 +728,7 @@ class _HostReader:
     filters: SessionFilters
     idle_timeout: float | None
     settings: PoolSettings
-    failed: dict[int, RemoteSyncError] = field(default_factory=dict)  # by place in `hosts`
+    failed: dict[int, list[RemoteSyncError]] = field(default_factory=dict)  # by place in `hosts`
 
     async def read_all(
         self,
@@ -805,8 +808,13 @@ class _HostReader:
                 raise
             if not isinstance(exc, RemoteSyncError) or isinstance(exc, TransferCancelledError):
                 raise  # a bug, or the caller's own cancel: it knows
-            self.failed[index] = exc = host.explain(exc)
-            _report_end(self.emit, host.name, exc, done)
+            exc = host.explain(exc)
+            # A listing find could not read whole: an error per directory, as a sync says.
+            errors = [exc, *exc.also] if isinstance(exc, ListingIncompleteError) else [exc]
+            self.failed[index] = errors
+            for error in errors[:-1]:
+                self.emit(ErrorEvent.from_exception(error))
+            _report_end(self.emit, host.name, errors[-1], done)
             return
         self.emit(Progress(host.name, "done", done, done, 0, 0))
 

@@ -177,6 +177,27 @@ class IdleTimeoutError(SSHError):
     )
 
 
+class ListingIncompleteError(SSHError):
+    """A host's listing missed part of its tree: find could not read a directory (its
+    :attr:`path`, relative to the root), or a file could not be read, so what is there was
+    not seen. The rest of the listing stands."""
+
+    default_hint = "let the login user read the host's files; the rest was read"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str | None = None,
+        path: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, host=host, path=path, hint=hint)
+        #: The same listing's other errors (a directory each): one exception is raised, and
+        #: its catcher reports it and these, each on its own.
+        self.also: list[RemoteSyncError] = []
+
+
 class RemoteCommandError(SSHError):
     """A remote command exited non-zero or was killed by a signal."""
 
@@ -263,6 +284,7 @@ _KIND_BY_CLASS = {
     "ChannelRefusedError": "channel_refused",
     "ConnectionLostError": "connection_lost",
     "IdleTimeoutError": "idle_timeout",
+    "ListingIncompleteError": "listing_incomplete",
     "RemoteCommandError": "remote_command_failed",
     "TransferCancelledError": "cancelled",
     "MirrorError": "mirror",

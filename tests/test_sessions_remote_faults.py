@@ -133,7 +133,7 @@ def test_an_unreadable_directory_makes_the_listing_incomplete(
     finally:
         os.chmod(fleet.path(name, "agents/secret/sessions"), 0o755)
     assert listed(out) == {f"{SESSIONS}/s0.jsonl"}  # what could be read is listed
-    assert code == 1 and "incomplete" in err and "Permission denied" in err
+    assert code == 1 and "agents/secret/sessions: find could not read it (Permission denied)" in err
 
 
 def test_busybox_tail_reads_only_the_blocks(
@@ -434,3 +434,100 @@ def test_the_api_says_it_needs_asyncio_before_touching_anything(call: str, tmp_p
         step.send(None)  # driven without any event loop, as another library would
     step.close()
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("tools", ["GNU", "BusyBox"])
+def test_each_unreadable_directory_of_a_listing_is_an_error_naming_it(
+    fleet: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tools: str,
+) -> None:
+    """The listing said find's raw words in one error without a path ("the listing is
+    incomplete: find: './agents/x/sessions': Permission denied"). Each directory find could
+    not read is now its own error of kind listing_incomplete naming it, relative to the root
+    (a quote or a non-UTF-8 byte in its name unescaped from GNU find's quoting), with what to
+    do, as a sync reports it; the rest is listed and the command exits 1."""
+    if tools == "BusyBox":
+        host_tools(fleet, monkeypatch, {}, busybox_only=True)
+    name = fleet.names[0]
+    sessions(fleet, name, 1)
+    odd = b"agents/it's \xe9/sessions"
+    fleet.write(name, "agents/secret/sessions/b.jsonl", openclaw_session("b", 3))
+    fleet.write(name, os.fsdecode(odd + b"/c.jsonl"), openclaw_session("c", 3))
+    locked = [fleet.path(name, "agents/secret/sessions"), fleet.path(name, os.fsdecode(odd))]
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    for directory in locked:
+        os.chmod(directory, 0)
+    try:
+        code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
+        events: list[Any] = []
+        rows = anyio.run(
+            lambda: api.list_sessions(
+                remote=True, hosts=load_inventory(inv).hosts, errors=[], emit=events.append
+            )
+        )
+    finally:
+        for directory in locked:
+            os.chmod(directory, 0o755)
+    assert code == 1 and listed(out) == {f"{SESSIONS}/s0.jsonl"}, err
+    errors = [json.loads(line) for line in out.splitlines() if '"type":"error"' in line]
+    assert sorted((e["kind"], e["path"]) for e in errors) == [
+        ("listing_incomplete", "agents/it's \\xe9/sessions"),
+        ("listing_incomplete", "agents/secret/sessions"),
+    ], errors
+    for error in errors:
+        assert error["host"] == name
+        assert error["message"] == (
+            "find could not read it (Permission denied): nothing under it was listed"
+        )
+        assert "chmod u+rx" in error["hint"] and "the rest was listed" in error["hint"]
+        assert f"{name}: {error['path']}: find could not read it" in err
+    assert [row.path for row in rows] == [f"{SESSIONS}/s0.jsonl"]
+    said = [(e.kind, e.path) for e in events if type(e).__name__ == "ErrorEvent"]
+    assert sorted(said) == sorted((e["kind"], e["path"]) for e in errors)
+    assert type(events[-1]).__name__ == "Progress" and events[-1].phase == "done"
+
+
+@pytest.mark.parametrize("tools", ["GNU", "BusyBox"])
+def test_a_session_under_an_unreadable_directory_is_not_shown_as_missing(
+    fleet: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tools: str,
+) -> None:
+    """`show --remote` of a session in a directory the login user cannot read said "no
+    session" (by id) or "no such session file ... it may have been deleted" (by path), a
+    usage error (exit 2) sending the user the wrong way. Both now name the directory, say the
+    session may be there and what to do, and exit 1; a session elsewhere is still shown."""
+    if tools == "BusyBox":
+        host_tools(fleet, monkeypatch, {}, busybox_only=True)
+    name = fleet.names[0]
+    sessions(fleet, name, 1)
+    fleet.write(name, "agents/secret/sessions/b.jsonl", openclaw_session("b", 3))
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    show = ["sessions", "show", "--remote", "-I", str(inv), name]
+    os.chmod(fleet.path(name, "agents/secret/sessions"), 0)
+    try:
+        by_id = cli([*show, "b"], capsys)
+        by_path = cli([*show, "agents/secret/sessions/b.jsonl"], capsys)
+        elsewhere = cli([*show, "s0"], capsys)
+    finally:
+        os.chmod(fleet.path(name, "agents/secret/sessions"), 0o755)
+    code, out, err = by_id
+    assert code == 1 and out == "", err
+    assert (
+        f"{name}: agents/secret/sessions: no session 'b' where find could read, and it could "
+        "not read agents/secret/sessions (Permission denied): the session may be there"
+    ) in err, err
+    assert "chmod u+rx" in err
+    code, out, err = by_path
+    assert code == 1 and out == "", err
+    assert (
+        f"{name}: agents/secret/sessions: agents/secret/sessions/b.jsonl is under a directory "
+        "the login user cannot search"
+    ) in err, err
+    assert "chmod u+rx" in err and "deleted" not in err
+    assert elsewhere[0] == 0 and "msg 2" in elsewhere[1], elsewhere

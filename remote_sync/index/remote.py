@@ -29,7 +29,10 @@ side of each:
   id is also found as the agent spells it in file names (a picoclaw key, ``id_of_key``).
 
 A root the host cannot enter fails both as it fails a sync: a second command, only then,
-names the other agents' roots the host has (:mod:`remote_sync.mirror.root_probe`).
+names the other agents' roots the host has (:mod:`remote_sync.mirror.root_probe`). Each
+directory ``find`` cannot read makes a listing fail with an error naming it, as a sync's
+(``remote_ops.unread_errors``); a show that finds no session where find could read, or
+whose path goes through a directory that cannot be searched, says that, not "no session".
 
 Which files are transcripts is decided exactly on this side (``Source.is_included`` and the
 reader's ``is_transcript``); the remote ``find`` only narrows by file name
@@ -45,7 +48,8 @@ other users could read it in ``ps`` and forge frames from a file they can write)
 Output frames (``M`` is the marker, ``\\0`` a NUL byte)::
 
     M F <mtime> <path>\\0  <bytes>  M E\\n         a file of the listing (M X\\n: read failed)
-    M U <path>\\0                                 a file of the listing that is not readable
+    M U <path>\\0                                 a file of the listing that is not readable;
+                                                 show: the directory that cannot be searched
     M C <path>\\0                                 show: a candidate for the session named
     M G\\n  |  M D\\n                              show: the file is gone / not readable
     M B\\n  <bytes>  M E\\n                         show: the file from its start
@@ -60,7 +64,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -68,6 +72,7 @@ from ..cancel import CancelToken
 from ..decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder, Record
 from ..errors import (
     ConfigError,
+    ListingIncompleteError,
     ProtocolError,
     RemoteCommandError,
     RemoteSyncError,
@@ -82,8 +87,11 @@ from ..mirror.remote_ops import (
     EXIT_ROOT_UNUSABLE,
     START_POINT_SH,
     UNDER_SYMLINK_SH,
+    UNREAD_HINT,
     new_marker,
     read_marker_sh,
+    unread_errors,
+    unread_paths,
 )
 from ..mirror.root_probe import probed_root_error
 from ..ssh.pool import SSHPool
@@ -280,8 +288,19 @@ for f do
 done
 [ "$RS_COUNT" -eq 1 ] && [ "$#" -eq 1 ] || exit 0
 f=$1
+# Not there, or behind a directory the login user cannot search (then the deepest directory
+# that can be stat'ed is the one: its parents can all be searched): said apart, as "deleted"
+# would send the user the wrong way.
 gone() {
-    printf '%s G\n' "$m"
+    d=${f%/*}
+    while [ "$d" != . ] && [ ! -d "$d" ]; do
+        d=${d%/*}
+    done
+    if [ "$d" != . ] && [ ! -x "$d" ]; then
+        printf '%s U %s\0' "$m" "$d"
+    else
+        printf '%s G\n' "$m"
+    fi
     exit 0
 }
 [ -f "$f" ] && [ ! -L "$f" ] && ! under_symlink "$f" || gone
@@ -722,31 +741,28 @@ async def stream_remote_sessions(
         raise
     if batch:
         yield batch
-    warnings = _listing_warnings(stream.stderr_tail)
-    if warnings or unread or unreadable:
-        # What was listed has been yielded; the host still counts as failed (exit 1), as a
-        # sync's incomplete listing does, since sessions may be missing.
-        reasons = (
-            warnings
-            + [f"{path}: not readable: left out" for path in unreadable]
-            + [f"{path}: the read failed midway: left out" for path in unread]
+    # What was listed has been yielded; the host still counts as failed (exit 1), as a
+    # sync's incomplete listing does, since sessions may be missing: each directory find
+    # could not read is an error naming it, as a sync reports it, and whatever else went
+    # wrong one error more.
+    errors, other = unread_errors(host.name, stream.stderr_tail, "listed", "the rest was listed")
+    reasons = (
+        other
+        + [f"{path}: not readable: left out" for path in unreadable]
+        + [f"{path}: the read failed midway: left out" for path in unread]
+    )
+    if reasons:
+        errors.append(
+            ListingIncompleteError(
+                "the listing is incomplete: " + "; ".join(reasons),
+                host=host.name,
+                hint="fix permissions (or the failing tool) on the host; the rest was listed",
+            )
         )
-        raise RemoteCommandError(
-            "the listing is incomplete: " + "; ".join(reasons),
-            host=host.name,
-            hint="fix permissions (or the failing tool) on the host; the rest was listed",
-        )
-
-
-def _listing_warnings(stderr: bytes) -> list[str]:
-    """The messages of a listing's stderr that mean missing sessions: not those of a file or
-    directory that vanished while find walked the tree (an agent's atomic save)."""
-    lines = stderr.decode("utf-8", "backslashreplace").splitlines()
-    return [
-        line
-        for line in (raw.strip() for raw in lines)
-        if line and not (line.startswith("find: ") and line.endswith(": No such file or directory"))
-    ]
+    if errors:
+        first = errors[0]
+        first.also = list(errors[1:])
+        raise first
 
 
 # ----------------------------------------------------------------------------- show
@@ -890,6 +906,8 @@ class _Outcome:
 
     matches: _Matches
     result: ShowResult | None = None
+    #: The directories find could not read while it looked for the session, with why.
+    unread: list[tuple[bytes, str]] = field(default_factory=list)
 
 
 async def read_remote_session(
@@ -960,7 +978,7 @@ async def read_remote_session(
         outcome = await run(session, None)
         if outcome.result is not None:
             return outcome.result
-        path = _pick(host, reader, session, outcome.matches)
+        path = _pick(host, reader, session, outcome)
     outcome = await run(None, path)
     if outcome.result is None:
         raise ConfigError(
@@ -1016,9 +1034,10 @@ def _match(host: Host, reader: FormatReader, session: str) -> Callable[[bytes], 
     return check
 
 
-def _pick(host: Host, reader: FormatReader, session: str, matches: _Matches) -> bytes:
+def _pick(host: Host, reader: FormatReader, session: str, outcome: _Outcome) -> bytes:
     """The one session ``session`` names: its exact id, else a unique prefix of its id (the
     order of ``find_session`` over a mirror's index)."""
+    matches = outcome.matches
     for paths, count in (
         (matches.exact, matches.exact_count),
         (matches.prefix, matches.prefix_count),
@@ -1036,6 +1055,16 @@ def _pick(host: Host, reader: FormatReader, session: str, matches: _Matches) -> 
                 host=host.name,
                 hint="name one by its path",
             )
+    if outcome.unread:
+        # Not "no session" (a usage error, exit 2): it may be where find could not look.
+        where = ", ".join(f"{path_text(path)} ({reason})" for path, reason in outcome.unread)
+        raise ListingIncompleteError(
+            f"no session {session!r} where find could read, and it could not read {where}: "
+            "the session may be there",
+            host=host.name,
+            path=path_text(outcome.unread[0][0]) if len(outcome.unread) == 1 else None,
+            hint=f"{UNREAD_HINT}, then show it again",
+        )
     raise ConfigError(
         f"no session {session!r}",
         host=host.name,
@@ -1111,6 +1140,13 @@ async def _run_show(
                             path=where,
                             hint=f"it may have been deleted; see {_LISTING}",
                         )
+                    if kind == "U":
+                        raise ListingIncompleteError(
+                            f"{where} is under a directory the login user cannot search",
+                            host=host.name,
+                            path=path_text(item.arg),
+                            hint=f"{UNREAD_HINT}, then show it again",
+                        )
                     if kind == "D":
                         raise RemoteCommandError(
                             "the session file is not readable",
@@ -1150,6 +1186,8 @@ async def _run_show(
                     elif kind == "X":
                         raise _changed(host, where, stream.stderr_tail)
             frames.close()
+        if session is not None:
+            outcome.unread = unread_paths(stream.stderr_tail)[0]
     except RemoteCommandError as exc:
         if exc.exit_status == EXIT_ROOT_UNUSABLE:
             raise await probed_root_error(

@@ -102,7 +102,7 @@ from .remote_ops import (
     listing_end_marker,
     new_marker,
     round_argv,
-    unread_paths,
+    unread_errors,
 )
 from .root_probe import probed_root_error
 from .state import (
@@ -492,20 +492,15 @@ class HostSync:
         (rsync counts none, and exits 23); one failed keeps the host "partial" and the run's
         exit 1. Any other message (a start point skipped) is one error more, as it came. The
         messages are None when the stderr boundary never came (the command was cut)."""
-        unread, other = unread_paths(messages or b"")
-        for path, reason in unread:
+        unread, other = unread_errors(
+            self.name,
+            messages or b"",
+            "mirrored",
+            "until then no deletion is recorded for this host",
+        )
+        for error in unread:
             self.result.files.failed += 1
-            self.emit(
-                ErrorEvent(
-                    self.name,
-                    path_text(path),
-                    "listing_incomplete",
-                    f"find could not read it ({reason}): nothing under it was mirrored",
-                    # Not "exclude it": excludes filter the listing, find still walks there.
-                    "let the login user read and search it on the host (chmod u+rx, or "
-                    "through its group); until then no deletion is recorded for this host",
-                )
-            )
+            self.emit(ErrorEvent.from_exception(error))
         if other or not unread:
             self.result.files.failed += 1
             self.emit(

@@ -12,7 +12,7 @@ references to positional parameters by number (the fetch's tar command line).
 
 Exit statuses (every operation): 0 on success, also when ``find`` could not read some
 directory (its messages stay on stderr, for the caller to report naming the host, and each
-path find could not read: :func:`unread_paths`);
+path find could not read: :func:`unread_paths`, said as errors by :func:`unread_errors`);
 :data:`EXIT_ROOT_UNUSABLE` (3) when the root directory is missing, not a directory or not
 readable. Anything else is an unexpected failure of the remote tools.
 
@@ -102,7 +102,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import ConfigError, ProtocolError, path_text
+from ..errors import ConfigError, ListingIncompleteError, ProtocolError, path_text
 from ..ssh.remote import sh_script
 from .archive import ArchiveReader
 from .digests import MAX_DIGEST_WORD, digest_of_word
@@ -127,6 +127,7 @@ __all__ = [
     "HEAD_BYTES",
     "MAX_LISTING_RECORD",
     "SKIP_BLOCK",
+    "UNREAD_HINT",
     "Begin",
     "Changed",
     "Data",
@@ -150,6 +151,7 @@ __all__ = [
     "probed_roots",
     "read_marker_sh",
     "round_argv",
+    "unread_errors",
     "unread_paths",
 ]
 
@@ -791,23 +793,32 @@ _C_ESCAPES = {
 }
 
 
+#: What to do about a directory the login user cannot read or search. Not "exclude it":
+#: excludes filter the listing, find still walks there.
+UNREAD_HINT = "let the login user read and search it on the host (chmod u+rx, or through its group)"
+
+
 def unread_paths(messages: bytes) -> tuple[list[tuple[bytes, str]], list[str]]:
     """The listing's ``messages`` (its stderr, :data:`EXIT_ROOT_UNUSABLE` aside): each path
     ``find`` could not read, relative to the root, with its reason ("Permission denied"),
-    and every other line as text. A name holding a newline splits a BusyBox message in two:
-    both halves are then other lines."""
-    unread: list[tuple[bytes, str]] = []
-    other: list[str] = []
+    and every other line as text, each once (a script may run find twice over the same
+    tree). A name holding a newline splits a BusyBox message in two: both halves are then
+    other lines. A path that vanished while find walked the tree (an agent's atomic save) is
+    neither: it is gone, not hidden."""
+    unread: dict[tuple[bytes, str], None] = {}
+    other: dict[str, None] = {}
     for line in messages.split(b"\n"):  # not splitlines: a raw name may hold a \r
         found = _FIND_MESSAGE.fullmatch(line)
         if found is None:
             if line.strip():
-                other.append(line.decode("utf-8", "backslashreplace").strip())
+                other[line.decode("utf-8", "backslashreplace").strip()] = None
             continue
         quoted, raw, reason = found.groups()
+        if reason == b"No such file or directory":
+            continue
         path = _C_ESCAPE.sub(_unescape_c, quoted) if quoted is not None else raw
-        unread.append((path[2:] or b".", reason.decode("utf-8", "backslashreplace")))
-    return unread, other
+        unread[path[2:] or b".", reason.decode("utf-8", "backslashreplace")] = None
+    return list(unread), list(other)
 
 
 def _unescape_c(match: re.Match[bytes]) -> bytes:
@@ -815,6 +826,26 @@ def _unescape_c(match: re.Match[bytes]) -> bytes:
     if code[:1].isdigit():
         return bytes([int(code, 8) & 0xFF])
     return _C_ESCAPES.get(code, code)  # \\, \', \" and \? stand for themselves
+
+
+def unread_errors(
+    host: str, messages: bytes, unseen: str, then: str
+) -> tuple[list[ListingIncompleteError], list[str]]:
+    """The error of each path ``find`` could not read (:func:`unread_paths`), naming it and
+    what was not done under it (``unseen``: "mirrored", "listed"), its hint ending with
+    ``then``; and the other lines of ``messages``. Said alike by a sync and by ``sessions
+    list --remote``."""
+    unread, other = unread_paths(messages)
+    errors = [
+        ListingIncompleteError(
+            f"find could not read it ({reason}): nothing under it was {unseen}",
+            host=host,
+            path=path_text(path),
+            hint=f"{UNREAD_HINT}; {then}",
+        )
+        for path, reason in unread
+    ]
+    return errors, other
 
 
 def _normalize_start_point(point: str) -> str:

@@ -483,6 +483,45 @@ def test_a_damaged_state_database_is_a_clear_error(dest: Path) -> None:
     assert "state.db" in str(info.value)
 
 
+def test_a_state_database_there_before_is_kept_when_the_open_fails(tmp_path: Path) -> None:
+    """A failed first open takes back what it made; a database that was there (here one that
+    is no database) is not its to remove, nor is anything beside it, even the lock file it
+    made."""
+    control = tmp_path / "m" / ".remote-sync"
+    control.mkdir(parents=True)
+    (control / "state.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(StateError), MirrorState(tmp_path / "m"):
+        pass
+    assert sorted(p.name for p in control.iterdir()) == ["lock", "state.db"]
+    assert (control / "state.db").read_bytes() == b"not a database" * 100
+
+
+def test_a_lock_file_taken_back_while_it_was_opened_is_opened_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed first open removes its lock file holding it; a run that had opened that file
+    then locks a file no other run sees. It opens the lock file again (and makes the state
+    directory again) rather than go on beside a third run."""
+    from remote_sync.mirror import state as state_module
+
+    real_open = os.open
+    opened: list[str] = []
+
+    def open_then_taken_back(path: str | os.PathLike[str], flags: int, *args: int) -> int:
+        fd = real_open(path, flags, *args)
+        if str(path).endswith("lock") and not opened:
+            opened.append(str(path))
+            os.unlink(path)  # as the failed open does, then its directory
+            os.rmdir(os.path.dirname(path))
+        return fd
+
+    monkeypatch.setattr(state_module.os, "open", open_then_taken_back)
+    with MirrorState(tmp_path / "m") as state:
+        assert state._lock_fd is not None
+        lock = tmp_path / "m" / ".remote-sync" / "lock"
+        assert os.path.samestat(os.fstat(state._lock_fd), os.stat(lock)) and opened
+
+
 # --- whole runs against real hosts -----------------------------------------------------------
 
 

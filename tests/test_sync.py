@@ -42,7 +42,7 @@ from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine, remote_ops
 from remote_sync.mirror.plan import Transfer
 from remote_sync.mirror.remote_ops import FetchRequest
-from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
+from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of, refuse_nested
 
 
 def sync(inv: Path, dest: Path, capsys: pytest.CaptureFixture[str], *extra: str):  # type: ignore[no-untyped-def]
@@ -1286,6 +1286,19 @@ def test_disk_full_is_a_clear_error_and_loses_nothing(
     assert_exact(fleet, dest, "h0")
 
 
+def fill(disk: Path, out_of: str, inodes: int = 2) -> None:
+    """Leave no room on ``disk`` (a tmpfs): no block free, or ``inodes`` inodes free only."""
+    if out_of == "space":
+        with contextlib.suppress(OSError), open(disk / "filler", "wb") as filler:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+    else:
+        fs = os.statvfs(disk)
+        used = fs.f_files - fs.f_ffree
+        subprocess.run(["mount", "-o", f"remount,nr_inodes={used + inodes}", str(disk)], check=True)
+
+
 @pytest.mark.parametrize("out_of", ["space", "inodes"])
 def test_a_destination_on_a_full_disk_says_so_and_exits_1(
     fleet: SSHFleet,
@@ -1299,17 +1312,7 @@ def test_a_destination_on_a_full_disk_says_so_and_exits_1(
     destination, exit 2 ("must be writable by this user"). A full disk is no usage error:
     both are a failed run (exit 1, as a disk that fills midway), saying that the
     destination's disk is full and what to free."""
-    if out_of == "space":
-        with contextlib.suppress(OSError), open(small_disk / "filler", "wb") as filler:
-            while True:
-                filler.write(b"\0" * 65536)
-                filler.flush()
-    else:  # room for the destination and its state directory, not one more file
-        fs = os.statvfs(small_disk)
-        used = fs.f_files - fs.f_ffree
-        subprocess.run(
-            ["mount", "-o", f"remount,nr_inodes={used + 2}", str(small_disk)], check=True
-        )
+    fill(small_disk, out_of)
     dest = small_disk / "m"
     code, events = run_cli(adhoc_sync_args(fleet, dest), capsys)
     (error,) = [e for e in events if isinstance(e, ErrorEvent)]
@@ -1319,6 +1322,63 @@ def test_a_destination_on_a_full_disk_says_so_and_exits_1(
     ), error
     assert "KiB free" in error.message and (out_of == "space" or "no inode free" in error.message)
     assert error.hint.startswith(f"free space on the file system that holds it (df -h {dest}; ")
+
+
+@pytest.mark.parametrize(
+    ("out_of", "dest_before"), [("space", False), ("inodes", False), ("inodes", True)]
+)
+def test_a_first_open_that_fails_on_a_full_disk_leaves_no_mirror_behind(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    small_disk: Path,
+    out_of: str,
+    dest_before: bool,
+) -> None:
+    """A first sync whose state could not be opened (the disk full) left an empty
+    .remote-sync/state.db (or the directory and its lock file): the folder then passed for a
+    mirror, so a --dest inside it was refused as nested and a listing there read an empty
+    mirror rather than none. What the failed open created is now taken back: the state
+    directory, and the destination unless it was there before."""
+    dest = small_disk / "m"
+    if dest_before:
+        dest.mkdir()
+    # Out of inodes: with the destination made, room for the state directory and the lock
+    # file, not the database (SQLite fails); else room for the directories only.
+    fill(small_disk, out_of, inodes=2)
+    code, events = run_cli(adhoc_sync_args(fleet, dest), capsys)
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert code == 1 and "disk is full" in error.message, error
+    assert sorted(p.name for p in small_disk.iterdir()) == sorted(
+        (["filler"] if out_of == "space" else []) + (["m"] if dest_before else [])
+    )
+    if dest_before:
+        assert list(dest.iterdir()) == []
+    refuse_nested(dest / "inner")  # not inside a mirror
+    code = main(["sessions", "list", "--dest", str(dest)])
+    assert code == 2 and "no mirror at" in capsys.readouterr().err
+
+
+def test_a_mirror_whose_open_fails_on_a_full_disk_keeps_everything(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], small_disk: Path
+) -> None:
+    """Only a first open takes back what it made: a mirror that was there keeps its state
+    database, lock and files, byte for byte, when its open fails."""
+    make_openclaw_tree(fleet, "h0", sessions=2)
+    dest = small_disk / "m"
+    assert run_cli(adhoc_sync_args(fleet, dest), capsys)[0] == 0
+
+    def contents() -> dict[Path, bytes | None]:  # the lock file's pid aside
+        return {
+            p: None if p.is_dir() or p.name == "lock" else p.read_bytes() for p in dest.rglob("*")
+        }
+
+    before = contents()
+    assert dest / ".remote-sync" / "state.db" in before and dest / ".remote-sync/lock" in before
+    fill(small_disk, "inodes", inodes=0)
+    code, events = run_cli(adhoc_sync_args(fleet, dest), capsys)
+    assert code == 1 and any(isinstance(e, ErrorEvent) for e in events), events
+    assert contents() == before
 
 
 def test_a_huge_partial_last_line_on_a_full_disk_is_not_needed(

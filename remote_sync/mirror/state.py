@@ -4,7 +4,9 @@ What it owns: the destination's control directory (``DIR/.remote-sync/``), the e
 that keeps two runs off one destination, the ``files`` table (per host and remote path: the bytes
 committed in the mirror, the remote size, identity, prefix fingerprint, mtime and version), and
 crash recovery: on open, bytes beyond a checkpoint are cut back and stray temp files removed, so
-a run killed at any instant resumes exactly.
+a run killed at any instant resumes exactly. A first open that fails (a full disk, no
+permission) takes back the directories, lock file and database it created, so that the folder
+does not pass for a mirror; a database that was there is never removed.
 
 The order that makes this safe is the writer's: bytes written, flushed to disk, *then* the
 checkpoint committed. A checkpoint therefore never claims bytes the disk does not hold; the disk
@@ -17,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import shlex
@@ -38,6 +41,8 @@ from ..errors import (
 )
 from ..index.store import delete_sessions, index_rules, read_only_uri, record_index_rules
 from ..index.store import ensure_schema as ensure_index_schema
+
+log = logging.getLogger(__name__)
 
 CONTROL_DIR = ".remote-sync"
 #: The longest file name (bytes) of the file systems a mirror lives on (ext4, XFS, btrfs...).
@@ -196,6 +201,35 @@ def full_disk_error(dest: Path, cause: str) -> MirrorError:
     )
 
 
+#: The lock file in the control directory.
+LOCK_FILE = "lock"
+#: The state database's files (SQLite makes its journals beside it).
+_DB_FILES = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal")
+
+
+def _absent_dirs(directory: Path) -> list[Path]:
+    """``directory`` and those of its parents that do not exist, innermost first: what
+    ``mkdir(parents=True)`` would create."""
+    absent: list[Path] = []
+    for path in (directory, *directory.parents):
+        if os.path.lexists(path):
+            break
+        absent.append(path)
+    return absent
+
+
+def _remove_dirs(made: dict[Path, None]) -> None:
+    """Remove the directories ``made`` (innermost first) while they are empty: one that is
+    not holds what someone else put there since, and so do its parents."""
+    for path in sorted(made, key=lambda p: len(p.parts), reverse=True):
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
+
+
 def refuse_nested(dest: Path) -> None:
     """A :class:`ConfigError` when ``dest`` lies inside another mirror: in one of its host
     directories (a sync there would take that host's files for its own, rewrite them and keep
@@ -255,6 +289,36 @@ class MirrorState:
         self.close()
 
     def open(self) -> None:
+        """Create or open the destination's state, and lock it. A first open that fails (a
+        full disk, no permission) takes back what it created (:meth:`_take_back`), so that
+        the folder does not pass for a mirror (a destination inside it refused as nested, a
+        listing there reading an empty mirror rather than none); a state database that was
+        there before is never touched, nor anything beside it."""
+        made: dict[Path, None] = {}  # the directories this open created
+        try:
+            while True:
+                made.update(dict.fromkeys(_absent_dirs(self.control)))
+                self._make_control()
+                lock_made = not os.path.lexists(self.control / LOCK_FILE)
+                if self._lock():
+                    break
+        except BaseException:
+            _remove_dirs(made)
+            raise
+        # Looked at under the lock: no other run is creating the database meanwhile.
+        db_before = {name for name in _DB_FILES if os.path.lexists(self.control / name)}
+        try:
+            self._open_db()
+        except BaseException:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            if "state.db" not in db_before:
+                self._take_back(db_before, lock_made, made)
+            self.close()
+            raise
+
+    def _make_control(self) -> None:
         try:
             self.control.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -263,7 +327,8 @@ class MirrorState:
             raise DestinationError(
                 f"cannot create the destination: {exc.strerror or exc}", path=str(self.dest)
             ) from exc
-        self._lock()
+
+    def _open_db(self) -> None:
         try:
             self._db = self._connect()
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -278,7 +343,6 @@ class MirrorState:
                 record_index_rules(self._db, index_rules(self._db))
             self._upgrade()
         except sqlite3.Error as exc:
-            self.close()
             if _nearly_full(self.control):
                 # SQLite says "disk I/O error" when it cannot even make its WAL files: the
                 # database is fine, and moving it aside would throw its history away.
@@ -289,6 +353,22 @@ class MirrorState:
                 hint="check the destination's file system; if the database itself is damaged, "
                 "move it aside (a rerun then fetches every file again)",
             ) from exc
+
+    def _take_back(self, db_before: set[str], lock_made: bool, made: dict[Path, None]) -> None:
+        """Remove what a first open that failed created: the database's files that were not
+        there, the lock file if it made it, the directories it made (each only while empty).
+        Done holding the lock, so no other run is opening the database meanwhile; a run that
+        opened the lock file before it went finds it gone once it holds it (:meth:`_lock`).
+        Best effort: the open's own error is the one to report."""
+        names = [name for name in _DB_FILES if name not in db_before]
+        for name in names + ([LOCK_FILE] if lock_made else []):
+            try:
+                os.unlink(self.control / name)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.debug("cannot remove %s after a failed open: %s", self.control / name, exc)
+        _remove_dirs(made)
 
     def _connect(self) -> sqlite3.Connection:
         # Not bound to the thread that opens it: a sync's work on the state moves between
@@ -340,10 +420,14 @@ class MirrorState:
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
                 )
 
-    def _lock(self) -> None:
-        lock = self.control / "lock"
+    def _lock(self) -> bool:
+        """Take the destination's lock; False when the file locked is no longer the lock
+        file (a first open that failed removed it meanwhile): open it again."""
+        lock = self.control / LOCK_FILE
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            return False  # the state directory was taken back (see above) since it was made
         except OSError as exc:
             if exc.errno in _FULL:  # out of inodes: no usage error either
                 raise full_disk_error(self.dest, exc.strerror or str(exc)) from exc
@@ -368,11 +452,19 @@ class MirrorState:
                 path=str(lock),
                 hint="use a destination on a local file system that supports flock",
             ) from exc
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except OSError:
+            current = False
+        if not current:
+            os.close(fd)
+            return False
         # The pid is for the message a second run prints; failing to write it is harmless.
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        return True
 
     def close(self) -> None:
         if self._db is not None:

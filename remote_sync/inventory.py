@@ -71,7 +71,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
-from .errors import ConfigError, HostUnreachableError, RemoteSyncError
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    HostKeyError,
+    HostUnreachableError,
+    RemoteSyncError,
+)
 from .formats import FORMATS, get_format
 from .globs import GlobSet, compile_globs, start_points
 from .ssh.pool import Endpoint, HostKeyPolicy
@@ -199,8 +205,8 @@ class Host:
     #: it is.
     adhoc: bool = field(default=False, compare=False)
     #: For an ad-hoc host named beside an inventory, which lacks that name: what its
-    #: failure to connect says of it (:meth:`explain`). A mistyped inventory name is taken
-    #: for an address, and the error of its DNS lookup alone did not say so.
+    #: failure to connect or log in says of it (:meth:`explain`). A mistyped inventory name
+    #: is taken for an address, and the error of its DNS lookup alone did not say so.
     unlisted: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -209,14 +215,19 @@ class Host:
             raise ConfigError(f"host name {self.name!r} {problem}", hint=_NAME_HINT)
 
     def explain(self, error: RemoteSyncError) -> RemoteSyncError:
-        """``error``, this host's, with the hint of an :attr:`unlisted` host when the host
-        could not be reached (its name not resolved, or no connection made)."""
-        if (
-            self.unlisted is not None
-            and isinstance(error, HostUnreachableError)
-            and not (error.hint or "").startswith(self.unlisted)  # said once, however reported
-        ):
+        """``error``, this host's, with the hint of an :attr:`unlisted` host before its own
+        when the host could not be reached (its name not resolved, or no connection made),
+        or when some host answered at that name but refused its key or ours: a mistyped
+        inventory name may also be a real machine's, and its key or login errors alone do
+        not say that the name was not the inventory's."""
+        if self.unlisted is None or (error.hint or "").startswith(self.unlisted):
+            return error  # said once, however many times the error is reported
+        if isinstance(error, HostUnreachableError):
             error.hint = f"{self.unlisted}; if it is one, {error.hint}"
+        elif isinstance(error, (HostKeyError, AuthenticationError)):
+            error.hint = (
+                f"{self.unlisted}, and a host answered there; if it is the one meant, {error.hint}"
+            )
         return error
 
 
@@ -336,8 +347,9 @@ class Inventory:
         return str(self.path) if self.path is not None else None
 
     def _unlisted(self, name: str) -> str:
-        """What to say of ``name``, not a host of this inventory, when it cannot be reached
-        as an address: that it is not one, and the inventory's names closest to it."""
+        """What to say of ``name``, not a host of this inventory, when it fails as an
+        address (unreachable, or its host key or login refused): that it is not one, and the
+        inventory's names closest to it."""
         folded = {host.name.casefold(): host.name for host in self.hosts}
         close = difflib.get_close_matches(name.casefold(), list(folded), n=3)
         if close:

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from remote_sync.errors import AuthenticationError, ConfigError, HostUnreachableError
+from remote_sync.errors import (
+    AuthenticationError,
+    ConfigError,
+    HostKeyError,
+    HostUnreachableError,
+)
 from remote_sync.formats import FORMATS, get_format
 from remote_sync.globs import compile_globs
 from remote_sync.inventory import (
@@ -607,11 +612,28 @@ def test_an_unreachable_name_not_in_the_inventory_is_explained(tmp_path: Path) -
     assert typo.explain(error).hint == said  # explained twice: said once
     error = far.explain(HostUnreachableError("cannot resolve host", host=far.name))
     assert "(its hosts: pi-kitchen, pi-kitchen-codex, vps, box.lan)" in error.hint, error.hint
-    assert (
-        far.explain(AuthenticationError("no", host="zz")).hint == AuthenticationError.default_hint
-    )
+    assert far.explain(ConfigError("no", host="zz")).hint == ConfigError.default_hint
     (alone,) = Inventory(path=None, hosts=[]).select(["zz"])
     assert alone.explain(HostUnreachableError("x")).hint == HostUnreachableError.default_hint
+
+
+@pytest.mark.parametrize("error", [AuthenticationError, HostKeyError])
+def test_a_name_not_in_the_inventory_that_a_host_answered_is_explained(
+    tmp_path: Path, error: type[AuthenticationError | HostKeyError]
+) -> None:
+    """A mistyped inventory name may also be a real machine's: its host key or login error
+    alone did not say the name was not the inventory's. The note comes first, the error's
+    own hint after it, once however many times the error is reported; a listed host's
+    error is left as it is."""
+    path = write(tmp_path, VALID)
+    typo, listed = load_inventory(path).select(["pi-kitchn", "vps"])
+    explained = typo.explain(typo.explain(error("refused", host=typo.name)))
+    assert explained.hint == (
+        f"'pi-kitchn' is not a host of the inventory {path} (did you mean 'pi-kitchen' or "
+        "'pi-kitchen-codex'?), so it was tried as an address or ssh_config alias, and a host "
+        f"answered there; if it is the one meant, {error.default_hint}"
+    ), explained.hint
+    assert listed.explain(error("refused", host="vps")).hint == error.default_hint
 
 
 def test_select_adhoc_name_clash(tmp_path: Path) -> None:

@@ -631,6 +631,44 @@ def test_an_unreachable_name_not_in_the_inventory_says_so_and_suggests_its_names
     assert "did you mean 'h0'?" in (summary.hosts[0].error or "")
 
 
+@pytest.mark.parametrize("fails_on", ["host_key", "auth_failed"])
+def test_a_name_not_in_the_inventory_that_reaches_a_host_and_fails_there_says_so(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fails_on: str,
+) -> None:
+    """A mistyped inventory name that is also some machine's name reaches that machine, and
+    its host key or our login is refused there: the error said only that, with no clue that
+    the name was not the inventory's. The not-in-the-inventory note now comes first, and the
+    error's own hint after it."""
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml")
+    # The ad-hoc host's own ssh_config sends every name to h0's sshd: a real host answers.
+    config = tmp_path / "adhoc_config"
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    known = tmp_path / "known_hosts"
+    known.write_text(fleet.known_hosts.read_text() if fails_on == "auth_failed" else "")
+    config.write_text(
+        f"Host *\n  HostName 127.0.0.1\n  Port {fleet.host('h0').port}\n  User {fleet.user}\n"
+        f"  IdentityFile {key}\n  IdentitiesOnly yes\n"
+    )
+    extra = ("-F", str(config), "--known-hosts", str(known))
+    code, summary, events = sync(inv, tmp_path / "m", capsys, "h00", *extra)
+    assert code == 1 and summary.hosts[0].status == "failed"
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert error.host == "h00" and error.kind == fails_on, error
+    note = (
+        f"'h00' is not a host of the inventory {inv} (did you mean 'h0'?), so it was tried "
+        "as an address or ssh_config alias, and a host answered there; if it is the one "
+        "meant, "
+    )
+    assert error.hint.startswith(note) and len(error.hint) > len(note), error.hint
+    assert error.hint.count("is not a host of the inventory") == 1
+
+
 def test_second_run_is_refused_by_the_lock(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

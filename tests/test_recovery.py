@@ -464,7 +464,7 @@ def test_a_full_disk_at_open_is_not_called_a_damaged_state(
 
     monkeypatch.setattr(state_module.sqlite3, "connect", refuse)
     monkeypatch.setattr(os_module, "statvfs", lambda path: Full())
-    with pytest.raises(MirrorError, match="disk full") as info, MirrorState(dest):
+    with pytest.raises(MirrorError, match="disk is full") as info, MirrorState(dest):
         pass
     assert not isinstance(info.value, StateError) and "free space" in info.value.hint
 

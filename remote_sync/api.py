@@ -267,7 +267,11 @@ async def sync(
     ``concurrency`` hosts at once (``--concurrency``), ``dry_run`` (``--dry-run``: report what
     would move, write nothing), ``idle_timeout`` seconds a remote command may stay silent
     (``--timeout``; 0 or None: no limit), ``pool`` the SSH pool's tuning (None: the defaults) and
-    ``index`` (off: ``--no-index``, mirror only).
+    ``index`` (off: ``--no-index``, mirror only). No ``hosts`` is a
+    :class:`~remote_sync.errors.ConfigError`, as for the CLI, and the destination is not made;
+    so is a ``pool`` that is not a :class:`~remote_sync.ssh.pool.PoolSettings` (which checks
+    its own fields as it is made). A second sync of ``dest`` while one runs is a
+    :class:`~remote_sync.errors.LockedError`, which says so when the first is in this process.
 
     A cancel through the registry does not raise, unlike a listing's or a show's (which
     have no summary to give, and raise :class:`~remote_sync.errors.TransferCancelledError`):
@@ -276,9 +280,16 @@ async def sync(
     :class:`~remote_sync.events.Summary`'s ``hosts_failed`` (a host's ``status`` tells a
     cancelled one from a failed one), whose ``exit_code`` is 130, the CLI's on Ctrl-C. What
     was committed before the cancel stays, consistent with the state."""
+    _check_hosts(
+        hosts,
+        "no hosts to sync",
+        "the Hosts to mirror (what the CLI's HOST arguments, --inventory FILE and --tag "
+        "select); a program whose selection may be empty checks before calling",
+    )
     _check_concurrency(concurrency)  # as a listing's (the engine would take 0 as 1)
     _check_names(hosts)
     idle_timeout = _idle_limit(idle_timeout)
+    _check_pool(pool)
     _require_asyncio()
     registry = registry if registry is not None else default_registry
     # The token registered at the call (adopted here), before the engine is imported (in a
@@ -387,6 +398,7 @@ async def stream_sessions(
         _check_names(hosts)
         _check_concurrency(concurrency)
         idle_timeout = _idle_limit(idle_timeout)
+        _check_pool(pool)
         _require_asyncio()
     emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
@@ -447,7 +459,8 @@ async def read_session(
     With ``dest``, from the mirror there (what ``sessions show HOST SESSION --dest DIR``
     reads; ``host`` is the host's name or its :class:`~remote_sync.inventory.Host`): only the
     bytes shown, in a worker thread, never taking the mirror's lock. Without it, straight from
-    the :class:`~remote_sync.inventory.Host` over SSH (``sessions show --remote``): only the
+    the :class:`~remote_sync.inventory.Host` over SSH (``sessions show --remote``; a name
+    alone is a :class:`~remote_sync.errors.ConfigError` saying what to pass): only the
     bytes shown, in one remote command; the host fails if its command sends nothing for
     ``idle_timeout`` seconds (0 or None: no limit), and ``pool`` tunes its SSH connection as it does
     ``sync``'s (its ``window``, left at the default, is the show's own smaller one: a show
@@ -467,12 +480,15 @@ async def read_session(
         fetch = partial(_read_mirrored, Path(dest), name, session, head, tail, page, page_size)
     elif isinstance(host, Host):
         limit = _idle_limit(idle_timeout)
+        _check_pool(pool)
         _require_asyncio()
         fetch = partial(_read_remote, host, session, head, tail, page, page_size, limit, pool, emit)
     else:
-        raise ValueError(
-            f"host {host!r} is a name: pass dest (the mirror to read the session from), "
-            "or the Host to read it from over SSH"
+        raise ConfigError(
+            f"nothing to read {session!r} from: host {host!r} is a name, and no dest was given",
+            host=name,
+            hint="pass dest (--dest), the mirror to read the session from, or the Host "
+            "itself to read it over SSH (--remote)",
         )
     registry = registry if registry is not None else default_registry
     with registry.register(transfer_id) as token:  # a duplicate id: before any event
@@ -995,18 +1011,38 @@ def _check_remote_listing(dest: str | Path | None, hosts: Sequence[Host]) -> Non
     ``dest`` would be ignored without a word (the hosts are read, not that mirror), and no
     hosts would list nothing, as if every host had no session. The CLI refuses both too
     (``--dest`` with ``--remote``; no host selected)."""
-    if not hosts:
-        raise ConfigError(
-            "no hosts to ask: hosts is empty",
-            hint="pass hosts, the Hosts to read over SSH (what the CLI's --inventory FILE or "
-            "--host H selects)",
-        )
+    _check_hosts(
+        hosts,
+        "no hosts to ask",
+        "the Hosts to read over SSH (what the CLI's --inventory FILE or --host H selects)",
+    )
     if dest is not None:
         raise ConfigError(
             "dest (--dest) does not apply with remote=True (--remote): the hosts are read, "
             "not a mirror",
             hint="pass dest to read the mirror's index, or remote=True and hosts to ask the "
             "hosts over SSH",
+        )
+
+
+def _check_hosts(hosts: Sequence[Host], nothing: str, meant: str) -> None:
+    """A :class:`ConfigError` (``nothing``, said) for no ``hosts``: a sync of none made the
+    destination and reported success, and a listing of none listed nothing, as if every host
+    had no session. ``meant`` says what hosts are for. The CLI refuses a run that selects no
+    host too (a usage error, exit 2)."""
+    if not hosts:
+        raise ConfigError(f"{nothing}: hosts is empty", hint=f"pass hosts, {meant}")
+
+
+def _check_pool(pool: PoolSettings | None) -> None:
+    """A :class:`ConfigError` unless ``pool`` is None or a :class:`PoolSettings` (which
+    checks its own values as it is made): a dict or another object failed each host later,
+    on its first missing attribute."""
+    if pool is not None and not isinstance(pool, PoolSettings):
+        raise ConfigError(
+            f"pool must be a PoolSettings or None, not {type(pool).__name__}",
+            hint="pass remote_sync.ssh.pool.PoolSettings(...) with the settings to change, or "
+            "None for the defaults",
         )
 
 

@@ -42,6 +42,7 @@ from remote_sync.errors import (
     ConfigError,
     DestinationError,
     HostUnreachableError,
+    LockedError,
     TransferCancelledError,
 )
 from remote_sync.events import ErrorEvent, Progress
@@ -51,6 +52,7 @@ from remote_sync.index.facts import Message
 from remote_sync.index.show import ShowResult, show_session
 from remote_sync.index.update import rebuild_index
 from remote_sync.inventory import Host, Source, load_inventory
+from remote_sync.mirror.state import MirrorState
 from remote_sync.ssh.pool import Endpoint, PoolSettings
 
 LONG = "agents/main/sessions/long-0001.jsonl"
@@ -310,9 +312,16 @@ async def test_a_mirror_read_runs_in_a_worker_thread_that_a_cancel_leaves(
 
 
 async def test_a_host_name_without_a_mirror_is_refused(show_dest: Path) -> None:
-    """A name is no address: without ``dest`` the Host is needed."""
-    with pytest.raises(ValueError, match="pass dest"):
-        await api.read_session("h0", "short")
+    """A name is no address: without ``dest`` the Host is needed. A ConfigError, as every
+    other misuse of the API (it was a plain ValueError, which one ``except RemoteSyncError``
+    let through), naming the host and saying what to pass."""
+    for call in (api.read_session, api.show_session):
+        with pytest.raises(ConfigError) as refused:
+            await call("h0", "short")
+        assert refused.value.host == "h0"
+        assert "no dest was given" in refused.value.message
+        assert refused.value.hint.startswith("pass dest (--dest), the mirror")
+        assert "or the Host itself" in refused.value.hint
 
 
 def test_a_mirror_listing_runs_under_trio_too(show_dest: Path) -> None:
@@ -336,6 +345,100 @@ async def test_a_sync_with_no_concurrency_is_refused_as_a_listing_is(tmp_path: P
         with pytest.raises(ConfigError, match="concurrency must be"):
             await call()
     assert not (tmp_path / "m").exists()
+
+
+async def test_a_sync_of_no_hosts_is_refused_as_a_listing_of_none_and_touches_nothing(
+    tmp_path: Path,
+) -> None:
+    """A sync given no hosts made the destination and returned exit 0, where a remote
+    listing of none is a ConfigError and the CLI refuses a sync that selects no host (exit
+    2): nothing to do touches nothing, and says so."""
+    dest = tmp_path / "m"
+    for hosts in ([], ()):
+        with pytest.raises(ConfigError) as refused:
+            await api.sync(hosts, dest)
+        assert refused.value.message == "no hosts to sync: hosts is empty"
+        assert refused.value.hint.startswith("pass hosts, the Hosts to mirror")
+    assert not dest.exists()
+
+
+BAD_POOL_SETTINGS = [
+    ("connect_timeout", -1),
+    ("connect_timeout", float("nan")),
+    ("login_timeout", "30"),
+    ("keepalive_interval", -0.5),
+    ("keepalive_count_max", 0),
+    ("idle_close", float("-inf")),
+    ("channels_per_host", 0),
+    ("channels_per_host", 2.0),
+    ("max_handshakes", True),
+    ("window", 0),
+    ("window", 2**32),
+    ("window_budget", -1),
+    ("min_window", 0),
+    ("window_rate", -1),
+    ("window_floor", 1.5),
+    ("max_pktsize", 0),
+    ("compression", 1),
+    ("reconnect_backoff", float("inf")),
+    ("record_new_host_keys", None),
+]
+
+
+@pytest.mark.parametrize(("name", "bad"), BAD_POOL_SETTINGS)
+async def test_a_bad_pool_setting_is_refused_before_any_host_is_contacted(
+    tmp_path: Path, name: str, bad: Any
+) -> None:
+    """``sync(hosts, dest, pool=PoolSettings(connect_timeout=-1))`` ran and exited 0: no
+    field of the pool's settings was checked. Each is now, as the settings are made (so
+    before any call, and at ``dataclasses.replace`` too): a ConfigError naming the field and
+    what it takes."""
+    default = getattr(PoolSettings(), name)
+    for make in (
+        lambda: PoolSettings(**{name: bad}),
+        lambda: dataclasses.replace(PoolSettings(), **{name: bad}),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            await api.sync([nowhere()], tmp_path / "m", pool=make())
+        assert refused.value.message.startswith(f"PoolSettings.{name} must be "), refused.value
+        assert refused.value.message.endswith(f", not {bad!r}")
+        assert refused.value.hint.endswith(f"leave it out for the default ({default!r})")
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_pool_settings_take_what_means_something() -> None:
+    """0 where it means something (asyncssh: no connect or login timeout, no keepalives;
+    the pool: no idle close, no window sharing or sizing, no pause before a reconnect),
+    ints for seconds, and the largest window SSH can say."""
+    zeros = ("connect_timeout", "login_timeout", "keepalive_interval", "idle_close")
+    PoolSettings(**dict.fromkeys(zeros, 0), window_budget=0, window_rate=0, reconnect_backoff=0)
+    PoolSettings(connect_timeout=5, idle_close=float("inf"), window=2**32 - 1)
+
+
+async def test_a_pool_that_is_not_pool_settings_is_refused_at_the_call(tmp_path: Path) -> None:
+    """A dict given as ``pool`` failed each host later, on its first missing attribute."""
+    bad: Any = {"connect_timeout": 1.0}
+    for call in (
+        lambda: api.sync([nowhere()], tmp_path / "m", pool=bad),
+        lambda: api.list_sessions(remote=True, hosts=[nowhere()], pool=bad),
+        lambda: api.read_session(nowhere(), "s", pool=bad),
+    ):
+        with pytest.raises(ConfigError, match="pool must be a PoolSettings or None, not dict"):
+            await call()
+    assert not (tmp_path / "m").exists()
+
+
+async def test_a_second_sync_in_this_process_is_told_so(tmp_path: Path) -> None:
+    """A library caller's second sync on a destination while its first runs was told
+    "another remote-sync run (pid <its own pid>)", as if another process held the lock: it
+    is told the run is its own."""
+    dest = tmp_path / "m"
+    # The state held open is what a first sync in this process holds while it runs.
+    with MirrorState(dest), pytest.raises(LockedError) as refused:
+        await api.sync([nowhere()], dest)
+    assert refused.value.message == "another sync in this process is using this destination"
+    assert refused.value.hint.startswith("await the first sync")
+    assert str(os.getpid()) not in str(refused.value)
 
 
 async def test_two_hosts_of_one_name_are_refused_before_anything_is_touched(

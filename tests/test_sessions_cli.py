@@ -1689,7 +1689,8 @@ def test_index_rebuild_waits_for_no_one(
 ) -> None:
     with MirrorState(show_dest):  # a sync holds the lock: rebuild refuses, reading still works
         code, _, err = cli(["index", "rebuild", "--dest", str(show_dest)], capsys)
-        assert code == 75 and "another remote-sync run" in err
+        # Held in this process, so said to be this process's (another's would name its pid).
+        assert code == 75 and "another sync in this process" in err
         code, out, err = cli(["sessions", "list", "--json", "--dest", str(show_dest)], capsys)
         assert code == 0 and len(out.splitlines()) == 3, err
     code, out, _ = cli(["index", "rebuild", "--dest", str(show_dest), "--json"], capsys)

@@ -441,6 +441,16 @@ class MirrorState:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
             os.close(fd)
+            if holder == str(os.getpid()):
+                # The lock is per open file, so a second run in this process (a library
+                # caller's second sync on the destination) is refused too: "another run (pid
+                # <our own>)" read as a stale lock or a bug.
+                raise LockedError(
+                    "another sync in this process is using this destination",
+                    path=str(self.dest),
+                    hint="await the first sync before starting another on the same dest; "
+                    "nothing was touched",
+                ) from None
             raise LockedError(
                 f"another remote-sync run (pid {holder or '?'}) is using this destination",
                 path=str(self.dest),

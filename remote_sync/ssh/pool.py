@@ -52,7 +52,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -225,6 +225,68 @@ class PoolSettings:
     #: False: accept-new trusts a host's first key for this pool's connections without
     #: writing it to known_hosts (a dry run writes nothing).
     record_new_host_keys: bool = True
+
+    def __post_init__(self) -> None:
+        """Every field checked at construction (and at ``dataclasses.replace``): a bad value
+        is a :class:`ConfigError` naming the field and what it takes, raised where the
+        settings are made, before any host is contacted. Unchecked, such a value reached
+        asyncssh and the pool's caps as it was (a run with a negative connect timeout went
+        on as if it were valid; a cap of 0 channels or handshakes would wait for ever)."""
+        for setting in fields(self):
+            # Every field has its entry: a new one without is a KeyError at the first use.
+            kind, least, most, takes = _SETTING_RANGES[setting.name]
+            value = getattr(self, setting.name)
+            if not _in_range(value, kind, least, most):
+                raise ConfigError(
+                    f"PoolSettings.{setting.name} must be {takes}, not {value!r}",
+                    hint="pass another value, or leave it out for the default "
+                    f"({setting.default!r})",
+                )
+
+
+#: The largest window and packet size: SSH sends them as 32-bit unsigned integers (RFC 4254).
+_UINT32_MAX = 2**32 - 1
+_SECONDS = "seconds (an int or float)"
+#: What each field of :class:`PoolSettings` takes: its type (int: a whole number, never a
+#: bool; float: an int or a float, never a bool or NaN), the least and the most value (None:
+#: no bound), and the words a refusal says. 0 is allowed where it means something
+#: (asyncssh: no connect or login timeout, no keepalives; here: no idle close, no sharing,
+#: no sizing, no pause).
+_SETTING_RANGES: dict[str, tuple[type, float | None, float | None, str]] = {
+    "channels_per_host": (int, 1, None, "a whole number of at least 1"),
+    "max_handshakes": (int, 1, None, "a whole number of at least 1"),
+    "connect_timeout": (float, 0, None, f"0 (no limit) or more {_SECONDS}"),
+    "login_timeout": (float, 0, None, f"0 (no limit) or more {_SECONDS}"),
+    "keepalive_interval": (float, 0, None, f"0 (no keepalives) or more {_SECONDS}"),
+    "keepalive_count_max": (int, 1, None, "a whole number of at least 1"),
+    "idle_close": (float, 0, None, f"0 (never close) or more {_SECONDS}"),
+    "window": (int, 1, _UINT32_MAX, "a whole number of bytes from 1 to 2**32 - 1"),
+    "window_budget": (int, 0, None, "0 (no sharing) or a whole number of bytes"),
+    "min_window": (int, 1, _UINT32_MAX, "a whole number of bytes from 1 to 2**32 - 1"),
+    "window_rate": (int, 0, None, "0 (no sizing) or a whole number of bytes per second"),
+    "window_floor": (int, 0, None, "0 or a whole number of bytes"),
+    "max_pktsize": (int, 1, _UINT32_MAX, "a whole number of bytes from 1 to 2**32 - 1"),
+    "compression": (bool, None, None, "True or False"),
+    # Finite (no more than the largest float): a reconnect would wait for ever.
+    "reconnect_backoff": (
+        float,
+        0,
+        sys.float_info.max,
+        "0 or more seconds (a finite int or float)",
+    ),
+    "record_new_host_keys": (bool, None, None, "True or False"),
+}
+
+
+def _in_range(value: object, kind: type, least: float | None, most: float | None) -> bool:
+    """Whether ``value`` is of ``kind`` (see :data:`_SETTING_RANGES`) and within bounds."""
+    if kind is bool:
+        return isinstance(value, bool)
+    allowed = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        return False
+    # Compared so that NaN, which no comparison holds for, is out of range.
+    return (least is None or value >= least) and (most is None or value <= most)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from sshfleet import SSHFleet
 from synchelp import append, run_cli, session_bytes, write_inventory
 
 from remote_sync.cli import main
-from remote_sync.errors import DestinationError, MirrorError, StateError
+from remote_sync.errors import DestinationError, MirrorError, RemoteSyncError, StateError
 from remote_sync.events import ErrorEvent, Summary
 from remote_sync.formats.readers import get_reader
 from remote_sync.index.update import index_local_file, rebuild_index
@@ -520,6 +520,36 @@ def test_a_lock_file_taken_back_while_it_was_opened_is_opened_again(
         assert state._lock_fd is not None
         lock = tmp_path / "m" / ".remote-sync" / "lock"
         assert os.path.samestat(os.fstat(state._lock_fd), os.stat(lock)) and opened
+
+
+def test_a_failed_first_open_through_dotdot_keeps_the_directory_that_was_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A destination spelt x/../y, y there and empty, x not: the failed open read "x/../y" as
+    a directory it had made (x was not there) and took y back, with nothing of its own."""
+    from remote_sync.mirror import state as state_module
+
+    (tmp_path / "y").mkdir()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(state_module.sqlite3, "connect", refuse)
+    with pytest.raises(RemoteSyncError):
+        MirrorState(tmp_path / "x" / ".." / "y").open()
+    assert (tmp_path / "y").is_dir() and not (tmp_path / "y" / ".remote-sync").exists()
+
+
+@pytest.mark.timeout(30)
+def test_a_lock_that_is_a_dangling_link_is_an_error_not_a_retry(tmp_path: Path) -> None:
+    """Any ENOENT of the lock file was taken for a state directory taken back by another
+    run's failed open, and opened again, for ever: a dangling symbolic link kept the open
+    spinning. Only a state directory that is gone is a retry now."""
+    control = tmp_path / "m" / ".remote-sync"
+    control.mkdir(parents=True)
+    (control / "lock").symlink_to(tmp_path / "nowhere" / "lock")
+    with pytest.raises(DestinationError, match="lock file"):
+        MirrorState(tmp_path / "m").open()
 
 
 # --- whole runs against real hosts -----------------------------------------------------------

@@ -203,6 +203,9 @@ def full_disk_error(dest: Path, cause: str) -> MirrorError:
 
 #: The lock file in the control directory.
 LOCK_FILE = "lock"
+#: How many times an open takes the lock again when a failed open of another run took the
+#: lock file (or the directory) back under it.
+_LOCK_TRIES = 10
 #: The state database's files (SQLite makes its journals beside it).
 _DB_FILES = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal")
 
@@ -211,6 +214,8 @@ def _absent_dirs(directory: Path) -> list[Path]:
     """``directory`` and those of its parents that do not exist, innermost first: what
     ``mkdir(parents=True)`` would create."""
     absent: list[Path] = []
+    # Spelt without "..": "x/../y" would name y itself (there before) as made by the open.
+    directory = Path(os.path.abspath(directory))
     for path in (directory, *directory.parents):
         if os.path.lexists(path):
             break
@@ -296,12 +301,18 @@ class MirrorState:
         there before is never touched, nor anything beside it."""
         made: dict[Path, None] = {}  # the directories this open created
         try:
-            while True:
+            for _ in range(_LOCK_TRIES):
                 made.update(dict.fromkeys(_absent_dirs(self.control)))
                 self._make_control()
                 lock_made = not os.path.lexists(self.control / LOCK_FILE)
                 if self._lock():
                     break
+            else:  # taken back under it each time: other runs failing to open it, again and again
+                raise DestinationError(
+                    f"the destination's lock file kept going away ({_LOCK_TRIES} tries)",
+                    path=str(self.control / LOCK_FILE),
+                    hint="check what else removes files in the destination, then run again",
+                )
         except BaseException:
             _remove_dirs(made)
             raise
@@ -426,9 +437,11 @@ class MirrorState:
         lock = self.control / LOCK_FILE
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:
-            return False  # the state directory was taken back (see above) since it was made
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and not os.path.isdir(self.control):
+                # The state directory was taken back (see above) since it was made; any other
+                # ENOENT (a lock that is a dangling symbolic link) is an error, not a retry.
+                return False
             if exc.errno in _FULL:  # out of inodes: no usage error either
                 raise full_disk_error(self.dest, exc.strerror or str(exc)) from exc
             raise DestinationError(

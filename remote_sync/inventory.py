@@ -224,7 +224,11 @@ class Host:
             return error  # said once, however many times the error is reported
         if isinstance(error, HostUnreachableError):
             error.hint = f"{self.unlisted}; if it is one, {error.hint}"
-        elif isinstance(error, (HostKeyError, AuthenticationError)):
+        elif isinstance(error, (HostKeyError, AuthenticationError)) and not (
+            # A ProxyJump host's refusal (the pool names it so): that host answered, not one
+            # at this name, which may still not exist.
+            error.message.startswith("ProxyJump host ")
+        ):
             error.hint = (
                 f"{self.unlisted}, and a host answered there; if it is the one meant, {error.hint}"
             )

@@ -634,6 +634,9 @@ def test_a_name_not_in_the_inventory_that_a_host_answered_is_explained(
         f"answered there; if it is the one meant, {error.default_hint}"
     ), explained.hint
     assert listed.explain(error("refused", host="vps")).hint == error.default_hint
+    # A ProxyJump host's refusal: that host answered, not one at this name.
+    through = error("ProxyJump host 'bastion': refused", host=typo.name)
+    assert typo.explain(through).hint == error.default_hint
 
 
 def test_select_adhoc_name_clash(tmp_path: Path) -> None:

@@ -55,7 +55,12 @@ from remote_sync.mirror.remote_ops import (
 )
 from remote_sync.mirror.state import FileState
 from remote_sync.ssh.pool import Endpoint, SSHPool
-from remote_sync.ssh.remote import PID_MARKER, kill_group_command, wrapped_command
+from remote_sync.ssh.remote import (
+    PID_MARKER,
+    STDERR_TAIL_BYTES,
+    kill_group_command,
+    wrapped_command,
+)
 from remote_sync.ssh.stream import exec_streaming
 
 MARKER = "0123456789abcdef" * 2
@@ -2069,3 +2074,16 @@ def test_the_paths_find_could_not_read_are_taken_from_its_messages() -> None:
     ]
     assert other == ["remote-sync: start point ./l is a symbolic link to a directory: skipped"]
     assert remote_ops.unread_paths(b"") == ([], [])
+
+
+def test_a_message_cut_by_the_kept_tail_is_not_read_as_a_path() -> None:
+    """A stream keeps its stderr's last 8 KiB: with a hundred unreadable directories the first
+    line kept began mid-message ("ons': Permission denied") and came out as another reason
+    the listing was incomplete, and nothing said the first directories were not named."""
+    line = b"find: './agents/a%03d/sessions': Permission denied\n"
+    messages = b"".join(line % i for i in range(200))
+    kept = messages[-STDERR_TAIL_BYTES:]
+    unread, other = remote_ops.unread_paths(kept)
+    assert other == [remote_ops._EARLIER_NOT_KEPT]
+    assert unread[-1] == (b"agents/a199/sessions", "Permission denied")
+    assert len(unread) == kept.count(b"\n") - 1  # every whole message kept, none cut

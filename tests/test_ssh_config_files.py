@@ -669,7 +669,8 @@ def test_an_empty_value_is_refused_as_ssh_refuses_it(config: str, tmp_path: Path
 
 def test_a_value_ssh_takes_empty_is_taken(tmp_path: Path) -> None:
     cfg = tmp_path / "config"
-    cfg.write_text('Host other\n  ProxyJump ""\n  Protocol ""\n')
+    # A keyword IgnoreUnknown names is no keyword of ssh's: empty or not, it is skipped.
+    cfg.write_text('IgnoreUnknown Foo\nHost other\n  ProxyJump ""\n  Protocol ""\n  Foo ""\n')
     assert _ssh("-F", str(cfg), "-G", "box").returncode == 0
     ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
     assert SSHPool().preflight(ep, "box") is None

@@ -103,7 +103,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import ConfigError, ListingIncompleteError, ProtocolError, path_text
-from ..ssh.remote import sh_script
+from ..ssh.remote import STDERR_TAIL_BYTES, sh_script
 from .archive import ArchiveReader
 from .digests import MAX_DIGEST_WORD, digest_of_word
 from .fetch_events import (
@@ -798,6 +798,12 @@ _C_ESCAPES = {
 UNREAD_HINT = "let the login user read and search it on the host (chmod u+rx, or through its group)"
 
 
+#: What a listing's messages say when their start was not kept.
+_EARLIER_NOT_KEPT = (
+    "find said more before these messages (not kept): other paths may not have been read"
+)
+
+
 def unread_paths(messages: bytes) -> tuple[list[tuple[bytes, str]], list[str]]:
     """The listing's ``messages`` (its stderr, :data:`EXIT_ROOT_UNUSABLE` aside): each path
     ``find`` could not read, relative to the root, with its reason ("Permission denied"),
@@ -807,6 +813,11 @@ def unread_paths(messages: bytes) -> tuple[list[tuple[bytes, str]], list[str]]:
     neither: it is gone, not hidden."""
     unread: dict[tuple[bytes, str], None] = {}
     other: dict[str, None] = {}
+    if len(messages) >= STDERR_TAIL_BYTES:
+        # Only the stream's last bytes were kept: the first line may be the end of a message
+        # cut in two, and earlier ones are lost. Said, not parsed as a path.
+        messages = messages.partition(b"\n")[2]
+        other[_EARLIER_NOT_KEPT] = None
     for line in messages.split(b"\n"):  # not splitlines: a raw name may hold a \r
         found = _FIND_MESSAGE.fullmatch(line)
         if found is None:

@@ -15,6 +15,10 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+#: How much of a remote command's stderr a stream keeps: its last bytes (a message cut at
+#: the front of what is kept is said to be, where it is parsed).
+STDERR_TAIL_BYTES = 8 * 1024
+
 #: Prefix of the first stderr line of every wrapped command.
 PID_MARKER = b"remote-sync-pid "
 #: Seconds a remote command may go without sending a byte before it counts as hung (rsync's

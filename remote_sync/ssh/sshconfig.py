@@ -480,7 +480,11 @@ class _Walk:
                     self.settled = always
             elif keyword not in KEYWORDS and not self.ignored(keyword):
                 unknown.append((number, keyword))
-            elif ('""' in rest or "''" in rest) and keyword not in EMPTY_VALUE_TAKEN:
+            elif (
+                ('""' in rest or "''" in rest)
+                and keyword in KEYWORDS  # one IgnoreUnknown names: ssh takes it, empty or not
+                and keyword not in EMPTY_VALUE_TAKEN
+            ):
                 try:
                     words = split_words(rest)
                 except ValueError:

@@ -35,11 +35,16 @@ from ..errors import (
 )
 from .flow import ConsumerCredit
 from .pool import Endpoint, SSHPool, classify
-from .remote import IDLE_TIMEOUT, PID_MARKER, kill_group_command, wrapped_command
+from .remote import (
+    IDLE_TIMEOUT,
+    PID_MARKER,
+    STDERR_TAIL_BYTES,
+    kill_group_command,
+    wrapped_command,
+)
 
 log = logging.getLogger(__name__)
 
-STDERR_TAIL_BYTES = 8 * 1024
 #: Pauses before re-asking a server that refused a channel (about 3 s in all: under load sshd
 #: took longer than 0.6 s to free the slots of sessions that had already closed).
 REFUSAL_BACKOFF = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5)

@@ -439,16 +439,24 @@ def adhoc_host(
         )
     spec_format = get_format(format)
     remote_root = root or spec_format.default_root
+    globs = tuple(include) or spec_format.include
+    # The command line has --root but no option for include globs: a format without
+    # default globs (jsonl) is only usable ad hoc from the API, so the hint says where else
+    # they can be given rather than asking for what the command line cannot pass.
+    need_globs = (
+        "include globs relative to the root, which the command line has no option for: "
+        "add the host to an inventory with root and include = [...] "
+        "(the API's adhoc_host takes include=)"
+    )
     if remote_root is None:
         raise ConfigError(
-            f"format {format!r} has no default root", host=spec, hint="give the remote root"
+            f"format {format!r} has no default root",
+            host=spec,
+            hint="give the remote root (--root)" + ("" if globs else f" and {need_globs}"),
         )
-    globs = tuple(include) or spec_format.include
     if not globs:
         raise ConfigError(
-            f"format {format!r} has no default include globs",
-            host=spec,
-            hint="give include globs (relative to the root)",
+            f"format {format!r} has no default include globs", host=spec, hint=f"give {need_globs}"
         )
     endpoint = Endpoint.parse(
         spec,

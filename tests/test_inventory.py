@@ -674,6 +674,17 @@ def test_adhoc_host() -> None:
     assert adhoc_host("[::1]:2222").endpoint == Endpoint(address="::1", port=2222)
 
 
+def test_adhoc_jsonl_hint_says_where_include_globs_go() -> None:
+    # The command line has --root but no --include: its hint must not ask for globs it
+    # cannot pass, but name the inventory's include key.
+    for kwargs in ({"format": "jsonl"}, {"format": "jsonl", "root": "/x"}):
+        with pytest.raises(ConfigError) as caught:
+            adhoc_host("box", **kwargs)  # type: ignore[arg-type]
+        hint = caught.value.hint or ""
+        assert "inventory" in hint and "include = [" in hint, hint
+        assert "no option" in hint, hint
+
+
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [

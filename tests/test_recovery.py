@@ -954,6 +954,47 @@ def test_a_host_name_holding_another_source_is_refused(
         assert state.hosts()["h0"][1] == str(fleet.path("h0"))
 
 
+@pytest.mark.parametrize("adhoc", [True, False])
+def test_a_host_dropped_from_the_inventory_is_told_how_to_sync_its_source_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], adhoc: bool
+) -> None:
+    """A host taken out of the inventory and named again on the command line is an ad-hoc
+    host with the default format and root, refused against what the mirror holds; the hint
+    said only "give this source another host name, or sync it into another destination",
+    not the --format and --root (or, in an inventory, the keys) that sync the same source
+    under the same name again. Refused before any connection: no fleet needed."""
+    dest = tmp_path / "m"
+    root = "/srv/agent's data"
+    with MirrorState(dest) as state:
+        state.set_host("cc", "claude-code", root, "cc")
+        rel = b"projects/p/s.jsonl"
+        state.local_path("cc", rel).parent.mkdir(parents=True)
+        state.local_path("cc", rel).write_bytes(b"{}\n")
+        state.commit([FileState("cc", rel, "append", 3, 3, 0.0, 1, 2, fingerprint_of(b"{}\n"))])
+    config = tmp_path / "ssh_config"
+    config.write_text("")
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    if adhoc:
+        args = ["sync", "cc", "-F", str(config), "--known-hosts", str(known)]
+    else:
+        inv = tmp_path / "inventory.toml"
+        inv.write_text(
+            f'[defaults]\nssh_config = "{config}"\nknown_hosts = "{known}"\n'
+            '[[hosts]]\nname = "cc"\naddress = "cc"\nformat = "openclaw"\n'
+        )
+        args = ["sync", "--inventory", str(inv)]
+    code, events = run_cli([*args, "--dest", str(dest), "--json"], capsys)
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert code == 2 and error.host == "cc" and error.hint is not None, events
+    if adhoc:
+        assert "add --format claude-code --root '/srv/agent'\"'\"'s data'" in error.hint
+    else:
+        assert 'format = "claude-code" and root = "/srv/agent\'s data"' in error.hint
+        assert "inventory entry" in error.hint and "another host name" in error.hint
+    assert "another destination" in error.hint
+
+
 def test_the_same_root_spelt_with_a_trailing_slash_is_not_another_source(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
+import shlex
 import tempfile
 import threading
 import time
@@ -1604,16 +1606,33 @@ def _check_sources(state: MirrorState, hosts: Sequence[Host]) -> None:
             continue
         fmt, root = known[host.name]
         # A mirror written before roots were normalized may hold "~/.openclaw/".
-        if (fmt, normal_root(root)) != (source.format, source.root) and state.holds_files(
-            host.name
-        ):
+        root = normal_root(root)
+        if (fmt, root) != (source.format, source.root) and state.holds_files(host.name):
             raise ConfigError(
                 f"this mirror holds {host.name!r} as format {fmt!r} with root {root!r}, "
                 f"not format {source.format!r} with root {source.root!r}",
                 host=host.name,
                 path=str(state.dest),
-                hint="give this source another host name, or sync it into another destination",
+                hint=_same_source_hint(host, fmt, root),
             )
+
+
+def _same_source_hint(host: Host, fmt: str, root: str) -> str:
+    """What syncs the source a mirrored host name holds, or keeps another apart from it.
+
+    The usual way here is a host dropped from the inventory and named again on the command
+    line, where the format's default root is taken: "give this source another host name"
+    alone did not say that naming the old format and root syncs it again.
+    """
+    if host.adhoc:
+        again = f"add --format {fmt} --root {shlex.quote(root)} to sync that source again"
+        apart = "or sync this one into another destination"
+    else:
+        # A JSON string is a TOML basic string too, a root's quotes and backslashes escaped.
+        entry = f"format = {json.dumps(fmt)} and root = {json.dumps(root, ensure_ascii=False)}"
+        again = f"set {entry} in its inventory entry to sync that source again"
+        apart = "or give this one another host name, or sync it into another destination"
+    return f"{again}; {apart}"
 
 
 class _Flush:

@@ -253,6 +253,17 @@ class MirrorError(RemoteSyncError):
     default_hint = "free space or fix permissions on the destination, then run again"
 
 
+def refetch_hint(host: str, dest: object) -> str:
+    """The hint for a mirrored file gone from the mirror (removed by hand or by a cleanup):
+    a sync's recovery finds it missing, fetches it whole again while the host has it, and
+    otherwise drops it from the index. Neither restoring it by hand nor a rebuild (whose
+    checkpoint still claims its bytes, so every rebuild reports it again) gets it back."""
+    return (
+        f"run `remote-sync sync {host} --dest {dest}` (with your inventory): it fetches "
+        "the file again while the host still has it, and otherwise drops it from the index"
+    )
+
+
 class StateError(MirrorError):
     """The mirror's checkpoint database is unusable."""
 

@@ -860,7 +860,13 @@ def test_index_rebuild_leaves_out_an_unreadable_file_and_exits_1(
     assert "1 session indexed" in out and "2 unreadable files left out" in out
     assert "h0: agents/a1/sessions/old.jsonl: cannot read the mirrored file" in err
     assert "h0: agents/a1/sessions/[draft] s.jsonl: cannot read" in err
-    assert "index rebuild` again" in err  # says what to do
+    # Says what to do: a file removed from the mirror comes back by a sync (its recovery
+    # fetches it again; a rebuild alone would report it every time, and the user has no copy
+    # to restore); one a directory took the place of is the user's to fix.
+    said = {line.split(": cannot read")[0]: line for line in err.splitlines()}
+    gone = said["remote-sync: h0: agents/a1/sessions/old.jsonl"]
+    assert f"run `remote-sync sync h0 --dest {mirror}`" in gone and "restore" not in gone
+    assert "index rebuild` again" in said["remote-sync: h0: agents/a1/sessions/[draft] s.jsonl"]
     code, out, _ = cli(["sessions", "list", "--json", "-d", str(mirror)], capsys)
     assert [json.loads(line)["session_id"] for line in out.splitlines()] == ["long"]
 

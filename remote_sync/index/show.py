@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder, Record
-from ..errors import ConfigError, MirrorError
+from ..errors import ConfigError, MirrorError, refetch_hint
 from .facts import FormatReader, Message, ShowResult
 from .query import SessionRow, find_session, open_index
 from .store import load_facts, mark_before
@@ -307,13 +307,7 @@ def _unreadable(
     listings name them, with what gets the file back: the default hint (free space, fix
     permissions) fits a failed write, not a file the index lists and the mirror lost."""
     if isinstance(exc.__cause__, (FileNotFoundError, NotADirectoryError)):
-        # Removed by hand or by a cleanup: a sync's recovery finds the file missing, fetches
-        # it whole again while the host has it, and otherwise drops it from the index (a
-        # rebuild alone keeps reporting it: its checkpoint still claims bytes).
-        hint = (
-            f"run `remote-sync sync {host} --dest {dest}` (with your inventory): it fetches "
-            "the file again while the host still has it, and otherwise drops it from the index"
-        )
+        hint = refetch_hint(host, dest)
     else:
         hint = f"fix the permissions of {local}, then run again"
     return MirrorError(exc.message, host=host, path=path, hint=hint)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..decode.jsonl import JsonlDecoder
-from ..errors import MirrorError, path_text
+from ..errors import MirrorError, path_text, refetch_hint
 from .facts import FormatReader, SessionFacts
 from .store import MARK_EVERY, IndexRows, load_facts, record_index_rules
 
@@ -209,13 +209,16 @@ def rebuild_index(
                     # pack: report it, go on with the rest, fail at the end. One lost file must
                     # not keep every other session out of the index; and an index rebuilt
                     # from what the mirror holds has no session for a file it does not hold.
+                    gone = isinstance(exc, (FileNotFoundError, NotADirectoryError))
                     report(
                         MirrorError(
                             f"cannot read the mirrored file: {exc.strerror or exc}; "
                             "its session is left out of the index",
                             host=host,
                             path=path_text(path),
-                            hint=f"restore {local} or fix its permissions, then run "
+                            hint=refetch_hint(host, dest)
+                            if gone
+                            else f"restore {local} or fix its permissions, then run "
                             "`remote-sync index rebuild` again",
                         )
                     )

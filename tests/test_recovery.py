@@ -208,6 +208,30 @@ def test_appended_bytes_beyond_the_checkpoint_are_still_cut_back(dest: Path) -> 
     assert (dest / "h" / os.fsdecode(SESSION)).read_bytes() == old
 
 
+@pytest.mark.parametrize("small", [False, True])
+def test_a_file_edited_by_hand_to_more_bytes_is_not_cut_back(dest: Path, small: bool) -> None:
+    """Recovery took every append-kind file longer than its checkpoint for one a killed run
+    appended to, and cut it back: a line put in at the top by hand (or an older, longer
+    version copied over it) left the edit's first bytes in the mirror as the host's, and as
+    the host's file had not changed, no later sync looked at it again. A file whose head is
+    not the committed one's is followed and fetched whole instead, as one cut by hand is."""
+    rng = random.Random(21)
+    old = lines(rng, 2 if small else 20)
+    assert (len(old) < 1024) is small
+    edited = b'{"note": "mine"}\n' + old
+    with MirrorState(dest) as state:
+        committed(state, SESSION, old)
+        state.local_path("h", SESSION).write_bytes(edited)
+    with MirrorState(dest) as state:
+        notes = state.recover(["h"])
+        row = state.host_files("h")[SESSION]
+    assert (dest / "h" / os.fsdecode(SESSION)).read_bytes() == edited
+    assert (row.size, row.ino) == (len(edited), -1)  # fetched whole and compared next round
+    assert row.fingerprint == fingerprint_of(edited[:1024])
+    assert any("does not match its checkpoint" in n for n in notes), notes
+    assert_index_is_a_rebuild(dest)
+
+
 def test_a_file_cut_by_hand_takes_its_index_along(dest: Path) -> None:
     rng = random.Random(4)
     with MirrorState(dest) as state:

@@ -571,7 +571,16 @@ class MirrorState:
                     # and its row says so already, from an earlier recovery: a file the host
                     # deleted, then removed from the mirror by hand, is noted once.)
                     continue
-                if size > committed and kind == "append" and kept == version and ino >= 0:
+                if host not in rows_of:
+                    rows_of[host] = self.host_files(host)
+                row = rows_of[host][path]
+                if (
+                    size > committed
+                    and kind == "append"
+                    and kept == version
+                    and ino >= 0
+                    and _same_head(local, committed, row.fingerprint)
+                ):
                     # Appended in place beyond the checkpoint: those bytes were never committed.
                     # (A file about to be replaced by rename is marked in doubt, -1, first, and
                     # a new one has a placeholder.)
@@ -588,9 +597,9 @@ class MirrorState:
                 # as version ``kept``), or a file cut or removed by hand. Never cut such a file
                 # back (that would splice two contents): the checkpoint takes what is on disk,
                 # and the unknown identity makes the next fetch take the file whole and compare.
-                if host not in rows_of:
-                    rows_of[host] = self.host_files(host)
-                row = rows_of[host][path]
+                # So is a longer file whose head is not the committed one's: edited by hand
+                # (a line put in at the top, an old version copied over it), not appended to;
+                # cut back, it would keep a piece of the edit as the host's bytes.
                 row.size = max(size, 0)
                 row.ino = -1
                 row.version = kept
@@ -890,6 +899,15 @@ class _Transaction:
             # SQLite may have rolled back already (a full disk does): then the error that
             # got us here is the one to report, not "no transaction is active".
             self.db.execute("ROLLBACK")
+
+
+def _same_head(local: bytes, committed: int, fingerprint: bytes) -> bool:
+    """Whether the file at ``local`` begins with the committed bytes' head, as a file a
+    killed run appended to does (only a file longer than its checkpoint is read so, one
+    read of at most FINGERPRINT_BYTES)."""
+    with open(local, "rb") as src:
+        head = src.read(min(committed, FINGERPRINT_BYTES))
+    return fingerprint_of(head) == fingerprint
 
 
 def _room_for_a_file(path: bytes) -> bool:

@@ -232,6 +232,26 @@ def test_a_file_edited_by_hand_to_more_bytes_is_not_cut_back(dest: Path, small: 
     assert_index_is_a_rebuild(dest)
 
 
+def test_an_older_longer_version_copied_over_the_file_is_not_cut_back(dest: Path) -> None:
+    """A kept version copied back over the mirrored file, longer and sharing its first KiB
+    (a compaction keeps the session's header): its head matched the checkpoint's, so
+    recovery cut it back, leaving the version's first bytes as the host's. An append is
+    committed at a line end; there the version has none, so it is fetched whole."""
+    rng = random.Random(22)
+    header = lines(rng, 20)
+    assert len(header) > 1024
+    now = header + b'{"now": 1}\n'
+    version = header + b'{"before compaction": "' + b"x" * 500 + b'"}\n'
+    with MirrorState(dest) as state:
+        committed(state, SESSION, now)
+        state.local_path("h", SESSION).write_bytes(version)
+    with MirrorState(dest) as state:
+        state.recover(["h"])
+        row = state.host_files("h")[SESSION]
+    assert (dest / "h" / os.fsdecode(SESSION)).read_bytes() == version
+    assert (row.size, row.ino) == (len(version), -1)  # fetched whole and compared next round
+
+
 def test_a_file_cut_by_hand_takes_its_index_along(dest: Path) -> None:
     rng = random.Random(4)
     with MirrorState(dest) as state:

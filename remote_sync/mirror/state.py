@@ -902,11 +902,17 @@ class _Transaction:
 
 
 def _same_head(local: bytes, committed: int, fingerprint: bytes) -> bool:
-    """Whether the file at ``local`` begins with the committed bytes' head, as a file a
-    killed run appended to does (only a file longer than its checkpoint is read so, one
-    read of at most FINGERPRINT_BYTES)."""
+    """Whether the file at ``local`` begins with the committed bytes' head, and has a line end
+    where they end, as a file a killed run appended to does (an append is committed at a line
+    end; a longer file put there by hand, an old version sharing the session's header, seldom
+    has one exactly there). Only a file longer than its checkpoint is read so: two reads of
+    at most FINGERPRINT_BYTES and one byte."""
     with open(local, "rb") as src:
         head = src.read(min(committed, FINGERPRINT_BYTES))
+        if committed > 0:
+            src.seek(committed - 1)
+            if src.read(1) != b"\n":
+                return False
     return fingerprint_of(head) == fingerprint
 
 

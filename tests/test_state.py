@@ -19,8 +19,10 @@ from remote_sync.mirror.state import (
 from remote_sync.mirror.writer import AppendWriter, WholeWriter, make_durable
 
 
-def row(path: bytes, size: int, host: str = "h") -> FileState:
-    return FileState(host, path, "append", size, size, 1.0, 1, 7, b"x")
+def row(path: bytes, size: int, host: str = "h", data: bytes = b"") -> FileState:
+    """A checkpoint of ``size`` bytes; its fingerprint is that of ``data``'s committed head
+    (recovery compares it before cutting a longer file back)."""
+    return FileState(host, path, "append", size, size, 1.0, 1, 7, fingerprint_of(data[:size]))
 
 
 def test_recovery_cuts_back_resets_and_cleans(tmp_path: Path) -> None:
@@ -35,8 +37,9 @@ def test_recovery_cuts_back_resets_and_cleans(tmp_path: Path) -> None:
         state.local_path("h", odd).parent.mkdir(parents=True, exist_ok=True)
         state.local_path("h", odd).write_bytes(b"x\ny\n")
         state.commit(
-            [row(b"longer.jsonl", 4), row(b"exact.jsonl", 2), row(b"shorter.jsonl", 5),
-             row(b"missing.jsonl", 3), row(odd, 2), row(b"other.jsonl", 1, host="g")]
+            [row(b"longer.jsonl", 4, data=files[b"longer.jsonl"]), row(b"exact.jsonl", 2),
+             row(b"shorter.jsonl", 5), row(b"missing.jsonl", 3), row(odd, 2, data=b"x\ny\n"),
+             row(b"other.jsonl", 1, host="g")]
         )  # fmt: skip
         state.tmp_dir.mkdir(parents=True, exist_ok=True)
         (state.tmp_dir / "fetch-1-2").write_bytes(b"stray")

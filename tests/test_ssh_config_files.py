@@ -486,8 +486,7 @@ def _ssh_values(cfg: Path, key: str) -> list[str] | None:
 def _our_values(cfg: Path, option: str) -> list[str] | None:
     """The values asyncssh's reading of ``cfg`` for the host ``box``, as the pool makes it
     read, gives ``option`` (the reading refused: None), the HostKeyAlias lowercased as ssh
-    has it. (Read as the connection's options read it, which then refuse a User with a tab,
-    which ssh takes: no matter of splitting.)"""
+    has it. (A User with a tab, which ssh takes, is refused here: asyncssh cannot send it.)"""
     try:
         config = asyncssh.config.SSHClientConfig.load(
             None, [str(cfg)], False, False, False, "me", (), "box", ()
@@ -525,6 +524,10 @@ def test_a_line_splits_into_the_words_ssh_splits_it_into(
     ours = _our_values(cfg, option)
     if by_ssh is None:
         assert ours in (None, [""]), (cfg.read_text(), ours)
+    elif ours is None and option == "User" and any("\t" in user for user in by_ssh):
+        # A User with a tab: ssh sends it, asyncssh cannot (SASLprep), so the reading refuses
+        # it with its line (test_a_user_name_the_connection_cannot_send_...); split alike.
+        pass
     else:
         assert ours == by_ssh, cfg.read_text()
 

@@ -184,18 +184,9 @@ class ListingIncompleteError(SSHError):
 
     default_hint = "let the login user read the host's files; the rest was read"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        host: str | None = None,
-        path: str | None = None,
-        hint: str | None = None,
-    ) -> None:
-        super().__init__(message, host=host, path=path, hint=hint)
-        #: The same listing's other errors (a directory each): one exception is raised, and
-        #: its catcher reports it and these, each on its own.
-        self.also: list[RemoteSyncError] = []
+    #: The same listing's other errors (a directory each): one exception is raised, and its
+    #: catcher reports it and these, each on its own (set on the instance by the listing).
+    also: tuple[RemoteSyncError, ...] = ()
 
 
 class RemoteCommandError(SSHError):

@@ -761,7 +761,7 @@ async def stream_remote_sessions(
         )
     if errors:
         first = errors[0]
-        first.also = list(errors[1:])
+        first.also = tuple(errors[1:])
         raise first
 
 

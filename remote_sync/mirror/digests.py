@@ -108,23 +108,30 @@ class Cksum:
 
 class Hasher:
     """The md5 and the POSIX cksum of the same bytes: which of them the host used is known
-    only from its digest line, after the bytes."""
+    only from its digest line, after the bytes. ``only``: the host's tool, once a digest of
+    its has said it (a host hashes with one), so the bytes are hashed once."""
 
     __slots__ = ("_cksum", "_md5")
 
-    def __init__(self) -> None:
-        self._md5 = hashlib.md5(usedforsecurity=False)
-        self._cksum = Cksum()
+    def __init__(self, only: Algorithm | None = None) -> None:
+        self._md5 = hashlib.md5(usedforsecurity=False) if only != "cksum" else None
+        self._cksum = Cksum() if only != "md5" else None
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._md5.update(data)
-        self._cksum.update(data)
+        if self._md5 is not None:
+            self._md5.update(data)
+        if self._cksum is not None:
+            self._cksum.update(data)
 
-    def digest(self, algorithm: Algorithm) -> Digest:
+    def digest(self, algorithm: Algorithm) -> Digest | None:
+        """The digest ``algorithm`` makes of the bytes; None if this one was not kept."""
         if algorithm == "md5":
-            return Digest("md5", self._md5.hexdigest())
+            return None if self._md5 is None else Digest("md5", self._md5.hexdigest())
+        if self._cksum is None:
+            return None
         return Digest("cksum", f"{self._cksum.value}:{self._cksum.size}")
 
     def agrees(self, digest: Digest) -> bool:
-        """Are these bytes the ones the host hashed into ``digest``?"""
+        """Are these bytes the ones the host hashed into ``digest``? (Not when its tool is
+        not the one kept: the files are then fetched again, not taken on trust.)"""
         return self.digest(digest.algorithm) == digest

@@ -81,9 +81,10 @@ from ..inventory import Host, normal_root
 from ..ssh.pool import PoolSettings, SSHPool
 from ..ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 from ..ssh.stream import RemoteStream, exec_streaming
-from .digests import Digest, Hasher
+from .digests import Algorithm, Digest, Hasher
 from .plan import Category, Plan, Transfer, make_plan
 from .remote_ops import (
+    BATCH_BYTES,
     EXIT_ROOT_UNUSABLE,
     HEAD_BYTES,
     Begin,
@@ -136,8 +137,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Args = TypeVarTuple("Args")
 
-#: Flush (fsync + commit) after this many bytes or files, or this many seconds.
-FLUSH_BYTES = 64 * 1024 * 1024
+#: Flush (fsync + commit) after this many bytes or files, or this many seconds. The bytes are
+#: a fetch batch's bound: a kill of the client and a dropped connection lose as much at most.
+FLUSH_BYTES = BATCH_BYTES
 FLUSH_FILES = 1000
 FLUSH_SECONDS = 2.0
 #: Progress events while one file streams in: at most this often per host.
@@ -979,6 +981,8 @@ class _FrameHandler:
         self.held_in_batch = _Held()
         # The digests of the bytes of the file being read, when the host hashes it whole.
         self.whole: Hasher | None = None
+        # The host's hashing tool, once a digest has named it: later bytes are hashed once.
+        self.tool: Algorithm | None = None
 
     async def handle_all(self, events: Iterable[object]) -> None:
         # A chunk of small files is hundreds of files to create, write and finish (the
@@ -1012,7 +1016,7 @@ class _FrameHandler:
         if isinstance(event, Begin):
             self.index = event.index
             checked_whole = self.requests[event.index].check_whole
-            self.whole = Hasher() if checked_whole else None
+            self.whole = Hasher(self.tool) if checked_whole else None
             try:
                 self.writer = self._open(t)
             except RewriteDetected:  # the mirrored copy is not what its checkpoint says
@@ -1148,10 +1152,12 @@ class _FrameHandler:
     async def _digest(self, event: HeadDigest) -> None:
         """Commit the held files if their heads are as the host hashed them after the read."""
         batch = self.requests[event.indices[0]].check_batched
+        if event.digest is not None:
+            self.tool = event.digest.algorithm
         if batch:
-            group, self.held_in_batch = self.held_in_batch, _Held()
+            group, self.held_in_batch = self.held_in_batch, _Held(heads=Hasher(self.tool))
         else:
-            group, self.held = self.held, _Held()
+            group, self.held = self.held, _Held(heads=Hasher(self.tool))
         held, heads = group.files, group.heads
         # A checked file that did not end (shrank, failed...) is in the host's digest but not
         # in ours: the others cannot be told apart from it, and are fetched again too.

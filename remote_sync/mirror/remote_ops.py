@@ -709,12 +709,8 @@ def read_marker_sh(what: str) -> str:
 # turn it into 123); the batches inherit the directory.
 _FETCH_SCRIPT = (
     ENTER_ROOT_SH
-    + r"""REMOTE_SYNC_MARKER=$4
-if [ -z "$REMOTE_SYNC_MARKER" ]; then
-    IFS= read -r REMOTE_SYNC_MARKER || REMOTE_SYNC_MARKER=
-fi
-"""
-    + _check_marker_sh("fetch marker")
+    + 'REMOTE_SYNC_MARKER=$4\n[ -n "$REMOTE_SYNC_MARKER" ] || '
+    + read_marker_sh("fetch marker")
     + r"""exec xargs -0 -r -n "$3" sh -c "$2" sh
 """
 )
@@ -898,8 +894,8 @@ PER_BATCH = 1000
 #: checked at its end (until the digest of their heads). A connection dropped before that
 #: end loses them all, so :func:`fetch_stdin` ends a batch before a request that would take
 #: them over this: a drop throws away at most this much of files that fully arrived (rsync
-#: keeps each file it finished), or one file larger than it. It is the engine's flush
-#: threshold (``FLUSH_BYTES``): a kill of the client may lose as much of files it finished.
+#: keeps each file it finished), or one file larger than it. The engine's flush threshold
+#: (``FLUSH_BYTES``) is this too: a kill of the client may lose as much of files it finished.
 #: Each batch costs the host a ``tar``, and a ``head``, ``md5sum`` and ``stat`` for its
 #: digests: about 6 ms of CPU on a 2-core test machine, no round trip; at 64 MiB that is
 #: under a percent of the time the bytes take at 100 MB/s (the 505 files, 101 MB, of the

@@ -582,10 +582,9 @@ async def _preflight(pool: SSHPool, host: Host, emit: Emit, token: CancelToken) 
     sync says it (a warning event of kind ``ssh_config``). In a worker thread, as the
     sync's: it reads files and may run a ``Match exec`` command. The lookup it makes is the
     one the connection then uses, not made twice."""
-    with token.scope(host=host.name):
-        problem = await anyio.to_thread.run_sync(
-            pool.preflight, host.endpoint, host.name, abandon_on_cancel=True
-        )
+    problem = await _in_thread(
+        token, partial(pool.preflight, host.endpoint, host.name), host=host.name
+    )
     if problem is not None:
         raise problem
     for said in pool.config_warnings(host.endpoint):
@@ -846,13 +845,12 @@ async def _local_batches(
     host :data:`MIRROR_HOST` (the index holds every host's rows): ``listing`` with the rows
     read so far before each batch, then ``done``; a listing stopped by a cancel through the
     registry (or failing) after its first batch reports its error, then ``done``. Each batch
-    is read in a worker thread (:class:`_IndexReader`), so the event loop goes on meanwhile."""
-    await _import_off_the_loop()
+    is read in a worker thread (:class:`_IndexReader`), so the event loop goes on meanwhile
+    (a cancel taken while it reads ends the wait there, raising)."""
     reader = _IndexReader(Path(dest), batch_size, options)
     done = 0
     try:
         while batch := await reader.next_batch(token):
-            token.raise_if_cancelled()
             done += len(batch)
             emit(Progress(MIRROR_HOST, "listing", done, 0, 0, 0))
             # A cancel sent from `emit` itself (a UI's "stop" on this very event) stops the
@@ -1073,10 +1071,9 @@ def _check_names(hosts: Sequence[Host]) -> None:
 
 
 def _idle_limit(idle_timeout: float | None) -> float | None:
-    """``idle_timeout`` as the remote commands take it: None for no limit, which 0 also
-    means (as ``--timeout 0`` does, and the idle timeout's hint says); a
-    :class:`ConfigError` for anything but 0 or more seconds (a negative one failed every
-    host at once, a NaN deep inside each host's round)."""
+    """``idle_timeout``, checked: a :class:`ConfigError` for anything but None or 0 or more
+    seconds (a negative one failed every host at once, a NaN deep inside each host's round).
+    0 is no limit, as None is (the stream takes it so, as ``--timeout 0``)."""
     if idle_timeout is None:
         return None
     if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
@@ -1088,7 +1085,7 @@ def _idle_limit(idle_timeout: float | None) -> float | None:
             f"idle_timeout (--timeout) must be 0 (no limit) or more seconds, not {idle_timeout!r}",
             hint="pass how many seconds a remote command may send nothing, or None for no limit",
         )
-    return idle_timeout or None
+    return idle_timeout
 
 
 def _require_asyncio() -> None:

@@ -560,8 +560,8 @@ def _terminate_as_interrupt() -> Iterator[None]:
             raise KeyboardInterrupt
         on_ctrl_c(signal.SIGINT, frame)
 
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
-        yield  # ignored by whoever started us: it stays ignored (see _heeded_signals)
+    if signal.SIGTERM not in _heeded_signals():
+        yield  # ignored by whoever started us: it stays ignored
         return
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
@@ -641,6 +641,8 @@ async def _sync_main(
     emit: Emit,
     stop_display: Callable[[], None] | None = None,
 ) -> int:
+    import signal
+
     import anyio
 
     from .cancel import CancelRegistry
@@ -659,7 +661,7 @@ async def _sync_main(
                     if not first:
                         _abort_at_once(emit, stop_display)
                     first = False
-                    again = "Ctrl-C" if "SIGINT" in [s.name for s in heeded] else "SIGTERM"
+                    again = "Ctrl-C" if signal.SIGINT in heeded else "SIGTERM"
                     print(f"\ncancelling ({again} again to abort at once)...", file=sys.stderr)
                     registry.cancel_all("cancelled by signal")
 

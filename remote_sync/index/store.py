@@ -106,14 +106,9 @@ _facts_encoder = msgspec.json.Encoder()
 _facts_decoder = msgspec.json.Decoder(SessionFacts)
 
 
-def models_text(models: Sequence[str]) -> str:
+def models_text(models: Iterable[str]) -> str:
     """The ``models`` column: each name followed by a newline (one inside a name is a space)."""
-    if not models:
-        return ""
-    text = "\n".join(models)
-    if text.count("\n") != len(models) - 1:  # rare: one join, not a string per name
-        text = "\n".join(model.replace("\n", " ") for model in models)
-    return text + "\n"
+    return "".join(model.replace("\n", " ") + "\n" for model in models)
 
 
 def models_list(text: str) -> list[str]:

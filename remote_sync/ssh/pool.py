@@ -373,7 +373,7 @@ def _lowercase_patterns(line: str) -> str:
     lead = len(line) - len(line.lstrip())
     words = line[lead:].split(None, 2)
     at = 1 if words and words[0].startswith("@") else 0  # @cert-authority, @revoked
-    if len(words) <= at or words[at].startswith(("|", "#")) or line[lead:].startswith("#"):
+    if len(words) <= at or words[at].startswith(("|", "#")):  # a hashed name, a comment
         return line
     words[at] = lowercase_host(words[at])
     return line[:lead] + " ".join(words)
@@ -789,8 +789,6 @@ def _unsupported_algorithms(
     Include one naming sntrup761x25519-sha512@openssh.com in every ssh_config), and a
     warning for every host of every sync would ask the user to edit a file root keeps,
     generated, for a name ssh knows."""
-    from asyncssh.pattern import WildcardPattern
-
     parsed = resolved.parsed
     if parsed is None:
         return ()
@@ -800,11 +798,7 @@ def _unsupported_algorithms(
         if not isinstance(value, str) or value.startswith("-"):
             continue
         names = [name for name in value.lstrip("+^").split(",") if name]
-        left_out = [
-            name
-            for name in names
-            if not any(WildcardPattern(name).matches(alg.decode("ascii")) for alg in supported)
-        ]
+        left_out = [name for name in names if not _usable_algorithms(name, supported, [])]
         if not left_out:
             continue
         file, where = _where_set(parsed, option, endpoint)

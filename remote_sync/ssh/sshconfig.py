@@ -289,7 +289,7 @@ def split_line(line: str) -> list[str]:
         words = [QuotedWord(word) if "=" in word else word for word in words]
     elif lowered == "match":
         words = _match_words(words)
-    elif lowered != "match" and words:
+    elif words:
         # Plain str again, so that no QuotedWord ends up among the values asyncssh keeps.
         words = [str(word) for word in words]
         if words[0].startswith("="):

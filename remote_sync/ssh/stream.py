@@ -87,7 +87,7 @@ class RemoteStream:
         self.bytes_received = 0
         self.check = check
         self._chunk_size = chunk_size
-        self._idle_timeout = idle_timeout
+        self._idle_timeout = idle_timeout or None  # 0 is no limit, as rsync's --timeout 0
         self._channel: _Channel | None = None  # set by exec_streaming once the channel exists
         self._stdin: asyncssh.SSHClientChannel[bytes] | None = None  # while stdin stays open
         self._stdin_refused = False  # a write found the command gone: the rest is dropped

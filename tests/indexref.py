@@ -65,7 +65,7 @@ def put_session_by_statements(
     *,
     fresh: bool = False,
 ) -> None:
-    """One session's rows as ``put_session`` wrote them before ``IndexRows``."""
+    """One session's rows as a commit wrote them before ``IndexRows``."""
     db.execute(
         "INSERT OR REPLACE INTO sessions VALUES "
         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

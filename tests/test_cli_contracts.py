@@ -57,8 +57,8 @@ from remote_sync.events import (
 from remote_sync.index import remote as remote_index
 from remote_sync.index.facts import SessionFacts
 from remote_sync.index.query import SessionRow, iso_instant, open_index, query_sessions
-from remote_sync.index.store import mark_before, put_session
-from remote_sync.index.update import rebuild_index
+from remote_sync.index.store import mark_before
+from remote_sync.index.update import IndexUpdate, rebuild_index
 from remote_sync.inventory import Host, load_inventory
 from remote_sync.mirror.state import FileState, MirrorState
 from remote_sync.render import RichRenderer, plain
@@ -168,7 +168,7 @@ def write_facts_index(dest: Path, rows: list[tuple[str, bytes, SessionFacts]]) -
 
         def sessions() -> None:
             for h, p, f in rows:
-                put_session(state.db, h, p, "openclaw", f)
+                IndexUpdate(h, p, "openclaw", f).write(state.db)
 
         state.commit(files, also=sessions)
 

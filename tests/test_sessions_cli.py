@@ -42,7 +42,8 @@ from remote_sync.index.query import (
 )
 from remote_sync.index.remote import _Backward
 from remote_sync.index.show import TAIL_FIRST_BLOCK, ShowResult, read_messages, show_session
-from remote_sync.index.store import MARK_EVERY, put_session
+from remote_sync.index.store import MARK_EVERY
+from remote_sync.index.update import IndexUpdate
 from remote_sync.mirror.state import FileState, MirrorState
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -215,7 +216,7 @@ def build_index(dest: Path, entries: list[Spec]) -> None:
 
         def write_sessions() -> None:
             for s in entries:
-                put_session(state.db, s.host, s.path, s.fmt, s.facts)
+                IndexUpdate(s.host, s.path, s.fmt, s.facts).write(state.db)
 
         state.commit(rows, also=write_sessions)
 

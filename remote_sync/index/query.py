@@ -53,7 +53,14 @@ import msgspec
 from ..errors import ConfigError, path_bytes, path_text
 from ..formats.readers import READERS
 from .facts import FormatReader, SessionFacts
-from .store import INDEX_RULES, INT64_MAX, index_rules, models_list, read_only_uri
+from .store import (
+    INDEX_RULES,
+    INT64_MAX,
+    index_rules,
+    models_list,
+    read_only_uri,
+    session_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -579,17 +586,7 @@ def row_from_facts(
         facts.session_id or "",
         facts.bytes,
         facts.lines,
-        facts.messages,
-        facts.user,
-        facts.assistant,
-        facts.tool,
-        facts.system,
-        facts.other,
-        facts.tool_calls,
-        facts.tokens_in,
-        facts.tokens_out,
-        facts.tokens_cache_read,
-        facts.tokens_cache_write,
+        *session_counts(facts),
         round_cost(facts.cost),
         list(facts.models),
         facts.first_ts,

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import msgspec
 
+# SQLite's largest INTEGER (a larger Python int cannot be bound as a parameter): also given
+# out here, by the module of the index's tables, for those that bind parameters to them.
+from .facts import INT64_MAX as INT64_MAX
 from .facts import SessionFacts
 
 
@@ -234,6 +237,24 @@ def _session_row(host: str, path: bytes, fmt: str, facts: SessionFacts) -> tuple
         facts.bytes,
         facts.lines,
         facts.malformed,
+        *session_counts(facts),
+        facts.cost,
+        models_text(facts.models),
+        facts.first_ts,
+        facts.last_ts,
+        facts.title,
+    )
+
+
+#: What :func:`session_counts` gives: eleven counts.
+Counts = tuple[int, int, int, int, int, int, int, int, int, int, int]
+
+
+def session_counts(facts: SessionFacts) -> Counts:
+    """A session's messages (all, then user, assistant, tool, system, other), tool calls and
+    tokens (in, out, cache read, cache write): the ``sessions`` columns ``messages`` to
+    ``tokens_cache_write``, in the table's order, which is also a ``SessionRow``'s."""
+    return (
         facts.messages,
         facts.user,
         facts.assistant,
@@ -245,32 +266,7 @@ def _session_row(host: str, path: bytes, fmt: str, facts: SessionFacts) -> tuple
         facts.tokens_out,
         facts.tokens_cache_read,
         facts.tokens_cache_write,
-        facts.cost,
-        models_text(facts.models),
-        facts.first_ts,
-        facts.last_ts,
-        facts.title,
     )
-
-
-def put_session(
-    db: sqlite3.Connection,
-    host: str,
-    path: bytes,
-    fmt: str,
-    facts: SessionFacts,
-    marks: Sequence[tuple[int, int]] = (),
-    *,
-    fresh: bool = False,
-) -> None:
-    """Write one session's facts (call inside the checkpoint's transaction); a commit of
-    many collects them in :class:`IndexRows`.
-
-    ``fresh`` drops its earlier marks first (the file was fetched whole: re-indexed).
-    """
-    rows = IndexRows()
-    rows.put(host, path, fmt, facts, marks, fresh=fresh)
-    rows.write(db)
 
 
 def delete_sessions(db: sqlite3.Connection, keys: Iterable[tuple[str, bytes]]) -> None:
@@ -280,10 +276,6 @@ def delete_sessions(db: sqlite3.Connection, keys: Iterable[tuple[str, bytes]]) -
     db.executemany("DELETE FROM sessions WHERE host = ? AND path = ?", keys)
     db.executemany("DELETE FROM session_facts WHERE host = ? AND path = ?", keys)
     db.executemany(_DROP_MARKS, keys)
-
-
-#: SQLite's largest INTEGER (a larger Python int cannot be bound as a parameter).
-INT64_MAX = 2**63 - 1
 
 
 def mark_before(db: sqlite3.Connection, host: str, path: bytes, message_no: int) -> tuple[int, int]:

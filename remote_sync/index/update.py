@@ -20,7 +20,7 @@ from typing import Any
 from ..decode.jsonl import JsonlDecoder
 from ..errors import MirrorError, path_text, refetch_hint
 from .facts import FormatReader, SessionFacts
-from .store import MARK_EVERY, IndexRows, load_facts, put_session, record_index_rules
+from .store import MARK_EVERY, IndexRows, load_facts, record_index_rules
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ class IndexUpdate:
 
     def write(self, db: sqlite3.Connection) -> None:
         """Write its rows alone, now (call inside the checkpoint's transaction)."""
-        put_session(db, self.host, self.path, self.format, self.facts, self.marks, fresh=self.fresh)
+        rows = IndexRows()
+        self.put_into(rows)
+        rows.write(db)
 
 
 class FileIndexer:

@@ -426,16 +426,8 @@ class IndexWorker:
         """Give up on the worker: every job it has fails; it is killed."""
         if self.dead is not None:
             return
-        self.dead = reason
         log.warning("%s; indexing in-process instead", reason)
-        for job in self.jobs.values():
-            job._fail(reason)
-        self.jobs.clear()
-        while self.outbox:
-            _data, fd = self.outbox.popleft()
-            if fd is not None:
-                os.close(fd)
-        self.wake.set()
+        self._stop(reason, reason)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
 
@@ -461,15 +453,20 @@ class IndexWorker:
 
     def _die_quietly(self) -> None:
         if self.dead is None:
-            self.dead = "closed"
-            for job in self.jobs.values():
-                job._fail("the index worker was closed")
-            self.jobs.clear()
-            while self.outbox:
-                _data, fd = self.outbox.popleft()
-                if fd is not None:
-                    os.close(fd)
-            self.wake.set()
+            self._stop("closed", "the index worker was closed")
+
+    def _stop(self, dead: str, why: str) -> None:
+        """Take no more jobs (``dead`` says why): every job open fails with ``why``, and the
+        descriptors still waiting to be sent are closed."""
+        self.dead = dead
+        for job in self.jobs.values():
+            job._fail(why)
+        self.jobs.clear()
+        while self.outbox:
+            _data, fd = self.outbox.popleft()
+            if fd is not None:
+                os.close(fd)
+        self.wake.set()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Self
 
 import msgspec
 
@@ -66,7 +66,10 @@ class Progress(msgspec.Struct, tag="progress", tag_field="type"):
     bytes_total: int
 
 
-class ErrorEvent(msgspec.Struct, tag="error", tag_field="type"):
+class _Problem(msgspec.Struct):
+    """What an error and a warning say alike: the host and path concerned (None: none in
+    particular), a stable ``kind`` for scripts, the message and what to do."""
+
     host: str | None
     path: str | None
     kind: str
@@ -74,26 +77,29 @@ class ErrorEvent(msgspec.Struct, tag="error", tag_field="type"):
     hint: str
 
     @classmethod
-    def from_exception(cls, exc: RemoteSyncError) -> ErrorEvent:
-        """The event for ``exc``, its strings made :func:`json_safe` (a host or path named on
-        the command line may hold bytes that are not UTF-8)."""
+    def _json_safe(
+        cls, host: str | None, path: str | None, kind: str, message: str, hint: str
+    ) -> Self:
+        """The event with its strings made :func:`json_safe` (a host or path named on the
+        command line may hold bytes that are not UTF-8)."""
         return cls(
-            host=None if exc.host is None else json_safe(exc.host),
-            path=None if exc.path is None else json_safe(exc.path),
-            kind=exc.kind,
-            message=json_safe(exc.message),
-            hint=json_safe(exc.hint),
+            host=None if host is None else json_safe(host),
+            path=None if path is None else json_safe(path),
+            kind=kind,
+            message=json_safe(message),
+            hint=json_safe(hint),
         )
 
 
-class WarningEvent(msgspec.Struct, tag="warning", tag_field="type"):
-    """Something the user should know that fails nothing: the run's outcome stands."""
+class ErrorEvent(_Problem, tag="error", tag_field="type"):
+    @classmethod
+    def from_exception(cls, exc: RemoteSyncError) -> ErrorEvent:
+        """The event for ``exc``, its strings made :func:`json_safe`."""
+        return cls._json_safe(exc.host, exc.path, exc.kind, exc.message, exc.hint)
 
-    host: str | None
-    path: str | None
-    kind: str
-    message: str
-    hint: str
+
+class WarningEvent(_Problem, tag="warning", tag_field="type"):
+    """Something the user should know that fails nothing: the run's outcome stands."""
 
     @classmethod
     def from_config(cls, host: str, said: ConfigWarning) -> WarningEvent:
@@ -101,13 +107,7 @@ class WarningEvent(msgspec.Struct, tag="warning", tag_field="type"):
         connection leaves out (:meth:`~remote_sync.ssh.pool.SSHPool.config_warnings`), as
         ``sync``, ``sessions list --remote`` and ``sessions show --remote`` say it once per
         host; its strings made :func:`json_safe`, as an error's are."""
-        return cls(
-            host=json_safe(host),
-            path=None if said.path is None else json_safe(said.path),
-            kind="ssh_config",
-            message=json_safe(said.message),
-            hint=json_safe(said.hint),
-        )
+        return cls._json_safe(host, said.path, "ssh_config", said.message, said.hint)
 
 
 class HostDone(msgspec.Struct, tag="host_done", tag_field="type"):

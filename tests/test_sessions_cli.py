@@ -8,6 +8,7 @@ sessions against the sshd fleet, and the CLI's start-up cost (no heavy imports).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -33,6 +34,7 @@ from remote_sync.index.facts import Message, SessionFacts
 from remote_sync.index.query import (
     SessionRow,
     StatsRow,
+    filter_rows,
     find_session,
     open_index,
     query_sessions,
@@ -415,6 +417,21 @@ def test_in_memory_selection_matches_sql(db: Any) -> None:
         assert ids(select_rows(everything, now=NOW, **kw)) == ids(
             query_sessions(db, now=NOW, **kw)
         ), kw
+
+
+def test_in_memory_selection_takes_the_keywords_of_sql() -> None:
+    """The filters are spelt out as keywords in each signature (no ``**filters``): the
+    in-memory ones and the sums take exactly the listing's, named, typed and defaulted alike."""
+
+    def keywords(function: Any) -> list[tuple[str, Any, Any]]:
+        parameters = inspect.signature(function).parameters.values()
+        return [(p.name, p.annotation, p.default) for p in parameters if p.kind is p.KEYWORD_ONLY]
+
+    listing = keywords(query_sessions)
+    assert keywords(select_rows) == listing
+    filters = [k for k in listing if k[0] not in ("sort", "limit")]
+    assert keywords(filter_rows) == filters
+    assert keywords(session_stats) == filters
 
 
 def test_row_from_facts_classifies_like_sql(db: Any) -> None:

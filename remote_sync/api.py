@@ -5,7 +5,8 @@ session at once (from a mirror's index, or straight from hosts with ``remote=Tru
 ``stream_sessions`` yields them in batches as they are decoded, for UIs that render
 progressively; ``show_session`` returns a session's messages (from a mirror with ``dest``, or
 straight from its host), and ``read_session`` the same with where they are and what reading
-them cost; ``session_stats`` sums a mirror's sessions per host, agent, format, model or day.
+them cost; ``session_stats`` sums a mirror's sessions per host, agent, format, model or day;
+``list_versions`` lists the earlier copies a mirror kept of rewritten files.
 These are the CLI's ``sync`` and ``sessions list / show / stats``, with the same options as
 keyword arguments (a misspelt one is a TypeError at the call, as for a plain ``async def``);
 the filters they share are defined once, as :class:`SessionFilters` and
@@ -17,8 +18,8 @@ goes on. Every call is cancellable through a :class:`~remote_sync.cancel.CancelR
 ``transfer_id`` and cancel it there): the transfer is registered at the call, so a cancel sent
 before the coroutine is awaited or the generator iterated is kept, and the run starts
 cancelled; a call never run leaves no entry once it is closed or dropped, and a
-``transfer_id`` already registered is a ValueError at the call. All but ``session_stats`` (one
-query) report progress through ``emit``.
+``transfer_id`` already registered is a ValueError at the call. All but ``session_stats`` and
+``list_versions`` (one query each) report progress through ``emit``.
 
 ``emit`` is called from inside the engine's tasks: an exception it raises is logged and the
 event dropped (see :func:`~remote_sync.events.guarded`); it never aborts the work.
@@ -74,6 +75,8 @@ from .index.query import (
 from .index.query import session_stats as query_stats
 from .index.store import INT64_MAX
 from .inventory import Host
+from .mirror.versions import VersionRow
+from .mirror.versions import list_versions as list_kept_versions
 from .ssh.pool import PoolSettings
 from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 
@@ -87,6 +90,7 @@ __all__ = [
     "ListingOptions",
     "SessionFilters",
     "list_sessions",
+    "list_versions",
     "read_session",
     "session_stats",
     "show_session",
@@ -539,6 +543,34 @@ async def session_stats(
     registry = registry if registry is not None else default_registry
     with registry.register(transfer_id) as token:
         return await _in_thread(token, stats)
+
+
+# -- kept versions ------------------------------------------------------------------------------
+
+
+@_registered_at_call
+async def list_versions(
+    *,
+    dest: str | Path,
+    host: str | None = None,
+    files: Sequence[str] = (),
+    registry: CancelRegistry | None = None,
+    transfer_id: str | None = None,
+) -> list[VersionRow]:
+    """The earlier copies kept of the mirror's rewritten files: what ``versions list`` prints,
+    as :class:`~remote_sync.mirror.versions.VersionRow` s sorted by host, path and version.
+    ``host``: only that host's; ``files``: only the files one of them names (a path as
+    listed, or a session id or a prefix of one). Read in a worker thread, never taking the
+    mirror's lock; a ``dest`` that is not a mirror is a :class:`ConfigError`. To copy one out,
+    :func:`remote_sync.mirror.versions.restore_version` (``versions restore``)."""
+    if isinstance(files, str | bytes):  # one name would be taken for its characters
+        raise ConfigError(
+            "files is a list of paths or session ids, not one", hint=f"pass files=[{files!r}]"
+        )
+    work = partial(list_kept_versions, dest, host=host, files=tuple(files))
+    registry = registry if registry is not None else default_registry
+    with registry.register(transfer_id) as token:
+        return await _in_thread(token, work)
 
 
 async def _read_remote(

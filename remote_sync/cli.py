@@ -6,6 +6,8 @@ Thin on purpose: everything it does is also reachable from the library API. Comm
 * ``sessions list`` / ``sessions show`` / ``sessions stats``: read the session index of a
   mirror (read-only: they take no lock and never block a running sync).
 * ``index rebuild``: recompute the index from the mirrored files (takes the lock).
+* ``versions list`` / ``versions restore``: the earlier copies a sync kept of rewritten files,
+  and one copied out (read-only on the mirror: no lock).
 
 Exit codes (scripts rely on them): 0 success; 1 some hosts or files failed (the rest synced or
 was listed), or a mirrored file could not be read; 2 usage or configuration error (no mirror,
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from .index.show import ShowResult
     from .inventory import Host, Inventory
     from .mirror.engine import SyncOptions
+    from .mirror.versions import VersionRow
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -120,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sync(sub)
     _add_sessions(sub)
     _add_index(sub)
+    _add_versions(sub)
     return parser
 
 
@@ -357,6 +361,62 @@ def _add_index(sub: Any) -> None:
     rebuild.set_defaults(run=run_index_rebuild)
     _dest_option(rebuild)
     rebuild.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _add_versions(sub: Any) -> None:
+    versions = sub.add_parser(
+        "versions",
+        help="list the earlier copies kept of rewritten files, and get one back",
+        description="The earlier copies a sync kept when a host rewrote a mirrored file "
+        "(compacted, truncated, replaced). Never takes the mirror's lock, never writes in it.",
+    )
+    verbs = versions.add_subparsers(dest="verb", required=True)
+    listing = verbs.add_parser(
+        "list",
+        help="one line per kept version",
+        description="List the kept versions: host, path, version (1 is the oldest), bytes, "
+        "when the mirror last wrote that copy (before it was kept), and a transcript's session.",
+        epilog="example:\n  remote-sync versions list --dest ./mirror --host me@box",
+    )
+    listing.set_defaults(run=run_versions_list)
+    _dest_option(listing)
+    listing.add_argument("--host", metavar="H", help="only this host")
+    listing.add_argument(
+        "files",
+        nargs="*",
+        metavar="PATH-or-SESSION",
+        help="only these files: a path as listed (relative to the host's root), or a session "
+        "id or a prefix of one",
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object per version")
+
+    restore = verbs.add_parser(
+        "restore",
+        help="copy one kept version out of the mirror",
+        description="Copy version N of HOST's PATH to FILE (written whole, then renamed into "
+        "place), or its bytes to stdout with --to -. The mirror is only read.",
+        epilog="example (HOST, PATH and N as versions list shows them):\n"
+        "  remote-sync versions restore me@box agents/main/sessions/3f2a9c1e.jsonl 1 "
+        "--to ./3f2a9c1e.v1.jsonl --dest ./mirror\n"
+        "a PATH that begins with '-': the options first, then -- HOST PATH N",
+    )
+    restore.set_defaults(run=run_versions_restore)
+    restore.add_argument("host", metavar="HOST", help="the host (as in the inventory)")
+    restore.add_argument(
+        "path",
+        metavar="PATH",
+        help="the file's path as versions list shows it (or its session id or a unique "
+        "prefix of it)",
+    )
+    restore.add_argument("version", type=int, metavar="N", help="the version's number")
+    _dest_option(restore)
+    restore.add_argument(
+        "--to",
+        required=True,
+        metavar="FILE",
+        help="where to write it (not in the mirror); - for stdout",
+    )
+    restore.add_argument("--force", "-f", action="store_true", help="replace FILE if it exists")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1077,6 +1137,38 @@ def run_index_rebuild(args: argparse.Namespace) -> int:
     return EXIT_FAILED if unreadable else code
 
 
+def run_versions_list(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
+    try:
+        from .mirror.versions import list_versions
+
+        rows = list_versions(_dest(args), host=args.host, files=args.files)
+    except RemoteSyncError as exc:
+        return _fail(exc, args)
+    if args.json:
+        return _guard_pipe(lambda: _write_json_lines(rows))
+    return _guard_pipe(lambda: _print_versions(rows))
+
+
+def run_versions_restore(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
+    try:
+        from .mirror.versions import restore_version
+
+        if not args.to:
+            raise ConfigError("--to is empty", hint="name a file, or - for stdout")
+        dest = _dest(args)
+
+        def restore() -> int:
+            to = sys.stdout.buffer if args.to == "-" else args.to
+            restore_version(dest, args.host, args.path, args.version, to, force=args.force)
+            return EXIT_OK
+
+        return _guard_pipe(restore)
+    except RemoteSyncError as exc:
+        return _fail(exc, args)
+
+
 # -- human output (rich, imported only here) ----------------------------------------------------
 
 
@@ -1086,6 +1178,15 @@ def _console() -> Console:
     console = PipeConsole(highlight=False)
     # Piped output has no width to honour: one wide enough for the columns.
     return console if console.is_terminal else PipeConsole(width=160, highlight=False)
+
+
+def _listing_console() -> Console:
+    """The console of a listing: piped (grep, a log), every row whole, as wide as its widest
+    cell needs."""
+    from .render import PipeConsole
+
+    console = _console()
+    return console if console.is_terminal else PipeConsole(width=1 << 20, highlight=False)
 
 
 def _print_whole(console: Console, table: Any) -> None:
@@ -1140,12 +1241,9 @@ def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from .render import PipeConsole, plain
+    from .render import plain
 
-    console = _console()
-    if not console.is_terminal:
-        # Piped (grep, a log): every row whole, as wide as its widest cell needs.
-        console = PipeConsole(width=1 << 20, highlight=False)
+    console = _listing_console()
     class_style = {"empty": "dim", "low": "yellow", "valuable": "green"}
     state_style = {
         "live": "",
@@ -1185,6 +1283,34 @@ def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:
     _print_whole(console, table)
     if not rows and not quiet:
         print("no sessions match", file=sys.stderr)
+    return EXIT_OK
+
+
+def _print_versions(rows: list[VersionRow]) -> int:
+    """The table of kept versions (paths whole: they are what restore takes)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from .render import human_size, plain
+
+    console = _listing_console()
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for head in ("host", "path", "version", "bytes", "last written", "session"):
+        table.add_column(
+            head, no_wrap=True, justify="right" if head in ("version", "bytes") else "left"
+        )
+    for r in rows:
+        table.add_row(
+            plain(r.host),
+            plain(r.path),
+            Text(str(r.version)),
+            Text(human_size(r.bytes)),
+            plain(_when(r.modified)),
+            plain(_cut_session_id(r.session_id) if r.session_id else "-"),
+        )
+    _print_whole(console, table)
+    if not rows:
+        print("no kept versions", file=sys.stderr)
     return EXIT_OK
 
 

@@ -451,6 +451,9 @@ def test_sessions_show_prints_hostile_paths_and_text_as_is(
         ["sessions", "show", "h0", "x"],
         ["sessions", "stats"],
         ["index", "rebuild"],
+        ["versions", "list"],
+        ["versions", "list", "--json"],
+        ["versions", "restore", "h0", "x", "1", "--to", "out"],
     ],
 )
 def test_an_empty_dest_is_a_usage_error(
@@ -478,6 +481,7 @@ def test_an_empty_dest_is_a_usage_error(
         ["sessions", "show", "h0", "x"],  # no mirror there
         ["sessions", "stats"],
         ["index", "rebuild"],
+        ["versions", "list"],
     ],
 )
 def test_errors_found_after_parsing_under_json_print_an_error_line_too(

@@ -220,10 +220,12 @@ _RELATIVE = re.compile(r"(\d+)\s*([smhdw])", re.ASCII)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def open_index(dest: str | Path) -> sqlite3.Connection:
+def open_index(dest: str | Path, *, warn: bool = True) -> sqlite3.Connection:
     """A read-only connection to the mirror's index: takes no lock, never blocks a sync.
 
-    Raises :class:`ConfigError` naming ``dest`` when it holds no mirror or no index.
+    Raises :class:`ConfigError` naming ``dest`` when it holds no mirror or no index. ``warn``:
+    say when the index was counted by another version's rules (a reader of the state that
+    counts nothing, such as ``versions``, has no use for it).
     """
     db_path = Path(dest) / ".remote-sync" / "state.db"
     if not db_path.is_file():
@@ -254,7 +256,8 @@ def open_index(dest: str | Path) -> sqlite3.Connection:
             f"the mirror at {dest} has no session index yet",
             hint=f"run `remote-sync index rebuild --dest {dest}` (or sync it once)",
         )
-    _warn_if_other_rules(db, dest)
+    if warn:
+        _warn_if_other_rules(db, dest)
     return db
 
 

@@ -1,0 +1,325 @@
+"""Kept versions for people: listing the earlier copies a sync kept, and copying one out.
+
+What it owns: :class:`VersionRow` (one kept version, as ``versions list --json`` prints it and
+the library returns it), :func:`list_versions` and :func:`restore_version`. Where a version is
+put and how it is numbered belongs to the writer and the state (``writer._put_in_place``,
+:meth:`MirrorState.version_path <remote_sync.mirror.state.MirrorState.version_path>`): this
+module only reads them. It never takes the mirror's lock (it reads the state as ``sessions``
+does, so it works while a sync runs) and never writes inside the mirror.
+
+The state records how many versions a file has (``files.version``), not when each was kept:
+a version's time is its file's mtime, the last time the mirror wrote that copy before a
+rewrite moved it aside. A listing starts from the state's rows, as a version's place cannot
+be read back into its remote path (a name too long for ``.v<N>`` is cut, with a digest), and
+takes the versions on disk after the recorded ones too (a run killed before its commit leaves
+one there); a version removed by hand is left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shlex
+import sqlite3
+import stat
+import tempfile
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import msgspec
+
+from ..errors import ConfigError, MirrorError, path_bytes, path_text
+from ..index.query import _format_instant, _tidy_path, as_indexed, open_index
+from .state import MirrorState, fsync_dir
+
+__all__ = ["VersionRow", "list_versions", "restore_version"]
+
+#: Bytes copied at a time by a restore.
+_BLOCK = 1 << 20
+
+
+class VersionRow(msgspec.Struct):
+    """One kept version of a mirrored file."""
+
+    host: str
+    path: str  # relative to the host's root; undecodable bytes shown as \\xNN
+    version: int  # N of ``<path>.v<N>``: 1 is the oldest
+    bytes: int
+    modified: str  # the copy's mtime (UTC): when the mirror last wrote it, before it was kept
+    session_id: str | None  # the index's id for the file's path, when it is a transcript
+    file: str  # where the copy is, relative to the mirror directory (\\xNN as in path)
+
+
+def list_versions(
+    dest: str | os.PathLike[str],
+    *,
+    host: str | None = None,
+    files: Sequence[str] = (),
+) -> list[VersionRow]:
+    """Every kept version in the mirror at ``dest``, sorted by host, path and version.
+
+    ``host``: only that host's. ``files``: only the files one of them names, as a path
+    relative to the host's root (as listings show it, or as typed), a session id or a prefix
+    of one. A ``dest`` that is not a mirror is the :class:`ConfigError` ``sessions list``
+    gives."""
+    dest = Path(dest)
+    db = open_index(dest, warn=False)
+    try:
+        found = _files_with_versions(db, host, files)
+    finally:
+        db.close()
+    rows: list[VersionRow] = []
+    for file_host, path, recorded, session_id in found:
+        for number, place, st in _kept(dest, file_host, path, recorded):
+            rows.append(
+                VersionRow(
+                    file_host,
+                    path_text(path),
+                    number,
+                    st.st_size,
+                    _format_instant(datetime.fromtimestamp(st.st_mtime, UTC)),
+                    session_id,
+                    path_text(os.fsencode(place.relative_to(dest))),
+                )
+            )
+    return rows
+
+
+def _files_with_versions(
+    db: sqlite3.Connection, host: str | None, targets: Sequence[str]
+) -> list[tuple[str, bytes, int, str | None]]:
+    """(host, path, recorded versions, session id) of each file with versions, that ``host``
+    and ``targets`` choose."""
+    sql = (
+        "SELECT f.host, f.path, f.version, s.session_id FROM files f "
+        "LEFT JOIN sessions s ON s.host = f.host AND s.path = f.path WHERE f.version > 0"
+    )
+    params: list[object] = []
+    if host is not None:
+        sql += " AND f.host = ?"
+        params.append(host)
+    return [
+        (h, bytes(p), v, s)
+        for h, p, v, s in db.execute(sql + " ORDER BY f.host, f.path", params)
+        if not targets or any(_names(target, bytes(p), s) for target in targets)
+    ]
+
+
+def _names(target: str, path: bytes, session_id: str | None) -> bool:
+    """Whether ``target`` names the file at ``path`` or its session (the id or a prefix)."""
+    if _names_path(target, path):
+        return True
+    return bool(target) and session_id is not None and session_id.startswith(as_indexed(target))
+
+
+def _names_path(target: str, path: bytes) -> bool:
+    """Whether ``target`` is ``path`` as listings show it or as typed, in any spelling
+    ``sessions show`` takes (``./a//b``)."""
+    try:
+        raw = target.encode("utf-8", "surrogateescape")
+        shown = path_bytes(target)
+    except UnicodeEncodeError:  # a surrogate no decoding made (a library caller's text)
+        return False
+    return path in (_tidy_path(shown), _tidy_path(raw))
+
+
+def _kept(
+    dest: Path, host: str, path: bytes, recorded: int
+) -> Iterable[tuple[int, Path, os.stat_result]]:
+    """Each version of ``host``'s ``path`` on disk: its number, place and stat."""
+    state = MirrorState(dest)  # not opened: only its paths are used, no lock, no database
+    last = state.last_version_on_disk(host, path, recorded)
+    for number in range(1, last + 1):
+        place = state.version_path(host, path, number)
+        try:
+            st = os.stat(place)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # removed by hand: nothing to list
+        if stat.S_ISREG(st.st_mode):
+            yield number, place, st
+
+
+def restore_version(
+    dest: str | os.PathLike[str],
+    host: str,
+    path: str,
+    version: int,
+    to: str | os.PathLike[str] | BinaryIO,
+    *,
+    force: bool = False,
+) -> int:
+    """Copy version ``version`` of ``host``'s ``path`` (or of the one file with versions that
+    a session id or prefix names, as :func:`list_versions` takes them) to ``to``: a file,
+    written to a temp file beside it and renamed into place (never into the mirror, and over
+    an existing file only with ``force``), or a binary stream. The mirror is only read.
+    Returns the bytes copied."""
+    dest = Path(dest)
+    file_host, raw, recorded, _session = _one_file(dest, host, path)
+    where = {"host": file_host, "path": path_text(raw)}
+    kept = {number: place for number, place, _st in _kept(dest, file_host, raw, recorded)}
+    place = kept.get(version)
+    if place is None:
+        numbers = ", ".join(f"v{n}" for n in kept) or "none left on disk"
+        raise ConfigError(
+            f"no version {version} (kept: {numbers})", **where, hint=_list_hint(dest, host)
+        )
+    if not isinstance(to, str | os.PathLike):
+        with _open_version(place, version, where) as source:
+            try:
+                return _copy(source, to)
+            except BrokenPipeError:
+                raise  # the reader went away (`| head`): the caller's to judge, not a failure
+            except OSError as exc:
+                raise MirrorError(
+                    f"cannot copy version {version}: {exc.strerror or exc}", **where
+                ) from exc
+    target = Path(to)
+    _check_target(target, dest, force)
+    with _open_version(place, version, where) as source:
+        return _write_file(source, target, force, f"version {version} of {host}: {where['path']}")
+
+
+def _one_file(dest: Path, host: str, target: str) -> tuple[str, bytes, int, str | None]:
+    """The one file of ``host`` with versions that ``target`` names (a path before a session
+    id: a path is exact), else a ConfigError saying which to list."""
+    db = open_index(dest, warn=False)
+    try:
+        found = _files_with_versions(db, host, [target])
+    finally:
+        db.close()
+    found = [row for row in found if _names_path(target, row[1])] or found
+    if len(found) == 1:
+        return found[0]
+    try:
+        shown = path_text(_tidy_path(path_bytes(target)))
+    except UnicodeEncodeError:  # a surrogate no decoding made (a library caller's text)
+        shown = target
+    if not found:
+        raise ConfigError(
+            "no kept versions of this file (nor of a session of this id)",
+            host=host,
+            path=shown,
+            hint=_list_hint(dest, host),
+        )
+    paths = ", ".join(path_text(row[1]) for row in found[:5])
+    more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+    raise ConfigError(
+        f"names {len(found)} files with versions: {paths}{more}",
+        host=host,
+        path=shown,
+        hint="give the file's path as `remote-sync versions list` shows it",
+    )
+
+
+def _list_hint(dest: Path, host: str) -> str:
+    return (
+        f"list them: remote-sync versions list --dest {shlex.quote(str(dest))} "
+        f"--host {shlex.quote(host)}"
+    )
+
+
+def _open_version(place: Path, version: int, where: dict[str, str]) -> BinaryIO:
+    try:
+        return open(place, "rb")
+    except OSError as exc:
+        raise MirrorError(
+            f"cannot read version {version}: {exc.strerror or exc}",
+            **where,
+            hint=f"check the permissions of {place.parent}",
+        ) from exc
+
+
+def _check_target(target: Path, dest: Path, force: bool) -> None:
+    """Refuse a ``target`` inside the mirror (its files are the sync's: one written over a
+    mirrored file may be cut back by recovery, one beside them may take the place a host's
+    file or version needs), a directory, one in no directory, and an existing one without
+    ``force``: all before anything is written."""
+    # The directory the rename writes in, symbolic links resolved; the name itself is not
+    # followed, as a rename replaces a link rather than writing where it points.
+    parent = Path(os.path.realpath(target.parent))
+    mirror = Path(os.path.realpath(dest))
+    if parent == mirror or mirror in parent.parents:
+        raise ConfigError(
+            "the file to restore to is inside the mirror",
+            path=str(target),
+            hint=f"give --to a file outside {dest}; a sync owns every file in it",
+        )
+    if target.is_dir():
+        raise ConfigError(
+            "the file to restore to is a directory", path=str(target), hint="give a file name"
+        )
+    if not parent.is_dir():
+        raise ConfigError(
+            "the file to restore to is in no directory",
+            path=str(target),
+            hint="create its directory first, or give another file",
+        )
+    if not force and os.path.lexists(target):
+        raise ConfigError(
+            "the file to restore to exists",
+            path=str(target),
+            hint="give another file, or --force to replace it",
+        )
+
+
+def _copy(source: BinaryIO, out: BinaryIO) -> int:
+    copied = 0
+    while block := source.read(_BLOCK):
+        out.write(block)
+        copied += len(block)
+    out.flush()
+    return copied
+
+
+def _write_file(source: BinaryIO, target: Path, force: bool, what: str) -> int:
+    """``source`` copied whole to a temp file beside ``target``, made durable, and put in
+    place in one rename (``force``) or link (not over a file that appeared meanwhile): a
+    reader sees no file or the whole one, never part of it."""
+    temp = ""
+    try:
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".remote-sync-restore-")
+        with os.fdopen(fd, "wb") as out:
+            copied = _copy(source, out)
+            # The kept copy's permissions (a transcript may be private), as cp -p keeps them.
+            os.fchmod(out.fileno(), stat.S_IMODE(os.fstat(source.fileno()).st_mode))
+            os.fsync(out.fileno())
+        if force:
+            os.replace(temp, target)
+        else:
+            _link_new(temp, target)
+        fsync_dir(target.parent)
+    except FileExistsError:
+        raise ConfigError(
+            "the file to restore to appeared meanwhile",
+            path=str(target),
+            hint="give another file, or --force to replace it",
+        ) from None
+    except OSError as exc:
+        raise MirrorError(
+            f"cannot write {what}: {exc.strerror or exc}",
+            path=str(target),
+            hint="free space or fix permissions where the file goes; the mirror is untouched",
+        ) from exc
+    finally:
+        if temp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+    return copied
+
+
+def _link_new(temp: str, target: Path) -> None:
+    """Put ``temp`` at ``target`` unless a file is there (a link fails on one, where a rename
+    would replace it); on a file system without hard links, a rename after one more look."""
+    try:
+        os.link(temp, target)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+        os.replace(temp, target)

@@ -1,0 +1,248 @@
+"""``remote-sync versions list / restore`` and ``api.list_versions`` over a mirror whose host
+rewrote files (a real sync against the sshd fleet keeps the versions)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sshfleet import SSHFleet
+from synchelp import run_cli, session_bytes, write_inventory
+
+from remote_sync import api
+from remote_sync.cli import main
+from remote_sync.errors import ConfigError, path_bytes, path_text
+from remote_sync.mirror.versions import VersionRow, _names
+
+BASE = b"agents/a/sessions/"
+PLAIN = BASE + b"sess-1.jsonl"
+#: A newline and bytes that are not UTF-8 in its name.
+HOSTILE = BASE + b"new\nline\xff\xfe.jsonl"
+#: No room left for ``.v<N>``: its versions are kept under a cut name with a digest.
+LONG = BASE + b"x" * 249 + b".jsonl"
+
+
+def _write(fleet: SSHFleet, rel: bytes, data: bytes) -> None:
+    fleet.write("h0", os.fsdecode(rel), data)
+
+
+def _sync(inv: Path, dest: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"])
+    capsys.readouterr()
+    assert code == 0
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _listed(dest: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> list[VersionRow]:
+    code, out, err = _cli(["versions", "list", "--dest", str(dest), "--json", *extra], capsys)
+    assert code == 0, err
+    return [msgspec.json.decode(line, type=VersionRow) for line in out.splitlines()]
+
+
+def _snapshot(dest: Path) -> dict[bytes, tuple[int, int, bytes]]:
+    """Every file of the mirror (state database aside: a reader may make its WAL index):
+    its size, mtime and bytes."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(os.fsencode(dest)):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            if b"state.db" not in name:
+                st = os.stat(full)
+                out[full] = (st.st_size, st.st_mtime_ns, Path(os.fsdecode(full)).read_bytes())
+    return out
+
+
+@pytest.fixture
+def kept(
+    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[Path, dict[bytes, list[bytes]]]:
+    """A mirror of h0 after its host rewrote three files (one twice) between syncs, and the
+    copies each file's versions must hold, oldest first."""
+    fleet = ssh_fleet(1)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "mirror"
+    rng = random.Random(3)
+    copies: dict[bytes, list[bytes]] = {rel: [session_bytes(rng, 12)] for rel in (PLAIN, HOSTILE)}
+    copies[LONG] = [session_bytes(rng, 7)]
+    _write(fleet, BASE + b"untouched.jsonl", session_bytes(rng, 3))
+    for rel, datas in copies.items():
+        _write(fleet, rel, datas[0])
+    _sync(inv, dest, capsys)
+    for rel in copies:  # compacted: shorter, another history
+        copies[rel].append(session_bytes(rng, 4, start=100))
+        _write(fleet, rel, copies[rel][-1])
+    _sync(inv, dest, capsys)
+    copies[PLAIN].append(session_bytes(rng, 2, start=200))
+    _write(fleet, PLAIN, copies[PLAIN][-1])
+    _sync(inv, dest, capsys)
+    # The last copy is the mirrored file; the others are its versions.
+    return dest, {rel: datas[:-1] for rel, datas in copies.items()}
+
+
+def test_versions_list_shows_every_kept_copy_with_its_size_and_session(
+    kept: tuple[Path, dict[bytes, list[bytes]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest, versions = kept
+    before = _snapshot(dest)
+    rows = _listed(dest, capsys)
+    expected = sorted(
+        (path_text(rel), n, len(data))
+        for rel, datas in versions.items()
+        for n, data in enumerate(datas, 1)
+    )
+    assert [(r.path, r.version, r.bytes) for r in rows] == expected
+    assert {r.host for r in rows} == {"h0"}
+    by_path = {(r.path, r.version): r for r in rows}
+    assert by_path[path_text(PLAIN), 2].session_id == "sess-1"
+    # Each row names the copy it describes; a listing takes no lock and writes nothing.
+    by_text = {path_text(rel): rel for rel in versions}
+    for r in rows:
+        data = versions[by_text[r.path]][r.version - 1]
+        assert (dest / os.fsdecode(path_bytes(r.file))).read_bytes() == data
+        assert r.modified.endswith("Z") and r.modified[:2] == "20"
+    assert _snapshot(dest) == before
+
+    # By session id (or its prefix), by path as listed, by host; an unknown host lists none.
+    assert [(r.path, r.version) for r in _listed(dest, capsys, "sess-")] == [
+        (path_text(PLAIN), 1),
+        (path_text(PLAIN), 2),
+    ]
+    hostile = _listed(dest, capsys, "--host", "h0", path_text(HOSTILE))
+    assert [(r.path, r.version) for r in hostile] == [(path_text(HOSTILE), 1)]
+    assert _listed(dest, capsys, "--host", "h9") == []
+
+    # The table: hostile names escaped on one line, as every listing shows paths.
+    code, out, err = _cli(["versions", "list", "--dest", str(dest), "--host", "h0"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 1 + len(rows)
+    assert any("new\\x0aline\\xff\\xfe.jsonl" in line for line in lines)
+    assert "\xff" not in out and "\x1b" not in out
+
+
+def test_api_list_versions_is_the_cli_listing(
+    kept: tuple[Path, dict[bytes, list[bytes]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest, _ = kept
+
+    async def listed() -> list[VersionRow]:
+        return await api.list_versions(dest=dest, files=["sess-1"])
+
+    assert anyio.run(listed) == _listed(dest, capsys, "sess-1")
+
+
+def test_versions_restore_writes_exactly_the_kept_bytes(
+    kept: tuple[Path, dict[bytes, list[bytes]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dest, versions = kept
+    before = _snapshot(dest)
+    for rel, datas in versions.items():
+        for n, data in enumerate(datas, 1):
+            out = tmp_path / f"restored-{len(rel)}-{n}"
+            args = ["versions", "restore", "h0", path_text(rel), str(n), "--to", str(out)]
+            code, _, err = _cli([*args, "--dest", str(dest)], capsys)
+            assert code == 0, err
+            assert out.read_bytes() == data
+    # The path as the host spells it (a newline, raw bytes) names the file too.
+    out = tmp_path / "raw"
+    code, _, err = _cli(
+        ["versions", "restore", "h0", os.fsdecode(HOSTILE), "1", "--to", str(out), "-d", str(dest)],
+        capsys,
+    )
+    assert code == 0, err
+    assert out.read_bytes() == versions[HOSTILE][0]
+    # To stdout, byte for byte; by session id.
+    command = ["versions", "restore", "h0", "sess-1", "2", "--to", "-", "--dest", str(dest)]
+    piped = subprocess.run(
+        [sys.executable, "-m", "remote_sync.cli", *command],
+        capture_output=True,
+        check=False,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == versions[PLAIN][1]
+    assert not list(tmp_path.glob(".remote-sync-restore-*"))  # no temp file left
+    assert _snapshot(dest) == before
+
+
+def test_versions_restore_refuses_the_mirror_and_an_existing_file(
+    kept: tuple[Path, dict[bytes, list[bytes]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dest, versions = kept
+    before = _snapshot(dest)
+    restore = ["versions", "restore", "h0", path_text(PLAIN), "1", "--dest", str(dest)]
+    for inside in (dest / "h0" / os.fsdecode(PLAIN), dest / "copy.jsonl", dest / ".remote-sync/x"):
+        code, _, err = _cli([*restore, "--to", str(inside), "--force"], capsys)
+        assert code == 2 and "inside the mirror" in err, err
+    assert _snapshot(dest) == before
+    assert not (dest / "copy.jsonl").exists()
+
+    existing = tmp_path / "mine.jsonl"
+    existing.write_bytes(b"mine\n")
+    code, _, err = _cli([*restore, "--to", str(existing)], capsys)
+    assert code == 2 and "exists" in err and "--force" in err, err
+    assert existing.read_bytes() == b"mine\n"
+    code, _, err = _cli([*restore, "--to", str(existing), "--force"], capsys)
+    assert code == 0, err
+    assert existing.read_bytes() == versions[PLAIN][0]
+
+    # A version that is not there: the error names host, path and version, and what to run.
+    code, _, err = _cli(
+        [*restore[:4], "7", "--dest", str(dest), "--to", str(tmp_path / "n")], capsys
+    )
+    assert code == 2
+    assert f"h0: {path_text(PLAIN)}: no version 7 (kept: v1, v2)" in err
+    assert "remote-sync versions list" in err
+    code, _, err = _cli([*restore[:3], "nothing.jsonl", "1", "-d", str(dest), "--to", "x"], capsys)
+    assert code == 2 and "h0: nothing.jsonl: no kept versions" in err, err
+    assert _snapshot(dest) == before
+
+
+def test_versions_of_a_folder_that_is_no_mirror_fail_as_sessions_list_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _cli(["sessions", "list", "--dest", str(tmp_path)], capsys)
+    assert code == 2
+    for args in (["list"], ["restore", "h0", "a.jsonl", "1", "--to", str(tmp_path / "x")]):
+        assert _cli(["versions", *args, "--dest", str(tmp_path)], capsys) == (2, out, err)
+    assert not (tmp_path / ".remote-sync").exists()
+
+
+_SEGMENT = st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b != b".")
+
+
+@given(st.lists(_SEGMENT, min_size=1, max_size=4))
+def test_a_path_names_its_file_as_listed_and_as_typed(segments: list[bytes]) -> None:
+    """A path given to ``versions`` as the listing shows it (``\\xNN`` for bytes that are not
+    UTF-8, ``\\x5c`` for a backslash that reads as an escape) or as the host spells it (a
+    shell passes bytes that are not UTF-8 as surrogates) names that file."""
+    path = b"/".join(segments)
+    assert _names(path_text(path), path, None)
+    assert _names(os.fsdecode(path), path, None)
+    assert _names("./" + path_text(path), path, None)
+    assert not _names(path_text(path) + "x", path, None)
+
+
+def test_api_list_versions_takes_a_list_of_files(tmp_path: Path) -> None:
+    async def listed() -> list[VersionRow]:
+        return await api.list_versions(dest=tmp_path, files="sess-1")
+
+    with pytest.raises(ConfigError, match="not one"):
+        anyio.run(listed)

@@ -320,7 +320,7 @@ def iso_instant(value: Since, now: datetime | None = None) -> str:
     :class:`ConfigError` for what it cannot read and for an instant outside the years 1-9999.
     """
     try:
-        return _format_instant(_instant(value, now))
+        return format_instant(_instant(value, now))
     except (OverflowError, ValueError):
         # datetime's range ends at years 1 and 9999: an age of 99999999d, or 0001-01-01 in a
         # zone east of UTC, has no instant to compare with.
@@ -354,7 +354,8 @@ def _instant(value: Since, now: datetime | None) -> datetime:
         ) from None
 
 
-def _format_instant(moment: datetime) -> str:
+def format_instant(moment: datetime) -> str:
+    """``moment`` as the index stores an instant: UTC, milliseconds, ``Z``."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     m = moment.astimezone(UTC)
@@ -395,7 +396,7 @@ def _where(
     """The filtered rows as SQL over ``_BASE``, and its named parameters.
 
     With no ``state``, renamed sessions are left out unless ``with_renamed``."""
-    params: dict[str, Any] = {"cutoff": _format_instant(_now(now) - LOW_VALUE_AGE)}
+    params: dict[str, Any] = {"cutoff": format_instant(_now(now) - LOW_VALUE_AGE)}
     inner: list[str] = []
     outer: list[str] = []
     if host is not None:
@@ -573,13 +574,13 @@ def row_from_facts(
     moment = datetime.fromtimestamp(now, UTC) if isinstance(now, int | float) else _now(now)
     last = facts.last_ts
     if last is None and mtime is not None:
-        last = _format_instant(datetime.fromtimestamp(mtime, UTC))
+        last = format_instant(datetime.fromtimestamp(mtime, UTC))
     klass = session_class(
         facts.bytes,
         facts.messages,
         facts.user,
         last,
-        _format_instant(moment - LOW_VALUE_AGE),
+        format_instant(moment - LOW_VALUE_AGE),
     )
     return SessionRow(
         host,
@@ -706,8 +707,8 @@ def find_session(
     params["session"] = as_indexed(session)
     params["unescaped"] = path_bytes(session)  # a path as listed (see errors.path_text)
     # Other spellings of a path (./a/b, a//b), which a show over SSH accepts too.
-    params["raw_tidy"] = _tidy_path(params["raw"])
-    params["unescaped_tidy"] = _tidy_path(params["unescaped"])
+    params["raw_tidy"] = tidy_path(params["raw"])
+    params["unescaped_tidy"] = tidy_path(params["unescaped"])
     # The id as each format of the host's sessions spells a key in its file names, where
     # that differs from the text given.
     exact = ["session_id = :session"]
@@ -757,7 +758,7 @@ def find_session(
     )
 
 
-def _tidy_path(path: bytes) -> bytes:
+def tidy_path(path: bytes) -> bytes:
     """``path`` as an index stores it (:func:`path_parts`); an absolute path stays as it is
     (no path of a host's root: over SSH it is refused)."""
     if path.startswith(b"/"):

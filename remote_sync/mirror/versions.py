@@ -32,7 +32,7 @@ from typing import BinaryIO
 import msgspec
 
 from ..errors import ConfigError, MirrorError, path_bytes, path_text
-from ..index.query import _format_instant, _tidy_path, as_indexed, open_index
+from ..index.query import as_indexed, format_instant, open_index, tidy_path
 from .state import MirrorState, fsync_dir
 
 __all__ = ["VersionRow", "list_versions", "restore_version"]
@@ -80,7 +80,7 @@ def list_versions(
                     path_text(path),
                     number,
                     st.st_size,
-                    _format_instant(datetime.fromtimestamp(st.st_mtime, UTC)),
+                    format_instant(datetime.fromtimestamp(st.st_mtime, UTC)),
                     session_id,
                     path_text(os.fsencode(place.relative_to(dest))),
                 )
@@ -123,7 +123,7 @@ def _names_path(target: str, path: bytes) -> bool:
         shown = path_bytes(target)
     except UnicodeEncodeError:  # a surrogate no decoding made (a library caller's text)
         return False
-    return path in (_tidy_path(shown), _tidy_path(raw))
+    return path in (tidy_path(shown), tidy_path(raw))
 
 
 def _kept(
@@ -194,7 +194,7 @@ def _one_file(dest: Path, host: str, target: str) -> tuple[str, bytes, int, str 
     if len(found) == 1:
         return found[0]
     try:
-        shown = path_text(_tidy_path(path_bytes(target)))
+        shown = path_text(tidy_path(path_bytes(target)))
     except UnicodeEncodeError:  # a surrogate no decoding made (a library caller's text)
         shown = target
     if not found:

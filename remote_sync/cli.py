@@ -14,7 +14,9 @@ was listed), or a mirrored file could not be read; 2 usage or configuration erro
 no such host or session, a value out of range); 75 the destination is locked by another run
 (nothing touched; try again later, like EX_TEMPFAIL); 130 cancelled (Ctrl-C). A reader that
 closes the pipe early (``| head``) is no error: the command finishes its work (a sync its
-mirror) and exits with the code it would have had, 0 for a listing.
+mirror) and exits with the code it would have had, 0 for a listing. Output that cannot be
+written otherwise (stdout on a full disk) is a failure, exit 1, said on stderr: the report a
+script reads is incomplete, though a sync still goes on to its end.
 
 ``--dest`` of the read commands defaults to ``$REMOTE_SYNC_DEST``, else ``./mirror``; an empty
 ``--dest`` is a usage error everywhere (``Path("")`` would be the current directory).
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from .errors import ConfigError, LockedError, RemoteSyncError
+from .errors import ConfigError, LockedError, OutputError, RemoteSyncError
 from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 
 if TYPE_CHECKING:
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
-    from .events import Emit
+    from .events import Emit, Event
     from .index.query import SessionRow, StatsRow
     from .index.show import ShowResult
     from .inventory import Host, Inventory
@@ -654,6 +656,7 @@ def _run_sync(args: argparse.Namespace) -> int:
     _freeze_imports()
 
     error_out = json_lines_renderer() if args.json else None
+    watch: _OutputWatch | None = None
     try:
         dest = _given_dest(args.dest)
         _check_concurrency(args.concurrency)
@@ -673,12 +676,16 @@ def _run_sync(args: argparse.Namespace) -> int:
         # guarded: a failing sink (a reader gone away, a renderer's bug) must not abort the
         # host tasks that call it; the mirror matters more than its report.
         if error_out is not None:
-            return anyio.run(_sync_main, hosts, options, guarded(ThrottledProgress(error_out)))
-        from .render import RichRenderer
+            watch = _OutputWatch(error_out)
+            code: int = anyio.run(_sync_main, hosts, options, guarded(ThrottledProgress(watch)))
+        else:
+            from .render import RichRenderer
 
-        with RichRenderer(dest=str(dest)) as renderer:
-            emit = guarded(ThrottledProgress(renderer, 0.1))
-            return anyio.run(_sync_main, hosts, options, emit, renderer.progress.stop)
+            with RichRenderer(dest=str(dest)) as renderer:
+                watch = _OutputWatch(renderer)
+                emit = guarded(ThrottledProgress(watch, 0.1))
+                code = anyio.run(_sync_main, hosts, options, emit, renderer.progress.stop)
+        return _with_lost_output(code, watch)
     except LockedError as exc:
         _report(exc, error_out)
         return EXIT_LOCKED
@@ -738,6 +745,43 @@ async def _sync_main(
     return summary.exit_code
 
 
+class _OutputWatch:
+    """A sync's event sink that remembers the first write of its report that failed (a full
+    disk under the log it is redirected to, an I/O error). :func:`~remote_sync.events.guarded`
+    keeps such a failure from costing the run its work, so without this the run exited 0 with
+    its summary lost, and a script read a success it could not check. A reader that closed
+    the pipe (``| head``) is no such failure: the sinks take that in silence themselves."""
+
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
+        self.lost: OSError | None = None
+
+    def __call__(self, event: Event) -> None:
+        try:
+            self.emit(event)
+        except OSError as exc:
+            if self.lost is None and not isinstance(exc, BrokenPipeError):
+                self.lost = exc
+            raise
+
+
+def _with_lost_output(code: int, watch: _OutputWatch | None) -> int:
+    """The exit code of a sync whose report may have been lost: a success becomes a failure
+    (exit 1), said on stderr; a failure, a cancel or the lock keep their own codes."""
+    if watch is None or watch.lost is None:
+        return code
+    _say(_report_lost(watch.lost, "the sync went on to its end, but its report is incomplete"))
+    return EXIT_FAILED if code == EXIT_OK else code
+
+
+def _report_lost(exc: OSError, what: str) -> OutputError:
+    return OutputError(
+        f"cannot write the output: {exc.strerror or exc}",
+        hint=f"{what}: free space on the disk the output is redirected to (a log's), then "
+        "run again",
+    )
+
+
 def _abort_at_once(emit: Emit, stop_display: Callable[[], None] | None) -> NoReturn:
     """A second Ctrl-C: leave now, as a ``kill -9`` would, without waiting for the rounds to
     wind down (a commit in progress, a host that does not answer the cancel). The mirror is
@@ -768,14 +812,18 @@ def _say(exc: RemoteSyncError) -> None:
     characters are escaped as everywhere else, not sent to the terminal."""
     from .errors import showable
 
-    print(f"remote-sync: {showable(str(exc), lines=True)}", file=sys.stderr)
+    # A stderr that cannot be written either (the same full disk) leaves nothing to tell;
+    # the exit code still says it.
+    with contextlib.suppress(OSError):
+        print(f"remote-sync: {showable(str(exc), lines=True)}", file=sys.stderr)
 
 
 def _report(exc: RemoteSyncError, json_out: Emit | None) -> None:
     if json_out is not None:
         from .events import ErrorEvent
 
-        json_out(ErrorEvent.from_exception(exc))
+        with contextlib.suppress(OSError):  # the exit code says it, and so does stderr
+            json_out(ErrorEvent.from_exception(exc))
     _say(exc)
 
 
@@ -811,7 +859,8 @@ def _fail(exc: RemoteSyncError, args: argparse.Namespace) -> int:
     """``exc`` said on stderr and, with ``--json``, as an error line on stdout too (as every
     command reports its errors to a script); its exit code."""
     if getattr(args, "json", False):
-        _write_error_events([exc])
+        with contextlib.suppress(OSError):  # the exit code says it, and so does stderr
+            _write_error_events([exc])
     _say(exc)
     return _exit_code(exc)
 
@@ -846,20 +895,26 @@ def _write_json_lines(items: Iterable[Any]) -> int:
 
 
 def _guard_pipe(run: Any) -> int:
-    """Run ``run()``; a reader that closed the pipe (``| head``) is not an error.
+    """Run ``run()``; a reader that closed the pipe (``| head``) is not an error, output that
+    could not be written otherwise (a full disk, an I/O error) is one: exit 1 and a line on
+    stderr, not a traceback.
 
     The rich output uses ``render.PipeConsole``, which goes quiet instead of raising; plain
     writes raise BrokenPipeError, caught here.
     """
+    from .events import stdout_to_devnull
+
     try:
         code: int = run()
         return code
     except BrokenPipeError:
-        from .events import stdout_to_devnull
-
         # Python would complain again when flushing stdout at exit: point it at /dev/null.
         stdout_to_devnull()
         return EXIT_OK
+    except OSError as exc:
+        _say(_report_lost(exc, "what was written of it is incomplete"))
+        stdout_to_devnull()  # what is still buffered would fail again at exit
+        return EXIT_FAILED
 
 
 def _remote_api(*names: str) -> Any:
@@ -1017,9 +1072,13 @@ def run_sessions_list(args: argparse.Namespace) -> int:
             rows = query_sessions(db, **filters)
         try:
             if args.json:
-                code = _guard_pipe(lambda: _write_json_lines(rows))
-                # The hosts that failed, as `sync --json` reports them (after the rows).
-                _write_error_events(failures)
+
+                def rows_then_errors() -> int:
+                    _write_json_lines(rows)
+                    # The hosts that failed, as `sync --json` reports them (after the rows).
+                    return _write_error_events(failures)
+
+                code = _guard_pipe(rows_then_errors)
             else:
                 code = _guard_pipe(lambda: _print_sessions(list(rows), quiet=bool(failures)))
         finally:

@@ -266,6 +266,14 @@ class DestinationError(ConfigError):
     default_hint = "give dest (--dest) a directory this user can write (or a path to create)"
 
 
+class OutputError(RemoteSyncError):
+    """The command's own output could not be written (stdout on a full disk, an I/O error):
+    what it did may be whole, but the report a script or a log reads is not. A reader that
+    closed the pipe (``| head``) is not one: it has read what it wanted."""
+
+    default_hint = "free space on the disk the output is redirected to (a log's), then run again"
+
+
 class LockedError(RemoteSyncError):
     """Another remote-sync run holds the destination's lock."""
 
@@ -293,5 +301,6 @@ _KIND_BY_CLASS = {
     "StateError": "state",
     "DestinationError": "destination",
     "LockedError": "locked",
+    "OutputError": "output",
     "ProtocolError": "protocol",
 }

@@ -974,6 +974,66 @@ def test_show_piped_to_head_exits_0(mirror: Path) -> None:
     assert "Traceback" not in err
 
 
+def into_a_full_disk(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+    """Run the CLI with its stdout on a full disk (``>>log`` on a full /var, as cron runs it):
+    /dev/full, where every write fails with ENOSPC."""
+    with open("/dev/full", "wb") as full:
+        return subprocess.run(
+            [sys.executable, "-m", "remote_sync.cli", *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+            check=False,
+            **kwargs,
+        )
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_commands_whose_output_cannot_be_written_exit_1_and_say_so(mirror: Path) -> None:
+    """A listing written to a full disk ended in a traceback (OSError: No space left on
+    device): unlike a reader that closed the pipe, the output a script reads is lost."""
+    dest = ["-d", str(mirror)]
+    for args in (
+        ["sessions", "show", "h0", "long", "--page-size", "2000"],
+        ["sessions", "show", "h0", "long", "--page-size", "2000", "--json"],
+        ["sessions", "list"],
+        ["sessions", "list", "--json"],
+        ["sessions", "stats"],
+        ["sessions", "stats", "--json"],
+        ["index", "rebuild"],
+        ["index", "rebuild", "--json"],
+    ):
+        done = into_a_full_disk([*args, *dest])
+        err = done.stderr.decode()
+        assert done.returncode == 1, (args, err)
+        assert "Traceback" not in err, (args, err)
+        assert "cannot write the output: No space left on device" in err, (args, err)
+        assert "free space on the disk the output is redirected to" in err, (args, err)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_a_sync_whose_report_cannot_be_written_exits_1(fleet: SSHFleet, tmp_path: Path) -> None:
+    """`sync --json >>log` on a full disk exited 0 with every event lost: a script (or cron's
+    exit status check) read a success whose summary nobody could see. The mirror is still
+    made whole (reporting never costs the run its work), and a failed sync keeps its code."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0", sessions=3)
+    dest = tmp_path / "mirror"
+    for extra in (["--json"], []):
+        done = into_a_full_disk(["sync", "-I", str(inv), "-d", str(dest), *extra])
+        err = done.stderr.decode()
+        assert done.returncode == 1, (extra, err)
+        assert "Traceback" not in err and "cannot write the output" in err, (extra, err)
+        assert "the sync went on to its end, but its report is incomplete" in err, err
+        assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
+    # A host that fails keeps the sync's own exit code, 1, and a usage error its 2.
+    fleet.stop("h0")
+    done = into_a_full_disk(["sync", "-I", str(inv), "-d", str(dest), "--json"])
+    assert done.returncode == 1 and b"Traceback" not in done.stderr, done.stderr
+    done = into_a_full_disk(["sync", "-I", str(inv), "-d", str(dest), "--concurrency", "0"])
+    assert done.returncode == 2 and b"Traceback" not in done.stderr, done.stderr
+
+
 # -- 7a / 12. remote listings: failed hosts and filters ----------------------------------------
 
 

@@ -429,12 +429,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().print_help(sys.stderr)
         return EXIT_USAGE
     _Parser.json_wanted = wants_json(words)
+    _escape_what_the_locale_cannot_encode()
     try:
         args = build_parser().parse_args(words)
         code: int = args.run(args)
     except KeyboardInterrupt:
         return report_cancelled_start(_Parser.json_wanted)
     return code
+
+
+def _escape_what_the_locale_cannot_encode() -> None:
+    """Text output in a locale that is not UTF-8 (``LANG=en_US.ISO-8859-1``, as on an old
+    server or in a cron environment set so): a character it has no byte for (a title's emoji,
+    the ``…`` of a cut column) is written as ``\\uNNNN``, as ``showable`` writes a control
+    character, where Python's strict stdout ended the listing in a UnicodeEncodeError
+    traceback. ``--json`` is unaffected: it is always UTF-8, written as bytes. Python already
+    takes the C locale for UTF-8, so this only changes anything in another 8-bit locale."""
+    import codecs
+    import io
+
+    for stream in (sys.stdout, sys.stderr):
+        if not isinstance(stream, io.TextIOWrapper) or not stream.encoding:
+            continue  # replaced (a test's capture, a caller's StringIO): theirs to set
+        if codecs.lookup(stream.encoding).name != "utf-8":
+            stream.reconfigure(errors="backslashreplace")
 
 
 def wants_json(words: Sequence[str]) -> bool:

@@ -1034,6 +1034,30 @@ def test_a_sync_whose_report_cannot_be_written_exits_1(fleet: SSHFleet, tmp_path
     assert done.returncode == 2 and b"Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("encoding", ["latin-1", "ascii"])
+def test_a_locale_that_is_not_utf8_gets_escapes_not_a_traceback(
+    tmp_path: Path, encoding: str
+) -> None:
+    """In an 8-bit locale (LANG=en_US.ISO-8859-1, which Python does not take for UTF-8 as it
+    takes LANG=C), `sessions list` and `show` ended in a UnicodeEncodeError traceback at the
+    first title with a character the locale has no byte for. Such a character is now written
+    as an escape; what the locale can write is written in it, and --json stays UTF-8."""
+    dest = tmp_path / "mirror"
+    make_mirror(dest, {b"agents/a1/sessions/s.jsonl": transcript("s", 2, text="naïve ✓")})
+    env = dict(os.environ, PYTHONIOENCODING=encoding)
+    listed = process(["sessions", "list", "-d", str(dest)], env=env)
+    shown = process(["sessions", "show", "h0", "s", "-d", str(dest)], env=env)
+    for done in (listed, shown):
+        err = done.stderr.decode(encoding, "replace")
+        assert done.returncode == 0 and "Traceback" not in err, err
+        out = done.stdout.decode(encoding)
+        assert "\\u2713" in out, out
+        assert ("naïve" if encoding == "latin-1" else "na\\xefve") in out, out
+    as_json = process(["sessions", "list", "--json", "-d", str(dest)], env=env)
+    assert as_json.returncode == 0
+    assert json.loads(as_json.stdout)["title"].startswith("naïve ✓ 0")
+
+
 # -- 7a / 12. remote listings: failed hosts and filters ----------------------------------------
 
 

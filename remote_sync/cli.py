@@ -742,12 +742,15 @@ async def _sync_main(
                 return
             with anyio.open_signal_receiver(*heeded) as signals:
                 first = True
-                async for _ in signals:
+                async for signum in signals:
                     if not first:
                         _abort_at_once(emit, stop_display)
                     first = False
-                    again = "Ctrl-C" if signal.SIGINT in heeded else "SIGTERM"
-                    print(f"\ncancelling ({again} again to abort at once)...", file=sys.stderr)
+                    # The signal that came, sent again: systemd stops a run with SIGTERM, and
+                    # its journal said "Ctrl-C again" to someone who pressed none.
+                    again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+                    with contextlib.suppress(OSError):  # a stderr on a full disk
+                        print(f"\ncancelling ({again} again to abort at once)...", file=sys.stderr)
                     registry.cancel_all("cancelled by signal")
 
         tg.start_soon(on_signals)

@@ -16,8 +16,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -571,6 +573,34 @@ def test_ctrl_c_before_the_rounds_still_says_so_under_json(
     assert code == 130
     event = decode_event(out.splitlines()[-1])
     assert isinstance(event, ErrorEvent) and event.kind == "cancelled"
+
+
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
+def test_a_cancel_names_the_signal_to_send_again(tmp_path: Path, sent: signal.Signals) -> None:
+    """systemctl stop sends SIGTERM, and the journal read "cancelling (Ctrl-C again to abort
+    at once)": the line names the signal that came. No sshd: a host whose ProxyCommand never
+    answers keeps the round waiting until the signal."""
+    (tmp_path / "ssh_config").write_text("")
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(
+        f'[defaults]\nssh_config = "{tmp_path / "ssh_config"}"\n'
+        '[[hosts]]\nname = "stuck"\naddress = "stuck.invalid"\nproxy_command = "sleep 60"\n'
+    )
+    argv = ["sync", "-I", str(inventory), "-d", str(tmp_path / "m"), "--json"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "remote_sync.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, HOME=str(tmp_path)),
+    )
+    assert proc.stdout is not None
+    assert b'"phase":"listing"' in proc.stdout.readline()  # the round has started
+    time.sleep(0.5)  # and its signal receiver is open
+    proc.send_signal(sent)
+    _out, err = proc.communicate(timeout=30)
+    again = "Ctrl-C" if sent == signal.SIGINT else "SIGTERM"
+    assert proc.returncode == 130, err
+    assert f"cancelling ({again} again to abort at once)" in err.decode(), err
 
 
 #: Runs the console script's target, with a real SIGINT arriving while ``remote_sync.cli``

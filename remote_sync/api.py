@@ -42,6 +42,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Coroutine,
+    Iterable,
     Iterator,
     Sequence,
 )
@@ -52,12 +53,18 @@ from functools import partial, wraps
 from itertools import islice
 from pathlib import Path
 from sys import maxsize
-from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, cast
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar, Unpack, cast
 
 import anyio
 
 from .cancel import CancelRegistry, CancelToken, default_registry
-from .errors import ConfigError, ListingIncompleteError, RemoteSyncError, TransferCancelledError
+from .errors import (
+    ArgumentError,
+    ConfigError,
+    ListingIncompleteError,
+    RemoteSyncError,
+    TransferCancelledError,
+)
 from .events import Emit, ErrorEvent, Progress, Summary, WarningEvent, guarded
 from .index.facts import Message, ShowResult
 from .index.query import (
@@ -78,7 +85,7 @@ from .inventory import Host
 from .mirror.versions import VersionRow
 from .mirror.versions import list_versions as list_kept_versions
 from .ssh.pool import PoolSettings
-from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT
+from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT, checked_idle_timeout
 
 if TYPE_CHECKING:
     from anyio import CapacityLimiter
@@ -284,17 +291,9 @@ async def sync(
     :class:`~remote_sync.events.Summary`'s ``hosts_failed`` (a host's ``status`` tells a
     cancelled one from a failed one), whose ``exit_code`` is 130, the CLI's on Ctrl-C. What
     was committed before the cancel stays, consistent with the state."""
-    _check_hosts(
-        hosts,
-        "no hosts to sync",
-        "the Hosts to mirror (what the CLI's HOST arguments, --inventory FILE and --tag "
-        "select); a program whose selection may be empty checks before calling",
+    hosts, idle_timeout = _reaching_hosts(
+        "sync", hosts, concurrency=concurrency, idle_timeout=idle_timeout, pool=pool
     )
-    _check_concurrency(concurrency)  # as a listing's (the engine would take 0 as 1)
-    _check_names(hosts)
-    idle_timeout = _idle_limit(idle_timeout)
-    _check_pool(pool)
-    _require_asyncio()
     registry = registry if registry is not None else default_registry
     # The token registered at the call (adopted here), before the engine is imported (in a
     # worker thread, while other tasks run): a cancel meanwhile is kept by the token, and the
@@ -395,20 +394,16 @@ async def stream_sessions(
     smaller one (rows decode more slowly than a window refills).
     """
     check_batch_size(batch_size)
-    if not remote:
-        mirror = _check_mirror_listing(dest, hosts)
-    else:
-        _check_remote_listing(dest, hosts)
-        _check_names(hosts)
-        _check_concurrency(concurrency)
-        idle_timeout = _idle_limit(idle_timeout)
-        _check_pool(pool)
-        _require_asyncio()
+    mirror = _listing_source(dest, hosts, remote)
+    if mirror is None:
+        hosts, idle_timeout = _reaching_hosts(
+            "list", hosts, concurrency=concurrency, idle_timeout=idle_timeout, pool=pool
+        )
     emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
     failures: list[RemoteSyncError] = errors if errors is not None else []
     with registry.register(transfer_id) as token:
-        if remote:
+        if mirror is None:
             batches = _remote_sessions(
                 hosts, batch_size, emit, token, failures, options, idle_timeout, concurrency, pool
             )
@@ -482,18 +477,18 @@ async def read_session(
     fetch: Callable[[CancelToken], Awaitable[ShowResult]]
     if dest is not None:
         fetch = partial(_read_mirrored, Path(dest), name, session, head, tail, page, page_size)
-    elif isinstance(host, Host):
-        limit = _idle_limit(idle_timeout)
-        _check_pool(pool)
-        _require_asyncio()
-        fetch = partial(_read_remote, host, session, head, tail, page, page_size, limit, pool, emit)
     else:
-        raise ConfigError(
-            f"nothing to read {session!r} from: host {host!r} is a name, and no dest was given",
-            host=name,
-            hint="pass dest (--dest), the mirror to read the session from, or the Host "
-            "itself to read it over SSH (--remote)",
+        if isinstance(host, str):
+            raise ArgumentError(
+                f"nothing to read {session!r} from: host {host!r} is a name, and no dest was given",
+                host=name,
+                hint="pass dest (--dest), the mirror to read the session from, or the Host "
+                "itself to read it over SSH (--remote)",
+            )
+        (host,), limit = _reaching_hosts(
+            "show", (host,), concurrency=1, idle_timeout=idle_timeout, pool=pool
         )
+        fetch = partial(_read_remote, host, session, head, tail, page, page_size, limit, pool, emit)
     registry = registry if registry is not None else default_registry
     with registry.register(transfer_id) as token:  # a duplicate id: before any event
         emit(Progress(name, "fetching", 0, 0, 0, 0))
@@ -1016,19 +1011,34 @@ def _import_all(modules: Sequence[str]) -> None:
             importlib.import_module(name)
 
 
-def _check_mirror_listing(dest: str | Path | None, hosts: Sequence[Host]) -> str | Path:
-    """``dest``, unless a listing of a mirror cannot be what was meant: ``hosts`` would be
-    ignored without a word (the CLI refuses ``--inventory`` without ``--remote``), and
-    without ``dest`` there is nothing to list. A :class:`ConfigError` for each."""
+def _listing_source(
+    dest: str | Path | None, hosts: Sequence[Host], remote: bool
+) -> str | Path | None:
+    """The mirror a listing reads (``dest``), or None for one from the hosts, once its
+    arguments are checked to say what was meant: an :class:`ArgumentError` for ``hosts``
+    without ``remote=True`` (they would be ignored without a word: the CLI refuses
+    ``--inventory`` without ``--remote``), for neither ``dest`` nor ``remote=True`` (nothing
+    to list), and for ``dest`` with ``remote=True`` (that mirror would be ignored: the CLI
+    refuses ``--dest`` with ``--remote``). What a remote listing's hosts must be is checked
+    by :func:`_reaching_hosts`, as for every call that reaches hosts."""
+    if remote:
+        if dest is not None:
+            raise ArgumentError(
+                "dest (--dest) does not apply with remote=True (--remote): the hosts are read, "
+                "not a mirror",
+                hint="pass dest to read the mirror's index, or remote=True and hosts to ask the "
+                "hosts over SSH",
+            )
+        return None
     if hosts:
-        raise ConfigError(
+        raise ArgumentError(
             "hosts (--inventory) apply only with remote=True (--remote): without it the "
             "mirror at dest is read",
             hint="pass remote=True to ask the hosts over SSH, or leave hosts out to read the "
             "mirror's index",
         )
     if dest is None:
-        raise ConfigError(
+        raise ArgumentError(
             "nothing to list: no dest (--dest) and no remote=True (--remote)",
             hint="pass dest, a mirror that sync has filled, or remote=True and hosts to ask "
             "the hosts over SSH",
@@ -1036,88 +1046,97 @@ def _check_mirror_listing(dest: str | Path | None, hosts: Sequence[Host]) -> str
     return dest
 
 
-def _check_remote_listing(dest: str | Path | None, hosts: Sequence[Host]) -> None:
-    """A :class:`ConfigError` for a listing from the hosts that cannot be what was meant: a
-    ``dest`` would be ignored without a word (the hosts are read, not that mirror), and no
-    hosts would list nothing, as if every host had no session. The CLI refuses both too
-    (``--dest`` with ``--remote``; no host selected)."""
-    _check_hosts(
-        hosts,
+#: What a call that reaches hosts says when given none: what it would have done, and what
+#: its ``hosts`` are (a show is given its one Host, never none).
+_NO_HOSTS = {
+    "sync": (
+        "no hosts to sync",
+        "the Hosts to mirror (what the CLI's HOST arguments, --inventory FILE and --tag "
+        "select); a program whose selection may be empty checks before calling",
+    ),
+    "list": (
         "no hosts to ask",
         "the Hosts to read over SSH (what the CLI's --inventory FILE or --host H selects)",
-    )
-    if dest is not None:
-        raise ConfigError(
-            "dest (--dest) does not apply with remote=True (--remote): the hosts are read, "
-            "not a mirror",
-            hint="pass dest to read the mirror's index, or remote=True and hosts to ask the "
-            "hosts over SSH",
+    ),
+    "show": ("no host to read", "the Host to read over SSH"),
+}
+#: Where a program gets its Hosts, said when it passed something else.
+_MAKE_HOSTS = (
+    "make Hosts with remote_sync.inventory.load_inventory(path).hosts (or its .select) or "
+    "remote_sync.inventory.adhoc_host(...)"
+)
+
+
+def _reaching_hosts(
+    call: Literal["sync", "list", "show"],
+    hosts: Iterable[Host],
+    *,
+    concurrency: int,
+    idle_timeout: float | None,
+    pool: PoolSettings | None,
+) -> tuple[tuple[Host, ...], float | None]:
+    """The checks of every call that reaches hosts over SSH (``call``: a sync, a remote
+    listing, a show from a host), made here once so that each refuses what the others do, in
+    the same words, before anything is touched or any host contacted. Each is an
+    :class:`ArgumentError`:
+
+    - ``hosts`` not a collection of :class:`Host` (a str is not: it was iterated as one host
+      a letter; nor a lone Host), or one of them not a Host (failed later on its missing
+      attributes);
+    - no ``hosts``: a sync of none made the destination and reported success, a listing of
+      none listed nothing, as if every host had no session (the CLI refuses a run that
+      selects no host too, exit 2);
+    - two hosts of one name, compared ignoring case as the inventory compares them: a name
+      is the host's directory in the mirror and its rows in the state, so two sources under
+      it would mix their histories (each taking the other's files for rewrites), and a
+      listing would give a host's rows twice;
+    - ``concurrency`` not a whole number of at least 1 (the engine took 0 as 1);
+    - ``idle_timeout`` other than 0, None or a finite number of seconds
+      (:func:`~remote_sync.ssh.remote.checked_idle_timeout`, the CLI's rule too);
+    - ``pool`` neither None nor a :class:`PoolSettings` (which checks its own fields as it
+      is made): a dict failed each host later, on its first missing attribute;
+
+    and a :class:`ConfigError` unless asyncio runs (:func:`_require_asyncio`). Returns the
+    hosts as a tuple (an iterator is read once, here, not used up by the checks and then
+    found empty) and the idle timeout."""
+    if isinstance(hosts, (str, bytes, Host)) or not isinstance(hosts, Iterable):
+        raise ArgumentError(
+            f"hosts must be a sequence of Host, not {type(hosts).__name__}",
+            hint=f"pass a list of Hosts, even of one; {_MAKE_HOSTS}",
         )
-
-
-def _check_hosts(hosts: Sequence[Host], nothing: str, meant: str) -> None:
-    """A :class:`ConfigError` (``nothing``, said) for no ``hosts``: a sync of none made the
-    destination and reported success, and a listing of none listed nothing, as if every host
-    had no session. ``meant`` says what hosts are for. The CLI refuses a run that selects no
-    host too (a usage error, exit 2)."""
+    hosts = tuple(hosts)
     if not hosts:
-        raise ConfigError(f"{nothing}: hosts is empty", hint=f"pass hosts, {meant}")
-
-
-def _check_pool(pool: PoolSettings | None) -> None:
-    """A :class:`ConfigError` unless ``pool`` is None or a :class:`PoolSettings` (which
-    checks its own values as it is made): a dict or another object failed each host later,
-    on its first missing attribute."""
-    if pool is not None and not isinstance(pool, PoolSettings):
-        raise ConfigError(
-            f"pool must be a PoolSettings or None, not {type(pool).__name__}",
-            hint="pass remote_sync.ssh.pool.PoolSettings(...) with the settings to change, or "
-            "None for the defaults",
-        )
-
-
-def _check_concurrency(concurrency: int) -> None:
-    """A :class:`ConfigError` unless ``concurrency`` is a whole number of at least 1."""
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigError(
-            f"concurrency must be a whole number of at least 1, not {concurrency!r}",
-            hint="pass how many hosts may be read at once",
-        )
-
-
-def _check_names(hosts: Sequence[Host]) -> None:
-    """A :class:`ConfigError` for two of ``hosts`` of one name (compared ignoring case, as the
-    inventory compares them): a name is the host's directory in the mirror and its rows in
-    the state, so two sources under it would mix their histories (each taking the other's
-    files for rewrites), and a listing would give a host's rows twice."""
+        nothing, meant = _NO_HOSTS[call]
+        raise ArgumentError(f"{nothing}: hosts is empty", hint=f"pass hosts, {meant}")
     first: dict[str, int] = {}
     for index, host in enumerate(hosts):
+        if not isinstance(host, Host):
+            where = "host" if call == "show" else f"hosts[{index}]"
+            raise ArgumentError(
+                f"{where} must be a Host, not {type(host).__name__}", hint=_MAKE_HOSTS
+            )
         other = first.setdefault(host.name.casefold(), index)
         if other != index:
-            raise ConfigError(
+            raise ArgumentError(
                 f"two hosts named {host.name!r}: hosts[{other}] and hosts[{index}] (names "
                 "are compared ignoring case; each is a directory of the mirror)",
                 host=host.name,
                 hint="give each Host a name of its own, or pass it once",
             )
-
-
-def _idle_limit(idle_timeout: float | None) -> float | None:
-    """``idle_timeout``, checked: a :class:`ConfigError` for anything but None or 0 or more
-    seconds (a negative one failed every host at once, a NaN deep inside each host's round).
-    0 is no limit, as None is (the stream takes it so, as ``--timeout 0``)."""
-    if idle_timeout is None:
-        return None
-    if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
-        number = False
-    else:
-        number = idle_timeout >= 0  # False for NaN
-    if not number:
-        raise ConfigError(
-            f"idle_timeout (--timeout) must be 0 (no limit) or more seconds, not {idle_timeout!r}",
-            hint="pass how many seconds a remote command may send nothing, or None for no limit",
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ArgumentError(
+            f"concurrency must be a whole number of at least 1, not {concurrency!r}",
+            hint="pass how many hosts may be read at once",
         )
-    return idle_timeout
+    idle_timeout = checked_idle_timeout(idle_timeout)
+    if pool is not None and not isinstance(pool, PoolSettings):
+        raise ArgumentError(
+            f"pool must be a PoolSettings or None, not {type(pool).__name__}",
+            hint="pass remote_sync.ssh.pool.PoolSettings(...) with the settings to change, or "
+            "None for the defaults",
+        )
+    _require_asyncio()
+    return hosts, idle_timeout
 
 
 def _require_asyncio() -> None:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import ConfigError, LockedError, OutputError, RemoteSyncError
-from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT
+from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT, checked_idle_timeout
 
 if TYPE_CHECKING:
     import signal
@@ -216,13 +216,17 @@ def _timeout_option(parser: Any) -> None:
 
 
 def _seconds(text: str) -> float:
-    """A ``--timeout`` value: seconds, 0 for no limit."""
+    """A ``--timeout`` value: seconds, 0 for no limit, checked by the library's rule
+    (:func:`~remote_sync.ssh.remote.checked_idle_timeout`), so that the two refuse the same
+    values in the same words."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more seconds: {text!r}")
+    try:
+        checked_idle_timeout(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return value
 
 

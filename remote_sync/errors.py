@@ -3,7 +3,8 @@
 Every error the engine raises on purpose is a :class:`RemoteSyncError`. Each carries the host
 and the path it concerns (when there is one) and a hint that tells the user what to do next, so
 a message printed alone is enough to act on. The CLI maps the classes to exit codes:
-:class:`ConfigError` is a usage/configuration error (exit 2), :class:`TransferCancelledError`
+:class:`ConfigError` is a usage/configuration error (exit 2; a library call's bad argument is
+its subclass :class:`ArgumentError`, also a ValueError), :class:`TransferCancelledError`
 is a cancellation (exit 130), everything else is a failure of that host or file (exit 1).
 """
 
@@ -122,6 +123,17 @@ class ConfigError(RemoteSyncError):
     """The command line, an inventory or an ssh_config is wrong: nothing was attempted."""
 
     default_hint = "fix the configuration and run again"
+
+
+class ArgumentError(ConfigError, ValueError):
+    """A library call was given an argument it cannot take: a value out of range, a
+    combination that cannot be what was meant (``hosts`` without ``remote=True``, a host's
+    name without ``dest``), or no hosts. A :class:`ConfigError` like every usage error, and
+    also a :class:`ValueError`, as Python's own functions raise for a bad argument: some of
+    these were plain ValueErrors before they joined this hierarchy, and a caller catching
+    ValueError still catches them. Only these: a ConfigError in general is not a ValueError,
+    as the code that reads ssh_configs and keys catches asyncssh's ValueErrors around code
+    that raises ConfigErrors of its own, which must pass through."""
 
 
 class SSHError(RemoteSyncError):
@@ -288,6 +300,7 @@ class ProtocolError(RemoteSyncError):
 
 _KIND_BY_CLASS = {
     "ConfigError": "config",
+    "ArgumentError": "config",
     "HostUnreachableError": "unreachable",
     "AuthenticationError": "auth_failed",
     "HostKeyError": "host_key",

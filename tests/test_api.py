@@ -10,12 +10,14 @@ caller passed as well as the CLI's option.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
 import gc
 import inspect
 import json
+import math
 import os
 import re
 import socket
@@ -38,7 +40,9 @@ from test_sessions_cli import NOW, make_mirror, openclaw_session
 import remote_sync
 from remote_sync import api
 from remote_sync.cancel import CancelRegistry
+from remote_sync.cli import main
 from remote_sync.errors import (
+    ArgumentError,
     ConfigError,
     DestinationError,
     HostUnreachableError,
@@ -54,6 +58,7 @@ from remote_sync.index.update import rebuild_index
 from remote_sync.inventory import Host, Source, load_inventory
 from remote_sync.mirror.state import MirrorState
 from remote_sync.ssh.pool import Endpoint, PoolSettings
+from remote_sync.ssh.remote import checked_idle_timeout
 
 LONG = "agents/main/sessions/long-0001.jsonl"
 
@@ -465,20 +470,102 @@ async def test_two_hosts_of_one_name_are_refused_before_anything_is_touched(
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("bad", [-1.0, float("nan"), "60"])
+async def test_every_call_that_reaches_hosts_refuses_what_is_not_a_host(tmp_path: Path) -> None:
+    """A sync or a remote listing given a name where a Host goes (``["box"]``, or ``"box"``,
+    a sequence of one-letter "hosts") failed with an AttributeError from deep inside their
+    checks; a show given no Host and no dest was told its host "is a name". Each is refused
+    by the one check every call that reaches hosts makes, naming what to pass."""
+    refusals = {
+        "hosts[1] must be a Host, not str": (
+            lambda: api.sync([nowhere(), "box"], tmp_path / "m"),  # type: ignore[list-item]
+            lambda: api.list_sessions(remote=True, hosts=[nowhere(), "box"]),  # type: ignore[list-item]
+        ),
+        "hosts must be a sequence of Host, not str": (
+            lambda: api.sync("box", tmp_path / "m"),
+            lambda: api.list_sessions(remote=True, hosts="box"),
+        ),
+        "hosts must be a sequence of Host, not Host": (
+            lambda: api.sync(nowhere(), tmp_path / "m"),  # type: ignore[arg-type]
+            lambda: api.list_sessions(remote=True, hosts=nowhere()),  # type: ignore[arg-type]
+        ),
+        "host must be a Host, not NoneType": (
+            lambda: api.read_session(None, "s"),  # type: ignore[arg-type]
+            lambda: api.show_session(None, "s"),  # type: ignore[arg-type]
+        ),
+    }
+    for message, calls in refusals.items():
+        for call in calls:
+            with pytest.raises(ArgumentError) as refused:
+                await call()
+            assert refused.value.message == message
+            assert "load_inventory(path).hosts" in refused.value.hint
+    assert not (tmp_path / "m").exists()
+
+
+async def test_hosts_given_as_an_iterator_are_all_asked(tmp_path: Path) -> None:
+    """The checks went through an iterator of hosts before the call read it: a sync or a
+    listing of ``(h for h in hosts if ...)`` found it used up and did nothing, saying
+    nothing was wrong. It is read once, and every host is asked (here: refused)."""
+    summary = await api.sync((host for host in [nowhere()]), tmp_path / "m")
+    assert (summary.exit_code, summary.hosts_failed) == (1, 1), summary
+    errors: list[Any] = []
+    rows = await api.list_sessions(remote=True, hosts=(host for host in [nowhere()]), errors=errors)
+    assert rows == [] and [type(error) for error in errors] == [HostUnreachableError]
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), "60", math.inf, -math.inf, 10**400])
 async def test_a_bad_idle_timeout_is_refused_before_any_host_is_contacted(
     tmp_path: Path, bad: Any
 ) -> None:
     """A negative idle_timeout failed every host with "no output for -1 s", and a NaN with
     an internal error from deep inside each host's round: a bad value is a ConfigError
-    naming the argument and the option, before any host is contacted."""
+    naming the argument and the option, before any host is contacted. Infinity is one too,
+    as the CLI's ``--timeout inf`` is (the library took it, the CLI refused it): 0 is the
+    one way to say "no limit", and the error says so."""
     for call in (
         lambda: api.sync([nowhere()], tmp_path / "m", idle_timeout=bad),
         lambda: api.list_sessions(remote=True, hosts=[nowhere()], idle_timeout=bad),
         lambda: api.read_session(nowhere(), "s", idle_timeout=bad),
     ):
-        with pytest.raises(ConfigError, match=r"idle_timeout \(--timeout\) must be"):
+        with pytest.raises(ConfigError, match=r"idle_timeout \(--timeout\) must be") as refused:
             await call()
+        assert "or 0 for no limit" in refused.value.hint
+    assert not (tmp_path / "m").exists()
+
+
+IDLE_TIMEOUTS = ["0", "0.0", "0.5", "120", "1e300", "inf", "-inf", "infinity", "nan", "-1", "1e999"]
+
+
+@pytest.mark.parametrize("text", IDLE_TIMEOUTS)
+def test_the_cli_and_the_library_take_the_same_idle_timeouts(text: str) -> None:
+    """One rule for both, written once (``checked_idle_timeout``): 0 is no limit, any other
+    finite number of seconds a limit; infinity, NaN and negatives are refused. The CLI
+    refused ``--timeout inf`` while ``idle_timeout=math.inf`` was taken."""
+    from remote_sync.cli import _seconds
+
+    value = float(text)
+    try:
+        taken_by_the_cli = _seconds(text) == value
+    except argparse.ArgumentTypeError as exc:
+        taken_by_the_cli = False
+        assert "must be 0 (no limit) or a finite number of seconds" in str(exc)
+    try:
+        taken_by_the_library = checked_idle_timeout(value) == value
+    except ArgumentError:
+        taken_by_the_library = False
+    assert taken_by_the_cli == taken_by_the_library == (0 <= value < math.inf), text
+
+
+@pytest.mark.parametrize("text", ["inf", "-1", "nan"])
+def test_a_refused_timeout_tells_the_cli_user_to_pass_0_for_no_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sync", "me@box", "--dest", str(tmp_path / "m"), "--timeout", text])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "argument --timeout: idle_timeout (--timeout) must be 0 (no limit)" in err
+    assert "or 0 for no limit" in err
     assert not (tmp_path / "m").exists()
 
 
@@ -595,6 +682,31 @@ async def test_a_mirror_listing_given_hosts_or_no_dest_names_what_to_pass(
         "nothing to list: no dest (--dest) and no remote=True (--remote)"
     )
     assert "pass dest" in nothing.value.hint and "remote=True" in nothing.value.hint
+
+
+async def test_a_bad_argument_is_still_a_value_error(index_dest: Path, tmp_path: Path) -> None:
+    """A host's name without dest, and a listing of neither dest nor remote=True, raised
+    ValueError until they became ConfigErrors, and a caller catching ValueError for them
+    missed them from then on. The API's argument errors are ArgumentErrors: ConfigErrors
+    (one ``except RemoteSyncError`` catches them) that are ValueErrors too. A ConfigError of
+    a configuration file is not one (code reading ssh_configs catches asyncssh's
+    ValueErrors around it)."""
+    for call in (
+        lambda: api.read_session("h0", "s"),
+        lambda: api.list_sessions(),
+        lambda: api.list_sessions(dest=index_dest, hosts=[nowhere()]),
+        lambda: api.list_sessions(dest=index_dest, remote=True, hosts=[nowhere()]),
+        lambda: api.list_sessions(remote=True),
+        lambda: api.sync([], tmp_path / "m"),
+        lambda: api.sync([nowhere()], tmp_path / "m", concurrency=0),
+        lambda: api.sync([nowhere(), nowhere()], tmp_path / "m"),
+        lambda: api.sync([nowhere()], tmp_path / "m", pool={}),  # type: ignore[arg-type]
+        lambda: api.sync([nowhere()], tmp_path / "m", idle_timeout=-1),
+    ):
+        with pytest.raises(ValueError) as refused:
+            await call()
+        assert isinstance(refused.value, ConfigError) and refused.value.kind == "config"
+    assert not issubclass(ConfigError, ValueError)
 
 
 async def test_an_unknown_format_is_refused_as_a_bad_class_is(index_dest: Path) -> None:

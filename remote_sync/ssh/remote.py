@@ -8,12 +8,19 @@ carries the command as text), so the engine sends such names on the command's st
 Every command is wrapped so that its first stderr line reports its process id. The remote
 process is a process-group leader (sshd calls ``setsid`` for each session), so a cancel can stop
 the whole group with ``kill`` even when the server ignores SSH signal requests (OpenSSH < 7.9).
+
+The defaults every caller of these commands shares live here too: how long a command may send
+nothing (:data:`IDLE_TIMEOUT`, checked for the CLI and the library alike by
+:func:`checked_idle_timeout`) and how many hosts are worked on at once.
 """
 
 from __future__ import annotations
 
 import shlex
+import sys
 from collections.abc import Sequence
+
+from ..errors import ArgumentError
 
 #: How much of a remote command's stderr a stream keeps: its last bytes (a message cut at
 #: the front of what is kept is said to be, where it is parsed).
@@ -24,6 +31,36 @@ PID_MARKER = b"remote-sync-pid "
 #: Seconds a remote command may go without sending a byte before it counts as hung (rsync's
 #: ``--timeout``; the CLI's ``--timeout``). Dead links are found sooner by the keepalives.
 IDLE_TIMEOUT = 120.0
+
+
+def checked_idle_timeout(value: object) -> float | None:
+    """An idle timeout as a caller gave it, the library's ``idle_timeout`` or the CLI's
+    ``--timeout`` read as a number, checked by the one rule both follow: 0 (or None, in the
+    library) is no limit, anything else a finite number of seconds. Infinity is refused
+    rather than taken as a second way to say "no limit", and so are NaN (a host's round
+    failed deep inside on it), negatives (every host failed at once) and what is not a
+    number: an :class:`~remote_sync.errors.ArgumentError` naming the argument and the option,
+    saying to pass 0 for no limit. Returns ``value`` as it was (the stream reads 0 as no
+    limit)."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        # No comparison holds for NaN: it is refused with the negatives. Infinity is above
+        # the largest float, and so is an int too large to be one (the timers take floats).
+        or not value >= 0
+        or value > sys.float_info.max
+    ):
+        raise ArgumentError(
+            "idle_timeout (--timeout) must be 0 (no limit) or a finite number of seconds, "
+            f"not {value!r}",
+            hint="pass how many seconds a remote command may send nothing, or 0 for no limit "
+            "(None too, in the library)",
+        )
+    return value
+
+
 #: Hosts worked on at once unless told otherwise: by ``sync`` and by a remote listing (the
 #: CLI's ``--concurrency``).
 CONCURRENCY = 8

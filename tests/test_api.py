@@ -34,6 +34,8 @@ from typing import Any
 import anyio
 import pytest
 import test_sessions_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from synchelp import make_openclaw_tree, write_inventory
 from test_sessions_cli import NOW, make_mirror, openclaw_session
 
@@ -56,7 +58,7 @@ from remote_sync.index.facts import Message
 from remote_sync.index.show import ShowResult, show_session
 from remote_sync.index.update import rebuild_index
 from remote_sync.inventory import Host, Source, load_inventory
-from remote_sync.mirror.state import MirrorState
+from remote_sync.mirror.state import MirrorState, _LockHolder
 from remote_sync.ssh.pool import Endpoint, PoolSettings
 from remote_sync.ssh.remote import checked_idle_timeout
 
@@ -431,6 +433,98 @@ async def test_a_pool_that_is_not_pool_settings_is_refused_at_the_call(tmp_path:
         with pytest.raises(ConfigError, match="pool must be a PoolSettings or None, not dict"):
             await call()
     assert not (tmp_path / "m").exists()
+
+
+#: A process that holds a destination's lock until its stdin closes, having written its
+#: second argument into the lock file: another run, whatever pid it says it has.
+HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)
+os.pwrite(fd, sys.argv[2].encode(), 0)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def lock_held_by_another_process(dest: Path, says: str) -> Any:
+    """``dest``'s lock held by a child process whose lock file says ``says``."""
+    with MirrorState(dest):  # a mirror, with its control directory
+        pass
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(dest / ".remote-sync" / "lock"), says],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "locked\n"
+        yield
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(60)
+
+
+@pytest.mark.parametrize(
+    ("says", "named"),
+    [
+        # Another pid namespace (a container sharing the volume, both pid 1) or another
+        # machine of a network file system: our pid, another process's token.
+        ("{pid} 0123456789abcdef0123456789abcdef other-box\n", "pid {pid} on other-box"),
+        # An older remote-sync, which wrote its pid alone: never this process (this one
+        # writes its token), whatever the pid.
+        ("{pid}\n", "pid {pid}"),
+        ("", "pid ?"),  # a holder that has not written itself in yet
+    ],
+)
+async def test_a_holder_with_our_pid_elsewhere_is_another_run(
+    tmp_path: Path, says: str, named: str
+) -> None:
+    """The lock file held a bare pid, and a holder with ours was taken for this process:
+    two containers sharing a destination (both pid 1), or a run on another machine of a
+    network file system, were told "another sync in this process". Only a holder with this
+    process's token and pid is this process; any other is another run, named by its pid
+    and host."""
+    dest = tmp_path / "m"
+    pid = os.getpid()
+    with lock_held_by_another_process(dest, says.format(pid=pid)):
+        with pytest.raises(LockedError) as refused:
+            await api.sync([nowhere()], dest)
+        with pytest.raises(LockedError) as refused_again:
+            MirrorState(dest).open()
+    expected = f"another remote-sync run ({named.format(pid=pid)}) is using this destination"
+    assert refused.value.message == refused_again.value.message == expected
+    assert refused.value.hint.startswith("wait for the other run to finish")
+
+
+def test_the_lock_file_names_the_process_and_its_host_while_held(tmp_path: Path) -> None:
+    """Its pid, a token of this process (drawn at import: what tells it from a process of
+    another pid namespace or machine with the same pid) and the host's name; emptied as the
+    lock is let go, so that a run finding the lock taken by one that has not written itself
+    in yet is not told the lock is its own process's."""
+    lock = tmp_path / "m" / ".remote-sync" / "lock"
+    with MirrorState(tmp_path / "m"):
+        pid, token, host = lock.read_text().rstrip("\n").split(" ")
+        assert (pid, host) == (str(os.getpid()), "".join(socket.gethostname().split()))
+        assert re.fullmatch("[0-9a-f]{32}", token)
+    assert lock.read_bytes() == b""
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600))
+def test_any_lock_file_reads_as_a_holder_that_is_not_this_process(data: bytes) -> None:
+    """Whatever a lock file holds (another version's, a hand edit, a half-written line), it
+    reads as a holder to name, never as this process nor an error; a line this version
+    writes reads back as written."""
+    holder = _LockHolder.parse(data)
+    assert holder.pid and not holder.is_this_process()
+    message = holder.locked_error(Path("/m")).message
+    assert message.startswith("another remote-sync run (pid ") and "\n" not in message
+    ours = _LockHolder.this_process()
+    assert _LockHolder.parse(ours.line() + data) == ours and ours.is_this_process()
 
 
 async def test_a_second_sync_in_this_process_is_told_so(tmp_path: Path) -> None:

@@ -1,12 +1,13 @@
 """The mirror's checkpoint: one SQLite database (WAL) inside the destination, and its lock.
 
 What it owns: the destination's control directory (``DIR/.remote-sync/``), the exclusive lock
-that keeps two runs off one destination, the ``files`` table (per host and remote path: the bytes
-committed in the mirror, the remote size, identity, prefix fingerprint, mtime and version), and
-crash recovery: on open, bytes beyond a checkpoint are cut back and stray temp files removed, so
-a run killed at any instant resumes exactly. A first open that fails (a full disk, no
-permission) takes back the directories, lock file and database it created, so that the folder
-does not pass for a mirror; a database that was there is never removed.
+that keeps two runs off one destination (its file says which process on which machine holds
+it), the ``files`` table (per host and remote path: the bytes committed in the mirror, the
+remote size, identity, prefix fingerprint, mtime and version), and crash recovery: on open,
+bytes beyond a checkpoint are cut back and stray temp files removed, so a run killed at any
+instant resumes exactly. A first open that fails (a full disk, no permission) takes back the
+directories, lock file and database it created, so that the folder does not pass for a
+mirror; a database that was there is never removed.
 
 The order that makes this safe is the writer's: bytes written, flushed to disk, *then* the
 checkpoint committed. A checkpoint therefore never claims bytes the disk does not hold; the disk
@@ -22,8 +23,10 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import shlex
 import shutil
+import socket
 import sqlite3
 import stat
 import time
@@ -38,6 +41,7 @@ from ..errors import (
     MirrorError,
     StateError,
     path_text,
+    showable,
 )
 from ..index.store import delete_sessions, index_rules, read_only_uri, record_index_rules
 from ..index.store import ensure_schema as ensure_index_schema
@@ -203,6 +207,62 @@ def full_disk_error(dest: Path, cause: str) -> MirrorError:
 
 #: The lock file in the control directory.
 LOCK_FILE = "lock"
+#: This process among all that may share a destination: a random id drawn at import. A pid
+#: alone does not tell: two containers on one volume both run as pid 1, processes in other
+#: pid namespaces or on other machines of a network file system may have ours.
+_PROCESS_TOKEN = secrets.token_hex(16)
+#: The most of a lock file read back: a pid, the token, a host name (Linux: 64 bytes at most).
+_HOLDER_MAX = 512
+
+
+@dataclass(frozen=True, slots=True)
+class _LockHolder:
+    """Who holds a destination's lock, as its lock file says: one line, ``PID TOKEN HOST``
+    (a lock file of an older version holds the pid alone; one being written, nothing)."""
+
+    pid: str
+    token: str | None = None
+    host: str | None = None
+
+    @classmethod
+    def this_process(cls) -> _LockHolder:
+        # A host name has no spaces or line ends; made sure of, so that the line parses.
+        host = "".join(socket.gethostname().split()) or "?"
+        return cls(str(os.getpid()), _PROCESS_TOKEN, host)
+
+    @classmethod
+    def parse(cls, data: bytes) -> _LockHolder:
+        line = data.decode("utf-8", "replace").split("\n", 1)[0].strip()
+        pid, token, host = [*line.split(" ", 2), None, None][:3]
+        return cls(showable(pid) if pid else "?", token or None, showable(host) if host else None)
+
+    def line(self) -> bytes:
+        return f"{self.pid} {self.token} {self.host}\n".encode()
+
+    def is_this_process(self) -> bool:
+        """Whether the holder is this very process: its pid and its token both ours (a
+        forked child keeps the token, not the pid). A lock file of an older version is
+        never this process's: this one writes the token."""
+        return self.token == _PROCESS_TOKEN and self.pid == str(os.getpid())
+
+    def locked_error(self, dest: Path) -> LockedError:
+        """What a run refused by this holder is told."""
+        if self.is_this_process():
+            # The lock is per open file, so a second run in this process (a library
+            # caller's second sync on the destination) is refused too: "another run (pid
+            # <our own>)" read as a stale lock or a bug.
+            return LockedError(
+                "another sync in this process is using this destination",
+                path=str(dest),
+                hint="await the first sync before starting another on the same dest; "
+                "nothing was touched",
+            )
+        where = f"pid {self.pid} on {self.host}" if self.host else f"pid {self.pid}"
+        return LockedError(
+            f"another remote-sync run ({where}) is using this destination", path=str(dest)
+        )
+
+
 #: How many times an open takes the lock again when a failed open of another run took the
 #: lock file (or the directory) back under it.
 _LOCK_TRIES = 10
@@ -452,22 +512,9 @@ class MirrorState:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            holder = _LockHolder.parse(os.pread(fd, _HOLDER_MAX, 0))
             os.close(fd)
-            if holder == str(os.getpid()):
-                # The lock is per open file, so a second run in this process (a library
-                # caller's second sync on the destination) is refused too: "another run (pid
-                # <our own>)" read as a stale lock or a bug.
-                raise LockedError(
-                    "another sync in this process is using this destination",
-                    path=str(self.dest),
-                    hint="await the first sync before starting another on the same dest; "
-                    "nothing was touched",
-                ) from None
-            raise LockedError(
-                f"another remote-sync run (pid {holder or '?'}) is using this destination",
-                path=str(self.dest),
-            ) from None
+            raise holder.locked_error(self.dest) from None
         except OSError as exc:
             os.close(fd)
             raise MirrorError(
@@ -482,10 +529,11 @@ class MirrorState:
         if not current:
             os.close(fd)
             return False
-        # The pid is for the message a second run prints; failing to write it is harmless.
+        # Who holds it is for the message a second run prints; failing to write it is
+        # harmless.
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, _LockHolder.this_process().line(), 0)
         self._lock_fd = fd
         return True
 
@@ -494,6 +542,10 @@ class MirrorState:
             self._db.close()
             self._db = None
         if self._lock_fd is not None:
+            # Emptied while still held: a later run that finds the lock taken, by a run that
+            # has not written itself in yet, is not told it is this process's own.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 

@@ -559,7 +559,7 @@ async def list_versions(
     mirror's lock; a ``dest`` that is not a mirror is a :class:`ConfigError`. To copy one out,
     :func:`remote_sync.mirror.versions.restore_version` (``versions restore``)."""
     if isinstance(files, str | bytes):  # one name would be taken for its characters
-        raise ConfigError(
+        raise ArgumentError(
             "files is a list of paths or session ids, not one", hint=f"pass files=[{files!r}]"
         )
     work = partial(list_kept_versions, dest, host=host, files=tuple(files))

@@ -17,6 +17,9 @@ copies the state.
 ``sigint_in_commit`` does not crash: each commit of the rounds first sends the process a
 SIGINT, as a Ctrl-C at that instant would.
 
+``over_quota`` does not crash: the writer's files that find the disk full say EDQUOT, as
+over this user's disk quota (see ``synchelp.over_quota_open``).
+
 ``hold_cancel`` does not crash: a cancelled round waits a minute before it winds down (a
 commit that takes its time), so that only a second Ctrl-C ends the run soon.
 """
@@ -117,6 +120,13 @@ elif FAULT == "hold_cancel":
         await real_drain(self)
 
     engine.HostSync._drain = _drain  # type: ignore[method-assign]
+
+elif FAULT == "over_quota":
+    from synchelp import over_quota_open
+
+    from remote_sync.mirror import writer as writer_module
+
+    writer_module.open = over_quota_open  # type: ignore[attr-defined]
 
 elif FAULT:
     sys.exit(f"unknown REMOTE_SYNC_TEST_FAULT {FAULT!r}")

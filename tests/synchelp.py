@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
 import os
 import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from sshfleet import SSHFleet
 
@@ -139,6 +143,42 @@ def run_cli(args: list[str], capsys: object | None = None) -> tuple[int, list[ob
         out = capsys.readouterr().out  # type: ignore[attr-defined]
         events = [decode_event(line) for line in out.splitlines() if line.strip()]
     return code, events
+
+
+class _OverQuota(io.FileIO):
+    """A mirrored file whose writes that find the disk full fail as over this user's quota."""
+
+    def write(self, data: Any) -> int:
+        try:
+            return super().write(data)
+        except OSError as exc:
+            raise _as_quota(exc) from None
+
+    def truncate(self, size: int | None = None) -> int:
+        try:
+            return super().truncate(size)
+        except OSError as exc:
+            raise _as_quota(exc) from None
+
+
+def _as_quota(exc: OSError) -> OSError:
+    if exc.errno != errno.ENOSPC:
+        return exc
+    return OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), *exc.args[2:])
+
+
+def over_quota_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+    """``open`` for the mirror's writer on a small tmpfs, as if the limit were this user's
+    quota: a write that finds no room fails with EDQUOT, where the tmpfs says ENOSPC. Quotas
+    themselves cannot be set up here (tmpfs quotas and ext4's quota files are kernel options
+    a test machine may lack, and root is exempt from them), and EDQUOT is all the writer sees
+    of one. The bytes that do fit are written, as a quota lets them."""
+    if "b" not in mode or args or kwargs:
+        return builtins.open(file, mode, *args, **kwargs)
+    raw = _OverQuota(file, mode.replace("b", ""))
+    if "+" in mode:
+        return io.BufferedRandom(raw)
+    return io.BufferedReader(raw) if mode.startswith("r") else io.BufferedWriter(raw)
 
 
 def cli_process(args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:

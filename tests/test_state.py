@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from remote_sync.errors import StateError
+from remote_sync.errors import MirrorError, StateError
 from remote_sync.mirror.state import (
     FINGERPRINT_BYTES,
     SCHEMA_VERSION,
@@ -100,3 +103,43 @@ def test_state_of_schema_1_is_upgraded_and_a_newer_one_refused(tmp_path: Path) -
         db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     with MirrorState(tmp_path / "m"):  # the refusal released the lock
         pass
+
+
+@pytest.mark.parametrize("at", ["control directory", "lock file"])
+def test_an_open_over_the_users_quota_says_the_quota_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
+) -> None:
+    """EDQUOT at the open was said as a full disk ("the destination's disk is full (Disk
+    quota exceeded; 5120 KiB free)", and df -h to look at), where the disk has room and the
+    quota does not: it now names the quota and how to see it. The open still takes back
+    what it made, as for a full disk."""
+    over = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+    if at == "control directory":
+        real_mkdir = Path.mkdir
+
+        def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+            if self.name == ".remote-sync":
+                raise over
+            real_mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+    else:
+        real_open = os.open
+
+        def os_open(path: Any, *args: Any, **kwargs: Any) -> int:
+            if os.fspath(path).endswith("/.remote-sync/lock"):
+                raise over
+            return int(real_open(path, *args, **kwargs))
+
+        monkeypatch.setattr(os, "open", os_open)
+    dest = tmp_path / "m"
+    with pytest.raises(MirrorError) as info:
+        MirrorState(dest).open()
+    monkeypatch.undo()
+    assert info.value.kind == "mirror" and info.value.path == str(dest)
+    assert info.value.message == (
+        "this user's disk quota on the destination is full (Disk quota exceeded)"
+    )
+    assert info.value.hint.startswith("this user's disk quota on the destination is used up")
+    assert "quota -s" in info.value.hint and "df -h" not in info.value.hint
+    assert not dest.exists()

@@ -29,6 +29,7 @@ from synchelp import (
     expected_tree,
     make_openclaw_tree,
     mirror_tree,
+    over_quota_open,
     run_cli,
     session_bytes,
     write_inventory,
@@ -39,7 +40,7 @@ from remote_sync.cli import main
 from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary, WarningEvent
 from remote_sync.index.query import open_index, query_sessions
 from remote_sync.inventory import load_inventory
-from remote_sync.mirror import engine, remote_ops
+from remote_sync.mirror import engine, remote_ops, writer
 from remote_sync.mirror.plan import Transfer
 from remote_sync.mirror.remote_ops import FetchRequest
 from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of, refuse_nested
@@ -1296,19 +1297,37 @@ def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
     subprocess.run(["umount", "-l", str(mount)])
 
 
+@pytest.mark.parametrize("full", ["disk", "quota"])
 def test_disk_full_is_a_clear_error_and_loses_nothing(
-    fleet: SSHFleet, tmp_path: Path, small_disk: Path
+    fleet: SSHFleet, tmp_path: Path, small_disk: Path, full: str
 ) -> None:
+    """A disk that fills midway fails the host's round with a "disk full" error, and a
+    rerun with room completes the mirror. Over this user's disk quota (EDQUOT) the same: it
+    was "cannot write the file: Disk quota exceeded", without the cut-back a full disk
+    gets."""
     inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
     make_openclaw_tree(fleet, "h0")
     fleet.write("h0", "agents/a/sessions/big.jsonl", big_session(6 * 1024 * 1024))
     dest = small_disk / "m"
-    proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"])
+    args = ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"]
+    if full == "disk":
+        proc = cli_process(args)
+    else:
+        fault_cli = str(Path(__file__).resolve().parent / "fault_cli.py")
+        proc = subprocess.Popen(
+            [sys.executable, fault_cli, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, REMOTE_SYNC_TEST_FAULT="over_quota"),
+        )
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, (out, err)
     # Where the space runs out (a file's bytes, the flush, the checkpoint database) varies;
     # the error says "disk full" and the host's round is the one that failed.
     assert b"disk full" in out, out[-2000:]
+    if full == "quota":  # the 6 MiB file runs out first, and says whose limit it is
+        assert b"disk full (over this user's quota) while trying to write a temp file" in out
+        assert b"quota -s" in out
     assert b'"host":"h0","status":"failed"' in out
     # The files the round meant to fetch and did not commit count as failed: at least the one
     # that filled the disk, and with those committed, every file of the host.
@@ -1419,13 +1438,22 @@ def test_a_mirror_whose_open_fails_on_a_full_disk_keeps_everything(
     assert contents() == before
 
 
+@pytest.mark.parametrize("full", ["disk", "quota"])
 def test_a_huge_partial_last_line_on_a_full_disk_is_not_needed(
-    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], small_disk: Path
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    small_disk: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    full: str,
 ) -> None:
     """A last line the agent is still writing (no newline yet) larger than the free space:
     its bytes are never committed, so a full disk while writing them fails nothing; the
     whole lines before it are mirrored, appended or new. Once the line ends, the disk must
-    hold it: then it is a disk-full error, and with room the next run brings it."""
+    hold it: then it is a disk-full error, and with room the next run brings it. Over this
+    user's quota (EDQUOT) alike: the file used to fail at once ("Disk quota exceeded")."""
+    if full == "quota":
+        monkeypatch.setattr(writer, "open", over_quota_open, raising=False)
     inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
     dest = small_disk / "m"
     base = "agents/a/sessions"
@@ -1463,7 +1491,14 @@ def test_a_huge_partial_last_line_on_a_full_disk_is_not_needed(
     # The line ends: now its bytes are needed, and the disk cannot hold them.
     append(fleet, "h0", f"{base}/new.jsonl", b'"}\n')
     code, summary, events = sync(inv, dest, capsys)
-    assert code == 1 and any("disk full" in e.message for e in events if isinstance(e, ErrorEvent))
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert code == 1 and error.path == f"{base}/new.jsonl", error
+    if full == "disk":
+        assert error.message.startswith("disk full while trying to "), error
+    else:
+        assert error.message.startswith(
+            "disk full (over this user's quota) while trying to "
+        ) and error.hint.startswith("this user's disk quota on the destination is used up")
     assert (dest / "h0" / base / "new.jsonl").read_bytes() == new
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     assert sync(inv, dest, capsys)[0] == 0

@@ -179,14 +179,37 @@ def _nearly_full(directory: Path) -> bool:
     return fs.f_bavail * fs.f_frsize < (1 << 20) or (fs.f_files > 0 and fs.f_favail == 0)
 
 
-#: What a write says when the destination's file system (or this user's quota) is full.
-_FULL = (errno.ENOSPC, errno.EDQUOT)
+#: What a write says when the destination's file system (ENOSPC) or this user's disk quota on
+#: it (EDQUOT) is full. Every write that fails so is handled alike, at the state's open as in
+#: the middle of a file: the destination is out of space, not wrong, and no file is to blame.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+#: What to do when this user's quota is what is full: df shows the disk's room, not the quota's.
+QUOTA_HINT = (
+    "this user's disk quota on the destination is used up: free space within it (quota -s "
+    "shows it) or have it raised, then run again"
+)
 
 
-def full_disk_error(dest: Path, cause: str) -> MirrorError:
-    """The error of a destination whose file system is full (``cause``: what said so). Not a
-    usage error (exit 2: nothing given is wrong) but a failed run, exit 1, as a disk that
-    fills midway fails one (rsync exits 11, a file I/O error, and 2 for usage)."""
+def out_of_space(exc: BaseException) -> bool:
+    """Did ``exc`` fail a write for want of space (a full disk, or this user's quota)?"""
+    return isinstance(exc, OSError) and exc.errno in FULL_ERRNOS
+
+
+def full_disk_error(dest: Path, cause: str | OSError) -> MirrorError:
+    """The error of a destination whose file system (or this user's quota on it: an EDQUOT
+    ``cause``) is full (``cause``: what said so). Not a usage error (exit 2: nothing given is
+    wrong) but a failed run, exit 1, as a disk that fills midway fails one (rsync exits 11, a
+    file I/O error, and 2 for usage)."""
+    quota = isinstance(cause, OSError) and cause.errno == errno.EDQUOT
+    if isinstance(cause, OSError):
+        cause = cause.strerror or str(cause)
+    if quota:
+        return MirrorError(
+            f"this user's disk quota on the destination is full ({cause})",
+            path=str(dest),
+            hint=f"{QUOTA_HINT}; nothing was synced",
+        )
     try:
         fs = os.statvfs(dest if dest.exists() else dest.parent)
         room = f"{fs.f_bavail * fs.f_frsize // 1024} KiB free"
@@ -393,8 +416,8 @@ class MirrorState:
         try:
             self.control.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            if exc.errno in _FULL:
-                raise full_disk_error(self.dest, exc.strerror or str(exc)) from exc
+            if out_of_space(exc):
+                raise full_disk_error(self.dest, exc) from exc
             raise DestinationError(
                 f"cannot create the destination: {exc.strerror or exc}", path=str(self.dest)
             ) from exc
@@ -502,8 +525,8 @@ class MirrorState:
                 # The state directory was taken back (see above) since it was made; any other
                 # ENOENT (a lock that is a dangling symbolic link) is an error, not a retry.
                 return False
-            if exc.errno in _FULL:  # out of inodes: no usage error either
-                raise full_disk_error(self.dest, exc.strerror or str(exc)) from exc
+            if out_of_space(exc):  # out of inodes: no usage error either
+                raise full_disk_error(self.dest, exc) from exc
             raise DestinationError(
                 f"cannot open the destination's lock file: {exc.strerror or exc}",
                 path=str(lock),

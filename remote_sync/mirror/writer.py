@@ -40,7 +40,15 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import MirrorError, path_text
 from ..index.update import FileIndexer, IndexUpdate
-from .state import FINGERPRINT_BYTES, FileState, MirrorState, fingerprint_of, fsync_dir
+from .state import (
+    FINGERPRINT_BYTES,
+    QUOTA_HINT,
+    FileState,
+    MirrorState,
+    fingerprint_of,
+    fsync_dir,
+    out_of_space,
+)
 
 if TYPE_CHECKING:
     from ..index.worker import IndexJob
@@ -64,8 +72,15 @@ class RewriteDetected(Exception):
 
 def _mirror_error(exc: OSError, host: str, path: bytes, doing: str) -> MirrorError:
     shown = path_text(path)
-    if exc.errno == errno.ENOSPC:
-        return MirrorError(f"disk full while trying to {doing}", host=host or None, path=shown)
+    if out_of_space(exc):
+        quota = exc.errno == errno.EDQUOT
+        whose = " (over this user's quota)" if quota else ""
+        return MirrorError(
+            f"disk full{whose} while trying to {doing}",
+            host=host or None,
+            path=shown,
+            hint=QUOTA_HINT if quota else None,
+        )
     if exc.errno == errno.ENAMETOOLONG:
         return MirrorError(
             f"cannot {doing}: the path is too long for the destination's file system",
@@ -153,11 +168,12 @@ class _LineWriter:
     offset: int
     end_of_lines: int
     notified: int
-    #: The disk filled up after the last line end: what follows is not written (see _put).
-    out_of_space: bool = False
+    #: The disk (or this user's quota) filled up after the last line end: what follows is not
+    #: written (see _put). The errno that said so (ENOSPC, EDQUOT), 0 while there is room.
+    no_room: int = 0
 
     def _put(self, view: memoryview, *, track_lines: bool = True) -> None:
-        if self.out_of_space:
+        if self.no_room:
             self._past_the_lines(view)
             return
         try:
@@ -183,18 +199,18 @@ class _LineWriter:
 
     def _past_the_lines(self, view: memoryview) -> None:
         """Bytes not written (out of space): a newline among them ends a line the disk could
-        not hold, which fails the file as a full disk does."""
+        not hold, which fails the file as a full disk (or quota) does."""
         if rfind_newline(view) >= 0:
-            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            full = OSError(self.no_room, os.strerror(self.no_room))
             raise _mirror_error(full, self.host, self.path, self._doing)
         self.offset += len(view)
 
     def _dropped_past_the_lines(self, exc: OSError) -> bool:
-        """After a write failed with ``exc``: if for want of space, cut the file back to its
-        last line end, freeing what was written past it, and go on without writing. False
-        (nothing done, or nothing but a fresh handle) for another error, or when bytes
-        before that end did not reach the file."""
-        if exc.errno != errno.ENOSPC:
+        """After a write failed with ``exc``: if for want of space (the disk's or this user's
+        quota), cut the file back to its last line end, freeing what was written past it, and
+        go on without writing. False (nothing done, or nothing but a fresh handle) for
+        another error, or when bytes before that end did not reach the file."""
+        if not out_of_space(exc):
             return False
         # The buffered handle keeps what it could not write and would write it later: it is
         # closed (its flush may fail: those bytes are past the lines or checked below) and
@@ -215,7 +231,7 @@ class _LineWriter:
             self.handle.seek(self.end_of_lines)
         except OSError:
             return False
-        self.out_of_space = True
+        self.no_room = exc.errno or errno.ENOSPC  # one of FULL_ERRNOS, as checked above
         return True
 
     def _cut_at_the_lines(self, size: int, doing: str, *, lines: bool = True) -> None:

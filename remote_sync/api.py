@@ -376,11 +376,12 @@ async def stream_sessions(
     through ``emit`` as an :class:`~remote_sync.events.ErrorEvent` (the ``--json`` error of
     ``sync``) at once, and the other hosts go on; a host whose listing find could not read
     whole reports one error of kind ``listing_incomplete`` per directory it could not read,
-    naming it (as ``sync`` does), each one a failure of its own. Once every host was read,
-    the first failure (in the order of ``hosts``) is raised, so a partial listing is never
-    taken for a whole one; pass a list as ``errors`` to have the failures appended there
-    instead (in the order of ``hosts``, when the listing ends). A cancellation stops every
-    host at once; through
+    naming it (as ``sync`` does), and one of kind ``permission_denied`` (or ``read_failed``)
+    per session file the host would not open (or read whole), each one a failure of its own.
+    Once every host was read, the first failure (in the order of ``hosts``) is raised, so a
+    partial listing is never taken for a whole one; pass a list as ``errors`` to have the
+    failures appended there instead (in the order of ``hosts``, when the listing ends). A
+    cancellation stops every host at once; through
     the registry, each host it stopped reports it (an ``ErrorEvent`` of kind ``cancelled``,
     then ``done``: every host that reported ``listing`` ends with ``done``; from the mirror,
     the same under the host ``""``), and the

@@ -201,6 +201,19 @@ class ListingIncompleteError(SSHError):
     also: tuple[RemoteSyncError, ...] = ()
 
 
+class PermissionDeniedError(ListingIncompleteError):
+    """The host would not let the login user read a file (its :attr:`path`): a sync fails the
+    file, a remote listing leaves its session out. Either way the same kind names it."""
+
+    default_hint = "let the SSH user read the file on the host (or exclude it), then run again"
+
+
+class ReadFailedError(ListingIncompleteError):
+    """Reading a file (its :attr:`path`) on the host failed midway (an I/O error there)."""
+
+    default_hint = "check the host's disk and its log (an I/O error?); a rerun retries"
+
+
 class RemoteCommandError(SSHError):
     """A remote command exited non-zero or was killed by a signal."""
 
@@ -308,6 +321,8 @@ _KIND_BY_CLASS = {
     "ConnectionLostError": "connection_lost",
     "IdleTimeoutError": "idle_timeout",
     "ListingIncompleteError": "listing_incomplete",
+    "PermissionDeniedError": "permission_denied",
+    "ReadFailedError": "read_failed",
     "RemoteCommandError": "remote_command_failed",
     "TransferCancelledError": "cancelled",
     "MirrorError": "mirror",

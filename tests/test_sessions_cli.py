@@ -1639,8 +1639,8 @@ def test_names_told_apart_only_by_a_backslash_are_apart_everywhere(
     lines = [json.loads(line) for line in out.splitlines()]
     assert sorted(r["path"] for r in lines if "session_id" in r) == sorted(listed.values())
     # The file it could not read is named in the same form.
-    (warning,) = [r for r in lines if "session_id" not in r]
-    assert "agents/main/sessions/c\\x5cxfe.jsonl: not readable" in warning["message"]
+    (error,) = [r for r in lines if "session_id" not in r]
+    assert error["path"] == "agents/main/sessions/c\\x5cxfe.jsonl", error
     for raw, messages in ((literal, 3), (odd, 5)):
         for where in (["-d", str(dest)], remote):
             code, out, err = cli(["sessions", "show", name, listed[raw], "--json", *where], capsys)

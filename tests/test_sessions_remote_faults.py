@@ -26,6 +26,7 @@ from remote_sync.cli import main
 from remote_sync.errors import ConfigError, TransferCancelledError
 from remote_sync.index import remote as remote_module
 from remote_sync.inventory import load_inventory
+from remote_sync.mirror import engine
 
 SESSIONS = "agents/main/sessions"
 
@@ -115,9 +116,14 @@ def test_a_listing_that_a_tool_cut_short_is_not_passed_for_complete(
         assert "xargs failed" in err
     elif tool == "stat missing (BusyBox)":
         assert "cannot stat" in err
-    else:
+    else:  # the file is named as a sync names it (it was a line of one error without a path)
         assert listed(out) == everything - {f"{SESSIONS}/s1.jsonl"}
-        assert "s1.jsonl: the read failed midway" in err
+        failed = [e for e in map(json.loads, out.splitlines()) if e.get("kind") == "read_failed"]
+        assert [(e["host"], e["path"]) for e in failed] == [(name, f"{SESSIONS}/s1.jsonl")]
+        assert failed[0]["message"] == (
+            "reading the file on the host failed midway: the session is left out of the listing"
+        )
+        assert f"{name}: {SESSIONS}/s1.jsonl: reading the file on the host failed" in err
 
 
 def test_an_unreadable_directory_makes_the_listing_incomplete(
@@ -363,8 +369,10 @@ def test_timeout_without_remote_is_refused(
 def test_an_unreadable_transcript_makes_the_listing_incomplete(
     fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The host would not open one session (a sync reports it as permission denied): the
-    others are listed and the host fails, as for an unreadable directory."""
+    """The host would not open one session: the others are listed and the host fails, as
+    for an unreadable directory. The file was one line ("<path>: not readable: left out")
+    of an error without a path, of kind listing_incomplete; it is now an error of its own
+    naming host and path, of kind permission_denied, as a sync reports it."""
     name = fleet.names[0]
     sessions(fleet, name, 3)
     inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
@@ -375,9 +383,14 @@ def test_an_unreadable_transcript_makes_the_listing_incomplete(
     finally:
         os.chmod(secret, 0o644)
     assert listed(out) == {f"{SESSIONS}/s0.jsonl", f"{SESSIONS}/s2.jsonl"}
-    assert code == 1 and "incomplete" in err and "s1.jsonl: not readable" in err, err
     (error,) = [json.loads(line) for line in out.splitlines() if '"type":"error"' in line]
-    assert error["host"] == name
+    assert code == 1 and error["kind"] == "permission_denied", error
+    assert (error["host"], error["path"]) == (name, f"{SESSIONS}/s1.jsonl")
+    assert error["message"] == (
+        "permission denied on the host: the session is left out of the listing"
+    )
+    assert error["hint"].startswith("let the SSH user read the file on the host")
+    assert f"{name}: {SESSIONS}/s1.jsonl: permission denied on the host" in err
 
 
 def test_a_cancel_ends_a_remote_stream_at_once_and_only_through_its_registry(
@@ -531,3 +544,48 @@ def test_a_session_under_an_unreadable_directory_is_not_shown_as_missing(
     ) in err, err
     assert "chmod u+rx" in err and "deleted" not in err
     assert elsewhere[0] == 0 and "msg 2" in elsewhere[1], elsewhere
+
+
+def test_a_listing_message_naming_no_path_reads_alike_in_sync_and_listing(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What find says that names no path it could not read is one error without a path, from
+    one builder for a sync and for `sessions list --remote`: a sync used to give find's raw
+    lines joined by newlines, with another hint, where the listing said "the listing is
+    incomplete: ..." on one line. Only what is left undone differs, in the hint's end."""
+    name = fleet.names[0]
+    sessions(fleet, name, 2)
+    find = 'echo "find: warning: the clock is odd" >&2\necho "find: and so is this" >&2\n'
+    host_tools(fleet, monkeypatch, {"find": find + 'exec /usr/bin/find "$@"\n'})
+    real = engine.round_argv
+    monkeypatch.setattr(  # the sync's round finds the same tools first
+        engine,
+        "round_argv",
+        lambda root, points, **kw: [
+            "env",
+            f"PATH={fleet.root / 'tools'}:/usr/bin:/bin",
+            *real(root, points, **kw),
+        ],
+    )
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    said: list[dict[str, Any]] = []
+    for args in (
+        ["sessions", "list", "--json", "--remote", "-I", str(inv)],
+        ["sync", "--json", "-I", str(inv), "-d", str(tmp_path / "m")],
+    ):
+        code, out, _ = cli(args, capsys)
+        errors = [e for e in map(json.loads, out.splitlines()) if e.get("type") == "error"]
+        assert code == 1 and [(e["kind"], e["host"], e["path"]) for e in errors] == [
+            ("listing_incomplete", name, None)
+        ], errors
+        said.append(errors[0])
+    listing, sync = said
+    odd = "find: warning: the clock is odd; find: and so is this"
+    assert listing["message"] == sync["message"] == f"the listing is incomplete: {odd}"
+    assert (
+        listing["hint"] == "fix permissions (or the failing tool) on the host; the rest was listed"
+    )
+    assert sync["hint"] == (
+        "fix permissions (or the failing tool) on the host; until then no deletion is recorded "
+        "for this host"
+    )

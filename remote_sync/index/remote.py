@@ -31,8 +31,9 @@ side of each:
 A root the host cannot enter fails both as it fails a sync: a second command, only then,
 names the other agents' roots the host has (:mod:`remote_sync.mirror.root_probe`). Each
 directory ``find`` cannot read makes a listing fail with an error naming it, as a sync's
-(``remote_ops.unread_errors``); a show that finds no session where find could read, or
-whose path goes through a directory that cannot be searched, says that, not "no session".
+(``remote_ops.listing_errors``), and so does each session file the host cannot read; a show
+that finds no session where find could read, or whose path goes through a directory that
+cannot be searched, says that, not "no session".
 
 Which files are transcripts is decided exactly on this side (``Source.is_included`` and the
 reader's ``is_transcript``); the remote ``find`` only narrows by file name
@@ -73,7 +74,9 @@ from ..decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder, Record
 from ..errors import (
     ConfigError,
     ListingIncompleteError,
+    PermissionDeniedError,
     ProtocolError,
+    ReadFailedError,
     RemoteCommandError,
     RemoteSyncError,
     TransferCancelledError,
@@ -88,9 +91,9 @@ from ..mirror.remote_ops import (
     START_POINT_SH,
     UNDER_SYMLINK_SH,
     UNREAD_HINT,
+    listing_errors,
     new_marker,
     read_marker_sh,
-    unread_errors,
     unread_paths,
 )
 from ..mirror.root_probe import probed_root_error
@@ -743,22 +746,26 @@ async def stream_remote_sessions(
         yield batch
     # What was listed has been yielded; the host still counts as failed (exit 1), as a
     # sync's incomplete listing does, since sessions may be missing: each directory find
-    # could not read is an error naming it, as a sync reports it, and whatever else went
-    # wrong one error more.
-    errors, other = unread_errors(host.name, stream.stderr_tail, "listed", "the rest was listed")
-    reasons = (
-        other
-        + [f"{path}: not readable: left out" for path in unreadable]
-        + [f"{path}: the read failed midway: left out" for path in unread]
-    )
-    if reasons:
-        errors.append(
-            ListingIncompleteError(
-                "the listing is incomplete: " + "; ".join(reasons),
-                host=host.name,
-                hint="fix permissions (or the failing tool) on the host; the rest was listed",
-            )
+    # could not read is an error naming it, and so is each session file the host would not
+    # open or read whole, of the kind a sync reports it by; whatever else went wrong is one
+    # error more.
+    errors = listing_errors(host.name, stream.stderr_tail, "listed", "the rest was listed")
+    errors += [
+        PermissionDeniedError(
+            "permission denied on the host: the session is left out of the listing",
+            host=host.name,
+            path=path,
         )
+        for path in unreadable
+    ]
+    errors += [
+        ReadFailedError(
+            "reading the file on the host failed midway: the session is left out of the listing",
+            host=host.name,
+            path=path,
+        )
+        for path in unread
+    ]
     if errors:
         first = errors[0]
         first.also = tuple(errors[1:])

@@ -48,7 +48,9 @@ from ..errors import (
     ConfigError,
     DestinationError,
     MirrorError,
+    PermissionDeniedError,
     ProtocolError,
+    ReadFailedError,
     RemoteCommandError,
     RemoteSyncError,
     TransferCancelledError,
@@ -103,9 +105,9 @@ from .remote_ops import (
     fetch_argv,
     fetch_stdin,
     listing_end_marker,
+    listing_errors,
     new_marker,
     round_argv,
-    unread_errors,
 )
 from .root_probe import probed_root_error
 from .state import (
@@ -496,27 +498,15 @@ class HostSync:
         (rsync counts none, and exits 23); one failed keeps the host "partial" and the run's
         exit 1. Any other message (a start point skipped) is one error more, as it came. The
         messages are None when the stderr boundary never came (the command was cut)."""
-        unread, other = unread_errors(
+        for error in listing_errors(
             self.name,
-            messages or b"",
+            messages,
             "mirrored",
             "until then no deletion is recorded for this host",
-        )
-        for error in unread:
+            incomplete=True,
+        ):
             self.result.files.failed += 1
             self.emit(ErrorEvent.from_exception(error))
-        if other or not unread:
-            self.result.files.failed += 1
-            self.emit(
-                ErrorEvent(
-                    self.name,
-                    None,
-                    "listing_incomplete",
-                    "\n".join(other)
-                    or "the listing reported errors (their messages were not kept)",
-                    "fix permissions on the host; deletions are not recorded for this round",
-                )
-            )
 
     async def _pick_worker(self, plan: Plan) -> None:
         """Take an index worker for this round when it has many transcript bytes to index."""
@@ -1060,21 +1050,13 @@ class _FrameHandler:
             self._again(t)  # it shrank or grew while we read it: fetch it whole again
         elif isinstance(event, Failed):
             self._drop()
-            sync._fail(
-                t.remote.path,
-                "reading the file on the host failed midway",
-                "read_failed",
-                "check the host's disk and its log (an I/O error?); a rerun retries",
-            )
+            failed = ReadFailedError("reading the file on the host failed midway")
+            sync._fail(t.remote.path, failed.message, failed.kind, failed.hint)
         elif isinstance(event, Gone):
             pass  # vanished since the listing: the next round records the deletion
         elif isinstance(event, Denied):
-            sync._fail(
-                t.remote.path,
-                "permission denied on the host",
-                "permission_denied",
-                "let the SSH user read the file on the host (or exclude it), then run again",
-            )
+            denied = PermissionDeniedError("permission denied on the host")
+            sync._fail(t.remote.path, denied.message, denied.kind, denied.hint)
 
     def _open(self, t: Transfer) -> AppendWriter | WholeWriter:
         state = self.sync.state

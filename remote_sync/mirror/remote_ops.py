@@ -12,7 +12,7 @@ references to positional parameters by number (the fetch's tar command line).
 
 Exit statuses (every operation): 0 on success, also when ``find`` could not read some
 directory (its messages stay on stderr, for the caller to report naming the host, and each
-path find could not read: :func:`unread_paths`, said as errors by :func:`unread_errors`);
+path find could not read: :func:`unread_paths`, said as errors by :func:`listing_errors`);
 :data:`EXIT_ROOT_UNUSABLE` (3) when the root directory is missing, not a directory or not
 readable. Anything else is an unexpected failure of the remote tools.
 
@@ -146,12 +146,12 @@ __all__ = [
     "fetch_stdin",
     "listing_argv",
     "listing_end_marker",
+    "listing_errors",
     "new_marker",
     "probe_roots_argv",
     "probed_roots",
     "read_marker_sh",
     "round_argv",
-    "unread_errors",
     "unread_paths",
 ]
 
@@ -835,14 +835,16 @@ def _unescape_c(match: re.Match[bytes]) -> bytes:
     return _C_ESCAPES.get(code, code)  # \\, \', \" and \? stand for themselves
 
 
-def unread_errors(
-    host: str, messages: bytes, unseen: str, then: str
-) -> tuple[list[ListingIncompleteError], list[str]]:
-    """The error of each path ``find`` could not read (:func:`unread_paths`), naming it and
-    what was not done under it (``unseen``: "mirrored", "listed"), its hint ending with
-    ``then``; and the other lines of ``messages``. Said alike by a sync and by ``sessions
-    list --remote``."""
-    unread, other = unread_paths(messages)
+def listing_errors(
+    host: str, messages: bytes | None, unseen: str, then: str, *, incomplete: bool = False
+) -> list[ListingIncompleteError]:
+    """Every error of a listing ``find`` could not make whole, said alike by a sync and by
+    ``sessions list --remote``: one per path it could not read (:func:`unread_paths`),
+    naming it and what was not done under it (``unseen``: "mirrored", "listed"); then one
+    without a path for the other lines of ``messages``, or, when the caller knows the
+    listing is ``incomplete`` and no path says where (``messages`` None: the command was
+    cut before they came), one saying so. Each hint ends with ``then``."""
+    unread, other = unread_paths(messages or b"")
     errors = [
         ListingIncompleteError(
             f"find could not read it ({reason}): nothing under it was {unseen}",
@@ -852,7 +854,16 @@ def unread_errors(
         )
         for path, reason in unread
     ]
-    return errors, other
+    if other or (incomplete and not unread):
+        said = "; ".join(other) or "the listing reported errors (their messages were not kept)"
+        errors.append(
+            ListingIncompleteError(
+                f"the listing is incomplete: {said}",
+                host=host,
+                hint=f"fix permissions (or the failing tool) on the host; {then}",
+            )
+        )
+    return errors
 
 
 def _normalize_start_point(point: str) -> str:

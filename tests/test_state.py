@@ -6,12 +6,18 @@ import dataclasses
 import errno
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from remote_sync.errors import MirrorError, StateError
+from remote_sync.mirror.engine import _OverlapRead, _same_file_back
+from remote_sync.mirror.plan import Transfer
+from remote_sync.mirror.remote_ops import End, RemoteFile
 from remote_sync.mirror.state import (
     FINGERPRINT_BYTES,
     SCHEMA_VERSION,
@@ -19,7 +25,7 @@ from remote_sync.mirror.state import (
     MirrorState,
     fingerprint_of,
 )
-from remote_sync.mirror.writer import AppendWriter, WholeWriter, make_durable
+from remote_sync.mirror.writer import AppendWriter, RewriteDetected, WholeWriter, make_durable
 
 
 def row(path: bytes, size: int, host: str = "h", data: bytes = b"") -> FileState:
@@ -143,3 +149,59 @@ def test_an_open_over_the_users_quota_says_the_quota_is_full(
     assert info.value.hint.startswith("this user's disk quota on the destination is used up")
     assert "quota -s" in info.value.hint and "df -h" not in info.value.hint
     assert not dest.exists()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_dry_run_and_an_append_judge_an_overlap_alike(data: st.DataObject) -> None:
+    """A dry run's check of a returning file's overlap (engine._same_file_back) and the append
+    of a real run compare the mirror's bytes with the host's through one Overlap: whatever
+    the mirror holds (cut short since its checkpoint, or not) and whatever the host sends
+    (the overlap, another one, more or fewer bytes, in any chunks), a dry run says an append
+    where an append goes through, and a whole fetch where it finds the file rewritten."""
+    on_disk = data.draw(st.binary(min_size=1, max_size=40), label="mirrored bytes")
+    size = len(on_disk) + data.draw(st.integers(0, 3), label="cut short by")
+    start = data.draw(st.integers(0, size), label="start")
+    same = on_disk[start:size]
+    sent = data.draw(
+        st.one_of(
+            st.binary(max_size=4).map(lambda more: same + more),
+            st.binary(max_size=size - start + 4),
+            st.just(same[:-1]),
+        ),
+        label="host's bytes",
+    )
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(sent)), max_size=3), label="chunks"))
+    chunks = [sent[a:b] for a, b in zip([0, *cuts], [*cuts, len(sent)], strict=True)]
+    row = FileState("h", b"s.jsonl", "append", size, size, 1.0, 1, 7, b"")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "s.jsonl"
+        local.write_bytes(on_disk)
+        t = Transfer(
+            RemoteFile(b"s.jsonl", start + len(sent), 2.0, 1, 7),
+            "append",
+            "append",
+            "grown",
+            start,
+            len(sent),
+            row,
+        )
+        keep = size - start
+        # The host's file ends as listed (End): shorter than the overlap, it came Short.
+        read = _OverlapRead(keep, bytearray(sent[:keep]), ended=End)
+        dry = _same_file_back(t, read, local) if len(sent) >= keep else False
+        try:
+            writer = AppendWriter(
+                cast(Any, None), row, start, dataclasses.replace(row), local=local
+            )
+            try:
+                for chunk in chunks:
+                    writer.write(chunk)
+                writer.finish().handle.close()
+            except RewriteDetected:
+                writer.abort()
+                raise
+            appended = True
+        except RewriteDetected:
+            appended = False
+    assert dry == appended

@@ -123,6 +123,7 @@ from .state import (
 from .writer import (
     AppendWriter,
     CommitBatch,
+    Overlap,
     Pending,
     RewriteDetected,
     SeededWriter,
@@ -1322,19 +1323,18 @@ def _same_file_back(t: Transfer, read: _OverlapRead, local: Path) -> bool:
         return False  # it shrank since the listing: a real run fetches it whole
     try:
         with open(local, "rb") as mirrored:
-            head = mirrored.read(HEAD_BYTES)
-            mirrored.seek(t.start)
-            overlap = mirrored.read(_overlap_length(t))
-    except OSError:
-        return False  # nothing to append to: a real run fetches it whole
-    if overlap != read.data:
+            overlap = Overlap(mirrored, row.size, t.start, head=True)
+        overlap.take(memoryview(read.data))
+    except (OSError, RewriteDetected):
+        return False  # nothing (or not this) to append to: a real run fetches it whole
+    if not overlap.whole:
         return False
     if row.size < HEAD_BYTES:
         return True  # the overlap was all of it
     if read.digest is None:
         return not t.verify_head
     hasher = Hasher()
-    hasher.update(head)
+    hasher.update(overlap.head)
     return hasher.agrees(read.digest)
 
 

@@ -4,7 +4,8 @@ What it owns: the ways a file's bytes land on disk, and the batch that makes the
 
 - :class:`AppendWriter` extends a mirrored file in place. The fetch starts a little before the
   committed end; those overlap bytes must equal the local tail, which proves the remote file is
-  still the one we mirrored without re-reading it. A mismatch raises :class:`RewriteDetected`.
+  still the one we mirrored without re-reading it. A mismatch raises :class:`RewriteDetected`
+  (:class:`Overlap` compares them; a dry run's check of a returning file uses it too).
   Only whole lines are kept: a trailing partial line is cut off and arrives next run (a disk
   too full to hold it drops it as soon as that shows, see :meth:`_LineWriter._put`).
 - :class:`SeededWriter` is an :class:`AppendWriter` on a temp copy of another mirrored file
@@ -272,6 +273,43 @@ class _LineWriter:
         self.notified = self.end_of_lines
 
 
+class Overlap:
+    """The bytes of a mirrored file that an append from ``start`` reads again from the host
+    (``start`` to its checkpoint's ``size``), read from ``file``, and their comparison with
+    what the host sends, as it arrives (:meth:`take`). An append and a dry run's check of
+    one (which reads the overlap only) compare alike.
+
+    Raises :class:`RewriteDetected` when the file holds fewer bytes: cut short since its
+    checkpoint (by hand, mid-run), a short overlap would verify nothing and an append at
+    ``size`` would leave a hole. ``head``: keep the file's first bytes too (``head``), for
+    the host's digest of its head."""
+
+    def __init__(self, file: BinaryIO, size: int, start: int, *, head: bool = False) -> None:
+        self.head = file.read(FINGERPRINT_BYTES) if head else b""
+        file.seek(start)
+        self.expected = file.read(size - start)
+        if len(self.expected) != size - start:
+            raise RewriteDetected
+        self.seen = 0
+
+    @property
+    def whole(self) -> bool:
+        """Has all of the overlap come (and agreed)? If not when the host's file ends, it
+        shrank."""
+        return self.seen == len(self.expected)
+
+    def take(self, view: memoryview) -> memoryview:
+        """Compare the overlap's part of ``view`` (the host's next bytes) with the mirror's:
+        :class:`RewriteDetected` if they differ, else the bytes past the overlap."""
+        if self.seen < len(self.expected):
+            take = min(len(view), len(self.expected) - self.seen)
+            if view[:take] != self.expected[self.seen : self.seen + take]:
+                raise RewriteDetected
+            self.seen += take
+            view = view[take:]
+        return view
+
+
 class AppendWriter(_LineWriter):
     """Extend a mirrored file in place after verifying the overlap."""
 
@@ -300,20 +338,14 @@ class AppendWriter(_LineWriter):
             self.handle = open(self.local, "r+b")  # noqa: SIM115 (kept until flush)
             # The file's first KiB, for the host's digest of it after the read: the mirror's
             # (committed, unchanged by this append), or the first bytes received.
-            self.head = bytearray()
             self.head_from_data = keep_head and start == 0
-            if keep_head and start > 0:
-                self.head += self.handle.read(FINGERPRINT_BYTES)
-            self.handle.seek(start)
-            self.expected = self.handle.read(row.size - start)
+            self.overlap = Overlap(self.handle, row.size, start, head=keep_head and start > 0)
+            self.head = bytearray(self.overlap.head)
         except OSError as exc:
             raise _mirror_error(exc, self.host, self.path, "open the mirrored file") from exc
-        if len(self.expected) != row.size - start:
-            # Cut short since recovery (by hand, mid-run): appending at row.size would leave
-            # a hole, and a short overlap would verify nothing. Fetch it whole instead.
+        except RewriteDetected:  # cut short since recovery: fetched whole instead
             self.handle.close()
-            raise RewriteDetected
-        self.overlap_seen = 0
+            raise
         self.offset = row.size  # where the next new byte goes
         self.end_of_lines = row.size
         self.notified = row.size
@@ -323,17 +355,12 @@ class AppendWriter(_LineWriter):
         view = memoryview(data)
         if self.head_from_data:
             self._keep_head(view)
-        if self.overlap_seen < len(self.expected):
-            take = min(len(view), len(self.expected) - self.overlap_seen)
-            if view[:take] != self.expected[self.overlap_seen : self.overlap_seen + take]:
-                raise RewriteDetected
-            self.overlap_seen += take
-            view = view[take:]
+        view = self.overlap.take(view)
         if view:
             self._put(view)
 
     def finish(self) -> Pending:
-        if self.overlap_seen < len(self.expected):
+        if not self.overlap.whole:
             raise RewriteDetected  # the remote file ended inside our overlap: it shrank
         # A partial last line waits for next run.
         self._cut_at_the_lines(self.end_of_lines, "truncate the mirrored file")

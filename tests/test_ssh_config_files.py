@@ -22,7 +22,7 @@ import asyncssh
 import msgspec
 import pytest
 from conftest import MakeFleet
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sshfleet import SSHFleet
 
@@ -692,6 +692,137 @@ def test_a_user_name_the_connection_cannot_send_is_refused_with_its_line(
     error = SSHPool().preflight(ep, "box")
     assert isinstance(error, ConfigError)
     assert "line 4" in str(error) and "'a\\tb'" in str(error) and str(cfg) in str(error)
+
+
+# --- Include and Match lines ssh reads otherwise -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["conf.d/*", "conf.d/*.conf", "conf.d/?box.swp", "conf.d/[.]box.swp", "*/box.conf",
+     "conf.d/.*", "conf.d/.box.swp", ".hidden/*"],
+)  # fmt: skip
+def test_an_include_glob_skips_dot_files_as_ssh_s_glob_does(pattern: str, tmp_path: Path) -> None:
+    """ssh expands an Include with glob(3), where a wildcard (``*``, ``?``, ``[.]``) does not
+    match a name starting with ``.``: ``Include conf.d/*`` skips an editor's ``.box.swp``
+    and ``.#box.conf``, and ``*/`` a hidden directory; a pattern spelling the ``.`` out reads
+    them. asyncssh's Path.glob matched them, and the swap file's Port (first, sorted) won.
+    The walk that checks every file (whose unknown option ssh would refuse) reads the same
+    files: none where ssh reads none."""
+    conf_d, hidden = tmp_path / "conf.d", tmp_path / ".hidden"
+    conf_d.mkdir()
+    hidden.mkdir()
+    (conf_d / ".box.swp").write_text("Host box\n  Port 2201\n  SwapFileJunk yes\n")
+    (conf_d / ".#box.conf").write_text("Host box\n  Port 2202\n")
+    (conf_d / "box.conf").write_text("Host box\n  Port 2203\n")
+    (hidden / "box.conf").write_text("Host box\n  Port 2204\n")
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Include {tmp_path}/{pattern}\nHost box\n  Port 2299\n")
+    by_ssh = _ssh_values(cfg, "port")
+    if by_ssh is None:  # ssh refused the swap file's option: so must we
+        assert _our_values(cfg, "Port") is not None  # asyncssh skips unknown options
+        ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+        assert "swapfilejunk" in str(SSHPool().preflight(ep, "box"))
+        return
+    assert [int(port) for port in by_ssh] == _resolved_ports(cfg), pattern
+    assert by_ssh[0] in {
+        "conf.d/*": "2203", "conf.d/.*": "2202", "*/box.conf": "2203", ".hidden/*": "2204",
+    }.get(pattern, by_ssh[0])  # fmt: skip
+
+
+def _resolved_ports(cfg: Path) -> list[int]:
+    """The Port the pool's pre-flight and lookup give ``box`` under ``cfg`` (a list, as
+    :func:`_ssh_values` gives ssh's), the pre-flight finding nothing to refuse."""
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    assert SSHPool().preflight(ep, "box") is None
+    return [pool_module._prepare(ep, "box").resolved.port]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        'Include ""\n',
+        "Include ''\n",
+        'Host other\n  Include ""\n',  # a block that does not apply: ssh refuses it there too
+        'Include /dev/null ""\n',
+    ],
+)
+def test_an_empty_include_is_refused_as_ssh_refuses_it(config: str, tmp_path: Path) -> None:
+    """ssh refuses an Include with an empty path ("keyword include empty argument") in any
+    block; asyncssh read nothing for it, and the host went on as if the line were not there."""
+    cfg = tmp_path / "config"
+    cfg.write_text(config + "Host box\n  Port 2300\n")
+    assert _ssh("-F", str(cfg), "-G", "box").returncode != 0
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    error = SSHPool().preflight(ep, "box")
+    assert isinstance(error, ConfigError), error
+    line = config.count("\n")
+    assert f"line {line}: Include" in error.message and "empty" in error.message
+    assert (error.host, error.path) == ("box", str(cfg)) and "Include" in (error.hint or "")
+
+
+@pytest.mark.parametrize(
+    "criteria",
+    ['exec ""', '!exec ""', 'host box exec ""', 'exec "" host box', 'host ""',
+     'user ""', 'originalhost ""', 'localuser ""', 'exec="" ', "host=", 'host "#box"',
+     'exec "#true"', '"" host box', '"#x"'],
+)  # fmt: skip
+@pytest.mark.parametrize("block", ["", "Host other\n  "])
+def test_a_match_criterion_without_argument_is_refused_as_ssh_refuses_it(
+    criteria: str, block: str, tmp_path: Path
+) -> None:
+    """ssh refuses a Match criterion whose argument is empty or starts with ``#`` ("Missing
+    Match criteria for exec"), wherever the line stands, before it evaluates anything;
+    asyncssh ran ``Match exec ""`` (an empty command, which succeeds) and applied its
+    block, or matched a ``host ""`` pattern. Refused in an Include'd file too, under a
+    block that does not apply, which asyncssh never reads. (``exec ''``, empty as OpenSSH
+    9.9 splits a Match line, as this reading does, is the command ``''`` to 9.2's
+    splitter, which takes a single quote for a letter: not compared here.)"""
+    cfg = tmp_path / "config"
+    cfg.write_text(f"{block}Match {criteria}\n  Port 2300\n")
+    assert _ssh("-F", str(cfg), "-G", "box").returncode != 0
+    included = tmp_path / "outer"
+    included.write_text(f"Host other\n  Include {cfg}\n")
+    for path in (cfg, included):
+        ep = Endpoint(address="box", ssh_config=(str(path),), known_hosts=str(cfg))
+        error = SSHPool().preflight(ep, "box")
+        assert isinstance(error, ConfigError), (path, error)
+        assert f"line {block.count(chr(10)) + 1}: Match" in error.message, error.message
+        said = "attributes required" if criteria.startswith('"') else "Missing Match criteria"
+        assert said in error.message and error.path == str(cfg)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    words=st.lists(
+        st.sampled_from(["host", "!host", "user", "exec", "originalhost", "box", "true", '""',
+                         '"#x"']),
+        min_size=1,
+        max_size=5,
+    )
+)  # fmt: skip
+def test_a_match_line_is_refused_where_ssh_refuses_it(
+    words: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Criteria and arguments in any order (only what OpenSSH 9.2 and 9.9 split alike):
+    ssh refuses the line (an argument missing, empty or starting with ``#``, an empty
+    criterion, or a word it takes for an unknown criterion) exactly where the pre-flight
+    refuses it. (An empty criterion after the first, which 9.2 takes for the line's end and
+    9.9 refuses, is refused here: not compared.)"""
+    assume(all(word != '""' for word in words[2::2]))
+    cfg = tmp_path_factory.mktemp("match") / "config"
+    cfg.write_text(f"Host other\n  Port 1\nMatch {' '.join(words)}\n  Port 2300\n")
+    by_ssh = _ssh("-F", str(cfg), "-G", "box").returncode == 0
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    assert (SSHPool().preflight(ep, "box") is None) == by_ssh, words
+
+
+def test_a_match_criterion_with_its_argument_is_taken(tmp_path: Path) -> None:
+    """What ssh takes: an argument after ``=`` or a blank, a comment after the criteria."""
+    cfg = tmp_path / "config"
+    cfg.write_text("Match host=box exec=true originalhost box  # a comment\n  Port 2300\n")
+    assert _ssh_values(cfg, "port") == ["2300"]
+    assert _resolved_ports(cfg) == [2300]
 
 
 # --- algorithm names asyncssh does not support --------------------------------------------

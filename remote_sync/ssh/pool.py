@@ -80,6 +80,7 @@ from .sshconfig import (
     default_files,
     expand_match_exec,
     host_block_applies,
+    include_paths,
     jump_hop,
     jump_host,
     lowercase_host,
@@ -1805,13 +1806,16 @@ _INCLUDE_LOCK = threading.RLock()
 
 
 def _sort_config_includes() -> None:
-    """Make asyncssh read the files of an ssh_config ``Include`` glob in sorted order.
+    """Make asyncssh read the files of an ssh_config ``Include`` glob as ssh finds them
+    (:func:`~remote_sync.ssh.sshconfig.include_paths`): sorted, and without the dot files a
+    wildcard does not match in glob(3).
 
-    ssh expands ``Include conf.d/*`` with glob(3), which sorts; asyncssh 2.x takes
-    ``Path.glob``'s directory order, so with first-match-wins a host could get another
-    file's HostName or Port than ssh gives it (and be mirrored under the wrong name). Its
-    client config's include step is wrapped so that, while it runs, ``Path.glob`` answers in
-    sorted order. Where that step is not found (another asyncssh), nothing is changed.
+    ssh expands ``Include conf.d/*`` with glob(3), which sorts and skips ``.host.swp``;
+    asyncssh 2.x takes ``Path.glob``, in directory order and with dot files, so with
+    first-match-wins a host could get another file's HostName or Port than ssh gives it
+    (and be mirrored under the wrong name), or an editor's swap file's. Its client
+    config's include step is wrapped so that, while it runs, ``Path.glob`` answers with
+    those paths. Where that step is not found (another asyncssh), nothing is changed.
     """
     config_class = getattr(getattr(asyncssh, "config", None), "SSHClientConfig", None)
     handlers = getattr(config_class, "_handlers", None)
@@ -1826,11 +1830,12 @@ def _sort_config_includes() -> None:
         with _INCLUDE_LOCK:
             real_glob = Path.glob
 
-            def sorted_glob(path: Path, pattern: str, *more: Any, **kwargs: Any) -> Any:
-                # As glob(3) sorts: whole path strings, not Path objects part by part.
-                return iter(sorted(real_glob(path, pattern, *more, **kwargs), key=str))
+            def ssh_glob(path: Path, pattern: str, *more: Any, **kwargs: Any) -> Any:
+                # asyncssh globs ``pattern`` under ``path`` (the root of an absolute
+                # pattern, or ~/.ssh); the whole path string is globbed, as ssh globs it.
+                return iter(Path(found) for found in include_paths(os.path.join(path, pattern)))
 
-            Path.glob = sorted_glob  # type: ignore[method-assign,assignment]
+            Path.glob = ssh_glob  # type: ignore[method-assign,assignment]
             try:
                 include(config, option, args)
             finally:
@@ -2179,6 +2184,9 @@ def _expanding_match_exec(match: Any) -> Any:
     def read(config: Any, option: str, args: list[str]) -> None:
         i = 0
         while i < len(args):
+            if args[i].startswith("#"):
+                del args[i:]  # ssh ends the line at a criterion starting with #
+                break
             criterion = args[i].lower().removeprefix("!")
             if criterion in MATCH_ALONE:
                 i += 1

@@ -22,7 +22,10 @@ What it owns:
   permissions"); an Include'd file that cannot be opened; Includes nested too deep; a
   ``~`` path in an Include of the system-wide file ("bad include path"); an empty value
   (``User ""``, "Missing argument"; asyncssh took it), but where ssh takes one
-  (:data:`EMPTY_VALUE_TAKEN`).
+  (:data:`EMPTY_VALUE_TAKEN`); an ``Include ""`` ("empty argument"); a Match criterion
+  without its argument (``Match exec ""``, :func:`match_line_problem`).
+- The files an Include names (:func:`include_paths`), for this walk and asyncssh's
+  reading alike: sorted, without the dot files a wildcard skips in glob(3).
 - Which files are read (:func:`default_files`): with none named (ssh without ``-F``), the
   user's ``~/.ssh/config`` and then the system-wide :data:`SYSTEM_CONFIG`, whose relative
   Include paths are taken from its own directory (``/etc/ssh``), not from ``~/.ssh``, and
@@ -472,8 +475,13 @@ class _Walk:
                         inherited and "*" in words and not any(p.startswith("!") for p in words)
                     )
                 elif keyword == "match":
+                    problem = match_line_problem(words)
+                    if problem is not None:
+                        raise _match_line_error(problem, (path, number), self.host)
                     always = inherited and [word.lower() for word in words] == ["all"]
                 elif keyword == "include":
+                    if "" in words:
+                        raise _empty_include_error((path, number), self.host)
                     self.include(words, (path, number), always, depth, system)
                 elif not self.settled:
                     self.ignoring.extend(words[:1])
@@ -507,7 +515,7 @@ class _Walk:
             if not pattern.startswith(("/", "~")):
                 base = os.path.dirname(SYSTEM_CONFIG) if system else "~/.ssh"
                 pattern = f"{base}/{pattern}"
-            for path in sorted(glob.glob(os.path.expanduser(pattern))):
+            for path in include_paths(os.path.expanduser(pattern)):
                 if depth >= MAX_INCLUDE_DEPTH:
                     raise nested_includes_error(self.host, self.configs)
                 self.file(path, True, line, depth + 1, always, system)
@@ -528,6 +536,63 @@ def _empty_value_error(keyword: str, where: tuple[str, int], host: str) -> Confi
     )
 
 
+def match_line_problem(words: Sequence[str]) -> str | None:
+    """What ssh refuses in a Match line (its value's ``words``) before it evaluates anything
+    (readconf.c's match_cfg_line), said with ssh's words, or None: an empty criterion (which
+    OpenSSH 9.2 refuses first, and takes for the line's end later, and 9.9 refuses anywhere;
+    asyncssh failed on it with an IndexError) or a first one starting with ``#`` ("One or
+    more attributes required"); a criterion (but ``all``, ``canonical``, ``final``) with
+    nothing after it, an empty argument (``exec ""``) or one starting with ``#`` (``host
+    "#x"``): "Missing Match criteria". A later criterion starting with ``#`` (quoted: an
+    unquoted one is a comment already) ends the line, as there. An unquoted ``=`` parts a
+    criterion from its argument, as there (``host=box``, ``host= box``)."""
+    parts: list[str] = []
+    for word in words:
+        if isinstance(word, QuotedWord) or "=" not in word:
+            parts.append(word)
+        else:
+            criterion, _, argument = word.partition("=")
+            parts += [part for part in (criterion, argument) if part]
+    i = 0
+    while i < len(parts):
+        criterion = parts[i]
+        if criterion.startswith("#") and i > 0:
+            return None  # ssh ends the line there, as at a comment
+        if not criterion or criterion.startswith("#"):
+            return f'no criterion before {criterion!r} ("One or more attributes required")'
+        if criterion.lower().removeprefix("!") in MATCH_ALONE:
+            i += 1
+            continue
+        if i + 1 >= len(parts) or not parts[i + 1] or parts[i + 1].startswith("#"):
+            name = criterion.removeprefix("!")
+            return (
+                f"{criterion} has no argument (empty, or starting with #): "
+                f'"Missing Match criteria for {name}"'
+            )
+        i += 2
+    return None
+
+
+def _match_line_error(problem: str, where: tuple[str, int], host: str) -> ConfigError:
+    return ConfigError(
+        f"ssh_config line {where[1]}: Match: {problem}, which ssh refuses in any block; "
+        "asyncssh took it",
+        host=host,
+        path=where[0],
+        hint="give each criterion of that Match line its argument, or remove the criterion",
+    )
+
+
+def _empty_include_error(where: tuple[str, int], host: str) -> ConfigError:
+    return ConfigError(
+        f'ssh_config line {where[1]}: Include "": an empty path, which ssh refuses in any '
+        'block ("keyword include empty argument"); asyncssh read nothing for it',
+        host=host,
+        path=where[0],
+        hint="give the Include line a path, or remove the empty one",
+    )
+
+
 def _unknown_error(path: str, unknown: list[tuple[int, str]], host: str) -> ConfigError:
     lines = ", ".join(str(number) for number, _ in unknown)
     names = ", ".join(repr(keyword) for _, keyword in unknown)
@@ -540,6 +605,16 @@ def _unknown_error(path: str, unknown: list[tuple[int, str]], host: str) -> Conf
         hint="fix or remove the line, or name the option in an IgnoreUnknown line above it "
         "(IgnoreUnknown " + ",".join(keyword for _, keyword in unknown) + ")",
     )
+
+
+def include_paths(pattern: str) -> list[str]:
+    """The paths an Include ``pattern`` (``~`` expanded, made absolute) names, as ssh's
+    glob(3) finds them: sorted (as strings, the C locale's order), and a name starting with
+    ``.`` matched only by a pattern whose part starts with ``.`` too, so ``conf.d/*`` skips
+    an editor's ``.host.swp`` or ``.#host`` (``conf.d/.*`` reads them). :func:`glob.glob`
+    follows both rules; :meth:`pathlib.Path.glob`, which asyncssh used, matched dot files.
+    The reading of both this walk and asyncssh's (see the pool) goes through here."""
+    return sorted(glob.glob(pattern))
 
 
 class SystemWide(list[str]):

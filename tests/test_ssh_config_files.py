@@ -1215,6 +1215,69 @@ def test_the_files_and_proxy_command_of_a_host_name_with_capitals_are_ssh_s(
     assert files[1] == f"{tmp_path}/cert_real.example_MyHost"
 
 
+#: Every token ssh (OpenSSH 9.2) expands in IdentityFile, CertificateFile and
+#: UserKnownHostsFile (ssh.c's default client expansion), in one path.
+_PATH_TOKENS = "%C_%L_%d_%h_%i_%k_%l_%n_%p_%r_%u_%%"
+
+
+def test_the_tokens_of_key_and_known_hosts_paths_are_ssh_s(tmp_path: Path) -> None:
+    """ssh expands %C %L %d %h %i %k %l %n %p %r %u and %% in IdentityFile, CertificateFile
+    and UserKnownHostsFile, and %k (with %h %n %p %r) in ProxyCommand; asyncssh stopped the
+    host on %k in the first two and in ProxyCommand ("Invalid token expansion"), and the
+    known_hosts lookup refused %C and %i. GlobalKnownHostsFile has ``~`` expanded alone, as
+    in ssh: a ``%`` there is a letter of the file's name (the lookup expanded tokens). ssh
+    -G names the known_hosts files, ssh -v (its ProxyCommand failing) the keys and the
+    command."""
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        "Host MyBox\n  HostName Real.EXAMPLE\n  HostKeyAlias Ali\n  User someone\n  Port 2222\n"
+        "  ProxyCommand false %k %h %n %p %r\n"
+        f"  IdentityFile {tmp_path}/id_{_PATH_TOKENS}\n"
+        f"  CertificateFile {tmp_path}/cert_{_PATH_TOKENS}\n"
+        f"  UserKnownHostsFile {tmp_path}/known_{_PATH_TOKENS} ${{HOME}}/known\n"
+        f"  GlobalKnownHostsFile {tmp_path}/global_%h_%C ~/global\n"
+    )
+    said = _ssh("-v", "-F", str(cfg), "-o", "BatchMode=yes", "MyBox", "true").stderr.splitlines()
+    keys = [line.split(" file ", 1)[1].rsplit(" type ", 1)[0] for line in said if " file " in line]
+    proxy = [line.split(": exec ", 1)[1] for line in said if "Executing proxy command" in line]
+    printed = _ssh("-F", str(cfg), "-G", "MyBox").stdout.splitlines()
+    user_files, global_files = (
+        next(line.split()[1:] for line in printed if line.startswith(f"{key} "))
+        for key in ("userknownhostsfile", "globalknownhostsfile")
+    )
+    ep = Endpoint(address="MyBox", ssh_config=(str(cfg),))
+    resolved = pool_module._prepare(ep, "MyBox").resolved
+    assert resolved.parsed is not None
+    assert [resolved.parsed.config.get("ProxyCommand")] == proxy
+    assert proxy == ["false ali real.example MyBox 2222 someone"]
+    identity, certificate = (resolved.identities[0], resolved.certificates[0])
+    assert [identity, certificate] == keys
+    assert list(resolved.keys.user) == user_files
+    assert list(resolved.keys.system) == [os.path.expanduser(path) for path in global_files]
+    assert global_files[0] == f"{tmp_path}/global_%h_%C"
+    hashed = f"{socket.gethostname()}real.example2222someone"
+    assert f"_{hashlib.sha1(hashed.encode()).hexdigest()}_" in identity
+    assert f"_ali_{socket.gethostname()}_MyBox_2222_someone_" in user_files[0]
+
+
+def test_j_in_key_and_known_hosts_paths_is_the_jump_host(tmp_path: Path) -> None:
+    """OpenSSH 9.6 and later expand %j, the last ProxyJump hop's host name, in IdentityFile,
+    CertificateFile and UserKnownHostsFile as in Match exec (9.2 knows it nowhere, and
+    stops on it); asyncssh stopped on it, and so did the known_hosts lookup. Empty without a
+    ProxyJump, as in ssh."""
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        "Host box other\n  HostName 127.0.0.1\nHost box\n  ProxyJump admin@bastion:2222\n"
+        f"Host *\n  IdentityFile {tmp_path}/id_%j\n  CertificateFile {tmp_path}/cert_%j\n"
+        f"  UserKnownHostsFile {tmp_path}/known_%j\n"
+    )
+    for name, jump in (("box", "bastion"), ("other", "")):
+        ep = Endpoint(address=name, ssh_config=(str(cfg),))
+        resolved = pool_module._prepare(ep, name).resolved
+        found = (*resolved.identities, *resolved.certificates, *resolved.keys.user)
+        assert found == tuple(f"{tmp_path}/{kind}_{jump}" for kind in ("id", "cert", "known"))
+
+
 def _localhost_known_hosts(one: SSHFleet, path: Path, written: str) -> None:
     """``path``: the key of ``one``'s host under ``written`` alone (a name, or a hash)."""
     key = one.host("h0").host_public_key

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import hashlib
 import os
 import re
 import shutil
@@ -1026,8 +1027,9 @@ async def test_jump_hosts_are_checked_by_the_same_rules(fleet: SSHFleet, tmp_pat
 async def test_known_hosts_paths_lines_and_aliases_as_ssh_reads_them(
     fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """${VAR} and %k in a known_hosts path name the file ssh reads (a changed key held there
-    is refused under accept-new); a token not understood is a configuration error; a line
+    """${VAR}, %k, %C and %i in a known_hosts path name the file ssh reads (a changed key held
+    there is refused under accept-new); a token ssh does not expand there is a configuration
+    error (%C and %i were, though ssh expands them); a line
     that cannot be read is skipped; and an alias's key is not taken for "changed" because
     the address has another key (several hosts behind one router)."""
     home = tmp_path / "home"
@@ -1047,9 +1049,17 @@ async def test_known_hosts_paths_lines_and_aliases_as_ssh_reads_them(
     aliased = "  HostKeyAlias pi-kitchen\n  UserKnownHostsFile ${RS_KEYS}/%k\n"
     async with SSHPool() as pool:
         assert await run_command(pool, box(aliased), ["echo", "hi"]) == b"hi\n"
+    # %C and %i, which ssh expands there too, name the file the key is in (ssh -G names it).
+    hashed = f"{socket.gethostname()}127.0.0.1{fleet.host('h0').port}{fleet.user}"
+    (keys / f"{hashlib.sha1(hashed.encode()).hexdigest()}.{os.getuid()}").write_text(
+        _key_line(fleet)
+    )
+    by_hash = "  UserKnownHostsFile ${RS_KEYS}/%C.%i\n"
     async with SSHPool() as pool:
-        with pytest.raises(ConfigError, match="cannot expand '%C'"):
-            await run_command(pool, box("  UserKnownHostsFile ~/%C\n"), ["true"])
+        assert await run_command(pool, box(by_hash), ["echo", "hash"]) == b"hash\n"
+    async with SSHPool() as pool:  # %T is ssh's for a LocalCommand only: it stops on it here
+        with pytest.raises(ConfigError, match="cannot expand '%T'"):
+            await run_command(pool, box("  UserKnownHostsFile ~/%T\n"), ["true"])
     router = tmp_path / "router_known_hosts"  # the router's own key, for its address
     router.write_text("127.0.0.1 " + " ".join(_key_line(fleet, "h1").split()[1:]) + "\n")
     other = f"  HostKeyAlias pi-garage\n  UserKnownHostsFile {router}\n"

@@ -76,13 +76,11 @@ from .sshconfig import (
     SystemWide,
     UnsafeTokenValue,
     check_config_files,
-    connection_hash,
     default_files,
     expand_match_exec,
     host_block_applies,
     include_paths,
     jump_hop,
-    jump_host,
     lowercase_host,
     match_exec_tokens,
     nested_includes_error,
@@ -535,30 +533,32 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
     )
     named_agent = found.config.get("IdentityAgent")
     agent = named_agent if isinstance(named_agent, str) else None
-    local = socket.gethostname()
-    tokens = {
-        "d": os.path.expanduser("~"),
-        "u": getpass.getuser(),
-        "h": host,
-        "p": str(port),
-        "r": user,
-        "n": endpoint.address,
-        "k": alias or endpoint.address,
-        "l": local,
-        "L": local.split(".")[0],
-        "%": "%",
-    }
+    named_jumps = found.config.get("ProxyJump")
+    # ssh's tokens of UserKnownHostsFile, the same as of IdentityFile and Match exec
+    # (ssh.c's default client expansion), but %k: the HostKeyAlias, else the name as asked.
+    tokens = match_exec_tokens(
+        host=host,
+        original_host=endpoint.address,
+        port=port,
+        remote_user=user,
+        local_user=getpass.getuser(),
+        key_alias=alias or endpoint.address,
+        proxy_jump=named_jumps if isinstance(named_jumps, str) else None,
+    )
 
-    def files(listed: object, default: Sequence[str]) -> tuple[str, ...]:
-        paths: Sequence[str] = default if listed is None else listed  # type: ignore[assignment]
-        return tuple(_expand_tokens(path, tokens, host_name) for path in paths)
+    def files(listed: object, default: Sequence[str]) -> Sequence[str]:
+        return default if listed is None else listed  # type: ignore[return-value]
 
     user_known = (
         (_expand(endpoint.known_hosts),)
         if endpoint.known_hosts is not None
-        else files(user_files, DEFAULT_USER_KNOWN_HOSTS)
+        else tuple(
+            _expand_tokens(path, tokens, host_name)
+            for path in files(user_files, DEFAULT_USER_KNOWN_HOSTS)
+        )
     )
-    system_known = files(system_files, DEFAULT_GLOBAL_KNOWN_HOSTS)
+    # ssh expands no token nor ${VAR} there, only ~: a "%" is a letter of the file's name.
+    system_known = tuple(_expand(path) for path in files(system_files, DEFAULT_GLOBAL_KNOWN_HOSTS))
     keys = HostKeyFiles(user_known, system_known, alias)
     return _Resolved(
         host,
@@ -643,22 +643,28 @@ def refuse_unprotected_keys(paths: Sequence[str], host: str) -> None:
 _TOKEN = re.compile(r"%(.)|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand_tokens(path: str, tokens: dict[str, str], host: str) -> str:
-    """A known_hosts path with ``~``, ssh's tokens (%d %u %h %p %r %n %k %l %L %%) and
-    ``${VAR}`` expanded; any other token is a :class:`ConfigError` (%C, %i...)."""
+def _expand_tokens(path: str, tokens: Mapping[str, str], host: str) -> str:
+    """A UserKnownHostsFile path with ``~``, ``${VAR}`` and ssh's tokens expanded, as ssh
+    expands them there (``tokens``: those of
+    :func:`~remote_sync.ssh.sshconfig.match_exec_tokens`, %C %L %d %h %i %j %k %l %n %p %r
+    %u, and %%); any other token (%T...) or an unset variable is a :class:`ConfigError`, as
+    ssh stops on it ("unknown key")."""
 
     def value(match: re.Match[str]) -> str:
         token, variable = match.group(1), match.group(2)
         if variable is not None and variable in os.environ:
             return os.environ[variable]
+        if token == "%":
+            return "%"
         if token is not None and token in tokens:
             return tokens[token]
         raise ConfigError(
-            f"cannot expand {match.group(0)!r} in the known_hosts path {path!r}",
+            f"cannot expand {match.group(0)!r} in the known_hosts path {path!r} (nor can "
+            "ssh: it stops on it)",
             host=host,
             path=path,
-            hint="spell that part of UserKnownHostsFile or GlobalKnownHostsFile out in the "
-            "ssh_config, or give the host known_hosts in the inventory",
+            hint="spell that part of UserKnownHostsFile out in the ssh_config, or give the "
+            "host known_hosts in the inventory",
         )
 
     return _expand(_TOKEN.sub(value, path))
@@ -1925,7 +1931,9 @@ def _lowercase_host_as_ssh_does() -> None:
     CertificateFile, ProxyCommand, IdentityAgent, ForwardAgent) is that lowercased name too,
     and ``%C`` is hashed from it, as ssh expands them after lowercasing it (asyncssh used the
     HostName as written: ``id_%h`` was ``id_Real.Example`` where ssh loads ``id_real.example``),
-    and from the ProxyJump host, as OpenSSH 9.6 and later hash it, and as ``Match exec`` has it.
+    and from the ProxyJump host, as OpenSSH 9.6 and later hash it, and as ``Match exec`` has it;
+    they have ssh's %k and %j too, which asyncssh lacked (all from
+    :func:`~remote_sync.ssh.sshconfig.match_exec_tokens`, as the UserKnownHostsFile's).
 
     Where asyncssh's reader is not as expected (another asyncssh), nothing is changed."""
     config_class: Any = getattr(getattr(asyncssh, "config", None), "SSHClientConfig", None)
@@ -1973,12 +1981,24 @@ def _lowercase_host_as_ssh_does() -> None:
         tokens: dict[str, str] = config._tokens
         host = tokens.get("h")
         if isinstance(host, str):
-            tokens["h"] = lowercase_host(host)
-            # The %C of Match exec too: with the jump host, as OpenSSH 9.6 and later hash it
-            # (asyncssh's, as 9.2's, had none, so one config had two).
-            jumps = config._options.get("ProxyJump")
-            jump = jump_host(jumps if isinstance(jumps, str) else None)
-            tokens["C"] = connection_hash(tokens["l"], tokens["h"], tokens["p"], tokens["r"], jump)
+            # The tokens of Match exec, which ssh expands in these options too (ssh.c's
+            # default client expansion): %C with the jump host, as OpenSSH 9.6 and later
+            # hash it (asyncssh's, as 9.2's, had none, so one config had two); %k and %j,
+            # which asyncssh lacked and stopped on. %k is the HostKeyAlias (lowercased, as
+            # ssh has it by then), else the name as asked for.
+            options: dict[str, Any] = config._options
+            jumps, alias = options.get("ProxyJump"), options.get("HostKeyAlias")
+            tokens.update(
+                match_exec_tokens(
+                    host=lowercase_host(host),
+                    original_host=tokens["n"],
+                    port=int(tokens["p"]),
+                    remote_user=tokens["r"],
+                    local_user=tokens["u"],
+                    key_alias=lowercase_host(alias) if isinstance(alias, str) else tokens["n"],
+                    proxy_jump=jumps if isinstance(jumps, str) else None,
+                )
+            )
 
     loading.lowercases = True  # type: ignore[attr-defined]
     config_class.load = classmethod(loading)

@@ -349,9 +349,59 @@ class HostKeyFiles:
         return ", ".join((*self.user, *self.system)) or "none"
 
 
+#: known_hosts files already parsed (:func:`_read_known_hosts`), by the version of each file
+#: (:func:`_file_version`): every connection of a run reads the same files, and parsing a
+#: file of 2,000 keys cost about 30 ms of CPU per connection. A file written since (a key
+#: recorded under accept-new, an edit) has another version, and is read again.
+_KNOWN_HOSTS_READ: dict[tuple[tuple[object, ...], ...], asyncssh.SSHKnownHosts] = {}
+_KNOWN_HOSTS_LOCK = threading.Lock()  # connections look keys up in worker threads
+#: How many sets of files are kept (a run has one or two: the targets' and the jump hosts').
+_KNOWN_HOSTS_KEPT = 16
+
+
+#: A file changed less than this long ago (ns) is not kept: the file system's clock ticks
+#: coarsely (a few ms), and a write in the same tick as our reading, of the same size,
+#: would leave its version as it was (git's "racily clean" index entries).
+_RECENT_NS = 2_000_000_000
+
+
+def _file_version(path: str, now_ns: int) -> tuple[object, ...] | None:
+    """What tells one version of the file ``path`` from another without reading it: its
+    size, times of change (ns) and inode; a file that cannot be found is its path alone.
+    None for a file changed within :data:`_RECENT_NS` of ``now_ns``, whose next change
+    might not show."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path,)
+    if max(st.st_mtime_ns, st.st_ctime_ns) > now_ns - _RECENT_NS:
+        return None
+    return (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
 def _read_known_hosts(paths: Sequence[str]) -> asyncssh.SSHKnownHosts:
     """The known_hosts entries of ``paths``, skipping what cannot be read (a line asyncssh
-    cannot parse, bytes that are not UTF-8, a file that went away), as ssh skips it."""
+    cannot parse, bytes that are not UTF-8, a file that went away), as ssh skips it. Parsed
+    once per version of the files (:data:`_KNOWN_HOSTS_READ`), but while one was changed
+    just now; asyncssh only matches against the result, never changing it, so connections
+    share it."""
+    now_ns = time.time_ns()  # before the stat: a change after it is newer
+    found = [_file_version(path, now_ns) for path in paths]
+    if any(version is None for version in found):
+        return _parse_known_hosts(paths)  # one of them just changed: read, not kept
+    versions = tuple(version for version in found if version is not None)
+    with _KNOWN_HOSTS_LOCK:
+        known = _KNOWN_HOSTS_READ.get(versions)
+    if known is None:
+        known = _parse_known_hosts(paths)  # read after the stat: never older than versions
+        with _KNOWN_HOSTS_LOCK:
+            while len(_KNOWN_HOSTS_READ) >= _KNOWN_HOSTS_KEPT:
+                del _KNOWN_HOSTS_READ[next(iter(_KNOWN_HOSTS_READ))]
+            _KNOWN_HOSTS_READ[versions] = known
+    return known
+
+
+def _parse_known_hosts(paths: Sequence[str]) -> asyncssh.SSHKnownHosts:
     lines: list[str] = []
     for path in paths:
         with contextlib.suppress(OSError):

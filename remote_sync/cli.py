@@ -494,6 +494,7 @@ def entry() -> NoReturn:
     Library callers of :func:`main` (tests, benchmarks) keep the normal return, and so does
     a run under a profiler or tracer (cProfile and coverage write their results at exit).
     """
+    _open_closed_standard_descriptors()
     code = main()
     if sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)
@@ -509,6 +510,27 @@ def entry() -> NoReturn:
     with contextlib.suppress(OSError):
         sys.stderr.flush()
     os._exit(code)
+
+
+def _open_closed_standard_descriptors() -> None:
+    """A standard descriptor the command was started without (``>&-``, a daemon's closed
+    stdin) is opened on /dev/null, as ssh does (``sanitise_stdfd``): else the next file the
+    run opens (the state database, a temp file) takes its number, and what is written to
+    "stdout", by us or by a child that inherits it (a ProxyCommand, the index worker), lands
+    in that file. Python left ``sys.stdout`` None for it, which ended in a traceback; the
+    output goes where the caller sent it, nowhere, as with ``>/dev/null``."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)  # the lowest number free: this one
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
 
 
 #: Options whose value may begin with "-": a Claude Code project (``-home-dev-app``), a pi

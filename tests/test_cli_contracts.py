@@ -1255,3 +1255,45 @@ def test_remote_list_with_an_unreachable_host_over_ssh(
 def _no_env_dest(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("REMOTE_SYNC_DEST", raising=False)
     yield
+
+
+def test_a_command_started_with_stdout_closed_writes_into_no_file_it_opens(
+    mirror: Path, tmp_path: Path
+) -> None:
+    """Started with stdout closed (``>&-``), a listing ended in a traceback (Python leaves
+    sys.stdout None), and a file the run opened could take descriptor 1, where whatever went
+    to "stdout" landed. Descriptor 1 is /dev/null instead, as ssh makes it: the listing runs
+    as with ``>/dev/null``, and an error is still said on stderr."""
+    for args, code in (
+        (["sessions", "list", "-d", str(mirror)], 0),
+        (["sessions", "list", "--json", "-d", str(mirror)], 0),
+        (["sessions", "list", "--json", "-d", str(tmp_path / "none")], 2),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "remote_sync.cli", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=lambda: os.close(1),
+            timeout=120,
+            check=False,
+        )
+        err = done.stderr.decode()
+        assert done.returncode == code, (args, err)
+        assert "Traceback" not in err, (args, err)
+        assert (code == 2) == ("no mirror at" in err), (args, err)
+    # In the process itself: the descriptor is /dev/null, and the next file opened is not 1.
+    probe = (
+        "import os, sys; from remote_sync import cli; cli._open_closed_standard_descriptors();"
+        "f = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY);"
+        "print(f, os.readlink('/proc/self/fd/1'), file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "opened")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),
+        timeout=60,
+        check=False,
+    )
+    number, target = done.stderr.decode().split()
+    assert int(number) > 2 and target == os.devnull, done.stderr

@@ -1858,6 +1858,23 @@ __all__ = [
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 
+def _not_a_reap_race(record: logging.LogRecord) -> bool:
+    """False for asyncio's warning of an "unknown child process": a ProxyCommand's process
+    that exits as its connection closes is reaped by the poll() of asyncio's transport close
+    while asyncio's child watcher waits for it too (python/cpython#86276), and the watcher
+    then warns. Its exit status is never read, so the warning, on a terminal among a sync's
+    errors or in cron's mail, says nothing true of the run: it shows with debug output only
+    (``-vv``)."""
+    if record.levelno == logging.WARNING and str(record.msg).startswith(
+        "Unknown child process pid"
+    ):
+        return logging.getLogger("asyncio").isEnabledFor(logging.DEBUG)
+    return True
+
+
+logging.getLogger("asyncio").addFilter(_not_a_reap_race)
+
+
 _INCLUDE_LOCK = threading.RLock()
 
 

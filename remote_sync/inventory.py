@@ -316,7 +316,7 @@ class Inventory:
                     host_key_policy=options.host_key_policy,
                 )
                 if self.path is not None:
-                    host = replace(host, unlisted=self._unlisted(name))
+                    host = replace(host, unlisted=self._unlisted(name, host.endpoint))
                 # Its mirror directory must not be an inventory host's, selected or not.
                 clash = by_folded.get(host.name.casefold())
                 if clash is not None:
@@ -350,13 +350,30 @@ class Inventory:
     def _label(self) -> str | None:
         return str(self.path) if self.path is not None else None
 
-    def _unlisted(self, name: str) -> str:
+    def _unlisted(self, name: str, endpoint: Endpoint) -> str:
         """What to say of ``name``, not a host of this inventory, when it fails as an
         address (unreachable, or its host key or login refused): that it is not one, and the
-        inventory's names closest to it."""
+        inventory's hosts at that address (``endpoint``, the ad-hoc host's), else its names
+        closest to it."""
+        # An operator used to ssh or pssh names a machine by its address: the entries at it
+        # are what was meant, with their ssh_config, keys and roots, none of which an ad-hoc
+        # host has (its address then may not even resolve).
+        at_address = [
+            host.name
+            for host in self.hosts
+            if host.endpoint.address.casefold() == endpoint.address.casefold()
+            and endpoint.user in (None, host.endpoint.user)
+            and endpoint.port in (None, host.endpoint.port)
+        ]
         folded = {host.name.casefold(): host.name for host in self.hosts}
         close = difflib.get_close_matches(name.casefold(), list(folded), n=3)
-        if close:
+        if at_address:
+            which, them = ("its host", "it") if len(at_address) == 1 else ("its hosts", "them")
+            aside = (
+                f"the address of {which} {', '.join(repr(n) for n in at_address)}; "
+                f"sync {them} by name, with the inventory's settings"
+            )
+        elif close:
             aside = f"did you mean {' or '.join(repr(folded[c]) for c in close)}?"
         else:
             names = [host.name for host in self.hosts]

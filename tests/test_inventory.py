@@ -617,6 +617,44 @@ def test_an_unreachable_name_not_in_the_inventory_is_explained(tmp_path: Path) -
     assert alone.explain(HostUnreachableError("x")).hint == HostUnreachableError.default_hint
 
 
+def test_an_inventory_address_named_as_a_host_is_told_the_hosts_at_it(tmp_path: Path) -> None:
+    """`sync box`, box being the address of the inventory's box-openclaw and box-claude (one
+    machine, two agents), was tried as an ad-hoc host without the inventory's ssh_config and
+    failed "cannot resolve host name 'box'"; the hint listed the inventory's first hosts, not
+    the two entries at that address that were meant. A user or port given must match too."""
+    path = write(
+        tmp_path,
+        """
+        [defaults]
+        user = "agent"
+        [[hosts]]
+        name = "box-openclaw"
+        address = "box"
+        [[hosts]]
+        name = "box-claude"
+        address = "box"
+        format = "claude-code"
+        [[hosts]]
+        name = "vps"
+        address = "root@vps.example.net:2222"
+        """,
+    )
+    inventory = load_inventory(path)
+    box, upper, vps, other_user, other_port = inventory.select(
+        ["box", "agent@BOX", "vps.example.net", "me@vps.example.net", "vps.example.net:22"]
+    )
+    hint = box.explain(HostUnreachableError("cannot resolve host name 'box'", host="box")).hint
+    assert hint is not None and hint.startswith(
+        f"'box' is not a host of the inventory {path} (the address of its hosts "
+        "'box-openclaw', 'box-claude'; sync them by name, with the inventory's settings), so "
+        "it was tried as an address or ssh_config alias; if it is one, check that"
+    ), hint
+    assert "its hosts 'box-openclaw', 'box-claude';" in str(upper.unlisted)
+    assert "(the address of its host 'vps'; sync it by name," in str(vps.unlisted)
+    for host in (other_user, other_port):
+        assert "the address of" not in str(host.unlisted), host.unlisted
+
+
 @pytest.mark.parametrize("error", [AuthenticationError, HostKeyError])
 def test_a_name_not_in_the_inventory_that_a_host_answered_is_explained(
     tmp_path: Path, error: type[AuthenticationError | HostKeyError]

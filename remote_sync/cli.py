@@ -1108,6 +1108,7 @@ def run_sessions_list(args: argparse.Namespace) -> int:
         }
         db: sqlite3.Connection | None = None
         failures: list[RemoteSyncError] = []
+        unknown: RemoteSyncError | None = None
         hosts = 0
         if args.remote:
             rows: Iterable[SessionRow]
@@ -1117,6 +1118,7 @@ def run_sessions_list(args: argparse.Namespace) -> int:
 
             db = open_index(_dest(args))
             rows = query_sessions(db, **filters)
+            unknown = _unknown_host(db, args.host)
         try:
             if args.json:
 
@@ -1127,7 +1129,10 @@ def run_sessions_list(args: argparse.Namespace) -> int:
 
                 code = _guard_pipe(rows_then_errors)
             else:
-                code = _guard_pipe(lambda: _print_sessions(list(rows), quiet=bool(failures)))
+                quiet = bool(failures) or unknown is not None
+                code = _guard_pipe(lambda: _print_sessions(list(rows), quiet=quiet))
+            if unknown is not None:
+                _say(unknown)
         finally:
             if db is not None:
                 db.close()
@@ -1138,6 +1143,18 @@ def run_sessions_list(args: argparse.Namespace) -> int:
         return EXIT_FAILED if failures else code
     except RemoteSyncError as exc:
         return _fail(exc, args)
+
+
+def _unknown_host(db: sqlite3.Connection, host: str | None) -> RemoteSyncError | None:
+    """For a ``--host`` of ``sessions list`` or ``stats`` that the index has no session of,
+    what to say after the (empty) output: a filter that matches nothing is no error (exit 0),
+    but a mistyped name, or an inventory address where its hosts' names are meant, would
+    otherwise look like a host without sessions. ``show`` refuses such a name."""
+    if host is None:
+        return None
+    from .index.query import unknown_host
+
+    return unknown_host(db, host)
 
 
 def _write_error_events(errors: Sequence[RemoteSyncError]) -> int:
@@ -1191,11 +1208,16 @@ def run_sessions_stats(args: argparse.Namespace) -> int:
                 klass=args.klass,
                 state=args.state,
             )
+            unknown = _unknown_host(db, args.host)
         finally:
             db.close()
         if args.json:
-            return _guard_pipe(lambda: _write_json_lines(groups))
-        return _guard_pipe(lambda: _print_stats(args.by, groups))
+            code = _guard_pipe(lambda: _write_json_lines(groups))
+        else:
+            code = _guard_pipe(lambda: _print_stats(args.by, groups))
+        if unknown is not None:
+            _say(unknown)
+        return code
     except RemoteSyncError as exc:
         return _fail(exc, args)
 

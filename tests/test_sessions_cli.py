@@ -381,6 +381,32 @@ def test_an_unknown_format_is_a_usage_error_naming_the_formats(
     assert code == 0 and "h1" in out and "h0" not in out, err
 
 
+@pytest.mark.parametrize("verb", ["list", "stats"])
+@pytest.mark.parametrize("json_out", [[], ["--json"]])
+def test_a_host_the_index_has_nothing_of_is_said_with_the_closest_names(
+    verb: str, json_out: list[str], index_dest: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sessions list --host box`, box being the address of the hosts box-openclaw and
+    box-claude, said only "no sessions match", and `stats --host` nothing at all: a mistyped
+    or differently cased name looked like a host without sessions, while `show` said "no host
+    'box' in the index". They now say that too, with the indexed names closest to it or
+    starting with it, on stderr; still exit 0 and nothing more on stdout, as for any filter
+    that matches nothing."""
+    dest = ["--dest", str(index_dest), *json_out]
+    for host, said in [
+        ("H1", "did you mean 'h1'?"),
+        ("h", "did you mean 'h1' or 'h0'?"),
+        ("zz", "indexed hosts: h0, h1"),
+    ]:
+        code, out, err = cli(["sessions", verb, "--host", host, *dest], capsys)
+        assert code == 0 and err == f"remote-sync: no host {host!r} in the index ({said})\n", err
+        assert out == "" if json_out else "h0" not in out and "h1" not in out, out
+    code, out, err = cli(["sessions", verb, "--host", "h1", *dest], capsys)
+    assert code == 0 and err == "" and "h1" in out, err
+    code, out, err = cli(["sessions", "show", "zz", "x", *dest], capsys)
+    assert code == 2 and "no host 'zz' in the index (indexed hosts: h0, h1)" in err, err
+
+
 def test_sort(db: Any) -> None:
     def q(sort: str, **kw: Any) -> list[str]:
         return [r.session_id for r in query_sessions(db, sort=sort, now=NOW, **kw)]
@@ -921,9 +947,11 @@ def test_arguments_that_are_not_utf8_match_nothing_cleanly(
     dest = ["--dest", str(index_dest)]
     code, out, err = cli(["sessions", "show", "h0", odd, *dest], capsys)
     assert code == 2 and "no session" in err and "Traceback" not in err
-    for option in ("--host", "--agent"):
-        code, out, err = cli(["sessions", "list", option, odd, "--json", *dest], capsys)
-        assert (code, out, err) == (0, "", "")
+    code, out, err = cli(["sessions", "list", "--agent", odd, "--json", *dest], capsys)
+    assert (code, out, err) == (0, "", "")
+    # A host the index has nothing of is said so, as show says it.
+    code, out, err = cli(["sessions", "list", "--host", odd, "--json", *dest], capsys)
+    assert (code, out) == (0, "") and "no host 'x\\udcff' in the index" in err, err
     # No format has such a name: a usage error, its byte escaped (as any unknown format).
     code, out, err = cli(["sessions", "list", "--format", odd, *dest], capsys)
     assert code == 2 and "unknown format 'x\\udcff'" in err and "Traceback" not in err

@@ -4,7 +4,8 @@ What it owns: :class:`SessionRow` (one session as ``sessions list --json`` print
 library returns it), :class:`StatsRow` (one group of ``sessions stats``), :func:`open_index`
 (a read-only connection to the mirror's state database that never takes the lock, so it works
 while a sync runs and never blocks one), :func:`query_sessions`, :func:`session_stats` and
-:func:`find_session` (``sessions show``'s HOST SESSION lookup); and for sessions read straight
+:func:`find_session` (``sessions show``'s HOST SESSION lookup), :func:`unknown_host` (what
+to say of a host the index has no session of); and for sessions read straight
 from hosts (no index), :func:`row_from_facts`, :func:`filter_rows` and :func:`select_rows`,
 which classify, filter and sort in memory exactly like the SQL does.
 
@@ -38,6 +39,7 @@ done in SQL, so ``--limit`` stays fast on a large index. Definitions:
 
 from __future__ import annotations
 
+import difflib
 import logging
 import operator
 import re
@@ -674,6 +676,24 @@ def _row_path_bytes(row: SessionRow) -> bytes:
     return path_bytes(row.path)
 
 
+def unknown_host(db: sqlite3.Connection, host: str) -> ConfigError | None:
+    """The error to say of ``host`` when the index holds no session of it, else None: its
+    hint names the indexed hosts closest to it, or starting with it (a machine's address, for
+    the entries of its agents, ``box`` for ``box-claude``; a name is compared as typed, and a
+    mistyped or differently cased one matched nothing), else all of them."""
+    if db.execute("SELECT 1 FROM sessions WHERE host = ? LIMIT 1", (as_indexed(host),)).fetchone():
+        return None
+    hosts = [h for (h,) in db.execute("SELECT DISTINCT host FROM sessions ORDER BY host")]
+    folded = {h.casefold(): h for h in hosts}
+    close = difflib.get_close_matches(host.casefold(), list(folded), n=3)
+    close += [h for h in folded if h.startswith(host.casefold()) and h not in close][:3]
+    if close:
+        hint = f"did you mean {' or '.join(repr(folded[c]) for c in close)}?"
+    else:
+        hint = f"indexed hosts: {', '.join(hosts) if hosts else 'none yet'}"
+    return ConfigError(f"no host {host!r} in the index", hint=hint)
+
+
 def find_session(
     db: sqlite3.Connection, host: str, session: str, *, now: datetime | None = None
 ) -> SessionRef:
@@ -685,10 +705,9 @@ def find_session(
     Raises :class:`ConfigError` for an unknown host, no match, or several matches (the message
     lists them).
     """
-    hosts = [h for (h,) in db.execute("SELECT DISTINCT host FROM sessions ORDER BY host")]
-    if host not in hosts:
-        known = ", ".join(hosts) if hosts else "none yet"
-        raise ConfigError(f"no host {host!r} in the index", hint=f"indexed hosts: {known}")
+    unknown = unknown_host(db, host)
+    if unknown is not None:
+        raise unknown
     if not session:
         # As over SSH: an empty prefix would name every session of the host (or its only one).
         raise ConfigError("no session given", host=host)

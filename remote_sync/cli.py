@@ -138,7 +138,9 @@ def _add_sync(sub: Any) -> None:
         epilog=FIRST_RUN,
     )
     sync.set_defaults(run=run_sync)
-    sync.add_argument("hosts", nargs="*", metavar="HOST", help="hosts to sync (default: all)")
+    sync.add_argument(
+        "hosts", nargs="*", metavar="HOST", help="hosts to sync (default: all, or those of --tag)"
+    )
     sync.add_argument("--inventory", "-I", metavar="FILE", help="inventory TOML file")
     sync.add_argument("--dest", "-d", metavar="DIR", required=True, help="mirror directory")
     sync.add_argument(
@@ -147,7 +149,7 @@ def _add_sync(sub: Any) -> None:
         action="append",
         default=[],
         metavar="T",
-        help="only hosts with this tag (repeatable: any of them)",
+        help="hosts with this tag, besides any HOST named (repeatable: any of them)",
     )
     _concurrency_option(sync, "synced", CONCURRENCY)
     sync.add_argument("--dry-run", "-n", action="store_true", help="show what would move")

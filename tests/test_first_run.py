@@ -20,6 +20,7 @@ from sshfleet import SSHFleet
 
 from remote_sync.cli import main
 from remote_sync.events import ErrorEvent, WarningEvent, decode_event
+from remote_sync.inventory import load_inventory
 from remote_sync.mirror import root_probe
 
 CLAUDE_SESSION = "projects/-w/11111111-2222-3333-4444-555555555555.jsonl"
@@ -245,6 +246,26 @@ def test_the_sync_help_lists_the_formats(capsys: pytest.CaptureFixture[str]) -> 
         main(["sync", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "openclaw, claude-code, codex, picoclaw, pi, jsonl (default openclaw)" in out, out
+
+
+def test_the_sync_help_says_tags_add_to_the_hosts_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sync plain1 --tag dual` synced plain1 and every host tagged dual, while the help said
+    --tag takes "only hosts with this tag": an operator used to Ansible's --limit expected
+    plain1 alone, or nothing."""
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(
+        '[[hosts]]\nname = "plain1"\naddress = "a"\n'
+        '[[hosts]]\nname = "box"\naddress = "b"\ntags = ["dual"]\n'
+    )
+    chosen = load_inventory(inventory).select(["plain1"], ["dual"])
+    assert [host.name for host in chosen] == ["plain1", "box"]
+    with pytest.raises(SystemExit):
+        main(["sync", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "hosts to sync (default: all, or those of --tag)" in out, out
+    assert "hosts with this tag, besides any HOST named (repeatable: any of them)" in out, out
 
 
 def test_the_recap_says_where_the_files_went_and_what_to_type_next(

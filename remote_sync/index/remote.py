@@ -64,7 +64,8 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -99,7 +100,7 @@ from ..mirror.remote_ops import (
 from ..mirror.root_probe import probed_root_error
 from ..ssh.pool import SSHPool
 from ..ssh.remote import IDLE_TIMEOUT, sh_script
-from ..ssh.stream import exec_streaming
+from ..ssh.stream import RemoteStream, exec_streaming
 from .facts import FormatReader, Message
 from .query import SessionRow, check_batch_size, held_state, path_parts, row_from_facts
 from .show import TAIL_FIRST_BLOCK, HeldLine, ShowResult, check_selection
@@ -646,6 +647,41 @@ class FrameStream:
         return ProtocolError(f"{what}; found {found[:80]!r}", host=self.host, path=path)
 
 
+# ----------------------------------------------------------------------------- commands
+
+
+@asynccontextmanager
+async def _host_command(
+    pool: SSHPool,
+    host: Host,
+    argv: list[str],
+    stdin: bytes,
+    token: CancelToken | None,
+    idle_timeout: float | None,
+) -> AsyncIterator[RemoteStream]:
+    """The stdout of one of this module's commands on ``host`` (a listing or a show), in
+    chunks of at most :data:`LIST_CHUNK`. A root the host cannot enter fails as it fails a
+    sync: one more command, only then, names the agents' roots the host has."""
+    try:
+        async with exec_streaming(
+            pool,
+            host.endpoint,
+            argv,
+            host=host.name,
+            stdin=stdin,
+            token=token,
+            chunk_size=LIST_CHUNK,
+            idle_timeout=idle_timeout,
+        ) as stream:
+            yield stream
+    except RemoteCommandError as exc:
+        if exc.exit_status != EXIT_ROOT_UNUSABLE:
+            raise
+        raise await probed_root_error(
+            pool, host, exc, idle_timeout=idle_timeout, token=token, adhoc_options=False
+        ) from exc
+
+
 # ----------------------------------------------------------------------------- list
 
 
@@ -673,15 +709,8 @@ async def stream_remote_sessions(
     unreadable: list[str] = []  # files the host would not open
     now = time.time() if now is None else now
     try:
-        async with exec_streaming(
-            pool,
-            host.endpoint,
-            list_argv(host),
-            host=host.name,
-            stdin=marker.encode() + b"\n",
-            token=token,
-            chunk_size=LIST_CHUNK,
-            idle_timeout=idle_timeout,
+        async with _host_command(
+            pool, host, list_argv(host), marker.encode() + b"\n", token, idle_timeout
         ) as stream:
             async for chunk in stream:
                 for item in frames.feed(chunk):
@@ -733,12 +762,7 @@ async def stream_remote_sessions(
             frames.close()
     except TransferCancelledError:
         raise
-    except RemoteSyncError as exc:
-        if isinstance(exc, RemoteCommandError) and exc.exit_status == EXIT_ROOT_UNUSABLE:
-            # As a sync does: one more command, only here, names the agents the host has.
-            raise await probed_root_error(
-                pool, host, exc, idle_timeout=idle_timeout, token=token, adhoc_options=False
-            ) from exc
+    except RemoteSyncError:
         if batch:  # the host failed midway: the sessions read whole before still count
             yield batch
         raise
@@ -1106,101 +1130,87 @@ async def _run_show(
     backward: _Backward | None = None
     received = 0
     current: bytes | None = None
-    try:
-        async with exec_streaming(
-            pool,
-            host.endpoint,
-            show_argv(host, session, mode),
-            host=host.name,
-            stdin=stdin,
-            token=token,
-            chunk_size=LIST_CHUNK,
-            idle_timeout=idle_timeout,
-        ) as stream:
-            async for chunk in stream:
-                for item in frames.feed(chunk):
-                    if type(item) is memoryview:
-                        received += len(item)
-                        result.bytes_read += len(item)
-                        if forward is not None:
-                            if forward.feed(item):
-                                outcome.result = result
-                                return outcome  # leaving the block stops the remote command
-                        elif backward is not None:
-                            backward.feed(item)
-                        continue
-                    assert isinstance(item, Header)
-                    kind = item.kind
-                    if kind == "C":
-                        current = item.arg
-                        exact = match(current) if match is not None else True
-                        if exact is not None:
-                            outcome.matches.add(current, exact)
-                        continue
-                    where = path_text(current) if current is not None else None
-                    if kind in "BS" and match is not None and match(current or b"") is None:
-                        return outcome  # the one candidate is no session this names
-                    if kind == "G":
-                        raise ConfigError(
-                            "no such session file",
-                            host=host.name,
-                            path=where,
-                            hint=f"it may have been deleted; see {_LISTING}",
-                        )
-                    if kind == "U":
-                        raise ListingIncompleteError(
-                            f"{where} is under a directory the login user cannot search",
-                            host=host.name,
-                            path=path_text(item.arg),
-                            hint=f"{UNREAD_HINT}, then show it again",
-                        )
-                    if kind == "D":
-                        raise RemoteCommandError(
-                            "the session file is not readable",
-                            host=host.name,
-                            path=where,
-                            hint="check its permissions on the host",
-                        )
-                    if kind == "B":
-                        skip = (page - 1) * page_size if page is not None else 0
-                        count = page_size if page is not None else head or page_size
-                        result.first = skip
-                        forward = _Forward(reader, skip, count, result)
-                    elif kind == "S":
-                        backward = _Backward(reader, tail or 1, result)
-                        backward.size = int(item.arg)
-                        if backward.size == 0:
-                            result.at_end, result.first, result.total = True, 0, 0
+    async with _host_command(
+        pool, host, show_argv(host, session, mode), stdin, token, idle_timeout
+    ) as stream:
+        async for chunk in stream:
+            for item in frames.feed(chunk):
+                if type(item) is memoryview:
+                    received += len(item)
+                    result.bytes_read += len(item)
+                    if forward is not None:
+                        if forward.feed(item):
                             outcome.result = result
-                    elif kind == "K" and backward is not None:
-                        backward.begin(int(item.arg))
-                        received = 0
-                    elif kind == "E" and backward is not None:
-                        try:
-                            done = backward.finish(received)
-                        except ValueError:
-                            raise _changed(host, where, stream.stderr_tail) from None
-                        if done:
-                            if backward.start == 0:  # every message was counted
-                                result.first = max(backward.seen - len(result.messages), 0)
-                                result.total = backward.seen
-                            outcome.result = result
-                            return outcome
-                    elif kind == "E" and forward is not None:
-                        # The whole file was decoded: its messages are all counted.
-                        result.at_end, result.total = True, forward.number
+                            return outcome  # leaving the block stops the remote command
+                    elif backward is not None:
+                        backward.feed(item)
+                    continue
+                assert isinstance(item, Header)
+                kind = item.kind
+                if kind == "C":
+                    current = item.arg
+                    exact = match(current) if match is not None else True
+                    if exact is not None:
+                        outcome.matches.add(current, exact)
+                    continue
+                where = path_text(current) if current is not None else None
+                if kind in "BS" and match is not None and match(current or b"") is None:
+                    return outcome  # the one candidate is no session this names
+                if kind == "G":
+                    raise ConfigError(
+                        "no such session file",
+                        host=host.name,
+                        path=where,
+                        hint=f"it may have been deleted; see {_LISTING}",
+                    )
+                if kind == "U":
+                    raise ListingIncompleteError(
+                        f"{where} is under a directory the login user cannot search",
+                        host=host.name,
+                        path=path_text(item.arg),
+                        hint=f"{UNREAD_HINT}, then show it again",
+                    )
+                if kind == "D":
+                    raise RemoteCommandError(
+                        "the session file is not readable",
+                        host=host.name,
+                        path=where,
+                        hint="check its permissions on the host",
+                    )
+                if kind == "B":
+                    skip = (page - 1) * page_size if page is not None else 0
+                    count = page_size if page is not None else head or page_size
+                    result.first = skip
+                    forward = _Forward(reader, skip, count, result)
+                elif kind == "S":
+                    backward = _Backward(reader, tail or 1, result)
+                    backward.size = int(item.arg)
+                    if backward.size == 0:
+                        result.at_end, result.first, result.total = True, 0, 0
                         outcome.result = result
-                    elif kind == "X":
-                        raise _changed(host, where, stream.stderr_tail)
-            frames.close()
-        if session is not None:
-            outcome.unread = unread_paths(stream.stderr_tail)[0]
-    except RemoteCommandError as exc:
-        if exc.exit_status == EXIT_ROOT_UNUSABLE:
-            raise await probed_root_error(
-                pool, host, exc, idle_timeout=idle_timeout, token=token, adhoc_options=False
-            ) from exc
-        raise
+                elif kind == "K" and backward is not None:
+                    backward.begin(int(item.arg))
+                    received = 0
+                elif kind == "E" and backward is not None:
+                    try:
+                        done = backward.finish(received)
+                    except ValueError:
+                        raise _changed(host, where, stream.stderr_tail) from None
+                    if done:
+                        if backward.start == 0:  # every message was counted
+                            result.first = max(backward.seen - len(result.messages), 0)
+                            result.total = backward.seen
+                        outcome.result = result
+                        return outcome
+                elif kind == "E" and forward is not None:
+                    # The whole file was decoded: its messages are all counted.
+                    result.at_end, result.total = True, forward.number
+                    outcome.result = result
+                elif kind == "X":
+                    raise _changed(host, where, stream.stderr_tail)
+        frames.close()
+    if session is not None:
+        outcome.unread = unread_paths(stream.stderr_tail)[0]
     return outcome
 
 

@@ -393,6 +393,35 @@ def test_an_unreadable_transcript_makes_the_listing_incomplete(
     assert f"{name}: {SESSIONS}/s1.jsonl: permission denied on the host" in err
 
 
+@pytest.mark.parametrize("given", ["s1", f"{SESSIONS}/s1.jsonl"])
+@pytest.mark.parametrize("part", ["--head", "--tail"])
+def test_an_unreadable_transcript_shown_is_permission_denied_as_listed(
+    fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], given: str, part: str
+) -> None:
+    """`show --remote` of a session file the host would not open said kind
+    remote_command_failed ("the session file is not readable"), where `sync` and `sessions
+    list --remote` say permission_denied: it now says that kind, naming host and path, with
+    the same hint, by id or by path, for a head or a tail."""
+    name = fleet.names[0]
+    sessions(fleet, name, 2)
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
+    secret = fleet.path(name, f"{SESSIONS}/s1.jsonl")
+    show = ["sessions", "show", "--json", part, "2", "--remote", "-I", str(inv), name]
+    os.chmod(secret, 0)
+    try:
+        code, out, err = cli([*show, given], capsys)
+        listing = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
+    finally:
+        os.chmod(secret, 0o644)
+    (error,) = [json.loads(line) for line in out.splitlines()]
+    (listed_error,) = [json.loads(line) for line in listing[1].splitlines() if '"error"' in line]
+    assert code == 1 and error["kind"] == "permission_denied", error
+    assert (error["host"], error["path"]) == (name, f"{SESSIONS}/s1.jsonl")
+    assert error["message"] == "permission denied on the host: the session cannot be shown"
+    assert error["hint"] == listed_error["hint"]
+    assert f"{name}: {SESSIONS}/s1.jsonl: permission denied on the host" in err
+
+
 def test_a_cancel_ends_a_remote_stream_at_once_and_only_through_its_registry(
     fleet: Any, tmp_path: Path
 ) -> None:

@@ -31,9 +31,10 @@ side of each:
 A root the host cannot enter fails both as it fails a sync: a second command, only then,
 names the other agents' roots the host has (:mod:`remote_sync.mirror.root_probe`). Each
 directory ``find`` cannot read makes a listing fail with an error naming it, as a sync's
-(``remote_ops.listing_errors``), and so does each session file the host cannot read; a show
-that finds no session where find could read, or whose path goes through a directory that
-cannot be searched, says that, not "no session".
+(``remote_ops.listing_errors``), and so does each session file the host cannot read, of the
+kind a sync gives it (``permission_denied``), as does a show of such a file; a show that
+finds no session where find could read, or whose path goes through a directory that cannot
+be searched, says that, not "no session".
 
 Which files are transcripts is decided exactly on this side (``Source.is_included`` and the
 reader's ``is_transcript``); the remote ``find`` only narrows by file name
@@ -1171,11 +1172,11 @@ async def _run_show(
                         hint=f"{UNREAD_HINT}, then show it again",
                     )
                 if kind == "D":
-                    raise RemoteCommandError(
-                        "the session file is not readable",
+                    # Said as a sync and a listing say a file the host would not open.
+                    raise PermissionDeniedError(
+                        "permission denied on the host: the session cannot be shown",
                         host=host.name,
                         path=where,
-                        hint="check its permissions on the host",
                     )
                 if kind == "B":
                     skip = (page - 1) * page_size if page is not None else 0

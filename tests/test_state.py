@@ -205,3 +205,26 @@ def test_a_dry_run_and_an_append_judge_an_overlap_alike(data: st.DataObject) -> 
         except RewriteDetected:
             appended = False
     assert dry == appended
+
+
+def test_a_state_database_full_midway_says_where_and_what_to_run(tmp_path: Path) -> None:
+    """SQLite's "database or disk is full" midway said "disk full while trying to write
+    checkpoints" and "check free space on the destination": it now says the room left and
+    what to run, as a disk full at the open does."""
+    with MirrorState(tmp_path / "m") as state:
+        full = state._db_error(
+            sqlite3.OperationalError("database or disk is full"), "write checkpoints", "h"
+        )
+        other = state._db_error(sqlite3.OperationalError("disk I/O error"), "write checkpoints")
+    control = tmp_path / "m" / ".remote-sync"
+    assert full.message.startswith(
+        "disk full while trying to write checkpoints (database or disk is full; "
+    ) and full.message.endswith(" KiB free)"), full.message
+    assert full.hint == (
+        f"free space on the file system that holds it (df -h {control}; df -i for inodes), or "
+        "move the mirror to a larger one, then run again; what was committed is kept"
+    )
+    assert (other.message, other.hint) == (
+        "cannot write checkpoints: disk I/O error",
+        "check free space on the destination",
+    )

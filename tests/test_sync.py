@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import sqlite3
@@ -1325,9 +1326,23 @@ def test_disk_full_is_a_clear_error_and_loses_nothing(
     # Where the space runs out (a file's bytes, the flush, the checkpoint database) varies;
     # the error says "disk full" and the host's round is the one that failed.
     assert b"disk full" in out, out[-2000:]
+    # Each says where, the room left and what to run, as a disk full at the start does (it
+    # said "disk full while trying to write a temp file" with the generic hint).
+    said = [e for e in map(json.loads, out.splitlines()) if "disk full" in e.get("message", "")]
+    assert said and all(e["hint"].endswith("; what was committed is kept") for e in said), said
     if full == "quota":  # the 6 MiB file runs out first, and says whose limit it is
-        assert b"disk full (over this user's quota) while trying to write a temp file" in out
-        assert b"quota -s" in out
+        assert said[0]["message"] == (
+            "disk full (over this user's quota) while trying to write a temp file in "
+            f"{dest}/.remote-sync/tmp (Disk quota exceeded)"
+        ), said
+        assert said[0]["hint"].startswith("this user's disk quota on the destination is used up")
+    else:
+        assert all(re.search(r"; [0-9]+ KiB free\)$", e["message"]) for e in said), said
+        assert all(
+            e["hint"].startswith(f"free space on the file system that holds it (df -h {dest}")
+            for e in said
+        ), said
+        assert any(f" in {dest}" in e["message"] for e in said), said
     assert b'"host":"h0","status":"failed"' in out
     # The files the round meant to fetch and did not commit count as failed: at least the one
     # that filled the disk, and with those committed, every file of the host.
@@ -1495,10 +1510,18 @@ def test_a_huge_partial_last_line_on_a_full_disk_is_not_needed(
     assert code == 1 and error.path == f"{base}/new.jsonl", error
     if full == "disk":
         assert error.message.startswith("disk full while trying to "), error
+        assert f" in {dest}/h0/{base} (No space left on device; " in error.message, error
+        assert error.message.endswith(" KiB free)"), error
+        assert error.hint == (
+            f"free space on the file system that holds it (df -h {dest}/h0/{base}; df -i for "
+            "inodes), or move the mirror to a larger one, then run again; what was committed "
+            "is kept"
+        ), error
     else:
         assert error.message.startswith(
             "disk full (over this user's quota) while trying to "
         ) and error.hint.startswith("this user's disk quota on the destination is used up")
+        assert error.hint.endswith("; what was committed is kept"), error
     assert (dest / "h0" / base / "new.jsonl").read_bytes() == new
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     assert sync(inv, dest, capsys)[0] == 0

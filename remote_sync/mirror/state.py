@@ -202,29 +202,39 @@ def full_disk_error(dest: Path, cause: str | OSError) -> MirrorError:
     wrong) but a failed run, exit 1, as a disk that fills midway fails one (rsync exits 11, a
     file I/O error, and 2 for usage)."""
     quota = isinstance(cause, OSError) and cause.errno == errno.EDQUOT
+    said, hint = full_disk_words(dest, cause, "nothing was synced")
+    what = "this user's disk quota on the destination" if quota else "the destination's disk"
+    return MirrorError(f"{what} is full ({said})", path=str(dest), hint=hint)
+
+
+def full_disk_words(where: Path | None, cause: str | OSError, then: str) -> tuple[str, str]:
+    """How a full disk is told, at the state's open as midway: ``cause`` (what said so) with
+    the space left on the file system that holds ``where`` (its nearest part that exists), as
+    statvfs tells it, and the hint: ``df -h`` of ``where``, or :data:`QUOTA_HINT` when
+    ``cause`` is an EDQUOT (df shows the disk's room, not the quota's), ending with ``then``
+    (what became of the run)."""
+    quota = isinstance(cause, OSError) and cause.errno == errno.EDQUOT
     if isinstance(cause, OSError):
         cause = cause.strerror or str(cause)
     if quota:
-        return MirrorError(
-            f"this user's disk quota on the destination is full ({cause})",
-            path=str(dest),
-            hint=f"{QUOTA_HINT}; nothing was synced",
-        )
-    try:
-        fs = os.statvfs(dest if dest.exists() else dest.parent)
-        room = f"{fs.f_bavail * fs.f_frsize // 1024} KiB free"
-        if fs.f_files > 0 and fs.f_favail == 0:
-            room += ", no inode free"
-    except OSError:
-        room = cause
+        return cause, f"{QUOTA_HINT}; {then}"
+    if where is None:
+        look = "df -h; df -i for inodes"
     else:
-        room = f"{cause}; {room}"
-    return MirrorError(
-        f"the destination's disk is full ({room})",
-        path=str(dest),
-        hint=f"free space on the file system that holds it (df -h {shlex.quote(str(dest))}; "
-        "df -i for inodes), or move the mirror to a larger one, then run again; nothing was "
-        "synced",
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        look = f"df -h {shlex.quote(str(where))}; df -i for inodes"
+        try:
+            fs = os.statvfs(where)
+        except OSError:
+            pass
+        else:
+            cause += f"; {fs.f_bavail * fs.f_frsize // 1024} KiB free"
+            if fs.f_files > 0 and fs.f_favail == 0:
+                cause += ", no inode free"
+    return cause, (
+        f"free space on the file system that holds it ({look}), or move the mirror to a "
+        f"larger one, then run again; {then}"
     )
 
 
@@ -924,8 +934,16 @@ class MirrorState:
     def _db_error(self, exc: sqlite3.Error, doing: str, host: str | None = None) -> StateError:
         # SQLITE_FULL reads "database or disk is full"; say it the way the writer does.
         full = isinstance(exc, sqlite3.OperationalError) and "is full" in str(exc)
+        if full:
+            said, hint = full_disk_words(self.control, str(exc), "what was committed is kept")
+            return StateError(
+                f"disk full while trying to {doing} ({said})",
+                host=host,
+                path=str(self.control / "state.db"),
+                hint=hint,
+            )
         return StateError(
-            f"disk full while trying to {doing}" if full else f"cannot {doing}: {exc}",
+            f"cannot {doing}: {exc}",
             host=host,
             path=str(self.control / "state.db"),
             hint="check free space on the destination",

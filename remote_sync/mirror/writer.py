@@ -43,11 +43,11 @@ from ..errors import MirrorError, path_text
 from ..index.update import FileIndexer, IndexUpdate
 from .state import (
     FINGERPRINT_BYTES,
-    QUOTA_HINT,
     FileState,
     MirrorState,
     fingerprint_of,
     fsync_dir,
+    full_disk_words,
     out_of_space,
 )
 
@@ -71,16 +71,24 @@ class RewriteDetected(Exception):
     """The overlap bytes differ from the local tail: the remote file was rewritten."""
 
 
-def _mirror_error(exc: OSError, host: str, path: bytes, doing: str) -> MirrorError:
+def _mirror_error(
+    exc: OSError, host: str, path: bytes, doing: str, file: Path | None = None
+) -> MirrorError:
+    """The error of ``host``'s file ``path`` that ``exc`` failed while we tried to ``doing``
+    (``file``: the local file written, when ``exc`` does not name it)."""
     shown = path_text(path)
     if out_of_space(exc):
-        quota = exc.errno == errno.EDQUOT
-        whose = " (over this user's quota)" if quota else ""
+        # As a full disk at the state's open is told: where, the room left, what to run.
+        local = file if file is not None else exc.filename
+        where = Path(os.fsdecode(local)).parent if isinstance(local, (str, bytes, Path)) else None
+        said, hint = full_disk_words(where, exc, "what was committed is kept")
+        whose = " (over this user's quota)" if exc.errno == errno.EDQUOT else ""
+        inside = f" in {path_text(os.fsencode(where))}" if where is not None else ""
         return MirrorError(
-            f"disk full{whose} while trying to {doing}",
+            f"disk full{whose} while trying to {doing}{inside} ({said})",
             host=host or None,
             path=shown,
-            hint=QUOTA_HINT if quota else None,
+            hint=hint,
         )
     if exc.errno == errno.ENAMETOOLONG:
         return MirrorError(
@@ -161,6 +169,7 @@ class _LineWriter:
 
     _doing = "write the file"  # what a write error says we were doing
     handle: io.BufferedRandom
+    local: Path  # the file written (a full disk is told by its directory's file system)
     host: str
     path: bytes
     indexer: FileIndexer | None
@@ -185,7 +194,7 @@ class _LineWriter:
             # those bytes would be cut off at the end. The file goes on without them, and
             # fails only if a newline comes (then they were needed).
             if not (track_lines and self._dropped_past_the_lines(exc)):
-                raise _mirror_error(exc, self.host, self.path, self._doing) from exc
+                raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
             self._past_the_lines(view)
             return
         if self.indexer is not None:
@@ -203,7 +212,7 @@ class _LineWriter:
         not hold, which fails the file as a full disk (or quota) does."""
         if rfind_newline(view) >= 0:
             full = OSError(self.no_room, os.strerror(self.no_room))
-            raise _mirror_error(full, self.host, self.path, self._doing)
+            raise _mirror_error(full, self.host, self.path, self._doing, self.local)
         self.offset += len(view)
 
     def _dropped_past_the_lines(self, exc: OSError) -> bool:
@@ -243,7 +252,7 @@ class _LineWriter:
             self.handle.truncate(size)
         except OSError as exc:
             if not (lines and self._dropped_past_the_lines(exc)):
-                raise _mirror_error(exc, self.host, self.path, doing) from exc
+                raise _mirror_error(exc, self.host, self.path, doing, self.local) from exc
 
     def _keep_head(self, view: memoryview) -> None:
         """Keep the file's first bytes (up to FINGERPRINT_BYTES) as they arrive."""
@@ -259,7 +268,7 @@ class _LineWriter:
         try:
             raw = self.handle.detach()
         except OSError as exc:
-            raise _mirror_error(exc, self.host, self.path, self._doing) from exc
+            raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
         assert isinstance(raw, io.FileIO)
         return raw
 
@@ -268,7 +277,7 @@ class _LineWriter:
         try:
             self.handle.flush()  # the worker reads the file, not our buffer
         except OSError as exc:
-            raise _mirror_error(exc, self.host, self.path, self._doing) from exc
+            raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
         self.job.written(self.end_of_lines)
         self.notified = self.end_of_lines
 
@@ -425,7 +434,9 @@ class SeededWriter(AppendWriter):
             super().__init__(state, seed, start, new_row, keep_head=keep_head, local=self.temp)
         except OSError as exc:
             self.temp.unlink(missing_ok=True)
-            raise _mirror_error(exc, new_row.host, new_row.path, "copy a mirrored file") from exc
+            raise _mirror_error(
+                exc, new_row.host, new_row.path, "copy a mirrored file", self.temp
+            ) from exc
         except BaseException:
             self.temp.unlink(missing_ok=True)
             raise
@@ -493,7 +504,7 @@ class WholeWriter(_LineWriter):
         self.path = row.path
         self.lines_only = lines_only
         self.category = category
-        self.temp = state.temp_path()
+        self.temp = self.local = state.temp_path()
         try:
             # Readable too: an index worker reads the lines through (a copy of) this descriptor.
             self.handle = open(self.temp, "w+b")  # noqa: SIM115 (kept until flush)

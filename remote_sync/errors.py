@@ -205,7 +205,7 @@ class PermissionDeniedError(ListingIncompleteError):
     """The host would not let the login user read a file (its :attr:`path`): a sync fails the
     file, a remote listing leaves its session out. Either way the same kind names it."""
 
-    default_hint = "let the SSH user read the file on the host (or exclude it), then run again"
+    default_hint = "let the login user read the file on the host (or exclude it), then run again"
 
 
 class ReadFailedError(ListingIncompleteError):

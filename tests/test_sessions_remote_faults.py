@@ -389,7 +389,7 @@ def test_an_unreadable_transcript_makes_the_listing_incomplete(
     assert error["message"] == (
         "permission denied on the host: the session is left out of the listing"
     )
-    assert error["hint"].startswith("let the SSH user read the file on the host")
+    assert error["hint"].startswith("let the login user read the file on the host")
     assert f"{name}: {SESSIONS}/s1.jsonl: permission denied on the host" in err
 
 

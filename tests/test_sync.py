@@ -567,7 +567,7 @@ def test_permission_denied_file_is_reported_while_the_rest_syncs(
     assert code == 1
     errors = [e for e in events if isinstance(e, ErrorEvent)]
     assert [(e.host, e.path, e.kind) for e in errors] == [("h0", paths[1], "permission_denied")]
-    assert "let the SSH user read the file" in errors[0].hint
+    assert "let the login user read the file" in errors[0].hint
     h0 = summary.hosts[0]
     assert h0.status == "partial" and h0.files.failed == 1 and h0.files.new == 11
     # Not counted as an ok host: the totals say partial, as the exit code does.

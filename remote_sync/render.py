@@ -133,7 +133,13 @@ class RichRenderer:
         elif isinstance(event, ev.Summary):
             self.progress.stop()
             # Piped (a log, cron's mail): ASCII rules, which every pager and mailer shows.
-            self.console.print(recap_table(event, ascii_rules=not self.live))
+            table = recap_table(event, ascii_rules=not self.live)
+            if self.live:
+                self.console.print(table)
+            else:
+                # Nor the spaces rich pads the title and caption to the table's width with,
+                # which a journal or a log keeps at the end of their lines.
+                self.console.print(stripped_lines(self.console, table), highlight=False)
             if self.dest is not None and not event.dry_run and event.hosts_ok + event.hosts_partial:
                 # The mirror's layout and the next command, which the table does not show.
                 command = f"remote-sync sessions list --dest {shlex.quote(self.dest)}"
@@ -161,6 +167,17 @@ class RichRenderer:
             total=sum(p.bytes_total for p in self.done.values()) or None,
             files=f"{files}/{files_total} files",
         )
+
+
+def stripped_lines(console: Console, renderable: Table) -> Text:
+    """``renderable`` as ``console`` lays it out, styles kept, without the spaces that end
+    its lines."""
+    shown: list[Text] = []
+    for line in console.render_lines(renderable, pad=False):
+        text = Text.assemble(*((s.text, s.style or "") for s in line if not s.control))
+        text.rstrip()
+        shown.append(text)
+    return Text("\n").join(shown)
 
 
 def print_problem(err: Console, event: ev.ErrorEvent | ev.WarningEvent) -> None:

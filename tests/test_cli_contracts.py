@@ -273,6 +273,32 @@ def test_recap_and_error_lines_print_hostile_names_as_they_are() -> None:
     assert len(narrow.getvalue().splitlines()) == 2
 
 
+def test_a_piped_recap_ends_no_line_in_spaces(tmp_path: Path) -> None:
+    """rich padded the recap's title and caption to the table's width: piped into a journal
+    or a log, those lines ended in spaces. Piped, none does; a terminal's recap is as it was."""
+    hosts = [HostDone("h0", "ok", FileCounts(new=3), 1234)]
+    summary = Summary(hosts, FileCounts(new=3), 1234, 1, 0, 0, False, 0.1)
+    piped, terminal = io.StringIO(), io.StringIO()
+    RichRenderer(Console(file=piped, width=200), Console(), dest="m")(summary)
+    lines = piped.getvalue().splitlines()
+    assert lines[0] == "sync recap" and "hosts: 1 ok, 0 failed" in lines, lines
+    assert [line for line in lines if line != line.rstrip()] == [], lines
+    assert "| h0    | ok     |   3 |" in piped.getvalue()
+    shown = Console(file=terminal, width=100, force_terminal=True, color_system=None)
+    RichRenderer(shown, Console(), dest="m")(summary)
+    assert terminal.getvalue().startswith("sync recap  ")  # rich's own layout
+    # The command itself, its stdout a pipe (a host on a closed port fails: no sshd needed).
+    proc = subprocess.run(
+        [sys.executable, "-m", "remote_sync.cli", "sync", "rs@127.0.0.1:1", "-d", str(tmp_path)],
+        capture_output=True,
+        env=dict(os.environ, HOME=str(tmp_path)),
+        timeout=60,
+    )
+    out = proc.stdout.decode()
+    assert proc.returncode == 1 and "sync recap" in out, (out, proc.stderr)
+    assert [line for line in out.splitlines() if line != line.rstrip()] == [], out
+
+
 def test_narrow_terminals_and_pipes_cut_no_host_name_nor_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

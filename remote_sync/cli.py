@@ -778,7 +778,12 @@ async def _sync_main(
                     # its journal said "Ctrl-C again" to someone who pressed none.
                     again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
                     with contextlib.suppress(OSError):  # a stderr on a full disk
-                        print(f"\ncancelling ({again} again to abort at once)...", file=sys.stderr)
+                        # A newline ends the line a terminal echoed ^C on; in a journal or a
+                        # log it would be an empty line.
+                        lead = "\n" if sys.stderr.isatty() else ""
+                        print(
+                            f"{lead}cancelling ({again} again to abort at once)...", file=sys.stderr
+                        )
                     registry.cancel_all("cancelled by signal")
 
         tg.start_soon(on_signals)

@@ -627,6 +627,49 @@ def test_a_cancel_names_the_signal_to_send_again(tmp_path: Path, sent: signal.Si
     again = "Ctrl-C" if sent == signal.SIGINT else "SIGTERM"
     assert proc.returncode == 130, err
     assert f"cancelling ({again} again to abort at once)" in err.decode(), err
+    # Not a terminal (a journal, a log): no empty line before it, as "\ncancelling" gave.
+    lines = err.decode().splitlines()
+    (at,) = [i for i, line in enumerate(lines) if line.startswith("cancelling (")]
+    assert at == 0 or lines[at - 1] != "", lines
+
+
+def test_a_cancel_on_a_terminal_ends_the_line_the_terminal_echoed_first(tmp_path: Path) -> None:
+    """On a terminal the cancel's line still starts on a line of its own (after the "^C"
+    the terminal echoed), as it did before it left the newline out in journals."""
+    (tmp_path / "ssh_config").write_text("")
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(
+        f'[defaults]\nssh_config = "{tmp_path / "ssh_config"}"\n'
+        '[[hosts]]\nname = "stuck"\naddress = "stuck.invalid"\nproxy_command = "sleep 60"\n'
+    )
+    argv = ["sync", "-I", str(inventory), "-d", str(tmp_path / "m"), "--json"]
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "remote_sync.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=dict(os.environ, HOME=str(tmp_path)),
+    )
+    os.close(slave)
+    try:
+        assert proc.stdout is not None
+        assert b'"phase":"listing"' in proc.stdout.readline()  # the round has started
+        time.sleep(0.5)  # and its signal receiver is open
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            err += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 130, err
+    assert b"\ncancelling (Ctrl-C again to abort at once)" in err.replace(b"\r\n", b"\n"), err
 
 
 #: Runs the console script's target, with a real SIGINT arriving while ``remote_sync.cli``

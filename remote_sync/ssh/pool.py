@@ -86,6 +86,7 @@ from .sshconfig import (
     nested_includes_error,
     split_line,
     unreadable_include_error,
+    user_name_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -1566,7 +1567,8 @@ def _jump_endpoints(jumps: str, endpoint: Endpoint, host: str) -> list[tuple[str
                 host=host,
                 path=_config_names(endpoint),
                 hint="write each ProxyJump hop as [user@]host[:port], an IPv6 address in [], "
-                "or ssh://[user@]host[:port] (its user URL-encoded, no path)",
+                "or ssh://[user@]host[:port] (its user URL-encoded, no path), with no control "
+                "character in its user",
             ) from None
         hop = Endpoint(
             address=address,
@@ -2202,24 +2204,22 @@ def _host_block(config: Any, option: str, args: list[str]) -> None:
 
 def _checking_user(handler: Any) -> Any:
     """asyncssh's User setter, refusing the user name it takes if the connection could not
-    send it, as an error naming the file and line: asyncssh puts user names through SASLprep,
-    which refuses a tab or another control character that ssh sends as it is (``User "a\tb"``),
+    send it, as an error naming the file and line: asyncssh puts user names through SASLprep
+    (:func:`~remote_sync.ssh.sshconfig.user_name_problem`), which refuses a tab or another
+    control character that ssh sends as it is (``User "a\tb"``),
     and the connection's options stopped on it with neither (a bare SASLPrepError)."""
-    from asyncssh.saslprep import SASLPrepError, saslprep
 
     def read(config: Any, option: str, args: list[str]) -> None:
         before = config._options.get(option)
         handler(config, option, args)
         user = config._options.get(option)
-        if before is None and isinstance(user, str):
-            try:
-                saslprep(user)
-            except SASLPrepError as exc:
-                raise _RefusedLine(
-                    f"{config._path} line {config._line_no}: the user name {user!r} cannot be "
-                    f"sent by the SSH library remote-sync uses ({exc}), though ssh sends it",
-                    hint="give a User without tabs or control characters",
-                ) from None
+        problem = user_name_problem(user) if before is None and isinstance(user, str) else None
+        if problem is not None:
+            raise _RefusedLine(
+                f"{config._path} line {config._line_no}: the user name {user!r} cannot be "
+                f"sent by the SSH library remote-sync uses ({problem}), though ssh sends it",
+                hint="give a User without tabs or control characters",
+            )
 
     read.checks_user = True  # type: ignore[attr-defined]
     return read

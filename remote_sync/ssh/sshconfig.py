@@ -739,18 +739,45 @@ def jump_hop(hop: str) -> tuple[str | None, str, int | None]:
     (:func:`_uri_hop`). Returns (user or None, host, port or None); an empty host, or a port
     that is not a number from 1 to 65535, is a ValueError. Looser than ssh in places (the
     host of the first form is not checked), stricter in others (a port is never a service
-    name nor signed, ``+22``; a URI's user must decode to UTF-8): what both read, they read
-    alike."""
+    name nor signed, ``+22``; a URI's user must decode to UTF-8; a user the connection
+    cannot send, :func:`user_name_problem`, a control character in it above all, is
+    refused): what both read, they read alike."""
     text = hop.strip()
     if text.startswith("ssh://"):
-        return _uri_hop(text)
-    user, _, rest = text.rpartition("@")
-    found = _JUMP_HOST_PORT.fullmatch(rest)
-    host = None if found is None else (found["bracketed"] or found["host"])
-    port = int(found["port"]) if found is not None and found["port"] else None
-    if not host or (port is not None and not 0 < port < 65536):
-        raise ValueError(f"bad host or port in {rest!r}")
-    return user or None, host, port
+        user, host, port = _uri_hop(text)
+    else:
+        name, _, rest = text.rpartition("@")
+        found = _JUMP_HOST_PORT.fullmatch(rest)
+        named = None if found is None else (found["bracketed"] or found["host"])
+        port = int(found["port"]) if found is not None and found["port"] else None
+        if not named or (port is not None and not 0 < port < 65536):
+            raise ValueError(f"bad host or port in {rest!r}")
+        user, host = name or None, named
+    problem = None if user is None else user_name_problem(user)
+    if problem is not None:
+        # ssh 9.2 takes it, and puts it unquoted in the "ssh -l USER -W ..." command it
+        # runs for the hop, where a newline ends the command; OpenSSH 10.1 refuses a control
+        # character in a user name given that way (CVE-2025-61984).
+        raise ValueError(
+            f"bad user name {user!r}: {problem}; the SSH library remote-sync uses cannot "
+            "send it, and OpenSSH 10.1 and later refuse a control character in it"
+        )
+    return user, host, port
+
+
+def user_name_problem(user: str) -> str | None:
+    """Why the SSH library cannot send ``user`` as a login name, or None: asyncssh puts user
+    names through SASLprep (RFC 4013), which refuses a control character (a tab, a
+    newline), an unassigned code point and a few others, which ssh sends as they are (a
+    User line's) or, from OpenSSH 10.1, refuses too (a control character in a user name
+    from its command line, a ProxyJump hop's among them)."""
+    from asyncssh.saslprep import SASLPrepError, saslprep
+
+    try:
+        saslprep(user)
+    except SASLPrepError as exc:
+        return str(exc)
+    return None
 
 
 #: A hop's ``host[:port]`` or ``[ipv6][:port]``.

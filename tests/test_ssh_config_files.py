@@ -6,6 +6,7 @@ PubkeyAcceptedAlgorithms applied. The system-wide file is always a temporary one
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import logging
 import os
@@ -1296,6 +1297,111 @@ def test_j_in_key_and_known_hosts_paths_is_the_jump_host(tmp_path: Path) -> None
         resolved = pool_module._prepare(ep, name).resolved
         found = (*resolved.identities, *resolved.certificates, *resolved.keys.user)
         assert found == tuple(f"{tmp_path}/{kind}_{jump}" for kind in ("id", "cert", "known"))
+
+
+def _ssh_proxy_and_keys(cfg: Path, *options: str) -> tuple[list[str], list[str], str]:
+    """What ``ssh -v -F cfg box`` says, its ProxyCommand failing at once: the commands it
+    runs (without its ``exec``), the key and certificate files it would load, its stderr."""
+    said = _ssh("-v", "-F", str(cfg), "-o", "BatchMode=yes", *options, "box", "true").stderr
+    lines = said.splitlines()
+    proxy = [line.split(": exec ", 1)[1] for line in lines if "Executing proxy command" in line]
+    files = [
+        line.split(" file ", 1)[1].rsplit(" type ", 1)[0] for line in lines if " file " in line
+    ]
+    return proxy, files, said
+
+
+#: Tokens of IdentityFile and Match exec that ssh does not expand in a ProxyCommand, and a
+#: ``%`` at the end ("invalid format").
+_NOT_PROXY_TOKENS = ["%C", "%d", "%i", "%j", "%L", "%l", "%u", "%T", "%"]
+
+
+@pytest.mark.parametrize("token", _NOT_PROXY_TOKENS)
+def test_a_proxy_command_token_ssh_does_not_expand_is_refused(token: str, tmp_path: Path) -> None:
+    """ssh expands %h %k %n %p %r and %% alone in a ProxyCommand (sshconnect.c's
+    expand_proxy_command, 9.2 as 9.9) and stops on any other before running it; every
+    token of IdentityFile was expanded there (an unknown one refused without its line)."""
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Host box\n  HostName 127.0.0.1\n  ProxyCommand echo %h {token}\n")
+    proxy, _, said = _ssh_proxy_and_keys(cfg)
+    assert proxy == [] and "percent_expand: failed" in said, said
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    problem = SSHPool().preflight(ep, "box")
+    assert isinstance(problem, ConfigError), problem
+    assert (problem.host, problem.path) == ("box", str(cfg))
+    assert problem.message.startswith("ssh_config line 3: ProxyCommand 'echo %h "), problem
+    shown = "a '%' at the end" if token == "%" else token
+    assert f"{shown} is no token ssh expands there" in problem.message, problem.message
+
+
+def test_a_proxy_command_has_ssh_s_tokens_and_its_variables_left_to_it(tmp_path: Path) -> None:
+    """%h %k %n %p %r and %% expanded as ssh expands them, and a ``${VAR}`` left for the
+    command, as ssh leaves it (asyncssh expanded it, and stopped the host on an unset one)."""
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        "Host box\n  HostName 127.0.0.1\n  HostKeyAlias Ali\n  User someone\n"
+        "  ProxyCommand false %h %k %n %p %r 100%% ${HOME} ${REMOTE_SYNC_UNSET_VARIABLE}\n"
+    )
+    proxy, _, said = _ssh_proxy_and_keys(cfg)
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    resolved = pool_module._prepare(ep, "box").resolved
+    assert resolved.parsed is not None
+    assert [resolved.parsed.config.get("ProxyCommand")] == proxy, said
+    assert proxy == [
+        "false 127.0.0.1 ali box 22 someone 100% ${HOME} ${REMOTE_SYNC_UNSET_VARIABLE}"
+    ]
+
+
+def test_the_inventory_s_proxy_command_has_ssh_s_tokens(tmp_path: Path) -> None:
+    """The inventory's proxy_command is expanded as ``ssh -o ProxyCommand=...`` expands it:
+    %k and %n too (they were left as written), and any other token refused before any
+    traffic, as ssh stops on it (it was left as written)."""
+    cfg = tmp_path / "config"
+    cfg.write_text("Host box\n  HostName 127.0.0.1\n  HostKeyAlias Ali\n  User someone\n")
+    command = "false %h %k %n %p %r %%"
+    proxy, _, _ = _ssh_proxy_and_keys(cfg, "-o", f"ProxyCommand={command}")
+    ep = Endpoint(
+        address="box", ssh_config=(str(cfg),), known_hosts=str(cfg), proxy_command=command
+    )
+    assert [pool_module._prepare(ep, "box").options["proxy_command"]] == proxy
+    assert proxy == ["false 127.0.0.1 ali box 22 someone %"]
+    refused = dataclasses.replace(ep, proxy_command="false %h %j")
+    _, _, said = _ssh_proxy_and_keys(cfg, "-o", "ProxyCommand=false %h %j")
+    assert "unknown key %j" in said, said
+    problem = SSHPool().preflight(refused, "box")
+    assert isinstance(problem, ConfigError) and problem.host == "box", problem
+    assert "%j is no token ssh expands there" in problem.message, problem.message
+
+
+def test_tokens_are_expanded_once_every_file_is_read_as_ssh_expands_them(
+    home: Path, tmp_path: Path
+) -> None:
+    """ssh expands the tokens of IdentityFile, CertificateFile and ProxyCommand once it has
+    read all its files; asyncssh expanded them at the end of each file it read, an
+    Include'd one too. So the HostName, User and HostKeyAlias that the system-wide file
+    (read after ~/.ssh/config, as the pool passes them) sets did not reach the %h %r %k of
+    the user's lines, and a ``%%`` that one file's expansion made ``%`` was expanded again by
+    the next (``%%C`` became a hash, ``%%h`` the host). ``ssh -F`` reads one file: one that
+    Includes the two, in the order ssh reads them without -F, is read as those two are
+    (first value wins, tokens expanded once all is read)."""
+    keys = tmp_path / "keys.conf"
+    keys.write_text(
+        f"Host box\n  IdentityFile {tmp_path}/id_%h_%r\n  CertificateFile {tmp_path}/cert_%k_%%C\n"
+    )
+    user = home / ".ssh" / "config"
+    user.write_text(f"Include {keys}\nHost box\n  ProxyCommand false %h %k %r %%h\n")
+    system = Path(sshconfig.SYSTEM_CONFIG)
+    system.write_text("Host box\n  HostName Real.EXAMPLE\n  HostKeyAlias Ali\n  User someone\n")
+    both = tmp_path / "both.conf"
+    both.write_text(f"Include {user}\nInclude {system}\n")
+    proxy, files, said = _ssh_proxy_and_keys(both)
+    assert proxy == ["false real.example ali someone %h"], said
+    assert files == [f"{tmp_path}/id_real.example_someone", f"{tmp_path}/cert_ali_%C"], said
+    ep = Endpoint(address="box", known_hosts=str(user))
+    resolved = pool_module._prepare(ep, "box").resolved
+    assert resolved.parsed is not None
+    assert [resolved.parsed.config.get("ProxyCommand")] == proxy
+    assert [*resolved.identities, *resolved.certificates] == files
 
 
 def _localhost_known_hosts(one: SSHFleet, path: Path, written: str) -> None:

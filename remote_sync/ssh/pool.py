@@ -78,6 +78,7 @@ from .sshconfig import (
     check_config_files,
     default_files,
     expand_match_exec,
+    expand_proxy_command,
     host_block_applies,
     include_paths,
     jump_hop,
@@ -1005,6 +1006,8 @@ def _prepare(endpoint: Endpoint, host: str) -> _Prepared:
         _refuse_unreadable_user_known_hosts(resolved.keys, endpoint, host)
         _refuse_unusable_algorithms(resolved, endpoint, host)
         _add_config_keys(options, resolved, host)
+        if endpoint.proxy_command:
+            options["proxy_command"] = expand_proxy_tokens(endpoint, resolved, host)
         prepared = _Prepared(options, resolved, _unsupported_algorithms(resolved, endpoint, host))
         # The keys asyncssh loads: the ones named, the ssh_config's that exist among them;
         # with none it tries the default ones, which nobody asked for (and skips those it
@@ -1398,9 +1401,8 @@ class SSHPool:
         if endpoint.port:
             options["port"] = endpoint.port
         opened = None
-        if endpoint.proxy_command:
-            options["proxy_command"] = expand_proxy_tokens(endpoint, resolved)
-        elif tunnel is None and resolved.jumps is not None:
+        # The inventory's proxy_command came with the pre-flight's options, expanded.
+        if not endpoint.proxy_command and tunnel is None and resolved.jumps is not None:
             # Jump hosts are connected here, not by asyncssh: it would connect them from the
             # ssh_config alone, with "UserKnownHostsFile none" meaning no check at all.
             opened = tunnel = await self._open_jumps(resolved.jumps, endpoint, host, depth)
@@ -1535,20 +1537,31 @@ def tcp_round_trip(sock: Any) -> float | None:
     return micros / 1e6 if micros else None
 
 
-def expand_proxy_tokens(endpoint: Endpoint, resolved: _Resolved) -> str:
-    """ProxyCommand with OpenSSH's %h, %p, %r and %% expanded, as ssh does it: from the
-    HostName, Port and User the ssh_config gives the endpoint (``resolved``).
-
-    asyncssh expands them only in ssh_config; an inventory's proxy_command comes to it as is.
-    """
+def expand_proxy_tokens(endpoint: Endpoint, resolved: _Resolved, host: str) -> str:
+    """The inventory's proxy_command with the tokens ssh expands in a ProxyCommand
+    (:func:`~remote_sync.ssh.sshconfig.expand_proxy_command`: %h %k %n %p %r %%), from the
+    HostName, HostKeyAlias, Port and User the ssh_config gives the endpoint (``resolved``),
+    as ``ssh -o ProxyCommand=...`` expands them; any other token is this host's
+    :class:`ConfigError`, as ssh stops on it. (asyncssh expands an ssh_config's
+    ProxyCommand, see :func:`_expand_tokens_once_every_file_is_read`; the inventory's comes
+    to it as is.)"""
     assert endpoint.proxy_command is not None
-    values = {
+    tokens = {
         "h": resolved.host,
+        "k": resolved.keys.alias or endpoint.address,
+        "n": endpoint.address,
         "p": str(resolved.port),
         "r": resolved.user or getpass.getuser(),
-        "%": "%",
     }
-    return re.sub(r"%([hpr%])", lambda m: values[m.group(1)], endpoint.proxy_command)
+    try:
+        return expand_proxy_command(endpoint.proxy_command, tokens)
+    except ValueError as exc:
+        raise ConfigError(
+            f"the inventory's proxy_command: {str(exc).removeprefix('ProxyCommand ')}, as "
+            "ssh stops on it",
+            host=host,
+            hint="use only %h %k %n %p %r in proxy_command, and write %% for a %",
+        ) from None
 
 
 def _jump_endpoints(jumps: str, endpoint: Endpoint, host: str) -> list[tuple[str, Endpoint]]:
@@ -1996,11 +2009,12 @@ def _lowercase_host_as_ssh_does() -> None:
     ``Match host`` or ``originalhost`` pattern is compared with the name ignoring case, as
     ssh compares them (``Host`` patterns stay case-sensitive, as in ssh).
 
-    The ``%h`` of the options asyncssh expands once a file is read (IdentityFile,
-    CertificateFile, ProxyCommand, IdentityAgent, ForwardAgent) is that lowercased name too,
-    and ``%C`` is hashed from it, as ssh expands them after lowercasing it (asyncssh used the
-    HostName as written: ``id_%h`` was ``id_Real.Example`` where ssh loads ``id_real.example``),
-    and from the ProxyJump host, as OpenSSH 9.6 and later hash it, and as ``Match exec`` has it;
+    The ``%h`` of the options whose tokens are expanded once the files are read
+    (IdentityFile, CertificateFile, ProxyCommand, IdentityAgent, ForwardAgent:
+    :func:`_expand_tokens_once_every_file_is_read`) is that lowercased name too, and ``%C``
+    is hashed from it, as ssh expands them after lowercasing it (asyncssh used the HostName
+    as written: ``id_%h`` was ``id_Real.Example`` where ssh loads ``id_real.example``), and
+    from the ProxyJump host, as OpenSSH 9.6 and later hash it, and as ``Match exec`` has it;
     they have ssh's %k and %j too, which asyncssh lacked (all from
     :func:`~remote_sync.ssh.sshconfig.match_exec_tokens`, as the UserKnownHostsFile's).
 
@@ -2095,6 +2109,76 @@ class _FinalPassStart:
 _lowercase_host_as_ssh_does()
 
 
+def _expand_tokens_once_every_file_is_read() -> None:
+    """Make asyncssh expand the ``%`` tokens of an ssh_config once it has read every file, as
+    ssh expands them once its whole configuration is read: IdentityFile, CertificateFile,
+    IdentityAgent and ForwardAgent with its tokens and ``${VAR}`` (those of
+    :func:`_lowercase_host_as_ssh_does`), and ProxyCommand with the tokens ssh expands there
+    alone (:func:`~remote_sync.ssh.sshconfig.expand_proxy_command`: %h %k %n %p %r %%; any
+    other refused with its file and line, as ssh stops on it; asyncssh expanded every token
+    of the paths there, and ``${VAR}``, which ssh leaves to the command).
+
+    asyncssh expanded them at the end of each file it read, an Include'd one too, from what
+    was read so far: a HostName, User or HostKeyAlias set by a later file (the system-wide
+    one, read after ~/.ssh/config) or after the Include line did not reach ``%h %r %k``
+    (``id_%h`` named the host as asked for, not its HostName), and a ``%%`` that one file's
+    expansion made ``%`` was expanded again by the next one's (``cert_%%C`` became a
+    hash). A RemoteCommand's tokens are not expanded: it is never run
+    (:func:`_ignored_remote_command`), and asyncssh stopped the whole host on one it lacks
+    that ssh expands there (%k, %j).
+
+    Where asyncssh's reader is not as expected (another asyncssh), nothing is changed."""
+    config_class: Any = getattr(getattr(asyncssh, "config", None), "SSHClientConfig", None)
+    expanded = getattr(config_class, "_percent_expand", None)
+    real_load = getattr(getattr(config_class, "load", None), "__func__", None)
+    if (
+        not isinstance(expanded, set)
+        or real_load is None
+        or getattr(real_load, "expands_once", False)
+    ):
+        return
+    paths = tuple(sorted(expanded - {"ProxyCommand", "RemoteCommand"}))
+    config_class._percent_expand = set()  # nothing expanded at the end of each file
+
+    def loading(cls: Any, last_config: Any, config_paths: Any, *args: Any) -> Any:
+        config = real_load(cls, last_config, config_paths, *args)
+        if config.loaded:  # a file was read (none: nothing to expand)
+            _expand_read_options(config, paths)
+        return config
+
+    loading.expands_once = True  # type: ignore[attr-defined]
+    config_class.load = classmethod(loading)
+
+
+def _expand_read_options(config: Any, paths: Sequence[str]) -> None:
+    """The options ``paths`` and ProxyCommand of asyncssh's finished reading ``config``
+    expanded (:func:`_expand_tokens_once_every_file_is_read`), from the tokens of its
+    options as every file left them."""
+    config._set_tokens()
+    options: dict[str, Any] = config._options
+    for option in paths:
+        value = options.get(option)
+        if isinstance(value, list):
+            options[option] = [config._expand_val(item) for item in value]
+        elif isinstance(value, str):
+            options[option] = config._expand_val(value)
+    command = options.get("ProxyCommand")
+    if isinstance(command, str):
+        try:
+            options["ProxyCommand"] = expand_proxy_command(command, config._tokens)
+        except ValueError as exc:
+            path, line = config.__dict__.get("_set_at", {}).get(
+                "ProxyCommand", (config._path, config._line_no)
+            )
+            raise _RefusedLine(
+                f"{path} line {line}: {exc}, as ssh stops on it",
+                hint="use only %h %k %n %p %r in the ProxyCommand, and write %% for a %",
+            ) from None
+
+
+_expand_tokens_once_every_file_is_read()
+
+
 #: ssh's time format (convtime): seconds, or numbers with units, as in "1m30s".
 _SSH_TIME = re.compile(r"(?:\d+[smhdw])*\d*", re.IGNORECASE)
 _TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -2141,9 +2225,8 @@ def _read_config_as_ssh_does() -> None:
     expand ssh's ``%`` tokens in a ``Match exec`` command, which it ran as written
     (:func:`_expanding_match_exec`), and keep the StrictHostKeyChecking and HashKnownHosts
     options, which it skipped, and PubkeyAcceptedAlgorithms (or PubkeyAcceptedKeyTypes),
-    which it skips too, for the pre-flight to check and the connection to apply; and leave
-    a RemoteCommand's ``%`` tokens as they are: it is never run, and asyncssh stopped on
-    one it does not know.
+    which it skips too, for the pre-flight to check and the connection to apply. (The
+    tokens of the other options: :func:`_expand_tokens_once_every_file_is_read`.)
 
     Where asyncssh's reader is not as expected (another asyncssh), nothing is changed.
     """
@@ -2184,11 +2267,6 @@ def _read_config_as_ssh_does() -> None:
         handlers["match"] = (entry[0], _expanding_match_exec(entry[1]))
         if not getattr(run, "refuses_unsafe", False):
             module._exec = _running_checked(run)
-    expanded = getattr(config_class, "_percent_expand", None)
-    if config_class is not None and isinstance(expanded, set) and "RemoteCommand" in expanded:
-        # Never run here (see _ignored_remote_command), so its tokens are not expanded:
-        # asyncssh stopped the whole host on one it lacks that ssh expands there (%k, %j).
-        config_class._percent_expand = expanded - {"RemoteCommand"}
 
 
 def _host_block(config: Any, option: str, args: list[str]) -> None:
@@ -2233,6 +2311,7 @@ _WHERE_NOTED = (
     "HostKeyAlgorithms",
     *_PUBKEY_ALGORITHMS,
     "RemoteCommand",
+    "ProxyCommand",
 )
 
 

@@ -33,7 +33,8 @@ What it owns:
 - ``Match exec`` commands with ssh's ``%`` tokens expanded (:func:`expand_match_exec`),
   each value put in as it is, as ssh puts it, and a value of the target's tokens (%h %n %k
   %r %p %j) that the shell could read as more than a word refused (by the pool, where the
-  command would run).
+  command would run). A ProxyCommand with the tokens ssh expands there alone, %h %k %n %p
+  %r and %% (:func:`expand_proxy_command`), any other refused.
 - A ProxyJump hop read as ssh reads it (:func:`jump_hop`), an ``ssh://`` URI's user
   URL-decoded, and what ssh refuses there refused; %j (:func:`jump_host`).
 - Whether a ``Host`` line applies (:func:`host_block_applies`): its words are patterns, a
@@ -56,7 +57,7 @@ import re
 import shlex
 import socket
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -908,12 +909,7 @@ def expand_match_exec(command: str, tokens: Mapping[str, str]) -> str:
         if token == "%":
             return "%"
         if token not in tokens:
-            shown = f"%{token}" if token else "a '%' at the end"
-            raise ValueError(
-                f"Match exec {command!r}: {shown} is no token ssh expands there (known: "
-                + " ".join(f"%{name}" for name in sorted(tokens, key=str.lower))
-                + " %%)"
-            )
+            raise _no_such_token("Match exec", command, token, tokens)
         text = tokens[token]
         if token not in _LOCAL_TOKENS and _SAFE_VALUE.fullmatch(text) is None:
             what = _TOKEN_NAMES.get(token, "value")
@@ -925,5 +921,44 @@ def expand_match_exec(command: str, tokens: Mapping[str, str]) -> str:
                 f"%{token} out of the Match exec command",
             )
         return text
+
+    return _PERCENT_TOKEN.sub(value, command) if "%" in command else command
+
+
+def _no_such_token(where: str, text: str, token: str, known: Iterable[str]) -> ValueError:
+    """The error for ``token`` (after a ``%``; empty for a ``%`` ending ``text``) in ``text``,
+    the value of ``where``, which ssh does not expand there: it stops on it ("unknown key",
+    or "invalid format" for the ``%`` at the end)."""
+    shown = f"%{token}" if token else "a '%' at the end"
+    return ValueError(
+        f"{where} {text!r}: {shown} is no token ssh expands there (known: "
+        + " ".join(f"%{name}" for name in sorted(known, key=str.lower))
+        + " %%)"
+    )
+
+
+#: The tokens ssh expands in a ProxyCommand, besides ``%%`` (sshconnect.c's
+#: expand_proxy_command, the same in 9.2 and 9.9): the host, the HostKeyAlias (else the name
+#: asked for), the name asked for, the port and the remote user. None of this machine's
+#: (%d %l %L %u %i), nor %C or %j, which ssh expands in IdentityFile and Match exec.
+PROXY_COMMAND_TOKENS = ("h", "k", "n", "p", "r")
+
+
+def expand_proxy_command(command: str, tokens: Mapping[str, str]) -> str:
+    """``command``, a ProxyCommand, with ssh's tokens there (:data:`PROXY_COMMAND_TOKENS`,
+    their values taken from ``tokens``, as :func:`match_exec_tokens` gives them once the
+    config is read) and ``%%`` expanded, each value put in as it is, as ssh puts it. Any
+    other token, or a ``%`` at the end, is a ValueError naming it, as ssh stops on it
+    ("unknown key"). A ``${VAR}`` is left as it is, for the command to read, as ssh leaves
+    it (it expands variables in paths, not in commands)."""
+    known = {name: tokens[name] for name in PROXY_COMMAND_TOKENS}
+
+    def value(found: re.Match[str]) -> str:
+        token = found[1]
+        if token == "%":
+            return "%"
+        if token not in known:
+            raise _no_such_token("ProxyCommand", command, token, known)
+        return known[token]
 
     return _PERCENT_TOKEN.sub(value, command) if "%" in command else command

@@ -18,8 +18,9 @@ goes on. Every call is cancellable through a :class:`~remote_sync.cancel.CancelR
 ``transfer_id`` and cancel it there): the transfer is registered at the call, so a cancel sent
 before the coroutine is awaited or the generator iterated is kept, and the run starts
 cancelled; a call never run leaves no entry once it is closed or dropped, and a
-``transfer_id`` already registered is a ValueError at the call. All but ``session_stats`` and
-``list_versions`` (one query each) report progress through ``emit``.
+``transfer_id`` already registered is an :class:`ArgumentError` (a ValueError too) at the
+call. All but ``session_stats`` and ``list_versions`` (one query each) report progress through
+``emit``.
 
 ``emit`` is called from inside the engine's tasks: an exception it raises is logged and the
 event dropped (see :func:`~remote_sync.events.guarded`); it never aborts the work.

@@ -11,14 +11,18 @@ is added when the transfer starts and removed when it ends, however it ends, so 
 grows past the number of live transfers. A call of the library API registers its transfer at the
 call, before its coroutine or async generator runs (:meth:`CancelRegistry.reserve`), so that a
 cancel sent between the call and the first await is kept by the token; that entry goes when the
-work ends, or when it is closed or dropped without having run. All methods must be called from
-the event loop's thread (a signal handler or another thread goes through
-``loop.call_soon_threadsafe``).
+work ends, or when it is closed or dropped without having run. A token's methods, and the
+registry's :meth:`~CancelRegistry.cancel` of a transfer, must be called from the thread of the
+event loop that runs that transfer (a signal handler or another thread goes through
+``loop.call_soon_threadsafe``); the registry's own bookkeeping is locked, so that programs that
+run an event loop per thread can share one registry (the process-wide
+:data:`default_registry` is shared that way by every call that is given none).
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +32,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from .errors import TransferCancelledError
+from .errors import ArgumentError, TransferCancelledError
 
 _ids = itertools.count(1)
 
@@ -151,15 +155,23 @@ class _Entry:
 
 class CancelRegistry:
     """Live transfers by id. Entries exist exactly as long as their transfer (reserved ones
-    from the call that will run it)."""
+    from the call that will run it).
+
+    The entries are guarded by a lock: one registry (the :data:`default_registry`) serves
+    every event loop of the process, and loops in two threads registering at once broke a
+    purge's walk of the entries ("dictionary changed size during iteration", out of an API
+    call). A token is cancelled outside the lock: what a cancel runs (scopes, callbacks) may
+    come back to the registry. The lock is reentrant: the garbage collector may close a
+    dropped transfer's coroutine, whose end drops its entry, in the thread holding it."""
 
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
+        self._lock = threading.RLock()
 
     def _purge(self) -> None:
         """Forget reservations whose work was dropped or closed without running: they are
         no transfer. Done lazily, on every access, rather than from a finalizer (which would
-        run at any point, on any thread)."""
+        run at any point, on any thread). Called with the lock held."""
         for transfer_id in [t for t, entry in self._entries.items() if entry.stale()]:
             del self._entries[transfer_id]
 
@@ -174,13 +186,16 @@ class CancelRegistry:
         :meth:`register` of that id adopts this entry and its token: a cancel from now on is
         kept by the token, and the work is born cancelled. The entry is gone once the work
         ends, or once it is closed or garbage-collected without having run. A duplicate id
-        raises ValueError here, at the call. Called on behalf of reserved work that is
-        executing (an API call made inside another, with its id), nothing more is reserved."""
-        self._purge()
-        if self._reserved_for_running(transfer_id) is not None:
+        raises :class:`~remote_sync.errors.ArgumentError` (a ValueError too) here, at the
+        call. Called on behalf of reserved work that is executing (an API call made inside
+        another, with its id), nothing more is reserved."""
+        with self._lock:
+            self._purge()
+            adopted = self._reserved_for_running(transfer_id) is not None
+            entry = None if adopted else self._add(transfer_id, None)
+        if entry is None:
             assert transfer_id is not None
             return create(transfer_id)
-        entry = self._add(transfer_id, None)
         try:
             work = create(entry.token.id)
         except BaseException:
@@ -190,16 +205,22 @@ class CancelRegistry:
         return work
 
     def _add(self, transfer_id: str | None, parent: CancelToken | None) -> _Entry:
+        """A new entry for ``transfer_id`` (one made up for None). Called with the lock held."""
         transfer_id = transfer_id or f"transfer-{next(_ids)}"
         if transfer_id in self._entries:
-            raise ValueError(f"a transfer with id {transfer_id!r} is already running")
+            raise ArgumentError(
+                f"a transfer with id {transfer_id!r} is already running",
+                hint="give each call that runs at once an id of its own (or none, and one is "
+                "made up), or cancel or await the one running first",
+            )
         entry = _Entry(CancelToken(transfer_id, parent))
         self._entries[transfer_id] = entry
         return entry
 
     def _drop(self, entry: _Entry) -> None:
-        if self._entries.get(entry.token.id) is entry:
-            del self._entries[entry.token.id]
+        with self._lock:
+            if self._entries.get(entry.token.id) is entry:
+                del self._entries[entry.token.id]
         entry.token.detach()
 
     @contextmanager
@@ -208,14 +229,16 @@ class CancelRegistry:
     ) -> Iterator[CancelToken]:
         """Register a transfer for the duration of the ``with`` block and yield its token (the
         token reserved at the call, when the work executing now had one: :meth:`reserve`)."""
-        self._purge()
-        entry = self._reserved_for_running(transfer_id)
-        if entry is not None:
-            entry.owner = None  # running now: its end drops it
-            if parent is not None:
-                entry.token._attach(parent)
-        else:
-            entry = self._add(transfer_id, parent)
+        with self._lock:
+            self._purge()
+            entry = self._reserved_for_running(transfer_id)
+            if entry is not None:
+                entry.owner = None  # running now: its end drops it
+            else:
+                entry = self._add(transfer_id, parent)
+                parent = None  # attached as it was made
+        if parent is not None:
+            entry.token._attach(parent)
         try:
             yield entry.token
         finally:
@@ -223,8 +246,9 @@ class CancelRegistry:
 
     def cancel(self, transfer_id: str, reason: str = "cancelled") -> bool:
         """Cancel one transfer. Returns False when no such transfer is running."""
-        self._purge()
-        entry = self._entries.get(transfer_id)
+        with self._lock:
+            self._purge()
+            entry = self._entries.get(transfer_id)
         if entry is None:
             return False
         entry.token.cancel(reason)
@@ -232,23 +256,27 @@ class CancelRegistry:
 
     def cancel_all(self, reason: str = "cancelled") -> int:
         """Cancel every running transfer; returns how many were cancelled."""
-        self._purge()
-        entries = list(self._entries.values())
+        with self._lock:
+            self._purge()
+            entries = list(self._entries.values())
         for entry in entries:
             entry.token.cancel(reason)
         return len(entries)
 
     def active(self) -> list[str]:
-        self._purge()
-        return list(self._entries)
+        with self._lock:
+            self._purge()
+            return list(self._entries)
 
     def __len__(self) -> int:
-        self._purge()
-        return len(self._entries)
+        with self._lock:
+            self._purge()
+            return len(self._entries)
 
     def __contains__(self, transfer_id: object) -> bool:
-        self._purge()
-        return transfer_id in self._entries
+        with self._lock:
+            self._purge()
+            return transfer_id in self._entries
 
 
 #: The process-wide registry used when a caller does not pass its own.

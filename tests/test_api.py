@@ -28,6 +28,7 @@ import textwrap
 import threading
 import time
 import typing
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -1242,7 +1243,9 @@ async def test_a_call_never_run_leaves_no_transfer_and_a_duplicate_id_fails_at_t
 ) -> None:
     """Registered at the call, the entry goes with the work even when it never runs: dropped,
     closed, or its task cancelled before its first step (the task kept). A second call with
-    the id of one not yet run is refused at once, as one of a running transfer is."""
+    the id of one not yet run is refused at once, as one of a running transfer is: an
+    ArgumentError (a RemoteSyncError, so a UI's one ``except`` shows it, and a ValueError
+    still), saying what to do."""
     registry = CancelRegistry()
 
     def listing() -> Any:
@@ -1254,8 +1257,9 @@ async def test_a_call_never_run_leaves_no_transfer_and_a_duplicate_id_fails_at_t
     listing()  # dropped at once
     assert len(registry) == 0 and "t" not in registry and registry.active() == []
     stream = listing()
-    with pytest.raises(ValueError, match="'t' is already running"):
+    with pytest.raises(ArgumentError, match="'t' is already running") as refused:
         eager()
+    assert isinstance(refused.value, ValueError) and "an id of its own" in refused.value.hint
     await stream.aclose()
     assert registry.active() == [] and not registry.cancel("t")
     coroutine = eager()
@@ -1267,6 +1271,64 @@ async def test_a_call_never_run_leaves_no_transfer_and_a_duplicate_id_fails_at_t
         await task
     assert registry.active() == []
     assert len(await eager()) > 0 and registry.active() == []
+
+
+def test_event_loops_in_two_threads_share_one_registry(
+    index_dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program that runs an event loop per thread shares the process-wide registry (every
+    call given none uses it). A call in one thread registering while a call in the other was
+    purging the registry's entries made that one fail ("dictionary changed size during
+    iteration", a RuntimeError out of an API call). The registry's entries are now locked:
+    here the purge is held in the middle of its walk while the other thread calls, and both
+    calls give their rows."""
+    from remote_sync import cancel
+
+    registry = CancelRegistry()
+    purging, other_called = threading.Event(), threading.Event()
+    real_stale = cancel._Entry.stale
+
+    def stale(entry: Any) -> bool:
+        if threading.current_thread().name == "first" and not purging.is_set():
+            purging.set()  # in the middle of the walk: the other thread calls now
+            other_called.wait(timeout=1.0)  # never set while the registry is locked
+        return real_stale(entry)
+
+    monkeypatch.setattr(cancel._Entry, "stale", stale)
+    results: dict[str, Any] = {}
+
+    def run(work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        name = threading.current_thread().name
+        try:
+            results[name] = asyncio.run(work())
+        except BaseException as exc:
+            results[name] = exc
+
+    async def first_work() -> Any:
+        held = api.stream_sessions(dest=index_dest, registry=registry)  # reserved: walked
+        try:
+            return await api.session_stats(dest=index_dest, registry=registry)
+        finally:
+            await held.aclose()
+
+    async def second_work() -> Any:
+        purging.wait(timeout=5)
+        stats = api.session_stats(dest=index_dest, registry=registry)
+        other_called.set()
+        return await stats
+
+    threads = [
+        threading.Thread(target=run, args=(work,), name=name)
+        for name, work in (("first", first_work), ("second", second_work))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert purging.is_set()
+    for name in ("first", "second"):
+        assert isinstance(results[name], list) and results[name], (name, results[name])
+    assert registry.active() == []
 
 
 # -- the pool of a remote read ----------------------------------------------------------------

@@ -388,7 +388,9 @@ async def stream_sessions(
     the same under the host ``""``), and the
     :class:`~remote_sync.errors.TransferCancelledError` raised names no host (a listing
     raises it where :func:`sync` returns a summary with exit code 130). A host
-    whose command sends nothing for ``idle_timeout`` seconds fails (0 or None: no limit).
+    whose command sends nothing for ``idle_timeout`` seconds fails (0 or None: no limit; a
+    listing of a mirror uses no ``idle_timeout``, ``concurrency`` or ``pool``, but refuses a
+    bad one as a remote listing does).
 
     ``pool`` tunes the SSH connection pool of a remote listing as it does ``sync``'s (say a
     short ``connect_timeout``, so that a host that hangs in its handshake fails soon instead
@@ -397,6 +399,7 @@ async def stream_sessions(
     """
     check_batch_size(batch_size)
     mirror = _listing_source(dest, hosts, remote)
+    _checked_tuning(concurrency=concurrency, idle_timeout=idle_timeout, pool=pool)
     if mirror is None:
         hosts, idle_timeout = _reaching_hosts(
             "list", hosts, concurrency=concurrency, idle_timeout=idle_timeout, pool=pool
@@ -459,7 +462,8 @@ async def read_session(
 
     With ``dest``, from the mirror there (what ``sessions show HOST SESSION --dest DIR``
     reads; ``host`` is the host's name or its :class:`~remote_sync.inventory.Host`): only the
-    bytes shown, in a worker thread, never taking the mirror's lock. Without it, straight from
+    bytes shown, in a worker thread, never taking the mirror's lock (``idle_timeout`` and
+    ``pool`` unused, but a bad one refused as over SSH). Without it, straight from
     the :class:`~remote_sync.inventory.Host` over SSH (``sessions show --remote``; a name
     alone is a :class:`~remote_sync.errors.ConfigError` saying what to pass): only the
     bytes shown, in one remote command; the host fails if its command sends nothing for
@@ -477,6 +481,7 @@ async def read_session(
         page = 1
     emit = guarded(emit) if emit is not None else _ignore
     fetch: Callable[[CancelToken], Awaitable[ShowResult]]
+    _checked_tuning(concurrency=1, idle_timeout=idle_timeout, pool=pool)
     if dest is not None:
         fetch = partial(_read_mirrored, Path(dest), name, session, head, tail, page, page_size)
     else:
@@ -1125,6 +1130,19 @@ def _reaching_hosts(
                 host=host.name,
                 hint="give each Host a name of its own, or pass it once",
             )
+    idle_timeout = _checked_tuning(concurrency=concurrency, idle_timeout=idle_timeout, pool=pool)
+    _require_asyncio()
+    return hosts, idle_timeout
+
+
+def _checked_tuning(
+    *, concurrency: int, idle_timeout: float | None, pool: PoolSettings | None
+) -> float | None:
+    """The checks of the tuning a call that may reach hosts takes (its ``concurrency``,
+    ``idle_timeout`` and ``pool``), listed under :func:`_reaching_hosts`. A listing or show of
+    a mirror makes them too, though it uses none of them: a program passes its one set of
+    settings to both kinds of call, and a bad value (a NaN timeout) must not be taken from
+    it until the day it reads a host. Returns the idle timeout."""
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ArgumentError(
             f"concurrency must be a whole number of at least 1, not {concurrency!r}",
@@ -1137,8 +1155,7 @@ def _reaching_hosts(
             hint="pass remote_sync.ssh.pool.PoolSettings(...) with the settings to change, or "
             "None for the defaults",
         )
-    _require_asyncio()
-    return hosts, idle_timeout
+    return idle_timeout
 
 
 def _require_asyncio() -> None:

@@ -628,6 +628,32 @@ async def test_a_bad_idle_timeout_is_refused_before_any_host_is_contacted(
     assert not (tmp_path / "m").exists()
 
 
+async def test_a_mirror_read_refuses_the_tuning_a_host_read_refuses(show_dest: Path) -> None:
+    """A listing or show of a mirror took any ``idle_timeout``, ``concurrency`` and ``pool``
+    (it uses none of them): a program that passes its one set of settings to every call got
+    its NaN timeout, its concurrency of 0 or its dict of pool settings refused only the day
+    it read a host. Each call refuses them now, whatever it reads, as the README says."""
+    calls = {
+        "list": lambda **bad: api.list_sessions(dest=show_dest, **bad),
+        "stream": lambda **bad: anext(api.stream_sessions(dest=show_dest, **bad)),
+        "read": lambda **bad: api.read_session("h0", "short", dest=show_dest, **bad),
+        "show": lambda **bad: api.show_session("h0", "short", dest=show_dest, **bad),
+    }
+    bad_values: list[tuple[str, Any, str]] = [
+        ("idle_timeout", float("nan"), r"idle_timeout \(--timeout\) must be"),
+        ("idle_timeout", -1, r"idle_timeout \(--timeout\) must be"),
+        ("concurrency", 0, "concurrency must be a whole number"),
+        ("pool", {"connect_timeout": 5}, "pool must be a PoolSettings"),
+    ]
+    for name, call in calls.items():
+        for keyword, value, says in bad_values:
+            if keyword == "concurrency" and name in ("read", "show"):
+                continue  # a show has no concurrency
+            with pytest.raises(ArgumentError, match=says):
+                await call(**{keyword: value})
+        assert await call(idle_timeout=0, pool=PoolSettings(connect_timeout=5)), name
+
+
 IDLE_TIMEOUTS = ["0", "0.0", "0.5", "120", "1e300", "inf", "-inf", "infinity", "nan", "-1", "1e999"]
 
 

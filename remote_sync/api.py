@@ -47,7 +47,7 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
-from contextlib import aclosing, suppress
+from contextlib import aclosing, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial, wraps
@@ -407,7 +407,7 @@ async def stream_sessions(
     emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
     failures: list[RemoteSyncError] = errors if errors is not None else []
-    with registry.register(transfer_id) as token:
+    with _registered_read(registry, transfer_id) as token:
         if mirror is None:
             batches = _remote_sessions(
                 hosts, batch_size, emit, token, failures, options, idle_timeout, concurrency, pool
@@ -497,11 +497,13 @@ async def read_session(
         )
         fetch = partial(_read_remote, host, session, head, tail, page, page_size, limit, pool, emit)
     registry = registry if registry is not None else default_registry
-    with registry.register(transfer_id) as token:  # a duplicate id: before any event
+    with _registered_read(registry, transfer_id) as token:  # a duplicate id: before any event
         emit(Progress(name, "fetching", 0, 0, 0, 0))
         try:
             result = await fetch(token)
         except RemoteSyncError as exc:
+            if isinstance(exc, TransferCancelledError):
+                exc.hint = READ_CANCELLED_HINT  # the event below says it too
             # Reported as a listing reports a host that fails or is cancelled: its error, then
             # its end, so that a caller that follows the events is not left "fetching".
             _report_end(emit, name, host.explain(exc) if isinstance(host, Host) else exc, 0)
@@ -543,7 +545,7 @@ async def session_stats(
             db.close()
 
     registry = registry if registry is not None else default_registry
-    with registry.register(transfer_id) as token:
+    with _registered_read(registry, transfer_id) as token:
         return await _in_thread(token, stats)
 
 
@@ -571,7 +573,7 @@ async def list_versions(
         )
     work = partial(list_kept_versions, dest, host=host, files=tuple(files))
     registry = registry if registry is not None else default_registry
-    with registry.register(transfer_id) as token:
+    with _registered_read(registry, transfer_id) as token:
         return await _in_thread(token, work)
 
 
@@ -669,10 +671,28 @@ def _pool_for(pool: PoolSettings | None, window: int) -> PoolSettings:
     return pool
 
 
+#: The hint of a read's cancel (a listing, a show, the stats, the versions), in the error
+#: raised and in its event: the default one is a sync's ("what was committed is kept, a file
+#: cut midway is fetched again"), which says nothing true of a read, and a UI shows it.
+READ_CANCELLED_HINT = "cancelled on request; a read changes nothing, so it can simply be made again"
+
+
+@contextmanager
+def _registered_read(registry: CancelRegistry, transfer_id: str | None) -> Iterator[CancelToken]:
+    """A read's transfer registered (:meth:`CancelRegistry.register`), a cancel that stops it
+    raised with :data:`READ_CANCELLED_HINT`."""
+    with registry.register(transfer_id) as token:
+        try:
+            yield token
+        except TransferCancelledError as exc:
+            exc.hint = READ_CANCELLED_HINT
+            raise
+
+
 def _cancelled_on(token: CancelToken, host: str) -> TransferCancelledError:
     """What a listing's ``host`` reports when the cancel of ``token`` stopped it: that cancel
     under the host's name (the one raised names no host: it stops every host)."""
-    return TransferCancelledError(token.reason or "cancelled", host=host)
+    return TransferCancelledError(token.reason or "cancelled", host=host, hint=READ_CANCELLED_HINT)
 
 
 def _report_end(emit: Emit, host: str, error: RemoteSyncError, done: int) -> None:

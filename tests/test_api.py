@@ -1264,6 +1264,59 @@ async def test_a_cancel_sent_right_after_the_call_is_kept(index_dest: Path) -> N
     assert (summary.exit_code, summary.hosts_failed, len(registry)) == (130, 1, 0)
 
 
+async def test_a_cancelled_read_says_what_a_read_is_not_what_a_sync_is(show_dest: Path) -> None:
+    """A read's cancel (a listing, a show, the stats, the versions) came with a sync's hint,
+    "what was committed is kept, a file cut midway is fetched again", in the error and in its
+    event, which a UI shows as the reason: a read commits and fetches nothing. It says that a
+    read changes nothing now, raised and reported alike."""
+    registry = CancelRegistry()
+    events: list[Any] = []
+
+    def cancel_on_progress(event: Any) -> None:
+        events.append(event)
+        if isinstance(event, Progress) and event.phase in ("listing", "fetching"):
+            registry.cancel("t")
+
+    reads: list[tuple[bool, Any]] = [
+        (
+            True,
+            lambda: api.list_sessions(
+                dest=show_dest,
+                batch_size=1,
+                emit=cancel_on_progress,
+                registry=registry,
+                transfer_id="t",
+            ),
+        ),
+        (
+            True,
+            lambda: api.read_session(
+                "h0",
+                "short",
+                dest=show_dest,
+                emit=cancel_on_progress,
+                registry=registry,
+                transfer_id="t",
+            ),
+        ),
+        (False, lambda: api.session_stats(dest=show_dest, registry=registry, transfer_id="t")),
+        (False, lambda: api.list_versions(dest=show_dest, registry=registry, transfer_id="t")),
+    ]
+    for reports, read in reads:
+        events.clear()
+        work = read()
+        if not reports:
+            registry.cancel("t")  # no progress to cancel on: before it runs
+        with pytest.raises(TransferCancelledError) as cancelled:
+            await work
+        hint = cancelled.value.hint
+        assert "a read changes nothing" in hint and "committed" not in hint, hint
+        reported = [e for e in events if isinstance(e, ErrorEvent)]
+        assert [e.kind for e in reported] == (["cancelled"] if reports else [])
+        assert all(e.hint == hint for e in reported), reported
+    assert len(registry) == 0
+
+
 async def test_a_call_never_run_leaves_no_transfer_and_a_duplicate_id_fails_at_the_call(
     index_dest: Path,
 ) -> None:

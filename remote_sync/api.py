@@ -604,7 +604,7 @@ async def _read_remote(
             head=_bounded(head),
             tail=_bounded(tail),
             page=page,
-            page_size=min(page_size, INT64_MAX),
+            page_size=_bounded(page_size),
             token=token,
             idle_timeout=idle_timeout,
         )
@@ -702,10 +702,16 @@ def _report_end(emit: Emit, host: str, error: RemoteSyncError, done: int) -> Non
     emit(Progress(host, "done", done, done, 0, 0))
 
 
-def _bounded(count: int | None) -> int | None:
+_Count = TypeVar("_Count", int, int | None)
+
+
+def _bounded(count: _Count) -> _Count:
     """A message count no session reaches stands for "all": at most 2**63 - 1, so that it
-    fits the C integers (a deque's length) the reading uses."""
-    return None if count is None else min(count, INT64_MAX)
+    fits the C integers (a deque's length) the reading uses. What is no whole number is left
+    as it is, for the reader's check of the selection to refuse (a ConfigError saying so)."""
+    if isinstance(count, bool) or not isinstance(count, int):
+        return count
+    return min(count, INT64_MAX)
 
 
 async def _remote_sessions(

@@ -654,6 +654,28 @@ async def test_a_mirror_read_refuses_the_tuning_a_host_read_refuses(show_dest: P
         assert await call(idle_timeout=0, pool=PoolSettings(connect_timeout=5)), name
 
 
+@pytest.mark.parametrize("bad", [True, "3", 2.0])
+async def test_a_count_that_is_no_whole_number_is_refused_as_a_config_error(
+    show_dest: Path, bad: Any
+) -> None:
+    """A listing's ``limit`` and a show's ``head``, ``tail``, ``page`` and ``page_size`` took
+    ``True`` for 1, and a string or a float failed in a comparison's TypeError (from a
+    remote show, before its check). Each is refused as ``batch_size`` is: a ConfigError
+    naming it, before any host is contacted (the host below does not exist)."""
+    calls = [
+        lambda: api.list_sessions(dest=show_dest, limit=bad),
+        lambda: api.list_sessions(remote=True, hosts=[nowhere()], limit=bad),
+    ]
+    for name in ("head", "tail", "page", "page_size"):
+        calls += [
+            lambda name=name: api.read_session("h0", "short", dest=show_dest, **{name: bad}),
+            lambda name=name: api.read_session(nowhere(), "short", **{name: bad}),
+        ]
+    for call in calls:
+        with pytest.raises(ConfigError, match="must be a whole number"):
+            await call()
+
+
 IDLE_TIMEOUTS = ["0", "0.0", "0.5", "120", "1e300", "inf", "-inf", "infinity", "nan", "-1", "1e999"]
 
 

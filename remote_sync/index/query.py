@@ -451,7 +451,14 @@ def check_batch_size(batch_size: int) -> None:
 
 
 def _check_limit(limit: int | None) -> None:
-    """A :class:`ConfigError` for a negative ``limit``, naming the argument and the option."""
+    """A :class:`ConfigError` for a negative ``limit``, naming the argument and the option,
+    or one that is no whole number (a library caller's ``True`` was taken for 1, and a
+    ``"3"`` failed in a comparison's TypeError)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise ConfigError(
+            f"limit (--limit) must be a whole number, not {limit!r}",
+            hint="pass the largest number of sessions wanted, or none for all",
+        )
     if limit is not None and limit < 0:
         raise ConfigError(
             f"limit (--limit) must not be negative, got {limit}",

@@ -92,11 +92,15 @@ class HeldLine:
 
 
 def check_selection(head: int | None, tail: int | None, page: int | None, page_size: int) -> None:
-    """At most one of ``head``, ``tail`` and ``page``, and each count at least 1."""
+    """At most one of ``head``, ``tail`` and ``page``, and each count a whole number of at
+    least 1 (a library caller's ``True`` was taken for 1, and a ``"2"`` failed in a
+    comparison's TypeError)."""
     chosen = [name for name, v in (("head", head), ("tail", tail), ("page", page)) if v is not None]
     if len(chosen) > 1:
         raise ConfigError(f"choose one of {' / '.join(chosen)}")
     for name, value in (("head", head), ("tail", tail), ("page", page), ("page size", page_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"the {name} must be a whole number, not {value!r}")
         if value is not None and value < 1:
             raise ConfigError(f"the {name} must be at least 1, got {value}")
 

@@ -977,17 +977,24 @@ def test_a_first_call_imports_what_it_needs_without_holding_the_loop(
     backend (anything that runs in a worker thread) were imported on the event loop by the
     first call that needed them: every other task of the program stopped for the import's
     whole time. Now they are imported in a worker thread: the largest heartbeat gap stays
-    well under the import's own time (compared with it, not with a number of seconds)."""
-    done = subprocess.run(
-        [sys.executable, "-c", FIRST_IMPORT, module, call],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    measured = json.loads(done.stdout)
-    assert len(measured["import"]) == 1, (measured, done.stderr)  # imported by that call
-    assert measured["gap"] < measured["import"][0] / 2, measured
+    well under the import's own time (compared with it, not with a number of seconds). On a
+    shared machine another process may hold the CPU through one run's import (a small one
+    takes a few ms): the best of three runs is judged, as an import on the loop fails all."""
+    tries = []
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", FIRST_IMPORT, module, call],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        measured = json.loads(done.stdout)
+        assert len(measured["import"]) == 1, (measured, done.stderr)  # imported by that call
+        tries.append(measured)
+        if measured["gap"] < measured["import"][0] / 2:
+            return
+    raise AssertionError(f"the loop was held for half an import or more each time: {tries}")
 
 
 class Ticker:

@@ -279,13 +279,16 @@ def test_frame_parser_byte_by_byte_and_truncated(
     parser = FrameParser("h", MB, requests)
     events: list[FrameEvent] = []
     for i in range(len(stream)):
+        assert not parser.complete  # the engine stops reading once it is
         events += parser.feed(stream[i : i + 1])
+    assert parser.complete
     events += parser.close()
     assert merge(events) == expected
     # Any strict prefix of the stream is an error at close(), never a silent success.
     cut = data.draw(st.integers(0, len(stream) - 1))
     parser = FrameParser("h", MB, requests)
     parser.feed(stream[:cut])
+    assert not parser.complete
     with pytest.raises(ProtocolError):
         parser.close()
 

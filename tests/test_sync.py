@@ -1163,6 +1163,39 @@ def test_a_login_shell_that_prints_a_banner_is_a_clear_error(
     assert_exact(fleet, tmp_path / "m", "h1")
 
 
+@pytest.mark.parametrize("held", ["stdout", "stderr"])
+def test_a_process_the_login_shell_leaves_behind_does_not_stall_the_round(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    held: str,
+) -> None:
+    """An rc file that starts a daemon without closing its output keeps the session's
+    stdout (or stderr) open after the command has exited, as ssh itself hangs on it. The
+    round ends at the command's exit once its last frame is in, not at the idle timeout as a
+    failure: a round that fetches, and one with nothing to fetch."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    paths = make_openclaw_tree(fleet, "h0", sessions=2)
+    real = engine.round_argv
+    other = "2>/dev/null" if held == "stdout" else ">/dev/null"
+    # The daemon outlives each round by a few seconds (and the --timeout), then goes.
+    daemon = f'sleep 6 </dev/null {other} & exec "$@"'
+    monkeypatch.setattr(
+        engine,
+        "round_argv",
+        lambda root, points, **kw: ["sh", "-c", daemon, "sh", *real(root, points, **kw)],
+    )
+    for change in ("initial", "grown", "none"):
+        if change == "grown":
+            append(fleet, "h0", paths[0], session_bytes(random.Random(1), 2, start=50))
+        started = time.monotonic()
+        code, summary, _ = sync(inv, tmp_path / "m", capsys, "--timeout", "4")
+        assert code == 0, (change, summary)
+        assert time.monotonic() - started < 3, change
+        assert_exact(fleet, tmp_path / "m", "h0")
+
+
 SLOW_WALK = 'case $1 in .) ;; *) sleep 1.5 ;; esac\nexec /usr/bin/find "$@"\n'
 
 

@@ -585,8 +585,14 @@ class HostSync:
         try:
             if first:
                 await handler.handle_all(parser.feed(first))
+            # Once the last frame is in, only the exit status is awaited, not the close of
+            # stdout, which a process left behind on the host may hold open.
+            if parser.complete:
+                stream.expect_end()
             async for chunk in stream:
                 await handler.handle_all(parser.feed(chunk))
+                if parser.complete:
+                    stream.expect_end()
                 # Not held while the stream waits for more: with eight hosts at once that
                 # would be eight idle chunks (the events, gone with handle_all, view it too).
                 del chunk
@@ -932,6 +938,7 @@ def _requests_of(transfers: Sequence[Transfer]) -> tuple[list[FetchRequest], byt
 
 async def _drain_stream(stream: RemoteStream) -> None:
     """Read a command's output to its end (raising its errors), keeping none of it."""
+    stream.expect_end()  # nothing more is wanted of it but how it ended
     async for _chunk in stream:
         pass
 

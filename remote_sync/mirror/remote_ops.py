@@ -1371,6 +1371,20 @@ class FrameParser:
                 pos = self._header(buf, pos, events)
         return events
 
+    @property
+    def complete(self) -> bool:
+        """Every request is answered and no frame or digest line is open: any further output
+        is not the fetch's."""
+        return not (
+            self._carry
+            or self._in_data
+            or self._archive is not None
+            or self._digest_for is not None
+            or self._batch_checked
+            or self._deferred
+            or self._index < len(self.requests)
+        )
+
     def close(self) -> list[FrameEvent]:
         """End of output: unanswered requests or leftover bytes are a :class:`ProtocolError`."""
         self._closed = True

@@ -117,7 +117,7 @@ class RemoteStream:
         # consumer holds it, and the window re-opens as it takes (see :mod:`.flow`).
         channel = self._channel
         assert channel is not None
-        if not self._finished and not channel.queue and not channel.closed.is_set():
+        if not self._finished and not channel.queue and not channel.over():
             with anyio.CancelScope() as scope, self.token.bind(scope):
                 if not await channel.wait_for_data(self._idle_timeout):
                     self._failure = IdleTimeoutError(
@@ -176,6 +176,16 @@ class RemoteStream:
     def stderr_before(self) -> bytes | None:
         """The stderr before the boundary line, once it has come (see set_stderr_boundary)."""
         return self._stderr_before
+
+    def expect_end(self) -> None:
+        """The consumer has all the output it expects: once the command has exited with
+        status 0, iteration ends without waiting for its stdout to close. A process it left
+        behind (a daemon the login shell's rc file started) may hold stdout open for ever,
+        and the stream would end only at the idle timeout, as a failure. A command that
+        failed is still read to the close, so that its messages are whole."""
+        assert self._channel is not None
+        self._channel.end_at_exit = True
+        self._channel.wake_at_exit()
 
     async def read_all(self) -> bytes:
         """Collect the whole output (for small outputs such as listings)."""
@@ -271,6 +281,8 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
         self.exited = anyio.Event()
         self.lost: Exception | None = None
         self._wakeup: anyio.Event | None = None
+        #: Whether a successful exit ends the output (see RemoteStream.expect_end).
+        self.end_at_exit = False
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self.chan = chan
@@ -297,10 +309,22 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
     def exit_status_received(self, status: int) -> None:
         self.stream.exit_status = status
         self.exited.set()
+        self.wake_at_exit()
 
     def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
         self.stream.exit_signal = signal
         self.exited.set()
+
+    def over(self) -> bool:
+        """No more output will be taken: the channel closed, or the command exited well
+        once the consumer said it expects nothing more (RemoteStream.expect_end)."""
+        if self.closed.is_set():
+            return True
+        return self.end_at_exit and self.exited.is_set() and self.stream.exit_status == 0
+
+    def wake_at_exit(self) -> None:
+        if self.over():
+            self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc
@@ -340,14 +364,15 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def wait_for_data(self, idle_timeout: float | None) -> bool:
-        """Wait until data is queued or the channel closed; False on idle timeout."""
-        if self.queue or self.closed.is_set():
+        """Wait until data is queued or the output is over (see :meth:`over`); False on idle
+        timeout."""
+        if self.queue or self.over():
             return True
         event = self._wakeup = anyio.Event()
         with anyio.move_on_after(idle_timeout):
             await event.wait()
             return True
-        return bool(self.queue) or self.closed.is_set()
+        return bool(self.queue) or self.over()
 
     def stop_reading(self) -> None:
         """Drop anything further (used while a cancelled process winds down)."""

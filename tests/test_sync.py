@@ -1221,6 +1221,47 @@ def test_a_host_slower_than_the_timeout_fails_and_a_larger_timeout_lets_it_sync(
     assert_exact(fleet, tmp_path / "m", "h0")
 
 
+def lying_find(numbers: str, path: str) -> str:
+    """A find that lists ``path`` (under the root's one start point) with ``numbers`` as
+    its size, mtime, device and inode, and the other files as they are."""
+    record = f"{numbers}\\n./{path}\\0"
+    return (
+        'case $2 in -maxdepth) exec /usr/bin/find "$@" ;; esac\n'
+        f'start=$1\nshift\n/usr/bin/find "$start" ! -path "./{path}" "$@"\nst=$?\n'
+        f"printf '{record}'\nexit \"$st\"\n"
+    )
+
+
+def test_listing_numbers_past_64_signed_bits_are_kept_or_refused_by_path(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An inode with its top bit set (overlayfs, some NFS servers) is mirrored; a size past
+    what any file can have is a protocol error naming the host and path. Both used to stop the
+    host's every round with an internal error, when the numbers reached SQLite."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    paths = make_openclaw_tree(fleet, "h0", sessions=2)
+    dest = tmp_path / "m"
+    size = fleet.path("h0", paths[0]).stat().st_size
+    host_tools(
+        fleet, monkeypatch, "high-inode", {"find": lying_find(f"{size} 1 2 {2**63 + 12}", paths[0])}
+    )
+    for _ in range(2):
+        code, summary, events = sync(inv, dest, capsys)
+        assert code == 0, [e for e in events if isinstance(e, ErrorEvent)]
+    assert summary.files.unchanged == 6
+    assert_exact(fleet, dest, "h0")
+    monkeypatch.undo()
+    host_tools(fleet, monkeypatch, "huge-size", {"find": lying_find(f"{2**63} 1 2 3", paths[1])})
+    code, _, events = sync(inv, dest, capsys)
+    (done,) = [e for e in events if isinstance(e, HostDone)]
+    assert code == 1 and done.error is not None
+    assert "impossible numbers" in done.error and paths[1] in done.error
+    assert "internal error" not in done.error
+
+
 @pytest.mark.parametrize("value", ["-1", "soon", "nan", "inf"])
 def test_a_bad_timeout_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str

@@ -1030,6 +1030,14 @@ class RemoteFile:
 
 
 _INODE = re.compile(rb"[0-9]{1,20}")
+#: The largest size a file can have (off_t), and what the state's SQLite integers hold.
+_MAX_SIZE = 2**63 - 1
+_U64 = 2**64 - 1
+# A device or inode number is 64 bits unsigned (overlayfs and some NFS servers use the top
+# ones); the state keeps signed 64-bit integers, negative inodes meaning "in doubt". So only
+# the low 63 bits are kept, here and for the inodes after a digest, which are compared with
+# these: two files differing in the top bit alone would be taken for one.
+_I63 = 2**63 - 1
 _STAT_LINE = re.compile(
     rb"([0-9]{1,20}) (-?[0-9]{1,20}(?:\.[0-9]{1,20})?) ([0-9]{1,20}) ([0-9]{1,20})"
 )
@@ -1215,8 +1223,14 @@ class ListingParser:
                 host=self.host,
                 path=path_text(path),
             )
-        size, mtime, dev, ino = match.groups()
-        return RemoteFile(path, int(size), float(mtime), int(dev), int(ino))
+        size, dev, ino = int(match[1]), int(match[3]), int(match[4])
+        if size > _MAX_SIZE or dev > _U64 or ino > _U64:
+            raise ProtocolError(
+                f"impossible numbers in listing record {line[:80]!r} for path {path!r}",
+                host=self.host,
+                path=path_text(path),
+            )
+        return RemoteFile(path, size, float(match[2]), dev & _I63, ino & _I63)
 
 
 # ----------------------------------------------------------------------------- fetch
@@ -1531,7 +1545,7 @@ class FrameParser:
             if not named or not all(w == b"-" or _INODE.fullmatch(w) for w in inode_words):
                 raise self._digest_error(buf[pos:newline])
             if len(inode_words) == len(indices):  # else stat lost count: as if it had none
-                inodes = tuple(None if w == b"-" else int(w) for w in inode_words)
+                inodes = tuple(None if w == b"-" else int(w) & _I63 for w in inode_words)
         events.append(HeadDigest(indices, digest, inodes))
         self._digest_for = None
         return newline + 1

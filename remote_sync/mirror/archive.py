@@ -56,6 +56,9 @@ _ZERO_BLOCK = bytes(BLOCK)
 #: Longest GNU long name or pax header read; a longer one makes its entry :class:`Short`.
 MAX_META = 64 * 1024
 
+#: Digits of a pax record's length or size: 20 hold any 64-bit number.
+_MAX_DIGITS = 20
+
 _REGULAR = frozenset(b"07\x00")  # "0", "7" (contiguous) and the pre-POSIX NUL
 _LONG_NAME = ord("L")
 _PAX = ord("x")
@@ -314,7 +317,9 @@ class ArchiveReader:
         while pos < len(meta):
             space = meta.find(b" ", pos)
             digits = meta[pos:space] if space > pos else b""
-            length = int(digits) if digits.isdigit() else 0
+            # A number longer than any record here is not one: int() refuses more than 4300
+            # digits (an uncaught ValueError), and a lying tar may send them.
+            length = int(digits) if digits.isdigit() and len(digits) <= _MAX_DIGITS else 0
             if length <= space - pos or pos + length > len(meta) or meta[pos + length - 1] != 0x0A:
                 if meta[pos:].strip(b"\x00"):
                     self._next_unusable = True  # not pax as we know it: refetch with head
@@ -323,7 +328,7 @@ class ArchiveReader:
             if key == b"path":
                 self._next_name = value
             elif key == b"size":
-                if not value.isdigit():
+                if not value.isdigit() or len(value) > _MAX_DIGITS:
                     self._next_unusable = True
                     return
                 self._next_size = int(value)

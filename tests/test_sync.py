@@ -1221,6 +1221,45 @@ def test_a_host_slower_than_the_timeout_fails_and_a_larger_timeout_lets_it_sync(
     assert_exact(fleet, tmp_path / "m", "h0")
 
 
+def test_the_frame_marker_is_on_no_command_line_of_the_host(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pin: another user of the host who could read the round's marker in the process list
+    (``ps``) and write a file being fetched could forge frames for the files after it. The
+    marker travels on stdin and in the environment only: no process of a round, from the
+    listing to the reads and the archive, has it in its argv."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0", sessions=3)
+    markers: list[str] = []
+
+    def recorded() -> str:
+        markers.append(remote_ops.new_marker())
+        return markers[-1]
+
+    monkeypatch.setattr(engine, "new_marker", recorded)
+    snapshots = fleet.root / "ps"
+    # Each tool takes a snapshot of every command line on the host while it runs.
+    snap = f'cat /proc/[0-9]*/cmdline >>"{snapshots}" 2>/dev/null\n'
+    host_tools(
+        fleet,
+        monkeypatch,
+        "ps-tools",
+        {tool: snap + f'exec /usr/bin/{tool} "$@"\n' for tool in ("find", "dd", "tar", "md5sum")},
+    )
+    snapshots.touch(mode=0o666)
+    snapshots.chmod(0o666)
+    code, summary, _ = sync(inv, tmp_path / "m", capsys)
+    assert code == 0 and summary.files.new == 8
+    seen = snapshots.read_bytes()
+    # The snapshots saw the round's command (its root among its words) and the fetch.
+    assert os.fsencode(fleet.path("h0")) + b"\x00" in seen
+    assert b"xargs" in seen and b"tar\x00" in seen
+    assert markers and not any(m.encode() in seen for m in markers)
+
+
 def lying_find(numbers: str, path: str) -> str:
     """A find that lists ``path`` (under the root's one start point) with ``numbers`` as
     its size, mtime, device and inode, and the other files as they are."""

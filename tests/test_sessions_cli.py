@@ -547,6 +547,22 @@ def test_costs_are_given_without_float_noise(
     assert row.cost == 0.0099
 
 
+def test_a_row_from_a_host_with_a_time_no_date_holds_has_no_last_activity() -> None:
+    """A listing's mtime stands in for a session's last activity when no line has a time; a
+    host whose clock (or a hostile listing) gave one past year 9999 or before year 1 ended the
+    remote listing in datetime's ValueError. Such a row is classed as one with no time."""
+    import time
+
+    from remote_sync.index.facts import SessionFacts
+
+    facts = SessionFacts(bytes=4096, user=1, assistant=1)
+    for mtime in (1e20, -1e20, 2.6e11, float(2**62)):
+        row = row_from_facts("h0", b"a.jsonl", "jsonl", facts, mtime=mtime)
+        assert row.klass == "low", mtime  # no activity known: one user message, so low
+    row = row_from_facts("h0", b"a.jsonl", "jsonl", facts, mtime=time.time())
+    assert row.klass == "valuable"  # active now, by its mtime
+
+
 def test_library_local_stream_reports_progress_and_stops_on_a_cancel(index_dest: Path) -> None:
     """Over the index, as over hosts: progress events as batches go, and a cancel stops the
     stream before its next batch, the last (partial) one included."""

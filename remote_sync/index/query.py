@@ -39,6 +39,7 @@ done in SQL, so ``--limit`` stays fast on a large index. Definitions:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import operator
@@ -583,7 +584,10 @@ def row_from_facts(
     moment = datetime.fromtimestamp(now, UTC) if isinstance(now, int | float) else _now(now)
     last = facts.last_ts
     if last is None and mtime is not None:
-        last = format_instant(datetime.fromtimestamp(mtime, UTC))
+        # A host's clock or a hostile listing may give a time no datetime holds (year 10000
+        # or before year 1): then there is no last activity to go by, not a failed listing.
+        with contextlib.suppress(ValueError, OverflowError, OSError):
+            last = format_instant(datetime.fromtimestamp(mtime, UTC))
     klass = session_class(
         facts.bytes,
         facts.messages,

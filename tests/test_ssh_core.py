@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
-import logging
 import os
 import re
 import shutil
@@ -1200,26 +1199,6 @@ async def test_an_unreachable_host_names_the_address_and_port_it_tried(
         shown = str(proxied.value)
         assert "cannot connect through ProxyCommand sh -c 'exit 1' 127.0.0.1: " in shown, shown
         assert "port" not in shown and "ProxyCommand runs" in shown, shown
-
-
-def test_asyncios_warning_of_a_proxy_command_reaped_twice_is_not_shown(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A sync of an inventory with a ProxyCommand host printed, one run in ten, "WARNING
-    asyncio: Unknown child process pid 2789, will report returncode 255" among its errors:
-    asyncio's transport close reaps the command's process as its child watcher waits for it
-    (python/cpython#86276). That exit status is never read. The warning shows with debug
-    output only; asyncio's other warnings are untouched."""
-    assert pool_module.SSHPool is SSHPool  # the pool's import installs the filter
-    asyncio_log = logging.getLogger("asyncio")
-    with caplog.at_level(logging.WARNING):
-        asyncio_log.warning("Unknown child process pid %d, will report returncode 255", 2789)
-        asyncio_log.warning("Executing %s took %.3f seconds", "<Handle>", 0.25)
-    assert [r.getMessage() for r in caplog.records] == ["Executing <Handle> took 0.250 seconds"]
-    caplog.clear()
-    with caplog.at_level(logging.DEBUG):
-        asyncio_log.warning("Unknown child process pid %d, will report returncode 255", 2789)
-    assert len(caplog.records) == 1
 
 
 async def test_ssh_config_comments_and_times_are_read_as_ssh_reads_them(

@@ -22,6 +22,8 @@ What it owns:
   channel windows sized to the link (the window, not the cipher, bounds throughput on a
   high-RTT link; on a short one it is only memory), keepalives, connect timeout, idle close.
 - Reconnecting once, with backoff, when a connection dropped between operations.
+- Running a ProxyCommand as ssh runs it, its stderr kept out of the SSH stream, and ending
+  it with its connection (:class:`_ProxyCommand`, a task of the pool's task group).
 - Classifying asyncssh/OS failures into :mod:`remote_sync.errors`.
 
 Host keys are always checked against known_hosts, under the host name ssh looks up: the
@@ -45,8 +47,10 @@ import logging
 import os
 import re
 import shlex
+import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -69,9 +73,11 @@ from ..errors import (
     HostUnreachableError,
     RemoteSyncError,
     SSHError,
+    showable,
 )
 from . import sshconfig
 from .sshconfig import (
+    _SAFE_VALUE,
     MATCH_ALONE,
     SystemWide,
     UnsafeTokenValue,
@@ -470,6 +476,18 @@ class _Client(asyncssh.SSHClient):
         #: known_hosts) and the offered key's SHA256 fingerprint, for the refusal's hint.
         self.key_name = ""
         self.offered = ""
+        #: The ProxyCommand the connection is made on, ended when the connection closes.
+        self.proxy: _ProxyCommand | None = None
+        self.made = False  # asyncssh made its connection (on its socket) for this client
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.made = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # asyncssh calls this however the connection ends (closed by us, by the host, or
+        # lost): the command has served its purpose then.
+        if self.proxy is not None:
+            self.proxy.stop()
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
@@ -1204,21 +1222,25 @@ class SSHPool:
         return self._warnings.get(endpoint, ())
 
     async def __aenter__(self) -> SSHPool:
+        # Always: the ProxyCommands of the connections run in it (_ProxyCommand.run).
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
         if self.settings.idle_close > 0:
-            self._task_group = anyio.create_task_group()
-            await self._task_group.__aenter__()
             self._task_group.start_soon(self._close_idle_loop)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
-            if self._task_group is not None:
-                self._task_group.cancel_scope.cancel()
-                await self._task_group.__aexit__(None, None, None)
-        finally:
-            self._task_group = None
+            # The connections first, so that their ProxyCommands end after them, as when a
+            # connection closes alone; then the tasks (the idle loop, and the ProxyCommands,
+            # each killed and reaped under a shield however it is stopped).
             with anyio.CancelScope(shield=True):
                 await self.close()
+        finally:
+            group, self._task_group = self._task_group, None
+            if group is not None:
+                group.cancel_scope.cancel()
+                await group.__aexit__(None, None, None)
 
     async def close(self) -> None:
         """Close every connection."""
@@ -1401,19 +1423,39 @@ class SSHPool:
         if endpoint.port:
             options["port"] = endpoint.port
         opened = None
-        # The inventory's proxy_command came with the pre-flight's options, expanded.
-        if not endpoint.proxy_command and tunnel is None and resolved.jumps is not None:
+        command = None
+        if tunnel is None and endpoint.proxy_command:
+            # The inventory's proxy_command, expanded by the pre-flight (_prepare).
+            command = options.get("proxy_command")
+        elif tunnel is None and resolved.jumps is not None:
             # Jump hosts are connected here, not by asyncssh: it would connect them from the
             # ssh_config alone, with "UserKnownHostsFile none" meaning no check at all.
             opened = tunnel = await self._open_jumps(resolved.jumps, endpoint, host, depth)
+        elif tunnel is None:
+            command = _configured_proxy_command(resolved)
         # None: no jump host, and asyncssh must not open one of its own choosing.
         options["tunnel"] = tunnel
+        # A ProxyCommand is run here (_ProxyCommand), never by asyncssh: it fed the command's
+        # stderr into the SSH stream.
+        options["proxy_command"] = None
+        proxy = None
         try:
+            if command is not None:
+                _refuse_shell_code(command, endpoint, resolved, host)
+                proxy = client.proxy = _ProxyCommand(command, host)
+                options["sock"] = self._start(proxy, resolved)
             through = resolved.jumps if opened is not None else None
-            conn = await self._connect_mapped(endpoint, host, options, client, resolved, through)
+            conn = await self._connect_mapped(
+                endpoint, host, options, client, resolved, through, proxy
+            )
         except BaseException:
             if opened is not None:
                 opened.close()
+            if proxy is not None:
+                proxy.stop()
+                sock = options.get("sock")
+                if sock is not None and not client.made:
+                    sock.close()  # asyncssh stopped before a transport of its took it
             raise
         if tunnel is not None:
             conn.set_tunnel(tunnel)  # closing this connection closes the jump hosts' too
@@ -1451,9 +1493,11 @@ class SSHPool:
         client: _Client,
         resolved: _Resolved,
         through: str | None,
+        proxy: _ProxyCommand | None,
     ) -> asyncssh.SSHClientConnection:
         """asyncssh's connect, its failures mapped to our errors, naming ``host`` (and the
-        ProxyJump hosts it went ``through``, when it opened them)."""
+        ProxyJump hosts it went ``through``, when it opened them, or the ``proxy`` command
+        it was made on, with what that command said last on its stderr)."""
         try:
             return await asyncssh.connect(endpoint.address, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
@@ -1494,7 +1538,42 @@ class SSHPool:
             error = _local_failure(exc, endpoint, host, options)
             if error is not None:
                 raise error from exc
-            raise _noting_jump(exc, host, through, _route(options, resolved)) from exc
+            route = _route(proxy.command if proxy is not None else None, resolved)
+            failed = _noting_jump(exc, host, through, route)
+            if proxy is not None:
+                # Stopped (and its stderr read to the end) before it is quoted: a command
+                # that failed has said why ("Connection refused"), where asyncssh says
+                # only that the connection was lost.
+                proxy.stop()
+                with anyio.CancelScope(shield=True):
+                    await proxy.ended()
+                said, quit = proxy.said(), proxy.quit()
+                if quit is not None and type(failed) is HostUnreachableError:
+                    # Its exit is the cause; how the socket then ended ("connection reset
+                    # by peer") says nothing more.
+                    failed.message = f"cannot connect {route}: the command {quit}"
+                if said is not None:
+                    failed.message += f"; it said: {said}"
+                failed.args = (failed.message,)
+            raise failed from exc
+
+    def _start(self, proxy: _ProxyCommand, resolved: _Resolved) -> socket.socket:
+        """Start ``proxy``, owned from then by a task of the pool's task group; the socket
+        the connection is made on."""
+        if self._task_group is None:
+            raise RuntimeError("a ProxyCommand runs in the pool's task group: async with SSHPool()")
+        try:
+            sock = proxy.spawn()
+        except OSError as exc:  # the shell itself could not be run
+            raise HostUnreachableError(
+                f"cannot connect {_route(proxy.command, resolved)}: cannot run the shell "
+                f"{proxy.shell!r}: {exc.strerror or exc}",
+                host=proxy.host,
+                hint="the ProxyCommand runs with $SHELL -c, as in ssh: set SHELL to a shell "
+                "that exists",
+            ) from exc
+        self._task_group.start_soon(proxy.run)
+        return sock
 
     async def _drop(self, slot: _HostSlot) -> None:
         conn, slot.conn = slot.conn, None
@@ -1562,6 +1641,229 @@ def expand_proxy_tokens(endpoint: Endpoint, resolved: _Resolved, host: str) -> s
             host=host,
             hint="use only %h %k %n %p %r in proxy_command, and write %% for a %",
         ) from None
+
+
+def _configured_proxy_command(resolved: _Resolved) -> str | None:
+    """The ssh_config's ProxyCommand for the endpoint, its tokens expanded as asyncssh read
+    it, unsplit (asyncssh splits it into words; the shell reads it, as ssh's does)."""
+    if resolved.parsed is None:
+        return None
+    command = resolved.parsed.config.get("ProxyCommand")
+    return command if isinstance(command, str) and command else None
+
+
+def _refuse_shell_code(command: str, endpoint: Endpoint, resolved: _Resolved, host: str) -> None:
+    """Refuse to run ``command`` when the user name or HostName it may have been given by a
+    token holds a character the shell could read as code, and is in it: the shell reads the
+    command (as ssh's does; asyncssh ran it without one), and a user name of the command
+    line or the inventory ("a$(id)@box") would run. ssh refuses such a user name from its
+    command line since OpenSSH 9.6; ``Match exec`` refuses it as well
+    (:func:`~remote_sync.ssh.sshconfig.expand_match_exec`)."""
+    for what, token, value in (
+        ("user name", "%r", resolved.user),
+        ("host name", "%h", resolved.host),
+    ):
+        if value and value in command and _SAFE_VALUE.fullmatch(value) is None:
+            raise ConfigError(
+                f"ProxyCommand {command!r}: the {what} {value!r} in it holds a character the "
+                "shell could read as code; only letters, digits and @%+=:,./_- are put in a "
+                "command the shell runs",
+                host=host,
+                path=None if endpoint.proxy_command else _config_names(endpoint),
+                hint=f"use a {what} of letters, digits and @%+=:,./_- only, or take {token} "
+                "out of the ProxyCommand",
+            )
+
+
+#: How much of a ProxyCommand's stderr is kept, for its connection's error to quote.
+_PROXY_STDERR_KEPT = 8192
+#: How long a ProxyCommand has to exit on SIGHUP (what ssh sends it) before its process
+#: group is killed.
+_PROXY_GRACE = 1.0
+#: How long its stderr is still read once its process group is gone (a process that left
+#: the group may hold it open).
+_PROXY_DRAIN = 0.5
+
+
+class _ProxyCommand:
+    """A ProxyCommand run for one connection as ssh runs it (sshconnect.c's
+    ssh_proxy_connect): ``$SHELL -c "exec COMMAND"`` (``/bin/sh`` when SHELL is unset), its
+    stdin and stdout one end of a socket pair whose other end the connection is made on.
+
+    Its stderr is never part of the SSH stream: asyncssh's own ProxyCommand fed it in, and a
+    jump host's "Warning: Permanently added ..." in the middle of a connection broke it (a
+    MAC that did not verify). It is read apart, each line logged at debug level, and its
+    last :data:`_PROXY_STDERR_KEPT` bytes kept for a failed connection's error to quote
+    (:meth:`said`): ssh shows it on its own stderr.
+
+    The command runs in a session of its own, as asyncssh ran it: a Ctrl-C at the terminal
+    reaches us alone, and its process group can be killed whole. :meth:`run`, a task of the
+    pool's task group, owns the process once it is spawned: when :meth:`stop` is called (the
+    connection closed or was lost, its opening failed or was cancelled) or the task is
+    cancelled, it sends the group SIGHUP, as ssh sends its proxy, then SIGKILL to what is
+    left of it (a job the command put in the background), and reaps the command itself,
+    under a shield: no zombie, no descriptor left, and no asyncio child watcher involved
+    (whose race with asyncio's own reaping warned of an "Unknown child process pid",
+    python/cpython#86276)."""
+
+    def __init__(self, command: str, host: str) -> None:
+        self.command = command
+        self.host = host
+        self.shell = os.environ.get("SHELL") or "/bin/sh"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stderr = bytearray()
+        self._stop = anyio.Event()
+        self._drained = anyio.Event()
+        self._exited = anyio.Event()
+        self._ended = anyio.Event()
+        self._quit = False  # it exited before it was told to
+
+    def spawn(self) -> socket.socket:
+        """Start the command; the socket the connection is to be made on. OSError when the
+        shell cannot be run."""
+        ours, theirs = socket.socketpair()
+        try:
+            with theirs:  # the command's copy: ours closes when the command has it
+                self._process = subprocess.Popen(
+                    [self.shell, "-c", f"exec {self.command}"],
+                    stdin=theirs.fileno(),
+                    stdout=theirs.fileno(),
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
+        except BaseException:
+            ours.close()
+            raise
+        log.debug(
+            "%s: running ProxyCommand %s (pid %d)", self.host, self.command, self._process.pid
+        )
+        return ours
+
+    def stop(self) -> None:
+        """End the command (:meth:`run` does it): its connection is over."""
+        self._stop.set()
+
+    async def ended(self) -> None:
+        """Wait until the command is reaped and its stderr read."""
+        await self._ended.wait()
+
+    def quit(self) -> str | None:
+        """How the command ended, once :meth:`ended`, when it exited before it was told to
+        ("exited with status 255"); else None."""
+        status = None if self._process is None or not self._quit else self._process.returncode
+        if status is None:
+            return None
+        return f"exited with status {status}" if status >= 0 else f"was killed by signal {-status}"
+
+    def said(self) -> str | None:
+        """The last lines (up to three) the command wrote to its stderr, on one line, safe to
+        show; None when it wrote nothing."""
+        text = self._stderr.decode("utf-8", "replace")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return showable(" / ".join(lines[-3:])) if lines else None
+
+    async def run(self) -> None:
+        process = self._process
+        assert process is not None and process.stderr is not None
+        stderr = process.stderr.fileno()
+        os.set_blocking(stderr, False)
+        exit_fd = _exit_descriptor(process.pid)
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._read, stderr)
+                if exit_fd is not None:
+                    tasks.start_soon(self._watch, exit_fd)
+                try:
+                    await self._stop.wait()
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._end(process, exit_fd is not None)
+                        with anyio.move_on_after(_PROXY_DRAIN):
+                            await self._drained.wait()
+                    tasks.cancel_scope.cancel()
+        finally:
+            if process.returncode is None:  # cancelled before it could wait for the stop
+                with anyio.CancelScope(shield=True):
+                    await self._end(process, False)
+            process.stderr.close()
+            if exit_fd is not None:
+                os.close(exit_fd)
+            self._ended.set()
+
+    async def _watch(self, exit_fd: int) -> None:
+        """Stop when the command exits: the connection is over then, even when a job it left
+        in the background holds the socket open (the connection would wait for its
+        timeout)."""
+        await anyio.wait_readable(exit_fd)
+        self._exited.set()
+        self._stop.set()
+
+    async def _end(self, process: subprocess.Popen[bytes], watched: bool) -> None:
+        """SIGHUP to the command's group, SIGKILL to what is left of it, then reap it."""
+        # Asked here, not when the exit was seen: the connection may have been seen lost
+        # (the command's end of the socket closed as it exited) first.
+        self._quit = _has_exited(process.pid)
+        _signal_group(process.pid, signal.SIGHUP)
+        if watched:  # else it is killed at once
+            with anyio.move_on_after(_PROXY_GRACE):
+                await self._exited.wait()
+        # While the command is not reaped its pid is not free, so the group's id is not
+        # another's yet.
+        _signal_group(process.pid, signal.SIGKILL)
+        status = await anyio.to_thread.run_sync(process.wait)
+        log.debug("%s: ProxyCommand exited with status %d", self.host, status)
+
+    async def _read(self, stderr: int) -> None:
+        """Read the command's stderr to its end: kept (the last bytes) and logged."""
+        pending = b""
+        try:
+            while True:
+                await anyio.wait_readable(stderr)
+                try:
+                    data = os.read(stderr, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    break
+                if not data:
+                    break
+                self._stderr += data
+                del self._stderr[:-_PROXY_STDERR_KEPT]
+                *lines, pending = (pending + data).split(b"\n")
+                pending = pending[-_PROXY_STDERR_KEPT:]
+                for line in lines:
+                    self._log(line)
+        finally:
+            if pending:
+                self._log(pending)
+            self._drained.set()
+
+    def _log(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        log.debug("%s: ProxyCommand: %s", self.host, showable(text))
+
+
+def _signal_group(pid: int, number: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, number)
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether the child ``pid`` has exited, without reaping it (False where that cannot be
+    asked: macOS before Python 3.13)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except (AttributeError, ChildProcessError):
+        return False
+
+
+def _exit_descriptor(pid: int) -> int | None:
+    """A descriptor that becomes readable when the child ``pid`` exits, without reaping it (a
+    pidfd: Linux 5.3 and later); None where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _jump_endpoints(jumps: str, endpoint: Endpoint, host: str) -> list[tuple[str, Endpoint]]:
@@ -1714,17 +2016,13 @@ def _host_key_hint(client: _Client) -> str | None:
     )
 
 
-def _route(options: dict[str, Any], resolved: _Resolved) -> str:
-    """Where a connection built with ``options`` went, as its failure names it: the address
-    and port asked for (of the ssh_config's HostName and Port, as ssh's "connect to host H
-    port P" names them; through ProxyJump hosts, the last one asked for them), or the
-    ProxyCommand it ran instead, as no address of ours was tried then."""
-    command = options.get("proxy_command")
-    if command is None and resolved.parsed is not None:
-        command = resolved.parsed.proxy_command  # the ssh_config's, split and expanded
+def _route(command: str | None, resolved: _Resolved) -> str:
+    """Where a connection went, as its failure names it: the address and port asked for (of
+    the ssh_config's HostName and Port, as ssh's "connect to host H port P" names them;
+    through ProxyJump hosts, the last one asked for them), or the ProxyCommand it ran
+    instead (``command``, expanded), as no address of ours was tried then."""
     if command:
-        text = command if isinstance(command, str) else shlex.join(command)
-        return f"through ProxyCommand {text}"
+        return f"through ProxyCommand {command}"
     return f"to {resolved.host} port {resolved.port}"  # the lookup had the endpoint's port
 
 
@@ -1871,23 +2169,6 @@ __all__ = [
 
 # Silence asyncssh's per-channel info logging unless the user asks for debug output.
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
-
-
-def _not_a_reap_race(record: logging.LogRecord) -> bool:
-    """False for asyncio's warning of an "unknown child process": a ProxyCommand's process
-    that exits as its connection closes is reaped by the poll() of asyncio's transport close
-    while asyncio's child watcher waits for it too (python/cpython#86276), and the watcher
-    then warns. Its exit status is never read, so the warning, on a terminal among a sync's
-    errors or in cron's mail, says nothing true of the run: it shows with debug output only
-    (``-vv``)."""
-    if record.levelno == logging.WARNING and str(record.msg).startswith(
-        "Unknown child process pid"
-    ):
-        return logging.getLogger("asyncio").isEnabledFor(logging.DEBUG)
-    return True
-
-
-logging.getLogger("asyncio").addFilter(_not_a_reap_race)
 
 
 _INCLUDE_LOCK = threading.RLock()

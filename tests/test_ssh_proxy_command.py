@@ -1,0 +1,225 @@
+"""A ProxyCommand as ssh runs it: through the shell, its stderr kept out of the SSH stream
+(logged, and quoted when the connection fails), its process group ended and reaped with
+its connection, against real OpenSSH servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from sshfleet import SSHFleet
+from synchelp import expected_tree, make_openclaw_tree, mirror_tree, write_inventory
+
+from remote_sync.errors import ConfigError, HostUnreachableError
+from remote_sync.events import ErrorEvent, decode_event
+from remote_sync.ssh.pool import Endpoint, SSHPool
+from remote_sync.ssh.stream import run_command
+
+RELAY = Path(__file__).resolve().parent.parent / "bench" / "delay_relay.py"
+
+#: Says its pid (its process group's id: the command runs in a session of its own) into the
+#: file PIDFILE, writes to stderr before the connection, then every 0.1 s for a second
+#: while the relay carries it (a jump host's banner, ssh -W's "Warning: Permanently added").
+NOISY = (
+    "sh -c 'echo $$ > PIDFILE; echo hello from the proxy >&2; "
+    "(for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.1; echo noise >&2; done) & "
+    f"exec {sys.executable} {RELAY} --delay-ms 20 %h %p'"
+)
+
+#: A jump host that is down, as ssh -W says it, with a background job still running.
+REFUSED = (
+    "sh -c 'echo $$ > PIDFILE; sleep 30 & "
+    'echo "ssh: connect to host jump.example port 22: Connection refused" >&2; exit 255\''
+)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The processes of the process group ``pgid``, but zombies another process is to reap
+    (init, for the group's orphans): a zombie of ours is one we failed to reap."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, ppid, group = stat.rpartition(")")[2].split()[:3]
+        if int(group) == pgid and (state != "Z" or int(ppid) == os.getpid()):
+            members.append(int(entry.name))
+    return members
+
+
+def _group_gone(pgid: int) -> bool:
+    """Whether the group ``pgid`` is gone within a few seconds (a killed process takes a
+    moment to die)."""
+    deadline = time.monotonic() + 5
+    while _group_members(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _proxied(fleet: SSHFleet, command: str) -> Endpoint:
+    return Endpoint(
+        address="127.0.0.1",
+        port=fleet.host("h0").port,
+        user=fleet.user,
+        ssh_config=(),
+        identity_files=(str(fleet.client_key),),
+        known_hosts=str(fleet.known_hosts),
+        proxy_command=command,
+    )
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_proxy_command_writing_to_stderr_during_the_sync_does_not_break_it(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """asyncssh fed the command's stderr into the SSH stream: a line written mid-connection
+    broke it ("MAC verification failed"). It is logged at debug level, and no process of the
+    command's group is left once the run ends; asyncio's "Unknown child process" warning,
+    which came from its reaping the command, does not appear in a few runs."""
+    pidfile = tmp_path / "pid"
+    command = NOISY.replace("PIDFILE", str(pidfile))
+    inv = write_inventory(
+        fleet, tmp_path / "inventory.toml", ["h0"], f"proxy_command = {json.dumps(command)}"
+    )
+    make_openclaw_tree(fleet, "h0", sessions=6, lines=200)
+    dest = tmp_path / "mirror"
+    for run in range(3):
+        done = subprocess.run(
+            [sys.executable, "-m", "remote_sync.cli", "-vv", "sync", *("-I", inv, "-d", dest)],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        err = done.stderr.decode()
+        assert done.returncode == 0, err
+        assert "Unknown child process" not in err, err
+        if run == 0:
+            assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
+            assert "ProxyCommand: hello from the proxy" in err, err
+            assert "ProxyCommand: noise" in err, err
+        assert _group_gone(int(pidfile.read_text()))
+    # Without -v, nothing of it is shown.
+    quiet = subprocess.run(
+        [sys.executable, "-m", "remote_sync.cli", "sync", "-I", str(inv), "-d", str(dest)],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert quiet.returncode == 0 and b"noise" not in quiet.stderr, quiet.stderr
+
+
+def test_a_failing_proxy_command_is_quoted_in_the_error(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A jump host that is down was reported as "Connection lost" alone: the command's last
+    words say why, and the error quotes them, naming the host and the command."""
+    from remote_sync.cli import main
+
+    pidfile = tmp_path / "pid"
+    command = REFUSED.replace("PIDFILE", str(pidfile))
+    inv = write_inventory(
+        fleet, tmp_path / "inventory.toml", ["h0"], f"proxy_command = {json.dumps(command)}"
+    )
+    code = main(["sync", "-I", str(inv), "-d", str(tmp_path / "mirror"), "--json"])
+    out = capsys.readouterr().out
+    (event,) = [e for e in map(decode_event, out.splitlines()) if isinstance(e, ErrorEvent)]
+    assert code == 1 and event.kind == "unreachable", event
+    assert event.host == "h0", event
+    assert "cannot connect through ProxyCommand sh -c " in event.message, event.message
+    assert event.message.endswith(
+        ": the command exited with status 255; it said: "
+        "ssh: connect to host jump.example port 22: Connection refused"
+    ), event.message
+    # Its background job went with it.
+    assert _group_gone(int(pidfile.read_text()))
+
+
+async def test_the_proxy_command_is_ended_and_reaped_with_its_connection(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """After a connection that worked, one that failed and one whose opening was cancelled,
+    no process of the command's group is left, not even a zombie, and no descriptor."""
+    pidfile = tmp_path / "pid"
+    before = _fds()
+
+    def group() -> list[int]:
+        return _group_members(int(pidfile.read_text()))
+
+    async with SSHPool() as pool:
+        ep = _proxied(fleet, NOISY.replace("PIDFILE", str(pidfile)))
+        assert await run_command(pool, ep, ["echo", "hi"], host="h0") == b"hi\n"
+        assert group() != []
+        await pool.invalidate(ep)  # closed: the command goes with it
+        with anyio.fail_after(5):
+            while group():
+                await anyio.sleep(0.05)
+
+        failing = _proxied(fleet, REFUSED.replace("PIDFILE", str(pidfile)))
+        with pytest.raises(HostUnreachableError, match="Connection refused"):
+            await run_command(pool, failing, ["true"], host="h0")
+        # Reaped before the error was raised (no zombie), its background job killed.
+        assert not Path(f"/proc/{pidfile.read_text().strip()}").exists()
+        assert _group_gone(int(pidfile.read_text()))
+
+        # Never answers: the opening is cancelled while the command runs.
+        stuck = _proxied(fleet, f"sh -c 'echo $$ > {pidfile}; sleep 60 & exec sleep 60'")
+        with anyio.move_on_after(1) as scope:
+            await run_command(pool, stuck, ["true"], host="h0")
+        assert scope.cancelled_caught
+        assert group() != []  # still running: the pool's task ends it
+    assert not Path(f"/proc/{pidfile.read_text().strip()}").exists()
+    assert _group_gone(int(pidfile.read_text()))
+    assert _fds() == before
+
+
+async def test_a_user_name_the_shell_would_run_is_not_put_in_the_command(tmp_path: Path) -> None:
+    """The shell reads the command, as ssh's does (asyncssh split it into words): a user name
+    of the command line ("a$(touch X)@box") that %r put in would run, so it is refused, as
+    ssh 9.6 refuses it, before anything runs."""
+    ran = tmp_path / "ran"
+    (tmp_path / "known_hosts").write_text("")
+    ep = Endpoint(
+        address="127.0.0.1",
+        user=f"a$(touch {ran})",
+        ssh_config=(),
+        known_hosts=str(tmp_path / "known_hosts"),
+        proxy_command="ssh -W %h:%p -l %r jump.invalid",
+    )
+    async with SSHPool() as pool:
+        with pytest.raises(ConfigError, match=r"the user name .* holds a character the shell"):
+            await run_command(pool, ep, ["true"], host="box")
+    assert not ran.exists()
+
+
+async def test_an_ssh_config_proxy_command_is_read_by_the_shell(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ssh runs ``$SHELL -c "exec COMMAND"``: a redirection or a variable in the command is
+    the shell's. asyncssh split it into words itself, and gave the relay "2>/dev/null" and
+    "$RELAY_DELAY" as arguments."""
+    h = fleet.host("h0")
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        f"Host box\n  HostName 127.0.0.1\n  Port {h.port}\n  User {fleet.user}\n"
+        f"  IdentityFile {fleet.client_key}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {fleet.known_hosts}\n"
+        f"  ProxyCommand {sys.executable} {RELAY} --delay-ms $RELAY_DELAY %h %p 2>/dev/null\n"
+    )
+    monkeypatch.setenv("RELAY_DELAY", "0")
+    async with SSHPool() as pool:
+        ep = Endpoint(address="box", ssh_config=(str(cfg),))
+        assert await run_command(pool, ep, ["echo", "hi"], host="box") == b"hi\n"

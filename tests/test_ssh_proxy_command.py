@@ -223,3 +223,24 @@ async def test_an_ssh_config_proxy_command_is_read_by_the_shell(
     async with SSHPool() as pool:
         ep = Endpoint(address="box", ssh_config=(str(cfg),))
         assert await run_command(pool, ep, ["echo", "hi"], host="box") == b"hi\n"
+
+
+async def test_a_proxy_command_that_hands_the_socket_on_and_exits_0_keeps_its_connection(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """A command that exits with status 0 may have left the socket to a job of its own (a
+    proxy that forks and leaves): its connection goes on, as ssh's does. Only a failed
+    command ends the connection at its exit."""
+    pidfile = tmp_path / "pid"
+    # An asynchronous list's stdin is /dev/null before its redirections (POSIX sh): the
+    # socket is passed on as descriptor 3.
+    handing = (
+        f"sh -c 'echo $$ > {pidfile}; exec 3<&0; "
+        f"({sys.executable} {RELAY} --delay-ms 0 %h %p <&3 3<&- &); exit 0'"
+    )
+    async with SSHPool() as pool:
+        ep = _proxied(fleet, handing)
+        assert await run_command(pool, ep, ["echo", "hi"], host="h0") == b"hi\n"
+        await anyio.sleep(0.3)  # the command has long exited: the connection still serves
+        assert await run_command(pool, ep, ["echo", "again"], host="h0") == b"again\n"
+    assert _group_gone(int(pidfile.read_text()))

@@ -1791,12 +1791,15 @@ class _ProxyCommand:
             self._ended.set()
 
     async def _watch(self, exit_fd: int) -> None:
-        """Stop when the command exits: the connection is over then, even when a job it left
+        """Stop when the command fails: the connection is over then, even when a job it left
         in the background holds the socket open (the connection would wait for its
-        timeout)."""
+        timeout). A command that exits with status 0 may have handed the socket to a job of
+        its own (a proxy that forks and leaves), as ssh lets it: its connection goes on."""
         await anyio.wait_readable(exit_fd)
         self._exited.set()
-        self._stop.set()
+        assert self._process is not None
+        if _exit_status(self._process.pid) != 0:
+            self._stop.set()
 
     async def _end(self, process: subprocess.Popen[bytes], watched: bool) -> None:
         """SIGHUP to the command's group, SIGKILL to what is left of it, then reap it."""
@@ -1855,6 +1858,18 @@ def _has_exited(pid: int) -> bool:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except (AttributeError, ChildProcessError):
         return False
+
+
+def _exit_status(pid: int) -> int | None:
+    """The exit status of the exited child ``pid``, without reaping it: its code, or minus
+    the signal that killed it; None where that cannot be asked."""
+    try:
+        found = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except (AttributeError, ChildProcessError):
+        return None
+    if found is None:
+        return None
+    return found.si_status if found.si_code == os.CLD_EXITED else -found.si_status
 
 
 def _exit_descriptor(pid: int) -> int | None:

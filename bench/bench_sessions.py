@@ -9,7 +9,7 @@ realistic OpenClaw sessions from ``tests/sessiongen.py`` into it, and measures:
    ``remote-sync`` as found on PATH when that is something else), median of 5 alternating runs
    with its peers ``python3 -c pass`` and ``sqlite3 D/.remote-sync/state.db 'select * from
    sessions'``; also without cached bytecode. The index is written directly
-   (``MirrorState.commit`` + ``put_session``) from the facts of 250 generated transcripts
+   (``MirrorState.commit`` + ``IndexRows``) from the facts of 250 generated transcripts
    indexed by the real reader, replicated with new ids, paths, hosts and times; each file's
    fingerprint is the digest a sync records. A child splits the time (import, ``cli.main()``,
    SQL, JSON) and times the first query with a bigger page cache or a memory map. Goal:
@@ -312,7 +312,7 @@ def build_index(dest: Path, n: int, rng: random.Random) -> dict[str, Any]:
     """An index of ``n`` sessions on 4 hosts, written straight into the state database."""
     import msgspec
 
-    from remote_sync.index.store import put_session
+    from remote_sync.index.store import IndexRows
     from remote_sync.mirror.state import FileState, MirrorState
 
     t0 = time.perf_counter()
@@ -360,8 +360,10 @@ def build_index(dest: Path, n: int, rng: random.Random) -> dict[str, Any]:
             state.set_host(f"h{h}", FORMAT, "~/.openclaw", f"h{h}")
 
         def write_index() -> None:
+            rows = IndexRows()  # as a sync's commit writes its sessions
             for host, path, facts, marks in sessions:
-                put_session(state.db, host, path, FORMAT, facts, marks, fresh=True)
+                rows.put(host, path, FORMAT, facts, marks, fresh=True)
+            rows.write(state.db)
 
         state.commit(files, also=write_index)
     db_bytes = sum(p.stat().st_size for p in (dest / ".remote-sync").glob("state.db*"))

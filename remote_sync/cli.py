@@ -1288,18 +1288,28 @@ def run_versions_list(args: argparse.Namespace) -> int:
 def run_versions_restore(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     try:
-        from .mirror.versions import restore_version
+        from .mirror.versions import find_version
 
         if not args.to:
             raise ConfigError("--to is empty", hint="name a file, or - for stdout")
-        dest = _dest(args)
-
-        def restore() -> int:
-            to = sys.stdout.buffer if args.to == "-" else args.to
-            restore_version(dest, args.host, args.path, args.version, to, force=args.force)
+        # The lookup and the checks of FILE outside _guard_pipe: an OSError of theirs (no
+        # permission on a directory) is no lost output, and they turn it into their errors.
+        kept = find_version(_dest(args), args.host, args.path, args.version)
+        if args.to != "-":
+            kept.write_to(Path(args.to), force=args.force)
             return EXIT_OK
 
-        return _guard_pipe(restore)
+        def copy_out() -> int:
+            from .events import stdout_to_devnull
+
+            try:
+                kept.copy_to(sys.stdout.buffer)
+            except OutputError:
+                stdout_to_devnull()  # what is still buffered would fail again at exit
+                raise
+            return EXIT_OK
+
+        return _guard_pipe(copy_out)
     except RemoteSyncError as exc:
         return _fail(exc, args)
 

@@ -3,12 +3,16 @@ rewrote files (a real sync against the sshd fleet keeps the versions)."""
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -20,8 +24,9 @@ from synchelp import run_cli, session_bytes, write_inventory
 
 from remote_sync import api
 from remote_sync.cli import main
-from remote_sync.errors import ConfigError, path_bytes, path_text
-from remote_sync.mirror.versions import VersionRow, _names
+from remote_sync.errors import ConfigError, MirrorError, OutputError, path_bytes, path_text
+from remote_sync.mirror.state import FileState, MirrorState
+from remote_sync.mirror.versions import VersionRow, _names, restore_version
 
 BASE = b"agents/a/sessions/"
 PLAIN = BASE + b"sess-1.jsonl"
@@ -245,4 +250,217 @@ def test_api_list_versions_takes_a_list_of_files(tmp_path: Path) -> None:
         return await api.list_versions(dest=tmp_path, files="sess-1")
 
     with pytest.raises(ConfigError, match="not one"):
+        anyio.run(listed)
+
+
+# -- mirrors built by hand: what no sync leaves (a link, a loop, a damaged database) -----------
+
+
+def _by_hand(dest: Path, copies: list[bytes], rel: bytes = PLAIN) -> list[Path]:
+    """A mirror of h0 whose ``rel`` has ``copies`` as its versions (recorded in the state, as
+    a sync leaves them), without a sync; the places of the versions."""
+    with MirrorState(dest) as state:
+        state.set_host("h0", "openclaw", "/data", "h0")
+        local = state.local_path("h0", rel)
+        local.parent.mkdir(parents=True)
+        local.write_bytes(b"now\n")
+        places = []
+        for number, data in enumerate(copies, 1):
+            place = state.version_path("h0", rel, number)
+            place.parent.mkdir(parents=True, exist_ok=True)
+            place.write_bytes(data)
+            places.append(place)
+        row = FileState("h0", rel, "append", 4, 4, 0.0, 1, 1, b"", version=len(copies))
+        state.commit([row])
+    return places
+
+
+def test_a_copy_that_cannot_be_looked_at_is_a_mirror_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kept copy whose stat failed other than by its absence (here a loop of links on its
+    way: ELOOP; no permission and an I/O error go the same way) ended ``versions list`` in a
+    traceback, and ``api.list_versions`` raised the bare OSError that ``except
+    RemoteSyncError`` misses. It is a MirrorError naming host, path and the copy, with the
+    directory to look at."""
+    dest = tmp_path / "m"
+    (place,) = _by_hand(dest, [b"old\n"])
+    agents = dest / ".remote-sync" / "versions" / "h0" / "agents"
+    os.rename(agents, tmp_path / "agents")
+    agents.symlink_to(agents.name)  # a link to itself
+    code, out, err = _cli(["versions", "list", "--dest", str(dest)], capsys)
+    assert (code, out) == (1, ""), err
+    shown = path_text(os.fsencode(place.relative_to(dest)))
+    assert f"h0: {path_text(PLAIN)}: cannot look at version 1 ({shown}): " in err, err
+    assert "Too many levels of symbolic links" in err and "check the permissions of" in err
+
+    async def listed() -> list[VersionRow]:
+        return await api.list_versions(dest=dest)
+
+    with pytest.raises(MirrorError, match="cannot look at version 1") as raised:
+        anyio.run(listed)
+    assert raised.value.host == "h0" and raised.value.path == path_text(PLAIN)
+
+
+def test_a_link_in_the_versions_folder_is_neither_listed_nor_followed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A symbolic link put in a version's place by hand was listed with its target's size and
+    restored from its target, with the target's permissions: any file this user can read
+    came out as a kept version. It is left out of the listing, and restore refuses it by
+    name, to a file and to stdout; the other versions are as before."""
+    dest = tmp_path / "m"
+    first, second = _by_hand(dest, [b"v1\n", b"second copy\n"])
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not a transcript of this mirror\n")
+    secret.chmod(0o600)
+    first.unlink()
+    first.symlink_to(secret)
+    rows = _listed(dest, capsys)
+    assert [(r.version, r.bytes) for r in rows] == [(2, len(b"second copy\n"))]
+
+    restore = ["versions", "restore", "h0", path_text(PLAIN), "1", "--dest", str(dest)]
+    out = tmp_path / "out"
+    for to in (str(out), "-"):
+        code, printed, err = _cli([*restore, "--to", to], capsys)
+        assert (code, printed) == (1, ""), err
+        assert "h0: " + path_text(PLAIN) + ": version 1 (" in err, err
+        assert "is a symbolic link, not a copy a sync kept: not restored" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".remote-sync-restore-*"))
+    with pytest.raises(MirrorError, match="is a symbolic link"):
+        restore_version(dest, "h0", path_text(PLAIN), 1, io.BytesIO())
+    code, _, err = _cli([*restore[:4], "2", "--dest", str(dest), "--to", str(out)], capsys)
+    assert code == 0 and out.read_bytes() == b"second copy\n", err
+    assert second.read_bytes() == b"second copy\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_a_restore_to_a_full_stdout_blames_the_output_not_the_mirror(tmp_path: Path) -> None:
+    """``versions restore --to - > /dev/full`` said "cannot copy version 1: No space left on
+    device (free space or fix permissions on the destination...)", as if the mirror were
+    full. The output is: an OutputError, exit 1, and the mirror is said to be untouched."""
+    dest = tmp_path / "m"
+    _by_hand(dest, [b"x" * 100_000])
+    command = ["versions", "restore", "h0", path_text(PLAIN), "1", "--to", "-", "-d", str(dest)]
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "remote_sync.cli", *command],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "cannot write version 1 to the output: No space left on device" in err, err
+    assert "the disk the output goes to" in err and "the mirror is untouched" in err, err
+    assert "destination" not in err and "Traceback" not in err and "Exception" not in err
+
+
+class _FailingStream(io.RawIOBase):
+    """A stream whose every read or write fails with ``error``."""
+
+    def __init__(self, error: int) -> None:
+        self.error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise OSError(self.error, os.strerror(self.error))
+
+    def write(self, data: Any) -> int:
+        raise OSError(self.error, os.strerror(self.error))
+
+
+def test_a_restore_tells_a_failed_read_of_the_copy_from_a_failed_write_of_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both were "cannot copy version 1" with the destination's hint. A write to the output
+    stream that fails is an OutputError; a read of the kept copy that fails (an I/O error of
+    the mirror's disk) a MirrorError naming the copy, to a stream as to a file."""
+    dest = tmp_path / "m"
+    (place,) = _by_hand(dest, [b"kept\n"])
+    with pytest.raises(OutputError, match="cannot write version 1 to the output: No space"):
+        restore_version(dest, "h0", path_text(PLAIN), 1, _FailingStream(errno.ENOSPC))
+
+    real_fdopen = os.fdopen
+
+    def failing_reads(fd: int, *args: Any, **kwargs: Any) -> Any:
+        if os.path.samestat(os.fstat(fd), os.stat(place)):
+            os.close(fd)
+            return io.BufferedReader(_FailingStream(errno.EIO))
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", failing_reads)
+    shown = path_text(os.fsencode(place.relative_to(dest)))
+    for to in (io.BytesIO(), tmp_path / "out"):
+        with pytest.raises(MirrorError) as raised:
+            restore_version(dest, "h0", path_text(PLAIN), 1, to)
+        assert not isinstance(raised.value, OutputError)
+        assert raised.value.message == f"cannot read version 1 ({shown}): Input/output error"
+        assert raised.value.host == "h0" and "check the permissions of" in raised.value.hint
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".remote-sync-restore-*"))
+
+
+def test_a_target_that_cannot_be_looked_at_is_no_lost_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--to FILE`` whose check raised an OSError (Python 3.11's ``is_dir`` raises on a
+    directory this user may not search, and on a name too long) was told as output that
+    could not be written ("cannot write the output", exit 1) and stdout sent to /dev/null:
+    the restore ran inside the guard of the output. It is a usage error naming FILE."""
+    dest = tmp_path / "m"
+    _by_hand(dest, [b"kept\n"])
+    restore = ["versions", "restore", "h0", path_text(PLAIN), "1", "--dest", str(dest)]
+    too_long = tmp_path / ("x" * 300)
+    code, _, err = _cli([*restore, "--to", str(too_long)], capsys)
+    assert code == 2, err
+    assert f"{too_long}: cannot look at the file to restore to: File name too long" in err
+    assert "cannot write the output" not in err
+
+    real_is_dir = Path.is_dir
+
+    def no_permission(path: Path) -> bool:
+        if path.name == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_is_dir(path)
+
+    monkeypatch.setattr(Path, "is_dir", no_permission)
+    locked = tmp_path / "locked"
+    code, _, err = _cli([*restore, "--to", str(locked)], capsys)
+    assert code == 2, err
+    assert f"{locked}: cannot look at the file to restore to: Permission denied" in err
+    assert "cannot write the output" not in err
+
+
+def test_a_damaged_state_database_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A query of the state that SQLite refused (a damaged page; a lock held for longer
+    than the busy timeout goes the same way) ended ``versions list`` and ``restore`` in a
+    traceback: it is the error every reader of the index gives, naming the mirror."""
+    dest = tmp_path / "m"
+    _by_hand(dest, [b"kept\n"])
+    db_path = dest / ".remote-sync" / "state.db"
+    with sqlite3.connect(db_path) as db:
+        (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'files'").fetchone()
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    with open(db_path, "r+b") as raw:  # the table's root page: garbage
+        raw.seek((root - 1) * page_size)
+        raw.write(b"\xff" * page_size)
+    says = f"cannot read the mirror's state database in {dest}: database disk image is malformed"
+    for args in (["list"], ["restore", "h0", "sess-1", "1", "--to", str(tmp_path / "out")]):
+        code, _, err = _cli(["versions", *args, "--dest", str(dest)], capsys)
+        assert code == 2 and says in err, err
+        assert "move it aside" in err
+
+    async def listed() -> list[VersionRow]:
+        return await api.list_versions(dest=dest)
+
+    with pytest.raises(ConfigError, match="database disk image is malformed"):
         anyio.run(listed)

@@ -92,6 +92,7 @@ __all__ = [
     "select_rows",
     "session_class",
     "session_stats",
+    "unreadable_index",
 ]
 
 #: Transcripts smaller than this many bytes are ``empty``.
@@ -249,10 +250,7 @@ def open_index(dest: str | Path, *, warn: bool = True) -> sqlite3.Connection:
             )
         }
     except sqlite3.Error as exc:
-        raise ConfigError(
-            f"cannot read the mirror's state database in {dest}: {exc}",
-            hint=f"check the permissions of {Path(dest) / '.remote-sync'}",
-        ) from exc
+        raise unreadable_index(dest, exc) from exc
     if "sessions" not in tables or "files" not in tables:
         db.close()
         raise ConfigError(
@@ -284,6 +282,24 @@ def _held_state(format_name: str, path: bytes, version: int | None) -> str:
 def round_cost(cost: float | None) -> float | None:
     """``cost`` to :data:`COST_DIGITS` significant digits, as every row and total gives it."""
     return None if cost is None else float(f"{cost:.{COST_DIGITS}g}")
+
+
+def unreadable_index(dest: str | Path, exc: sqlite3.Error) -> ConfigError:
+    """The error of a read of the mirror's state database that SQLite refused: at its open
+    (no permission, not a database) or in a query (a damaged page, a lock held for longer
+    than the busy timeout): :func:`open_index`'s, and that of the queries that catch one."""
+    control = Path(dest) / ".remote-sync"
+    said = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in said:
+        hint = "another process has held it locked for long (a sqlite3 shell?): run again later"
+    elif "malformed" in said or "not a database" in said:
+        hint = (
+            f"check the file system that holds {control}; if the database itself is damaged, "
+            "move it aside (a sync then fetches every file again)"
+        )
+    else:
+        hint = f"check the permissions of {control}"
+    return ConfigError(f"cannot read the mirror's state database in {dest}: {exc}", hint=hint)
 
 
 def _use_readers(db: sqlite3.Connection) -> None:

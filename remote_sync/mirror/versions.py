@@ -1,7 +1,9 @@
 """Kept versions for people: listing the earlier copies a sync kept, and copying one out.
 
 What it owns: :class:`VersionRow` (one kept version, as ``versions list --json`` prints it and
-the library returns it), :func:`list_versions` and :func:`restore_version`. Where a version is
+the library returns it), :func:`list_versions` and :func:`restore_version` (:func:`find_version`
+and :class:`KeptVersion` are its two steps, the lookup and the copy, for a caller that tells
+their failures apart, as the CLI does for ``--to -``). Where a version is
 put and how it is numbered belongs to the writer and the state (``writer._put_in_place``,
 :meth:`MirrorState.version_path <remote_sync.mirror.state.MirrorState.version_path>`): this
 module only reads them. It never takes the mirror's lock (it reads the state as ``sessions``
@@ -12,7 +14,9 @@ a version's time is its file's mtime, the last time the mirror wrote that copy b
 rewrite moved it aside. A listing starts from the state's rows, as a version's place cannot
 be read back into its remote path (a name too long for ``.v<N>`` is cut, with a digest), and
 takes the versions on disk after the recorded ones too (a run killed before its commit leaves
-one there); a version removed by hand is left out.
+one there); a version removed by hand is left out, and so is anything that is no regular file
+(a symbolic link put there by hand is not followed: its target is no copy the mirror kept, and
+``restore`` refuses it by name).
 """
 
 from __future__ import annotations
@@ -24,18 +28,27 @@ import shlex
 import sqlite3
 import stat
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 import msgspec
 
-from ..errors import ConfigError, MirrorError, path_bytes, path_text
-from ..index.query import as_indexed, format_instant, open_index, tidy_path
+from ..errors import (
+    ConfigError,
+    MirrorError,
+    OutputError,
+    RemoteSyncError,
+    path_bytes,
+    path_text,
+    showable,
+)
+from ..index.query import as_indexed, format_instant, open_index, tidy_path, unreadable_index
 from .state import MirrorState, fsync_dir
 
-__all__ = ["VersionRow", "list_versions", "restore_version"]
+__all__ = ["KeptVersion", "VersionRow", "find_version", "list_versions", "restore_version"]
 
 #: Bytes copied at a time by a restore.
 _BLOCK = 1 << 20
@@ -63,17 +76,20 @@ def list_versions(
 
     ``host``: only that host's. ``files``: only the files one of them names, as a path
     relative to the host's root (as listings show it, or as typed), a session id or a prefix
-    of one. A ``dest`` that is not a mirror is the :class:`ConfigError` ``sessions list``
-    gives."""
+    of one. A ``dest`` that is not a mirror, or whose state cannot be read, is the
+    :class:`ConfigError` ``sessions list`` gives; a copy that cannot be looked at (no
+    permission, an I/O error) is a :class:`MirrorError` naming it."""
     dest = Path(dest)
     db = open_index(dest, warn=False)
     try:
-        found = _files_with_versions(db, host, files)
+        found = _files_with_versions(dest, db, host, files)
     finally:
         db.close()
     rows: list[VersionRow] = []
     for file_host, path, recorded, session_id in found:
         for number, place, st in _kept(dest, file_host, path, recorded):
+            if not stat.S_ISREG(st.st_mode):
+                continue  # put there by hand (a link, a directory): no copy the mirror kept
             rows.append(
                 VersionRow(
                     file_host,
@@ -82,14 +98,14 @@ def list_versions(
                     st.st_size,
                     format_instant(datetime.fromtimestamp(st.st_mtime, UTC)),
                     session_id,
-                    path_text(os.fsencode(place.relative_to(dest))),
+                    _file_text(dest, place),
                 )
             )
     return rows
 
 
 def _files_with_versions(
-    db: sqlite3.Connection, host: str | None, targets: Sequence[str]
+    dest: Path, db: sqlite3.Connection, host: str | None, targets: Sequence[str]
 ) -> list[tuple[str, bytes, int, str | None]]:
     """(host, path, recorded versions, session id) of each file with versions, that ``host``
     and ``targets`` choose."""
@@ -101,9 +117,13 @@ def _files_with_versions(
     if host is not None:
         sql += " AND f.host = ?"
         params.append(host)
+    try:
+        rows = db.execute(sql + " ORDER BY f.host, f.path", params).fetchall()
+    except sqlite3.Error as exc:  # a damaged database, or one locked for longer than we wait
+        raise unreadable_index(dest, exc) from exc
     return [
         (h, bytes(p), v, s)
-        for h, p, v, s in db.execute(sql + " ORDER BY f.host, f.path", params)
+        for h, p, v, s in rows
         if not targets or any(_names(target, bytes(p), s) for target in targets)
     ]
 
@@ -129,17 +149,148 @@ def _names_path(target: str, path: bytes) -> bool:
 def _kept(
     dest: Path, host: str, path: bytes, recorded: int
 ) -> Iterable[tuple[int, Path, os.stat_result]]:
-    """Each version of ``host``'s ``path`` on disk: its number, place and stat."""
+    """Each version of ``host``'s ``path`` on disk: its number, place and lstat (a symbolic
+    link is not followed; the caller judges what is no regular file). One that cannot be
+    looked at is a :class:`MirrorError` naming it."""
     state = MirrorState(dest)  # not opened: only its paths are used, no lock, no database
     last = state.last_version_on_disk(host, path, recorded)
+    where = {"host": host, "path": path_text(path)}
     for number in range(1, last + 1):
         place = state.version_path(host, path, number)
         try:
-            st = os.stat(place)
+            st = os.lstat(place)
         except (FileNotFoundError, NotADirectoryError):
             continue  # removed by hand: nothing to list
-        if stat.S_ISREG(st.st_mode):
-            yield number, place, st
+        except OSError as exc:  # no permission, a loop of links, an I/O error
+            raise _unreadable("look at", number, dest, place, where, exc) from exc
+        yield number, place, st
+
+
+def _file_text(dest: Path, place: Path) -> str:
+    """A copy's place relative to the mirror, as listings show paths."""
+    return path_text(os.fsencode(place.relative_to(dest)))
+
+
+def _unreadable(
+    doing: str, version: int, dest: Path, place: Path, where: dict[str, str], exc: OSError
+) -> MirrorError:
+    """The error of a kept copy that could not be looked at, opened or read."""
+    return MirrorError(
+        f"cannot {doing} version {version} ({showable(_file_text(dest, place))}): "
+        f"{exc.strerror or exc}",
+        **where,
+        hint=f"check the permissions of {showable(path_text(os.fsencode(place.parent)))}",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KeptVersion:
+    """One kept version found by :func:`find_version`, ready to be copied out."""
+
+    dest: Path
+    host: str
+    path: bytes
+    version: int
+    place: Path  # the copy, in the mirror's versions folder
+
+    def copy_to(self, out: BinaryIO) -> int:
+        """Copy the version's bytes to the binary stream ``out`` (flushed); the bytes copied.
+        A read of the copy that fails is a :class:`MirrorError`; a write to ``out`` that
+        fails (a full disk under a redirected stdout) an :class:`OutputError`, the mirror
+        being fine; a reader that closed the pipe raises BrokenPipeError, for the caller to
+        judge (``| head`` read what it wanted: no failure)."""
+        with self._open() as source:
+            try:
+                return _copy(source, out, self._read_failed)
+            except BrokenPipeError:
+                raise
+            except OSError as exc:  # reads fail as MirrorErrors: this is the output's
+                raise OutputError(
+                    f"cannot write version {self.version} to the output: {exc.strerror or exc}",
+                    **self._where,
+                    hint="free space on the disk the output goes to (a file stdout is "
+                    "redirected to), then run again; the mirror is untouched",
+                ) from exc
+
+    def write_to(self, target: Path, *, force: bool = False) -> int:
+        """Copy the version to the file ``target`` (see :func:`restore_version`)."""
+        _check_target(target, self.dest, force)
+        with self._open() as source:
+            what = f"version {self.version} of {self.host}: {path_text(self.path)}"
+            return _write_file(source, target, force, what, self._read_failed)
+
+    @property
+    def _where(self) -> dict[str, str]:
+        return {"host": self.host, "path": path_text(self.path)}
+
+    def _read_failed(self, exc: OSError) -> MirrorError:
+        return _unreadable("read", self.version, self.dest, self.place, self._where, exc)
+
+    def _open(self) -> BinaryIO:
+        """The copy, opened for reading without following a link (one put in its place since
+        it was looked at) nor blocking on a FIFO; anything but a regular file is refused."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(self.place, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symbolic link
+                raise _not_a_copy(self, "a symbolic link") from exc
+            where = self._where
+            raise _unreadable("open", self.version, self.dest, self.place, where, exc) from exc
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise _not_a_copy(self, _kind(mode))
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "no regular file"
+
+
+def _not_a_copy(kept: KeptVersion, kind: str) -> MirrorError:
+    """A version whose place holds no regular file: put there by hand, as a sync keeps only
+    files. Its target (a link's) is no copy the mirror kept, and may be any file of this
+    user's, so it is not read."""
+    return MirrorError(
+        f"version {kept.version} ({showable(_file_text(kept.dest, kept.place))}) is {kind}, "
+        "not a copy a sync kept: not restored",
+        host=kept.host,
+        path=path_text(kept.path),
+        hint="a sync keeps versions as regular files; this one was put there by hand: "
+        "look at it, restore another version, or copy what it holds yourself",
+    )
+
+
+def find_version(dest: str | os.PathLike[str], host: str, path: str, version: int) -> KeptVersion:
+    """The version ``version`` of ``host``'s ``path`` (or of the one file with versions that
+    a session id or prefix names, as :func:`list_versions` takes them), before anything is
+    copied: a :class:`ConfigError` when there is none, a :class:`MirrorError` when its place
+    holds no regular file or cannot be looked at."""
+    dest = Path(dest)
+    file_host, raw, recorded, _session = _one_file(dest, host, path)
+    found = {number: (place, st) for number, place, st in _kept(dest, file_host, raw, recorded)}
+    if version in found:
+        place, st = found[version]
+        kept = KeptVersion(dest, file_host, raw, version, place)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_a_copy(kept, _kind(st.st_mode))
+        return kept
+    regular = [number for number, (_place, st) in found.items() if stat.S_ISREG(st.st_mode)]
+    numbers = ", ".join(f"v{n}" for n in regular) or "none left on disk"
+    raise ConfigError(
+        f"no version {version} (kept: {numbers})",
+        host=file_host,
+        path=path_text(raw),
+        hint=_list_hint(dest, host),
+    )
 
 
 def restore_version(
@@ -154,32 +305,14 @@ def restore_version(
     """Copy version ``version`` of ``host``'s ``path`` (or of the one file with versions that
     a session id or prefix names, as :func:`list_versions` takes them) to ``to``: a file,
     written to a temp file beside it and renamed into place (never into the mirror, and over
-    an existing file only with ``force``), or a binary stream. The mirror is only read.
-    Returns the bytes copied."""
-    dest = Path(dest)
-    file_host, raw, recorded, _session = _one_file(dest, host, path)
-    where = {"host": file_host, "path": path_text(raw)}
-    kept = {number: place for number, place, _st in _kept(dest, file_host, raw, recorded)}
-    place = kept.get(version)
-    if place is None:
-        numbers = ", ".join(f"v{n}" for n in kept) or "none left on disk"
-        raise ConfigError(
-            f"no version {version} (kept: {numbers})", **where, hint=_list_hint(dest, host)
-        )
+    an existing file only with ``force``), or a binary stream (a write to it that fails is an
+    :class:`OutputError`, a read of the copy a :class:`MirrorError`). A version's place that
+    holds no regular file (a symbolic link put there by hand) is refused, never followed. The
+    mirror is only read. Returns the bytes copied."""
+    kept = find_version(dest, host, path, version)
     if not isinstance(to, str | os.PathLike):
-        with _open_version(place, version, where) as source:
-            try:
-                return _copy(source, to)
-            except BrokenPipeError:
-                raise  # the reader went away (`| head`): the caller's to judge, not a failure
-            except OSError as exc:
-                raise MirrorError(
-                    f"cannot copy version {version}: {exc.strerror or exc}", **where
-                ) from exc
-    target = Path(to)
-    _check_target(target, dest, force)
-    with _open_version(place, version, where) as source:
-        return _write_file(source, target, force, f"version {version} of {host}: {where['path']}")
+        return kept.copy_to(to)
+    return kept.write_to(Path(to), force=force)
 
 
 def _one_file(dest: Path, host: str, target: str) -> tuple[str, bytes, int, str | None]:
@@ -187,7 +320,7 @@ def _one_file(dest: Path, host: str, target: str) -> tuple[str, bytes, int, str 
     id: a path is exact), else a ConfigError saying which to list."""
     db = open_index(dest, warn=False)
     try:
-        found = _files_with_versions(db, host, [target])
+        found = _files_with_versions(dest, db, host, [target])
     finally:
         db.close()
     found = [row for row in found if _names_path(target, row[1])] or found
@@ -221,22 +354,23 @@ def _list_hint(dest: Path, host: str) -> str:
     )
 
 
-def _open_version(place: Path, version: int, where: dict[str, str]) -> BinaryIO:
-    try:
-        return open(place, "rb")
-    except OSError as exc:
-        raise MirrorError(
-            f"cannot read version {version}: {exc.strerror or exc}",
-            **where,
-            hint=f"check the permissions of {place.parent}",
-        ) from exc
-
-
 def _check_target(target: Path, dest: Path, force: bool) -> None:
     """Refuse a ``target`` inside the mirror (its files are the sync's: one written over a
     mirrored file may be cut back by recovery, one beside them may take the place a host's
-    file or version needs), a directory, one in no directory, and an existing one without
-    ``force``: all before anything is written."""
+    file or version needs), a directory, one in no directory, an existing one without
+    ``force``, and one that cannot be looked at (no permission on its directory: Python
+    raises it from ``is_dir``): all before anything is written."""
+    try:
+        _check_target_place(target, dest, force)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot look at the file to restore to: {exc.strerror or exc}",
+            path=str(target),
+            hint="give a file in a directory this user can reach",
+        ) from exc
+
+
+def _check_target_place(target: Path, dest: Path, force: bool) -> None:
     # The directory the rename writes in, symbolic links resolved; the name itself is not
     # followed, as a rename replaces a link rather than writing where it points.
     parent = Path(os.path.realpath(target.parent))
@@ -265,16 +399,33 @@ def _check_target(target: Path, dest: Path, force: bool) -> None:
         )
 
 
-def _copy(source: BinaryIO, out: BinaryIO) -> int:
+def _copy(
+    source: BinaryIO, out: BinaryIO, read_failed: Callable[[OSError], RemoteSyncError]
+) -> int:
+    """``source`` copied to ``out``, flushed. A read that fails raises ``read_failed``'s
+    error (the kept copy's, not the output's); a write's OSError is raised as it is, for the
+    caller to say where the output went."""
     copied = 0
-    while block := source.read(_BLOCK):
+    while True:
+        try:
+            block = source.read(_BLOCK)
+        except OSError as exc:
+            raise read_failed(exc) from exc
+        if not block:
+            break
         out.write(block)
         copied += len(block)
     out.flush()
     return copied
 
 
-def _write_file(source: BinaryIO, target: Path, force: bool, what: str) -> int:
+def _write_file(
+    source: BinaryIO,
+    target: Path,
+    force: bool,
+    what: str,
+    read_failed: Callable[[OSError], RemoteSyncError],
+) -> int:
     """``source`` copied whole to a temp file beside ``target``, made durable, and put in
     place in one rename (``force``) or link (not over a file that appeared meanwhile): a
     reader sees no file or the whole one, never part of it."""
@@ -282,7 +433,7 @@ def _write_file(source: BinaryIO, target: Path, force: bool, what: str) -> int:
     try:
         fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".remote-sync-restore-")
         with os.fdopen(fd, "wb") as out:
-            copied = _copy(source, out)
+            copied = _copy(source, out, read_failed)
             # The kept copy's permissions (a transcript may be private), as cp -p keeps them.
             os.fchmod(out.fileno(), stat.S_IMODE(os.fstat(source.fileno()).st_mode))
             os.fsync(out.fileno())

@@ -220,15 +220,20 @@ def _timeout_option(parser: Any) -> None:
 def _seconds(text: str) -> float:
     """A ``--timeout`` value: seconds, 0 for no limit, checked by the library's rule
     (:func:`~remote_sync.ssh.remote.checked_idle_timeout`), so that the two refuse the same
-    values in the same words."""
+    values; said in the CLI's words, with the value as typed (the library's names its
+    keyword, the float read from the text and None)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     try:
         checked_idle_timeout(value)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ConfigError:
+        # argparse puts "argument --timeout: " before it.
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (no limit) or a finite number of seconds, not {text!r} (give how many "
+            "seconds a remote command may send nothing, or 0 for no limit)"
+        ) from None
     return value
 
 

@@ -699,16 +699,23 @@ def test_the_cli_and_the_library_take_the_same_idle_timeouts(text: str) -> None:
     assert taken_by_the_cli == taken_by_the_library == (0 <= value < math.inf), text
 
 
-@pytest.mark.parametrize("text", ["inf", "-1", "nan"])
+@pytest.mark.parametrize("text", ["inf", "-1", "nan", "-2.50"])
 def test_a_refused_timeout_tells_the_cli_user_to_pass_0_for_no_limit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
 ) -> None:
+    """Refused by the library's rule, in the CLI's words: it said "idle_timeout (--timeout)
+    must be ..., not -1.0 (... or 0 for no limit (None too, in the library))", a keyword
+    and a None the CLI user has not, and a float they did not type."""
     with pytest.raises(SystemExit) as exit_info:
         main(["sync", "me@box", "--dest", str(tmp_path / "m"), "--timeout", text])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert "argument --timeout: idle_timeout (--timeout) must be 0 (no limit)" in err
-    assert "or 0 for no limit" in err
+    assert (
+        "argument --timeout: must be 0 (no limit) or a finite number of seconds, "
+        f"not {text!r} (give how many seconds a remote command may send nothing, or 0 for no "
+        "limit)\n"
+    ) in err, err
+    assert "idle_timeout" not in err and "None" not in err and "library" not in err
     assert not (tmp_path / "m").exists()
 
 

@@ -399,11 +399,12 @@ async def stream_sessions(
     """
     check_batch_size(batch_size)
     mirror = _listing_source(dest, hosts, remote)
-    _checked_tuning(concurrency=concurrency, idle_timeout=idle_timeout, pool=pool)
-    if mirror is None:
+    if mirror is None:  # the hosts' checks include the tuning's, as sync's do
         hosts, idle_timeout = _reaching_hosts(
             "list", hosts, concurrency=concurrency, idle_timeout=idle_timeout, pool=pool
         )
+    else:
+        _checked_tuning(concurrency=concurrency, idle_timeout=idle_timeout, pool=pool)
     emit = guarded(emit) if emit is not None else _ignore
     registry = registry if registry is not None else default_registry
     failures: list[RemoteSyncError] = errors if errors is not None else []
@@ -481,8 +482,8 @@ async def read_session(
         page = 1
     emit = guarded(emit) if emit is not None else _ignore
     fetch: Callable[[CancelToken], Awaitable[ShowResult]]
-    _checked_tuning(concurrency=1, idle_timeout=idle_timeout, pool=pool)
     if dest is not None:
+        _checked_tuning(concurrency=1, idle_timeout=idle_timeout, pool=pool)
         fetch = partial(_read_mirrored, Path(dest), name, session, head, tail, page, page_size)
     else:
         if isinstance(host, str):

@@ -719,6 +719,35 @@ def test_a_refused_timeout_tells_the_cli_user_to_pass_0_for_no_limit(
     assert not (tmp_path / "m").exists()
 
 
+async def test_a_host_read_checks_its_tuning_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remote listing and a show from a host checked their concurrency, idle timeout and
+    pool twice: once themselves, then again among the checks of every call that reaches
+    hosts. Once now, as in sync; a read of a mirror checks them once too."""
+    calls: list[str] = []
+    real = api._checked_tuning
+
+    def counted(**tuning: Any) -> Any:
+        calls.append("checked")
+        return real(**tuning)
+
+    async def no_listing(*args: Any) -> Any:
+        return
+        yield
+
+    async def no_show(*args: Any) -> Any:
+        raise ConfigError("not read: the test stops here")
+
+    monkeypatch.setattr(api, "_checked_tuning", counted)
+    monkeypatch.setattr(api, "_remote_sessions", no_listing)
+    monkeypatch.setattr(api, "_read_remote", no_show)
+    assert await api.list_sessions(remote=True, hosts=[nowhere()], idle_timeout=5) == []
+    assert calls == ["checked"]
+    calls.clear()
+    with pytest.raises(ConfigError, match="the test stops here"):
+        await api.read_session(nowhere(), "s", idle_timeout=5)
+    assert calls == ["checked"]
+
+
 async def test_an_idle_timeout_of_zero_is_no_limit_as_the_hint_and_the_cli_say(
     fleet: Any, tmp_path: Path
 ) -> None:

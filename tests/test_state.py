@@ -151,6 +151,31 @@ def test_an_open_over_the_users_quota_says_the_quota_is_full(
     assert not dest.exists()
 
 
+def test_the_readme_quotes_what_a_full_quota_and_a_full_sqlite_write_say(tmp_path: Path) -> None:
+    """The README's row for exit 1 said that over the quota both messages "say the quota is
+    full instead", where midway the message begins "disk full (over this user's quota)", and
+    it claimed that for every full disk, where SQLite's "database or disk is full" cannot
+    tell a quota from a disk. It now quotes what each says."""
+    from remote_sync.mirror.state import full_disk_error
+    from remote_sync.mirror.writer import _mirror_error
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| 1 |")]
+    over = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+    at_start = full_disk_error(tmp_path, over).message
+    midway = _mirror_error(over, "h0", b"a.jsonl", "write the file", tmp_path / "a").message
+    for message, begins in (
+        (at_start, "this user's disk quota on the destination is full"),
+        (midway, "disk full (over this user's quota) while trying to"),
+    ):
+        assert message.startswith(begins) and f'"{begins}"' in row, (message, row)
+    with MirrorState(tmp_path / "m") as state:
+        full = state._db_error(sqlite3.OperationalError("database or disk is full"), "commit")
+    assert full.message.startswith("disk full while trying to commit") and "df -h" in full.hint
+    assert '"database or disk is full" is told as a full disk, with `df -h`' in row
+    assert "either says the quota is full instead" not in row
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_a_dry_run_and_an_append_judge_an_overlap_alike(data: st.DataObject) -> None:

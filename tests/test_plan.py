@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from remote_sync.mirror.plan import MIN_OVERLAP_BYTES, OVERLAP_BYTES, make_plan, overlap_for
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from remote_sync.mirror.plan import (
+    MIN_OVERLAP_BYTES,
+    MIN_PIECE_BYTES,
+    OVERLAP_BYTES,
+    make_plan,
+    overlap_for,
+)
 from remote_sync.mirror.remote_ops import RemoteFile
 from remote_sync.mirror.state import FileState
 
@@ -237,3 +249,55 @@ def test_a_file_back_where_one_was_deleted_is_new_unless_it_is_that_one() -> Non
     ]
     assert sorted(r.path for r in p.revived) == [b"index-same.json", b"same.jsonl"]
     assert p.deleted == []
+
+
+@given(
+    committed=st.integers(0, 1 << 40),
+    growth=st.integers(1, 1 << 36),
+    data=st.data(),
+    new=st.booleans(),
+)
+def test_a_long_range_comes_in_pieces_that_cover_it_each_overlapping_the_last(
+    committed: int, growth: int, data: st.DataObject, new: bool
+) -> None:
+    """A transcript's range longer than a piece is cut in consecutive pieces of at most a
+    piece, each with its head checked, each after the first starting OVERLAP_BYTES before
+    the last one's end; together they read the range exactly, and end where it ends."""
+    # A few hundred pieces at most: each is a request object.
+    smallest = max(MIN_PIECE_BYTES, growth // 300)
+    piece = data.draw(st.integers(smallest, max(smallest, 2 * growth)), label="piece")
+    if new:
+        (t,) = plan([remote(b"s.jsonl", growth)], []).transfers
+    else:
+        (t,) = plan(
+            [remote(b"s.jsonl", committed + growth)], [row(b"s.jsonl", committed)]
+        ).transfers
+    requests = t.requests(piece)
+    if t.length <= piece:
+        assert requests == [t.request()]
+        return
+    assert t.pieced(piece)
+    assert requests[0].start == t.start
+    assert requests[-1].start + requests[-1].length == t.start + t.length
+    for before, after in itertools.pairwise(requests):
+        assert after.start == before.start + before.length - OVERLAP_BYTES
+    for request in requests:
+        assert 0 < request.length <= piece
+        assert request.check and not (request.archive or request.check_batched)
+        assert not (request.check_whole or request.detect_growth)
+    # Each piece but the last reads a piece: no more of them than the range needs.
+    assert len(requests) == 1 + -(-(t.length - piece) // (piece - OVERLAP_BYTES))
+
+
+def test_only_a_transcript_range_is_cut_in_pieces() -> None:
+    """A file copied whole is not (a prefix of it is no copy), nor a range that checks a file
+    of its old size; a piece smaller than MIN_PIECE_BYTES is refused."""
+    size = 10 * MIN_PIECE_BYTES
+    (whole,) = plan([remote(b"s.json", size)], []).transfers
+    assert whole.requests(MIN_PIECE_BYTES) == [whole.request()]
+    touched = plan([remote(b"s.jsonl", size, mtime=2.0)], [row(b"s.jsonl", size)]).transfers
+    assert touched[0].verify_head and not touched[0].pieced(MIN_PIECE_BYTES)
+    (new,) = plan([remote(b"s.jsonl", size)], []).transfers
+    assert len(new.requests(MIN_PIECE_BYTES)) > 1
+    with pytest.raises(ValueError, match="piece"):
+        new.requests(MIN_PIECE_BYTES - 1)

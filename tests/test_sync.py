@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -40,6 +42,7 @@ from remote_sync import api
 from remote_sync.cli import main
 from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary, WarningEvent
 from remote_sync.index.query import open_index, query_sessions
+from remote_sync.index.update import rebuild_index
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine, remote_ops, writer
 from remote_sync.mirror.plan import Transfer
@@ -783,6 +786,280 @@ def test_a_dropped_connection_keeps_the_whole_files_that_arrived_before_it(
     (h0,) = summary.hosts
     assert (h0.files.new, h0.files.unchanged) == (1, 2)
     assert h0.bytes == fleet.path("h0", os.fsdecode(opened[2])).stat().st_size
+    assert_exact(fleet, dest, "h0")
+
+
+#: Pieces small enough that a file of a few MiB is many of them (PIECE_BYTES is 64 MiB).
+PIECE = 1024 * 1024
+#: More than what can be on its way when the host is cut off (the channel's window, 2 MiB on
+#: loopback, and the pipes on the host): the pieces after the cut do not all arrive.
+PIECED_SIZE = 12 * 1024 * 1024
+
+
+def _messages(count: int, start: int = 0, size: int = 1500) -> bytes:
+    """``count`` OpenClaw message lines of about ``size`` bytes (fast to make), ids from
+    ``start``: sessions the index counts messages and marks pages of."""
+    text = base64.b64encode(os.urandom(count * size * 3 // 4 + 3)).decode()
+    return b"".join(
+        json.dumps(
+            {
+                "type": "message",
+                "id": f"{i:08x}",
+                "timestamp": "2026-11-21T10:00:00Z",
+                "message": {
+                    "role": "user" if i % 2 else "assistant",
+                    "content": [{"type": "text", "text": text[n * size : (n + 1) * size]}],
+                },
+            }
+        ).encode()
+        + b"\n"
+        for n, i in enumerate(range(start, start + count))
+    )
+
+
+def _pieces_handed(
+    monkeypatch: pytest.MonkeyPatch,
+    path: bytes,
+    then: Any = None,
+    *,
+    after: int = 0,
+) -> list[tuple[int, bytes]]:
+    """Record each piece of ``path`` handed to the commit (its size and the bytes its
+    descriptor holds up to it), and call ``then()`` once ``after`` of them were."""
+    handed: list[tuple[int, bytes]] = []
+    real = engine.HostSync.finished
+
+    async def finished(sync: engine.HostSync, pending: Any) -> None:
+        await real(sync, pending)
+        if pending.row.path == path and pending.piece:
+            size = pending.row.size
+            handed.append((size, os.pread(pending.handle.fileno(), size, 0)))
+            if len(handed) == after and then is not None:
+                then()
+
+    monkeypatch.setattr(engine.HostSync, "finished", finished)
+    return handed
+
+
+def _assert_index_is_a_rebuild(dest: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "rebuilt"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(dest, copy)
+    rebuild_index(copy)
+    for table in ("sessions", "session_marks"):
+        rows = []
+        for where in (dest, copy):
+            with contextlib.closing(sqlite3.connect(where / ".remote-sync" / "state.db")) as db:
+                rows.append(sorted(db.execute(f"SELECT * FROM {table}")))
+        assert rows[0] == rows[1], table
+
+
+def _assert_cut_at_a_line_end(dest: Path, rel: str, data: bytes, at_least: int) -> int:
+    """The checkpoint of ``rel`` after a dropped connection: at least ``at_least`` bytes, at a
+    line end of ``data``, which the mirrored file holds exactly so far."""
+    with MirrorState(dest) as state:
+        row = state.host_files("h0")[rel.encode()]
+    assert row.size >= at_least
+    assert data[row.size - 1 : row.size] == b"\n"
+    assert (dest / "h0" / rel).read_bytes() == data[: row.size]
+    assert not list((dest / ".remote-sync" / "tmp").glob("*")), "a temp file was left behind"
+    return row.size
+
+
+def _assert_rerun_fetches_the_rest(
+    inv: Path, dest: Path, capsys: pytest.CaptureFixture[str], fleet: SSHFleet, rest: int
+) -> None:
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0
+    (h0,) = summary.hosts
+    assert h0.files.grown == 1
+    # The rest, and an overlap before each piece of it: not what the first run had fetched.
+    assert rest <= h0.bytes <= rest + 4096 * (2 + rest // (PIECE - 4096))
+    assert_exact(fleet, dest, "h0")
+
+
+def test_a_connection_dropped_in_a_big_new_transcript_keeps_the_pieces_that_arrived(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first sync of a transcript longer than a piece commits it piece by piece, each at
+    its last line end once the host's head digest after it agrees: a host cut off after the
+    second piece leaves at least two pieces' lines committed (the mirror a line-ended
+    prefix of the file, its index that of those lines), and the rerun fetches only the
+    rest. It used to commit nothing of the file, and the rerun fetched it all again."""
+    monkeypatch.setattr(engine, "PIECE_BYTES", PIECE)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/big.jsonl"
+    data = _messages(PIECED_SIZE // 1600)
+    fleet.write("h0", rel, data)
+    handed = _pieces_handed(monkeypatch, rel.encode(), lambda: fleet.stop("h0"), after=2)
+    code, _, events = sync(inv, dest, capsys)
+    (done,) = [e for e in events if isinstance(e, HostDone)]
+    assert (code, done.status) == (1, "failed"), done.error
+    assert [data.startswith(piece) for _, piece in handed] == [True] * len(handed)
+    # The second piece ends a piece and an overlap short of two, at the line end before.
+    size = _assert_cut_at_a_line_end(dest, rel, data, 2 * PIECE - 4096 - 2000)
+    assert size < len(data) - 2 * 1024 * 1024  # the host was cut off before the end
+    _assert_index_is_a_rebuild(dest, tmp_path)
+    fleet.start("h0")
+    _assert_rerun_fetches_the_rest(inv, dest, capsys, fleet, len(data) - size)
+    _assert_index_is_a_rebuild(dest, tmp_path)
+
+
+def test_a_connection_dropped_in_a_big_append_keeps_the_pieces_that_arrived(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same for a large append after a long outage: the pieces committed extend the
+    mirrored file in place, and the session's index goes on from its stored facts."""
+    monkeypatch.setattr(engine, "PIECE_BYTES", PIECE)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/big.jsonl"
+    fleet.write("h0", rel, _messages(100))
+    code, _, _ = sync(inv, dest, capsys)
+    assert code == 0
+    append(fleet, "h0", rel, _messages(PIECED_SIZE // 1600, start=100))
+    data = fleet.path("h0", rel).read_bytes()
+    before = (dest / "h0" / rel).stat().st_size
+    handed = _pieces_handed(monkeypatch, rel.encode(), lambda: fleet.stop("h0"), after=2)
+    code, _, events = sync(inv, dest, capsys)
+    (done,) = [e for e in events if isinstance(e, HostDone)]
+    assert (code, done.status) == (1, "failed"), done.error
+    assert [data.startswith(piece) for _, piece in handed] == [True] * len(handed)
+    size = _assert_cut_at_a_line_end(dest, rel, data, before + 2 * PIECE - 3 * 4096 - 2000)
+    assert size < len(data) - 2 * 1024 * 1024
+    _assert_index_is_a_rebuild(dest, tmp_path)
+    fleet.start("h0")
+    _assert_rerun_fetches_the_rest(inv, dest, capsys, fleet, len(data) - size)
+    _assert_index_is_a_rebuild(dest, tmp_path)
+
+
+def test_a_transcript_rewritten_in_place_between_its_pieces_is_fetched_whole(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transcript rewritten in place (same inode, same size, another content) after its
+    first piece arrived: the piece being read then has another head, or another overlap,
+    and the file is fetched whole in the same run. What its pieces committed is a prefix
+    of the old content, kept as a version; no piece ever held a mix of the two."""
+    monkeypatch.setattr(engine, "PIECE_BYTES", PIECE)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/big.jsonl"
+    old = _messages(PIECED_SIZE // 1600)
+    new = _messages(PIECED_SIZE // 1600, start=1)
+    new = new[: new.rindex(b"\n", 0, len(old)) + 1]
+    new += b"x" * (len(old) - len(new) - 1) + b"\n"
+    fleet.write("h0", rel, old)
+
+    def rewrite() -> None:
+        with open(fleet.path("h0", rel), "r+b") as remote:
+            remote.write(new)
+
+    handed = _pieces_handed(monkeypatch, rel.encode(), rewrite, after=1)
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0
+    assert handed
+    for _size, piece in handed:
+        assert old.startswith(piece) or new.startswith(piece)
+    assert (summary.files.rewritten, summary.hosts[0].versions_kept) == (1, 1)
+    assert (dest / "h0" / rel).read_bytes() == new
+    kept = (dest / ".remote-sync" / "versions" / "h0" / f"{rel}.v1").read_bytes()
+    assert old.startswith(kept) and kept.endswith(b"\n") and len(kept) >= handed[0][0]
+    _assert_index_is_a_rebuild(dest, tmp_path)
+
+
+def test_a_line_longer_than_a_piece_is_committed_by_the_piece_that_ends_it(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pieces in which no line ends commit nothing: the line is carried on, on disk, into
+    the piece that ends it. Every checkpoint is at a line end, and the mirror is exact."""
+    piece = 64 * 1024
+    monkeypatch.setattr(engine, "PIECE_BYTES", piece)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/long.jsonl"
+    long_line = _messages(1, start=40, size=int(3.5 * piece))
+    data = _messages(40, size=1000) + long_line + _messages(100, start=41, size=1000)
+    fleet.write("h0", rel, data)
+    handed = _pieces_handed(monkeypatch, rel.encode())
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.new) == (0, 1)
+    sizes = [size for size, _ in handed]
+    assert all(data[size - 1 : size] == b"\n" for size in sizes)
+    line_start = data.index(long_line)
+    assert line_start in sizes  # the piece it starts in commits the lines before it
+    # No piece ends it for three pieces: the next checkpoint is past it.
+    after = sizes[sizes.index(line_start) + 1]
+    assert after >= line_start + len(long_line)
+    assert len(sizes) < len(data) // (piece - 4096)
+    assert_exact(fleet, dest, "h0")
+    _assert_index_is_a_rebuild(dest, tmp_path)
+
+
+def _committed(dest: Path, rel: str) -> int:
+    """The checkpoint's size of ``rel`` (0 before there is one)."""
+    state_db = (dest / ".remote-sync" / "state.db").as_uri() + "?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(state_db, uri=True)) as db:
+            found = db.execute("SELECT size FROM files WHERE path = ?", (rel.encode(),)).fetchone()
+    except sqlite3.Error:
+        return 0  # not made yet (a read-only open makes nothing)
+    return int(found[0]) if found is not None else 0
+
+
+def test_kill_9_while_a_transcript_comes_in_pieces_then_rerun_gives_an_exact_mirror(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transcript fetched in pieces, its host appending meanwhile, the client killed at
+    random points: every checkpoint is at a line end of the remote file, the mirror holds
+    exactly its bytes up to there, and a last run completes the mirror."""
+    monkeypatch.setenv("REMOTE_SYNC_PIECE_BYTES", str(PIECE))
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/big.jsonl"
+    rng = random.Random(7)
+    fleet.write("h0", rel, _messages(PIECED_SIZE // 1600))
+    args = ["sync", "--inventory", str(inv), "--dest", str(dest)]
+    kills = 0
+    partial = 0  # runs killed with pieces of their range committed
+    size = 0
+    for round_no in range(6):
+        new_lines = rng.randint(3000, 8000)
+        append(fleet, "h0", rel, _messages(new_lines, start=10_000 * (round_no + 1)))
+        proc = cli_process(args)
+        # Every other run is killed once two pieces are committed, the others at any time.
+        deadline = time.monotonic() + rng.uniform(0.2, 1.0) * (60 if round_no % 2 else 1)
+        while time.monotonic() < deadline and proc.poll() is None:
+            if round_no % 2 and _committed(dest, rel) > size + 2 * PIECE:
+                break
+            time.sleep(0.005)
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.communicate(timeout=60)
+        remote = fleet.path("h0", rel).read_bytes()
+        before, size = size, _committed(dest, rel)
+        if size:
+            assert remote[size - 1 : size] == b"\n"
+            assert (dest / "h0" / rel).read_bytes()[:size] == remote[:size]
+        partial += before < size < len(remote) - 2 * 1024 * 1024
+    assert kills >= 2
+    assert partial >= 1
+    proc = cli_process(args)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
     assert_exact(fleet, dest, "h0")
 
 

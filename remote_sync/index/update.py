@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ..decode.jsonl import JsonlDecoder
 from ..errors import MirrorError, path_text, refetch_hint
 from .facts import FormatReader, SessionFacts
@@ -106,6 +108,19 @@ class FileIndexer:
         """The session's facts so far, ready to store (every index write comes through here)."""
         self.facts.bound()
         return self.update
+
+    def snapshot(self) -> IndexUpdate:
+        """The facts so far as an update of their own, for a piece of the file committed while
+        the indexer goes on (see :meth:`remote_sync.mirror.writer._LineWriter.checkpoint`):
+        a copy, since the piece's commit writes it later; the marks it carries are not
+        carried again, and the updates after it keep them (not ``fresh``)."""
+        update = self.result()
+        facts = msgspec.msgpack.decode(msgspec.msgpack.encode(update.facts), type=SessionFacts)
+        piece = IndexUpdate(update.host, update.path, update.format, facts, update.marks)
+        piece.fresh = update.fresh
+        update.marks = []
+        update.fresh = False
+        return piece
 
 
 def indexer_for(

@@ -3,8 +3,9 @@
 What it owns: the order of a round (recover, list, plan, fetch, commit, mark deletions), the
 one remote command per host it costs (it lists, then fetches the ranges the plan sends it on
 stdin; a second only when a rewrite is discovered mid-fetch), turning frame events into writer
-calls, batching commits, running hosts concurrently under a bound, and reporting every step as
-an event. One host failing never stops the others; its error is in its ``host_done`` event and
+calls (a transcript larger than :data:`PIECE_BYTES` in pieces, each committed), batching
+commits, running hosts concurrently under a bound, and reporting every step as an event. One
+host failing never stops the others; its error is in its ``host_done`` event and
 the summary. A dry run reports the plan; its command fetches only the overlaps of files back
 on a deleted one's inode, whose action (grown or new) a real run finds only by reading.
 
@@ -143,6 +144,13 @@ Args = TypeVarTuple("Args")
 #: Flush (fsync + commit) after this many bytes or files, or this many seconds. The bytes are
 #: a fetch batch's bound: a kill of the client and a dropped connection lose as much at most.
 FLUSH_BYTES = BATCH_BYTES
+#: A transcript's range longer than this is fetched in pieces of at most this many bytes
+#: (:meth:`Transfer.requests`), each committed at its last line end once the host's digest of
+#: the file's head after its read agrees: a connection dropped in a 1 GiB first sync, or in a
+#: 500 MB append after a long outage, loses one piece at most, and the rerun fetches the
+#: rest. As a fetch batch: what a drop or a kill of the client may lose of one file. The
+#: environment variable REMOTE_SYNC_PIECE_BYTES overrides it (tests of a CLI process).
+PIECE_BYTES = BATCH_BYTES
 FLUSH_FILES = 1000
 FLUSH_SECONDS = 2.0
 #: Progress events while one file streams in: at most this often per host.
@@ -162,6 +170,12 @@ TO_EOF = 1 << 62
 #: the processor count (tests set 0 to force the worker).
 WORKER_MIN_BYTES = 64 * 1024 * 1024
 WORKER_MIN_CPUS = 3
+
+
+def piece_bytes() -> int:
+    """The largest piece of a transcript's range (see :data:`PIECE_BYTES`)."""
+    value = os.environ.get("REMOTE_SYNC_PIECE_BYTES")
+    return int(value) if value else PIECE_BYTES
 
 
 def worker_min_bytes() -> int | None:
@@ -510,7 +524,8 @@ class HostSync:
             self.emit(ErrorEvent.from_exception(error))
 
     async def _pick_worker(self, plan: Plan) -> None:
-        """Take an index worker for this round when it has many transcript bytes to index."""
+        """Take an index worker for this round when it has many transcript bytes to index
+        (a file fetched in pieces is indexed in-process: each piece commits its facts)."""
         threshold = worker_min_bytes()
         if self.reader is None or self.workers is None or threshold is None:
             return
@@ -518,7 +533,9 @@ class HostSync:
         to_index = sum(
             t.length
             for t in plan.transfers
-            if t.kind == "append" and reader.is_transcript(t.remote.path)
+            if t.kind == "append"
+            and reader.is_transcript(t.remote.path)
+            and not t.pieced(piece_bytes())
         )
         if to_index > threshold:
             self.worker = await self.workers.get()
@@ -529,13 +546,13 @@ class HostSync:
         """Fetch ``transfers`` on the round's own command (``first``: frames already read);
         returns those that must be fetched whole, and the appends to check one by one."""
         # In a worker thread: the requests of 20,000 new files take tens of milliseconds.
-        requests, stdin = await in_thread(_requests_of, transfers)
+        owners, requests, stdin = await in_thread(_requests_of, transfers, piece_bytes())
         stream.send(stdin, end=True)
         if not transfers:
             await _drain_stream(stream)
             return [], []
         parser = FrameParser(self.name, marker.encode(), requests)
-        handler = _FrameHandler(self, transfers, requests, follow_up=False)
+        handler = _FrameHandler(self, owners, requests, follow_up=False)
         await self._consume(stream, parser, handler, first)
         return handler.again, handler.recheck
 
@@ -612,7 +629,8 @@ class HostSync:
 
     async def finished(self, pending: Pending) -> None:
         self.batch.add(pending)
-        self.files_done += 1
+        if not pending.piece:
+            self.files_done += 1
         self._progress()
         if self.inflight is not None and self.inflight.ready():
             await self._complete()  # commit as soon as we can; it does not wait
@@ -685,12 +703,27 @@ class HostSync:
                     item.index = await self._job_result(item, item.job)
             await self.writes.run(lambda state: _commit(state, items))
         for item in items:
+            self.result.versions_kept += item.versioned
+            if item.piece:
+                continue  # the file goes on: counted once, with its last piece
             counts = self.result.files
             setattr(counts, item.category, getattr(counts, item.category) + 1)
             self.settled.add(item.row.path)
-            self.result.versions_kept += item.versioned
             if item.category == "new":
                 self.new_rows.append(item.row)
+
+    async def piece_committed(self, piece: Pending) -> bool:
+        """Wait until ``piece`` (a piece of a file, handed to :meth:`finished`) is committed;
+        False when its flush could not put it in place (that error is said, and the file
+        counted failed). The next piece of its file is handed over only then: a checkpoint
+        of it would claim a file that never reached its place. Usually that flush has long
+        been done: it ran while the next piece streamed in."""
+        if any(item is piece for item in self.batch.items):
+            await self._flush()
+        elif self.inflight is not None:
+            await self._complete()  # this piece's flush, or one after it
+        # A piece committed is not settled (the file goes on); one that failed is.
+        return piece.row.path not in self.settled
 
     async def _job_result(self, item: Pending, job: IndexJob) -> IndexUpdate:
         """The worker's facts for a durable item, or (if it failed) the same computed here.
@@ -930,10 +963,18 @@ class HostSync:
         self.result.bytes = plan.bytes
 
 
-def _requests_of(transfers: Sequence[Transfer]) -> tuple[list[FetchRequest], bytes]:
-    """The fetch requests of ``transfers``, and the fetch's stdin that sends them."""
-    requests = [t.request() for t in transfers]
-    return requests, fetch_stdin(requests)
+def _requests_of(
+    transfers: Sequence[Transfer], piece_bytes: int
+) -> tuple[list[Transfer], list[FetchRequest], bytes]:
+    """The fetch requests of ``transfers`` (a transfer fetched in pieces has one per piece,
+    one after another), the transfer of each, and the fetch's stdin that sends them."""
+    owners: list[Transfer] = []
+    requests: list[FetchRequest] = []
+    for t in transfers:
+        pieces = t.requests(piece_bytes)
+        owners += [t] * len(pieces)
+        requests += pieces
+    return owners, requests, fetch_stdin(requests)
 
 
 async def _drain_stream(stream: RemoteStream) -> None:
@@ -954,6 +995,14 @@ class _FrameHandler:
     file agrees with the same digest of the bytes received. An append with
     :attr:`FetchRequest.check_batched` is held until its batch's digest, apart from the
     others: that one comes after the batch's last item, theirs right after their read.
+
+    A transcript fetched in pieces (consecutive requests of one transfer, see
+    :data:`PIECE_BYTES`) keeps its writer from piece to piece (:class:`_Pieces`). Each piece
+    but the last, once the host's digest of the head after its read agrees, becomes a
+    checkpoint of the lines so far, committed before the next piece's is handed over; each
+    piece after the first checks its overlap with the bytes of the one before. Anything
+    else (a digest or overlap that differs, a short read) gives the rest of the file up as
+    it would give up a file, the pieces committed kept.
     """
 
     def __init__(
@@ -981,6 +1030,8 @@ class _FrameHandler:
         self.whole: Hasher | None = None
         # The host's hashing tool, once a digest has named it: later bytes are hashed once.
         self.tool: Algorithm | None = None
+        # The file being fetched in pieces, from its first piece's Begin to its last's commit.
+        self.pieces: _Pieces | None = None
 
     async def handle_all(self, events: Iterable[object]) -> None:
         # A chunk of small files is hundreds of files to create, write and finish (the
@@ -1015,8 +1066,13 @@ class _FrameHandler:
             self.index = event.index
             checked_whole = self.requests[event.index].check_whole
             self.whole = Hasher(self.tool) if checked_whole else None
+            if self._piece_after(event.index):
+                self._resume(t)
+                return
             try:
                 self.writer = self._open(t)
+                if not self._last_piece(event.index):
+                    self.pieces = _Pieces(t, self.writer)
             except RewriteDetected:  # the mirrored copy is not what its checkpoint says
                 self._again(t)
             except MirrorError as exc:
@@ -1030,10 +1086,13 @@ class _FrameHandler:
             writer, self.writer = self.writer, None
             if writer is None:
                 return
+            if not self._last_piece(event.index):
+                return  # the file goes on: its lines are taken once the digest after agrees
             try:
                 pending = writer.finish()
             except RewriteDetected:
-                writer.abort()
+                self.writer = writer
+                self._drop()
                 self._again(t)
                 return
             pending.row.remote_size = t.remote.size
@@ -1052,7 +1111,7 @@ class _FrameHandler:
                 held.files.append((event.index, pending))
                 held.heads.update(writer.head[:HEAD_BYTES])
                 return
-            await sync.finished(pending)
+            await self._finished(event.index, pending)
         elif isinstance(event, (Short, Changed)):
             self._drop()
             self._again(t)  # it shrank or grew while we read it: fetch it whole again
@@ -1061,10 +1120,101 @@ class _FrameHandler:
             failed = ReadFailedError("reading the file on the host failed midway")
             sync._fail(t.remote.path, failed.message, failed.kind, failed.hint)
         elif isinstance(event, Gone):
-            pass  # vanished since the listing: the next round records the deletion
+            # Vanished since the listing: the next round records the deletion (of what its
+            # pieces committed, if it was fetched in pieces).
+            self._drop_pieces_of(t)
         elif isinstance(event, Denied):
+            self._drop_pieces_of(t)
             denied = PermissionDeniedError("permission denied on the host")
             sync._fail(t.remote.path, denied.message, denied.kind, denied.hint)
+
+    def _piece_after(self, index: int) -> bool:
+        """Is request ``index`` a piece of a file after its first?"""
+        return index > 0 and self.transfers[index - 1] is self.transfers[index]
+
+    def _last_piece(self, index: int) -> bool:
+        """Is request ``index`` the last (or only) one of its file?"""
+        after = index + 1
+        return after == len(self.transfers) or self.transfers[after] is not self.transfers[index]
+
+    def _resume(self, t: Transfer) -> None:
+        """The Begin of a piece after a file's first: its writer goes on, checking the
+        overlap. A file given up in an earlier piece (rewritten, failed) is read past."""
+        pieces = self.pieces
+        self.writer = None
+        if pieces is None or pieces.transfer is not t:
+            return
+        try:
+            pieces.writer.resume(self.requests[self.index].start)
+        except RewriteDetected:
+            self._drop_pieces()
+            self._again(t)
+            return
+        self.writer = pieces.writer
+
+    async def _piece_checked(self, event: HeadDigest) -> None:
+        """The host's digest of the head after a piece of a file that goes on: when it
+        agrees, the lines so far are committed (after the piece before them); else the file
+        is fetched whole, its pieces committed so far kept (a rewrite keeps them as a
+        version)."""
+        pieces = self.pieces
+        index = event.indices[0]
+        if pieces is None or pieces.transfer is not self.transfers[index]:
+            return  # given up in this piece (it failed, or its overlap differed)
+        writer, t = pieces.writer, pieces.transfer
+        heads = Hasher(self.tool)
+        heads.update(writer.head[:HEAD_BYTES])
+        if event.digest is not None and not heads.agrees(event.digest):
+            log.info(
+                "%s: %s: it changed while it was read in pieces; fetching it whole",
+                self.sync.name,
+                path_text(t.remote.path),
+            )
+            self._drop_pieces()
+            self._again(t)
+            return
+        try:
+            pending = writer.checkpoint()
+        except RewriteDetected:
+            self._drop_pieces()
+            self._again(t)
+            return
+        if pending is None:
+            return  # no line ended in this piece: the next one goes on with it
+        request = self.requests[index]
+        # Not the listed size: the next round must not take the rest for fetched (plan._decide).
+        pending.row.remote_size = request.start + request.length
+        await self._finished(index, pending)
+
+    async def _finished(self, index: int, pending: Pending) -> None:
+        """Hand a file that arrived, or a piece of one, to the commit."""
+        pieces = self.pieces
+        if pieces is None or pieces.transfer is not self.transfers[index]:
+            await self.sync.finished(pending)
+            return
+        try:
+            placed = pieces.last is None or await self.sync.piece_committed(pieces.last)
+        except BaseException:
+            self._give_up(index, pending)  # a flush failed: the host's round ends
+            raise
+        if not placed:
+            # The piece before could not be put in place (its error is said, the file
+            # counted failed): the rest of the file would be appended to nothing.
+            self._give_up(index, pending)
+            return
+        if pending.piece:
+            pieces.last = pending
+            pieces.first = pieces.first or pending
+        else:
+            self.pieces = None  # the last piece: the file is done
+            first = pieces.first
+            if first is not None:
+                # Counted as its first commit found it (new, rewritten...; its flush put the
+                # file in place), or grown since.
+                grew = pending.row.size > first.row.size
+                unchanged = first.category == "unchanged"
+                pending.category = "grown" if grew and unchanged else first.category
+        await self.sync.finished(pending)
 
     def _open(self, t: Transfer) -> AppendWriter | WholeWriter:
         state = self.sync.state
@@ -1095,6 +1245,8 @@ class _FrameHandler:
         worker = self.sync.worker
         if worker is not None and worker.dead is not None:
             worker = None  # it failed earlier in the run: index the rest in-process
+        if not self._last_piece(self.index):
+            worker = None  # fetched in pieces: each piece commits its facts (FileIndexer)
         writer: AppendWriter | WholeWriter
         if t.mode == "append":
             assert t.row is not None
@@ -1144,6 +1296,9 @@ class _FrameHandler:
         batch = self.requests[event.indices[0]].check_batched
         if event.digest is not None:
             self.tool = event.digest.algorithm
+        if not self._last_piece(event.indices[0]):
+            await self._piece_checked(event)
+            return
         if batch:
             group, self.held_in_batch = self.held_in_batch, _Held(heads=Hasher(self.tool))
         else:
@@ -1163,7 +1318,7 @@ class _FrameHandler:
                     self._again(t)
                     continue
                 try:
-                    await self.sync.finished(pending)
+                    await self._finished(index, pending)
                 except BaseException:
                     self.held.files += held[n + 1 :]  # a flush failed: abort() gives these up
                     raise
@@ -1225,6 +1380,17 @@ class _FrameHandler:
 
     def _give_up(self, index: int, pending: Pending) -> None:
         t = self.transfers[index]
+        pieces = self.pieces
+        if pieces is not None and pieces.transfer is t:
+            # A piece of a file fetched in pieces: the file is given up, cut back to the
+            # last piece handed to the commit (its temp file removed if none was).
+            self.pieces = None
+            if pending.piece:
+                give_up(pending, None)
+                pieces.writer.abort()
+            else:  # the last piece: its descriptor is the writer's
+                give_up(pending, pieces.writer.committed)
+            return
         give_up(pending, t.row.size if t.mode == "append" and t.row is not None else None)
 
     def _rewrite(self) -> None:
@@ -1237,9 +1403,24 @@ class _FrameHandler:
             self.again.append(t)
 
     def _drop(self) -> None:
-        if self.writer is not None:
-            self.writer.abort()
-            self.writer = None
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            if self.pieces is not None and self.pieces.writer is writer:
+                self.pieces = None  # its file fails or is fetched again: no piece comes
+            writer.abort()
+
+    def _drop_pieces_of(self, t: Transfer) -> None:
+        if self.pieces is not None and self.pieces.transfer is t:
+            self._drop_pieces()
+
+    def _drop_pieces(self) -> None:
+        """Give the file being fetched in pieces up, between two of them: cut back to its
+        last piece handed to the commit (which stays: its digest agreed)."""
+        pieces, self.pieces = self.pieces, None
+        if pieces is not None:
+            if self.writer is pieces.writer:
+                self.writer = None
+            pieces.writer.abort()
 
     def abort_naming(self, exc: RemoteSyncError) -> None:
         """:meth:`abort`, and name in ``exc`` the file it interrupted (when it names none)."""
@@ -1254,8 +1435,21 @@ class _FrameHandler:
             self._give_up(index, pending)
         try:
             self._drop()
+            self._drop_pieces()
         except OSError as exc:  # the abort must not hide the error that caused it
             log.warning("%s: could not clean up a partial fetch: %s", self.sync.name, exc)
+
+
+@dataclass
+class _Pieces:
+    """A file fetched in pieces: its writer, kept from piece to piece, and the pieces of it
+    handed to the commit (the first is the one that put it in place, the last the one the
+    next piece waits for)."""
+
+    transfer: Transfer
+    writer: AppendWriter | WholeWriter
+    first: Pending | None = None
+    last: Pending | None = None
 
 
 @dataclass
@@ -1330,7 +1524,7 @@ def _same_file_back(t: Transfer, read: _OverlapRead, local: Path) -> bool:
         return False  # it shrank since the listing: a real run fetches it whole
     try:
         with open(local, "rb") as mirrored:
-            overlap = Overlap(mirrored, row.size, t.start, head=True)
+            overlap = Overlap.read(mirrored, row.size, t.start, head=True)
         overlap.take(memoryview(read.data))
     except (OSError, RewriteDetected):
         return False  # nothing (or not this) to append to: a real run fetches it whole

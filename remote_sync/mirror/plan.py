@@ -6,7 +6,9 @@ committed end, verified by the overlap and by the head the host hashes per batch
 and *deleted* (gone from the remote: marked, never removed locally). A file back at the path
 of one marked deleted is new unless it is that one (same inode, checked like any append). A
 new transcript that is a mirrored one renamed on the host is an append to a copy of that one
-(*seeded*). It is pure: no I/O, so it is tested on its own.
+(*seeded*). A transcript's range longer than a piece is fetched in pieces
+(:meth:`Transfer.requests`), each committed on its own. It is pure: no I/O, so it is tested
+on its own.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ OVERLAP_BYTES = 4096
 #: tar's block: a file of at most one block lies in one record, and is read at once.
 TAR_BLOCK = 512
 MIN_OVERLAP_BYTES = 1024
+#: The smallest piece a range may be cut in (tests lower the engine's ``PIECE_BYTES`` to
+#: this order): an overlap and a whole head fit in each.
+MIN_PIECE_BYTES = 2 * OVERLAP_BYTES
 
 
 def overlap_for(committed: int, growth: int) -> int:
@@ -63,6 +68,44 @@ class Transfer:
         """Is this the file at the path of one the host deleted (its checkpoint marked so)?
         Fetched whole, such a file is new, whatever the plan hoped (see :func:`make_plan`)."""
         return self.row is not None and self.row.state != "live"
+
+    def pieced(self, piece_bytes: int) -> bool:
+        """Whether this range is fetched in pieces of at most ``piece_bytes`` (see
+        :meth:`requests`): a transcript's, committed at line ends, so that a connection
+        dropped 900 MB into a 1 GiB read keeps what came. A file copied whole is not (a
+        prefix of it is no copy), nor a renamed one's append to a copy (put in place whole),
+        nor a range that only verifies a file's old size."""
+        return (
+            self.kind == "append"
+            and self.seed is None
+            and not self.verify_head
+            and self.length > piece_bytes
+        )
+
+    def requests(self, piece_bytes: int) -> list[FetchRequest]:
+        """The fetch requests of this transfer: :meth:`request`, or its pieces when
+        :meth:`pieced`.
+
+        Each piece is a range of at most ``piece_bytes`` with its head checked on the host
+        after the read, and each after the first starts :data:`OVERLAP_BYTES` before the end
+        of the one before it: the next round's append would check
+        those bytes and the head the same way, so a file rewritten or replaced between two
+        pieces is seen as it would be between two rounds. The pieces are consecutive
+        requests of the fetch, one file open on the host at a time."""
+        if not self.pieced(piece_bytes):
+            return [self.request()]
+        if piece_bytes < MIN_PIECE_BYTES:
+            raise ValueError(f"a piece is at least {MIN_PIECE_BYTES} bytes, not {piece_bytes}")
+        path = self.remote.path
+        end = self.start + self.length
+        start = self.start
+        pieces: list[FetchRequest] = []
+        while True:
+            stop = min(end, start + piece_bytes)
+            pieces.append(FetchRequest(path, start, stop - start, check=True))
+            if stop == end:
+                return pieces
+            start = stop - OVERLAP_BYTES
 
     def request(self) -> FetchRequest:
         # A whole line-committed file may come as a tar entry: tar's NUL padding of a file that

@@ -905,7 +905,8 @@ PER_BATCH = 1000
 #: checked at its end (until the digest of their heads). A connection dropped before that
 #: end loses them all, so :func:`fetch_stdin` ends a batch before a request that would take
 #: them over this: a drop throws away at most this much of files that fully arrived (rsync
-#: keeps each file it finished), or one file larger than it. The engine's flush threshold
+#: keeps each file it finished). A transcript larger than it comes in pieces of at most as
+#: much (the engine's ``PIECE_BYTES``), each committed on its own. The engine's flush threshold
 #: (``FLUSH_BYTES``) is this too: a kill of the client may lose as much of files it finished.
 #: Each batch costs the host a ``tar``, and a ``head``, ``md5sum`` and ``stat`` for its
 #: digests: about 6 ms of CPU on a 2-core test machine, no round trip; at 64 MiB that is

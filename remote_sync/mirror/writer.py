@@ -13,6 +13,11 @@ What it owns: the ways a file's bytes land on disk, and the batch that makes the
 - :class:`WholeWriter` streams a file into a temp file. On commit it replaces the mirrored copy
   atomically (rename). If the old copy is not a prefix of the new content (compaction,
   truncation, replace-by-rename) the old copy is first moved to ``versions/`` and kept forever.
+- A transcript fetched in pieces (see the engine's ``PIECE_BYTES``) keeps one writer of
+  either kind from piece to piece: :meth:`~_LineWriter.checkpoint` hands the lines written
+  so far to the batch as a :class:`Pending` of their own (the first one of a
+  :class:`WholeWriter` puts its temp file in place; the pieces after it append there), and
+  :meth:`~_LineWriter.resume` checks the next piece's overlap with the bytes written.
 
 Appends and whole files feed the session index as they write (a seeded copy is indexed from
 the mirror at the round's end, as a new session): an in-process :class:`FileIndexer` gets the
@@ -35,7 +40,7 @@ import io
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -161,6 +166,9 @@ class Pending:
     bytes: int = 0
     index: IndexUpdate | None = None  # the session's facts, committed with the checkpoint
     job: IndexJob | None = None  # ...or the index worker's job that computes them
+    #: A piece of a file that goes on (see :meth:`_LineWriter.checkpoint`): its lines are
+    #: committed, but the file is not done.
+    piece: bool = False
 
 
 class _LineWriter:
@@ -170,6 +178,7 @@ class _LineWriter:
     _doing = "write the file"  # what a write error says we were doing
     handle: io.BufferedRandom
     local: Path  # the file written (a full disk is told by its directory's file system)
+    row: FileState  # what will be committed
     host: str
     path: bytes
     indexer: FileIndexer | None
@@ -178,6 +187,10 @@ class _LineWriter:
     offset: int
     end_of_lines: int
     notified: int
+    committed: int  # what the checkpoint claims (or will, once the last piece is committed)
+    #: The bytes the data must start with (an append's overlap, or a next piece's): None
+    #: when there are none.
+    overlap: Overlap | None = None
     #: The disk (or this user's quota) filled up after the last line end: what follows is not
     #: written (see _put). The errno that said so (ENOSPC, EDQUOT), 0 while there is room.
     no_room: int = 0
@@ -254,6 +267,60 @@ class _LineWriter:
             if not (lines and self._dropped_past_the_lines(exc)):
                 raise _mirror_error(exc, self.host, self.path, doing, self.local) from exc
 
+    def _past_the_overlap(self, view: memoryview) -> memoryview:
+        """``view`` without the overlap bytes it begins with, checked against what was
+        expected; another byte there is :class:`RewriteDetected`."""
+        return view if self.overlap is None else self.overlap.take(view)
+
+    def _overlap_whole(self) -> None:
+        """:class:`RewriteDetected` if the read ended inside its overlap (the file shrank)."""
+        if self.overlap is not None and not self.overlap.whole:
+            raise RewriteDetected
+
+    def resume(self, start: int) -> None:
+        """Go on with the file's next piece, read from ``start``: its first bytes, up to where
+        the last piece ended, must be the ones written then (a file replaced or rewritten
+        between the two reads seldom has them), else :class:`RewriteDetected`."""
+        length = self.offset - start
+        if not 0 < length <= FINGERPRINT_BYTES * 16:
+            raise ValueError(f"a next piece overlaps its last by 1 to 16 KiB, not {length}")
+        try:
+            self.handle.flush()
+            expected = os.pread(self.handle.fileno(), length, start)
+        except OSError as exc:
+            raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+        if len(expected) != length:
+            raise RewriteDetected  # bytes a full disk dropped: the overlap cannot be checked
+        self.overlap = Overlap(expected)
+
+    def checkpoint(self) -> Pending | None:
+        """The lines written so far, as a :class:`Pending` of their own, while the file goes
+        on in its next piece: committed, a connection dropped later keeps them. None when no
+        line ended since the last checkpoint (a line longer than a piece).
+
+        Its descriptor is a copy of the writer's, which its flush syncs and closes; the bytes
+        written after its lines are the next piece's start (a checkpoint never claims them).
+        The first of a :class:`WholeWriter` hands its temp file over, to be put in place by
+        its flush: from then on the writer writes to the mirrored file."""
+        self._overlap_whole()
+        added = self.end_of_lines - self.committed
+        if added <= 0:
+            return None
+        try:
+            self.handle.flush()
+            self._fingerprint_lines()
+            handle = open(os.dup(self.handle.fileno()), "r+b", buffering=0)  # noqa: SIM115
+        except OSError as exc:
+            raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+        self.row.size = self.committed = self.end_of_lines
+        index = self.indexer.snapshot() if self.indexer is not None else None
+        row = replace(self.row)  # the writer's row goes on changing
+        return Pending(row, handle, category="grown", bytes=added, index=index, piece=True)
+
+    def _fingerprint_lines(self) -> None:
+        """The row's fingerprint of the lines written so far (``end_of_lines`` bytes)."""
+        raise NotImplementedError
+
     def _keep_head(self, view: memoryview) -> None:
         """Keep the file's first bytes (up to FINGERPRINT_BYTES) as they arrive."""
         if len(self.head) < FINGERPRINT_BYTES:
@@ -283,23 +350,31 @@ class _LineWriter:
 
 
 class Overlap:
-    """The bytes of a mirrored file that an append from ``start`` reads again from the host
-    (``start`` to its checkpoint's ``size``), read from ``file``, and their comparison with
-    what the host sends, as it arrives (:meth:`take`). An append and a dry run's check of
-    one (which reads the overlap only) compare alike.
+    """The bytes the host sends again before what is new (``expected``): an append's, from
+    its start to its checkpoint's end (:meth:`read`), or a next piece's, up to where the
+    last piece ended; and their comparison with what the host sends, as it arrives
+    (:meth:`take`). An append and a dry run's check of one (which reads the overlap only)
+    compare alike. ``head``: the file's first bytes, for the host's digest of its head."""
 
-    Raises :class:`RewriteDetected` when the file holds fewer bytes: cut short since its
-    checkpoint (by hand, mid-run), a short overlap would verify nothing and an append at
-    ``size`` would leave a hole. ``head``: keep the file's first bytes too (``head``), for
-    the host's digest of its head."""
-
-    def __init__(self, file: BinaryIO, size: int, start: int, *, head: bool = False) -> None:
-        self.head = file.read(FINGERPRINT_BYTES) if head else b""
-        file.seek(start)
-        self.expected = file.read(size - start)
-        if len(self.expected) != size - start:
-            raise RewriteDetected
+    def __init__(self, expected: bytes, head: bytes = b"") -> None:
+        self.expected = expected
+        self.head = head
         self.seen = 0
+
+    @classmethod
+    def read(cls, file: BinaryIO, size: int, start: int, *, head: bool = False) -> Overlap:
+        """The overlap of an append from ``start`` to a file of ``size`` committed bytes,
+        read from ``file`` (with its first bytes too, if ``head``).
+
+        Raises :class:`RewriteDetected` when the file holds fewer bytes: cut short since its
+        checkpoint (by hand, mid-run), a short overlap would verify nothing and an append at
+        ``size`` would leave a hole."""
+        first = file.read(FINGERPRINT_BYTES) if head else b""
+        file.seek(start)
+        expected = file.read(size - start)
+        if len(expected) != size - start:
+            raise RewriteDetected
+        return cls(expected, first)
 
     @property
     def whole(self) -> bool:
@@ -348,7 +423,7 @@ class AppendWriter(_LineWriter):
             # The file's first KiB, for the host's digest of it after the read: the mirror's
             # (committed, unchanged by this append), or the first bytes received.
             self.head_from_data = keep_head and start == 0
-            self.overlap = Overlap(self.handle, row.size, start, head=keep_head and start > 0)
+            self.overlap = Overlap.read(self.handle, row.size, start, head=keep_head and start > 0)
             self.head = bytearray(self.overlap.head)
         except OSError as exc:
             raise _mirror_error(exc, self.host, self.path, "open the mirrored file") from exc
@@ -364,13 +439,17 @@ class AppendWriter(_LineWriter):
         view = memoryview(data)
         if self.head_from_data:
             self._keep_head(view)
-        view = self.overlap.take(view)
+        view = self._past_the_overlap(view)
         if view:
             self._put(view)
 
+    def _fingerprint_lines(self) -> None:
+        if self.committed < FINGERPRINT_BYTES:
+            head = os.pread(self.handle.fileno(), min(self.end_of_lines, FINGERPRINT_BYTES), 0)
+            self.row.fingerprint = fingerprint_of(head)
+
     def finish(self) -> Pending:
-        if not self.overlap.whole:
-            raise RewriteDetected  # the remote file ended inside our overlap: it shrank
+        self._overlap_whole()  # the remote file ended inside our overlap: it shrank
         # A partial last line waits for next run.
         self._cut_at_the_lines(self.end_of_lines, "truncate the mirrored file")
         self.row.size = self.end_of_lines
@@ -504,7 +583,10 @@ class WholeWriter(_LineWriter):
         self.path = row.path
         self.lines_only = lines_only
         self.category = category
-        self.temp = self.local = state.temp_path()
+        #: None once a checkpoint handed it over: the writer then writes to the mirrored file.
+        self.temp: Path | None = state.temp_path()
+        self.local = self.temp
+        self.mirrored = state.local_path(row.host, row.path)  # where a first piece goes
         try:
             # Readable too: an index worker reads the lines through (a copy of) this descriptor.
             self.handle = open(self.temp, "w+b")  # noqa: SIM115 (kept until flush)
@@ -513,12 +595,29 @@ class WholeWriter(_LineWriter):
         self.offset = 0
         self.end_of_lines = 0
         self.notified = 0
+        self.committed = 0
         self.head = bytearray()
 
     def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
+        view = self._past_the_overlap(memoryview(data))
         self._keep_head(view)
         self._put(view, track_lines=self.lines_only)
+
+    def _fingerprint_lines(self) -> None:
+        self.row.fingerprint = fingerprint_of(
+            self.head[: min(self.end_of_lines, FINGERPRINT_BYTES)]
+        )
+
+    def checkpoint(self) -> Pending | None:
+        pending = super().checkpoint()
+        if pending is not None and self.temp is not None:
+            # The first: its flush puts the file in place (keeping the old copy as a version
+            # unless it is a prefix of these lines), as a whole file's.
+            pending.temp, self.temp = self.temp, None
+            self.local = self.mirrored
+            pending.category = self.category
+            pending.back = self.back
+        return pending
 
     def finish(self) -> Pending:
         size = self.end_of_lines if self.lines_only else self.offset
@@ -534,7 +633,7 @@ class WholeWriter(_LineWriter):
             temp=self.temp,
             category=self.category,
             back=self.back,
-            bytes=size,
+            bytes=size - self.committed,
             index=index,
             job=self.job,
         )
@@ -542,6 +641,12 @@ class WholeWriter(_LineWriter):
     def abort(self) -> None:
         if self.job is not None:
             self.job.drop()
+        if self.temp is None:  # in place since a checkpoint: cut back to it
+            try:
+                self.handle.truncate(self.committed)
+            finally:
+                self.handle.close()
+            return
         self.handle.close()
         self.temp.unlink(missing_ok=True)
 
@@ -731,7 +836,9 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
         )
     kept: Path | None = None
     recorded = row.version
-    if local.exists() and not _is_prefix(local, item.temp):
+    # The temp file's first row.size bytes are its content: a first piece's (see
+    # WholeWriter.checkpoint) is followed by the next piece's first bytes, not yet committed.
+    if local.exists() and not _is_prefix(local, item.temp, row.size):
         if row.kind == "append" or item.category == "new":
             # The remote rewrote history (or an unknown file sits here, or the copy of a file
             # the host deleted before this one took its path): keep the old copy.
@@ -750,7 +857,7 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
     elif item.category == "rewritten":
         # Identity changed but the content only grew (e.g. replaced by rename with the
         # same history), or is the same (only touched): nothing to keep apart.
-        same = local.exists() and local.stat().st_size == item.temp.stat().st_size
+        same = local.exists() and local.stat().st_size == row.size
         item.category = "unchanged" if same else "grown"
     try:
         os.rename(item.temp, local)
@@ -763,9 +870,9 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
     dirs.add(local.parent)
 
 
-def _is_prefix(old: Path, new: Path, block: int = 1 << 20) -> bool:
-    """Is the content of ``old`` a prefix of the content of ``new``?"""
-    if old.stat().st_size > new.stat().st_size:
+def _is_prefix(old: Path, new: Path, size: int, block: int = 1 << 20) -> bool:
+    """Is the content of ``old`` a prefix of the first ``size`` bytes of ``new``?"""
+    if old.stat().st_size > size:
         return False
     with open(old, "rb") as a, open(new, "rb") as b:
         while True:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncssh
 import pytest
 from sshfleet import SSHFleet
 
@@ -647,6 +648,30 @@ async def test_auth_failure_is_its_own_error(fleet: SSHFleet, tmp_path: Path) ->
         with pytest.raises(AuthenticationError) as info:
             await run_command(pool, ep, ["true"], host="h0")
     assert info.value.host == "h0"
+
+
+def test_a_known_hosts_file_that_appears_while_it_is_read_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A known_hosts file that could not be looked at (gone, or not there yet) had its path
+    alone for a version; the reading that followed could find it (it appeared meanwhile)
+    and keep its keys under that version, trusted again once the file was gone. A file that
+    could not be looked at is read, never kept."""
+    known = tmp_path / "known_hosts"
+    key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    monkeypatch.setattr(pool_module, "_KNOWN_HOSTS_READ", {})
+    monkeypatch.setattr(pool_module, "_RECENT_NS", 0)
+    real = pool_module._parse_known_hosts
+
+    def appearing(paths: list[str]) -> asyncssh.SSHKnownHosts:
+        known.write_text(f"box {key}\n")  # between the look at the file and its reading
+        return real(paths)
+
+    monkeypatch.setattr(pool_module, "_parse_known_hosts", appearing)
+    assert pool_module._read_known_hosts([str(known)]).match("box", "", None)[0]
+    monkeypatch.setattr(pool_module, "_parse_known_hosts", real)
+    known.unlink()
+    assert not pool_module._read_known_hosts([str(known)]).match("box", "", None)[0]
 
 
 async def test_an_identity_file_adds_to_the_ssh_config_keys_as_ssh_i_does(

@@ -375,13 +375,15 @@ _RECENT_NS = 2_000_000_000
 
 def _file_version(path: str, now_ns: int) -> tuple[object, ...] | None:
     """What tells one version of the file ``path`` from another without reading it: its
-    size, times of change (ns) and inode; a file that cannot be found is its path alone.
-    None for a file changed within :data:`_RECENT_NS` of ``now_ns``, whose next change
-    might not show."""
+    size, times of change (ns) and inode. None for a file changed within
+    :data:`_RECENT_NS` of ``now_ns``, whose next change might not show, and for one that
+    cannot be looked at: the reading that follows may find it (it appeared meanwhile), and
+    what it read, kept under a version that says nothing of it, would be found again for a
+    file gone since."""
     try:
         st = os.stat(path)
     except OSError:
-        return (path,)
+        return None
     if max(st.st_mtime_ns, st.st_ctime_ns) > now_ns - _RECENT_NS:
         return None
     return (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
@@ -396,7 +398,7 @@ def _read_known_hosts(paths: Sequence[str]) -> asyncssh.SSHKnownHosts:
     now_ns = time.time_ns()  # before the stat: a change after it is newer
     found = [_file_version(path, now_ns) for path in paths]
     if any(version is None for version in found):
-        return _parse_known_hosts(paths)  # one of them just changed: read, not kept
+        return _parse_known_hosts(paths)  # one just changed, or went: read, not kept
     versions = tuple(version for version in found if version is not None)
     with _KNOWN_HOSTS_LOCK:
         known = _KNOWN_HOSTS_READ.get(versions)
@@ -1414,9 +1416,9 @@ class SSHPool:
             policy = "accept-new"
         client = _Client(resolved.keys, policy, settings.record_new_host_keys, resolved.hash_names)
         options["client_factory"] = lambda: client
-        # Read in a worker thread, as the rest of the lookup: every known_hosts file is read
-        # and parsed again per connection (a key recorded under accept-new by the previous
-        # one must count).
+        # Read in a worker thread, as the rest of the lookup: a known_hosts file is parsed
+        # again whenever it changed since it was last parsed (_read_known_hosts: a key
+        # recorded under accept-new by the previous connection must count), else shared.
         options["known_hosts"] = await anyio.to_thread.run_sync(resolved.keys.trusted)
         if endpoint.user:
             options["username"] = endpoint.user

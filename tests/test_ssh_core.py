@@ -650,6 +650,39 @@ async def test_auth_failure_is_its_own_error(fleet: SSHFleet, tmp_path: Path) ->
     assert info.value.host == "h0"
 
 
+async def test_an_auth_failure_names_the_address_port_and_what_was_tried(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "Permission denied for user U on host 127.0.0.1" named neither the port nor the keys
+    offered, where ssh -v lists them: the failure names the address and port connected to
+    (as an unreachable host's does), the key files offered and the ssh-agent asked, or
+    that there was none, and nothing of a key but its path."""
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/id_* offered besides
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    ep = direct_endpoint(fleet, "h0", str(stranger))
+    port = fleet.host("h0").port
+    async with SSHPool() as pool:
+        with pytest.raises(AuthenticationError) as info:
+            await run_command(pool, ep, ["true"], host="h0")
+    message = info.value.message
+    assert f"(connected to 127.0.0.1 port {port})" in message, message
+    assert f"; offered the key file {stranger}; no ssh-agent (SSH_AUTH_SOCK is not set)" in message
+    secret = stranger.read_text().splitlines()[1]
+    assert secret not in str(info.value)
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    with ssh_agent(tmp_path, other) as sock:
+        monkeypatch.setenv("SSH_AUTH_SOCK", sock)
+        async with SSHPool() as pool:
+            with pytest.raises(AuthenticationError) as info:
+                await run_command(pool, ep, ["true"], host="h0")
+    assert f"offered the keys of the ssh-agent at {sock} and the key file {stranger}" in str(
+        info.value
+    )
+
+
 def test_a_known_hosts_file_that_appears_while_it_is_read_is_not_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

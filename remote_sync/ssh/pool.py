@@ -691,6 +691,39 @@ def _locked_keys(paths: Sequence[str]) -> list[str]:
     return locked
 
 
+def _offered(options: dict[str, Any], resolved: _Resolved, locked: Sequence[str]) -> str:
+    """What a connection made with ``options`` offered the host, as an authentication
+    failure names it (ssh -v lists each key it offers): the ssh-agent asyncssh asks (the
+    ssh_config's IdentityAgent, else SSH_AUTH_SOCK), and the key files it loads: those
+    named (the inventory's and the ssh_config's that exist), else the default
+    ``~/.ssh/id_*`` that exist, less the ``locked`` ones (they need a passphrase, and are
+    skipped). Paths only: nothing of a key is said."""
+    agent = options.get("agent_path")
+    if agent is None:  # not set by us: asyncssh takes the ssh_config's, else the variable
+        parsed = resolved.parsed
+        configured = () if parsed is None else parsed.config.get("IdentityAgent", ())
+        agent = os.environ.get("SSH_AUTH_SOCK", "") if configured == () else configured
+    offered, lacking = [], []
+    if agent:
+        offered.append(f"the keys of the ssh-agent at {_expand(str(agent))}")
+    else:
+        variable = (resolved.agent or "SSH_AUTH_SOCK").removeprefix("$")
+        why = "IdentityAgent none" if agent is None else f"{variable} is not set"
+        lacking.append(f"no ssh-agent ({why})")
+    named = [_expand(str(path)) for path in options.get("client_keys") or ()]
+    files = [
+        path
+        for path in named or [_expand(path) for path in _DEFAULT_IDENTITIES]
+        if os.path.isfile(path) and path not in locked
+    ]
+    if files:
+        offered.append(f"the key file{'s' if len(files) > 1 else ''} {', '.join(files)}")
+    else:
+        lacking.append("no key file" + ("" if named else " (none named, no ~/.ssh/id_*)"))
+    said = f"offered {' and '.join(offered)}" if offered else "offered no key"
+    return "; ".join((said, *lacking))
+
+
 def refuse_unprotected_keys(paths: Sequence[str], host: str) -> None:
     """ssh ignores a private key others may read ("UNPROTECTED PRIVATE KEY FILE"); asyncssh
     would use it. When every key named is such a key, that is this host's
@@ -1520,8 +1553,12 @@ class SSHPool:
         except asyncssh.PermissionDenied as exc:
             keys = options.get("client_keys") or resolved.identities or _DEFAULT_IDENTITIES
             locked = _locked_keys(keys)
+            # Where and with what, as ssh -v says it: the host's name alone does not show a
+            # wrong HostName or Port, nor a key that was never offered.
+            route = _route(proxy.command if proxy is not None else None, resolved)
             raise AuthenticationError(
-                f"authentication failed: {exc.reason}"
+                f"authentication failed (connected {route}): {exc.reason}; "
+                f"{_offered(options, resolved, locked)}"
                 + ("; this key needs a passphrase, and no ssh-agent offered it" if locked else ""),
                 host=host,
                 path=", ".join(locked) or None,

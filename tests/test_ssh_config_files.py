@@ -8,8 +8,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import importlib.util
 import logging
 import os
+import pathlib
 import pwd
 import shlex
 import shutil
@@ -1453,3 +1455,225 @@ async def test_a_host_key_is_found_under_the_lowercased_host_name_as_ssh_finds_i
                 else:
                     with pytest.raises(HostKeyError, match="unknown"):
                         await run_command(pool, ep, ["true"])
+
+
+# --- ProxyCommand or ProxyJump: the one ssh takes ----------------------------------------
+
+
+def _ssh_printed(cfg: Path, *options: str) -> dict[str, str]:
+    """``ssh -G``'s options for ``box`` under ``cfg`` (of a repeated one, the last)."""
+    printed = _ssh("-F", str(cfg), *options, "-G", "box").stdout.splitlines()
+    return dict(line.split(" ", 1) for line in printed if " " in line)
+
+
+@pytest.mark.parametrize(
+    ("lines", "given"),
+    [
+        ("ProxyJump j1\n  ProxyCommand nc %d %h\n", None),
+        ("ProxyCommand false %h\n  ProxyJump j1\n", None),
+        ("ProxyJump none\n  ProxyCommand false %h\n", None),
+        ("ProxyCommand none\n  ProxyJump j1\n", None),
+        ("ProxyJump j1\n  ProxyCommand nc %d %h\n", "false %h %p"),
+        ("ProxyCommand nc %d %h\n", "false %h %p"),
+    ],
+)
+def test_the_first_of_proxy_command_and_proxy_jump_is_the_one_taken_as_in_ssh(
+    lines: str, given: str | None, tmp_path: Path
+) -> None:
+    """ssh takes ProxyCommand and ProxyJump as one choice whose first value wins (readconf.c;
+    ``ProxyJump none`` does not keep a later ProxyCommand out in 9.2, ``ProxyCommand none``
+    keeps a ProxyJump out), and ``-o ProxyCommand=...``, as the inventory's proxy_command,
+    comes before both. asyncssh took both: the pool opened the jump host where ssh runs the
+    command, and refused a token (%d) of a command ssh never runs, failing the host. ``ssh
+    -G`` shows the one it takes."""
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Host box\n  HostName 127.0.0.1\n  {lines}Host j1\n  HostName 127.0.0.2\n")
+    printed = _ssh_printed(cfg, *(("-o", f"ProxyCommand={given}") if given else ()))
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg), proxy_command=given)
+    assert SSHPool().preflight(ep, "box") is None
+    prepared = pool_module._prepare(ep, "box")
+    parsed = prepared.resolved.parsed
+    assert parsed is not None
+    configured = parsed.config.get("ProxyCommand")
+    assert prepared.resolved.jumps == printed.get("proxyjump")
+    assert ((given or configured) is not None) == ("proxycommand" in printed)
+    if given:
+        assert configured is None  # the inventory's alone runs
+        assert prepared.options["proxy_command"] == "false 127.0.0.1 22"
+    elif "proxycommand" in printed:
+        proxy, _, said = _ssh_proxy_and_keys(cfg)
+        assert [configured] == proxy, said
+
+
+@pytest.mark.parametrize("given", [None, "false %h"])
+def test_j_and_c_name_no_jump_host_when_a_proxy_command_is_taken(
+    given: str | None, tmp_path: Path
+) -> None:
+    """With a ProxyCommand before the ProxyJump, or the inventory's proxy_command, ssh
+    takes no jump host: %j is empty and %C is hashed without one (OpenSSH 9.6; 9.2 hashes
+    no jump host at all, so its ``ssh -G`` UserKnownHostsFile is the reference). They were
+    taken from the ProxyJump line ssh never follows."""
+    cfg = tmp_path / "config"
+    first = "" if given else "  ProxyCommand false %h\n"
+    cfg.write_text(
+        f"Host box\n  HostName 127.0.0.1\n{first}  ProxyJump admin@bastion\n"
+        f"  IdentityFile {tmp_path}/id_%j_%C\n  UserKnownHostsFile {tmp_path}/known_%C\n"
+    )
+    printed = _ssh_printed(cfg, *(("-o", f"ProxyCommand={given}") if given else ()))
+    assert "proxyjump" not in printed
+    known = printed["userknownhostsfile"]
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), proxy_command=given)
+    resolved = pool_module._prepare(ep, "box").resolved
+    assert resolved.keys.user == (known,)
+    connection_hash = known.rsplit("_", 1)[1]
+    assert resolved.identities == (f"{tmp_path}/id__{connection_hash}",)
+    assert resolved.jumps is None
+
+
+# --- the patches of asyncssh's reader, each applied once ---------------------------------
+
+
+#: The functions of the pool that patch asyncssh's ssh_config reader, in the pool's order.
+_PATCHES = (
+    "_sort_config_includes",
+    "_read_system_file_as_ssh_does",
+    "_lowercase_host_as_ssh_does",
+    "_expand_tokens_once_every_file_is_read",
+    "_read_config_as_ssh_does",
+)
+
+
+def _fresh_asyncssh_config() -> Any:
+    """A copy of asyncssh's config module as asyncssh ships it, none of the pool's patches
+    applied (the imported one has them all)."""
+    spec = importlib.util.spec_from_file_location(
+        "asyncssh._remote_sync_fresh_config", asyncssh.config.__file__
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load(module: Any, cfg: Path) -> Any:
+    """``module``'s reading of ``cfg`` for the host ``box``."""
+    return module.SSHClientConfig.load(None, [str(cfg)], False, False, False, "me", (), "box", ())
+
+
+@pytest.mark.parametrize("order", [_PATCHES, _PATCHES[::-1]], ids=["forward", "reversed"])
+def test_each_patch_of_asyncssh_s_reader_applies_once_whatever_the_order(
+    order: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each patch checked a marker on the outermost wrapper of asyncssh's ``load``, which the
+    next wrapper hid: called again, they wrapped again, and a second expansion made the
+    ``%h`` of ``%%h`` the host. Applied twice, in either order, a reading is as once: ``%%h``
+    is ``%h``, the paths are ssh's, the Include'd files sorted without dot files."""
+    fresh = _fresh_asyncssh_config()
+    monkeypatch.setattr(asyncssh, "config", fresh)
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / ".box.swp").write_text("Host box\n  Port 2201\n")
+    (conf_d / "b.conf").write_text("Host box\n  Port 2203\n")
+    (conf_d / "a.conf").write_text("Host box\n  Port 2202\n")
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        f"Include {conf_d}/*\nHost box\n  HostName Real.EXAMPLE\n"
+        f"  CertificateFile {tmp_path}/cert_%%h\n  IdentityFile {tmp_path}/id_%h\n"
+        "  ProxyCommand false %%h %h\n"
+    )
+    for name in (*order, *order, *order):
+        getattr(pool_module, name)()
+    config = _load(fresh, cfg)
+    assert config.get("CertificateFile") == [f"{tmp_path}/cert_%h"]
+    assert config.get("IdentityFile") == [f"{tmp_path}/id_real.example"]
+    assert config.get("ProxyCommand") == "false %h real.example"
+    assert config.get("Port") == 2202
+
+
+def test_tokens_are_expanded_by_asyncssh_where_the_lowercasing_patch_is_not_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The expansion once every file is read takes its tokens from the lowercasing patch
+    (%k, %j); without it (another asyncssh, where that patch leaves itself out), a
+    ProxyCommand's expansion stopped on a bare KeyError. It is then not applied either,
+    and asyncssh expands the tokens as it did."""
+    fresh = _fresh_asyncssh_config()
+    monkeypatch.setattr(asyncssh, "config", fresh)
+    pool_module._expand_tokens_once_every_file_is_read()
+    cfg = tmp_path / "config"
+    cfg.write_text("Host box\n  ProxyCommand nc %h %p\n")
+    assert _load(fresh, cfg).get("ProxyCommand") == "nc box 22"
+
+
+def test_path_glob_is_never_replaced_while_an_include_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Include's glob was ssh's through ``pathlib.Path.glob`` swapped for the time of the
+    Include: any other thread of the process (an application embedding the library) got
+    that non-recursive glob skipping dot files meanwhile. The Include is read as ssh reads
+    it (sorted, no dot files) with ``Path.glob`` as Python has it throughout."""
+    original = pathlib.Path.glob
+    seen: list[bool] = []
+    real = pool_module.include_paths
+
+    def watching(pattern: str) -> list[str]:
+        seen.append(pathlib.Path.glob is original)
+        return real(pattern)
+
+    monkeypatch.setattr(pool_module, "include_paths", watching)
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / ".box.swp").write_text("Host box\n  Port 2201\n")
+    (conf_d / "box.conf").write_text("Host box\n  Port 2202\n")
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Include {conf_d}/*\nHost box\n  Port 2299\n")
+    assert _resolved_ports(cfg) == [2202]
+    assert seen and all(seen), seen
+
+
+# --- a % at the end of a path ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "refused"),
+    [
+        ("IdentityFile {d}/id%\n", "IdentityFile"),
+        ("IdentityFile {d}/id\n  IdentityFile {d}/other%%%\n", "IdentityFile"),
+        ("CertificateFile {d}/cert%\n", "CertificateFile"),
+        ("UserKnownHostsFile {d}/known {d}/kh%\n", "UserKnownHostsFile"),
+        ("IdentityAgent {d}/agent%\n", "IdentityAgent"),
+        ("IdentityAgent {d}/agent\n  IdentityAgent {d}/agent%\n", None),  # not taken
+        ("IdentityFile {d}/id_100%%\n", None),
+    ],
+)
+def test_a_path_ending_in_a_lone_percent_is_refused_as_ssh_refuses_it(
+    lines: str, refused: str | None, tmp_path: Path
+) -> None:
+    """ssh stops on a ``%`` at the end of a path whose tokens it expands ("invalid
+    format"); asyncssh and the known_hosts lookup took it for a letter of the file's name.
+    It is a configuration error naming the file and line; a value ssh does not take (a
+    later IdentityAgent) is not refused, nor a ``%%``."""
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        "Host box\n  HostName 127.0.0.1\n  ProxyCommand false\n  " + lines.format(d=tmp_path)
+    )
+    _, _, said = _ssh_proxy_and_keys(cfg)
+    assert ("invalid format" in said) == (refused is not None), said
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    problem = SSHPool().preflight(ep, "box")
+    if refused is None:
+        assert problem is None, problem
+        return
+    assert isinstance(problem, ConfigError), problem
+    assert (problem.host, problem.path) == ("box", str(cfg))
+    line = 4 + lines.count("\n") - 1
+    assert problem.message.startswith(f"ssh_config line {line}: {refused} "), problem.message
+    assert "ends in a '%' that starts no token" in problem.message, problem.message
+
+
+@given(st.text(alphabet="%ab", max_size=12))
+def test_a_lone_percent_at_the_end_is_told_from_a_doubled_one(text: str) -> None:
+    """A ``%`` ends the text alone when the run of ``%`` it ends is odd (``%%`` is one
+    ``%``): what ssh stops on in a path, and nothing else."""
+    run = len(text) - len(text.rstrip("%"))
+    assert sshconfig.ends_in_lone_percent(text) == (run % 2 == 1)

@@ -83,6 +83,7 @@ from .sshconfig import (
     UnsafeTokenValue,
     check_config_files,
     default_files,
+    ends_in_lone_percent,
     expand_match_exec,
     expand_proxy_command,
     host_block_applies,
@@ -579,7 +580,7 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
         host=endpoint.address,
         port=endpoint.port or (),
         username=endpoint.user or (),
-        config=default_files() if config is None else config,
+        config=_config_files(endpoint, default_files() if config is None else list(config)),
         known_hosts=None,  # nothing read or checked: a lookup only
         client_keys=None,
     )
@@ -745,15 +746,16 @@ def refuse_unprotected_keys(paths: Sequence[str], host: str) -> None:
     )
 
 
-_TOKEN = re.compile(r"%(.)|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: A token (``%`` and the letter after it, none for a ``%`` at the end) or a ``${VAR}``.
+_TOKEN = re.compile(r"%(.?)|\$\{([A-Za-z_][A-Za-z0-9_]*)\}", re.DOTALL)
 
 
 def _expand_tokens(path: str, tokens: Mapping[str, str], host: str) -> str:
     """A UserKnownHostsFile path with ``~``, ``${VAR}`` and ssh's tokens expanded, as ssh
     expands them there (``tokens``: those of
     :func:`~remote_sync.ssh.sshconfig.match_exec_tokens`, %C %L %d %h %i %j %k %l %n %p %r
-    %u, and %%); any other token (%T...) or an unset variable is a :class:`ConfigError`, as
-    ssh stops on it ("unknown key")."""
+    %u, and %%); any other token (%T...), a ``%`` at the end or an unset variable is a
+    :class:`ConfigError`, as ssh stops on it ("unknown key", "invalid format")."""
 
     def value(match: re.Match[str]) -> str:
         token, variable = match.group(1), match.group(2)
@@ -1419,7 +1421,7 @@ class SSHPool:
             except _READING_ERRORS as exc:  # not a configuration error (those are ours)
                 raise classify(exc, host, connecting=True) from exc
         options.update(prepared.options)
-        _reusing_lookup(options, prepared.resolved)
+        _reusing_lookup(options, prepared.resolved, endpoint)
         accepted = _accepted_signature_algs(prepared.resolved)
         if accepted:
             options["signature_algs"] = accepted
@@ -2017,7 +2019,7 @@ def _prepare_jumps(
     return found
 
 
-def _reusing_lookup(options: dict[str, Any], resolved: _Resolved) -> None:
+def _reusing_lookup(options: dict[str, Any], resolved: _Resolved, endpoint: Endpoint) -> None:
     """``options`` (changed in place) built on the ssh_config as the lookup read it, instead
     of parsing the files again (about 2 ms a host for a 20-host ssh_config, against 0.07 ms).
 
@@ -2030,8 +2032,10 @@ def _reusing_lookup(options: dict[str, Any], resolved: _Resolved) -> None:
     """
     parsed = resolved.parsed
     if parsed is None or (parsed.canonicalize_hostname and parsed.canonical_domains):
-        # asyncssh alone would read ~/.ssh/config only: the system-wide file too, as ssh.
-        options.setdefault("config", default_files())
+        # asyncssh alone would read ~/.ssh/config only: the system-wide file too, as ssh;
+        # and the inventory's ProxyCommand goes before them, as in the lookup.
+        files = options.get("config")  # [] (no file at all) stays []
+        options["config"] = _config_files(endpoint, default_files() if files is None else files)
         return
     options.update(options=parsed, config=None, reload=False, final=False)
     options.setdefault("client_keys", ())
@@ -2225,106 +2229,146 @@ __all__ = [
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 
-_INCLUDE_LOCK = threading.RLock()
+#: Where asyncssh's client config class keeps the names of the patches of this module
+#: applied to it: each is applied once, in whatever order and however often the functions
+#: are called (a marker on a wrapper was hidden by the next wrapper of the same method, and
+#: a patch applied twice expanded tokens twice).
+_PATCHES_APPLIED = "_remote_sync_patches"
 
 
-def _sort_config_includes() -> None:
-    """Make asyncssh read the files of an ssh_config ``Include`` glob as ssh finds them
-    (:func:`~remote_sync.ssh.sshconfig.include_paths`): sorted, and without the dot files a
-    wildcard does not match in glob(3).
-
-    ssh expands ``Include conf.d/*`` with glob(3), which sorts and skips ``.host.swp``;
-    asyncssh 2.x takes ``Path.glob``, in directory order and with dot files, so with
-    first-match-wins a host could get another file's HostName or Port than ssh gives it
-    (and be mirrored under the wrong name), or an editor's swap file's. Its client
-    config's include step is wrapped so that, while it runs, ``Path.glob`` answers with
-    those paths. Where that step is not found (another asyncssh), nothing is changed.
-    """
-    config_class = getattr(getattr(asyncssh, "config", None), "SSHClientConfig", None)
-    handlers = getattr(config_class, "_handlers", None)
-    entry = handlers.get("include") if isinstance(handlers, dict) else None
-    if handlers is None or entry is None or getattr(entry[1], "sorted_globs", False):
-        return
-    name, include = entry
-
-    def sorted_include(config: Any, option: str, args: list[str]) -> None:
-        # One swap at a time (configs are read in worker threads, several at once),
-        # re-entrant for an included file's own Include.
-        with _INCLUDE_LOCK:
-            real_glob = Path.glob
-
-            def ssh_glob(path: Path, pattern: str, *more: Any, **kwargs: Any) -> Any:
-                # asyncssh globs ``pattern`` under ``path`` (the root of an absolute
-                # pattern, or ~/.ssh); the whole path string is globbed, as ssh globs it.
-                return iter(Path(found) for found in include_paths(os.path.join(path, pattern)))
-
-            Path.glob = ssh_glob  # type: ignore[method-assign,assignment]
-            try:
-                include(config, option, args)
-            finally:
-                Path.glob = real_glob  # type: ignore[method-assign]
-
-    sorted_include.sorted_globs = True  # type: ignore[attr-defined]
-    handlers["include"] = (name, sorted_include)
+def _config_class() -> Any:
+    """asyncssh's SSHClientConfig (None where there is none: another asyncssh)."""
+    return getattr(getattr(asyncssh, "config", None), "SSHClientConfig", None)
 
 
-_sort_config_includes()
+def _applied(config_class: Any) -> set[str]:
+    """The names of the patches applied to ``config_class`` (:data:`_PATCHES_APPLIED`)."""
+    applied: set[str] | None = config_class.__dict__.get(_PATCHES_APPLIED)
+    if applied is None:
+        applied = set()
+        setattr(config_class, _PATCHES_APPLIED, applied)
+    return applied
 
 
-#: While asyncssh reads a :class:`SystemWide` list of ssh_config files: its system-wide
-#: file (the last one); None otherwise. Per thread and task, as lookups run in both.
-_READING_SYSTEM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "remote_sync_system_ssh_config", default=None
+#: What asyncssh's reading of ssh_config files is given to read (its ``config_paths``),
+#: while it reads them; None otherwise. Per thread and task, as lookups run in both. Its
+#: ``system`` (:class:`~remote_sync.ssh.sshconfig.SystemWide`) is the system-wide file,
+#: read last; its ``proxy_command_given`` (:class:`_ProxyCommandGiven`) says the inventory
+#: gives the ProxyCommand.
+_READING_FILES: contextvars.ContextVar[object] = contextvars.ContextVar(
+    "remote_sync_ssh_config_files", default=None
 )
 
 
-def _read_system_file_as_ssh_does() -> None:
-    """Make asyncssh take the relative paths of the system-wide ssh_config's Include lines
-    (Debian's ``Include /etc/ssh/ssh_config.d/*.conf`` is absolute, others need not be), and
-    of the files it Includes, under its directory, as ssh does; asyncssh takes every one
-    under ~/.ssh. Which file is the system-wide one it learns from the list it is given
-    (:func:`~remote_sync.ssh.sshconfig.default_files`), read last: once an Include line of
-    that file is read, every later one of the same reading is the system's. Where asyncssh's
-    reader is not as expected (another asyncssh), nothing is changed."""
-    config_class: Any = getattr(getattr(asyncssh, "config", None), "SSHClientConfig", None)
+def _sort_config_includes() -> None:
+    """Make asyncssh read an ssh_config ``Include`` as ssh reads it
+    (:func:`_include_as_ssh_does`): the files of a glob sorted and without the dot files a
+    wildcard does not match in glob(3), and a relative path of the system-wide file (or of
+    a file it Includes) under that file's directory.
+
+    asyncssh's own handler took ``Path.glob``, in directory order and with dot files, so
+    with first-match-wins a host could get another file's HostName or Port than ssh gives
+    it (and be mirrored under the wrong name), or an editor's swap file's. Its handler is
+    replaced, not wrapped: ``pathlib.Path.glob`` is never changed (swapped for the time of
+    an Include, it was swapped for every thread of the process). Where the handler is not
+    asyncssh's own (another asyncssh), nothing is changed."""
+    module: Any = getattr(asyncssh, "config", None)
+    config_class = _config_class()
     handlers = getattr(config_class, "_handlers", None)
     entry = handlers.get("include") if isinstance(handlers, dict) else None
-    load = getattr(config_class, "load", None)
-    real_load = getattr(load, "__func__", None)
-    if entry is None or real_load is None or getattr(entry[1], "system_relative", False):
+    own = getattr(getattr(module, "SSHConfig", None), "_include", None)
+    if entry is None or own is None or "include" in _applied(config_class):
         return
     assert isinstance(handlers, dict)
-    name, include = entry
+    if entry[1] is not own:
+        return
+    handlers["include"] = (entry[0], _include_as_ssh_does)
+    _applied(config_class).add("include")
 
-    def system_relative_include(config: Any, option: str, args: list[str]) -> None:
-        if _reading_system_file(config):
-            config._system_includes = True
-            config._default_path = Path(os.path.dirname(str(_READING_SYSTEM.get())))
-        include(config, option, args)
+
+def _include_as_ssh_does(config: Any, option: str, args: list[str]) -> None:
+    """asyncssh's Include handler (``SSHConfig._include``, as asyncssh 2.x has it), reading
+    what ssh reads: each pattern's files as glob(3) finds them
+    (:func:`~remote_sync.ssh.sshconfig.include_paths`), the regular files among them; a
+    relative pattern under ~/.ssh, or, in the system-wide file and the files it Includes
+    (:func:`_reading_system_file`), under that file's directory, as ssh takes them."""
+    if _reading_system_file(config):
+        config._system_includes = True
+        system = getattr(_READING_FILES.get(), "system", None)
+        config._default_path = Path(os.path.dirname(str(system)))
+    old_path, old_line_no = config._path, config._line_no
+    for pattern in args:
+        path = Path(pattern).expanduser()
+        if path.anchor:
+            pattern, path = str(Path(*path.parts[1:])), Path(path.anchor)
+        else:
+            path = config._default_path
+        matched = include_paths(os.path.join(path, pattern))
+        found = [name for name in matched if os.path.isfile(name)]
+        if not found:
+            log.debug("ssh_config Include %s matched no files", pattern)
+        for name in found:
+            config.parse(Path(name))
+    config._path, config._line_no = old_path, old_line_no
+    config._matching = True
+    args.clear()
+
+
+class _ProxyCommandGiven(SystemWide):
+    """The ssh_config files of an endpoint whose ProxyCommand the inventory gives, read as
+    ``ssh -o ProxyCommand=...`` reads them: a value given before the files is the first
+    obtained, so their ProxyCommand and ProxyJump lines are not taken (:func:`_first_proxy`)
+    and their tokens are not expanded (nor refused): ssh never runs them, and %j is empty."""
+
+    proxy_command_given = True
+
+
+def _config_files(endpoint: Endpoint, files: list[str]) -> list[str]:
+    """``files``, the ssh_config files read for ``endpoint``, as asyncssh is given them: a
+    :class:`_ProxyCommandGiven` when the inventory gives the ProxyCommand."""
+    if not endpoint.proxy_command:
+        return files
+    return _ProxyCommandGiven(files, getattr(files, "system", None))
+
+
+def _read_system_file_as_ssh_does() -> None:
+    """Make asyncssh note what its reading of ssh_config files is given
+    (:data:`_READING_FILES`): which file is the system-wide one, whose relative Include
+    paths, and those of the files it Includes, ssh takes under its directory (Debian's
+    ``Include /etc/ssh/ssh_config.d/*.conf`` is absolute, others need not be), where
+    asyncssh took every one under ~/.ssh (:func:`_include_as_ssh_does`); and whether the
+    inventory gives the ProxyCommand (:class:`_ProxyCommandGiven`). Which file is the
+    system-wide one it learns from the list it is given
+    (:func:`~remote_sync.ssh.sshconfig.default_files`), read last: once an Include line of
+    that file is read, every later one of the same reading is the system's. Where
+    asyncssh's reader is not as expected (another asyncssh), nothing is changed."""
+    config_class = _config_class()
+    real_load = getattr(getattr(config_class, "load", None), "__func__", None)
+    if real_load is None or "files" in _applied(config_class):
+        return
 
     def loading(cls: Any, last_config: Any, config_paths: Any, *args: Any) -> Any:
-        system = config_paths.system if isinstance(config_paths, SystemWide) else None
-        token = _READING_SYSTEM.set(system)
+        token = _READING_FILES.set(config_paths)
         try:
             return real_load(cls, last_config, config_paths, *args)
         finally:
-            _READING_SYSTEM.reset(token)
+            _READING_FILES.reset(token)
 
-    system_relative_include.system_relative = True  # type: ignore[attr-defined]
-    handlers["include"] = (name, system_relative_include)
     config_class.load = classmethod(loading)
+    _applied(config_class).add("files")
 
 
 def _reading_system_file(config: Any) -> bool:
     """Whether asyncssh's reading ``config`` is at a line of the system-wide ssh_config or
-    of a file it Includes (:data:`_READING_SYSTEM`): that file, read last, or any file once
+    of a file it Includes (:data:`_READING_FILES`): that file, read last, or any file once
     one of its Include lines was read."""
-    system = _READING_SYSTEM.get()
+    system = getattr(_READING_FILES.get(), "system", None)
     return system is not None and (
         getattr(config, "_system_includes", False) or str(config._path) == system
     )
 
 
+_sort_config_includes()
 _read_system_file_as_ssh_does()
 
 
@@ -2354,16 +2398,15 @@ def _lowercase_host_as_ssh_does() -> None:
     :func:`~remote_sync.ssh.sshconfig.match_exec_tokens`, as the UserKnownHostsFile's).
 
     Where asyncssh's reader is not as expected (another asyncssh), nothing is changed."""
-    config_class: Any = getattr(getattr(asyncssh, "config", None), "SSHClientConfig", None)
-    load = getattr(config_class, "load", None)
-    real_load = getattr(load, "__func__", None)
+    config_class = _config_class()
+    real_load = getattr(getattr(config_class, "load", None), "__func__", None)
     match_val = getattr(config_class, "_match_val", None)
     set_tokens = getattr(config_class, "_set_tokens", None)
     if (
         real_load is None
         or match_val is None
         or set_tokens is None
-        or getattr(real_load, "lowercases", False)
+        or "lowercase" in _applied(config_class)
     ):
         return
 
@@ -2418,10 +2461,10 @@ def _lowercase_host_as_ssh_does() -> None:
                 )
             )
 
-    loading.lowercases = True  # type: ignore[attr-defined]
     config_class.load = classmethod(loading)
     config_class._match_val = host_values
     config_class._set_tokens = lowercased_tokens
+    _applied(config_class).add("lowercase")
 
 
 class _FinalPassStart:
@@ -2462,14 +2505,18 @@ def _expand_tokens_once_every_file_is_read() -> None:
     (:func:`_ignored_remote_command`), and asyncssh stopped the whole host on one it lacks
     that ssh expands there (%k, %j).
 
-    Where asyncssh's reader is not as expected (another asyncssh), nothing is changed."""
-    config_class: Any = getattr(getattr(asyncssh, "config", None), "SSHClientConfig", None)
+    Applied only once :func:`_lowercase_host_as_ssh_does` is: the tokens come from its
+    ``_set_tokens`` (asyncssh's own lack %k and %j, which a ProxyCommand's expansion looks
+    up). Where asyncssh's reader is not as expected (another asyncssh), nothing is
+    changed: asyncssh expands the tokens at the end of each file, as it did."""
+    config_class = _config_class()
     expanded = getattr(config_class, "_percent_expand", None)
     real_load = getattr(getattr(config_class, "load", None), "__func__", None)
     if (
         not isinstance(expanded, set)
         or real_load is None
-        or getattr(real_load, "expands_once", False)
+        or "lowercase" not in _applied(config_class)
+        or "expand_once" in _applied(config_class)
     ):
         return
     paths = tuple(sorted(expanded - {"ProxyCommand", "RemoteCommand"}))
@@ -2481,8 +2528,8 @@ def _expand_tokens_once_every_file_is_read() -> None:
             _expand_read_options(config, paths)
         return config
 
-    loading.expands_once = True  # type: ignore[attr-defined]
     config_class.load = classmethod(loading)
+    _applied(config_class).add("expand_once")
 
 
 def _expand_read_options(config: Any, paths: Sequence[str]) -> None:
@@ -2556,7 +2603,10 @@ def _read_config_as_ssh_does() -> None:
     decide whether a ``Host`` line applies as ssh decides (:func:`_host_block`: its words
     are patterns, a comma in one a character, where asyncssh read one comma-separated list);
     refuse, naming its file and line, a User the connection could not send
-    (:func:`_checking_user`);
+    (:func:`_checking_user`), and a path ending in a ``%`` that starts no token, as ssh
+    refuses it (:func:`_refusing_lone_percent`);
+    take a ProxyCommand or a ProxyJump as ssh takes them: the first one of the two
+    obtained, the other not at all (:func:`_first_proxy`);
     expand ssh's ``%`` tokens in a ``Match exec`` command, which it ran as written
     (:func:`_expanding_match_exec`), and keep the StrictHostKeyChecking and HashKnownHosts
     options, which it skipped, and PubkeyAcceptedAlgorithms (or PubkeyAcceptedKeyTypes),
@@ -2566,12 +2616,13 @@ def _read_config_as_ssh_does() -> None:
     Where asyncssh's reader is not as expected (another asyncssh), nothing is changed.
     """
     module: Any = getattr(asyncssh, "config", None)
-    config_class = getattr(module, "SSHClientConfig", None)
+    config_class = _config_class()
     handlers = getattr(config_class, "_handlers", None)
+    if not isinstance(handlers, dict) or "words" in _applied(config_class):
+        return
+    _applied(config_class).add("words")
     if getattr(module, "shlex", None) is shlex:
         module.shlex = _SSHWords
-    if not isinstance(handlers, dict):
-        return
     set_string = getattr(getattr(module, "SSHConfig", None), "_set_string", None)
     set_bool = getattr(getattr(module, "SSHConfig", None), "_set_bool", None)
     if set_bool is not None:
@@ -2582,26 +2633,90 @@ def _read_config_as_ssh_does() -> None:
         handlers.setdefault("stricthostkeychecking", ("StrictHostKeyChecking", set_string))
         for option in _PUBKEY_ALGORITHMS:
             handlers.setdefault(option.lower(), (option, _first_of_both(set_string)))
-    for key in _TIME_OPTIONS:
+    wrapped = (
+        *((key, _reading_times) for key in _TIME_OPTIONS),
+        *((option.lower(), _noting_where) for option in _WHERE_NOTED),
+        *((option.lower(), _refusing_lone_percent) for option in _PATH_OPTIONS),
+        ("proxycommand", _first_proxy),
+        ("proxyjump", _first_proxy),
+        ("user", _checking_user),
+    )
+    for key, wrapper in wrapped:
         entry = handlers.get(key)
-        if entry is not None and not getattr(entry[1], "ssh_times", False):
-            handlers[key] = (entry[0], _reading_times(entry[1]))
-    for option in _WHERE_NOTED:
-        entry = handlers.get(option.lower())
-        if entry is not None and not getattr(entry[1], "notes_where", False):
-            handlers[option.lower()] = (entry[0], _noting_where(entry[1]))
-    entry = handlers.get("user")
-    if entry is not None and not getattr(entry[1], "checks_user", False):
-        handlers["user"] = (entry[0], _checking_user(entry[1]))
-    entry = handlers.get("host")
-    if entry is not None and entry[1] is not _host_block:
-        handlers["host"] = (entry[0], _host_block)
+        if entry is not None:
+            handlers[key] = (entry[0], wrapper(entry[1]))
+    if "host" in handlers:
+        handlers["host"] = (handlers["host"][0], _host_block)
     entry = handlers.get("match")
     run = getattr(module, "_exec", None)
-    if entry is not None and run is not None and not getattr(entry[1], "exec_tokens", False):
+    if entry is not None and run is not None:
         handlers["match"] = (entry[0], _expanding_match_exec(entry[1]))
-        if not getattr(run, "refuses_unsafe", False):
-            module._exec = _running_checked(run)
+        module._exec = _running_checked(run)
+
+
+#: The options holding paths whose tokens ssh expands (IdentityFile and the others asyncssh
+#: expands, :func:`_expand_tokens_once_every_file_is_read`; UserKnownHostsFile, expanded by
+#: the lookup, :func:`_expand_tokens`).
+_PATH_OPTIONS = (
+    "CertificateFile",
+    "ForwardAgent",
+    "IdentityAgent",
+    "IdentityFile",
+    "UserKnownHostsFile",
+)
+
+
+def _refusing_lone_percent(handler: Any) -> Any:
+    """asyncssh's setter of a path option (:data:`_PATH_OPTIONS`), refusing a path it takes
+    that ends in a ``%`` starting no token, as an error naming the file and line: ssh stops
+    on it when it expands the path ("invalid format"), where asyncssh took the ``%`` for a
+    letter of the file's name. A value not taken (a later line of an option whose first
+    value wins) is not expanded by ssh, and not refused."""
+
+    def read(config: Any, option: str, args: list[str]) -> None:
+        options: dict[str, Any] = config._options
+        had = option in options
+        before = options.get(option)
+        kept = len(before) if isinstance(before, list) else 0
+        handler(config, option, args)
+        value = options.get(option)
+        if had and not isinstance(value, list):
+            return
+        taken = value[kept:] if isinstance(value, list) else [value]
+        for path in taken:
+            if isinstance(path, str) and ends_in_lone_percent(path):
+                raise _RefusedLine(
+                    f"{config._path} line {config._line_no}: {option} {path!r} ends in a "
+                    "'%' that starts no token, which ssh refuses too (\"invalid format\")",
+                    hint="write %% for a % in the path",
+                )
+
+    return read
+
+
+def _first_proxy(handler: Any) -> Any:
+    """asyncssh's setter of ProxyCommand or ProxyJump, taking a value only when ssh takes
+    it (readconf.c): the two are one choice, whose first value obtained wins. So a
+    ProxyCommand is not taken after a ProxyJump (``ProxyJump none`` excepted, as OpenSSH
+    9.2 runs a ProxyCommand after it), a ProxyJump not after a ProxyCommand (``none``
+    included), and neither when the inventory gives the ProxyCommand
+    (:class:`_ProxyCommandGiven`), as ``ssh -o ProxyCommand=...`` gives it before the
+    files. asyncssh took both: the connection opened the jump hosts where ssh ran the
+    command, %j and %C were of a jump host ssh never used, and a token ssh would never
+    expand in a command it would never run was refused."""
+
+    def read(config: Any, option: str, args: list[str]) -> None:
+        options: dict[str, Any] = config._options
+        if option == "ProxyCommand":
+            other = isinstance(options.get("ProxyJump"), str)
+        else:
+            other = "ProxyCommand" in options
+        if other or getattr(_READING_FILES.get(), "proxy_command_given", False):
+            args.pop(0)  # its value, not taken (a ProxyJump's extra words still refused)
+            return
+        handler(config, option, args)
+
+    return read
 
 
 def _host_block(config: Any, option: str, args: list[str]) -> None:
@@ -2634,7 +2749,6 @@ def _checking_user(handler: Any) -> Any:
                 hint="give a User without tabs or control characters",
             )
 
-    read.checks_user = True  # type: ignore[attr-defined]
     return read
 
 
@@ -2666,7 +2780,6 @@ def _noting_where(handler: Any) -> Any:
             if _reading_system_file(config):
                 config.__dict__.setdefault("_set_by_system", set()).add(option)
 
-    read.notes_where = True  # type: ignore[attr-defined]
     return read
 
 
@@ -2700,7 +2813,6 @@ def _expanding_match_exec(match: Any) -> Any:
             i += 2
         match(config, option, args)
 
-    read.exec_tokens = True  # type: ignore[attr-defined]
     return read
 
 
@@ -2742,7 +2854,6 @@ def _running_checked(run: Any) -> Any:
             raise command.error
         return bool(run(command))
 
-    run_checked.refuses_unsafe = True  # type: ignore[attr-defined]
     return run_checked
 
 
@@ -2791,7 +2902,6 @@ def _reading_times(handler: Any) -> Any:
             args[0] = seconds
         handler(config, option, args)
 
-    read.ssh_times = True  # type: ignore[attr-defined]
     return read
 
 

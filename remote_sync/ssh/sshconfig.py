@@ -678,6 +678,12 @@ def check_config_files(
 _PERCENT_TOKEN = re.compile(r"%(.?)", re.DOTALL)
 
 
+def ends_in_lone_percent(text: str) -> bool:
+    """Whether ``text`` ends in a ``%`` that starts no token (``%%`` is one), on which
+    ssh's expansion of tokens stops ("invalid format")."""
+    return any(not found[1] for found in _PERCENT_TOKEN.finditer(text))
+
+
 def match_exec_tokens(
     *,
     host: str,
@@ -716,7 +722,9 @@ def connection_hash(local: str, host: str, port: str, remote_user: str, jump: st
     """ssh's %C (ssh_connection_hash): the SHA-1 of this machine's host name, the host name,
     port and user, and the jump host (added in OpenSSH 9.6; empty without one, so the same
     hash as older releases give then). The one %C of a config, in ``Match exec`` as in
-    IdentityFile, CertificateFile and ProxyCommand: 9.6's, as %j is there too."""
+    IdentityFile, CertificateFile and UserKnownHostsFile: 9.6's, as %j is there too (ssh
+    expands no %C in a ProxyCommand). The jump host is one ssh takes: none when a
+    ProxyCommand came first, or was given instead (the inventory's)."""
     connection = f"{local}{host}{port}{remote_user}{jump}"
     return hashlib.sha1(connection.encode("utf-8", "surrogateescape")).hexdigest()
 

@@ -17,6 +17,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import tempfile
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
@@ -278,7 +279,15 @@ _SAFE = "abcXYZ019@%+=:,./_-"
 _VALUES = st.one_of(
     st.text(_SAFE, max_size=20),
     st.text(st.characters(exclude_characters="\0"), max_size=20),
+    # Letters and digits of other scripts, which ssh takes in host and user names.
+    st.text(st.characters(categories=("Lu", "Ll", "Lo", "Nd"), min_codepoint=0x80), max_size=8),
 )
+
+
+def _unsafe(value: str) -> bool:
+    """Whether ``value`` holds a character the expansion refuses: in ASCII, anything but
+    letters, digits and ``@%+=:,./_-``; past it, what is no letter or digit."""
+    return any(not c.isalnum() and (not c.isascii() or c not in "@%+=:,./_-") for c in value)
 
 
 @settings(max_examples=100, deadline=None)
@@ -295,10 +304,43 @@ def test_expanded_token_values_are_refused_or_data(value: str, literal: str) -> 
             expanded = sshconfig.expand_match_exec(command, tokens)
         except ValueError as exc:
             assert "the remote user name %r is " in str(exc)
-            assert set(value) - set(_SAFE)
+            assert _unsafe(value)
             continue
+        assert not _unsafe(value)
         done = subprocess.run(["/bin/sh", "-c", expanded], capture_output=True, check=True)
         assert done.stdout.decode("utf-8", "surrogateescape") == f"{value}|{literal}"
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=_VALUES, token=st.sampled_from(sshconfig.PROXY_COMMAND_TOKENS))
+def test_a_proxy_command_s_token_values_are_refused_or_data(value: str, token: str) -> None:
+    """The same for a ProxyCommand, whose every token is a value of the host to reach (%h
+    %k %n %p %r): refused when the shell could read it as code, else, run by the shell,
+    exactly the value. They went in unchecked (the pool looked for %h and %r alone, in the
+    expanded command)."""
+    tokens = dict.fromkeys(sshconfig.PROXY_COMMAND_TOKENS, "v") | {token: value}
+    for context in _CONTEXTS:
+        command = f"printf %%s {context.replace('%r', '%' + token)}"
+        try:
+            expanded = sshconfig.expand_proxy_command(command, tokens)
+        except sshconfig.UnsafeTokenValue as exc:
+            assert f" %{token} is {value!r}, which holds a character the shell" in str(exc)
+            assert str(exc).startswith("ProxyCommand printf …: "), exc
+            assert exc.hint.endswith(f"or take %{token} out of the ProxyCommand"), exc.hint
+            assert _unsafe(value)
+            continue
+        assert not _unsafe(value)
+        done = subprocess.run(["/bin/sh", "-c", expanded], capture_output=True, check=True)
+        assert done.stdout.decode("utf-8", "surrogateescape") == value
+
+
+def test_a_host_or_user_name_in_another_script_is_put_in() -> None:
+    """ssh takes a host or user name of non-ASCII letters from its command line (OpenSSH
+    9.6's valid_hostname and valid_ruser refuse ASCII punctuation, blanks and control
+    characters); a Match exec command refused it."""
+    tokens = dict.fromkeys("CLdhklnpruij", "v") | {"h": "bücher.例え.jp", "r": "józef"}
+    assert sshconfig.expand_match_exec("test %r@%h", tokens) == "test józef@bücher.例え.jp"
+    assert sshconfig.expand_proxy_command("nc %h %r", tokens) == "nc bücher.例え.jp józef"
 
 
 def test_this_machine_s_own_token_values_go_in_as_ssh_puts_them() -> None:
@@ -1331,7 +1373,8 @@ def test_a_proxy_command_token_ssh_does_not_expand_is_refused(token: str, tmp_pa
     problem = SSHPool().preflight(ep, "box")
     assert isinstance(problem, ConfigError), problem
     assert (problem.host, problem.path) == ("box", str(cfg))
-    assert problem.message.startswith("ssh_config line 3: ProxyCommand 'echo %h "), problem
+    # Named by its program alone: its arguments may hold a secret.
+    assert problem.message.startswith("ssh_config line 3: ProxyCommand echo …: "), problem
     shown = "a '%' at the end" if token == "%" else token
     assert f"{shown} is no token ssh expands there" in problem.message, problem.message
 
@@ -1505,6 +1548,47 @@ def test_the_first_of_proxy_command_and_proxy_jump_is_the_one_taken_as_in_ssh(
         assert [configured] == proxy, said
 
 
+@pytest.mark.parametrize("separator", ["=", " = ", " = = ", "\t=\t", "==", " =", "= "])
+def test_a_proxy_command_starts_after_the_blanks_and_equals_signs_as_in_ssh(
+    separator: str, tmp_path: Path
+) -> None:
+    """ssh's ProxyCommand starts after every blank and ``=`` that follows the keyword
+    (readconf.c: ``strspn(str, WHITESPACE "=")``), as ``ssh -v`` shows the command it runs;
+    asyncssh kept the ``=``, and ``ProxyCommand=nc %h %p`` ran ``exec =nc ...``."""
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Host box\n  HostName 127.0.0.1\n  ProxyCommand{separator}false %h %p\n")
+    proxy, _, said = _ssh_proxy_and_keys(cfg)
+    assert proxy == ["false 127.0.0.1 22"], said
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    parsed = pool_module._prepare(ep, "box").resolved.parsed
+    assert parsed is not None
+    assert [parsed.config.get("ProxyCommand")] == proxy
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    separator=st.text(" \t=", min_size=1, max_size=6),
+    command=st.sampled_from(["false %h %p", "none", "NONE", "None"]),
+)
+def test_any_blanks_and_equals_signs_before_a_proxy_command_are_skipped(
+    separator: str, command: str
+) -> None:
+    """Whatever run of blanks and ``=`` comes between the keyword and the command, the
+    command is what follows it; ``none`` (in any case) is then no command, and keeps the
+    ProxyJump below it out, as in ssh."""
+    with tempfile.TemporaryDirectory() as directory:
+        cfg = Path(directory) / "config"
+        cfg.write_text(
+            f"Host box\n  HostName 127.0.0.1\n  ProxyCommand{separator}{command}\n  ProxyJump j1\n"
+        )
+        ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+        resolved = pool_module._prepare(ep, "box").resolved
+    assert resolved.parsed is not None
+    configured = resolved.parsed.config.get("ProxyCommand")
+    assert resolved.jumps is None
+    assert configured == (None if command.lower() == "none" else "false 127.0.0.1 22")
+
+
 @pytest.mark.parametrize("given", [None, "false %h"])
 def test_j_and_c_name_no_jump_host_when_a_proxy_command_is_taken(
     given: str | None, tmp_path: Path
@@ -1659,7 +1743,9 @@ def test_a_path_ending_in_a_lone_percent_is_refused_as_ssh_refuses_it(
     )
     _, _, said = _ssh_proxy_and_keys(cfg)
     assert ("invalid format" in said) == (refused is not None), said
-    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    # No known_hosts of the inventory where the ssh_config's is to be used, and refused.
+    known = None if refused == "UserKnownHostsFile" else str(cfg)
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=known)
     problem = SSHPool().preflight(ep, "box")
     if refused is None:
         assert problem is None, problem
@@ -1668,6 +1754,30 @@ def test_a_path_ending_in_a_lone_percent_is_refused_as_ssh_refuses_it(
     assert (problem.host, problem.path) == ("box", str(cfg))
     line = 4 + lines.count("\n") - 1
     assert problem.message.startswith(f"ssh_config line {line}: {refused} "), problem.message
+    assert "ends in a '%' that starts no token" in problem.message, problem.message
+
+
+def test_a_user_known_hosts_file_the_inventory_replaces_is_not_refused(tmp_path: Path) -> None:
+    """ssh never expands a UserKnownHostsFile that ``-o UserKnownHostsFile=...`` replaces,
+    and goes on with a ``%`` at its end; so does the inventory's known_hosts, which was
+    refused for it. A ProxyJump host, which the inventory's known_hosts does not reach,
+    uses the line, and is refused for it."""
+    known = tmp_path / "known"
+    known.write_text("")
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        "Host box\n  HostName 127.0.0.1\n  ProxyCommand false\n"
+        f"Host *\n  UserKnownHostsFile {tmp_path}/kh%\n"
+    )
+    _, _, said = _ssh_proxy_and_keys(cfg, "-o", f"UserKnownHostsFile={known}")
+    assert "invalid format" not in said and "Executing proxy command" in said, said
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(known))
+    assert SSHPool().preflight(ep, "box") is None
+    assert pool_module._prepare(ep, "box").resolved.keys.user == (str(known),)
+    cfg.write_text(cfg.read_text().replace("ProxyCommand false", "ProxyJump hop"))
+    problem = SSHPool().preflight(ep, "box")
+    assert isinstance(problem, ConfigError), problem
+    assert problem.message.startswith("ProxyJump host 'hop': ssh_config line 5: "), problem
     assert "ends in a '%' that starts no token" in problem.message, problem.message
 
 

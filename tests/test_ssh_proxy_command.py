@@ -4,6 +4,7 @@ its connection, against real OpenSSH servers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,9 +17,9 @@ import pytest
 from sshfleet import SSHFleet
 from synchelp import expected_tree, make_openclaw_tree, mirror_tree, write_inventory
 
-from remote_sync.errors import ConfigError, HostUnreachableError
+from remote_sync.errors import AuthenticationError, ConfigError, HostUnreachableError
 from remote_sync.events import ErrorEvent, decode_event
-from remote_sync.ssh.pool import Endpoint, SSHPool
+from remote_sync.ssh.pool import Endpoint, PoolSettings, SSHPool
 from remote_sync.ssh.stream import run_command
 
 RELAY = Path(__file__).resolve().parent.parent / "bench" / "delay_relay.py"
@@ -139,9 +140,13 @@ def test_a_failing_proxy_command_is_quoted_in_the_error(
     (event,) = [e for e in map(decode_event, out.splitlines()) if isinstance(e, ErrorEvent)]
     assert code == 1 and event.kind == "unreachable", event
     assert event.host == "h0", event
-    assert "cannot connect through ProxyCommand sh -c " in event.message, event.message
+    # Named by its program alone: its arguments may hold a secret (the pid file's path
+    # stands for one here).
+    assert event.message.startswith("cannot connect through ProxyCommand sh …: "), event.message
+    assert str(pidfile) not in out
+    # Its exit is said after what the connection met ("connection reset by peer").
     assert event.message.endswith(
-        ": the command exited with status 255; it said: "
+        "; the command exited with status 255; it said: "
         "ssh: connect to host jump.example port 22: Connection refused"
     ), event.message
     # Its background job went with it.
@@ -200,8 +205,58 @@ async def test_a_user_name_the_shell_would_run_is_not_put_in_the_command(tmp_pat
         proxy_command="ssh -W %h:%p -l %r jump.invalid",
     )
     async with SSHPool() as pool:
-        with pytest.raises(ConfigError, match=r"the user name .* holds a character the shell"):
+        with pytest.raises(ConfigError, match=r"the remote user name %r is .* holds a character"):
             await run_command(pool, ep, ["true"], host="box")
+    assert not ran.exists()
+
+
+def _hostile_endpoints(tmp_path: Path) -> list[tuple[Endpoint, str, str | None]]:
+    """Endpoints whose ProxyCommand would get, by a token, a value that runs ``touch
+    $RS_RAN`` in the shell (no ``/`` in it: a ProxyJump hop takes none); each with the
+    token and the ssh_config that names the command (None: the inventory's)."""
+    hostile = "box$(touch${IFS}$RS_RAN)"
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    cfg = tmp_path / "config"
+    cfg.write_text(  # the HostKeyAlias is lowercased, as in ssh: $rs_ran
+        "Host aliased\n  HostName 127.0.0.1\n  HostKeyAlias a`touch${IFS}$rs_ran`\n"
+        f"Host through\n  HostName 127.0.0.1\n  ProxyJump {hostile}\n"
+        "Host *\n  ProxyCommand nc %n 22\n"
+    )
+    plain = {"ssh_config": (), "known_hosts": str(known)}
+    configured = {"ssh_config": (str(cfg),), "known_hosts": str(known)}
+    return [
+        # The inventory's: %n is the address as given (an Endpoint is public: no parse).
+        (Endpoint(address=hostile, proxy_command="nc %n 22", **plain), "%n", None),  # type: ignore[arg-type]
+        (Endpoint(address=hostile, proxy_command="nc %k 22", **plain), "%k", None),  # type: ignore[arg-type]
+        # The ssh_config's: for the host, and for a ProxyJump hop of another host.
+        (Endpoint(address=hostile, **configured), "%n", str(cfg)),  # type: ignore[arg-type]
+        (Endpoint(address="aliased", proxy_command="nc %k 22", **configured), "%k", None),  # type: ignore[arg-type]
+        (Endpoint(address="through", **configured), "%n", str(cfg)),  # type: ignore[arg-type]
+    ]
+
+
+async def test_every_token_value_the_shell_would_run_is_refused_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """%h and %r alone were looked for in the command, by a case-sensitive search of the
+    lowercased host name: %n (the name as given, ``box$(touch${IFS}F)``), %k and a ProxyJump
+    hop's name ran. Every value a token puts in is checked as it is put in, by the
+    pre-flight (a configuration error, before the destination is touched) and by the
+    connection, and nothing runs."""
+    ran = tmp_path / "ran"
+    monkeypatch.setenv("RS_RAN", str(ran))
+    monkeypatch.setenv("rs_ran", str(ran))
+    for ep, token, path in _hostile_endpoints(tmp_path):
+        problem = SSHPool().preflight(ep, "box")
+        assert isinstance(problem, ConfigError), (ep, problem)
+        assert (problem.host, problem.path) == ("box", path), problem
+        assert f" {token} is " in problem.message, problem.message
+        assert "holds a character the shell could read as code" in problem.message
+        assert problem.hint is not None and f"take {token} out of" in problem.hint, problem.hint
+        async with SSHPool() as pool:
+            with pytest.raises(ConfigError, match="holds a character the shell"):
+                await run_command(pool, ep, ["true"], host="box")
     assert not ran.exists()
 
 
@@ -244,3 +299,98 @@ async def test_a_proxy_command_that_hands_the_socket_on_and_exits_0_keeps_its_co
         await anyio.sleep(0.3)  # the command has long exited: the connection still serves
         assert await run_command(pool, ep, ["echo", "again"], host="h0") == b"again\n"
     assert _group_gone(int(pidfile.read_text()))
+
+
+def _direct_config(fleet: SSHFleet, tmp_path: Path, lines: str) -> Path:
+    """An ssh_config naming h0 "box", with ``lines`` before a ProxyJump to a host that does
+    not exist: a connection that takes the jump host fails."""
+    h = fleet.host("h0")
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        f"Host box\n  HostName 127.0.0.1\n  Port {h.port}\n  User {fleet.user}\n"
+        f"  IdentityFile {fleet.client_key}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {fleet.known_hosts}\n{lines}  ProxyJump nobody@jump.invalid\n"
+    )
+    return cfg
+
+
+def _ssh_g(cfg: Path, *options: str) -> dict[str, str]:
+    printed = subprocess.run(
+        ["ssh", "-F", str(cfg), *options, "-G", "box"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    return dict(line.split(" ", 1) for line in printed if " " in line)
+
+
+@pytest.mark.parametrize(
+    ("given", "lines"),
+    [
+        ("none", ""),
+        ("NONE", ""),
+        (None, "  ProxyCommand None\n"),
+        (None, "  ProxyCommand = none\n"),
+        (None, "  ProxyCommand=NONE\n"),
+    ],
+)
+async def test_a_proxy_command_none_connects_directly_as_ssh_does(
+    given: str | None, lines: str, fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """``none``, in any case, is no command at all for ssh (``ssh -o ProxyCommand=none``):
+    given first, it keeps the ssh_config's ProxyJump out, and ssh connects directly. The
+    inventory's ``proxy_command = "none"`` ran a program named "none"; the ssh_config's
+    ``ProxyCommand = none`` ran ``exec = none``."""
+    cfg = _direct_config(fleet, tmp_path, lines)
+    printed = _ssh_g(cfg, *(("-o", f"ProxyCommand={given}") if given else ()))
+    assert "proxyjump" not in printed and "proxycommand" not in printed, printed
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), proxy_command=given)
+    assert SSHPool().preflight(ep, "box") is None
+    async with SSHPool() as pool:
+        assert await run_command(pool, ep, ["echo", "direct"], host="box") == b"direct\n"
+
+
+async def test_a_proxy_command_that_exits_0_leaves_the_connection_s_own_error(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """A command may hand the socket on and exit with status 0; when the connection then
+    fails (here: nothing ever answers, and it times out), its error is what it met. "the
+    command exited with status 0" replaced it."""
+    handing = "sh -c 'exec 3<&0; (sleep 30 <&3 3<&- &); exit 0'"
+    async with SSHPool(PoolSettings(connect_timeout=1.0)) as pool:
+        with pytest.raises(HostUnreachableError) as failed:
+            await run_command(pool, _proxied(fleet, handing), ["true"], host="h0")
+    message = failed.value.message
+    assert message == "cannot connect through ProxyCommand sh …: connection timed out", message
+
+
+async def test_the_proxy_command_s_arguments_are_not_in_its_errors(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure through a ProxyCommand quoted the whole command, and its arguments may hold
+    a secret (``sshpass -p ...``, a service token) that went into JSON events and cron's
+    mail: the command is named by its program. The whole command is logged at debug
+    level."""
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    secret = "S3CRET-token"
+    relaying = f"{sys.executable} {RELAY} --delay-ms 0 %h %p # {secret}"
+    ep = dataclasses.replace(_proxied(fleet, relaying), identity_files=(str(stranger),))
+    failing = _proxied(fleet, f"env TOKEN={secret} sh -c 'exit 3' {secret}")
+    async with SSHPool() as pool:
+        with pytest.raises(AuthenticationError) as refused:
+            await run_command(pool, ep, ["true"], host="h0")
+        with pytest.raises(HostUnreachableError) as unreachable:
+            await run_command(pool, failing, ["true"], host="h0")
+    shown = str(refused.value)
+    assert f"(connected through ProxyCommand {sys.executable} …)" in shown, shown
+    shown = str(unreachable.value)
+    assert shown.startswith("h0: cannot connect through ProxyCommand env …: "), shown
+    assert "the command exited with status 3" in shown, shown
+    for error in (refused.value, unreachable.value):
+        assert secret not in f"{error.message} {error.hint} {error.path}", error
+    # A shell that cannot be run is said the same way.
+    monkeypatch.setenv("SHELL", str(tmp_path / "no-such-shell"))
+    async with SSHPool() as pool:
+        with pytest.raises(HostUnreachableError, match="cannot run the shell") as unrun:
+            await run_command(pool, failing, ["true"], host="h0")
+    assert secret not in str(unrun.value) and "ProxyCommand env …" in str(unrun.value)

@@ -77,11 +77,11 @@ from ..errors import (
 )
 from . import sshconfig
 from .sshconfig import (
-    _SAFE_VALUE,
     MATCH_ALONE,
     SystemWide,
     UnsafeTokenValue,
     check_config_files,
+    command_name,
     default_files,
     ends_in_lone_percent,
     expand_match_exec,
@@ -128,6 +128,9 @@ class Endpoint:
     #: known_hosts file; ``None`` means the default ``~/.ssh/known_hosts``. Never "no checking".
     known_hosts: str | None = None
     host_key_policy: HostKeyPolicy = "strict"
+    #: Run instead of a TCP connection, as ``ssh -o ProxyCommand=...`` runs it: the
+    #: ssh_config's ProxyCommand and ProxyJump are then not read; ``none`` (in any case)
+    #: connects directly.
     proxy_command: str | None = None
     #: SSH compression (zlib) for this machine, like ``ssh -C``; ``None``: the pool's default.
     #: Worth it on slow links (JSON compresses 4-5x); on a LAN it only costs CPU.
@@ -1061,7 +1064,7 @@ def _prepare(endpoint: Endpoint, host: str) -> _Prepared:
         _refuse_unreadable_user_known_hosts(resolved.keys, endpoint, host)
         _refuse_unusable_algorithms(resolved, endpoint, host)
         _add_config_keys(options, resolved, host)
-        if endpoint.proxy_command:
+        if endpoint.proxy_command and not _is_none(endpoint.proxy_command):
             options["proxy_command"] = expand_proxy_tokens(endpoint, resolved, host)
         prepared = _Prepared(options, resolved, _unsupported_algorithms(resolved, endpoint, host))
         # The keys asyncssh loads: the ones named, the ssh_config's that exist among them;
@@ -1462,7 +1465,8 @@ class SSHPool:
         opened = None
         command = None
         if tunnel is None and endpoint.proxy_command:
-            # The inventory's proxy_command, expanded by the pre-flight (_prepare).
+            # The inventory's proxy_command, expanded by the pre-flight (_prepare); none for
+            # "none", which connects directly, no ProxyJump taken either, as in ssh.
             command = options.get("proxy_command")
         elif tunnel is None and resolved.jumps is not None:
             # Jump hosts are connected here, not by asyncssh: it would connect them from the
@@ -1478,7 +1482,6 @@ class SSHPool:
         proxy = None
         try:
             if command is not None:
-                _refuse_shell_code(command, endpoint, resolved, host)
                 proxy = client.proxy = _ProxyCommand(command, host)
                 options["sock"] = self._start(proxy, resolved)
             through = resolved.jumps if opened is not None else None
@@ -1589,10 +1592,11 @@ class SSHPool:
                 with anyio.CancelScope(shield=True):
                     await proxy.ended()
                 said, quit = proxy.said(), proxy.quit()
-                if quit is not None and type(failed) is HostUnreachableError:
-                    # Its exit is the cause; how the socket then ended ("connection reset
-                    # by peer") says nothing more.
-                    failed.message = f"cannot connect {route}: the command {quit}"
+                if quit is not None:
+                    # Said after what failed, not instead: a failed exit is the likely
+                    # cause, but what the connection met (a timeout, a lost connection)
+                    # is the error.
+                    failed.message += f"; the command {quit}"
                 if said is not None:
                     failed.message += f"; it said: {said}"
                 failed.args = (failed.message,)
@@ -1662,9 +1666,11 @@ def expand_proxy_tokens(endpoint: Endpoint, resolved: _Resolved, host: str) -> s
     (:func:`~remote_sync.ssh.sshconfig.expand_proxy_command`: %h %k %n %p %r %%), from the
     HostName, HostKeyAlias, Port and User the ssh_config gives the endpoint (``resolved``),
     as ``ssh -o ProxyCommand=...`` expands them; any other token is this host's
-    :class:`ConfigError`, as ssh stops on it. (asyncssh expands an ssh_config's
-    ProxyCommand, see :func:`_expand_tokens_once_every_file_is_read`; the inventory's comes
-    to it as is.)"""
+    :class:`ConfigError`, as ssh stops on it, and so is a value the shell could read as
+    code (a user name ``a$(id)`` in %r; ssh 9.6 refuses such a user name from its command
+    line): found by the pre-flight, before the destination is touched and before anything
+    runs. (asyncssh expands an ssh_config's ProxyCommand, see
+    :func:`_expand_tokens_once_every_file_is_read`; the inventory's comes to it as is.)"""
     assert endpoint.proxy_command is not None
     tokens = {
         "h": resolved.host,
@@ -1675,6 +1681,12 @@ def expand_proxy_tokens(endpoint: Endpoint, resolved: _Resolved, host: str) -> s
     }
     try:
         return expand_proxy_command(endpoint.proxy_command, tokens)
+    except UnsafeTokenValue as exc:
+        raise ConfigError(
+            f"the inventory's proxy_command: {str(exc).removeprefix('ProxyCommand ')}",
+            host=host,
+            hint=exc.hint.replace("the ProxyCommand", "proxy_command"),
+        ) from None
     except ValueError as exc:
         raise ConfigError(
             f"the inventory's proxy_command: {str(exc).removeprefix('ProxyCommand ')}, as "
@@ -1686,34 +1698,22 @@ def expand_proxy_tokens(endpoint: Endpoint, resolved: _Resolved, host: str) -> s
 
 def _configured_proxy_command(resolved: _Resolved) -> str | None:
     """The ssh_config's ProxyCommand for the endpoint, its tokens expanded as asyncssh read
-    it, unsplit (asyncssh splits it into words; the shell reads it, as ssh's does)."""
+    it, unsplit (asyncssh splits it into words; the shell reads it, as ssh's does); None
+    for ``none`` (asyncssh's reader takes it for no value, in any case, as ssh does) and
+    for no ProxyCommand. The ``=`` ssh skips before the value is gone already
+    (:func:`_first_proxy`)."""
     if resolved.parsed is None:
         return None
     command = resolved.parsed.config.get("ProxyCommand")
     return command if isinstance(command, str) and command else None
 
 
-def _refuse_shell_code(command: str, endpoint: Endpoint, resolved: _Resolved, host: str) -> None:
-    """Refuse to run ``command`` when the user name or HostName it may have been given by a
-    token holds a character the shell could read as code, and is in it: the shell reads the
-    command (as ssh's does; asyncssh ran it without one), and a user name of the command
-    line or the inventory ("a$(id)@box") would run. ssh refuses such a user name from its
-    command line since OpenSSH 9.6; ``Match exec`` refuses it as well
-    (:func:`~remote_sync.ssh.sshconfig.expand_match_exec`)."""
-    for what, token, value in (
-        ("user name", "%r", resolved.user),
-        ("host name", "%h", resolved.host),
-    ):
-        if value and value in command and _SAFE_VALUE.fullmatch(value) is None:
-            raise ConfigError(
-                f"ProxyCommand {command!r}: the {what} {value!r} in it holds a character the "
-                "shell could read as code; only letters, digits and @%+=:,./_- are put in a "
-                "command the shell runs",
-                host=host,
-                path=None if endpoint.proxy_command else _config_names(endpoint),
-                hint=f"use a {what} of letters, digits and @%+=:,./_- only, or take {token} "
-                "out of the ProxyCommand",
-            )
+def _is_none(command: str) -> bool:
+    """Whether the ProxyCommand ``command`` is ``none`` (in any case), which ssh takes for
+    no command at all (readconf.c's option_clear_or_none): given first (``ssh -o
+    ProxyCommand=none``, the inventory's), it keeps the ssh_config's ProxyCommand and
+    ProxyJump out, and the connection is a direct one."""
+    return command.strip().lower() == "none"
 
 
 #: How much of a ProxyCommand's stderr is kept, for its connection's error to quote.
@@ -1740,12 +1740,13 @@ class _ProxyCommand:
     The command runs in a session of its own, as asyncssh ran it: a Ctrl-C at the terminal
     reaches us alone, and its process group can be killed whole. :meth:`run`, a task of the
     pool's task group, owns the process once it is spawned: when :meth:`stop` is called (the
-    connection closed or was lost, its opening failed or was cancelled) or the task is
-    cancelled, it sends the group SIGHUP, as ssh sends its proxy, then SIGKILL to what is
-    left of it (a job the command put in the background), and reaps the command itself,
-    under a shield: no zombie, no descriptor left, and no asyncio child watcher involved
-    (whose race with asyncio's own reaping warned of an "Unknown child process pid",
-    python/cpython#86276)."""
+    connection closed or was lost, its opening failed or was cancelled, the command exited
+    with a status other than 0) or the task is cancelled, it sends the group SIGHUP, as ssh
+    sends its proxy, then, once the command has exited (or after :data:`_PROXY_GRACE` if it
+    has not), SIGKILL to what is left of it (a job the command put in the background), and
+    reaps the command itself, under a shield: no zombie, no descriptor left, and no asyncio
+    child watcher involved (whose race with asyncio's own reaping warned of an "Unknown
+    child process pid", python/cpython#86276)."""
 
     def __init__(self, command: str, host: str) -> None:
         self.command = command
@@ -1765,6 +1766,10 @@ class _ProxyCommand:
         ours, theirs = socket.socketpair()
         try:
             with theirs:  # the command's copy: ours closes when the command has it
+                # In the event loop's thread: a fork and an exec, a few milliseconds (the
+                # shell's start is the child's, not ours), once per connection made, which
+                # the handshake that follows outweighs; a worker thread would add as much
+                # for its hand-over, and a cancel could leave a command no task owns.
                 self._process = subprocess.Popen(
                     [self.shell, "-c", f"exec {self.command}"],
                     stdin=theirs.fileno(),
@@ -1789,12 +1794,14 @@ class _ProxyCommand:
         await self._ended.wait()
 
     def quit(self) -> str | None:
-        """How the command ended, once :meth:`ended`, when it exited before it was told to
-        ("exited with status 255"); else None."""
+        """How the command ended, once :meth:`ended`, when it failed before it was told to
+        end ("exited with status 255", "was killed by signal 9"); else None, and for a
+        status of 0: a command may hand the socket on and exit so (:meth:`_watch`), which
+        says nothing of why its connection failed."""
         status = None if self._process is None or not self._quit else self._process.returncode
-        if status is None:
+        if not status:
             return None
-        return f"exited with status {status}" if status >= 0 else f"was killed by signal {-status}"
+        return f"exited with status {status}" if status > 0 else f"was killed by signal {-status}"
 
     def said(self) -> str | None:
         """The last lines (up to three) the command wrote to its stderr, on one line, safe to
@@ -1846,7 +1853,7 @@ class _ProxyCommand:
         """SIGHUP to the command's group, SIGKILL to what is left of it, then reap it."""
         # Asked here, not when the exit was seen: the connection may have been seen lost
         # (the command's end of the socket closed as it exited) first.
-        self._quit = _has_exited(process.pid)
+        self._quit = _exit_status(process.pid) is not None
         _signal_group(process.pid, signal.SIGHUP)
         if watched:  # else it is killed at once
             with anyio.move_on_after(_PROXY_GRACE):
@@ -1892,18 +1899,10 @@ def _signal_group(pid: int, number: int) -> None:
         os.killpg(pid, number)
 
 
-def _has_exited(pid: int) -> bool:
-    """Whether the child ``pid`` has exited, without reaping it (False where that cannot be
-    asked: macOS before Python 3.13)."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except (AttributeError, ChildProcessError):
-        return False
-
-
 def _exit_status(pid: int) -> int | None:
     """The exit status of the exited child ``pid``, without reaping it: its code, or minus
-    the signal that killed it; None where that cannot be asked."""
+    the signal that killed it; None while it runs, and where that cannot be asked (macOS
+    before Python 3.13)."""
     try:
         found = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except (AttributeError, ChildProcessError):
@@ -2078,9 +2077,12 @@ def _route(command: str | None, resolved: _Resolved) -> str:
     """Where a connection went, as its failure names it: the address and port asked for (of
     the ssh_config's HostName and Port, as ssh's "connect to host H port P" names them;
     through ProxyJump hosts, the last one asked for them), or the ProxyCommand it ran
-    instead (``command``, expanded), as no address of ours was tried then."""
+    instead (``command``, expanded), as no address of ours was tried then: named by its
+    program alone (:func:`~remote_sync.ssh.sshconfig.command_name`, ``through ProxyCommand
+    sshpass …``), as its arguments may hold a secret that an error would carry into JSON
+    events and cron's mail; the whole command is logged at debug level as it starts."""
     if command:
-        return f"through ProxyCommand {command}"
+        return f"through ProxyCommand {command_name(command)}"
     return f"to {resolved.host} port {resolved.port}"  # the lookup had the endpoint's port
 
 
@@ -2192,7 +2194,7 @@ def classify(
 ) -> SSHError:
     """Map an asyncssh/OS failure to our hierarchy, naming the host, and for a connection
     that failed, the ``route`` it took (:func:`_route`: "to 10.0.0.5 port 22", "through
-    ProxyCommand '...'"), as ssh names the address it tried: the host's name alone does not
+    ProxyCommand nc …"), as ssh names the address it tried: the host's name alone does not
     show a wrong HostName or Port."""
     if isinstance(exc, SSHError):
         return exc
@@ -2253,8 +2255,8 @@ def _applied(config_class: Any) -> set[str]:
 #: What asyncssh's reading of ssh_config files is given to read (its ``config_paths``),
 #: while it reads them; None otherwise. Per thread and task, as lookups run in both. Its
 #: ``system`` (:class:`~remote_sync.ssh.sshconfig.SystemWide`) is the system-wide file,
-#: read last; its ``proxy_command_given`` (:class:`_ProxyCommandGiven`) says the inventory
-#: gives the ProxyCommand.
+#: read last; its ``proxy_command_given`` and ``known_hosts_given`` (:class:`_InventoryGives`)
+#: say the inventory gives the ProxyCommand, the known_hosts file.
 _READING_FILES: contextvars.ContextVar[object] = contextvars.ContextVar(
     "remote_sync_ssh_config_files", default=None
 )
@@ -2314,21 +2316,34 @@ def _include_as_ssh_does(config: Any, option: str, args: list[str]) -> None:
     args.clear()
 
 
-class _ProxyCommandGiven(SystemWide):
-    """The ssh_config files of an endpoint whose ProxyCommand the inventory gives, read as
-    ``ssh -o ProxyCommand=...`` reads them: a value given before the files is the first
-    obtained, so their ProxyCommand and ProxyJump lines are not taken (:func:`_first_proxy`)
-    and their tokens are not expanded (nor refused): ssh never runs them, and %j is empty."""
+class _InventoryGives(SystemWide):
+    """The ssh_config files of an endpoint whose ProxyCommand or known_hosts file the
+    inventory gives, read as ``ssh -o ProxyCommand=... -o UserKnownHostsFile=...`` reads
+    them: a value given before the files is the first obtained, and what the files say is
+    not used. With ``proxy_command_given``, their ProxyCommand and ProxyJump lines are not
+    taken (:func:`_first_proxy`) and their tokens are not expanded (nor refused): ssh never
+    runs them, and %j is empty. With ``known_hosts_given``, a UserKnownHostsFile path is
+    not refused for a lone ``%`` (:func:`_refusing_lone_percent`): ssh never expands it."""
 
-    proxy_command_given = True
+    def __init__(
+        self, paths: list[str], *, proxy_command_given: bool, known_hosts_given: bool
+    ) -> None:
+        super().__init__(paths, getattr(paths, "system", None))
+        self.proxy_command_given = proxy_command_given
+        self.known_hosts_given = known_hosts_given
 
 
 def _config_files(endpoint: Endpoint, files: list[str]) -> list[str]:
-    """``files``, the ssh_config files read for ``endpoint``, as asyncssh is given them: a
-    :class:`_ProxyCommandGiven` when the inventory gives the ProxyCommand."""
-    if not endpoint.proxy_command:
+    """``files``, the ssh_config files read for ``endpoint``, as asyncssh is given them: an
+    :class:`_InventoryGives` when the inventory gives the ProxyCommand (``none`` too) or
+    the known_hosts file."""
+    if not endpoint.proxy_command and endpoint.known_hosts is None:
         return files
-    return _ProxyCommandGiven(files, getattr(files, "system", None))
+    return _InventoryGives(
+        files,
+        proxy_command_given=bool(endpoint.proxy_command),
+        known_hosts_given=endpoint.known_hosts is not None,
+    )
 
 
 def _read_system_file_as_ssh_does() -> None:
@@ -2337,8 +2352,8 @@ def _read_system_file_as_ssh_does() -> None:
     paths, and those of the files it Includes, ssh takes under its directory (Debian's
     ``Include /etc/ssh/ssh_config.d/*.conf`` is absolute, others need not be), where
     asyncssh took every one under ~/.ssh (:func:`_include_as_ssh_does`); and whether the
-    inventory gives the ProxyCommand (:class:`_ProxyCommandGiven`). Which file is the
-    system-wide one it learns from the list it is given
+    inventory gives the ProxyCommand or the known_hosts file (:class:`_InventoryGives`).
+    Which file is the system-wide one it learns from the list it is given
     (:func:`~remote_sync.ssh.sshconfig.default_files`), read last: once an Include line of
     that file is read, every later one of the same reading is the system's. Where
     asyncssh's reader is not as expected (another asyncssh), nothing is changed."""
@@ -2535,7 +2550,11 @@ def _expand_tokens_once_every_file_is_read() -> None:
 def _expand_read_options(config: Any, paths: Sequence[str]) -> None:
     """The options ``paths`` and ProxyCommand of asyncssh's finished reading ``config``
     expanded (:func:`_expand_tokens_once_every_file_is_read`), from the tokens of its
-    options as every file left them."""
+    options as every file left them. A ProxyCommand here is the one that runs (the first
+    of ProxyCommand and ProxyJump, :func:`_first_proxy`): a token's value in it that the
+    shell could read as code (a host name as typed ``box$(id)`` in %n, a ProxyJump hop's
+    name in its own lookup's %h) is refused with the file and line, as an unknown token is,
+    so the pre-flight finds it before the destination is touched and nothing runs."""
     config._set_tokens()
     options: dict[str, Any] = config._options
     for option in paths:
@@ -2552,6 +2571,8 @@ def _expand_read_options(config: Any, paths: Sequence[str]) -> None:
             path, line = config.__dict__.get("_set_at", {}).get(
                 "ProxyCommand", (config._path, config._line_no)
             )
+            if isinstance(exc, UnsafeTokenValue):
+                raise _RefusedLine(f"{path} line {line}: {exc}", exc.hint) from None
             raise _RefusedLine(
                 f"{path} line {line}: {exc}, as ssh stops on it",
                 hint="use only %h %k %n %p %r in the ProxyCommand, and write %% for a %",
@@ -2671,9 +2692,16 @@ def _refusing_lone_percent(handler: Any) -> Any:
     that ends in a ``%`` starting no token, as an error naming the file and line: ssh stops
     on it when it expands the path ("invalid format"), where asyncssh took the ``%`` for a
     letter of the file's name. A value not taken (a later line of an option whose first
-    value wins) is not expanded by ssh, and not refused."""
+    value wins) is not expanded by ssh, and not refused; nor is a UserKnownHostsFile when
+    the inventory's known_hosts replaces it (:class:`_InventoryGives`), as ssh goes on with
+    ``-o UserKnownHostsFile=...`` given."""
 
     def read(config: Any, option: str, args: list[str]) -> None:
+        if option == "UserKnownHostsFile" and getattr(
+            _READING_FILES.get(), "known_hosts_given", False
+        ):
+            handler(config, option, args)  # kept, never used (_resolve)
+            return
         options: dict[str, Any] = config._options
         had = option in options
         before = options.get(option)
@@ -2700,13 +2728,20 @@ def _first_proxy(handler: Any) -> Any:
     ProxyCommand is not taken after a ProxyJump (``ProxyJump none`` excepted, as OpenSSH
     9.2 runs a ProxyCommand after it), a ProxyJump not after a ProxyCommand (``none``
     included), and neither when the inventory gives the ProxyCommand
-    (:class:`_ProxyCommandGiven`), as ``ssh -o ProxyCommand=...`` gives it before the
+    (:class:`_InventoryGives`), as ``ssh -o ProxyCommand=...`` gives it before the
     files. asyncssh took both: the connection opened the jump hosts where ssh ran the
     command, %j and %C were of a jump host ssh never used, and a token ssh would never
-    expand in a command it would never run was refused."""
+    expand in a command it would never run was refused.
+
+    A ProxyCommand's value starts where ssh starts it (readconf.c: ``strspn(str,
+    WHITESPACE "=")``): after every blank and ``=`` that follows the keyword. asyncssh
+    kept them from an ``=`` on (``ProxyCommand=nc %h %p`` ran ``exec =nc ...``, and
+    ``ProxyCommand = none`` a program named ``none``)."""
 
     def read(config: Any, option: str, args: list[str]) -> None:
         options: dict[str, Any] = config._options
+        if option == "ProxyCommand" and args:
+            args[0] = args[0].lstrip(" \t\r\n=")
         if option == "ProxyCommand":
             other = isinstance(options.get("ProxyJump"), str)
         else:

@@ -34,7 +34,9 @@ What it owns:
   each value put in as it is, as ssh puts it, and a value of the target's tokens (%h %n %k
   %r %p %j) that the shell could read as more than a word refused (by the pool, where the
   command would run). A ProxyCommand with the tokens ssh expands there alone, %h %k %n %p
-  %r and %% (:func:`expand_proxy_command`), any other refused.
+  %r and %% (:func:`expand_proxy_command`), any other refused, and a value of them that
+  the shell could read as more than a word refused too; the command named in errors by
+  its program alone (:func:`command_name`).
 - A ProxyJump hop read as ssh reads it (:func:`jump_hop`), an ``ssh://`` URI's user
   URL-decoded, and what ssh refuses there refused; %j (:func:`jump_host`).
 - Whether a ``Host`` line applies (:func:`host_block_applies`): its words are patterns, a
@@ -866,8 +868,12 @@ def jump_host(proxy_jump: str | None) -> str:
 
 #: The characters a token's value may hold: none the shell reads as more than a word's
 #: letter, inside single or double quotes or outside them (no quote, blank, ``$``, `` ` ``,
-#: backslash, ``;``, ``~``, glob or redirection).
-_SAFE_VALUE = re.compile(r"[A-Za-z0-9@%+=:,./_-]*")
+#: backslash, ``;``, ``~``, glob or redirection). Letters and digits of other scripts too
+#: (``[^\W_]`` past ASCII: what :meth:`str.isalnum` takes): ssh takes non-ASCII host and
+#: user names from its command line (OpenSSH 9.6's valid_hostname and valid_ruser refuse
+#: only ASCII punctuation, blanks and control characters), and in UTF-8 every byte of such
+#: a letter is above 0x7f, which no shell reads as anything but a letter.
+_SAFE_VALUE = re.compile(r"(?:[A-Za-z0-9@%+=:,./_-]|[^\x00-\x7f\W_])*")
 
 #: What each checked token's value is, for the error that refuses one.
 _TOKEN_NAMES = {
@@ -902,12 +908,13 @@ def expand_match_exec(command: str, tokens: Mapping[str, str]) -> str:
     A value of the host to reach (%h %n %k %r %p %j) goes in only if it holds nothing but
     letters, digits and ``@%+=:,./_-`` (every host name and the usual user names): such a
     value is one word's text for the shell wherever the token stands, in single quotes, in
-    double quotes or outside them. Any other raises :class:`UnsafeTokenValue`. ssh puts the
-    values in unchecked, but refuses (since OpenSSH 9.6) a user name with shell characters
-    given on its command line; ours come from the inventory and the command line too, and
-    quoting a value cannot help: the user's own quotes around the token would cancel ours,
-    and the value would be code. This machine's own values (%d %l %L %u %i,
-    :data:`_LOCAL_TOKENS`) go in unchecked, as in ssh; %C is a hex digest.
+    double quotes or outside them. Any other raises :class:`UnsafeTokenValue`
+    (:func:`_checked_value`). ssh puts the values in unchecked, but refuses (since OpenSSH
+    9.6) a user name with shell characters given on its command line; ours come from the
+    inventory and the command line too, and quoting a value cannot help: the user's own
+    quotes around the token would cancel ours, and the value would be code. This machine's
+    own values (%d %l %L %u %i, :data:`_LOCAL_TOKENS`) go in unchecked, as in ssh; %C is a
+    hex digest.
 
     Raises ValueError for a token ssh does not expand there (ssh stops on it: "unknown
     key")."""
@@ -917,29 +924,37 @@ def expand_match_exec(command: str, tokens: Mapping[str, str]) -> str:
         if token == "%":
             return "%"
         if token not in tokens:
-            raise _no_such_token("Match exec", command, token, tokens)
-        text = tokens[token]
-        if token not in _LOCAL_TOKENS and _SAFE_VALUE.fullmatch(text) is None:
-            what = _TOKEN_NAMES.get(token, "value")
-            raise UnsafeTokenValue(
-                f"Match exec {command!r}: the {what} %{token} is {text!r}, which holds a "
-                "character the shell could read as code; only letters, digits and "
-                "@%+=:,./_- are put in a command",
-                hint=f"use a {what} of letters, digits and @%+=:,./_- only, or take "
-                f"%{token} out of the Match exec command",
-            )
-        return text
+            raise _no_such_token("Match exec", repr(command), token, tokens)
+        shown = f"Match exec {command!r}"
+        return _checked_value(token, tokens[token], shown, "the Match exec command")
 
     return _PERCENT_TOKEN.sub(value, command) if "%" in command else command
 
 
-def _no_such_token(where: str, text: str, token: str, known: Iterable[str]) -> ValueError:
-    """The error for ``token`` (after a ``%``; empty for a ``%`` ending ``text``) in ``text``,
-    the value of ``where``, which ssh does not expand there: it stops on it ("unknown key",
-    or "invalid format" for the ``%`` at the end)."""
-    shown = f"%{token}" if token else "a '%' at the end"
+def _checked_value(token: str, text: str, where: str, command: str) -> str:
+    """``text``, the value of ``token`` to put in a command the shell runs, or an
+    :class:`UnsafeTokenValue` when it is a value of the host to reach (not one of
+    :data:`_LOCAL_TOKENS`) that holds a character outside :data:`_SAFE_VALUE`. ``where``
+    begins the message (``Match exec '...'``), ``command`` names the command in the hint
+    (``the Match exec command``)."""
+    if token in _LOCAL_TOKENS or _SAFE_VALUE.fullmatch(text) is not None:
+        return text
+    what = _TOKEN_NAMES.get(token, "value")
+    raise UnsafeTokenValue(
+        f"{where}: the {what} %{token} is {text!r}, which holds a character the shell "
+        "could read as code; only letters, digits and @%+=:,./_- are put in a command",
+        hint=f"use a {what} of letters, digits and @%+=:,./_- only, or take %{token} out "
+        f"of {command}",
+    )
+
+
+def _no_such_token(where: str, shown: str, token: str, known: Iterable[str]) -> ValueError:
+    """The error for ``token`` (after a ``%``; empty for a ``%`` ending the text) in the value
+    of ``where`` (``shown``, as the error shows it), which ssh does not expand there: it
+    stops on it ("unknown key", or "invalid format" for the ``%`` at the end)."""
+    named = f"%{token}" if token else "a '%' at the end"
     return ValueError(
-        f"{where} {text!r}: {shown} is no token ssh expands there (known: "
+        f"{where} {shown}: {named} is no token ssh expands there (known: "
         + " ".join(f"%{name}" for name in sorted(known, key=str.lower))
         + " %%)"
     )
@@ -958,15 +973,39 @@ def expand_proxy_command(command: str, tokens: Mapping[str, str]) -> str:
     config is read) and ``%%`` expanded, each value put in as it is, as ssh puts it. Any
     other token, or a ``%`` at the end, is a ValueError naming it, as ssh stops on it
     ("unknown key"). A ``${VAR}`` is left as it is, for the command to read, as ssh leaves
-    it (it expands variables in paths, not in commands)."""
+    it (it expands variables in paths, not in commands).
+
+    Every one of those tokens is a value of the host to reach: one the shell could read as
+    code is an :class:`UnsafeTokenValue`, as in ``Match exec`` (:func:`_checked_value`;
+    a host name as typed, ``box$(id)``, went into ``nc %n 22`` and ran). The command is
+    named by its program alone (:func:`command_name`): its arguments may hold a secret."""
     known = {name: tokens[name] for name in PROXY_COMMAND_TOKENS}
+    shown = command_name(command)
 
     def value(found: re.Match[str]) -> str:
         token = found[1]
         if token == "%":
             return "%"
         if token not in known:
-            raise _no_such_token("ProxyCommand", command, token, known)
-        return known[token]
+            raise _no_such_token("ProxyCommand", shown, token, known)
+        return _checked_value(token, known[token], f"ProxyCommand {shown}", "the ProxyCommand")
 
     return _PERCENT_TOKEN.sub(value, command) if "%" in command else command
+
+
+#: A shell variable assignment before a command's program (``TOKEN=x cloudflared ...``).
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def command_name(command: str) -> str:
+    """How an error or a hint names the command ``command`` (a ProxyCommand): its program,
+    the first word that is no variable assignment, then ``…`` for whatever follows, or the
+    command as it is when it is one word. Its arguments and assignments are left out: they
+    may hold a password or a token (``sshpass -p SECRET ssh ...``, ``cloudflared access ssh
+    --service-token-secret X``), and an error goes into JSON events, logs and cron's mail.
+    (The whole command is logged at debug level when it is run.)"""
+    words = command.split()
+    program = next((word for word in words if _ASSIGNMENT.match(word) is None), "")
+    if not program:
+        return "…"
+    return program if words == [program] else f"{program} …"

@@ -311,6 +311,14 @@ class ProtocolError(RemoteSyncError):
     default_hint = "the remote shell printed unexpected output; check its rc files for echo/stty"
 
 
+class TooMuchOutputError(ProtocolError):
+    """A host sent more than the client bounds its command's output by: a fetch more bytes
+    than its requests can produce (with their framing), or a listing more files or bytes
+    than a host's listing may hold. Without this bound a host that keeps sending
+    valid-looking output (or a tool that misbehaves) would keep its round alive for ever,
+    the idle timeout never reached."""
+
+
 _KIND_BY_CLASS = {
     "ConfigError": "config",
     "ArgumentError": "config",
@@ -331,4 +339,5 @@ _KIND_BY_CLASS = {
     "LockedError": "locked",
     "OutputError": "output",
     "ProtocolError": "protocol",
+    "TooMuchOutputError": "too_much_output",
 }

@@ -17,11 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_remote_ops import END, MB, Merged, check_data_bounds, feed_frames, merge
 
-from remote_sync.errors import ProtocolError
+from remote_sync.errors import ProtocolError, TooMuchOutputError
+from remote_sync.mirror import remote_ops
 from remote_sync.mirror.archive import BLOCK, parse_header
 from remote_sync.mirror.remote_ops import (
     Begin,
@@ -363,6 +364,98 @@ def test_gnu_tar_padding_after_a_failed_or_short_read_is_not_trusted() -> None:
         ("data", 3, lines[:600]),
         ("End", 3),
     ]
+
+
+# ----------------------------------------------------------------------------- the budget
+
+# Paths as deep and long as a host may have them (PATH_MAX, 4 KiB; NAME_MAX, 255 a part):
+# GNU long names and pax headers of every size.
+_deep_names = st.lists(st.integers(1, 255), min_size=1, max_size=16).map(
+    lambda parts: b"/".join(b"%c" % (97 + n % 26) * n for n in parts)[:4000].rstrip(b"/")
+)
+
+
+# The patched slack is the same for every example.
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    files=st.lists(
+        st.tuples(_deep_names, st.integers(0, 3000)),
+        min_size=1,
+        max_size=5,
+        unique_by=lambda f: f[0],
+    ),
+    pax=st.booleans(),
+    checked=st.booleans(),
+    extra=st.sampled_from(["none", "fits", "one block too many"]),
+    data=st.data(),
+)
+def test_zero_blocks_after_an_archive_are_refused_past_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+    files: list[tuple[bytes, int]],
+    pax: bool,
+    checked: bool,
+    extra: str,
+    data: st.DataObject,
+) -> None:
+    """An archive as tar writes it (long names, pax headers, padding to tar's 10 KiB record,
+    the digest line of its checked entries) fits in under 20 KiB a request beyond its bytes,
+    as FETCH_ITEM_SLACK's comment says; a tar that goes on sending zero blocks after the
+    archive's end is read up to the budget and refused one block past it, however the
+    output is cut, where it used to be read for ever."""
+    monkeypatch.setattr(remote_ops, "FETCH_ITEM_SLACK", 20 * 1024)
+    monkeypatch.setattr(remote_ops, "FETCH_GROWTH_SLACK", 0)
+    entries = [(path, b"x" * (size - 1) + b"\n" if size else b"") for path, size in files]
+    requests = [
+        FetchRequest(path, 0, max(1, len(body)), archive=True, check=checked)
+        for path, body in entries
+    ]
+    tar = tar_bytes(entries, tarfile.PAX_FORMAT if pax else tarfile.GNU_FORMAT, record=True)
+    digest = MB + b" K md5:" + b"0" * 32 + b" 18446744073709551615" * len(entries) + b"\n"
+    after = END + (digest if checked else b"")
+    head = (MB + b" T\n") * len(entries) + MB + b" A\n" + tar
+    budget = remote_ops.fetch_budget(requests)
+    room = budget - len(head) - len(after)
+    assert room >= 0
+    blocks = {"none": 0, "fits": room // BLOCK, "one block too many": room // BLOCK + 1}[extra]
+    stream = head + bytes(BLOCK * blocks) + after
+    chunking = data.draw(st.lists(st.integers(0, len(stream)), max_size=6))
+    parser = FrameParser("kitchen", MB, requests)
+    if extra == "one block too many":
+        with pytest.raises(TooMuchOutputError) as raised:
+            feed_frames(parser, stream, chunking)
+        assert raised.value.host == "kitchen" and str(budget) in raised.value.message
+        return
+    events = feed_frames(parser, stream, chunking)
+    ends = [e for e in events if isinstance(e, (End, Short))]
+    assert [e.index for e in ends] == list(range(len(entries)))
+
+
+@pytest.mark.parametrize("where", ["unasked entry", "range past its length"])
+def test_more_than_asked_is_refused_naming_the_host_and_the_file(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """An entry nobody asked for is read past, and a range's bytes past its length are
+    not data: either, of any size, ends at the budget, naming the file being read."""
+    monkeypatch.setattr(remote_ops, "FETCH_GROWTH_SLACK", 0)
+    if where == "unasked entry":
+        requests = [FetchRequest(b"asked.jsonl", 0, 10, archive=True)]
+        tar = tar_bytes([(b"other", bytes(1 << 20)), (b"asked.jsonl", b"123456789\n")])
+        stream = MB + b" T\n" + MB + b" A\n" + tar + END
+    else:
+        requests = [FetchRequest(b"r.jsonl", 0, 10)]
+        # Long enough that no end line is found where the parser looks for one first.
+        stream = MB + b" B\n" + bytes(1 << 20) + END
+    parser = FrameParser("kitchen", MB, requests)
+    assert parser.budget == 10 + remote_ops.FETCH_ITEM_SLACK
+    with pytest.raises(ProtocolError) as raised:
+        for at in range(0, len(stream), 16384):
+            parser.feed(stream[at : at + 16384])
+    assert raised.value.host == "kitchen"
+    assert raised.value.path == ("asked.jsonl" if where == "unasked entry" else "r.jsonl")
+    if where == "unasked entry":  # the parser alone would have read past it
+        assert isinstance(raised.value, TooMuchOutputError)
 
 
 # ----------------------------------------------------------------------------- the writer

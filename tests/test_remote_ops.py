@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sshfleet import SSHFleet
 
-from remote_sync.errors import ConfigError, ProtocolError, RemoteCommandError
+from remote_sync.errors import ConfigError, ProtocolError, RemoteCommandError, TooMuchOutputError
 from remote_sync.mirror import remote_ops
 from remote_sync.mirror.digests import Digest, Hasher
 from remote_sync.mirror.plan import Transfer
@@ -515,6 +515,70 @@ def test_compressed_listing_is_inflated_in_bounded_steps() -> None:
     assert parser.feed(good[:1]) == []
     assert parser.feed(good[1:]) == [RemoteFile(b"a", 5, 6.0, 7, 8)]
     parser.close()
+
+
+# The one patch is the same for every example.
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    count=st.integers(1, 12),
+    compressed=st.booleans(),
+    cuts=st.lists(st.integers(0, 2000), max_size=8),
+)
+def test_a_listing_of_more_files_than_the_bound_is_refused_naming_the_globs(
+    monkeypatch: pytest.MonkeyPatch, count: int, compressed: bool, cuts: list[int]
+) -> None:
+    """A host that prints records without end (a broken find, a hostile host) would hold
+    its round, and the client's memory, for ever: past MAX_LISTING_FILES records the
+    listing is refused, however it is cut or compressed; up to it, it is read whole."""
+    monkeypatch.setattr(remote_ops, "MAX_LISTING_FILES", 6)
+    plain = b"".join(b"5 6 7 %d\n./s%d.jsonl\x00" % (i, i) for i in range(count))
+    sent = gzip.compress(plain) if compressed else plain
+    parser = ListingParser("h9", trailer=True)
+    got: list[RemoteFile] = []
+    last = 0
+    pieces = []
+    for cut in sorted(c for c in set(cuts) if c < len(sent)):
+        pieces.append(sent[last:cut])
+        last = cut
+    pieces += [sent[last:], b"L 0 0\n"]
+    if count > 6:
+        with pytest.raises(TooMuchOutputError) as raised:
+            for piece in pieces:
+                got += parser.feed(piece)
+        assert raised.value.host == "h9" and raised.value.kind == "too_much_output"
+        assert "more than 6 files" in raised.value.message
+        assert "include globs" in raised.value.hint
+    else:
+        for piece in pieces:
+            got += parser.feed(piece)
+        assert len(got) == count and parser.end == (0, False)
+
+
+def test_a_listing_of_more_bytes_than_the_bound_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bytes are bounded too, as they came (compressed bytes that inflate to nothing, empty
+    deflate blocks, are bytes all the same) and inflated."""
+    monkeypatch.setattr(remote_ops, "MAX_LISTING_BYTES", 4096)
+    record = b"5 6 7 8\n./" + b"d/" * 40 + b"s.jsonl\x00"
+    plain = record * (4096 // len(record))
+    parser = ListingParser("h", trailer=True)
+    assert len(parser.feed(plain)) == 4096 // len(record)
+    parser.feed(b"L 0 0\n")
+    with pytest.raises(TooMuchOutputError, match="more than 4096 bytes"):
+        ListingParser("h").feed(plain + record)
+    # Inflated past the bound, from a few hundred bytes.
+    with pytest.raises(TooMuchOutputError, match="more than 4096 bytes"):
+        ListingParser("h").feed(gzip.compress(plain * 2))
+    # A deflate stream of empty stored blocks inflates to nothing, without end.
+    empty_block = b"\x00\x00\x00\xff\xff"  # stored, not the last, 0 bytes long
+    stream = gzip.compress(b"")[:10] + empty_block * 2000
+    parser = ListingParser("h")
+    with pytest.raises(TooMuchOutputError, match="more than 4096 bytes"):
+        for at in range(0, len(stream), 512):
+            assert parser.feed(stream[at : at + 512]) == []
 
 
 @pytest.mark.parametrize("cut", [None, 1000, 70_000])

@@ -2695,3 +2695,156 @@ def test_a_file_back_unchanged_is_live_again_and_moves_nothing(
     )
     with MirrorState(dest) as state:
         assert {row.state for row in state.host_files("h0").values()} == {"live"}
+
+
+# ----------------------------------------------------------------------------- output bounds
+
+
+def one_host_tools(
+    fleet: SSHFleet,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    scripts: dict[str, str],
+    argv: str = "round_argv",
+) -> None:
+    """Stand-in tools (sh scripts) first on the PATH of ``name``'s commands alone: its
+    round's, or with ``argv="fetch_argv"`` its follow-up's. The other hosts keep the real
+    ones; a stand-in reaches its real tool by its full path."""
+    where = fleet.root / f"tools-{name}-{argv}"
+    where.mkdir()
+    for tool, body in scripts.items():
+        (where / tool).write_text("#!/bin/sh\n" + body)
+        (where / tool).chmod(0o755)
+    real = getattr(engine, argv)
+    root = str(fleet.path(name))
+
+    def with_tools(first: str, *args: Any, **kwargs: Any) -> list[str]:
+        command: list[str] = real(first, *args, **kwargs)
+        return ["env", f"PATH={where}:/usr/bin:/bin", *command] if first == root else command
+
+    monkeypatch.setattr(engine, argv, with_tools)
+
+
+def small_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The output bounds made small, so a test goes past them in a blink (raising=False: the
+    base code, without them, runs the test and shows what it did)."""
+    monkeypatch.setattr(remote_ops, "FETCH_ITEM_SLACK", 16 * 1024, raising=False)
+    monkeypatch.setattr(remote_ops, "FETCH_GROWTH_SLACK", 0, raising=False)
+    monkeypatch.setattr(remote_ops, "MAX_LISTING_FILES", 2000, raising=False)
+    monkeypatch.setattr(engine, "FOLLOW_UP_GROWTH", 0, raising=False)
+
+
+# The stand-ins send their extra output, then keep the command open without a word: without
+# a bound the client reads it all and waits for the idle timeout.
+ENDLESS_TAR = """case " $* " in
+*" -cf - "*)
+    /usr/bin/tar "$@"
+    /usr/bin/head -c 8388608 /dev/zero
+    exec /usr/bin/sleep 3600
+    ;;
+esac
+exec /usr/bin/tar "$@"
+"""
+ENDLESS_FIND = r"""case " $* " in
+*" -type f "*)
+    /usr/bin/find "$@"
+    awk 'BEGIN {
+        for (i = 0; i < 400000; i++) printf "1 2.0 3 %d\n./agents/x/sessions/s%d.jsonl%c", i, i, 0
+    }'
+    exec /usr/bin/sleep 3600
+    ;;
+esac
+exec /usr/bin/find "$@"
+"""
+
+
+@pytest.mark.parametrize("tool", ["tar", "find"])
+def test_a_host_that_keeps_sending_is_stopped_well_before_the_idle_timeout(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tool: str,
+) -> None:
+    """A tar that sends zero blocks past its archive's end, or a find that prints records
+    past the tree's: the client knows how much it asked for (and how long a listing may be),
+    so the host's round ends at once, an error of its own naming the host, not at the idle
+    timeout (which a host that never stops sending would never reach). The other host
+    completes, nothing is recorded as deleted, and a rerun with the real tools converges."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0", "h1"])
+    dest = tmp_path / "m"
+    make_openclaw_tree(fleet, "h0", sessions=3)
+    make_openclaw_tree(fleet, "h1", sessions=2, seed=1)
+    if tool == "find":  # mirrored first: a listing refused must record no deletion
+        assert sync(inv, dest, capsys)[0] == 0
+        make_openclaw_tree(fleet, "h1", sessions=3, seed=2)
+    small_bounds(monkeypatch)
+    one_host_tools(fleet, monkeypatch, "h0", {tool: ENDLESS_TAR if tool == "tar" else ENDLESS_FIND})
+    started = time.monotonic()
+    code, summary, events = sync(inv, dest, capsys, "--timeout", "8")
+    took = time.monotonic() - started
+    assert code == 1
+    (error,) = [e for e in events if isinstance(e, ErrorEvent) and e.host == "h0"]
+    assert error.kind == "too_much_output", error
+    if tool == "find":
+        assert "include globs" in error.hint
+        assert summary.files.deleted == 0
+        with MirrorState(dest) as state:
+            assert {row.state for row in state.host_files("h0").values()} == {"live"}
+    assert took < 8, took
+    status = {e.host: e.status for e in events if isinstance(e, HostDone)}
+    assert status == {"h0": "failed", "h1": "ok"}
+    assert_exact(fleet, dest, "h1")
+    monkeypatch.undo()
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0 and summary.files.deleted == 0
+    assert_exact(fleet, dest, "h0")
+    assert_exact(fleet, dest, "h1")
+
+
+def test_a_follow_up_that_sends_more_than_asked_commits_none_of_it(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The command that fetches whole a file found rewritten asks for a bounded length, not
+    "to its end": a dd or head there that sends lines past the file is refused, naming the
+    host, where those lines were committed to the mirror as the file's."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0", "h1"])
+    dest = tmp_path / "m"
+    paths = make_openclaw_tree(fleet, "h0", sessions=3)
+    make_openclaw_tree(fleet, "h1", sessions=2, seed=1)
+    assert sync(inv, dest, capsys)[0] == 0
+    data = fleet.path("h0", paths[1]).read_bytes()
+    with open(fleet.path("h0", paths[1]), "r+b") as f:  # in place: only the overlap shows it
+        f.write(data[:-10] + b"X" * 9 + b"\n" + data)
+    fleet.write("h1", "agents/agent0/sessions/new.jsonl", session_bytes(random.Random(3), 2))
+    more = "yes more-than-asked | /usr/bin/head -c 4194304\n"
+    small_bounds(monkeypatch)
+    one_host_tools(
+        fleet,
+        monkeypatch,
+        "h0",
+        {
+            "dd": (
+                f'/usr/bin/dd "$@"\nst=$?\ncase " $* " in *count_bytes*) {more};; esac\nexit $st\n'
+            ),
+            "head": (
+                '/usr/bin/head "$@"\nst=$?\n'
+                f'case " $* " in *" -q "*) ;; *" -c "*) {more};; esac\nexit $st\n'
+            ),
+        },
+        argv="fetch_argv",
+    )
+    code, _, events = sync(inv, dest, capsys, "--timeout", "8")
+    assert code == 1
+    (error,) = [e for e in events if isinstance(e, ErrorEvent) and e.host == "h0"]
+    assert error.kind in ("protocol", "too_much_output"), error
+    assert b"more-than-asked" not in (dest / "h0" / paths[1]).read_bytes()
+    status = {e.host: e.status for e in events if isinstance(e, HostDone)}
+    assert status == {"h0": "failed", "h1": "ok"}
+    assert_exact(fleet, dest, "h1")
+    monkeypatch.undo()
+    assert sync(inv, dest, capsys)[0] == 0
+    assert_exact(fleet, dest, "h0")

@@ -54,6 +54,7 @@ from ..errors import (
     ReadFailedError,
     RemoteCommandError,
     RemoteSyncError,
+    TooMuchOutputError,
     TransferCancelledError,
     path_text,
 )
@@ -159,7 +160,15 @@ PROGRESS_SECONDS = 0.25
 #: handling the frames of one chunk of a fetch.
 YIELD_SECONDS = 0.005
 #: A follow-up fetch asks for the whole file: "up to this many bytes" means "to its end".
+#: Only a transfer's length: its request asks for :func:`_follow_up_length`.
 TO_EOF = 1 << 62
+#: A follow-up fetches whole a file that changed since the listing, so its size then is not
+#: known: it asks for the listed size and as much again, or this much more if that is more,
+#: and a byte past it (``detect_growth``). A file longer than that by then grows faster than
+#: a round can follow: it is "changed again", fetched by the next run. Asking for a bounded
+#: length keeps the follow-up within a byte budget, as the round's fetch is: a host cannot
+#: stream bytes without end into a file of the mirror.
+FOLLOW_UP_GROWTH = BATCH_BYTES
 #: A round with more transcript bytes than this to index uses the index worker process, on a
 #: machine with at least WORKER_MIN_CPUS processors (the worker needs a core of its own).
 #: Starting one costs 0.1-0.15 s (interpreter, imports) and every file a few messages, while
@@ -429,12 +438,14 @@ class HostSync:
                     token=self.token,
                 ) from exc
             raise
+        except TooMuchOutputError:
+            raise  # the command is still sending: stopped, not read to its end
         except ProtocolError as exc:
             # Broken listing bytes are often the trace of a command that failed (gzip killed
             # midway): its exit status and messages say more. Without a failure, the bytes.
             stream.send(b"", end=True)
             try:
-                await _drain_stream(stream)
+                await _drain_stream(stream, self.name)
             except RemoteCommandError as failed:
                 raise failed from exc
             except RemoteSyncError:
@@ -443,7 +454,9 @@ class HostSync:
         assert parser.end is not None
         if parser.end[0] != 0:
             try:
-                await _drain_stream(stream)  # the command exits with the listing's status
+                await _drain_stream(
+                    stream, self.name
+                )  # the command exits with the listing's status
             except RemoteCommandError as exc:
                 raise exc.restated(
                     f"the listing failed (status {parser.end[0]})", host=self.name
@@ -549,7 +562,7 @@ class HostSync:
         owners, requests, stdin = await in_thread(_requests_of, transfers, piece_bytes())
         stream.send(stdin, end=True)
         if not transfers:
-            await _drain_stream(stream)
+            await _drain_stream(stream, self.name)
             return [], []
         parser = FrameParser(self.name, marker.encode(), requests)
         handler = _FrameHandler(self, owners, requests, follow_up=False)
@@ -557,17 +570,25 @@ class HostSync:
         return handler.again, handler.recheck
 
     async def _fetch_again(self, transfers: Sequence[Transfer]) -> list[Transfer]:
-        """Fetch ``transfers`` with a command of their own: whole ones to their end, appends
-        as planned, each with its head checked; returns those that changed again while being
-        read (or, for an append, were found rewritten)."""
+        """Fetch ``transfers`` with a command of their own: whole ones to their end (up to
+        :func:`_follow_up_length`), appends as planned, each with its head checked; returns
+        those that changed again while being read (or, for an append, were found rewritten,
+        or a whole one grew past what was asked)."""
         if not transfers:
             return []
         requests = [
             # The file changed since the listing: its listed size says nothing of how long
             # the read is, so every transcript is checked. A file copied whole is read to its
             # end and taken as read: the host's digest of the whole file would also cover what
-            # was appended after the read, so a file that keeps growing could never agree.
-            FetchRequest(t.remote.path, 0, TO_EOF, check=t.kind == "append")
+            # was appended after the read, so a file that keeps growing could never agree. The
+            # end is bounded all the same (FOLLOW_UP_GROWTH), so that the fetch has a budget.
+            FetchRequest(
+                t.remote.path,
+                0,
+                _follow_up_length(t),
+                detect_growth=True,
+                check=t.kind == "append",
+            )
             if t.mode == "whole"
             else FetchRequest(t.remote.path, t.start, t.length, check=True)
             for t in transfers
@@ -912,7 +933,7 @@ class HostSync:
         requests = [_overlap_request(plan.transfers[n]) for n in returning]
         stream.send(fetch_stdin(requests), end=True)
         if not requests:
-            await _drain_stream(stream)
+            await _drain_stream(stream, self.name)
             return
         parser = FrameParser(self.name, marker.encode(), requests)
         transfers = [plan.transfers[n] for n in returning]
@@ -963,6 +984,12 @@ class HostSync:
         self.result.bytes = plan.bytes
 
 
+def _follow_up_length(t: Transfer) -> int:
+    """The bytes a follow-up asks for of a file it fetches whole (see
+    :data:`FOLLOW_UP_GROWTH`)."""
+    return t.remote.size + max(t.remote.size, FOLLOW_UP_GROWTH)
+
+
 def _requests_of(
     transfers: Sequence[Transfer], piece_bytes: int
 ) -> tuple[list[Transfer], list[FetchRequest], bytes]:
@@ -977,11 +1004,24 @@ def _requests_of(
     return owners, requests, fetch_stdin(requests)
 
 
-async def _drain_stream(stream: RemoteStream) -> None:
-    """Read a command's output to its end (raising its errors), keeping none of it."""
+#: Bytes of output read past, at most, where none is expected: a fetch sent no request, a
+#: listing that failed. A host that goes on sending there is stopped, not read for ever.
+DRAIN_BYTES = 64 * 1024
+
+
+async def _drain_stream(stream: RemoteStream, host: str) -> None:
+    """Read a command's output to its end (raising its errors), keeping none of it, and at
+    most :data:`DRAIN_BYTES` of it (more is a :class:`TooMuchOutputError`)."""
     stream.expect_end()  # nothing more is wanted of it but how it ended
-    async for _chunk in stream:
-        pass
+    drained = 0
+    async for chunk in stream:
+        drained += len(chunk)
+        if drained > DRAIN_BYTES:
+            raise TooMuchOutputError(
+                f"the host sent more than {DRAIN_BYTES} bytes where it was asked for none",
+                host=host,
+                hint="check the host's tools and its rc files; what was committed is kept",
+            )
 
 
 class _FrameHandler:

@@ -25,7 +25,9 @@ Listing (:func:`listing_argv`, :class:`ListingParser`)
     Where the host has ``gzip`` the records come gzip-compressed (the parser sees the magic
     bytes and inflates them in bounded steps); without it they come plain. A file or
     directory that vanishes while find walks the tree is left out silently (no message on
-    stderr: it is not an incomplete listing); real errors keep their messages.
+    stderr: it is not an incomplete listing); real errors keep their messages. A listing of
+    more than :data:`MAX_LISTING_FILES` records or :data:`MAX_LISTING_BYTES` bytes is refused
+    (:class:`TooMuchOutputError`): the client holds it until it has planned.
 
 Round (:func:`round_argv`, ``ListingParser(trailer=True)``, then :class:`FrameParser`)
     The listing and the fetch in one command, so a round costs each host one start of its
@@ -88,6 +90,11 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     a checked range, or of an archive with checked entries, comes :class:`HeadDigest`; after
     the last item of a batch with ``check_batched`` ranges that ended, one for those.
 
+    The output may hold at most :func:`fetch_budget` bytes: what the requests ask for, plus
+    a fixed room per request for its framing and tar's headers and padding, and once for
+    files tar finds grown. More is a :class:`TooMuchOutputError` (a tar that sends zero
+    blocks without end, an entry nobody asked for, a trickle that never ends).
+
     The marker is a random nonce per run (:func:`new_marker`). It travels either in the argv
     or, better, as a first line on stdin: from there it reaches the per-batch scripts through
     the environment, never a command line, so other users of the host cannot read it in the
@@ -102,7 +109,13 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import ConfigError, ListingIncompleteError, ProtocolError, path_text
+from ..errors import (
+    ConfigError,
+    ListingIncompleteError,
+    ProtocolError,
+    TooMuchOutputError,
+    path_text,
+)
 from ..ssh.remote import STDERR_TAIL_BYTES, sh_script
 from .archive import ArchiveReader
 from .digests import MAX_DIGEST_WORD, digest_of_word
@@ -124,7 +137,12 @@ __all__ = [
     "BATCH_BYTES",
     "ENTER_ROOT_SH",
     "EXIT_ROOT_UNUSABLE",
+    "FETCH_GROWTH_SLACK",
+    "FETCH_ITEM_SLACK",
     "HEAD_BYTES",
+    "LISTING_BOUND_HINT",
+    "MAX_LISTING_BYTES",
+    "MAX_LISTING_FILES",
     "MAX_LISTING_RECORD",
     "SKIP_BLOCK",
     "UNREAD_HINT",
@@ -143,6 +161,7 @@ __all__ = [
     "RemoteFile",
     "Short",
     "fetch_argv",
+    "fetch_budget",
     "fetch_stdin",
     "listing_argv",
     "listing_end_marker",
@@ -200,6 +219,22 @@ HEAD_BYTES = 1024
 #: A listing record (stat line + path) longer than this without its terminator is an error.
 #: Real records are at most about 4 KiB (PATH_MAX) plus a short stat line.
 MAX_LISTING_RECORD = 64 * 1024
+#: A listing of more files than this (every record find printed, included or not) is
+#: refused (:class:`TooMuchOutputError`): the client holds the files it keeps until the plan
+#: is made, about 0.3 KB each (a ``RemoteFile`` with a 75-byte path, measured with
+#: tracemalloc; 0.45 KB at planning a first sync), so a million is some 300-450 MB of the
+#: client's memory, and a thousand times the sessions of a busy agent host. Without a bound, a
+#: host printing records without end would hold its round and grow that memory for ever.
+MAX_LISTING_FILES = 1_000_000
+#: A listing longer than this, compressed or inflated, is refused the same way: a million
+#: records of 270 bytes (their paths of 200), or fewer with longer paths, whose bytes are held.
+MAX_LISTING_BYTES = 256 * 1024 * 1024
+#: What to do about a listing over those bounds: find lists every file under the start
+#: points the include globs give (an exclude only drops what it printed).
+LISTING_BOUND_HINT = (
+    "give this host a narrower root or narrower include globs in the inventory (find walks "
+    "every directory the include globs start from; an exclude does not shorten the walk)"
+)
 #: A compressed listing is inflated at most this many bytes at a time (a hostile host could
 #: send a small stream that inflates to gigabytes).
 _INFLATE_STEP = 1024 * 1024
@@ -1010,6 +1045,35 @@ def fetch_stdin(
     return b"".join(parts)
 
 
+#: Bytes a fetch's output may hold per request beyond those it asks for. What a request can
+#: bring past its bytes: its frame lines (``B``, ``E`` or ``T``, 35 bytes each with the
+#: 32-digit marker), a digest line (:data:`MAX_DIGEST_WORD` and 21 bytes per inode); as an
+#: archive entry, tar's 512-byte header, a GNU long name or a pax header for a path over 100
+#: bytes (a header and the path, at most PATH_MAX, 4 KiB, with tar's other pax records, in
+#: 512-byte blocks: about 6 KiB), the padding of its data to a block (511), and its archive's
+#: ``A`` and ``E`` lines, two end blocks and the padding to tar's record (10 KiB, GNU tar's
+#: default), counted for every entry although an archive has them once. All that is under
+#: 20 KiB; this is more than three times as much.
+FETCH_ITEM_SLACK = 64 * 1024
+#: Bytes a fetch's archives may bring past their entries' requests, once per fetch: tar reads
+#: each file to the size it has when tar reaches it, so a transcript appended to since the
+#: listing comes longer (the reader keeps the bytes asked for; the next round appends the
+#: rest). Transcripts grow by kilobytes a minute; 64 MiB covers a round's worth many times.
+FETCH_GROWTH_SLACK = 64 * 1024 * 1024
+
+
+def fetch_budget(requests: Sequence[FetchRequest]) -> int:
+    """The most bytes the output of a fetch of ``requests`` may hold (:class:`FrameParser`
+    refuses more): every byte asked for (:attr:`FetchRequest.asked`, one more than the length
+    with ``detect_growth``), :data:`FETCH_ITEM_SLACK` per request and, when some are archive
+    requests, :data:`FETCH_GROWTH_SLACK` once. The exact bound plus room, never less: a host
+    that sends more is not answering what was asked (endless zero blocks after a tar
+    archive's end, an entry nobody asked for, frames past the last request)."""
+    asked = sum(request.asked for request in requests)
+    growth = FETCH_GROWTH_SLACK if any(request.archive for request in requests) else 0
+    return asked + len(requests) * FETCH_ITEM_SLACK + growth
+
+
 def _check_marker(marker: bytes) -> None:
     if len(marker) < 16 or marker.strip(b"0123456789abcdef"):
         raise ValueError(f"a marker is at least 16 lowercase hex digits, not {marker!r}")
@@ -1066,7 +1130,10 @@ class ListingParser:
 
     Holds at most one partial record between chunks (at most :data:`MAX_LISTING_RECORD`
     bytes). Every path is validated: the host controls this output, and a path that is empty,
-    absolute or has an empty, ``.`` or ``..`` component is a :class:`ProtocolError`.
+    absolute or has an empty, ``.`` or ``..`` component is a :class:`ProtocolError`. A listing
+    of more than :data:`MAX_LISTING_FILES` records, or more than :data:`MAX_LISTING_BYTES`
+    bytes as it came or inflated, is a :class:`TooMuchOutputError` (the bounds are read when
+    the parser is made).
 
     With ``trailer`` (a round's output, :func:`round_argv`) the listing ends at its end line
     ``L <status> <warned>``: then :attr:`end` holds ``(status, warned)`` and :attr:`rest` the
@@ -1075,9 +1142,13 @@ class ListingParser:
 
     __slots__ = (
         "_closed",
+        "_fed",
         "_gzip_done",
         "_inflate",
+        "_max_bytes",
+        "_max_files",
         "_pending",
+        "_plain",
         "_sniff",
         "_trailer",
         "count",
@@ -1094,6 +1165,11 @@ class ListingParser:
         self._trailer = trailer
         self._pending = b""
         self._closed = False
+        # Bytes fed as they came, and as records (inflated): each within _max_bytes.
+        self._fed = 0
+        self._plain = 0
+        self._max_files = MAX_LISTING_FILES
+        self._max_bytes = MAX_LISTING_BYTES
         # The first bytes tell whether the listing is gzip-compressed: a plain record starts
         # with a digit, never with the gzip magic.
         self._sniff: bytes | None = b""
@@ -1103,6 +1179,10 @@ class ListingParser:
     def feed(self, chunk: bytes) -> list[RemoteFile]:
         if self._closed or self.end is not None:
             raise ValueError("feed() after the end of the listing")
+        # Compressed bytes that inflate to nothing (empty deflate blocks) are bytes too.
+        self._fed += len(chunk)
+        if self._fed > self._max_bytes:
+            raise self._too_much(f"{self._max_bytes} bytes")
         if self._sniff is not None:
             head = self._sniff + bytes(chunk)
             if len(head) < len(_GZIP_MAGIC) and _GZIP_MAGIC.startswith(head):
@@ -1144,6 +1224,9 @@ class ListingParser:
         return out
 
     def _parse(self, chunk: bytes) -> list[RemoteFile]:
+        self._plain += len(chunk)
+        if self._plain > self._max_bytes:
+            raise self._too_much(f"{self._max_bytes} bytes")
         buf = self._pending + chunk if self._pending else bytes(chunk)
         out: list[RemoteFile] = []
         pos = 0
@@ -1156,7 +1239,7 @@ class ListingParser:
                 self._end_line(buf[pos:newline])
                 self.rest = buf[newline + 1 :]
                 self._pending = b""
-                self.count += len(out)
+                self._count(out)
                 return out
             if self._gzip_done and pos < len(buf):
                 raise ProtocolError(
@@ -1179,8 +1262,22 @@ class ListingParser:
                 host=self.host,
             )
         self._pending = rest
-        self.count += len(out)
+        self._count(out)
         return out
+
+    def _count(self, records: list[RemoteFile]) -> None:
+        # Once per chunk (at most an inflate step of records), not per record.
+        self.count += len(records)
+        if self.count > self._max_files:
+            raise self._too_much(f"{self._max_files} files")
+
+    def _too_much(self, what: str) -> TooMuchOutputError:
+        return TooMuchOutputError(
+            f"the listing holds more than {what}, the most a host's listing may: nothing "
+            "is mirrored this round, and no file is recorded as deleted",
+            host=self.host,
+            hint=LISTING_BOUND_HINT,
+        )
 
     def _end_line(self, line: bytes) -> None:
         match = _END_LINE.fullmatch(line)
@@ -1302,7 +1399,9 @@ class FrameParser:
     buffered per file. Between chunks the parser holds only a possible split marker (fewer
     bytes than a marker line), so the last few bytes of a chunk may be emitted with the next.
     Anything that is not a marker line where one is expected is a :class:`ProtocolError`
-    naming the host and the path of the request concerned.
+    naming the host and the path of the request concerned. Output past :attr:`budget`
+    (:func:`fetch_budget`, counted per chunk) is a :class:`TooMuchOutputError`: the idle
+    timeout alone would let a host that keeps sending keep the fetch going for ever.
     """
 
     __slots__ = (
@@ -1318,6 +1417,7 @@ class FrameParser:
         "_end",
         "_end_len",
         "_ends",
+        "_fed",
         "_head",
         "_head_len",
         "_in_data",
@@ -1325,6 +1425,7 @@ class FrameParser:
         "_length",
         "_received",
         "_remaining",
+        "budget",
         "host",
         "marker",
         "requests",
@@ -1335,6 +1436,8 @@ class FrameParser:
         self.host = host
         self.marker = marker
         self.requests = requests
+        self.budget = fetch_budget(requests)
+        self._fed = 0  # bytes fed so far: at most the budget
         self._head = marker + b" "
         self._head_len = len(marker) + 3
         self._end = marker + b" E\n"
@@ -1361,6 +1464,9 @@ class FrameParser:
     def feed(self, chunk: bytes) -> list[FrameEvent]:
         if self._closed:
             raise ValueError("feed() after close()")
+        self._fed += len(chunk)
+        if self._fed > self.budget:
+            raise self._over_budget()
         buf = self._carry + chunk if self._carry else bytes(chunk)
         self._carry = b""
         size = len(buf)
@@ -1418,6 +1524,22 @@ class FrameParser:
                 path=path_text(self.requests[index].path) if index >= 0 else None,
             )
         return []
+
+    def _over_budget(self) -> TooMuchOutputError:
+        archive = self._archive
+        if archive is not None:
+            reading = archive.pending()[:1]  # the entry being read, or the next one asked for
+        else:
+            reading = [self._index] if self._in_data else []
+        path = path_text(self.requests[reading[0]].path) if reading else None
+        return TooMuchOutputError(
+            f"the fetch's output passed {self.budget} bytes, the most its "
+            f"{len(self.requests)} requests can bring with their framing",
+            host=self.host,
+            path=path,
+            hint="the host sent more than it was asked for: check its tar, dd and head (a "
+            "wrapper, an alias, a broken build); what was committed is kept",
+        )
 
     def _error(self, what: str, found: bytes) -> ProtocolError:
         index = min(self._index, len(self.requests) - 1)

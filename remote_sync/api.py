@@ -7,10 +7,10 @@ progressively; ``show_session`` returns a session's messages (from a mirror with
 straight from its host), and ``read_session`` the same with where they are and what reading
 them cost; ``session_stats`` sums a mirror's sessions per host, agent, format, model or day;
 ``list_versions`` lists the earlier copies a mirror kept of rewritten files.
-These are the CLI's ``sync`` and ``sessions list / show / stats``, with the same options as
-keyword arguments (a misspelt one is a TypeError at the call, as for a plain ``async def``);
-the filters they share are defined once, as :class:`SessionFilters` and
-:class:`ListingOptions`, and spelt out as keywords in each signature. The
+These are the CLI's ``sync``, ``sessions list / show / stats`` and ``versions list``, with
+the same options as keyword arguments (a misspelt one is a TypeError at the call, as for a
+plain ``async def``); the filters they share are defined once, as :class:`SessionFilters`
+and :class:`ListingOptions`, and spelt out as keywords in each signature. The
 remote calls open their own connection pool, with channel windows sized for them (a listing
 decodes more slowly than a window refills; a show stops reading early); the reads of a mirror
 (a listing, one batch per call; a show; the stats) run in a worker thread, so the event loop

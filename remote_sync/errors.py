@@ -5,7 +5,8 @@ and the path it concerns (when there is one) and a hint that tells the user what
 a message printed alone is enough to act on. The CLI maps the classes to exit codes:
 :class:`ConfigError` is a usage/configuration error (exit 2; a library call's bad argument is
 its subclass :class:`ArgumentError`, also a ValueError), :class:`TransferCancelledError`
-is a cancellation (exit 130), everything else is a failure of that host or file (exit 1).
+is a cancellation (exit 130), :class:`LockedError` another run holding the destination (exit
+75), everything else is a failure of that host or file (exit 1).
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""Decoding of remote byte streams: incremental JSONL framing and multi-file stream frames."""
+"""Decoding of remote byte streams: incremental JSONL framing and decoding, and the salvage
+of lines whose known fields have the wrong shape."""

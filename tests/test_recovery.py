@@ -3,6 +3,8 @@ mirror: nothing kept is ever overwritten, no file is spliced, and the index foll
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import random
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -26,7 +29,13 @@ from remote_sync.formats.readers import get_reader
 from remote_sync.index.update import index_local_file, rebuild_index
 from remote_sync.mirror import writer as writer_module
 from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
-from remote_sync.mirror.writer import AppendWriter, RewriteDetected, WholeWriter, make_durable
+from remote_sync.mirror.writer import (
+    AppendWriter,
+    RewriteDetected,
+    WholeWriter,
+    discard,
+    make_durable,
+)
 
 TESTS = Path(__file__).parent
 SESSION = b"agents/a/sessions/s.jsonl"
@@ -1138,3 +1147,35 @@ def test_a_sigterm_while_the_mirror_opens_is_a_cancel(
     assert list(temp.iterdir()) == []
     assert sync(inv, dest, capsys)[0] == 0
     assert (dest / "h0" / rel).read_bytes() == fleet.path("h0", rel).read_bytes()
+
+
+class _FullDisk(io.BufferedRandom):
+    """A writer's handle on a disk that has just filled up."""
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_disk_full_past_a_pieces_lines_fails_the_next_piece_as_full_not_rewritten(
+    dest: Path,
+) -> None:
+    """A full disk after a piece's last line end: those lines are handed over, and the
+    next piece fails the file as full (as a newline past them would in one range), where
+    its overlap, never written, was taken for a rewrite (the file then fetched whole onto
+    the full disk)."""
+    rng = random.Random(8)
+    with MirrorState(dest) as state:
+        state.recover()
+        new = FileState("h", SESSION, "append", 0, 100, 2.0, 1, 8, b"")
+        writer = WholeWriter(state, new, lines_only=True, category="new")
+        data = lines(rng, 20)
+        writer.write(data)
+        writer.handle = _FullDisk(writer.handle.detach())
+        writer.write(b'{"partial": "')
+        assert writer.no_room
+        piece = writer.checkpoint()
+        assert piece is not None and piece.row.size == len(data)
+        with pytest.raises(MirrorError, match="disk full"):
+            writer.resume(writer.offset - 8)
+        writer.abort()
+        discard([piece])

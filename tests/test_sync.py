@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import os
 import random
@@ -40,6 +41,7 @@ from synchelp import (
 
 from remote_sync import api
 from remote_sync.cli import main
+from remote_sync.errors import ConfigError
 from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary, WarningEvent
 from remote_sync.index.query import open_index, query_sessions
 from remote_sync.index.update import rebuild_index
@@ -48,6 +50,7 @@ from remote_sync.mirror import engine, remote_ops, writer
 from remote_sync.mirror.plan import Transfer
 from remote_sync.mirror.remote_ops import FetchRequest
 from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of, refuse_nested
+from remote_sync.mirror.versions import list_versions
 
 
 def sync(inv: Path, dest: Path, capsys: pytest.CaptureFixture[str], *extra: str):  # type: ignore[no-untyped-def]
@@ -1006,6 +1009,180 @@ def test_a_line_longer_than_a_piece_is_committed_by_the_piece_that_ends_it(
     assert len(sizes) < len(data) // (piece - 4096)
     assert_exact(fleet, dest, "h0")
     _assert_index_is_a_rebuild(dest, tmp_path)
+
+
+def _replace_by_rename(fleet: SSHFleet, rel: str, data: bytes) -> None:
+    """Replace ``rel`` on h0 by a file of ``data`` (another inode), as an agent's rewrite."""
+    path = fleet.path("h0", rel)
+    temp = path.with_name(path.name + ".new")
+    temp.write_bytes(data)
+    os.rename(temp, path)
+
+
+def test_a_transcript_rewritten_and_fetched_in_pieces_records_its_kept_version(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transcript replaced by another one longer than several pieces: the old copy kept
+    as a version is the one each piece's checkpoint records (versions list shows it), and
+    recovery cuts back what a kill during a later piece leaves past the checkpoint."""
+    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/big.jsonl"
+    fleet.write("h0", rel, _messages(50, size=1000))
+    assert sync(inv, dest, capsys)[0] == 0
+    _replace_by_rename(fleet, rel, _messages(400, start=7, size=1000))
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0
+    (h0,) = summary.hosts
+    assert (h0.files.rewritten, h0.versions_kept) == (1, 1)
+    assert_exact(fleet, dest, "h0")
+    with MirrorState(dest) as state:
+        row = state.host_files("h0")[rel.encode()]
+    assert row.version == 1
+    assert [(v.path, v.version) for v in list_versions(dest)] == [(rel, 1)]
+    # What a kill -9 in a later piece leaves: bytes past the checkpoint, a partial line.
+    with open(dest / "h0" / rel, "ab") as mirrored:
+        mirrored.write(b'{"type":"message","id":"par')
+    with MirrorState(dest) as state:
+        state.recover()
+        after = state.host_files("h0")[rel.encode()]
+    assert (after.size, after.version) == (row.size, 1)
+    assert (dest / "h0" / rel).stat().st_size == row.size
+
+
+def test_a_transcript_replaced_by_its_history_and_more_in_pieces_is_grown_not_rewritten(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transcript of several pieces replaced by rename with the same lines and more is
+    fetched whole (another inode): its first piece, shorter than the mirrored copy and a
+    prefix of it, is not put in place as a rewrite; the file is counted grown, no version
+    kept, as when it came in one range."""
+    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/big.jsonl"
+    old = _messages(300, size=1000)
+    fleet.write("h0", rel, old)
+    assert sync(inv, dest, capsys)[0] == 0
+    _replace_by_rename(fleet, rel, old + _messages(100, start=300, size=1000))
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0
+    (h0,) = summary.hosts
+    assert (h0.files.grown, h0.files.rewritten, h0.versions_kept) == (1, 0, 0)
+    assert not (dest / ".remote-sync" / "versions").exists() or not list_versions(dest)
+    assert_exact(fleet, dest, "h0")
+
+
+def test_kill_9_between_a_first_piece_rename_and_its_commit_leaves_only_whole_lines(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first piece of a new transcript renamed into place, the client killed before its
+    commit: recovery follows the file found in place, which holds that piece's synced lines
+    only (the start of the line the next piece ends is not written there until the commit),
+    and a rerun completes the mirror."""
+    monkeypatch.setenv("REMOTE_SYNC_PIECE_BYTES", str(64 * 1024))
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/big.jsonl"
+    data = _messages(400, size=1000)
+    fleet.write("h0", rel, data)
+    args = ["sync", "--inventory", str(inv), "--dest", str(dest)]
+    env = dict(os.environ, REMOTE_SYNC_TEST_FAULT="before_commit")
+    fault_cli = Path(__file__).parent / "fault_cli.py"
+    done = subprocess.run([sys.executable, str(fault_cli), *args], env=env, timeout=120)
+    assert done.returncode == 9
+    with MirrorState(dest) as state:
+        state.recover()
+        row = state.host_files("h0")[rel.encode()]
+    local = (dest / "h0" / rel).read_bytes()
+    assert 0 < row.size < len(data)
+    assert local == data[: row.size]
+    assert data[row.size - 1 : row.size] == b"\n"
+    proc = cli_process(args)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_exact(fleet, dest, "h0")
+
+
+def test_a_piece_whose_flush_fails_cuts_its_file_back_to_the_checkpoint(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A piece's flush failing (its sync) ends the host's round: the file is cut back to
+    the last piece committed, what the checkpoint says, not to a piece never committed."""
+    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/big.jsonl"
+    data = _messages(600, size=1000)
+    fleet.write("h0", rel, data)
+    real = os.fdatasync
+    syncs = []
+
+    def fdatasync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("big.jsonl"):
+            syncs.append(fd)
+            if len(syncs) == 3:
+                raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    code, _summary, _ = sync(inv, dest, capsys)
+    assert code != 0
+    with MirrorState(dest) as state:
+        row = state.host_files("h0")[rel.encode()]
+    assert row.size > 0
+    assert (dest / "h0" / rel).read_bytes() == data[: row.size]
+
+
+def test_a_piece_handed_over_starts_its_flush(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A piece's flush starts when it is handed over (it is smaller than a flush's bytes):
+    it runs while the next piece streams in, which then seldom waits for it."""
+    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/big.jsonl"
+    fleet.write("h0", rel, _messages(50, size=1000))
+    assert sync(inv, dest, capsys)[0] == 0
+    append(fleet, "h0", rel, _messages(400, start=50, size=1000))
+    waiting: list[bool] = []
+    real = engine.HostSync.finished
+
+    async def finished(sync: engine.HostSync, pending: Any) -> None:
+        await real(sync, pending)
+        if pending.piece:
+            waiting.append(any(item is pending for item in sync.batch.items))
+
+    monkeypatch.setattr(engine.HostSync, "finished", finished)
+    assert sync(inv, dest, capsys)[0] == 0
+    assert len(waiting) >= 3
+    assert not any(waiting)
+    assert_exact(fleet, dest, "h0")
+
+
+@pytest.mark.parametrize("value", ["4096", "64k"])
+def test_a_piece_size_a_piece_cannot_have_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("REMOTE_SYNC_PIECE_BYTES", value)
+    with pytest.raises(ConfigError, match="REMOTE_SYNC_PIECE_BYTES"):
+        engine.piece_bytes()
+    monkeypatch.setenv("REMOTE_SYNC_PIECE_BYTES", "8192")
+    assert engine.piece_bytes() == 8192
 
 
 def _committed(dest: Path, rel: str) -> int:

@@ -86,7 +86,7 @@ from ..ssh.pool import PoolSettings, SSHPool
 from ..ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 from ..ssh.stream import RemoteStream, exec_streaming
 from .digests import Algorithm, Digest, Hasher
-from .plan import Category, Plan, Transfer, make_plan
+from .plan import MIN_PIECE_BYTES, Category, Plan, Transfer, make_plan
 from .remote_ops import (
     BATCH_BYTES,
     EXIT_ROOT_UNUSABLE,
@@ -182,9 +182,23 @@ WORKER_MIN_CPUS = 3
 
 
 def piece_bytes() -> int:
-    """The largest piece of a transcript's range (see :data:`PIECE_BYTES`)."""
+    """The largest piece of a transcript's range (see :data:`PIECE_BYTES`): the environment's
+    REMOTE_SYNC_PIECE_BYTES if set (a ConfigError unless a whole number of at least
+    :data:`MIN_PIECE_BYTES`, which a piece needs for its overlap and head)."""
     value = os.environ.get("REMOTE_SYNC_PIECE_BYTES")
-    return int(value) if value else PIECE_BYTES
+    if not value:
+        return PIECE_BYTES
+    try:
+        size = int(value)
+    except ValueError:
+        size = -1
+    if size < MIN_PIECE_BYTES:
+        raise ConfigError(
+            f"REMOTE_SYNC_PIECE_BYTES is {value!r}, not a whole number of bytes of at least "
+            f"{MIN_PIECE_BYTES}",
+            hint=f"set it to {MIN_PIECE_BYTES} or more, or unset it (64 MiB pieces)",
+        )
+    return size
 
 
 def worker_min_bytes() -> int | None:
@@ -657,7 +671,10 @@ class HostSync:
             await self._complete()  # commit as soon as we can; it does not wait
         now = time.monotonic()
         if (
-            self.batch.bytes >= FLUSH_BYTES
+            # A piece: its file's next one waits for its commit (see piece_committed), which
+            # is then made while that next one streams in, not while the stream stalls.
+            pending.piece
+            or self.batch.bytes >= FLUSH_BYTES
             or len(self.batch.items) >= self.flush_files
             or now - self.last_flush >= FLUSH_SECONDS
         ):
@@ -724,6 +741,7 @@ class HostSync:
                     item.index = await self._job_result(item, item.job)
             await self.writes.run(lambda state: _commit(state, items))
         for item in items:
+            item.committed = True
             self.result.versions_kept += item.versioned
             if item.piece:
                 continue  # the file goes on: counted once, with its last piece
@@ -738,13 +756,27 @@ class HostSync:
         False when its flush could not put it in place (that error is said, and the file
         counted failed). The next piece of its file is handed over only then: a checkpoint
         of it would claim a file that never reached its place. Usually that flush has long
-        been done: it ran while the next piece streamed in."""
+        been done: :meth:`finished` started it, and it ran while the next piece streamed in."""
         if any(item is piece for item in self.batch.items):
             await self._flush()
         elif self.inflight is not None:
             await self._complete()  # this piece's flush, or one after it
         # A piece committed is not settled (the file goes on); one that failed is.
         return piece.row.path not in self.settled
+
+    def withdraw(self, piece: Pending) -> bool:
+        """Make sure ``piece`` (handed to :meth:`finished`) will not be committed, if it is
+        not: taken out of the batch if its flush has not started. True when it never will
+        be; False once committed, or while its flush runs (its fate is that flush's)."""
+        for n, item in enumerate(self.batch.items):
+            if item is piece:
+                del self.batch.items[n]
+                self.batch.bytes -= item.bytes
+                discard([item])
+                return True
+        if self.inflight is not None and any(item is piece for item in self.inflight.items):
+            return False  # (a failed item leaves that list)
+        return not piece.committed
 
     async def _job_result(self, item: Pending, job: IndexJob) -> IndexUpdate:
         """The worker's facts for a durable item, or (if it failed) the same computed here.
@@ -1242,6 +1274,8 @@ class _FrameHandler:
             # counted failed): the rest of the file would be appended to nothing.
             self._give_up(index, pending)
             return
+        if pieces.last is not None:
+            pieces.writer.confirm(pieces.last, pending)
         if pending.piece:
             pieces.last = pending
             pieces.first = pieces.first or pending
@@ -1255,6 +1289,24 @@ class _FrameHandler:
                 unchanged = first.category == "unchanged"
                 pending.category = "grown" if grew and unchanged else first.category
         await self.sync.finished(pending)
+        if pending.piece and pending.temp is not None:
+            await self._put_in_place(pieces, pending)
+
+    async def _put_in_place(self, pieces: _Pieces, piece: Pending) -> None:
+        """Wait for the commit of ``piece``, the one that puts its file in place, before
+        anything more of the file is written there (see WholeWriter.checkpoint): until
+        then the file in place holds its synced lines only, what recovery claims of a file
+        found renamed before its commit. Once per file, for one piece's sync."""
+        try:
+            placed = await self.sync.piece_committed(piece)
+        except BaseException:
+            self._abandon(pieces)
+            raise
+        if not placed:
+            self._abandon(pieces)
+            return
+        pieces.writer.confirm(piece, None)  # and its bytes past the lines go back
+        pieces.last = None
 
     def _open(self, t: Transfer) -> AppendWriter | WholeWriter:
         state = self.sync.state
@@ -1422,16 +1474,40 @@ class _FrameHandler:
         t = self.transfers[index]
         pieces = self.pieces
         if pieces is not None and pieces.transfer is t:
-            # A piece of a file fetched in pieces: the file is given up, cut back to the
-            # last piece handed to the commit (its temp file removed if none was).
-            self.pieces = None
+            # A piece of a file fetched in pieces, not handed over: the piece before it
+            # failed, or its commit could not be waited for. The file is given up, cut back
+            # to its checkpoint (its temp file removed if none was).
+            self._withdraw(pieces)
             if pending.piece:
                 give_up(pending, None)
-                pieces.writer.abort()
+                self._abort(pieces.writer)
             else:  # the last piece: its descriptor is the writer's
                 give_up(pending, pieces.writer.committed)
             return
         give_up(pending, t.row.size if t.mode == "append" and t.row is not None else None)
+
+    def _withdraw(self, pieces: _Pieces) -> None:
+        """No more of ``pieces``' file comes: the piece handed over last is taken back, unless
+        its flush has begun (that flush then decides; recovery cuts back what it does not
+        commit); the writer then cuts back to what is committed, not to that piece."""
+        self.pieces = None
+        if pieces.last is not None and self.sync.withdraw(pieces.last):
+            pieces.writer.withdrawn()
+
+    def _abandon(self, pieces: _Pieces) -> None:
+        """Give the file up after a piece of it that was handed over was not committed."""
+        self._withdraw(pieces)
+        if self.writer is pieces.writer:
+            self.writer = None
+        self._abort(pieces.writer)
+
+    def _abort(self, writer: AppendWriter | WholeWriter) -> None:
+        """``writer.abort()`` in a path that already fails, or fails its file: its error must
+        not hide that one (what abort leaves past the checkpoint, recovery cuts back)."""
+        try:
+            writer.abort()
+        except OSError as exc:
+            log.warning("%s: could not clean up a partial fetch: %s", self.sync.name, exc)
 
     def _rewrite(self) -> None:
         self._drop()

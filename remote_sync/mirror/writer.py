@@ -16,8 +16,11 @@ What it owns: the ways a file's bytes land on disk, and the batch that makes the
 - A transcript fetched in pieces (see the engine's ``PIECE_BYTES``) keeps one writer of
   either kind from piece to piece: :meth:`~_LineWriter.checkpoint` hands the lines written
   so far to the batch as a :class:`Pending` of their own (the first one of a
-  :class:`WholeWriter` puts its temp file in place; the pieces after it append there), and
-  :meth:`~_LineWriter.resume` checks the next piece's overlap with the bytes written.
+  :class:`WholeWriter` puts its temp file in place, its bytes past the lines kept apart
+  until it is committed; the pieces after it append there; none is handed over while the
+  lines so far only repeat a longer mirrored copy), :meth:`~_LineWriter.confirm` takes a
+  committed piece's row on, and :meth:`~_LineWriter.resume` checks the next piece's overlap
+  with the bytes written.
 
 Appends and whole files feed the session index as they write (a seeded copy is indexed from
 the mirror at the round's end, as a new session): an in-process :class:`FileIndexer` gets the
@@ -39,6 +42,7 @@ import errno
 import io
 import logging
 import os
+import stat
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -169,6 +173,8 @@ class Pending:
     #: A piece of a file that goes on (see :meth:`_LineWriter.checkpoint`): its lines are
     #: committed, but the file is not done.
     piece: bool = False
+    #: Its checkpoint is committed (set by the engine once its flush's commit is done).
+    committed: bool = False
 
 
 class _LineWriter:
@@ -188,6 +194,10 @@ class _LineWriter:
     end_of_lines: int
     notified: int
     committed: int  # what the checkpoint claims (or will, once the last piece is committed)
+    #: What the state's checkpoint claims for sure: :attr:`committed` once the piece handed
+    #: over last is committed (see :meth:`confirm`); a file given up because that piece
+    #: will never be is cut back to this (see :meth:`withdrawn`).
+    confirmed: int
     #: The bytes the data must start with (an append's overlap, or a next piece's): None
     #: when there are none.
     overlap: Overlap | None = None
@@ -280,10 +290,17 @@ class _LineWriter:
     def resume(self, start: int) -> None:
         """Go on with the file's next piece, read from ``start``: its first bytes, up to where
         the last piece ended, must be the ones written then (a file replaced or rewritten
-        between the two reads seldom has them), else :class:`RewriteDetected`."""
+        between the two reads seldom has them), else :class:`RewriteDetected`.
+
+        A disk that filled up in the last piece (after its last line end: those lines are
+        handed over) fails the file as full, as a newline past it would in one range: its
+        overlap was never written, which is no sign of a rewrite."""
         length = self.offset - start
         if not 0 < length <= FINGERPRINT_BYTES * 16:
             raise ValueError(f"a next piece overlaps its last by 1 to 16 KiB, not {length}")
+        if self.no_room:
+            full = OSError(self.no_room, os.strerror(self.no_room))
+            raise _mirror_error(full, self.host, self.path, self._doing, self.local)
         try:
             self.handle.flush()
             expected = os.pread(self.handle.fileno(), length, start)
@@ -308,14 +325,38 @@ class _LineWriter:
             return None
         try:
             self.handle.flush()
-            self._fingerprint_lines()
-            handle = open(os.dup(self.handle.fileno()), "r+b", buffering=0)  # noqa: SIM115
         except OSError as exc:
+            # Only bytes past the lines left to write, on a full disk: dropped (see _put).
+            if not self._dropped_past_the_lines(exc):
+                raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+        fd = -1
+        try:
+            self._fingerprint_lines()
+            fd = os.dup(self.handle.fileno())
+            handle = open(fd, "r+b", buffering=0)  # noqa: SIM115
+        except OSError as exc:
+            if fd >= 0:
+                os.close(fd)
             raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
         self.row.size = self.committed = self.end_of_lines
         index = self.indexer.snapshot() if self.indexer is not None else None
         row = replace(self.row)  # the writer's row goes on changing
         return Pending(row, handle, category="grown", bytes=added, index=index, piece=True)
+
+    def confirm(self, piece: Pending, after: Pending | None) -> None:
+        """``piece``, a checkpoint of this file, is committed: it is what a give-up cuts back
+        to, and what its flush and commit made of its row (the version its old copy was kept
+        as, when it was first seen) holds for the writer's row and for ``after``, the
+        checkpoint handed over since (its row a copy made before)."""
+        self.confirmed = piece.row.size
+        for row in (self.row, after.row) if after is not None else (self.row,):
+            row.version = piece.row.version
+            row.first_seen = piece.row.first_seen
+
+    def withdrawn(self) -> None:
+        """The checkpoint handed over last will never be committed (its flush failed, or it
+        was taken back from the batch): :meth:`abort` cuts back to the one that was."""
+        self.committed = self.confirmed
 
     def _fingerprint_lines(self) -> None:
         """The row's fingerprint of the lines written so far (``end_of_lines`` bytes)."""
@@ -416,7 +457,7 @@ class AppendWriter(_LineWriter):
         self.job = job  # or told where the new complete lines end
         self.host = new_row.host
         self.path = new_row.path
-        self.committed = row.size
+        self.committed = self.confirmed = row.size
         self.local = local or state.local_path(row.host, row.path)
         try:
             self.handle = open(self.local, "r+b")  # noqa: SIM115 (kept until flush)
@@ -595,8 +636,14 @@ class WholeWriter(_LineWriter):
         self.offset = 0
         self.end_of_lines = 0
         self.notified = 0
-        self.committed = 0
+        self.committed = self.confirmed = 0
         self.head = bytearray()
+        #: How far the mirrored copy is known to begin with the lines so far (see
+        #: :meth:`_grows_the_old_copy`); None once it is known not to.
+        self.matched: int | None = 0
+        #: The bytes past the lines of the piece that put the file in place, kept apart
+        #: until that piece is committed (see :meth:`checkpoint`).
+        self.tail: BinaryIO | None = None
 
     def write(self, data: bytes | memoryview) -> None:
         view = self._past_the_overlap(memoryview(data))
@@ -609,19 +656,102 @@ class WholeWriter(_LineWriter):
         )
 
     def checkpoint(self) -> Pending | None:
+        """See :meth:`_LineWriter.checkpoint`. Nothing is handed over while the mirrored copy
+        is longer than the lines so far and begins with them (a file replaced by one with the
+        same history and more, or fetched whole after recovery): in place, those lines would
+        be taken for a rewrite of it (the old copy kept as a version, the mirror cut to one
+        piece). The temp file goes on until it is as long, or differs.
+
+        The first checkpoint handed over puts the temp file in place: its bytes past the
+        lines (the start of a line the next piece ends) are moved out of it first, and go
+        back only once that piece is committed (:meth:`confirm`; the engine waits for it),
+        so that a kill between its rename and its commit leaves in place only synced whole
+        lines, which recovery's follow of the file on disk then claims."""
+        if self.temp is not None:
+            self._overlap_whole()
+            if self._grows_the_old_copy():
+                return None
         pending = super().checkpoint()
-        if pending is not None and self.temp is not None:
-            # The first: its flush puts the file in place (keeping the old copy as a version
-            # unless it is a prefix of these lines), as a whole file's.
-            pending.temp, self.temp = self.temp, None
-            self.local = self.mirrored
-            pending.category = self.category
-            pending.back = self.back
+        if pending is None or self.temp is None:
+            return pending
+        try:
+            self.tail = self._move_out_past(self.end_of_lines)
+        except BaseException:
+            discard([pending])  # its descriptor only: the temp file is still the writer's
+            raise
+        pending.temp, self.temp = self.temp, None
+        self.local = self.mirrored
+        self._doing = "append to the mirrored file"
+        pending.category = self.category
+        pending.back = self.back
         return pending
+
+    def _grows_the_old_copy(self) -> bool:
+        """Is the mirrored copy longer than the lines so far, and do they begin it? Compares
+        only the lines since the last call (each piece's once)."""
+        if self.matched is None:
+            return False
+        try:
+            with open(self.mirrored, "rb") as old:
+                info = os.fstat(old.fileno())
+                if not stat.S_ISREG(info.st_mode) or info.st_size <= self.end_of_lines:
+                    return False  # at least as long: its flush compares the two whole
+                self.handle.flush()
+                while self.matched < self.end_of_lines:
+                    n = min(1 << 20, self.end_of_lines - self.matched)
+                    mine = os.pread(self.handle.fileno(), n, self.matched)
+                    if len(mine) != n or os.pread(old.fileno(), n, self.matched) != mine:
+                        self.matched = None
+                        return False
+                    self.matched += n
+        except OSError:
+            return False  # no copy there (or none to read): its flush says what is wrong
+        return True
+
+    def _move_out_past(self, size: int) -> BinaryIO | None:
+        """Move the temp file's bytes past ``size`` to a file of their own (None: none)."""
+        try:
+            self.handle.flush()
+            end = os.fstat(self.handle.fileno()).st_size
+            if end <= size:
+                return None
+            tail = open(self.state.temp_path(), "w+b")  # noqa: SIM115 (until confirm)
+            try:
+                _copy_range(self.handle.fileno(), size, tail.fileno(), 0, end - size)
+                self.handle.truncate(size)
+            except BaseException:
+                _remove_tail(tail)
+                raise
+        except OSError as exc:
+            if out_of_space(exc):
+                # Past the lines, as a full disk in _put: the file goes on without them.
+                self._cut_at_the_lines(size, self._doing)
+                if not self.no_room:
+                    self.no_room = exc.errno or errno.ENOSPC
+                return None
+            raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+        return tail
+
+    def confirm(self, piece: Pending, after: Pending | None) -> None:
+        super().confirm(piece, after)
+        tail, self.tail = self.tail, None
+        if tail is None:
+            return
+        try:
+            size = os.fstat(tail.fileno()).st_size
+            _copy_range(tail.fileno(), 0, self.handle.fileno(), self.end_of_lines, size)
+        except OSError as exc:
+            if not out_of_space(exc):
+                raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+            self._cut_at_the_lines(self.end_of_lines, self._doing)
+            self.no_room = exc.errno or errno.ENOSPC
+        finally:
+            _remove_tail(tail)
 
     def finish(self) -> Pending:
         size = self.end_of_lines if self.lines_only else self.offset
-        self._cut_at_the_lines(size, "truncate a temp file", lines=self.lines_only)
+        doing = "truncate a temp file" if self.temp is not None else "truncate the mirrored file"
+        self._cut_at_the_lines(size, doing, lines=self.lines_only)
         self.row.size = size
         self.row.fingerprint = fingerprint_of(self.head[: min(size, FINGERPRINT_BYTES)])
         index = self.indexer.result() if self.indexer is not None else None
@@ -641,14 +771,41 @@ class WholeWriter(_LineWriter):
     def abort(self) -> None:
         if self.job is not None:
             self.job.drop()
+        if self.tail is not None:
+            _remove_tail(self.tail)
+            self.tail = None
         if self.temp is None:  # in place since a checkpoint: cut back to it
             try:
-                self.handle.truncate(self.committed)
+                if self.confirmed:  # else its flush, failed or not, decides what is in place
+                    self.handle.truncate(self.committed)
             finally:
                 self.handle.close()
             return
         self.handle.close()
         self.temp.unlink(missing_ok=True)
+
+
+def _copy_range(source: int, start: int, target: int, at: int, length: int) -> None:
+    """Copy ``length`` bytes of descriptor ``source`` from ``start`` to ``target`` at ``at``
+    (a megabyte at a time: a line as long as a piece is not read into memory at once)."""
+    done = 0
+    while done < length:
+        data = os.pread(source, min(1 << 20, length - done), start + done)
+        if not data:
+            raise OSError(errno.EIO, "a temp file was shorter than it was written")
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(target, view, at + done)
+            view = view[written:]
+            done += written
+
+
+def _remove_tail(tail: BinaryIO) -> None:
+    """Close and remove a file of bytes kept apart (see :meth:`WholeWriter.checkpoint`)."""
+    with contextlib.suppress(OSError):
+        tail.close()
+    with contextlib.suppress(OSError):
+        os.unlink(tail.name)
 
 
 @dataclass
@@ -836,16 +993,18 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
         )
     kept: Path | None = None
     recorded = row.version
-    # The temp file's first row.size bytes are its content: a first piece's (see
-    # WholeWriter.checkpoint) is followed by the next piece's first bytes, not yet committed.
+    # The versions on disk, not only the recorded ones: a run killed before its commit leaves
+    # one the checkpoint does not count (rename() would replace it), and so does a file given
+    # up between its pieces (its first piece's flush kept the old copy) that a whole fetch
+    # numbered from the round's row. Recovery compares the row with the same count.
+    row.version = state.last_version_on_disk(row.host, row.path, row.version)
     if local.exists() and not _is_prefix(local, item.temp, row.size):
         if row.kind == "append" or item.category == "new":
             # The remote rewrote history (or an unknown file sits here, or the copy of a file
             # the host deleted before this one took its path): keep the old copy.
-            # Numbered after every version on disk, not only the recorded ones: a run killed
-            # before its commit leaves one the checkpoint does not count, and rename()
-            # would replace it. (The destination's lock keeps other writers out.)
-            version = state.last_version_on_disk(row.host, row.path, row.version) + 1
+            # Numbered after every version on disk (see above; the destination's lock keeps
+            # other writers out).
+            version = row.version + 1
             row.version = version
             kept = state.version_path(row.host, row.path, version)
             _makedirs_for(kept, row.host, row.path, dirs)
@@ -864,8 +1023,8 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
     except OSError:
         if kept is not None:  # the mirror keeps its copy where it was, not only in versions/
             os.rename(kept, local)
-            row.version = recorded
             item.versioned = False
+        row.version = recorded
         raise
     dirs.add(local.parent)
 

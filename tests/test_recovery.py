@@ -1179,3 +1179,37 @@ def test_a_disk_full_past_a_pieces_lines_fails_the_next_piece_as_full_not_rewrit
             writer.resume(writer.offset - 8)
         writer.abort()
         discard([piece])
+
+
+def test_a_failed_read_of_the_longer_mirrored_copy_is_an_error_not_a_short_first_piece(
+    dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a whole fetch's lines only repeat the start of a longer mirrored copy, its first
+    piece is not put in place. A read of that copy that failed (an I/O error) was taken for a
+    copy that differs: the short first piece went in place, the old copy was kept as a
+    version of a file that only grew, and the mirror was cut to one piece. It is the file's
+    error now, and nothing is handed over."""
+    rng = random.Random(9)
+    old = lines(rng, 40)
+    with MirrorState(dest) as state:
+        state.recover()
+        local = state.local_path("h", SESSION)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(old)
+        new = FileState("h", SESSION, "append", 0, 100, 2.0, 1, 8, b"")
+        writer = WholeWriter(state, new, lines_only=True, category="rewritten")
+        writer.write(old[: len(old) // 2 + old[len(old) // 2 :].index(b"\n") + 1])
+        real_pread = os.pread
+
+        def failing_pread(fd: int, n: int, offset: int) -> bytes:
+            if os.fstat(fd).st_ino == local.stat().st_ino:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return real_pread(fd, n, offset)
+
+        monkeypatch.setattr(writer_module.os, "pread", failing_pread)
+        with pytest.raises(MirrorError, match="compare with the mirrored copy"):
+            writer.checkpoint()
+        monkeypatch.undo()
+        assert local.read_bytes() == old  # nothing put in place, no version kept
+        assert not state.version_path("h", SESSION, 1).exists()
+        writer.abort()

@@ -1536,7 +1536,7 @@ class _FrameHandler:
         if pieces is not None:
             if self.writer is pieces.writer:
                 self.writer = None
-            pieces.writer.abort()
+            self._abort(pieces.writer)
 
     def abort_naming(self, exc: RemoteSyncError) -> None:
         """:meth:`abort`, and name in ``exc`` the file it interrupted (when it names none)."""

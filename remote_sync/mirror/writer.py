@@ -692,7 +692,13 @@ class WholeWriter(_LineWriter):
         if self.matched is None:
             return False
         try:
-            with open(self.mirrored, "rb") as old:
+            old = open(self.mirrored, "rb")  # noqa: SIM115 (closed below)
+        except (FileNotFoundError, NotADirectoryError):
+            return False  # no copy there: nothing to keep apart
+        except OSError as exc:
+            raise _mirror_error(exc, self.host, self.path, "read the mirrored copy") from exc
+        try:
+            with old:
                 info = os.fstat(old.fileno())
                 if not stat.S_ISREG(info.st_mode) or info.st_size <= self.end_of_lines:
                     return False  # at least as long: its flush compares the two whole
@@ -704,8 +710,13 @@ class WholeWriter(_LineWriter):
                         self.matched = None
                         return False
                     self.matched += n
-        except OSError:
-            return False  # no copy there (or none to read): its flush says what is wrong
+        except OSError as exc:
+            # A failed read (or a full disk under the flush) must not pass for a copy that
+            # differs: that would put a short first piece in place and keep the old copy as
+            # a version of a file that only grew.
+            raise _mirror_error(
+                exc, self.host, self.path, "compare with the mirrored copy"
+            ) from exc
         return True
 
     def _move_out_past(self, size: int) -> BinaryIO | None:

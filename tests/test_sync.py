@@ -1613,6 +1613,13 @@ def test_a_login_shell_that_prints_a_banner_is_a_clear_error(
     done = {e.host: e for e in events if isinstance(e, HostDone)}
     assert code == 1 and done["h1"].status == "ok" and done["h0"].status == "failed"
     assert done["h0"].error is not None and "rc files" in done["h0"].error
+    # Said as what it is: output before the listing, not a record for a path made of the
+    # banner and the compressed listing's first bytes.
+    errors = [e for e in events if isinstance(e, ErrorEvent) and e.host == "h0"]
+    assert [e.message for e in errors] == [
+        "malformed listing record b'Welcome to h0!' (output printed before the listing?)"
+    ]
+    assert errors[0].path is None
     assert not (tmp_path / "m" / "h0").exists()
     assert_exact(fleet, tmp_path / "m", "h1")
 

@@ -1150,6 +1150,7 @@ class ListingParser:
         "_pending",
         "_plain",
         "_sniff",
+        "_started",
         "_trailer",
         "count",
         "end",
@@ -1163,6 +1164,7 @@ class ListingParser:
         self.end: tuple[int, bool] | None = None
         self.rest = b""
         self._trailer = trailer
+        self._started = False  # a record was read: what comes first is the listing's
         self._pending = b""
         self._closed = False
         # Bytes fed as they came, and as records (inflated): each within _max_bytes.
@@ -1307,10 +1309,16 @@ class ListingParser:
     def _record(self, line: bytes, path: bytes) -> RemoteFile:
         match = _STAT_LINE.fullmatch(line)
         if match is None:
+            # A login shell's rc file that echoes a banner on every command puts it before
+            # the listing, and a compressed listing after it reads as that record's "path":
+            # such bytes are no path to name, and the first record says where to look.
+            garbled = _GZIP_MAGIC in path or _GZIP_MAGIC in line
+            where = "" if garbled else f" for path {path[:200]!r}"
+            first = "" if self._started else " (output printed before the listing?)"
             raise ProtocolError(
-                f"malformed listing record {line[:80]!r} for path {path[:200]!r}",
+                f"malformed listing record {line[:80]!r}{where}{first}",
                 host=self.host,
-                path=path_text(path[:200]),
+                path=None if garbled else path_text(path[:200]),
             )
         if path.startswith(b"./"):
             path = path[2:]
@@ -1328,6 +1336,7 @@ class ListingParser:
                 host=self.host,
                 path=path_text(path),
             )
+        self._started = True
         return RemoteFile(path, size, float(match[2]), dev & _I63, ino & _I63)
 
 

@@ -1176,11 +1176,17 @@ def test_a_piece_handed_over_starts_its_flush(
 
 @pytest.mark.parametrize("value", ["4096", "64k"])
 def test_a_piece_size_a_piece_cannot_have_is_a_config_error(
-    monkeypatch: pytest.MonkeyPatch, value: str
+    monkeypatch: pytest.MonkeyPatch, value: str, fleet: SSHFleet, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("REMOTE_SYNC_PIECE_BYTES", value)
     with pytest.raises(ConfigError, match="REMOTE_SYNC_PIECE_BYTES"):
         engine.piece_bytes()
+    # A sync says so before any host is asked or the destination made: exit 2, as a
+    # usage error (it was each host's failure, after its listing, every file counted failed).
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0", sessions=2)
+    dest = tmp_path / "mirror"
+    assert main(["sync", "-I", str(inv), "--dest", str(dest)]) == 2 and not dest.exists()
     monkeypatch.setenv("REMOTE_SYNC_PIECE_BYTES", "8192")
     assert engine.piece_bytes() == 8192
 

@@ -1775,6 +1775,7 @@ async def sync_fleet(
 ) -> Summary:
     """Sync every host into ``options.dest``; returns the summary (also emitted)."""
     started = time.monotonic()
+    piece_bytes()  # a bad REMOTE_SYNC_PIECE_BYTES is a usage error before any host is asked
     registry = registry if registry is not None else default_registry
     results: dict[str, HostRound] = {}
     pool_settings = options.pool

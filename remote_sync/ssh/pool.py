@@ -1852,7 +1852,13 @@ class _ProxyCommand:
     async def _end(self, process: subprocess.Popen[bytes], watched: bool) -> None:
         """SIGHUP to the command's group, SIGKILL to what is left of it, then reap it."""
         # Asked here, not when the exit was seen: the connection may have been seen lost
-        # (the command's end of the socket closed as it exited) first.
+        # (the command's end of the socket closed as it exited) first. The kernel closes an
+        # exiting process's files a moment before it is a zombie that waitid sees, so a
+        # command that just failed is given that moment (10 ms at most, only when it has
+        # not exited yet), not taken for one our SIGHUP ended.
+        if watched and _exit_status(process.pid) is None:
+            with anyio.move_on_after(_PROXY_EXITING):
+                await self._exited.wait()
         self._quit = _exit_status(process.pid) is not None
         _signal_group(process.pid, signal.SIGHUP)
         if watched:  # else it is killed at once
@@ -1897,6 +1903,11 @@ class _ProxyCommand:
 def _signal_group(pid: int, number: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, number)
+
+
+#: How long a ProxyCommand whose connection ended is given to be seen exited before it is
+#: sent SIGHUP (see :meth:`_ProxyCommand._end`).
+_PROXY_EXITING = 0.01
 
 
 def _exit_status(pid: int) -> int | None:

@@ -557,12 +557,11 @@ class HostSync:
         if self.reader is None or self.workers is None or threshold is None:
             return
         reader = self.reader
+        pieces = piece_bytes()  # once a round, not once a file
         to_index = sum(
             t.length
             for t in plan.transfers
-            if t.kind == "append"
-            and reader.is_transcript(t.remote.path)
-            and not t.pieced(piece_bytes())
+            if t.kind == "append" and reader.is_transcript(t.remote.path) and not t.pieced(pieces)
         )
         if to_index > threshold:
             self.worker = await self.workers.get()

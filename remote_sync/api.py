@@ -193,7 +193,16 @@ def _checked_at_call(function: _F, signature: inspect.Signature) -> _F:
         # (made up here when none was passed), and its own `registry.register` of that id
         # adopts this entry; a duplicate id fails here, at the call.
         registry = bound.arguments.get("registry")
-        registry = registry if registry is not None else default_registry
+        if registry is None:
+            registry = default_registry
+        elif not isinstance(registry, CancelRegistry):
+            # Refused here, at the call: taken as it was, it failed on its first missing
+            # attribute (an AttributeError naming `reserve`, not the argument).
+            raise ArgumentError(
+                f"registry must be a CancelRegistry or None, not {type(registry).__name__}",
+                hint="pass remote_sync.cancel.CancelRegistry() (one per program is enough), "
+                "or None for the default registry",
+            )
 
         def create(transfer_id: str) -> Any:
             bound.arguments["transfer_id"] = transfer_id
@@ -261,7 +270,7 @@ def _registered_at_call(function: _F) -> _F:
 
 @_registered_at_call
 async def sync(
-    hosts: Sequence[Host],
+    hosts: Iterable[Host],
     dest: str | Path,
     *,
     concurrency: int = CONCURRENCY,
@@ -325,7 +334,7 @@ async def sync(
 async def stream_sessions(
     *,
     dest: str | Path | None = None,
-    hosts: Sequence[Host] = (),
+    hosts: Iterable[Host] = (),
     remote: bool = False,
     batch_size: int = 50,
     emit: Emit | None = None,
@@ -399,8 +408,9 @@ async def stream_sessions(
     """
     check_batch_size(batch_size)
     mirror = _listing_source(dest, hosts, remote)
+    reached: tuple[Host, ...] = ()
     if mirror is None:  # the hosts' checks include the tuning's, as sync's do
-        hosts, idle_timeout = _reaching_hosts(
+        reached, idle_timeout = _reaching_hosts(
             "list", hosts, concurrency=concurrency, idle_timeout=idle_timeout, pool=pool
         )
     else:
@@ -411,7 +421,7 @@ async def stream_sessions(
     with _registered_read(registry, transfer_id) as token:
         if mirror is None:
             batches = _remote_sessions(
-                hosts, batch_size, emit, token, failures, options, idle_timeout, concurrency, pool
+                reached, batch_size, emit, token, failures, options, idle_timeout, concurrency, pool
             )
         else:
             batches = _local_batches(mirror, batch_size, token, emit, options)
@@ -1046,7 +1056,7 @@ def _import_all(modules: Sequence[str]) -> None:
 
 
 def _listing_source(
-    dest: str | Path | None, hosts: Sequence[Host], remote: bool
+    dest: str | Path | None, hosts: Iterable[Host], remote: bool
 ) -> str | Path | None:
     """The mirror a listing reads (``dest``), or None for one from the hosts, once its
     arguments are checked to say what was meant: an :class:`ArgumentError` for ``hosts``

@@ -29,6 +29,7 @@ import threading
 import time
 import typing
 from collections.abc import Callable, Coroutine
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -652,6 +653,42 @@ async def test_a_mirror_read_refuses_the_tuning_a_host_read_refuses(show_dest: P
             with pytest.raises(ArgumentError, match=says):
                 await call(**{keyword: value})
         assert await call(idle_timeout=0, pool=PoolSettings(connect_timeout=5)), name
+
+
+@pytest.mark.parametrize("bad", [{}, "default", object()])
+async def test_a_registry_that_is_no_cancel_registry_is_refused_at_the_call(
+    show_dest: Path, tmp_path: Path, bad: Any
+) -> None:
+    """A ``registry=`` of the wrong type failed with an AttributeError about ``reserve``, a
+    name the caller never wrote: it is an ArgumentError naming the argument, raised at the
+    call as a misspelt keyword is, before any host is contacted or the mirror touched."""
+    calls = [
+        lambda: api.sync([nowhere()], tmp_path / "m", registry=bad),
+        lambda: api.list_sessions(dest=show_dest, registry=bad),
+        lambda: api.stream_sessions(dest=show_dest, registry=bad),
+        lambda: api.read_session("h0", "short", dest=show_dest, registry=bad),
+        lambda: api.show_session(nowhere(), "short", registry=bad),
+    ]
+    for call in calls:
+        with pytest.raises(ArgumentError, match="registry must be a CancelRegistry or None"):
+            call()  # not awaited: refused at the call
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("bad", [date(2026, 11, 21), 1_790_000_000.0, "2026-11-21"])
+async def test_a_now_that_is_no_datetime_is_an_argument_error(show_dest: Path, bad: Any) -> None:
+    """``now=`` of another type failed in a subtraction or in ``astimezone`` (a TypeError or
+    an AttributeError naming neither the argument nor what to pass), over the index and
+    straight from hosts alike: each is an ArgumentError naming ``now``."""
+    calls = [
+        lambda: api.list_sessions(dest=show_dest, now=bad),
+        lambda: api.session_stats(dest=show_dest, now=bad),
+        lambda: api.list_sessions(remote=True, hosts=[nowhere()], now=bad),
+    ]
+    for call in calls:
+        with pytest.raises(ArgumentError, match="now must be a datetime or None"):
+            await call()
+    assert await api.list_sessions(dest=show_dest, now=NOW)
 
 
 @pytest.mark.parametrize("bad", [True, "3", 2.0])

@@ -53,7 +53,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..errors import ConfigError, path_bytes, path_text
+from ..errors import ArgumentError, ConfigError, path_bytes, path_text
 from ..formats.readers import READERS
 from .facts import FormatReader, SessionFacts
 from .store import (
@@ -387,7 +387,17 @@ def format_instant(moment: datetime) -> str:
 
 
 def _now(now: datetime | None) -> datetime:
-    return datetime.now(UTC) if now is None else now
+    if now is None:
+        return datetime.now(UTC)
+    if not isinstance(now, datetime):
+        # A date, an epoch number or a string failed later in a subtraction or in
+        # astimezone, with words that named neither the argument nor what to pass.
+        raise ArgumentError(
+            f"now must be a datetime or None, not {type(now).__name__}",
+            hint="pass datetime.now(UTC) or another datetime (naive means UTC), or None for "
+            "the current time",
+        )
+    return now
 
 
 def as_indexed(text: str) -> str:

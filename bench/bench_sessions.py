@@ -337,6 +337,8 @@ def build_index(dest: Path, n: int, rng: random.Random) -> dict[str, Any]:
             last_ts=iso_ms(shift),
             models=list(facts.models),
             recent_usage_keys=list(facts.recent_usage_keys),
+            recent_usage_out=list(facts.recent_usage_out),
+            recent_usage_cost=list(facts.recent_usage_cost),
         )
         roll = rng.random()
         files.append(

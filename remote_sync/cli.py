@@ -1365,6 +1365,9 @@ def _count(n: int) -> str:
 
 
 def _when(ts: str | None) -> str:
+    """An index time (UTC) to the minute. The tables say UTC in their heading and ``show``
+    after each time: the hosts' own offsets are gone by then, and ``--since`` and ``stats
+    --by day`` count in UTC too."""
     return f"{ts[:10]} {ts[11:16]}" if ts else "-"
 
 
@@ -1415,7 +1418,16 @@ def _print_sessions(rows: list[SessionRow], *, quiet: bool = False) -> int:
         )
         for r in rows
     ]
-    heads = ("host", "agent", "session", "class", "state", "messages", "tokens", "last activity")
+    heads = (
+        "host",
+        "agent",
+        "session",
+        "class",
+        "state",
+        "messages",
+        "tokens",
+        "last activity (UTC)",
+    )
     # The title gets what the other columns leave (rich alone would squeeze them all, host
     # names first): on a narrow terminal it is the one cut.
     widths = [len(head) for head in heads]
@@ -1445,7 +1457,7 @@ def _print_versions(rows: list[VersionRow]) -> int:
 
     console = _listing_console()
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for head in ("host", "path", "version", "bytes", "last written", "session"):
+    for head in ("host", "path", "version", "bytes", "last written (UTC)", "session"):
         table.add_column(
             head, no_wrap=True, justify="right" if head in ("version", "bytes") else "left"
         )
@@ -1506,7 +1518,7 @@ def _print_messages(
         header = Text.assemble(
             (number, "dim"),
             plain(message.role, role_style.get(message.role, "bold")),
-            plain(f"  {_when(message.timestamp)}" if message.timestamp else "", "dim"),
+            plain(f"  {_when(message.timestamp)} UTC" if message.timestamp else "", "dim"),
             plain(f"  {message.model}" if message.model else "", "dim"),
         )
         console.print()

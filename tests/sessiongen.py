@@ -15,7 +15,8 @@ API (all deterministic for a given ``random.Random``):
   mismatches, which are read without their bad field and add nothing),
   ``blank_lines``, ``huge_line_bytes`` (one tool output of about that many bytes),
   ``unicode`` (CJK, RTL, emoji, combining marks, U+2028 in texts), ``split_responses``
-  (Claude Code: one line per content block, repeating the response's usage),
+  (Claude Code: one line per content block, repeating the response's usage, with the
+  output tokens so far on all but the last, as Claude Code writes them while it streams),
   ``session_id`` (the header's / file's id), ``subagent`` (a Claude Code sidechain),
   ``cost_usd`` (Claude Code: write older versions' top-level ``costUSD`` on every assistant
   line, repeated on the lines of one response; without it a Claude Code session has no cost),
@@ -51,8 +52,8 @@ API (all deterministic for a given ``random.Random``):
 Malformed lines carry no facts; the realistic lines never fail the readers' line views.
 
 Semantics the expectations encode (documented in :mod:`remote_sync.formats`): Claude Code
-counts usage and ``costUSD`` once per ``message.id:requestId`` and every assistant line as one
-message; a
+counts usage and ``costUSD`` once per ``message.id:requestId`` (the output tokens and price
+the most of the key's lines have) and every assistant line as one message; a
 ``user`` line of ``tool_result`` blocks is a ``tool`` message; Codex tokens are the last
 cumulative ``total_token_usage`` (in = input - cached, cache read = cached, out = output);
 Codex function calls are assistant messages; timestamps are ISO UTC with milliseconds
@@ -199,7 +200,8 @@ def _fold(lines: list[_Line]) -> dict[str, Any]:
     )
     exp["lines"] = len(lines)
     exp["bytes"] = sum(len(line.data) + 1 for line in lines)
-    seen: set[str] = set()
+    #: per usage key: the most output tokens and cost counted
+    seen: dict[str, tuple[int | None, float | None]] = {}
     for line in lines:
         e = line.eff
         if e.malformed:
@@ -209,12 +211,21 @@ def _fold(lines: list[_Line]) -> dict[str, Any]:
             exp[e.role] += 1
         exp["tool_calls"] += e.tool_calls
         # A response's usage and cost count once per key (Claude Code repeats both on each
-        # line of a response); without a key, every line's count.
-        if (e.usage is not None or e.cost is not None) and (
-            e.usage_key is None or e.usage_key not in seen
-        ):
+        # line of a response, its output tokens growing as it streams: the most counts);
+        # without a key, every line's count.
+        out = e.usage[1] if e.usage is not None else None
+        if e.usage_key is not None and e.usage_key in seen:
+            most_out, most_cost = seen[e.usage_key]
+            if most_out is not None and out is not None and out > most_out:
+                exp["tokens_out"] += out - most_out
+                most_out = out
+            if most_cost is not None and e.cost is not None and e.cost > most_cost:
+                exp["cost"] += e.cost - most_cost
+                most_cost = e.cost
+            seen[e.usage_key] = (most_out, most_cost)
+        elif e.usage is not None or e.cost is not None:
             if e.usage_key is not None:
-                seen.add(e.usage_key)
+                seen[e.usage_key] = (out, e.cost)
             if e.usage is not None:
                 exp["tokens_in"] += e.usage[0]
                 exp["tokens_out"] += e.usage[1]
@@ -1047,6 +1058,8 @@ def _claude(
             priced = {"costUSD": price, "durationMs": 1000 + o} if cost_usd else {}
             for n, group in enumerate(groups):
                 last = n == len(groups) - 1
+                # Written as the response streams: before its last line, the output so far.
+                so_far = o if last else min(o, 1 + 4 * n)
                 message = {
                     "model": step.model,
                     "id": msg_id,
@@ -1055,7 +1068,7 @@ def _claude(
                     "content": [b[0] for b in group],
                     "stop_reason": ("tool_use" if step.calls else "end_turn") if last else None,
                     "stop_sequence": None,
-                    "usage": usage,
+                    "usage": {**usage, "output_tokens": so_far},
                 }
                 ns = step.ns + n * 1_000_000
                 shown = "\n".join(b[1] for b in group if b[1])
@@ -1067,7 +1080,7 @@ def _claude(
                     _Eff(
                         role="assistant",
                         tool_calls=len(calls),
-                        usage=step.usage,
+                        usage=(i, so_far, cr, cw),
                         usage_key=f"{msg_id}:{req_id}",
                         cost=price if cost_usd else None,
                         models=(step.model,),

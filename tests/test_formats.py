@@ -212,6 +212,59 @@ def test_claude_code_usage_keys() -> None:
     assert facts.models == ["claude-x"]
 
 
+def _streamed(msg_id: str, req: str, out: int, *, cost: float | None = None) -> bytes:
+    """One line of a Claude Code response as it streams: the usage holds the output so far."""
+    usage = {"input_tokens": 10, "output_tokens": out, "cache_read_input_tokens": 5000}
+    message = {"id": msg_id, "role": "assistant", "model": "claude-x", "content": []}
+    record: dict[str, Any] = {"type": "assistant", "requestId": req}
+    record["message"] = {**message, "usage": {**usage, "cache_creation_input_tokens": 700}}
+    if cost is not None:
+        record["costUSD"] = cost
+    return msgspec.json.encode(record) + b"\n"
+
+
+def test_claude_code_counts_a_streamed_responses_whole_output() -> None:
+    """Claude Code writes a response's lines as it streams it: the output tokens of its first
+    lines are those so far (often 1), only its last line has them all. The response's output
+    is the most its lines have; the rest of its usage counts once."""
+    data = (
+        _streamed("m1", "r1", 1)  # thinking
+        + _streamed("m1", "r1", 1)  # text
+        + _streamed("m1", "r1", 157)  # tool_use, the last line: all of the output
+        + _streamed("m2", "r2", 42)
+        + _streamed("m2", "r2", 42)
+    )
+    reader = READERS["claude-code"]
+    facts = fold(reader, data)
+    assert facts.tokens_out == 157 + 42
+    assert (facts.tokens_in, facts.tokens_cache_read, facts.tokens_cache_write) == (
+        20,
+        10_000,
+        1_400,
+    )
+    # A sync may end between two lines of a response: the next one goes on from its facts.
+    for cut in range(1, 5):
+        at = len(b"".join(data.splitlines(keepends=True)[:cut]))
+        first = roundtrip(fold(reader, data[:at]))
+        assert fold(reader, data[at:], facts=first, start=at) == facts
+    # Older versions' costUSD grows with the output: the most a response's lines have.
+    priced = _streamed("m1", "r1", 1, cost=0.01) + _streamed("m1", "r1", 157, cost=0.25)
+    assert fold(reader, priced).cost == pytest.approx(0.25)
+
+
+def test_claude_code_usage_keys_of_facts_kept_before_their_counts_were() -> None:
+    """Facts an earlier version kept remember a response's key but not what it counted: a
+    later line of it adds nothing to them (it cannot be told what is new), as before."""
+    reader = READERS["claude-code"]
+    facts = fold(reader, _streamed("m1", "r1", 1) + _streamed("m0", "r0", 5))
+    kept = roundtrip(facts)
+    kept.recent_usage_out, kept.recent_usage_cost = [], []
+    assert fold(reader, _streamed("m1", "r1", 157), facts=kept).tokens_out == 6
+    assert kept.recent_usage_out == [None, None]
+    fold(reader, _streamed("m2", "r2", 1) + _streamed("m2", "r2", 30), facts=kept)
+    assert kept.tokens_out == 6 + 30 and kept.recent_usage_keys[-1] == "m2:r2"
+
+
 def test_claude_code_cost_usd_counts_once_per_response() -> None:
     """Older Claude Code writes a response's price as ``costUSD`` on each of its lines: the
     session's cost counts it once per ``message.id:requestId``, as ccusage does."""

@@ -1179,6 +1179,30 @@ def test_show_text_output(show_dest: Path, capsys: pytest.CaptureFixture[str]) -
     assert "claude-sonnet-4" in out
 
 
+def test_the_tables_and_show_say_their_times_are_utc(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A picoclaw on a host at UTC+8 writes 10:00+08:00: the index keeps 02:00Z, and the
+    tables and ``show`` printed "02:00" with no zone, which a reader there took for a time
+    eight hours off. They now say UTC (as ``--since`` and ``stats --by day`` count)."""
+    dest = tmp_path / "mirror"
+    lines = [
+        {"role": "user", "content": "weather?", "created_at": "2026-01-12T10:00:00+08:00"},
+        {"role": "assistant", "content": "sunny", "created_at": "2026-01-12T10:00:09+08:00"},
+    ]
+    pad = {"role": "assistant", "content": "x" * 500, "created_at": "2026-01-12T10:01:00+08:00"}
+    data = b"".join(msgspec.json.encode(line) + b"\n" for line in [*lines, pad])
+    make_mirror(dest, "pi", "picoclaw", {"sessions/telegram_1.jsonl": data})
+    code, _out, err = cli(["index", "rebuild", "--dest", str(dest)], capsys)
+    assert code == 0, err
+    code, out, err = cli(["sessions", "list", "--dest", str(dest)], capsys)
+    assert code == 0, err
+    assert "last activity (UTC)" in out.splitlines()[0] and "2026-01-12 02:01" in out
+    code, out, err = cli(["sessions", "show", "pi", "telegram:1", "--dest", str(dest)], capsys)
+    assert code == 0, err
+    assert "#1 user  2026-01-12 02:00 UTC" in out and "#2 assistant  2026-01-12 02:00 UTC" in out
+
+
 def test_counts_of_one_are_said_in_the_singular(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -135,6 +135,7 @@ def test_versions_list_shows_every_kept_copy_with_its_size_and_session(
     assert code == 0, err
     lines = out.splitlines()
     assert len(lines) == 1 + len(rows)
+    assert "last written (UTC)" in lines[0]  # the times are UTC's, not the reader's zone
     assert any("new\\x0aline\\xff\\xfe.jsonl" in line for line in lines)
     assert "\xff" not in out and "\x1b" not in out
 

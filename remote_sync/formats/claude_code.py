@@ -27,11 +27,14 @@ What is read from a line (types ``user`` and ``assistant`` with a ``message`` ar
 * One API response is written as several ``assistant`` lines (one per content block), each
   repeating the response's ``usage``. Each line counts as an assistant message (so that
   every line ``message()`` renders is one counted message), but the usage is counted once per
-  ``message.id:requestId`` key (:meth:`SessionFacts.usage_seen`). Tokens: ``input_tokens``
+  ``message.id:requestId`` key (:meth:`SessionFacts.usage_growth`). Tokens: ``input_tokens``
   → in, ``output_tokens`` → out, ``cache_read_input_tokens`` → cache read,
-  ``cache_creation_input_tokens`` → cache write. Older versions also write the response's
-  price in USD as a top-level ``costUSD`` on each of these lines (ccusage reads it): it is
-  the cost, counted once per key like the usage (the first line of a key decides, for both).
+  ``cache_creation_input_tokens`` → cache write. The lines are written as the response
+  streams, so ``output_tokens`` grows from line to line (often 1 on the first, all of them
+  on the last): a key's output is the most any of its lines has, the rest of its usage is
+  its first line's. Older versions also write the response's price in USD as a top-level
+  ``costUSD`` on each of these lines (ccusage reads it): it is the cost, counted once per
+  key like the output tokens (the most of the key's lines, when its first line has one).
   A session none of whose lines has one has no cost (not a cost of 0).
 * each ``tool_use`` block is a tool call, and so is each ``server_tool_use`` block (a tool the
   API runs itself, such as ``web_search``: the model called it all the same);
@@ -160,18 +163,29 @@ class ClaudeCodeReader:
                             facts.tool_calls += 1
                 usage = msg.usage
                 cost = line.costUSD
-                # Usage and cost are the response's, repeated on each of its lines: both are
-                # counted by the first line of a key, so a key is recorded once for both.
-                if (usage is not None or cost is not None) and (
-                    (msg.id is None and line.requestId is None)
-                    or not facts.usage_seen(f"{msg.id}:{line.requestId}")
-                ):
-                    if usage is not None:
-                        facts.tokens_in += usage.input_tokens or 0
-                        facts.tokens_out += usage.output_tokens or 0
-                        facts.tokens_cache_read += usage.cache_read_input_tokens or 0
-                        facts.tokens_cache_write += usage.cache_creation_input_tokens or 0
-                    facts.add_cost(cost)
+                if usage is not None or cost is not None:
+                    # Usage and cost are the response's, repeated on each of its lines as it
+                    # streams: the first line of a key counts them, and a later one only the
+                    # output tokens and cost it has beyond the most counted (the last line
+                    # has them all, the first only the output so far).
+                    out = (usage.output_tokens or 0) if usage is not None else None
+                    grown = (
+                        None
+                        if msg.id is None and line.requestId is None
+                        else facts.usage_growth(f"{msg.id}:{line.requestId}", out, cost)
+                    )
+                    if grown is None:  # the key's first line, or a line without a key
+                        if usage is not None:
+                            facts.tokens_in += usage.input_tokens or 0
+                            facts.tokens_out += out or 0
+                            facts.tokens_cache_read += usage.cache_read_input_tokens or 0
+                            facts.tokens_cache_write += usage.cache_creation_input_tokens or 0
+                        facts.add_cost(cost)
+                    else:
+                        more_out, more_cost = grown
+                        facts.tokens_out += more_out
+                        if more_cost:
+                            facts.add_cost(more_cost)
                 model = msg.model
                 if model and model != "<synthetic>":
                     facts.add_model(model)

@@ -62,6 +62,13 @@ class SessionFacts(msgspec.Struct, kw_only=True):
     #: Claude Code repeats one response's usage (and ``costUSD``) on each of its lines:
     #: remember recent ``message.id:requestId`` keys (across syncs) to count each once.
     recent_usage_keys: list[str] = msgspec.field(default_factory=list)
+    #: The most output tokens and cost counted for each of :attr:`recent_usage_keys`, in its
+    #: order. Claude Code writes a response's lines as it streams it, so the usage of its
+    #: first lines holds the output tokens so far and only its last line holds them all; the
+    #: rest of the usage is the same on every line. None: nothing to go by (no cost on the
+    #: key's first line; facts kept by a version that did not record these).
+    recent_usage_out: list[int | None] = msgspec.field(default_factory=list)
+    recent_usage_cost: list[float | None] = msgspec.field(default_factory=list)
     #: gemini-cli writes a message record again, whole, under the same id when its tokens or
     #: tool calls arrive: the id of the last record and what it added (tool calls, tokens in,
     #: out, cache read), replaced when the record comes again. Only the last one is kept
@@ -131,14 +138,34 @@ class SessionFacts(msgspec.Struct, kw_only=True):
         if cost is not None:
             self.cost = (self.cost or 0.0) + cost
 
-    def usage_seen(self, key: str) -> bool:
-        """True if this usage key was counted already; records it otherwise."""
-        if key in self.recent_usage_keys:
-            return True
-        self.recent_usage_keys.append(key)
-        if len(self.recent_usage_keys) > RECENT_USAGE_KEYS:
-            del self.recent_usage_keys[0]
-        return False
+    def usage_growth(
+        self, key: str, out: int | None, cost: float | None
+    ) -> tuple[int, float] | None:
+        """None if no line of usage key ``key`` was counted yet: it is recorded with this
+        line's output tokens ``out`` and ``cost``, and the caller counts the line's usage
+        whole. Otherwise the output tokens and cost this line has beyond the most counted
+        for the key (0 when it has no more), which are counted from now on."""
+        keys, outs, costs = self.recent_usage_keys, self.recent_usage_out, self.recent_usage_cost
+        if len(outs) != len(keys) or len(costs) != len(keys):
+            # Facts kept before these were recorded: what their keys counted is not known.
+            outs[:] = [None] * len(keys)
+            costs[:] = [None] * len(keys)
+        if key not in keys:
+            keys.append(key)
+            outs.append(out)
+            costs.append(cost)
+            if len(keys) > RECENT_USAGE_KEYS:
+                del keys[0], outs[0], costs[0]
+            return None
+        at = keys.index(key)
+        more_out, more_cost = 0, 0.0
+        counted_out = outs[at]
+        if counted_out is not None and out is not None and out > counted_out:
+            more_out, outs[at] = out - counted_out, out
+        counted_cost = costs[at]
+        if counted_cost is not None and cost is not None and cost > counted_cost:
+            more_cost, costs[at] = cost - counted_cost, cost
+        return more_out, more_cost
 
 
 class ToolCall(msgspec.Struct):

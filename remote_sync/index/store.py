@@ -57,8 +57,10 @@ MARK_EVERY = 256
 #: of blocks of the harness's own tags, not whenever it starts with ``<`` and ends with ``>``.
 #: 5: the generic ``jsonl`` format reads gemini-cli's records (counting a record written
 #: again under the same id once); a Codex fork's copy of its parent's history is not counted
-#: (its messages are repeated, its tokens the base of the fork's own).
-INDEX_RULES = 5
+#: (its messages are repeated, its tokens the base of the fork's own). 6: a Claude Code
+#: response's output tokens (and ``costUSD``) are the most any of its lines has, not its
+#: first line's (which Claude Code writes while the response streams).
+INDEX_RULES = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (

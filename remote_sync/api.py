@@ -6,8 +6,9 @@ session at once (from a mirror's index, or straight from hosts with ``remote=Tru
 progressively; ``show_session`` returns a session's messages (from a mirror with ``dest``, or
 straight from its host), and ``read_session`` the same with where they are and what reading
 them cost; ``session_stats`` sums a mirror's sessions per host, agent, format, model or day;
-``list_versions`` lists the earlier copies a mirror kept of rewritten files.
-These are the CLI's ``sync``, ``sessions list / show / stats`` and ``versions list``, with
+``list_versions`` lists the earlier copies a mirror kept of rewritten files, and
+``prune_versions`` removes those no keep rule keeps.
+These are the CLI's ``sync``, ``sessions list / show / stats`` and ``versions list / prune``, with
 the same options as keyword arguments (a misspelt one is a TypeError at the call, as for a
 plain ``async def``); the filters they share are defined once, as :class:`SessionFilters`
 and :class:`ListingOptions`, and spelt out as keywords in each signature. The
@@ -19,8 +20,8 @@ goes on. Every call is cancellable through a :class:`~remote_sync.cancel.CancelR
 before the coroutine is awaited or the generator iterated is kept, and the run starts
 cancelled; a call never run leaves no entry once it is closed or dropped, and a
 ``transfer_id`` already registered is an :class:`ArgumentError` (a ValueError too) at the
-call. All but ``session_stats`` and ``list_versions`` (one query each) report progress through
-``emit``.
+call. All but ``session_stats``, ``list_versions`` (one query each) and ``prune_versions``
+report progress through ``emit``.
 
 ``emit`` is called from inside the engine's tasks: an exception it raises is logged and the
 event dropped (see :func:`~remote_sync.events.guarded`); it never aborts the work.
@@ -49,7 +50,7 @@ from collections.abc import (
 )
 from contextlib import aclosing, contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial, wraps
 from itertools import islice
 from pathlib import Path
@@ -83,8 +84,9 @@ from .index.query import (
 from .index.query import session_stats as query_stats
 from .index.store import INT64_MAX
 from .inventory import Host
-from .mirror.versions import VersionRow
+from .mirror.versions import PruneResult, VersionRow
 from .mirror.versions import list_versions as list_kept_versions
+from .mirror.versions import prune_versions as prune_kept_versions
 from .ssh.pool import PoolSettings
 from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT, checked_idle_timeout
 
@@ -99,6 +101,7 @@ __all__ = [
     "SessionFilters",
     "list_sessions",
     "list_versions",
+    "prune_versions",
     "read_session",
     "session_stats",
     "show_session",
@@ -586,6 +589,55 @@ async def list_versions(
     registry = registry if registry is not None else default_registry
     with _registered_read(registry, transfer_id) as token:
         return await _in_thread(token, work)
+
+
+@_registered_at_call
+async def prune_versions(
+    *,
+    dest: str | Path,
+    host: str | None = None,
+    files: Sequence[str] = (),
+    keep_last: int | None = None,
+    keep_within: str | timedelta | None = None,
+    dry_run: bool = False,
+    registry: CancelRegistry | None = None,
+    transfer_id: str | None = None,
+) -> PruneResult:
+    """Remove the kept versions no keep rule keeps: what ``versions prune`` does (see
+    :func:`remote_sync.mirror.versions.prune_versions`). ``keep_last``: each file's N newest;
+    ``keep_within``: those kept within that time of now (``7d``, ``12h``, or a timedelta); at
+    least one is required, a :class:`ConfigError` otherwise, and nothing is removed.
+    ``host`` and ``files`` choose the files as for :func:`list_versions`. Takes the mirror's
+    lock (a sync running is a :class:`LockedError`); ``dry_run`` only reads. Runs in a worker
+    thread; a cancel through the registry stops it before its next file (what was removed
+    stays removed) with a :class:`TransferCancelledError`, and a cancel of the caller's scope
+    waits for it to end (a file system call cannot be stopped midway)."""
+    if isinstance(files, str | bytes):  # one name would be taken for its characters
+        raise ArgumentError(
+            "files is a list of paths or session ids, not one", hint=f"pass files=[{files!r}]"
+        )
+    registry = registry if registry is not None else default_registry
+    with registry.register(transfer_id) as token:
+        work = partial(
+            prune_kept_versions,
+            dest,
+            host=host,
+            files=tuple(files),
+            keep_last=keep_last,
+            keep_within=keep_within,
+            dry_run=dry_run,
+            cancelled=lambda: token.cancelled,
+        )
+        await _import_off_the_loop()
+        if token.cancelled:
+            raise TransferCancelledError(
+                token.reason or "cancelled",
+                path=str(dest),
+                hint="cancelled on request before it began; nothing was removed",
+            )
+        # Not abandoned on a cancel, as a read is: the thread holds the mirror's lock and
+        # removes files, so the call ends when it does.
+        return await anyio.to_thread.run_sync(work)
 
 
 async def _read_remote(

@@ -7,7 +7,8 @@ Thin on purpose: everything it does is also reachable from the library API. Comm
   mirror (read-only: they take no lock and never block a running sync).
 * ``index rebuild``: recompute the index from the mirrored files (takes the lock).
 * ``versions list`` / ``versions restore``: the earlier copies a sync kept of rewritten files,
-  and one copied out (read-only on the mirror: no lock).
+  and one copied out (read-only on the mirror: no lock); ``versions prune``: those no keep
+  rule keeps removed (takes the lock, like a sync; ``--dry-run`` only reads).
 
 Exit codes (scripts rely on them): 0 success; 1 some hosts or files failed (the rest synced or
 was listed), or a mirrored file could not be read; 2 usage or configuration error (no mirror,
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     from .index.show import ShowResult
     from .inventory import Host, Inventory
     from .mirror.engine import SyncOptions
-    from .mirror.versions import VersionRow
+    from .mirror.versions import PruneResult, VersionRow
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -381,14 +382,16 @@ def _add_versions(sub: Any) -> None:
         "versions",
         help="list the earlier copies kept of rewritten files, and get one back",
         description="The earlier copies a sync kept when a host rewrote a mirrored file "
-        "(compacted, truncated, replaced). Never takes the mirror's lock, never writes in it.",
+        "(compacted, truncated, replaced). list and restore never take the mirror's lock nor "
+        "write in it; prune removes copies, under the lock.",
     )
     verbs = versions.add_subparsers(dest="verb", required=True)
     listing = verbs.add_parser(
         "list",
         help="one line per kept version",
         description="List the kept versions: host, path, version (1 is the oldest), bytes, "
-        "when the mirror last wrote that copy (before it was kept), and a transcript's session.",
+        "when it was kept (for a version kept before remote-sync recorded that: when the "
+        "mirror last wrote that copy, marked 'written'), and a transcript's session.",
         epilog="example:\n  remote-sync versions list --dest ./mirror --host me@box",
     )
     listing.set_defaults(run=run_versions_list)
@@ -430,6 +433,40 @@ def _add_versions(sub: Any) -> None:
         help="where to write it (not in the mirror); - for stdout",
     )
     restore.add_argument("--force", "-f", action="store_true", help="replace FILE if it exists")
+
+    prune = verbs.add_parser(
+        "prune",
+        help="remove the kept versions no keep rule keeps",
+        description="Remove, of each file, the kept versions that no rule keeps: --keep-last N "
+        "keeps its N newest, --keep-within DURATION those kept that recently (a version either "
+        "keeps stays). At least one rule is required: there is no default that removes. Only "
+        "version copies are removed (never a mirrored file, never through a link); takes the "
+        "mirror's lock, as a sync does. Prints what went and the bytes freed.",
+        epilog="examples:\n"
+        "  remote-sync versions prune --dest ./mirror --keep-last 3 --dry-run\n"
+        "  remote-sync versions prune --dest ./mirror --host me@box --keep-within 30d",
+    )
+    prune.set_defaults(run=run_versions_prune)
+    _dest_option(prune)
+    prune.add_argument("--host", metavar="H", help="only this host's versions")
+    prune.add_argument(
+        "files",
+        nargs="*",
+        metavar="PATH-or-SESSION",
+        help="only these files' versions: a path as listed, or a session id or a prefix of one",
+    )
+    prune.add_argument(
+        "--keep-last", type=int, metavar="N", help="keep each file's N newest versions"
+    )
+    prune.add_argument(
+        "--keep-within",
+        metavar="DURATION",
+        help="keep the versions kept within DURATION of now: 30m, 12h, 7d, 2w",
+    )
+    prune.add_argument(
+        "--dry-run", "-n", action="store_true", help="list what would go; remove nothing"
+    )
+    prune.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1319,6 +1356,30 @@ def run_versions_restore(args: argparse.Namespace) -> int:
         return _fail(exc, args)
 
 
+def run_versions_prune(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
+    try:
+        from .mirror.versions import prune_versions
+
+        result = prune_versions(
+            _dest(args),
+            host=args.host,
+            files=args.files,
+            keep_last=args.keep_last,
+            keep_within=args.keep_within,
+            dry_run=args.dry_run,
+        )
+    except RemoteSyncError as exc:
+        return _fail(exc, args)
+    if args.json:
+        code = _guard_pipe(lambda: _write_json_lines([result]))
+    else:
+        code = _guard_pipe(lambda: _print_pruned(result))
+    # A version no rule keeps that had to stay (reached through a link put there by hand)
+    # is a file that failed, as with any other file a command could not do.
+    return EXIT_FAILED if result.left else code
+
+
 # -- human output (rich, imported only here) ----------------------------------------------------
 
 
@@ -1457,7 +1518,7 @@ def _print_versions(rows: list[VersionRow]) -> int:
 
     console = _listing_console()
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for head in ("host", "path", "version", "bytes", "last written (UTC)", "session"):
+    for head in ("host", "path", "version", "bytes", "kept (UTC)", "session"):
         table.add_column(
             head, no_wrap=True, justify="right" if head in ("version", "bytes") else "left"
         )
@@ -1467,12 +1528,47 @@ def _print_versions(rows: list[VersionRow]) -> int:
             plain(r.path),
             Text(str(r.version)),
             Text(human_size(r.bytes)),
-            plain(_when(r.modified)),
+            plain(_kept_when(r)),
             plain(_cut_session_id(r.session_id) if r.session_id else "-"),
         )
     _print_whole(console, table)
     if not rows:
         print("no kept versions", file=sys.stderr)
+    return EXIT_OK
+
+
+def _kept_when(row: VersionRow) -> str:
+    """When a version was kept, or, with no keep time recorded, when its copy was last
+    written (no later than it was kept), said so."""
+    return _when(row.kept_at) if row.kept_at else f"{_when(row.modified)} (written)"
+
+
+def _print_pruned(result: PruneResult) -> int:
+    """One line per version removed (or, in a dry run, to be), stderr for those left, and a
+    total."""
+    from .errors import showable
+    from .render import human_size
+
+    verb = "would remove" if result.dry_run else "removed"
+    for r in result.removed:
+        print(
+            f"{verb} {showable(r.host)}: {showable(r.path)} v{r.version} "
+            f"({human_size(r.bytes)}, kept {_kept_when(r)})"
+        )
+    for r in result.left:
+        print(
+            f"remote-sync: {showable(r.host)}: {showable(r.path)}: version {r.version} "
+            f"({showable(r.file)}) is reached through a symbolic link or changed meanwhile: "
+            "left in place (look at it; remove it by hand if it is yours to remove)",
+            file=sys.stderr,
+        )
+    freed = "would free" if result.dry_run else "freed"
+    tail = "; nothing removed (dry run)" if result.dry_run else ""
+    print(
+        f"{verb} {_counted(len(result.removed), 'version')} ({human_size(result.bytes_freed)} "
+        f"{freed}); {_counted(result.kept, 'version')} kept{tail}",
+        flush=True,
+    )
     return EXIT_OK
 
 

@@ -42,11 +42,12 @@ if FAULT == "before_commit":
         self: state_module.MirrorState,
         rows: Iterable[state_module.FileState],
         also: Callable[[], None] | None = None,
+        kept: Iterable[tuple[str, bytes, int]] = (),
     ) -> None:
         rows = list(rows)
         if rows and also is not None:  # a flush's commit (deletions come without ``also``)
             os._exit(9)
-        original_commit(self, rows, also)
+        original_commit(self, rows, also, kept)
 
     state_module.MirrorState.commit = commit  # type: ignore[method-assign]
 
@@ -99,10 +100,11 @@ elif FAULT == "sigint_in_commit":
         self: state_module.MirrorState,
         rows: Iterable[state_module.FileState],
         also: Callable[[], None] | None = None,
+        kept: Iterable[tuple[str, bytes, int]] = (),
     ) -> None:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.3)  # the event loop's handler, if any, has taken it by then
-        original_commit(self, rows, also)
+        original_commit(self, rows, also, kept)
 
     state_module.MirrorState.commit = commit  # type: ignore[method-assign]
 

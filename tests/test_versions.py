@@ -10,7 +10,10 @@ import random
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +26,27 @@ from sshfleet import SSHFleet
 from synchelp import run_cli, session_bytes, write_inventory
 
 from remote_sync import api
+from remote_sync.cancel import CancelRegistry
 from remote_sync.cli import main
-from remote_sync.errors import ConfigError, MirrorError, OutputError, path_bytes, path_text
+from remote_sync.errors import (
+    ConfigError,
+    LockedError,
+    MirrorError,
+    OutputError,
+    TransferCancelledError,
+    path_bytes,
+    path_text,
+)
+from remote_sync.index.query import age_seconds
 from remote_sync.mirror.state import FileState, MirrorState
-from remote_sync.mirror.versions import VersionRow, _names, restore_version
+from remote_sync.mirror.versions import (
+    PruneResult,
+    VersionRow,
+    _keep_rules,
+    _names,
+    prune_versions,
+    restore_version,
+)
 
 BASE = b"agents/a/sessions/"
 PLAIN = BASE + b"sess-1.jsonl"
@@ -135,7 +155,7 @@ def test_versions_list_shows_every_kept_copy_with_its_size_and_session(
     assert code == 0, err
     lines = out.splitlines()
     assert len(lines) == 1 + len(rows)
-    assert "last written (UTC)" in lines[0]  # the times are UTC's, not the reader's zone
+    assert "kept (UTC)" in lines[0]  # the times are UTC's, not the reader's zone
     assert any("new\\x0aline\\xff\\xfe.jsonl" in line for line in lines)
     assert "\xff" not in out and "\x1b" not in out
 
@@ -465,3 +485,391 @@ def test_a_damaged_state_database_is_an_error_not_a_traceback(
 
     with pytest.raises(ConfigError, match="database disk image is malformed"):
         anyio.run(listed)
+
+
+# -- keep times --------------------------------------------------------------------------------
+
+
+def _kept_rows(dest: Path) -> dict[int, float]:
+    """The keep times the state has for PLAIN's versions (none: no table)."""
+    with sqlite3.connect(dest / ".remote-sync" / "state.db") as db:
+        try:
+            rows = db.execute("SELECT version, kept_at FROM versions WHERE path = ?", (PLAIN,))
+            found = {version: kept_at for version, kept_at in rows}
+        except sqlite3.OperationalError:
+            found = {}
+    db.close()
+    return found
+
+
+def _as_before_keep_times(dest: Path) -> None:
+    """The state as a remote-sync from before keep times left it: no ``versions`` table."""
+    with sqlite3.connect(dest / ".remote-sync" / "state.db") as db:
+        db.execute("DROP TABLE versions")
+    db.close()
+
+
+def test_a_sync_records_when_it_kept_each_version_and_an_older_state_goes_on(
+    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The time shown for a version was its copy's mtime: when the mirror last wrote it,
+    which for a session idle for a month and then compacted is a month before it was kept.
+    The state records when each version was kept; a state from before (no table) opens,
+    syncs and lists, its versions showing their mtime, marked: ``kept_at`` null in JSON,
+    "(written)" in the table. A prune then takes no number a removed version had."""
+    fleet = ssh_fleet(1)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "mirror"
+    rng = random.Random(5)
+    _write(fleet, PLAIN, session_bytes(rng, 6))
+    _sync(inv, dest, capsys)
+    month_ago = 1_700_000_000.0
+    os.utime(dest / "h0" / os.fsdecode(PLAIN), (month_ago, month_ago))
+    _write(fleet, PLAIN, session_bytes(rng, 3, start=100))  # compacted
+    before = int(time.time())
+    _sync(inv, dest, capsys)
+    (v1,) = _listed(dest, capsys)
+    assert v1.version == 1 and v1.modified.startswith("2023-11-14")
+    assert v1.kept_at is not None and v1.kept_at >= _iso(before), v1
+    assert set(_kept_rows(dest)) == {1}
+
+    # Made by a remote-sync from before keep times: it syncs on, v1 shows its mtime.
+    _as_before_keep_times(dest)
+    (old,) = _listed(dest, capsys)
+    assert old.kept_at is None and old.modified == v1.modified
+    _write(fleet, PLAIN, session_bytes(rng, 2, start=200))
+    _sync(inv, dest, capsys)
+    rows = _listed(dest, capsys)
+    assert [(r.version, r.kept_at is None) for r in rows] == [(1, True), (2, False)]
+    code, out, err = _cli(["versions", "list", "--dest", str(dest)], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0].split()[4] == "kept"  # "kept (UTC)" split on blanks
+    assert "2023-11-14" in out and "(written)" in out.splitlines()[1]
+    assert "(written)" not in out.splitlines()[2] and rows[1].kept_at[:10] in out  # type: ignore[index]
+
+    # Pruned to the newest, then rewritten: the next version is v3, with its own time.
+    code, out, err = _cli(["versions", "prune", "--dest", str(dest), "--keep-last", "1"], capsys)
+    assert code == 0, err
+    _write(fleet, PLAIN, session_bytes(rng, 1, start=300))
+    _sync(inv, dest, capsys)
+    rows = _listed(dest, capsys)
+    assert [(r.version, r.kept_at is None) for r in rows] == [(2, False), (3, False)]
+    assert set(_kept_rows(dest)) == {2, 3}
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+# -- prune -------------------------------------------------------------------------------------
+
+DAY = 86400.0
+
+
+def _files(dest: Path) -> dict[bytes, tuple[int, int, bytes]]:
+    """:func:`_snapshot` but the lock file (taking the lock writes who holds it)."""
+    return {k: v for k, v in _snapshot(dest).items() if not k.endswith(b"/.remote-sync/lock")}
+
+
+def _by_hand_kept(dest: Path, ages: list[float | None], rel: bytes = PLAIN) -> list[Path]:
+    """:func:`_by_hand` with one version per age: kept that many seconds ago (None: no keep
+    time recorded, as one kept before keep times; its copy last written a year ago)."""
+    places = _by_hand(dest, [b"copy %d\n" % n for n in range(1, len(ages) + 1)], rel)
+    now = time.time()
+    with MirrorState(dest) as state, state.transaction():
+        for number, age in enumerate(ages, 1):
+            if age is not None:
+                state.db.execute(
+                    "INSERT INTO versions VALUES ('h0', ?, ?, ?)", (rel, number, now - age)
+                )
+    for place, age in zip(places, ages, strict=True):
+        if age is None:
+            os.utime(place, (now - 365 * DAY, now - 365 * DAY))
+    return places
+
+
+def _prune(
+    dest: Path, capsys: pytest.CaptureFixture[str], *rules: str
+) -> tuple[int, dict[str, Any], str]:
+    code, out, err = _cli(["versions", "prune", "--dest", str(dest), "--json", *rules], capsys)
+    return code, (msgspec.json.decode(out) if out else {}), err
+
+
+def _numbers(rows: list[dict[str, Any]]) -> list[int]:
+    return [row["version"] for row in rows]
+
+
+def test_prune_keeps_the_last_n_and_removes_only_the_older_copies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "m"
+    places = _by_hand_kept(dest, [5 * DAY, 4 * DAY, 3 * DAY, 2 * DAY, DAY])
+    other = _by_hand_kept_other(dest)
+    mirrored = dest / "h0" / os.fsdecode(PLAIN)
+    before = _files(dest)
+
+    code, result, err = _prune(dest, capsys, "--keep-last", "2", str(path_text(PLAIN)))
+    assert code == 0, err
+    assert result["dry_run"] is False and _numbers(result["removed"]) == [1, 2, 3]
+    assert result["bytes_freed"] == sum(len(b"copy %d\n" % n) for n in (1, 2, 3))
+    assert result["kept"] == 2 and result["left"] == []
+    assert [p.exists() for p in places] == [False, False, False, True, True]
+    # Nothing else is touched: the mirrored file, the other file's version (not chosen).
+    gone = {os.fsencode(p) for p in places[:3]}
+    assert _files(dest) == {k: v for k, v in before.items() if k not in gone}
+    assert mirrored.read_bytes() == b"now\n" and other.exists()
+    assert set(_kept_rows(dest)) == {4, 5}
+    assert [r.version for r in _listed(dest, capsys, path_text(PLAIN))] == [4, 5]
+    with MirrorState(dest) as state:  # the count numbers the next version: not lowered
+        assert state.host_files("h0")[PLAIN].version == 5
+
+    # The table: one line per version removed, and the total.
+    when = _when_of(dest, 4)
+    code, out, err = _cli(["versions", "prune", "-d", str(dest), "--keep-last", "1"], capsys)
+    assert code == 0, err
+    assert out.splitlines() == [
+        f"removed h0: {path_text(PLAIN)} v4 (7 B, kept {when})",
+        "removed 1 version (7 B freed); 2 versions kept",
+    ]
+
+
+def _by_hand_kept_other(dest: Path) -> Path:
+    """One more file of h0 with one version, in the mirror :func:`_by_hand_kept` made."""
+    rel = BASE + b"other.jsonl"
+    with MirrorState(dest) as state:
+        place = state.version_path("h0", rel, 1)
+        place.write_bytes(b"other copy\n")
+        state.local_path("h0", rel).write_bytes(b"other now\n")
+        row = FileState("h0", rel, "append", 10, 10, 0.0, 1, 1, b"", version=1)
+        state.commit([row], kept=[("h0", rel, 1)])
+    return place
+
+
+def _when_of(dest: Path, number: int) -> str:
+    moment = datetime.fromtimestamp(_kept_rows(dest)[number], UTC)
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def test_prune_keeps_within_a_duration_judging_a_version_with_no_time_by_its_ctime(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--keep-within`` keeps the versions kept that recently; with ``--keep-last`` a
+    version either rule keeps stays (as restic's forget). A version with no keep time whose
+    copy was last written a year ago was moved aside no earlier than its ctime: judged by
+    that, not by the mtime the listing shows, it is kept as long as its real keep time would
+    keep it."""
+    dest = tmp_path / "m"
+    places = _by_hand_kept(dest, [10 * DAY, 6 * DAY, None, 2 * DAY, 3600.0])
+    code, result, err = _prune(dest, capsys, "--keep-within", "7d", "--dry-run")
+    assert code == 0, err
+    assert result["dry_run"] is True and _numbers(result["removed"]) == [1]
+    assert result["removed"][0]["kept_at"] is not None and result["kept"] == 4
+    assert all(p.exists() for p in places)  # a dry run removes nothing
+
+    # Within a day: v5, and v3 (its ctime); the last two: v4 and v5. Either keeps.
+    code, result, err = _prune(dest, capsys, "--keep-within", "1d", "--keep-last", "2")
+    assert code == 0, err
+    assert _numbers(result["removed"]) == [1, 2] and result["kept"] == 3
+    assert [p.exists() for p in places] == [False, False, True, True, True]
+    assert [(r.version, r.kept_at is None) for r in _listed(dest, capsys)] == [
+        (3, True),
+        (4, False),
+        (5, False),
+    ]
+
+
+def test_prune_of_a_version_with_no_keep_time_keeps_it_within_its_ctime(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "m"
+    places = _by_hand_kept(dest, [None, 30 * DAY])
+    code, result, err = _prune(dest, capsys, "--keep-within", "7d")
+    assert code == 0, err
+    assert _numbers(result["removed"]) == [2] and result["kept"] == 1
+    assert places[0].exists() and not places[1].exists()
+    (row,) = _listed(dest, capsys)
+    assert row.version == 1 and row.kept_at is None
+
+
+def test_a_dry_run_removes_nothing_and_reads_while_a_sync_holds_the_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prune takes the mirror's lock as a sync does: while one runs it is refused with the
+    lock's error (exit 75) and removes nothing; a dry run only reads, as a listing, and says
+    what would go."""
+    dest = tmp_path / "m"
+    places = _by_hand_kept(dest, [3 * DAY, 2 * DAY, DAY])
+    before = _files(dest)
+    rows = _kept_rows(dest)
+    with MirrorState(dest):  # a sync running
+        code, _result, err = _prune(dest, capsys, "--keep-last", "1")
+        assert code == 75 and "is using this destination" in err, err
+        code, out, err = _cli(
+            ["versions", "prune", "-d", str(dest), "--keep-last", "1", "-n"], capsys
+        )
+        assert code == 0, err
+    assert out.splitlines()[-1] == (
+        "would remove 2 versions (14 B would free); 1 version kept; nothing removed (dry run)"
+    )
+    assert out.splitlines()[0].startswith(f"would remove h0: {path_text(PLAIN)} v1 (7 B, kept ")
+    assert _files(dest) == before and _kept_rows(dest) == rows
+    assert all(p.exists() for p in places)
+
+    async def locked() -> None:
+        with MirrorState(dest):
+            await api.prune_versions(dest=dest, keep_last=1)
+
+    with pytest.raises(LockedError):
+        anyio.run(locked)
+    assert _files(dest) == before
+
+
+def test_prune_without_a_keep_rule_is_refused_and_removes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No default removes: no rule, or one that keeps nothing, is a usage error (exit 2),
+    before the mirror is looked at; so is a duration that cannot be read, and no mirror."""
+    dest = tmp_path / "m"
+    _by_hand_kept(dest, [3 * DAY, 2 * DAY])
+    before = _files(dest)
+    for rules in (
+        [],
+        ["--dry-run"],
+        ["--keep-last", "0"],
+        ["--keep-last", "-1"],
+        ["--keep-within", "0d"],
+        ["--keep-within", "soon"],
+        ["--keep-within", ""],
+    ):
+        code, out, err = _cli(["versions", "prune", "--dest", str(dest), *rules], capsys)
+        assert (code, out) == (2, ""), (rules, err)
+        assert "keep" in err, err
+    code, _, err = _cli(["versions", "prune", "--dest", str(dest)], capsys)
+    assert "prune needs a keep rule" in err and "--keep-last N" in err
+    assert _files(dest) == before
+    code, _, err = _cli(
+        ["versions", "prune", "-d", str(tmp_path / "none"), "--keep-last", "1"], capsys
+    )
+    assert code == 2 and "no mirror at" in err
+    assert not (tmp_path / "none").exists()
+
+    for kwargs in ({}, {"keep_last": 0}, {"keep_last": True}, {"keep_within": timedelta(0)}):
+
+        async def pruned(kwargs: dict[str, Any] = kwargs) -> None:
+            await api.prune_versions(dest=dest, **kwargs)
+
+        with pytest.raises(ConfigError, match="keep"):
+            anyio.run(pruned)
+    assert _files(dest) == before
+
+
+@given(st.integers(1, 10**6), st.sampled_from("smhdw"), st.sampled_from(["", " "]))
+def test_a_keep_within_reads_as_an_age_of_since(n: int, unit: str, space: str) -> None:
+    """``--keep-within`` takes the ages ``--since`` takes, in the same seconds."""
+    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit] * n
+    assert _keep_rules(None, f"{n}{space}{unit}") == (None, float(seconds))
+    assert _keep_rules(3, timedelta(seconds=seconds)) == (3, float(seconds))
+    assert age_seconds(f"{n}{space}{unit}") == seconds
+
+
+def test_prune_never_follows_a_link_nor_removes_what_is_no_copy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version's place holding a link to a file of this user's, or a directory, is no copy
+    a sync kept: not judged, not removed, its target untouched. A directory of the versions
+    tree that is a link leads out of it: the copy it seems to hold is left (exit 1, said),
+    and so is its target; the rest is pruned."""
+    dest = tmp_path / "m"
+    places = _by_hand_kept(dest, [4 * DAY, 3 * DAY, 2 * DAY, DAY])
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"mine\n")
+    places[0].unlink()
+    places[0].symlink_to(secret)
+    places[1].unlink()
+    places[1].mkdir()
+    (places[1] / "inside").write_bytes(b"x\n")
+    code, result, err = _prune(dest, capsys, "--keep-last", "1")
+    assert code == 0, err
+    assert _numbers(result["removed"]) == [3] and result["kept"] == 1
+    assert places[0].is_symlink() and secret.read_bytes() == b"mine\n"
+    assert (places[1] / "inside").read_bytes() == b"x\n"
+
+    # A directory on the way that is a link out of the versions tree.
+    rel = b"agents/b/sessions/s.jsonl"
+    outside_v1, _ = _by_hand(tmp_path / "other", [b"someone else's\n", b"v2\n"], rel)
+    with MirrorState(dest) as state:
+        state.local_path("h0", rel).parent.mkdir(parents=True)
+        state.local_path("h0", rel).write_bytes(b"now\n")
+        state.commit([FileState("h0", rel, "append", 4, 4, 0.0, 1, 1, b"", version=2)])
+        linked = state.version_path("h0", rel, 1).parent.parent
+    linked.parent.mkdir(parents=True, exist_ok=True)
+    linked.symlink_to(outside_v1.parent.parent)
+    assert [r.version for r in _listed(dest, capsys, path_text(rel))] == [1, 2]
+    prune = ["versions", "prune", "-d", str(dest), "--keep-last", "1", path_text(rel)]
+    code, result, err = _prune(dest, capsys, *prune[4:])
+    assert code == 1, err
+    assert result["removed"] == [] and _numbers(result["left"]) == [1]
+    assert outside_v1.read_bytes() == b"someone else's\n"
+    code, out, err = _cli(prune, capsys)
+    assert code == 1 and "version 1 (" in err and "is reached through a symbolic link" in err
+    assert out.splitlines() == ["removed 0 versions (0 B freed); 1 version kept"]
+    assert outside_v1.exists()
+
+
+def test_a_prune_killed_between_its_commit_and_the_removal_leaves_a_copy_the_listing_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keep times are forgotten (committed) before the copies go: killed in between, the
+    state claims no copy that is gone; the copy left lists with its mtime, as one kept before
+    keep times were recorded, and the next prune removes it."""
+    dest = tmp_path / "m"
+    places = _by_hand_kept(dest, [3 * DAY, 2 * DAY, DAY])
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prune_versions(dest, keep_last=1)
+    monkeypatch.undo()
+    assert all(p.exists() for p in places)
+    assert set(_kept_rows(dest)) == {3}
+    rows = _listed(dest, capsys)
+    assert [(r.version, r.kept_at is None) for r in rows] == [(1, True), (2, True), (3, False)]
+    code, result, err = _prune(dest, capsys, "--keep-last", "1")
+    assert code == 0 and _numbers(result["removed"]) == [1, 2], err
+    assert [p.exists() for p in places] == [False, False, True]
+
+
+def test_api_prune_versions_is_the_cli_prune(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "m"
+    places = _by_hand_kept(dest, [3 * DAY, 2 * DAY, DAY])
+    registry = CancelRegistry()
+
+    async def pruned(**kwargs: Any) -> PruneResult:
+        return await api.prune_versions(dest=dest, registry=registry, **kwargs)
+
+    dry = anyio.run(partial(pruned, keep_last=2, files=[path_text(PLAIN)], dry_run=True))
+    code, result, err = _prune(dest, capsys, "--keep-last", "2", "--dry-run")
+    assert code == 0, err
+    assert msgspec.json.decode(msgspec.json.encode(dry)) == result
+    assert [r.version for r in dry.removed] == [1] and all(p.exists() for p in places)
+
+    async def cancelled_first() -> None:
+        work = api.prune_versions(dest=dest, keep_last=1, registry=registry, transfer_id="t")
+        registry.cancel("t")
+        await work
+
+    with pytest.raises(TransferCancelledError, match="cancelled") as raised:
+        anyio.run(cancelled_first)
+    assert "nothing was removed" in raised.value.hint
+    assert all(p.exists() for p in places) and len(registry) == 0
+
+    done = anyio.run(partial(pruned, keep_within=timedelta(days=1.5)))
+    assert not done.dry_run and [r.version for r in done.removed] == [1, 2]
+    assert done.bytes_freed == 14 and done.kept == 1
+    assert [p.exists() for p in places] == [False, False, True]
+    with pytest.raises(ConfigError, match="not one"):
+        anyio.run(partial(pruned, keep_last=1, files="sess-1"))

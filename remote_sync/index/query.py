@@ -224,13 +224,16 @@ _RELATIVE = re.compile(r"(\d+)\s*([smhdw])", re.ASCII)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def open_index(dest: str | Path, *, warn: bool = True) -> sqlite3.Connection:
-    """A read-only connection to the mirror's index: takes no lock, never blocks a sync.
+def age_seconds(text: str) -> int | None:
+    """The seconds of a relative age (``30s``, ``15m``, ``12h``, ``7d``, ``2w``), or None when
+    ``text`` is none."""
+    relative = _RELATIVE.fullmatch(text.strip())
+    return int(relative[1]) * _UNIT_SECONDS[relative[2]] if relative else None
 
-    Raises :class:`ConfigError` naming ``dest`` when it holds no mirror or no index. ``warn``:
-    say when the index was counted by another version's rules (a reader of the state that
-    counts nothing, such as ``versions``, has no use for it).
-    """
+
+def state_database(dest: str | Path) -> Path:
+    """The state database of the mirror at ``dest``; a :class:`ConfigError` naming ``dest``
+    when it holds none (no mirror: nothing of it is made)."""
     db_path = Path(dest) / ".remote-sync" / "state.db"
     if not db_path.is_file():
         raise ConfigError(
@@ -238,7 +241,17 @@ def open_index(dest: str | Path, *, warn: bool = True) -> sqlite3.Connection:
             hint="give dest (--dest DIR, or REMOTE_SYNC_DEST) a directory that "
             "`remote-sync sync` has filled",
         )
-    uri = read_only_uri(db_path)
+    return db_path
+
+
+def open_index(dest: str | Path, *, warn: bool = True) -> sqlite3.Connection:
+    """A read-only connection to the mirror's index: takes no lock, never blocks a sync.
+
+    Raises :class:`ConfigError` naming ``dest`` when it holds no mirror or no index. ``warn``:
+    say when the index was counted by another version's rules (a reader of the state that
+    counts nothing, such as ``versions``, has no use for it).
+    """
+    uri = read_only_uri(state_database(dest))
     try:
         db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA busy_timeout = 5000")
@@ -356,9 +369,8 @@ def _instant(value: Since, now: datetime | None) -> datetime:
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     text = value.strip()
-    relative = _RELATIVE.fullmatch(text)
-    if relative:
-        seconds = int(relative[1]) * _UNIT_SECONDS[relative[2]]
+    seconds = age_seconds(text)
+    if seconds is not None:
         return _now(now) - timedelta(seconds=seconds)
     try:
         if len(text) == 10:

@@ -1675,7 +1675,10 @@ def _commit(state: MirrorState, items: list[Pending]) -> None:
                 item.index.put_into(rows)
         rows.write(db)
 
-    state.commit((item.row for item in items), also=write_index)
+    # A version's keep time is this commit's: the copy was moved aside by the flush just made
+    # durable, and the state counts it from now on.
+    kept = [(item.row.host, item.row.path, item.row.version) for item in items if item.versioned]
+    state.commit((item.row for item in items), also=write_index, kept=kept)
 
 
 class StateWrites:

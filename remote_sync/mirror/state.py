@@ -3,7 +3,8 @@
 What it owns: the destination's control directory (``DIR/.remote-sync/``), the exclusive lock
 that keeps two runs off one destination (its file says which process on which machine holds
 it), the ``files`` table (per host and remote path: the bytes committed in the mirror, the
-remote size, identity, prefix fingerprint, mtime and version), and crash recovery: on open,
+remote size, identity, prefix fingerprint, mtime and version), the ``versions`` table (when
+each kept version was kept), and crash recovery: on open,
 bytes beyond a checkpoint are cut back and stray temp files removed, so a run killed at any
 instant resumes exactly. A first open that fails (a full disk, no permission) takes back the
 directories, lock file and database it created, so that the folder does not pass for a
@@ -116,7 +117,18 @@ CREATE TABLE IF NOT EXISTS files (
     deleted_at REAL,
     PRIMARY KEY (host, path)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS versions (
+    host TEXT NOT NULL,
+    path BLOB NOT NULL,
+    version INTEGER NOT NULL,      -- N of versions/<host>/<path>.v<N>
+    kept_at REAL NOT NULL,         -- when the checkpoint that counts it was committed
+    PRIMARY KEY (host, path, version)
+) WITHOUT ROWID;
 """
+# ``versions`` came after schema 2 without a new schema number: it only adds, so an older
+# remote-sync still opens the state (it ignores the table, and a version it keeps has no time
+# in it, as one kept before the table was there). A state no newer version has opened has no
+# such table: its readers look first (see :func:`kept_times`).
 
 #: The inode recovery sees for a placeholder row: a new file about to be renamed into place,
 #: nothing of it committed yet (stored as size 0, inode -1 and an empty fingerprint; after a
@@ -364,6 +376,31 @@ def copy_state(source: Path, target: Path) -> None:
             path=str(source),
             hint="check its permissions; a sync (not a dry run) says more",
         ) from exc
+
+
+def kept_times(
+    db: sqlite3.Connection, host: str | None = None
+) -> dict[tuple[str, bytes], dict[int, float]]:
+    """When each version was kept (unix time), per (host, path) and version number, of every
+    host or of ``host``'s files: what the ``versions`` table records. A version kept before
+    the table was there (or by an older remote-sync) has no time: it is not in the answer,
+    and neither is any version of a state no version with the table has opened (read
+    read-only, it was never given one)."""
+    sql = "SELECT host, path, version, kept_at FROM versions"
+    params: tuple[str, ...] = ()
+    if host is not None:
+        sql += " WHERE host = ?"
+        params = (host,)
+    try:
+        cur = db.execute(sql, params)
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise
+    times: dict[tuple[str, bytes], dict[int, float]] = {}
+    for file_host, path, version, kept_at in cur:
+        times.setdefault((file_host, bytes(path)), {})[version] = kept_at
+    return times
 
 
 class MirrorState:
@@ -817,12 +854,20 @@ class MirrorState:
         cur = self.db.execute("SELECT 1 FROM files WHERE host = ? LIMIT 1", (host,))
         return cur.fetchone() is not None
 
-    def commit(self, rows: Iterable[FileState], also: Callable[[], None] | None = None) -> None:
+    def commit(
+        self,
+        rows: Iterable[FileState],
+        also: Callable[[], None] | None = None,
+        kept: Iterable[tuple[str, bytes, int]] = (),
+    ) -> None:
         """Write checkpoints in one transaction (call only after their bytes are on disk).
 
-        ``also`` runs inside the same transaction (the index's rows for these files).
+        ``also`` runs inside the same transaction (the index's rows for these files). ``kept``:
+        the versions (host, path, number) these checkpoints are the first to count, whose keep
+        time is now (a number a version removed by hand left free is taken over).
         """
         now = time.time()
+        kept_rows = [(host, path, number, now) for host, path, number in kept]
         params = []
         for r in rows:
             r.updated_at = now
@@ -855,6 +900,10 @@ class MirrorState:
                     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     params,
                 )
+                if kept_rows:
+                    self.db.executemany(
+                        "INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?)", kept_rows
+                    )
                 if also is not None:
                     also()
         except sqlite3.Error as exc:
@@ -890,6 +939,19 @@ class MirrorState:
                 )
         except sqlite3.Error as exc:
             raise self._db_error(exc, "write checkpoints", placeholders[0][0]) from exc
+
+    def forget_versions(self, host: str, path: bytes, numbers: Sequence[int]) -> None:
+        """Forget the keep times of versions ``numbers`` of ``host``'s ``path``, in one
+        transaction (before their copies are removed: see ``versions.prune_versions``).
+        ``files.version`` is left as it is: it numbers the next version kept."""
+        try:
+            with self.transaction():
+                self.db.executemany(
+                    "DELETE FROM versions WHERE host = ? AND path = ? AND version = ?",
+                    [(host, path, number) for number in numbers],
+                )
+        except sqlite3.Error as exc:
+            raise self._db_error(exc, "forget the versions removed", host) from exc
 
     def unindexed_files(self, host: str) -> list[tuple[bytes, int]]:
         """Path and committed size of ``host``'s mirrored files that have bytes but no session

@@ -1,22 +1,27 @@
-"""Kept versions for people: listing the earlier copies a sync kept, and copying one out.
+"""Kept versions for people: listing the earlier copies a sync kept, copying one out, and
+removing those no keep rule keeps.
 
 What it owns: :class:`VersionRow` (one kept version, as ``versions list --json`` prints it and
 the library returns it), :func:`list_versions` and :func:`restore_version` (:func:`find_version`
 and :class:`KeptVersion` are its two steps, the lookup and the copy, for a caller that tells
-their failures apart, as the CLI does for ``--to -``). Where a version is
-put and how it is numbered belongs to the writer and the state (``writer._put_in_place``,
+their failures apart, as the CLI does for ``--to -``), and :func:`prune_versions` with its
+:class:`PruneResult` (``versions prune``). Where a version is put and how it is numbered
+belongs to the writer and the state (``writer._put_in_place``,
 :meth:`MirrorState.version_path <remote_sync.mirror.state.MirrorState.version_path>`): this
-module only reads them. It never takes the mirror's lock (it reads the state as ``sessions``
-does, so it works while a sync runs) and never writes inside the mirror.
+module only reads them. The listing and the restore never take the mirror's lock (they read the
+state as ``sessions`` does, so they work while a sync runs) and never write inside the mirror;
+a prune takes the lock, as a sync does, and removes version copies only: never a mirrored
+file, nothing outside the versions folder, never through a link (a dry run reads as a listing).
 
-The state records how many versions a file has (``files.version``), not when each was kept:
-a version's time is its file's mtime, the last time the mirror wrote that copy before a
-rewrite moved it aside. A listing starts from the state's rows, as a version's place cannot
-be read back into its remote path (a name too long for ``.v<N>`` is cut, with a digest), and
-takes the versions on disk after the recorded ones too (a run killed before its commit leaves
-one there); a version removed by hand is left out, and so is anything that is no regular file
-(a symbolic link put there by hand is not followed: its target is no copy the mirror kept, and
-``restore`` refuses it by name).
+The state records how many versions a file has (``files.version``) and, since the ``versions``
+table, when each was kept: a version kept before (or by an older remote-sync, or left by a run
+killed before its commit) has no keep time, and its file's mtime, the last time the mirror
+wrote that copy before a rewrite moved it aside, is the time shown. A listing starts from the
+state's rows, as a version's place cannot be read back into its remote path (a name too long
+for ``.v<N>`` is cut, with a digest), and takes the versions on disk after the recorded ones
+too (a run killed before its commit leaves one there); a version removed by hand is left out,
+and so is anything that is no regular file (a symbolic link put there by hand is not followed:
+its target is no copy the mirror kept, and ``restore`` refuses it by name).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ import shlex
 import sqlite3
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,14 +47,31 @@ from ..errors import (
     MirrorError,
     OutputError,
     RemoteSyncError,
+    TransferCancelledError,
     path_bytes,
     path_text,
     showable,
 )
-from ..index.query import as_indexed, format_instant, open_index, tidy_path, unreadable_index
-from .state import MirrorState, fsync_dir
+from ..index.query import (
+    age_seconds,
+    as_indexed,
+    format_instant,
+    open_index,
+    state_database,
+    tidy_path,
+    unreadable_index,
+)
+from .state import MirrorState, fsync_dir, kept_times
 
-__all__ = ["KeptVersion", "VersionRow", "find_version", "list_versions", "restore_version"]
+__all__ = [
+    "KeptVersion",
+    "PruneResult",
+    "VersionRow",
+    "find_version",
+    "list_versions",
+    "prune_versions",
+    "restore_version",
+]
 
 #: Bytes copied at a time by a restore.
 _BLOCK = 1 << 20
@@ -61,6 +84,10 @@ class VersionRow(msgspec.Struct):
     path: str  # relative to the host's root; undecodable bytes shown as \\xNN
     version: int  # N of ``<path>.v<N>``: 1 is the oldest
     bytes: int
+    #: When the sync kept it (UTC): the commit that counted it. None when the state has no
+    #: time for it (kept before the state recorded one, by an older remote-sync, or by a run
+    #: killed before its commit): ``modified`` is then the time to go by.
+    kept_at: str | None
     modified: str  # the copy's mtime (UTC): when the mirror last wrote it, before it was kept
     session_id: str | None  # the index's id for the file's path, when it is a transcript
     file: str  # where the copy is, relative to the mirror directory (\\xNN as in path)
@@ -83,25 +110,57 @@ def list_versions(
     db = open_index(dest, warn=False)
     try:
         found = _files_with_versions(dest, db, host, files)
+        times = _kept_times(dest, db, host)
     finally:
         db.close()
     rows: list[VersionRow] = []
     for file_host, path, recorded, session_id in found:
+        known = times.get((file_host, path), {})
         for number, place, st in _kept(dest, file_host, path, recorded):
             if not stat.S_ISREG(st.st_mode):
                 continue  # put there by hand (a link, a directory): no copy the mirror kept
-            rows.append(
-                VersionRow(
-                    file_host,
-                    path_text(path),
-                    number,
-                    st.st_size,
-                    format_instant(datetime.fromtimestamp(st.st_mtime, UTC)),
-                    session_id,
-                    _file_text(dest, place),
-                )
-            )
+            rows.append(_row(dest, file_host, path, number, place, st, known, session_id))
     return rows
+
+
+def _row(
+    dest: Path,
+    host: str,
+    path: bytes,
+    number: int,
+    place: Path,
+    st: os.stat_result,
+    known: dict[int, float],
+    session_id: str | None,
+) -> VersionRow:
+    """The row of version ``number`` of ``host``'s ``path``, at ``place`` (``st`` its lstat;
+    ``known`` the file's keep times)."""
+    kept_at = known.get(number)
+    return VersionRow(
+        host,
+        path_text(path),
+        number,
+        st.st_size,
+        None if kept_at is None else _instant(kept_at),
+        _instant(st.st_mtime),
+        session_id,
+        _file_text(dest, place),
+    )
+
+
+def _instant(timestamp: float) -> str:
+    return format_instant(datetime.fromtimestamp(timestamp, UTC))
+
+
+def _kept_times(
+    dest: Path, db: sqlite3.Connection, host: str | None
+) -> dict[tuple[str, bytes], dict[int, float]]:
+    """The state's keep times (see :func:`~remote_sync.mirror.state.kept_times`), a failed
+    read being the error of a state that cannot be read."""
+    try:
+        return kept_times(db, host)
+    except sqlite3.Error as exc:
+        raise unreadable_index(dest, exc) from exc
 
 
 def _files_with_versions(
@@ -162,7 +221,7 @@ def _kept(
         except (FileNotFoundError, NotADirectoryError):
             continue  # removed by hand: nothing to list
         except OSError as exc:  # no permission, a loop of links, an I/O error
-            raise _unreadable("look at", number, dest, place, where, exc) from exc
+            raise _failed_on("look at", number, dest, place, where, exc) from exc
         yield number, place, st
 
 
@@ -171,10 +230,10 @@ def _file_text(dest: Path, place: Path) -> str:
     return path_text(os.fsencode(place.relative_to(dest)))
 
 
-def _unreadable(
+def _failed_on(
     doing: str, version: int, dest: Path, place: Path, where: dict[str, str], exc: OSError
 ) -> MirrorError:
-    """The error of a kept copy that could not be looked at, opened or read."""
+    """The error of a kept copy that could not be looked at, opened, read or removed."""
     return MirrorError(
         f"cannot {doing} version {version} ({showable(_file_text(dest, place))}): "
         f"{exc.strerror or exc}",
@@ -224,7 +283,7 @@ class KeptVersion:
         return {"host": self.host, "path": path_text(self.path)}
 
     def _read_failed(self, exc: OSError) -> MirrorError:
-        return _unreadable("read", self.version, self.dest, self.place, self._where, exc)
+        return _failed_on("read", self.version, self.dest, self.place, self._where, exc)
 
     def _open(self) -> BinaryIO:
         """The copy, opened for reading without following a link (one put in its place since
@@ -236,7 +295,7 @@ class KeptVersion:
             if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symbolic link
                 raise _not_a_copy(self, "a symbolic link") from exc
             where = self._where
-            raise _unreadable("open", self.version, self.dest, self.place, where, exc) from exc
+            raise _failed_on("open", self.version, self.dest, self.place, where, exc) from exc
         try:
             mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):
@@ -474,3 +533,288 @@ def _link_new(temp: str, target: Path) -> None:
         if os.path.lexists(target):
             raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
         os.replace(temp, target)
+
+
+# -- pruning --------------------------------------------------------------------------------
+
+
+class PruneResult(msgspec.Struct):
+    """What :func:`prune_versions` removed (or, in a dry run, would remove)."""
+
+    dry_run: bool
+    removed: list[VersionRow]  # in a dry run: those that would go
+    bytes_freed: int  # their bytes (in a dry run: that would be freed)
+    kept: int  # the versions of the files chosen that stay
+    #: Versions no rule keeps that were left in place all the same: reached through a
+    #: symbolic link put in the versions folder by hand, or changed since they were judged.
+    left: list[VersionRow]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Doomed:
+    """A version no keep rule keeps: its row, the file's remote path, its place and its lstat
+    when judged. Compared by identity (sets of them)."""
+
+    row: VersionRow
+    path: bytes
+    place: Path
+    st: os.stat_result
+
+
+def prune_versions(
+    dest: str | os.PathLike[str],
+    *,
+    host: str | None = None,
+    files: Sequence[str] = (),
+    keep_last: int | None = None,
+    keep_within: str | timedelta | None = None,
+    dry_run: bool = False,
+    cancelled: Callable[[], bool] | None = None,
+) -> PruneResult:
+    """Remove the kept versions of the mirror at ``dest`` that no keep rule keeps, as
+    ``restic forget`` does with snapshots: of each file (``host``'s only, ``files`` only, as
+    :func:`list_versions` chooses them), ``keep_last`` keeps its N newest versions,
+    ``keep_within`` (``7d``, ``12h``, ``2w``, or a timedelta) those kept within that time of
+    now; a version either keeps stays. At least one rule is required (none, or one that keeps
+    nothing, is a :class:`ConfigError`): no default removes anything.
+
+    Only version copies go: never a mirrored file, nothing outside the versions folder, never
+    through a symbolic link (such a version is left, in :attr:`PruneResult.left`), never a
+    version after the ones the state counts (a run killed before its commit left it, and the
+    next sync's recovery may put it back in place). A version with no recorded keep time is
+    judged by the later of its mtime and ctime (a move into the versions folder sets the
+    ctime on Linux file systems), which is never before it was kept: it is kept at least as
+    long as its keep time would keep it. Takes the mirror's lock (a sync running is a
+    :class:`~remote_sync.errors.LockedError`); ``dry_run`` only reads, as a listing does.
+    ``cancelled`` is asked before each file: once it says so, what is removed stays removed
+    and a :class:`TransferCancelledError` is raised."""
+    last, within = _keep_rules(keep_last, keep_within)
+    dest = Path(dest)
+    state_database(dest)  # no mirror: said before a lock would make one
+    now = time.time()
+    removed: list[VersionRow] = []
+    left: list[VersionRow] = []
+    if dry_run:
+        db = open_index(dest, warn=False)
+        try:
+            doomed, kept = _judge(dest, db, host, files, last, within, now)
+        finally:
+            db.close()
+        state = MirrorState(dest)  # not opened: only its paths are used, no lock
+        for group in doomed:
+            gone, stayed = _remove(state, group, dry_run=True)
+            removed += gone
+            left += stayed
+        return PruneResult(True, removed, sum(r.bytes for r in removed), kept, left)
+    with MirrorState(dest) as state:
+        # The rows forgotten must be on disk before the files go, power loss or not (a
+        # sync's NORMAL lets the last commits go with the power).
+        state.db.execute("PRAGMA synchronous=FULL")
+        try:
+            doomed, kept = _judge(dest, state.db, host, files, last, within, now)
+        except sqlite3.Error as exc:
+            raise unreadable_index(dest, exc) from exc
+        for group in doomed:
+            if cancelled is not None and cancelled():
+                raise TransferCancelledError(
+                    "cancelled",
+                    path=str(dest),
+                    hint=f"cancelled on request after {len(removed)} of the versions to go "
+                    "were removed; the rest are kept: prune again to finish",
+                )
+            gone, stayed = _remove(state, group, dry_run=False)
+            removed += gone
+            left += stayed
+    return PruneResult(False, removed, sum(r.bytes for r in removed), kept, left)
+
+
+def _keep_rules(
+    keep_last: int | None, keep_within: str | timedelta | None
+) -> tuple[int | None, float | None]:
+    """The rules as a count and seconds, each None when not given; a ConfigError for no rule,
+    or one that keeps nothing or cannot be read."""
+    hint = (
+        "give --keep-last N (keep_last) and/or --keep-within DURATION (keep_within, such as "
+        "7d or 12h); --dry-run shows what would go"
+    )
+    if keep_last is None and keep_within is None:
+        raise ConfigError("prune needs a keep rule: without one it would remove nothing", hint=hint)
+    if keep_last is not None and (
+        isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
+    ):
+        raise ConfigError(
+            f"keep_last (--keep-last) must be a whole number of at least 1, not {keep_last!r}",
+            hint="a rule that keeps nothing is no rule: " + hint,
+        )
+    within: float | None = None
+    if isinstance(keep_within, timedelta):
+        within = keep_within.total_seconds()
+    elif isinstance(keep_within, str):
+        seconds = age_seconds(keep_within)
+        within = None if seconds is None else float(seconds)
+        if within is None:
+            raise ConfigError(
+                f"cannot read the duration {keep_within!r} (keep_within, --keep-within)",
+                hint="give a number and a unit: 30m, 12h, 7d, 2w",
+            )
+    elif keep_within is not None:
+        raise ConfigError(
+            f"keep_within (--keep-within) must be a duration, not {keep_within!r}",
+            hint="give a string such as 7d, or a timedelta",
+        )
+    if within is not None and within <= 0:
+        raise ConfigError(
+            f"keep_within (--keep-within) must be longer than 0, not {keep_within!s}",
+            hint="a rule that keeps nothing is no rule: " + hint,
+        )
+    return keep_last, within
+
+
+def _judge(
+    dest: Path,
+    db: sqlite3.Connection,
+    host: str | None,
+    targets: Sequence[str],
+    last: int | None,
+    within: float | None,
+    now: float,
+) -> tuple[list[list[_Doomed]], int]:
+    """The versions no rule keeps, one list per file (oldest first), and how many stay."""
+    found = _files_with_versions(dest, db, host, targets)
+    times = _kept_times(dest, db, host)
+    doomed: list[list[_Doomed]] = []
+    kept = 0
+    for file_host, path, recorded, session_id in found:
+        known = times.get((file_host, path), {})
+        versions = [
+            (number, place, st)
+            for number, place, st in _kept(dest, file_host, path, recorded)
+            if stat.S_ISREG(st.st_mode)  # what else is there is no copy a sync kept
+        ]
+        # Only the versions the state counts are judged: one after them is a killed run's,
+        # which the next sync's recovery may put back as the mirrored file.
+        judged = [v for v in versions if v[0] <= recorded]
+        kept += len(versions) - len(judged)
+        group: list[_Doomed] = []
+        for newest, (number, place, st) in enumerate(reversed(judged)):
+            at = known.get(number, max(st.st_mtime, st.st_ctime))
+            if (last is not None and newest < last) or (within is not None and at >= now - within):
+                kept += 1
+            else:
+                row = _row(dest, file_host, path, number, place, st, known, session_id)
+                group.append(_Doomed(row, path, place, st))
+        if group:
+            doomed.append(group[::-1])
+    return doomed, kept
+
+
+#: A directory of the versions tree opened without following a link.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _places(state: MirrorState, group: list[_Doomed]) -> tuple[dict[Path, int], set[_Doomed]]:
+    """The directories of ``group``'s versions, opened from the top of the versions tree one
+    name at a time without following a link (a directory of it that is a link put there by
+    hand leads out of it: what is removed must be in it), and the versions that are not as
+    they were judged (reached through such a link, or no longer the regular file looked at):
+    these are left. The caller closes the descriptors."""
+    fds: dict[Path, int] = {}
+    unsure: set[_Doomed] = set()
+    try:
+        for doomed in group:
+            parent = doomed.place.parent
+            if parent not in fds:
+                fds[parent] = _open_dir(state.versions_dir, parent)
+            st = _lstat_at(fds[parent], state.dest, doomed)
+            if (
+                st is None
+                or not stat.S_ISREG(st.st_mode)
+                or (st.st_dev, st.st_ino) != (doomed.st.st_dev, doomed.st.st_ino)
+            ):
+                unsure.add(doomed)
+    except BaseException:
+        for fd in fds.values():
+            if fd >= 0:
+                os.close(fd)
+        raise
+    return {parent: fd for parent, fd in fds.items() if fd >= 0}, unsure
+
+
+def _lstat_at(fd: int, dest: Path, doomed: _Doomed) -> os.stat_result | None:
+    """The lstat of ``doomed``'s copy in the directory ``fd`` (-1: none reached), None when
+    there is none."""
+    if fd < 0:
+        return None
+    try:
+        return os.stat(doomed.place.name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        where = {"host": doomed.row.host, "path": doomed.row.path}
+        raise _failed_on("look at", doomed.row.version, dest, doomed.place, where, exc) from exc
+
+
+def _open_dir(versions_dir: Path, parent: Path) -> int:
+    """``parent`` opened from ``versions_dir`` down (see :func:`_places`); -1 when a name on
+    the way is a link, no directory, or one that leaves the tree (``..``)."""
+    # A version lies at least in its host's directory: ``parent`` is below the tree's top.
+    names = os.fsencode(parent.relative_to(versions_dir)).split(b"/")
+    if any(name in (b"", b".", b"..") for name in names):
+        return -1
+    fd = -1
+    try:
+        fd = os.open(versions_dir, _DIR_FLAGS)
+        for name in names:
+            inner = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except OSError as exc:
+        if fd >= 0:
+            os.close(fd)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+            return -1
+        raise MirrorError(
+            f"cannot open a directory of the versions folder: {exc.strerror or exc}",
+            path=str(parent),
+            hint="check its permissions; nothing in it was removed",
+        ) from exc
+    return fd
+
+
+def _remove(
+    state: MirrorState, group: list[_Doomed], *, dry_run: bool
+) -> tuple[list[VersionRow], list[VersionRow]]:
+    """Remove one file's ``group`` of versions (``dry_run``: only look at them); the rows of
+    those removed (that would be) and of those left."""
+    fds, unsure = _places(state, group)
+    try:
+        going = [doomed for doomed in group if doomed not in unsure]
+        stay = [doomed.row for doomed in group if doomed in unsure]
+        if dry_run or not going:
+            return [doomed.row for doomed in going], stay
+        host, path = going[0].row.host, going[0].path
+        # The rows first, committed (and, synchronous=FULL, on disk), then the files: killed
+        # in between, the state claims no version that is gone; a copy left without its row
+        # lists with its mtime, as one kept before keep times were recorded, and the next
+        # prune judges it so. The other order would leave rows of copies that are gone.
+        # ``files.version`` stays: it numbers the next version, which must never take a
+        # number a removed one had (a keep time could then describe the wrong copy).
+        state.forget_versions(host, path, [doomed.row.version for doomed in going])
+        removed: list[VersionRow] = []
+        for doomed in going:
+            try:
+                os.unlink(doomed.place.name, dir_fd=fds[doomed.place.parent])
+            except FileNotFoundError:
+                pass  # gone meanwhile: removed by hand, nothing of it to free
+            except OSError as exc:
+                where = {"host": doomed.row.host, "path": doomed.row.path}
+                raise _failed_on(
+                    "remove", doomed.row.version, state.dest, doomed.place, where, exc
+                ) from exc
+            removed.append(doomed.row)
+        for fd in fds.values():
+            os.fsync(fd)  # the removals durable, as a sync's renames are
+        return removed, stay
+    finally:
+        for fd in fds.values():
+            os.close(fd)

@@ -12,7 +12,8 @@ What it owns: the ways a file's bytes land on disk, and the batch that makes the
   (a renamed transcript's old name), put in place like a whole file.
 - :class:`WholeWriter` streams a file into a temp file. On commit it replaces the mirrored copy
   atomically (rename). If the old copy is not a prefix of the new content (compaction,
-  truncation, replace-by-rename) the old copy is first moved to ``versions/`` and kept forever.
+  truncation, replace-by-rename) the old copy is first moved to ``versions/`` and kept (until
+  ``versions prune`` removes it); the commit that counts it records when.
 - A transcript fetched in pieces (see the engine's ``PIECE_BYTES``) keeps one writer of
   either kind from piece to piece: :meth:`~_LineWriter.checkpoint` hands the lines written
   so far to the batch as a :class:`Pending` of their own (the first one of a

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,10 +18,15 @@ import pytest
 from sshfleet import SSHFleet
 from synchelp import expected_tree, make_openclaw_tree, mirror_tree, write_inventory
 
-from remote_sync.errors import AuthenticationError, ConfigError, HostUnreachableError
+from remote_sync.errors import (
+    AuthenticationError,
+    ConfigError,
+    ConnectionLostError,
+    HostUnreachableError,
+)
 from remote_sync.events import ErrorEvent, decode_event
 from remote_sync.ssh.pool import Endpoint, PoolSettings, SSHPool
-from remote_sync.ssh.stream import run_command
+from remote_sync.ssh.stream import exec_streaming, run_command
 
 RELAY = Path(__file__).resolve().parent.parent / "bench" / "delay_relay.py"
 
@@ -394,3 +400,50 @@ async def test_the_proxy_command_s_arguments_are_not_in_its_errors(
         with pytest.raises(HostUnreachableError, match="cannot run the shell") as unrun:
             await run_command(pool, failing, ["true"], host="h0")
     assert secret not in str(unrun.value) and "ProxyCommand env …" in str(unrun.value)
+
+
+#: Relays (its relay a background job holding the socket as descriptor 3, see above) until
+#: the file TRIGGER appears, then says what ``ssh -W`` says when its jump host drops it and
+#: exits with status 255, its relay killed; its pid in PIDFILE.
+DYING = (
+    "sh -c 'echo $$ > PIDFILE; exec 3<&0; "
+    f"{sys.executable} {RELAY} --delay-ms 0 %h %p <&3 3<&- & "
+    "while [ ! -e TRIGGER ]; do sleep 0.05; done; "
+    'echo "Connection to jump.example closed by remote host." >&2; '
+    'echo "client_loop: send disconnect: Broken pipe" >&2; kill $!; exit 255\''
+)
+
+
+@pytest.mark.parametrize("how", ["exits", "killed"])
+async def test_a_connection_lost_midway_quotes_what_its_proxy_command_said(
+    how: str, fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """A connection made through a ProxyCommand and lost midway (the jump host's ``ssh -W``
+    dropped, or the command killed) was "connection lost: Connection lost" alone, where a
+    failed connect quotes the command: the error says how the command ended and its last
+    words, naming the command by its program alone, as for a failed connect."""
+    pidfile, trigger = tmp_path / "pid", tmp_path / "trigger"
+    command = DYING.replace("PIDFILE", str(pidfile)).replace("TRIGGER", str(trigger))
+    argv = ["sh", "-c", "echo first; sleep 30; echo late"]
+    ep = _proxied(fleet, command)
+    async with SSHPool() as pool, exec_streaming(pool, ep, argv, host="h0") as stream:
+        chunks = aiter(stream)
+        assert await anext(chunks) == b"first\n"
+        if how == "exits":
+            trigger.touch()
+        else:
+            os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+        with anyio.fail_after(10), pytest.raises(ConnectionLostError) as lost:
+            await anext(chunks)
+    error = lost.value
+    assert (error.host, error.path) == ("h0", None), error
+    assert error.message.startswith("connection lost through ProxyCommand sh …: "), error
+    if how == "exits":
+        assert error.message.endswith(
+            "; the command exited with status 255; it said: Connection to jump.example "
+            "closed by remote host. / client_loop: send disconnect: Broken pipe"
+        ), error.message
+    else:
+        assert error.message.endswith("; the command was killed by signal 9"), error.message
+    assert str(tmp_path) not in str(error)
+    assert _group_gone(int(pidfile.read_text()))

@@ -22,8 +22,9 @@ What it owns:
   channel windows sized to the link (the window, not the cipher, bounds throughput on a
   high-RTT link; on a short one it is only memory), keepalives, connect timeout, idle close.
 - Reconnecting once, with backoff, when a connection dropped between operations.
-- Running a ProxyCommand as ssh runs it, its stderr kept out of the SSH stream, and ending
-  it with its connection (:class:`_ProxyCommand`, a task of the pool's task group).
+- Running a ProxyCommand as ssh runs it, its stderr kept out of the SSH stream and quoted
+  when its connection fails or is lost once made (:meth:`SSHPool.lost`), and ending it with
+  its connection (:class:`_ProxyCommand`, a task of the pool's task group).
 - Classifying asyncssh/OS failures into :mod:`remote_sync.errors`.
 
 Host keys are always checked against known_hosts, under the host name ssh looks up: the
@@ -54,6 +55,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
@@ -1225,6 +1227,10 @@ class SSHPool:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._prepared: dict[Endpoint, _Prepared] = {}
         self._warnings: dict[Endpoint, tuple[ConfigWarning, ...]] = {}
+        #: The ProxyCommand each connection made on one runs on, for :meth:`lost`.
+        self._proxies: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, _ProxyCommand] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def preflight(self, endpoint: Endpoint, host: str) -> ConfigError | None:
         """The configuration error a connection to ``endpoint`` would stop on before any
@@ -1358,6 +1364,25 @@ class SSHPool:
     ) -> asyncssh.SSHClientConnection:
         """A live connection for ``endpoint``: the pooled one, or a new one after a backoff."""
         return await self._connection(self._slot(endpoint), host or endpoint.label)
+
+    async def lost(
+        self, conn: asyncssh.SSHClientConnection, exc: BaseException, host: str
+    ) -> SSHError:
+        """``exc``, which ended the connection ``conn`` once it was made (a channel of it saw
+        it lost), as ``host``'s error. For a connection made on a ProxyCommand, the command
+        is named (by its program alone) and quoted, as a failed connect quotes it
+        (:meth:`_ProxyCommand.quote`): the jump host's ``ssh -W`` says why ("Connection
+        closed by remote host", "Broken pipe"), asyncssh only "Connection lost"."""
+        error = classify(exc, host)
+        proxy = self._proxies.get(conn)
+        if proxy is None:
+            return error
+        if type(error) is ConnectionLostError:
+            error.message = error.message.replace(
+                "connection lost", f"connection lost {_proxy_route(proxy.command)}", 1
+            )
+        await proxy.quote(error)
+        return error
 
     async def invalidate(self, endpoint: Endpoint) -> None:
         """Forget a connection found dead so the next operation reconnects."""
@@ -1499,6 +1524,8 @@ class SSHPool:
             raise
         if tunnel is not None:
             conn.set_tunnel(tunnel)  # closing this connection closes the jump hosts' too
+        if proxy is not None:
+            self._proxies[conn] = proxy
         return conn
 
     async def _open_jumps(
@@ -1585,21 +1612,7 @@ class SSHPool:
             route = _route(proxy.command if proxy is not None else None, resolved)
             failed = _noting_jump(exc, host, through, route)
             if proxy is not None:
-                # Stopped (and its stderr read to the end) before it is quoted: a command
-                # that failed has said why ("Connection refused"), where asyncssh says
-                # only that the connection was lost.
-                proxy.stop()
-                with anyio.CancelScope(shield=True):
-                    await proxy.ended()
-                said, quit = proxy.said(), proxy.quit()
-                if quit is not None:
-                    # Said after what failed, not instead: a failed exit is the likely
-                    # cause, but what the connection met (a timeout, a lost connection)
-                    # is the error.
-                    failed.message += f"; the command {quit}"
-                if said is not None:
-                    failed.message += f"; it said: {said}"
-                failed.args = (failed.message,)
+                await proxy.quote(failed)
             raise failed from exc
 
     def _start(self, proxy: _ProxyCommand, resolved: _Resolved) -> socket.socket:
@@ -1734,8 +1747,8 @@ class _ProxyCommand:
     Its stderr is never part of the SSH stream: asyncssh's own ProxyCommand fed it in, and a
     jump host's "Warning: Permanently added ..." in the middle of a connection broke it (a
     MAC that did not verify). It is read apart, each line logged at debug level, and its
-    last :data:`_PROXY_STDERR_KEPT` bytes kept for a failed connection's error to quote
-    (:meth:`said`): ssh shows it on its own stderr.
+    last :data:`_PROXY_STDERR_KEPT` bytes kept for the error of a connection that failed, or
+    was lost once made, to quote (:meth:`quote`): ssh shows it on its own stderr.
 
     The command runs in a session of its own, as asyncssh ran it: a Ctrl-C at the terminal
     reaches us alone, and its process group can be killed whole. :meth:`run`, a task of the
@@ -1802,6 +1815,24 @@ class _ProxyCommand:
         if not status:
             return None
         return f"exited with status {status}" if status > 0 else f"was killed by signal {-status}"
+
+    async def quote(self, error: RemoteSyncError) -> None:
+        """Add to ``error`` (its connection's: failed, or lost once made) how the command
+        ended and what it said last, once it is stopped and its stderr read to the end (it
+        is killed :data:`_PROXY_GRACE` after its SIGHUP): a command that failed has said
+        why ("Connection refused", "Broken pipe"), where asyncssh says only that the
+        connection was lost."""
+        self.stop()
+        with anyio.CancelScope(shield=True):
+            await self.ended()
+        said, quit = self.said(), self.quit()
+        if quit is not None:
+            # Said after what failed, not instead: a failed exit is the likely cause, but
+            # what the connection met (a timeout, a lost connection) is the error.
+            error.message += f"; the command {quit}"
+        if said is not None:
+            error.message += f"; it said: {said}"
+        error.args = (error.message,)
 
     def said(self) -> str | None:
         """The last lines (up to three) the command wrote to its stderr, on one line, safe to
@@ -2093,8 +2124,13 @@ def _route(command: str | None, resolved: _Resolved) -> str:
     sshpass …``), as its arguments may hold a secret that an error would carry into JSON
     events and cron's mail; the whole command is logged at debug level as it starts."""
     if command:
-        return f"through ProxyCommand {command_name(command)}"
+        return _proxy_route(command)
     return f"to {resolved.host} port {resolved.port}"  # the lookup had the endpoint's port
+
+
+def _proxy_route(command: str) -> str:
+    """A connection's route through the ProxyCommand ``command`` (:func:`_route`)."""
+    return f"through ProxyCommand {command_name(command)}"
 
 
 def _noting_jump(exc: BaseException, host: str, through: str | None, route: str) -> SSHError:

@@ -1484,6 +1484,34 @@ async def test_a_proxy_jump_chain_that_checks_out_connects_and_a_loop_is_refused
     assert _connections(fleet, "h1") == before
 
 
+async def test_a_later_jump_host_s_own_proxy_lines_give_way_to_the_hops_before_it(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """ssh reaches a host through ``ProxyJump gw,hop`` by running ``ssh -J gw -W ... hop``
+    (ssh.c): hop's own ProxyCommand and ProxyJump lines are not taken, the ``-J`` coming
+    first, and its %j is gw; gw, the first hop, reads its own (here, "ProxyJump up"). hop's
+    lines were read: a ProxyCommand token ssh does not expand there (in a command it never
+    runs) stopped the host, and hop's %j was not gw."""
+    cfg = _chain_config(fleet, tmp_path, {"hop": "  ProxyCommand nc %d 22\n"})
+    printed = subprocess.run(
+        ["ssh", "-F", str(cfg), "-G", "-J", "gw", "hop"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert "proxyjump gw" in printed and not any(
+        line.startswith("proxycommand ") for line in printed
+    ), printed
+    # %j (OpenSSH 9.6, not in the 9.2 that printed the above): what hop's lookup has.
+    said = tmp_path / "said"
+    cfg.write_text(f'Match originalhost hop exec "echo %j >> {said}"\n' + cfg.read_text())
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    async with SSHPool() as pool:
+        assert await anyio.to_thread.run_sync(pool.preflight, ep, "box") is None
+        assert await run_command(pool, ep, ["echo", "via 3"], host="box") == b"via 3\n"
+    assert set(said.read_text().split()) == {"gw"}, said.read_text()
+
+
 @pytest.mark.parametrize(
     "spelling",
     [

@@ -134,6 +134,11 @@ class Endpoint:
     #: ssh_config's ProxyCommand and ProxyJump are then not read; ``none`` (in any case)
     #: connects directly.
     proxy_command: str | None = None
+    #: ProxyJump hosts given before the ssh_config is read, as ``ssh -J`` gives them: its
+    #: ProxyCommand and ProxyJump lines are then not taken (a ``proxy_command`` still goes
+    #: first). The pool gives it to each hop of a ProxyJump list but the first, as ssh
+    #: reaches ``a,b`` by running ``ssh -J a -W ... b`` (:func:`_jump_endpoints`).
+    proxy_jump: str | None = None
     #: SSH compression (zlib) for this machine, like ``ssh -C``; ``None``: the pool's default.
     #: Worth it on slow links (JSON compresses 4-5x); on a LAN it only costs CPU.
     compression: bool | None = None
@@ -1968,9 +1973,11 @@ def _jump_endpoints(jumps: str, endpoint: Endpoint, host: str) -> list[tuple[str
     comma-separated, an IPv6 address in brackets, read as ssh reads them:
     :func:`~remote_sync.ssh.sshconfig.jump_hop`), each as written and as the endpoint it is
     connected as: looked up in the same ssh_config, nothing else of the target's (its keys,
-    known_hosts) applied, as ssh runs ``ssh -W`` for it with the same ``-F`` alone."""
-    hops = []
-    for jump in jumps.split(","):
+    known_hosts) applied, as ssh runs ``ssh -W`` for it with the same ``-F`` alone, and
+    ``-J`` with the hops before it (:attr:`Endpoint.proxy_jump`)."""
+    hops: list[tuple[str, Endpoint]] = []
+    written = jumps.split(",")
+    for jump in written:
         try:
             user, address, port = jump_hop(jump)
         except ValueError as exc:
@@ -1988,6 +1995,11 @@ def _jump_endpoints(jumps: str, endpoint: Endpoint, host: str) -> list[tuple[str
             port=port,
             ssh_config=endpoint.ssh_config,
             compression=endpoint.compression,
+            # The hops before it, as ssh gives them to the ssh it runs for this one (ssh.c:
+            # "ssh -J a -W [%h]:%p b" for "a,b"): its own ProxyCommand and ProxyJump lines
+            # are not taken, and its %j and %C are of the hop before it; the first hop reads
+            # its own. The connection goes through those hops either way (_open_jumps).
+            proxy_jump=",".join(written[: len(hops)]) or None,
         )
         hops.append((jump, hop))
     return hops
@@ -2369,28 +2381,49 @@ class _InventoryGives(SystemWide):
     them: a value given before the files is the first obtained, and what the files say is
     not used. With ``proxy_command_given``, their ProxyCommand and ProxyJump lines are not
     taken (:func:`_first_proxy`) and their tokens are not expanded (nor refused): ssh never
-    runs them, and %j is empty. With ``known_hosts_given``, a UserKnownHostsFile path is
+    runs them, and %j is empty. With ``proxy_jump_given`` (:attr:`Endpoint.proxy_jump`, as
+    ``ssh -J`` gives it) the reading starts with that ProxyJump, so that the lines are not
+    taken either, and %j and %C are of its last hop (:func:`_read_system_file_as_ssh_does`).
+    With ``known_hosts_given``, a UserKnownHostsFile path is
     not refused for a lone ``%`` (:func:`_refusing_lone_percent`): ssh never expands it."""
 
     def __init__(
-        self, paths: list[str], *, proxy_command_given: bool, known_hosts_given: bool
+        self,
+        paths: list[str],
+        *,
+        proxy_command_given: bool,
+        known_hosts_given: bool,
+        proxy_jump_given: str | None = None,
     ) -> None:
         super().__init__(paths, getattr(paths, "system", None))
         self.proxy_command_given = proxy_command_given
         self.known_hosts_given = known_hosts_given
+        self.proxy_jump_given = None if proxy_command_given else proxy_jump_given
 
 
 def _config_files(endpoint: Endpoint, files: list[str]) -> list[str]:
     """``files``, the ssh_config files read for ``endpoint``, as asyncssh is given them: an
     :class:`_InventoryGives` when the inventory gives the ProxyCommand (``none`` too) or
-    the known_hosts file."""
-    if not endpoint.proxy_command and endpoint.known_hosts is None:
+    the known_hosts file, or the endpoint its ProxyJump hosts."""
+    if not endpoint.proxy_command and endpoint.known_hosts is None and not endpoint.proxy_jump:
         return files
     return _InventoryGives(
         files,
         proxy_command_given=bool(endpoint.proxy_command),
         known_hosts_given=endpoint.known_hosts is not None,
+        proxy_jump_given=endpoint.proxy_jump or None,
     )
+
+
+class _GivenFirst:
+    """What asyncssh's first pass over the ssh_config starts from (its ``last_config``)
+    when values are given before any file, as ssh's command line gives them: ``options``."""
+
+    def __init__(self, options: dict[str, object]) -> None:
+        self.options = options
+
+    def get_options(self, reload: bool) -> dict[str, object]:
+        return dict(self.options)
 
 
 def _read_system_file_as_ssh_does() -> None:
@@ -2399,7 +2432,8 @@ def _read_system_file_as_ssh_does() -> None:
     paths, and those of the files it Includes, ssh takes under its directory (Debian's
     ``Include /etc/ssh/ssh_config.d/*.conf`` is absolute, others need not be), where
     asyncssh took every one under ~/.ssh (:func:`_include_as_ssh_does`); and whether the
-    inventory gives the ProxyCommand or the known_hosts file (:class:`_InventoryGives`).
+    inventory gives the ProxyCommand or the known_hosts file (:class:`_InventoryGives`),
+    or the endpoint its ProxyJump hosts, which the reading then starts with.
     Which file is the system-wide one it learns from the list it is given
     (:func:`~remote_sync.ssh.sshconfig.default_files`), read last: once an Include line of
     that file is read, every later one of the same reading is the system's. Where
@@ -2410,6 +2444,11 @@ def _read_system_file_as_ssh_does() -> None:
         return
 
     def loading(cls: Any, last_config: Any, config_paths: Any, *args: Any) -> Any:
+        given = getattr(config_paths, "proxy_jump_given", None)
+        if given and last_config is None:
+            # Before the first line, as ssh -J sets it: first obtained, it wins (a final
+            # pass starts from the first pass's options, which hold it already).
+            last_config = _GivenFirst({"ProxyJump": given})
         token = _READING_FILES.set(config_paths)
         try:
             return real_load(cls, last_config, config_paths, *args)

@@ -184,6 +184,32 @@ def test_a_token_ssh_does_not_expand_in_match_exec_is_refused(command: str, tmp_
     assert problem.message.startswith("ssh_config line 3: Match exec ")
 
 
+@pytest.mark.parametrize(
+    ("user", "command", "said"),
+    [
+        (None, "env TOKEN=S3CRET curl -H S3CRET %Q", "%Q is no token ssh expands there"),
+        (None, "curl -H S3CRET 100%", "a '%' at the end is no token"),
+        ("a;b", "curl -H S3CRET -u %r", "the remote user name %r is 'a;b'"),
+    ],
+)
+def test_a_match_exec_error_names_the_command_by_its_program_alone(
+    user: str | None, command: str, said: str, tmp_path: Path
+) -> None:
+    """A Match exec command's arguments may hold a secret (a token for a VPN check), and its
+    errors quoted the whole command into JSON events and cron's mail: they name its program
+    alone, as a ProxyCommand's do."""
+    cfg = tmp_path / "config"
+    cfg.write_text(f'Host box\n  Port 2222\nMatch exec "{command}"\n  Port 1\n')
+    ep = Endpoint(address="box", user=user, ssh_config=(str(cfg),), known_hosts=str(cfg))
+    problem = SSHPool().preflight(ep, "box")
+    assert isinstance(problem, ConfigError), problem
+    assert (problem.host, problem.path) == ("box", str(cfg))
+    program = "env" if command.startswith("env") else "curl"
+    assert problem.message.startswith(f"ssh_config line 3: Match exec {program} …: "), problem
+    assert said in problem.message, problem.message
+    assert "S3CRET" not in str(problem), problem
+
+
 #: A Match exec token where a command may hold it: in single quotes, in double quotes, bare.
 _CONTEXTS = ("'%r'", '"%r"', "%r")
 

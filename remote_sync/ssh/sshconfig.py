@@ -35,8 +35,8 @@ What it owns:
   %r %p %j) that the shell could read as more than a word refused (by the pool, where the
   command would run). A ProxyCommand with the tokens ssh expands there alone, %h %k %n %p
   %r and %% (:func:`expand_proxy_command`), any other refused, and a value of them that
-  the shell could read as more than a word refused too; the command named in errors by
-  its program alone (:func:`command_name`).
+  the shell could read as more than a word refused too. Either command named in errors
+  by its program alone (:func:`command_name`).
 - A ProxyJump hop read as ssh reads it (:func:`jump_hop`), an ``ssh://`` URI's user
   URL-decoded, and what ssh refuses there refused; %j (:func:`jump_host`).
 - Whether a ``Host`` line applies (:func:`host_block_applies`): its words are patterns, a
@@ -917,16 +917,18 @@ def expand_match_exec(command: str, tokens: Mapping[str, str]) -> str:
     hex digest.
 
     Raises ValueError for a token ssh does not expand there (ssh stops on it: "unknown
-    key")."""
+    key"). Either error names the command by its program alone (:func:`command_name`), as
+    a ProxyCommand's do: its arguments may hold a secret (a token for a VPN check)."""
+    shown = command_name(command)
 
     def value(found: re.Match[str]) -> str:
         token = found[1]
         if token == "%":
             return "%"
         if token not in tokens:
-            raise _no_such_token("Match exec", repr(command), token, tokens)
-        shown = f"Match exec {command!r}"
-        return _checked_value(token, tokens[token], shown, "the Match exec command")
+            raise _no_such_token("Match exec", shown, token, tokens)
+        where = f"Match exec {shown}"
+        return _checked_value(token, tokens[token], where, "the Match exec command")
 
     return _PERCENT_TOKEN.sub(value, command) if "%" in command else command
 
@@ -935,7 +937,7 @@ def _checked_value(token: str, text: str, where: str, command: str) -> str:
     """``text``, the value of ``token`` to put in a command the shell runs, or an
     :class:`UnsafeTokenValue` when it is a value of the host to reach (not one of
     :data:`_LOCAL_TOKENS`) that holds a character outside :data:`_SAFE_VALUE`. ``where``
-    begins the message (``Match exec '...'``), ``command`` names the command in the hint
+    begins the message (``Match exec test …``), ``command`` names the command in the hint
     (``the Match exec command``)."""
     if token in _LOCAL_TOKENS or _SAFE_VALUE.fullmatch(text) is not None:
         return text
@@ -998,7 +1000,8 @@ _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def command_name(command: str) -> str:
-    """How an error or a hint names the command ``command`` (a ProxyCommand): its program,
+    """How an error or a hint names the command ``command`` (a ProxyCommand, a ``Match
+    exec`` command): its program,
     the first word that is no variable assignment, then ``…`` for whatever follows, or the
     command as it is when it is one word. Its arguments and assignments are left out: they
     may hold a password or a token (``sshpass -p SECRET ssh ...``, ``cloudflared access ssh

@@ -1813,3 +1813,61 @@ def test_a_lone_percent_at_the_end_is_told_from_a_doubled_one(text: str) -> None
     ``%``): what ssh stops on in a path, and nothing else."""
     run = len(text) - len(text.rstrip("%"))
     assert sshconfig.ends_in_lone_percent(text) == (run % 2 == 1)
+
+
+def test_a_lookup_is_kept_while_its_files_are_unchanged_and_an_edit_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every round of a sync looked every host up again: the files walked and parsed anew
+    (about 1 ms a host for a 20-host ssh_config). A lookup is kept while every file read,
+    every Include pattern's matches and the environment are as they were; an edit, a file
+    an Include now matches, a changed variable, is seen; a ``Match exec`` line, whose
+    command may answer otherwise each time, keeps nothing."""
+    # A file changed within 2 s is never kept (the clock's ticks are coarse): not waited for
+    # here, so each edit below changes the size.
+    monkeypatch.setattr(pool_module, "_RECENT_NS", 0)
+    walks: list[str] = []
+    lookups: list[str] = []
+    walk, resolve = pool_module.check_config_files, pool_module._resolve
+
+    def walking(paths: list[str], *args: Any) -> Any:
+        walks.append(paths[0])
+        return walk(paths, *args)
+
+    def resolving(endpoint: pool_module.Endpoint, *args: Any) -> Any:
+        lookups.append(endpoint.address)
+        return resolve(endpoint, *args)
+
+    monkeypatch.setattr(pool_module, "check_config_files", walking)
+    monkeypatch.setattr(pool_module, "_resolve", resolving)
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    cfg = tmp_path / "config"
+    cfg.write_text(f"Include {conf_d}/*\nHost box\n  Port 2201\n")
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    ep = pool_module.Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(known))
+
+    def port() -> int:
+        return pool_module._prepare(ep, "box").resolved.port
+
+    assert [port(), port(), port()] == [2201] * 3
+    assert (len(walks), len(lookups)) == (1, 1), (walks, lookups)
+    assert SSHPool().preflight(ep, "box") is None  # the pre-flight's is the same
+    assert (len(walks), len(lookups)) == (1, 1), (walks, lookups)
+
+    cfg.write_text(f"Include {conf_d}/*\nHost box\n  Port 22022\n")
+    assert [port(), port()] == [22022] * 2
+    assert (len(walks), len(lookups)) == (2, 2), (walks, lookups)
+
+    (conf_d / "box.conf").write_text("Host box\n  Port 2203\n")  # Included, first: it wins
+    assert [port(), port()] == [2203] * 2
+    assert (len(walks), len(lookups)) == (3, 3), (walks, lookups)
+
+    monkeypatch.setenv("RS_SOMETHING", "new")  # a value may name it (${RS_SOMETHING})
+    assert port() == 2203
+    assert (len(walks), len(lookups)) == (3, 4), (walks, lookups)
+
+    (conf_d / "box.conf").write_text('Match exec "true"\n  Port 2204\n')
+    assert [port(), port()] == [2204] * 2
+    assert (len(walks), len(lookups)) == (4, 6), (walks, lookups)

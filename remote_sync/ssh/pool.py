@@ -10,7 +10,9 @@ What it owns:
   does not parse or whose algorithm list leaves asyncssh nothing, a UserKnownHostsFile that
   cannot be read, a key that does not load), for the endpoint and every ProxyJump host on
   its way, found before any traffic, so a run whose every host would stop there touches
-  nothing; its parse of the ssh_config is the one the connection is built on. What it
+  nothing; its parse of the ssh_config is the one the connection is built on, and is kept
+  for the next while the files are as they were (:func:`_walk_config_files`,
+  :func:`_lookup`). What it
   finds that fails nothing but is not followed (algorithm names asyncssh does not support,
   left out of a list; a RemoteCommand, never run) is kept for the caller to show
   (:meth:`SSHPool.config_warnings`).
@@ -80,6 +82,7 @@ from ..errors import (
 from . import sshconfig
 from .sshconfig import (
     MATCH_ALONE,
+    FilesRead,
     SystemWide,
     UnsafeTokenValue,
     check_config_files,
@@ -1060,9 +1063,10 @@ def _prepare(endpoint: Endpoint, host: str) -> _Prepared:
     a jump host's next use) call it, each in a worker thread: it blocks (files, a ``Match
     exec``'s command)."""
     options = _local_file_options(endpoint, host)
+    version = _walk_config_files(endpoint, host)
     try:
         try:
-            resolved = _resolve(endpoint, options.get("config"), host)
+            resolved = _lookup(endpoint, options.get("config"), host, version)
         except OSError as exc:
             included = _unreadable_include(exc, endpoint, host, options)
             if included is None:
@@ -1200,13 +1204,97 @@ def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
                     hint="fix the path in the inventory (or on the command line)",
                 )
         options[key] = expanded
-    # ssh's own checks of the files, before it uses any: keywords it does not know, files
-    # others may change, Includes it cannot open (in blocks that do not apply too).
+    return options
+
+
+def _walk_config_files(endpoint: Endpoint, host: str) -> tuple[object, ...] | None:
+    """ssh's own checks of ``endpoint``'s ssh_config files before it uses any
+    (:func:`~remote_sync.ssh.sshconfig.check_config_files`: keywords it does not know,
+    files others may change, Includes it cannot open, in blocks that do not apply too),
+    skipped while every file a walk found clean is as it was then (:data:`_WALKED`). The
+    version of the files (:func:`_config_version`), for the lookup's cache; None when a
+    reading of them is not to be kept (a file changed just now, a ``Match exec``)."""
     configs = [sshconfig.USER_CONFIG] if endpoint.ssh_config is None else endpoint.ssh_config
     system = sshconfig.SYSTEM_CONFIG if endpoint.ssh_config is None else None
-    names = _config_names(endpoint)
-    check_config_files([_expand(path) for path in configs], host, names, system)
-    return options
+    paths = tuple(_expand(path) for path in configs)
+    # The user's file is told apart by its path (checked for others' write access), and
+    # the system-wide file's relative Includes are under its directory.
+    where = (paths, system, sshconfig.SYSTEM_CONFIG, _expand(sshconfig.USER_CONFIG))
+    with _LOOKUPS_LOCK:
+        kept = _WALKED.get(where)
+    if kept is not None and _config_version(kept[0]) == kept[1]:
+        return None if kept[0].volatile else kept[1]
+    read = check_config_files(list(paths), host, _config_names(endpoint), system)
+    # Taken after the walk: a file changed while it was read is one changed just now.
+    version = _config_version(read)
+    if version is not None:
+        with _LOOKUPS_LOCK:
+            _keep(_WALKED, where, (read, version))
+    return None if read.volatile else version
+
+
+def _config_version(read: FilesRead) -> tuple[object, ...] | None:
+    """The version of the ssh_config files a walk ``read``: each file's
+    (:func:`_file_version`; a missing one's is its absence, as one that appears is read),
+    and every Include pattern's matches as they were. None when one changed within
+    :data:`_RECENT_NS` or cannot be looked at, or a pattern matches other files now."""
+    now_ns = time.time_ns()
+    versions: list[object] = []
+    for path in read.files:
+        version = _file_version(path, now_ns)
+        if version is None and os.path.lexists(path):
+            return None
+        versions.append(version or (path, None))
+    for pattern, matched in read.includes:
+        if tuple(include_paths(pattern)) != matched:
+            return None
+    return tuple(versions)
+
+
+def _lookup(
+    endpoint: Endpoint, config: Sequence[str] | None, host: str, version: tuple[object, ...] | None
+) -> _Resolved:
+    """:func:`_resolve`, kept for the same ``endpoint`` while its files keep their
+    ``version`` (:func:`_walk_config_files`; None: not kept) and nothing else a reading goes
+    by changed: the environment ($HOME, $USER, the variables a value names), this machine's
+    name and user id (%L %l %C %u %i). Every round of a sync looks every host up again: a
+    reading of a 20-host file cost about 1 ms a host; a lookup that failed is made again."""
+    if version is None:
+        return _resolve(endpoint, config, host)
+    inputs = (
+        endpoint,
+        None if config is None else tuple(config),
+        version,
+        tuple(sorted(os.environ.items())),
+        socket.gethostname(),
+        os.getuid(),
+    )
+    with _LOOKUPS_LOCK:
+        resolved = _LOOKUPS.get(inputs)
+    if resolved is None:
+        resolved = _resolve(endpoint, config, host)
+        with _LOOKUPS_LOCK:
+            _keep(_LOOKUPS, inputs, resolved)
+    return resolved
+
+
+#: ssh_config walks that found the files clean (:func:`_walk_config_files`), by the files
+#: given: what the walk read and its version; and lookups of endpoints (:func:`_lookup`),
+#: by what they went by. asyncssh only copies a lookup's options, never changing them, so
+#: connections share one, as a jump host's connections share theirs already.
+_WALKED: dict[tuple[object, ...], tuple[FilesRead, tuple[object, ...]]] = {}
+_LOOKUPS: dict[tuple[object, ...], _Resolved] = {}
+_LOOKUPS_LOCK = threading.Lock()  # lookups run in worker threads
+#: How many of each are kept (the oldest dropped): a run has one lookup a host and jump host.
+_LOOKUPS_KEPT = 1024
+
+
+def _keep(kept: dict[Any, Any], key: object, value: object) -> None:
+    """``kept[key] = value``, the oldest entries dropped beyond :data:`_LOOKUPS_KEPT`."""
+    kept.pop(key, None)
+    while len(kept) >= _LOOKUPS_KEPT:
+        del kept[next(iter(kept))]
+    kept[key] = value
 
 
 class _HostSlot:

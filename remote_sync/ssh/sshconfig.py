@@ -23,7 +23,8 @@ What it owns:
   ``~`` path in an Include of the system-wide file ("bad include path"); an empty value
   (``User ""``, "Missing argument"; asyncssh took it), but where ssh takes one
   (:data:`EMPTY_VALUE_TAKEN`); an ``Include ""`` ("empty argument"); a Match criterion
-  without its argument (``Match exec ""``, :func:`match_line_problem`).
+  without its argument (``Match exec ""``, :func:`match_line_problem`). What it read is
+  returned (:class:`FilesRead`), for the pool to tell whether the files changed since.
 - The files an Include names (:func:`include_paths`), for this walk and asyncssh's
   reading alike: sorted, without the dot files a wildcard skips in glob(3).
 - Which files are read (:func:`default_files`): with none named (ssh without ``-F``), the
@@ -413,12 +414,34 @@ def others_may_change_error(path: str, host: str, included_by: str | None) -> Co
     )
 
 
+@dataclass(frozen=True)
+class FilesRead:
+    """What a walk of the ssh_config files read (:func:`check_config_files`), for a cache of
+    what they say to tell whether they changed since: every file it opened or tried, in
+    order; every Include pattern (expanded) with the files it matched; and whether a line
+    makes a reading of them depend on more than the files, the host and the environment
+    (``volatile``: a ``Match exec`` command, whose answer may change at any time, or
+    ``Match localnetwork``)."""
+
+    files: tuple[str, ...]
+    includes: tuple[tuple[str, tuple[str, ...]], ...]
+    volatile: bool
+
+
+#: Match criteria whose answer is not the files' (a command's, the network's).
+_VOLATILE_CRITERIA = frozenset({"exec", "localnetwork"})
+
+
 @dataclass
 class _Walk:
     """One walk of the files, with what ssh would know of IgnoreUnknown at each line."""
 
     host: str
     configs: str
+    #: What was read (:class:`FilesRead`).
+    files: list[str] = field(default_factory=list)
+    includes: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    volatile: bool = False
     #: The IgnoreUnknown values read so far that may be the one ssh goes by (the first in
     #: a block that applies): every one up to the first in a block that always applies.
     ignoring: list[str] = field(default_factory=list)
@@ -436,6 +459,7 @@ class _Walk:
         """Read ``path`` (``check``: refuse it if others may change it); ``always``: whether
         the Include that reads it (if any) applies to every host; ``system``: whether it is
         the system-wide file or one it Includes (whose Include paths ssh reads otherwise)."""
+        self.files.append(path)
         try:
             handle = open(path, "rb")  # noqa: SIM115 (closed below; fstat needs it open)
         except OSError as exc:
@@ -481,6 +505,11 @@ class _Walk:
                     problem = match_line_problem(words)
                     if problem is not None:
                         raise _match_line_error(problem, (path, number), self.host)
+                    # Any word: an argument taken for a criterion only keeps a reading
+                    # from being cached.
+                    self.volatile = self.volatile or any(
+                        word.lower().lstrip("!") in _VOLATILE_CRITERIA for word in words
+                    )
                     always = inherited and [word.lower() for word in words] == ["all"]
                 elif keyword == "include":
                     if "" in words:
@@ -518,7 +547,10 @@ class _Walk:
             if not pattern.startswith(("/", "~")):
                 base = os.path.dirname(SYSTEM_CONFIG) if system else "~/.ssh"
                 pattern = f"{base}/{pattern}"
-            for path in include_paths(os.path.expanduser(pattern)):
+            expanded = os.path.expanduser(pattern)
+            matched = include_paths(expanded)
+            self.includes.append((expanded, tuple(matched)))
+            for path in matched:
                 if depth >= MAX_INCLUDE_DEPTH:
                     raise nested_includes_error(self.host, self.configs)
                 self.file(path, True, line, depth + 1, always, system)
@@ -659,7 +691,7 @@ def bad_include_path_error(pattern: str, where: tuple[str, int], host: str) -> C
 
 def check_config_files(
     paths: Sequence[str], host: str, configs: str, system: str | None = None
-) -> None:
+) -> FilesRead:
     """Walk the ssh_config files ``paths`` (expanded), then the system-wide file ``system``
     if given, and every file their Include lines name, as ssh reads them before it uses
     any, and raise this host's :class:`ConfigError` for what ssh refuses there (see the
@@ -667,13 +699,15 @@ def check_config_files(
     ``~/.ssh/config`` is checked for others' write access, as ssh checks it when it reads it
     by default (another file, given as ``ssh -F`` gives it, is not, nor is the system-wide
     file: ssh trusts what root keeps there); an Include'd file always is. A file named that
-    cannot be opened is left to the reader that reports it."""
+    cannot be opened is left to the reader that reports it. Returns what it read
+    (:class:`FilesRead`)."""
     user_config = os.path.realpath(os.path.expanduser(USER_CONFIG))
     walk = _Walk(host, configs)
     for path in paths:
         walk.file(path, os.path.realpath(path) == user_config, None, 0)
     if system is not None:
         walk.file(system, False, None, 0, system=True)
+    return FilesRead(tuple(walk.files), tuple(walk.includes), walk.volatile)
 
 
 #: ssh's ``%`` tokens: one character after ``%``, or ``%`` at the end of the text.

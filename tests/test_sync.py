@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -1078,6 +1079,102 @@ def test_a_transcript_replaced_by_its_history_and_more_in_pieces_is_grown_not_re
     assert (h0.files.grown, h0.files.rewritten, h0.versions_kept) == (1, 0, 0)
     assert not (dest / ".remote-sync" / "versions").exists() or not list_versions(dest)
     assert_exact(fleet, dest, "h0")
+
+
+def test_a_pieced_rewrite_reads_and_copies_its_pieces_off_the_event_loop(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transcript replaced by its history and more, fetched in pieces: comparing each
+    piece with the longer mirrored copy, and moving the first piece put in place's partial
+    line aside and back, read and write up to a piece each (64 MiB): they run in worker
+    threads, not on the event loop's (the main thread here), where they held every other
+    host's stream. The mirror is as exact as before."""
+    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/big.jsonl"
+    old = _messages(300, size=1000)
+    fleet.write("h0", rel, old)
+    assert sync(inv, dest, capsys)[0] == 0
+    _replace_by_rename(fleet, rel, old + _messages(100, start=300, size=1000))
+    threads: dict[str, list[threading.Thread]] = {"compare": [], "copy": []}
+    real_compare = writer.WholeWriter._grows_the_old_copy
+    real_copy = writer._copy_range
+
+    def compare(self: writer.WholeWriter) -> bool:
+        threads["compare"].append(threading.current_thread())
+        return real_compare(self)
+
+    def copy(source: int, start: int, target: int, at: int, length: int) -> None:
+        threads["copy"].append(threading.current_thread())
+        real_copy(source, start, target, at, length)
+
+    monkeypatch.setattr(writer.WholeWriter, "_grows_the_old_copy", compare)
+    monkeypatch.setattr(writer, "_copy_range", copy)
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0
+    assert summary.hosts[0].files.grown == 1
+    # Several pieces compared; the partial line moved out, then back once committed.
+    assert len(threads["compare"]) >= 3 and len(threads["copy"]) == 2
+    on_loop = [t for each in threads.values() for t in each if t is threading.main_thread()]
+    assert not on_loop
+    assert_exact(fleet, dest, "h0")
+
+
+def test_a_checkpoint_made_in_its_thread_for_a_cancelled_sync_is_taken_back(
+    tmp_path: Path,
+) -> None:
+    """A cancel that comes while a piece's checkpoint is made in its worker thread is raised
+    once the thread is done: the checkpoint it made, never handed to the batch, is taken
+    back (its descriptor closed, its temp file removed) and the writer goes back to the
+    checkpoint committed, which the give-up then cuts back to."""
+    temp = tmp_path / "temp"
+    made = writer.Pending(
+        FileState(
+            host="h0",
+            path=b"s.jsonl",
+            kind="append",
+            size=10,
+            remote_size=10,
+            mtime=0.0,
+            dev=0,
+            ino=0,
+            fingerprint=b"",
+        ),
+        open(temp, "w+b"),  # noqa: SIM115 (the checkpoint's copy of a descriptor)
+        temp=temp,
+        piece=True,
+    )
+    in_thread = threading.Event()
+    withdrawn: list[bool] = []
+
+    class Writer:
+        def checkpoint(self) -> writer.Pending:
+            in_thread.set()
+            time.sleep(0.2)  # the cancel comes meanwhile
+            return made
+
+        def withdrawn(self) -> None:
+            withdrawn.append(True)
+
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+
+                async def cancel() -> None:
+                    await anyio.to_thread.run_sync(in_thread.wait)
+                    scope.cancel()
+
+                tg.start_soon(cancel)
+                await engine._checkpoint(Writer())  # type: ignore[arg-type]
+                pytest.fail("the cancel was not raised")
+
+    anyio.run(main)
+    assert withdrawn == [True]
+    assert made.handle.closed and not temp.exists()
 
 
 def test_kill_9_between_a_first_piece_rename_and_its_commit_leaves_only_whole_lines(

@@ -18,9 +18,9 @@ in-process, which is cheaper than starting a process.
 
 Nothing holds the event loop for long (an app that syncs keeps its UI or server going): the
 steps that grow with the mirror run in worker threads (recovery, parsing the listing, reading
-the checkpoints and planning, making the fetch's requests, and every write to the state, in
-turn through :class:`StateWrites`), and handling a chunk's frames lets the other tasks run
-every :data:`YIELD_SECONDS`.
+the checkpoints and planning, making the fetch's requests, every write to the state, in turn
+through :class:`StateWrites`, and a piece's checkpoint, which may read and copy up to a
+piece), and handling a chunk's frames lets the other tasks run every :data:`YIELD_SECONDS`.
 """
 
 from __future__ import annotations
@@ -1245,7 +1245,7 @@ class _FrameHandler:
             self._again(t)
             return
         try:
-            pending = writer.checkpoint()
+            pending = await _checkpoint(writer)
         except RewriteDetected:
             self._drop_pieces()
             self._again(t)
@@ -1304,7 +1304,10 @@ class _FrameHandler:
         if not placed:
             self._abandon(pieces)
             return
-        pieces.writer.confirm(piece, None)  # and its bytes past the lines go back
+        # Its bytes past the lines go back: up to a piece (a line that long) copied, in a
+        # worker thread as the checkpoint's (see _checkpoint). A cancel that comes once it is
+        # done finds the piece confirmed, and the give-up cuts back to it.
+        await in_thread(pieces.writer.confirm, piece, None)
         pieces.last = None
 
     def _open(self, t: Transfer) -> AppendWriter | WholeWriter:
@@ -1553,6 +1556,33 @@ class _FrameHandler:
             self._drop_pieces()
         except OSError as exc:  # the abort must not hide the error that caused it
             log.warning("%s: could not clean up a partial fetch: %s", self.sync.name, exc)
+
+
+async def _checkpoint(writer: AppendWriter | WholeWriter) -> Pending | None:
+    """``writer.checkpoint()`` in a worker thread: a rewrite's piece is compared with a longer
+    mirrored copy, and the piece that puts a file in place copies its bytes past the lines
+    aside, each up to a piece (64 MiB) read and written, which on the event loop would hold
+    every other host's stream for as long. Nothing else touches the writer meanwhile: its
+    handler waits here, and the host's stream with it.
+
+    A cancel raised once the thread is done (``in_thread`` waits for it) takes back the
+    checkpoint it made, never handed to the batch: its descriptor closed, the temp file it
+    would have put in place removed, and the writer's checkpoint back to the one committed,
+    which the give-up that follows cuts back to."""
+    made: list[Pending | None] = []
+
+    def run() -> None:
+        made.append(writer.checkpoint())
+
+    try:
+        await in_thread(run)
+    except BaseException:
+        pending = made[0] if made else None
+        if pending is not None:
+            discard([pending])
+            writer.withdrawn()
+        raise
+    return made[0]
 
 
 @dataclass

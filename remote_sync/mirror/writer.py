@@ -667,7 +667,10 @@ class WholeWriter(_LineWriter):
         lines (the start of a line the next piece ends) are moved out of it first, and go
         back only once that piece is committed (:meth:`confirm`; the engine waits for it),
         so that a kill between its rename and its commit leaves in place only synced whole
-        lines, which recovery's follow of the file on disk then claims."""
+        lines, which recovery's follow of the file on disk then claims.
+
+        Blocking, up to a piece read and written (the comparison, the bytes moved out; and
+        :meth:`confirm` moving them back): the engine runs both in a worker thread."""
         if self.temp is not None:
             self._overlap_whole()
             if self._grows_the_old_copy():

@@ -1241,6 +1241,67 @@ def test_a_piece_whose_flush_fails_cuts_its_file_back_to_the_checkpoint(
     assert (dest / "h0" / rel).read_bytes() == data[: row.size]
 
 
+def test_a_file_given_up_while_its_piece_flushes_is_cut_back_when_that_flush_fails(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transcript fetched in pieces is given up (its next piece's overlap differs) while
+    the flush of the piece before runs; the give-up can only cut back to that piece's end,
+    which the flush may yet commit. The flush then fails: the file is cut back to the
+    checkpoint before that piece at once, not left longer than its checkpoint until the
+    next open's recovery. (The follow-up that would fetch the file whole is left out: it
+    would replace what the failed flush left.)"""
+    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/big.jsonl"
+    data = _messages(600, size=1000)
+    fleet.write("h0", rel, data)
+    given_up = threading.Event()
+    real_abort = writer.WholeWriter.abort
+
+    def abort(self: writer.WholeWriter) -> None:
+        real_abort(self)
+        given_up.set()
+
+    resumed: list[int] = []
+    real_resume = writer._LineWriter.resume
+
+    def resume(self: writer._LineWriter, start: int) -> None:
+        resumed.append(start)
+        if len(resumed) == 2:  # the third piece: as if the file changed since the second
+            raise writer.RewriteDetected
+        real_resume(self, start)
+
+    real_sync = os.fdatasync
+    failed: list[int] = []
+
+    def fdatasync(fd: int) -> None:
+        # The first sync of the file in place is the second piece's (the first piece is
+        # synced as a temp file): it fails, once its file was given up.
+        if not failed and os.readlink(f"/proc/self/fd/{fd}").endswith("big.jsonl"):
+            failed.append(fd)
+            assert given_up.wait(30)
+            raise OSError(errno.EIO, "Input/output error")
+        real_sync(fd)
+
+    async def no_follow_up(sync: engine.HostSync, transfers: Any) -> list[Transfer]:
+        return list(transfers)  # the file is seen as the failed flush left it
+
+    monkeypatch.setattr(writer.WholeWriter, "abort", abort)
+    monkeypatch.setattr(writer._LineWriter, "resume", resume)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(engine.HostSync, "_fetch_again", no_follow_up)
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.hosts[0].status) == (1, "failed")
+    assert failed and "Input/output error" in str(summary.hosts[0].error)
+    size = _committed(dest, rel)  # read as it is: no recovery ran since
+    assert 0 < size < 64 * 1024
+    assert (dest / "h0" / rel).read_bytes() == data[:size]
+
+
 def test_a_piece_handed_over_starts_its_flush(
     fleet: SSHFleet,
     tmp_path: Path,

@@ -714,7 +714,9 @@ class HostSync:
             await self._flush()
         finally:
             # Left only when a flush failed: the host's round is over, nothing more is tried.
-            discard(self.batch.take())
+            left = self.batch.take()
+            discard(left)
+            await in_thread(_cut_back, self.state, left)
 
     async def _complete(self) -> None:
         """Wait for the flush in flight and its index results; commit them in one transaction."""
@@ -724,21 +726,32 @@ class HostSync:
         # cancellation must not leave the flush half-collected.
         with anyio.CancelScope(shield=True):
             try:
-                items, failed = await flush.wait()
-            finally:
-                self.inflight = None
-            for item, error in failed:  # that file only; the rest of the batch goes on
-                self.result.files.failed += 1
-                self.settled.add(item.row.path)
-                self.emit(ErrorEvent.from_exception(error))
-            # A new file that never reached its place leaves no row behind (see mark_in_doubt).
-            gone = [(item.row.host, item.row.path) for item, _ in failed]
-            if gone:
-                await self.writes.run(lambda state: state.forget_placeholders(gone))
-            for item in items:
-                if item.job is not None:
-                    item.index = await self._job_result(item, item.job)
-            await self.writes.run(lambda state: _commit(state, items))
+                await self._collect(flush)
+            except BaseException:
+                # Not committed: a piece of a file given up meanwhile goes back to the
+                # checkpoint before it now, not at the next open's recovery. Every such piece
+                # was appended in place, so it is among the items whatever failed.
+                await in_thread(_cut_back, self.state, flush.items)
+                raise
+
+    async def _collect(self, flush: _Flush) -> None:
+        """:meth:`_complete`'s wait and commit (shielded there)."""
+        try:
+            items, failed = await flush.wait()
+        finally:
+            self.inflight = None
+        for item, error in failed:  # that file only; the rest of the batch goes on
+            self.result.files.failed += 1
+            self.settled.add(item.row.path)
+            self.emit(ErrorEvent.from_exception(error))
+        # A new file that never reached its place leaves no row behind (see mark_in_doubt).
+        gone = [(item.row.host, item.row.path) for item, _ in failed]
+        if gone:
+            await self.writes.run(lambda state: state.forget_placeholders(gone))
+        for item in items:
+            if item.job is not None:
+                item.index = await self._job_result(item, item.job)
+        await self.writes.run(lambda state: _commit(state, items))
         for item in items:
             item.committed = True
             self.result.versions_kept += item.versioned
@@ -1490,11 +1503,25 @@ class _FrameHandler:
 
     def _withdraw(self, pieces: _Pieces) -> None:
         """No more of ``pieces``' file comes: the piece handed over last is taken back, unless
-        its flush has begun (that flush then decides; recovery cuts back what it does not
-        commit); the writer then cuts back to what is committed, not to that piece."""
+        its flush has begun (that flush then decides, see :meth:`_left_to_its_flush`); the
+        writer then cuts back to what is committed, not to that piece."""
         self.pieces = None
         if pieces.last is not None and self.sync.withdraw(pieces.last):
             pieces.writer.withdrawn()
+        else:
+            self._left_to_its_flush(pieces)
+
+    @staticmethod
+    def _left_to_its_flush(pieces: _Pieces) -> None:
+        """``pieces``' file is given up while the flush of its last piece handed over runs:
+        the writer's abort cuts back to that piece's end, which the flush may yet commit.
+        Should it not, the file is cut back to the checkpoint before the piece as soon as
+        that is known (``_cut_back``); without this it stayed longer until the next open's
+        recovery. A piece that puts its file in place is left to its flush alone: nothing
+        more of the file was written past its lines (see ``WholeWriter.checkpoint``)."""
+        last = pieces.last
+        if last is not None and not last.committed and last.temp is None:
+            last.cut_back = pieces.writer.confirmed
 
     def _abandon(self, pieces: _Pieces) -> None:
         """Give the file up after a piece of it that was handed over was not committed."""
@@ -1523,8 +1550,10 @@ class _FrameHandler:
     def _drop(self) -> None:
         writer, self.writer = self.writer, None
         if writer is not None:
-            if self.pieces is not None and self.pieces.writer is writer:
+            pieces = self.pieces
+            if pieces is not None and pieces.writer is writer:
                 self.pieces = None  # its file fails or is fetched again: no piece comes
+                self._left_to_its_flush(pieces)
             writer.abort()
 
     def _drop_pieces_of(self, t: Transfer) -> None:
@@ -1538,6 +1567,7 @@ class _FrameHandler:
         if pieces is not None:
             if self.writer is pieces.writer:
                 self.writer = None
+            self._left_to_its_flush(pieces)
             self._abort(pieces.writer)
 
     def abort_naming(self, exc: RemoteSyncError) -> None:
@@ -1556,6 +1586,30 @@ class _FrameHandler:
             self._drop_pieces()
         except OSError as exc:  # the abort must not hide the error that caused it
             log.warning("%s: could not clean up a partial fetch: %s", self.sync.name, exc)
+
+
+def _cut_back(state: MirrorState, items: list[Pending]) -> None:
+    """Cut the file of each piece of ``items`` not committed and given up meanwhile (see
+    :attr:`Pending.cut_back`) back to the checkpoint before it (in a worker thread). Its
+    descriptor may be closed by now (a flush syncs and closes it): the file is opened again
+    by its path, which no other writer renames anything onto (a flush after this one would,
+    and none starts before this one is collected). Only ever shorter; a failure is logged,
+    and the next open's recovery cuts back all the same."""
+    for item in items:
+        if item.cut_back is None or item.committed:
+            continue
+        row = item.row
+        try:
+            with open(state.local_path(row.host, row.path), "r+b") as file:
+                if os.fstat(file.fileno()).st_size > item.cut_back:
+                    file.truncate(item.cut_back)
+        except OSError as exc:
+            log.warning(
+                "%s: %s: could not cut the file back to its checkpoint (the next run does): %s",
+                row.host,
+                path_text(row.path),
+                exc,
+            )
 
 
 async def _checkpoint(writer: AppendWriter | WholeWriter) -> Pending | None:

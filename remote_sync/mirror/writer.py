@@ -176,6 +176,10 @@ class Pending:
     piece: bool = False
     #: Its checkpoint is committed (set by the engine once its flush's commit is done).
     committed: bool = False
+    #: A piece appended in place whose file was given up while its flush ran: the size of
+    #: the checkpoint before it, which the file is cut back to should that flush not commit
+    #: it (the give-up could only cut back to this piece's end).
+    cut_back: int | None = None
 
 
 class _LineWriter:

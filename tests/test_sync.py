@@ -834,12 +834,13 @@ def _pieces_handed(
     real = engine.HostSync.finished
 
     async def finished(sync: engine.HostSync, pending: Any) -> None:
-        await real(sync, pending)
-        if pending.row.path == path and pending.piece:
+        ours = pending.row.path == path and pending.piece
+        if ours:  # before its flush, which may close its descriptor at once, starts
             size = pending.row.size
             handed.append((size, os.pread(pending.handle.fileno(), size, 0)))
-            if len(handed) == after and then is not None:
-                then()
+        await real(sync, pending)
+        if ours and len(handed) == after and then is not None:
+            then()
 
     monkeypatch.setattr(engine.HostSync, "finished", finished)
     return handed
@@ -978,6 +979,46 @@ def test_a_transcript_rewritten_in_place_between_its_pieces_is_fetched_whole(
     assert (dest / "h0" / rel).read_bytes() == new
     kept = (dest / ".remote-sync" / "versions" / "h0" / f"{rel}.v1").read_bytes()
     assert old.startswith(kept) and kept.endswith(b"\n") and len(kept) >= handed[0][0]
+    _assert_index_is_a_rebuild(dest, tmp_path)
+
+
+@pytest.mark.parametrize("length", [0.5, 1.0, 1.4])
+def test_a_transcript_fetched_whole_again_by_the_follow_up_comes_in_pieces_too(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    length: float,
+) -> None:
+    """A transcript rewritten in place between its pieces is fetched whole again by the
+    follow-up command in pieces too, each committed, as in the round (it came in one range,
+    all of it lost to a connection dropped near its end): cut by its listed size, the last
+    piece going on to the follow-up's bound. Shorter by then, it ends in the piece its end
+    falls in and the pieces after it are read past; longer, the last piece brings the rest."""
+    monkeypatch.setattr(engine, "PIECE_BYTES", PIECE)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/big.jsonl"
+    old = _messages(PIECED_SIZE // 1600)
+    new = _messages(int(len(old) * length) // 1550, start=1)
+    fleet.write("h0", rel, old)
+
+    def rewrite() -> None:
+        with open(fleet.path("h0", rel), "r+b") as remote:
+            remote.write(new)
+            remote.truncate()
+
+    handed = _pieces_handed(monkeypatch, rel.encode(), rewrite, after=1)
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0
+    assert (summary.files.rewritten, summary.hosts[0].versions_kept) == (1, 1)
+    assert (dest / "h0" / rel).read_bytes() == new
+    for _size, piece in handed:
+        assert old.startswith(piece) or new.startswith(piece)
+    again = [size for size, piece in handed if not old.startswith(piece)]
+    # Pieces of the listed size, or of the file's, if shorter (past that, the last piece).
+    assert len(again) >= min(len(old), len(new)) // PIECE - 1
+    assert again == sorted(again) and again[-1] < len(new)
     _assert_index_is_a_rebuild(dest, tmp_path)
 
 

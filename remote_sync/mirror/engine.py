@@ -584,31 +584,17 @@ class HostSync:
 
     async def _fetch_again(self, transfers: Sequence[Transfer]) -> list[Transfer]:
         """Fetch ``transfers`` with a command of their own: whole ones to their end (up to
-        :func:`_follow_up_length`), appends as planned, each with its head checked; returns
+        :func:`_follow_up_length`), appends as planned, each with its head checked, a
+        transcript longer than a piece in pieces (see :func:`_follow_up_requests`); returns
         those that changed again while being read (or, for an append, were found rewritten,
         or a whole one grew past what was asked)."""
         if not transfers:
             return []
-        requests = [
-            # The file changed since the listing: its listed size says nothing of how long
-            # the read is, so every transcript is checked. A file copied whole is read to its
-            # end and taken as read: the host's digest of the whole file would also cover what
-            # was appended after the read, so a file that keeps growing could never agree. The
-            # end is bounded all the same (FOLLOW_UP_GROWTH), so that the fetch has a budget.
-            FetchRequest(
-                t.remote.path,
-                0,
-                _follow_up_length(t),
-                detect_growth=True,
-                check=t.kind == "append",
-            )
-            if t.mode == "whole"
-            else FetchRequest(t.remote.path, t.start, t.length, check=True)
-            for t in transfers
-        ]
+        pieces = piece_bytes()
+        owners, requests = _owned(transfers, lambda t: _follow_up_requests(t, pieces))
         marker = new_marker()
         parser = FrameParser(self.name, marker.encode(), requests)
-        handler = _FrameHandler(self, transfers, requests, follow_up=True)
+        handler = _FrameHandler(self, owners, requests, follow_up=True)
         try:
             async with exec_streaming(
                 self.pool,
@@ -1034,18 +1020,56 @@ def _follow_up_length(t: Transfer) -> int:
     return t.remote.size + max(t.remote.size, FOLLOW_UP_GROWTH)
 
 
+def _follow_up_requests(t: Transfer, piece_bytes: int) -> list[FetchRequest]:
+    """The requests of ``t`` in a follow-up (see :meth:`HostSync._fetch_again`).
+
+    The file changed since the listing: its listed size says nothing of how long the read
+    is, so every transcript is checked. A file copied whole is read to its end and taken as
+    read: the host's digest of the whole file would also cover what was appended after the
+    read, so a file that keeps growing could never agree. The end is bounded all the same
+    (:func:`_follow_up_length`), so that the fetch has a budget.
+
+    A transcript longer than a piece when listed comes in pieces, as in the round: each
+    piece of its listed size, the last one on to that bound (a piece and the growth since
+    the listing, at most). One that is shorter by now ends in the piece its end falls in
+    (a Short there is its end, as a follow-up's Short is); the pieces after it are read
+    past. An append is cut as the round cuts it."""
+    path = t.remote.path
+    if t.mode != "whole":
+        if t.pieced(piece_bytes):
+            return t.requests(piece_bytes)  # each with its head checked
+        return [FetchRequest(path, t.start, t.length, check=True)]
+    length = _follow_up_length(t)
+    listed = dataclasses.replace(t, start=0, length=t.remote.size)
+    if not listed.pieced(piece_bytes):
+        return [FetchRequest(path, 0, length, detect_growth=True, check=t.kind == "append")]
+    pieces = listed.requests(piece_bytes)
+    last = pieces[-1]
+    pieces[-1] = dataclasses.replace(last, length=length - last.start, detect_growth=True)
+    return pieces
+
+
 def _requests_of(
     transfers: Sequence[Transfer], piece_bytes: int
 ) -> tuple[list[Transfer], list[FetchRequest], bytes]:
     """The fetch requests of ``transfers`` (a transfer fetched in pieces has one per piece,
     one after another), the transfer of each, and the fetch's stdin that sends them."""
+    owners, requests = _owned(transfers, lambda t: t.requests(piece_bytes))
+    return owners, requests, fetch_stdin(requests)
+
+
+def _owned(
+    transfers: Sequence[Transfer], requests_of: Callable[[Transfer], list[FetchRequest]]
+) -> tuple[list[Transfer], list[FetchRequest]]:
+    """The requests ``requests_of`` makes of each of ``transfers``, one after another, and
+    the transfer of each (one per piece for a transfer fetched in pieces)."""
     owners: list[Transfer] = []
     requests: list[FetchRequest] = []
     for t in transfers:
-        pieces = t.requests(piece_bytes)
-        owners += [t] * len(pieces)
-        requests += pieces
-    return owners, requests, fetch_stdin(requests)
+        asked = requests_of(t)
+        owners += [t] * len(asked)
+        requests += asked
+    return owners, requests
 
 
 #: Bytes of output read past, at most, where none is expected: a fetch sent no request, a
@@ -1086,7 +1110,9 @@ class _FrameHandler:
     checkpoint of the lines so far, committed before the next piece's is handed over; each
     piece after the first checks its overlap with the bytes of the one before. Anything
     else (a digest or overlap that differs, a short read) gives the rest of the file up as
-    it would give up a file, the pieces committed kept.
+    it would give up a file, the pieces committed kept. In the follow-up, whose pieces are
+    cut by a listed size the file may no longer have, a piece whose read comes short is the
+    file's last, and the pieces after it are read past (:meth:`_past_the_end`).
     """
 
     def __init__(
@@ -1116,6 +1142,8 @@ class _FrameHandler:
         self.tool: Algorithm | None = None
         # The file being fetched in pieces, from its first piece's Begin to its last's commit.
         self.pieces: _Pieces | None = None
+        # The follow-up's piece whose read came Short: its file's last (see _last_piece).
+        self.ended = -1
 
     async def handle_all(self, events: Iterable[object]) -> None:
         # A chunk of small files is hundreds of files to create, write and finish (the
@@ -1145,7 +1173,11 @@ class _FrameHandler:
         if isinstance(event, HeadDigest):
             await self._digest(event)
             return
-        t = self.transfers[event.index]  # type: ignore[attr-defined]
+        index: int = event.index  # type: ignore[attr-defined]
+        t = self.transfers[index]
+        if self._past_the_end(index):
+            self.index, self.writer, self.whole = index, None, None
+            return
         if isinstance(event, Begin):
             self.index = event.index
             checked_whole = self.requests[event.index].check_whole
@@ -1170,6 +1202,10 @@ class _FrameHandler:
             writer, self.writer = self.writer, None
             if writer is None:
                 return
+            if isinstance(event, Short):
+                # A follow-up's read ends at the file's end, whichever piece it falls in
+                # (see _follow_up_requests): the pieces after it are read past.
+                self.ended = event.index
             if not self._last_piece(event.index):
                 return  # the file goes on: its lines are taken once the digest after agrees
             try:
@@ -1216,10 +1252,21 @@ class _FrameHandler:
         """Is request ``index`` a piece of a file after its first?"""
         return index > 0 and self.transfers[index - 1] is self.transfers[index]
 
+    def _past_the_end(self, index: int) -> bool:
+        """Is request ``index`` a follow-up's piece after the one its file ended in? Read past,
+        whatever it says: the file is done (or given up) with that one."""
+        ended = self.ended
+        return 0 <= ended < index and self.transfers[ended] is self.transfers[index]
+
     def _last_piece(self, index: int) -> bool:
-        """Is request ``index`` the last (or only) one of its file?"""
+        """Is request ``index`` the last (or only) one of its file, or the follow-up's piece
+        its file ended in?"""
         after = index + 1
-        return after == len(self.transfers) or self.transfers[after] is not self.transfers[index]
+        return (
+            after == len(self.transfers)
+            or self.transfers[after] is not self.transfers[index]
+            or index == self.ended
+        )
 
     def _resume(self, t: Transfer) -> None:
         """The Begin of a piece after a file's first: its writer goes on, checking the
@@ -1403,6 +1450,8 @@ class _FrameHandler:
         batch = self.requests[event.indices[0]].check_batched
         if event.digest is not None:
             self.tool = event.digest.algorithm
+        if self._past_the_end(event.indices[0]):
+            return
         if not self._last_piece(event.indices[0]):
             await self._piece_checked(event)
             return

@@ -768,6 +768,8 @@ class WholeWriter(_LineWriter):
             _remove_tail(tail)
 
     def finish(self) -> Pending:
+        # A last piece that ended inside its overlap: the file shrank since the piece before.
+        self._overlap_whole()
         size = self.end_of_lines if self.lines_only else self.offset
         doing = "truncate a temp file" if self.temp is not None else "truncate the mirrored file"
         self._cut_at_the_lines(size, doing, lines=self.lines_only)

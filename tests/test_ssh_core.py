@@ -316,6 +316,24 @@ async def test_windows_are_sized_to_the_round_trip_of_a_direct_connection(
     assert pool_module.tcp_round_trip(None) is None
 
 
+async def test_the_rate_sized_window_is_shared_by_the_channels_open_at_once(
+    fleet: SSHFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``window_rate`` is the client's pace, not each link's: three channels open at once
+    divide it, as they divide the floor. Each one used to get the whole rate's window, so a
+    fleet's streams held up to eight times what the client can take in that round trip."""
+    settings = PoolSettings(window=16 * MiB, window_floor=1 * MiB, window_rate=512 * MiB)
+    direct = endpoint(fleet, "h0")
+    async with SSHPool(settings) as pool:
+        await run_command(pool, direct, ["true"])  # connected: the RTT is known
+        monkeypatch.setattr(pool_module, "tcp_round_trip", lambda sock: 0.02)
+        alone = int(0.02 * 512 * MiB)
+        assert pool.channel_window(direct) == alone
+        async with pool.session(direct), pool.session(direct), pool.session(direct):
+            # Not the budget's share (16 MiB / 3): the rate's.
+            assert pool.channel_window(direct) == alone // 3
+
+
 async def test_a_channel_gives_up_its_window_as_others_open(fleet: SSHFleet) -> None:
     """A window is fixed when the channel opens, but the credit follows the pool's share: a
     stream that opened alone (4 MiB on loopback) holds no more than a quarter of it once three

@@ -231,9 +231,10 @@ class PoolSettings:
     window_budget: int = 16 * 1024 * 1024
     min_window: int = 1024 * 1024
     #: On a direct TCP connection the kernel knows its round-trip time; such a channel gets the
-    #: window that carries ``window_rate`` bytes per second over that RTT, never less than
-    #: ``window_floor`` divided among the channels open at once, nor more than ``window`` (the
-    #: budget still applies). A window is memory the link cannot use when the RTT is short:
+    #: window that carries its share of ``window_rate`` bytes per second over that RTT (the
+    #: rate is the client's, divided among the channels open at once), never less than
+    #: ``window_floor`` divided the same way, nor more than ``window`` (the budget still
+    #: applies). A window is memory the link cannot use when the RTT is short:
     #: over loopback or a LAN, 2 MiB keeps a transfer about as fast as 16 MiB (a 1 GiB pull:
     #: 1.07 s against 1.05 s with 4 MiB), and eight concurrent ones need no more in all.
     #: Through a ProxyCommand or ProxyJump the RTT past the first hop is unknown, so those get
@@ -1400,9 +1401,11 @@ class SSHPool:
         largest = settings.window
         round_trip = self.round_trip(endpoint) if endpoint is not None else None
         if round_trip is not None and settings.window_rate > 0:
-            # What the link needs, or else what absorbs the client's pauses; the client's pace
-            # is shared by its streams, so that floor is shared by the channels open at once.
-            needed = int(round_trip * settings.window_rate)
+            # What the link needs, or else what absorbs the client's pauses. Both are shares:
+            # window_rate is the client's pace, not each link's, so the channels open at once
+            # divide it as they divide the floor. Unshared, a loaded machine (where loopback's
+            # RTT grows to milliseconds) gave each of a fleet's eight streams up to 2 MiB.
+            needed = int(round_trip * settings.window_rate) // open_now
             largest = min(largest, max(settings.window_floor // open_now, needed))
         if settings.window_budget <= 0:
             return largest

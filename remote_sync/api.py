@@ -402,7 +402,10 @@ async def stream_sessions(
     raises it where :func:`sync` returns a summary with exit code 130). A host
     whose command sends nothing for ``idle_timeout`` seconds fails (0 or None: no limit; a
     listing of a mirror uses no ``idle_timeout``, ``concurrency`` or ``pool``, but refuses a
-    bad one as a remote listing does).
+    bad one as a remote listing does), and so does one that sends more than a sync's
+    listing may hold, or more of its files' bytes than their sizes and room for growth (a
+    :class:`~remote_sync.errors.TooMuchOutputError`, kind ``too_much_output``: the rows it
+    sent before are yielded).
 
     ``pool`` tunes the SSH connection pool of a remote listing as it does ``sync``'s (say a
     short ``connect_timeout``, so that a host that hangs in its handshake fails soon instead
@@ -481,14 +484,16 @@ async def read_session(
     the :class:`~remote_sync.inventory.Host` over SSH (``sessions show --remote``; a name
     alone is a :class:`~remote_sync.errors.ConfigError` saying what to pass): only the
     bytes shown, in one remote command; the host fails if its command sends nothing for
-    ``idle_timeout`` seconds (0 or None: no limit), and ``pool`` tunes its SSH connection as it does
-    ``sync``'s (its ``window``, left at the default, is the show's own smaller one: a show
-    stops reading early). ``emit`` gets a ``fetching`` progress event (over SSH, then the
-    warnings of the host's ssh_config, as :func:`stream_sessions` gives them), then ``done``
-    with the messages and bytes read; when the read fails or is cancelled
-    through the registry, an :class:`~remote_sync.events.ErrorEvent` and ``done`` before the
-    error is raised (a cancel: :class:`~remote_sync.errors.TransferCancelledError`, where
-    :func:`sync` returns a summary with exit code 130).
+    ``idle_timeout`` seconds (0 or None: no limit), or more than was asked (the file past
+    its size and room for growth, a tail block past its length: a
+    :class:`~remote_sync.errors.TooMuchOutputError`), and ``pool`` tunes its SSH
+    connection as it does ``sync``'s (its ``window``, left at the default, is the show's
+    own smaller one: a show stops reading early). ``emit`` gets a ``fetching`` progress
+    event (over SSH, then the warnings of the host's ssh_config, as :func:`stream_sessions`
+    gives them), then ``done`` with the messages and bytes read; when the read fails or is
+    cancelled through the registry, an :class:`~remote_sync.events.ErrorEvent` and ``done``
+    before the error is raised (a cancel: :class:`~remote_sync.errors.TransferCancelledError`,
+    where :func:`sync` returns a summary with exit code 130).
     """
     name = host.name if isinstance(host, Host) else host
     if head is None and tail is None and page is None:

@@ -314,10 +314,11 @@ class ProtocolError(RemoteSyncError):
 
 class TooMuchOutputError(ProtocolError):
     """A host sent more than the client bounds its command's output by: a fetch more bytes
-    than its requests can produce (with their framing), or a listing more files or bytes
-    than a host's listing may hold. Without this bound a host that keeps sending
-    valid-looking output (or a tool that misbehaves) would keep its round alive for ever,
-    the idle timeout never reached."""
+    than its requests can produce (with their framing), a listing (a sync's, or that of
+    ``sessions list --remote``) more files or bytes than a host's listing may hold, or a
+    remote listing or show more of a file than its size and room for growth. Without this
+    bound a host that keeps sending valid-looking output (or a tool that misbehaves) would
+    keep its round alive for ever, the idle timeout never reached."""
 
 
 _KIND_BY_CLASS = {

@@ -24,17 +24,20 @@ import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import anyio
 import msgspec
 import pytest
 import sessiongen
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from synchelp import write_inventory
 from test_sessions_cli import expected_row, generated, openclaw_session, shown, text_numbers
 
 from remote_sync import api
 from remote_sync.cli import main
-from remote_sync.errors import ConfigError, ProtocolError
+from remote_sync.errors import ConfigError, ProtocolError, TooMuchOutputError
 from remote_sync.events import Progress, decode_event
 from remote_sync.index import remote as remote_module
 from remote_sync.index.facts import Message
@@ -49,6 +52,7 @@ from remote_sync.index.remote import (
 )
 from remote_sync.index.show import show_session
 from remote_sync.inventory import Host, Source, load_inventory
+from remote_sync.mirror import remote_ops
 from remote_sync.mirror.remote_ops import new_marker
 from remote_sync.ssh.pool import Endpoint, PoolSettings, SSHPool
 from remote_sync.ssh.remote import PID_MARKER, wrapped_command
@@ -80,24 +84,24 @@ def test_frames_any_chunking() -> None:
     # Data that looks like frames with another marker, and a prefix of ours at a chunk's end.
     fake = b"0123456789abcdef0123456789abcdef E\n" + m[:20]
     out = (
-        m + b" F 1795302230.6779972420 ./a/b.jsonl\x00" + fake + b"\n" + m + b" E\n"
+        m + b" F 1795302230.6779972420 76 ./a/b.jsonl\x00" + fake + b"\n" + m + b" E\n"
         + m + b" U ./-x\x00"
-        + m + b" F 12 ./new\nline\xff\x00" + m + b" X\n"
-        + m + b" F -5 ./with space 7\x00" + m + b" E\n"
+        + m + b" F 12 0 ./new\nline\xff\x00" + m + b" X\n"
+        + m + b" F -5 3 ./with space 7\x00" + m + b" E\n"
         + m + b" C ./c\x00" + m + b" S 12\n" + m + b" K 4\n" + b"12345678" + m + b" E\n"
         + m + b" G\n" + m + b" D\n" + m + b" B\n" + m + b" E\n"
     )  # fmt: skip
     want = [
-        Header("F", b"a/b.jsonl", 1795302230.677997242),
+        Header("F", b"a/b.jsonl", 1795302230.677997242, 76),
         fake + b"\n",
         Header("E"),
         Header("U", b"-x"),
-        Header("F", b"new\nline\xff", 12.0),
+        Header("F", b"new\nline\xff", 12.0, 0),
         Header("X"),
-        Header("F", b"with space 7", -5.0),
+        Header("F", b"with space 7", -5.0, 3),
         Header("E"),
         Header("C", b"c"),
-        Header("S", b"12"),
+        Header("S", b"12", size=12),
         Header("K", b"4"),
         b"12345678",
         Header("E"),
@@ -115,12 +119,15 @@ def test_frames_any_chunking() -> None:
     [
         b"garbage",
         b"%(m)s Q\n",
-        b"%(m)s F 1 /etc/passwd\x00",
-        b"%(m)s F 1 ./a/../../x\x00",
+        b"%(m)s F 1 2 /etc/passwd\x00",
+        b"%(m)s F 1 2 ./a/../../x\x00",
         b"%(m)s F ./a\x00",  # no mtime
-        b"%(m)s F 1e9 ./a\x00",
-        b"%(m)s F 1. ./a\x00",
-        b"%(m)s F 1 ./a\x00data%(m)s Z\n",  # our marker inside the data: refused
+        b"%(m)s F 1 ./a\x00",  # no size
+        b"%(m)s F 1e9 2 ./a\x00",
+        b"%(m)s F 1. 2 ./a\x00",
+        b"%(m)s F 1 -2 ./a\x00",
+        b"%(m)s S 123456789012345678901\n",  # more digits than any size
+        b"%(m)s F 1 4 ./a\x00data%(m)s Z\n",  # our marker inside the data: refused
         b"%(m)s S x\n",
         b"%(m)s E\n",  # an end mark outside data
     ],
@@ -137,6 +144,51 @@ def test_unfinished_frame_is_an_error() -> None:
     parser.feed(m + b" B\nsome data")
     with pytest.raises(ProtocolError, match="inside a frame"):
         parser.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    files=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 6)), min_size=1, max_size=6),
+    max_files=st.integers(1, 6),
+    growth=st.integers(0, 12),
+    step=st.integers(1, 80),
+)
+def test_frame_bounds_hold_however_the_output_is_cut(
+    files: list[tuple[int, int]], max_files: int, growth: int, step: int
+) -> None:
+    """Files of given sizes, each sent with a few bytes more (grown while read): the frames
+    pass while there are at most ``MAX_LISTING_FILES`` files and their bytes are at most their
+    sizes plus ``FETCH_GROWTH_SLACK``; past either, a TooMuchOutputError naming the file it
+    came at, however the output is cut, every frame before it given first."""
+    m = b"0123456789abcdef0123456789abcdef"
+    out = b"".join(
+        m + b" F 1 %d ./f%d\x00" % (size, i) + b"x" * (size + more) + m + b" E\n"
+        for i, (size, more) in enumerate(files)
+    )
+    over: int | None = None  # the file at which a bound is passed
+    sent = asked = 0
+    for i, (size, more) in enumerate(files):
+        sent, asked = sent + size + more, asked + size
+        if i >= max_files or sent > asked + growth:
+            over = i
+            break
+    with (
+        patch.object(remote_ops, "MAX_LISTING_FILES", max_files),
+        patch.object(remote_ops, "FETCH_GROWTH_SLACK", growth),
+    ):
+        parser = FrameStream("h", m, "kept")
+    ends: list[Header] = []
+    try:
+        for at in range(0, len(out), step):
+            items = parser.feed(out[at : at + step])
+            ends += [item for item in items if isinstance(item, Header) and item.kind == "E"]
+            parser.check()
+        parser.close()
+    except TooMuchOutputError as exc:
+        assert over is not None and exc.host == "h" and exc.path == f"f{over}", (exc, over)
+        assert len(ends) == over  # every file before it whole
+    else:
+        assert over is None and len(ends) == len(files)
 
 
 # ----------------------------------------------------------------------------- local runs
@@ -233,6 +285,7 @@ def test_local_list_script_streams_hostile_names(
     assert err == b""
     got: dict[bytes, bytes] = {}
     mtimes: dict[bytes, float | None] = {}
+    sizes: dict[bytes, int | None] = {}
     path = b""
     for item in frames(marker.encode(), out, 4096):
         if isinstance(item, bytes):
@@ -241,11 +294,13 @@ def test_local_list_script_streams_hostile_names(
             path = item.arg
             got[path] = b""
             mtimes[path] = item.mtime
+            sizes[path] = item.size
         else:
             assert item.kind == "E", item
     prefix = SESSIONS.encode() + b"/"
     # Transcript names only (by name; the side files and the symlink are not streamed).
     assert got == {prefix + k: v for k, v in files.items()} | {prefix + b"empty.jsonl": b""}
+    assert sizes == {path: len(data) for path, data in got.items()}  # find's, or stat's
     # Each file's mtime as the mirror's listing has it: GNU find's with its fraction,
     # BusyBox stat's in whole seconds.
     fraction = 0.25 if toolset[0] == "sh" else 0.0
@@ -270,7 +325,7 @@ def test_local_show_script_by_id_and_path(
         items = frames(marker.encode(), out, 999)
         assert items[:2] == [
             Header("C", SESSIONS.encode() + b"/-rf.jsonl"),
-            Header("S", b"%d" % len(data)),
+            Header("S", b"%d" % len(data), size=len(data)),
         ]
         # Blocks backwards from the end (16, 32, 64... bytes) make up the file.
         blocks = []
@@ -284,6 +339,7 @@ def test_local_show_script_by_id_and_path(
     out, _ = run_local(toolset, show_argv(host, "*", "head"), marker.encode() + b"\n")
     assert frames(marker.encode(), out, 999) == [
         Header("C", SESSIONS.encode() + b"/*.jsonl"),
+        Header("S", b"%d" % len(files[b"*.jsonl"]), size=len(files[b"*.jsonl"])),
         Header("B"),
         files[b"*.jsonl"],
         Header("E"),

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +26,15 @@ from test_sessions_cli import openclaw_session
 from remote_sync import api
 from remote_sync.cancel import CancelRegistry, default_registry
 from remote_sync.cli import main
-from remote_sync.errors import ConfigError, TransferCancelledError
+from remote_sync.errors import (
+    ConfigError,
+    RemoteSyncError,
+    TooMuchOutputError,
+    TransferCancelledError,
+)
 from remote_sync.index import remote as remote_module
 from remote_sync.inventory import load_inventory
-from remote_sync.mirror import engine
+from remote_sync.mirror import engine, remote_ops
 
 SESSIONS = "agents/main/sessions"
 
@@ -618,3 +626,156 @@ def test_a_listing_message_naming_no_path_reads_alike_in_sync_and_listing(
         "fix permissions (or the failing tool) on the host; until then no deletion is recorded "
         "for this host"
     )
+
+
+# ----------------------------------------------------------------------------- output bounds
+
+
+def small_bounds(monkeypatch: pytest.MonkeyPatch, files: int = 40) -> None:
+    """The bounds a sync's output has, made small so that a test passes them in a blink
+    (raising=False: the base code, without them, runs the test and shows what it did)."""
+    monkeypatch.setattr(remote_ops, "MAX_LISTING_FILES", files, raising=False)
+    monkeypatch.setattr(remote_ops, "FETCH_GROWTH_SLACK", 64 * 1024, raising=False)
+
+
+# A stand-in cat that, after the file named endless.jsonl, keeps sending valid output (forged
+# with the marker the batch script has in its environment): frames of more session files, or
+# more lines of the file as if it grew. Then it keeps the command open without a word: without
+# a bound the client reads it all and waits for the idle timeout.
+ENDLESS_CAT = r"""/usr/bin/cat "$@" || exit
+case $2 in */endless.jsonl) ;; *) exit 0 ;; esac
+m=$REMOTE_SYNC_MARKER
+if [ @HOW@ = grows ]; then
+    /usr/bin/yes "$(/usr/bin/head -n 1 "$2")" | /usr/bin/head -c 16777216
+    exec /usr/bin/sleep 3600
+fi
+size=$(/usr/bin/wc -c <"$2")
+printf '%s E\n' "$m"
+i=0
+while [ "$i" -lt 2000 ]; do
+    printf '%s F 1.0 %s ./agents/main/sessions/fake%s.jsonl\0' "$m" "$size" "$i"
+    /usr/bin/cat -- "$2"
+    printf '%s E\n' "$m"
+    i=$((i + 1))
+done
+exec /usr/bin/sleep 3600
+"""
+
+
+@pytest.mark.parametrize("how", ["frames", "grows"])
+def test_a_listing_host_that_keeps_sending_is_stopped_and_what_it_listed_is_kept(
+    fleet: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """A host whose listing brings session files without end, or a file that grows without
+    end while it is read, ends that host's listing with too_much_output naming it (and the
+    file), well before the idle timeout; the sessions it sent whole before are listed, and
+    the other host is listed whole."""
+    h0, h1 = fleet.names
+    sessions(fleet, h0, 3)
+    sessions(fleet, h1, 3)
+    fleet.write(h0, f"{SESSIONS}/endless.jsonl", openclaw_session("endless", 3))
+    small_bounds(monkeypatch)
+    host_tools(fleet, monkeypatch, {"cat": ENDLESS_CAT.replace("@HOW@", how)})
+    inv = write_inventory(fleet, tmp_path / "inv.toml", [h0, h1])
+    remote = ["--json", "--remote", "-I", str(inv), "--timeout", "8"]
+    started = time.monotonic()
+    code, out, err = cli(["sessions", "list", *remote], capsys)
+    took = time.monotonic() - started
+    assert code == 1, err
+    events = [json.loads(line) for line in out.splitlines()]
+    (error,) = [e for e in events if e.get("type") == "error"]
+    assert (error["kind"], error["host"]) == ("too_much_output", h0), error
+    rows = {(e["host"], e["path"]) for e in events if e.get("type") != "error"}
+    assert {path for host, path in rows if host == h1} == {
+        f"{SESSIONS}/s{i}.jsonl" for i in range(3)
+    }
+    mine = {path for host, path in rows if host == h0}
+    if how == "frames":  # every file up to the bound (in find's order), listed before the error
+        assert "more than 40 files" in error["message"] and "include globs" in error["hint"]
+        over = re.fullmatch(f"{SESSIONS}/fake([0-9]+)[.]jsonl", error["path"])
+        assert over is not None, error
+        fakes = {f"{SESSIONS}/fake{i}.jsonl" for i in range(int(over[1]))}
+        assert len(mine) == 40 and fakes <= mine and f"{SESSIONS}/endless.jsonl" in mine
+    else:  # the growing file is named and left out; the others are listed
+        assert error["path"] == f"{SESSIONS}/endless.jsonl", error
+        assert "grow while read" in error["message"], error
+        assert f"{SESSIONS}/endless.jsonl" not in mine
+    assert took < 8, took
+
+
+def test_a_listing_within_the_bounds_is_whole_and_one_file_more_is_refused(
+    fleet: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A larger listing up to the bounds exactly (as many files as may be, each file's
+    bytes as its listed size, nothing for growth) is listed whole through the library; one
+    file more is a TooMuchOutputError of that host alone, the other host listed whole."""
+    h0, h1 = fleet.names
+    one = openclaw_session("x", 20, pad=300)
+    for name in (h0, h1):
+        for i in range(300):
+            fleet.write(name, f"{SESSIONS}/s{i:03d}.jsonl", one)
+    monkeypatch.setattr(remote_ops, "MAX_LISTING_FILES", 300, raising=False)
+    monkeypatch.setattr(remote_ops, "FETCH_GROWTH_SLACK", 0, raising=False)
+    hosts = load_inventory(write_inventory(fleet, tmp_path / "inv.toml", [h0, h1])).hosts
+    errors: list[RemoteSyncError] = []
+    rows = anyio.run(lambda: api.list_sessions(remote=True, hosts=hosts, errors=errors))
+    assert errors == [] and len(rows) == 600
+    fleet.write(h0, f"{SESSIONS}/s300.jsonl", one)
+    rows = anyio.run(lambda: api.list_sessions(remote=True, hosts=hosts, errors=errors))
+    (error,) = errors
+    assert isinstance(error, TooMuchOutputError) and error.host == h0, error
+    assert sum(row.host == h1 for row in rows) == 300
+    assert sum(row.host == h0 for row in rows) == 300  # those before the bound are kept
+
+
+# A stand-in cat (head and page) that sends lines past the file, and a stand-in dd (tail) that
+# sends zero bytes past the block asked for, then keep the command open.
+ENDLESS_SHOW = {
+    "cat": r"""/usr/bin/cat "$@" || exit
+/usr/bin/yes "$(/usr/bin/head -n 1 "$2")" | /usr/bin/head -c 16777216
+exec /usr/bin/sleep 3600
+""",
+    "dd": r"""case " $* " in *" count=0 "*) exec /usr/bin/dd "$@" ;; esac
+/usr/bin/dd "$@" || exit
+/usr/bin/head -c 16777216 /dev/zero
+exec /usr/bin/sleep 3600
+""",
+}
+
+
+@pytest.mark.parametrize("how", ["head", "page", "tail"])
+def test_a_show_host_that_sends_more_than_asked_is_stopped_and_holds_little(
+    fleet: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A show takes no more than it asked for: a file's bytes up to the size the host gave
+    (plus the margin for growth), a tail block up to its length. A host that sends 16 MiB
+    more (lines that are no messages, zero bytes without a newline) ends the show with
+    too_much_output naming host and file, well before the idle timeout, and the client's
+    memory stays within the ask: the zero bytes were held as an unfinished line."""
+    name = fleet.names[0]
+    fleet.write(name, f"{SESSIONS}/s0.jsonl", openclaw_session("s0", 3))
+    small_bounds(monkeypatch)
+    host_tools(fleet, monkeypatch, ENDLESS_SHOW)
+    (host,) = load_inventory(write_inventory(fleet, tmp_path / "inv.toml", [name])).hosts
+    ask: dict[str, Any] = {"head": {"head": 10}, "page": {"page": 2}, "tail": {"tail": 10}}[how]
+
+    async def show() -> tuple[BaseException, int]:
+        tracemalloc.start()
+        try:
+            with pytest.raises(RemoteSyncError) as raised:
+                await api.read_session(host, "s0", idle_timeout=8, **ask)
+            return raised.value, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    started = time.monotonic()
+    error, peak = anyio.run(show)
+    took = time.monotonic() - started
+    assert peak < 6 * 1024 * 1024, (peak, error)
+    assert isinstance(error, TooMuchOutputError), error
+    assert (error.host, error.path) == (name, f"{SESSIONS}/s0.jsonl"), error
+    assert took < 8, took

@@ -36,6 +36,13 @@ kind a sync gives it (``permission_denied``), as does a show of such a file; a s
 finds no session where find could read, or whose path goes through a directory that cannot
 be searched, says that, not "no session".
 
+A host's output is bounded as a sync's is (:class:`FrameStream`, with the constants of
+:mod:`remote_sync.mirror.remote_ops`): as many files and header bytes as a sync's listing
+may hold, and of the files' bytes the sizes the host gave in the headers plus room once for
+growth while read; a tail block no longer than asked. Past a bound, a host's listing ends
+with a :class:`TooMuchOutputError` after yielding the sessions it sent whole; a show ends
+with it. The idle timeout alone would let a host that keeps sending go on for ever.
+
 Which files are transcripts is decided exactly on this side (``Source.is_included`` and the
 reader's ``is_transcript``); the remote ``find`` only narrows by file name
 (:data:`NAME_FILTERS`, a superset per format), so a file it passes that is not a transcript
@@ -49,13 +56,13 @@ other users could read it in ``ps`` and forge frames from a file they can write)
 
 Output frames (``M`` is the marker, ``\\0`` a NUL byte)::
 
-    M F <mtime> <path>\\0  <bytes>  M E\\n         a file of the listing (M X\\n: read failed)
+    M F <mtime> <size> <path>\\0  <bytes>  M E\\n  a file of the listing (M X\\n: read failed)
     M U <path>\\0                                 a file of the listing that is not readable;
                                                  show: the directory that cannot be searched
     M C <path>\\0                                 show: a candidate for the session named
     M G\\n  |  M D\\n                              show: the file is gone / not readable
+    M S <size>\\n                                 show: the file's size, before its bytes
     M B\\n  <bytes>  M E\\n                         show: the file from its start
-    M S <size>\\n                                 show: the file's size, before tail blocks
     M K <start>\\n  <bytes>  M E\\n                 show: the block from <start> to the previous
 """
 
@@ -81,12 +88,14 @@ from ..errors import (
     ReadFailedError,
     RemoteCommandError,
     RemoteSyncError,
+    TooMuchOutputError,
     TransferCancelledError,
     path_bytes,
     path_text,
 )
 from ..formats.readers import get_reader
 from ..inventory import Host
+from ..mirror import remote_ops
 from ..mirror.remote_ops import (
     ENTER_ROOT_SH,
     EXIT_ROOT_UNUSABLE,
@@ -94,6 +103,7 @@ from ..mirror.remote_ops import (
     UNDER_SYMLINK_SH,
     UNREAD_HINT,
     listing_errors,
+    listing_too_much,
     new_marker,
     read_marker_sh,
     unread_paths,
@@ -104,7 +114,7 @@ from ..ssh.remote import IDLE_TIMEOUT, sh_script
 from ..ssh.stream import RemoteStream, exec_streaming
 from .facts import FormatReader, Message
 from .query import SessionRow, check_batch_size, held_state, path_parts, row_from_facts
-from .show import TAIL_FIRST_BLOCK, HeldLine, ShowResult, check_selection
+from .show import TAIL_FIRST_BLOCK, TAIL_MAX_BLOCK, HeldLine, ShowResult, check_selection
 from .update import FileIndexer
 
 log = logging.getLogger(__name__)
@@ -205,12 +215,13 @@ esac
 _SAFE_FILE = r"""[ -f "$f" ] && [ ! -L "$f" ] && ! under_symlink "$f" || continue
 """
 
-# Run for each batch of files found: $1 says where each file's mtime comes from, the files
-# follow. "given": each argument is <mtime>/<path> as GNU find printed it (the mtime with its
-# fraction, as the mirror's listing has it). "stat": each argument is a path and stat tells
-# its mtime in whole seconds, as the mirror's listing has it where find has no -printf
-# (BusyBox). The mtime goes with the file's header: the class of a session without
-# timestamps is judged by it, the same as over a mirror's index.
+# Run for each batch of files found: $1 says where each file's mtime and size come from, the
+# files follow. "given": each argument is <mtime>/<size>/<path> as GNU find printed it (the
+# mtime with its fraction, as the mirror's listing has it). "stat": each argument is a path
+# and stat tells its mtime in whole seconds, as the mirror's listing has it where find has no
+# -printf (BusyBox). The mtime goes with the file's header: the class of a session without
+# timestamps is judged by it, the same as over a mirror's index. The size too: the client
+# accepts no more of the files' bytes than their sizes and a margin for growth.
 _LIST_BATCH = (
     UNDER_SYMLINK_SH
     + r"""m=$REMOTE_SYNC_MARKER
@@ -221,15 +232,21 @@ for f do
     if [ "$how" = given ]; then
         t=${f%%/*}
         f=${f#*/}
+        s=${f%%/*}
+        f=${f#*/}
     fi
     """
     + _SAFE_FILE
     + r"""    if [ -r "$f" ]; then
-        if [ -z "$t" ] && ! t=$(stat -c %Y -- "$f"); then
-            [ ! -e "$f" ] || printf 'remote-sync: cannot stat %s: left out\n' "$f" >&2
-            continue
+        if [ -z "$t" ]; then
+            if ! t=$(stat -c '%Y %s' -- "$f"); then
+                [ ! -e "$f" ] || printf 'remote-sync: cannot stat %s: left out\n' "$f" >&2
+                continue
+            fi
+            s=${t#* }
+            t=${t%% *}
         fi
-        printf '%s F %s %s\0' "$m" "$t" "$f"
+        printf '%s F %s %s %s\0' "$m" "$t" "$s" "$f"
         if cat -- "$f"; then printf '%s E\n' "$m"; else printf '%s X\n' "$m"; fi
     else
         printf '%s U %s\0' "$m" "$f"
@@ -240,8 +257,8 @@ done
 
 # $1 root, $2 the batch script, $3 how many start points follow, then the points, then find's
 # predicate words. The marker is the first line of stdin. Where find has -printf (GNU, tested
-# as the mirror's listing tests it) it prints each file's mtime with its path, NUL-terminated
-# for xargs, so no process per file is spent on the mtime; find's status comes back around
+# as the mirror's listing tests it) it prints each file's mtime and size with its path,
+# NUL-terminated for xargs, so no process per file is spent on them; find's status comes back around
 # the pipe on fd 3 (POSIX sh has no pipefail). Elsewhere the batches ask stat.
 _LIST_SCRIPT = (
     ENTER_ROOT_SH
@@ -254,7 +271,7 @@ shift 3
     + r"""[ "$kept" -gt 0 ] || exit 0
 if LC_ALL=C find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
     exec 4>&1
-    st=$({ { LC_ALL=C find "$@" -printf '%T@/%p\0'; echo "$?" >&3; } |
+    st=$({ { LC_ALL=C find "$@" -printf '%T@/%s/%p\0'; echo "$?" >&3; } |
         xargs -0 sh -c "$batch" sh given >&4; } 3>&1)
     xs=$?
     exec 4>&-
@@ -278,8 +295,9 @@ esac
 
 # Run with the candidates as arguments (by find -exec, or by xargs for a path). Every
 # candidate is reported; the file is streamed only when it is the only one of the whole run
-# ($RS_COUNT, counted before). head: the whole file from its start, the client stops reading
-# when it has what it needs. tail: its size, then blocks backwards from the end, the first of
+# ($RS_COUNT, counted before), after its size (the client accepts no more of it than that and
+# a margin for growth). head: the whole file from its start, the client stops reading
+# when it has what it needs. tail: blocks backwards from the end, the first of
 # $RS_BLOCK bytes, each twice the last up to 16 MiB (show.TAIL_MAX_BLOCK), until the start of
 # the file or until the client stops reading. A short block (the file shrank) ends early.
 # The size comes from stat and each block from the file opened anew, read by one dd that
@@ -313,17 +331,17 @@ if [ ! -r "$f" ]; then
     printf '%s D\n' "$m"
     exit 0
 fi
-if [ "$RS_MODE" = head ]; then
-    printf '%s B\n' "$m"
-    if cat -- "$f"; then printf '%s E\n' "$m"; else printf '%s X\n' "$m"; fi
-    exit 0
-fi
 if ! size=$(stat -c %s -- "$f" 2>/dev/null) && ! size=$(wc -c <"$f"); then
     printf 'remote-sync: cannot tell the size of %s (stat and wc failed)\n' "$f" >&2
     exit 6
 fi
 size=$((size + 0))
 printf '%s S %s\n' "$m" "$size"
+if [ "$RS_MODE" = head ]; then
+    printf '%s B\n' "$m"
+    if cat -- "$f"; then printf '%s E\n' "$m"; else printf '%s X\n' "$m"; fi
+    exit 0
+fi
 dd_bytes=
 if dd iflag=skip_bytes,count_bytes bs=1 count=0 status=none </dev/null >/dev/null 2>&1; then
     dd_bytes=y
@@ -511,20 +529,23 @@ def _relative(path: bytes) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Header:
     """A frame header: its kind (one of ``FUCGDBSKEX``), argument (a path or a number) and,
-    for ``F``, the file's mtime (epoch seconds)."""
+    for ``F``, the file's mtime (epoch seconds) and size."""
 
     kind: str
     arg: bytes = b""
     mtime: float | None = None
+    size: int | None = None
 
 
 _PATH_KINDS = b"FUC"
 _NUMBER_KINDS = b"SK"
 _BARE_KINDS = b"GDBEX"
 _DATA_KINDS = b"FBK"
-#: The mtime in an ``F`` header: what find's ``%T@`` or stat's ``%Y`` prints (as the mirror's
-#: listing reads it).
-_MTIME = re.compile(rb"-?[0-9]{1,20}(?:\.[0-9]{1,20})?")
+#: The mtime and size in an ``F`` header: what find's ``%T@`` or stat's ``%Y``, and ``%s``,
+#: print (as the mirror's listing reads them).
+_MTIME_SIZE = re.compile(rb"(-?[0-9]{1,20}(?:\.[0-9]{1,20})?) ([0-9]{1,20})")
+#: The most digits of a number in an ``S`` or ``K`` header (a size or offset fits in 19).
+_MAX_DIGITS = 20
 
 
 class FrameStream:
@@ -535,11 +556,34 @@ class FrameStream:
     end mark, the secret marker, so nothing is buffered per file: between chunks only a
     possible split marker or header is kept. Anything else where a header is expected is a
     :class:`ProtocolError` naming the host (and the file of the last header).
+
+    The output is bounded as a sync's is (:mod:`remote_sync.mirror.remote_ops`): at most
+    ``MAX_LISTING_FILES`` path headers (``F``, ``U``, ``C``: the files found) and
+    ``MAX_LISTING_BYTES`` bytes of headers, as a host's listing; file bytes at most the sizes
+    the ``F`` and ``S`` headers gave, plus ``FETCH_GROWTH_SLACK`` once for files that grow
+    while read (the bounds are read when the stream is made). Past one, ``feed`` returns the
+    frames before it and :meth:`check` (and any later ``feed`` or ``close``) raises a
+    :class:`TooMuchOutputError`, so that what came before it can still be used.
     """
 
-    __slots__ = ("_carry", "_in_data", "_token", "host", "path")
+    __slots__ = (
+        "_budget",
+        "_carry",
+        "_data",
+        "_header_bytes",
+        "_in_data",
+        "_max_bytes",
+        "_max_files",
+        "_outcome",
+        "_over",
+        "_sizes",
+        "_token",
+        "files",
+        "host",
+        "path",
+    )
 
-    def __init__(self, host: str, marker: bytes) -> None:
+    def __init__(self, host: str, marker: bytes, outcome: str = "nothing is shown") -> None:
         if len(marker) < 16 or marker.strip(b"0123456789abcdef"):
             raise ValueError(f"a marker is at least 16 lowercase hex digits, not {marker!r}")
         self.host = host
@@ -548,8 +592,25 @@ class FrameStream:
         self._token = marker + b" "
         self._carry = b""
         self._in_data = False
+        #: What becomes of the output when it passes a bound (said in the error).
+        self._outcome = outcome
+        self.files = 0  # path headers so far
+        self._header_bytes = 0
+        self._max_files = remote_ops.MAX_LISTING_FILES
+        self._max_bytes = remote_ops.MAX_LISTING_BYTES
+        self._data = 0  # file bytes so far: at most _budget
+        self._sizes = 0  # the sizes the headers gave
+        self._budget = remote_ops.FETCH_GROWTH_SLACK
+        self._over: TooMuchOutputError | None = None
+
+    def check(self) -> None:
+        """Raise the :class:`TooMuchOutputError` of a bound passed (call it once the frames
+        ``feed`` returned are used)."""
+        if self._over is not None:
+            raise self._over
 
     def feed(self, chunk: bytes) -> list[Header | memoryview]:
+        self.check()
         buf = self._carry + chunk if self._carry else chunk
         self._carry = b""
         out: list[Header | memoryview] = []
@@ -561,14 +622,16 @@ class FrameStream:
         while pos < size:
             if self._in_data:
                 at = buf.find(token, pos)
+                keep = self._split_token(buf, pos) if at < 0 else at
+                if keep > pos:
+                    self._data += keep - pos
+                    if self._data > self._budget:
+                        self._over = self._too_much_data()
+                        return out
+                    out.append(view[pos:keep])
                 if at < 0:
-                    keep = self._split_token(buf, pos)
-                    if keep > pos:
-                        out.append(view[pos:keep])
                     self._carry = buf[keep:]
                     return out
-                if at > pos:
-                    out.append(view[pos:at])
                 if size - at < tl + 2:
                     self._carry = buf[at:]
                     return out
@@ -578,6 +641,7 @@ class FrameStream:
                 out.append(Header(chr(kind)))
                 self._in_data = False
                 pos = at + tl + 2
+                self._header_bytes += tl + 2
                 continue
             if size - pos < tl + 2:
                 if not (token.startswith(buf[pos:]) or buf.startswith(token, pos)):
@@ -592,7 +656,7 @@ class FrameStream:
                 if buf[start] != 0x0A:
                     raise self._error("malformed frame header", buf[pos : pos + 80])
                 header = Header(chr(kind))
-                pos = start + 1
+                end = start
             elif kind in _PATH_KINDS or kind in _NUMBER_KINDS:
                 stop = b"\x00" if kind in _PATH_KINDS else b"\n"
                 end = buf.find(stop, start)
@@ -602,30 +666,71 @@ class FrameStream:
                     self._carry = buf[pos:]
                     return out
                 arg = buf[start + 1 : end]
-                if buf[start] != 0x20 or (kind in _NUMBER_KINDS and not arg.isdigit()):
+                if buf[start] != 0x20 or (
+                    kind in _NUMBER_KINDS and not (arg.isdigit() and len(arg) <= _MAX_DIGITS)
+                ):
                     raise self._error("malformed frame header", buf[pos : pos + 80])
-                mtime = None
-                if kind == 0x46:  # F: "<mtime> <path>"
-                    stamp, space, arg = arg.partition(b" ")
-                    if not space or _MTIME.fullmatch(stamp) is None:
-                        raise self._error("malformed frame header", buf[pos : pos + 80])
-                    mtime = float(stamp)
-                if kind in _PATH_KINDS:
-                    try:
-                        arg = _relative(arg)
-                    except ValueError:
-                        raise self._error("unsafe path in a frame", arg[:200]) from None
-                    self.path = arg
-                header = Header(chr(kind), arg, mtime)
-                pos = end + 1
+                header = self._arg_header(kind, arg, buf[pos : pos + 80])
             else:
                 raise self._error("unknown frame", buf[pos : pos + 80])
+            self._header_bytes += end + 1 - pos
+            if header.kind in "FUC":
+                self.files += 1
+            if self.files > self._max_files:
+                self._over = self._too_much(f"{self._max_files} files")
+            elif self._header_bytes > self._max_bytes:
+                self._over = self._too_much(f"{self._max_bytes} bytes of frame headers")
+            if self._over is not None:
+                return out
+            pos = end + 1
             out.append(header)
             self._in_data = kind in _DATA_KINDS
+            if header.size is not None:  # the bytes of the file the header announces
+                self._sizes += header.size
+                self._budget += header.size
         return out
 
+    def _arg_header(self, kind: int, arg: bytes, found: bytes) -> Header:
+        """The header of kind ``kind`` with a path or number ``arg``, checked."""
+        if kind == 0x53:  # S: "<size>"
+            return Header("S", arg, size=int(arg))
+        if kind not in _PATH_KINDS:
+            return Header(chr(kind), arg)
+        mtime = size = None
+        if kind == 0x46:  # F: "<mtime> <size> <path>"
+            match = _MTIME_SIZE.match(arg)
+            if match is None or arg[match.end() : match.end() + 1] != b" ":
+                raise self._error("malformed frame header", found)
+            mtime, size = float(match[1]), int(match[2])
+            arg = arg[match.end() + 1 :]
+        try:
+            arg = _relative(arg)
+        except ValueError:
+            raise self._error("unsafe path in a frame", arg[:200]) from None
+        self.path = arg
+        return Header(chr(kind), arg, mtime, size)
+
+    def _too_much(self, what: str) -> TooMuchOutputError:
+        path = path_text(self.path) if self.path is not None else None
+        return listing_too_much(self.host, what, self._outcome, path)
+
+    def _too_much_data(self) -> TooMuchOutputError:
+        growth = self._budget - self._sizes
+        return TooMuchOutputError(
+            f"the host sent more than {self._budget} bytes of session files: the "
+            f"{self._sizes} bytes the files held when found, and {growth} more for files "
+            f"that grow while read; {self._outcome}",
+            host=self.host,
+            path=path_text(self.path) if self.path is not None else None,
+            hint="a session file grew that much while it was read, or the host's cat, dd or "
+            "head sends more than the file holds (a wrapper, an alias, a broken build): run "
+            "the command again",
+        )
+
     def close(self) -> None:
-        """End of output: a frame left unfinished is a :class:`ProtocolError`."""
+        """End of output: a frame left unfinished is a :class:`ProtocolError`, a bound
+        passed the :class:`TooMuchOutputError` of :meth:`check`."""
+        self.check()
         if self._carry or self._in_data:
             raise self._error("output ended inside a frame", self._carry[:80])
 
@@ -702,7 +807,7 @@ async def stream_remote_sessions(
     reader = get_reader(host.source.format)
     source = host.source
     marker = new_marker()
-    frames = FrameStream(host.name, marker.encode())
+    frames = FrameStream(host.name, marker.encode(), "the sessions read before are listed")
     indexer: FileIndexer | None = None
     mtime: float | None = None
     batch: list[SessionRow] = []
@@ -760,6 +865,7 @@ async def stream_remote_sessions(
                         raise ProtocolError(
                             f"unexpected frame {kind!r} in a listing", host=host.name
                         )
+                frames.check()  # after the rows of the chunk before a bound passed
             frames.close()
     except TransferCancelledError:
         raise
@@ -842,11 +948,15 @@ class _Backward:
         count: int,
         result: ShowResult,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        block: int = TAIL_FIRST_BLOCK,
     ) -> None:
         self.reader = reader
         self.max_line_bytes = max_line_bytes
         self.count = count
         self.result = result
+        #: The length of the next block, as the show script reads them (doubling up to
+        #: TAIL_MAX_BLOCK): each block must be the one asked for, no longer.
+        self.block = block
         self.size = 0
         self.have = 0
         self.found: list[list[Message]] = []  # per block, the latest block first
@@ -859,13 +969,18 @@ class _Backward:
         self.shown: deque[Message] = deque()
         self.seen = 0  # messages decoded in all blocks (the whole count once start is 0)
 
-    def begin(self, start: int) -> None:
+    def begin(self, start: int) -> bool:
+        """A block from ``start`` begins; False when it is not the block the script reads
+        next."""
         if not self.end:
             self.end = self.size
+        if self.end == 0 or start != max(self.end - self.block, 0):
+            return False
         self.start = start
         self.lead = []
         self.decoder = None if start > 0 else self._decoder(0)
         self.shown = deque(maxlen=self.count - self.have)
+        return True
 
     def feed(self, data: memoryview) -> None:
         if self.decoder is None:
@@ -902,6 +1017,8 @@ class _Backward:
             self.found.append(list(self.shown))
             self.have += len(self.shown)
         self.end = self.start
+        if self.block < TAIL_MAX_BLOCK:
+            self.block *= 2
         done = self.have >= self.count or self.start == 0
         if done:
             for messages in reversed(self.found):
@@ -1125,6 +1242,7 @@ async def _run_show(
         stdin += b"./" + path + b"\x00"
     frames = FrameStream(host.name, marker.encode())
     outcome = _Outcome(_Matches([], []))
+    size: int | None = None  # the file's, as the host gave it before its bytes
     match = _match(host, reader, session) if session is not None else None
     result = ShowResult()
     forward: _Forward | None = None
@@ -1144,6 +1262,8 @@ async def _run_show(
                             outcome.result = result
                             return outcome  # leaving the block stops the remote command
                     elif backward is not None:
+                        if received > backward.end - backward.start:
+                            raise _longer_block(host, current, backward)
                         backward.feed(item)
                     continue
                 assert isinstance(item, Header)
@@ -1178,19 +1298,27 @@ async def _run_show(
                         host=host.name,
                         path=where,
                     )
-                if kind == "B":
+                if kind == "S" and size is None:
+                    size = int(item.arg)
+                    if mode == "tail":
+                        backward = _Backward(reader, tail or 1, result)
+                        backward.size = size
+                        if size == 0:
+                            result.at_end, result.first, result.total = True, 0, 0
+                            outcome.result = result
+                elif kind == "B" and mode == "head" and size is not None and forward is None:
                     skip = (page - 1) * page_size if page is not None else 0
                     count = page_size if page is not None else head or page_size
                     result.first = skip
                     forward = _Forward(reader, skip, count, result)
-                elif kind == "S":
-                    backward = _Backward(reader, tail or 1, result)
-                    backward.size = int(item.arg)
-                    if backward.size == 0:
-                        result.at_end, result.first, result.total = True, 0, 0
-                        outcome.result = result
                 elif kind == "K" and backward is not None:
-                    backward.begin(int(item.arg))
+                    if not backward.begin(int(item.arg)):
+                        raise ProtocolError(
+                            f"a tail block from byte {int(item.arg)}, where the block before "
+                            f"byte {backward.end} of {backward.block} bytes was asked for",
+                            host=host.name,
+                            path=where,
+                        )
                     received = 0
                 elif kind == "E" and backward is not None:
                     try:
@@ -1209,10 +1337,27 @@ async def _run_show(
                     outcome.result = result
                 elif kind == "X":
                     raise _changed(host, where, stream.stderr_tail)
+                else:
+                    raise ProtocolError(
+                        f"unexpected frame {kind!r} in a show", host=host.name, path=where
+                    )
+            frames.check()
         frames.close()
     if session is not None:
         outcome.unread = unread_paths(stream.stderr_tail)[0]
     return outcome
+
+
+def _longer_block(host: Host, path: bytes | None, backward: _Backward) -> TooMuchOutputError:
+    """A tail block longer than asked: refused as it comes, never held."""
+    return TooMuchOutputError(
+        f"the host sent more than the {backward.end - backward.start} bytes of the block "
+        f"from byte {backward.start} it was asked for: nothing is shown",
+        host=host.name,
+        path=path_text(path) if path is not None else None,
+        hint="the host's dd or head sends more than it is asked for (a wrapper, an alias, a "
+        "broken build)",
+    )
 
 
 def _changed(host: Host, where: str | None, stderr: bytes) -> RemoteCommandError:

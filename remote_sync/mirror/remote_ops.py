@@ -166,6 +166,7 @@ __all__ = [
     "listing_argv",
     "listing_end_marker",
     "listing_errors",
+    "listing_too_much",
     "new_marker",
     "probe_roots_argv",
     "probed_roots",
@@ -235,6 +236,22 @@ LISTING_BOUND_HINT = (
     "give this host a narrower root or narrower include globs in the inventory (find walks "
     "every directory the include globs start from; an exclude does not shorten the walk)"
 )
+
+
+def listing_too_much(
+    host: str, what: str, outcome: str, path: str | None = None
+) -> TooMuchOutputError:
+    """The error of a host's listing past :data:`MAX_LISTING_FILES` or
+    :data:`MAX_LISTING_BYTES` (``what``: the bound passed, "1000000 files"), a sync's or a
+    remote session listing's; ``outcome`` says what becomes of what was listed."""
+    return TooMuchOutputError(
+        f"the listing holds more than {what}, the most a host's listing may: {outcome}",
+        host=host,
+        path=path,
+        hint=LISTING_BOUND_HINT,
+    )
+
+
 #: A compressed listing is inflated at most this many bytes at a time (a hostile host could
 #: send a small stream that inflates to gigabytes).
 _INFLATE_STEP = 1024 * 1024
@@ -1274,11 +1291,8 @@ class ListingParser:
             raise self._too_much(f"{self._max_files} files")
 
     def _too_much(self, what: str) -> TooMuchOutputError:
-        return TooMuchOutputError(
-            f"the listing holds more than {what}, the most a host's listing may: nothing "
-            "is mirrored this round, and no file is recorded as deleted",
-            host=self.host,
-            hint=LISTING_BOUND_HINT,
+        return listing_too_much(
+            self.host, what, "nothing is mirrored this round, and no file is recorded as deleted"
         )
 
     def _end_line(self, line: bytes) -> None:

@@ -1322,19 +1322,22 @@ def backward_tail(
     data: bytes, reader: Any, count: int, max_line_bytes: int, block: int, max_block: int
 ) -> list[Message]:
     """The remote show's tail (``index.remote._Backward``) fed ``data`` the way its host sends
-    it: blocks from the end backwards, each doubling, in chunks of 32 KiB."""
+    it: blocks from the end backwards, the first of ``block`` bytes, each twice the last while
+    under ``max_block``, in chunks of 32 KiB."""
     result = ShowResult()
-    backward = _Backward(reader, count, result, max_line_bytes)
+    backward = _Backward(reader, count, result, max_line_bytes, block, max_block)
     backward.size = end = len(data)
     view = memoryview(data)
     while True:
         start = max(0, end - block)
-        backward.begin(start)
+        assert backward.begin(start), (start, end, block)  # the block the client expects
         for at in range(start, end, 32 * 1024):
             backward.feed(view[at : min(at + 32 * 1024, end)])
         if backward.finish(end - start):
             return result.messages
-        end, block = start, min(block * 2, max_block)
+        end = start
+        if block < max_block:  # as the show script doubles it (and the client expects)
+            block *= 2
 
 
 def test_tail_past_a_line_too_long_to_be_a_message_holds_little_of_it(

@@ -949,14 +949,17 @@ class _Backward:
         result: ShowResult,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         block: int = TAIL_FIRST_BLOCK,
+        max_block: int = TAIL_MAX_BLOCK,
     ) -> None:
         self.reader = reader
         self.max_line_bytes = max_line_bytes
         self.count = count
         self.result = result
-        #: The length of the next block, as the show script reads them (doubling up to
-        #: TAIL_MAX_BLOCK): each block must be the one asked for, no longer.
+        #: The length of the next block, as the show script reads them (from its first
+        #: block, doubling up to ``max_block``): each block must be the one asked for, no
+        #: longer.
         self.block = block
+        self.max_block = max_block
         self.size = 0
         self.have = 0
         self.found: list[list[Message]] = []  # per block, the latest block first
@@ -1017,7 +1020,7 @@ class _Backward:
             self.found.append(list(self.shown))
             self.have += len(self.shown)
         self.end = self.start
-        if self.block < TAIL_MAX_BLOCK:
+        if self.block < self.max_block:
             self.block *= 2
         done = self.have >= self.count or self.start == 0
         if done:

@@ -856,3 +856,15 @@ def test_byte_order_marks_and_old_codex_rollouts_read_alike_everywhere(
             assert shown(mirrored.messages) == part, (label, "mirror", how)
             result = anyio.run(lambda: api.read_session(host, entry.rel.decode(), **how))  # noqa: B023
             assert shown(result.messages) == part, (label, "remote", how)
+
+
+def test_the_show_script_doubles_its_tail_blocks_up_to_the_clients_largest() -> None:
+    """The client checks each tail block's start against the blocks it expects, doubling up
+    to ``TAIL_MAX_BLOCK``; the script's own limit is that constant, put in when the script
+    is made, never a second copy of the number that could drift from it (every tail of a
+    file over twice the largest block would then fail as a protocol error)."""
+    from remote_sync.index import remote
+    from remote_sync.index.show import TAIL_MAX_BLOCK
+
+    assert f'[ "$blk" -ge {TAIL_MAX_BLOCK} ]' in remote._SHOW_BATCH
+    assert "@MAX_BLOCK@" not in remote._SHOW_BATCH

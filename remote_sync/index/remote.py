@@ -298,7 +298,7 @@ esac
 # ($RS_COUNT, counted before), after its size (the client accepts no more of it than that and
 # a margin for growth). head: the whole file from its start, the client stops reading
 # when it has what it needs. tail: blocks backwards from the end, the first of
-# $RS_BLOCK bytes, each twice the last up to 16 MiB (show.TAIL_MAX_BLOCK), until the start of
+# $RS_BLOCK bytes, each twice the last up to show.TAIL_MAX_BLOCK (16 MiB), until the start of
 # the file or until the client stops reading. A short block (the file shrank) ends early.
 # The size comes from stat and each block from the file opened anew, read by one dd that
 # seeks and counts bytes where dd can, else by dd seeking and head reading: BusyBox's
@@ -367,10 +367,10 @@ while [ "$end" -gt 0 ]; do
     read_block <"$f"
     printf '%s E\n' "$m"
     end=$start
-    [ "$blk" -ge 16777216 ] || blk=$((blk * 2))
+    [ "$blk" -ge @MAX_BLOCK@ ] || blk=$((blk * 2))
 done
 """
-)
+).replace("@MAX_BLOCK@", str(TAIL_MAX_BLOCK))  # the client expects each block's start by it
 
 # $1 root, $2 the batch script, $3 "path" or "id", $4 head or tail, $5 the first tail block;
 # for "id": $6 how many start points follow, the points, then find's predicate words. For

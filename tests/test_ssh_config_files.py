@@ -1871,3 +1871,34 @@ def test_a_lookup_is_kept_while_its_files_are_unchanged_and_an_edit_is_seen(
     (conf_d / "box.conf").write_text('Match exec "true"\n  Port 2204\n')
     assert [port(), port()] == [2204] * 2
     assert (len(walks), len(lookups)) == (4, 6), (walks, lookups)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'Match exec="test -e {flag}"',
+        'Match !exec="test ! -e {flag}"',
+        'Match host box exec="test -e {flag}"',
+    ],
+)
+def test_a_match_exec_joined_to_its_command_by_an_equals_sign_keeps_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str
+) -> None:
+    """``Match exec="cmd"`` runs the command, as ssh runs it (an ``=`` parts a criterion
+    from its argument; OpenSSH 9.2's ``ssh -G`` follows it too): the walk took the word
+    ``exec="..."`` for no criterion, so the lookup was kept, and a command that answered
+    otherwise at the next round was never asked again."""
+    monkeypatch.setattr(pool_module, "_RECENT_NS", 0)
+    flag = tmp_path / "flag"
+    cfg = tmp_path / "config"
+    cfg.write_text(line.format(flag=flag) + "\n  Port 2299\nHost *\n  Port 22\n")
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    ep = pool_module.Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(known))
+
+    def port() -> int:
+        return pool_module._prepare(ep, "box").resolved.port
+
+    assert port() == 22
+    flag.write_text("")
+    assert port() == 2299

@@ -506,9 +506,11 @@ class _Walk:
                     if problem is not None:
                         raise _match_line_error(problem, (path, number), self.host)
                     # Any word: an argument taken for a criterion only keeps a reading
-                    # from being cached.
+                    # from being cached. A criterion may be joined to its argument by an
+                    # ``=`` (``exec="cmd"``), as ssh and the reading part them.
                     self.volatile = self.volatile or any(
-                        word.lower().lstrip("!") in _VOLATILE_CRITERIA for word in words
+                        word.lower().lstrip("!").partition("=")[0] in _VOLATILE_CRITERIA
+                        for word in words
                     )
                     always = inherited and [word.lower() for word in words] == ["all"]
                 elif keyword == "include":

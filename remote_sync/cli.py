@@ -380,7 +380,7 @@ def _add_index(sub: Any) -> None:
 def _add_versions(sub: Any) -> None:
     versions = sub.add_parser(
         "versions",
-        help="list the earlier copies kept of rewritten files, and get one back",
+        help="list the earlier copies kept of rewritten files, get one back, or prune them",
         description="The earlier copies a sync kept when a host rewrote a mirrored file "
         "(compacted, truncated, replaced). list and restore never take the mirror's lock nor "
         "write in it; prune removes copies, under the lock.",

@@ -841,6 +841,17 @@ def test_a_prune_killed_between_its_commit_and_the_removal_leaves_a_copy_the_lis
     assert [p.exists() for p in places] == [False, False, True]
 
 
+def test_the_help_of_versions_names_its_three_verbs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``remote-sync --help`` is where one looks for a command: its line for ``versions``
+    says what each of its verbs does, prune included (it said list and restore only)."""
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    line = out[out.index("versions list the") :]
+    assert "get one back" in line[:120] and "prune" in line[:120], line[:120]
+
+
 def test_api_prune_versions_is_the_cli_prune(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1170,8 +1170,8 @@ def test_a_checkpoint_made_in_its_thread_for_a_cancelled_sync_is_taken_back(
 ) -> None:
     """A cancel that comes while a piece's checkpoint is made in its worker thread is raised
     once the thread is done: the checkpoint it made, never handed to the batch, is taken
-    back (its descriptor closed, its temp file removed) and the writer goes back to the
-    checkpoint committed, which the give-up then cuts back to."""
+    back (its descriptor closed, its temp file removed) and the writer's checkpoint goes
+    back to what it was before, which the give-up then cuts back to."""
     temp = tmp_path / "temp"
     made = writer.Pending(
         FileState(
@@ -1190,16 +1190,19 @@ def test_a_checkpoint_made_in_its_thread_for_a_cancelled_sync_is_taken_back(
         piece=True,
     )
     in_thread = threading.Event()
-    withdrawn: list[bool] = []
+    taken_back: list[int] = []
 
     class Writer:
+        committed = 7
+
         def checkpoint(self) -> writer.Pending:
             in_thread.set()
             time.sleep(0.2)  # the cancel comes meanwhile
+            self.committed = 10
             return made
 
-        def withdrawn(self) -> None:
-            withdrawn.append(True)
+        def taken_back(self, committed: int) -> None:
+            taken_back.append(committed)
 
     async def main() -> None:
         with anyio.CancelScope() as scope:
@@ -1214,8 +1217,52 @@ def test_a_checkpoint_made_in_its_thread_for_a_cancelled_sync_is_taken_back(
                 pytest.fail("the cancel was not raised")
 
     anyio.run(main)
-    assert withdrawn == [True]
+    assert taken_back == [7]
     assert made.handle.closed and not temp.exists()
+
+
+@pytest.mark.parametrize("which", [2, 3])
+def test_a_sync_cancelled_during_a_piece_checkpoint_keeps_the_piece_handed_before(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    which: int,
+) -> None:
+    """An app's cancel (its own scope's, or asyncio's) while a piece's checkpoint is made in
+    its thread takes that checkpoint back, and only that one: the piece handed over before
+    it, which the flush the round's end waits for commits, stays in the mirrored file, never
+    shorter than its checkpoint. (A new file's second piece, after the first put it in
+    place; its third, after a piece handed over and not yet known committed.)"""
+    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/big.jsonl"
+    data = _messages(600, size=1000)
+    fleet.write("h0", rel, data)
+    scopes: list[anyio.CancelScope] = []
+    calls: list[int] = []
+    real_checkpoint = writer.WholeWriter.checkpoint
+
+    def checkpoint(self: writer.WholeWriter) -> Any:
+        calls.append(1)
+        if len(calls) == which:  # in the checkpoint's thread: the cancel comes meanwhile
+            anyio.from_thread.run_sync(scopes[0].cancel)
+        return real_checkpoint(self)
+
+    monkeypatch.setattr(writer.WholeWriter, "checkpoint", checkpoint)
+
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await api.sync(load_inventory(inv).hosts, dest)
+            pytest.fail("the cancel was not raised")
+
+    anyio.run(main)
+    assert len(calls) == which
+    size = _committed(dest, rel)  # read as it is: no recovery ran since
+    assert size > 0
+    assert (dest / "h0" / rel).stat().st_size >= size
+    assert (dest / "h0" / rel).read_bytes()[:size] == data[:size]
 
 
 def test_kill_9_between_a_first_piece_rename_and_its_commit_leaves_only_whole_lines(

@@ -1676,9 +1676,12 @@ async def _checkpoint(writer: AppendWriter | WholeWriter) -> Pending | None:
 
     A cancel raised once the thread is done (``in_thread`` waits for it) takes back the
     checkpoint it made, never handed to the batch: its descriptor closed, the temp file it
-    would have put in place removed, and the writer's checkpoint back to the one committed,
-    which the give-up that follows cuts back to."""
+    would have put in place removed, and the writer's checkpoint back to what it was, the
+    piece handed over last, which the give-up that follows cuts back to. Not to the piece
+    confirmed before that one: the flush the round's end waits for may commit the piece
+    handed over last, and the file would then be shorter than its checkpoint."""
     made: list[Pending | None] = []
+    before = writer.committed
 
     def run() -> None:
         made.append(writer.checkpoint())
@@ -1689,7 +1692,7 @@ async def _checkpoint(writer: AppendWriter | WholeWriter) -> Pending | None:
         pending = made[0] if made else None
         if pending is not None:
             discard([pending])
-            writer.withdrawn()
+            writer.taken_back(before)
         raise
     return made[0]
 

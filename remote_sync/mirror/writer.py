@@ -363,6 +363,13 @@ class _LineWriter:
         was taken back from the batch): :meth:`abort` cuts back to the one that was."""
         self.committed = self.confirmed
 
+    def taken_back(self, committed: int) -> None:
+        """The checkpoint just made (by :meth:`checkpoint`) was never handed over: the
+        writer's checkpoint is ``committed`` again, its value before it, which is the one
+        handed over last (its flush may yet commit it: :meth:`abort` cuts back to its end,
+        not to :attr:`confirmed`)."""
+        self.committed = self.row.size = committed
+
     def _fingerprint_lines(self) -> None:
         """The row's fingerprint of the lines written so far (``end_of_lines`` bytes)."""
         raise NotImplementedError

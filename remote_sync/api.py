@@ -7,8 +7,9 @@ progressively; ``show_session`` returns a session's messages (from a mirror with
 straight from its host), and ``read_session`` the same with where they are and what reading
 them cost; ``session_stats`` sums a mirror's sessions per host, agent, format, model or day;
 ``list_versions`` lists the earlier copies a mirror kept of rewritten files, and
-``prune_versions`` removes those no keep rule keeps.
-These are the CLI's ``sync``, ``sessions list / show / stats`` and ``versions list / prune``, with
+``prune_versions`` removes those no keep rule keeps; ``check_mirror`` checks that a mirror
+holds what its state says. These are the CLI's ``sync``, ``sessions list / show / stats``,
+``versions list / prune`` and ``check``, with
 the same options as keyword arguments (a misspelt one is a TypeError at the call, as for a
 plain ``async def``); the filters they share are defined once, as :class:`SessionFilters`
 and :class:`ListingOptions`, and spelt out as keywords in each signature. The
@@ -20,8 +21,8 @@ goes on. Every call is cancellable through a :class:`~remote_sync.cancel.CancelR
 before the coroutine is awaited or the generator iterated is kept, and the run starts
 cancelled; a call never run leaves no entry once it is closed or dropped, and a
 ``transfer_id`` already registered is an :class:`ArgumentError` (a ValueError too) at the
-call. All but ``session_stats``, ``list_versions`` (one query each) and ``prune_versions``
-report progress through ``emit``.
+call. All but ``session_stats``, ``list_versions`` (one query each), ``prune_versions`` and
+``check_mirror`` report progress through ``emit``.
 
 ``emit`` is called from inside the engine's tasks: an exception it raises is logged and the
 event dropped (see :func:`~remote_sync.events.guarded`); it never aborts the work.
@@ -84,6 +85,8 @@ from .index.query import (
 from .index.query import session_stats as query_stats
 from .index.store import INT64_MAX
 from .inventory import Host
+from .mirror.check import CheckReport, Problem
+from .mirror.check import check_mirror as check_the_mirror
 from .mirror.versions import PruneResult, VersionRow
 from .mirror.versions import list_versions as list_kept_versions
 from .mirror.versions import prune_versions as prune_kept_versions
@@ -99,6 +102,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ListingOptions",
     "SessionFilters",
+    "check_mirror",
     "list_sessions",
     "list_versions",
     "prune_versions",
@@ -643,6 +647,39 @@ async def prune_versions(
         # Not abandoned on a cancel, as a read is: the thread holds the mirror's lock and
         # removes files, so the call ends when it does.
         return await anyio.to_thread.run_sync(work)
+
+
+# -- the mirror's integrity ---------------------------------------------------------------------
+
+
+@_registered_at_call
+async def check_mirror(
+    *,
+    dest: str | Path,
+    host: str | None = None,
+    registry: CancelRegistry | None = None,
+    transfer_id: str | None = None,
+) -> CheckReport:
+    """Whether the mirror at ``dest`` holds what its state says: what ``check`` does (see
+    :func:`remote_sync.mirror.check.check_mirror`), as a
+    :class:`~remote_sync.mirror.check.CheckReport`: its ``summary`` (``intact`` when no damage
+    was found) and its ``problems``, each a :class:`~remote_sync.mirror.check.Problem` of type
+    ``damage`` or ``note``. ``host``: only that host's files. Read in a worker thread, never
+    taking the mirror's lock nor asking a host; a ``dest`` that is not a mirror, or a
+    ``host`` it has none of, is a :class:`ConfigError`. A cancel through the registry stops
+    it before its next file (:class:`TransferCancelledError`)."""
+    problems: list[Problem] = []
+    registry = registry if registry is not None else default_registry
+    with _registered_read(registry, transfer_id) as token:
+        work = partial(
+            check_the_mirror,
+            dest,
+            host=host,
+            on_problem=problems.append,
+            cancelled=lambda: token.cancelled,
+        )
+        summary = await _in_thread(token, work)
+    return CheckReport(summary, problems)
 
 
 async def _read_remote(

@@ -9,15 +9,18 @@ Thin on purpose: everything it does is also reachable from the library API. Comm
 * ``versions list`` / ``versions restore``: the earlier copies a sync kept of rewritten files,
   and one copied out (read-only on the mirror: no lock); ``versions prune``: those no keep
   rule keeps removed (takes the lock, like a sync; ``--dry-run`` only reads).
+* ``check``: whether the mirror holds what its state says (read-only: no lock, no host
+  asked); exit 1 when it found damage.
 
 Exit codes (scripts rely on them): 0 success; 1 some hosts or files failed (the rest synced or
-was listed), or a mirrored file could not be read; 2 usage or configuration error (no mirror,
-no such host or session, a value out of range); 75 the destination is locked by another run
-(nothing touched; try again later, like EX_TEMPFAIL); 130 cancelled (Ctrl-C). A reader that
-closes the pipe early (``| head``) is no error: the command finishes its work (a sync its
-mirror) and exits with the code it would have had, 0 for a listing. Output that cannot be
-written otherwise (stdout on a full disk) is a failure, exit 1, said on stderr: the report a
-script reads is incomplete, though a sync still goes on to its end.
+was listed), a mirrored file could not be read, or ``check`` found damage; 2 usage or
+configuration error (no mirror, no such host or session, a value out of range); 75 the
+destination is locked by another run (nothing touched; try again later, like EX_TEMPFAIL); 130
+cancelled (Ctrl-C). A reader that closes the pipe early (``| head``) is no error: the command
+finishes its work (a sync its mirror, a check its files) and exits with the code it would have
+had, 0 for a listing. Output that cannot be written otherwise (stdout on a full disk) is a
+failure, exit 1, said on stderr: the report a script reads is incomplete, though a sync still
+goes on to its end.
 
 ``--dest`` of the read commands defaults to ``$REMOTE_SYNC_DEST``, else ``./mirror``; an empty
 ``--dest`` is a usage error everywhere (``Path("")`` would be the current directory).
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
     from .index.query import SessionRow, StatsRow
     from .index.show import ShowResult
     from .inventory import Host, Inventory
+    from .mirror.check import CheckSummary, Problem
     from .mirror.engine import SyncOptions
     from .mirror.versions import PruneResult, VersionRow
 
@@ -127,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sessions(sub)
     _add_index(sub)
     _add_versions(sub)
+    _add_check(sub)
     return parser
 
 
@@ -467,6 +472,24 @@ def _add_versions(sub: Any) -> None:
         "--dry-run", "-n", action="store_true", help="list what would go; remove nothing"
     )
     prune.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def _add_check(sub: Any) -> None:
+    check = sub.add_parser(
+        "check",
+        help="check that the mirror holds what its state says (no host is asked)",
+        description="Check every mirrored file the state has (deleted ones too) and its kept "
+        "versions: there, a regular file, no shorter than committed, its first KiB the one "
+        "synced; files the state does not know and an index out of step are notes. Reads "
+        "only: takes no lock, so it runs while a sync does. Exit 0 intact, 1 damage found.",
+        epilog="example:\n  remote-sync check --dest ./mirror --host me@box",
+    )
+    check.set_defaults(run=run_check)
+    _dest_option(check)
+    check.add_argument("--host", metavar="H", help="only this host's files")
+    check.add_argument(
+        "--json", action="store_true", help="one JSON object per problem, then a summary"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1327,6 +1350,48 @@ def run_versions_list(args: argparse.Namespace) -> int:
     return _guard_pipe(lambda: _print_versions(rows))
 
 
+def run_check(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
+    from .events import stdout_to_devnull
+    from .mirror.check import check_mirror
+
+    hints: dict[str, None] = {}  # each hint once, in the order found, after the problems
+    lost: list[OSError] = []
+
+    def out(write: Callable[[], object]) -> None:
+        """Output that fails does not stop the check: a reader that closed the pipe has what
+        it wanted, and the exit code still says whether the mirror is intact."""
+        if lost:
+            return
+        try:
+            write()
+        except OSError as exc:
+            lost.append(exc)
+            stdout_to_devnull()
+
+    def on_problem(problem: Problem) -> None:
+        if args.json:
+            out(lambda: _write_json_lines([problem]))
+            return
+        hints.setdefault(problem.hint)
+        out(lambda: _print_problem(problem))
+
+    try:
+        dest = _dest(args)
+        summary = check_mirror(dest, host=args.host, on_problem=on_problem)
+    except RemoteSyncError as exc:
+        return _fail(exc, args)
+    if args.json:
+        out(lambda: _write_json_lines([summary]))
+    else:
+        out(lambda: _print_check_end(dest, summary, hints))
+    code = EXIT_FAILED if summary.damaged else EXIT_OK
+    if lost and not isinstance(lost[0], BrokenPipeError):
+        _say(_report_lost(lost[0], "what was written of it is incomplete"))
+        return EXIT_FAILED
+    return code
+
+
 def run_versions_restore(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     try:
@@ -1535,6 +1600,32 @@ def _print_versions(rows: list[VersionRow]) -> int:
     if not rows:
         print("no kept versions", file=sys.stderr)
     return EXIT_OK
+
+
+def _print_problem(problem: Problem) -> None:
+    """One line a problem: damage or note, where, and what."""
+    from .errors import showable
+
+    where = f"{problem.host}: {problem.path}" if problem.host else problem.path
+    if problem.version is not None:
+        where += f" v{problem.version}"
+    print(f"{problem.type:6}  {showable(where)}: {showable(problem.what)}", flush=True)
+
+
+def _print_check_end(dest: Path, summary: CheckSummary, hints: Iterable[str]) -> None:
+    """What to do (each hint once), then the counts."""
+    from .errors import showable
+
+    for hint in hints:
+        print(f"what to do: {showable(hint)}")
+    found = f"{_counted(summary.damaged, 'damaged item')}, " if summary.damaged else ""
+    notes = f"{_counted(summary.notes, 'note')}" if summary.notes else "no notes"
+    state = "intact" if summary.intact else "DAMAGED"
+    print(
+        f"checked {_counted(summary.files, 'file')} and {_counted(summary.versions, 'version')} "
+        f"in {showable(str(dest))}: {state} ({found}{notes})",
+        flush=True,
+    )
 
 
 def _kept_when(row: VersionRow) -> str:

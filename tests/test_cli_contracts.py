@@ -482,6 +482,8 @@ def test_sessions_show_prints_hostile_paths_and_text_as_is(
         ["versions", "list"],
         ["versions", "list", "--json"],
         ["versions", "restore", "h0", "x", "1", "--to", "out"],
+        ["check"],
+        ["check", "--json"],
     ],
 )
 def test_an_empty_dest_is_a_usage_error(
@@ -510,6 +512,7 @@ def test_an_empty_dest_is_a_usage_error(
         ["sessions", "stats"],
         ["index", "rebuild"],
         ["versions", "list"],
+        ["check"],
     ],
 )
 def test_errors_found_after_parsing_under_json_print_an_error_line_too(

@@ -31,7 +31,7 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -401,6 +401,29 @@ def kept_times(
     for file_host, path, version, kept_at in cur:
         times.setdefault((file_host, bytes(path)), {})[version] = kept_at
     return times
+
+
+def host_is_indexed(db: sqlite3.Connection, host: str) -> bool:
+    """Is ``host``'s mirror indexed: it has sessions, or no committed file yet (a mirror
+    synced with ``--no-index`` has files and no sessions)? Recovery asks it of an open state,
+    ``check`` of one read without the lock."""
+    if db.execute("SELECT 1 FROM sessions WHERE host = ? LIMIT 1", (host,)).fetchone():
+        return True
+    return not db.execute(
+        "SELECT 1 FROM files WHERE host = ? AND size > 0 AND ino >= 0 LIMIT 1", (host,)
+    ).fetchone()
+
+
+def unindexed_files(db: sqlite3.Connection, host: str) -> Iterator[tuple[bytes, int]]:
+    """Path and committed size of ``host``'s mirrored files that have bytes but no session in
+    the index (transcripts among them were synced with ``--no-index``), one at a time."""
+    cur = db.execute(
+        "SELECT f.path, f.size FROM files AS f WHERE f.host = ? AND f.size > 0 AND NOT "
+        "EXISTS (SELECT 1 FROM sessions AS s WHERE s.host = f.host AND s.path = f.path)",
+        (host,),
+    )
+    for path, size in cur:
+        yield bytes(path), size
 
 
 class MirrorState:
@@ -956,12 +979,7 @@ class MirrorState:
     def unindexed_files(self, host: str) -> list[tuple[bytes, int]]:
         """Path and committed size of ``host``'s mirrored files that have bytes but no session
         in the index (transcripts among them were synced with ``--no-index``)."""
-        cur = self.db.execute(
-            "SELECT f.path, f.size FROM files AS f WHERE f.host = ? AND f.size > 0 AND NOT "
-            "EXISTS (SELECT 1 FROM sessions AS s WHERE s.host = f.host AND s.path = f.path)",
-            (host,),
-        )
-        return [(bytes(path), size) for path, size in cur]
+        return list(unindexed_files(self.db, host))
 
     def forget_placeholders(self, keys: Sequence[tuple[str, bytes]]) -> None:
         """Drop the placeholder rows of these files whose rename never happened or brought no
@@ -985,13 +1003,7 @@ class MirrorState:
             raise self._db_error(exc, "write checkpoints", keys[0][0]) from exc
 
     def _indexes(self, host: str) -> bool:
-        """Is ``host``'s mirror indexed: it has sessions, or no committed file yet (a mirror
-        synced with ``--no-index`` has files and no sessions)?"""
-        if self.db.execute("SELECT 1 FROM sessions WHERE host = ? LIMIT 1", (host,)).fetchone():
-            return True
-        return not self.db.execute(
-            "SELECT 1 FROM files WHERE host = ? AND size > 0 AND ino >= 0 LIMIT 1", (host,)
-        ).fetchone()
+        return host_is_indexed(self.db, host)
 
     def _db_error(self, exc: sqlite3.Error, doing: str, host: str | None = None) -> StateError:
         # SQLITE_FULL reads "database or disk is full"; say it the way the writer does.

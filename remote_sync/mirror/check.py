@@ -1,0 +1,490 @@
+"""A mirror's integrity check (``remote-sync check``), as ``restic check`` is a repository's:
+whether the mirror still holds what its state says it does, without asking any host.
+
+What it owns: :class:`Problem` (one thing found, as ``check --json`` prints it), the
+:class:`CheckSummary` that ends a check, and :func:`check_mirror`. It reads the state as
+``versions list`` does (read-only, no lock: it works while a sync runs) and never writes inside
+the mirror. Per file the state has (live, deleted or renamed alike: a deleted file's copy is
+the only one left), it looks at the file without following a link and reads at most its first
+FINGERPRINT_BYTES: missing, no regular file, shorter than its committed size, or a first KiB
+whose digest is not the state's fingerprint is damage. A file longer than its checkpoint is
+not: a running sync appends past it before it commits (a run killed then leaves such bytes,
+which the next sync's recovery cuts back). Only the head is read, so an edit past the first
+KiB that keeps the file's size is not seen (there is no ``--read-data``). A kept version the
+state has a keep time for that is missing, or any counted version that is no regular file, is
+damage; a version with no keep time that is missing is not (``versions prune`` forgets a
+version's keep time before removing it, and a version kept before keep times leaves no other
+trace, so it cannot be told from a pruned one). Notes, not damage: files the state does not
+know (strays), and an index that is not the mirror's (``index rebuild`` redoes it).
+
+A sync runs alongside safely: before a rewrite renames a file into place its checkpoint is
+committed in doubt (inode -1), and a new file has a placeholder row first, so what a check
+finds wrong is read again with the state's newest row before it is said; a file in doubt that
+does not match is a note (the next sync's recovery takes it), never damage. The state is read
+in pages of :data:`PAGE_ROWS` rows in (host, path) order, each in its own read, so memory stays
+bounded and no read transaction is held open for the whole check.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from ..errors import ConfigError, TransferCancelledError, path_text, refetch_hint
+from ..formats.readers import READERS
+from ..index.query import open_index, unreadable_index
+from .state import (
+    CONTROL_DIR,
+    FINGERPRINT_BYTES,
+    MirrorState,
+    fingerprint_of,
+    host_is_indexed,
+    unindexed_files,
+)
+
+__all__ = ["CheckReport", "CheckSummary", "Problem", "check_mirror"]
+
+#: How many state rows are read at a time.
+PAGE_ROWS = 1000
+#: How many times a file found wrong is looked at again against a newer row of the state.
+_LOOKS = 3
+
+
+class Problem(msgspec.Struct, kw_only=True):
+    """One thing a check found: ``damage`` (the mirror lost or changed what it held) or a
+    ``note`` (nothing lost; ``hint`` says what tidies it)."""
+
+    type: Literal["damage", "note"]
+    #: missing, not_a_file, short, changed, unreadable, in_doubt, version_missing,
+    #: version_not_a_file, stray, not_in_state, not_indexed
+    kind: str
+    host: str
+    path: str  # relative to the host's root (\\xNN as listings show it); a stray's to DIR
+    what: str
+    hint: str
+    version: int | None = None  # the kept version a version_* problem is about
+
+
+class CheckSummary(msgspec.Struct, tag="summary", tag_field="type"):
+    """The end of a check: what it looked at and what it found."""
+
+    files: int  # mirrored files checked
+    versions: int  # kept versions checked
+    damaged: int  # problems of type damage
+    notes: int  # problems of type note
+    intact: bool  # no damage found
+
+
+class CheckReport(msgspec.Struct):
+    """What ``api.check_mirror`` returns: the summary and every problem, in the order found."""
+
+    summary: CheckSummary
+    problems: list[Problem]
+
+
+def check_mirror(
+    dest: str | os.PathLike[str],
+    *,
+    host: str | None = None,
+    on_problem: Callable[[Problem], object],
+    cancelled: Callable[[], bool] | None = None,
+) -> CheckSummary:
+    """Check the mirror at ``dest`` (only ``host``'s part of it, if given) against its state,
+    each problem given to ``on_problem`` as it is found. A ``dest`` that holds no mirror, or
+    a ``host`` it has no file or record of, is a :class:`ConfigError` before anything is read;
+    a state SQLite cannot read, one too (as for ``versions list``). ``cancelled`` is asked
+    before each file: true, it stops with a :class:`TransferCancelledError`."""
+    dest = Path(dest)
+    db = open_index(dest, warn=False)
+    try:
+        checker = _Checker(dest, db, on_problem, cancelled or (lambda: False))
+        try:
+            hosts = checker.hosts(host)
+            for name in hosts:
+                checker.check_files(name)
+                checker.check_index(name)
+                checker.look_for_strays(name)
+            if host is None:
+                checker.look_for_stray_hosts(hosts)
+        except sqlite3.Error as exc:
+            raise unreadable_index(dest, exc) from exc
+    finally:
+        db.close()
+    return CheckSummary(
+        checker.files, checker.versions, checker.damaged, checker.notes, checker.damaged == 0
+    )
+
+
+#: A file's row as the check reads it: path, committed size, inode, fingerprint, version.
+_Row = tuple[bytes, int, int, bytes, int]
+
+
+class _Checker:
+    """One check's reads and counts."""
+
+    def __init__(
+        self,
+        dest: Path,
+        db: sqlite3.Connection,
+        on_problem: Callable[[Problem], object],
+        cancelled: Callable[[], bool],
+    ) -> None:
+        self.dest = dest
+        self.db = db
+        self.on_problem = on_problem
+        self.cancelled = cancelled
+        self.paths = MirrorState(dest)  # not opened: its paths only, no lock, no database
+        self.files = self.versions = self.damaged = self.notes = 0
+        self.timed = self._has_table("versions")
+
+    def _has_table(self, name: str) -> bool:
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return self.db.execute(sql, (name,)).fetchone() is not None
+
+    def say(self, problem: Problem) -> None:
+        if problem.type == "damage":
+            self.damaged += 1
+        else:
+            self.notes += 1
+        self.on_problem(problem)
+
+    def hosts(self, only: str | None) -> list[str]:
+        """The hosts to check: every one the mirror has synced or holds files of."""
+        known = {h for (h,) in self.db.execute("SELECT host FROM hosts")}
+        known.update(h for (h,) in self.db.execute("SELECT DISTINCT host FROM files"))
+        if only is None:
+            return sorted(known)
+        if only not in known:
+            names = ", ".join(sorted(known)) or "none yet"
+            raise ConfigError(
+                f"the mirror at {self.dest} has no host {only!r}",
+                host=only,
+                hint=f"its hosts: {names}",
+            )
+        return [only]
+
+    # -- mirrored files and their versions --------------------------------------------------
+
+    def _rows(self, host: str) -> Iterator[_Row]:
+        """``host``'s rows, a page per query (each sees the newest commit)."""
+        after = b""
+        first = True
+        while True:
+            page = self.db.execute(
+                "SELECT path, size, ino, fingerprint, version FROM files "
+                "WHERE host = ? AND (? OR path > ?) ORDER BY path LIMIT ?",
+                (host, first, after, PAGE_ROWS),
+            ).fetchall()
+            for path, size, ino, fingerprint, version in page:
+                yield bytes(path), size, ino, bytes(fingerprint), version
+            if len(page) < PAGE_ROWS:
+                return
+            after, first = bytes(page[-1][0]), False
+
+    def _row(self, host: str, path: bytes) -> _Row | None:
+        found = self.db.execute(
+            "SELECT path, size, ino, fingerprint, version FROM files WHERE host = ? AND path = ?",
+            (host, path),
+        ).fetchone()
+        if found is None:
+            return None
+        return bytes(found[0]), found[1], found[2], bytes(found[3]), found[4]
+
+    def check_files(self, host: str) -> None:
+        for row in self._rows(host):
+            if self.cancelled():
+                raise TransferCancelledError(
+                    "cancelled", host=host, hint="a check changes nothing: run it again"
+                )
+            found = self._judge(host, row)
+            for _ in range(_LOOKS - 1):
+                if found is None:
+                    break
+                # Said only if the state still says what the file was judged by: a sync may
+                # have committed a rewrite, or marked the file in doubt, since the page was read.
+                newer = self._row(host, row[0])
+                if newer == row:
+                    break
+                if newer is None:  # a placeholder forgotten: nothing was committed
+                    found = None
+                    break
+                row = newer
+                found = self._judge(host, row)
+            self.files += 1
+            if found is not None:
+                self.say(found)
+            if row[4] > 0:
+                self._check_versions(host, row[0], row[4])
+
+    def _judge(self, host: str, row: _Row) -> Problem | None:
+        """What is wrong with ``host``'s mirrored file of ``row``, or None."""
+        path, committed, ino, fingerprint, version = row
+        if not fingerprint:
+            # A placeholder: nothing committed yet (a new file a sync is putting in place, or
+            # one the next recovery forgets), so nothing to hold the file to.
+            return None
+        local = self.paths.local_path(host, path)
+        in_doubt = ino < 0
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(local, flags)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+                if in_doubt and self.paths.last_version_on_disk(host, path, version) > version:
+                    return self._note_in_doubt(
+                        host, path, "missing, its earlier copy in versions/ not yet counted"
+                    )
+                return self._damage(
+                    host,
+                    path,
+                    "missing",
+                    f"missing ({_counted(committed)} committed)",
+                    refetch_hint(host, self.dest),
+                )
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symbolic link
+                return self._not_a_file(host, path, "a symbolic link")
+            return self._unreadable(host, path, local, exc)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = "a directory" if stat.S_ISDIR(st.st_mode) else "no regular file"
+                return self._not_a_file(host, path, kind)
+            if st.st_size < committed:
+                if in_doubt:
+                    return self._note_in_doubt(host, path, f"{_counted(st.st_size)} on disk")
+                return self._damage(
+                    host,
+                    path,
+                    "short",
+                    f"{_counted(st.st_size)} on disk, {_counted(committed)} committed: "
+                    f"{_counted(committed - st.st_size)} lost",
+                    refetch_hint(host, self.dest),
+                )
+            head = os.pread(fd, min(committed, FINGERPRINT_BYTES), 0)
+        except OSError as exc:
+            return self._unreadable(host, path, local, exc)
+        finally:
+            os.close(fd)
+        if fingerprint_of(head) == fingerprint:
+            return None
+        if in_doubt:
+            return self._note_in_doubt(host, path, "its first bytes are another copy's")
+        return self._damage(
+            host,
+            path,
+            "changed",
+            f"its first {_counted(len(head))} are not those synced",
+            # A sync takes a file of its committed size for intact: moved away, it is
+            # fetched whole again.
+            "move the file out of the mirror (a sync does not see an edit that keeps its "
+            f"size), then {refetch_hint(host, self.dest)}",
+        )
+
+    def _check_versions(self, host: str, path: bytes, counted: int) -> None:
+        timed: set[int] = set()
+        if self.timed:
+            cur = self.db.execute(
+                "SELECT version FROM versions WHERE host = ? AND path = ?", (host, path)
+            )
+            timed = {number for (number,) in cur}
+        for number in range(1, counted + 1):
+            place = self.paths.version_path(host, path, number)
+            try:
+                st = os.lstat(place)
+            except (FileNotFoundError, NotADirectoryError):
+                if number in timed and self._still_timed(host, path, number):
+                    self.versions += 1
+                    self.say(
+                        Problem(
+                            type="damage",
+                            kind="version_missing",
+                            host=host,
+                            path=path_text(path),
+                            version=number,
+                            what=f"version {number} is missing ({self._shown(place)})",
+                            hint="it cannot be fetched again (the host has rewritten the "
+                            "file since): put the copy back from a backup of the mirror",
+                        )
+                    )
+                continue  # no keep time: pruned, or kept before keep times and removed
+            except OSError as exc:
+                self.versions += 1
+                self.say(
+                    Problem(
+                        type="damage",
+                        kind="unreadable",
+                        host=host,
+                        path=path_text(path),
+                        version=number,
+                        what=f"cannot look at version {number} ({self._shown(place)}): "
+                        f"{exc.strerror or exc}",
+                        hint=f"check the permissions of {self._shown(place.parent)}",
+                    )
+                )
+                continue
+            self.versions += 1
+            if not stat.S_ISREG(st.st_mode):
+                kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "no regular file"
+                self.say(
+                    Problem(
+                        type="damage",
+                        kind="version_not_a_file",
+                        host=host,
+                        path=path_text(path),
+                        version=number,
+                        what=f"version {number} ({self._shown(place)}) is {kind}",
+                        hint="a sync keeps versions as regular files; this one was put there "
+                        "by hand: move it away and put the copy back from a backup",
+                    )
+                )
+
+    def _still_timed(self, host: str, path: bytes, number: int) -> bool:
+        """Whether the state still has a keep time for the version: a prune forgets it
+        (committed) before it removes the copy, so one gone meanwhile was pruned."""
+        sql = "SELECT 1 FROM versions WHERE host = ? AND path = ? AND version = ?"
+        return self.db.execute(sql, (host, path, number)).fetchone() is not None
+
+    def _shown(self, place: Path) -> str:
+        return path_text(os.fsencode(place.relative_to(self.dest)))
+
+    def _damage(self, host: str, path: bytes, kind: str, what: str, hint: str) -> Problem:
+        return Problem(
+            type="damage", kind=kind, host=host, path=path_text(path), what=what, hint=hint
+        )
+
+    def _not_a_file(self, host: str, path: bytes, kind: str) -> Problem:
+        return self._damage(
+            host,
+            path,
+            "not_a_file",
+            f"{kind} is in the mirrored file's place",
+            f"remove it (the mirror puts only regular files there), then "
+            f"{refetch_hint(host, self.dest)}",
+        )
+
+    def _unreadable(self, host: str, path: bytes, local: Path, exc: OSError) -> Problem:
+        return self._damage(
+            host,
+            path,
+            "unreadable",
+            f"cannot read the mirrored file: {exc.strerror or exc}",
+            f"check the permissions of {path_text(os.fsencode(local.parent))}, and the "
+            "disk's health if it is an I/O error",
+        )
+
+    def _note_in_doubt(self, host: str, path: bytes, what: str) -> Problem:
+        return Problem(
+            type="note",
+            kind="in_doubt",
+            host=host,
+            path=path_text(path),
+            what=f"replaced before its checkpoint was committed ({what})",
+            hint="nothing to do: a sync is putting it in place, or the next sync's recovery "
+            "checks it and fetches it whole",
+        )
+
+    # -- the index ---------------------------------------------------------------------------
+
+    def check_index(self, host: str) -> None:
+        rebuild = f"run `remote-sync index rebuild --dest {self.dest}`"
+        cur = self.db.execute(
+            "SELECT s.path, s.session_id FROM sessions AS s WHERE s.host = ? AND NOT EXISTS "
+            "(SELECT 1 FROM files AS f WHERE f.host = s.host AND f.path = s.path)",
+            (host,),
+        )
+        for path, session_id in cur:
+            self.say(
+                Problem(
+                    type="note",
+                    kind="not_in_state",
+                    host=host,
+                    path=path_text(bytes(path)),
+                    what=f"the index has session {session_id} for a file the state does not know",
+                    hint=f"{rebuild}: it leaves the session out",
+                )
+            )
+        fmt = self.db.execute("SELECT format FROM hosts WHERE host = ?", (host,)).fetchone()
+        reader = READERS.get(fmt[0]) if fmt else None
+        # A host synced with --no-index has files and no session: none is missing.
+        if reader is None or not host_is_indexed(self.db, host):
+            return
+        for path, size in unindexed_files(self.db, host):
+            if reader.is_transcript(path):
+                self.say(
+                    Problem(
+                        type="note",
+                        kind="not_indexed",
+                        host=host,
+                        path=path_text(path),
+                        what=f"a transcript ({_counted(size)}) with no session in the index",
+                        hint=f"{rebuild}: it indexes every mirrored transcript",
+                    )
+                )
+
+    # -- strays ------------------------------------------------------------------------------
+
+    def look_for_strays(self, host: str) -> None:
+        """Each file (or link, or other non-directory) under ``DIR/<host>/`` the state has no
+        row for, a note; a link to a directory is not followed."""
+        top = os.fsencode(self.dest / host)
+        if not os.path.isdir(top) or os.path.islink(top):
+            return
+        known = "SELECT 1 FROM files WHERE host = ? AND path = ?"
+        pending = [top]
+        while pending:
+            directory = pending.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError as exc:
+                self.say(
+                    Problem(
+                        type="note",
+                        kind="unreadable",
+                        host=host,
+                        path=path_text(os.path.relpath(directory, top)),
+                        what=f"cannot list a directory to look for strays: {exc.strerror or exc}",
+                        hint=f"check the permissions of {path_text(directory)}",
+                    )
+                )
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                    continue
+                rel = os.path.relpath(entry.path, top)
+                if self.db.execute(known, (host, rel)).fetchone() is None:
+                    self.say(_stray(host, path_text(rel), "a file the state does not know"))
+
+    def look_for_stray_hosts(self, hosts: list[str]) -> None:
+        """Each entry of DIR that is neither a host's directory nor the state's, a note."""
+        names = {os.fsencode(h) for h in hosts} | {CONTROL_DIR.encode()}
+        try:
+            entries = sorted(os.listdir(os.fsencode(self.dest)))
+        except OSError:
+            return  # the state was read from it: a listing refused is said by nothing else
+        for name in entries:
+            if name not in names:
+                self.say(_stray("", path_text(name), "not a host this mirror has synced"))
+
+
+def _stray(host: str, path: str, what: str) -> Problem:
+    return Problem(
+        type="note",
+        kind="stray",
+        host=host,
+        path=path,
+        what=what,
+        hint="a sync neither syncs nor indexes it; move it out of the mirror if it is not "
+        "wanted there",
+    )
+
+
+def _counted(n: int) -> str:
+    return "1 byte" if n == 1 else f"{n} bytes"

@@ -1,0 +1,272 @@
+"""``remote-sync check`` and ``api.check_mirror``: a mirror's files and kept versions held to
+its state after a real sync against the sshd fleet, read only, without the lock."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sshfleet import SSHFleet
+from synchelp import run_cli, session_bytes, write_inventory
+
+from remote_sync import api
+from remote_sync.cli import main
+from remote_sync.errors import ConfigError, path_text
+from remote_sync.mirror import check
+from remote_sync.mirror.check import CheckSummary, Problem, check_mirror
+from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
+
+BASE = b"agents/a/sessions/"
+PLAIN = BASE + b"sess-1.jsonl"
+OTHER = BASE + b"sess-2.jsonl"
+#: A newline and bytes that are not UTF-8 in its name.
+HOSTILE = BASE + b"new\nline\xff.jsonl"
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _checked(
+    dest: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[int, list[Problem], CheckSummary]:
+    code, out, _err = _cli(["check", "--dest", str(dest), "--json", *extra], capsys)
+    *lines, last = out.splitlines()
+    problems = [msgspec.json.decode(line, type=Problem) for line in lines]
+    return code, problems, msgspec.json.decode(last, type=CheckSummary)
+
+
+def _files(dest: Path) -> dict[bytes, tuple[int, int]]:
+    """Every entry of the mirror but the state database's (a reader may make its WAL index):
+    size and mtime, links not followed."""
+    out = {}
+    for dirpath, dirs, names in os.walk(os.fsencode(dest)):
+        for name in dirs + names:
+            if b"state.db" not in name:
+                st = os.lstat(os.path.join(dirpath, name))
+                out[os.path.join(dirpath, name)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture
+def mirror(
+    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Path:
+    """h0 synced twice: three sessions, PLAIN rewritten in between (one kept version), and
+    OTHER then deleted on the host (its copy is the only one left)."""
+    fleet = ssh_fleet(1)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "mirror"
+    rng = random.Random(5)
+    for rel in (PLAIN, OTHER, HOSTILE):
+        fleet.write("h0", os.fsdecode(rel), session_bytes(rng, 8))
+    sync = ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"]
+    assert run_cli(sync)[0] == 0
+    fleet.write("h0", os.fsdecode(PLAIN), session_bytes(rng, 3, start=50))
+    os.unlink(os.path.join(os.fsencode(fleet.path("h0")), OTHER))
+    assert run_cli(sync)[0] == 0
+    capsys.readouterr()
+    return dest
+
+
+def test_an_intact_mirror_checks_clean_and_nothing_is_written(
+    mirror: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _files(mirror)
+    code, problems, summary = _checked(mirror, capsys)
+    assert code == 0 and problems == []
+    assert summary == CheckSummary(files=3, versions=1, damaged=0, notes=0, intact=True)
+    code, out, err = _cli(["check", "--dest", str(mirror)], capsys)
+    assert code == 0, err
+    assert out.splitlines() == [f"checked 3 files and 1 version in {mirror}: intact (no notes)"]
+    assert _files(mirror) == before
+
+
+def _truncate(local: Path) -> None:
+    os.truncate(local, local.stat().st_size - 5)
+
+
+def _change_head(local: Path) -> None:
+    data = bytearray(local.read_bytes())
+    data[3] ^= 0x20  # same size: only the head's digest tells
+    local.write_bytes(bytes(data))
+
+
+def _link(local: Path) -> None:
+    copy = local.with_name("elsewhere")
+    os.rename(local, copy)
+    os.symlink(copy, local)  # the same bytes, through a link: still no regular file
+
+
+@pytest.mark.parametrize(
+    ("rel", "damage", "kind", "what"),
+    [
+        (PLAIN, _truncate, "short", "5 bytes lost"),
+        (HOSTILE, _change_head, "changed", "are not those synced"),
+        (OTHER, os.unlink, "missing", "missing ("),  # the host deleted it: the only copy
+        (PLAIN, _link, "not_a_file", "a symbolic link is in"),
+    ],
+)
+def test_damage_to_a_mirrored_file_is_named_and_exits_1(
+    mirror: Path,
+    capsys: pytest.CaptureFixture[str],
+    rel: bytes,
+    damage: Callable[[Path], None],
+    kind: str,
+    what: str,
+) -> None:
+    damage(Path(os.fsdecode(os.path.join(os.fsencode(mirror / "h0"), rel))))
+    code, problems, summary = _checked(mirror, capsys)
+    assert code == 1
+    found = [p for p in problems if p.type == "damage"]
+    assert [(p.kind, p.host, p.path) for p in found] == [(kind, "h0", path_text(rel))]
+    assert what in found[0].what
+    assert "remote-sync sync h0 --dest" in found[0].hint
+    assert summary.damaged == 1 and not summary.intact
+    # The table names it on one line, escaped, and says what to do once.
+    code, out, _ = _cli(["check", "--dest", str(mirror), "--host", "h0"], capsys)
+    assert code == 1
+    assert f"damage  h0: {path_text(rel)}".replace("\n", "\\x0a") in out
+    assert "what to do: " in out and out.splitlines()[-1].endswith(
+        "DAMAGED (1 damaged item, " + ("1 note)" if kind == "not_a_file" else "no notes)")
+    )
+
+
+def test_a_missing_or_linked_version_is_damage(
+    mirror: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with MirrorState(mirror) as state:
+        place = state.version_path("h0", PLAIN, 1)
+    place.unlink()
+    code, problems, _ = _checked(mirror, capsys)
+    assert code == 1
+    assert [(p.type, p.kind, p.path, p.version) for p in problems] == [
+        ("damage", "version_missing", path_text(PLAIN), 1)
+    ]
+    os.symlink(mirror / "h0" / os.fsdecode(PLAIN), place)
+    code, problems, _ = _checked(mirror, capsys)
+    assert code == 1 and [p.kind for p in problems] == ["version_not_a_file"]
+
+
+def test_strays_and_an_index_out_of_step_are_notes(
+    mirror: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (mirror / "h0" / "agents" / "by-hand.txt").write_text("mine")
+    (mirror / "notes.md").write_text("not a host")
+    db = sqlite3.connect(mirror / ".remote-sync" / "state.db")
+    with db:
+        db.execute("DELETE FROM sessions WHERE path = ?", (HOSTILE,))
+        db.execute("UPDATE sessions SET path = ? WHERE path = ?", (BASE + b"gone.jsonl", PLAIN))
+    db.close()
+    code, problems, summary = _checked(mirror, capsys)
+    assert code == 0 and summary.intact and summary.notes == 5
+    assert sorted((p.kind, p.host, p.path) for p in problems) == [
+        ("not_in_state", "h0", path_text(BASE + b"gone.jsonl")),
+        ("not_indexed", "h0", path_text(HOSTILE)),
+        ("not_indexed", "h0", path_text(PLAIN)),
+        ("stray", "", "notes.md"),
+        ("stray", "h0", "agents/by-hand.txt"),
+    ]
+    assert all(p.type == "note" for p in problems)
+    assert all("index rebuild" in p.hint for p in problems if p.kind.startswith("not_"))
+
+
+def test_a_mirror_synced_without_the_index_has_no_index_notes(
+    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet = ssh_fleet(1)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    fleet.write("h0", os.fsdecode(PLAIN), session_bytes(random.Random(1), 4))
+    dest = tmp_path / "mirror"
+    assert main(["sync", "--inventory", str(inv), "--dest", str(dest), "--no-index"]) == 0
+    capsys.readouterr()
+    code, problems, summary = _checked(dest, capsys)
+    assert (code, problems, summary.files) == (0, [], 1)
+
+
+def test_it_runs_while_a_sync_holds_the_lock_and_bytes_past_a_checkpoint_are_no_damage(
+    mirror: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sync appends past the checkpoint before it commits: a longer file is no damage."""
+    with MirrorState(mirror):  # a sync running
+        with open(mirror / "h0" / os.fsdecode(PLAIN), "ab") as out:
+            out.write(b'{"type":"message","id":"half-written"}\n{"type":')
+        code, problems, summary = _checked(mirror, capsys)
+        assert (code, problems, summary.intact) == (0, [], True)
+
+        async def checked() -> Any:
+            return await api.check_mirror(dest=mirror)
+
+        report = anyio.run(checked)
+        assert report.summary == summary and report.problems == []
+
+
+def test_api_check_mirror_reports_as_the_cli(
+    mirror: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.unlink(mirror / "h0" / os.fsdecode(OTHER))
+
+    async def checked() -> Any:
+        return await api.check_mirror(dest=mirror, host="h0")
+
+    report = anyio.run(checked)
+    code, problems, summary = _checked(mirror, capsys, "--host", "h0")
+    assert code == 1 and report.problems == problems and report.summary == summary
+
+
+def test_no_mirror_or_an_unknown_host_is_a_usage_error(
+    mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _cli(["check", "--dest", str(tmp_path / "none"), "--json"], capsys)
+    assert code == 2 and "no mirror at" in err
+    assert msgspec.json.decode(out.splitlines()[0])["kind"] == "config"
+    assert not (tmp_path / "none").exists()
+    code, _, err = _cli(["check", "--dest", str(mirror), "--host", "h9"], capsys)
+    assert code == 2 and "has no host 'h9'" in err and "its hosts: h0" in err
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    names=st.sets(
+        st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\0" not in b),
+        min_size=1,
+        max_size=12,
+    ).filter(lambda names: not names & {b".", b".."})
+)
+def test_the_state_is_read_in_pages_each_row_once(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, names: set[bytes]
+) -> None:
+    """However the paths' bytes sort, paging through the rows checks every file once."""
+    monkeypatch.setattr(check, "PAGE_ROWS", 2)
+    dest = tmp_path_factory.mktemp("paged")
+    rows = []
+    for name in names:
+        data = name + b"\n"
+        local = os.path.join(os.fsencode(dest / "h0"), name)
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with open(local, "wb") as out:
+            out.write(data)
+        rows.append(
+            FileState("h0", name, "append", len(data), len(data), 0.0, 1, 1, fingerprint_of(data))
+        )
+    with MirrorState(dest) as state:
+        state.set_host("h0", "openclaw", "/r", "h0")
+        state.commit(rows)
+    found: list[Problem] = []
+    summary = check_mirror(dest, on_problem=found.append)
+    assert (summary.files, found) == (len(names), [])
+    with pytest.raises(ConfigError):
+        check_mirror(dest, host="h1", on_problem=found.append)

@@ -253,3 +253,35 @@ def test_a_state_database_full_midway_says_where_and_what_to_run(tmp_path: Path)
         "cannot write checkpoints: disk I/O error",
         "check free space on the destination",
     )
+
+
+_NAME_BYTES = st.sampled_from([b"a", b"x", b"~", b".", b"v", b"1", b"0", b"f", b"\xff"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(_NAME_BYTES, min_size=1, max_size=8).map(b"".join),
+    st.sampled_from([0, 200, 245, 250, 252]),
+    st.lists(st.integers(1, 120), max_size=5),
+    st.lists(st.integers(1, 120), max_size=5),
+)
+def test_the_highest_version_on_disk_is_read_back_from_any_name(
+    stem: bytes, pad: int, mine: list[int], theirs: list[int]
+) -> None:
+    """The highest version of a file is read back from the names in its versions directory,
+    gaps or not, whatever its name: one cut with a digest for some numbers and not others
+    (a name near 255 bytes), one ending like a version or a cut name itself; never from
+    another file's versions in the same directory (a name that is a prefix of this one's,
+    or this one's followed by a version's suffix)."""
+    name = b"y" * pad + stem
+    if name in (b".", b".."):
+        return
+    others = [name[:-1] or b"z", name + b".v1", b"z" + name[:254]]
+    with tempfile.TemporaryDirectory() as tmp:
+        state = MirrorState(Path(tmp))  # not opened: only its paths are used
+        for rel, numbers in [(b"d/" + name, mine)] + [(b"d/" + o, theirs) for o in others]:
+            for number in numbers:
+                place = state.version_path("h", rel, number)
+                place.parent.mkdir(parents=True, exist_ok=True)
+                place.write_bytes(b"")
+        assert state.highest_version_on_disk("h", b"d/" + name) == max(mine, default=0)

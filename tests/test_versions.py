@@ -557,6 +557,45 @@ def test_a_sync_records_when_it_kept_each_version_and_an_older_state_goes_on(
     assert set(_kept_rows(dest)) == {2, 3}
 
 
+def test_a_version_kept_after_the_state_is_lost_is_numbered_above_every_copy_left(
+    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prune leaves gaps at the bottom (v1 gone, v2 left); a damaged state moved aside
+    counts no version. The next version kept was numbered after the count's unbroken run,
+    v1, below the v2 left: "1 is the oldest" broke, and a later ``--keep-last 1`` would keep
+    the old v2 and remove the new v1. It is numbered after every copy on disk, a name cut
+    with a digest (LONG) too."""
+    fleet = ssh_fleet(1)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "mirror"
+    rng = random.Random(11)
+    for start in (0, 100, 200):  # two rewrites: v1 and v2 of each
+        for rel in (PLAIN, LONG):
+            _write(fleet, rel, session_bytes(rng, 3, start=start))
+        _sync(inv, dest, capsys)
+    code, result, err = _prune(dest, capsys, "--keep-last", "1")
+    assert code == 0 and sorted(_numbers(result["removed"])) == [1, 1], err
+
+    for name in os.listdir(dest / ".remote-sync"):  # the state moved aside
+        if name.startswith("state.db"):
+            os.rename(dest / ".remote-sync" / name, tmp_path / name)
+    _sync(inv, dest, capsys)  # the mirrored files taken as they are: nothing kept
+    mirrored = {rel: (dest / "h0" / os.fsdecode(rel)).read_bytes() for rel in (PLAIN, LONG)}
+    for rel in (PLAIN, LONG):
+        _write(fleet, rel, session_bytes(rng, 2, start=300))
+    _sync(inv, dest, capsys)
+    rows = _listed(dest, capsys)
+    assert sorted((r.path, r.version) for r in rows) == sorted(
+        (path_text(rel), n) for rel in (PLAIN, LONG) for n in (2, 3)
+    )
+    for r in rows:  # v3 is the copy the mirror had before this rewrite, v2 the older
+        rel = PLAIN if r.path == path_text(PLAIN) else LONG
+        data = (dest / os.fsdecode(path_bytes(r.file))).read_bytes()
+        assert (data == mirrored[rel]) == (r.version == 3)
+    code, result, err = _prune(dest, capsys, "--keep-last", "1")
+    assert code == 0 and _numbers(result["removed"]) == [2, 2], err
+
+
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 

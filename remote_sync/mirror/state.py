@@ -61,6 +61,8 @@ _VERSION_LIKE = re.compile(rb"\.v[0-9]+~*\Z")
 #: cut too, with a digest of its own, so that it never takes the place of the cut form of
 #: another, longer name. No other name is placed differently than before this rule.
 _LIKE_CUT_FILE = re.compile(rb"~[0-9a-f]{16}\Z")
+#: The number a name in the versions tree ends with, when it ends like a version's.
+_NUMBERED = re.compile(rb"\.v([1-9][0-9]*)\Z")
 _LIKE_CUT_DIR = re.compile(rb"~[0-9a-f]{16}~+\Z")
 
 
@@ -780,6 +782,30 @@ class MirrorState:
         while os.path.lexists(self.version_path(host, path, version + 1)):
             version += 1
         return version
+
+    def highest_version_on_disk(self, host: str, path: bytes) -> int:
+        """The highest number of any version of ``host``'s ``path`` in the versions tree, with
+        gaps below it or not (0: none), from one listing of the directory its versions are in.
+
+        A new version is numbered after it, not only after the recorded count's unbroken run
+        (:meth:`last_version_on_disk`): a state moved aside (damaged) counts nothing, and a
+        prune left gaps at the bottom, so that run would start over at v1 below copies that
+        stay, and "1 is the oldest" and a later ``--keep-last`` would be wrong. A name is
+        taken only when it is the one :meth:`version_path` gives that number (a name cut with
+        a digest too); another file's versions sharing the directory are not."""
+        folder = os.path.dirname(os.fsencode(self.version_path(host, path, 1)))
+        name = path.rpartition(b"/")[2]
+        try:
+            entries = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        highest = 0
+        for entry in entries:
+            match = _NUMBERED.search(entry)
+            number = 0 if match is None else int(match[1])
+            if number > highest and _version_name(name, number) == entry:
+                highest = number
+        return highest
 
     def _reindex(self, rows: list[FileState], first_seen: set[tuple[str, bytes]]) -> None:
         """The index of sessions whose checkpoint followed the file, from the file itself.

@@ -1031,8 +1031,11 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
             # The remote rewrote history (or an unknown file sits here, or the copy of a file
             # the host deleted before this one took its path): keep the old copy.
             # Numbered after every version on disk (see above; the destination's lock keeps
-            # other writers out).
-            version = row.version + 1
+            # other writers out), gaps or not: a prune leaves gaps at the bottom, and with
+            # the state lost (moved aside) the count starts again at 0 below the copies left.
+            # Listed only here, as versions are rare.
+            on_disk = state.highest_version_on_disk(row.host, row.path)
+            version = max(row.version, on_disk) + 1
             row.version = version
             kept = state.version_path(row.host, row.path, version)
             _makedirs_for(kept, row.host, row.path, dirs)

@@ -615,9 +615,10 @@ async def prune_versions(
     """Remove the kept versions no keep rule keeps: what ``versions prune`` does (see
     :func:`remote_sync.mirror.versions.prune_versions`). ``keep_last``: each file's N newest;
     ``keep_within``: those kept within that time of now (``7d``, ``12h``, or a timedelta); at
-    least one is required, a :class:`ConfigError` otherwise, and nothing is removed.
-    ``host`` and ``files`` choose the files as for :func:`list_versions`. Takes the mirror's
-    lock (a sync running is a :class:`LockedError`); ``dry_run`` only reads. Runs in a worker
+    least one is required, a :class:`ConfigError` otherwise, and nothing is removed (a rule
+    of the wrong type, ``keep_last="3"``, is an :class:`ArgumentError`). ``host`` and
+    ``files`` choose the files as for :func:`list_versions`. Takes the mirror's lock (a sync
+    running is a :class:`LockedError`); ``dry_run`` only reads. Runs in a worker
     thread; a cancel through the registry stops it before its next file (what was removed
     stays removed) with a :class:`TransferCancelledError`, and a cancel of the caller's scope
     waits for it to end (a file system call cannot be stopped midway)."""

@@ -29,6 +29,7 @@ from remote_sync import api
 from remote_sync.cancel import CancelRegistry
 from remote_sync.cli import main
 from remote_sync.errors import (
+    ArgumentError,
     ConfigError,
     LockedError,
     MirrorError,
@@ -923,3 +924,26 @@ def test_api_prune_versions_is_the_cli_prune(
     assert [p.exists() for p in places] == [False, False, True]
     with pytest.raises(ConfigError, match="not one"):
         anyio.run(partial(pruned, keep_last=1, files="sess-1"))
+
+
+def test_api_prune_versions_of_a_rule_of_the_wrong_type_is_an_argument_error(
+    tmp_path: Path,
+) -> None:
+    """``keep_last="3"`` or ``keep_within=5`` was a plain ConfigError whose hint said a rule
+    that keeps nothing is no rule; as other calls' arguments of the wrong type, it is an
+    ArgumentError (a ValueError too) saying what to pass, and nothing is removed."""
+    dest = tmp_path / "m"
+    _by_hand_kept(dest, [3 * DAY, 2 * DAY])
+    before = _files(dest)
+    for kwargs, says in (
+        ({"keep_last": "3"}, "keep_last=3"),
+        ({"keep_last": 2.0}, "keep_last=3"),
+        ({"keep_last": True}, "keep_last=3"),
+        ({"keep_within": 5}, "timedelta(days=7)"),
+        ({"keep_last": 1, "keep_within": 5.0}, "timedelta(days=7)"),
+    ):
+        with pytest.raises(ArgumentError) as raised:
+            anyio.run(partial(api.prune_versions, dest=dest, **kwargs))
+        assert isinstance(raised.value, ValueError)
+        assert says in raised.value.hint and "keeps nothing" not in raised.value.hint
+    assert _files(dest) == before

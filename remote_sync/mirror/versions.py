@@ -43,6 +43,7 @@ from typing import BinaryIO
 import msgspec
 
 from ..errors import (
+    ArgumentError,
     ConfigError,
     MirrorError,
     OutputError,
@@ -632,16 +633,29 @@ def _keep_rules(
     keep_last: int | None, keep_within: str | timedelta | None
 ) -> tuple[int | None, float | None]:
     """The rules as a count and seconds, each None when not given; a ConfigError for no rule,
-    or one that keeps nothing or cannot be read."""
+    or one that keeps nothing or cannot be read (the CLI's words too: it checks them here), an
+    :class:`ArgumentError` for a library caller's value of the wrong type."""
     hint = (
         "give --keep-last N (keep_last) and/or --keep-within DURATION (keep_within, such as "
         "7d or 12h); --dry-run shows what would go"
     )
     if keep_last is None and keep_within is None:
         raise ConfigError("prune needs a keep rule: without one it would remove nothing", hint=hint)
-    if keep_last is not None and (
-        isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
-    ):
+    # A type the CLI cannot give (argparse makes --keep-last an int, --keep-within a string):
+    # told as a library call's bad argument, with what to pass, not as a rule keeping nothing.
+    if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int)):
+        raise ArgumentError(
+            f"keep_last must be an int or None, not {type(keep_last).__name__}",
+            hint=f"pass the number of versions to keep of each file, such as keep_last=3 "
+            f"(not {keep_last!r}), or None for no such rule",
+        )
+    if keep_within is not None and not isinstance(keep_within, str | timedelta):
+        raise ArgumentError(
+            f"keep_within must be a str, a timedelta or None, not {type(keep_within).__name__}",
+            hint='pass a duration such as keep_within="7d" or timedelta(days=7), or None for '
+            "no such rule",
+        )
+    if keep_last is not None and keep_last < 1:
         raise ConfigError(
             f"keep_last (--keep-last) must be a whole number of at least 1, not {keep_last!r}",
             hint="a rule that keeps nothing is no rule: " + hint,
@@ -657,11 +671,6 @@ def _keep_rules(
                 f"cannot read the duration {keep_within!r} (keep_within, --keep-within)",
                 hint="give a number and a unit: 30m, 12h, 7d, 2w",
             )
-    elif keep_within is not None:
-        raise ConfigError(
-            f"keep_within (--keep-within) must be a duration, not {keep_within!r}",
-            hint="give a string such as 7d, or a timedelta",
-        )
     if within is not None and within <= 0:
         raise ConfigError(
             f"keep_within (--keep-within) must be longer than 0, not {keep_within!s}",

@@ -609,6 +609,7 @@ async def prune_versions(
     keep_last: int | None = None,
     keep_within: str | timedelta | None = None,
     dry_run: bool = False,
+    errors: list[RemoteSyncError] | None = None,
     registry: CancelRegistry | None = None,
     transfer_id: str | None = None,
 ) -> PruneResult:
@@ -618,7 +619,10 @@ async def prune_versions(
     least one is required, a :class:`ConfigError` otherwise, and nothing is removed (a rule
     of the wrong type, ``keep_last="3"``, is an :class:`ArgumentError`). ``host`` and
     ``files`` choose the files as for :func:`list_versions`. Takes the mirror's lock (a sync
-    running is a :class:`LockedError`); ``dry_run`` only reads. Runs in a worker
+    running is a :class:`LockedError`); ``dry_run`` only reads. A failure once removing
+    began (a copy that cannot be removed) stops the prune and is raised, its hint saying how
+    many versions went; pass a list as ``errors`` to have it appended there instead and get
+    the result of what was removed before it, as the CLI reports it. Runs in a worker
     thread; a cancel through the registry stops it before its next file (what was removed
     stays removed) with a :class:`TransferCancelledError`, and a cancel of the caller's scope
     waits for it to end (a file system call cannot be stopped midway)."""
@@ -637,6 +641,7 @@ async def prune_versions(
             keep_within=keep_within,
             dry_run=dry_run,
             cancelled=lambda: token.cancelled,
+            errors=errors,
         )
         await _import_off_the_loop()
         if token.cancelled:

@@ -1423,6 +1423,10 @@ def run_versions_restore(args: argparse.Namespace) -> int:
 
 def run_versions_prune(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
+    # A failure once removing began stops the prune and is said after what it removed before
+    # (a line each and the total, or the JSON object, then the error): alone, it left the
+    # user not knowing which copies were already gone.
+    errors: list[RemoteSyncError] = []
     try:
         from .mirror.versions import prune_versions
 
@@ -1433,6 +1437,7 @@ def run_versions_prune(args: argparse.Namespace) -> int:
             keep_last=args.keep_last,
             keep_within=args.keep_within,
             dry_run=args.dry_run,
+            errors=errors,
         )
     except RemoteSyncError as exc:
         return _fail(exc, args)
@@ -1440,6 +1445,8 @@ def run_versions_prune(args: argparse.Namespace) -> int:
         code = _guard_pipe(lambda: _write_json_lines([result]))
     else:
         code = _guard_pipe(lambda: _print_pruned(result))
+    for failure in errors:  # at most one, a MirrorError: exit 1
+        code = _fail(failure, args)
     # A version no rule keeps that had to stay (reached through a link put there by hand)
     # is a file that failed, as with any other file a command could not do.
     return EXIT_FAILED if result.left else code

@@ -926,6 +926,78 @@ def test_api_prune_versions_is_the_cli_prune(
         anyio.run(partial(pruned, keep_last=1, files="sess-1"))
 
 
+def test_a_prune_that_fails_midway_says_what_it_removed_before_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy that cannot be removed stops the prune, and exits 1: it said only the error,
+    not which copies were already gone nor the bytes freed. It now prints what it removed
+    (a line each and the total, or the JSON object), then the error; the library raises the
+    error with the count in its hint, or, given ``errors``, returns that result."""
+    real_unlink = os.unlink
+
+    def second_fails(calls: list[str]) -> Callable[..., None]:
+        def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+            calls.append(os.fsdecode(path))
+            if len(calls) == 2:
+                raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+            real_unlink(path, *args, **kwargs)
+
+        return unlink
+
+    for form in ("table", "json"):
+        dest = tmp_path / form
+        places = _by_hand_kept(dest, [4 * DAY, 3 * DAY, 2 * DAY, DAY])
+        calls: list[str] = []
+        monkeypatch.setattr(os, "unlink", second_fails(calls))
+        json = ["--json"] if form == "json" else []
+        code, out, err = _cli(
+            ["versions", "prune", "-d", str(dest), "--keep-last", "1", *json], capsys
+        )
+        monkeypatch.undo()
+        assert code == 1, err
+        assert [p.exists() for p in places] == [False, True, True, True]
+        assert "cannot remove version 2" in err and "1, 7 bytes" in err, err
+        lines = out.splitlines()
+        if form == "table":
+            assert lines[0].startswith(f"removed h0: {path_text(PLAIN)} v1 (7 B, kept ")
+            assert lines[1:] == ["removed 1 version (7 B freed); 1 version kept"]
+        else:
+            result, error = (msgspec.json.decode(line) for line in lines)
+            assert _numbers(result["removed"]) == [1] and result["bytes_freed"] == 7
+            assert error["type"] == "error" and error["kind"] == "mirror"
+            assert "cannot remove version 2" in error["message"]
+        # What the failure left is taken by the next prune.
+        code, result, err = _prune(dest, capsys, "--keep-last", "1")
+        assert code == 0 and _numbers(result["removed"]) == [2, 3], err
+
+    dest = tmp_path / "api"
+    places = _by_hand_kept(dest, [4 * DAY, 3 * DAY, 2 * DAY, DAY])
+    monkeypatch.setattr(os, "unlink", second_fails([]))
+    with pytest.raises(MirrorError, match="cannot remove version 2") as raised:
+        anyio.run(partial(api.prune_versions, dest=dest, keep_last=1))
+    assert "the versions removed before it stay removed (1, 7 bytes)" in raised.value.hint
+    monkeypatch.setattr(os, "unlink", second_fails([]))
+    errors: list[Any] = []
+    done = anyio.run(partial(api.prune_versions, dest=dest, keep_last=1, errors=errors))
+    monkeypatch.undo()
+    assert [r.version for r in done.removed] == [2] and done.bytes_freed == 7
+    (error,) = errors
+    assert isinstance(error, MirrorError) and "cannot remove version 3" in str(error)
+    assert [p.exists() for p in places] == [False, False, True, True]
+
+    # A directory that cannot be made durable once its copies are unlinked: said as the
+    # mirror's error (it was a traceback), after what went.
+    def fsync_fails(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", fsync_fails)
+    code, out, err = _cli(["versions", "prune", "-d", str(dest), "--keep-last", "1"], capsys)
+    monkeypatch.undo()
+    assert code == 1 and "cannot sync a directory of the versions folder" in err, err
+    assert out.splitlines()[-1] == "removed 1 version (7 B freed); 1 version kept"
+    assert not places[2].exists()
+
+
 def test_api_prune_versions_of_a_rule_of_the_wrong_type_is_an_argument_error(
     tmp_path: Path,
 ) -> None:

@@ -571,6 +571,7 @@ def prune_versions(
     keep_within: str | timedelta | None = None,
     dry_run: bool = False,
     cancelled: Callable[[], bool] | None = None,
+    errors: list[RemoteSyncError] | None = None,
 ) -> PruneResult:
     """Remove the kept versions of the mirror at ``dest`` that no keep rule keeps, as
     ``restic forget`` does with snapshots: of each file (``host``'s only, ``files`` only, as
@@ -588,7 +589,15 @@ def prune_versions(
     long as its keep time would keep it. Takes the mirror's lock (a sync running is a
     :class:`~remote_sync.errors.LockedError`); ``dry_run`` only reads, as a listing does.
     ``cancelled`` is asked before each file: once it says so, what is removed stays removed
-    and a :class:`TransferCancelledError` is raised."""
+    and a :class:`TransferCancelledError` is raised.
+
+    A failure once removing began (a copy that cannot be removed, a directory of the versions
+    folder that cannot be opened, the state that cannot be written) stops the prune there,
+    what was removed staying removed; it is raised, its hint saying how many went. Pass a
+    list as ``errors`` to have it appended there instead and the result returned, saying what
+    was removed before it (the CLI prints that, then the error, and exits 1), as a listing's
+    ``errors`` does. A failure before anything could be removed (no rule, the lock, a state
+    that cannot be read) is raised either way."""
     last, within = _keep_rules(keep_last, keep_within)
     dest = Path(dest)
     state_database(dest)  # no mirror: said before a lock would make one
@@ -603,9 +612,7 @@ def prune_versions(
             db.close()
         state = MirrorState(dest)  # not opened: only its paths are used, no lock
         for group in doomed:
-            gone, stayed = _remove(state, group, dry_run=True)
-            removed += gone
-            left += stayed
+            _remove(state, group, removed, left, dry_run=True)
         return PruneResult(True, removed, sum(r.bytes for r in removed), kept, left)
     with MirrorState(dest) as state:
         # The rows forgotten must be on disk before the files go, power loss or not (a
@@ -623,10 +630,25 @@ def prune_versions(
                     hint=f"cancelled on request after {len(removed)} of the versions to go "
                     "were removed; the rest are kept: prune again to finish",
                 )
-            gone, stayed = _remove(state, group, dry_run=False)
-            removed += gone
-            left += stayed
+            try:
+                _remove(state, group, removed, left, dry_run=False)
+            except MirrorError as exc:  # StateError too: a commit of forgotten times failed
+                _say_what_went(exc, removed)
+                if errors is None:
+                    raise
+                errors.append(exc)
+                break
     return PruneResult(False, removed, sum(r.bytes for r in removed), kept, left)
+
+
+def _say_what_went(exc: MirrorError, removed: list[VersionRow]) -> None:
+    """``exc``, a failure that stopped a prune, its hint made to say what the prune had done:
+    raised alone (a library call without ``errors``), it is all the caller learns."""
+    gone = sum(r.bytes for r in removed)
+    exc.hint = (
+        f"{exc.hint}; the prune stopped there: the versions removed before it stay removed "
+        f"({len(removed)}, {gone} bytes), the others stay: prune again to finish"
+    )
 
 
 def _keep_rules(
@@ -791,16 +813,23 @@ def _open_dir(versions_dir: Path, parent: Path) -> int:
 
 
 def _remove(
-    state: MirrorState, group: list[_Doomed], *, dry_run: bool
-) -> tuple[list[VersionRow], list[VersionRow]]:
-    """Remove one file's ``group`` of versions (``dry_run``: only look at them); the rows of
-    those removed (that would be) and of those left."""
+    state: MirrorState,
+    group: list[_Doomed],
+    removed: list[VersionRow],
+    left: list[VersionRow],
+    *,
+    dry_run: bool,
+) -> None:
+    """Remove one file's ``group`` of versions (``dry_run``: only look at them), adding the
+    rows of those removed (that would be) to ``removed`` as each goes, and of those that must
+    stay to ``left``: a failure midway leaves ``removed`` saying what went before it."""
     fds, unsure = _places(state, group)
     try:
         going = [doomed for doomed in group if doomed not in unsure]
-        stay = [doomed.row for doomed in group if doomed in unsure]
+        left += [doomed.row for doomed in group if doomed in unsure]
         if dry_run or not going:
-            return [doomed.row for doomed in going], stay
+            removed += [doomed.row for doomed in going]
+            return
         host, path = going[0].row.host, going[0].path
         # The rows first, committed (and, synchronous=FULL, on disk), then the files: killed
         # in between, the state claims no version that is gone; a copy left without its row
@@ -809,7 +838,6 @@ def _remove(
         # ``files.version`` stays: it numbers the next version, which must never take a
         # number a removed one had (a keep time could then describe the wrong copy).
         state.forget_versions(host, path, [doomed.row.version for doomed in going])
-        removed: list[VersionRow] = []
         for doomed in going:
             try:
                 os.unlink(doomed.place.name, dir_fd=fds[doomed.place.parent])
@@ -821,9 +849,16 @@ def _remove(
                     "remove", doomed.row.version, state.dest, doomed.place, where, exc
                 ) from exc
             removed.append(doomed.row)
-        for fd in fds.values():
-            os.fsync(fd)  # the removals durable, as a sync's renames are
-        return removed, stay
+        for parent, fd in fds.items():
+            try:
+                os.fsync(fd)  # the removals durable, as a sync's renames are
+            except OSError as exc:  # an I/O error: said as the mirror's, not a traceback
+                raise MirrorError(
+                    f"cannot sync a directory of the versions folder: {exc.strerror or exc}",
+                    path=str(parent),
+                    hint="check the destination's file system (its log: an I/O error?); the "
+                    "versions said removed are unlinked, but may come back after a power loss",
+                ) from exc
     finally:
         for fd in fds.values():
             os.close(fd)

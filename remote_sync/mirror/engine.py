@@ -1916,23 +1916,38 @@ async def sync_fleet(
     token: CancelToken | None = None,
     registry: CancelRegistry | None = None,
     transfer_id: str | None = None,
+    pool: SSHPool | None = None,
 ) -> Summary:
-    """Sync every host into ``options.dest``; returns the summary (also emitted)."""
+    """Sync every host into ``options.dest``; returns the summary (also emitted).
+
+    ``pool``: connections kept open by the caller between rounds (the agent's), entered by
+    it, used here and left open; ``options.pool`` is then unused. A dry run ignores it and
+    opens a pool of its own, as always: its pool must not record new host keys, and its
+    connections are not worth keeping. Without one, the round opens and closes its own.
+    Either way the round takes the destination's lock for itself, as a run of its own."""
     started = time.monotonic()
     piece_bytes()  # a bad REMOTE_SYNC_PIECE_BYTES is a usage error before any host is asked
     registry = registry if registry is not None else default_registry
     results: dict[str, HostRound] = {}
-    pool_settings = options.pool
-    if options.dry_run:
-        pool_settings = dataclasses.replace(pool_settings, record_new_host_keys=False)
-    pool = SSHPool(pool_settings)
+    owned: contextlib.AbstractAsyncContextManager[SSHPool]
+    if pool is None or options.dry_run:
+        pool_settings = options.pool
+        if options.dry_run:
+            pool_settings = dataclasses.replace(pool_settings, record_new_host_keys=False)
+        connections = SSHPool(pool_settings)
+        owned = connections
+    else:
+        connections = pool
+        owned = contextlib.nullcontext(pool)
     async with contextlib.AsyncExitStack() as stack:
         # Registered first: a cancel that comes while the hosts' files are read or the state
         # is opened (in worker threads, while other tasks run) is not lost.
         tok = stack.enter_context(registry.register(transfer_id, parent=token))
         # In a worker thread: ssh_configs are parsed (a Match exec runs its command), keys
         # loaded.
-        problems = await in_thread(lambda: [pool.preflight(h.endpoint, h.name) for h in hosts])
+        problems = await in_thread(
+            lambda: [connections.preflight(h.endpoint, h.name) for h in hosts]
+        )
         if hosts and all(problems):
             # Every host would stop on its local files (a file named that is not there or
             # cannot be read, an ssh_config that does not parse, a key that does not load),
@@ -1948,7 +1963,7 @@ async def sync_fleet(
         for host, problem in zip(hosts, problems, strict=True):
             # What the host's ssh_config asks for that its connection leaves out: said once
             # a run, before the host's work (its error, if it has one, says enough).
-            for said in () if problem else pool.config_warnings(host.endpoint):
+            for said in () if problem else connections.config_warnings(host.endpoint):
                 emit(WarningEvent.from_config(host.name, said))
         state = await _state_for(options, stack)
         writes = await stack.enter_async_context(_opened(state))
@@ -1960,7 +1975,7 @@ async def sync_fleet(
                 log.warning("recovery: %s", note)
         limiter = anyio.CapacityLimiter(max(1, options.concurrency))
         flush_files = files_per_flush(max(1, options.concurrency))
-        async with pool, IndexWorkers() as workers:
+        async with owned, IndexWorkers() as workers:
 
             async def one(host: Host) -> None:
                 async with limiter:
@@ -1974,7 +1989,15 @@ async def sync_fleet(
                         emit(ErrorEvent.from_exception(error))
                     else:
                         round_ = HostSync(
-                            host, pool, state, writes, options, emit, tok, workers, flush_files
+                            host,
+                            connections,
+                            state,
+                            writes,
+                            options,
+                            emit,
+                            tok,
+                            workers,
+                            flush_files,
                         )
                         results[host.name] = await round_.run()
                 emit(results[host.name].event())

@@ -11,6 +11,10 @@ Thin on purpose: everything it does is also reachable from the library API. Comm
   rule keeps removed (takes the lock, like a sync; ``--dry-run`` only reads).
 * ``check``: whether the mirror holds what its state says (read-only: no lock, no host
   asked); exit 1 when it found damage.
+* ``agent``: a daemon that keeps the hosts' connections open and serves syncs of DIR over
+  its control socket (:mod:`remote_sync.agent`); ``sync`` goes through it when one answers
+  there and can serve it (:func:`_sync_through_agent`: no asyncssh imported, the events shown
+  and the exit code derived as in a run of its own), else runs the sync itself.
 
 Exit codes (scripts rely on them): 0 success; 1 some hosts or files failed (the rest synced or
 was listed), a mirrored file could not be read, or ``check`` found damage; 2 usage or
@@ -54,6 +58,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
+    from .agent import Agent
+    from .agent_link import AgentLink
     from .events import Emit, Event
     from .index.query import SessionRow, StatsRow
     from .index.show import ShowResult
@@ -132,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index(sub)
     _add_versions(sub)
     _add_check(sub)
+    _add_agent(sub)
     return parser
 
 
@@ -166,6 +173,11 @@ def _add_sync(sub: Any) -> None:
         "without it, which indexes them from the mirror",
     )
     sync.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    sync.add_argument(
+        "--no-agent",
+        action="store_true",
+        help="run the sync in this process even when a remote-sync agent serves DIR",
+    )
     _timeout_option(sync)
     sync.add_argument(
         "--compress",
@@ -194,6 +206,52 @@ def _add_sync(sub: Any) -> None:
         help="record unknown host keys on first contact (OpenSSH accept-new); "
         "a changed key is still refused",
     )
+
+
+def _add_agent(sub: Any) -> None:
+    agent = sub.add_parser(
+        "agent",
+        help="keep the hosts' connections open and serve syncs of DIR (a daemon)",
+        description="Run in the foreground, keeping each host's SSH connection open between "
+        "syncs (as ssh's ControlPersist does), and serve `remote-sync sync --dest DIR` "
+        "over the socket DIR/.remote-sync/agent.sock: such a sync of the inventory's hosts "
+        "goes through the agent, its output and exit code the same. Stops on SIGTERM (exit 0) "
+        "or Ctrl-C (exit 130), cancelling the sync running.",
+        epilog="example (as a systemd service: deploy/remote-sync-agent.service):\n"
+        "  remote-sync agent --inventory inventory.toml --dest ./mirror --every 15m --json",
+    )
+    agent.set_defaults(run=run_agent)
+    agent.add_argument("--inventory", "-I", metavar="FILE", required=True, help="inventory TOML")
+    agent.add_argument("--dest", "-d", metavar="DIR", required=True, help="mirror directory")
+    agent.add_argument(
+        "--every",
+        type=_duration,
+        metavar="DURATION",
+        help="also sync every host on this period (30s, 15m, 1h, ...), the first at once",
+    )
+    agent.add_argument(
+        "--persist",
+        type=_duration,
+        default=600.0,
+        metavar="DURATION",
+        help="close a connection unused for this long (default 10m; 0: keep it until the "
+        "agent stops), as ssh's ControlPersist",
+    )
+    agent.add_argument(
+        "--json", action="store_true", help="the scheduled syncs' events as JSON lines on stdout"
+    )
+
+
+def _duration(text: str) -> float:
+    """A period: seconds (``90``), or a number and a unit (``30s``, ``15m``, ``12h``, ``1d``)."""
+    from .index.query import age_seconds
+
+    seconds = age_seconds(text)
+    if seconds is None and text.strip().isdigit():
+        seconds = int(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (say 90, 30s, 15m or 1h)")
+    return float(seconds)
 
 
 def _concurrency_option(parser: Any, done: str, default: int | None) -> None:
@@ -755,6 +813,9 @@ def _heeded_signals() -> list[signal.Signals]:
 
 def _run_sync(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
+    through_agent = _sync_through_agent(args)
+    if through_agent is not None:
+        return through_agent
     from .ssh.fastimport import import_asyncssh
 
     import_asyncssh()
@@ -813,14 +874,26 @@ def _run_sync(args: argparse.Namespace) -> int:
         return EXIT_CANCELLED
 
 
+def _say_cancelling(signum: int) -> None:
+    """The line a first Ctrl-C or SIGTERM of a sync prints on stderr."""
+    import signal
+
+    # The signal that came, sent again: systemd stops a run with SIGTERM, and its journal
+    # said "Ctrl-C again" to someone who pressed none.
+    again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    with contextlib.suppress(OSError):  # a stderr on a full disk
+        # A newline ends the line a terminal echoed ^C on; in a journal or a log it would
+        # be an empty line.
+        lead = "\n" if sys.stderr.isatty() else ""
+        print(f"{lead}cancelling ({again} again to abort at once)...", file=sys.stderr)
+
+
 async def _sync_main(
     hosts: list[Host],
     options: SyncOptions,
     emit: Emit,
     stop_display: Callable[[], None] | None = None,
 ) -> int:
-    import signal
-
     import anyio
 
     from .cancel import CancelRegistry
@@ -839,16 +912,7 @@ async def _sync_main(
                     if not first:
                         _abort_at_once(emit, stop_display)
                     first = False
-                    # The signal that came, sent again: systemd stops a run with SIGTERM, and
-                    # its journal said "Ctrl-C again" to someone who pressed none.
-                    again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-                    with contextlib.suppress(OSError):  # a stderr on a full disk
-                        # A newline ends the line a terminal echoed ^C on; in a journal or a
-                        # log it would be an empty line.
-                        lead = "\n" if sys.stderr.isatty() else ""
-                        print(
-                            f"{lead}cancelling ({again} again to abort at once)...", file=sys.stderr
-                        )
+                    _say_cancelling(signum)
                     registry.cancel_all("cancelled by signal")
 
         tg.start_soon(on_signals)
@@ -882,6 +946,214 @@ class _OutputWatch:
             if self.lost is None and not isinstance(exc, BrokenPipeError):
                 self.lost = exc
             raise
+
+
+# -- sync through the agent ---------------------------------------------------------------------
+
+
+def _sync_through_agent(args: argparse.Namespace) -> int | None:
+    """The sync run by the agent serving ``--dest``, if one answers there and can serve it:
+    its exit code, the events shown as a run here would show them. None: run it here (no
+    agent, ``--no-agent``, an ad-hoc host or its options, or a request the agent refused,
+    said on stderr). Only the standard library, msgspec and rich: no asyncssh, no engine."""
+    adhoc = (args.format, args.root, args.ssh_config, args.known_hosts, args.identity)
+    if args.no_agent or not args.inventory or any(adhoc) or args.accept_new_host_keys:
+        return None
+    if not args.dest:
+        return None  # the run here says what is wrong with it
+    from . import agent_link
+
+    link = agent_link.connect(Path(args.dest))
+    if link is None:
+        return None
+    request = agent_link.SyncRequest(
+        inventory=os.path.abspath(args.inventory),
+        hosts=list(args.hosts),
+        tags=list(args.tag),
+        dry_run=args.dry_run,
+        index=not args.no_index,
+        concurrency=args.concurrency,
+        idle_timeout=_idle_timeout(args),
+        compress=True if args.compress else None,
+    )
+    with link:
+        try:
+            link.send(request)
+        except OSError:
+            return None  # gone between the connect and the request: as if none answered
+        return _follow_agent(link, args)
+
+
+def _follow_agent(link: AgentLink, args: argparse.Namespace) -> int | None:
+    from .events import ThrottledProgress, guarded, json_lines_renderer
+
+    watch: _OutputWatch
+    if args.json:
+        watch = _OutputWatch(json_lines_renderer())
+        code = _agent_events(link, guarded(ThrottledProgress(watch)), args.json, None)
+    else:
+        from .render import RichRenderer
+
+        with RichRenderer(dest=str(args.dest)) as renderer:
+            watch = _OutputWatch(renderer)
+            emit = guarded(ThrottledProgress(watch, 0.1))
+            code = _agent_events(link, emit, args.json, renderer.progress.stop)
+    return None if code is None else _with_lost_output(code, watch)
+
+
+def _agent_events(
+    link: AgentLink, emit: Emit, json: bool, stop_display: Callable[[], None] | None
+) -> int | None:
+    """Pass the agent's events to ``emit`` until it closes; the exit code a run here would
+    have had (from the summary, else from the error that stopped the sync), or None when the
+    agent refused the request. An error is held until the next event: the last one, with
+    no summary after it, stopped the sync, and is reported as a run here reports such an
+    error (a refusal is not shown at all: the sync runs here instead)."""
+    from .errors import AgentError
+    from .events import ErrorEvent, Summary
+
+    held: ErrorEvent | None = None
+    summary: Summary | None = None
+    with _cancel_on_signals(link, emit, stop_display):
+        try:
+            for event in link.events():
+                if held is not None:
+                    emit(held)
+                    held = None
+                if isinstance(event, ErrorEvent):
+                    held = event
+                    continue
+                emit(event)
+                if isinstance(event, Summary):
+                    summary = event
+        except AgentError as exc:
+            held = ErrorEvent.from_exception(exc)
+    if summary is not None:
+        if held is not None:
+            emit(held)
+        return summary.exit_code
+    if held is None:
+        held = ErrorEvent.from_exception(
+            AgentError("the agent ended the connection before the sync's end", path=str(link.path))
+        )
+    error = RemoteSyncError(held.message, host=held.host, path=held.path, hint=held.hint)
+    if held.kind == "agent_refused":
+        _say(RemoteSyncError(f"the agent cannot serve this sync: {error}"))
+        return None
+    if json:
+        emit(held)
+    _say(error)
+    return _AGENT_EXIT.get(held.kind, EXIT_FAILED)
+
+
+#: The exit code of a sync the agent could not start, by its error's kind (as
+#: :func:`_exit_code` maps the error itself in a run here).
+_AGENT_EXIT = {
+    "config": EXIT_USAGE,
+    "destination": EXIT_USAGE,
+    "locked": EXIT_LOCKED,
+    "cancelled": EXIT_CANCELLED,
+}
+
+
+@contextlib.contextmanager
+def _cancel_on_signals(
+    link: AgentLink, emit: Emit, stop_display: Callable[[], None] | None
+) -> Iterator[None]:
+    """A first Ctrl-C or SIGTERM sends the agent a cancel for this sync (whose events then
+    end as a cancelled run's do); a second leaves at once, as in a run here (the agent
+    cancels the sync of a client gone)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    heeded = _heeded_signals()
+    signals = 0
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            _abort_at_once(emit, stop_display)
+        _say_cancelling(signum)
+        link.cancel()
+
+    previous = {s: signal.signal(s, on_signal) for s in heeded}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# -- agent --------------------------------------------------------------------------------------
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
+    from .ssh.fastimport import import_asyncssh
+
+    import_asyncssh()
+    import anyio
+
+    from .agent import Agent
+    from .events import json_lines_renderer
+
+    _freeze_imports()
+    out = json_lines_renderer() if args.json else None
+    try:
+        agent = Agent(
+            Path(args.inventory),
+            _given_dest(args.dest),
+            every=args.every or None,
+            persist=args.persist,
+            scheduled=out,
+        )
+        code: int = anyio.run(_agent_main, agent)
+        return code
+    except RemoteSyncError as exc:
+        _report(exc, out)
+        return _exit_code(exc)
+    except KeyboardInterrupt:
+        return EXIT_CANCELLED
+
+
+async def _agent_main(agent: Agent) -> int:
+    """Serve until SIGTERM (exit 0: systemd's stop) or Ctrl-C (130); a second one leaves
+    at once."""
+    import signal
+
+    import anyio
+
+    stopped_by: list[int] = []
+    async with anyio.create_task_group() as tg:
+
+        async def on_signals() -> None:
+            with anyio.open_signal_receiver(*_heeded_signals()) as signals:
+                async for signum in signals:
+                    if stopped_by:
+                        os._exit(EXIT_CANCELLED)
+                    stopped_by.append(signum)
+                    agent.stop()
+
+        tg.start_soon(on_signals)
+        # Raised after the task group closes, so callers see it unwrapped.
+        error: RemoteSyncError | None = None
+        try:
+
+            def ready() -> None:
+                with contextlib.suppress(OSError):
+                    print(f"remote-sync agent: serving {agent.socket}", file=sys.stderr, flush=True)
+
+            await agent.serve(ready)
+        except RemoteSyncError as exc:
+            error = exc
+        tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return EXIT_CANCELLED if stopped_by[:1] == [signal.SIGINT] else EXIT_OK
 
 
 def _with_lost_output(code: int, watch: _OutputWatch | None) -> int:

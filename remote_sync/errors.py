@@ -306,6 +306,23 @@ class LockedError(RemoteSyncError):
     default_hint = "wait for the other run to finish, or stop it; nothing was touched"
 
 
+class AgentError(RemoteSyncError):
+    """The sync agent (``remote-sync agent``) could not serve a sync it took: it went away
+    mid-sync, or answered out of its protocol."""
+
+    default_hint = (
+        "run the sync again (it resumes from the last checkpoints), with --no-agent to run it "
+        "in this process; the agent's log (its journal) says more"
+    )
+
+
+class AgentRefusedError(AgentError):
+    """The agent cannot serve this request (another inventory, a host not in its own,
+    another protocol version): the client runs the sync itself."""
+
+    default_hint = "the sync runs in this process instead, as with --no-agent"
+
+
 class ProtocolError(RemoteSyncError):
     """The remote's output did not follow the framing we asked for (broken listing, stray bytes)."""
 
@@ -339,6 +356,8 @@ _KIND_BY_CLASS = {
     "StateError": "state",
     "DestinationError": "destination",
     "LockedError": "locked",
+    "AgentError": "agent",
+    "AgentRefusedError": "agent_refused",
     "OutputError": "output",
     "ProtocolError": "protocol",
     "TooMuchOutputError": "too_much_output",

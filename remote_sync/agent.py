@@ -1,0 +1,398 @@
+"""The sync agent: a long-lived process that keeps each host's SSH connection open between
+syncs and serves syncs over a control socket, as OpenSSH's ControlMaster + ControlPersist
+keep a master connection for later ``ssh`` runs.
+
+What it owns: :class:`Agent`, built on the engine (``mirror.engine.sync_fleet``) with pools
+it keeps open (one per compression setting, each connection closed after ``persist``
+seconds unused, 0 never), the control socket (``DIR/.remote-sync/agent.sock``, protocol in
+:mod:`remote_sync.agent_link`), the agent's lock (``agent.lock``, flock'd while it runs: a
+second agent is refused, a socket left by one that died is removed), and the rounds it runs
+every ``every`` seconds on its own.
+
+A sync served here is the sync a run of its own would be: it takes the mirror's lock for
+itself (so ``sync --no-agent``, ``versions prune`` and the rest work between the agent's
+syncs, and are refused during them as they are by any run), reports the same events, and is
+cancelled as Ctrl-C cancels one (a ``cancel`` from its client, or the client gone). One sync
+at a time: a request while another runs (a client's or a scheduled one) gets the lock's
+error, kind ``locked``, as a second run would. A dry run changes nothing and takes no lock,
+so it runs beside another sync, on a pool of its own, as ever. Only peers of the agent's own
+uid are served; another's connection is logged and closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import logging
+import math
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import msgspec
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from .agent_link import (
+    LOCK_NAME,
+    MAX_REQUEST,
+    CancelRequest,
+    SyncRequest,
+    address,
+    decode_request,
+    peer_credentials,
+    socket_path,
+)
+from .cancel import CancelRegistry
+from .errors import (
+    AgentRefusedError,
+    ConfigError,
+    LockedError,
+    MirrorError,
+    RemoteSyncError,
+)
+from .events import (
+    Emit,
+    ErrorEvent,
+    Event,
+    Summary,
+    ThrottledProgress,
+    WarningEvent,
+    encode_event,
+    guarded,
+)
+from .inventory import Host, load_inventory
+from .mirror.engine import SyncOptions, sync_fleet
+from .ssh.pool import PoolSettings, SSHPool
+from .ssh.remote import checked_idle_timeout
+
+log = logging.getLogger(__name__)
+
+#: The default ``--persist``: a connection nobody used for 10 minutes is closed.
+PERSIST = 600.0
+#: Seconds a client has to send its request once connected.
+REQUEST_TIMEOUT = 10.0
+
+
+class Agent:
+    """Serve syncs of ``dest`` from the hosts of ``inventory`` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        inventory: Path,
+        dest: Path,
+        *,
+        every: float | None = None,
+        persist: float = PERSIST,
+        scheduled: Emit | None = None,
+        registry: CancelRegistry | None = None,
+    ) -> None:
+        self.inventory = Path(os.path.realpath(inventory))
+        self.dest = dest
+        self.every = every
+        self.persist = persist
+        #: Where a scheduled round's events go (None: a line per round in the log).
+        self.scheduled = scheduled
+        self.registry = registry if registry is not None else CancelRegistry()
+        self.socket = socket_path(dest)
+        self.served = 0
+        self._ids = itertools.count(1)
+        self._syncing: str | None = None  # who holds the agent's one sync
+        self._running = 0  # syncs running, dry runs included
+        self._quiet: anyio.Event | None = None  # set when none runs any more
+        self._stopping: anyio.Event | None = None  # made in serve's event loop
+        self._stop_asked = False
+        self._pools: dict[bool, SSHPool] = {}
+
+    def stop(self) -> None:
+        """Cancel the syncs running (as Ctrl-C does), then stop serving."""
+        self.registry.cancel_all("the agent is stopping")
+        self._stop_asked = True
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def serve(self, ready: Callable[[], None] | None = None) -> None:
+        """Run until :meth:`stop`: take the agent's lock, listen, serve; on the way out the
+        connections are closed and the socket removed. ``ready`` is called once the socket
+        listens."""
+        load_inventory(self.inventory)  # a bad inventory stops the agent before it listens
+        self._stopping = anyio.Event()
+        if self._stop_asked:
+            self._stopping.set()
+        with self._locked(), self._listening() as sock:
+            listener = await anyio.abc.SocketListener.from_socket(sock)
+            async with contextlib.AsyncExitStack() as stack:
+                for compress in (False, True):
+                    settings = PoolSettings(compression=compress, idle_close=self.persist)
+                    self._pools[compress] = await stack.enter_async_context(SSHPool(settings))
+                async with listener, anyio.create_task_group() as tg:
+                    tg.start_soon(listener.serve, self._handle, tg)
+                    if self.every:
+                        tg.start_soon(self._schedule, self.every)
+                    if ready is not None:
+                        ready()
+                    await self._stopping.wait()
+                    self.registry.cancel_all("the agent is stopping")
+                    # A cancelled round winds down (its last commit, its summary to its
+                    # client) before the connections it uses are closed.
+                    if self._running:
+                        self._quiet = anyio.Event()
+                        await self._quiet.wait()
+                    tg.cancel_scope.cancel()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        control = self.socket.parent
+        try:
+            control.mkdir(parents=True, exist_ok=True)
+            fd = os.open(control / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise MirrorError(
+                f"cannot create the agent's lock file: {exc.strerror or exc}",
+                path=str(control / LOCK_NAME),
+                hint="the destination must be writable by this user",
+            ) from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockedError(
+                    "another remote-sync agent serves this destination",
+                    path=str(self.socket),
+                    hint="stop it first (systemctl stop remote-sync-agent, or its Ctrl-C); "
+                    "syncs already go through it",
+                ) from None
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    @contextlib.contextmanager
+    def _listening(self) -> Iterator[socket.socket]:
+        if not hasattr(socket, "SO_PEERCRED"):
+            raise ConfigError(
+                "the agent needs SO_PEERCRED (Linux) to know who connects",
+                hint="run remote-sync sync directly (or from a timer) on this system",
+            )
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            with address(self.socket) as where:
+                # Under the agent's lock: a socket there is one a dead agent left.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(where)
+                # umask 077 while it is made: no moment when another user could connect.
+                mask = os.umask(0o077)
+                try:
+                    sock.bind(where)
+                finally:
+                    os.umask(mask)
+                os.chmod(where, 0o600)
+            sock.listen(16)
+        except OSError as exc:
+            sock.close()
+            raise MirrorError(
+                f"cannot listen on the agent's socket: {exc.strerror or exc}",
+                path=str(self.socket),
+                hint="the destination must be writable by this user, on a local file system",
+            ) from exc
+        try:
+            yield sock
+        finally:
+            with contextlib.suppress(OSError), address(self.socket) as where:
+                os.unlink(where)
+            sock.close()
+
+    async def _handle(self, client: anyio.abc.SocketStream) -> None:
+        async with client:
+            raw = client.extra(anyio.abc.SocketAttribute.raw_socket)
+            pid, uid = peer_credentials(raw)
+            if uid != os.getuid():
+                log.warning("refused a connection from pid %d of uid %d: not the agent's", pid, uid)
+                return
+            reader = BufferedByteReceiveStream(client)
+            try:
+                with anyio.fail_after(REQUEST_TIMEOUT):
+                    line = await reader.receive_until(b"\n", MAX_REQUEST)
+            except (TimeoutError, anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound):
+                return
+            except (OSError, anyio.BrokenResourceError):
+                return
+            try:
+                request = decode_request(line)
+                hosts = self._hosts(request)
+            except RemoteSyncError as exc:
+                log.info("pid %d: %s", pid, exc)
+                with contextlib.suppress(OSError, anyio.BrokenResourceError):
+                    await client.send(encode_event(ErrorEvent.from_exception(exc)) + b"\n")
+                return
+            await self._serve_client(client, reader, request, hosts, f"pid {pid}")
+
+    def _hosts(self, request: SyncRequest) -> list[Host]:
+        """The hosts ``request`` names, from the agent's inventory, read again for each sync
+        (an edit counts from the next sync, as for a timer's runs)."""
+        if os.path.realpath(request.inventory) != str(self.inventory):
+            raise AgentRefusedError(
+                f"the agent serves the inventory {self.inventory}, not {request.inventory}",
+                path=str(self.socket),
+            )
+        inventory = load_inventory(self.inventory)
+        missing = [name for name in request.hosts if inventory.get(name) is None]
+        if missing:
+            raise AgentRefusedError(
+                f"{', '.join(map(repr, missing))} not in the agent's inventory (an ad-hoc host "
+                "is synced by the command itself)",
+                path=str(self.inventory),
+            )
+        hosts = inventory.select(request.hosts, request.tags)
+        if not hosts:
+            raise ConfigError(
+                "the inventory lists no hosts",
+                path=str(self.inventory),
+                hint="add a [[hosts]] table with a name and an address, or name hosts to sync",
+            )
+        return hosts
+
+    async def _serve_client(
+        self,
+        client: anyio.abc.SocketStream,
+        reader: BufferedByteReceiveStream,
+        request: SyncRequest,
+        hosts: list[Host],
+        who: str,
+    ) -> None:
+        transfer = f"agent-{next(self._ids)}"
+        send, receive = anyio.create_memory_object_stream[bytes](math.inf)
+
+        def emit(event: Event) -> None:
+            send.send_nowait(encode_event(event) + b"\n")
+
+        async def write() -> None:
+            # Unbounded, as the events of a round are: progress is throttled, the rest is a
+            # few lines per host and, in a dry run, one per file.
+            try:
+                async for data in receive:
+                    await client.send(data)
+            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self.registry.cancel(transfer, "its client went away")
+                async for _ in receive:  # drop the rest; the round goes on to its end
+                    pass
+
+        async def listen() -> None:
+            # A cancel line, or the client gone (its end closed, the process killed): the
+            # sync is cancelled, as a Ctrl-C cancels a run of its own.
+            with contextlib.suppress(Exception):
+                while True:
+                    line = await reader.receive_until(b"\n", MAX_REQUEST)
+                    with contextlib.suppress(Exception):
+                        if isinstance(_decode_cancel(line), CancelRequest):
+                            break
+            self.registry.cancel(transfer, "cancelled by its client")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen)
+            async with anyio.create_task_group() as out:
+                out.start_soon(write)
+                sink = guarded(ThrottledProgress(emit, 0.1))
+                summary = await self._sync(request, hosts, sink, transfer, who)
+                send.close()  # the writer ends once the events are out
+            if summary is not None:
+                log.info("%s: sync %s, exit %d", who, _outcome(summary), summary.exit_code)
+            tg.cancel_scope.cancel()  # the listener: the connection closes now
+
+    async def _sync(
+        self, request: SyncRequest, hosts: list[Host], emit: Emit, transfer: str, who: str
+    ) -> Summary | None:
+        """Run one sync for ``who``; its events (a failure to start: one error) to ``emit``."""
+        try:
+            options = SyncOptions(
+                dest=self.dest,
+                concurrency=max(1, request.concurrency),
+                dry_run=request.dry_run,
+                idle_timeout=checked_idle_timeout(request.idle_timeout),
+                index=request.index,
+                pool=PoolSettings(compression=bool(request.compress)),
+            )
+            if request.dry_run:
+                return await self._round(hosts, options, emit, transfer, None)
+            if self._syncing is not None:
+                raise LockedError(
+                    f"the remote-sync agent (pid {os.getpid()}) is running {self._syncing} "
+                    "of this destination",
+                    path=str(self.dest),
+                )
+            self._syncing = f"a sync for {who}"
+            try:
+                pool = self._pools[bool(request.compress)]
+                return await self._round(hosts, options, emit, transfer, pool)
+            finally:
+                self._syncing = None
+        except RemoteSyncError as exc:
+            emit(ErrorEvent.from_exception(exc))
+            return None
+
+    async def _round(
+        self,
+        hosts: list[Host],
+        options: SyncOptions,
+        emit: Emit,
+        transfer: str,
+        pool: SSHPool | None,
+    ) -> Summary:
+        self._running += 1
+        try:
+            self.served += 1
+            return await sync_fleet(
+                hosts, options, emit, registry=self.registry, transfer_id=transfer, pool=pool
+            )
+        finally:
+            self._running -= 1
+            if not self._running and self._quiet is not None:
+                self._quiet.set()
+
+    async def _schedule(self, every: float) -> None:
+        """A sync of every inventory host now, then every ``every`` seconds (its start to
+        the next one's); one due while another sync runs is skipped, said in the log."""
+        while True:
+            started = anyio.current_time()
+            if self._syncing is not None:
+                log.warning("scheduled sync skipped: %s is running", self._syncing)
+            else:
+                await self._scheduled_round()
+            await anyio.sleep(max(0.0, started + every - anyio.current_time()))
+
+    async def _scheduled_round(self) -> None:
+        emit = self.scheduled if self.scheduled is not None else _log_problems
+        transfer = f"agent-{next(self._ids)}"
+        try:
+            hosts = load_inventory(self.inventory).select((), ())
+        except RemoteSyncError as exc:
+            emit(ErrorEvent.from_exception(exc))
+            return
+        request = SyncRequest(inventory=str(self.inventory))
+        summary = await self._sync(
+            request, hosts, guarded(ThrottledProgress(emit)), transfer, "the schedule"
+        )
+        if summary is not None and self.scheduled is None:
+            log.warning("scheduled sync: %s, exit %d", _outcome(summary), summary.exit_code)
+
+
+def _decode_cancel(line: bytes) -> CancelRequest:
+    return msgspec.json.decode(line, type=CancelRequest)
+
+
+def _outcome(summary: Summary) -> str:
+    partial = f"{summary.hosts_partial} partial, " if summary.hosts_partial else ""
+    return (
+        f"{summary.hosts_ok} hosts ok, {partial}{summary.hosts_failed} failed, "
+        f"{summary.bytes} bytes in {summary.seconds:.1f} s"
+    )
+
+
+def _log_problems(event: Event) -> None:
+    """A scheduled round's events without ``--json``: its errors and warnings in the log."""
+    if isinstance(event, ErrorEvent | WarningEvent):
+        where = ": ".join(p for p in (event.host, event.path) if p)
+        label = "error" if isinstance(event, ErrorEvent) else "warning"
+        log.warning("%s %s: %s (%s)", label, where, event.message, event.hint)

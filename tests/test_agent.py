@@ -1,0 +1,309 @@
+"""``remote-sync agent``: syncs served over the control socket on connections kept open.
+
+The agent runs as a real process (``python -m remote_sync.cli agent``) against the real
+sshd fleet; clients are real ``remote-sync sync`` processes, or ``main`` in this process
+where only the exit code and the events matter. Connections are counted in the hosts'
+sshd logs ("Accepted publickey"), one line per SSH connection sshd accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sshfleet import SSHFleet
+from synchelp import cli_process, expected_tree, make_openclaw_tree, mirror_tree, write_inventory
+
+from remote_sync.events import ErrorEvent, Summary, decode_event
+from remote_sync.inventory import load_inventory
+from remote_sync.mirror.engine import SyncOptions, sync_fleet
+from remote_sync.ssh.pool import SSHPool
+
+SOCKET = Path(".remote-sync") / "agent.sock"
+
+
+def accepted(fleet: SSHFleet, name: str) -> int:
+    """SSH connections sshd of ``name`` accepted so far."""
+    return fleet.host(name).log_path.read_text(errors="replace").count("Accepted publickey")
+
+
+def start_agent(inv: Path, dest: Path, *extra: str) -> subprocess.Popen[bytes]:
+    proc = cli_process(["agent", "--inventory", str(inv), "--dest", str(dest), *extra])
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # "remote-sync agent: serving ..." once it listens
+    assert b"serving" in line, line + proc.stderr.read()
+    return proc
+
+
+def stop_agent(
+    proc: subprocess.Popen[bytes], sent: signal.Signals = signal.SIGTERM
+) -> tuple[int, bytes]:
+    """Its exit code and what it wrote on stderr."""
+    if proc.poll() is None:
+        proc.send_signal(sent)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+@pytest.fixture
+def agent_setup(fleet: SSHFleet, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    make_openclaw_tree(fleet, "h0")
+    make_openclaw_tree(fleet, "h1", seed=1)
+    yield write_inventory(fleet, tmp_path / "inventory.toml"), tmp_path / "m"
+
+
+def sync_json(inv: Path, dest: Path, *extra: str) -> tuple[int, list[object], bytes]:
+    proc = cli_process(["sync", "-I", str(inv), "-d", str(dest), "--json", *extra])
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, [decode_event(line) for line in out.splitlines()], err
+
+
+def test_a_sync_through_the_agent_is_a_direct_one_on_kept_connections(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    inv, dest = agent_setup
+    agent = start_agent(inv, dest)
+    try:
+        mode = (dest / SOCKET).stat().st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+        before = accepted(fleet, "h0")
+        code, events, err = sync_json(inv, dest)
+        assert code == 0, err
+        (summary,) = [e for e in events if isinstance(e, Summary)]
+        assert summary.hosts_ok == 2 and summary.exit_code == 0
+        assert summary.files.new == sum(h.files.new for h in summary.hosts) > 0
+        for name in ("h0", "h1"):
+            assert mirror_tree(dest, name) == expected_tree(fleet.path(name))
+        # The same as a direct run into another mirror.
+        code, direct, _ = sync_json(inv, tmp_path / "direct", "--no-agent")
+        (alone,) = [e for e in direct if isinstance(e, Summary)]
+        assert code == 0 and alone.files == summary.files and alone.bytes == summary.bytes
+        # A second sync through the agent: no new SSH connection to the host.
+        once = accepted(fleet, "h0")
+        assert once == before + 2  # the agent's and the direct run's
+        code, events, err = sync_json(inv, dest)
+        assert code == 0, err
+        assert accepted(fleet, "h0") == once
+        (summary,) = [e for e in events if isinstance(e, Summary)]
+        assert summary.files.unchanged == alone.files.new and summary.bytes == 0
+    finally:
+        assert stop_agent(agent)[0] == 0
+    assert not (dest / SOCKET).exists()
+
+
+def test_the_client_does_not_import_asyncssh(agent_setup: tuple[Path, Path]) -> None:
+    inv, dest = agent_setup
+    agent = start_agent(inv, dest)
+    script = (
+        "import sys\nfrom remote_sync.cli import main\n"
+        f"code = main(['sync', '-I', {str(inv)!r}, '-d', {str(dest)!r}, '--json'])\n"
+        "print('asyncssh' in sys.modules, 'remote_sync.mirror.engine' in sys.modules, code,"
+        " file=sys.stderr)\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    finally:
+        stop_agent(agent)
+    assert done.stderr.decode().splitlines()[-1] == "False False 0", done.stderr
+
+
+def stuck_inventory(fleet: SSHFleet, tmp_path: Path) -> Path:
+    """h0, and a host whose ProxyCommand never answers: a sync runs until cancelled."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    with open(inv, "a") as out:
+        out.write(
+            '[[hosts]]\nname = "stuck"\naddress = "stuck.invalid"\nproxy_command = "sleep 60"\n'
+        )
+    return inv
+
+
+def wait_listing(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if b'"host":"stuck","phase":"listing"' in line:
+            return
+    raise AssertionError("the sync never started")
+
+
+def test_a_cancelled_client_cancels_its_sync_and_the_agent_goes_on(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    make_openclaw_tree(fleet, "h0")
+    inv, dest = stuck_inventory(fleet, tmp_path), tmp_path / "m"
+    agent = start_agent(inv, dest)
+    try:
+        client = cli_process(["sync", "-I", str(inv), "-d", str(dest), "--json"])
+        wait_listing(client)
+        # A second request while it runs: the lock's error, exit 75, nothing touched.
+        code, events, _ = sync_json(inv, dest, "h0")
+        assert code == 75
+        assert isinstance(events[-1], ErrorEvent) and events[-1].kind == "locked"
+        client.send_signal(signal.SIGINT)
+        out, err = client.communicate(timeout=60)
+        assert client.returncode == 130, err
+        assert b"cancelling (Ctrl-C again" in err
+        summary = decode_event(out.splitlines()[-1])
+        assert isinstance(summary, Summary) and summary.exit_code == 130
+        # A client killed mid-sync cancels it too: the next sync is not refused as locked.
+        client = cli_process(["sync", "-I", str(inv), "-d", str(dest), "--json"])
+        wait_listing(client)
+        client.kill()
+        client.communicate(timeout=30)
+        deadline = time.monotonic() + 30
+        while True:
+            code, events, _ = sync_json(inv, dest, "h0")
+            if code != 75 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert code == 0, events
+        assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
+        assert agent.poll() is None
+    finally:
+        assert stop_agent(agent, signal.SIGINT)[0] == 130
+
+
+def test_an_agent_killed_mid_sync_leaves_a_mirror_a_direct_sync_recovers(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    make_openclaw_tree(fleet, "h0")
+    inv, dest = stuck_inventory(fleet, tmp_path), tmp_path / "m"
+    agent = start_agent(inv, dest)
+    client = cli_process(["sync", "-I", str(inv), "-d", str(dest), "--json"])
+    wait_listing(client)
+    agent.kill()
+    agent.communicate(timeout=30)
+    _, err = client.communicate(timeout=30)
+    assert client.returncode == 1, err
+    assert b"the agent ended the connection" in err
+    assert (dest / SOCKET).exists()  # stale: nobody answers
+    code, _, err = sync_json(inv, dest, "h0")  # runs directly, silently
+    assert code == 0 and b"agent" not in err, err
+    assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
+    agent = start_agent(inv, dest)  # the stale socket is replaced
+    try:
+        second = cli_process(["agent", "-I", str(inv), "-d", str(dest)])
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 75 and b"another remote-sync agent" in err
+    finally:
+        assert stop_agent(agent)[0] == 0
+
+
+def test_requests_the_agent_cannot_serve_run_directly_and_say_so(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    inv, dest = agent_setup
+    other = write_inventory(fleet, tmp_path / "other.toml", ["h0"])
+    agent = start_agent(inv, dest)
+    try:
+        code, events, err = sync_json(other, dest)
+        assert code == 0
+        assert err.decode().count("the agent cannot serve this sync") == 1, err
+        assert not any(isinstance(e, ErrorEvent) for e in events)  # the refusal is no error
+        # --no-agent: direct, without a word.
+        code, _, err = sync_json(inv, dest, "--no-agent")
+        assert code == 0 and b"agent" not in err
+    finally:
+        stop_agent(agent)
+
+
+def test_another_uid_is_refused(agent_setup: tuple[Path, Path]) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as another uid")
+    inv, _ = agent_setup
+    # A destination another uid can reach (pytest's temporary directories are 0700).
+    top = Path(tempfile.mkdtemp())
+    try:
+        os.chmod(top, 0o711)
+        dest = top / "m"
+        agent = start_agent(inv, dest)
+        path = dest / SOCKET
+        os.chmod(path, 0o666)  # so that the other uid can connect at all
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child)
+            try:
+                os.setuid(65534)
+                sock = socket.socket(socket.AF_UNIX)
+                sock.connect(str(path))
+                request = {"type": "sync", "version": 1, "inventory": str(inv)}
+                sock.sendall(json.dumps(request).encode() + b"\n")
+                try:
+                    os.write(write, sock.recv(1000) or b"closed")
+                except ConnectionResetError:  # closed with the request unread
+                    os.write(write, b"closed")
+            except BaseException as exc:
+                os.write(write, repr(exc).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        os.waitpid(child, 0)
+        assert os.read(read, 1000) == b"closed"
+        os.close(read)
+        code, err = stop_agent(agent)
+        assert code == 0 and b"refused a connection" in err and b"of uid 65534" in err, err
+    finally:
+        shutil.rmtree(top)
+
+
+def test_every_runs_scheduled_rounds_as_json_lines(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path]
+) -> None:
+    inv, dest = agent_setup
+    agent = start_agent(inv, dest, "--every", "1s", "--json")
+    assert agent.stdout is not None
+    summaries = []
+    for line in agent.stdout:
+        event = decode_event(line)
+        if isinstance(event, Summary):
+            summaries.append(event)
+            if len(summaries) == 2:
+                break
+    assert stop_agent(agent)[0] == 0
+    assert summaries[0].hosts_ok == 2 and summaries[0].files.new > 0
+    assert summaries[1].files.new == 0 and summaries[1].files.unchanged == summaries[0].files.new
+
+
+async def test_rounds_given_a_pool_use_it_and_leave_it_open(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path]
+) -> None:
+    """The engine's side of the agent: a round given the caller's pool connects through it,
+    once for two rounds, and leaves it open; a dry run still opens a pool of its own."""
+    inv, dest = agent_setup
+    hosts = load_inventory(inv).select(["h0"])
+    events: list[object] = []
+    async with SSHPool() as pool:
+        for dry_run in (False, False, True):
+            options = SyncOptions(dest=dest, dry_run=dry_run)
+            summary = await sync_fleet(hosts, options, events.append, pool=pool)
+            assert summary.exit_code == 0
+        stats = pool.stats(hosts[0].endpoint)
+        assert (stats.connects, stats.operations) == (1, 2)
+        assert pool._slots[hosts[0].endpoint].conn is not None  # still open
+    assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
+
+
+def test_the_recap_through_the_agent_is_a_direct_runs(agent_setup: tuple[Path, Path]) -> None:
+    inv, dest = agent_setup
+    assert sync_json(inv, dest, "--no-agent")[0] == 0
+    agent = start_agent(inv, dest)
+    try:
+        shown = []
+        for extra in ([], ["--no-agent"]):
+            proc = cli_process(["sync", "-I", str(inv), "-d", str(dest), *extra])
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            shown.append(out)
+    finally:
+        stop_agent(agent)
+    assert b"sync recap" in shown[0] and shown[0] == shown[1]

@@ -17,7 +17,11 @@ import pytest
 from remote_sync.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_LOCKED, build_parser
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-UNITS = [DEPLOY / "remote-sync.service", DEPLOY / "remote-sync.timer"]
+UNITS = [
+    DEPLOY / "remote-sync.service",
+    DEPLOY / "remote-sync.timer",
+    DEPLOY / "remote-sync-agent.service",
+]
 
 
 def unit(path: Path) -> configparser.ConfigParser:
@@ -42,6 +46,18 @@ def test_the_service_runs_a_sync_the_command_line_accepts() -> None:
     # SIGTERM for a clean stop, but an exit status only when listed, so without it every
     # stop (a shutdown's too) left the unit failed.
     assert str(EXIT_CANCELLED) in accepted
+
+
+def test_the_agent_service_runs_an_agent_the_command_line_accepts() -> None:
+    service = unit(DEPLOY / "remote-sync-agent.service")["Service"]
+    assert service["Type"] == "simple"
+    args = build_parser().parse_args(shlex.split(service["ExecStart"])[1:])
+    assert args.command == "agent" and args.json and args.every == 15 * 60
+    assert args.dest.startswith(service["ReadWritePaths"])
+    # The same hardening as the timer's service.
+    timer_run = unit(DEPLOY / "remote-sync.service")["Service"]
+    for key in ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "User"):
+        assert service[key] == timer_run[key], key
 
 
 def test_the_timer_starts_the_service() -> None:

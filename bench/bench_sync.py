@@ -20,7 +20,12 @@ previous one's dirty pages):
    <= 64 MB each); the 1 GiB initial mirror's time vs ``rsync -a`` and ``ssh cat > file``.
 
 Where this version of the CLI has ``--no-index``, mirror-only runs of ``remote-sync sync`` join
-the alternation (info). Every run also records its client CPU time (``time -v``) and the rest
+the alternation (info). Where it has ``remote-sync agent``, the incremental and no-change runs
+of parts 1 and 2 are also timed with warm connections: ``remote-sync sync`` of a destination
+an agent serves (the agent keeps each host's connection between runs), against the named peer
+(a cold rsync, with the part's goal) and against the same rsync through OpenSSH control masters
+(``ControlMaster=auto``, ``ControlPersist``: warm connections on both sides, info); the
+agent's own peak RSS is read from ``/proc`` before it stops. Every run also records its client CPU time (``time -v``) and the rest
 of the machine's busy CPU time meanwhile (``/proc/stat``: sshd, remote commands, kernel, and
 any other load on the machine). After every run the mirrors are checked against the remote
 files (remote-sync: byte-identical up to each JSONL file's last newline; rsync: identical).
@@ -435,26 +440,128 @@ def run_peer(
     return r
 
 
-def rsync_argv(ssh_config: Path, alias: str, root: Path, dest: Path, *extra: str) -> list[str]:
+def rsync_argv(
+    ssh_config: Path, alias: str, root: Path, dest: Path, *extra: str, rsh: str | None = None
+) -> list[str]:
     return [
         "rsync",
         "-a",
         *extra,
         "-e",
-        f"ssh -F {ssh_config}",
+        rsh or f"ssh -F {ssh_config}",
         f"{alias}:{root}/agents/",
         f"{dest}/",
     ]
 
 
-def fleet_rsync(fleet: Any, dest: Path, *extra: str) -> dict[str, Any]:
-    """``xargs -P8 -n2 rsync -a ...``: one rsync per host, 8 at a time (RSYNC_RSH = ssh -F)."""
+def fleet_rsync(fleet: Any, dest: Path, *extra: str, rsh: str | None = None) -> dict[str, Any]:
+    """``xargs -P8 -n2 rsync -a ...``: one rsync per host, 8 at a time (RSYNC_RSH = ssh -F,
+    or ``rsh``)."""
     items = b"".join(
         f"{name}:{fleet.path(name)}/agents/\0{dest / name}/\0".encode() for name in fleet.names
     )
-    env = dict(os.environ, RSYNC_RSH=f"ssh -F {fleet.ssh_config}")
+    env = dict(os.environ, RSYNC_RSH=rsh or f"ssh -F {fleet.ssh_config}")
     argv = ["xargs", "-0", "-P", str(RSYNC_PARALLEL), "-n", "2", "rsync", "-a", *extra]
     return run_peer(argv, stdin=items, env=env)
+
+
+def supports_agent() -> bool:
+    """Does this version have ``remote-sync agent`` (connections kept between syncs)?"""
+    out = subprocess.run(
+        [sys.executable, "-m", "remote_sync.cli", "agent", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.returncode == 0
+
+
+class Agent:
+    """A ``remote-sync agent`` serving ``dest`` (connections kept for the whole benchmark:
+    ``--persist 0``), started once its mirror holds a first sync; each timed ``remote-sync
+    sync`` of that destination then goes through it, as a user's would. Its own peak RSS
+    (``VmHWM``) is read before it stops: the client's ``time -v`` does not see it."""
+
+    def __init__(self, inventory: Path, dest: Path) -> None:
+        self.socket = dest / ".remote-sync" / "agent.sock"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "remote_sync.cli",
+                "agent",
+                "--inventory",
+                str(inventory),
+                "--dest",
+                str(dest),
+                "--persist",
+                "0",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while not self._answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                err = self.process.communicate()[1]
+                raise RuntimeError(f"remote-sync agent did not start: {err[-2000:]!r}")
+            time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+        return True
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
+        return float("nan")
+
+    def stop(self) -> float:
+        """Stop it (SIGTERM, as systemd does); its peak RSS."""
+        peak = self.peak_rss_mb()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        return peak
+
+
+def control_master_rsh(ssh_config: Path, work: Path) -> str:
+    """ssh for rsync that keeps one master connection per host between runs (OpenSSH's
+    ControlMaster and ControlPersist): the peer of ours through the agent."""
+    return (
+        f"ssh -F {ssh_config} -o ControlMaster=auto -o ControlPath={work}/cm-%C "
+        "-o ControlPersist=600"
+    )
+
+
+def close_control_masters(ssh_config: Path, work: Path, aliases: Sequence[str]) -> None:
+    for alias in aliases:
+        subprocess.run(
+            [
+                "ssh",
+                "-F",
+                str(ssh_config),
+                "-o",
+                f"ControlPath={work}/cm-%C",
+                "-O",
+                "exit",
+                alias,
+            ],
+            capture_output=True,
+            check=False,
+        )
 
 
 def clear(*paths: Path) -> None:
@@ -555,6 +662,38 @@ def bench_one(fleet: Any, sizes: Sizes, lines: Lines, work: Path, profile: bool)
         progress(f"one initial rep {rep + 1}: " + _last(runs, "initial"))
     clear(fsync_dest)
 
+    # Warm connections: ours through an agent that serves its destination, against rsync
+    # through an OpenSSH control master (ControlPersist), each with a first mirror made and
+    # one run to open the connection before the timed runs.
+    with_agent = supports_agent()
+    agent_dest, cm_dest = work / "one-agent", work / "one-rsync-cm"
+    cm = control_master_rsh(fleet.ssh_config, work)
+    agent: Agent | None = None
+    if with_agent:
+        clear(agent_dest, cm_dest)
+        run_ours(inventory, agent_dest)
+        agent = Agent(inventory, agent_dest)
+        run_ours(inventory, agent_dest)
+        for _ in range(2):
+            run_peer(rsync_argv(fleet.ssh_config, name, fleet.path(name), cm_dest, rsh=cm))
+
+    def ours_agent(key: str) -> Callable[[], None]:
+        def step() -> None:
+            r = run_ours(inventory, agent_dest)
+            check_mirror(remote, agent_dest / name / "agents", lines_only=True, what="agent")
+            runs.setdefault(f"ours_agent_{key}", []).append(r)
+
+        return step
+
+    def rsync_cm(key: str) -> Callable[[], None]:
+        def step() -> None:
+            argv = rsync_argv(fleet.ssh_config, name, fleet.path(name), cm_dest, "--append", rsh=cm)
+            r = run_peer(argv)
+            check_mirror(remote, cm_dest, lines_only=False, what="rsync control master")
+            runs.setdefault(f"rsync_cm_{key}", []).append(r)
+
+        return step
+
     appended: list[int] = []
     for rep in range(sizes.repeat):
         grown = rng.sample(rels, sizes.grow_files)
@@ -562,15 +701,23 @@ def bench_one(fleet: Any, sizes: Sizes, lines: Lines, work: Path, profile: bool)
         steps = [ours("incremental"), rsync("incremental", "--append")]
         if with_noindex:
             steps.append(ours("incremental", "--no-index"))
+        if with_agent:
+            steps += [ours_agent("incremental"), rsync_cm("incremental")]
         alternate(rep, steps)
         progress(f"one incremental rep {rep + 1}: " + _last(runs, "incremental"))
     for rep in range(sizes.repeat):
         steps = [ours("nochange"), rsync("nochange", "--append")]
         if with_noindex:
             steps.append(ours("nochange", "--no-index"))
+        if with_agent:
+            steps += [ours_agent("nochange"), rsync_cm("nochange")]
         alternate(rep, steps)
         progress(f"one no-change rep {rep + 1}: " + _last(runs, "nochange"))
     clear(noindex_dest)
+    agent_peak = agent.stop() if agent is not None else None
+    if with_agent:
+        close_control_masters(fleet.ssh_config, work, [name])
+        clear(agent_dest, cm_dest)
 
     # Bytes on the wire: one more growth round and one no-change round, both tools through
     # the counting relay (given as ProxyCommand in a copy of the fleet's ssh_config).
@@ -635,11 +782,30 @@ def bench_one(fleet: Any, sizes: Sizes, lines: Lines, work: Path, profile: bool)
     if with_noindex:
         for key in ("initial", "incremental", "nochange"):
             result[f"ratio_{key}_noindex"] = med[f"ours_noindex_{key}"] / med[f"rsync_{key}"]
+    if with_agent:
+        _agent_ratios(result, med, runs, agent_peak)
     if profile:
         result["profile"] = profile_one(
             fleet, name, rels, lines, rng, inventory, work, sizes, rsync_dest
         )
     return result
+
+
+def _agent_ratios(
+    result: dict[str, Any],
+    med: dict[str, float],
+    runs: dict[str, list[Any]],
+    agent_peak: float | None,
+) -> None:
+    """The through-the-agent figures: against the named peer (a cold rsync) and against
+    rsync through a control master (warm connections on both sides)."""
+    for key in ("incremental", "nochange"):
+        result[f"ratio_{key}_agent"] = med[f"ours_agent_{key}"] / med[f"rsync_{key}"]
+        result[f"ratio_{key}_agent_vs_cm"] = med[f"ours_agent_{key}"] / med[f"rsync_cm_{key}"]
+    result["peak_rss_mb"]["agent_client"] = max(
+        r["rss_mb"] for key in ("incremental", "nochange") for r in runs[f"ours_agent_{key}"]
+    )
+    result["peak_rss_mb"]["agent"] = agent_peak
 
 
 def medians(runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, float], dict[str, Any]]:
@@ -741,6 +907,36 @@ def bench_fleet(sizes: Sizes, lines: Lines, work: Path, profile: bool) -> dict[s
                 steps.append(ours("initial", "--no-index"))
             alternate(rep, steps)
             progress(f"fleet initial rep {rep + 1}: " + _last(runs, "initial"))
+        # Warm connections, as in part 1: ours through an agent, rsync through control
+        # masters.
+        with_agent = supports_agent()
+        agent_dest, cm_dest = work / "fleet-agent", work / "fleet-rsync-cm"
+        cm = control_master_rsh(fleet.ssh_config, work)
+        agent: Agent | None = None
+        if with_agent:
+            clear(agent_dest, cm_dest)
+            cm_dest.mkdir()
+            run_ours(inventory, agent_dest)
+            agent = Agent(inventory, agent_dest)
+            run_ours(inventory, agent_dest)
+            for _ in range(2):
+                fleet_rsync(fleet, cm_dest, rsh=cm)
+
+        def ours_agent(key: str) -> Callable[[], None]:
+            def step() -> None:
+                runs.setdefault(f"ours_agent_{key}", []).append(run_ours(inventory, agent_dest))
+                check(agent_dest, True)
+
+            return step
+
+        def rsync_cm(key: str) -> Callable[[], None]:
+            def step() -> None:
+                r = fleet_rsync(fleet, cm_dest, "--append", rsh=cm)
+                runs.setdefault(f"rsync_cm_{key}", []).append(r)
+                check(cm_dest, False)
+
+            return step
+
         appended = []
         for rep in range(sizes.repeat):
             total = 0
@@ -757,15 +953,23 @@ def bench_fleet(sizes: Sizes, lines: Lines, work: Path, profile: bool) -> dict[s
             steps = [ours("incremental"), rsync("incremental", "--append")]
             if with_noindex:
                 steps.append(ours("incremental", "--no-index"))
+            if with_agent:
+                steps += [ours_agent("incremental"), rsync_cm("incremental")]
             alternate(rep, steps)
             progress(f"fleet incremental rep {rep + 1}: " + _last(runs, "incremental"))
         for rep in range(sizes.repeat):
             steps = [ours("nochange"), rsync("nochange", "--append")]
             if with_noindex:
                 steps.append(ours("nochange", "--no-index"))
+            if with_agent:
+                steps += [ours_agent("nochange"), rsync_cm("nochange")]
             alternate(rep, steps)
             progress(f"fleet no-change rep {rep + 1}: " + _last(runs, "nochange"))
         clear(noindex_dest)
+        agent_peak = agent.stop() if agent is not None else None
+        if with_agent:
+            close_control_masters(fleet.ssh_config, work, names)
+            clear(agent_dest, cm_dest)
 
         med, cpu = medians(runs)
         result: dict[str, Any] = {
@@ -792,6 +996,8 @@ def bench_fleet(sizes: Sizes, lines: Lines, work: Path, profile: bool) -> dict[s
                 result["peak_rss_mb"][f"{key}_noindex"] = max(
                     r["rss_mb"] for r in runs[f"ours_noindex_{key}"]
                 )
+        if with_agent:
+            _agent_ratios(result, med, runs, agent_peak)
         if profile:
             result["profile"] = profile_fleet(
                 fleet, names, rels, lines, rng, inventory, work, sizes, ours_dest
@@ -1455,6 +1661,46 @@ def verdict(ok: bool, by: str = "") -> str:
     return "met" if ok else f"MISSED{(' ' + by) if by else ''}"
 
 
+def _agent_rows(part: str, r: dict[str, Any], goal: float) -> list[tuple[str, str, str, str, str]]:
+    """The rows of the runs through an agent: against the named (cold) peer, with the goal,
+    and against rsync through control masters, for information."""
+    if "ratio_incremental_agent" not in r:
+        return []
+    m = r["median_s"]
+    rows: list[tuple[str, str, str, str, str]] = []
+    for key, what in (("incremental", "incremental"), ("nochange", "no-change")):
+        ratio = r[f"ratio_{key}_agent"]
+        rows.append(
+            (
+                f"{part} {what} through the agent vs rsync --append",
+                f"{m[f'ours_agent_{key}']:.2f} s",
+                f"{m[f'rsync_{key}']:.2f} s",
+                f"{ratio:.2f}",
+                f"<= {goal:g}: {verdict(ratio <= goal)}" if key == "incremental" else "info",
+            )
+        )
+        rows.append(
+            (
+                f"{part} same vs rsync --append over a control master",
+                f"{m[f'ours_agent_{key}']:.2f} s",
+                f"{m[f'rsync_cm_{key}']:.2f} s",
+                f"{r[f'ratio_{key}_agent_vs_cm']:.2f}",
+                "info",
+            )
+        )
+    peak = r["peak_rss_mb"]
+    rows.append(
+        (
+            f"{part} peak RSS through the agent: client / agent",
+            f"{peak['agent_client']:.1f} MB",
+            f"{peak['agent']:.1f} MB",
+            "",
+            "info",
+        )
+    )
+    return rows
+
+
 def print_table(r: dict[str, Any]) -> None:
     rows: list[tuple[str, str, str, str, str]] = []
     one = r["one"]
@@ -1501,6 +1747,7 @@ def print_table(r: dict[str, Any]) -> None:
             "info",
         )
     )
+    rows += _agent_rows("1", one, GOAL_INCREMENTAL_RATIO)
     oi, ri = w["ours_incremental"], w["rsync_incremental"]
     rows.append(
         (
@@ -1570,6 +1817,7 @@ def print_table(r: dict[str, Any]) -> None:
             "info",
         )
     )
+    rows += _agent_rows("2 fleet", f, GOAL_FLEET_INCREMENTAL_RATIO)
     b = r["big"]
     rss_goal = f"<= {GOAL_PEAK_RSS_MB:g} MB"
     for label, value, goal in (

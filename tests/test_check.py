@@ -270,3 +270,34 @@ def test_the_state_is_read_in_pages_each_row_once(
     assert (summary.files, found) == (len(names), [])
     with pytest.raises(ConfigError):
         check_mirror(dest, host="h1", on_problem=found.append)
+
+
+def test_a_sync_that_starts_after_the_check_opened_the_state_is_no_damage(
+    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Opened with no sync running, the state is read as a file nothing changes: a sync that
+    starts, rewrites a file and ends while the check runs must still be seen, not taken for
+    damage."""
+    fleet = ssh_fleet(1)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "mirror"
+    rng = random.Random(9)
+    fleet.write("h0", os.fsdecode(PLAIN), session_bytes(rng, 8))
+    sync = ["sync", "--inventory", str(inv), "--dest", str(dest)]
+    assert main(sync) == 0
+    assert not (dest / ".remote-sync" / "state.db-wal").exists()
+    fleet.write("h0", os.fsdecode(PLAIN), session_bytes(rng, 3, start=50))  # rewritten
+    synced: list[int] = []
+
+    def sync_first() -> bool:
+        if not synced:  # the state is open and the page of rows read: a sync runs now
+            synced.append(main(sync))
+        return False
+
+    found: list[Problem] = []
+    summary = check_mirror(dest, on_problem=found.append, cancelled=sync_first)
+    capsys.readouterr()
+    assert synced == [0]
+    assert [p for p in found if p.type == "damage"] == [] and summary.intact
+    # The version the sync kept is counted too: the check saw its commit.
+    assert summary.versions == 1

@@ -22,7 +22,11 @@ committed in doubt (inode -1), and a new file has a placeholder row first, so wh
 finds wrong is read again with the state's newest row before it is said; a file in doubt that
 does not match is a note (the next sync's recovery takes it), never damage. The state is read
 in pages of :data:`PAGE_ROWS` rows in (host, path) order, each in its own read, so memory stays
-bounded and no read transaction is held open for the whole check.
+bounded and no read transaction is held open for the whole check. Opened while no sync runs,
+the state is read as a file nothing changes (``immutable``: see
+:func:`~remote_sync.index.store.read_only_uri`), which would not see a sync that starts later,
+and would read pages its checkpoints rewrite underneath; so each read is followed by a look at
+the database's files, and one that changed meanwhile is read again on a new connection.
 """
 
 from __future__ import annotations
@@ -33,13 +37,13 @@ import sqlite3
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
 from ..errors import ConfigError, TransferCancelledError, path_text, refetch_hint
 from ..formats.readers import READERS
-from ..index.query import open_index, unreadable_index
+from ..index.query import open_index, state_database, unreadable_index
 from .state import (
     CONTROL_DIR,
     FINGERPRINT_BYTES,
@@ -51,10 +55,15 @@ from .state import (
 
 __all__ = ["CheckReport", "CheckSummary", "Problem", "check_mirror"]
 
+_T = TypeVar("_T")
+
 #: How many state rows are read at a time.
 PAGE_ROWS = 1000
 #: How many times a file found wrong is looked at again against a newer row of the state.
 _LOOKS = 3
+#: How many times in a row a read of the state is done again on a new connection because a
+#: sync changed the database during it, before the check gives up.
+_REREADS = 20
 
 
 class Problem(msgspec.Struct, kw_only=True):
@@ -102,9 +111,9 @@ def check_mirror(
     a state SQLite cannot read, one too (as for ``versions list``). ``cancelled`` is asked
     before each file: true, it stops with a :class:`TransferCancelledError`."""
     dest = Path(dest)
-    db = open_index(dest, warn=False)
+    state = _StateReader(dest)
     try:
-        checker = _Checker(dest, db, on_problem, cancelled or (lambda: False))
+        checker = _Checker(dest, state, on_problem, cancelled or (lambda: False))
         try:
             hosts = checker.hosts(host)
             for name in hosts:
@@ -116,10 +125,101 @@ def check_mirror(
         except sqlite3.Error as exc:
             raise unreadable_index(dest, exc) from exc
     finally:
-        db.close()
+        state.close()
     return CheckSummary(
         checker.files, checker.versions, checker.damaged, checker.notes, checker.damaged == 0
     )
+
+
+#: What a look at the state database's files sees: the ``-wal`` file's inode (None: there is
+#: none, no sync has the database open) and the database file's inode, size and mtime.
+_Stamp = tuple[int | None, int, int, int]
+
+
+def _stamp(db_path: Path) -> _Stamp:
+    try:
+        wal: int | None = os.stat(db_path.with_name(db_path.name + "-wal")).st_ino
+    except FileNotFoundError:
+        wal = None
+    st = os.stat(db_path)
+    return wal, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class _StateReader:
+    """The state read without the lock, each read one that a sync starting meanwhile cannot
+    spoil. With a ``-wal`` file there when it was opened, the connection reads through the
+    sync's shared memory and sees each commit as it is made. Without one, it was opened
+    ``immutable``: it sees neither a later sync's commits nor that the database file changes
+    when they are checkpointed into it (pages read then may belong to two versions of the
+    B-tree: wrong rows, or a "malformed" error on a sound database). So a read that finds the
+    files changed since the open is done again on a new connection."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.path = state_database(dest)
+        self.db, self.stamp = self._open()
+
+    def _open(self) -> tuple[sqlite3.Connection, _Stamp]:
+        for _ in range(_REREADS):
+            try:
+                before = _stamp(state_database(self.dest))
+                db = open_index(self.dest, warn=False)
+                try:
+                    # The same files before and after: open_index chose its mode on what
+                    # ``before`` says (a -wal file or none).
+                    after = _stamp(self.path)
+                except OSError:
+                    db.close()
+                    raise
+            except OSError as exc:  # moved away between two looks
+                raise ConfigError(
+                    f"cannot read the mirror's state database in {self.dest}: "
+                    f"{exc.strerror or exc}",
+                    hint=f"check the permissions of {self.dest / CONTROL_DIR}",
+                ) from exc
+            if after == before:
+                return db, before
+            db.close()
+        raise self._unsteady()
+
+    def _unsteady(self) -> ConfigError:
+        return ConfigError(
+            f"the mirror's state database in {self.dest} kept changing while it was read",
+            hint="syncs started and ended faster than the check could read a page: run it again",
+        )
+
+    def changed(self) -> bool:
+        """Whether what was read since the open may be stale or torn: read immutable, and
+        the database's files are no longer those it was opened on."""
+        try:
+            return self.stamp[0] is None and _stamp(self.path) != self.stamp
+        except OSError:
+            return True  # moved away meanwhile: the reopen says so
+
+    def reopen(self) -> None:
+        self.db.close()
+        self.db, self.stamp = self._open()
+
+    def steady(self, read: Callable[[sqlite3.Connection], _T]) -> _T:
+        """What ``read`` returns from the state, read again on a new connection until no
+        sync changed the database during it."""
+        for _ in range(_REREADS):
+            try:
+                found = read(self.db)
+            except sqlite3.DatabaseError:
+                if not self.changed():
+                    raise
+            else:
+                if not self.changed():
+                    return found
+            self.reopen()
+        raise self._unsteady()
+
+    def rows(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        return self.steady(lambda db: db.execute(sql, params).fetchall())
+
+    def close(self) -> None:
+        self.db.close()
 
 
 #: A file's row as the check reads it: path, committed size, inode, fingerprint, version.
@@ -132,12 +232,12 @@ class _Checker:
     def __init__(
         self,
         dest: Path,
-        db: sqlite3.Connection,
+        state: _StateReader,
         on_problem: Callable[[Problem], object],
         cancelled: Callable[[], bool],
     ) -> None:
         self.dest = dest
-        self.db = db
+        self.state = state
         self.on_problem = on_problem
         self.cancelled = cancelled
         self.paths = MirrorState(dest)  # not opened: its paths only, no lock, no database
@@ -146,7 +246,7 @@ class _Checker:
 
     def _has_table(self, name: str) -> bool:
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
-        return self.db.execute(sql, (name,)).fetchone() is not None
+        return bool(self.state.rows(sql, (name,)))
 
     def say(self, problem: Problem) -> None:
         if problem.type == "damage":
@@ -157,8 +257,8 @@ class _Checker:
 
     def hosts(self, only: str | None) -> list[str]:
         """The hosts to check: every one the mirror has synced or holds files of."""
-        known = {h for (h,) in self.db.execute("SELECT host FROM hosts")}
-        known.update(h for (h,) in self.db.execute("SELECT DISTINCT host FROM files"))
+        known = {h for (h,) in self.state.rows("SELECT host FROM hosts")}
+        known.update(h for (h,) in self.state.rows("SELECT DISTINCT host FROM files"))
         if only is None:
             return sorted(known)
         if only not in known:
@@ -177,11 +277,11 @@ class _Checker:
         after = b""
         first = True
         while True:
-            page = self.db.execute(
+            page = self.state.rows(
                 "SELECT path, size, ino, fingerprint, version FROM files "
                 "WHERE host = ? AND (? OR path > ?) ORDER BY path LIMIT ?",
                 (host, first, after, PAGE_ROWS),
-            ).fetchall()
+            )
             for path, size, ino, fingerprint, version in page:
                 yield bytes(path), size, ino, bytes(fingerprint), version
             if len(page) < PAGE_ROWS:
@@ -189,12 +289,13 @@ class _Checker:
             after, first = bytes(page[-1][0]), False
 
     def _row(self, host: str, path: bytes) -> _Row | None:
-        found = self.db.execute(
+        rows = self.state.rows(
             "SELECT path, size, ino, fingerprint, version FROM files WHERE host = ? AND path = ?",
             (host, path),
-        ).fetchone()
-        if found is None:
+        )
+        if not rows:
             return None
+        found = rows[0]
         return bytes(found[0]), found[1], found[2], bytes(found[3]), found[4]
 
     def check_files(self, host: str) -> None:
@@ -290,10 +391,8 @@ class _Checker:
     def _check_versions(self, host: str, path: bytes, counted: int) -> None:
         timed: set[int] = set()
         if self.timed:
-            cur = self.db.execute(
-                "SELECT version FROM versions WHERE host = ? AND path = ?", (host, path)
-            )
-            timed = {number for (number,) in cur}
+            sql = "SELECT version FROM versions WHERE host = ? AND path = ?"
+            timed = {number for (number,) in self.state.rows(sql, (host, path))}
         for number in range(1, counted + 1):
             place = self.paths.version_path(host, path, number)
             try:
@@ -349,7 +448,7 @@ class _Checker:
         """Whether the state still has a keep time for the version: a prune forgets it
         (committed) before it removes the copy, so one gone meanwhile was pruned."""
         sql = "SELECT 1 FROM versions WHERE host = ? AND path = ? AND version = ?"
-        return self.db.execute(sql, (host, path, number)).fetchone() is not None
+        return bool(self.state.rows(sql, (host, path, number)))
 
     def _shown(self, place: Path) -> str:
         return path_text(os.fsencode(place.relative_to(self.dest)))
@@ -393,14 +492,21 @@ class _Checker:
     # -- the index ---------------------------------------------------------------------------
 
     def check_index(self, host: str) -> None:
+        # Gathered, then said: a read a sync spoilt is done again whole, so nothing is said
+        # twice (a host's notes are few, and api.check_mirror keeps them all anyway).
+        for problem in self.state.steady(lambda db: self._index_notes(db, host)):
+            self.say(problem)
+
+    def _index_notes(self, db: sqlite3.Connection, host: str) -> list[Problem]:
         rebuild = f"run `remote-sync index rebuild --dest {self.dest}`"
-        cur = self.db.execute(
+        notes: list[Problem] = []
+        cur = db.execute(
             "SELECT s.path, s.session_id FROM sessions AS s WHERE s.host = ? AND NOT EXISTS "
             "(SELECT 1 FROM files AS f WHERE f.host = s.host AND f.path = s.path)",
             (host,),
         )
         for path, session_id in cur:
-            self.say(
+            notes.append(
                 Problem(
                     type="note",
                     kind="not_in_state",
@@ -410,14 +516,14 @@ class _Checker:
                     hint=f"{rebuild}: it leaves the session out",
                 )
             )
-        fmt = self.db.execute("SELECT format FROM hosts WHERE host = ?", (host,)).fetchone()
+        fmt = db.execute("SELECT format FROM hosts WHERE host = ?", (host,)).fetchone()
         reader = READERS.get(fmt[0]) if fmt else None
         # A host synced with --no-index has files and no session: none is missing.
-        if reader is None or not host_is_indexed(self.db, host):
-            return
-        for path, size in unindexed_files(self.db, host):
+        if reader is None or not host_is_indexed(db, host):
+            return notes
+        for path, size in unindexed_files(db, host):
             if reader.is_transcript(path):
-                self.say(
+                notes.append(
                     Problem(
                         type="note",
                         kind="not_indexed",
@@ -427,6 +533,7 @@ class _Checker:
                         hint=f"{rebuild}: it indexes every mirrored transcript",
                     )
                 )
+        return notes
 
     # -- strays ------------------------------------------------------------------------------
 
@@ -459,7 +566,7 @@ class _Checker:
                     pending.append(entry.path)
                     continue
                 rel = os.path.relpath(entry.path, top)
-                if self.db.execute(known, (host, rel)).fetchone() is None:
+                if not self.state.rows(known, (host, rel)):
                     self.say(_stray(host, path_text(rel), "a file the state does not know"))
 
     def look_for_stray_hosts(self, hosts: list[str]) -> None:

@@ -597,6 +597,31 @@ def test_a_version_kept_after_the_state_is_lost_is_numbered_above_every_copy_lef
     assert code == 0 and _numbers(result["removed"]) == [2, 2], err
 
 
+def test_a_copy_put_by_hand_under_a_huge_version_number_is_not_counted_on_from(
+    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sync counts versions one at a time, so a number past any it could reach is a name
+    put there by hand: numbered after it, the new version's number was past what SQLite
+    stores (an internal error, the host failed at each rewrite of the file) or, below that,
+    a count a check walks one number at a time. The new version is numbered as if it were
+    not there, and the copy by hand is left alone."""
+    fleet = ssh_fleet(1)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "mirror"
+    rng = random.Random(12)
+    _write(fleet, PLAIN, session_bytes(rng, 3))
+    _sync(inv, dest, capsys)
+    state = MirrorState(dest)  # not opened: only its paths are used
+    by_hand = [state.version_path("h0", PLAIN, n) for n in (2**64, 10**12)]
+    for place in by_hand:
+        place.parent.mkdir(parents=True, exist_ok=True)
+        place.write_bytes(b"mine\n")
+    _write(fleet, PLAIN, session_bytes(rng, 2, start=50))
+    _sync(inv, dest, capsys)
+    assert [(r.path, r.version) for r in _listed(dest, capsys)] == [(path_text(PLAIN), 1)]
+    assert all(place.read_bytes() == b"mine\n" for place in by_hand)
+
+
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 

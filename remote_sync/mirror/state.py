@@ -61,8 +61,14 @@ _VERSION_LIKE = re.compile(rb"\.v[0-9]+~*\Z")
 #: cut too, with a digest of its own, so that it never takes the place of the cut form of
 #: another, longer name. No other name is placed differently than before this rule.
 _LIKE_CUT_FILE = re.compile(rb"~[0-9a-f]{16}\Z")
-#: The number a name in the versions tree ends with, when it ends like a version's.
-_NUMBERED = re.compile(rb"\.v([1-9][0-9]*)\Z")
+#: The number a name in the versions tree ends with, when it ends like a version's: at most
+#: nine digits, ``_MAX_VERSION_ON_DISK``'s.
+_NUMBERED = re.compile(rb"\.v([1-9][0-9]{0,8})\Z")
+#: The highest number of a copy on disk a new version is numbered after. A sync counts a
+#: file's versions one at a time, so a number past it is a name put there by hand: counted
+#: on from, it would take the next number past what SQLite stores (2**63 - 1), or leave a
+#: count a check walks one number at a time.
+_MAX_VERSION_ON_DISK = 999_999_999
 _LIKE_CUT_DIR = re.compile(rb"~[0-9a-f]{16}~+\Z")
 
 
@@ -792,7 +798,8 @@ class MirrorState:
         prune left gaps at the bottom, so that run would start over at v1 below copies that
         stay, and "1 is the oldest" and a later ``--keep-last`` would be wrong. A name is
         taken only when it is the one :meth:`version_path` gives that number (a name cut with
-        a digest too); another file's versions sharing the directory are not."""
+        a digest too); another file's versions sharing the directory are not, nor a number
+        past ``_MAX_VERSION_ON_DISK`` (put there by hand)."""
         folder = os.path.dirname(os.fsencode(self.version_path(host, path, 1)))
         name = path.rpartition(b"/")[2]
         try:

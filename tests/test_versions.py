@@ -479,7 +479,7 @@ def test_a_damaged_state_database_is_an_error_not_a_traceback(
     for args in (["list"], ["restore", "h0", "sess-1", "1", "--to", str(tmp_path / "out")]):
         code, _, err = _cli(["versions", *args, "--dest", str(dest)], capsys)
         assert code == 2 and says in err, err
-        assert "move it aside" in err
+        assert "move it aside" in err and err.index("run again") < err.index("move it aside")
 
     async def listed() -> list[VersionRow]:
         return await api.list_versions(dest=dest)

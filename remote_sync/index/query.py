@@ -306,9 +306,13 @@ def unreadable_index(dest: str | Path, exc: sqlite3.Error) -> ConfigError:
     if isinstance(exc, sqlite3.OperationalError) and "locked" in said:
         hint = "another process has held it locked for long (a sqlite3 shell?): run again later"
     elif "malformed" in said or "not a database" in said:
+        # A read begun while no sync had the database open reads its file as it is
+        # (``read_only_uri``): a sync that starts and commits meanwhile can make it read
+        # pages of two versions, which SQLite calls malformed. Run again before anything.
         hint = (
-            f"check the file system that holds {control}; if the database itself is damaged, "
-            "move it aside (a sync then fetches every file again)"
+            f"run again (a sync that started during the read can cause this); if it says so "
+            f"again, check the file system that holds {control}, and if the database itself "
+            "is damaged, move it aside (a sync then fetches every file again)"
         )
     else:
         hint = f"check the permissions of {control}"

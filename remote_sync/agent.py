@@ -58,6 +58,7 @@ from .events import (
     Emit,
     ErrorEvent,
     Event,
+    Progress,
     Summary,
     ThrottledProgress,
     WarningEvent,
@@ -75,6 +76,11 @@ log = logging.getLogger(__name__)
 PERSIST = 600.0
 #: Seconds a client has to send its request once connected.
 REQUEST_TIMEOUT = 10.0
+#: Bytes of events a client may leave unread before its progress lines are dropped.
+PROGRESS_BACKLOG = 64 * 1024
+#: Bytes of events a client may leave unread before it is taken for gone (its sync
+#: cancelled): a dry run's line per file of some hundred thousand files.
+MAX_BACKLOG = 32 * 1024 * 1024
 
 
 class Agent:
@@ -264,20 +270,41 @@ class Agent:
     ) -> None:
         transfer = f"agent-{next(self._ids)}"
         send, receive = anyio.create_memory_object_stream[bytes](math.inf)
+        # The bytes handed to the writer and not yet sent: a client that stops reading (a
+        # process suspended, a pipe nobody drains) must neither block the round (emit never
+        # waits) nor make the agent hold its events without bound. Past PROGRESS_BACKLOG
+        # its progress lines are dropped (each holds the totals so far: the next one sent
+        # brings the client up to date); past MAX_BACKLOG it is taken for gone: its sync is
+        # cancelled, as a client that left cancels it, and its events are dropped.
+        pending = 0
+        writer = anyio.CancelScope()
 
         def emit(event: Event) -> None:
-            send.send_nowait(encode_event(event) + b"\n")
+            nonlocal pending
+            if writer.cancel_called:
+                return
+            if isinstance(event, Progress) and event.phase != "done" and pending > PROGRESS_BACKLOG:
+                return
+            data = encode_event(event) + b"\n"
+            if pending + len(data) > MAX_BACKLOG:
+                log.warning("%s: its client does not read its events: sync cancelled", who)
+                self.registry.cancel(transfer, "its client does not read its events")
+                writer.cancel()
+                return
+            pending += len(data)
+            send.send_nowait(data)
 
         async def write() -> None:
-            # Unbounded, as the events of a round are: progress is throttled, the rest is a
-            # few lines per host and, in a dry run, one per file.
+            nonlocal pending
             try:
-                async for data in receive:
-                    await client.send(data)
+                with writer:
+                    async for data in receive:
+                        await client.send(data)
+                        pending -= len(data)
             except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self.registry.cancel(transfer, "its client went away")
-                async for _ in receive:  # drop the rest; the round goes on to its end
-                    pass
+            async for _ in receive:  # drop the rest; the round goes on to its end
+                pass
 
         async def listen() -> None:
             # A cancel line, or the client gone (its end closed, the process killed): the

@@ -22,7 +22,8 @@ The protocol is JSON lines over the socket (one object per line, UTF-8):
   ``locked`` when another sync holds the mirror, the agent's own included). A request the
   agent will not serve (another inventory file, a host its inventory does not have, another
   protocol version) gets one ``error`` line of kind ``agent_refused``: the client then runs
-  the sync itself.
+  the sync itself. A client that leaves its events unread loses the
+  progress lines past 64 KiB unread; past 32 MiB it is taken for gone, its sync cancelled.
 
 Only peers with the agent's own uid are served, and a client talks only to an agent of its
 own uid. The socket is created mode 0600 (under umask 077). Its path may be longer than the

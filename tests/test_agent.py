@@ -21,11 +21,24 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
+import msgspec
 import pytest
 from sshfleet import SSHFleet
 from synchelp import cli_process, expected_tree, make_openclaw_tree, mirror_tree, write_inventory
 
-from remote_sync.events import ErrorEvent, Summary, decode_event
+from remote_sync import agent as agent_module
+from remote_sync.agent import Agent
+from remote_sync.agent_link import SyncRequest
+from remote_sync.events import (
+    Emit,
+    ErrorEvent,
+    FileCounts,
+    Planned,
+    Progress,
+    Summary,
+    decode_event,
+)
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror.engine import SyncOptions, sync_fleet
 from remote_sync.ssh.pool import SSHPool
@@ -307,3 +320,101 @@ def test_the_recap_through_the_agent_is_a_direct_runs(agent_setup: tuple[Path, P
     finally:
         stop_agent(agent)
     assert b"sync recap" in shown[0] and shown[0] == shown[1]
+
+
+class _StuckClient:
+    """A client that reads nothing until told to."""
+
+    def __init__(self) -> None:
+        self.reading = anyio.Event()
+        self.received: list[bytes] = []
+
+    async def send(self, data: bytes) -> None:
+        await self.reading.wait()
+        self.received.append(data)
+
+
+class _SilentReader:
+    async def receive_until(self, delimiter: bytes, max_bytes: int) -> bytes:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+
+def _progress(n: int) -> Progress:
+    """Progress of one of many hosts (the agent throttles each host's alone)."""
+    return Progress(
+        host=f"h{n}",
+        phase="fetching",
+        files_done=n,
+        files_total=10**6,
+        bytes_done=n,
+        bytes_total=10**9,
+    )
+
+
+def _summary() -> Summary:
+    return Summary(
+        hosts=[],
+        files=FileCounts(),
+        bytes=0,
+        hosts_ok=1,
+        hosts_failed=0,
+        exit_code=0,
+        dry_run=False,
+        seconds=1.0,
+    )
+
+
+async def test_a_client_that_does_not_read_costs_its_progress_not_unbounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = Agent(tmp_path / "inventory.toml", tmp_path / "m")
+    client = _StuckClient()
+
+    async def sync(request: object, hosts: object, emit: Emit, transfer: str, who: str) -> Summary:
+        for n in range(20000):  # a large fleet's progress, never read meanwhile
+            emit(_progress(n))
+            await anyio.sleep(0)
+        emit(
+            _progress(20000).__class__(**{**msgspec.structs.asdict(_progress(0)), "phase": "done"})
+        )
+        emit(_summary())
+        client.reading.set()
+        return _summary()
+
+    monkeypatch.setattr(agent, "_sync", sync)
+    request = SyncRequest(inventory=str(tmp_path / "inventory.toml"))
+    with anyio.fail_after(30):
+        await agent._serve_client(client, _SilentReader(), request, [], "pid 1")  # type: ignore[arg-type]
+    events = [decode_event(line) for line in client.received]
+    progress = [e for e in events if isinstance(e, Progress)]
+    # What fits in the backlog, not the 20000 lines; the last progress (done) and the
+    # summary are never dropped.
+    assert 1 < len(progress) < 1000
+    assert progress[-1].phase == "done" and isinstance(events[-1], Summary)
+
+
+async def test_a_client_that_reads_nothing_of_a_large_round_has_its_sync_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_module, "MAX_BACKLOG", 100_000)
+    agent = Agent(tmp_path / "inventory.toml", tmp_path / "m")
+    client = _StuckClient()
+    cancelled: list[bool] = []
+
+    async def sync(request: object, hosts: object, emit: Emit, transfer: str, who: str) -> Summary:
+        with agent.registry.register(transfer) as token:
+            for n in range(10000):  # a dry run's line per file
+                emit(Planned(host="h0", path=f"a/{n}.jsonl", action="new", bytes=n))
+                await anyio.sleep(0)
+            cancelled.append(token.cancelled)
+        emit(_summary())
+        client.reading.set()
+        return _summary()
+
+    monkeypatch.setattr(agent, "_sync", sync)
+    request = SyncRequest(inventory=str(tmp_path / "inventory.toml"))
+    with anyio.fail_after(30):
+        await agent._serve_client(client, _SilentReader(), request, [], "pid 1")  # type: ignore[arg-type]
+    assert cancelled == [True]
+    assert sum(map(len, client.received)) <= 100_000

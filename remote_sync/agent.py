@@ -333,6 +333,13 @@ class Agent:
     ) -> Summary | None:
         """Run one sync for ``who``; its events (a failure to start: one error) to ``emit``."""
         try:
+            if self._stop_asked:
+                # Its stop cancelled the syncs registered then; one begun after it would
+                # hold the agent's exit up for a whole round, or be cut off by it.
+                raise AgentRefusedError(
+                    f"the remote-sync agent (pid {os.getpid()}) is stopping",
+                    path=str(self.socket),
+                )
             options = SyncOptions(
                 dest=self.dest,
                 concurrency=max(1, request.concurrency),
@@ -385,7 +392,7 @@ class Agent:
             started = anyio.current_time()
             if self._syncing is not None:
                 log.warning("scheduled sync skipped: %s is running", self._syncing)
-            else:
+            elif not self._stop_asked:
                 await self._scheduled_round()
             await anyio.sleep(max(0.0, started + every - anyio.current_time()))
 

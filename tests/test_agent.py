@@ -33,6 +33,7 @@ from remote_sync.agent_link import SyncRequest
 from remote_sync.events import (
     Emit,
     ErrorEvent,
+    Event,
     FileCounts,
     Planned,
     Progress,
@@ -320,6 +321,22 @@ def test_the_recap_through_the_agent_is_a_direct_runs(agent_setup: tuple[Path, P
     finally:
         stop_agent(agent)
     assert b"sync recap" in shown[0] and shown[0] == shown[1]
+
+
+async def test_a_sync_asked_of_a_stopping_agent_is_refused_not_run(tmp_path: Path) -> None:
+    """A request served once the agent was told to stop (its syncs cancelled then) is
+    refused, so that the client runs it itself, rather than run in full as the agent waits
+    for it to end, or cut off when it ends."""
+    inv = tmp_path / "inventory.toml"
+    inv.write_text('[[hosts]]\nname = "h0"\naddress = "127.0.0.1"\n')
+    agent = Agent(inv, tmp_path / "m")
+    agent.stop()
+    events: list[Event] = []
+    summary = await agent._sync(SyncRequest(inventory=str(inv)), [], events.append, "t", "pid 1")
+    assert summary is None and agent.served == 0
+    (error,) = events
+    assert isinstance(error, ErrorEvent) and error.kind == "agent_refused"
+    assert "stopping" in error.message
 
 
 class _StuckClient:

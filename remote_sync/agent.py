@@ -340,9 +340,11 @@ class Agent:
                     f"the remote-sync agent (pid {os.getpid()}) is stopping",
                     path=str(self.socket),
                 )
+            if request.concurrency < 1:
+                raise ConfigError("--concurrency must be at least 1")  # as the CLI says it
             options = SyncOptions(
                 dest=self.dest,
-                concurrency=max(1, request.concurrency),
+                concurrency=request.concurrency,
                 dry_run=request.dry_run,
                 idle_timeout=checked_idle_timeout(request.idle_timeout),
                 index=request.index,

@@ -323,6 +323,24 @@ def test_the_recap_through_the_agent_is_a_direct_runs(agent_setup: tuple[Path, P
     assert b"sync recap" in shown[0] and shown[0] == shown[1]
 
 
+def test_a_concurrency_below_one_is_refused_as_a_direct_run_refuses_it(
+    agent_setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    inv, dest = agent_setup
+    direct = sync_json(inv, tmp_path / "direct", "-j", "0", "--no-agent")
+    agent = start_agent(inv, dest)
+    try:
+        through = sync_json(inv, dest, "-j", "0")
+    finally:
+        stop_agent(agent)
+    for code, events, err in (direct, through):
+        assert code == 2, err
+        assert b"--concurrency must be at least 1" in err
+        (error,) = events
+        assert isinstance(error, ErrorEvent) and error.kind == "config"
+    assert not (dest / "h0").exists()
+
+
 async def test_a_sync_asked_of_a_stopping_agent_is_refused_not_run(tmp_path: Path) -> None:
     """A request served once the agent was told to stop (its syncs cancelled then) is
     refused, so that the client runs it itself, rather than run in full as the agent waits

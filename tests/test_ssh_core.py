@@ -1969,3 +1969,28 @@ async def test_a_match_exec_command_with_an_equals_sign_is_run_whole(
     async with SSHPool() as pool:
         assert pool.preflight(ep, "box") is None
         assert await run_command(pool, ep, ["echo", "ok"], host="box") == b"ok\n"
+
+
+async def test_a_kept_connection_the_ssh_config_now_sends_elsewhere_is_made_anew(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """A long-lived pool (the agent's) reused a connection whatever the ssh_config said by
+    the next pre-flight: an alias whose HostName, Port or User was edited went on to the old
+    machine for as long as syncs kept coming. A pre-flight that finds the files say
+    otherwise makes the next operation connect anew, to where they say now (ssh's
+    ControlPath, whose %C hashes host, port and user, would name a new master too); one
+    that finds them unchanged keeps the connection."""
+    cfg = _box_config(fleet, tmp_path, "")
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(fleet.known_hosts))
+    where = ["sh", "-c", 'echo "$SSH_CONNECTION"']
+    ports = {name: str(fleet.host(name).port) for name in ("h0", "h1")}
+    async with SSHPool() as pool:
+        assert pool.preflight(ep, "box") is None
+        assert (await run_command(pool, ep, where)).split()[3] == ports["h0"].encode()
+        assert pool.preflight(ep, "box") is None  # nothing changed: the same connection
+        assert (await run_command(pool, ep, where)).split()[3] == ports["h0"].encode()
+        assert pool.stats(ep).connects == 1
+        cfg.write_text(cfg.read_text().replace(f"Port {ports['h0']}", f"Port {ports['h1']}"))
+        assert pool.preflight(ep, "box") is None
+        assert (await run_command(pool, ep, where)).split()[3] == ports["h1"].encode()
+        assert pool.stats(ep).connects == 2

@@ -1309,6 +1309,12 @@ class _HostSlot:
         self.stats = HostStats()
         self.last_used = time.monotonic()
         self.ever_connected = False
+        #: The ssh_config's lookup the connection was made with, and whether a pre-flight
+        #: since found the files say otherwise: a long-lived pool (the agent's) then opens
+        #: a new connection, as ssh's ControlPath (%C: host, port, user) would name a new
+        #: master, rather than go on with the old HostName, Port or User.
+        self.made_with: _Resolved | None = None
+        self.stale = False
 
 
 class SSHPool:
@@ -1347,6 +1353,9 @@ class SSHPool:
             return None  # not a configuration error: the connection meets it and reports it
         self._prepared.update(jumps)
         self._prepared[endpoint] = prepared
+        slot = self._slots.get(endpoint)
+        if slot is not None and slot.made_with not in (None, prepared.resolved):
+            slot.stale = True  # taken by the next operation, on the event loop
         ignored = _ignored_remote_command(prepared.resolved, endpoint, host)
         seen = dict.fromkeys((*prepared.warnings, *ignored))
         for hop in jumps.values():  # a jump host's are this host's too (a shared one's, once)
@@ -1488,6 +1497,14 @@ class SSHPool:
 
     async def _connection(self, slot: _HostSlot, host: str) -> asyncssh.SSHClientConnection:
         async with slot.lock:
+            if slot.stale and slot.conn is not None and not slot.conn.is_closed():
+                # Made with what the ssh_config no longer says (see _HostSlot.made_with): a
+                # new connection now, no backoff (nothing failed). Only between operations:
+                # a pre-flight runs before a round's first.
+                old, slot.conn = slot.conn, None
+                old.close()
+                slot.ever_connected = False
+            slot.stale = False
             if slot.conn is not None and not slot.conn.is_closed():
                 return slot.conn
             if slot.conn is not None or slot.ever_connected:
@@ -1546,6 +1563,9 @@ class SSHPool:
                 raise classify(exc, host, connecting=True) from exc
         options.update(prepared.options)
         _reusing_lookup(options, prepared.resolved, endpoint)
+        slot = None if depth else self._slots.get(endpoint)
+        if slot is not None:
+            slot.made_with = prepared.resolved
         accepted = _accepted_signature_algs(prepared.resolved)
         if accepted:
             options["signature_algs"] = accepted

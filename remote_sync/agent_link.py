@@ -63,8 +63,12 @@ MAX_REQUEST = 1024 * 1024
 _SUN_PATH_MAX = 107
 
 
-class SyncRequest(msgspec.Struct, tag="sync", tag_field="type", kw_only=True):
-    """What ``remote-sync sync`` asks the agent for (see the module's protocol)."""
+class SyncRequest(
+    msgspec.Struct, tag="sync", tag_field="type", kw_only=True, forbid_unknown_fields=True
+):
+    """What ``remote-sync sync`` asks the agent for (see the module's protocol). A field this
+    agent does not know is refused, never dropped: a newer client's option would otherwise
+    be left out of its sync without a word (refused, the client runs the sync itself)."""
 
     version: int = PROTOCOL_VERSION
     inventory: str

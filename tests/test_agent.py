@@ -453,3 +453,15 @@ async def test_a_client_that_reads_nothing_of_a_large_round_has_its_sync_cancell
         await agent._serve_client(client, _SilentReader(), request, [], "pid 1")  # type: ignore[arg-type]
     assert cancelled == [True]
     assert sum(map(len, client.received)) <= 100_000
+
+
+def test_a_request_with_a_field_the_agent_does_not_know_is_refused_not_dropped() -> None:
+    """A newer client's option, unknown to this agent, was dropped without a word and the
+    sync run without it: the request is refused (the client then runs the sync itself)."""
+    from remote_sync.agent_link import decode_request
+    from remote_sync.errors import AgentRefusedError
+
+    line = b'{"type":"sync","version":1,"inventory":"/i.toml","exclude":["x"]}'
+    with pytest.raises(AgentRefusedError, match="exclude"):
+        decode_request(line)
+    assert decode_request(line.replace(b',"exclude":["x"]', b"")).inventory == "/i.toml"

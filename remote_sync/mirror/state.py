@@ -1062,9 +1062,6 @@ class MirrorState:
 
     # -- paths ------------------------------------------------------------------------------
 
-    def host_dir(self, host: str) -> Path:
-        return self.dest / host
-
     def local_path(self, host: str, path: bytes) -> Path:
         return mirrored_path(self.dest, host, path)
 

@@ -1044,18 +1044,21 @@ def test_sync_json_with_undecodable_host_and_dest(
 # -- 11. | head on every command that prints ---------------------------------------------------
 
 
+PRINTING_COMMANDS = (
+    ["sessions", "show", "h0", "long", "--page-size", "2000"],
+    ["sessions", "show", "h0", "long", "--page-size", "2000", "--json"],
+    ["sessions", "list"],
+    ["sessions", "list", "--json"],
+    ["sessions", "stats"],
+    ["sessions", "stats", "--json"],
+    ["index", "rebuild"],
+    ["index", "rebuild", "--json"],
+)
+
+
 def test_commands_into_a_closed_pipe_exit_0(mirror: Path) -> None:
     dest = ["-d", str(mirror)]
-    for args in (
-        ["sessions", "show", "h0", "long", "--page-size", "2000"],
-        ["sessions", "show", "h0", "long", "--page-size", "2000", "--json"],
-        ["sessions", "list"],
-        ["sessions", "list", "--json"],
-        ["sessions", "stats"],
-        ["sessions", "stats", "--json"],
-        ["index", "rebuild"],
-        ["index", "rebuild", "--json"],
-    ):
+    for args in PRINTING_COMMANDS:
         code, err = into_closed_pipe([*args, *dest])
         assert code == 0, (args, err)
         assert "Traceback" not in err and "BrokenPipe" not in err
@@ -1095,16 +1098,7 @@ def test_commands_whose_output_cannot_be_written_exit_1_and_say_so(mirror: Path)
     """A listing written to a full disk ended in a traceback (OSError: No space left on
     device): unlike a reader that closed the pipe, the output a script reads is lost."""
     dest = ["-d", str(mirror)]
-    for args in (
-        ["sessions", "show", "h0", "long", "--page-size", "2000"],
-        ["sessions", "show", "h0", "long", "--page-size", "2000", "--json"],
-        ["sessions", "list"],
-        ["sessions", "list", "--json"],
-        ["sessions", "stats"],
-        ["sessions", "stats", "--json"],
-        ["index", "rebuild"],
-        ["index", "rebuild", "--json"],
-    ):
+    for args in PRINTING_COMMANDS:
         done = into_a_full_disk([*args, *dest])
         err = done.stderr.decode()
         assert done.returncode == 1, (args, err)

@@ -17,6 +17,7 @@ import anyio
 import pytest
 from sshfleet import SSHFleet
 from synchelp import expected_tree, make_openclaw_tree, mirror_tree, write_inventory
+from test_ssh_core import direct_endpoint
 
 from remote_sync.errors import (
     AuthenticationError,
@@ -75,15 +76,8 @@ def _group_gone(pgid: int) -> bool:
 
 
 def _proxied(fleet: SSHFleet, command: str) -> Endpoint:
-    return Endpoint(
-        address="127.0.0.1",
-        port=fleet.host("h0").port,
-        user=fleet.user,
-        ssh_config=(),
-        identity_files=(str(fleet.client_key),),
-        known_hosts=str(fleet.known_hosts),
-        proxy_command=command,
-    )
+    direct = direct_endpoint(fleet, "h0", str(fleet.client_key))
+    return dataclasses.replace(direct, proxy_command=command)
 
 
 def _fds() -> set[str]:

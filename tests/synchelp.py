@@ -181,13 +181,48 @@ def over_quota_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> An
     return io.BufferedReader(raw) if mode.startswith("r") else io.BufferedWriter(raw)
 
 
-def cli_process(args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+#: ``remote-sync`` with a crash (or another fault) injected, run as a script.
+FAULT_CLI = Path(__file__).resolve().parent / "fault_cli.py"
+
+
+def _command(args: list[str], fault: str | None) -> list[str]:
+    if fault is None:
+        return [sys.executable, "-m", "remote_sync.cli", *args]
+    return [sys.executable, str(FAULT_CLI), *args]
+
+
+def _fault_env(fault: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    return dict(os.environ, REMOTE_SYNC_TEST_FAULT=fault, **(env or {}))
+
+
+def cli_process(
+    args: list[str], *, fault: str | None = None, **kwargs: object
+) -> subprocess.Popen[bytes]:
+    """``remote-sync ARGS`` in a process of its own, its output piped; with ``fault``, that
+    fault injected (see ``fault_cli.py``)."""
+    if fault is not None:
+        kwargs["env"] = _fault_env(fault)
     return subprocess.Popen(
-        [sys.executable, "-m", "remote_sync.cli", *args],
+        _command(args, fault),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         **kwargs,
     )  # type: ignore[call-overload]
+
+
+def fault_run(
+    args: list[str], fault: str, *, env: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[bytes]:
+    """``remote-sync ARGS`` run to its end with ``fault`` injected (see ``fault_cli.py``),
+    its output captured; ``env`` adds variables to the environment."""
+    return subprocess.run(
+        _command(args, fault),
+        capture_output=True,
+        env=_fault_env(fault, env),
+        timeout=120,
+        check=False,
+        **kwargs,
+    )
 
 
 def change_first_id_in_place(path: Path) -> None:

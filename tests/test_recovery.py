@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sshfleet import SSHFleet
-from synchelp import append, run_cli, session_bytes, write_inventory
+from synchelp import append, fault_run, run_cli, session_bytes, write_inventory
 
 from remote_sync.cli import main
 from remote_sync.errors import DestinationError, MirrorError, RemoteSyncError, StateError
@@ -37,7 +37,6 @@ from remote_sync.mirror.writer import (
     make_durable,
 )
 
-TESTS = Path(__file__).parent
 SESSION = b"agents/a/sessions/s.jsonl"
 VERSIONS = Path(".remote-sync/versions/h")
 
@@ -609,15 +608,8 @@ def test_a_lock_that_is_a_dangling_link_is_an_error_not_a_retry(tmp_path: Path) 
 
 
 def faulty_sync(inv: Path, dest: Path, fault: str) -> int:
-    env = dict(os.environ, REMOTE_SYNC_TEST_FAULT=fault)
     args = ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"]
-    done = subprocess.run(
-        [sys.executable, str(TESTS / "fault_cli.py"), *args],
-        capture_output=True,
-        env=env,
-        timeout=120,
-    )
-    return done.returncode
+    return fault_run(args, fault).returncode
 
 
 def sync(inv: Path, dest: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, Summary]:
@@ -1092,12 +1084,10 @@ def test_a_sigint_ignored_from_the_start_stays_ignored(
     def ignore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    done = subprocess.run(
-        [sys.executable, str(TESTS / "fault_cli.py"), "sync", "-I", str(inv), "-d", str(dest)],
-        capture_output=True,
-        env=dict(os.environ, REMOTE_SYNC_TEST_FAULT="sigint_in_commit"),
+    done = fault_run(
+        ["sync", "-I", str(inv), "-d", str(dest)],
+        "sigint_in_commit",
         preexec_fn=ignore_sigint if ignored else None,
-        timeout=120,
     )
     assert done.returncode == (0 if ignored else 130), done.stderr
     if ignored:
@@ -1135,12 +1125,7 @@ def test_a_sigterm_while_the_mirror_opens_is_a_cancel(
     temp.mkdir()
     args = ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"]
     args += ["--dry-run"] if fault == "term_in_state_copy" else []
-    done = subprocess.run(
-        [sys.executable, str(TESTS / "fault_cli.py"), *args],
-        capture_output=True,
-        env=dict(os.environ, REMOTE_SYNC_TEST_FAULT=fault, TMPDIR=str(temp)),
-        timeout=120,
-    )
+    done = fault_run(args, fault, env={"TMPDIR": str(temp)})
     assert done.returncode == 130, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
     assert ("error", "cancelled") in [(e["type"], e.get("kind")) for e in events]

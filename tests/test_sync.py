@@ -14,7 +14,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,6 +31,7 @@ from synchelp import (
     change_first_id_in_place,
     cli_process,
     expected_tree,
+    fault_run,
     make_openclaw_tree,
     mirror_tree,
     over_quota_open,
@@ -821,6 +821,16 @@ def _messages(count: int, start: int = 0, size: int = 1500) -> bytes:
     )
 
 
+def _one_big_transcript(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int = PIECE
+) -> tuple[Path, Path, str]:
+    """Pieces of ``piece`` bytes, and an inventory of h0 alone: the inventory, the mirror's
+    destination, and the path of the transcript the test writes on h0."""
+    monkeypatch.setattr(engine, "PIECE_BYTES", piece)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    return inv, tmp_path / "m", "agents/a/sessions/big.jsonl"
+
+
 def _pieces_handed(
     monkeypatch: pytest.MonkeyPatch,
     path: bytes,
@@ -894,10 +904,7 @@ def test_a_connection_dropped_in_a_big_new_transcript_keeps_the_pieces_that_arri
     second piece leaves at least two pieces' lines committed (the mirror a line-ended
     prefix of the file, its index that of those lines), and the rerun fetches only the
     rest. It used to commit nothing of the file, and the rerun fetched it all again."""
-    monkeypatch.setattr(engine, "PIECE_BYTES", PIECE)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "m"
-    rel = "agents/a/sessions/big.jsonl"
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch)
     data = _messages(PIECED_SIZE // 1600)
     fleet.write("h0", rel, data)
     handed = _pieces_handed(monkeypatch, rel.encode(), lambda: fleet.stop("h0"), after=2)
@@ -922,10 +929,7 @@ def test_a_connection_dropped_in_a_big_append_keeps_the_pieces_that_arrived(
 ) -> None:
     """The same for a large append after a long outage: the pieces committed extend the
     mirrored file in place, and the session's index goes on from its stored facts."""
-    monkeypatch.setattr(engine, "PIECE_BYTES", PIECE)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "m"
-    rel = "agents/a/sessions/big.jsonl"
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch)
     fleet.write("h0", rel, _messages(100))
     code, _, _ = sync(inv, dest, capsys)
     assert code == 0
@@ -955,10 +959,7 @@ def test_a_transcript_rewritten_in_place_between_its_pieces_is_fetched_whole(
     first piece arrived: the piece being read then has another head, or another overlap,
     and the file is fetched whole in the same run. What its pieces committed is a prefix
     of the old content, kept as a version; no piece ever held a mix of the two."""
-    monkeypatch.setattr(engine, "PIECE_BYTES", PIECE)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "m"
-    rel = "agents/a/sessions/big.jsonl"
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch)
     old = _messages(PIECED_SIZE // 1600)
     new = _messages(PIECED_SIZE // 1600, start=1)
     new = new[: new.rindex(b"\n", 0, len(old)) + 1]
@@ -995,10 +996,7 @@ def test_a_transcript_fetched_whole_again_by_the_follow_up_comes_in_pieces_too(
     all of it lost to a connection dropped near its end): cut by its listed size, the last
     piece going on to the follow-up's bound. Shorter by then, it ends in the piece its end
     falls in and the pieces after it are read past; longer, the last piece brings the rest."""
-    monkeypatch.setattr(engine, "PIECE_BYTES", PIECE)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "m"
-    rel = "agents/a/sessions/big.jsonl"
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch)
     old = _messages(PIECED_SIZE // 1600)
     new = _messages(int(len(old) * length) // 1550, start=1)
     fleet.write("h0", rel, old)
@@ -1070,10 +1068,7 @@ def test_a_transcript_rewritten_and_fetched_in_pieces_records_its_kept_version(
     """A transcript replaced by another one longer than several pieces: the old copy kept
     as a version is the one each piece's checkpoint records (versions list shows it), and
     recovery cuts back what a kill during a later piece leaves past the checkpoint."""
-    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "m"
-    rel = "agents/a/sessions/big.jsonl"
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch, 64 * 1024)
     fleet.write("h0", rel, _messages(50, size=1000))
     assert sync(inv, dest, capsys)[0] == 0
     _replace_by_rename(fleet, rel, _messages(400, start=7, size=1000))
@@ -1106,10 +1101,7 @@ def test_a_transcript_replaced_by_its_history_and_more_in_pieces_is_grown_not_re
     fetched whole (another inode): its first piece, shorter than the mirrored copy and a
     prefix of it, is not put in place as a rewrite; the file is counted grown, no version
     kept, as when it came in one range."""
-    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "m"
-    rel = "agents/a/sessions/big.jsonl"
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch, 64 * 1024)
     old = _messages(300, size=1000)
     fleet.write("h0", rel, old)
     assert sync(inv, dest, capsys)[0] == 0
@@ -1133,10 +1125,7 @@ def test_a_pieced_rewrite_reads_and_copies_its_pieces_off_the_event_loop(
     line aside and back, read and write up to a piece each (64 MiB): they run in worker
     threads, not on the event loop's (the main thread here), where they held every other
     host's stream. The mirror is as exact as before."""
-    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "m"
-    rel = "agents/a/sessions/big.jsonl"
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch, 64 * 1024)
     old = _messages(300, size=1000)
     fleet.write("h0", rel, old)
     assert sync(inv, dest, capsys)[0] == 0
@@ -1233,10 +1222,7 @@ def test_a_sync_cancelled_during_a_piece_checkpoint_keeps_the_piece_handed_befor
     it, which the flush the round's end waits for commits, stays in the mirrored file, never
     shorter than its checkpoint. (A new file's second piece, after the first put it in
     place; its third, after a piece handed over and not yet known committed.)"""
-    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "m"
-    rel = "agents/a/sessions/big.jsonl"
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch, 64 * 1024)
     data = _messages(600, size=1000)
     fleet.write("h0", rel, data)
     scopes: list[anyio.CancelScope] = []
@@ -1279,9 +1265,7 @@ def test_kill_9_between_a_first_piece_rename_and_its_commit_leaves_only_whole_li
     data = _messages(400, size=1000)
     fleet.write("h0", rel, data)
     args = ["sync", "--inventory", str(inv), "--dest", str(dest)]
-    env = dict(os.environ, REMOTE_SYNC_TEST_FAULT="before_commit")
-    fault_cli = Path(__file__).parent / "fault_cli.py"
-    done = subprocess.run([sys.executable, str(fault_cli), *args], env=env, timeout=120)
+    done = fault_run(args, "before_commit")
     assert done.returncode == 9
     with MirrorState(dest) as state:
         state.recover()
@@ -1304,10 +1288,7 @@ def test_a_piece_whose_flush_fails_cuts_its_file_back_to_the_checkpoint(
 ) -> None:
     """A piece's flush failing (its sync) ends the host's round: the file is cut back to
     the last piece committed, what the checkpoint says, not to a piece never committed."""
-    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "m"
-    rel = "agents/a/sessions/big.jsonl"
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch, 64 * 1024)
     data = _messages(600, size=1000)
     fleet.write("h0", rel, data)
     real = os.fdatasync
@@ -1341,10 +1322,7 @@ def test_a_file_given_up_while_its_piece_flushes_is_cut_back_when_that_flush_fai
     checkpoint before that piece at once, not left longer than its checkpoint until the
     next open's recovery. (The follow-up that would fetch the file whole is left out: it
     would replace what the failed flush left.)"""
-    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "m"
-    rel = "agents/a/sessions/big.jsonl"
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch, 64 * 1024)
     data = _messages(600, size=1000)
     fleet.write("h0", rel, data)
     given_up = threading.Event()
@@ -1398,10 +1376,7 @@ def test_a_piece_handed_over_starts_its_flush(
 ) -> None:
     """A piece's flush starts when it is handed over (it is smaller than a flush's bytes):
     it runs while the next piece streams in, which then seldom waits for it."""
-    monkeypatch.setattr(engine, "PIECE_BYTES", 64 * 1024)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "m"
-    rel = "agents/a/sessions/big.jsonl"
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch, 64 * 1024)
     fleet.write("h0", rel, _messages(50, size=1000))
     assert sync(inv, dest, capsys)[0] == 0
     append(fleet, "h0", rel, _messages(400, start=50, size=1000))
@@ -1561,17 +1536,8 @@ def test_ctrl_c_cancels_with_130_and_a_rerun_completes(
     make_openclaw_tree(fleet, "h0")
     fleet.write("h0", "agents/a/sessions/big.jsonl", big_session(256 * 1024 * 1024))
     args = ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"]
-    if signals == 1:
-        proc = cli_process(args)
-    else:  # the first cancel takes a minute to wind down
-        fault_cli = str(Path(__file__).resolve().parent / "fault_cli.py")
-        env = dict(os.environ, REMOTE_SYNC_TEST_FAULT="hold_cancel")
-        proc = subprocess.Popen(
-            [sys.executable, fault_cli, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
+    # With two, the first cancel takes a minute to wind down.
+    proc = cli_process(args, fault=None if signals == 1 else "hold_cancel")
     assert _wait_for_temp_bytes(proc, dest, 16 * 1024 * 1024)
     proc.send_signal(signal.SIGINT)
     if signals == 2:
@@ -2137,16 +2103,7 @@ def test_disk_full_is_a_clear_error_and_loses_nothing(
     fleet.write("h0", "agents/a/sessions/big.jsonl", big_session(6 * 1024 * 1024))
     dest = small_disk / "m"
     args = ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"]
-    if full == "disk":
-        proc = cli_process(args)
-    else:
-        fault_cli = str(Path(__file__).resolve().parent / "fault_cli.py")
-        proc = subprocess.Popen(
-            [sys.executable, fault_cli, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(os.environ, REMOTE_SYNC_TEST_FAULT="over_quota"),
-        )
+    proc = cli_process(args, fault=None if full == "disk" else "over_quota")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, (out, err)
     # Where the space runs out (a file's bytes, the flush, the checkpoint database) varies;

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -328,6 +329,24 @@ def test_narrow_terminals_and_pipes_cut_no_host_name_nor_path(
     code, listed, err = cli(["sessions", "list", "-d", str(dest)], capsys)
     assert code == 0, err
     assert host in listed and title[:59] in listed and "…" not in listed
+
+
+def test_a_terminal_shows_each_host_s_progress_and_the_total() -> None:
+    """On a terminal, the renderer ``sync`` draws with shows a line per host and one for the
+    total, each with its bytes done of the total and its files done of the total."""
+    out = io.StringIO()
+    terminal = Console(file=out, width=120, force_terminal=True, color_system=None)
+    with RichRenderer(terminal, Console(file=io.StringIO())) as renderer:
+        renderer(Progress("h0", "fetching", 3, 10, 1_500_000, 4_000_000))
+        renderer(Progress("h1", "fetching", 1, 5, 500_000, 2_000_000))
+        renderer.progress.refresh()
+        # The last frame drawn: the lines after the last cursor movement.
+        frame = re.split(r"\x1b\[\d*[A-Za-z]", out.getvalue())[-1].splitlines()
+    shown = {line.split()[0]: line for line in frame if line.strip()}
+    assert set(shown) == {"total", "h0", "h1"}, frame
+    assert "1.5/4.0 MB" in shown["h0"] and "3/10 files" in shown["h0"]
+    assert "0.5/2.0 MB" in shown["h1"] and "1/5 files" in shown["h1"]
+    assert "2.0/6.0 MB" in shown["total"] and "4/15 files" in shown["total"]
 
 
 def test_an_80_column_terminal_cuts_only_a_sessions_title_and_no_total(

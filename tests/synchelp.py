@@ -22,9 +22,14 @@ SESSIONS = "agents/{agent}/sessions"
 
 
 def write_inventory(
-    fleet: SSHFleet, path: Path, names: list[str] | None = None, extra: str = ""
+    fleet: SSHFleet,
+    path: Path,
+    names: list[str] | None = None,
+    extra: str = "",
+    tags: dict[str, list[str]] | None = None,
 ) -> Path:
-    """An inventory with one entry per fleet host, rooted at the host's data dir."""
+    """An inventory with one entry per fleet host, rooted at the host's data dir; ``tags``
+    gives hosts by name their tags."""
     lines = [
         "[defaults]",
         f'ssh_config = "{fleet.ssh_config}"',
@@ -33,11 +38,13 @@ def write_inventory(
         "",
     ]
     for name in names or fleet.names:
+        own = [f"tags = {json.dumps(tags[name])}"] if tags and name in tags else []
         lines += [
             "[[hosts]]",
             f'name = "{name}"',
             f'address = "{name}"',
             f'root = "{fleet.path(name)}"',
+            *own,
             extra,
             "",
         ]

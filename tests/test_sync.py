@@ -48,9 +48,15 @@ from remote_sync.index.query import open_index, query_sessions
 from remote_sync.index.update import rebuild_index
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine, remote_ops, writer
-from remote_sync.mirror.plan import Transfer
+from remote_sync.mirror.plan import OVERLAP_BYTES, Transfer
 from remote_sync.mirror.remote_ops import FetchRequest
-from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of, refuse_nested
+from remote_sync.mirror.state import (
+    FINGERPRINT_BYTES,
+    FileState,
+    MirrorState,
+    fingerprint_of,
+    refuse_nested,
+)
 from remote_sync.mirror.versions import list_versions
 
 
@@ -3241,3 +3247,117 @@ def test_a_follow_up_that_sends_more_than_asked_commits_none_of_it(
     monkeypatch.undo()
     assert sync(inv, dest, capsys)[0] == 0
     assert_exact(fleet, dest, "h0")
+
+
+# --------------------------------------------------------------------- promises of the issues
+
+
+def test_sync_tag_picks_the_tagged_hosts_and_named_hosts_add_to_them(
+    ssh_fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``sync --tag T`` (``-t T``) syncs the inventory's hosts with that tag and no other;
+    a repeated tag adds its hosts, and a HOST named besides adds that host."""
+    fleet = ssh_fleet(3)
+    tags = {"h0": ["edge"], "h1": ["lab"]}
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", tags=tags)
+    for name in fleet.names:
+        make_openclaw_tree(fleet, name, agents=1, sessions=1, lines=2)
+    for n, (picks, synced) in enumerate(
+        [
+            (["--tag", "edge"], ["h0"]),
+            (["-t", "lab"], ["h1"]),
+            (["h2", "-t", "lab"], ["h1", "h2"]),
+            (["-t", "edge", "--tag", "lab"], ["h0", "h1"]),
+        ]
+    ):
+        dest = tmp_path / f"m{n}"
+        code, events = run_cli(["sync", *picks, "-I", str(inv), "-d", str(dest), "--json"], capsys)
+        assert code == 0, (picks, events)
+        assert sorted(e.host for e in events if isinstance(e, HostDone)) == synced, picks
+        assert sorted(p.name for p in dest.iterdir() if p.name != ".remote-sync") == synced
+        for name in synced:
+            assert_exact(fleet, dest, name)
+
+
+def test_sync_concurrency_bounds_the_host_rounds_run_at_once(
+    ssh_fleet: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``sync --concurrency 2`` over four hosts runs two host rounds at once, never more."""
+    fleet = ssh_fleet(4)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml")
+    for name in fleet.names:
+        make_openclaw_tree(fleet, name, agents=1, sessions=2, lines=5)
+    running: list[str] = []
+    most = 0
+    real = engine.HostSync.run
+
+    async def counted(self: engine.HostSync) -> Any:
+        nonlocal most
+        running.append(self.name)
+        most = max(most, len(running))
+        try:
+            # Long enough a round that every host's task is waiting for its slot meanwhile.
+            await anyio.sleep(0.2)
+            return await real(self)
+        finally:
+            running.remove(self.name)
+
+    monkeypatch.setattr(engine.HostSync, "run", counted)
+    code, summary, _ = sync(inv, tmp_path / "m", capsys, "--concurrency", "2")
+    assert code == 0 and summary.hosts_ok == 4
+    assert most == 2
+    for name in fleet.names:
+        assert_exact(fleet, tmp_path / "m", name)
+
+
+def test_the_checkpoint_database_is_in_wal_mode(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checkpoint (and index) database a sync leaves is SQLite in WAL mode, so that a
+    reader never blocks the sync's commits, nor they the reader."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    make_openclaw_tree(fleet, "h0", agents=1, sessions=1, lines=2)
+    dest = tmp_path / "m"
+    assert sync(inv, dest, capsys)[0] == 0
+    with contextlib.closing(sqlite3.connect(dest / ".remote-sync" / "state.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_the_index_of_an_appended_transcript_counts_the_new_bytes_only(
+    fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The index of a grown transcript goes on from its stored facts with the appended
+    lines: the old bytes are never read again for it. A role changed in the mirrored copy
+    past its first KiB and before its last 4 KiB (which a sync does read, as the file's
+    fingerprint and the overlap) would count as another role if they were."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rel = "agents/a/sessions/s.jsonl"
+    rng = random.Random(9)
+    old = session_bytes(rng, 40)  # odd lines are the user's: 20 of each
+    fleet.write("h0", rel, old)
+    assert sync(inv, dest, capsys)[0] == 0
+    assert _user_and_assistant(dest) == (20, 20)
+    at = old.index(b'"role": "user"', FINGERPRINT_BYTES)
+    assert at + 100 < len(old) - OVERLAP_BYTES
+    mirrored = dest / "h0" / rel
+    with open(mirrored, "r+b") as copy:
+        copy.seek(at)
+        copy.write(b'"role": "usEr"')
+    append(fleet, "h0", rel, session_bytes(rng, 10, start=40))
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.grown) == (0, 1)
+    assert mirrored.read_bytes()[at : at + 14] == b'"role": "usEr"'  # appended to, not fetched
+    assert _user_and_assistant(dest) == (25, 25)
+    # Read again, the old bytes count one user message less.
+    rebuild_index(dest)
+    assert _user_and_assistant(dest) == (24, 25)
+
+
+def _user_and_assistant(dest: Path) -> tuple[int, int]:
+    with contextlib.closing(open_index(dest)) as conn:
+        (row,) = query_sessions(conn)
+    return row.user_messages, row.assistant_messages

@@ -7,7 +7,9 @@ while a sync runs and never blocks one), :func:`query_sessions`, :func:`session_
 :func:`find_session` (``sessions show``'s HOST SESSION lookup), :func:`unknown_host` (what
 to say of a host the index has no session of); and for sessions read straight
 from hosts (no index), :func:`row_from_facts`, :func:`filter_rows` and :func:`select_rows`,
-which classify, filter and sort in memory exactly like the SQL does.
+which classify, filter and sort in memory exactly like the SQL does. Other modules share its
+small helpers: :func:`state_database` (where a mirror's state is), :func:`unreadable_index`,
+:func:`age_seconds`, :func:`format_instant`, :func:`as_indexed` and :func:`tidy_path`.
 
 Over the index, filtering, the class and state of a session, sorting and the limit are all
 done in SQL, so ``--limit`` stays fast on a large index. Definitions:
@@ -78,10 +80,15 @@ __all__ = [
     "STATS_KEYS",
     "SessionRef",
     "SessionRow",
+    "Since",
+    "StatsKey",
     "StatsRow",
+    "age_seconds",
+    "as_indexed",
     "check_batch_size",
     "filter_rows",
     "find_session",
+    "format_instant",
     "held_state",
     "iso_instant",
     "open_index",
@@ -92,6 +99,9 @@ __all__ = [
     "select_rows",
     "session_class",
     "session_stats",
+    "state_database",
+    "tidy_path",
+    "unknown_host",
     "unreadable_index",
 ]
 

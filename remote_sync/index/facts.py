@@ -150,14 +150,15 @@ class SessionFacts(msgspec.Struct, kw_only=True):
             # Facts kept before these were recorded: what their keys counted is not known.
             outs[:] = [None] * len(keys)
             costs[:] = [None] * len(keys)
-        if key not in keys:
+        try:
+            at = keys.index(key)
+        except ValueError:
             keys.append(key)
             outs.append(out)
             costs.append(cost)
             if len(keys) > RECENT_USAGE_KEYS:
                 del keys[0], outs[0], costs[0]
             return None
-        at = keys.index(key)
         more_out, more_cost = 0, 0.0
         counted_out = outs[at]
         if counted_out is not None and out is not None and out > counted_out:

@@ -116,8 +116,9 @@ class FileIndexer:
         carried again, and the updates after it keep them (not ``fresh``)."""
         update = self.result()
         facts = msgspec.msgpack.decode(msgspec.msgpack.encode(update.facts), type=SessionFacts)
-        piece = IndexUpdate(update.host, update.path, update.format, facts, update.marks)
-        piece.fresh = update.fresh
+        piece = IndexUpdate(
+            update.host, update.path, update.format, facts, update.marks, fresh=update.fresh
+        )
         update.marks = []
         update.fresh = False
         return piece

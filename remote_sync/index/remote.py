@@ -567,9 +567,9 @@ class FrameStream:
     """
 
     __slots__ = (
-        "_budget",
         "_carry",
         "_data",
+        "_files",
         "_header_bytes",
         "_in_data",
         "_max_bytes",
@@ -577,8 +577,8 @@ class FrameStream:
         "_outcome",
         "_over",
         "_sizes",
+        "_slack",
         "_token",
-        "files",
         "host",
         "path",
     )
@@ -594,13 +594,13 @@ class FrameStream:
         self._in_data = False
         #: What becomes of the output when it passes a bound (said in the error).
         self._outcome = outcome
-        self.files = 0  # path headers so far
+        self._files = 0  # path headers so far
         self._header_bytes = 0
         self._max_files = remote_ops.MAX_LISTING_FILES
         self._max_bytes = remote_ops.MAX_LISTING_BYTES
-        self._data = 0  # file bytes so far: at most _budget
+        self._data = 0  # file bytes so far: at most _sizes + _slack
         self._sizes = 0  # the sizes the headers gave
-        self._budget = remote_ops.FETCH_GROWTH_SLACK
+        self._slack = remote_ops.FETCH_GROWTH_SLACK
         self._over: TooMuchOutputError | None = None
 
     def check(self) -> None:
@@ -625,7 +625,7 @@ class FrameStream:
                 keep = self._split_token(buf, pos) if at < 0 else at
                 if keep > pos:
                     self._data += keep - pos
-                    if self._data > self._budget:
+                    if self._data > self._sizes + self._slack:
                         self._over = self._too_much_data()
                         return out
                     out.append(view[pos:keep])
@@ -675,8 +675,8 @@ class FrameStream:
                 raise self._error("unknown frame", buf[pos : pos + 80])
             self._header_bytes += end + 1 - pos
             if header.kind in "FUC":
-                self.files += 1
-            if self.files > self._max_files:
+                self._files += 1
+            if self._files > self._max_files:
                 self._over = self._too_much(f"{self._max_files} files")
             elif self._header_bytes > self._max_bytes:
                 self._over = self._too_much(f"{self._max_bytes} bytes of frame headers")
@@ -687,7 +687,6 @@ class FrameStream:
             self._in_data = kind in _DATA_KINDS
             if header.size is not None:  # the bytes of the file the header announces
                 self._sizes += header.size
-                self._budget += header.size
         return out
 
     def _arg_header(self, kind: int, arg: bytes, found: bytes) -> Header:
@@ -715,10 +714,9 @@ class FrameStream:
         return listing_too_much(self.host, what, self._outcome, path)
 
     def _too_much_data(self) -> TooMuchOutputError:
-        growth = self._budget - self._sizes
         return TooMuchOutputError(
-            f"the host sent more than {self._budget} bytes of session files: the "
-            f"{self._sizes} bytes the files held when found, and {growth} more for files "
+            f"the host sent more than {self._sizes + self._slack} bytes of session files: the "
+            f"{self._sizes} bytes the files held when found, and {self._slack} more for files "
             f"that grow while read; {self._outcome}",
             host=self.host,
             path=path_text(self.path) if self.path is not None else None,
@@ -1301,8 +1299,8 @@ async def _run_show(
                         host=host.name,
                         path=where,
                     )
-                if kind == "S" and size is None:
-                    size = int(item.arg)
+                if kind == "S" and size is None and item.size is not None:  # S has a size
+                    size = item.size
                     if mode == "tail":
                         backward = _Backward(reader, tail or 1, result)
                         backward.size = size

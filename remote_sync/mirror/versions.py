@@ -618,10 +618,7 @@ def prune_versions(
         # The rows forgotten must be on disk before the files go, power loss or not (a
         # sync's NORMAL lets the last commits go with the power).
         state.db.execute("PRAGMA synchronous=FULL")
-        try:
-            doomed, kept = _judge(dest, state.db, host, files, last, within, now)
-        except sqlite3.Error as exc:
-            raise unreadable_index(dest, exc) from exc
+        doomed, kept = _judge(dest, state.db, host, files, last, within, now)
         for group in doomed:
             if cancelled is not None and cancelled():
                 raise TransferCancelledError(

@@ -162,7 +162,7 @@ class _StateReader:
     def _open(self) -> tuple[sqlite3.Connection, _Stamp]:
         for _ in range(_REREADS):
             try:
-                before = _stamp(state_database(self.dest))
+                before = _stamp(self.path)
                 db = open_index(self.dest, warn=False)
                 try:
                     # The same files before and after: open_index chose its mode on what

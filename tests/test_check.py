@@ -159,6 +159,18 @@ def test_a_missing_or_linked_version_is_damage(
     assert code == 1 and [p.kind for p in problems] == ["version_not_a_file"]
 
 
+def test_a_directory_in_a_versions_place_is_said_to_be_one(
+    mirror: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with MirrorState(mirror) as state:
+        place = state.version_path("h0", PLAIN, 1)
+    place.unlink()
+    place.mkdir()
+    code, problems, _ = _checked(mirror, capsys)
+    assert code == 1 and [(p.kind, p.version) for p in problems] == [("version_not_a_file", 1)]
+    assert problems[0].what.endswith(") is a directory")
+
+
 def test_strays_and_an_index_out_of_step_are_notes(
     mirror: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -47,9 +47,13 @@ from ..index.query import open_index, state_database, unreadable_index
 from .state import (
     CONTROL_DIR,
     FINGERPRINT_BYTES,
+    READ_NO_FOLLOW,
     MirrorState,
     fingerprint_of,
     host_is_indexed,
+    kept_times,
+    kind_text,
+    place_text,
     unindexed_files,
 )
 
@@ -242,11 +246,6 @@ class _Checker:
         self.cancelled = cancelled
         self.paths = MirrorState(dest)  # not opened: its paths only, no lock, no database
         self.files = self.versions = self.damaged = self.notes = 0
-        self.timed = self._has_table("versions")
-
-    def _has_table(self, name: str) -> bool:
-        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
-        return bool(self.state.rows(sql, (name,)))
 
     def say(self, problem: Problem) -> None:
         if problem.type == "damage":
@@ -333,9 +332,8 @@ class _Checker:
             return None
         local = self.paths.local_path(host, path)
         in_doubt = ino < 0
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(local, flags)
+            fd = os.open(local, READ_NO_FOLLOW)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
                 if in_doubt and self.paths.last_version_on_disk(host, path, version) > version:
@@ -355,8 +353,7 @@ class _Checker:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                kind = "a directory" if stat.S_ISDIR(st.st_mode) else "no regular file"
-                return self._not_a_file(host, path, kind)
+                return self._not_a_file(host, path, kind_text(st.st_mode))
             if st.st_size < committed:
                 if in_doubt:
                     return self._note_in_doubt(host, path, f"{_counted(st.st_size)} on disk")
@@ -389,73 +386,78 @@ class _Checker:
         )
 
     def _check_versions(self, host: str, path: bytes, counted: int) -> None:
-        timed: set[int] = set()
-        if self.timed:
-            sql = "SELECT version FROM versions WHERE host = ? AND path = ?"
-            timed = {number for (number,) in self.state.rows(sql, (host, path))}
+        timed = self._timed(host, path)
         for number in range(1, counted + 1):
             place = self.paths.version_path(host, path, number)
             try:
                 st = os.lstat(place)
             except (FileNotFoundError, NotADirectoryError):
-                if number in timed and self._still_timed(host, path, number):
+                # Said only if the state still has its keep time: a prune forgets it
+                # (committed) before it removes the copy, so one gone meanwhile was pruned.
+                if number in timed and number in self._timed(host, path):
                     self.versions += 1
                     self.say(
-                        Problem(
-                            type="damage",
-                            kind="version_missing",
-                            host=host,
-                            path=path_text(path),
+                        self._damage(
+                            host,
+                            path,
+                            "version_missing",
+                            f"version {number} is missing ({place_text(self.dest, place)})",
+                            "it cannot be fetched again (the host has rewritten the file "
+                            "since): put the copy back from a backup of the mirror",
                             version=number,
-                            what=f"version {number} is missing ({self._shown(place)})",
-                            hint="it cannot be fetched again (the host has rewritten the "
-                            "file since): put the copy back from a backup of the mirror",
                         )
                     )
                 continue  # no keep time: pruned, or kept before keep times and removed
             except OSError as exc:
                 self.versions += 1
                 self.say(
-                    Problem(
-                        type="damage",
-                        kind="unreadable",
-                        host=host,
-                        path=path_text(path),
-                        version=number,
-                        what=f"cannot look at version {number} ({self._shown(place)}): "
+                    self._damage(
+                        host,
+                        path,
+                        "unreadable",
+                        f"cannot look at version {number} ({place_text(self.dest, place)}): "
                         f"{exc.strerror or exc}",
-                        hint=f"check the permissions of {self._shown(place.parent)}",
+                        f"check the permissions of {place_text(self.dest, place.parent)}",
+                        version=number,
                     )
                 )
                 continue
             self.versions += 1
             if not stat.S_ISREG(st.st_mode):
-                kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "no regular file"
                 self.say(
-                    Problem(
-                        type="damage",
-                        kind="version_not_a_file",
-                        host=host,
-                        path=path_text(path),
+                    self._damage(
+                        host,
+                        path,
+                        "version_not_a_file",
+                        f"version {number} ({place_text(self.dest, place)}) is "
+                        f"{kind_text(st.st_mode)}",
+                        "a sync keeps versions as regular files; this one was put there by "
+                        "hand: move it away and put the copy back from a backup",
                         version=number,
-                        what=f"version {number} ({self._shown(place)}) is {kind}",
-                        hint="a sync keeps versions as regular files; this one was put there "
-                        "by hand: move it away and put the copy back from a backup",
                     )
                 )
 
-    def _still_timed(self, host: str, path: bytes, number: int) -> bool:
-        """Whether the state still has a keep time for the version: a prune forgets it
-        (committed) before it removes the copy, so one gone meanwhile was pruned."""
-        sql = "SELECT 1 FROM versions WHERE host = ? AND path = ? AND version = ?"
-        return bool(self.state.rows(sql, (host, path, number)))
+    def _timed(self, host: str, path: bytes) -> set[int]:
+        """The numbers of ``host``'s ``path``'s versions the state has a keep time for."""
+        times = self.state.steady(lambda db: kept_times(db, host, path))
+        return set(times.get((host, path), ()))
 
-    def _shown(self, place: Path) -> str:
-        return path_text(os.fsencode(place.relative_to(self.dest)))
-
-    def _damage(self, host: str, path: bytes, kind: str, what: str, hint: str) -> Problem:
+    def _damage(
+        self, host: str, path: bytes, kind: str, what: str, hint: str, version: int | None = None
+    ) -> Problem:
         return Problem(
-            type="damage", kind=kind, host=host, path=path_text(path), what=what, hint=hint
+            type="damage",
+            kind=kind,
+            host=host,
+            path=path_text(path),
+            what=what,
+            hint=hint,
+            version=version,
+        )
+
+    def _note(self, host: str, path: bytes, kind: str, what: str, hint: str) -> Problem:
+        return Problem(
+            type="note", kind=kind, host=host, path=path_text(path), what=what, hint=hint
         )
 
     def _not_a_file(self, host: str, path: bytes, kind: str) -> Problem:
@@ -479,13 +481,12 @@ class _Checker:
         )
 
     def _note_in_doubt(self, host: str, path: bytes, what: str) -> Problem:
-        return Problem(
-            type="note",
-            kind="in_doubt",
-            host=host,
-            path=path_text(path),
-            what=f"replaced before its checkpoint was committed ({what})",
-            hint="nothing to do: a sync is putting it in place, or the next sync's recovery "
+        return self._note(
+            host,
+            path,
+            "in_doubt",
+            f"replaced before its checkpoint was committed ({what})",
+            "nothing to do: a sync is putting it in place, or the next sync's recovery "
             "checks it and fetches it whole",
         )
 
@@ -507,13 +508,12 @@ class _Checker:
         )
         for path, session_id in cur:
             notes.append(
-                Problem(
-                    type="note",
-                    kind="not_in_state",
-                    host=host,
-                    path=path_text(bytes(path)),
-                    what=f"the index has session {session_id} for a file the state does not know",
-                    hint=f"{rebuild}: it leaves the session out",
+                self._note(
+                    host,
+                    bytes(path),
+                    "not_in_state",
+                    f"the index has session {session_id} for a file the state does not know",
+                    f"{rebuild}: it leaves the session out",
                 )
             )
         fmt = db.execute("SELECT format FROM hosts WHERE host = ?", (host,)).fetchone()
@@ -524,13 +524,12 @@ class _Checker:
         for path, size in unindexed_files(db, host):
             if reader.is_transcript(path):
                 notes.append(
-                    Problem(
-                        type="note",
-                        kind="not_indexed",
-                        host=host,
-                        path=path_text(path),
-                        what=f"a transcript ({_counted(size)}) with no session in the index",
-                        hint=f"{rebuild}: it indexes every mirrored transcript",
+                    self._note(
+                        host,
+                        path,
+                        "not_indexed",
+                        f"a transcript ({_counted(size)}) with no session in the index",
+                        f"{rebuild}: it indexes every mirrored transcript",
                     )
                 )
         return notes
@@ -551,13 +550,12 @@ class _Checker:
                 entries = list(os.scandir(directory))
             except OSError as exc:
                 self.say(
-                    Problem(
-                        type="note",
-                        kind="unreadable",
-                        host=host,
-                        path=path_text(os.path.relpath(directory, top)),
-                        what=f"cannot list a directory to look for strays: {exc.strerror or exc}",
-                        hint=f"check the permissions of {path_text(directory)}",
+                    self._note(
+                        host,
+                        os.path.relpath(directory, top),
+                        "unreadable",
+                        f"cannot list a directory to look for strays: {exc.strerror or exc}",
+                        f"check the permissions of {path_text(directory)}",
                     )
                 )
                 continue
@@ -567,7 +565,7 @@ class _Checker:
                     continue
                 rel = os.path.relpath(entry.path, top)
                 if not self.state.rows(known, (host, rel)):
-                    self.say(_stray(host, path_text(rel), "a file the state does not know"))
+                    self.say(self._stray(host, rel, "a file the state does not know"))
 
     def look_for_stray_hosts(self, hosts: list[str]) -> None:
         """Each entry of DIR that is neither a host's directory nor the state's, a note."""
@@ -578,19 +576,17 @@ class _Checker:
             return  # the state was read from it: a listing refused is said by nothing else
         for name in entries:
             if name not in names:
-                self.say(_stray("", path_text(name), "not a host this mirror has synced"))
+                self.say(self._stray("", name, "not a host this mirror has synced"))
 
-
-def _stray(host: str, path: str, what: str) -> Problem:
-    return Problem(
-        type="note",
-        kind="stray",
-        host=host,
-        path=path,
-        what=what,
-        hint="a sync neither syncs nor indexes it; move it out of the mirror if it is not "
-        "wanted there",
-    )
+    def _stray(self, host: str, path: bytes, what: str) -> Problem:
+        return self._note(
+            host,
+            path,
+            "stray",
+            what,
+            "a sync neither syncs nor indexes it; move it out of the mirror if it is not "
+            "wanted there",
+        )
 
 
 def _counted(n: int) -> str:

@@ -164,6 +164,27 @@ def mirrored_path(dest: Path, host: str, path: bytes) -> Path:
     return Path(os.fsdecode(os.path.join(os.fsencode(dest / host), path)))
 
 
+#: How a mirrored file or a kept copy is opened to be read: without following a symbolic link
+#: (ELOOP instead) nor blocking on a FIFO put in its place.
+READ_NO_FOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def place_text(dest: Path, place: Path) -> str:
+    """A place inside the mirror at ``dest`` (a kept copy's), relative to it, as listings show
+    paths."""
+    return path_text(os.fsencode(place.relative_to(dest)))
+
+
+def kind_text(mode: int) -> str:
+    """What a place holds that is no regular file, by its ``mode`` (an lstat's or fstat's),
+    as messages say it."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "no regular file"
+
+
 @dataclass(slots=True)
 class FileState:
     """One row of ``files``: what the mirror holds of one remote file."""
@@ -387,18 +408,24 @@ def copy_state(source: Path, target: Path) -> None:
 
 
 def kept_times(
-    db: sqlite3.Connection, host: str | None = None
+    db: sqlite3.Connection, host: str | None = None, path: bytes | None = None
 ) -> dict[tuple[str, bytes], dict[int, float]]:
     """When each version was kept (unix time), per (host, path) and version number, of every
-    host or of ``host``'s files: what the ``versions`` table records. A version kept before
-    the table was there (or by an older remote-sync) has no time: it is not in the answer,
-    and neither is any version of a state no version with the table has opened (read
-    read-only, it was never given one)."""
+    host, of ``host``'s files, or of its file ``path`` only: what the ``versions`` table
+    records. A version kept before the table was there (or by an older remote-sync) has no
+    time: it is not in the answer, and neither is any version of a state no version with the
+    table has opened (read read-only, it was never given one)."""
     sql = "SELECT host, path, version, kept_at FROM versions"
-    params: tuple[str, ...] = ()
+    where: list[str] = []
+    params: list[str | bytes] = []
     if host is not None:
-        sql += " WHERE host = ?"
-        params = (host,)
+        where.append("host = ?")
+        params.append(host)
+    if path is not None:
+        where.append("path = ?")
+        params.append(path)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
     try:
         cur = db.execute(sql, params)
     except sqlite3.OperationalError as exc:

@@ -62,7 +62,7 @@ from ..index.query import (
     tidy_path,
     unreadable_index,
 )
-from .state import MirrorState, fsync_dir, kept_times
+from .state import READ_NO_FOLLOW, MirrorState, fsync_dir, kept_times, kind_text, place_text
 
 __all__ = [
     "KeptVersion",
@@ -145,7 +145,7 @@ def _row(
         None if kept_at is None else _instant(kept_at),
         _instant(st.st_mtime),
         session_id,
-        _file_text(dest, place),
+        place_text(dest, place),
     )
 
 
@@ -226,17 +226,12 @@ def _kept(
         yield number, place, st
 
 
-def _file_text(dest: Path, place: Path) -> str:
-    """A copy's place relative to the mirror, as listings show paths."""
-    return path_text(os.fsencode(place.relative_to(dest)))
-
-
 def _failed_on(
     doing: str, version: int, dest: Path, place: Path, where: dict[str, str], exc: OSError
 ) -> MirrorError:
     """The error of a kept copy that could not be looked at, opened, read or removed."""
     return MirrorError(
-        f"cannot {doing} version {version} ({showable(_file_text(dest, place))}): "
+        f"cannot {doing} version {version} ({showable(place_text(dest, place))}): "
         f"{exc.strerror or exc}",
         **where,
         hint=f"check the permissions of {showable(path_text(os.fsencode(place.parent)))}",
@@ -289,9 +284,8 @@ class KeptVersion:
     def _open(self) -> BinaryIO:
         """The copy, opened for reading without following a link (one put in its place since
         it was looked at) nor blocking on a FIFO; anything but a regular file is refused."""
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.place, flags)
+            fd = os.open(self.place, READ_NO_FOLLOW)
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symbolic link
                 raise _not_a_copy(self, "a symbolic link") from exc
@@ -300,19 +294,11 @@ class KeptVersion:
         try:
             mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):
-                raise _not_a_copy(self, _kind(mode))
+                raise _not_a_copy(self, kind_text(mode))
             return os.fdopen(fd, "rb")
         except BaseException:
             os.close(fd)
             raise
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    return "no regular file"
 
 
 def _not_a_copy(kept: KeptVersion, kind: str) -> MirrorError:
@@ -320,7 +306,7 @@ def _not_a_copy(kept: KeptVersion, kind: str) -> MirrorError:
     files. Its target (a link's) is no copy the mirror kept, and may be any file of this
     user's, so it is not read."""
     return MirrorError(
-        f"version {kept.version} ({showable(_file_text(kept.dest, kept.place))}) is {kind}, "
+        f"version {kept.version} ({showable(place_text(kept.dest, kept.place))}) is {kind}, "
         "not a copy a sync kept: not restored",
         host=kept.host,
         path=path_text(kept.path),
@@ -341,7 +327,7 @@ def find_version(dest: str | os.PathLike[str], host: str, path: str, version: in
         place, st = found[version]
         kept = KeptVersion(dest, file_host, raw, version, place)
         if not stat.S_ISREG(st.st_mode):
-            raise _not_a_copy(kept, _kind(st.st_mode))
+            raise _not_a_copy(kept, kind_text(st.st_mode))
         return kept
     regular = [number for number, (_place, st) in found.items() if stat.S_ISREG(st.st_mode)]
     numbers = ", ".join(f"v{n}" for n in regular) or "none left on disk"

@@ -194,6 +194,20 @@ def test_strays_and_an_index_out_of_step_are_notes(
     assert all("index rebuild" in p.hint for p in problems if p.kind.startswith("not_"))
 
 
+def test_strays_among_known_files_are_found_whatever_the_chunk_the_state_is_asked_in(
+    mirror: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions = mirror / "h0" / os.fsdecode(BASE)
+    strays = [f"by-hand-{i}.txt" for i in range(5)]
+    for name in strays:
+        (sessions / name).write_text("mine")
+    monkeypatch.setattr(check, "_IN_PATHS", 2)  # 3 known files and 5 strays: 4 queries
+    code, problems, summary = _checked(mirror, capsys)
+    found = sorted(p.path for p in problems if p.kind == "stray")
+    assert code == 0 and summary.intact
+    assert found == [path_text(BASE + name.encode()) for name in strays]
+
+
 def test_a_mirror_synced_without_the_index_has_no_index_notes(
     ssh_fleet: Callable[..., SSHFleet], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

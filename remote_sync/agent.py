@@ -401,12 +401,12 @@ class Agent:
     async def _scheduled_round(self) -> None:
         emit = self.scheduled if self.scheduled is not None else _log_problems
         transfer = f"agent-{next(self._ids)}"
+        request = SyncRequest(inventory=str(self.inventory))
         try:
-            hosts = load_inventory(self.inventory).select((), ())
+            hosts = self._hosts(request)
         except RemoteSyncError as exc:
             emit(ErrorEvent.from_exception(exc))
             return
-        request = SyncRequest(inventory=str(self.inventory))
         summary = await self._sync(
             request, hosts, guarded(ThrottledProgress(emit)), transfer, "the schedule"
         )

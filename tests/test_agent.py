@@ -357,6 +357,30 @@ async def test_a_sync_asked_of_a_stopping_agent_is_refused_not_run(tmp_path: Pat
     assert "stopping" in error.message
 
 
+async def test_a_scheduled_round_of_an_inventory_without_hosts_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round of an inventory that lists no hosts ran a sync of none, exit 0, every
+    period, where a client asking the agent (or a run of its own) is told exit 2: the
+    schedule's round reports the same error, and runs nothing."""
+    inv = tmp_path / "inventory.toml"
+    inv.write_text("")
+    events: list[Event] = []
+    agent = Agent(inv, tmp_path / "m", every=600.0, scheduled=events.append)
+    rounds: list[object] = []
+
+    async def sync(request: object, hosts: object, *args: object) -> Summary:
+        rounds.append(hosts)
+        return _summary()
+
+    monkeypatch.setattr(agent, "_sync", sync)
+    await agent._scheduled_round()
+    assert rounds == []
+    (error,) = events
+    assert isinstance(error, ErrorEvent) and error.kind == "config"
+    assert "lists no hosts" in error.message
+
+
 class _StuckClient:
     """A client that reads nothing until told to."""
 

@@ -221,9 +221,14 @@ class Agent:
             try:
                 with anyio.fail_after(REQUEST_TIMEOUT):
                     line = await reader.receive_until(b"\n", MAX_REQUEST)
-            except (TimeoutError, anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound):
-                return
-            except (OSError, anyio.BrokenResourceError):
+            except (
+                TimeoutError,
+                anyio.EndOfStream,
+                anyio.IncompleteRead,
+                anyio.DelimiterNotFound,
+                OSError,
+                anyio.BrokenResourceError,
+            ):
                 return
             try:
                 request = decode_request(line)
@@ -313,8 +318,8 @@ class Agent:
                 while True:
                     line = await reader.receive_until(b"\n", MAX_REQUEST)
                     with contextlib.suppress(Exception):
-                        if isinstance(_decode_cancel(line), CancelRequest):
-                            break
+                        _decode_cancel(line)
+                        break
             self.registry.cancel(transfer, "cancelled by its client")
 
         async with anyio.create_task_group() as tg:

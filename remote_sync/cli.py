@@ -743,7 +743,20 @@ def _refuse_unused_adhoc_options(
 ) -> None:
     """Options for ad-hoc hosts, given when every host comes from the inventory, would be
     ignored without a word (``--format codex`` against an inventory's openclaw hosts)."""
-    given = [
+    given = _given_adhoc_options(args)
+    if given and all(inventory.get(host.name) is host for host in hosts):
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ConfigError(
+            f"{', '.join(given)} {verb} only to hosts that are not in the inventory, and every "
+            "host to sync is in it",
+            path=str(args.inventory),
+            hint="set these per host (or in [defaults]) in the inventory, or leave them out",
+        )
+
+
+def _given_adhoc_options(args: argparse.Namespace) -> list[str]:
+    """The options for ad-hoc hosts given on the command line, as typed (``--root``)."""
+    return [
         option
         for option, value in (
             ("--format", args.format),
@@ -755,14 +768,6 @@ def _refuse_unused_adhoc_options(
         )
         if value
     ]
-    if given and all(inventory.get(host.name) is host for host in hosts):
-        verb = "applies" if len(given) == 1 else "apply"
-        raise ConfigError(
-            f"{', '.join(given)} {verb} only to hosts that are not in the inventory, and every "
-            "host to sync is in it",
-            path=str(args.inventory),
-            hint="set these per host (or in [defaults]) in the inventory, or leave them out",
-        )
 
 
 def run_sync(args: argparse.Namespace) -> int:
@@ -956,8 +961,7 @@ def _sync_through_agent(args: argparse.Namespace) -> int | None:
     its exit code, the events shown as a run here would show them. None: run it here (no
     agent, ``--no-agent``, an ad-hoc host or its options, or a request the agent refused,
     said on stderr). Only the standard library, msgspec and rich: no asyncssh, no engine."""
-    adhoc = (args.format, args.root, args.ssh_config, args.known_hosts, args.identity)
-    if args.no_agent or not args.inventory or any(adhoc) or args.accept_new_host_keys:
+    if args.no_agent or not args.inventory or _given_adhoc_options(args):
         return None
     if not args.dest:
         return None  # the run here says what is wrong with it

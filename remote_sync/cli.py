@@ -826,14 +826,13 @@ def _run_sync(args: argparse.Namespace) -> int:
     import_asyncssh()
     import anyio
 
-    from .events import ThrottledProgress, guarded, json_lines_renderer
+    from .events import json_lines_renderer
     from .mirror.engine import SyncOptions
     from .ssh.pool import PoolSettings
 
     _freeze_imports()
 
     error_out = json_lines_renderer() if args.json else None
-    watch: _OutputWatch | None = None
     try:
         dest = _given_dest(args.dest)
         _check_concurrency(args.concurrency)
@@ -850,18 +849,8 @@ def _run_sync(args: argparse.Namespace) -> int:
         idle_timeout=_idle_timeout(args),
     )
     try:
-        # guarded: a failing sink (a reader gone away, a renderer's bug) must not abort the
-        # host tasks that call it; the mirror matters more than its report.
-        if error_out is not None:
-            watch = _OutputWatch(error_out)
-            code: int = anyio.run(_sync_main, hosts, options, guarded(ThrottledProgress(watch)))
-        else:
-            from .render import RichRenderer
-
-            with RichRenderer(dest=str(dest)) as renderer:
-                watch = _OutputWatch(renderer)
-                emit = guarded(ThrottledProgress(watch, 0.1))
-                code = anyio.run(_sync_main, hosts, options, emit, renderer.progress.stop)
+        with _sync_output(error_out, dest) as (emit, watch, stop_display):
+            code: int = anyio.run(_sync_main, hosts, options, emit, stop_display)
         return _with_lost_output(code, watch)
     except LockedError as exc:
         _report(exc, error_out)
@@ -933,6 +922,29 @@ async def _sync_main(
     return summary.exit_code
 
 
+@contextlib.contextmanager
+def _sync_output(
+    json_out: Emit | None, dest: str | Path
+) -> Iterator[tuple[Emit, _OutputWatch, Callable[[], None] | None]]:
+    """Where a sync's events go, run here or by the agent: ``json_out`` (``--json``), else
+    the live display of the mirror ``dest``, for as long as the block runs. Yields the sink
+    to give the events, the watch of its writes (:func:`_with_lost_output`), and what stops
+    the display (None for JSON lines)."""
+    from .events import ThrottledProgress, guarded
+
+    # guarded: a failing sink (a reader gone away, a renderer's bug) must not abort the
+    # host tasks that call it; the mirror matters more than its report.
+    if json_out is not None:
+        watch = _OutputWatch(json_out)
+        yield guarded(ThrottledProgress(watch)), watch, None
+        return
+    from .render import RichRenderer
+
+    with RichRenderer(dest=str(dest)) as renderer:
+        watch = _OutputWatch(renderer)
+        yield guarded(ThrottledProgress(watch, 0.1)), watch, renderer.progress.stop
+
+
 class _OutputWatch:
     """A sync's event sink that remembers the first write of its report that failed (a full
     disk under the log it is redirected to, an I/O error). :func:`~remote_sync.events.guarded`
@@ -989,19 +1001,11 @@ def _sync_through_agent(args: argparse.Namespace) -> int | None:
 
 
 def _follow_agent(link: AgentLink, args: argparse.Namespace) -> int | None:
-    from .events import ThrottledProgress, guarded, json_lines_renderer
+    from .events import json_lines_renderer
 
-    watch: _OutputWatch
-    if args.json:
-        watch = _OutputWatch(json_lines_renderer())
-        code = _agent_events(link, guarded(ThrottledProgress(watch)), args.json, None)
-    else:
-        from .render import RichRenderer
-
-        with RichRenderer(dest=str(args.dest)) as renderer:
-            watch = _OutputWatch(renderer)
-            emit = guarded(ThrottledProgress(watch, 0.1))
-            code = _agent_events(link, emit, args.json, renderer.progress.stop)
+    json_out = json_lines_renderer() if args.json else None
+    with _sync_output(json_out, args.dest) as (emit, watch, stop_display):
+        code = _agent_events(link, emit, args.json, stop_display)
     return None if code is None else _with_lost_output(code, watch)
 
 
@@ -1160,10 +1164,10 @@ async def _agent_main(agent: Agent) -> int:
     return EXIT_CANCELLED if stopped_by[:1] == [signal.SIGINT] else EXIT_OK
 
 
-def _with_lost_output(code: int, watch: _OutputWatch | None) -> int:
+def _with_lost_output(code: int, watch: _OutputWatch) -> int:
     """The exit code of a sync whose report may have been lost: a success becomes a failure
     (exit 1), said on stderr; a failure, a cancel or the lock keep their own codes."""
-    if watch is None or watch.lost is None:
+    if watch.lost is None:
         return code
     _say(_report_lost(watch.lost, "the sync went on to its end, but its report is incomplete"))
     return EXIT_FAILED if code == EXIT_OK else code

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from .errors import ConfigError, LockedError, OutputError, RemoteSyncError
+from .errors import ConfigError, OutputError, RemoteSyncError
 from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT, checked_idle_timeout
 
 if TYPE_CHECKING:
@@ -852,15 +852,9 @@ def _run_sync(args: argparse.Namespace) -> int:
         with _sync_output(error_out, dest) as (emit, watch, stop_display):
             code: int = anyio.run(_sync_main, hosts, options, emit, stop_display)
         return _with_lost_output(code, watch)
-    except LockedError as exc:
-        _report(exc, error_out)
-        return EXIT_LOCKED
-    except ConfigError as exc:
-        _report(exc, error_out)
-        return EXIT_USAGE
     except RemoteSyncError as exc:
         _report(exc, error_out)
-        return EXIT_FAILED
+        return _exit_code(exc.kind)
     except KeyboardInterrupt:
         # Before the rounds' signal handler was installed (or after it was removed): the
         # rounds report their own cancels, with a summary.
@@ -1051,17 +1045,7 @@ def _agent_events(
     if json:
         emit(held)
     _say(error)
-    return _AGENT_EXIT.get(held.kind, EXIT_FAILED)
-
-
-#: The exit code of a sync the agent could not start, by its error's kind (as
-#: :func:`_exit_code` maps the error itself in a run here).
-_AGENT_EXIT = {
-    "config": EXIT_USAGE,
-    "destination": EXIT_USAGE,
-    "locked": EXIT_LOCKED,
-    "cancelled": EXIT_CANCELLED,
-}
+    return _exit_code(held.kind)
 
 
 @contextlib.contextmanager
@@ -1123,7 +1107,7 @@ def run_agent(args: argparse.Namespace) -> int:
         return code
     except RemoteSyncError as exc:
         _report(exc, out)
-        return _exit_code(exc)
+        return _exit_code(exc.kind)
     except KeyboardInterrupt:
         return EXIT_CANCELLED
 
@@ -1246,12 +1230,19 @@ def _given_dest(value: str) -> Path:
     return Path(value)
 
 
-def _exit_code(exc: RemoteSyncError) -> int:
-    if isinstance(exc, ConfigError):
-        return EXIT_USAGE
-    if isinstance(exc, LockedError):
-        return EXIT_LOCKED
-    return EXIT_FAILED
+#: The exit code of an error by its kind (:attr:`~remote_sync.errors.RemoteSyncError.kind`),
+#: any other kind exit 1: one mapping for an error raised here and for one the agent reports.
+_EXIT_BY_KIND = {
+    "config": EXIT_USAGE,  # ConfigError and ArgumentError
+    "destination": EXIT_USAGE,  # DestinationError, a ConfigError too
+    "locked": EXIT_LOCKED,
+    "cancelled": EXIT_CANCELLED,
+}
+
+
+def _exit_code(kind: str) -> int:
+    """The exit code of an error of ``kind``."""
+    return _EXIT_BY_KIND.get(kind, EXIT_FAILED)
 
 
 def _fail(exc: RemoteSyncError, args: argparse.Namespace) -> int:
@@ -1261,7 +1252,7 @@ def _fail(exc: RemoteSyncError, args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):  # the exit code says it, and so does stderr
             _write_error_events([exc])
     _say(exc)
-    return _exit_code(exc)
+    return _exit_code(exc.kind)
 
 
 def _write_json_lines(items: Iterable[Any]) -> int:

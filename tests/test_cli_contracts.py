@@ -1382,3 +1382,27 @@ def test_a_command_started_with_stdout_closed_writes_into_no_file_it_opens(
     )
     number, target = done.stderr.decode().split()
     assert int(number) > 2 and target == os.devnull, done.stderr
+
+
+def test_every_error_class_has_the_exit_code_its_class_says() -> None:
+    """Exit codes go by an error's kind, which names its class exactly: a subclass of
+    ConfigError (or of LockedError) without a kind of the same code would exit 1."""
+    from remote_sync import errors
+    from remote_sync.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, _exit_code
+
+    def subclasses(cls: type[errors.RemoteSyncError]) -> Iterator[type[errors.RemoteSyncError]]:
+        yield cls
+        for sub in cls.__subclasses__():
+            yield from subclasses(sub)
+
+    for cls in subclasses(errors.RemoteSyncError):
+        expected = (
+            EXIT_USAGE
+            if issubclass(cls, errors.ConfigError)
+            else EXIT_LOCKED
+            if issubclass(cls, errors.LockedError)
+            else EXIT_CANCELLED
+            if issubclass(cls, errors.TransferCancelledError)
+            else EXIT_FAILED
+        )
+        assert _exit_code(cls("x").kind) == expected, cls

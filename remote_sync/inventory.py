@@ -365,19 +365,21 @@ class Inventory:
             and endpoint.user in (None, host.endpoint.user)
             and endpoint.port in (None, host.endpoint.port)
         ]
-        folded = {host.name.casefold(): host.name for host in self.hosts}
-        close = difflib.get_close_matches(name.casefold(), list(folded), n=3)
         if at_address:
             which, them = ("its host", "it") if len(at_address) == 1 else ("its hosts", "them")
             aside = (
                 f"the address of {which} {', '.join(repr(n) for n in at_address)}; "
                 f"sync {them} by name, with the inventory's settings"
             )
-        elif close:
-            aside = f"did you mean {' or '.join(repr(folded[c]) for c in close)}?"
         else:
-            names = [host.name for host in self.hosts]
-            aside = "its hosts: " + (", ".join(names[:10]) + (", ..." if len(names) > 10 else ""))
+            folded = {host.name.casefold(): host.name for host in self.hosts}
+            close = difflib.get_close_matches(name.casefold(), list(folded), n=3)
+            if close:
+                aside = f"did you mean {' or '.join(repr(folded[c]) for c in close)}?"
+            else:
+                names = [host.name for host in self.hosts]
+                shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+                aside = f"its hosts: {shown}"
         return (
             f"{name!r} is not a host of the inventory {self.path} ({aside}), so it was tried "
             "as an address or ssh_config alias"

@@ -232,7 +232,6 @@ def _add_agent(sub: Any) -> None:
     agent.add_argument(
         "--persist",
         type=_duration,
-        default=600.0,
         metavar="DURATION",
         help="close a connection unused for this long (default 10m; 0: keep it until the "
         "agent stops), as ssh's ControlPersist",
@@ -1090,7 +1089,7 @@ def run_agent(args: argparse.Namespace) -> int:
     import_asyncssh()
     import anyio
 
-    from .agent import Agent
+    from .agent import PERSIST, Agent
     from .events import json_lines_renderer
 
     _freeze_imports()
@@ -1100,7 +1099,7 @@ def run_agent(args: argparse.Namespace) -> int:
             Path(args.inventory),
             _given_dest(args.dest),
             every=args.every or None,
-            persist=args.persist,
+            persist=PERSIST if args.persist is None else args.persist,
             scheduled=out,
         )
         code: int = anyio.run(_agent_main, agent)

@@ -1191,7 +1191,7 @@ def _listing_source(
 
 
 #: What a call that reaches hosts says when given none: what it would have done, and what
-#: its ``hosts`` are (a show is given its one Host, never none).
+#: its ``hosts`` are (a show is given its one Host, never none: it has no entry).
 _NO_HOSTS = {
     "sync": (
         "no hosts to sync",
@@ -1202,7 +1202,6 @@ _NO_HOSTS = {
         "no hosts to ask",
         "the Hosts to read over SSH (what the CLI's --inventory FILE or --host H selects)",
     ),
-    "show": ("no host to read", "the Host to read over SSH"),
 }
 #: Where a program gets its Hosts, said when it passed something else.
 _MAKE_HOSTS = (

@@ -426,7 +426,6 @@ async def stream_sessions(
     else:
         _checked_tuning(concurrency=concurrency, idle_timeout=idle_timeout, pool=pool)
     emit = guarded(emit) if emit is not None else _ignore
-    registry = registry if registry is not None else default_registry
     failures: list[RemoteSyncError] = errors if errors is not None else []
     with _registered_read(registry, transfer_id) as token:
         if mirror is None:
@@ -519,7 +518,6 @@ async def read_session(
             "show", (host,), concurrency=1, idle_timeout=idle_timeout, pool=pool
         )
         fetch = partial(_read_remote, host, session, head, tail, page, page_size, limit, pool, emit)
-    registry = registry if registry is not None else default_registry
     with _registered_read(registry, transfer_id) as token:  # a duplicate id: before any event
         emit(Progress(name, "fetching", 0, 0, 0, 0))
         try:
@@ -567,7 +565,6 @@ async def session_stats(
         finally:
             db.close()
 
-    registry = registry if registry is not None else default_registry
     with _registered_read(registry, transfer_id) as token:
         return await _in_thread(token, stats)
 
@@ -590,12 +587,7 @@ async def list_versions(
     listed, or a session id or a prefix of one). Read in a worker thread, never taking the
     mirror's lock; a ``dest`` that is not a mirror is a :class:`ConfigError`. To copy one out,
     :func:`remote_sync.mirror.versions.restore_version` (``versions restore``)."""
-    if isinstance(files, str | bytes):  # one name would be taken for its characters
-        raise ArgumentError(
-            "files is a list of paths or session ids, not one", hint=f"pass files=[{files!r}]"
-        )
-    work = partial(list_kept_versions, dest, host=host, files=tuple(files))
-    registry = registry if registry is not None else default_registry
+    work = partial(list_kept_versions, dest, host=host, files=_file_names(files))
     with _registered_read(registry, transfer_id) as token:
         return await _in_thread(token, work)
 
@@ -626,17 +618,14 @@ async def prune_versions(
     thread; a cancel through the registry stops it before its next file (what was removed
     stays removed) with a :class:`TransferCancelledError`, and a cancel of the caller's scope
     waits for it to end (a file system call cannot be stopped midway)."""
-    if isinstance(files, str | bytes):  # one name would be taken for its characters
-        raise ArgumentError(
-            "files is a list of paths or session ids, not one", hint=f"pass files=[{files!r}]"
-        )
+    names = _file_names(files)
     registry = registry if registry is not None else default_registry
     with registry.register(transfer_id) as token:
         work = partial(
             prune_kept_versions,
             dest,
             host=host,
-            files=tuple(files),
+            files=names,
             keep_last=keep_last,
             keep_within=keep_within,
             dry_run=dry_run,
@@ -653,6 +642,16 @@ async def prune_versions(
         # Not abandoned on a cancel, as a read is: the thread holds the mirror's lock and
         # removes files, so the call ends when it does.
         return await anyio.to_thread.run_sync(work)
+
+
+def _file_names(files: Sequence[str]) -> tuple[str, ...]:
+    """The ``files`` of :func:`list_versions` and :func:`prune_versions` as a tuple; one name
+    passed alone (a str, which would be taken for its characters) is an ArgumentError."""
+    if isinstance(files, str | bytes):
+        raise ArgumentError(
+            "files is a list of paths or session ids, not one", hint=f"pass files=[{files!r}]"
+        )
+    return tuple(files)
 
 
 # -- the mirror's integrity ---------------------------------------------------------------------
@@ -675,7 +674,6 @@ async def check_mirror(
     ``host`` it has none of, is a :class:`ConfigError`. A cancel through the registry stops
     it before its next file (:class:`TransferCancelledError`)."""
     problems: list[Problem] = []
-    registry = registry if registry is not None else default_registry
     with _registered_read(registry, transfer_id) as token:
         work = partial(
             check_the_mirror,
@@ -789,9 +787,12 @@ READ_CANCELLED_HINT = "cancelled on request; a read changes nothing, so it can s
 
 
 @contextmanager
-def _registered_read(registry: CancelRegistry, transfer_id: str | None) -> Iterator[CancelToken]:
-    """A read's transfer registered (:meth:`CancelRegistry.register`), a cancel that stops it
-    raised with :data:`READ_CANCELLED_HINT`."""
+def _registered_read(
+    registry: CancelRegistry | None, transfer_id: str | None
+) -> Iterator[CancelToken]:
+    """A read's transfer registered (:meth:`CancelRegistry.register`) in ``registry``, None
+    for the default one; a cancel that stops it raised with :data:`READ_CANCELLED_HINT`."""
+    registry = registry if registry is not None else default_registry
     with registry.register(transfer_id) as token:
         try:
             yield token

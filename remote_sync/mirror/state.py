@@ -62,13 +62,11 @@ _VERSION_LIKE = re.compile(rb"\.v[0-9]+~*\Z")
 #: another, longer name. No other name is placed differently than before this rule.
 _LIKE_CUT_FILE = re.compile(rb"~[0-9a-f]{16}\Z")
 #: The number a name in the versions tree ends with, when it ends like a version's: at most
-#: nine digits, ``_MAX_VERSION_ON_DISK``'s.
+#: nine digits, so 999,999,999 is the highest number of a copy on disk a new version is
+#: numbered after. A sync counts a file's versions one at a time, so a longer number is a
+#: name put there by hand: counted on from, it would take the next number past what SQLite
+#: stores (2**63 - 1), or leave a count a check walks one number at a time.
 _NUMBERED = re.compile(rb"\.v([1-9][0-9]{0,8})\Z")
-#: The highest number of a copy on disk a new version is numbered after. A sync counts a
-#: file's versions one at a time, so a number past it is a name put there by hand: counted
-#: on from, it would take the next number past what SQLite stores (2**63 - 1), or leave a
-#: count a check walks one number at a time.
-_MAX_VERSION_ON_DISK = 999_999_999
 _LIKE_CUT_DIR = re.compile(rb"~[0-9a-f]{16}~+\Z")
 
 
@@ -826,7 +824,7 @@ class MirrorState:
         stay, and "1 is the oldest" and a later ``--keep-last`` would be wrong. A name is
         taken only when it is the one :meth:`version_path` gives that number (a name cut with
         a digest too); another file's versions sharing the directory are not, nor a number
-        past ``_MAX_VERSION_ON_DISK`` (put there by hand)."""
+        of more than nine digits (put there by hand, see ``_NUMBERED``)."""
         folder = os.path.dirname(os.fsencode(self.version_path(host, path, 1)))
         name = path.rpartition(b"/")[2]
         try:

@@ -506,9 +506,7 @@ class AppendWriter(_LineWriter):
         # A partial last line waits for next run.
         self._cut_at_the_lines(self.end_of_lines, "truncate the mirrored file")
         self.row.size = self.end_of_lines
-        if self.committed < FINGERPRINT_BYTES:
-            self.handle.seek(0)
-            self.row.fingerprint = fingerprint_of(self.handle.read(FINGERPRINT_BYTES))
+        self._fingerprint_lines()  # the file ends at its lines now
         added = self.end_of_lines - self.committed
         index = self.indexer.result() if self.indexer is not None else None
         if self.job is not None:

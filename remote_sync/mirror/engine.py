@@ -275,12 +275,15 @@ class HostSync:
         token: CancelToken,
         workers: IndexWorkers | None = None,
         flush_files: int = FLUSH_FILES,
+        *,
+        pieces: int,
     ) -> None:
         self.host = host
         # The state's connection is read on the event loop's thread; every write of the
         # round goes through ``writes`` (a worker thread, one write at a time).
         self.writes = writes
         self.flush_files = flush_files  # a batch holds each of its files open until its flush
+        self.piece_bytes = pieces  # the run's piece_bytes(), the same for all its rounds
         self.name = host.name
         self.pool = pool
         self.state = state
@@ -557,7 +560,7 @@ class HostSync:
         if self.reader is None or self.workers is None or threshold is None:
             return
         reader = self.reader
-        pieces = piece_bytes()  # once a round, not once a file
+        pieces = self.piece_bytes
         to_index = sum(
             t.length
             for t in plan.transfers
@@ -572,7 +575,7 @@ class HostSync:
         """Fetch ``transfers`` on the round's own command (``first``: frames already read);
         returns those that must be fetched whole, and the appends to check one by one."""
         # In a worker thread: the requests of 20,000 new files take tens of milliseconds.
-        owners, requests, stdin = await in_thread(_requests_of, transfers, piece_bytes())
+        owners, requests, stdin = await in_thread(_requests_of, transfers, self.piece_bytes)
         stream.send(stdin, end=True)
         if not transfers:
             await _drain_stream(stream, self.name)
@@ -590,7 +593,7 @@ class HostSync:
         or a whole one grew past what was asked)."""
         if not transfers:
             return []
-        pieces = piece_bytes()
+        pieces = self.piece_bytes
         owners, requests = _owned(transfers, lambda t: _follow_up_requests(t, pieces))
         marker = new_marker()
         parser = FrameParser(self.name, marker.encode(), requests)
@@ -1926,7 +1929,9 @@ async def sync_fleet(
     connections are not worth keeping. Without one, the round opens and closes its own.
     Either way the round takes the destination's lock for itself, as a run of its own."""
     started = time.monotonic()
-    piece_bytes()  # a bad REMOTE_SYNC_PIECE_BYTES is a usage error before any host is asked
+    # Read once for every host's round; a bad REMOTE_SYNC_PIECE_BYTES is a usage error before
+    # any host is asked.
+    pieces = piece_bytes()
     registry = registry if registry is not None else default_registry
     results: dict[str, HostRound] = {}
     owned: contextlib.AbstractAsyncContextManager[SSHPool]
@@ -1998,6 +2003,7 @@ async def sync_fleet(
                             tok,
                             workers,
                             flush_files,
+                            pieces=pieces,
                         )
                         results[host.name] = await round_.run()
                 emit(results[host.name].event())

@@ -705,7 +705,8 @@ class HostSync:
             # Left only when a flush failed: the host's round is over, nothing more is tried.
             left = self.batch.take()
             discard(left)
-            await in_thread(_cut_back, self.state, left)
+            if any(item.cut_back is not None for item in left):  # rare: no thread otherwise
+                await in_thread(_cut_back, self.state, left)
 
     async def _complete(self) -> None:
         """Wait for the flush in flight and its index results; commit them in one transaction."""

@@ -1808,21 +1808,25 @@ def expand_proxy_tokens(endpoint: Endpoint, resolved: _Resolved, host: str) -> s
         "p": str(resolved.port),
         "r": resolved.user or getpass.getuser(),
     }
+    named = "proxy_command"
     try:
-        return expand_proxy_command(endpoint.proxy_command, tokens)
-    except UnsafeTokenValue as exc:
-        raise ConfigError(
-            f"the inventory's proxy_command: {str(exc).removeprefix('ProxyCommand ')}",
-            host=host,
-            hint=exc.hint.replace("the ProxyCommand", "proxy_command"),
-        ) from None
+        return expand_proxy_command(
+            endpoint.proxy_command, tokens, f"the inventory's {named}:", named
+        )
     except ValueError as exc:
-        raise ConfigError(
-            f"the inventory's proxy_command: {str(exc).removeprefix('ProxyCommand ')}, as "
-            "ssh stops on it",
-            host=host,
-            hint="use only %h %k %n %p %r in proxy_command, and write %% for a %",
-        ) from None
+        message, hint = _refused_proxy_command(exc, named)
+        raise ConfigError(message, host=host, hint=hint) from None
+
+
+def _refused_proxy_command(exc: ValueError, named: str) -> tuple[str, str]:
+    """The message and the hint to stop on ``exc``, raised by
+    :func:`~remote_sync.ssh.sshconfig.expand_proxy_command` for the ProxyCommand the hint
+    names ``named``: an :class:`UnsafeTokenValue` as it is, a token ssh does not expand
+    there as ssh stops on it."""
+    if isinstance(exc, UnsafeTokenValue):
+        return str(exc), exc.hint
+    hint = f"use only %h %k %n %p %r in {named}, and write %% for a %"
+    return f"{exc}, as ssh stops on it", hint
 
 
 def _configured_proxy_command(resolved: _Resolved) -> str | None:
@@ -2768,12 +2772,8 @@ def _expand_read_options(config: Any, paths: Sequence[str]) -> None:
             path, line = config.__dict__.get("_set_at", {}).get(
                 "ProxyCommand", (config._path, config._line_no)
             )
-            if isinstance(exc, UnsafeTokenValue):
-                raise _RefusedLine(f"{path} line {line}: {exc}", exc.hint) from None
-            raise _RefusedLine(
-                f"{path} line {line}: {exc}, as ssh stops on it",
-                hint="use only %h %k %n %p %r in the ProxyCommand, and write %% for a %",
-            ) from None
+            message, hint = _refused_proxy_command(exc, "the ProxyCommand")
+            raise _RefusedLine(f"{path} line {line}: {message}", hint) from None
 
 
 _expand_tokens_once_every_file_is_read()

@@ -955,16 +955,25 @@ def expand_match_exec(command: str, tokens: Mapping[str, str]) -> str:
     Raises ValueError for a token ssh does not expand there (ssh stops on it: "unknown
     key"). Either error names the command by its program alone (:func:`command_name`), as
     a ProxyCommand's do: its arguments may hold a secret (a token for a VPN check)."""
+    return _expand_command(command, tokens, "Match exec", "the Match exec command")
+
+
+def _expand_command(command: str, tokens: Mapping[str, str], label: str, named: str) -> str:
+    """``command`` with its ``%`` tokens replaced by their values in ``tokens`` (``%%`` is
+    ``%``), each checked by :func:`_checked_value`; a token not in ``tokens``, or a ``%`` at
+    the end, is a ValueError (:func:`_no_such_token`). An error begins with ``label`` and the
+    command's program (``Match exec test …``, :func:`command_name`), and its hint names the
+    command ``named`` (``the Match exec command``)."""
     shown = command_name(command)
+    where = f"{label} {shown}"
 
     def value(found: re.Match[str]) -> str:
         token = found[1]
         if token == "%":
             return "%"
         if token not in tokens:
-            raise _no_such_token("Match exec", shown, token, tokens)
-        where = f"Match exec {shown}"
-        return _checked_value(token, tokens[token], where, "the Match exec command")
+            raise _no_such_token(label, shown, token, tokens)
+        return _checked_value(token, tokens[token], where, named)
 
     return _PERCENT_TOKEN.sub(value, command) if "%" in command else command
 
@@ -1005,7 +1014,12 @@ def _no_such_token(where: str, shown: str, token: str, known: Iterable[str]) -> 
 PROXY_COMMAND_TOKENS = ("h", "k", "n", "p", "r")
 
 
-def expand_proxy_command(command: str, tokens: Mapping[str, str]) -> str:
+def expand_proxy_command(
+    command: str,
+    tokens: Mapping[str, str],
+    label: str = "ProxyCommand",
+    named: str = "the ProxyCommand",
+) -> str:
     """``command``, a ProxyCommand, with ssh's tokens there (:data:`PROXY_COMMAND_TOKENS`,
     their values taken from ``tokens``, as :func:`match_exec_tokens` gives them once the
     config is read) and ``%%`` expanded, each value put in as it is, as ssh puts it. Any
@@ -1016,19 +1030,12 @@ def expand_proxy_command(command: str, tokens: Mapping[str, str]) -> str:
     Every one of those tokens is a value of the host to reach: one the shell could read as
     code is an :class:`UnsafeTokenValue`, as in ``Match exec`` (:func:`_checked_value`;
     a host name as typed, ``box$(id)``, went into ``nc %n 22`` and ran). The command is
-    named by its program alone (:func:`command_name`): its arguments may hold a secret."""
+    named by its program alone (:func:`command_name`): its arguments may hold a secret.
+    An error begins with ``label`` (``ProxyCommand cloudflared …``) and its hint names the
+    command ``named`` (``the ProxyCommand``), for a ProxyCommand given elsewhere than in an
+    ssh_config (the inventory's proxy_command)."""
     known = {name: tokens[name] for name in PROXY_COMMAND_TOKENS}
-    shown = command_name(command)
-
-    def value(found: re.Match[str]) -> str:
-        token = found[1]
-        if token == "%":
-            return "%"
-        if token not in known:
-            raise _no_such_token("ProxyCommand", shown, token, known)
-        return _checked_value(token, known[token], f"ProxyCommand {shown}", "the ProxyCommand")
-
-    return _PERCENT_TOKEN.sub(value, command) if "%" in command else command
+    return _expand_command(command, known, label, named)
 
 
 #: A shell variable assignment before a command's program (``TOKEN=x cloudflared ...``).

@@ -1478,14 +1478,10 @@ class SSHPool:
         is named (by its program alone) and quoted, as a failed connect quotes it
         (:meth:`_ProxyCommand.quote`): the jump host's ``ssh -W`` says why ("Connection
         closed by remote host", "Broken pipe"), asyncssh only "Connection lost"."""
-        error = classify(exc, host)
         proxy = self._proxies.get(conn)
         if proxy is None:
-            return error
-        if type(error) is ConnectionLostError:
-            error.message = error.message.replace(
-                "connection lost", f"connection lost {_proxy_route(proxy.command)}", 1
-            )
+            return classify(exc, host)
+        error = classify(exc, host, route=_proxy_route(proxy.command))
         await proxy.quote(error)
         return error
 
@@ -2367,9 +2363,9 @@ def classify(
     exc: BaseException, host: str, *, connecting: bool = False, route: str | None = None
 ) -> SSHError:
     """Map an asyncssh/OS failure to our hierarchy, naming the host, and for a connection
-    that failed, the ``route`` it took (:func:`_route`: "to 10.0.0.5 port 22", "through
-    ProxyCommand nc …"), as ssh names the address it tried: the host's name alone does not
-    show a wrong HostName or Port."""
+    that failed (``connecting``) or was lost, the ``route`` it took (:func:`_route`: "to
+    10.0.0.5 port 22", "through ProxyCommand nc …"), as ssh names the address it tried: the
+    host's name alone does not show a wrong HostName or Port."""
     if isinstance(exc, SSHError):
         return exc
     if isinstance(exc, RemoteSyncError):
@@ -2380,7 +2376,7 @@ def classify(
         return AuthenticationError(f"authentication failed: {exc.reason}", host=host)
     if isinstance(exc, socket.gaierror):
         return HostUnreachableError(f"cannot resolve host: {exc.strerror}", host=host)
-    tried = f"cannot connect {route}: " if route else ""
+    tried = f"cannot connect {route}: " if route and connecting else ""
     if isinstance(exc, TimeoutError):
         return HostUnreachableError(f"{tried}connection timed out", host=host)
     if isinstance(exc, ConnectionRefusedError):
@@ -2389,7 +2385,8 @@ def classify(
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         return HostUnreachableError(f"{tried or 'cannot connect: '}{reason}", host=host)
     reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-    return ConnectionLostError(f"connection lost: {reason}", host=host)
+    lost = f"connection lost {route}" if route else "connection lost"
+    return ConnectionLostError(f"{lost}: {reason}", host=host)
 
 
 __all__ = [

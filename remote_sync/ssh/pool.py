@@ -420,9 +420,7 @@ def _read_known_hosts(paths: Sequence[str]) -> asyncssh.SSHKnownHosts:
     if known is None:
         known = _parse_known_hosts(paths)  # read after the stat: never older than versions
         with _KNOWN_HOSTS_LOCK:
-            while len(_KNOWN_HOSTS_READ) >= _KNOWN_HOSTS_KEPT:
-                del _KNOWN_HOSTS_READ[next(iter(_KNOWN_HOSTS_READ))]
-            _KNOWN_HOSTS_READ[versions] = known
+            _keep(_KNOWN_HOSTS_READ, versions, known, _KNOWN_HOSTS_KEPT)
     return known
 
 
@@ -1230,7 +1228,7 @@ def _walk_config_files(endpoint: Endpoint, host: str) -> tuple[object, ...] | No
     version = _config_version(read)
     if version is not None:
         with _LOOKUPS_LOCK:
-            _keep(_WALKED, where, (read, version))
+            _keep(_WALKED, where, (read, version), _LOOKUPS_KEPT)
     return None if read.volatile else version
 
 
@@ -1275,7 +1273,7 @@ def _lookup(
     if resolved is None:
         resolved = _resolve(endpoint, config, host)
         with _LOOKUPS_LOCK:
-            _keep(_LOOKUPS, inputs, resolved)
+            _keep(_LOOKUPS, inputs, resolved, _LOOKUPS_KEPT)
     return resolved
 
 
@@ -1290,10 +1288,10 @@ _LOOKUPS_LOCK = threading.Lock()  # lookups run in worker threads
 _LOOKUPS_KEPT = 1024
 
 
-def _keep(kept: dict[Any, Any], key: object, value: object) -> None:
-    """``kept[key] = value``, the oldest entries dropped beyond :data:`_LOOKUPS_KEPT`."""
+def _keep(kept: dict[Any, Any], key: object, value: object, limit: int) -> None:
+    """``kept[key] = value``, the oldest entries dropped beyond ``limit``."""
     kept.pop(key, None)
-    while len(kept) >= _LOOKUPS_KEPT:
+    while len(kept) >= limit:
         del kept[next(iter(kept))]
     kept[key] = value
 

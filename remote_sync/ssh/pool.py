@@ -80,6 +80,7 @@ from ..errors import (
     showable,
 )
 from . import sshconfig
+from .remote import in_range
 from .sshconfig import (
     MATCH_ALONE,
     FilesRead,
@@ -258,7 +259,7 @@ class PoolSettings:
             # Every field has its entry: a new one without is a KeyError at the first use.
             kind, least, most, takes = _SETTING_RANGES[setting.name]
             value = getattr(self, setting.name)
-            if not _in_range(value, kind, least, most):
+            if not in_range(value, kind, least, most):
                 raise ConfigError(
                     f"PoolSettings.{setting.name} must be {takes}, not {value!r}",
                     hint="pass another value, or leave it out for the default "
@@ -298,17 +299,6 @@ _SETTING_RANGES: dict[str, tuple[type, float | None, float | None, str]] = {
     ),
     "record_new_host_keys": (bool, None, None, "True or False"),
 }
-
-
-def _in_range(value: object, kind: type, least: float | None, most: float | None) -> bool:
-    """Whether ``value`` is of ``kind`` (see :data:`_SETTING_RANGES`) and within bounds."""
-    if kind is bool:
-        return isinstance(value, bool)
-    allowed = (int, float) if kind is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, allowed):
-        return False
-    # Compared so that NaN, which no comparison holds for, is out of range.
-    return (least is None or value >= least) and (most is None or value <= most)
 
 
 @dataclass

@@ -44,21 +44,29 @@ def checked_idle_timeout(value: object) -> float | None:
     limit)."""
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        # No comparison holds for NaN: it is refused with the negatives. Infinity is above
-        # the largest float, and so is an int too large to be one (the timers take floats).
-        or not value >= 0
-        or value > sys.float_info.max
-    ):
-        raise ArgumentError(
-            "idle_timeout (--timeout) must be 0 (no limit) or a finite number of seconds, "
-            f"not {value!r}",
-            hint="pass how many seconds a remote command may send nothing, or 0 for no limit "
-            "(None too, in the library)",
-        )
-    return value
+    # Infinity is above the largest float, and so is an int too large to be one (the timers
+    # take floats); NaN is in no range. (The isinstance is for the type checker.)
+    if isinstance(value, (int, float)) and in_range(value, float, 0, sys.float_info.max):
+        return value
+    raise ArgumentError(
+        "idle_timeout (--timeout) must be 0 (no limit) or a finite number of seconds, "
+        f"not {value!r}",
+        hint="pass how many seconds a remote command may send nothing, or 0 for no limit "
+        "(None too, in the library)",
+    )
+
+
+def in_range(value: object, kind: type, least: float | None, most: float | None) -> bool:
+    """Whether ``value`` is of ``kind`` and from ``least`` to ``most`` (None: no bound). A
+    bool ``kind`` takes a bool; int, a whole number, never a bool; float, an int or a float,
+    never a bool or NaN."""
+    if kind is bool:
+        return isinstance(value, bool)
+    allowed = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        return False
+    # Compared so that NaN, which no comparison holds for, is out of range.
+    return (least is None or value >= least) and (most is None or value <= most)
 
 
 #: Hosts worked on at once unless told otherwise: by ``sync`` and by a remote listing (the

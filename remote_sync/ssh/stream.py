@@ -20,7 +20,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import asyncssh
@@ -71,6 +71,7 @@ class RemoteStream:
     def __init__(
         self,
         *,
+        pool: SSHPool,
         host: str,
         path: str | None,
         token: CancelToken,
@@ -89,7 +90,7 @@ class RemoteStream:
         self._chunk_size = chunk_size
         self._idle_timeout = idle_timeout or None  # 0 is no limit, as rsync's --timeout 0
         self._channel: _Channel | None = None  # set by exec_streaming once the channel exists
-        self._pool: SSHPool | None = None  # whose connection the channel is on (its lost())
+        self._pool = pool  # whose connection the channel is on (its lost())
         self._stdin: asyncssh.SSHClientChannel[bytes] | None = None  # while stdin stays open
         self._stdin_refused = False  # a write found the command gone: the rest is dropped
         self._boundary: bytes | None = None  # a stderr line awaited (set_stderr_boundary)
@@ -134,9 +135,10 @@ class RemoteStream:
         if channel.lost is not None and self._failure is None and not channel.queue:
             # The pool says it: for a connection made on a ProxyCommand, with what the
             # command said as it ended (waited for under a shield: it is being ended).
-            conn = channel.conn
-            if self._pool is not None and isinstance(conn, asyncssh.SSHClientConnection):
-                self._failure = await self._pool.lost(conn, channel.lost, self.host)
+            # connection_made set conn (asyncssh calls it before connection_lost); were it
+            # not set, a plain error.
+            if channel.conn is not None:
+                self._failure = await self._pool.lost(channel.conn, channel.lost, self.host)
             else:
                 self._failure = classify(channel.lost, self.host)
             self._failure.path = self.path
@@ -279,7 +281,7 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
         self.share = share
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
         #: The connection the channel is on (asyncssh forgets it once the channel closes).
-        self.conn: object = None
+        self.conn: asyncssh.SSHClientConnection | None = None
         self.queue: deque[bytes] = deque()
         self.queued = 0
         self.credit: ConsumerCredit | None = None
@@ -295,7 +297,8 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self.chan = chan
-        self.conn = chan.get_connection()
+        # A client channel's connection is a client connection (typed as any connection).
+        self.conn = cast(asyncssh.SSHClientConnection, chan.get_connection())
         self.credit = ConsumerCredit.install(chan, self.data_received, self.share)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
@@ -491,6 +494,7 @@ async def exec_streaming(
     with registry.register(transfer_id, parent=token) as own_token:
         own_token.raise_if_cancelled(host=host, path=path)
         stream = RemoteStream(
+            pool=pool,
             host=host,
             path=path,
             token=own_token,
@@ -500,7 +504,6 @@ async def exec_streaming(
         )
         if stderr_boundary is not None:
             stream.set_stderr_boundary(stderr_boundary)
-        stream._pool = pool
         channel = stream._channel = _Channel(
             stream,
             high_water=max(chunk_size, 64 * 1024) * 2,

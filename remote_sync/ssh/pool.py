@@ -1300,7 +1300,11 @@ class _HostSlot:
         #: The ssh_config's lookup the connection was made with, and whether a pre-flight
         #: since found the files say otherwise: a long-lived pool (the agent's) then opens
         #: a new connection, as ssh's ControlPath (%C: host, port, user) would name a new
-        #: master, rather than go on with the old HostName, Port or User.
+        #: master, rather than go on with the old settings. The whole lookup is compared,
+        #: every field of :class:`_Resolved`: HostName, Port and User, and as well the
+        #: identities, host key checking, known_hosts files and HostKeyAlias, ProxyJump,
+        #: IdentityAgent and which tuning options are set; not asyncssh's reading itself
+        #: (``parsed``), so a changed ProxyCommand or cipher list alone does not count.
         self.made_with: _Resolved | None = None
         self.stale = False
 

@@ -22,12 +22,14 @@ uid are served; another's connection is logged and closed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import logging
 import math
 import os
 import socket
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,6 +52,7 @@ from .cancel import CancelRegistry
 from .errors import (
     AgentRefusedError,
     ConfigError,
+    DestinationError,
     LockedError,
     MirrorError,
     RemoteSyncError,
@@ -67,6 +70,7 @@ from .events import (
 )
 from .inventory import Host, load_inventory
 from .mirror.engine import SyncOptions, sync_fleet
+from .mirror.state import kind_text, refuse_nested
 from .ssh.pool import PoolSettings, SSHPool
 from .ssh.remote import checked_idle_timeout
 
@@ -81,6 +85,9 @@ PROGRESS_BACKLOG = 64 * 1024
 #: Bytes of events a client may leave unread before it is taken for gone (its sync
 #: cancelled): a dry run's line per file of some hundred thousand files.
 MAX_BACKLOG = 32 * 1024 * 1024
+#: How ``agent.lock`` is opened: as the state opens a mirror's files, a symbolic link not
+#: followed (ELOOP) and a FIFO not waited on.
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class Agent:
@@ -124,6 +131,9 @@ class Agent:
         """Run until :meth:`stop`: take the agent's lock, listen, serve; on the way out the
         connections are closed and the socket removed. ``ready`` is called once the socket
         listens."""
+        # Refused before anything is made, as a sync refuses it: the agent's control files
+        # in another mirror's host directory would be taken for that host's files.
+        refuse_nested(self.dest)
         load_inventory(self.inventory)  # a bad inventory stops the agent before it listens
         self._stopping = anyio.Event()
         if self._stop_asked:
@@ -152,16 +162,24 @@ class Agent:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         control = self.socket.parent
+        lock = control / LOCK_NAME
         try:
             control.mkdir(parents=True, exist_ok=True)
-            fd = os.open(control / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Neither a symbolic link planted at its name followed (the file it names would
+            # be created or locked in its place) nor a FIFO waited on: refused below.
+            fd = os.open(lock, _LOCK_FLAGS, 0o600)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symbolic link
+                raise _not_a_lock(lock, "a symbolic link") from None
             raise MirrorError(
                 f"cannot create the agent's lock file: {exc.strerror or exc}",
-                path=str(control / LOCK_NAME),
+                path=str(lock),
                 hint="the destination must be writable by this user",
             ) from exc
         try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise _not_a_lock(lock, kind_text(mode))
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -417,6 +435,14 @@ class Agent:
         )
         if summary is not None and self.scheduled is None:
             log.warning("scheduled sync: %s, exit %d", _outcome(summary), summary.exit_code)
+
+
+def _not_a_lock(lock: Path, kind: str) -> DestinationError:
+    return DestinationError(
+        f"the agent's lock file is {kind}",
+        path=str(lock),
+        hint="remove it (the agent makes its lock file itself), then start the agent again",
+    )
 
 
 def _decode_cancel(line: bytes) -> CancelRequest:

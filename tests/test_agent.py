@@ -30,6 +30,7 @@ from synchelp import cli_process, expected_tree, make_openclaw_tree, mirror_tree
 from remote_sync import agent as agent_module
 from remote_sync.agent import Agent
 from remote_sync.agent_link import SyncRequest
+from remote_sync.errors import ConfigError, DestinationError
 from remote_sync.events import (
     Emit,
     ErrorEvent,
@@ -491,3 +492,53 @@ def test_a_request_with_a_field_the_agent_does_not_know_is_refused_not_dropped()
     with pytest.raises(AgentRefusedError, match="exclude"):
         decode_request(line)
     assert decode_request(line.replace(b',"exclude":["x"]', b"")).inventory == "/i.toml"
+
+
+def _one_host_inventory(tmp_path: Path) -> Path:
+    """An inventory of one host never reached: for tests that stop before any sync."""
+    inv = tmp_path / "inventory.toml"
+    inv.write_text('[[hosts]]\nname = "h0"\naddress = "127.0.0.1"\n')
+    return inv
+
+
+async def test_a_symbolic_link_at_the_agents_lock_is_refused_not_followed(tmp_path: Path) -> None:
+    """``agent.lock`` was opened following a symbolic link planted at its name: the file
+    it named was created (or locked) in its place. It is refused, naming the lock file, and
+    what the link names is left as it was (not made)."""
+    dest = tmp_path / "m"
+    (dest / ".remote-sync").mkdir(parents=True)
+    target = tmp_path / "elsewhere"
+    (dest / ".remote-sync" / "agent.lock").symlink_to(target)
+    agent = Agent(_one_host_inventory(tmp_path), dest)
+    agent.stop()  # serve takes its lock, then returns at once
+    with pytest.raises(DestinationError, match="lock file is a symbolic link") as caught:
+        await agent.serve()
+    assert caught.value.path == str(dest / ".remote-sync" / "agent.lock")
+    assert "remove it" in caught.value.hint
+    assert not target.exists() and not (dest / SOCKET).exists()
+    # A FIFO there is no lock file either, and is not waited on.
+    (dest / ".remote-sync" / "agent.lock").unlink()
+    os.mkfifo(dest / ".remote-sync" / "agent.lock")
+    with anyio.fail_after(10), pytest.raises(DestinationError, match="lock file is no regular"):
+        await agent.serve()
+
+
+async def test_an_agent_for_a_destination_inside_another_mirror_is_refused_first(
+    tmp_path: Path,
+) -> None:
+    """A sync refuses a destination inside another mirror; the agent made its control
+    directory and lock there first (in the other mirror's host directory, taken for that
+    host's files by its next sync). It is refused as a sync refuses it, nothing made."""
+    outer = tmp_path / "outer"
+    (outer / ".remote-sync").mkdir(parents=True)
+    (outer / ".remote-sync" / "state.db").write_bytes(b"")
+    (outer / "h0").mkdir()
+    inv = _one_host_inventory(tmp_path)
+    for dest in (outer / "h0" / "m", outer / ".remote-sync" / "m"):
+        agent = Agent(inv, dest)
+        agent.stop()
+        with pytest.raises(ConfigError, match="inside the mirror at") as caught:
+            await agent.serve()
+        assert caught.value.path == str(dest)
+        assert not dest.exists()
+    assert sorted(p.name for p in (outer / "h0").iterdir()) == []

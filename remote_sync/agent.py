@@ -17,6 +17,11 @@ at a time: a request while another runs (a client's or a scheduled one) gets the
 error, kind ``locked``, as a second run would. A dry run changes nothing and takes no lock,
 so it runs beside another sync, on a pool of its own, as ever. Only peers of the agent's own
 uid are served; another's connection is logged and closed.
+
+A stop (:meth:`Agent.stop`: SIGTERM, Ctrl-C) cancels the syncs running through the registry
+and waits ``stop_timeout`` seconds for them to wind down; those still running then are cut
+off (each host's state is consistent up to its last checkpoint, as after a kill), and
+:meth:`Agent.serve` raises an :class:`~remote_sync.errors.AgentError` saying so.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from .agent_link import (
     LOCK_NAME,
     MAX_REQUEST,
+    PERSIST,
+    STOP_TIMEOUT,
     CancelRequest,
     SyncRequest,
     address,
@@ -50,6 +57,7 @@ from .agent_link import (
 )
 from .cancel import CancelRegistry
 from .errors import (
+    AgentError,
     AgentRefusedError,
     ConfigError,
     DestinationError,
@@ -76,8 +84,6 @@ from .ssh.remote import checked_idle_timeout
 
 log = logging.getLogger(__name__)
 
-#: The default ``--persist``: a connection nobody used for 10 minutes is closed.
-PERSIST = 600.0
 #: Seconds a client has to send its request once connected.
 REQUEST_TIMEOUT = 10.0
 #: Bytes of events a client may leave unread before its progress lines are dropped.
@@ -100,6 +106,7 @@ class Agent:
         *,
         every: float | None = None,
         persist: float = PERSIST,
+        stop_timeout: float | None = None,
         scheduled: Emit | None = None,
         registry: CancelRegistry | None = None,
     ) -> None:
@@ -107,6 +114,8 @@ class Agent:
         self.dest = dest
         self.every = every
         self.persist = persist
+        #: Seconds a stop waits for the syncs it cancelled (0: no limit); None: STOP_TIMEOUT.
+        self.stop_timeout = STOP_TIMEOUT if stop_timeout is None else stop_timeout
         #: Where a scheduled round's events go (None: a line per round in the log).
         self.scheduled = scheduled
         self.registry = registry if registry is not None else CancelRegistry()
@@ -121,7 +130,9 @@ class Agent:
         self._pools: dict[bool, SSHPool] = {}
 
     def stop(self) -> None:
-        """Cancel the syncs running (as Ctrl-C does), then stop serving."""
+        """Cancel the syncs running (as Ctrl-C does), then stop serving: :meth:`serve`
+        returns once they have wound down, or raises an :class:`AgentError` once it has cut
+        off those still running ``stop_timeout`` seconds later."""
         self.registry.cancel_all("the agent is stopping")
         self._stop_asked = True
         if self._stopping is not None:
@@ -130,7 +141,9 @@ class Agent:
     async def serve(self, ready: Callable[[], None] | None = None) -> None:
         """Run until :meth:`stop`: take the agent's lock, listen, serve; on the way out the
         connections are closed and the socket removed. ``ready`` is called once the socket
-        listens."""
+        listens. Syncs that a stop's cancel has not ended within ``stop_timeout`` seconds are
+        cut off (anyio's cancellation, which ends all but work in a worker thread), and
+        their :class:`AgentError` raised on the way out."""
         # Refused before anything is made, as a sync refuses it: the agent's control files
         # in another mirror's host directory would be taken for that host's files.
         refuse_nested(self.dest)
@@ -138,6 +151,7 @@ class Agent:
         self._stopping = anyio.Event()
         if self._stop_asked:
             self._stopping.set()
+        cut_off = 0
         with self._locked(), self._listening() as sock:
             listener = await anyio.abc.SocketListener.from_socket(sock)
             async with contextlib.AsyncExitStack() as stack:
@@ -153,11 +167,24 @@ class Agent:
                     await self._stopping.wait()
                     self.registry.cancel_all("the agent is stopping")
                     # A cancelled round winds down (its last commit, its summary to its
-                    # client) before the connections it uses are closed.
+                    # client) before the connections it uses are closed; one that has not
+                    # within stop_timeout is cut off, as a kill would cut it: each host's
+                    # state is consistent up to its last checkpoint, whenever it stops.
                     if self._running:
                         self._quiet = anyio.Event()
-                        await self._quiet.wait()
+                        with anyio.move_on_after(self.stop_timeout or math.inf):
+                            await self._quiet.wait()
+                        cut_off = self._running
                     tg.cancel_scope.cancel()
+        if cut_off:
+            raise AgentError(
+                f"{cut_off} sync{'s' if cut_off > 1 else ''} still running "
+                f"{self.stop_timeout:g} s after the stop, cut off",
+                path=str(self.dest),
+                hint="the mirror is consistent up to each host's last checkpoint and the next "
+                "sync resumes (a file cut midway is fetched again); a longer --stop-timeout "
+                "gives a sync more time to wind down",
+            )
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

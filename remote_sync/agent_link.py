@@ -3,7 +3,8 @@
 What it owns: where the socket is (``DIR/.remote-sync/agent.sock``) and how to reach a path
 longer than ``AF_UNIX`` allows, the request a client sends (:class:`SyncRequest`, and
 :class:`CancelRequest`), the peer's uid (``SO_PEERCRED``), and the client's side of a
-connection (:func:`connect`, :class:`AgentLink`). Standard library and msgspec only: a
+connection (:func:`connect`, :class:`AgentLink`); and the agent's defaults, which the CLI
+and the library take without importing the agent. Standard library and msgspec only: a
 ``remote-sync sync`` that goes through the agent never imports asyncssh, anyio or the engine,
 which is most of what the agent saves it.
 
@@ -48,6 +49,15 @@ from .errors import AgentError, AgentRefusedError
 from .events import Event, decode_event
 from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 
+#: The default ``--persist``: a connection nobody used for 10 minutes is closed.
+PERSIST = 600.0
+#: The default ``--stop-timeout``: how long a stop waits for the syncs it cancelled to wind
+#: down before it cuts them off (below the 60 s systemd waits for the service to stop).
+STOP_TIMEOUT = 30.0
+#: Seconds a cut-off may take (connections closed, the socket removed) before the command
+#: leaves at once: work in a worker thread (an ssh_config's ``Match exec`` command) cannot
+#: be cut off.
+CUT_OFF_GRACE = 10.0
 #: The protocol's version; a request of another one is refused (and then run directly).
 PROTOCOL_VERSION = 1
 SOCKET_NAME = "agent.sock"

@@ -237,6 +237,13 @@ def _add_agent(sub: Any) -> None:
         "agent stops), as ssh's ControlPersist",
     )
     agent.add_argument(
+        "--stop-timeout",
+        type=_duration,
+        metavar="DURATION",
+        help="on a stop, wait this long for the syncs it cancelled to wind down, then cut "
+        "them off and exit 1 (default 30s; 0: no limit)",
+    )
+    agent.add_argument(
         "--json", action="store_true", help="the scheduled syncs' events as JSON lines on stdout"
     )
 
@@ -1089,7 +1096,8 @@ def run_agent(args: argparse.Namespace) -> int:
     import_asyncssh()
     import anyio
 
-    from .agent import PERSIST, Agent
+    from .agent import Agent
+    from .agent_link import PERSIST, STOP_TIMEOUT
     from .events import json_lines_renderer
 
     _freeze_imports()
@@ -1100,6 +1108,7 @@ def run_agent(args: argparse.Namespace) -> int:
             _given_dest(args.dest),
             every=args.every or None,
             persist=PERSIST if args.persist is None else args.persist,
+            stop_timeout=STOP_TIMEOUT if args.stop_timeout is None else args.stop_timeout,
             scheduled=out,
         )
         code: int = anyio.run(_agent_main, agent)
@@ -1113,10 +1122,14 @@ def run_agent(args: argparse.Namespace) -> int:
 
 async def _agent_main(agent: Agent) -> int:
     """Serve until SIGTERM (exit 0: systemd's stop) or Ctrl-C (130); a second one leaves
-    at once."""
+    at once, and so does a stop still not done CUT_OFF_GRACE seconds after the agent's
+    ``--stop-timeout`` (exit 1)."""
     import signal
 
     import anyio
+
+    from .agent_link import CUT_OFF_GRACE
+    from .errors import AgentError
 
     stopped_by: list[int] = []
     async with anyio.create_task_group() as tg:
@@ -1128,6 +1141,24 @@ async def _agent_main(agent: Agent) -> int:
                         os._exit(EXIT_CANCELLED)
                     stopped_by.append(signum)
                     agent.stop()
+                    if agent.stop_timeout:
+                        tg.start_soon(leave_if_stuck)
+
+        async def leave_if_stuck() -> None:
+            # The agent cuts off, after --stop-timeout, what its stop's cancel did not end;
+            # what even that cannot end (work in a worker thread) must not keep the process
+            # for ever: it leaves at once, as a second signal does.
+            await anyio.sleep(agent.stop_timeout + CUT_OFF_GRACE)
+            _say(
+                AgentError(
+                    f"the agent did not stop {agent.stop_timeout + CUT_OFF_GRACE:g} s after "
+                    "it was told to: leaving at once",
+                    path=str(agent.dest),
+                    hint="the mirror is consistent up to each host's last checkpoint and the "
+                    "next sync resumes; the agent's socket stays until the next agent",
+                )
+            )
+            os._exit(EXIT_FAILED)
 
         tg.start_soon(on_signals)
         # Raised after the task group closes, so callers see it unwrapped.

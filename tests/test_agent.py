@@ -30,7 +30,7 @@ from synchelp import cli_process, expected_tree, make_openclaw_tree, mirror_tree
 from remote_sync import agent as agent_module
 from remote_sync.agent import Agent
 from remote_sync.agent_link import SyncRequest
-from remote_sync.errors import ConfigError, DestinationError
+from remote_sync.errors import AgentError, ConfigError, DestinationError
 from remote_sync.events import (
     Emit,
     ErrorEvent,
@@ -542,3 +542,66 @@ async def test_an_agent_for_a_destination_inside_another_mirror_is_refused_first
         assert caught.value.path == str(dest)
         assert not dest.exists()
     assert sorted(p.name for p in (outer / "h0").iterdir()) == []
+
+
+async def test_a_stop_cuts_off_a_sync_its_cancel_does_not_end_after_stop_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop waited without limit for the syncs it cancelled: one the registry's cancel does
+    not reach (stuck outside the scopes bound to its token) held the agent for ever. It waits
+    ``stop_timeout`` seconds, then cuts the sync off and says so, its socket removed."""
+    started = anyio.Event()
+
+    async def stuck(*args: object, **kwargs: object) -> Summary:
+        started.set()
+        await anyio.sleep(3600)  # registers nothing: the registry's cancel misses it
+        raise AssertionError
+
+    monkeypatch.setattr(agent_module, "sync_fleet", stuck)
+    monkeypatch.setattr(agent_module, "STOP_TIMEOUT", 0.5, raising=False)
+    dest = tmp_path / "m"
+    agent = Agent(_one_host_inventory(tmp_path), dest, every=3600.0, scheduled=lambda e: None)
+    if hasattr(agent, "stop_timeout"):
+        agent.stop_timeout = 0.5
+    caught: list[BaseException] = []
+
+    async def serve() -> None:
+        try:
+            await agent.serve()
+        except AgentError as exc:
+            caught.append(exc)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            await started.wait()
+            stopped = anyio.current_time()
+            agent.stop()
+    assert 0.4 < anyio.current_time() - stopped < 10
+    (error,) = caught
+    assert isinstance(error, AgentError) and error.kind == "agent"
+    assert "1 sync still running 0.5 s after the stop, cut off" in error.message
+    assert "consistent up to each host's last checkpoint" in error.hint
+    assert not (dest / SOCKET).exists()
+
+
+def test_a_stop_the_cut_off_cannot_end_leaves_at_once(tmp_path: Path) -> None:
+    """What even the cut-off cannot end (an ssh_config's ``Match exec`` command, run in a
+    worker thread: a sync stuck before it reaches its host) does not keep the agent's process
+    for ever: it leaves, exit 1, saying so, ``--stop-timeout`` and a grace after the stop."""
+    config = tmp_path / "ssh_config"
+    config.write_text('Match exec "sleep 25"\n  Port 22\n')
+    inv = tmp_path / "inventory.toml"
+    inv.write_text(
+        f'[[hosts]]\nname = "h0"\naddress = "127.0.0.1"\nssh_config = "{config}"\n'
+        f'root = "{tmp_path / "root"}"\n'
+    )
+    agent = start_agent(inv, tmp_path / "m", "--every", "1h", "--stop-timeout", "1s")
+    time.sleep(1.5)  # the scheduled round's pre-flight is in its Match exec by now
+    stopped = time.monotonic()
+    code, err = stop_agent(agent)
+    took = time.monotonic() - stopped
+    assert code == 1, err
+    assert b"still running" not in err  # the cut-off never came to its end
+    assert b"did not stop 11 s after it was told to: leaving at once" in err
+    assert 10 < took < 30

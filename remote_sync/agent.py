@@ -79,7 +79,7 @@ from .events import (
 from .inventory import Host, load_inventory
 from .mirror.engine import SyncOptions, sync_fleet
 from .mirror.state import kind_text, refuse_nested
-from .ssh.pool import PoolSettings, SSHPool
+from .ssh.pool import Endpoint, PoolSettings, SSHPool
 from .ssh.remote import checked_idle_timeout
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,9 @@ class Agent:
         self._stopping: anyio.Event | None = None  # made in serve's event loop
         self._stop_asked = False
         self._pools: dict[bool, SSHPool] = {}
+        #: The endpoints of the inventory's hosts when it was last read: the kept pools'
+        #: connections to any other are closed before the next sync that uses them.
+        self._listed: frozenset[Endpoint] | None = None
 
     def stop(self) -> None:
         """Cancel the syncs running (as Ctrl-C does), then stop serving: :meth:`serve`
@@ -294,6 +297,7 @@ class Agent:
                 path=str(self.socket),
             )
         inventory = load_inventory(self.inventory)
+        self._listed = frozenset(host.endpoint for host in inventory.hosts)
         missing = [name for name in request.hosts if inventory.get(name) is None]
         if missing:
             raise AgentRefusedError(
@@ -410,6 +414,12 @@ class Agent:
                 )
             self._syncing = f"a sync for {who}"
             try:
+                if self._listed is not None:
+                    # Between syncs (none uses the kept pools now; a dry run has its own): a
+                    # host gone from the inventory, or whose entry changed, does not keep its
+                    # connection until the idle close.
+                    for kept in self._pools.values():
+                        await kept.close_except(self._listed)
                 pool = self._pools[bool(request.compress)]
                 return await self._round(hosts, options, emit, transfer, pool)
             finally:

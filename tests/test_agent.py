@@ -605,3 +605,41 @@ def test_a_stop_the_cut_off_cannot_end_leaves_at_once(tmp_path: Path) -> None:
     assert b"still running" not in err  # the cut-off never came to its end
     assert b"did not stop 11 s after it was told to: leaving at once" in err
     assert 10 < took < 30
+
+
+async def test_a_host_gone_from_the_inventory_has_its_connection_closed_at_the_next_sync(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path]
+) -> None:
+    """A host removed from the inventory (or whose entry changed: another endpoint) kept its
+    connection until ``--persist`` closed it, though no sync would use it again: the next
+    sync, which reads the inventory again, closes it. The hosts still listed keep theirs."""
+    inv, dest = agent_setup
+    endpoints = {host.name: host.endpoint for host in load_inventory(inv).hosts}
+    agent = Agent(inv, dest)
+    ready = anyio.Event()
+    request = SyncRequest(inventory=str(inv))
+
+    async def synced() -> Summary:
+        events: list[Event] = []
+        summary = await agent._sync(request, agent._hosts(request), events.append, "t", "test")
+        assert summary is not None and summary.exit_code == 0, events
+        return summary
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent.serve, ready.set)
+            await ready.wait()
+            try:
+                await synced()
+                pool = agent._pools[False]
+                conns = {name: pool._slots[e].conn for name, e in endpoints.items()}
+                assert all(c is not None and not c.is_closed() for c in conns.values())
+                write_inventory(fleet, inv, ["h0"])
+                await synced()
+                assert endpoints["h1"] not in pool._slots
+                old = conns["h1"]
+                assert old is not None and old.is_closed()
+                assert pool._slots[endpoints["h0"]].conn is conns["h0"]
+                assert pool.stats(endpoints["h0"]).connects == 1
+            finally:
+                agent.stop()

@@ -58,7 +58,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -1386,6 +1386,22 @@ class SSHPool:
     async def close(self) -> None:
         """Close every connection."""
         for slot in self._slots.values():
+            await self._drop(slot)
+
+    async def close_except(self, kept: Collection[Endpoint]) -> None:
+        """Close the connections of the endpoints not in ``kept``, and forget them (their
+        figures and what their pre-flight found): a long-lived pool's hosts that are gone
+        from its inventory, or whose entry changed (another endpoint), which the idle close
+        would otherwise keep for its whole period. One with a channel open is left; call it
+        between operations."""
+        for endpoint, slot in list(self._slots.items()):
+            if endpoint in kept or slot.stats.channels_open:
+                continue
+            del self._slots[endpoint]
+            self._warnings.pop(endpoint, None)
+            self._prepared.pop(endpoint, None)
+            if slot.conn is not None:
+                log.debug("closing the connection to %s: no longer wanted", endpoint.label)
             await self._drop(slot)
 
     def stats(self, endpoint: Endpoint) -> HostStats:

@@ -15,8 +15,10 @@ syncs, and are refused during them as they are by any run), reports the same eve
 cancelled as Ctrl-C cancels one (a ``cancel`` from its client, or the client gone). One sync
 at a time: a request while another runs (a client's or a scheduled one) gets the lock's
 error, kind ``locked``, as a second run would. A dry run changes nothing and takes no lock,
-so it runs beside another sync, on a pool of its own, as ever. Only peers of the agent's own
-uid are served; another's connection is logged and closed.
+so it runs beside another sync, on a pool of its own, as ever. At most ``MAX_REQUESTS``
+requests are served at once, dry runs included; one more is refused as busy (kind
+``agent_refused``: its client runs the sync itself). Only peers of the agent's own uid are
+served; another's connection is logged and closed.
 
 A stop (:meth:`Agent.stop`: SIGTERM, Ctrl-C) cancels the syncs running through the registry
 and waits ``stop_timeout`` seconds for them to wind down; those still running then are cut
@@ -91,6 +93,9 @@ PROGRESS_BACKLOG = 64 * 1024
 #: Bytes of events a client may leave unread before it is taken for gone (its sync
 #: cancelled): a dry run's line per file of some hundred thousand files.
 MAX_BACKLOG = 32 * 1024 * 1024
+#: Requests served at once, dry runs included (each a round and its pool): one more is
+#: refused as busy, and its client runs the sync itself.
+MAX_REQUESTS = 8
 #: How ``agent.lock`` is opened: as the state opens a mirror's files, a symbolic link not
 #: followed (ELOOP) and a FIFO not waited on.
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -124,6 +129,7 @@ class Agent:
         self._ids = itertools.count(1)
         self._syncing: str | None = None  # who holds the agent's one sync
         self._running = 0  # syncs running, dry runs included
+        self._requests = 0  # clients' requests being served
         self._quiet: anyio.Event | None = None  # set when none runs any more
         self._stopping: anyio.Event | None = None  # made in serve's event loop
         self._stop_asked = False
@@ -280,13 +286,25 @@ class Agent:
                 return
             try:
                 request = decode_request(line)
+                if self._requests >= MAX_REQUESTS:
+                    # Said once the request is read: closed with it unread, the connection
+                    # would be reset under the client before it reads why.
+                    raise AgentRefusedError(
+                        f"the remote-sync agent (pid {os.getpid()}) is busy: it serves "
+                        f"{MAX_REQUESTS} requests already",
+                        path=str(self.socket),
+                    )
                 hosts = self._hosts(request)
             except RemoteSyncError as exc:
                 log.info("pid %d: %s", pid, exc)
                 with contextlib.suppress(OSError, anyio.BrokenResourceError):
                     await client.send(encode_event(ErrorEvent.from_exception(exc)) + b"\n")
                 return
-            await self._serve_client(client, reader, request, hosts, f"pid {pid}")
+            self._requests += 1
+            try:
+                await self._serve_client(client, reader, request, hosts, f"pid {pid}")
+            finally:
+                self._requests -= 1
 
     def _hosts(self, request: SyncRequest) -> list[Host]:
         """The hosts ``request`` names, from the agent's inventory, read again for each sync

@@ -22,7 +22,8 @@ The protocol is JSON lines over the socket (one object per line, UTF-8):
   connection. A sync that could not start ends with one ``error`` line and no summary (kind
   ``locked`` when another sync holds the mirror, the agent's own included). A request the
   agent will not serve (another inventory file, a host its inventory does not have, another
-  protocol version, an agent stopping) gets one ``error`` line of kind ``agent_refused``:
+  protocol version, an agent stopping, or one busy with as many requests as it serves at
+  once) gets one ``error`` line of kind ``agent_refused``:
   the client then runs the sync itself. A client that leaves its events unread loses the
   progress lines past 64 KiB unread; past 32 MiB it is taken for gone, its sync cancelled.
 

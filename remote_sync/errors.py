@@ -318,7 +318,7 @@ class AgentError(RemoteSyncError):
 
 class AgentRefusedError(AgentError):
     """The agent cannot serve this request (another inventory, a host not in its own,
-    another protocol version): the client runs the sync itself."""
+    another protocol version, an agent stopping or busy): the client runs the sync itself."""
 
     default_hint = "the sync runs in this process instead, as with --no-agent"
 

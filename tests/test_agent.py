@@ -643,3 +643,60 @@ async def test_a_host_gone_from_the_inventory_has_its_connection_closed_at_the_n
                 assert pool.stats(endpoints["h0"]).connects == 1
             finally:
                 agent.stop()
+
+
+async def test_requests_past_the_limit_are_refused_as_busy_and_run_by_their_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests (dry runs beside a sync, each with a round and a pool of its own) were served
+    in any number: past ``MAX_REQUESTS`` at once one is refused as busy, kind
+    ``agent_refused`` (its client then runs the sync itself); once one ends, the next is
+    served."""
+    from remote_sync import agent_link
+
+    monkeypatch.setattr(agent_module, "MAX_REQUESTS", 1, raising=False)
+    release = anyio.Event()
+    began = anyio.Event()
+    calls: list[bool] = []
+
+    async def sync(request: object, hosts: object, emit: Emit, transfer: str, who: str) -> Summary:
+        calls.append(True)
+        if len(calls) == 1:
+            began.set()
+            await release.wait()
+        emit(_summary())
+        return _summary()
+
+    inv, dest = _one_host_inventory(tmp_path), tmp_path / "m"
+    agent = Agent(inv, dest)
+    monkeypatch.setattr(agent, "_sync", sync)
+    ready = anyio.Event()
+
+    def events_of() -> list[Event]:
+        link = agent_link.connect(dest)
+        assert link is not None
+        with link:
+            link.send(SyncRequest(inventory=str(inv), dry_run=True))
+            return list(link.events())
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent.serve, ready.set)
+            await ready.wait()
+            first: list[list[Event]] = []
+
+            async def run_first() -> None:
+                first.append(await anyio.to_thread.run_sync(events_of))
+
+            tg.start_soon(run_first)
+            await began.wait()
+            (refused,) = await anyio.to_thread.run_sync(events_of)
+            assert isinstance(refused, ErrorEvent) and refused.kind == "agent_refused"
+            assert "is busy: it serves 1 requests already" in refused.message
+            release.set()
+            while not first:
+                await anyio.sleep(0.05)
+            assert isinstance(first[0][-1], Summary)
+            assert isinstance((await anyio.to_thread.run_sync(events_of))[-1], Summary)
+            assert len(calls) == 2
+            agent.stop()

@@ -8,21 +8,21 @@ straight from its host), and ``read_session`` the same with where they are and w
 them cost; ``session_stats`` sums a mirror's sessions per host, agent, format, model or day;
 ``list_versions`` lists the earlier copies a mirror kept of rewritten files, and
 ``prune_versions`` removes those no keep rule keeps; ``check_mirror`` checks that a mirror
-holds what its state says. These are the CLI's ``sync``, ``sessions list / show / stats``,
-``versions list / prune`` and ``check``, with
-the same options as keyword arguments (a misspelt one is a TypeError at the call, as for a
-plain ``async def``); the filters they share are defined once, as :class:`SessionFilters`
-and :class:`ListingOptions`, and spelt out as keywords in each signature. The
-remote calls open their own connection pool, with channel windows sized for them (a listing
-decodes more slowly than a window refills; a show stops reading early); the reads of a mirror
-(a listing, one batch per call; a show; the stats) run in a worker thread, so the event loop
-goes on. Every call is cancellable through a :class:`~remote_sync.cancel.CancelRegistry` (pass
-``transfer_id`` and cancel it there): the transfer is registered at the call, so a cancel sent
-before the coroutine is awaited or the generator iterated is kept, and the run starts
-cancelled; a call never run leaves no entry once it is closed or dropped, and a
-``transfer_id`` already registered is an :class:`ArgumentError` (a ValueError too) at the
-call. All but ``session_stats``, ``list_versions`` (one query each), ``prune_versions`` and
-``check_mirror`` report progress through ``emit``.
+holds what its state says; ``serve_agent`` runs the sync agent until cancelled. These are the
+CLI's ``sync``, ``sessions list / show / stats``, ``versions list / prune``, ``check`` and
+``agent``, with the same options as keyword arguments (a misspelt one is a TypeError at the
+call, as for a plain ``async def``); the filters they share are defined once, as
+:class:`SessionFilters` and :class:`ListingOptions`, and spelt out as keywords in each
+signature. The remote calls open their own connection pool, with channel windows sized for them
+(a listing decodes more slowly than a window refills; a show stops reading early); the reads of
+a mirror (a listing, one batch per call; a show; the stats) run in a worker thread, so the
+event loop goes on. Every call is cancellable through a
+:class:`~remote_sync.cancel.CancelRegistry` (pass ``transfer_id`` and cancel it there): the
+transfer is registered at the call, so a cancel sent before the coroutine is awaited or the
+generator iterated is kept, and the run starts cancelled; a call never run leaves no entry once
+it is closed or dropped, and a ``transfer_id`` already registered is an :class:`ArgumentError`
+(a ValueError too) at the call. All but ``session_stats``, ``list_versions`` (one query each),
+``prune_versions`` and ``check_mirror`` report progress through ``emit``.
 
 ``emit`` is called from inside the engine's tasks: an exception it raises is logged and the
 event dropped (see :func:`~remote_sync.events.guarded`); it never aborts the work.
@@ -55,11 +55,12 @@ from datetime import UTC, datetime, timedelta
 from functools import partial, wraps
 from itertools import islice
 from pathlib import Path
-from sys import maxsize
+from sys import float_info, maxsize
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar, Unpack, cast
 
 import anyio
 
+from .agent_link import PERSIST, STOP_TIMEOUT
 from .cancel import CancelRegistry, CancelToken, default_registry
 from .errors import (
     ArgumentError,
@@ -91,7 +92,7 @@ from .mirror.versions import PruneResult, VersionRow
 from .mirror.versions import list_versions as list_kept_versions
 from .mirror.versions import prune_versions as prune_kept_versions
 from .ssh.pool import PoolSettings
-from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT, checked_idle_timeout
+from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT, checked_idle_timeout, in_range
 
 if TYPE_CHECKING:
     from anyio import CapacityLimiter
@@ -107,6 +108,7 @@ __all__ = [
     "list_versions",
     "prune_versions",
     "read_session",
+    "serve_agent",
     "session_stats",
     "show_session",
     "stream_sessions",
@@ -335,6 +337,78 @@ async def sync(
             token=token,
             registry=CancelRegistry(),
         )
+
+
+@_registered_at_call
+async def serve_agent(
+    inventory: str | Path,
+    dest: str | Path,
+    *,
+    every: float | None = None,
+    persist: float = PERSIST,
+    stop_timeout: float = STOP_TIMEOUT,
+    emit: Emit | None = None,
+    ready: Callable[[], None] | None = None,
+    registry: CancelRegistry | None = None,
+    transfer_id: str | None = None,
+) -> None:
+    """Run the sync agent of the mirror ``dest`` (what ``remote-sync agent`` does, see
+    :mod:`remote_sync.agent`) until it is cancelled: it keeps each host's SSH connection
+    open between syncs and serves ``remote-sync sync --dest`` of the hosts of ``inventory``
+    over the socket ``dest/.remote-sync/agent.sock``.
+
+    ``every``: also sync every inventory host on this period, in seconds (``--every``; None:
+    only the syncs asked for), their events to ``emit`` (None: their errors and warnings
+    logged); ``persist``: close a connection unused for this long (``--persist``; 0: keep it
+    until the agent stops); ``stop_timeout``: how long a stop waits for the syncs it cancelled
+    (``--stop-timeout``; 0: no limit); ``ready`` is called once the socket listens. A bad
+    value is an :class:`ArgumentError` before anything is made; a destination inside another
+    mirror is a :class:`ConfigError`, another agent serving ``dest`` a
+    :class:`~remote_sync.errors.LockedError`.
+
+    A cancel of ``transfer_id`` through the registry stops the agent as SIGTERM does: the
+    syncs it runs are cancelled, and the call returns once they have wound down, the
+    connections closed and the socket removed; those still running ``stop_timeout`` seconds
+    later are cut off, and an :class:`~remote_sync.errors.AgentError` says so. The syncs it
+    serves are registered in a registry of its own, not in ``registry``, so that its stop
+    cancels none of the caller's other transfers. Cancelling the caller's scope stops it at
+    once, its syncs cut off."""
+    for name, value, least in (("persist", persist, 0.0), ("stop_timeout", stop_timeout, 0.0)):
+        if not in_range(value, float, least, float_info.max):
+            raise ArgumentError(
+                f"{name} (--{name.replace('_', '-')}) must be 0 or a finite number of seconds, "
+                f"not {value!r}",
+                hint="pass a number of seconds, or 0 for no limit",
+            )
+    if every is not None and not (in_range(every, float, 0, float_info.max) and every > 0):
+        raise ArgumentError(
+            f"every (--every) must be None or a finite number of seconds above 0, not {every!r}",
+            hint="pass the period of the scheduled syncs, or None for none",
+        )
+    for name, function in (("emit", emit), ("ready", ready)):
+        if function is not None and not callable(function):
+            raise ArgumentError(f"{name} must be a function or None, not {type(function).__name__}")
+    if not isinstance(inventory, str | Path) or not isinstance(dest, str | Path):
+        raise ArgumentError("inventory and dest must be paths (a str or a Path)")
+    _require_asyncio()
+    registry = registry if registry is not None else default_registry
+    with registry.register(transfer_id) as token:
+        await _import_off_the_loop(_AGENT)
+        from .agent import Agent
+
+        agent = Agent(
+            Path(inventory),
+            Path(dest),
+            every=every,
+            persist=persist,
+            stop_timeout=stop_timeout,
+            scheduled=guarded(emit) if emit is not None else None,
+        )
+        unhook = token.on_cancel(agent.stop)  # at once if cancelled already
+        try:
+            await agent.serve(ready)
+        finally:
+            unhook()
 
 
 @_keywords_of(ListingOptions)
@@ -1121,6 +1195,7 @@ class _IndexReader:
 
 #: What the calls import on first use (start-up time), each in :func:`_import_off_the_loop`.
 _ENGINE = "remote_sync.mirror.engine"
+_AGENT = "remote_sync.agent"
 _REMOTE_READERS = "remote_sync.index.remote"
 _MIRROR_READER = "remote_sync.index.show"
 #: anyio imports its asyncio backend on its first call that needs one (a cancel scope, a

@@ -700,3 +700,45 @@ async def test_requests_past_the_limit_are_refused_as_busy_and_run_by_their_clie
             assert isinstance((await anyio.to_thread.run_sync(events_of))[-1], Summary)
             assert len(calls) == 2
             agent.stop()
+
+
+async def test_serve_agent_runs_the_agent_until_its_transfer_is_cancelled(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path]
+) -> None:
+    """The library's entry point to the agent: it serves ``remote-sync sync`` as the command
+    does, and a cancel of its transfer through the registry stops it as SIGTERM does (the
+    socket removed, the call returned); its stop cancels none of the registry's other
+    transfers. Bad arguments are refused before anything is made."""
+    from remote_sync import api
+    from remote_sync.cancel import CancelRegistry
+    from remote_sync.errors import ArgumentError
+
+    inv, dest = agent_setup
+    for bad in ({"persist": -1}, {"stop_timeout": float("nan")}, {"every": 0}, {"emit": 3}):
+        with pytest.raises(ArgumentError, match=next(iter(bad))):
+            await api.serve_agent(inv, dest, **bad)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match="registry must be a CancelRegistry"):
+        api.serve_agent(inv, dest, registry="r")  # type: ignore[arg-type]
+    assert not dest.exists()
+    registry = CancelRegistry()
+    ready = anyio.Event()
+    with anyio.fail_after(120), registry.register("other") as other:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: api.serve_agent(
+                    inv, dest, ready=ready.set, registry=registry, transfer_id="agent"
+                )
+            )
+            await ready.wait()
+            assert stat.S_ISSOCK((dest / SOCKET).stat().st_mode)
+            before = accepted(fleet, "h0")
+            for _ in range(2):  # through the agent: one connection for both
+                code, events, err = await anyio.to_thread.run_sync(lambda: sync_json(inv, dest))
+                assert code == 0 and b"agent" not in err, err
+                assert [e.hosts_ok for e in events if isinstance(e, Summary)] == [2]
+            assert accepted(fleet, "h0") == before + 1
+            assert registry.cancel("agent")
+        assert not other.cancelled
+    assert not (dest / SOCKET).exists()
+    for name in ("h0", "h1"):
+        assert mirror_tree(dest, name) == expected_tree(fleet.path(name))

@@ -79,7 +79,6 @@ from .index.query import (
     StatsRow,
     check_batch_size,
     filter_rows,
-    open_index,
     query_sessions,
     select_rows,
 )
@@ -88,6 +87,7 @@ from .index.store import INT64_MAX
 from .inventory import Host
 from .mirror.check import CheckReport, Problem
 from .mirror.check import check_mirror as check_the_mirror
+from .mirror.state import StateReader, read_state
 from .mirror.versions import PruneResult, VersionRow
 from .mirror.versions import list_versions as list_kept_versions
 from .mirror.versions import prune_versions as prune_kept_versions
@@ -633,11 +633,7 @@ async def session_stats(
     worker thread from the index, never taking the mirror's lock."""
 
     def stats() -> list[StatsRow]:
-        db = open_index(Path(dest))
-        try:
-            return query_stats(db, by, **filters)
-        finally:
-            db.close()
+        return read_state(Path(dest), lambda db: query_stats(db, by, **filters), warn=True)
 
     with _registered_read(registry, transfer_id) as token:
         return await _in_thread(token, stats)
@@ -1158,15 +1154,26 @@ class _IndexReader:
             self._reading = True
         try:
             if self._rows is None:
-                self._db = open_index(self._dest)
-                self._db.set_progress_handler(self._stopping, self._STEPS)
+                # The query and its first batch read again on a new connection when a sync
+                # started during them (see StateReader); a later batch's failure is raised,
+                # as the rows before it were handed over.
+                state = StateReader(self._dest, warn=True)
+                self._db = state.db
                 options = self._options
-                self._rows = query_sessions(
-                    self._db,
-                    **_filters_of(options),
-                    sort=options.get("sort") or DEFAULT_SORT,
-                    limit=options.get("limit"),
-                )
+
+                def first(db: sqlite3.Connection) -> tuple[Iterator[SessionRow], list[SessionRow]]:
+                    self._db = db  # the one stop() closes, after a reopen too
+                    db.set_progress_handler(self._stopping, self._STEPS)
+                    rows = query_sessions(
+                        db,
+                        **_filters_of(options),
+                        sort=options.get("sort") or DEFAULT_SORT,
+                        limit=options.get("limit"),
+                    )
+                    return rows, list(islice(rows, self._batch_size))
+
+                self._rows, batch = state.steady(first)
+                return batch
             return list(islice(self._rows, self._batch_size))
         finally:
             with self._lock:

@@ -43,7 +43,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -1479,7 +1479,7 @@ def run_sessions_list(args: argparse.Namespace) -> int:
             "sort": args.sort,
             "limit": args.limit,
         }
-        db: sqlite3.Connection | None = None
+        listed: Generator[SessionRow] | None = None
         failures: list[RemoteSyncError] = []
         unknown: RemoteSyncError | None = None
         hosts = 0
@@ -1487,11 +1487,16 @@ def run_sessions_list(args: argparse.Namespace) -> int:
             rows: Iterable[SessionRow]
             rows, hosts = _list_remote(args, filters, failures)
         else:
-            from .index.query import open_index, query_sessions
+            from .index.query import query_sessions
+            from .mirror.state import read_state, stream_state
 
-            db = open_index(_dest(args))
-            rows = query_sessions(db, **filters)
-            unknown = _unknown_host(db, args.host)
+            dest = _dest(args)
+            if args.host is not None:
+                unknown = read_state(dest, lambda db: _unknown_host(db, args.host))
+            # Read again (on a new connection) when a sync starts during the read: see
+            # stream_state. The rows stay a stream, never all in memory.
+            listed = stream_state(dest, lambda db: query_sessions(db, **filters), warn=True)
+            rows = listed
         try:
             if args.json:
 
@@ -1507,8 +1512,8 @@ def run_sessions_list(args: argparse.Namespace) -> int:
             if unknown is not None:
                 _say(unknown)
         finally:
-            if db is not None:
-                db.close()
+            if listed is not None:
+                listed.close()
         configuration = all(isinstance(exc, ConfigError) for exc in failures)
         if failures and configuration and len({exc.host for exc in failures}) == hosts:
             return EXIT_USAGE  # every host failed on its configuration, as in `sync`
@@ -1567,10 +1572,10 @@ def run_sessions_show(args: argparse.Namespace) -> int:
 def run_sessions_stats(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     try:
-        from .index.query import open_index, session_stats
+        from .index.query import session_stats
+        from .mirror.state import read_state
 
-        db = open_index(_dest(args))
-        try:
+        def read(db: sqlite3.Connection) -> tuple[list[StatsRow], RemoteSyncError | None]:
             groups = session_stats(
                 db,
                 args.by,
@@ -1581,9 +1586,9 @@ def run_sessions_stats(args: argparse.Namespace) -> int:
                 klass=args.klass,
                 state=args.state,
             )
-            unknown = _unknown_host(db, args.host)
-        finally:
-            db.close()
+            return groups, _unknown_host(db, args.host)
+
+        groups, unknown = read_state(_dest(args), read, warn=True)
         if args.json:
             code = _guard_pipe(lambda: _write_json_lines(groups))
         else:

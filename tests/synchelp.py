@@ -8,15 +8,19 @@ import io
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sshfleet import SSHFleet
 
 from remote_sync.cli import main
 from remote_sync.events import decode_event
+from remote_sync.mirror.state import MirrorState
 
 SESSIONS = "agents/{agent}/sessions"
 
@@ -240,3 +244,43 @@ def change_first_id_in_place(path: Path) -> None:
     data[at : at + 8] = b"%08x" % (int(data[at : at + 8], 16) ^ 0xFFFF)
     with open(path, "r+b") as out:
         out.write(data)
+
+
+class TornRead:
+    """A connection to the state whose first read fails as one of a state opened while no
+    sync had it open fails when a sync starts meanwhile: the sync commits (the database's
+    files change under the immutable reader), and SQLite, reading a page of the B-tree the
+    checkpoint rewrote, calls the database malformed. ``sync`` False: the files stay as they
+    were (the database itself is damaged)."""
+
+    def __init__(self, db: sqlite3.Connection, dest: Path, sync: bool) -> None:
+        self._db, self._dest, self._sync = db, dest, sync
+
+    def execute(self, *args: Any) -> Any:
+        if self._sync:
+            with MirrorState(self._dest) as state:  # a sync, started and ended
+                state.set_host(f"late-{time.monotonic_ns()}", "openclaw", "/data", "x")
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def tear_reads(
+    monkeypatch: pytest.MonkeyPatch, dest: Path, *, torn: int, sync: bool = True
+) -> list[int]:
+    """The first ``torn`` connections the state's readers open (through ``open_index``, looked
+    up at each open) read as :class:`TornRead`;
+    the list counts the connections opened."""
+    from remote_sync.index import query
+
+    real = query.open_index
+    opened: list[int] = []
+
+    def open_torn(where: Any, **kwargs: Any) -> Any:
+        db = real(where, **kwargs)
+        opened.append(1)
+        return TornRead(db, dest, sync) if len(opened) <= torn else db
+
+    monkeypatch.setattr(query, "open_index", open_torn)
+    return opened

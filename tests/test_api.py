@@ -1269,18 +1269,19 @@ async def test_a_cancel_during_a_mirror_listings_query_stops_the_query(
 
 
 class ConnectionsOpened:
-    """The index connections a listing opened (``api.open_index`` recorded)."""
+    """The index connections a listing opened (``query.open_index``, which the state's
+    reader looks up at each open, recorded)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.connections: list[sqlite3.Connection] = []
-        real = api.open_index
+        real = query.open_index
 
-        def recording(dest: Path) -> sqlite3.Connection:
-            db = real(dest)
+        def recording(dest: Path, **kwargs: Any) -> sqlite3.Connection:
+            db = real(dest, **kwargs)
             self.connections.append(db)
             return db
 
-        monkeypatch.setattr(api, "open_index", recording)
+        monkeypatch.setattr(query, "open_index", recording)
 
     def assert_closed(self) -> None:
         assert len(self.connections) == 1

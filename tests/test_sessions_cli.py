@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import pytest
 import sessiongen
-from synchelp import write_inventory
+from synchelp import tear_reads, write_inventory
 
 from remote_sync.cli import _cut_session_id, main
 from remote_sync.errors import ConfigError
@@ -1859,3 +1859,65 @@ def test_list_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_the_readers_read_again_when_a_sync_started_during_their_read(
+    show_dest: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened while no sync has it open, the state is read as a file nothing changes; a sync
+    that starts during the read can make it fail as "malformed" on a sound database. Only
+    `check` read it again: `sessions list`, `show` and `stats` (and the library's listing and
+    stats) failed, exit 2, telling the user to run again. They now read it again on a new
+    connection, as `check` does, and answer as an undisturbed read would. A database that is
+    damaged (the same error while nothing changed) is still said, at once."""
+    import anyio
+
+    from remote_sync import api
+
+    dest = ["--dest", str(show_dest)]
+    commands = {
+        "list": ["sessions", "list", "--json", *dest],
+        "stats": ["sessions", "stats", "--json", "--by", "agent", *dest],
+        "show": ["sessions", "show", "h0", "long-0001", "--tail", "3", "--json", *dest],
+        "unknown host": ["sessions", "list", "--json", "--host", "nobody", *dest],
+    }
+    expected = {name: cli(args, capsys) for name, args in commands.items()}
+    assert expected["list"][0] == 0 and len(json_rows(expected["list"][1])) == 3
+    assert "nobody" in expected["unknown host"][2]
+    for name, args in commands.items():
+        opened = tear_reads(monkeypatch, show_dest, torn=1)
+        assert cli(args, capsys) == expected[name], name
+        assert len(opened) >= 2, name  # read again on a new connection
+        monkeypatch.undo()
+
+    rows = anyio.run(lambda: api.list_sessions(dest=show_dest))
+    stats = anyio.run(lambda: api.session_stats(dest=show_dest, by="agent"))
+    tear_reads(monkeypatch, show_dest, torn=1)
+    assert anyio.run(lambda: api.list_sessions(dest=show_dest)) == rows
+    tear_reads(monkeypatch, show_dest, torn=1)
+    assert anyio.run(lambda: api.session_stats(dest=show_dest, by="agent")) == stats
+    monkeypatch.undo()
+
+    # Damaged: the same error while the files stay as they were is the database's own.
+    for args in commands.values():
+        opened = tear_reads(monkeypatch, show_dest, torn=1000, sync=False)
+        code, out, err = cli(args, capsys)
+        said = out + err  # with --json, an error line on stdout
+        assert code == 2 and "cannot read the mirror's state database" in said, args
+        assert "malformed" in said and "run again" in said, said
+        assert len(opened) == 1  # not read again: nothing changed
+        monkeypatch.undo()
+
+
+def test_a_reader_gives_up_when_syncs_keep_changing_the_state(
+    show_dest: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read spoilt by a sync every time is read again a bounded number of times, then said
+    (run again), not read forever."""
+    from remote_sync.mirror.state import REREADS
+
+    opened = tear_reads(monkeypatch, show_dest, torn=1000)
+    code, out, err = cli(["sessions", "stats", "--dest", str(show_dest)], capsys)
+    assert (code, out) == (2, "")
+    assert "kept changing while it was read" in err and "run it again" in err, err
+    assert len(opened) == REREADS + 1  # the first open and each read again

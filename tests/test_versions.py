@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sshfleet import SSHFleet
-from synchelp import run_cli, session_bytes, write_inventory
+from synchelp import run_cli, session_bytes, tear_reads, write_inventory
 
 from remote_sync import api
 from remote_sync.cancel import CancelRegistry
@@ -1044,3 +1044,31 @@ def test_api_prune_versions_of_a_rule_of_the_wrong_type_is_an_argument_error(
         assert isinstance(raised.value, ValueError)
         assert says in raised.value.hint and "keeps nothing" not in raised.value.hint
     assert _files(dest) == before
+
+
+def test_versions_list_reads_again_when_a_sync_started_during_its_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read while no sync had the state open, a listing (and a restore's lookup, and a dry
+    run's) failed as "malformed" when a sync started during it; it is read again on a new
+    connection, as `check` reads it, and lists what an undisturbed read lists. A damaged
+    database is still said."""
+    dest = tmp_path / "m"
+    _by_hand_kept(dest, [3 * DAY, 2 * DAY, DAY])
+    listing = ["versions", "list", "--dest", str(dest), "--json"]
+    dry = ["versions", "prune", "--dest", str(dest), "--keep-last", "1", "-n", "--json"]
+    expected = [_cli(listing, capsys), _cli(dry, capsys)]
+    assert expected[0][0] == 0 and len(expected[0][1].splitlines()) == 3
+    for args, answer in zip([listing, dry], expected, strict=True):
+        opened = tear_reads(monkeypatch, dest, torn=1)
+        assert _cli(args, capsys) == answer
+        assert len(opened) == 2  # read again once
+        monkeypatch.undo()
+    tear_reads(monkeypatch, dest, torn=1)
+    out = io.BytesIO()
+    assert restore_version(dest, "h0", path_text(PLAIN), 1, out) == len(b"copy 1\n")
+    monkeypatch.undo()
+
+    opened = tear_reads(monkeypatch, dest, torn=1000, sync=False)
+    code, out_text, err = _cli(listing, capsys)
+    assert code == 2 and "malformed" in out_text + err and len(opened) == 1

@@ -27,8 +27,9 @@ from typing import Any, BinaryIO
 
 from ..decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder, Record
 from ..errors import ConfigError, MirrorError, refetch_hint
+from ..mirror.state import read_state
 from .facts import FormatReader, Message, ShowResult
-from .query import SessionRow, find_session, open_index
+from .query import SessionRef, SessionRow, find_session
 from .store import load_facts, mark_before
 
 __all__ = [
@@ -268,14 +269,13 @@ def show_session(
     """
     from ..formats.readers import get_reader
 
-    db = open_index(dest)
-    try:
+    def read(db: sqlite3.Connection) -> tuple[SessionRef, int, ShowResult]:
         ref = find_session(db, host, session)
         reader = get_reader(ref.row.format)
         # Messages shown = counted + repeated (the same record again), as show numbers them.
         try:
             facts = load_facts(db, host, ref.raw_path)
-        except sqlite3.Error:  # an index from before the facts were kept apart
+        except sqlite3.OperationalError:  # an index from before the facts were kept apart
             facts = None
         total = ref.row.messages + (facts.repeated if facts is not None else 0)
 
@@ -296,8 +296,11 @@ def show_session(
             )
         except MirrorError as exc:
             raise _unreadable(exc, dest, host, ref.row.path, local) from exc.__cause__
-    finally:
-        db.close()
+        return ref, total, result
+
+    # The index and the file read together, again if a sync started meanwhile (the marks
+    # that place a page are read from the index while the file is).
+    ref, total, result = read_state(Path(dest), read, warn=True)
     result.total = total
     if result.first is None and ref.row.bytes == ref.committed:
         result.first = max(total - len(result.messages), 0)

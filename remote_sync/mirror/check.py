@@ -26,7 +26,8 @@ bounded and no read transaction is held open for the whole check. Opened while n
 the state is read as a file nothing changes (``immutable``: see
 :func:`~remote_sync.index.store.read_only_uri`), which would not see a sync that starts later,
 and would read pages its checkpoints rewrite underneath; so each read is followed by a look at
-the database's files, and one that changed meanwhile is read again on a new connection.
+the database's files, and one that changed meanwhile is read again on a new connection (the
+state's :class:`~remote_sync.mirror.state.StateReader`, which the other readers use too).
 """
 
 from __future__ import annotations
@@ -37,18 +38,19 @@ import sqlite3
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 import msgspec
 
 from ..errors import ConfigError, TransferCancelledError, path_text, refetch_hint
 from ..formats.readers import READERS
-from ..index.query import open_index, state_database, unreadable_index
+from ..index.query import unreadable_index
 from .state import (
     CONTROL_DIR,
     FINGERPRINT_BYTES,
     READ_NO_FOLLOW,
     MirrorState,
+    StateReader,
     fingerprint_of,
     host_is_indexed,
     kept_times,
@@ -59,8 +61,6 @@ from .state import (
 
 __all__ = ["CheckReport", "CheckSummary", "Problem", "check_mirror"]
 
-_T = TypeVar("_T")
-
 #: How many state rows are read at a time.
 PAGE_ROWS = 1000
 #: How many times a file found wrong is looked at again against a newer row of the state.
@@ -68,9 +68,6 @@ _LOOKS = 3
 #: How many paths the state is asked about in one query (with the host, 900 parameters: below
 #: the 999 an older SQLite allows).
 _IN_PATHS = 899
-#: How many times in a row a read of the state is done again on a new connection because a
-#: sync changed the database during it, before the check gives up.
-_REREADS = 20
 
 
 class Problem(msgspec.Struct, kw_only=True):
@@ -118,7 +115,7 @@ def check_mirror(
     a state SQLite cannot read, one too (as for ``versions list``). ``cancelled`` is asked
     before each file: true, it stops with a :class:`TransferCancelledError`."""
     dest = Path(dest)
-    state = _StateReader(dest)
+    state = StateReader(dest)
     try:
         checker = _Checker(dest, state, on_problem, cancelled or (lambda: False))
         try:
@@ -138,97 +135,6 @@ def check_mirror(
     )
 
 
-#: What a look at the state database's files sees: the ``-wal`` file's inode (None: there is
-#: none, no sync has the database open) and the database file's inode, size and mtime.
-_Stamp = tuple[int | None, int, int, int]
-
-
-def _stamp(db_path: Path) -> _Stamp:
-    try:
-        wal: int | None = os.stat(db_path.with_name(db_path.name + "-wal")).st_ino
-    except FileNotFoundError:
-        wal = None
-    st = os.stat(db_path)
-    return wal, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-class _StateReader:
-    """The state read without the lock, each read one that a sync starting meanwhile cannot
-    spoil. With a ``-wal`` file there when it was opened, the connection reads through the
-    sync's shared memory and sees each commit as it is made. Without one, it was opened
-    ``immutable``: it sees neither a later sync's commits nor that the database file changes
-    when they are checkpointed into it (pages read then may belong to two versions of the
-    B-tree: wrong rows, or a "malformed" error on a sound database). So a read that finds the
-    files changed since the open is done again on a new connection."""
-
-    def __init__(self, dest: Path) -> None:
-        self.dest = dest
-        self.path = state_database(dest)
-        self.db, self.stamp = self._open()
-
-    def _open(self) -> tuple[sqlite3.Connection, _Stamp]:
-        for _ in range(_REREADS):
-            try:
-                before = _stamp(self.path)
-                db = open_index(self.dest, warn=False)
-                try:
-                    # The same files before and after: open_index chose its mode on what
-                    # ``before`` says (a -wal file or none).
-                    after = _stamp(self.path)
-                except OSError:
-                    db.close()
-                    raise
-            except OSError as exc:  # moved away between two looks
-                raise ConfigError(
-                    f"cannot read the mirror's state database in {self.dest}: "
-                    f"{exc.strerror or exc}",
-                    hint=f"check the permissions of {self.dest / CONTROL_DIR}",
-                ) from exc
-            if after == before:
-                return db, before
-            db.close()
-        raise self._unsteady()
-
-    def _unsteady(self) -> ConfigError:
-        return ConfigError(
-            f"the mirror's state database in {self.dest} kept changing while it was read",
-            hint="syncs started and ended faster than the check could read a page: run it again",
-        )
-
-    def changed(self) -> bool:
-        """Whether what was read since the open may be stale or torn: read immutable, and
-        the database's files are no longer those it was opened on."""
-        try:
-            return self.stamp[0] is None and _stamp(self.path) != self.stamp
-        except OSError:
-            return True  # moved away meanwhile: the reopen says so
-
-    def reopen(self) -> None:
-        self.db.close()
-        self.db, self.stamp = self._open()
-
-    def steady(self, read: Callable[[sqlite3.Connection], _T]) -> _T:
-        """What ``read`` returns from the state, read again on a new connection until no
-        sync changed the database during it."""
-        for _ in range(_REREADS):
-            try:
-                found = read(self.db)
-            except sqlite3.DatabaseError:
-                if not self.changed():
-                    raise
-            else:
-                if not self.changed():
-                    return found
-            self.reopen()
-        raise self._unsteady()
-
-    def rows(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
-        return self.steady(lambda db: db.execute(sql, params).fetchall())
-
-    def close(self) -> None:
-        self.db.close()
-
-
 #: A file's row as the check reads it: path, committed size, inode, fingerprint, version.
 _Row = tuple[bytes, int, int, bytes, int]
 
@@ -239,7 +145,7 @@ class _Checker:
     def __init__(
         self,
         dest: Path,
-        state: _StateReader,
+        state: StateReader,
         on_problem: Callable[[Problem], object],
         cancelled: Callable[[], bool],
     ) -> None:

@@ -4,7 +4,8 @@ What it owns: the destination's control directory (``DIR/.remote-sync/``), the e
 that keeps two runs off one destination (its file says which process on which machine holds
 it), the ``files`` table (per host and remote path: the bytes committed in the mirror, the
 remote size, identity, prefix fingerprint, mtime and version), the ``versions`` table (when
-each kept version was kept), and crash recovery: on open,
+each kept version was kept), the state read without the lock (:class:`StateReader`, which
+reads again what a sync starting meanwhile spoilt), and crash recovery: on open,
 bytes beyond a checkpoint are cut back and stray temp files removed, so a run killed at any
 instant resumes exactly. A first open that fails (a full disk, no permission) takes back the
 directories, lock file and database it created, so that the folder does not pass for a
@@ -31,9 +32,10 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from ..errors import (
     ConfigError,
@@ -457,6 +459,161 @@ def unindexed_files(db: sqlite3.Connection, host: str) -> Iterator[tuple[bytes, 
     )
     for path, size in cur:
         yield bytes(path), size
+
+
+#: How many times in a row a read of the state is done again on a new connection because a
+#: sync changed the database during it, before the reader gives up.
+REREADS = 20
+
+_T = TypeVar("_T")
+
+#: What a look at the state database's files sees: the ``-wal`` file's inode (None: there is
+#: none, no sync has the database open) and the database file's inode, size and mtime.
+_Stamp = tuple[int | None, int, int, int]
+
+
+def _stamp(db_path: Path) -> _Stamp:
+    try:
+        wal: int | None = os.stat(db_path.with_name(db_path.name + "-wal")).st_ino
+    except FileNotFoundError:
+        wal = None
+    st = os.stat(db_path)
+    return wal, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class StateReader:
+    """The state read without the lock (``sessions``, ``versions list``, ``check``), each
+    read one that a sync starting meanwhile cannot spoil. With a ``-wal`` file there when it
+    was opened, the connection reads through the sync's shared memory and sees each commit as
+    it is made. Without one, it was opened ``immutable`` (see
+    :func:`~remote_sync.index.store.read_only_uri`): it sees neither a later sync's commits
+    nor that the database file changes when they are checkpointed into it (pages read then
+    may belong to two versions of the B-tree: wrong rows, or a "malformed" error on a sound
+    database). So a read that finds the files changed since the open is done again on a new
+    connection, at most :data:`REREADS` times; an error of a read during which nothing
+    changed is the database's own, raised at once. ``warn``: as for ``open_index`` (the
+    first open only)."""
+
+    def __init__(self, dest: Path, *, warn: bool = False) -> None:
+        # Imported here: the engine imports this module and reads no index.
+        from ..index.query import state_database
+
+        self.dest = dest
+        self.path = state_database(dest)
+        self.db, self.stamp = self._open(warn)
+
+    def _open(self, warn: bool = False) -> tuple[sqlite3.Connection, _Stamp]:
+        from ..index.query import open_index
+
+        for _ in range(REREADS):
+            try:
+                before = _stamp(self.path)
+                db = open_index(self.dest, warn=warn)
+                try:
+                    # The same files before and after: open_index chose its mode on what
+                    # ``before`` says (a -wal file or none).
+                    after = _stamp(self.path)
+                except OSError:
+                    db.close()
+                    raise
+            except OSError as exc:  # moved away between two looks
+                raise ConfigError(
+                    f"cannot read the mirror's state database in {self.dest}: "
+                    f"{exc.strerror or exc}",
+                    hint=f"check the permissions of {self.dest / CONTROL_DIR}",
+                ) from exc
+            if after == before:
+                return db, before
+            db.close()
+            warn = False  # said once
+        raise self._unsteady()
+
+    def _unsteady(self) -> ConfigError:
+        return ConfigError(
+            f"the mirror's state database in {self.dest} kept changing while it was read",
+            hint="syncs started and ended faster than it could be read: run it again",
+        )
+
+    def changed(self) -> bool:
+        """Whether what was read since the open may be stale or torn: read immutable, and
+        the database's files are no longer those it was opened on."""
+        try:
+            return self.stamp[0] is None and _stamp(self.path) != self.stamp
+        except OSError:
+            return True  # moved away meanwhile: the reopen says so
+
+    def reopen(self) -> None:
+        self.db.close()
+        self.db, self.stamp = self._open()
+
+    def steady(self, read: Callable[[sqlite3.Connection], _T]) -> _T:
+        """What ``read`` returns from the state, read again on a new connection until no
+        sync changed the database during it (``read`` must be whole when it returns: a
+        lazy answer would be read after this look)."""
+        for _ in range(REREADS):
+            try:
+                found = read(self.db)
+            except sqlite3.DatabaseError:
+                if not self.changed():
+                    raise
+            else:
+                if not self.changed():
+                    return found
+            self.reopen()
+        raise self._unsteady()
+
+    def rows(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        return self.steady(lambda db: db.execute(sql, params).fetchall())
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def read_state(dest: Path, read: Callable[[sqlite3.Connection], _T], *, warn: bool = False) -> _T:
+    """What ``read`` returns from the state of the mirror at ``dest``, read as
+    :meth:`StateReader.steady` does on a connection of its own; a read SQLite refuses all the
+    same is the error of a state that cannot be read (:func:`unreadable_index`)."""
+    from ..index.query import unreadable_index
+
+    state = StateReader(dest, warn=warn)
+    try:
+        return state.steady(read)
+    except sqlite3.Error as exc:
+        raise unreadable_index(dest, exc) from exc
+    finally:
+        state.close()
+
+
+_END = object()
+
+
+def stream_state(
+    dest: Path, query: Callable[[sqlite3.Connection], Iterator[_T]], *, warn: bool = False
+) -> Generator[_T]:
+    """The items ``query`` gives from the state of the mirror at ``dest``, one at a time (a
+    listing of any length is never all in memory): the query and its first item read as
+    :func:`read_state` does, again on a new connection when a sync changed the database
+    meanwhile; after an item was given out, a failure is raised (read again, the items before
+    it would be given twice). SQLite sorts before its first row, so that first read is most of
+    the work. Close the iterator to close its connection early."""
+    from ..index.query import unreadable_index
+
+    state = StateReader(dest, warn=warn)
+    try:
+
+        def first(db: sqlite3.Connection) -> tuple[Iterator[_T], object]:
+            items = query(db)
+            return items, next(items, _END)
+
+        items, head = state.steady(first)
+        if head is _END:
+            return
+        yield cast(_T, head)
+        yield from items
+    except sqlite3.Error as exc:
+        raise unreadable_index(dest, exc) from exc
+    finally:
+        state.close()
 
 
 class MirrorState:

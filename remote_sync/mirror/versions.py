@@ -57,12 +57,19 @@ from ..index.query import (
     age_seconds,
     as_indexed,
     format_instant,
-    open_index,
     state_database,
     tidy_path,
     unreadable_index,
 )
-from .state import READ_NO_FOLLOW, MirrorState, fsync_dir, kept_times, kind_text, place_text
+from .state import (
+    READ_NO_FOLLOW,
+    MirrorState,
+    fsync_dir,
+    kept_times,
+    kind_text,
+    place_text,
+    read_state,
+)
 
 __all__ = [
     "KeptVersion",
@@ -108,12 +115,9 @@ def list_versions(
     :class:`ConfigError` ``sessions list`` gives; a copy that cannot be looked at (no
     permission, an I/O error) is a :class:`MirrorError` naming it."""
     dest = Path(dest)
-    db = open_index(dest, warn=False)
-    try:
-        found = _files_with_versions(dest, db, host, files)
-        times = _kept_times(dest, db, host)
-    finally:
-        db.close()
+    found, times = read_state(
+        dest, lambda db: (_files_with_versions(db, host, files), kept_times(db, host))
+    )
     rows: list[VersionRow] = []
     for file_host, path, recorded, session_id in found:
         known = times.get((file_host, path), {})
@@ -153,22 +157,12 @@ def _instant(timestamp: float) -> str:
     return format_instant(datetime.fromtimestamp(timestamp, UTC))
 
 
-def _kept_times(
-    dest: Path, db: sqlite3.Connection, host: str | None
-) -> dict[tuple[str, bytes], dict[int, float]]:
-    """The state's keep times (see :func:`~remote_sync.mirror.state.kept_times`), a failed
-    read being the error of a state that cannot be read."""
-    try:
-        return kept_times(db, host)
-    except sqlite3.Error as exc:
-        raise unreadable_index(dest, exc) from exc
-
-
 def _files_with_versions(
-    dest: Path, db: sqlite3.Connection, host: str | None, targets: Sequence[str]
+    db: sqlite3.Connection, host: str | None, targets: Sequence[str]
 ) -> list[tuple[str, bytes, int, str | None]]:
     """(host, path, recorded versions, session id) of each file with versions, that ``host``
-    and ``targets`` choose."""
+    and ``targets`` choose (a failed read raised as SQLite's error: the caller reads again,
+    or says the state cannot be read)."""
     sql = (
         "SELECT f.host, f.path, f.version, s.session_id FROM files f "
         "LEFT JOIN sessions s ON s.host = f.host AND s.path = f.path WHERE f.version > 0"
@@ -177,10 +171,7 @@ def _files_with_versions(
     if host is not None:
         sql += " AND f.host = ?"
         params.append(host)
-    try:
-        rows = db.execute(sql + " ORDER BY f.host, f.path", params).fetchall()
-    except sqlite3.Error as exc:  # a damaged database, or one locked for longer than we wait
-        raise unreadable_index(dest, exc) from exc
+    rows = db.execute(sql + " ORDER BY f.host, f.path", params).fetchall()
     return [
         (h, bytes(p), v, s)
         for h, p, v, s in rows
@@ -364,11 +355,7 @@ def restore_version(
 def _one_file(dest: Path, host: str, target: str) -> tuple[str, bytes, int, str | None]:
     """The one file of ``host`` with versions that ``target`` names (a path before a session
     id: a path is exact), else a ConfigError saying which to list."""
-    db = open_index(dest, warn=False)
-    try:
-        found = _files_with_versions(dest, db, host, [target])
-    finally:
-        db.close()
+    found = read_state(dest, lambda db: _files_with_versions(db, host, [target]))
     found = [row for row in found if _names_path(target, row[1])] or found
     if len(found) == 1:
         return found[0]
@@ -591,11 +578,10 @@ def prune_versions(
     removed: list[VersionRow] = []
     left: list[VersionRow] = []
     if dry_run:
-        db = open_index(dest, warn=False)
-        try:
-            doomed, kept = _judge(dest, db, host, files, last, within, now)
-        finally:
-            db.close()
+        found, times = read_state(
+            dest, lambda db: (_files_with_versions(db, host, files), kept_times(db, host))
+        )
+        doomed, kept = _judge(dest, found, times, last, within, now)
         state = MirrorState(dest)  # not opened: only its paths are used, no lock
         for group in doomed:
             _remove(state, group, removed, left, dry_run=True)
@@ -604,7 +590,12 @@ def prune_versions(
         # The rows forgotten must be on disk before the files go, power loss or not (a
         # sync's NORMAL lets the last commits go with the power).
         state.db.execute("PRAGMA synchronous=FULL")
-        doomed, kept = _judge(dest, state.db, host, files, last, within, now)
+        try:
+            found = _files_with_versions(state.db, host, files)
+            times = kept_times(state.db, host)
+        except sqlite3.Error as exc:  # a damaged database
+            raise unreadable_index(dest, exc) from exc
+        doomed, kept = _judge(dest, found, times, last, within, now)
         for group in doomed:
             if cancelled is not None and cancelled():
                 raise TransferCancelledError(
@@ -686,16 +677,14 @@ def _keep_rules(
 
 def _judge(
     dest: Path,
-    db: sqlite3.Connection,
-    host: str | None,
-    targets: Sequence[str],
+    found: list[tuple[str, bytes, int, str | None]],
+    times: dict[tuple[str, bytes], dict[int, float]],
     last: int | None,
     within: float | None,
     now: float,
 ) -> tuple[list[list[_Doomed]], int]:
-    """The versions no rule keeps, one list per file (oldest first), and how many stay."""
-    found = _files_with_versions(dest, db, host, targets)
-    times = _kept_times(dest, db, host)
+    """The versions no rule keeps of the files ``found`` (of :func:`_files_with_versions`;
+    ``times``: their keep times), one list per file (oldest first), and how many stay."""
     doomed: list[list[_Doomed]] = []
     kept = 0
     for file_host, path, recorded, session_id in found:

@@ -327,3 +327,91 @@ def test_a_sync_that_starts_after_the_check_opened_the_state_is_no_damage(
     assert [p for p in found if p.type == "damage"] == [] and summary.intact
     # The version the sync kept is counted too: the check saw its commit.
     assert summary.versions == 1
+
+
+def _pruned_down(dest: Path, counted: int, names: list[bytes]) -> dict[bytes, list[Path]]:
+    """A mirror of h0 whose files ``names`` (in one directory) each counted ``counted``
+    versions, of which only the last two are left, with their keep times (as a prune
+    leaves them); each file's places of those two."""
+    kept: dict[bytes, list[Path]] = {}
+    with MirrorState(dest) as state:
+        state.set_host("h0", "openclaw", "/r", "h0")
+        rows = []
+        for name in names:
+            data = name + b"\n"
+            local = state.local_path("h0", name)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(data)
+            kept[name] = []
+            for number in (counted - 1, counted):
+                place = state.version_path("h0", name, number)
+                place.parent.mkdir(parents=True, exist_ok=True)
+                place.write_bytes(b"copy %d\n" % number)
+                kept[name].append(place)
+            rows.append(
+                FileState(
+                    "h0",
+                    name,
+                    "append",
+                    len(data),
+                    len(data),
+                    0.0,
+                    1,
+                    1,
+                    fingerprint_of(data),
+                    version=counted,
+                )
+            )
+        state.commit(rows, kept=[("h0", n, v) for n in names for v in (counted - 1, counted)])
+    return kept
+
+
+def test_the_versions_are_looked_at_once_per_folder_not_once_per_number_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check looked for each number a file ever counted (an lstat each): after many prunes,
+    thousands of looks for two copies. It now lists the folder of the versions once (for
+    every file whose versions are in it), and finds the same: the looks no longer grow with
+    the versions pruned, and what is missing or no file is still said."""
+    looks: list[str] = []
+
+    def counting(name: str) -> None:
+        real = getattr(os, name)
+
+        def look(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if b"/.remote-sync/versions/" in os.fsencode(path):
+                looks.append(name)
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, look)
+
+    names = [BASE + b"a.jsonl", BASE + b"b.jsonl", BASE + b"c.jsonl"]
+    found: dict[int, tuple[int, list[Problem], CheckSummary]] = {}
+    for counted in (3, 300):
+        dest = tmp_path / str(counted)
+        _pruned_down(dest, counted, names)
+        for name in ("lstat", "stat", "scandir", "listdir"):
+            counting(name)
+        problems: list[Problem] = []
+        summary = check_mirror(dest, on_problem=problems.append)
+        monkeypatch.undo()
+        found[counted] = (len(looks), problems, summary)
+        looks.clear()
+    assert found[3] == found[300]
+    looked, problems, summary = found[300]
+    assert problems == [] and summary.versions == 6 and summary.intact
+    assert looked <= 1, looked  # one listing of the folder all three files' versions share
+
+    # What is wrong is still said: a timed version gone, one that is a directory.
+    dest = tmp_path / "wrong"
+    places = _pruned_down(dest, 40, names)
+    places[names[0]][0].unlink()
+    places[names[2]][1].unlink()
+    places[names[2]][1].mkdir()
+    problems = []
+    summary = check_mirror(dest, on_problem=problems.append)
+    assert [(p.kind, p.path, p.version) for p in problems] == [
+        ("version_missing", path_text(names[0]), 39),
+        ("version_not_a_file", path_text(names[2]), 40),
+    ]
+    assert summary.versions == 6 and summary.damaged == 2

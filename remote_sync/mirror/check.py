@@ -55,6 +55,7 @@ from .state import (
     host_is_indexed,
     kept_times,
     kind_text,
+    numbered_versions,
     place_text,
     unindexed_files,
 )
@@ -155,6 +156,7 @@ class _Checker:
         self.cancelled = cancelled
         self.paths = MirrorState(dest)  # not opened: its paths only, no lock, no database
         self.files = self.versions = self.damaged = self.notes = 0
+        self._folder: tuple[bytes, dict[bytes, os.DirEntry[bytes]]] | None = None
 
     def say(self, problem: Problem) -> None:
         if problem.type == "damage":
@@ -295,15 +297,42 @@ class _Checker:
         )
 
     def _check_versions(self, host: str, path: bytes, counted: int) -> None:
+        """``host``'s ``path``'s versions 1 to ``counted``, from one listing of their folder
+        (shared with its other files': see :meth:`_listing`), so a file pruned down to a few
+        versions of many costs as few looks: not one per number it ever counted."""
+        folder = self.paths.versions_folder(host, path)
+        try:
+            entries = self._listing(folder)
+        except OSError as exc:
+            where = Path(os.fsdecode(folder))
+            self.say(
+                self._damage(
+                    host,
+                    path,
+                    "unreadable",
+                    f"cannot list the folder of its versions ({place_text(self.dest, where)}): "
+                    f"{exc.strerror or exc}",
+                    f"check the permissions of {place_text(self.dest, where)}",
+                )
+            )
+            return
+        on_disk = {
+            number: entries[name]
+            for number, name in numbered_versions(path, entries).items()
+            if number <= counted
+        }
         timed = self._timed(host, path)
-        for number in range(1, counted + 1):
+        for number in sorted(on_disk.keys() | {n for n in timed if n <= counted}):
             place = self.paths.version_path(host, path, number)
+            entry = on_disk.get(number)
             try:
-                st = os.lstat(place)
+                # Looked at again when the listing lacks it: the listing may be older than
+                # the row, when another file of the folder was listed first.
+                mode = _mode_of(entry) if entry is not None else os.lstat(place).st_mode
             except (FileNotFoundError, NotADirectoryError):
                 # Said only if the state still has its keep time: a prune forgets it
                 # (committed) before it removes the copy, so one gone meanwhile was pruned.
-                if number in timed and number in self._timed(host, path):
+                if number in self._timed(host, path):
                     self.versions += 1
                     self.say(
                         self._damage(
@@ -332,19 +361,32 @@ class _Checker:
                 )
                 continue
             self.versions += 1
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(mode):
                 self.say(
                     self._damage(
                         host,
                         path,
                         "version_not_a_file",
-                        f"version {number} ({place_text(self.dest, place)}) is "
-                        f"{kind_text(st.st_mode)}",
+                        f"version {number} ({place_text(self.dest, place)}) is {kind_text(mode)}",
                         "a sync keeps versions as regular files; this one was put there by "
                         "hand: move it away and put the copy back from a backup",
                         version=number,
                     )
                 )
+
+    def _listing(self, folder: bytes) -> dict[bytes, os.DirEntry[bytes]]:
+        """The entries of ``folder`` of the versions tree by name (none when there is no such
+        directory), listed once for the files whose versions it holds: the rows come in path
+        order, so a directory's files mostly follow one another, and only the last folder's
+        listing is kept."""
+        if self._folder is None or self._folder[0] != folder:
+            try:
+                with os.scandir(folder) as found:
+                    entries = {entry.name: entry for entry in found}
+            except (FileNotFoundError, NotADirectoryError):
+                entries = {}
+            self._folder = (folder, entries)
+        return self._folder[1]
 
     def _timed(self, host: str, path: bytes) -> set[int]:
         """The numbers of ``host``'s ``path``'s versions the state has a keep time for."""
@@ -508,6 +550,15 @@ class _Checker:
             "a sync neither syncs nor indexes it; move it out of the mirror if it is not "
             "wanted there",
         )
+
+
+def _mode_of(entry: os.DirEntry[bytes]) -> int:
+    """The file type and mode of a listed entry, not following a link: the listing's type
+    when it is a regular file (no system call on a file system that gives types), else its
+    lstat (cached by the entry)."""
+    if entry.is_file(follow_symlinks=False):
+        return stat.S_IFREG
+    return entry.stat(follow_symlinks=False).st_mode
 
 
 def _counted(n: int) -> str:

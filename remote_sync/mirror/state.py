@@ -438,6 +438,21 @@ def kept_times(
     return times
 
 
+def numbered_versions(path: bytes, entries: Iterable[bytes]) -> dict[int, bytes]:
+    """Of ``entries``, the names in the folder of ``path``'s versions
+    (:meth:`MirrorState.versions_folder`), those of ``path``'s versions, by number: a name is
+    taken only when it is the one :meth:`MirrorState.version_path` gives that number (a name
+    cut with a digest too), so another file's versions in that folder are not, nor a number
+    of more than nine digits (put there by hand, see ``_NUMBERED``)."""
+    name = path.rpartition(b"/")[2]
+    found: dict[int, bytes] = {}
+    for entry in entries:
+        match = _NUMBERED.search(entry)
+        if match is not None and _version_name(name, int(match[1])) == entry:
+            found[int(match[1])] = entry
+    return found
+
+
 def host_is_indexed(db: sqlite3.Connection, host: str) -> bool:
     """Is ``host``'s mirror indexed: it has sessions, or no committed file yet (a mirror
     synced with ``--no-index`` has files and no sessions)? Recovery asks it of an open state,
@@ -978,23 +993,18 @@ class MirrorState:
         A new version is numbered after it, not only after the recorded count's unbroken run
         (:meth:`last_version_on_disk`): a state moved aside (damaged) counts nothing, and a
         prune left gaps at the bottom, so that run would start over at v1 below copies that
-        stay, and "1 is the oldest" and a later ``--keep-last`` would be wrong. A name is
-        taken only when it is the one :meth:`version_path` gives that number (a name cut with
-        a digest too); another file's versions sharing the directory are not, nor a number
-        of more than nine digits (put there by hand, see ``_NUMBERED``)."""
-        folder = os.path.dirname(os.fsencode(self.version_path(host, path, 1)))
-        name = path.rpartition(b"/")[2]
+        stay, and "1 is the oldest" and a later ``--keep-last`` would be wrong. Names are
+        taken as :func:`numbered_versions` takes them."""
         try:
-            entries = os.listdir(folder)
+            entries = os.listdir(self.versions_folder(host, path))
         except (FileNotFoundError, NotADirectoryError):
             return 0
-        highest = 0
-        for entry in entries:
-            match = _NUMBERED.search(entry)
-            number = 0 if match is None else int(match[1])
-            if number > highest and _version_name(name, number) == entry:
-                highest = number
-        return highest
+        return max(numbered_versions(path, entries), default=0)
+
+    def versions_folder(self, host: str, path: bytes) -> bytes:
+        """The directory of the versions tree that ``host``'s ``path``'s versions are in (it
+        holds its directory's other files' versions too)."""
+        return os.path.dirname(os.fsencode(self.version_path(host, path, 1)))
 
     def _reindex(self, rows: list[FileState], first_seen: set[tuple[str, bytes]]) -> None:
         """The index of sessions whose checkpoint followed the file, from the file itself.

@@ -681,10 +681,12 @@ async def prune_versions(
     least one is required, a :class:`ConfigError` otherwise, and nothing is removed (a rule
     of the wrong type, ``keep_last="3"``, is an :class:`ArgumentError`). ``host`` and
     ``files`` choose the files as for :func:`list_versions`. Takes the mirror's lock (a sync
-    running is a :class:`LockedError`); ``dry_run`` only reads. A failure once removing
-    began (a copy that cannot be removed) stops the prune and is raised, its hint saying how
-    many versions went; pass a list as ``errors`` to have it appended there instead and get
-    the result of what was removed before it, as the CLI reports it. Runs in a worker
+    running is a :class:`LockedError`); ``dry_run`` only reads. A copy that cannot be
+    removed (or looked at, or its directory opened) is left and the prune goes on with the
+    others; at the end the first failure is raised, its hint saying how many others there
+    were and how many versions went; pass a list as ``errors`` to have every failure
+    appended there instead and get the result of what was removed, as the CLI reports it (a
+    state that cannot be written stops the prune there, one failure more). Runs in a worker
     thread; a cancel through the registry stops it before its next file (what was removed
     stays removed) with a :class:`TransferCancelledError`, and a cancel of the caller's scope
     waits for it to end (a file system call cannot be stopped midway)."""

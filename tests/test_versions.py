@@ -3,6 +3,7 @@ rewrote files (a real sync against the sshd fleet keeps the versions)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -951,76 +952,149 @@ def test_api_prune_versions_is_the_cli_prune(
         anyio.run(partial(pruned, keep_last=1, files="sess-1"))
 
 
-def test_a_prune_that_fails_midway_says_what_it_removed_before_the_error(
+def _keep_times(dest: Path, rel: bytes) -> set[int]:
+    """The numbers of ``rel``'s versions the state has a keep time for."""
+    with contextlib.closing(sqlite3.connect(dest / ".remote-sync" / "state.db")) as db:
+        rows = db.execute("SELECT version FROM versions WHERE path = ?", (rel,))
+        return {version for (version,) in rows}
+
+
+#: Two more files of h0, each in a directory of its own (so in a versions folder of its own).
+SECOND = b"agents/b/sessions/s.jsonl"
+THIRD = b"agents/c/sessions/s.jsonl"
+
+
+def _three_files(dest: Path) -> dict[bytes, list[Path]]:
+    """PLAIN with four versions, SECOND and THIRD with three each, all kept days ago."""
+    places = {PLAIN: _by_hand_kept(dest, [4 * DAY, 3 * DAY, 2 * DAY, DAY])}
+    for rel in (SECOND, THIRD):
+        places[rel] = _by_hand_kept(dest, [3 * DAY, 2 * DAY, DAY], rel)
+    return places
+
+
+def _failing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PLAIN's v2 cannot be removed (an I/O error), THIRD's directory of the versions folder
+    cannot be opened (no permission): each a failure of its own."""
+    real_unlink, real_open = os.unlink, os.open
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if os.fsencode(path) == os.fsencode(os.path.basename(PLAIN)) + b".v2":
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+        real_unlink(path, *args, **kwargs)
+
+    def opening(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if kwargs.get("dir_fd") is not None and os.fsencode(path) == b"c":
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "open", opening)
+
+
+def test_a_prune_goes_on_past_each_failure_and_says_every_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A copy that cannot be removed stops the prune, and exits 1: it said only the error,
-    not which copies were already gone nor the bytes freed. It now prints what it removed
-    (a line each and the total, or the JSON object), then the error; the library raises the
-    error with the count in its hint, or, given ``errors``, returns that result."""
-    real_unlink = os.unlink
-
-    def second_fails(calls: list[str]) -> Callable[..., None]:
-        def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
-            calls.append(os.fsdecode(path))
-            if len(calls) == 2:
-                raise OSError(errno.EIO, os.strerror(errno.EIO), path)
-            real_unlink(path, *args, **kwargs)
-
-        return unlink
-
+    """A copy that could not be removed stopped the prune there: the versions after it, and
+    every other file's, stayed until the next prune, and only that one failure was said. As
+    rsync --delete and restic prune do, it now goes on with the other copies and files,
+    prints what it removed, then every failure (host, path, what to do), and exits 1; the
+    state says no keep time of a copy that is gone and keeps those of the copies that stay
+    untouched. The library raises the first failure, its hint counting the others and what
+    went, or, given ``errors``, returns the result and appends every failure."""
     for form in ("table", "json"):
         dest = tmp_path / form
-        places = _by_hand_kept(dest, [4 * DAY, 3 * DAY, 2 * DAY, DAY])
-        calls: list[str] = []
-        monkeypatch.setattr(os, "unlink", second_fails(calls))
+        places = _three_files(dest)
+        _failing(monkeypatch)
         json = ["--json"] if form == "json" else []
         code, out, err = _cli(
             ["versions", "prune", "-d", str(dest), "--keep-last", "1", *json], capsys
         )
         monkeypatch.undo()
         assert code == 1, err
-        assert [p.exists() for p in places] == [False, True, True, True]
-        assert "cannot remove version 2" in err and "1, 7 bytes" in err, err
+        assert [p.exists() for p in places[PLAIN]] == [False, True, False, True]
+        assert [p.exists() for p in places[SECOND]] == [False, False, True]
+        assert all(p.exists() for p in places[THIRD])
+        # v2's keep time went before its removal failed (as after a kill); THIRD's stay.
+        assert _keep_times(dest, PLAIN) == {4} and _keep_times(dest, THIRD) == {1, 2, 3}
         lines = out.splitlines()
         if form == "table":
-            assert lines[0].startswith(f"removed h0: {path_text(PLAIN)} v1 (7 B, kept ")
-            assert lines[1:] == ["removed 1 version (7 B freed); 1 version kept"]
+            said = err
+            assert lines[-1] == "removed 4 versions (28 B freed); 3 versions kept"
+            assert [line.split(" (")[0] for line in lines[:-1]] == [
+                f"removed h0: {path_text(PLAIN)} v1",
+                f"removed h0: {path_text(PLAIN)} v3",
+                f"removed h0: {path_text(SECOND)} v1",
+                f"removed h0: {path_text(SECOND)} v2",
+            ]
         else:
-            result, error = (msgspec.json.decode(line) for line in lines)
-            assert _numbers(result["removed"]) == [1] and result["bytes_freed"] == 7
-            assert error["type"] == "error" and error["kind"] == "mirror"
-            assert "cannot remove version 2" in error["message"]
-        # What the failure left is taken by the next prune.
+            result, *errors = (msgspec.json.decode(line) for line in lines)
+            assert _numbers(result["removed"]) == [1, 3, 1, 2] and result["bytes_freed"] == 28
+            assert [(e["type"], e["kind"], e["host"]) for e in errors] == [
+                ("error", "mirror", "h0")
+            ] * 2
+            said = "\n".join(f"{e['path']}: {e['message']} ({e['hint']})" for e in errors)
+        assert "cannot remove version 2" in said and path_text(PLAIN) in said, said
+        assert "cannot open a directory of the versions folder" in said, said
+        assert "check its permissions" in said and "the prune went on and 1 other failure" in said
+        # What the failures left is taken by the next prune.
         code, result, err = _prune(dest, capsys, "--keep-last", "1")
-        assert code == 0 and _numbers(result["removed"]) == [2, 3], err
+        assert code == 0 and _numbers(result["removed"]) == [2, 1, 2], err
+        assert _keep_times(dest, THIRD) == {3}
 
     dest = tmp_path / "api"
-    places = _by_hand_kept(dest, [4 * DAY, 3 * DAY, 2 * DAY, DAY])
-    monkeypatch.setattr(os, "unlink", second_fails([]))
+    places = _three_files(dest)
+    _failing(monkeypatch)
     with pytest.raises(MirrorError, match="cannot remove version 2") as raised:
         anyio.run(partial(api.prune_versions, dest=dest, keep_last=1))
-    assert "the versions removed before it stay removed (1, 7 bytes)" in raised.value.hint
-    monkeypatch.setattr(os, "unlink", second_fails([]))
+    assert raised.value.host == "h0" and raised.value.path == path_text(PLAIN)
+    assert (
+        "the prune went on and 1 other failure: 4 versions were removed (28 bytes)"
+        in raised.value.hint
+    )
+    assert [p.exists() for p in places[SECOND]] == [False, False, True]
+    dest = tmp_path / "api-errors"
+    places = _three_files(dest)
     errors: list[Any] = []
     done = anyio.run(partial(api.prune_versions, dest=dest, keep_last=1, errors=errors))
+    assert [r.version for r in done.removed] == [1, 3, 1, 2] and done.bytes_freed == 28
+    assert [type(e) for e in errors] == [MirrorError, MirrorError]
+    assert "cannot remove version 2" in str(errors[0]) and "cannot open" in str(errors[1])
     monkeypatch.undo()
-    assert [r.version for r in done.removed] == [2] and done.bytes_freed == 7
-    (error,) = errors
-    assert isinstance(error, MirrorError) and "cannot remove version 3" in str(error)
-    assert [p.exists() for p in places] == [False, False, True, True]
 
     # A directory that cannot be made durable once its copies are unlinked: said as the
-    # mirror's error (it was a traceback), after what went.
+    # mirror's error (it was a traceback), after what went, and the other files go on.
+    dest = tmp_path / "fsync"
+    places = _three_files(dest)
+
     def fsync_fails(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setattr(os, "fsync", fsync_fails)
     code, out, err = _cli(["versions", "prune", "-d", str(dest), "--keep-last", "1"], capsys)
     monkeypatch.undo()
-    assert code == 1 and "cannot sync a directory of the versions folder" in err, err
-    assert out.splitlines()[-1] == "removed 1 version (7 B freed); 1 version kept"
-    assert not places[2].exists()
+    assert code == 1 and err.count("cannot sync a directory of the versions folder") == 3, err
+    assert out.splitlines()[-1] == "removed 7 versions (49 B freed); 3 versions kept"
+    assert not any(p.exists() for rel in places for p in places[rel][:-1])
+
+
+def test_a_prune_stops_when_the_state_cannot_be_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state that cannot be written (a full disk) would fail each file's commit alike:
+    the prune stops there, says it once, and removes no copy whose keep time is not
+    forgotten."""
+    dest = tmp_path / "m"
+    places = _three_files(dest)
+
+    def full(self: MirrorState, *args: Any) -> None:
+        raise self._db_error(sqlite3.OperationalError("database or disk is full"), "forget")
+
+    monkeypatch.setattr(MirrorState, "forget_versions", full)
+    code, out, err = _cli(["versions", "prune", "-d", str(dest), "--keep-last", "1"], capsys)
+    monkeypatch.undo()
+    assert code == 1 and err.count("disk full") == 1 and "the prune stopped there" in err, err
+    assert out.splitlines() == ["removed 0 versions (0 B freed); 3 versions kept"]
+    assert all(p.exists() for rel in places for p in places[rel])
 
 
 def test_api_prune_versions_of_a_rule_of_the_wrong_type_is_an_argument_error(

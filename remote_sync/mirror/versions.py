@@ -48,6 +48,7 @@ from ..errors import (
     MirrorError,
     OutputError,
     RemoteSyncError,
+    StateError,
     TransferCancelledError,
     path_bytes,
     path_text,
@@ -564,28 +565,59 @@ def prune_versions(
     ``cancelled`` is asked before each file: once it says so, what is removed stays removed
     and a :class:`TransferCancelledError` is raised.
 
-    A failure once removing began (a copy that cannot be removed, a directory of the versions
-    folder that cannot be opened, the state that cannot be written) stops the prune there,
-    what was removed staying removed; it is raised, its hint saying how many went. Pass a
-    list as ``errors`` to have it appended there instead and the result returned, saying what
-    was removed before it (the CLI prints that, then the error, and exits 1), as a listing's
-    ``errors`` does. A failure before anything could be removed (no rule, the lock, a state
-    that cannot be read) is raised either way."""
+    A copy that cannot be looked at or removed, or a directory of the versions folder that
+    cannot be opened or made durable, does not stop the prune: that copy (or the file's
+    copies in that directory) stays, and the prune goes on with the others, as ``rsync
+    --delete`` and ``restic prune`` do; the state stays true to what went (a copy that fails
+    after its keep time was forgotten stays without one, as after a kill). At the end the
+    first failure is raised, its hint saying how many others there were and how many
+    versions went. Pass a list as ``errors`` to have every failure appended there instead
+    and the result returned (the CLI prints it, then each error, and exits 1), as a
+    listing's ``errors`` does. A state that cannot be written stops the prune where it is
+    (every file left needs a commit too), a failure as the others. A failure before anything
+    could be removed (no rule, the lock, a state that cannot be read) is raised either
+    way."""
     last, within = _keep_rules(keep_last, keep_within)
     dest = Path(dest)
     state_database(dest)  # no mirror: said before a lock would make one
     now = time.time()
     removed: list[VersionRow] = []
     left: list[VersionRow] = []
+    failures: list[MirrorError] = []
     if dry_run:
         found, times = read_state(
             dest, lambda db: (_files_with_versions(db, host, files), kept_times(db, host))
         )
-        doomed, kept = _judge(dest, found, times, last, within, now)
+        doomed, kept = _judge(dest, found, times, last, within, now, failures)
         state = MirrorState(dest)  # not opened: only its paths are used, no lock
         for group in doomed:
-            _remove(state, group, removed, left, dry_run=True)
-        return PruneResult(True, removed, sum(r.bytes for r in removed), kept, left)
+            _remove(state, group, removed, left, failures, dry_run=True)
+    else:
+        kept = _prune(dest, host, files, last, within, now, cancelled, removed, left, failures)
+    result = PruneResult(dry_run, removed, sum(r.bytes for r in removed), kept, left)
+    if failures:
+        _say_what_went(failures, removed, dry_run)
+        if errors is None:
+            raise failures[0]
+        errors.extend(failures)
+    return result
+
+
+def _prune(
+    dest: Path,
+    host: str | None,
+    files: Sequence[str],
+    last: int | None,
+    within: float | None,
+    now: float,
+    cancelled: Callable[[], bool] | None,
+    removed: list[VersionRow],
+    left: list[VersionRow],
+    failures: list[MirrorError],
+) -> int:
+    """:func:`prune_versions` once its rules are read, not a dry run: the removal under the
+    lock, what went added to ``removed``, what stays to ``left`` and what failed to
+    ``failures``; how many versions stay."""
     with MirrorState(dest) as state:
         # The rows forgotten must be on disk before the files go, power loss or not (a
         # sync's NORMAL lets the last commits go with the power).
@@ -595,7 +627,7 @@ def prune_versions(
             times = kept_times(state.db, host)
         except sqlite3.Error as exc:  # a damaged database
             raise unreadable_index(dest, exc) from exc
-        doomed, kept = _judge(dest, found, times, last, within, now)
+        doomed, kept = _judge(dest, found, times, last, within, now, failures)
         for group in doomed:
             if cancelled is not None and cancelled():
                 raise TransferCancelledError(
@@ -605,23 +637,26 @@ def prune_versions(
                     "were removed; the rest are kept: prune again to finish",
                 )
             try:
-                _remove(state, group, removed, left, dry_run=False)
-            except MirrorError as exc:  # StateError too: a commit of forgotten times failed
-                _say_what_went(exc, removed)
-                if errors is None:
-                    raise
-                errors.append(exc)
+                _remove(state, group, removed, left, failures, dry_run=False)
+            except StateError as exc:
+                # The state cannot be written (a full disk): every file left needs a commit
+                # too, so the prune stops here rather than say the same error for each.
+                exc.hint = f"{exc.hint}; the prune stopped there, the versions left stay"
+                failures.append(exc)
                 break
-    return PruneResult(False, removed, sum(r.bytes for r in removed), kept, left)
+    return kept
 
 
-def _say_what_went(exc: MirrorError, removed: list[VersionRow]) -> None:
-    """``exc``, a failure that stopped a prune, its hint made to say what the prune had done:
-    raised alone (a library call without ``errors``), it is all the caller learns."""
+def _say_what_went(failures: list[MirrorError], removed: list[VersionRow], dry_run: bool) -> None:
+    """The first of a prune's ``failures`` (the one raised without ``errors``, all a library
+    caller then learns), its hint made to say what the prune did besides."""
     gone = sum(r.bytes for r in removed)
-    exc.hint = (
-        f"{exc.hint}; the prune stopped there: the versions removed before it stay removed "
-        f"({len(removed)}, {gone} bytes), the others stay: prune again to finish"
+    others = len(failures) - 1
+    also = f" and {others} other failure{'s' if others != 1 else ''}" if others else ""
+    did = "would be removed" if dry_run else "were removed"
+    failures[0].hint = (
+        f"{failures[0].hint}; the prune went on{also}: {len(removed)} versions {did} "
+        f"({gone} bytes), those it failed on stay: prune again to finish"
     )
 
 
@@ -682,18 +717,24 @@ def _judge(
     last: int | None,
     within: float | None,
     now: float,
+    failures: list[MirrorError],
 ) -> tuple[list[list[_Doomed]], int]:
     """The versions no rule keeps of the files ``found`` (of :func:`_files_with_versions`;
-    ``times``: their keep times), one list per file (oldest first), and how many stay."""
+    ``times``: their keep times), one list per file (oldest first), and how many stay. A
+    file whose versions cannot all be looked at is left whole, its error in ``failures``."""
     doomed: list[list[_Doomed]] = []
     kept = 0
     for file_host, path, recorded, session_id in found:
         known = times.get((file_host, path), {})
-        versions = [
-            (number, place, st)
-            for number, place, st in _kept(dest, file_host, path, recorded)
-            if stat.S_ISREG(st.st_mode)  # what else is there is no copy a sync kept
-        ]
+        try:
+            versions = [
+                (number, place, st)
+                for number, place, st in _kept(dest, file_host, path, recorded)
+                if stat.S_ISREG(st.st_mode)  # what else is there is no copy a sync kept
+            ]
+        except MirrorError as exc:
+            failures.append(exc)
+            continue
         # Only the versions the state counts are judged: one after them is a killed run's,
         # which the next sync's recovery may put back as the mirrored file.
         judged = [v for v in versions if v[0] <= recorded]
@@ -715,20 +756,38 @@ def _judge(
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _places(state: MirrorState, group: list[_Doomed]) -> tuple[dict[Path, int], set[_Doomed]]:
+def _places(
+    state: MirrorState, group: list[_Doomed], failures: list[MirrorError]
+) -> tuple[dict[Path, int], set[_Doomed], set[_Doomed]]:
     """The directories of ``group``'s versions, opened from the top of the versions tree one
     name at a time without following a link (a directory of it that is a link put there by
-    hand leads out of it: what is removed must be in it), and the versions that are not as
-    they were judged (reached through such a link, or no longer the regular file looked at):
-    these are left. The caller closes the descriptors."""
+    hand leads out of it: what is removed must be in it), the versions that are not as they
+    were judged (reached through such a link, or no longer the regular file looked at): these
+    are left; and those that could not be looked at (their directory not opened, their lstat
+    refused), each error added to ``failures``. The caller closes the descriptors."""
     fds: dict[Path, int] = {}
+    unopened: set[Path] = set()
     unsure: set[_Doomed] = set()
+    failed: set[_Doomed] = set()
     try:
         for doomed in group:
             parent = doomed.place.parent
-            if parent not in fds:
-                fds[parent] = _open_dir(state.versions_dir, parent)
-            st = _lstat_at(fds[parent], state.dest, doomed)
+            if parent not in fds and parent not in unopened:
+                try:
+                    fds[parent] = _open_dir(state.versions_dir, parent)
+                except MirrorError as exc:
+                    exc.host = doomed.row.host
+                    failures.append(exc)
+                    unopened.add(parent)
+            if parent in unopened:
+                failed.add(doomed)
+                continue
+            try:
+                st = _lstat_at(fds[parent], state.dest, doomed)
+            except MirrorError as exc:
+                failures.append(exc)
+                failed.add(doomed)
+                continue
             if (
                 st is None
                 or not stat.S_ISREG(st.st_mode)
@@ -740,7 +799,7 @@ def _places(state: MirrorState, group: list[_Doomed]) -> tuple[dict[Path, int], 
             if fd >= 0:
                 os.close(fd)
         raise
-    return {parent: fd for parent, fd in fds.items() if fd >= 0}, unsure
+    return {parent: fd for parent, fd in fds.items() if fd >= 0}, unsure, failed
 
 
 def _lstat_at(fd: int, dest: Path, doomed: _Doomed) -> os.stat_result | None:
@@ -789,15 +848,18 @@ def _remove(
     group: list[_Doomed],
     removed: list[VersionRow],
     left: list[VersionRow],
+    failures: list[MirrorError],
     *,
     dry_run: bool,
 ) -> None:
     """Remove one file's ``group`` of versions (``dry_run``: only look at them), adding the
-    rows of those removed (that would be) to ``removed`` as each goes, and of those that must
-    stay to ``left``: a failure midway leaves ``removed`` saying what went before it."""
-    fds, unsure = _places(state, group)
+    rows of those removed (that would be) to ``removed`` as each goes, of those that must
+    stay to ``left``, and the error of each copy or directory that fails to ``failures``,
+    going on with the others. A state that cannot be written is raised (a
+    :class:`StateError`), before any copy of the group is removed."""
+    fds, unsure, failed = _places(state, group, failures)
     try:
-        going = [doomed for doomed in group if doomed not in unsure]
+        going = [doomed for doomed in group if doomed not in unsure and doomed not in failed]
         left += [doomed.row for doomed in group if doomed in unsure]
         if dry_run or not going:
             removed += [doomed.row for doomed in going]
@@ -816,21 +878,29 @@ def _remove(
             except FileNotFoundError:
                 pass  # gone meanwhile: removed by hand, nothing of it to free
             except OSError as exc:
+                # Said, and the others go on (as rsync --delete and restic prune do): the
+                # copy stays without its keep time, as after a kill, and the next prune
+                # judges it by its mtime.
                 where = {"host": doomed.row.host, "path": doomed.row.path}
-                raise _failed_on(
-                    "remove", doomed.row.version, state.dest, doomed.place, where, exc
-                ) from exc
+                failures.append(
+                    _failed_on("remove", doomed.row.version, state.dest, doomed.place, where, exc)
+                )
+                continue
             removed.append(doomed.row)
         for parent, fd in fds.items():
             try:
                 os.fsync(fd)  # the removals durable, as a sync's renames are
             except OSError as exc:  # an I/O error: said as the mirror's, not a traceback
-                raise MirrorError(
-                    f"cannot sync a directory of the versions folder: {exc.strerror or exc}",
-                    path=str(parent),
-                    hint="check the destination's file system (its log: an I/O error?); the "
-                    "versions said removed are unlinked, but may come back after a power loss",
-                ) from exc
+                failures.append(
+                    MirrorError(
+                        f"cannot sync a directory of the versions folder: {exc.strerror or exc}",
+                        host=host,
+                        path=str(parent),
+                        hint="check the destination's file system (its log: an I/O error?); "
+                        "the versions said removed are unlinked, but may come back after a "
+                        "power loss",
+                    )
+                )
     finally:
         for fd in fds.values():
             os.close(fd)

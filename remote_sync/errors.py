@@ -270,14 +270,31 @@ class MirrorError(RemoteSyncError):
     default_hint = "free space or fix permissions on the destination, then run again"
 
 
-def refetch_hint(host: str, dest: object) -> str:
-    """The hint for a mirrored file gone from the mirror (removed by hand or by a cleanup):
-    a sync's recovery finds it missing, fetches it whole again while the host has it, and
-    otherwise drops it from the index. Neither restoring it by hand nor a rebuild (whose
-    checkpoint still claims its bytes, so every rebuild reports it again) gets it back."""
+#: Why no sync fetches a mirrored file again, by the state the mirror has of it on the host.
+GONE = {
+    "deleted": "the host deleted it",
+    "renamed": "the host renamed it, and its new name is mirrored apart",
+}
+
+
+def refetch_hint(host: str, dest: object, state: str = "live") -> str:
+    """The hint for a mirrored file gone from the mirror (removed by hand or by a cleanup),
+    by its ``state`` on the host (the state's, or a session's as listings say it). A sync's
+    recovery finds it missing and records the loss (nothing committed, in doubt) and drops it
+    from the index; while the host has the file that sync fetches it whole again. A file the
+    host deleted or renamed away no sync fetches: only a backup of the mirror has it, and the
+    recorded loss is what ends ``check`` counting it as damage. A rebuild does not get it back
+    (its checkpoint still claims its bytes, so every rebuild reports it again)."""
+    sync = f"`remote-sync sync {host} --dest {dest}` (with your inventory)"
+    gone = GONE.get(state)
+    if gone is None:
+        return (
+            f"run {sync}: it fetches the file again while the host still has it, and "
+            "otherwise drops it from the index"
+        )
     return (
-        f"run `remote-sync sync {host} --dest {dest}` (with your inventory): it fetches "
-        "the file again while the host still has it, and otherwise drops it from the index"
+        f"put the copy back from a backup of the mirror if there is one (no sync fetches it "
+        f"again: {gone}), or run {sync}: it records the loss in the state and the index"
     )
 
 

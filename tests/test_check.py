@@ -415,3 +415,104 @@ def test_the_versions_are_looked_at_once_per_folder_not_once_per_number_counted(
         ("version_not_a_file", path_text(names[2]), 40),
     ]
     assert summary.versions == 6 and summary.damaged == 2
+
+
+def test_a_deleted_files_lost_copy_is_damage_until_a_sync_records_it_then_a_note(
+    mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The host deleted OTHER; its copy, the only one, is then removed from the mirror. No sync
+    fetches it again, so the hint says so (a backup, or a sync that records the loss); once a
+    sync has recorded it, it is a note of its own, not damage every check for ever."""
+    local = mirror / "h0" / os.fsdecode(OTHER)
+    backup = local.read_bytes()
+    local.unlink()
+    code, problems, summary = _checked(mirror, capsys)
+    assert code == 1 and [(p.type, p.kind, p.path) for p in problems] == [
+        ("damage", "missing", path_text(OTHER))
+    ]
+    hint = problems[0].hint
+    assert "no sync fetches it again: the host deleted it" in hint
+    assert "backup of the mirror" in hint and "records the loss" in hint
+    assert "fetches the file again" not in hint
+    # The index still lists its session, deleted; showing it tells the same.
+    listed = ["sessions", "list", "--dest", str(mirror), "--state", "deleted", "--json"]
+    code, out, _ = _cli(listed, capsys)
+    [session] = [msgspec.json.decode(line) for line in out.splitlines()]
+    assert code == 0 and session["path"] == path_text(OTHER)
+    shown = ["sessions", "show", "h0", session["session_id"], "--dest", str(mirror)]
+    code, _, err = _cli(shown, capsys)
+    assert code != 0 and "no sync fetches it again: the host deleted it" in err
+    sync = ["sync", "--inventory", str(tmp_path / "inventory.toml"), "--dest", str(mirror)]
+    assert run_cli(sync)[0] == 0
+    capsys.readouterr()
+    # The recovery dropped its session from the index, so a rebuild has nothing to say of it.
+    code, out, _ = _cli(listed, capsys)
+    assert (code, out) == (0, "")
+    assert _cli(["index", "rebuild", "--dest", str(mirror)], capsys)[0] == 0
+    for _ in range(2):  # and so it stays
+        code, problems, summary = _checked(mirror, capsys)
+        assert code == 0 and summary.intact
+        assert (summary.damaged, summary.notes) == (0, 1)
+        assert [(p.type, p.kind, p.host, p.path) for p in problems] == [
+            ("note", "lost", "h0", path_text(OTHER))
+        ]
+        assert problems[0].what.startswith("the host deleted it; its copy under this name is")
+        assert problems[0].hint.startswith("nothing to do: no sync fetches it again")
+    code, out, _ = _cli(["check", "--dest", str(mirror)], capsys)
+    assert code == 0
+    assert f"note    h0: {path_text(OTHER)}: the host deleted it" in out
+    assert out.splitlines()[-1].endswith(": intact (1 note)")
+
+    async def checked() -> Any:
+        return await api.check_mirror(dest=mirror)
+
+    report = anyio.run(checked)
+    assert report.summary == summary and report.problems == problems
+    # Put back from a backup after all: the next sync takes it up, in the index too.
+    local.write_bytes(backup)
+    assert run_cli(sync)[0] == 0
+    capsys.readouterr()
+    code, problems, summary = _checked(mirror, capsys)
+    assert (code, problems) == (0, [])
+    code, out, _ = _cli(listed, capsys)
+    assert [msgspec.json.decode(line)["path"] for line in out.splitlines()] == [path_text(OTHER)]
+
+
+def test_a_live_files_missing_copy_stays_damage_a_sync_fetches_again(
+    mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.unlink(mirror / "h0" / os.fsdecode(HOSTILE))
+    code, problems, _ = _checked(mirror, capsys)
+    assert code == 1 and [(p.type, p.kind) for p in problems] == [("damage", "missing")]
+    assert "it fetches the file again while the host still has it" in problems[0].hint
+    assert "backup" not in problems[0].hint
+    sync = ["sync", "--inventory", str(tmp_path / "inventory.toml"), "--dest", str(mirror)]
+    assert run_cli(sync)[0] == 0
+    capsys.readouterr()
+    code, problems, _ = _checked(mirror, capsys)
+    assert (code, problems) == (0, [])
+
+
+def test_a_renamed_files_lost_copy_says_its_new_name_is_mirrored_apart(
+    mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Renamed on the host (same inode), the old name's row is ``renamed`` and its copy stays;
+    lost, no sync fetches it under that name either, and its kept version stays."""
+    with MirrorState(mirror) as state:  # the fleet runs on this machine: its root is here
+        root = os.fsencode(state.hosts()["h0"][1])
+    os.rename(os.path.join(root, PLAIN), os.path.join(root, PLAIN + b".reset.1"))
+    sync = ["sync", "--inventory", str(tmp_path / "inventory.toml"), "--dest", str(mirror)]
+    assert run_cli(sync)[0] == 0
+    os.unlink(mirror / "h0" / os.fsdecode(PLAIN))
+    capsys.readouterr()
+    code, problems, _ = _checked(mirror, capsys)
+    assert code == 1 and [(p.kind, p.path) for p in problems] == [("missing", path_text(PLAIN))]
+    assert "no sync fetches it again: the host renamed it, and its new name is mirrored" in (
+        problems[0].hint
+    )
+    assert run_cli(sync)[0] == 0
+    capsys.readouterr()
+    code, problems, _ = _checked(mirror, capsys)
+    assert code == 0 and [(p.type, p.kind) for p in problems] == [("note", "lost")]
+    assert problems[0].what.startswith("the host renamed it, and its new name is mirrored apart;")
+    assert "its earlier versions stay in versions/" in problems[0].hint

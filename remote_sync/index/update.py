@@ -232,7 +232,7 @@ def rebuild_index(
                             "its session is left out of the index",
                             host=host,
                             path=path_text(path),
-                            hint=refetch_hint(host, dest)
+                            hint=refetch_hint(host, dest, row.state)
                             if gone
                             else f"restore {local} or fix its permissions, then run "
                             "`remote-sync index rebuild` again",

@@ -14,8 +14,14 @@ KiB that keeps the file's size is not seen (there is no ``--read-data``). A kept
 state has a keep time for that is missing, or any counted version that is no regular file, is
 damage; a version with no keep time that is missing is not (``versions prune`` forgets a
 version's keep time before removing it, and a version kept before keep times leaves no other
-trace, so it cannot be told from a pruned one). Notes, not damage: files the state does not
-know (strays), and an index that is not the mirror's (``index rebuild`` redoes it).
+trace, so it cannot be told from a pruned one). Damage is said with what to do: mostly a sync,
+which fetches the file again; but the host no longer has a file it deleted (or renamed away),
+so for one of those the hint says a backup of the mirror is all that has it, or a sync records
+the loss. Once a sync's recovery has recorded it (nothing committed, in doubt) a missing copy
+of such a file is a note of its own kind, ``lost``, not damage: nothing can fetch it, so as
+damage it would fail every check for ever with nothing to do. Notes, not damage: those, files
+the state does not know (strays), and an index that is not the mirror's (``index rebuild``
+redoes it).
 
 A sync runs alongside safely: before a rewrite renames a file into place its checkpoint is
 committed in doubt (inode -1), and a new file has a placeholder row first, so what a check
@@ -42,7 +48,7 @@ from typing import Literal
 
 import msgspec
 
-from ..errors import ConfigError, TransferCancelledError, path_text, refetch_hint
+from ..errors import GONE, ConfigError, TransferCancelledError, path_text, refetch_hint
 from ..formats.readers import READERS
 from ..index.query import unreadable_index
 from .state import (
@@ -72,11 +78,12 @@ _IN_PATHS = 899
 
 
 class Problem(msgspec.Struct, kw_only=True):
-    """One thing a check found: ``damage`` (the mirror lost or changed what it held) or a
-    ``note`` (nothing lost; ``hint`` says what tidies it)."""
+    """One thing a check found: ``damage`` (the mirror lost or changed what it held, and
+    ``hint`` says what gets it back) or a ``note`` (nothing to repair: nothing lost, or, for
+    ``lost``, a loss a sync recorded that nothing can undo; ``hint`` says what tidies it)."""
 
     type: Literal["damage", "note"]
-    #: missing, not_a_file, short, changed, unreadable, in_doubt, version_missing,
+    #: missing, not_a_file, short, changed, unreadable, in_doubt, lost, version_missing,
     #: version_not_a_file, stray, not_in_state, not_indexed
     kind: str
     host: str
@@ -136,8 +143,9 @@ def check_mirror(
     )
 
 
-#: A file's row as the check reads it: path, committed size, inode, fingerprint, version.
-_Row = tuple[bytes, int, int, bytes, int]
+#: A file's row as the check reads it: path, committed size, inode, fingerprint, version and
+#: state on the host (live, deleted or renamed).
+_Row = tuple[bytes, int, int, bytes, int, str]
 
 
 class _Checker:
@@ -188,25 +196,26 @@ class _Checker:
         first = True
         while True:
             page = self.state.rows(
-                "SELECT path, size, ino, fingerprint, version FROM files "
+                "SELECT path, size, ino, fingerprint, version, state FROM files "
                 "WHERE host = ? AND (? OR path > ?) ORDER BY path LIMIT ?",
                 (host, first, after, PAGE_ROWS),
             )
-            for path, size, ino, fingerprint, version in page:
-                yield bytes(path), size, ino, bytes(fingerprint), version
+            for path, size, ino, fingerprint, version, state in page:
+                yield bytes(path), size, ino, bytes(fingerprint), version, state
             if len(page) < PAGE_ROWS:
                 return
             after, first = bytes(page[-1][0]), False
 
     def _row(self, host: str, path: bytes) -> _Row | None:
         rows = self.state.rows(
-            "SELECT path, size, ino, fingerprint, version FROM files WHERE host = ? AND path = ?",
+            "SELECT path, size, ino, fingerprint, version, state FROM files "
+            "WHERE host = ? AND path = ?",
             (host, path),
         )
         if not rows:
             return None
         found = rows[0]
-        return bytes(found[0]), found[1], found[2], bytes(found[3]), found[4]
+        return bytes(found[0]), found[1], found[2], bytes(found[3]), found[4], found[5]
 
     def check_files(self, host: str) -> None:
         for row in self._rows(host):
@@ -236,7 +245,7 @@ class _Checker:
 
     def _judge(self, host: str, row: _Row) -> Problem | None:
         """What is wrong with ``host``'s mirrored file of ``row``, or None."""
-        path, committed, ino, fingerprint, version = row
+        path, committed, ino, fingerprint, version, remote = row
         if not fingerprint:
             # A placeholder: nothing committed yet (a new file a sync is putting in place, or
             # one the next recovery forgets), so nothing to hold the file to.
@@ -251,20 +260,25 @@ class _Checker:
                     return self._note_in_doubt(
                         host, path, "missing, its earlier copy in versions/ not yet counted"
                     )
+                if in_doubt and committed == 0 and remote in GONE:
+                    # A sync's recovery recorded the loss (see MirrorState.recover) of a file
+                    # no sync can fetch again: said, but nothing is left to do about it, so it
+                    # is no damage (it would fail every check for ever, with no way to act).
+                    return self._lost(host, path, remote, version)
                 return self._damage(
                     host,
                     path,
                     "missing",
                     f"missing ({_counted(committed)} committed)",
-                    refetch_hint(host, self.dest),
+                    refetch_hint(host, self.dest, remote),
                 )
             if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symbolic link
-                return self._not_a_file(host, path, "a symbolic link")
+                return self._not_a_file(host, path, "a symbolic link", remote)
             return self._unreadable(host, path, local, exc)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                return self._not_a_file(host, path, kind_text(st.st_mode))
+                return self._not_a_file(host, path, kind_text(st.st_mode), remote)
             if st.st_size < committed:
                 if in_doubt:
                     return self._note_in_doubt(host, path, f"{_counted(st.st_size)} on disk")
@@ -274,7 +288,7 @@ class _Checker:
                     "short",
                     f"{_counted(st.st_size)} on disk, {_counted(committed)} committed: "
                     f"{_counted(committed - st.st_size)} lost",
-                    refetch_hint(host, self.dest),
+                    refetch_hint(host, self.dest, remote),
                 )
             head = os.pread(fd, min(committed, FINGERPRINT_BYTES), 0)
         except OSError as exc:
@@ -291,9 +305,9 @@ class _Checker:
             "changed",
             f"its first {_counted(len(head))} are not those synced",
             # A sync takes a file of its committed size for intact: moved away, it is
-            # fetched whole again.
+            # fetched whole again (or, gone from the host, recorded as lost).
             "move the file out of the mirror (a sync does not see an edit that keeps its "
-            f"size), then {refetch_hint(host, self.dest)}",
+            f"size), then {refetch_hint(host, self.dest, remote)}",
         )
 
     def _check_versions(self, host: str, path: bytes, counted: int) -> None:
@@ -411,14 +425,14 @@ class _Checker:
             type="note", kind=kind, host=host, path=path_text(path), what=what, hint=hint
         )
 
-    def _not_a_file(self, host: str, path: bytes, kind: str) -> Problem:
+    def _not_a_file(self, host: str, path: bytes, kind: str, remote: str) -> Problem:
         return self._damage(
             host,
             path,
             "not_a_file",
             f"{kind} is in the mirrored file's place",
-            f"remove it (the mirror puts only regular files there), then "
-            f"{refetch_hint(host, self.dest)}",
+            "remove it (the mirror puts only regular files there), then "
+            f"{refetch_hint(host, self.dest, remote)}",
         )
 
     def _unreadable(self, host: str, path: bytes, local: Path, exc: OSError) -> Problem:
@@ -429,6 +443,18 @@ class _Checker:
             f"cannot read the mirrored file: {exc.strerror or exc}",
             f"check the permissions of {path_text(os.fsencode(local.parent))}, and the "
             "disk's health if it is an I/O error",
+        )
+
+    def _lost(self, host: str, path: bytes, remote: str, version: int) -> Problem:
+        kept = "; its earlier versions stay in versions/ (`remote-sync versions list`)"
+        return self._note(
+            host,
+            path,
+            "lost",
+            f"{GONE[remote]}; its copy under this name is gone from the mirror (a sync "
+            "recorded the loss)",
+            "nothing to do: no sync fetches it again (a copy put back from a backup of the "
+            f"mirror is taken up by the next sync){kept if version > 0 else ''}",
         )
 
     def _note_in_doubt(self, host: str, path: bytes, what: str) -> Problem:

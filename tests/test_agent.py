@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,7 +26,14 @@ import anyio
 import msgspec
 import pytest
 from sshfleet import SSHFleet
-from synchelp import cli_process, expected_tree, make_openclaw_tree, mirror_tree, write_inventory
+from synchelp import (
+    SESSIONS,
+    cli_process,
+    expected_tree,
+    make_openclaw_tree,
+    mirror_tree,
+    write_inventory,
+)
 
 from remote_sync import agent as agent_module
 from remote_sync.agent import Agent
@@ -42,6 +50,7 @@ from remote_sync.events import (
     decode_event,
 )
 from remote_sync.inventory import load_inventory
+from remote_sync.mirror import engine
 from remote_sync.mirror.engine import SyncOptions, sync_fleet
 from remote_sync.ssh.pool import SSHPool
 
@@ -307,6 +316,41 @@ async def test_rounds_given_a_pool_use_it_and_leave_it_open(
         stats = pool.stats(hosts[0].endpoint)
         assert (stats.connects, stats.operations) == (1, 2)
         assert pool._slots[hosts[0].endpoint].conn is not None  # still open
+    assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
+
+
+def _ignore(_event: object) -> None:
+    pass
+
+
+async def test_rounds_over_a_kept_connection_are_told_the_hosts_tools(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path]
+) -> None:
+    """A round that went well leaves what it found of the host's tools with its connection,
+    for the next round to skip the probes (see round_argv); a round that did not (here a
+    directory find could not read) forgets it, and so does a new connection."""
+    inv, dest = agent_setup
+    hosts = load_inventory(inv).select(["h0"])
+    endpoint = hosts[0].endpoint
+    hidden = Path(fleet.path("h0", SESSIONS.format(agent="agent1")))
+    async with SSHPool() as pool:
+        noted = []
+        for mode in (0o755, 0o000, 0o755, 0o755):
+            hidden.chmod(mode)
+            try:
+                summary = await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)
+            finally:
+                hidden.chmod(0o755)
+            assert summary.exit_code == (0 if mode else 1)
+            noted.append(pool.note(endpoint, engine._TOOLS_NOTE))
+        found = noted[0]
+        assert found is not None and re.fullmatch("[prs][ny][ny]", found)
+        assert noted == [found, None, found, found]
+        await pool.invalidate(endpoint)
+        assert pool.note(endpoint, engine._TOOLS_NOTE) is None
+        assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
+        assert pool.note(endpoint, engine._TOOLS_NOTE) == found
+        assert pool.stats(endpoint).connects == 2
     assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
 
 

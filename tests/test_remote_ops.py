@@ -14,6 +14,7 @@ import gzip
 import itertools
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -1204,7 +1205,8 @@ def test_local_round_whose_gzip_dies(toolset: Runner, tmp_path: Path) -> None:
     marker = new_marker()
     stdin = fetch_stdin([], marker) + fetch_stdin([FetchRequest(b"x", 0, 1)])
     rc, out, err = run_local(runner, round_argv(str(root), ["."]), stdin)
-    assert rc == 5 and out.endswith(b"L 5 1\n") and len(out) <= 200 + 6  # nothing fetched
+    # Nothing fetched: the end line (with what the round found of the host's tools) ends it.
+    assert rc == 5 and re.search(rb"L 5 1 [prs][ny][ny]\n\Z", out) and len(out) <= 200 + 10
     assert b"gzip failed (status 137)" in err
 
 
@@ -2177,3 +2179,102 @@ def test_a_message_cut_by_the_kept_tail_is_not_read_as_a_path() -> None:
     assert other == [remote_ops._EARLIER_NOT_KEPT]
     assert unread[-1] == (b"agents/a199/sessions", "Permission denied")
     assert len(unread) == kept.count(b"\n") - 1  # every whole message kept, none cut
+
+
+# ----------------------------------------------------------------------------- told tools
+
+#: The probes a round makes of its host's tools (see round_argv's ``tools``), as the logging
+#: tool scripts below see their arguments. (A find that lists through stat is also asked
+#: whether it knows "-exec ... {} +", every time: only BusyBox builds take that way.)
+_TOOL_PROBES = (
+    "-maxdepth 0 -ignore_readdir_race",
+    "-maxdepth 0 -printf",
+    "iflag=skip_bytes,count_bytes bs=1 count=0",
+    "-q -c 1 /dev/null",
+)
+
+
+def logging_tools(runner: Runner, where: Path, log: Path) -> Runner:
+    """The runner with find, dd and head that write their arguments to ``log``, then run."""
+    return wrap_tools(
+        runner,
+        where,
+        {name: f'echo "$*" >> {log}\nexec {real_tool(runner, name)} "$@"\n' for name in _TOOLS},
+    )
+
+
+_TOOLS = ("find", "dd", "head")
+
+
+def told_round(
+    runner: Runner, root: Path, requests: list[FetchRequest], tools: str
+) -> tuple[int, ListingParser, list[FrameEvent], bytes]:
+    """A round of ``root`` told ``tools``: (rc, its listing's parser, the frame events, stderr)."""
+    marker = new_marker()
+    stdin = fetch_stdin([], marker) + fetch_stdin(requests)
+    rc, out, err = run_local(runner, round_argv(str(root), ["."], tools=tools), stdin)
+    parser = ListingParser("h", trailer=True)
+    parser.feed(out)
+    parser.close()
+    events = feed_frames(FrameParser("h", marker.encode(), requests), parser.rest, [])
+    return rc, parser, events, err
+
+
+@pytest.mark.parametrize("toolset", ["gnu", "busybox"], indirect=True)
+def test_local_round_told_its_tools_probes_none(toolset: Runner, tmp_path: Path) -> None:
+    """A round probes find, dd and head and says what it found on its end line; told that, the
+    next round starts none of those probes (three processes a round), and reads the same."""
+    root = tmp_path / "root"
+    root.mkdir()
+    data = b"".join(b'{"n":%d}\n' % i for i in range(600))
+    (root / "s.jsonl").write_bytes(data)
+    log = tmp_path / "tools.log"
+    runner = logging_tools(toolset, tmp_path / "bin", log)
+    requests = [FetchRequest(b"s.jsonl", 3000, len(data) - 3000, check_batched=True)]
+    seen = []
+    for _ in range(2):
+        log.write_text("")
+        told = seen[0][0] if seen else ""  # first nothing, then what the first round said
+        rc, parser, events, err = told_round(runner, root, requests, told)
+        assert rc == 0 and parser.end == (0, False), err
+        probes = [p for p in _TOOL_PROBES if p in log.read_text()]
+        frames = collect([e for e in events if not isinstance(e, HeadDigest)])
+        seen.append((parser.tools, probes, frames[0], events[-1]))
+    (found, probed, frame, digest), (again, none, frame_again, digest_again) = seen
+    assert re.fullmatch("[prs][ny][ny]", found) and again == found
+    assert probed and none == []
+    assert frame == frame_again == ("End", data[3000:])
+    assert isinstance(digest, HeadDigest) and digest_again == digest
+
+
+def test_local_round_told_wrong_tools_fails_safe(tmp_path: Path) -> None:
+    """Tools that changed since the round that found them: a find without those options gives
+    an incomplete listing (said, no deletions), a dd without the byte flags a failed read, never
+    wrong bytes taken for good ones."""
+    root = tmp_path / "root"
+    root.mkdir()
+    data = b"".join(b'{"n":%d}\n' % i for i in range(600))
+    (root / "s.jsonl").write_bytes(data)
+    gnu: Runner = (["sh"], {"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    old_find = (
+        'case " $* " in *" -ignore_readdir_race "* | *" -printf "*)\n'
+        '    echo "find: unknown predicate" >&2; exit 1 ;;\nesac\n'
+        f'exec {real_tool(gnu, "find")} "$@"\n'
+    )
+    runner = wrap_tools(gnu, tmp_path / "find", {"find": old_find})
+    rc, parser, _events, err = told_round(runner, root, [], "ryy")
+    assert rc == 0 and parser.end == (0, True) and parser.count == 0
+    assert b"unknown predicate" in err
+    runner = wrap_tools(gnu, tmp_path / "dd", with_dd(gnu, "dd-seek-head"))
+    request = FetchRequest(b"s.jsonl", 3000, len(data) - 3000, check_batched=True)
+    rc, parser, events, err = told_round(runner, root, [request], "ryy")
+    assert (
+        rc == 0
+        and parser.end == (0, False)
+        and collect([e for e in events if not isinstance(e, HeadDigest)])[0] == ("Failed", b"")
+    )
+    rc, parser, events, err = told_round(runner, root, [request], "")  # probed: read well
+    assert parser.tools == "rny" and collect([e for e in events if not isinstance(e, HeadDigest)])[
+        0
+    ] == ("End", data[3000:])
+

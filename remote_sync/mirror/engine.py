@@ -38,11 +38,14 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
+
+if TYPE_CHECKING:
+    import asyncssh
 
 from ..cancel import CancelRegistry, CancelToken, default_registry
 from ..errors import (
@@ -153,6 +156,8 @@ FLUSH_BYTES = BATCH_BYTES
 #: environment variable REMOTE_SYNC_PIECE_BYTES overrides it (tests of a CLI process).
 PIECE_BYTES = BATCH_BYTES
 FLUSH_FILES = 1000
+#: The pool's note (SSHPool.note) of what a round learned of a host's tools (round_argv).
+_TOOLS_NOTE = "round-tools"
 FLUSH_SECONDS = 2.0
 #: Progress events while one file streams in: at most this often per host.
 PROGRESS_SECONDS = 0.25
@@ -307,6 +312,11 @@ class HostSync:
         self.planned: list[bytes] = []
         self.settled: set[bytes] = set()
         self.moved_store = False  # the listing showed the format's store moved (warned)
+        # What the round's end line said of the host's tools, the connection it came over,
+        # and whether the round went well enough to believe it next time (see _note_tools).
+        self.tools = ""
+        self.tools_conn: asyncssh.SSHClientConnection | None = None
+        self.tools_clean = False
 
     async def run(self) -> HostRound:
         try:
@@ -329,6 +339,7 @@ class HostSync:
             self.result.error = error
             self._count_left_behind()
             self.emit(ErrorEvent.from_exception(error))
+        self._note_tools()
         self.emit(
             Progress(
                 self.name,
@@ -341,6 +352,17 @@ class HostSync:
             )
         )
         return self.result
+
+    def _note_tools(self) -> None:
+        """Keep what this round learned of the host's tools for the next round over the same
+        connection, which then probes none of them (three processes a round), or forget it.
+        Kept only after a round that went well: a wrong answer shows as a failed read, an
+        incomplete listing or heads that did not match, and the next round probes again."""
+        conn = self.tools_conn
+        if conn is None:
+            return
+        clean = self.tools_clean and self.result.error is None and not self.result.files.failed
+        self.pool.set_note(conn, _TOOLS_NOTE, self.tools if clean and self.tools else None)
 
     async def _round(self) -> None:
         self.emit(Progress(self.name, "listing", 0, 0, 0, 0))
@@ -361,7 +383,12 @@ class HostSync:
             async with exec_streaming(
                 self.pool,
                 self.host.endpoint,
-                round_argv(source.root, source.start_points, per_batch=self.flush_files),
+                round_argv(
+                    source.root,
+                    source.start_points,
+                    per_batch=self.flush_files,
+                    tools=self.pool.note(self.host.endpoint, _TOOLS_NOTE) or "",
+                ),
                 host=self.name,
                 stdin=fetch_stdin([], marker),
                 keep_stdin_open=True,
@@ -372,6 +399,7 @@ class HostSync:
                 listing, listed = await self._list(stream)
                 assert listed.end is not None
                 complete = not listed.end[1]
+                self.tools, self.tools_conn = listed.tools, stream.connection
                 plan = await in_thread(self._plan, listing, complete)
                 if not listing and complete and not self.moved_store:
                     self._nothing_to_mirror()
@@ -403,6 +431,8 @@ class HostSync:
                 still += await self._fetch_again(rewritten)
                 for t in still:
                     self._fail(t.remote.path, "changed again while being fetched; retry next run")
+            else:
+                self.tools_clean = complete
         finally:
             if not complete:  # reported even when the fetch then failed
                 assert stream is not None

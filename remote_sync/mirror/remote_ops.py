@@ -32,8 +32,10 @@ Listing (:func:`listing_argv`, :class:`ListingParser`)
 Round (:func:`round_argv`, ``ListingParser(trailer=True)``, then :class:`FrameParser`)
     The listing and the fetch in one command, so a round costs each host one start of its
     login shell. stdin starts with the marker line; stdout is the listing, then its end line
-    ``L <status> <warned>`` (``warned``: the listing wrote messages on stderr, so it may be
-    incomplete), then, once the client has sent the fetch items and EOF, the fetch's frames.
+    ``L <status> <warned> <tools>`` (``warned``: the listing wrote messages on stderr, so it
+    may be incomplete; ``tools``: what the host's find, dd and head can do, which the next
+    round over the same connection may be told instead of probing them), then, once the
+    client has sent the fetch items and EOF, the fetch's frames.
     On stderr ``<marker> L`` separates the listing's messages from the fetch's.
 
 Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
@@ -336,6 +338,39 @@ if [ ! -r . ]; then
 fi
 """
 
+# What the host's tools can do, probed by running them on nothing (a process each): how its
+# find lists (r: GNU find with -ignore_readdir_race and -printf, p: -printf only, s: through
+# stat), whether its dd knows iflag=skip_bytes,count_bytes (y/n) and whether its head knows -q
+# (y/n). A round is told what the last clean round over the same connection found
+# (round_argv's tools) and probes only what it was not told; it reports all three on its end
+# line. A wrong answer cannot pass unseen: a find without the option fails with a message (the
+# listing is incomplete, said), a dd without the flags fails the read (X), a head without -q
+# gives a digest that does not match (the appends come again, checked one by one); and the
+# client forgets what it was told after any round that was not clean. Whether md5sum, cksum,
+# gzip and tar are there is still looked up every time (command -v is a builtin, and a digest
+# without its tool would be "-", which checks nothing).
+_FIND_PROBE_SH = r"""probe_find() {
+    if find . -maxdepth 0 -ignore_readdir_race -printf '' >/dev/null 2>&1; then
+        find_kind=r
+    elif find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
+        find_kind=p
+    else
+        find_kind=s
+    fi
+}
+"""
+_FETCH_PROBES_SH = r"""probe_dd_bytes() {
+    if dd iflag=skip_bytes,count_bytes bs=1 count=0 status=none </dev/null >/dev/null 2>&1; then
+        dd_bytes=y
+    else
+        dd_bytes=n
+    fi
+}
+probe_head_q() {
+    if head -q -c 1 /dev/null /dev/null >/dev/null 2>&1; then head_q=y; else head_q=n; fi
+}
+"""
+
 # After the root, "$@" are the start points, already normalized by listing_argv (relative, no
 # "..", no empty or "." components, or exactly "."). Each gets a "./" prefix so find never takes
 # one for an option or an operator ("-x", "!", "("). Missing ones are skipped; one below a
@@ -375,9 +410,10 @@ done
 shift "$n"
 [ "$#" -gt 0 ] || exit 0
 list_files() {
-    if find . -maxdepth 0 -ignore_readdir_race -printf '' >/dev/null 2>&1; then
+    [ -n "$find_kind" ] || probe_find
+    if [ "$find_kind" = r ]; then
         find "$@" -ignore_readdir_race -type f -printf '%s %T@ %D %i\n%p\0'
-    elif find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
+    elif [ "$find_kind" = p ]; then
         find "$@" -type f -printf '%s %T@ %D %i\n%p\0'
     else
         # Some BusyBox builds (FEATURE_FIND_EXEC_PLUS off) know only "-exec ... ;": one sh per
@@ -438,7 +474,7 @@ esac
 """
 )
 
-_LISTING_SCRIPT = ENTER_ROOT_SH + "shift\n" + _LISTING_BODY
+_LISTING_SCRIPT = ENTER_ROOT_SH + "shift\nfind_kind=\n" + _FIND_PROBE_SH + _LISTING_BODY
 
 # Run by xargs once per batch of items; the marker comes from the environment. An item "-"
 # (the client's, see fetch_stdin) ends a batch early: there the batch's digest of its appends
@@ -461,7 +497,8 @@ _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\n" + _LISTING_BODY
 # missing), archive items are ranges from 0 like any other.
 #
 # A range is read by read_range from the file opened once on its stdin. Where dd knows
-# iflag=skip_bytes,count_bytes (GNU coreutils, BusyBox 1.33+; probed once per batch) and the
+# iflag=skip_bytes,count_bytes (GNU coreutils, BusyBox 1.33+; probed once per batch unless
+# the round was told) and the
 # numbers are small, one dd seeks and reads: one process per append, which is most of what an
 # incremental round costs the host. Otherwise dd moves the shared offset (lseek: count=0
 # copies nothing; BusyBox's tail -c +N cannot go past 4 GiB), then head reads from there.
@@ -485,7 +522,7 @@ _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\n" + _LISTING_BODY
 # lines compaction removed). One digest after the archive covers the heads of its checked
 # entries, in order (a second eval'd list of references; head -q reads them all at once;
 # where head lacks -q, one dd each). The probe for the hasher and head -q runs once per
-# batch, outside the command substitutions.
+# batch (head -q's not when the round was told), outside the command substitutions.
 # Items checked at the batch's end ("e", appends) join a third list when their read ended
 # well; after the batch's last item, one digest covers their heads, in order: an append reads
 # only the bytes near the old end, and its head may have been rewritten in place since.
@@ -504,6 +541,7 @@ _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\n" + _LISTING_BODY
 # save their JSON indexes) is hashed as it was read, and only a rewrite in place differs.
 _FETCH_BATCH_SCRIPT = (
     UNDER_SYMLINK_SH
+    + _FETCH_PROBES_SH
     + r"""m=$REMOTE_SYNC_MARKER
 tar_ok=
 dd_bytes=
@@ -511,6 +549,14 @@ dd_quiet=
 opened=
 hasher=
 head_q=
+case $REMOTE_SYNC_TOOLS in
+?y?) dd_bytes=y ;;
+?n?) dd_bytes=n ;;
+esac
+case $REMOTE_SYNC_TOOLS in
+??y) head_q=y ;;
+??n) head_q=n ;;
+esac
 i=0
 archived=
 archived_checked=
@@ -524,8 +570,8 @@ probe_digest() {
         else
             hasher=-
         fi
-        if head -q -c 1 /dev/null /dev/null >/dev/null 2>&1; then head_q=y; else head_q=n; fi
     fi
+    [ -n "$head_q" ] || probe_head_q
 }
 # The digest word of the hasher's output $1 in sum: "md5:<hex>" (md5sum prints "<hex>  -"),
 # "cksum:<CRC>:<bytes>" (cksum prints "<CRC> <bytes>"), or "-" when it printed nothing.
@@ -567,14 +613,7 @@ head_digest() {
 read_range() {
     opened=1
     printf '%s B\n' "$m"
-    if [ -z "$dd_bytes" ]; then
-        if dd iflag=skip_bytes,count_bytes bs=1 count=0 status=none </dev/null >/dev/null 2>&1
-        then
-            dd_bytes=y
-        else
-            dd_bytes=n
-        fi
-    fi
+    [ -n "$dd_bytes" ] || probe_dd_bytes
     if [ "$dd_bytes$blocks" = y0 ] && [ "${#len}" -le 9 ]; then
         if dd iflag=skip_bytes,count_bytes bs=65536 skip="$bytes" count="$len" status=none 2>&3
         then
@@ -763,13 +802,17 @@ _FETCH_SCRIPT = (
     ENTER_ROOT_SH
     + 'REMOTE_SYNC_MARKER=$4\n[ -n "$REMOTE_SYNC_MARKER" ] || '
     + read_marker_sh("fetch marker")
-    + r"""exec xargs -0 -r -n "$3" sh -c "$2" sh
+    + r"""REMOTE_SYNC_TOOLS=
+export REMOTE_SYNC_TOOLS
+exec xargs -0 -r -n "$3" sh -c "$2" sh
 """
 )
 
-# A whole round in one command: $1 root, $2 the batch script, $3 the items per batch, $4...
-# start points; stdin is the marker line, then (once the client has read the listing and
-# planned) the fetch items.
+# A whole round in one command: $1 root, $2 the batch script, $3 the items per batch, $4 the
+# tools word it was told ("" probes them; see _FIND_PROBE_SH), $5... start points; the tools
+# reach the batches through REMOTE_SYNC_TOOLS (the fetch script sets it empty: they probe);
+# stdin is the marker line, then (once the client has read the listing and planned) the fetch
+# items.
 # One command instead of a listing and a fetch saves a channel, and above all a start of the
 # host's login shell, per round (a heavy ~/.bashrc costs tens of milliseconds each time).
 #
@@ -778,17 +821,36 @@ _FETCH_SCRIPT = (
 # on to ours through a filter that notes whether any message came: that is the in-band flag
 # the client decides "incomplete listing" on, since stdout and stderr reach it in no fixed
 # order. The subshell's status and the flag come back tagged ("s<status>", "w<0|1>") in one
-# command substitution, in either order. Then the listing's end line "L <status> <flag>" on
-# stdout (after the listing, where a record would start: a record starts with a digit), and
-# "<marker> L" on stderr: the client takes the stderr before it as the listing's messages.
-# A listing that failed ends the script with its status; otherwise the fetch follows.
+# command substitution, in either order. Then the listing's end line "L <status> <flag>
+# <tools>" on stdout (after the listing, where a record would start: a record starts with a
+# digit), and "<marker> L" on stderr: the client takes the stderr before it as the listing's
+# messages. A listing that failed ends the script with its status; otherwise the fetch follows.
 _ROUND_SCRIPT = (
     ENTER_ROOT_SH
     + r"""batch=$2
 per_batch=$3
-shift 3
+find_kind=
+dd_bytes=
+head_q=
+case $4 in
+[prs][ny][ny])
+    find_kind=${4%??}
+    dd_bytes=${4#?}
+    dd_bytes=${dd_bytes%?}
+    head_q=${4#??}
+    ;;
+esac
+shift 4
 """
     + read_marker_sh("fetch marker")
+    + _FIND_PROBE_SH
+    + _FETCH_PROBES_SH
+    + r"""[ -n "$find_kind" ] || probe_find
+[ -n "$dd_bytes" ] || probe_dd_bytes
+[ -n "$head_q" ] || probe_head_q
+REMOTE_SYNC_TOOLS=$find_kind$dd_bytes$head_q
+export REMOTE_SYNC_TOOLS
+"""
     + "list_tree() {\n"
     + _LISTING_BODY
     + r"""}
@@ -816,7 +878,7 @@ for word in $result; do
     esac
 done
 printf '%s L\n' "$REMOTE_SYNC_MARKER" >&2
-printf 'L %s %s\n' "$st" "$warned"
+printf 'L %s %s %s\n' "$st" "$warned" "$REMOTE_SYNC_TOOLS"
 [ "$st" = 0 ] || exit "$st"
 exec xargs -0 -r -n "$per_batch" sh -c "$batch" sh
 """
@@ -976,9 +1038,16 @@ def _per_batch(count: int) -> str:
     return str(count)
 
 
-def round_argv(root: str, start_points: Sequence[str], *, per_batch: int = PER_BATCH) -> list[str]:
+def round_argv(
+    root: str, start_points: Sequence[str], *, per_batch: int = PER_BATCH, tools: str = ""
+) -> list[str]:
     """argv of a whole round in one command: the listing, then the fetch of what the client
     asks for once it has read the listing (see :class:`ListingParser`'s ``trailer``).
+
+    ``tools`` is what an earlier round's end line said of the host's tools
+    (:attr:`ListingParser.tools`), so that this one need not probe them again; "" probes
+    them. Only a round over the same connection that went well should be believed: a wrong
+    answer is seen (the round fails or fetches again), never taken for good data.
 
     Its stdin starts with the marker line (``fetch_stdin([], marker)``) and goes on, after
     the listing's end line, with the items of :func:`fetch_stdin` (without a marker), then
@@ -987,7 +1056,11 @@ def round_argv(root: str, start_points: Sequence[str], *, per_batch: int = PER_B
     """
     _check_root(root)
     points = list(dict.fromkeys(_normalize_start_point(p) for p in start_points))
-    return sh_script(_ROUND_SCRIPT, root, _FETCH_BATCH_SCRIPT, _per_batch(per_batch), *points)
+    if tools and not _TOOLS.fullmatch(tools):
+        raise ValueError(f"bad tools word {tools!r}")
+    return sh_script(
+        _ROUND_SCRIPT, root, _FETCH_BATCH_SCRIPT, _per_batch(per_batch), tools, *points
+    )
 
 
 def listing_end_marker(marker: str) -> bytes:
@@ -1139,7 +1212,11 @@ def _path_problem(path: bytes) -> str | None:
     return None
 
 
-_END_LINE = re.compile(rb"L ([0-9]{1,3}) ([01])")
+_END_LINE = re.compile(rb"L ([0-9]{1,3}) ([01])(?: ([prs][ny][ny]))?")
+#: What :func:`round_argv` takes as ``tools`` and a round's end line reports (see
+#: ``_FIND_PROBE_SH``): how the host's find lists, whether its dd reads a byte range at once,
+#: whether its head knows -q.
+_TOOLS = re.compile(r"[prs][ny][ny]")
 
 
 class ListingParser:
@@ -1153,8 +1230,9 @@ class ListingParser:
     the parser is made).
 
     With ``trailer`` (a round's output, :func:`round_argv`) the listing ends at its end line
-    ``L <status> <warned>``: then :attr:`end` holds ``(status, warned)`` and :attr:`rest` the
-    bytes that came after it in the chunk (the fetch's frames); feed nothing more.
+    ``L <status> <warned> [<tools>]``: then :attr:`end` holds ``(status, warned)``,
+    :attr:`tools` the tools word (see :func:`round_argv`) and :attr:`rest` the bytes that came
+    after it in the chunk (the fetch's frames); feed nothing more.
     """
 
     __slots__ = (
@@ -1173,12 +1251,15 @@ class ListingParser:
         "end",
         "host",
         "rest",
+        "tools",
     )
 
     def __init__(self, host: str, *, trailer: bool = False) -> None:
         self.host = host
         self.count = 0
         self.end: tuple[int, bool] | None = None
+        #: What the round's end line said of the host's tools ("" when it said nothing).
+        self.tools = ""
         self.rest = b""
         self._trailer = trailer
         self._started = False  # a record was read: what comes first is the listing's
@@ -1300,6 +1381,7 @@ class ListingParser:
         if match is None:
             raise ProtocolError(f"malformed end of the listing {line[:80]!r}", host=self.host)
         self.end = (int(match[1]), match[2] == b"1")
+        self.tools = match[3].decode("ascii") if match[3] else ""
 
     def close(self) -> None:
         """End of output: a partial record left over is a :class:`ProtocolError`, and so is

@@ -1323,6 +1323,10 @@ class SSHPool:
         self._proxies: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, _ProxyCommand] = (
             weakref.WeakKeyDictionary()
         )
+        #: What callers learned about a host over one connection (see note), gone with it.
+        self._notes: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, dict[str, str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def preflight(self, endpoint: Endpoint, host: str) -> ConfigError | None:
         """The configuration error a connection to ``endpoint`` would stop on before any
@@ -1435,6 +1439,24 @@ class SSHPool:
         if slot is None or slot.conn is None:
             return None
         return tcp_round_trip(slot.conn.get_extra_info("socket"))
+
+    def note(self, endpoint: Endpoint, key: str) -> str | None:
+        """What :meth:`set_note` last kept under ``key`` for the connection the next operation
+        on ``endpoint`` would use; None when nothing was, or there is no live connection. A
+        new connection (a reconnect, a changed ssh_config) starts with no notes: what was
+        learned over one is not taken to hold for the host behind the next."""
+        slot = self._slots.get(endpoint)
+        if slot is None or slot.conn is None or slot.conn.is_closed() or slot.stale:
+            return None
+        return self._notes.get(slot.conn, {}).get(key)
+
+    def set_note(self, conn: asyncssh.SSHClientConnection, key: str, value: str | None) -> None:
+        """Keep ``value`` under ``key`` for as long as ``conn`` lives (None forgets it)."""
+        notes = self._notes.setdefault(conn, {})
+        if value is None:
+            notes.pop(key, None)
+        else:
+            notes[key] = value
 
     def _slot(self, endpoint: Endpoint) -> _HostSlot:
         slot = self._slots.get(endpoint)

@@ -182,6 +182,11 @@ class RemoteStream:
         self._before = bytearray()
 
     @property
+    def connection(self) -> asyncssh.SSHClientConnection | None:
+        """The connection the command runs on (None before its channel is open)."""
+        return self._channel.conn if self._channel is not None else None
+
+    @property
     def stderr_before(self) -> bytes | None:
         """The stderr before the boundary line, once it has come (see set_stderr_boundary)."""
         return self._stderr_before

@@ -60,6 +60,7 @@ from remote_sync.ssh.remote import (
     PID_MARKER,
     STDERR_TAIL_BYTES,
     kill_group_command,
+    sh_script,
     wrapped_command,
 )
 from remote_sync.ssh.stream import exec_streaming
@@ -2278,3 +2279,21 @@ def test_local_round_told_wrong_tools_fails_safe(tmp_path: Path) -> None:
         0
     ] == ("End", data[3000:])
 
+
+def test_a_script_runs_in_the_shell_that_reports_its_pid(tmp_path: Path) -> None:
+    """The command sshd gets starts sh once for a script: it runs where the pid was reported."""
+    real_sh = shutil.which("sh")
+    assert real_sh is not None
+    log = tmp_path / "starts"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "sh").write_text(f'#!{real_sh}\necho start >> {log}\nexec {real_sh} "$@"\n')
+    (tmp_path / "bin" / "sh").chmod(0o755)
+    env = {"PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)}
+    argv = sh_script('printf "%s %s %s" "$$" "$0" "$1"; exit 3', "a 'b\\")
+    done = subprocess.run(
+        [real_sh, "-c", wrapped_command(argv)], capture_output=True, env=env, check=False
+    )
+    assert done.returncode == 3 and log.read_text() == "start\n"
+    pid, name, arg = done.stdout.decode().split(" ", 2)
+    assert (name, arg) == ("sh", "a 'b\\")
+    assert done.stderr == b"remote-sync-pid " + pid.encode() + b"\n"

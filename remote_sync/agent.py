@@ -29,14 +29,12 @@ off (each host's state is consistent up to its last checkpoint, as after a kill)
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import itertools
 import logging
 import math
 import os
 import socket
-import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -62,7 +60,6 @@ from .errors import (
     AgentError,
     AgentRefusedError,
     ConfigError,
-    DestinationError,
     LockedError,
     MirrorError,
     RemoteSyncError,
@@ -80,7 +77,7 @@ from .events import (
 )
 from .inventory import Host, load_inventory
 from .mirror.engine import SyncOptions, sync_fleet
-from .mirror.state import kind_text, refuse_nested
+from .mirror.state import make_control_dir, open_lock, refuse_nested
 from .ssh.pool import Endpoint, PoolSettings, SSHPool
 from .ssh.remote import checked_idle_timeout
 
@@ -96,9 +93,6 @@ MAX_BACKLOG = 32 * 1024 * 1024
 #: Requests served at once, dry runs included (each a round and its pool): one more is
 #: refused as busy, and its client runs the sync itself.
 MAX_REQUESTS = 8
-#: How ``agent.lock`` is opened: as the state opens a mirror's files, a symbolic link not
-#: followed (ELOOP) and a FIFO not waited on.
-_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class Agent:
@@ -200,22 +194,17 @@ class Agent:
         control = self.socket.parent
         lock = control / LOCK_NAME
         try:
-            control.mkdir(parents=True, exist_ok=True)
-            # Neither a symbolic link planted at its name followed (the file it names would
-            # be created or locked in its place) nor a FIFO waited on: refused below.
-            fd = os.open(lock, _LOCK_FLAGS, 0o600)
+            # Refused, not followed: a link at the state directory's name (the socket and
+            # lock would be elsewhere), a link or a FIFO at the lock's.
+            make_control_dir(control)
+            fd = open_lock(lock, 0o600, "the agent's", "start the agent again")
         except OSError as exc:
-            if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symbolic link
-                raise _not_a_lock(lock, "a symbolic link") from None
             raise MirrorError(
                 f"cannot create the agent's lock file: {exc.strerror or exc}",
                 path=str(lock),
                 hint="the destination must be writable by this user",
             ) from exc
         try:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                raise _not_a_lock(lock, kind_text(mode))
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -490,14 +479,6 @@ class Agent:
         )
         if summary is not None and self.scheduled is None:
             log.warning("scheduled sync: %s, exit %d", _outcome(summary), summary.exit_code)
-
-
-def _not_a_lock(lock: Path, kind: str) -> DestinationError:
-    return DestinationError(
-        f"the agent's lock file is {kind}",
-        path=str(lock),
-        hint="remove it (the agent makes its lock file itself), then start the agent again",
-    )
 
 
 def _decode_cancel(line: bytes) -> CancelRequest:

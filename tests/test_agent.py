@@ -567,6 +567,23 @@ async def test_a_symbolic_link_at_the_agents_lock_is_refused_not_followed(tmp_pa
         await agent.serve()
 
 
+async def test_a_symbolic_link_at_the_agents_state_directory_is_refused(tmp_path: Path) -> None:
+    """The agent made ``DIR/.remote-sync`` with ``mkdir(exist_ok=True)``, which takes a link
+    to a directory for one: its lock and socket went where the link pointed. Refused, as a
+    sync refuses it, nothing made there."""
+    dest = tmp_path / "m"
+    dest.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (dest / ".remote-sync").symlink_to(elsewhere)
+    agent = Agent(_one_host_inventory(tmp_path), dest)
+    agent.stop()
+    with pytest.raises(DestinationError, match="state directory is a symbolic link") as caught:
+        await agent.serve()
+    assert caught.value.path == str(dest / ".remote-sync")
+    assert list(elsewhere.iterdir()) == []
+
+
 async def test_an_agent_for_a_destination_inside_another_mirror_is_refused_first(
     tmp_path: Path,
 ) -> None:

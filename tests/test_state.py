@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remote_sync.errors import MirrorError, StateError
+from remote_sync.errors import DestinationError, MirrorError, StateError
 from remote_sync.mirror.engine import _OverlapRead, _same_file_back
 from remote_sync.mirror.plan import Transfer
 from remote_sync.mirror.remote_ops import End, RemoteFile
@@ -109,6 +109,82 @@ def test_state_of_schema_1_is_upgraded_and_a_newer_one_refused(tmp_path: Path) -
         db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     with MirrorState(tmp_path / "m"):  # the refusal released the lock
         pass
+
+
+def test_a_symbolic_link_or_fifo_at_the_lock_is_refused_not_followed(tmp_path: Path) -> None:
+    """The destination's lock file was opened following a symbolic link planted at its name
+    (the file it names created and locked in its place) and a FIFO there was taken for a
+    lock. Both are refused, naming the lock file, as the agent refuses them at its own; what
+    the link names is not made."""
+    dest = tmp_path / "m"
+    (dest / ".remote-sync").mkdir(parents=True)
+    lock = dest / ".remote-sync" / "lock"
+    target = tmp_path / "elsewhere"
+    lock.symlink_to(target)
+    with pytest.raises(DestinationError, match="destination's lock file is a symbolic link") as e:
+        MirrorState(dest).open()
+    assert e.value.path == str(lock) and e.value.hint.startswith("remove it")
+    assert not target.exists() and lock.is_symlink()
+    assert not (dest / ".remote-sync" / "state.db").exists()
+    lock.unlink()
+    os.mkfifo(lock)
+    with pytest.raises(DestinationError, match="lock file is no regular file"):
+        MirrorState(dest).open()
+    lock.unlink()
+    with MirrorState(dest):  # once removed, it is made again
+        assert lock.is_file() and not lock.is_symlink()
+
+
+@pytest.mark.parametrize("what", ["a link to a directory", "a dangling link", "a file"])
+def test_a_state_directory_that_is_no_directory_is_refused(tmp_path: Path, what: str) -> None:
+    """``DIR/.remote-sync`` was made with ``mkdir(exist_ok=True)``, which takes a symbolic
+    link to a directory for the directory: the state, lock and temp files went where it
+    pointed (a dangling link or a file gave "cannot create the destination: File exists").
+    Each is refused, naming the place and what to do, and nothing is made through it."""
+    dest = tmp_path / "m"
+    dest.mkdir()
+    control = dest / ".remote-sync"
+    elsewhere = tmp_path / "elsewhere"
+    if what == "a link to a directory":
+        elsewhere.mkdir()
+        control.symlink_to(elsewhere)
+    elif what == "a dangling link":
+        control.symlink_to(elsewhere)
+    else:
+        control.write_bytes(b"")
+    with pytest.raises(DestinationError, match="destination's state directory is") as e:
+        MirrorState(dest).open()
+    said = "a symbolic link" if "link" in what else "not a directory"
+    assert e.value.message == f"the destination's state directory is {said}"
+    assert e.value.path == str(control) and e.value.hint.startswith("move it aside")
+    assert os.path.lexists(control)  # left as it was
+    assert not elsewhere.exists() or list(elsewhere.iterdir()) == []
+
+
+def test_a_link_at_the_temp_or_versions_folder_is_not_followed(tmp_path: Path) -> None:
+    """Inside the state directory, a symbolic link at ``tmp`` survived recovery (rmtree
+    refuses a link, which ``ignore_errors`` hid, and ``mkdir(exist_ok=True)`` took it) and
+    every fetch's temp file was written where it pointed; one at ``versions`` put kept copies
+    where ``versions list`` does not look. The temp folder's link is removed (not what it
+    names) and made again; the versions folder's is refused."""
+    dest = tmp_path / "m"
+    with MirrorState(dest) as state:
+        state.recover()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_bytes(b"theirs")
+    control = dest / ".remote-sync"
+    (control / "tmp").rmdir()
+    (control / "tmp").symlink_to(elsewhere)
+    with MirrorState(dest) as state:
+        state.recover()
+        assert state.tmp_dir.is_dir() and not state.tmp_dir.is_symlink()
+        assert state.temp_path().parent == state.tmp_dir
+    assert [p.name for p in elsewhere.iterdir()] == ["keep"]
+    (control / "versions").symlink_to(elsewhere)
+    with pytest.raises(DestinationError, match="versions folder is a symbolic link") as e:
+        MirrorState(dest).open()
+    assert e.value.path == str(control / "versions")
 
 
 @pytest.mark.parametrize("at", ["control directory", "lock file"])

@@ -281,6 +281,10 @@ def full_disk_words(where: Path | None, cause: str | OSError, then: str) -> tupl
 
 #: The lock file in the control directory.
 LOCK_FILE = "lock"
+#: How a lock file (the destination's, the agent's) is opened, created if absent: a symbolic
+#: link planted at its name not followed (ELOOP: the file it names would be created or
+#: locked in its place) and a FIFO not waited on; :func:`open_lock` refuses both.
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: This process among all that may share a destination: a random id drawn at import. A pid
 #: alone does not tell: two containers on one volume both run as pid 1, processes in other
 #: pid namespaces or on other machines of a network file system may have ours.
@@ -342,6 +346,73 @@ class _LockHolder:
 _LOCK_TRIES = 10
 #: The state database's files (SQLite makes its journals beside it).
 _DB_FILES = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal")
+
+
+def make_control_dir(control: Path) -> None:
+    """Create the control directory ``control`` (``DIR/.remote-sync``) and its parents, or
+    find it: a :class:`DestinationError` naming it when its name holds anything but a
+    directory. A symbolic link there, even to a directory, is refused rather than followed:
+    the state, lock and kept versions would live where it points, outside the mirror, and
+    two mirrors linked to one place would share them. Other failures are an ``OSError``
+    for the caller to word."""
+    try:
+        control.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file, or a link to none: told below
+        try:
+            mode = os.lstat(control).st_mode
+        except OSError:
+            raise exc from None  # an ancestor is what is in the way
+        raise _not_a_control_dir(control, mode) from None
+    try:
+        mode = os.lstat(control).st_mode
+    except FileNotFoundError:
+        return  # taken back meanwhile by another run's failed open: its lock's open says so
+    if not stat.S_ISDIR(mode):  # mkdir's exist_ok accepts a link to a directory
+        raise _not_a_control_dir(control, mode)
+
+
+def _not_a_dir(mode: int) -> str:
+    """What a place that should be a directory holds instead, by its lstat's ``mode``."""
+    return "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
+
+
+def _not_a_control_dir(control: Path, mode: int) -> DestinationError:
+    return DestinationError(
+        f"the destination's state directory is {_not_a_dir(mode)}",
+        path=str(control),
+        hint=f"move it aside: remote-sync makes {CONTROL_DIR} itself, a directory inside the "
+        "mirror (a link would put the state elsewhere); then run again",
+    )
+
+
+def open_lock(lock: Path, mode: int, whose: str, then: str) -> int:
+    """A descriptor of the lock file ``lock`` (created if absent, with ``mode``), for an
+    flock: a :class:`DestinationError` when its name holds a symbolic link or anything but a
+    regular file, which says it is ``whose`` lock file and to remove it, then ``then``. An
+    ``OSError`` for any other failure, for the caller to word."""
+    try:
+        fd = os.open(lock, _LOCK_FLAGS, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symbolic link
+            raise _not_a_lock(lock, "a symbolic link", whose, then) from None
+        raise
+    try:
+        kind = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        raise _not_a_lock(lock, kind_text(kind), whose, then)
+    return fd
+
+
+def _not_a_lock(lock: Path, kind: str, whose: str, then: str) -> DestinationError:
+    return DestinationError(
+        f"{whose} lock file is {kind}",
+        path=str(lock),
+        hint=f"remove it (remote-sync makes its lock files itself), then {then}",
+    )
 
 
 def _absent_dirs(directory: Path) -> list[Path]:
@@ -689,13 +760,26 @@ class MirrorState:
 
     def _make_control(self) -> None:
         try:
-            self.control.mkdir(parents=True, exist_ok=True)
+            make_control_dir(self.control)
         except OSError as exc:
             if out_of_space(exc):
                 raise full_disk_error(self.dest, exc) from exc
             raise DestinationError(
                 f"cannot create the destination: {exc.strerror or exc}", path=str(self.dest)
             ) from exc
+        # Kept versions are written under it by path: a link here would put them elsewhere,
+        # where neither `versions` nor `check` look (they follow no link).
+        try:
+            mode = os.lstat(self.versions_dir).st_mode
+        except OSError:
+            return  # none yet (a versions folder that cannot be looked at fails when used)
+        if not stat.S_ISDIR(mode):
+            raise DestinationError(
+                f"the destination's versions folder is {_not_a_dir(mode)}",
+                path=str(self.versions_dir),
+                hint="move it aside (remote-sync makes it itself, a directory in the mirror's "
+                "state directory), then run again",
+            )
 
     def _open_db(self) -> None:
         try:
@@ -794,11 +878,11 @@ class MirrorState:
         file (a first open that failed removed it meanwhile): open it again."""
         lock = self.control / LOCK_FILE
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_lock(lock, 0o644, "the destination's", "run again")
         except OSError as exc:
             if isinstance(exc, FileNotFoundError) and not os.path.isdir(self.control):
                 # The state directory was taken back (see above) since it was made; any other
-                # ENOENT (a lock that is a dangling symbolic link) is an error, not a retry.
+                # ENOENT is an error, not a retry.
                 return False
             if out_of_space(exc):  # out of inodes: no usage error either
                 raise full_disk_error(self.dest, exc) from exc
@@ -821,7 +905,8 @@ class MirrorState:
                 hint="use a destination on a local file system that supports flock",
             ) from exc
         try:
-            current = os.path.samestat(os.fstat(fd), os.stat(lock))
+            # lstat: a link put in its place since is no longer the lock file either.
+            current = os.path.samestat(os.fstat(fd), os.lstat(lock))
         except OSError:
             current = False
         if not current:
@@ -871,8 +956,14 @@ class MirrorState:
     def _recover(self, hosts: Iterable[str] | None) -> list[str]:
         notes: list[str] = []
         try:
-            if self.tmp_dir.exists():
-                shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.lstat(self.tmp_dir).st_mode):
+                    shutil.rmtree(self.tmp_dir, ignore_errors=True)
+                else:
+                    # A link (or file) put in its place: removed, not what it names. rmtree
+                    # refuses a link, which ignore_errors hid, and mkdir's exist_ok took a
+                    # link to a directory: every temp file was written where it pointed.
+                    os.unlink(self.tmp_dir)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise MirrorError(

@@ -366,6 +366,42 @@ async def test_a_channel_gives_up_its_window_as_others_open(fleet: SSHFleet) -> 
     assert 0 < held_later <= 1 * MiB + 64 * 1024, f"held {held_later / MiB:.2f} MiB"
 
 
+async def test_a_channel_takes_a_larger_window_as_the_others_close(fleet: SSHFleet) -> None:
+    """The credit followed the pool's share only downwards, capped by the window the channel
+    opened with: a stream opened while three other channels were open (1 MiB of a 4 MiB
+    floor) kept 1 MiB after they closed, a quarter of what a stream alone gets. It now takes
+    the share of the moment, so it holds the whole 4 MiB once alone."""
+    ep = endpoint(fleet, "h0")
+    settings = PoolSettings(window=16 * MiB, window_floor=4 * MiB, window_rate=512 * MiB)
+    async with SSHPool(settings) as pool:
+        await run_command(pool, ep, ["true"])  # connected: the RTT is known
+        argv = ["head", "-c", str(48 * MiB), "/dev/zero"]
+        others = contextlib.AsyncExitStack()
+        async with others:
+            for _ in range(3):
+                await others.enter_async_context(pool.session(ep))
+            async with exec_streaming(pool, ep, argv) as stream:
+                channel = stream._channel
+                assert channel is not None and channel.credit is not None
+                assert channel.credit.window == 1 * MiB  # opened as one of four
+                with anyio.fail_after(30):
+                    while channel.queued < 1 * MiB - 64 * 1024:
+                        await anyio.sleep(0.01)
+                await others.aclose()
+                assert pool.channel_window(ep) == 4 * MiB
+                received = 0
+                held_later = 0
+                async for chunk in stream:
+                    received += len(chunk)
+                    if received > 8 * MiB:  # what was credited before has drained
+                        held_later = max(held_later, channel.queued)
+                    await anyio.sleep(0.005)
+        assert received == 48 * MiB
+    # The whole share of a channel alone, not the quarter it opened with (one packet more
+    # may be on its way when the credit is computed).
+    assert 3 * MiB < held_later <= 4 * MiB + 64 * 1024, f"held {held_later / MiB:.2f} MiB"
+
+
 async def test_idle_timeout_fires_on_silence_not_on_long_streams(fleet: SSHFleet) -> None:
     ep = endpoint(fleet, "h0")
     async with SSHPool() as pool:

@@ -55,8 +55,9 @@ class ConsumerCredit:
         Call it from the session's ``connection_made``, before any data can arrive. Returns
         None (and changes nothing) when this asyncssh keeps its window some other way.
         ``share``, when given, says what window the channel may have *now* (the pool's share
-        for the channels open at the moment): the credit then never re-opens more than that,
-        so a channel opened alone gives up its large window as others open beside it.
+        for the channels open at the moment): the credit then re-opens that much, no more and
+        no less, so a channel opened alone gives up its large window as others open beside
+        it, and one opened among many takes a larger one as they close.
         """
         internals: Any = chan
         if not (
@@ -74,8 +75,12 @@ class ConsumerCredit:
         chan = self._chan
         window = self.window
         if self._share is not None:
-            # Never below two full OpenSSH packets, or credit could never be sent.
-            window = min(window, max(self._share(), MIN_SHARED_WINDOW))
+            # The share of the moment, also above the window the channel opened with: SSH
+            # lets a receiver credit more than its initial window, and a channel opened while
+            # seven others ran would otherwise keep an eighth of the budget after they close
+            # (the share is never above the pool's ``window``). Never below two full OpenSSH
+            # packets, or credit could never be sent, unless the channel opened smaller.
+            window = max(self._share(), min(window, MIN_SHARED_WINDOW))
         free = window - chan._recv_window - held
         if free >= window // 2:
             # After the channel closed asyncssh drops the packet (it has no channel number).

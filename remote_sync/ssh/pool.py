@@ -226,7 +226,8 @@ class PoolSettings:
     #: The windows of the channels open at once share this budget: a channel opened while
     #: ``n`` are open (itself included) gets ``budget / n``, between ``min_window`` and
     #: ``window``. Its credit then follows the share of the moment (see ``ssh/flow.py``): a
-    #: channel opened alone gives its large window up as others open. This bounds a fleet's
+    #: channel opened alone gives its large window up as others open, and one opened among
+    #: many takes a larger one (up to ``window``) as they close. This bounds a fleet's
     #: buffers (8 hosts: 2 MiB windows) while one large transfer alone keeps the full window.
     #: 0 disables the sharing.
     window_budget: int = 16 * 1024 * 1024

@@ -6,12 +6,13 @@ and stopping the remote process when the consumer cancels or leaves early.
 
 Backpressure: asyncssh hands us packets in a callback and we queue them; the SSH window is
 re-opened only for what the consumer has taken (:mod:`.flow`), so the remote writer blocks once
-``window`` bytes are unconsumed (the credit never exceeds the pool's share for the channels open
-at the moment, so ``window`` shrinks as other channels open). The consumer takes chunks of up
-to ``chunk_size`` straight from that queue, so memory per stream is bounded by about ``window +
-chunk_size`` whatever the output size or the consumer's pace. Where asyncssh's internals
-differ, the queue pauses the channel at ``high_water`` bytes instead, which bounds a stream by
-about ``2 * window`` (see ``_Channel.take``).
+``window`` bytes are unconsumed (the credit follows the pool's share for the channels open at
+the moment, so ``window`` shrinks as other channels open and grows back, up to the pool's
+``window``, as they close). The consumer takes chunks of up to ``chunk_size`` straight from that
+queue, so memory per stream is bounded by about ``window + chunk_size`` whatever the output size
+or the consumer's pace. Where asyncssh's internals differ, the queue pauses the channel at
+``high_water`` bytes instead, which bounds a stream by about ``2 * window`` (see
+``_Channel.take``).
 """
 
 from __future__ import annotations

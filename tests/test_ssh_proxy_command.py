@@ -441,3 +441,42 @@ async def test_a_connection_lost_midway_quotes_what_its_proxy_command_said(
         assert error.message.endswith("; the command was killed by signal 9"), error.message
     assert str(tmp_path) not in str(error)
     assert _group_gone(int(pidfile.read_text()))
+
+
+async def test_a_connection_lost_through_a_jump_host_quotes_its_proxy_command(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """A target reached through ``ProxyJump jump``, where jump is reached through a
+    ProxyCommand, and lost midway because that command ended: the error was "connection
+    lost: Connection lost" alone, as only a connection made on the command itself quoted
+    it. It now names the jump host and the command, and quotes the command as the target's
+    own ProxyCommand is quoted."""
+    pidfile, trigger = tmp_path / "pid", tmp_path / "trigger"
+    command = DYING.replace("PIDFILE", str(pidfile)).replace("TRIGGER", str(trigger))
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        f"Host box\n  HostName 127.0.0.1\n  Port {fleet.host('h0').port}\n  ProxyJump jump\n"
+        f"Host jump\n  HostName 127.0.0.1\n  Port {fleet.host('h1').port}\n"
+        f"  ProxyCommand {command}\n"
+        f"Host *\n  User {fleet.user}\n  IdentityFile {fleet.client_key}\n"
+        f"  UserKnownHostsFile {fleet.known_hosts}\n  GlobalKnownHostsFile /dev/null\n"
+    )
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    argv = ["sh", "-c", "echo first; sleep 30; echo late"]
+    async with SSHPool() as pool, exec_streaming(pool, ep, argv, host="box") as stream:
+        chunks = aiter(stream)
+        assert await anext(chunks) == b"first\n"
+        trigger.touch()
+        with anyio.fail_after(10), pytest.raises(ConnectionLostError) as lost:
+            await anext(chunks)
+    error = lost.value
+    assert (error.host, error.path) == ("box", None), error
+    assert error.message.startswith(
+        "connection lost through ProxyJump 'jump', carried by ProxyCommand sh …: "
+    ), error
+    assert error.message.endswith(
+        "; the command exited with status 255; it said: Connection to jump.example "
+        "closed by remote host. / client_loop: send disconnect: Broken pipe"
+    ), error.message
+    assert str(tmp_path) not in str(error)
+    assert _group_gone(int(pidfile.read_text()))

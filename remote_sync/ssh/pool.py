@@ -1320,8 +1320,9 @@ class SSHPool:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._prepared: dict[Endpoint, _Prepared] = {}
         self._warnings: dict[Endpoint, tuple[ConfigWarning, ...]] = {}
-        #: The ProxyCommand each connection made on one runs on, for :meth:`lost`.
-        self._proxies: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, _ProxyCommand] = (
+        #: The ProxyCommand each connection made on one runs on, for :meth:`lost`: its own,
+        #: or that of the jump hosts it was made through.
+        self._proxies: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, _Carrier] = (
             weakref.WeakKeyDictionary()
         )
         #: What callers learned about a host over one connection (see note), gone with it.
@@ -1505,15 +1506,16 @@ class SSHPool:
         self, conn: asyncssh.SSHClientConnection, exc: BaseException, host: str
     ) -> SSHError:
         """``exc``, which ended the connection ``conn`` once it was made (a channel of it saw
-        it lost), as ``host``'s error. For a connection made on a ProxyCommand, the command
-        is named (by its program alone) and quoted, as a failed connect quotes it
-        (:meth:`_ProxyCommand.quote`): the jump host's ``ssh -W`` says why ("Connection
-        closed by remote host", "Broken pipe"), asyncssh only "Connection lost"."""
-        proxy = self._proxies.get(conn)
-        if proxy is None:
+        it lost), as ``host``'s error. For a connection made on a ProxyCommand, or through
+        ProxyJump hosts the first of which was, the command is named (by its program alone)
+        and quoted, as a failed connect quotes it (:meth:`_ProxyCommand.quote`): the jump
+        host's ``ssh -W`` says why ("Connection closed by remote host", "Broken pipe"),
+        asyncssh only "Connection lost"."""
+        carrier = self._proxies.get(conn)
+        if carrier is None:
             return classify(exc, host)
-        error = classify(exc, host, route=_proxy_route(proxy.command))
-        await proxy.quote(error)
+        error = classify(exc, host, route=carrier.route())
+        await carrier.proxy.quote(error)
         return error
 
     async def invalidate(self, endpoint: Endpoint) -> None:
@@ -1667,8 +1669,15 @@ class SSHPool:
             raise
         if tunnel is not None:
             conn.set_tunnel(tunnel)  # closing this connection closes the jump hosts' too
+        carried = self._proxies.get(tunnel) if tunnel is not None else None
         if proxy is not None:
-            self._proxies[conn] = proxy
+            self._proxies[conn] = _Carrier(proxy)
+        elif carried is not None:
+            # Through jump hosts the first of which runs on a ProxyCommand: its end ends
+            # this connection too, and what it said is why. Named by the jump hosts this
+            # connection asked for (a hop's own are those of the hop before it).
+            jumps = resolved.jumps if opened is not None else carried.jumps
+            self._proxies[conn] = _Carrier(carried.proxy, jumps)
         return conn
 
     async def _open_jumps(
@@ -2280,6 +2289,24 @@ def _route(command: str | None, resolved: _Resolved) -> str:
     if command:
         return _proxy_route(command)
     return f"to {resolved.host} port {resolved.port}"  # the lookup had the endpoint's port
+
+
+@dataclass(frozen=True, slots=True)
+class _Carrier:
+    """The ProxyCommand a connection runs on (:meth:`SSHPool.lost`): its own, or, when it
+    was made through the ProxyJump hosts ``jumps``, the one the first of them runs on."""
+
+    proxy: _ProxyCommand
+    jumps: str | None = None
+
+    def route(self) -> str:
+        """The connection's route, as its loss names it (:func:`_route`)."""
+        if self.jumps is None:
+            return _proxy_route(self.proxy.command)
+        return (
+            f"through ProxyJump {self.jumps!r}, carried by ProxyCommand "
+            f"{command_name(self.proxy.command)}"
+        )
 
 
 def _proxy_route(command: str) -> str:

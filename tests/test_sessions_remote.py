@@ -191,6 +191,86 @@ def test_frame_bounds_hold_however_the_output_is_cut(
         assert over is None and len(ends) == len(files)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    files=st.lists(
+        st.tuples(
+            st.lists(
+                st.binary(min_size=1, max_size=40).filter(
+                    lambda b: b"\0" not in b and b"/" not in b and b not in (b".", b"..")
+                ),
+                min_size=1,
+                max_size=3,
+            ),
+            st.integers(0, 2**40),  # size
+            st.sampled_from([b"1", b"1700000000", b"1700000000.1234567890", b"-5.5"]),
+            st.integers(0, 2**32),  # device
+            st.integers(0, 2**40),  # inode
+            st.booleans(),  # readable
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    step=st.integers(1, 200),
+)
+def test_a_remote_listing_holds_every_file_a_syncs_listing_holds(
+    files: list[tuple[list[bytes], int, bytes, int, int, bool]], step: int
+) -> None:
+    """The header-bytes bound counted the markers, 33 bytes of each header and of each end
+    mark that a sync's listing record does not have: at 256 MiB a remote listing refused
+    some 890,000 files of 200-byte paths where a sync takes 1,000,000. With the bound set to
+    exactly the bytes of a sync's listing of the same files, the remote listing's frames
+    (however cut) are all taken: a file's header and end mark, unmarked, are never longer
+    than its sync record, which has a device and an inode number more."""
+    m = b"0123456789abcdef0123456789abcdef"
+    sync = remote = b""
+    for parts, size, mtime, dev, ino, readable in files:
+        path = b"./" + b"/".join(parts)
+        sync += b"%d %s %d %d\n%s\0" % (size, mtime, dev, ino, path)
+        if readable:
+            remote += m + b" F %s %d %s\0" % (mtime, size, path) + m + b" E\n"
+        else:
+            remote += m + b" U %s\0" % path
+    with (
+        patch.object(remote_ops, "MAX_LISTING_BYTES", len(sync)),
+        patch.object(remote_ops, "FETCH_GROWTH_SLACK", 0),
+    ):
+        listing = remote_ops.ListingParser("h")
+        parser = FrameStream("h", m, "kept")
+    assert len(listing.feed(sync)) == len(files)  # the sync's listing is within the bound
+    listing.close()
+    headers = 0
+    for at in range(0, len(remote), step):
+        headers += sum(isinstance(item, Header) for item in parser.feed(remote[at : at + step]))
+        parser.check()
+    parser.close()
+    assert headers == sum(2 if readable else 1 for *_, readable in files)
+
+
+def test_a_show_past_the_file_bound_says_so_in_a_shows_words() -> None:
+    """A show by id whose name patterns match more files than a listing may hold said "the
+    listing holds more than 2 files, the most a host's listing may", and pointed to the
+    include globs alone: the show names the session's candidates and says to give more of
+    the id (or its path). A listing past the bound keeps its own words."""
+    m = new_marker().encode()
+    out = b"".join(m + b" C ./agents/s%d.jsonl\0" % i for i in range(3))
+    with patch.object(remote_ops, "MAX_LISTING_FILES", 2):
+        show, listing = FrameStream("h", m), FrameStream("h", m, "the rest is listed")
+    assert len(show.feed(out)) == 2
+    with pytest.raises(TooMuchOutputError) as shown_error:
+        show.check()
+    error = shown_error.value
+    assert error.message == (
+        "the host found more than 2 candidate files for the session, the most a show takes: "
+        "nothing is shown"
+    )
+    assert (error.host, error.path) == ("h", "agents/s2.jsonl")
+    assert error.hint.startswith("give more of the session id, or the session's path")
+    listing.feed(out)
+    with pytest.raises(TooMuchOutputError, match="the listing holds more than 2 files"):
+        listing.check()
+
+
 # ----------------------------------------------------------------------------- local runs
 
 HOSTILE = [

@@ -779,3 +779,22 @@ def test_a_show_host_that_sends_more_than_asked_is_stopped_and_holds_little(
     assert isinstance(error, TooMuchOutputError), error
     assert (error.host, error.path) == (name, f"{SESSIONS}/s0.jsonl"), error
     assert took < 8, took
+
+
+def test_a_show_by_id_of_more_candidates_than_a_listing_holds_says_so_as_a_show(
+    fleet: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A show by an id whose name patterns match more files than a host's listing may hold
+    was refused in the listing's words ("the listing holds more than 2 files"), with the
+    listing's hint; it now says the host found that many candidate files for the session,
+    and to give more of the id (or the session's path)."""
+    name = fleet.names[0]
+    for i in range(3):
+        fleet.write(name, f"{SESSIONS}/abc{i}.jsonl", openclaw_session(f"abc{i}", 2))
+    small_bounds(monkeypatch, files=2)
+    (host,) = load_inventory(write_inventory(fleet, tmp_path / "inv.toml", [name])).hosts
+    with pytest.raises(TooMuchOutputError) as raised:
+        anyio.run(lambda: api.read_session(host, "abc", idle_timeout=8))
+    error = raised.value
+    assert error.host == name and "candidate files for the session" in error.message, error
+    assert "the listing" not in error.message and "more of the session id" in error.hint

@@ -42,12 +42,13 @@ from synchelp import (
 
 from remote_sync import api
 from remote_sync.cli import main
-from remote_sync.errors import ConfigError
+from remote_sync.errors import ConfigError, MirrorError
 from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary, WarningEvent
 from remote_sync.index.query import open_index, query_sessions
 from remote_sync.index.update import rebuild_index
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine, remote_ops, writer
+from remote_sync.mirror.fetch_events import End, Failed
 from remote_sync.mirror.plan import OVERLAP_BYTES, Transfer
 from remote_sync.mirror.remote_ops import FetchRequest
 from remote_sync.mirror.state import (
@@ -1372,6 +1373,53 @@ def test_a_file_given_up_while_its_piece_flushes_is_cut_back_when_that_flush_fai
     size = _committed(dest, rel)  # read as it is: no recovery ran since
     assert 0 < size < 64 * 1024
     assert (dest / "h0" / rel).read_bytes() == data[:size]
+
+
+@pytest.mark.parametrize("later", ["failed", "short"])
+def test_a_file_given_up_in_a_piece_is_counted_failed_once_whatever_its_later_pieces_say(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    later: str,
+) -> None:
+    """A new transcript's first piece cannot be put in place (its flush says so: counted
+    failed, its error said once). The pieces after it are read past, whatever they say: a
+    read of one that fails on the host counted the file failed a second time, and one that
+    came short (the file cut meanwhile) sent the file to the follow-up, which failed it
+    again."""
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch, 64 * 1024)
+    data = _messages(600, size=1000)
+    fleet.write("h0", rel, data)
+    real_put = writer._put_in_place
+
+    def put_in_place(state: MirrorState, item: writer.Pending, dirs: set[Path]) -> None:
+        if item.row.path == rel.encode():
+            raise MirrorError("cannot put the file in place", host="h0", path=rel)
+        real_put(state, item, dirs)
+
+    def cut() -> None:
+        os.truncate(fleet.path("h0", rel), 3 * 64 * 1024)
+
+    real_handle = engine._FrameHandler.handle
+
+    async def handle(handler: engine._FrameHandler, event: object) -> None:
+        if isinstance(event, End) and handler.requests[event.index].start > 3 * 64 * 1024:
+            event = Failed(event.index)  # as a read the host could not finish
+        await real_handle(handler, event)
+
+    monkeypatch.setattr(writer, "_put_in_place", put_in_place)
+    if later == "failed":
+        monkeypatch.setattr(engine._FrameHandler, "handle", handle)
+    else:
+        _pieces_handed(monkeypatch, rel.encode(), cut, after=1)
+    code, summary, events = sync(inv, dest, capsys)
+    (h0,) = summary.hosts
+    assert (code, h0.status, h0.files.failed, h0.files.new) == (1, "partial", 1, 0)
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert [(e.path, e.message) for e in errors] == [(rel, "cannot put the file in place")]
+    assert not (dest / "h0" / rel).exists()
+    assert not list((dest / ".remote-sync" / "tmp").glob("*")), "a temp file was left behind"
 
 
 def test_a_piece_handed_over_starts_its_flush(

@@ -1146,7 +1146,7 @@ class _FrameHandler:
     else (a digest or overlap that differs, a short read) gives the rest of the file up as
     it would give up a file, the pieces committed kept. In the follow-up, whose pieces are
     cut by a listed size the file may no longer have, a piece whose read comes short is the
-    file's last, and the pieces after it are read past (:meth:`_past_the_end`).
+    file's last, and the pieces after it are read past (:meth:`_read_past`).
     """
 
     def __init__(
@@ -1209,7 +1209,7 @@ class _FrameHandler:
             return
         index: int = event.index  # type: ignore[attr-defined]
         t = self.transfers[index]
-        if self._past_the_end(index):
+        if self._read_past(index):
             self.index, self.writer, self.whole = index, None, None
             return
         if isinstance(event, Begin):
@@ -1286,11 +1286,20 @@ class _FrameHandler:
         """Is request ``index`` a piece of a file after its first?"""
         return index > 0 and self.transfers[index - 1] is self.transfers[index]
 
-    def _past_the_end(self, index: int) -> bool:
-        """Is request ``index`` a follow-up's piece after the one its file ended in? Read past,
-        whatever it says: the file is done (or given up) with that one."""
+    def _read_past(self, index: int) -> bool:
+        """Is request ``index`` a piece of a file done with before it: given up in an earlier
+        piece (failed and counted so, or to be fetched whole by the follow-up, or gone), or,
+        in a follow-up, after the piece its file ended in? Read past, whatever it says: a
+        failure or a short read of it would count the file failed a second time, or fetch
+        again a file already counted failed."""
+        if not self._piece_after(index):
+            return False
         ended = self.ended
-        return 0 <= ended < index and self.transfers[ended] is self.transfers[index]
+        if 0 <= ended < index and self.transfers[ended] is self.transfers[index]:
+            return True
+        # A file that goes on has its pieces from its first piece's Begin to its last's
+        # commit; none, or another file's, means it was given up since.
+        return self.pieces is None or self.pieces.transfer is not self.transfers[index]
 
     def _last_piece(self, index: int) -> bool:
         """Is request ``index`` the last (or only) one of its file, or the follow-up's piece
@@ -1303,12 +1312,11 @@ class _FrameHandler:
         )
 
     def _resume(self, t: Transfer) -> None:
-        """The Begin of a piece after a file's first: its writer goes on, checking the
-        overlap. A file given up in an earlier piece (rewritten, failed) is read past."""
+        """The Begin of a piece after a file's first, which goes on (see :meth:`_read_past`):
+        its writer goes on, checking the overlap."""
         pieces = self.pieces
+        assert pieces is not None
         self.writer = None
-        if pieces is None or pieces.transfer is not t:
-            return
         try:
             pieces.writer.resume(self.requests[self.index].start)
         except RewriteDetected:
@@ -1490,7 +1498,7 @@ class _FrameHandler:
         batch = self.requests[event.indices[0]].check_batched
         if event.digest is not None:
             self.tool = event.digest.algorithm
-        if self._past_the_end(event.indices[0]):
+        if self._read_past(event.indices[0]):
             return
         if not self._last_piece(event.indices[0]):
             await self._piece_checked(event)

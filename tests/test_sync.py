@@ -2549,6 +2549,48 @@ def test_a_transcript_renamed_on_the_host_brings_only_its_new_bytes(
     assert_holds_the_host(fleet, dest, "h0")
 
 
+def test_a_renamed_transcript_is_copied_off_the_event_loop_and_a_cancel_leaves_no_copy(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy of a renamed transcript's mirrored bytes, which its new name's append starts
+    from, may be a whole session of hundreds of MB: it is made in a worker thread, not on
+    the event loop that every host's stream runs on. An app's cancel that comes meanwhile
+    is raised once the copy is done, and the copy (a temp file) is removed."""
+    rel = "agents/a/sessions/s.jsonl"
+    fleet.write("h0", rel, session_bytes(random.Random(83), 300))
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    hosts = load_inventory(inv).hosts
+    anyio.run(lambda: api.sync(hosts, dest))
+    archived = rel + ".reset.2026-11-22T10-00-00.000Z"
+    fleet.path("h0", rel).rename(fleet.path("h0", archived))
+    append(fleet, "h0", archived, session_bytes(random.Random(84), 3, start=300))
+    scopes: list[anyio.CancelScope] = []
+    threads: list[threading.Thread] = []
+    real_copy = writer._copy_prefix
+
+    def copy_prefix(source: Any, copy: Any, size: int) -> None:
+        threads.append(threading.current_thread())
+        anyio.from_thread.run_sync(scopes[0].cancel)  # in the copy's thread: comes meanwhile
+        real_copy(source, copy, size)
+
+    monkeypatch.setattr(writer, "_copy_prefix", copy_prefix)
+
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await api.sync(hosts, dest)
+            pytest.fail("the cancel was not raised")
+
+    anyio.run(main)
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()
+    assert not list((dest / ".remote-sync" / "tmp").glob("*")), "the copy was left behind"
+    assert not (dest / "h0" / archived).exists()
+    monkeypatch.undo()
+    anyio.run(lambda: api.sync(hosts, dest))
+    assert_holds_the_host(fleet, dest, "h0")
+
+
 @pytest.mark.parametrize("read", ["append", "archive"])
 def test_a_transcript_compacted_by_rename_before_its_batch_digest_keeps_every_line_read(
     fleet: SSHFleet,

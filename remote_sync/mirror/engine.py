@@ -19,8 +19,9 @@ in-process, which is cheaper than starting a process.
 Nothing holds the event loop for long (an app that syncs keeps its UI or server going): the
 steps that grow with the mirror run in worker threads (recovery, parsing the listing, reading
 the checkpoints and planning, making the fetch's requests, every write to the state, in turn
-through :class:`StateWrites`, and a piece's checkpoint, which may read and copy up to a
-piece), and handling a chunk's frames lets the other tasks run every :data:`YIELD_SECONDS`.
+through :class:`StateWrites`, a piece's checkpoint, which may read and copy up to a piece,
+and the copy of a renamed transcript's mirrored bytes its append starts from), and handling
+a chunk's frames lets the other tasks run every :data:`YIELD_SECONDS`.
 """
 
 from __future__ import annotations
@@ -1220,7 +1221,7 @@ class _FrameHandler:
                 self._resume(t)
                 return
             try:
-                self.writer = self._open(t)
+                self.writer = await self._open(t)
                 if not self._last_piece(event.index):
                     self.pieces = _Pieces(t, self.writer)
             except RewriteDetected:  # the mirrored copy is not what its checkpoint says
@@ -1418,7 +1419,7 @@ class _FrameHandler:
         await in_thread(pieces.writer.confirm, piece, None)
         pieces.last = None
 
-    def _open(self, t: Transfer) -> AppendWriter | WholeWriter:
+    async def _open(self, t: Transfer) -> AppendWriter | WholeWriter:
         state = self.sync.state
         r = t.remote
         row = FileState(
@@ -1437,11 +1438,16 @@ class _FrameHandler:
         request = self.requests[self.index]
         if t.seed is not None:
             # A renamed file: an append to a copy of its old name's mirrored bytes. Its
-            # session is indexed from the mirror at the round's end, as a new one.
-            row.size = t.seed.size
-            row.fingerprint = t.seed.fingerprint
+            # session is indexed from the mirror at the round's end, as a new one. The copy
+            # is made in a worker thread: it may be a whole session of hundreds of MB, which
+            # on the event loop would hold every other host's stream for as long.
+            seed = t.seed
+            row.size = seed.size
+            row.fingerprint = seed.fingerprint
             keep_head = request.check or request.check_batched
-            return SeededWriter(state, t.seed, t.start, row, keep_head=keep_head)
+            return await _made_in_thread(
+                lambda: SeededWriter(state, seed, t.start, row, keep_head=keep_head), self._abort
+            )
         reader = self.sync.reader
         indexed = t.kind == "append" and reader is not None and reader.is_transcript(r.path)
         worker = self.sync.worker
@@ -1722,19 +1728,26 @@ async def _checkpoint(writer: AppendWriter | WholeWriter) -> Pending | None:
     piece handed over last, which the give-up that follows cuts back to. Not to the piece
     confirmed before that one: the flush the round's end waits for may commit the piece
     handed over last, and the file would then be shorter than its checkpoint."""
-    made: list[Pending | None] = []
     before = writer.committed
 
-    def run() -> None:
-        made.append(writer.checkpoint())
-
-    try:
-        await in_thread(run)
-    except BaseException:
-        pending = made[0] if made else None
+    def take_back(pending: Pending | None) -> None:
         if pending is not None:
             discard([pending])
             writer.taken_back(before)
+
+    return await _made_in_thread(writer.checkpoint, take_back)
+
+
+async def _made_in_thread(make: Callable[[], T], undo: Callable[[T], None]) -> T:
+    """``make()`` in a worker thread (:func:`in_thread`). A cancel raised once the thread is
+    done finds what it made for a task that goes no further: ``undo`` it (descriptors
+    closed, temp files removed) before the cancel goes on."""
+    made: list[T] = []
+    try:
+        await in_thread(lambda: made.append(make()))
+    except BaseException:
+        if made:
+            undo(made[0])
         raise
     return made[0]
 

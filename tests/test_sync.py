@@ -990,6 +990,20 @@ def test_a_transcript_rewritten_in_place_between_its_pieces_is_fetched_whole(
     _assert_index_is_a_rebuild(dest, tmp_path)
 
 
+def _follow_up_asked(monkeypatch: pytest.MonkeyPatch) -> list[FetchRequest]:
+    """Record the requests the follow-up command makes of each file it fetches."""
+    asked: list[FetchRequest] = []
+    real = engine._follow_up_requests
+
+    def follow_up_requests(t: Transfer, piece_bytes: int) -> list[FetchRequest]:
+        made = real(t, piece_bytes)
+        asked.extend(made)
+        return made
+
+    monkeypatch.setattr(engine, "_follow_up_requests", follow_up_requests)
+    return asked
+
+
 @pytest.mark.parametrize("length", [0.5, 1.0, 1.4])
 def test_a_transcript_fetched_whole_again_by_the_follow_up_comes_in_pieces_too(
     fleet: SSHFleet,
@@ -1000,9 +1014,12 @@ def test_a_transcript_fetched_whole_again_by_the_follow_up_comes_in_pieces_too(
 ) -> None:
     """A transcript rewritten in place between its pieces is fetched whole again by the
     follow-up command in pieces too, each committed, as in the round (it came in one range,
-    all of it lost to a connection dropped near its end): cut by its listed size, the last
-    piece going on to the follow-up's bound. Shorter by then, it ends in the piece its end
-    falls in and the pieces after it are read past; longer, the last piece brings the rest."""
+    all of it lost to a connection dropped near its end): cut by its listed size, or by the
+    end a read that came short found it at (half as long: the follow-up no longer asks for
+    every listed piece, read past after the first came short), the last piece a whole piece
+    long. No piece is longer than a piece: what grew past the last one (1.4 times as long)
+    comes with the next round, as an append, where the last piece went on to the follow-up's
+    bound (twice the listed size)."""
     inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch)
     old = _messages(PIECED_SIZE // 1600)
     new = _messages(int(len(old) * length) // 1550, start=1)
@@ -1014,16 +1031,25 @@ def test_a_transcript_fetched_whole_again_by_the_follow_up_comes_in_pieces_too(
             remote.truncate()
 
     handed = _pieces_handed(monkeypatch, rel.encode(), rewrite, after=1)
+    asked = _follow_up_asked(monkeypatch)
     code, summary, _ = sync(inv, dest, capsys)
     assert code == 0
     assert (summary.files.rewritten, summary.hosts[0].versions_kept) == (1, 1)
-    assert (dest / "h0" / rel).read_bytes() == new
+    assert asked and max(request.length for request in asked) <= PIECE
+    assert len(asked) <= min(len(old), len(new)) // (PIECE - OVERLAP_BYTES) + 2
+    mirrored = (dest / "h0" / rel).read_bytes()
+    assert new.startswith(mirrored) and mirrored.endswith(b"\n")
+    assert len(mirrored) >= min(len(old), len(new))
     for _size, piece in handed:
         assert old.startswith(piece) or new.startswith(piece)
     again = [size for size, piece in handed if not old.startswith(piece)]
     # Pieces of the listed size, or of the file's, if shorter (past that, the last piece).
     assert len(again) >= min(len(old), len(new)) // PIECE - 1
     assert again == sorted(again) and again[-1] < len(new)
+    _assert_index_is_a_rebuild(dest, tmp_path)
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0 and summary.files.rewritten == 0
+    assert (dest / "h0" / rel).read_bytes() == new
     _assert_index_is_a_rebuild(dest, tmp_path)
 
 

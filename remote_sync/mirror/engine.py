@@ -318,6 +318,9 @@ class HostSync:
         self.tools = ""
         self.tools_conn: asyncssh.SSHClientConnection | None = None
         self.tools_clean = False
+        # The end a read that came short found a file at, by path (the least of them): it
+        # shrank since the listing, and a fetch of it whole is cut by this size (_as_whole).
+        self.ends: dict[bytes, int] = {}
 
     async def run(self) -> HostRound:
         try:
@@ -679,7 +682,14 @@ class HostSync:
         # A new file stays new (there is no old copy to count it a rewrite of), and so does a
         # file back where one was deleted that is not that one after all (see plan.make_plan).
         category: Category = "new" if t.category == "new" or t.back else "rewritten"
-        return Transfer(t.remote, t.kind, "whole", category, 0, TO_EOF, t.row)
+        remote = t.remote
+        end = self.ends.get(remote.path)
+        if end is not None and end < remote.size:
+            # A read came short: the file is that long at most by now, not its listed size.
+            # Its follow-up asks for pieces up to there (see _follow_up_requests), not for
+            # every piece of the listed size, read past after the first came short.
+            remote = dataclasses.replace(remote, size=end)
+        return Transfer(remote, t.kind, "whole", category, 0, TO_EOF, t.row)
 
     async def finished(self, pending: Pending) -> None:
         self.batch.add(pending)
@@ -1065,10 +1075,13 @@ def _follow_up_requests(t: Transfer, piece_bytes: int) -> list[FetchRequest]:
     (:func:`_follow_up_length`), so that the fetch has a budget.
 
     A transcript longer than a piece when listed comes in pieces, as in the round: each
-    piece of its listed size, the last one on to that bound (a piece and the growth since
-    the listing, at most). One that is shorter by now ends in the piece its end falls in
-    (a Short there is its end, as a follow-up's Short is); the pieces after it are read
-    past. An append is cut as the round cuts it."""
+    piece of its listed size (or of the end a short read found it at, see
+    :meth:`HostSync._as_whole`), the last one a whole piece long, which brings the growth
+    since then that fits in it. What grew past it is fetched by the next round, as an
+    append: the lines so far are a copy, and no piece is longer than a piece, so that a
+    dropped connection loses one at most. One that is shorter by now ends in the piece its
+    end falls in (a Short there is its end, as a follow-up's Short is); the pieces after it
+    are read past. An append is cut as the round cuts it."""
     path = t.remote.path
     if t.mode != "whole":
         if t.pieced(piece_bytes):
@@ -1079,8 +1092,7 @@ def _follow_up_requests(t: Transfer, piece_bytes: int) -> list[FetchRequest]:
     if not listed.pieced(piece_bytes):
         return [FetchRequest(path, 0, length, detect_growth=True, check=t.kind == "append")]
     pieces = listed.requests(piece_bytes)
-    last = pieces[-1]
-    pieces[-1] = dataclasses.replace(last, length=length - last.start, detect_growth=True)
+    pieces[-1] = dataclasses.replace(pieces[-1], length=piece_bytes)
     return pieces
 
 
@@ -1210,6 +1222,13 @@ class _FrameHandler:
             return
         index: int = event.index  # type: ignore[attr-defined]
         t = self.transfers[index]
+        request = self.requests[index]
+        if isinstance(event, Short) and not request.archive:
+            # The file ended there (at most: a read past its end says only that it ends
+            # before). Not a tar entry's: tar's copy may come short for other reasons.
+            end = request.start + event.received
+            ends = sync.ends
+            ends[t.remote.path] = min(end, ends.get(t.remote.path, end))
         if self._read_past(index):
             self.index, self.writer, self.whole = index, None, None
             return
@@ -1260,7 +1279,6 @@ class _FrameHandler:
                 return
             # Fewer bytes than a head (a follow-up's read of a small file) came in one read:
             # nothing to check, and the host's head may have grown since.
-            request = self.requests[event.index]
             if len(writer.head) >= HEAD_BYTES and (request.check or request.check_batched):
                 held = self.held_in_batch if request.check_batched else self.held
                 held.files.append((event.index, pending))

@@ -228,7 +228,9 @@ class PoolSettings:
     #: ``window``. Its credit then follows the share of the moment (see ``ssh/flow.py``): a
     #: channel opened alone gives its large window up as others open, and one opened among
     #: many takes a larger one (up to ``window``) as they close. This bounds a fleet's
-    #: buffers (8 hosts: 2 MiB windows) while one large transfer alone keeps the full window.
+    #: buffers (8 hosts: 2 MiB windows) while one large transfer alone keeps the full window;
+    #: a credit granted is not taken back, so channels opened one after another may hold up
+    #: to ``budget * (1 + 1/2 + ... + 1/n)`` until their data arrives (43 MiB for eight).
     #: 0 disables the sharing.
     window_budget: int = 16 * 1024 * 1024
     min_window: int = 1024 * 1024

@@ -354,6 +354,57 @@ async def test_rounds_over_a_kept_connection_are_told_the_hosts_tools(
     assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
 
 
+async def test_a_round_whose_listing_failed_forgets_the_hosts_tools(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path]
+) -> None:
+    """A round that fails before its listing has ended (here its root is gone) did not go
+    well: what it was told of the host's tools is forgotten, as after a round that listed
+    but failed, and the next round over the same connection probes again."""
+    inv, dest = agent_setup
+    hosts = load_inventory(inv).select(["h0"])
+    endpoint = hosts[0].endpoint
+    root = Path(fleet.path("h0"))
+    async with SSHPool() as pool:
+        assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
+        assert pool.note(endpoint, engine._TOOLS_NOTE) is not None
+        root.rename(root.with_name("h0-away"))
+        try:
+            summary = await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)
+        finally:
+            root.with_name("h0-away").rename(root)
+        assert summary.exit_code == 1 and pool.stats(endpoint).connects == 1
+        assert pool.note(endpoint, engine._TOOLS_NOTE) is None
+
+
+async def test_a_round_told_over_a_lost_connection_keeps_nothing_for_the_new_one(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path]
+) -> None:
+    """A round is told what the pool's connection learned, but that connection turns out
+    lost when the round's channel opens, and the round runs on a new one: the answer it
+    was told, from another connection, is not kept for the new one (the host behind it may
+    have changed), whose next round probes again."""
+    inv, dest = agent_setup
+    hosts = load_inventory(inv).select(["h0"])
+    endpoint = hosts[0].endpoint
+    async with SSHPool() as pool:
+        assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
+        found = pool.note(endpoint, engine._TOOLS_NOTE)
+        assert found is not None
+        old = pool._slots[endpoint].conn
+        assert old is not None
+
+        async def lost(*_args: object, **_kwargs: object) -> None:
+            raise ConnectionResetError("connection lost")
+
+        old.create_session = lost  # type: ignore[method-assign]
+        assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
+        assert pool.stats(endpoint).connects == 2 and pool._slots[endpoint].conn is not old
+        assert pool.note(endpoint, engine._TOOLS_NOTE) is None
+        assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
+        assert pool.note(endpoint, engine._TOOLS_NOTE) == found
+    assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
+
+
 def test_the_recap_through_the_agent_is_a_direct_runs(agent_setup: tuple[Path, Path]) -> None:
     inv, dest = agent_setup
     assert sync_json(inv, dest, "--no-agent")[0] == 0

@@ -383,15 +383,14 @@ class HostSync:
         recheck: list[Transfer] = []
         stream: RemoteStream | None = None
         complete = True
+        told_here = False
+        told = self.pool.note(self.host.endpoint, _TOOLS_NOTE) or ""
         try:
             async with exec_streaming(
                 self.pool,
                 self.host.endpoint,
                 round_argv(
-                    source.root,
-                    source.start_points,
-                    per_batch=self.flush_files,
-                    tools=self.pool.note(self.host.endpoint, _TOOLS_NOTE) or "",
+                    source.root, source.start_points, per_batch=self.flush_files, tools=told
                 ),
                 host=self.name,
                 stdin=fetch_stdin([], marker),
@@ -400,10 +399,15 @@ class HostSync:
                 idle_timeout=self.options.idle_timeout,
                 token=self.token,
             ) as stream:
+                # Known before the listing is read: a round that fails from here on forgets
+                # what it was told (_note_tools). One whose connection was lost before it
+                # started runs on a new one, told the old one's answer: not kept for it.
+                self.tools_conn = stream.connection
+                told_here = not told or self.pool.note(self.host.endpoint, _TOOLS_NOTE) == told
                 listing, listed = await self._list(stream)
                 assert listed.end is not None
                 complete = not listed.end[1]
-                self.tools, self.tools_conn = listed.tools, stream.connection
+                self.tools = listed.tools
                 plan = await in_thread(self._plan, listing, complete)
                 if not listing and complete and not self.moved_store:
                     self._nothing_to_mirror()
@@ -436,7 +440,7 @@ class HostSync:
                 for t in still:
                     self._fail(t.remote.path, "changed again while being fetched; retry next run")
             else:
-                self.tools_clean = complete
+                self.tools_clean = complete and told_here
         finally:
             if not complete:  # reported even when the fetch then failed
                 assert stream is not None

@@ -81,6 +81,7 @@ from .index.query import (
     filter_rows,
     query_sessions,
     select_rows,
+    unreadable_index,
 )
 from .index.query import session_stats as query_stats
 from .index.store import INT64_MAX
@@ -1177,6 +1178,13 @@ class _IndexReader:
                 self._rows, batch = state.steady(first)
                 return batch
             return list(islice(self._rows, self._batch_size))
+        except sqlite3.Error as exc:
+            # Said as read_state says it (api.session_stats), naming the mirror, not a
+            # sqlite3 error outside the library's own; a query aborted by stop() is no
+            # failure (the listing is over, its caller gone).
+            if self._stopped:
+                return []
+            raise unreadable_index(self._dest, exc) from exc
         finally:
             with self._lock:
                 self._reading = False

@@ -1909,6 +1909,29 @@ def test_the_readers_read_again_when_a_sync_started_during_their_read(
         monkeypatch.undo()
 
 
+def test_the_librarys_listing_says_a_damaged_state_as_its_stats_do(
+    show_dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state SQLite refuses while nothing changes it is a ConfigError naming the mirror and
+    what to do, from api.list_sessions as from api.session_stats: the listing raised
+    sqlite3.DatabaseError, outside the library's errors, naming nothing."""
+    import anyio
+
+    from remote_sync import api
+
+    for call in (
+        lambda: api.list_sessions(dest=show_dest),
+        lambda: api.session_stats(dest=show_dest, by="agent"),
+    ):
+        tear_reads(monkeypatch, show_dest, torn=1000, sync=False)
+        with pytest.raises(ConfigError) as raised:
+            anyio.run(call)
+        said = f"{raised.value} {raised.value.hint}"
+        assert f"cannot read the mirror's state database in {show_dest}" in said, said
+        assert "malformed" in said and "run again" in said, said
+        monkeypatch.undo()
+
+
 def test_a_reader_gives_up_when_syncs_keep_changing_the_state(
     show_dest: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -187,6 +187,36 @@ def test_a_link_at_the_temp_or_versions_folder_is_not_followed(tmp_path: Path) -
     assert e.value.path == str(control / "versions")
 
 
+@pytest.mark.parametrize("name", ["state.db", "state.db-wal", "state.db-shm"])
+def test_a_link_at_a_state_database_file_is_refused_not_followed(tmp_path: Path, name: str) -> None:
+    """SQLite opened ``state.db`` through a symbolic link planted at its name: the state of
+    the mirror lived where it pointed, and two mirrors linked to one database shared their
+    checkpoints under two locks. A link at its ``-wal`` failed as "the state database is
+    unusable", hinting to move the database aside (every file fetched again). Each is
+    refused, naming the link, and the state it names is left as it was."""
+    elsewhere = tmp_path / "elsewhere"
+    with MirrorState(elsewhere):
+        pass
+    dest = tmp_path / "m"
+    with MirrorState(dest):
+        pass
+    control = dest / ".remote-sync"
+    target = elsewhere / ".remote-sync" / name
+    (control / name).unlink(missing_ok=True)
+    (control / name).symlink_to(target)
+    before = target.read_bytes() if target.exists() else None
+    with pytest.raises(DestinationError, match=f"state database's file {name} is a symbolic") as e:
+        MirrorState(dest).open()
+    assert e.value.path == str(control / name)
+    assert (control / name).is_symlink()
+    assert (target.read_bytes() if target.exists() else None) == before
+    (control / name).unlink()
+    if name == "state.db":
+        (elsewhere / ".remote-sync" / name).rename(control / name)
+    with MirrorState(dest):  # once the link is gone, it opens
+        pass
+
+
 @pytest.mark.parametrize("at", ["control directory", "lock file"])
 def test_an_open_over_the_users_quota_says_the_quota_is_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str

@@ -748,6 +748,7 @@ class MirrorState:
         # Looked at under the lock: no other run is creating the database meanwhile.
         db_before = {name for name in _DB_FILES if os.path.lexists(self.control / name)}
         try:
+            self._refuse_linked_db_files(db_before)
             self._open_db()
         except BaseException:
             if self._db is not None:
@@ -779,6 +780,29 @@ class MirrorState:
                 path=str(self.versions_dir),
                 hint="move it aside (remote-sync makes it itself, a directory in the mirror's "
                 "state directory), then run again",
+            )
+
+    def _refuse_linked_db_files(self, names: Iterable[str]) -> None:
+        """A :class:`DestinationError` when one of the database's files (``names``, those
+        there) is a symbolic link: SQLite follows one at ``state.db`` (the state would live
+        where it points, shared by every mirror linked there, each under its own lock) and
+        fails at its ``-wal`` as an unusable database, whose hint (move it aside) would cost
+        every file fetched again."""
+        for name in names:
+            place = self.control / name
+            if not os.path.islink(place):
+                continue
+            if name == "state.db":
+                hint = (
+                    "put the database it names in its place (remote-sync keeps the state in "
+                    f"the mirror's {CONTROL_DIR}, follows no link there), then run again"
+                )
+            else:
+                hint = "remove the link (SQLite makes this file itself), then run again"
+            raise DestinationError(
+                f"the destination's state database's file {name} is a symbolic link",
+                path=str(place),
+                hint=hint,
             )
 
     def _open_db(self) -> None:

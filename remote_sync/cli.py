@@ -1729,9 +1729,9 @@ def run_versions_restore(args: argparse.Namespace) -> int:
 
 def run_versions_prune(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
-    # A failure once removing began stops the prune and is said after what it removed before
-    # (a line each and the total, or the JSON object, then the error): alone, it left the
-    # user not knowing which copies were already gone.
+    # A copy or directory the prune could not remove does not stop it: every failure is said
+    # after what it removed (a line each and the total, or the JSON object, then an error
+    # each): alone, they left the user not knowing which copies were already gone.
     errors: list[RemoteSyncError] = []
     try:
         from .mirror.versions import prune_versions
@@ -1751,7 +1751,7 @@ def run_versions_prune(args: argparse.Namespace) -> int:
         code = _guard_pipe(lambda: _write_json_lines([result]))
     else:
         code = _guard_pipe(lambda: _print_pruned(result))
-    for failure in errors:  # at most one, a MirrorError: exit 1
+    for failure in errors:  # each a MirrorError: exit 1
         code = _fail(failure, args)
     # A version no rule keeps that had to stay (reached through a link put there by hand)
     # is a file that failed, as with any other file a command could not do.

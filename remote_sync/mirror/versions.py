@@ -640,8 +640,8 @@ def _prune(
                 _remove(state, group, removed, left, failures, dry_run=False)
             except StateError as exc:
                 # The state cannot be written (a full disk): every file left needs a commit
-                # too, so the prune stops here rather than say the same error for each.
-                exc.hint = f"{exc.hint}; the prune stopped there, the versions left stay"
+                # too, so the prune stops here rather than say the same error for each (the
+                # last failure: _say_what_went tells it by that).
                 failures.append(exc)
                 break
     return kept
@@ -649,14 +649,25 @@ def _prune(
 
 def _say_what_went(failures: list[MirrorError], removed: list[VersionRow], dry_run: bool) -> None:
     """The first of a prune's ``failures`` (the one raised without ``errors``, all a library
-    caller then learns), its hint made to say what the prune did besides."""
+    caller then learns), its hint made to say what the prune did besides: it went on past
+    each, or stopped at a state it could not write (then the last failure, which says so
+    too)."""
     gone = sum(r.bytes for r in removed)
     others = len(failures) - 1
     also = f" and {others} other failure{'s' if others != 1 else ''}" if others else ""
     did = "would be removed" if dry_run else "were removed"
+    stopped = isinstance(failures[-1], StateError)
+    if stopped and others:
+        failures[-1].hint = f"{failures[-1].hint}; the prune stopped there, the versions left stay"
+        how = f"the prune went on past it{also}, the last a state it could not write: it stopped"
+        stay = "those it failed on and the versions left stay"
+    elif stopped:
+        how, stay = "the prune stopped there", "the versions left stay"
+    else:
+        how, stay = f"the prune went on{also}", "those it failed on stay"
     failures[0].hint = (
-        f"{failures[0].hint}; the prune went on{also}: {len(removed)} versions {did} "
-        f"({gone} bytes), those it failed on stay: prune again to finish"
+        f"{failures[0].hint}; {how}: {len(removed)} versions {did} ({gone} bytes), {stay}: "
+        "prune again to finish"
     )
 
 

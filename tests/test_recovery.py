@@ -294,6 +294,27 @@ def test_a_file_removed_by_hand_is_noted_once(dest: Path) -> None:
             assert (row.size, row.ino) == (0, -1)  # still unknown: fetched whole if it comes back
 
 
+@pytest.mark.parametrize("remote", ["deleted", "renamed"])
+def test_a_removed_copy_of_a_file_the_host_deleted_is_not_said_to_be_fetched_again(
+    dest: Path, remote: str
+) -> None:
+    """A file the host deleted (or renamed away) whose copy was then removed from the mirror:
+    recovery's note says the copy is lost, not that it "will be fetched whole", which no round
+    does for a file the host no longer has; the loss is recorded as for any missing file."""
+    rng = random.Random(20)
+    gone = b"agents/a/sessions/gone.jsonl"
+    with MirrorState(dest) as state:
+        row = committed(state, gone, lines(rng, 5))
+        row.state = remote
+        state.commit([row])
+        state.local_path("h", gone).unlink()
+    with MirrorState(dest) as state:
+        (note,) = state.recover(["h"])
+        assert "gone.jsonl" in note and "lost" in note and "fetched" not in note
+        row = state.host_files("h")[gone]
+        assert (row.size, row.ino, row.state) == (0, -1, remote)
+
+
 def test_a_mirrored_file_where_the_user_put_a_directory_or_under_a_file_is_missing(
     dest: Path,
 ) -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from ..errors import (
+    GONE,
     ConfigError,
     DestinationError,
     LockedError,
@@ -1081,7 +1082,14 @@ class MirrorState:
                         " (missing)" if size < 0 else f" ({size} bytes, {committed} committed)"
                     )
                 followed.append(row)
-                notes.append(f"{host}: {path_text(path)}: {found}; it will be fetched whole")
+                gone = GONE.get(row.state) if size < 0 else None
+                if gone is not None:
+                    # No round fetches it: the loss is recorded (``check`` then says it as a
+                    # note of kind lost), and only a backup of the mirror still has it.
+                    then = f"{gone}, so nothing can fetch it again: its copy is lost"
+                else:
+                    then = "it will be fetched whole"
+                notes.append(f"{host}: {path_text(path)}: {found}; {then}")
             except OSError as exc:
                 raise MirrorError(
                     f"cannot check the mirrored file against its checkpoint: {exc.strerror or exc}",

@@ -837,6 +837,42 @@ def test_a_conflict_in_the_mirror_fails_that_file_only(
     assert (summary.files.grown, summary.files.unchanged, summary.files.failed) == (1, 1, 1)
 
 
+def test_a_conflict_in_the_mirror_fails_a_file_fetched_in_pieces_only(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A directory where a new transcript fetched in pieces is mirrored: its first piece's
+    checkpoint cannot read the copy in its place, and that file fails alone, its error naming
+    host and path; the other files are synced, and nothing is left in the temp directory."""
+    monkeypatch.setenv("REMOTE_SYNC_PIECE_BYTES", str(16 * 1024))
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(13)
+    for name in ("a", "c"):
+        fleet.write("h0", f"agents/a/sessions/{name}.jsonl", lines(rng, 3))
+    fleet.write("h0", "agents/a/sessions/b.jsonl", lines(rng, 1000))  # about 100 KB
+    (dest / "h0/agents/a/sessions/b.jsonl").mkdir(parents=True)  # in the way
+    code, events = run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"], capsys)
+    assert code == 1
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert [(e.host, e.path) for e in errors] == [("h0", "agents/a/sessions/b.jsonl")]
+    summary = events[-1]
+    assert isinstance(summary, Summary)
+    assert (summary.files.new, summary.files.failed) == (2, 1)
+    for name in ("a", "c"):
+        rel = f"agents/a/sessions/{name}.jsonl"
+        assert (dest / "h0" / rel).read_bytes() == fleet.path("h0", rel).read_bytes()
+    assert not os.listdir(dest / ".remote-sync" / "tmp")
+    (dest / "h0/agents/a/sessions/b.jsonl").rmdir()
+    code, summary = sync(inv, dest, capsys)
+    assert code == 0
+    assert (summary.files.new, summary.files.unchanged) == (1, 2)
+    rel = "agents/a/sessions/b.jsonl"
+    assert (dest / "h0" / rel).read_bytes() == fleet.path("h0", rel).read_bytes()
+
+
 def test_a_mirrored_file_that_cannot_be_opened_fails_alone(
     fleet: SSHFleet,
     tmp_path: Path,

@@ -1375,6 +1375,14 @@ class _FrameHandler:
             self._drop_pieces()
             self._again(t)
             return
+        except MirrorError as exc:
+            if not only_this_file(exc):
+                raise  # disk full, an I/O error...: every file would fail
+            # The copy in its place cannot be read (a directory there, its permissions): the
+            # file fails as one whose open failed, its later pieces read past (_read_past).
+            self._drop_pieces()
+            self.sync._fail(t.remote.path, exc.message, "mirror", exc.hint)
+            return
         if pending is None:
             return  # no line ended in this piece: the next one goes on with it
         request = self.requests[index]

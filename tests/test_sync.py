@@ -1900,8 +1900,8 @@ def test_a_login_shell_that_prints_a_banner_is_a_clear_error(
     make_openclaw_tree(fleet, "h1", sessions=3)
     real = engine.round_argv
 
-    def with_banner(root: str, points: list[str], per_batch: int) -> list[str]:
-        argv = real(root, points, per_batch=per_batch)
+    def with_banner(root: str, points: list[str], per_batch: int, tools: str) -> list[str]:
+        argv = real(root, points, per_batch=per_batch, tools=tools)
         if root != str(fleet.path("h0")):
             return argv
         return ["sh", "-c", 'echo "Welcome to h0!"; exec "$@"', "sh", *argv]
@@ -2474,6 +2474,7 @@ def test_a_fetch_that_ends_badly_commits_nothing(tmp_path: Path, ending: str) ->
             reader=None,
             worker=None,
             result=HostRound("h"),
+            ends={},
             _fail=lambda path, message, kind, hint: failures.append((path, message, kind)),
             _progress_within_file=lambda: None,
         )
@@ -2723,6 +2724,7 @@ def test_a_checked_file_is_committed_only_once_its_head_digest_agrees(
             reader=None,
             worker=None,
             result=HostRound("h"),
+            ends={},
             finished=done,
             _progress_within_file=lambda: None,
         )

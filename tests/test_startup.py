@@ -8,9 +8,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sshfleet import SSHFleet
+from synchelp import make_openclaw_tree, write_inventory
 
 from remote_sync.mirror.state import MirrorState
 from remote_sync.ssh.fastimport import find_library_quickly, import_asyncssh
@@ -79,3 +82,63 @@ def test_python_dash_m_runs_the_command_line() -> None:
         [sys.executable, "-m", "remote_sync", "--version"], capture_output=True, text=True
     )
     assert done.returncode == 0 and done.stdout.startswith("remote-sync ")
+
+
+#: A sync in a process of its own, then the number of glibc malloc arenas ("heaps") it made.
+_SYNC_THEN_COUNT_ARENAS = """
+import asyncio, ctypes, sys
+
+def arenas():
+    libc = ctypes.CDLL(None)
+    libc.open_memstream.restype = ctypes.c_void_p
+    text, size = ctypes.c_char_p(), ctypes.c_size_t()
+    stream = ctypes.c_void_p(libc.open_memstream(ctypes.byref(text), ctypes.byref(size)))
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    return ctypes.string_at(text, size.value).count(b"<heap nr=")
+
+inventory, dest, how = sys.argv[1:]
+if how == "cli":
+    from remote_sync.cli import main
+    assert main(["sync", "--inventory", inventory, "--dest", dest, "--json"]) == 0
+else:
+    from remote_sync import api
+    from remote_sync.inventory import load_inventory
+    hosts = load_inventory(inventory).select([], [])
+    assert asyncio.run(api.sync(hosts, dest)).exit_code == 0
+print(arenas())
+"""
+
+
+def _glibc() -> bool:
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):
+        return False
+
+
+@pytest.mark.skipif(not _glibc(), reason="malloc arenas are glibc's")
+def test_the_command_line_sync_keeps_one_malloc_arena(
+    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path
+) -> None:
+    # The threads of a sync (flushes, state writes, the resolver) would each get an arena of
+    # their own, whose freed memory the main thread cannot reuse: the command line limits
+    # glibc to one (a lower peak RSS). A library caller's process keeps glibc's defaults,
+    # and so does one whose user set a limit.
+    fleet = ssh_fleet(1)
+    make_openclaw_tree(fleet, "h0", agents=2, sessions=12)
+    inventory = write_inventory(fleet, tmp_path / "inv.toml")
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+
+    def arenas(how: str, dest: str, **extra: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", _SYNC_THEN_COUNT_ARENAS, str(inventory), str(tmp_path / dest),
+             how],
+            capture_output=True, text=True, env={**env, **extra}, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.split()[-1])
+
+    assert arenas("cli", "by-cli") == 1
+    assert arenas("api", "by-api") > 1
+    assert arenas("cli", "by-cli-limited", MALLOC_ARENA_MAX="4") > 1

@@ -60,7 +60,6 @@ element and table header to its line.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import re
 import tomllib
@@ -77,6 +76,7 @@ from .errors import (
     HostKeyError,
     HostUnreachableError,
     RemoteSyncError,
+    close_matches,
 )
 from .formats import FORMATS, get_format
 from .globs import GlobSet, compile_globs, start_points
@@ -373,7 +373,7 @@ class Inventory:
             )
         else:
             folded = {host.name.casefold(): host.name for host in self.hosts}
-            close = difflib.get_close_matches(name.casefold(), list(folded), n=3)
+            close = close_matches(name.casefold(), list(folded), n=3)
             if close:
                 aside = f"did you mean {' or '.join(repr(folded[c]) for c in close)}?"
             else:
@@ -591,7 +591,7 @@ class _Loader:
         if table == "[defaults]" and key in _HOST_ONLY_KEYS:
             hint = f"'{key}' can only be set per host, in [[hosts]]"
         else:
-            close = difflib.get_close_matches(key, allowed, n=1)
+            close = close_matches(key, allowed, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
         raise self.error((*where, key), f"unknown key '{key}' in {table}", hint)
 
@@ -601,7 +601,7 @@ class _Loader:
         for key in self.by_line((), list(self.data)):
             if key not in ("defaults", "hosts"):
                 kind = "table" if isinstance(self.data[key], dict) else "key"
-                close = difflib.get_close_matches(key, ("defaults", "hosts"), n=1)
+                close = close_matches(key, ("defaults", "hosts"), n=1)
                 hint = (
                     f"did you mean '{close[0]}'?"
                     if close

@@ -142,3 +142,25 @@ def test_the_command_line_sync_keeps_one_malloc_arena(
     assert arenas("cli", "by-cli") == 1
     assert arenas("api", "by-api") > 1
     assert arenas("cli", "by-cli-limited", MALLOC_ARENA_MAX="4") > 1
+
+
+def test_difflib_is_imported_for_a_mistyped_name_only(tmp_path: Path) -> None:
+    # A sync loads the modules that word "did you mean" errors (the inventory's, the index's
+    # queries); difflib, 0.2 MB of its peak RSS, waits until a name is mistyped.
+    (tmp_path / "inv.toml").write_text('[[hosts]]\nname = "one"\nadress = "one"\n')
+    code = (
+        "import sys\n"
+        "import remote_sync.cli, remote_sync.mirror.engine, remote_sync.index.query\n"
+        "from remote_sync.errors import ConfigError\n"
+        "from remote_sync.inventory import load_inventory\n"
+        "print('difflib' in sys.modules)\n"
+        "try:\n"
+        "    load_inventory(sys.argv[1])\n"
+        "except ConfigError as exc:\n"
+        "    print('difflib' in sys.modules, exc.hint)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "inv.toml")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.splitlines() == ["False", "True did you mean 'address'?"]

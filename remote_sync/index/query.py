@@ -42,7 +42,6 @@ done in SQL, so ``--limit`` stays fast on a large index. Definitions:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import operator
 import re
@@ -55,7 +54,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..errors import ArgumentError, ConfigError, path_bytes, path_text
+from ..errors import ArgumentError, ConfigError, close_matches, path_bytes, path_text
 from ..formats.readers import READERS
 from .facts import FormatReader, SessionFacts
 from .store import (
@@ -748,7 +747,7 @@ def unknown_host(db: sqlite3.Connection, host: str) -> ConfigError | None:
         return None
     hosts = [h for (h,) in db.execute("SELECT DISTINCT host FROM sessions ORDER BY host")]
     folded = {h.casefold(): h for h in hosts}
-    close = difflib.get_close_matches(host.casefold(), list(folded), n=3)
+    close = close_matches(host.casefold(), list(folded), n=3)
     close += [h for h in folded if h.startswith(host.casefold()) and h not in close][:3]
     if close:
         hint = f"did you mean {' or '.join(repr(folded[c]) for c in close)}?"

@@ -289,12 +289,13 @@ GONE = {
 
 def refetch_hint(host: str, dest: object, state: str = "live") -> str:
     """The hint for a mirrored file gone from the mirror (removed by hand or by a cleanup),
-    by its ``state`` on the host (the state's, or a session's as listings say it). A sync's
-    recovery finds it missing and records the loss (nothing committed, in doubt) and drops it
-    from the index; while the host has the file that sync fetches it whole again. A file the
-    host deleted or renamed away no sync fetches: only a backup of the mirror has it, and the
-    recorded loss is what ends ``check`` counting it as damage. A rebuild does not get it back
-    (its checkpoint still claims its bytes, so every rebuild reports it again)."""
+    by its ``state`` on the host: the file's, as the state's ``files`` table has it (a
+    session's state counts an agent's tombstone, which the host still has, as deleted). A
+    sync's recovery finds it missing and records the loss (nothing committed, in doubt) and
+    drops it from the index; while the host has the file that sync fetches it whole again. A
+    file the host deleted or renamed away no sync fetches: only a backup of the mirror has it,
+    and the recorded loss is what ends ``check`` counting it as damage. A rebuild does not get
+    it back (its checkpoint still claims its bytes, so every rebuild reports it again)."""
     sync = f"`remote-sync sync {host} --dest {dest}` (with your inventory)"
     gone = GONE.get(state)
     if gone is None:

@@ -516,3 +516,27 @@ def test_a_renamed_files_lost_copy_says_its_new_name_is_mirrored_apart(
     assert code == 0 and [(p.type, p.kind) for p in problems] == [("note", "lost")]
     assert problems[0].what.startswith("the host renamed it, and its new name is mirrored apart;")
     assert "its earlier versions stay in versions/" in problems[0].hint
+
+
+def test_a_shown_tombstones_missing_copy_is_said_to_be_fetched_again(
+    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OpenClaw's ``.deleted.`` tombstone is a session the agent deleted, but a file the host
+    still has: with its copy gone from the mirror, ``sessions show`` says a sync fetches it
+    again (the file's state), not that no sync can (the session's)."""
+    fleet = ssh_fleet(1)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "mirror"
+    tomb = BASE + b"sess-9.jsonl.deleted.2026-11-21T10-00-00Z"
+    fleet.write("h0", os.fsdecode(tomb), session_bytes(random.Random(6), 4))
+    assert run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"])[0] == 0
+    capsys.readouterr()
+    listed = ["sessions", "list", "--dest", str(dest), "--state", "deleted", "--json"]
+    code, out, _ = _cli(listed, capsys)
+    [session] = [msgspec.json.decode(line) for line in out.splitlines()]
+    assert code == 0 and session["path"] == path_text(tomb)
+    (dest / "h0" / os.fsdecode(tomb)).unlink()
+    shown = ["sessions", "show", "h0", session["path"], "--dest", str(dest)]
+    code, _, err = _cli(shown, capsys)
+    assert code != 0 and "fetches the file again" in err
+    assert "no sync fetches it again" not in err

@@ -176,6 +176,9 @@ class SessionRef:
     row: SessionRow
     raw_path: bytes  # the exact path bytes (``row.path`` is for display)
     committed: int | None  # bytes the mirror's checkpoint vouches for (None: no files row)
+    #: The file's state on the host as the checkpoint has it (``row.state`` is the session's:
+    #: a tombstone the host still has is a deleted session, a live file).
+    file_state: str = "live"
 
 
 #: SessionRow field → SQL expression over ``s`` (sessions) and ``f`` (files, left-joined).
@@ -219,10 +222,13 @@ _SELECT = (
 )
 _COLUMNS = ", ".join(f'{expr} AS "{name}"' for name, expr in _SELECT)
 _STATE = [name for name, _expr in _SELECT].index("state")
-#: Where the checkpoint's committed size follows the row's columns in a find_session query.
+#: Where the checkpoint's committed size, then the file's state on the host (live, deleted,
+#: renamed: not the session's, which counts an agent's tombstone as deleted), follow the row's
+#: columns in a find_session query.
 _COMMITTED = len(_SELECT)
+_FILE_STATE = _COMMITTED + 1
 _BASE = (
-    f"SELECT {_COLUMNS}, f.size AS committed FROM sessions AS s "
+    f"SELECT {_COLUMNS}, f.size AS committed, f.state AS file_state FROM sessions AS s "
     "LEFT JOIN files AS f ON f.host = s.host AND f.path = s.path"
 )
 
@@ -822,7 +828,7 @@ def find_session(
             found = current if len(current) == 1 else found
         if len(found) == 1:
             r = found[0]
-            return SessionRef(_row(r), bytes(r[1]), r[_COMMITTED])
+            return SessionRef(_row(r), bytes(r[1]), r[_COMMITTED], r[_FILE_STATE] or "live")
         if len(found) > 1:
             shown = "\n  ".join(f"{path_text(r[1])}  (session {r[4]})" for r in found[:20])
             more = f"\n  … and {len(found) - 20} more" if len(found) > 20 else ""

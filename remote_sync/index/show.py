@@ -295,7 +295,7 @@ def show_session(
                 end=ref.committed,
             )
         except MirrorError as exc:
-            raise _unreadable(exc, dest, host, ref.row, local) from exc.__cause__
+            raise _unreadable(exc, dest, host, ref, local) from exc.__cause__
         return ref, total, result
 
     # The index and the file read together, again if a sync started meanwhile (the marks
@@ -308,14 +308,16 @@ def show_session(
 
 
 def _unreadable(
-    exc: MirrorError, dest: str | Path, host: str, row: SessionRow, local: Path
+    exc: MirrorError, dest: str | Path, host: str, ref: SessionRef, local: Path
 ) -> MirrorError:
     """``exc`` (a mirrored session that could not be read) naming the host and the path as
     listings name them, with what gets the file back (only a backup, if the host deleted it):
     the default hint (free space, fix permissions) fits a failed write, not a file the index
     lists and the mirror lost."""
     if isinstance(exc.__cause__, (FileNotFoundError, NotADirectoryError)):
-        hint = refetch_hint(host, dest, row.state)
+        # The file's state, not the session's: an agent's tombstone the host still has is a
+        # deleted session, and a sync fetches its file again.
+        hint = refetch_hint(host, dest, ref.file_state)
     else:
         hint = f"fix the permissions of {local}, then run again"
-    return MirrorError(exc.message, host=host, path=row.path, hint=hint)
+    return MirrorError(exc.message, host=host, path=ref.row.path, hint=hint)

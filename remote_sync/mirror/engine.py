@@ -95,6 +95,7 @@ from .remote_ops import (
     BATCH_BYTES,
     EXIT_ROOT_UNUSABLE,
     HEAD_BYTES,
+    PROBE_TOOLS,
     Begin,
     Changed,
     Data,
@@ -283,8 +284,12 @@ class HostSync:
         flush_files: int = FLUSH_FILES,
         *,
         pieces: int,
+        keeps_tools: bool = False,
     ) -> None:
         self.host = host
+        # The pool outlives the run (the agent's): the round probes the host's tools at once
+        # and reports them, for the next round over the same connection (_note_tools).
+        self.keeps_tools = keeps_tools
         # The state's connection is read on the event loop's thread; every write of the
         # round goes through ``writes`` (a worker thread, one write at a time).
         self.writes = writes
@@ -385,12 +390,13 @@ class HostSync:
         complete = True
         told_here = False
         told = self.pool.note(self.host.endpoint, _TOOLS_NOTE) or ""
+        asked = told or (PROBE_TOOLS if self.keeps_tools else "")
         try:
             async with exec_streaming(
                 self.pool,
                 self.host.endpoint,
                 round_argv(
-                    source.root, source.start_points, per_batch=self.flush_files, tools=told
+                    source.root, source.start_points, per_batch=self.flush_files, tools=asked
                 ),
                 host=self.name,
                 stdin=fetch_stdin([], marker),
@@ -2086,6 +2092,7 @@ async def sync_fleet(
                             workers,
                             flush_files,
                             pieces=pieces,
+                            keeps_tools=connections is pool,
                         )
                         results[host.name] = await round_.run()
                 emit(results[host.name].event())

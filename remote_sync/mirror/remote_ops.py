@@ -146,6 +146,7 @@ __all__ = [
     "MAX_LISTING_BYTES",
     "MAX_LISTING_FILES",
     "MAX_LISTING_RECORD",
+    "PROBE_TOOLS",
     "SKIP_BLOCK",
     "UNREAD_HINT",
     "Begin",
@@ -809,8 +810,10 @@ exec xargs -0 -r -n "$3" sh -c "$2" sh
 )
 
 # A whole round in one command: $1 root, $2 the batch script, $3 the items per batch, $4 the
-# tools word it was told ("" probes them; see _FIND_PROBE_SH), $5... start points; the tools
-# reach the batches through REMOTE_SYNC_TOOLS (the fetch script sets it empty: they probe);
+# tools word it was told, or "probe" (find, dd and head probed at once, to be reported), or ""
+# (find probed; dd and head only by a batch that needs them, as a round whose answer nobody
+# keeps need not start them; see _FIND_PROBE_SH), $5... start points; the tools reach the
+# batches through REMOTE_SYNC_TOOLS, empty when not all known (the batches then probe);
 # stdin is the marker line, then (once the client has read the listing and planned) the fetch
 # items.
 # One command instead of a listing and a fetch saves a channel, and above all a start of the
@@ -832,6 +835,7 @@ per_batch=$3
 find_kind=
 dd_bytes=
 head_q=
+learn=
 case $4 in
 [prs][ny][ny])
     find_kind=${4%??}
@@ -839,6 +843,7 @@ case $4 in
     dd_bytes=${dd_bytes%?}
     head_q=${4#??}
     ;;
+probe) learn=y ;;
 esac
 shift 4
 """
@@ -846,9 +851,12 @@ shift 4
     + _FIND_PROBE_SH
     + _FETCH_PROBES_SH
     + r"""[ -n "$find_kind" ] || probe_find
-[ -n "$dd_bytes" ] || probe_dd_bytes
-[ -n "$head_q" ] || probe_head_q
-REMOTE_SYNC_TOOLS=$find_kind$dd_bytes$head_q
+if [ -n "$learn" ]; then
+    probe_dd_bytes
+    probe_head_q
+fi
+REMOTE_SYNC_TOOLS=
+[ -z "$dd_bytes" ] || REMOTE_SYNC_TOOLS=$find_kind$dd_bytes$head_q
 export REMOTE_SYNC_TOOLS
 """
     + "list_tree() {\n"
@@ -878,7 +886,7 @@ for word in $result; do
     esac
 done
 printf '%s L\n' "$REMOTE_SYNC_MARKER" >&2
-printf 'L %s %s %s\n' "$st" "$warned" "$REMOTE_SYNC_TOOLS"
+printf 'L %s %s%s\n' "$st" "$warned" "${REMOTE_SYNC_TOOLS:+ $REMOTE_SYNC_TOOLS}"
 [ "$st" = 0 ] || exit "$st"
 exec xargs -0 -r -n "$per_batch" sh -c "$batch" sh
 """
@@ -1038,6 +1046,10 @@ def _per_batch(count: int) -> str:
     return str(count)
 
 
+#: The tools word that asks a round to probe the host's tools at once and report them.
+PROBE_TOOLS = "probe"
+
+
 def round_argv(
     root: str, start_points: Sequence[str], *, per_batch: int = PER_BATCH, tools: str = ""
 ) -> list[str]:
@@ -1045,9 +1057,12 @@ def round_argv(
     asks for once it has read the listing (see :class:`ListingParser`'s ``trailer``).
 
     ``tools`` is what an earlier round's end line said of the host's tools
-    (:attr:`ListingParser.tools`), so that this one need not probe them again; "" probes
-    them. Only a round over the same connection that went well should be believed: a wrong
-    answer is seen (the round fails or fetches again), never taken for good data.
+    (:attr:`ListingParser.tools`), so that this one need not probe them again;
+    :data:`PROBE_TOOLS` probes them all at once and reports them on the end line, for a caller
+    that keeps the answer (a connection kept between rounds); "" probes only what the round
+    uses, when it uses it, and reports nothing. Only a round over the same connection that
+    went well should be believed: a wrong answer is seen (the round fails or fetches again),
+    never taken for good data.
 
     Its stdin starts with the marker line (``fetch_stdin([], marker)``) and goes on, after
     the listing's end line, with the items of :func:`fetch_stdin` (without a marker), then
@@ -1056,7 +1071,7 @@ def round_argv(
     """
     _check_root(root)
     points = list(dict.fromkeys(_normalize_start_point(p) for p in start_points))
-    if tools and not _TOOLS.fullmatch(tools):
+    if tools and tools != PROBE_TOOLS and not _TOOLS.fullmatch(tools):
         raise ValueError(f"bad tools word {tools!r}")
     return sh_script(
         _ROUND_SCRIPT, root, _FETCH_BATCH_SCRIPT, _per_batch(per_batch), tools, *points

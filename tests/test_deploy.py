@@ -53,6 +53,8 @@ def test_the_agent_service_runs_an_agent_the_command_line_accepts() -> None:
     assert service["Type"] == "simple"
     args = build_parser().parse_args(shlex.split(service["ExecStart"])[1:])
     assert args.command == "agent" and args.json and args.every == 15 * 60
+    # Connections outlive the period between scheduled syncs, or each pays its handshakes.
+    assert args.persist is not None and args.persist > args.every
     assert args.dest.startswith(service["ReadWritePaths"])
     # The same hardening as the timer's service.
     timer_run = unit(DEPLOY / "remote-sync.service")["Service"]

@@ -417,6 +417,45 @@ def test_the_versions_are_looked_at_once_per_folder_not_once_per_number_counted(
     assert summary.versions == 6 and summary.damaged == 2
 
 
+def test_versions_list_and_prune_look_at_a_folder_once_not_once_per_number_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``versions list`` (and restore and prune, through the same walk) looked for each number
+    a file ever counted: after a prune, a look per version it removed. It lists each file's
+    versions folder once now: the looks do not grow with the versions pruned, and the listing
+    is the same."""
+    looks: list[str] = []
+
+    def counting(name: str) -> None:
+        real = getattr(os, name)
+
+        def look(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if b"/.remote-sync/versions/" in os.fsencode(path):
+                looks.append(name)
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, look)
+
+    names = [BASE + b"a.jsonl", BASE + b"b.jsonl"]
+    found: dict[int, tuple[int, list[tuple[str, int]]]] = {}
+    for counted in (3, 300):
+        dest = tmp_path / str(counted)
+        _pruned_down(dest, counted, names)
+        for name in ("lstat", "stat", "listdir", "scandir"):
+            counting(name)
+        code, out, _ = _cli(["versions", "list", "--dest", str(dest), "--json"], capsys)
+        dry = ["versions", "prune", "--dest", str(dest), "--keep-last", "1", "--dry-run"]
+        pruned, _, _ = _cli(dry, capsys)
+        monkeypatch.undo()
+        assert code == pruned == 0
+        rows = [msgspec.json.decode(line) for line in out.splitlines()]
+        listed = [(row["path"], row["version"] - counted) for row in rows]
+        found[counted] = (len(looks), listed)
+        looks.clear()
+    assert found[3] == found[300]
+    assert sorted(found[300][1]) == sorted((path_text(n), v) for n in names for v in (-1, 0))
+
+
 def test_a_deleted_files_lost_copy_is_damage_until_a_sync_records_it_then_a_note(
     mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -68,6 +68,7 @@ from .state import (
     fsync_dir,
     kept_times,
     kind_text,
+    numbered_versions,
     place_text,
     read_state,
 )
@@ -205,9 +206,27 @@ def _kept(
     link is not followed; the caller judges what is no regular file). One that cannot be
     looked at is a :class:`MirrorError` naming it."""
     state = MirrorState(dest)  # not opened: only its paths are used, no lock, no database
-    last = state.last_version_on_disk(host, path, recorded)
     where = {"host": host, "path": path_text(path)}
-    for number in range(1, last + 1):
+    folder = state.versions_folder(host, path)
+    # One listing of the folder, not a look per number ever counted: a prune leaves a gap
+    # at the bottom as long as the versions it removed.
+    numbers: Iterable[int]
+    try:
+        on_disk = numbered_versions(path, os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return  # none kept yet, or the folder removed by hand
+    except OSError:
+        # A folder that cannot be listed (no permission, a loop of links on its way): each
+        # number looked at, so the first that cannot be is the error, naming that copy.
+        numbers = range(1, state.last_version_on_disk(host, path, recorded) + 1)
+    else:
+        # Those counted, and any unbroken run after them (a rewrite killed before its commit
+        # leaves its old copy there, uncounted: MirrorState.last_version_on_disk).
+        last = recorded
+        while last + 1 in on_disk:
+            last += 1
+        numbers = sorted(n for n in on_disk if n <= last)
+    for number in numbers:
         place = state.version_path(host, path, number)
         try:
             st = os.lstat(place)

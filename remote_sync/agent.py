@@ -214,6 +214,12 @@ class Agent:
                     hint="stop it first (systemctl stop remote-sync-agent, or its Ctrl-C); "
                     "syncs already go through it",
                 ) from None
+            except OSError as exc:  # no flock there (ENOLCK, some network file systems)
+                raise MirrorError(
+                    f"cannot lock the agent's lock file: {exc.strerror or exc}",
+                    path=str(lock),
+                    hint="use a destination on a local file system that supports flock",
+                ) from exc
             yield
         finally:
             os.close(fd)  # releases the flock

@@ -38,7 +38,7 @@ from synchelp import (
 from remote_sync import agent as agent_module
 from remote_sync.agent import Agent
 from remote_sync.agent_link import SyncRequest
-from remote_sync.errors import AgentError, ConfigError, DestinationError
+from remote_sync.errors import AgentError, ConfigError, DestinationError, MirrorError
 from remote_sync.events import (
     Emit,
     ErrorEvent,
@@ -616,6 +616,28 @@ async def test_a_symbolic_link_at_the_agents_lock_is_refused_not_followed(tmp_pa
     os.mkfifo(dest / ".remote-sync" / "agent.lock")
     with anyio.fail_after(10), pytest.raises(DestinationError, match="lock file is no regular"):
         await agent.serve()
+
+
+async def test_a_lock_file_that_cannot_be_locked_is_a_mirror_error_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without flock (ENOLCK) made the agent's lock raise a bare OSError, which
+    the command line does not catch (a traceback); it is a MirrorError naming the lock file,
+    as the mirror's own lock says it."""
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    dest = tmp_path / "m"
+    agent = Agent(_one_host_inventory(tmp_path), dest)
+    agent.stop()
+    with pytest.raises(MirrorError, match="cannot lock the agent's lock file") as caught:
+        await agent.serve()
+    assert caught.value.path == str(dest / ".remote-sync" / "agent.lock")
+    assert "flock" in caught.value.hint
 
 
 async def test_a_symbolic_link_at_the_agents_state_directory_is_refused(tmp_path: Path) -> None:

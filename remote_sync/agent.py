@@ -462,14 +462,28 @@ class Agent:
 
     async def _schedule(self, every: float) -> None:
         """A sync of every inventory host now, then every ``every`` seconds (its start to
-        the next one's); one due while another sync runs is skipped, said in the log."""
+        the next one's); one due while another sync runs (a client's, or the previous
+        scheduled one) is skipped, said in the log."""
+        due = anyio.current_time()
         while True:
-            started = anyio.current_time()
             if self._syncing is not None:
                 log.warning("scheduled sync skipped: %s is running", self._syncing)
             elif not self._stop_asked:
                 await self._scheduled_round()
-            await anyio.sleep(max(0.0, started + every - anyio.current_time()))
+            due += every
+            now = anyio.current_time()
+            if now > due:
+                # Those that fell due while this round ran are skipped, as one due while a
+                # client's sync runs is: run at once after it, each would sync hosts just
+                # synced, and a fleet slower than the period would never rest.
+                missed = math.floor((now - due) / every) + 1
+                due += missed * every
+                log.warning(
+                    "%s skipped: the previous scheduled sync was still running (--every %g s)",
+                    "scheduled sync" if missed == 1 else f"{missed} scheduled syncs",
+                    every,
+                )
+            await anyio.sleep(due - now)
 
     async def _scheduled_round(self) -> None:
         emit = self.scheduled if self.scheduled is not None else _log_problems

@@ -9,6 +9,7 @@ sshd logs ("Accepted publickey"), one line per SSH connection sshd accepted.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -144,7 +145,11 @@ def test_the_client_does_not_import_asyncssh(agent_setup: tuple[Path, Path]) -> 
 
 def stuck_inventory(fleet: SSHFleet, tmp_path: Path) -> Path:
     """h0, and a host whose ProxyCommand never answers: a sync runs until cancelled."""
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    return add_stuck_host(write_inventory(fleet, tmp_path / "inventory.toml", ["h0"]))
+
+
+def add_stuck_host(inv: Path) -> Path:
+    """``inv`` with the host "stuck" added, whose sync runs until cancelled."""
     with open(inv, "a") as out:
         out.write(
             '[[hosts]]\nname = "stuck"\naddress = "stuck.invalid"\nproxy_command = "sleep 60"\n'
@@ -876,3 +881,90 @@ async def test_serve_agent_runs_the_agent_until_its_transfer_is_cancelled(
     assert not (dest / SOCKET).exists()
     for name in ("h0", "h1"):
         assert mirror_tree(dest, name) == expected_tree(fleet.path(name))
+
+
+def _listing_stuck(event: Event) -> bool:
+    return isinstance(event, Progress) and event.host == "stuck" and event.phase == "listing"
+
+
+async def _until(found: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = anyio.current_time() + timeout
+    while not found():
+        if anyio.current_time() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        await anyio.sleep(0.05)
+
+
+async def test_a_scheduled_sync_due_while_the_previous_one_runs_is_skipped_and_logged(
+    fleet: SSHFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scheduled round that outlasts ``every`` (here one host never answers) was followed
+    at once by the next, due while it ran, and nothing was logged: those due meanwhile are
+    skipped, said in the log, and the next starts on the period's time after them."""
+    make_openclaw_tree(fleet, "h0")
+    inv, dest = stuck_inventory(fleet, tmp_path), tmp_path / "m"
+    events: list[Event] = []
+    every = 1.0
+    agent = Agent(inv, dest, every=every, scheduled=events.append)
+    starts: list[float] = []
+    scheduled_round = agent._scheduled_round
+
+    async def timed_round() -> None:
+        starts.append(anyio.current_time())
+        await scheduled_round()
+
+    agent._scheduled_round = timed_round  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING, logger="remote_sync.agent")
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent.serve)
+            await _until(lambda: any(map(_listing_stuck, events)), "the first round")
+            await anyio.sleep(2.3)  # two periods pass while it runs
+            agent.registry.cancel_all("the round ends")  # the round ends, cancelled
+            await _until(lambda: any(isinstance(e, Summary) for e in events), "its summary")
+            await _until(lambda: len(starts) == 2, "the next round", 10)
+            agent.stop()
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skipped and all("the previous scheduled sync was still running" in m for m in skipped)
+    # The next round started on the schedule (a whole number of periods after the first),
+    # not whenever the long one happened to end.
+    periods = (starts[1] - starts[0]) / every
+    assert periods > 2 and abs(periods - round(periods)) * every < 0.25, starts
+
+
+async def test_a_scheduled_sync_due_while_a_requests_sync_runs_is_skipped_and_logged(
+    fleet: SSHFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from remote_sync import agent_link
+
+    make_openclaw_tree(fleet, "h0")
+    inv, dest = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"]), tmp_path / "m"
+    events: list[Event] = []
+    agent = Agent(inv, dest, every=2.0, scheduled=events.append)
+    caplog.set_level(logging.WARNING, logger="remote_sync.agent")
+    link = None
+    client: list[Event] = []
+
+    def request() -> None:
+        nonlocal link
+        link = agent_link.connect(dest)
+        assert link is not None
+        link.send(SyncRequest(inventory=str(inv), hosts=["stuck"]))
+        client.extend(link.events())
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent.serve)
+            await _until(lambda: any(isinstance(e, Summary) for e in events), "the first round")
+            add_stuck_host(inv)  # read again for the request's sync
+            async with anyio.create_task_group() as asking:
+                asking.start_soon(anyio.to_thread.run_sync, request)
+                await _until(lambda: any(map(_listing_stuck, client)), "the request's sync")
+                await _until(lambda: "skipped" in caplog.text, "the skip's log line", 10)
+                assert link is not None
+                link.cancel()
+            assert isinstance(client[-1], Summary) and client[-1].exit_code == 130
+            assert agent.served == 2  # the first round and the request's
+            agent.stop()
+    (skipped,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert re.fullmatch(r"scheduled sync skipped: a sync for pid \d+ is running", skipped)

@@ -932,6 +932,44 @@ async def test_a_scheduled_sync_due_while_the_previous_one_runs_is_skipped_and_l
     assert periods > 2 and abs(periods - round(periods)) * every < 0.25, starts
 
 
+async def test_while_a_scheduled_sync_runs_a_request_is_locked_out_and_a_dry_run_runs_beside(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """One sync at a time, the schedule's included: a client's request while a scheduled
+    round runs gets the lock's error (exit 75 for ``sync``), and a dry run, which takes no
+    lock, runs beside it."""
+    from remote_sync import agent_link
+
+    make_openclaw_tree(fleet, "h0")
+    inv, dest = stuck_inventory(fleet, tmp_path), tmp_path / "m"
+    events: list[Event] = []
+    agent = Agent(inv, dest, every=3600.0, scheduled=events.append)
+
+    def asked(dry_run: bool) -> list[Event]:
+        link = agent_link.connect(dest)
+        assert link is not None
+        with link:
+            link.send(SyncRequest(inventory=str(inv), hosts=["h0"], dry_run=dry_run))
+            return list(link.events())
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent.serve)
+            await _until(lambda: any(map(_listing_stuck, events)), "the scheduled round")
+            (locked,) = await anyio.to_thread.run_sync(asked, False)
+            assert isinstance(locked, ErrorEvent) and locked.kind == "locked"
+            assert "is running a sync for the schedule" in locked.message
+            dry = await anyio.to_thread.run_sync(asked, True)
+            assert isinstance(dry[-1], Summary) and dry[-1].dry_run
+            assert (dry[-1].exit_code, dry[-1].hosts_ok) == (0, 1)
+            assert not any(isinstance(e, Summary) for e in events)  # still running
+            # On a connection of its own: the kept pool's one to h0 is the round's alone.
+            (h0,) = load_inventory(inv).select(["h0"])
+            assert agent._pools[False].stats(h0.endpoint).connects == 1
+            assert accepted(fleet, "h0") == 2
+            agent.stop()
+
+
 async def test_a_scheduled_sync_due_while_a_requests_sync_runs_is_skipped_and_logged(
     fleet: SSHFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -968,3 +1006,127 @@ async def test_a_scheduled_sync_due_while_a_requests_sync_runs_is_skipped_and_lo
             agent.stop()
     (skipped,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert re.fullmatch(r"scheduled sync skipped: a sync for pid \d+ is running", skipped)
+
+
+def test_requests_of_another_protocol_or_for_a_host_not_in_the_inventory_run_directly(
+    fleet: SSHFleet,
+    agent_setup: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The agent refuses a request naming a host its inventory lacks (an ad-hoc one) and one
+    of another protocol version (another release's client); each client then runs the sync
+    itself, on connections of its own, saying so once."""
+    from remote_sync import agent_link
+    from remote_sync.cli import main
+
+    inv, dest = agent_setup
+    agent = start_agent(inv, dest)
+    try:
+        assert sync_json(inv, dest)[0] == 0  # through the agent, which keeps its connections
+        kept = accepted(fleet, "h0")
+        # An ad-hoc host beside h0 (a port nothing listens on): the client syncs both.
+        code, events, err = sync_json(inv, dest, "h0", "127.0.0.1:1")
+        assert err.decode().count("the agent cannot serve this sync") == 1, err
+        assert b"'127.0.0.1:1' not in the agent's inventory" in err
+        (summary,) = [e for e in events if isinstance(e, Summary)]
+        assert (code, summary.hosts_ok, summary.hosts_failed) == (1, 1, 1)
+        assert accepted(fleet, "h0") == kept + 1  # the client's own connection
+        # Another protocol version: the same, and the sync goes well.
+        encode_line = agent_link.encode_line
+        monkeypatch.setattr(
+            agent_link,
+            "encode_line",
+            lambda message: encode_line(message).replace(b'"version":1,', b'"version":2,', 1),
+        )
+        code = main(["sync", "-I", str(inv), "-d", str(dest), "--json"])
+        out, err_text = capsys.readouterr()
+        assert code == 0, err_text
+        assert err_text.count("the agent cannot serve this sync") == 1, err_text
+        assert "the request speaks protocol version 2, this agent 1" in err_text
+        summaries = [e for e in map(decode_event, out.splitlines()) if isinstance(e, Summary)]
+        assert [s.hosts_ok for s in summaries] == [2]
+        assert accepted(fleet, "h0") == kept + 2
+    finally:
+        assert stop_agent(agent)[0] == 0
+    for name in ("h0", "h1"):
+        assert mirror_tree(dest, name) == expected_tree(fleet.path(name))
+
+
+def test_a_socket_path_longer_than_a_unix_address_is_reached_through_its_directory(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path]
+) -> None:
+    """A ``--dest`` so deep that its socket's path does not fit in ``sockaddr_un`` (108
+    bytes): the agent binds it and the client connects to it through a descriptor of its
+    directory, and the syncs go through the agent as anywhere else."""
+    inv, dest = agent_setup
+    dest = dest / ("d" * 60) / ("e" * 60)
+    dest.mkdir(parents=True)
+    assert len(os.fsencode(dest / SOCKET)) > 108
+    with socket.socket(socket.AF_UNIX) as plain, pytest.raises(OSError):
+        plain.bind(str(dest / "plain.sock"))  # what a bind of the path itself does
+    agent = start_agent(inv, dest)
+    try:
+        mode = (dest / SOCKET).stat().st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+        code, _, err = sync_json(inv, dest)
+        assert code == 0 and b"agent" not in err, err
+        once = accepted(fleet, "h0")
+        code, events, err = sync_json(inv, dest)
+        assert code == 0 and b"agent" not in err, err
+        assert accepted(fleet, "h0") == once  # the agent's kept connection
+        assert [e.hosts_ok for e in events if isinstance(e, Summary)] == [2]
+    finally:
+        assert stop_agent(agent)[0] == 0
+    assert not (dest / SOCKET).exists()
+    for name in ("h0", "h1"):
+        assert mirror_tree(dest, name) == expected_tree(fleet.path(name))
+
+
+def test_the_client_talks_to_no_agent_of_another_uid(agent_setup: tuple[Path, Path]) -> None:
+    """A socket at the agent's place that another uid listens on (here uid 65534's, moved
+    there) is no agent of ours: the client sends it nothing, and runs the sync itself
+    without a word, as when no agent answers."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to listen as another uid")
+    inv, dest = agent_setup
+    (dest / ".remote-sync").mkdir(parents=True)
+    top = Path(tempfile.mkdtemp())  # where the other uid may bind (pytest's are root's)
+    read, write = os.pipe()
+    try:
+        os.chown(top, 65534, -1)
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child)
+            try:
+                os.close(read)
+                os.setuid(65534)
+                server = socket.socket(socket.AF_UNIX)
+                server.bind(str(top / "agent.sock"))
+                server.listen(1)
+                os.write(write, b"listening\n")
+                server.settimeout(60)
+                conn, _ = server.accept()
+                conn.settimeout(5)
+                got = b""
+                try:
+                    while chunk := conn.recv(65536):  # until the client closes
+                        got += chunk
+                except TimeoutError:
+                    pass
+                os.write(write, b"got %d bytes" % len(got))
+            except BaseException as exc:
+                os.write(write, repr(exc).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as said:
+            assert said.readline() == b"listening\n"
+            os.rename(top / "agent.sock", dest / SOCKET)
+            code, events, err = sync_json(inv, dest)
+            heard = said.read()
+        os.waitpid(child, 0)
+    finally:
+        shutil.rmtree(top)
+    assert code == 0 and b"agent" not in err, err
+    assert [e.hosts_ok for e in events if isinstance(e, Summary)] == [2]
+    assert heard == b"got 0 bytes"

@@ -20,6 +20,9 @@ SIGINT, as a Ctrl-C at that instant would.
 ``over_quota`` does not crash: the writer's files that find the disk full say EDQUOT, as
 over this user's disk quota (see ``synchelp.over_quota_open``).
 
+``sigint_in_check`` does not crash: ``check``, at its first file, sends the process a SIGINT,
+as a Ctrl-C midway through a check would.
+
 ``hold_cancel`` does not crash: a cancelled round waits a minute before it winds down (a
 commit that takes its time), so that only a second Ctrl-C ends the run soon.
 """
@@ -122,6 +125,21 @@ elif FAULT == "hold_cancel":
         await real_drain(self)
 
     engine.HostSync._drain = _drain  # type: ignore[method-assign]
+
+elif FAULT == "sigint_in_check":
+    import signal
+    import time
+
+    from remote_sync.mirror import check as check_module
+
+    real_judge = check_module._Checker._judge
+
+    def judge(self: check_module._Checker, host: str, row: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)  # Python's handler raises KeyboardInterrupt by then
+        return real_judge(self, host, row)
+
+    check_module._Checker._judge = judge  # type: ignore[method-assign]
 
 elif FAULT == "over_quota":
     from synchelp import over_quota_open

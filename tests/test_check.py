@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sshfleet import SSHFleet
-from synchelp import run_cli, session_bytes, write_inventory
+from synchelp import fault_run, run_cli, session_bytes, write_inventory
 
 from remote_sync import api
 from remote_sync.cli import main
@@ -579,3 +579,55 @@ def test_a_shown_tombstones_missing_copy_is_said_to_be_fetched_again(
     code, _, err = _cli(shown, capsys)
     assert code != 0 and "fetches the file again" in err
     assert "no sync fetches it again" not in err
+
+
+@pytest.mark.parametrize(
+    ("fault", "what"),
+    [
+        # The new copy renamed into place, its checkpoint not yet committed.
+        ("before_commit", "its first bytes are another copy's"),
+        # The old copy moved into versions/, the new one not yet in its place.
+        ("after_version_rename", "missing, its earlier copy in versions/ not yet counted"),
+    ],
+)
+def test_a_file_a_sync_is_replacing_is_an_in_doubt_note_not_damage(
+    mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], fault: str, what: str
+) -> None:
+    """A rewrite of PLAIN caught between its steps (the sync killed there, so that the instant
+    holds still for the check: the mirror and its state are as a running sync has them
+    then): its checkpoint is in doubt, and the check says so as a note, exit 0."""
+    with MirrorState(mirror) as state:  # the fleet runs on this machine: its root is here
+        root = os.fsencode(state.hosts()["h0"][1])
+    with open(os.path.join(root, PLAIN), "wb") as out:  # another first line: a rewrite
+        out.write(session_bytes(random.Random(11), 4, start=90))
+    sync = ["sync", "--inventory", str(tmp_path / "inventory.toml"), "--dest", str(mirror)]
+    assert fault_run(sync, fault).returncode == 9
+    code, problems, summary = _checked(mirror, capsys)
+    assert (code, summary.damaged, summary.intact) == (0, 0, True)
+    assert [(p.type, p.kind, p.host, p.path) for p in problems] == [
+        ("note", "in_doubt", "h0", path_text(PLAIN))
+    ]
+    assert what in problems[0].what
+    assert problems[0].hint.startswith("nothing to do: a sync is putting it in place")
+
+
+def _state_files(dest: Path) -> dict[str, bytes]:
+    control = dest / ".remote-sync"
+    return {p.name: p.read_bytes() for p in control.iterdir() if p.name.startswith("state.db")}
+
+
+@pytest.mark.parametrize("json", [False, True])
+def test_a_check_cancelled_by_ctrl_c_exits_130_and_changes_nothing(
+    mirror: Path, json: bool
+) -> None:
+    before, state = _files(mirror), _state_files(mirror)
+    args = ["check", "--dest", str(mirror), *(["--json"] if json else [])]
+    done = fault_run(args, "sigint_in_check")
+    assert done.returncode == 130, done.stderr
+    assert b"Traceback" not in done.stderr
+    if json:  # an error event says so, as for any command's early cancel
+        (error,) = [msgspec.json.decode(line) for line in done.stdout.splitlines()]
+        assert (error["type"], error["kind"]) == ("error", "cancelled")
+    else:
+        assert b"cancelled by a signal" in done.stderr
+    assert _files(mirror) == before and _state_files(mirror) == state

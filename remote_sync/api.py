@@ -1127,7 +1127,10 @@ class _IndexReader:
     leaves that thread (the listing raises at once) and :meth:`stop` marks the reader
     stopped: SQLite asks :meth:`_stopping` every :data:`_STEPS` of its instructions and
     aborts the query, so the thread does not go on sorting an index nobody waits for; the
-    thread then closes the connection itself. Otherwise :meth:`stop` closes it at once."""
+    thread then closes the connection itself. Otherwise :meth:`stop` closes it at once. The
+    connection is the :class:`~remote_sync.mirror.state.StateReader`'s own, never a copy of
+    it: a read again after a sync replaced it, and the close is the reader's, so no
+    connection opened for a reread stays open until the garbage collector finds it."""
 
     #: SQLite instructions between two asks whether to abort (each takes the GIL: a few
     #: hundred in a query over 10,000 sessions, each answered in well under a millisecond).
@@ -1137,9 +1140,9 @@ class _IndexReader:
         self._dest = dest
         self._batch_size = min(batch_size, maxsize)
         self._options = options
-        self._db: sqlite3.Connection | None = None
+        self._state: StateReader | None = None
         self._rows: Iterator[SessionRow] | None = None
-        self._lock = threading.Lock()  # guards the two flags, and so who closes `_db`
+        self._lock = threading.Lock()  # guards the two flags, and so who closes `_state`
         self._reading = False
         self._stopped = False
 
@@ -1160,12 +1163,10 @@ class _IndexReader:
                 # The query and its first batch read again on a new connection when a sync
                 # started during them (see StateReader); a later batch's failure is raised,
                 # as the rows before it were handed over.
-                state = StateReader(self._dest, warn=True)
-                self._db = state.db
+                self._state = state = StateReader(self._dest, warn=True)
                 options = self._options
 
                 def first(db: sqlite3.Connection) -> tuple[Iterator[SessionRow], list[SessionRow]]:
-                    self._db = db  # the one stop() closes, after a reopen too
                     db.set_progress_handler(self._stopping, self._STEPS)
                     rows = query_sessions(
                         db,
@@ -1205,9 +1206,11 @@ class _IndexReader:
 
     def _close(self) -> None:
         self._rows = None
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        if self._state is not None:
+            # The state's connection of the moment: after the last of its rereads it may be
+            # one no read was given (the rereads gave up).
+            self._state.close()
+            self._state = None
 
 
 #: What the calls import on first use (start-up time), each in :func:`_import_off_the_loop`.

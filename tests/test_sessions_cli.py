@@ -8,6 +8,7 @@ sessions against the sshd fleet, and the CLI's start-up cost (no heavy imports).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -41,6 +42,7 @@ from remote_sync.index.query import (
     row_from_facts,
     select_rows,
     session_stats,
+    state_database,
 )
 from remote_sync.index.remote import _Backward
 from remote_sync.index.show import TAIL_FIRST_BLOCK, ShowResult, read_messages, show_session
@@ -1944,3 +1946,34 @@ def test_a_reader_gives_up_when_syncs_keep_changing_the_state(
     assert (code, out) == (2, "")
     assert "kept changing while it was read" in err and "run it again" in err, err
     assert len(opened) == REREADS + 1  # the first open and each read again
+
+
+def _state_descriptors(dest: Path) -> list[str]:
+    """The descriptors this process holds open on the state database's files."""
+    state = str(state_database(dest))
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(state):
+                found.append(fd)
+    return found
+
+
+def test_the_librarys_listing_closes_every_connection_it_read_again_on(
+    show_dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing whose reads a sync spoils every time gives up after its rereads, and each
+    connection it opened is closed by then, the last one too: none waits for the garbage
+    collector (the error raised holds the frames that held it)."""
+    import anyio
+
+    from remote_sync import api
+    from remote_sync.mirror.state import REREADS
+
+    assert not _state_descriptors(show_dest)
+    opened = tear_reads(monkeypatch, show_dest, torn=1000)
+    with pytest.raises(ConfigError, match="kept changing while it was read") as raised:
+        anyio.run(lambda: api.list_sessions(dest=show_dest))
+    assert len(opened) == REREADS + 1
+    assert raised.value is not None  # held: what it refers to is not collected yet
+    assert not _state_descriptors(show_dest)

@@ -1523,14 +1523,18 @@ def run_sessions_list(args: argparse.Namespace) -> int:
             rows, hosts = _list_remote(args, filters, failures)
         else:
             from .index.query import query_sessions
-            from .mirror.state import read_state, stream_state
+            from .mirror.state import stream_state
 
-            dest = _dest(args)
-            if args.host is not None:
-                unknown = read_state(dest, lambda db: _unknown_host(db, args.host))
+            def query(db: sqlite3.Connection) -> Iterator[SessionRow]:
+                # Whether --host names an indexed host, asked on the listing's connection
+                # (one open of the state, not two) and again with it on a reread.
+                nonlocal unknown
+                unknown = _unknown_host(db, args.host)
+                return query_sessions(db, **filters)
+
             # Read again (on a new connection) when a sync starts during the read: see
             # stream_state. The rows stay a stream, never all in memory.
-            listed = stream_state(dest, lambda db: query_sessions(db, **filters), warn=True)
+            listed = stream_state(_dest(args), query, warn=True)
             rows = listed
         try:
             if args.json:
@@ -1542,8 +1546,13 @@ def run_sessions_list(args: argparse.Namespace) -> int:
 
                 code = _guard_pipe(rows_then_errors)
             else:
-                quiet = bool(failures) or unknown is not None
-                code = _guard_pipe(lambda: _print_sessions(list(rows), quiet=quiet))
+
+                def table() -> int:
+                    found = list(rows)  # read first: it says whether the host is unknown
+                    quiet = bool(failures) or unknown is not None
+                    return _print_sessions(found, quiet=quiet)
+
+                code = _guard_pipe(table)
             if unknown is not None:
                 _say(unknown)
         finally:

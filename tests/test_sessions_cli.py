@@ -409,6 +409,27 @@ def test_a_host_the_index_has_nothing_of_is_said_with_the_closest_names(
     assert code == 2 and "no host 'zz' in the index (indexed hosts: h0, h1)" in err, err
 
 
+@pytest.mark.parametrize("verb", ["list", "stats"])
+@pytest.mark.parametrize("json_out", [[], ["--json"]])
+def test_a_listing_for_one_host_opens_the_state_once(
+    verb: str,
+    json_out: list[str],
+    index_dest: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`sessions list --host H` asks whether the index knows H on the connection its rows are
+    read on: it opened the state a second time for that question alone."""
+    for host, said in [("h1", ""), ("zz", "no host 'zz' in the index")]:
+        opened = tear_reads(monkeypatch, index_dest, torn=0)  # counts, spoils nothing
+        args = ["sessions", verb, "--host", host, "--dest", str(index_dest), *json_out]
+        code, out, err = cli(args, capsys)
+        assert code == 0 and said in err and (said or err == ""), err
+        assert ("h1" in out) == (host == "h1"), out
+        assert len(opened) == 1, (host, len(opened))
+        monkeypatch.undo()
+
+
 def test_sort(db: Any) -> None:
     def q(sort: str, **kw: Any) -> list[str]:
         return [r.session_id for r in query_sessions(db, sort=sort, now=NOW, **kw)]

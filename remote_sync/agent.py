@@ -75,7 +75,7 @@ from .events import (
     encode_event,
     guarded,
 )
-from .inventory import Host, load_inventory
+from .inventory import Host, lists_no_hosts, load_inventory
 from .mirror.engine import SyncOptions, sync_fleet
 from .mirror.state import make_control_dir, open_lock, refuse_nested
 from .ssh.pool import Endpoint, PoolSettings, SSHPool
@@ -320,11 +320,7 @@ class Agent:
             )
         hosts = inventory.select(request.hosts, request.tags)
         if not hosts:
-            raise ConfigError(
-                "the inventory lists no hosts",
-                path=str(self.inventory),
-                hint="add a [[hosts]] table with a name and an address, or name hosts to sync",
-            )
+            raise lists_no_hosts(str(self.inventory))
         return hosts
 
     async def _serve_client(

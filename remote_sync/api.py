@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar, U
 import anyio
 
 from .agent_link import PERSIST, STOP_TIMEOUT
-from .cancel import CancelRegistry, CancelToken, default_registry
+from .cancel import CancelRegistry, CancelToken, registry_or_default
 from .errors import (
     ArgumentError,
     ConfigError,
@@ -203,9 +203,7 @@ def _checked_at_call(function: _F, signature: inspect.Signature) -> _F:
         # (made up here when none was passed), and its own `registry.register` of that id
         # adopts this entry; a duplicate id fails here, at the call.
         registry = bound.arguments.get("registry")
-        if registry is None:
-            registry = default_registry
-        elif not isinstance(registry, CancelRegistry):
+        if registry is not None and not isinstance(registry, CancelRegistry):
             # Refused here, at the call: taken as it was, it failed on its first missing
             # attribute (an AttributeError naming `reserve`, not the argument).
             raise ArgumentError(
@@ -218,7 +216,7 @@ def _checked_at_call(function: _F, signature: inspect.Signature) -> _F:
             bound.arguments["transfer_id"] = transfer_id
             return function(*bound.args, **bound.kwargs)
 
-        return registry.reserve(bound.arguments.get("transfer_id"), create)
+        return registry_or_default(registry).reserve(bound.arguments.get("transfer_id"), create)
 
     checked.__signature__ = signature  # type: ignore[attr-defined]
     checked.__annotations__ = {
@@ -314,12 +312,11 @@ async def sync(
     hosts, idle_timeout = _reaching_hosts(
         "sync", hosts, concurrency=concurrency, idle_timeout=idle_timeout, pool=pool
     )
-    registry = registry if registry is not None else default_registry
     # The token registered at the call (adopted here), before the engine is imported (in a
     # worker thread, while other tasks run): a cancel meanwhile is kept by the token, and the
     # engine's rounds are born cancelled. The engine's own registration (the token's child)
     # is private.
-    with registry.register(transfer_id) as token:
+    with registry_or_default(registry).register(transfer_id) as token:
         await _import_off_the_loop(_ENGINE)
         from .mirror.engine import SyncOptions, sync_fleet
 
@@ -392,8 +389,7 @@ async def serve_agent(
     if not isinstance(inventory, str | Path) or not isinstance(dest, str | Path):
         raise ArgumentError("inventory and dest must be paths (a str or a Path)")
     _require_asyncio()
-    registry = registry if registry is not None else default_registry
-    with registry.register(transfer_id) as token:
+    with registry_or_default(registry).register(transfer_id) as token:
         await _import_off_the_loop(_AGENT)
         from .agent import Agent
 
@@ -692,8 +688,7 @@ async def prune_versions(
     stays removed) with a :class:`TransferCancelledError`, and a cancel of the caller's scope
     waits for it to end (a file system call cannot be stopped midway)."""
     names = _file_names(files)
-    registry = registry if registry is not None else default_registry
-    with registry.register(transfer_id) as token:
+    with registry_or_default(registry).register(transfer_id) as token:
         work = partial(
             prune_kept_versions,
             dest,
@@ -865,8 +860,7 @@ def _registered_read(
 ) -> Iterator[CancelToken]:
     """A read's transfer registered (:meth:`CancelRegistry.register`) in ``registry``, None
     for the default one; a cancel that stops it raised with :data:`READ_CANCELLED_HINT`."""
-    registry = registry if registry is not None else default_registry
-    with registry.register(transfer_id) as token:
+    with registry_or_default(registry).register(transfer_id) as token:
         try:
             yield token
         except TransferCancelledError as exc:

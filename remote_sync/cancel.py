@@ -281,3 +281,9 @@ class CancelRegistry:
 
 #: The process-wide registry used when a caller does not pass its own.
 default_registry = CancelRegistry()
+
+
+def registry_or_default(registry: CancelRegistry | None) -> CancelRegistry:
+    """Where a transfer given ``registry`` is registered: there, or in the
+    :data:`default_registry` for None (what every call that takes a registry means by None)."""
+    return registry if registry is not None else default_registry

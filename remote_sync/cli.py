@@ -751,7 +751,7 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _select_hosts(args: argparse.Namespace) -> list[Host]:
-    from .inventory import DEFAULT_FORMAT, AdhocOptions, Inventory, load_inventory
+    from .inventory import DEFAULT_FORMAT, AdhocOptions, Inventory, lists_no_hosts, load_inventory
 
     inventory = load_inventory(args.inventory) if args.inventory else Inventory(None, [])
     adhoc = AdhocOptions(
@@ -765,11 +765,7 @@ def _select_hosts(args: argparse.Namespace) -> list[Host]:
     hosts = inventory.select(args.hosts, args.tag, adhoc=adhoc)
     if not hosts:  # no names, no tags (a tag no host has is an error of its own)
         if args.inventory:
-            raise ConfigError(
-                "the inventory lists no hosts",
-                path=str(args.inventory),
-                hint="add a [[hosts]] table with a name and an address, or name hosts to sync",
-            )
+            raise lists_no_hosts(str(args.inventory))
         raise ConfigError(
             "no hosts to sync",
             hint="name a host ([user@]host[:port] or an ssh_config alias), or give --inventory",

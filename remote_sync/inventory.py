@@ -503,6 +503,16 @@ def _unique(items: Sequence[str]) -> tuple[str, ...]:
 _Where = tuple[str | int, ...]
 
 
+def lists_no_hosts(path: str) -> ConfigError:
+    """The error of a sync of every host of the inventory at ``path`` when it has none (the
+    command line's and the agent's, in the same words)."""
+    return ConfigError(
+        "the inventory lists no hosts",
+        path=path,
+        hint="add a [[hosts]] table with a name and an address, or name hosts to sync",
+    )
+
+
 def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read and validate the inventory at ``path``; every problem is a ``ConfigError``."""
     file = Path(path)

@@ -48,7 +48,7 @@ import anyio.lowlevel
 if TYPE_CHECKING:
     import asyncssh
 
-from ..cancel import CancelRegistry, CancelToken, default_registry
+from ..cancel import CancelRegistry, CancelToken, registry_or_default
 from ..errors import (
     ConfigError,
     DestinationError,
@@ -2020,7 +2020,7 @@ async def sync_fleet(
     # Read once for every host's round; a bad REMOTE_SYNC_PIECE_BYTES is a usage error before
     # any host is asked.
     pieces = piece_bytes()
-    registry = registry if registry is not None else default_registry
+    registry = registry_or_default(registry)
     results: dict[str, HostRound] = {}
     owned: contextlib.AbstractAsyncContextManager[SSHPool]
     if pool is None or options.dry_run:

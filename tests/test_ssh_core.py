@@ -283,6 +283,42 @@ async def test_channel_windows_share_the_pool_budget(fleet: SSHFleet) -> None:
     assert unshared.channel_window() == PoolSettings().window
 
 
+async def test_a_streams_credit_asks_for_its_share_only_when_channels_open_or_close(
+    fleet: SSHFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The credit settles on every chunk taken; the pool's share of the moment (2 µs each:
+    75 ms of a 1 GiB pull) is worked out again only when a channel of the pool opened or
+    closed, and the credit still follows it both ways: smaller while another channel is open,
+    the whole window again once it closed."""
+    asked: list[int] = []
+    real = SSHPool.channel_window
+
+    def counted(self: SSHPool, endpoint: Endpoint | None = None) -> int:
+        asked.append(real(self, endpoint))
+        return asked[-1]
+
+    monkeypatch.setattr(SSHPool, "channel_window", counted)
+    ep = endpoint(fleet, "h0")
+    settings = PoolSettings(window=1 * MiB, window_budget=1 * MiB, min_window=64 * 1024)
+    async with SSHPool(dataclasses.replace(settings, window_rate=0)) as pool:
+        await run_command(pool, ep, ["true"])  # connected outside the count
+        asked.clear()
+        chunks = 0
+        async with (
+            contextlib.AsyncExitStack() as other,
+            exec_streaming(pool, ep, ["head", "-c", str(64 * MiB), "/dev/zero"]) as stream,
+        ):
+            async for _ in stream:
+                chunks += 1
+                if chunks == 20:  # another channel opens: the share halves
+                    await other.enter_async_context(pool.session(ep))
+                elif chunks == 40:  # and closes: the whole window again
+                    await other.aclose()
+    assert chunks > 80, chunks
+    # The open's window, the first settle's share, one after each change of the channels.
+    assert asked == [1 * MiB, 1 * MiB, MiB // 2, 1 * MiB], (len(asked), asked[:8])
+
+
 async def test_windows_are_sized_to_the_round_trip_of_a_direct_connection(
     fleet: SSHFleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:

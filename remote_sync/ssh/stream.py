@@ -514,7 +514,7 @@ async def exec_streaming(
             stream,
             high_water=max(chunk_size, 64 * 1024) * 2,
             # The pool's share for the channels open at the moment, not only at the open.
-            share=lambda: pool.channel_window(endpoint),
+            share=pool.channel_share(endpoint),
         )
         kill_pid: int | None = None
         # The consumer's exception is held until the remote side is stopped and the session

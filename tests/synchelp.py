@@ -146,6 +146,31 @@ def mirror_tree(dest: Path, host: str) -> dict[bytes, bytes]:
     return out
 
 
+def assert_exact(fleet: SSHFleet, dest: Path, name: str) -> None:
+    """The mirror of host ``name`` holds exactly its transcripts, byte for byte."""
+    want = expected_tree(fleet.path(name))
+    got = mirror_tree(dest, name)
+    assert sorted(got) == sorted(want)
+    for rel, data in want.items():
+        assert got[rel] == data, rel
+
+
+def assert_sync_heals(fleet: SSHFleet, args: list[str], dest: Path, name: str = "h0") -> None:
+    """The sync ``args``, run again to its end in a process of its own after whatever went
+    wrong, ends well and leaves host ``name``'s mirror exact."""
+    proc = cli_process(args)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_exact(fleet, dest, name)
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``remote-sync ARGS`` run in this process: its exit code, stdout and stderr."""
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def run_cli(args: list[str], capsys: object | None = None) -> tuple[int, list[object]]:
     """Run ``remote-sync`` in this process; with --json, returns the parsed events."""
     code = main(args)

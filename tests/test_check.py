@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sshfleet import SSHFleet
-from synchelp import fault_run, run_cli, session_bytes, write_inventory
+from synchelp import cli, fault_run, run_cli, session_bytes, write_inventory
 
 from remote_sync import api
 from remote_sync.cli import main
@@ -32,16 +32,10 @@ OTHER = BASE + b"sess-2.jsonl"
 HOSTILE = BASE + b"new\nline\xff.jsonl"
 
 
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _checked(
     dest: Path, capsys: pytest.CaptureFixture[str], *extra: str
 ) -> tuple[int, list[Problem], CheckSummary]:
-    code, out, _err = _cli(["check", "--dest", str(dest), "--json", *extra], capsys)
+    code, out, _err = cli(["check", "--dest", str(dest), "--json", *extra], capsys)
     *lines, last = out.splitlines()
     problems = [msgspec.json.decode(line, type=Problem) for line in lines]
     return code, problems, msgspec.json.decode(last, type=CheckSummary)
@@ -87,7 +81,7 @@ def test_an_intact_mirror_checks_clean_and_nothing_is_written(
     code, problems, summary = _checked(mirror, capsys)
     assert code == 0 and problems == []
     assert summary == CheckSummary(files=3, versions=1, damaged=0, notes=0, intact=True)
-    code, out, err = _cli(["check", "--dest", str(mirror)], capsys)
+    code, out, err = cli(["check", "--dest", str(mirror)], capsys)
     assert code == 0, err
     assert out.splitlines() == [f"checked 3 files and 1 version in {mirror}: intact (no notes)"]
     assert _files(mirror) == before
@@ -135,7 +129,7 @@ def test_damage_to_a_mirrored_file_is_named_and_exits_1(
     assert "remote-sync sync h0 --dest" in found[0].hint
     assert summary.damaged == 1 and not summary.intact
     # The table names it on one line, escaped, and says what to do once.
-    code, out, _ = _cli(["check", "--dest", str(mirror), "--host", "h0"], capsys)
+    code, out, _ = cli(["check", "--dest", str(mirror), "--host", "h0"], capsys)
     assert code == 1
     assert f"damage  h0: {path_text(rel)}".replace("\n", "\\x0a") in out
     assert "what to do: " in out and out.splitlines()[-1].endswith(
@@ -254,11 +248,11 @@ def test_api_check_mirror_reports_as_the_cli(
 def test_no_mirror_or_an_unknown_host_is_a_usage_error(
     mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _cli(["check", "--dest", str(tmp_path / "none"), "--json"], capsys)
+    code, out, err = cli(["check", "--dest", str(tmp_path / "none"), "--json"], capsys)
     assert code == 2 and "no mirror at" in err
     assert msgspec.json.decode(out.splitlines()[0])["kind"] == "config"
     assert not (tmp_path / "none").exists()
-    code, _, err = _cli(["check", "--dest", str(mirror), "--host", "h9"], capsys)
+    code, _, err = cli(["check", "--dest", str(mirror), "--host", "h9"], capsys)
     assert code == 2 and "has no host 'h9'" in err and "its hosts: h0" in err
 
 
@@ -329,6 +323,20 @@ def test_a_sync_that_starts_after_the_check_opened_the_state_is_no_damage(
     assert summary.versions == 1
 
 
+def _count_looks(monkeypatch: pytest.MonkeyPatch, looks: list[str]) -> None:
+    """Each lstat, stat, listdir or scandir of a path under the mirror's versions noted in
+    ``looks`` (by the call's name), until ``monkeypatch.undo()``."""
+    for name in ("lstat", "stat", "listdir", "scandir"):
+        real = getattr(os, name)
+
+        def look(path: Any, *args: Any, name: str = name, real: Any = real, **kwargs: Any) -> Any:
+            if b"/.remote-sync/versions/" in os.fsencode(path):
+                looks.append(name)
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, look)
+
+
 def _pruned_down(dest: Path, counted: int, names: list[bytes]) -> dict[bytes, list[Path]]:
     """A mirror of h0 whose files ``names`` (in one directory) each counted ``counted``
     versions, of which only the last two are left, with their keep times (as a prune
@@ -374,24 +382,12 @@ def test_the_versions_are_looked_at_once_per_folder_not_once_per_number_counted(
     every file whose versions are in it), and finds the same: the looks no longer grow with
     the versions pruned, and what is missing or no file is still said."""
     looks: list[str] = []
-
-    def counting(name: str) -> None:
-        real = getattr(os, name)
-
-        def look(path: Any, *args: Any, **kwargs: Any) -> Any:
-            if b"/.remote-sync/versions/" in os.fsencode(path):
-                looks.append(name)
-            return real(path, *args, **kwargs)
-
-        monkeypatch.setattr(os, name, look)
-
     names = [BASE + b"a.jsonl", BASE + b"b.jsonl", BASE + b"c.jsonl"]
     found: dict[int, tuple[int, list[Problem], CheckSummary]] = {}
     for counted in (3, 300):
         dest = tmp_path / str(counted)
         _pruned_down(dest, counted, names)
-        for name in ("lstat", "stat", "scandir", "listdir"):
-            counting(name)
+        _count_looks(monkeypatch, looks)
         problems: list[Problem] = []
         summary = check_mirror(dest, on_problem=problems.append)
         monkeypatch.undo()
@@ -425,27 +421,15 @@ def test_versions_list_and_prune_look_at_a_folder_once_not_once_per_number_count
     versions folder once now: the looks do not grow with the versions pruned, and the listing
     is the same."""
     looks: list[str] = []
-
-    def counting(name: str) -> None:
-        real = getattr(os, name)
-
-        def look(path: Any, *args: Any, **kwargs: Any) -> Any:
-            if b"/.remote-sync/versions/" in os.fsencode(path):
-                looks.append(name)
-            return real(path, *args, **kwargs)
-
-        monkeypatch.setattr(os, name, look)
-
     names = [BASE + b"a.jsonl", BASE + b"b.jsonl"]
     found: dict[int, tuple[int, list[tuple[str, int]]]] = {}
     for counted in (3, 300):
         dest = tmp_path / str(counted)
         _pruned_down(dest, counted, names)
-        for name in ("lstat", "stat", "listdir", "scandir"):
-            counting(name)
-        code, out, _ = _cli(["versions", "list", "--dest", str(dest), "--json"], capsys)
+        _count_looks(monkeypatch, looks)
+        code, out, _ = cli(["versions", "list", "--dest", str(dest), "--json"], capsys)
         dry = ["versions", "prune", "--dest", str(dest), "--keep-last", "1", "--dry-run"]
-        pruned, _, _ = _cli(dry, capsys)
+        pruned, _, _ = cli(dry, capsys)
         monkeypatch.undo()
         assert code == pruned == 0
         rows = [msgspec.json.decode(line) for line in out.splitlines()]
@@ -475,19 +459,19 @@ def test_a_deleted_files_lost_copy_is_damage_until_a_sync_records_it_then_a_note
     assert "fetches the file again" not in hint
     # The index still lists its session, deleted; showing it tells the same.
     listed = ["sessions", "list", "--dest", str(mirror), "--state", "deleted", "--json"]
-    code, out, _ = _cli(listed, capsys)
+    code, out, _ = cli(listed, capsys)
     [session] = [msgspec.json.decode(line) for line in out.splitlines()]
     assert code == 0 and session["path"] == path_text(OTHER)
     shown = ["sessions", "show", "h0", session["session_id"], "--dest", str(mirror)]
-    code, _, err = _cli(shown, capsys)
+    code, _, err = cli(shown, capsys)
     assert code != 0 and "no sync fetches it again: the host deleted it" in err
     sync = ["sync", "--inventory", str(tmp_path / "inventory.toml"), "--dest", str(mirror)]
     assert run_cli(sync)[0] == 0
     capsys.readouterr()
     # The recovery dropped its session from the index, so a rebuild has nothing to say of it.
-    code, out, _ = _cli(listed, capsys)
+    code, out, _ = cli(listed, capsys)
     assert (code, out) == (0, "")
-    assert _cli(["index", "rebuild", "--dest", str(mirror)], capsys)[0] == 0
+    assert cli(["index", "rebuild", "--dest", str(mirror)], capsys)[0] == 0
     for _ in range(2):  # and so it stays
         code, problems, summary = _checked(mirror, capsys)
         assert code == 0 and summary.intact
@@ -497,7 +481,7 @@ def test_a_deleted_files_lost_copy_is_damage_until_a_sync_records_it_then_a_note
         ]
         assert problems[0].what.startswith("the host deleted it; its copy under this name is")
         assert problems[0].hint.startswith("nothing to do: no sync fetches it again")
-    code, out, _ = _cli(["check", "--dest", str(mirror)], capsys)
+    code, out, _ = cli(["check", "--dest", str(mirror)], capsys)
     assert code == 0
     assert f"note    h0: {path_text(OTHER)}: the host deleted it" in out
     assert out.splitlines()[-1].endswith(": intact (1 note)")
@@ -513,7 +497,7 @@ def test_a_deleted_files_lost_copy_is_damage_until_a_sync_records_it_then_a_note
     capsys.readouterr()
     code, problems, summary = _checked(mirror, capsys)
     assert (code, problems) == (0, [])
-    code, out, _ = _cli(listed, capsys)
+    code, out, _ = cli(listed, capsys)
     assert [msgspec.json.decode(line)["path"] for line in out.splitlines()] == [path_text(OTHER)]
 
 
@@ -571,12 +555,12 @@ def test_a_shown_tombstones_missing_copy_is_said_to_be_fetched_again(
     assert run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"])[0] == 0
     capsys.readouterr()
     listed = ["sessions", "list", "--dest", str(dest), "--state", "deleted", "--json"]
-    code, out, _ = _cli(listed, capsys)
+    code, out, _ = cli(listed, capsys)
     [session] = [msgspec.json.decode(line) for line in out.splitlines()]
     assert code == 0 and session["path"] == path_text(tomb)
     (dest / "h0" / os.fsdecode(tomb)).unlink()
     shown = ["sessions", "show", "h0", session["path"], "--dest", str(dest)]
-    code, _, err = _cli(shown, capsys)
+    code, _, err = cli(shown, capsys)
     assert code != 0 and "fetches the file again" in err
     assert "no sync fetches it again" not in err
 

@@ -30,7 +30,7 @@ import anyio
 import pytest
 from rich.console import Console
 from sshfleet import SSHFleet
-from synchelp import expected_tree, make_openclaw_tree, mirror_tree, write_inventory
+from synchelp import cli, expected_tree, make_openclaw_tree, mirror_tree, write_inventory
 
 from remote_sync import api
 from remote_sync.cli import main
@@ -68,12 +68,6 @@ from remote_sync.render import RichRenderer, plain
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 HOSTILE_TITLE = "[/x] [bold]loud[/bold] \x1b[2J\x1b]0;owned\x07 :smile:"
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def process(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:

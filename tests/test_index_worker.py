@@ -18,11 +18,10 @@ from sessiongen import build_tree, facts_dict, generate
 from sshfleet import SSHFleet
 from synchelp import (
     append,
+    assert_exact,
     big_session,
     cli_process,
-    expected_tree,
     make_openclaw_tree,
-    mirror_tree,
     session_bytes,
     write_inventory,
 )
@@ -41,14 +40,6 @@ from remote_sync.mirror import engine, writer
 from remote_sync.mirror.state import MirrorState
 
 FAKE_WORKER = Path(__file__).resolve().parent / "fake_index_worker.py"
-
-
-def assert_exact(fleet: SSHFleet, dest: Path, name: str) -> None:
-    want = expected_tree(fleet.path(name))
-    got = mirror_tree(dest, name)
-    assert sorted(got) == sorted(want)
-    for rel, data in want.items():
-        assert got[rel] == data, rel
 
 
 def assert_state_matches_disk(dest: Path, host: str = "h0") -> None:

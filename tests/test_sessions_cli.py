@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 import pytest
 import sessiongen
-from synchelp import tear_reads, write_inventory
+from synchelp import cli, tear_reads, write_inventory
 
 from remote_sync.cli import _cut_session_id, main
 from remote_sync.errors import ConfigError
@@ -655,12 +655,6 @@ def test_reading_does_not_take_the_lock_or_block_a_writer(index_dest: Path) -> N
 
 
 # -- the CLI over the index ------------------------------------------------------------------
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def json_rows(out: str, tp: Any = SessionRow) -> list[Any]:

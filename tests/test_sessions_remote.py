@@ -32,7 +32,7 @@ import pytest
 import sessiongen
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from synchelp import write_inventory
+from synchelp import cli, write_inventory
 from test_sessions_cli import expected_row, generated, openclaw_session, shown, text_numbers
 
 from remote_sync import api
@@ -431,12 +431,6 @@ def test_local_show_script_by_id_and_path(
 
 
 # ----------------------------------------------------------------------------- real sshd
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def rows_of(out: str) -> dict[tuple[str, str], SessionRow]:

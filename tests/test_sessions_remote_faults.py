@@ -20,12 +20,11 @@ from typing import Any
 
 import anyio
 import pytest
-from synchelp import write_inventory
+from synchelp import cli, write_inventory
 from test_sessions_cli import openclaw_session
 
 from remote_sync import api
 from remote_sync.cancel import CancelRegistry, default_registry
-from remote_sync.cli import main
 from remote_sync.errors import (
     ConfigError,
     RemoteSyncError,
@@ -37,12 +36,6 @@ from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine, remote_ops
 
 SESSIONS = "agents/main/sessions"
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def host_tools(

@@ -27,6 +27,8 @@ from bbtools import applet_dir, with_cksum
 from sshfleet import SSHFleet
 from synchelp import (
     append,
+    assert_exact,
+    assert_sync_heals,
     big_session,
     change_first_id_in_place,
     cli_process,
@@ -86,14 +88,6 @@ def adhoc_sync_args(fleet: SSHFleet, dest: Path) -> list[str]:
         str(fleet.path("h0")),
         "--json",
     ]
-
-
-def assert_exact(fleet: SSHFleet, dest: Path, name: str) -> None:
-    want = expected_tree(fleet.path(name))
-    got = mirror_tree(dest, name)
-    assert sorted(got) == sorted(want)
-    for rel, data in want.items():
-        assert got[rel] == data, rel
 
 
 def assert_holds_the_host(fleet: SSHFleet, dest: Path, name: str) -> None:
@@ -744,10 +738,7 @@ def test_sshd_killed_mid_transfer_exit_1_then_rerun_completes(
     assert any(b'"path":"agents/a/sessions/big.jsonl"' in line for line in errors), errors
     assert not list(temp_dir.glob("*")), "a partial temp file was left behind"
     fleet.start("h0")
-    proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest)])
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert_exact(fleet, dest, "h0")
+    assert_sync_heals(fleet, ["sync", "--inventory", str(inv), "--dest", str(dest)], dest)
 
 
 def test_a_dropped_connection_keeps_the_whole_files_that_arrived_before_it(
@@ -1307,10 +1298,7 @@ def test_kill_9_between_a_first_piece_rename_and_its_commit_leaves_only_whole_li
     assert 0 < row.size < len(data)
     assert local == data[: row.size]
     assert data[row.size - 1 : row.size] == b"\n"
-    proc = cli_process(args)
-    _out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert_exact(fleet, dest, "h0")
+    assert_sync_heals(fleet, args, dest)
 
 
 def test_a_piece_whose_flush_fails_cuts_its_file_back_to_the_checkpoint(
@@ -1541,10 +1529,7 @@ def test_kill_9_while_a_transcript_comes_in_pieces_then_rerun_gives_an_exact_mir
         partial += before < size < len(remote) - 2 * 1024 * 1024
     assert kills >= 2
     assert partial >= 1
-    proc = cli_process(args)
-    _out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert_exact(fleet, dest, "h0")
+    assert_sync_heals(fleet, args, dest)
 
 
 def test_kill_9_at_random_points_then_rerun_gives_an_exact_mirror(
@@ -1578,10 +1563,7 @@ def test_kill_9_at_random_points_then_rerun_gives_an_exact_mirror(
             latest = max(0.3, latest * 0.7)
         proc.communicate(timeout=60)
     assert kills >= 3
-    proc = cli_process(args)
-    _out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert_exact(fleet, dest, "h0")
+    assert_sync_heals(fleet, args, dest)
     # Lines are exactly the remote's: none lost, none duplicated.
     for rel in paths:
         got = (dest / "h0" / rel).read_bytes().splitlines()
@@ -1639,10 +1621,7 @@ def test_ctrl_c_cancels_with_130_and_a_rerun_completes(
             r.size == (dest / "h0" / os.fsdecode(r.path)).stat().st_size
             for r in state.host_files("h0").values()
         )
-    proc = cli_process(["sync", "--inventory", str(inv), "--dest", str(dest)])
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert_exact(fleet, dest, "h0")
+    assert_sync_heals(fleet, ["sync", "--inventory", str(inv), "--dest", str(dest)], dest)
 
 
 def test_appends_during_a_sync_arrive_whole(fleet: SSHFleet, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sshfleet import SSHFleet
-from synchelp import run_cli, session_bytes, tear_reads, write_inventory
+from synchelp import cli, run_cli, session_bytes, tear_reads, write_inventory
 
 from remote_sync import api
 from remote_sync.cancel import CancelRegistry
@@ -68,14 +68,8 @@ def _sync(inv: Path, dest: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
 
 
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _listed(dest: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> list[VersionRow]:
-    code, out, err = _cli(["versions", "list", "--dest", str(dest), "--json", *extra], capsys)
+    code, out, err = cli(["versions", "list", "--dest", str(dest), "--json", *extra], capsys)
     assert code == 0, err
     return [msgspec.json.decode(line, type=VersionRow) for line in out.splitlines()]
 
@@ -153,7 +147,7 @@ def test_versions_list_shows_every_kept_copy_with_its_size_and_session(
     assert _listed(dest, capsys, "--host", "h9") == []
 
     # The table: hostile names escaped on one line, as every listing shows paths.
-    code, out, err = _cli(["versions", "list", "--dest", str(dest), "--host", "h0"], capsys)
+    code, out, err = cli(["versions", "list", "--dest", str(dest), "--host", "h0"], capsys)
     assert code == 0, err
     lines = out.splitlines()
     assert len(lines) == 1 + len(rows)
@@ -184,12 +178,12 @@ def test_versions_restore_writes_exactly_the_kept_bytes(
         for n, data in enumerate(datas, 1):
             out = tmp_path / f"restored-{len(rel)}-{n}"
             args = ["versions", "restore", "h0", path_text(rel), str(n), "--to", str(out)]
-            code, _, err = _cli([*args, "--dest", str(dest)], capsys)
+            code, _, err = cli([*args, "--dest", str(dest)], capsys)
             assert code == 0, err
             assert out.read_bytes() == data
     # The path as the host spells it (a newline, raw bytes) names the file too.
     out = tmp_path / "raw"
-    code, _, err = _cli(
+    code, _, err = cli(
         ["versions", "restore", "h0", os.fsdecode(HOSTILE), "1", "--to", str(out), "-d", str(dest)],
         capsys,
     )
@@ -217,28 +211,28 @@ def test_versions_restore_refuses_the_mirror_and_an_existing_file(
     before = _snapshot(dest)
     restore = ["versions", "restore", "h0", path_text(PLAIN), "1", "--dest", str(dest)]
     for inside in (dest / "h0" / os.fsdecode(PLAIN), dest / "copy.jsonl", dest / ".remote-sync/x"):
-        code, _, err = _cli([*restore, "--to", str(inside), "--force"], capsys)
+        code, _, err = cli([*restore, "--to", str(inside), "--force"], capsys)
         assert code == 2 and "inside the mirror" in err, err
     assert _snapshot(dest) == before
     assert not (dest / "copy.jsonl").exists()
 
     existing = tmp_path / "mine.jsonl"
     existing.write_bytes(b"mine\n")
-    code, _, err = _cli([*restore, "--to", str(existing)], capsys)
+    code, _, err = cli([*restore, "--to", str(existing)], capsys)
     assert code == 2 and "exists" in err and "--force" in err, err
     assert existing.read_bytes() == b"mine\n"
-    code, _, err = _cli([*restore, "--to", str(existing), "--force"], capsys)
+    code, _, err = cli([*restore, "--to", str(existing), "--force"], capsys)
     assert code == 0, err
     assert existing.read_bytes() == versions[PLAIN][0]
 
     # A version that is not there: the error names host, path and version, and what to run.
-    code, _, err = _cli(
+    code, _, err = cli(
         [*restore[:4], "7", "--dest", str(dest), "--to", str(tmp_path / "n")], capsys
     )
     assert code == 2
     assert f"h0: {path_text(PLAIN)}: no version 7 (kept: v1, v2)" in err
     assert "remote-sync versions list" in err
-    code, _, err = _cli([*restore[:3], "nothing.jsonl", "1", "-d", str(dest), "--to", "x"], capsys)
+    code, _, err = cli([*restore[:3], "nothing.jsonl", "1", "-d", str(dest), "--to", "x"], capsys)
     assert code == 2 and "h0: nothing.jsonl: no kept versions" in err, err
     assert _snapshot(dest) == before
 
@@ -246,10 +240,10 @@ def test_versions_restore_refuses_the_mirror_and_an_existing_file(
 def test_versions_of_a_folder_that_is_no_mirror_fail_as_sessions_list_does(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _cli(["sessions", "list", "--dest", str(tmp_path)], capsys)
+    code, out, err = cli(["sessions", "list", "--dest", str(tmp_path)], capsys)
     assert code == 2
     for args in (["list"], ["restore", "h0", "a.jsonl", "1", "--to", str(tmp_path / "x")]):
-        assert _cli(["versions", *args, "--dest", str(tmp_path)], capsys) == (2, out, err)
+        assert cli(["versions", *args, "--dest", str(tmp_path)], capsys) == (2, out, err)
     assert not (tmp_path / ".remote-sync").exists()
 
 
@@ -311,7 +305,7 @@ def test_a_copy_that_cannot_be_looked_at_is_a_mirror_error_naming_it(
     agents = dest / ".remote-sync" / "versions" / "h0" / "agents"
     os.rename(agents, tmp_path / "agents")
     agents.symlink_to(agents.name)  # a link to itself
-    code, out, err = _cli(["versions", "list", "--dest", str(dest)], capsys)
+    code, out, err = cli(["versions", "list", "--dest", str(dest)], capsys)
     assert (code, out) == (1, ""), err
     shown = path_text(os.fsencode(place.relative_to(dest)))
     assert f"h0: {path_text(PLAIN)}: cannot look at version 1 ({shown}): " in err, err
@@ -345,14 +339,14 @@ def test_a_link_in_the_versions_folder_is_neither_listed_nor_followed(
     restore = ["versions", "restore", "h0", path_text(PLAIN), "1", "--dest", str(dest)]
     out = tmp_path / "out"
     for to in (str(out), "-"):
-        code, printed, err = _cli([*restore, "--to", to], capsys)
+        code, printed, err = cli([*restore, "--to", to], capsys)
         assert (code, printed) == (1, ""), err
         assert "h0: " + path_text(PLAIN) + ": version 1 (" in err, err
         assert "is a symbolic link, not a copy a sync kept: not restored" in err, err
     assert not out.exists() and not list(tmp_path.glob(".remote-sync-restore-*"))
     with pytest.raises(MirrorError, match="is a symbolic link"):
         restore_version(dest, "h0", path_text(PLAIN), 1, io.BytesIO())
-    code, _, err = _cli([*restore[:4], "2", "--dest", str(dest), "--to", str(out)], capsys)
+    code, _, err = cli([*restore[:4], "2", "--dest", str(dest), "--to", str(out)], capsys)
     assert code == 0 and out.read_bytes() == b"second copy\n", err
     assert second.read_bytes() == b"second copy\n"
 
@@ -440,7 +434,7 @@ def test_a_target_that_cannot_be_looked_at_is_no_lost_output(
     _by_hand(dest, [b"kept\n"])
     restore = ["versions", "restore", "h0", path_text(PLAIN), "1", "--dest", str(dest)]
     too_long = tmp_path / ("x" * 300)
-    code, _, err = _cli([*restore, "--to", str(too_long)], capsys)
+    code, _, err = cli([*restore, "--to", str(too_long)], capsys)
     assert code == 2, err
     assert f"{too_long}: cannot look at the file to restore to: File name too long" in err
     assert "cannot write the output" not in err
@@ -454,7 +448,7 @@ def test_a_target_that_cannot_be_looked_at_is_no_lost_output(
 
     monkeypatch.setattr(Path, "is_dir", no_permission)
     locked = tmp_path / "locked"
-    code, _, err = _cli([*restore, "--to", str(locked)], capsys)
+    code, _, err = cli([*restore, "--to", str(locked)], capsys)
     assert code == 2, err
     assert f"{locked}: cannot look at the file to restore to: Permission denied" in err
     assert "cannot write the output" not in err
@@ -478,7 +472,7 @@ def test_a_damaged_state_database_is_an_error_not_a_traceback(
         raw.write(b"\xff" * page_size)
     says = f"cannot read the mirror's state database in {dest}: database disk image is malformed"
     for args in (["list"], ["restore", "h0", "sess-1", "1", "--to", str(tmp_path / "out")]):
-        code, _, err = _cli(["versions", *args, "--dest", str(dest)], capsys)
+        code, _, err = cli(["versions", *args, "--dest", str(dest)], capsys)
         assert code == 2 and says in err, err
         assert "move it aside" in err and err.index("run again") < err.index("move it aside")
 
@@ -543,14 +537,14 @@ def test_a_sync_records_when_it_kept_each_version_and_an_older_state_goes_on(
     _sync(inv, dest, capsys)
     rows = _listed(dest, capsys)
     assert [(r.version, r.kept_at is None) for r in rows] == [(1, True), (2, False)]
-    code, out, err = _cli(["versions", "list", "--dest", str(dest)], capsys)
+    code, out, err = cli(["versions", "list", "--dest", str(dest)], capsys)
     assert code == 0, err
     assert out.splitlines()[0].split()[4] == "kept"  # "kept (UTC)" split on blanks
     assert "2023-11-14" in out and "(written)" in out.splitlines()[1]
     assert "(written)" not in out.splitlines()[2] and rows[1].kept_at[:10] in out  # type: ignore[index]
 
     # Pruned to the newest, then rewritten: the next version is v3, with its own time.
-    code, out, err = _cli(["versions", "prune", "--dest", str(dest), "--keep-last", "1"], capsys)
+    code, out, err = cli(["versions", "prune", "--dest", str(dest), "--keep-last", "1"], capsys)
     assert code == 0, err
     _write(fleet, PLAIN, session_bytes(rng, 1, start=300))
     _sync(inv, dest, capsys)
@@ -657,7 +651,7 @@ def _by_hand_kept(dest: Path, ages: list[float | None], rel: bytes = PLAIN) -> l
 def _prune(
     dest: Path, capsys: pytest.CaptureFixture[str], *rules: str
 ) -> tuple[int, dict[str, Any], str]:
-    code, out, err = _cli(["versions", "prune", "--dest", str(dest), "--json", *rules], capsys)
+    code, out, err = cli(["versions", "prune", "--dest", str(dest), "--json", *rules], capsys)
     return code, (msgspec.json.decode(out) if out else {}), err
 
 
@@ -691,7 +685,7 @@ def test_prune_keeps_the_last_n_and_removes_only_the_older_copies(
 
     # The table: one line per version removed, and the total.
     when = _when_of(dest, 4)
-    code, out, err = _cli(["versions", "prune", "-d", str(dest), "--keep-last", "1"], capsys)
+    code, out, err = cli(["versions", "prune", "-d", str(dest), "--keep-last", "1"], capsys)
     assert code == 0, err
     assert out.splitlines() == [
         f"removed h0: {path_text(PLAIN)} v4 (7 B, kept {when})",
@@ -770,7 +764,7 @@ def test_a_dry_run_removes_nothing_and_reads_while_a_sync_holds_the_lock(
     with MirrorState(dest):  # a sync running
         code, _result, err = _prune(dest, capsys, "--keep-last", "1")
         assert code == 75 and "is using this destination" in err, err
-        code, out, err = _cli(
+        code, out, err = cli(
             ["versions", "prune", "-d", str(dest), "--keep-last", "1", "-n"], capsys
         )
         assert code == 0, err
@@ -807,13 +801,13 @@ def test_prune_without_a_keep_rule_is_refused_and_removes_nothing(
         ["--keep-within", "soon"],
         ["--keep-within", ""],
     ):
-        code, out, err = _cli(["versions", "prune", "--dest", str(dest), *rules], capsys)
+        code, out, err = cli(["versions", "prune", "--dest", str(dest), *rules], capsys)
         assert (code, out) == (2, ""), (rules, err)
         assert "keep" in err, err
-    code, _, err = _cli(["versions", "prune", "--dest", str(dest)], capsys)
+    code, _, err = cli(["versions", "prune", "--dest", str(dest)], capsys)
     assert "prune needs a keep rule" in err and "--keep-last N" in err
     assert _files(dest) == before
-    code, _, err = _cli(
+    code, _, err = cli(
         ["versions", "prune", "-d", str(tmp_path / "none"), "--keep-last", "1"], capsys
     )
     assert code == 2 and "no mirror at" in err
@@ -876,7 +870,7 @@ def test_prune_never_follows_a_link_nor_removes_what_is_no_copy(
     assert code == 1, err
     assert result["removed"] == [] and _numbers(result["left"]) == [1]
     assert outside_v1.read_bytes() == b"someone else's\n"
-    code, out, err = _cli(prune, capsys)
+    code, out, err = cli(prune, capsys)
     assert code == 1 and "version 1 (" in err and "is reached through a symbolic link" in err
     assert out.splitlines() == ["removed 0 versions (0 B freed); 1 version kept"]
     assert outside_v1.exists()
@@ -1006,7 +1000,7 @@ def test_a_prune_goes_on_past_each_failure_and_says_every_one(
         places = _three_files(dest)
         _failing(monkeypatch)
         json = ["--json"] if form == "json" else []
-        code, out, err = _cli(
+        code, out, err = cli(
             ["versions", "prune", "-d", str(dest), "--keep-last", "1", *json], capsys
         )
         monkeypatch.undo()
@@ -1070,7 +1064,7 @@ def test_a_prune_goes_on_past_each_failure_and_says_every_one(
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setattr(os, "fsync", fsync_fails)
-    code, out, err = _cli(["versions", "prune", "-d", str(dest), "--keep-last", "1"], capsys)
+    code, out, err = cli(["versions", "prune", "-d", str(dest), "--keep-last", "1"], capsys)
     monkeypatch.undo()
     assert code == 1 and err.count("cannot sync a directory of the versions folder") == 3, err
     assert out.splitlines()[-1] == "removed 7 versions (49 B freed); 3 versions kept"
@@ -1091,7 +1085,7 @@ def test_a_prune_stops_when_the_state_cannot_be_written(
         raise self._db_error(sqlite3.OperationalError("database or disk is full"), "forget")
 
     monkeypatch.setattr(MirrorState, "forget_versions", full)
-    code, out, err = _cli(["versions", "prune", "-d", str(dest), "--keep-last", "1"], capsys)
+    code, out, err = cli(["versions", "prune", "-d", str(dest), "--keep-last", "1"], capsys)
     monkeypatch.undo()
     assert code == 1 and err.count("disk full") == 1 and "the prune stopped there" in err, err
     assert "went on" not in err, err
@@ -1133,11 +1127,11 @@ def test_versions_list_reads_again_when_a_sync_started_during_its_read(
     _by_hand_kept(dest, [3 * DAY, 2 * DAY, DAY])
     listing = ["versions", "list", "--dest", str(dest), "--json"]
     dry = ["versions", "prune", "--dest", str(dest), "--keep-last", "1", "-n", "--json"]
-    expected = [_cli(listing, capsys), _cli(dry, capsys)]
+    expected = [cli(listing, capsys), cli(dry, capsys)]
     assert expected[0][0] == 0 and len(expected[0][1].splitlines()) == 3
     for args, answer in zip([listing, dry], expected, strict=True):
         opened = tear_reads(monkeypatch, dest, torn=1)
-        assert _cli(args, capsys) == answer
+        assert cli(args, capsys) == answer
         assert len(opened) == 2  # read again once
         monkeypatch.undo()
     tear_reads(monkeypatch, dest, torn=1)
@@ -1146,5 +1140,5 @@ def test_versions_list_reads_again_when_a_sync_started_during_its_read(
     monkeypatch.undo()
 
     opened = tear_reads(monkeypatch, dest, torn=1000, sync=False)
-    code, out_text, err = _cli(listing, capsys)
+    code, out_text, err = cli(listing, capsys)
     assert code == 2 and "malformed" in out_text + err and len(opened) == 1

@@ -22,10 +22,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
 import pytest
+from bbtools import applet_dir
 from sshfleet import SSHFleet
 from synchelp import (
     SESSIONS,
@@ -53,6 +55,7 @@ from remote_sync.events import (
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine
 from remote_sync.mirror.engine import SyncOptions, sync_fleet
+from remote_sync.mirror.remote_ops import PROBE_TOOLS
 from remote_sync.ssh.pool import SSHPool
 
 SOCKET = Path(".remote-sync") / "agent.sock"
@@ -381,20 +384,31 @@ async def test_a_round_whose_listing_failed_forgets_the_hosts_tools(
         assert pool.note(endpoint, engine._TOOLS_NOTE) is None
 
 
-async def test_a_round_told_over_a_lost_connection_keeps_nothing_for_the_new_one(
-    fleet: SSHFleet, agent_setup: tuple[Path, Path]
+async def test_a_round_whose_connection_is_replaced_is_told_nothing_of_the_old_one(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path], busybox: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A round is told what the pool's connection learned, but that connection turns out
-    lost when the round's channel opens, and the round runs on a new one: the answer it
-    was told, from another connection, is not kept for the new one (the host behind it may
-    have changed), whose next round probes again."""
+    """The pool's connection turns out lost when a round's channel opens, and the round runs
+    on a new one, to a host whose tools changed meanwhile (GNU's, then BusyBox's): it is
+    told nothing of what the old connection learned, so it probes the host's tools as a new
+    connection's first round does, lists and fetches well, and keeps what it found for the
+    new connection. Told the old answer, BusyBox's find failed the listing."""
     inv, dest = agent_setup
     hosts = load_inventory(inv).select(["h0"])
     endpoint = hosts[0].endpoint
+    asked: list[str] = []
+    path = ""  # the hosts' own PATH, then BusyBox's applets alone
+    real_argv = engine.round_argv
+
+    def recording(*args: Any, tools: str = "", **kwargs: Any) -> list[str]:
+        asked.append(tools)
+        command = real_argv(*args, tools=tools, **kwargs)
+        return ["env", f"PATH={path}", *command] if path else command
+
+    monkeypatch.setattr(engine, "round_argv", recording)
     async with SSHPool() as pool:
         assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
         found = pool.note(endpoint, engine._TOOLS_NOTE)
-        assert found is not None
+        assert found is not None and found.startswith("r")  # GNU find
         old = pool._slots[endpoint].conn
         assert old is not None
 
@@ -402,11 +416,21 @@ async def test_a_round_told_over_a_lost_connection_keeps_nothing_for_the_new_one
             raise ConnectionResetError("connection lost")
 
         old.create_session = lost  # type: ignore[method-assign]
-        assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
+        path = str(applet_dir(busybox, fleet.root / "bb", ("gzip", "tar", "md5sum")))
+        new = fleet.path("h0", SESSIONS.format(agent="agent1")) / "new.jsonl"
+        new.write_bytes(b'{"n":1}\n' * 100)
+        asked.clear()
+        events: list[Event] = []
+        summary = await sync_fleet(hosts, SyncOptions(dest=dest), events.append, pool=pool)
+        assert summary.exit_code == 0, [e for e in events if isinstance(e, ErrorEvent)]
         assert pool.stats(endpoint).connects == 2 and pool._slots[endpoint].conn is not old
-        assert pool.note(endpoint, engine._TOOLS_NOTE) is None
+        # Made for the old connection, whose channel did not open, then for the new one.
+        assert asked == [found, PROBE_TOOLS]
+        busybox_found = pool.note(endpoint, engine._TOOLS_NOTE)
+        assert busybox_found is not None and not busybox_found.startswith("r")
+        asked.clear()
         assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
-        assert pool.note(endpoint, engine._TOOLS_NOTE) == found
+        assert asked == [busybox_found]
     assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
 
 

@@ -388,16 +388,22 @@ class HostSync:
         recheck: list[Transfer] = []
         stream: RemoteStream | None = None
         complete = True
-        told_here = False
-        told = self.pool.note(self.host.endpoint, _TOOLS_NOTE) or ""
-        asked = told or (PROBE_TOOLS if self.keeps_tools else "")
+
+        def argv(conn: asyncssh.SSHClientConnection) -> list[str]:
+            # Told what was learned over the connection it runs on, read as its channel
+            # opens: a pooled connection found lost then is replaced by a new one, which has
+            # learned nothing, and the round probes (the host behind it may have changed).
+            told = self.pool.note_of(conn, _TOOLS_NOTE) or ""
+            asked = told or (PROBE_TOOLS if self.keeps_tools else "")
+            return round_argv(
+                source.root, source.start_points, per_batch=self.flush_files, tools=asked
+            )
+
         try:
             async with exec_streaming(
                 self.pool,
                 self.host.endpoint,
-                round_argv(
-                    source.root, source.start_points, per_batch=self.flush_files, tools=asked
-                ),
+                argv,
                 host=self.name,
                 stdin=fetch_stdin([], marker),
                 keep_stdin_open=True,
@@ -406,10 +412,8 @@ class HostSync:
                 token=self.token,
             ) as stream:
                 # Known before the listing is read: a round that fails from here on forgets
-                # what it was told (_note_tools). One whose connection was lost before it
-                # started runs on a new one, told the old one's answer: not kept for it.
+                # what it was told (_note_tools).
                 self.tools_conn = stream.connection
-                told_here = not told or self.pool.note(self.host.endpoint, _TOOLS_NOTE) == told
                 listing, listed = await self._list(stream)
                 assert listed.end is not None
                 complete = not listed.end[1]
@@ -446,7 +450,7 @@ class HostSync:
                 for t in still:
                     self._fail(t.remote.path, "changed again while being fetched; retry next run")
             else:
-                self.tools_clean = complete and told_here
+                self.tools_clean = complete
         finally:
             if not complete:  # reported even when the fetch then failed
                 assert stream is not None

@@ -1474,9 +1474,18 @@ class SSHPool:
         new connection (a reconnect, a changed ssh_config) starts with no notes: what was
         learned over one is not taken to hold for the host behind the next."""
         slot = self._slots.get(endpoint)
-        if slot is None or slot.conn is None or slot.conn.is_closed() or slot.stale:
+        if slot is None or slot.conn is None or slot.stale:
             return None
-        return self._notes.get(slot.conn, {}).get(key)
+        return self.note_of(slot.conn, key)
+
+    def note_of(self, conn: asyncssh.SSHClientConnection, key: str) -> str | None:
+        """What :meth:`set_note` kept under ``key`` for ``conn`` (None when nothing was, or it
+        is closed): read once a command's channel opens on ``conn`` (``exec_streaming``'s
+        argv as a function of the connection), it is that connection's, even when the one
+        the pool held before turned out lost and was replaced."""
+        if conn.is_closed():
+            return None
+        return self._notes.get(conn, {}).get(key)
 
     def set_note(self, conn: asyncssh.SSHClientConnection, key: str, value: str | None) -> None:
         """Keep ``value`` under ``key`` for as long as ``conn`` lives (None forgets it)."""

@@ -46,6 +46,9 @@ from .remote import (
 
 log = logging.getLogger(__name__)
 
+#: A command's argv, or a function making it for the connection it will run on.
+Argv = Sequence[str] | Callable[[asyncssh.SSHClientConnection], Sequence[str]]
+
 #: Pauses before re-asking a server that refused a channel (about 3 s in all: under load sshd
 #: took longer than 0.6 s to free the slots of sessions that had already closed).
 REFUSAL_BACKOFF = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5)
@@ -410,7 +413,7 @@ async def _open_channel(
     endpoint: Endpoint,
     conn: asyncssh.SSHClientConnection,
     host: str,
-    command: str,
+    argv: Argv,
     factory: Any,
 ) -> asyncssh.SSHClientChannel[bytes]:
     settings = pool.settings
@@ -419,7 +422,8 @@ async def _open_channel(
     async def create(on: asyncssh.SSHClientConnection) -> asyncssh.SSHClientChannel[bytes]:
         chan, _ = await on.create_session(
             factory,
-            command,
+            # Made for the connection it runs on: a reconnect's gets its own.
+            wrapped_command(argv(on) if callable(argv) else argv),
             encoding=None,
             window=window,
             max_pktsize=settings.max_pktsize,
@@ -463,7 +467,7 @@ def _connection_gone(conn: asyncssh.SSHClientConnection, exc: asyncssh.ChannelOp
 async def exec_streaming(
     pool: SSHPool,
     endpoint: Endpoint,
-    argv: Sequence[str],
+    argv: Argv,
     *,
     host: str | None = None,
     path: str | None = None,
@@ -478,6 +482,10 @@ async def exec_streaming(
     registry: CancelRegistry | None = None,
 ) -> AsyncIterator[RemoteStream]:
     """Run ``argv`` on ``endpoint`` and yield a :class:`RemoteStream` of its stdout.
+
+    ``argv`` may be a function of the connection the command is to run on, called when its
+    channel opens (again on the new connection when the pooled one turns out lost): for a
+    command that carries what was learned over one connection (:meth:`SSHPool.note_of`).
 
     ``host`` names the host in errors (the inventory name; defaults to the endpoint's label),
     ``path`` the file concerned if any. ``stdin`` is written to the command and closed, or
@@ -496,7 +504,6 @@ async def exec_streaming(
         # registry, where another component's cancel_all() or a transfer id of its own would
         # reach it too.
         registry = CancelRegistry() if token is not None else default_registry
-    command = wrapped_command(argv)
     with registry.register(transfer_id, parent=token) as own_token:
         own_token.raise_if_cancelled(host=host, path=path)
         stream = RemoteStream(
@@ -521,7 +528,7 @@ async def exec_streaming(
         # slot released, then raised as is.
         body_error: Exception | None = None
         async with pool.session(endpoint, host=host, token=own_token) as conn:
-            chan = await _open_channel(pool, endpoint, conn, host, command, lambda: channel)
+            chan = await _open_channel(pool, endpoint, conn, host, argv, lambda: channel)
             unhook = own_token.on_cancel(lambda: _signal(chan, "TERM"))
             try:
                 # Through send(): a command that ends at once (a root that is not there) may

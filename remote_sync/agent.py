@@ -36,6 +36,7 @@ import math
 import os
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -128,9 +129,6 @@ class Agent:
         self._stopping: anyio.Event | None = None  # made in serve's event loop
         self._stop_asked = False
         self._pools: dict[bool, SSHPool] = {}
-        #: The endpoints of the inventory's hosts when it was last read: the kept pools'
-        #: connections to any other are closed before the next sync that uses them.
-        self._listed: frozenset[Endpoint] | None = None
 
     def stop(self) -> None:
         """Cancel the syncs running (as Ctrl-C does), then stop serving: :meth:`serve`
@@ -289,7 +287,7 @@ class Agent:
                         f"{MAX_REQUESTS} requests already",
                         path=str(self.socket),
                     )
-                hosts = self._hosts(request)
+                picked = self._hosts(request)
             except RemoteSyncError as exc:
                 log.info("pid %d: %s", pid, exc)
                 with contextlib.suppress(OSError, anyio.BrokenResourceError):
@@ -297,20 +295,20 @@ class Agent:
                 return
             self._requests += 1
             try:
-                await self._serve_client(client, reader, request, hosts, f"pid {pid}")
+                await self._serve_client(client, reader, request, picked, f"pid {pid}")
             finally:
                 self._requests -= 1
 
-    def _hosts(self, request: SyncRequest) -> list[Host]:
+    def _hosts(self, request: SyncRequest) -> _Picked:
         """The hosts ``request`` names, from the agent's inventory, read again for each sync
-        (an edit counts from the next sync, as for a timer's runs)."""
+        (an edit counts from the next sync, as for a timer's runs), and the endpoints of all
+        the hosts that reading lists."""
         if os.path.realpath(request.inventory) != str(self.inventory):
             raise AgentRefusedError(
                 f"the agent serves the inventory {self.inventory}, not {request.inventory}",
                 path=str(self.socket),
             )
         inventory = load_inventory(self.inventory)
-        self._listed = frozenset(host.endpoint for host in inventory.hosts)
         missing = [name for name in request.hosts if inventory.get(name) is None]
         if missing:
             raise AgentRefusedError(
@@ -321,14 +319,14 @@ class Agent:
         hosts = inventory.select(request.hosts, request.tags)
         if not hosts:
             raise lists_no_hosts(str(self.inventory))
-        return hosts
+        return _Picked(hosts, frozenset(host.endpoint for host in inventory.hosts))
 
     async def _serve_client(
         self,
         client: anyio.abc.SocketStream,
         reader: BufferedByteReceiveStream,
         request: SyncRequest,
-        hosts: list[Host],
+        picked: _Picked,
         who: str,
     ) -> None:
         transfer = f"agent-{next(self._ids)}"
@@ -385,16 +383,17 @@ class Agent:
             async with anyio.create_task_group() as out:
                 out.start_soon(write)
                 sink = guarded(ThrottledProgress(emit, 0.1))
-                summary = await self._sync(request, hosts, sink, transfer, who)
+                summary = await self._sync(request, picked, sink, transfer, who)
                 send.close()  # the writer ends once the events are out
             if summary is not None:
                 log.info("%s: sync %s, exit %d", who, _outcome(summary), summary.exit_code)
             tg.cancel_scope.cancel()  # the listener: the connection closes now
 
     async def _sync(
-        self, request: SyncRequest, hosts: list[Host], emit: Emit, transfer: str, who: str
+        self, request: SyncRequest, picked: _Picked, emit: Emit, transfer: str, who: str
     ) -> Summary | None:
-        """Run one sync for ``who``; its events (a failure to start: one error) to ``emit``."""
+        """Run one sync of ``picked``'s hosts for ``who``; its events (a failure to start: one
+        error) to ``emit``."""
         try:
             if self._stop_asked:
                 # Its stop cancelled the syncs registered then; one begun after it would
@@ -414,7 +413,7 @@ class Agent:
                 pool=PoolSettings(compression=bool(request.compress)),
             )
             if request.dry_run:
-                return await self._round(hosts, options, emit, transfer, None)
+                return await self._round(picked.hosts, options, emit, transfer, None)
             if self._syncing is not None:
                 raise LockedError(
                     f"the remote-sync agent (pid {os.getpid()}) is running {self._syncing} "
@@ -423,14 +422,15 @@ class Agent:
                 )
             self._syncing = f"a sync for {who}"
             try:
-                if self._listed is not None:
-                    # Between syncs (none uses the kept pools now; a dry run has its own): a
-                    # host gone from the inventory, or whose entry changed, does not keep its
-                    # connection until the idle close.
-                    for kept in self._pools.values():
-                        await kept.close_except(self._listed)
+                # Between syncs (none uses the kept pools now; a dry run has its own): a host
+                # gone from the inventory, or whose entry changed, does not keep its
+                # connection until the idle close. Gone from this sync's reading of it: a
+                # request read while these close (refused: this sync holds the mirror) may
+                # have read a later edit, which counts from the next sync, as the hosts do.
+                for kept in self._pools.values():
+                    await kept.close_except(picked.listed)
                 pool = self._pools[bool(request.compress)]
-                return await self._round(hosts, options, emit, transfer, pool)
+                return await self._round(picked.hosts, options, emit, transfer, pool)
             finally:
                 self._syncing = None
         except RemoteSyncError as exc:
@@ -486,15 +486,24 @@ class Agent:
         transfer = f"agent-{next(self._ids)}"
         request = SyncRequest(inventory=str(self.inventory))
         try:
-            hosts = self._hosts(request)
+            picked = self._hosts(request)
         except RemoteSyncError as exc:
             emit(ErrorEvent.from_exception(exc))
             return
         summary = await self._sync(
-            request, hosts, guarded(ThrottledProgress(emit)), transfer, "the schedule"
+            request, picked, guarded(ThrottledProgress(emit)), transfer, "the schedule"
         )
         if summary is not None and self.scheduled is None:
             log.warning("scheduled sync: %s, exit %d", _outcome(summary), summary.exit_code)
+
+
+@dataclass(frozen=True)
+class _Picked:
+    """What one sync read of the agent's inventory: the hosts it syncs, and the endpoints of
+    every host listed (the kept pools' connections to any other are closed before it)."""
+
+    hosts: list[Host]
+    listed: frozenset[Endpoint]
 
 
 def _decode_cancel(line: bytes) -> CancelRequest:

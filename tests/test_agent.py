@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine
 from remote_sync.mirror.engine import SyncOptions, sync_fleet
 from remote_sync.mirror.remote_ops import PROBE_TOOLS
-from remote_sync.ssh.pool import SSHPool
+from remote_sync.ssh.pool import Endpoint, SSHPool
 
 SOCKET = Path(".remote-sync") / "agent.sock"
 
@@ -804,6 +804,65 @@ async def test_a_host_gone_from_the_inventory_has_its_connection_closed_at_the_n
                 assert old is not None and old.is_closed()
                 assert pool._slots[endpoints["h0"]].conn is conns["h0"]
                 assert pool.stats(endpoints["h0"]).connects == 1
+            finally:
+                agent.stop()
+
+
+async def test_a_sync_closes_connections_by_its_own_reading_of_the_inventory(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kept pools' connections to hosts gone from the inventory are closed by what the
+    sync about to run read of it, not by whichever request read it last: a request that
+    came while the sync closed them (refused, the sync holding the mirror) and read an
+    inventory edited since (h1 gone) had the sync's next pool close h1's connection, which
+    that sync then opened again. The edit counts from the next sync, which closes it."""
+    from remote_sync import agent_link
+
+    inv, dest = agent_setup
+    endpoints = {host.name: host.endpoint for host in load_inventory(inv).hosts}
+    agent = Agent(inv, dest)
+    ready = anyio.Event()
+    request = SyncRequest(inventory=str(inv), compress=True)
+    refused: list[Event] = []
+
+    async def synced() -> None:
+        events: list[Event] = []
+        summary = await agent._sync(request, agent._hosts(request), events.append, "t", "test")
+        assert summary is not None and summary.exit_code == 0, events
+
+    def another_request() -> list[Event]:
+        link = agent_link.connect(dest)
+        assert link is not None
+        with link:
+            link.send(SyncRequest(inventory=str(inv)))
+            return list(link.events())
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent.serve, ready.set)
+            await ready.wait()
+            try:
+                await synced()
+                pool = agent._pools[True]
+                kept = pool._slots[endpoints["h1"]].conn
+                assert kept is not None and not kept.is_closed()
+                plain = agent._pools[False]
+                close_plain = plain.close_except
+
+                async def edited_meanwhile(listed: Collection[Endpoint]) -> None:
+                    await close_plain(listed)
+                    if not refused:
+                        write_inventory(fleet, inv, ["h0"])
+                        refused.extend(await anyio.to_thread.run_sync(another_request))
+
+                monkeypatch.setattr(plain, "close_except", edited_meanwhile)
+                await synced()
+                (error,) = refused
+                assert isinstance(error, ErrorEvent) and error.kind == "locked"
+                assert pool._slots[endpoints["h1"]].conn is kept and not kept.is_closed()
+                assert pool.stats(endpoints["h1"]).connects == 1
+                await synced()  # reads the edited inventory: h0 alone
+                assert endpoints["h1"] not in pool._slots and kept.is_closed()
             finally:
                 agent.stop()
 

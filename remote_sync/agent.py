@@ -16,9 +16,10 @@ cancelled as Ctrl-C cancels one (a ``cancel`` from its client, or the client gon
 at a time: a request while another runs (a client's or a scheduled one) gets the lock's
 error, kind ``locked``, as a second run would. A dry run changes nothing and takes no lock,
 so it runs beside another sync, on a pool of its own, as ever. At most ``MAX_REQUESTS``
-requests are served at once, dry runs included; one more is refused as busy (kind
-``agent_refused``: its client runs the sync itself). Only peers of the agent's own uid are
-served; another's connection is logged and closed.
+requests are served at once, dry runs included, each counted from its connection (a client
+has ``REQUEST_TIMEOUT`` seconds to send its request, then is closed); one more is refused as
+busy (kind ``agent_refused``: its client runs the sync itself). Only peers of the agent's own
+uid are served; another's connection is logged and closed.
 
 A stop (:meth:`Agent.stop`: SIGTERM, Ctrl-C) cancels the syncs running through the registry
 and waits ``stop_timeout`` seconds for them to wind down; those still running then are cut
@@ -84,15 +85,17 @@ from .ssh.remote import checked_idle_timeout
 
 log = logging.getLogger(__name__)
 
-#: Seconds a client has to send its request once connected.
+#: Seconds a client has to send its request once connected: a connection counts against
+#: MAX_REQUESTS from the moment it is accepted, so one that says nothing is closed then.
 REQUEST_TIMEOUT = 10.0
 #: Bytes of events a client may leave unread before its progress lines are dropped.
 PROGRESS_BACKLOG = 64 * 1024
 #: Bytes of events a client may leave unread before it is taken for gone (its sync
 #: cancelled): a dry run's line per file of some hundred thousand files.
 MAX_BACKLOG = 32 * 1024 * 1024
-#: Requests served at once, dry runs included (each a round and its pool): one more is
-#: refused as busy, and its client runs the sync itself.
+#: Requests served at once, dry runs included (each a round and its pool), counted from
+#: their connections (a client yet to send its request included): one more is refused as
+#: busy, and its client runs the sync itself.
 MAX_REQUESTS = 8
 
 
@@ -124,7 +127,7 @@ class Agent:
         self._ids = itertools.count(1)
         self._syncing: str | None = None  # who holds the agent's one sync
         self._running = 0  # syncs running, dry runs included
-        self._requests = 0  # clients' requests being served
+        self._requests = 0  # clients served or yet to send their request (see _handle)
         self._quiet: anyio.Event | None = None  # set when none runs any more
         self._stopping: anyio.Event | None = None  # made in serve's event loop
         self._stop_asked = False
@@ -264,40 +267,52 @@ class Agent:
             if uid != os.getuid():
                 log.warning("refused a connection from pid %d of uid %d: not the agent's", pid, uid)
                 return
-            reader = BufferedByteReceiveStream(client)
+            # Counted from the connection, not from its request: one that sends nothing (for
+            # REQUEST_TIMEOUT at most) holds a place as one served does, so that connections
+            # saying nothing cannot pile up beside the requests served. One past the limit
+            # is refused as busy once its request is read (within the same timeout).
+            counted = self._requests < MAX_REQUESTS
+            if counted:
+                self._requests += 1
             try:
-                with anyio.fail_after(REQUEST_TIMEOUT):
-                    line = await reader.receive_until(b"\n", MAX_REQUEST)
-            except (
-                TimeoutError,
-                anyio.EndOfStream,
-                anyio.IncompleteRead,
-                anyio.DelimiterNotFound,
-                OSError,
-                anyio.BrokenResourceError,
-            ):
-                return
-            try:
-                request = decode_request(line)
-                if self._requests >= MAX_REQUESTS:
-                    # Said once the request is read: closed with it unread, the connection
-                    # would be reset under the client before it reads why.
-                    raise AgentRefusedError(
-                        f"the remote-sync agent (pid {os.getpid()}) is busy: it serves "
-                        f"{MAX_REQUESTS} requests already",
-                        path=str(self.socket),
-                    )
-                picked = self._hosts(request)
-            except RemoteSyncError as exc:
-                log.info("pid %d: %s", pid, exc)
-                with contextlib.suppress(OSError, anyio.BrokenResourceError):
-                    await client.send(encode_event(ErrorEvent.from_exception(exc)) + b"\n")
-                return
-            self._requests += 1
-            try:
-                await self._serve_client(client, reader, request, picked, f"pid {pid}")
+                await self._answer(client, pid, busy=not counted)
             finally:
-                self._requests -= 1
+                if counted:
+                    self._requests -= 1
+
+    async def _answer(self, client: anyio.abc.SocketStream, pid: int, *, busy: bool) -> None:
+        """Read the request of peer ``pid`` (giving up on it after REQUEST_TIMEOUT seconds),
+        then serve it, or refuse it: as busy when it came past the limit."""
+        reader = BufferedByteReceiveStream(client)
+        try:
+            with anyio.fail_after(REQUEST_TIMEOUT):
+                line = await reader.receive_until(b"\n", MAX_REQUEST)
+        except (
+            TimeoutError,
+            anyio.EndOfStream,
+            anyio.IncompleteRead,
+            anyio.DelimiterNotFound,
+            OSError,
+            anyio.BrokenResourceError,
+        ):
+            return
+        try:
+            request = decode_request(line)
+            if busy:
+                # Said once the request is read: closed with it unread, the connection would
+                # be reset under the client before it reads why.
+                raise AgentRefusedError(
+                    f"the remote-sync agent (pid {os.getpid()}) is busy: it serves "
+                    f"{MAX_REQUESTS} requests already",
+                    path=str(self.socket),
+                )
+            picked = self._hosts(request)
+        except RemoteSyncError as exc:
+            log.info("pid %d: %s", pid, exc)
+            with contextlib.suppress(OSError, anyio.BrokenResourceError):
+                await client.send(encode_event(ErrorEvent.from_exception(exc)) + b"\n")
+            return
+        await self._serve_client(client, reader, request, picked, f"pid {pid}")
 
     def _hosts(self, request: SyncRequest) -> _Picked:
         """The hosts ``request`` names, from the agent's inventory, read again for each sync

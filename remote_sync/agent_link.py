@@ -10,7 +10,8 @@ which is most of what the agent saves it.
 
 The protocol is JSON lines over the socket (one object per line, UTF-8):
 
-* client → agent, first: ``{"type":"sync","version":1,"inventory":<absolute path>,
+* client → agent, first (within 10 seconds of connecting, or the agent closes the
+  connection): ``{"type":"sync","version":1,"inventory":<absolute path>,
   "hosts":[names],"tags":[...],"dry_run":bool,"index":bool,"concurrency":int,
   "idle_timeout":float|null,"compress":bool|null}``, what ``sync`` was asked (``hosts`` and
   ``tags`` as typed: the agent picks them from its inventory; ``idle_timeout`` null is no
@@ -23,9 +24,10 @@ The protocol is JSON lines over the socket (one object per line, UTF-8):
   ``locked`` when another sync holds the mirror, the agent's own included). A request the
   agent will not serve (another inventory file, a host its inventory does not have, another
   protocol version, an agent stopping, or one busy with as many requests as it serves at
-  once) gets one ``error`` line of kind ``agent_refused``:
-  the client then runs the sync itself. A client that leaves its events unread loses the
-  progress lines past 64 KiB unread; past 32 MiB it is taken for gone, its sync cancelled.
+  once, a connection yet to send its request counted) gets one ``error`` line of kind
+  ``agent_refused``: the client then runs the sync itself. A client that leaves its events
+  unread loses the progress lines past 64 KiB unread; past 32 MiB it is taken for gone, its
+  sync cancelled.
 
 Only peers with the agent's own uid are served, and a client talks only to an agent of its
 own uid. The socket is created mode 0600 (under umask 077). Its path may be longer than the

@@ -924,6 +924,59 @@ async def test_requests_past_the_limit_are_refused_as_busy_and_run_by_their_clie
             agent.stop()
 
 
+async def test_a_client_that_sends_no_request_counts_against_the_limit_until_it_times_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that sends nothing was not counted against ``MAX_REQUESTS`` (only a
+    request read was): any number of them held a task each beside the requests served. It
+    now counts from its connection, so a request made meanwhile is refused as busy, and it
+    is closed after ``REQUEST_TIMEOUT``, when the next request is served."""
+    from remote_sync import agent_link
+
+    monkeypatch.setattr(agent_module, "MAX_REQUESTS", 1)
+    monkeypatch.setattr(agent_module, "REQUEST_TIMEOUT", 1.0)
+    calls: list[bool] = []
+
+    async def sync(request: object, hosts: object, emit: Emit, transfer: str, who: str) -> Summary:
+        calls.append(True)
+        emit(_summary())
+        return _summary()
+
+    inv, dest = _one_host_inventory(tmp_path), tmp_path / "m"
+    agent = Agent(inv, dest)
+    monkeypatch.setattr(agent, "_sync", sync)
+    ready = anyio.Event()
+
+    def events_of() -> list[Event]:
+        link = agent_link.connect(dest)
+        assert link is not None
+        with link:
+            link.send(SyncRequest(inventory=str(inv), dry_run=True))
+            return list(link.events())
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent.serve, ready.set)
+            await ready.wait()
+            silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                silent.connect(str(dest / SOCKET))
+                connected = time.monotonic()
+                with anyio.move_on_after(0.5):  # accepted (the code before never counts it)
+                    while agent._requests == 0:
+                        await anyio.sleep(0.01)
+                (refused,) = await anyio.to_thread.run_sync(events_of)
+                assert isinstance(refused, ErrorEvent) and refused.kind == "agent_refused"
+                assert "is busy" in refused.message and calls == []
+                assert await anyio.to_thread.run_sync(silent.recv, 1) == b""  # closed by it
+                assert 0.9 < time.monotonic() - connected < 10
+            finally:
+                silent.close()
+            assert isinstance((await anyio.to_thread.run_sync(events_of))[-1], Summary)
+            assert calls == [True] and agent._requests == 0
+            agent.stop()
+
+
 async def test_serve_agent_runs_the_agent_until_its_transfer_is_cancelled(
     fleet: SSHFleet, agent_setup: tuple[Path, Path]
 ) -> None:

@@ -1992,3 +1992,69 @@ def test_the_librarys_listing_closes_every_connection_it_read_again_on(
     assert len(opened) == REREADS + 1
     assert raised.value is not None  # held: what it refers to is not collected yet
     assert not _state_descriptors(show_dest)
+
+
+@pytest.mark.parametrize("sync_open", [False, True], ids=["read-as-a-file", "read-through-wal"])
+def test_a_slow_listing_is_a_snapshot_whatever_a_sync_commits_between_its_rows(
+    tmp_path: Path, sync_open: bool
+) -> None:
+    """A listing consumed slowly (``sessions list --json | less``) gives the rows as they were
+    when its first row came, though a sync commits between its rows and checkpoints into the
+    database file: none torn, none of the sync's. Opened with no sync running the state is
+    read as a file nothing changes (``immutable``), else through the sync's WAL: both."""
+    from remote_sync.index.query import query_sessions, state_database
+    from remote_sync.mirror.state import stream_state
+
+    dest = tmp_path / "mirror"
+    build_many(dest, 2100)  # more rows than two fetches of the query's cursor hold
+    before = list(stream_state(dest, query_sessions))
+    db_path = state_database(dest)
+    sync = sqlite3.connect(db_path, isolation_level=None) if sync_open else None
+    if sync is not None:
+        sync.execute("PRAGMA journal_mode = WAL")
+        sync.execute("BEGIN IMMEDIATE")  # holds the -wal file open, as a running sync does
+        sync.execute("COMMIT")
+    rows = stream_state(dest, query_sessions)
+    try:
+        first = next(rows)
+        writer = sync or sqlite3.connect(db_path, isolation_level=None)
+        writer.execute("PRAGMA journal_mode = WAL")
+        for _ in range(3):  # commits, each checkpointed into the database file
+            writer.execute("BEGIN IMMEDIATE")
+            writer.execute("UPDATE sessions SET title = 'changed', user_messages = 99")
+            writer.execute("DELETE FROM sessions WHERE bytes % 3 = 0")
+            writer.execute("UPDATE sessions SET host = 'zz' WHERE bytes % 3 = 1")
+            writer.execute("COMMIT")
+            writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        writer.execute("VACUUM")  # every page moved
+        writer.close()
+        rest = list(rows)
+    finally:
+        rows.close()
+    assert len(before) == 2100 and [first, *rest] == before
+
+
+def test_every_sort_of_a_listing_is_done_before_its_first_row(tmp_path: Path) -> None:
+    """What makes a listing read as a file a snapshot (the test above): SQLite builds its
+    sorter from every matching row before the first comes out, and the rows after it come
+    from the sorter, never from the database file a sync may checkpoint into meanwhile. An
+    order an index gave (no sorter) would read the file row by row: torn rows, "malformed".
+    So no sort of ``sessions list`` may be one an index gives."""
+    from remote_sync.index.query import SORT_FIELDS, open_index, query_sessions
+
+    dest = tmp_path / "mirror"
+    build_many(dest, 10)
+    db = open_index(dest, warn=False)
+    try:
+        for field in SORT_FIELDS:
+            for sort in (field, f"-{field}"):
+                ran: list[str] = []
+                db.set_trace_callback(ran.append)
+                rows = query_sessions(db, sort=sort)
+                db.set_trace_callback(None)
+                assert len(list(rows)) == 10
+                (sql,) = [s for s in ran if s.lstrip().startswith("SELECT")]
+                plan = db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+                assert any("USE TEMP B-TREE FOR ORDER BY" in step[-1] for step in plan), sort
+    finally:
+        db.close()

@@ -535,6 +535,8 @@ def _order(sort: str) -> str:
         )
     column = f'"{field}"'
     direction = " DESC" if descending else ""
+    # Never an order an index gives: SQLite then sorts every row before the first comes
+    # out, which makes a slow listing read as a file a snapshot (see stream_state).
     return f"{column} IS NULL, {column}{direction}, host, path"
 
 

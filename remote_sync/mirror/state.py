@@ -682,7 +682,14 @@ def stream_state(
     :func:`read_state` does, again on a new connection when a sync changed the database
     meanwhile; after an item was given out, a failure is raised (read again, the items before
     it would be given twice). SQLite sorts before its first row, so that first read is most of
-    the work. Close the iterator to close its connection early."""
+    the work. Close the iterator to close its connection early.
+
+    The items are a snapshot as of the first, however slowly they are taken and whatever a
+    sync commits meanwhile: through a WAL the query is one statement, one read transaction;
+    read as a file (``immutable``, no lock) only because the query sorts by what no index
+    gives (``query_sessions``), so that every row is read into SQLite's sorter, checked as
+    the first read, before the first comes out, and none after it from the file a sync may
+    checkpoint into. A query without such a sort would read torn rows here."""
     from ..index.query import unreadable_index
 
     state = StateReader(dest, warn=warn)

@@ -79,7 +79,7 @@ from .events import (
 )
 from .inventory import Host, lists_no_hosts, load_inventory
 from .mirror.engine import SyncOptions, sync_fleet
-from .mirror.state import make_control_dir, open_lock, refuse_nested
+from .mirror.state import open_control_dir, open_lock, refuse_nested
 from .ssh.pool import Endpoint, PoolSettings, SSHPool
 from .ssh.remote import checked_idle_timeout
 
@@ -196,9 +196,15 @@ class Agent:
         lock = control / LOCK_NAME
         try:
             # Refused, not followed: a link at the state directory's name (the socket and
-            # lock would be elsewhere), a link or a FIFO at the lock's.
-            make_control_dir(control)
-            fd = open_lock(lock, 0o600, "the agent's", "start the agent again")
+            # lock would be elsewhere), a link or a FIFO at the lock's. The lock is opened by
+            # name in the directory opened, so a link swapped in after the look leads nowhere.
+            control_fd = open_control_dir(control)
+            try:
+                fd = open_lock(
+                    lock, 0o600, "the agent's", "start the agent again", dir_fd=control_fd
+                )
+            finally:
+                os.close(control_fd)
         except OSError as exc:
             raise MirrorError(
                 f"cannot create the agent's lock file: {exc.strerror or exc}",

@@ -580,12 +580,16 @@ def test_a_lock_file_taken_back_while_it_was_opened_is_opened_again(
     real_open = os.open
     opened: list[str] = []
 
-    def open_then_taken_back(path: str | os.PathLike[str], flags: int, *args: int) -> int:
-        fd = real_open(path, flags, *args)
+    def open_then_taken_back(
+        path: str | os.PathLike[str], flags: int, *args: int, dir_fd: int | None = None
+    ) -> int:
+        fd = real_open(path, flags, *args, dir_fd=dir_fd)
         if str(path).endswith("lock") and not opened:
             opened.append(str(path))
-            os.unlink(path)  # as the failed open does, then its directory
-            os.rmdir(os.path.dirname(path))
+            # As the failed open does, then its directory (the lock is opened by name in it).
+            where = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else "."
+            os.unlink(os.path.join(where, path))
+            os.rmdir(where)
         return fd
 
     monkeypatch.setattr(state_module.os, "open", open_then_taken_back)

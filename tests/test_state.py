@@ -217,6 +217,140 @@ def test_a_link_at_a_state_database_file_is_refused_not_followed(tmp_path: Path,
         pass
 
 
+def _two_mirrors(tmp_path: Path) -> tuple[Path, Path]:
+    """A mirror ``m`` and another, ``elsewhere``, whose state names a host ``theirs``."""
+    elsewhere = tmp_path / "elsewhere"
+    with MirrorState(elsewhere) as state:
+        state.set_host("theirs", "openclaw", "/", "theirs")
+    dest = tmp_path / "m"
+    with MirrorState(dest) as state:
+        state.set_host("ours", "openclaw", "/", "ours")
+    return dest, elsewhere
+
+
+#: The readers of the state, which take no lock: each exits 2 on a refused destination.
+_READERS = [
+    ["sessions", "list"],
+    ["sessions", "stats"],
+    ["check"],
+    ["versions", "list"],
+]
+
+
+@pytest.mark.parametrize("name", ["state.db", "state.db-wal"])
+@pytest.mark.parametrize("reader", _READERS, ids=lambda words: " ".join(words))
+def test_a_reader_refuses_a_link_at_the_state_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, reader: list[str]
+) -> None:
+    """The readers (``sessions``, ``check``, ``versions list``) opened ``state.db`` through
+    a symbolic link planted at its name and read another mirror's state as this one's; a
+    link at its ``-wal`` failed as "unable to open database file", hinting at permissions.
+    Each is refused, exit 2, naming the link and what to do, and what it names is left as it
+    was."""
+    from remote_sync.cli import main
+
+    dest, elsewhere = _two_mirrors(tmp_path)
+    control = dest / ".remote-sync"
+    if name == "state.db":
+        target = elsewhere / ".remote-sync" / "state.db"
+        (control / name).unlink()
+    else:
+        target = tmp_path / "journal"
+        target.write_bytes(b"")
+    (control / name).symlink_to(target)
+    before = target.read_bytes()
+    code = main([*reader, "--dest", str(dest)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"the destination's state database's file {name} is a symbolic link" in err, err
+    assert str(control / name) in err and ("put the database" in err or "remove the link" in err)
+    assert target.read_bytes() == before and (control / name).is_symlink()
+
+
+def test_a_dry_runs_copy_of_the_state_refuses_a_link_at_the_state_database(tmp_path: Path) -> None:
+    """A dry run copies the state to work on; the copy resolved a link at ``state.db`` and
+    copied another mirror's state. It is refused as the readers refuse it."""
+    from remote_sync.mirror.state import copy_state
+
+    dest, elsewhere = _two_mirrors(tmp_path)
+    db = dest / ".remote-sync" / "state.db"
+    db.unlink()
+    db.symlink_to(elsewhere / ".remote-sync" / "state.db")
+    with pytest.raises(DestinationError, match=r"state\.db is a symbolic link") as e:
+        copy_state(db, tmp_path / "copy.db")
+    assert e.value.path == str(db) and not (tmp_path / "copy.db").exists()
+
+
+@pytest.mark.parametrize("back", [False, True], ids=["left", "taken back"])
+def test_a_link_swapped_in_as_a_reader_opens_the_state_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], back: bool
+) -> None:
+    """SQLite opens by path, so a look by name before the open leaves a window: a link put at
+    ``state.db`` in it (here: as the reader calls SQLite), even one taken away again once
+    SQLite followed it, had the reader read another mirror's state. The file SQLite holds is
+    compared with the one at the name, looked at after the open with no link followed: the
+    read is refused, naming the file, and nothing of the other mirror is shown."""
+    from remote_sync.cli import main
+    from remote_sync.index import query
+
+    dest, elsewhere = _two_mirrors(tmp_path)
+    db = dest / ".remote-sync" / "state.db"
+    aside = tmp_path / "aside.db"
+    real_connect = sqlite3.connect
+
+    def swapped(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        os.rename(db, aside)
+        db.symlink_to(elsewhere / ".remote-sync" / "state.db")
+        try:
+            return real_connect(*args, **kwargs)
+        finally:
+            if back:
+                db.unlink()
+                os.rename(aside, db)
+
+    monkeypatch.setattr(query.sqlite3, "connect", swapped)
+    code = main(["sessions", "stats", "--by", "host", "--dest", str(dest), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "theirs" not in out, (out, err)
+    said = "changed while it was opened" if back else "is a symbolic link"
+    assert f"the destination's state database's file state.db {said}" in err, err
+    assert str(db) in err
+
+
+def test_a_link_swapped_in_as_a_sync_opens_the_state_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same window at a sync's open, which looks at the database's files by name under
+    the lock: a link put at ``state.db`` as SQLite opens it and taken away again had the
+    sync commit its checkpoints into another mirror's state. The open is refused, naming the
+    file, and the other mirror's state is as it was."""
+    from remote_sync.mirror import state as state_module
+
+    dest, elsewhere = _two_mirrors(tmp_path)
+    db = dest / ".remote-sync" / "state.db"
+    theirs = elsewhere / ".remote-sync" / "state.db"
+    before = theirs.read_bytes()
+    real_connect = sqlite3.connect
+
+    def swapped(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        os.rename(db, tmp_path / "aside.db")
+        db.symlink_to(theirs)
+        try:
+            return real_connect(*args, **kwargs)
+        finally:
+            db.unlink()
+            os.rename(tmp_path / "aside.db", db)
+
+    monkeypatch.setattr(state_module.sqlite3, "connect", swapped)
+    with pytest.raises(DestinationError, match=r"file state\.db changed while it was opened") as e:
+        MirrorState(dest).open()
+    monkeypatch.undo()
+    assert e.value.path == str(db) and e.value.hint.startswith("find what else writes")
+    assert theirs.read_bytes() == before
+    with MirrorState(dest) as state:  # its own state, untouched
+        assert list(state.hosts()) == ["ours"]
+
+
 @pytest.mark.parametrize("at", ["control directory", "lock file"])
 def test_an_open_over_the_users_quota_says_the_quota_is_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
@@ -239,7 +373,7 @@ def test_an_open_over_the_users_quota_says_the_quota_is_full(
         real_open = os.open
 
         def os_open(path: Any, *args: Any, **kwargs: Any) -> int:
-            if os.fspath(path).endswith("/.remote-sync/lock"):
+            if os.fspath(path) == "lock" and "dir_fd" in kwargs:  # opened by name in the state dir
                 raise over
             return int(real_open(path, *args, **kwargs))
 

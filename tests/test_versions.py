@@ -1142,3 +1142,58 @@ def test_versions_list_reads_again_when_a_sync_started_during_its_read(
     opened = tear_reads(monkeypatch, dest, torn=1000, sync=False)
     code, out_text, err = cli(listing, capsys)
     assert code == 2 and "malformed" in out_text + err and len(opened) == 1
+
+
+@pytest.mark.parametrize("at", ["the host's folder", "a folder deeper"])
+def test_a_link_in_the_versions_tree_is_refused_when_a_version_is_kept(
+    ssh_fleet: Callable[..., SSHFleet],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    at: str,
+) -> None:
+    """A kept copy's folders were made by path (``mkdir(parents=True)``, which takes a link
+    to a directory for the directory) and the copy renamed in by path: a symbolic link
+    planted at ``versions/<host>`` or deeper put the mirror's old copy where it pointed, out
+    of the tree that ``versions`` and ``check`` read. Each folder is now made and entered by
+    name in its parent's descriptor, no link followed: the file fails alone with a
+    MirrorError naming the host, the file and the link, and saying what to do; nothing is
+    made or written through the link, and the mirrored copy stays as it was. With the link
+    moved aside, the next sync keeps the version."""
+    fleet = ssh_fleet(1)
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "mirror"
+    rng = random.Random(16)
+    other = session_bytes(rng, 2)
+    _write(fleet, PLAIN, session_bytes(rng, 5))
+    _write(fleet, BASE + b"other.jsonl", other)
+    _sync(inv, dest, capsys)
+    first = (dest / "h0" / os.fsdecode(PLAIN)).read_bytes()
+    versions = dest / ".remote-sync" / "versions"
+    link = versions / "h0" if at == "the host's folder" else versions / "h0" / "agents" / "a"
+    link.parent.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link.symlink_to(elsewhere)
+
+    _write(fleet, PLAIN, session_bytes(rng, 3, start=100))  # compacted: the old copy is kept
+    other += session_bytes(rng, 2, start=50)
+    _write(fleet, BASE + b"other.jsonl", other)  # grown: no version needed, mirrored as ever
+    code, events = run_cli(["sync", "--inventory", str(inv), "--dest", str(dest), "--json"], capsys)
+    assert code == 1  # the file failed alone; the host's other file synced
+    failed = [e for e in events if getattr(e, "kind", None) == "mirror"]
+    assert len(failed) == 1, events
+    error = failed[0]
+    shown = path_text(os.fsencode(link.relative_to(dest)))
+    assert getattr(error, "host", None) == "h0" and getattr(error, "path", None) == path_text(PLAIN)
+    message, hint = getattr(error, "message", ""), getattr(error, "hint", "")
+    assert f"{shown} in the versions folder is a symbolic link" in message, message
+    assert hint.startswith("move it aside") and "mirrored copy is left as it was" in hint, hint
+    assert list(elsewhere.iterdir()) == [] and link.is_symlink()
+    assert (dest / "h0" / os.fsdecode(PLAIN)).read_bytes() == first
+    assert (dest / "h0" / os.fsdecode(BASE + b"other.jsonl")).read_bytes() == other
+
+    link.unlink()
+    _sync(inv, dest, capsys)
+    rows = _listed(dest, capsys)
+    assert [(r.path, r.version) for r in rows] == [(path_text(PLAIN), 1)]
+    assert (dest / os.fsdecode(path_bytes(rows[0].file))).read_bytes() == first

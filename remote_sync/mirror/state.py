@@ -1,6 +1,7 @@
 """The mirror's checkpoint: one SQLite database (WAL) inside the destination, and its lock.
 
-What it owns: the destination's control directory (``DIR/.remote-sync/``), the exclusive lock
+What it owns: the destination's control directory (``DIR/.remote-sync/``, held open without
+following a link, the lock and the versions tree reached by name in it), the exclusive lock
 that keeps two runs off one destination (its file says which process on which machine holds
 it), the ``files`` table (per host and remote path: the bytes committed in the mirror, the
 remote size, identity, prefix fingerprint, mtime and version), the ``versions`` table (when
@@ -168,6 +169,9 @@ def mirrored_path(dest: Path, host: str, path: bytes) -> Path:
 #: How a mirrored file or a kept copy is opened to be read: without following a symbolic link
 #: (ELOOP instead) nor blocking on a FIFO put in its place.
 READ_NO_FOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: How a directory of the mirror's state (the state directory, the versions tree) is entered:
+#: a symbolic link at its name is refused (Linux says ENOTDIR, as for a file), not followed.
+DIR_NO_FOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def place_text(dest: Path, place: Path) -> str:
@@ -372,6 +376,35 @@ def make_control_dir(control: Path) -> None:
         raise _not_a_control_dir(control, mode)
 
 
+def open_control_dir(control: Path) -> int:
+    """:func:`make_control_dir`, then a descriptor of the directory, opened without following
+    a link: what is made or opened in it after (a lock file, the versions tree) is reached by
+    name in that descriptor, so a link swapped in at ``control`` after the look is refused
+    here, or, swapped in later, leads nothing elsewhere. A ``FileNotFoundError`` when it went
+    meanwhile (another run's failed open took it back); other failures as for
+    :func:`make_control_dir`. The caller closes the descriptor."""
+    make_control_dir(control)
+    return enter_control_dir(control)
+
+
+def enter_control_dir(control: Path) -> int:
+    """A descriptor of the state directory ``control``, opened without following a link: a
+    :class:`DestinationError` naming it when its name holds a link or no directory; an
+    ``OSError`` for any other failure (its absence too)."""
+    try:
+        return os.open(control, DIR_NO_FOLLOW)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        try:
+            mode = os.lstat(control).st_mode
+        except OSError:
+            raise exc from None  # an ancestor is what is in the way
+        if stat.S_ISDIR(mode):  # a link put there and taken away again since: the open's error
+            raise
+        raise _not_a_control_dir(control, mode) from None
+
+
 def _not_a_dir(mode: int) -> str:
     """What a place that should be a directory holds instead, by its lstat's ``mode``."""
     return "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
@@ -386,13 +419,14 @@ def _not_a_control_dir(control: Path, mode: int) -> DestinationError:
     )
 
 
-def open_lock(lock: Path, mode: int, whose: str, then: str) -> int:
+def open_lock(lock: Path, mode: int, whose: str, then: str, *, dir_fd: int) -> int:
     """A descriptor of the lock file ``lock`` (created if absent, with ``mode``), for an
-    flock: a :class:`DestinationError` when its name holds a symbolic link or anything but a
-    regular file, which says it is ``whose`` lock file and to remove it, then ``then``. An
-    ``OSError`` for any other failure, for the caller to word."""
+    flock, opened by its name in ``dir_fd`` (:func:`open_control_dir`'s descriptor of its
+    directory): a :class:`DestinationError` when its name holds a symbolic link or anything
+    but a regular file, which says it is ``whose`` lock file and to remove it, then ``then``.
+    An ``OSError`` for any other failure, for the caller to word."""
     try:
-        fd = os.open(lock, _LOCK_FLAGS, mode)
+        fd = os.open(lock.name, _LOCK_FLAGS, mode, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symbolic link
             raise _not_a_lock(lock, "a symbolic link", whose, then) from None
@@ -413,6 +447,83 @@ def _not_a_lock(lock: Path, kind: str, whose: str, then: str) -> DestinationErro
         f"{whose} lock file is {kind}",
         path=str(lock),
         hint=f"remove it (remote-sync makes its lock files itself), then {then}",
+    )
+
+
+def _open_files() -> set[tuple[int, int]] | None:
+    """The (device, inode) of each file this process has open, from ``/proc/self/fd`` (None
+    where there is none to read: not Linux)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    held: set[tuple[int, int]] = set()
+    for name in names:
+        try:
+            st = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor)
+        held.add((st.st_dev, st.st_ino))
+    return held
+
+
+def look_at_db_files(
+    control_fd: int, control: Path, names: Iterable[str], *, opened: bool = False
+) -> None:
+    """A :class:`DestinationError` naming the first of the state database's files ``names``
+    (those absent are passed over) that is a symbolic link at its name in the state directory
+    ``control`` (open as ``control_fd``). SQLite opens them by path, following a link: at
+    ``state.db`` the state would live where it points (two mirrors linked to one database
+    sharing it under two locks); at its ``-wal`` SQLite fails as on an unusable database,
+    whose hint (move it aside) would cost every file fetched again.
+
+    ``opened``: looked at once SQLite has opened them, which each of ``names`` must be. Then
+    the file at each name must also be one this process has open (``/proc/self/fd``): a link
+    put at the name between the look before the open and the open, which SQLite followed, or
+    a link swapped in and out again, leaves the file there one nothing holds open. Another
+    connection of this process to the same database (a sync's, while a reader of the same
+    process reads) holds it too, and then this tells nothing: see the guarantees in
+    docs/architecture.md."""
+    held = _open_files() if opened else None
+    for name in names:
+        place = control / name
+        try:
+            st = os.stat(name, dir_fd=control_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            if opened and name == "state.db":
+                raise _db_file_changed(place) from None
+            continue
+        except OSError as exc:
+            raise DestinationError(
+                f"cannot look at the destination's state database's file {name}: "
+                f"{exc.strerror or exc}",
+                path=str(place),
+                hint=f"check the permissions of {control}, then run again",
+            ) from exc
+        if stat.S_ISLNK(st.st_mode):
+            if name == "state.db":
+                hint = (
+                    "put the database it names in its place (remote-sync keeps the state in "
+                    f"the mirror's {CONTROL_DIR}, follows no link there), then run again"
+                )
+            else:
+                hint = "remove the link (SQLite makes this file itself), then run again"
+            raise DestinationError(
+                f"the destination's state database's file {name} is a symbolic link",
+                path=str(place),
+                hint=hint,
+            )
+        if held is not None and (st.st_dev, st.st_ino) not in held:
+            raise _db_file_changed(place)
+
+
+def _db_file_changed(place: Path) -> DestinationError:
+    return DestinationError(
+        f"the destination's state database's file {place.name} changed while it was opened "
+        "(a symbolic link put in its place, or the file moved)",
+        path=str(place),
+        hint="find what else writes in the mirror's state directory (remote-sync follows no "
+        "link there), then run again",
     )
 
 
@@ -459,9 +570,20 @@ def refuse_nested(dest: Path) -> None:
 
 def copy_state(source: Path, target: Path) -> None:
     """A consistent copy of the state database ``source`` (read-only: it is not locked,
-    upgraded or written; a sync may be running). For a dry run, which must change nothing."""
-    uri = read_only_uri(source.resolve())
+    upgraded or written; a sync may be running). For a dry run, which must change nothing.
+    Its files are looked at as a reader's are (:class:`StateReader`): a link refused."""
     try:
+        control = enter_control_dir(source.parent)
+    except OSError as exc:
+        raise StateError(
+            f"cannot read the state database: {exc.strerror or exc}",
+            path=str(source),
+            hint="check its permissions; a sync (not a dry run) says more",
+        ) from exc
+    try:
+        look_at_db_files(control, source.parent, _DB_FILES[:3])
+        # Not resolved itself: a link at its name is what the look after the open refuses.
+        uri = read_only_uri(source.parent.resolve() / source.name)
         src = sqlite3.connect(uri, uri=True)
         try:
             dst = sqlite3.connect(target)
@@ -469,6 +591,9 @@ def copy_state(source: Path, target: Path) -> None:
                 src.backup(dst)
             finally:
                 dst.close()
+            # Read immutable, SQLite opened the database file alone.
+            opened = _DB_FILES[:1] if uri.endswith("immutable=1") else _DB_FILES[:3]
+            look_at_db_files(control, source.parent, opened, opened=True)
         finally:
             src.close()
     except sqlite3.Error as exc:
@@ -477,6 +602,8 @@ def copy_state(source: Path, target: Path) -> None:
             path=str(source),
             hint="check its permissions; a sync (not a dry run) says more",
         ) from exc
+    finally:
+        os.close(control)
 
 
 def kept_times(
@@ -594,15 +721,32 @@ class StateReader:
 
         for _ in range(REREADS):
             try:
-                before = _stamp(self.path)
-                db = open_index(self.dest, warn=warn)
+                # The state directory entered and the database's files looked at with no link
+                # followed, before SQLite opens them by path and after (look_at_db_files).
+                control = enter_control_dir(self.path.parent)
                 try:
-                    # The same files before and after: open_index chose its mode on what
-                    # ``before`` says (a -wal file or none).
-                    after = _stamp(self.path)
-                except OSError:
-                    db.close()
-                    raise
+                    look_at_db_files(control, self.path.parent, _DB_FILES[:3])
+                    before = _stamp(self.path)
+                    db = open_index(self.dest, warn=warn)
+                    try:
+                        # Read immutable, SQLite opened the database file alone.
+                        opened = _DB_FILES[:1] if before[0] is None else _DB_FILES[:3]
+                        refused: DestinationError | None = None
+                        try:
+                            look_at_db_files(control, self.path.parent, opened, opened=True)
+                        except DestinationError as exc:
+                            refused = exc  # told once the files are known to be unchanged
+                        # The same files before and after: open_index chose its mode on what
+                        # ``before`` says (a -wal file or none); a sync that ended and one
+                        # that started meanwhile make another -wal, which is no link.
+                        after = _stamp(self.path)
+                        if after == before and refused is not None:
+                            raise refused
+                    except BaseException:
+                        db.close()
+                        raise
+                finally:
+                    os.close(control)
             except OSError as exc:  # moved away between two looks
                 raise ConfigError(
                     f"cannot read the mirror's state database in {self.dest}: "
@@ -719,6 +863,9 @@ class MirrorState:
         self.tmp_dir = self.control / "tmp"
         self.versions_dir = self.control / "versions"
         self._lock_fd: int | None = None
+        #: The state directory, opened without following a link (:func:`open_control_dir`):
+        #: the lock and the versions tree are reached by name in it.
+        self._control_fd: int | None = None
         self._db: sqlite3.Connection | None = None
 
     # -- opening, locking, recovery -------------------------------------------------------
@@ -740,8 +887,10 @@ class MirrorState:
         try:
             for _ in range(_LOCK_TRIES):
                 made.update(dict.fromkeys(_absent_dirs(self.control)))
-                self._make_control()
-                lock_made = not os.path.lexists(self.control / LOCK_FILE)
+                self._close_control()
+                if not self._make_control():
+                    continue  # taken back meanwhile by another run's failed open
+                lock_made = not self._has(LOCK_FILE)
                 if self._lock():
                     break
             else:  # taken back under it each time: other runs failing to open it, again and again
@@ -751,12 +900,13 @@ class MirrorState:
                     hint="check what else removes files in the destination, then run again",
                 )
         except BaseException:
+            self._close_control()
             _remove_dirs(made)
             raise
         # Looked at under the lock: no other run is creating the database meanwhile.
-        db_before = {name for name in _DB_FILES if os.path.lexists(self.control / name)}
+        db_before = {name for name in _DB_FILES if self._has(name)}
         try:
-            self._refuse_linked_db_files(db_before)
+            look_at_db_files(self._control, self.control, db_before)
             self._open_db()
         except BaseException:
             if self._db is not None:
@@ -767,21 +917,44 @@ class MirrorState:
             self.close()
             raise
 
-    def _make_control(self) -> None:
+    @property
+    def _control(self) -> int:
+        if self._control_fd is None:
+            raise StateError("state database is not open", path=str(self.dest))
+        return self._control_fd
+
+    def _has(self, name: str) -> bool:
+        """Whether the state directory holds ``name`` (a link to nothing too)."""
         try:
-            make_control_dir(self.control)
+            os.stat(name, dir_fd=self._control, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _close_control(self) -> None:
+        if self._control_fd is not None:
+            os.close(self._control_fd)
+            self._control_fd = None
+
+    def _make_control(self) -> bool:
+        """Make or find the state directory and open it (False: it went meanwhile)."""
+        try:
+            self._control_fd = open_control_dir(self.control)
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and os.path.isdir(self.dest):
+                return False
             if out_of_space(exc):
                 raise full_disk_error(self.dest, exc) from exc
             raise DestinationError(
                 f"cannot create the destination: {exc.strerror or exc}", path=str(self.dest)
             ) from exc
-        # Kept versions are written under it by path: a link here would put them elsewhere,
-        # where neither `versions` nor `check` look (they follow no link).
+        # Said at the open, before a sync does anything; the versions tree is entered without
+        # following a link anyway (open_versions_folder): a link here would put kept copies
+        # elsewhere, where neither `versions` nor `check` look (they follow no link).
         try:
-            mode = os.lstat(self.versions_dir).st_mode
+            mode = os.stat("versions", dir_fd=self._control, follow_symlinks=False).st_mode
         except OSError:
-            return  # none yet (a versions folder that cannot be looked at fails when used)
+            return True  # none yet (a versions folder that cannot be looked at fails when used)
         if not stat.S_ISDIR(mode):
             raise DestinationError(
                 f"the destination's versions folder is {_not_a_dir(mode)}",
@@ -789,29 +962,7 @@ class MirrorState:
                 hint="move it aside (remote-sync makes it itself, a directory in the mirror's "
                 "state directory), then run again",
             )
-
-    def _refuse_linked_db_files(self, names: Iterable[str]) -> None:
-        """A :class:`DestinationError` when one of the database's files (``names``, those
-        there) is a symbolic link: SQLite follows one at ``state.db`` (the state would live
-        where it points, shared by every mirror linked there, each under its own lock) and
-        fails at its ``-wal`` as an unusable database, whose hint (move it aside) would cost
-        every file fetched again."""
-        for name in names:
-            place = self.control / name
-            if not os.path.islink(place):
-                continue
-            if name == "state.db":
-                hint = (
-                    "put the database it names in its place (remote-sync keeps the state in "
-                    f"the mirror's {CONTROL_DIR}, follows no link there), then run again"
-                )
-            else:
-                hint = "remove the link (SQLite makes this file itself), then run again"
-            raise DestinationError(
-                f"the destination's state database's file {name} is a symbolic link",
-                path=str(place),
-                hint=hint,
-            )
+        return True
 
     def _open_db(self) -> None:
         try:
@@ -827,6 +978,9 @@ class MirrorState:
             if self._db.execute("SELECT 1 FROM meta WHERE key = 'index_rules'").fetchone() is None:
                 record_index_rules(self._db, index_rules(self._db))
             self._upgrade()
+            # SQLite opened the files by path (it has no other way), WAL journal and shared
+            # memory made: the files it has must be those at their names, no link followed.
+            look_at_db_files(self._control, self.control, _DB_FILES[:3], opened=True)
         except sqlite3.Error as exc:
             if _nearly_full(self.control):
                 # SQLite says "disk I/O error" when it cannot even make its WAL files: the
@@ -848,7 +1002,7 @@ class MirrorState:
         names = [name for name in _DB_FILES if name not in db_before]
         for name in names + ([LOCK_FILE] if lock_made else []):
             try:
-                os.unlink(self.control / name)
+                os.unlink(name, dir_fd=self._control)
             except FileNotFoundError:
                 pass
             except OSError as exc:
@@ -875,12 +1029,20 @@ class MirrorState:
         the event loop's thread goes on using this one (a connection shares its transaction
         with every statement made on it, whatever the thread). It reads what is committed;
         its writes take turns with this one's (SQLite has one writer at a time). Valid while
-        this state is open (it holds the lock); closing it closes only its connection."""
+        this state is open (it holds the lock); closing it closes only its connection and its
+        copy of the state directory's descriptor."""
         other = MirrorState(self.dest)
+        other._control_fd = os.dup(self._control)
         try:
             other._db = other._connect()
-        except sqlite3.Error as exc:
-            raise self._db_error(exc, "open the state database") from exc
+            # Opened by path again: the same look as the open's (this process's own first
+            # connection holds the database too, so only a link at the name is told here).
+            look_at_db_files(other._control, other.control, ("state.db",), opened=True)
+        except BaseException as exc:
+            other.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._db_error(exc, "open the state database") from exc
+            raise
         return other
 
     def _upgrade(self) -> None:
@@ -910,11 +1072,11 @@ class MirrorState:
         file (a first open that failed removed it meanwhile): open it again."""
         lock = self.control / LOCK_FILE
         try:
-            fd = open_lock(lock, 0o644, "the destination's", "run again")
+            fd = open_lock(lock, 0o644, "the destination's", "run again", dir_fd=self._control)
         except OSError as exc:
-            if isinstance(exc, FileNotFoundError) and not os.path.isdir(self.control):
-                # The state directory was taken back (see above) since it was made; any other
-                # ENOENT is an error, not a retry.
+            if isinstance(exc, FileNotFoundError) and os.fstat(self._control).st_nlink == 0:
+                # The state directory was taken back (see above) since it was opened; any
+                # other ENOENT is an error, not a retry.
                 return False
             if out_of_space(exc):  # out of inodes: no usage error either
                 raise full_disk_error(self.dest, exc) from exc
@@ -938,7 +1100,8 @@ class MirrorState:
             ) from exc
         try:
             # lstat: a link put in its place since is no longer the lock file either.
-            current = os.path.samestat(os.fstat(fd), os.lstat(lock))
+            held = os.stat(LOCK_FILE, dir_fd=self._control, follow_symlinks=False)
+            current = os.path.samestat(os.fstat(fd), held)
         except OSError:
             current = False
         if not current:
@@ -963,6 +1126,7 @@ class MirrorState:
                 os.ftruncate(self._lock_fd, 0)
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+        self._close_control()
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -1116,7 +1280,7 @@ class MirrorState:
             version += 1
         return version
 
-    def highest_version_on_disk(self, host: str, path: bytes) -> int:
+    def highest_version_on_disk(self, host: str, path: bytes, folder: int | None = None) -> int:
         """The highest number of any version of ``host``'s ``path`` in the versions tree, with
         gaps below it or not (0: none), from one listing of the directory its versions are in.
 
@@ -1124,9 +1288,13 @@ class MirrorState:
         (:meth:`last_version_on_disk`): a state moved aside (damaged) counts nothing, and a
         prune left gaps at the bottom, so that run would start over at v1 below copies that
         stay, and "1 is the oldest" and a later ``--keep-last`` would be wrong. Names are
-        taken as :func:`numbered_versions` takes them."""
+        taken as :func:`numbered_versions` takes them. ``folder``: that directory, open
+        (:meth:`open_versions_folder`)."""
         try:
-            entries = os.listdir(self.versions_folder(host, path))
+            if folder is None:
+                entries = os.listdir(self.versions_folder(host, path))
+            else:  # a listing by descriptor gives str names
+                entries = [os.fsencode(name) for name in os.listdir(folder)]
         except (FileNotFoundError, NotADirectoryError):
             return 0
         return max(numbered_versions(path, entries), default=0)
@@ -1135,6 +1303,53 @@ class MirrorState:
         """The directory of the versions tree that ``host``'s ``path``'s versions are in (it
         holds its directory's other files' versions too)."""
         return os.path.dirname(os.fsencode(self.version_path(host, path, 1)))
+
+    def open_versions_folder(self, host: str, path: bytes, made: set[Path]) -> int:
+        """A descriptor of the directory of the versions tree that ``host``'s ``path``'s
+        versions go in (:meth:`versions_folder`), for a kept copy to be renamed in by its
+        name. Each directory from the state directory down is made if absent (``mkdir`` by
+        name in its parent's descriptor) and entered without following a link, so a link
+        planted anywhere on the way, even after the open looked at ``versions``, is refused
+        and nothing is made or written where it points; the directory holding each one made
+        goes to ``made`` (an entry is durable once its directory is synced). A
+        :class:`MirrorError` naming ``host``, ``path`` and the place in the way; an ``OSError``
+        for any other failure, for the caller to word. The caller closes the descriptor."""
+        folder = self.versions_folder(host, path)
+        names = os.path.relpath(folder, os.fsencode(self.control)).split(b"/")
+        fd = os.dup(self._control)
+        here = os.fsencode(self.control)
+        try:
+            for name in names:
+                here = os.path.join(here, name)
+                try:
+                    os.mkdir(name, 0o777, dir_fd=fd)  # mkdirat: never made through a link
+                    made.add(Path(os.fsdecode(os.path.dirname(here))))
+                except FileExistsError:
+                    pass
+                try:
+                    inner = os.open(name, DIR_NO_FOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise
+                    mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+                    place = Path(os.fsdecode(here))
+                    raise self._not_a_versions_dir(host, path, place, mode) from exc
+                os.close(fd)
+                fd = inner
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _not_a_versions_dir(self, host: str, path: bytes, place: Path, mode: int) -> MirrorError:
+        return MirrorError(
+            f"cannot keep the mirrored copy as a version: {place_text(self.dest, place)} in "
+            f"the versions folder is {_not_a_dir(mode)}",
+            host=host,
+            path=path_text(path),
+            hint="move it aside (remote-sync makes the versions folder's directories itself "
+            "and follows no link there), then run again; the mirrored copy is left as it was",
+        )
 
     def _reindex(self, rows: list[FileState], first_seen: set[tuple[str, bytes]]) -> None:
         """The index of sessions whose checkpoint followed the file, from the file itself.

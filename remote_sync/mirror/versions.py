@@ -63,6 +63,7 @@ from ..index.query import (
     unreadable_index,
 )
 from .state import (
+    DIR_NO_FOLLOW,
     READ_NO_FOLLOW,
     MirrorState,
     fsync_dir,
@@ -782,10 +783,6 @@ def _judge(
     return doomed, kept
 
 
-#: A directory of the versions tree opened without following a link.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
 def _places(
     state: MirrorState, group: list[_Doomed], failures: list[MirrorError]
 ) -> tuple[dict[Path, int], set[_Doomed], set[_Doomed]]:
@@ -855,9 +852,9 @@ def _open_dir(versions_dir: Path, parent: Path) -> int:
         return -1
     fd = -1
     try:
-        fd = os.open(versions_dir, _DIR_FLAGS)
+        fd = os.open(versions_dir, DIR_NO_FOLLOW)
         for name in names:
-            inner = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            inner = os.open(name, DIR_NO_FOLLOW, dir_fd=fd)
             os.close(fd)
             fd = inner
     except OSError as exc:

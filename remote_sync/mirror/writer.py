@@ -1018,43 +1018,49 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
             "then run again",
         )
     kept: Path | None = None
+    folder: int | None = None  # the kept copy's directory, opened with no link followed
     recorded = row.version
     # The versions on disk, not only the recorded ones: a run killed before its commit leaves
     # one the checkpoint does not count (rename() would replace it), and so does a file given
     # up between its pieces (its first piece's flush kept the old copy) that a whole fetch
     # numbered from the round's row. Recovery compares the row with the same count.
     row.version = state.last_version_on_disk(row.host, row.path, row.version)
-    if local.exists() and not _is_prefix(local, item.temp, row.size):
-        if row.kind == "append" or item.category == "new":
-            # The remote rewrote history (or an unknown file sits here, or the copy of a file
-            # the host deleted before this one took its path): keep the old copy.
-            # Numbered after every version on disk (see above; the destination's lock keeps
-            # other writers out), gaps or not: a prune leaves gaps at the bottom, and with
-            # the state lost (moved aside) the count starts again at 0 below the copies left.
-            # Listed only here, as versions are rare.
-            on_disk = state.highest_version_on_disk(row.host, row.path)
-            version = max(row.version, on_disk) + 1
-            row.version = version
-            kept = state.version_path(row.host, row.path, version)
-            _makedirs_for(kept, row.host, row.path, dirs)
-            os.rename(local, kept)  # same file system: instant, never a copy
-            dirs.add(kept.parent)
-            item.versioned = True
-        if not item.back:  # a file back where one was deleted is new, not a rewrite of it
-            item.category = "rewritten"
-    elif item.category == "rewritten":
-        # Identity changed but the content only grew (e.g. replaced by rename with the
-        # same history), or is the same (only touched): nothing to keep apart.
-        same = local.exists() and local.stat().st_size == row.size
-        item.category = "unchanged" if same else "grown"
     try:
-        os.rename(item.temp, local)
-    except OSError:
-        if kept is not None:  # the mirror keeps its copy where it was, not only in versions/
-            os.rename(kept, local)
-            item.versioned = False
-        row.version = recorded
-        raise
+        if local.exists() and not _is_prefix(local, item.temp, row.size):
+            if row.kind == "append" or item.category == "new":
+                # The remote rewrote history (or an unknown file sits here, or the copy of a
+                # file the host deleted before this one took its path): keep the old copy.
+                # Numbered after every version on disk (see above; the destination's lock
+                # keeps other writers out), gaps or not: a prune leaves gaps at the bottom, and
+                # with the state lost (moved aside) the count starts again at 0 below the
+                # copies left. Listed only here, as versions are rare. Its folder is made and
+                # entered with no link followed, and the copy renamed in by name there.
+                folder = state.open_versions_folder(row.host, row.path, dirs)
+                on_disk = state.highest_version_on_disk(row.host, row.path, folder)
+                version = max(row.version, on_disk) + 1
+                row.version = version
+                kept = state.version_path(row.host, row.path, version)
+                os.rename(local, kept.name, dst_dir_fd=folder)  # same file system: no copy
+                dirs.add(kept.parent)
+                item.versioned = True
+            if not item.back:  # a file back where one was deleted is new, not a rewrite of it
+                item.category = "rewritten"
+        elif item.category == "rewritten":
+            # Identity changed but the content only grew (e.g. replaced by rename with the
+            # same history), or is the same (only touched): nothing to keep apart.
+            same = local.exists() and local.stat().st_size == row.size
+            item.category = "unchanged" if same else "grown"
+        try:
+            os.rename(item.temp, local)
+        except OSError:
+            if kept is not None:  # the mirror keeps its copy where it was, not only in versions/
+                os.rename(kept.name, local, src_dir_fd=folder)
+                item.versioned = False
+            row.version = recorded
+            raise
+    finally:
+        if folder is not None:
+            os.close(folder)
     dirs.add(local.parent)
 
 

@@ -60,6 +60,7 @@ from remote_sync.ssh.pool import Endpoint, SSHPool
 from remote_sync.ssh.remote import (
     PID_MARKER,
     STDERR_TAIL_BYTES,
+    compact_sh,
     kill_group_command,
     sh_script,
     wrapped_command,
@@ -1190,6 +1191,115 @@ def test_no_remote_script_has_what_fish_reads_as_an_escape() -> None:
     assert len(scripts) > 8
     for script in scripts:
         assert "\\\\" not in script and "\\'" not in script, script[:200]
+
+
+def wire_scripts(command: str) -> list[str]:
+    """The sh scripts in a command line as :func:`wrapped_command` sends it: every word of it
+    that holds a line break (what sh runs, and a batch script handed to xargs)."""
+    return [word for word in shlex.split(command) if "\n" in word]
+
+
+@pytest.mark.parametrize("shell", ["dash", "bash", "busybox"])
+def test_the_round_goes_on_the_wire_compact_and_runs(shell: str, tmp_path: Path) -> None:
+    """A command's text travels with every round: its scripts go without comment lines,
+    blank lines or indentation (they were a third of a round's upload), and the round so sent
+    lists and fetches under dash, bash and BusyBox as the host's sh (the batches too: xargs
+    starts them with the same sh)."""
+    found = shutil.which(shell)
+    if found is None:
+        pytest.skip(f"{shell} is not installed (.ci/run installs it)")
+    commands = {
+        "round": wrapped_command(round_argv("/r", ["agents", "."], tools="rny")),
+        "listing": wrapped_command(listing_argv("~/x", ["a"])),
+        "fetch": wrapped_command(fetch_argv("/r")),
+        "probe": wrapped_command(remote_ops.probe_roots_argv(["~/.pi"])),
+    }
+    for name, command in commands.items():
+        scripts = wire_scripts(command)
+        assert scripts, name
+        for script in scripts:
+            for line in script.split("\n")[:-1]:
+                assert line and line == line.lstrip() and not line.startswith("#"), (name, line)
+    # The round is two scripts: its own and the batch's; the batch's functions are its own.
+    assert len(wire_scripts(commands["round"])) == 2
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    if shell == "busybox":
+        (bindir / "sh").write_text(f'#!/bin/sh\nexec {shlex.quote(found)} sh "$@"\n')
+        (bindir / "sh").chmod(0o755)
+    else:
+        os.symlink(found, bindir / "sh")
+    root = tmp_path / "root"
+    root.mkdir()
+    files = build_tree(root)
+    wanted = sorted(path for path, data in files.items() if data)[:6]
+    requests = [FetchRequest(path, 0, len(files[path])) for path in wanted]
+    marker = new_marker()
+    run = subprocess.run(
+        [str(bindir / "sh"), "-c", wrapped_command(round_argv(str(root), ["."]))],
+        input=fetch_stdin([], marker) + fetch_stdin(requests),
+        capture_output=True,
+        env={"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)},
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    parser = ListingParser("h", trailer=True)
+    listed = parser.feed(run.stdout)
+    assert parser.end == (0, False)
+    assert {f.path for f in listed} == set(walk_regular(root))
+    events = feed_frames(FrameParser("h", marker.encode(), requests), parser.rest, [])
+    assert [collect(events)[i] for i in range(len(wanted))] == [("End", files[p]) for p in wanted]
+    assert not list(tmp_path.rglob("pwned"))
+
+
+# Words of one line for the compaction's scripts: quotes, "#", "$" and blanks, never a line
+# break (a script whose quoted data spans lines is not one compact_sh may take).
+_SCRIPT_WORDS = st.text(st.sampled_from("ab #'\"$\\;{}~*\t"), max_size=10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.sampled_from(["", " ", "    ", "\t", "  \t "]),
+            st.sampled_from(["comment", "blank", "print", "strip", "if"]),
+            _SCRIPT_WORDS,
+            _SCRIPT_WORDS,
+        ),
+        max_size=12,
+    )
+)
+def test_compact_sh_drops_comments_blanks_and_indentation_only(
+    lines: list[tuple[str, str, str, str]],
+) -> None:
+    """Whatever the indentation, comment lines (quotes in them too) and blank lines, the
+    compacted script prints what the script prints, "#" inside a word (``${x#...}``, a quoted
+    "#") is kept, and no line of it is blank, indented or a comment."""
+    text = []
+    for indent, kind, a, b in lines:
+        if kind == "comment":
+            text.append(f"{indent}# {a} {b}")
+        elif kind == "blank":
+            text.append(indent)
+        elif kind == "print":
+            text.append(f"{indent}printf '[%s]\\n' {shlex.quote(a)} {shlex.quote(b)} # {b}")
+        elif kind == "strip":
+            text.append(f"{indent}x={shlex.quote(a + b)}")
+            text.append(f"{indent}printf '<%s>\\n' \"${{x#{shlex.quote(a)}}}\"")
+        else:
+            text += [f"{indent}if [ -n {shlex.quote(a)} ]; then", f"{indent}  echo #{b}", "fi"]
+    script = "\n".join(text) + "\n"
+    compact = compact_sh(script)
+    for line in compact.split("\n")[:-1]:
+        assert line and line == line.lstrip() and not line.startswith("#"), line
+    assert compact_sh(compact) == compact
+
+    def run(body: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["sh", "-c", body], capture_output=True, timeout=30, check=False)
+
+    before, after = run(script), run(compact)
+    assert (after.returncode, after.stdout) == (before.returncode, before.stdout)
 
 
 @pytest.mark.parametrize("toolset", ["gnu", "busybox-gzip"], indirect=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -930,6 +931,23 @@ def test_byte_order_marks_and_old_codex_rollouts_read_alike_everywhere(
             assert shown(mirrored.messages) == part, (label, "mirror", how)
             result = anyio.run(lambda: api.read_session(host, entry.rel.decode(), **how))  # noqa: B023
             assert shown(result.messages) == part, (label, "remote", how)
+
+
+def test_the_remote_listing_and_show_go_on_the_wire_compact(tmp_path: Path) -> None:
+    """As a sync's round, the list and show commands carry their scripts (their own and the
+    batch's they give xargs) without comment lines, blank lines or indentation; the local
+    tests above run them so sent under dash and BusyBox."""
+    host = local_host(tmp_path)
+    for argv in (
+        list_argv(host),
+        show_argv(host, None, "tail"),
+        show_argv(host, "0123", "head"),
+    ):
+        scripts = [word for word in shlex.split(wrapped_command(argv)) if "\n" in word]
+        assert len(scripts) == 2
+        for script in scripts:
+            for line in script.split("\n")[:-1]:
+                assert line and line == line.lstrip() and not line.startswith("#"), line
 
 
 def test_the_show_script_doubles_its_tail_blocks_up_to_the_clients_largest() -> None:

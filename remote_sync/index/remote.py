@@ -110,7 +110,7 @@ from ..mirror.remote_ops import (
 )
 from ..mirror.root_probe import probed_root_error
 from ..ssh.pool import SSHPool
-from ..ssh.remote import IDLE_TIMEOUT, sh_script
+from ..ssh.remote import IDLE_TIMEOUT, compact_sh, sh_script
 from ..ssh.stream import RemoteStream, exec_streaming
 from .facts import FormatReader, Message
 from .query import SessionRow, check_batch_size, held_state, path_parts, row_from_facts
@@ -488,23 +488,23 @@ def list_argv(host: Host) -> list[str]:
     """argv of the walk-and-stream command of ``host`` (the marker goes on stdin)."""
     points = _start_points(host)
     predicate = _name_predicate(host.source.format)
-    return sh_script(
-        _LIST_SCRIPT, host.source.root, _LIST_BATCH, str(len(points)), *points, *predicate
-    )
+    batch = compact_sh(_LIST_BATCH)  # an argument: sh_script compacts only $0's
+    return sh_script(_LIST_SCRIPT, host.source.root, batch, str(len(points)), *points, *predicate)
 
 
 def show_argv(
     host: Host, session: str | None, mode: str, block: int = TAIL_FIRST_BLOCK
 ) -> list[str]:
     """argv of the show command: by id ``session``, or by path (None: the path is on stdin)."""
+    batch = compact_sh(_SHOW_BATCH)  # an argument: sh_script compacts only $0's
     if session is None:
-        return sh_script(_SHOW_SCRIPT, host.source.root, _SHOW_BATCH, "path", mode, str(block))
+        return sh_script(_SHOW_SCRIPT, host.source.root, batch, "path", mode, str(block))
     points = _start_points(host)
     predicate = id_predicate(host.source.format, session)
     return sh_script(
         _SHOW_SCRIPT,
         host.source.root,
-        _SHOW_BATCH,
+        batch,
         "id",
         mode,
         str(block),

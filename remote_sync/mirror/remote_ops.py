@@ -118,7 +118,7 @@ from ..errors import (
     TooMuchOutputError,
     path_text,
 )
-from ..ssh.remote import STDERR_TAIL_BYTES, sh_script
+from ..ssh.remote import STDERR_TAIL_BYTES, compact_sh, sh_script
 from .archive import ArchiveReader
 from .digests import MAX_DIGEST_WORD, digest_of_word
 from .fetch_events import (
@@ -1073,9 +1073,8 @@ def round_argv(
     points = list(dict.fromkeys(_normalize_start_point(p) for p in start_points))
     if tools and tools != PROBE_TOOLS and not _TOOLS.fullmatch(tools):
         raise ValueError(f"bad tools word {tools!r}")
-    return sh_script(
-        _ROUND_SCRIPT, root, _FETCH_BATCH_SCRIPT, _per_batch(per_batch), tools, *points
-    )
+    batch = compact_sh(_FETCH_BATCH_SCRIPT)  # an argument: sh_script compacts only $0's
+    return sh_script(_ROUND_SCRIPT, root, batch, _per_batch(per_batch), tools, *points)
 
 
 def listing_end_marker(marker: str) -> bytes:
@@ -1098,8 +1097,8 @@ def fetch_argv(root: str, marker: str | None = None, *, per_batch: int = PER_BAT
     _check_root(root)
     if marker is not None:
         _check_marker(marker.encode("ascii", "replace"))
-    batch = _per_batch(per_batch)
-    return sh_script(_FETCH_SCRIPT, root, _FETCH_BATCH_SCRIPT, batch, marker or "")
+    batch = compact_sh(_FETCH_BATCH_SCRIPT)  # an argument: sh_script compacts only $0's
+    return sh_script(_FETCH_SCRIPT, root, batch, _per_batch(per_batch), marker or "")
 
 
 def fetch_stdin(

@@ -16,6 +16,7 @@ nothing (:data:`IDLE_TIMEOUT`, checked for the CLI and the library alike by
 
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 from collections.abc import Sequence
@@ -124,8 +125,27 @@ def wrapped_command(argv: Sequence[str]) -> str:
 
 
 def sh_script(script: str, *args: str) -> list[str]:
-    """argv that runs a POSIX sh script with positional arguments (``$1``...)."""
-    return ["sh", "-c", script, "sh", *args]
+    """argv that runs a POSIX sh script with positional arguments (``$1``...), the script
+    as :func:`compact_sh` makes it."""
+    return ["sh", "-c", compact_sh(script), "sh", *args]
+
+
+@functools.lru_cache(maxsize=32)
+def compact_sh(script: str) -> str:
+    """``script`` as it goes on the wire: without its comment lines, blank lines and the
+    indentation of its lines.
+
+    A command's text travels whole with every command (in the exec request, or as an
+    argument the script hands to ``xargs sh -c``), every round, so the comments and
+    indentation that keep the scripts readable here were a third of a round's upload. Lines
+    are kept as they are otherwise (a "#" inside a line, as in ``${root#"~/"}``, is no
+    comment to strip). This is only right for a script where no quoted text that is data
+    spans lines: the leading blanks and "#" lines of such text would be lost. None of ours
+    has any (the one quoted text over several lines, the stat loop given to find's ``sh
+    -c``, is code), and none uses a here-document.
+    """
+    lines = (line.lstrip(" \t") for line in script.split("\n"))
+    return "".join(f"{line}\n" for line in lines if line and not line.startswith("#"))
 
 
 # $1 is the process group. Run by sh, not by the login shell: fish reads "( ... )" as a

@@ -1302,6 +1302,27 @@ def test_compact_sh_drops_comments_blanks_and_indentation_only(
     assert (after.returncode, after.stdout) == (before.returncode, before.stdout)
 
 
+def test_every_remote_script_keeps_its_meaning_compacted() -> None:
+    """compact_sh drops each line's indentation and every "#" line: right only while no
+    script continues a line with a backslash (``a\\`` then an indented ``b`` would become
+    one word) or carries a here-document (its text would lose its blanks and "#" lines).
+    Every multi-line script constant of the modules that send them is held to that."""
+    from remote_sync.index import remote as index_remote
+    from remote_sync.ssh import remote as ssh_remote
+
+    scripts = {
+        f"{module.__name__}.{name}": value
+        for module in (remote_ops, index_remote, ssh_remote)
+        for name, value in vars(module).items()
+        if name.isupper() and isinstance(value, str) and value.count("\n") > 1
+    }
+    assert len(scripts) >= 10, sorted(scripts)  # the walk finds them
+    for name, script in scripts.items():
+        for line in script.split("\n"):
+            assert not line.rstrip().endswith("\\"), (name, line)
+            assert not re.search(r"<<-?\s*['\"]?\w", line), (name, line)
+
+
 @pytest.mark.parametrize("toolset", ["gnu", "busybox-gzip"], indirect=True)
 def test_local_round_whose_gzip_dies(toolset: Runner, tmp_path: Path) -> None:
     """A gzip that read the whole listing but died before its last block: the listing fails

@@ -20,11 +20,11 @@ Exit codes (scripts rely on them): 0 success; 1 some hosts or files failed (the 
 was listed), a mirrored file could not be read, or ``check`` found damage; 2 usage or
 configuration error (no mirror, no such host or session, a value out of range); 75 the
 destination is locked by another run (nothing touched; try again later, like EX_TEMPFAIL); 130
-cancelled (Ctrl-C). A reader that closes the pipe early (``| head``) is no error: the command
-finishes its work (a sync its mirror, a check its files) and exits with the code it would have
-had, 0 for a listing. Output that cannot be written otherwise (stdout on a full disk) is a
-failure, exit 1, said on stderr: the report a script reads is incomplete, though a sync still
-goes on to its end.
+cancelled (Ctrl-C, or SIGTERM: every command but ``agent`` takes it as a Ctrl-C). A reader
+that closes the pipe early (``| head``) is no error: the command finishes its work (a sync its
+mirror, a check its files) and exits with the code it would have had, 0 for a listing. Output
+that cannot be written otherwise (stdout on a full disk) is a failure, exit 1, said on stderr:
+the report a script reads is incomplete, though a sync still goes on to its end.
 
 ``--dest`` of the read commands defaults to ``$REMOTE_SYNC_DEST``, else ``./mirror``; an empty
 ``--dest`` is a usage error everywhere (``Path("")`` would be the current directory).
@@ -43,7 +43,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -567,7 +567,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _escape_what_the_locale_cannot_encode()
     try:
         args = build_parser().parse_args(words)
-        code: int = args.run(args)
+        # Every command but the agent (whose SIGTERM is its stop, exit 0) takes SIGTERM as
+        # a Ctrl-C: `timeout` and systemd stop a run with it, and a reading command or a
+        # prune died of it unreported (exit -15) where a Ctrl-C exits 130.
+        terminate = contextlib.nullcontext() if args.run is run_agent else _terminate_as_interrupt()
+        with terminate:
+            code: int = args.run(args)
     except KeyboardInterrupt:
         return report_cancelled_start(_Parser.json_wanted)
     return code
@@ -806,17 +811,15 @@ def _given_adhoc_options(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def run_sync(args: argparse.Namespace) -> int:
-    with _terminate_as_interrupt():
-        return _run_sync(args)
-
-
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill``, systemd stopping a timer's run) taken as a Ctrl-C from the start,
-    until the rounds' own handler takes both over, and again after it. Left to its default,
-    a SIGTERM while the state was opened or recovered (a second or more on a large mirror)
-    ended the process unreported, and left a dry run's copy of the state behind."""
+    """SIGTERM (``kill``, ``timeout``, systemd stopping a timer's run) taken as a Ctrl-C, for
+    a whole command (:func:`main` puts every command but the agent in it): until a sync's
+    rounds take both signals over (:func:`_signals_received`), and again after them. Left to
+    its default, a SIGTERM while a sync's state was opened or recovered (a second or more on
+    a large mirror) ended the process unreported, and left a dry run's copy of the state
+    behind; and a check, a listing or a prune died of it (exit -15), where a Ctrl-C exits
+    130 saying so."""
     import signal
     import threading
 
@@ -842,6 +845,27 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _signals_received(heeded: Sequence[signal.Signals]) -> Iterator[AsyncIterator[int]]:
+    """anyio's receiver of the ``heeded`` signals, on the running event loop, and then the
+    handlers they had before again. asyncio, removing its handlers, leaves SIGTERM to its
+    default action (and SIGINT to Python's): a SIGTERM after a sync's rounds (its recap
+    printed, the index worker stopped) killed the process unreported, where a Ctrl-C then
+    exits 130."""
+    import signal
+
+    import anyio
+
+    previous = {s: signal.getsignal(s) for s in heeded}
+    try:
+        with anyio.open_signal_receiver(*heeded) as signals:
+            yield signals
+    finally:
+        for s, handler in previous.items():
+            if handler is not None:  # None: set outside Python, not ours to put back
+                signal.signal(s, handler)
+
+
 def _heeded_signals() -> list[signal.Signals]:
     """SIGINT and SIGTERM, less those this process was started with ignored. A shell starts a
     background job (``remote-sync sync ... &`` in a script) with SIGINT ignored, so that a
@@ -852,7 +876,7 @@ def _heeded_signals() -> list[signal.Signals]:
     return [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
 
 
-def _run_sync(args: argparse.Namespace) -> int:
+def run_sync(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     through_agent = _sync_through_agent(args)
     if through_agent is not None:
@@ -931,7 +955,7 @@ async def _sync_main(
         async def on_signals() -> None:
             if not heeded:
                 return
-            with anyio.open_signal_receiver(*heeded) as signals:
+            with _signals_received(heeded) as signals:
                 first = True
                 async for signum in signals:
                     if not first:
@@ -1166,7 +1190,7 @@ async def _agent_main(agent: Agent) -> int:
     async with anyio.create_task_group() as tg:
 
         async def on_signals() -> None:
-            with anyio.open_signal_receiver(*_heeded_signals()) as signals:
+            with _signals_received(_heeded_signals()) as signals:
                 async for signum in signals:
                     if stopped_by:
                         os._exit(EXIT_CANCELLED)

@@ -21,7 +21,14 @@ SIGINT, as a Ctrl-C at that instant would.
 over this user's disk quota (see ``synchelp.over_quota_open``).
 
 ``sigint_in_check`` does not crash: ``check``, at its first file, sends the process a SIGINT,
-as a Ctrl-C midway through a check would.
+as a Ctrl-C midway through a check would; ``term_in_check`` a SIGTERM, as ``timeout`` or
+systemd would.
+
+``term_in_prune`` does not crash: ``versions prune``, at the second file whose versions it
+removes (the first file's gone), sends the process a SIGTERM.
+
+``term_after_rounds`` does not crash: a sync, once its rounds have ended and their signal
+handler is gone, sends the process a SIGTERM before it reports its exit code.
 
 ``hold_cancel`` does not crash: a cancelled round waits a minute before it winds down (a
 commit that takes its time), so that only a second Ctrl-C ends the run soon.
@@ -127,20 +134,54 @@ elif FAULT == "hold_cancel":
 
     engine.HostSync._drain = _drain  # type: ignore[method-assign]
 
-elif FAULT == "sigint_in_check":
+elif FAULT in ("sigint_in_check", "term_in_check"):
     import signal
     import time
 
     from remote_sync.mirror import check as check_module
 
     real_judge = check_module._Checker._judge
+    sent = signal.SIGINT if FAULT == "sigint_in_check" else signal.SIGTERM
 
     def judge(self: check_module._Checker, host: str, row: Any) -> Any:
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), sent)
         time.sleep(0.3)  # Python's handler raises KeyboardInterrupt by then
         return real_judge(self, host, row)
 
     check_module._Checker._judge = judge  # type: ignore[method-assign]
+
+elif FAULT == "term_in_prune":
+    import signal
+    import time
+
+    from remote_sync.mirror import versions as versions_module
+
+    real_remove = versions_module._remove
+    groups: list[object] = []
+
+    def remove(*args: Any, **kwargs: Any) -> None:
+        groups.append(args)
+        if len(groups) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.3)  # the handler, if any, raises KeyboardInterrupt by then
+        real_remove(*args, **kwargs)
+
+    versions_module._remove = remove
+
+elif FAULT == "term_after_rounds":
+    import signal
+    import time
+
+    from remote_sync import cli as cli_module
+
+    real_with_lost_output = cli_module._with_lost_output
+
+    def with_lost_output(code: int, watch: Any) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)  # the handler, if any, raises KeyboardInterrupt by then
+        return real_with_lost_output(code, watch)
+
+    cli_module._with_lost_output = with_lost_output
 
 elif FAULT == "over_quota":
     from synchelp import over_quota_open

@@ -600,13 +600,16 @@ def _state_files(dest: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in control.iterdir() if p.name.startswith("state.db")}
 
 
+@pytest.mark.parametrize("fault", ["sigint_in_check", "term_in_check"])
 @pytest.mark.parametrize("json", [False, True])
-def test_a_check_cancelled_by_ctrl_c_exits_130_and_changes_nothing(
-    mirror: Path, json: bool
+def test_a_check_cancelled_by_ctrl_c_or_sigterm_exits_130_and_changes_nothing(
+    mirror: Path, json: bool, fault: str
 ) -> None:
+    """A Ctrl-C midway, or a SIGTERM (``timeout``, systemd), which killed the check
+    unreported (status -15) before every command took it as a Ctrl-C."""
     before, state = _files(mirror), _state_files(mirror)
     args = ["check", "--dest", str(mirror), *(["--json"] if json else [])]
-    done = fault_run(args, "sigint_in_check")
+    done = fault_run(args, fault)
     assert done.returncode == 130, done.stderr
     assert b"Traceback" not in done.stderr
     if json:  # an error event says so, as for any command's early cancel

@@ -1167,15 +1167,16 @@ def test_new_directories_are_synced_in_their_parents(tmp_path: Path) -> None:
     assert dirs == {tmp_path / "h", tmp_path / "h/a", tmp_path / "h/a/b"}
 
 
-@pytest.mark.parametrize("fault", ["term_in_recovery", "term_in_state_copy"])
-def test_a_sigterm_while_the_mirror_opens_is_a_cancel(
+@pytest.mark.parametrize("fault", ["term_in_recovery", "term_in_state_copy", "term_after_rounds"])
+def test_a_sigterm_while_the_mirror_opens_or_after_the_rounds_is_a_cancel(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], fault: str
 ) -> None:
     """While the mirror opens (recovery, a dry run's copy of the state), a SIGTERM is taken
     as Ctrl-C: exit 130 with a cancelled event, no temporary copy left behind, and a rerun is
     exact. It used to end the process unreported (status -15). Recovery runs in a worker
     thread once the rounds' signal handler is installed: the cancel is then reported as the
-    rounds report theirs, a summary last."""
+    rounds report theirs, a summary last. So is one after the rounds, once their handler is
+    gone (asyncio left SIGTERM to its default action then)."""
     inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
     dest = tmp_path / "m"
     rel = "agents/a/sessions/s.jsonl"

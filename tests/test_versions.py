@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sshfleet import SSHFleet
-from synchelp import cli, run_cli, session_bytes, tear_reads, write_inventory
+from synchelp import cli, fault_run, run_cli, session_bytes, tear_reads, write_inventory
 
 from remote_sync import api
 from remote_sync.cancel import CancelRegistry
@@ -782,6 +782,40 @@ def test_a_dry_run_removes_nothing_and_reads_while_a_sync_holds_the_lock(
     with pytest.raises(LockedError):
         anyio.run(locked)
     assert _files(dest) == before
+
+
+def test_a_prune_stopped_by_sigterm_exits_130_its_state_true_to_what_went(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SIGTERM (``timeout``, systemd) midway through a prune, between two files: it is
+    taken as a Ctrl-C (exit 130, said, no traceback), where the prune died of it (status
+    -15). What went is gone with its keep times, what stays keeps them, the lock is free:
+    a prune again finishes, and the mirror checks intact."""
+    dest = tmp_path / "m"
+    other = b"agents/b/sessions/other.jsonl"
+    places = [_by_hand_kept(dest, [3 * DAY, 2 * DAY, DAY], rel) for rel in (PLAIN, other)]
+    done = fault_run(["versions", "prune", "-d", str(dest), "--keep-last", "1"], "term_in_prune")
+    assert done.returncode == 130, done.stderr
+    assert b"cancelled by a signal" in done.stderr and b"Traceback" not in done.stderr
+    # The second file's group was about to go: the first's is gone, the second's whole.
+    assert [[p.exists() for p in group] for group in places] == [
+        [False, False, True],
+        [True, True, True],
+    ]
+    listed = _listed(dest, capsys)
+    assert [(r.path, r.version) for r in listed] == [
+        (path_text(PLAIN), 3),
+        *((path_text(other), n) for n in (1, 2, 3)),
+    ]
+    assert all(r.kept_at is not None for r in listed)
+    code, result, err = _prune(dest, capsys, "--keep-last", "1")
+    assert code == 0, err
+    assert [(r["path"], r["version"]) for r in result["removed"]] == [
+        (path_text(other), 1),
+        (path_text(other), 2),
+    ]
+    code, out, err = _cli(["check", "-d", str(dest)], capsys)
+    assert code == 0 and "intact" in out, out + err
 
 
 def test_prune_without_a_keep_rule_is_refused_and_removes_nothing(

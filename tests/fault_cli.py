@@ -30,6 +30,9 @@ removes (the first file's gone), sends the process a SIGTERM.
 ``term_after_rounds`` does not crash: a sync, once its rounds have ended and their signal
 handler is gone, sends the process a SIGTERM before it reports its exit code.
 
+``deaf_agent_sync`` does not crash: the agent's syncs sleep an hour in a scope no cancel of
+theirs reaches (they register nothing), so that only a ``--stop-timeout`` cut-off ends them.
+
 ``hold_cancel`` does not crash: a cancelled round waits a minute before it winds down (a
 commit that takes its time), so that only a second Ctrl-C ends the run soon.
 """
@@ -182,6 +185,17 @@ elif FAULT == "term_after_rounds":
         return real_with_lost_output(code, watch)
 
     cli_module._with_lost_output = with_lost_output
+
+elif FAULT == "deaf_agent_sync":
+    import anyio
+
+    from remote_sync import agent as agent_module
+
+    async def deaf_sync(*args: Any, **kwargs: Any) -> Any:
+        await anyio.sleep(3600)  # registers nothing: the registry's cancel misses it
+        raise AssertionError("a deaf sync ended of itself")
+
+    agent_module.sync_fleet = deaf_sync  # type: ignore[assignment]
 
 elif FAULT == "over_quota":
     from synchelp import over_quota_open

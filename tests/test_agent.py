@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -35,6 +36,7 @@ from synchelp import (
     expected_tree,
     make_openclaw_tree,
     mirror_tree,
+    session_bytes,
     write_inventory,
 )
 
@@ -66,12 +68,20 @@ def accepted(fleet: SSHFleet, name: str) -> int:
     return fleet.host(name).log_path.read_text(errors="replace").count("Accepted publickey")
 
 
-def start_agent(inv: Path, dest: Path, *extra: str) -> subprocess.Popen[bytes]:
-    proc = cli_process(["agent", "--inventory", str(inv), "--dest", str(dest), *extra])
+def start_agent(
+    inv: Path, dest: Path, *extra: str, fault: str | None = None, verbose: bool = False
+) -> subprocess.Popen[bytes]:
+    """The agent, once it listens; ``fault`` injected (``fault_cli.py``); ``verbose``: with
+    ``-v``, so that its log says each request it gets ("pid N: ...")."""
+    command = [*(["-v"] if verbose else []), "agent", "--inventory", str(inv), "--dest", str(dest)]
+    proc = cli_process([*command, *extra], fault=fault)
     assert proc.stderr is not None
-    line = proc.stderr.readline()  # "remote-sync agent: serving ..." once it listens
-    assert b"serving" in line, line + proc.stderr.read()
-    return proc
+    while True:
+        line = proc.stderr.readline()  # "remote-sync agent: serving ..." once it listens
+        if b"serving" in line:
+            return proc
+        # Only -v's log may come before it; anything else says why the agent did not start.
+        assert line and verbose, line + proc.stderr.read()
 
 
 def stop_agent(
@@ -1266,3 +1276,218 @@ def test_the_client_talks_to_no_agent_of_another_uid(agent_setup: tuple[Path, Pa
     assert code == 0 and b"agent" not in err, err
     assert [e.hosts_ok for e in events if isinstance(e, Summary)] == [2]
     assert heard == b"got 0 bytes"
+
+
+def _requests_logged(err: bytes, pid: int) -> list[bytes]:
+    """The lines of a ``-v`` agent's log about a request of the client ``pid``."""
+    return [line for line in err.splitlines() if f"pid {pid}: ".encode() in line]
+
+
+def test_ad_hoc_options_or_no_inventory_sync_directly_sending_the_agent_nothing(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """With ad-hoc options (``--format``, ``--root``) or without ``--inventory``, the client
+    asks the agent nothing (its log has no request of that pid) and runs the sync itself,
+    on a connection of its own, without a word about the agent."""
+    inv, dest = agent_setup
+    agent = start_agent(inv, dest, verbose=True)
+    clients: list[int] = []
+    try:
+        code, _, err = sync_json(inv, dest, "h0")  # through the agent: its log has it
+        assert code == 0, err
+        kept = accepted(fleet, "h0")
+        # An ad-hoc host (a port nothing listens on) beside h0, with --format and --root.
+        adhoc = ["--format", "openclaw", "--root", "/nowhere"]
+        client = cli_process(
+            ["sync", "-I", str(inv), "-d", str(dest), "--json", "h0", "127.0.0.1:1", *adhoc]
+        )
+        out, err = client.communicate(timeout=120)
+        clients.append(client.pid)
+        assert client.returncode == 1, err  # the ad-hoc host unreachable, h0 synced
+        (summary,) = [e for e in map(decode_event, out.splitlines()) if isinstance(e, Summary)]
+        assert (summary.hosts_ok, summary.hosts_failed) == (1, 1)
+        assert b"agent" not in err, err
+        assert accepted(fleet, "h0") == kept + 1  # the client's own connection
+        # No --inventory, no option: h1 (not in the mirror yet) as an ssh_config alias, read
+        # from the client's ~/.ssh/config.
+        home = tmp_path / "home"
+        (home / ".ssh").mkdir(parents=True)
+        shutil.copy(fleet.ssh_config, home / ".ssh" / "config")
+        before = accepted(fleet, "h1")
+        client = cli_process(
+            ["sync", "-d", str(dest), "--json", "h1"], env=dict(os.environ, HOME=str(home))
+        )
+        out, err = client.communicate(timeout=120)
+        clients.append(client.pid)
+        # Reached, by the client itself: its root, the format's default, is not on the host.
+        assert client.returncode == 1 and b"agent" not in err, err
+        errors = [e for e in map(decode_event, out.splitlines()) if isinstance(e, ErrorEvent)]
+        assert [e.host for e in errors] == ["h1"] and ".openclaw" in errors[0].message, out
+        assert accepted(fleet, "h1") == before + 1
+    finally:
+        code, log = stop_agent(agent)
+    assert code == 0, log
+    # One request logged, the first client's; none of the others.
+    assert len(re.findall(rb"pid \d+: sync 1 hosts ok, 0 failed, .*, exit 0", log)) == 1, log
+    assert [_requests_logged(log, pid) for pid in clients] == [[], []], log
+
+
+def test_a_request_to_a_stopping_agent_is_run_by_its_client(
+    fleet: SSHFleet, tmp_path: Path
+) -> None:
+    """While a stopped agent waits for its scheduled round to wind down (a host's ssh_config
+    ``Match exec`` command still running in a worker thread), a request is refused as the
+    agent stopping, and its client runs the sync itself (here a dry run), saying so once."""
+    config = tmp_path / "slow_config"
+    config.write_text('Match exec "sleep 6"\n  Port 22\n')
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    with open(inv, "a") as out:
+        out.write(
+            f'[[hosts]]\nname = "slow"\naddress = "127.0.0.1"\nssh_config = "{config}"\n'
+            f'root = "{tmp_path / "root"}"\n'
+        )
+    make_openclaw_tree(fleet, "h0")
+    dest = tmp_path / "m"
+    agent = start_agent(inv, dest, "--every", "1h")
+    try:
+        time.sleep(1.5)  # the scheduled round's pre-flight is in its Match exec by now
+        agent.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the stop is under way: the agent waits for the round
+        assert agent.poll() is None
+        code, events, err = sync_json(inv, dest, "h0", "--dry-run")
+        assert agent.poll() is None, "the agent ended before the request: no test"
+    finally:
+        # Not stop_agent: a second SIGTERM would make it leave at once (exit 130).
+        _, log = agent.communicate(timeout=60)
+    assert agent.returncode == 0, log
+    assert code == 0, err
+    assert err.decode().count("the agent cannot serve this sync") == 1, err
+    assert b"is stopping" in err, err
+    planned = [e for e in events if isinstance(e, Planned)]
+    assert len(planned) == len(expected_tree(fleet.path("h0")))  # the dry run, run here
+    assert [e.hosts_ok for e in events if isinstance(e, Summary)] == [1]
+
+
+def test_prune_and_index_rebuild_run_between_the_agents_syncs(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An agent idle between syncs (its connections kept) holds no lock of the mirror:
+    ``versions prune`` and ``index rebuild`` run, and the next sync goes through the agent
+    on its kept connection."""
+    from remote_sync.cli import main
+
+    inv, dest = agent_setup
+    rel = f"{SESSIONS.format(agent='agent0')}/sess-0-0.jsonl"
+    agent = start_agent(inv, dest)
+    try:
+        for n in range(3):  # two rewrites: two versions kept
+            if n:
+                fleet.write("h0", rel, session_bytes(random.Random(n), 3, start=100 * n))
+            code, _, err = sync_json(inv, dest)
+            assert code == 0, err
+        kept = accepted(fleet, "h0")
+        capsys.readouterr()
+        code = main(["versions", "prune", "-d", str(dest), "--keep-last", "1", "--json"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        pruned = json.loads(out)
+        assert [(r["path"], r["version"]) for r in pruned["removed"]] == [(rel, 1)]
+        assert main(["index", "rebuild", "-d", str(dest), "--json"]) == 0
+        out, err = capsys.readouterr()
+        assert json.loads(out)["sessions"] == 20, err
+        code, _, err = sync_json(inv, dest)
+        assert code == 0 and b"agent" not in err, err
+        assert accepted(fleet, "h0") == kept  # through the agent, on its connection
+    finally:
+        assert stop_agent(agent)[0] == 0
+    for name in ("h0", "h1"):
+        assert mirror_tree(dest, name) == expected_tree(fleet.path(name))
+
+
+def _disconnects(fleet: SSHFleet, name: str) -> int:
+    """SSH connections of ``name`` whose client closed them, as sshd logs it."""
+    return fleet.host(name).log_path.read_text(errors="replace").count("Disconnected from user")
+
+
+def test_persist_closes_an_idle_connection_and_the_next_request_connects_again(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path]
+) -> None:
+    """``--persist``: the agent itself closes a connection unused that long, no request
+    needed (sshd logs the disconnect), and the next request makes a new one."""
+    inv, dest = agent_setup
+    agent = start_agent(inv, dest, "--persist", "2s")
+    try:
+        before, gone = accepted(fleet, "h0"), _disconnects(fleet, "h0")
+        code, _, err = sync_json(inv, dest, "h0")
+        assert code == 0, err
+        assert accepted(fleet, "h0") == before + 1
+        deadline = time.monotonic() + 20
+        while _disconnects(fleet, "h0") == gone:
+            assert time.monotonic() < deadline, "the idle connection was never closed"
+            time.sleep(0.2)
+        code, _, err = sync_json(inv, dest, "h0")
+        assert code == 0 and b"agent" not in err, err
+        assert accepted(fleet, "h0") == before + 2
+    finally:
+        assert stop_agent(agent)[0] == 0
+
+
+def test_the_command_exits_1_when_its_stop_cut_a_sync_off(tmp_path: Path) -> None:
+    """A sync the stop's cancel does not end (a fault makes it deaf to it) is cut off
+    ``--stop-timeout`` after the stop: the agent's process says so and exits 1, its socket
+    removed, well before the grace after which it would leave at once."""
+    dest = tmp_path / "m"
+    agent = start_agent(
+        _one_host_inventory(tmp_path),
+        dest,
+        *("--every", "1h", "--stop-timeout", "1s"),
+        fault="deaf_agent_sync",
+    )
+    time.sleep(0.5)  # the scheduled round, at once, is deaf by now
+    stopped = time.monotonic()
+    code, err = stop_agent(agent)
+    took = time.monotonic() - stopped
+    assert code == 1, err
+    assert b"1 sync still running 1 s after the stop, cut off" in err, err
+    assert b"leaving at once" not in err and b"Traceback" not in err, err
+    assert 0.9 < took < 10
+    assert not (dest / SOCKET).exists()
+
+
+def test_a_changed_ssh_config_setting_connects_anew_at_the_next_request(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The agent reads the ssh_config again for every sync: a setting the pool applies
+    changed (StrictHostKeyChecking, IdentityFile: a copy of the key, a Ciphers line where
+    there was none) makes the next request connect anew; another Ciphers list alone does
+    not, nor does nothing changed."""
+    inv, dest = agent_setup
+    config = fleet.ssh_config
+
+    def connections() -> int:
+        code, _, err = sync_json(inv, dest, "h0")
+        assert code == 0 and b"agent" not in err, err
+        return accepted(fleet, "h0")
+
+    def change(old: str, new: str) -> None:
+        text = config.read_text()
+        assert old in text
+        config.write_text(text.replace(old, new))
+
+    agent = start_agent(inv, dest)
+    try:
+        first = connections()
+        assert connections() == first
+        change("StrictHostKeyChecking yes", "StrictHostKeyChecking accept-new")
+        assert connections() == first + 1
+        key = tmp_path / "key_copy"
+        shutil.copy(fleet.client_key, key)
+        os.chmod(key, 0o600)
+        change(f"IdentityFile {fleet.client_key}\n", f"IdentityFile {key}\n")
+        assert connections() == first + 2
+        change("Host h0\n", "Host h0\n    Ciphers aes128-ctr\n")
+        assert connections() == first + 3
+        change("Ciphers aes128-ctr", "Ciphers aes256-ctr")
+        assert connections() == first + 3
+    finally:
+        assert stop_agent(agent)[0] == 0

@@ -153,6 +153,51 @@ def test_a_missing_or_linked_version_is_damage(
     assert code == 1 and [p.kind for p in problems] == ["version_not_a_file"]
 
 
+def test_a_missing_version_with_no_keep_time_is_not_reported(
+    mirror: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version the state has no keep time for (kept by an older remote-sync, or whose
+    time a prune forgot before a kill) that is gone cannot be told from a pruned one: no
+    problem, exit 0, though the same copy gone with its keep time is damage."""
+    with MirrorState(mirror) as state, state.transaction():
+        place = state.version_path("h0", PLAIN, 1)
+        state.db.execute("DELETE FROM versions WHERE path = ?", (PLAIN,))
+    place.unlink()
+    code, problems, summary = _checked(mirror, capsys)
+    assert (code, problems) == (0, [])
+    assert (summary.damaged, summary.notes, summary.intact) == (0, 0, True)
+
+
+def test_check_json_prints_the_fields_the_readme_lists(
+    mirror: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``check --json``'s objects have the README's fields, no more, no fewer: a problem
+    ``type``, ``kind``, ``host``, ``path``, ``what``, ``hint`` and ``version`` (the kept
+    version's number, null for a mirrored file's); the summary ``type``, ``files``,
+    ``versions``, ``damaged``, ``notes``, ``intact``."""
+    with MirrorState(mirror) as state:
+        state.version_path("h0", PLAIN, 1).unlink()
+    _truncate(mirror / "h0" / os.fsdecode(PLAIN))
+    (mirror / "h0" / "stray.jsonl").write_bytes(b"{}\n")
+    code, out, err = _cli(["check", "--dest", str(mirror), "--json"], capsys)
+    assert code == 1, err
+    *problems, summary = [msgspec.json.decode(line) for line in out.splitlines()]
+    fields = {"type", "kind", "host", "path", "what", "hint", "version"}
+    assert [(set(p), p["type"], p["kind"], p["version"]) for p in problems] == [
+        (fields, "damage", "short", None),
+        (fields, "damage", "version_missing", 1),
+        (fields, "note", "stray", None),
+    ]
+    assert summary == {
+        "type": "summary",
+        "files": 3,
+        "versions": 1,
+        "damaged": 2,
+        "notes": 1,
+        "intact": False,
+    }
+
+
 def test_a_directory_in_a_versions_place_is_said_to_be_one(
     mirror: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -640,6 +640,21 @@ def test_a_file_a_sync_is_replacing_is_an_in_doubt_note_not_damage(
     assert problems[0].hint.startswith("nothing to do: a sync is putting it in place")
 
 
+def test_a_check_started_with_sigterm_ignored_keeps_ignoring_it(mirror: Path) -> None:
+    """As a shell's background job keeps SIGINT ignored: a check started with SIGTERM
+    ignored does not take the SIGTERM sent midway for a cancel, and runs to its end."""
+    import signal
+
+    def ignore_sigterm() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    args = ["check", "--dest", str(mirror), "--json"]
+    done = fault_run(args, "term_in_check", preexec_fn=ignore_sigterm)
+    assert done.returncode == 0, done.stderr
+    summary = msgspec.json.decode(done.stdout.splitlines()[-1], type=CheckSummary)
+    assert summary.intact and summary.files == 3
+
+
 def _state_files(dest: Path) -> dict[str, bytes]:
     control = dest / ".remote-sync"
     return {p.name: p.read_bytes() for p in control.iterdir() if p.name.startswith("state.db")}

@@ -179,7 +179,7 @@ def test_check_json_prints_the_fields_the_readme_lists(
         state.version_path("h0", PLAIN, 1).unlink()
     _truncate(mirror / "h0" / os.fsdecode(PLAIN))
     (mirror / "h0" / "stray.jsonl").write_bytes(b"{}\n")
-    code, out, err = _cli(["check", "--dest", str(mirror), "--json"], capsys)
+    code, out, err = cli(["check", "--dest", str(mirror), "--json"], capsys)
     assert code == 1, err
     *problems, summary = [msgspec.json.decode(line) for line in out.splitlines()]
     fields = {"type", "kind", "host", "path", "what", "hint", "version"}

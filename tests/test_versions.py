@@ -814,7 +814,7 @@ def test_a_prune_stopped_by_sigterm_exits_130_its_state_true_to_what_went(
         (path_text(other), 1),
         (path_text(other), 2),
     ]
-    code, out, err = _cli(["check", "-d", str(dest)], capsys)
+    code, out, err = cli(["check", "-d", str(dest)], capsys)
     assert code == 0 and "intact" in out, out + err
 
 

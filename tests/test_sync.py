@@ -1044,6 +1044,69 @@ def test_a_transcript_fetched_whole_again_by_the_follow_up_comes_in_pieces_too(
     _assert_index_is_a_rebuild(dest, tmp_path)
 
 
+@pytest.mark.parametrize("listed", ["small", "pieced"])
+def test_a_transcript_cut_short_in_the_round_may_grow_back_by_its_listed_allowance(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    listed: str,
+) -> None:
+    """A transcript truncated after the listing (its append's read comes short) and grown
+    again before the follow-up reads it, past the short read's end and as much again but
+    within its listed size and as much again (FOLLOW_UP_GROWTH made 0): the follow-up's
+    bound is its listed size's, so the run mirrors it (exit 0), where it failed as "changed
+    again" with the bound taken from that end. Listed longer than a piece, it still comes
+    in a piece, not in one read of twice that end: what grew past the piece comes with the
+    next round, as an append."""
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch)
+    monkeypatch.setattr(engine, "FOLLOW_UP_GROWTH", 0)
+    data = _messages(70)  # about 100 KiB, mirrored
+    fleet.write("h0", rel, data)
+    assert sync(inv, dest, capsys)[0] == 0
+    total = 300 * 1024 if listed == "small" else 3 * PIECE
+    data += _messages((total - len(data)) // 1550, start=70)
+    fleet.write("h0", rel, data)
+    cut = data.rindex(b"\n", 0, 150 * 1024) + 1  # the end the append's read finds
+    regrown = data[:cut] + _messages((cut + 100 * 1024) // 1550, start=1000)
+    if listed == "pieced":
+        regrown += _messages(PIECE // 1550, start=5000)  # longer than a piece
+    assert 2 * cut < len(regrown) < 2 * len(data)
+    remote = fleet.path("h0", rel)
+    real_plan, real_fetch_argv = engine.make_plan, engine.fetch_argv
+
+    def plan_then_cut(*args: Any, **kwargs: Any) -> Any:
+        plan = real_plan(*args, **kwargs)
+        with open(remote, "r+b") as f:
+            f.truncate(cut)
+        return plan
+
+    def grow_then_follow_up(*args: Any, **kwargs: Any) -> list[str]:
+        remote.write_bytes(regrown)  # same inode, grown from the cut
+        return real_fetch_argv(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "make_plan", plan_then_cut)
+    monkeypatch.setattr(engine, "fetch_argv", grow_then_follow_up)
+    asked = _follow_up_asked(monkeypatch)
+    code, summary, events = sync(inv, dest, capsys)
+    errors = [e.message for e in events if isinstance(e, ErrorEvent)]
+    assert (code, errors) == (0, [])  # was 1, ["changed again while being fetched; ..."]
+    assert summary.files.grown == 1  # the mirrored copy is a prefix of what it became
+    assert asked and max(request.length for request in asked) <= 2 * len(data)
+    mirrored = (dest / "h0" / rel).read_bytes()
+    if listed == "small":
+        assert mirrored == regrown
+    else:
+        assert [request.length for request in asked] == [PIECE]
+        assert regrown.startswith(mirrored) and mirrored.endswith(b"\n")
+        assert PIECE - 1600 < len(mirrored) <= PIECE
+    monkeypatch.setattr(engine, "make_plan", real_plan)
+    monkeypatch.setattr(engine, "fetch_argv", real_fetch_argv)
+    assert sync(inv, dest, capsys)[0] == 0
+    assert (dest / "h0" / rel).read_bytes() == regrown
+    _assert_index_is_a_rebuild(dest, tmp_path)
+
+
 def test_a_line_longer_than_a_piece_is_committed_by_the_piece_that_ends_it(
     fleet: SSHFleet,
     tmp_path: Path,

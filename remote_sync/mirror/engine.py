@@ -166,9 +166,6 @@ PROGRESS_SECONDS = 0.25
 #: The event loop's other tasks (an app's UI, its server) get to run after this long of
 #: handling the frames of one chunk of a fetch.
 YIELD_SECONDS = 0.005
-#: A follow-up fetch asks for the whole file: "up to this many bytes" means "to its end".
-#: Only a transfer's length: its request asks for :func:`_follow_up_length`.
-TO_EOF = 1 << 62
 #: A follow-up fetches whole a file that changed since the listing, so its size then is not
 #: known: it asks for the listed size and as much again, or this much more if that is more,
 #: and a byte past it (``detect_growth``). A file longer than that by then grows faster than
@@ -696,14 +693,15 @@ class HostSync:
         # A new file stays new (there is no old copy to count it a rewrite of), and so does a
         # file back where one was deleted that is not that one after all (see plan.make_plan).
         category: Category = "new" if t.category == "new" or t.back else "rewritten"
-        remote = t.remote
-        end = self.ends.get(remote.path)
-        if end is not None and end < remote.size:
-            # A read came short: the file is that long at most by now, not its listed size.
-            # Its follow-up asks for pieces up to there (see _follow_up_requests), not for
-            # every piece of the listed size, read past after the first came short.
-            remote = dataclasses.replace(remote, size=end)
-        return Transfer(remote, t.kind, "whole", category, 0, TO_EOF, t.row)
+        # Its length is where the file is known to end: its listed size, or the end a read
+        # that came short found it at. Its follow-up asks for pieces up to there (see
+        # _follow_up_requests), not for every piece of the listed size, read past after the
+        # first came short. Only the pieces: the listed size, kept, is what decides whether
+        # the file comes in pieces and how much it may have grown (_follow_up_length), so a
+        # file cut short during the round and grown again since is not "changed again" for
+        # growing back to what its listing allowed.
+        end = min(t.remote.size, self.ends.get(t.remote.path, t.remote.size))
+        return Transfer(t.remote, t.kind, "whole", category, 0, end, t.row)
 
     async def finished(self, pending: Pending) -> None:
         self.batch.add(pending)
@@ -1074,7 +1072,7 @@ class HostSync:
 
 
 def _follow_up_length(t: Transfer) -> int:
-    """The bytes a follow-up asks for of a file it fetches whole (see
+    """The bytes a follow-up asks for of a file it fetches whole, from its listed size (see
     :data:`FOLLOW_UP_GROWTH`)."""
     return t.remote.size + max(t.remote.size, FOLLOW_UP_GROWTH)
 
@@ -1089,23 +1087,27 @@ def _follow_up_requests(t: Transfer, piece_bytes: int) -> list[FetchRequest]:
     (:func:`_follow_up_length`), so that the fetch has a budget.
 
     A transcript longer than a piece when listed comes in pieces, as in the round: each
-    piece of its listed size (or of the end a short read found it at, see
-    :meth:`HostSync._as_whole`), the last one a whole piece long, which brings the growth
-    since then that fits in it. What grew past it is fetched by the next round, as an
-    append: the lines so far are a copy, and no piece is longer than a piece, so that a
-    dropped connection loses one at most. One that is shorter by now ends in the piece its
-    end falls in (a Short there is its end, as a follow-up's Short is); the pieces after it
-    are read past. An append is cut as the round cuts it."""
+    piece of the transfer's length, its listed size or the end a short read found it at
+    (see :meth:`HostSync._as_whole`), the last one a whole piece long, which brings the
+    growth since then that fits in it (one piece, when that end is in the first). What grew
+    past it is fetched by the next round, as an append: the lines so far are a copy, and no
+    piece is longer than a piece, so that a dropped connection loses one at most. One that
+    is shorter by now ends in the piece its end falls in (a Short there is its end, as a
+    follow-up's Short is); the pieces after it are read past. An append is cut as the
+    round cuts it."""
     path = t.remote.path
     if t.mode != "whole":
         if t.pieced(piece_bytes):
             return t.requests(piece_bytes)  # each with its head checked
         return [FetchRequest(path, t.start, t.length, check=True)]
-    length = _follow_up_length(t)
-    listed = dataclasses.replace(t, start=0, length=t.remote.size)
+    listed = dataclasses.replace(t, length=t.remote.size)
     if not listed.pieced(piece_bytes):
+        length = _follow_up_length(t)
         return [FetchRequest(path, 0, length, detect_growth=True, check=t.kind == "append")]
-    pieces = listed.requests(piece_bytes)
+    if t.pieced(piece_bytes):
+        pieces = t.requests(piece_bytes)
+    else:  # it ends in the first piece (t.request() would be the round's request of it)
+        pieces = [FetchRequest(path, 0, piece_bytes, check=True)]
     pieces[-1] = dataclasses.replace(pieces[-1], length=piece_bytes)
     return pieces
 

@@ -812,23 +812,17 @@ class HostSync:
         counted failed). The next piece of its file is handed over only then: a checkpoint
         of it would claim a file that never reached its place. Usually that flush has long
         been done: :meth:`finished` started it, and it ran while the next piece streamed in."""
-        if any(item is piece for item in self.batch.items):
-            await self._flush()
-        elif self.inflight is not None:
+        _not_in_the_batch(self.batch, piece)
+        if self.inflight is not None:
             await self._complete()  # this piece's flush, or one after it
         # A piece committed is not settled (the file goes on); one that failed is.
         return piece.row.path not in self.settled
 
-    def withdraw(self, piece: Pending) -> bool:
-        """Make sure ``piece`` (handed to :meth:`finished`) will not be committed, if it is
-        not: taken out of the batch if its flush has not started. True when it never will
-        be; False once committed, or while its flush runs (its fate is that flush's)."""
-        for n, item in enumerate(self.batch.items):
-            if item is piece:
-                del self.batch.items[n]
-                self.batch.bytes -= item.bytes
-                discard([item])
-                return True
+    def never_committed(self, piece: Pending) -> bool:
+        """Whether ``piece`` (handed to :meth:`finished`) will never be committed: True when
+        its flush is over and did not commit it; False once committed, or while its flush
+        runs (its fate is that flush's)."""
+        _not_in_the_batch(self.batch, piece)
         if self.inflight is not None and any(item is piece for item in self.inflight.items):
             return False  # (a failed item leaves that list)
         return not piece.committed
@@ -1069,6 +1063,15 @@ class HostSync:
             self.emit(Planned(self.name, path_text(row.path), "deleted", 0))
         counts.deleted = len(plan.deleted)
         self.result.bytes = plan.bytes
+
+
+def _not_in_the_batch(batch: CommitBatch, piece: Pending) -> None:
+    """Assert that ``piece`` is in no flush to come: :meth:`HostSync.finished` starts a
+    piece's flush before it returns (it takes the batch, the piece in it), and a piece whose
+    ``finished`` raised is neither waited for nor given up one by one (the raise ends the
+    round, whose end flushes or discards what the batch holds). So a piece waited for or
+    given up is in the flush running, or in one collected, never left for a flush after."""
+    assert not any(item is piece for item in batch.items), "a piece handed over is in the batch"
 
 
 def _follow_up_length(t: Transfer) -> int:
@@ -1647,11 +1650,12 @@ class _FrameHandler:
         give_up(pending, t.row.size if t.mode == "append" and t.row is not None else None)
 
     def _withdraw(self, pieces: _Pieces) -> None:
-        """No more of ``pieces``' file comes: the piece handed over last is taken back, unless
-        its flush has begun (that flush then decides, see :meth:`_left_to_its_flush`); the
-        writer then cuts back to what is committed, not to that piece."""
+        """No more of ``pieces``' file comes: when the piece handed over last will never be
+        committed (its flush is over and failed), the writer cuts back to what is committed,
+        not to that piece; while its flush runs, that flush decides (see
+        :meth:`_left_to_its_flush`)."""
         self.pieces = None
-        if pieces.last is not None and self.sync.withdraw(pieces.last):
+        if pieces.last is not None and self.sync.never_committed(pieces.last):
             pieces.writer.withdrawn()
         else:
             self._left_to_its_flush(pieces)

@@ -359,8 +359,8 @@ class _LineWriter:
             row.first_seen = piece.row.first_seen
 
     def withdrawn(self) -> None:
-        """The checkpoint handed over last will never be committed (its flush failed, or it
-        was taken back from the batch): :meth:`abort` cuts back to the one that was."""
+        """The checkpoint handed over last will never be committed (its flush failed):
+        :meth:`abort` cuts back to the one that was."""
         self.committed = self.confirmed
 
     def taken_back(self, committed: int) -> None:

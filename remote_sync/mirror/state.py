@@ -33,7 +33,7 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -467,10 +467,21 @@ def _open_files() -> set[tuple[int, int]] | None:
     return held
 
 
+#: A file's identity: its device and inode.
+FileId = tuple[int, int]
+
+
 def look_at_db_files(
-    control_fd: int, control: Path, names: Iterable[str], *, opened: bool = False
-) -> None:
-    """A :class:`DestinationError` naming the first of the state database's files ``names``
+    control_fd: int,
+    control: Path,
+    names: Iterable[str],
+    *,
+    opened: bool = False,
+    same_as: Mapping[str, FileId] | None = None,
+) -> dict[str, FileId]:
+    """The identity of each of the state database's files ``names`` there, once looked at.
+
+    A :class:`DestinationError` naming the first of the state database's files ``names``
     (those absent are passed over) that is a symbolic link at its name in the state directory
     ``control`` (open as ``control_fd``). SQLite opens them by path, following a link: at
     ``state.db`` the state would live where it points (two mirrors linked to one database
@@ -483,14 +494,20 @@ def look_at_db_files(
     a link swapped in and out again, leaves the file there one nothing holds open. Another
     connection of this process to the same database (a sync's, while a reader of the same
     process reads) holds it too, and then this tells nothing: see the guarantees in
-    docs/architecture.md."""
-    held = _open_files() if opened else None
+    docs/architecture.md.
+
+    ``same_as``: the identities this look gave at the open of a connection of this process
+    that is still open (a sync's first one), which the files at ``names`` must still have,
+    each there or absent as it was (then ``/proc/self/fd`` is not listed: that connection
+    holds them)."""
+    held = _open_files() if opened and same_as is None else None
+    found: dict[str, FileId] = {}
     for name in names:
         place = control / name
         try:
             st = os.stat(name, dir_fd=control_fd, follow_symlinks=False)
         except FileNotFoundError:
-            if opened and name == "state.db":
+            if (opened and name == "state.db") or (same_as is not None and name in same_as):
                 raise _db_file_changed(place) from None
             continue
         except OSError as exc:
@@ -513,8 +530,12 @@ def look_at_db_files(
                 path=str(place),
                 hint=hint,
             )
-        if held is not None and (st.st_dev, st.st_ino) not in held:
+        found[name] = (st.st_dev, st.st_ino)
+        if held is not None and found[name] not in held:
             raise _db_file_changed(place)
+        if same_as is not None and same_as.get(name) != found[name]:
+            raise _db_file_changed(place)
+    return found
 
 
 def _db_file_changed(place: Path) -> DestinationError:
@@ -866,6 +887,9 @@ class MirrorState:
         #: The state directory, opened without following a link (:func:`open_control_dir`):
         #: the lock and the versions tree are reached by name in it.
         self._control_fd: int | None = None
+        #: The database's files as the open found them, its connection holding them: those a
+        #: worker thread's connection must find at their names (:meth:`for_thread`).
+        self._db_files: dict[str, FileId] = {}
         self._db: sqlite3.Connection | None = None
 
     # -- opening, locking, recovery -------------------------------------------------------
@@ -980,7 +1004,9 @@ class MirrorState:
             self._upgrade()
             # SQLite opened the files by path (it has no other way), WAL journal and shared
             # memory made: the files it has must be those at their names, no link followed.
-            look_at_db_files(self._control, self.control, _DB_FILES[:3], opened=True)
+            self._db_files = look_at_db_files(
+                self._control, self.control, _DB_FILES[:3], opened=True
+            )
         except sqlite3.Error as exc:
             if _nearly_full(self.control):
                 # SQLite says "disk I/O error" when it cannot even make its WAL files: the
@@ -1033,11 +1059,15 @@ class MirrorState:
         copy of the state directory's descriptor."""
         other = MirrorState(self.dest)
         other._control_fd = os.dup(self._control)
+        other._db_files = self._db_files
         try:
+            # Opened by path again, so the files at the names must be those the open looked
+            # at, before and after: a link there, or another database renamed in, is refused.
+            # Not by /proc/self/fd: this state's own connection holds the real files (and a
+            # listing there costs a stat per descriptor on every round of every host).
+            look_at_db_files(other._control, other.control, _DB_FILES[:3], same_as=self._db_files)
             other._db = other._connect()
-            # Opened by path again: the same look as the open's (this process's own first
-            # connection holds the database too, so only a link at the name is told here).
-            look_at_db_files(other._control, other.control, ("state.db",), opened=True)
+            look_at_db_files(other._control, other.control, _DB_FILES[:3], same_as=self._db_files)
         except BaseException as exc:
             other.close()
             if isinstance(exc, sqlite3.Error):

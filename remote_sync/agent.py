@@ -30,6 +30,7 @@ off (each host's state is consistent up to its last checkpoint, as after a kill)
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import logging
@@ -97,6 +98,12 @@ MAX_BACKLOG = 32 * 1024 * 1024
 #: their connections (a client yet to send its request included): one more is refused as
 #: busy, and its client runs the sync itself.
 MAX_REQUESTS = 8
+#: Seconds the agent waits before accepting again when it has no descriptor left for a
+#: connection (each connection holds one, a silent one REQUEST_TIMEOUT at most).
+ACCEPT_PAUSE = 0.5
+#: What accept() fails with when the process or the system is out of descriptors or memory:
+#: a pause, not the agent's end.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Agent:
@@ -163,7 +170,7 @@ class Agent:
                     settings = PoolSettings(compression=compress, idle_close=self.persist)
                     self._pools[compress] = await stack.enter_async_context(SSHPool(settings))
                 async with listener, anyio.create_task_group() as tg:
-                    tg.start_soon(listener.serve, self._handle, tg)
+                    tg.start_soon(self._accept, listener, tg)
                     if self.every:
                         tg.start_soon(self._schedule, self.every)
                     if ready is not None:
@@ -266,6 +273,31 @@ class Agent:
                 os.unlink(where)
             sock.close()
 
+    async def _accept(self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup) -> None:
+        """Serve each connection in a task of its own. Every connection holds a descriptor
+        until it closes (one past MAX_REQUESTS too, until its request is read and refused),
+        so a flood of them can use up the process's: accept then pauses ACCEPT_PAUSE seconds
+        (the clients wait in the listen backlog, or their connect times out and they sync
+        themselves), where anyio's ``listener.serve`` raised and the agent ended."""
+        paused = False
+        while True:
+            try:
+                client = await listener.accept()
+            except anyio.BrokenResourceError as exc:
+                cause = exc.__cause__
+                if not isinstance(cause, OSError) or cause.errno not in _OUT_OF_RESOURCES:
+                    raise
+                if not paused:  # one line for a run of them
+                    log.warning(
+                        "cannot accept a connection: %s; accepting again as connections close",
+                        cause.strerror or cause,
+                    )
+                paused = True
+                await anyio.sleep(ACCEPT_PAUSE)
+                continue
+            paused = False
+            tg.start_soon(self._handle, client)
+
     async def _handle(self, client: anyio.abc.SocketStream) -> None:
         async with client:
             raw = client.extra(anyio.abc.SocketAttribute.raw_socket)
@@ -274,9 +306,10 @@ class Agent:
                 log.warning("refused a connection from pid %d of uid %d: not the agent's", pid, uid)
                 return
             # Counted from the connection, not from its request: one that sends nothing (for
-            # REQUEST_TIMEOUT at most) holds a place as one served does, so that connections
-            # saying nothing cannot pile up beside the requests served. One past the limit
-            # is refused as busy once its request is read (within the same timeout).
+            # REQUEST_TIMEOUT at most) holds a place as one served does. One past the limit
+            # is refused as busy once its request is read (within the same timeout); until
+            # then it holds a task and a descriptor too, bounded only by the descriptors
+            # the process may open (see _accept).
             counted = self._requests < MAX_REQUESTS
             if counted:
                 self._requests += 1

@@ -1491,3 +1491,42 @@ def test_a_changed_ssh_config_setting_connects_anew_at_the_next_request(
         assert connections() == first + 3
     finally:
         assert stop_agent(agent)[0] == 0
+
+
+def test_an_agent_out_of_descriptors_pauses_accepting_and_goes_on(tmp_path: Path) -> None:
+    """Connections past ``MAX_REQUESTS`` still each hold a descriptor while their request is
+    awaited, so a flood of them (here with the agent's descriptors limited to a few more
+    than it holds) reaches the limit: ``accept`` then fails with EMFILE, which ended the
+    agent in a traceback (anyio's ``serve`` raised it). It now says so in its log, accepts
+    again once connections have closed, and serves the next request."""
+    import resource
+
+    from remote_sync import agent_link
+
+    inv, dest = _one_host_inventory(tmp_path), tmp_path / "m"
+    agent = start_agent(inv, dest)
+    flood: list[socket.socket] = []
+    try:
+        held = len(os.listdir(f"/proc/{agent.pid}/fd"))
+        resource.prlimit(agent.pid, resource.RLIMIT_NOFILE, (held + 4, held + 4))
+        for _ in range(12):  # past the limit, into the listen backlog (16)
+            flood.append(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            flood[-1].connect(str(dest / SOCKET))
+        assert agent.stderr is not None
+        line = agent.stderr.readline()  # the agent's warning, or its traceback's first line
+        assert b"cannot accept a connection" in line, line + agent.stderr.read()
+        for silent in flood:
+            silent.close()
+        flood.clear()
+        link = agent_link.connect(dest)
+        assert link is not None
+        with link:
+            link.send(SyncRequest(inventory=str(tmp_path / "other.toml")))
+            (refused,) = list(link.events())
+        assert isinstance(refused, ErrorEvent) and refused.kind == "agent_refused"
+        assert agent.poll() is None
+    finally:
+        for silent in flood:
+            silent.close()
+        code, err = stop_agent(agent)
+    assert code == 0 and b"Traceback" not in err, err

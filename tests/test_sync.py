@@ -44,7 +44,7 @@ from synchelp import (
 
 from remote_sync import api
 from remote_sync.cli import main
-from remote_sync.errors import ConfigError, MirrorError
+from remote_sync.errors import ConfigError, MirrorError, StateError
 from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary, WarningEvent
 from remote_sync.index.query import open_index, query_sessions
 from remote_sync.index.update import rebuild_index
@@ -1104,6 +1104,62 @@ def test_a_transcript_cut_short_in_the_round_may_grow_back_by_its_listed_allowan
     monkeypatch.setattr(engine, "fetch_argv", real_fetch_argv)
     assert sync(inv, dest, capsys)[0] == 0
     assert (dest / "h0" / rel).read_bytes() == regrown
+    _assert_index_is_a_rebuild(dest, tmp_path)
+
+
+@pytest.mark.parametrize("first", ["new", "grown"])
+def test_a_first_piece_left_in_the_batch_by_a_failed_commit_is_committed_by_the_rounds_end(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    first: str,
+) -> None:
+    """A transcript's first piece is handed over while an earlier flush is ready, and that
+    flush's commit fails: HostSync.finished raises with the piece still in the batch. The
+    round ends (its handler aborts the writer, nothing asks piece_committed or
+    never_committed about that piece, which assert it is out of the batch), and the
+    round's end flushes the batch: the piece is committed after its writer aborted, the
+    mirrored file as long as its row says (a new one put in place with its lines, a grown
+    one cut back to them), and the next run completes it."""
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch)
+    if first == "grown":
+        fleet.write("h0", rel, _messages(70))
+        assert sync(inv, dest, capsys)[0] == 0
+    data = _messages(3 * PIECE // 1550)
+    fleet.write("h0", rel, data)
+    real_finished, real_commit = engine.HostSync.finished, engine._commit
+    failed: list[bool] = []
+
+    def commit(state: MirrorState, items: list[writer.Pending]) -> None:
+        if not items and not failed:  # the earlier flush's (made empty below)
+            failed.append(True)
+            raise StateError("disk I/O error", host="h0")
+        real_commit(state, items)
+
+    async def finished(sync_: engine.HostSync, pending: writer.Pending) -> None:
+        if pending.piece and not failed:
+            assert sync_.inflight is None
+            sync_.inflight = engine._Flush(sync_.state, [])  # an earlier flush, done
+            while not sync_.inflight.ready():
+                await anyio.sleep(0.01)
+        await real_finished(sync_, pending)
+
+    monkeypatch.setattr(engine.HostSync, "finished", finished)
+    monkeypatch.setattr(engine, "_commit", commit)
+    code, _, events = sync(inv, dest, capsys)
+    assert failed
+    assert (code, [e.message for e in events if isinstance(e, ErrorEvent)]) == (
+        1,
+        ["disk I/O error"],
+    )
+    committed = _committed(dest, rel)
+    assert PIECE - 2000 < committed <= PIECE  # the first piece's lines, committed
+    assert (dest / "h0" / rel).read_bytes() == data[:committed]
+    monkeypatch.setattr(engine.HostSync, "finished", real_finished)
+    monkeypatch.setattr(engine, "_commit", real_commit)
+    assert sync(inv, dest, capsys)[0] == 0
+    assert (dest / "h0" / rel).read_bytes() == data
     _assert_index_is_a_rebuild(dest, tmp_path)
 
 

@@ -1202,7 +1202,7 @@ def wire_scripts(command: str) -> list[str]:
 @pytest.mark.parametrize("shell", ["dash", "bash", "busybox"])
 def test_the_round_goes_on_the_wire_compact_and_runs(shell: str, tmp_path: Path) -> None:
     """A command's text travels with every round: its scripts go without comment lines,
-    blank lines or indentation (they were a third of a round's upload), and the round so sent
+    blank lines or indentation (about a fifth of a round's upload), and the round so sent
     lists and fetches under dash, bash and BusyBox as the host's sh (the batches too: xargs
     starts them with the same sh)."""
     found = shutil.which(shell)

@@ -137,7 +137,7 @@ def compact_sh(script: str) -> str:
 
     A command's text travels whole with every command (in the exec request, or as an
     argument the script hands to ``xargs sh -c``), every round, so the comments and
-    indentation that keep the scripts readable here were a third of a round's upload. Lines
+    indentation that keep the scripts readable here were about a fifth of a round's upload. Lines
     are kept as they are otherwise (a "#" inside a line, as in ``${root#"~/"}``, is no
     comment to strip). This is only right for a script where no quoted text that is data
     spans lines: the leading blanks and "#" lines of such text would be lost. None of ours

@@ -101,6 +101,9 @@ inventory, dest, how = sys.argv[1:]
 if how == "cli":
     from remote_sync.cli import main
     assert main(["sync", "--inventory", inventory, "--dest", dest, "--json"]) == 0
+elif how == "agent":  # serves until SIGTERM: the test syncs through it meanwhile
+    from remote_sync.cli import main
+    assert main(["agent", "--inventory", inventory, "--dest", dest]) == 0
 else:
     from remote_sync import api
     from remote_sync.inventory import load_inventory
@@ -142,6 +145,41 @@ def test_the_command_line_sync_keeps_one_malloc_arena(
     assert arenas("cli", "by-cli") == 1
     assert arenas("api", "by-api") > 1
     assert arenas("cli", "by-cli-limited", MALLOC_ARENA_MAX="4") > 1
+
+
+@pytest.mark.skipif(not _glibc(), reason="malloc arenas are glibc's")
+def test_the_agent_keeps_one_malloc_arena(
+    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path
+) -> None:
+    # The agent's syncs start the threads a direct sync starts, round after round: its
+    # command line limits glibc to one arena too (the library's serve_agent does not).
+    fleet = ssh_fleet(1)
+    make_openclaw_tree(fleet, "h0", agents=2, sessions=12)
+    inventory = write_inventory(fleet, tmp_path / "inv.toml")
+    dest = tmp_path / "m"
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+    agent = subprocess.Popen(
+        [sys.executable, "-c", _SYNC_THEN_COUNT_ARENAS, str(inventory), str(dest), "agent"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert agent.stderr is not None
+        line = agent.stderr.readline()  # "remote-sync agent: serving ..." once it listens
+        assert b"serving" in line, line + agent.stderr.read()
+        for _ in range(2):
+            synced = subprocess.run(
+                [sys.executable, "-m", "remote_sync", "sync", "-I", str(inventory), "-d",
+                 str(dest), "--json"],
+                capture_output=True, env=env, timeout=120, check=False,
+            )  # fmt: skip
+            assert synced.returncode == 0, synced.stderr
+        # Both through the agent, on its one connection: its threads, not a client's.
+        assert fleet.host("h0").log_path.read_text().count("Accepted publickey") == 1
+    finally:
+        agent.terminate()
+    out, err = agent.communicate(timeout=60)
+    assert agent.returncode == 0, err
+    assert int(out.split()[-1]) == 1
 
 
 def test_difflib_is_imported_for_a_mistyped_name_only(tmp_path: Path) -> None:

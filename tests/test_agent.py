@@ -630,6 +630,18 @@ def test_a_request_with_a_field_the_agent_does_not_know_is_refused_not_dropped()
     assert decode_request(line.replace(b',"exclude":["x"]', b"")).inventory == "/i.toml"
 
 
+def _asked(dest: Path, inv: Path, *, hosts: list[str] | None = None, dry_run: bool) -> list[Event]:
+    """The events the agent of ``dest`` answers a sync request of ``inv``'s ``hosts`` with
+    (blocking: run it in a thread beside the agent)."""
+    from remote_sync import agent_link
+
+    link = agent_link.connect(dest)
+    assert link is not None
+    with link:
+        link.send(SyncRequest(inventory=str(inv), hosts=hosts or [], dry_run=dry_run))
+        return list(link.events())
+
+
 def _one_host_inventory(tmp_path: Path) -> Path:
     """An inventory of one host never reached: for tests that stop before any sync."""
     inv = tmp_path / "inventory.toml"
@@ -910,7 +922,6 @@ async def test_requests_past_the_limit_are_refused_as_busy_and_run_by_their_clie
     in any number: past ``MAX_REQUESTS`` at once one is refused as busy, kind
     ``agent_refused`` (its client then runs the sync itself); once one ends, the next is
     served."""
-    from remote_sync import agent_link
 
     monkeypatch.setattr(agent_module, "MAX_REQUESTS", 1, raising=False)
     release = anyio.Event()
@@ -931,11 +942,7 @@ async def test_requests_past_the_limit_are_refused_as_busy_and_run_by_their_clie
     ready = anyio.Event()
 
     def events_of() -> list[Event]:
-        link = agent_link.connect(dest)
-        assert link is not None
-        with link:
-            link.send(SyncRequest(inventory=str(inv), dry_run=True))
-            return list(link.events())
+        return _asked(dest, inv, dry_run=True)
 
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
@@ -967,7 +974,6 @@ async def test_a_client_that_sends_no_request_counts_against_the_limit_until_it_
     request read was): any number of them held a task each beside the requests served. It
     now counts from its connection, so a request made meanwhile is refused as busy, and it
     is closed after ``REQUEST_TIMEOUT``, when the next request is served."""
-    from remote_sync import agent_link
 
     monkeypatch.setattr(agent_module, "MAX_REQUESTS", 1)
     monkeypatch.setattr(agent_module, "REQUEST_TIMEOUT", 1.0)
@@ -984,11 +990,7 @@ async def test_a_client_that_sends_no_request_counts_against_the_limit_until_it_
     ready = anyio.Event()
 
     def events_of() -> list[Event]:
-        link = agent_link.connect(dest)
-        assert link is not None
-        with link:
-            link.send(SyncRequest(inventory=str(inv), dry_run=True))
-            return list(link.events())
+        return _asked(dest, inv, dry_run=True)
 
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
@@ -1117,7 +1119,6 @@ async def test_while_a_scheduled_sync_runs_a_request_is_locked_out_and_a_dry_run
     """One sync at a time, the schedule's included: a client's request while a scheduled
     round runs gets the lock's error (exit 75 for ``sync``), and a dry run, which takes no
     lock, runs beside it."""
-    from remote_sync import agent_link
 
     make_openclaw_tree(fleet, "h0")
     inv, dest = stuck_inventory(fleet, tmp_path), tmp_path / "m"
@@ -1125,11 +1126,7 @@ async def test_while_a_scheduled_sync_runs_a_request_is_locked_out_and_a_dry_run
     agent = Agent(inv, dest, every=3600.0, scheduled=events.append)
 
     def asked(dry_run: bool) -> list[Event]:
-        link = agent_link.connect(dest)
-        assert link is not None
-        with link:
-            link.send(SyncRequest(inventory=str(inv), hosts=["h0"], dry_run=dry_run))
-            return list(link.events())
+        return _asked(dest, inv, hosts=["h0"], dry_run=dry_run)
 
     with anyio.fail_after(120):
         async with anyio.create_task_group() as tg:

@@ -353,37 +353,19 @@ _LOCK_TRIES = 10
 _DB_FILES = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal")
 
 
-def make_control_dir(control: Path) -> None:
-    """Create the control directory ``control`` (``DIR/.remote-sync``) and its parents, or
-    find it: a :class:`DestinationError` naming it when its name holds anything but a
-    directory. A symbolic link there, even to a directory, is refused rather than followed:
-    the state, lock and kept versions would live where it points, outside the mirror, and
-    two mirrors linked to one place would share them. Other failures are an ``OSError``
-    for the caller to word."""
-    try:
-        control.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as exc:  # a file, or a link to none: told below
-        try:
-            mode = os.lstat(control).st_mode
-        except OSError:
-            raise exc from None  # an ancestor is what is in the way
-        raise _not_a_control_dir(control, mode) from None
-    try:
-        mode = os.lstat(control).st_mode
-    except FileNotFoundError:
-        return  # taken back meanwhile by another run's failed open: its lock's open says so
-    if not stat.S_ISDIR(mode):  # mkdir's exist_ok accepts a link to a directory
-        raise _not_a_control_dir(control, mode)
-
-
 def open_control_dir(control: Path) -> int:
-    """:func:`make_control_dir`, then a descriptor of the directory, opened without following
-    a link: what is made or opened in it after (a lock file, the versions tree) is reached by
-    name in that descriptor, so a link swapped in at ``control`` after the look is refused
-    here, or, swapped in later, leads nothing elsewhere. A ``FileNotFoundError`` when it went
-    meanwhile (another run's failed open took it back); other failures as for
-    :func:`make_control_dir`. The caller closes the descriptor."""
-    make_control_dir(control)
+    """Create the control directory ``control`` (``DIR/.remote-sync``) and its parents, or
+    find it, and a descriptor of it opened without following a link: what is made or opened
+    in it after (a lock file, the versions tree) is reached by name in that descriptor, so a
+    link swapped in at ``control`` after the look leads nothing elsewhere. A
+    :class:`DestinationError` naming it when its name holds anything but a directory: a
+    symbolic link there, even to a directory, is refused rather than followed (the state,
+    lock and kept versions would live where it points, outside the mirror, and two mirrors
+    linked to one place would share them). A ``FileNotFoundError`` when it went meanwhile
+    (another run's failed open took it back); other failures an ``OSError`` for the caller
+    to word. The caller closes the descriptor."""
+    with contextlib.suppress(FileExistsError):  # a file or a link: enter_control_dir says
+        control.mkdir(parents=True, exist_ok=True)
     return enter_control_dir(control)
 
 
@@ -1059,7 +1041,6 @@ class MirrorState:
         copy of the state directory's descriptor."""
         other = MirrorState(self.dest)
         other._control_fd = os.dup(self._control)
-        other._db_files = self._db_files
         try:
             # Opened by path again, so the files at the names must be those the open looked
             # at, before and after: a link there, or another database renamed in, is refused.

@@ -723,11 +723,12 @@ def _one_malloc_arena() -> None:
     benchmark's fleet (20 hosts, 8 at a time) peaked 1.5-2 MB lower (of about 65 MB), with
     no more CPU time; the threads hardly contend for the arena, as Python code allocates
     holding the GIL. The agent's syncs start the same threads, round after round: its
-    command (:func:`run_agent`) does this too (its fleet peak fell from 66.3 to 62.9 MB). Only
-    the command line does this: the allocator is the process's, and a program that uses the
-    library (``serve_agent`` included) tunes its own. A limit the user set (MALLOC_ARENA_MAX,
-    or arena_max in GLIBC_TUNABLES) is left as it is; another C library, or a ``mallopt``
-    that refuses, leaves the defaults, which only costs the memory.
+    command (:func:`run_agent`) does this too (its peak over a fleet's first mirror fell
+    from 66.5 to 63.1 MB). Only the command line does this: the allocator is the process's,
+    and a program that uses the library (``serve_agent`` included) tunes its own. A limit
+    the user set (MALLOC_ARENA_MAX, or arena_max in GLIBC_TUNABLES) is left as it is;
+    another C library, or a ``mallopt`` that refuses, leaves the defaults, which only costs
+    the memory.
     """
     if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
         return

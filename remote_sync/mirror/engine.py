@@ -321,7 +321,8 @@ class HostSync:
         self.tools_conn: asyncssh.SSHClientConnection | None = None
         self.tools_clean = False
         # The end a read that came short found a file at, by path (the least of them): it
-        # shrank since the listing, and a fetch of it whole is cut by this size (_as_whole).
+        # shrank since the listing, and a follow-up of it in pieces stops at this end
+        # (_as_whole, _follow_up_requests).
         self.ends: dict[bytes, int] = {}
 
     async def run(self) -> HostRound:

@@ -418,12 +418,14 @@ async def _open_channel(
 ) -> asyncssh.SSHClientChannel[bytes]:
     settings = pool.settings
     window = pool.channel_window(endpoint)
+    # Quoted once: an open is tried again on a refusal, and on a new connection after a
+    # lost one; only a command made for its connection is made again for each.
+    command = argv if callable(argv) else wrapped_command(argv)
 
     async def create(on: asyncssh.SSHClientConnection) -> asyncssh.SSHClientChannel[bytes]:
         chan, _ = await on.create_session(
             factory,
-            # Made for the connection it runs on: a reconnect's gets its own.
-            wrapped_command(argv(on) if callable(argv) else argv),
+            wrapped_command(command(on)) if callable(command) else command,
             encoding=None,
             window=window,
             max_pktsize=settings.max_pktsize,

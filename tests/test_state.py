@@ -572,3 +572,24 @@ def test_a_worker_threads_connection_lists_no_descriptors(
         with contextlib.closing(state.for_thread()) as worker:
             assert list(worker.hosts()) == []
     assert listed == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.binary(min_size=1, max_size=300).filter(lambda b: b"/" not in b and b"\0" not in b),
+    cut_like=st.booleans(),
+    version=st.integers(min_value=1, max_value=999_999_999),
+)
+def test_a_files_versions_are_found_among_its_neighbours_versions(
+    name: bytes, cut_like: bool, version: int
+) -> None:
+    """numbered_versions passes another file's entries over by their first bytes before its
+    regular expressions (a project's folder holds thousands): every name a version of any
+    length gets, cut with a digest or not, still starts with what it keeps, and is found."""
+    from remote_sync.mirror import state as state_module
+
+    if cut_like:
+        name += b"~0123456789abcdef"
+    mine = state_module._version_name(name, version)
+    others = [state_module._version_name(name + b"x", version), b"other.jsonl.v1", mine + b"~"]
+    assert state_module.numbered_versions(b"dir/" + name, [*others, mine]) == {version: mine}

@@ -72,6 +72,9 @@ _LIKE_CUT_FILE = re.compile(rb"~[0-9a-f]{16}\Z")
 #: stores (2**63 - 1), or leave a count a check walks one number at a time.
 _NUMBERED = re.compile(rb"\.v([1-9][0-9]{0,8})\Z")
 _LIKE_CUT_DIR = re.compile(rb"~[0-9a-f]{16}~+\Z")
+#: The most a version's name adds after what it keeps of the file's name: a digest ("~" and
+#: 16 hex digits) and ``.v`` with nine digits (see _NUMBERED).
+_VERSION_TAIL = 17 + 11
 
 
 def _fit_name(name: bytes, suffix: bytes, *, cut: bool = False) -> bytes:
@@ -647,8 +650,14 @@ def numbered_versions(path: bytes, entries: Iterable[bytes]) -> dict[int, bytes]
     cut with a digest too), so another file's versions in that folder are not, nor a number
     of more than nine digits (put there by hand, see ``_NUMBERED``)."""
     name = path.rpartition(b"/")[2]
+    # Every version's name starts so (_fit_name keeps this much of ``name`` before its
+    # digest of 17 and a suffix of 11 at most): the other files' many versions in a
+    # project's folder are passed over without the regular expressions, per file asked.
+    stem = name[: NAME_MAX - _VERSION_TAIL]
     found: dict[int, bytes] = {}
     for entry in entries:
+        if not entry.startswith(stem):
+            continue
         match = _NUMBERED.search(entry)
         if match is not None and _version_name(name, int(match[1])) == entry:
             found[int(match[1])] = entry
@@ -1381,7 +1390,7 @@ class MirrorState:
                 if row.host not in formats:
                     continue
                 reader = get_reader(formats[row.host])
-                if not reader.is_transcript(row.path) or not self._indexes(row.host):
+                if not reader.is_transcript(row.path) or not host_is_indexed(self.db, row.host):
                     continue
             elif not self.db.execute(
                 "SELECT 1 FROM sessions WHERE host = ? AND path = ?", key
@@ -1402,7 +1411,7 @@ class MirrorState:
                     ) from exc
                 update.fresh = True
                 # Written now, not batched: whether a later file's host counts as indexed
-                # (``_indexes``) reads the sessions as this one leaves them.
+                # (``host_is_indexed``) reads the sessions as this one leaves them.
                 update.write(self.db)
 
     # -- reading and writing rows ---------------------------------------------------------
@@ -1582,9 +1591,6 @@ class MirrorState:
                 delete_sessions(self.db, dropped)
         except sqlite3.Error as exc:
             raise self._db_error(exc, "write checkpoints", keys[0][0]) from exc
-
-    def _indexes(self, host: str) -> bool:
-        return host_is_indexed(self.db, host)
 
     def _db_error(self, exc: sqlite3.Error, doing: str, host: str | None = None) -> StateError:
         # SQLITE_FULL reads "database or disk is full"; say it the way the writer does.

@@ -116,19 +116,19 @@ class Agent:
         *,
         every: float | None = None,
         persist: float = PERSIST,
-        stop_timeout: float | None = None,
+        stop_timeout: float = STOP_TIMEOUT,
         scheduled: Emit | None = None,
-        registry: CancelRegistry | None = None,
     ) -> None:
         self.inventory = Path(os.path.realpath(inventory))
         self.dest = dest
         self.every = every
         self.persist = persist
-        #: Seconds a stop waits for the syncs it cancelled (0: no limit); None: STOP_TIMEOUT.
-        self.stop_timeout = STOP_TIMEOUT if stop_timeout is None else stop_timeout
-        #: Where a scheduled round's events go (None: a line per round in the log).
-        self.scheduled = scheduled
-        self.registry = registry if registry is not None else CancelRegistry()
+        #: Seconds a stop waits for the syncs it cancelled (0: no limit).
+        self.stop_timeout = stop_timeout
+        #: Where a scheduled round's events go (None: a line per round in the log); a sink
+        #: that raises (stdout on a full disk) loses its events, not the agent.
+        self.scheduled = guarded(scheduled) if scheduled is not None else None
+        self.registry = CancelRegistry()
         self.socket = socket_path(dest)
         self.served = 0
         self._ids = itertools.count(1)
@@ -175,8 +175,9 @@ class Agent:
                         tg.start_soon(self._schedule, self.every)
                     if ready is not None:
                         ready()
+                    # stop() cancelled the syncs registered by then; none registers after it
+                    # (see _round).
                     await self._stopping.wait()
-                    self.registry.cancel_all("the agent is stopping")
                     # A cancelled round winds down (its last commit, its summary to its
                     # client) before the connections it uses are closed; one that has not
                     # within stop_timeout is cut off, as a kill would cut it: each host's
@@ -449,13 +450,7 @@ class Agent:
         """Run one sync of ``picked``'s hosts for ``who``; its events (a failure to start: one
         error) to ``emit``."""
         try:
-            if self._stop_asked:
-                # Its stop cancelled the syncs registered then; one begun after it would
-                # hold the agent's exit up for a whole round, or be cut off by it.
-                raise AgentRefusedError(
-                    f"the remote-sync agent (pid {os.getpid()}) is stopping",
-                    path=str(self.socket),
-                )
+            self._refuse_if_stopping()
             if request.concurrency < 1:
                 raise ConfigError("--concurrency must be at least 1")  # as the CLI says it
             options = SyncOptions(
@@ -491,6 +486,15 @@ class Agent:
             emit(ErrorEvent.from_exception(exc))
             return None
 
+    def _refuse_if_stopping(self) -> None:
+        """Its stop cancelled the syncs registered then; one begun after it would hold the
+        agent's exit up for a whole round, or be cut off by it: refused, its client runs it."""
+        if self._stop_asked:
+            raise AgentRefusedError(
+                f"the remote-sync agent (pid {os.getpid()}) is stopping",
+                path=str(self.socket),
+            )
+
     async def _round(
         self,
         hosts: list[Host],
@@ -499,6 +503,9 @@ class Agent:
         transfer: str,
         pool: SSHPool | None,
     ) -> Summary:
+        # Again here, with no await before sync_fleet registers it: a stop that came while
+        # the kept pools' connections closed is seen too.
+        self._refuse_if_stopping()
         self._running += 1
         try:
             self.served += 1
@@ -545,7 +552,7 @@ class Agent:
             emit(ErrorEvent.from_exception(exc))
             return
         summary = await self._sync(
-            request, picked, guarded(ThrottledProgress(emit)), transfer, "the schedule"
+            request, picked, ThrottledProgress(emit), transfer, "the schedule"
         )
         if summary is not None and self.scheduled is None:
             log.warning("scheduled sync: %s, exit %d", _outcome(summary), summary.exit_code)

@@ -399,7 +399,7 @@ async def serve_agent(
             every=every,
             persist=persist,
             stop_timeout=stop_timeout,
-            scheduled=guarded(emit) if emit is not None else None,
+            scheduled=emit,
         )
         unhook = token.on_cancel(agent.stop)  # at once if cancelled already
         try:

@@ -1141,7 +1141,8 @@ def _cancel_on_signals(
         yield
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            if handler is not None:  # None: set outside Python, not ours to put back
+                signal.signal(s, handler)
 
 
 # -- agent --------------------------------------------------------------------------------------

@@ -745,11 +745,14 @@ async def test_a_stop_cuts_off_a_sync_its_cancel_does_not_end_after_stop_timeout
         raise AssertionError
 
     monkeypatch.setattr(agent_module, "sync_fleet", stuck)
-    monkeypatch.setattr(agent_module, "STOP_TIMEOUT", 0.5, raising=False)
     dest = tmp_path / "m"
-    agent = Agent(_one_host_inventory(tmp_path), dest, every=3600.0, scheduled=lambda e: None)
-    if hasattr(agent, "stop_timeout"):
-        agent.stop_timeout = 0.5
+    agent = Agent(
+        _one_host_inventory(tmp_path),
+        dest,
+        every=3600.0,
+        stop_timeout=0.5,
+        scheduled=lambda e: None,
+    )
     caught: list[BaseException] = []
 
     async def serve() -> None:
@@ -923,7 +926,7 @@ async def test_requests_past_the_limit_are_refused_as_busy_and_run_by_their_clie
     ``agent_refused`` (its client then runs the sync itself); once one ends, the next is
     served."""
 
-    monkeypatch.setattr(agent_module, "MAX_REQUESTS", 1, raising=False)
+    monkeypatch.setattr(agent_module, "MAX_REQUESTS", 1)
     release = anyio.Event()
     began = anyio.Event()
     calls: list[bool] = []
@@ -1561,3 +1564,34 @@ def test_an_agent_out_of_descriptors_pauses_accepting_and_goes_on(tmp_path: Path
             silent.close()
         code, err = stop_agent(agent)
     assert code == 0 and b"Traceback" not in err, err
+
+
+async def test_a_scheduled_rounds_sink_that_fails_loses_its_event_not_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduled round that cannot start (its inventory edited to nothing) reports one
+    error to the schedule's sink; the command line's sink raises when stdout cannot be
+    written (a full disk). That error went unguarded and ended the agent in a traceback: the
+    event is dropped and logged now, and the agent serves on until it is stopped."""
+    told: list[Event] = []
+
+    def full_disk(event: Event) -> None:
+        told.append(event)
+        raise OSError(28, "No space left on device")
+
+    def no_hosts(request: SyncRequest) -> object:
+        raise ConfigError("the inventory lists no hosts")
+
+    inv, dest = _one_host_inventory(tmp_path), tmp_path / "m"
+    agent = Agent(inv, dest, every=3600.0, scheduled=full_disk)
+    monkeypatch.setattr(agent, "_hosts", no_hosts)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent.serve)
+            while not told:
+                await anyio.sleep(0.02)
+            await anyio.sleep(0.1)  # what the raise would have ended meanwhile
+            assert agent.socket.exists()
+            agent.stop()
+    (event,) = told
+    assert isinstance(event, ErrorEvent) and "lists no hosts" in event.message

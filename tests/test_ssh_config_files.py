@@ -1902,3 +1902,34 @@ def test_a_match_exec_joined_to_its_command_by_an_equals_sign_keeps_nothing(
     assert port() == 22
     flag.write_text("")
     assert port() == 2299
+
+
+def test_a_long_lived_pools_preflight_reads_a_jump_host_again(tmp_path: Path) -> None:
+    """The pre-flight took a ProxyJump host's reading from an earlier one: a pool that lives
+    on (the agent's) kept a bastion's first HostName and Port for every later connection
+    through it. Each pre-flight now reads its jump hosts again, edits included."""
+    cfg = tmp_path / "config"
+
+    def write(port: int) -> None:
+        cfg.write_text(
+            f"Host bastion\n  HostName 127.0.0.1\n  Port {port}\n"
+            "Host box\n  HostName 127.0.0.2\n  ProxyJump bastion\n"
+        )
+
+    def bastion_port(pool: SSHPool) -> int:
+        (port,) = [
+            prepared.resolved.port
+            for hop, prepared in pool._prepared.items()
+            if hop.address == "bastion"
+        ]
+        return port
+
+    write(2201)
+    pool = SSHPool()
+    ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
+    assert pool.preflight(ep, "box") is None
+    assert bastion_port(pool) == 2201
+    write(2202)
+    os.utime(cfg, ns=(1, 1))  # another version even within the file system's clock tick
+    assert pool.preflight(ep, "box") is None
+    assert bastion_port(pool) == 2202

@@ -39,7 +39,7 @@ from remote_sync.errors import (
 from remote_sync.ssh import pool as pool_module
 from remote_sync.ssh import stream as stream_module
 from remote_sync.ssh.flow import ConsumerCredit
-from remote_sync.ssh.pool import Endpoint, PoolSettings, SSHPool
+from remote_sync.ssh.pool import Endpoint, JumpsRead, PoolSettings, SSHPool
 from remote_sync.ssh.stream import exec_streaming, run_command
 
 MiB = 1024 * 1024
@@ -1816,8 +1816,9 @@ async def test_jump_hosts_shared_by_targets_are_looked_up_once(
         Endpoint(address="box", port=fleet.host("h0").port, ssh_config=(str(chain),)),
     ]
     async with SSHPool() as pool:
+        jumps_read: JumpsRead = {}  # one pass, as a round's pre-flight of its hosts
         for n, ep in enumerate(targets):
-            assert pool.preflight(ep, f"t{n}") is None
+            assert pool.preflight(ep, f"t{n}", jumps_read) is None
         for n, ep in enumerate(targets):
             assert await run_command(pool, ep, ["echo", "j"], host=f"t{n}") == b"j\n"
     assert parsed == [str(chain)] * 5  # two targets, three jump hosts

@@ -86,7 +86,7 @@ from ..index.update import (
 )
 from ..index.worker import IndexJob, IndexWorker, IndexWorkerError
 from ..inventory import Host, normal_root
-from ..ssh.pool import PoolSettings, SSHPool
+from ..ssh.pool import JumpsRead, PoolSettings, SSHPool
 from ..ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 from ..ssh.stream import RemoteStream, exec_streaming
 from .digests import Algorithm, Digest, Hasher
@@ -158,7 +158,8 @@ FLUSH_BYTES = BATCH_BYTES
 #: environment variable REMOTE_SYNC_PIECE_BYTES overrides it (tests of a CLI process).
 PIECE_BYTES = BATCH_BYTES
 FLUSH_FILES = 1000
-#: The pool's note (SSHPool.note) of what a round learned of a host's tools (round_argv).
+#: The pool's note (SSHPool.set_note, note_of) of what a round learned of a host's tools
+#: (round_argv).
 _TOOLS_NOTE = "round-tools"
 FLUSH_SECONDS = 2.0
 #: Progress events while one file streams in: at most this often per host.
@@ -366,8 +367,8 @@ class HostSync:
         Kept only after a round that went well: a wrong answer shows as a failed read, an
         incomplete listing or heads that did not match, and the next round probes again."""
         conn = self.tools_conn
-        if conn is None:
-            return
+        if conn is None or not self.keeps_tools:
+            return  # a pool of the run's own: its connections end with it, nothing told
         clean = self.tools_clean and self.result.error is None and not self.result.files.failed
         self.pool.set_note(conn, _TOOLS_NOTE, self.tools if clean and self.tools else None)
 
@@ -2048,9 +2049,10 @@ async def sync_fleet(
         # is opened (in worker threads, while other tasks run) is not lost.
         tok = stack.enter_context(registry.register(transfer_id, parent=token))
         # In a worker thread: ssh_configs are parsed (a Match exec runs its command), keys
-        # loaded.
+        # loaded; a jump host shared by the hosts once.
+        jumps_read: JumpsRead = {}
         problems = await in_thread(
-            lambda: [connections.preflight(h.endpoint, h.name) for h in hosts]
+            lambda: [connections.preflight(h.endpoint, h.name, jumps_read) for h in hosts]
         )
         if hosts and all(problems):
             # Every host would stop on its local files (a file named that is not there or

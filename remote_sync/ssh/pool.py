@@ -562,6 +562,10 @@ class _Prepared:
     warnings: tuple[ConfigWarning, ...] = ()
 
 
+#: The jump hosts the pre-flights of one pass have read (:meth:`SSHPool.preflight`).
+JumpsRead = dict[Endpoint, _Prepared]
+
+
 @dataclass(frozen=True)
 class ConfigWarning:
     """Something of an ssh_config the connection does not follow, which fails nothing: for
@@ -1337,7 +1341,9 @@ class SSHPool:
             weakref.WeakKeyDictionary()
         )
 
-    def preflight(self, endpoint: Endpoint, host: str) -> ConfigError | None:
+    def preflight(
+        self, endpoint: Endpoint, host: str, jumps_read: JumpsRead | None = None
+    ) -> ConfigError | None:
         """The configuration error a connection to ``endpoint`` would stop on before any
         traffic, or None: a local file named that is not there or cannot be read (an
         Include's, a UserKnownHostsFile), an ssh_config that does not parse or names no
@@ -1346,17 +1352,23 @@ class SSHPool:
         the network (beyond what a ``Match exec`` command of the ssh_config does).
 
         What it reads (the ssh_config parsed, for the endpoint and its jump hosts) is kept
-        for their first connection, which would read it again. Blocking file work: call it
-        in a worker thread.
+        for their first connection, which would read it again. ``jumps_read``: the jump hosts
+        read by the other pre-flights of one pass (a round's hosts behind one bastion), which
+        are not read again; none is taken from an earlier pass, so that a pool that lives on
+        (the agent's) sees a bastion's HostName, Port or keys edited since. Blocking file
+        work: call it in a worker thread.
         """
         try:
             prepared = _prepare(endpoint, host)
-            jumps = _prepare_jumps(endpoint, prepared.resolved, host, self._prepared)
+            known = {} if jumps_read is None else jumps_read
+            jumps = _prepare_jumps(endpoint, prepared.resolved, host, known)
         except ConfigError as exc:
             return exc
         except _READING_ERRORS:
             return None  # not a configuration error: the connection meets it and reports it
         self._prepared.update(jumps)
+        if jumps_read is not None:
+            jumps_read.update(jumps)
         self._prepared[endpoint] = prepared
         slot = self._slots.get(endpoint)
         if slot is not None and slot.made_with not in (None, prepared.resolved):
@@ -1489,11 +1501,10 @@ class SSHPool:
 
     def set_note(self, conn: asyncssh.SSHClientConnection, key: str, value: str | None) -> None:
         """Keep ``value`` under ``key`` for as long as ``conn`` lives (None forgets it)."""
-        notes = self._notes.setdefault(conn, {})
         if value is None:
-            notes.pop(key, None)
+            self._notes.get(conn, {}).pop(key, None)
         else:
-            notes[key] = value
+            self._notes.setdefault(conn, {})[key] = value
 
     def _slot(self, endpoint: Endpoint) -> _HostSlot:
         slot = self._slots.get(endpoint)
@@ -2229,8 +2240,8 @@ def _prepare_jumps(
 
     A ProxyJump line that leads back to a jump host already on the way is a loop, refused
     here (ssh starts ssh after ssh without end); a chain deeper than :data:`MAX_JUMP_DEPTH`
-    is refused as the connection refuses it. A jump host in ``known`` (checked for another
-    host of the run) is not read again.
+    is refused as the connection refuses it. A jump host in ``known`` (read by another
+    pre-flight of the same pass) is not read again.
     """
     jumps = None if endpoint.proxy_command else resolved.jumps
     if jumps is None:

@@ -118,7 +118,8 @@ def wrapped_command(argv: Sequence[str]) -> str:
     A script of :func:`sh_script` runs in that same ``sh``, after the report: one start of
     ``sh`` a command instead of two, which a round of a fleet's host pays every time."""
     if len(argv) >= 4 and argv[0] == "sh" and argv[1] == "-c":
-        quote_argv(argv)  # its checks (no NUL byte)
+        if "\x00" in argv[2]:  # quote_argv checks the rest
+            raise ValueError("a remote argument cannot contain a NUL byte")
         script = _PID_REPORT + "\n" + argv[2]
         return f"exec sh -c {quote_word(script)} {quote_argv(argv[3:])}"
     return f"exec sh -c {shlex.quote(_WRAPPER)} sh {quote_argv(argv)}"

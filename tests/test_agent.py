@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -630,6 +630,21 @@ def test_a_request_with_a_field_the_agent_does_not_know_is_refused_not_dropped()
     assert decode_request(line.replace(b',"exclude":["x"]', b"")).inventory == "/i.toml"
 
 
+@contextlib.asynccontextmanager
+async def _serving(agent: Agent, timeout: float) -> AsyncIterator[anyio.abc.TaskGroup]:
+    """``agent`` serving (its socket listening) in a task group, within ``timeout`` seconds
+    in all, and told to stop on the way out."""
+    ready = anyio.Event()
+    with anyio.fail_after(timeout):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent.serve, ready.set)
+            await ready.wait()
+            try:
+                yield tg
+            finally:
+                agent.stop()
+
+
 def _asked(dest: Path, inv: Path, *, hosts: list[str] | None = None, dry_run: bool) -> list[Event]:
     """The events the agent of ``dest`` answers a sync request of ``inv``'s ``hosts`` with
     (blocking: run it in a thread beside the agent)."""
@@ -830,7 +845,6 @@ async def test_a_host_gone_from_the_inventory_has_its_connection_closed_at_the_n
     inv, dest = agent_setup
     endpoints = {host.name: host.endpoint for host in load_inventory(inv).hosts}
     agent = Agent(inv, dest)
-    ready = anyio.Event()
     request = SyncRequest(inventory=str(inv))
 
     async def synced() -> Summary:
@@ -839,24 +853,18 @@ async def test_a_host_gone_from_the_inventory_has_its_connection_closed_at_the_n
         assert summary is not None and summary.exit_code == 0, events
         return summary
 
-    with anyio.fail_after(120):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(agent.serve, ready.set)
-            await ready.wait()
-            try:
-                await synced()
-                pool = agent._pools[False]
-                conns = {name: pool._slots[e].conn for name, e in endpoints.items()}
-                assert all(c is not None and not c.is_closed() for c in conns.values())
-                write_inventory(fleet, inv, ["h0"])
-                await synced()
-                assert endpoints["h1"] not in pool._slots
-                old = conns["h1"]
-                assert old is not None and old.is_closed()
-                assert pool._slots[endpoints["h0"]].conn is conns["h0"]
-                assert pool.stats(endpoints["h0"]).connects == 1
-            finally:
-                agent.stop()
+    async with _serving(agent, 120):
+        await synced()
+        pool = agent._pools[False]
+        conns = {name: pool._slots[e].conn for name, e in endpoints.items()}
+        assert all(c is not None and not c.is_closed() for c in conns.values())
+        write_inventory(fleet, inv, ["h0"])
+        await synced()
+        assert endpoints["h1"] not in pool._slots
+        old = conns["h1"]
+        assert old is not None and old.is_closed()
+        assert pool._slots[endpoints["h0"]].conn is conns["h0"]
+        assert pool.stats(endpoints["h0"]).connects == 1
 
 
 async def test_a_sync_closes_connections_by_its_own_reading_of_the_inventory(
@@ -872,7 +880,6 @@ async def test_a_sync_closes_connections_by_its_own_reading_of_the_inventory(
     inv, dest = agent_setup
     endpoints = {host.name: host.endpoint for host in load_inventory(inv).hosts}
     agent = Agent(inv, dest)
-    ready = anyio.Event()
     request = SyncRequest(inventory=str(inv), compress=True)
     refused: list[Event] = []
 
@@ -888,34 +895,28 @@ async def test_a_sync_closes_connections_by_its_own_reading_of_the_inventory(
             link.send(SyncRequest(inventory=str(inv)))
             return list(link.events())
 
-    with anyio.fail_after(120):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(agent.serve, ready.set)
-            await ready.wait()
-            try:
-                await synced()
-                pool = agent._pools[True]
-                kept = pool._slots[endpoints["h1"]].conn
-                assert kept is not None and not kept.is_closed()
-                plain = agent._pools[False]
-                close_plain = plain.close_except
+    async with _serving(agent, 120):
+        await synced()
+        pool = agent._pools[True]
+        kept = pool._slots[endpoints["h1"]].conn
+        assert kept is not None and not kept.is_closed()
+        plain = agent._pools[False]
+        close_plain = plain.close_except
 
-                async def edited_meanwhile(listed: Collection[Endpoint]) -> None:
-                    await close_plain(listed)
-                    if not refused:
-                        write_inventory(fleet, inv, ["h0"])
-                        refused.extend(await anyio.to_thread.run_sync(another_request))
+        async def edited_meanwhile(listed: Collection[Endpoint]) -> None:
+            await close_plain(listed)
+            if not refused:
+                write_inventory(fleet, inv, ["h0"])
+                refused.extend(await anyio.to_thread.run_sync(another_request))
 
-                monkeypatch.setattr(plain, "close_except", edited_meanwhile)
-                await synced()
-                (error,) = refused
-                assert isinstance(error, ErrorEvent) and error.kind == "locked"
-                assert pool._slots[endpoints["h1"]].conn is kept and not kept.is_closed()
-                assert pool.stats(endpoints["h1"]).connects == 1
-                await synced()  # reads the edited inventory: h0 alone
-                assert endpoints["h1"] not in pool._slots and kept.is_closed()
-            finally:
-                agent.stop()
+        monkeypatch.setattr(plain, "close_except", edited_meanwhile)
+        await synced()
+        (error,) = refused
+        assert isinstance(error, ErrorEvent) and error.kind == "locked"
+        assert pool._slots[endpoints["h1"]].conn is kept and not kept.is_closed()
+        assert pool.stats(endpoints["h1"]).connects == 1
+        await synced()  # reads the edited inventory: h0 alone
+        assert endpoints["h1"] not in pool._slots and kept.is_closed()
 
 
 async def test_requests_past_the_limit_are_refused_as_busy_and_run_by_their_client(
@@ -942,32 +943,27 @@ async def test_requests_past_the_limit_are_refused_as_busy_and_run_by_their_clie
     inv, dest = _one_host_inventory(tmp_path), tmp_path / "m"
     agent = Agent(inv, dest)
     monkeypatch.setattr(agent, "_sync", sync)
-    ready = anyio.Event()
 
     def events_of() -> list[Event]:
         return _asked(dest, inv, dry_run=True)
 
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(agent.serve, ready.set)
-            await ready.wait()
-            first: list[list[Event]] = []
+    async with _serving(agent, 30) as tg:
+        first: list[list[Event]] = []
 
-            async def run_first() -> None:
-                first.append(await anyio.to_thread.run_sync(events_of))
+        async def run_first() -> None:
+            first.append(await anyio.to_thread.run_sync(events_of))
 
-            tg.start_soon(run_first)
-            await began.wait()
-            (refused,) = await anyio.to_thread.run_sync(events_of)
-            assert isinstance(refused, ErrorEvent) and refused.kind == "agent_refused"
-            assert "is busy: it serves 1 requests already" in refused.message
-            release.set()
-            while not first:
-                await anyio.sleep(0.05)
-            assert isinstance(first[0][-1], Summary)
-            assert isinstance((await anyio.to_thread.run_sync(events_of))[-1], Summary)
-            assert len(calls) == 2
-            agent.stop()
+        tg.start_soon(run_first)
+        await began.wait()
+        (refused,) = await anyio.to_thread.run_sync(events_of)
+        assert isinstance(refused, ErrorEvent) and refused.kind == "agent_refused"
+        assert "is busy: it serves 1 requests already" in refused.message
+        release.set()
+        while not first:
+            await anyio.sleep(0.05)
+        assert isinstance(first[0][-1], Summary)
+        assert isinstance((await anyio.to_thread.run_sync(events_of))[-1], Summary)
+        assert len(calls) == 2
 
 
 async def test_a_client_that_sends_no_request_counts_against_the_limit_until_it_times_out(
@@ -990,32 +986,27 @@ async def test_a_client_that_sends_no_request_counts_against_the_limit_until_it_
     inv, dest = _one_host_inventory(tmp_path), tmp_path / "m"
     agent = Agent(inv, dest)
     monkeypatch.setattr(agent, "_sync", sync)
-    ready = anyio.Event()
 
     def events_of() -> list[Event]:
         return _asked(dest, inv, dry_run=True)
 
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(agent.serve, ready.set)
-            await ready.wait()
-            silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                silent.connect(str(dest / SOCKET))
-                connected = time.monotonic()
-                with anyio.move_on_after(0.5):  # accepted (the code before never counts it)
-                    while agent._requests == 0:
-                        await anyio.sleep(0.01)
-                (refused,) = await anyio.to_thread.run_sync(events_of)
-                assert isinstance(refused, ErrorEvent) and refused.kind == "agent_refused"
-                assert "is busy" in refused.message and calls == []
-                assert await anyio.to_thread.run_sync(silent.recv, 1) == b""  # closed by it
-                assert 0.9 < time.monotonic() - connected < 10
-            finally:
-                silent.close()
-            assert isinstance((await anyio.to_thread.run_sync(events_of))[-1], Summary)
-            assert calls == [True] and agent._requests == 0
-            agent.stop()
+    async with _serving(agent, 30):
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            silent.connect(str(dest / SOCKET))
+            connected = time.monotonic()
+            with anyio.move_on_after(0.5):  # accepted (the code before never counts it)
+                while agent._requests == 0:
+                    await anyio.sleep(0.01)
+            (refused,) = await anyio.to_thread.run_sync(events_of)
+            assert isinstance(refused, ErrorEvent) and refused.kind == "agent_refused"
+            assert "is busy" in refused.message and calls == []
+            assert await anyio.to_thread.run_sync(silent.recv, 1) == b""  # closed by it
+            assert 0.9 < time.monotonic() - connected < 10
+        finally:
+            silent.close()
+        assert isinstance((await anyio.to_thread.run_sync(events_of))[-1], Summary)
+        assert calls == [True] and agent._requests == 0
 
 
 async def test_serve_agent_runs_the_agent_until_its_transfer_is_cancelled(

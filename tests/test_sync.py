@@ -1322,6 +1322,7 @@ def test_a_checkpoint_made_in_its_thread_for_a_cancelled_sync_is_taken_back(
         piece=True,
     )
     in_thread = threading.Event()
+    cancelled = threading.Event()
     taken_back: list[int] = []
 
     class Writer:
@@ -1329,7 +1330,7 @@ def test_a_checkpoint_made_in_its_thread_for_a_cancelled_sync_is_taken_back(
 
         def checkpoint(self) -> writer.Pending:
             in_thread.set()
-            time.sleep(0.2)  # the cancel comes meanwhile
+            cancelled.wait(10)  # the cancel comes meanwhile, however slow the loop
             self.committed = 10
             return made
 
@@ -1343,6 +1344,7 @@ def test_a_checkpoint_made_in_its_thread_for_a_cancelled_sync_is_taken_back(
                 async def cancel() -> None:
                     await anyio.to_thread.run_sync(in_thread.wait)
                     scope.cancel()
+                    cancelled.set()
 
                 tg.start_soon(cancel)
                 await engine._checkpoint(Writer())  # type: ignore[arg-type]

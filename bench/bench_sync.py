@@ -25,10 +25,11 @@ of parts 1 and 2 are also timed with warm connections: ``remote-sync sync`` of a
 an agent serves (the agent keeps each host's connection between runs), against the named peer
 (a cold rsync, with the part's goal) and against the same rsync through OpenSSH control masters
 (``ControlMaster=auto``, ``ControlPersist``: warm connections on both sides, info); the
-agent's own peak RSS is read from ``/proc`` before it stops. Every run also records its client CPU time (``time -v``) and the rest
-of the machine's busy CPU time meanwhile (``/proc/stat``: sshd, remote commands, kernel, and
-any other load on the machine). After every run the mirrors are checked against the remote
-files (remote-sync: byte-identical up to each JSONL file's last newline; rsync: identical).
+agent's own peak RSS is read from ``/proc`` before it stops. Every run also records its
+client CPU time (``time -v``) and the rest of the machine's busy CPU time meanwhile
+(``/proc/stat``: sshd, remote commands, kernel, and any other load on the machine). After
+every run the mirrors are checked against the remote files (remote-sync: byte-identical up
+to each JSONL file's last newline; rsync: identical).
 
     python3 bench/bench_sync.py [--quick] [--json] [--profile] [--save FILE] [--repeat N]
                                 [--only one|fleet|big]
@@ -61,7 +62,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from _common import BENCH, MiB, median, print_rows, tool_version
 
@@ -480,7 +481,10 @@ class Agent:
     """A ``remote-sync agent`` serving ``dest`` (connections kept for the whole benchmark:
     ``--persist 0``), started once its mirror holds a first sync; each timed ``remote-sync
     sync`` of that destination then goes through it, as a user's would. Its own peak RSS
-    (``VmHWM``) is read before it stops: the client's ``time -v`` does not see it."""
+    (``VmHWM``) is read before it stops: the client's ``time -v`` does not see it. One a
+    failed part left running is stopped at the end (:meth:`stop_all`)."""
+
+    running: ClassVar[set[Agent]] = set()
 
     def __init__(self, inventory: Path, dest: Path) -> None:
         self.socket = dest / ".remote-sync" / "agent.sock"
@@ -508,6 +512,12 @@ class Agent:
                 err = self.process.communicate()[1]
                 raise RuntimeError(f"remote-sync agent did not start: {err[-2000:]!r}")
             time.sleep(0.05)
+        Agent.running.add(self)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for agent in list(cls.running):
+            agent.stop()
 
     def _answers(self) -> bool:
         import socket
@@ -527,6 +537,7 @@ class Agent:
 
     def stop(self) -> float:
         """Stop it (SIGTERM, as systemd does); its peak RSS."""
+        Agent.running.discard(self)
         peak = self.peak_rss_mb()
         self.process.terminate()
         try:
@@ -2131,6 +2142,7 @@ def run_all(
             results["fleet"] = bench_fleet(sizes, lines, work, profile)
             results["loadavg"]["after_fleet"] = os.getloadavg()
     finally:
+        Agent.stop_all()  # one a failed part left serving
         shutil.rmtree(work, ignore_errors=True)
     results["elapsed_s"] = time.perf_counter() - started
     if save:

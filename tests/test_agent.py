@@ -1586,3 +1586,12 @@ async def test_a_scheduled_rounds_sink_that_fails_loses_its_event_not_the_agent(
             agent.stop()
     (event,) = told
     assert isinstance(event, ErrorEvent) and "lists no hosts" in event.message
+
+
+def test_the_agents_socket_lives_in_the_mirrors_own_state_directory() -> None:
+    """agent_link names the mirror's state directory itself (importing mirror.state would
+    cost the client its start-up): the two names must not drift apart."""
+    from remote_sync import agent_link
+    from remote_sync.mirror import state
+
+    assert agent_link.CONTROL_DIR == state.CONTROL_DIR

@@ -1107,6 +1107,130 @@ def test_a_transcript_cut_short_in_the_round_may_grow_back_by_its_listed_allowan
     _assert_index_is_a_rebuild(dest, tmp_path)
 
 
+@pytest.mark.parametrize("listed", ["small", "pieced"])
+def test_a_follow_up_read_that_comes_short_records_the_end_it_found(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    listed: str,
+) -> None:
+    """A transcript cut after the listing (the round's read of it comes short) and cut
+    again before the follow-up reads it: the follow-up commits the lines it found (listed
+    longer than a piece, the longer copy the round's first pieces put in place is kept as
+    a version), and the row says the file was as long as that read found it, not as long
+    as it was listed. Then the host
+    puts the file back as it was listed, its mtime with it (a copy restored with ``cp -p``
+    or from a snapshot; on a host whose listing has whole seconds, a rewrite within the
+    second): the next round sees a file longer than what was read, and mirrors the rest,
+    where a row that kept the listed size and mtime took it for unchanged and kept the
+    shorter copy for good."""
+    piece = 64 * 1024
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch, piece)
+    data = _messages((4 * piece if listed == "pieced" else piece // 2) // 1550)
+    remote = fleet.write("h0", rel, data)
+    listed_ns = remote.stat().st_mtime_ns
+    # Mid-line, past the round's first two pieces, then within the follow-up's second.
+    cut = len(data) * 5 // 8 + 100
+    again = len(data) * 3 // 8 + 100
+    real_plan, real_fetch_argv = engine.make_plan, engine.fetch_argv
+
+    def plan_then_cut(*args: Any, **kwargs: Any) -> Any:
+        plan = real_plan(*args, **kwargs)
+        with open(remote, "r+b") as f:
+            f.truncate(cut)
+        return plan
+
+    def cut_again_then_follow_up(*args: Any, **kwargs: Any) -> list[str]:
+        with open(remote, "r+b") as f:
+            f.truncate(again)
+        return real_fetch_argv(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "make_plan", plan_then_cut)
+    monkeypatch.setattr(engine, "fetch_argv", cut_again_then_follow_up)
+    code, summary, events = sync(inv, dest, capsys)
+    assert (code, [e for e in events if isinstance(e, ErrorEvent)]) == (0, [])
+    mirrored = (dest / "h0" / rel).read_bytes()
+    lines = data.rindex(b"\n", 0, again) + 1
+    assert mirrored == data[:lines]
+    with MirrorState(dest) as state:
+        row = state.host_files("h0")[rel.encode()]
+    assert (row.size, row.remote_size) == (lines, again)  # was (lines, len(data))
+    if listed == "pieced":  # the round's first pieces put a longer copy in place
+        assert summary.hosts[0].versions_kept == 1
+        (kept,) = (dest / ".remote-sync" / "versions" / "h0").rglob("*.v1")
+        assert data.startswith(kept.read_bytes()) and len(kept.read_bytes()) > lines
+    monkeypatch.setattr(engine, "make_plan", real_plan)
+    monkeypatch.setattr(engine, "fetch_argv", real_fetch_argv)
+    remote.write_bytes(data)  # the same inode, as it was listed
+    os.utime(remote, ns=(listed_ns, listed_ns))
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.grown, summary.files.unchanged) == (0, 1, 0)
+    assert (dest / "h0" / rel).read_bytes() == data
+    _assert_index_is_a_rebuild(dest, tmp_path)
+
+
+@pytest.mark.parametrize("read", ["a whole piece", "short"])
+def test_a_line_longer_than_a_piece_in_a_one_piece_follow_up_arrives_whole_once(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    read: str,
+) -> None:
+    """A new transcript listed longer than a piece and cut inside its first piece, in a line
+    longer than a piece, after the listing: the follow-up fetches it in one piece. That
+    piece reads a whole piece of the file grown back, or comes short inside the line (the
+    file still cut): either way only the lines before the long one are committed, not the
+    part of it read. The next round appends the rest in pieces, from where the follow-up's
+    read ended, the long line committed by the piece that ends it, once: the mirror is then
+    exact. (A row that kept the listed size took the file, grown back to it, for one of its
+    old size with another mtime: the rest came in one range of three pieces.)"""
+    piece = 64 * 1024
+    inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch, piece)
+    lines = _messages(14, size=1000)
+    long_line = _messages(1, start=14, size=int(2.5 * piece))
+    data = lines + long_line + _messages(30, start=15, size=1000)
+    cut = len(lines) + 10 * 1024  # inside the long line, inside the first piece
+    assert cut < piece < len(data) - len(lines) - piece
+    remote = fleet.write("h0", rel, data)
+    real_plan, real_fetch_argv = engine.make_plan, engine.fetch_argv
+
+    def plan_then_cut(*args: Any, **kwargs: Any) -> Any:
+        plan = real_plan(*args, **kwargs)
+        with open(remote, "r+b") as f:
+            f.truncate(cut)
+        return plan
+
+    def follow_up(*args: Any, **kwargs: Any) -> list[str]:
+        if read == "a whole piece":
+            remote.write_bytes(data)  # grown back, the same inode
+        return real_fetch_argv(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "make_plan", plan_then_cut)
+    monkeypatch.setattr(engine, "fetch_argv", follow_up)
+    asked = _follow_up_asked(monkeypatch)
+    code, summary, events = sync(inv, dest, capsys)
+    assert (code, [e for e in events if isinstance(e, ErrorEvent)]) == (0, [])
+    assert [(request.start, request.length) for request in asked] == [(0, piece)]
+    assert (dest / "h0" / rel).read_bytes() == lines  # not a byte of the long line
+    with MirrorState(dest) as state:
+        row = state.host_files("h0")[rel.encode()]
+    assert (row.size, row.remote_size) == (len(lines), piece if read != "short" else cut)
+    monkeypatch.setattr(engine, "make_plan", real_plan)
+    monkeypatch.setattr(engine, "fetch_argv", real_fetch_argv)
+    remote.write_bytes(data)
+    handed = _pieces_handed(monkeypatch, rel.encode())
+    code, summary, _ = sync(inv, dest, capsys)
+    assert (code, summary.files.grown) == (0, 1)
+    # The first pieces end no line: the first handed over is past the long one.
+    assert handed and handed[0][0] >= len(lines) + len(long_line)
+    for size, mirrored in handed:
+        assert mirrored == data[:size] and data[size - 1 : size] == b"\n"
+    assert (dest / "h0" / rel).read_bytes() == data
+    _assert_index_is_a_rebuild(dest, tmp_path)
+
+
 @pytest.mark.parametrize("first", ["new", "grown"])
 def test_a_first_piece_left_in_the_batch_by_a_failed_commit_is_committed_by_the_rounds_end(
     fleet: SSHFleet,

@@ -1290,7 +1290,12 @@ class _FrameHandler:
                 self._drop()
                 self._again(t)
                 return
-            pending.row.remote_size = t.remote.size
+            # Where the read ended: the listed size in the round, whose reads end there. A
+            # follow-up's read ends where the file did (Short), or at the end of its last
+            # piece, the file maybe longer: a row that kept the listed size (and mtime) took
+            # the file back as listed for one it had mirrored whole (plan._decide).
+            received = event.received if isinstance(event, Short) else request.length
+            pending.row.remote_size = request.start + received
             whole, self.whole = self.whole, None
             if whole is not None:
                 # Only a range's digest can be due: the held list is empty, and this file's

@@ -118,7 +118,7 @@ CREATE TABLE IF NOT EXISTS files (
     path BLOB NOT NULL,            -- remote path relative to the host's root, exact bytes
     kind TEXT NOT NULL,            -- 'append' (grows by offset) or 'whole' (copied whole)
     size INTEGER NOT NULL,         -- bytes committed in the mirror
-    remote_size INTEGER NOT NULL,  -- size the remote listed at the last sync
+    remote_size INTEGER NOT NULL,  -- where the last sync's read of it ended (its listed size)
     mtime REAL NOT NULL,
     dev INTEGER NOT NULL,
     ino INTEGER NOT NULL,

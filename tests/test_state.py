@@ -525,7 +525,13 @@ def test_the_highest_version_on_disk_is_read_back_from_any_name(
                 place = state.version_path("h", rel, number)
                 place.parent.mkdir(parents=True, exist_ok=True)
                 place.write_bytes(b"")
-        assert state.highest_version_on_disk("h", b"d/" + name) == max(mine, default=0)
+        # As a sync asks it: the folder made and opened (a descriptor lists str names).
+        os.makedirs(state.versions_folder("h", b"d/" + name), exist_ok=True)
+        folder = os.open(state.versions_folder("h", b"d/" + name), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert state.highest_version_on_disk("h", b"d/" + name, folder) == max(mine, default=0)
+        finally:
+            os.close(folder)
 
 
 @pytest.mark.parametrize("how", ["another database", "a link"])

@@ -395,6 +395,40 @@ def _not_a_dir(mode: int) -> str:
     return "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
 
 
+def enter_dirs(
+    top: int, names: Sequence[bytes], *, made: Callable[[int], None] | None = None
+) -> int:
+    """A new descriptor of the directory that ``names`` lead to down from the directory
+    ``top`` (left open), each entered by name in its parent's descriptor without following a
+    link (:data:`DIR_NO_FOLLOW`): a link planted anywhere on the way, even after a look
+    before, is refused, not followed. One that cannot be entered is its open's ``OSError``
+    (ENOTDIR for a link or no directory, ENOENT for none), its ``filename`` the names down to
+    it joined by ``/``, relative to ``top``. With ``made``, each absent directory is made
+    first (``mkdir`` by name in its parent's descriptor: never through a link) and ``made``
+    told how many names down its parent is (an entry is durable once its directory is
+    synced). The versions tree is entered so, by a sync keeping a copy and by a prune."""
+    fd = os.dup(top)
+    try:
+        for depth, name in enumerate(names):
+            if made is not None:
+                try:
+                    os.mkdir(name, 0o777, dir_fd=fd)
+                    made(depth)
+                except FileExistsError:
+                    pass
+            try:
+                inner = os.open(name, DIR_NO_FOLLOW, dir_fd=fd)
+            except OSError as exc:
+                exc.filename = b"/".join(names[: depth + 1])
+                raise
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _not_a_control_dir(control: Path, mode: int) -> DestinationError:
     return DestinationError(
         f"the destination's state directory is {_not_a_dir(mode)}",
@@ -1300,24 +1334,18 @@ class MirrorState:
             version += 1
         return version
 
-    def highest_version_on_disk(self, host: str, path: bytes, folder: int | None = None) -> int:
+    def highest_version_on_disk(self, host: str, path: bytes, folder: int) -> int:
         """The highest number of any version of ``host``'s ``path`` in the versions tree, with
-        gaps below it or not (0: none), from one listing of the directory its versions are in.
+        gaps below it or not (0: none), from one listing of ``folder``, the directory its
+        versions are in, open (:meth:`open_versions_folder`).
 
         A new version is numbered after it, not only after the recorded count's unbroken run
         (:meth:`last_version_on_disk`): a state moved aside (damaged) counts nothing, and a
         prune left gaps at the bottom, so that run would start over at v1 below copies that
         stay, and "1 is the oldest" and a later ``--keep-last`` would be wrong. Names are
-        taken as :func:`numbered_versions` takes them. ``folder``: that directory, open
-        (:meth:`open_versions_folder`)."""
-        try:
-            if folder is None:
-                entries = os.listdir(self.versions_folder(host, path))
-            else:  # a listing by descriptor gives str names
-                entries = [os.fsencode(name) for name in os.listdir(folder)]
-        except (FileNotFoundError, NotADirectoryError):
-            return 0
-        return max(numbered_versions(path, entries), default=0)
+        taken as :func:`numbered_versions` takes them."""
+        names = [os.fsencode(name) for name in os.listdir(folder)]  # by descriptor: str names
+        return max(numbered_versions(path, names), default=0)
 
     def versions_folder(self, host: str, path: bytes) -> bytes:
         """The directory of the versions tree that ``host``'s ``path``'s versions are in (it
@@ -1327,39 +1355,30 @@ class MirrorState:
     def open_versions_folder(self, host: str, path: bytes, made: set[Path]) -> int:
         """A descriptor of the directory of the versions tree that ``host``'s ``path``'s
         versions go in (:meth:`versions_folder`), for a kept copy to be renamed in by its
-        name. Each directory from the state directory down is made if absent (``mkdir`` by
-        name in its parent's descriptor) and entered without following a link, so a link
-        planted anywhere on the way, even after the open looked at ``versions``, is refused
-        and nothing is made or written where it points; the directory holding each one made
-        goes to ``made`` (an entry is durable once its directory is synced). A
-        :class:`MirrorError` naming ``host``, ``path`` and the place in the way; an ``OSError``
-        for any other failure, for the caller to word. The caller closes the descriptor."""
-        folder = self.versions_folder(host, path)
-        names = os.path.relpath(folder, os.fsencode(self.control)).split(b"/")
-        fd = os.dup(self._control)
-        here = os.fsencode(self.control)
+        name. Each directory from the state directory down is made if absent and entered
+        without following a link (:func:`enter_dirs`), so a link planted anywhere on the way,
+        even after the open looked at ``versions``, is refused and nothing is made or written
+        where it points; the directory holding each one made goes to ``made`` (an entry is
+        durable once its directory is synced). A :class:`MirrorError` naming ``host``,
+        ``path`` and the place in the way; an ``OSError`` for any other failure, for the
+        caller to word. The caller closes the descriptor."""
+        control = os.fsencode(self.control)
+        names = os.path.relpath(self.versions_folder(host, path), control).split(b"/")
+
+        def mark(depth: int) -> None:
+            made.add(Path(os.fsdecode(os.path.join(control, *names[:depth]))))
+
         try:
-            for name in names:
-                here = os.path.join(here, name)
-                try:
-                    os.mkdir(name, 0o777, dir_fd=fd)  # mkdirat: never made through a link
-                    made.add(Path(os.fsdecode(os.path.dirname(here))))
-                except FileExistsError:
-                    pass
-                try:
-                    inner = os.open(name, DIR_NO_FOLLOW, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                        raise
-                    mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
-                    place = Path(os.fsdecode(here))
-                    raise self._not_a_versions_dir(host, path, place, mode) from exc
-                os.close(fd)
-                fd = inner
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+            return enter_dirs(self._control, names, made=mark)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            assert isinstance(exc.filename, bytes)
+            # Looked at by its path from the state directory, for the message only: the
+            # directories above it were entered a moment ago.
+            mode = os.stat(exc.filename, dir_fd=self._control, follow_symlinks=False).st_mode
+            place = Path(os.fsdecode(os.path.join(control, exc.filename)))
+            raise self._not_a_versions_dir(host, path, place, mode) from exc
 
     def _not_a_versions_dir(self, host: str, path: bytes, place: Path, mode: int) -> MirrorError:
         return MirrorError(

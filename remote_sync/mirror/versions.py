@@ -66,6 +66,7 @@ from .state import (
     DIR_NO_FOLLOW,
     READ_NO_FOLLOW,
     MirrorState,
+    enter_dirs,
     fsync_dir,
     kept_times,
     kind_text,
@@ -850,16 +851,13 @@ def _open_dir(versions_dir: Path, parent: Path) -> int:
     names = os.fsencode(parent.relative_to(versions_dir)).split(b"/")
     if any(name in (b"", b".", b"..") for name in names):
         return -1
-    fd = -1
     try:
-        fd = os.open(versions_dir, DIR_NO_FOLLOW)
-        for name in names:
-            inner = os.open(name, DIR_NO_FOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = inner
+        top = os.open(versions_dir, DIR_NO_FOLLOW)
+        try:
+            return enter_dirs(top, names)
+        finally:
+            os.close(top)
     except OSError as exc:
-        if fd >= 0:
-            os.close(fd)
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
             return -1
         raise MirrorError(
@@ -867,7 +865,6 @@ def _open_dir(versions_dir: Path, parent: Path) -> int:
             path=str(parent),
             hint="check its permissions; nothing in it was removed",
         ) from exc
-    return fd
 
 
 def _remove(

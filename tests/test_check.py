@@ -23,7 +23,8 @@ from remote_sync.cli import main
 from remote_sync.errors import ConfigError, path_text
 from remote_sync.mirror import check
 from remote_sync.mirror.check import CheckSummary, Problem, check_mirror
-from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
+from remote_sync.mirror.state import FileState, MirrorState, StateReader, fingerprint_of
+from remote_sync.mirror.versions import prune_versions
 
 BASE = b"agents/a/sessions/"
 PLAIN = BASE + b"sess-1.jsonl"
@@ -483,6 +484,81 @@ def test_versions_list_and_prune_look_at_a_folder_once_not_once_per_number_count
         looks.clear()
     assert found[3] == found[300]
     assert sorted(found[300][1]) == sorted((path_text(n), v) for n in names for v in (-1, 0))
+
+
+def test_a_folder_of_versions_is_listed_once_for_all_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``versions list`` and ``prune`` listed a file's versions folder once per file, and a
+    check once per file too when the files of one directory came apart in path order (a
+    session's ``<id>.jsonl``, its ``<id>/subagents/``, the next session's, as Claude Code
+    keeps them); each listing was then scanned for every file, quadratic in a project's
+    folder. Each folder is listed once now, for every file whose versions it holds, and
+    what is found is the same."""
+    sessions = [BASE + b"s%02d.jsonl" % i for i in range(20)]
+    names = sessions + [BASE + b"s%02d/subagents/agent-1.jsonl" % i for i in range(20)]
+    dest = tmp_path / "mirror"
+    _pruned_down(dest, 3, names)
+    folders = len(names) - len(sessions) + 1  # each session's subagents/, and BASE
+    looks: list[str] = []
+    _count_looks(monkeypatch, looks)
+
+    def listings() -> int:
+        listed = looks.count("scandir") + looks.count("listdir")
+        looks.clear()
+        return listed
+
+    summary = check_mirror(dest, on_problem=lambda problem: pytest.fail(str(problem)))
+    assert summary.versions == 2 * len(names) and summary.intact
+    assert listings() == folders
+    code, out, _ = cli(["versions", "list", "--dest", str(dest), "--json"], capsys)
+    assert code == 0 and len(out.splitlines()) == 2 * len(names)
+    assert listings() == folders
+    result = prune_versions(dest, keep_last=1)
+    assert len(result.removed) == len(names) and result.kept == len(names)
+    assert listings() == folders
+    monkeypatch.undo()
+    assert all(
+        not places[0].exists() and places[1].exists() for places in _kept_places(dest, names)
+    )
+
+
+def _kept_places(dest: Path, names: list[bytes]) -> list[list[Path]]:
+    state = MirrorState(dest)  # not opened: its paths only
+    return [[state.version_path("h0", name, n) for n in (2, 3)] for name in names]
+
+
+def test_the_keep_times_are_read_with_each_page_of_rows_not_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check read the versions' keep times from the state once per file with versions (a
+    query each, twice for a copy missing): now once per page of rows, with the page; a
+    timed copy missing from any page is still damage."""
+    statements: list[str] = []
+
+    class Traced(StateReader):
+        def _open(self, warn: bool = False) -> tuple[sqlite3.Connection, Any]:
+            db, stamp = super()._open(warn)
+            db.set_trace_callback(statements.append)
+            return db, stamp
+
+    monkeypatch.setattr(check, "StateReader", Traced)
+    monkeypatch.setattr(check, "PAGE_ROWS", 7)
+    names = [BASE + b"f%02d.jsonl" % i for i in range(30)]  # pages of 7, 7, 7, 7 and 2
+    dest = tmp_path / "mirror"
+    places = _pruned_down(dest, 5, names)
+    places[names[0]][0].unlink()
+    places[names[24]][1].unlink()
+    problems: list[Problem] = []
+    summary = check_mirror(dest, on_problem=problems.append)
+    assert [(p.kind, p.path, p.version) for p in problems] == [
+        ("version_missing", path_text(names[0]), 4),
+        ("version_missing", path_text(names[24]), 5),
+    ]
+    assert summary.versions == 2 * len(names)
+    # One read per page, and one more per copy found missing: its keep time asked again, as
+    # a prune may have forgotten it (committed) since the page was read.
+    assert sum("FROM versions" in sql for sql in statements) == 5 + 2, statements
 
 
 def test_a_deleted_files_lost_copy_is_damage_until_a_sync_records_it_then_a_note(

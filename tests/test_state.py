@@ -598,4 +598,47 @@ def test_a_files_versions_are_found_among_its_neighbours_versions(
         name += b"~0123456789abcdef"
     mine = state_module._version_name(name, version)
     others = [state_module._version_name(name + b"x", version), b"other.jsonl.v1", mine + b"~"]
-    assert state_module.numbered_versions(b"dir/" + name, [*others, mine]) == {version: mine}
+    groups = state_module.group_versions([*others, mine])
+    assert state_module.numbered_versions(b"dir/" + name, groups) == {version: mine}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    stems=st.lists(
+        st.tuples(
+            st.lists(_NAME_BYTES, min_size=1, max_size=6).map(b"".join),
+            st.sampled_from([0, 200, 226, 227, 228, 240, 250, 260]),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    numbers=st.lists(st.integers(1, 999_999_999), min_size=1, max_size=4),
+    junk=st.lists(st.lists(_NAME_BYTES, max_size=12).map(b"".join), max_size=4),
+)
+def test_a_folder_grouped_once_finds_each_files_versions_as_a_scan_of_it_did(
+    stems: list[tuple[bytes, int, bool]], numbers: list[int], junk: list[bytes]
+) -> None:
+    """A folder's listing is grouped once for all its files (group_versions), not scanned per
+    file: each file's versions found in its group are those the rule finds scanning the
+    whole folder, for names that are prefixes of one another, long enough to be cut for some
+    numbers and not others, ending like a cut name, and among names no version has."""
+    from remote_sync.mirror import state as state_module
+
+    names = []
+    for stem, pad, cut_like in stems:
+        name = (b"y" * pad + stem)[:255]
+        names.append(name + b"~0123456789abcdef" if cut_like else name)
+    names += [name[:-1] for name in names if len(name) > 1]
+    names = [name for name in names if name not in (b".", b"..")]
+    entries = {state_module._version_name(name, n) for name in names for n in numbers}
+    entries.update(junk)
+    groups = state_module.group_versions(entries)
+    for name in names:
+        scanned = {}
+        for entry in entries:
+            match = state_module._NUMBERED.search(entry)
+            if match and state_module._version_name(name, int(match[1])) == entry:
+                scanned[int(match[1])] = entry
+        assert state_module.numbered_versions(b"d/" + name, groups) == scanned
+        assert set(scanned) == set(numbers)

@@ -43,8 +43,9 @@ import os
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -57,11 +58,11 @@ from .state import (
     READ_NO_FOLLOW,
     MirrorState,
     StateReader,
+    VersionsListings,
     fingerprint_of,
     host_is_indexed,
     kept_times,
     kind_text,
-    numbered_versions,
     place_text,
     unindexed_files,
 )
@@ -164,7 +165,9 @@ class _Checker:
         self.cancelled = cancelled
         self.paths = MirrorState(dest)  # not opened: its paths only, no lock, no database
         self.files = self.versions = self.damaged = self.notes = 0
-        self._folder: tuple[bytes, dict[bytes, os.DirEntry[bytes]]] | None = None
+        self._listings = VersionsListings(self.paths)
+        #: The keep times of the page of rows being checked, by path and version number.
+        self._times: dict[tuple[str, bytes], dict[int, float]] = {}
 
     def say(self, problem: Problem) -> None:
         if problem.type == "damage":
@@ -191,20 +194,32 @@ class _Checker:
     # -- mirrored files and their versions --------------------------------------------------
 
     def _rows(self, host: str) -> Iterator[_Row]:
-        """``host``'s rows, a page per query (each sees the newest commit)."""
+        """``host``'s rows, a page per query (each sees the newest commit), and the keep
+        times of the page's versions read with it (:attr:`_times`): one query per page, not
+        one per file with versions."""
         after = b""
         first = True
         while True:
-            page = self.state.rows(
-                "SELECT path, size, ino, fingerprint, version, state FROM files "
-                "WHERE host = ? AND (? OR path > ?) ORDER BY path LIMIT ?",
-                (host, first, after, PAGE_ROWS),
-            )
+            page, self._times = self.state.steady(partial(self._page, host, first, after))
             for path, size, ino, fingerprint, version, state in page:
                 yield bytes(path), size, ino, bytes(fingerprint), version, state
             if len(page) < PAGE_ROWS:
                 return
             after, first = bytes(page[-1][0]), False
+
+    def _page(
+        self, host: str, first: bool, after: bytes, db: sqlite3.Connection
+    ) -> tuple[list[Any], dict[tuple[str, bytes], dict[int, float]]]:
+        """A page of ``host``'s rows after the path ``after`` (``first``: from the first),
+        and the keep times of those rows' versions."""
+        page = db.execute(
+            "SELECT path, size, ino, fingerprint, version, state FROM files "
+            "WHERE host = ? AND (? OR path > ?) ORDER BY path LIMIT ?",
+            (host, first, after, PAGE_ROWS),
+        ).fetchall()
+        if not page:
+            return page, {}
+        return page, kept_times(db, host, (bytes(page[0][0]), bytes(page[-1][0])))
 
     def _row(self, host: str, path: bytes) -> _Row | None:
         rows = self.state.rows(
@@ -312,13 +327,18 @@ class _Checker:
 
     def _check_versions(self, host: str, path: bytes, counted: int) -> None:
         """``host``'s ``path``'s versions 1 to ``counted``, from one listing of their folder
-        (shared with its other files': see :meth:`_listing`), so a file pruned down to a few
-        versions of many costs as few looks: not one per number it ever counted."""
-        folder = self.paths.versions_folder(host, path)
+        (shared with its other files': see :class:`VersionsListings`), so a file pruned down
+        to a few versions of many costs as few looks: not one per number it ever counted,
+        nor a scan of the folder's other files' versions. Those with a keep time are looked
+        at too when the listing lacks them (:attr:`_times`, read with the row's page)."""
         try:
-            entries = self._listing(folder)
+            on_disk = {
+                number: entry
+                for number, entry in self._listings.versions(host, path).items()
+                if number <= counted
+            }
         except OSError as exc:
-            where = Path(os.fsdecode(folder))
+            where = Path(os.fsdecode(self.paths.versions_folder(host, path)))
             self.say(
                 self._damage(
                     host,
@@ -330,12 +350,7 @@ class _Checker:
                 )
             )
             return
-        on_disk = {
-            number: entries[name]
-            for number, name in numbered_versions(path, entries).items()
-            if number <= counted
-        }
-        timed = self._timed(host, path)
+        timed = self._times.get((host, path), {})
         for number in sorted(on_disk.keys() | {n for n in timed if n <= counted}):
             place = self.paths.version_path(host, path, number)
             entry = on_disk.get(number)
@@ -388,23 +403,9 @@ class _Checker:
                     )
                 )
 
-    def _listing(self, folder: bytes) -> dict[bytes, os.DirEntry[bytes]]:
-        """The entries of ``folder`` of the versions tree by name (none when there is no such
-        directory), listed once for the files whose versions it holds: the rows come in path
-        order, so a directory's files mostly follow one another, and only the last folder's
-        listing is kept."""
-        if self._folder is None or self._folder[0] != folder:
-            try:
-                with os.scandir(folder) as found:
-                    entries = {entry.name: entry for entry in found}
-            except (FileNotFoundError, NotADirectoryError):
-                entries = {}
-            self._folder = (folder, entries)
-        return self._folder[1]
-
     def _timed(self, host: str, path: bytes) -> set[int]:
-        """The numbers of ``host``'s ``path``'s versions the state has a keep time for."""
-        times = self.state.steady(lambda db: kept_times(db, host, path))
+        """The numbers of ``host``'s ``path``'s versions the state has a keep time for now."""
+        times = self.state.steady(lambda db: kept_times(db, host, (path, path)))
         return set(times.get((host, path), ()))
 
     def _damage(

@@ -647,22 +647,23 @@ def copy_state(source: Path, target: Path) -> None:
 
 
 def kept_times(
-    db: sqlite3.Connection, host: str | None = None, path: bytes | None = None
+    db: sqlite3.Connection, host: str | None = None, paths: tuple[bytes, bytes] | None = None
 ) -> dict[tuple[str, bytes], dict[int, float]]:
     """When each version was kept (unix time), per (host, path) and version number, of every
-    host, of ``host``'s files, or of its file ``path`` only: what the ``versions`` table
-    records. A version kept before the table was there (or by an older remote-sync) has no
-    time: it is not in the answer, and neither is any version of a state no version with the
-    table has opened (read read-only, it was never given one)."""
+    host, of ``host``'s files, or of those of its files whose paths are from ``paths[0]`` to
+    ``paths[1]`` (both included: a page of a check's rows, or one file): what the ``versions``
+    table records. A version kept before the table was there (or by an older remote-sync) has
+    no time: it is not in the answer, and neither is any version of a state no version with
+    the table has opened (read read-only, it was never given one)."""
     sql = "SELECT host, path, version, kept_at FROM versions"
     where: list[str] = []
     params: list[str | bytes] = []
     if host is not None:
         where.append("host = ?")
         params.append(host)
-    if path is not None:
-        where.append("path = ?")
-        params.append(path)
+    if paths is not None:
+        where.append("path BETWEEN ? AND ?")
+        params.extend(paths)
     if where:
         sql += " WHERE " + " AND ".join(where)
     try:
@@ -677,25 +678,92 @@ def kept_times(
     return times
 
 
-def numbered_versions(path: bytes, entries: Iterable[bytes]) -> dict[int, bytes]:
-    """Of ``entries``, the names in the folder of ``path``'s versions
-    (:meth:`MirrorState.versions_folder`), those of ``path``'s versions, by number: a name is
-    taken only when it is the one :meth:`MirrorState.version_path` gives that number (a name
-    cut with a digest too), so another file's versions in that folder are not, nor a number
-    of more than nine digits (put there by hand, see ``_NUMBERED``)."""
-    name = path.rpartition(b"/")[2]
-    # Every version's name starts so (_fit_name keeps this much of ``name`` before its
-    # digest of 17 and a suffix of 11 at most): the other files' many versions in a
-    # project's folder are passed over without the regular expressions, per file asked.
-    stem = name[: NAME_MAX - _VERSION_TAIL]
-    found: dict[int, bytes] = {}
+#: The names of a folder of the versions tree that end like a version's, by the file they may
+#: be versions of (see :func:`group_versions`), each with its number.
+VersionGroups = Mapping[bytes, Sequence[tuple[int, bytes]]]
+
+
+def _group_key(name: bytes) -> bytes:
+    """What every name of ``name``'s versions starts with, cut or not: _fit_name keeps this
+    much of it before its digest of 17 and a suffix of 11 at most."""
+    return name[: NAME_MAX - _VERSION_TAIL]
+
+
+def group_versions(entries: Iterable[bytes]) -> dict[bytes, list[tuple[int, bytes]]]:
+    """``entries``, the names in one folder of the versions tree, that end like a version's,
+    with their numbers, grouped by the file they may be versions of (its :func:`_group_key`):
+    what is before a name's ``.v<N>`` is the file's name, or, ending like a cut name (which
+    no name kept whole does), its cut form: as much of the name as fits (all of a short one,
+    cut so for ending like a cut name itself) and a digest of 17. A folder is grouped once
+    for all its files (:func:`numbered_versions`), not scanned again per file: a project's
+    folder holds thousands."""
+    groups: dict[bytes, list[tuple[int, bytes]]] = {}
     for entry in entries:
-        if not entry.startswith(stem):
-            continue
         match = _NUMBERED.search(entry)
-        if match is not None and _version_name(name, int(match[1])) == entry:
-            found[int(match[1])] = entry
-    return found
+        if match is None:
+            continue
+        kept = entry[: match.start()]
+        if _LIKE_CUT_FILE.search(kept):
+            kept = kept[:-17]  # its digest: "~" and 16 hex digits
+        groups.setdefault(_group_key(kept), []).append((int(match[1]), entry))
+    return groups
+
+
+def numbered_versions(path: bytes, groups: VersionGroups) -> dict[int, bytes]:
+    """Of ``groups``, the names in the folder of ``path``'s versions
+    (:meth:`MirrorState.versions_folder`) as :func:`group_versions` groups them, those of
+    ``path``'s versions, by number: a name is taken only when it is the one
+    :meth:`MirrorState.version_path` gives that number (a name cut with a digest too), so
+    another file's versions in that folder (in its group when the names start alike) are not,
+    nor a number of more than nine digits (put there by hand, see ``_NUMBERED``)."""
+    name = path.rpartition(b"/")[2]
+    return {
+        number: entry
+        for number, entry in groups.get(_group_key(name), ())
+        if _version_name(name, number) == entry
+    }
+
+
+class VersionsListings:
+    """The folders of the versions tree listed for a pass over files in (host, path) order, as
+    ``check``, ``versions list`` and ``versions prune`` make: each folder listed once and
+    grouped (:func:`group_versions`) for all the files whose versions it holds, however their
+    subdirectories' files come between them in that order (a session's ``<id>.jsonl``, then
+    its ``<id>/subagents/``, then the next session's). A folder is let go once a file outside
+    its directory comes: the paths of one directory are together in that order, so no more
+    are held than a path has directories. A pass in another order is as right, only slower.
+    What is listed is as it was then: a copy put or removed since is looked at by the
+    caller."""
+
+    def __init__(self, paths: MirrorState) -> None:
+        self.paths = paths  # only its paths are used
+        #: Per host and remote directory, its folder's entries by name and their groups.
+        self._held: dict[
+            tuple[str, bytes], tuple[dict[bytes, os.DirEntry[bytes]], VersionGroups]
+        ] = {}
+
+    def versions(self, host: str, path: bytes) -> dict[int, os.DirEntry[bytes]]:
+        """The entries of ``host``'s ``path``'s versions in their folder, by number
+        (:func:`numbered_versions`); none when there is no such folder. An ``OSError`` when
+        it cannot be listed (not held: asked again for the next file)."""
+        head = path.rpartition(b"/")[0]
+        for key in [k for k in self._held if k[0] != host or not _is_under(path, k[1])]:
+            del self._held[key]
+        held = self._held.get((host, head))
+        if held is None:
+            try:
+                with os.scandir(self.paths.versions_folder(host, path)) as found:
+                    entries = {entry.name: entry for entry in found}
+            except (FileNotFoundError, NotADirectoryError):
+                entries = {}
+            held = self._held[host, head] = (entries, group_versions(entries))
+        entries, groups = held
+        return {number: entries[name] for number, name in numbered_versions(path, groups).items()}
+
+
+def _is_under(path: bytes, directory: bytes) -> bool:
+    """Is the remote ``path`` in ``directory`` or below it (b"": the host's root)?"""
+    return not directory or path.startswith(directory + b"/")
 
 
 def host_is_indexed(db: sqlite3.Connection, host: str) -> bool:
@@ -1345,7 +1413,7 @@ class MirrorState:
         stay, and "1 is the oldest" and a later ``--keep-last`` would be wrong. Names are
         taken as :func:`numbered_versions` takes them."""
         names = [os.fsencode(name) for name in os.listdir(folder)]  # by descriptor: str names
-        return max(numbered_versions(path, names), default=0)
+        return max(numbered_versions(path, group_versions(names)), default=0)
 
     def versions_folder(self, host: str, path: bytes) -> bytes:
         """The directory of the versions tree that ``host``'s ``path``'s versions are in (it

@@ -66,11 +66,11 @@ from .state import (
     DIR_NO_FOLLOW,
     READ_NO_FOLLOW,
     MirrorState,
+    VersionsListings,
     enter_dirs,
     fsync_dir,
     kept_times,
     kind_text,
-    numbered_versions,
     place_text,
     read_state,
 )
@@ -123,9 +123,10 @@ def list_versions(
         dest, lambda db: (_files_with_versions(db, host, files), kept_times(db, host))
     )
     rows: list[VersionRow] = []
+    listings = VersionsListings(MirrorState(dest))
     for file_host, path, recorded, session_id in found:
         known = times.get((file_host, path), {})
-        for number, place, st in _kept(dest, file_host, path, recorded):
+        for number, place, st in _kept(listings, file_host, path, recorded):
             if not stat.S_ISREG(st.st_mode):
                 continue  # put there by hand (a link, a directory): no copy the mirror kept
             rows.append(_row(dest, file_host, path, number, place, st, known, session_id))
@@ -202,21 +203,19 @@ def _names_path(target: str, path: bytes) -> bool:
 
 
 def _kept(
-    dest: Path, host: str, path: bytes, recorded: int
+    listings: VersionsListings, host: str, path: bytes, recorded: int
 ) -> Iterable[tuple[int, Path, os.stat_result]]:
     """Each version of ``host``'s ``path`` on disk: its number, place and lstat (a symbolic
     link is not followed; the caller judges what is no regular file). One that cannot be
-    looked at is a :class:`MirrorError` naming it."""
-    state = MirrorState(dest)  # not opened: only its paths are used, no lock, no database
+    looked at is a :class:`MirrorError` naming it. ``listings``: the pass's, which lists
+    the folder the file's versions are in once for all the files whose versions it holds."""
+    state = listings.paths
     where = {"host": host, "path": path_text(path)}
-    folder = state.versions_folder(host, path)
     # One listing of the folder, not a look per number ever counted: a prune leaves a gap
     # at the bottom as long as the versions it removed.
     numbers: Iterable[int]
     try:
-        on_disk = numbered_versions(path, os.listdir(folder))
-    except (FileNotFoundError, NotADirectoryError):
-        return  # none kept yet, or the folder removed by hand
+        on_disk = listings.versions(host, path)
     except OSError:
         # A folder that cannot be listed (no permission, a loop of links on its way): each
         # number looked at, so the first that cannot be is the error, naming that copy.
@@ -235,7 +234,7 @@ def _kept(
         except (FileNotFoundError, NotADirectoryError):
             continue  # removed by hand: nothing to list
         except OSError as exc:  # no permission, a loop of links, an I/O error
-            raise _failed_on("look at", number, dest, place, where, exc) from exc
+            raise _failed_on("look at", number, state.dest, place, where, exc) from exc
         yield number, place, st
 
 
@@ -335,7 +334,8 @@ def find_version(dest: str | os.PathLike[str], host: str, path: str, version: in
     holds no regular file or cannot be looked at."""
     dest = Path(dest)
     file_host, raw, recorded, _session = _one_file(dest, host, path)
-    found = {number: (place, st) for number, place, st in _kept(dest, file_host, raw, recorded)}
+    listings = VersionsListings(MirrorState(dest))
+    found = {n: (place, st) for n, place, st in _kept(listings, file_host, raw, recorded)}
     if version in found:
         place, st = found[version]
         kept = KeptVersion(dest, file_host, raw, version, place)
@@ -756,12 +756,13 @@ def _judge(
     file whose versions cannot all be looked at is left whole, its error in ``failures``."""
     doomed: list[list[_Doomed]] = []
     kept = 0
+    listings = VersionsListings(MirrorState(dest))
     for file_host, path, recorded, session_id in found:
         known = times.get((file_host, path), {})
         try:
             versions = [
                 (number, place, st)
-                for number, place, st in _kept(dest, file_host, path, recorded)
+                for number, place, st in _kept(listings, file_host, path, recorded)
                 if stat.S_ISREG(st.st_mode)  # what else is there is no copy a sync kept
             ]
         except MirrorError as exc:

@@ -82,7 +82,7 @@ from .inventory import Host, lists_no_hosts, load_inventory
 from .mirror.engine import SyncOptions, sync_fleet
 from .mirror.state import open_control_dir, open_lock, refuse_nested
 from .ssh.pool import Endpoint, PoolSettings, SSHPool
-from .ssh.remote import checked_idle_timeout
+from .ssh.remote import check_concurrency, checked_idle_timeout
 
 log = logging.getLogger(__name__)
 
@@ -451,8 +451,7 @@ class Agent:
         error) to ``emit``."""
         try:
             self._refuse_if_stopping()
-            if request.concurrency < 1:
-                raise ConfigError("--concurrency must be at least 1")  # as the CLI says it
+            check_concurrency(request.concurrency)  # as the CLI checks it
             options = SyncOptions(
                 dest=self.dest,
                 concurrency=request.concurrency,

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import ConfigError, OutputError, RemoteSyncError
-from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT, checked_idle_timeout
+from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT, check_concurrency, checked_idle_timeout
 
 if TYPE_CHECKING:
     import signal
@@ -269,11 +269,6 @@ def _concurrency_option(parser: Any, done: str, default: int | None) -> None:
         metavar="N",
         help=f"hosts {done} at once (default {CONCURRENCY})",
     )
-
-
-def _check_concurrency(concurrency: int) -> None:
-    if concurrency < 1:
-        raise ConfigError("--concurrency must be at least 1")
 
 
 def _timeout_option(parser: Any) -> None:
@@ -899,7 +894,7 @@ def run_sync(args: argparse.Namespace) -> int:
     error_out = json_lines_renderer() if args.json else None
     try:
         dest = _given_dest(args.dest)
-        _check_concurrency(args.concurrency)
+        check_concurrency(args.concurrency)
         hosts = _select_hosts(args)
     except ConfigError as exc:
         _report(exc, error_out)
@@ -1522,7 +1517,7 @@ def _check_remote_flags(args: argparse.Namespace) -> None:
     if concurrency is not None:
         if not args.remote:
             raise ConfigError("--concurrency applies only with --remote")
-        _check_concurrency(concurrency)
+        check_concurrency(concurrency)
 
 
 def run_sessions_list(args: argparse.Namespace) -> int:

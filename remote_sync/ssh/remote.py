@@ -11,7 +11,8 @@ the whole group with ``kill`` even when the server ignores SSH signal requests (
 
 The defaults every caller of these commands shares live here too: how long a command may send
 nothing (:data:`IDLE_TIMEOUT`, checked for the CLI and the library alike by
-:func:`checked_idle_timeout`) and how many hosts are worked on at once.
+:func:`checked_idle_timeout`) and how many hosts are worked on at once (the CLI's check of it:
+:func:`check_concurrency`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, ConfigError
 
 #: How much of a remote command's stderr a stream keeps: its last bytes (a message cut at
 #: the front of what is kept is said to be, where it is parsed).
@@ -73,6 +74,16 @@ def in_range(value: object, kind: type, least: float | None, most: float | None)
 #: Hosts worked on at once unless told otherwise: by ``sync`` and by a remote listing (the
 #: CLI's ``--concurrency``).
 CONCURRENCY = 8
+
+
+def check_concurrency(concurrency: int) -> None:
+    """The CLI's ``--concurrency`` checked, by ``sync`` and ``sessions list --remote`` and by
+    the agent for a request (which its client sent unchecked), in the same words: a
+    :class:`~remote_sync.errors.ConfigError` below 1 (exit 2). The library's callers are
+    checked apart, as an argument (``api._checked_tuning``)."""
+    if concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
+
 
 # Runs under the user's login shell (bash, dash, zsh, ash, fish: the outer "exec sh -c"
 # hands over to POSIX sh at once). "$$" is then the pid sshd started, which is also the process

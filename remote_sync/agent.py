@@ -130,7 +130,6 @@ class Agent:
         self.scheduled = guarded(scheduled) if scheduled is not None else None
         self.registry = CancelRegistry()
         self.socket = socket_path(dest)
-        self.served = 0
         self._ids = itertools.count(1)
         self._syncing: str | None = None  # who holds the agent's one sync
         self._running = 0  # syncs running, dry runs included
@@ -507,7 +506,6 @@ class Agent:
         self._refuse_if_stopping()
         self._running += 1
         try:
-            self.served += 1
             return await sync_fleet(
                 hosts, options, emit, registry=self.registry, transfer_id=transfer, pool=pool
             )

@@ -343,6 +343,13 @@ def _ignore(_event: object) -> None:
     pass
 
 
+def _tools_noted(pool: SSHPool, endpoint: Endpoint) -> str | None:
+    """What the rounds noted of the host's tools for the pool's connection to ``endpoint``,
+    read as a round reads it (``note_of`` its connection); None with no connection."""
+    conn = pool._slots[endpoint].conn
+    return None if conn is None else pool.note_of(conn, engine._TOOLS_NOTE)
+
+
 async def test_rounds_over_a_kept_connection_are_told_the_hosts_tools(
     fleet: SSHFleet, agent_setup: tuple[Path, Path]
 ) -> None:
@@ -362,14 +369,14 @@ async def test_rounds_over_a_kept_connection_are_told_the_hosts_tools(
             finally:
                 hidden.chmod(0o755)
             assert summary.exit_code == (0 if mode else 1)
-            noted.append(pool.note(endpoint, engine._TOOLS_NOTE))
+            noted.append(_tools_noted(pool, endpoint))
         found = noted[0]
         assert found is not None and re.fullmatch("[prs][ny][ny]", found)
         assert noted == [found, None, found, found]
         await pool.invalidate(endpoint)
-        assert pool.note(endpoint, engine._TOOLS_NOTE) is None
+        assert _tools_noted(pool, endpoint) is None
         assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
-        assert pool.note(endpoint, engine._TOOLS_NOTE) == found
+        assert _tools_noted(pool, endpoint) == found
         assert pool.stats(endpoint).connects == 2
     assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
 
@@ -386,14 +393,14 @@ async def test_a_round_whose_listing_failed_forgets_the_hosts_tools(
     root = Path(fleet.path("h0"))
     async with SSHPool() as pool:
         assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
-        assert pool.note(endpoint, engine._TOOLS_NOTE) is not None
+        assert _tools_noted(pool, endpoint) is not None
         root.rename(root.with_name("h0-away"))
         try:
             summary = await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)
         finally:
             root.with_name("h0-away").rename(root)
         assert summary.exit_code == 1 and pool.stats(endpoint).connects == 1
-        assert pool.note(endpoint, engine._TOOLS_NOTE) is None
+        assert _tools_noted(pool, endpoint) is None
 
 
 async def test_a_round_whose_connection_is_replaced_is_told_nothing_of_the_old_one(
@@ -419,7 +426,7 @@ async def test_a_round_whose_connection_is_replaced_is_told_nothing_of_the_old_o
     monkeypatch.setattr(engine, "round_argv", recording)
     async with SSHPool() as pool:
         assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
-        found = pool.note(endpoint, engine._TOOLS_NOTE)
+        found = _tools_noted(pool, endpoint)
         assert found is not None and found.startswith("r")  # GNU find
         old = pool._slots[endpoint].conn
         assert old is not None
@@ -438,7 +445,7 @@ async def test_a_round_whose_connection_is_replaced_is_told_nothing_of_the_old_o
         assert pool.stats(endpoint).connects == 2 and pool._slots[endpoint].conn is not old
         # Made for the old connection, whose channel did not open, then for the new one.
         assert asked == [found, PROBE_TOOLS]
-        busybox_found = pool.note(endpoint, engine._TOOLS_NOTE)
+        busybox_found = _tools_noted(pool, endpoint)
         assert busybox_found is not None and not busybox_found.startswith("r")
         asked.clear()
         assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
@@ -480,6 +487,20 @@ def test_a_concurrency_below_one_is_refused_as_a_direct_run_refuses_it(
     assert not (dest / "h0").exists()
 
 
+def _count_rounds(agent: Agent) -> list[int]:
+    """How many syncs ``agent`` starts from now on (scheduled, asked, dry runs), each counted
+    as it starts: a list of one count, kept up to date."""
+    started = [0]
+    real = agent._round
+
+    async def counted(*args: Any, **kwargs: Any) -> Summary:
+        started[0] += 1
+        return await real(*args, **kwargs)
+
+    agent._round = counted  # type: ignore[method-assign]
+    return started
+
+
 async def test_a_sync_asked_of_a_stopping_agent_is_refused_not_run(tmp_path: Path) -> None:
     """A request served once the agent was told to stop (its syncs cancelled then) is
     refused, so that the client runs it itself, rather than run in full as the agent waits
@@ -487,10 +508,11 @@ async def test_a_sync_asked_of_a_stopping_agent_is_refused_not_run(tmp_path: Pat
     inv = tmp_path / "inventory.toml"
     inv.write_text('[[hosts]]\nname = "h0"\naddress = "127.0.0.1"\n')
     agent = Agent(inv, tmp_path / "m")
+    rounds = _count_rounds(agent)
     agent.stop()
     events: list[Event] = []
     summary = await agent._sync(SyncRequest(inventory=str(inv)), [], events.append, "t", "pid 1")
-    assert summary is None and agent.served == 0
+    assert summary is None and rounds == [0]
     (error,) = events
     assert isinstance(error, ErrorEvent) and error.kind == "agent_refused"
     assert "stopping" in error.message
@@ -1149,6 +1171,7 @@ async def test_a_scheduled_sync_due_while_a_requests_sync_runs_is_skipped_and_lo
     inv, dest = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"]), tmp_path / "m"
     events: list[Event] = []
     agent = Agent(inv, dest, every=2.0, scheduled=events.append)
+    rounds = _count_rounds(agent)
     caplog.set_level(logging.WARNING, logger="remote_sync.agent")
     link = None
     client: list[Event] = []
@@ -1172,7 +1195,7 @@ async def test_a_scheduled_sync_due_while_a_requests_sync_runs_is_skipped_and_lo
                 assert link is not None
                 link.cancel()
             assert isinstance(client[-1], Summary) and client[-1].exit_code == 130
-            assert agent.served == 2  # the first round and the request's
+            assert rounds == [2]  # the first round and the request's
             agent.stop()
     (skipped,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert re.fullmatch(r"scheduled sync skipped: a sync for pid \d+ is running", skipped)

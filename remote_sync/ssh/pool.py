@@ -1336,7 +1336,8 @@ class SSHPool:
         #: Counts the opens and closes of channels, in any slot: a channel's share (see
         #: channel_share) is worked out again only when it moved.
         self._channel_changes = 0
-        #: What callers learned about a host over one connection (see note), gone with it.
+        #: What callers learned about a host over one connection (see set_note, note_of),
+        #: gone with it: a new connection (a reconnect, a changed ssh_config) starts with none.
         self._notes: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, dict[str, str]] = (
             weakref.WeakKeyDictionary()
         )
@@ -1479,16 +1480,6 @@ class SSHPool:
         if slot is None or slot.conn is None:
             return None
         return tcp_round_trip(slot.conn.get_extra_info("socket"))
-
-    def note(self, endpoint: Endpoint, key: str) -> str | None:
-        """What :meth:`set_note` last kept under ``key`` for the connection the next operation
-        on ``endpoint`` would use; None when nothing was, or there is no live connection. A
-        new connection (a reconnect, a changed ssh_config) starts with no notes: what was
-        learned over one is not taken to hold for the host behind the next."""
-        slot = self._slots.get(endpoint)
-        if slot is None or slot.conn is None or slot.stale:
-            return None
-        return self.note_of(slot.conn, key)
 
     def note_of(self, conn: asyncssh.SSHClientConnection, key: str) -> str | None:
         """What :meth:`set_note` kept under ``key`` for ``conn`` (None when nothing was, or it

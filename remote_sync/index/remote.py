@@ -97,6 +97,7 @@ from ..formats.readers import get_reader
 from ..inventory import Host
 from ..mirror import remote_ops
 from ..mirror.remote_ops import (
+    DD_BYTES_PROBE_SH,
     ENTER_ROOT_SH,
     EXIT_ROOT_UNUSABLE,
     START_POINT_SH,
@@ -301,10 +302,12 @@ esac
 # $RS_BLOCK bytes, each twice the last up to show.TAIL_MAX_BLOCK (16 MiB), until the start of
 # the file or until the client stops reading. A short block (the file shrank) ends early.
 # The size comes from stat and each block from the file opened anew, read by one dd that
-# seeks and counts bytes where dd can, else by dd seeking and head reading: BusyBox's
-# "tail -c +N" reads the file from its start up to N, and its "wc -c" reads all of it.
+# seeks and counts bytes where dd can (probed as the sync's fetch probes it), else by dd
+# seeking and head reading: BusyBox's "tail -c +N" reads the file from its start up to N,
+# and its "wc -c" reads all of it.
 _SHOW_BATCH = (
     UNDER_SYMLINK_SH
+    + DD_BYTES_PROBE_SH
     + r"""m=$REMOTE_SYNC_MARKER
 for f do
     printf '%s C %s\0' "$m" "$f"
@@ -342,12 +345,9 @@ if [ "$RS_MODE" = head ]; then
     if cat -- "$f"; then printf '%s E\n' "$m"; else printf '%s X\n' "$m"; fi
     exit 0
 fi
-dd_bytes=
-if dd iflag=skip_bytes,count_bytes bs=1 count=0 status=none </dev/null >/dev/null 2>&1; then
-    dd_bytes=y
-fi
+probe_dd_bytes
 read_block() {
-    if [ -n "$dd_bytes" ] && [ "$start" -le 2147483647 ]; then
+    if [ "$dd_bytes" = y ] && [ "$start" -le 2147483647 ]; then
         dd iflag=skip_bytes,count_bytes bs=65536 skip="$start" count="$len" status=none
     else
         blocks=$((start / 65536))

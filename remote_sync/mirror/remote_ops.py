@@ -137,6 +137,7 @@ from .fetch_events import (
 
 __all__ = [
     "BATCH_BYTES",
+    "DD_BYTES_PROBE_SH",
     "ENTER_ROOT_SH",
     "EXIT_ROOT_UNUSABLE",
     "FETCH_GROWTH_SLACK",
@@ -360,17 +361,23 @@ _FIND_PROBE_SH = r"""probe_find() {
     fi
 }
 """
-_FETCH_PROBES_SH = r"""probe_dd_bytes() {
+# probe_dd_bytes is also what `sessions show --remote` reads a block of a file with, one dd
+# seeking and counting bytes where it can (index.remote's _SHOW_BATCH).
+DD_BYTES_PROBE_SH = r"""probe_dd_bytes() {
     if dd iflag=skip_bytes,count_bytes bs=1 count=0 status=none </dev/null >/dev/null 2>&1; then
         dd_bytes=y
     else
         dd_bytes=n
     fi
 }
-probe_head_q() {
+"""
+_FETCH_PROBES_SH = (
+    DD_BYTES_PROBE_SH
+    + r"""probe_head_q() {
     if head -q -c 1 /dev/null /dev/null >/dev/null 2>&1; then head_q=y; else head_q=n; fi
 }
 """
+)
 
 # After the root, "$@" are the start points, already normalized by listing_argv (relative, no
 # "..", no empty or "." components, or exactly "."). Each gets a "./" prefix so find never takes

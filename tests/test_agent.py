@@ -34,6 +34,7 @@ from bbtools import applet_dir
 from sshfleet import SSHFleet
 from synchelp import (
     SESSIONS,
+    append,
     cli_process,
     expected_tree,
     make_openclaw_tree,
@@ -451,6 +452,54 @@ async def test_a_round_whose_connection_is_replaced_is_told_nothing_of_the_old_o
         assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
         assert asked == [busybox_found]
     assert mirror_tree(dest, "h0") == expected_tree(fleet.path("h0"))
+
+
+async def test_a_follow_up_in_a_round_is_told_the_tools_the_round_found(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transcript rewritten after the round listed it is fetched again, whole, by a
+    follow-up command in the same round. Over the kept connection the round knows the host's
+    dd and head (it was told them): the follow-up is told them too, and runs neither's probe,
+    where each of its batches probed dd (and head for its digests) again."""
+    inv, dest = agent_setup
+    hosts = load_inventory(inv).select(["h0"])
+    rel = SESSIONS.format(agent="agent0") + "/sess-0-0.jsonl"
+    remote = fleet.path("h0", rel)
+    log = fleet.root / "tools.log"
+    log.write_bytes(b"")
+    log.chmod(0o666)  # the hosts' login user writes it
+    bindir = fleet.root / "logging-tools"
+    bindir.mkdir()
+    for name in ("dd", "head"):  # each writes its arguments to the log, then runs
+        real = shutil.which(name)
+        (bindir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\nexec {real} "$@"\n')
+        (bindir / name).chmod(0o755)
+    real_plan, real_fetch_argv = engine.make_plan, engine.fetch_argv
+    rewritten = b'{"type":"message","rewritten":true}\n' * 400
+
+    def plan_then_rewrite(*args: Any, **kwargs: Any) -> Any:
+        plan = real_plan(*args, **kwargs)
+        remote.write_bytes(rewritten)  # in place: the append's overlap no longer matches
+        return plan
+
+    def logged(*args: Any, **kwargs: Any) -> list[str]:  # the follow-up's command alone
+        return ["env", f"PATH={bindir}:/usr/bin:/bin", *real_fetch_argv(*args, **kwargs)]
+
+    async with SSHPool() as pool:
+        assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore, pool=pool)).exit_code == 0
+        found = _tools_noted(pool, hosts[0].endpoint)
+        assert found is not None and found[1:] == "yy"  # GNU dd and head
+        append(fleet, "h0", rel, b'{"type":"message","n":1}\n' * 10)  # planned as an append
+        monkeypatch.setattr(engine, "make_plan", plan_then_rewrite)
+        monkeypatch.setattr(engine, "fetch_argv", logged)
+        events: list[Event] = []
+        summary = await sync_fleet(hosts, SyncOptions(dest=dest), events.append, pool=pool)
+    assert summary.exit_code == 0, [e for e in events if isinstance(e, ErrorEvent)]
+    assert (dest / "h0" / rel).read_bytes() == rewritten
+    ran = log.read_text()
+    assert "dd " in ran  # the follow-up ran, and read with dd
+    assert "iflag=skip_bytes,count_bytes bs=1 count=0" not in ran, ran  # dd's probe
+    assert "-q -c 1 /dev/null" not in ran, ran  # head's
 
 
 def test_the_recap_through_the_agent_is_a_direct_runs(agent_setup: tuple[Path, Path]) -> None:

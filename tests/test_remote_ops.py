@@ -2379,6 +2379,35 @@ def test_local_round_told_its_tools_probes_none(toolset: Runner, tmp_path: Path)
     assert isinstance(digest, HeadDigest) and digest_again == digest
 
 
+@pytest.mark.parametrize("toolset", ["gnu", "busybox"], indirect=True)
+def test_local_fetch_told_the_rounds_tools_probes_none(toolset: Runner, tmp_path: Path) -> None:
+    """A fetch of its own (a round's follow-up) told what the round found of dd and head
+    starts neither's probe, and reads what a fetch that probes them reads."""
+    root = tmp_path / "root"
+    root.mkdir()
+    data = b"".join(b'{"n":%d}\n' % i for i in range(600))
+    (root / "s.jsonl").write_bytes(data)
+    log = tmp_path / "tools.log"
+    runner = logging_tools(toolset, tmp_path / "bin", log)
+    requests = [FetchRequest(b"s.jsonl", 3000, len(data) - 3000, check_batched=True)]
+    found = told_round(runner, root, [], PROBE_TOOLS)[1].tools
+    assert re.fullmatch("[prs][ny][ny]", found)
+    read = []
+    for tools in ("", found):
+        log.write_text("")
+        marker = new_marker()
+        argv = fetch_argv(str(root), tools=tools)
+        rc, out, err = run_local(runner, argv, fetch_stdin(requests, marker))
+        assert rc == 0, err
+        read.append(feed_frames(FrameParser("h", marker.encode(), requests), out, []))
+        probes = [p for p in _TOOL_PROBES[2:] if p in log.read_text()]
+        assert bool(probes) == (tools == ""), (tools, probes)
+    assert read[0] == read[1]
+    assert collect([e for e in read[1] if not isinstance(e, HeadDigest)])[0] == ("End", data[3000:])
+    with pytest.raises(ValueError, match="bad tools word"):
+        fetch_argv(str(root), tools=PROBE_TOOLS)  # a fetch reports nothing: it cannot probe
+
+
 def test_local_round_told_wrong_tools_fails_safe(tmp_path: Path) -> None:
     """Tools that changed since the round that found them: a find without those options gives
     an incomplete listing (said, no deletions), a dd without the byte flags a failed read, never

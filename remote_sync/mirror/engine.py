@@ -645,11 +645,19 @@ class HostSync:
         marker = new_marker()
         parser = FrameParser(self.name, marker.encode(), requests)
         handler = _FrameHandler(self, owners, requests, follow_up=True)
+
+        def argv(conn: asyncssh.SSHClientConnection) -> list[str]:
+            # What the round found of the host's dd and head, when it found them over this
+            # very connection: the follow-up's batches then probe neither again. A new
+            # connection (the round's was lost) may reach a host whose tools changed.
+            tools = self.tools if conn is self.tools_conn else ""
+            return fetch_argv(self.host.source.root, per_batch=self.flush_files, tools=tools)
+
         try:
             async with exec_streaming(
                 self.pool,
                 self.host.endpoint,
-                fetch_argv(self.host.source.root, per_batch=self.flush_files),
+                argv,
                 host=self.name,
                 stdin=fetch_stdin(requests, marker),
                 idle_timeout=self.options.idle_timeout,

@@ -804,13 +804,15 @@ def read_marker_sh(what: str) -> str:
 
 # $1 root, $2 the batch script, $3 the items per batch, $4 the marker, or "" when it is the
 # first line of stdin (read byte by byte by the shell, so xargs gets the rest of stdin
-# intact). Entering the root here, before xargs, gives a clean exit status 3 (xargs would
-# turn it into 123); the batches inherit the directory.
+# intact), $5 the tools word a round found (see _ROUND_SCRIPT; "": the batches probe what
+# they use), which reaches the batches as REMOTE_SYNC_TOOLS. Entering the root here, before
+# xargs, gives a clean exit status 3 (xargs would turn it into 123); the batches inherit the
+# directory.
 _FETCH_SCRIPT = (
     ENTER_ROOT_SH
     + 'REMOTE_SYNC_MARKER=$4\n[ -n "$REMOTE_SYNC_MARKER" ] || '
     + read_marker_sh("fetch marker")
-    + r"""REMOTE_SYNC_TOOLS=
+    + r"""REMOTE_SYNC_TOOLS=$5
 export REMOTE_SYNC_TOOLS
 exec xargs -0 -r -n "$3" sh -c "$2" sh
 """
@@ -1094,18 +1096,27 @@ def new_marker() -> str:
     return secrets.token_hex(16)
 
 
-def fetch_argv(root: str, marker: str | None = None, *, per_batch: int = PER_BATCH) -> list[str]:
+def fetch_argv(
+    root: str, marker: str | None = None, *, per_batch: int = PER_BATCH, tools: str = ""
+) -> list[str]:
     """argv of the multi-file fetch under ``root``; the requests go on stdin (fetch_stdin).
 
     Give the marker here *or* to :func:`fetch_stdin`, not both. On stdin it is preferable:
     a command line is visible to every user of the host (``ps``), and a user who knows the
     marker and can write a file being fetched can forge frames for the files after it.
+
+    ``tools`` is what a round's end line said of the host's tools (as :func:`round_argv`
+    takes it): its batches then probe neither dd nor head, as the round's did not. "" has
+    each batch probe what it uses. Only what was found over the same connection, in the
+    same round or a clean one before, should be passed.
     """
     _check_root(root)
     if marker is not None:
         _check_marker(marker.encode("ascii", "replace"))
+    if tools and not _TOOLS.fullmatch(tools):
+        raise ValueError(f"bad tools word {tools!r}")
     batch = compact_sh(_FETCH_BATCH_SCRIPT)  # an argument: sh_script compacts only $0's
-    return sh_script(_FETCH_SCRIPT, root, batch, _per_batch(per_batch), marker or "")
+    return sh_script(_FETCH_SCRIPT, root, batch, _per_batch(per_batch), marker or "", tools)
 
 
 def fetch_stdin(

@@ -352,6 +352,52 @@ def test_a_link_swapped_in_as_a_sync_opens_the_state_is_refused(
         assert list(state.hosts()) == ["ours"]
 
 
+@pytest.mark.parametrize("back", [False, True], ids=["left", "taken back"])
+def test_a_link_swapped_in_as_a_sync_opens_the_state_is_refused_before_any_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, back: bool
+) -> None:
+    """The same window, with the link naming a database that is not a mirror's state (a
+    user's own, in SQLite's default rollback mode): the look after the open came after the
+    schema was written, so the refused open had turned that database to WAL and added the
+    state's tables to it. The open is now refused before any write: the database is left
+    byte for byte as it was."""
+    from remote_sync.mirror import state as state_module
+
+    dest, _elsewhere = _two_mirrors(tmp_path)
+    db = dest / ".remote-sync" / "state.db"
+    theirs = tmp_path / "notes.db"
+    with contextlib.closing(sqlite3.connect(theirs)) as other:
+        other.execute("CREATE TABLE notes (body TEXT)")
+        other.execute("INSERT INTO notes VALUES ('keep me')")
+        other.commit()
+    before = theirs.read_bytes()
+    real_connect = sqlite3.connect
+
+    def swapped(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        os.rename(db, tmp_path / "aside.db")
+        db.symlink_to(theirs)
+        try:
+            return real_connect(*args, **kwargs)
+        finally:
+            if back:
+                db.unlink()
+                os.rename(tmp_path / "aside.db", db)
+
+    monkeypatch.setattr(state_module.sqlite3, "connect", swapped)
+    said = "changed while it was opened" if back else "is a symbolic link"
+    with pytest.raises(DestinationError, match=f"file state\\.db {said}") as e:
+        MirrorState(dest).open()
+    monkeypatch.undo()
+    assert e.value.path == str(db)
+    assert theirs.read_bytes() == before
+    assert not (tmp_path / "notes.db-wal").exists()
+    if not back:
+        db.unlink()
+        os.rename(tmp_path / "aside.db", db)
+    with MirrorState(dest) as state:  # its own state, untouched
+        assert list(state.hosts()) == ["ours"]
+
+
 @pytest.mark.parametrize("at", ["control directory", "lock file"])
 def test_an_open_over_the_users_quota_says_the_quota_is_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str

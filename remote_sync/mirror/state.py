@@ -1084,7 +1084,14 @@ class MirrorState:
     def _open_db(self) -> None:
         try:
             self._db = self._connect()
+            # Looked at before the first write (the journal mode is one, to the database's
+            # header): a link put at state.db after the look before the open had SQLite write
+            # the schema into the file it named before the look after it refused the open.
+            look_at_db_files(self._control, self.control, _DB_FILES[:1], opened=True)
             self._db.execute("PRAGMA journal_mode=WAL")
+            # A database already in WAL mode has its -wal and -shm open now: they too are
+            # looked at before the schema's statements can write to the -wal.
+            look_at_db_files(self._control, self.control, _DB_FILES[:3], opened=True)
             self._db.executescript(_SCHEMA)
             ensure_index_schema(self._db)
             self._db.execute(

@@ -282,6 +282,56 @@ def test_a_dry_runs_copy_of_the_state_refuses_a_link_at_the_state_database(tmp_p
     assert e.value.path == str(db) and not (tmp_path / "copy.db").exists()
 
 
+def test_a_dry_runs_copy_of_the_state_is_whole_when_a_sync_writes_during_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dry run copies the state while no sync has it open (no -wal): SQLite reads it as a
+    file, unlocked. A sync that commits and closes during the copy (here between two steps of
+    the backup: its checkpoint rewrites the file) gave a copy of pages from two versions of
+    the database, "Rowid out of order" and rows missing from an index. The copy is taken
+    again, whole, of the database as the sync left it."""
+    from remote_sync.mirror import state as state_module
+    from remote_sync.mirror.state import copy_state
+
+    dest = tmp_path / "m"
+    with MirrorState(dest) as state:
+        state.db.executemany(
+            "INSERT INTO meta VALUES (?, ?)", ((f"k{i}", "old" * 20) for i in range(3000))
+        )
+    source = dest / ".remote-sync" / "state.db"
+    assert not source.with_name("state.db-wal").exists()  # read as a file, then
+    real_connect = sqlite3.connect
+    synced = []
+
+    def sync_commits() -> None:
+        with MirrorState(dest) as state:  # a sync's open, commit and close (its checkpoint)
+            state.db.execute("UPDATE meta SET value = ? WHERE key LIKE 'k%'", ("new" * 30,))
+            state.db.executemany(
+                "INSERT INTO meta VALUES (?, ?)", ((f"k{i}", "new" * 30) for i in range(3000, 4000))
+            )
+        synced.append(True)
+
+    class Stepped(sqlite3.Connection):
+        def backup(self, target: sqlite3.Connection, **_kwargs: Any) -> None:
+            def between_steps(_status: int, _remaining: int, _total: int) -> None:
+                if not synced:
+                    sync_commits()
+
+            super().backup(target, pages=5, progress=between_steps)
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real_connect(*args, **kwargs, factory=Stepped)
+
+    monkeypatch.setattr(state_module.sqlite3, "connect", connect)
+    copy_state(source, tmp_path / "copy.db")
+    monkeypatch.undo()
+    assert synced
+    with contextlib.closing(sqlite3.connect(tmp_path / "copy.db")) as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        values = "SELECT value, count(*) FROM meta WHERE key LIKE 'k%' GROUP BY value"
+        assert copy.execute(values).fetchall() == [("new" * 30, 4000)]
+
+
 @pytest.mark.parametrize("back", [False, True], ids=["left", "taken back"])
 def test_a_link_swapped_in_as_a_reader_opens_the_state_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], back: bool

@@ -611,7 +611,15 @@ def refuse_nested(dest: Path) -> None:
 def copy_state(source: Path, target: Path) -> None:
     """A consistent copy of the state database ``source`` (read-only: it is not locked,
     upgraded or written; a sync may be running). For a dry run, which must change nothing.
-    Its files are looked at as a reader's are (:class:`StateReader`): a link refused."""
+    Its files are looked at as a reader's are (:class:`StateReader`): a link refused.
+
+    Copied with SQLite's backup, which reads one snapshot where a sync has the database
+    open (its ``-wal`` there). Where none had it open, the database is read ``immutable``
+    (:func:`~remote_sync.index.store.read_only_uri`), unlocked, as a reader reads it, and a
+    sync that started and checkpointed its commits into the file during the copy gave pages
+    of two versions of the B-tree: a torn copy ("out of order" rows, a broken index). As a
+    reader does, the copy is taken again, over the copy before, unless the files are the ones
+    it started with, at most :data:`REREADS` times."""
     try:
         control = enter_control_dir(source.parent)
     except OSError as exc:
@@ -621,29 +629,49 @@ def copy_state(source: Path, target: Path) -> None:
             hint="check its permissions; a sync (not a dry run) says more",
         ) from exc
     try:
-        look_at_db_files(control, source.parent, _DB_FILES[:3])
-        # Not resolved itself: a link at its name is what the look after the open refuses.
-        uri = read_only_uri(source.parent.resolve() / source.name)
-        src = sqlite3.connect(uri, uri=True)
-        try:
-            dst = sqlite3.connect(target)
-            try:
-                src.backup(dst)
-            finally:
-                dst.close()
-            # Read immutable, SQLite opened the database file alone.
-            opened = _DB_FILES[:1] if uri.endswith("immutable=1") else _DB_FILES[:3]
-            look_at_db_files(control, source.parent, opened, opened=True)
-        finally:
-            src.close()
-    except sqlite3.Error as exc:
+        for _ in range(REREADS):
+            if _copied_steady(control, source, target):
+                return
         raise StateError(
-            f"cannot read the state database: {exc}",
+            "the state database kept changing while it was copied",
+            path=str(source),
+            hint="syncs started and ended faster than it could be copied: run the dry run again",
+        )
+    except (sqlite3.Error, OSError) as exc:  # OSError: moved away between two looks
+        reason = (exc.strerror or exc) if isinstance(exc, OSError) else exc
+        raise StateError(
+            f"cannot read the state database: {reason}",
             path=str(source),
             hint="check its permissions; a sync (not a dry run) says more",
         ) from exc
     finally:
         os.close(control)
+
+
+def _copied_steady(control: int, source: Path, target: Path) -> bool:
+    """Copy ``source`` over ``target`` once (see :func:`copy_state`): whether the copy is of
+    one snapshot, False when a sync may have changed the file while it was read unlocked."""
+    look_at_db_files(control, source.parent, _DB_FILES[:3])
+    before = _stamp(source)
+    # Not resolved itself: a link at its name is what the look after the open refuses.
+    uri = read_only_uri(source.parent.resolve() / source.name)
+    immutable = uri.endswith("immutable=1")
+    src = sqlite3.connect(uri, uri=True)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+        # Read immutable, SQLite opened the database file alone.
+        opened = _DB_FILES[:1] if immutable else _DB_FILES[:3]
+        look_at_db_files(control, source.parent, opened, opened=True)
+    finally:
+        src.close()
+    # Through a -wal, the backup held a read transaction: one snapshot, whatever was
+    # committed or checkpointed meanwhile. Read as a file, only the same files say so (a -wal
+    # there now, or gone since the stamp, is a sync that ran meanwhile).
+    return not immutable or _stamp(source) == before
 
 
 def kept_times(

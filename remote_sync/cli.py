@@ -553,14 +553,14 @@ def _add_check(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = _join_dashed_values(sys.argv[1:] if argv is None else argv)
-    if not words:
-        # Nothing asked: the help says what there is and what to type first, where argparse
-        # alone says only that a command is required. Still a usage error for a script.
-        build_parser().print_help(sys.stderr)
-        return EXIT_USAGE
     _Parser.json_wanted = wants_json(words)
-    _escape_what_the_locale_cannot_encode()
     try:
+        if not words:
+            # Nothing asked: the help says what there is and what to type first, where
+            # argparse alone says only that a command is required. A usage error for a script.
+            build_parser().print_help(sys.stderr)
+            return EXIT_USAGE
+        _escape_what_the_locale_cannot_encode()
         args = build_parser().parse_args(words)
         # Every command but the agent (whose SIGTERM is its stop, exit 0) takes SIGTERM as
         # a Ctrl-C: `timeout` and systemd stop a run with it, and a reading command or a
@@ -821,26 +821,21 @@ def _terminate_as_interrupt() -> Iterator[None]:
     import signal
     import threading
 
+    from .interrupt import heeded, take_as_ctrl_c
+
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers (a library caller's thread)
         return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        # Whatever a Ctrl-C does now: asyncio's runner cancels the main task (and raises
-        # KeyboardInterrupt once it has wound down); outside the loop, KeyboardInterrupt.
-        on_ctrl_c = signal.getsignal(signal.SIGINT)
-        if not callable(on_ctrl_c):
-            raise KeyboardInterrupt
-        on_ctrl_c(signal.SIGINT, frame)
-
-    if signal.SIGTERM not in _heeded_signals():
+    if not heeded(signal.SIGTERM):
         yield  # ignored by whoever started us: it stays ignored
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, take_as_ctrl_c)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # The console script took SIGTERM so from its start (interrupt.py) for the command
+        # alone: after it, SIGTERM's default action again, as before the command.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is take_as_ctrl_c else previous)
 
 
 @contextlib.contextmanager
@@ -865,13 +860,13 @@ def _signals_received(heeded: Sequence[signal.Signals]) -> Iterator[AsyncIterato
 
 
 def _heeded_signals() -> list[signal.Signals]:
-    """SIGINT and SIGTERM, less those this process was started with ignored. A shell starts a
-    background job (``remote-sync sync ... &`` in a script) with SIGINT ignored, so that a
-    Ctrl-C meant for the foreground leaves it running; as with any Unix tool (and Python's
-    own KeyboardInterrupt), a handler must not undo that."""
+    """SIGINT and SIGTERM, less those this process was started with ignored (which stay
+    ignored: see :func:`remote_sync.interrupt.heeded`)."""
     import signal
 
-    return [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
+    from .interrupt import heeded
+
+    return [s for s in (signal.SIGINT, signal.SIGTERM) if heeded(s)]
 
 
 def run_sync(args: argparse.Namespace) -> int:

@@ -728,6 +728,102 @@ def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(
         assert err.startswith("remote-sync: cancelled by a signal")
 
 
+#: A sitecustomize for ``python -m remote_sync``: a real SIGTERM sent to the process while
+#: ``remote_sync.cli`` is being imported ("load") or while argparse parses the words ("parse"),
+#: as ``timeout`` or systemd may send it to a run that has just started.
+_SIGTERM_AT_START = """
+import argparse, os, signal, sys
+
+at = os.environ.pop("RS_TEST_SIGTERM_AT", "")
+
+class TermOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "remote_sync.cli":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+if at == "load":
+    sys.meta_path.insert(0, TermOnImport())
+elif at == "parse":
+    real_parse = argparse.ArgumentParser.parse_args
+
+    def parse_args(self, *args, **kwargs):
+        argparse.ArgumentParser.parse_args = real_parse
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_parse(self, *args, **kwargs)
+
+    argparse.ArgumentParser.parse_args = parse_args
+"""
+
+
+def _start_terminated(
+    tmp_path: Path, at: str, words: list[str], *, ignored: bool = False
+) -> subprocess.CompletedProcess[bytes]:
+    """``python -m remote_sync WORDS``, sent SIGTERM ``at`` its start (see above); with
+    ``ignored``, started with SIGTERM ignored, as a parent may start it."""
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(_SIGTERM_AT_START)
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path, RS_TEST_SIGTERM_AT=at)
+
+    def ignore_sigterm() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    return subprocess.run(
+        [sys.executable, "-m", "remote_sync", *words],
+        capture_output=True,
+        timeout=60,
+        env=env,
+        preexec_fn=ignore_sigterm if ignored else None,
+    )
+
+
+@pytest.mark.parametrize("at", ["load", "parse"])
+@pytest.mark.parametrize("json_wanted", [False, True])
+def test_sigterm_while_the_command_line_starts_exits_130_without_a_traceback(
+    at: str, json_wanted: bool, tmp_path: Path
+) -> None:
+    """SIGTERM is taken as a Ctrl-C from the console script's first line on: one arriving
+    while the command line's modules are imported or its words parsed exits 130, one line
+    (an error event under --json), where it killed the process (-15) before the command
+    installed its own handler."""
+    words = ["sync", "me@box.invalid", "--dest", str(tmp_path / "m")]
+    done = _start_terminated(tmp_path, at, words + ["--json"] * json_wanted)
+    err = done.stderr.decode()
+    assert done.returncode == 130, (done.returncode, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert not (tmp_path / "m").exists()
+    if json_wanted:
+        event = decode_event(done.stdout.decode().splitlines()[-1])
+        assert isinstance(event, ErrorEvent) and event.kind == "cancelled"
+    else:
+        assert done.stdout == b""
+        assert err.startswith("remote-sync: cancelled by a signal"), err
+
+
+def test_sigterm_ignored_at_the_start_stays_ignored(tmp_path: Path) -> None:
+    """Started with SIGTERM ignored, the command keeps ignoring it: the SIGTERM during its
+    load changes nothing, and it runs to its own end (here: no mirror there, exit 2)."""
+    words = ["sessions", "list", "--dest", str(tmp_path / "none")]
+    done = _start_terminated(tmp_path, "load", words, ignored=True)
+    assert done.returncode == 2, done.stderr
+    assert b"cancelled" not in done.stderr
+
+
+def test_sigterm_while_the_agent_starts_stops_it_as_sigterm_does(tmp_path: Path) -> None:
+    """The agent's SIGTERM is its stop: while it loads, nothing serves yet, and SIGTERM's
+    default action ends it (systemd counts a service killed by SIGTERM as stopped), no
+    cancel reported."""
+    inv = tmp_path / "inventory.toml"
+    inv.write_text('[[hosts]]\nname = "h0"\naddress = "127.0.0.1"\n')
+    words = ["-v", "agent", "--inventory", str(inv), "--dest", str(tmp_path / "m")]
+    done = _start_terminated(tmp_path, "load", words)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert b"cancelled" not in done.stderr
+
+
 def test_ctrl_c_while_parsing_the_command_line_exits_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import random
@@ -770,7 +769,7 @@ def test_a_commits_index_rows_in_one_statement_per_table_are_the_per_session_row
             size = 0 if kind == 3 else facts.bytes
             row = FileState("h0", path, "append", size, size, 1.7e9, 2049, i, b"f" * 16)
             update = IndexUpdate("h0", path, "openclaw", facts, marks, fresh=fresh)
-            out.append(Pending(row, io.BytesIO(), index=None if kind == 2 else update))
+            out.append(Pending(row, -1, index=None if kind == 2 else update))
         return out
 
     with MirrorState(tmp_path / "a") as by_statements, MirrorState(tmp_path / "b") as batched:

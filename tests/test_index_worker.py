@@ -355,14 +355,14 @@ def _pending(state: MirrorState, n: int) -> list[writer.Pending]:
     items = []
     for i in range(n):
         temp = state.temp_path()
-        handle = open(temp, "w+b")  # noqa: SIM115 (closed by make_durable)
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # closed by make_durable
         data = b'{"n":%d}\n' % i
-        handle.write(data)
+        os.write(fd, data)
         row = engine.FileState(
             host="h", path=b"d%d/f%d.jsonl" % (i % 3, i), kind="append", size=len(data),
             remote_size=len(data), mtime=0.0, dev=0, ino=i, fingerprint=data,
         )  # fmt: skip
-        items.append(writer.Pending(row, handle, temp=temp, category="new", bytes=len(data)))
+        items.append(writer.Pending(row, fd, temp=str(temp), category="new", bytes=len(data)))
     return items
 
 
@@ -389,7 +389,7 @@ def test_make_durable_with_and_without_syncfs(
         state.recover()
         few = writer.make_durable(state, _pending(state, 3)).done
         many = writer.make_durable(state, _pending(state, writer.SYNCFS_MIN_FILES)).done
-        assert all(item.handle.closed for item in few + many)
+        assert all(item.fd == -1 for item in few + many)
         for item in few + many:
             local = state.local_path("h", item.row.path)
             assert local.read_bytes() == item.row.fingerprint

@@ -559,7 +559,7 @@ def test_a_dry_run_and_an_append_judge_an_overlap_alike(data: st.DataObject) -> 
             try:
                 for chunk in chunks:
                     writer.write(chunk)
-                writer.finish().handle.close()
+                os.close(writer.finish().fd)
             except RewriteDetected:
                 writer.abort()
                 raise

@@ -845,7 +845,7 @@ def _pieces_handed(
         ours = pending.row.path == path and pending.piece
         if ours:  # before its flush, which may close its descriptor at once, starts
             size = pending.row.size
-            handed.append((size, os.pread(pending.handle.fileno(), size, 0)))
+            handed.append((size, os.pread(pending.fd, size, 0)))
         await real(sync, pending)
         if ours and len(handed) == after and then is not None:
             then()
@@ -1441,8 +1441,8 @@ def test_a_checkpoint_made_in_its_thread_for_a_cancelled_sync_is_taken_back(
             ino=0,
             fingerprint=b"",
         ),
-        open(temp, "w+b"),  # noqa: SIM115 (the checkpoint's copy of a descriptor)
-        temp=temp,
+        os.open(temp, os.O_RDWR | os.O_CREAT, 0o600),  # the checkpoint's copy of a descriptor
+        temp=str(temp),
         piece=True,
     )
     in_thread = threading.Event()
@@ -1476,7 +1476,7 @@ def test_a_checkpoint_made_in_its_thread_for_a_cancelled_sync_is_taken_back(
 
     anyio.run(main)
     assert taken_back == [7]
-    assert made.handle.closed and not temp.exists()
+    assert made.fd == -1 and not temp.exists()
 
 
 @pytest.mark.parametrize("which", [2, 3])

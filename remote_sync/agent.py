@@ -12,7 +12,9 @@ every ``every`` seconds on its own.
 A sync served here is the sync a run of its own would be: it takes the mirror's lock for
 itself (so ``sync --no-agent``, ``versions prune`` and the rest work between the agent's
 syncs, and are refused during them as they are by any run), reports the same events, and is
-cancelled as Ctrl-C cancels one (a ``cancel`` from its client, or the client gone). One sync
+cancelled as Ctrl-C cancels one (a ``cancel`` from its client, or the client gone). One
+difference: when its previous sync ended clean and no other run has opened the mirror since,
+its recovery does not stat the files that sync left clean (``mirror.engine.SyncMemory``). One sync
 at a time: a request while another runs (a client's or a scheduled one) gets the lock's
 error, kind ``locked``, as a second run would. A dry run changes nothing and takes no lock,
 so it runs beside another sync, on a pool of its own, as ever. At most ``MAX_REQUESTS``
@@ -79,7 +81,7 @@ from .events import (
     guarded,
 )
 from .inventory import Host, lists_no_hosts, load_inventory
-from .mirror.engine import SyncOptions, sync_fleet
+from .mirror.engine import SyncMemory, SyncOptions, sync_fleet
 from .mirror.state import open_control_dir, open_lock, refuse_nested
 from .ssh.pool import Endpoint, PoolSettings, SSHPool
 from .ssh.remote import check_concurrency, checked_idle_timeout
@@ -138,6 +140,8 @@ class Agent:
         self._stopping: anyio.Event | None = None  # made in serve's event loop
         self._stop_asked = False
         self._pools: dict[bool, SSHPool] = {}
+        #: What its last sync left clean, for the next one's recovery (see SyncMemory).
+        self._memory = SyncMemory()
 
     def stop(self) -> None:
         """Cancel the syncs running (as Ctrl-C does), then stop serving: :meth:`serve`
@@ -506,8 +510,16 @@ class Agent:
         self._refuse_if_stopping()
         self._running += 1
         try:
+            # A dry run (no pool) works on a copy of the state: nothing to remember.
+            memory = self._memory if pool is not None else None
             return await sync_fleet(
-                hosts, options, emit, registry=self.registry, transfer_id=transfer, pool=pool
+                hosts,
+                options,
+                emit,
+                registry=self.registry,
+                transfer_id=transfer,
+                pool=pool,
+                memory=memory,
             )
         finally:
             self._running -= 1

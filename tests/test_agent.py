@@ -9,6 +9,7 @@ sshd logs ("Accepted publickey"), one line per SSH connection sshd accepted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from synchelp import (
 from remote_sync import agent as agent_module
 from remote_sync.agent import Agent
 from remote_sync.agent_link import SyncRequest
+from remote_sync.cancel import CancelToken
 from remote_sync.errors import AgentError, ConfigError, DestinationError, MirrorError
 from remote_sync.events import (
     Emit,
@@ -61,6 +63,7 @@ from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine
 from remote_sync.mirror.engine import SyncOptions, sync_fleet
 from remote_sync.mirror.remote_ops import PROBE_TOOLS
+from remote_sync.mirror.state import MirrorState
 from remote_sync.ssh.pool import Endpoint, SSHPool
 
 SOCKET = Path(".remote-sync") / "agent.sock"
@@ -500,6 +503,189 @@ async def test_a_follow_up_in_a_round_is_told_the_tools_the_round_found(
     assert "dd " in ran  # the follow-up ran, and read with dd
     assert "iflag=skip_bytes,count_bytes bs=1 count=0" not in ran, ran  # dd's probe
     assert "-q -c 1 /dev/null" not in ran, ran  # head's
+
+
+def _recovered(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The hosts whose files each recovery from now on looks at one by one."""
+    seen: list[list[str]] = []
+    real = MirrorState.recover
+
+    def recording(self: MirrorState, hosts: Iterable[str] | None = None) -> list[str]:
+        names = sorted(hosts) if hosts is not None else ["every host"]
+        seen.append(names)
+        return real(self, names if hosts is not None else None)
+
+    monkeypatch.setattr(MirrorState, "recover", recording)
+    return seen
+
+
+async def test_a_sync_after_its_processs_own_clean_one_does_not_look_at_its_files_again(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's syncs remember what the last one left clean: the next one's recovery
+    looks only at the hosts it did not sync (a dry run between, on a copy, changes nothing),
+    and the mirror is still exact."""
+    inv, dest = agent_setup
+    recovered = _recovered(monkeypatch)
+    inventory = load_inventory(inv)
+    memory = engine.SyncMemory()
+    async with SSHPool() as pool:
+        for names, dry_run in [
+            (["h0"], False),
+            (["h0", "h1"], False),
+            (["h0", "h1"], False),
+            (["h0", "h1"], True),
+            (["h1"], False),
+            (["h0", "h1"], False),
+        ]:
+            if names == ["h1"]:
+                fleet.write("h0", f"{SESSIONS.format(agent='agent0')}/new.jsonl", b'{"n":1}\n')
+            options = SyncOptions(dest=dest, dry_run=dry_run)
+            hosts = inventory.select(names)
+            summary = await sync_fleet(hosts, options, _ignore, pool=pool, memory=memory)
+            assert summary.exit_code == 0
+    assert recovered == [["h0"], ["h1"], [], [], []]
+    for name in ("h0", "h1"):
+        assert mirror_tree(dest, name) == expected_tree(fleet.path(name))
+
+
+@pytest.mark.parametrize(
+    "between", ["direct sync", "prune", "index rebuild", "failed sync", "cancelled sync"]
+)
+async def test_after_another_run_or_a_sync_not_clean_the_next_looks_at_every_file(
+    fleet: SSHFleet,
+    agent_setup: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    between: str,
+) -> None:
+    """Any other run that held the mirror's lock between two of the agent's syncs (a sync of
+    its own, ``versions prune``, ``index rebuild``), or a sync of the agent's own that did not
+    end clean (a host failed, it was cancelled), leaves the next a whole recovery."""
+    from remote_sync.cli import main
+
+    inv, dest = agent_setup
+    hosts = load_inventory(inv).select(["h0", "h1"])
+    hidden = Path(fleet.path("h0", SESSIONS.format(agent="agent1")))
+    memory = engine.SyncMemory()
+    recovered = _recovered(monkeypatch)
+
+    async def sync(code: int, token: CancelToken | None = None) -> None:
+        options = SyncOptions(dest=dest)
+        summary = await sync_fleet(hosts, options, _ignore, pool=pool, memory=memory, token=token)
+        assert summary.exit_code == code
+
+    async with SSHPool() as pool:
+        await sync(0)
+        if between == "direct sync":  # as `sync --no-agent` runs it: a pool of its own
+            assert (await sync_fleet(hosts, SyncOptions(dest=dest), _ignore)).exit_code == 0
+        elif between in ("prune", "index rebuild"):
+            argv = ["versions", "prune", "-d", str(dest), "--keep-last", "1"]
+            if between == "index rebuild":
+                argv = ["index", "rebuild", "-d", str(dest)]
+            assert await anyio.to_thread.run_sync(main, argv) == 0
+        elif between == "failed sync":
+            hidden.chmod(0o000)  # a directory find cannot read: h0's round fails
+            try:
+                await sync(1)
+            finally:
+                hidden.chmod(0o755)
+        else:
+            token = CancelToken("cancelled")
+            token.cancel()
+            await sync(130, token)
+        await sync(0)
+        await sync(0)
+    expected = [["h0", "h1"], ["h0", "h1"], []]
+    if between in ("direct sync", "failed sync", "cancelled sync"):
+        expected.insert(1, ["h0", "h1"] if between == "direct sync" else [])
+    assert recovered == expected
+    for name in ("h0", "h1"):
+        assert mirror_tree(dest, name) == expected_tree(fleet.path(name))
+
+
+_KILLED_MID_SYNC = """
+import os, signal, sys
+from remote_sync.mirror.state import MirrorState
+state = MirrorState(sys.argv[1])
+state.open()  # the lock taken, this open counted, as a sync's open does
+with open(sys.argv[2], "ab") as out:
+    out.write(b'{"type":"message","partial')  # written, never committed
+    out.flush()
+    os.fsync(out.fileno())
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("run", ["killed", "older version"])
+async def test_bytes_another_run_left_past_a_checkpoint_are_cut_back_by_the_next_sync(
+    fleet: SSHFleet,
+    agent_setup: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    run: str,
+) -> None:
+    """Between two of the agent's syncs another run wrote past a file's checkpoint: a run of
+    this version killed (SIGKILL) mid-sync, or a run of an older version, which knows
+    nothing of the count of opens and left its bytes behind (a host of its failed). The next
+    sync recovers every file, and that file is cut back to its checkpoint."""
+    import fcntl
+
+    inv, dest = agent_setup
+    hosts = load_inventory(inv).select(["h0", "h1"])
+    rel = f"{SESSIONS.format(agent='agent0')}/sess-0-0.jsonl"
+    local = dest / "h0" / rel
+    memory = engine.SyncMemory()
+    recovered = _recovered(monkeypatch)
+    async with SSHPool() as pool:
+        assert (
+            await sync_fleet(hosts, SyncOptions(dest), _ignore, pool=pool, memory=memory)
+        ).exit_code == 0
+        size = local.stat().st_size
+        if run == "killed":
+            child = subprocess.run(
+                [sys.executable, "-c", _KILLED_MID_SYNC, str(dest), str(local)], check=False
+            )
+            assert child.returncode == -signal.SIGKILL
+        else:
+            # Some milliseconds on: a file system whose times tick coarsely gives the lock
+            # file another time than the agent's close gave it.
+            time.sleep(0.05)
+            fd = os.open(dest / ".remote-sync" / "lock", os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.pwrite(fd, b"4321\n", 0)  # an older version's holder line: its pid
+                with open(local, "ab") as out:
+                    out.write(b'{"type":"message","partial')
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
+        assert local.stat().st_size > size
+        with caplog.at_level(logging.WARNING, logger="remote_sync.mirror.engine"):
+            summary = await sync_fleet(hosts, SyncOptions(dest), _ignore, pool=pool, memory=memory)
+        assert summary.exit_code == 0
+    assert recovered == [["h0", "h1"], ["h0", "h1"]]
+    assert any("cut back to the checkpoint" in r.getMessage() for r in caplog.records)
+    assert local.stat().st_size == size
+    for name in ("h0", "h1"):
+        assert mirror_tree(dest, name) == expected_tree(fleet.path(name))
+
+
+async def test_the_agent_remembers_its_clean_sync_for_the_next_and_a_dry_run_changes_nothing(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent hands its syncs what the last one left clean: the second sync it serves
+    looks at no file, a dry run between notwithstanding."""
+    inv, dest = agent_setup
+    recovered = _recovered(monkeypatch)
+    agent = Agent(inv, dest)
+    async with _serving(agent, 120):
+        for dry_run in (False, True, False):
+            ask = functools.partial(_asked, dest, inv, hosts=["h0", "h1"], dry_run=dry_run)
+            events = await anyio.to_thread.run_sync(ask)
+            assert isinstance(events[-1], Summary) and events[-1].exit_code == 0
+    assert recovered == [["h0", "h1"], []]
+    for name in ("h0", "h1"):
+        assert mirror_tree(dest, name) == expected_tree(fleet.path(name))
 
 
 def test_the_recap_through_the_agent_is_a_direct_runs(agent_setup: tuple[Path, Path]) -> None:

@@ -738,3 +738,54 @@ def test_a_folder_grouped_once_finds_each_files_versions_as_a_scan_of_it_did(
                 scanned[int(match[1])] = entry
         assert state_module.numbered_versions(b"d/" + name, groups) == scanned
         assert set(scanned) == set(numbers)
+
+
+def _held_by_another_run(dest: Path) -> None:
+    """What any run, of any version, does to the lock file while it holds it: its holder
+    line written once it has the lock, emptied when it closes."""
+    import fcntl
+
+    fd = os.open(dest / ".remote-sync" / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.pwrite(fd, b"4321 0123456789abcdef other\n", 0)
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def test_every_open_is_counted_and_one_of_an_older_state_starts_the_count(tmp_path: Path) -> None:
+    dest = tmp_path / "m"
+    counted = []
+    for _ in range(3):
+        with MirrorState(dest) as state:
+            counted.append(state.opens)
+    assert counted == [1, 2, 3]
+    with sqlite3.connect(dest / ".remote-sync" / "state.db") as db:
+        db.execute("DELETE FROM meta WHERE key = 'opens'")  # as an older remote-sync left it
+    with MirrorState(dest) as state:
+        assert state.opens == 1
+
+
+@pytest.mark.parametrize("between", ["nothing", "an open", "an older run", "a deleted count"])
+def test_a_state_closed_clean_is_trusted_only_if_no_other_run_held_it_since(
+    tmp_path: Path, between: str
+) -> None:
+    """What a process's clean close left is trusted by its next open only when no other run
+    has held the lock since: one of this version counts itself; one of an older version (it
+    knows no count) is seen by the lock file it wrote and emptied."""
+    dest = tmp_path / "m"
+    with MirrorState(dest) as state:
+        assert state.clean_since(None) == frozenset()
+    last = state.closed_clean(["h", "g"])
+    assert last is not None and last.hosts == {"h", "g"}
+    if between == "an open":
+        with MirrorState(dest):
+            pass
+    elif between == "an older run":
+        _held_by_another_run(dest)
+    elif between == "a deleted count":
+        with sqlite3.connect(dest / ".remote-sync" / "state.db") as db:
+            db.execute("DELETE FROM meta WHERE key = 'opens'")
+    with MirrorState(dest) as state:
+        assert state.clean_since(last) == ({"h", "g"} if between == "nothing" else frozenset())

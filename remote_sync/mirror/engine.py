@@ -120,6 +120,7 @@ from .root_probe import probed_root_error
 from .state import (
     CONTROL_DIR,
     FINGERPRINT_BYTES,
+    CleanClose,
     FileState,
     MirrorState,
     copy_state,
@@ -241,6 +242,14 @@ class HostRound:
     error: RemoteSyncError | None = None
     started: float = field(default_factory=time.monotonic)
     done: HostDone | None = None
+    #: Something was given up or cut short (a writer aborted, a fetched file dropped): it
+    #: may have left bytes past a checkpoint for recovery, even in a round that went well.
+    gave_up: bool = False
+
+    @property
+    def clean(self) -> bool:
+        """Every file of the host as its checkpoint says, without recovery (see SyncMemory)."""
+        return self.error is None and not self.files.failed and not self.gave_up
 
     @property
     def status(self) -> str:
@@ -748,6 +757,7 @@ class HostSync:
             if rows:  # none in a batch of appends: no trip to the writes' thread
                 await self.writes.run(lambda state: state.mark_in_doubt(rows))
         except BaseException:
+            self.result.gave_up = True
             discard(items)  # nothing of this batch was renamed: temp files and fds go
             raise
         self.inflight = _Flush(self.state, items)
@@ -767,6 +777,8 @@ class HostSync:
         finally:
             # Left only when a flush failed: the host's round is over, nothing more is tried.
             left = self.batch.take()
+            if left:
+                self.result.gave_up = True
             discard(left)
             if any(item.cut_back is not None for item in left):  # rare: no thread otherwise
                 await in_thread(_cut_back, self.state, left)
@@ -1649,6 +1661,7 @@ class _FrameHandler:
         return kept
 
     def _give_up(self, index: int, pending: Pending) -> None:
+        self.sync.result.gave_up = True
         t = self.transfers[index]
         pieces = self.pieces
         if pieces is not None and pieces.transfer is t:
@@ -1669,6 +1682,7 @@ class _FrameHandler:
         committed (its flush is over and failed), the writer cuts back to what is committed,
         not to that piece; while its flush runs, that flush decides (see
         :meth:`_left_to_its_flush`)."""
+        self.sync.result.gave_up = True
         self.pieces = None
         if pieces.last is not None and self.sync.never_committed(pieces.last):
             pieces.writer.withdrawn()
@@ -1697,6 +1711,7 @@ class _FrameHandler:
     def _abort(self, writer: AppendWriter | WholeWriter) -> None:
         """``writer.abort()`` in a path that already fails, or fails its file: its error must
         not hide that one (what abort leaves past the checkpoint, recovery cuts back)."""
+        self.sync.result.gave_up = True
         try:
             writer.abort()
         except OSError as exc:
@@ -1714,6 +1729,7 @@ class _FrameHandler:
     def _drop(self) -> None:
         writer, self.writer = self.writer, None
         if writer is not None:
+            self.sync.result.gave_up = True
             pieces = self.pieces
             if pieces is not None and pieces.writer is writer:
                 self.pieces = None  # its file fails or is fetched again: no piece comes
@@ -1729,6 +1745,7 @@ class _FrameHandler:
         last piece handed to the commit (which stays: its digest agreed)."""
         pieces, self.pieces = self.pieces, None
         if pieces is not None:
+            self.sync.result.gave_up = True
             if self.writer is pieces.writer:
                 self.writer = None
             self._left_to_its_flush(pieces)
@@ -2024,6 +2041,17 @@ async def in_thread(work: Callable[[*Args], T], *args: *Args) -> T:
     return outcome[0]
 
 
+@dataclass
+class SyncMemory:
+    """What a process that syncs one destination again and again (the agent) keeps between
+    its syncs: what its last sync left clean (:class:`~.state.CleanClose`), whose hosts the
+    next sync's recovery does not stat file by file when no other run has held the lock
+    since (:meth:`~.state.MirrorState.clean_since`). A sync forgets it as it starts and
+    remembers it again only when every host's round ended clean, nothing cancelled."""
+
+    last: CleanClose | None = None
+
+
 async def sync_fleet(
     hosts: Sequence[Host],
     options: SyncOptions,
@@ -2033,6 +2061,7 @@ async def sync_fleet(
     registry: CancelRegistry | None = None,
     transfer_id: str | None = None,
     pool: SSHPool | None = None,
+    memory: SyncMemory | None = None,
 ) -> Summary:
     """Sync every host into ``options.dest``; returns the summary (also emitted).
 
@@ -2040,8 +2069,18 @@ async def sync_fleet(
     it, used here and left open; ``options.pool`` is then unused. A dry run ignores it and
     opens a pool of its own, as always: its pool must not record new host keys, and its
     connections are not worth keeping. Without one, the round opens and closes its own.
-    Either way the round takes the destination's lock for itself, as a run of its own."""
+    Either way the round takes the destination's lock for itself, as a run of its own.
+
+    ``memory``: kept by the caller between its syncs of this destination (the agent's); a
+    dry run neither reads nor changes it."""
     started = time.monotonic()
+    last: CleanClose | None = None
+    if memory is not None and not options.dry_run:
+        # Forgotten until this sync ends clean: a failure, a cancel or a crash in between
+        # leaves the next sync a full recovery.
+        last, memory.last = memory.last, None
+    else:
+        memory = None
     # Read once for every host's round; a bad REMOTE_SYNC_PIECE_BYTES is a usage error before
     # any host is asked.
     pieces = piece_bytes()
@@ -2087,9 +2126,12 @@ async def sync_fleet(
         state = await _state_for(options, stack)
         writes = await stack.enter_async_context(_opened(state))
         _check_sources(state, hosts)
+        clean = state.clean_since(last)
         if not options.dry_run:  # a dry run changes nothing, repairs included
-            names = [h.name for h in hosts]
-            # A stat of every mirrored file: a quarter of a second at 20,000 files.
+            # A stat of every mirrored file: a quarter of a second at 20,000 files. Not of
+            # the hosts this process's last sync left clean, if no run has opened the state
+            # since (the agent's, 27 ms a round of a 4,080 files' fleet).
+            names = [h.name for h in hosts if h.name not in clean]
             for note in await writes.run(lambda recovered: recovered.recover(names)):
                 log.warning("recovery: %s", note)
         limiter = anyio.CapacityLimiter(max(1, options.concurrency))
@@ -2127,6 +2169,14 @@ async def sync_fleet(
                 for host in hosts:
                     tg.start_soon(one, host)
     rounds = [results[h.name] for h in hosts if h.name in results]
+    if (
+        memory is not None
+        and not tok.cancelled
+        and len(rounds) == len(hosts)
+        and all(r.clean for r in rounds)
+    ):
+        # The state is closed (its lock released) by now, as the state recorded it.
+        memory.last = state.closed_clean(clean | {h.name for h in hosts})
     return _summary(rounds, options, started, cancelled=tok.cancelled, emit=emit)
 
 

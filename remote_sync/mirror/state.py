@@ -8,7 +8,10 @@ remote size, identity, prefix fingerprint, mtime and version), the ``versions`` 
 each kept version was kept), the state read without the lock (:class:`StateReader`, which
 reads again what a sync starting meanwhile spoilt), and crash recovery: on open,
 bytes beyond a checkpoint are cut back and stray temp files removed, so a run killed at any
-instant resumes exactly. A first open that fails (a full disk, no permission) takes back the
+instant resumes exactly. Every open under the lock is counted (meta row ``opens``), so that a
+process syncing again and again (the agent) can tell no other run held the lock since its own
+clean close, and skip recovery's look at the files it left (:class:`CleanClose`). A first
+open that fails (a full disk, no permission) takes back the
 directories, lock file and database it created, so that the folder does not pass for a
 mirror; a database that was there is never removed.
 
@@ -352,6 +355,34 @@ class _LockHolder:
 #: How many times an open takes the lock again when a failed open of another run took the
 #: lock file (or the directory) back under it.
 _LOCK_TRIES = 10
+
+#: The lock file as a close left it or an open found it: device, inode, size, mtime and
+#: ctime (ns). Every run, of any version, writes its holder line into it when it takes the
+#: lock and empties it when it closes, which changes the times (and the size, until a close).
+LockLook = tuple[int, int, int, int, int]
+
+
+@dataclass(frozen=True)
+class CleanClose:
+    """What a process remembers of the state as its sync closed it clean (every file of
+    ``hosts`` as its checkpoint says: nothing past it, no rename or temp file pending), so
+    that its next sync may skip recovery's stat of those hosts' files (see
+    :meth:`MirrorState.clean_since`): the count of opens the state held then, and the lock
+    file as that close left it. Only in memory: a process that starts anew knows nothing."""
+
+    opens: int
+    lock: LockLook
+    hosts: frozenset[str]
+
+
+def _lock_look(fd: int) -> LockLook | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 #: The state database's files (SQLite makes its journals beside it).
 _DB_FILES = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal")
 
@@ -1012,6 +1043,12 @@ class MirrorState:
         #: worker thread's connection must find at their names (:meth:`for_thread`).
         self._db_files: dict[str, FileId] = {}
         self._db: sqlite3.Connection | None = None
+        #: This open's number among every open of the state under its lock (the meta row
+        #: ``opens``), and the lock file as this open found it and as its close left it: what
+        #: tells a process whether another run held the lock between two of its own.
+        self.opens: int | None = None
+        self._lock_found: LockLook | None = None
+        self._lock_left: LockLook | None = None
 
     # -- opening, locking, recovery -------------------------------------------------------
 
@@ -1135,6 +1172,8 @@ class MirrorState:
             self._db_files = look_at_db_files(
                 self._control, self.control, _DB_FILES[:3], opened=True
             )
+            # Counted once the files are known to be this mirror's own.
+            self.opens = self._count_open()
         except sqlite3.Error as exc:
             if _nearly_full(self.control):
                 # SQLite says "disk I/O error" when it cannot even make its WAL files: the
@@ -1146,6 +1185,42 @@ class MirrorState:
                 hint="check the destination's file system; if the database itself is damaged, "
                 "move it aside (a rerun then fetches every file again)",
             ) from exc
+
+    def _count_open(self) -> int:
+        """Count this open in the meta row ``opens`` (under the lock, so no two runs take one
+        number); returns its number. A state an older remote-sync wrote has no row: it starts
+        at 1, a number no process remembers (see :meth:`clean_since`)."""
+        db = self.db
+        with self.transaction():
+            row = db.execute(
+                "INSERT INTO meta VALUES ('opens', '1') ON CONFLICT (key) DO UPDATE "
+                "SET value = CAST(value AS INTEGER) + 1 RETURNING value"
+            ).fetchone()
+        return int(row[0])
+
+    def clean_since(self, last: CleanClose | None) -> frozenset[str]:
+        """The hosts whose mirrored files match their checkpoints without recovery's look at
+        them: those of ``last``, what this process's previous sync left clean, when no other
+        run has held the lock since. Any other run counts itself in ``opens`` (this open's
+        number is then more than one past ``last``'s), and writes and empties the lock file,
+        as every version does (an older one knows nothing of ``opens``: the lock file is then
+        not as ``last`` left it). Any doubt: none, and recovery looks at every file."""
+        if (
+            last is None
+            or self.opens != last.opens + 1
+            or self._lock_found is None
+            or self._lock_found != last.lock
+        ):
+            return frozenset()
+        return last.hosts
+
+    def closed_clean(self, hosts: Iterable[str]) -> CleanClose | None:
+        """After :meth:`close`: what this process's next sync may trust of ``hosts`` (the
+        caller knows this run left their files as their checkpoints say); None if this open
+        did not count itself or its close could not look at the lock file."""
+        if self.opens is None or self._lock_left is None:
+            return None
+        return CleanClose(self.opens, self._lock_left, frozenset(hosts))
 
     def _take_back(self, db_before: set[str], lock_made: bool, made: dict[Path, None]) -> None:
         """Remove what a first open that failed created: the database's files that were not
@@ -1264,6 +1339,8 @@ class MirrorState:
         if not current:
             os.close(fd)
             return False
+        # Before this run's own holder line changes it: as the last run's close left it?
+        self._lock_found = _lock_look(fd)
         # Who holds it is for the message a second run prints; failing to write it is
         # harmless.
         with contextlib.suppress(OSError):
@@ -1281,6 +1358,8 @@ class MirrorState:
             # has not written itself in yet, is not told it is this process's own.
             with contextlib.suppress(OSError):
                 os.ftruncate(self._lock_fd, 0)
+            # Still held: no other run's open has changed it yet (see clean_since).
+            self._lock_left = _lock_look(self._lock_fd)
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
         self._close_control()

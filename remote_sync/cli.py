@@ -570,7 +570,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             code: int = args.run(args)
     except KeyboardInterrupt:
         return report_cancelled_start(_Parser.json_wanted)
+    finally:
+        _sigterm_default_again()
     return code
+
+
+def _sigterm_default_again() -> None:
+    """SIGTERM's default action again where the console script took it as a Ctrl-C while the
+    command line loaded (:mod:`remote_sync.interrupt`), for the command alone: also when no
+    command ran (the version, the help, a usage error), where a SIGTERM during the exit was
+    otherwise a KeyboardInterrupt's traceback. Any other handler (a library caller's) stays."""
+    import signal
+    import threading
+
+    from .interrupt import take_as_ctrl_c
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers (and none was taken on another)
+    if signal.getsignal(signal.SIGTERM) is take_as_ctrl_c:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _escape_what_the_locale_cannot_encode() -> None:

@@ -13,6 +13,7 @@ the end-to-end checks use the ``fleet`` / ``ssh_fleet`` fixtures (real sshd on 1
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -822,6 +823,34 @@ def test_sigterm_while_the_agent_starts_stops_it_as_sigterm_does(tmp_path: Path)
     done = _start_terminated(tmp_path, "load", words)
     assert done.returncode == -signal.SIGTERM, done.stderr
     assert b"cancelled" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "words",
+    [["--version"], [], ["sync"], ["sessions", "list", "--dest", "none"]],
+    ids=["version", "no words", "usage error", "command"],
+)
+def test_sigterm_taken_while_loading_is_its_default_again_after_main(
+    words: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The console script takes SIGTERM as a Ctrl-C before it loads the command line (see
+    remote_sync.interrupt); main gives SIGTERM its default action back once it is done, also
+    when it ends before any command runs (the version, the help, a usage error). The handler
+    left in place there turned a SIGTERM during the exit (the flush of stdout, the teardown)
+    into a KeyboardInterrupt traceback."""
+    from remote_sync.interrupt import take_sigterm_while_loading
+
+    monkeypatch.chdir(Path(__file__).parent)  # "none": no mirror there
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        take_sigterm_while_loading(words)
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        with contextlib.suppress(SystemExit):
+            main(words)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    capsys.readouterr()
 
 
 def test_ctrl_c_while_parsing_the_command_line_exits_130(

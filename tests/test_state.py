@@ -789,3 +789,31 @@ def test_a_state_closed_clean_is_trusted_only_if_no_other_run_held_it_since(
             db.execute("DELETE FROM meta WHERE key = 'opens'")
     with MirrorState(dest) as state:
         assert state.clean_since(last) == ({"h", "g"} if between == "nothing" else frozenset())
+
+
+def test_a_versions_folder_refused_is_said_even_when_its_place_is_gone_at_the_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link on the way into the versions tree is refused; the kind of what is there is
+    then looked at by path, for the message only. A folder above it swapped away by then made
+    that look's FileNotFoundError escape instead of the MirrorError naming host and path."""
+    with MirrorState(tmp_path / "m") as state:
+        folder = Path(os.fsdecode(state.versions_folder("h", b"agents/a/s.jsonl")))
+        folder.parent.mkdir(parents=True)
+        (tmp_path / "elsewhere").mkdir()
+        folder.symlink_to(tmp_path / "elsewhere")
+        real_stat = os.stat
+
+        def stat_after_a_swap(*args: Any, **kwargs: Any) -> os.stat_result:
+            if kwargs.get("dir_fd") is not None and kwargs.get("follow_symlinks") is False:
+                raise FileNotFoundError(errno.ENOENT, "gone")
+            return real_stat(*args, **kwargs)
+
+        monkeypatch.setattr(os, "stat", stat_after_a_swap)
+        with pytest.raises(MirrorError) as caught:
+            state.open_versions_folder("h", b"agents/a/s.jsonl", set())
+        monkeypatch.undo()
+    assert caught.value.host == "h" and "in the versions folder is not a directory" in str(
+        caught.value
+    )
+    assert list((tmp_path / "elsewhere").iterdir()) == []

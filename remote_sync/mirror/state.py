@@ -1557,8 +1557,12 @@ class MirrorState:
                 raise
             assert isinstance(exc.filename, bytes)
             # Looked at by its path from the state directory, for the message only: the
-            # directories above it were entered a moment ago.
-            mode = os.stat(exc.filename, dir_fd=self._control, follow_symlinks=False).st_mode
+            # directories above it were entered a moment ago, but one swapped meanwhile makes
+            # the look fail, and the refusal is said all the same (as no directory).
+            try:
+                mode = os.stat(exc.filename, dir_fd=self._control, follow_symlinks=False).st_mode
+            except OSError:
+                mode = 0
             place = Path(os.fsdecode(os.path.join(control, exc.filename)))
             raise self._not_a_versions_dir(host, path, place, mode) from exc
 

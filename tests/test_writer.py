@@ -5,6 +5,7 @@ commit, in a fraction of the memory."""
 from __future__ import annotations
 
 import gc
+import json
 import random
 import sqlite3
 import tracemalloc
@@ -139,3 +140,26 @@ def test_a_packed_update_writes_the_rows_its_update_writes(
     fits = all(_fits_msgpack(getattr(facts, name)) for name in facts.__struct_fields__)
     assert (packed is update) == (not fits)
     assert _rows_of(packed) == want
+
+
+def test_a_piece_of_a_session_claiming_a_count_past_64_bits_is_committed(tmp_path: Path) -> None:
+    """A transcript may claim any count (a hostile host's, a corrupt line): a piece's copy of
+    facts holding one msgpack cannot carry is copied all the same, not an OverflowError out
+    of the checkpoint, and writes the rows the facts so far would; what is indexed after it
+    does not change it."""
+    reader = get_reader("claude-code")
+    path = b"projects/p/s.jsonl"
+
+    def line(n: int, out: int) -> bytes:
+        message = {"id": f"m{n}", "role": "assistant", "model": "x", "content": []}
+        message["usage"] = {"input_tokens": 1, "output_tokens": out}
+        record = {"type": "assistant", "requestId": f"r{n}", "message": message}
+        return json.dumps(record).encode() + b"\n"
+
+    indexer = FileIndexer(reader, "h0", path)
+    indexer.feed(line(0, 2**70) + line(1, 5))
+    want = _rows_of(indexer.result())
+    piece = indexer.snapshot()
+    indexer.feed(line(2, 7))
+    assert _rows_of(piece) == want
+    assert indexer.result().facts.assistant == 3

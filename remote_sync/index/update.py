@@ -158,8 +158,18 @@ class FileIndexer:
         keep them (not ``fresh``)."""
         update = self.result()
         piece = update.packed()
-        if piece is update:  # facts msgpack cannot hold: copied as before (which fails)
-            facts = msgspec.msgpack.decode(msgspec.msgpack.encode(update.facts), type=SessionFacts)
+        if piece is update:
+            # Facts msgpack cannot hold (a count past 64 bits a transcript claimed, which the
+            # index's JSON stores): copied field by field, each list anew (their items are
+            # numbers, strings and None, never changed in place).
+            facts = msgspec.structs.replace(
+                update.facts,
+                **{
+                    name: list(value)
+                    for name in _FACT_FIELDS
+                    if isinstance(value := getattr(update.facts, name), list)
+                },
+            )
             piece = IndexUpdate(
                 update.host, update.path, update.format, facts, update.marks, fresh=update.fresh
             )

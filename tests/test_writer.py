@@ -4,18 +4,22 @@ commit, in a fraction of the memory."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
+import os
 import random
 import sqlite3
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sessiongen import generate
 
+from remote_sync.errors import MirrorError
 from remote_sync.formats.readers import get_reader
 from remote_sync.index.facts import INT64_MAX, INT64_MIN, SessionFacts
 from remote_sync.index.store import IndexRows, ensure_schema
@@ -163,3 +167,29 @@ def test_a_piece_of_a_session_claiming_a_count_past_64_bits_is_committed(tmp_pat
     indexer.feed(line(2, 7))
     assert _rows_of(piece) == want
     assert indexer.result().facts.assistant == 3
+
+
+def test_a_finish_that_cannot_copy_its_descriptor_leaves_the_writer_to_abort(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No descriptor left for the finished file's copy: the finish fails naming the file,
+    and the writer's abort still closes its file and removes its temp file (it raised
+    ValueError on a detached handle, which left the temp file behind)."""
+    with MirrorState(tmp_path / "m") as state:
+        state.recover()
+        temps = set(os.listdir(state.temp_path().parent))
+        before = len(os.listdir("/proc/self/fd"))
+        row = FileState("h0", b"d/f.jsonl", "append", 0, 8, 1.7e9, 2049, 1, b"")
+        writer = WholeWriter(state, row, lines_only=True, category="new")
+        writer.write(b'{"a":1}\n')
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "dup", _no_descriptor_left)
+            with pytest.raises(MirrorError, match=r"h0: d/f\.jsonl: cannot write a temp file"):
+                writer.finish()
+        writer.abort()
+        assert len(os.listdir("/proc/self/fd")) == before
+        assert set(os.listdir(state.temp_path().parent)) == temps
+
+
+def _no_descriptor_left(fd: int) -> int:
+    raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))

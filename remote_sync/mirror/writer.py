@@ -395,16 +395,20 @@ class _LineWriter:
         Hundreds of finished files of a fleet may wait for one flush; each buffer is memory
         nothing will write again (``truncate`` has flushed it), and a file object with its
         name 0.35 KB more than the number. A copy of the descriptor is kept and the handle
-        closed: a file object cannot let its descriptor go otherwise.
+        closed: a file object cannot let its descriptor go otherwise. The copy is made
+        first: should it fail (no descriptor left), the handle is still the writer's, open,
+        for :meth:`abort` to cut back and close.
         """
         try:
-            raw = self.handle.detach()
-            try:
-                return os.dup(raw.fileno())
-            finally:
-                raw.close()
+            self.handle.flush()
+            fd = os.dup(self.handle.fileno())
         except OSError as exc:
             raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+        # Nothing left to write (flushed above): a failing close loses nothing, and the
+        # descriptor it closes is released all the same.
+        with contextlib.suppress(OSError):
+            self.handle.close()
+        return fd
 
     def _notify(self) -> None:
         assert self.job is not None

@@ -1081,6 +1081,36 @@ def test_local_round_lists_then_fetches_in_one_command(toolset: Runner, tmp_path
     assert (rc, out) == (2, b"") and b"no valid fetch marker" in err
 
 
+def _round_lists_and_fetches(shell_c: list[str], tmp_path: Path, fetched: int, path: str) -> bytes:
+    """Run the round, sent as :func:`wrapped_command` sends it, under ``shell_c`` (a shell and
+    its ``-c``) with ``path`` as PATH over a tree in ``tmp_path``: it lists the whole tree,
+    fetches its first ``fetched`` non-empty files whole and runs nothing a name holds.
+    Returns its stderr."""
+    root = tmp_path / "root"
+    root.mkdir()
+    files = build_tree(root)
+    wanted = sorted(p for p, data in files.items() if data)[:fetched]
+    requests = [FetchRequest(p, 0, len(files[p])) for p in wanted]
+    marker = new_marker()
+    run = subprocess.run(
+        [*shell_c, wrapped_command(round_argv(str(root), ["."]))],
+        input=fetch_stdin([], marker) + fetch_stdin(requests),
+        capture_output=True,
+        env={"PATH": path, "HOME": str(tmp_path)},
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    parser = ListingParser("h", trailer=True)
+    listed = parser.feed(run.stdout)
+    assert parser.end == (0, False)
+    assert {f.path for f in listed} == set(walk_regular(root))
+    events = feed_frames(FrameParser("h", marker.encode(), requests), parser.rest, [])
+    assert [collect(events)[i] for i in range(len(wanted))] == [("End", files[p]) for p in wanted]
+    assert not list(tmp_path.rglob("pwned"))
+    return run.stderr
+
+
 @pytest.mark.parametrize("login", ["bash", "dash", "busybox", "zsh", "fish"])
 def test_commands_run_under_each_login_shell(login: str, tmp_path: Path) -> None:
     """sshd runs a command as ``<login shell> -c <command line>``. Under each supported login
@@ -1089,29 +1119,8 @@ def test_commands_run_under_each_login_shell(login: str, tmp_path: Path) -> None
     if found is None:
         pytest.skip(f"{login} is not installed (.ci/run installs it)")
     shell = [found, "sh"] if login == "busybox" else [found]
-    root = tmp_path / "root"
-    root.mkdir()
-    files = build_tree(root)
-    wanted = sorted(path for path, data in files.items() if data)[:4]
-    requests = [FetchRequest(path, 0, len(files[path])) for path in wanted]
-    marker = new_marker()
-    run = subprocess.run(
-        [*shell, "-c", wrapped_command(round_argv(str(root), ["."]))],
-        input=fetch_stdin([], marker) + fetch_stdin(requests),
-        capture_output=True,
-        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
-        cwd=tmp_path,
-        timeout=60,
-    )
-    assert run.returncode == 0, run.stderr
-    assert run.stderr.startswith(PID_MARKER)
-    parser = ListingParser("h", trailer=True)
-    listed = parser.feed(run.stdout)
-    assert parser.end == (0, False)
-    assert {f.path for f in listed} == set(walk_regular(root))
-    events = feed_frames(FrameParser("h", marker.encode(), requests), parser.rest, [])
-    assert [collect(events)[i] for i in range(len(wanted))] == [("End", files[p]) for p in wanted]
-    assert not list(tmp_path.rglob("pwned"))
+    stderr = _round_lists_and_fetches([*shell, "-c"], tmp_path, 4, os.environ["PATH"])
+    assert stderr.startswith(PID_MARKER)
 
     sleeper = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
@@ -1229,28 +1238,8 @@ def test_the_round_goes_on_the_wire_compact_and_runs(shell: str, tmp_path: Path)
         (bindir / "sh").chmod(0o755)
     else:
         os.symlink(found, bindir / "sh")
-    root = tmp_path / "root"
-    root.mkdir()
-    files = build_tree(root)
-    wanted = sorted(path for path, data in files.items() if data)[:6]
-    requests = [FetchRequest(path, 0, len(files[path])) for path in wanted]
-    marker = new_marker()
-    run = subprocess.run(
-        [str(bindir / "sh"), "-c", wrapped_command(round_argv(str(root), ["."]))],
-        input=fetch_stdin([], marker) + fetch_stdin(requests),
-        capture_output=True,
-        env={"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)},
-        cwd=tmp_path,
-        timeout=60,
-    )
-    assert run.returncode == 0, run.stderr
-    parser = ListingParser("h", trailer=True)
-    listed = parser.feed(run.stdout)
-    assert parser.end == (0, False)
-    assert {f.path for f in listed} == set(walk_regular(root))
-    events = feed_frames(FrameParser("h", marker.encode(), requests), parser.rest, [])
-    assert [collect(events)[i] for i in range(len(wanted))] == [("End", files[p]) for p in wanted]
-    assert not list(tmp_path.rglob("pwned"))
+    path = f"{bindir}{os.pathsep}{os.environ['PATH']}"
+    _round_lists_and_fetches([str(bindir / "sh"), "-c"], tmp_path, 6, path)
 
 
 # Words of one line for the compaction's scripts: quotes, "#", "$" and blanks, never a line

@@ -40,7 +40,7 @@ from remote_sync.ssh import pool as pool_module
 from remote_sync.ssh import stream as stream_module
 from remote_sync.ssh.flow import ConsumerCredit
 from remote_sync.ssh.pool import Endpoint, JumpsRead, PoolSettings, SSHPool
-from remote_sync.ssh.stream import exec_streaming, run_command
+from remote_sync.ssh.stream import RemoteStream, _Channel, exec_streaming, run_command
 
 MiB = 1024 * 1024
 
@@ -370,6 +370,20 @@ async def test_the_rate_sized_window_is_shared_by_the_channels_open_at_once(
             assert pool.channel_window(direct) == alone // 3
 
 
+async def _read_slowly(stream: RemoteStream, channel: _Channel) -> tuple[int, int]:
+    """Read ``stream`` to its end slower than loopback sends it, so that its channel holds
+    what the credit allows: the bytes received, and the most the channel held queued once
+    8 MiB were in (what was credited before that point has drained by then)."""
+    received = 0
+    held_later = 0
+    async for chunk in stream:
+        received += len(chunk)
+        if received > 8 * MiB:
+            held_later = max(held_later, channel.queued)
+        await anyio.sleep(0.005)
+    return received, held_later
+
+
 async def test_a_channel_gives_up_its_window_as_others_open(fleet: SSHFleet) -> None:
     """A window is fixed when the channel opens, but the credit follows the pool's share: a
     stream that opened alone (4 MiB on loopback) holds no more than a quarter of it once three
@@ -389,13 +403,7 @@ async def test_a_channel_gives_up_its_window_as_others_open(fleet: SSHFleet) -> 
             alone = channel.queued
             async with pool.session(ep), pool.session(ep), pool.session(ep):
                 assert pool.channel_window(ep) == 1 * MiB
-                received = 0
-                held_later = 0
-                async for chunk in stream:
-                    received += len(chunk)
-                    if received > 8 * MiB:  # what was credited before has drained
-                        held_later = max(held_later, channel.queued)
-                    await anyio.sleep(0.005)
+                received, held_later = await _read_slowly(stream, channel)
         assert received == 48 * MiB
     assert alone >= 3 * MiB
     # One share, plus a packet that may be on its way when the credit is computed.
@@ -425,13 +433,7 @@ async def test_a_channel_takes_a_larger_window_as_the_others_close(fleet: SSHFle
                         await anyio.sleep(0.01)
                 await others.aclose()
                 assert pool.channel_window(ep) == 4 * MiB
-                received = 0
-                held_later = 0
-                async for chunk in stream:
-                    received += len(chunk)
-                    if received > 8 * MiB:  # what was credited before has drained
-                        held_later = max(held_later, channel.queued)
-                    await anyio.sleep(0.005)
+                received, held_later = await _read_slowly(stream, channel)
         assert received == 48 * MiB
     # The whole share of a channel alone, not the quarter it opened with (one packet more
     # may be on its way when the credit is computed).

@@ -120,18 +120,28 @@ def _glibc() -> bool:
         return False
 
 
+@pytest.fixture
+def arena_host(
+    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path
+) -> tuple[SSHFleet, Path, dict[str, str]]:
+    """One host with two agents' sessions, its inventory, and an environment with no malloc
+    setting of the user's (glibc's defaults unless the command line sets its own)."""
+    fleet = ssh_fleet(1)
+    make_openclaw_tree(fleet, "h0", agents=2, sessions=12)
+    inventory = write_inventory(fleet, tmp_path / "inv.toml")
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+    return fleet, inventory, env
+
+
 @pytest.mark.skipif(not _glibc(), reason="malloc arenas are glibc's")
 def test_the_command_line_sync_keeps_one_malloc_arena(
-    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path
+    arena_host: tuple[SSHFleet, Path, dict[str, str]], tmp_path: Path
 ) -> None:
     # The threads of a sync (flushes, state writes, the resolver) would each get an arena of
     # their own, whose freed memory the main thread cannot reuse: the command line limits
     # glibc to one (a lower peak RSS). A library caller's process keeps glibc's defaults,
     # and so does one whose user set a limit.
-    fleet = ssh_fleet(1)
-    make_openclaw_tree(fleet, "h0", agents=2, sessions=12)
-    inventory = write_inventory(fleet, tmp_path / "inv.toml")
-    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+    _, inventory, env = arena_host
 
     def arenas(how: str, dest: str, **extra: str) -> int:
         done = subprocess.run(
@@ -149,15 +159,12 @@ def test_the_command_line_sync_keeps_one_malloc_arena(
 
 @pytest.mark.skipif(not _glibc(), reason="malloc arenas are glibc's")
 def test_the_agent_keeps_one_malloc_arena(
-    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path
+    arena_host: tuple[SSHFleet, Path, dict[str, str]], tmp_path: Path
 ) -> None:
     # The agent's syncs start the threads a direct sync starts, round after round: its
     # command line limits glibc to one arena too (the library's serve_agent does not).
-    fleet = ssh_fleet(1)
-    make_openclaw_tree(fleet, "h0", agents=2, sessions=12)
-    inventory = write_inventory(fleet, tmp_path / "inv.toml")
+    fleet, inventory, env = arena_host
     dest = tmp_path / "m"
-    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
     agent = subprocess.Popen(
         [sys.executable, "-c", _SYNC_THEN_COUNT_ARENAS, str(inventory), str(dest), "agent"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,

@@ -88,14 +88,19 @@ def _snapshot(dest: Path) -> dict[bytes, tuple[int, int, bytes]]:
 
 
 @pytest.fixture
+def one_host(ssh_fleet: Callable[..., SSHFleet], tmp_path: Path) -> tuple[SSHFleet, Path, Path]:
+    """A fleet of one host, h0; its inventory; where its mirror goes (not made yet)."""
+    fleet = ssh_fleet(1)
+    return fleet, write_inventory(fleet, tmp_path / "inventory.toml", ["h0"]), tmp_path / "mirror"
+
+
+@pytest.fixture
 def kept(
-    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    one_host: tuple[SSHFleet, Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> tuple[Path, dict[bytes, list[bytes]]]:
     """A mirror of h0 after its host rewrote three files (one twice) between syncs, and the
     copies each file's versions must hold, oldest first."""
-    fleet = ssh_fleet(1)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "mirror"
+    fleet, inv, dest = one_host
     rng = random.Random(3)
     copies: dict[bytes, list[bytes]] = {rel: [session_bytes(rng, 12)] for rel in (PLAIN, HOSTILE)}
     copies[LONG] = [session_bytes(rng, 7)]
@@ -506,16 +511,14 @@ def _as_before_keep_times(dest: Path) -> None:
 
 
 def test_a_sync_records_when_it_kept_each_version_and_an_older_state_goes_on(
-    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    one_host: tuple[SSHFleet, Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The time shown for a version was its copy's mtime: when the mirror last wrote it,
     which for a session idle for a month and then compacted is a month before it was kept.
     The state records when each version was kept; a state from before (no table) opens,
     syncs and lists, its versions showing their mtime, marked: ``kept_at`` null in JSON,
     "(written)" in the table. A prune then takes no number a removed version had."""
-    fleet = ssh_fleet(1)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "mirror"
+    fleet, inv, dest = one_host
     rng = random.Random(5)
     _write(fleet, PLAIN, session_bytes(rng, 6))
     _sync(inv, dest, capsys)
@@ -554,16 +557,14 @@ def test_a_sync_records_when_it_kept_each_version_and_an_older_state_goes_on(
 
 
 def test_a_version_kept_after_the_state_is_lost_is_numbered_above_every_copy_left(
-    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    one_host: tuple[SSHFleet, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A prune leaves gaps at the bottom (v1 gone, v2 left); a damaged state moved aside
     counts no version. The next version kept was numbered after the count's unbroken run,
     v1, below the v2 left: "1 is the oldest" broke, and a later ``--keep-last 1`` would keep
     the old v2 and remove the new v1. It is numbered after every copy on disk, a name cut
     with a digest (LONG) too."""
-    fleet = ssh_fleet(1)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "mirror"
+    fleet, inv, dest = one_host
     rng = random.Random(11)
     for start in (0, 100, 200):  # two rewrites: v1 and v2 of each
         for rel in (PLAIN, LONG):
@@ -593,16 +594,14 @@ def test_a_version_kept_after_the_state_is_lost_is_numbered_above_every_copy_lef
 
 
 def test_a_copy_put_by_hand_under_a_huge_version_number_is_not_counted_on_from(
-    ssh_fleet: Callable[..., SSHFleet], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    one_host: tuple[SSHFleet, Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A sync counts versions one at a time, so a number past any it could reach is a name
     put there by hand: numbered after it, the new version's number was past what SQLite
     stores (an internal error, the host failed at each rewrite of the file) or, below that,
     a count a check walks one number at a time. The new version is numbered as if it were
     not there, and the copy by hand is left alone."""
-    fleet = ssh_fleet(1)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "mirror"
+    fleet, inv, dest = one_host
     rng = random.Random(12)
     _write(fleet, PLAIN, session_bytes(rng, 3))
     _sync(inv, dest, capsys)
@@ -1180,7 +1179,7 @@ def test_versions_list_reads_again_when_a_sync_started_during_its_read(
 
 @pytest.mark.parametrize("at", ["the host's folder", "a folder deeper"])
 def test_a_link_in_the_versions_tree_is_refused_when_a_version_is_kept(
-    ssh_fleet: Callable[..., SSHFleet],
+    one_host: tuple[SSHFleet, Path, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     at: str,
@@ -1193,9 +1192,7 @@ def test_a_link_in_the_versions_tree_is_refused_when_a_version_is_kept(
     MirrorError naming the host, the file and the link, and saying what to do; nothing is
     made or written through the link, and the mirrored copy stays as it was. With the link
     moved aside, the next sync keeps the version."""
-    fleet = ssh_fleet(1)
-    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
-    dest = tmp_path / "mirror"
+    fleet, inv, dest = one_host
     rng = random.Random(16)
     other = session_bytes(rng, 2)
     _write(fleet, PLAIN, session_bytes(rng, 5))

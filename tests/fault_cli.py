@@ -31,7 +31,8 @@ removes (the first file's gone), sends the process a SIGTERM.
 handler is gone, sends the process a SIGTERM before it reports its exit code.
 
 ``deaf_agent_sync`` does not crash: the agent's syncs sleep an hour in a scope no cancel of
-theirs reaches (they register nothing), so that only a ``--stop-timeout`` cut-off ends them.
+theirs reaches (they register nothing), so that only a ``--stop-timeout`` cut-off ends them;
+each first says ``DEAF_SYNC_STARTED`` on stderr.
 
 ``hold_cancel`` does not crash: a cancelled round waits a minute before it winds down (a
 commit that takes its time), so that only a second Ctrl-C ends the run soon.
@@ -188,10 +189,13 @@ elif FAULT == "term_after_rounds":
 
 elif FAULT == "deaf_agent_sync":
     import anyio
+    from synchelp import DEAF_SYNC_STARTED
 
     from remote_sync import agent as agent_module
 
     async def deaf_sync(*args: Any, **kwargs: Any) -> Any:
+        # Said, so that a test stops the agent once a sync is deaf, not after a guess at when.
+        print(DEAF_SYNC_STARTED, file=sys.stderr, flush=True)
         await anyio.sleep(3600)  # registers nothing: the registry's cancel misses it
         raise AssertionError("a deaf sync ended of itself")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import io
 import json
@@ -219,6 +220,9 @@ def over_quota_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> An
 
 #: ``remote-sync`` with a crash (or another fault) injected, run as a script.
 FAULT_CLI = Path(__file__).resolve().parent / "fault_cli.py"
+#: What ``fault_cli.py``'s ``deaf_agent_sync`` says on stderr as a sync of the agent begins
+#: to sleep, deaf to its cancel.
+DEAF_SYNC_STARTED = "fault deaf_agent_sync: a sync is deaf from now on"
 
 
 def _command(args: list[str], fault: str | None) -> list[str]:
@@ -269,6 +273,30 @@ def change_first_id_in_place(path: Path) -> None:
     data[at : at + 8] = b"%08x" % (int(data[at : at + 8], 16) ^ 0xFFFF)
     with open(path, "r+b") as out:
         out.write(data)
+
+
+def until_running(pid: int, word: bytes, timeout: float = 60) -> None:
+    """Wait until a process below ``pid`` runs a command line holding ``word`` (an
+    ssh_config's ``Match exec`` command, or a ProxyCommand, started once a round reaches
+    that host): a fixed sleep before a signal could come before it on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        parents: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    stat = Path(f"/proc/{entry}/stat").read_bytes()
+                    parents[int(entry)] = int(stat.rsplit(b")", 1)[1].split()[1])
+        for child in parents:
+            above = parents.get(child)
+            while above is not None and above != pid:
+                above = parents.get(above)
+            if above == pid:
+                with contextlib.suppress(OSError):
+                    if word in Path(f"/proc/{child}/cmdline").read_bytes():
+                        return
+        assert time.monotonic() < deadline, f"no {word!r} below pid {pid} in {timeout:g} s"
+        time.sleep(0.05)
 
 
 class TornRead:

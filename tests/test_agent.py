@@ -34,6 +34,7 @@ import pytest
 from bbtools import applet_dir
 from sshfleet import SSHFleet
 from synchelp import (
+    DEAF_SYNC_STARTED,
     SESSIONS,
     append,
     cli_process,
@@ -41,6 +42,7 @@ from synchelp import (
     make_openclaw_tree,
     mirror_tree,
     session_bytes,
+    until_running,
     write_inventory,
 )
 
@@ -1047,30 +1049,6 @@ async def test_a_stop_cuts_off_a_sync_its_cancel_does_not_end_after_stop_timeout
     assert not (dest / SOCKET).exists()
 
 
-def _until_running(pid: int, word: bytes, timeout: float = 60) -> None:
-    """Wait until a process below ``pid`` runs a command line holding ``word`` (an
-    ssh_config's ``Match exec`` command, started in a worker thread once a round reaches
-    that host): a fixed sleep before the stop could come before it on a loaded machine."""
-    deadline = time.monotonic() + timeout
-    while True:
-        parents: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError):
-                    stat = Path(f"/proc/{entry}/stat").read_bytes()
-                    parents[int(entry)] = int(stat.rsplit(b")", 1)[1].split()[1])
-        for child in parents:
-            above = parents.get(child)
-            while above is not None and above != pid:
-                above = parents.get(above)
-            if above == pid:
-                with contextlib.suppress(OSError):
-                    if word in Path(f"/proc/{child}/cmdline").read_bytes():
-                        return
-        assert time.monotonic() < deadline, f"no {word!r} below pid {pid} in {timeout:g} s"
-        time.sleep(0.05)
-
-
 def test_a_stop_the_cut_off_cannot_end_leaves_at_once(tmp_path: Path) -> None:
     """What even the cut-off cannot end (an ssh_config's ``Match exec`` command, run in a
     worker thread: a sync stuck before it reaches its host) does not keep the agent's process
@@ -1083,7 +1061,7 @@ def test_a_stop_the_cut_off_cannot_end_leaves_at_once(tmp_path: Path) -> None:
         f'root = "{tmp_path / "root"}"\n'
     )
     agent = start_agent(inv, tmp_path / "m", "--every", "1h", "--stop-timeout", "1s")
-    _until_running(agent.pid, b"sleep 25")  # the scheduled round's pre-flight, in Match exec
+    until_running(agent.pid, b"sleep 25")  # the scheduled round's pre-flight, in Match exec
     stopped = time.monotonic()
     code, err = stop_agent(agent)
     took = time.monotonic() - stopped
@@ -1632,13 +1610,21 @@ def test_a_request_to_a_stopping_agent_is_run_by_its_client(
     dest = tmp_path / "m"
     agent = start_agent(inv, dest, "--every", "1h")
     try:
-        _until_running(agent.pid, b"sleep 6")  # the scheduled round's pre-flight, in Match exec
+        until_running(agent.pid, b"sleep 6")  # the scheduled round's pre-flight, in Match exec
         agent.send_signal(signal.SIGTERM)
-        time.sleep(0.5)  # the stop is under way: the agent waits for the round
-        assert agent.poll() is None
-        # The refusal as stopping, below, says the agent was still there when asked; it may
-        # end while the client's own dry run goes on (the Match exec's six seconds are up).
-        code, events, err = sync_json(inv, dest, "h0", "--dry-run")
+        # The agent says nothing when it takes the stop: asked until it answers as stopping.
+        # One asked before (a loaded machine) is a dry run the agent serves itself, whole or
+        # cancelled by the stop, its client running nothing.
+        deadline = time.monotonic() + 30
+        while True:
+            assert agent.poll() is None  # the stop waits for the round
+            # The refusal as stopping says the agent was still there when asked; it may end
+            # while the client's own dry run goes on (the Match exec's six seconds are up).
+            code, events, err = sync_json(inv, dest, "h0", "--dry-run")
+            if b"is stopping" in err or time.monotonic() > deadline:
+                break
+            assert code in (0, 130) and b"cannot serve" not in err, err
+            time.sleep(0.05)
     finally:
         # Not stop_agent: a second SIGTERM would make it leave at once (exit 130).
         _, log = agent.communicate(timeout=60)
@@ -1726,7 +1712,10 @@ def test_the_command_exits_1_when_its_stop_cut_a_sync_off(tmp_path: Path) -> Non
         *("--every", "1h", "--stop-timeout", "1s"),
         fault="deaf_agent_sync",
     )
-    time.sleep(0.5)  # the scheduled round, at once, is deaf by now
+    assert agent.stderr is not None
+    while (line := agent.stderr.readline()) and DEAF_SYNC_STARTED.encode() not in line:
+        pass  # until the scheduled round, begun at once, is deaf
+    assert line, agent.stderr.read()
     stopped = time.monotonic()
     code, err = stop_agent(agent)
     took = time.monotonic() - stopped

@@ -21,7 +21,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -31,7 +30,14 @@ import anyio
 import pytest
 from rich.console import Console
 from sshfleet import SSHFleet
-from synchelp import cli, expected_tree, make_openclaw_tree, mirror_tree, write_inventory
+from synchelp import (
+    cli,
+    expected_tree,
+    make_openclaw_tree,
+    mirror_tree,
+    until_running,
+    write_inventory,
+)
 
 from remote_sync import api
 from remote_sync.cli import main
@@ -638,7 +644,11 @@ def test_a_cancel_names_the_signal_to_send_again(tmp_path: Path, sent: signal.Si
     )
     assert proc.stdout is not None
     assert b'"phase":"listing"' in proc.stdout.readline()  # the round has started
-    time.sleep(0.5)  # and its signal receiver is open
+    # Its ProxyCommand runs (its argv "sleep 60", split, NUL-separated in /proc): the round
+    # has waited on its pre-flight's thread since it began (a sleep of a fixed length could
+    # come before that on a loaded machine), so the signal receiver, started before the
+    # round, is open.
+    until_running(proc.pid, b"sleep\x0060\x00")
     proc.send_signal(sent)
     _out, err = proc.communicate(timeout=30)
     again = "Ctrl-C" if sent == signal.SIGINT else "SIGTERM"
@@ -671,7 +681,7 @@ def test_a_cancel_on_a_terminal_ends_the_line_the_terminal_echoed_first(tmp_path
     try:
         assert proc.stdout is not None
         assert b'"phase":"listing"' in proc.stdout.readline()  # the round has started
-        time.sleep(0.5)  # and its signal receiver is open
+        until_running(proc.pid, b"sleep\x0060\x00")  # its signal receiver is open (see above)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
         err = b""

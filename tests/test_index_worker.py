@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -211,7 +212,7 @@ def test_worker_killed_mid_round_falls_back_in_process(
     while not killed and time.monotonic() < deadline and proc.poll() is None:
         for pid in _children(proc.pid):
             if b"remote_sync.index.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                time.sleep(0.3)  # let it take some jobs first
+                _until_it_holds_a_file(pid, dest)  # it has taken a job: killed mid-job
                 os.kill(pid, signal.SIGKILL)
                 killed = True
         time.sleep(0.01)
@@ -220,6 +221,23 @@ def test_worker_killed_mid_round_falls_back_in_process(
     assert proc.returncode == 0, (out[-2000:], err[-2000:])
     assert_exact(fleet, dest, "h0")
     assert_index_is_a_rebuild(dest)
+
+
+def _until_it_holds_a_file(pid: int, dest: Path, timeout: float = 60) -> None:
+    """Wait until process ``pid`` holds a file of the mirror ``dest`` open: an index worker
+    gets each job's file as a descriptor, so it has taken a job (or until it is gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            return  # gone
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(dest)):
+                    return
+        time.sleep(0.005)
+    raise AssertionError(f"the index worker took no job in {timeout:g} s")
 
 
 def _children(pid: int) -> list[int]:
@@ -437,11 +455,21 @@ def test_a_cancel_does_not_wait_for_a_hung_index_worker(
     hosts = load_inventory(inv).select([], [])
     registry = CancelRegistry()
 
+    real_result = worker_module.IndexJob.result
+    waiting: list[anyio.Event] = []
+
+    async def result(self: worker_module.IndexJob) -> Any:
+        waiting[0].set()
+        return await real_result(self)
+
+    monkeypatch.setattr(worker_module.IndexJob, "result", result)
+
     async def cancelled_run() -> tuple[Summary, float]:
+        waiting.append(anyio.Event())
         async with anyio.create_task_group() as tg:
 
             async def cancel_soon() -> None:
-                await anyio.sleep(2.0)  # the round is waiting for the worker by then
+                await waiting[0].wait()  # the round waits for the hung worker's answer
                 registry.cancel_all("test")
 
             tg.start_soon(cancel_soon)

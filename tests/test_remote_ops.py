@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import itertools
 import os
@@ -2156,6 +2157,30 @@ async def test_listing_and_fetch_over_ssh(
             assert not pwned.exists()
 
 
+def _until_blocked_writing(pid: int, timeout: float = 60) -> None:
+    """Wait until ``pid`` or a process below it sleeps in a write to a full pipe (its kernel
+    wait channel). A sleep of a fixed length may end before that on a loaded machine, and
+    a change made then tests nothing; the bytes the pipe holds do not tell, as a writer
+    blocks once its pages are taken, however full each is."""
+    started = time.monotonic()
+    deadline = started + timeout
+    shown = False  # a kernel may hide wait channels ("0", as for a process running)
+    while True:
+        tree, channels = [pid], []
+        while tree:
+            below = tree.pop()
+            with contextlib.suppress(OSError):
+                channels.append(Path(f"/proc/{below}/wchan").read_text())
+                tree += map(int, Path(f"/proc/{below}/task/{below}/children").read_text().split())
+        if any(channel.endswith("pipe_write") for channel in channels):
+            return
+        shown = shown or any(channel != "0" for channel in channels)
+        if not shown and time.monotonic() - started > 2:
+            return  # hidden: the fixed wait this replaced, and more
+        assert time.monotonic() < deadline, f"none blocked writing: {channels}"
+        time.sleep(0.005)
+
+
 def _paused_fetch(
     root: Path, transfers: list[Transfer], change: Callable[[], None], env: dict[str, str]
 ) -> list[FrameEvent]:
@@ -2173,7 +2198,7 @@ def _paused_fetch(
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(fetch_stdin(requests, marker))
     proc.stdin.close()
-    time.sleep(1.0)  # the host's reader is blocked writing: the pipe is full
+    _until_blocked_writing(proc.pid)  # the host's reader: the pipe is full
     change()
     out = proc.stdout.read()
     assert proc.wait(timeout=60) == 0

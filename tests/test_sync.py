@@ -1847,11 +1847,17 @@ def test_ctrl_c_cancels_with_130_and_a_rerun_completes(
     proc = cli_process(args, fault=None if signals == 1 else "hold_cancel")
     assert _wait_for_temp_bytes(proc, dest, 16 * 1024 * 1024)
     proc.send_signal(signal.SIGINT)
+    said = b""
     if signals == 2:
-        time.sleep(0.5)
+        assert proc.stderr is not None
+        while b"cancelling (" not in said:  # the first is taken: the round winds down
+            line = proc.stderr.readline()
+            assert line, said
+            said += line
         assert proc.poll() is None  # still winding down
         proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
+    err = said + err
     assert proc.returncode == 130, err
     assert b"Traceback" not in err, err
     last = json.loads(out.splitlines()[-1])

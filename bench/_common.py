@@ -1,7 +1,8 @@
 """Small helpers shared by the benchmark scripts in ``bench/`` (stdlib only at import time).
 
 - :data:`REPO`, :data:`BENCH`, :data:`TESTS`: the project's directories, found from this file.
-- :func:`median`, :func:`timed_run`: timing of subprocess peers.
+- :func:`median`, :func:`timed_run`: timing of subprocess peers; :func:`alternate`: runs of
+  several tools in an order that rotates from one repetition to the next.
 - :func:`rss_kib`: the current process's RSS / peak RSS from ``/proc/self/status``.
 - :func:`run_measuring_rss`: run a child and get its peak RSS (``/usr/bin/time -v`` when
   installed, else the child's own rusage from ``os.wait4``).
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,13 @@ def wait_for_fast_file_creation(
         if say is not None:
             say(f"file creation is slow ({ms:.2f} ms a file: a recent mass deletion?); waiting")
         time.sleep(10)
+
+
+def alternate(rep: int, steps: Sequence[Callable[[], None]]) -> None:
+    """Run ``steps`` in an order that rotates with ``rep`` (alternating runs)."""
+    k = rep % len(steps)
+    for step in [*steps[k:], *steps[:k]]:
+        step()
 
 
 def median(values: Sequence[float]) -> float:

@@ -71,6 +71,7 @@ from typing import Any
 
 from _common import (
     MiB,
+    alternate,
     median,
     print_rows,
     rss_kib,
@@ -202,13 +203,6 @@ def measure(argv: Sequence[str]) -> dict[str, Any]:
         "rss_mb": rss_kib * 1024 / 1e6,
         "stdout": stdout,
     }
-
-
-def alternate(rep: int, steps: Sequence[Callable[[], None]]) -> None:
-    """Run ``steps`` in an order that rotates with ``rep``."""
-    k = rep % len(steps)
-    for step in [*steps[k:], *steps[:k]]:
-        step()
 
 
 def timer(

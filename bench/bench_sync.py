@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from _common import BENCH, MiB, median, print_rows, tool_version
+from _common import BENCH, MiB, alternate, median, print_rows, tool_version
 
 THIS = Path(__file__).resolve()
 COUNT_RELAY = BENCH / "count_relay.py"
@@ -592,13 +592,6 @@ def settle(work: Path) -> None:
     progress(f"file creation: {ms:.3f} ms a file")
 
 
-def alternate(rep: int, steps: Sequence[Callable[[], None]]) -> None:
-    """Run ``steps`` in an order that rotates with ``rep`` (alternating runs)."""
-    k = rep % len(steps)
-    for step in [*steps[k:], *steps[:k]]:
-        step()
-
-
 def supports_no_index() -> bool:
     """Does this version of ``remote-sync sync`` have ``--no-index`` (mirror only)?"""
     out = subprocess.run(
@@ -682,11 +675,11 @@ def bench_one(fleet: Any, sizes: Sizes, lines: Lines, work: Path, profile: bool)
     agent: Agent | None = None
     if with_agent:
         clear(agent_dest, cm_dest)
-        run_ours(inventory, agent_dest)
-        agent = Agent(inventory, agent_dest)
-        run_ours(inventory, agent_dest)
-        for _ in range(2):
-            run_peer(rsync_argv(fleet.ssh_config, name, fleet.path(name), cm_dest, rsh=cm))
+        agent = start_warm(
+            inventory,
+            agent_dest,
+            lambda: run_peer(rsync_argv(fleet.ssh_config, name, fleet.path(name), cm_dest, rsh=cm)),
+        )
 
     def ours_agent(key: str) -> Callable[[], None]:
         def step() -> None:
@@ -705,24 +698,15 @@ def bench_one(fleet: Any, sizes: Sizes, lines: Lines, work: Path, profile: bool)
 
         return step
 
+    timed = timed_runs(ours, rsync, with_noindex, (ours_agent, rsync_cm) if with_agent else None)
     appended: list[int] = []
     for rep in range(sizes.repeat):
         grown = rng.sample(rels, sizes.grow_files)
         appended.append(grow(fleet, name, grown, lines, rng, sizes.grow_bytes))
-        steps = [ours("incremental"), rsync("incremental", "--append")]
-        if with_noindex:
-            steps.append(ours("incremental", "--no-index"))
-        if with_agent:
-            steps += [ours_agent("incremental"), rsync_cm("incremental")]
-        alternate(rep, steps)
+        alternate(rep, [make("incremental") for make in timed])
         progress(f"one incremental rep {rep + 1}: " + _last(runs, "incremental"))
     for rep in range(sizes.repeat):
-        steps = [ours("nochange"), rsync("nochange", "--append")]
-        if with_noindex:
-            steps.append(ours("nochange", "--no-index"))
-        if with_agent:
-            steps += [ours_agent("nochange"), rsync_cm("nochange")]
-        alternate(rep, steps)
+        alternate(rep, [make("nochange") for make in timed])
         progress(f"one no-change rep {rep + 1}: " + _last(runs, "nochange"))
     clear(noindex_dest)
     agent_peak = agent.stop() if agent is not None else None
@@ -800,6 +784,34 @@ def bench_one(fleet: Any, sizes: Sizes, lines: Lines, work: Path, profile: bool)
             fleet, name, rels, lines, rng, inventory, work, sizes, rsync_dest
         )
     return result
+
+
+def start_warm(inventory: Path, dest: Path, warm_peer: Callable[[], object]) -> Agent:
+    """Warm connections on both sides before the timed runs: a first mirror made in
+    ``dest``, an agent serving it and one run through it to open its connections; the peer's
+    (``warm_peer``: rsync through control masters) run twice, its first mirror and its
+    masters opened."""
+    run_ours(inventory, dest)
+    agent = Agent(inventory, dest)
+    run_ours(inventory, dest)
+    for _ in range(2):
+        warm_peer()
+    return agent
+
+
+def timed_runs(
+    ours: Callable[..., Callable[[], None]],
+    rsync: Callable[..., Callable[[], None]],
+    with_noindex: bool,
+    warm: tuple[Callable[[str], Callable[[], None]], ...] | None,
+) -> list[Callable[[str], Callable[[], None]]]:
+    """What makes each run of an incremental or no-change repetition, given its key: ours,
+    rsync ``--append``, ours ``--no-index`` if it has it, and the ``warm`` ones (through the
+    agent, rsync through control masters) if there are."""
+    timed: list[Callable[[str], Callable[[], None]]] = [ours, lambda key: rsync(key, "--append")]
+    if with_noindex:
+        timed.append(lambda key: ours(key, "--no-index"))
+    return [*timed, *(warm or ())]
 
 
 def _agent_ratios(
@@ -927,11 +939,7 @@ def bench_fleet(sizes: Sizes, lines: Lines, work: Path, profile: bool) -> dict[s
         if with_agent:
             clear(agent_dest, cm_dest)
             cm_dest.mkdir()
-            run_ours(inventory, agent_dest)
-            agent = Agent(inventory, agent_dest)
-            run_ours(inventory, agent_dest)
-            for _ in range(2):
-                fleet_rsync(fleet, cm_dest, rsh=cm)
+            agent = start_warm(inventory, agent_dest, lambda: fleet_rsync(fleet, cm_dest, rsh=cm))
 
         def ours_agent(key: str) -> Callable[[], None]:
             def step() -> None:
@@ -948,6 +956,9 @@ def bench_fleet(sizes: Sizes, lines: Lines, work: Path, profile: bool) -> dict[s
 
             return step
 
+        timed = timed_runs(
+            ours, rsync, with_noindex, (ours_agent, rsync_cm) if with_agent else None
+        )
         appended = []
         for rep in range(sizes.repeat):
             total = 0
@@ -961,20 +972,10 @@ def bench_fleet(sizes: Sizes, lines: Lines, work: Path, profile: bool) -> dict[s
                     sizes.grow_bytes,
                 )
             appended.append(total)
-            steps = [ours("incremental"), rsync("incremental", "--append")]
-            if with_noindex:
-                steps.append(ours("incremental", "--no-index"))
-            if with_agent:
-                steps += [ours_agent("incremental"), rsync_cm("incremental")]
-            alternate(rep, steps)
+            alternate(rep, [make("incremental") for make in timed])
             progress(f"fleet incremental rep {rep + 1}: " + _last(runs, "incremental"))
         for rep in range(sizes.repeat):
-            steps = [ours("nochange"), rsync("nochange", "--append")]
-            if with_noindex:
-                steps.append(ours("nochange", "--no-index"))
-            if with_agent:
-                steps += [ours_agent("nochange"), rsync_cm("nochange")]
-            alternate(rep, steps)
+            alternate(rep, [make("nochange") for make in timed])
             progress(f"fleet no-change rep {rep + 1}: " + _last(runs, "nochange"))
         clear(noindex_dest)
         agent_peak = agent.stop() if agent is not None else None

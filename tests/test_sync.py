@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1044,6 +1044,34 @@ def test_a_transcript_fetched_whole_again_by_the_follow_up_comes_in_pieces_too(
     _assert_index_is_a_rebuild(dest, tmp_path)
 
 
+def _cut_after_the_plan(
+    monkeypatch: pytest.MonkeyPatch, remote: Path, cut: int, before_follow_up: Callable[[], None]
+) -> Callable[[], None]:
+    """The host's file cut to ``cut`` bytes once the round's plan is made (its reads then
+    come short), and ``before_follow_up`` done as the follow-up's command is built; returns
+    what puts both back, for the next round."""
+    real_plan, real_fetch_argv = engine.make_plan, engine.fetch_argv
+
+    def plan_then_cut(*args: Any, **kwargs: Any) -> Any:
+        plan = real_plan(*args, **kwargs)
+        with open(remote, "r+b") as f:
+            f.truncate(cut)
+        return plan
+
+    def follow_up(*args: Any, **kwargs: Any) -> list[str]:
+        before_follow_up()
+        return real_fetch_argv(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "make_plan", plan_then_cut)
+    monkeypatch.setattr(engine, "fetch_argv", follow_up)
+
+    def undo() -> None:
+        monkeypatch.setattr(engine, "make_plan", real_plan)
+        monkeypatch.setattr(engine, "fetch_argv", real_fetch_argv)
+
+    return undo
+
+
 @pytest.mark.parametrize("listed", ["small", "pieced"])
 def test_a_transcript_cut_short_in_the_round_may_grow_back_by_its_listed_allowance(
     fleet: SSHFleet,
@@ -1073,20 +1101,11 @@ def test_a_transcript_cut_short_in_the_round_may_grow_back_by_its_listed_allowan
         regrown += _messages(PIECE // 1550, start=5000)  # longer than a piece
     assert 2 * cut < len(regrown) < 2 * len(data)
     remote = fleet.path("h0", rel)
-    real_plan, real_fetch_argv = engine.make_plan, engine.fetch_argv
 
-    def plan_then_cut(*args: Any, **kwargs: Any) -> Any:
-        plan = real_plan(*args, **kwargs)
-        with open(remote, "r+b") as f:
-            f.truncate(cut)
-        return plan
-
-    def grow_then_follow_up(*args: Any, **kwargs: Any) -> list[str]:
+    def grow_then_follow_up() -> None:
         remote.write_bytes(regrown)  # same inode, grown from the cut
-        return real_fetch_argv(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "make_plan", plan_then_cut)
-    monkeypatch.setattr(engine, "fetch_argv", grow_then_follow_up)
+    undo = _cut_after_the_plan(monkeypatch, remote, cut, grow_then_follow_up)
     asked = _follow_up_asked(monkeypatch)
     code, summary, events = sync(inv, dest, capsys)
     errors = [e.message for e in events if isinstance(e, ErrorEvent)]
@@ -1100,8 +1119,7 @@ def test_a_transcript_cut_short_in_the_round_may_grow_back_by_its_listed_allowan
         assert [request.length for request in asked] == [PIECE]
         assert regrown.startswith(mirrored) and mirrored.endswith(b"\n")
         assert PIECE - 1600 < len(mirrored) <= PIECE
-    monkeypatch.setattr(engine, "make_plan", real_plan)
-    monkeypatch.setattr(engine, "fetch_argv", real_fetch_argv)
+    undo()
     assert sync(inv, dest, capsys)[0] == 0
     assert (dest / "h0" / rel).read_bytes() == regrown
     _assert_index_is_a_rebuild(dest, tmp_path)
@@ -1133,21 +1151,12 @@ def test_a_follow_up_read_that_comes_short_records_the_end_it_found(
     # Mid-line, past the round's first two pieces, then within the follow-up's second.
     cut = len(data) * 5 // 8 + 100
     again = len(data) * 3 // 8 + 100
-    real_plan, real_fetch_argv = engine.make_plan, engine.fetch_argv
 
-    def plan_then_cut(*args: Any, **kwargs: Any) -> Any:
-        plan = real_plan(*args, **kwargs)
-        with open(remote, "r+b") as f:
-            f.truncate(cut)
-        return plan
-
-    def cut_again_then_follow_up(*args: Any, **kwargs: Any) -> list[str]:
+    def cut_again_then_follow_up() -> None:
         with open(remote, "r+b") as f:
             f.truncate(again)
-        return real_fetch_argv(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "make_plan", plan_then_cut)
-    monkeypatch.setattr(engine, "fetch_argv", cut_again_then_follow_up)
+    undo = _cut_after_the_plan(monkeypatch, remote, cut, cut_again_then_follow_up)
     code, summary, events = sync(inv, dest, capsys)
     assert (code, [e for e in events if isinstance(e, ErrorEvent)]) == (0, [])
     mirrored = (dest / "h0" / rel).read_bytes()
@@ -1160,8 +1169,7 @@ def test_a_follow_up_read_that_comes_short_records_the_end_it_found(
         assert summary.hosts[0].versions_kept == 1
         (kept,) = (dest / ".remote-sync" / "versions" / "h0").rglob("*.v1")
         assert data.startswith(kept.read_bytes()) and len(kept.read_bytes()) > lines
-    monkeypatch.setattr(engine, "make_plan", real_plan)
-    monkeypatch.setattr(engine, "fetch_argv", real_fetch_argv)
+    undo()
     remote.write_bytes(data)  # the same inode, as it was listed
     os.utime(remote, ns=(listed_ns, listed_ns))
     code, summary, _ = sync(inv, dest, capsys)
@@ -1194,21 +1202,12 @@ def test_a_line_longer_than_a_piece_in_a_one_piece_follow_up_arrives_whole_once(
     cut = len(lines) + 10 * 1024  # inside the long line, inside the first piece
     assert cut < piece < len(data) - len(lines) - piece
     remote = fleet.write("h0", rel, data)
-    real_plan, real_fetch_argv = engine.make_plan, engine.fetch_argv
 
-    def plan_then_cut(*args: Any, **kwargs: Any) -> Any:
-        plan = real_plan(*args, **kwargs)
-        with open(remote, "r+b") as f:
-            f.truncate(cut)
-        return plan
-
-    def follow_up(*args: Any, **kwargs: Any) -> list[str]:
+    def follow_up() -> None:
         if read == "a whole piece":
             remote.write_bytes(data)  # grown back, the same inode
-        return real_fetch_argv(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "make_plan", plan_then_cut)
-    monkeypatch.setattr(engine, "fetch_argv", follow_up)
+    undo = _cut_after_the_plan(monkeypatch, remote, cut, follow_up)
     asked = _follow_up_asked(monkeypatch)
     code, summary, events = sync(inv, dest, capsys)
     assert (code, [e for e in events if isinstance(e, ErrorEvent)]) == (0, [])
@@ -1217,8 +1216,7 @@ def test_a_line_longer_than_a_piece_in_a_one_piece_follow_up_arrives_whole_once(
     with MirrorState(dest) as state:
         row = state.host_files("h0")[rel.encode()]
     assert (row.size, row.remote_size) == (len(lines), piece if read != "short" else cut)
-    monkeypatch.setattr(engine, "make_plan", real_plan)
-    monkeypatch.setattr(engine, "fetch_argv", real_fetch_argv)
+    undo()
     remote.write_bytes(data)
     handed = _pieces_handed(monkeypatch, rel.encode())
     code, summary, _ = sync(inv, dest, capsys)

@@ -6,8 +6,8 @@ script's target (:mod:`remote_sync.__main__`) calls before it imports anything e
 that a SIGTERM during the command line's imports or while its words are parsed (``timeout``
 or systemd stopping a run that has just started) exits 130 as a Ctrl-C then does, instead of
 killing the process (-15). :func:`remote_sync.cli.main` keeps the same handler for the
-command's run and puts SIGTERM back to its default action after it. Only the standard
-library's :mod:`signal` and :mod:`threading` are imported.
+command's run and puts SIGTERM back to its default action after it. It imports only what
+the interpreter has loaded at start-up and :mod:`signal` and :mod:`threading`.
 """
 
 from __future__ import annotations

@@ -332,6 +332,43 @@ def test_a_dry_runs_copy_of_the_state_is_whole_when_a_sync_writes_during_it(
         assert copy.execute(values).fetchall() == [("new" * 30, 4000)]
 
 
+def test_a_dry_runs_copy_that_fails_as_a_sync_writes_is_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy read unlocked while a sync rewrote the file may also fail outright (pages of
+    two versions: "malformed"), not only come out torn. As a reader's read, it is taken
+    again when the files changed meanwhile, where the dry run failed at once."""
+    from remote_sync.mirror import state as state_module
+    from remote_sync.mirror.state import copy_state
+
+    dest = tmp_path / "m"
+    with MirrorState(dest) as state:
+        state.db.execute("INSERT INTO meta VALUES ('k', 'v')")
+    source = dest / ".remote-sync" / "state.db"
+    assert not source.with_name("state.db-wal").exists()  # read as a file, then
+    real_connect = sqlite3.connect
+    failed = []
+
+    class FailsOnce(sqlite3.Connection):
+        def backup(self, target: sqlite3.Connection, **kwargs: Any) -> None:
+            if not failed:
+                failed.append(True)
+                with MirrorState(dest) as state:  # a sync's open, commit and close
+                    state.db.execute("UPDATE meta SET value = 'w' WHERE key = 'k'")
+                raise sqlite3.DatabaseError("database disk image is malformed")
+            super().backup(target, **kwargs)
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real_connect(*args, **kwargs, factory=FailsOnce)
+
+    monkeypatch.setattr(state_module.sqlite3, "connect", connect)
+    copy_state(source, tmp_path / "copy.db")
+    monkeypatch.undo()
+    assert failed
+    with contextlib.closing(sqlite3.connect(tmp_path / "copy.db")) as copy:
+        assert copy.execute("SELECT value FROM meta WHERE key = 'k'").fetchall() == [("w",)]
+
+
 @pytest.mark.parametrize("back", [False, True], ids=["left", "taken back"])
 def test_a_link_swapped_in_as_a_reader_opens_the_state_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], back: bool
@@ -625,7 +662,7 @@ def test_the_highest_version_on_disk_is_read_back_from_any_name(
         os.makedirs(state.versions_folder("h", b"d/" + name), exist_ok=True)
         folder = os.open(state.versions_folder("h", b"d/" + name), os.O_RDONLY | os.O_DIRECTORY)
         try:
-            assert state.highest_version_on_disk("h", b"d/" + name, folder) == max(mine, default=0)
+            assert state.highest_version_on_disk(b"d/" + name, folder) == max(mine, default=0)
         finally:
             os.close(folder)
 

@@ -692,6 +692,12 @@ def _copied_steady(control: int, source: Path, target: Path) -> bool:
         dst = sqlite3.connect(target)
         try:
             src.backup(dst)
+        except sqlite3.DatabaseError:
+            # Pages of two versions of the file can also fail the read (as a StateReader's
+            # read, taken again): taken again too, unless the files did not change.
+            if immutable and _stamp(source) != before:
+                return False
+            raise
         finally:
             dst.close()
         # Read immutable, SQLite opened the database file alone.
@@ -1516,7 +1522,7 @@ class MirrorState:
             version += 1
         return version
 
-    def highest_version_on_disk(self, host: str, path: bytes, folder: int) -> int:
+    def highest_version_on_disk(self, path: bytes, folder: int) -> int:
         """The highest number of any version of ``host``'s ``path`` in the versions tree, with
         gaps below it or not (0: none), from one listing of ``folder``, the directory its
         versions are in, open (:meth:`open_versions_folder`).

@@ -1060,7 +1060,7 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
                 # copies left. Listed only here, as versions are rare. Its folder is made and
                 # entered with no link followed, and the copy renamed in by name there.
                 folder = state.open_versions_folder(row.host, row.path, dirs)
-                on_disk = state.highest_version_on_disk(row.host, row.path, folder)
+                on_disk = state.highest_version_on_disk(row.path, folder)
                 version = max(row.version, on_disk) + 1
                 row.version = version
                 kept = state.version_path(row.host, row.path, version)

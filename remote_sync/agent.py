@@ -510,8 +510,6 @@ class Agent:
         self._refuse_if_stopping()
         self._running += 1
         try:
-            # A dry run (no pool) works on a copy of the state: nothing to remember.
-            memory = self._memory if pool is not None else None
             return await sync_fleet(
                 hosts,
                 options,
@@ -519,7 +517,7 @@ class Agent:
                 registry=self.registry,
                 transfer_id=transfer,
                 pool=pool,
-                memory=memory,
+                memory=self._memory,  # a dry run neither reads nor changes it
             )
         finally:
             self._running -= 1

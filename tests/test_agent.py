@@ -562,7 +562,8 @@ async def test_after_another_run_or_a_sync_not_clean_the_next_looks_at_every_fil
 ) -> None:
     """Any other run that held the mirror's lock between two of the agent's syncs (a sync of
     its own, ``versions prune``, ``index rebuild``), or a sync of the agent's own that did not
-    end clean (a host failed, it was cancelled), leaves the next a whole recovery."""
+    end clean (it was cancelled), leaves the next a whole recovery; a host that failed leaves
+    its own files to it, not the other's, whose round was clean."""
     from remote_sync.cli import main
 
     inv, dest = agent_setup
@@ -600,6 +601,8 @@ async def test_after_another_run_or_a_sync_not_clean_the_next_looks_at_every_fil
     expected = [["h0", "h1"], ["h0", "h1"], []]
     if between in ("direct sync", "failed sync", "cancelled sync"):
         expected.insert(1, ["h0", "h1"] if between == "direct sync" else [])
+    if between == "failed sync":
+        expected[2] = ["h0"]  # h1's round was clean: only the host that failed
     assert recovered == expected
     for name in ("h0", "h1"):
         assert mirror_tree(dest, name) == expected_tree(fleet.path(name))

@@ -2085,7 +2085,8 @@ class SyncMemory:
     its syncs: what its last sync left clean (:class:`~.state.CleanClose`), whose hosts the
     next sync's recovery does not stat file by file when no other run has held the lock
     since (:meth:`~.state.MirrorState.clean_since`). A sync forgets it as it starts and
-    remembers it again only when every host's round ended clean, nothing cancelled."""
+    remembers again, once it has closed the state, the hosts whose rounds ended clean (none
+    when it was cancelled) with those it did not sync that were clean before."""
 
     last: CleanClose | None = None
 
@@ -2207,14 +2208,13 @@ async def sync_fleet(
                 for host in hosts:
                     tg.start_soon(one, host)
     rounds = [results[h.name] for h in hosts if h.name in results]
-    if (
-        memory is not None
-        and not tok.cancelled
-        and len(rounds) == len(hosts)
-        and all(r.clean for r in rounds)
-    ):
-        # The state is closed (its lock released) by now, as the state recorded it.
-        memory.last = state.closed_clean(clean | {h.name for h in hosts})
+    if memory is not None:
+        # Per host: one that failed (a laptop asleep) leaves its files to the next sync's
+        # recovery, not the others'. A cancelled sync trusts none of its hosts. The state is
+        # closed (its lock released) by now, as the state recorded it.
+        synced = {h.name for h in hosts}
+        left_clean = set() if tok.cancelled else {r.host for r in rounds if r.clean}
+        memory.last = state.closed_clean((clean | synced) - (synced - left_clean))
     return _summary(rounds, options, started, cancelled=tok.cancelled, emit=emit)
 
 

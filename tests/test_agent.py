@@ -608,6 +608,34 @@ async def test_after_another_run_or_a_sync_not_clean_the_next_looks_at_every_fil
         assert mirror_tree(dest, name) == expected_tree(fleet.path(name))
 
 
+async def test_a_sync_whose_every_host_fails_its_local_checks_leaves_the_memory_as_it_was(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync whose every host stops on its local files (here a key file that is not there)
+    leaves the destination untouched, its state not even opened: what the last clean sync
+    left is still so, and the next sync's recovery skips those hosts, where the memory was
+    forgotten and it looked at every file."""
+    import dataclasses
+
+    inv, dest = agent_setup
+    hosts = load_inventory(inv).select(["h0", "h1"])
+    keyless = [
+        dataclasses.replace(
+            h, endpoint=dataclasses.replace(h.endpoint, identity_files=(str(dest / "no-key"),))
+        )
+        for h in hosts
+    ]
+    memory = engine.SyncMemory()
+    recovered = _recovered(monkeypatch)
+    async with SSHPool() as pool:
+        for which, code in [(hosts, 0), (keyless, 2), (hosts, 0)]:
+            summary = await sync_fleet(
+                which, SyncOptions(dest=dest), _ignore, pool=pool, memory=memory
+            )
+            assert summary.exit_code == code
+    assert recovered == [["h0", "h1"], []]
+
+
 _KILLED_MID_SYNC = """
 import os, signal, sys
 from remote_sync.mirror.state import MirrorState

@@ -2156,6 +2156,8 @@ async def sync_fleet(
                 rounds.append(HostRound(host.name, error=problem))
                 emit(ErrorEvent.from_exception(problem))
                 emit(rounds[-1].event())
+            if memory is not None:
+                memory.last = last  # the state not opened, no file touched: as it was
             return _summary(rounds, options, started, cancelled=False, emit=emit)
         for host, problem in zip(hosts, problems, strict=True):
             # What the host's ssh_config asks for that its connection leaves out: said once

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1133,6 +1133,21 @@ async def test_a_host_gone_from_the_inventory_has_its_connection_closed_at_the_n
         assert pool.stats(endpoints["h0"]).connects == 1
 
 
+def _agent_with_its_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: Callable[..., Awaitable[Summary]]
+) -> tuple[Agent, Callable[[], list[Event]]]:
+    """An agent of one host whose syncs are ``sync``, and what asks it for a dry run (from
+    a worker thread) and returns the events it answered."""
+    inv, dest = _one_host_inventory(tmp_path), tmp_path / "m"
+    agent = Agent(inv, dest)
+    monkeypatch.setattr(agent, "_sync", sync)
+
+    def events_of() -> list[Event]:
+        return _asked(dest, inv, dry_run=True)
+
+    return agent, events_of
+
+
 async def test_a_sync_closes_connections_by_its_own_reading_of_the_inventory(
     fleet: SSHFleet, agent_setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1206,13 +1221,7 @@ async def test_requests_past_the_limit_are_refused_as_busy_and_run_by_their_clie
         emit(_summary())
         return _summary()
 
-    inv, dest = _one_host_inventory(tmp_path), tmp_path / "m"
-    agent = Agent(inv, dest)
-    monkeypatch.setattr(agent, "_sync", sync)
-
-    def events_of() -> list[Event]:
-        return _asked(dest, inv, dry_run=True)
-
+    agent, events_of = _agent_with_its_sync(tmp_path, monkeypatch, sync)
     async with _serving(agent, 30) as tg:
         first: list[list[Event]] = []
 
@@ -1249,12 +1258,8 @@ async def test_a_client_that_sends_no_request_counts_against_the_limit_until_it_
         emit(_summary())
         return _summary()
 
-    inv, dest = _one_host_inventory(tmp_path), tmp_path / "m"
-    agent = Agent(inv, dest)
-    monkeypatch.setattr(agent, "_sync", sync)
-
-    def events_of() -> list[Event]:
-        return _asked(dest, inv, dry_run=True)
+    agent, events_of = _agent_with_its_sync(tmp_path, monkeypatch, sync)
+    dest = agent.dest
 
     async with _serving(agent, 30):
         silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

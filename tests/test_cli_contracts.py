@@ -718,6 +718,23 @@ run()
 """
 
 
+def _assert_cancelled_at_start(
+    done: subprocess.CompletedProcess[bytes], dest: Path, json_wanted: bool
+) -> None:
+    """``done`` was cancelled before its work started: exit 130, one line (an error event
+    under --json), no traceback, ``dest`` not made."""
+    err = done.stderr.decode()
+    assert done.returncode == 130, (done.returncode, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert not dest.exists()
+    if json_wanted:
+        event = decode_event(done.stdout.decode().splitlines()[-1])
+        assert isinstance(event, ErrorEvent) and event.kind == "cancelled"
+    else:
+        assert done.stdout == b""
+        assert err.startswith("remote-sync: cancelled by a signal"), err
+
+
 @pytest.mark.parametrize("json_wanted", [False, True])
 def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(
     json_wanted: bool, tmp_path: Path
@@ -727,16 +744,7 @@ def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(
     args = ["sync", "me@box.invalid", "--dest", str(tmp_path / "m")]
     argv = [sys.executable, "-c", _CTRL_C_WHILE_LOADING, *args, *(["--json"] * json_wanted)]
     done = subprocess.run(argv, capture_output=True, timeout=60)
-    err = done.stderr.decode()
-    assert done.returncode == 130, err
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    assert not (tmp_path / "m").exists()
-    if json_wanted:
-        event = decode_event(done.stdout.decode().splitlines()[-1])
-        assert isinstance(event, ErrorEvent) and event.kind == "cancelled"
-    else:
-        assert done.stdout == b""
-        assert err.startswith("remote-sync: cancelled by a signal")
+    _assert_cancelled_at_start(done, tmp_path / "m", json_wanted)
 
 
 #: A sitecustomize for ``python -m remote_sync``: a real SIGTERM sent to the process while
@@ -802,16 +810,7 @@ def test_sigterm_while_the_command_line_starts_exits_130_without_a_traceback(
     installed its own handler."""
     words = ["sync", "me@box.invalid", "--dest", str(tmp_path / "m")]
     done = _start_terminated(tmp_path, at, words + ["--json"] * json_wanted)
-    err = done.stderr.decode()
-    assert done.returncode == 130, (done.returncode, err)
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    assert not (tmp_path / "m").exists()
-    if json_wanted:
-        event = decode_event(done.stdout.decode().splitlines()[-1])
-        assert isinstance(event, ErrorEvent) and event.kind == "cancelled"
-    else:
-        assert done.stdout == b""
-        assert err.startswith("remote-sync: cancelled by a signal"), err
+    _assert_cancelled_at_start(done, tmp_path / "m", json_wanted)
 
 
 def test_sigterm_ignored_at_the_start_stays_ignored(tmp_path: Path) -> None:

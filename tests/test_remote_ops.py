@@ -2366,10 +2366,12 @@ def told_round(
     return rc, parser, events, err
 
 
-@pytest.mark.parametrize("toolset", ["gnu", "busybox"], indirect=True)
-def test_local_round_told_its_tools_probes_none(toolset: Runner, tmp_path: Path) -> None:
-    """A round probes find, dd and head and says what it found on its end line; told that, the
-    next round starts none of those probes (three processes a round), and reads the same."""
+def _a_transcript_and_logged_tools(
+    toolset: Runner, tmp_path: Path
+) -> tuple[Path, bytes, Path, Runner, list[FetchRequest]]:
+    """A root holding one transcript, ``toolset`` with find, dd and head logging each start
+    to a file, and a request for the transcript's bytes past 3,000, its head checked with
+    its batch."""
     root = tmp_path / "root"
     root.mkdir()
     data = b"".join(b'{"n":%d}\n' % i for i in range(600))
@@ -2377,6 +2379,14 @@ def test_local_round_told_its_tools_probes_none(toolset: Runner, tmp_path: Path)
     log = tmp_path / "tools.log"
     runner = logging_tools(toolset, tmp_path / "bin", log)
     requests = [FetchRequest(b"s.jsonl", 3000, len(data) - 3000, check_batched=True)]
+    return root, data, log, runner, requests
+
+
+@pytest.mark.parametrize("toolset", ["gnu", "busybox"], indirect=True)
+def test_local_round_told_its_tools_probes_none(toolset: Runner, tmp_path: Path) -> None:
+    """A round probes find, dd and head and says what it found on its end line; told that, the
+    next round starts none of those probes (three processes a round), and reads the same."""
+    root, data, log, runner, requests = _a_transcript_and_logged_tools(toolset, tmp_path)
     seen = []
     for _ in range(2):
         log.write_text("")
@@ -2397,13 +2407,7 @@ def test_local_round_told_its_tools_probes_none(toolset: Runner, tmp_path: Path)
 def test_local_fetch_told_the_rounds_tools_probes_none(toolset: Runner, tmp_path: Path) -> None:
     """A fetch of its own (a round's follow-up) told what the round found of dd and head
     starts neither's probe, and reads what a fetch that probes them reads."""
-    root = tmp_path / "root"
-    root.mkdir()
-    data = b"".join(b'{"n":%d}\n' % i for i in range(600))
-    (root / "s.jsonl").write_bytes(data)
-    log = tmp_path / "tools.log"
-    runner = logging_tools(toolset, tmp_path / "bin", log)
-    requests = [FetchRequest(b"s.jsonl", 3000, len(data) - 3000, check_batched=True)]
+    root, data, log, runner, requests = _a_transcript_and_logged_tools(toolset, tmp_path)
     found = told_round(runner, root, [], PROBE_TOOLS)[1].tools
     assert re.fullmatch("[prs][ny][ny]", found)
     read = []

@@ -282,6 +282,24 @@ def test_a_dry_runs_copy_of_the_state_refuses_a_link_at_the_state_database(tmp_p
     assert e.value.path == str(db) and not (tmp_path / "copy.db").exists()
 
 
+def _copy_state_through(
+    factory: type[sqlite3.Connection], source: Path, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dry run's copy of ``source`` to ``target``, the state's connections made by
+    ``factory`` (which stands in for a sync writing meanwhile)."""
+    from remote_sync.mirror import state as state_module
+    from remote_sync.mirror.state import copy_state
+
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real_connect(*args, **kwargs, factory=factory)
+
+    monkeypatch.setattr(state_module.sqlite3, "connect", connect)
+    copy_state(source, target)
+    monkeypatch.undo()
+
+
 def test_a_dry_runs_copy_of_the_state_is_whole_when_a_sync_writes_during_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,9 +308,6 @@ def test_a_dry_runs_copy_of_the_state_is_whole_when_a_sync_writes_during_it(
     the backup: its checkpoint rewrites the file) gave a copy of pages from two versions of
     the database, "Rowid out of order" and rows missing from an index. The copy is taken
     again, whole, of the database as the sync left it."""
-    from remote_sync.mirror import state as state_module
-    from remote_sync.mirror.state import copy_state
-
     dest = tmp_path / "m"
     with MirrorState(dest) as state:
         state.db.executemany(
@@ -300,7 +315,6 @@ def test_a_dry_runs_copy_of_the_state_is_whole_when_a_sync_writes_during_it(
         )
     source = dest / ".remote-sync" / "state.db"
     assert not source.with_name("state.db-wal").exists()  # read as a file, then
-    real_connect = sqlite3.connect
     synced = []
 
     def sync_commits() -> None:
@@ -319,12 +333,7 @@ def test_a_dry_runs_copy_of_the_state_is_whole_when_a_sync_writes_during_it(
 
             super().backup(target, pages=5, progress=between_steps)
 
-    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        return real_connect(*args, **kwargs, factory=Stepped)
-
-    monkeypatch.setattr(state_module.sqlite3, "connect", connect)
-    copy_state(source, tmp_path / "copy.db")
-    monkeypatch.undo()
+    _copy_state_through(Stepped, source, tmp_path / "copy.db", monkeypatch)
     assert synced
     with contextlib.closing(sqlite3.connect(tmp_path / "copy.db")) as copy:
         assert copy.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -338,15 +347,11 @@ def test_a_dry_runs_copy_that_fails_as_a_sync_writes_is_taken_again(
     """A copy read unlocked while a sync rewrote the file may also fail outright (pages of
     two versions: "malformed"), not only come out torn. As a reader's read, it is taken
     again when the files changed meanwhile, where the dry run failed at once."""
-    from remote_sync.mirror import state as state_module
-    from remote_sync.mirror.state import copy_state
-
     dest = tmp_path / "m"
     with MirrorState(dest) as state:
         state.db.execute("INSERT INTO meta VALUES ('k', 'v')")
     source = dest / ".remote-sync" / "state.db"
     assert not source.with_name("state.db-wal").exists()  # read as a file, then
-    real_connect = sqlite3.connect
     failed = []
 
     class FailsOnce(sqlite3.Connection):
@@ -358,12 +363,7 @@ def test_a_dry_runs_copy_that_fails_as_a_sync_writes_is_taken_again(
                 raise sqlite3.DatabaseError("database disk image is malformed")
             super().backup(target, **kwargs)
 
-    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        return real_connect(*args, **kwargs, factory=FailsOnce)
-
-    monkeypatch.setattr(state_module.sqlite3, "connect", connect)
-    copy_state(source, tmp_path / "copy.db")
-    monkeypatch.undo()
+    _copy_state_through(FailsOnce, source, tmp_path / "copy.db", monkeypatch)
     assert failed
     with contextlib.closing(sqlite3.connect(tmp_path / "copy.db")) as copy:
         assert copy.execute("SELECT value FROM meta WHERE key = 'k'").fetchall() == [("w",)]

@@ -1260,3 +1260,60 @@ def test_a_failed_read_of_the_longer_mirrored_copy_is_an_error_not_a_short_first
         assert local.read_bytes() == old  # nothing put in place, no version kept
         assert not state.version_path("h", SESSION, 1).exists()
         writer.abort()
+
+
+@pytest.mark.parametrize("case", ["new", "grown", "renamed"])
+def test_a_finish_that_fails_leaves_nothing_of_its_fetch_behind(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+) -> None:
+    """The finish of a file fetched in one read fails (no descriptor left for the copy it
+    hands to the batch): the host's round fails, and the fetch leaves nothing behind, where
+    its temp file stayed until the next open's recovery, and an append's new bytes sat past
+    the checkpoint. The mirrored file and its row are as they were; the next sync is exact."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(21)
+    rel = "agents/a/sessions/s.jsonl"
+    fetched = rel + ".reset.2026-11-22T03-00-00.000Z" if case == "renamed" else rel
+    if case != "new":
+        fleet.write("h0", rel, session_bytes(rng, 600))  # renamed: worth a local copy
+        assert sync(inv, dest, capsys)[0] == 0
+    if case == "renamed":
+        os.rename(fleet.path("h0", rel), fleet.path("h0", fetched))
+    if case == "new":
+        fleet.write("h0", rel, session_bytes(rng, 3, start=600))
+    else:
+        append(fleet, "h0", fetched, session_bytes(rng, 3, start=600))
+    mirrored = (dest / "h0" / rel).read_bytes() if case != "new" else None
+    with MirrorState(dest) as state:
+        rows = state.host_files("h0")
+    tmp = dest / ".remote-sync" / "tmp"
+    written = (str(tmp) + "/", str(dest / "h0" / fetched))
+    real_dup = os.dup
+
+    def no_copy_of_the_fetched_file(fd: int) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(written):
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_dup(fd)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "dup", no_copy_of_the_fetched_file)
+        code, events = run_cli(
+            ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"], capsys
+        )
+    assert code == 1
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert (error.host, error.path) == ("h0", fetched) and "Too many open files" in error.message
+    assert list(tmp.iterdir()) == []
+    assert (dest / "h0" / fetched).exists() == (case == "grown")
+    if mirrored is not None:
+        assert (dest / "h0" / rel).read_bytes() == mirrored
+    with MirrorState(dest) as state:
+        assert state.host_files("h0") == rows
+    assert sync(inv, dest, capsys)[0] == 0
+    assert (dest / "h0" / fetched).read_bytes() == fleet.path("h0", fetched).read_bytes()
+    assert_index_is_a_rebuild(dest)

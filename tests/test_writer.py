@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import io
 import json
 import os
 import random
@@ -193,3 +194,35 @@ def test_a_finish_that_cannot_copy_its_descriptor_leaves_the_writer_to_abort(
 
 def _no_descriptor_left(fd: int) -> int:
     raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+
+class _NoRoom(io.FileIO):
+    """A temp file on a disk that has just filled up: no write reaches it."""
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_whole_file_whose_finish_finds_the_disk_full_is_aborted_without_a_trace(
+    tmp_path: Path,
+) -> None:
+    """A file kept whole (not cut at its lines) whose bytes, still in the write buffer, find
+    the disk full at its finish: the finish fails as a full disk, and the abort closes the
+    file and removes its temp file without an error of its own. The close, writing the
+    buffer again, failed and the removal was skipped: the temp file stayed until the next
+    open's recovery."""
+    with MirrorState(tmp_path / "m") as state:
+        state.recover()
+        temps = set(os.listdir(state.tmp_dir))
+        before = len(os.listdir("/proc/self/fd"))
+        row = FileState("h0", b"d/sessions.json", "whole", 0, 8, 1.7e9, 2049, 1, b"")
+        writer = WholeWriter(state, row, lines_only=False, category="new")
+        assert writer.temp is not None
+        writer.handle.close()
+        writer.handle = io.BufferedRandom(_NoRoom(writer.temp, "r+b"))
+        writer.write(b'{"a": 1}')
+        with pytest.raises(MirrorError, match=r"h0: d/sessions\.json: disk full"):
+            writer.finish()
+        writer.abort()
+        assert len(os.listdir("/proc/self/fd")) == before
+        assert set(os.listdir(state.tmp_dir)) == temps

@@ -1310,6 +1310,11 @@ class _FrameHandler:
                 self._drop()
                 self._again(t)
                 return
+            except BaseException:
+                # The abort that follows (the host's round fails) aborts it: its temp file
+                # removed, an append cut back to its checkpoint, its file closed.
+                self.writer = writer
+                raise
             # Where the read ended: the listed size in the round, whose reads end there. A
             # follow-up's read ends where the file did (Short), or at the end of its last
             # piece, the file maybe longer: a row that kept the listed size (and mtime) took

@@ -825,7 +825,10 @@ class WholeWriter(_LineWriter):
             finally:
                 self.handle.close()
             return
-        self.handle.close()
+        # Nothing of a temp file is kept: a close that fails writing its buffer (a finish
+        # that found the disk full) loses nothing, and must not skip the removal.
+        with contextlib.suppress(OSError):
+            self.handle.close()
         self.temp.unlink(missing_ok=True)
 
 

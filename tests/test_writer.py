@@ -12,6 +12,7 @@ import os
 import random
 import sqlite3
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from remote_sync.index.facts import INT64_MAX, INT64_MIN, SessionFacts
 from remote_sync.index.store import IndexRows, ensure_schema
 from remote_sync.index.update import FileIndexer, IndexUpdate
 from remote_sync.mirror.state import FileState, MirrorState
-from remote_sync.mirror.writer import WholeWriter, discard
+from remote_sync.mirror.writer import AppendWriter, WholeWriter, discard
 
 
 def test_a_finished_file_waiting_for_its_flush_holds_little(tmp_path: Path) -> None:
@@ -226,3 +227,33 @@ def test_a_whole_file_whose_finish_finds_the_disk_full_is_aborted_without_a_trac
         writer.abort()
         assert len(os.listdir("/proc/self/fd")) == before
         assert set(os.listdir(state.tmp_dir)) == temps
+
+
+def test_a_checkpoint_whose_index_snapshot_fails_claims_nothing_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy of the index's facts for a piece fails (out of memory, say): nothing is
+    handed over, and the writer's checkpoint is still the last one handed over, so that its
+    abort cuts the file back to it. It moved to the new lines first, and the abort left them
+    in place past the state's checkpoint until the next open's recovery."""
+    with MirrorState(tmp_path / "m") as state:
+        state.recover()
+        path = b"d/s.jsonl"
+        local = state.local_path("h0", path)
+        local.parent.mkdir(parents=True)
+        old = b'{"type": "message", "id": "1"}\n'
+        local.write_bytes(old)
+        row = FileState("h0", path, "append", len(old), len(old), 1.7e9, 2049, 1, b"")
+        indexer = FileIndexer(get_reader("openclaw"), "h0", path, start=len(old))
+        writer = AppendWriter(state, row, len(old), replace(row), indexer)
+        writer.write(b'{"type": "message", "id": "2"}\n')
+
+        def no_memory(self: FileIndexer) -> None:
+            raise MemoryError
+
+        monkeypatch.setattr(FileIndexer, "snapshot", no_memory)
+        with pytest.raises(MemoryError):
+            writer.checkpoint()
+        assert (writer.committed, writer.row.size) == (len(old), len(old))
+        writer.abort()
+        assert local.read_bytes() == old

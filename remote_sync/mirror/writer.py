@@ -348,12 +348,14 @@ class _LineWriter:
             fd = os.dup(self.handle.fileno())
         except OSError as exc:
             raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
-        self.row.size = self.committed = self.end_of_lines
         try:
             index = self.indexer.snapshot() if self.indexer is not None else None
         except BaseException:
             os.close(fd)
             raise
+        # Only now, with nothing left to fail: a checkpoint that fails hands nothing over,
+        # and must leave the writer's at the one handed over last, which abort cuts back to.
+        self.row.size = self.committed = self.end_of_lines
         row = replace(self.row)  # the writer's row goes on changing
         return Pending(row, fd, category="grown", bytes=added, index=index, piece=True)
 
@@ -702,6 +704,7 @@ class WholeWriter(_LineWriter):
             self._overlap_whole()
             if self._grows_the_old_copy():
                 return None
+        before = self.committed
         pending = super().checkpoint()
         if pending is None or self.temp is None:
             return pending
@@ -709,6 +712,7 @@ class WholeWriter(_LineWriter):
             self.tail = self._move_out_past(self.end_of_lines)
         except BaseException:
             discard([pending])  # its descriptor only: the temp file is still the writer's
+            self.taken_back(before)  # handed nothing over (see _LineWriter.checkpoint)
             raise
         pending.temp, self.temp = os.fspath(self.temp), None
         self.local = self.mirrored

@@ -230,6 +230,9 @@ def _kept(
     for number in numbers:
         place = state.version_path(host, path, number)
         try:
+            # Not the listing's: a directory's listing holds names and kinds, no sizes or
+            # times, so its entry's stat() would make this same lstat; and a copy put or
+            # removed since the listing (held for the folder's other files) is seen as it is.
             st = os.lstat(place)
         except (FileNotFoundError, NotADirectoryError):
             continue  # removed by hand: nothing to list

@@ -38,7 +38,7 @@ from remote_sync.index.update import FileIndexer, index_range, rebuild_index
 from remote_sync.index.worker import IndexWorker, IndexWorkerError
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine, writer
-from remote_sync.mirror.state import MirrorState
+from remote_sync.mirror.state import MirrorState, VersionNumbers
 
 FAKE_WORKER = Path(__file__).resolve().parent / "fake_index_worker.py"
 
@@ -330,10 +330,12 @@ def test_stream_failing_with_a_flush_in_flight_loses_nothing(
     durable = writer.make_durable
     flushes: list[int] = []
 
-    def slow_durable(state: MirrorState, items: list[writer.Pending]) -> list[writer.Pending]:
+    def slow_durable(
+        state: MirrorState, items: list[writer.Pending], numbers: VersionNumbers
+    ) -> writer.Durable:
         time.sleep(0.2)  # the stream goes on meanwhile: several files land in the next batch
         flushes.append(len(items))
-        return durable(state, items)
+        return durable(state, items, numbers)
 
     monkeypatch.setattr(engine, "make_durable", slow_durable)
     handle = engine._FrameHandler.handle

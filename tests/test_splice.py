@@ -332,7 +332,7 @@ def test_held_files_are_given_up_when_a_flush_fails(
         fleet.write("h0", f"agents/a/sessions/s{i}.jsonl", big_session(4096))
     monkeypatch.setattr(engine, "FLUSH_SECONDS", 0.0)  # every finished file starts a flush
 
-    def failing(state: object, items: list[Pending]) -> object:
+    def failing(state: object, items: list[Pending], numbers: object) -> object:
         discard(items)  # as the real one does when a sync fails
         raise MirrorError("cannot make 1 fetched files durable: Input/output error")
 

@@ -24,6 +24,7 @@ from remote_sync.mirror.state import (
     SCHEMA_VERSION,
     FileState,
     MirrorState,
+    VersionNumbers,
     fingerprint_of,
 )
 from remote_sync.mirror.writer import AppendWriter, RewriteDetected, WholeWriter, make_durable
@@ -639,14 +640,16 @@ _NAME_BYTES = st.sampled_from([b"a", b"x", b"~", b".", b"v", b"1", b"0", b"f", b
     st.lists(st.integers(1, 120), max_size=5),
     st.lists(st.integers(1, 120), max_size=5),
 )
-def test_the_highest_version_on_disk_is_read_back_from_any_name(
+def test_a_new_version_is_numbered_after_the_highest_on_disk_from_any_name(
     stem: bytes, pad: int, mine: list[int], theirs: list[int]
 ) -> None:
-    """The highest version of a file is read back from the names in its versions directory,
-    gaps or not, whatever its name: one cut with a digest for some numbers and not others
-    (a name near 255 bytes), one ending like a version or a cut name itself; never from
-    another file's versions in the same directory (a name that is a prefix of this one's,
-    or this one's followed by a version's suffix)."""
+    """A new version of a file is numbered after its highest one, read back from the names
+    in its versions directory, gaps or not, whatever its name: one cut with a digest for
+    some numbers and not others (a name near 255 bytes), one ending like a version or a cut
+    name itself; never from another file's versions in the same directory (a name that is a
+    prefix of this one's, or this one's followed by a version's suffix). The round's
+    numbers, listed once, take in the copies it keeps there, as a new listing would; a
+    name put there by hand meanwhile is passed over, not replaced."""
     name = b"y" * pad + stem
     if name in (b".", b".."):
         return
@@ -661,8 +664,22 @@ def test_the_highest_version_on_disk_is_read_back_from_any_name(
         # As a sync asks it: the folder made and opened (a descriptor lists str names).
         os.makedirs(state.versions_folder("h", b"d/" + name), exist_ok=True)
         folder = os.open(state.versions_folder("h", b"d/" + name), os.O_RDONLY | os.O_DIRECTORY)
+        rel = b"d/" + name
         try:
-            assert state.highest_version_on_disk(b"d/" + name, folder) == max(mine, default=0)
+            numbers = VersionNumbers()
+            first = numbers.number(state, "h", rel, folder, 0)
+            assert first == max(mine, default=0) + 1
+            assert numbers.number(state, "h", rel, folder, first + 3) == first + 4
+            state.version_path("h", rel, first).write_bytes(b"")
+            numbers.kept(state, "h", rel, first)
+            assert numbers.number(state, "h", rel, folder, 0) == first + 1
+            assert VersionNumbers().number(state, "h", rel, folder, 0) == first + 1
+            numbers.taken_back(state, "h", rel, first)
+            state.version_path("h", rel, first).unlink()
+            assert numbers.number(state, "h", rel, folder, 0) == first
+            state.version_path("h", rel, first + 1).mkdir()  # by hand, after the listing
+            numbers.kept(state, "h", rel, first)
+            assert numbers.number(state, "h", rel, folder, 0) == first + 2
         finally:
             os.close(folder)
 

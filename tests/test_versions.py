@@ -40,6 +40,7 @@ from remote_sync.errors import (
     path_text,
 )
 from remote_sync.index.query import age_seconds
+from remote_sync.mirror import engine
 from remote_sync.mirror.state import FileState, MirrorState
 from remote_sync.mirror.versions import (
     PruneResult,
@@ -1228,3 +1229,48 @@ def test_a_link_in_the_versions_tree_is_refused_when_a_version_is_kept(
     rows = _listed(dest, capsys)
     assert [(r.path, r.version) for r in rows] == [(path_text(PLAIN), 1)]
     assert (dest / os.fsdecode(path_bytes(rows[0].file))).read_bytes() == first
+
+
+def test_a_round_keeping_versions_of_many_files_in_one_folder_lists_it_once(
+    one_host: tuple[SSHFleet, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Six files of one directory rewritten between syncs, each flushed on its own: the
+    round lists their versions folder once, not once per copy kept (each listing as long as
+    the folder). Each copy is still numbered after every version on disk: one put there by
+    hand between two rounds is seen by the next, passed over, and left as it was."""
+    fleet, inv, dest = one_host
+    rng = random.Random(31)
+    rels = [BASE + b"s%d.jsonl" % i for i in range(6)]
+    for rel in rels:
+        _write(fleet, rel, session_bytes(rng, 5))
+    _sync(inv, dest, capsys)
+    monkeypatch.setattr(engine, "FLUSH_SECONDS", 0.0)  # every finished file starts a flush
+    listings: list[int] = []
+    real_listdir = os.listdir
+
+    def counted(path: Any = ".") -> list[Any]:
+        if isinstance(path, int):  # a versions folder, listed by its descriptor
+            listings.append(path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", counted)
+    state = MirrorState(dest)  # only its paths are used
+    for rewrites, by_hand in ([rels, 4], [rels[:1], 7]):
+        hand = state.version_path("h0", rels[0], by_hand)
+        hand.parent.mkdir(parents=True, exist_ok=True)
+        hand.write_bytes(b"put here by hand\n")
+        old = {rel: (dest / "h0" / os.fsdecode(rel)).read_bytes() for rel in rewrites}
+        for rel in rewrites:  # compacted: shorter, another history
+            _write(fleet, rel, session_bytes(rng, 2, start=100))
+        listings.clear()
+        _sync(inv, dest, capsys)
+        assert len(listings) == 1
+        with MirrorState(dest) as opened:
+            rows = opened.host_files("h0")
+        for rel in rewrites:
+            number = by_hand + 1 if rel == rels[0] else 1
+            assert rows[rel].version == number
+            assert state.version_path("h0", rel, number).read_bytes() == old[rel]
+        assert hand.read_bytes() == b"put here by hand\n"

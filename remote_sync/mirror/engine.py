@@ -123,6 +123,7 @@ from .state import (
     CleanClose,
     FileState,
     MirrorState,
+    VersionNumbers,
     copy_state,
     fingerprint_of,
     mirrored_path,
@@ -319,6 +320,7 @@ class HostSync:
         self.workers = workers
         self.worker: IndexWorker | None = None  # this round's index worker, if it uses one
         self.inflight: _Flush | None = None  # at most one batch being made durable
+        self.version_numbers = VersionNumbers()  # each versions folder listed once a round
         self.new_rows: list[FileState] = []  # files new to the mirror, committed this round
         # The files this round means to fetch, and those it has committed or failed: when the
         # round fails midway, the rest count as failed too (they were left behind).
@@ -760,7 +762,7 @@ class HostSync:
             self.result.gave_up = True
             discard(items)  # nothing of this batch was renamed: temp files and fds go
             raise
-        self.inflight = _Flush(self.state, items)
+        self.inflight = _Flush(self.state, items, self.version_numbers)
 
     async def _flush(self) -> None:
         """Make everything finished durable and committed, now."""
@@ -2327,7 +2329,7 @@ def _same_source_hint(host: Host, fmt: str, root: str) -> str:
 class _Flush:
     """One batch being made durable in a thread of its own."""
 
-    def __init__(self, state: MirrorState, items: list[Pending]) -> None:
+    def __init__(self, state: MirrorState, items: list[Pending], numbers: VersionNumbers) -> None:
         self.items = items
         self.done = anyio.Event()
         self.error: BaseException | None = None
@@ -2336,7 +2338,7 @@ class _Flush:
 
         def run() -> None:
             try:
-                durable = make_durable(state, items)
+                durable = make_durable(state, items, numbers)
                 self.items, self.failed = durable.done, durable.failed
             except BaseException as exc:  # handed to the event loop, raised there
                 self.error = exc

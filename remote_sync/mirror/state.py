@@ -789,6 +789,70 @@ def numbered_versions(path: bytes, groups: VersionGroups) -> dict[int, bytes]:
     }
 
 
+class VersionNumbers:
+    """The numbers of the versions in the folders of the versions tree where one host's round
+    keeps copies (see ``writer._put_in_place``): each folder listed once in the round, the
+    first time a copy goes there, and the copies the round puts there or takes back noted as
+    it does. A round keeping N copies in one folder listed it N times, each listing as long
+    as the folder (1000 rewritten files in one folder took seconds).
+
+    A new version is numbered after the highest of its file there, with gaps below it or not
+    (:meth:`number`), not only after the recorded count's unbroken run
+    (:meth:`MirrorState.last_version_on_disk`): a state moved aside (damaged) counts nothing,
+    and a prune left gaps at the bottom, so that run would start over at v1 below copies that
+    stay, and "1 is the oldest" and a later ``--keep-last`` would be wrong. Names are taken as
+    :func:`numbered_versions` takes them.
+
+    Held for one round: the destination's lock keeps other syncs and prunes out meanwhile,
+    and the next round lists again, so a folder changed by hand between rounds is seen. One
+    put there by hand during the round is not in the listing; the number then goes past the
+    name it finds in place, so that no copy is ever replaced. One round's flushes run one at
+    a time (in a worker thread each): nothing here is shared between threads at once."""
+
+    def __init__(self) -> None:
+        #: Per folder (:meth:`MirrorState.versions_folder`), its names grouped.
+        self._folders: dict[bytes, dict[bytes, list[tuple[int, bytes]]]] = {}
+
+    def number(self, state: MirrorState, host: str, path: bytes, folder: int, after: int) -> int:
+        """The number of a new version of ``host``'s ``path``: after ``after`` and after its
+        every version in ``folder`` (the directory its versions are in, open:
+        :meth:`MirrorState.open_versions_folder`), at a name free there. An ``OSError`` when
+        the folder cannot be listed or looked at."""
+        groups = self._folders.get(state.versions_folder(host, path))
+        if groups is None:
+            names = [os.fsencode(name) for name in os.listdir(folder)]  # by descriptor: str
+            groups = self._folders[state.versions_folder(host, path)] = group_versions(names)
+        number = max(after, max(numbered_versions(path, groups), default=0)) + 1
+        name = path.rpartition(b"/")[2]
+        while _exists_at(folder, _version_name(name, number)):
+            number += 1
+        return number
+
+    def kept(self, state: MirrorState, host: str, path: bytes, number: int) -> None:
+        """Version ``number`` of ``host``'s ``path`` was just put in its folder."""
+        entry = _version_name(path.rpartition(b"/")[2], number)
+        groups = self._folders.setdefault(state.versions_folder(host, path), {})
+        for key, found in group_versions([entry]).items():
+            groups.setdefault(key, []).extend(found)
+
+    def taken_back(self, state: MirrorState, host: str, path: bytes, number: int) -> None:
+        """Version ``number`` of ``host``'s ``path``, just kept, was moved out again."""
+        entry = _version_name(path.rpartition(b"/")[2], number)
+        groups = self._folders.get(state.versions_folder(host, path), {})
+        for key, found in group_versions([entry]).items():
+            with contextlib.suppress(KeyError, ValueError):
+                groups[key].remove(found[0])
+
+
+def _exists_at(folder: int, name: bytes) -> bool:
+    """Is there anything (a link not followed) at ``name`` in directory ``folder``?"""
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 class VersionsListings:
     """The folders of the versions tree listed for a pass over files in (host, path) order, as
     ``check``, ``versions list`` and ``versions prune`` make: each folder listed once and
@@ -1521,19 +1585,6 @@ class MirrorState:
         while os.path.lexists(self.version_path(host, path, version + 1)):
             version += 1
         return version
-
-    def highest_version_on_disk(self, path: bytes, folder: int) -> int:
-        """The highest number of any version of ``host``'s ``path`` in the versions tree, with
-        gaps below it or not (0: none), from one listing of ``folder``, the directory its
-        versions are in, open (:meth:`open_versions_folder`).
-
-        A new version is numbered after it, not only after the recorded count's unbroken run
-        (:meth:`last_version_on_disk`): a state moved aside (damaged) counts nothing, and a
-        prune left gaps at the bottom, so that run would start over at v1 below copies that
-        stay, and "1 is the oldest" and a later ``--keep-last`` would be wrong. Names are
-        taken as :func:`numbered_versions` takes them."""
-        names = [os.fsencode(name) for name in os.listdir(folder)]  # by descriptor: str names
-        return max(numbered_versions(path, group_versions(names)), default=0)
 
     def versions_folder(self, host: str, path: bytes) -> bytes:
         """The directory of the versions tree that ``host``'s ``path``'s versions are in (it

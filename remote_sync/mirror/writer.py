@@ -55,6 +55,7 @@ from .state import (
     FINGERPRINT_BYTES,
     FileState,
     MirrorState,
+    VersionNumbers,
     fingerprint_of,
     fsync_dir,
     full_disk_words,
@@ -918,8 +919,13 @@ class Durable:
     failed: list[tuple[Pending, MirrorError]] = field(default_factory=list)
 
 
-def make_durable(state: MirrorState, items: list[Pending]) -> Durable:
+def make_durable(
+    state: MirrorState, items: list[Pending], numbers: VersionNumbers | None = None
+) -> Durable:
     """Make ``items`` durable and put them in place; returns them for committing.
+
+    ``numbers``: the round's (one host's), which lists each versions folder a copy is kept
+    in once for all its flushes; without it, once for this batch.
 
     Blocking (syncs, renames, comparisons): run it in a worker thread. An item that cannot be
     put in place (a directory where the file goes) is discarded and listed as failed; the
@@ -927,6 +933,7 @@ def make_durable(state: MirrorState, items: list[Pending]) -> Durable:
     is unknown): every item is discarded and a :class:`MirrorError` names the file.
     """
     dirs: set[Path] = set()
+    numbers = numbers if numbers is not None else VersionNumbers()
     result = Durable()
     try:
         _sync_data(items)
@@ -935,7 +942,7 @@ def make_durable(state: MirrorState, items: list[Pending]) -> Durable:
                 result.done.append(item)
                 continue
             try:
-                _put_in_place(state, item, dirs)
+                _put_in_place(state, item, dirs, numbers)
             except MirrorError as exc:
                 discard([item])
                 result.failed.append((item, exc))
@@ -1035,7 +1042,9 @@ def _find_syncfs() -> object:
     return func
 
 
-def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
+def _put_in_place(
+    state: MirrorState, item: Pending, dirs: set[Path], numbers: VersionNumbers
+) -> None:
     assert item.temp is not None
     row = item.row
     local = state.local_path(row.host, row.path)
@@ -1064,14 +1073,14 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
                 # Numbered after every version on disk (see above; the destination's lock
                 # keeps other writers out), gaps or not: a prune leaves gaps at the bottom, and
                 # with the state lost (moved aside) the count starts again at 0 below the
-                # copies left. Listed only here, as versions are rare. Its folder is made and
+                # copies left. Its folder is listed once in the round (``numbers``), made and
                 # entered with no link followed, and the copy renamed in by name there.
                 folder = state.open_versions_folder(row.host, row.path, dirs)
-                on_disk = state.highest_version_on_disk(row.path, folder)
-                version = max(row.version, on_disk) + 1
+                version = numbers.number(state, row.host, row.path, folder, row.version)
                 row.version = version
                 kept = state.version_path(row.host, row.path, version)
                 os.rename(local, kept.name, dst_dir_fd=folder)  # same file system: no copy
+                numbers.kept(state, row.host, row.path, version)
                 dirs.add(kept.parent)
                 item.versioned = True
             if not item.back:  # a file back where one was deleted is new, not a rewrite of it
@@ -1086,6 +1095,7 @@ def _put_in_place(state: MirrorState, item: Pending, dirs: set[Path]) -> None:
         except OSError:
             if kept is not None:  # the mirror keeps its copy where it was, not only in versions/
                 os.rename(kept.name, local, src_dir_fd=folder)
+                numbers.taken_back(state, row.host, row.path, version)
                 item.versioned = False
             row.version = recorded
             raise

@@ -871,3 +871,32 @@ def test_a_versions_folder_refused_is_said_even_when_its_place_is_gone_at_the_lo
         caught.value
     )
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_dry_runs_copy_of_a_state_that_changes_on_every_copy_gives_up_saying_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync that commits and closes during every copy of the state (read unlocked, as a
+    file): the copy is taken again REREADS times, then given up with an error naming the
+    state database and saying to run the dry run again, not looped on for ever."""
+    from remote_sync.mirror.state import REREADS
+
+    dest = tmp_path / "m"
+    with MirrorState(dest) as state:
+        state.db.execute("INSERT INTO meta VALUES ('k0', 'v')")
+    source = dest / ".remote-sync" / "state.db"
+    assert not source.with_name("state.db-wal").exists()  # read as a file, then
+    copies = []
+
+    class EverChanging(sqlite3.Connection):
+        def backup(self, target: sqlite3.Connection, **kwargs: Any) -> None:
+            super().backup(target, **kwargs)
+            copies.append(True)
+            with MirrorState(dest) as state:  # a sync's open, commit and close
+                state.db.execute("INSERT INTO meta VALUES (?, ?)", (f"k{len(copies)}", "x" * 8192))
+
+    with pytest.raises(StateError, match="kept changing while it was copied") as e:
+        _copy_state_through(EverChanging, source, tmp_path / "copy.db", monkeypatch)
+    assert len(copies) == REREADS
+    assert e.value.path == str(source) and e.value.host is None
+    assert e.value.hint is not None and "run the dry run again" in e.value.hint

@@ -3,9 +3,11 @@
 What it owns: :func:`run`, the console script's target. Loading the command line takes tens of
 milliseconds of imports, and a Ctrl-C during them used to end in a traceback, a SIGTERM in
 death by the signal (-15). Here either ends as any cancel before the work starts does: exit
-130 and one line (an error event under ``--json``), with nothing started. SIGTERM is taken
-as a Ctrl-C (:mod:`remote_sync.interrupt`) before anything else is imported, except for
-``agent``, whose SIGTERM is its stop, and when it was ignored at the start.
+130 and one line (an error event under ``--json``), with nothing started; so does one in the
+few steps after the load, before :func:`remote_sync.cli.main` handles a cancel itself.
+SIGTERM is taken as a Ctrl-C (:mod:`remote_sync.interrupt`) before anything else is
+imported, except for ``agent``, whose SIGTERM is its stop, and when it was ignored at the
+start.
 """
 
 from __future__ import annotations
@@ -18,16 +20,21 @@ from .interrupt import take_sigterm_while_loading
 
 
 def run() -> NoReturn:
-    take_sigterm_while_loading(sys.argv[1:])
     try:
+        take_sigterm_while_loading(sys.argv[1:])
         from .cli import entry
+
+        # Called in here too: a cancel in its first steps, before main's own handling of
+        # one begins, is reported as one during the load (main catches those after). So
+        # is a Ctrl-C after main returned, in the exit's last flush: exit 130, not a
+        # traceback (SIGTERM has its default action back by then).
+        entry()
     except KeyboardInterrupt:
         _cancelled_while_loading()
-    entry()
 
 
 def _cancelled_while_loading() -> NoReturn:
-    # The interrupted import left no half-made module behind (Python drops a module whose
+    # An interrupted import left no half-made module behind (Python drops a module whose
     # import failed), so the command line loads again, to report the cancel as it reports
     # any other. A second Ctrl-C during that load ends the process as Python does.
     from .cli import report_cancelled_start, wants_json

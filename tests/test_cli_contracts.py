@@ -813,6 +813,66 @@ def test_sigterm_while_the_command_line_starts_exits_130_without_a_traceback(
     _assert_cancelled_at_start(done, tmp_path / "m", json_wanted)
 
 
+#: Runs the console script's target, with a real signal (argv[1]: INT or TERM) arriving
+#: outside the load and before main's handling of a cancel begins: as the target reads the
+#: words (the first read of sys.argv's words: "start"), as ``entry`` begins ("entry"), or as
+#: ``main`` reads the words (the second read: "main").
+_SIGNAL_BEFORE_MAIN = """
+import os, signal, sys
+
+import remote_sync.cli as cli
+
+sig = getattr(signal, "SIG" + sys.argv[1])
+spot = sys.argv[2]
+sent = []
+
+def send():
+    sent.append(True)
+    os.kill(os.getpid(), sig)
+
+if spot == "entry":
+    real_open = cli._open_closed_standard_descriptors
+
+    def opened():
+        send()
+        real_open()
+
+    cli._open_closed_standard_descriptors = opened
+
+class Argv(list):
+    reads = 0
+
+    def __getitem__(self, at):
+        if isinstance(at, slice):
+            Argv.reads += 1
+            if (spot, Argv.reads) in (("start", 1), ("main", 2)):
+                send()
+        return super().__getitem__(at)
+
+sys.argv = Argv(["remote-sync", *sys.argv[3:]])
+from remote_sync.__main__ import run
+run()
+"""
+
+
+@pytest.mark.parametrize(
+    ("spot", "sig"),
+    [("start", "INT"), ("entry", "INT"), ("entry", "TERM"), ("main", "INT"), ("main", "TERM")],
+)
+@pytest.mark.parametrize("json_wanted", [False, True])
+def test_a_signal_between_the_load_and_main_exits_130_without_a_traceback(
+    spot: str, sig: str, json_wanted: bool, tmp_path: Path
+) -> None:
+    """A Ctrl-C or a SIGTERM arriving outside the command line's load and before ``main``
+    handles a cancel (the few steps from the script's target into main's ``try``) exits
+    130 with one line (an error event under --json), where it ended in a traceback. (At
+    the start, SIGTERM is not taken yet: it ends the process as SIGTERM does.)"""
+    args = [sig, spot, "sync", "me@box.invalid", "--dest", str(tmp_path / "m")]
+    argv = [sys.executable, "-c", _SIGNAL_BEFORE_MAIN, *args, *(["--json"] * json_wanted)]
+    done = subprocess.run(argv, capture_output=True, timeout=60)
+    _assert_cancelled_at_start(done, tmp_path / "m", json_wanted)
+
+
 def test_sigterm_ignored_at_the_start_stays_ignored(tmp_path: Path) -> None:
     """Started with SIGTERM ignored, the command keeps ignoring it: the SIGTERM during its
     load changes nothing, and it runs to its own end (here: no mirror there, exit 2)."""

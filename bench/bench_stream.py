@@ -53,7 +53,8 @@ from _common import (
 from remote_sync.cancel import CancelRegistry
 from remote_sync.decode.jsonl import JsonlDecoder
 from remote_sync.errors import TransferCancelledError
-from remote_sync.ssh.pool import Endpoint, PoolSettings, SSHPool
+from remote_sync.ssh.endpoint import Endpoint
+from remote_sync.ssh.pool import PoolSettings, SSHPool
 from remote_sync.ssh.stream import exec_streaming, run_command
 
 THIS = Path(__file__).resolve()

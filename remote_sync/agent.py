@@ -83,7 +83,8 @@ from .events import (
 from .inventory import Host, lists_no_hosts, load_inventory
 from .mirror.engine import SyncMemory, SyncOptions, sync_fleet
 from .mirror.state import open_control_dir, open_lock, refuse_nested
-from .ssh.pool import Endpoint, PoolSettings, SSHPool
+from .ssh.endpoint import Endpoint
+from .ssh.pool import PoolSettings, SSHPool
 from .ssh.remote import check_concurrency, checked_idle_timeout
 
 log = logging.getLogger(__name__)

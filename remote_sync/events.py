@@ -30,7 +30,7 @@ import msgspec
 from .errors import RemoteSyncError, escape_surrogate
 
 if TYPE_CHECKING:
-    from .ssh.pool import ConfigWarning
+    from .ssh.options import ConfigWarning
 
 log = logging.getLogger(__name__)
 

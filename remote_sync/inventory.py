@@ -48,7 +48,7 @@ Rules:
   usable as one directory name: not empty, no ``/``, NUL or control character, not starting
   with ``.``, no white space at either end, at most 255 bytes of UTF-8.
 * Entries with equal address, user, port, keys and ssh settings get equal
-  :class:`~remote_sync.ssh.pool.Endpoint` values, and so share one SSH connection.
+  :class:`~remote_sync.ssh.endpoint.Endpoint` values, and so share one SSH connection.
 
 Every problem is a :class:`~remote_sync.errors.ConfigError` whose ``path`` is the inventory
 file and whose message starts with the line of the offending key or entry, e.g.
@@ -80,7 +80,7 @@ from .errors import (
 )
 from .formats import FORMATS, get_format
 from .globs import GlobSet, compile_globs, start_points
-from .ssh.pool import Endpoint, HostKeyPolicy
+from .ssh.endpoint import Endpoint, HostKeyPolicy
 
 __all__ = [
     "DEFAULT_FORMAT",

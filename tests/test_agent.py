@@ -66,7 +66,8 @@ from remote_sync.mirror import engine
 from remote_sync.mirror.engine import SyncOptions, sync_fleet
 from remote_sync.mirror.remote_ops import PROBE_TOOLS
 from remote_sync.mirror.state import MirrorState
-from remote_sync.ssh.pool import Endpoint, SSHPool
+from remote_sync.ssh.endpoint import Endpoint
+from remote_sync.ssh.pool import SSHPool
 
 SOCKET = Path(".remote-sync") / "agent.sock"
 

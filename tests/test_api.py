@@ -61,7 +61,8 @@ from remote_sync.index.show import ShowResult, show_session
 from remote_sync.index.update import rebuild_index
 from remote_sync.inventory import Host, Source, load_inventory
 from remote_sync.mirror.state import MirrorState, _LockHolder
-from remote_sync.ssh.pool import Endpoint, PoolSettings
+from remote_sync.ssh.endpoint import Endpoint
+from remote_sync.ssh.pool import PoolSettings
 from remote_sync.ssh.remote import checked_idle_timeout
 
 LONG = "agents/main/sessions/long-0001.jsonl"
@@ -998,7 +999,7 @@ FIRST_IMPORT = textwrap.dedent(
     sys.meta_path.insert(0, Slow())
     from remote_sync import api
     from remote_sync.inventory import Host, Source
-    from remote_sync.ssh.pool import Endpoint
+    from remote_sync.ssh.endpoint import Endpoint
 
     host = Host("h0", Endpoint("127.0.0.1", port=9), Source("openclaw", "/x", ("*",)))
     dest = tempfile.mkdtemp()
@@ -1099,7 +1100,7 @@ async def test_a_remote_listing_or_show_looks_its_host_up_off_the_loop(
     loaded stopped every other task of the program (a UI's) for as long. Now that lookup runs
     in a worker thread: a ticker on the loop is never held for half of one, and the errors are
     those the hosts gave before (the jump host refuses)."""
-    from remote_sync.ssh import pool as pool_module
+    from remote_sync.ssh import jumps, options, pool
 
     config = tmp_path / "ssh_config"
     config.write_text(
@@ -1111,13 +1112,14 @@ async def test_a_remote_listing_or_show_looks_its_host_up_off_the_loop(
         "slow", Endpoint("slow", ssh_config=(str(config),)), Source("openclaw", "/x", ("*",))
     )
     on_loop: list[bool] = []
-    real_prepare = pool_module._prepare
+    real_prepare = options._prepare
 
     def recording(endpoint: Endpoint, name: str) -> Any:
         on_loop.append(threading.current_thread() is threading.main_thread())
         return real_prepare(endpoint, name)
 
-    monkeypatch.setattr(pool_module, "_prepare", recording)
+    for looked_up_in in (pool, jumps):  # each module that calls it
+        monkeypatch.setattr(looked_up_in, "_prepare", recording)
     ticker = Ticker()
     async with anyio.create_task_group() as tg:
         tg.start_soon(ticker.run)

@@ -27,7 +27,7 @@ from remote_sync.inventory import (
     normal_root,
     sanitize_host_name,
 )
-from remote_sync.ssh.pool import Endpoint
+from remote_sync.ssh.endpoint import Endpoint
 
 
 def write(tmp_path: Path, text: str, name: str = "inventory.toml") -> Path:

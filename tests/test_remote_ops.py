@@ -57,7 +57,8 @@ from remote_sync.mirror.remote_ops import (
     round_argv,
 )
 from remote_sync.mirror.state import FileState
-from remote_sync.ssh.pool import Endpoint, SSHPool
+from remote_sync.ssh.endpoint import Endpoint
+from remote_sync.ssh.pool import SSHPool
 from remote_sync.ssh.remote import (
     PID_MARKER,
     STDERR_TAIL_BYTES,

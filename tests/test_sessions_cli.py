@@ -625,7 +625,7 @@ def test_stream_sessions_refuses_a_batch_size_below_one(index_dest: Path, batch_
 
     from remote_sync import api
     from remote_sync.inventory import Host, Source
-    from remote_sync.ssh.pool import Endpoint
+    from remote_sync.ssh.endpoint import Endpoint
 
     host = Host("nowhere", Endpoint("127.0.0.1", port=9), Source("openclaw", "/x", ("*",)))
 

@@ -55,7 +55,8 @@ from remote_sync.index.show import show_session
 from remote_sync.inventory import Host, Source, load_inventory
 from remote_sync.mirror import remote_ops
 from remote_sync.mirror.remote_ops import new_marker
-from remote_sync.ssh.pool import Endpoint, PoolSettings, SSHPool
+from remote_sync.ssh.endpoint import Endpoint
+from remote_sync.ssh.pool import PoolSettings, SSHPool
 from remote_sync.ssh.remote import PID_MARKER, wrapped_command
 
 MiB = 1024 * 1024

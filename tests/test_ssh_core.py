@@ -36,10 +36,12 @@ from remote_sync.errors import (
     RemoteSyncError,
     TransferCancelledError,
 )
+from remote_sync.ssh import filecache, hostkeys
 from remote_sync.ssh import pool as pool_module
 from remote_sync.ssh import stream as stream_module
+from remote_sync.ssh.endpoint import Endpoint
 from remote_sync.ssh.flow import ConsumerCredit
-from remote_sync.ssh.pool import Endpoint, JumpsRead, PoolSettings, SSHPool
+from remote_sync.ssh.pool import JumpsRead, PoolSettings, SSHPool
 from remote_sync.ssh.stream import RemoteStream, _Channel, exec_streaming, run_command
 
 MiB = 1024 * 1024
@@ -784,19 +786,19 @@ def test_a_known_hosts_file_that_appears_while_it_is_read_is_not_kept(
     could not be looked at is read, never kept."""
     known = tmp_path / "known_hosts"
     key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
-    monkeypatch.setattr(pool_module, "_KNOWN_HOSTS_READ", {})
-    monkeypatch.setattr(pool_module, "_RECENT_NS", 0)
-    real = pool_module._parse_known_hosts
+    monkeypatch.setattr(hostkeys, "_KNOWN_HOSTS_READ", {})
+    monkeypatch.setattr(filecache, "_RECENT_NS", 0)
+    real = hostkeys._parse_known_hosts
 
     def appearing(paths: list[str]) -> asyncssh.SSHKnownHosts:
         known.write_text(f"box {key}\n")  # between the look at the file and its reading
         return real(paths)
 
-    monkeypatch.setattr(pool_module, "_parse_known_hosts", appearing)
-    assert pool_module._read_known_hosts([str(known)]).match("box", "", None)[0]
-    monkeypatch.setattr(pool_module, "_parse_known_hosts", real)
+    monkeypatch.setattr(hostkeys, "_parse_known_hosts", appearing)
+    assert hostkeys._read_known_hosts([str(known)]).match("box", "", None)[0]
+    monkeypatch.setattr(hostkeys, "_parse_known_hosts", real)
     known.unlink()
-    assert not pool_module._read_known_hosts([str(known)]).match("box", "", None)[0]
+    assert not hostkeys._read_known_hosts([str(known)]).match("box", "", None)[0]
 
 
 async def test_an_identity_file_adds_to_the_ssh_config_keys_as_ssh_i_does(
@@ -1237,10 +1239,10 @@ async def test_a_known_hosts_file_is_parsed_once_and_an_edit_is_seen(
     right = _key_line(fleet)
     assert len(wrong) == len(right)  # ed25519 both: an edit of the same size
     known.write_text(wrong)
-    files = pool_module.HostKeyFiles((str(known),), ())
+    files = hostkeys.HostKeyFiles((str(known),), ())
     assert files.trusted() is not files.trusted()  # just written: not kept
-    # As if written long ago (raising=False: a release without it fails on the next line).
-    monkeypatch.setattr(pool_module, "_RECENT_NS", 0, raising=False)
+    # As if written long ago.
+    monkeypatch.setattr(filecache, "_RECENT_NS", 0)
     assert files.trusted() is files.trusted()  # parsed once
     ep = dataclasses.replace(
         direct_endpoint(fleet, "h0", str(fleet.client_key)), known_hosts=str(known)

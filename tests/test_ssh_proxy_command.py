@@ -26,7 +26,8 @@ from remote_sync.errors import (
     HostUnreachableError,
 )
 from remote_sync.events import ErrorEvent, decode_event
-from remote_sync.ssh.pool import Endpoint, PoolSettings, SSHPool
+from remote_sync.ssh.endpoint import Endpoint
+from remote_sync.ssh.pool import PoolSettings, SSHPool
 from remote_sync.ssh.stream import exec_streaming, run_command
 
 RELAY = Path(__file__).resolve().parent.parent / "bench" / "delay_relay.py"

@@ -24,7 +24,7 @@ What it owns:
   (``User ""``, "Missing argument"; asyncssh took it), but where ssh takes one
   (:data:`EMPTY_VALUE_TAKEN`); an ``Include ""`` ("empty argument"); a Match criterion
   without its argument (``Match exec ""``, :func:`match_line_problem`). What it read is
-  returned (:class:`FilesRead`), for the pool to tell whether the files changed since.
+  returned (:class:`FilesRead`), for the lookup to tell whether the files changed since.
 - The files an Include names (:func:`include_paths`), for this walk and asyncssh's
   reading alike: sorted, without the dot files a wildcard skips in glob(3).
 - Which files are read (:func:`default_files`): with none named (ssh without ``-F``), the
@@ -33,8 +33,8 @@ What it owns:
   which is not checked for others' write access (the files it Includes are).
 - ``Match exec`` commands with ssh's ``%`` tokens expanded (:func:`expand_match_exec`),
   each value put in as it is, as ssh puts it, and a value of the target's tokens (%h %n %k
-  %r %p %j) that the shell could read as more than a word refused (by the pool, where the
-  command would run). A ProxyCommand with the tokens ssh expands there alone, %h %k %n %p
+  %r %p %j) that the shell could read as more than a word refused (by the patched reader,
+  where the command would run). A ProxyCommand with the tokens ssh expands there alone, %h %k %n %p
   %r and %% (:func:`expand_proxy_command`), any other refused, and a value of them that
   the shell could read as more than a word refused too. Either command named in errors
   by its program alone (:func:`command_name`).
@@ -650,14 +650,14 @@ def include_paths(pattern: str) -> list[str]:
     ``.`` matched only by a pattern whose part starts with ``.`` too, so ``conf.d/*`` skips
     an editor's ``.host.swp`` or ``.#host`` (``conf.d/.*`` reads them). :func:`glob.glob`
     follows both rules; :meth:`pathlib.Path.glob`, which asyncssh used, matched dot files.
-    The reading of both this walk and asyncssh's (see the pool) goes through here."""
+    The reading of both this walk and asyncssh's (see ``configreader``) goes through here."""
     return sorted(glob.glob(pattern))
 
 
 class SystemWide(list[str]):
     """The ssh_config files read when none is named (:func:`default_files`): ``system``, if
     not None, is the last of them, the system-wide file. asyncssh is given this list as is;
-    its reader (see the pool) takes the relative Include paths of that file, and of the
+    its reader (see ``configreader``) takes the relative Include paths of that file, and of the
     files it Includes, from the file's directory, as ssh does."""
 
     def __init__(self, paths: Sequence[str], system: str | None) -> None:
@@ -899,7 +899,7 @@ def jump_host(proxy_jump: str | None) -> str:
     try:
         return jump_hop(proxy_jump.rsplit(",", 1)[-1])[1]
     except ValueError:
-        return ""  # the connection refuses the hop, naming it (pool._jump_endpoints)
+        return ""  # the connection refuses the hop, naming it (jumps._jump_endpoints)
 
 
 #: The characters a token's value may hold: none the shell reads as more than a word's

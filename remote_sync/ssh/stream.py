@@ -34,8 +34,10 @@ from ..errors import (
     RemoteSyncError,
     TransferCancelledError,
 )
+from .endpoint import Endpoint
+from .failures import classify
 from .flow import ConsumerCredit
-from .pool import Endpoint, SSHPool, classify
+from .pool import SSHPool
 from .remote import (
     IDLE_TIMEOUT,
     PID_MARKER,

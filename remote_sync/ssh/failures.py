@@ -1,0 +1,90 @@
+"""Failures of asyncssh and the OS, as this project's errors.
+
+What it owns: :func:`classify`, which maps an asyncssh/OS failure into
+:mod:`remote_sync.errors`, naming the host and, for a connection that failed or was lost,
+the route it took (:func:`_route`: the address and port asked for, or the ProxyCommand run
+instead, by its program alone), as ssh names the address it tried; and a connection's
+failure through ProxyJump hosts, which answered, said as the target's
+(:func:`_noting_jump`). What a connection's local files make of a failure is
+:func:`~remote_sync.ssh.options._local_failure`'s.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import asyncssh
+
+from ..errors import (
+    AuthenticationError,
+    ChannelRefusedError,
+    ConnectionLostError,
+    HostUnreachableError,
+    RemoteSyncError,
+    SSHError,
+)
+from .lookup import _Resolved
+from .proxy import _proxy_route
+
+
+def _route(command: str | None, resolved: _Resolved) -> str:
+    """Where a connection went, as its failure names it: the address and port asked for (of
+    the ssh_config's HostName and Port, as ssh's "connect to host H port P" names them;
+    through ProxyJump hosts, the last one asked for them), or the ProxyCommand it ran
+    instead (``command``, expanded), as no address of ours was tried then: named by its
+    program alone (:func:`~remote_sync.ssh.sshconfig.command_name`, ``through ProxyCommand
+    sshpass …``), as its arguments may hold a secret that an error would carry into JSON
+    events and cron's mail; the whole command is logged at debug level as it starts."""
+    if command:
+        return _proxy_route(command)
+    return f"to {resolved.host} port {resolved.port}"  # the lookup had the endpoint's port
+
+
+def _noting_jump(exc: BaseException, host: str, through: str | None, route: str) -> SSHError:
+    """``exc`` as our error for a connection to ``host`` by ``route`` (:func:`_route`) that
+    went ``through`` ProxyJump hosts (connected already, by then): a refusal or silence is
+    then the target's, from the last of them (not a channel cap of ours)."""
+    error = classify(exc, host, connecting=True, route=route)
+    if through is None:
+        if route.startswith("through ProxyCommand") and type(error) is HostUnreachableError:
+            error.hint = "check that the ProxyCommand runs (try it in a shell) and reaches the host"
+        return error
+    if isinstance(exc, asyncssh.ChannelOpenError):
+        error = HostUnreachableError(f"cannot connect {route}: {exc.reason}", host=host)
+    if type(error) is not HostUnreachableError:
+        return error
+    return HostUnreachableError(
+        f"{error.message} (through ProxyJump {through!r}, which answered)",
+        host=host,
+        hint="check that the host is up and that the jump host reaches it",
+    )
+
+
+def classify(
+    exc: BaseException, host: str, *, connecting: bool = False, route: str | None = None
+) -> SSHError:
+    """Map an asyncssh/OS failure to our hierarchy, naming the host, and for a connection
+    that failed (``connecting``) or was lost, the ``route`` it took (:func:`_route`: "to
+    10.0.0.5 port 22", "through ProxyCommand nc …"), as ssh names the address it tried: the
+    host's name alone does not show a wrong HostName or Port."""
+    if isinstance(exc, SSHError):
+        return exc
+    if isinstance(exc, RemoteSyncError):
+        return SSHError(exc.message, host=host)
+    if isinstance(exc, asyncssh.ChannelOpenError):
+        return ChannelRefusedError(f"channel refused: {exc.reason}", host=host)
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return AuthenticationError(f"authentication failed: {exc.reason}", host=host)
+    if isinstance(exc, socket.gaierror):
+        return HostUnreachableError(f"cannot resolve host: {exc.strerror}", host=host)
+    tried = f"cannot connect {route}: " if route and connecting else ""
+    if isinstance(exc, TimeoutError):
+        return HostUnreachableError(f"{tried}connection timed out", host=host)
+    if isinstance(exc, ConnectionRefusedError):
+        return HostUnreachableError(f"{tried}connection refused", host=host)
+    if connecting:
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        return HostUnreachableError(f"{tried or 'cannot connect: '}{reason}", host=host)
+    reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    lost = f"connection lost {route}" if route else "connection lost"
+    return ConnectionLostError(f"{lost}: {reason}", host=host)

@@ -179,18 +179,19 @@ class FileIndexer:
 
 
 def indexer_for(
-    db: sqlite3.Connection, reader: FormatReader, host: str, path: bytes, *, start: int
+    reader: FormatReader, host: str, path: bytes, *, start: int, facts: SessionFacts | None
 ) -> FileIndexer | None:
-    """An indexer continuing the stored facts when ``start`` > 0, else starting afresh.
+    """An indexer continuing ``facts`` when ``start`` > 0, else starting afresh.
 
-    None when the stored facts do not describe exactly the ``start`` committed bytes (none,
-    or fewer: a ``--no-index`` run appended to the file, or an older version's index lost
-    it): new bytes cannot be added to them. The sync then drops the session and indexes the
-    file from the mirror at the end of its round (``HostSync._index_the_unindexed``).
+    ``facts`` are the stored facts of exactly the ``start`` committed bytes
+    (:func:`continuable_facts`); None when there are none such (none, or fewer: a
+    ``--no-index`` run appended to the file, or an older version's index lost it), and then
+    so is the indexer: new bytes cannot be added to them. The sync then drops the session
+    and indexes the file from the mirror at the end of its round
+    (``HostSync._index_the_unindexed``).
     """
     if start == 0:
         return FileIndexer(reader, host, path)
-    facts = continuable_facts(db, host, path, start)
     if facts is None:
         return None
     return FileIndexer(reader, host, path, start=start, facts=facts)
@@ -202,7 +203,11 @@ def continuable_facts(
     """The stored facts of exactly the ``start`` committed bytes of a session, to which the
     facts of its new bytes can be added; None when there are none such (see
     :func:`indexer_for`)."""
-    facts = load_facts(db, host, path)
+    return continuable(load_facts(db, host, path), start)
+
+
+def continuable(facts: SessionFacts | None, start: int) -> SessionFacts | None:
+    """``facts`` if they describe exactly the ``start`` committed bytes, else None."""
     return facts if facts is not None and facts.bytes == start else None
 
 

@@ -74,11 +74,12 @@ from ..events import (
 )
 from ..formats import FORMATS, get_format
 from ..formats.readers import get_reader
-from ..index.facts import FormatReader
-from ..index.store import IndexRows
+from ..index.facts import FormatReader, SessionFacts
+from ..index.store import IndexRows, decode_facts, load_facts_of
 from ..index.update import (
     FileIndexer,
     IndexUpdate,
+    continuable,
     continuable_facts,
     index_local_file,
     index_range,
@@ -160,6 +161,10 @@ FLUSH_BYTES = BATCH_BYTES
 #: environment variable REMOTE_SYNC_PIECE_BYTES overrides it (tests of a CLI process).
 PIECE_BYTES = BATCH_BYTES
 FLUSH_FILES = 1000
+#: Appends to transcripts per round whose stored facts are read with the plan (see
+#: ``HostSync._plan``); the rest read theirs as they open. Their encoded facts are held until
+#: then, a few hundred bytes each.
+FACTS_AHEAD = 256
 #: The pool's note (SSHPool.set_note, note_of) of what a round learned of a host's tools
 #: (round_argv).
 _TOOLS_NOTE = "round-tools"
@@ -336,6 +341,10 @@ class HostSync:
         # shrank since the listing, and a follow-up of it in pieces stops at this end
         # (_as_whole, _follow_up_requests).
         self.ends: dict[bytes, int] = {}
+        # The stored facts of the plan's first appends to transcripts, still encoded, read
+        # with the plan in one statement (None: the index has none); taken out as each file
+        # opens (continuable_facts_of).
+        self.facts_ahead: dict[bytes, bytes | None] = {}
 
     async def run(self) -> HostRound:
         try:
@@ -477,13 +486,41 @@ class HostSync:
         source = self.host.source
         with self.writes.reading() as state:
             rows = state.host_files(self.name)
-        return make_plan(
-            listing,
-            rows,
-            is_append_only=source.is_append_only,
-            is_included=source.is_included,
-            listing_complete=complete,
-        )
+            plan = make_plan(
+                listing,
+                rows,
+                is_append_only=source.is_append_only,
+                is_included=source.is_included,
+                listing_complete=complete,
+            )
+            reader = self.reader
+            if reader is not None and not self.options.dry_run:
+                # Each append's writer continues its session's stored facts: read here for
+                # the first FACTS_AHEAD, in a statement or two, where one each on the event
+                # loop's thread cost some 60 us a file.
+                paths = [
+                    t.remote.path
+                    for t in plan.transfers
+                    if t.mode == "append"
+                    and t.kind == "append"
+                    and t.seed is None
+                    and t.row is not None
+                    and t.row.size > 0
+                    and reader.is_transcript(t.remote.path)
+                ][:FACTS_AHEAD]
+                if paths:
+                    self.facts_ahead = load_facts_of(state.db, self.name, paths)
+        return plan
+
+    def continuable_facts_of(self, path: bytes, start: int) -> SessionFacts | None:
+        """The stored facts of exactly the ``start`` committed bytes of ``path``'s session
+        (see :func:`continuable_facts`): read with the plan, for a file's first open in the
+        round, else now. Nothing of the file was committed between (its own commits come
+        after its open); a second open (a recheck, a follow-up) reads them anew."""
+        if path in self.facts_ahead:
+            blob = self.facts_ahead.pop(path)
+            return continuable(decode_facts(blob) if blob is not None else None, start)
+        return continuable_facts(self.state.db, self.name, path, start)
 
     async def _list(self, stream: RemoteStream) -> tuple[list[RemoteFile], ListingParser]:
         """Read the round's listing up to its end line (the parser has it, and what followed)."""
@@ -1539,11 +1576,11 @@ class _FrameHandler:
             assert t.row is not None
             row.size = t.row.size
             row.fingerprint = t.row.fingerprint
-            indexer = (
-                indexer_for(state.db, reader, self.sync.name, r.path, start=t.row.size)
-                if indexed and reader is not None and worker is None
-                else None
-            )
+            indexer = None
+            if indexed and reader is not None and worker is None:
+                start = t.row.size
+                facts = self.sync.continuable_facts_of(r.path, start) if start else None
+                indexer = indexer_for(reader, self.sync.name, r.path, start=start, facts=facts)
             check = request.check or request.check_batched
             writer = AppendWriter(state, t.row, t.start, row, indexer, keep_head=check)
         else:
@@ -1562,7 +1599,7 @@ class _FrameHandler:
             )
         if indexed and reader is not None and worker is not None:
             start = row.size if t.mode == "append" else 0
-            facts = continuable_facts(state.db, self.sync.name, r.path, start) if start else None
+            facts = self.sync.continuable_facts_of(r.path, start) if start else None
             if start > 0 and facts is None:
                 return writer  # no facts to continue: indexed at the round's end (indexer_for)
             writer.job = worker.job(

@@ -55,6 +55,7 @@ from remote_sync.mirror.remote_ops import (
     listing_end_marker,
     new_marker,
     round_argv,
+    round_fetch_stdin,
 )
 from remote_sync.mirror.state import FileState
 from remote_sync.ssh.endpoint import Endpoint
@@ -1027,7 +1028,7 @@ def run_round(
     """A whole round, its stdin given at once (the client sends the items after reading the
     listing, which the script does not notice): (rc, files, end, frames, listing's stderr)."""
     marker = new_marker()
-    stdin = fetch_stdin([], marker) + fetch_stdin(requests)
+    stdin = fetch_stdin([], marker) + round_fetch_stdin(requests)
     rc, out, err = run_local(runner, round_argv(root, points), stdin)
     parser = ListingParser("h", trailer=True)
     files = parser.feed(out) if out else []
@@ -1096,7 +1097,7 @@ def _round_lists_and_fetches(shell_c: list[str], tmp_path: Path, fetched: int, p
     marker = new_marker()
     run = subprocess.run(
         [*shell_c, wrapped_command(round_argv(str(root), ["."]))],
-        input=fetch_stdin([], marker) + fetch_stdin(requests),
+        input=fetch_stdin([], marker) + round_fetch_stdin(requests),
         capture_output=True,
         env={"PATH": path, "HOME": str(tmp_path)},
         cwd=tmp_path,
@@ -1314,6 +1315,23 @@ def test_every_remote_script_keeps_its_meaning_compacted() -> None:
             assert not re.search(r"<<-?\s*['\"]?\w", line), (name, line)
 
 
+def test_local_round_with_nothing_to_fetch_starts_no_fetch(toolset: Runner, tmp_path: Path) -> None:
+    """A round the client sends no items (EOF after the marker) ends after its listing
+    without starting xargs; one with items starts it once."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f").write_bytes(b"data\n")
+    started = tmp_path / "xargs-started"
+    xargs = f'echo x >> {shlex.quote(str(started))}\nexec {real_tool(toolset, "xargs")} "$@"\n'
+    runner = wrap_tools(toolset, tmp_path / "bin", {"xargs": xargs})
+    rc, listed, end, frames, err = run_round(runner, str(root), ["."], [])
+    assert (rc, [f.path for f in listed], end, frames, err) == (0, [b"f"], (0, False), {}, b"")
+    assert not started.exists()
+    rc, listed, end, frames, err = run_round(runner, str(root), ["."], [FetchRequest(b"f", 1, 4)])
+    assert (rc, end, frames, err) == (0, (0, False), {0: ("End", b"ata\n")}, b"")
+    assert started.read_bytes() == b"x\n"
+
+
 @pytest.mark.parametrize("toolset", ["gnu", "busybox-gzip"], indirect=True)
 def test_local_round_whose_gzip_dies(toolset: Runner, tmp_path: Path) -> None:
     """A gzip that read the whole listing but died before its last block: the listing fails
@@ -1327,7 +1345,7 @@ def test_local_round_whose_gzip_dies(toolset: Runner, tmp_path: Path) -> None:
     dying = f'{gzip_tool} "$@" > {scratch}\nhead -c 200 {scratch}\nkill -9 $$\n'
     runner = wrap_tools(toolset, tmp_path / "dying", {"gzip": dying})
     marker = new_marker()
-    stdin = fetch_stdin([], marker) + fetch_stdin([FetchRequest(b"x", 0, 1)])
+    stdin = fetch_stdin([], marker) + round_fetch_stdin([FetchRequest(b"x", 0, 1)])
     rc, out, err = run_local(runner, round_argv(str(root), ["."]), stdin)
     assert rc == 5 and out.endswith(b"L 5 1\n") and len(out) <= 200 + 6  # nothing fetched
     assert b"gzip failed (status 137)" in err
@@ -2141,7 +2159,7 @@ async def test_listing_and_fetch_over_ssh(
                     break
             assert lister.end == (0, True)  # the locked directory: a warning
             assert {f.path for f in seen} == set(listed) - {b"doomed.jsonl"}
-            stream.send(fetch_stdin(requests), end=True)
+            stream.send(round_fetch_stdin(requests), end=True)
             parser = FrameParser("h0", marker.encode(), requests)
             events = parser.feed(lister.rest)
             async for chunk in stream:
@@ -2358,7 +2376,7 @@ def told_round(
 ) -> tuple[int, ListingParser, list[FrameEvent], bytes]:
     """A round of ``root`` told ``tools``: (rc, its listing's parser, the frame events, stderr)."""
     marker = new_marker()
-    stdin = fetch_stdin([], marker) + fetch_stdin(requests)
+    stdin = fetch_stdin([], marker) + round_fetch_stdin(requests)
     rc, out, err = run_local(runner, round_argv(str(root), ["."], tools=tools), stdin)
     parser = ListingParser("h", trailer=True)
     parser.feed(out)

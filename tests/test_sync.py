@@ -3355,17 +3355,16 @@ def test_a_dry_run_reports_what_the_real_run_does_with_a_returning_file(
         os.rename(fleet.path("h0", f"{base}/{name}.jsonl"), away / name)
     assert sync(inv, dest, capsys)[1].files.deleted == 8
     asked: list[int] = []  # the requests of each dry run's fetch
-    real_fetch_stdin = engine.fetch_stdin
+    real_fetch_stdin = engine.round_fetch_stdin
 
-    def fetch_stdin(requests: Sequence[FetchRequest], marker: str | None = None) -> bytes:
-        if marker is None:  # not the marker line the round starts with
-            asked.append(len(requests))
-        return real_fetch_stdin(requests, marker)
+    def fetch_stdin(requests: Sequence[FetchRequest]) -> bytes:
+        asked.append(len(requests))
+        return real_fetch_stdin(requests)
 
-    monkeypatch.setattr(engine, "fetch_stdin", fetch_stdin)
+    monkeypatch.setattr(engine, "round_fetch_stdin", fetch_stdin)
     code, _, events = sync(inv, dest, capsys, "--dry-run")
     assert (code, [e for e in events if isinstance(e, Planned)], asked) == (0, [], [0])
-    monkeypatch.setattr(engine, "fetch_stdin", real_fetch_stdin)
+    monkeypatch.setattr(engine, "round_fetch_stdin", real_fetch_stdin)
     append(fleet, "h0", "away/same", session_bytes(rng, 5, start=1000))  # the same file, grown
     with open(away / "reused", "r+b") as f:  # another file on the inode
         f.truncate(0)
@@ -3383,9 +3382,9 @@ def test_a_dry_run_reports_what_the_real_run_does_with_a_returning_file(
     for name in names:
         os.rename(away / name, fleet.path("h0", f"{base}/{name}.jsonl"))
 
-    monkeypatch.setattr(engine, "fetch_stdin", fetch_stdin)
+    monkeypatch.setattr(engine, "round_fetch_stdin", fetch_stdin)
     code, dry, events = sync(inv, dest, capsys, "--dry-run")
-    monkeypatch.setattr(engine, "fetch_stdin", real_fetch_stdin)
+    monkeypatch.setattr(engine, "round_fetch_stdin", real_fetch_stdin)
     assert asked == [0, 8]  # the returning files' overlaps, nothing else
     planned = {e.path.rsplit("/", 1)[1]: e.action for e in events if isinstance(e, Planned)}
     head = "grown" if hashing == "none" else "new"

@@ -116,6 +116,7 @@ from .remote_ops import (
     listing_errors,
     new_marker,
     round_argv,
+    round_fetch_stdin,
 )
 from .root_probe import probed_root_error
 from .state import (
@@ -1073,7 +1074,7 @@ class HostSync:
             if t.back and t.mode == "append" and t.row is not None and t.start < t.row.size
         ]
         requests = [_overlap_request(plan.transfers[n]) for n in returning]
-        stream.send(fetch_stdin(requests), end=True)
+        stream.send(round_fetch_stdin(requests), end=True)
         if not requests:
             await _drain_stream(stream, self.name)
             return
@@ -1182,7 +1183,7 @@ def _requests_of(
     """The fetch requests of ``transfers`` (a transfer fetched in pieces has one per piece,
     one after another), the transfer of each, and the fetch's stdin that sends them."""
     owners, requests = _owned(transfers, lambda t: t.requests(piece_bytes))
-    return owners, requests, fetch_stdin(requests)
+    return owners, requests, round_fetch_stdin(requests)
 
 
 def _owned(

@@ -35,7 +35,8 @@ Round (:func:`round_argv`, ``ListingParser(trailer=True)``, then :class:`FramePa
     ``L <status> <warned> <tools>`` (``warned``: the listing wrote messages on stderr, so it
     may be incomplete; ``tools``: what the host's find, dd and head can do, which the next
     round over the same connection may be told instead of probing them), then, once the
-    client has sent the fetch items and EOF, the fetch's frames.
+    client has sent an empty line, the fetch items and EOF (:func:`round_fetch_stdin`), the
+    fetch's frames; an EOF with no items ends the round without starting the fetch.
     On stderr ``<marker> L`` separates the listing's messages from the fetch's.
 
 Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
@@ -176,6 +177,7 @@ __all__ = [
     "probed_roots",
     "read_marker_sh",
     "round_argv",
+    "round_fetch_stdin",
     "unread_paths",
 ]
 
@@ -593,6 +595,9 @@ digest_word() {
     *) sum=- ;;
     esac
 }
+# The rest of a K line (after "<marker> K "): the digest of the first KiBs of "$@", then
+# their inodes. It prints that line itself, from the batch's shell, where a command
+# substitution around it was a fork more per batch.
 head_digest() {
     if [ "$hasher" = - ]; then
         echo -
@@ -686,7 +691,8 @@ for item in "$@" -; do
     -)
         if [ -n "$read_checked" ]; then
             probe_digest
-            printf '%s K %s\n' "$m" "$(eval "head_digest $read_checked")"
+            printf '%s K ' "$m"
+            eval "head_digest $read_checked"
         fi
         if [ -n "$archived" ]; then
             printf '%s A\n' "$m"
@@ -694,7 +700,8 @@ for item in "$@" -; do
             printf '%s E\n' "$m"
             if [ -n "$archived_checked" ]; then
                 probe_digest
-                printf '%s K %s\n' "$m" "$(eval "head_digest $archived_checked")"
+                printf '%s K ' "$m"
+                eval "head_digest $archived_checked"
             fi
         fi
         read_checked=
@@ -836,7 +843,10 @@ exec xargs -0 -r -n "$3" sh -c "$2" sh
 # command substitution, in either order. Then the listing's end line "L <status> <flag>
 # <tools>" on stdout (after the listing, where a record would start: a record starts with a
 # digit), and "<marker> L" on stderr: the client takes the stderr before it as the listing's
-# messages. A listing that failed ends the script with its status; otherwise the fetch follows.
+# messages. A listing that failed ends the script with its status; otherwise the fetch follows,
+# when the client has items for it: they come after an empty line (round_fetch_stdin), and an
+# EOF instead ends the round without starting xargs, a process fewer a host with nothing to
+# fetch.
 _ROUND_SCRIPT = (
     ENTER_ROOT_SH
     + r"""batch=$2
@@ -897,6 +907,7 @@ done
 printf '%s L\n' "$REMOTE_SYNC_MARKER" >&2
 printf 'L %s %s%s\n' "$st" "$warned" "${REMOTE_SYNC_TOOLS:+ $REMOTE_SYNC_TOOLS}"
 [ "$st" = 0 ] || exit "$st"
+IFS= read -r go || exit 0
 exec xargs -0 -r -n "$per_batch" sh -c "$batch" sh
 """
 )
@@ -1074,8 +1085,8 @@ def round_argv(
     never taken for good data.
 
     Its stdin starts with the marker line (``fetch_stdin([], marker)``) and goes on, after
-    the listing's end line, with the items of :func:`fetch_stdin` (without a marker), then
-    EOF. An EOF right after the marker fetches nothing. Start points as in
+    the listing's end line, with :func:`round_fetch_stdin` of the requests, then EOF. An EOF
+    right after the marker fetches nothing. Start points as in
     :func:`listing_argv`. At most ``per_batch`` items go to one batch of the fetch.
     """
     _check_root(root)
@@ -1084,6 +1095,13 @@ def round_argv(
         raise ValueError(f"bad tools word {tools!r}")
     batch = compact_sh(_FETCH_BATCH_SCRIPT)  # an argument: sh_script compacts only $0's
     return sh_script(_ROUND_SCRIPT, root, batch, _per_batch(per_batch), tools, *points)
+
+
+def round_fetch_stdin(requests: Sequence[FetchRequest]) -> bytes:
+    """What a round's stdin goes on with after its marker line (see :func:`round_argv`): an
+    empty line and the items of ``requests`` (:func:`fetch_stdin`), or nothing when there
+    are none, so that the round ends without starting the fetch."""
+    return b"\n" + fetch_stdin(requests) if requests else b""
 
 
 def listing_end_marker(marker: str) -> bytes:

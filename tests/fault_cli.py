@@ -176,16 +176,16 @@ elif FAULT == "term_after_rounds":
     import signal
     import time
 
-    from remote_sync import cli as cli_module
+    from remote_sync.cli import sync as sync_cli
 
-    real_with_lost_output = cli_module._with_lost_output
+    real_with_lost_output = sync_cli._with_lost_output
 
     def with_lost_output(code: int, watch: Any) -> int:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.3)  # the handler, if any, raises KeyboardInterrupt by then
         return real_with_lost_output(code, watch)
 
-    cli_module._with_lost_output = with_lost_output
+    sync_cli._with_lost_output = with_lost_output
 
 elif FAULT == "deaf_agent_sync":
     import anyio

@@ -356,12 +356,12 @@ def test_an_80_column_terminal_cuts_only_a_sessions_title_and_no_total(
     """On an 80-column terminal rich fitted the tables by cutting every column: the session
     listing showed "…" for a host name, the stats "82…" for 829 B and "…" for a cost. The
     title alone is cut; a table wider than the terminal wraps its rows instead."""
-    from remote_sync import cli as cli_module
+    from remote_sync.cli import human
     from remote_sync.render import PipeConsole
 
     screen = io.StringIO()
     monkeypatch.setattr(
-        cli_module,
+        human,
         "_console",
         lambda: PipeConsole(
             file=screen, width=80, force_terminal=True, color_system=None, highlight=False
@@ -601,7 +601,8 @@ def test_ctrl_c_before_the_rounds_still_says_so_under_json(
 ) -> None:
     """A Ctrl-C before the sync's own signal handler is in place (imports, inventory, state)
     exits 130, and under --json says so in an error line."""
-    import remote_sync.cli as cli_module
+    from remote_sync.cli import sessions as sessions_cli
+    from remote_sync.cli import sync as sync_cli
 
     def interrupted(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -610,13 +611,13 @@ def test_ctrl_c_before_the_rounds_still_says_so_under_json(
         raise KeyboardInterrupt
 
     if command == "sync":
-        monkeypatch.setattr(cli_module, "_select_hosts", interrupted)
+        monkeypatch.setattr(sync_cli, "_select_hosts", interrupted)
         args = ["sync", "me@box.invalid", "--dest", str(tmp_path / "m"), "--json"]
     elif command == "sync-start":
-        monkeypatch.setattr(cli_module, "_sync_main", interrupted_at_start)
+        monkeypatch.setattr(sync_cli, "_sync_main", interrupted_at_start)
         args = ["sync", "me@box.invalid", "--dest", str(tmp_path / "m"), "--json"]
     else:
-        monkeypatch.setattr(cli_module, "_dest", interrupted)
+        monkeypatch.setattr(sessions_cli, "dest_or_default", interrupted)
         args = ["sessions", "list", "--json"]
     code, out, _err = cli(args, capsys)
     assert code == 130
@@ -1576,7 +1577,8 @@ def test_every_error_class_has_the_exit_code_its_class_says() -> None:
     """Exit codes go by an error's kind, which names its class exactly: a subclass of
     ConfigError (or of LockedError) without a kind of the same code would exit 1."""
     from remote_sync import errors
-    from remote_sync.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, _exit_code
+    from remote_sync.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE
+    from remote_sync.cli.common import exit_code
 
     def subclasses(cls: type[errors.RemoteSyncError]) -> Iterator[type[errors.RemoteSyncError]]:
         yield cls
@@ -1593,4 +1595,4 @@ def test_every_error_class_has_the_exit_code_its_class_says() -> None:
             if issubclass(cls, errors.TransferCancelledError)
             else EXIT_FAILED
         )
-        assert _exit_code(cls("x").kind) == expected, cls
+        assert exit_code(cls("x").kind) == expected, cls

@@ -28,7 +28,8 @@ import pytest
 import sessiongen
 from synchelp import cli, tear_reads, write_inventory
 
-from remote_sync.cli import _cut_session_id, main
+from remote_sync.cli import main
+from remote_sync.cli.human import _cut_session_id
 from remote_sync.errors import ConfigError
 from remote_sync.formats.readers import get_reader
 from remote_sync.index.facts import Message, SessionFacts

@@ -84,6 +84,42 @@ def test_python_dash_m_runs_the_command_line() -> None:
     assert done.returncode == 0 and done.stdout.startswith("remote-sync ")
 
 
+#: The command line's modules loaded after each of its start-up-only runs, then after a read.
+_COMMAND_MODULES_LOADED = """
+import sys
+from remote_sync.cli import main
+
+def loaded():
+    return sorted(m for m in sys.modules if m.startswith("remote_sync.cli."))
+
+for words in (["--version"], ["--help"], ["sync", "--help"], ["sessions", "list", "--bogus"]):
+    try:
+        main(words)
+    except SystemExit:
+        pass
+print("loaded", loaded(), file=sys.stderr)
+main(["sessions", "list", "--json", "--dest", sys.argv[1]])
+print("loaded", loaded(), file=sys.stderr)
+"""
+
+
+def test_help_version_and_a_usage_error_load_no_commands_module(tmp_path: Path) -> None:
+    # Each command's code is a module of its own, imported when that command runs: the
+    # version, the help and a usage error cost only the parser's imports, and a listing
+    # loads its own module and what every command shares, not the sync's.
+    done = subprocess.run(
+        [sys.executable, "-c", _COMMAND_MODULES_LOADED, str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    loaded = [line for line in done.stderr.splitlines() if line.startswith("loaded ")]
+    assert loaded == [
+        "loaded []",
+        "loaded ['remote_sync.cli.common', 'remote_sync.cli.sessions']",
+    ], done.stderr
+
+
 #: A sync in a process of its own, then the number of glibc malloc arenas ("heaps") it made.
 _SYNC_THEN_COUNT_ARENAS = """
 import asyncio, ctypes, sys

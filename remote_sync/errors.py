@@ -7,10 +7,15 @@ a message printed alone is enough to act on. The CLI maps the classes to exit co
 its subclass :class:`ArgumentError`, also a ValueError), :class:`TransferCancelledError`
 is a cancellation (exit 130), :class:`LockedError` another run holding the destination (exit
 75), everything else is a failure of that host or file (exit 1).
+
+Also how what a host holds is said: :func:`path_text` and :func:`path_bytes` for paths,
+:func:`showable` for a terminal, and :class:`ShowableFormatter` for the log lines the commands
+print on stderr.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 
@@ -112,6 +117,16 @@ def showable(text: str, *, lines: bool = False) -> str:
     clear or drive the terminal."""
     pattern = _UNSHOWABLE if lines else _UNSHOWABLE_IN_LINE
     return pattern.sub(_escape_char, text)
+
+
+class ShowableFormatter(logging.Formatter):
+    """A log formatter whose lines are :func:`showable` (newlines and tabs kept, for a
+    traceback): a log line may name what a host holds (a recovery note names a mirrored file,
+    the agent logs each error of its rounds), and the log goes to the user's terminal, where
+    an escape sequence in a file name would drive it (OSC 52 writes the clipboard)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return showable(super().format(record), lines=True)
 
 
 def _escape_char(match: re.Match[str]) -> str:

@@ -70,7 +70,7 @@ from remote_sync.index.query import SessionRow, iso_instant, open_index, query_s
 from remote_sync.index.store import mark_before
 from remote_sync.index.update import IndexUpdate, rebuild_index
 from remote_sync.inventory import Host, load_inventory
-from remote_sync.mirror.state import FileState, MirrorState
+from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
 from remote_sync.render import RichRenderer, plain
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -485,6 +485,41 @@ def test_sessions_show_prints_hostile_paths_and_text_as_is(
     assert "agents/a1/sessions/[draft] s.jsonl" in out
     assert "[/x] [bold]loud[/bold]" in out and ":smile:" in out
     assert "\x1b" not in out and "\x07" not in out
+
+
+def test_a_log_line_naming_a_hostile_file_is_escaped(tmp_path: Path) -> None:
+    """The warnings a command logs on stderr are escaped like its other lines: the note of
+    a recovery names a mirrored file, whose name the host chose. An OSC 52 in it, printed
+    raw, wrote the user's clipboard; a CSI 2J cleared the screen."""
+    dest = tmp_path / "mirror"
+    rel = b"agents/a/sessions/s\x1b]52;c;aGk=\x07\x1b[2J\xe2\x80\xae.jsonl"
+    committed = transcript("s", 1)
+    with MirrorState(dest) as state:
+        state.set_host("h0", "openclaw", "/data", "h0")
+        local = state.local_path("h0", rel)
+        local.parent.mkdir(parents=True)
+        # A killed run's bytes past the checkpoint: the next sync cuts them back, and says so.
+        local.write_bytes(committed + b'{"type":"mess')
+        row = FileState(
+            "h0",
+            rel,
+            "append",
+            len(committed),
+            len(committed),
+            0.0,
+            1,
+            5,
+            fingerprint_of(committed),
+        )
+        state.commit([row])
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text('[[hosts]]\nname = "h0"\naddress = "127.0.0.1:1"\nroot = "/data"\n')
+    done = process(["sync", "--inventory", str(inventory), "--dest", str(dest)])
+    err = done.stderr.decode()
+    assert done.returncode == 1, err  # the host cannot be reached; the recovery ran before
+    assert local.stat().st_size == len(committed)
+    assert "s\\x1b]52;c;aGk=\\x07\\x1b[2J\\u202e.jsonl: cut back to the checkpoint" in err
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
 
 
 # -- 4. an empty --dest --------------------------------------------------------------------------

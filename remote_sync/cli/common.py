@@ -56,9 +56,14 @@ def interrupted() -> RemoteSyncError:
 def setup_logging(verbose: int) -> None:
     import logging
 
+    from ..errors import ShowableFormatter
+
+    # Log lines name hosts' files: their control characters escaped, as in every other line.
+    handler = logging.StreamHandler()
+    handler.setFormatter(ShowableFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+        handlers=[handler],
     )
 
 

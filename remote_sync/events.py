@@ -163,12 +163,26 @@ def json_safe(text: str) -> str:
 
 
 def encode_event(event: Event) -> bytes:
-    """``event`` as one JSON object (no newline); never fails on a string's contents."""
+    """``event`` as one JSON object (no newline, nor anything a line splitter takes for one:
+    see :func:`one_line`); never fails on a string's contents."""
     try:
-        return _encoder.encode(event)
+        data = _encoder.encode(event)
     except UnicodeEncodeError:
         # Rare (a surrogate-escaped name), so only then pay for a copy of the event.
-        return _encoder.encode(_json_safe_value(msgspec.to_builtins(event)))
+        data = _encoder.encode(_json_safe_value(msgspec.to_builtins(event)))
+    return one_line(data)
+
+
+def one_line(data: bytes) -> bytes:
+    """JSON ``data`` (UTF-8) with U+0085, U+2028 and U+2029 written as ``\\uNNNN``: valid in
+    JSON strings, but line splitters take them for line ends (Python's ``str.splitlines``
+    all three, JavaScript's the last two), and a host's file name or message text may hold
+    them. (JSON itself escapes every character below U+0020.)"""
+    if b"\xc2\x85" in data:
+        data = data.replace(b"\xc2\x85", b"\\u0085")
+    if b"\xe2\x80" in data:
+        data = data.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+    return data
 
 
 def _json_safe_value(value: Any) -> Any:

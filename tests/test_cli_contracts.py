@@ -28,6 +28,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.console import Console
 from sshfleet import SSHFleet
 from synchelp import (
@@ -1261,6 +1263,37 @@ def test_every_event_encodes_with_undecodable_bytes() -> None:
     ):
         assert "\\xffh" in encode_event(ev).decode()
     assert json_safe("plain") == "plain"
+
+
+@given(st.text())
+def test_every_event_is_one_line_for_every_line_splitter(text: str) -> None:
+    """``--json`` is one object per line also for Python's ``str.splitlines`` and JavaScript,
+    which split at U+0085, U+2028 and U+2029 too: a host's file name or message may hold
+    them, and ``sync --json``'s events wrote them raw."""
+    shown = json_safe(text)
+    for event in (
+        Planned("h", text, "new", 1),
+        ErrorEvent("h", text, "io", f"cannot read {text}", text),
+    ):
+        line = encode_event(event).decode()
+        assert line.splitlines() == [line]
+        back = decode_event(line)
+        assert back.path == shown
+        assert not isinstance(back, ErrorEvent) or back.hint == shown
+
+
+def test_sessions_list_json_is_one_line_per_session_for_every_line_splitter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "mirror"
+    title = "one\x85two\u2028three\u2029four"
+    facts = SessionFacts(session_id="s", bytes=10, lines=1, user=1, title=title)
+    write_facts_index(dest, [("h0", b"agents/a/sessions/s\xc2\x85.jsonl", facts)])
+    code, out, err = cli(["sessions", "list", "--json", "-d", str(dest)], capsys)
+    assert code == 0, err
+    (line,) = out.splitlines()
+    row = json.loads(line)
+    assert row["title"] == title and row["path"] == "agents/a/sessions/s\x85.jsonl"
 
 
 def test_sync_json_with_undecodable_host_and_dest(

@@ -143,19 +143,18 @@ def fail(exc: RemoteSyncError, args: argparse.Namespace) -> int:
 def write_json_lines(items: Iterable[Any]) -> int:
     """Encode items as JSON lines and write them to stdout in large chunks.
 
-    U+2028 and U+2029 are written escaped: they are valid in JSON strings, but many line
-    splitters (Python's ``str.splitlines``, JavaScript) take them for line ends.
+    U+0085, U+2028 and U+2029 are written escaped (``events.one_line``): many line splitters
+    take them for line ends.
     """
     import msgspec
+
+    from ..events import one_line
 
     encode = msgspec.json.Encoder().encode_lines
     out = sys.stdout.buffer
 
     def write(batch: list[Any]) -> None:
-        data = encode(batch)
-        if b"\xe2\x80" in data:
-            data = data.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
-        out.write(data)
+        out.write(one_line(encode(batch)))
 
     batch: list[Any] = []
     for item in items:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 from collections.abc import Sequence
 
 
@@ -311,7 +312,9 @@ def refetch_hint(host: str, dest: object, state: str = "live") -> str:
     file the host deleted or renamed away no sync fetches: only a backup of the mirror has it,
     and the recorded loss is what ends ``check`` counting it as damage. A rebuild does not get
     it back (its checkpoint still claims its bytes, so every rebuild reports it again)."""
-    sync = f"`remote-sync sync {host} --dest {dest}` (with your inventory)"
+    # Quoted: the command is there to be copied, and a name or a folder may hold a space.
+    command = f"remote-sync sync {shlex.quote(host)} --dest {shlex.quote(str(dest))}"
+    sync = f"`{command}` (with your inventory)"
     gone = GONE.get(state)
     if gone is None:
         return (

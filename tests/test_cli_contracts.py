@@ -18,6 +18,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -52,6 +53,7 @@ from remote_sync.errors import (
     TransferCancelledError,
     path_bytes,
     path_text,
+    refetch_hint,
 )
 from remote_sync.events import (
     ErrorEvent,
@@ -522,6 +524,24 @@ def test_a_log_line_naming_a_hostile_file_is_escaped(tmp_path: Path) -> None:
     assert local.stat().st_size == len(committed)
     assert "s\\x1b]52;c;aGk=\\x07\\x1b[2J\\u202e.jsonl: cut back to the checkpoint" in err
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+
+
+def test_the_commands_hints_give_are_quoted_to_be_copied(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hint's command, copied into a shell, names the host and the mirror it was about,
+    also when their names hold a space (a host name may: it is a directory's name)."""
+    dest = tmp_path / "my mirror"
+    facts = SessionFacts(session_id="s", bytes=10, lines=1, user=1)
+    write_facts_index(dest, [("pi kitchen", b"agents/a/sessions/s.jsonl", facts)])
+    code, _, err = cli(["sessions", "show", "pi kitchen", "nosuch", "-d", str(dest)], capsys)
+    assert code == 2, err
+    listed = re.search(r"`(remote-sync sessions list [^`]*)`", err)
+    assert listed, err
+    assert shlex.split(listed[1]) == ["remote-sync", "sessions", "list", "--host", "pi kitchen"]
+    synced = re.search(r"`(remote-sync sync [^`]*)`", refetch_hint("pi kitchen", dest))
+    assert synced
+    assert shlex.split(synced[1]) == ["remote-sync", "sync", "pi kitchen", "--dest", str(dest)]
 
 
 # -- 4. an empty --dest --------------------------------------------------------------------------

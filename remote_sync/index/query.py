@@ -45,6 +45,7 @@ import contextlib
 import logging
 import operator
 import re
+import shlex
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -283,7 +284,8 @@ def open_index(dest: str | Path, *, warn: bool = True) -> sqlite3.Connection:
         db.close()
         raise ConfigError(
             f"the mirror at {dest} has no session index yet",
-            hint=f"run `remote-sync index rebuild --dest {dest}` (or sync it once)",
+            hint=f"run `remote-sync index rebuild --dest {shlex.quote(str(dest))}` "
+            "(or sync it once)",
         )
     if warn:
         _warn_if_other_rules(db, dest)
@@ -842,7 +844,7 @@ def find_session(
     raise ConfigError(
         f"no session {session!r}",
         host=host,
-        hint=f"`remote-sync sessions list --host {host}` (the library's "
+        hint=f"`remote-sync sessions list --host {shlex.quote(host)}` (the library's "
         f"list_sessions(host={host!r})) shows its sessions",
     )
 

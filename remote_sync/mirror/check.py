@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
@@ -477,7 +478,7 @@ class _Checker:
             self.say(problem)
 
     def _index_notes(self, db: sqlite3.Connection, host: str) -> list[Problem]:
-        rebuild = f"run `remote-sync index rebuild --dest {self.dest}`"
+        rebuild = f"run `remote-sync index rebuild --dest {shlex.quote(str(self.dest))}`"
         notes: list[Problem] = []
         cur = db.execute(
             "SELECT s.path, s.session_id FROM sessions AS s WHERE s.host = ? AND NOT EXISTS "

@@ -446,6 +446,19 @@ def _args_text(args: Any) -> str:
     return orjson.dumps(args).decode()
 
 
+def _chat_tool_calls(calls: list[_Call]) -> list[dict[str, Any]]:
+    """``calls`` as an OpenAI chat message's ``tool_calls``: picoclaw's and the generic
+    JSONL's."""
+    return [
+        {
+            "id": c.id,
+            "type": "function",
+            "function": {"name": c.name, "arguments": _args_text(c.args)},
+        }
+        for c in calls
+    ]
+
+
 # --- the abstract conversation -------------------------------------------------------------
 
 
@@ -1251,6 +1264,15 @@ def _codex(
             ),
         )
 
+    def call_item(ns: int, payload: dict[str, Any], name: str, args: str) -> None:
+        # A tool call item is an assistant message of its own, with no text.
+        eff = _Eff(
+            role="assistant",
+            tool_calls=1,
+            message=ExpectedMessage(0, "assistant", iso_ms(ns), "", [(name, args)]),
+        )
+        item(ns, payload, eff)
+
     ns = clock.ns
     meta = {
         "id": session_id,
@@ -1370,7 +1392,7 @@ def _codex(
                     }
                     arguments = _args_text(args)
                     call.kind, call.name = "function", "shell"
-                    item(
+                    call_item(
                         cns,
                         {
                             "type": "function_call",
@@ -1378,13 +1400,8 @@ def _codex(
                             "arguments": arguments,
                             "call_id": call.id,
                         },
-                        _Eff(
-                            role="assistant",
-                            tool_calls=1,
-                            message=ExpectedMessage(
-                                0, "assistant", iso_ms(cns), "", [("shell", arguments)]
-                            ),
-                        ),
+                        "shell",
+                        arguments,
                     )
                 elif roll < 0.85:
                     patch = (
@@ -1395,7 +1412,7 @@ def _codex(
                         + "\n*** End Patch"
                     )
                     call.kind, call.name = "custom", "apply_patch"
-                    item(
+                    call_item(
                         cns,
                         {
                             "type": "custom_tool_call",
@@ -1404,17 +1421,8 @@ def _codex(
                             "name": "apply_patch",
                             "input": patch,
                         },
-                        _Eff(
-                            role="assistant",
-                            tool_calls=1,
-                            message=ExpectedMessage(
-                                0,
-                                "assistant",
-                                iso_ms(cns),
-                                "",
-                                [("apply_patch", patch)],  # a string's text, unquoted
-                            ),
-                        ),
+                        "apply_patch",
+                        patch,  # a string's text, unquoted
                     )
                 else:
                     action = {
@@ -1424,7 +1432,7 @@ def _codex(
                         "working_directory": cwd,
                     }
                     call.kind, call.name = "local_shell", "local_shell"
-                    item(
+                    call_item(
                         cns,
                         {
                             "type": "local_shell_call",
@@ -1432,31 +1440,17 @@ def _codex(
                             "status": "completed",
                             "action": action,
                         },
-                        _Eff(
-                            role="assistant",
-                            tool_calls=1,
-                            message=ExpectedMessage(
-                                0,
-                                "assistant",
-                                iso_ms(cns),
-                                "",
-                                [("local_shell", _args_text(action))],
-                            ),
-                        ),
+                        "local_shell",
+                        _args_text(action),
                     )
             if hosted.random() < 0.1 and not legacy:  # a search the API runs itself
                 sns = ns + 800_000_000
                 action = {"type": "search", "query": " ".join(hosted.choices(_WORDS, k=3))}
-                item(
+                call_item(
                     sns,
                     {"type": "web_search_call", "status": "completed", "action": action},
-                    _Eff(
-                        role="assistant",
-                        tool_calls=1,
-                        message=ExpectedMessage(
-                            0, "assistant", iso_ms(sns), "", [("web_search", _args_text(action))]
-                        ),
-                    ),
+                    "web_search",
+                    _args_text(action),
                 )
             if step.text:
                 tns = ns + 900_000_000
@@ -1581,14 +1575,7 @@ def _picoclaw(
                 record["reasoning_content"] = step.thinking
             calls = [(c.name, _args_text(c.args)) for c in step.calls]
             if step.calls:
-                record["tool_calls"] = [
-                    {
-                        "id": c.id,
-                        "type": "function",
-                        "function": {"name": c.name, "arguments": _args_text(c.args)},
-                    }
-                    for c in step.calls
-                ]
+                record["tool_calls"] = _chat_tool_calls(step.calls)
             if with_model:
                 record["model_name"] = step.model
             add(
@@ -1682,14 +1669,7 @@ def _generic(rng: random.Random, text: _Text, clock: _Clock, steps: list[_Step])
             record = {"role": "assistant", "content": step.text or "", "model": step.model}
             calls = [(c.name, _args_text(c.args)) for c in step.calls]
             if step.calls:
-                record["tool_calls"] = [
-                    {
-                        "id": c.id,
-                        "type": "function",
-                        "function": {"name": c.name, "arguments": _args_text(c.args)},
-                    }
-                    for c in step.calls
-                ]
+                record["tool_calls"] = _chat_tool_calls(step.calls)
             stamp(record, step.ns)
             lines.append(
                 _Line(

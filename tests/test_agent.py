@@ -854,19 +854,19 @@ def _summary() -> Summary:
     )
 
 
-async def test_a_client_that_does_not_read_costs_its_progress_not_unbounded_memory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    agent = Agent(tmp_path / "inventory.toml", tmp_path / "m")
+async def _serve_a_client_that_reads_late(
+    agent: Agent,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    emit_round: Callable[[Emit, str], Awaitable[None]],
+) -> _StuckClient:
+    """``agent`` serving a sync request to a client that reads nothing until the round (its
+    sync replaced by ``emit_round``, given the emit and the transfer's id) has emitted all
+    it does and its summary; the client, with what it then read."""
     client = _StuckClient()
 
     async def sync(request: object, hosts: object, emit: Emit, transfer: str, who: str) -> Summary:
-        for n in range(20000):  # a large fleet's progress, never read meanwhile
-            emit(_progress(n))
-            await anyio.sleep(0)
-        emit(
-            _progress(20000).__class__(**{**msgspec.structs.asdict(_progress(0)), "phase": "done"})
-        )
+        await emit_round(emit, transfer)
         emit(_summary())
         client.reading.set()
         return _summary()
@@ -875,6 +875,23 @@ async def test_a_client_that_does_not_read_costs_its_progress_not_unbounded_memo
     request = SyncRequest(inventory=str(tmp_path / "inventory.toml"))
     with anyio.fail_after(30):
         await agent._serve_client(client, _SilentReader(), request, [], "pid 1")  # type: ignore[arg-type]
+    return client
+
+
+async def test_a_client_that_does_not_read_costs_its_progress_not_unbounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = Agent(tmp_path / "inventory.toml", tmp_path / "m")
+
+    async def emit_round(emit: Emit, transfer: str) -> None:
+        for n in range(20000):  # a large fleet's progress, never read meanwhile
+            emit(_progress(n))
+            await anyio.sleep(0)
+        emit(
+            _progress(20000).__class__(**{**msgspec.structs.asdict(_progress(0)), "phase": "done"})
+        )
+
+    client = await _serve_a_client_that_reads_late(agent, tmp_path, monkeypatch, emit_round)
     events = [decode_event(line) for line in client.received]
     progress = [e for e in events if isinstance(e, Progress)]
     # What fits in the backlog, not the 20000 lines; the last progress (done) and the
@@ -888,23 +905,16 @@ async def test_a_client_that_reads_nothing_of_a_large_round_has_its_sync_cancell
 ) -> None:
     monkeypatch.setattr(agent_module, "MAX_BACKLOG", 100_000)
     agent = Agent(tmp_path / "inventory.toml", tmp_path / "m")
-    client = _StuckClient()
     cancelled: list[bool] = []
 
-    async def sync(request: object, hosts: object, emit: Emit, transfer: str, who: str) -> Summary:
+    async def emit_round(emit: Emit, transfer: str) -> None:
         with agent.registry.register(transfer) as token:
             for n in range(10000):  # a dry run's line per file
                 emit(Planned(host="h0", path=f"a/{n}.jsonl", action="new", bytes=n))
                 await anyio.sleep(0)
             cancelled.append(token.cancelled)
-        emit(_summary())
-        client.reading.set()
-        return _summary()
 
-    monkeypatch.setattr(agent, "_sync", sync)
-    request = SyncRequest(inventory=str(tmp_path / "inventory.toml"))
-    with anyio.fail_after(30):
-        await agent._serve_client(client, _SilentReader(), request, [], "pid 1")  # type: ignore[arg-type]
+    client = await _serve_a_client_that_reads_late(agent, tmp_path, monkeypatch, emit_round)
     assert cancelled == [True]
     assert sum(map(len, client.received)) <= 100_000
 

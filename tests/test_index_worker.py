@@ -11,7 +11,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import pytest
@@ -34,8 +34,9 @@ from remote_sync.errors import RemoteCommandError
 from remote_sync.events import Summary
 from remote_sync.formats.readers import get_reader
 from remote_sync.index import worker as worker_module
+from remote_sync.index.facts import SessionFacts
 from remote_sync.index.update import FileIndexer, index_range, rebuild_index
-from remote_sync.index.worker import IndexWorker, IndexWorkerError
+from remote_sync.index.worker import IndexJob, IndexWorker, IndexWorkerError
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine, writer
 from remote_sync.mirror.state import MirrorState, VersionNumbers
@@ -61,6 +62,22 @@ def assert_index_is_a_rebuild(dest: Path) -> None:
 # -- the worker on its own ------------------------------------------------------------------
 
 
+def _job(
+    worker: IndexWorker, f: BinaryIO, path: bytes, start: int = 0, facts: SessionFacts | None = None
+) -> IndexJob:
+    """A job of ``worker`` indexing the Claude Code transcript open as ``f`` from ``start``:
+    fresh, or continuing the stored ``facts``."""
+    return worker.job(
+        fd=f.fileno(),
+        host="h",
+        path=path,
+        fmt="claude-code",
+        start=start,
+        facts=facts,
+        fresh=facts is None,
+    )
+
+
 def test_worker_answers_what_the_in_process_indexer_computes(tmp_path: Path) -> None:
     rng = random.Random(1)
     reader = get_reader("claude-code")
@@ -76,26 +93,10 @@ def test_worker_answers_what_the_in_process_indexer_computes(tmp_path: Path) -> 
         async with anyio.create_task_group() as tg:
             worker.start(tg)
             with open(local, "rb") as f:
-                whole = worker.job(
-                    fd=f.fileno(),
-                    host="h",
-                    path=b"p/s.jsonl",
-                    fmt="claude-code",
-                    start=0,
-                    facts=None,
-                    fresh=True,
-                )
+                whole = _job(worker, f, b"p/s.jsonl")
                 whole.written(end_first // 2 + 7)  # not at a line end: held, never counted
                 whole.finish(end_all)
-                grown = worker.job(
-                    fd=f.fileno(),
-                    host="h",
-                    path=b"p/s.jsonl",
-                    fmt="claude-code",
-                    start=end_first,
-                    facts=base.facts,
-                    fresh=False,
-                )
+                grown = _job(worker, f, b"p/s.jsonl", end_first, base.facts)
                 grown.finish(end_all)
             results = (await whole.result(), await grown.result())
             # Its own process group: a terminal's Ctrl-C (sent to the foreground group)
@@ -127,15 +128,7 @@ def test_a_worker_that_dies_or_lies_fails_its_jobs(tmp_path: Path, mode: str) ->
         async with anyio.create_task_group() as tg:
             worker.start(tg)
             with open(local, "rb") as f:
-                job = worker.job(
-                    fd=f.fileno(),
-                    host="h",
-                    path=b"s.jsonl",
-                    fmt="claude-code",
-                    start=0,
-                    facts=None,
-                    fresh=True,
-                )
+                job = _job(worker, f, b"s.jsonl")
                 job.finish(160)
             with pytest.raises(IndexWorkerError) as info:
                 await job.result()

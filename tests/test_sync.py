@@ -2672,14 +2672,32 @@ def mirrored_session(state: MirrorState, data: bytes) -> tuple[Path, FileState]:
     return local, row
 
 
+def frame_handler(state: MirrorState, t: Any, request: Any, **callbacks: Any) -> Any:
+    """A ``_FrameHandler`` of transfer ``t`` alone (asked as ``request``), fed by hand: its
+    round, host ``h``'s, is a stand-in with what the handler uses of one (no reader nor index
+    worker) and ``callbacks``, the round's methods the test watches."""
+    import types
+
+    from remote_sync.mirror.engine import HostRound, _FrameHandler
+
+    sync = types.SimpleNamespace(
+        state=state,
+        name="h",
+        reader=None,
+        worker=None,
+        result=HostRound("h"),
+        ends={},
+        _progress_within_file=lambda: None,
+        **callbacks,
+    )
+    return _FrameHandler(sync, [t], [request], follow_up=False)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("ending", ["short", "changed", "failed"])
 def test_a_fetch_that_ends_badly_commits_nothing(tmp_path: Path, ending: str) -> None:
     """The events a frame may end with besides End: a rewrite seen mid-file that also ends
     Short is fetched again once; a whole file that grew (Changed) is fetched again; a read
     that failed on the host (Failed) is that file's error. Nothing of them is written."""
-    import types
-
-    from remote_sync.mirror.engine import HostRound, _FrameHandler
     from remote_sync.mirror.fetch_events import Begin, Changed, Data, Failed, Short
     from remote_sync.mirror.plan import Transfer
     from remote_sync.mirror.remote_ops import RemoteFile
@@ -2696,17 +2714,12 @@ def test_a_fetch_that_ends_badly_commits_nothing(tmp_path: Path, ending: str) ->
             t = Transfer(remote, "append", "whole", "rewritten", 0, len(data) + 500, row)
             last = Changed(0) if ending == "changed" else Failed(0)
             events = [Begin(0), Data(0, b"y" * 100), last]
-        sync = types.SimpleNamespace(
-            state=state,
-            name="h",
-            reader=None,
-            worker=None,
-            result=HostRound("h"),
-            ends={},
+        handler = frame_handler(
+            state,
+            t,
+            t.request(),
             _fail=lambda path, message, kind, hint: failures.append((path, message, kind)),
-            _progress_within_file=lambda: None,
         )
-        handler = _FrameHandler(sync, [t], [t.request()], follow_up=False)  # type: ignore[arg-type]
         anyio.run(handler.handle_all, events)
         assert handler.again == ([] if ending == "failed" else [t])
         assert failures == (
@@ -2902,10 +2915,7 @@ def test_a_checked_file_is_committed_only_once_its_head_digest_agrees(
     """A checked file is held after its End until the host's digest of its head (md5, or
     POSIX cksum from a host without md5sum): committed when the digest agrees (or the host
     cannot hash), else dropped and fetched whole again, its mirrored copy as it was."""
-    import types
-
     from remote_sync.mirror.digests import Algorithm, Digest, Hasher
-    from remote_sync.mirror.engine import HostRound, _FrameHandler
     from remote_sync.mirror.fetch_events import Begin, Data, End, HeadDigest
     from remote_sync.mirror.plan import Transfer
     from remote_sync.mirror.remote_ops import RemoteFile
@@ -2946,17 +2956,7 @@ def test_a_checked_file_is_committed_only_once_its_head_digest_agrees(
         async def done(pending: object) -> None:
             finished.append(pending)
 
-        sync = types.SimpleNamespace(
-            state=state,
-            name="h",
-            reader=None,
-            worker=None,
-            result=HostRound("h"),
-            ends={},
-            finished=done,
-            _progress_within_file=lambda: None,
-        )
-        handler = _FrameHandler(sync, [t], [request], follow_up=False)  # type: ignore[arg-type]
+        handler = frame_handler(state, t, request, finished=done)
         events = [Begin(0), Data(0, data), End(0), HeadDigest(indices, hashed)]
         anyio.run(handler.handle_all, events[:3])
         assert finished == [] and len(handler.held.files) == 1  # not before the digest

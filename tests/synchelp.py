@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,21 @@ def make_openclaw_tree(
             paths.append(rel)
         fleet.write(name, f"{base}/sessions.json", json.dumps(index))
     return paths
+
+
+@contextlib.contextmanager
+def unreadable(*paths: Path) -> Iterator[None]:
+    """``paths`` (files or directories of a host) with no permission at all meanwhile, as a
+    host's locked file or directory is; their modes given back after, even when the body
+    fails, so the fleet's teardown can remove them."""
+    modes = [path.stat().st_mode for path in paths]
+    for path in paths:
+        os.chmod(path, 0)
+    try:
+        yield
+    finally:
+        for path, mode in zip(paths, modes, strict=True):
+            os.chmod(path, mode)
 
 
 def append(fleet: SSHFleet, name: str, rel: str, data: bytes) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
-from synchelp import cli, write_inventory
+from synchelp import cli, unreadable, write_inventory
 from test_sessions_cli import openclaw_session
 
 from remote_sync import api
@@ -134,11 +134,8 @@ def test_an_unreadable_directory_makes_the_listing_incomplete(
     sessions(fleet, name, 1)
     fleet.write(name, "agents/secret/sessions/b.jsonl", openclaw_session("b", 3))
     inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
-    os.chmod(fleet.path(name, "agents/secret/sessions"), 0)
-    try:
+    with unreadable(fleet.path(name, "agents/secret/sessions")):
         code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
-    finally:
-        os.chmod(fleet.path(name, "agents/secret/sessions"), 0o755)
     assert listed(out) == {f"{SESSIONS}/s0.jsonl"}  # what could be read is listed
     assert code == 1 and "agents/secret/sessions: find could not read it (Permission denied)" in err
 
@@ -378,11 +375,8 @@ def test_an_unreadable_transcript_makes_the_listing_incomplete(
     sessions(fleet, name, 3)
     inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
     secret = fleet.path(name, f"{SESSIONS}/s1.jsonl")
-    os.chmod(secret, 0)
-    try:
+    with unreadable(secret):
         code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
-    finally:
-        os.chmod(secret, 0o644)
     assert listed(out) == {f"{SESSIONS}/s0.jsonl", f"{SESSIONS}/s2.jsonl"}
     (error,) = [json.loads(line) for line in out.splitlines() if '"type":"error"' in line]
     assert code == 1 and error["kind"] == "permission_denied", error
@@ -408,12 +402,9 @@ def test_an_unreadable_transcript_shown_is_permission_denied_as_listed(
     inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
     secret = fleet.path(name, f"{SESSIONS}/s1.jsonl")
     show = ["sessions", "show", "--json", part, "2", "--remote", "-I", str(inv), name]
-    os.chmod(secret, 0)
-    try:
+    with unreadable(secret):
         code, out, err = cli([*show, given], capsys)
         listing = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
-    finally:
-        os.chmod(secret, 0o644)
     (error,) = [json.loads(line) for line in out.splitlines()]
     (listed_error,) = [json.loads(line) for line in listing[1].splitlines() if '"error"' in line]
     assert code == 1 and error["kind"] == "permission_denied", error
@@ -501,9 +492,7 @@ def test_each_unreadable_directory_of_a_listing_is_an_error_naming_it(
     fleet.write(name, os.fsdecode(odd + b"/c.jsonl"), openclaw_session("c", 3))
     locked = [fleet.path(name, "agents/secret/sessions"), fleet.path(name, os.fsdecode(odd))]
     inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
-    for directory in locked:
-        os.chmod(directory, 0)
-    try:
+    with unreadable(*locked):
         code, out, err = cli(["sessions", "list", "--json", "--remote", "-I", str(inv)], capsys)
         events: list[Any] = []
         rows = anyio.run(
@@ -511,9 +500,6 @@ def test_each_unreadable_directory_of_a_listing_is_an_error_naming_it(
                 remote=True, hosts=load_inventory(inv).hosts, errors=[], emit=events.append
             )
         )
-    finally:
-        for directory in locked:
-            os.chmod(directory, 0o755)
     assert code == 1 and listed(out) == {f"{SESSIONS}/s0.jsonl"}, err
     errors = [json.loads(line) for line in out.splitlines() if '"type":"error"' in line]
     assert sorted((e["kind"], e["path"]) for e in errors) == [
@@ -552,13 +538,10 @@ def test_a_session_under_an_unreadable_directory_is_not_shown_as_missing(
     fleet.write(name, "agents/secret/sessions/b.jsonl", openclaw_session("b", 3))
     inv = write_inventory(fleet, tmp_path / "inv.toml", [name])
     show = ["sessions", "show", "--remote", "-I", str(inv), name]
-    os.chmod(fleet.path(name, "agents/secret/sessions"), 0)
-    try:
+    with unreadable(fleet.path(name, "agents/secret/sessions")):
         by_id = cli([*show, "b"], capsys)
         by_path = cli([*show, "agents/secret/sessions/b.jsonl"], capsys)
         elsewhere = cli([*show, "s0"], capsys)
-    finally:
-        os.chmod(fleet.path(name, "agents/secret/sessions"), 0o755)
     code, out, err = by_id
     assert code == 1 and out == "", err
     assert (

@@ -39,6 +39,7 @@ from synchelp import (
     over_quota_open,
     run_cli,
     session_bytes,
+    unreadable,
     write_inventory,
 )
 
@@ -2086,11 +2087,8 @@ def test_an_incomplete_listing_is_reported_whatever_the_fetch_does(
         )
         host_tools(fleet, monkeypatch, "noisy-dd", {"dd": noise + 'exec /usr/bin/dd "$@"\n'})
     fleet.mkdir("h0", "agents/locked/sessions")
-    os.chmod(fleet.path("h0", "agents/locked"), 0)
-    try:
+    with unreadable(fleet.path("h0", "agents/locked")):
         code, _, events = sync(inv, dest, capsys)
-    finally:
-        os.chmod(fleet.path("h0", "agents/locked"), 0o755)
     assert code == 1
     (error,) = [e for e in events if isinstance(e, ErrorEvent) and e.kind == "listing_incomplete"]
     assert error.path == "agents/locked", error
@@ -2324,11 +2322,8 @@ def test_unreadable_remote_directory_is_reported_and_deletions_not_recorded(
     paths = make_openclaw_tree(fleet, "h0")
     dest = tmp_path / "m"
     sync(inv, dest, capsys)
-    os.chmod(fleet.path("h0", "agents/agent1/sessions"), 0)
-    try:
+    with unreadable(fleet.path("h0", "agents/agent1/sessions")):
         code, summary, events = sync(inv, dest, capsys)
-    finally:
-        os.chmod(fleet.path("h0", "agents/agent1/sessions"), 0o755)
     assert code == 1
     assert any(
         isinstance(e, ErrorEvent)
@@ -2366,13 +2361,8 @@ def test_each_unreadable_remote_directory_is_an_error_naming_it(
     dest = tmp_path / "m"
     assert sync(inv, dest, capsys)[0] == 0
     locked = [fleet.path("h0", "agents/agent1/sessions"), fleet.path("h0", os.fsdecode(odd))]
-    for directory in locked:
-        os.chmod(directory, 0)
-    try:
+    with unreadable(*locked):
         code, summary, events = sync(inv, dest, capsys)
-    finally:
-        for directory in locked:
-            os.chmod(directory, 0o755)
     errors = [e for e in events if isinstance(e, ErrorEvent)]
     assert code == 1 and summary.hosts[0].status == "partial"
     assert sorted((e.kind, e.path) for e in errors) == [

@@ -699,15 +699,13 @@ def bench_one(fleet: Any, sizes: Sizes, lines: Lines, work: Path, profile: bool)
         return step
 
     timed = timed_runs(ours, rsync, with_noindex, (ours_agent, rsync_cm) if with_agent else None)
-    appended: list[int] = []
-    for rep in range(sizes.repeat):
-        grown = rng.sample(rels, sizes.grow_files)
-        appended.append(grow(fleet, name, grown, lines, rng, sizes.grow_bytes))
-        alternate(rep, [make("incremental") for make in timed])
-        progress(f"one incremental rep {rep + 1}: " + _last(runs, "incremental"))
-    for rep in range(sizes.repeat):
-        alternate(rep, [make("nochange") for make in timed])
-        progress(f"one no-change rep {rep + 1}: " + _last(runs, "nochange"))
+    appended = timed_rounds(
+        "one",
+        sizes,
+        runs,
+        timed,
+        lambda: grow(fleet, name, rng.sample(rels, sizes.grow_files), lines, rng, sizes.grow_bytes),
+    )
     clear(noindex_dest)
     agent_peak = agent.stop() if agent is not None else None
     if with_agent:
@@ -754,29 +752,17 @@ def bench_one(fleet: Any, sizes: Sizes, lines: Lines, work: Path, profile: bool)
         f"(appended {wire_appended} B)"
     )
 
-    med, cpu = medians(runs)
     result: dict[str, Any] = {
         "tree_files": tree_files,
         "tree_bytes": tree_bytes,
         "sessions": sizes.sessions,
         "appended_per_round": appended,
-        "runs": runs,
-        "median_s": med,
-        "median_cpu_s": cpu,
-        "ratio_initial": med["ours_initial"] / med["rsync_initial"],
-        "ratio_incremental": med["ours_incremental"] / med["rsync_incremental"],
-        "ratio_nochange": med["ours_nochange"] / med["rsync_nochange"],
         "wire": wire,
-        "peak_rss_mb": {
-            key: max(r["rss_mb"] for r in runs[f"ours_{key}"])
-            for key in ("initial", "incremental", "nochange")
-        },
+        **against_rsync(runs, with_noindex),
     }
+    med = result["median_s"]
     if with_fsync:
         result["ratio_initial_vs_fsync"] = med["ours_initial"] / med["rsync_fsync_initial"]
-    if with_noindex:
-        for key in ("initial", "incremental", "nochange"):
-            result[f"ratio_{key}_noindex"] = med[f"ours_noindex_{key}"] / med[f"rsync_{key}"]
     if with_agent:
         _agent_ratios(result, med, runs, agent_peak)
     if profile:
@@ -812,6 +798,48 @@ def timed_runs(
     if with_noindex:
         timed.append(lambda key: ours(key, "--no-index"))
     return [*timed, *(warm or ())]
+
+
+def timed_rounds(
+    part: str,
+    sizes: Sizes,
+    runs: dict[str, list[Any]],
+    timed: list[Callable[[str], Callable[[], None]]],
+    grow_round: Callable[[], int],
+) -> list[int]:
+    """Parts 1 and 2's timed repetitions of the runs ``timed`` makes: the incremental ones,
+    each after ``grow_round`` (which grows the trees and says by how many bytes), then the
+    no-change ones. The bytes appended before each incremental repetition."""
+    appended: list[int] = []
+    for rep in range(sizes.repeat):
+        appended.append(grow_round())
+        alternate(rep, [make("incremental") for make in timed])
+        progress(f"{part} incremental rep {rep + 1}: " + _last(runs, "incremental"))
+    for rep in range(sizes.repeat):
+        alternate(rep, [make("nochange") for make in timed])
+        progress(f"{part} no-change rep {rep + 1}: " + _last(runs, "nochange"))
+    return appended
+
+
+def against_rsync(runs: dict[str, list[Any]], with_noindex: bool) -> dict[str, Any]:
+    """What parts 1 and 2 both report of their ``runs``: the medians, ours against rsync in
+    each kind of round (and ours ``--no-index`` against rsync, when this version has it),
+    and ours' peak RSS in each."""
+    med, cpu = medians(runs)
+    kinds = ("initial", "incremental", "nochange")
+    peak = {key: max(r["rss_mb"] for r in runs[f"ours_{key}"]) for key in kinds}
+    result: dict[str, Any] = {
+        "runs": runs,
+        "median_s": med,
+        "median_cpu_s": cpu,
+        **{f"ratio_{key}": med[f"ours_{key}"] / med[f"rsync_{key}"] for key in kinds},
+        "peak_rss_mb": peak,
+    }
+    if with_noindex:
+        for key in kinds:
+            result[f"ratio_{key}_noindex"] = med[f"ours_noindex_{key}"] / med[f"rsync_{key}"]
+            peak[f"{key}_noindex"] = max(r["rss_mb"] for r in runs[f"ours_noindex_{key}"])
+    return result
 
 
 def _agent_ratios(
@@ -959,11 +987,13 @@ def bench_fleet(sizes: Sizes, lines: Lines, work: Path, profile: bool) -> dict[s
         timed = timed_runs(
             ours, rsync, with_noindex, (ours_agent, rsync_cm) if with_agent else None
         )
-        appended = []
-        for rep in range(sizes.repeat):
-            total = 0
-            for n in names:
-                total += grow(
+        appended = timed_rounds(
+            "fleet",
+            sizes,
+            runs,
+            timed,
+            lambda: sum(
+                grow(
                     fleet,
                     n,
                     rng.sample(rels[n], sizes.fleet_grow_files),
@@ -971,19 +1001,15 @@ def bench_fleet(sizes: Sizes, lines: Lines, work: Path, profile: bool) -> dict[s
                     rng,
                     sizes.grow_bytes,
                 )
-            appended.append(total)
-            alternate(rep, [make("incremental") for make in timed])
-            progress(f"fleet incremental rep {rep + 1}: " + _last(runs, "incremental"))
-        for rep in range(sizes.repeat):
-            alternate(rep, [make("nochange") for make in timed])
-            progress(f"fleet no-change rep {rep + 1}: " + _last(runs, "nochange"))
+                for n in names
+            ),
+        )
         clear(noindex_dest)
         agent_peak = agent.stop() if agent is not None else None
         if with_agent:
             close_control_masters(fleet.ssh_config, work, names)
             clear(agent_dest, cm_dest)
 
-        med, cpu = medians(runs)
         result: dict[str, Any] = {
             "hosts": len(names),
             "files_per_host": per_host[0][0],
@@ -991,25 +1017,10 @@ def bench_fleet(sizes: Sizes, lines: Lines, work: Path, profile: bool) -> dict[s
             "bytes": sum(b for _, b in per_host),
             "appended_per_round": appended,
             "grown_files_per_round": sizes.fleet_grow_files * len(names),
-            "runs": runs,
-            "median_s": med,
-            "median_cpu_s": cpu,
-            "ratio_initial": med["ours_initial"] / med["rsync_initial"],
-            "ratio_incremental": med["ours_incremental"] / med["rsync_incremental"],
-            "ratio_nochange": med["ours_nochange"] / med["rsync_nochange"],
-            "peak_rss_mb": {
-                key: max(r["rss_mb"] for r in runs[f"ours_{key}"])
-                for key in ("initial", "incremental", "nochange")
-            },
+            **against_rsync(runs, with_noindex),
         }
-        if with_noindex:
-            for key in ("initial", "incremental", "nochange"):
-                result[f"ratio_{key}_noindex"] = med[f"ours_noindex_{key}"] / med[f"rsync_{key}"]
-                result["peak_rss_mb"][f"{key}_noindex"] = max(
-                    r["rss_mb"] for r in runs[f"ours_noindex_{key}"]
-                )
         if with_agent:
-            _agent_ratios(result, med, runs, agent_peak)
+            _agent_ratios(result, result["median_s"], runs, agent_peak)
         if profile:
             result["profile"] = profile_fleet(
                 fleet, names, rels, lines, rng, inventory, work, sizes, ours_dest

@@ -2524,3 +2524,29 @@ def test_a_script_runs_in_the_shell_that_reports_its_pid(tmp_path: Path) -> None
     pid, name, arg = done.stdout.decode().split(" ", 2)
     assert (name, arg) == ("sh", "a 'b\\")
     assert done.stderr == b"remote-sync-pid " + pid.encode() + b"\n"
+
+
+def test_a_head_digest_line_ends_with_its_newline_whatever_the_hasher_prints(
+    tmp_path: Path,
+) -> None:
+    """A hasher whose output holds a backslash sequence (``\\c``, which ends dash's echo
+    and its line there): the K line still ends with its newline, so the frame after it
+    starts a line of its own and no marker is found inside a line."""
+    home = tmp_path / "home"
+    home.mkdir()
+    runner = wrap_tools(
+        (["sh"], {"PATH": os.environ["PATH"], "HOME": str(home)}),
+        tmp_path / "tools",
+        {"md5sum": "cat >/dev/null\nprintf '%s  -\\n' '0123\\c'\n"},
+    )
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "a.jsonl").write_bytes(b"x" * 4999 + b"\n")
+    requests = [FetchRequest(b"d/a.jsonl", 4000, 1000, check_batched=True)]
+    marker = new_marker()
+    argv = fetch_argv(str(root), per_batch=4)
+    rc, out, err = run_local(runner, argv, fetch_stdin(requests, marker))
+    assert rc == 0, err
+    lines = out.split(b"\n")
+    assert any(line.startswith(marker.encode() + b" K md5:0123\\c") for line in lines), out
+    assert not any(marker.encode() in line[1:] for line in lines), out

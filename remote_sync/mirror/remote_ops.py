@@ -621,7 +621,11 @@ head_digest() {
             done
         fi
     fi
-    echo "$sum" $inodes
+    # printf, not echo: a hasher's output with a backslash (dash's echo ends its line at a
+    # "\c") must not lose the K line its newline and merge it with the next frame line.
+    printf '%s' "$sum"
+    for ino in $inodes; do printf ' %s' "$ino"; done
+    printf '\n'
 }
 read_range() {
     opened=1

@@ -8,6 +8,7 @@ import gc
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -41,6 +42,7 @@ from remote_sync.ssh import pool as pool_module
 from remote_sync.ssh import stream as stream_module
 from remote_sync.ssh.endpoint import Endpoint
 from remote_sync.ssh.flow import ConsumerCredit
+from remote_sync.ssh.options import refuse_unprotected_keys
 from remote_sync.ssh.pool import JumpsRead, PoolSettings, SSHPool
 from remote_sync.ssh.stream import RemoteStream, _Channel, exec_streaming, run_command
 
@@ -1256,6 +1258,17 @@ async def test_a_known_hosts_file_is_parsed_once_and_an_edit_is_seen(
     os.utime(known, ns=(modified, modified))
     async with SSHPool() as pool:
         assert await run_command(pool, ep, ["echo", "seen"]) == b"seen\n"
+
+
+def test_the_chmod_hint_of_a_key_others_may_read_is_a_command_to_copy(tmp_path: Path) -> None:
+    """The hint of a key others may read is a command to copy: a key file whose name holds a
+    space is named by it as one word, as the other hints' commands name hosts and folders."""
+    key = tmp_path / "my key"
+    key.write_bytes(b"not read")
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match="may be read by others") as info:
+        refuse_unprotected_keys([str(key)], "h0")
+    assert info.value.hint == f"chmod 600 {shlex.quote(str(key))}", info.value.hint
 
 
 async def test_a_private_key_others_may_read_is_refused(fleet: SSHFleet, tmp_path: Path) -> None:

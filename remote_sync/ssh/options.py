@@ -29,6 +29,7 @@ import getpass
 import logging
 import os
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,7 +175,7 @@ def refuse_unprotected_keys(paths: Sequence[str], host: str) -> None:
         "ssh refuses to use it, and so does remote-sync",
         host=host,
         path=path,
-        hint=f"chmod 600 {path}",
+        hint=f"chmod 600 {shlex.quote(path)}",
     )
 
 

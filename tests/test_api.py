@@ -1112,14 +1112,14 @@ async def test_a_remote_listing_or_show_looks_its_host_up_off_the_loop(
         "slow", Endpoint("slow", ssh_config=(str(config),)), Source("openclaw", "/x", ("*",))
     )
     on_loop: list[bool] = []
-    real_prepare = options._prepare
+    real_prepare = options.prepare
 
     def recording(endpoint: Endpoint, name: str) -> Any:
         on_loop.append(threading.current_thread() is threading.main_thread())
         return real_prepare(endpoint, name)
 
     for looked_up_in in (pool, jumps):  # each module that calls it
-        monkeypatch.setattr(looked_up_in, "_prepare", recording)
+        monkeypatch.setattr(looked_up_in, "prepare", recording)
     ticker = Ticker()
     async with anyio.create_task_group() as tg:
         tg.start_soon(ticker.run)

@@ -100,7 +100,7 @@ async def test_the_system_wide_file_is_read_after_the_user_s_as_ssh_reads_it(
         assert pool.preflight(by_default, "box") is None
         assert await run_command(pool, by_default, ["echo", "ok"], host="box") == b"ok\n"
     named = Endpoint(address="box", ssh_config=("~/.ssh/config",), known_hosts=str(one.known_hosts))
-    resolved = options._prepare(named, "box").resolved
+    resolved = options.prepare(named, "box").resolved
     assert (resolved.port, resolved.identities) == (h.port, ())
 
 
@@ -231,7 +231,7 @@ def test_a_match_exec_token_value_stays_data(context: str, tmp_path: Path) -> No
     ep = Endpoint(address="box", user=user, ssh_config=(str(cfg),), known_hosts=str(cfg))
     assert SSHPool().preflight(ep, "box") is None
     assert out.read_text() == user
-    assert options._prepare(ep, "box").resolved.port == 2345
+    assert options.prepare(ep, "box").resolved.port == 2345
     out.unlink()
     for hostile in (f"x;touch {pwned};:", f"x';touch {pwned};'", f'x"$(touch {pwned})"', "a b"):
         ep = Endpoint(address="box", user=hostile, ssh_config=(str(cfg),), known_hosts=str(cfg))
@@ -411,7 +411,7 @@ def test_a_config_has_one_connection_hash_with_its_jump_host(tmp_path: Path) -> 
         f'Match exec "printf %C >{tmp_path}/out"\n  ServerAliveCountMax 7\n'
     )
     ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
-    resolved = options._prepare(ep, "box").resolved
+    resolved = options.prepare(ep, "box").resolved
     hashed = f"{socket.gethostname()}127.0.0.122someonebastion"
     connection = hashlib.sha1(hashed.encode()).hexdigest()
     assert (tmp_path / "out").read_text() == connection
@@ -640,10 +640,10 @@ def test_a_backslash_ssh_keeps_is_kept(tmp_path: Path) -> None:
     for option, value in expected.items():
         assert _our_values(cfg, option) == [value] == _ssh_values(cfg, _PRINTED[option])
     ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
-    resolved = options._prepare(ep, "box").resolved
+    resolved = options.prepare(ep, "box").resolved
     assert (resolved.user, resolved.port) == ("CORP\\u", 22)
     ep = Endpoint(address="other", ssh_config=(str(cfg),), known_hosts=str(cfg))
-    assert options._prepare(ep, "other").resolved.user == "a=b"
+    assert options.prepare(ep, "other").resolved.user == "a=b"
 
 
 def test_a_quoted_keyword_is_read_as_ssh_reads_it(tmp_path: Path) -> None:
@@ -655,12 +655,12 @@ def test_a_quoted_keyword_is_read_as_ssh_reads_it(tmp_path: Path) -> None:
     cfg.write_text('Host box\n  "HostName evil.example\n  "Port 2200\n  "User"=alice\n')
     assert _ssh_values(cfg, "hostname") == ["box"]
     ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
-    resolved = options._prepare(ep, "box").resolved
+    resolved = options.prepare(ep, "box").resolved
     assert (resolved.host, resolved.port, resolved.user) == ("box", 22, "=alice")
     assert _ssh_values(cfg, "user") == ["=alice"]
     cfg.write_text('Host box\n  User"x"\n')
     with pytest.raises(ConfigError, match="line 2"):
-        options._prepare(ep, "box")
+        options.prepare(ep, "box")
 
 
 def test_a_host_line_s_words_are_patterns_and_a_comma_is_a_letter(tmp_path: Path) -> None:
@@ -681,7 +681,7 @@ def test_a_host_line_s_words_are_patterns_and_a_comma_is_a_letter(tmp_path: Path
     assert _ssh_values(cfg, "user") == ["starred"]
     assert _ssh_values(cfg, "port") == ["22"]
     ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
-    resolved = options._prepare(ep, "box").resolved
+    resolved = options.prepare(ep, "box").resolved
     assert (resolved.user, resolved.port) == ("starred", 22)
     # The walk's IgnoreUnknown: the first of a block that applies to every host is the
     # one ssh goes by; ``Host *,x`` is not such a block (it applies to names ending ,x).
@@ -696,7 +696,7 @@ def test_an_empty_host_pattern_is_refused_as_ssh_refuses_it(tmp_path: Path) -> N
     assert _ssh_values(cfg, "port") is None
     ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
     with pytest.raises(ConfigError, match="line 1: an empty Host pattern"):
-        options._prepare(ep, "box")
+        options.prepare(ep, "box")
 
 
 @pytest.mark.parametrize(
@@ -826,7 +826,7 @@ def _resolved_ports(cfg: Path) -> list[int]:
     :func:`_ssh_values` gives ssh's), the pre-flight finding nothing to refuse."""
     ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
     assert SSHPool().preflight(ep, "box") is None
-    return [options._prepare(ep, "box").resolved.port]
+    return [options.prepare(ep, "box").resolved.port]
 
 
 @pytest.mark.parametrize(
@@ -1261,7 +1261,7 @@ def test_a_host_name_with_capitals_is_looked_up_as_ssh_looks_it_up(
     said = dict(line.split(" ", 1) for line in done.stdout.splitlines())
     monkeypatch.setenv("RS_OUT", str(by_us))
     ep = Endpoint(address="PI-K", ssh_config=(str(cfg),), known_hosts=str(cfg))
-    resolved = options._prepare(ep, "PI-K").resolved
+    resolved = options.prepare(ep, "PI-K").resolved
     assert resolved.parsed is not None
     ours = (
         resolved.host,
@@ -1295,7 +1295,7 @@ def test_the_files_and_proxy_command_of_a_host_name_with_capitals_are_ssh_s(
     proxy = [line.split(": exec ", 1)[1] for line in said if "Executing proxy command" in line]
     files = [line.split(" file ", 1)[1].rsplit(" type ", 1)[0] for line in said if " file " in line]
     ep = Endpoint(address="MyHost", ssh_config=(str(cfg),), known_hosts=str(cfg))
-    resolved = options._prepare(ep, "MyHost").resolved
+    resolved = options.prepare(ep, "MyHost").resolved
     assert resolved.parsed is not None
     assert (
         [resolved.parsed.config.get("ProxyCommand")]
@@ -1337,7 +1337,7 @@ def test_the_tokens_of_key_and_known_hosts_paths_are_ssh_s(tmp_path: Path) -> No
         for key in ("userknownhostsfile", "globalknownhostsfile")
     )
     ep = Endpoint(address="MyBox", ssh_config=(str(cfg),))
-    resolved = options._prepare(ep, "MyBox").resolved
+    resolved = options.prepare(ep, "MyBox").resolved
     assert resolved.parsed is not None
     assert [resolved.parsed.config.get("ProxyCommand")] == proxy
     assert proxy == ["false ali real.example MyBox 2222 someone"]
@@ -1364,7 +1364,7 @@ def test_j_in_key_and_known_hosts_paths_is_the_jump_host(tmp_path: Path) -> None
     )
     for name, jump in (("box", "bastion"), ("other", "")):
         ep = Endpoint(address=name, ssh_config=(str(cfg),))
-        resolved = options._prepare(ep, name).resolved
+        resolved = options.prepare(ep, name).resolved
         found = (*resolved.identities, *resolved.certificates, *resolved.keys.user)
         assert found == tuple(f"{tmp_path}/{kind}_{jump}" for kind in ("id", "cert", "known"))
 
@@ -1415,7 +1415,7 @@ def test_a_proxy_command_has_ssh_s_tokens_and_its_variables_left_to_it(tmp_path:
     )
     proxy, _, said = _ssh_proxy_and_keys(cfg)
     ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
-    resolved = options._prepare(ep, "box").resolved
+    resolved = options.prepare(ep, "box").resolved
     assert resolved.parsed is not None
     assert [resolved.parsed.config.get("ProxyCommand")] == proxy, said
     assert proxy == [
@@ -1434,7 +1434,7 @@ def test_the_inventory_s_proxy_command_has_ssh_s_tokens(tmp_path: Path) -> None:
     ep = Endpoint(
         address="box", ssh_config=(str(cfg),), known_hosts=str(cfg), proxy_command=command
     )
-    assert [options._prepare(ep, "box").options["proxy_command"]] == proxy
+    assert [options.prepare(ep, "box").options["proxy_command"]] == proxy
     assert proxy == ["false 127.0.0.1 ali box 22 someone %"]
     refused = dataclasses.replace(ep, proxy_command="false %h %j")
     _, _, said = _ssh_proxy_and_keys(cfg, "-o", "ProxyCommand=false %h %j")
@@ -1469,7 +1469,7 @@ def test_tokens_are_expanded_once_every_file_is_read_as_ssh_expands_them(
     assert proxy == ["false real.example ali someone %h"], said
     assert files == [f"{tmp_path}/id_real.example_someone", f"{tmp_path}/cert_ali_%C"], said
     ep = Endpoint(address="box", known_hosts=str(user))
-    resolved = options._prepare(ep, "box").resolved
+    resolved = options.prepare(ep, "box").resolved
     assert resolved.parsed is not None
     assert [resolved.parsed.config.get("ProxyCommand")] == proxy
     assert [*resolved.identities, *resolved.certificates] == files
@@ -1560,7 +1560,7 @@ def test_the_first_of_proxy_command_and_proxy_jump_is_the_one_taken_as_in_ssh(
     printed = _ssh_printed(cfg, *(("-o", f"ProxyCommand={given}") if given else ()))
     ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg), proxy_command=given)
     assert SSHPool().preflight(ep, "box") is None
-    prepared = options._prepare(ep, "box")
+    prepared = options.prepare(ep, "box")
     parsed = prepared.resolved.parsed
     assert parsed is not None
     configured = parsed.config.get("ProxyCommand")
@@ -1586,7 +1586,7 @@ def test_a_proxy_command_starts_after_the_blanks_and_equals_signs_as_in_ssh(
     proxy, _, said = _ssh_proxy_and_keys(cfg)
     assert proxy == ["false 127.0.0.1 22"], said
     ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
-    parsed = options._prepare(ep, "box").resolved.parsed
+    parsed = options.prepare(ep, "box").resolved.parsed
     assert parsed is not None
     assert [parsed.config.get("ProxyCommand")] == proxy
 
@@ -1608,7 +1608,7 @@ def test_any_blanks_and_equals_signs_before_a_proxy_command_are_skipped(
             f"Host box\n  HostName 127.0.0.1\n  ProxyCommand{separator}{command}\n  ProxyJump j1\n"
         )
         ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(cfg))
-        resolved = options._prepare(ep, "box").resolved
+        resolved = options.prepare(ep, "box").resolved
     assert resolved.parsed is not None
     configured = resolved.parsed.config.get("ProxyCommand")
     assert resolved.jumps is None
@@ -1633,7 +1633,7 @@ def test_j_and_c_name_no_jump_host_when_a_proxy_command_is_taken(
     assert "proxyjump" not in printed
     known = printed["userknownhostsfile"]
     ep = Endpoint(address="box", ssh_config=(str(cfg),), proxy_command=given)
-    resolved = options._prepare(ep, "box").resolved
+    resolved = options.prepare(ep, "box").resolved
     assert resolved.keys.user == (known,)
     connection_hash = known.rsplit("_", 1)[1]
     assert resolved.identities == (f"{tmp_path}/id__{connection_hash}",)
@@ -1799,7 +1799,7 @@ def test_a_user_known_hosts_file_the_inventory_replaces_is_not_refused(tmp_path:
     assert "invalid format" not in said and "Executing proxy command" in said, said
     ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(known))
     assert SSHPool().preflight(ep, "box") is None
-    assert options._prepare(ep, "box").resolved.keys.user == (str(known),)
+    assert options.prepare(ep, "box").resolved.keys.user == (str(known),)
     cfg.write_text(cfg.read_text().replace("ProxyCommand false", "ProxyJump hop"))
     problem = SSHPool().preflight(ep, "box")
     assert isinstance(problem, ConfigError), problem
@@ -1849,7 +1849,7 @@ def test_a_lookup_is_kept_while_its_files_are_unchanged_and_an_edit_is_seen(
     ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(known))
 
     def port() -> int:
-        return options._prepare(ep, "box").resolved.port
+        return options.prepare(ep, "box").resolved.port
 
     assert [port(), port(), port()] == [2201] * 3
     assert (len(walks), len(lookups)) == (1, 1), (walks, lookups)
@@ -1897,7 +1897,7 @@ def test_a_match_exec_joined_to_its_command_by_an_equals_sign_keeps_nothing(
     ep = Endpoint(address="box", ssh_config=(str(cfg),), known_hosts=str(known))
 
     def port() -> int:
-        return options._prepare(ep, "box").resolved.port
+        return options.prepare(ep, "box").resolved.port
 
     assert port() == 22
     flag.write_text("")

@@ -11,7 +11,7 @@ is not as expected (another asyncssh):
 - what a reading is given noted while it reads (:func:`_read_system_file_as_ssh_does`):
   which file is the system-wide one, and whether the inventory gives the ProxyCommand or
   the known_hosts file, or the endpoint its ProxyJump hosts (:class:`_InventoryGives`,
-  :func:`_config_files`), as ``ssh -o`` and ``ssh -J`` give them before the files;
+  :func:`config_files`), as ``ssh -o`` and ``ssh -J`` give them before the files;
 - the host name lowercased at the end of a reading, as ssh's, ``Match host`` compared
   ignoring case, and the final pass started from it (:func:`_lowercase_host_as_ssh_does`);
 - the tokens of IdentityFile, CertificateFile, IdentityAgent, ForwardAgent and ProxyCommand
@@ -38,7 +38,7 @@ from typing import Any
 import asyncssh
 
 from .endpoint import Endpoint
-from .proxy import _refused_proxy_command
+from .proxy import refused_proxy_command
 from .sshconfig import (
     MATCH_ALONE,
     SystemWide,
@@ -57,7 +57,7 @@ from .sshconfig import (
 log = logging.getLogger(__name__)
 
 #: ssh's two names of one option (the second its old one): the first line of either wins.
-_PUBKEY_ALGORITHMS = ("PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes")
+PUBKEY_ALGORITHMS = ("PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes")
 
 
 #: Where asyncssh's client config class keeps the names of the patches of this module
@@ -172,7 +172,7 @@ class _InventoryGives(SystemWide):
         self.proxy_jump_given = None if proxy_command_given else proxy_jump_given
 
 
-def _config_files(endpoint: Endpoint, files: list[str]) -> list[str]:
+def config_files(endpoint: Endpoint, files: list[str]) -> list[str]:
     """``files``, the ssh_config files read for ``endpoint``, as asyncssh is given them: an
     :class:`_InventoryGives` when the inventory gives the ProxyCommand (``none`` too) or
     the known_hosts file, or the endpoint its ProxyJump hosts."""
@@ -374,7 +374,7 @@ def _expand_tokens_once_every_file_is_read() -> None:
     (``id_%h`` named the host as asked for, not its HostName), and a ``%%`` that one file's
     expansion made ``%`` was expanded again by the next one's (``cert_%%C`` became a
     hash). A RemoteCommand's tokens are not expanded: it is never run
-    (:func:`~remote_sync.ssh.options._ignored_remote_command`), and asyncssh stopped the whole host
+    (:func:`~remote_sync.ssh.options.ignored_remote_command`), and asyncssh stopped the whole host
     on one it lacks that ssh expands there (%k, %j).
 
     Applied only once :func:`_lowercase_host_as_ssh_does` is: the tokens come from its
@@ -428,7 +428,7 @@ def _expand_read_options(config: Any, paths: Sequence[str]) -> None:
             path, line = config.__dict__.get("_set_at", {}).get(
                 "ProxyCommand", (config._path, config._line_no)
             )
-            message, hint = _refused_proxy_command(exc, "the ProxyCommand")
+            message, hint = refused_proxy_command(exc, "the ProxyCommand")
             raise _RefusedLine(f"{path} line {line}: {message}", hint) from None
 
 
@@ -500,12 +500,12 @@ def _read_config_as_ssh_does() -> None:
     set_string = getattr(getattr(module, "SSHConfig", None), "_set_string", None)
     set_bool = getattr(getattr(module, "SSHConfig", None), "_set_bool", None)
     if set_bool is not None:
-        # asyncssh skips it; a host key recorded under accept-new follows it (_Client).
+        # asyncssh skips it; a host key recorded under accept-new follows it (HostKeyClient).
         handlers.setdefault("hashknownhosts", ("HashKnownHosts", set_bool))
     if set_string is not None:
         # asyncssh skips it; its accept-new is followed (see SSHPool._connect).
         handlers.setdefault("stricthostkeychecking", ("StrictHostKeyChecking", set_string))
-        for option in _PUBKEY_ALGORITHMS:
+        for option in PUBKEY_ALGORITHMS:
             handlers.setdefault(option.lower(), (option, _first_of_both(set_string)))
     wrapped = (
         *((key, _reading_times) for key in _TIME_OPTIONS),
@@ -646,7 +646,7 @@ _WHERE_NOTED = (
     "MACs",
     "KexAlgorithms",
     "HostKeyAlgorithms",
-    *_PUBKEY_ALGORITHMS,
+    *PUBKEY_ALGORITHMS,
     "RemoteCommand",
     "ProxyCommand",
 )
@@ -747,7 +747,7 @@ def _running_checked(run: Any) -> Any:
 
 class _RefusedLine(asyncssh.ConfigParseError):
     """asyncssh's error for a line of ssh_config (``PATH line N: REASON``, as it words its
-    own), with what to do about it, which :func:`~remote_sync.ssh.options._local_failure` gives as
+    own), with what to do about it, which :func:`~remote_sync.ssh.options.local_failure` gives as
     the hint."""
 
     def __init__(self, message: str, hint: str) -> None:
@@ -776,7 +776,7 @@ def _first_of_both(set_string: Any) -> Any:
     line of either is kept, as ssh reads both as one option."""
 
     def read(config: Any, option: str, args: list[str]) -> None:
-        if any(config.get(name) is not None for name in _PUBKEY_ALGORITHMS):
+        if any(config.get(name) is not None for name in PUBKEY_ALGORITHMS):
             args.pop(0)
             return
         set_string(config, option, args)

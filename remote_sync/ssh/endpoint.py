@@ -41,7 +41,7 @@ class Endpoint:
     #: ProxyCommand and ProxyJump lines are then not taken (a ``proxy_command`` still goes
     #: first). The pool gives it to each hop of a ProxyJump list but the first, as ssh
     #: reaches ``a,b`` by running ``ssh -J a -W ... b``
-    #: (:func:`~remote_sync.ssh.jumps._jump_endpoints`).
+    #: (:func:`~remote_sync.ssh.jumps.jump_endpoints`).
     proxy_jump: str | None = None
     #: SSH compression (zlib) for this machine, like ``ssh -C``; ``None``: the pool's default.
     #: Worth it on slow links (JSON compresses 4-5x); on a LAN it only costs CPU.

@@ -2,11 +2,11 @@
 
 What it owns: :func:`classify`, which maps an asyncssh/OS failure into
 :mod:`remote_sync.errors`, naming the host and, for a connection that failed or was lost,
-the route it took (:func:`_route`: the address and port asked for, or the ProxyCommand run
+the route it took (:func:`connection_route`: the address and port asked for, or the ProxyCommand run
 instead, by its program alone), as ssh names the address it tried; and a connection's
 failure through ProxyJump hosts, which answered, said as the target's
-(:func:`_noting_jump`). What a connection's local files make of a failure is
-:func:`~remote_sync.ssh.options._local_failure`'s.
+(:func:`noting_jump`). What a connection's local files make of a failure is
+:func:`~remote_sync.ssh.options.local_failure`'s.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from ..errors import (
     RemoteSyncError,
     SSHError,
 )
-from .lookup import _Resolved
-from .proxy import _proxy_route
+from .lookup import Resolved
+from .proxy import proxy_route
 
 
-def _route(command: str | None, resolved: _Resolved) -> str:
+def connection_route(command: str | None, resolved: Resolved) -> str:
     """Where a connection went, as its failure names it: the address and port asked for (of
     the ssh_config's HostName and Port, as ssh's "connect to host H port P" names them;
     through ProxyJump hosts, the last one asked for them), or the ProxyCommand it ran
@@ -36,14 +36,15 @@ def _route(command: str | None, resolved: _Resolved) -> str:
     sshpass …``), as its arguments may hold a secret that an error would carry into JSON
     events and cron's mail; the whole command is logged at debug level as it starts."""
     if command:
-        return _proxy_route(command)
+        return proxy_route(command)
     return f"to {resolved.host} port {resolved.port}"  # the lookup had the endpoint's port
 
 
-def _noting_jump(exc: BaseException, host: str, through: str | None, route: str) -> SSHError:
-    """``exc`` as our error for a connection to ``host`` by ``route`` (:func:`_route`) that
-    went ``through`` ProxyJump hosts (connected already, by then): a refusal or silence is
-    then the target's, from the last of them (not a channel cap of ours)."""
+def noting_jump(exc: BaseException, host: str, through: str | None, route: str) -> SSHError:
+    """``exc`` as our error for a connection to ``host`` by ``route``
+    (:func:`connection_route`) that went ``through`` ProxyJump hosts (connected already, by
+    then): a refusal or silence is then the target's, from the last of them (not a channel cap
+    of ours)."""
     error = classify(exc, host, connecting=True, route=route)
     if through is None:
         if route.startswith("through ProxyCommand") and type(error) is HostUnreachableError:
@@ -64,7 +65,7 @@ def classify(
     exc: BaseException, host: str, *, connecting: bool = False, route: str | None = None
 ) -> SSHError:
     """Map an asyncssh/OS failure to our hierarchy, naming the host, and for a connection
-    that failed (``connecting``) or was lost, the ``route`` it took (:func:`_route`: "to
+    that failed (``connecting``) or was lost, the ``route`` it took (:func:`connection_route`: "to
     10.0.0.5 port 22", "through ProxyCommand nc …"), as ssh names the address it tried: the
     host's name alone does not show a wrong HostName or Port."""
     if isinstance(exc, SSHError):

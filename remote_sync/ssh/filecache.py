@@ -1,9 +1,9 @@
 """Readings of local files kept while the files are as they were.
 
 What it owns: what tells one version of a file from another without reading it
-(:func:`_file_version`: size, times of change, inode; none for a file changed within
+(:func:`file_version`: size, times of change, inode; none for a file changed within
 :data:`_RECENT_NS`, whose next change might not show), and the bounded tables such
-readings are kept in (:func:`_keep`, the oldest dropped). The known_hosts files
+readings are kept in (:func:`keep_bounded`, the oldest dropped). The known_hosts files
 (:mod:`~remote_sync.ssh.hostkeys`) and the ssh_config's walk and lookup
 (:mod:`~remote_sync.ssh.lookup`) are kept so: every connection of a run reads the same
 files, and every round of a sync looks every host up again.
@@ -20,7 +20,7 @@ from typing import Any
 _RECENT_NS = 2_000_000_000
 
 
-def _file_version(path: str, now_ns: int) -> tuple[object, ...] | None:
+def file_version(path: str, now_ns: int) -> tuple[object, ...] | None:
     """What tells one version of the file ``path`` from another without reading it: its
     size, times of change (ns) and inode. None for a file changed within
     :data:`_RECENT_NS` of ``now_ns``, whose next change might not show, and for one that
@@ -36,7 +36,7 @@ def _file_version(path: str, now_ns: int) -> tuple[object, ...] | None:
     return (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
-def _keep(kept: dict[Any, Any], key: object, value: object, limit: int) -> None:
+def keep_bounded(kept: dict[Any, Any], key: object, value: object, limit: int) -> None:
     """``kept[key] = value``, the oldest entries dropped beyond ``limit``."""
     kept.pop(key, None)
     while len(kept) >= limit:

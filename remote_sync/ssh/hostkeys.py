@@ -16,11 +16,11 @@ What it owns:
   UserKnownHostsFile and GlobalKnownHostsFile files, both always consulted, and the
   HostKeyAlias; a line that cannot be read skipped, as ssh skips it.
 - Each known_hosts file parsed once per version of it (:func:`_read_known_hosts`, by
-  :func:`~remote_sync.ssh.filecache._file_version`), read again once written.
-- The connection's asyncssh client (:class:`_Client`): what it decided about the host's key,
+  :func:`~remote_sync.ssh.filecache.file_version`), read again once written.
+- The connection's asyncssh client (:class:`HostKeyClient`): what it decided about the host's key,
   for a refusal to say "unknown" or "changed" and where, a first key recorded under
   accept-new; it also ends the connection's ProxyCommand when the connection ends.
-- What to do about a refused key (:func:`_host_key_hint`).
+- What to do about a refused key (:func:`host_key_hint`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from typing import Literal
 import asyncssh
 
 from .endpoint import HostKeyPolicy
-from .filecache import _file_version, _keep
-from .proxy import _ProxyCommand
+from .filecache import file_version, keep_bounded
+from .proxy import ProxyProcess
 from .sshconfig import lowercase_host
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class HostKeyFiles:
 
 
 #: known_hosts files already parsed (:func:`_read_known_hosts`), by the version of each file
-#: (:func:`~remote_sync.ssh.filecache._file_version`): every connection of a run reads the same
+#: (:func:`~remote_sync.ssh.filecache.file_version`): every connection of a run reads the same
 #: files, and parsing a file of 2,000 keys cost about 30 ms of CPU per connection. A file written
 #: since (a key recorded under accept-new, an edit) has another version, and is read again.
 _KNOWN_HOSTS_READ: dict[tuple[tuple[object, ...], ...], asyncssh.SSHKnownHosts] = {}
@@ -114,7 +114,7 @@ def _read_known_hosts(paths: Sequence[str]) -> asyncssh.SSHKnownHosts:
     just now; asyncssh only matches against the result, never changing it, so connections
     share it."""
     now_ns = time.time_ns()  # before the stat: a change after it is newer
-    found = [_file_version(path, now_ns) for path in paths]
+    found = [file_version(path, now_ns) for path in paths]
     if any(version is None for version in found):
         return _parse_known_hosts(paths)  # one just changed, or went: read, not kept
     versions = tuple(version for version in found if version is not None)
@@ -123,7 +123,7 @@ def _read_known_hosts(paths: Sequence[str]) -> asyncssh.SSHKnownHosts:
     if known is None:
         known = _parse_known_hosts(paths)  # read after the stat: never older than versions
         with _KNOWN_HOSTS_LOCK:
-            _keep(_KNOWN_HOSTS_READ, versions, known, _KNOWN_HOSTS_KEPT)
+            keep_bounded(_KNOWN_HOSTS_READ, versions, known, _KNOWN_HOSTS_KEPT)
     return known
 
 
@@ -172,7 +172,7 @@ def hashed_host_name(name: str, salt: bytes | None = None) -> str:
     return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
 
 
-class _Client(asyncssh.SSHClient):
+class HostKeyClient(asyncssh.SSHClient):
     """Records host-key decisions so a refusal can say "unknown" or "changed", and where;
     under accept-new, records a first key as ssh does (its name hashed when ``hash_names``:
     the ssh_config's HashKnownHosts)."""
@@ -195,7 +195,7 @@ class _Client(asyncssh.SSHClient):
         self.key_name = ""
         self.offered = ""
         #: The ProxyCommand the connection is made on, ended when the connection closes.
-        self.proxy: _ProxyCommand | None = None
+        self.proxy: ProxyProcess | None = None
         self.made = False  # asyncssh made its connection (on its socket) for this client
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -237,7 +237,7 @@ class _Client(asyncssh.SSHClient):
         return True
 
 
-def _host_key_hint(client: _Client) -> str | None:
+def host_key_hint(client: HostKeyClient) -> str | None:
     """What to do about a refused host key, for the key the host offered: ``ssh-keygen -R``
     helps only when a key is held (it removes it); an unknown key needs recording, which
     the generic hint did not say (it told a first contact to remove a key it did not have).

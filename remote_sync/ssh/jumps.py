@@ -1,12 +1,12 @@
 """ProxyJump hosts, read and walked as ssh walks them.
 
 What it owns: a ProxyJump list read as the endpoints its hops are connected as
-(:func:`_jump_endpoints`: looked up in the same ssh_config, each hop of a list but the
+(:func:`jump_endpoints`: looked up in the same ssh_config, each hop of a list but the
 first with the hops before it given first, :attr:`~remote_sync.ssh.endpoint.Endpoint.proxy_jump`,
 as ssh runs ``ssh -J a -W ... b`` for ``a,b``); the pre-flight of every jump host on a
-connection's way (:func:`_prepare_jumps`), a loop and a chain deeper than
+connection's way (:func:`prepare_jumps`), a loop and a chain deeper than
 :data:`MAX_JUMP_DEPTH` refused; and an error met on the way named by the jump host
-(:func:`_through_jump`). The pool connects the hops (:meth:`SSHPool._open_jumps
+(:func:`through_jump`). The pool connects the hops (:meth:`SSHPool._open_jumps
 <remote_sync.ssh.pool.SSHPool._open_jumps>`), each with the same host-key rules.
 """
 
@@ -16,15 +16,15 @@ from collections.abc import Mapping
 
 from ..errors import ConfigError, RemoteSyncError
 from .endpoint import Endpoint
-from .lookup import _config_names, _Resolved
-from .options import _prepare, _Prepared
+from .lookup import Resolved, config_names
+from .options import Prepared, prepare
 from .sshconfig import jump_hop
 
 #: ProxyJump hosts reached through ProxyJump hosts, at most this deep.
 MAX_JUMP_DEPTH = 8
 
 
-def _jump_endpoints(jumps: str, endpoint: Endpoint, host: str) -> list[tuple[str, Endpoint]]:
+def jump_endpoints(jumps: str, endpoint: Endpoint, host: str) -> list[tuple[str, Endpoint]]:
     """The ProxyJump hosts ``jumps`` of ``endpoint`` (``[ssh://][user@]host[:port]``,
     comma-separated, an IPv6 address in brackets, read as ssh reads them:
     :func:`~remote_sync.ssh.sshconfig.jump_hop`), each as written and as the endpoint it is
@@ -40,7 +40,7 @@ def _jump_endpoints(jumps: str, endpoint: Endpoint, host: str) -> list[tuple[str
             raise ConfigError(
                 f"bad ProxyJump host {jump!r} ({exc}); ssh refuses it too",
                 host=host,
-                path=_config_names(endpoint),
+                path=config_names(endpoint),
                 hint="write each ProxyJump hop as [user@]host[:port], an IPv6 address in [], "
                 "or ssh://[user@]host[:port] (its user URL-encoded, no path), with no control "
                 "character in its user",
@@ -61,7 +61,7 @@ def _jump_endpoints(jumps: str, endpoint: Endpoint, host: str) -> list[tuple[str
     return hops
 
 
-def _through_jump(exc: RemoteSyncError, jump: str, host: str) -> RemoteSyncError | None:
+def through_jump(exc: RemoteSyncError, jump: str, host: str) -> RemoteSyncError | None:
     """``exc``, met on the way through the ProxyJump host ``jump``, as ``host``'s error naming
     that jump host; None when it names one already (the innermost, when the jump host has
     jump hosts of its own)."""
@@ -72,7 +72,7 @@ def _through_jump(exc: RemoteSyncError, jump: str, host: str) -> RemoteSyncError
     )
 
 
-def _refuse_deep_jumps(depth: int, host: str) -> None:
+def refuse_deep_jumps(depth: int, host: str) -> None:
     if depth >= MAX_JUMP_DEPTH:
         raise ConfigError(
             f"ProxyJump hosts lead through more than {MAX_JUMP_DEPTH} hops (a loop?)",
@@ -81,15 +81,15 @@ def _refuse_deep_jumps(depth: int, host: str) -> None:
         )
 
 
-def _prepare_jumps(
+def prepare_jumps(
     endpoint: Endpoint,
-    resolved: _Resolved,
+    resolved: Resolved,
     host: str,
-    known: Mapping[Endpoint, _Prepared],
+    known: Mapping[Endpoint, Prepared],
     depth: int = 0,
     chain: tuple[str, ...] = (),
-) -> dict[Endpoint, _Prepared]:
-    """:func:`~remote_sync.ssh.options._prepare` for every ProxyJump host a connection to
+) -> dict[Endpoint, Prepared]:
+    """:func:`~remote_sync.ssh.options.prepare` for every ProxyJump host a connection to
     ``endpoint`` goes through, before any traffic, each as it is connected
     (:meth:`~remote_sync.ssh.pool.SSHPool._open_jumps`), as ssh walks them: every host of a comma
     list (``a,b``: b reached through a), and the first one's own ProxyJump hosts, recursively (ssh
@@ -104,11 +104,11 @@ def _prepare_jumps(
     jumps = None if endpoint.proxy_command else resolved.jumps
     if jumps is None:
         return {}
-    _refuse_deep_jumps(depth, host)
-    found: dict[Endpoint, _Prepared] = {}
-    for position, (jump, hop) in enumerate(_jump_endpoints(jumps, endpoint, host)):
+    refuse_deep_jumps(depth, host)
+    found: dict[Endpoint, Prepared] = {}
+    for position, (jump, hop) in enumerate(jump_endpoints(jumps, endpoint, host)):
         try:
-            found[hop] = prepared = known.get(hop) or _prepare(hop, host)
+            found[hop] = prepared = known.get(hop) or prepare(hop, host)
             if position > 0:
                 continue
             if jump in chain:
@@ -116,13 +116,13 @@ def _prepare_jumps(
                 raise ConfigError(
                     f"ProxyJump hosts lead in a loop: {way}",
                     host=host,
-                    path=_config_names(endpoint),
+                    path=config_names(endpoint),
                     hint="fix the ProxyJump lines of the ssh_config",
                 )
-            deeper = _prepare_jumps(hop, prepared.resolved, host, known, depth + 1, (*chain, jump))
+            deeper = prepare_jumps(hop, prepared.resolved, host, known, depth + 1, (*chain, jump))
             found.update(deeper)
         except RemoteSyncError as exc:
-            named = _through_jump(exc, jump, host)
+            named = through_jump(exc, jump, host)
             if named is None:
                 raise
             raise named from exc

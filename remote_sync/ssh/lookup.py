@@ -4,19 +4,19 @@ What it owns:
 
 - The lookup (:func:`_resolve`): asyncssh's reading of the ssh_config for an endpoint
   (``Match final`` blocks included, as ssh reads them), and what of it the connection
-  applies itself (:class:`_Resolved`): HostName, Port and User, the known_hosts files
+  applies itself (:class:`Resolved`): HostName, Port and User, the known_hosts files
   (UserKnownHostsFile with ssh's tokens expanded, :func:`_expand_tokens`), identities and
   certificates, StrictHostKeyChecking, HashKnownHosts, ProxyJump, IdentityAgent and which
-  of the pool's tuning options it sets (:data:`_TUNING`).
+  of the pool's tuning options it sets (:data:`TUNING`).
 - ssh's own walk of the files before it uses them
   (:func:`~remote_sync.ssh.sshconfig.check_config_files`), skipped while every file it
-  found clean is as it was (:func:`_walk_config_files`); the lookup kept per version of
+  found clean is as it was (:func:`walk_config_files`); the lookup kept per version of
   every file the walk read and of each Include pattern's matches, per endpoint and
-  environment (:func:`_lookup`), never with a ``Match exec`` or ``Match localnetwork``
+  environment (:func:`cached_lookup`), never with a ``Match exec`` or ``Match localnetwork``
   line.
 - The connection built on the lookup's parse instead of a second one
-  (:func:`_reusing_lookup`).
-- How errors name an endpoint's ssh_config files (:func:`_config_names`).
+  (:func:`reusing_lookup`).
+- How errors name an endpoint's ssh_config files (:func:`config_names`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ import asyncssh
 
 from ..errors import ConfigError
 from . import sshconfig
-from .configreader import _config_files
+from .configreader import config_files
 from .endpoint import Endpoint
-from .filecache import _file_version, _keep
+from .filecache import file_version, keep_bounded
 from .hostkeys import DEFAULT_GLOBAL_KNOWN_HOSTS, DEFAULT_USER_KNOWN_HOSTS, HostKeyFiles
 from .sshconfig import (
     FilesRead,
@@ -49,7 +49,7 @@ from .sshconfig import (
 
 
 @dataclass(frozen=True)
-class _Resolved:
+class Resolved:
     """What the ssh_config makes of an endpoint, for the parts we apply ourselves."""
 
     host: str  # the HostName
@@ -61,15 +61,15 @@ class _Resolved:
     certificates: tuple[str, ...] = ()  # its CertificateFile entries
     identities_only: bool = False  # its IdentitiesOnly: a file that is no key is skipped
     checking: str | None = None  # its StrictHostKeyChecking, lower-cased
-    tuned: frozenset[str] = frozenset()  # the options of _TUNING it sets
+    tuned: frozenset[str] = frozenset()  # the options of TUNING it sets
     agent: str | None = None  # its IdentityAgent
     hash_names: bool = False  # its HashKnownHosts: a recorded key's host name is hashed
     #: asyncssh's reading of the ssh_config for this endpoint, which the connection is built
-    #: on (:func:`_reusing_lookup`) instead of parsing the files again.
+    #: on (:func:`reusing_lookup`) instead of parsing the files again.
     parsed: asyncssh.SSHClientConnectionOptions | None = field(default=None, compare=False)
 
 
-def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -> _Resolved:
+def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -> Resolved:
     """Look ``endpoint`` up in its ssh_config (``None`` reads ~/.ssh/config and the system-wide
     file, as ssh does without -F; ``[]`` none).
 
@@ -81,7 +81,7 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
         host=endpoint.address,
         port=endpoint.port or (),
         username=endpoint.user or (),
-        config=_config_files(endpoint, default_files() if config is None else list(config)),
+        config=config_files(endpoint, default_files() if config is None else list(config)),
         known_hosts=None,  # nothing read or checked: a lookup only
         client_keys=None,
     )
@@ -103,7 +103,7 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
     # A value that turns the thing off (ssh's default) leaves ours: "ServerAliveInterval
     # 0" must not stop dead links from being found, "Compression no" -z from compressing.
     tuned = frozenset(
-        option for option in _TUNING if found.config.get(option) not in (None, False, 0)
+        option for option in TUNING if found.config.get(option) not in (None, False, 0)
     )
     named_agent = found.config.get("IdentityAgent")
     agent = named_agent if isinstance(named_agent, str) else None
@@ -124,7 +124,7 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
         return default if listed is None else listed  # type: ignore[return-value]
 
     user_known = (
-        (_expand(endpoint.known_hosts),)
+        (expand_user(endpoint.known_hosts),)
         if endpoint.known_hosts is not None
         else tuple(
             _expand_tokens(path, tokens, host_name)
@@ -132,16 +132,18 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
         )
     )
     # ssh expands no token nor ${VAR} there, only ~: a "%" is a letter of the file's name.
-    system_known = tuple(_expand(path) for path in files(system_files, DEFAULT_GLOBAL_KNOWN_HOSTS))
+    system_known = tuple(
+        expand_user(path) for path in files(system_files, DEFAULT_GLOBAL_KNOWN_HOSTS)
+    )
     keys = HostKeyFiles(user_known, system_known, alias)
-    return _Resolved(
+    return Resolved(
         host,
         port,
         user,
         keys,
         jumps,
-        tuple(_expand(path) for path in identities),
-        tuple(_expand(path) for path in certificates),
+        tuple(expand_user(path) for path in identities),
+        tuple(expand_user(path) for path in certificates),
         identities_only,
         checking,
         tuned,
@@ -179,11 +181,11 @@ def _expand_tokens(path: str, tokens: Mapping[str, str], host: str) -> str:
             "host known_hosts in the inventory",
         )
 
-    return _expand(_TOKEN.sub(value, path))
+    return expand_user(_TOKEN.sub(value, path))
 
 
 #: The ssh_config options that replace the pool's own tuning, with asyncssh's names.
-_TUNING = {
+TUNING = {
     "Ciphers": "encryption_algs",
     "Compression": "compression_algs",
     "ConnectTimeout": "connect_timeout",
@@ -192,7 +194,7 @@ _TUNING = {
 }
 
 
-def _walk_config_files(endpoint: Endpoint, host: str) -> tuple[object, ...] | None:
+def walk_config_files(endpoint: Endpoint, host: str) -> tuple[object, ...] | None:
     """ssh's own checks of ``endpoint``'s ssh_config files before it uses any
     (:func:`~remote_sync.ssh.sshconfig.check_config_files`: keywords it does not know,
     files others may change, Includes it cannot open, in blocks that do not apply too),
@@ -201,33 +203,33 @@ def _walk_config_files(endpoint: Endpoint, host: str) -> tuple[object, ...] | No
     reading of them is not to be kept (a file changed just now, a ``Match exec``)."""
     configs = [sshconfig.USER_CONFIG] if endpoint.ssh_config is None else endpoint.ssh_config
     system = sshconfig.SYSTEM_CONFIG if endpoint.ssh_config is None else None
-    paths = tuple(_expand(path) for path in configs)
+    paths = tuple(expand_user(path) for path in configs)
     # The user's file is told apart by its path (checked for others' write access), and
     # the system-wide file's relative Includes are under its directory.
-    where = (paths, system, sshconfig.SYSTEM_CONFIG, _expand(sshconfig.USER_CONFIG))
+    where = (paths, system, sshconfig.SYSTEM_CONFIG, expand_user(sshconfig.USER_CONFIG))
     with _LOOKUPS_LOCK:
         kept = _WALKED.get(where)
     if kept is not None and _config_version(kept[0]) == kept[1]:
         return None if kept[0].volatile else kept[1]
-    read = check_config_files(list(paths), host, _config_names(endpoint), system)
+    read = check_config_files(list(paths), host, config_names(endpoint), system)
     # Taken after the walk: a file changed while it was read is one changed just now.
     version = _config_version(read)
     if version is not None:
         with _LOOKUPS_LOCK:
-            _keep(_WALKED, where, (read, version), _LOOKUPS_KEPT)
+            keep_bounded(_WALKED, where, (read, version), _LOOKUPS_KEPT)
     return None if read.volatile else version
 
 
 def _config_version(read: FilesRead) -> tuple[object, ...] | None:
     """The version of the ssh_config files a walk ``read``: each file's
-    (:func:`~remote_sync.ssh.filecache._file_version`; a missing one's is its absence, as one that
+    (:func:`~remote_sync.ssh.filecache.file_version`; a missing one's is its absence, as one that
     appears is read), and every Include pattern's matches as they were. None when one changed within
     :data:`~remote_sync.ssh.filecache._RECENT_NS` or cannot be looked at, or a pattern matches other
     files now."""
     now_ns = time.time_ns()
     versions: list[object] = []
     for path in read.files:
-        version = _file_version(path, now_ns)
+        version = file_version(path, now_ns)
         if version is None and os.path.lexists(path):
             return None
         versions.append(version or (path, None))
@@ -237,11 +239,11 @@ def _config_version(read: FilesRead) -> tuple[object, ...] | None:
     return tuple(versions)
 
 
-def _lookup(
+def cached_lookup(
     endpoint: Endpoint, config: Sequence[str] | None, host: str, version: tuple[object, ...] | None
-) -> _Resolved:
+) -> Resolved:
     """:func:`_resolve`, kept for the same ``endpoint`` while its files keep their
-    ``version`` (:func:`_walk_config_files`; None: not kept) and nothing else a reading goes
+    ``version`` (:func:`walk_config_files`; None: not kept) and nothing else a reading goes
     by changed: the environment ($HOME, $USER, the variables a value names), this machine's
     name and user id (%L %l %C %u %i). Every round of a sync looks every host up again: a
     reading of a 20-host file cost about 1 ms a host; a lookup that failed is made again."""
@@ -260,22 +262,22 @@ def _lookup(
     if resolved is None:
         resolved = _resolve(endpoint, config, host)
         with _LOOKUPS_LOCK:
-            _keep(_LOOKUPS, inputs, resolved, _LOOKUPS_KEPT)
+            keep_bounded(_LOOKUPS, inputs, resolved, _LOOKUPS_KEPT)
     return resolved
 
 
-#: ssh_config walks that found the files clean (:func:`_walk_config_files`), by the files
-#: given: what the walk read and its version; and lookups of endpoints (:func:`_lookup`),
+#: ssh_config walks that found the files clean (:func:`walk_config_files`), by the files
+#: given: what the walk read and its version; and lookups of endpoints (:func:`cached_lookup`),
 #: by what they went by. asyncssh only copies a lookup's options, never changing them, so
 #: connections share one, as a jump host's connections share theirs already.
 _WALKED: dict[tuple[object, ...], tuple[FilesRead, tuple[object, ...]]] = {}
-_LOOKUPS: dict[tuple[object, ...], _Resolved] = {}
+_LOOKUPS: dict[tuple[object, ...], Resolved] = {}
 _LOOKUPS_LOCK = threading.Lock()  # lookups run in worker threads
 #: How many of each are kept (the oldest dropped): a run has one lookup a host and jump host.
 _LOOKUPS_KEPT = 1024
 
 
-def _reusing_lookup(options: dict[str, Any], resolved: _Resolved, endpoint: Endpoint) -> None:
+def reusing_lookup(options: dict[str, Any], resolved: Resolved, endpoint: Endpoint) -> None:
     """``options`` (changed in place) built on the ssh_config as the lookup read it, instead
     of parsing the files again (about 2 ms a host for a 20-host ssh_config, against 0.07 ms).
 
@@ -291,19 +293,19 @@ def _reusing_lookup(options: dict[str, Any], resolved: _Resolved, endpoint: Endp
         # asyncssh alone would read ~/.ssh/config only: the system-wide file too, as ssh;
         # and the inventory's ProxyCommand goes before them, as in the lookup.
         files = options.get("config")  # [] (no file at all) stays []
-        options["config"] = _config_files(endpoint, default_files() if files is None else files)
+        options["config"] = config_files(endpoint, default_files() if files is None else files)
         return
     options.update(options=parsed, config=None, reload=False, final=False)
     options.setdefault("client_keys", ())
 
 
-def _config_names(endpoint: Endpoint) -> str:
+def config_names(endpoint: Endpoint) -> str:
     """The ssh_config files ``endpoint`` reads, as errors name them."""
     if endpoint.ssh_config is None:
         return f"{sshconfig.USER_CONFIG}, {sshconfig.SYSTEM_CONFIG}"
     return ", ".join(endpoint.ssh_config) or "(none)"
 
 
-def _expand(path: str) -> str:
+def expand_user(path: str) -> str:
     """``~`` expansion (string work only; no file system access)."""
     return os.path.expanduser(path)

@@ -2,15 +2,15 @@
 
 What it owns:
 
-- The preparation of a connection (:func:`_prepare`), which the pool's pre-flight and a
+- The preparation of a connection (:func:`prepare`), which the pool's pre-flight and a
   connection with none to reuse both call: what it would stop on in its local files (a
   file named or Include'd that is missing or unreadable, an ssh_config that does not parse
   or whose algorithm list leaves asyncssh nothing, a UserKnownHostsFile that cannot be
   read, a key that does not load), found before any traffic, as asyncssh would stop on it
   and as ssh stops on it, and said as this host's configuration error
-  (:func:`_local_failure`); asyncssh's options for the files named
+  (:func:`local_failure`); asyncssh's options for the files named
   (:func:`_local_file_options`), the ssh_config's lookup
-  (:func:`~remote_sync.ssh.lookup._lookup`) and its keys added as ssh adds them
+  (:func:`~remote_sync.ssh.lookup.cached_lookup`) and its keys added as ssh adds them
   (:func:`_add_config_keys`; a key others may read refused, as ssh refuses it), and the
   inventory's ProxyCommand with its tokens expanded (:func:`expand_proxy_tokens`).
 - What it finds that fails nothing but is not followed (:class:`ConfigWarning`: algorithm
@@ -19,8 +19,9 @@ What it owns:
 - The algorithm lists the connection offers: AES-GCM first (:data:`PREFERRED_CIPHERS`),
   the ssh_config's lists as asyncssh follows them (:func:`_usable_algorithms`), and its
   PubkeyAcceptedAlgorithms as asyncssh's ``signature_algs``
-  (:func:`_accepted_signature_algs`).
-- What an authentication failure says was offered (:func:`_offered`, :func:`_locked_keys`).
+  (:func:`accepted_signature_algs`).
+- What an authentication failure says was offered (:func:`offered_credentials`,
+  :func:`locked_keys`).
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ from typing import Any
 import asyncssh
 
 from ..errors import ConfigError
-from .configreader import _PUBKEY_ALGORITHMS
+from .configreader import PUBKEY_ALGORITHMS
 from .endpoint import Endpoint
 from .hostkeys import HostKeyFiles
-from .lookup import _config_names, _expand, _lookup, _Resolved, _walk_config_files
-from .proxy import _is_none, _refused_proxy_command
+from .lookup import Resolved, cached_lookup, config_names, expand_user, walk_config_files
+from .proxy import is_none_command, refused_proxy_command
 from .sshconfig import expand_proxy_command, nested_includes_error, unreadable_include_error
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,13 @@ PREFERRED_CIPHERS = (
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
     """What a connection to an endpoint reads before any traffic: asyncssh's options for the
     local files named (:func:`_local_file_options`, with the ssh_config's keys added) and the
     ssh_config's lookup."""
 
     options: dict[str, Any]
-    resolved: _Resolved
+    resolved: Resolved
     #: What the ssh_config asks for that the connection leaves out (:class:`ConfigWarning`).
     warnings: tuple[ConfigWarning, ...] = ()
 
@@ -95,7 +96,7 @@ def _open_mode(path: str) -> int | None:
     return mode if st.st_uid == os.getuid() and mode & 0o077 else None
 
 
-def _adding_config_keys(named: list[str], resolved: _Resolved) -> list[str]:
+def _adding_config_keys(named: list[str], resolved: Resolved) -> list[str]:
     """The keys named in the inventory (or by -i) first, then the ssh_config's IdentityFile
     ones that exist: ssh -i adds to those, where asyncssh would replace them."""
     return named + [
@@ -104,17 +105,17 @@ def _adding_config_keys(named: list[str], resolved: _Resolved) -> list[str]:
 
 
 # The private keys ssh (and asyncssh) try when none is named.
-_DEFAULT_IDENTITIES = tuple(
+DEFAULT_IDENTITIES = tuple(
     f"~/.ssh/id_{kind}" for kind in ("rsa", "ecdsa", "ecdsa_sk", "ed25519", "ed25519_sk", "dsa")
 )
 
 
-def _locked_keys(paths: Sequence[str]) -> list[str]:
+def locked_keys(paths: Sequence[str]) -> list[str]:
     """The private keys among ``paths`` that cannot be read without a passphrase (so were
     skipped): said when authentication fails, since an agent that should hold them did not."""
     locked = []
     for path in paths:
-        path = _expand(path)
+        path = expand_user(path)
         try:
             asyncssh.read_private_key(path)
         except asyncssh.KeyImportError as exc:
@@ -125,7 +126,7 @@ def _locked_keys(paths: Sequence[str]) -> list[str]:
     return locked
 
 
-def _offered(options: dict[str, Any], resolved: _Resolved, locked: Sequence[str]) -> str:
+def offered_credentials(options: dict[str, Any], resolved: Resolved, locked: Sequence[str]) -> str:
     """What a connection made with ``options`` offered the host, as an authentication
     failure names it (ssh -v lists each key it offers): the ssh-agent asyncssh asks (the
     ssh_config's IdentityAgent, else SSH_AUTH_SOCK), and the key files it loads: those
@@ -139,15 +140,15 @@ def _offered(options: dict[str, Any], resolved: _Resolved, locked: Sequence[str]
         agent = os.environ.get("SSH_AUTH_SOCK", "") if configured == () else configured
     offered, lacking = [], []
     if agent:
-        offered.append(f"the keys of the ssh-agent at {_expand(str(agent))}")
+        offered.append(f"the keys of the ssh-agent at {expand_user(str(agent))}")
     else:
         variable = (resolved.agent or "SSH_AUTH_SOCK").removeprefix("$")
         why = "IdentityAgent none" if agent is None else f"{variable} is not set"
         lacking.append(f"no ssh-agent ({why})")
-    named = [_expand(str(path)) for path in options.get("client_keys") or ()]
+    named = [expand_user(str(path)) for path in options.get("client_keys") or ()]
     files = [
         path
-        for path in named or [_expand(path) for path in _DEFAULT_IDENTITIES]
+        for path in named or [expand_user(path) for path in DEFAULT_IDENTITIES]
         if os.path.isfile(path) and path not in locked
     ]
     if files:
@@ -179,7 +180,7 @@ def refuse_unprotected_keys(paths: Sequence[str], host: str) -> None:
     )
 
 
-def _add_config_keys(options: dict[str, Any], resolved: _Resolved, host: str) -> None:
+def _add_config_keys(options: dict[str, Any], resolved: Resolved, host: str) -> None:
     """Add the ssh_config's keys to the ones named in ``options`` (in place), as ssh adds
     them; a key ssh would refuse is refused."""
     if "client_keys" in options:
@@ -199,7 +200,7 @@ def _add_config_keys(options: dict[str, Any], resolved: _Resolved, host: str) ->
 def _algorithm_lists() -> tuple[tuple[str, str, list[bytes], list[bytes]], ...]:
     """The ssh_config's algorithm lists asyncssh follows (PubkeyAcceptedAlgorithms, which it
     reads only through :func:`~remote_sync.ssh.configreader._read_config_as_ssh_does`, applied by
-    :func:`_accepted_signature_algs`): each option, what it
+    :func:`accepted_signature_algs`): each option, what it
     names, the algorithms asyncssh supports and its defaults (the base of ``+``, ``-``, ``^``)."""
     from asyncssh import encryption, kex, mac, public_key
 
@@ -221,7 +222,7 @@ def _algorithm_lists() -> tuple[tuple[str, str, list[bytes], list[bytes]], ...]:
         ("MACs", "MAC", mac.get_mac_algs(), mac.get_default_mac_algs()),
         ("KexAlgorithms", "key exchange", kex.get_kex_algs(), kex.get_default_kex_algs()),
         ("HostKeyAlgorithms", "host key", signatures, default_signatures),
-        *((option, "public key", signatures, default_signatures) for option in _PUBKEY_ALGORITHMS),
+        *((option, "public key", signatures, default_signatures) for option in PUBKEY_ALGORITHMS),
     )
 
 
@@ -244,7 +245,7 @@ def _usable_algorithms(value: str, supported: list[bytes], default: list[bytes])
     return matched
 
 
-def _refuse_unusable_algorithms(resolved: _Resolved, endpoint: Endpoint, host: str) -> None:
+def _refuse_unusable_algorithms(resolved: Resolved, endpoint: Endpoint, host: str) -> None:
     """A :class:`ConfigError` for an algorithm list of the ssh_config that leaves asyncssh
     nothing to offer (every name one it does not support, or ``-`` removing every one): the
     connection would fail in the key exchange, and look like an unreachable host.
@@ -267,13 +268,13 @@ def _refuse_unusable_algorithms(resolved: _Resolved, endpoint: Endpoint, host: s
             f"the ssh_config's {option} {value!r} leaves no {kind} algorithm that "
             "remote-sync's SSH library (asyncssh) supports",
             host=host,
-            path=_config_names(endpoint),
+            path=config_names(endpoint),
             hint=f"fix the {option} line of the ssh_config; asyncssh supports: {names}",
         )
 
 
 def _unsupported_algorithms(
-    resolved: _Resolved, endpoint: Endpoint, host: str
+    resolved: Resolved, endpoint: Endpoint, host: str
 ) -> tuple[ConfigWarning, ...]:
     """A warning for each algorithm list of the ssh_config that names algorithms asyncssh
     does not support, which it leaves out without a word while others of the list remain
@@ -336,12 +337,12 @@ def _where_set(
     how a warning begins with it: ``ssh_config line N: ``; without its line, the endpoint's files
     and ``ssh_config: ``."""
     set_at: dict[str, tuple[str, int]] = getattr(parsed.config, "_set_at", {})
-    file, line = set_at.get(option, (_config_names(endpoint), 0))
+    file, line = set_at.get(option, (config_names(endpoint), 0))
     return file, f"ssh_config line {line}: " if line else "ssh_config: "
 
 
-def _ignored_remote_command(
-    resolved: _Resolved, endpoint: Endpoint, host: str
+def ignored_remote_command(
+    resolved: Resolved, endpoint: Endpoint, host: str
 ) -> tuple[ConfigWarning, ...]:
     """A warning when the ssh_config gives the host a RemoteCommand (not ``none``), which
     the connection never runs: remote-sync runs its own commands, as scp does (it runs ssh
@@ -369,7 +370,7 @@ def _ignored_remote_command(
     )
 
 
-def _accepted_signature_algs(resolved: _Resolved) -> list[str]:
+def accepted_signature_algs(resolved: Resolved) -> list[str]:
     """The ssh_config's PubkeyAcceptedAlgorithms (or PubkeyAcceptedKeyTypes) as asyncssh's
     ``signature_algs``: the signature algorithms a key may authenticate with, as ssh offers
     only the keys whose type it lists. Empty when the ssh_config sets none.
@@ -383,9 +384,9 @@ def _accepted_signature_algs(resolved: _Resolved) -> list[str]:
     from asyncssh import public_key
 
     parsed = resolved.parsed
-    value = None if parsed is None else parsed.config.get(_PUBKEY_ALGORITHMS[0])
+    value = None if parsed is None else parsed.config.get(PUBKEY_ALGORITHMS[0])
     if value is None and parsed is not None:
-        value = parsed.config.get(_PUBKEY_ALGORITHMS[1])
+        value = parsed.config.get(PUBKEY_ALGORITHMS[1])
     if not isinstance(value, str):
         return []
     (*_, (_, _, supported, default)) = _algorithm_lists()
@@ -409,7 +410,7 @@ def _key_type_of(name: str, plain: list[str]) -> str:
 _CERT_SUFFIX = "-cert-v01@openssh.com"
 
 
-def _ciphers_need_a_mac(resolved: _Resolved) -> bool:
+def _ciphers_need_a_mac(resolved: Resolved) -> bool:
     """Whether a cipher the connection offers needs a MAC: the ssh_config's, else ours."""
     from asyncssh import encryption
 
@@ -424,24 +425,24 @@ def _ciphers_need_a_mac(resolved: _Resolved) -> bool:
 
 
 #: What asyncssh raises while it reads an ssh_config and private keys.
-_READING_ERRORS = (asyncssh.Error, OSError, ValueError, RecursionError)
+READING_ERRORS = (asyncssh.Error, OSError, ValueError, RecursionError)
 
 
-def _prepare(endpoint: Endpoint, host: str) -> _Prepared:
+def prepare(endpoint: Endpoint, host: str) -> Prepared:
     """What a connection to ``endpoint`` needs from its local files, each checked before any
     traffic as asyncssh would stop on it, and as ssh stops on it: the ssh_config parsed
     (Include, Match and tokens, as the connection would parse it), its algorithm lists
     (:func:`_refuse_unusable_algorithms`), its UserKnownHostsFile files, the private keys
     named loaded. A configuration error is raised as the connection reports it
-    (:func:`_local_failure`); anything else as asyncssh raised it. Both the pre-flight (a
+    (:func:`local_failure`); anything else as asyncssh raised it. Both the pre-flight (a
     sync's, a remote listing's or show's) and a connection with none to reuse (a reconnect,
     a jump host's next use) call it, each in a worker thread: it blocks (files, a ``Match
     exec``'s command)."""
     options = _local_file_options(endpoint, host)
-    version = _walk_config_files(endpoint, host)
+    version = walk_config_files(endpoint, host)
     try:
         try:
-            resolved = _lookup(endpoint, options.get("config"), host, version)
+            resolved = cached_lookup(endpoint, options.get("config"), host, version)
         except OSError as exc:
             included = _unreadable_include(exc, endpoint, host, options)
             if included is None:
@@ -450,9 +451,9 @@ def _prepare(endpoint: Endpoint, host: str) -> _Prepared:
         _refuse_unreadable_user_known_hosts(resolved.keys, endpoint, host)
         _refuse_unusable_algorithms(resolved, endpoint, host)
         _add_config_keys(options, resolved, host)
-        if endpoint.proxy_command and not _is_none(endpoint.proxy_command):
+        if endpoint.proxy_command and not is_none_command(endpoint.proxy_command):
             options["proxy_command"] = expand_proxy_tokens(endpoint, resolved, host)
-        prepared = _Prepared(options, resolved, _unsupported_algorithms(resolved, endpoint, host))
+        prepared = Prepared(options, resolved, _unsupported_algorithms(resolved, endpoint, host))
         # The keys asyncssh loads: the ones named, the ssh_config's that exist among them;
         # with none it tries the default ones, which nobody asked for (and skips those it
         # cannot read). RSA keys are not validated here: that costs some 100 ms a key (per
@@ -460,8 +461,8 @@ def _prepare(endpoint: Endpoint, host: str) -> _Prepared:
         keys = options.get("client_keys")
         if keys:
             _load_keys(list(keys), options.get("client_certs", []), resolved.identities_only)
-    except _READING_ERRORS as exc:
-        error = _local_failure(exc, endpoint, host, options)
+    except READING_ERRORS as exc:
+        error = local_failure(exc, endpoint, host, options)
         if error is None:
             raise
         raise error from exc
@@ -485,13 +486,13 @@ def _unreadable_include(
 ) -> ConfigError | None:
     """``exc``, raised while the ssh_config was read, as this host's :class:`ConfigError` when
     the file it names is one an ``Include`` line reads, as ssh refuses it too ("Can't open
-    user config file"); None for a file named in the inventory (:func:`_local_failure` says
+    user config file"); None for a file named in the inventory (:func:`local_failure` says
     it) or no file at all. asyncssh skips what an Include matches that is not a regular file
     (ssh finds nothing in a directory), so only a file that cannot be opened gets here."""
     if exc.filename is None or str(exc.filename) in _local_files(options):
         return None
     return unreadable_include_error(
-        str(exc.filename), exc.strerror or str(exc), host, _config_names(endpoint)
+        str(exc.filename), exc.strerror or str(exc), host, config_names(endpoint)
     )
 
 
@@ -540,7 +541,7 @@ def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
     only with accept-new, whose first contact creates it.
     """
     options: dict[str, Any] = {}
-    known_hosts = None if endpoint.known_hosts is None else _expand(endpoint.known_hosts)
+    known_hosts = None if endpoint.known_hosts is None else expand_user(endpoint.known_hosts)
     why = None if known_hosts is None else _unreadable_known_hosts(known_hosts)
     if why is not None:
         # Not skipped as an unreadable system file is: no key could be checked against it,
@@ -569,7 +570,7 @@ def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
     ):
         if paths is None:
             continue
-        expanded = [_expand(path) for path in paths]
+        expanded = [expand_user(path) for path in paths]
         for path in expanded:
             if not os.path.exists(path):
                 raise ConfigError(
@@ -582,7 +583,7 @@ def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
     return options
 
 
-def expand_proxy_tokens(endpoint: Endpoint, resolved: _Resolved, host: str) -> str:
+def expand_proxy_tokens(endpoint: Endpoint, resolved: Resolved, host: str) -> str:
     """The inventory's proxy_command with the tokens ssh expands in a ProxyCommand
     (:func:`~remote_sync.ssh.sshconfig.expand_proxy_command`: %h %k %n %p %r %%), from the
     HostName, HostKeyAlias, Port and User the ssh_config gives the endpoint (``resolved``),
@@ -607,11 +608,11 @@ def expand_proxy_tokens(endpoint: Endpoint, resolved: _Resolved, host: str) -> s
             endpoint.proxy_command, tokens, f"the inventory's {named}:", named
         )
     except ValueError as exc:
-        message, hint = _refused_proxy_command(exc, named)
+        message, hint = refused_proxy_command(exc, named)
         raise ConfigError(message, host=host, hint=hint) from None
 
 
-def _configured_proxy_command(resolved: _Resolved) -> str | None:
+def configured_proxy_command(resolved: Resolved) -> str | None:
     """The ssh_config's ProxyCommand for the endpoint, its tokens expanded as asyncssh read
     it, unsplit (asyncssh splits it into words; the shell reads it, as ssh's does); None
     for ``none`` (asyncssh's reader takes it for no value, in any case, as ssh does) and
@@ -627,13 +628,13 @@ def _configured_proxy_command(resolved: _Resolved) -> str | None:
 _CONFIG_LINE = re.compile(r"(?P<path>.+) line (?P<line>\d+): (?P<reason>.+)", re.DOTALL)
 
 
-def _local_failure(
+def local_failure(
     exc: BaseException, endpoint: Endpoint, host: str, options: dict[str, Any]
 ) -> ConfigError | None:
     """``exc``, raised by asyncssh as it read the local files of ``options`` (a connection's
     to ``endpoint``), as this host's configuration error; None when it is not one. Both the
-    connection and the check before it (:func:`_prepare`) say it this way."""
-    configs = _config_names(endpoint)
+    connection and the check before it (:func:`prepare`) say it this way."""
+    configs = config_names(endpoint)
     if isinstance(exc, asyncssh.ConfigParseError):
         # asyncssh names the file (an included one, when the line is there) and the line,
         # except for a token or variable it cannot expand.
@@ -677,7 +678,7 @@ def _unloadable(keys: list[str]) -> list[str]:
     for key in keys:
         try:
             _load_keys([key], [], False)
-        except _READING_ERRORS:
+        except READING_ERRORS:
             failing.append(key)
     return failing
 

@@ -4,8 +4,8 @@ What it owns:
 
 - :class:`PoolSettings`, the pool's tuning, each field checked as it is made.
 - The pre-flight of a connection (:meth:`SSHPool.preflight`): what it would stop on in its
-  local files (:func:`~remote_sync.ssh.options._prepare`), for the endpoint and every
-  ProxyJump host on its way (:func:`~remote_sync.ssh.jumps._prepare_jumps`), found before
+  local files (:func:`~remote_sync.ssh.options.prepare`), for the endpoint and every
+  ProxyJump host on its way (:func:`~remote_sync.ssh.jumps.prepare_jumps`), found before
   any traffic, so a run whose every host would stop there touches nothing; its parse of the
   ssh_config is the one the connection is built on, kept for the endpoint's first
   connection. What it finds that fails nothing but is not followed is kept for the caller
@@ -21,7 +21,7 @@ What it owns:
 - Making a connection: its ProxyJump hosts connected here, each through the one before,
   with the same host-key rules (asyncssh would connect them from the ssh_config alone), or
   its ProxyCommand started as a task of the pool's task group
-  (:class:`~remote_sync.ssh.proxy._ProxyCommand`); its failures said as
+  (:class:`~remote_sync.ssh.proxy.ProxyProcess`); its failures said as
   :mod:`remote_sync.errors` (:func:`~remote_sync.ssh.failures.classify`), and a loss once
   made quoting its ProxyCommand (:meth:`SSHPool.lost`).
 
@@ -62,25 +62,25 @@ from ..errors import (
     SSHError,
 )
 from .endpoint import Endpoint
-from .failures import _noting_jump, _route, classify
-from .hostkeys import _Client, _host_key_hint
-from .jumps import _jump_endpoints, _prepare_jumps, _refuse_deep_jumps, _through_jump
-from .lookup import _TUNING, _Resolved, _reusing_lookup
+from .failures import classify, connection_route, noting_jump
+from .hostkeys import HostKeyClient, host_key_hint
+from .jumps import jump_endpoints, prepare_jumps, refuse_deep_jumps, through_jump
+from .lookup import TUNING, Resolved, reusing_lookup
 from .options import (
-    _DEFAULT_IDENTITIES,
-    _READING_ERRORS,
+    DEFAULT_IDENTITIES,
     PREFERRED_CIPHERS,
+    READING_ERRORS,
     ConfigWarning,
-    _accepted_signature_algs,
-    _configured_proxy_command,
-    _ignored_remote_command,
-    _local_failure,
-    _locked_keys,
-    _offered,
-    _prepare,
-    _Prepared,
+    Prepared,
+    accepted_signature_algs,
+    configured_proxy_command,
+    ignored_remote_command,
+    local_failure,
+    locked_keys,
+    offered_credentials,
+    prepare,
 )
-from .proxy import _Carrier, _ProxyCommand
+from .proxy import Carrier, ProxyProcess
 from .remote import in_range
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class HostStats:
 
 
 #: The jump hosts the pre-flights of one pass have read (:meth:`SSHPool.preflight`).
-JumpsRead = dict[Endpoint, _Prepared]
+JumpsRead = dict[Endpoint, Prepared]
 
 
 class _HostSlot:
@@ -215,11 +215,11 @@ class _HostSlot:
         #: since found the files say otherwise: a long-lived pool (the agent's) then opens
         #: a new connection, as ssh's ControlPath (%C: host, port, user) would name a new
         #: master, rather than go on with the old settings. The whole lookup is compared,
-        #: every field of :class:`~remote_sync.ssh.lookup._Resolved`: HostName, Port and User, and
+        #: every field of :class:`~remote_sync.ssh.lookup.Resolved`: HostName, Port and User, and
         #: as well the identities, host key checking, known_hosts files and HostKeyAlias, ProxyJump,
         #: IdentityAgent and which tuning options are set; not asyncssh's reading itself
         #: (``parsed``), so a changed ProxyCommand or cipher list alone does not count.
-        self.made_with: _Resolved | None = None
+        self.made_with: Resolved | None = None
         self.stale = False
 
 
@@ -231,11 +231,11 @@ class SSHPool:
         self._slots: dict[Endpoint, _HostSlot] = {}
         self._handshakes = anyio.Semaphore(self.settings.max_handshakes)
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._prepared: dict[Endpoint, _Prepared] = {}
+        self._prepared: dict[Endpoint, Prepared] = {}
         self._warnings: dict[Endpoint, tuple[ConfigWarning, ...]] = {}
         #: The ProxyCommand each connection made on one runs on, for :meth:`lost`: its own,
         #: or that of the jump hosts it was made through.
-        self._proxies: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, _Carrier] = (
+        self._proxies: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, Carrier] = (
             weakref.WeakKeyDictionary()
         )
         #: Counts the opens and closes of channels, in any slot: a channel's share (see
@@ -254,7 +254,7 @@ class SSHPool:
         traffic, or None: a local file named that is not there or cannot be read (an
         Include's, a UserKnownHostsFile), an ssh_config that does not parse or names no
         algorithm asyncssh supports, a private key that cannot be loaded; the same for every
-        ProxyJump host the connection goes through (:func:`~remote_sync.ssh.jumps._prepare_jumps`).
+        ProxyJump host the connection goes through (:func:`~remote_sync.ssh.jumps.prepare_jumps`).
         Nothing goes on the network (beyond what a ``Match exec`` command of the ssh_config does).
 
         What it reads (the ssh_config parsed, for the endpoint and its jump hosts) is kept
@@ -265,12 +265,12 @@ class SSHPool:
         work: call it in a worker thread.
         """
         try:
-            prepared = _prepare(endpoint, host)
+            prepared = prepare(endpoint, host)
             known = {} if jumps_read is None else jumps_read
-            jumps = _prepare_jumps(endpoint, prepared.resolved, host, known)
+            jumps = prepare_jumps(endpoint, prepared.resolved, host, known)
         except ConfigError as exc:
             return exc
-        except _READING_ERRORS:
+        except READING_ERRORS:
             return None  # not a configuration error: the connection meets it and reports it
         self._prepared.update(jumps)
         if jumps_read is not None:
@@ -279,7 +279,7 @@ class SSHPool:
         slot = self._slots.get(endpoint)
         if slot is not None and slot.made_with not in (None, prepared.resolved):
             slot.stale = True  # taken by the next operation, on the event loop
-        ignored = _ignored_remote_command(prepared.resolved, endpoint, host)
+        ignored = ignored_remote_command(prepared.resolved, endpoint, host)
         seen = dict.fromkeys((*prepared.warnings, *ignored))
         for hop in jumps.values():  # a jump host's are this host's too (a shared one's, once)
             seen.update(dict.fromkeys(hop.warnings))
@@ -294,7 +294,7 @@ class SSHPool:
         return self._warnings.get(endpoint, ())
 
     async def __aenter__(self) -> SSHPool:
-        # Always: the ProxyCommands of the connections run in it (_ProxyCommand.run).
+        # Always: the ProxyCommands of the connections run in it (ProxyProcess.run).
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         if self.settings.idle_close > 0:
@@ -453,7 +453,7 @@ class SSHPool:
         it lost), as ``host``'s error. For a connection made on a ProxyCommand, or through
         ProxyJump hosts the first of which was, the command is named (by its program alone)
         and quoted, as a failed connect quotes it
-        (:meth:`~remote_sync.ssh.proxy._ProxyCommand.quote`): the jump host's ``ssh -W`` says why
+        (:meth:`~remote_sync.ssh.proxy.ProxyProcess.quote`): the jump host's ``ssh -W`` says why
         ("Connection closed by remote host", "Broken pipe"), asyncssh only "Connection lost"."""
         carrier = self._proxies.get(conn)
         if carrier is None:
@@ -512,7 +512,7 @@ class SSHPool:
             "keepalive_count_max": settings.keepalive_count_max,
             # Our channels carry bytes, as scp's do: never through a pseudo-terminal (the
             # ssh_config's "RequestTTY force" turned every \n into \r\n), never running its
-            # RemoteCommand (said: _ignored_remote_command), and with nothing forwarded to
+            # RemoteCommand (said: ignored_remote_command), and with nothing forwarded to
             # the host (its ForwardAgent would lend it the agent's keys).
             "request_pty": False,
             "command": None,  # every channel passes its own: this keeps RemoteCommand out
@@ -530,16 +530,16 @@ class SSHPool:
                 # UI's) would stop meanwhile. A cancel stops the wait at once; the thread
                 # finishes its lookup alone (it writes nothing) and its result is dropped.
                 prepared = await anyio.to_thread.run_sync(
-                    _prepare, endpoint, host, abandon_on_cancel=True
+                    prepare, endpoint, host, abandon_on_cancel=True
                 )
-            except _READING_ERRORS as exc:  # not a configuration error (those are ours)
+            except READING_ERRORS as exc:  # not a configuration error (those are ours)
                 raise classify(exc, host, connecting=True) from exc
         options.update(prepared.options)
-        _reusing_lookup(options, prepared.resolved, endpoint)
+        reusing_lookup(options, prepared.resolved, endpoint)
         slot = None if depth else self._slots.get(endpoint)
         if slot is not None:
             slot.made_with = prepared.resolved
-        accepted = _accepted_signature_algs(prepared.resolved)
+        accepted = accepted_signature_algs(prepared.resolved)
         if accepted:
             options["signature_algs"] = accepted
         # A key that needs a passphrase is skipped, as ssh in batch mode skips it: the agent
@@ -554,7 +554,7 @@ class SSHPool:
             # aes128-cbc, a link that needs a longer ConnectTimeout); -z or the inventory's
             # compression still win over its Compression, as -C does.
             if option != "Compression" or endpoint.compression is None:
-                del options[_TUNING[option]]
+                del options[TUNING[option]]
         agent = resolved.agent
         if agent is not None and (agent == "SSH_AUTH_SOCK" or agent.startswith("$")):
             # ssh reads these from the environment (ssh_config(5)); asyncssh took them for
@@ -566,7 +566,9 @@ class SSHPool:
             # "no" is not followed (nor mapped to this: with "UserKnownHostsFile /dev/null",
             # as it often comes, every key would pass for a first one).
             policy = "accept-new"
-        client = _Client(resolved.keys, policy, settings.record_new_host_keys, resolved.hash_names)
+        client = HostKeyClient(
+            resolved.keys, policy, settings.record_new_host_keys, resolved.hash_names
+        )
         options["client_factory"] = lambda: client
         # Read in a worker thread, as the rest of the lookup: a known_hosts file is parsed
         # again whenever it changed since it was last parsed (_read_known_hosts: a key
@@ -579,7 +581,7 @@ class SSHPool:
         opened = None
         command = None
         if tunnel is None and endpoint.proxy_command:
-            # The inventory's proxy_command, expanded by the pre-flight (_prepare); none for
+            # The inventory's proxy_command, expanded by the pre-flight (prepare); none for
             # "none", which connects directly, no ProxyJump taken either, as in ssh.
             command = options.get("proxy_command")
         elif tunnel is None and resolved.jumps is not None:
@@ -587,16 +589,16 @@ class SSHPool:
             # ssh_config alone, with "UserKnownHostsFile none" meaning no check at all.
             opened = tunnel = await self._open_jumps(resolved.jumps, endpoint, host, depth)
         elif tunnel is None:
-            command = _configured_proxy_command(resolved)
+            command = configured_proxy_command(resolved)
         # None: no jump host, and asyncssh must not open one of its own choosing.
         options["tunnel"] = tunnel
-        # A ProxyCommand is run here (_ProxyCommand), never by asyncssh: it fed the command's
+        # A ProxyCommand is run here (ProxyProcess), never by asyncssh: it fed the command's
         # stderr into the SSH stream.
         options["proxy_command"] = None
         proxy = None
         try:
             if command is not None:
-                proxy = client.proxy = _ProxyCommand(command, host)
+                proxy = client.proxy = ProxyProcess(command, host)
                 options["sock"] = self._start(proxy, resolved)
             through = resolved.jumps if opened is not None else None
             conn = await self._connect_mapped(
@@ -615,13 +617,13 @@ class SSHPool:
             conn.set_tunnel(tunnel)  # closing this connection closes the jump hosts' too
         carried = self._proxies.get(tunnel) if tunnel is not None else None
         if proxy is not None:
-            self._proxies[conn] = _Carrier(proxy)
+            self._proxies[conn] = Carrier(proxy)
         elif carried is not None:
             # Through jump hosts the first of which runs on a ProxyCommand: its end ends
             # this connection too, and what it said is why. Named by the jump hosts this
             # connection asked for (a hop's own are those of the hop before it).
             jumps = resolved.jumps if opened is not None else carried.jumps
-            self._proxies[conn] = _Carrier(carried.proxy, jumps)
+            self._proxies[conn] = Carrier(carried.proxy, jumps)
         return conn
 
     async def _open_jumps(
@@ -630,14 +632,14 @@ class SSHPool:
         """Connect the ProxyJump hosts ``jumps`` (``[user@]host[:port]``, comma-separated, split
         as asyncssh splits them), each through the one before; the first one through its own
         ProxyJump, if its ssh_config gives it one. Host keys are checked strictly."""
-        _refuse_deep_jumps(depth, host)
+        refuse_deep_jumps(depth, host)
         conn: asyncssh.SSHClientConnection | None = None
         try:
-            for jump, hop in _jump_endpoints(jumps, endpoint, host):
+            for jump, hop in jump_endpoints(jumps, endpoint, host):
                 try:
                     conn = await self._connect(hop, host, conn, depth + 1)
                 except RemoteSyncError as exc:
-                    named = _through_jump(exc, jump, host)
+                    named = through_jump(exc, jump, host)
                     if named is None:
                         raise
                     raise named from exc
@@ -653,10 +655,10 @@ class SSHPool:
         endpoint: Endpoint,
         host: str,
         options: dict[str, Any],
-        client: _Client,
-        resolved: _Resolved,
+        client: HostKeyClient,
+        resolved: Resolved,
         through: str | None,
-        proxy: _ProxyCommand | None,
+        proxy: ProxyProcess | None,
     ) -> asyncssh.SSHClientConnection:
         """asyncssh's connect, its failures mapped to our errors, naming ``host`` (and the
         ProxyJump hosts it went ``through``, when it opened them, or the ``proxy`` command
@@ -676,17 +678,17 @@ class SSHPool:
                 "known_hosts, or let first contact record it (StrictHostKeyChecking "
                 "accept-new, or --accept-new-host-keys)"
                 if unfollowed
-                else _host_key_hint(client),
+                else host_key_hint(client),
             ) from exc
         except asyncssh.PermissionDenied as exc:
-            keys = options.get("client_keys") or resolved.identities or _DEFAULT_IDENTITIES
-            locked = _locked_keys(keys)
+            keys = options.get("client_keys") or resolved.identities or DEFAULT_IDENTITIES
+            locked = locked_keys(keys)
             # Where and with what, as ssh -v says it: the host's name alone does not show a
             # wrong HostName or Port, nor a key that was never offered.
-            route = _route(proxy.command if proxy is not None else None, resolved)
+            route = connection_route(proxy.command if proxy is not None else None, resolved)
             raise AuthenticationError(
                 f"authentication failed (connected {route}): {exc.reason}; "
-                f"{_offered(options, resolved, locked)}"
+                f"{offered_credentials(options, resolved, locked)}"
                 + ("; this key needs a passphrase, and no ssh-agent offered it" if locked else ""),
                 host=host,
                 path=", ".join(locked) or None,
@@ -701,17 +703,17 @@ class SSHPool:
             raise HostUnreachableError(
                 f"cannot resolve host name {resolved.host!r}: {exc.strerror}", host=host
             ) from exc
-        except _READING_ERRORS as exc:
-            error = _local_failure(exc, endpoint, host, options)
+        except READING_ERRORS as exc:
+            error = local_failure(exc, endpoint, host, options)
             if error is not None:
                 raise error from exc
-            route = _route(proxy.command if proxy is not None else None, resolved)
-            failed = _noting_jump(exc, host, through, route)
+            route = connection_route(proxy.command if proxy is not None else None, resolved)
+            failed = noting_jump(exc, host, through, route)
             if proxy is not None:
                 await proxy.quote(failed)
             raise failed from exc
 
-    def _start(self, proxy: _ProxyCommand, resolved: _Resolved) -> socket.socket:
+    def _start(self, proxy: ProxyProcess, resolved: Resolved) -> socket.socket:
         """Start ``proxy``, owned from then by a task of the pool's task group; the socket
         the connection is made on."""
         if self._task_group is None:
@@ -720,7 +722,7 @@ class SSHPool:
             sock = proxy.spawn()
         except OSError as exc:  # the shell itself could not be run
             raise HostUnreachableError(
-                f"cannot connect {_route(proxy.command, resolved)}: cannot run the shell "
+                f"cannot connect {connection_route(proxy.command, resolved)}: cannot run the shell "
                 f"{proxy.shell!r}: {exc.strerror or exc}",
                 host=proxy.host,
                 hint="the ProxyCommand runs with $SHELL -c, as in ssh: set SHELL to a shell "

@@ -2,16 +2,16 @@
 
 What it owns:
 
-- Running a ProxyCommand as ssh runs it (:class:`_ProxyCommand`: ``$SHELL -c "exec ..."``,
+- Running a ProxyCommand as ssh runs it (:class:`ProxyProcess`: ``$SHELL -c "exec ..."``,
   in a session of its own, on a socket pair whose other end the connection is made on), its
   stderr kept out of the SSH stream and quoted when its connection fails or is lost once
-  made (:meth:`_ProxyCommand.quote`), and ending it with its connection (SIGHUP, then
+  made (:meth:`ProxyProcess.quote`), and ending it with its connection (SIGHUP, then
   SIGKILL to what is left of its process group, and reaped), as a task of the pool's task
   group.
 - Which ProxyCommand a connection runs on, and how its failure names that route by the
-  command's program alone (:class:`_Carrier`, :func:`_proxy_route`).
-- ``none``, which is no command (:func:`_is_none`), and how a token refused in a
-  ProxyCommand is said (:func:`_refused_proxy_command`), for the ssh_config's and the
+  command's program alone (:class:`Carrier`, :func:`proxy_route`).
+- ``none``, which is no command (:func:`is_none_command`), and how a token refused in a
+  ProxyCommand is said (:func:`refused_proxy_command`), for the ssh_config's and the
   inventory's alike.
 """
 
@@ -33,7 +33,7 @@ from .sshconfig import UnsafeTokenValue, command_name
 log = logging.getLogger(__name__)
 
 
-def _refused_proxy_command(exc: ValueError, named: str) -> tuple[str, str]:
+def refused_proxy_command(exc: ValueError, named: str) -> tuple[str, str]:
     """The message and the hint to stop on ``exc``, raised by
     :func:`~remote_sync.ssh.sshconfig.expand_proxy_command` for the ProxyCommand the hint
     names ``named``: an :class:`UnsafeTokenValue` as it is, a token ssh does not expand
@@ -44,7 +44,7 @@ def _refused_proxy_command(exc: ValueError, named: str) -> tuple[str, str]:
     return f"{exc}, as ssh stops on it", hint
 
 
-def _is_none(command: str) -> bool:
+def is_none_command(command: str) -> bool:
     """Whether the ProxyCommand ``command`` is ``none`` (in any case), which ssh takes for
     no command at all (readconf.c's option_clear_or_none): given first (``ssh -o
     ProxyCommand=none``, the inventory's), it keeps the ssh_config's ProxyCommand and
@@ -62,7 +62,7 @@ _PROXY_GRACE = 1.0
 _PROXY_DRAIN = 0.5
 
 
-class _ProxyCommand:
+class ProxyProcess:
     """A ProxyCommand run for one connection as ssh runs it (sshconnect.c's
     ssh_proxy_connect): ``$SHELL -c "exec COMMAND"`` (``/bin/sh`` when SHELL is unset), its
     stdin and stdout one end of a socket pair whose other end the connection is made on.
@@ -260,7 +260,7 @@ def _signal_group(pid: int, number: int) -> None:
 
 
 #: How long a ProxyCommand whose connection ended is given to be seen exited before it is
-#: sent SIGHUP (see :meth:`_ProxyCommand._end`).
+#: sent SIGHUP (see :meth:`ProxyProcess._end`).
 _PROXY_EXITING = 0.01
 
 
@@ -287,26 +287,26 @@ def _exit_descriptor(pid: int) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Carrier:
+class Carrier:
     """The ProxyCommand a connection runs on (:meth:`~remote_sync.ssh.pool.SSHPool.lost`): its own,
     or, when it was made through the ProxyJump hosts ``jumps``, the one the first of them runs
     on."""
 
-    proxy: _ProxyCommand
+    proxy: ProxyProcess
     jumps: str | None = None
 
     def route(self) -> str:
         """The connection's route, as its loss names it
-        (:func:`~remote_sync.ssh.failures._route`)."""
+        (:func:`~remote_sync.ssh.failures.connection_route`)."""
         if self.jumps is None:
-            return _proxy_route(self.proxy.command)
+            return proxy_route(self.proxy.command)
         return (
             f"through ProxyJump {self.jumps!r}, carried by ProxyCommand "
             f"{command_name(self.proxy.command)}"
         )
 
 
-def _proxy_route(command: str) -> str:
+def proxy_route(command: str) -> str:
     """A connection's route through the ProxyCommand ``command``
-    (:func:`~remote_sync.ssh.failures._route`)."""
+    (:func:`~remote_sync.ssh.failures.connection_route`)."""
     return f"through ProxyCommand {command_name(command)}"

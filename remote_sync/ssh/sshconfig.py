@@ -899,7 +899,7 @@ def jump_host(proxy_jump: str | None) -> str:
     try:
         return jump_hop(proxy_jump.rsplit(",", 1)[-1])[1]
     except ValueError:
-        return ""  # the connection refuses the hop, naming it (jumps._jump_endpoints)
+        return ""  # the connection refuses the hop, naming it (jumps.jump_endpoints)
 
 
 #: The characters a token's value may hold: none the shell reads as more than a word's

@@ -1263,7 +1263,8 @@ def test_a_first_piece_left_in_the_batch_by_a_failed_commit_is_committed_by_the_
     async def finished(sync_: engine.HostSync, pending: writer.Pending) -> None:
         if pending.piece and not failed:
             assert sync_.inflight is None
-            sync_.inflight = engine._Flush(sync_.state, [], sync_.version_numbers)  # an earlier flush, done
+            # an earlier flush, done
+            sync_.inflight = engine._Flush(sync_.state, [], sync_.version_numbers)
             while not sync_.inflight.ready():
                 await anyio.sleep(0.01)
         await real_finished(sync_, pending)

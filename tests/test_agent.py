@@ -1889,3 +1889,29 @@ def test_the_agents_socket_lives_in_the_mirrors_own_state_directory() -> None:
     from remote_sync.mirror import state
 
     assert agent_link.CONTROL_DIR == state.CONTROL_DIR
+
+
+def test_a_request_holding_a_name_that_is_not_utf8_runs_here_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """An inventory path of bytes that are not UTF-8 cannot go into the agent's JSON request:
+    the sync runs in this process instead, where an encoding error came out of main."""
+    import socket as socket_module
+
+    from remote_sync import agent_link
+    from remote_sync.cli import main
+
+    dest = tmp_path / "mirror"
+    where = agent_link.socket_path(dest)
+    where.parent.mkdir(parents=True)
+    inventory = tmp_path / os.fsdecode(b"inv-\xff.toml")
+    inventory.write_text('[[hosts]]\nname = "h"\naddress = "127.0.0.1:1"\n')
+    listener = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+    try:
+        with agent_link.address(where) as address:
+            listener.bind(address)
+        listener.listen(1)  # an agent that answers: connect() succeeds
+        code = main(["sync", "h", "--inventory", str(inventory), "--dest", str(dest)])
+    finally:
+        listener.close()
+    assert code == 1  # the run here: its one host unreachable

@@ -304,6 +304,10 @@ def _sync_through_agent(args: argparse.Namespace) -> int | None:
             link.send(request)
         except OSError:
             return None  # gone between the connect and the request: as if none answered
+        except UnicodeEncodeError:
+            # A name that is not UTF-8 (an inventory path, a host or a tag given as bytes)
+            # has no place in the JSON request: the run here takes it, and says it as it does.
+            return None
         return _follow_agent(link, args)
 
 

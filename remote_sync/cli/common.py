@@ -6,7 +6,8 @@ an error's kind (:func:`exit_code`); JSON lines written in large chunks
 (:func:`write_json_lines`); a reader that closed the pipe told from output that could not be
 written (:func:`guard_pipe`, :func:`report_lost`); the mirror a command names
 (:func:`dest_or_default`, :func:`given_dest`), ``--timeout`` (:func:`idle_timeout`),
-``-v`` (:func:`setup_logging`) and a counted noun (:func:`counted`). The exit codes
+``-v`` (:func:`setup_logging`), a counted noun (:func:`counted`) and the error a signal's
+cancel is said as (:func:`interrupted`). The exit codes
 themselves are :mod:`remote_sync.cli`'s. Standard library only at import time, as the
 command line's start-up wants.
 """

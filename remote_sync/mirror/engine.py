@@ -483,7 +483,9 @@ class HostSync:
 
     def _plan(self, listing: list[RemoteFile], complete: bool) -> Plan:
         """The round's plan from its listing and the host's checkpoints (in a worker thread:
-        reading 20,000 rows and comparing them with the listing takes a fifth of a second)."""
+        reading 20,000 rows and comparing them with the listing takes a fifth of a second),
+        and the stored facts of its first ``FACTS_AHEAD`` appends to transcripts, read in the
+        same thread into ``facts_ahead``."""
         source = self.host.source
         with self.writes.reading() as state:
             rows = state.host_files(self.name)
@@ -1181,7 +1183,8 @@ def _requests_of(
     transfers: Sequence[Transfer], piece_bytes: int
 ) -> tuple[list[Transfer], list[FetchRequest], bytes]:
     """The fetch requests of ``transfers`` (a transfer fetched in pieces has one per piece,
-    one after another), the transfer of each, and the fetch's stdin that sends them."""
+    one after another), the transfer of each, and what the round's stdin goes on with after
+    its marker line to send them (:func:`round_fetch_stdin`)."""
     owners, requests = _owned(transfers, lambda t: t.requests(piece_bytes))
     return owners, requests, round_fetch_stdin(requests)
 

@@ -42,6 +42,7 @@ from synchelp import (
     make_openclaw_tree,
     mirror_tree,
     session_bytes,
+    unreadable,
     until_running,
     write_inventory,
 )
@@ -588,11 +589,8 @@ async def test_after_another_run_or_a_sync_not_clean_the_next_looks_at_every_fil
                 argv = ["index", "rebuild", "-d", str(dest)]
             assert await anyio.to_thread.run_sync(main, argv) == 0
         elif between == "failed sync":
-            hidden.chmod(0o000)  # a directory find cannot read: h0's round fails
-            try:
+            with unreadable(hidden):  # a directory find cannot read: h0's round fails
                 await sync(1)
-            finally:
-                hidden.chmod(0o755)
         else:
             token = CancelToken("cancelled")
             token.cancel()

@@ -822,3 +822,28 @@ def test_index_rows_about_one_session_twice_in_a_commit_leave_the_last_calls_row
 def test_models_text_is_each_name_then_a_newline(models: list[str]) -> None:
     want = "".join(model.replace("\n", " ") + "\n" for model in models)
     assert models_text(models) == want
+
+
+def test_stored_facts_of_many_paths_are_read_in_statements_of_a_few_hundred() -> None:
+    """``load_facts_of`` gives each path's stored facts (encoded) or None, the same as one
+    ``load_facts`` each, for more paths than one statement takes, another host's left out."""
+    import msgspec
+
+    from remote_sync.index.facts import SessionFacts
+    from remote_sync.index.store import decode_facts, load_facts, load_facts_of
+
+    db = sqlite3.connect(":memory:")
+    ensure_schema(db)
+    stored = [f"s/{n}.jsonl".encode() for n in range(0, 1200, 2)]
+    db.executemany(
+        "INSERT INTO session_facts VALUES (?, ?, ?)",
+        [("h", p, msgspec.json.encode(SessionFacts(bytes=len(p), lines=1))) for p in stored]
+        + [("other", b"s/1.jsonl", msgspec.json.encode(SessionFacts(bytes=9)))],
+    )
+    asked = [f"s/{n}.jsonl".encode() for n in range(1200)]
+    found = load_facts_of(db, "h", asked)
+    assert list(found) == asked
+    for path in asked:
+        blob = found[path]
+        assert (decode_facts(blob) if blob is not None else None) == load_facts(db, "h", path)
+    assert sum(blob is not None for blob in found.values()) == len(stored)

@@ -1010,7 +1010,7 @@ def summarize_profile(stats: pstats.Stats, top: int = 25) -> dict[str, Any]:
         "IndexUpdate.write (put_session)": cum(write),
         "FileIndexer.__init__": cum(find("remote_sync/index/update.py", "__init__")),
         "FileIndexer.result": cum(find("remote_sync/index/update.py", "result")),
-        "indexer_for (load_facts)": cum(find("remote_sync/index/update.py", "indexer_for")),
+        "indexer_for": cum(find("remote_sync/index/update.py", "indexer_for")),
     }
     index_total = sum(entry.values())
     by_tottime = sorted(table.items(), key=lambda kv: -kv[1][2])[:top]

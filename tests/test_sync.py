@@ -58,6 +58,7 @@ from remote_sync.mirror.state import (
     FINGERPRINT_BYTES,
     FileState,
     MirrorState,
+    VersionNumbers,
     fingerprint_of,
     refuse_nested,
 )
@@ -1652,10 +1653,12 @@ def test_a_file_given_up_in_a_piece_is_counted_failed_once_whatever_its_later_pi
     fleet.write("h0", rel, data)
     real_put = writer._put_in_place
 
-    def put_in_place(state: MirrorState, item: writer.Pending, dirs: set[Path]) -> None:
+    def put_in_place(
+        state: MirrorState, item: writer.Pending, dirs: set[Path], numbers: VersionNumbers
+    ) -> None:
         if item.row.path == rel.encode():
             raise MirrorError("cannot put the file in place", host="h0", path=rel)
-        real_put(state, item, dirs)
+        real_put(state, item, dirs, numbers)
 
     def cut() -> None:
         os.truncate(fleet.path("h0", rel), 3 * 64 * 1024)

@@ -504,9 +504,7 @@ class HostSync:
                 paths = [
                     t.remote.path
                     for t in plan.transfers
-                    if t.mode == "append"
-                    and t.kind == "append"
-                    and t.seed is None
+                    if t.mode == "append"  # a kind "append" with a row; never a seeded one
                     and t.row is not None
                     and t.row.size > 0
                     and reader.is_transcript(t.remote.path)
@@ -1337,7 +1335,7 @@ class _FrameHandler:
                 self.writer = None
                 sync._fail(t.remote.path, exc.message, "mirror", exc.hint)
         elif isinstance(event, End) or (isinstance(event, Short) and self.follow_up):
-            writer, self.writer = self.writer, None
+            writer = self.writer
             if writer is None:
                 return
             if isinstance(event, Short):
@@ -1345,19 +1343,18 @@ class _FrameHandler:
                 # (see _follow_up_requests): the pieces after it are read past.
                 self.ended = event.index
             if not self._last_piece(event.index):
+                self.writer = None
                 return  # the file goes on: its lines are taken once the digest after agrees
             try:
                 pending = writer.finish()
             except RewriteDetected:
-                self.writer = writer
                 self._drop()
                 self._again(t)
                 return
-            except BaseException:
-                # The abort that follows (the host's round fails) aborts it: its temp file
-                # removed, an append cut back to its checkpoint, its file closed.
-                self.writer = writer
-                raise
+            # Only now: a finish that raised left the writer here, so that the abort that
+            # follows (the host's round fails) aborts it: its temp file removed, an append
+            # cut back to its checkpoint, its file closed.
+            self.writer = None
             # Where the read ended: the listed size in the round, whose reads end there. A
             # follow-up's read ends where the file did (Short), or at the end of its last
             # piece, the file maybe longer: a row that kept the listed size (and mtime) took

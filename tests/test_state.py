@@ -348,11 +348,7 @@ def test_a_dry_runs_copy_that_fails_as_a_sync_writes_is_taken_again(
     """A copy read unlocked while a sync rewrote the file may also fail outright (pages of
     two versions: "malformed"), not only come out torn. As a reader's read, it is taken
     again when the files changed meanwhile, where the dry run failed at once."""
-    dest = tmp_path / "m"
-    with MirrorState(dest) as state:
-        state.db.execute("INSERT INTO meta VALUES ('k', 'v')")
-    source = dest / ".remote-sync" / "state.db"
-    assert not source.with_name("state.db-wal").exists()  # read as a file, then
+    dest, source = _a_closed_state(tmp_path, "k")
     failed = []
 
     class FailsOnce(sqlite3.Connection):
@@ -881,11 +877,7 @@ def test_a_dry_runs_copy_of_a_state_that_changes_on_every_copy_gives_up_saying_w
     state database and saying to run the dry run again, not looped on for ever."""
     from remote_sync.mirror.state import REREADS
 
-    dest = tmp_path / "m"
-    with MirrorState(dest) as state:
-        state.db.execute("INSERT INTO meta VALUES ('k0', 'v')")
-    source = dest / ".remote-sync" / "state.db"
-    assert not source.with_name("state.db-wal").exists()  # read as a file, then
+    dest, source = _a_closed_state(tmp_path, "k0")
     copies = []
 
     class EverChanging(sqlite3.Connection):
@@ -900,3 +892,14 @@ def test_a_dry_runs_copy_of_a_state_that_changes_on_every_copy_gives_up_saying_w
     assert len(copies) == REREADS
     assert e.value.path == str(source) and e.value.host is None
     assert e.value.hint is not None and "run the dry run again" in e.value.hint
+
+
+def _a_closed_state(tmp_path: Path, key: str) -> tuple[Path, Path]:
+    """A mirror whose state holds one meta row (``key``) and is closed (no -wal: a copy
+    reads it as a file), and its database."""
+    dest = tmp_path / "m"
+    with MirrorState(dest) as state:
+        state.db.execute("INSERT INTO meta VALUES (?, 'v')", (key,))
+    source = dest / ".remote-sync" / "state.db"
+    assert not source.with_name("state.db-wal").exists()
+    return dest, source

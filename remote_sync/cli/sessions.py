@@ -167,16 +167,7 @@ def run_sessions_list(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     try:
         _check_remote_flags(args)
-        filters: dict[str, Any] = {
-            "host": args.host,
-            "format": args.format,
-            "agent": args.agent,
-            "since": args.since,
-            "klass": args.klass,
-            "state": args.state,
-            "sort": args.sort,
-            "limit": args.limit,
-        }
+        filters = {**_filters(args), "sort": args.sort, "limit": args.limit}
         listed: Generator[SessionRow] | None = None
         failures: list[RemoteSyncError] = []
         unknown: RemoteSyncError | None = None
@@ -232,6 +223,19 @@ def run_sessions_list(args: argparse.Namespace) -> int:
         return fail(exc, args)
 
 
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The filter options that ``sessions list`` and ``stats`` share, as the keywords the
+    index's queries and the library take them by: one place to add a filter to both."""
+    return {
+        "host": args.host,
+        "format": args.format,
+        "agent": args.agent,
+        "since": args.since,
+        "klass": args.klass,
+        "state": args.state,
+    }
+
+
 def _unknown_host(db: sqlite3.Connection, host: str | None) -> RemoteSyncError | None:
     """For a ``--host`` of ``sessions list`` or ``stats`` that the index has no session of,
     what to say after the (empty) output: a filter that matches nothing is no error (exit 0),
@@ -276,16 +280,7 @@ def run_sessions_stats(args: argparse.Namespace) -> int:
         from ..mirror.state import read_state
 
         def read(db: sqlite3.Connection) -> tuple[list[StatsRow], RemoteSyncError | None]:
-            groups = session_stats(
-                db,
-                args.by,
-                host=args.host,
-                format=args.format,
-                agent=args.agent,
-                since=args.since,
-                klass=args.klass,
-                state=args.state,
-            )
+            groups = session_stats(db, args.by, **_filters(args))
             return groups, _unknown_host(db, args.host)
 
         groups, unknown = read_state(dest_or_default(args), read, warn=True)

@@ -56,6 +56,7 @@ from .generic import (
     canonical_role,
     is_injected,
     iso_utc,
+    jsonl_name,
     raw_string,
     split_path,
     typed_text,
@@ -127,7 +128,7 @@ class ClaudeCodeReader:
     def is_transcript(self, path: bytes) -> bool:
         segs = self._under_projects(path)
         name = segs[-1] if segs else ""
-        if not name.endswith(".jsonl") or len(name) == len(".jsonl"):
+        if not jsonl_name(name):
             return False
         if len(segs) == 2:
             return True

@@ -3,8 +3,9 @@
 What it owns: :class:`GenericReader` (any ``*.jsonl`` file of chat-like objects, read
 leniently) and the shared helpers of :mod:`remote_sync.formats`: timestamp normalisation
 (:func:`iso_utc`, :func:`iso_from_epoch`), text of content blocks, tool-call argument
-shortening (:func:`tool_call`), injected-text detection (:func:`is_injected`) and path
-splitting (:func:`split_path`).
+shortening (:func:`tool_call`), injected-text detection (:func:`is_injected`) and paths
+(:func:`split_path`; :func:`jsonl_file`, a transcript for the formats that take any
+``*.jsonl``).
 
 Timestamps everywhere are normalised to one sortable form: ISO 8601 in UTC with exactly
 three fractional digits and ``Z`` (``2026-11-21T10:00:00.000Z``). Finer fractions are
@@ -49,6 +50,8 @@ __all__ = [
     "is_injected",
     "iso_from_epoch",
     "iso_utc",
+    "jsonl_file",
+    "jsonl_name",
     "raw_json_text",
     "shorten",
     "split_path",
@@ -331,6 +334,19 @@ def split_path(path: bytes) -> list[str]:
     return [s for s in path.decode("utf-8", "replace").split("/") if s and s != "."]
 
 
+def jsonl_name(name: str) -> bool:
+    """Whether the file name ``name`` is ``<stem>.jsonl`` with a stem (a bare ``.jsonl``
+    names no session)."""
+    return name.endswith(".jsonl") and len(name) > len(".jsonl")
+
+
+def jsonl_file(path: bytes) -> bool:
+    """Whether ``path``'s last segment is a :func:`jsonl_name`: the transcripts of the
+    formats that take any such file under their root (generic, pi, picoclaw)."""
+    segs = split_path(path)
+    return bool(segs) and jsonl_name(segs[-1])
+
+
 # --- the generic reader ---------------------------------------------------------------------
 
 
@@ -397,8 +413,7 @@ class GenericReader:
     line_type: type[Any] = GenericLine
 
     def is_transcript(self, path: bytes) -> bool:
-        segs = split_path(path)
-        return bool(segs) and segs[-1].endswith(".jsonl") and len(segs[-1]) > len(".jsonl")
+        return jsonl_file(path)
 
     def identify(self, path: bytes) -> tuple[str | None, str]:
         text = path.decode("utf-8", "replace")

@@ -37,6 +37,7 @@ from .generic import (
     canonical_role,
     iso_from_epoch,
     iso_utc,
+    jsonl_file,
     raw_string,
     split_path,
     tool_call,
@@ -239,8 +240,7 @@ class PiReader(V3Reader):
     name = "pi"
 
     def is_transcript(self, path: bytes) -> bool:
-        segs = split_path(path)
-        return bool(segs) and segs[-1].endswith(".jsonl") and len(segs[-1]) > len(".jsonl")
+        return jsonl_file(path)
 
     def identify(self, path: bytes) -> tuple[str | None, str]:
         segs = split_path(path)

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from ..index.facts import Message, SessionFacts
-from .generic import NO_RAW, canonical_role, iso_utc, raw_string, split_path, tool_call
+from .generic import NO_RAW, canonical_role, iso_utc, jsonl_file, raw_string, split_path, tool_call
 
 __all__ = ["PicoLine", "PicoclawReader"]
 
@@ -73,8 +73,7 @@ class PicoclawReader:
     line_type: type[Any] = PicoLine
 
     def is_transcript(self, path: bytes) -> bool:
-        segs = split_path(path)
-        return bool(segs) and segs[-1].endswith(".jsonl") and len(segs[-1]) > len(".jsonl")
+        return jsonl_file(path)
 
     def identify(self, path: bytes) -> tuple[str | None, str]:
         segs = split_path(path)

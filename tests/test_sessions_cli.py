@@ -23,9 +23,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import msgspec
 import pytest
 import sessiongen
+from hypothesis import strategies as st
 from synchelp import cli, tear_reads, write_inventory
 
 from remote_sync.cli import main
@@ -467,6 +469,41 @@ def test_in_memory_selection_matches_sql(db: Any) -> None:
         assert ids(select_rows(everything, now=NOW, **kw)) == ids(
             query_sessions(db, now=NOW, **kw)
         ), kw
+
+
+def _agent_session(name: bytes) -> tuple[bytes, SessionFacts]:
+    """The path and facts of a session of the OpenClaw agent whose directory is ``name``, its
+    agent as a reader takes it from the path."""
+    path = b"agents/" + name + b"/sessions/s.jsonl"
+    agent, session_id = get_reader("openclaw").identify(path)
+    return path, SessionFacts(session_id=session_id, agent=agent, bytes=600, lines=1, user=1)
+
+
+# A directory's name: no slash, and not "." (a path's "." segment is dropped).
+@hypothesis.given(name=st.binary(max_size=12).map(lambda b: b"a" + b.replace(b"/", b"_")))
+@hypothesis.settings(max_examples=60, deadline=None)
+def test_in_memory_agent_filter_takes_a_name_that_is_not_utf8(name: bytes) -> None:
+    """An agent named by bytes that are not UTF-8 (a directory on the host) is read with
+    those bytes replaced (U+FFFD), and ``--agent`` gives them as ``\\udcNN`` escapes: a
+    listing from hosts must match the two, as the index's SQL does (``as_indexed``)."""
+    path, facts = _agent_session(name)
+    row = row_from_facts("h", path, "openclaw", facts, now=NOW)
+    typed = name.decode("utf-8", "surrogateescape")  # as the shell's argument arrives
+    assert row.agent == name.decode("utf-8", "replace")
+    assert filter_rows([row], agent=typed) == [row]
+    assert select_rows([row], agent=typed, now=NOW) == [row]
+
+
+def test_agent_filter_of_a_name_that_is_not_utf8_keeps_the_same_rows_from_hosts_and_index(
+    tmp_path: Path,
+) -> None:
+    path, facts = _agent_session(b"caf\xff")
+    build_index(tmp_path / "mirror", [Spec("h", "openclaw", path, facts)])
+    typed = os.fsdecode(b"caf\xff")
+    with contextlib.closing(open_index(tmp_path / "mirror")) as db:
+        indexed = list(query_sessions(db, agent=typed, now=NOW))
+    from_hosts = select_rows([row_from_facts("h", path, "openclaw", facts)], agent=typed, now=NOW)
+    assert ids(indexed) == ids(from_hosts) == ["h:s.jsonl"]
 
 
 def test_in_memory_selection_takes_the_keywords_of_sql() -> None:

@@ -691,6 +691,9 @@ def filter_rows(
     for rows that arrive in batches: a stream can filter each batch as it comes)."""
     _where(host=None, format=format, agent=None, since=None, klass=klass, state=state, now=now)
     after = iso_instant(since, now) if since is not None else None
+    # An agent is read from a path with its bytes that are not UTF-8 replaced, and the
+    # SQL compares it so (as_indexed): `--agent` gives those bytes as \udcNN escapes.
+    agent = as_indexed(agent) if agent is not None else None
     return [
         r
         for r in rows

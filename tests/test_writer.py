@@ -257,3 +257,36 @@ def test_a_checkpoint_whose_index_snapshot_fails_claims_nothing_more(
         assert (writer.committed, writer.row.size) == (len(old), len(old))
         writer.abort()
         assert local.read_bytes() == old
+
+
+def _mirrored(state: MirrorState, path: bytes, data: bytes) -> FileState:
+    """``data`` as the mirrored copy of ``h0``'s ``path``, and the row that commits it."""
+    local = state.local_path("h0", path)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(data)
+    return FileState("h0", path, "append", len(data), len(data), 1.7e9, 2049, 1, b"")
+
+
+def _eio(*args: Any) -> bytes:
+    raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def test_a_failed_read_of_an_appended_files_first_bytes_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finish of an append to a short file reads its first bytes back for the
+    fingerprint: an I/O error there is a MirrorError naming the host and the file, where a
+    raw OSError came out (said as an internal error of the host); the abort still cuts the
+    file back to its checkpoint."""
+    with MirrorState(tmp_path / "m") as state:
+        old = b'{"a":1}\n'
+        row = _mirrored(state, b"d/f.jsonl", old)
+        writer = AppendWriter(state, row, 0, replace(row))
+        writer.write(old + b'{"b":2}\n')
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "pread", _eio)
+            with pytest.raises(MirrorError, match=r"h0: d/f\.jsonl: .*Input/output error") as e:
+                writer.finish()
+        assert isinstance(e.value.__cause__, OSError)
+        writer.abort()
+        assert state.local_path("h0", b"d/f.jsonl").read_bytes() == old

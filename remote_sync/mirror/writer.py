@@ -344,8 +344,8 @@ class _LineWriter:
             # Only bytes past the lines left to write, on a full disk: dropped (see _put).
             if not self._dropped_past_the_lines(exc):
                 raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+        self._fingerprint_lines()
         try:
-            self._fingerprint_lines()
             fd = os.dup(self.handle.fileno())
         except OSError as exc:
             raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
@@ -383,7 +383,8 @@ class _LineWriter:
         self.committed = self.row.size = committed
 
     def _fingerprint_lines(self) -> None:
-        """The row's fingerprint of the lines written so far (``end_of_lines`` bytes)."""
+        """The row's fingerprint of the lines written so far (``end_of_lines`` bytes); a
+        failed read of them is a :class:`MirrorError` naming the file."""
         raise NotImplementedError
 
     def _keep_head(self, view: memoryview) -> None:
@@ -519,7 +520,12 @@ class AppendWriter(_LineWriter):
 
     def _fingerprint_lines(self) -> None:
         if self.committed < FINGERPRINT_BYTES:
-            head = os.pread(self.handle.fileno(), min(self.end_of_lines, FINGERPRINT_BYTES), 0)
+            try:
+                head = os.pread(self.handle.fileno(), min(self.end_of_lines, FINGERPRINT_BYTES), 0)
+            except OSError as exc:
+                # Mapped here for both callers (a checkpoint and the finish): a raw OSError
+                # out of the finish was said as an internal error of the host.
+                raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
             self.row.fingerprint = fingerprint_of(head)
 
     def finish(self) -> Pending:

@@ -234,6 +234,17 @@ def over_quota_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> An
     return io.BufferedReader(raw) if mode.startswith("r") else io.BufferedWriter(raw)
 
 
+class ShortThenEIO(io.FileIO):
+    """A mirrored file on a disk that fails: the first write reaches it in part (half its
+    bytes), every one after fails with EIO."""
+
+    def write(self, data: Any) -> int:
+        if getattr(self, "failing", False):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        self.failing = True
+        return super().write(memoryview(data)[: max(1, len(data) // 2)])
+
+
 #: ``remote-sync`` with a crash (or another fault) injected, run as a script.
 FAULT_CLI = Path(__file__).resolve().parent / "fault_cli.py"
 #: What ``fault_cli.py``'s ``deaf_agent_sync`` says on stderr as a sync of the agent begins

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sshfleet import SSHFleet
-from synchelp import append, fault_run, run_cli, session_bytes, write_inventory
+from synchelp import ShortThenEIO, append, fault_run, run_cli, session_bytes, write_inventory
 
 from remote_sync.cli import main
 from remote_sync.errors import DestinationError, MirrorError, RemoteSyncError, StateError
@@ -1316,4 +1316,53 @@ def test_a_finish_that_fails_leaves_nothing_of_its_fetch_behind(
         assert state.host_files("h0") == rows
     assert sync(inv, dest, capsys)[0] == 0
     assert (dest / "h0" / fetched).read_bytes() == fleet.path("h0", fetched).read_bytes()
+    assert_index_is_a_rebuild(dest)
+
+
+def test_an_append_whose_finish_meets_an_io_error_is_cut_back_at_once(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An append whose new lines, still in the write buffer at its finish, meet an I/O error
+    (not a full disk) after half of them reached the mirrored file: the host's round fails
+    naming the file, and the file is cut back to its checkpoint at once, where those bytes
+    stayed past it until the next open's recovery (the abort's truncate wrote the buffer
+    first, failing again). The next sync is exact."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    rng = random.Random(23)
+    rel = "agents/a/sessions/s.jsonl"
+    fleet.write("h0", rel, session_bytes(rng, 50))
+    assert sync(inv, dest, capsys)[0] == 0
+    added = session_bytes(rng, 3, start=50)
+    assert len(added) < 4096  # held in the write buffer until the finish
+    append(fleet, "h0", rel, added)
+    local = dest / "h0" / rel
+    mirrored = local.read_bytes()
+    with MirrorState(dest) as state:
+        rows = state.host_files("h0")
+    real_open = open
+
+    def failing_disk(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if mode == "r+b" and os.fspath(file) == os.fspath(local):
+            return io.BufferedRandom(ShortThenEIO(file, mode))
+        return real_open(file, mode, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(writer_module, "open", failing_disk, raising=False)
+        code, events = run_cli(
+            ["sync", "--inventory", str(inv), "--dest", str(dest), "--json"], capsys
+        )
+    assert code == 1
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert (error.host, error.path) == ("h0", rel) and "Input/output error" in error.message
+    assert local.read_bytes() == mirrored
+    assert "could not clean up" not in caplog.text
+    with MirrorState(dest) as state:
+        assert state.host_files("h0") == rows
+    assert sync(inv, dest, capsys)[0] == 0
+    assert local.read_bytes() == fleet.path("h0", rel).read_bytes()
     assert_index_is_a_rebuild(dest)

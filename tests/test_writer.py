@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sessiongen import generate
+from synchelp import ShortThenEIO
 
 from remote_sync.errors import MirrorError
 from remote_sync.formats.readers import get_reader
@@ -290,3 +291,43 @@ def test_a_failed_read_of_an_appended_files_first_bytes_names_the_file(
         assert isinstance(e.value.__cause__, OSError)
         writer.abort()
         assert state.local_path("h0", b"d/f.jsonl").read_bytes() == old
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_a_file_whose_buffered_bytes_meet_an_io_error_is_cut_back_by_its_abort(
+    tmp_path: Path, whole: bool
+) -> None:
+    """An append (or a whole file in place since its first piece) whose finish writes its
+    buffered bytes and meets an I/O error, not a full disk, after some reached the file:
+    the abort cuts it back to its checkpoint at once. It truncated through the buffered
+    handle, whose flush failed again: the bytes past the checkpoint stayed until the next
+    open's recovery (and the abort raised)."""
+    with MirrorState(tmp_path / "m") as state:
+        state.recover()
+        path = b"d/f.jsonl"
+        old = b'{"a":1}\n'
+        new = b'{"b":2}\n{"c":3}\n'
+        local = state.local_path("h0", path)
+        writer: AppendWriter | WholeWriter
+        if whole:
+            row = FileState("h0", path, "append", 0, 0, 1.7e9, 2049, 1, b"")
+            writer = WholeWriter(state, row, lines_only=True, category="new")
+            writer.write(old)
+            piece = writer.checkpoint()
+            assert piece is not None and piece.temp is not None
+            writer.confirm(piece, None)  # as if its flush put it in place and committed it
+            local.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(piece.temp, local)
+            discard([piece])
+        else:
+            row = _mirrored(state, path, old)
+            writer = AppendWriter(state, row, 0, replace(row))
+        writer.handle.close()
+        writer.handle = io.BufferedRandom(ShortThenEIO(local, "r+b"))
+        writer.handle.seek(len(old))
+        writer.write(new if whole else old + new)  # held in the buffer until the finish
+        with pytest.raises(MirrorError, match=r"h0: d/f\.jsonl: .*Input/output error"):
+            writer.finish()
+        assert local.stat().st_size == len(old) + len(new) // 2  # half reached the file
+        writer.abort()
+        assert local.read_bytes() == old

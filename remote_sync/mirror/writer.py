@@ -260,15 +260,13 @@ class _LineWriter:
         another error, or when bytes before that end did not reach the file."""
         if not out_of_space(exc):
             return False
-        # The buffered handle keeps what it could not write and would write it later: it is
-        # closed (its flush may fail: those bytes are past the lines or checked below) and
-        # the file taken up again through a copy of its descriptor.
+        # The buffered handle keeps what it could not write and would write it later: its
+        # buffer is dropped (those bytes are past the lines or checked below) and the file
+        # taken up again through a copy of its descriptor.
         try:
-            fd = os.dup(self.handle.fileno())
+            fd = self._drop_the_buffer()
         except OSError:
             return False
-        with contextlib.suppress(OSError):
-            self.handle.close()
         self.handle = open(fd, "r+b")  # noqa: SIM115 (kept until flush)
         try:
             # Written in order: the descriptor's offset (shared with the closed handle) is
@@ -281,6 +279,37 @@ class _LineWriter:
             return False
         self.no_room = exc.errno or errno.ENOSPC  # one of FULL_ERRNOS, as checked above
         return True
+
+    def _drop_the_buffer(self) -> int:
+        """A copy of the file's descriptor, the handle closed: what its buffer still held
+        unwritten is dropped (the close writes it once more; its failure is let go). The
+        copy's offset is where the writes that reached the file end. Should the copy fail
+        (OSError: no descriptor left), the handle is still the writer's, open."""
+        fd = os.dup(self.handle.fileno())
+        with contextlib.suppress(OSError):
+            self.handle.close()
+        return fd
+
+    def _cut_back_and_close(self, size: int) -> None:
+        """Truncate the file to ``size`` (the checkpoint handed over last: every byte a
+        checkpoint covers is below it, written by the flush that handed it over) and close
+        it, for an abort. The buffer is dropped first: a write that failed (an I/O error, a
+        full disk) leaves its bytes there, and a truncate through the handle writes them
+        first, failing again, which left the bytes past the checkpoint until the next
+        open's recovery."""
+        try:
+            fd = self._drop_the_buffer()
+        except OSError:
+            # No descriptor left for the copy: through the handle, as far as its flush lets.
+            try:
+                self.handle.truncate(size)
+            finally:
+                self.handle.close()
+            return
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
 
     def _cut_at_the_lines(self, size: int, doing: str, *, lines: bool = True) -> None:
         """Truncate the file to ``size`` (its last line end, when ``lines``). The flush that
@@ -551,10 +580,7 @@ class AppendWriter(_LineWriter):
         """Cut back to the checkpoint: nothing of this fetch stays."""
         if self.job is not None:
             self.job.drop()
-        try:
-            self.handle.truncate(self.committed)
-        finally:
-            self.handle.close()
+        self._cut_back_and_close(self.committed)
 
 
 class SeededWriter(AppendWriter):
@@ -830,10 +856,9 @@ class WholeWriter(_LineWriter):
             _remove_tail(self.tail)
             self.tail = None
         if self.temp is None:  # in place since a checkpoint: cut back to it
-            try:
-                if self.confirmed:  # else its flush, failed or not, decides what is in place
-                    self.handle.truncate(self.committed)
-            finally:
+            if self.confirmed:
+                self._cut_back_and_close(self.committed)
+            else:  # its flush, failed or not, decides what is in place
                 self.handle.close()
             return
         # Nothing of a temp file is kept: a close that fails writing its buffer (a finish

@@ -7,7 +7,14 @@ death by the signal (-15). Here either ends as any cancel before the work starts
 few steps after the load, before :func:`remote_sync.cli.main` handles a cancel itself.
 SIGTERM is taken as a Ctrl-C (:mod:`remote_sync.interrupt`) before anything else is
 imported, except for ``agent``, whose SIGTERM is its stop, and when it was ignored at the
-start.
+start. ``python -m remote_sync.cli`` runs :func:`run` too (after its package's import).
+
+What no code here can guard: the instants before :func:`run` is entered, the interpreter's
+start-up and the console script's own ``from remote_sync.__main__ import run``, which
+Python's entry point wrapper does, outside any ``try`` of ours. That import is kept to this
+package's ``__init__``, this module, :mod:`remote_sync.interrupt` and :mod:`signal` (about a
+millisecond); a signal in it ends the process as Python's default does (a traceback, or
+death by SIGTERM).
 """
 
 from __future__ import annotations

@@ -871,7 +871,8 @@ def test_sigterm_while_the_command_line_starts_exits_130_without_a_traceback(
     _assert_cancelled_at_start(done, tmp_path / "m", json_wanted)
 
 
-#: Runs the console script's target, with a real signal (argv[1]: INT or TERM) arriving
+#: Runs the console script's target (argv[3] "script"), or ``python -m remote_sync.cli`` as
+#: runpy runs it (argv[3] "module"), with a real signal (argv[1]: INT or TERM) arriving
 #: outside the load and before main's handling of a cancel begins: as the target reads the
 #: words (the first read of sys.argv's words: "start"), as ``entry`` begins ("entry"), or as
 #: ``main`` reads the words (the second read: "main").
@@ -907,9 +908,16 @@ class Argv(list):
                 send()
         return super().__getitem__(at)
 
-sys.argv = Argv(["remote-sync", *sys.argv[3:]])
-from remote_sync.__main__ import run
-run()
+how = sys.argv[3]
+sys.argv = Argv(["remote-sync", *sys.argv[4:]])
+if how == "module":
+    import runpy
+
+    runpy.run_module("remote_sync.cli", run_name="__main__", alter_sys=True)
+else:
+    from remote_sync.__main__ import run
+
+    run()
 """
 
 
@@ -918,14 +926,17 @@ run()
     [("start", "INT"), ("entry", "INT"), ("entry", "TERM"), ("main", "INT"), ("main", "TERM")],
 )
 @pytest.mark.parametrize("json_wanted", [False, True])
+@pytest.mark.parametrize("how", ["script", "module"])
 def test_a_signal_between_the_load_and_main_exits_130_without_a_traceback(
-    spot: str, sig: str, json_wanted: bool, tmp_path: Path
+    spot: str, sig: str, json_wanted: bool, how: str, tmp_path: Path
 ) -> None:
     """A Ctrl-C or a SIGTERM arriving outside the command line's load and before ``main``
     handles a cancel (the few steps from the script's target into main's ``try``) exits
     130 with one line (an error event under --json), where it ended in a traceback. (At
-    the start, SIGTERM is not taken yet: it ends the process as SIGTERM does.)"""
-    args = [sig, spot, "sync", "me@box.invalid", "--dest", str(tmp_path / "m")]
+    the start, SIGTERM is not taken yet: it ends the process as SIGTERM does.) So does one
+    in ``python -m remote_sync.cli``, which had no guard at all: a traceback, and SIGTERM's
+    death (-15) until main took it."""
+    args = [sig, spot, how, "sync", "me@box.invalid", "--dest", str(tmp_path / "m")]
     argv = [sys.executable, "-c", _SIGNAL_BEFORE_MAIN, *args, *(["--json"] * json_wanted)]
     done = subprocess.run(argv, capture_output=True, timeout=60)
     _assert_cancelled_at_start(done, tmp_path / "m", json_wanted)

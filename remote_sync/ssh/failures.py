@@ -5,13 +5,17 @@ What it owns: :func:`classify`, which maps an asyncssh/OS failure into
 the route it took (:func:`connection_route`: the address and port asked for, or the ProxyCommand run
 instead, by its program alone), as ssh names the address it tried; and a connection's
 failure through ProxyJump hosts, which answered, said as the target's
-(:func:`noting_jump`). What a connection's local files make of a failure is
-:func:`~remote_sync.ssh.options.local_failure`'s.
+(:func:`noting_jump`); and what the pool's connect makes of a host key refused
+(:func:`host_key_failure`), an authentication that failed (:func:`authentication_failure`)
+and a HostName that does not resolve (:func:`unresolved_host_name`). What a connection's
+local files make of a failure is :func:`~remote_sync.ssh.options.local_failure`'s.
 """
 
 from __future__ import annotations
 
+import shlex
 import socket
+from typing import Any
 
 import asyncssh
 
@@ -19,11 +23,14 @@ from ..errors import (
     AuthenticationError,
     ChannelRefusedError,
     ConnectionLostError,
+    HostKeyError,
     HostUnreachableError,
     RemoteSyncError,
     SSHError,
 )
+from .hostkeys import HostKeyClient, host_key_hint
 from .lookup import Resolved
+from .options import DEFAULT_IDENTITIES, locked_keys, offered_credentials
 from .proxy import proxy_route
 
 
@@ -58,6 +65,62 @@ def noting_jump(exc: BaseException, host: str, through: str | None, route: str) 
         f"{error.message} (through ProxyJump {through!r}, which answered)",
         host=host,
         hint="check that the host is up and that the jump host reaches it",
+    )
+
+
+def host_key_failure(host: str, client: HostKeyClient, resolved: Resolved) -> HostKeyError:
+    """asyncssh's refusal of ``host``'s key (``HostKeyNotVerifiable``), as our error: what
+    ``client`` found of the key, in which known_hosts files, and what to do."""
+    state = client.host_key_state or "not trusted"
+    unfollowed = resolved.checking in ("no", "off", "false") and state != "changed"
+    what = "CHANGED" if state == "changed" else state
+    where = ", ".join(client.held_in) or resolved.keys.describe()
+    return HostKeyError(
+        f"host key is {what} (known_hosts: {where}); refusing to connect",
+        host=host,
+        hint=f"the ssh_config's StrictHostKeyChecking {resolved.checking} is not "
+        "followed, checks are never skipped: verify the host's key and add it to "
+        "known_hosts, or let first contact record it (StrictHostKeyChecking "
+        "accept-new, or --accept-new-host-keys)"
+        if unfollowed
+        else host_key_hint(client),
+    )
+
+
+def authentication_failure(
+    exc: asyncssh.PermissionDenied,
+    host: str,
+    options: dict[str, Any],
+    resolved: Resolved,
+    route: str,
+) -> AuthenticationError:
+    """asyncssh's ``PermissionDenied`` of a connection to ``host`` made with ``options``, by
+    ``route`` (:func:`connection_route`), as our error. Where and with what, as ssh -v says
+    it: the host's name alone does not show a wrong HostName or Port, nor a key that was
+    never offered (one needing a passphrase no ssh-agent gave is named, with its fix)."""
+    keys = options.get("client_keys") or resolved.identities or DEFAULT_IDENTITIES
+    locked = locked_keys(keys)
+    return AuthenticationError(
+        f"authentication failed (connected {route}): {exc.reason}; "
+        f"{offered_credentials(options, resolved, locked)}"
+        + ("; this key needs a passphrase, and no ssh-agent offered it" if locked else ""),
+        host=host,
+        path=", ".join(locked) or None,
+        hint=f"add the key to ssh-agent (ssh-add {shlex.quote(locked[0])}), or "
+        "check that the agent runs for this job (SSH_AUTH_SOCK)"
+        if locked
+        else None,
+    )
+
+
+def unresolved_host_name(
+    exc: socket.gaierror, host: str, resolved: Resolved
+) -> HostUnreachableError:
+    """A connection's name lookup that failed, as our error. Only a direct connection
+    resolves a name there (through jump hosts, the last one does): the ssh_config's
+    HostName, which is named."""
+    return HostUnreachableError(
+        f"cannot resolve host name {resolved.host!r}: {exc.strerror}", host=host
     )
 
 

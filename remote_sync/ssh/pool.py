@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shlex
 import socket
 import struct
 import sys
@@ -54,20 +53,24 @@ import asyncssh
 
 from ..cancel import CancelToken
 from ..errors import (
-    AuthenticationError,
     ConfigError,
-    HostKeyError,
     HostUnreachableError,
     RemoteSyncError,
     SSHError,
 )
 from .endpoint import Endpoint
-from .failures import classify, connection_route, noting_jump
-from .hostkeys import HostKeyClient, host_key_hint
+from .failures import (
+    authentication_failure,
+    classify,
+    connection_route,
+    host_key_failure,
+    noting_jump,
+    unresolved_host_name,
+)
+from .hostkeys import HostKeyClient
 from .jumps import jump_endpoints, prepare_jumps, refuse_deep_jumps, through_jump
 from .lookup import TUNING, Resolved, reusing_lookup
 from .options import (
-    DEFAULT_IDENTITIES,
     PREFERRED_CIPHERS,
     READING_ERRORS,
     ConfigWarning,
@@ -76,8 +79,6 @@ from .options import (
     configured_proxy_command,
     ignored_remote_command,
     local_failure,
-    locked_keys,
-    offered_credentials,
     prepare,
 )
 from .proxy import Carrier, ProxyProcess
@@ -666,43 +667,12 @@ class SSHPool:
         try:
             return await asyncssh.connect(endpoint.address, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
-            state = client.host_key_state or "not trusted"
-            unfollowed = resolved.checking in ("no", "off", "false") and state != "changed"
-            what = "CHANGED" if state == "changed" else state
-            where = ", ".join(client.held_in) or resolved.keys.describe()
-            raise HostKeyError(
-                f"host key is {what} (known_hosts: {where}); refusing to connect",
-                host=host,
-                hint=f"the ssh_config's StrictHostKeyChecking {resolved.checking} is not "
-                "followed, checks are never skipped: verify the host's key and add it to "
-                "known_hosts, or let first contact record it (StrictHostKeyChecking "
-                "accept-new, or --accept-new-host-keys)"
-                if unfollowed
-                else host_key_hint(client),
-            ) from exc
+            raise host_key_failure(host, client, resolved) from exc
         except asyncssh.PermissionDenied as exc:
-            keys = options.get("client_keys") or resolved.identities or DEFAULT_IDENTITIES
-            locked = locked_keys(keys)
-            # Where and with what, as ssh -v says it: the host's name alone does not show a
-            # wrong HostName or Port, nor a key that was never offered.
             route = connection_route(proxy.command if proxy is not None else None, resolved)
-            raise AuthenticationError(
-                f"authentication failed (connected {route}): {exc.reason}; "
-                f"{offered_credentials(options, resolved, locked)}"
-                + ("; this key needs a passphrase, and no ssh-agent offered it" if locked else ""),
-                host=host,
-                path=", ".join(locked) or None,
-                hint=f"add the key to ssh-agent (ssh-add {shlex.quote(locked[0])}), or "
-                "check that the agent runs for this job (SSH_AUTH_SOCK)"
-                if locked
-                else None,
-            ) from exc
+            raise authentication_failure(exc, host, options, resolved, route) from exc
         except socket.gaierror as exc:
-            # Only a direct connection resolves a name here (through jump hosts, the last
-            # one does): the ssh_config's HostName.
-            raise HostUnreachableError(
-                f"cannot resolve host name {resolved.host!r}: {exc.strerror}", host=host
-            ) from exc
+            raise unresolved_host_name(exc, host, resolved) from exc
         except READING_ERRORS as exc:
             error = local_failure(exc, endpoint, host, options)
             if error is not None:

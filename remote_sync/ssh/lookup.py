@@ -124,7 +124,7 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
         return default if listed is None else listed  # type: ignore[return-value]
 
     user_known = (
-        (expand_user(endpoint.known_hosts),)
+        (os.path.expanduser(endpoint.known_hosts),)
         if endpoint.known_hosts is not None
         else tuple(
             _expand_tokens(path, tokens, host_name)
@@ -133,7 +133,7 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
     )
     # ssh expands no token nor ${VAR} there, only ~: a "%" is a letter of the file's name.
     system_known = tuple(
-        expand_user(path) for path in files(system_files, DEFAULT_GLOBAL_KNOWN_HOSTS)
+        os.path.expanduser(path) for path in files(system_files, DEFAULT_GLOBAL_KNOWN_HOSTS)
     )
     keys = HostKeyFiles(user_known, system_known, alias)
     return Resolved(
@@ -142,8 +142,8 @@ def _resolve(endpoint: Endpoint, config: Sequence[str] | None, host_name: str) -
         user,
         keys,
         jumps,
-        tuple(expand_user(path) for path in identities),
-        tuple(expand_user(path) for path in certificates),
+        tuple(os.path.expanduser(path) for path in identities),
+        tuple(os.path.expanduser(path) for path in certificates),
         identities_only,
         checking,
         tuned,
@@ -181,7 +181,7 @@ def _expand_tokens(path: str, tokens: Mapping[str, str], host: str) -> str:
             "host known_hosts in the inventory",
         )
 
-    return expand_user(_TOKEN.sub(value, path))
+    return os.path.expanduser(_TOKEN.sub(value, path))
 
 
 #: The ssh_config options that replace the pool's own tuning, with asyncssh's names.
@@ -203,10 +203,10 @@ def walk_config_files(endpoint: Endpoint, host: str) -> tuple[object, ...] | Non
     reading of them is not to be kept (a file changed just now, a ``Match exec``)."""
     configs = [sshconfig.USER_CONFIG] if endpoint.ssh_config is None else endpoint.ssh_config
     system = sshconfig.SYSTEM_CONFIG if endpoint.ssh_config is None else None
-    paths = tuple(expand_user(path) for path in configs)
+    paths = tuple(os.path.expanduser(path) for path in configs)
     # The user's file is told apart by its path (checked for others' write access), and
     # the system-wide file's relative Includes are under its directory.
-    where = (paths, system, sshconfig.SYSTEM_CONFIG, expand_user(sshconfig.USER_CONFIG))
+    where = (paths, system, sshconfig.SYSTEM_CONFIG, os.path.expanduser(sshconfig.USER_CONFIG))
     with _LOOKUPS_LOCK:
         kept = _WALKED.get(where)
     if kept is not None and _config_version(kept[0]) == kept[1]:
@@ -304,8 +304,3 @@ def config_names(endpoint: Endpoint) -> str:
     if endpoint.ssh_config is None:
         return f"{sshconfig.USER_CONFIG}, {sshconfig.SYSTEM_CONFIG}"
     return ", ".join(endpoint.ssh_config) or "(none)"
-
-
-def expand_user(path: str) -> str:
-    """``~`` expansion (string work only; no file system access)."""
-    return os.path.expanduser(path)

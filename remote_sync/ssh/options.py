@@ -41,7 +41,7 @@ from ..errors import ConfigError
 from .configreader import PUBKEY_ALGORITHMS
 from .endpoint import Endpoint
 from .hostkeys import HostKeyFiles
-from .lookup import Resolved, cached_lookup, config_names, expand_user, walk_config_files
+from .lookup import Resolved, cached_lookup, config_names, walk_config_files
 from .proxy import is_none_command, refused_proxy_command
 from .sshconfig import expand_proxy_command, nested_includes_error, unreadable_include_error
 
@@ -115,7 +115,7 @@ def locked_keys(paths: Sequence[str]) -> list[str]:
     skipped): said when authentication fails, since an agent that should hold them did not."""
     locked = []
     for path in paths:
-        path = expand_user(path)
+        path = os.path.expanduser(path)
         try:
             asyncssh.read_private_key(path)
         except asyncssh.KeyImportError as exc:
@@ -140,15 +140,15 @@ def offered_credentials(options: dict[str, Any], resolved: Resolved, locked: Seq
         agent = os.environ.get("SSH_AUTH_SOCK", "") if configured == () else configured
     offered, lacking = [], []
     if agent:
-        offered.append(f"the keys of the ssh-agent at {expand_user(str(agent))}")
+        offered.append(f"the keys of the ssh-agent at {os.path.expanduser(str(agent))}")
     else:
         variable = (resolved.agent or "SSH_AUTH_SOCK").removeprefix("$")
         why = "IdentityAgent none" if agent is None else f"{variable} is not set"
         lacking.append(f"no ssh-agent ({why})")
-    named = [expand_user(str(path)) for path in options.get("client_keys") or ()]
+    named = [os.path.expanduser(str(path)) for path in options.get("client_keys") or ()]
     files = [
         path
-        for path in named or [expand_user(path) for path in DEFAULT_IDENTITIES]
+        for path in named or [os.path.expanduser(path) for path in DEFAULT_IDENTITIES]
         if os.path.isfile(path) and path not in locked
     ]
     if files:
@@ -541,7 +541,7 @@ def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
     only with accept-new, whose first contact creates it.
     """
     options: dict[str, Any] = {}
-    known_hosts = None if endpoint.known_hosts is None else expand_user(endpoint.known_hosts)
+    known_hosts = None if endpoint.known_hosts is None else os.path.expanduser(endpoint.known_hosts)
     why = None if known_hosts is None else _unreadable_known_hosts(known_hosts)
     if why is not None:
         # Not skipped as an unreadable system file is: no key could be checked against it,
@@ -570,7 +570,7 @@ def _local_file_options(endpoint: Endpoint, host: str) -> dict[str, Any]:
     ):
         if paths is None:
             continue
-        expanded = [expand_user(path) for path in paths]
+        expanded = [os.path.expanduser(path) for path in paths]
         for path in expanded:
             if not os.path.exists(path):
                 raise ConfigError(

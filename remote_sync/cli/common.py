@@ -90,6 +90,8 @@ def say(exc: RemoteSyncError) -> None:
 
 
 def report(exc: RemoteSyncError, json_out: Emit | None) -> None:
+    """``exc`` said on stderr and, when ``json_out`` is given (``--json``), as an error
+    event there too, as every command reports its errors to a script."""
     if json_out is not None:
         from ..events import ErrorEvent
 
@@ -132,12 +134,14 @@ def exit_code(kind: str) -> int:
 
 
 def fail(exc: RemoteSyncError, args: argparse.Namespace) -> int:
-    """``exc`` said on stderr and, with ``--json``, as an error line on stdout too (as every
-    command reports its errors to a script); its exit code."""
+    """:func:`report` of ``exc`` for a command of ``args`` (its ``--json``, on stdout); its
+    exit code."""
     if getattr(args, "json", False):
-        with contextlib.suppress(OSError):  # the exit code says it, and so does stderr
-            write_error_events([exc])
-    say(exc)
+        from ..events import json_lines_renderer
+
+        report(exc, json_lines_renderer())
+    else:
+        report(exc, None)
     return exit_code(exc.kind)
 
 

@@ -49,7 +49,7 @@ from pathlib import Path
 import msgspec
 
 from .errors import AgentError, AgentRefusedError
-from .events import Event, decode_event
+from .events import Event, decode_event, one_line
 from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 
 #: The default ``--persist``: a connection nobody used for 10 minutes is closed.
@@ -131,7 +131,12 @@ def decode_request(line: bytes) -> SyncRequest:
 
 
 def encode_line(message: SyncRequest | CancelRequest) -> bytes:
-    return msgspec.json.encode(message) + b"\n"
+    """``message`` as its line of the protocol. U+0085, U+2028 and U+2029 (a host or tag as
+    typed may hold them) are written escaped, as on every JSON line we write
+    (:func:`~remote_sync.events.one_line`): the agent splits only at ``\n`` and decodes
+    either form alike (an agent of an earlier release too), but other line splitters (a
+    script reading a captured exchange) split at them."""
+    return one_line(msgspec.json.encode(message)) + b"\n"
 
 
 @contextlib.contextmanager

@@ -32,6 +32,8 @@ import anyio
 import msgspec
 import pytest
 from bbtools import applet_dir
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from sshfleet import SSHFleet
 from synchelp import (
     DEAF_SYNC_STARTED,
@@ -927,6 +929,26 @@ def test_a_request_with_a_field_the_agent_does_not_know_is_refused_not_dropped()
     with pytest.raises(AgentRefusedError, match="exclude"):
         decode_request(line)
     assert decode_request(line.replace(b',"exclude":["x"]', b"")).inventory == "/i.toml"
+
+
+_NAMES = st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=12), max_size=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hosts=_NAMES, tags=_NAMES, inventory=st.text(st.characters(blacklist_categories=("Cs",))))
+@example(hosts=["a\u2028b"], tags=["\x85"], inventory="/i\u2029.toml")
+def test_a_request_is_one_line_whatever_its_names_hold(
+    hosts: list[str], tags: list[str], inventory: str
+) -> None:
+    """A sync request is one line for any line splitter (U+0085, U+2028 and U+2029 written
+    escaped, as on every JSON line we write, where they went raw), and the agent reads the
+    request that was sent."""
+    from remote_sync.agent_link import SyncRequest, decode_request, encode_line
+
+    request = SyncRequest(inventory=inventory, hosts=hosts, tags=tags)
+    line = encode_line(request)
+    assert line.endswith(b"\n") and len(line.decode().splitlines()) == 1
+    assert decode_request(line) == request
 
 
 @contextlib.asynccontextmanager

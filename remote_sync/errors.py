@@ -121,10 +121,23 @@ def showable(text: str, *, lines: bool = False) -> str:
 
 
 class ShowableFormatter(logging.Formatter):
-    """A log formatter whose lines are :func:`showable` (newlines and tabs kept, for a
-    traceback): a log line may name what a host holds (a recovery note names a mirrored file,
-    the agent logs each error of its rounds), and the log goes to the user's terminal, where
-    an escape sequence in a file name would drive it (OSC 52 writes the clipboard)."""
+    """A log formatter whose lines are :func:`showable`: a log line may name what a host
+    holds (a recovery note names a mirrored file, the agent logs each error of its rounds),
+    and the log goes to the user's terminal, where an escape sequence in a file name would
+    drive it (OSC 52 writes the clipboard). The message is kept on its line, its line
+    breaks and tabs escaped too: a name holding a newline would otherwise start a line of
+    its own, which could pass for another record (``WARNING ...: all synced``). Only a
+    traceback or stack the record appends keeps its newlines and tabs."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # format() has just set record.message; it is put back, as other handlers format
+        # the same record.
+        message = record.message
+        record.message = showable(message)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = message
 
     def format(self, record: logging.LogRecord) -> str:
         return showable(super().format(record), lines=True)

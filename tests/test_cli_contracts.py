@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import shlex
@@ -50,6 +51,7 @@ from remote_sync.errors import (
     HostUnreachableError,
     MirrorError,
     RemoteSyncError,
+    ShowableFormatter,
     TransferCancelledError,
     path_bytes,
     path_text,
@@ -491,12 +493,11 @@ def test_sessions_show_prints_hostile_paths_and_text_as_is(
     assert "\x1b" not in out and "\x07" not in out
 
 
-def test_a_log_line_naming_a_hostile_file_is_escaped(tmp_path: Path) -> None:
-    """The warnings a command logs on stderr are escaped like its other lines: the note of
-    a recovery names a mirrored file, whose name the host chose. An OSC 52 in it, printed
-    raw, wrote the user's clipboard; a CSI 2J cleared the screen."""
+def _recovery_noting(tmp_path: Path, rel: bytes) -> tuple[str, int]:
+    """A sync of a mirror whose file ``rel`` holds a killed run's bytes past its checkpoint:
+    its recovery cuts them back and logs a note naming the file (the host cannot be reached
+    after). Its stderr, and the file's size after (its checkpoint's, ``len(committed)``)."""
     dest = tmp_path / "mirror"
-    rel = b"agents/a/sessions/s\x1b]52;c;aGk=\x07\x1b[2J\xe2\x80\xae.jsonl"
     committed = transcript("s", 1)
     with MirrorState(dest) as state:
         state.set_host("h0", "openclaw", "/data", "h0")
@@ -522,8 +523,48 @@ def test_a_log_line_naming_a_hostile_file_is_escaped(tmp_path: Path) -> None:
     err = done.stderr.decode()
     assert done.returncode == 1, err  # the host cannot be reached; the recovery ran before
     assert local.stat().st_size == len(committed)
+    return err, len(committed)
+
+
+def test_a_log_line_naming_a_hostile_file_is_escaped(tmp_path: Path) -> None:
+    """The warnings a command logs on stderr are escaped like its other lines: the note of
+    a recovery names a mirrored file, whose name the host chose. An OSC 52 in it, printed
+    raw, wrote the user's clipboard; a CSI 2J cleared the screen."""
+    rel = b"agents/a/sessions/s\x1b]52;c;aGk=\x07\x1b[2J\xe2\x80\xae.jsonl"
+    err, _ = _recovery_noting(tmp_path, rel)
     assert "s\\x1b]52;c;aGk=\\x07\\x1b[2J\\u202e.jsonl: cut back to the checkpoint" in err
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+
+
+def test_a_log_line_naming_a_file_with_line_breaks_stays_one_line(tmp_path: Path) -> None:
+    """A mirrored file's name holding a newline (or a carriage return) does not start a
+    log line of its own: the note naming it is one line, its breaks escaped, where the
+    name's second half stood on a line of its own and could pass for another record."""
+    fake = "WARNING remote_sync.mirror.engine: h0: all 12 files synced"
+    rel = f"agents/a/sessions/s\n{fake}\r\n.jsonl".encode()
+    err, _ = _recovery_noting(tmp_path, rel)
+    assert not any(line.startswith(fake) for line in err.splitlines()), err
+    (note,) = [line for line in err.splitlines() if "cut back to the checkpoint" in line]
+    assert f"sessions/s\\x0a{fake}\\x0d\\x0a.jsonl: cut back" in note
+
+
+def test_a_log_records_traceback_keeps_its_lines() -> None:
+    """The formatter escapes the message's line breaks, not those of the traceback it
+    appends (a debug log's exception), which stays readable line by line."""
+    formatter = ShowableFormatter("%(levelname)s %(name)s: %(message)s")
+    try:
+        raise ValueError("bad\nvalue")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, "f", 1, "a\nb %s", ("c\td",), None)
+        record.exc_info = sys.exc_info()
+    text = formatter.format(record)
+    head, *rest = text.splitlines()
+    assert head == "ERROR x: a\\x0ab c\\x09d"
+    assert rest[0] == "Traceback (most recent call last):" and rest[-2:] == [
+        "ValueError: bad",
+        "value",
+    ]
+    assert record.getMessage() == "a\nb c\td" and record.message == "a\nb c\td"
 
 
 def test_the_commands_hints_give_are_quoted_to_be_copied(

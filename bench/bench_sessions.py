@@ -906,7 +906,7 @@ def bench_remote_show(inventory: Path, root: Path) -> dict[str, Any]:
     import anyio
 
     from remote_sync.formats.readers import get_reader
-    from remote_sync.index.remote import SHOW_WINDOW, read_remote_session
+    from remote_sync.index.remote_show import SHOW_WINDOW, read_remote_session
     from remote_sync.inventory import load_inventory
     from remote_sync.ssh.pool import PoolSettings, SSHPool
 

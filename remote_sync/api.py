@@ -767,9 +767,9 @@ async def _read_remote(
     token: CancelToken,
 ) -> ShowResult:
     """The messages chosen, fetched from ``host``: only the bytes shown, in one command."""
-    await _import_off_the_loop(_REMOTE_READERS)
+    await _import_off_the_loop(_REMOTE_SHOW)
     token.raise_if_cancelled(host=host.name)
-    from .index.remote import SHOW_WINDOW, read_remote_session
+    from .index.remote_show import SHOW_WINDOW, read_remote_session
     from .ssh.pool import SSHPool
 
     async with SSHPool(_pool_for(pool, SHOW_WINDOW)) as connections:
@@ -1211,6 +1211,7 @@ class _IndexReader:
 _ENGINE = "remote_sync.mirror.engine"
 _AGENT = "remote_sync.agent"
 _REMOTE_READERS = "remote_sync.index.remote"
+_REMOTE_SHOW = "remote_sync.index.remote_show"
 _MIRROR_READER = "remote_sync.index.show"
 #: anyio imports its asyncio backend on its first call that needs one (a cancel scope, a
 #: worker thread, an event): 20 ms, on the event loop, unless imported here first.

@@ -111,7 +111,12 @@ def test_the_api_and_a_sync_import_no_reader_of_a_show() -> None:
         import remote_sync.api
         print(sorted(m for m in ("remote_sync.mirror.engine", "rich") if m in sys.modules))
         import remote_sync.mirror.engine
-        late = ("remote_sync.index.show", "remote_sync.index.remote", "rich")
+        late = (
+            "remote_sync.index.show",
+            "remote_sync.index.remote",
+            "remote_sync.index.remote_show",
+            "rich",
+        )
         print(sorted(m for m in late if m in sys.modules))
         """
     )
@@ -1040,7 +1045,7 @@ FIRST_IMPORT = textwrap.dedent(
     [
         ("sync", "remote_sync.mirror.engine"),
         ("list", "remote_sync.index.remote"),
-        ("show", "remote_sync.index.remote"),
+        ("show", "remote_sync.index.remote_show"),
         ("stats", "anyio._backends._asyncio"),
     ],
 )
@@ -1524,7 +1529,7 @@ async def test_a_remote_read_bounds_a_hung_handshake_by_the_pools_connect_timeou
     """A listing or a show could not set the SSH pool's settings: a host that hangs in its
     handshake held them for the default connect timeout (15 s). With ``pool`` a UI bounds
     that; the calls keep their own smaller channel windows unless ``pool`` sets one."""
-    from remote_sync.index import remote
+    from remote_sync.index import remote, remote_show
     from remote_sync.ssh import pool as pool_module
 
     seen: list[PoolSettings] = []
@@ -1553,7 +1558,7 @@ async def test_a_remote_read_bounds_a_hung_handshake_by_the_pools_connect_timeou
                 await api.read_session(mute, "s", pool=wide)
     assert [(s.connect_timeout, s.window) for s in seen] == [
         (0.5, remote.LIST_WINDOW),
-        (0.5, remote.SHOW_WINDOW),
+        (0.5, remote_show.SHOW_WINDOW),
         (0.5, 4 * 1024 * 1024),
     ]
 

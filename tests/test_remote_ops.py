@@ -1190,13 +1190,13 @@ def test_every_word_reaches_sh_intact_under_each_login_shell(
 def test_no_remote_script_has_what_fish_reads_as_an_escape() -> None:
     """fish takes backslash-backslash and backslash-quote inside single quotes as escapes:
     quoted by shlex.quote, a script holding either would reach fish's sh changed."""
-    from remote_sync.index import remote as sessions_remote
+    from remote_sync.index import remote_scripts
     from remote_sync.mirror import remote_ops
     from remote_sync.ssh import remote
 
     scripts = [
         value
-        for module in (remote_ops, sessions_remote, remote)
+        for module in (remote_ops, remote_scripts, remote)
         for value in vars(module).values()
         if isinstance(value, str) and ("\n" in value or "$" in value)
     ]
@@ -1299,12 +1299,12 @@ def test_every_remote_script_keeps_its_meaning_compacted() -> None:
     script continues a line with a backslash (``a\\`` then an indented ``b`` would become
     one word) or carries a here-document (its text would lose its blanks and "#" lines).
     Every multi-line script constant of the modules that send them is held to that."""
-    from remote_sync.index import remote as index_remote
+    from remote_sync.index import remote_scripts
     from remote_sync.ssh import remote as ssh_remote
 
     scripts = {
         f"{module.__name__}.{name}": value
-        for module in (remote_ops, index_remote, ssh_remote)
+        for module in (remote_ops, remote_scripts, ssh_remote)
         for name, value in vars(module).items()
         if name.isupper() and isinstance(value, str) and value.count("\n") > 1
     }

@@ -47,7 +47,7 @@ from remote_sync.index.query import (
     session_stats,
     state_database,
 )
-from remote_sync.index.remote import _Backward
+from remote_sync.index.remote_show import _Backward
 from remote_sync.index.show import TAIL_FIRST_BLOCK, ShowResult, read_messages, show_session
 from remote_sync.index.store import MARK_EVERY
 from remote_sync.index.update import IndexUpdate
@@ -1376,7 +1376,7 @@ def test_tail_with_a_line_longer_than_the_first_block(tmp_path: Path) -> None:
 def backward_tail(
     data: bytes, reader: Any, count: int, max_line_bytes: int, block: int, max_block: int
 ) -> list[Message]:
-    """The remote show's tail (``index.remote._Backward``) fed ``data`` the way its host sends
+    """The remote show's tail (``index.remote_show._Backward``) fed ``data`` the way its host sends
     it: blocks from the end backwards, the first of ``block`` bytes, each twice the last while
     under ``max_block``, in chunks of 32 KiB."""
     result = ShowResult()

@@ -43,14 +43,10 @@ from remote_sync.events import Progress, decode_event
 from remote_sync.index import remote as remote_module
 from remote_sync.index.facts import Message
 from remote_sync.index.query import SessionRow
-from remote_sync.index.remote import (
-    FrameStream,
-    Header,
-    list_argv,
-    read_remote_session,
-    show_argv,
-    stream_remote_sessions,
-)
+from remote_sync.index.remote import stream_remote_sessions
+from remote_sync.index.remote_frames import FrameStream, Header
+from remote_sync.index.remote_scripts import list_argv, show_argv
+from remote_sync.index.remote_show import read_remote_session
 from remote_sync.index.show import show_session
 from remote_sync.inventory import Host, Source, load_inventory
 from remote_sync.mirror import remote_ops
@@ -956,8 +952,8 @@ def test_the_show_script_doubles_its_tail_blocks_up_to_the_clients_largest() -> 
     to ``TAIL_MAX_BLOCK``; the script's own limit is that constant, put in when the script
     is made, never a second copy of the number that could drift from it (every tail of a
     file over twice the largest block would then fail as a protocol error)."""
-    from remote_sync.index import remote
+    from remote_sync.index import remote_scripts
     from remote_sync.index.show import TAIL_MAX_BLOCK
 
-    assert f'[ "$blk" -ge {TAIL_MAX_BLOCK} ]' in remote._SHOW_BATCH
-    assert "@MAX_BLOCK@" not in remote._SHOW_BATCH
+    assert f'[ "$blk" -ge {TAIL_MAX_BLOCK} ]' in remote_scripts._SHOW_BATCH
+    assert "@MAX_BLOCK@" not in remote_scripts._SHOW_BATCH

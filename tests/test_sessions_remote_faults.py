@@ -32,6 +32,7 @@ from remote_sync.errors import (
     TransferCancelledError,
 )
 from remote_sync.index import remote as remote_module
+from remote_sync.index import remote_scripts
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine, remote_ops
 
@@ -60,8 +61,8 @@ def host_tools(
         (where / tool).write_text("#!/bin/sh\n" + body)
         (where / tool).chmod(0o755)
     first = f'PATH="{path}"; export PATH\n'
-    monkeypatch.setattr(remote_module, "_LIST_SCRIPT", first + remote_module._LIST_SCRIPT)
-    monkeypatch.setattr(remote_module, "_SHOW_SCRIPT", first + remote_module._SHOW_SCRIPT)
+    monkeypatch.setattr(remote_scripts, "_LIST_SCRIPT", first + remote_scripts._LIST_SCRIPT)
+    monkeypatch.setattr(remote_scripts, "_SHOW_SCRIPT", first + remote_scripts._SHOW_SCRIPT)
 
 
 def sessions(fleet: Any, name: str, count: int = 3) -> None:

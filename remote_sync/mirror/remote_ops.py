@@ -364,7 +364,7 @@ _FIND_PROBE_SH = r"""probe_find() {
 }
 """
 # probe_dd_bytes is also what `sessions show --remote` reads a block of a file with, one dd
-# seeking and counting bytes where it can (index.remote's _SHOW_BATCH).
+# seeking and counting bytes where it can (index.remote_scripts' _SHOW_BATCH).
 DD_BYTES_PROBE_SH = r"""probe_dd_bytes() {
     if dd iflag=skip_bytes,count_bytes bs=1 count=0 status=none </dev/null >/dev/null 2>&1; then
         dd_bytes=y

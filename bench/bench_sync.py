@@ -1198,7 +1198,7 @@ def child_main(argv: list[str]) -> int:
     import pstats
 
     import remote_sync.cli as cli
-    from remote_sync.mirror import engine, state, writer
+    from remote_sync.mirror import commits, engine, state, writer
     from remote_sync.ssh import pool
 
     t_imported = time.perf_counter()
@@ -1261,7 +1261,7 @@ def child_main(argv: list[str]) -> int:
                     wrap(engine.HostSync, "_fetch", "fetch stream (frames, writes, index feed)")
                     wrap(engine.HostSync, "_flush", "flush (await fsync thread + sqlite commit)")
                     wrap(engine.HostSync, "_complete", "  wait for the flush in flight + commit")
-                    wrap(writer, "make_durable", "  sync + rename (flush thread)")
+                    wrap(commits, "make_durable", "  sync + rename (flush thread)")
                     wrap(os, "fsync", "  os.fsync calls")
                     wrap(os, "fdatasync", "  os.fdatasync calls")
                     wrap(writer, "_syncfs", "  syncfs calls")
@@ -1632,7 +1632,7 @@ def profile_fleet(
 
 #: What a sync run imports (the CLI may import the engine lazily).
 SYNC_IMPORTS = (
-    "import remote_sync.cli, remote_sync.mirror.engine, remote_sync.inventory, "
+    "import remote_sync.cli, remote_sync.mirror.fleet, remote_sync.inventory, "
     "remote_sync.ssh.pool, remote_sync.events"
 )
 

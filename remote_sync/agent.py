@@ -2,7 +2,7 @@
 syncs and serves syncs over a control socket, as OpenSSH's ControlMaster + ControlPersist
 keep a master connection for later ``ssh`` runs.
 
-What it owns: :class:`Agent`, built on the engine (``mirror.engine.sync_fleet``) with pools
+What it owns: :class:`Agent`, built on the engine (``mirror.fleet.sync_fleet``) with pools
 it keeps open (one per compression setting, each connection closed after ``persist``
 seconds unused, 0 never), the control socket (``DIR/.remote-sync/agent.sock``, protocol in
 :mod:`remote_sync.agent_link`), the agent's lock (``agent.lock``, flock'd while it runs: a
@@ -14,7 +14,7 @@ itself (so ``sync --no-agent``, ``versions prune`` and the rest work between the
 syncs, and are refused during them as they are by any run), reports the same events, and is
 cancelled as Ctrl-C cancels one (a ``cancel`` from its client, or the client gone). One
 difference: when its previous sync ended clean and no other run has opened the mirror since,
-its recovery does not stat the files that sync left clean (``mirror.engine.SyncMemory``). One sync
+its recovery does not stat the files that sync left clean (``mirror.fleet.SyncMemory``). One sync
 at a time: a request while another runs (a client's or a scheduled one) gets the lock's
 error, kind ``locked``, as a second run would. A dry run changes nothing and takes no lock,
 so it runs beside another sync, on a pool of its own, as ever. At most ``MAX_REQUESTS``
@@ -81,7 +81,8 @@ from .events import (
     guarded,
 )
 from .inventory import Host, lists_no_hosts, load_inventory
-from .mirror.engine import SyncMemory, SyncOptions, sync_fleet
+from .mirror.engine import SyncOptions
+from .mirror.fleet import SyncMemory, sync_fleet
 from .mirror.state import open_control_dir, open_lock, refuse_nested
 from .ssh.endpoint import Endpoint
 from .ssh.pool import PoolSettings, SSHPool

@@ -318,7 +318,8 @@ async def sync(
     # is private.
     with registry_or_default(registry).register(transfer_id) as token:
         await _import_off_the_loop(_ENGINE)
-        from .mirror.engine import SyncOptions, sync_fleet
+        from .mirror.engine import SyncOptions
+        from .mirror.fleet import sync_fleet
 
         options = SyncOptions(
             dest=Path(dest),
@@ -1208,7 +1209,7 @@ class _IndexReader:
 
 
 #: What the calls import on first use (start-up time), each in :func:`_import_off_the_loop`.
-_ENGINE = "remote_sync.mirror.engine"
+_ENGINE = "remote_sync.mirror.fleet"
 _AGENT = "remote_sync.agent"
 _REMOTE_READERS = "remote_sync.index.remote"
 _REMOTE_SHOW = "remote_sync.index.remote_show"

@@ -91,7 +91,7 @@ elif FAULT == "in_seed_copy":
 elif FAULT in ("term_in_recovery", "term_in_state_copy"):
     import signal
 
-    from remote_sync.mirror import engine
+    from remote_sync.mirror import fleet
 
     def terminated(original: Callable[..., Any]) -> Callable[..., Any]:
         def step(*args: Any, **kwargs: Any) -> Any:
@@ -103,7 +103,7 @@ elif FAULT in ("term_in_recovery", "term_in_state_copy"):
     if FAULT == "term_in_recovery":
         state_module.MirrorState.recover = terminated(state_module.MirrorState.recover)  # type: ignore[method-assign]
     else:
-        engine.copy_state = terminated(engine.copy_state)
+        fleet.copy_state = terminated(fleet.copy_state)
 
 elif FAULT == "sigint_in_commit":
     import signal

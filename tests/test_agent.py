@@ -66,7 +66,8 @@ from remote_sync.events import (
 )
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine
-from remote_sync.mirror.engine import SyncOptions, sync_fleet
+from remote_sync.mirror.engine import SyncOptions
+from remote_sync.mirror.fleet import SyncMemory, sync_fleet
 from remote_sync.mirror.remote_ops import PROBE_TOOLS
 from remote_sync.mirror.state import MirrorState
 from remote_sync.ssh.endpoint import Endpoint
@@ -534,7 +535,7 @@ async def test_a_sync_after_its_processs_own_clean_one_does_not_look_at_its_file
     inv, dest = agent_setup
     recovered = _recovered(monkeypatch)
     inventory = load_inventory(inv)
-    memory = engine.SyncMemory()
+    memory = SyncMemory()
     async with SSHPool() as pool:
         for names, dry_run in [
             (["h0"], False),
@@ -573,7 +574,7 @@ async def test_after_another_run_or_a_sync_not_clean_the_next_looks_at_every_fil
     inv, dest = agent_setup
     hosts = load_inventory(inv).select(["h0", "h1"])
     hidden = Path(fleet.path("h0", SESSIONS.format(agent="agent1")))
-    memory = engine.SyncMemory()
+    memory = SyncMemory()
     recovered = _recovered(monkeypatch)
 
     async def sync(code: int, token: CancelToken | None = None) -> None:
@@ -626,7 +627,7 @@ async def test_a_sync_whose_every_host_fails_its_local_checks_leaves_the_memory_
         )
         for h in hosts
     ]
-    memory = engine.SyncMemory()
+    memory = SyncMemory()
     recovered = _recovered(monkeypatch)
     async with SSHPool() as pool:
         for which, code in [(hosts, 0), (keyless, 2), (hosts, 0)]:
@@ -668,7 +669,7 @@ async def test_bytes_another_run_left_past_a_checkpoint_are_cut_back_by_the_next
     hosts = load_inventory(inv).select(["h0", "h1"])
     rel = f"{SESSIONS.format(agent='agent0')}/sess-0-0.jsonl"
     local = dest / "h0" / rel
-    memory = engine.SyncMemory()
+    memory = SyncMemory()
     recovered = _recovered(monkeypatch)
     async with SSHPool() as pool:
         assert (
@@ -694,7 +695,7 @@ async def test_bytes_another_run_left_past_a_checkpoint_are_cut_back_by_the_next
             finally:
                 os.close(fd)
         assert local.stat().st_size > size
-        with caplog.at_level(logging.WARNING, logger="remote_sync.mirror.engine"):
+        with caplog.at_level(logging.WARNING, logger="remote_sync.mirror.fleet"):
             summary = await sync_fleet(hosts, SyncOptions(dest), _ignore, pool=pool, memory=memory)
         assert summary.exit_code == 0
     assert recovered == [["h0", "h1"], ["h0", "h1"]]

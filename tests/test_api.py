@@ -110,7 +110,7 @@ def test_the_api_and_a_sync_import_no_reader_of_a_show() -> None:
         import sys
         import remote_sync.api
         print(sorted(m for m in ("remote_sync.mirror.engine", "rich") if m in sys.modules))
-        import remote_sync.mirror.engine
+        import remote_sync.mirror.fleet
         late = (
             "remote_sync.index.show",
             "remote_sync.index.remote",
@@ -1043,7 +1043,7 @@ FIRST_IMPORT = textwrap.dedent(
 @pytest.mark.parametrize(
     ("call", "module"),
     [
-        ("sync", "remote_sync.mirror.engine"),
+        ("sync", "remote_sync.mirror.fleet"),
         ("list", "remote_sync.index.remote"),
         ("show", "remote_sync.index.remote_show"),
         ("stats", "anyio._backends._asyncio"),

@@ -30,7 +30,7 @@ from remote_sync.index.facts import SessionFacts
 from remote_sync.index.store import IndexRows, _facts_decoder, ensure_schema, models_text
 from remote_sync.index.update import FileIndexer, IndexUpdate, rebuild_index
 from remote_sync.inventory import load_inventory
-from remote_sync.mirror import engine
+from remote_sync.mirror import commits
 from remote_sync.mirror.state import FileState, MirrorState
 from remote_sync.mirror.writer import Pending
 
@@ -731,7 +731,7 @@ def _index_tables(db: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]
 
 
 def _commit_by_statements(state: MirrorState, items: list[Pending]) -> None:
-    """What ``engine._commit`` did with a statement per session and table."""
+    """What ``commits.commit`` did with a statement per session and table."""
 
     def write() -> None:
         for item in items:
@@ -749,7 +749,7 @@ def _commit_by_statements(state: MirrorState, items: list[Pending]) -> None:
 def test_a_commits_index_rows_in_one_statement_per_table_are_the_per_session_rows(
     tmp_path: Path,
 ) -> None:
-    """A flush's commit of many sessions (``engine._commit``) leaves the index rows the
+    """A flush's commit of many sessions (``commits.commit``) leaves the index rows the
     statements of each session alone left: new sessions, appended ones (their marks added to
     the stored ones), ones re-indexed fresh (their old marks gone), ones without facts or
     without a whole line (dropped), and in a second commit every one of those again."""
@@ -776,7 +776,7 @@ def test_a_commits_index_rows_in_one_statement_per_table_are_the_per_session_row
         for round_no in range(3):
             batch = items(round_no)
             _commit_by_statements(by_statements, batch)
-            engine._commit(batched, batch)
+            commits.commit(batched, batch)
             want = _index_tables(by_statements.db)
             assert _index_tables(batched.db) == want
             assert len(want["sessions"]) > 100 and len(want["session_marks"]) > 200

@@ -38,7 +38,8 @@ from remote_sync.index.facts import SessionFacts
 from remote_sync.index.update import FileIndexer, index_range, rebuild_index
 from remote_sync.index.worker import IndexJob, IndexWorker, IndexWorkerError
 from remote_sync.inventory import load_inventory
-from remote_sync.mirror import engine, writer
+from remote_sync.mirror import commits, engine, frames, writer
+from remote_sync.mirror import fleet as fleet_run
 from remote_sync.mirror.state import MirrorState, VersionNumbers
 
 FAKE_WORKER = Path(__file__).resolve().parent / "fake_index_worker.py"
@@ -252,7 +253,7 @@ def test_a_lying_worker_never_reaches_the_index(
         def __init__(self) -> None:
             super().__init__([sys.executable, str(FAKE_WORKER), "wrong"])
 
-    monkeypatch.setattr(engine, "IndexWorker", Liar)
+    monkeypatch.setattr(fleet_run, "IndexWorker", Liar)
     inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
     dest = tmp_path / "m"
     paths = make_openclaw_tree(fleet, "h0", sessions=4, lines=30)
@@ -319,7 +320,7 @@ def test_stream_failing_with_a_flush_in_flight_loses_nothing(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(engine, "FLUSH_FILES", 3)
+    monkeypatch.setattr(fleet_run, "FLUSH_FILES", 3)
     durable = writer.make_durable
     flushes: list[int] = []
 
@@ -330,11 +331,11 @@ def test_stream_failing_with_a_flush_in_flight_loses_nothing(
         flushes.append(len(items))
         return durable(state, items, numbers)
 
-    monkeypatch.setattr(engine, "make_durable", slow_durable)
-    handle = engine._FrameHandler.handle
+    monkeypatch.setattr(commits, "make_durable", slow_durable)
+    handle = frames.FrameHandler.handle
     begins = 0
 
-    async def failing(self: engine._FrameHandler, event: object) -> None:
+    async def failing(self: frames.FrameHandler, event: object) -> None:
         nonlocal begins
         if type(event).__name__ == "Begin":
             begins += 1
@@ -342,7 +343,7 @@ def test_stream_failing_with_a_flush_in_flight_loses_nothing(
                 raise RemoteCommandError("stream broke (test)", host="h0")
         await handle(self, event)
 
-    monkeypatch.setattr(engine._FrameHandler, "handle", failing)
+    monkeypatch.setattr(frames.FrameHandler, "handle", failing)
     inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
     dest = tmp_path / "m"
     make_openclaw_tree(fleet, "h0", agents=3, sessions=12, lines=40)
@@ -354,7 +355,7 @@ def test_stream_failing_with_a_flush_in_flight_loses_nothing(
     with MirrorState(dest) as state:
         assert len(state.host_files("h0")) == 24
     assert not list((dest / ".remote-sync" / "tmp").glob("*"))
-    monkeypatch.setattr(engine._FrameHandler, "handle", handle)
+    monkeypatch.setattr(frames.FrameHandler, "handle", handle)
     assert sync(inv, dest) == 0
     capsys.readouterr()
     assert_exact(fleet, dest, "h0")
@@ -442,7 +443,7 @@ def test_a_cancel_does_not_wait_for_a_hung_index_worker(
         def __init__(self) -> None:
             super().__init__([sys.executable, str(FAKE_WORKER), "hang"])
 
-    monkeypatch.setattr(engine, "IndexWorker", Hung)
+    monkeypatch.setattr(fleet_run, "IndexWorker", Hung)
     monkeypatch.setattr(worker_module, "IDLE_TIMEOUT", 600.0)
     inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
     dest = tmp_path / "m"

@@ -24,7 +24,8 @@ from synchelp import big_session, expected_tree, mirror_tree, write_inventory
 from remote_sync.errors import MirrorError
 from remote_sync.events import ErrorEvent, Summary
 from remote_sync.inventory import load_inventory
-from remote_sync.mirror import engine
+from remote_sync.mirror import commits, engine, frames
+from remote_sync.mirror import fleet as fleet_run
 from remote_sync.mirror.fetch_events import Data
 from remote_sync.mirror.writer import Pending, discard
 from remote_sync.ssh.pool import PoolSettings
@@ -38,7 +39,7 @@ SMALL_WINDOWS = PoolSettings(
 def run_sync(inv: Path, dest: Path) -> Summary:
     hosts = load_inventory(inv).hosts
     options = engine.SyncOptions(dest=dest, pool=SMALL_WINDOWS)
-    return anyio.run(lambda: engine.sync_fleet(hosts, options, lambda _event: None))
+    return anyio.run(lambda: fleet_run.sync_fleet(hosts, options, lambda _event: None))
 
 
 def rewrite_on_first_data(
@@ -54,11 +55,11 @@ def rewrite_on_first_data(
     or with ``by_rename`` replace it by a renamed new file (as agents save their JSON
     indexes), in the first ``times`` fetches of it; returns the list the rewrites are counted
     in."""
-    real = engine._FrameHandler.handle
+    real = frames.FrameHandler.handle
     rewrites: list[int] = []
-    seen: list[engine._FrameHandler] = []  # kept alive: a freed handler's id() is reused
+    seen: list[frames.FrameHandler] = []  # kept alive: a freed handler's id() is reused
 
-    async def handle(self: engine._FrameHandler, event: object) -> None:
+    async def handle(self: frames.FrameHandler, event: object) -> None:
         if (
             len(rewrites) < times
             and isinstance(event, Data)
@@ -79,7 +80,7 @@ def rewrite_on_first_data(
             rewrites.append(len(new))
         await real(self, event)
 
-    monkeypatch.setattr(engine._FrameHandler, "handle", handle)
+    monkeypatch.setattr(frames.FrameHandler, "handle", handle)
     return rewrites
 
 
@@ -225,7 +226,7 @@ def test_a_file_rewritten_during_every_read_fails_alone_and_the_next_run_gets_it
         if isinstance(event, ErrorEvent):
             errors.append(event)
 
-    summary = anyio.run(lambda: engine.sync_fleet(hosts, options, keep))
+    summary = anyio.run(lambda: fleet_run.sync_fleet(hosts, options, keep))
     assert len(rewrites) == 2
     assert summary.exit_code == 1 and summary.files.failed == 1
     (error,) = errors
@@ -336,7 +337,7 @@ def test_held_files_are_given_up_when_a_flush_fails(
         discard(items)  # as the real one does when a sync fails
         raise MirrorError("cannot make 1 fetched files durable: Input/output error")
 
-    monkeypatch.setattr(engine, "make_durable", failing)
+    monkeypatch.setattr(commits, "make_durable", failing)
     summary = run_sync(inv, dest)
     assert summary.exit_code == 1
     assert list((dest / ".remote-sync" / "tmp").iterdir()) == []

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remote_sync.errors import DestinationError, MirrorError, StateError
-from remote_sync.mirror.engine import _OverlapRead, _same_file_back
 from remote_sync.mirror.plan import Transfer
 from remote_sync.mirror.remote_ops import End, RemoteFile
+from remote_sync.mirror.returning import OverlapRead, same_file_back
 from remote_sync.mirror.state import (
     FINGERPRINT_BYTES,
     SCHEMA_VERSION,
@@ -550,7 +550,7 @@ def test_the_readme_quotes_what_a_full_quota_and_a_full_sqlite_write_say(tmp_pat
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_a_dry_run_and_an_append_judge_an_overlap_alike(data: st.DataObject) -> None:
-    """A dry run's check of a returning file's overlap (engine._same_file_back) and the append
+    """A dry run's check of a returning file's overlap (returning.same_file_back) and the append
     of a real run compare the mirror's bytes with the host's through one Overlap: whatever
     the mirror holds (cut short since its checkpoint, or not) and whatever the host sends
     (the overlap, another one, more or fewer bytes, in any chunks), a dry run says an append
@@ -584,8 +584,8 @@ def test_a_dry_run_and_an_append_judge_an_overlap_alike(data: st.DataObject) -> 
         )
         keep = size - start
         # The host's file ends as listed (End): shorter than the overlap, it came Short.
-        read = _OverlapRead(keep, bytearray(sent[:keep]), ended=End)
-        dry = _same_file_back(t, read, local) if len(sent) >= keep else False
+        read = OverlapRead(keep, bytearray(sent[:keep]), ended=End)
+        dry = same_file_back(t, read, local) if len(sent) >= keep else False
         try:
             writer = AppendWriter(
                 cast(Any, None), row, start, dataclasses.replace(row), local=local

@@ -50,7 +50,7 @@ from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary,
 from remote_sync.index.query import open_index, query_sessions
 from remote_sync.index.update import rebuild_index
 from remote_sync.inventory import load_inventory
-from remote_sync.mirror import engine, remote_ops, writer
+from remote_sync.mirror import commits, engine, fetch_requests, frames, remote_ops, writer
 from remote_sync.mirror.fetch_events import End, Failed
 from remote_sync.mirror.plan import OVERLAP_BYTES, Transfer
 from remote_sync.mirror.remote_ops import FetchRequest
@@ -762,15 +762,15 @@ def test_a_dropped_connection_keeps_the_whole_files_that_arrived_before_it(
     for rel in paths:
         fleet.write("h0", rel, big_session(size))
     opened: list[bytes] = []
-    real_open = engine._FrameHandler._open
+    real_open = frames.FrameHandler._open
 
-    def open_then_cut(handler: engine._FrameHandler, t: Transfer) -> Any:
+    def open_then_cut(handler: frames.FrameHandler, t: Transfer) -> Any:
         opened.append(t.remote.path)
         if len(opened) == 3:  # the first two are in: the host goes away
             fleet.stop("h0")
         return real_open(handler, t)
 
-    monkeypatch.setattr(engine._FrameHandler, "_open", open_then_cut)
+    monkeypatch.setattr(frames.FrameHandler, "_open", open_then_cut)
     code, _, events = sync(inv, dest, capsys)
     (done,) = [e for e in events if isinstance(e, HostDone)]
     assert (code, done.status) == (1, "failed"), done.error
@@ -986,14 +986,14 @@ def test_a_transcript_rewritten_in_place_between_its_pieces_is_fetched_whole(
 def _follow_up_asked(monkeypatch: pytest.MonkeyPatch) -> list[FetchRequest]:
     """Record the requests the follow-up command makes of each file it fetches."""
     asked: list[FetchRequest] = []
-    real = engine._follow_up_requests
+    real = engine.follow_up_requests
 
     def follow_up_requests(t: Transfer, piece_bytes: int) -> list[FetchRequest]:
         made = real(t, piece_bytes)
         asked.extend(made)
         return made
 
-    monkeypatch.setattr(engine, "_follow_up_requests", follow_up_requests)
+    monkeypatch.setattr(engine, "follow_up_requests", follow_up_requests)
     return asked
 
 
@@ -1090,7 +1090,7 @@ def test_a_transcript_cut_short_in_the_round_may_grow_back_by_its_listed_allowan
     in a piece, not in one read of twice that end: what grew past the piece comes with the
     next round, as an append."""
     inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch)
-    monkeypatch.setattr(engine, "FOLLOW_UP_GROWTH", 0)
+    monkeypatch.setattr(fetch_requests, "FOLLOW_UP_GROWTH", 0)
     data = _messages(70)  # about 100 KiB, mirrored
     fleet.write("h0", rel, data)
     assert sync(inv, dest, capsys)[0] == 0
@@ -1252,7 +1252,7 @@ def test_a_first_piece_left_in_the_batch_by_a_failed_commit_is_committed_by_the_
         assert sync(inv, dest, capsys)[0] == 0
     data = _messages(3 * PIECE // 1550)
     fleet.write("h0", rel, data)
-    real_finished, real_commit = engine.HostSync.finished, engine._commit
+    real_finished, real_commit = engine.HostSync.finished, engine.commit
     failed: list[bool] = []
 
     def commit(state: MirrorState, items: list[writer.Pending]) -> None:
@@ -1265,13 +1265,13 @@ def test_a_first_piece_left_in_the_batch_by_a_failed_commit_is_committed_by_the_
         if pending.piece and not failed:
             assert sync_.inflight is None
             # an earlier flush, done
-            sync_.inflight = engine._Flush(sync_.state, [], sync_.version_numbers)
+            sync_.inflight = commits.Flush(sync_.state, [], sync_.version_numbers)
             while not sync_.inflight.ready():
                 await anyio.sleep(0.01)
         await real_finished(sync_, pending)
 
     monkeypatch.setattr(engine.HostSync, "finished", finished)
-    monkeypatch.setattr(engine, "_commit", commit)
+    monkeypatch.setattr(engine, "commit", commit)
     code, _, events = sync(inv, dest, capsys)
     assert failed
     assert (code, [e.message for e in events if isinstance(e, ErrorEvent)]) == (
@@ -1282,7 +1282,7 @@ def test_a_first_piece_left_in_the_batch_by_a_failed_commit_is_committed_by_the_
     assert PIECE - 2000 < committed <= PIECE  # the first piece's lines, committed
     assert (dest / "h0" / rel).read_bytes() == data[:committed]
     monkeypatch.setattr(engine.HostSync, "finished", real_finished)
-    monkeypatch.setattr(engine, "_commit", real_commit)
+    monkeypatch.setattr(engine, "commit", real_commit)
     assert sync(inv, dest, capsys)[0] == 0
     assert (dest / "h0" / rel).read_bytes() == data
     _assert_index_is_a_rebuild(dest, tmp_path)
@@ -1472,7 +1472,7 @@ def test_a_checkpoint_made_in_its_thread_for_a_cancelled_sync_is_taken_back(
                     cancelled.set()
 
                 tg.start_soon(cancel)
-                await engine._checkpoint(Writer())  # type: ignore[arg-type]
+                await frames._checkpoint(Writer())  # type: ignore[arg-type]
                 pytest.fail("the cancel was not raised")
 
     anyio.run(main)
@@ -1663,16 +1663,16 @@ def test_a_file_given_up_in_a_piece_is_counted_failed_once_whatever_its_later_pi
     def cut() -> None:
         os.truncate(fleet.path("h0", rel), 3 * 64 * 1024)
 
-    real_handle = engine._FrameHandler.handle
+    real_handle = frames.FrameHandler.handle
 
-    async def handle(handler: engine._FrameHandler, event: object) -> None:
+    async def handle(handler: frames.FrameHandler, event: object) -> None:
         if isinstance(event, End) and handler.requests[event.index].start > 3 * 64 * 1024:
             event = Failed(event.index)  # as a read the host could not finish
         await real_handle(handler, event)
 
     monkeypatch.setattr(writer, "_put_in_place", put_in_place)
     if later == "failed":
-        monkeypatch.setattr(engine._FrameHandler, "handle", handle)
+        monkeypatch.setattr(frames.FrameHandler, "handle", handle)
     else:
         _pieces_handed(monkeypatch, rel.encode(), cut, after=1)
     code, summary, events = sync(inv, dest, capsys)
@@ -2667,12 +2667,13 @@ def mirrored_session(state: MirrorState, data: bytes) -> tuple[Path, FileState]:
 
 
 def frame_handler(state: MirrorState, t: Any, request: Any, **callbacks: Any) -> Any:
-    """A ``_FrameHandler`` of transfer ``t`` alone (asked as ``request``), fed by hand: its
+    """A ``FrameHandler`` of transfer ``t`` alone (asked as ``request``), fed by hand: its
     round, host ``h``'s, is a stand-in with what the handler uses of one (no reader nor index
     worker) and ``callbacks``, the round's methods the test watches."""
     import types
 
-    from remote_sync.mirror.engine import HostRound, _FrameHandler
+    from remote_sync.mirror.engine import HostRound
+    from remote_sync.mirror.frames import FrameHandler
 
     sync = types.SimpleNamespace(
         state=state,
@@ -2681,10 +2682,10 @@ def frame_handler(state: MirrorState, t: Any, request: Any, **callbacks: Any) ->
         worker=None,
         result=HostRound("h"),
         ends={},
-        _progress_within_file=lambda: None,
+        progress_within_file=lambda: None,
         **callbacks,
     )
-    return _FrameHandler(sync, [t], [request], follow_up=False)  # type: ignore[arg-type]
+    return FrameHandler(sync, [t], [request], follow_up=False)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("ending", ["short", "changed", "failed"])
@@ -2712,7 +2713,7 @@ def test_a_fetch_that_ends_badly_commits_nothing(tmp_path: Path, ending: str) ->
             state,
             t,
             t.request(),
-            _fail=lambda path, message, kind, hint: failures.append((path, message, kind)),
+            fail=lambda path, message, kind, hint: failures.append((path, message, kind)),
         )
         anyio.run(handler.handle_all, events)
         assert handler.again == ([] if ending == "failed" else [t])
@@ -2744,7 +2745,7 @@ def test_a_transcript_compacted_by_rename_during_its_read_keeps_every_line_read(
     append(fleet, "h0", rel, session_bytes(rng, 2000, start=200, size=3000))  # ~6 MB more
     before = path.read_bytes()
     compacted = session_bytes(random.Random(78), 300, size=3000)
-    real = engine._FrameHandler.handle
+    real = frames.FrameHandler.handle
     replaced: list[bool] = []
 
     async def handle(self, event):  # type: ignore[no-untyped-def]
@@ -2754,11 +2755,11 @@ def test_a_transcript_compacted_by_rename_during_its_read_keeps_every_line_read(
             replaced.append(True)
         await real(self, event)
 
-    monkeypatch.setattr(engine._FrameHandler, "handle", handle)
+    monkeypatch.setattr(frames.FrameHandler, "handle", handle)
     code, summary, events = sync(inv, dest, capsys)
     assert replaced and code == 0, [e for e in events if isinstance(e, ErrorEvent)]
     assert (dest / "h0" / rel).read_bytes() == before
-    monkeypatch.setattr(engine._FrameHandler, "handle", real)
+    monkeypatch.setattr(frames.FrameHandler, "handle", real)
     code, summary, _ = sync(inv, dest, capsys)
     assert code == 0 and summary.files.rewritten == 1
     assert (dest / "h0" / rel).read_bytes() == compacted
@@ -3469,7 +3470,7 @@ def small_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(remote_ops, "FETCH_ITEM_SLACK", 16 * 1024, raising=False)
     monkeypatch.setattr(remote_ops, "FETCH_GROWTH_SLACK", 0, raising=False)
     monkeypatch.setattr(remote_ops, "MAX_LISTING_FILES", 2000, raising=False)
-    monkeypatch.setattr(engine, "FOLLOW_UP_GROWTH", 0, raising=False)
+    monkeypatch.setattr(fetch_requests, "FOLLOW_UP_GROWTH", 0, raising=False)
 
 
 # The stand-ins send their extra output, then keep the command open without a word: without
@@ -3712,7 +3713,7 @@ def test_a_read_that_fails_closes_its_connection_and_the_next_one_sees_the_commi
     closed: list[MirrorState] = []
 
     async def run() -> None:
-        async with engine._opened(state) as writes:
+        async with commits.opened(state) as writes:
 
             def failing() -> None:
                 with writes.reading() as reader:
@@ -3728,17 +3729,17 @@ def test_a_read_that_fails_closes_its_connection_and_the_next_one_sees_the_commi
                     raise OSError("read failed")
 
             with pytest.raises(OSError, match="read failed"):
-                await engine.in_thread(failing)
+                await commits.in_thread(failing)
             assert len(closed) == 1
 
             def read() -> tuple[MirrorState, list[bytes]]:
                 with writes.reading() as reader:
                     return reader, list(reader.host_files("h"))
 
-            first, found = await engine.in_thread(read)
+            first, found = await commits.in_thread(read)
             assert first is not closed[0] and found == []
             await writes.run(lambda s: s.commit([row]))
-            again, found = await engine.in_thread(read)
+            again, found = await commits.in_thread(read)
             assert again is first and found == [b"a.jsonl"]
         assert first._db is None  # closed with the run
 

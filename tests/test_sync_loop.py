@@ -34,7 +34,8 @@ from synchelp import (
 from remote_sync import api
 from remote_sync.events import Summary
 from remote_sync.inventory import load_inventory
-from remote_sync.mirror import engine
+from remote_sync.mirror import commits, engine, frames
+from remote_sync.mirror import fleet as fleet_run
 from remote_sync.mirror.remote_ops import ListingParser
 from remote_sync.mirror.state import MirrorState
 
@@ -66,7 +67,7 @@ class HeavySteps:
         self.held = False  # a step held the loop: the next ones need not wait as long
         steps: list[tuple[object, str]] = [
             (MirrorState, "open"),
-            (engine, "copy_state"),
+            (fleet_run, "copy_state"),
             (MirrorState, "recover"),
             (MirrorState, "host_files"),
             (MirrorState, "set_host"),
@@ -158,15 +159,15 @@ def test_the_frames_of_a_chunk_are_handled_letting_other_tasks_run(
 ) -> None:
     """A chunk of small files is hundreds of files to create, write and finish in one go
     (150-300 ms at 20,000 files): the other tasks run between its events."""
-    monkeypatch.setattr(engine, "YIELD_SECONDS", 0.0, raising=False)  # after every event
+    monkeypatch.setattr(frames, "YIELD_SECONDS", 0.0, raising=False)  # after every event
     ticker = Ticker()
     ticks_at: list[int] = []
 
-    async def handle(self: engine._FrameHandler, event: object) -> None:
+    async def handle(self: frames.FrameHandler, event: object) -> None:
         ticks_at.append(ticker.ticks)
 
-    monkeypatch.setattr(engine._FrameHandler, "handle", handle)
-    handler = engine._FrameHandler(types.SimpleNamespace(), [], [], follow_up=False)  # type: ignore[arg-type]
+    monkeypatch.setattr(frames.FrameHandler, "handle", handle)
+    handler = frames.FrameHandler(types.SimpleNamespace(), [], [], follow_up=False)  # type: ignore[arg-type]
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
@@ -193,7 +194,7 @@ def test_a_step_in_a_worker_thread_ends_before_a_cancel_of_its_task_goes_on() ->
         log.append("step done")
 
     async def main() -> None:
-        task = asyncio.ensure_future(engine.in_thread(step))
+        task = asyncio.ensure_future(commits.in_thread(step))
         while not started.is_set():
             await asyncio.sleep(0.001)
         task.cancel()

@@ -166,7 +166,7 @@ async def _sync_main(
     import anyio
 
     from ..cancel import CancelRegistry
-    from ..mirror.engine import sync_fleet
+    from ..mirror.fleet import sync_fleet
 
     registry = CancelRegistry()
     heeded = heeded_signals()

@@ -42,7 +42,7 @@ from synchelp import make_openclaw_tree, write_inventory
 from test_sessions_cli import NOW, make_mirror, openclaw_session
 
 import remote_sync
-from remote_sync import api
+from remote_sync import api, apicall, sessionread
 from remote_sync.cancel import CancelRegistry
 from remote_sync.cli import main
 from remote_sync.errors import (
@@ -767,7 +767,7 @@ async def test_a_host_read_checks_its_tuning_once(monkeypatch: pytest.MonkeyPatc
     pool twice: once themselves, then again among the checks of every call that reaches
     hosts. Once now, as in sync; a read of a mirror checks them once too."""
     calls: list[str] = []
-    real = api._checked_tuning
+    real = apicall.checked_tuning
 
     def counted(**tuning: Any) -> Any:
         calls.append("checked")
@@ -780,9 +780,11 @@ async def test_a_host_read_checks_its_tuning_once(monkeypatch: pytest.MonkeyPatc
     async def no_show(*args: Any) -> Any:
         raise ConfigError("not read: the test stops here")
 
-    monkeypatch.setattr(api, "_checked_tuning", counted)
-    monkeypatch.setattr(api, "_remote_sessions", no_listing)
-    monkeypatch.setattr(api, "_read_remote", no_show)
+    # Counted where each caller looks it up: the entry points' own calls, and reaching_hosts'.
+    monkeypatch.setattr(api, "checked_tuning", counted)
+    monkeypatch.setattr(apicall, "checked_tuning", counted)
+    monkeypatch.setattr(api, "remote_sessions", no_listing)
+    monkeypatch.setattr(api, "read_remote", no_show)
     assert await api.list_sessions(remote=True, hosts=[nowhere()], idle_timeout=5) == []
     assert calls == ["checked"]
     calls.clear()
@@ -1612,14 +1614,14 @@ async def test_a_mirror_listing_cancelled_from_its_emit_stops_at_that_event(
     index before the cancel was seen. Now the cancel acts at once: no batch is handed over
     and no further row is read; the error and the end are reported as for any cancel."""
     pulled: list[query.SessionRow] = []
-    real_query = api.query_sessions
+    real_query = sessionread.query_sessions
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         for row in real_query(*args, **kwargs):
             pulled.append(row)
             yield row
 
-    monkeypatch.setattr(api, "query_sessions", counting)
+    monkeypatch.setattr(sessionread, "query_sessions", counting)
     registry = CancelRegistry()
     events: list[Any] = []
 

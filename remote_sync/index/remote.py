@@ -13,9 +13,10 @@ goes (a header naming the file and its mtime, its bytes, an end mark). Each file
 into facts while it streams and dropped when its end mark arrives; batches are yielded as
 sessions complete. Nothing is kept per file (no listing, no request list, no stdin built up
 front), so memory does not grow with the number of sessions; the stream's own buffers are
-bounded by :data:`LIST_CHUNK` here and by the pool's channel window (``api`` opens its pool
-with :data:`LIST_WINDOW`). A session without timestamps gets the same ``class`` as over a
-mirror's index: its mtime is the one the mirror's listing records.
+bounded by :data:`LIST_CHUNK` here and by the pool's channel window
+(:mod:`remote_sync.sessionread` opens its pool with :data:`LIST_WINDOW`). A session without
+timestamps gets the same ``class`` as over a mirror's index: its mtime is the one the
+mirror's listing records.
 
 A root the host cannot enter fails a listing and a show as it fails a sync: a second command,
 only then, names the other agents' roots the host has (:mod:`remote_sync.mirror.root_probe`).

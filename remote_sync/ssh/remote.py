@@ -80,7 +80,7 @@ def check_concurrency(concurrency: int) -> None:
     """The CLI's ``--concurrency`` checked, by ``sync`` and ``sessions list --remote`` and by
     the agent for a request (which its client sent unchecked), in the same words: a
     :class:`~remote_sync.errors.ConfigError` below 1 (exit 2). The library's callers are
-    checked apart, as an argument (``api._checked_tuning``)."""
+    checked apart, as an argument (``apicall.checked_tuning``)."""
     if concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
 

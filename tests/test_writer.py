@@ -4,6 +4,7 @@ commit, in a fraction of the memory."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import io
@@ -27,6 +28,7 @@ from remote_sync.formats.readers import get_reader
 from remote_sync.index.facts import INT64_MAX, INT64_MIN, SessionFacts
 from remote_sync.index.store import IndexRows, ensure_schema
 from remote_sync.index.update import FileIndexer, IndexUpdate
+from remote_sync.mirror import writer as writer_module
 from remote_sync.mirror.state import FileState, MirrorState
 from remote_sync.mirror.writer import AppendWriter, WholeWriter, discard
 
@@ -331,3 +333,35 @@ def test_a_file_whose_buffered_bytes_meet_an_io_error_is_cut_back_by_its_abort(
         assert local.stat().st_size == len(old) + len(new) // 2  # half reached the file
         writer.abort()
         assert local.read_bytes() == old
+
+
+def test_an_append_whose_overlap_cannot_be_read_closes_the_mirrored_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append whose read of the mirrored file's overlap fails (an I/O error) raises a
+    MirrorError naming the file, and leaves the file closed: its handle was only let go
+    with the half-made writer, which the error's traceback holds for as long as the error
+    is kept (a ResourceWarning when it went)."""
+    with MirrorState(tmp_path / "m") as state:
+        state.recover()
+        path = b"d/f.jsonl"
+        row = _mirrored(state, path, b'{"a":1}\n')
+        local = os.fspath(state.local_path("h0", path))
+
+        def open_on_the_file() -> list[str]:
+            fds = Path("/proc/self/fd")
+            found = []
+            for fd in fds.iterdir():
+                with contextlib.suppress(OSError):  # the listing's own descriptor, gone
+                    if os.readlink(fd) == local:
+                        found.append(fd.name)
+            return found
+
+        def failing_read(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(writer_module.Overlap, "read", failing_read)
+        with pytest.raises(MirrorError, match=r"h0: d/f\.jsonl: .*Input/output error") as e:
+            AppendWriter(state, row, 0, replace(row))
+        assert isinstance(e.value.__cause__, OSError)
+        assert open_on_the_file() == []

@@ -524,12 +524,18 @@ class AppendWriter(_LineWriter):
         self.local = local or state.local_path(row.host, row.path)
         try:
             self.handle = open(self.local, "r+b")  # noqa: SIM115 (kept until flush)
+        except OSError as exc:
+            raise _mirror_error(exc, self.host, self.path, "open the mirrored file") from exc
+        try:
             # The file's first KiB, for the host's digest of it after the read: the mirror's
             # (committed, unchanged by this append), or the first bytes received.
             self.head_from_data = keep_head and start == 0
             self.overlap = Overlap.read(self.handle, row.size, start, head=keep_head and start > 0)
             self.head = bytearray(self.overlap.head)
         except OSError as exc:
+            # Closed here: the error's traceback holds this writer, and with it the file,
+            # for as long as the error is kept.
+            self.handle.close()
             raise _mirror_error(exc, self.host, self.path, "open the mirrored file") from exc
         except RewriteDetected:  # cut short since recovery: fetched whole instead
             self.handle.close()

@@ -1018,7 +1018,7 @@ def summarize_profile(stats: pstats.Stats, top: int = 25) -> dict[str, Any]:
     return {
         "profiled_total_s": total,
         "imports_s": imports,
-        "frame_parser_feed_s": cum(find("remote_sync/mirror/remote_ops.py", "feed")),
+        "frame_parser_feed_s": cum(find("remote_sync/mirror/fetch_frames.py", "feed")),
         "index_entry_cum_s": entry,
         "index_total_s": index_total,
         "index_share": index_total / total if total else 0.0,

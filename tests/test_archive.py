@@ -23,18 +23,11 @@ from hypothesis import strategies as st
 from test_remote_ops import END, MB, Merged, check_data_bounds, feed_frames, merge
 
 from remote_sync.errors import ProtocolError, TooMuchOutputError
-from remote_sync.mirror import remote_ops
+from remote_sync.mirror import fetch_frames
 from remote_sync.mirror.archive import BLOCK, parse_header
-from remote_sync.mirror.remote_ops import (
-    Begin,
-    Data,
-    End,
-    FetchRequest,
-    FrameEvent,
-    FrameParser,
-    Short,
-    fetch_stdin,
-)
+from remote_sync.mirror.fetch_events import Begin, Data, End, FrameEvent, Short
+from remote_sync.mirror.fetch_frames import FetchRequest, FrameParser
+from remote_sync.mirror.remote_ops import fetch_stdin
 from remote_sync.mirror.state import FileState, MirrorState
 from remote_sync.mirror.writer import WholeWriter, discard
 
@@ -405,8 +398,8 @@ def test_zero_blocks_after_an_archive_are_refused_past_the_budget(
     as FETCH_ITEM_SLACK's comment says; a tar that goes on sending zero blocks after the
     archive's end is read up to the budget and refused one block past it, however the
     output is cut, where it used to be read for ever."""
-    monkeypatch.setattr(remote_ops, "FETCH_ITEM_SLACK", 20 * 1024)
-    monkeypatch.setattr(remote_ops, "FETCH_GROWTH_SLACK", 0)
+    monkeypatch.setattr(fetch_frames, "FETCH_ITEM_SLACK", 20 * 1024)
+    monkeypatch.setattr(fetch_frames, "FETCH_GROWTH_SLACK", 0)
     entries = [(path, b"x" * (size - 1) + b"\n" if size else b"") for path, size in files]
     requests = [
         FetchRequest(path, 0, max(1, len(body)), archive=True, check=checked)
@@ -416,7 +409,7 @@ def test_zero_blocks_after_an_archive_are_refused_past_the_budget(
     digest = MB + b" K md5:" + b"0" * 32 + b" 18446744073709551615" * len(entries) + b"\n"
     after = END + (digest if checked else b"")
     head = (MB + b" T\n") * len(entries) + MB + b" A\n" + tar
-    budget = remote_ops.fetch_budget(requests)
+    budget = fetch_frames.fetch_budget(requests)
     room = budget - len(head) - len(after)
     assert room >= 0
     blocks = {"none": 0, "fits": room // BLOCK, "one block too many": room // BLOCK + 1}[extra]
@@ -439,7 +432,7 @@ def test_more_than_asked_is_refused_naming_the_host_and_the_file(
 ) -> None:
     """An entry nobody asked for is read past, and a range's bytes past its length are
     not data: either, of any size, ends at the budget, naming the file being read."""
-    monkeypatch.setattr(remote_ops, "FETCH_GROWTH_SLACK", 0)
+    monkeypatch.setattr(fetch_frames, "FETCH_GROWTH_SLACK", 0)
     if where == "unasked entry":
         requests = [FetchRequest(b"asked.jsonl", 0, 10, archive=True)]
         tar = tar_bytes([(b"other", bytes(1 << 20)), (b"asked.jsonl", b"123456789\n")])
@@ -449,7 +442,7 @@ def test_more_than_asked_is_refused_naming_the_host_and_the_file(
         # Long enough that no end line is found where the parser looks for one first.
         stream = MB + b" B\n" + bytes(1 << 20) + END
     parser = FrameParser("kitchen", MB, requests)
-    assert parser.budget == 10 + remote_ops.FETCH_ITEM_SLACK
+    assert parser.budget == 10 + fetch_frames.FETCH_ITEM_SLACK
     with pytest.raises(ProtocolError) as raised:
         for at in range(0, len(stream), 16384):
             parser.feed(stream[at : at + 16384])

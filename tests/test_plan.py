@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from remote_sync.mirror.listing import RemoteFile
 from remote_sync.mirror.plan import (
     MIN_OVERLAP_BYTES,
     MIN_PIECE_BYTES,
@@ -15,7 +16,6 @@ from remote_sync.mirror.plan import (
     make_plan,
     overlap_for,
 )
-from remote_sync.mirror.remote_ops import RemoteFile
 from remote_sync.mirror.state import FileState
 
 

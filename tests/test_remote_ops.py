@@ -34,21 +34,15 @@ from hypothesis import strategies as st
 from sshfleet import SSHFleet
 
 from remote_sync.errors import ConfigError, ProtocolError, RemoteCommandError, TooMuchOutputError
+from remote_sync.mirror import listing as listing_module
 from remote_sync.mirror import remote_ops
 from remote_sync.mirror.digests import Digest, Hasher
+from remote_sync.mirror.fetch_events import Begin, Data, FrameEvent, HeadDigest, Short
+from remote_sync.mirror.fetch_frames import FetchRequest, FrameParser
+from remote_sync.mirror.listing import MAX_LISTING_RECORD, ListingParser, RemoteFile
 from remote_sync.mirror.plan import Transfer
 from remote_sync.mirror.remote_ops import (
-    MAX_LISTING_RECORD,
     PROBE_TOOLS,
-    Begin,
-    Data,
-    FetchRequest,
-    FrameEvent,
-    FrameParser,
-    HeadDigest,
-    ListingParser,
-    RemoteFile,
-    Short,
     fetch_argv,
     fetch_stdin,
     listing_argv,
@@ -539,7 +533,7 @@ def test_a_listing_of_more_files_than_the_bound_is_refused_naming_the_globs(
     """A host that prints records without end (a broken find, a hostile host) would hold
     its round, and the client's memory, for ever: past MAX_LISTING_FILES records the
     listing is refused, however it is cut or compressed; up to it, it is read whole."""
-    monkeypatch.setattr(remote_ops, "MAX_LISTING_FILES", 6)
+    monkeypatch.setattr(listing_module, "MAX_LISTING_FILES", 6)
     plain = b"".join(b"5 6 7 %d\n./s%d.jsonl\x00" % (i, i) for i in range(count))
     sent = gzip.compress(plain) if compressed else plain
     parser = ListingParser("h9", trailer=True)
@@ -568,7 +562,7 @@ def test_a_listing_of_more_bytes_than_the_bound_is_refused(
 ) -> None:
     """Bytes are bounded too, as they came (compressed bytes that inflate to nothing, empty
     deflate blocks, are bytes all the same) and inflated."""
-    monkeypatch.setattr(remote_ops, "MAX_LISTING_BYTES", 4096)
+    monkeypatch.setattr(listing_module, "MAX_LISTING_BYTES", 4096)
     record = b"5 6 7 8\n./" + b"d/" * 40 + b"s.jsonl\x00"
     plain = record * (4096 // len(record))
     parser = ListingParser("h", trailer=True)
@@ -600,7 +594,7 @@ def test_a_compressed_listing_longer_than_an_inflate_step_ends_at_its_end_line(
         b"300 1767225600.0000000000 2049 %d\n./agents/main/sessions/s%06d.jsonl\x00" % (i, i)
         for i in range(20_000)
     )
-    assert len(plain) > remote_ops._INFLATE_STEP
+    assert len(plain) > listing_module._INFLATE_STEP
     sent = gzip.compress(plain) + b"L 0 0\nFRAMES"
     parser = ListingParser("h", trailer=True)
     pieces = [sent] if cut is None else [sent[:cut], sent[cut:]]
@@ -2323,14 +2317,14 @@ def test_the_paths_find_could_not_read_are_taken_from_its_messages() -> None:
         b"find: ./raw: name\r: Permission denied\n"
         b"remote-sync: start point ./l is a symbolic link to a directory: skipped\n"
     )
-    unread, other = remote_ops.unread_paths(messages)
+    unread, other = listing_module.unread_paths(messages)
     assert unread == [
         (b"a/sessions", "Permission denied"),
         (b"it's \xc3\xa9\n\\x", "Permission denied"),
         (b"raw: name\r", "Permission denied"),
     ]
     assert other == ["remote-sync: start point ./l is a symbolic link to a directory: skipped"]
-    assert remote_ops.unread_paths(b"") == ([], [])
+    assert listing_module.unread_paths(b"") == ([], [])
 
 
 def test_a_message_cut_by_the_kept_tail_is_not_read_as_a_path() -> None:
@@ -2340,8 +2334,8 @@ def test_a_message_cut_by_the_kept_tail_is_not_read_as_a_path() -> None:
     line = b"find: './agents/a%03d/sessions': Permission denied\n"
     messages = b"".join(line % i for i in range(200))
     kept = messages[-STDERR_TAIL_BYTES:]
-    unread, other = remote_ops.unread_paths(kept)
-    assert other == [remote_ops._EARLIER_NOT_KEPT]
+    unread, other = listing_module.unread_paths(kept)
+    assert other == [listing_module._EARLIER_NOT_KEPT]
     assert unread[-1] == (b"agents/a199/sessions", "Permission denied")
     assert len(unread) == kept.count(b"\n") - 1  # every whole message kept, none cut
 

@@ -49,7 +49,8 @@ from remote_sync.index.remote_scripts import list_argv, show_argv
 from remote_sync.index.remote_show import read_remote_session
 from remote_sync.index.show import show_session
 from remote_sync.inventory import Host, Source, load_inventory
-from remote_sync.mirror import remote_ops
+from remote_sync.mirror import fetch_frames
+from remote_sync.mirror import listing as listing_module
 from remote_sync.mirror.remote_ops import new_marker
 from remote_sync.ssh.endpoint import Endpoint
 from remote_sync.ssh.pool import PoolSettings, SSHPool
@@ -171,8 +172,8 @@ def test_frame_bounds_hold_however_the_output_is_cut(
             over = i
             break
     with (
-        patch.object(remote_ops, "MAX_LISTING_FILES", max_files),
-        patch.object(remote_ops, "FETCH_GROWTH_SLACK", growth),
+        patch.object(listing_module, "MAX_LISTING_FILES", max_files),
+        patch.object(fetch_frames, "FETCH_GROWTH_SLACK", growth),
     ):
         parser = FrameStream("h", m, "kept")
     ends: list[Header] = []
@@ -230,10 +231,10 @@ def test_a_remote_listing_holds_every_file_a_syncs_listing_holds(
         else:
             remote += m + b" U %s\0" % path
     with (
-        patch.object(remote_ops, "MAX_LISTING_BYTES", len(sync)),
-        patch.object(remote_ops, "FETCH_GROWTH_SLACK", 0),
+        patch.object(listing_module, "MAX_LISTING_BYTES", len(sync)),
+        patch.object(fetch_frames, "FETCH_GROWTH_SLACK", 0),
     ):
-        listing = remote_ops.ListingParser("h")
+        listing = listing_module.ListingParser("h")
         parser = FrameStream("h", m, "kept")
     assert len(listing.feed(sync)) == len(files)  # the sync's listing is within the bound
     listing.close()
@@ -252,7 +253,7 @@ def test_a_show_past_the_file_bound_says_so_in_a_shows_words() -> None:
     the id (or its path). A listing past the bound keeps its own words."""
     m = new_marker().encode()
     out = b"".join(m + b" C ./agents/s%d.jsonl\0" % i for i in range(3))
-    with patch.object(remote_ops, "MAX_LISTING_FILES", 2):
+    with patch.object(listing_module, "MAX_LISTING_FILES", 2):
         show, listing = FrameStream("h", m), FrameStream("h", m, "the rest is listed")
     assert len(show.feed(out)) == 2
     with pytest.raises(TooMuchOutputError) as shown_error:

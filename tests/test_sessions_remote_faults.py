@@ -34,7 +34,8 @@ from remote_sync.errors import (
 from remote_sync.index import remote as remote_module
 from remote_sync.index import remote_scripts
 from remote_sync.inventory import load_inventory
-from remote_sync.mirror import engine, remote_ops
+from remote_sync.mirror import engine, fetch_frames
+from remote_sync.mirror import listing as listing_module
 
 SESSIONS = "agents/main/sessions"
 
@@ -611,8 +612,8 @@ def test_a_listing_message_naming_no_path_reads_alike_in_sync_and_listing(
 def small_bounds(monkeypatch: pytest.MonkeyPatch, files: int = 40) -> None:
     """The bounds a sync's output has, made small so that a test passes them in a blink
     (raising=False: the base code, without them, runs the test and shows what it did)."""
-    monkeypatch.setattr(remote_ops, "MAX_LISTING_FILES", files, raising=False)
-    monkeypatch.setattr(remote_ops, "FETCH_GROWTH_SLACK", 64 * 1024, raising=False)
+    monkeypatch.setattr(listing_module, "MAX_LISTING_FILES", files, raising=False)
+    monkeypatch.setattr(fetch_frames, "FETCH_GROWTH_SLACK", 64 * 1024, raising=False)
 
 
 # A stand-in cat that, after the file named endless.jsonl, keeps sending valid output (forged
@@ -695,8 +696,8 @@ def test_a_listing_within_the_bounds_is_whole_and_one_file_more_is_refused(
     for name in (h0, h1):
         for i in range(300):
             fleet.write(name, f"{SESSIONS}/s{i:03d}.jsonl", one)
-    monkeypatch.setattr(remote_ops, "MAX_LISTING_FILES", 300, raising=False)
-    monkeypatch.setattr(remote_ops, "FETCH_GROWTH_SLACK", 0, raising=False)
+    monkeypatch.setattr(listing_module, "MAX_LISTING_FILES", 300, raising=False)
+    monkeypatch.setattr(fetch_frames, "FETCH_GROWTH_SLACK", 0, raising=False)
     hosts = load_inventory(write_inventory(fleet, tmp_path / "inv.toml", [h0, h1])).hosts
     errors: list[RemoteSyncError] = []
     rows = anyio.run(lambda: api.list_sessions(remote=True, hosts=hosts, errors=errors))

@@ -16,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remote_sync.errors import DestinationError, MirrorError, StateError
+from remote_sync.mirror.fetch_events import End
+from remote_sync.mirror.listing import RemoteFile
 from remote_sync.mirror.plan import Transfer
-from remote_sync.mirror.remote_ops import End, RemoteFile
 from remote_sync.mirror.returning import OverlapRead, same_file_back
 from remote_sync.mirror.state import (
     FINGERPRINT_BYTES,

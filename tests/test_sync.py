@@ -50,10 +50,19 @@ from remote_sync.events import ErrorEvent, HostDone, Planned, Progress, Summary,
 from remote_sync.index.query import open_index, query_sessions
 from remote_sync.index.update import rebuild_index
 from remote_sync.inventory import load_inventory
-from remote_sync.mirror import commits, engine, fetch_requests, frames, remote_ops, writer
+from remote_sync.mirror import (
+    commits,
+    engine,
+    fetch_frames,
+    fetch_requests,
+    frames,
+    remote_ops,
+    writer,
+)
+from remote_sync.mirror import listing as listing_module
 from remote_sync.mirror.fetch_events import End, Failed
+from remote_sync.mirror.fetch_frames import FetchRequest
 from remote_sync.mirror.plan import OVERLAP_BYTES, Transfer
-from remote_sync.mirror.remote_ops import FetchRequest
 from remote_sync.mirror.state import (
     FINGERPRINT_BYTES,
     FileState,
@@ -2694,8 +2703,8 @@ def test_a_fetch_that_ends_badly_commits_nothing(tmp_path: Path, ending: str) ->
     Short is fetched again once; a whole file that grew (Changed) is fetched again; a read
     that failed on the host (Failed) is that file's error. Nothing of them is written."""
     from remote_sync.mirror.fetch_events import Begin, Changed, Data, Failed, Short
+    from remote_sync.mirror.listing import RemoteFile
     from remote_sync.mirror.plan import Transfer
-    from remote_sync.mirror.remote_ops import RemoteFile
 
     data = session_bytes(random.Random(13), 10)
     failures: list[tuple[bytes, str, str]] = []
@@ -2912,8 +2921,8 @@ def test_a_checked_file_is_committed_only_once_its_head_digest_agrees(
     cannot hash), else dropped and fetched whole again, its mirrored copy as it was."""
     from remote_sync.mirror.digests import Algorithm, Digest, Hasher
     from remote_sync.mirror.fetch_events import Begin, Data, End, HeadDigest
+    from remote_sync.mirror.listing import RemoteFile
     from remote_sync.mirror.plan import Transfer
-    from remote_sync.mirror.remote_ops import RemoteFile
 
     rng = random.Random(15)
     old = session_bytes(rng, 10)
@@ -3467,9 +3476,9 @@ def one_host_tools(
 def small_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     """The output bounds made small, so a test goes past them in a blink (raising=False: the
     base code, without them, runs the test and shows what it did)."""
-    monkeypatch.setattr(remote_ops, "FETCH_ITEM_SLACK", 16 * 1024, raising=False)
-    monkeypatch.setattr(remote_ops, "FETCH_GROWTH_SLACK", 0, raising=False)
-    monkeypatch.setattr(remote_ops, "MAX_LISTING_FILES", 2000, raising=False)
+    monkeypatch.setattr(fetch_frames, "FETCH_ITEM_SLACK", 16 * 1024, raising=False)
+    monkeypatch.setattr(fetch_frames, "FETCH_GROWTH_SLACK", 0, raising=False)
+    monkeypatch.setattr(listing_module, "MAX_LISTING_FILES", 2000, raising=False)
     monkeypatch.setattr(fetch_requests, "FOLLOW_UP_GROWTH", 0, raising=False)
 
 

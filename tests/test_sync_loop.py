@@ -36,7 +36,7 @@ from remote_sync.events import Summary
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import commits, engine, frames
 from remote_sync.mirror import fleet as fleet_run
-from remote_sync.mirror.remote_ops import ListingParser
+from remote_sync.mirror.listing import ListingParser
 from remote_sync.mirror.state import MirrorState
 
 #: How long a step waits for another task to run before it concludes that it holds the event

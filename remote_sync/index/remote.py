@@ -21,7 +21,7 @@ mirror's listing records.
 A root the host cannot enter fails a listing and a show as it fails a sync: a second command,
 only then, names the other agents' roots the host has (:mod:`remote_sync.mirror.root_probe`).
 Each directory ``find`` cannot read makes a listing fail with an error naming it, as a
-sync's (``remote_ops.listing_errors``), and so does each session file the host cannot read,
+sync's (``listing.listing_errors``), and so does each session file the host cannot read,
 of the kind a sync gives it (``permission_denied``). Past a bound on the host's output
 (:class:`~remote_sync.index.remote_frames.FrameStream`), a listing ends with a
 :class:`~remote_sync.errors.TooMuchOutputError` after yielding the sessions it sent whole.
@@ -52,7 +52,8 @@ from ..errors import (
 )
 from ..formats.readers import get_reader
 from ..inventory import Host
-from ..mirror.remote_ops import EXIT_ROOT_UNUSABLE, listing_errors, new_marker
+from ..mirror.listing import listing_errors
+from ..mirror.remote_ops import EXIT_ROOT_UNUSABLE, new_marker
 from ..mirror.root_probe import probed_root_error
 from ..ssh.pool import SSHPool
 from ..ssh.remote import IDLE_TIMEOUT

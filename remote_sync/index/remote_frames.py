@@ -16,11 +16,11 @@ Output frames (``M`` is the marker, ``\\0`` a NUL byte)::
     M K <start>\\n  <bytes>  M E\\n                 show: the block from <start> to the previous
 
 A host's output is bounded as a sync's is (:class:`FrameStream`, with the constants of
-:mod:`remote_sync.mirror.remote_ops`): as many files and header bytes as a sync's listing
-may hold, and of the files' bytes the sizes the host gave in the headers plus room once for
-growth while read. Past a bound, a host's listing ends with a :class:`TooMuchOutputError`
-after yielding the sessions it sent whole; a show ends with it. The idle timeout alone would
-let a host that keeps sending go on for ever.
+:mod:`remote_sync.mirror.listing` and :mod:`remote_sync.mirror.fetch_frames`): as many files
+and header bytes as a sync's listing may hold, and of the files' bytes the sizes the host
+gave in the headers plus room once for growth while read. Past a bound, a host's listing
+ends with a :class:`TooMuchOutputError` after yielding the sessions it sent whole; a show
+ends with it. The idle timeout alone would let a host that keeps sending go on for ever.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ProtocolError, TooMuchOutputError, path_text
-from ..mirror import remote_ops
-from ..mirror.remote_ops import listing_too_much
+from ..mirror import fetch_frames, listing
+from ..mirror.listing import listing_too_much
 
 __all__ = ["LISTING", "FrameStream", "Header"]
 
@@ -80,7 +80,7 @@ class FrameStream:
     possible split marker or header is kept. Anything else where a header is expected is a
     :class:`ProtocolError` naming the host (and the file of the last header).
 
-    The output is bounded as a sync's is (:mod:`remote_sync.mirror.remote_ops`): at most
+    The output is bounded as a sync's is (:mod:`remote_sync.mirror.listing`): at most
     ``MAX_LISTING_FILES`` path headers (``F``, ``U``, ``C``: the files found) and
     ``MAX_LISTING_BYTES`` bytes of headers, as a host's listing; file bytes at most the sizes
     the ``F`` and ``S`` headers gave, plus ``FETCH_GROWTH_SLACK`` once for files that grow
@@ -125,11 +125,11 @@ class FrameStream:
         self._outcome = outcome
         self._files = 0  # path headers so far
         self._header_bytes = 0
-        self._max_files = remote_ops.MAX_LISTING_FILES
-        self._max_bytes = remote_ops.MAX_LISTING_BYTES
+        self._max_files = listing.MAX_LISTING_FILES
+        self._max_bytes = listing.MAX_LISTING_BYTES
         self._data = 0  # file bytes so far: at most _sizes + _slack
         self._sizes = 0  # the sizes the headers gave
-        self._slack = remote_ops.FETCH_GROWTH_SLACK
+        self._slack = fetch_frames.FETCH_GROWTH_SLACK
         self._over: TooMuchOutputError | None = None
 
     def check(self) -> None:

@@ -45,7 +45,8 @@ from ..errors import (
 )
 from ..formats.readers import get_reader
 from ..inventory import Host
-from ..mirror.remote_ops import UNREAD_HINT, new_marker, unread_paths
+from ..mirror.listing import UNREAD_HINT, unread_paths
+from ..mirror.remote_ops import new_marker
 from ..ssh.pool import SSHPool
 from ..ssh.remote import IDLE_TIMEOUT
 from .facts import FormatReader, Message

@@ -47,7 +47,7 @@ from ..errors import ProtocolError, path_text
 from .fetch_events import Begin, Data, End, FrameEvent, Short, scan_region
 
 if TYPE_CHECKING:
-    from .remote_ops import FetchRequest
+    from .fetch_frames import FetchRequest
 
 __all__ = ["MAX_META", "ArchiveReader", "parse_header"]
 

@@ -70,22 +70,19 @@ from ..ssh.pool import PoolSettings, SSHPool
 from ..ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 from ..ssh.stream import RemoteStream, exec_streaming
 from .commits import Flush, StateWrites, commit, cut_back, in_thread
+from .fetch_events import End, Gone
+from .fetch_frames import FrameParser
 from .fetch_requests import follow_up_requests, owned, requests_of
 from .frames import FrameHandler
+from .listing import ListingParser, RemoteFile, listing_errors
 from .plan import MIN_PIECE_BYTES, Category, Plan, Transfer, make_plan
 from .remote_ops import (
     BATCH_BYTES,
     EXIT_ROOT_UNUSABLE,
     PROBE_TOOLS,
-    End,
-    FrameParser,
-    Gone,
-    ListingParser,
-    RemoteFile,
     fetch_argv,
     fetch_stdin,
     listing_end_marker,
-    listing_errors,
     new_marker,
     round_argv,
     round_fetch_stdin,

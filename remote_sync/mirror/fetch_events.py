@@ -1,6 +1,6 @@
 """The events a fetch stream is parsed into, and the search for a frame's end line.
 
-Shared by the frame parser (:mod:`remote_sync.mirror.remote_ops`) and the archive reader
+Shared by the frame parser (:mod:`remote_sync.mirror.fetch_frames`) and the archive reader
 (:mod:`remote_sync.mirror.archive`): whichever way a file's bytes travel (a ``head`` range or
 a tar entry), the engine sees the same events, in order, for one file at a time: either one
 of :class:`Gone` / :class:`Denied`, or :class:`Begin`, any :class:`Data`, then exactly one of

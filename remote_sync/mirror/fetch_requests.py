@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+from .fetch_frames import FetchRequest
 from .plan import Transfer
-from .remote_ops import BATCH_BYTES, FetchRequest, round_fetch_stdin
+from .remote_ops import BATCH_BYTES, round_fetch_stdin
 
 #: A follow-up fetches whole a file that changed since the listing, so its size then is not
 #: known: it asks for the listed size and as much again, or this much more if that is more,

@@ -27,20 +27,10 @@ from ..errors import MirrorError, PermissionDeniedError, ReadFailedError, Remote
 from ..index.update import FileIndexer, indexer_for
 from .commits import in_thread
 from .digests import Algorithm, Hasher
+from .fetch_events import Begin, Changed, Data, Denied, End, Failed, Gone, HeadDigest, Short
+from .fetch_frames import FetchRequest
 from .plan import Transfer
-from .remote_ops import (
-    HEAD_BYTES,
-    Begin,
-    Changed,
-    Data,
-    Denied,
-    End,
-    Failed,
-    FetchRequest,
-    Gone,
-    HeadDigest,
-    Short,
-)
+from .remote_ops import HEAD_BYTES
 from .state import FileState
 from .writer import (
     AppendWriter,

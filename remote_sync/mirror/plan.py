@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .remote_ops import HEAD_BYTES, SKIP_BLOCK, FetchRequest, RemoteFile
+from .fetch_frames import FetchRequest
+from .listing import RemoteFile
+from .remote_ops import HEAD_BYTES, SKIP_BLOCK
 from .state import FileState
 
 #: Bytes re-fetched before the committed end of an appended file to verify it is unchanged:

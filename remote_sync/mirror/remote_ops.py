@@ -1,8 +1,10 @@
 """The remote operations of a sync round: the listing, the multi-file fetch, and both in one.
 
-This module owns their POSIX ``sh`` scripts, the argv (and stdin) that run them, and the
-incremental parsers of their output. It does no I/O itself: the caller runs the argv with
-:func:`remote_sync.ssh.stream.exec_streaming` and feeds the stdout chunks to the parser.
+This module owns their POSIX ``sh`` scripts and the argv (and stdin) that run them. It does
+no I/O itself: the caller runs the argv with :func:`remote_sync.ssh.stream.exec_streaming`
+and feeds the stdout chunks to the incremental parsers of their output,
+:class:`~remote_sync.mirror.listing.ListingParser` for the listing and
+:class:`~remote_sync.mirror.fetch_frames.FrameParser` for the fetch's frames.
 
 Remote hosts have only POSIX ``sh`` plus coreutils *or* BusyBox, so the scripts use nothing
 else (``find``, ``stat``, ``head``, ``dd``, ``tar``, ``gzip``, ``xargs``, ``printf``). A file
@@ -12,11 +14,12 @@ references to positional parameters by number (the fetch's tar command line).
 
 Exit statuses (every operation): 0 on success, also when ``find`` could not read some
 directory (its messages stay on stderr, for the caller to report naming the host, and each
-path find could not read: :func:`unread_paths`, said as errors by :func:`listing_errors`);
-:data:`EXIT_ROOT_UNUSABLE` (3) when the root directory is missing, not a directory or not
-readable. Anything else is an unexpected failure of the remote tools.
+path find could not read: :func:`~remote_sync.mirror.listing.unread_paths`, said as errors by
+:func:`~remote_sync.mirror.listing.listing_errors`); :data:`EXIT_ROOT_UNUSABLE` (3) when the
+root directory is missing, not a directory or not readable. Anything else is an unexpected
+failure of the remote tools.
 
-Listing (:func:`listing_argv`, :class:`ListingParser`)
+Listing (:func:`listing_argv`, :class:`~remote_sync.mirror.listing.ListingParser`)
     ``cd`` into the root (a leading ``~`` or ``~/`` means ``$HOME``), keep the start points that
     exist and run ``find START... -type f`` without following symlinks. Each regular file is
     one record ``<size> <mtime> <dev> <ino>\\n<path>\\0``; ``path`` is relative to the root
@@ -25,11 +28,9 @@ Listing (:func:`listing_argv`, :class:`ListingParser`)
     Where the host has ``gzip`` the records come gzip-compressed (the parser sees the magic
     bytes and inflates them in bounded steps); without it they come plain. A file or
     directory that vanishes while find walks the tree is left out silently (no message on
-    stderr: it is not an incomplete listing); real errors keep their messages. A listing of
-    more than :data:`MAX_LISTING_FILES` records or :data:`MAX_LISTING_BYTES` bytes is refused
-    (:class:`TooMuchOutputError`): the client holds it until it has planned.
+    stderr: it is not an incomplete listing); real errors keep their messages.
 
-Round (:func:`round_argv`, ``ListingParser(trailer=True)``, then :class:`FrameParser`)
+Round (:func:`round_argv`, ``ListingParser(trailer=True)``, then ``FrameParser``)
     The listing and the fetch in one command, so a round costs each host one start of its
     login shell. stdin starts with the marker line; stdout is the listing, then its end line
     ``L <status> <warned> <tools>`` (``warned``: the listing wrote messages on stderr, so it
@@ -39,10 +40,11 @@ Round (:func:`round_argv`, ``ListingParser(trailer=True)``, then :class:`FramePa
     fetch's frames; an EOF with no items ends the round without starting the fetch.
     On stderr ``<marker> L`` separates the listing's messages from the fetch's.
 
-Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
+Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, then ``FrameParser``)
     stdin holds one NUL-terminated item ``<start>:<length>:<path>`` per
-    :class:`FetchRequest` (any bytes in a path, no command-line length limit), consumed in
-    batches by ``xargs -0 -r``. The answer to each request, in order, is a frame::
+    :class:`~remote_sync.mirror.fetch_frames.FetchRequest` (any bytes in a path, no
+    command-line length limit), consumed in batches by ``xargs -0 -r``. The answer to each
+    request, in order, is a frame::
 
         <marker> G\\n                                   not a regular file (gone)
         <marker> D\\n                                   not readable (denied)
@@ -66,16 +68,17 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     its end: the digest of their first KiBs, one after another. A file
     truncated and rewritten in place while it was being read gives a copy made of the old
     head and the new tail; this line is how the client sees that the head changed under the
-    read (:class:`HeadDigest`). A request with ``check_whole`` (``w`` before its start) gets
-    the same line with the digest of the whole file, read from a descriptor opened before the
-    read: for files copied whole, which have no head the client could trust on its own.
+    read (:class:`~remote_sync.mirror.fetch_events.HeadDigest`). A request with
+    ``check_whole`` (``w`` before its start) gets the same line with the digest of the whole
+    file, read from a descriptor opened before the read: for files copied whole, which have
+    no head the client could trust on its own.
     Requests with ``check_batched`` (``e`` before the start) share one such line, after the
     last item of their batch (before its archive): the digest of the first KiBs of those whose
     range ended with ``E``, in order. That is how an append finds its file's head rewritten
     in place since the last round, for one ``head``, ``md5sum`` (or ``cksum``) and ``stat``
     per batch. These two lines, which hash by name, end with the inode of each name just after
     (``<marker> K <digest> <inode | ->...``): a name on another file than the one listed was
-    replaced since (:class:`HeadDigest`).
+    replaced since (:class:`~remote_sync.mirror.fetch_events.HeadDigest`).
 
     A range is read from the file opened once: one ``dd`` with byte counts seeks and reads
     where ``dd`` knows ``iflag=skip_bytes,count_bytes``; elsewhere ``dd`` seeks (``skip``, no
@@ -83,20 +86,9 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, :class:`FrameParser`)
     ``length`` bytes before ``E`` (the file shrank) is a short frame: the parser finds the end
     line inside the data window and resynchronizes on it. With ``detect_growth`` the host
     reads one byte more than asked: when it arrives, the file is longer than listed
-    (:class:`Changed`).
-
-    Events, per request in order: :class:`Gone` or :class:`Denied` alone; or :class:`Begin`,
-    :class:`Data`..., then :class:`End` (exactly ``length`` bytes: the content), :class:`Short`
-    (fewer: the file shrank, or tar's copy is not to be trusted: fetch it whole again),
-    :class:`Changed` (more: fetch it whole again) or :class:`Failed` (the host could not read
-    it: a file-level error). Data never goes beyond ``length`` bytes. After the last event of
-    a checked range, or of an archive with checked entries, comes :class:`HeadDigest`; after
-    the last item of a batch with ``check_batched`` ranges that ended, one for those.
-
-    The output may hold at most :func:`fetch_budget` bytes: what the requests ask for, plus
-    a fixed room per request for its framing and tar's headers and padding, and once for
-    files tar finds grown. More is a :class:`TooMuchOutputError` (a tar that sends zero
-    blocks without end, an entry nobody asked for, a trickle that never ends).
+    (:class:`~remote_sync.mirror.fetch_events.Changed`). The events the parser makes of the
+    frames, and the most output a fetch may send, are said in
+    :mod:`remote_sync.mirror.fetch_frames`.
 
     The marker is a random nonce per run (:func:`new_marker`). It travels either in the argv
     or, better, as a first line on stdin: from there it reaches the per-batch scripts through
@@ -108,77 +100,30 @@ from __future__ import annotations
 
 import re
 import secrets
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from ..errors import (
-    ConfigError,
-    ListingIncompleteError,
-    ProtocolError,
-    TooMuchOutputError,
-    path_text,
-)
-from ..ssh.remote import STDERR_TAIL_BYTES, compact_sh, sh_script
-from .archive import ArchiveReader
-from .digests import MAX_DIGEST_WORD, digest_of_word
-from .fetch_events import (
-    Begin,
-    Changed,
-    Data,
-    Denied,
-    End,
-    Failed,
-    FrameEvent,
-    Gone,
-    HeadDigest,
-    Short,
-    scan_region,
-)
+from ..errors import ConfigError
+from ..ssh.remote import compact_sh, sh_script
+from .fetch_frames import FetchRequest, check_marker
 
 __all__ = [
     "BATCH_BYTES",
     "DD_BYTES_PROBE_SH",
     "ENTER_ROOT_SH",
     "EXIT_ROOT_UNUSABLE",
-    "FETCH_GROWTH_SLACK",
-    "FETCH_ITEM_SLACK",
     "HEAD_BYTES",
-    "LISTING_BOUND_HINT",
-    "MAX_LISTING_BYTES",
-    "MAX_LISTING_FILES",
-    "MAX_LISTING_RECORD",
     "PROBE_TOOLS",
     "SKIP_BLOCK",
-    "UNREAD_HINT",
-    "Begin",
-    "Changed",
-    "Data",
-    "Denied",
-    "End",
-    "Failed",
-    "FetchRequest",
-    "FrameEvent",
-    "FrameParser",
-    "Gone",
-    "HeadDigest",
-    "ListingParser",
-    "RemoteFile",
-    "Short",
     "fetch_argv",
-    "fetch_budget",
     "fetch_stdin",
     "listing_argv",
     "listing_end_marker",
-    "listing_errors",
-    "listing_too_much",
     "new_marker",
     "probe_roots_argv",
     "probed_roots",
     "read_marker_sh",
     "round_argv",
     "round_fetch_stdin",
-    "unread_paths",
 ]
 
 #: Exit status of every script when the root directory cannot be entered or read.
@@ -222,46 +167,6 @@ _SMALL_OFFSET = 2**31 - 1
 #: How much of a file's head the host hashes for a checked request (as much as the state's
 #: fingerprint covers).
 HEAD_BYTES = 1024
-
-#: A listing record (stat line + path) longer than this without its terminator is an error.
-#: Real records are at most about 4 KiB (PATH_MAX) plus a short stat line.
-MAX_LISTING_RECORD = 64 * 1024
-#: A listing of more files than this (every record find printed, included or not) is
-#: refused (:class:`TooMuchOutputError`): the client holds the files it keeps until the plan
-#: is made, about 0.3 KB each (a ``RemoteFile`` with a 75-byte path, measured with
-#: tracemalloc; 0.45 KB at planning a first sync), so a million is some 300-450 MB of the
-#: client's memory, and a thousand times the sessions of a busy agent host. Without a bound, a
-#: host printing records without end would hold its round and grow that memory for ever.
-MAX_LISTING_FILES = 1_000_000
-#: A listing longer than this, compressed or inflated, is refused the same way: a million
-#: records of 270 bytes (their paths of 200), or fewer with longer paths, whose bytes are held.
-MAX_LISTING_BYTES = 256 * 1024 * 1024
-#: What to do about a listing over those bounds: find lists every file under the start
-#: points the include globs give (an exclude only drops what it printed).
-LISTING_BOUND_HINT = (
-    "give this host a narrower root or narrower include globs in the inventory (find walks "
-    "every directory the include globs start from; an exclude does not shorten the walk)"
-)
-
-
-def listing_too_much(
-    host: str, what: str, outcome: str, path: str | None = None
-) -> TooMuchOutputError:
-    """The error of a host's listing past :data:`MAX_LISTING_FILES` or
-    :data:`MAX_LISTING_BYTES` (``what``: the bound passed, "1000000 files"), a sync's or a
-    remote session listing's; ``outcome`` says what becomes of what was listed."""
-    return TooMuchOutputError(
-        f"the listing holds more than {what}, the most a host's listing may: {outcome}",
-        host=host,
-        path=path,
-        hint=LISTING_BOUND_HINT,
-    )
-
-
-#: A compressed listing is inflated at most this many bytes at a time (a hostile host could
-#: send a small stream that inflates to gigabytes).
-_INFLATE_STEP = 1024 * 1024
-_GZIP_MAGIC = b"\x1f\x8b"
 
 # ----------------------------------------------------------------------------- scripts
 
@@ -917,101 +822,6 @@ exec xargs -0 -r -n "$per_batch" sh -c "$batch" sh
 )
 
 
-# What find writes on stderr about a path it could not read, in the C locale the listing sets:
-# GNU find quotes the path and escapes it as C does ("find: './a b\\'c': Permission denied";
-# a byte that is not printable ASCII as an octal escape), BusyBox find writes it raw. Either
-# way it starts with "./" (every start point has that prefix) and the reason, a strerror(3)
-# text, has no colon.
-_FIND_MESSAGE = re.compile(rb"find: (?:'(\./(?:[^'\\]|\\.)*)'|(\./.*)): ([^:]+)", re.DOTALL)
-_C_ESCAPE = re.compile(rb"\\([0-7]{1,3}|.)", re.DOTALL)
-_C_ESCAPES = {
-    b"n": b"\n",
-    b"t": b"\t",
-    b"r": b"\r",
-    b"a": b"\a",
-    b"b": b"\b",
-    b"f": b"\f",
-    b"v": b"\v",
-}
-
-
-#: What to do about a directory the login user cannot read or search. Not "exclude it":
-#: excludes filter the listing, find still walks there.
-UNREAD_HINT = "let the login user read and search it on the host (chmod u+rx, or through its group)"
-
-
-#: What a listing's messages say when their start was not kept.
-_EARLIER_NOT_KEPT = (
-    "find said more before these messages (not kept): other paths may not have been read"
-)
-
-
-def unread_paths(messages: bytes) -> tuple[list[tuple[bytes, str]], list[str]]:
-    """The listing's ``messages`` (its stderr, :data:`EXIT_ROOT_UNUSABLE` aside): each path
-    ``find`` could not read, relative to the root, with its reason ("Permission denied"),
-    and every other line as text, each once (a script may run find twice over the same
-    tree). A name holding a newline splits a BusyBox message in two: both halves are then
-    other lines. A path that vanished while find walked the tree (an agent's atomic save) is
-    neither: it is gone, not hidden."""
-    unread: dict[tuple[bytes, str], None] = {}
-    other: dict[str, None] = {}
-    if len(messages) >= STDERR_TAIL_BYTES:
-        # Only the stream's last bytes were kept: the first line may be the end of a message
-        # cut in two, and earlier ones are lost. Said, not parsed as a path.
-        messages = messages.partition(b"\n")[2]
-        other[_EARLIER_NOT_KEPT] = None
-    for line in messages.split(b"\n"):  # not splitlines: a raw name may hold a \r
-        found = _FIND_MESSAGE.fullmatch(line)
-        if found is None:
-            if line.strip():
-                other[line.decode("utf-8", "backslashreplace").strip()] = None
-            continue
-        quoted, raw, reason = found.groups()
-        if reason == b"No such file or directory":
-            continue
-        path = _C_ESCAPE.sub(_unescape_c, quoted) if quoted is not None else raw
-        unread[path[2:] or b".", reason.decode("utf-8", "backslashreplace")] = None
-    return list(unread), list(other)
-
-
-def _unescape_c(match: re.Match[bytes]) -> bytes:
-    code = match[1]
-    if code[:1].isdigit():
-        return bytes([int(code, 8) & 0xFF])
-    return _C_ESCAPES.get(code, code)  # \\, \', \" and \? stand for themselves
-
-
-def listing_errors(
-    host: str, messages: bytes | None, unseen: str, then: str, *, incomplete: bool = False
-) -> list[ListingIncompleteError]:
-    """Every error of a listing ``find`` could not make whole, said alike by a sync and by
-    ``sessions list --remote``: one per path it could not read (:func:`unread_paths`),
-    naming it and what was not done under it (``unseen``: "mirrored", "listed"); then one
-    without a path for the other lines of ``messages``, or, when the caller knows the
-    listing is ``incomplete`` and no path says where (``messages`` None: the command was
-    cut before they came), one saying so. Each hint ends with ``then``."""
-    unread, other = unread_paths(messages or b"")
-    errors = [
-        ListingIncompleteError(
-            f"find could not read it ({reason}): nothing under it was {unseen}",
-            host=host,
-            path=path_text(path),
-            hint=f"{UNREAD_HINT}; {then}",
-        )
-        for path, reason in unread
-    ]
-    if other or (incomplete and not unread):
-        said = "; ".join(other) or "the listing reported errors (their messages were not kept)"
-        errors.append(
-            ListingIncompleteError(
-                f"the listing is incomplete: {said}",
-                host=host,
-                hint=f"fix permissions (or the failing tool) on the host; {then}",
-            )
-        )
-    return errors
-
-
 def _normalize_start_point(point: str) -> str:
     if not point or "\x00" in point:
         raise ConfigError(f"invalid start point {point!r}: empty or contains a NUL byte")
@@ -1072,21 +882,26 @@ def _per_batch(count: int) -> str:
 
 #: The tools word that asks a round to probe the host's tools at once and report them.
 PROBE_TOOLS = "probe"
+#: What :func:`round_argv` takes as ``tools`` and a round's end line reports (see
+#: ``_FIND_PROBE_SH``): how the host's find lists, whether its dd reads a byte range at once,
+#: whether its head knows -q.
+_TOOLS = re.compile(r"[prs][ny][ny]")
 
 
 def round_argv(
     root: str, start_points: Sequence[str], *, per_batch: int = PER_BATCH, tools: str = ""
 ) -> list[str]:
     """argv of a whole round in one command: the listing, then the fetch of what the client
-    asks for once it has read the listing (see :class:`ListingParser`'s ``trailer``).
+    asks for once it has read the listing (see
+    :class:`~remote_sync.mirror.listing.ListingParser`'s ``trailer``).
 
     ``tools`` is what an earlier round's end line said of the host's tools
-    (:attr:`ListingParser.tools`), so that this one need not probe them again;
-    :data:`PROBE_TOOLS` probes them all at once and reports them on the end line, for a caller
-    that keeps the answer (a connection kept between rounds); "" probes only what the round
-    uses, when it uses it, and reports nothing. Only a round over the same connection that
-    went well should be believed: a wrong answer is seen (the round fails or fetches again),
-    never taken for good data.
+    (:attr:`~remote_sync.mirror.listing.ListingParser.tools`), so that this one need not probe
+    them again; :data:`PROBE_TOOLS` probes them all at once and reports them on the end line,
+    for a caller that keeps the answer (a connection kept between rounds); "" probes only what
+    the round uses, when it uses it, and reports nothing. Only a round over the same
+    connection that went well should be believed: a wrong answer is seen (the round fails or
+    fetches again), never taken for good data.
 
     Its stdin starts with the marker line (``fetch_stdin([], marker)``) and goes on, after
     the listing's end line, with :func:`round_fetch_stdin` of the requests, then EOF. An EOF
@@ -1134,7 +949,7 @@ def fetch_argv(
     """
     _check_root(root)
     if marker is not None:
-        _check_marker(marker.encode("ascii", "replace"))
+        check_marker(marker.encode("ascii", "replace"))
     if tools and not _TOOLS.fullmatch(tools):
         raise ValueError(f"bad tools word {tools!r}")
     batch = compact_sh(_FETCH_BATCH_SCRIPT)  # an argument: sh_script compacts only $0's
@@ -1162,7 +977,7 @@ def fetch_stdin(
         raise ValueError(f"at least one byte per batch, not {batch_bytes}")
     parts: list[bytes] = []
     if marker is not None:
-        _check_marker(marker.encode("ascii", "replace"))
+        check_marker(marker.encode("ascii", "replace"))
         parts.append(marker.encode("ascii") + b"\n")
     # Bytes of this batch that wait for its end. The cuts xargs makes by count are not
     # followed here: a batch after one only ends sooner than it had to.
@@ -1187,664 +1002,3 @@ def fetch_stdin(
             check = b"e" if request.check_batched else b""
         parts.append(b"%s%s:%d:%s\x00" % (check, start, request.asked, request.path))
     return b"".join(parts)
-
-
-#: Bytes a fetch's output may hold per request beyond those it asks for. What a request can
-#: bring past its bytes: its frame lines (``B``, ``E`` or ``T``, 35 bytes each with the
-#: 32-digit marker), a digest line (:data:`MAX_DIGEST_WORD` and 21 bytes per inode); as an
-#: archive entry, tar's 512-byte header, a GNU long name or a pax header for a path over 100
-#: bytes (a header and the path, at most PATH_MAX, 4 KiB, with tar's other pax records, in
-#: 512-byte blocks: about 6 KiB), the padding of its data to a block (511), and its archive's
-#: ``A`` and ``E`` lines, two end blocks and the padding to tar's record (10 KiB, GNU tar's
-#: default), counted for every entry although an archive has them once. All that is under
-#: 20 KiB; this is more than three times as much.
-FETCH_ITEM_SLACK = 64 * 1024
-#: Bytes a fetch's archives may bring past their entries' requests, once per fetch: tar reads
-#: each file to the size it has when tar reaches it, so a transcript appended to since the
-#: listing comes longer (the reader keeps the bytes asked for; the next round appends the
-#: rest). Transcripts grow by kilobytes a minute; 64 MiB covers a round's worth many times.
-FETCH_GROWTH_SLACK = 64 * 1024 * 1024
-
-
-def fetch_budget(requests: Sequence[FetchRequest]) -> int:
-    """The most bytes the output of a fetch of ``requests`` may hold (:class:`FrameParser`
-    refuses more): every byte asked for (:attr:`FetchRequest.asked`, one more than the length
-    with ``detect_growth``), :data:`FETCH_ITEM_SLACK` per request and, when some are archive
-    requests, :data:`FETCH_GROWTH_SLACK` once. The exact bound plus room, never less: a host
-    that sends more is not answering what was asked (endless zero blocks after a tar
-    archive's end, an entry nobody asked for, frames past the last request)."""
-    asked = sum(request.asked for request in requests)
-    growth = FETCH_GROWTH_SLACK if any(request.archive for request in requests) else 0
-    return asked + len(requests) * FETCH_ITEM_SLACK + growth
-
-
-def _check_marker(marker: bytes) -> None:
-    if len(marker) < 16 or marker.strip(b"0123456789abcdef"):
-        raise ValueError(f"a marker is at least 16 lowercase hex digits, not {marker!r}")
-
-
-# ----------------------------------------------------------------------------- listing
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteFile:
-    """One regular file of a listing."""
-
-    path: bytes
-    """Relative to the root, normalized (no ``./`` prefix, no empty/``.``/``..`` parts)."""
-    size: int
-    mtime: float
-    dev: int
-    ino: int
-
-
-_INODE = re.compile(rb"[0-9]{1,20}")
-#: The largest size a file can have (off_t), and what the state's SQLite integers hold.
-_MAX_SIZE = 2**63 - 1
-_U64 = 2**64 - 1
-# A device or inode number is 64 bits unsigned (overlayfs and some NFS servers use the top
-# ones); the state keeps signed 64-bit integers, negative inodes meaning "in doubt". So only
-# the low 63 bits are kept, here and for the inodes after a digest, which are compared with
-# these: two files differing in the top bit alone would be taken for one.
-_I63 = 2**63 - 1
-_STAT_LINE = re.compile(
-    rb"([0-9]{1,20}) (-?[0-9]{1,20}(?:\.[0-9]{1,20})?) ([0-9]{1,20}) ([0-9]{1,20})"
-)
-
-
-def _path_problem(path: bytes) -> str | None:
-    """Why ``path`` (already without its ``./``) is not a safe relative path, or None."""
-    if not path:
-        return "empty path"
-    if b"\x00" in path:
-        return "path contains a NUL byte"
-    if path.startswith(b"/"):
-        return "absolute path"
-    for part in path.split(b"/"):
-        if part in (b"", b".", b".."):
-            return "path with an empty, '.' or '..' component"
-    return None
-
-
-_END_LINE = re.compile(rb"L ([0-9]{1,3}) ([01])(?: ([prs][ny][ny]))?")
-#: What :func:`round_argv` takes as ``tools`` and a round's end line reports (see
-#: ``_FIND_PROBE_SH``): how the host's find lists, whether its dd reads a byte range at once,
-#: whether its head knows -q.
-_TOOLS = re.compile(r"[prs][ny][ny]")
-
-
-class ListingParser:
-    """Incremental parser of a listing's stdout: chunks in, :class:`RemoteFile` records out.
-
-    Holds at most one partial record between chunks (at most :data:`MAX_LISTING_RECORD`
-    bytes). Every path is validated: the host controls this output, and a path that is empty,
-    absolute or has an empty, ``.`` or ``..`` component is a :class:`ProtocolError`. A listing
-    of more than :data:`MAX_LISTING_FILES` records, or more than :data:`MAX_LISTING_BYTES`
-    bytes as it came or inflated, is a :class:`TooMuchOutputError` (the bounds are read when
-    the parser is made).
-
-    With ``trailer`` (a round's output, :func:`round_argv`) the listing ends at its end line
-    ``L <status> <warned> [<tools>]``: then :attr:`end` holds ``(status, warned)``,
-    :attr:`tools` the tools word (see :func:`round_argv`) and :attr:`rest` the bytes that came
-    after it in the chunk (the fetch's frames); feed nothing more.
-    """
-
-    __slots__ = (
-        "_closed",
-        "_fed",
-        "_gzip_done",
-        "_inflate",
-        "_max_bytes",
-        "_max_files",
-        "_pending",
-        "_plain",
-        "_sniff",
-        "_started",
-        "_trailer",
-        "count",
-        "end",
-        "host",
-        "rest",
-        "tools",
-    )
-
-    def __init__(self, host: str, *, trailer: bool = False) -> None:
-        self.host = host
-        self.count = 0
-        self.end: tuple[int, bool] | None = None
-        #: What the round's end line said of the host's tools ("" when it said nothing).
-        self.tools = ""
-        self.rest = b""
-        self._trailer = trailer
-        self._started = False  # a record was read: what comes first is the listing's
-        self._pending = b""
-        self._closed = False
-        # Bytes fed as they came, and as records (inflated): each within _max_bytes.
-        self._fed = 0
-        self._plain = 0
-        self._max_files = MAX_LISTING_FILES
-        self._max_bytes = MAX_LISTING_BYTES
-        # The first bytes tell whether the listing is gzip-compressed: a plain record starts
-        # with a digit, never with the gzip magic.
-        self._sniff: bytes | None = b""
-        self._inflate: zlib._Decompress | None = None
-        self._gzip_done = False
-
-    def feed(self, chunk: bytes) -> list[RemoteFile]:
-        if self._closed or self.end is not None:
-            raise ValueError("feed() after the end of the listing")
-        # Compressed bytes that inflate to nothing (empty deflate blocks) are bytes too.
-        self._fed += len(chunk)
-        if self._fed > self._max_bytes:
-            raise self._too_much(f"{self._max_bytes} bytes")
-        if self._sniff is not None:
-            head = self._sniff + bytes(chunk)
-            if len(head) < len(_GZIP_MAGIC) and _GZIP_MAGIC.startswith(head):
-                self._sniff = head
-                return []
-            self._sniff = None
-            if head.startswith(_GZIP_MAGIC):
-                self._inflate = zlib.decompressobj(wbits=31)
-            chunk = head
-        if self._inflate is None:
-            return self._parse(chunk)
-        out: list[RemoteFile] = []
-        data = bytes(chunk)
-        while data:
-            try:
-                plain = self._inflate.decompress(data, _INFLATE_STEP)
-            except zlib.error as exc:
-                raise ProtocolError(f"corrupt compressed listing: {exc}", host=self.host) from exc
-            data = self._inflate.unconsumed_tail
-            out.extend(self._parse(plain))
-            if not self._inflate.eof:
-                continue
-            # Every byte past the compressed stream is in unused_data; when the stream ended
-            # in a call whose output was capped, CPython leaves them in unconsumed_tail too.
-            after = self._inflate.unused_data
-            if not self._trailer:
-                if after:
-                    raise ProtocolError(
-                        "output after the end of the compressed listing", host=self.host
-                    )
-                break
-            if self._pending:
-                raise ProtocolError("the compressed listing ended inside a record", host=self.host)
-            # Only the end line may follow the compressed records.
-            self._inflate = None
-            self._gzip_done = True
-            out.extend(self._parse(after))
-            break
-        return out
-
-    def _parse(self, chunk: bytes) -> list[RemoteFile]:
-        self._plain += len(chunk)
-        if self._plain > self._max_bytes:
-            raise self._too_much(f"{self._max_bytes} bytes")
-        buf = self._pending + chunk if self._pending else bytes(chunk)
-        out: list[RemoteFile] = []
-        pos = 0
-        find = buf.find
-        while True:
-            if self._trailer and self._inflate is None and buf[pos : pos + 1] == b"L":
-                newline = find(b"\n", pos)
-                if newline < 0:
-                    break
-                self._end_line(buf[pos:newline])
-                self.rest = buf[newline + 1 :]
-                self._pending = b""
-                self._count(out)
-                return out
-            if self._gzip_done and pos < len(buf):
-                raise ProtocolError(
-                    f"output after the end of the compressed listing: {buf[pos : pos + 80]!r}",
-                    host=self.host,
-                )
-            newline = find(b"\n", pos)
-            if newline < 0:
-                break
-            end = find(b"\x00", newline + 1)
-            if end < 0:
-                break
-            out.append(self._record(buf[pos:newline], buf[newline + 1 : end]))
-            pos = end + 1
-        rest = buf[pos:]
-        if len(rest) > MAX_LISTING_RECORD:
-            raise ProtocolError(
-                f"listing record longer than {MAX_LISTING_RECORD} bytes without terminator "
-                f"(starts {rest[:80]!r})",
-                host=self.host,
-            )
-        self._pending = rest
-        self._count(out)
-        return out
-
-    def _count(self, records: list[RemoteFile]) -> None:
-        # Once per chunk (at most an inflate step of records), not per record.
-        self.count += len(records)
-        if self.count > self._max_files:
-            raise self._too_much(f"{self._max_files} files")
-
-    def _too_much(self, what: str) -> TooMuchOutputError:
-        return listing_too_much(
-            self.host, what, "nothing is mirrored this round, and no file is recorded as deleted"
-        )
-
-    def _end_line(self, line: bytes) -> None:
-        match = _END_LINE.fullmatch(line)
-        if match is None:
-            raise ProtocolError(f"malformed end of the listing {line[:80]!r}", host=self.host)
-        self.end = (int(match[1]), match[2] == b"1")
-        self.tools = match[3].decode("ascii") if match[3] else ""
-
-    def close(self) -> None:
-        """End of output: a partial record left over is a :class:`ProtocolError`, and so is
-        a round's output without the listing's end line."""
-        self._closed = True
-        if self.end is not None:
-            return
-        if self._sniff:
-            self._pending, self._sniff = self._sniff, None
-        if self._inflate is not None and not self._inflate.eof:
-            raise ProtocolError("the compressed listing ended early", host=self.host)
-        if self._pending:
-            pending, self._pending = self._pending, b""
-            raise ProtocolError(
-                f"listing ended inside a record ({len(pending)} bytes: {pending[:80]!r})",
-                host=self.host,
-            )
-        if self._trailer:
-            raise ProtocolError("the listing ended without its end line", host=self.host)
-
-    def _record(self, line: bytes, path: bytes) -> RemoteFile:
-        match = _STAT_LINE.fullmatch(line)
-        if match is None:
-            # A login shell's rc file that echoes a banner on every command puts it before
-            # the listing, and a compressed listing after it reads as that record's "path":
-            # such bytes are no path to name, and the first record says where to look.
-            garbled = _GZIP_MAGIC in path or _GZIP_MAGIC in line
-            where = "" if garbled else f" for path {path[:200]!r}"
-            first = "" if self._started else " (output printed before the listing?)"
-            raise ProtocolError(
-                f"malformed listing record {line[:80]!r}{where}{first}",
-                host=self.host,
-                path=None if garbled else path_text(path[:200]),
-            )
-        if path.startswith(b"./"):
-            path = path[2:]
-        problem = _path_problem(path)
-        if problem is not None:
-            raise ProtocolError(
-                f"unsafe path in listing ({problem}): {path!r}",
-                host=self.host,
-                path=path_text(path),
-            )
-        size, dev, ino = int(match[1]), int(match[3]), int(match[4])
-        if size > _MAX_SIZE or dev > _U64 or ino > _U64:
-            raise ProtocolError(
-                f"impossible numbers in listing record {line[:80]!r} for path {path!r}",
-                host=self.host,
-                path=path_text(path),
-            )
-        self._started = True
-        return RemoteFile(path, size, float(match[2]), dev & _I63, ino & _I63)
-
-
-# ----------------------------------------------------------------------------- fetch
-
-
-@dataclass(frozen=True, slots=True)
-class FetchRequest:
-    """Fetch ``length`` bytes of ``path`` (relative to the root) from offset ``start``."""
-
-    path: bytes
-    start: int
-    length: int
-    archive: bool = False
-    """The host may answer with an entry of a tar stream instead of a ``head`` range: only for
-    a whole (``start`` 0) line-committed file (see :mod:`remote_sync.mirror.archive`)."""
-    detect_growth: bool = False
-    """The range should reach the end of the file: the host reads one byte more, and a file
-    longer than ``start + length`` ends as :class:`Changed` instead of a cut-off
-    :class:`End`. For whole files that are not line-committed (a prefix of their new content
-    is not a valid copy); not with ``archive``."""
-    check: bool = False
-    """After the read, the host sends the digest of the file's first :data:`HEAD_BYTES`
-    (:class:`HeadDigest`): a head that changed while the file was read tells a copy spliced
-    from two contents. For line-committed files, whose head the client has in full."""
-    check_whole: bool = False
-    """After the read, the host sends the digest of the whole file (:class:`HeadDigest`), hashed
-    from a descriptor opened with the reader's: it differs from the bytes read when the file
-    was rewritten in place meanwhile. For files copied whole, whose every byte the client
-    hashes; not with ``check`` or ``archive``."""
-    check_batched: bool = False
-    """Once the batch's reads are done, the host sends one digest of the first
-    :data:`HEAD_BYTES` of every such request of the batch that was read (:class:`HeadDigest`):
-    an append fetches only the bytes after an overlap near the old end, and this is how a head
-    rewritten in place since the last round (an agent saving the whole file anew with another
-    first line, a tool redacting a secret to the same length) is seen. For appends whose
-    overlap does not cover the head; not with another check or ``archive``."""
-
-    @property
-    def asked(self) -> int:
-        """Bytes the host is asked for: one more than ``length`` with ``detect_growth``."""
-        return self.length + 1 if self.detect_growth else self.length
-
-    def __post_init__(self) -> None:
-        # An empty whole file is asked for with 0 bytes: the extra byte of detect_growth
-        # still tells whether it is empty.
-        if self.start < 0 or self.length < 0 or (self.length == 0 and not self.detect_growth):
-            raise ValueError(f"bad byte range start={self.start} length={self.length}")
-        if self.archive and self.start:
-            raise ValueError(f"an archive request starts at 0, not {self.start}")
-        if self.archive and self.detect_growth:
-            raise ValueError("an archive request cannot detect growth")
-        if self.check_whole and (self.check or self.archive):
-            raise ValueError("a whole-file check goes with neither a head check nor an archive")
-        if self.check_batched and (self.check or self.check_whole or self.archive):
-            raise ValueError("a batched head check goes with no other check and no archive")
-        problem = _path_problem(self.path)
-        if problem is not None:
-            raise ValueError(f"bad fetch path {self.path!r}: {problem}")
-
-
-_KINDS = b"GDBTA"
-
-
-class FrameParser:
-    """Incremental parser of a fetch's stdout into :data:`FrameEvent` s, one frame per request.
-
-    Data is streamed: a range of any size passes through as views of the chunks fed, never
-    buffered per file. Between chunks the parser holds only a possible split marker (fewer
-    bytes than a marker line), so the last few bytes of a chunk may be emitted with the next.
-    Anything that is not a marker line where one is expected is a :class:`ProtocolError`
-    naming the host and the path of the request concerned. Output past :attr:`budget`
-    (:func:`fetch_budget`, counted per chunk) is a :class:`TooMuchOutputError`: the idle
-    timeout alone would let a host that keeps sending keep the fetch going for ever.
-    """
-
-    __slots__ = (
-        "_archive",
-        "_archive_checked",
-        "_batch_checked",
-        "_carry",
-        "_closed",
-        "_deferred",
-        "_digest_for",
-        "_digest_named",
-        "_digest_prefix",
-        "_end",
-        "_end_len",
-        "_ends",
-        "_fed",
-        "_head",
-        "_head_len",
-        "_in_data",
-        "_index",
-        "_length",
-        "_received",
-        "_remaining",
-        "budget",
-        "host",
-        "marker",
-        "requests",
-    )
-
-    def __init__(self, host: str, marker: bytes, requests: Sequence[FetchRequest]) -> None:
-        _check_marker(marker)
-        self.host = host
-        self.marker = marker
-        self.requests = requests
-        self.budget = fetch_budget(requests)
-        self._fed = 0  # bytes fed so far: at most the budget
-        self._head = marker + b" "
-        self._head_len = len(marker) + 3
-        self._end = marker + b" E\n"
-        self._end_len = len(self._end)
-        self._ends = (self._end, marker + b" X\n")  # the end lines of a range frame
-        self._index = 0
-        self._in_data = False
-        self._deferred: list[int] = []  # requests answered by the next archive frame
-        self._archive: ArchiveReader | None = None
-        self._archive_checked: tuple[int, ...] = ()  # its checked entries: a digest follows it
-        # check_batched ranges read since the last batch digest: the batch's digest covers them
-        self._batch_checked: list[int] = []
-        self._digest_for: tuple[int, ...] | None = None  # requests whose K line comes next
-        # Whether that line hashes the files by name (an archive's, a batch's), and so ends
-        # with the inode each name had then.
-        self._digest_named = False
-        self._digest_prefix = marker + b" K "
-        self._remaining = 0  # bytes the current frame may still hold
-        self._received = 0  # bytes of the current frame so far
-        self._length = 0  # the current request's length: bytes beyond it are not Data
-        self._carry = b""
-        self._closed = False
-
-    def feed(self, chunk: bytes) -> list[FrameEvent]:
-        if self._closed:
-            raise ValueError("feed() after close()")
-        self._fed += len(chunk)
-        if self._fed > self.budget:
-            raise self._over_budget()
-        buf = self._carry + chunk if self._carry else bytes(chunk)
-        self._carry = b""
-        size = len(buf)
-        view = memoryview(buf)
-        events: list[FrameEvent] = []
-        pos = 0
-        while pos < size:
-            archive = self._archive
-            if archive is not None:
-                pos = archive.feed(buf, view, pos, events)
-                if archive.carry:
-                    self._carry, archive.carry = archive.carry, b""
-                if archive.done:
-                    self._archive = None
-                    if self._archive_checked:
-                        self._digest_for, self._archive_checked = self._archive_checked, ()
-                        self._digest_named = True
-            elif self._digest_for is not None:
-                pos = self._digest(buf, pos, events)
-            elif self._in_data:
-                pos = self._data(buf, view, pos, events)
-            else:
-                pos = self._header(buf, pos, events)
-        return events
-
-    @property
-    def complete(self) -> bool:
-        """Every request is answered and no frame or digest line is open: any further output
-        is not the fetch's."""
-        return not (
-            self._carry
-            or self._in_data
-            or self._archive is not None
-            or self._digest_for is not None
-            or self._batch_checked
-            or self._deferred
-            or self._index < len(self.requests)
-        )
-
-    def close(self) -> list[FrameEvent]:
-        """End of output: unanswered requests or leftover bytes are a :class:`ProtocolError`."""
-        self._closed = True
-        archive = self._archive
-        inside = self._carry or self._in_data or archive is not None
-        inside = inside or self._digest_for is not None or bool(self._batch_checked)
-        pending = archive.pending() if archive is not None else []
-        pending += self._deferred
-        pending += range(self._index, len(self.requests))
-        if inside or pending:
-            index = pending[0] if pending else len(self.requests) - 1
-            raise ProtocolError(
-                f"fetch output ended {'inside a frame' if inside else 'before its frame'}: "
-                f"{len(pending)} of {len(self.requests)} requests unanswered",
-                host=self.host,
-                path=path_text(self.requests[index].path) if index >= 0 else None,
-            )
-        return []
-
-    def _over_budget(self) -> TooMuchOutputError:
-        archive = self._archive
-        if archive is not None:
-            reading = archive.pending()[:1]  # the entry being read, or the next one asked for
-        else:
-            reading = [self._index] if self._in_data else []
-        path = path_text(self.requests[reading[0]].path) if reading else None
-        return TooMuchOutputError(
-            f"the fetch's output passed {self.budget} bytes, the most its "
-            f"{len(self.requests)} requests can bring with their framing",
-            host=self.host,
-            path=path,
-            hint="the host sent more than it was asked for: check its tar, dd and head (a "
-            "wrapper, an alias, a broken build); what was committed is kept",
-        )
-
-    def _error(self, what: str, found: bytes) -> ProtocolError:
-        index = min(self._index, len(self.requests) - 1)
-        path = self.requests[index].path if index >= 0 else None
-        about = f" (request {index}: {path!r})" if path is not None else ""
-        return ProtocolError(
-            f"{what}{about}; found {found[:80]!r}",
-            host=self.host,
-            path=path_text(path) if path is not None else None,
-        )
-
-    def _header(self, buf: bytes, pos: int, events: list[FrameEvent]) -> int:
-        head = self._head
-        avail = len(buf) - pos
-        if self._batch_checked:
-            # A batch with check_batched ranges that were read ends with their digest.
-            digest = self._digest_prefix
-            if buf.startswith(digest, pos):
-                self._digest_for, self._batch_checked = tuple(self._batch_checked), []
-                self._digest_named = True
-                return pos  # read by _digest
-            if avail < len(digest) and digest.startswith(buf[pos:]):
-                self._carry = buf[pos:]
-                return len(buf)
-        if self._index >= len(self.requests) and not self._deferred:
-            raise self._error("unexpected output after the last frame", buf[pos:])
-        if avail < self._head_len:
-            part = buf[pos:]
-            ok = head.startswith(part) if avail <= len(head) else part.startswith(head)
-            if not ok or (avail > len(head) and part[len(head)] not in _KINDS):
-                raise self._error("expected a frame marker", part)
-            self._carry = part
-            return len(buf)
-        end = pos + self._head_len
-        kind = buf[end - 2]
-        if not buf.startswith(head, pos) or buf[end - 1] != 0x0A or kind not in _KINDS:
-            raise self._error("expected a frame marker", buf[pos:end])
-        index = self._index
-        if kind == 0x41:  # A: the tar stream answering the requests deferred to it
-            if not self._deferred:
-                raise self._error("an archive frame with no request deferred to it", buf[pos:end])
-            self._archive = ArchiveReader(self.host, self._end, self.requests, self._deferred)
-            self._archive_checked = tuple(i for i in self._deferred if self.requests[i].check)
-            self._deferred = []
-            return end
-        if index >= len(self.requests):
-            raise self._error("unexpected output after the last frame", buf[pos:end])
-        if kind == 0x54:  # T: this request is answered by the batch's archive frame
-            if not self.requests[index].archive:
-                raise self._error("a range request deferred to an archive", buf[pos:end])
-            self._deferred.append(index)
-            self._index = index + 1
-        elif kind == 0x42:  # B
-            events.append(Begin(index))
-            request = self.requests[index]
-            self._in_data = True
-            self._length = request.length
-            self._remaining = request.asked
-            self._received = 0
-        else:
-            events.append(Gone(index) if kind == 0x47 else Denied(index))
-            self._index = index + 1
-        return end
-
-    def _data(self, buf: bytes, view: memoryview, pos: int, events: list[FrameEvent]) -> int:
-        remaining = self._remaining
-        index = self._index
-        found, split = scan_region(buf, pos, remaining, self._ends)
-        if found >= 0:
-            self._deliver(view, pos, found, events)
-            received = self._received
-            length = self._length
-            if buf[found + self._end_len - 2] == 0x58:  # X: the read failed on the host
-                events.append(Failed(index))
-            elif received > length:  # the byte past the listed end (detect_growth)
-                events.append(Changed(index))
-            elif received == length:
-                events.append(End(index))
-            else:
-                events.append(Short(index, received))
-            request = self.requests[index]
-            if buf[found + self._end_len - 2] == 0x45:  # E: the read went well
-                if request.check or request.check_whole:
-                    self._digest_for = (index,)  # the host hashed the file after the read
-                    self._digest_named = False
-                elif request.check_batched:
-                    self._batch_checked.append(index)  # hashed at the batch's end
-            self._in_data = False
-            self._index = index + 1
-            return found + self._end_len
-        limit = pos + remaining
-        if split > limit:
-            raise self._error("data longer than requested, or end marker missing", buf[limit:])
-        if split > pos:
-            self._deliver(view, pos, split, events)
-            self._remaining = remaining - (split - pos)
-        self._carry = buf[split:]
-        return len(buf)
-
-    def _digest(self, buf: bytes, pos: int, events: list[FrameEvent]) -> int:
-        """The line ``<marker> K <digest | ->`` after a checked range or archive, or after a
-        batch's appends; the last two end with the inode of each file's name (see
-        :class:`HeadDigest`)."""
-        indices = self._digest_for
-        assert indices is not None
-        named = self._digest_named
-        prefix = self._digest_prefix
-        # The digest word and the newline; then, by name, a space and up to 20 digits each.
-        longest = len(prefix) + MAX_DIGEST_WORD + 1 + (21 * len(indices) if named else 0)
-        newline = buf.find(b"\n", pos, pos + longest)
-        if newline < 0:
-            part = buf[pos:]
-            if len(part) >= longest or not prefix.startswith(part[: len(prefix)]):
-                raise self._digest_error(buf[pos:])
-            self._carry = part
-            return len(buf)
-        if not buf.startswith(prefix, pos):
-            raise self._digest_error(buf[pos:newline])
-        value, *inode_words = buf[pos + len(prefix) : newline].split(b" ")
-        try:
-            digest = digest_of_word(value)  # None: the host has no tool to hash with
-        except ValueError:
-            raise self._digest_error(buf[pos:newline]) from None
-        inodes: tuple[int | None, ...] | None = None
-        if inode_words:
-            if not named or not all(w == b"-" or _INODE.fullmatch(w) for w in inode_words):
-                raise self._digest_error(buf[pos:newline])
-            if len(inode_words) == len(indices):  # else stat lost count: as if it had none
-                inodes = tuple(None if w == b"-" else int(w) & _I63 for w in inode_words)
-        events.append(HeadDigest(indices, digest, inodes))
-        self._digest_for = None
-        return newline + 1
-
-    def _digest_error(self, found: bytes) -> ProtocolError:
-        indices = self._digest_for or (0,)
-        path = self.requests[indices[0]].path
-        return ProtocolError(
-            f"expected the head digest after request {indices[0]} ({path!r}); found {found[:80]!r}",
-            host=self.host,
-            path=path_text(path),
-        )
-
-    def _deliver(self, view: memoryview, pos: int, stop: int, events: list[FrameEvent]) -> None:
-        """``view[pos:stop]`` is frame data: Data up to the request's length, never beyond."""
-        received = self._received
-        self._received = received + stop - pos
-        stop = min(stop, pos + self._length - received)
-        if stop > pos:
-            events.append(Data(self._index, view[pos:stop]))

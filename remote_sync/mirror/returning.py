@@ -14,19 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .digests import Digest, Hasher
+from .fetch_events import Changed, Data, Denied, End, Failed, Gone, HeadDigest, Short
+from .fetch_frames import FetchRequest
 from .plan import Transfer
-from .remote_ops import (
-    HEAD_BYTES,
-    Changed,
-    Data,
-    Denied,
-    End,
-    Failed,
-    FetchRequest,
-    Gone,
-    HeadDigest,
-    Short,
-)
+from .remote_ops import HEAD_BYTES
 from .writer import Overlap, RewriteDetected, rfind_newline
 
 

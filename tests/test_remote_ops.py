@@ -1358,6 +1358,53 @@ def test_local_round_whose_listing_fails(toolset: Runner, tmp_path: Path) -> Non
     assert b"out of memory" in err
 
 
+#: A status line as the round's listing sends its filter, under a marker not the round's.
+_FORGED_STATUS = "0123456789abcdef0123456789abcdef s0"
+
+
+@pytest.mark.parametrize(
+    ("then", "expected"),
+    [
+        # Some directory unreadable (find's status 1): incomplete, but the fetch goes on.
+        ('echo "find: ./locked: Permission denied" >&2\nexit 1\n', (0, 0, True)),
+        # Listed part of the tree, then failed.
+        ('echo "find: out of memory" >&2\nexit 2\n', (2, 2, True)),
+        # Killed part-way: its status (and the shell's "Killed").
+        ("kill -9 $$\n", (137, 137, True)),
+        # The shell around find killed before it could pass find's status on; a message
+        # made to look like that status, under another marker, is only a message.
+        (f'echo "{_FORGED_STATUS}" >&2\nkill -9 $PPID\nexit 0\n', (2, 2, True)),
+    ],
+    ids=["unreadable", "failed", "killed", "shell-killed"],
+)
+def test_local_round_whose_listing_ends_badly_after_some_output(
+    toolset: Runner, tmp_path: Path, then: str, expected: tuple[int, int, bool]
+) -> None:
+    """find lists the tree, then fails, is killed, or its shell is: the listing's end line
+    carries a status that is not 0 (the command exits with it, nothing is fetched) or says
+    the listing is incomplete; never a clean end of a listing that was cut."""
+    root = tmp_path / "root"
+    root.mkdir()
+    for i in range(50):
+        (root / f"session-{i:02d}.jsonl").write_bytes(b"{}\n")
+    real_find = real_tool(toolset, "find")
+    # The probes of what find can do run it too: only the listing ends badly.
+    find = f"""case " $* " in
+*" -type f "*) ;;
+*) exec {real_find} "$@" ;;
+esac
+{real_find} "$@"
+{then}"""
+    runner = wrap_tools(toolset, tmp_path / "failbin", {"find": find})
+    request = FetchRequest(b"session-00.jsonl", 0, 3)
+    rc, listed, end, frames, err = run_round(runner, str(root), ["."], [request])
+    status, rc_expected, warned = expected
+    assert (rc, end) == (rc_expected, (status, warned)), err
+    assert len(listed) == 50  # the records came before the failure
+    assert frames == ({0: ("End", b"{}\n")} if status == 0 else {})
+    assert (_FORGED_STATUS.encode() in err) == (_FORGED_STATUS in then)
+
+
 def test_local_fetch_of_hostile_names(toolset: Runner, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()

@@ -295,21 +295,19 @@ _FETCH_PROBES_SH = (
 # kept ones replace the positional parameters (the "for" list was expanded before the loop changed
 # them). find's status 1 means "some file or directory could not be read": its messages are on
 # stderr and the listing is still useful, so that is success; 3 is kept for the root. When the
-# host has gzip the listing travels compressed (about 5x smaller: paths repeat their directories);
-# find's status comes back around the pipe on fd 3, since POSIX sh has no pipefail.
+# host has gzip the listing travels compressed (about 5x smaller: paths repeat their directories).
 #
 # Any message on stderr makes the caller take the listing as incomplete (no deletions
 # recorded), so a file or directory that vanishes while find walks the tree (an agent's
 # atomic save removes its temporary file) must not produce one, while a real error (an
 # unreadable directory) must. ENOENT there can only mean that: the name was just read from
 # its directory, or the start point was just checked. GNU find's -ignore_readdir_race covers
-# files; the stat loop of other finds drops its own ENOENT; drop_vanished removes find's
-# (GNU find still prints them for a directory that vanished, BusyBox find for anything).
-# Even when the name exists again (a fixed temporary name, saved anew): that is a new file,
-# which the next round lists. Messages are matched in the C locale (LC_ALL=C); one in any
-# other form stays (a needless warning, never a lost one). find's stderr goes to the filter
-# through a pipe, so its status comes back on fd 7 (fd 6 is its stdout).
-_LISTING_BODY = (
+# files; the stat loop of other finds drops its own ENOENT; the filter of find's messages
+# drops find's (_VANISHED: GNU find still prints them for a directory that vanished, BusyBox
+# find for anything). Even when the name exists again (a fixed temporary name, saved anew):
+# that is a new file, which the next round lists. Messages are matched in the C locale
+# (LC_ALL=C); one in any other form stays (a needless warning, never a lost one).
+_START_POINTS_SH = (
     START_POINT_SH
     + r"""LC_ALL=C
 export LC_ALL
@@ -323,8 +321,9 @@ for p do
     set -- "$@" "$p"
 done
 shift "$n"
-[ "$#" -gt 0 ] || exit 0
-list_files() {
+"""
+)
+_LIST_FILES_SH = r"""list_files() {
     [ -n "$find_kind" ] || probe_find
     if [ "$find_kind" = r ]; then
         find "$@" -ignore_readdir_race -type f -printf '%s %T@ %D %i\n%p\0'
@@ -348,10 +347,21 @@ list_files() {
             done' sh {} "$end"
     fi
 }
-drop_vanished() {
+"""
+#: The case pattern of a message of find's that says a path vanished (see above).
+_VANISHED = '"find: "*": No such file or directory"'
+# The standalone listing: find's stderr goes to the filter through a pipe, so its status
+# comes back on fd 7 (fd 6 is its stdout); and around the pipe to gzip on fd 3, since POSIX
+# sh has no pipefail.
+_LISTING_BODY = (
+    _START_POINTS_SH
+    + r"""[ "$#" -gt 0 ] || exit 0
+"""
+    + _LIST_FILES_SH
+    + r"""drop_vanished() {
     while IFS= read -r line || [ -n "$line" ]; do
         case $line in
-        "find: "*": No such file or directory") ;;
+        @VANISHED@) ;;
         *) printf '%s\n' "$line" ;;
         esac
     done
@@ -386,7 +396,7 @@ case ${st:-2} in
 3) exit 4 ;;
 *) exit "${st:-2}" ;;
 esac
-"""
+""".replace("@VANISHED@", _VANISHED)
 )
 
 _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\nfind_kind=\n" + _FIND_PROBE_SH + _LISTING_BODY
@@ -744,18 +754,27 @@ exec xargs -0 -r -n "$3" sh -c "$2" sh
 # One command instead of a listing and a fetch saves a channel, and above all a start of the
 # host's login shell, per round (a heavy ~/.bashrc costs tens of milliseconds each time).
 #
-# The listing runs in a subshell, its stdin on /dev/null (so the items stay for xargs), its
-# stdout straight to ours (gzip-compressed or plain as in the listing script). Its stderr goes
-# on to ours through a filter that notes whether any message came: that is the in-band flag
-# the client decides "incomplete listing" on, since stdout and stderr reach it in no fixed
-# order. The subshell's status and the flag come back tagged ("s<status>", "w<0|1>") in one
-# command substitution, in either order. Then the listing's end line "L <status> <flag>
-# <tools>" on stdout (after the listing, where a record would start: a record starts with a
-# digit), and "<marker> L" on stderr: the client takes the stderr before it as the listing's
-# messages. A listing that failed ends the script with its status; otherwise the fetch follows,
-# when the client has items for it: they come after an empty line (round_fetch_stdin), and an
-# EOF instead ends the round without starting xargs, a process fewer a host with nothing to
-# fetch.
+# The listing (list_round) runs as the left side of a pipe, a subshell, its stdin on /dev/null
+# (so the items stay for xargs), its stdout straight to ours (gzip-compressed or plain as in
+# the listing script). Its stderr, and find's and gzip's, go through the pipe to a filter
+# (listing_end) that drops find's messages about vanished paths, passes the others on to our
+# stderr and notes whether any came: that is the in-band flag the client decides "incomplete
+# listing" on, since stdout and stderr reach it in no fixed order. The statuses come on the
+# same pipe, each on a line of its own after the marker, which no message can forge (only
+# this host's shells hold it): "<marker> s<status>" once find ended, "<marker> z<status>"
+# (gzip's, 0 without it) once the listing's subshell is done. The filter's input ends only
+# when every process that holds the pipe has exited, gzip among them: then it writes the
+# listing's end line "L <status> <flag> <tools>" on stdout (after the listing, where a record
+# would start: a record starts with a digit) and "<marker> L" on stderr (the client takes the
+# stderr before it as the listing's messages), and returns the status. A status line missing
+# (a subshell killed) is status 2, never a complete listing. These six processes of a round
+# (the subshell, find's wrapper, find, gzip, the filter; dash forks find) were eleven when the
+# statuses came back through command substitutions, some 0.2 ms of the host's CPU each. The
+# filter is a function whose status is returned, not exited: shells such as zsh and ksh run a
+# pipe's last command in the shell itself. A listing that failed ends the script with its
+# status; otherwise the fetch follows, when the client has items for it: they come after an
+# empty line (round_fetch_stdin), and an EOF instead ends the round without starting xargs,
+# a process fewer a host with nothing to fetch.
 _ROUND_SCRIPT = (
     ENTER_ROOT_SH
     + r"""batch=$2
@@ -787,35 +806,61 @@ REMOTE_SYNC_TOOLS=
 [ -z "$dd_bytes" ] || REMOTE_SYNC_TOOLS=$find_kind$dd_bytes$head_q
 export REMOTE_SYNC_TOOLS
 """
-    + "list_tree() {\n"
-    + _LISTING_BODY
-    + r"""}
-exec 5>&1
-result=$(
-    {
-        { (list_tree "$@") 2>&1 >&5 5>&- 7>&- </dev/null; echo "s$?" >&7; } |
-            {
-                w=0
-                while IFS= read -r line || [ -n "$line" ]; do
-                    printf '%s\n' "$line" >&2
-                    w=1
-                done
-                echo "w$w" >&7
-            }
-    } 7>&1
-)
-exec 5>&-
-st=2
-warned=1
-for word in $result; do
-    case $word in
-    s*) st=${word#s} ;;
-    w*) warned=${word#w} ;;
+    + "list_round() {\n"
+    + _START_POINTS_SH
+    + r"""gz=0
+if [ "$#" = 0 ]; then
+    echo "$m s0" >&2
+elif command -v gzip >/dev/null 2>&1; then
+    { list_files "$@"; echo "$m s$?" >&2; } | gzip -c
+    gz=$?
+else
+    list_files "$@"
+    echo "$m s$?" >&2
+fi
+echo "$m z$gz" >&2
+}
+"""
+    + _LIST_FILES_SH
+    + r"""listing_end() {
+    st=2
+    gz=
+    w=0
+    while IFS= read -r line || [ -n "$line" ]; do
+        case $line in
+        "$m s"*) st=${line#"$m s"} ;;
+        "$m z"*) gz=${line#"$m z"} ;;
+        @VANISHED@) ;;
+        *)
+            printf '%s\n' "$line" >&2
+            w=1
+            ;;
+        esac
+    done
+    case $st in
+    0 | 1) st=0 ;;
+    3) st=4 ;;
     esac
-done
-printf '%s L\n' "$REMOTE_SYNC_MARKER" >&2
-printf 'L %s %s%s\n' "$st" "$warned" "${REMOTE_SYNC_TOOLS:+ $REMOTE_SYNC_TOOLS}"
-[ "$st" = 0 ] || exit "$st"
+    case $gz in
+    0) ;;
+    "") st=2 ;;
+    *)
+        # A cut compressed stream must not pass for a listing (its end line would be
+        # read as more compressed data).
+        printf 'remote-sync: gzip failed (status %s); the listing is incomplete\n' "$gz" >&2
+        w=1
+        st=5
+        ;;
+    esac
+    printf '%s L\n' "$m" >&2
+    printf 'L %s %s%s\n' "$st" "$w" "${REMOTE_SYNC_TOOLS:+ $REMOTE_SYNC_TOOLS}"
+    return "$st"
+}
+m=$REMOTE_SYNC_MARKER
+{ list_round "$@" 2>&1 >&5 5>&- </dev/null | listing_end; } 5>&1
+st=$?
+""".replace("@VANISHED@", _VANISHED)
+    + r"""[ "$st" = 0 ] || exit "$st"
 IFS= read -r go || exit 0
 exec xargs -0 -r -n "$per_batch" sh -c "$batch" sh
 """

@@ -1778,8 +1778,16 @@ def test_local_fetch_batches_and_errors(toolset: Runner, tmp_path: Path) -> None
     got = run_fetch(toolset, root, requests)
     assert [got[i] for i in range(250)] == [("End", b"0123456789"[i % 10 :]) for i in range(250)]
 
-    # No requests: nothing runs, nothing printed.
+    # A malformed item stops the fetch; the range read before it was sent whole, its end
+    # line too (it waits in the batch for the next line the batch writes).
     marker = new_marker()
+    stdin = fetch_stdin(requests[:1], marker) + b"0+x:1:" + rel + b"\x00"
+    rc, out, err = run_local(toolset, fetch_argv(str(root)), stdin)
+    assert rc != 0 and b"malformed fetch request" in err
+    parser = FrameParser("h", marker.encode(), requests[:1])
+    assert collect(parser.feed(out) + parser.close()) == {0: ("End", b"0123456789")}
+
+    # No requests: nothing runs, nothing printed.
     assert run_local(toolset, fetch_argv(str(root)), fetch_stdin([], marker)) == (0, b"", b"")
     # Root missing: status 3 before anything is read.
     rc, out, err = run_local(toolset, fetch_argv(str(tmp_path / "nope")), fetch_stdin([], marker))

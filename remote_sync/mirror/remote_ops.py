@@ -468,6 +468,7 @@ _FETCH_BATCH_SCRIPT = (
     UNDER_SYMLINK_SH
     + _FETCH_PROBES_SH
     + r"""m=$REMOTE_SYNC_MARKER
+pend=
 tar_ok=
 dd_bytes=
 dd_quiet=
@@ -510,12 +511,27 @@ digest_word() {
     *) sum=- ;;
     esac
 }
-# The rest of a K line (after "<marker> K "): the digest of the first KiBs of "$@", then
-# their inodes. It prints that line itself, from the batch's shell, where a command
-# substitution around it was a fork more per batch.
+# say KIND [WORDS]: write the frame line "<marker> KIND[ WORDS]", after the end line of a
+# range that waits in $pend. A range's end line (E, X) is not written at once but with the
+# batch's next line, in one write: a grown file costs the host two writes (its B line with
+# the last file's E line, then its data), where each line of its own was a packet more
+# from sshd to the client. $pend is printf format text (the marker is hex digits, so it holds
+# no "%"); WORDS go through "%s", as a hasher's output may hold a backslash. Where stdout is
+# line-buffered (bash) each line is still a write of its own.
+say() {
+    if [ "$#" = 1 ]; then
+        printf "$pend$m %s\n" "$1"
+    else
+        printf "$pend$m %s %s\n" "$1" "$2"
+    fi
+    pend=
+}
+# The K line of the digest of the first KiBs of "$@", then their inodes. It prints that
+# line itself, from the batch's shell, where a command substitution around it was a fork
+# more per batch.
 head_digest() {
     if [ "$hasher" = - ]; then
-        echo -
+        say K -
         return
     fi
     if [ "$head_q" = y ]; then
@@ -536,29 +552,26 @@ head_digest() {
             done
         fi
     fi
-    # printf, not echo: a hasher's output with a backslash (dash's echo ends its line at a
-    # "\c") must not lose the K line its newline and merge it with the next frame line.
-    printf '%s' "$sum"
-    for ino in $inodes; do printf ' %s' "$ino"; done
-    printf '\n'
+    for ino in $inodes; do sum="$sum $ino"; done
+    say K "$sum"
 }
 read_range() {
     opened=1
-    printf '%s B\n' "$m"
+    say B
     [ -n "$dd_bytes" ] || probe_dd_bytes
     if [ "$dd_bytes$blocks" = y0 ] && [ "${#len}" -le 9 ]; then
         if dd iflag=skip_bytes,count_bytes bs=65536 skip="$bytes" count="$len" status=none 2>&3
         then
             read_done
         else
-            printf '%s X\n' "$m"
+            pend="$m"' X\n'
         fi
     elif { [ "$blocks" = 0 ] || dd bs=@SKIP_BLOCK@ skip="$blocks" count=0 2>/dev/null; } &&
         { [ "$bytes" = 0 ] || dd bs=1 skip="$bytes" count=0 2>/dev/null; } &&
         read_rest; then
         read_done
     else
-        printf '%s X\n' "$m"
+        pend="$m"' X\n'
     fi
 }
 read_rest() {
@@ -577,15 +590,15 @@ read_rest() {
     fi
 }
 read_done() {
-    printf '%s E\n' "$m"
+    pend="$m"' E\n'
     if [ "$check" = w ]; then
         probe_digest
-        printf '%s K %s\n' "$m" "$(opened_digest)"
+        say K "$(opened_digest)"
     elif [ "$check" = e ]; then
         read_checked="$read_checked \"./\${$i#*:*:}\""
     elif [ -n "$check" ]; then
         probe_digest
-        printf '%s K %s\n' "$m" "$(opened_digest head)"
+        say K "$(opened_digest head)"
     fi
 }
 # The digest of the file the reader opened (fd 4): of its first KiB with "head", else of all.
@@ -610,16 +623,14 @@ for item in "$@" -; do
     -)
         if [ -n "$read_checked" ]; then
             probe_digest
-            printf '%s K ' "$m"
             eval "head_digest $read_checked"
         fi
         if [ -n "$archived" ]; then
-            printf '%s A\n' "$m"
+            say A
             eval "tar --no-recursion --numeric-owner -cf - $archived" 2>/dev/null
-            printf '%s E\n' "$m"
+            pend="$m"' E\n'
             if [ -n "$archived_checked" ]; then
                 probe_digest
-                printf '%s K ' "$m"
                 eval "head_digest $archived_checked"
             fi
         fi
@@ -674,16 +685,17 @@ for item in "$@" -; do
     esac
     case ${blocks:-x}:${bytes:-x}:${len:-x} in
     *[!0-9:]*)
+        [ -z "$pend" ] || printf "$pend"
         echo 'remote-sync: malformed fetch request on stdin' >&2
         exit 255
         ;;
     esac
     if is_gone; then
-        printf '%s G\n' "$m"
+        say G
     elif [ ! -r "$f" ]; then
-        printf '%s D\n' "$m"
+        say D
     elif [ "$archive$tar_ok" = 1y ]; then
-        printf '%s T\n' "$m"
+        say T
         archived="$archived \"./\${$i#*:*:}\""
         [ -z "$check" ] || archived_checked="$archived_checked \"./\${$i#*:*:}\""
     else
@@ -696,14 +708,16 @@ for item in "$@" -; do
         if [ -n "$opened" ]; then
             :
         elif is_gone; then
-            printf '%s G\n' "$m"
+            say G
         elif [ ! -r "$f" ]; then
-            printf '%s D\n' "$m"
+            say D
         else
-            printf '%s B\n%s X\n' "$m" "$m"
+            say B
+            pend="$m"' X\n'
         fi
     fi
 done
+[ -z "$pend" ] || printf "$pend"
 """.replace("@SKIP_BLOCK@", str(SKIP_BLOCK)).replace("@HEAD@", str(HEAD_BYTES))
 )
 

@@ -781,8 +781,8 @@ exec xargs -0 -r -n "$3" sh -c "$2" sh
 # listing's end line "L <status> <flag> <tools>" on stdout (after the listing, where a record
 # would start: a record starts with a digit) and "<marker> L" on stderr (the client takes the
 # stderr before it as the listing's messages), and returns the status. A status line missing
-# (a subshell killed) is status 2, never a complete listing. These six processes of a round
-# (the subshell, find's wrapper, find, gzip, the filter; dash forks find) were eleven when the
+# (a subshell killed) is status 2, never a complete listing. The five processes this starts
+# under dash (the subshell, find's wrapper, find, gzip, the filter) were eleven when the
 # statuses came back through command substitutions, some 0.2 ms of the host's CPU each. The
 # filter is a function whose status is returned, not exited: shells such as zsh and ksh run a
 # pipe's last command in the shell itself. A listing that failed ends the script with its

@@ -902,6 +902,34 @@ def _assert_rerun_fetches_the_rest(
     assert_exact(fleet, dest, "h0")
 
 
+def _assert_a_drop_after_two_pieces_keeps_them(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    inv: Path,
+    dest: Path,
+    rel: str,
+    data: bytes,
+    at_least: int,
+) -> None:
+    """Sync h0, which holds ``data`` at ``rel``, with the host stopped once two pieces of it
+    were handed to the commit: the run fails, each piece handed is a prefix of ``data``, the
+    mirror holds at least ``at_least`` bytes up to a line end but not the end, and its index
+    is a rebuild's. Then the host is started again and a rerun fetches only the rest."""
+    handed = _pieces_handed(monkeypatch, rel.encode(), lambda: fleet.stop("h0"), after=2)
+    code, _, events = sync(inv, dest, capsys)
+    (done,) = [e for e in events if isinstance(e, HostDone)]
+    assert (code, done.status) == (1, "failed"), done.error
+    assert [data.startswith(piece) for _, piece in handed] == [True] * len(handed)
+    size = _assert_cut_at_a_line_end(dest, rel, data, at_least)
+    assert size < len(data) - 2 * 1024 * 1024  # the host was cut off before the end
+    _assert_index_is_a_rebuild(dest, tmp_path)
+    fleet.start("h0")
+    _assert_rerun_fetches_the_rest(inv, dest, capsys, fleet, len(data) - size)
+    _assert_index_is_a_rebuild(dest, tmp_path)
+
+
 def test_a_connection_dropped_in_a_big_new_transcript_keeps_the_pieces_that_arrived(
     fleet: SSHFleet,
     tmp_path: Path,
@@ -916,18 +944,10 @@ def test_a_connection_dropped_in_a_big_new_transcript_keeps_the_pieces_that_arri
     inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch)
     data = _messages(PIECED_SIZE // 1600)
     fleet.write("h0", rel, data)
-    handed = _pieces_handed(monkeypatch, rel.encode(), lambda: fleet.stop("h0"), after=2)
-    code, _, events = sync(inv, dest, capsys)
-    (done,) = [e for e in events if isinstance(e, HostDone)]
-    assert (code, done.status) == (1, "failed"), done.error
-    assert [data.startswith(piece) for _, piece in handed] == [True] * len(handed)
     # The second piece ends a piece and an overlap short of two, at the line end before.
-    size = _assert_cut_at_a_line_end(dest, rel, data, 2 * PIECE - 4096 - 2000)
-    assert size < len(data) - 2 * 1024 * 1024  # the host was cut off before the end
-    _assert_index_is_a_rebuild(dest, tmp_path)
-    fleet.start("h0")
-    _assert_rerun_fetches_the_rest(inv, dest, capsys, fleet, len(data) - size)
-    _assert_index_is_a_rebuild(dest, tmp_path)
+    _assert_a_drop_after_two_pieces_keeps_them(
+        fleet, tmp_path, capsys, monkeypatch, inv, dest, rel, data, 2 * PIECE - 4096 - 2000
+    )
 
 
 def test_a_connection_dropped_in_a_big_append_keeps_the_pieces_that_arrived(
@@ -945,17 +965,17 @@ def test_a_connection_dropped_in_a_big_append_keeps_the_pieces_that_arrived(
     append(fleet, "h0", rel, _messages(PIECED_SIZE // 1600, start=100))
     data = fleet.path("h0", rel).read_bytes()
     before = (dest / "h0" / rel).stat().st_size
-    handed = _pieces_handed(monkeypatch, rel.encode(), lambda: fleet.stop("h0"), after=2)
-    code, _, events = sync(inv, dest, capsys)
-    (done,) = [e for e in events if isinstance(e, HostDone)]
-    assert (code, done.status) == (1, "failed"), done.error
-    assert [data.startswith(piece) for _, piece in handed] == [True] * len(handed)
-    size = _assert_cut_at_a_line_end(dest, rel, data, before + 2 * PIECE - 3 * 4096 - 2000)
-    assert size < len(data) - 2 * 1024 * 1024
-    _assert_index_is_a_rebuild(dest, tmp_path)
-    fleet.start("h0")
-    _assert_rerun_fetches_the_rest(inv, dest, capsys, fleet, len(data) - size)
-    _assert_index_is_a_rebuild(dest, tmp_path)
+    _assert_a_drop_after_two_pieces_keeps_them(
+        fleet,
+        tmp_path,
+        capsys,
+        monkeypatch,
+        inv,
+        dest,
+        rel,
+        data,
+        before + 2 * PIECE - 3 * 4096 - 2000,
+    )
 
 
 def test_a_transcript_rewritten_in_place_between_its_pieces_is_fetched_whole(

@@ -829,9 +829,7 @@ async def test_an_ssh_config_identity_file_that_does_not_exist_is_skipped_as_ssh
         f"  IdentityFile {tmp_path / 'not-on-this-machine'}\n  IdentityFile {fleet.client_key}\n"
         f"  IdentitiesOnly {identities_only}\n  UserKnownHostsFile {fleet.known_hosts}\n"
     )
-    ep = Endpoint(address="box", ssh_config=(str(cfg),))
-    async with SSHPool() as pool:
-        assert await run_command(pool, ep, ["echo", "in"], host="h0") == b"in\n"
+    await _assert_box_echoes(cfg, "in", host="h0")
 
 
 async def test_an_ssh_config_certificate_file_that_does_not_exist_is_skipped(
@@ -843,10 +841,7 @@ async def test_an_ssh_config_certificate_file_that_does_not_exist_is_skipped(
     cfg = _box_config(
         fleet, tmp_path, f"  CertificateFile {missing}\n  UserKnownHostsFile {fleet.known_hosts}\n"
     )
-    ep = Endpoint(address="box", ssh_config=(str(cfg),))
-    async with SSHPool() as pool:
-        assert pool.preflight(ep, "box") is None
-        assert await run_command(pool, ep, ["echo", "in"], host="box") == b"in\n"
+    await _assert_box_echoes(cfg, "in", preflight=True)
 
 
 async def test_a_user_ssh_config_others_may_change_is_refused_as_ssh_refuses_it(
@@ -1044,6 +1039,18 @@ async def test_a_momentary_maxsessions_refusal_is_retried(fleet: SSHFleet) -> No
             for _ in range(12):
                 tg.start_soon(run_command, pool, ep, ["sleep", "0.5"])
         assert pool.stats(ep).channels_peak == 12
+
+
+async def _assert_box_echoes(
+    cfg: Path, word: str, host: str = "box", *, preflight: bool = False
+) -> None:
+    """Reach "box" through the ssh_config ``cfg`` (its pre-flight first, finding no
+    problem, if ``preflight``) and run echo there."""
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+    async with SSHPool() as pool:
+        if preflight:
+            assert pool.preflight(ep, "box") is None
+        assert await run_command(pool, ep, ["echo", word], host=host) == f"{word}\n".encode()
 
 
 def _box_config(fleet: SSHFleet, tmp_path: Path, extra: str) -> Path:
@@ -1425,9 +1432,7 @@ async def test_match_final_blocks_give_the_known_hosts_files_too(
         f"Match final host 127.0.0.1\n  Port {h.port}\n  User {fleet.user}\n"
         f"  IdentityFile {fleet.client_key}\n  UserKnownHostsFile {fleet.known_hosts}\n"
     )
-    ep = Endpoint(address="box", ssh_config=(str(cfg),))
-    async with SSHPool() as pool:
-        assert await run_command(pool, ep, ["echo", "final"], host="box") == b"final\n"
+    await _assert_box_echoes(cfg, "final")
 
 
 async def test_the_ssh_config_accept_new_is_followed_and_its_no_is_not(
@@ -1769,18 +1774,11 @@ async def test_an_algorithm_list_asyncssh_can_use_part_of_keeps_working(
     """asyncssh drops the names it does not support (ssh knows some it lacks); while one it
     supports is left, the host is reached."""
     cfg = _box_config(fleet, tmp_path, f"  {lines}\n  UserKnownHostsFile {fleet.known_hosts}\n")
-    ep = Endpoint(address="box", ssh_config=(str(cfg),))
-    async with SSHPool() as pool:
-        assert pool.preflight(ep, "box") is None
-        assert await run_command(pool, ep, ["echo", "ok"], host="box") == b"ok\n"
+    await _assert_box_echoes(cfg, "ok", preflight=True)
 
 
-async def test_a_connection_reuses_the_pre_flight_s_parse_of_the_ssh_config(
-    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The pre-flight parsed each ssh_config, and the connection (each jump host's too)
-    parsed it again; now a connection is built on the pre-flight's reading. One made later
-    (after an idle close) reads the files once, for itself."""
+def _ssh_config_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of the ssh_config files asyncssh parses from now on, in order."""
     import asyncssh
 
     parsed: list[str] = []
@@ -1791,6 +1789,16 @@ async def test_a_connection_reuses_the_pre_flight_s_parse_of_the_ssh_config(
         real_parse(self, path)
 
     monkeypatch.setattr(asyncssh.config.SSHConfig, "parse", counting)
+    return parsed
+
+
+async def test_a_connection_reuses_the_pre_flight_s_parse_of_the_ssh_config(
+    fleet: SSHFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pre-flight parsed each ssh_config, and the connection (each jump host's too)
+    parsed it again; now a connection is built on the pre-flight's reading. One made later
+    (after an idle close) reads the files once, for itself."""
+    parsed = _ssh_config_parses(monkeypatch)
     cfg = _box_config(fleet, tmp_path, f"  UserKnownHostsFile {fleet.known_hosts}\n")
     ep = Endpoint(address="box", ssh_config=(str(cfg),))
     async with SSHPool() as pool:
@@ -1818,16 +1826,7 @@ async def test_jump_hosts_shared_by_targets_are_looked_up_once(
     """A fleet behind one bastion: the pre-flight looked each jump host up once, but the
     first target's connection took that lookup away, and every other target's connection
     parsed and checked the bastion's files again."""
-    import asyncssh
-
-    parsed: list[str] = []
-    real_parse = asyncssh.config.SSHConfig.parse
-
-    def counting(self: Any, path: Path) -> None:
-        parsed.append(str(path))
-        real_parse(self, path)
-
-    monkeypatch.setattr(asyncssh.config.SSHConfig, "parse", counting)
+    parsed = _ssh_config_parses(monkeypatch)
     chain = _chain_config(fleet, tmp_path)
     targets = [
         Endpoint(address="box", ssh_config=(str(chain),)),
@@ -1912,10 +1911,7 @@ async def test_a_directory_an_include_glob_matches_is_skipped_as_ssh_skips_it(
     cfg = tmp_path / "config"
     cfg.write_text("Include conf.d/*\n" + box.read_text())
     assert _ssh_accepts(cfg)[0]
-    ep = Endpoint(address="box", ssh_config=(str(cfg),))
-    async with SSHPool() as pool:
-        assert pool.preflight(ep, "box") is None
-        assert await run_command(pool, ep, ["echo", "ok"], host="box") == b"ok\n"
+    await _assert_box_echoes(cfg, "ok", preflight=True)
 
 
 def test_a_group_writable_ssh_config_is_refused_unless_the_group_is_the_user_s_own(
@@ -2056,10 +2052,7 @@ async def test_a_match_exec_command_with_an_equals_sign_is_run_whole(
         f"  IdentitiesOnly yes\n  UserKnownHostsFile {fleet.known_hosts}\n"
     )
     assert _ssh_port(cfg) == h.port
-    ep = Endpoint(address="box", ssh_config=(str(cfg),))
-    async with SSHPool() as pool:
-        assert pool.preflight(ep, "box") is None
-        assert await run_command(pool, ep, ["echo", "ok"], host="box") == b"ok\n"
+    await _assert_box_echoes(cfg, "ok", preflight=True)
 
 
 async def test_a_kept_connection_the_ssh_config_now_sends_elsewhere_is_made_anew(

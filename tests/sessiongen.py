@@ -1877,6 +1877,17 @@ def build_tree(
             side(f"agents/{agent}/agent/auth-profiles.json", b'{"version":1,"profiles":{}}')
     elif format == "claude-code":
         slugs = ["-home-dev-project", "-home-dev-other-repo", "-srv-app"]
+
+        def subagent(sid: str) -> Session:
+            return generate(
+                "claude-code",
+                rng,
+                messages=max(2, count() // 3),
+                session_id=sid,
+                subagent=True,
+                **knobs,
+            )
+
         for _ in range(sessions):
             slug = rng.choice(slugs)
             sid = _uuid(rng)
@@ -1884,14 +1895,7 @@ def build_tree(
             transcript(f"projects/{slug}/{sid}.jsonl", session, slug, sid)
             if rng.random() < 0.3:
                 aid = _hex(rng, 8)
-                sub = generate(
-                    "claude-code",
-                    rng,
-                    messages=max(2, count() // 3),
-                    session_id=sid,
-                    subagent=True,
-                    **knobs,
-                )
+                sub = subagent(sid)
                 transcript(
                     f"projects/{slug}/{sid}/subagents/agent-{aid}.jsonl",
                     sub,
@@ -1900,14 +1904,7 @@ def build_tree(
                 )
             if rng.random() < 0.1:
                 aid = _hex(rng, 8)
-                sub = generate(
-                    "claude-code",
-                    rng,
-                    messages=max(2, count() // 3),
-                    session_id=sid,
-                    subagent=True,
-                    **knobs,
-                )
+                sub = subagent(sid)
                 transcript(f"projects/{slug}/agent-{aid}.jsonl", sub, slug, f"agent-{aid}")
             if rng.random() < 0.2:
                 side(

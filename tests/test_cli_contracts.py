@@ -42,6 +42,7 @@ from synchelp import (
     until_running,
     write_inventory,
 )
+from test_agent import add_stuck_host
 
 from remote_sync import api
 from remote_sync.cli import main
@@ -723,18 +724,22 @@ def test_ctrl_c_before_the_rounds_still_says_so_under_json(
     assert isinstance(event, ErrorEvent) and event.kind == "cancelled"
 
 
+def _stuck_sync_argv(tmp_path: Path) -> list[str]:
+    """A --json sync of the host "stuck" alone, with an empty ssh_config: it runs until a
+    signal ends it."""
+    (tmp_path / "ssh_config").write_text("")
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(f'[defaults]\nssh_config = "{tmp_path / "ssh_config"}"\n')
+    add_stuck_host(inventory)
+    return ["sync", "-I", str(inventory), "-d", str(tmp_path / "m"), "--json"]
+
+
 @pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
 def test_a_cancel_names_the_signal_to_send_again(tmp_path: Path, sent: signal.Signals) -> None:
     """systemctl stop sends SIGTERM, and the journal read "cancelling (Ctrl-C again to abort
     at once)": the line names the signal that came. No sshd: a host whose ProxyCommand never
     answers keeps the round waiting until the signal."""
-    (tmp_path / "ssh_config").write_text("")
-    inventory = tmp_path / "inventory.toml"
-    inventory.write_text(
-        f'[defaults]\nssh_config = "{tmp_path / "ssh_config"}"\n'
-        '[[hosts]]\nname = "stuck"\naddress = "stuck.invalid"\nproxy_command = "sleep 60"\n'
-    )
-    argv = ["sync", "-I", str(inventory), "-d", str(tmp_path / "m"), "--json"]
+    argv = _stuck_sync_argv(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "remote_sync.cli", *argv],
         stdout=subprocess.PIPE,
@@ -762,13 +767,7 @@ def test_a_cancel_names_the_signal_to_send_again(tmp_path: Path, sent: signal.Si
 def test_a_cancel_on_a_terminal_ends_the_line_the_terminal_echoed_first(tmp_path: Path) -> None:
     """On a terminal the cancel's line still starts on a line of its own (after the "^C"
     the terminal echoed), as it did before it left the newline out in journals."""
-    (tmp_path / "ssh_config").write_text("")
-    inventory = tmp_path / "inventory.toml"
-    inventory.write_text(
-        f'[defaults]\nssh_config = "{tmp_path / "ssh_config"}"\n'
-        '[[hosts]]\nname = "stuck"\naddress = "stuck.invalid"\nproxy_command = "sleep 60"\n'
-    )
-    argv = ["sync", "-I", str(inventory), "-d", str(tmp_path / "m"), "--json"]
+    argv = _stuck_sync_argv(tmp_path)
     master, slave = os.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "remote_sync.cli", *argv],

@@ -49,7 +49,11 @@ from remote_sync.mirror import state as state_module
 
 FAULT = os.environ.get("REMOTE_SYNC_TEST_FAULT", "")
 
-if FAULT == "before_commit":
+
+def _before_each_commit(
+    step: Callable[[list[state_module.FileState], Callable[[], None] | None], None],
+) -> None:
+    """Make each MirrorState.commit call ``step(rows, also)`` before it commits."""
     original_commit = state_module.MirrorState.commit
 
     def commit(
@@ -59,11 +63,21 @@ if FAULT == "before_commit":
         kept: Iterable[tuple[str, bytes, int]] = (),
     ) -> None:
         rows = list(rows)
-        if rows and also is not None:  # a flush's commit (deletions come without ``also``)
-            os._exit(9)
+        step(rows, also)
         original_commit(self, rows, also, kept)
 
     state_module.MirrorState.commit = commit  # type: ignore[method-assign]
+
+
+if FAULT == "before_commit":
+
+    def crash_at_a_flush(
+        rows: list[state_module.FileState], also: Callable[[], None] | None
+    ) -> None:
+        if rows and also is not None:  # a flush's commit (deletions come without ``also``)
+            os._exit(9)
+
+    _before_each_commit(crash_at_a_flush)
 
 elif FAULT == "after_version_rename":
     real_rename = os.rename
@@ -109,19 +123,11 @@ elif FAULT == "sigint_in_commit":
     import signal
     import time
 
-    original_commit = state_module.MirrorState.commit
-
-    def commit(
-        self: state_module.MirrorState,
-        rows: Iterable[state_module.FileState],
-        also: Callable[[], None] | None = None,
-        kept: Iterable[tuple[str, bytes, int]] = (),
-    ) -> None:
+    def interrupt(rows: list[state_module.FileState], also: Callable[[], None] | None) -> None:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.3)  # the event loop's handler, if any, has taken it by then
-        original_commit(self, rows, also, kept)
 
-    state_module.MirrorState.commit = commit  # type: ignore[method-assign]
+    _before_each_commit(interrupt)
 
 elif FAULT == "hold_cancel":
     import anyio

@@ -231,6 +231,28 @@ def _two_mirrors(tmp_path: Path) -> tuple[Path, Path]:
     return dest, elsewhere
 
 
+def _link_swapped_in_at_the_open(
+    monkeypatch: pytest.MonkeyPatch, db: Path, theirs: Path, aside: Path, back: bool
+) -> None:
+    """As the state's open connects to ``db``: ``db`` is moved to ``aside`` and a link to
+    ``theirs`` put in its place (and taken away again, ``db`` put back, if ``back``)."""
+    from remote_sync.mirror import state as state_module
+
+    real_connect = sqlite3.connect
+
+    def swapped(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        os.rename(db, aside)
+        db.symlink_to(theirs)
+        try:
+            return real_connect(*args, **kwargs)
+        finally:
+            if back:
+                db.unlink()
+                os.rename(aside, db)
+
+    monkeypatch.setattr(state_module.sqlite3, "connect", swapped)
+
+
 #: The readers of the state, which take no lock: each exits 2 on a refused destination.
 _READERS = [
     ["sessions", "list"],
@@ -410,24 +432,11 @@ def test_a_link_swapped_in_as_a_sync_opens_the_state_is_refused(
     the lock: a link put at ``state.db`` as SQLite opens it and taken away again had the
     sync commit its checkpoints into another mirror's state. The open is refused, naming the
     file, and the other mirror's state is as it was."""
-    from remote_sync.mirror import state as state_module
-
     dest, elsewhere = _two_mirrors(tmp_path)
     db = dest / ".remote-sync" / "state.db"
     theirs = elsewhere / ".remote-sync" / "state.db"
     before = theirs.read_bytes()
-    real_connect = sqlite3.connect
-
-    def swapped(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        os.rename(db, tmp_path / "aside.db")
-        db.symlink_to(theirs)
-        try:
-            return real_connect(*args, **kwargs)
-        finally:
-            db.unlink()
-            os.rename(tmp_path / "aside.db", db)
-
-    monkeypatch.setattr(state_module.sqlite3, "connect", swapped)
+    _link_swapped_in_at_the_open(monkeypatch, db, theirs, tmp_path / "aside.db", back=True)
     with pytest.raises(DestinationError, match=r"file state\.db changed while it was opened") as e:
         MirrorState(dest).open()
     monkeypatch.undo()
@@ -446,8 +455,6 @@ def test_a_link_swapped_in_as_a_sync_opens_the_state_is_refused_before_any_write
     schema was written, so the refused open had turned that database to WAL and added the
     state's tables to it. The open is now refused before any write: the database is left
     byte for byte as it was."""
-    from remote_sync.mirror import state as state_module
-
     dest, _elsewhere = _two_mirrors(tmp_path)
     db = dest / ".remote-sync" / "state.db"
     theirs = tmp_path / "notes.db"
@@ -456,19 +463,7 @@ def test_a_link_swapped_in_as_a_sync_opens_the_state_is_refused_before_any_write
         other.execute("INSERT INTO notes VALUES ('keep me')")
         other.commit()
     before = theirs.read_bytes()
-    real_connect = sqlite3.connect
-
-    def swapped(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        os.rename(db, tmp_path / "aside.db")
-        db.symlink_to(theirs)
-        try:
-            return real_connect(*args, **kwargs)
-        finally:
-            if back:
-                db.unlink()
-                os.rename(tmp_path / "aside.db", db)
-
-    monkeypatch.setattr(state_module.sqlite3, "connect", swapped)
+    _link_swapped_in_at_the_open(monkeypatch, db, theirs, tmp_path / "aside.db", back)
     said = "changed while it was opened" if back else "is a symbolic link"
     with pytest.raises(DestinationError, match=f"file state\\.db {said}") as e:
         MirrorState(dest).open()

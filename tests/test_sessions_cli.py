@@ -1354,13 +1354,18 @@ def test_show_piped_prints_a_long_tool_call_and_the_header_each_on_one_line(
     assert lines[0].startswith("h0 agents/main/sessions/") and lines[0].endswith("  live"), lines
 
 
-def test_tail_with_a_line_longer_than_the_first_block(tmp_path: Path) -> None:
-    path = tmp_path / "s.jsonl"
-    data = (
+def _with_a_long_line(pad: int) -> bytes:
+    """Messages 0 to 5 of a transcript "s", message 3 padded with ``pad`` bytes."""
+    return (
         openclaw_session("s", 3)
-        + openclaw_session("s", 1, start=3, pad=3 * TAIL_FIRST_BLOCK)
+        + openclaw_session("s", 1, start=3, pad=pad)
         + openclaw_session("s", 2, start=4)
     )
+
+
+def test_tail_with_a_line_longer_than_the_first_block(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    data = _with_a_long_line(3 * TAIL_FIRST_BLOCK)
     path.write_bytes(data)
     reader = get_reader("openclaw")
     result = read_messages(path, reader, tail=4)
@@ -1407,11 +1412,7 @@ def test_tail_past_a_line_too_long_to_be_a_message_holds_little_of_it(
 
     monkeypatch.setattr(show, "TAIL_MAX_BLOCK", MiB)
     path = tmp_path / "s.jsonl"
-    data = (
-        openclaw_session("s", 3)
-        + openclaw_session("s", 1, start=3, pad=12 * MiB)
-        + openclaw_session("s", 2, start=4)
-    )
+    data = _with_a_long_line(12 * MiB)
     path.write_bytes(data)
     reader = get_reader("openclaw")
     tracemalloc.start()

@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -110,14 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     delay = args.delay_ms / 1000.0
     counter = Counter(Path(args.count_dir))
-    if delay:
-        time.sleep(2 * delay)
-    try:
-        sock = socket.create_connection((args.host, args.port))
-    except OSError as exc:
-        print(f"count_relay: connect to {args.host}:{args.port}: {exc}", file=sys.stderr)
+    sock = delay_relay.connect(args.host, args.port, delay, "count_relay")
+    if sock is None:
         return 255
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for fd in (0, 1):
         delay_relay._grow_pipe(fd)
     chunk = 256 * 1024
@@ -140,12 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inflight,
         chunk,
     )
-    relay = delay_relay.Relay()
-    relay.start([upstream, downstream])
-    try:
-        relay.finished.wait()
-    except KeyboardInterrupt:
-        relay.exit_code = 130
+    relay = delay_relay.relay_until_done([upstream, downstream])
     if relay.error:
         print(f"count_relay: {relay.error}", file=sys.stderr)
         sys.stderr.flush()

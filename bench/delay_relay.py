@@ -308,6 +308,32 @@ def _shutdown_socket(sock: socket.socket) -> Callable[[], None]:
     return shutdown
 
 
+def connect(host: str, port: int, delay: float, prog: str) -> socket.socket | None:
+    """A TCP connection to ``host``:``port`` with Nagle off, made after the round trip a real
+    connect costs (SYN out, SYN-ACK back) at a one-way ``delay``; None, said on stderr as
+    ``prog``'s, if it fails."""
+    if delay:
+        time.sleep(2 * delay)
+    try:
+        sock = socket.create_connection((host, port))
+    except OSError as exc:
+        print(f"{prog}: connect to {host}:{port}: {exc}", file=sys.stderr)
+        return None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def relay_until_done(directions: Sequence[Direction]) -> Relay:
+    """Relay ``directions`` until each has ended, or until Ctrl-C (exit code 130)."""
+    relay = Relay()
+    relay.start(directions)
+    try:
+        relay.finished.wait()
+    except KeyboardInterrupt:
+        relay.exit_code = 130
+    return relay
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="TCP relay for SSH ProxyCommand that adds a fixed one-way delay "
@@ -351,16 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     delay = args.delay_ms / 1000.0
     started = time.monotonic()
-
-    # A real TCP connect costs one RTT (SYN out, SYN-ACK back).
-    if delay:
-        time.sleep(2 * delay)
-    try:
-        sock = socket.create_connection((args.host, args.port))
-    except OSError as exc:
-        print(f"delay_relay: connect to {args.host}:{args.port}: {exc}", file=sys.stderr)
+    sock = connect(args.host, args.port, delay, "delay_relay")
+    if sock is None:
         return 255
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     max_inflight = max(1, int(args.max_inflight_mb * MiB))
     chunk = args.chunk_kb * 1024
@@ -378,13 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     downstream = Direction(
         "down", _sock_readinto(sock), _fd_writev(1), _close_stdout, delay, max_inflight, chunk
     )
-    relay = Relay()
-    relay.start([upstream, downstream])
-    try:
-        relay.finished.wait()
-    except KeyboardInterrupt:
-        relay.exit_code = 130
-
+    relay = relay_until_done([upstream, downstream])
     if relay.error:
         print(f"delay_relay: {relay.error}", file=sys.stderr)
     if args.stats:

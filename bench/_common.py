@@ -10,10 +10,12 @@
   (a block of unique lines from ``bench_decoder``'s generator, repeated).
 - :func:`set_aside`: clear a destination between timed runs without deleting it.
 - :func:`wait_for_fast_file_creation`: before timed runs, wait out a recent mass deletion.
+- :func:`report_json`: a run's figures as JSON, to a file and to stdout as asked.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import statistics
@@ -206,6 +208,17 @@ def write_jsonl_file(path: Path, size: int, block: bytes) -> tuple[int, int]:
 def tool_version(argv: Sequence[str]) -> str:
     proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
     return (proc.stdout + proc.stderr).strip().splitlines()[0] if proc.returncode == 0 else "?"
+
+
+def report_json(results: dict[str, Any], *, save: str | None, as_json: bool) -> bool:
+    """Write ``results`` as JSON to the file ``save`` names, if any, and print them if
+    ``as_json``: whether it printed them (the run then prints nothing else)."""
+    text = json.dumps(results, indent=2, default=str)
+    if save:
+        Path(save).write_text(text + "\n")
+    if as_json:
+        print(text)
+    return as_json
 
 
 def print_rows(rows: Sequence[Sequence[str]]) -> None:

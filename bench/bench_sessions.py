@@ -74,10 +74,12 @@ from _common import (
     alternate,
     median,
     print_rows,
+    report_json,
     rss_kib,
     set_aside,
     tool_version,
     wait_for_fast_file_creation,
+    write_jsonl_file,
 )
 
 THIS = Path(__file__).resolve()
@@ -517,17 +519,8 @@ def make_big_session(path: Path, size: int, rng: random.Random) -> dict[str, Any
     data = session.data
     cut = data.index(b"\n") + 1
     header, body = data[:cut], data[cut:]
-    written = 0
-    with open(path, "wb") as out:
-        out.write(header)
-        written += len(header)
-        while written < size:
-            piece = body
-            if written + len(piece) > size:
-                end = body.rfind(b"\n", 0, size - written)
-                piece = body[: end + 1] if end >= 0 else body[: body.index(b"\n") + 1]
-            out.write(piece)
-            written += len(piece)
+    path.write_bytes(header)
+    written = len(header) + write_jsonl_file(path, size - len(header), body)[0]
     lines = body.split(b"\n")
     longest = max(range(len(lines)), key=lambda i: len(lines[i]))
     return {
@@ -1489,10 +1482,7 @@ def run_all(
     results["loadavg_end"] = os.getloadavg()
     results["elapsed_s"] = time.perf_counter() - started
 
-    if save:
-        Path(save).write_text(json.dumps(results, indent=2, default=str) + "\n")
-    if as_json:
-        print(json.dumps(results, indent=2, default=str))
+    if report_json(results, save=save, as_json=as_json):
         return 0
     print(
         f"{results['date']}  {results['openssh']}  asyncssh {results['asyncssh']}  "

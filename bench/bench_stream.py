@@ -44,6 +44,7 @@ from _common import (
     MiB,
     median,
     print_rows,
+    report_json,
     rss_kib,
     run_measuring_rss,
     timed_run,
@@ -824,8 +825,7 @@ def run_all(*, quick: bool, as_json: bool, profile: bool) -> int:
         fleet.close()
     results["elapsed_s"] = time.perf_counter() - started
 
-    if as_json:
-        print(json.dumps(results, indent=2))
+    if report_json(results, save=None, as_json=as_json):
         return 0
     print(
         f"{results['date']}  {results['openssh']}  asyncssh {results['asyncssh']}  "

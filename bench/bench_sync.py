@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from _common import BENCH, MiB, alternate, median, print_rows, tool_version
+from _common import BENCH, MiB, alternate, median, print_rows, report_json, tool_version
 
 THIS = Path(__file__).resolve()
 COUNT_RELAY = BENCH / "count_relay.py"
@@ -2152,10 +2152,7 @@ def run_all(
         Agent.stop_all()  # one a failed part left serving
         shutil.rmtree(work, ignore_errors=True)
     results["elapsed_s"] = time.perf_counter() - started
-    if save:
-        Path(save).write_text(json.dumps(results, indent=2, default=str))
-    if as_json:
-        print(json.dumps(results, indent=2, default=str))
+    if report_json(results, save=save, as_json=as_json):
         return 0
     print(
         f"{results['date']}  {results['openssh']}  {results['rsync']}  asyncssh "

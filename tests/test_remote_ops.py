@@ -1367,6 +1367,9 @@ _FORGED_STATUS = "0123456789abcdef0123456789abcdef s0"
     [
         # Some directory unreadable (find's status 1): incomplete, but the fetch goes on.
         ('echo "find: ./locked: Permission denied" >&2\nexit 1\n', (0, 0, True)),
+        # The same message without its newline: the status line that follows it on the
+        # filter's pipe is still read, and the message passed on as a line of its own.
+        ('printf "find: ./locked: Permission denied" >&2\nexit 1\n', (0, 0, True)),
         # Listed part of the tree, then failed.
         ('echo "find: out of memory" >&2\nexit 2\n', (2, 2, True)),
         # Killed part-way: its status (and the shell's "Killed").
@@ -1375,7 +1378,7 @@ _FORGED_STATUS = "0123456789abcdef0123456789abcdef s0"
         # made to look like that status, under another marker, is only a message.
         (f'echo "{_FORGED_STATUS}" >&2\nkill -9 $PPID\nexit 0\n', (2, 2, True)),
     ],
-    ids=["unreadable", "failed", "killed", "shell-killed"],
+    ids=["unreadable", "unterminated", "failed", "killed", "shell-killed"],
 )
 def test_local_round_whose_listing_ends_badly_after_some_output(
     toolset: Runner, tmp_path: Path, then: str, expected: tuple[int, int, bool]
@@ -1403,6 +1406,8 @@ esac
     assert len(listed) == 50  # the records came before the failure
     assert frames == ({0: ("End", b"{}\n")} if status == 0 else {})
     assert (_FORGED_STATUS.encode() in err) == (_FORGED_STATUS in then)
+    if b"Permission denied" in then.encode():
+        assert err.endswith(b"find: ./locked: Permission denied\n"), err
 
 
 def test_local_fetch_of_hostile_names(toolset: Runner, tmp_path: Path) -> None:

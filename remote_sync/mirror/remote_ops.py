@@ -776,8 +776,9 @@ exec xargs -0 -r -n "$3" sh -c "$2" sh
 # listing" on, since stdout and stderr reach it in no fixed order. The statuses come on the
 # same pipe, each on a line of its own after the marker, which no message can forge (only
 # this host's shells hold it): "<marker> s<status>" once find ended, "<marker> z<status>"
-# (gzip's, 0 without it) once the listing's subshell is done. The filter's input ends only
-# when every process that holds the pipe has exited, gzip among them: then it writes the
+# (gzip's, 0 without it) once the listing's subshell is done. A message written without its
+# newline just before one is still passed on, and the status still read. The filter's input
+# ends only when every process that holds the pipe has exited, gzip among them: then it writes the
 # listing's end line "L <status> <flag> <tools>" on stdout (after the listing, where a record
 # would start: a record starts with a digit) and "<marker> L" on stderr (the client takes the
 # stderr before it as the listing's messages), and returns the status. A status line missing
@@ -842,8 +843,18 @@ echo "$m z$gz" >&2
     w=0
     while IFS= read -r line || [ -n "$line" ]; do
         case $line in
-        "$m s"*) st=${line#"$m s"} ;;
-        "$m z"*) gz=${line#"$m z"} ;;
+        *"$m "[sz]*)
+            # A status line, also where a message before it did not end its own line.
+            word=${line##*"$m "}
+            line=${line%"$m $word"}
+            case $word in
+            s*) st=${word#s} ;;
+            *) gz=${word#z} ;;
+            esac
+            [ -n "$line" ] || continue
+            ;;
+        esac
+        case $line in
         @VANISHED@) ;;
         *)
             printf '%s\n' "$line" >&2

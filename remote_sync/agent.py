@@ -81,9 +81,9 @@ from .events import (
     guarded,
 )
 from .inventory import Host, lists_no_hosts, load_inventory
+from .mirror.control import open_control_dir, open_lock, refuse_nested
 from .mirror.engine import SyncOptions
 from .mirror.fleet import SyncMemory, sync_fleet
-from .mirror.state import open_control_dir, open_lock, refuse_nested
 from .ssh.endpoint import Endpoint
 from .ssh.pool import PoolSettings, SSHPool
 from .ssh.remote import check_concurrency, checked_idle_timeout

@@ -67,8 +67,8 @@ SOCKET_NAME = "agent.sock"
 #: Held (flock) by the running agent, for as long as it runs: a second agent is refused
 #: while the first lives, and the socket of one that died is known to be stale.
 LOCK_NAME = "agent.lock"
-#: The control directory of a mirror (``mirror.state.CONTROL_DIR``, not imported: that
-#: module is the engine's side).
+#: The control directory of a mirror (``mirror.control.CONTROL_DIR``, not imported: that
+#: package is the engine's side).
 CONTROL_DIR = ".remote-sync"
 #: The longest request line the agent reads (a request names hosts and tags, no more).
 MAX_REQUEST = 1024 * 1024

@@ -71,7 +71,7 @@ from .index.query import session_stats as query_stats
 from .inventory import Host
 from .mirror.check import CheckReport, Problem
 from .mirror.check import check_mirror as check_the_mirror
-from .mirror.state import read_state
+from .mirror.state_reader import read_state
 from .mirror.versions import PruneResult, VersionRow
 from .mirror.versions import list_versions as list_kept_versions
 from .mirror.versions import prune_versions as prune_kept_versions

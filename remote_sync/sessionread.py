@@ -48,7 +48,7 @@ from .index.query import (
     unreadable_index,
 )
 from .index.store import INT64_MAX
-from .mirror.state import StateReader
+from .mirror.state_reader import StateReader
 from .offloop import import_off_the_loop, in_thread
 from .ssh.pool import PoolSettings
 
@@ -413,7 +413,7 @@ class _IndexReader:
     stopped: SQLite asks :meth:`_stopping` every :data:`_STEPS` of its instructions and
     aborts the query, so the thread does not go on sorting an index nobody waits for; the
     thread then closes the connection itself. Otherwise :meth:`stop` closes it at once. The
-    connection is the :class:`~remote_sync.mirror.state.StateReader`'s own, never a copy of
+    connection is the :class:`~remote_sync.mirror.state_reader.StateReader`'s own, never a copy of
     it: a read again after a sync replaced it, and the close is the reader's, so no
     connection opened for a reread stays open until the garbage collector finds it."""
 

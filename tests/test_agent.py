@@ -1904,12 +1904,12 @@ async def test_a_scheduled_rounds_sink_that_fails_loses_its_event_not_the_agent(
 
 
 def test_the_agents_socket_lives_in_the_mirrors_own_state_directory() -> None:
-    """agent_link names the mirror's state directory itself (importing mirror.state would
-    cost the client its start-up): the two names must not drift apart."""
+    """agent_link names the mirror's state directory itself (importing the mirror package
+    would cost the client its start-up): the two names must not drift apart."""
     from remote_sync import agent_link
-    from remote_sync.mirror import state
+    from remote_sync.mirror import control
 
-    assert agent_link.CONTROL_DIR == state.CONTROL_DIR
+    assert agent_link.CONTROL_DIR == control.CONTROL_DIR
 
 
 def test_a_request_holding_a_name_that_is_not_utf8_runs_here_not_a_traceback(

@@ -60,7 +60,8 @@ from remote_sync.index.facts import Message
 from remote_sync.index.show import ShowResult, show_session
 from remote_sync.index.update import rebuild_index
 from remote_sync.inventory import Host, Source, load_inventory
-from remote_sync.mirror.state import MirrorState, _LockHolder
+from remote_sync.mirror.control import LockHolder
+from remote_sync.mirror.state import MirrorState
 from remote_sync.ssh.endpoint import Endpoint
 from remote_sync.ssh.pool import PoolSettings
 from remote_sync.ssh.remote import checked_idle_timeout
@@ -527,12 +528,12 @@ def test_any_lock_file_reads_as_a_holder_that_is_not_this_process(data: bytes) -
     """Whatever a lock file holds (another version's, a hand edit, a half-written line), it
     reads as a holder to name, never as this process nor an error; a line this version
     writes reads back as written."""
-    holder = _LockHolder.parse(data)
+    holder = LockHolder.parse(data)
     assert holder.pid and not holder.is_this_process()
     message = holder.locked_error(Path("/m")).message
     assert message.startswith("another remote-sync run (pid ") and "\n" not in message
-    ours = _LockHolder.this_process()
-    assert _LockHolder.parse(ours.line() + data) == ours and ours.is_this_process()
+    ours = LockHolder.this_process()
+    assert LockHolder.parse(ours.line() + data) == ours and ours.is_this_process()
 
 
 async def test_a_second_sync_in_this_process_is_told_so(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ from remote_sync.cli import main
 from remote_sync.errors import ConfigError, path_text
 from remote_sync.mirror import check
 from remote_sync.mirror.check import CheckSummary, Problem, check_mirror
-from remote_sync.mirror.state import FileState, MirrorState, StateReader, fingerprint_of
+from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
+from remote_sync.mirror.state_reader import StateReader
 from remote_sync.mirror.versions import prune_versions
 
 BASE = b"agents/a/sessions/"

@@ -40,7 +40,8 @@ from remote_sync.index.worker import IndexJob, IndexWorker, IndexWorkerError
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import commits, engine, frames, writer
 from remote_sync.mirror import fleet as fleet_run
-from remote_sync.mirror.state import MirrorState, VersionNumbers
+from remote_sync.mirror.state import MirrorState
+from remote_sync.mirror.version_names import VersionNumbers
 
 FAKE_WORKER = Path(__file__).resolve().parent / "fake_index_worker.py"
 

@@ -411,7 +411,7 @@ def _cut_forms() -> list[str]:
     """Remote names that are exactly what a longer name is cut to: a directory named like
     the cut of a long version-like one (with its ``~``, and without), a file named like the
     cut of a long one (before ``.v1``)."""
-    from remote_sync.mirror.state import _fit_name
+    from remote_sync.mirror.version_names import _fit_name
 
     long_dir, long_file = b"e" * 254 + b".v1", b"f" * 255
     cut_dir = _fit_name(long_dir, b"~")
@@ -575,7 +575,7 @@ def test_a_lock_file_taken_back_while_it_was_opened_is_opened_again(
     """A failed first open removes its lock file holding it; a run that had opened that file
     then locks a file no other run sees. It opens the lock file again (and makes the state
     directory again) rather than go on beside a third run."""
-    from remote_sync.mirror import state as state_module
+    from remote_sync.mirror import control
 
     real_open = os.open
     opened: list[str] = []
@@ -592,7 +592,7 @@ def test_a_lock_file_taken_back_while_it_was_opened_is_opened_again(
             os.rmdir(where)
         return fd
 
-    monkeypatch.setattr(state_module.os, "open", open_then_taken_back)
+    monkeypatch.setattr(control.os, "open", open_then_taken_back)
     with MirrorState(tmp_path / "m") as state:
         assert state._lock_fd is not None
         lock = tmp_path / "m" / ".remote-sync" / "lock"

@@ -1974,7 +1974,7 @@ def test_a_reader_gives_up_when_syncs_keep_changing_the_state(
 ) -> None:
     """A read spoilt by a sync every time is read again a bounded number of times, then said
     (run again), not read forever."""
-    from remote_sync.mirror.state import REREADS
+    from remote_sync.mirror.state_reader import REREADS
 
     opened = tear_reads(monkeypatch, show_dest, torn=1000)
     code, out, err = cli(["sessions", "stats", "--dest", str(show_dest)], capsys)
@@ -2003,7 +2003,7 @@ def test_the_librarys_listing_closes_every_connection_it_read_again_on(
     import anyio
 
     from remote_sync import api
-    from remote_sync.mirror.state import REREADS
+    from remote_sync.mirror.state_reader import REREADS
 
     assert not _state_descriptors(show_dest)
     opened = tear_reads(monkeypatch, show_dest, torn=1000)
@@ -2023,7 +2023,7 @@ def test_a_slow_listing_is_a_snapshot_whatever_a_sync_commits_between_its_rows(
     database file: none torn, none of the sync's. Opened with no sync running the state is
     read as a file nothing changes (``immutable``), else through the sync's WAL: both."""
     from remote_sync.index.query import query_sessions, state_database
-    from remote_sync.mirror.state import stream_state
+    from remote_sync.mirror.state_reader import stream_state
 
     dest = tmp_path / "mirror"
     build_many(dest, 2100)  # more rows than two fetches of the query's cursor hold

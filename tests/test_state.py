@@ -26,9 +26,9 @@ from remote_sync.mirror.state import (
     SCHEMA_VERSION,
     FileState,
     MirrorState,
-    VersionNumbers,
     fingerprint_of,
 )
+from remote_sync.mirror.version_names import VersionNumbers
 from remote_sync.mirror.writer import AppendWriter, RewriteDetected, WholeWriter, make_durable
 
 
@@ -299,7 +299,7 @@ def test_a_reader_refuses_a_link_at_the_state_database(
 def test_a_dry_runs_copy_of_the_state_refuses_a_link_at_the_state_database(tmp_path: Path) -> None:
     """A dry run copies the state to work on; the copy resolved a link at ``state.db`` and
     copied another mirror's state. It is refused as the readers refuse it."""
-    from remote_sync.mirror.state import copy_state
+    from remote_sync.mirror.state_reader import copy_state
 
     dest, elsewhere = _two_mirrors(tmp_path)
     db = dest / ".remote-sync" / "state.db"
@@ -315,15 +315,15 @@ def _copy_state_through(
 ) -> None:
     """A dry run's copy of ``source`` to ``target``, the state's connections made by
     ``factory`` (which stands in for a sync writing meanwhile)."""
-    from remote_sync.mirror import state as state_module
-    from remote_sync.mirror.state import copy_state
+    from remote_sync.mirror import state_reader
+    from remote_sync.mirror.state_reader import copy_state
 
     real_connect = sqlite3.connect
 
     def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         return real_connect(*args, **kwargs, factory=factory)
 
-    monkeypatch.setattr(state_module.sqlite3, "connect", connect)
+    monkeypatch.setattr(state_reader.sqlite3, "connect", connect)
     copy_state(source, target)
     monkeypatch.undo()
 
@@ -521,7 +521,7 @@ def test_the_readme_quotes_what_a_full_quota_and_a_full_sqlite_write_say(tmp_pat
     full instead", where midway the message begins "disk full (over this user's quota)", and
     it claimed that for every full disk, where SQLite's "database or disk is full" cannot
     tell a quota from a disk. It now quotes what each says."""
-    from remote_sync.mirror.state import full_disk_error
+    from remote_sync.mirror.destination import full_disk_error
     from remote_sync.mirror.writer import _mirror_error
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -709,10 +709,10 @@ def test_a_worker_threads_connection_lists_no_descriptors(
     """Its first connection holding the database, the look at ``/proc/self/fd`` tells a
     worker thread's connection nothing, and it cost 10 ms with 2,000 descriptors open (a
     fleet's SSH connections) on every round of every host: it is not made."""
-    from remote_sync.mirror import state as state_module
+    from remote_sync.mirror import control
 
     listed: list[object] = []
-    monkeypatch.setattr(state_module, "_open_files", lambda: listed.append(1))
+    monkeypatch.setattr(control, "_open_files", lambda: listed.append(1))
     with MirrorState(tmp_path / "m") as state:
         listed.clear()
         with contextlib.closing(state.for_thread()) as worker:
@@ -732,14 +732,14 @@ def test_a_files_versions_are_found_among_its_neighbours_versions(
     """numbered_versions passes another file's entries over by their first bytes before its
     regular expressions (a project's folder holds thousands): every name a version of any
     length gets, cut with a digest or not, still starts with what it keeps, and is found."""
-    from remote_sync.mirror import state as state_module
+    from remote_sync.mirror import version_names
 
     if cut_like:
         name += b"~0123456789abcdef"
-    mine = state_module._version_name(name, version)
-    others = [state_module._version_name(name + b"x", version), b"other.jsonl.v1", mine + b"~"]
-    groups = state_module.group_versions([*others, mine])
-    assert state_module.numbered_versions(b"dir/" + name, groups) == {version: mine}
+    mine = version_names.version_name(name, version)
+    others = [version_names.version_name(name + b"x", version), b"other.jsonl.v1", mine + b"~"]
+    groups = version_names.group_versions([*others, mine])
+    assert version_names.numbered_versions(b"dir/" + name, groups) == {version: mine}
 
 
 @settings(max_examples=300, deadline=None)
@@ -763,7 +763,7 @@ def test_a_folder_grouped_once_finds_each_files_versions_as_a_scan_of_it_did(
     file: each file's versions found in its group are those the rule finds scanning the
     whole folder, for names that are prefixes of one another, long enough to be cut for some
     numbers and not others, ending like a cut name, and among names no version has."""
-    from remote_sync.mirror import state as state_module
+    from remote_sync.mirror import version_names
 
     names = []
     for stem, pad, cut_like in stems:
@@ -771,16 +771,16 @@ def test_a_folder_grouped_once_finds_each_files_versions_as_a_scan_of_it_did(
         names.append(name + b"~0123456789abcdef" if cut_like else name)
     names += [name[:-1] for name in names if len(name) > 1]
     names = [name for name in names if name not in (b".", b"..")]
-    entries = {state_module._version_name(name, n) for name in names for n in numbers}
+    entries = {version_names.version_name(name, n) for name in names for n in numbers}
     entries.update(junk)
-    groups = state_module.group_versions(entries)
+    groups = version_names.group_versions(entries)
     for name in names:
         scanned = {}
         for entry in entries:
-            match = state_module._NUMBERED.search(entry)
-            if match and state_module._version_name(name, int(match[1])) == entry:
+            match = version_names._NUMBERED.search(entry)
+            if match and version_names.version_name(name, int(match[1])) == entry:
                 scanned[int(match[1])] = entry
-        assert state_module.numbered_versions(b"d/" + name, groups) == scanned
+        assert version_names.numbered_versions(b"d/" + name, groups) == scanned
         assert set(scanned) == set(numbers)
 
 
@@ -869,7 +869,7 @@ def test_a_dry_runs_copy_of_a_state_that_changes_on_every_copy_gives_up_saying_w
     """A sync that commits and closes during every copy of the state (read unlocked, as a
     file): the copy is taken again REREADS times, then given up with an error naming the
     state database and saying to run the dry run again, not looped on for ever."""
-    from remote_sync.mirror.state import REREADS
+    from remote_sync.mirror.state_reader import REREADS
 
     dest, source = _a_closed_state(tmp_path, "k0")
     copies = []

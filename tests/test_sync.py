@@ -60,17 +60,12 @@ from remote_sync.mirror import (
     writer,
 )
 from remote_sync.mirror import listing as listing_module
+from remote_sync.mirror.control import refuse_nested
 from remote_sync.mirror.fetch_events import End, Failed
 from remote_sync.mirror.fetch_frames import FetchRequest
 from remote_sync.mirror.plan import OVERLAP_BYTES, Transfer
-from remote_sync.mirror.state import (
-    FINGERPRINT_BYTES,
-    FileState,
-    MirrorState,
-    VersionNumbers,
-    fingerprint_of,
-    refuse_nested,
-)
+from remote_sync.mirror.state import FINGERPRINT_BYTES, FileState, MirrorState, fingerprint_of
+from remote_sync.mirror.version_names import VersionNumbers
 from remote_sync.mirror.versions import list_versions
 
 

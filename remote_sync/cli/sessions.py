@@ -177,7 +177,7 @@ def run_sessions_list(args: argparse.Namespace) -> int:
             rows, hosts = _list_remote(args, filters, failures)
         else:
             from ..index.query import query_sessions
-            from ..mirror.state import stream_state
+            from ..mirror.state_reader import stream_state
 
             def query(db: sqlite3.Connection) -> Iterator[SessionRow]:
                 # Whether --host names an indexed host, asked on the listing's connection
@@ -277,7 +277,7 @@ def run_sessions_stats(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     try:
         from ..index.query import session_stats
-        from ..mirror.state import read_state
+        from ..mirror.state_reader import read_state
 
         def read(db: sqlite3.Connection) -> tuple[list[StatsRow], RemoteSyncError | None]:
             groups = session_stats(db, args.by, **_filters(args))

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 from ..decode.jsonl import DEFAULT_MAX_LINE_BYTES, JsonlDecoder, Record
 from ..errors import ConfigError, MirrorError, refetch_hint
-from ..mirror.state import read_state
+from ..mirror.state_reader import read_state
 from .facts import FormatReader, Message, ShowResult
 from .query import SessionRef, SessionRow, find_session
 from .store import load_facts, mark_before

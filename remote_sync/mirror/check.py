@@ -33,7 +33,7 @@ the state is read as a file nothing changes (``immutable``: see
 :func:`~remote_sync.index.store.read_only_uri`), which would not see a sync that starts later,
 and would read pages its checkpoints rewrite underneath; so each read is followed by a look at
 the database's files, and one that changed meanwhile is read again on a new connection (the
-state's :class:`~remote_sync.mirror.state.StateReader`, which the other readers use too).
+state's :class:`~remote_sync.mirror.state_reader.StateReader`, which the other readers use too).
 """
 
 from __future__ import annotations
@@ -53,20 +53,11 @@ import msgspec
 from ..errors import GONE, ConfigError, TransferCancelledError, path_text, refetch_hint
 from ..formats.readers import READERS
 from ..index.query import unreadable_index
-from .state import (
-    CONTROL_DIR,
-    FINGERPRINT_BYTES,
-    READ_NO_FOLLOW,
-    MirrorState,
-    StateReader,
-    VersionsListings,
-    fingerprint_of,
-    host_is_indexed,
-    kept_times,
-    kind_text,
-    place_text,
-    unindexed_files,
-)
+from .control import CONTROL_DIR
+from .destination import READ_NO_FOLLOW, kind_text, place_text
+from .state import FINGERPRINT_BYTES, MirrorState, fingerprint_of
+from .state_reader import StateReader, host_is_indexed, kept_times, unindexed_files
+from .version_names import VersionsListings
 
 __all__ = ["CheckReport", "CheckSummary", "Problem", "check_mirror"]
 

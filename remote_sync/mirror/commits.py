@@ -24,7 +24,8 @@ import anyio.lowlevel
 
 from ..errors import MirrorError, path_text
 from ..index.store import IndexRows
-from .state import MirrorState, VersionNumbers
+from .state import MirrorState
+from .version_names import VersionNumbers
 from .writer import Pending, make_durable
 
 log = logging.getLogger(__name__)

@@ -70,6 +70,7 @@ from ..ssh.pool import PoolSettings, SSHPool
 from ..ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 from ..ssh.stream import RemoteStream, exec_streaming
 from .commits import Flush, StateWrites, commit, cut_back, in_thread
+from .destination import mirrored_path
 from .fetch_events import End, Gone
 from .fetch_frames import FrameParser
 from .fetch_requests import follow_up_requests, owned, requests_of
@@ -89,14 +90,8 @@ from .remote_ops import (
 )
 from .returning import OverlapRead, overlap_length, overlap_request, same_file_back, take_reads
 from .root_probe import probed_root_error
-from .state import (
-    FINGERPRINT_BYTES,
-    FileState,
-    MirrorState,
-    VersionNumbers,
-    fingerprint_of,
-    mirrored_path,
-)
+from .state import FINGERPRINT_BYTES, FileState, MirrorState, fingerprint_of
+from .version_names import VersionNumbers
 from .writer import CommitBatch, Pending, discard
 
 if TYPE_CHECKING:

@@ -38,8 +38,10 @@ from ..index.worker import IndexWorker
 from ..inventory import Host, normal_root
 from ..ssh.pool import JumpsRead, SSHPool
 from .commits import in_thread, opened
+from .control import CONTROL_DIR, CleanClose, refuse_nested
 from .engine import FLUSH_FILES, HostRound, HostSync, SyncOptions, piece_bytes
-from .state import CONTROL_DIR, CleanClose, MirrorState, copy_state, refuse_nested
+from .state import MirrorState
+from .state_reader import copy_state
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SyncMemory:
     """What a process that syncs one destination again and again (the agent) keeps between
-    its syncs: what its last sync left clean (:class:`~.state.CleanClose`), whose hosts the
+    its syncs: what its last sync left clean (:class:`~.control.CleanClose`), whose hosts the
     next sync's recovery does not stat file by file when no other run has held the lock
     since (:meth:`~.state.MirrorState.clean_since`). A sync forgets it as it starts and
     remembers again, once it has closed the state, the hosts whose rounds ended clean (none

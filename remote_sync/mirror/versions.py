@@ -5,8 +5,9 @@ What it owns: :class:`VersionRow` (one kept version, as ``versions list --json``
 the library returns it), :func:`list_versions` and :func:`restore_version` (:func:`find_version`
 and :class:`KeptVersion` are its two steps, the lookup and the copy, for a caller that tells
 their failures apart, as the CLI does for ``--to -``), and :func:`prune_versions` with its
-:class:`PruneResult` (``versions prune``). Where a version is put and how it is numbered
-belongs to the writer and the state (``writer._put_in_place``,
+:class:`PruneResult` (``versions prune``). Where a version is put and how it is named and
+numbered belongs to the writer, the state and :mod:`~remote_sync.mirror.version_names`
+(``writer._put_in_place``,
 :meth:`MirrorState.version_path <remote_sync.mirror.state.MirrorState.version_path>`): this
 module only reads them. The listing and the restore never take the mirror's lock (they read the
 state as ``sessions`` does, so they work while a sync runs) and never write inside the mirror;
@@ -62,18 +63,11 @@ from ..index.query import (
     tidy_path,
     unreadable_index,
 )
-from .state import (
-    DIR_NO_FOLLOW,
-    READ_NO_FOLLOW,
-    MirrorState,
-    VersionsListings,
-    enter_dirs,
-    fsync_dir,
-    kept_times,
-    kind_text,
-    place_text,
-    read_state,
-)
+from .control import enter_dirs
+from .destination import DIR_NO_FOLLOW, READ_NO_FOLLOW, fsync_dir, kind_text, place_text
+from .state import MirrorState
+from .state_reader import kept_times, read_state
+from .version_names import VersionsListings
 
 __all__ = [
     "KeptVersion",

@@ -51,16 +51,9 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import MirrorError, path_text
 from ..index.update import FileIndexer, IndexUpdate, PackedUpdate
-from .state import (
-    FINGERPRINT_BYTES,
-    FileState,
-    MirrorState,
-    VersionNumbers,
-    fingerprint_of,
-    fsync_dir,
-    full_disk_words,
-    out_of_space,
-)
+from .destination import fsync_dir, full_disk_words, out_of_space
+from .state import FINGERPRINT_BYTES, FileState, MirrorState, fingerprint_of
+from .version_names import VersionNumbers
 
 if TYPE_CHECKING:
     from ..index.worker import IndexJob

@@ -1178,6 +1178,55 @@ def apply_patch(key: str, value: str) -> None:
         raise ValueError(f"unknown patch {key}={value}; known: {', '.join(PATCHES)}")
 
 
+#: What ``--child phases`` times: (module, name in it, label) of each step it wraps, in that
+#: process only. Each is looked up by :func:`phase_target`, which raises if it is gone: a
+#: rename in the library fails the profile (and tests/test_bench_imports.py) where it
+#: dropped a phase unsaid. A function is wrapped where its callers look it up (``make_plan``
+#: in ``engine``, which imported it).
+PHASES: tuple[tuple[str, str, str], ...] = (
+    ("remote_sync.ssh.pool", "SSHPool._connect", "ssh connect + auth"),
+    ("remote_sync.mirror.engine", "HostSync._round", "host round (all of it)"),
+    ("remote_sync.mirror.engine", "HostSync._list", "listing (remote find, parse)"),
+    ("remote_sync.mirror.engine", "make_plan", "plan"),
+    ("remote_sync.mirror.engine", "requests_of", "requests of the plan (thread)"),
+    ("remote_sync.mirror.engine", "HostSync._consume", "fetch stream (frames, writes, index)"),
+    ("remote_sync.mirror.frames", "FrameHandler.handle_all", "  frames handled (all but reads)"),
+    ("remote_sync.mirror.engine", "HostSync._fetch_again", "  follow-up fetches (own command)"),
+    ("remote_sync.mirror.engine", "HostSync._flush", "flush (await fsync thread + commit)"),
+    ("remote_sync.mirror.engine", "HostSync._complete", "  wait for the flush in flight + commit"),
+    ("remote_sync.mirror.commits", "make_durable", "  sync + rename (flush thread)"),
+    ("os", "fsync", "  os.fsync calls"),
+    ("os", "fdatasync", "  os.fdatasync calls"),
+    ("remote_sync.mirror.writer", "_syncfs", "  syncfs calls"),
+    ("remote_sync.mirror.state", "MirrorState.commit", "  sqlite commit (checkpoints + index)"),
+    ("remote_sync.mirror.state", "MirrorState.open", "state open (lock, sqlite, schema)"),
+    ("remote_sync.mirror.state", "MirrorState.recover", "state recover"),
+    ("remote_sync.mirror.state", "MirrorState.host_files", "state host_files (read checkpoints)"),
+    ("remote_sync.mirror.engine", "HostSync._mark_deleted", "mark deleted (sqlite)"),
+    ("remote_sync.mirror.engine", "HostSync._index_the_unindexed", "index the unindexed"),
+    ("remote_sync.index.update", "FileIndexer.feed", "  index: FileIndexer.feed"),
+    ("remote_sync.index.update", "FileIndexer.result", "  index: FileIndexer.result"),
+)
+
+
+def phase_target(module: str, name: str) -> tuple[Any, str]:
+    """The object holding the attribute a :data:`PHASES` entry names, and that attribute's
+    name; raises if it is not in the library (renamed or moved: fix :data:`PHASES`)."""
+    import importlib
+
+    owner: Any = importlib.import_module(module)
+    *path, attr = name.split(".")
+    for part in path:
+        owner = getattr(owner, part, None)
+        if owner is None:
+            break
+    if owner is None or not callable(getattr(owner, attr, None)):
+        raise RuntimeError(
+            f"--profile's phase {module}.{name} is not in this remote_sync: fix bench_sync.PHASES"
+        )
+    return owner, attr
+
+
 def child_main(argv: list[str]) -> int:
     """``--child plain|phases|cprofile OUT [--patch K=V]... -- sync ...``: one ``remote-sync``
     run in this process, for diagnostics; OUT gets a JSON object.
@@ -1198,8 +1247,6 @@ def child_main(argv: list[str]) -> int:
     import pstats
 
     import remote_sync.cli as cli
-    from remote_sync.mirror import commits, engine, state, writer
-    from remote_sync.ssh import pool
 
     t_imported = time.perf_counter()
     for key, value in patches:
@@ -1216,9 +1263,7 @@ def child_main(argv: list[str]) -> int:
             c[3] = max(c[3], end - t_enter)
 
     def wrap(owner: Any, attr: str, label: str) -> None:
-        original = getattr(owner, attr, None)
-        if original is None:
-            return  # not in this version of the library
+        original = getattr(owner, attr)
         if hasattr(original, "__code__") and original.__code__.co_flags & 0x80:  # coroutine
 
             async def timed_async(*a: Any, **k: Any) -> Any:
@@ -1254,29 +1299,9 @@ def child_main(argv: list[str]) -> int:
                 text = buf.getvalue()
             else:
                 if mode == "phases":
-                    wrap(pool.SSHPool, "_connect", "ssh connect + auth")
-                    wrap(engine.HostSync, "_round", "host round (all of it)")
-                    wrap(engine.HostSync, "_list", "listing (remote find, parse)")
-                    wrap(engine, "make_plan", "plan")
-                    wrap(engine.HostSync, "_fetch", "fetch stream (frames, writes, index feed)")
-                    wrap(engine.HostSync, "_flush", "flush (await fsync thread + sqlite commit)")
-                    wrap(engine.HostSync, "_complete", "  wait for the flush in flight + commit")
-                    wrap(commits, "make_durable", "  sync + rename (flush thread)")
-                    wrap(os, "fsync", "  os.fsync calls")
-                    wrap(os, "fdatasync", "  os.fdatasync calls")
-                    wrap(writer, "_syncfs", "  syncfs calls")
-                    wrap(state.MirrorState, "commit", "  sqlite commit (checkpoints + index)")
-                    wrap(state.MirrorState, "open", "state open (lock, sqlite, schema)")
-                    wrap(state.MirrorState, "recover", "state recover")
-                    wrap(state.MirrorState, "host_files", "state host_files (read checkpoints)")
-                    wrap(engine.HostSync, "_mark_deleted", "mark deleted (sqlite)")
-                    try:
-                        from remote_sync.index import update
-                    except ImportError:
-                        pass
-                    else:
-                        wrap(update.FileIndexer, "feed", "  index: FileIndexer.feed")
-                        wrap(update.FileIndexer, "result", "  index: FileIndexer.result")
+                    for module, name, label in PHASES:
+                        owner, attr = phase_target(module, name)
+                        wrap(owner, attr, label)
                 code = cli.main(sync_args)
         finally:
             sys.stdout = saved

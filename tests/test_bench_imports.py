@@ -43,3 +43,15 @@ def test_every_name_a_benchmark_imports_exists(
             except ImportError:
                 missing.append(f"from {module} import {name}")
     assert not missing, f"{script.name}: {missing}"
+
+
+def test_every_phase_the_sync_profile_wraps_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bench_sync.py --profile`` wraps the engine's steps by name; one a refactor renamed
+    was skipped unsaid (the fetch stream, after the engine's split). ``phase_target`` now
+    raises for it, and this finds it without running the benchmark."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    bench_sync = importlib.import_module("bench_sync")
+    for module, name, _label in bench_sync.PHASES:
+        bench_sync.phase_target(module, name)
+    with pytest.raises(RuntimeError, match=r"HostSync\._fetch "):
+        bench_sync.phase_target("remote_sync.mirror.engine", "HostSync._fetch")

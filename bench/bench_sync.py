@@ -25,7 +25,9 @@ of parts 1 and 2 are also timed with warm connections: ``remote-sync sync`` of a
 an agent serves (the agent keeps each host's connection between runs), against the named peer
 (a cold rsync, with the part's goal) and against the same rsync through OpenSSH control masters
 (``ControlMaster=auto``, ``ControlPersist``: warm connections on both sides, info); the
-agent's own peak RSS is read from ``/proc`` before it stops. Every run also records its
+initial mirror too, through a fresh agent per run, started before the timed sync but not yet
+connected (checked), against the named peer with the initial goal. The agent's own peak RSS
+and CPU time are read from ``/proc`` before it stops. Every run also records its
 client CPU time (``time -v``) and the rest of the machine's busy CPU time meanwhile
 (``/proc/stat``: sshd, remote commands, kernel, and any other load on the machine). After
 every run the mirrors are checked against the remote files (remote-sync: byte-identical up
@@ -46,6 +48,7 @@ fsync strategies. Progress goes to stderr. It benchmarks whichever ``remote_sync
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -488,6 +491,7 @@ class Agent:
 
     def __init__(self, inventory: Path, dest: Path) -> None:
         self.socket = dest / ".remote-sync" / "agent.sock"
+        started = time.perf_counter()
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -512,6 +516,8 @@ class Agent:
                 err = self.process.communicate()[1]
                 raise RuntimeError(f"remote-sync agent did not start: {err[-2000:]!r}")
             time.sleep(0.05)
+        #: Its start to its socket answering (interpreter, imports, lock, listen).
+        self.ready_s = time.perf_counter() - started
         Agent.running.add(self)
 
     @classmethod
@@ -534,6 +540,38 @@ class Agent:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024 / 1e6
         return float("nan")
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) it and its descendants (the index worker it keeps)
+        have used so far: a sync it serves is its work, not its client's, whose ``time -v``
+        sees only the forwarding."""
+        ticks = 0
+        pids = [self.process.pid]
+        while pids:
+            pid = pids.pop()
+            with contextlib.suppress(OSError):  # ended since it was listed
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                # utime, stime, and cutime, cstime: those of its children reaped so far.
+                ticks += sum(int(x) for x in stat[11:15])
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    pids += [int(c) for c in (task / "children").read_text().split()]
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def tcp_connections(self) -> int:
+        """TCP connections it holds (its socket descriptors found in ``/proc/net/tcp``): its
+        SSH connections to the hosts, as it talks to its clients over a Unix socket."""
+        fds = Path(f"/proc/{self.process.pid}/fd")
+        inodes = set()
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):  # closed since the listing
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+        held = 0
+        for table in ("tcp", "tcp6"):
+            rows = Path(f"/proc/{self.process.pid}/net/{table}").read_text().splitlines()[1:]
+            held += sum(1 for row in rows if row.split()[9] in inodes)
+        return held
 
     def stop(self) -> float:
         """Stop it (SIGTERM, as systemd does); its peak RSS."""
@@ -654,6 +692,16 @@ def bench_one(fleet: Any, sizes: Sizes, lines: Lines, work: Path, profile: bool)
 
         return step
 
+    with_agent = supports_agent()
+    agent_dest, cm_dest = work / "one-agent", work / "one-rsync-cm"
+
+    def ours_agent_initial() -> None:
+        def check() -> None:
+            check_mirror(remote, agent_dest / name / "agents", lines_only=True, what="agent")
+
+        r = initial_through_agent(inventory, agent_dest, check)
+        runs.setdefault("ours_agent_initial", []).append(r)
+
     settle(work)
     for rep in range(sizes.repeat):
         clear(ours_dest, rsync_dest, fsync_dest, noindex_dest)
@@ -662,6 +710,8 @@ def bench_one(fleet: Any, sizes: Sizes, lines: Lines, work: Path, profile: bool)
             steps.append(ours("initial", "--no-index"))
         if with_fsync:
             steps.append(rsync("initial", "--fsync", dest=fsync_dest, label="rsync_fsync"))
+        if with_agent:
+            steps.append(ours_agent_initial)
         alternate(rep, steps)
         progress(f"one initial rep {rep + 1}: " + _last(runs, "initial"))
     clear(fsync_dest)
@@ -669,8 +719,6 @@ def bench_one(fleet: Any, sizes: Sizes, lines: Lines, work: Path, profile: bool)
     # Warm connections: ours through an agent that serves its destination, against rsync
     # through an OpenSSH control master (ControlPersist), each with a first mirror made and
     # one run to open the connection before the timed runs.
-    with_agent = supports_agent()
-    agent_dest, cm_dest = work / "one-agent", work / "one-rsync-cm"
     cm = control_master_rsh(fleet.ssh_config, work)
     agent: Agent | None = None
     if with_agent:
@@ -785,6 +833,33 @@ def start_warm(inventory: Path, dest: Path, warm_peer: Callable[[], object]) -> 
     return agent
 
 
+def initial_through_agent(inventory: Path, dest: Path, check: Callable[[], None]) -> dict[str, Any]:
+    """An initial mirror through an agent, measured: ``dest`` fresh, an agent started on it
+    (not timed; its start-to-ready kept as ``agent_ready_s``), then the timed ``remote-sync
+    sync`` that it serves, ``check``, and the agent stopped (its peak RSS ``agent_rss_mb``,
+    its CPU time for the sync ``agent_cpu_s``). The agent connects to a host at a sync's
+    first use of it, not at its start: checked, so the timed sync pays for the connections
+    as the peer's does (and the sync is checked to have gone through the agent)."""
+    clear(dest)
+    agent = Agent(inventory, dest)
+    try:
+        if agent.tcp_connections():
+            raise RuntimeError(
+                "remote-sync agent connected to the hosts before its first sync: its initial "
+                "mirror would be timed without its connections"
+            )
+        cpu = agent.cpu_s()
+        r = run_ours(inventory, dest)
+        r["agent_cpu_s"] = agent.cpu_s() - cpu
+        if not agent.tcp_connections():  # --persist 0: kept until it stops
+            raise RuntimeError("remote-sync sync did not go through the agent")
+        check()
+    finally:
+        peak = agent.stop()
+    r.update(agent_ready_s=agent.ready_s, agent_rss_mb=peak)
+    return r
+
+
 def timed_runs(
     ours: Callable[..., Callable[[], None]],
     rsync: Callable[..., Callable[[], None]],
@@ -849,7 +924,8 @@ def _agent_ratios(
     agent_peak: float | None,
 ) -> None:
     """The through-the-agent figures: against the named peer (a cold rsync) and against
-    rsync through a control master (warm connections on both sides)."""
+    rsync through a control master (warm connections on both sides); the initial mirror's
+    (a fresh agent each time) against the named peer only."""
     for key in ("incremental", "nochange"):
         result[f"ratio_{key}_agent"] = med[f"ours_agent_{key}"] / med[f"rsync_{key}"]
         result[f"ratio_{key}_agent_vs_cm"] = med[f"ours_agent_{key}"] / med[f"rsync_cm_{key}"]
@@ -857,6 +933,13 @@ def _agent_ratios(
         r["rss_mb"] for key in ("incremental", "nochange") for r in runs[f"ours_agent_{key}"]
     )
     result["peak_rss_mb"]["agent"] = agent_peak
+    initial = runs.get("ours_agent_initial")
+    if initial:  # a fresh agent each: its first connections are in the sync's time
+        result["ratio_initial_agent"] = med["ours_agent_initial"] / med["rsync_initial"]
+        result["peak_rss_mb"]["agent_initial_client"] = max(r["rss_mb"] for r in initial)
+        result["peak_rss_mb"]["agent_initial"] = max(r["agent_rss_mb"] for r in initial)
+        result["agent_initial_ready_s"] = median([r["agent_ready_s"] for r in initial])
+        result["agent_initial_cpu_s"] = median([r["agent_cpu_s"] for r in initial])
 
 
 def medians(runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, float], dict[str, Any]]:
@@ -949,6 +1032,13 @@ def bench_fleet(sizes: Sizes, lines: Lines, work: Path, profile: bool) -> dict[s
 
             return step
 
+        with_agent = supports_agent()
+        agent_dest, cm_dest = work / "fleet-agent", work / "fleet-rsync-cm"
+
+        def ours_agent_initial() -> None:
+            r = initial_through_agent(inventory, agent_dest, lambda: check(agent_dest, True))
+            runs.setdefault("ours_agent_initial", []).append(r)
+
         settle(work)
         for rep in range(sizes.repeat):
             clear(ours_dest, rsync_dest, noindex_dest)
@@ -956,12 +1046,12 @@ def bench_fleet(sizes: Sizes, lines: Lines, work: Path, profile: bool) -> dict[s
             steps = [ours("initial"), rsync("initial")]
             if with_noindex:
                 steps.append(ours("initial", "--no-index"))
+            if with_agent:
+                steps.append(ours_agent_initial)
             alternate(rep, steps)
             progress(f"fleet initial rep {rep + 1}: " + _last(runs, "initial"))
         # Warm connections, as in part 1: ours through an agent, rsync through control
         # masters.
-        with_agent = supports_agent()
-        agent_dest, cm_dest = work / "fleet-agent", work / "fleet-rsync-cm"
         cm = control_master_rsh(fleet.ssh_config, work)
         agent: Agent | None = None
         if with_agent:
@@ -1704,13 +1794,40 @@ def verdict(ok: bool, by: str = "") -> str:
     return "met" if ok else f"MISSED{(' ' + by) if by else ''}"
 
 
-def _agent_rows(part: str, r: dict[str, Any], goal: float) -> list[tuple[str, str, str, str, str]]:
+def _agent_rows(
+    part: str, r: dict[str, Any], goal: float, *, rss_goal: bool = False
+) -> list[tuple[str, str, str, str, str]]:
     """The rows of the runs through an agent: against the named (cold) peer, with the goal,
-    and against rsync through control masters, for information."""
+    and against rsync through control masters, for information; the initial mirror's
+    against the named peer, and its peak RSS (``rss_goal``: the agent's with the goal)."""
     if "ratio_incremental_agent" not in r:
         return []
     m = r["median_s"]
     rows: list[tuple[str, str, str, str, str]] = []
+    if "ratio_initial_agent" in r:
+        ratio = r["ratio_initial_agent"]
+        rows.append(
+            (
+                f"{part} initial through a fresh agent vs rsync -a",
+                f"{m['ours_agent_initial']:.2f} s",
+                f"{m['rsync_initial']:.2f} s",
+                f"{ratio:.2f}",
+                f"<= {GOAL_INITIAL_RATIO:g}: {verdict(ratio <= GOAL_INITIAL_RATIO)}",
+            )
+        )
+        peak = r["peak_rss_mb"]["agent_initial"]
+        rows.append(
+            (
+                f"{part} same: peak RSS client / agent (agent CPU "
+                f"{r['agent_initial_cpu_s']:.2f} s, ready in {r['agent_initial_ready_s']:.2f} s)",
+                f"{r['peak_rss_mb']['agent_initial_client']:.1f} MB",
+                f"{peak:.1f} MB",
+                "",
+                f"<= {GOAL_PEAK_RSS_MB:g} MB: {verdict(peak <= GOAL_PEAK_RSS_MB)}"
+                if rss_goal
+                else "info",
+            )
+        )
     for key, what in (("incremental", "incremental"), ("nochange", "no-change")):
         ratio = r[f"ratio_{key}_agent"]
         rows.append(
@@ -1860,7 +1977,7 @@ def print_table(r: dict[str, Any]) -> None:
             "info",
         )
     )
-    rows += _agent_rows("2 fleet", f, GOAL_FLEET_INCREMENTAL_RATIO)
+    rows += _agent_rows("2 fleet", f, GOAL_FLEET_INCREMENTAL_RATIO, rss_goal=True)
     b = r["big"]
     rss_goal = f"<= {GOAL_PEAK_RSS_MB:g} MB"
     for label, value, goal in (

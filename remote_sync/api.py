@@ -231,7 +231,7 @@ async def serve_agent(
     until the agent stops); ``stop_timeout``: how long a stop waits for the syncs it cancelled
     (``--stop-timeout``; 0: no limit); ``ready`` is called once the socket listens. A bad
     value is an :class:`ArgumentError` before anything is made; a destination inside another
-    mirror is a :class:`ConfigError`, another agent serving ``dest`` a
+    mirror is a :class:`~remote_sync.errors.ConfigError`, another agent serving ``dest`` a
     :class:`~remote_sync.errors.LockedError`.
 
     A cancel of ``transfer_id`` through the registry stops the agent as SIGTERM does: the
@@ -533,7 +533,8 @@ async def list_versions(
     as :class:`~remote_sync.mirror.versions.VersionRow` s sorted by host, path and version.
     ``host``: only that host's; ``files``: only the files one of them names (a path as
     listed, or a session id or a prefix of one). Read in a worker thread, never taking the
-    mirror's lock; a ``dest`` that is not a mirror is a :class:`ConfigError`. To copy one out,
+    mirror's lock; a ``dest`` that is not a mirror is a
+    :class:`~remote_sync.errors.ConfigError`. To copy one out,
     :func:`remote_sync.mirror.versions.restore_version` (``versions restore``)."""
     work = partial(list_kept_versions, dest, host=host, files=_file_names(files))
     with registered_read(registry, transfer_id) as token:
@@ -556,18 +557,19 @@ async def prune_versions(
     """Remove the kept versions no keep rule keeps: what ``versions prune`` does (see
     :func:`remote_sync.mirror.versions.prune_versions`). ``keep_last``: each file's N newest;
     ``keep_within``: those kept within that time of now (``7d``, ``12h``, or a timedelta); at
-    least one is required, a :class:`ConfigError` otherwise, and nothing is removed (a rule
-    of the wrong type, ``keep_last="3"``, is an :class:`ArgumentError`). ``host`` and
-    ``files`` choose the files as for :func:`list_versions`. Takes the mirror's lock (a sync
-    running is a :class:`LockedError`); ``dry_run`` only reads. A copy that cannot be
-    removed (or looked at, or its directory opened) is left and the prune goes on with the
-    others; at the end the first failure is raised, its hint saying how many others there
-    were and how many versions went; pass a list as ``errors`` to have every failure
-    appended there instead and get the result of what was removed, as the CLI reports it (a
-    state that cannot be written stops the prune there, one failure more). Runs in a worker
-    thread; a cancel through the registry stops it before its next file (what was removed
-    stays removed) with a :class:`TransferCancelledError`, and a cancel of the caller's scope
-    waits for it to end (a file system call cannot be stopped midway)."""
+    least one is required, a :class:`~remote_sync.errors.ConfigError` otherwise, and nothing
+    is removed (a rule of the wrong type, ``keep_last="3"``, is an :class:`ArgumentError`).
+    ``host`` and ``files`` choose the files as for :func:`list_versions`. Takes the mirror's
+    lock (a sync running is a :class:`~remote_sync.errors.LockedError`); ``dry_run`` only
+    reads. A copy that cannot be removed (or looked at, or its directory opened) is left and
+    the prune goes on with the others; at the end the first failure is raised, its hint
+    saying how many others there were and how many versions went; pass a list as ``errors``
+    to have every failure appended there instead and get the result of what was removed, as
+    the CLI reports it (a state that cannot be written stops the prune there, one failure
+    more). Runs in a worker thread; a cancel through the registry stops it before its next
+    file (what was removed stays removed) with a :class:`TransferCancelledError`, and a
+    cancel of the caller's scope waits for it to end (a file system call cannot be stopped
+    midway)."""
     names = _file_names(files)
     with registry_or_default(registry).register(transfer_id) as token:
         work = partial(
@@ -620,8 +622,8 @@ async def check_mirror(
     was found) and its ``problems``, each a :class:`~remote_sync.mirror.check.Problem` of type
     ``damage`` or ``note``. ``host``: only that host's files. Read in a worker thread, never
     taking the mirror's lock nor asking a host; a ``dest`` that is not a mirror, or a
-    ``host`` it has none of, is a :class:`ConfigError`. A cancel through the registry stops
-    it before its next file (:class:`TransferCancelledError`)."""
+    ``host`` it has none of, is a :class:`~remote_sync.errors.ConfigError`. A cancel through
+    the registry stops it before its next file (:class:`TransferCancelledError`)."""
     problems: list[Problem] = []
     with registered_read(registry, transfer_id) as token:
         work = partial(

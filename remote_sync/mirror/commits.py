@@ -69,7 +69,7 @@ def commit(state: MirrorState, items: list[Pending]) -> None:
                 # No facts for these bytes (a --no-index run, a session the index could not
                 # continue, a file that is no transcript): a row describing older bytes would
                 # be wrong. The next indexed round's end makes it again from the mirror
-                # (_index_the_unindexed).
+                # (the engine's HostSync._index_the_unindexed).
                 rows.delete(item.row.host, item.row.path)
             elif item.row.size == 0:
                 # Not one whole line yet (or any more): no session, as a rebuild of the mirror

@@ -152,7 +152,8 @@ class StateReader:
 def read_state(dest: Path, read: Callable[[sqlite3.Connection], _T], *, warn: bool = False) -> _T:
     """What ``read`` returns from the state of the mirror at ``dest``, read as
     :meth:`StateReader.steady` does on a connection of its own; a read SQLite refuses all the
-    same is the error of a state that cannot be read (:func:`unreadable_index`)."""
+    same is the error of a state that cannot be read
+    (:func:`~remote_sync.index.query.unreadable_index`)."""
     from ..index.query import unreadable_index
 
     state = StateReader(dest, warn=warn)

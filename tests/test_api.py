@@ -104,20 +104,22 @@ def test_every_public_function_has_type_hints_that_resolve() -> None:
 
 
 def test_the_api_and_a_sync_import_no_reader_of_a_show() -> None:
-    """Importing the API, or the engine a sync runs, leaves the show's readers and the CLI's
-    renderer unimported (start-up time): the result types live in light modules."""
+    """Importing the API leaves the engine, the readers of a listing or show and the CLI's
+    renderer unimported, and importing the fleet's run a sync starts leaves the readers and
+    the renderer so (start-up time): the result types live in light modules."""
     code = textwrap.dedent(
         """
         import sys
         import remote_sync.api
-        print(sorted(m for m in ("remote_sync.mirror.engine", "rich") if m in sys.modules))
-        import remote_sync.mirror.fleet
         late = (
             "remote_sync.index.show",
             "remote_sync.index.remote",
             "remote_sync.index.remote_show",
             "rich",
         )
+        engine = ("remote_sync.mirror.fleet", "remote_sync.mirror.engine", *late)
+        print(sorted(m for m in engine if m in sys.modules))
+        import remote_sync.mirror.fleet
         print(sorted(m for m in late if m in sys.modules))
         """
     )

@@ -150,7 +150,7 @@ class Source:
         if not isinstance(self.root, str) or not self.root or "\x00" in self.root:
             raise ConfigError(f"bad remote root {self.root!r}", hint="give a remote directory")
         # One directory, one spelling: the mirror records its host's root and refuses another
-        # one (see the engine's source check), so "~/.openclaw/" must be "~/.openclaw".
+        # one (mirror.fleet's source check), so "~/.openclaw/" must be "~/.openclaw".
         object.__setattr__(self, "root", normal_root(self.root))
         # Compile now: a bad glob fails here, not in the middle of a run.
         _ = self.include_set, self.exclude_set, self.append_only_set

@@ -1242,7 +1242,7 @@ def apply_patch(key: str, value: str) -> None:
     import gc
 
     import remote_sync.cli as cli
-    from remote_sync.mirror import plan, writer
+    from remote_sync.mirror import plan
     from remote_sync.ssh import pool
 
     if key in ("window", "compression"):
@@ -1256,8 +1256,12 @@ def apply_patch(key: str, value: str) -> None:
     elif key == "fsync" and value == "off":
         os.fsync = lambda fd: None
         os.fdatasync = lambda fd: None
-        if hasattr(writer, "_syncfs"):  # newer versions: one syncfs for big batches
-            writer._syncfs = lambda fd: True
+        try:  # the batch's syncs, in durable.py since writer.py was split
+            from remote_sync.mirror import durable as syncs
+        except ImportError:
+            from remote_sync.mirror import writer as syncs
+        if hasattr(syncs, "_syncfs"):  # newer versions: one syncfs for big batches
+            syncs._syncfs = lambda fd: True
     elif key == "gcfreeze":
         gc.freeze()
     elif key == "tracemalloc":
@@ -1287,7 +1291,7 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("remote_sync.mirror.commits", "make_durable", "  sync + rename (flush thread)"),
     ("os", "fsync", "  os.fsync calls"),
     ("os", "fdatasync", "  os.fdatasync calls"),
-    ("remote_sync.mirror.writer", "_syncfs", "  syncfs calls"),
+    ("remote_sync.mirror.durable", "_syncfs", "  syncfs calls"),
     ("remote_sync.mirror.state", "MirrorState.commit", "  sqlite commit (checkpoints + index)"),
     ("remote_sync.mirror.state", "MirrorState.open", "state open (lock, sqlite, schema)"),
     ("remote_sync.mirror.state", "MirrorState.recover", "state recover"),

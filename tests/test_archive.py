@@ -25,11 +25,12 @@ from test_remote_ops import END, MB, Merged, check_data_bounds, feed_frames, mer
 from remote_sync.errors import ProtocolError, TooMuchOutputError
 from remote_sync.mirror import fetch_frames
 from remote_sync.mirror.archive import BLOCK, parse_header
+from remote_sync.mirror.durable import discard
 from remote_sync.mirror.fetch_events import Begin, Data, End, FrameEvent, Short
 from remote_sync.mirror.fetch_frames import FetchRequest, FrameParser
 from remote_sync.mirror.remote_ops import fetch_stdin
 from remote_sync.mirror.state import FileState, MirrorState
-from remote_sync.mirror.writer import WholeWriter, discard
+from remote_sync.mirror.writer import WholeWriter
 
 Entry = tuple[bytes, bytes]  # (path, content)
 

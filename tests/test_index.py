@@ -31,8 +31,8 @@ from remote_sync.index.store import IndexRows, _facts_decoder, ensure_schema, mo
 from remote_sync.index.update import FileIndexer, IndexUpdate, rebuild_index
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import commits
+from remote_sync.mirror.durable import Pending
 from remote_sync.mirror.state import FileState, MirrorState
-from remote_sync.mirror.writer import Pending
 
 FORMATS = ["openclaw", "claude-code", "codex", "picoclaw", "pi"]
 

@@ -38,7 +38,7 @@ from remote_sync.index.facts import SessionFacts
 from remote_sync.index.update import FileIndexer, index_range, rebuild_index
 from remote_sync.index.worker import IndexJob, IndexWorker, IndexWorkerError
 from remote_sync.inventory import load_inventory
-from remote_sync.mirror import commits, engine, frames, writer
+from remote_sync.mirror import commits, durable, engine, frames
 from remote_sync.mirror import fleet as fleet_run
 from remote_sync.mirror.state import MirrorState
 from remote_sync.mirror.version_names import VersionNumbers
@@ -322,15 +322,15 @@ def test_stream_failing_with_a_flush_in_flight_loses_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(fleet_run, "FLUSH_FILES", 3)
-    durable = writer.make_durable
+    real_durable = durable.make_durable
     flushes: list[int] = []
 
     def slow_durable(
-        state: MirrorState, items: list[writer.Pending], numbers: VersionNumbers
-    ) -> writer.Durable:
+        state: MirrorState, items: list[durable.Pending], numbers: VersionNumbers
+    ) -> durable.Durable:
         time.sleep(0.2)  # the stream goes on meanwhile: several files land in the next batch
         flushes.append(len(items))
-        return durable(state, items, numbers)
+        return real_durable(state, items, numbers)
 
     monkeypatch.setattr(commits, "make_durable", slow_durable)
     handle = frames.FrameHandler.handle
@@ -366,7 +366,7 @@ def test_stream_failing_with_a_flush_in_flight_loses_nothing(
 # -- making batches durable -----------------------------------------------------------------
 
 
-def _pending(state: MirrorState, n: int) -> list[writer.Pending]:
+def _pending(state: MirrorState, n: int) -> list[durable.Pending]:
     items = []
     for i in range(n):
         temp = state.temp_path()
@@ -377,7 +377,7 @@ def _pending(state: MirrorState, n: int) -> list[writer.Pending]:
             host="h", path=b"d%d/f%d.jsonl" % (i % 3, i), kind="append", size=len(data),
             remote_size=len(data), mtime=0.0, dev=0, ino=i, fingerprint=data,
         )  # fmt: skip
-        items.append(writer.Pending(row, fd, temp=str(temp), category="new", bytes=len(data)))
+        items.append(durable.Pending(row, fd, temp=str(temp), category="new", bytes=len(data)))
     return items
 
 
@@ -386,7 +386,7 @@ def test_make_durable_with_and_without_syncfs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool
 ) -> None:
     calls = {"syncfs": 0, "fdatasync": 0}
-    real_syncfs = writer._syncfs
+    real_syncfs = durable._syncfs
 
     def counting_syncfs(fd: int) -> bool:
         calls["syncfs"] += 1
@@ -398,18 +398,18 @@ def test_make_durable_with_and_without_syncfs(
         calls["fdatasync"] += 1
         real_fdatasync(fd)
 
-    monkeypatch.setattr(writer, "_syncfs", counting_syncfs)
-    monkeypatch.setattr(writer.os, "fdatasync", counting_fdatasync)
+    monkeypatch.setattr(durable, "_syncfs", counting_syncfs)
+    monkeypatch.setattr(durable.os, "fdatasync", counting_fdatasync)
     with MirrorState(tmp_path / "m") as state:
         state.recover()
-        few = writer.make_durable(state, _pending(state, 3)).done
-        many = writer.make_durable(state, _pending(state, writer.SYNCFS_MIN_FILES)).done
+        few = durable.make_durable(state, _pending(state, 3)).done
+        many = durable.make_durable(state, _pending(state, durable.SYNCFS_MIN_FILES)).done
         assert all(item.fd == -1 for item in few + many)
         for item in few + many:
             local = state.local_path("h", item.row.path)
             assert local.read_bytes() == item.row.fingerprint
     assert calls["syncfs"] == 1  # only the batch of many files tries it
-    assert calls["fdatasync"] == 3 + (0 if syncfs else writer.SYNCFS_MIN_FILES)
+    assert calls["fdatasync"] == 3 + (0 if syncfs else durable.SYNCFS_MIN_FILES)
 
 
 def test_syncfs_is_real_on_linux(tmp_path: Path) -> None:
@@ -417,7 +417,7 @@ def test_syncfs_is_real_on_linux(tmp_path: Path) -> None:
         pytest.skip("syncfs(2) is Linux only")
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert writer._syncfs(fd) is True
+        assert durable._syncfs(fd) is True
     finally:
         os.close(fd)
 

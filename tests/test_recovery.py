@@ -28,14 +28,10 @@ from remote_sync.events import ErrorEvent, Summary
 from remote_sync.formats.readers import get_reader
 from remote_sync.index.update import index_local_file, rebuild_index
 from remote_sync.mirror import writer as writer_module
+from remote_sync.mirror.destination import mirror_error
+from remote_sync.mirror.durable import discard, make_durable
 from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
-from remote_sync.mirror.writer import (
-    AppendWriter,
-    RewriteDetected,
-    WholeWriter,
-    discard,
-    make_durable,
-)
+from remote_sync.mirror.writer import AppendWriter, RewriteDetected, WholeWriter
 
 SESSION = b"agents/a/sessions/s.jsonl"
 VERSIONS = Path(".remote-sync/versions/h")
@@ -902,7 +898,7 @@ def test_a_mirrored_file_that_cannot_be_opened_fails_alone(
         if row.path == names[0].encode():
             denied = PermissionError(13, "Permission denied")
             doing = "open the mirrored file"
-            raise writer_module._mirror_error(denied, row.host, row.path, doing) from denied
+            raise mirror_error(denied, row.host, row.path, doing) from denied
         real(self, state, row, *rest, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(AppendWriter, "__init__", refuse_a)
@@ -1157,7 +1153,7 @@ def test_a_sigint_ignored_from_the_start_stays_ignored(
 
 
 def test_new_directories_are_synced_in_their_parents(tmp_path: Path) -> None:
-    from remote_sync.mirror.writer import _makedirs_for
+    from remote_sync.mirror.durable import _makedirs_for
 
     (tmp_path / "h").mkdir()
     dirs: set[Path] = set()

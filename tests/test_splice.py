@@ -26,8 +26,8 @@ from remote_sync.events import ErrorEvent, Summary
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import commits, engine, frames
 from remote_sync.mirror import fleet as fleet_run
+from remote_sync.mirror.durable import Pending, discard
 from remote_sync.mirror.fetch_events import Data
-from remote_sync.mirror.writer import Pending, discard
 from remote_sync.ssh.pool import PoolSettings
 
 REL = "agents/a/sessions/s.jsonl"

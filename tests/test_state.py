@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remote_sync.errors import DestinationError, MirrorError, StateError
+from remote_sync.mirror.durable import make_durable
 from remote_sync.mirror.fetch_events import End
 from remote_sync.mirror.listing import RemoteFile
 from remote_sync.mirror.plan import Transfer
@@ -29,7 +30,7 @@ from remote_sync.mirror.state import (
     fingerprint_of,
 )
 from remote_sync.mirror.version_names import VersionNumbers
-from remote_sync.mirror.writer import AppendWriter, RewriteDetected, WholeWriter, make_durable
+from remote_sync.mirror.writer import AppendWriter, RewriteDetected, WholeWriter
 
 
 def row(path: bytes, size: int, host: str = "h", data: bytes = b"") -> FileState:
@@ -521,14 +522,13 @@ def test_the_readme_quotes_what_a_full_quota_and_a_full_sqlite_write_say(tmp_pat
     full instead", where midway the message begins "disk full (over this user's quota)", and
     it claimed that for every full disk, where SQLite's "database or disk is full" cannot
     tell a quota from a disk. It now quotes what each says."""
-    from remote_sync.mirror.destination import full_disk_error
-    from remote_sync.mirror.writer import _mirror_error
+    from remote_sync.mirror.destination import full_disk_error, mirror_error
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     (row,) = [line for line in readme.splitlines() if line.startswith("| 1 |")]
     over = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
     at_start = full_disk_error(tmp_path, over).message
-    midway = _mirror_error(over, "h0", b"a.jsonl", "write the file", tmp_path / "a").message
+    midway = mirror_error(over, "h0", b"a.jsonl", "write the file", tmp_path / "a").message
     for message, begins in (
         (at_start, "this user's disk quota on the destination is full"),
         (midway, "disk full (over this user's quota) while trying to"),

@@ -52,6 +52,7 @@ from remote_sync.index.update import rebuild_index
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import (
     commits,
+    durable,
     engine,
     fetch_frames,
     fetch_requests,
@@ -1279,13 +1280,13 @@ def test_a_first_piece_left_in_the_batch_by_a_failed_commit_is_committed_by_the_
     real_finished, real_commit = engine.HostSync.finished, engine.commit
     failed: list[bool] = []
 
-    def commit(state: MirrorState, items: list[writer.Pending]) -> None:
+    def commit(state: MirrorState, items: list[durable.Pending]) -> None:
         if not items and not failed:  # the earlier flush's (made empty below)
             failed.append(True)
             raise StateError("disk I/O error", host="h0")
         real_commit(state, items)
 
-    async def finished(sync_: engine.HostSync, pending: writer.Pending) -> None:
+    async def finished(sync_: engine.HostSync, pending: durable.Pending) -> None:
         if pending.piece and not failed:
             assert sync_.inflight is None
             # an earlier flush, done
@@ -1454,7 +1455,7 @@ def test_a_checkpoint_made_in_its_thread_for_a_cancelled_sync_is_taken_back(
     back (its descriptor closed, its temp file removed) and the writer's checkpoint goes
     back to what it was before, which the give-up then cuts back to."""
     temp = tmp_path / "temp"
-    made = writer.Pending(
+    made = durable.Pending(
         FileState(
             host="h0",
             path=b"s.jsonl",
@@ -1477,7 +1478,7 @@ def test_a_checkpoint_made_in_its_thread_for_a_cancelled_sync_is_taken_back(
     class Writer:
         committed = 7
 
-        def checkpoint(self) -> writer.Pending:
+        def checkpoint(self) -> durable.Pending:
             in_thread.set()
             cancelled.wait(10)  # the cancel comes meanwhile, however slow the loop
             self.committed = 10
@@ -1675,10 +1676,10 @@ def test_a_file_given_up_in_a_piece_is_counted_failed_once_whatever_its_later_pi
     inv, dest, rel = _one_big_transcript(fleet, tmp_path, monkeypatch, 64 * 1024)
     data = _messages(600, size=1000)
     fleet.write("h0", rel, data)
-    real_put = writer._put_in_place
+    real_put = durable._put_in_place
 
     def put_in_place(
-        state: MirrorState, item: writer.Pending, dirs: set[Path], numbers: VersionNumbers
+        state: MirrorState, item: durable.Pending, dirs: set[Path], numbers: VersionNumbers
     ) -> None:
         if item.row.path == rel.encode():
             raise MirrorError("cannot put the file in place", host="h0", path=rel)
@@ -1694,7 +1695,7 @@ def test_a_file_given_up_in_a_piece_is_counted_failed_once_whatever_its_later_pi
             event = Failed(event.index)  # as a read the host could not finish
         await real_handle(handler, event)
 
-    monkeypatch.setattr(writer, "_put_in_place", put_in_place)
+    monkeypatch.setattr(durable, "_put_in_place", put_in_place)
     if later == "failed":
         monkeypatch.setattr(frames.FrameHandler, "handle", handle)
     else:

@@ -1,4 +1,4 @@
-"""What a finished file holds while it waits for its batch's flush (``writer.Pending``), and
+"""What a finished file holds while it waits for its batch's flush (``durable.Pending``), and
 the packed form its session's facts wait in (``update.PackedUpdate``): the same rows at the
 commit, in a fraction of the memory."""
 
@@ -29,8 +29,9 @@ from remote_sync.index.facts import INT64_MAX, INT64_MIN, SessionFacts
 from remote_sync.index.store import IndexRows, ensure_schema
 from remote_sync.index.update import FileIndexer, IndexUpdate
 from remote_sync.mirror import writer as writer_module
+from remote_sync.mirror.durable import discard
 from remote_sync.mirror.state import FileState, MirrorState
-from remote_sync.mirror.writer import AppendWriter, WholeWriter, discard
+from remote_sync.mirror.writer import AppendWriter, WholeWriter
 
 
 def test_a_finished_file_waiting_for_its_flush_holds_little(tmp_path: Path) -> None:

@@ -24,9 +24,9 @@ import anyio.lowlevel
 
 from ..errors import MirrorError, path_text
 from ..index.store import IndexRows
+from .durable import Pending, make_durable
 from .state import MirrorState
 from .version_names import VersionNumbers
-from .writer import Pending, make_durable
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,9 @@ kept copy is opened to be read and a directory of the mirror's state entered, ne
 a symbolic link (:data:`READ_NO_FOLLOW`, :data:`DIR_NO_FOLLOW`), :func:`fsync_dir`, the texts
 messages name a place and what it holds by (:func:`place_text`, :func:`kind_text`), and a full
 file system or disk quota (:func:`out_of_space`, :func:`nearly_full`, :func:`full_disk_error`,
-:func:`full_disk_words`), told alike at the state's open and in the middle of a file.
+:func:`full_disk_words`), told alike at the state's open and in the middle of a file, and
+the error of a host's file that a write, a sync or a rename of its mirrored copy failed
+(:func:`mirror_error`; :func:`only_this_file` tells one that leaves the other files be).
 """
 
 from __future__ import annotations
@@ -125,3 +127,53 @@ def full_disk_words(where: Path | None, cause: str | OSError, then: str) -> tupl
         f"free space on the file system that holds it ({look}), or move the mirror to a "
         f"larger one, then run again; {then}"
     )
+
+
+def mirror_error(
+    exc: OSError, host: str, path: bytes, doing: str, file: Path | None = None
+) -> MirrorError:
+    """The error of ``host``'s file ``path`` that ``exc`` failed while we tried to ``doing``
+    (``file``: the local file written, when ``exc`` does not name it)."""
+    shown = path_text(path)
+    if out_of_space(exc):
+        # As a full disk at the state's open is told: where, the room left, what to run.
+        local = file if file is not None else exc.filename
+        where = Path(os.fsdecode(local)).parent if isinstance(local, (str, bytes, Path)) else None
+        said, hint = full_disk_words(where, exc, "what was committed is kept")
+        whose = " (over this user's quota)" if exc.errno == errno.EDQUOT else ""
+        inside = f" in {path_text(os.fsencode(where))}" if where is not None else ""
+        return MirrorError(
+            f"disk full{whose} while trying to {doing}{inside} ({said})",
+            host=host or None,
+            path=shown,
+            hint=hint,
+        )
+    if exc.errno == errno.ENAMETOOLONG:
+        return MirrorError(
+            f"cannot {doing}: the path is too long for the destination's file system",
+            host=host or None,
+            path=shown,
+            hint="sync into a shorter destination path, or exclude this file in the inventory",
+        )
+    if exc.errno in _ONE_FILE_ERRNOS:
+        return MirrorError(
+            f"cannot {doing}: {exc.strerror or exc}",
+            host=host or None,
+            path=shown,
+            hint="fix this mirrored file's permissions, or move it aside; the next run "
+            "fetches it again",
+        )
+    return MirrorError(f"cannot {doing}: {exc.strerror or exc}", host=host or None, path=shown)
+
+
+#: Errors of one mirrored file (its permissions, its name, what is in its place), as opposed to
+#: those of the whole destination (disk full, read-only, too many open files, I/O errors).
+_ONE_FILE_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}
+)
+
+
+def only_this_file(exc: MirrorError) -> bool:
+    """Does ``exc`` concern one mirrored file only, so that the others can go on?"""
+    cause = exc.__cause__
+    return isinstance(cause, OSError) and cause.errno in _ONE_FILE_ERRNOS

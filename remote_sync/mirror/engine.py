@@ -71,6 +71,7 @@ from ..ssh.remote import CONCURRENCY, IDLE_TIMEOUT
 from ..ssh.stream import RemoteStream, exec_streaming
 from .commits import Flush, StateWrites, commit, cut_back, in_thread
 from .destination import mirrored_path
+from .durable import CommitBatch, Pending, discard
 from .fetch_events import End, Gone
 from .fetch_frames import FrameParser
 from .fetch_requests import follow_up_requests, owned, requests_of
@@ -92,7 +93,6 @@ from .returning import OverlapRead, overlap_length, overlap_request, same_file_b
 from .root_probe import probed_root_error
 from .state import FINGERPRINT_BYTES, FileState, MirrorState, fingerprint_of
 from .version_names import VersionNumbers
-from .writer import CommitBatch, Pending, discard
 
 if TYPE_CHECKING:
     import asyncssh

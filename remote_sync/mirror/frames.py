@@ -26,22 +26,15 @@ import anyio.lowlevel
 from ..errors import MirrorError, PermissionDeniedError, ReadFailedError, RemoteSyncError, path_text
 from ..index.update import FileIndexer, indexer_for
 from .commits import in_thread
+from .destination import only_this_file
 from .digests import Algorithm, Hasher
+from .durable import Pending, discard, give_up
 from .fetch_events import Begin, Changed, Data, Denied, End, Failed, Gone, HeadDigest, Short
 from .fetch_frames import FetchRequest
 from .plan import Transfer
 from .remote_ops import HEAD_BYTES
 from .state import FileState
-from .writer import (
-    AppendWriter,
-    Pending,
-    RewriteDetected,
-    SeededWriter,
-    WholeWriter,
-    discard,
-    give_up,
-    only_this_file,
-)
+from .writer import AppendWriter, RewriteDetected, SeededWriter, WholeWriter
 
 if TYPE_CHECKING:
     from .engine import HostSync

@@ -119,7 +119,7 @@ def numbered_versions(path: bytes, groups: VersionGroups) -> dict[int, bytes]:
 
 class VersionNumbers:
     """The numbers of the versions in the folders of the versions tree where one host's round
-    keeps copies (see ``writer._put_in_place``): each folder listed once in the round, the
+    keeps copies (see ``durable._put_in_place``): each folder listed once in the round, the
     first time a copy goes there, and the copies the round puts there or takes back noted as
     it does. A round keeping N copies in one folder listed it N times, each listing as long
     as the folder (1000 rewritten files in one folder took seconds).

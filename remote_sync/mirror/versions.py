@@ -6,8 +6,8 @@ the library returns it), :func:`list_versions` and :func:`restore_version` (:fun
 and :class:`KeptVersion` are its two steps, the lookup and the copy, for a caller that tells
 their failures apart, as the CLI does for ``--to -``), and :func:`prune_versions` with its
 :class:`PruneResult` (``versions prune``). Where a version is put and how it is named and
-numbered belongs to the writer, the state and :mod:`~remote_sync.mirror.version_names`
-(``writer._put_in_place``,
+numbered belongs to the batch's flush, the state and :mod:`~remote_sync.mirror.version_names`
+(``durable._put_in_place``,
 :meth:`MirrorState.version_path <remote_sync.mirror.state.MirrorState.version_path>`): this
 module only reads them. The listing and the restore never take the mirror's lock (they read the
 state as ``sessions`` does, so they work while a sync runs) and never write inside the mirror;

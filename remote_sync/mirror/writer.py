@@ -1,6 +1,8 @@
-"""Writing fetched bytes into the mirror, and committing them in batches.
+"""Writing fetched bytes into the mirror, up to the finished file a batch makes durable.
 
-What it owns: the ways a file's bytes land on disk, and the batch that makes them durable.
+What it owns: the ways a file's bytes land on disk, each writer handing its file over as a
+:class:`~remote_sync.mirror.durable.Pending` (the batch, and what makes it durable, are
+:mod:`remote_sync.mirror.durable`'s).
 
 - :class:`AppendWriter` extends a mirrored file in place. The fetch starts a little before the
   committed end; those overlap bytes must equal the local tail, which proves the remote file is
@@ -10,16 +12,16 @@ What it owns: the ways a file's bytes land on disk, and the batch that makes the
   too full to hold it drops it as soon as that shows, see :meth:`_LineWriter._put`).
 - :class:`SeededWriter` is an :class:`AppendWriter` on a temp copy of another mirrored file
   (a renamed transcript's old name), put in place like a whole file.
-- :class:`WholeWriter` streams a file into a temp file. On commit it replaces the mirrored copy
-  atomically (rename). If the old copy is not a prefix of the new content (compaction,
+- :class:`WholeWriter` streams a file into a temp file. Its batch's flush replaces the mirrored
+  copy with it atomically (rename). If the old copy is not a prefix of the new content (compaction,
   truncation, replace-by-rename) the old copy is first moved to ``versions/`` and kept (until
   ``versions prune`` removes it); the commit that counts it records when.
 - A transcript fetched in pieces (see the engine's ``PIECE_BYTES``) keeps one writer of
   either kind from piece to piece: :meth:`~_LineWriter.checkpoint` hands the lines written
-  so far to the batch as a :class:`Pending` of their own (the first one of a
-  :class:`WholeWriter` puts its temp file in place, its bytes past the lines kept apart
-  until it is committed; the pieces after it append there; none is handed over while the
-  lines so far only repeat a longer mirrored copy), :meth:`~_LineWriter.confirm` takes a
+  so far to the batch as a :class:`~remote_sync.mirror.durable.Pending` of their own (the
+  first one of a :class:`WholeWriter` puts its temp file in place, its bytes past the lines
+  kept apart until it is committed; the pieces after it append there; none is handed over
+  while the lines so far only repeat a longer mirrored copy), :meth:`~_LineWriter.confirm` takes a
   committed piece's row on, and :meth:`~_LineWriter.resume` checks the next piece's overlap
   with the bytes written.
 
@@ -28,161 +30,36 @@ the mirror at the round's end, as a new session): an in-process :class:`FileInde
 bytes, or an index worker's :class:`IndexJob` is told which line-complete prefix of the file
 is written (it reads those bytes itself, from the page cache).
 
-:class:`CommitBatch` holds finished files until a flush; :func:`make_durable` (run in a worker
-thread while the stream goes on) makes a taken batch durable: data synced, renames done,
-directories synced. Only *then* does the engine commit the checkpoints in one transaction. The
-syncs are batched (one ``syncfs(2)`` for a batch of many files, ``fdatasync`` per file for a
-few); the guarantee is not.
+A write that fails is a :class:`~remote_sync.errors.MirrorError` naming the host's file
+(:func:`~remote_sync.mirror.destination.mirror_error`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import io
-import logging
 import os
 import stat
-import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ..errors import MirrorError, path_text
-from ..index.update import FileIndexer, IndexUpdate, PackedUpdate
-from .destination import fsync_dir, full_disk_words, out_of_space
+from ..index.update import FileIndexer
+from .destination import mirror_error, out_of_space
+from .durable import Pending, discard
 from .state import FINGERPRINT_BYTES, FileState, MirrorState, fingerprint_of
-from .version_names import VersionNumbers
 
 if TYPE_CHECKING:
     from ..index.worker import IndexJob
 
-log = logging.getLogger(__name__)
-
 #: Tell an index worker about written lines after at least this many new bytes (and at the end):
 #: often enough that it keeps up with the stream, rarely enough that messages cost nothing.
 NOTIFY_BYTES = 4 * 1024 * 1024
-#: A batch of at least this many files is made durable by one ``syncfs(2)`` of the destination's
-#: file system (2.7x faster than an fsync per file for 505 fresh files); smaller batches sync
-#: file by file, so a small incremental round does not flush other processes' dirty data.
-SYNCFS_MIN_FILES = 16
-#: Directories touched by renames: above this many, one more ``syncfs`` replaces their fsyncs.
-SYNCFS_MIN_DIRS = 8
 
 
 class RewriteDetected(Exception):
     """The overlap bytes differ from the local tail: the remote file was rewritten."""
-
-
-def _mirror_error(
-    exc: OSError, host: str, path: bytes, doing: str, file: Path | None = None
-) -> MirrorError:
-    """The error of ``host``'s file ``path`` that ``exc`` failed while we tried to ``doing``
-    (``file``: the local file written, when ``exc`` does not name it)."""
-    shown = path_text(path)
-    if out_of_space(exc):
-        # As a full disk at the state's open is told: where, the room left, what to run.
-        local = file if file is not None else exc.filename
-        where = Path(os.fsdecode(local)).parent if isinstance(local, (str, bytes, Path)) else None
-        said, hint = full_disk_words(where, exc, "what was committed is kept")
-        whose = " (over this user's quota)" if exc.errno == errno.EDQUOT else ""
-        inside = f" in {path_text(os.fsencode(where))}" if where is not None else ""
-        return MirrorError(
-            f"disk full{whose} while trying to {doing}{inside} ({said})",
-            host=host or None,
-            path=shown,
-            hint=hint,
-        )
-    if exc.errno == errno.ENAMETOOLONG:
-        return MirrorError(
-            f"cannot {doing}: the path is too long for the destination's file system",
-            host=host or None,
-            path=shown,
-            hint="sync into a shorter destination path, or exclude this file in the inventory",
-        )
-    if exc.errno in _ONE_FILE_ERRNOS:
-        return MirrorError(
-            f"cannot {doing}: {exc.strerror or exc}",
-            host=host or None,
-            path=shown,
-            hint="fix this mirrored file's permissions, or move it aside; the next run "
-            "fetches it again",
-        )
-    return MirrorError(f"cannot {doing}: {exc.strerror or exc}", host=host or None, path=shown)
-
-
-#: Errors of one mirrored file (its permissions, its name, what is in its place), as opposed to
-#: those of the whole destination (disk full, read-only, too many open files, I/O errors).
-_ONE_FILE_ERRNOS = frozenset(
-    {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}
-)
-
-
-def only_this_file(exc: MirrorError) -> bool:
-    """Does ``exc`` concern one mirrored file only, so that the others can go on?"""
-    cause = exc.__cause__
-    return isinstance(cause, OSError) and cause.errno in _ONE_FILE_ERRNOS
-
-
-def _makedirs_for(path: Path, host: str, remote_path: bytes, dirs: set[Path]) -> None:
-    """Create ``path``'s missing parents; the directory holding each new one goes to ``dirs``
-    (a new directory's entry is durable only once its parent is synced)."""
-    missing: list[Path] = []
-    parent = path.parent
-    while not parent.is_dir() and parent != parent.parent:
-        missing.append(parent)
-        parent = parent.parent
-    if not missing:
-        return  # the usual case: one stat, no mkdir
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as exc:
-        raise MirrorError(
-            "a parent of this path is a file in the mirror (the remote replaced a file by a "
-            "directory); the old file is kept",
-            host=host,
-            path=path_text(remote_path),
-            hint="move the conflicting mirror file aside, then run again",
-        ) from exc
-    except OSError as exc:
-        raise _mirror_error(exc, host, remote_path, "create its directory") from exc
-    dirs.update(created.parent for created in missing)
-
-
-@dataclass(slots=True)
-class Pending:
-    """A finished file waiting for the batch flush.
-
-    Held as little as it can be: a fleet's round keeps every finished file until its flush
-    (8 hosts x 204 files at once in the benchmark's fleet), so its file is a bare descriptor
-    and its temp file a name, not a file object and a ``Path`` (0.6 KB more per file), and
-    its facts are packed (:class:`~remote_sync.index.update.PackedUpdate`).
-    """
-
-    row: FileState
-    #: The file's descriptor (its own, unbuffered: a copy a writer handed over), closed by
-    #: the flush or a discard, which set it to -1: a number closed twice could be another
-    #: file's by then.
-    fd: int
-    temp: str | None = None  # WholeWriter: the temp file to rename into place
-    category: str = "grown"  # new / grown / rewritten / unchanged; whole fetches: at flush
-    #: A file at the path of one the host deleted: new whatever the mirror held there (whose
-    #: copy is kept as a version unless it is a prefix of the new content).
-    back: bool = False
-    versioned: bool = False
-    bytes: int = 0
-    index: PackedUpdate | IndexUpdate | None = None  # the session's facts, committed with it
-    job: IndexJob | None = None  # ...or the index worker's job that computes them
-    #: A piece of a file that goes on (see :meth:`_LineWriter.checkpoint`): its lines are
-    #: committed, but the file is not done.
-    piece: bool = False
-    #: Its checkpoint is committed (set by the engine once its flush's commit is done).
-    committed: bool = False
-    #: A piece appended in place whose file was given up while its flush ran: the size of
-    #: the checkpoint before it, which the file is cut back to should that flush not commit
-    #: it (the give-up could only cut back to this piece's end).
-    cut_back: int | None = None
 
 
 class _LineWriter:
@@ -225,7 +102,7 @@ class _LineWriter:
             # those bytes would be cut off at the end. The file goes on without them, and
             # fails only if a newline comes (then they were needed).
             if not (track_lines and self._dropped_past_the_lines(exc)):
-                raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+                raise mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
             self._past_the_lines(view)
             return
         if self.indexer is not None:
@@ -243,7 +120,7 @@ class _LineWriter:
         not hold, which fails the file as a full disk (or quota) does."""
         if rfind_newline(view) >= 0:
             full = OSError(self.no_room, os.strerror(self.no_room))
-            raise _mirror_error(full, self.host, self.path, self._doing, self.local)
+            raise mirror_error(full, self.host, self.path, self._doing, self.local)
         self.offset += len(view)
 
     def _dropped_past_the_lines(self, exc: OSError) -> bool:
@@ -312,7 +189,7 @@ class _LineWriter:
             self.handle.truncate(size)
         except OSError as exc:
             if not (lines and self._dropped_past_the_lines(exc)):
-                raise _mirror_error(exc, self.host, self.path, doing, self.local) from exc
+                raise mirror_error(exc, self.host, self.path, doing, self.local) from exc
 
     def _past_the_overlap(self, view: memoryview) -> memoryview:
         """``view`` without the overlap bytes it begins with, checked against what was
@@ -337,12 +214,12 @@ class _LineWriter:
             raise ValueError(f"a next piece overlaps its last by 1 to 16 KiB, not {length}")
         if self.no_room:
             full = OSError(self.no_room, os.strerror(self.no_room))
-            raise _mirror_error(full, self.host, self.path, self._doing, self.local)
+            raise mirror_error(full, self.host, self.path, self._doing, self.local)
         try:
             self.handle.flush()
             expected = os.pread(self.handle.fileno(), length, start)
         except OSError as exc:
-            raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+            raise mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
         if len(expected) != length:
             raise RewriteDetected  # bytes a full disk dropped: the overlap cannot be checked
         self.overlap = Overlap(expected)
@@ -365,12 +242,12 @@ class _LineWriter:
         except OSError as exc:
             # Only bytes past the lines left to write, on a full disk: dropped (see _put).
             if not self._dropped_past_the_lines(exc):
-                raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+                raise mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
         self._fingerprint_lines()
         try:
             fd = os.dup(self.handle.fileno())
         except OSError as exc:
-            raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+            raise mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
         try:
             index = self.indexer.snapshot() if self.indexer is not None else None
         except BaseException:
@@ -429,7 +306,7 @@ class _LineWriter:
             self.handle.flush()
             fd = os.dup(self.handle.fileno())
         except OSError as exc:
-            raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+            raise mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
         # Nothing left to write (flushed above): a failing close loses nothing, and the
         # descriptor it closes is released all the same.
         with contextlib.suppress(OSError):
@@ -441,7 +318,7 @@ class _LineWriter:
         try:
             self.handle.flush()  # the worker reads the file, not our buffer
         except OSError as exc:
-            raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+            raise mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
         self.job.written(self.end_of_lines)
         self.notified = self.end_of_lines
 
@@ -518,7 +395,7 @@ class AppendWriter(_LineWriter):
         try:
             self.handle = open(self.local, "r+b")  # noqa: SIM115 (kept until flush)
         except OSError as exc:
-            raise _mirror_error(exc, self.host, self.path, "open the mirrored file") from exc
+            raise mirror_error(exc, self.host, self.path, "open the mirrored file") from exc
         try:
             # The file's first KiB, for the host's digest of it after the read: the mirror's
             # (committed, unchanged by this append), or the first bytes received.
@@ -529,7 +406,7 @@ class AppendWriter(_LineWriter):
             # Closed here: the error's traceback holds this writer, and with it the file,
             # for as long as the error is kept.
             self.handle.close()
-            raise _mirror_error(exc, self.host, self.path, "open the mirrored file") from exc
+            raise mirror_error(exc, self.host, self.path, "open the mirrored file") from exc
         except RewriteDetected:  # cut short since recovery: fetched whole instead
             self.handle.close()
             raise
@@ -553,7 +430,7 @@ class AppendWriter(_LineWriter):
             except OSError as exc:
                 # Mapped here for both callers (a checkpoint and the finish): a raw OSError
                 # out of the finish was said as an internal error of the host.
-                raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+                raise mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
             self.row.fingerprint = fingerprint_of(head)
 
     def finish(self) -> Pending:
@@ -608,7 +485,7 @@ class SeededWriter(AppendWriter):
         except FileNotFoundError:
             raise RewriteDetected from None  # moved away by hand: fetched whole instead
         except OSError as exc:
-            raise _mirror_error(exc, seed.host, seed.path, "open the mirrored file") from exc
+            raise mirror_error(exc, seed.host, seed.path, "open the mirrored file") from exc
         self.temp = state.temp_path()
         try:
             with source, open(self.temp, "wb") as copy:
@@ -616,7 +493,7 @@ class SeededWriter(AppendWriter):
             super().__init__(state, seed, start, new_row, keep_head=keep_head, local=self.temp)
         except OSError as exc:
             self.temp.unlink(missing_ok=True)
-            raise _mirror_error(
+            raise mirror_error(
                 exc, new_row.host, new_row.path, "copy a mirrored file", self.temp
             ) from exc
         except BaseException:
@@ -694,7 +571,7 @@ class WholeWriter(_LineWriter):
             # Readable too: an index worker reads the lines through (a copy of) this descriptor.
             self.handle = open(self.temp, "w+b")  # noqa: SIM115 (kept until flush)
         except OSError as exc:
-            raise _mirror_error(exc, row.host, row.path, "create a temp file") from exc
+            raise mirror_error(exc, row.host, row.path, "create a temp file") from exc
         self.offset = 0
         self.end_of_lines = 0
         self.notified = 0
@@ -763,7 +640,7 @@ class WholeWriter(_LineWriter):
         except (FileNotFoundError, NotADirectoryError):
             return False  # no copy there: nothing to keep apart
         except OSError as exc:
-            raise _mirror_error(exc, self.host, self.path, "read the mirrored copy") from exc
+            raise mirror_error(exc, self.host, self.path, "read the mirrored copy") from exc
         try:
             with old:
                 info = os.fstat(old.fileno())
@@ -781,9 +658,7 @@ class WholeWriter(_LineWriter):
             # A failed read (or a full disk under the flush) must not pass for a copy that
             # differs: that would put a short first piece in place and keep the old copy as
             # a version of a file that only grew.
-            raise _mirror_error(
-                exc, self.host, self.path, "compare with the mirrored copy"
-            ) from exc
+            raise mirror_error(exc, self.host, self.path, "compare with the mirrored copy") from exc
         return True
 
     def _move_out_past(self, size: int) -> BinaryIO | None:
@@ -807,7 +682,7 @@ class WholeWriter(_LineWriter):
                 if not self.no_room:
                     self.no_room = exc.errno or errno.ENOSPC
                 return None
-            raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+            raise mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
         return tail
 
     def confirm(self, piece: Pending, after: Pending | None) -> None:
@@ -820,7 +695,7 @@ class WholeWriter(_LineWriter):
             _copy_range(tail.fileno(), 0, self.handle.fileno(), self.end_of_lines, size)
         except OSError as exc:
             if not out_of_space(exc):
-                raise _mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
+                raise mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
             self._cut_at_the_lines(self.end_of_lines, self._doing)
             self.no_room = exc.errno or errno.ENOSPC
         finally:
@@ -888,261 +763,3 @@ def _remove_tail(tail: BinaryIO) -> None:
         tail.close()
     with contextlib.suppress(OSError):
         os.unlink(tail.name)
-
-
-@dataclass
-class CommitBatch:
-    """Finished files not yet durable, taken whole by a flush."""
-
-    state: MirrorState
-    items: list[Pending] = field(default_factory=list)
-    bytes: int = 0
-
-    def add(self, item: Pending) -> None:
-        self.items.append(item)
-        self.bytes += item.bytes
-
-    def take(self) -> list[Pending]:
-        """The batch so far, leaving it empty (on the event loop, before a flush thread runs)."""
-        items, self.items, self.bytes = self.items, [], 0
-        return items
-
-
-def give_up(item: Pending, committed: int | None) -> None:
-    """Discard a finished item (see :func:`discard`); an append's file (``committed``: its
-    checkpoint's size) is cut back at once, so that no later step of this run sees its new
-    bytes."""
-    if item.temp is None and committed is not None and item.fd >= 0:
-        with contextlib.suppress(OSError):
-            os.ftruncate(item.fd, committed)  # else recovery cuts them back on next open
-    discard([item])
-
-
-def discard(items: list[Pending]) -> None:
-    """Give up on items that will not be committed: close them, remove their temp files.
-
-    Appended bytes stay on disk beyond the checkpoint; recovery cuts them back on next open.
-    """
-    for item in items:
-        if item.job is not None:
-            item.job.drop()
-        # Its bytes are not claimed by any checkpoint: a failing close loses nothing.
-        with contextlib.suppress(OSError):
-            _close(item)
-        if item.temp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(item.temp)
-
-
-def _close(item: Pending) -> None:
-    """Close ``item``'s descriptor, once (an error of the close is the caller's)."""
-    fd, item.fd = item.fd, -1
-    if fd >= 0:
-        os.close(fd)
-
-
-@dataclass
-class Durable:
-    """What a flush made of its batch: items durable and in place, and items that failed."""
-
-    done: list[Pending] = field(default_factory=list)
-    failed: list[tuple[Pending, MirrorError]] = field(default_factory=list)
-
-
-def make_durable(
-    state: MirrorState, items: list[Pending], numbers: VersionNumbers | None = None
-) -> Durable:
-    """Make ``items`` durable and put them in place; returns them for committing.
-
-    ``numbers``: the round's (one host's), which lists each versions folder a copy is kept
-    in once for all its flushes; without it, once for this batch.
-
-    Blocking (syncs, renames, comparisons): run it in a worker thread. An item that cannot be
-    put in place (a directory where the file goes) is discarded and listed as failed; the
-    others go on. A failing sync fails the whole batch (which of its files reached the disk
-    is unknown): every item is discarded and a :class:`MirrorError` names the file.
-    """
-    dirs: set[Path] = set()
-    numbers = numbers if numbers is not None else VersionNumbers()
-    result = Durable()
-    try:
-        _sync_data(items)
-        for item in items:
-            if item.temp is None:
-                result.done.append(item)
-                continue
-            try:
-                _put_in_place(state, item, dirs, numbers)
-            except MirrorError as exc:
-                discard([item])
-                result.failed.append((item, exc))
-            except OSError as exc:
-                discard([item])
-                failure = _mirror_error(exc, item.row.host, item.row.path, "put the file in place")
-                result.failed.append((item, failure))
-            else:
-                result.done.append(item)
-        if len(dirs) >= SYNCFS_MIN_DIRS and _syncfs_of(next(iter(dirs))):
-            pass  # one journal commit covers every rename
-        else:
-            for directory in dirs:
-                try:
-                    fsync_dir(directory)
-                except OSError as exc:
-                    raise MirrorError(
-                        f"cannot sync a directory of the mirror: {exc.strerror or exc}",
-                        path=str(directory),
-                        hint="check the destination's file system; a rerun fetches again",
-                    ) from exc
-    except MirrorError:
-        discard(items)
-        raise
-    return result
-
-
-def _sync_data(items: list[Pending]) -> None:
-    """Every item's bytes on disk; descriptors closed. (Each is unbuffered: the writers
-    flushed their buffers when they handed the file over.)"""
-    current: Pending | None = None
-    try:
-        synced = False
-        if len(items) >= SYNCFS_MIN_FILES:
-            synced = _syncfs(items[0].fd)
-        for current in items:
-            if not synced:
-                # fdatasync: the data and the size, which is all a checkpoint claims (about a
-                # quarter cheaper than fsync, which also writes the times).
-                os.fdatasync(current.fd)
-            _close(current)
-    except OSError as exc:
-        if current is None:  # syncfs: the whole batch, no one file
-            raise MirrorError(
-                f"cannot make {len(items)} fetched files durable: {exc.strerror or exc}",
-                host=items[0].row.host if items else None,
-                hint="check the destination's disk; a rerun fetches them again",
-            ) from exc
-        raise _mirror_error(
-            exc, current.row.host, current.row.path, "make the fetched file durable"
-        ) from exc
-
-
-def _syncfs_of(directory: Path) -> bool:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return _syncfs(fd)
-    finally:
-        os.close(fd)
-
-
-_libc_syncfs: object = None  # the C function once looked up; False where there is none
-
-
-def _syncfs(fd: int) -> bool:
-    """``syncfs(fd)``: True when done, False where unavailable (the caller syncs per file).
-
-    Since Linux 5.8 it reports write-back errors of the file system like fsync does; an error
-    raises OSError, exactly as a failing fsync would.
-    """
-    global _libc_syncfs
-    if _libc_syncfs is None:
-        _libc_syncfs = _find_syncfs()
-    if _libc_syncfs is False:
-        return False
-    func = _libc_syncfs
-    assert callable(func)
-    if func(fd) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        _libc_syncfs = False
-        return False
-    raise OSError(err, os.strerror(err))
-
-
-def _find_syncfs() -> object:
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        func = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        log.debug("syncfs(2) is not available: syncing file by file")
-        return False
-    func.argtypes = [ctypes.c_int]
-    func.restype = ctypes.c_int
-    return func
-
-
-def _put_in_place(
-    state: MirrorState, item: Pending, dirs: set[Path], numbers: VersionNumbers
-) -> None:
-    assert item.temp is not None
-    row = item.row
-    local = state.local_path(row.host, row.path)
-    _makedirs_for(local, row.host, row.path, dirs)
-    if local.is_dir() and not local.is_symlink():
-        raise MirrorError(
-            "the mirror has a directory where the remote has a file",
-            host=row.host,
-            path=path_text(row.path),
-            hint="move the mirror's directory aside (it holds files the host no longer has), "
-            "then run again",
-        )
-    kept: Path | None = None
-    folder: int | None = None  # the kept copy's directory, opened with no link followed
-    recorded = row.version
-    # The versions on disk, not only the recorded ones: a run killed before its commit leaves
-    # one the checkpoint does not count (rename() would replace it), and so does a file given
-    # up between its pieces (its first piece's flush kept the old copy) that a whole fetch
-    # numbered from the round's row. Recovery compares the row with the same count.
-    row.version = state.last_version_on_disk(row.host, row.path, row.version)
-    try:
-        if local.exists() and not _is_prefix(local, item.temp, row.size):
-            if row.kind == "append" or item.category == "new":
-                # The remote rewrote history (or an unknown file sits here, or the copy of a
-                # file the host deleted before this one took its path): keep the old copy.
-                # Numbered after every version on disk (see above; the destination's lock
-                # keeps other writers out), gaps or not: a prune leaves gaps at the bottom, and
-                # with the state lost (moved aside) the count starts again at 0 below the
-                # copies left. Its folder is listed once in the round (``numbers``), made and
-                # entered with no link followed, and the copy renamed in by name there.
-                folder = state.open_versions_folder(row.host, row.path, dirs)
-                version = numbers.number(state, row.host, row.path, folder, row.version)
-                row.version = version
-                kept = state.version_path(row.host, row.path, version)
-                os.rename(local, kept.name, dst_dir_fd=folder)  # same file system: no copy
-                numbers.kept(state, row.host, row.path, version)
-                dirs.add(kept.parent)
-                item.versioned = True
-            if not item.back:  # a file back where one was deleted is new, not a rewrite of it
-                item.category = "rewritten"
-        elif item.category == "rewritten":
-            # Identity changed but the content only grew (e.g. replaced by rename with the
-            # same history), or is the same (only touched): nothing to keep apart.
-            same = local.exists() and local.stat().st_size == row.size
-            item.category = "unchanged" if same else "grown"
-        try:
-            os.rename(item.temp, local)
-        except OSError:
-            if kept is not None:  # the mirror keeps its copy where it was, not only in versions/
-                os.rename(kept.name, local, src_dir_fd=folder)
-                numbers.taken_back(state, row.host, row.path, version)
-                item.versioned = False
-            row.version = recorded
-            raise
-    finally:
-        if folder is not None:
-            os.close(folder)
-    dirs.add(local.parent)
-
-
-def _is_prefix(old: Path, new: str, size: int, block: int = 1 << 20) -> bool:
-    """Is the content of ``old`` a prefix of the first ``size`` bytes of ``new``?"""
-    if old.stat().st_size > size:
-        return False
-    with open(old, "rb") as a, open(new, "rb") as b:
-        while True:
-            x = a.read(block)
-            if not x:
-                return True
-            if b.read(len(x)) != x:
-                return False

@@ -1511,7 +1511,8 @@ def remote_diagnostics(
     """Our remote scripts timed alone through OpenSSH (minus ``ssh true``), and a tar peer."""
     from remote_sync.inventory import load_inventory
     from remote_sync.mirror.fetch_frames import FetchRequest
-    from remote_sync.mirror.remote_ops import fetch_argv, fetch_stdin, listing_argv, new_marker
+    from remote_sync.mirror.fetch_script import fetch_argv, fetch_stdin
+    from remote_sync.mirror.remote_ops import listing_argv, new_marker
     from remote_sync.ssh.remote import quote_argv
 
     host = load_inventory(inventory).get(name)

@@ -28,7 +28,7 @@ from remote_sync.mirror.archive import BLOCK, parse_header
 from remote_sync.mirror.durable import discard
 from remote_sync.mirror.fetch_events import Begin, Data, End, FrameEvent, Short
 from remote_sync.mirror.fetch_frames import FetchRequest, FrameParser
-from remote_sync.mirror.remote_ops import fetch_stdin
+from remote_sync.mirror.fetch_script import fetch_stdin
 from remote_sync.mirror.state import FileState, MirrorState
 from remote_sync.mirror.writer import WholeWriter
 

@@ -34,22 +34,20 @@ from hypothesis import strategies as st
 from sshfleet import SSHFleet
 
 from remote_sync.errors import ConfigError, ProtocolError, RemoteCommandError, TooMuchOutputError
+from remote_sync.mirror import fetch_script, remote_ops, remote_sh
 from remote_sync.mirror import listing as listing_module
-from remote_sync.mirror import remote_ops
 from remote_sync.mirror.digests import Digest, Hasher
 from remote_sync.mirror.fetch_events import Begin, Data, FrameEvent, HeadDigest, Short
 from remote_sync.mirror.fetch_frames import FetchRequest, FrameParser
+from remote_sync.mirror.fetch_script import fetch_argv, fetch_stdin, round_fetch_stdin
 from remote_sync.mirror.listing import MAX_LISTING_RECORD, ListingParser, RemoteFile
 from remote_sync.mirror.plan import Transfer
 from remote_sync.mirror.remote_ops import (
     PROBE_TOOLS,
-    fetch_argv,
-    fetch_stdin,
     listing_argv,
     listing_end_marker,
     new_marker,
     round_argv,
-    round_fetch_stdin,
 )
 from remote_sync.mirror.state import FileState
 from remote_sync.ssh.endpoint import Endpoint
@@ -877,7 +875,7 @@ def fetch_events(
     requests: list[FetchRequest],
     step: int,
     per_batch: int = 1000,
-    batch_bytes: int = remote_ops.BATCH_BYTES,
+    batch_bytes: int = fetch_script.BATCH_BYTES,
 ) -> list[FrameEvent]:
     """The frame events of a local fetch of ``requests`` under ``root``, fed in ``step``-byte
     pieces (the marker on stdin)."""
@@ -1185,12 +1183,11 @@ def test_no_remote_script_has_what_fish_reads_as_an_escape() -> None:
     """fish takes backslash-backslash and backslash-quote inside single quotes as escapes:
     quoted by shlex.quote, a script holding either would reach fish's sh changed."""
     from remote_sync.index import remote_scripts
-    from remote_sync.mirror import remote_ops
     from remote_sync.ssh import remote
 
     scripts = [
         value
-        for module in (remote_ops, remote_scripts, remote)
+        for module in (remote_ops, fetch_script, remote_sh, remote_scripts, remote)
         for value in vars(module).values()
         if isinstance(value, str) and ("\n" in value or "$" in value)
     ]
@@ -1298,7 +1295,7 @@ def test_every_remote_script_keeps_its_meaning_compacted() -> None:
 
     scripts = {
         f"{module.__name__}.{name}": value
-        for module in (remote_ops, remote_scripts, ssh_remote)
+        for module in (remote_ops, fetch_script, remote_sh, remote_scripts, ssh_remote)
         for name, value in vars(module).items()
         if name.isupper() and isinstance(value, str) and value.count("\n") > 1
     }
@@ -1656,14 +1653,16 @@ def with_hooks_before_the_digests(
 ) -> None:
     """Run shell text in the batch script just before its digests by name: ``batch`` before
     the one of the batch's appends, ``archive`` before the one of its archive."""
-    script = remote_ops._FETCH_BATCH_SCRIPT
+    script = fetch_script.FETCH_BATCH_SCRIPT
     for anchor, hook in (
         ('if [ -n "$read_checked" ]; then\n', batch),
         ('    if [ -n "$archived_checked" ]; then\n', archive),
     ):
         assert script.count(anchor) == 1
         script = script.replace(anchor, hook + "\n" + anchor)
-    monkeypatch.setattr(remote_ops, "_FETCH_BATCH_SCRIPT", script)
+    # Where fetch_argv and round_argv look it up.
+    monkeypatch.setattr(fetch_script, "FETCH_BATCH_SCRIPT", script)
+    monkeypatch.setattr(remote_ops, "FETCH_BATCH_SCRIPT", script)
 
 
 @DIGEST_TOOLSETS

@@ -56,6 +56,7 @@ from remote_sync.mirror import (
     engine,
     fetch_frames,
     fetch_requests,
+    fetch_script,
     frames,
     remote_ops,
     writer,
@@ -762,7 +763,7 @@ def test_a_dropped_connection_keeps_the_whole_files_that_arrived_before_it(
     dest = tmp_path / "m"
     # Any two are over the budget: each its own batch. Each is also more than the channel's
     # window and the socket's buffers, so the one being read when the host dies is cut.
-    size = remote_ops.BATCH_BYTES // 2 + 1024 * 1024
+    size = fetch_script.BATCH_BYTES // 2 + 1024 * 1024
     paths = [f"agents/a/sessions/s{i}.jsonl" for i in range(3)]
     for rel in paths:
         fleet.write("h0", rel, big_session(size))

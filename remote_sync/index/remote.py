@@ -53,7 +53,8 @@ from ..errors import (
 from ..formats.readers import get_reader
 from ..inventory import Host
 from ..mirror.listing import listing_errors
-from ..mirror.remote_ops import EXIT_ROOT_UNUSABLE, new_marker
+from ..mirror.remote_ops import new_marker
+from ..mirror.remote_sh import EXIT_ROOT_UNUSABLE
 from ..mirror.root_probe import probed_root_error
 from ..ssh.pool import SSHPool
 from ..ssh.remote import IDLE_TIMEOUT

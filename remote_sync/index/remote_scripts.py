@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from ..formats.readers import get_reader
 from ..inventory import Host
-from ..mirror.remote_ops import (
+from ..mirror.remote_sh import (
     DD_BYTES_PROBE_SH,
     ENTER_ROOT_SH,
     START_POINT_SH,

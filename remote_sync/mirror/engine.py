@@ -75,20 +75,12 @@ from .durable import CommitBatch, Pending, discard
 from .fetch_events import End, Gone
 from .fetch_frames import FrameParser
 from .fetch_requests import follow_up_requests, owned, requests_of
+from .fetch_script import BATCH_BYTES, fetch_argv, fetch_stdin, round_fetch_stdin
 from .frames import FrameHandler
 from .listing import ListingParser, RemoteFile, listing_errors
 from .plan import MIN_PIECE_BYTES, Category, Plan, Transfer, make_plan
-from .remote_ops import (
-    BATCH_BYTES,
-    EXIT_ROOT_UNUSABLE,
-    PROBE_TOOLS,
-    fetch_argv,
-    fetch_stdin,
-    listing_end_marker,
-    new_marker,
-    round_argv,
-    round_fetch_stdin,
-)
+from .remote_ops import PROBE_TOOLS, listing_end_marker, new_marker, round_argv
+from .remote_sh import EXIT_ROOT_UNUSABLE
 from .returning import OverlapRead, overlap_length, overlap_request, same_file_back, take_reads
 from .root_probe import probed_root_error
 from .state import FINGERPRINT_BYTES, FileState, MirrorState, fingerprint_of

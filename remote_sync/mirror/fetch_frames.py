@@ -1,9 +1,9 @@
 """The fetch's requests, and the parse of the frames that answer them.
 
 A :class:`FetchRequest` is one request, a byte range of a file or a whole file a batch's
-``tar`` may send, which :func:`~remote_sync.mirror.remote_ops.fetch_stdin` writes as an item
+``tar`` may send, which :func:`~remote_sync.mirror.fetch_script.fetch_stdin` writes as an item
 on the fetch's stdin. :class:`FrameParser` reads the fetch's stdout, the frames the scripts of
-:mod:`remote_sync.mirror.remote_ops` write (described there), and hands an archive frame to
+:mod:`remote_sync.mirror.fetch_script` write (described there), and hands an archive frame to
 :class:`~remote_sync.mirror.archive.ArchiveReader`. Like the scripts' module, this one does no
 I/O.
 
@@ -106,7 +106,7 @@ class FetchRequest:
     is not a valid copy); not with ``archive``."""
     check: bool = False
     """After the read, the host sends the digest of the file's first
-    :data:`~remote_sync.mirror.remote_ops.HEAD_BYTES` (:class:`HeadDigest`): a head that
+    :data:`~remote_sync.mirror.fetch_script.HEAD_BYTES` (:class:`HeadDigest`): a head that
     changed while the file was read tells a copy spliced from two contents. For line-committed
     files, whose head the client has in full."""
     check_whole: bool = False
@@ -116,7 +116,7 @@ class FetchRequest:
     hashes; not with ``check`` or ``archive``."""
     check_batched: bool = False
     """Once the batch's reads are done, the host sends one digest of the first
-    :data:`~remote_sync.mirror.remote_ops.HEAD_BYTES` of every such request of the batch that
+    :data:`~remote_sync.mirror.fetch_script.HEAD_BYTES` of every such request of the batch that
     was read (:class:`HeadDigest`): an append fetches only the bytes after an overlap near the
     old end, and this is how a head rewritten in place since the last round (an agent saving
     the whole file anew with another first line, a tool redacting a secret to the same length)

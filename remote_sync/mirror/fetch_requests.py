@@ -13,8 +13,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from .fetch_frames import FetchRequest
+from .fetch_script import BATCH_BYTES, round_fetch_stdin
 from .plan import Transfer
-from .remote_ops import BATCH_BYTES, round_fetch_stdin
 
 #: A follow-up fetches whole a file that changed since the listing, so its size then is not
 #: known: it asks for the listed size and as much again, or this much more if that is more,

@@ -31,8 +31,8 @@ from .digests import Algorithm, Hasher
 from .durable import Pending, discard, give_up
 from .fetch_events import Begin, Changed, Data, Denied, End, Failed, Gone, HeadDigest, Short
 from .fetch_frames import FetchRequest
+from .fetch_script import HEAD_BYTES
 from .plan import Transfer
-from .remote_ops import HEAD_BYTES
 from .state import FileState
 from .writer import AppendWriter, RewriteDetected, SeededWriter, WholeWriter
 

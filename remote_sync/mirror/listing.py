@@ -110,7 +110,7 @@ _EARLIER_NOT_KEPT = (
 
 def unread_paths(messages: bytes) -> tuple[list[tuple[bytes, str]], list[str]]:
     """The listing's ``messages`` (its stderr,
-    :data:`~remote_sync.mirror.remote_ops.EXIT_ROOT_UNUSABLE` aside): each path ``find`` could
+    :data:`~remote_sync.mirror.remote_sh.EXIT_ROOT_UNUSABLE` aside): each path ``find`` could
     not read, relative to the root, with its reason ("Permission denied"), and every other line
     as text, each once (a script may run find twice over the same tree). A name holding a
     newline splits a BusyBox message in two: both halves are then other lines. A path that

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .fetch_frames import FetchRequest
+from .fetch_script import HEAD_BYTES, SKIP_BLOCK
 from .listing import RemoteFile
-from .remote_ops import HEAD_BYTES, SKIP_BLOCK
 from .state import FileState
 
 #: Bytes re-fetched before the committed end of an appended file to verify it is unchanged:

@@ -16,8 +16,8 @@ from pathlib import Path
 from .digests import Digest, Hasher
 from .fetch_events import Changed, Data, Denied, End, Failed, Gone, HeadDigest, Short
 from .fetch_frames import FetchRequest
+from .fetch_script import HEAD_BYTES
 from .plan import Transfer
-from .remote_ops import HEAD_BYTES
 from .writer import Overlap, RewriteDetected, rfind_newline
 
 

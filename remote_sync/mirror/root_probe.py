@@ -3,7 +3,7 @@
 What it owns: :func:`probed_root_error`, the error and its hint, shared by every command
 that reads a host's root (a sync round, ``sessions list --remote``, ``sessions show
 --remote``). Their scripts exit with
-:data:`~remote_sync.mirror.remote_ops.EXIT_ROOT_UNUSABLE` when the root is missing; only
+:data:`~remote_sync.mirror.remote_sh.EXIT_ROOT_UNUSABLE` when the root is missing; only
 then does this run one more command (:func:`~remote_sync.mirror.remote_ops.probe_roots_argv`)
 to find which other agents' default roots the host has, so that the hint can name the format
 to use (``~/.claude`` for a host read with the default format). A root that exists costs

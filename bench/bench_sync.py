@@ -26,8 +26,10 @@ an agent serves (the agent keeps each host's connection between runs), against t
 (a cold rsync, with the part's goal) and against the same rsync through OpenSSH control masters
 (``ControlMaster=auto``, ``ControlPersist``: warm connections on both sides, info); the
 initial mirror too, through a fresh agent per run, started before the timed sync but not yet
-connected (checked), against the named peer with the initial goal. The agent's own peak RSS
-and CPU time are read from ``/proc`` before it stops. Every run also records its
+connected (checked), against the named peer with the initial goal. An agent's peak RSS is
+read from ``/proc`` before it stops, and a fresh agent's CPU time for its sync around it.
+``--profile``'s phases wrap this tree's modules by name (``PHASES``): run against an older
+copy, it stops at the first name that copy lacks. Every run also records its
 client CPU time (``time -v``) and the rest of the machine's busy CPU time meanwhile
 (``/proc/stat``: sshd, remote commands, kernel, and any other load on the machine). After
 every run the mirrors are checked against the remote files (remote-sync: byte-identical up

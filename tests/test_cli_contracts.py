@@ -494,10 +494,10 @@ def test_sessions_show_prints_hostile_paths_and_text_as_is(
     assert "\x1b" not in out and "\x07" not in out
 
 
-def _recovery_noting(tmp_path: Path, rel: bytes) -> tuple[str, int]:
+def _recovery_noting(tmp_path: Path, rel: bytes) -> str:
     """A sync of a mirror whose file ``rel`` holds a killed run's bytes past its checkpoint:
     its recovery cuts them back and logs a note naming the file (the host cannot be reached
-    after). Its stderr, and the file's size after (its checkpoint's, ``len(committed)``)."""
+    after). Its stderr."""
     dest = tmp_path / "mirror"
     committed = transcript("s", 1)
     with MirrorState(dest) as state:
@@ -524,7 +524,7 @@ def _recovery_noting(tmp_path: Path, rel: bytes) -> tuple[str, int]:
     err = done.stderr.decode()
     assert done.returncode == 1, err  # the host cannot be reached; the recovery ran before
     assert local.stat().st_size == len(committed)
-    return err, len(committed)
+    return err
 
 
 def test_a_log_line_naming_a_hostile_file_is_escaped(tmp_path: Path) -> None:
@@ -532,7 +532,7 @@ def test_a_log_line_naming_a_hostile_file_is_escaped(tmp_path: Path) -> None:
     a recovery names a mirrored file, whose name the host chose. An OSC 52 in it, printed
     raw, wrote the user's clipboard; a CSI 2J cleared the screen."""
     rel = b"agents/a/sessions/s\x1b]52;c;aGk=\x07\x1b[2J\xe2\x80\xae.jsonl"
-    err, _ = _recovery_noting(tmp_path, rel)
+    err = _recovery_noting(tmp_path, rel)
     assert "s\\x1b]52;c;aGk=\\x07\\x1b[2J\\u202e.jsonl: cut back to the checkpoint" in err
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
 
@@ -543,7 +543,7 @@ def test_a_log_line_naming_a_file_with_line_breaks_stays_one_line(tmp_path: Path
     name's second half stood on a line of its own and could pass for another record."""
     fake = "WARNING remote_sync.mirror.engine: h0: all 12 files synced"
     rel = f"agents/a/sessions/s\n{fake}\r\n.jsonl".encode()
-    err, _ = _recovery_noting(tmp_path, rel)
+    err = _recovery_noting(tmp_path, rel)
     assert not any(line.startswith(fake) for line in err.splitlines()), err
     (note,) = [line for line in err.splitlines() if "cut back to the checkpoint" in line]
     assert f"sessions/s\\x0a{fake}\\x0d\\x0a.jsonl: cut back" in note

@@ -9,7 +9,6 @@ import os
 import sqlite3
 import tempfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any, cast
 
 import pytest
@@ -234,15 +233,11 @@ def _two_mirrors(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _link_swapped_in_at_the_open(
-    monkeypatch: pytest.MonkeyPatch,
-    module: ModuleType,
-    db: Path,
-    theirs: Path,
-    aside: Path,
-    back: bool,
+    monkeypatch: pytest.MonkeyPatch, db: Path, theirs: Path, aside: Path, back: bool
 ) -> None:
-    """As ``module`` connects to the database ``db``: ``db`` is moved to ``aside`` and a link
-    to ``theirs`` put in its place (and taken away again, ``db`` put back, if ``back``)."""
+    """At the next ``sqlite3.connect`` (one function, whichever module calls it): ``db`` is
+    moved to ``aside`` and a link to ``theirs`` put in its place (and taken away again, ``db``
+    put back, if ``back``)."""
     real_connect = sqlite3.connect
 
     def swapped(*args: Any, **kwargs: Any) -> sqlite3.Connection:
@@ -255,7 +250,7 @@ def _link_swapped_in_at_the_open(
                 db.unlink()
                 os.rename(aside, db)
 
-    monkeypatch.setattr(module.sqlite3, "connect", swapped)
+    monkeypatch.setattr(sqlite3, "connect", swapped)
 
 
 #: The readers of the state, which take no lock: each exits 2 on a refused destination.
@@ -404,12 +399,11 @@ def test_a_link_swapped_in_as_a_reader_opens_the_state_is_refused(
     compared with the one at the name, looked at after the open with no link followed: the
     read is refused, naming the file, and nothing of the other mirror is shown."""
     from remote_sync.cli import main
-    from remote_sync.index import query
 
     dest, elsewhere = _two_mirrors(tmp_path)
     db = dest / ".remote-sync" / "state.db"
     theirs = elsewhere / ".remote-sync" / "state.db"
-    _link_swapped_in_at_the_open(monkeypatch, query, db, theirs, tmp_path / "aside.db", back)
+    _link_swapped_in_at_the_open(monkeypatch, db, theirs, tmp_path / "aside.db", back)
     code = main(["sessions", "stats", "--by", "host", "--dest", str(dest), "--json"])
     out, err = capsys.readouterr()
     assert code == 2 and "theirs" not in out, (out, err)
@@ -425,15 +419,12 @@ def test_a_link_swapped_in_as_a_sync_opens_the_state_is_refused(
     the lock: a link put at ``state.db`` as SQLite opens it and taken away again had the
     sync commit its checkpoints into another mirror's state. The open is refused, naming the
     file, and the other mirror's state is as it was."""
-    from remote_sync.mirror import state as state_module
 
     dest, elsewhere = _two_mirrors(tmp_path)
     db = dest / ".remote-sync" / "state.db"
     theirs = elsewhere / ".remote-sync" / "state.db"
     before = theirs.read_bytes()
-    _link_swapped_in_at_the_open(
-        monkeypatch, state_module, db, theirs, tmp_path / "aside.db", back=True
-    )
+    _link_swapped_in_at_the_open(monkeypatch, db, theirs, tmp_path / "aside.db", back=True)
     with pytest.raises(DestinationError, match=r"file state\.db changed while it was opened") as e:
         MirrorState(dest).open()
     monkeypatch.undo()
@@ -452,7 +443,6 @@ def test_a_link_swapped_in_as_a_sync_opens_the_state_is_refused_before_any_write
     schema was written, so the refused open had turned that database to WAL and added the
     state's tables to it. The open is now refused before any write: the database is left
     byte for byte as it was."""
-    from remote_sync.mirror import state as state_module
 
     dest, _elsewhere = _two_mirrors(tmp_path)
     db = dest / ".remote-sync" / "state.db"
@@ -462,7 +452,7 @@ def test_a_link_swapped_in_as_a_sync_opens_the_state_is_refused_before_any_write
         other.execute("INSERT INTO notes VALUES ('keep me')")
         other.commit()
     before = theirs.read_bytes()
-    _link_swapped_in_at_the_open(monkeypatch, state_module, db, theirs, tmp_path / "aside.db", back)
+    _link_swapped_in_at_the_open(monkeypatch, db, theirs, tmp_path / "aside.db", back)
     said = "changed while it was opened" if back else "is a symbolic link"
     with pytest.raises(DestinationError, match=f"file state\\.db {said}") as e:
         MirrorState(dest).open()

@@ -271,7 +271,7 @@ def _mirrored(state: MirrorState, path: bytes, data: bytes) -> FileState:
     return FileState("h0", path, "append", len(data), len(data), 1.7e9, 2049, 1, b"")
 
 
-def _eio(*args: Any) -> bytes:
+def _eio(*args: Any, **kwargs: Any) -> bytes:
     raise OSError(errno.EIO, os.strerror(errno.EIO))
 
 
@@ -358,10 +358,7 @@ def test_an_append_whose_overlap_cannot_be_read_closes_the_mirrored_file(
                         found.append(fd.name)
             return found
 
-        def failing_read(*args: Any, **kwargs: Any) -> Any:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-        monkeypatch.setattr(writer_module.Overlap, "read", failing_read)
+        monkeypatch.setattr(writer_module.Overlap, "read", _eio)
         with pytest.raises(MirrorError, match=r"h0: d/f\.jsonl: .*Input/output error") as e:
             AppendWriter(state, row, 0, replace(row))
         assert isinstance(e.value.__cause__, OSError)

@@ -130,8 +130,8 @@ class ShowableFormatter(logging.Formatter):
     traceback or stack the record appends keeps its newlines and tabs."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        # format() has just set record.message; it is put back, as other handlers format
-        # the same record.
+        # format() has just set record.message; it is put back as logged, for whatever reads
+        # the record after this handler without formatting it (another formatter sets its own).
         message = record.message
         record.message = showable(message)
         try:

@@ -1477,6 +1477,27 @@ def test_a_sync_whose_report_cannot_be_written_exits_1(fleet: SSHFleet, tmp_path
     assert done.returncode == 2 and b"Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_a_json_usage_error_or_early_cancel_on_a_full_disk_keeps_its_exit_code() -> None:
+    """The two error events written outside any command (a usage error's, under --json, and
+    a Ctrl-C's during the load) ended in an OSError traceback when stdout was on a full disk,
+    where every other error event is let go: the exit code and stderr still say it."""
+    done = into_a_full_disk(["sync", "--json", "--no-such-option"])
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "Traceback" not in err, err
+    assert "remote-sync sync: error: " in err, err
+    code = (
+        "import os; from remote_sync.cli import report_cancelled_start; "
+        "os._exit(report_cancelled_start(True))"
+    )
+    with open("/dev/full", "wb") as full:
+        cancelled = subprocess.run(
+            [sys.executable, "-c", code], stdout=full, stderr=subprocess.PIPE, timeout=60
+        )
+    assert cancelled.returncode == 130, cancelled.stderr
+    assert b"Traceback" not in cancelled.stderr, cancelled.stderr
+
+
 @pytest.mark.parametrize("encoding", ["latin-1", "ascii"])
 def test_a_locale_that_is_not_utf8_gets_escapes_not_a_traceback(
     tmp_path: Path, encoding: str

@@ -133,8 +133,10 @@ class _Parser(argparse.ArgumentParser):
             from .common import write_error_events
 
             hint = f"see {self.prog} --help"
-            write_error_events([ConfigError(f"{self.prog}: {message}", hint=hint)])
+            # A stdout that cannot be written (a full disk) loses the event, not the usage
+            # text and exit 2 that follow: the exit code says it, and so does stderr.
             with contextlib.suppress(OSError):
+                write_error_events([ConfigError(f"{self.prog}: {message}", hint=hint)])
                 sys.stdout.flush()
         super().error(message)
 
@@ -641,7 +643,9 @@ def report_cancelled_start(json: bool) -> int:
     from .common import interrupted, say, write_error_events
 
     if json:
-        write_error_events([interrupted()])
+        with contextlib.suppress(OSError):  # as a usage error's event: exit 130 says it
+            write_error_events([interrupted()])
+            sys.stdout.flush()
     else:
         say(interrupted())
     return EXIT_CANCELLED

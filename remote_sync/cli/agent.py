@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import RemoteSyncError
 from . import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK
-from .common import exit_code, given_dest, report, say, setup_logging
+from .common import fail, given_dest, say, setup_logging
 from .running import freeze_imports, heeded_signals, one_malloc_arena, signals_received
 
 if TYPE_CHECKING:
@@ -50,8 +50,7 @@ def run_agent(args: argparse.Namespace) -> int:
         code: int = anyio.run(_agent_main, agent)
         return code
     except RemoteSyncError as exc:
-        report(exc, out)
-        return exit_code(exc.kind)
+        return fail(exc, args)
     except KeyboardInterrupt:
         return EXIT_CANCELLED
 

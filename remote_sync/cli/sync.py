@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import ConfigError, RemoteSyncError
 from ..ssh.remote import check_concurrency
-from . import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from . import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK
 from .common import (
     exit_code,
+    fail,
     given_dest,
     idle_timeout,
     interrupted,
@@ -119,8 +120,7 @@ def run_sync(args: argparse.Namespace) -> int:
         check_concurrency(args.concurrency)
         hosts = _select_hosts(args)
     except ConfigError as exc:
-        report(exc, error_out)
-        return EXIT_USAGE
+        return fail(exc, args)
     options = SyncOptions(
         dest=dest,
         concurrency=args.concurrency,
@@ -134,8 +134,7 @@ def run_sync(args: argparse.Namespace) -> int:
             code: int = anyio.run(_sync_main, hosts, options, emit, stop_display)
         return _with_lost_output(code, watch)
     except RemoteSyncError as exc:
-        report(exc, error_out)
-        return exit_code(exc.kind)
+        return fail(exc, args)
     except KeyboardInterrupt:
         # Before the rounds' signal handler was installed (or after it was removed): the
         # rounds report their own cancels, with a summary.

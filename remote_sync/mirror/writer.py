@@ -304,14 +304,11 @@ class _LineWriter:
         """
         try:
             self.handle.flush()
-            fd = os.dup(self.handle.fileno())
+            # Nothing left to write (flushed): a failing close loses nothing, and the
+            # descriptor it closes is released all the same.
+            return self._drop_the_buffer()
         except OSError as exc:
             raise mirror_error(exc, self.host, self.path, self._doing, self.local) from exc
-        # Nothing left to write (flushed above): a failing close loses nothing, and the
-        # descriptor it closes is released all the same.
-        with contextlib.suppress(OSError):
-            self.handle.close()
-        return fd
 
     def _notify(self) -> None:
         assert self.job is not None

@@ -2579,12 +2579,21 @@ def test_a_script_runs_in_the_shell_that_reports_its_pid(tmp_path: Path) -> None
     assert done.stderr == b"remote-sync-pid " + pid.encode() + b"\n"
 
 
-def test_a_head_digest_line_ends_with_its_newline_whatever_the_hasher_prints(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    "check",
+    [
+        {"check_batched": True},  # head_digest, the batch's digest of its appends' heads
+        {"check": True},  # opened_digest of the head, from the reader's descriptor
+        {"check_whole": True},  # opened_digest of the whole file
+    ],
+)
+def test_a_digest_line_ends_with_its_newline_whatever_the_hasher_prints(
+    tmp_path: Path, check: dict[str, bool]
 ) -> None:
     """A hasher whose output holds a backslash sequence (``\\c``, which ends dash's echo
-    and its line there): the K line still ends with its newline, so the frame after it
-    starts a line of its own and no marker is found inside a line."""
+    and its line there): the K line holds the hasher's word whole and still ends with its
+    newline, so the frame after it starts a line of its own and no marker is found inside a
+    line. Each of the batch script's three kinds of digest."""
     home = tmp_path / "home"
     home.mkdir()
     runner = wrap_tools(
@@ -2595,7 +2604,7 @@ def test_a_head_digest_line_ends_with_its_newline_whatever_the_hasher_prints(
     root = tmp_path / "root"
     (root / "d").mkdir(parents=True)
     (root / "d" / "a.jsonl").write_bytes(b"x" * 4999 + b"\n")
-    requests = [FetchRequest(b"d/a.jsonl", 4000, 1000, check_batched=True)]
+    requests = [FetchRequest(b"d/a.jsonl", 4000, 1000, **check)]
     marker = new_marker()
     argv = fetch_argv(str(root), per_batch=4)
     rc, out, err = run_local(runner, argv, fetch_stdin(requests, marker))

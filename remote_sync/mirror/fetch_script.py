@@ -327,15 +327,20 @@ read_done() {
     pend="$m"' E\n'
     if [ "$check" = w ]; then
         probe_digest
-        say K "$(opened_digest)"
+        opened_digest
+        say K "$sum"
     elif [ "$check" = e ]; then
         read_checked="$read_checked \"./\${$i#*:*:}\""
     elif [ -n "$check" ]; then
         probe_digest
-        say K "$(opened_digest head)"
+        opened_digest head
+        say K "$sum"
     fi
 }
-# The digest of the file the reader opened (fd 4): of its first KiB with "head", else of all.
+# The digest of the file the reader opened (fd 4), in $sum: of its first KiB with "head",
+# else of all. It runs in the batch's shell, where a command substitution around it was a
+# fork more per checked file, and its word goes out through say's "%s" (dash's echo would
+# end it at a "\c" in the hasher's output).
 opened_digest() {
     out=
     if [ "$hasher" = - ]; then
@@ -346,7 +351,6 @@ opened_digest() {
         out=$($hasher <&4 2>/dev/null)
     fi
     digest_word "$out"
-    echo "$sum"
 }
 is_gone() {
     [ ! -f "$f" ] || [ -L "$f" ] || under_symlink "$f"

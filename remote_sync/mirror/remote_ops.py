@@ -183,6 +183,30 @@ _LIST_FILES_SH = r"""list_files() {
 """
 #: The case pattern of a message of find's that says a path vanished (see above).
 _VANISHED = '"find: "*": No such file or directory"'
+# The listing's status in st, from find's ($1) and gzip's ($2: 0 without gzip), either empty
+# where it never came back (a subshell killed: 2, never a complete listing). find's 1 is
+# success (see above), its 3 becomes 4 (3 is the root's). A gzip that failed is said, makes
+# the status 5 and the function's 1: a cut compressed stream must not pass for a listing (in a
+# round, its end line would be read as more compressed data). Both listings end with it, the
+# standalone one and the round's.
+_LISTING_STATUS_SH = r"""listing_status() {
+    case $1 in
+    0 | 1) st=0 ;;
+    3) st=4 ;;
+    "") st=2 ;;
+    *) st=$1 ;;
+    esac
+    case $2 in
+    0) ;;
+    "") st=2 ;;
+    *)
+        printf 'remote-sync: gzip failed (status %s); the listing is incomplete\n' "$2" >&2
+        st=5
+        return 1
+        ;;
+    esac
+}
+"""
 # The standalone listing: find's stderr goes to the filter through a pipe, so its status
 # comes back on fd 7 (fd 6 is its stdout); and around the pipe to gzip on fd 3, since POSIX
 # sh has no pipefail.
@@ -209,27 +233,21 @@ list_checked() {
     } 6>&1
     return "${st:-2}"
 }
-if command -v gzip >/dev/null 2>&1; then
+""".replace("@VANISHED@", _VANISHED)
+    + _LISTING_STATUS_SH
+    + r"""if command -v gzip >/dev/null 2>&1; then
     exec 4>&1
     st=$({ { list_checked "$@"; echo "$?" >&3; } | gzip -c >&4; } 3>&1)
     gz=$?
     exec 4>&-
-    if [ "$gz" != 0 ]; then
-        # A cut compressed stream must not pass for a listing (the round's end line would
-        # be read as more compressed data).
-        printf 'remote-sync: gzip failed (status %s); the listing is incomplete\n' "$gz" >&2
-        st=5
-    fi
 else
     list_checked "$@"
     st=$?
+    gz=0
 fi
-case ${st:-2} in
-0 | 1) exit 0 ;;
-3) exit 4 ;;
-*) exit "${st:-2}" ;;
-esac
-""".replace("@VANISHED@", _VANISHED)
+listing_status "$st" "$gz"
+exit "$st"
+"""
 )
 
 _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\nfind_kind=\n" + _FIND_PROBE_SH + _LISTING_BODY
@@ -314,6 +332,7 @@ echo "$m z$gz" >&2
 }
 """
     + _LIST_FILES_SH
+    + _LISTING_STATUS_SH
     + r"""listing_end() {
     st=2
     gz=
@@ -339,21 +358,7 @@ echo "$m z$gz" >&2
             ;;
         esac
     done
-    case $st in
-    0 | 1) st=0 ;;
-    3) st=4 ;;
-    esac
-    case $gz in
-    0) ;;
-    "") st=2 ;;
-    *)
-        # A cut compressed stream must not pass for a listing (its end line would be
-        # read as more compressed data).
-        printf 'remote-sync: gzip failed (status %s); the listing is incomplete\n' "$gz" >&2
-        w=1
-        st=5
-        ;;
-    esac
+    listing_status "$st" "$gz" || w=1
     printf '%s L\n' "$m" >&2
     printf 'L %s %s%s\n' "$st" "$w" "${REMOTE_SYNC_TOOLS:+ $REMOTE_SYNC_TOOLS}"
     return "$st"

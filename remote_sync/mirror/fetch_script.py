@@ -486,10 +486,10 @@ def fetch_argv(
     a command line is visible to every user of the host (``ps``), and a user who knows the
     marker and can write a file being fetched can forge frames for the files after it.
 
-    ``tools`` is what a round's end line said of the host's tools (as :func:`round_argv`
-    takes it): its batches then probe neither dd nor head, as the round's did not. "" has
-    each batch probe what it uses. Only what was found over the same connection, in the
-    same round or a clean one before, should be passed.
+    ``tools`` is what a round's end line said of the host's tools (as
+    :func:`~.remote_ops.round_argv` takes it): its batches then probe neither dd nor head,
+    as the round's did not. "" has each batch probe what it uses. Only what was found over
+    the same connection, in the same round or a clean one before, should be passed.
     """
     check_root(root)
     if marker is not None:
@@ -549,7 +549,8 @@ def fetch_stdin(
 
 
 def round_fetch_stdin(requests: Sequence[FetchRequest]) -> bytes:
-    """What a round's stdin goes on with after its marker line (see :func:`round_argv`): an
-    empty line and the items of ``requests`` (:func:`fetch_stdin`), or nothing when there
-    are none, so that the round ends without starting the fetch."""
+    """What a round's stdin goes on with after its marker line (see
+    :func:`~.remote_ops.round_argv`): an empty line and the items of ``requests``
+    (:func:`fetch_stdin`), or nothing when there are none, so that the round ends without
+    starting the fetch."""
     return b"\n" + fetch_stdin(requests) if requests else b""

@@ -106,9 +106,10 @@ def probed_roots(out: bytes) -> set[str]:
 # line. A wrong answer cannot pass unseen: a find without the option fails with a message (the
 # listing is incomplete, said), a dd without the flags fails the read (X), a head without -q
 # gives a digest that does not match (the appends come again, checked one by one); and the
-# client forgets what it was told after any round that was not clean. Whether md5sum, cksum,
-# gzip and tar are there is still looked up every time (command -v is a builtin, and a digest
-# without its tool would be "-", which checks nothing).
+# client forgets what it was told after any round that was not clean. Whether md5sum, cksum
+# and gzip are there is still looked up every time (command -v is a builtin, and a digest
+# without its tool would be "-", which checks nothing); tar's options are tried by running
+# tar once in a batch that has archive items.
 _FIND_PROBE_SH = r"""probe_find() {
     if find . -maxdepth 0 -ignore_readdir_race -printf '' >/dev/null 2>&1; then
         find_kind=r
@@ -418,8 +419,8 @@ def round_argv(
     fetches again), never taken for good data.
 
     Its stdin starts with the marker line (``fetch_stdin([], marker)``) and goes on, after
-    the listing's end line, with :func:`round_fetch_stdin` of the requests, then EOF. An EOF
-    right after the marker fetches nothing. Start points as in
+    the listing's end line, with :func:`~.fetch_script.round_fetch_stdin` of the requests,
+    then EOF. An EOF right after the marker fetches nothing. Start points as in
     :func:`listing_argv`. At most ``per_batch`` items go to one batch of the fetch.
     """
     check_root(root)

@@ -283,7 +283,7 @@ class _LineWriter:
 
     def _fingerprint_lines(self) -> None:
         """The row's fingerprint of the lines written so far (``end_of_lines`` bytes); a
-        failed read of them is a :class:`MirrorError` naming the file."""
+        failed read of them is a :class:`~remote_sync.errors.MirrorError` naming the file."""
         raise NotImplementedError
 
     def _keep_head(self, view: memoryview) -> None:

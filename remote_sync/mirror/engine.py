@@ -1089,4 +1089,4 @@ async def _drain_stream(stream: RemoteStream, host: str) -> None:
             )
 
 
-__all__ = ["HostRound", "HostSync", "MirrorError", "SyncOptions"]
+__all__ = ["HostRound", "HostSync", "SyncOptions"]

@@ -336,11 +336,13 @@ def test_a_mirrored_file_where_the_user_put_a_directory_or_under_a_file_is_missi
 # --- writing ---------------------------------------------------------------------------------
 
 
-def rewrite(state: MirrorState, row: FileState, data: bytes) -> list[object]:
+def rewrite(
+    state: MirrorState, row: FileState, data: bytes, category: str = "rewritten"
+) -> list[object]:
     """Fetch ``data`` whole over ``row``'s file and flush it, as a sync does."""
     state.tmp_dir.mkdir(exist_ok=True)
     new = FileState("h", row.path, row.kind, 0, len(data), 2.0, 1, 8, b"", version=row.version)
-    writer = WholeWriter(state, new, lines_only=True, category="rewritten")
+    writer = WholeWriter(state, new, lines_only=True, category=category)
     writer.write(data)
     durable = make_durable(state, [writer.finish()])
     state.commit([item.row for item in durable.done])
@@ -379,6 +381,46 @@ def test_a_session_with_the_longest_name_keeps_its_versions(dest: Path) -> None:
     assert [p.read_bytes() for p in kept] == contents[:2]
     assert all(len(p.name.encode()) <= 255 for p in kept) and kept[0] != kept[1]
     assert (dest / "h" / os.fsdecode(long_path)).read_bytes() == contents[2]
+
+
+@pytest.mark.parametrize("case", ["new", "grown", "rewritten"])
+def test_a_whole_file_is_put_in_place_after_one_look_at_its_place(
+    dest: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """A whole file's flush asks one stat of what is in its place (is it a directory, is
+    there a file, how long is it), where it asked up to five (``is_dir``, ``exists`` twice,
+    ``stat`` twice); what it does with the answer is as before: a new file in place, a
+    copy that only grew replaced, a rewritten one kept as a version."""
+    rng = random.Random(21)
+    old = lines(rng, 5)
+    data = {"new": old, "grown": old + lines(rng, 2, start=5), "rewritten": lines(rng, 6, 9)}
+    with MirrorState(dest) as state:
+        row = (
+            committed(state, SESSION, old)
+            if case != "new"
+            else FileState("h", SESSION, "append", 0, 0, 1.0, 1, 7, b"")
+        )
+        local = os.fspath(state.local_path("h", SESSION))
+        looks: list[str] = []
+        for name in ("stat", "lstat"):
+            real = getattr(os, name)
+
+            def counted(
+                path: Any, *args: Any, _real: Any = real, _name: str = name, **kwargs: Any
+            ) -> os.stat_result:
+                if isinstance(path, (str, bytes, os.PathLike)) and os.fsdecode(path) == local:
+                    looks.append(_name)
+                return _real(path, *args, **kwargs)  # type: ignore[no-any-return]
+
+            monkeypatch.setattr(os, name, counted)
+        (done,) = rewrite(state, row, data[case], "new" if case == "new" else "rewritten")
+        monkeypatch.undo()
+        assert looks == ["stat"]
+        assert done.category == case  # type: ignore[attr-defined]
+        assert done.versioned == (case == "rewritten")  # type: ignore[attr-defined]
+        assert Path(local).read_bytes() == data[case]
+        if case == "rewritten":
+            assert state.version_path("h", SESSION, 1).read_bytes() == old
 
 
 @pytest.mark.parametrize("first", ["file", "directory"])

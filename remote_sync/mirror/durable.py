@@ -18,6 +18,7 @@ import ctypes
 import errno
 import logging
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,7 +293,11 @@ def _put_in_place(
     row = item.row
     local = state.local_path(row.host, row.path)
     _makedirs_for(local, row.host, row.path, dirs)
-    if local.is_dir() and not local.is_symlink():
+    # One stat of what is in place answers every question below (is it a directory, is
+    # there a file, how long is it): the destination's lock keeps other writers out until
+    # the rename, so a second look would see the same.
+    there = _stat_or_none(local)
+    if there is not None and stat.S_ISDIR(there.st_mode) and not local.is_symlink():
         raise MirrorError(
             "the mirror has a directory where the remote has a file",
             host=row.host,
@@ -309,7 +314,7 @@ def _put_in_place(
     # numbered from the round's row. Recovery compares the row with the same count.
     row.version = state.last_version_on_disk(row.host, row.path, row.version)
     try:
-        if local.exists() and not _is_prefix(local, item.temp, row.size):
+        if there is not None and not _is_prefix(local, there.st_size, item.temp, row.size):
             if row.kind == "append" or item.category == "new":
                 # The remote rewrote history (or an unknown file sits here, or the copy of a
                 # file the host deleted before this one took its path): keep the old copy.
@@ -331,7 +336,7 @@ def _put_in_place(
         elif item.category == "rewritten":
             # Identity changed but the content only grew (e.g. replaced by rename with the
             # same history), or is the same (only touched): nothing to keep apart.
-            same = local.exists() and local.stat().st_size == row.size
+            same = there is not None and there.st_size == row.size
             item.category = "unchanged" if same else "grown"
         try:
             os.rename(item.temp, local)
@@ -348,9 +353,22 @@ def _put_in_place(
     dirs.add(local.parent)
 
 
-def _is_prefix(old: Path, new: str, size: int, block: int = 1 << 20) -> bool:
-    """Is the content of ``old`` a prefix of the first ``size`` bytes of ``new``?"""
-    if old.stat().st_size > size:
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    """``path``'s stat (a link followed), or None where the errors ``Path.exists`` takes
+    for no file (a missing path, a parent that is a file, a looping link) say there is
+    nothing; any other error raised."""
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
+
+
+def _is_prefix(old: Path, old_size: int, new: str, size: int, block: int = 1 << 20) -> bool:
+    """Is the content of ``old`` (``old_size`` bytes, its stat's) a prefix of the first
+    ``size`` bytes of ``new``?"""
+    if old_size > size:
         return False
     with open(old, "rb") as a, open(new, "rb") as b:
         while True:

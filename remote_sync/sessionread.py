@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -42,8 +42,8 @@ from .events import Emit, ErrorEvent, Progress, WarningEvent
 from .index.query import (
     DEFAULT_SORT,
     SessionRow,
-    filter_rows,
     query_sessions,
+    row_filter,
     select_rows,
     unreadable_index,
 )
@@ -217,7 +217,9 @@ async def remote_sessions(
     asked = [host for host in hosts if wanted is None or host.name == wanted]
     kept: list[SessionRow] = []
     settings = _pool_for(pool, LIST_WINDOW)
-    reader = _HostReader(batch_size, emit, token, filters, idle_timeout, settings)
+    # The filters' values (since's instant, ...) worked out once for every host's batches.
+    keep = row_filter(**filters)
+    reader = _HostReader(batch_size, emit, token, filters, keep, idle_timeout, settings)
     send, receive = anyio.create_memory_object_stream[list[SessionRow] | Exception](0)
     # The hosts are read in a task of their own, not in the caller's: none of their cancel
     # scopes (the host tasks', the pool's) is held across this generator's yields. A caller
@@ -269,6 +271,7 @@ class _HostReader:
     emit: Emit
     token: CancelToken
     filters: SessionFilters
+    keep: Callable[[Iterable[SessionRow]], list[SessionRow]]  # ``filters``' test of a batch
     idle_timeout: float | None
     settings: PoolSettings
     failed: dict[int, list[RemoteSyncError]] = field(default_factory=dict)  # by place in `hosts`
@@ -340,7 +343,7 @@ class _HostReader:
                 async for batch in batches:
                     done += len(batch)
                     self.emit(Progress(host.name, "fetching", done, 0, 0, 0))
-                    if rows := filter_rows(batch, **self.filters):
+                    if rows := self.keep(batch):
                         await send.send(rows)
         except BaseException as exc:
             if self.token.cancelled:

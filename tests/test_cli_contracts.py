@@ -1617,6 +1617,38 @@ def test_library_remote_listing_applies_the_filters(
         listing(since="99999999d")
 
 
+def test_a_remote_listing_works_out_its_filters_once_not_once_per_batch(
+    fake_remote: tuple[list[Host], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instants a listing compares with (``since``'s, the class's age limit) are worked
+    out once per listing, however many batches the hosts send (here one per row), with the
+    same rows kept."""
+    from remote_sync.index import query
+
+    hosts, _ = fake_remote
+    made: list[datetime] = []
+    real = query.format_instant
+
+    def counted(value: datetime) -> str:
+        made.append(value)
+        return real(value)
+
+    monkeypatch.setattr(query, "format_instant", counted)
+
+    def listing(**filters: Any) -> tuple[list[str], int]:
+        made.clear()
+        rows = anyio.run(
+            lambda: api.list_sessions(
+                remote=True, hosts=hosts, errors=[], since="2026-11-20", **filters
+            )
+        )
+        return sorted(r.session_id for r in rows), len(made)
+
+    one_batch, three_batches = listing(host="h2"), listing()
+    assert one_batch[0] == ["c"] and three_batches[0] == ["a", "c"]
+    assert three_batches[1] == one_batch[1]
+
+
 def test_cli_remote_list_reports_a_failed_host_and_prints_the_others(
     fake_remote: tuple[list[Host], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -42,6 +42,7 @@ from remote_sync.index.query import (
     find_session,
     open_index,
     query_sessions,
+    row_filter,
     row_from_facts,
     select_rows,
     session_stats,
@@ -518,6 +519,7 @@ def test_in_memory_selection_takes_the_keywords_of_sql() -> None:
     assert keywords(select_rows) == listing
     filters = [k for k in listing if k[0] not in ("sort", "limit")]
     assert keywords(filter_rows) == filters
+    assert keywords(row_filter) == filters
     assert keywords(session_stats) == filters
 
 

@@ -6,8 +6,9 @@ library returns it), :class:`StatsRow` (one group of ``sessions stats``), :func:
 while a sync runs and never blocks one), :func:`query_sessions`, :func:`session_stats` and
 :func:`find_session` (``sessions show``'s HOST SESSION lookup), :func:`unknown_host` (what
 to say of a host the index has no session of); and for sessions read straight
-from hosts (no index), :func:`row_from_facts`, :func:`filter_rows` and :func:`select_rows`,
-which classify, filter and sort in memory exactly like the SQL does. Other modules share its
+from hosts (no index), :func:`row_from_facts`, :func:`filter_rows` (:func:`row_filter` for
+a stream of batches) and :func:`select_rows`, which classify, filter and sort in memory
+exactly like the SQL does. Other modules share its
 small helpers: :func:`state_database` (where a mirror's state is), :func:`unreadable_index`,
 :func:`age_seconds`, :func:`format_instant`, :func:`as_indexed` and :func:`tidy_path`.
 
@@ -95,6 +96,7 @@ __all__ = [
     "path_parts",
     "query_sessions",
     "round_cost",
+    "row_filter",
     "row_from_facts",
     "select_rows",
     "session_class",
@@ -688,22 +690,49 @@ def filter_rows(
     now: datetime | None = None,
 ) -> list[SessionRow]:
     """The rows matching every given filter, in their order (:func:`query_sessions`'s filters,
-    for rows that arrive in batches: a stream can filter each batch as it comes)."""
-    _where(host=None, format=format, agent=None, since=None, klass=klass, state=state, now=now)
-    after = iso_instant(since, now) if since is not None else None
+    for rows in memory; for rows that arrive in batches, :func:`row_filter` builds the test
+    once for all of them)."""
+    keep = row_filter(
+        host=host, format=format, agent=agent, since=since, klass=klass, state=state, now=now
+    )
+    return keep(rows)
+
+
+def row_filter(
+    *,
+    host: str | None = None,
+    format: str | None = None,
+    agent: str | None = None,
+    since: Since | None = None,
+    klass: str | None = None,
+    state: str | None = None,
+    now: datetime | None = None,
+) -> Callable[[Iterable[SessionRow]], list[SessionRow]]:
+    """:func:`filter_rows` with its filters read once: the values checked and ``since``'s
+    instant worked out here, a ``ConfigError`` raised here, and the function returned keeps
+    the matching rows of each batch it is given, in their order. A stream of batches (a
+    listing straight from hosts) builds it once per listing."""
+    _, params = _where(
+        host=None, format=format, agent=None, since=since, klass=klass, state=state, now=now
+    )
+    after: str | None = params.get("since")  # iso_instant(since, now), as the SQL compares
     # An agent is read from a path with its bytes that are not UTF-8 replaced, and the
     # SQL compares it so (as_indexed): `--agent` gives those bytes as \udcNN escapes.
-    agent = as_indexed(agent) if agent is not None else None
-    return [
-        r
-        for r in rows
-        if (host is None or r.host == host)
-        and (format is None or r.format == format)
-        and (agent is None or r.agent == agent)
-        and (after is None or (r.last_ts is not None and r.last_ts >= after))
-        and (klass is None or r.klass == klass)
-        and (state is None or r.state == state)
-    ]
+    wanted = as_indexed(agent) if agent is not None else None
+
+    def keep(rows: Iterable[SessionRow]) -> list[SessionRow]:
+        return [
+            r
+            for r in rows
+            if (host is None or r.host == host)
+            and (format is None or r.format == format)
+            and (wanted is None or r.agent == wanted)
+            and (after is None or (r.last_ts is not None and r.last_ts >= after))
+            and (klass is None or r.klass == klass)
+            and (state is None or r.state == state)
+        ]
+
+    return keep
 
 
 def select_rows(

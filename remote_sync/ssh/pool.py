@@ -664,12 +664,14 @@ class SSHPool:
         """asyncssh's connect, its failures mapped to our errors, naming ``host`` (and the
         ProxyJump hosts it went ``through``, when it opened them, or the ``proxy`` command
         it was made on, with what that command said last on its stderr)."""
+        # How a refusal and a failure name the way the connection went (a few string
+        # operations, made before the connect so both branches below share them).
+        route = connection_route(proxy.command if proxy is not None else None, resolved)
         try:
             return await asyncssh.connect(endpoint.address, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
             raise host_key_failure(host, client, resolved) from exc
         except asyncssh.PermissionDenied as exc:
-            route = connection_route(proxy.command if proxy is not None else None, resolved)
             raise authentication_failure(exc, host, options, resolved, route) from exc
         except socket.gaierror as exc:
             raise unresolved_host_name(exc, host, resolved) from exc
@@ -677,7 +679,6 @@ class SSHPool:
             error = local_failure(exc, endpoint, host, options)
             if error is not None:
                 raise error from exc
-            route = connection_route(proxy.command if proxy is not None else None, resolved)
             failed = noting_jump(exc, host, through, route)
             if proxy is not None:
                 await proxy.quote(failed)

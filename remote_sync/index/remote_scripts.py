@@ -36,8 +36,9 @@ from ..inventory import Host
 from ..mirror.remote_sh import (
     DD_BYTES_PROBE_SH,
     ENTER_ROOT_SH,
+    FIND_EXEC_END_SH,
+    IS_GONE_SH,
     START_POINT_SH,
-    UNDER_SYMLINK_SH,
     read_marker_sh,
 )
 from ..ssh.remote import compact_sh, sh_script
@@ -90,18 +91,13 @@ shift "$total"
 """
 )
 
-# A path found by find is skipped when it is no longer a regular file or a parent directory
-# became a symlink since (narrows the window in which a swapped-in link could lead outside the
-# root). find's status 1 means some directory could not be read: its messages are on stderr
-# and what was found is still useful.
+# find's status 1 means some directory could not be read: its messages are on stderr and
+# what was found is still useful.
 _FIND_STATUS = r"""st=$?
 case $st in
 0 | 1) exit 0 ;;
 *) exit "$st" ;;
 esac
-"""
-
-_SAFE_FILE = r"""[ -f "$f" ] && [ ! -L "$f" ] && ! under_symlink "$f" || continue
 """
 
 # Run for each batch of files found: $1 says where each file's mtime and size come from, the
@@ -110,9 +106,10 @@ _SAFE_FILE = r"""[ -f "$f" ] && [ ! -L "$f" ] && ! under_symlink "$f" || continu
 # and stat tells its mtime in whole seconds, as the mirror's listing has it where find has no
 # -printf (BusyBox). The mtime goes with the file's header: the class of a session without
 # timestamps is judged by it, the same as over a mirror's index. The size too: the client
-# accepts no more of the files' bytes than their sizes and a margin for growth.
+# accepts no more of the files' bytes than their sizes and a margin for growth. A file found
+# is skipped when it is gone since (is_gone: no longer a regular file of the root's own).
 _LIST_BATCH = (
-    UNDER_SYMLINK_SH
+    IS_GONE_SH
     + r"""m=$REMOTE_SYNC_MARKER
 how=$1
 shift
@@ -124,9 +121,8 @@ for f do
         s=${f%%/*}
         f=${f#*/}
     fi
-    """
-    + _SAFE_FILE
-    + r"""    if [ -r "$f" ]; then
+    is_gone "$f" && continue
+    if [ -r "$f" ]; then
         if [ -z "$t" ]; then
             if ! t=$(stat -c '%Y %s' -- "$f"); then
                 [ ! -e "$f" ] || printf 'remote-sync: cannot stat %s: left out\n' "$f" >&2
@@ -151,6 +147,7 @@ done
 # the pipe on fd 3 (POSIX sh has no pipefail). Elsewhere the batches ask stat.
 _LIST_SCRIPT = (
     ENTER_ROOT_SH
+    + FIND_EXEC_END_SH
     + r"""batch=$2
 n=$3
 shift 3
@@ -169,9 +166,7 @@ if LC_ALL=C find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
         exit 5
     fi
 else
-    # Some BusyBox builds (FEATURE_FIND_EXEC_PLUS off) know only "-exec ... ;".
-    end=+
-    find . -maxdepth 0 -exec true {} + >/dev/null 2>&1 || end=';'
+    find_exec_end
     LC_ALL=C find "$@" -exec sh -c "$batch" sh stat {} "$end"
     st=$?
 fi
@@ -194,7 +189,7 @@ esac
 # seeking and head reading: BusyBox's "tail -c +N" reads the file from its start up to N,
 # and its "wc -c" reads all of it.
 _SHOW_BATCH = (
-    UNDER_SYMLINK_SH
+    IS_GONE_SH
     + DD_BYTES_PROBE_SH
     + r"""m=$REMOTE_SYNC_MARKER
 for f do
@@ -217,7 +212,7 @@ gone() {
     fi
     exit 0
 }
-[ -f "$f" ] && [ ! -L "$f" ] && ! under_symlink "$f" || gone
+! is_gone "$f" || gone
 if [ ! -r "$f" ]; then
     printf '%s D\n' "$m"
     exit 0

@@ -4,10 +4,11 @@ round (:mod:`remote_sync.mirror.remote_ops`, :mod:`remote_sync.mirror.fetch_scri
 
 What it owns: entering the root (:data:`ENTER_ROOT_SH`, its failure
 :data:`EXIT_ROOT_UNUSABLE`, and :func:`check_root`, the client's check of a root before it is
-sent), the symlink checks of a path and of a start point (:data:`UNDER_SYMLINK_SH`,
-:data:`START_POINT_SH`), the probes of dd and head (:data:`DD_BYTES_PROBE_SH`,
-:data:`FETCH_PROBES_SH`) and the marker read from stdin (:func:`read_marker_sh`). The scripts
-run as separate ``sh -c`` processes, so each carries the text of the pieces it uses.
+sent), the symlink checks of a path, of a found file and of a start point
+(:data:`UNDER_SYMLINK_SH`, :data:`IS_GONE_SH`, :data:`START_POINT_SH`), the probes of dd,
+head and find's ``-exec ... +`` (:data:`DD_BYTES_PROBE_SH`, :data:`FETCH_PROBES_SH`,
+:data:`FIND_EXEC_END_SH`) and the marker read from stdin (:func:`read_marker_sh`). The
+scripts run as separate ``sh -c`` processes, so each carries the text of the pieces it uses.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ __all__ = [
     "ENTER_ROOT_SH",
     "EXIT_ROOT_UNUSABLE",
     "FETCH_PROBES_SH",
+    "FIND_EXEC_END_SH",
+    "IS_GONE_SH",
     "START_POINT_SH",
     "UNDER_SYMLINK_SH",
     "check_root",
@@ -49,6 +52,16 @@ UNDER_SYMLINK_SH = r"""under_symlink() {
     done
 }
 """
+# is_gone: whether the file "$f" found a moment ago is no longer one to read: not a regular
+# file now, a symlink, or below a directory that became one (narrows the window in which a
+# swapped-in link could lead outside the root).
+IS_GONE_SH = (
+    UNDER_SYMLINK_SH
+    + r"""is_gone() {
+    [ ! -f "$1" ] || [ -L "$1" ] || under_symlink "$1"
+}
+"""
+)
 START_POINT_SH = (
     UNDER_SYMLINK_SH
     + r"""usable_start_point() {
@@ -125,6 +138,16 @@ FETCH_PROBES_SH = (
 }
 """
 )
+
+
+# find_exec_end: in $end, how find's "-exec" ends its command: "+" (the files in batches), or
+# ";" (one command per file, slower but the same work) where find refuses "+": some BusyBox
+# builds (FEATURE_FIND_EXEC_PLUS off) know only "-exec ... ;".
+FIND_EXEC_END_SH = r"""find_exec_end() {
+    end=+
+    find . -maxdepth 0 -exec true {} + >/dev/null 2>&1 || end=';'
+}
+"""
 
 
 def _check_marker_sh(what: str) -> str:

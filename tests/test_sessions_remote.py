@@ -309,9 +309,11 @@ def hostile_tree(sessions: Path, outside: Path) -> dict[bytes, bytes]:
     return files
 
 
-@pytest.fixture(params=["gnu", "busybox"])
+@pytest.fixture(params=["gnu", "busybox", "busybox without -exec +"])
 def toolset(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """(shell, environment): dash with GNU tools, or BusyBox applets alone on PATH."""
+    """(shell, environment): dash with GNU tools, or BusyBox applets alone on PATH, with a
+    find that knows "-exec ... {} +" or, as some BusyBox builds (FEATURE_FIND_EXEC_PLUS
+    off), only "-exec ... ;"."""
     home = tmp_path / "home"
     home.mkdir()
     if request.param == "gnu":
@@ -324,6 +326,14 @@ def toolset(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
     bindir.mkdir()
     for applet in ("sh", "find", "head", "tail", "xargs", "printf", "cat", "wc", "stat", "dd"):
         os.symlink(busybox, bindir / applet)
+    if request.param == "busybox without -exec +":
+        (bindir / "find").unlink()
+        (bindir / "find").write_text(
+            f"#!{bindir / 'sh'}\n"
+            'for a do [ "$a" = + ] && { echo "find: unrecognized: +" >&2; exit 1; }; done\n'
+            f'exec {busybox} find "$@"\n'
+        )
+        (bindir / "find").chmod(0o755)
     yield str(bindir / "sh"), {"PATH": str(bindir), "HOME": str(home)}
 
 

@@ -258,7 +258,9 @@ done
 # $1 root, $2 the batch script, $3 "path" or "id", $4 head or tail, $5 the first tail block;
 # for "id": $6 how many start points follow, the points, then find's predicate words. For
 # "path" the path (with a ./ prefix) follows the marker line on stdin, NUL-terminated: any
-# bytes, no command-line encoding.
+# bytes, no command-line encoding. Where find knows only "-exec ... ;" (find_exec_end) the
+# candidates are counted and reported one process each: a batch of one still streams only
+# when the whole run found one.
 _SHOW_SCRIPT = (
     ENTER_ROOT_SH
     + r"""batch=$2
@@ -290,12 +292,14 @@ n=$6
 shift 6
 """
     + _START_POINTS
+    + FIND_EXEC_END_SH
     + r"""[ "$kept" -gt 0 ] || exit 0
-RS_COUNT=$(LC_ALL=C find "$@" -exec sh -c 'for f do printf .; done' sh {} + | wc -c)
+find_exec_end
+RS_COUNT=$(LC_ALL=C find "$@" -exec sh -c 'for f do printf .; done' sh {} "$end" | wc -c)
 RS_COUNT=$((RS_COUNT + 0))
 export RS_COUNT
 [ "$RS_COUNT" -gt 0 ] || exit 0
-LC_ALL=C find "$@" -exec sh -c "$batch" sh {} +
+LC_ALL=C find "$@" -exec sh -c "$batch" sh {} "$end"
 """
     + _FIND_STATUS
 )

@@ -7,20 +7,25 @@ death by the signal (-15). Here either ends as any cancel before the work starts
 few steps after the load, before :func:`remote_sync.cli.main` handles a cancel itself.
 SIGTERM is taken as a Ctrl-C (:mod:`remote_sync.interrupt`) before anything else is
 imported, except for ``agent``, whose SIGTERM is its stop, and when it was ignored at the
-start. ``python -m remote_sync.cli`` runs :func:`run` too (after its package's import).
+start. ``python -m remote_sync.cli`` runs :func:`run` too, after its package's import,
+which runpy does first: that import is guarded from its second line on, as this module is
+its first import and, imported while ``-m`` is still locating its module, installs the
+same guard for it (:func:`_guard_the_package_import`).
 
 What no code here can guard: the instants before :func:`run` is entered, the interpreter's
 start-up and the console script's own ``from remote_sync.__main__ import run``, which
-Python's entry point wrapper does, outside any ``try`` of ours. That import is kept to this
-package's ``__init__``, this module, :mod:`remote_sync.interrupt` and :mod:`signal` (about a
-millisecond); a signal in it ends the process as Python's default does (a traceback, or
-death by SIGTERM).
+Python's entry point wrapper does, outside any ``try`` of ours (under ``python -m
+remote_sync.cli``, runpy's own steps and its import of this package and of this module).
+That import is kept to this package's ``__init__``, this module,
+:mod:`remote_sync.interrupt` and :mod:`signal` (about a millisecond); a signal in it ends
+the process as Python's default does (a traceback, or death by SIGTERM).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from types import TracebackType
 from typing import NoReturn
 
 from .interrupt import take_sigterm_while_loading
@@ -40,6 +45,23 @@ def run() -> NoReturn:
         _cancelled_while_loading()
 
 
+def _guard_the_package_import() -> None:
+    """:func:`run`'s guard for the import of :mod:`remote_sync.cli` that ``python -m
+    remote_sync.cli`` makes before its ``__main__`` calls :func:`run`: SIGTERM taken as a
+    Ctrl-C, and a Ctrl-C, which can only leave that import through runpy and the
+    interpreter, reported as :func:`run` reports one (exit 130, one line) where the
+    interpreter printed its traceback; any other exception as before."""
+    take_sigterm_while_loading(sys.argv[1:])
+    before = sys.excepthook
+
+    def report(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            _cancelled_while_loading()
+        before(kind, value, tb)
+
+    sys.excepthook = report
+
+
 def _cancelled_while_loading() -> NoReturn:
     # An interrupted import left no half-made module behind (Python drops a module whose
     # import failed), so the command line loads again, to report the cancel as it reports
@@ -51,3 +73,7 @@ def _cancelled_while_loading() -> NoReturn:
 
 if __name__ == "__main__":
     run()
+elif sys.argv[:1] == ["-m"]:
+    # Imported while ``python -m`` locates its module (argv[0] is "-m" until it is found): by
+    # remote_sync.cli, first, as runpy imports that package for ``-m remote_sync.cli``.
+    _guard_the_package_import()

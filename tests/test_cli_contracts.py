@@ -911,6 +911,49 @@ def test_sigterm_while_the_command_line_starts_exits_130_without_a_traceback(
     _assert_cancelled_at_start(done, tmp_path / "m", json_wanted)
 
 
+#: A sitecustomize for ``python -m remote_sync.cli``: a real SIGINT sent to the process while
+#: runpy imports the ``remote_sync.cli`` package, before its ``__main__`` runs: at the first
+#: module that package's import looks for past the guard's own.
+_CTRL_C_WHILE_THE_PACKAGE_LOADS = """
+import os, signal, sys
+
+class CtrlCInsideThePackage:
+    armed = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "remote_sync.cli":
+            self.armed = True
+        elif self.armed and name not in ("remote_sync.__main__", "remote_sync.interrupt"):
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlCInsideThePackage())
+"""
+
+
+@pytest.mark.parametrize("json_wanted", [False, True])
+def test_ctrl_c_while_python_m_imports_the_cli_package_exits_130_without_a_traceback(
+    json_wanted: bool, tmp_path: Path
+) -> None:
+    """``python -m remote_sync.cli``: runpy imports the package (most of the command line's
+    load) before its ``__main__`` runs the guarded entry; a Ctrl-C then ended in a traceback
+    and death by SIGINT. The package's first import installs the same guard: exit 130, one
+    line (an error event under --json)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_CTRL_C_WHILE_THE_PACKAGE_LOADS)
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    words = ["sync", "me@box.invalid", "--dest", str(tmp_path / "m"), *["--json"] * json_wanted]
+    done = subprocess.run(
+        [sys.executable, "-m", "remote_sync.cli", *words],
+        capture_output=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=path),
+    )
+    _assert_cancelled_at_start(done, tmp_path / "m", json_wanted)
+
+
 #: Runs the console script's target (argv[3] "script"), or ``python -m remote_sync.cli`` as
 #: runpy runs it (argv[3] "module"), with a real signal (argv[1]: INT or TERM) arriving
 #: outside the load and before main's handling of a cancel begins: as the target reads the

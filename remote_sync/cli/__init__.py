@@ -54,6 +54,11 @@ command runs (:func:`_command`), so that ``--help``, ``--version`` and a usage e
 
 from __future__ import annotations
 
+# First: under ``python -m remote_sync.cli``, importing it guards the rest of this package's
+# import against a Ctrl-C (runpy makes it before the command line's own guard runs).
+from .. import __main__ as _guard  # noqa: F401
+
+# isort: split
 import argparse
 import contextlib
 import os

@@ -3,11 +3,12 @@
 :class:`ListingParser` reads the stdout of a listing or of a round
 (:func:`~remote_sync.mirror.remote_ops.listing_argv`,
 :func:`~remote_sync.mirror.remote_ops.round_argv`, where the records and the round's end line
-are described), plain or gzip-compressed, and holds every path to :func:`path_problem` (as a
-fetch request's path is held). A listing of more than :data:`MAX_LISTING_FILES` records or
-:data:`MAX_LISTING_BYTES` bytes is refused (:class:`TooMuchOutputError`,
-:func:`listing_too_much`, which ``sessions list --remote`` says too): the client holds it
-until it has planned.
+are described), plain or gzip-compressed, and holds every path to :func:`path_problem`'s
+rules (as a fetch request's path is held; a record is taken with one match, and only a path
+with an empty part or a part that starts with a dot goes through the function). A listing
+of more than :data:`MAX_LISTING_FILES` records or :data:`MAX_LISTING_BYTES` bytes is refused
+(:class:`TooMuchOutputError`, :func:`listing_too_much`, which ``sessions list --remote``
+says too): the client holds it until it has planned.
 
 What ``find`` wrote on stderr is read here too: :func:`unread_paths` finds each path it could
 not read, and :func:`listing_errors` says them as errors, alike for a sync and for
@@ -195,9 +196,11 @@ _U64 = 2**64 - 1
 # the low 63 bits are kept, here and for the inodes after a digest, which are compared with
 # these: two files differing in the top bit alone would be taken for one.
 LOW_63_BITS = 2**63 - 1
-_STAT_LINE = re.compile(
-    rb"([0-9]{1,20}) (-?[0-9]{1,20}(?:\.[0-9]{1,20})?) ([0-9]{1,20}) ([0-9]{1,20})"
-)
+_STAT = rb"([0-9]{1,20}) (-?[0-9]{1,20}(?:\.[0-9]{1,20})?) ([0-9]{1,20}) ([0-9]{1,20})"
+# A whole well-formed record, its path (the 5th group) without the one "./" find puts first:
+# one match a record where a search for its two ends, two slices and the stat line's match
+# each cost as much (a round's listings are some 4,000 records, parsed every round).
+_RECORD = re.compile(_STAT + rb"\n(?:\./)?([^\x00]*)\x00")
 
 
 def path_problem(path: bytes) -> str | None:
@@ -212,6 +215,14 @@ def path_problem(path: bytes) -> str | None:
         if part in (b"", b".", b".."):
             return "path with an empty, '.' or '..' component"
     return None
+
+
+def _plainly_safe(path: bytes) -> bool:
+    """Whether ``path`` (no NUL in it) is safe without :func:`path_problem`'s split: neither
+    empty, absolute nor with an empty component ("//" in it framed by slashes), and no part
+    of it starts with a dot (so none is "." or ".."). False says only "look closer"."""
+    framed = b"/" + path + b"/"
+    return b"//" not in framed and b"/." not in framed
 
 
 _END_LINE = re.compile(rb"L ([0-9]{1,3}) ([01])(?: ([prs][ny][ny]))?")
@@ -330,7 +341,15 @@ class ListingParser:
         out: list[RemoteFile] = []
         pos = 0
         find = buf.find
+        match = _RECORD.match
         while True:
+            # Only the end line may follow a compressed listing: no record is taken after it.
+            if not self._gzip_done:
+                record = match(buf, pos)
+                if record is not None:
+                    out.append(self._record(record))
+                    pos = record.end()
+                    continue
             if self._trailer and self._inflate is None and buf[pos : pos + 1] == b"L":
                 newline = find(b"\n", pos)
                 if newline < 0:
@@ -351,8 +370,8 @@ class ListingParser:
             end = find(b"\x00", newline + 1)
             if end < 0:
                 break
-            out.append(self._record(buf[pos:newline], buf[newline + 1 : end]))
-            pos = end + 1
+            # A whole record _RECORD did not match: its stat line is malformed.
+            raise self._malformed(buf[pos:newline], buf[newline + 1 : end])
         rest = buf[pos:]
         if len(rest) > MAX_LISTING_RECORD:
             raise ProtocolError(
@@ -401,35 +420,36 @@ class ListingParser:
         if self._trailer:
             raise ProtocolError("the listing ended without its end line", host=self.host)
 
-    def _record(self, line: bytes, path: bytes) -> RemoteFile:
-        match = _STAT_LINE.fullmatch(line)
-        if match is None:
-            # A login shell's rc file that echoes a banner on every command puts it before
-            # the listing, and a compressed listing after it reads as that record's "path":
-            # such bytes are no path to name, and the first record says where to look.
-            garbled = _GZIP_MAGIC in path or _GZIP_MAGIC in line
-            where = "" if garbled else f" for path {path[:200]!r}"
-            first = "" if self._started else " (output printed before the listing?)"
-            raise ProtocolError(
-                f"malformed listing record {line[:80]!r}{where}{first}",
-                host=self.host,
-                path=None if garbled else path_text(path[:200]),
-            )
-        if path.startswith(b"./"):
-            path = path[2:]
-        problem = path_problem(path)
-        if problem is not None:
-            raise ProtocolError(
-                f"unsafe path in listing ({problem}): {path!r}",
-                host=self.host,
-                path=path_text(path),
-            )
-        size, dev, ino = int(match[1]), int(match[3]), int(match[4])
+    def _malformed(self, line: bytes, path: bytes) -> ProtocolError:
+        # A login shell's rc file that echoes a banner on every command puts it before the
+        # listing, and a compressed listing after it reads as that record's "path": such
+        # bytes are no path to name, and the first record says where to look.
+        garbled = _GZIP_MAGIC in path or _GZIP_MAGIC in line
+        where = "" if garbled else f" for path {path[:200]!r}"
+        first = "" if self._started else " (output printed before the listing?)"
+        return ProtocolError(
+            f"malformed listing record {line[:80]!r}{where}{first}",
+            host=self.host,
+            path=None if garbled else path_text(path[:200]),
+        )
+
+    def _record(self, record: re.Match[bytes]) -> RemoteFile:
+        size_text, mtime_text, dev_text, ino_text, path = record.groups()
+        if not _plainly_safe(path):
+            problem = path_problem(path)
+            if problem is not None:
+                raise ProtocolError(
+                    f"unsafe path in listing ({problem}): {path!r}",
+                    host=self.host,
+                    path=path_text(path),
+                )
+        size, dev, ino = int(size_text), int(dev_text), int(ino_text)
         if size > _MAX_SIZE or dev > _U64 or ino > _U64:
+            line = record.string[record.start() : record.end(4)]
             raise ProtocolError(
                 f"impossible numbers in listing record {line[:80]!r} for path {path!r}",
                 host=self.host,
                 path=path_text(path),
             )
         self._started = True
-        return RemoteFile(path, size, float(match[2]), dev & LOW_63_BITS, ino & LOW_63_BITS)
+        return RemoteFile(path, size, float(mtime_text), dev & LOW_63_BITS, ino & LOW_63_BITS)

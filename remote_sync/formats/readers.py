@@ -1,7 +1,8 @@
 """The format readers: one stateless :class:`~remote_sync.index.facts.FormatReader` per format.
 
 What it owns: :data:`READERS` (format name → reader, the same names as
-:data:`remote_sync.formats.FORMATS`) and :func:`get_reader`.
+:data:`remote_sync.formats.FORMATS`) and :func:`get_reader`, which imports only the module of
+the reader asked for.
 
 Contract shared by every reader, which the index relies on:
 
@@ -21,36 +22,55 @@ Contract shared by every reader, which the index relies on:
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 from ..errors import ConfigError
-from ..index.facts import FormatReader
-from .claude_code import ClaudeCodeReader
-from .codex import CodexReader
-from .gemini import JsonlReader
-from .openclaw import OpenClawReader
-from .pi import PiReader
-from .picoclaw import PicoclawReader
+
+if TYPE_CHECKING:
+    from ..index.facts import FormatReader
 
 __all__ = ["READERS", "get_reader"]
 
-READERS: dict[str, FormatReader] = {
-    reader.name: reader
-    for reader in (
-        OpenClawReader(),
-        ClaudeCodeReader(),
-        CodexReader(),
-        PicoclawReader(),
-        PiReader(),
-        JsonlReader(),
-    )
+#: Format name -> the module and class of its reader. A sync imports only the readers of its
+#: hosts' formats: the six modules (and their msgspec line types) cost start-up time a
+#: one-format sync does not need.
+_READER_CLASSES: dict[str, tuple[str, str]] = {
+    "openclaw": (".openclaw", "OpenClawReader"),
+    "claude-code": (".claude_code", "ClaudeCodeReader"),
+    "codex": (".codex", "CodexReader"),
+    "picoclaw": (".picoclaw", "PicoclawReader"),
+    "pi": (".pi", "PiReader"),
+    "jsonl": (".gemini", "JsonlReader"),
 }
+
+_loaded: dict[str, FormatReader] = {}
+
+#: Every format's reader, by name (built, with every reader module, when first used).
+READERS: dict[str, FormatReader]
+
+
+def __getattr__(name: str) -> dict[str, FormatReader]:
+    if name == "READERS":
+        readers = {format_name: get_reader(format_name) for format_name in _READER_CLASSES}
+        globals()["READERS"] = readers
+        return readers
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_reader(format_name: str) -> FormatReader:
     """The reader of ``format_name``; a ``ConfigError`` naming the known formats otherwise."""
     try:
-        return READERS[format_name]
+        return _loaded[format_name]
     except (KeyError, TypeError):
-        known = ", ".join(sorted(READERS))
+        pass
+    try:
+        module, class_name = _READER_CLASSES[format_name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(_READER_CLASSES))
         raise ConfigError(
             f"unknown format {format_name!r}", hint=f"known formats: {known}"
         ) from None
+    reader: FormatReader = getattr(importlib.import_module(module, __package__), class_name)()
+    _loaded[format_name] = reader
+    return reader

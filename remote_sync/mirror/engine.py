@@ -64,7 +64,6 @@ from ..index.update import (
     index_local_file,
     index_range,
 )
-from ..index.worker import IndexJob, IndexWorker, IndexWorkerError
 from ..inventory import Host
 from ..ssh.pool import PoolSettings, SSHPool
 from ..ssh.remote import CONCURRENCY, IDLE_TIMEOUT
@@ -89,6 +88,7 @@ from .version_names import VersionNumbers
 if TYPE_CHECKING:
     import asyncssh
 
+    from ..index.worker import IndexJob, IndexWorker
     from .fleet import IndexWorkers
 
 log = logging.getLogger(__name__)
@@ -829,6 +829,8 @@ class HostSync:
         its whole timeout): the job is dropped and the item indexed here, a bounded amount of
         work on bytes already durable, so that the commit's index still covers them.
         """
+        from ..index.worker import IndexWorkerError  # a sync with nothing to index has none
+
         unhook = self.token.on_cancel(job.drop)
         try:
             return await job.result()

@@ -18,23 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import shlex
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
+from msgspec import Struct
 
 from ..cancel import CancelRegistry, CancelToken, registry_or_default
 from ..errors import ConfigError, DestinationError, TransferCancelledError
 from ..events import Emit, ErrorEvent, FileCounts, Summary, WarningEvent
-from ..index.worker import IndexWorker
 from ..inventory import Host, normal_root
 from ..ssh.pool import JumpsRead, SSHPool
 from .commits import in_thread, opened
@@ -43,11 +42,13 @@ from .engine import FLUSH_FILES, HostRound, HostSync, SyncOptions, piece_bytes
 from .state import MirrorState
 from .state_reader import copy_state
 
+if TYPE_CHECKING:
+    from ..index.worker import IndexWorker
+
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SyncMemory:
+class SyncMemory(Struct):
     """What a process that syncs one destination again and again (the agent) keeps between
     its syncs: what its last sync left clean (:class:`~.control.CleanClose`), whose hosts the
     next sync's recovery does not stat file by file when no other run has held the lock
@@ -279,6 +280,8 @@ def _same_source_hint(host: Host, fmt: str, root: str) -> str:
         again = f"add --format {fmt} --root {shlex.quote(root)} to sync that source again"
         apart = "or sync this one into another destination"
     else:
+        import json  # for this hint alone: a sync's start-up need not load it
+
         # A JSON string is a TOML basic string too, a root's quotes and backslashes escaped.
         entry = f"format = {json.dumps(fmt)} and root = {json.dumps(root, ensure_ascii=False)}"
         again = f"set {entry} in its inventory entry to sync that source again"
@@ -317,6 +320,8 @@ class IndexWorkers:
         """The worker, started on first use; None if it cannot start or has died."""
         async with self.lock:
             if self.worker is None and not self.failed and self.tg is not None:
+                from ..index.worker import IndexWorker  # a sync with nothing to index has none
+
                 started = IndexWorker()
                 try:
                     started.start(self.tg)

@@ -26,11 +26,11 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from types import AsyncGeneratorType, CoroutineType
 from typing import Any, TypeVar
 
 import anyio
+from msgspec import Struct
 
 from .errors import ArgumentError, TransferCancelledError
 
@@ -121,8 +121,7 @@ class CancelToken:
             self._parent = None
 
 
-@dataclass(slots=True)
-class _Entry:
+class _Entry(Struct):
     """A registered transfer: its token, and while it is only reserved (not yet running) the
     coroutine or async generator that will run it, weakly (a call never awaited must not be
     kept alive by the registry)."""

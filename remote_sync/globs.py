@@ -41,6 +41,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from .errors import ConfigError
 
 __all__ = ["GlobSet", "compile_globs", "start_points"]
@@ -72,8 +74,7 @@ class GlobSet:
         return self.regex is not None and self.regex.fullmatch(path) is not None
 
 
-@dataclass(frozen=True)
-class _Glob:
+class _Glob(msgspec.Struct, frozen=True):
     """One normalised glob: its segments' tokens and whether it matches at any depth."""
 
     text: str

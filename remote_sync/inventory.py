@@ -70,6 +70,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
+
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -235,8 +237,7 @@ class Host:
         return error
 
 
-@dataclass(frozen=True)
-class AdhocOptions:
+class AdhocOptions(msgspec.Struct, frozen=True):
     """How to build hosts named on the command line that are not in the inventory."""
 
     format: str = DEFAULT_FORMAT
@@ -249,12 +250,11 @@ class AdhocOptions:
     host_key_policy: HostKeyPolicy = "strict"
 
 
-@dataclass
-class Inventory:
+class Inventory(msgspec.Struct):
     """The hosts of one inventory file (``path`` None: built in memory, e.g. ad-hoc only)."""
 
     path: Path | None
-    hosts: list[Host] = field(default_factory=list)
+    hosts: list[Host] = msgspec.field(default_factory=list)
 
     def get(self, name: str) -> Host | None:
         """The host called ``name``, if any."""

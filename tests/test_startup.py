@@ -245,3 +245,44 @@ def test_difflib_is_imported_for_a_mistyped_name_only(tmp_path: Path) -> None:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert done.stdout.splitlines() == ["False", "True did you mean 'address'?"]
+
+
+#: What importing the modules of a sync run here leaves loaded: the stdlib and reader modules
+#: a sync of openclaw hosts with nothing to index does not use, and the dataclasses made.
+_SYNC_START_UP = """
+import sys
+import remote_sync.cli.sync, remote_sync.mirror.fleet
+from remote_sync.formats.readers import get_reader
+get_reader("openclaw")
+print([m for m in sys.argv[1:] if m in sys.modules])
+ours = [(n, m) for n, m in list(sys.modules.items()) if n.startswith("remote_sync")]
+print(sorted(
+    f"{n}.{cls}" for n, module in ours for cls, value in vars(module).items()
+    if isinstance(value, type) and value.__module__ == n and "__dataclass_fields__" in vars(value)
+))
+"""
+
+
+def test_a_sync_start_up_loads_its_own_reader_alone_and_few_dataclasses() -> None:
+    # Start-up is most of the CPU of a sync that finds nothing to do: a sync imports only
+    # the reader of its hosts' format, the index worker when it has something to index, json
+    # for one error's hint; and each dataclass costs 0.1-0.3 ms to make where a msgspec Struct
+    # costs 0.01, so the internal ones are Structs (public types, and those the API or the
+    # tests take to dataclasses.replace, stay dataclasses).
+    unused = (
+        "json",
+        "remote_sync.index.worker",
+        "remote_sync.formats.claude_code",
+        "remote_sync.formats.codex",
+        "remote_sync.formats.gemini",
+        "remote_sync.formats.picoclaw",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _SYNC_START_UP, *unused], capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    loaded, dataclasses = (eval(line) for line in done.stdout.splitlines())
+    assert loaded == []
+    # A new internal record type on the sync's path: a msgspec Struct, or raise this with
+    # the reason it must be a dataclass.
+    assert len(dataclasses) <= 20, dataclasses

@@ -34,15 +34,14 @@ per-format modules it registers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from ..errors import ConfigError
 
 __all__ = ["FORMATS", "FormatSpec", "get_format"]
 
 
-@dataclass(frozen=True)
-class FormatSpec:
+class FormatSpec(Struct, frozen=True):
     """One agent format's defaults."""
 
     name: str

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,14 @@ from .store import MARK_EVERY, IndexRows, load_facts, record_index_rules
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class IndexUpdate:
+class IndexUpdate(msgspec.Struct):
     """One session's new facts, written with its file's checkpoint."""
 
     host: str
     path: bytes
     format: str
     facts: SessionFacts
-    marks: list[tuple[int, int]] = field(default_factory=list)
+    marks: list[tuple[int, int]] = msgspec.field(default_factory=list)
     fresh: bool = False
 
     def put_into(self, rows: IndexRows) -> None:

@@ -21,8 +21,9 @@ import secrets
 import socket
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+from msgspec import Struct
 
 from ..errors import ConfigError, DestinationError, LockedError, showable
 from .destination import DIR_NO_FOLLOW, kind_text
@@ -43,8 +44,7 @@ _PROCESS_TOKEN = secrets.token_hex(16)
 HOLDER_MAX = 512
 
 
-@dataclass(frozen=True, slots=True)
-class LockHolder:
+class LockHolder(Struct, frozen=True):
     """Who holds a destination's lock, as its lock file says: one line, ``PID TOKEN HOST``
     (a lock file of an older version holds the pid alone; one being written, nothing)."""
 
@@ -97,8 +97,7 @@ class LockHolder:
 LockLook = tuple[int, int, int, int, int]
 
 
-@dataclass(frozen=True)
-class CleanClose:
+class CleanClose(Struct, frozen=True):
     """What a process remembers of the state as its sync closed it clean (every file of
     ``hosts`` as its checkpoint says: nothing past it, no rename or temp file pending), so
     that its next sync may skip recovery's stat of those hosts' files (see

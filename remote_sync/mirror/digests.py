@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
-from dataclasses import dataclass
 from typing import Literal
+
+from msgspec import Struct
 
 __all__ = ["MAX_DIGEST_WORD", "Algorithm", "Cksum", "Digest", "Hasher", "digest_of_word"]
 
@@ -35,8 +36,7 @@ _MD5_WORD = re.compile(rb"md5:([0-9a-f]{32})")
 _CKSUM_WORD = re.compile(rb"cksum:([0-9]{1,10}):([0-9]{1,20})")
 
 
-@dataclass(frozen=True, slots=True)
-class Digest:
+class Digest(Struct, frozen=True):
     """A digest and the tool that made it: equal only to a digest of the same kind."""
 
     algorithm: Algorithm

@@ -13,7 +13,8 @@ it covers is not the file's content until that digest agrees with it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from .digests import Digest
 
@@ -32,15 +33,13 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Begin:
+class Begin(Struct, frozen=True):
     """The file is readable; its bytes follow as :class:`Data` events."""
 
     index: int
 
 
-@dataclass(frozen=True, slots=True)
-class Data:
+class Data(Struct, frozen=True):
     """Bytes of the file, in order (a view into the chunk fed: use or copy it at once)."""
 
     index: int
@@ -50,15 +49,13 @@ class Data:
         return f"Data(index={self.index}, {len(self.data)} bytes: {bytes(self.data[:40])!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class End:
+class End(Struct, frozen=True):
     """The file delivered exactly the requested length."""
 
     index: int
 
 
-@dataclass(frozen=True, slots=True)
-class Short:
+class Short(Struct, frozen=True):
     """The frame ended after ``received`` < length bytes: discard this file's Data.
 
     The file shrank since the listing (or, for a tar entry, tar's copy cannot be trusted): the
@@ -69,16 +66,14 @@ class Short:
     received: int
 
 
-@dataclass(frozen=True, slots=True)
-class Changed:
+class Changed(Struct, frozen=True):
     """The file is longer than listed (only for a request with ``detect_growth``): discard
     this file's Data and fetch it again whole; its listed size and mtime are stale."""
 
     index: int
 
 
-@dataclass(frozen=True, slots=True)
-class Failed:
+class Failed(Struct, frozen=True):
     """Reading the file on the host failed midway (an I/O error): discard this file's Data.
 
     A file-level error of this round, not a change of the file: fetching it again at once
@@ -88,22 +83,19 @@ class Failed:
     index: int
 
 
-@dataclass(frozen=True, slots=True)
-class Gone:
+class Gone(Struct, frozen=True):
     """The path is no longer a regular file (deleted, replaced, or reached via a symlink)."""
 
     index: int
 
 
-@dataclass(frozen=True, slots=True)
-class Denied:
+class Denied(Struct, frozen=True):
     """The file exists but is not readable."""
 
     index: int
 
 
-@dataclass(frozen=True, slots=True)
-class HeadDigest:
+class HeadDigest(Struct, frozen=True):
     """The digest of the first KiBs of the requests ``indices`` (one after another), read on
     the host after their bytes were: if it is not the digest of the heads the client received
     (or holds), a file was rewritten in place while it was read, and its copy may be spliced.

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from ..errors import ProtocolError, TooMuchOutputError, path_text
 from .archive import ArchiveReader
@@ -89,8 +90,7 @@ def check_marker(marker: bytes) -> None:
         raise ValueError(f"a marker is at least 16 lowercase hex digits, not {marker!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class FetchRequest:
+class FetchRequest(Struct, frozen=True):
     """Fetch ``length`` bytes of ``path`` (relative to the root) from offset ``start``."""
 
     path: bytes

@@ -10,8 +10,9 @@ with the mirror's files, read only.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from msgspec import Struct, field
 
 from .digests import Digest, Hasher
 from .fetch_events import Changed, Data, Denied, End, Failed, Gone, HeadDigest, Short
@@ -38,8 +39,7 @@ def overlap_length(t: Transfer) -> int:
     return t.row.size - t.start
 
 
-@dataclass
-class OverlapRead:
+class OverlapRead(Struct):
     """What a dry run's read of a returning file found: its overlap (the first ``keep``
     bytes), and whether a line end came after it. The bytes after the overlap are not kept:
     a partial last line may be long."""

@@ -35,11 +35,11 @@ import shlex
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import asyncssh
+from msgspec import Struct
 
 from .endpoint import HostKeyPolicy
 from .filecache import file_version, keep_bounded
@@ -53,8 +53,7 @@ DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 
 
-@dataclass(frozen=True)
-class HostKeyFiles:
+class HostKeyFiles(Struct, frozen=True):
     """Where one connection's host keys are looked up and recorded, as ssh decides it.
 
     ``user`` are the UserKnownHostsFile files (the inventory's ``known_hosts`` replaces them;

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
+from msgspec import Struct
 
 from ..errors import ConfigError
 from .configreader import PUBKEY_ALGORITHMS
@@ -59,8 +60,7 @@ PREFERRED_CIPHERS = (
 )
 
 
-@dataclass(frozen=True)
-class Prepared:
+class Prepared(Struct, frozen=True):
     """What a connection to an endpoint reads before any traffic: asyncssh's options for the
     local files named (:func:`_local_file_options`, with the ssh_config's keys added) and the
     ssh_config's lookup."""

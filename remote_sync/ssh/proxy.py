@@ -23,9 +23,9 @@ import os
 import signal
 import socket
 import subprocess
-from dataclasses import dataclass
 
 import anyio
+from msgspec import Struct
 
 from ..errors import RemoteSyncError, showable
 from .sshconfig import UnsafeTokenValue, command_name
@@ -286,8 +286,7 @@ def _exit_descriptor(pid: int) -> int | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Carrier:
+class Carrier(Struct, frozen=True):
     """The ProxyCommand a connection runs on (:meth:`~remote_sync.ssh.pool.SSHPool.lost`): its own,
     or, when it was made through the ProxyJump hosts ``jumps``, the one the first of them runs
     on."""

@@ -61,7 +61,8 @@ import shlex
 import socket
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+
+from msgspec import Struct, field
 
 from ..errors import ConfigError
 
@@ -414,8 +415,7 @@ def others_may_change_error(path: str, host: str, included_by: str | None) -> Co
     )
 
 
-@dataclass(frozen=True)
-class FilesRead:
+class FilesRead(Struct, frozen=True):
     """What a walk of the ssh_config files read (:func:`check_config_files`), for a cache of
     what they say to tell whether they changed since: every file it opened or tried, in
     order; every Include pattern (expanded) with the files it matched; and whether a line
@@ -432,8 +432,7 @@ class FilesRead:
 _VOLATILE_CRITERIA = frozenset({"exec", "localnetwork"})
 
 
-@dataclass
-class _Walk:
+class _Walk(Struct):
     """One walk of the files, with what ssh would know of IgnoreUnknown at each line."""
 
     host: str

@@ -254,7 +254,7 @@ def test_a_lying_worker_never_reaches_the_index(
         def __init__(self) -> None:
             super().__init__([sys.executable, str(FAKE_WORKER), "wrong"])
 
-    monkeypatch.setattr(fleet_run, "IndexWorker", Liar)
+    monkeypatch.setattr(worker_module, "IndexWorker", Liar)
     inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
     dest = tmp_path / "m"
     paths = make_openclaw_tree(fleet, "h0", sessions=4, lines=30)
@@ -444,7 +444,7 @@ def test_a_cancel_does_not_wait_for_a_hung_index_worker(
         def __init__(self) -> None:
             super().__init__([sys.executable, str(FAKE_WORKER), "hang"])
 
-    monkeypatch.setattr(fleet_run, "IndexWorker", Hung)
+    monkeypatch.setattr(worker_module, "IndexWorker", Hung)
     monkeypatch.setattr(worker_module, "IDLE_TIMEOUT", 600.0)
     inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
     dest = tmp_path / "m"

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+import msgspec
+
 from .fetch_frames import FetchRequest
 from .fetch_script import BATCH_BYTES, round_fetch_stdin
 from .plan import Transfer
@@ -62,7 +64,7 @@ def follow_up_requests(t: Transfer, piece_bytes: int) -> list[FetchRequest]:
         pieces = t.requests(piece_bytes)
     else:  # it ends in the first piece (t.request() would be the round's request of it)
         pieces = [FetchRequest(path, 0, piece_bytes, check=True)]
-    pieces[-1] = dataclasses.replace(pieces[-1], length=piece_bytes)
+    pieces[-1] = msgspec.structs.replace(pieces[-1], length=piece_bytes)
     return pieces
 
 

@@ -65,6 +65,7 @@ def _ssh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         [ssh, *args],
         capture_output=True,
         text=True,
+        errors="surrogateescape",  # ssh -G prints a user decoded from %F0 as that raw byte
         stdin=subprocess.DEVNULL,
         timeout=30,
         env=env,
@@ -537,6 +538,7 @@ def _ssh_jump_hop(hop: str, tmp_path: Path) -> tuple[str | None, str, int | None
     tail=st.text("0:/2", max_size=4),
 )
 @example(user="%0a", host="0", tail="")  # a user that decodes to a newline
+@example(user="%F0", host="0", tail="")  # a user that decodes to bytes that are not UTF-8
 def test_a_jump_uri_is_read_as_ssh_reads_it(
     user: str | None, host: str, tail: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -545,7 +547,8 @@ def test_a_jump_uri_is_read_as_ssh_reads_it(
     for a user with a control character (``%0a``, ``%04``): OpenSSH 9.2 reads it (and puts
     it unquoted in the ``ssh -l USER`` command it runs for the hop, where a newline ends the
     command), 10.1 and later refuse it there, and the SSH library remote-sync uses cannot
-    send it: refused here."""
+    send it: refused here. The same for a user whose bytes are not UTF-8 (``%F0``), which
+    ssh takes as they are and which that library cannot send either."""
     hop = "ssh://" + ("" if user is None else f"{user}@") + host + tail
     try:
         ours: tuple[str | None, str, int | None] | None = sshconfig.jump_hop(hop)
@@ -555,7 +558,9 @@ def test_a_jump_uri_is_read_as_ssh_reads_it(
     if (
         by_ssh is not None
         and by_ssh[0] is not None
-        and any(unicodedata.category(char) == "Cc" for char in by_ssh[0])
+        and any(
+            unicodedata.category(char) == "Cc" or "\udc80" <= char <= "\udcff" for char in by_ssh[0]
+        )
     ):
         by_ssh = None
     assert ours == by_ssh, hop

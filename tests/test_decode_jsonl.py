@@ -433,6 +433,48 @@ def test_long_line_in_small_chunks_is_linear() -> None:
     assert elapsed < 10, f"{elapsed:.1f} s: quadratic buffering?"
 
 
+class SkipsA(msgspec.Struct):
+    """Reads ``id`` only: msgspec skips ``a`` unread, so the decoder checks its UTF-8."""
+
+    id: int | None = None
+
+
+@pytest.mark.parametrize("values", [False, True], ids=["feed", "feed_values"])
+@pytest.mark.parametrize(
+    ("tp", "tail"),
+    [
+        # One emoji makes the text of a whole line UCS-4: 16 MiB for this 4 MiB line.
+        (SkipsA, "\U0001f600".encode()),
+        # msgspec makes the 4 MiB string itself; the line's pieces must be gone by then.
+        (dict[str, Any], b"x"),
+    ],
+    ids=["skipped-field", "decoded-field"],
+)
+def test_long_line_across_chunks_is_held_once(tp: Any, tail: bytes, values: bool) -> None:
+    """A 4 MiB line (a tool's output) fed in 256 KiB chunks, as a sync feeds the index: its
+    UTF-8 check never makes its whole text, and its pieces go once they are joined, so at
+    most about two copies of it are held at a time (its pieces and the joined line, then
+    the line and its decoded value)."""
+    size = 4 * MiB
+    data = b'{"a":"' + b"x" * size + tail + b'"}\n{"id":1}\n'
+    step = 256 * 1024
+    decoder: JsonlDecoder[Any] = JsonlDecoder(tp)
+    feed = decoder.feed_values if values else decoder.feed
+    tracemalloc.start()
+    try:
+        done = 0
+        for at in range(0, len(data), step):
+            fed = feed(data[at : at + step])  # each chunk a new bytes, as a stream's
+            done += len(fed.values) if isinstance(fed, jsonl.FedLines) else len(fed)
+            del fed
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert done == 2
+    assert decoder.committed_offset == len(data)
+    assert peak < 2.5 * size, f"peak {peak / MiB:.1f} MiB for a {size / MiB:.0f} MiB line"
+
+
 def test_pending_join_does_not_lose_bytes() -> None:
     decoder = JsonlDecoder()
     for piece in (b'{"a"', b":", b'"b', b'c"'):
@@ -794,6 +836,21 @@ def test_feed_values_whole_matches_reference_model(data: bytes, tp: Any, limit: 
     good = [(m[1], m[3]) for m in model if m[0] == "record"]
     assert list(zip(fed.offsets, fed.values, strict=True)) == good
     assert fed.malformed == len(model) - len(good)
+
+
+@_fast
+@given(data=_streams(), limit=_limits, window=st.integers(1, 64), seed=st.data())
+def test_windowed_utf8_check_of_held_lines_matches_reference_model(
+    data: bytes, limit: int, window: int, seed: st.DataObject
+) -> None:
+    """Lines completed across chunks are checked in windows too: shrink the window."""
+    cuts = seed.draw(_cuts(data))
+    with mock.patch.object(jsonl, "_UTF8_WINDOW", window):
+        items = feed_chunks(JsonlDecoder(Loose, max_line_bytes=limit), data, cuts)
+        fed = feed_values_chunks(JsonlDecoder(Loose, max_line_bytes=limit), data, cuts)
+    model, _ = reference(data, Loose, limit)
+    assert as_model(items, limit) == model
+    assert fed[:2] == values_model(items)
 
 
 def test_feed_values_takes_the_one_call_path_for_clean_lines() -> None:

@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import tracemalloc
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
@@ -1876,6 +1877,59 @@ def test_a_lookup_is_kept_while_its_files_are_unchanged_and_an_edit_is_seen(
     (conf_d / "box.conf").write_text('Match exec "true"\n  Port 2204\n')
     assert [port(), port()] == [2204] * 2
     assert (len(walks), len(lookups)) == (4, 6), (walks, lookups)
+
+
+def test_a_kept_lookup_is_not_kept_past_a_changed_variable_its_file_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookup's key holds a digest of the environment, not a copy of it: a variable the
+    ssh_config names (``${RS_KH_DIR}``) changed is a new lookup with its new value, and the
+    old value again finds the old lookup."""
+    resolve = lookup._resolve
+    lookups: list[str] = []
+
+    def resolving(endpoint: Endpoint, *args: Any) -> Any:
+        lookups.append(endpoint.address)
+        return resolve(endpoint, *args)
+
+    monkeypatch.setattr(lookup, "_resolve", resolving)
+    monkeypatch.setattr(lookup, "_LOOKUPS", {})
+    cfg = tmp_path / "config"
+    cfg.write_text("Host box\n  UserKnownHostsFile ${RS_KH_DIR}/known\n")
+    ep = Endpoint(address="box", ssh_config=(str(cfg),))
+
+    def known(value: str) -> tuple[str, ...]:
+        monkeypatch.setenv("RS_KH_DIR", value)
+        return lookup.cached_lookup(ep, [str(cfg)], "box", ("v1",)).keys.user
+
+    assert [known("/a"), known("/a")] == [("/a/known",)] * 2
+    assert len(lookups) == 1
+    assert [known("/b"), known("/b")] == [("/b/known",)] * 2
+    assert len(lookups) == 2
+    assert known("/a") == ("/a/known",)
+    assert len(lookups) == 2
+
+
+def test_kept_lookups_hold_no_copy_of_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 hosts' lookups kept with a 12 KB environment: their keys held a copy of it each
+    (240 KB); a digest of it is a few hundred bytes a host, key and all."""
+    for i in range(100):
+        monkeypatch.setenv(f"RS_FILLER_{i:03d}", "v" * 100)
+    monkeypatch.setattr(lookup, "_LOOKUPS", {})
+    found = lookup.Resolved("h", 22, "u", hostkeys.HostKeyFiles((), (), None))
+    monkeypatch.setattr(lookup, "_resolve", lambda *args: found)
+    endpoints = [Endpoint(address=f"h{i}", ssh_config=("cfg",)) for i in range(20)]
+    version = ("v1",)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for ep in endpoints:
+            assert lookup.cached_lookup(ep, ["cfg"], "h", version) is found
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(lookup._LOOKUPS) == 20
+    assert held < 20 * 1024, f"{held} bytes held by 20 kept lookups"
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ What it owns:
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
 import re
 import socket
@@ -253,7 +254,7 @@ def cached_lookup(
         endpoint,
         None if config is None else tuple(config),
         version,
-        tuple(sorted(os.environ.items())),
+        _environment_digest(),
         socket.gethostname(),
         os.getuid(),
     )
@@ -264,6 +265,19 @@ def cached_lookup(
         with _LOOKUPS_LOCK:
             keep_bounded(_LOOKUPS, inputs, resolved, _LOOKUPS_KEPT)
     return resolved
+
+
+def _environment_digest() -> bytes:
+    """A digest of the whole environment, which a lookup's key holds: any variable may be
+    named by a value (``${VAR}``), and asyncssh reads some itself ($HOME, $USER,
+    $SSH_AUTH_SOCK). A copy of the environment in each key was about 6 KB a host; this is 16
+    bytes. ``NAME=value`` entries, sorted, parted by NUL, which neither can hold (a name
+    cannot hold ``=``): two environments never give the same bytes, and their digests the
+    same only by a chance of 1 in 2**128."""
+    entries = sorted(f"{name}={value}" for name, value in os.environ.items())
+    # surrogatepass: a byte that is not UTF-8 is read into os.environ as a lone surrogate.
+    text = "\0".join(entries).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(text, digest_size=16).digest()
 
 
 #: ssh_config walks that found the files clean (:func:`walk_config_files`), by the files

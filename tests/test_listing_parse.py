@@ -98,3 +98,28 @@ def test_ordinary_paths_are_taken_without_the_full_path_check(
     assert checked == [b"agents/.trash/x.jsonl"]
     with pytest.raises(ProtocolError, match="unsafe path"):
         ListingParser("h").feed(b"7 1700000000 64768 99\n./agents/../x\x00")
+
+
+def test_a_long_record_sent_in_small_pieces_is_matched_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record is whole only once its NUL has come: a piece without one adds to the record
+    left over and is not matched again, else a host sending a long path a few bytes at a time
+    made the parser scan it once per piece (seconds of CPU for each 64 KiB record)."""
+    scanned: list[int] = []
+    real = listing_module._RECORD
+
+    class Counting:
+        def match(self, buf: bytes, pos: int) -> object:
+            scanned.append(len(buf) - pos)
+            return real.match(buf, pos)
+
+    monkeypatch.setattr(listing_module, "_RECORD", Counting())
+    record = b"5 1700000000.5 64768 7\n./" + b"d/" * 20_000 + b"s.jsonl\x00"
+    parser = ListingParser("h")
+    got: list[RemoteFile] = []
+    for at in range(0, len(record), 256):
+        got += parser.feed(memoryview(record)[at : at + 256])
+    parser.close()
+    assert [f.path for f in got] == [record[25:-1]]
+    assert sum(scanned) < 3 * len(record), sum(scanned)

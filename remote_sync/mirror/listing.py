@@ -342,9 +342,13 @@ class ListingParser:
         pos = 0
         find = buf.find
         match = _RECORD.match
+        # The record left over from the last chunk is whole only once its NUL has come: a
+        # chunk without one is not matched with it again (which scanned a long record once
+        # per chunk, quadratic in a path a host sends a few bytes at a time).
+        whole = not self._pending or find(b"\x00", len(self._pending)) >= 0
         while True:
             # Only the end line may follow a compressed listing: no record is taken after it.
-            if not self._gzip_done:
+            if whole and not self._gzip_done:
                 record = match(buf, pos)
                 if record is not None:
                     out.append(self._record(record))

@@ -71,9 +71,24 @@ def _cancelled_while_loading() -> NoReturn:
     os._exit(report_cancelled_start(wants_json(sys.argv[1:])))
 
 
+def _locating_the_cli() -> bool:
+    """Whether this import is made while ``python -m remote_sync.cli`` locates its module
+    (argv[0] is "-m" until it is found), not while ``-m`` locates another program's, whose
+    package may import the command line too and keeps its own handlers. The module's name is
+    the interpreter's word just before the arguments: ``-m NAME``'s, or ``-mNAME``."""
+    if sys.argv[:1] != ["-m"]:
+        return False
+    at = len(sys.orig_argv) - len(sys.argv)
+    if at < 1:
+        return False
+    word = sys.orig_argv[at]
+    name = word.partition("m")[2] if word.startswith("-") else word
+    return name in ("remote_sync.cli", "remote_sync.cli.__main__")
+
+
 if __name__ == "__main__":
     run()
-elif sys.argv[:1] == ["-m"]:
-    # Imported while ``python -m`` locates its module (argv[0] is "-m" until it is found): by
-    # remote_sync.cli, first, as runpy imports that package for ``-m remote_sync.cli``.
+elif _locating_the_cli():
+    # Imported by remote_sync.cli, first, as runpy imports that package for ``-m
+    # remote_sync.cli``.
     _guard_the_package_import()

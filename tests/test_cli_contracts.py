@@ -954,6 +954,32 @@ def test_ctrl_c_while_python_m_imports_the_cli_package_exits_130_without_a_trace
     _assert_cancelled_at_start(done, tmp_path / "m", json_wanted)
 
 
+def test_python_m_of_another_package_that_imports_the_cli_keeps_its_handlers(
+    tmp_path: Path,
+) -> None:
+    """The guard of ``python -m remote_sync.cli``'s package import is for that command
+    alone: a program run as ``python -m`` whose own package imports the command line (a
+    wrapper of it) keeps its SIGTERM and its excepthook, where it had a Ctrl-C end it with
+    remote-sync's "cancelled" line and exit 130, past its own cleanup."""
+    package = tmp_path / "wrapper"
+    package.mkdir()
+    (package / "__init__.py").write_text("import remote_sync.cli\n")
+    (package / "__main__.py").write_text(
+        "import signal, sys\n"
+        "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,"
+        " sys.excepthook is sys.__excepthook__)\n"
+    )
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, "-m", "wrapper", "sync"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=path),
+    )
+    assert (done.returncode, done.stdout) == (0, "True True\n"), done.stderr
+
+
 #: Runs the console script's target (argv[3] "script"), or ``python -m remote_sync.cli`` as
 #: runpy runs it (argv[3] "module"), with a real signal (argv[1]: INT or TERM) arriving
 #: outside the load and before main's handling of a cancel begins: as the target reads the

@@ -38,7 +38,6 @@ from remote_sync.index.facts import Message, SessionFacts
 from remote_sync.index.query import (
     SessionRow,
     StatsRow,
-    filter_rows,
     find_session,
     open_index,
     query_sessions,
@@ -491,7 +490,7 @@ def test_in_memory_agent_filter_takes_a_name_that_is_not_utf8(name: bytes) -> No
     row = row_from_facts("h", path, "openclaw", facts, now=NOW)
     typed = name.decode("utf-8", "surrogateescape")  # as the shell's argument arrives
     assert row.agent == name.decode("utf-8", "replace")
-    assert filter_rows([row], agent=typed) == [row]
+    assert row_filter(agent=typed)([row]) == [row]
     assert select_rows([row], agent=typed, now=NOW) == [row]
 
 
@@ -518,7 +517,6 @@ def test_in_memory_selection_takes_the_keywords_of_sql() -> None:
     listing = keywords(query_sessions)
     assert keywords(select_rows) == listing
     filters = [k for k in listing if k[0] not in ("sort", "limit")]
-    assert keywords(filter_rows) == filters
     assert keywords(row_filter) == filters
     assert keywords(session_stats) == filters
 

@@ -6,11 +6,11 @@ library returns it), :class:`StatsRow` (one group of ``sessions stats``), :func:
 while a sync runs and never blocks one), :func:`query_sessions`, :func:`session_stats` and
 :func:`find_session` (``sessions show``'s HOST SESSION lookup), :func:`unknown_host` (what
 to say of a host the index has no session of); and for sessions read straight
-from hosts (no index), :func:`row_from_facts`, :func:`filter_rows` (:func:`row_filter` for
-a stream of batches) and :func:`select_rows`, which classify, filter and sort in memory
-exactly like the SQL does. Other modules share its
-small helpers: :func:`state_database` (where a mirror's state is), :func:`unreadable_index`,
-:func:`age_seconds`, :func:`format_instant`, :func:`as_indexed` and :func:`tidy_path`.
+from hosts (no index), :func:`row_from_facts`, :func:`row_filter` (built once for a stream
+of batches) and :func:`select_rows`, which classify, filter and sort in memory exactly like
+the SQL does. Other modules share its small helpers: :func:`state_database` (where a
+mirror's state is), :func:`unreadable_index`, :func:`age_seconds`, :func:`format_instant`,
+:func:`as_indexed` and :func:`tidy_path`.
 
 Over the index, filtering, the class and state of a session, sorting and the limit are all
 done in SQL, so ``--limit`` stays fast on a large index. Definitions:
@@ -87,7 +87,6 @@ __all__ = [
     "age_seconds",
     "as_indexed",
     "check_batch_size",
-    "filter_rows",
     "find_session",
     "format_instant",
     "held_state",
@@ -678,26 +677,6 @@ def row_from_facts(
     )
 
 
-def filter_rows(
-    rows: Iterable[SessionRow],
-    *,
-    host: str | None = None,
-    format: str | None = None,
-    agent: str | None = None,
-    since: Since | None = None,
-    klass: str | None = None,
-    state: str | None = None,
-    now: datetime | None = None,
-) -> list[SessionRow]:
-    """The rows matching every given filter, in their order (:func:`query_sessions`'s filters,
-    for rows in memory; for rows that arrive in batches, :func:`row_filter` builds the test
-    once for all of them)."""
-    keep = row_filter(
-        host=host, format=format, agent=agent, since=since, klass=klass, state=state, now=now
-    )
-    return keep(rows)
-
-
 def row_filter(
     *,
     host: str | None = None,
@@ -708,10 +687,10 @@ def row_filter(
     state: str | None = None,
     now: datetime | None = None,
 ) -> Callable[[Iterable[SessionRow]], list[SessionRow]]:
-    """:func:`filter_rows` with its filters read once: the values checked and ``since``'s
-    instant worked out here, a ``ConfigError`` raised here, and the function returned keeps
-    the matching rows of each batch it is given, in their order. A stream of batches (a
-    listing straight from hosts) builds it once per listing."""
+    """:func:`query_sessions`'s filters for rows in memory, read once: the values checked
+    and ``since``'s instant worked out here, a ``ConfigError`` raised here, and the function
+    returned keeps the matching rows of each batch it is given, in their order. A stream of
+    batches (a listing straight from hosts) builds it once per listing."""
     _, params = _where(
         host=None, format=format, agent=None, since=since, klass=klass, state=state, now=now
     )
@@ -752,16 +731,10 @@ def select_rows(
     (sessions read straight from hosts). Same arguments, same semantics."""
     _order(sort)  # validates the arguments like the SQL path does
     _check_limit(limit)
-    kept = filter_rows(
-        rows,
-        host=host,
-        format=format,
-        agent=agent,
-        since=since,
-        klass=klass,
-        state=state,
-        now=now,
+    keep = row_filter(
+        host=host, format=format, agent=agent, since=since, klass=klass, state=state, now=now
     )
+    kept = keep(rows)
     field = _sort_field(sort)
     value: Callable[[SessionRow], Any] = (
         _row_path_bytes

@@ -1014,31 +1014,48 @@ def test_local_listing_start_points_and_root(toolset: Runner, tmp_path: Path) ->
     assert not list(tmp_path.rglob("pwned"))
 
 
-def run_round(
-    runner: Runner, root: str, points: list[str], requests: list[FetchRequest]
-) -> tuple[int, list[RemoteFile], tuple[int, bool] | None, dict[int, tuple[str, bytes]], bytes]:
+def round_events(
+    runner: Runner,
+    root: str,
+    points: list[str],
+    requests: list[FetchRequest],
+    per_batch: int = fetch_script.PER_BATCH,
+    batch_bytes: int = fetch_script.BATCH_BYTES,
+) -> tuple[int, list[RemoteFile], tuple[int, bool] | None, list[FrameEvent], bytes]:
     """A whole round, its stdin given at once (the client sends the items after reading the
-    listing, which the script does not notice): (rc, files, end, frames, listing's stderr)."""
+    listing, which the script does not notice): (rc, files, end, frame events, listing's
+    stderr)."""
     marker = new_marker()
-    stdin = fetch_stdin([], marker) + round_fetch_stdin(requests)
+    stdin = fetch_stdin([], marker)
+    stdin += round_fetch_stdin(requests, per_batch=per_batch, batch_bytes=batch_bytes)
     rc, out, err = run_local(runner, round_argv(root, points), stdin)
     parser = ListingParser("h", trailer=True)
     files = parser.feed(out) if out else []
-    frames: dict[int, tuple[str, bytes]] = {}
+    events: list[FrameEvent] = []
     if parser.end is not None:
         parser.close()
         if parser.end[0] == 0:
-            parsed = FrameParser("h", marker.encode(), requests)
-            events = feed_frames(parsed, parser.rest, [])
+            events = feed_frames(FrameParser("h", marker.encode(), requests), parser.rest, [])
             check_data_bounds(events, requests)
-            frames = collect(events)
         else:
             assert parser.rest == b""  # a failed listing fetches nothing
         messages, found, fetch_messages = err.partition(listing_end_marker(marker))
         assert found, err
         assert b"\n" + marker.encode() not in fetch_messages  # the boundary comes once
         err = messages
-    return rc, files, parser.end, frames, err
+    return rc, files, parser.end, events, err
+
+
+def run_round(
+    runner: Runner,
+    root: str,
+    points: list[str],
+    requests: list[FetchRequest],
+    per_batch: int = fetch_script.PER_BATCH,
+) -> tuple[int, list[RemoteFile], tuple[int, bool] | None, dict[int, tuple[str, bytes]], bytes]:
+    """A whole round (:func:`round_events`): (rc, files, end, frames, listing's stderr)."""
+    rc, files, end, events, err = round_events(runner, root, points, requests, per_batch)
+    return rc, files, end, collect(events), err
 
 
 def test_local_round_lists_then_fetches_in_one_command(toolset: Runner, tmp_path: Path) -> None:
@@ -1206,8 +1223,8 @@ def wire_scripts(command: str) -> list[str]:
 def test_the_round_goes_on_the_wire_compact_and_runs(shell: str, tmp_path: Path) -> None:
     """A command's text travels with every round: its scripts go without comment lines,
     blank lines or indentation (about a fifth of a round's upload), and the round so sent
-    lists and fetches under dash, bash and BusyBox as the host's sh (the batches too: xargs
-    starts them with the same sh)."""
+    lists and fetches under dash, bash and BusyBox as the host's sh (its batches run in the
+    round's shell)."""
     found = shutil.which(shell)
     if found is None:
         pytest.skip(f"{shell} is not installed (.ci/run installs it)")
@@ -1223,8 +1240,10 @@ def test_the_round_goes_on_the_wire_compact_and_runs(shell: str, tmp_path: Path)
         for script in scripts:
             for line in script.split("\n")[:-1]:
                 assert line and line == line.lstrip() and not line.startswith("#"), (name, line)
-    # The round is two scripts: its own and the batch's; the batch's functions are its own.
-    assert len(wire_scripts(commands["round"])) == 2
+    # The round is one script, the batch's functions in it; the follow-up fetch is two: its
+    # own and the batch's it hands to xargs.
+    assert len(wire_scripts(commands["round"])) == 1
+    assert len(wire_scripts(commands["fetch"])) == 2
     bindir = tmp_path / "bin"
     bindir.mkdir()
     if shell == "busybox":
@@ -1234,6 +1253,93 @@ def test_the_round_goes_on_the_wire_compact_and_runs(shell: str, tmp_path: Path)
         os.symlink(found, bindir / "sh")
     path = f"{bindir}{os.pathsep}{os.environ['PATH']}"
     _round_lists_and_fetches([str(bindir / "sh"), "-c"], tmp_path, 6, path)
+
+
+# Bytes a name may hold that a shell could take for more than data, and the pieces of its
+# own quoting (round_fetch_stdin's: '\'' for a quote, '"$nl"' for a newline).
+_HOSTILE_PIECES = [
+    b"'", b'"', b"\\", b"$(touch pwned)", b"`touch pwned`", b"${x:-y}", b"$nl", b"$1", b"$@",
+    b"\n", b"\r", b"\t", b" ", b"-", b"--", b"*", b"?", b"[a]", b"~", b"{a,b}", b";", b"&",
+    b"|", b"<", b">", b"!", b"#", b"=", b"%", b"'\\''", b"'\"$nl\"'", b"\xff", b"\xc3(",
+    b"\xe2\x82", b"\x01\x1b[31m", b"\x7f", "ünï".encode(), b"\x01", b"\xc2\x01\x01",
+]  # fmt: skip
+_HOSTILE_NAME = st.lists(
+    st.one_of(
+        st.sampled_from(_HOSTILE_PIECES),
+        st.binary(min_size=1, max_size=4).map(lambda b: b.replace(b"\x00", b"x")),
+    ),
+    min_size=1,
+    max_size=8,
+).map(lambda pieces: b"".join(pieces).replace(b"/", b"_"))
+# A batch that writes the items it was given, each NUL-terminated, then "-" for its end.
+_ECHO_BATCH_SH = r"""fetch_batch() {
+    printf '%s\0' "$@" -
+}
+"""
+
+
+def _round_items(shell: list[str], tmp_path: Path, stdin: bytes) -> list[list[bytes]]:
+    """The items each batch of a round run under ``shell`` (and its ``-c``) got from
+    ``stdin`` (the marker line, then the items), its batch function replaced by one that
+    writes them."""
+    (tmp_path / "root").mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(remote_ops, "FETCH_BATCH_SH", _ECHO_BATCH_SH)
+        argv = round_argv(str(tmp_path / "root"), ["."])
+    run = subprocess.run(
+        [*shell, *argv[1:]],
+        input=stdin,
+        capture_output=True,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LC_ALL": "C.UTF-8"},
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    parser = ListingParser("h", trailer=True)
+    assert parser.feed(run.stdout) == [] and parser.end == (0, False)
+    batches: list[list[bytes]] = [[]]
+    for item in parser.rest.split(b"\0")[:-1]:
+        if item == b"-":
+            batches.append([])
+        else:
+            batches[-1].append(item)
+    assert batches.pop() == []
+    return batches
+
+
+@pytest.mark.parametrize("shell", ["dash", "bash", "busybox"])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(names=st.lists(_HOSTILE_NAME, min_size=1, max_size=12), per_batch=st.integers(1, 5))
+def test_a_rounds_items_reach_its_batches_as_data_under_each_sh(
+    shell: str, tmp_path: Path, names: list[bytes], per_batch: int
+) -> None:
+    """A round's items come as lines of shell words its sh evals into each batch's
+    parameters: every name, whatever bytes it holds (quotes, expansions, newlines, leading
+    dashes, globs, bytes that are not UTF-8, 5,000 bytes long), reaches the batch exactly as
+    sent, nothing in it runs, at most ``per_batch`` items go to a batch, and a last line cut
+    by a dropped connection (no newline) runs nothing. The shell starts in a UTF-8 locale,
+    where bash read a \\001 after a byte that cannot start a character as its own quoting."""
+    found = shutil.which(shell)
+    if found is None:
+        pytest.skip(f"{shell} is not installed (.ci/run installs it)")
+    sh = [found, "sh", "-c"] if shell == "busybox" else [found, "-c"]
+    names = [*names, b"'" * 2500 + b"\n" * 2500, b"-" + b"x" * 4999]
+    requests = [
+        FetchRequest(name, n, 10 + n, check_batched=n % 2 == 1) for n, name in enumerate(names)
+    ]
+    items = fetch_stdin(requests).split(b"\0")[:-1]  # as xargs gets them
+    stdin = fetch_stdin([], MARKER) + round_fetch_stdin(requests, per_batch=per_batch)
+    batches = _round_items(sh, tmp_path, stdin)
+    assert [item for batch in batches for item in batch] == items
+    assert [len(batch) for batch in batches] == [
+        min(per_batch, len(items) - at) for at in range(0, len(items), per_batch)
+    ]
+    last = stdin[stdin.rindex(b"\n", 0, -1) + 1 :]
+    assert _round_items(sh, tmp_path, stdin + last[:-1]) == batches
+    assert not list(tmp_path.rglob("pwned"))
 
 
 # Words of one line for the compaction's scripts: quotes, "#", "$" and blanks, never a line
@@ -1306,21 +1412,48 @@ def test_every_remote_script_keeps_its_meaning_compacted() -> None:
             assert not re.search(r"<<-?\s*['\"]?\w", line), (name, line)
 
 
-def test_local_round_with_nothing_to_fetch_starts_no_fetch(toolset: Runner, tmp_path: Path) -> None:
-    """A round the client sends no items (EOF after the marker) ends after its listing
-    without starting xargs; one with items starts it once."""
+def test_local_round_runs_its_batches_in_its_own_shell(toolset: Runner, tmp_path: Path) -> None:
+    """A round the client sends no items (EOF after the marker) ends after its listing; one
+    with items runs each batch (a line) in its own shell: it starts neither xargs nor
+    another sh, whose start and parse of the batch script cost a host about 2 ms a round."""
     root = tmp_path / "root"
     root.mkdir()
     (root / "f").write_bytes(b"data\n")
-    started = tmp_path / "xargs-started"
-    xargs = f'echo x >> {shlex.quote(str(started))}\nexec {real_tool(toolset, "xargs")} "$@"\n'
-    runner = wrap_tools(toolset, tmp_path / "bin", {"xargs": xargs})
+    (root / "g h").write_bytes(b"more data\n")
+    started = tmp_path / "started"
+    log = shlex.quote(str(started))
+    runner = wrap_tools(
+        toolset,
+        tmp_path / "bin",
+        {
+            name: f'echo {name} >> {log}\nexec {real_tool(toolset, name)} "$@"\n'
+            for name in ("xargs", "sh")
+        },
+    )
     rc, listed, end, frames, err = run_round(runner, str(root), ["."], [])
-    assert (rc, [f.path for f in listed], end, frames, err) == (0, [b"f"], (0, False), {}, b"")
-    assert not started.exists()
-    rc, listed, end, frames, err = run_round(runner, str(root), ["."], [FetchRequest(b"f", 1, 4)])
-    assert (rc, end, frames, err) == (0, (0, False), {0: ("End", b"ata\n")}, b"")
-    assert started.read_bytes() == b"x\n"
+    assert (rc, sorted(f.path for f in listed), end, frames, err) == (
+        (0, [b"f", b"g h"], (0, False), {}, b"")
+    )
+    # The round's own (the runner's too where it is "sh", and the listing's where find
+    # cannot print its records): the same in both rounds.
+    shells = started.read_bytes()
+    assert set(shells.splitlines()) == {b"sh"}
+    started.unlink()
+    requests = [FetchRequest(b"f", 1, 4), FetchRequest(b"g h", 5, 5), FetchRequest(b"f", 0, 2)]
+    want = {0: ("End", b"ata\n"), 1: ("End", b"data\n"), 2: ("End", b"da")}
+    rc, listed, end, frames, err = run_round(runner, str(root), ["."], requests)
+    assert (rc, end, err, frames) == (0, (0, False), b"", want)
+    assert started.read_bytes() == shells
+    started.unlink()
+    # Two batches: the first in a subshell, the last in the round's shell.
+    rc, listed, end, frames, err = run_round(runner, str(root), ["."], requests, per_batch=2)
+    assert (rc, end, err, frames) == (0, (0, False), b"", want)
+    assert started.read_bytes() == shells
+    # A malformed item ends the round with its batch's status; no later batch runs.
+    stdin = fetch_stdin([], MARKER) + b"0+0:4:f x:1:f\n0+0:4:f\n"
+    rc, out, err = run_local(runner, round_argv(str(root), ["."]), stdin)
+    assert rc == 255 and b"malformed fetch request" in err
+    assert out.endswith(MB + b" B\ndata" + MB + b" E\n")
 
 
 @pytest.mark.parametrize("toolset", ["gnu", "busybox-gzip"], indirect=True)
@@ -1606,14 +1739,23 @@ def test_fetch_stdin_ends_a_batch_before_it_holds_too_many_bytes() -> None:
     assert fetch_stdin(requests, batch_bytes=1).count(b"\x00-\x00") == 6
     with pytest.raises(ValueError, match="at least one byte"):
         fetch_stdin(requests, batch_bytes=0)
+    # A round's batches are its lines, cut where those items are and every per_batch items;
+    # the same bytes but for the line ends (a space between items, no item "-").
+    lines = round_fetch_stdin(requests, per_batch=2, batch_bytes=7000).split(b"\n")
+    assert lines.pop() == b""
+    names = [b"".join(item.rpartition(b":")[2] for item in line.split()) for line in lines]
+    assert names == [b"ab", b"cr", b"x", b"huge", b"ed", b"f"]
+    assert len(b"\n".join(lines)) == len(fetch_stdin(requests)) - 1
+    with pytest.raises(ValueError, match="at least one item"):
+        round_fetch_stdin(requests, per_batch=0)
 
 
 def test_local_fetch_cuts_batches_by_bytes_and_by_count(toolset: Runner, tmp_path: Path) -> None:
     """A batch ends where the client's ``-`` item says (its bytes) and where xargs cuts the
-    items (their count, ``-`` items included): each batch sends its appends' digest and its
-    archive, followed by that archive's digest, before the next batch's first frame. A file
-    larger than the budget comes in an archive alone. Without tar, archive requests are
-    checked ranges with a digest each."""
+    items (their count, ``-`` items included), or in a round where its line ends: each batch
+    sends its appends' digest and its archive, followed by that archive's digest, before the
+    next batch's first frame. A file larger than the budget comes in an archive alone.
+    Without tar, archive requests are checked ranges with a digest each."""
     root = tmp_path / "root"
     root.mkdir()
     sizes = {"a": 3000, "b": 3000, "huge": 20_000, "c": 3000, "e": 3000, "s": 1500, "t": 1500}
@@ -1647,13 +1789,27 @@ def test_local_fetch_cuts_batches_by_bytes_and_by_count(toolset: Runner, tmp_pat
     want = [("End", data[n] if n else data["e"][2000:]) for n in names]
     assert [got[i] for i in range(len(requests))] == want
 
+    # A round's lines: a b | huge | c e s t | a (by bytes; 4 items a line at most), its
+    # batches in a subshell each, the last in the round's own shell.
+    rc, _, end, events, err = round_events(
+        toolset, str(root), ["."], requests, per_batch=4, batch_bytes=7000
+    )
+    assert (rc, end, err) == (0, (0, False), b"")
+    digests = [e.indices for e in events if isinstance(e, HeadDigest)]
+    if has_tool(toolset, "tar"):
+        assert digests == [(0, 1), (2,), (4,), (3, 5, 6), (7,)]
+    else:
+        assert digests == [(0,), (1,), (2,), (3,), (5,), (6,), (4,), (7,)]
+    got = collect([e for e in events if not isinstance(e, HeadDigest)])
+    assert [got[i] for i in range(len(requests))] == want
+
 
 def with_hooks_before_the_digests(
     monkeypatch: pytest.MonkeyPatch, batch: str, archive: str
 ) -> None:
     """Run shell text in the batch script just before its digests by name: ``batch`` before
     the one of the batch's appends, ``archive`` before the one of its archive."""
-    script = fetch_script.FETCH_BATCH_SCRIPT
+    script = fetch_script.FETCH_BATCH_SH
     for anchor, hook in (
         ('if [ -n "$read_checked" ]; then\n', batch),
         ('    if [ -n "$archived_checked" ]; then\n', archive),
@@ -1661,8 +1817,8 @@ def with_hooks_before_the_digests(
         assert script.count(anchor) == 1
         script = script.replace(anchor, hook + "\n" + anchor)
     # Where fetch_argv and round_argv look it up.
-    monkeypatch.setattr(fetch_script, "FETCH_BATCH_SCRIPT", script)
-    monkeypatch.setattr(remote_ops, "FETCH_BATCH_SCRIPT", script)
+    monkeypatch.setattr(fetch_script, "FETCH_BATCH_SH", script)
+    monkeypatch.setattr(remote_ops, "FETCH_BATCH_SH", script)
 
 
 @DIGEST_TOOLSETS

@@ -2018,20 +2018,21 @@ def host_tools(
 
 def slow_planning(monkeypatch: pytest.MonkeyPatch, then: object = None) -> None:
     """The client takes a while between the listing's end and sending the fetch items (a
-    big listing to plan, an index worker starting); ``then`` runs first, given the HostSync."""
+    big listing to plan, an index worker starting); ``then`` runs first, given the HostSync
+    and the round's stream."""
     real = engine.HostSync._list
 
     async def slow(self: engine.HostSync, stream):  # type: ignore[no-untyped-def]
         listed = await real(self, stream)
         if callable(then):
-            then(self)
+            then(self, stream)
         await anyio.sleep(0.5)
         return listed
 
     monkeypatch.setattr(engine.HostSync, "_list", slow)
 
 
-@pytest.mark.parametrize("how", ["fetch command fails", "connection drops", "cancelled"])
+@pytest.mark.parametrize("how", ["command dies", "connection drops", "cancelled"])
 def test_a_round_that_ends_before_the_fetch_is_sent_says_why(
     fleet: SSHFleet,
     tmp_path: Path,
@@ -2043,24 +2044,18 @@ def test_a_round_that_ends_before_the_fetch_is_sent_says_why(
     command's failure, the lost connection, the cancel), never an internal error."""
     inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
     make_openclaw_tree(fleet, "h0", sessions=3)
-    if how == "fetch command fails":  # as a BusyBox xargs built without -0 would
-        host_tools(
-            fleet,
-            monkeypatch,
-            "no-xargs-0",
-            {"xargs": "echo 'xargs: unknown option -0' >&2\nexit 1\n"},
-        )
-        slow_planning(monkeypatch)
+    if how == "command dies":  # the round's sh, waiting for the items, is killed
+        slow_planning(monkeypatch, lambda _sync, stream: os.kill(stream.remote_pid, signal.SIGKILL))
     elif how == "connection drops":
-        slow_planning(monkeypatch, lambda _sync: fleet.stop("h0"))
+        slow_planning(monkeypatch, lambda _sync, _stream: fleet.stop("h0"))
     else:
-        slow_planning(monkeypatch, lambda sync_: sync_.token.cancel("interrupted"))
+        slow_planning(monkeypatch, lambda sync_, _stream: sync_.token.cancel("interrupted"))
     code, _, events = sync(inv, tmp_path / "m", capsys)
     (done,) = [e for e in events if isinstance(e, HostDone)]
     assert done.error is not None and "internal error" not in done.error, done.error
-    if how == "fetch command fails":
+    if how == "command dies":
         assert (code, done.status) == (1, "failed")
-        assert "xargs: unknown option -0" in done.error
+        assert "signal" in done.error, done.error
     elif how == "connection drops":
         assert (code, done.status) == (1, "failed")
         fleet.start("h0")
@@ -2081,7 +2076,7 @@ def test_hosts_cancelled_while_queued_are_reported_like_the_others(
     inv = write_inventory(fleet, tmp_path / "inventory.toml", names)
     for name in names:
         make_openclaw_tree(fleet, name, sessions=2)
-    slow_planning(monkeypatch, lambda sync_: sync_.token.cancel("interrupted"))
+    slow_planning(monkeypatch, lambda sync_, _stream: sync_.token.cancel("interrupted"))
     code, summary, events = sync(inv, tmp_path / "m", capsys, "--concurrency", "1")
     assert code == 130 and len(names) > 1
     done = [e.host for e in events if isinstance(e, HostDone)]
@@ -2106,9 +2101,9 @@ def test_an_incomplete_listing_is_reported_whatever_the_fetch_does(
     assert sync(inv, dest, capsys)[0] == 0
     for rel in paths[:2]:
         append(fleet, "h0", rel, session_bytes(random.Random(1), 2, start=50))
-    if fetch == "fails":
-        script = "cat >/dev/null\necho 'xargs: sh: killed by signal 9' >&2\nexit 125\n"
-        host_tools(fleet, monkeypatch, "bad-xargs", {"xargs": script})
+    if fetch == "fails":  # the first read says why and kills the round's shell
+        script = "echo 'dd: fetch killed by signal 9' >&2\nkill -9 \"$PPID\"\nexit 1\n"
+        host_tools(fleet, monkeypatch, "bad-dd", {"dd": script})
     else:
         noise = (
             "i=0\n"
@@ -2122,7 +2117,7 @@ def test_an_incomplete_listing_is_reported_whatever_the_fetch_does(
     assert code == 1
     (error,) = [e for e in events if isinstance(e, ErrorEvent) and e.kind == "listing_incomplete"]
     assert error.path == "agents/locked", error
-    assert "noise" not in error.message and "xargs" not in error.message
+    assert "noise" not in error.message and "fetch killed" not in error.message
     if fetch == "writes much to stderr":
         assert_exact(fleet, dest, "h0")
 
@@ -2156,8 +2151,8 @@ def test_a_login_shell_that_prints_a_banner_is_a_clear_error(
     make_openclaw_tree(fleet, "h1", sessions=3)
     real = engine.round_argv
 
-    def with_banner(root: str, points: list[str], per_batch: int, tools: str) -> list[str]:
-        argv = real(root, points, per_batch=per_batch, tools=tools)
+    def with_banner(root: str, points: list[str], tools: str) -> list[str]:
+        argv = real(root, points, tools=tools)
         if root != str(fleet.path("h0")):
             return argv
         return ["sh", "-c", 'echo "Welcome to h0!"; exec "$@"', "sh", *argv]
@@ -2269,9 +2264,9 @@ def test_the_frame_marker_is_on_no_command_line_of_the_host(
     code, summary, _ = sync(inv, tmp_path / "m", capsys)
     assert code == 0 and summary.files.new == 8
     seen = snapshots.read_bytes()
-    # The snapshots saw the round's command (its root among its words) and the fetch.
+    # The snapshots saw the round's command (its root among its words) and the fetch's tar.
     assert os.fsencode(fleet.path("h0")) + b"\x00" in seen
-    assert b"xargs" in seen and b"tar\x00" in seen
+    assert b"tar\x00" in seen
     assert markers and not any(m.encode() in seen for m in markers)
 
 
@@ -3378,9 +3373,9 @@ def test_a_dry_run_reports_what_the_real_run_does_with_a_returning_file(
     asked: list[int] = []  # the requests of each dry run's fetch
     real_fetch_stdin = engine.round_fetch_stdin
 
-    def fetch_stdin(requests: Sequence[FetchRequest]) -> bytes:
+    def fetch_stdin(requests: Sequence[FetchRequest], per_batch: int) -> bytes:
         asked.append(len(requests))
-        return real_fetch_stdin(requests)
+        return real_fetch_stdin(requests, per_batch=per_batch)
 
     monkeypatch.setattr(engine, "round_fetch_stdin", fetch_stdin)
     code, _, events = sync(inv, dest, capsys, "--dry-run")

@@ -348,9 +348,7 @@ class HostSync:
             # learned nothing, and the round probes (the host behind it may have changed).
             told = self.pool.note_of(conn, _TOOLS_NOTE) or ""
             asked = told or (PROBE_TOOLS if self.keeps_tools else "")
-            return round_argv(
-                source.root, source.start_points, per_batch=self.flush_files, tools=asked
-            )
+            return round_argv(source.root, source.start_points, tools=asked)
 
         try:
             async with exec_streaming(
@@ -604,7 +602,9 @@ class HostSync:
         """Fetch ``transfers`` on the round's own command (``first``: frames already read);
         returns those that must be fetched whole, and the appends to check one by one."""
         # In a worker thread: the requests of 20,000 new files take tens of milliseconds.
-        owners, requests, stdin = await in_thread(requests_of, transfers, self.piece_bytes)
+        owners, requests, stdin = await in_thread(
+            requests_of, transfers, self.piece_bytes, self.flush_files
+        )
         stream.send(stdin, end=True)
         if not transfers:
             await _drain_stream(stream, self.name)
@@ -1009,7 +1009,7 @@ class HostSync:
             if t.back and t.mode == "append" and t.row is not None and t.start < t.row.size
         ]
         requests = [overlap_request(plan.transfers[n]) for n in returning]
-        stream.send(round_fetch_stdin(requests), end=True)
+        stream.send(round_fetch_stdin(requests, per_batch=self.flush_files), end=True)
         if not requests:
             await _drain_stream(stream, self.name)
             return

@@ -69,13 +69,14 @@ def follow_up_requests(t: Transfer, piece_bytes: int) -> list[FetchRequest]:
 
 
 def requests_of(
-    transfers: Sequence[Transfer], piece_bytes: int
+    transfers: Sequence[Transfer], piece_bytes: int, per_batch: int
 ) -> tuple[list[Transfer], list[FetchRequest], bytes]:
     """The fetch requests of ``transfers`` (a transfer fetched in pieces has one per piece,
     one after another), the transfer of each, and what the round's stdin goes on with after
-    its marker line to send them (:func:`round_fetch_stdin`)."""
+    its marker line to send them (:func:`round_fetch_stdin`, at most ``per_batch`` items a
+    batch)."""
     owners, requests = owned(transfers, lambda t: t.requests(piece_bytes))
-    return owners, requests, round_fetch_stdin(requests)
+    return owners, requests, round_fetch_stdin(requests, per_batch=per_batch)
 
 
 def owned(

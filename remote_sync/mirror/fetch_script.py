@@ -1,10 +1,12 @@
 """The fetch's batch script: the ``sh`` that answers the client's requests with frames, and the
 argv and stdin that run it.
 
-What it owns: the script ``xargs`` runs once per batch of items (:data:`FETCH_BATCH_SCRIPT`,
-which a round runs too, see :func:`remote_sync.mirror.remote_ops.round_argv`), the fetch as a
-command of its own (:func:`fetch_argv`, a round's follow-up), the items on its stdin
-(:func:`fetch_stdin`, :func:`round_fetch_stdin`) and the numbers both sides agree on
+What it owns: the sh function that answers one batch of items (``fetch_batch`` in
+:data:`FETCH_BATCH_SH`), which a round runs in its own shell, once per line of items
+(:data:`ROUND_FETCH_SH`, see :func:`remote_sync.mirror.remote_ops.round_argv`), and the
+fetch as a command of its own runs through ``xargs`` (:func:`fetch_argv`, a round's
+follow-up); the items on their stdin (:func:`fetch_stdin`, :func:`round_fetch_stdin`, each
+item's words :func:`sh_word`) and the numbers both sides agree on
 (:data:`SKIP_BLOCK`, :data:`HEAD_BYTES`, :data:`BATCH_BYTES`, :data:`PER_BATCH`, the tools word
 :data:`TOOLS`). It does no I/O itself: the caller runs the argv with
 :func:`remote_sync.ssh.stream.exec_streaming` and feeds the stdout chunks to
@@ -14,8 +16,11 @@ and their exit statuses, are said in :mod:`remote_sync.mirror.remote_ops`.
 Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, then ``FrameParser``)
     stdin holds one NUL-terminated item ``<start>:<length>:<path>`` per
     :class:`~remote_sync.mirror.fetch_frames.FetchRequest` (any bytes in a path, no
-    command-line length limit), consumed in batches by ``xargs -0 -r``. The answer to each
-    request, in order, is a frame::
+    command-line length limit), consumed in batches by ``xargs -0 -r``. A round's items
+    (:func:`round_fetch_stdin`) are the same, a line of them per batch, each a shell word
+    that the round's shell evals into the batch's parameters (:func:`sh_word`: any bytes in
+    a path still, and none of them code). The answer to each request, in order, is a
+    frame::
 
         <marker> G\\n                                   not a regular file (gone)
         <marker> D\\n                                   not readable (denied)
@@ -27,9 +32,10 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, then ``FrameParser``)
     ``tar`` reads the files of the batch's archive requests (``a`` for the start: whole
     line-committed files), instead of one ``head`` process per file
     (:mod:`remote_sync.mirror.archive` reads the stream). At most ``per_batch`` items go to
-    one batch (``xargs -n``), and an item ``-`` ends a batch early: :func:`fetch_stdin` puts
-    one where the batch's archive and its appends checked at its end (below) would hold more
-    than :data:`BATCH_BYTES`, which nothing of is committed before the batch's digests.
+    one batch (``xargs -n``, or a round's line), and a batch ends early where its archive
+    and its appends checked at its end (below) would hold more than :data:`BATCH_BYTES`,
+    which nothing of is committed before the batch's digests: :func:`fetch_stdin` puts an
+    item ``-`` there, :func:`round_fetch_stdin` ends the line.
 
     A request with ``check`` (``h`` before its start) gets, once its range was read (after
     ``E``), a line ``<marker> K <digest>\\n``: the digest of the file's first
@@ -63,8 +69,9 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, then ``FrameParser``)
 
     The marker is a random nonce per run (:func:`~remote_sync.mirror.remote_ops.new_marker`).
     It travels either in the argv or, better, as a first line on stdin: from there it reaches
-    the per-batch scripts through the environment, never a command line, so other users of
-    the host cannot read it in the process list and forge frames from a file they can write.
+    the batches through the environment (or the round's own shell), never a command line, so
+    other users of the host cannot read it in the process list and forge frames from a file
+    they can write.
 """
 
 from __future__ import annotations
@@ -78,15 +85,17 @@ from .remote_sh import ENTER_ROOT_SH, FETCH_PROBES_SH, UNDER_SYMLINK_SH, check_r
 
 __all__ = [
     "BATCH_BYTES",
-    "FETCH_BATCH_SCRIPT",
+    "FETCH_BATCH_SH",
     "HEAD_BYTES",
     "PER_BATCH",
+    "ROUND_FETCH_SH",
     "SKIP_BLOCK",
     "TOOLS",
     "fetch_argv",
     "fetch_stdin",
     "per_batch_word",
     "round_fetch_stdin",
+    "sh_word",
 ]
 
 #: The fetch script reaches an offset as ``dd bs=SKIP_BLOCK skip=<blocks>`` then
@@ -135,13 +144,17 @@ def per_batch_word(count: int) -> str:
 TOOLS = re.compile(r"[prs][ny][ny]")
 
 
-# Run by xargs once per batch of items; the marker comes from the environment. An item "-"
-# (the client's, see fetch_stdin) ends a batch early: there the batch's digest of its appends
-# and its archive are sent, as after its last item, and the next batch goes on in the same
-# shell. The loop ends with such an item of its own ("$@" -), so that this end is written
-# once, and at the top level, where the eval'd references are the script's parameters (in a
-# function they would be the function's). Items are
-# checked (a malformed one stops everything: exit 255 makes xargs stop at once). A path whose
+# fetch_batch ITEM...: answer one batch of items, run by a round's shell in a subshell of
+# its own (or, the last, in the shell itself: see ROUND_FETCH_SH), or by an "sh -c" that
+# xargs starts for the standalone fetch (fetch_argv), with the functions it uses defined
+# before it. It sets every variable it reads before reading it, so what the round's shell
+# holds cannot reach it. The marker comes from the environment. An item "-" (the client's,
+# see fetch_stdin; a round ends the line instead) ends a batch early: there the batch's
+# digest of its appends and its archive are sent, as after its last item, and the next batch
+# goes on in the same shell. The loop ends with such an item of its own ("$@" -), so that
+# this end is written once, where the eval'd references are fetch_batch's parameters. Items are
+# checked (a malformed one stops everything: exit 255 ends the round's shell, or makes xargs
+# stop at once). A path whose
 # own entry or any parent directory is a symlink is "gone" (the listing never lists such a
 # file; this narrows the window in which a swapped-in symlink could lead outside the root).
 # Paths get a "./" prefix so no tool or test operator can take one for an option. An archive
@@ -198,30 +211,7 @@ TOOLS = re.compile(r"[prs][ny][ny]")
 # before its start) is followed by the digest of the whole file instead: from a second
 # descriptor opened with the reader's, so a file replaced by a rename meanwhile (how agents
 # save their JSON indexes) is hashed as it was read, and only a rewrite in place differs.
-FETCH_BATCH_SCRIPT = (
-    UNDER_SYMLINK_SH
-    + FETCH_PROBES_SH
-    + r"""m=$REMOTE_SYNC_MARKER
-pend=
-tar_ok=
-dd_bytes=
-dd_quiet=
-opened=
-hasher=
-head_q=
-case $REMOTE_SYNC_TOOLS in
-?y?) dd_bytes=y ;;
-?n?) dd_bytes=n ;;
-esac
-case $REMOTE_SYNC_TOOLS in
-??y) head_q=y ;;
-??n) head_q=n ;;
-esac
-i=0
-archived=
-archived_checked=
-read_checked=
-probe_digest() {
+FETCH_BATCH_SH = r"""probe_digest() {
     if [ -z "$hasher" ]; then
         if command -v md5sum >/dev/null 2>&1; then
             hasher=md5sum
@@ -355,117 +345,166 @@ opened_digest() {
 is_gone() {
     [ ! -f "$f" ] || [ -L "$f" ] || under_symlink "$f"
 }
-for item in "$@" -; do
-    i=$((i + 1))
-    case $item in
-    -)
-        if [ -n "$read_checked" ]; then
-            probe_digest
-            eval "head_digest $read_checked"
-        fi
-        if [ -n "$archived" ]; then
-            say A
-            eval "tar --no-recursion --numeric-owner -cf - $archived" 2>/dev/null
-            pend="$m"' E\n'
-            if [ -n "$archived_checked" ]; then
+fetch_batch() {
+    m=$REMOTE_SYNC_MARKER
+    pend=
+    tar_ok=
+    dd_bytes=
+    dd_quiet=
+    opened=
+    hasher=
+    head_q=
+    case $REMOTE_SYNC_TOOLS in
+    ?y?) dd_bytes=y ;;
+    ?n?) dd_bytes=n ;;
+    esac
+    case $REMOTE_SYNC_TOOLS in
+    ??y) head_q=y ;;
+    ??n) head_q=n ;;
+    esac
+    i=0
+    archived=
+    archived_checked=
+    read_checked=
+    for item in "$@" -; do
+        i=$((i + 1))
+        case $item in
+        -)
+            if [ -n "$read_checked" ]; then
                 probe_digest
-                eval "head_digest $archived_checked"
+                eval "head_digest $read_checked"
             fi
-        fi
-        read_checked=
-        archived=
-        archived_checked=
-        continue
-        ;;
-    esac
-    start=${item%%:*}
-    rest=${item#*:}
-    len=${rest%%:*}
-    f=./${rest#*:}
-    case $item in
-    *:*:?*) ;;
-    *) start= ;;
-    esac
-    check=
-    case $start in
-    h*)
-        check=c
-        start=${start#h}
-        ;;
-    w*)
-        check=w
-        start=${start#w}
-        ;;
-    e*)
-        check=e
-        start=${start#e}
-        ;;
-    esac
-    archive=
-    case $start in
-    a)
-        archive=1
-        blocks=0
-        bytes=0
-        if [ -z "$tar_ok" ]; then
-            if tar --no-recursion --numeric-owner -cf /dev/null /dev/null >/dev/null 2>&1; then
-                tar_ok=y
-            else
-                tar_ok=n
+            if [ -n "$archived" ]; then
+                say A
+                eval "tar --no-recursion --numeric-owner -cf - $archived" 2>/dev/null
+                pend="$m"' E\n'
+                if [ -n "$archived_checked" ]; then
+                    probe_digest
+                    eval "head_digest $archived_checked"
+                fi
             fi
-        fi
-        ;;
-    *+*)
-        blocks=${start%%+*}
-        bytes=${start#*+}
-        ;;
-    *) blocks= ;;
-    esac
-    case ${blocks:-x}:${bytes:-x}:${len:-x} in
-    *[!0-9:]*)
-        [ -z "$pend" ] || printf "$pend"
-        echo 'remote-sync: malformed fetch request on stdin' >&2
-        exit 255
-        ;;
-    esac
-    if is_gone; then
-        say G
-    elif [ ! -r "$f" ]; then
-        say D
-    elif [ "$archive$tar_ok" = 1y ]; then
-        say T
-        archived="$archived \"./\${$i#*:*:}\""
-        [ -z "$check" ] || archived_checked="$archived_checked \"./\${$i#*:*:}\""
-    else
-        opened=
-        if [ "$check" = w ] || [ "$check" = c ]; then
-            read_range 3>&2 2>/dev/null <"$f" 4<"$f"
-        else
-            read_range 3>&2 2>/dev/null <"$f"
-        fi
-        if [ -n "$opened" ]; then
-            :
-        elif is_gone; then
+            read_checked=
+            archived=
+            archived_checked=
+            continue
+            ;;
+        esac
+        start=${item%%:*}
+        rest=${item#*:}
+        len=${rest%%:*}
+        f=./${rest#*:}
+        case $item in
+        *:*:?*) ;;
+        *) start= ;;
+        esac
+        check=
+        case $start in
+        h*)
+            check=c
+            start=${start#h}
+            ;;
+        w*)
+            check=w
+            start=${start#w}
+            ;;
+        e*)
+            check=e
+            start=${start#e}
+            ;;
+        esac
+        archive=
+        case $start in
+        a)
+            archive=1
+            blocks=0
+            bytes=0
+            if [ -z "$tar_ok" ]; then
+                if tar --no-recursion --numeric-owner -cf /dev/null /dev/null >/dev/null 2>&1; then
+                    tar_ok=y
+                else
+                    tar_ok=n
+                fi
+            fi
+            ;;
+        *+*)
+            blocks=${start%%+*}
+            bytes=${start#*+}
+            ;;
+        *) blocks= ;;
+        esac
+        case ${blocks:-x}:${bytes:-x}:${len:-x} in
+        *[!0-9:]*)
+            [ -z "$pend" ] || printf "$pend"
+            echo 'remote-sync: malformed fetch request on stdin' >&2
+            exit 255
+            ;;
+        esac
+        if is_gone; then
             say G
         elif [ ! -r "$f" ]; then
             say D
+        elif [ "$archive$tar_ok" = 1y ]; then
+            say T
+            archived="$archived \"./\${$i#*:*:}\""
+            [ -z "$check" ] || archived_checked="$archived_checked \"./\${$i#*:*:}\""
         else
-            say B
-            pend="$m"' X\n'
+            opened=
+            if [ "$check" = w ] || [ "$check" = c ]; then
+                read_range 3>&2 2>/dev/null <"$f" 4<"$f"
+            else
+                read_range 3>&2 2>/dev/null <"$f"
+            fi
+            if [ -n "$opened" ]; then
+                :
+            elif is_gone; then
+                say G
+            elif [ ! -r "$f" ]; then
+                say D
+            else
+                say B
+                pend="$m"' X\n'
+            fi
         fi
-    fi
-done
-[ -z "$pend" ] || printf "$pend"
+    done
+    [ -z "$pend" ] || printf "$pend"
+}
 """.replace("@SKIP_BLOCK@", str(SKIP_BLOCK)).replace("@HEAD@", str(HEAD_BYTES))
-)
+
+
+# What a round runs once its listing is done (see remote_ops._ROUND_HEAD), in its own
+# shell, where FETCH_BATCH_SH is defined, with its first line of stdin read into $line: each
+# line is one batch, its items written as shell words (round_fetch_stdin), which eval makes
+# the positional parameters. A batch runs in a subshell of its own (a fork, no exec, no new sh
+# to parse the batch script: an xargs and an "sh -c" per batch cost a host about 2 ms of CPU
+# a round), so that nothing it sets or probes reaches the next, with its stdin on /dev/null
+# as one xargs started had; the last runs in the round's shell itself, a fork fewer, as
+# nothing follows it: the line after a batch is read before it runs (the client sends them
+# all at once). Only whole lines run: a line cut by a dropped connection (no newline) is read
+# as EOF. A batch that fails (a malformed item: 255) ends the round with its status, as xargs
+# stopped. A name holds a newline as '"$nl"' (one batch is one line); every other byte of
+# a name is in single quotes or one shlex.quote leaves bare. The lines are read and eval'd in
+# the C locale (set before the first line is read), where a shell takes each byte as a
+# character: bash in a UTF-8 one loses a \001 (its own quoting byte) that follows a byte
+# that cannot start a character.
+ROUND_FETCH_SH = r"""nl='
+'
+while IFS= read -r next; do
+    eval "set -- $line"
+    (fetch_batch "$@") </dev/null || exit
+    line=$next
+done
+eval "set -- $line"
+fetch_batch "$@" </dev/null
+"""
 
 
 # $1 root, $2 the batch script, $3 the items per batch, $4 the marker, or "" when it is the
 # first line of stdin (read byte by byte by the shell, so xargs gets the rest of stdin
-# intact), $5 the tools word a round found (see _ROUND_SCRIPT; "": the batches probe what
-# they use), which reaches the batches as REMOTE_SYNC_TOOLS. Entering the root here, before
-# xargs, gives a clean exit status 3 (xargs would turn it into 123); the batches inherit the
-# directory.
+# intact), $5 the tools word a round found (see remote_ops._ROUND_HEAD; "": the batches probe
+# what they use), which reaches the batches as REMOTE_SYNC_TOOLS. Entering the root here,
+# before xargs, gives a clean exit status 3 (xargs would turn it into 123); the batches
+# inherit the directory. This fetch is a round's rare follow-up and may carry many items:
+# xargs reads them in blocks, where a shell's read takes one byte a system call.
 _FETCH_SCRIPT = (
     ENTER_ROOT_SH
     + 'REMOTE_SYNC_MARKER=$4\n[ -n "$REMOTE_SYNC_MARKER" ] || '
@@ -496,40 +535,30 @@ def fetch_argv(
         check_marker(marker.encode("ascii", "replace"))
     if tools and not TOOLS.fullmatch(tools):
         raise ValueError(f"bad tools word {tools!r}")
-    batch = compact_sh(FETCH_BATCH_SCRIPT)  # an argument: sh_script compacts only $0's
+    # An argument: sh_script compacts only $0's.
+    batch = compact_sh(UNDER_SYMLINK_SH + FETCH_PROBES_SH + FETCH_BATCH_SH + 'fetch_batch "$@"\n')
     return sh_script(_FETCH_SCRIPT, root, batch, per_batch_word(per_batch), marker or "", tools)
 
 
-def fetch_stdin(
-    requests: Sequence[FetchRequest], marker: str | None = None, *, batch_bytes: int = BATCH_BYTES
-) -> bytes:
-    """The fetch's stdin: one ``<start>:<length>:<path>\\0`` item per request, and an item
-    ``-`` that ends a batch early wherever the next request would take the bytes its batch
-    holds until its end (see :data:`BATCH_BYTES`) over ``batch_bytes``: a request larger than
-    that is a batch of its own.
+def _batches(requests: Sequence[FetchRequest], batch_bytes: int) -> list[list[bytes]]:
+    """The items of ``requests``, ``<start>:<length>:<path>``, in batches that each hold at
+    most ``batch_bytes`` until their end (see :data:`BATCH_BYTES`; a request larger than that
+    is a batch of its own).
 
     ``start`` is ``a`` for an archive request, else ``<blocks>+<bytes>``, after an ``h`` for a
-    request with ``check`` or a ``w`` for one with ``check_whole``. ``<blocks>+<bytes>`` is
-    the offset as :data:`SKIP_BLOCK` blocks plus bytes, so that the host does no arithmetic
-    and no tool there sees a number above 2**31 for any file below 128 TiB. ``length`` is
-    one more than requested with ``detect_growth`` (the parser tells a longer file by that
-    byte).
-
-    With ``marker`` (when it was not given to :func:`fetch_argv`), a first line holds it.
-    """
+    request with ``check``, a ``w`` for one with ``check_whole`` or an ``e`` for one with
+    ``check_batched``. ``<blocks>+<bytes>`` is the offset as :data:`SKIP_BLOCK` blocks plus
+    bytes, so that the host does no arithmetic and no tool there sees a number above 2**31
+    for any file below 128 TiB. ``length`` is one more than requested with ``detect_growth``
+    (the parser tells a longer file by that byte)."""
     if batch_bytes < 1:
         raise ValueError(f"at least one byte per batch, not {batch_bytes}")
-    parts: list[bytes] = []
-    if marker is not None:
-        check_marker(marker.encode("ascii", "replace"))
-        parts.append(marker.encode("ascii") + b"\n")
-    # Bytes of this batch that wait for its end. The cuts xargs makes by count are not
-    # followed here: a batch after one only ends sooner than it had to.
-    held = 0
+    batches: list[list[bytes]] = [[]]
+    held = 0  # bytes of this batch that wait for its end
     for request in requests:
         if request.archive or request.check_batched:
             if held and held + request.length > batch_bytes:
-                parts.append(_BATCH_END)
+                batches.append([])
                 held = 0
             held += request.length
         if request.archive:
@@ -544,13 +573,61 @@ def fetch_stdin(
             check = b"w"
         else:
             check = b"e" if request.check_batched else b""
-        parts.append(b"%s%s:%d:%s\x00" % (check, start, request.asked, request.path))
+        batches[-1].append(b"%s%s:%d:%s" % (check, start, request.asked, request.path))
+    return batches
+
+
+def fetch_stdin(
+    requests: Sequence[FetchRequest], marker: str | None = None, *, batch_bytes: int = BATCH_BYTES
+) -> bytes:
+    """The fetch's stdin: one ``<start>:<length>:<path>\\0`` item per request, and an item
+    ``-`` that ends a batch early wherever the next request would take the bytes its batch
+    holds until its end (see :data:`BATCH_BYTES`) over ``batch_bytes``: a request larger than
+    that is a batch of its own. The items are as :func:`_batches` says.
+
+    With ``marker`` (when it was not given to :func:`fetch_argv`), a first line holds it.
+    """
+    parts: list[bytes] = []
+    if marker is not None:
+        check_marker(marker.encode("ascii", "replace"))
+        parts.append(marker.encode("ascii") + b"\n")
+    # The cuts xargs makes by count are not followed here: a batch after one only ends
+    # sooner than it had to.
+    for n, batch in enumerate(_batches(requests, batch_bytes)):
+        if n:
+            parts.append(_BATCH_END)
+        parts.extend(item + b"\x00" for item in batch)
     return b"".join(parts)
 
 
-def round_fetch_stdin(requests: Sequence[FetchRequest]) -> bytes:
+#: What an item may hold unquoted on a round's batch line: what shlex.quote leaves as it is.
+_UNSAFE = re.compile(rb"[^\w@%+=:,./-]").search
+
+
+def sh_word(item: bytes) -> bytes:
+    """``item`` as one shell word on one line, as :func:`shlex.quote` writes it but on bytes
+    (a file name need not be UTF-8): as it is when it holds only letters, digits and
+    ``@%+=:,./-_``, else in single quotes, ``'`` as ``'\\''`` and a newline as ``'"$nl"'``
+    (``nl`` is a newline in the round's shell, see ``ROUND_FETCH_SH``)."""
+    if item and not _UNSAFE(item):
+        return item
+    return b"'" + item.replace(b"'", b"'\\''").replace(b"\n", b"'\"$nl\"'") + b"'"
+
+
+def round_fetch_stdin(
+    requests: Sequence[FetchRequest],
+    *,
+    per_batch: int = PER_BATCH,
+    batch_bytes: int = BATCH_BYTES,
+) -> bytes:
     """What a round's stdin goes on with after its marker line (see
-    :func:`~.remote_ops.round_argv`): an empty line and the items of ``requests``
-    (:func:`fetch_stdin`), or nothing when there are none, so that the round ends without
-    starting the fetch."""
-    return b"\n" + fetch_stdin(requests) if requests else b""
+    :func:`~.remote_ops.round_argv`): a line per batch of ``requests``, at most ``per_batch``
+    items and ``batch_bytes`` held bytes each (:func:`_batches`), its items written as shell
+    words (:func:`sh_word`) that the round's shell evals into the batch's parameters; nothing
+    when there are none, so that the round ends without a fetch."""
+    per_batch_word(per_batch)
+    lines: list[bytes] = []
+    for batch in _batches(requests, batch_bytes):
+        for at in range(0, len(batch), per_batch):
+            lines.append(b" ".join(map(sh_word, batch[at : at + per_batch])) + b"\n")
+    return b"".join(lines) if requests else b""

@@ -12,8 +12,10 @@ and :class:`~remote_sync.mirror.fetch_frames.FrameParser` for the fetch's frames
 Remote hosts have only POSIX ``sh`` plus coreutils *or* BusyBox, so the scripts use nothing
 else (``find``, ``stat``, ``head``, ``dd``, ``tar``, ``gzip``, ``xargs``, ``printf``). A file
 name is data, never code: names travel as positional arguments or on stdin. What ``eval``
-sees is never a file name's text: a user name checked to be portable (``~user``), or
-references to positional parameters by number (the fetch's tar command line).
+sees of a file name is only ever in single quotes (a round's fetch items, each written as
+``shlex.quote`` would: :func:`~remote_sync.mirror.fetch_script.sh_word`); otherwise a user
+name checked to be portable (``~user``), or references to positional parameters by number
+(the fetch's tar command line).
 
 Exit statuses (every operation): 0 on success, also when ``find`` could not read some
 directory (its messages stay on stderr, for the caller to report naming the host, and each
@@ -40,9 +42,10 @@ Round (:func:`round_argv`, ``ListingParser(trailer=True)``, then ``FrameParser``
     ``L <status> <warned> <tools>`` (``warned``: the listing wrote messages on stderr, so it
     may be incomplete; ``tools``: what the host's find, dd and head can do, which the next
     round over the same connection may be told instead of probing them), then, once the
-    client has sent an empty line, the fetch items and EOF
-    (:func:`~remote_sync.mirror.fetch_script.round_fetch_stdin`), the
-    fetch's frames; an EOF with no items ends the round without starting the fetch.
+    client has sent the fetch items, a line of them per batch, and EOF
+    (:func:`~remote_sync.mirror.fetch_script.round_fetch_stdin`), the fetch's frames,
+    written by the batches the round's own shell runs; an EOF with no items ends the round
+    without a fetch.
     On stderr ``<marker> L`` separates the listing's messages from the fetch's. The fetch
     and its frames are said in :mod:`remote_sync.mirror.fetch_script`.
 """
@@ -53,8 +56,8 @@ import secrets
 from collections.abc import Sequence
 
 from ..errors import ConfigError
-from ..ssh.remote import compact_sh, sh_script
-from .fetch_script import FETCH_BATCH_SCRIPT, PER_BATCH, TOOLS, per_batch_word
+from ..ssh.remote import sh_script
+from .fetch_script import FETCH_BATCH_SH, ROUND_FETCH_SH, TOOLS
 from .remote_sh import ENTER_ROOT_SH, FETCH_PROBES_SH, START_POINT_SH, check_root, read_marker_sh
 
 __all__ = [
@@ -141,9 +144,7 @@ _FIND_PROBE_SH = r"""probe_find() {
 # find for anything). Even when the name exists again (a fixed temporary name, saved anew):
 # that is a new file, which the next round lists. Messages are matched in the C locale
 # (LC_ALL=C); one in any other form stays (a needless warning, never a lost one).
-_START_POINTS_SH = (
-    START_POINT_SH
-    + r"""LC_ALL=C
+_START_POINTS_LOOP_SH = r"""LC_ALL=C
 export LC_ALL
 n=$#
 for p do
@@ -156,7 +157,7 @@ for p do
 done
 shift "$n"
 """
-)
+_START_POINTS_SH = START_POINT_SH + _START_POINTS_LOOP_SH
 _LIST_FILES_SH = r"""list_files() {
     [ -n "$find_kind" ] || probe_find
     if [ "$find_kind" = r ]; then
@@ -254,18 +255,19 @@ exit "$st"
 _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\nfind_kind=\n" + _FIND_PROBE_SH + _LISTING_BODY
 
 
-# A whole round in one command: $1 root, $2 the batch script, $3 the items per batch, $4 the
-# tools word it was told, or "probe" (find, dd and head probed at once, to be reported), or ""
-# (find probed; dd and head only by a batch that needs them, as a round whose answer nobody
-# keeps need not start them; see _FIND_PROBE_SH), $5... start points; the tools reach the
-# batches through REMOTE_SYNC_TOOLS, empty when not all known (the batches then probe);
-# stdin is the marker line, then (once the client has read the listing and planned) the fetch
-# items.
+# A whole round in one command: $1 root, $2 the tools word it was told, or "probe" (find, dd
+# and head probed at once, to be reported), or "" (find probed; dd and head only by a batch
+# that needs them, as a round whose answer nobody keeps need not start them; see
+# _FIND_PROBE_SH), $3... start points; the tools reach the batches through
+# REMOTE_SYNC_TOOLS, empty when not all known (the batches then probe); stdin is the marker
+# line, then (once the client has read the listing and planned) the fetch items, a line per
+# batch (fetch_script's ROUND_FETCH_SH, which ends the script after _ROUND_HEAD and the batch
+# functions, FETCH_BATCH_SH).
 # One command instead of a listing and a fetch saves a channel, and above all a start of the
 # host's login shell, per round (a heavy ~/.bashrc costs tens of milliseconds each time).
 #
 # The listing (list_round) runs as the left side of a pipe, a subshell, its stdin on /dev/null
-# (so the items stay for xargs), its stdout straight to ours (gzip-compressed or plain as in
+# (so the items stay for the fetch), its stdout straight to ours (gzip-compressed or plain as in
 # the listing script). Its stderr, and find's and gzip's, go through the pipe to a filter
 # (listing_end) that drops find's messages about vanished paths, passes the others on to our
 # stderr and notes whether any came: that is the in-band flag the client decides "incomplete
@@ -283,31 +285,31 @@ _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\nfind_kind=\n" + _FIND_PROBE_SH + _LIST
 # statuses came back through command substitutions, some 0.2 ms of the host's CPU each. The
 # filter is a function whose status is returned, not exited: shells such as zsh and ksh run a
 # pipe's last command in the shell itself. A listing that failed ends the script with its
-# status; otherwise the fetch follows, when the client has items for it: they come after an
-# empty line (round_fetch_stdin), and an EOF instead ends the round without starting xargs,
-# a process fewer a host with nothing to fetch.
-_ROUND_SCRIPT = (
+# status; otherwise the fetch follows, when the client has items for it: an EOF instead ends
+# the round before the batch functions are even parsed. The items are read in the C locale
+# (see ROUND_FETCH_SH), and the batches' tools run in it, as the listing's do. The functions
+# of the start points are defined at the top, as the batches use under_symlink too.
+_ROUND_HEAD = (
     ENTER_ROOT_SH
-    + r"""batch=$2
-per_batch=$3
-find_kind=
+    + r"""find_kind=
 dd_bytes=
 head_q=
 learn=
-case $4 in
+case $2 in
 [prs][ny][ny])
-    find_kind=${4%??}
-    dd_bytes=${4#?}
+    find_kind=${2%??}
+    dd_bytes=${2#?}
     dd_bytes=${dd_bytes%?}
-    head_q=${4#??}
+    head_q=${2#??}
     ;;
 probe) learn=y ;;
 esac
-shift 4
+shift 2
 """
     + read_marker_sh("fetch marker")
     + _FIND_PROBE_SH
     + FETCH_PROBES_SH
+    + START_POINT_SH
     + r"""[ -n "$find_kind" ] || probe_find
 if [ -n "$learn" ]; then
     probe_dd_bytes
@@ -318,7 +320,7 @@ REMOTE_SYNC_TOOLS=
 export REMOTE_SYNC_TOOLS
 """
     + "list_round() {\n"
-    + _START_POINTS_SH
+    + _START_POINTS_LOOP_SH
     + r"""gz=0
 if [ "$#" = 0 ]; then
     echo "$m s0" >&2
@@ -369,8 +371,9 @@ m=$REMOTE_SYNC_MARKER
 st=$?
 """.replace("@VANISHED@", _VANISHED)
     + r"""[ "$st" = 0 ] || exit "$st"
-IFS= read -r go || exit 0
-exec xargs -0 -r -n "$per_batch" sh -c "$batch" sh
+LC_ALL=C
+export LC_ALL
+IFS= read -r line || exit 0
 """
 )
 
@@ -403,9 +406,7 @@ def listing_argv(root: str, start_points: Sequence[str]) -> list[str]:
 PROBE_TOOLS = "probe"
 
 
-def round_argv(
-    root: str, start_points: Sequence[str], *, per_batch: int = PER_BATCH, tools: str = ""
-) -> list[str]:
+def round_argv(root: str, start_points: Sequence[str], *, tools: str = "") -> list[str]:
     """argv of a whole round in one command: the listing, then the fetch of what the client
     asks for once it has read the listing (see
     :class:`~remote_sync.mirror.listing.ListingParser`'s ``trailer``).
@@ -421,14 +422,16 @@ def round_argv(
     Its stdin starts with the marker line (``fetch_stdin([], marker)``) and goes on, after
     the listing's end line, with :func:`~.fetch_script.round_fetch_stdin` of the requests,
     then EOF. An EOF right after the marker fetches nothing. Start points as in
-    :func:`listing_argv`. At most ``per_batch`` items go to one batch of the fetch.
+    :func:`listing_argv`. Each line of items is one batch of the fetch (at most the
+    ``per_batch`` items :func:`~.fetch_script.round_fetch_stdin` was given).
     """
     check_root(root)
     points = list(dict.fromkeys(_normalize_start_point(p) for p in start_points))
     if tools and tools != PROBE_TOOLS and not TOOLS.fullmatch(tools):
         raise ValueError(f"bad tools word {tools!r}")
-    batch = compact_sh(FETCH_BATCH_SCRIPT)  # an argument: sh_script compacts only $0's
-    return sh_script(_ROUND_SCRIPT, root, batch, per_batch_word(per_batch), tools, *points)
+    # Put together here, not at import, so that a test can change the batch's functions.
+    script = _ROUND_HEAD + FETCH_BATCH_SH + ROUND_FETCH_SH
+    return sh_script(script, root, tools, *points)
 
 
 def listing_end_marker(marker: str) -> bytes:

@@ -166,7 +166,8 @@ export REMOTE_SYNC_MARKER
 
 def read_marker_sh(what: str) -> str:
     """sh that takes the marker from the first line of stdin, read by the shell byte by byte
-    (what follows stays for xargs), and checks and exports it as :func:`_check_marker_sh`."""
+    (what follows stays for the fetch), and checks and exports it as
+    :func:`_check_marker_sh`."""
     return "IFS= read -r REMOTE_SYNC_MARKER || REMOTE_SYNC_MARKER=\n" + _check_marker_sh(what)
 
 

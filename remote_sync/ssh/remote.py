@@ -153,8 +153,9 @@ def compact_sh(script: str) -> str:
     are kept as they are otherwise (a "#" inside a line, as in ``${root#"~/"}``, is no
     comment to strip). This is only right for a script where no quoted text that is data
     spans lines: the leading blanks and "#" lines of such text would be lost. None of ours
-    has any (the one quoted text over several lines, the stat loop given to find's ``sh
-    -c``, is code), and none uses a here-document.
+    has any (the quoted text over several lines is code, the stat loop given to find's ``sh
+    -c``, or a lone newline, the round's ``nl``, which loses nothing), and none uses a
+    here-document.
     """
     lines = (line.lstrip(" \t") for line in script.split("\n"))
     return "".join(f"{line}\n" for line in lines if line and not line.startswith("#"))

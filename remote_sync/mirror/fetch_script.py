@@ -199,9 +199,10 @@ TOOLS = re.compile(r"[prs][ny][ny]")
 # well; after the batch's last item, one digest covers their heads, in order: an append reads
 # only the bytes near the old end, and its head may have been rewritten in place since.
 # Those two digests hash by name, so each is followed by the inode of every name just after
-# (one stat -c %i for all; one each, "-" for a name gone, when stat skipped some; none where
-# stat lacks -c): a name on another file than the one listed was replaced meanwhile (a
-# compaction renamed over it), and its read, from the file opened before, is still good.
+# (one stat -c %i for all, in the hasher's command substitution after a "/" line; one each,
+# "-" for a name gone, when stat skipped some; none where stat lacks -c): a name on another
+# file than the one listed was replaced meanwhile (a compaction renamed over it), and its
+# read, from the file opened before, is still good.
 # The hasher is md5sum; without it (some BusyBox builds) POSIX cksum, a CRC-32 with the byte
 # count (always in coreutils, in BusyBox when built with the applet): it is only asked to
 # see a change, not to resist a forger. Each digest names its tool ("md5:<hex>",
@@ -211,7 +212,9 @@ TOOLS = re.compile(r"[prs][ny][ny]")
 # before its start) is followed by the digest of the whole file instead: from a second
 # descriptor opened with the reader's, so a file replaced by a rename meanwhile (how agents
 # save their JSON indexes) is hashed as it was read, and only a rewrite in place differs.
-FETCH_BATCH_SH = r"""probe_digest() {
+FETCH_BATCH_SH = r"""nl='
+'
+probe_digest() {
     if [ -z "$hasher" ]; then
         if command -v md5sum >/dev/null 2>&1; then
             hasher=md5sum
@@ -252,19 +255,30 @@ say() {
 }
 # The K line of the digest of the first KiBs of "$@", then their inodes. It prints that
 # line itself, from the batch's shell, where a command substitution around it was a fork
-# more per batch.
+# more per batch. The hasher's output and stat's come from one command substitution, a "/"
+# line between them (neither prints a "/"; $nl is a newline), where one each was a fork more
+# per batch.
 head_digest() {
     if [ "$hasher" = - ]; then
         say K -
         return
     fi
     if [ "$head_q" = y ]; then
-        out=$(head -q -c @HEAD@ "$@" 2>/dev/null | $hasher)
+        out=$(
+            head -q -c @HEAD@ "$@" 2>/dev/null | $hasher
+            echo /
+            stat -c %i -- "$@" 2>/dev/null
+        )
     else
-        out=$(for h do dd if="$h" bs=@HEAD@ count=1 2>/dev/null; done | $hasher)
+        out=$(
+            for h do dd if="$h" bs=@HEAD@ count=1 2>/dev/null; done | $hasher
+            echo /
+            stat -c %i -- "$@" 2>/dev/null
+        )
     fi
-    digest_word "$out"
-    inodes=$(stat -c %i -- "$@" 2>/dev/null)
+    inodes=${out#*/}
+    out=${out%%/*}
+    digest_word "${out%"$nl"}"
     if [ -n "$inodes" ]; then
         n=0
         for ino in $inodes; do n=$((n + 1)); done

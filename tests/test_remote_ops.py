@@ -1263,14 +1263,20 @@ _HOSTILE_PIECES = [
     b"|", b"<", b">", b"!", b"#", b"=", b"%", b"'\\''", b"'\"$nl\"'", b"\xff", b"\xc3(",
     b"\xe2\x82", b"\x01\x1b[31m", b"\x7f", "ünï".encode(), b"\x01", b"\xc2\x01\x01",
 ]  # fmt: skip
-_HOSTILE_NAME = st.lists(
-    st.one_of(
-        st.sampled_from(_HOSTILE_PIECES),
-        st.binary(min_size=1, max_size=4).map(lambda b: b.replace(b"\x00", b"x")),
-    ),
-    min_size=1,
-    max_size=8,
-).map(lambda pieces: b"".join(pieces).replace(b"/", b"_"))
+_HOSTILE_NAME = (
+    st.lists(
+        st.one_of(
+            st.sampled_from(_HOSTILE_PIECES),
+            st.binary(min_size=1, max_size=4).map(lambda b: b.replace(b"\x00", b"x")),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+    .map(lambda pieces: b"".join(pieces).replace(b"/", b"_"))
+    .filter(
+        lambda name: name not in (b".", b"..")  # no file's name: a fetch path refuses them
+    )
+)
 # A batch that writes the items it was given, each NUL-terminated, then "-" for its end.
 _ECHO_BATCH_SH = r"""fetch_batch() {
     printf '%s\0' "$@" -

@@ -81,7 +81,14 @@ from collections.abc import Sequence
 
 from ..ssh.remote import compact_sh, sh_script
 from .fetch_frames import FetchRequest, check_marker
-from .remote_sh import ENTER_ROOT_SH, FETCH_PROBES_SH, UNDER_SYMLINK_SH, check_root, read_marker_sh
+from .remote_sh import (
+    ENTER_ROOT_SH,
+    FETCH_PROBES_SH,
+    IS_GONE_FN_SH,
+    UNDER_SYMLINK_SH,
+    check_root,
+    read_marker_sh,
+)
 
 __all__ = [
     "BATCH_BYTES",
@@ -212,7 +219,9 @@ TOOLS = re.compile(r"[prs][ny][ny]")
 # before its start) is followed by the digest of the whole file instead: from a second
 # descriptor opened with the reader's, so a file replaced by a rename meanwhile (how agents
 # save their JSON indexes) is hashed as it was read, and only a rewrite in place differs.
-FETCH_BATCH_SH = r"""nl='
+FETCH_BATCH_SH = (
+    IS_GONE_FN_SH
+    + r"""nl='
 '
 probe_digest() {
     if [ -z "$hasher" ]; then
@@ -356,9 +365,6 @@ opened_digest() {
     fi
     digest_word "$out"
 }
-is_gone() {
-    [ ! -f "$f" ] || [ -L "$f" ] || under_symlink "$f"
-}
 fetch_batch() {
     m=$REMOTE_SYNC_MARKER
     pend=
@@ -453,7 +459,7 @@ fetch_batch() {
             exit 255
             ;;
         esac
-        if is_gone; then
+        if is_gone "$f"; then
             say G
         elif [ ! -r "$f" ]; then
             say D
@@ -470,7 +476,7 @@ fetch_batch() {
             fi
             if [ -n "$opened" ]; then
                 :
-            elif is_gone; then
+            elif is_gone "$f"; then
                 say G
             elif [ ! -r "$f" ]; then
                 say D
@@ -483,6 +489,7 @@ fetch_batch() {
     [ -z "$pend" ] || printf "$pend"
 }
 """.replace("@SKIP_BLOCK@", str(SKIP_BLOCK)).replace("@HEAD@", str(HEAD_BYTES))
+)
 
 
 # What a round runs once its listing is done (see remote_ops._ROUND_HEAD), in its own

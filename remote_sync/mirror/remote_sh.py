@@ -21,6 +21,7 @@ __all__ = [
     "EXIT_ROOT_UNUSABLE",
     "FETCH_PROBES_SH",
     "FIND_EXEC_END_SH",
+    "IS_GONE_FN_SH",
     "IS_GONE_SH",
     "START_POINT_SH",
     "UNDER_SYMLINK_SH",
@@ -52,16 +53,15 @@ UNDER_SYMLINK_SH = r"""under_symlink() {
     done
 }
 """
-# is_gone: whether the file "$f" found a moment ago is no longer one to read: not a regular
-# file now, a symlink, or below a directory that became one (narrows the window in which a
-# swapped-in link could lead outside the root).
-IS_GONE_SH = (
-    UNDER_SYMLINK_SH
-    + r"""is_gone() {
+# is_gone PATH: whether the file PATH found a moment ago is no longer one to read: not a
+# regular file now, a symlink, or below a directory that became one (narrows the window in
+# which a swapped-in link could lead outside the root). IS_GONE_FN_SH alone is for a script
+# that has under_symlink already (a round's, through START_POINT_SH).
+IS_GONE_FN_SH = r"""is_gone() {
     [ ! -f "$1" ] || [ -L "$1" ] || under_symlink "$1"
 }
 """
-)
+IS_GONE_SH = UNDER_SYMLINK_SH + IS_GONE_FN_SH
 START_POINT_SH = (
     UNDER_SYMLINK_SH
     + r"""usable_start_point() {

@@ -3,9 +3,8 @@
 :class:`ListingParser` reads the stdout of a listing or of a round
 (:func:`~remote_sync.mirror.remote_ops.listing_argv`,
 :func:`~remote_sync.mirror.remote_ops.round_argv`, where the records and the round's end line
-are described), plain or gzip-compressed, and holds every path to :func:`path_problem`'s
-rules (as a fetch request's path is held; a record is taken with one match, and only a path
-with an empty part or a part that starts with a dot goes through the function). A listing
+are described), plain or gzip-compressed, and holds every path to :func:`path_problem` (as a
+fetch request's path is held; a record is taken with one match). A listing
 of more than :data:`MAX_LISTING_FILES` records or :data:`MAX_LISTING_BYTES` bytes is refused
 (:class:`TooMuchOutputError`, :func:`listing_too_much`, which ``sessions list --remote``
 says too): the client holds it until it has planned.
@@ -205,6 +204,12 @@ _RECORD = re.compile(_STAT + rb"\n(?:\./)?([^\x00]*)\x00")
 
 def path_problem(path: bytes) -> str | None:
     """Why ``path`` (already without its ``./``) is not a safe relative path, or None."""
+    # At a glance first (every listed file every round, every fetch request): framed by
+    # slashes, a path with no "//" has no empty part and is neither empty nor absolute, and
+    # one with no "/." has no part that is "." or "..". Only the rest is split.
+    framed = b"/" + path + b"/"
+    if b"//" not in framed and b"/." not in framed and b"\x00" not in path:
+        return None
     if not path:
         return "empty path"
     if b"\x00" in path:
@@ -215,14 +220,6 @@ def path_problem(path: bytes) -> str | None:
         if part in (b"", b".", b".."):
             return "path with an empty, '.' or '..' component"
     return None
-
-
-def _plainly_safe(path: bytes) -> bool:
-    """Whether ``path`` (no NUL in it) is safe without :func:`path_problem`'s split: neither
-    empty, absolute nor with an empty component ("//" in it framed by slashes), and no part
-    of it starts with a dot (so none is "." or ".."). False says only "look closer"."""
-    framed = b"/" + path + b"/"
-    return b"//" not in framed and b"/." not in framed
 
 
 _END_LINE = re.compile(rb"L ([0-9]{1,3}) ([01])(?: ([prs][ny][ny]))?")
@@ -368,6 +365,8 @@ class ListingParser:
                     f"output after the end of the compressed listing: {buf[pos : pos + 80]!r}",
                     host=self.host,
                 )
+            if not whole:
+                break  # the record left over has no NUL yet: nothing more to take
             newline = find(b"\n", pos)
             if newline < 0:
                 break
@@ -439,14 +438,13 @@ class ListingParser:
 
     def _record(self, record: re.Match[bytes]) -> RemoteFile:
         size_text, mtime_text, dev_text, ino_text, path = record.groups()
-        if not _plainly_safe(path):
-            problem = path_problem(path)
-            if problem is not None:
-                raise ProtocolError(
-                    f"unsafe path in listing ({problem}): {path!r}",
-                    host=self.host,
-                    path=path_text(path),
-                )
+        problem = path_problem(path)
+        if problem is not None:
+            raise ProtocolError(
+                f"unsafe path in listing ({problem}): {path!r}",
+                host=self.host,
+                path=path_text(path),
+            )
         size, dev, ino = int(size_text), int(dev_text), int(ino_text)
         if size > _MAX_SIZE or dev > _U64 or ino > _U64:
             line = record.string[record.start() : record.end(4)]

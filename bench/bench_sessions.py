@@ -555,8 +555,7 @@ def warm_sync_bytecode(fleet: Any, work: Path, big_root: Path, rel: str) -> None
             "--dest",
             str(work / "warm-mirror"),
             "--json",
-        ),
-        env=CHILD_ENV,
+        )
     )
     set_aside(work / "warm-mirror")
     set_aside(root)

@@ -202,9 +202,8 @@ async def remote_sessions(
     (and its SSH window fills, stopping its remote command) instead of piling rows up. The
     failures are appended to ``failures`` in the order of ``hosts``, once the listing ends.
     """
-    if filters.get("now") is None:
-        # One "now" for every batch: a relative `since` (7d) must not move while hosts are read.
-        filters["now"] = datetime.now(UTC)
+    # One "now" for every batch: a relative `since` (7d) must not move while hosts are read.
+    now = filters["now"] = filters.get("now") or datetime.now(UTC)
     # Validates every value (a ConfigError) before connecting.
     select_rows([], sort=sort or DEFAULT_SORT, limit=limit, **filters)
     await import_off_the_loop(_REMOTE_READERS)
@@ -219,7 +218,7 @@ async def remote_sessions(
     settings = _pool_for(pool, LIST_WINDOW)
     # The filters' values (since's instant, ...) worked out once for every host's batches.
     keep = row_filter(**filters)
-    reader = _HostReader(batch_size, emit, token, filters, keep, idle_timeout, settings)
+    reader = _HostReader(batch_size, emit, token, now, keep, idle_timeout, settings)
     send, receive = anyio.create_memory_object_stream[list[SessionRow] | Exception](0)
     # The hosts are read in a task of their own, not in the caller's: none of their cancel
     # scopes (the host tasks', the pool's) is held across this generator's yields. A caller
@@ -247,7 +246,7 @@ async def remote_sessions(
         failures.extend(error for index in sorted(reader.failed) for error in reader.failed[index])
     token.raise_if_cancelled()
     if ordered:
-        chosen = select_rows(kept, sort=sort or DEFAULT_SORT, limit=limit, now=filters.get("now"))
+        chosen = select_rows(kept, sort=sort or DEFAULT_SORT, limit=limit, now=now)
         for start in range(0, len(chosen), batch_size):
             token.raise_if_cancelled()
             yield chosen[start : start + batch_size]
@@ -270,8 +269,8 @@ class _HostReader:
     batch_size: int
     emit: Emit
     token: CancelToken
-    filters: SessionFilters
-    keep: Callable[[Iterable[SessionRow]], list[SessionRow]]  # ``filters``' test of a batch
+    now: datetime  # the filters' "now", at which the rows' class is judged too
+    keep: Callable[[Iterable[SessionRow]], list[SessionRow]]  # the filters' test of a batch
     idle_timeout: float | None
     settings: PoolSettings
     failed: dict[int, list[RemoteSyncError]] = field(default_factory=dict)  # by place in `hosts`
@@ -336,7 +335,7 @@ class _HostReader:
                 host,
                 batch_size=self.batch_size,
                 token=self.token,
-                now=self.filters["now"],
+                now=self.now,
                 idle_timeout=self.idle_timeout,
             )
             async with aclosing(batches):

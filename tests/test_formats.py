@@ -23,7 +23,7 @@ from remote_sync.decode.jsonl import JsonlDecoder, LineError, Record
 from remote_sync.errors import ConfigError
 from remote_sync.formats import FORMATS
 from remote_sync.formats.generic import TOOL_ARGS_CHARS, iso_from_epoch, iso_utc, shorten
-from remote_sync.formats.readers import READERS, get_reader
+from remote_sync.formats.readers import find_reader, get_reader
 from remote_sync.index.facts import FormatReader, SessionFacts
 from remote_sync.inventory import Source
 
@@ -98,10 +98,12 @@ def sample(fmt: str) -> sg.Session:
 
 
 def test_every_format_has_a_reader() -> None:
-    assert set(READERS) == set(FORMATS) == set(ALL)
-    for name, reader in READERS.items():
+    assert set(FORMATS) == set(ALL)
+    for name in FORMATS:
+        reader = get_reader(name)
         assert reader.name == name
-        assert get_reader(name) is reader
+        assert get_reader(name) is reader is find_reader(name)
+    assert find_reader("gemini") is None
 
 
 def test_unknown_format_is_a_config_error() -> None:
@@ -126,7 +128,7 @@ def test_generated_session_gives_expected_facts(fmt: str, seed: int) -> None:
         huge_line_bytes=rng.choice((0, 200_000, 2_500_000)),
         unicode=seed != 3,
     )
-    facts = fold(READERS[fmt], session.data)
+    facts = fold(get_reader(fmt), session.data)
     check(facts, session.expected)
     assert facts.messages == len(session.messages)
     assert facts.title is not None
@@ -138,7 +140,7 @@ def test_generated_session_gives_expected_facts(fmt: str, seed: int) -> None:
 @pytest.mark.parametrize("fmt", ALL)
 def test_malformed_lines_are_counted(fmt: str) -> None:
     session = sg.generate(fmt, random.Random(5), messages=10, malformed=25)
-    facts = fold(READERS[fmt], session.data)
+    facts = fold(get_reader(fmt), session.data)
     # 25 noise lines; the shape mismatches among them are read (their bad field left out).
     assert 0 < facts.malformed == session.expected["malformed"] <= 25
     check(facts, session.expected)
@@ -147,13 +149,13 @@ def test_malformed_lines_are_counted(fmt: str) -> None:
 @pytest.mark.parametrize("fmt", ALL)
 @pytest.mark.parametrize("line", [b"[1,2]", b'"text"', b"42", b"null", b"true", b"{", b"\xff"])
 def test_a_line_that_is_not_an_object_is_malformed(fmt: str, line: bytes) -> None:
-    facts = fold(READERS[fmt], line + b"\n")
+    facts = fold(get_reader(fmt), line + b"\n")
     assert (facts.malformed, facts.lines, facts.messages) == (1, 1, 0)
 
 
 @pytest.mark.parametrize("fmt", ALL)
 def test_an_empty_object_is_a_line_not_a_message(fmt: str) -> None:
-    facts = fold(READERS[fmt], b"{}\n" + b'{"unknown": {"deep": [1, 2, 3]}}\n')
+    facts = fold(get_reader(fmt), b"{}\n" + b'{"unknown": {"deep": [1, 2, 3]}}\n')
     assert (facts.malformed, facts.lines, facts.messages, facts.first_ts) == (0, 2, 0, None)
 
 
@@ -163,7 +165,7 @@ def test_generic_lines_of_odd_shapes_are_lines_not_malformed() -> None:
         b'{"message":{"role":"user","content":[{"type":"text","text":"hi there"}]},"time":0}',
         b'{"role":"assistant","content":{"odd":true},"tool_calls":[{"name":"ls"}],"model":7}',
     ]
-    facts = fold(READERS["jsonl"], b"\n".join(lines) + b"\n")
+    facts = fold(get_reader("jsonl"), b"\n".join(lines) + b"\n")
     assert (facts.malformed, facts.user, facts.assistant, facts.tool_calls) == (0, 1, 1, 1)
     assert (facts.title, facts.models, facts.first_ts) == (
         "hi there",
@@ -175,7 +177,7 @@ def test_generic_lines_of_odd_shapes_are_lines_not_malformed() -> None:
 def test_claude_code_counts_a_responses_usage_once() -> None:
     split = sg.generate("claude-code", random.Random(11), messages=50, split_responses=True)
     whole = sg.generate("claude-code", random.Random(11), messages=50, split_responses=False)
-    reader = READERS["claude-code"]
+    reader = get_reader("claude-code")
     a, b = fold(reader, split.data), fold(reader, whole.data)
     check(a, split.expected)
     check(b, whole.expected)
@@ -206,7 +208,7 @@ def test_claude_code_usage_keys() -> None:
         + line(None, None, 5)  # no key: always counted
         + line(None, None, 5)
     )
-    facts = fold(READERS["claude-code"], data)
+    facts = fold(get_reader("claude-code"), data)
     assert facts.tokens_in == 10 + 100 + 1000 + 5 + 5
     assert facts.assistant == 7
     assert facts.models == ["claude-x"]
@@ -234,7 +236,7 @@ def test_claude_code_counts_a_streamed_responses_whole_output() -> None:
         + _streamed("m2", "r2", 42)
         + _streamed("m2", "r2", 42)
     )
-    reader = READERS["claude-code"]
+    reader = get_reader("claude-code")
     facts = fold(reader, data)
     assert facts.tokens_out == 157 + 42
     assert (facts.tokens_in, facts.tokens_cache_read, facts.tokens_cache_write) == (
@@ -255,7 +257,7 @@ def test_claude_code_counts_a_streamed_responses_whole_output() -> None:
 def test_claude_code_usage_keys_of_facts_kept_before_their_counts_were() -> None:
     """Facts an earlier version kept remember a response's key but not what it counted: a
     later line of it adds nothing to them (it cannot be told what is new), as before."""
-    reader = READERS["claude-code"]
+    reader = get_reader("claude-code")
     facts = fold(reader, _streamed("m1", "r1", 1) + _streamed("m0", "r0", 5))
     kept = roundtrip(facts)
     kept.recent_usage_out, kept.recent_usage_cost = [], []
@@ -288,17 +290,17 @@ def test_claude_code_cost_usd_counts_once_per_response() -> None:
         + line(None, None, 0.125)  # no key: always counted
         + line(None, None, 0.125)
     )
-    facts = fold(READERS["claude-code"], data)
+    facts = fold(get_reader("claude-code"), data)
     assert facts.cost == pytest.approx(0.25 + 0.5 + 1 + 0.125 + 0.125)
     assert facts.tokens_in == 4 and facts.assistant == 6
     # A price of the wrong shape is left out, and a session without one has no cost.
-    assert fold(READERS["claude-code"], line("m1", "r1", {"usd": 0.25})).cost is None
-    assert fold(READERS["claude-code"], line("m1", "r1", None)).cost is None
+    assert fold(get_reader("claude-code"), line("m1", "r1", {"usd": 0.25})).cost is None
+    assert fold(get_reader("claude-code"), line("m1", "r1", None)).cost is None
 
 
 @pytest.mark.parametrize("split", [True, False])
 def test_generated_claude_code_cost_usd(split: bool) -> None:
-    reader = READERS["claude-code"]
+    reader = get_reader("claude-code")
     priced = sg.generate(
         "claude-code", random.Random(12), messages=60, split_responses=split, cost_usd=True
     )
@@ -336,11 +338,11 @@ def test_codex_token_totals_replace_not_add() -> None:
     data = b"\n".join(
         [count(None), count(total(100, 40, 10)), count(total(300, 200, 30)), count(None), b""]
     )
-    facts = fold(READERS["codex"], data)
+    facts = fold(get_reader("codex"), data)
     assert (facts.tokens_in, facts.tokens_cache_read, facts.tokens_out) == (100, 200, 30)
     assert facts.tokens_cache_write == 0
     # The same totals seen again (a re-read, a duplicate event) change nothing.
-    again = fold(READERS["codex"], data, facts=facts)
+    again = fold(get_reader("codex"), data, facts=facts)
     assert (again.tokens_in, again.tokens_cache_read, again.tokens_out) == (100, 200, 30)
 
 
@@ -357,7 +359,7 @@ def test_a_codex_fork_keeps_its_own_id() -> None:
 
     data = meta(child, 1) + b"\n" + meta(parent, 0) + b"\n"
     rel = f"sessions/2026/01/02/rollout-2026-01-02T00-00-00-{child}.jsonl".encode()
-    reader = READERS["codex"]
+    reader = get_reader("codex")
     assert index_file(reader, rel, data).session_id == child
     first = fold(reader, data[: len(meta(child, 1)) + 1], facts=SessionFacts())
     assert first.session_id == child
@@ -395,7 +397,7 @@ def test_an_old_codex_rollout_gives_its_facts_and_messages() -> None:
     lines are neither messages nor malformed."""
     data = b"\n".join(_OLD_LINES) + b"\n"
     rel = b"sessions/2025/05/07/rollout-2025-05-07T17-24-21-5973b6c0.jsonl"
-    reader = READERS["codex"]
+    reader = get_reader("codex")
     facts = index_file(reader, rel, data)
     assert facts.session_id == "5973b6c0-94b8-487b-a530-2aeb6098ae0e"
     assert (facts.user, facts.assistant, facts.tool, facts.system, facts.other) == (1, 4, 1, 0, 0)
@@ -436,7 +438,7 @@ def test_old_codex_lines_then_wrapped_ones_read_as_both() -> None:
     new = codex_meta(_T0, "0199aaaa-0000-7000-8000-00000000000f") + codex_turn(
         _T0 + 1000, None, 1, model="gpt-5-codex", totals=(10, 0, 5), last=None
     )
-    reader = READERS["codex"]
+    reader = get_reader("codex")
     facts = fold(reader, old + new, cuts=[len(old) - 5, len(old) + 7])
     assert facts.session_id == "5973b6c0-94b8-487b-a530-2aeb6098ae0e"
     assert (facts.user, facts.title, facts.malformed) == (2, "Make a README", 0)
@@ -456,7 +458,7 @@ def test_generated_old_codex_rollouts_give_expected_facts(seed: int) -> None:
         legacy_codex=True,
         bom=seed % 2 == 1,
     )
-    reader = READERS["codex"]
+    reader = get_reader("codex")
     check(fold(reader, session.data), session.expected)
     shown = []
     for item in JsonlDecoder(reader.line_type).feed(session.data):
@@ -474,7 +476,7 @@ def test_the_typescript_codex_whole_json_rollout_is_mirrored_not_indexed() -> No
     source = Source("codex", "~/.codex", spec.include, spec.exclude, spec.append_only)
     path = b"sessions/rollout-2025-04-20-5973b6c0-94b8-487b-a530-2aeb6098ae0e.json"
     assert source.is_included(path) and not source.is_append_only(path)
-    assert not READERS["codex"].is_transcript(path)
+    assert not get_reader("codex").is_transcript(path)
 
 
 # A Codex fork, as codex-rs writes one: its own session_meta, the parent's rollout copied
@@ -589,7 +591,7 @@ def test_a_codex_fork_counts_its_own_turns_only() -> None:
     pid, parent = codex_parent()
     created = _T0 + 3_600_000
     fid, data = codex_fork(parent, pid, created)
-    reader = READERS["codex"]
+    reader = get_reader("codex")
     rel = f"sessions/2026/09/21/rollout-2026-09-21T00-00-00-{fid}.jsonl".encode()
     facts = index_file(reader, rel, data)
     assert (facts.session_id, facts.forked_from) == (fid, pid)
@@ -619,7 +621,7 @@ def test_a_codex_fork_counts_its_own_turns_only() -> None:
 
 
 def test_codex_fork_shapes() -> None:
-    reader = READERS["codex"]
+    reader = get_reader("codex")
     pid, parent = codex_parent()
     created = _T0 + 3_600_000
     # A fork of a fork: the copy holds the first fork's own turn (begun after the parent,
@@ -672,7 +674,7 @@ def test_codex_fork_shapes() -> None:
 def test_picoclaw_compaction_rewrite() -> None:
     before = sg.generate("picoclaw", random.Random(3), messages=60, malformed=3, blank_lines=2)
     after = sg.compact_picoclaw(before, 12)
-    reader = READERS["picoclaw"]
+    reader = get_reader("picoclaw")
     check(fold(reader, before.data), before.expected)
     check(fold(reader, after.data), after.expected)
     assert after.expected["user"] + after.expected["assistant"] + after.expected["tool"] == 12
@@ -687,14 +689,14 @@ def test_picoclaw_times_with_offsets_and_nanoseconds() -> None:
         b'{"role":"assistant","content":"yo","created_at":"2026-03-01T02:00:01.5Z"}',
         b'{"role":"assistant","content":"","created_at":"2026-02-28T21:00:02-05:00"}',
     ]
-    facts = fold(READERS["picoclaw"], b"\n".join(lines) + b"\n")
+    facts = fold(get_reader("picoclaw"), b"\n".join(lines) + b"\n")
     assert facts.first_ts == "2026-03-01T02:00:00.123Z"
     assert facts.last_ts == "2026-03-01T02:00:02.000Z"
 
 
 def test_picoclaw_go_zero_time_is_no_time() -> None:
     """Go writes an unset ``created_at`` as its zero time: no time, not year 1."""
-    reader = READERS["picoclaw"]
+    reader = get_reader("picoclaw")
     session = sg.generate("picoclaw", random.Random(4), messages=20, migrated=3)
     assert session.data.count(sg.GO_ZERO_TIME.encode()) == 3
     facts = fold(reader, session.data)
@@ -712,7 +714,7 @@ def test_v3_header_and_topic_ids() -> None:
     """OpenClaw's session id is its file name's (what sessions.json's sessionId names and
     archives keep), whatever the header says; pi's is its header's."""
     data = sg.generate("openclaw", random.Random(1), messages=5, session_id="abc").data
-    reader = READERS["openclaw"]
+    reader = get_reader("openclaw")
     assert index_file(reader, b"agents/main/sessions/abc.jsonl", data).session_id == "abc"
     topic = index_file(reader, b"agents/main/sessions/abc-topic-42.jsonl", data)
     assert (topic.agent, topic.session_id) == ("main", "abc-topic-42")
@@ -732,7 +734,7 @@ def test_v3_header_and_topic_ids() -> None:
 
     pi = sg.generate("pi", random.Random(1), messages=5, session_id="abc").data
     rel = b"sessions/--srv--/2026-01-02T10-11-12-123Z_other.jsonl"
-    assert index_file(READERS["pi"], rel, pi).session_id == "abc"
+    assert index_file(get_reader("pi"), rel, pi).session_id == "abc"
 
 
 def test_title_skips_injected_and_meta_lines() -> None:
@@ -754,7 +756,7 @@ def test_title_skips_injected_and_meta_lines() -> None:
         {"type": "user", "message": {"role": "user", "content": "Fix   the\n build " + "x" * 100}},
     ]
     data = b"".join(msgspec.json.encode(r) + b"\n" for r in claude)
-    facts = fold(READERS["claude-code"], data)
+    facts = fold(get_reader("claude-code"), data)
     assert facts.title == "Fix the build " + "x" * 65 + "…"
     # The meta line, the slash command's record, the compaction summary and the blank text
     # were not typed by the user as a message: system messages (as Codex's injected context).
@@ -775,12 +777,12 @@ def test_title_skips_injected_and_meta_lines() -> None:
         codex("add a --dry-run flag"),
     ]
     data = b"".join(msgspec.json.encode(r) + b"\n" for r in rows)
-    facts = fold(READERS["codex"], data)
+    facts = fold(get_reader("codex"), data)
     assert facts.title == "add a --dry-run flag"
     # Codex injects the first two into every rollout: one prompt is one user message, so a
     # one-prompt session can be of low value.
     assert (facts.user, facts.system) == (1, 2)
-    reader = READERS["codex"]
+    reader = get_reader("codex")
     decoded = JsonlDecoder(reader.line_type).feed(data)
     shown = [reader.message(r.value, r.offset) for r in decoded if isinstance(r, Record)]
     assert [m.role for m in shown if m is not None] == ["system", "system", "user"]
@@ -800,7 +802,7 @@ def test_claude_code_harness_records_are_not_user_messages() -> None:
         user("[Request interrupted by user for tool use]"),
     ]
     data = b"".join(msgspec.json.encode(r) + b"\n" for r in rows)
-    reader = READERS["claude-code"]
+    reader = get_reader("claude-code")
     facts = fold(reader, data)
     assert (facts.user, facts.system, facts.title) == (1, 4, "rename the flag")
     decoded = JsonlDecoder(reader.line_type).feed(data)
@@ -819,7 +821,7 @@ def test_a_prompt_of_markup_is_the_users() -> None:
         "<command-name>/x</command-name> <div>not a record</div>",
         "<environment_context>unclosed",
     ]
-    reader = READERS["claude-code"]
+    reader = get_reader("claude-code")
     for prompt in prompts:
         line = {"type": "user", "message": {"role": "user", "content": prompt}}
         data = msgspec.json.encode(line) + b"\n"
@@ -827,7 +829,7 @@ def test_a_prompt_of_markup_is_the_users() -> None:
         assert (facts.user, facts.system, facts.title) == (1, 0, " ".join(prompt.split()))
         shown = reader.message(msgspec.json.decode(data, type=reader.line_type), 0)
         assert shown is not None and shown.role == "user", prompt
-    codex = READERS["codex"]
+    codex = get_reader("codex")
     payload = {
         "type": "message",
         "role": "user",
@@ -866,11 +868,11 @@ def test_harness_blocks_are_system_messages(text: str) -> None:
     """What Claude Code and Codex write into a user turn themselves stays a system message,
     and no title."""
     claude = {"type": "user", "message": {"role": "user", "content": text}}
-    facts = fold(READERS["claude-code"], msgspec.json.encode(claude) + b"\n")
+    facts = fold(get_reader("claude-code"), msgspec.json.encode(claude) + b"\n")
     assert (facts.user, facts.system, facts.title) == (0, 1, None)
     payload = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
     codex = {"timestamp": "2026-01-01T00:00:00.000Z", "type": "response_item", "payload": payload}
-    facts = fold(READERS["codex"], msgspec.json.encode(codex) + b"\n")
+    facts = fold(get_reader("codex"), msgspec.json.encode(codex) + b"\n")
     assert (facts.user, facts.system, facts.title) == (0, 1, None)
 
 
@@ -906,7 +908,7 @@ def test_hosted_tool_calls_count_and_show() -> None:
         ("claude-code", claude, [("web_search", query), ("Bash", {"command": "ls"})]),
         ("codex", codex, [("web_search", action)]),
     ):
-        reader = READERS[fmt]
+        reader = get_reader(fmt)
         data = msgspec.json.encode(line) + b"\n"
         facts = fold(reader, data)
         assert (facts.tool_calls, facts.assistant) == (len(calls), 1), fmt
@@ -926,7 +928,7 @@ def test_any_chunking_gives_the_same_facts(fmt: str, data: st.DataObject) -> Non
     session = sample(fmt)
     size = len(session.data)
     cuts = sorted(data.draw(st.lists(st.integers(0, size), max_size=30), label="cuts"))
-    check(fold(READERS[fmt], session.data, cuts=cuts), session.expected)
+    check(fold(get_reader(fmt), session.data, cuts=cuts), session.expected)
 
 
 @pytest.mark.parametrize("fmt", ALL)
@@ -934,7 +936,7 @@ def test_any_chunking_gives_the_same_facts(fmt: str, data: st.DataObject) -> Non
 @given(data=st.data())
 def test_prefix_then_rest_equals_whole(fmt: str, data: st.DataObject) -> None:
     session = sample(fmt)
-    reader = READERS[fmt]
+    reader = get_reader(fmt)
     boundaries = [*session.line_offsets, len(session.data)]
     parts = sorted(data.draw(st.lists(st.sampled_from(boundaries), max_size=4), label="syncs"))
     facts = SessionFacts()
@@ -956,7 +958,7 @@ def test_prefix_then_rest_equals_whole(fmt: str, data: st.DataObject) -> None:
 @pytest.mark.parametrize("seed", range(3))
 def test_message_renders_text_and_tool_calls(fmt: str, seed: int) -> None:
     session = sg.generate(fmt, random.Random(100 + seed), messages=60, malformed=4)
-    reader = READERS[fmt]
+    reader = get_reader(fmt)
     shown = []
     facts = SessionFacts()
     for item in JsonlDecoder(reader.line_type).feed(session.data):
@@ -985,7 +987,7 @@ def test_message_tool_call_arguments_are_shortened() -> None:
         "timestamp": "2026-01-01T00:00:00.000Z",
         "message": {"role": "assistant", "content": [{"type": "text", "text": "ok"}, call]},
     }
-    reader = READERS["openclaw"]
+    reader = get_reader("openclaw")
     value = msgspec.json.decode(msgspec.json.encode(line), type=reader.line_type)
     message = reader.message(value, 0)
     assert message is not None
@@ -1006,7 +1008,7 @@ def test_non_message_lines_render_nothing(fmt: str) -> None:
         "picoclaw": b'{"content":"no role"}',
         "jsonl": b'{"type":"event","time":1767225600}',
     }
-    reader = READERS[fmt]
+    reader = get_reader(fmt)
     value = msgspec.json.decode(lines[fmt], type=reader.line_type)
     assert reader.message(value, 0) is None
     facts = SessionFacts()
@@ -1121,7 +1123,7 @@ def gemini_chat(rng: random.Random, turns: int) -> tuple[bytes, dict[str, Any], 
 
 
 def test_gemini_cli_records_are_messages_counted_once() -> None:
-    reader = READERS["jsonl"]
+    reader = get_reader("jsonl")
     for seed in range(6):
         data, want, shown = gemini_chat(random.Random(seed), turns=1 + seed * 3)
         facts = fold(reader, data)
@@ -1140,7 +1142,7 @@ def test_gemini_cli_records_are_messages_counted_once() -> None:
 
 def test_gemini_cli_records_fold_alike_however_cut() -> None:
     data, _want, _shown = gemini_chat(random.Random(7), turns=12)
-    reader = READERS["jsonl"]
+    reader = get_reader("jsonl")
     whole = sg.facts_dict(fold(reader, data))
     rng = random.Random(8)
     ends = [i + 1 for i, byte in enumerate(data) if byte == 0x0A]
@@ -1155,7 +1157,7 @@ def test_gemini_cli_records_fold_alike_however_cut() -> None:
 
 
 def test_gemini_cli_record_shapes() -> None:
-    reader = READERS["jsonl"]
+    reader = get_reader("jsonl")
 
     def folded(*records: dict[str, Any]) -> tuple[SessionFacts, list[Any]]:
         data = b"".join(msgspec.json.encode(r) + b"\n" for r in records)
@@ -1268,7 +1270,7 @@ PATHS: list[tuple[str, str, tuple[str | None, str] | None]] = [
 
 @pytest.mark.parametrize(("fmt", "path", "identity"), PATHS)
 def test_paths(fmt: str, path: str, identity: tuple[str | None, str] | None) -> None:
-    reader = READERS[fmt]
+    reader = get_reader(fmt)
     rel = path.encode()
     assert reader.is_transcript(rel) == (identity is not None)
     if identity is not None:
@@ -1278,7 +1280,7 @@ def test_paths(fmt: str, path: str, identity: tuple[str | None, str] | None) -> 
 def test_only_openclaws_tombstones_are_deleted_by_the_agent() -> None:
     """OpenClaw deletes a session by renaming it ``<id>.jsonl.deleted.<time>``; nothing else
     (a live file whose id holds the marker, a reset archive, another format) is a tombstone."""
-    openclaw = READERS["openclaw"]
+    openclaw = get_reader("openclaw")
     sessions = "agents/ops/sessions/"
     for name, deleted in [
         ("5f0c.jsonl.deleted.2026-01-02T03-04-05Z", True),
@@ -1291,14 +1293,14 @@ def test_only_openclaws_tombstones_are_deleted_by_the_agent() -> None:
         assert openclaw.deleted_by_agent((sessions + name).encode()) is deleted, name
     for fmt in ALL:
         if fmt != "openclaw":
-            assert not READERS[fmt].deleted_by_agent(b"sessions/5f0c.jsonl.deleted.1")
+            assert not get_reader(fmt).deleted_by_agent(b"sessions/5f0c.jsonl.deleted.1")
 
 
 def test_archives_are_archived_by_the_agent() -> None:
     """OpenClaw's /new and /reset archives and ClawPal's sessions_archive/, and Codex's
     archived_sessions/: archived. A tombstone is deleted, not archived; live files are
     neither, in every format."""
-    openclaw, codex = READERS["openclaw"], READERS["codex"]
+    openclaw, codex = get_reader("openclaw"), get_reader("codex")
     for path, archived in [
         ("agents/ops/sessions/5f0c.jsonl.reset.2026-01-02T03-04-05.678Z", True),
         ("agents/ops/sessions_archive/5f0c.jsonl", True),
@@ -1313,13 +1315,13 @@ def test_archives_are_archived_by_the_agent() -> None:
     assert not codex.archived_by_agent(f"sessions/2026/01/02/{rollout}".encode())
     for fmt in ALL:
         if fmt not in ("openclaw", "codex"):
-            assert not READERS[fmt].archived_by_agent(b"sessions_archive/x.jsonl.reset.1")
-            assert not READERS[fmt].archived_by_agent(b"archived_sessions/rollout-x.jsonl")
+            assert not get_reader(fmt).archived_by_agent(b"sessions_archive/x.jsonl.reset.1")
+            assert not get_reader(fmt).archived_by_agent(b"archived_sessions/rollout-x.jsonl")
 
 
 @pytest.mark.parametrize("fmt", ALL)
 def test_undecodable_path_bytes(fmt: str) -> None:
-    reader = READERS[fmt]
+    reader = get_reader(fmt)
     rel = {
         "openclaw": b"agents/m\xffin/sessions/s\xfe.jsonl",
         "claude-code": b"projects/-home-\xff/s\xfe.jsonl",
@@ -1337,7 +1339,7 @@ def test_undecodable_path_bytes(fmt: str) -> None:
 @pytest.mark.parametrize("fmt", ALL)
 def test_generated_trees(fmt: str, tmp_path: Path) -> None:
     tree = sg.build_tree(fmt, tmp_path, 25, random.Random(f"tree-{fmt}"), messages=16, malformed=1)
-    reader = READERS[fmt]
+    reader = get_reader(fmt)
     assert len(tree.transcripts) >= 25
     assert tree.side_files
     listed = {p for p in tmp_path.rglob("*") if p.is_file()}
@@ -1406,7 +1408,7 @@ def test_a_title_leaves_out_blocks_the_harness_put_before_the_prompt() -> None:
             "content": [{"type": "text", "text": ide}, {"type": "text", "text": "fix the bug"}],
         },
     }
-    facts = fold(READERS["claude-code"], msgspec.json.encode(claude) + b"\n")
+    facts = fold(get_reader("claude-code"), msgspec.json.encode(claude) + b"\n")
     assert (facts.user, facts.system, facts.title) == (1, 0, "fix the bug")
     context = "<environment_context>\n  <cwd>/srv</cwd>\n</environment_context>"
     codex = {
@@ -1421,7 +1423,7 @@ def test_a_title_leaves_out_blocks_the_harness_put_before_the_prompt() -> None:
             ],
         },
     }
-    facts = fold(READERS["codex"], msgspec.json.encode(codex) + b"\n")
+    facts = fold(get_reader("codex"), msgspec.json.encode(codex) + b"\n")
     assert (facts.user, facts.system, facts.title) == (1, 0, "add a flag")
 
 
@@ -1435,7 +1437,7 @@ def test_picoclaw_shows_every_tool_call_it_counts() -> None:
         ],
     }
     data = msgspec.json.encode(row) + b"\n"
-    reader = READERS["picoclaw"]
+    reader = get_reader("picoclaw")
     facts = fold(reader, data)
     (record,) = JsonlDecoder(reader.line_type).feed(data)
     assert isinstance(record, Record)

@@ -286,3 +286,22 @@ def test_a_sync_start_up_loads_its_own_reader_alone_and_few_dataclasses() -> Non
     # A new internal record type on the sync's path: a msgspec Struct, or raise this with
     # the reason it must be a dataclass.
     assert len(dataclasses) <= 20, dataclasses
+
+
+def test_the_index_and_the_check_load_no_reader_until_one_is_asked_for() -> None:
+    # sessions list, show, stats and check import the index's queries and the check: a
+    # format's reader is imported when a row of that format needs it, never all six at once.
+    code = (
+        "import sys\n"
+        "import remote_sync.index.query, remote_sync.mirror.check\n"
+        "from remote_sync.formats.readers import find_reader\n"
+        "before = sorted(m for m in sys.modules if m.startswith('remote_sync.formats.'))\n"
+        "find_reader('codex')\n"
+        "after = sorted(m for m in sys.modules if m.startswith('remote_sync.formats.'))\n"
+        "print(before, after)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = done.stdout.rsplit("] [", 1)
+    assert eval(before + "]") == ["remote_sync.formats.readers"]
+    loaded = {name.rsplit(".", 1)[1] for name in eval("[" + after)}
+    assert "codex" in loaded and not loaded & {"claude_code", "gemini", "openclaw", "picoclaw"}

@@ -1,8 +1,8 @@
 """The format readers: one stateless :class:`~remote_sync.index.facts.FormatReader` per format.
 
-What it owns: :data:`READERS` (format name → reader, the same names as
-:data:`remote_sync.formats.FORMATS`) and :func:`get_reader`, which imports only the module of
-the reader asked for.
+What it owns: :func:`get_reader` and :func:`find_reader` (a format's reader by its name, the
+names of :data:`remote_sync.formats.FORMATS`), which import only the module of the reader
+asked for.
 
 Contract shared by every reader, which the index relies on:
 
@@ -30,7 +30,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from ..index.facts import FormatReader
 
-__all__ = ["READERS", "get_reader"]
+__all__ = ["find_reader", "get_reader"]
 
 #: Format name -> the module and class of its reader. A sync imports only the readers of its
 #: hosts' formats: the six modules (and their msgspec line types) cost start-up time a
@@ -45,17 +45,6 @@ _READER_CLASSES: dict[str, tuple[str, str]] = {
 }
 
 _loaded: dict[str, FormatReader] = {}
-
-#: Every format's reader, by name (built, with every reader module, when first used).
-READERS: dict[str, FormatReader]
-
-
-def __getattr__(name: str) -> dict[str, FormatReader]:
-    if name == "READERS":
-        readers = {format_name: get_reader(format_name) for format_name in _READER_CLASSES}
-        globals()["READERS"] = readers
-        return readers
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_reader(format_name: str) -> FormatReader:
@@ -74,3 +63,9 @@ def get_reader(format_name: str) -> FormatReader:
     reader: FormatReader = getattr(importlib.import_module(module, __package__), class_name)()
     _loaded[format_name] = reader
     return reader
+
+
+def find_reader(format_name: str) -> FormatReader | None:
+    """The reader of ``format_name``, or None for a name this version knows no format of (a
+    state written by another version, a misspelt filter)."""
+    return get_reader(format_name) if format_name in _READER_CLASSES else None

@@ -57,7 +57,8 @@ from typing import Any, Literal
 import msgspec
 
 from ..errors import ArgumentError, ConfigError, close_matches, path_bytes, path_text
-from ..formats.readers import READERS
+from ..formats import FORMATS
+from ..formats.readers import find_reader
 from .facts import FormatReader, SessionFacts
 from .store import (
     INDEX_RULES,
@@ -307,7 +308,7 @@ def held_state(reader: FormatReader | None, path: bytes, version: int | None = 0
 
 
 def _held_state(format_name: str, path: bytes, version: int | None) -> str:
-    return held_state(READERS.get(format_name), path, version)
+    return held_state(find_reader(format_name), path, version)
 
 
 def round_cost(cost: float | None) -> float | None:
@@ -466,10 +467,10 @@ def _where(
         inner.append("s.host = :host")
         params["host"] = as_indexed(host)
     if format is not None:
-        if format not in READERS:
+        if format not in FORMATS:
             # As a bad class or state: a misspelt format would match nothing without a word.
             raise ConfigError(
-                f"unknown format {format!r}", hint=f"use one of {', '.join(sorted(READERS))}"
+                f"unknown format {format!r}", hint=f"use one of {', '.join(sorted(FORMATS))}"
             )
         inner.append("s.format = :format")
         params["format"] = as_indexed(format)
@@ -811,7 +812,7 @@ def find_session(
     prefix = ["substr(session_id, 1, length(:session)) = :session"]
     formats = db.execute("SELECT DISTINCT format FROM sessions WHERE host = :host", params)
     for n, (fmt,) in enumerate(formats.fetchall()):
-        reader = READERS.get(fmt)
+        reader = find_reader(fmt)
         alias = as_indexed(reader.id_of_key(session)) if reader is not None else params["session"]
         if alias != params["session"]:
             params[f"format{n}"], params[f"alias{n}"] = fmt, alias

@@ -51,7 +51,7 @@ from typing import Any, Literal
 import msgspec
 
 from ..errors import GONE, ConfigError, TransferCancelledError, path_text, refetch_hint
-from ..formats.readers import READERS
+from ..formats.readers import find_reader
 from ..index.query import unreadable_index
 from .control import CONTROL_DIR
 from .destination import READ_NO_FOLLOW, kind_text, place_text
@@ -487,7 +487,7 @@ class _Checker:
                 )
             )
         fmt = db.execute("SELECT format FROM hosts WHERE host = ?", (host,)).fetchone()
-        reader = READERS.get(fmt[0]) if fmt else None
+        reader = find_reader(fmt[0]) if fmt else None
         # A host synced with --no-index has files and no session: none is missing.
         if reader is None or not host_is_indexed(db, host):
             return notes

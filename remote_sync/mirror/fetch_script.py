@@ -116,8 +116,9 @@ _SMALL_OFFSET = 2**31 - 1
 HEAD_BYTES = 1024
 
 
-#: Items per batch script (``xargs -n``) unless the caller says otherwise. A batch's archive
-#: entries wait for its head digest before they are committed, each holding its descriptor.
+#: Items per batch (``xargs -n``, or a round's line) unless the caller says otherwise. A
+#: batch's archive entries wait for its head digest before they are committed, each holding
+#: its descriptor.
 PER_BATCH = 1000
 
 
@@ -506,7 +507,11 @@ fetch_batch() {
 # a name is in single quotes or one shlex.quote leaves bare. The lines are read and eval'd in
 # the C locale (set before the first line is read), where a shell takes each byte as a
 # character: bash in a UTF-8 one loses a \001 (its own quoting byte) that follows a byte
-# that cannot start a character.
+# that cannot start a character. The price: a shell's read takes one byte a system call,
+# where xargs read the items in blocks. Measured under dash, 1.6 MB of items (a first sync
+# of 20,000 files, 20 lines of 1,000) cost the host 0.38 s of CPU against 0.04 s through
+# xargs; a round of up to about a hundred items a batch (every incremental round of the
+# benchmarks) comes out ahead.
 ROUND_FETCH_SH = r"""nl='
 '
 while IFS= read -r next; do
@@ -651,4 +656,4 @@ def round_fetch_stdin(
     for batch in _batches(requests, batch_bytes):
         for at in range(0, len(batch), per_batch):
             lines.append(b" ".join(map(sh_word, batch[at : at + per_batch])) + b"\n")
-    return b"".join(lines) if requests else b""
+    return b"".join(lines)

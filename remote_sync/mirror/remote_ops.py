@@ -12,8 +12,9 @@ and :class:`~remote_sync.mirror.fetch_frames.FrameParser` for the fetch's frames
 Remote hosts have only POSIX ``sh`` plus coreutils *or* BusyBox, so the scripts use nothing
 else (``find``, ``stat``, ``head``, ``dd``, ``tar``, ``gzip``, ``xargs``, ``printf``). A file
 name is data, never code: names travel as positional arguments or on stdin. What ``eval``
-sees of a file name is only ever in single quotes (a round's fetch items, each written as
-``shlex.quote`` would: :func:`~remote_sync.mirror.fetch_script.sh_word`); otherwise a user
+sees of a file name is only ever in single quotes, or bare where it holds only what
+``shlex.quote`` leaves bare (a round's fetch items, each written as ``shlex.quote`` would:
+:func:`~remote_sync.mirror.fetch_script.sh_word`); otherwise a user
 name checked to be portable (``~user``), or references to positional parameters by number
 (the fetch's tar command line).
 

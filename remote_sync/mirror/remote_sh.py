@@ -56,7 +56,8 @@ UNDER_SYMLINK_SH = r"""under_symlink() {
 # is_gone PATH: whether the file PATH found a moment ago is no longer one to read: not a
 # regular file now, a symlink, or below a directory that became one (narrows the window in
 # which a swapped-in link could lead outside the root). IS_GONE_FN_SH alone is for a script
-# that has under_symlink already (a round's, through START_POINT_SH).
+# that has under_symlink already: the fetch's batches carry it (a round's script has
+# under_symlink through START_POINT_SH, the standalone fetch's puts UNDER_SYMLINK_SH first).
 IS_GONE_FN_SH = r"""is_gone() {
     [ ! -f "$1" ] || [ -L "$1" ] || under_symlink "$1"
 }

@@ -1879,6 +1879,57 @@ def test_a_lookup_is_kept_while_its_files_are_unchanged_and_an_edit_is_seen(
     assert (len(walks), len(lookups)) == (4, 6), (walks, lookups)
 
 
+def test_a_preflight_loads_its_keys_again_only_when_a_file_it_read_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every sync's pre-flight loaded every host's private keys again (the agent's: 20 loads
+    a round); a load that went well is now kept while the files it read are as they were.
+    A key edited, replaced by one that does not load, or given a ``.pub`` beside it is
+    loaded again, and a load that failed is made again (and fails again) at every pre-flight."""
+    monkeypatch.setattr(filecache, "_RECENT_NS", 0)  # each change below changes the size
+    monkeypatch.setattr(options, "_KEYS_LOADED", {}, raising=False)
+    loads: list[object] = []
+    load = asyncssh.load_keypairs
+
+    def loading(keys: Any, *args: Any, **kwargs: Any) -> Any:
+        loads.append(keys)
+        return load(keys, *args, **kwargs)
+
+    monkeypatch.setattr(asyncssh, "load_keypairs", loading)
+    cfg = tmp_path / "config"
+    cfg.write_text("Host box\n  HostName 127.0.0.1\n")
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    key = tmp_path / "id_box"
+
+    def write_key(data: bytes) -> None:
+        key.write_bytes(data)
+        key.chmod(0o600)
+
+    write_key(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    ep = Endpoint(
+        address="box", ssh_config=(str(cfg),), known_hosts=str(known), identity_files=(str(key),)
+    )
+    pool = SSHPool()
+    assert [pool.preflight(ep, "box"), pool.preflight(ep, "box")] == [None, None]
+    assert len(loads) == 1
+    write_key(b"this is not a private key\n")
+    for _ in range(2):
+        problem = pool.preflight(ep, "box")
+        assert isinstance(problem, ConfigError) and "cannot load" in str(problem), problem
+    assert len(loads) == 5  # each failure loads each key alone too, to name the one
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    write_key(other.export_private_key())
+    assert [pool.preflight(ep, "box"), pool.preflight(ep, "box")] == [None, None]
+    assert len(loads) == 6
+    Path(f"{key}.pub").write_bytes(other.export_public_key())  # read by the load when there
+    assert [pool.preflight(ep, "box"), pool.preflight(ep, "box")] == [None, None]
+    assert len(loads) == 7
+    monkeypatch.setattr(filecache, "_RECENT_NS", 2_000_000_000)  # a file changed just now
+    assert [pool.preflight(ep, "box"), pool.preflight(ep, "box")] == [None, None]
+    assert len(loads) == 9
+
+
 def test_a_kept_lookup_is_not_kept_past_a_changed_variable_its_file_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

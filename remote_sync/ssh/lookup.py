@@ -38,7 +38,7 @@ from ..errors import ConfigError
 from . import sshconfig
 from .configreader import config_files
 from .endpoint import Endpoint
-from .filecache import file_version, keep_bounded
+from .filecache import files_version, keep_bounded
 from .hostkeys import DEFAULT_GLOBAL_KNOWN_HOSTS, DEFAULT_USER_KNOWN_HOSTS, HostKeyFiles
 from .sshconfig import (
     FilesRead,
@@ -227,17 +227,13 @@ def _config_version(read: FilesRead) -> tuple[object, ...] | None:
     appears is read), and every Include pattern's matches as they were. None when one changed within
     :data:`~remote_sync.ssh.filecache._RECENT_NS` or cannot be looked at, or a pattern matches other
     files now."""
-    now_ns = time.time_ns()
-    versions: list[object] = []
-    for path in read.files:
-        version = file_version(path, now_ns)
-        if version is None and os.path.lexists(path):
-            return None
-        versions.append(version or (path, None))
+    versions = files_version(read.files, time.time_ns())
+    if versions is None:
+        return None
     for pattern, matched in read.includes:
         if tuple(include_paths(pattern)) != matched:
             return None
-    return tuple(versions)
+    return versions
 
 
 def cached_lookup(

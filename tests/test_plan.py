@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -13,6 +14,8 @@ from remote_sync.mirror.plan import (
     MIN_OVERLAP_BYTES,
     MIN_PIECE_BYTES,
     OVERLAP_BYTES,
+    Transfer,
+    _decide,
     make_plan,
     overlap_for,
 )
@@ -301,3 +304,95 @@ def test_only_a_transcript_range_is_cut_in_pieces() -> None:
     assert len(new.requests(MIN_PIECE_BYTES)) > 1
     with pytest.raises(ValueError, match="piece"):
         new.requests(MIN_PIECE_BYTES - 1)
+
+
+def test_an_unchanged_file_is_not_matched_against_the_globs() -> None:
+    """A round's files as their checkpoints left them (size, mtime and inode) are unchanged
+    whatever the globs say: most files of a round, each matched against the append-only
+    globs (some 1 us) before; now only the others are."""
+    rows = [row(b"a.jsonl", 100), row(b"b.json", 100, kind="whole"), row(b"c.jsonl", 100)]
+    listing = [remote(b"a.jsonl", 100), remote(b"b.json", 100), remote(b"c.jsonl", 200)]
+    asked: list[bytes] = []
+
+    def is_append_only(path: bytes) -> bool:
+        asked.append(path)
+        return path.endswith(b".jsonl")
+
+    p = make_plan(
+        listing,
+        {r.path: r for r in rows},
+        is_append_only=is_append_only,
+        is_included=lambda p: True,
+    )
+    assert [r.path for r in p.unchanged] == [b"a.jsonl", b"b.json"]
+    assert [t.remote.path for t in p.transfers] == [b"c.jsonl"]
+    assert asked == [b"c.jsonl"]
+
+
+def _planned_one_by_one(
+    remote: RemoteFile, row: FileState | None, kind: str
+) -> tuple[Transfer | None, bool]:
+    """What the plan made of one file before unchanged ones skipped the globs: ``_decide``
+    with the kind the globs give, the file's transfer (None: unchanged) and whether it is
+    revived."""
+    transfer = _decide(remote, row, kind)
+    revived = False
+    if row is not None and row.state != "live" and row.fingerprint:
+        if transfer is None:
+            revived = remote.ino == row.ino
+        elif transfer.mode == "whole":
+            transfer = dataclasses.replace(transfer, category="new")
+    return transfer, revived
+
+
+def test_a_file_is_planned_as_by_its_glob_and_checkpoint_alone() -> None:
+    """Skipping the globs for an unchanged file changes no decision: every combination of a
+    listed file and its checkpoint (sizes either side of each other, the mirror past the
+    listed size, another mtime or inode, either kind either way, deleted, a placeholder's,
+    none) is planned as ``_decide`` decides it with the kind the globs give."""
+    for case in itertools.product(
+        [0, 1, 99, 100, 101, 5000],  # the listed size
+        [0, 99, 100, 101],  # the size mirrored
+        [0, 99, 100, 101],  # the size listed when it was
+        [1.0, 2.0],
+        [7, 8],
+        ["append", "whole"],
+        [True, False],
+        ["live", "deleted"],
+        [b"", b"f" * 16],
+        [True, False],
+    ):
+        _plans_one_as_decided(*case)
+
+
+def _plans_one_as_decided(
+    size: int,
+    row_size: int,
+    remote_size: int,
+    mtime: float,
+    ino: int,
+    row_kind: str,
+    append_only: bool,
+    state: str,
+    fingerprint: bytes,
+    has_row: bool,
+) -> None:
+    listed = RemoteFile(b"f", size, mtime, 1, ino)
+    checkpoint = (
+        FileState("h", b"f", row_kind, row_size, remote_size, 1.0, 1, 7, fingerprint, state=state)
+        if has_row
+        else None
+    )
+    p = make_plan(
+        [listed],
+        {b"f": checkpoint} if checkpoint is not None else {},
+        is_append_only=lambda path: append_only,
+        is_included=lambda path: True,
+    )
+    transfer, revived = _planned_one_by_one(
+        listed, checkpoint, "append" if append_only else "whole"
+    )
+    case = (size, row_size, remote_size, mtime, ino, row_kind, append_only, state, has_row)
+    assert p.transfers == ([] if transfer is None else [transfer]), case
+    assert p.unchanged == ([listed] if transfer is None else [])
+    assert p.revived == ([checkpoint] if revived else [])

@@ -214,3 +214,19 @@ def test_basename_globs_agree_with_fnmatch(glob: str, name: str) -> None:
     expected = fnmatch.fnmatchcase(name, glob)
     assert matches(glob, name.encode()) is expected
     assert matches(glob, b"some/dir/" + name.encode()) is expected
+
+
+def test_the_same_globs_are_compiled_once() -> None:
+    """An inventory is read again for every sync of the agent, each host's globs compiled
+    again (some 20 us a set): the same globs, in a list or a tuple, now give the one
+    GlobSet compiled first; other globs or another order another one; a glob that does not
+    compile is refused every time."""
+    first = compile_globs(["agents/*/sessions/**", "*.jsonl.cached-test"])
+    assert compile_globs(("agents/*/sessions/**", "*.jsonl.cached-test")) is first
+    again = compile_globs(["*.jsonl.cached-test", "agents/*/sessions/**"])
+    assert again is not first and again.match(b"a.jsonl.cached-test")
+    for _ in range(2):
+        with pytest.raises(ConfigError):
+            compile_globs(["a/../b"])
+    with pytest.raises(TypeError):
+        compile_globs("*.jsonl")

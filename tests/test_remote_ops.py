@@ -1240,10 +1240,12 @@ def test_the_round_goes_on_the_wire_compact_and_runs(shell: str, tmp_path: Path)
         for script in scripts:
             for line in script.split("\n")[:-1]:
                 assert line and line == line.lstrip() and not line.startswith("#"), (name, line)
-    # The round is one script, the batch's functions in it; the follow-up fetch is two: its
-    # own and the batch's it hands to xargs.
-    assert len(wire_scripts(commands["round"])) == 1
-    assert len(wire_scripts(commands["fetch"])) == 2
+    # The round is one script, the text of the batch's functions in it once, which its own
+    # shell evals and a big round's xargs hands each sh; the follow-up fetch is one too.
+    for name in ("round", "fetch"):
+        assert len(wire_scripts(commands[name])) == 1
+        assert commands[name].count("fetch_batch() {") == 1
+        assert commands[name].count("under_symlink() {") == 1
     bindir = tmp_path / "bin"
     bindir.mkdir()
     if shell == "busybox":
@@ -1314,20 +1316,24 @@ def _round_items(shell: list[str], tmp_path: Path, stdin: bytes) -> list[list[by
     return batches
 
 
+@pytest.mark.parametrize("way", ["lines", "xargs"])
 @pytest.mark.parametrize("shell", ["dash", "bash", "busybox"])
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(names=st.lists(_HOSTILE_NAME, min_size=1, max_size=12), per_batch=st.integers(1, 5))
 def test_a_rounds_items_reach_its_batches_as_data_under_each_sh(
-    shell: str, tmp_path: Path, names: list[bytes], per_batch: int
+    shell: str, way: str, tmp_path: Path, names: list[bytes], per_batch: int
 ) -> None:
-    """A round's items come as lines of shell words its sh evals into each batch's
-    parameters: every name, whatever bytes it holds (quotes, expansions, newlines, leading
-    dashes, globs, bytes that are not UTF-8, 5,000 bytes long), reaches the batch exactly as
-    sent, nothing in it runs, at most ``per_batch`` items go to a batch, and a last line cut
-    by a dropped connection (no newline) runs nothing. The shell starts in a UTF-8 locale,
-    where bash read a \\001 after a byte that cannot start a character as its own quoting."""
+    """A round's items come either as lines of shell words its sh evals into each batch's
+    parameters ("lines", a small round) or NUL-terminated to xargs ("xargs", a round of many
+    bytes of items): either way every name, whatever bytes it holds (quotes, expansions,
+    newlines, leading dashes, globs, bytes that are not UTF-8, 5,000 bytes long), reaches
+    the batch exactly as sent, nothing in it runs, and at most ``per_batch`` items go to a
+    batch. A last line cut by a dropped connection (no newline) runs nothing, nor does a
+    cut "-<n>" line; xargs with no items starts no batch, and a cut item reaches it as data.
+    The shell starts in a UTF-8 locale, where bash read a \\001 after a byte that cannot
+    start a character as its own quoting."""
     found = shutil.which(shell)
     if found is None:
         pytest.skip(f"{shell} is not installed (.ci/run installs it)")
@@ -1337,15 +1343,73 @@ def test_a_rounds_items_reach_its_batches_as_data_under_each_sh(
         FetchRequest(name, n, 10 + n, check_batched=n % 2 == 1) for n, name in enumerate(names)
     ]
     items = fetch_stdin(requests).split(b"\0")[:-1]  # as xargs gets them
-    stdin = fetch_stdin([], MARKER) + round_fetch_stdin(requests, per_batch=per_batch)
+    with pytest.MonkeyPatch.context() as patch:  # the way, whatever the items' size
+        patch.setattr(fetch_script, "XARGS_BYTES", 0 if way == "xargs" else 10**9)
+        patch.setattr(fetch_script, "XARGS_LINE_BYTES", 0)
+        sent = round_fetch_stdin(requests, per_batch=per_batch)
+    assert sent.startswith(b"-%d\n" % per_batch) == (way == "xargs")
+    stdin = fetch_stdin([], MARKER) + sent
     batches = _round_items(sh, tmp_path, stdin)
     assert [item for batch in batches for item in batch] == items
-    assert [len(batch) for batch in batches] == [
-        min(per_batch, len(items) - at) for at in range(0, len(items), per_batch)
-    ]
-    last = stdin[stdin.rindex(b"\n", 0, -1) + 1 :]
-    assert _round_items(sh, tmp_path, stdin + last[:-1]) == batches
     assert not list(tmp_path.rglob("pwned"))
+    if way == "lines":
+        assert [len(batch) for batch in batches] == [
+            min(per_batch, len(items) - at) for at in range(0, len(items), per_batch)
+        ]
+        last = stdin[stdin.rindex(b"\n", 0, -1) + 1 :]
+        assert _round_items(sh, tmp_path, stdin + last[:-1]) == batches
+        return
+    # xargs may cut a batch sooner (its command line's limit), never later.
+    assert all(0 < len(batch) <= per_batch for batch in batches)
+    head = fetch_stdin([], MARKER) + b"-%d" % per_batch
+    assert _round_items(sh, tmp_path, head) == []
+    assert _round_items(sh, tmp_path, head + b"\n") == []
+    cut = stdin[: len(stdin) - len(items[-1]) // 2 - 1]
+    got = [item for batch in _round_items(sh, tmp_path, cut) for item in batch]
+    assert got[:-1] == items[:-1] and items[-1].startswith(got[-1])
+    assert not list(tmp_path.rglob("pwned"))
+
+
+def test_a_round_sends_its_items_to_xargs_only_when_they_are_many_bytes() -> None:
+    """A round's items go as lines the round's shell reads and evals (its batches in that
+    shell: no xargs, no new sh) unless they are more bytes than XARGS_BYTES and
+    XARGS_LINE_BYTES a line: then a line "-<per_batch>" and the items NUL-terminated, as
+    the standalone fetch takes them, for xargs to read in blocks (a shell's read takes one
+    byte a system call)."""
+    appends = [
+        FetchRequest(b"agents/main/sessions/%04d.jsonl" % n, 5000, 10240, check_batched=True)
+        for n in range(10)
+    ]
+    small = round_fetch_stdin(appends)
+    assert small == b" ".join(fetch_stdin(appends).split(b"\0")[:-1]) + b"\n"
+    # A first sync of 20,000 files: 20 batches of 1,000, as xargs -n 1000 cuts them.
+    first = [
+        FetchRequest(b"agents/main-agent/sessions/%08d-0000-4000-8000-%012d.jsonl" % (n, n), 0, 900)
+        for n in range(20000)
+    ]
+    big = round_fetch_stdin(first)
+    assert big == b"-1000\n" + fetch_stdin(first)
+    assert len(big) > 1_500_000
+    assert round_fetch_stdin(first, per_batch=100).startswith(b"-100\n")
+    # Batches of 7 items (540 B a line) cost less read by the shell than an sh each.
+    assert not round_fetch_stdin(first, per_batch=7).startswith(b"-")
+    assert round_fetch_stdin([]) == b""
+
+    # The bar: XARGS_BYTES, and XARGS_LINE_BYTES for each line the items would make.
+    def sized(size: int, count: int) -> list[FetchRequest]:
+        path = b"x" * (size // count - len(b"0+0:1:") - 1)
+        requests = [FetchRequest(path, 0, 1)] * count
+        assert len(fetch_stdin(requests)) == size
+        return requests
+
+    bar = fetch_script.XARGS_BYTES + fetch_script.XARGS_LINE_BYTES
+    assert not round_fetch_stdin(sized(bar, 8)).startswith(b"-")
+    assert round_fetch_stdin(sized(bar + 8, 8)).startswith(b"-1000\n")
+    # The same bytes in two lines of 4: the bar is a line's more.
+    assert not round_fetch_stdin(sized(bar + 8, 8), per_batch=4).startswith(b"-")
+    assert round_fetch_stdin(
+        sized(bar + fetch_script.XARGS_LINE_BYTES + 8, 8), per_batch=4
+    ).startswith(b"-4\n")
 
 
 # Words of one line for the compaction's scripts: quotes, "#", "$" and blanks, never a line
@@ -1420,8 +1484,9 @@ def test_every_remote_script_keeps_its_meaning_compacted() -> None:
 
 def test_local_round_runs_its_batches_in_its_own_shell(toolset: Runner, tmp_path: Path) -> None:
     """A round the client sends no items (EOF after the marker) ends after its listing; one
-    with items runs each batch (a line) in its own shell: it starts neither xargs nor
-    another sh, whose start and parse of the batch script cost a host about 2 ms a round."""
+    with few items runs each batch (a line) in its own shell: it starts neither xargs nor
+    another sh, whose start and parse of the batch script cost a host about 2 ms a round.
+    One with many bytes of items hands them to xargs, an sh a batch."""
     root = tmp_path / "root"
     root.mkdir()
     (root / "f").write_bytes(b"data\n")
@@ -1459,6 +1524,23 @@ def test_local_round_runs_its_batches_in_its_own_shell(toolset: Runner, tmp_path
     stdin = fetch_stdin([], MARKER) + b"0+0:4:f x:1:f\n0+0:4:f\n"
     rc, out, err = run_local(runner, round_argv(str(root), ["."]), stdin)
     assert rc == 255 and b"malformed fetch request" in err
+    assert out.endswith(MB + b" B\ndata" + MB + b" E\n")
+    # A round of many bytes of items hands them to xargs.
+    names = [b"s%04d-%s.jsonl" % (n, b"y" * 60) for n in range(300)]
+    for n, name in enumerate(names):
+        (root / name.decode()).write_bytes(b"%d\n" % n)
+    many = [FetchRequest(name, 0, len(b"%d\n" % n)) for n, name in enumerate(names)]
+    assert round_fetch_stdin(many, per_batch=100).startswith(b"-100\n")
+    started.unlink()
+    rc, listed, end, frames, err = run_round(runner, str(root), ["."], many, per_batch=100)
+    assert (rc, end, err) == (0, (0, False), b"")
+    assert frames == {n: ("End", b"%d\n" % n) for n in range(300)}
+    # (Where find cannot print its records, the listing's sh runs more often for more files.)
+    assert started.read_bytes().splitlines().count(b"xargs") == 1
+    # There a malformed item stops xargs (124), as the standalone fetch's does.
+    stdin = fetch_stdin([], MARKER) + b"-2\n0+0:4:f\0x\0"
+    rc, out, err = run_local(runner, round_argv(str(root), ["."]), stdin)
+    assert rc == 124 and b"malformed fetch request" in err
     assert out.endswith(MB + b" B\ndata" + MB + b" E\n")
 
 

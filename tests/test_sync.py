@@ -556,6 +556,49 @@ def test_hostile_file_names_are_mirrored_exactly_and_never_run(
         assert not any((where / f"PWNED{n}").exists() for n in ("", "2", "3"))
 
 
+def test_a_first_sync_of_many_files_hands_its_items_to_xargs_and_mirrors_them_exactly(
+    fleet: SSHFleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The round of a first sync of many files sends its items NUL-terminated after a line
+    "-<n>", for xargs on the host to read in blocks (its shell's read would take one byte a
+    system call); the next round, a few appends, sends them as lines its shell runs. Both
+    mirror every file exactly, the hostile names too."""
+    inv = write_inventory(fleet, tmp_path / "inventory.toml", ["h0"])
+    dest = tmp_path / "m"
+    fleet.mkdir("h0", "agents/a/sessions")
+    base = os.fsencode(fleet.path("h0", "agents/a/sessions"))
+    names = [b"%04d-0000-4000-8000-%012d.jsonl" % (n, n) for n in range(400)] + HOSTILE
+    for i, name in enumerate(names):
+        with open(os.path.join(base, name), "wb") as out:
+            out.write(b'{"n":%d}\n' % i)
+        os.chown(os.path.join(base, name), fleet.uid, fleet.gid)
+    sent: list[bytes] = []
+
+    def spied(*args: Any, **kwargs: Any) -> bytes:
+        sent.append(fetch_script.round_fetch_stdin(*args, **kwargs))
+        return sent[-1]
+
+    monkeypatch.setattr(fetch_requests, "round_fetch_stdin", spied)
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0, summary
+    assert summary.files.new == len(names)
+    assert_exact(fleet, dest, "h0")
+    assert len(sent) == 1 and re.match(rb"-[0-9]+\n", sent[0])
+    for i in range(3):
+        with open(os.path.join(base, names[i]), "ab") as out:
+            out.write(b'{"more":%d}\n' % i)
+    code, summary, _ = sync(inv, dest, capsys)
+    assert code == 0 and summary.files.grown == 3, summary
+    assert_exact(fleet, dest, "h0")
+    assert len(sent) == 2 and sent[1].count(b"\n") == 1 and not sent[1].startswith(b"-")
+    home = Path("/home") / fleet.user
+    for where in (fleet.path("h0"), home, Path(os.getcwd()), fleet.path("h0", "agents/a/sessions")):
+        assert not any((where / f"PWNED{n}").exists() for n in ("", "2", "3"))
+
+
 def test_symlinks_are_not_followed(
     fleet: SSHFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

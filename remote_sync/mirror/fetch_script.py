@@ -3,10 +3,12 @@ argv and stdin that run it.
 
 What it owns: the sh function that answers one batch of items (``fetch_batch`` in
 :data:`FETCH_BATCH_SH`), which a round runs in its own shell, once per line of items
-(:data:`ROUND_FETCH_SH`, see :func:`remote_sync.mirror.remote_ops.round_argv`), and the
-fetch as a command of its own runs through ``xargs`` (:func:`fetch_argv`, a round's
-follow-up); the items on their stdin (:func:`fetch_stdin`, :func:`round_fetch_stdin`, each
-item's words :func:`sh_word`) and the numbers both sides agree on
+(:data:`ROUND_FETCH_SH`, see :func:`remote_sync.mirror.remote_ops.round_argv`), or hands
+to ``xargs`` where its items are many bytes, as the fetch as a command of its own does
+(:func:`fetch_argv`, a round's follow-up), the functions' text once in the command
+(:data:`SHARED_TEXT_SH`, :func:`batch_text_sh`); the items on their stdin
+(:func:`fetch_stdin`, :func:`round_fetch_stdin`, each item's words :func:`sh_word`) and the
+numbers both sides agree on
 (:data:`SKIP_BLOCK`, :data:`HEAD_BYTES`, :data:`BATCH_BYTES`, :data:`PER_BATCH`, the tools word
 :data:`TOOLS`). It does no I/O itself: the caller runs the argv with
 :func:`remote_sync.ssh.stream.exec_streaming` and feeds the stdout chunks to
@@ -17,9 +19,10 @@ Fetch (:func:`fetch_argv`, :func:`fetch_stdin`, then ``FrameParser``)
     stdin holds one NUL-terminated item ``<start>:<length>:<path>`` per
     :class:`~remote_sync.mirror.fetch_frames.FetchRequest` (any bytes in a path, no
     command-line length limit), consumed in batches by ``xargs -0 -r``. A round's items
-    (:func:`round_fetch_stdin`) are the same, a line of them per batch, each a shell word
-    that the round's shell evals into the batch's parameters (:func:`sh_word`: any bytes in
-    a path still, and none of them code). The answer to each request, in order, is a
+    (:func:`round_fetch_stdin`) are the same after a line ``-<per_batch>`` where they are
+    many bytes; otherwise a line of them per batch, each a shell word that the round's shell
+    evals into the batch's parameters (:func:`sh_word`: any bytes in a path still, and none
+    of them code). The answer to each request, in order, is a
     frame::
 
         <marker> G\\n                                   not a regular file (gone)
@@ -79,7 +82,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ..ssh.remote import compact_sh, sh_script
+from ..ssh.remote import sh_script
 from .fetch_frames import FetchRequest, check_marker
 from .remote_sh import (
     ENTER_ROOT_SH,
@@ -96,8 +99,12 @@ __all__ = [
     "HEAD_BYTES",
     "PER_BATCH",
     "ROUND_FETCH_SH",
+    "SHARED_TEXT_SH",
     "SKIP_BLOCK",
     "TOOLS",
+    "XARGS_BYTES",
+    "XARGS_LINE_BYTES",
+    "batch_text_sh",
     "fetch_argv",
     "fetch_stdin",
     "per_batch_word",
@@ -154,10 +161,11 @@ TOOLS = re.compile(r"[prs][ny][ny]")
 
 # fetch_batch ITEM...: answer one batch of items, run by a round's shell in a subshell of
 # its own (or, the last, in the shell itself: see ROUND_FETCH_SH), or by an "sh -c" that
-# xargs starts for the standalone fetch (fetch_argv), with the functions it uses defined
-# before it. It sets every variable it reads before reading it, so what the round's shell
-# holds cannot reach it. The marker comes from the environment. An item "-" (the client's,
-# see fetch_stdin; a round ends the line instead) ends a batch early: there the batch's
+# xargs starts for a round of many bytes of items or the standalone fetch (fetch_argv),
+# with the functions it uses defined before it ($s and $b, see SHARED_TEXT_SH). It sets
+# every variable it reads before reading it, so what the round's shell holds cannot reach
+# it. The marker comes from the environment. An item "-" (the client's,
+# see fetch_stdin; a round's line ends instead) ends a batch early: there the batch's
 # digest of its appends and its archive are sent, as after its last item, and the next batch
 # goes on in the same shell. The loop ends with such an item of its own ("$@" -), so that
 # this end is written once, where the eval'd references are fetch_batch's parameters. Items are
@@ -222,9 +230,7 @@ TOOLS = re.compile(r"[prs][ny][ny]")
 # save their JSON indexes) is hashed as it was read, and only a rewrite in place differs.
 FETCH_BATCH_SH = (
     IS_GONE_FN_SH
-    + r"""nl='
-'
-probe_digest() {
+    + r"""probe_digest() {
     if [ -z "$hasher" ]; then
         if command -v md5sum >/dev/null 2>&1; then
             hasher=md5sum
@@ -312,14 +318,14 @@ read_range() {
         then
             read_done
         else
-            pend="$m"' X\n'
+            pend="$m X\n"
         fi
     elif { [ "$blocks" = 0 ] || dd bs=@SKIP_BLOCK@ skip="$blocks" count=0 2>/dev/null; } &&
         { [ "$bytes" = 0 ] || dd bs=1 skip="$bytes" count=0 2>/dev/null; } &&
         read_rest; then
         read_done
     else
-        pend="$m"' X\n'
+        pend="$m X\n"
     fi
 }
 read_rest() {
@@ -338,7 +344,7 @@ read_rest() {
     fi
 }
 read_done() {
-    pend="$m"' E\n'
+    pend="$m E\n"
     if [ "$check" = w ]; then
         probe_digest
         opened_digest
@@ -398,7 +404,7 @@ fetch_batch() {
             if [ -n "$archived" ]; then
                 say A
                 eval "tar --no-recursion --numeric-owner -cf - $archived" 2>/dev/null
-                pend="$m"' E\n'
+                pend="$m E\n"
                 if [ -n "$archived_checked" ]; then
                     probe_digest
                     eval "head_digest $archived_checked"
@@ -456,7 +462,7 @@ fetch_batch() {
         case ${blocks:-x}:${bytes:-x}:${len:-x} in
         *[!0-9:]*)
             [ -z "$pend" ] || printf "$pend"
-            echo 'remote-sync: malformed fetch request on stdin' >&2
+            echo "remote-sync: malformed fetch request on stdin" >&2
             exit 255
             ;;
         esac
@@ -483,7 +489,7 @@ fetch_batch() {
                 say D
             else
                 say B
-                pend="$m"' X\n'
+                pend="$m X\n"
             fi
         fi
     done
@@ -493,27 +499,69 @@ fetch_batch() {
 )
 
 
+def _sh_text(text: str) -> str:
+    """``text`` as one shell word in single quotes (``'`` as ``'\\''``): how a script holds
+    the text of functions, to eval it or hand it to another sh, as data."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+# The text of the fetch's functions is in a round's command once, in two variables, for the
+# round's shell to eval and for each "sh -c" that xargs starts to parse: $s what a batch
+# shares with the round (under_symlink and the probes of dd and head, which the listing
+# uses, and $nl, a newline: a round's batch line writes one in a name as '"$nl"', and
+# head_digest cuts its output at one), which a round evals at its start; $b the batch's own
+# (FETCH_BATCH_SH, see batch_text_sh). The standalone fetch holds them the same way. The
+# text is compacted with the script that holds it: it has no single quote of its own (the
+# batch's strings are in double quotes), so it costs the wire no escapes.
+SHARED_TEXT_SH = "s=" + _sh_text('nl="\n"\n' + UNDER_SYMLINK_SH + FETCH_PROBES_SH) + "\n"
+
+
+def batch_text_sh(batch: str) -> str:
+    """sh that sets ``$b`` to ``batch``, the text of the batch's functions (FETCH_BATCH_SH,
+    or a test's stand-in)."""
+    return "b=" + _sh_text(batch) + "\n"
+
+
+# The fetch through xargs, of $n items a batch: xargs reads the items (NUL-terminated, as
+# fetch_stdin writes them) in blocks, where a shell's read takes one byte a system call, and
+# starts an sh for each batch that parses the functions' text ($s$b) and runs fetch_batch.
+# Its stdin is what follows on the script's (its shell read only whole lines before).
+_XARGS_SH = """exec xargs -0 -r -n "$n" sh -c "$s$b"'fetch_batch "$@"' sh\n"""
+
+
 # What a round runs once its listing is done (see remote_ops._ROUND_HEAD), in its own
-# shell, where FETCH_BATCH_SH is defined, with its first line of stdin read into $line: each
-# line is one batch, its items written as shell words (round_fetch_stdin), which eval makes
-# the positional parameters. A batch runs in a subshell of its own (a fork, no exec, no new sh
-# to parse the batch script: an xargs and an "sh -c" per batch cost a host about 2 ms of CPU
-# a round), so that nothing it sets or probes reaches the next, with its stdin on /dev/null
-# as one xargs started had; the last runs in the round's shell itself, a fork fewer, as
-# nothing follows it: the line after a batch is read before it runs (the client sends them
-# all at once). Only whole lines run: a line cut by a dropped connection (no newline) is read
-# as EOF. A batch that fails (a malformed item: 255) ends the round with its status, as xargs
-# stopped. A name holds a newline as '"$nl"' (one batch is one line); every other byte of
-# a name is in single quotes or one shlex.quote leaves bare. The lines are read and eval'd in
-# the C locale (set before the first line is read), where a shell takes each byte as a
-# character: bash in a UTF-8 one loses a \001 (its own quoting byte) that follows a byte
-# that cannot start a character. The price: a shell's read takes one byte a system call,
-# where xargs read the items in blocks. Measured under dash, 1.6 MB of items (a first sync
-# of 20,000 files, 20 lines of 1,000) cost the host 0.38 s of CPU against 0.04 s through
-# xargs; a round of up to about a hundred items a batch (every incremental round of the
-# benchmarks) comes out ahead.
-ROUND_FETCH_SH = r"""nl='
-'
+# shell, after $s was eval'd and with $b set (batch_text_sh), its first line of stdin read
+# into $line. Two ways to fetch, as the client chose by the items' size (round_fetch_stdin):
+#
+# - A first line "-<n>" (no batch line starts with "-": an item starts with its offset or
+#   a letter) hands the rest of stdin, NUL-terminated items, to xargs, $n a batch (_XARGS_SH),
+#   the round's shell replaced. This is a big round's way (a first sync, a catch-up): the
+#   shell's read takes one byte a system call, where xargs reads blocks, and under dash 1.6 MB
+#   of items (a first sync of 20,000 files, 20 lines of 1,000) cost the host 0.38 s of CPU
+#   read by the shell against 0.04 s through xargs; an xargs and an sh that parses the
+#   functions again for each batch are little beside that.
+# - Otherwise the round evals $b and runs each line as a batch in its own shell: the items of
+#   a line written as shell words (round_fetch_stdin), which eval makes the positional
+#   parameters. A batch runs in a subshell of its own (a fork, no exec, no new sh to parse the
+#   batch script: an xargs and an "sh -c" per batch cost a host about 2 ms of CPU a round), so
+#   that nothing it sets or probes reaches the next, with its stdin on /dev/null (its items
+#   are not its to read); the last runs in the round's shell itself, a fork fewer, as nothing
+#   follows it: the line after a batch is read before it runs (the client sends them all at
+#   once). Only whole lines run: a line cut by a dropped connection (no newline) is read as
+#   EOF. A batch that fails (a malformed item: 255) ends the round with its status, as xargs
+#   stops (with 124). A name holds a newline as '"$nl"' (one batch is one line, $nl set by
+#   $s); every other byte of a name is in single quotes or one shlex.quote
+#   leaves bare. The lines are read and eval'd in the C locale (set before the first line is
+#   read), where a shell takes each byte as a character: bash in a UTF-8 one loses a \001
+#   (its own quoting byte) that follows a byte that cannot start a character.
+ROUND_FETCH_SH = (
+    r"""case $line in
+-*)
+    n=${line#-}
+"""
+    + _XARGS_SH
+    + r"""esac
+eval "$b"
 while IFS= read -r next; do
     eval "set -- $line"
     (fetch_batch "$@") </dev/null || exit
@@ -522,23 +570,24 @@ done
 eval "set -- $line"
 fetch_batch "$@" </dev/null
 """
+)
 
 
-# $1 root, $2 the batch script, $3 the items per batch, $4 the marker, or "" when it is the
-# first line of stdin (read byte by byte by the shell, so xargs gets the rest of stdin
-# intact), $5 the tools word a round found (see remote_ops._ROUND_HEAD; "": the batches probe
-# what they use), which reaches the batches as REMOTE_SYNC_TOOLS. Entering the root here,
-# before xargs, gives a clean exit status 3 (xargs would turn it into 123); the batches
-# inherit the directory. This fetch is a round's rare follow-up and may carry many items:
-# xargs reads them in blocks, where a shell's read takes one byte a system call.
+# $1 root, $2 the items per batch, $3 the marker, or "" when it is the first line of stdin
+# (read byte by byte by the shell, so xargs gets the rest of stdin intact), $4 the tools
+# word a round found (see remote_ops._ROUND_HEAD; "": the batches probe what they use),
+# which reaches the batches as REMOTE_SYNC_TOOLS. Entering the root here, before xargs,
+# gives a clean exit status 3 (xargs would turn it into 123); the batches inherit the
+# directory. This fetch is a round's rare follow-up, which may carry many items: it runs
+# them through xargs as a big round does (_XARGS_SH), its functions' text set as a round's.
 _FETCH_SCRIPT = (
     ENTER_ROOT_SH
-    + 'REMOTE_SYNC_MARKER=$4\n[ -n "$REMOTE_SYNC_MARKER" ] || '
+    + 'n=$2\nREMOTE_SYNC_MARKER=$3\n[ -n "$REMOTE_SYNC_MARKER" ] || '
     + read_marker_sh("fetch marker")
-    + r"""REMOTE_SYNC_TOOLS=$5
+    + r"""REMOTE_SYNC_TOOLS=$4
 export REMOTE_SYNC_TOOLS
-exec xargs -0 -r -n "$3" sh -c "$2" sh
 """
+    + SHARED_TEXT_SH
 )
 
 
@@ -561,9 +610,9 @@ def fetch_argv(
         check_marker(marker.encode("ascii", "replace"))
     if tools and not TOOLS.fullmatch(tools):
         raise ValueError(f"bad tools word {tools!r}")
-    # An argument: sh_script compacts only $0's.
-    batch = compact_sh(UNDER_SYMLINK_SH + FETCH_PROBES_SH + FETCH_BATCH_SH + 'fetch_batch "$@"\n')
-    return sh_script(_FETCH_SCRIPT, root, batch, per_batch_word(per_batch), marker or "", tools)
+    # Put together here, not at import, so that a test can change the batch's functions.
+    script = _FETCH_SCRIPT + batch_text_sh(FETCH_BATCH_SH) + _XARGS_SH
+    return sh_script(script, root, per_batch_word(per_batch), marker or "", tools)
 
 
 def _batches(requests: Sequence[FetchRequest], batch_bytes: int) -> list[list[bytes]]:
@@ -613,13 +662,19 @@ def fetch_stdin(
 
     With ``marker`` (when it was not given to :func:`fetch_argv`), a first line holds it.
     """
-    parts: list[bytes] = []
+    head = b""
     if marker is not None:
         check_marker(marker.encode("ascii", "replace"))
-        parts.append(marker.encode("ascii") + b"\n")
-    # The cuts xargs makes by count are not followed here: a batch after one only ends
-    # sooner than it had to.
-    for n, batch in enumerate(_batches(requests, batch_bytes)):
+        head = marker.encode("ascii") + b"\n"
+    return head + _nul_items(_batches(requests, batch_bytes))
+
+
+def _nul_items(batches: list[list[bytes]]) -> bytes:
+    """``batches`` as xargs takes them: each item NUL-terminated, an item ``-`` between two
+    batches. The cuts xargs makes by count are not followed here: a batch after one only
+    ends sooner than it had to."""
+    parts: list[bytes] = []
+    for n, batch in enumerate(batches):
         if n:
             parts.append(_BATCH_END)
         parts.extend(item + b"\x00" for item in batch)
@@ -640,6 +695,18 @@ def sh_word(item: bytes) -> bytes:
     return b"'" + item.replace(b"'", b"'\\''").replace(b"\n", b"'\"$nl\"'") + b"'"
 
 
+#: Where a round's items go to xargs rather than through its shell's read (ROUND_FETCH_SH):
+#: past this many bytes of items (NUL-terminated, as xargs takes them), and
+#: :data:`XARGS_LINE_BYTES` more for each line they would make. Below, a shell reads them
+#: for less than xargs and an sh a batch cost. Measured on a host's side (docs/benchmarks.md,
+#: "A first sync's items"): the shell's read costs some 0.3 us a byte under dash, 0.56 under
+#: bash; for one line the ways cross at about 6 KB of items under dash, below 4 KB under
+#: bash; ten lines of 3.3 KB cost dash 0.4 ms more through xargs, bash 10 ms less. An
+#: incremental round (ten appends, 1 KB) stays in the shell.
+XARGS_BYTES = 4096
+XARGS_LINE_BYTES = 2048
+
+
 def round_fetch_stdin(
     requests: Sequence[FetchRequest],
     *,
@@ -647,13 +714,24 @@ def round_fetch_stdin(
     batch_bytes: int = BATCH_BYTES,
 ) -> bytes:
     """What a round's stdin goes on with after its marker line (see
-    :func:`~.remote_ops.round_argv`): a line per batch of ``requests``, at most ``per_batch``
-    items and ``batch_bytes`` held bytes each (:func:`_batches`), its items written as shell
-    words (:func:`sh_word`) that the round's shell evals into the batch's parameters; nothing
-    when there are none, so that the round ends without a fetch."""
+    :func:`~.remote_ops.round_argv`): the batches of ``requests``, at most ``per_batch``
+    items and ``batch_bytes`` held bytes each (:func:`_batches`); nothing when there are
+    none, so that the round ends without a fetch.
+
+    A round of few items (every incremental one) gets a line per batch, its items written as
+    shell words (:func:`sh_word`) that the round's shell evals into the batch's parameters. A
+    round whose items are many bytes (more than :data:`XARGS_BYTES` and
+    :data:`XARGS_LINE_BYTES` a line; a first sync, a catch-up) gets a line ``-<per_batch>``
+    and the items as :func:`fetch_stdin` writes them, for xargs to read in blocks."""
     per_batch_word(per_batch)
-    lines: list[bytes] = []
-    for batch in _batches(requests, batch_bytes):
-        for at in range(0, len(batch), per_batch):
-            lines.append(b" ".join(map(sh_word, batch[at : at + per_batch])) + b"\n")
-    return b"".join(lines)
+    batches = _batches(requests, batch_bytes)
+    lines = sum(-(-len(batch) // per_batch) for batch in batches)
+    # The items' own bytes: their lines differ only by the quotes of an odd name.
+    size = sum(len(item) + 1 for batch in batches for item in batch)
+    if size > XARGS_BYTES + lines * XARGS_LINE_BYTES:
+        return b"-%d\n" % per_batch + _nul_items(batches)
+    return b"".join(
+        b" ".join(map(sh_word, batch[at : at + per_batch])) + b"\n"
+        for batch in batches
+        for at in range(0, len(batch), per_batch)
+    )

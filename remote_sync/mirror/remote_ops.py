@@ -43,10 +43,11 @@ Round (:func:`round_argv`, ``ListingParser(trailer=True)``, then ``FrameParser``
     ``L <status> <warned> <tools>`` (``warned``: the listing wrote messages on stderr, so it
     may be incomplete; ``tools``: what the host's find, dd and head can do, which the next
     round over the same connection may be told instead of probing them), then, once the
-    client has sent the fetch items, a line of them per batch, and EOF
+    client has sent the fetch items, a line of them per batch, or where they are many bytes
+    a line ``-<per_batch>`` and the items for ``xargs``, and EOF
     (:func:`~remote_sync.mirror.fetch_script.round_fetch_stdin`), the fetch's frames,
-    written by the batches the round's own shell runs; an EOF with no items ends the round
-    without a fetch.
+    written by the batches the round's own shell (or xargs) runs; an EOF with no items ends
+    the round without a fetch.
     On stderr ``<marker> L`` separates the listing's messages from the fetch's. The fetch
     and its frames are said in :mod:`remote_sync.mirror.fetch_script`.
 """
@@ -58,8 +59,14 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError
 from ..ssh.remote import sh_script
-from .fetch_script import FETCH_BATCH_SH, ROUND_FETCH_SH, TOOLS
-from .remote_sh import ENTER_ROOT_SH, FETCH_PROBES_SH, START_POINT_SH, check_root, read_marker_sh
+from .fetch_script import FETCH_BATCH_SH, ROUND_FETCH_SH, SHARED_TEXT_SH, TOOLS, batch_text_sh
+from .remote_sh import (
+    ENTER_ROOT_SH,
+    START_POINT_SH,
+    USABLE_START_POINT_FN_SH,
+    check_root,
+    read_marker_sh,
+)
 
 __all__ = [
     "PROBE_TOOLS",
@@ -262,8 +269,8 @@ _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\nfind_kind=\n" + _FIND_PROBE_SH + _LIST
 # _FIND_PROBE_SH), $3... start points; the tools reach the batches through
 # REMOTE_SYNC_TOOLS, empty when not all known (the batches then probe); stdin is the marker
 # line, then (once the client has read the listing and planned) the fetch items, a line per
-# batch (fetch_script's ROUND_FETCH_SH, which ends the script after _ROUND_HEAD and the batch
-# functions, FETCH_BATCH_SH).
+# batch or, many, for xargs (fetch_script's ROUND_FETCH_SH, which ends the script after
+# _ROUND_HEAD and the text of the batch's functions, $b).
 # One command instead of a listing and a fetch saves a channel, and above all a start of the
 # host's login shell, per round (a heavy ~/.bashrc costs tens of milliseconds each time).
 #
@@ -289,7 +296,8 @@ _LISTING_SCRIPT = ENTER_ROOT_SH + "shift\nfind_kind=\n" + _FIND_PROBE_SH + _LIST
 # status; otherwise the fetch follows, when the client has items for it: an EOF instead ends
 # the round before the batch functions are even parsed. The items are read in the C locale
 # (see ROUND_FETCH_SH), and the batches' tools run in it, as the listing's do. The functions
-# of the start points are defined at the top, as the batches use under_symlink too.
+# the listing shares with the batches (under_symlink, the probes) come from eval'ing $s at
+# the top (fetch_script's SHARED_TEXT_SH), the text a big round's xargs hands each sh too.
 _ROUND_HEAD = (
     ENTER_ROOT_SH
     + r"""find_kind=
@@ -309,8 +317,9 @@ shift 2
 """
     + read_marker_sh("fetch marker")
     + _FIND_PROBE_SH
-    + FETCH_PROBES_SH
-    + START_POINT_SH
+    + SHARED_TEXT_SH
+    + 'eval "$s"\n'
+    + USABLE_START_POINT_FN_SH
     + r"""[ -n "$find_kind" ] || probe_find
 if [ -n "$learn" ]; then
     probe_dd_bytes
@@ -431,7 +440,7 @@ def round_argv(root: str, start_points: Sequence[str], *, tools: str = "") -> li
     if tools and tools != PROBE_TOOLS and not TOOLS.fullmatch(tools):
         raise ValueError(f"bad tools word {tools!r}")
     # Put together here, not at import, so that a test can change the batch's functions.
-    script = _ROUND_HEAD + FETCH_BATCH_SH + ROUND_FETCH_SH
+    script = _ROUND_HEAD + batch_text_sh(FETCH_BATCH_SH) + ROUND_FETCH_SH
     return sh_script(script, root, tools, *points)
 
 

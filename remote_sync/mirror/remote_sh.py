@@ -25,6 +25,7 @@ __all__ = [
     "IS_GONE_SH",
     "START_POINT_SH",
     "UNDER_SYMLINK_SH",
+    "USABLE_START_POINT_FN_SH",
     "check_root",
     "read_marker_sh",
 ]
@@ -56,16 +57,16 @@ UNDER_SYMLINK_SH = r"""under_symlink() {
 # is_gone PATH: whether the file PATH found a moment ago is no longer one to read: not a
 # regular file now, a symlink, or below a directory that became one (narrows the window in
 # which a swapped-in link could lead outside the root). IS_GONE_FN_SH alone is for a script
-# that has under_symlink already: the fetch's batches carry it (a round's script has
-# under_symlink through START_POINT_SH, the standalone fetch's puts UNDER_SYMLINK_SH first).
+# that has under_symlink already: the fetch's batches carry it (a round's and the standalone
+# fetch's scripts have under_symlink in the text fetch_script's SHARED_TEXT_SH holds).
 IS_GONE_FN_SH = r"""is_gone() {
     [ ! -f "$1" ] || [ -L "$1" ] || under_symlink "$1"
 }
 """
 IS_GONE_SH = UNDER_SYMLINK_SH + IS_GONE_FN_SH
-START_POINT_SH = (
-    UNDER_SYMLINK_SH
-    + r"""usable_start_point() {
+# USABLE_START_POINT_FN_SH alone is for a script that defines under_symlink otherwise: a
+# round's, which holds it in the text it also hands the fetch's xargs (see fetch_script).
+USABLE_START_POINT_FN_SH = r"""usable_start_point() {
     [ -e "$1" ] || [ -L "$1" ] || return 1
     if [ -L "$1" ] && [ -d "$1" ]; then
         printf 'remote-sync: start point %s is a symbolic link to a directory: skipped\n' "$1" >&2
@@ -77,7 +78,7 @@ START_POINT_SH = (
     fi
 }
 """
-)
+START_POINT_SH = UNDER_SYMLINK_SH + USABLE_START_POINT_FN_SH
 
 
 # Shared by every script that works under a host's root (also the `--remote` sessions

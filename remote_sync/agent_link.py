@@ -1,12 +1,16 @@
 """The sync agent's control socket and its protocol, shared by the agent and its clients.
 
 What it owns: where the socket is (``DIR/.remote-sync/agent.sock``) and how to reach a path
-longer than ``AF_UNIX`` allows, the request a client sends (:class:`SyncRequest`, and
-:class:`CancelRequest`), the peer's uid (``SO_PEERCRED``), and the client's side of a
-connection (:func:`connect`, :class:`AgentLink`); and the agent's defaults, which the CLI
-and the library take without importing the agent. Standard library and msgspec only: a
-``remote-sync sync`` that goes through the agent never imports asyncssh, anyio or the engine,
-which is most of what the agent saves it.
+longer than ``AF_UNIX`` allows, the request a client sends (:func:`sync_request`, written by
+:func:`encode_line`; the agent reads it as :mod:`remote_sync.agent_protocol`'s
+:class:`SyncRequest`, named here too, as is :class:`CancelRequest`), the peer's uid
+(``SO_PEERCRED``), the client's side of a connection (:func:`connect`, :class:`AgentLink`)
+and the events it reads, each checked against the events' schema (:data:`EVENT_FIELDS`) and
+kept as the line it came in (:class:`AgentEvent`); and the agent's defaults, which the CLI
+and the library take without importing the agent. Standard library only: a ``remote-sync
+sync`` that goes through the agent never imports asyncssh, anyio or the engine, which is
+most of what the agent saves it, nor msgspec or logging (a third of what was left of its
+start-up).
 
 The protocol is JSON lines over the socket (one object per line, UTF-8):
 
@@ -40,17 +44,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import msgspec
+from .errors import AgentError, RemoteSyncError
+from .sinks import json_safe, one_line
 
-from .errors import AgentError, AgentRefusedError
-from .events import Event, decode_event, one_line
-from .ssh.remote import CONCURRENCY, IDLE_TIMEOUT
+if TYPE_CHECKING:
+    # Named here for the type checker; at run time by __getattr__, when asked for.
+    from .agent_protocol import CancelRequest as CancelRequest
+    from .agent_protocol import SyncRequest as SyncRequest
+    from .agent_protocol import decode_request as decode_request
+    from .events import Event
 
 #: The default ``--persist``: a connection nobody used for 10 minutes is closed.
 PERSIST = 600.0
@@ -76,67 +86,68 @@ MAX_REQUEST = 1024 * 1024
 _SUN_PATH_MAX = 107
 
 
-class SyncRequest(
-    msgspec.Struct, tag="sync", tag_field="type", kw_only=True, forbid_unknown_fields=True
-):
-    """What ``remote-sync sync`` asks the agent for (see the module's protocol). A field this
-    agent does not know is refused, never dropped: a newer client's option would otherwise
-    be left out of its sync without a word (refused, the client runs the sync itself)."""
-
-    version: int = PROTOCOL_VERSION
-    inventory: str
-    hosts: list[str] = []
-    tags: list[str] = []
-    dry_run: bool = False
-    index: bool = True
-    concurrency: int = CONCURRENCY
-    idle_timeout: float | None = IDLE_TIMEOUT
-    compress: bool | None = None
-
-
-class CancelRequest(msgspec.Struct, tag="cancel", tag_field="type"):
-    """Cancel the sync this connection asked for."""
-
-
-class _Versioned(msgspec.Struct):
-    """A request's type and version, read before the rest (another version may differ)."""
-
-    type: str = ""
-    version: int = 0
-
-
 def socket_path(dest: Path) -> Path:
     """Where the agent of the mirror ``dest`` listens."""
     return dest / CONTROL_DIR / SOCKET_NAME
 
 
-def decode_request(line: bytes) -> SyncRequest:
-    """The sync request on ``line``; an :class:`AgentRefusedError` saying why it is none."""
-    try:
-        head = msgspec.json.decode(line, type=_Versioned)
-    except msgspec.DecodeError as exc:
-        raise AgentRefusedError(f"the request is not a JSON object: {exc}") from None
-    if head.type != "sync":
-        raise AgentRefusedError(f"unknown request type {head.type!r}: the agent serves 'sync'")
-    if head.version != PROTOCOL_VERSION:
-        raise AgentRefusedError(
-            f"the request speaks protocol version {head.version}, this agent "
-            f"{PROTOCOL_VERSION}: the client and the agent are different releases",
-            hint="restart the agent after an upgrade; meanwhile the sync runs in this process",
-        )
-    try:
-        return msgspec.json.decode(line, type=SyncRequest)
-    except msgspec.ValidationError as exc:
-        raise AgentRefusedError(f"the request is not valid: {exc}") from None
+def __getattr__(name: str) -> Any:
+    """The agent's Structs of the requests, named here as they always were, imported when
+    first asked for: they need msgspec, which a client never imports (see
+    :mod:`remote_sync.agent_protocol`)."""
+    if name in ("SyncRequest", "CancelRequest", "decode_request"):
+        from . import agent_protocol
+
+        return getattr(agent_protocol, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def encode_line(message: SyncRequest | CancelRequest) -> bytes:
-    """``message`` as its line of the protocol. U+0085, U+2028 and U+2029 (a host or tag as
-    typed may hold them) are written escaped, as on every JSON line we write
-    (:func:`~remote_sync.events.one_line`): the agent splits only at ``\n`` and decodes
-    either form alike (an agent of an earlier release too), but other line splitters (a
-    script reading a captured exchange) split at them."""
-    return one_line(msgspec.json.encode(message)) + b"\n"
+def sync_request(
+    *,
+    inventory: str,
+    hosts: list[str],
+    tags: list[str],
+    dry_run: bool,
+    index: bool,
+    concurrency: int,
+    idle_timeout: float | None,
+    compress: bool | None,
+) -> dict[str, Any]:
+    """The request a client sends for a sync (see the module's protocol), as
+    :func:`encode_line` writes it: a plain mapping, where the agent's
+    :class:`~remote_sync.agent_protocol.SyncRequest` would import msgspec into the client."""
+    return {
+        "type": "sync",
+        "version": PROTOCOL_VERSION,
+        "inventory": inventory,
+        "hosts": hosts,
+        "tags": tags,
+        "dry_run": dry_run,
+        "index": index,
+        "concurrency": concurrency,
+        "idle_timeout": idle_timeout,
+        "compress": compress,
+    }
+
+
+def encode_line(message: SyncRequest | CancelRequest | Mapping[str, Any]) -> bytes:
+    """``message`` (a request's Struct, or its mapping: :func:`sync_request`) as its line of
+    the protocol. A name that is not UTF-8 (a surrogate) is a UnicodeEncodeError. U+0085,
+    U+2028 and U+2029 (a host or tag as typed may hold them) are written escaped, as on
+    every JSON line we write (:func:`~remote_sync.sinks.one_line`): the agent splits only at
+    ``\n`` and decodes either form alike (an agent of an earlier release too), but other
+    line splitters (a script reading a captured exchange) split at them."""
+    if isinstance(message, Mapping):
+        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+    else:
+        import msgspec  # loaded already: the Struct was made with it
+
+        data = msgspec.json.encode(message)
+    return one_line(data) + b"\n"
+
+
+#: What the client sends to cancel its sync.
+CANCEL_LINE = b'{"type":"cancel"}\n'
 
 
 @contextlib.contextmanager
@@ -205,16 +216,27 @@ class AgentLink:
         self._reader.close()
         self.sock.close()
 
-    def send(self, request: SyncRequest) -> None:
+    def send(self, request: SyncRequest | Mapping[str, Any]) -> None:
         self.sock.sendall(encode_line(request))
 
     def cancel(self) -> None:
         """Ask the agent to cancel this connection's sync (it may have ended: no error)."""
         with contextlib.suppress(OSError):
-            self.sock.sendall(encode_line(CancelRequest()))
+            self.sock.sendall(CANCEL_LINE)
 
     def events(self) -> Iterator[Event]:
-        """The events the agent sends, until it closes the connection."""
+        """The events the agent sends, until it closes the connection, as the Structs of
+        :mod:`remote_sync.events` (which imports msgspec: the command line relays
+        :meth:`lines` instead)."""
+        from .events import decode_event
+
+        for event in self.lines():
+            yield decode_event(event.line)
+
+    def lines(self) -> Iterator[AgentEvent]:
+        """The events the agent sends, until it closes the connection, each checked as
+        :func:`~remote_sync.events.decode_event` checks it and kept as the line it came in
+        (see :class:`AgentEvent`); a line that is no event is an :class:`AgentError`."""
         while True:
             try:
                 line = self._reader.readline()
@@ -228,13 +250,184 @@ class AgentLink:
                 return
             if not line.endswith(b"\n"):
                 return  # cut mid-line: the agent died writing it
-            try:
-                yield decode_event(line)
-            except (msgspec.DecodeError, ValueError):
+            fields = _checked_event(line)
+            if fields is None:
                 raise AgentError(
                     f"the agent sent a line that is no event: {_shown(line)}", path=str(self.path)
-                ) from None
+                )
+            yield AgentEvent(line, fields)
 
 
 def _shown(line: bytes) -> str:
     return json.dumps(line[:200].decode("utf-8", "replace"))
+
+
+class AgentEvent:
+    """One event the agent sent: its ``line`` as it came (the agent's ``sync --json`` line,
+    its newline included), which the command line passes on under ``--json`` as it is, and
+    its ``fields`` as JSON reads them (``fields["type"]`` its kind)."""
+
+    __slots__ = ("fields", "line")
+
+    def __init__(self, line: bytes, fields: dict[str, Any]) -> None:
+        self.line = line
+        self.fields = fields
+
+    @classmethod
+    def of_error(cls, exc: RemoteSyncError) -> AgentEvent:
+        """The error event of ``exc``, this client's own (the agent gone, a line that is no
+        event, a second Ctrl-C), as :meth:`remote_sync.events.ErrorEvent.from_exception`
+        makes it and :func:`~remote_sync.events.encode_event` writes it, byte for byte."""
+        fields: dict[str, Any] = {
+            "type": "error",
+            "host": None if exc.host is None else json_safe(exc.host),
+            "path": None if exc.path is None else json_safe(exc.path),
+            "kind": exc.kind,
+            "message": json_safe(exc.message),
+            "hint": json_safe(exc.hint),
+        }
+        data = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+        return cls(one_line(data) + b"\n", fields)
+
+
+# -- the events' schema, for a client without msgspec ---------------------------------------------
+#
+# Each event's fields as remote_sync.events' Structs declare them (a test holds the two the
+# same): its JSON type, and whether it may be left out (a field with a default). An event is
+# checked as msgspec decodes it into its Struct (decode_event): a field of another type, a
+# required one missing, an unknown "type" are refused; fields the Struct does not have are
+# passed over. JSON itself is read by the standard library's json (a tenth of msgspec's
+# import), strict where it is lenient: UTF-8 only, no NaN or Infinity, no lone surrogate,
+# no name twice in an object.
+
+_COUNTS: dict[str, tuple[str, bool]] = {
+    name: ("int", False) for name in ("new", "grown", "rewritten", "unchanged", "deleted", "failed")
+}
+_PROBLEM: dict[str, tuple[str, bool]] = {
+    "host": ("str?", True),
+    "path": ("str?", True),
+    "kind": ("str", True),
+    "message": ("str", True),
+    "hint": ("str", True),
+}
+_HOST_DONE: dict[str, tuple[str, bool]] = {
+    "host": ("str", True),
+    "status": ("str", True),
+    "files": ("counts", True),
+    "bytes": ("int", True),
+    "versions_kept": ("int", False),
+    "seconds": ("float", False),
+    "error": ("str?", False),
+}
+EVENT_FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
+    "progress": {
+        "host": ("str", True),
+        "phase": ("str", True),
+        "files_done": ("int", True),
+        "files_total": ("int", True),
+        "bytes_done": ("int", True),
+        "bytes_total": ("int", True),
+    },
+    "error": _PROBLEM,
+    "warning": _PROBLEM,
+    "host_done": _HOST_DONE,
+    "summary": {
+        "hosts": ("host_done[]", True),
+        "files": ("counts", True),
+        "bytes": ("int", True),
+        "hosts_ok": ("int", True),
+        "hosts_failed": ("int", True),
+        "exit_code": ("int", True),
+        "dry_run": ("bool", True),
+        "seconds": ("float", True),
+        "hosts_partial": ("int", False),
+    },
+    "planned": {
+        "host": ("str", True),
+        "path": ("str", True),
+        "action": ("str", True),
+        "bytes": ("int", True),
+    },
+}
+
+
+def _checked_event(line: bytes) -> dict[str, Any] | None:
+    """The fields of the event on ``line``, or None when it is none (see above)."""
+    try:
+        fields = json.loads(line.decode(), parse_constant=_no_constant, object_pairs_hook=_object)
+    except ValueError:  # not UTF-8, not JSON (a UnicodeDecodeError is a ValueError too)
+        return None
+    if not isinstance(fields, dict):
+        return None
+    kind = fields.get("type")
+    schema = EVENT_FIELDS.get(kind) if type(kind) is str else None
+    if schema is None or not _has(fields, schema):
+        return None
+    return fields
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as json reads it, refused (ValueError) where msgspec refuses it: a
+    string that is no text (a lone surrogate's escape), also in a field the event does not
+    have. A name given twice is refused too, where msgspec reads each (and keeps the last):
+    no agent writes one, and its first value would be relayed unchecked."""
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        raise ValueError("a name given twice")
+    for name, value in pairs:
+        if not name.isascii():
+            _text(name)
+        if type(value) is str:
+            if not value.isascii():
+                _text(value)
+        elif type(value) is list:
+            _texts(value)
+    return fields
+
+
+def _texts(values: list[Any]) -> None:
+    for value in values:
+        if type(value) is str:
+            _text(value)
+        elif type(value) is list:
+            _texts(value)
+
+
+def _text(value: str) -> None:
+    value.encode()  # a lone surrogate: UnicodeEncodeError, a ValueError
+
+
+def _has(fields: dict[str, Any], schema: dict[str, tuple[str, bool]]) -> bool:
+    for name, (kind, required) in schema.items():
+        if name not in fields:
+            if required:
+                return False
+            continue
+        value = fields[name]
+        kind_of = type(value)
+        if kind == "str":
+            ok = kind_of is str
+        elif kind == "str?":
+            ok = value is None or kind_of is str
+        elif kind == "int":
+            ok = kind_of is int
+        elif kind == "float":
+            ok = kind_of is int or (kind_of is float and math.isfinite(value))
+        elif kind == "bool":
+            ok = kind_of is bool
+        elif kind == "counts":
+            ok = kind_of is dict and _has(value, _COUNTS)
+        else:  # "host_done[]": a tag, when given, must be the Struct's own
+            ok = kind_of is list and all(
+                type(item) is dict
+                and item.get("type", "host_done") == "host_done"
+                and _has(item, _HOST_DONE)
+                for item in value
+            )
+        if not ok:
+            return False
+    return True

@@ -9,13 +9,14 @@ is a cancellation (exit 130), :class:`LockedError` another run holding the desti
 75), everything else is a failure of that host or file (exit 1).
 
 Also how what a host holds is said: :func:`path_text` and :func:`path_bytes` for paths,
-:func:`showable` for a terminal, and :class:`ShowableFormatter` for the log lines the commands
-print on stderr.
+:func:`showable` for a terminal (and, through it, for the log lines the commands print on
+stderr: :mod:`remote_sync.logformat`). No logging imported here: the client of the agent
+loads this module and never logs.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 import re
 import shlex
 from collections.abc import Sequence
@@ -62,9 +63,19 @@ class RemoteSyncError(Exception):
 # writes a ``\#`` as ``\#134``: any other backslash stays as it is, so a name holding one
 # shows as typed, and every shown name reads back to its bytes (:func:`path_bytes`).
 
-#: A backslash followed by what reads as an escape: shown as ``\x5c`` (see above).
-_LIKE_AN_ESCAPE = re.compile(rb"\\(?=x[0-9a-f]{2}|u[0-9a-f]{4})")
-_ESCAPE = re.compile(rb"\\(?:x([0-9a-f]{2})|u([0-9a-f]{4}))")
+# The patterns are compiled when first used, not at import (each is a tenth of a millisecond
+# or more): the client of the agent imports this module and most of its runs use none.
+
+
+@functools.cache
+def _like_an_escape() -> re.Pattern[bytes]:
+    # A backslash followed by what reads as an escape: shown as ``\x5c`` (see above).
+    return re.compile(rb"\\(?=x[0-9a-f]{2}|u[0-9a-f]{4})")
+
+
+@functools.cache
+def _escape() -> re.Pattern[bytes]:
+    return re.compile(rb"\\(?:x([0-9a-f]{2})|u([0-9a-f]{4}))")
 
 
 def path_text(path: bytes) -> str:
@@ -73,7 +84,7 @@ def path_text(path: bytes) -> str:
     ``\\x5c``, so the text names the file exactly (:func:`path_bytes` reads it back) and
     always encodes."""
     if b"\\" in path:
-        path = _LIKE_AN_ESCAPE.sub(rb"\\x5c", path)
+        path = _like_an_escape().sub(rb"\\x5c", path)
     return path.decode("utf-8", "backslashreplace")
 
 
@@ -84,7 +95,7 @@ def path_bytes(text: str) -> bytes:
     data = text.encode("utf-8", "surrogateescape")
     if b"\\" not in data:
         return data
-    return _ESCAPE.sub(_unescape, data)
+    return _escape().sub(_unescape, data)
 
 
 def _unescape(match: re.Match[bytes]) -> bytes:
@@ -105,8 +116,11 @@ def escape_surrogate(match: re.Match[str]) -> str:
 # Control characters (escape sequences, carriage returns, C1 codes), bidirectional overrides and
 # isolates (U+202A-202E, U+2066-2069; printed raw, they reorder what follows them on screen, so
 # a name or a message could show another text) and lone surrogates (undecodable bytes).
-_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-_UNSHOWABLE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+@functools.cache
+def _unshowable(lines: bool) -> re.Pattern[str]:
+    if lines:  # newlines and tabs kept
+        return re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+    return re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def showable(text: str, *, lines: bool = False) -> str:
@@ -116,31 +130,8 @@ def showable(text: str, *, lines: bool = False) -> str:
     keeps newlines and tabs; otherwise they are escaped too. Hosts name files and write
     transcripts: what they hold is hostile, and an escape sequence printed raw could retitle,
     clear or drive the terminal."""
-    pattern = _UNSHOWABLE if lines else _UNSHOWABLE_IN_LINE
+    pattern = _unshowable(lines)
     return pattern.sub(_escape_char, text)
-
-
-class ShowableFormatter(logging.Formatter):
-    """A log formatter whose lines are :func:`showable`: a log line may name what a host
-    holds (a recovery note names a mirrored file, the agent logs each error of its rounds),
-    and the log goes to the user's terminal, where an escape sequence in a file name would
-    drive it (OSC 52 writes the clipboard). The message is kept on its line, its line
-    breaks and tabs escaped too: a name holding a newline would otherwise start a line of
-    its own, which could pass for another record (``WARNING ...: all synced``). Only a
-    traceback or stack the record appends keeps its newlines and tabs."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        # format() has just set record.message; it is put back as logged, for whatever reads
-        # the record after this handler without formatting it (another formatter sets its own).
-        message = record.message
-        record.message = showable(message)
-        try:
-            return super().formatMessage(record)
-        finally:
-            record.message = message
-
-    def format(self, record: logging.LogRecord) -> str:
-        return showable(super().format(record), lines=True)
 
 
 def _escape_char(match: re.Match[str]) -> str:

@@ -10,6 +10,8 @@ raises is logged instead of reaching the engine's host tasks, and the JSON rende
 writing, without error, once its reader has gone away (``sync --json | head``). Strings in
 events may come from hostile names (a host or path with bytes that are not UTF-8, kept as
 surrogate escapes): :func:`json_safe` turns them into backslash escapes so every event encodes.
+Those helpers are :mod:`remote_sync.sinks`' (no msgspec there, for the client of the agent,
+which relays the agent's lines without these Structs), named here too.
 Remote paths in events are :func:`remote_sync.errors.path_text`'s form, which
 :func:`remote_sync.errors.path_bytes` reads back; renderers print them through
 :func:`remote_sync.errors.showable`, which escapes what a terminal would take for a command.
@@ -17,22 +19,22 @@ Remote paths in events are :func:`remote_sync.errors.path_text`'s form, which
 
 from __future__ import annotations
 
-import logging
-import os
-import re
-import sys
-import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, Self
 
 import msgspec
 
-from .errors import RemoteSyncError, escape_surrogate
+from .errors import RemoteSyncError
+from .sinks import Throttled, line_writer
+
+# Named here too, as before they moved to sinks.py (callers import them from here).
+from .sinks import guarded as guarded
+from .sinks import json_safe as json_safe
+from .sinks import one_line as one_line
+from .sinks import stdout_to_devnull as stdout_to_devnull
 
 if TYPE_CHECKING:
     from .ssh.options import ConfigWarning
-
-log = logging.getLogger(__name__)
 
 
 class FileCounts(msgspec.Struct):
@@ -151,15 +153,6 @@ Event = Progress | ErrorEvent | WarningEvent | HostDone | Summary | Planned
 Emit = Callable[[Event], None]
 
 _encoder = msgspec.json.Encoder()
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def json_safe(text: str) -> str:
-    """``text`` with lone surrogates (undecodable bytes kept by ``surrogateescape``) written as
-    backslash escapes (``\\xff``, as ``backslashreplace`` shows them), so it encodes as UTF-8."""
-    if text.isascii():
-        return text
-    return _SURROGATE.sub(escape_surrogate, text)
 
 
 def encode_event(event: Event) -> bytes:
@@ -171,18 +164,6 @@ def encode_event(event: Event) -> bytes:
         # Rare (a surrogate-escaped name), so only then pay for a copy of the event.
         data = _encoder.encode(_json_safe_value(msgspec.to_builtins(event)))
     return one_line(data)
-
-
-def one_line(data: bytes) -> bytes:
-    """JSON ``data`` (UTF-8) with U+0085, U+2028 and U+2029 written as ``\\uNNNN``: valid in
-    JSON strings, but line splitters take them for line ends (Python's ``str.splitlines``
-    all three, JavaScript's the last two), and a host's file name or message text may hold
-    them. (JSON itself escapes every character below U+0020.)"""
-    if b"\xc2\x85" in data:
-        data = data.replace(b"\xc2\x85", b"\\u0085")
-    if b"\xe2\x80" in data:
-        data = data.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
-    return data
 
 
 def _json_safe_value(value: Any) -> Any:
@@ -202,77 +183,25 @@ def json_lines_renderer(out: IO[bytes] | None = None) -> Emit:
     pointed at /dev/null so that nothing else (a later flush, the interpreter's at exit) fails
     on it: a reader that has seen enough is not a failure of the sync, which goes on to the end.
     """
-    stream = out if out is not None else sys.stdout.buffer
-    closed = False
+    write = line_writer(out)
 
     def emit(event: Event) -> None:
-        nonlocal closed
-        if closed:
-            return
-        try:
-            stream.write(encode_event(event) + b"\n")
-            stream.flush()
-        except BrokenPipeError:
-            closed = True
-            if out is None:
-                stdout_to_devnull()
+        write(encode_event(event) + b"\n")
 
     return emit
 
 
-def stdout_to_devnull() -> None:
-    """Point file descriptor 1 at /dev/null (Python's recipe for a closed pipe, see the
-    ``signal`` module's note on SIGPIPE), so pending and later writes to stdout go nowhere."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, ValueError, OSError):  # replaced or closed stdout: nothing to do
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)
-
-
-def guarded(emit: Emit) -> Emit:
-    """``emit`` that never raises: what a sink raises is logged, the event dropped.
-
-    The engine calls ``emit`` inside every host's task, so an exception from a sink (a bug in a
-    caller's callback, a terminal gone away) would abort the whole run and lose its data. The
-    run's data and state matter more than its report. ``SystemExit`` is caught too: rich's
-    default reaction to a closed pipe is to raise it. Later events are still passed on.
-    """
-    failed = False
-
-    def call(event: Event) -> None:
-        nonlocal failed
-        try:
-            emit(event)
-        except (Exception, SystemExit) as exc:
-            level = logging.DEBUG if failed else logging.WARNING
-            log.log(
-                level, "cannot report an event (%s: %s); the run goes on", type(exc).__name__, exc
-            )
-            failed = True
-
-    return call
-
-
-class ThrottledProgress:
+class ThrottledProgress(Throttled[Event]):
     """Pass progress events on at most every ``interval`` seconds per host (others at once)."""
 
     def __init__(self, emit: Emit, interval: float = 0.5) -> None:
-        self.emit = emit
-        self.interval = interval
-        self._last: dict[str, float] = {}
+        super().__init__(emit, _fetching_host, interval)
 
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, Progress) and event.phase == "fetching":
-            now = time.monotonic()
-            if now - self._last.get(event.host, 0.0) < self.interval:
-                return
-            self._last[event.host] = now
-        self.emit(event)
+
+def _fetching_host(event: Event) -> str | None:
+    if isinstance(event, Progress) and event.phase == "fetching":
+        return event.host
+    return None
 
 
 def decode_event(line: bytes | str) -> Any:

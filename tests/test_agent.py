@@ -59,10 +59,13 @@ from remote_sync.events import (
     ErrorEvent,
     Event,
     FileCounts,
+    HostDone,
     Planned,
     Progress,
     Summary,
+    WarningEvent,
     decode_event,
+    encode_event,
 )
 from remote_sync.inventory import load_inventory
 from remote_sync.mirror import engine
@@ -153,20 +156,55 @@ def test_a_sync_through_the_agent_is_a_direct_one_on_kept_connections(
     assert not (dest / SOCKET).exists()
 
 
-def test_the_client_does_not_import_asyncssh(agent_setup: tuple[Path, Path]) -> None:
+#: ``remote-sync ARGS`` run as the console script runs it, the modules loaded written to the
+#: file ``OUT`` as it leaves (at its os._exit, after the exit's own steps).
+_MODULES_AT_EXIT = """
+import os, sys
+out, *words = sys.argv[1:]
+leave = os._exit
+
+def written_then_left(code):
+    with open(out, "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+    leave(code)
+
+os._exit = written_then_left
+sys.argv = ["remote-sync", *words]
+from remote_sync.__main__ import run
+run()
+"""
+
+
+def test_the_client_imports_no_engine_no_msgspec_no_logging(
+    fleet: SSHFleet, agent_setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A sync through the agent (its start-up is serial time in every round) loads what
+    forwarding takes, not asyncssh, anyio or the engine, nor, under --json, msgspec and the
+    event Structs, logging or rich: it passes the agent's lines on as they came."""
     inv, dest = agent_setup
     agent = start_agent(inv, dest)
-    script = (
-        "import sys\nfrom remote_sync.cli import main\n"
-        f"code = main(['sync', '-I', {str(inv)!r}, '-d', {str(dest)!r}, '--json'])\n"
-        "print('asyncssh' in sys.modules, 'remote_sync.mirror.engine' in sys.modules, code,"
-        " file=sys.stderr)\n"
-    )
     try:
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+        for extra in (["--dry-run"], []):  # the dry run first: it has files to plan
+            out = tmp_path / "modules"
+            done = subprocess.run(
+                [sys.executable, "-c", _MODULES_AT_EXIT, str(out), "sync", "-I", str(inv),
+                 "-d", str(dest), "--json", *extra],
+                capture_output=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            events = [decode_event(line) for line in done.stdout.splitlines()]
+            assert isinstance(events[-1], Summary) and events[-1].dry_run == bool(extra)
+            assert any(isinstance(e, Planned) for e in events) == bool(extra)
+            loaded = set(out.read_text().splitlines())
+            # Through the agent: a run of its own would have loaded the engine (below).
+            assert "remote_sync.agent_link" in loaded
+            unwanted = {
+                "asyncssh", "anyio", "remote_sync.mirror.engine", "msgspec", "logging", "rich",
+                "remote_sync.events", "typing_extensions",
+            }  # fmt: skip
+            assert loaded & unwanted == set()
     finally:
         stop_agent(agent)
-    assert done.stderr.decode().splitlines()[-1] == "False False 0", done.stderr
 
 
 def stuck_inventory(fleet: SSHFleet, tmp_path: Path) -> Path:
@@ -950,6 +988,173 @@ def test_a_request_is_one_line_whatever_its_names_hold(
     line = encode_line(request)
     assert line.endswith(b"\n") and len(line.decode().splitlines()) == 1
     assert decode_request(line) == request
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hosts=_NAMES,
+    tags=_NAMES,
+    inventory=st.text(),
+    dry_run=st.booleans(),
+    concurrency=st.integers(-(2**70), 2**70),
+    idle_timeout=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+    compress=st.none() | st.booleans(),
+)
+def test_the_clients_request_is_the_one_the_agent_reads(
+    hosts: list[str],
+    tags: list[str],
+    inventory: str,
+    dry_run: bool,
+    concurrency: int,
+    idle_timeout: float | None,
+    compress: bool | None,
+) -> None:
+    """The client writes its request without msgspec (sync_request, a mapping): the agent
+    reads the very request the Struct would have sent, and a name that is no text (a lone
+    surrogate) is a UnicodeEncodeError as it was (the client then runs the sync itself)."""
+    from remote_sync.agent_link import decode_request, encode_line, sync_request
+
+    asked = dict(inventory=inventory, hosts=hosts, tags=tags, dry_run=dry_run, index=False)
+    asked.update(concurrency=concurrency, idle_timeout=idle_timeout, compress=compress)
+    try:
+        struct_line = encode_line(SyncRequest(**asked))  # type: ignore[arg-type]
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            encode_line(sync_request(**asked))  # type: ignore[arg-type]
+        return
+    line = encode_line(sync_request(**asked))  # type: ignore[arg-type]
+    assert line.endswith(b"\n") and len(line.decode().splitlines()) == 1
+    assert decode_request(line) == decode_request(struct_line) == SyncRequest(**asked)  # type: ignore[arg-type]
+
+
+def _schema_of(struct: Any) -> dict[str, tuple[str, bool]]:
+    """An event Struct's fields as agent_link's EVENT_FIELDS says them."""
+    from msgspec import inspect
+
+    def kind(info: Any) -> str:
+        simple = {inspect.StrType: "str", inspect.IntType: "int", inspect.FloatType: "float"}
+        if type(info) in simple:
+            return simple[type(info)]
+        if isinstance(info, inspect.BoolType):
+            return "bool"
+        if isinstance(info, inspect.UnionType):
+            assert {type(t) for t in info.types} == {inspect.StrType, inspect.NoneType}
+            return "str?"
+        if isinstance(info, inspect.StructType) and info.cls is FileCounts:
+            return "counts"
+        assert isinstance(info, inspect.ListType) and info.item_type.cls is HostDone
+        return "host_done[]"
+
+    info = inspect.type_info(struct)
+    return {f.name: (kind(f.type), f.required) for f in info.fields}
+
+
+def test_the_clients_event_schema_is_the_event_structs() -> None:
+    """The client checks the agent's lines without msgspec, by agent_link's own schema of
+    the events: it must be the Structs' (a field added to an event is added there too)."""
+    from remote_sync.agent_link import _COUNTS, EVENT_FIELDS
+
+    structs = {"progress": Progress, "error": ErrorEvent, "warning": WarningEvent}
+    structs.update(host_done=HostDone, summary=Summary, planned=Planned)  # type: ignore[dict-item]
+    assert set(EVENT_FIELDS) == set(structs)
+    for tag, struct in structs.items():
+        assert struct.__struct_config__.tag == tag
+        assert EVENT_FIELDS[tag] == _schema_of(struct), tag
+    assert _schema_of(FileCounts) == _COUNTS
+
+
+#: JSON values of every kind, for a field of an event: the values its type takes and others.
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=4)
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | _TEXT
+    | st.sampled_from([{}, {"new": 1}, {"new": "1"}, "progress", "host_done"]),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(_TEXT, inner, max_size=2),
+    max_leaves=4,
+)
+_SAMPLE_EVENTS = [
+    Progress("h", "fetching", 1, 2, 3, 4),
+    ErrorEvent(None, "p", "agent", "m", "h"),
+    WarningEvent("h", None, "ssh_config", "m", "h"),
+    HostDone("h", "ok", FileCounts(new=1), 5, seconds=0.5),
+    Summary([HostDone("h", "ok", FileCounts(), 0)], FileCounts(), 0, 1, 0, 0, False, 1.5),
+    Planned("h", "a.jsonl", "new", 7),
+]
+
+
+def _json_text(value: Any) -> str:
+    # Infinity as a number out of range (1e999), as another program may write it.
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("-Infinity", "-1e999").replace("Infinity", "1e999")
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    event=st.sampled_from(_SAMPLE_EVENTS),
+    changes=st.lists(st.tuples(_TEXT, _JSON_VALUES | st.just(...)), max_size=3),
+    raw=st.sampled_from(["", "NaN", '"\\ud800"', '["\\udc00x"]', "1e999", "1.0", "[", "0x1"]),
+    nested=st.booleans(),
+)
+@example(event=_SAMPLE_EVENTS[4], changes=[("hosts", [{"type": "planned"}])], raw="", nested=False)
+@example(event=_SAMPLE_EVENTS[0], changes=[("type", "bogus")], raw="", nested=False)
+def test_the_client_refuses_the_lines_msgspec_refuses(
+    event: Any, changes: list[tuple[str, Any]], raw: str, nested: bool
+) -> None:
+    """The client reads the agent's lines with the standard library's json and its own
+    schema: it takes exactly the lines decode_event (msgspec, into the Structs) takes, so
+    that a line that is no event is an AgentError as it was. Each line is a real event with
+    fields changed (dropped: ``...``), added, or given raw JSON text (its "bytes", or its
+    first host's, or a field of its own)."""
+    from remote_sync.agent_link import _checked_event
+
+    fields = msgspec.to_builtins(event)
+    names = [*fields, "type"]
+    for name, value in changes:
+        name = names[len(name) % len(names)] if name[:1] != "x" else name
+        if value is ...:
+            fields.pop(name, None)
+        else:
+            fields[name] = value
+    if raw:
+        hosts = fields.get("hosts")
+        first = hosts[0] if isinstance(hosts, list) and hosts else None
+        at = first if nested and isinstance(first, dict) else fields
+        at["bytes" if "bytes" in at else "x-raw"] = "RAW"
+    line = _json_text(fields).replace('"RAW"', raw).encode() + b"\n"
+    try:
+        decode_event(line)
+        expected = True
+    except (msgspec.DecodeError, ValueError):
+        expected = False
+    assert (_checked_event(line) is not None) == expected, line
+
+
+def test_the_client_refuses_a_name_given_twice() -> None:
+    """Stricter than msgspec there: no agent writes a name twice, and the first value would
+    be passed on unchecked (json and msgspec keep the last)."""
+    from remote_sync.agent_link import _checked_event
+
+    line = encode_event(Planned("h", "a", "new", 1)) + b"\n"
+    assert _checked_event(line) is not None
+    assert _checked_event(line.replace(b'"bytes":1', b'"bytes":"x","bytes":1')) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.text(), min_size=4, max_size=4), host=st.booleans())
+@example(texts=["\udcff", "\x00\x85\u2028\u2029\x7f", '\\"', "\U0001f600"], host=True)
+def test_the_clients_own_error_line_is_the_one_a_run_here_writes(
+    texts: list[str], host: bool
+) -> None:
+    """An error the client says itself (the agent gone, a line that is no event) is written
+    without msgspec, byte for byte as a run here writes its error events."""
+    from remote_sync.agent_link import AgentEvent
+    from remote_sync.events import encode_event
+
+    exc = AgentError(texts[0], host=texts[1] if host else None, path=texts[2], hint=texts[3])
+    assert AgentEvent.of_error(exc).line == encode_event(ErrorEvent.from_exception(exc)) + b"\n"
 
 
 @contextlib.asynccontextmanager

@@ -52,7 +52,6 @@ from remote_sync.errors import (
     HostUnreachableError,
     MirrorError,
     RemoteSyncError,
-    ShowableFormatter,
     TransferCancelledError,
     path_bytes,
     path_text,
@@ -77,6 +76,7 @@ from remote_sync.index.query import SessionRow, iso_instant, open_index, query_s
 from remote_sync.index.store import mark_before
 from remote_sync.index.update import IndexUpdate, rebuild_index
 from remote_sync.inventory import Host, load_inventory
+from remote_sync.logformat import ShowableFormatter
 from remote_sync.mirror.state import FileState, MirrorState, fingerprint_of
 from remote_sync.render import RichRenderer, plain
 

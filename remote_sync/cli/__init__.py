@@ -670,9 +670,9 @@ def entry() -> NoReturn:
     code = main()
     if sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)
-    import logging
-
-    logging.shutdown()
+    logging = sys.modules.get("logging")
+    if logging is not None:  # imported by the run (a sync through the agent has none)
+        logging.shutdown()
     try:
         sys.stdout.flush()
     except BrokenPipeError:

@@ -57,7 +57,7 @@ def interrupted() -> RemoteSyncError:
 def setup_logging(verbose: int) -> None:
     import logging
 
-    from ..errors import ShowableFormatter
+    from ..logformat import ShowableFormatter
 
     # Log lines name hosts' files: their control characters escaped, as in every other line.
     handler = logging.StreamHandler()

@@ -5,7 +5,8 @@ run here (:func:`run_sync`: the engine's rounds, a first Ctrl-C or SIGTERM cance
 and a second leaving at once), where its events go (JSON lines, or the live display and
 recap of :mod:`remote_sync.render`) and a report lost on the way (exit 1); and the client of
 the agent serving ``--dest`` (:func:`_sync_through_agent`), which shows the agent's events
-and derives the exit code as a run here would, with no asyncssh and no engine imported.
+and derives the exit code as a run here would, with no asyncssh and no engine imported (nor,
+under ``--json``, msgspec or logging: it passes the agent's lines on as they came).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from ..errors import ConfigError, RemoteSyncError
 from ..ssh.remote import check_concurrency
@@ -35,10 +36,15 @@ from .common import (
 from .running import freeze_imports, heeded_signals, one_malloc_arena, signals_received
 
 if TYPE_CHECKING:
-    from ..agent_link import AgentLink
+    from ..agent_link import AgentEvent, AgentLink
     from ..events import Emit, Event
     from ..inventory import Host, Inventory
     from ..mirror.engine import SyncOptions
+
+    #: The sink of the agent's events, as the client relays them.
+    _AgentEmit = Callable[[AgentEvent], None]
+
+E = TypeVar("E")
 
 
 def _select_hosts(args: argparse.Namespace) -> list[Host]:
@@ -98,10 +104,11 @@ def _given_adhoc_options(args: argparse.Namespace) -> list[str]:
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    setup_logging(args.verbose)
     through_agent = _sync_through_agent(args)
     if through_agent is not None:
         return through_agent
+    # Only now: a sync followed through the agent logs nothing (logging is 3 ms of imports).
+    setup_logging(args.verbose)
     one_malloc_arena()
     from ..ssh.fastimport import import_asyncssh
 
@@ -178,7 +185,7 @@ async def _sync_main(
                 first = True
                 async for signum in signals:
                     if not first:
-                        _abort_at_once(emit, stop_display)
+                        _abort_at_once(_error_to(emit), stop_display)
                     first = False
                     _say_cancelling(signum)
                     registry.cancel_all("cancelled by signal")
@@ -199,9 +206,10 @@ async def _sync_main(
 @contextlib.contextmanager
 def _sync_output(
     json_out: Emit | None, dest: str | Path
-) -> Iterator[tuple[Emit, _OutputWatch, Callable[[], None] | None]]:
-    """Where a sync's events go, run here or by the agent: ``json_out`` (``--json``), else
-    the live display of the mirror ``dest``, for as long as the block runs. Yields the sink
+) -> Iterator[tuple[Emit, _OutputWatch[Event], Callable[[], None] | None]]:
+    """Where the events of a sync run here go: ``json_out`` (``--json``), else the live
+    display of the mirror ``dest``, for as long as the block runs (a sync run by the agent
+    has sinks of the same kinds for the agent's lines: :func:`_follow_agent`). Yields the sink
     to give the events, the watch of its writes (:func:`_with_lost_output`), and what stops
     the display (None for JSON lines)."""
     from ..events import ThrottledProgress, guarded
@@ -219,18 +227,18 @@ def _sync_output(
         yield guarded(ThrottledProgress(watch, 0.1)), watch, renderer.progress.stop
 
 
-class _OutputWatch:
+class _OutputWatch(Generic[E]):
     """A sync's event sink that remembers the first write of its report that failed (a full
     disk under the log it is redirected to, an I/O error). :func:`~remote_sync.events.guarded`
     keeps such a failure from costing the run its work, so without this the run exited 0 with
     its summary lost, and a script read a success it could not check. A reader that closed
     the pipe (``| head``) is no such failure: the sinks take that in silence themselves."""
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Callable[[E], None]) -> None:
         self.emit = emit
         self.lost: OSError | None = None
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: E) -> None:
         try:
             self.emit(event)
         except OSError as exc:
@@ -239,7 +247,14 @@ class _OutputWatch:
             raise
 
 
-def _with_lost_output(code: int, watch: _OutputWatch) -> int:
+def _error_to(emit: Emit) -> Callable[[RemoteSyncError], None]:
+    """What gives ``emit`` the error event of an error."""
+    from ..events import ErrorEvent
+
+    return lambda exc: emit(ErrorEvent.from_exception(exc))
+
+
+def _with_lost_output(code: int, watch: _OutputWatch[Any]) -> int:
     """The exit code of a sync whose report may have been lost: a success becomes a failure
     (exit 1), said on stderr; a failure, a cancel or the lock keep their own codes."""
     if watch.lost is None:
@@ -248,19 +263,19 @@ def _with_lost_output(code: int, watch: _OutputWatch) -> int:
     return EXIT_FAILED if code == EXIT_OK else code
 
 
-def _abort_at_once(emit: Emit, stop_display: Callable[[], None] | None) -> NoReturn:
+def _abort_at_once(
+    report: Callable[[RemoteSyncError], None], stop_display: Callable[[], None] | None
+) -> NoReturn:
     """A second Ctrl-C: leave now, as a ``kill -9`` would, without waiting for the rounds to
     wind down (a commit in progress, a host that does not answer the cancel). The mirror is
-    built to survive exactly that: the next run cuts back what no checkpoint covers."""
+    built to survive exactly that: the next run cuts back what no checkpoint covers.
+    ``report`` gives the error event of its error to the run's sink."""
     from ..errors import TransferCancelledError
-    from ..events import ErrorEvent
 
-    emit(
-        ErrorEvent.from_exception(
-            TransferCancelledError(
-                "aborted at once by a second signal",
-                hint="run the sync again: it resumes from the last checkpoints",
-            )
+    report(
+        TransferCancelledError(
+            "aborted at once by a second signal",
+            hint="run the sync again: it resumes from the last checkpoints",
         )
     )
     if stop_display is not None:
@@ -278,7 +293,8 @@ def _sync_through_agent(args: argparse.Namespace) -> int | None:
     """The sync run by the agent serving ``--dest``, if one answers there and can serve it:
     its exit code, the events shown as a run here would show them. None: run it here (no
     agent, ``--no-agent``, an ad-hoc host or its options, or a request the agent refused,
-    said on stderr). Only the standard library, msgspec and rich: no asyncssh, no engine."""
+    said on stderr). Only the standard library, and rich for the display: no asyncssh, no
+    engine, and under ``--json`` no msgspec and no logging either (see :func:`_follow_agent`)."""
     if args.no_agent or not args.inventory or _given_adhoc_options(args):
         return None
     if not args.dest:
@@ -288,7 +304,7 @@ def _sync_through_agent(args: argparse.Namespace) -> int | None:
     link = agent_link.connect(Path(args.dest))
     if link is None:
         return None
-    request = agent_link.SyncRequest(
+    request = agent_link.sync_request(
         inventory=os.path.abspath(args.inventory),
         hosts=list(args.hosts),
         tags=list(args.tag),
@@ -311,68 +327,105 @@ def _sync_through_agent(args: argparse.Namespace) -> int | None:
 
 
 def _follow_agent(link: AgentLink, args: argparse.Namespace) -> int | None:
-    from ..events import json_lines_renderer
+    """The agent's events shown as a run here shows its own: under ``--json`` each line
+    passed on as the agent wrote it (the same bytes a run here writes), else decoded for the
+    live display. The sinks are those of a run here (:func:`_sync_output`), but for the
+    agent's lines (:class:`~remote_sync.agent_link.AgentEvent`): with no event Structs, the
+    client imports no msgspec; and logging is set up only if a sink fails, to say so."""
+    from ..sinks import Throttled, guarded, line_writer
 
-    json_out = json_lines_renderer() if args.json else None
-    with _sync_output(json_out, args.dest) as (emit, watch, stop_display):
-        code = _agent_events(link, emit, args.json, stop_display)
+    def logging_setup() -> None:
+        setup_logging(args.verbose)
+
+    def throttled(out: Callable[[AgentEvent], None], interval: float) -> _AgentEmit:
+        setup = logging_setup if args.json else None
+        return guarded(Throttled(out, _fetching_host, interval), logging_setup=setup)
+
+    watch: _OutputWatch[AgentEvent]
+    if args.json:
+        write = line_writer()
+        watch = _OutputWatch(lambda event: write(event.line))
+        code = _agent_events(link, throttled(watch, 0.5), args.json, None)
+    else:
+        from ..events import decode_event
+        from ..render import RichRenderer
+
+        logging_setup()  # beside rich's imports, logging's hardly count
+        with RichRenderer(dest=str(args.dest)) as renderer:
+            watch = _OutputWatch(lambda event: renderer(decode_event(event.line)))
+            code = _agent_events(link, throttled(watch, 0.1), args.json, renderer.progress.stop)
     return None if code is None else _with_lost_output(code, watch)
 
 
+def _fetching_host(event: AgentEvent) -> str | None:
+    """The host of an agent's progress event of a host's fetching (the ones throttled)."""
+    fields = event.fields
+    if fields["type"] == "progress" and fields["phase"] == "fetching":
+        host: str = fields["host"]
+        return host
+    return None
+
+
 def _agent_events(
-    link: AgentLink, emit: Emit, json: bool, stop_display: Callable[[], None] | None
+    link: AgentLink, emit: _AgentEmit, json: bool, stop_display: Callable[[], None] | None
 ) -> int | None:
     """Pass the agent's events to ``emit`` until it closes; the exit code a run here would
     have had (from the summary, else from the error that stopped the sync), or None when the
     agent refused the request. An error is held until the next event: the last one, with
     no summary after it, stopped the sync, and is reported as a run here reports such an
     error (a refusal is not shown at all: the sync runs here instead)."""
+    from ..agent_link import AgentEvent
     from ..errors import AgentError
-    from ..events import ErrorEvent, Summary
 
-    held: ErrorEvent | None = None
-    summary: Summary | None = None
+    held: AgentEvent | None = None
+    exit_code_of_summary: int | None = None
     with _cancel_on_signals(link, emit, stop_display):
         try:
-            for event in link.events():
+            for event in link.lines():
                 if held is not None:
                     emit(held)
                     held = None
-                if isinstance(event, ErrorEvent):
+                kind = event.fields["type"]
+                if kind == "error":
                     held = event
                     continue
                 emit(event)
-                if isinstance(event, Summary):
-                    summary = event
+                if kind == "summary":
+                    exit_code_of_summary = event.fields["exit_code"]
         except AgentError as exc:
-            held = ErrorEvent.from_exception(exc)
-    if summary is not None:
+            held = AgentEvent.of_error(exc)
+    if exit_code_of_summary is not None:
         if held is not None:
             emit(held)
-        return summary.exit_code
+        return exit_code_of_summary
     if held is None:
-        held = ErrorEvent.from_exception(
+        held = AgentEvent.of_error(
             AgentError("the agent ended the connection before the sync's end", path=str(link.path))
         )
-    error = RemoteSyncError(held.message, host=held.host, path=held.path, hint=held.hint)
-    if held.kind == "agent_refused":
+    fields = held.fields
+    error = RemoteSyncError(
+        fields["message"], host=fields["host"], path=fields["path"], hint=fields["hint"]
+    )
+    if fields["kind"] == "agent_refused":
         say(RemoteSyncError(f"the agent cannot serve this sync: {error}"))
         return None
     if json:
         emit(held)
     say(error)
-    return exit_code(held.kind)
+    return exit_code(fields["kind"])
 
 
 @contextlib.contextmanager
 def _cancel_on_signals(
-    link: AgentLink, emit: Emit, stop_display: Callable[[], None] | None
+    link: AgentLink, emit: _AgentEmit, stop_display: Callable[[], None] | None
 ) -> Iterator[None]:
     """A first Ctrl-C or SIGTERM sends the agent a cancel for this sync (whose events then
     end as a cancelled run's do); a second leaves at once, as in a run here (the agent
     cancels the sync of a client gone)."""
     import signal
     import threading
+
+    from ..agent_link import AgentEvent
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -384,7 +437,7 @@ def _cancel_on_signals(
         nonlocal signals
         signals += 1
         if signals > 1:
-            _abort_at_once(emit, stop_display)
+            _abort_at_once(lambda exc: emit(AgentEvent.of_error(exc)), stop_display)
         _say_cancelling(signum)
         link.cancel()
 

@@ -5,12 +5,16 @@ longer than ``AF_UNIX`` allows, the request a client sends (:func:`sync_request`
 :func:`encode_line`; the agent reads it as :mod:`remote_sync.agent_protocol`'s
 :class:`SyncRequest`, named here too, as is :class:`CancelRequest`), the peer's uid
 (``SO_PEERCRED``), the client's side of a connection (:func:`connect`, :class:`AgentLink`)
-and the events it reads, each checked against the events' schema (:data:`EVENT_FIELDS`) and
-kept as the line it came in (:class:`AgentEvent`); and the agent's defaults, which the CLI
-and the library take without importing the agent. Standard library only: a ``remote-sync
-sync`` that goes through the agent never imports asyncssh, anyio or the engine, which is
-most of what the agent saves it, nor msgspec or logging (a third of what was left of its
-start-up).
+and the events it reads, kept as the line each came in (:class:`AgentEvent`), each checked
+for no more than what the client reads of it: UTF-8 JSON (no NaN or Infinity) of an object
+whose ``type`` is an event's, a progress event's ``host`` and ``phase`` strings, an error's
+``kind``, ``message`` and ``hint`` strings and ``host`` and ``path`` strings or null, a
+summary's ``exit_code`` an exit status (0-255); the rest is passed on as it came (the agent,
+this package's own process, writes them from :mod:`remote_sync.events`' Structs). And the
+agent's defaults, which the CLI and the library take without importing the agent.
+Standard library only: a ``remote-sync sync`` that goes through the agent never imports
+asyncssh, anyio or the engine, which is most of what the agent saves it, nor msgspec or
+logging (a third of what was left of its start-up).
 
 The protocol is JSON lines over the socket (one object per line, UTF-8):
 
@@ -44,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import socket
 import struct
@@ -227,16 +230,17 @@ class AgentLink:
     def events(self) -> Iterator[Event]:
         """The events the agent sends, until it closes the connection, as the Structs of
         :mod:`remote_sync.events` (which imports msgspec: the command line relays
-        :meth:`lines` instead)."""
+        :meth:`lines` instead); a line :func:`~remote_sync.events.decode_event` refuses raises
+        its error (msgspec's)."""
         from .events import decode_event
 
         for event in self.lines():
             yield decode_event(event.line)
 
     def lines(self) -> Iterator[AgentEvent]:
-        """The events the agent sends, until it closes the connection, each checked as
-        :func:`~remote_sync.events.decode_event` checks it and kept as the line it came in
-        (see :class:`AgentEvent`); a line that is no event is an :class:`AgentError`."""
+        """The events the agent sends, until it closes the connection, each kept as the line
+        it came in (see :class:`AgentEvent`) once what the client reads of it is checked (see
+        the module's docstring); a line that fails is an :class:`AgentError`."""
         while True:
             try:
                 line = self._reader.readline()
@@ -290,144 +294,59 @@ class AgentEvent:
         return cls(one_line(data) + b"\n", fields)
 
 
-# -- the events' schema, for a client without msgspec ---------------------------------------------
+# -- what the client reads of the agent's lines ---------------------------------------------------
 #
-# Each event's fields as remote_sync.events' Structs declare them (a test holds the two the
-# same): its JSON type, and whether it may be left out (a field with a default). An event is
-# checked as msgspec decodes it into its Struct (decode_event): a field of another type, a
-# required one missing, an unknown "type" are refused; fields the Struct does not have are
-# passed over. JSON itself is read by the standard library's json (a tenth of msgspec's
-# import), strict where it is lenient: UTF-8 only, no NaN or Infinity, no lone surrogate,
-# no name twice in an object.
+# The agent is this package's own process (the same uid, SO_PEERCRED; the same protocol
+# version, checked before it answers), and it writes its events with msgspec from
+# remote_sync.events' Structs. The client relays them as they came, so it checks only what
+# it reads itself, that a line can neither crash it nor give it a wrong exit code: UTF-8
+# JSON (the standard library's json, a tenth of msgspec's import; no NaN or Infinity) of an
+# object whose "type" is a known event's, the fields it reads of its kind of the types it
+# reads them as (a summary's exit code an exit status, 0 to 255). Anything else on the line
+# is passed on as it came.
 
-_COUNTS: dict[str, tuple[str, bool]] = {
-    name: ("int", False) for name in ("new", "grown", "rewritten", "unchanged", "deleted", "failed")
-}
-_PROBLEM: dict[str, tuple[str, bool]] = {
-    "host": ("str?", True),
-    "path": ("str?", True),
-    "kind": ("str", True),
-    "message": ("str", True),
-    "hint": ("str", True),
-}
-_HOST_DONE: dict[str, tuple[str, bool]] = {
-    "host": ("str", True),
-    "status": ("str", True),
-    "files": ("counts", True),
-    "bytes": ("int", True),
-    "versions_kept": ("int", False),
-    "seconds": ("float", False),
-    "error": ("str?", False),
-}
-EVENT_FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
-    "progress": {
-        "host": ("str", True),
-        "phase": ("str", True),
-        "files_done": ("int", True),
-        "files_total": ("int", True),
-        "bytes_done": ("int", True),
-        "bytes_total": ("int", True),
-    },
-    "error": _PROBLEM,
-    "warning": _PROBLEM,
-    "host_done": _HOST_DONE,
-    "summary": {
-        "hosts": ("host_done[]", True),
-        "files": ("counts", True),
-        "bytes": ("int", True),
-        "hosts_ok": ("int", True),
-        "hosts_failed": ("int", True),
-        "exit_code": ("int", True),
-        "dry_run": ("bool", True),
-        "seconds": ("float", True),
-        "hosts_partial": ("int", False),
-    },
-    "planned": {
-        "host": ("str", True),
-        "path": ("str", True),
-        "action": ("str", True),
-        "bytes": ("int", True),
-    },
+#: Each event's kind, and the fields the client reads of it (the sync's command line:
+#: the throttle, the exit code, the error it says): name, type, and whether it may be null.
+_READ: dict[str, tuple[tuple[str, type, bool], ...]] = {
+    "progress": (("host", str, False), ("phase", str, False)),
+    "error": (
+        ("kind", str, False),
+        ("message", str, False),
+        ("hint", str, False),
+        ("host", str, True),
+        ("path", str, True),
+    ),
+    "summary": (("exit_code", int, False),),
+    "warning": (),
+    "host_done": (),
+    "planned": (),
 }
 
 
 def _checked_event(line: bytes) -> dict[str, Any] | None:
-    """The fields of the event on ``line``, or None when it is none (see above)."""
+    """The fields of the event on ``line``, or None when it is none the client can read
+    (see above)."""
     try:
-        fields = json.loads(line.decode(), parse_constant=_no_constant, object_pairs_hook=_object)
-    except ValueError:  # not UTF-8, not JSON (a UnicodeDecodeError is a ValueError too)
-        return None
-    if not isinstance(fields, dict):
+        fields = json.loads(line.decode(), parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # not UTF-8 (a ValueError too), not JSON, or nested
+        return None  # deeper than json's recursion goes
+    if type(fields) is not dict:
         return None
     kind = fields.get("type")
-    schema = EVENT_FIELDS.get(kind) if type(kind) is str else None
-    if schema is None or not _has(fields, schema):
+    read = _READ.get(kind) if type(kind) is str else None
+    if read is None:
         return None
+    for name, kind_of, nullable in read:
+        if name not in fields:
+            return None
+        value = fields[name]
+        # type(), not isinstance: a bool is no exit code.
+        if type(value) is not kind_of and not (nullable and value is None):
+            return None
+    if kind == "summary" and not 0 <= fields["exit_code"] <= 255:
+        return None  # no exit status: os._exit fails on it, or takes 256 for 0
     return fields
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object as json reads it, refused (ValueError) where msgspec refuses it: a
-    string that is no text (a lone surrogate's escape), also in a field the event does not
-    have. A name given twice is refused too, where msgspec reads each (and keeps the last):
-    no agent writes one, and its first value would be relayed unchecked."""
-    fields = dict(pairs)
-    if len(fields) != len(pairs):
-        raise ValueError("a name given twice")
-    for name, value in pairs:
-        if not name.isascii():
-            _text(name)
-        if type(value) is str:
-            if not value.isascii():
-                _text(value)
-        elif type(value) is list:
-            _texts(value)
-    return fields
-
-
-def _texts(values: list[Any]) -> None:
-    for value in values:
-        if type(value) is str:
-            _text(value)
-        elif type(value) is list:
-            _texts(value)
-
-
-def _text(value: str) -> None:
-    value.encode()  # a lone surrogate: UnicodeEncodeError, a ValueError
-
-
-def _has(fields: dict[str, Any], schema: dict[str, tuple[str, bool]]) -> bool:
-    for name, (kind, required) in schema.items():
-        if name not in fields:
-            if required:
-                return False
-            continue
-        value = fields[name]
-        kind_of = type(value)
-        if kind == "str":
-            ok = kind_of is str
-        elif kind == "str?":
-            ok = value is None or kind_of is str
-        elif kind == "int":
-            ok = kind_of is int
-        elif kind == "float":
-            ok = kind_of is int or (kind_of is float and math.isfinite(value))
-        elif kind == "bool":
-            ok = kind_of is bool
-        elif kind == "counts":
-            ok = kind_of is dict and _has(value, _COUNTS)
-        else:  # "host_done[]": a tag, when given, must be the Struct's own
-            ok = kind_of is list and all(
-                type(item) is dict
-                and item.get("type", "host_done") == "host_done"
-                and _has(item, _HOST_DONE)
-                for item in value
-            )
-        if not ok:
-            return False
-    return True

@@ -23,6 +23,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator
 from pathlib import Path
@@ -1027,42 +1028,6 @@ def test_the_clients_request_is_the_one_the_agent_reads(
     assert decode_request(line) == decode_request(struct_line) == SyncRequest(**asked)  # type: ignore[arg-type]
 
 
-def _schema_of(struct: Any) -> dict[str, tuple[str, bool]]:
-    """An event Struct's fields as agent_link's EVENT_FIELDS says them."""
-    from msgspec import inspect
-
-    def kind(info: Any) -> str:
-        simple = {inspect.StrType: "str", inspect.IntType: "int", inspect.FloatType: "float"}
-        if type(info) in simple:
-            return simple[type(info)]
-        if isinstance(info, inspect.BoolType):
-            return "bool"
-        if isinstance(info, inspect.UnionType):
-            assert {type(t) for t in info.types} == {inspect.StrType, inspect.NoneType}
-            return "str?"
-        if isinstance(info, inspect.StructType) and info.cls is FileCounts:
-            return "counts"
-        assert isinstance(info, inspect.ListType) and info.item_type.cls is HostDone
-        return "host_done[]"
-
-    info = inspect.type_info(struct)
-    return {f.name: (kind(f.type), f.required) for f in info.fields}
-
-
-def test_the_clients_event_schema_is_the_event_structs() -> None:
-    """The client checks the agent's lines without msgspec, by agent_link's own schema of
-    the events: it must be the Structs' (a field added to an event is added there too)."""
-    from remote_sync.agent_link import _COUNTS, EVENT_FIELDS
-
-    structs = {"progress": Progress, "error": ErrorEvent, "warning": WarningEvent}
-    structs.update(host_done=HostDone, summary=Summary, planned=Planned)  # type: ignore[dict-item]
-    assert set(EVENT_FIELDS) == set(structs)
-    for tag, struct in structs.items():
-        assert struct.__struct_config__.tag == tag
-        assert EVENT_FIELDS[tag] == _schema_of(struct), tag
-    assert _schema_of(FileCounts) == _COUNTS
-
-
 #: JSON values of every kind, for a field of an event: the values its type takes and others.
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=4)
 _JSON_VALUES = st.recursive(
@@ -1071,18 +1036,20 @@ _JSON_VALUES = st.recursive(
     | st.integers(-(2**70), 2**70)
     | st.floats(allow_nan=False)
     | _TEXT
-    | st.sampled_from([{}, {"new": 1}, {"new": "1"}, "progress", "host_done"]),
+    | st.sampled_from([{}, {"new": 1}, "progress", "fetching", "summary", 0, 130, 256]),
     lambda inner: st.lists(inner, max_size=2) | st.dictionaries(_TEXT, inner, max_size=2),
     max_leaves=4,
 )
 _SAMPLE_EVENTS = [
     Progress("h", "fetching", 1, 2, 3, 4),
     ErrorEvent(None, "p", "agent", "m", "h"),
+    ErrorEvent("h", None, "locked", "m", "h"),
     WarningEvent("h", None, "ssh_config", "m", "h"),
     HostDone("h", "ok", FileCounts(new=1), 5, seconds=0.5),
     Summary([HostDone("h", "ok", FileCounts(), 0)], FileCounts(), 0, 1, 0, 0, False, 1.5),
     Planned("h", "a.jsonl", "new", 7),
 ]
+_SUMMARY_LINE = encode_event(_SAMPLE_EVENTS[5]) + b"\n"
 
 
 def _json_text(value: Any) -> str:
@@ -1091,55 +1058,108 @@ def _json_text(value: Any) -> str:
     return text.replace("-Infinity", "-1e999").replace("Infinity", "1e999")
 
 
-@settings(max_examples=600, deadline=None)
+def _relayed(lines: list[bytes]) -> tuple[int | None, list[bytes]]:
+    """What the client of the agent makes of ``lines`` sent by an agent (under ``--json``):
+    its exit code and the lines it relays."""
+    from remote_sync import agent_link
+    from remote_sync.cli.sync import _agent_events
+
+    ours, theirs = socket.socketpair()
+
+    def agent() -> None:
+        with theirs:
+            theirs.sendall(b"".join(lines))
+
+    writer = threading.Thread(target=agent)
+    writer.start()
+    relayed: list[bytes] = []
+    try:
+        with agent_link.AgentLink(ours, Path("agent.sock")) as link:
+            code = _agent_events(link, lambda event: relayed.append(event.line), True, None)
+    finally:
+        writer.join()
+    return code, relayed
+
+
+def _an_agent_error(line: bytes) -> bool:
+    fields = json.loads(line)
+    return (
+        fields["type"] == "error" and fields["kind"] == "agent" and fields["path"] == "agent.sock"
+    )
+
+
+@settings(max_examples=400, deadline=None)
 @given(
     event=st.sampled_from(_SAMPLE_EVENTS),
     changes=st.lists(st.tuples(_TEXT, _JSON_VALUES | st.just(...)), max_size=3),
-    raw=st.sampled_from(["", "NaN", '"\\ud800"', '["\\udc00x"]', "1e999", "1.0", "[", "0x1"]),
-    nested=st.booleans(),
+    raw=st.sampled_from(["", "NaN", "-Infinity", '"\\ud800"', "1e999", "1.0", "[", "true"]),
+    summary=st.booleans(),
 )
-@example(event=_SAMPLE_EVENTS[4], changes=[("hosts", [{"type": "planned"}])], raw="", nested=False)
-@example(event=_SAMPLE_EVENTS[0], changes=[("type", "bogus")], raw="", nested=False)
-def test_the_client_refuses_the_lines_msgspec_refuses(
-    event: Any, changes: list[tuple[str, Any]], raw: str, nested: bool
+@example(event=_SAMPLE_EVENTS[5], changes=[("exit_code", 256)], raw="", summary=False)
+@example(event=_SAMPLE_EVENTS[5], changes=[("exit_code", 2**70)], raw="", summary=False)
+@example(event=_SAMPLE_EVENTS[5], changes=[("exit_code", True)], raw="", summary=False)
+@example(event=_SAMPLE_EVENTS[0], changes=[("phase", 1)], raw="", summary=True)
+@example(event=_SAMPLE_EVENTS[1], changes=[("kind", None)], raw="", summary=False)
+def test_the_client_cannot_be_crashed_or_misled_by_a_line_of_the_agent(
+    event: Any, changes: list[tuple[str, Any]], raw: str, summary: bool
 ) -> None:
-    """The client reads the agent's lines with the standard library's json and its own
-    schema: it takes exactly the lines decode_event (msgspec, into the Structs) takes, so
-    that a line that is no event is an AgentError as it was. Each line is a real event with
-    fields changed (dropped: ``...``), added, or given raw JSON text (its "bytes", or its
-    first host's, or a field of its own)."""
-    from remote_sync.agent_link import _checked_event
-
+    """The client checks of the agent's lines only what it reads (the agent is our own
+    process, writing from the event Structs), yet no line makes it fail or exit with a code
+    no run gives: each line is passed on as it came or is an AgentError (exit 1); the
+    summary's exit code, when the client takes one, is an exit status. Each line is a real
+    event with fields changed (dropped: ``...``; a name not its own stands for one of its
+    fields), added (``x...``), or given raw JSON text, maybe followed by a good summary
+    (exit 0)."""
     fields = msgspec.to_builtins(event)
     names = [*fields, "type"]
     for name, value in changes:
-        name = names[len(name) % len(names)] if name[:1] != "x" else name
+        if name not in names and name[:1] != "x":
+            name = names[len(name) % len(names)]
         if value is ...:
             fields.pop(name, None)
         else:
             fields[name] = value
     if raw:
-        hosts = fields.get("hosts")
-        first = hosts[0] if isinstance(hosts, list) and hosts else None
-        at = first if nested and isinstance(first, dict) else fields
-        at["bytes" if "bytes" in at else "x-raw"] = "RAW"
+        fields["exit_code" if "exit_code" in fields else "bytes" if "bytes" in fields else "x"] = (
+            "RAW"
+        )
     line = _json_text(fields).replace('"RAW"', raw).encode() + b"\n"
-    try:
-        decode_event(line)
-        expected = True
-    except (msgspec.DecodeError, ValueError):
-        expected = False
-    assert (_checked_event(line) is not None) == expected, line
+    lines = [line, _SUMMARY_LINE] if summary else [line]
+    code, relayed = _relayed(lines)
+    assert code is None or 0 <= code <= 255
+    if relayed and _an_agent_error(relayed[-1]):
+        assert code == 1 and relayed[:-1] == lines[: len(relayed) - 1]
+        return
+    if code is None:  # refused: the sync runs here, nothing shown
+        assert fields["type"] == "error" and fields["kind"] == "agent_refused" and not summary
+        return
+    assert relayed == lines
+    if summary:
+        assert code == 0
+    elif fields["type"] == "summary":
+        assert code == fields["exit_code"]
 
 
-def test_the_client_refuses_a_name_given_twice() -> None:
-    """Stricter than msgspec there: no agent writes a name twice, and the first value would
-    be passed on unchecked (json and msgspec keep the last)."""
-    from remote_sync.agent_link import _checked_event
+def test_the_client_passes_on_what_it_does_not_read_as_it_came() -> None:
+    """Lines of fields the client does not read, of any type or missing, are relayed as they
+    came: where it held the agent's lines to a copy of the event Structs' schema, and took
+    such a line for no event at all (the agent, our own process, writes none)."""
+    lines = [
+        b'{"type":"progress","host":"h","phase":"fetching","files_done":"x","new":[1]}\n',
+        b'{"type":"host_done","host":7}\n',
+        b'{"type":"planned"}\n',
+        b'{"type":"warning","kind":null,"x":{"y":1e999}}\n',
+        b'{"type":"summary","exit_code":2,"hosts":{}}\n',
+    ]
+    assert _relayed(lines) == (2, lines)
 
-    line = encode_event(Planned("h", "a", "new", 1)) + b"\n"
-    assert _checked_event(line) is not None
-    assert _checked_event(line.replace(b'"bytes":1', b'"bytes":"x","bytes":1')) is None
+
+def test_a_line_nested_past_jsons_recursion_is_no_event_not_a_crash() -> None:
+    """json's RecursionError on a line nested deeper than it goes escaped the client (a
+    traceback, exit 1 without the error event): the line is no event, an AgentError."""
+    deep = b'{"type":"planned","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    code, relayed = _relayed([deep, _SUMMARY_LINE])
+    assert code == 1 and len(relayed) == 1 and _an_agent_error(relayed[0])
 
 
 @settings(max_examples=300, deadline=None)

@@ -348,8 +348,8 @@ def _planned_one_by_one(
 def test_a_file_is_planned_as_by_its_glob_and_checkpoint_alone() -> None:
     """Skipping the globs for an unchanged file changes no decision: every combination of a
     listed file and its checkpoint (sizes either side of each other, the mirror past the
-    listed size, another mtime or inode, either kind either way, deleted, a placeholder's,
-    none) is planned as ``_decide`` decides it with the kind the globs give."""
+    listed size, another mtime or inode, either kind either way, deleted or renamed, a
+    placeholder's, none) is planned as ``_decide`` decides it with the kind the globs give."""
     for case in itertools.product(
         [0, 1, 99, 100, 101, 5000],  # the listed size
         [0, 99, 100, 101],  # the size mirrored
@@ -358,7 +358,7 @@ def test_a_file_is_planned_as_by_its_glob_and_checkpoint_alone() -> None:
         [7, 8],
         ["append", "whole"],
         [True, False],
-        ["live", "deleted"],
+        ["live", "deleted", "renamed"],  # every state a row has (state.py)
         [b"", b"f" * 16],
         [True, False],
     ):

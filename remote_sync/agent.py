@@ -53,13 +53,11 @@ from .agent_link import (
     MAX_REQUEST,
     PERSIST,
     STOP_TIMEOUT,
-    CancelRequest,
-    SyncRequest,
     address,
-    decode_request,
     peer_credentials,
     socket_path,
 )
+from .agent_protocol import CancelRequest, SyncRequest, decode_request
 from .cancel import CancelRegistry
 from .errors import (
     AgentError,

@@ -3,7 +3,7 @@
 What it owns: where the socket is (``DIR/.remote-sync/agent.sock``) and how to reach a path
 longer than ``AF_UNIX`` allows, the request a client sends (:func:`sync_request`, written by
 :func:`encode_line`; the agent reads it as :mod:`remote_sync.agent_protocol`'s
-:class:`SyncRequest`, named here too, as is :class:`CancelRequest`), the peer's uid
+:class:`~remote_sync.agent_protocol.SyncRequest`), the peer's uid
 (``SO_PEERCRED``), the client's side of a connection (:func:`connect`, :class:`AgentLink`)
 and the events it reads, kept as the line each came in (:class:`AgentEvent`), each checked
 for no more than what the client reads of it: UTF-8 JSON (no NaN or Infinity) of an object
@@ -59,10 +59,7 @@ from .errors import AgentError, RemoteSyncError
 from .sinks import json_safe, one_line
 
 if TYPE_CHECKING:
-    # Named here for the type checker; at run time by __getattr__, when asked for.
-    from .agent_protocol import CancelRequest as CancelRequest
-    from .agent_protocol import SyncRequest as SyncRequest
-    from .agent_protocol import decode_request as decode_request
+    from .agent_protocol import CancelRequest, SyncRequest
     from .events import Event
 
 #: The default ``--persist``: a connection nobody used for 10 minutes is closed.
@@ -92,17 +89,6 @@ _SUN_PATH_MAX = 107
 def socket_path(dest: Path) -> Path:
     """Where the agent of the mirror ``dest`` listens."""
     return dest / CONTROL_DIR / SOCKET_NAME
-
-
-def __getattr__(name: str) -> Any:
-    """The agent's Structs of the requests, named here as they always were, imported when
-    first asked for: they need msgspec, which a client never imports (see
-    :mod:`remote_sync.agent_protocol`)."""
-    if name in ("SyncRequest", "CancelRequest", "decode_request"):
-        from . import agent_protocol
-
-        return getattr(agent_protocol, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sync_request(

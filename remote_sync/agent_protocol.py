@@ -1,7 +1,7 @@
 """The agent's side of its protocol's requests: decoded with msgspec, each field checked.
 
 What it owns: :class:`SyncRequest` and :class:`CancelRequest` as the agent reads them, and
-:func:`decode_request`. Apart from :mod:`remote_sync.agent_link` (which names them too) so
+:func:`decode_request`. Apart from :mod:`remote_sync.agent_link` so
 that a client, which only writes a request (:func:`~remote_sync.agent_link.sync_request`),
 never imports msgspec. The protocol itself is described in :mod:`remote_sync.agent_link`.
 """

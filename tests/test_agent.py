@@ -52,7 +52,7 @@ from synchelp import (
 
 from remote_sync import agent as agent_module
 from remote_sync.agent import Agent
-from remote_sync.agent_link import SyncRequest
+from remote_sync.agent_protocol import SyncRequest
 from remote_sync.cancel import CancelToken
 from remote_sync.errors import AgentError, ConfigError, DestinationError, MirrorError
 from remote_sync.events import (
@@ -962,7 +962,7 @@ async def test_a_client_that_reads_nothing_of_a_large_round_has_its_sync_cancell
 def test_a_request_with_a_field_the_agent_does_not_know_is_refused_not_dropped() -> None:
     """A newer client's option, unknown to this agent, was dropped without a word and the
     sync run without it: the request is refused (the client then runs the sync itself)."""
-    from remote_sync.agent_link import decode_request
+    from remote_sync.agent_protocol import decode_request
     from remote_sync.errors import AgentRefusedError
 
     line = b'{"type":"sync","version":1,"inventory":"/i.toml","exclude":["x"]}'
@@ -983,7 +983,8 @@ def test_a_request_is_one_line_whatever_its_names_hold(
     """A sync request is one line for any line splitter (U+0085, U+2028 and U+2029 written
     escaped, as on every JSON line we write, where they went raw), and the agent reads the
     request that was sent."""
-    from remote_sync.agent_link import SyncRequest, decode_request, encode_line
+    from remote_sync.agent_link import encode_line
+    from remote_sync.agent_protocol import SyncRequest, decode_request
 
     request = SyncRequest(inventory=inventory, hosts=hosts, tags=tags)
     line = encode_line(request)
@@ -1013,7 +1014,8 @@ def test_the_clients_request_is_the_one_the_agent_reads(
     """The client writes its request without msgspec (sync_request, a mapping): the agent
     reads the very request the Struct would have sent, and a name that is no text (a lone
     surrogate) is a UnicodeEncodeError as it was (the client then runs the sync itself)."""
-    from remote_sync.agent_link import decode_request, encode_line, sync_request
+    from remote_sync.agent_link import encode_line, sync_request
+    from remote_sync.agent_protocol import decode_request
 
     asked = dict(inventory=inventory, hosts=hosts, tags=tags, dry_run=dry_run, index=False)
     asked.update(concurrency=concurrency, idle_timeout=idle_timeout, compress=compress)

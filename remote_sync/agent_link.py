@@ -13,8 +13,9 @@ summary's ``exit_code`` an exit status (0-255); the rest is passed on as it came
 this package's own process, writes them from :mod:`remote_sync.events`' Structs). And the
 agent's defaults, which the CLI and the library take without importing the agent.
 Standard library only: a ``remote-sync sync`` that goes through the agent never imports
-asyncssh, anyio or the engine, which is most of what the agent saves it, nor msgspec or
-logging (a third of what was left of its start-up).
+asyncssh, anyio or the engine, which is most of what the agent saves it, and under
+``--json`` no msgspec or logging either (a third of what was left of its start-up; the live
+display decodes the events it shows, and logs).
 
 The protocol is JSON lines over the socket (one object per line, UTF-8):
 
@@ -51,16 +52,12 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import AgentError, RemoteSyncError
 from .sinks import json_safe, one_line
-
-if TYPE_CHECKING:
-    from .agent_protocol import CancelRequest, SyncRequest
-    from .events import Event
 
 #: The default ``--persist``: a connection nobody used for 10 minutes is closed.
 PERSIST = 600.0
@@ -119,19 +116,14 @@ def sync_request(
     }
 
 
-def encode_line(message: SyncRequest | CancelRequest | Mapping[str, Any]) -> bytes:
-    """``message`` (a request's Struct, or its mapping: :func:`sync_request`) as its line of
-    the protocol. A name that is not UTF-8 (a surrogate) is a UnicodeEncodeError. U+0085,
+def encode_line(message: Mapping[str, Any]) -> bytes:
+    """``message`` (a request's mapping: :func:`sync_request`) as its line of the protocol.
+    A name that is not UTF-8 (a surrogate) is a UnicodeEncodeError. U+0085,
     U+2028 and U+2029 (a host or tag as typed may hold them) are written escaped, as on
     every JSON line we write (:func:`~remote_sync.sinks.one_line`): the agent splits only at
     ``\n`` and decodes either form alike (an agent of an earlier release too), but other
     line splitters (a script reading a captured exchange) split at them."""
-    if isinstance(message, Mapping):
-        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
-    else:
-        import msgspec  # loaded already: the Struct was made with it
-
-        data = msgspec.json.encode(message)
+    data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
     return one_line(data) + b"\n"
 
 
@@ -205,7 +197,7 @@ class AgentLink:
         self._reader.close()
         self.sock.close()
 
-    def send(self, request: SyncRequest | Mapping[str, Any]) -> None:
+    def send(self, request: Mapping[str, Any]) -> None:
         self.sock.sendall(encode_line(request))
 
     def cancel(self) -> None:
@@ -213,20 +205,12 @@ class AgentLink:
         with contextlib.suppress(OSError):
             self.sock.sendall(CANCEL_LINE)
 
-    def events(self) -> Iterator[Event]:
-        """The events the agent sends, until it closes the connection, as the Structs of
-        :mod:`remote_sync.events` (which imports msgspec: the command line relays
-        :meth:`lines` instead); a line :func:`~remote_sync.events.decode_event` refuses raises
-        its error (msgspec's)."""
-        from .events import decode_event
-
-        for event in self.lines():
-            yield decode_event(event.line)
-
-    def lines(self) -> Iterator[AgentEvent]:
+    def lines(self, decode: Callable[[bytes], Any] | None = None) -> Iterator[AgentEvent]:
         """The events the agent sends, until it closes the connection, each kept as the line
         it came in (see :class:`AgentEvent`) once what the client reads of it is checked (see
-        the module's docstring); a line that fails is an :class:`AgentError`."""
+        the module's docstring), and decoded by ``decode`` when one is given (the live
+        display reads every field: :func:`remote_sync.events.decode_event`); a line that
+        fails either is an :class:`AgentError`."""
         while True:
             try:
                 line = self._reader.readline()
@@ -241,11 +225,17 @@ class AgentLink:
             if not line.endswith(b"\n"):
                 return  # cut mid-line: the agent died writing it
             fields = _checked_event(line)
+            decoded: Any = None
+            if fields is not None and decode is not None:
+                try:
+                    decoded = decode(line)
+                except ValueError:  # msgspec's errors are ValueErrors
+                    fields = None
             if fields is None:
                 raise AgentError(
                     f"the agent sent a line that is no event: {_shown(line)}", path=str(self.path)
                 )
-            yield AgentEvent(line, fields)
+            yield AgentEvent(line, fields, decoded)
 
 
 def _shown(line: bytes) -> str:
@@ -255,13 +245,15 @@ def _shown(line: bytes) -> str:
 class AgentEvent:
     """One event the agent sent: its ``line`` as it came (the agent's ``sync --json`` line,
     its newline included), which the command line passes on under ``--json`` as it is, and
-    its ``fields`` as JSON reads them (``fields["type"]`` its kind)."""
+    its ``fields`` as JSON reads them (``fields["type"]`` its kind), and what
+    :meth:`AgentLink.lines`' ``decode`` made of it (None without one)."""
 
-    __slots__ = ("fields", "line")
+    __slots__ = ("decoded", "fields", "line")
 
-    def __init__(self, line: bytes, fields: dict[str, Any]) -> None:
+    def __init__(self, line: bytes, fields: dict[str, Any], decoded: Any = None) -> None:
         self.line = line
         self.fields = fields
+        self.decoded = decoded
 
     @classmethod
     def of_error(cls, exc: RemoteSyncError) -> AgentEvent:

@@ -11,7 +11,7 @@ is a cancellation (exit 130), :class:`LockedError` another run holding the desti
 Also how what a host holds is said: :func:`path_text` and :func:`path_bytes` for paths,
 :func:`showable` for a terminal (and, through it, for the log lines the commands print on
 stderr: :mod:`remote_sync.logformat`). No logging imported here: the client of the agent
-loads this module and never logs.
+loads this module, and under ``--json`` logs only when a sink fails.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ library only at import time.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -128,20 +129,20 @@ def stdout_to_devnull() -> None:
         os.close(devnull)
 
 
-_surrogate: re.Pattern[str] | None = None
-
-
 def json_safe(text: str) -> str:
     """``text`` with lone surrogates (undecodable bytes kept by ``surrogateescape``) written as
     backslash escapes (``\\xff``, as ``backslashreplace`` shows them), so it encodes as UTF-8."""
-    global _surrogate
     if text.isascii():
         return text
-    if _surrogate is None:  # compiled when first needed: most runs never see a non-ASCII name
-        import re
+    return _surrogate().sub(escape_surrogate, text)
 
-        _surrogate = re.compile("[\ud800-\udfff]")
-    return _surrogate.sub(escape_surrogate, text)
+
+@functools.cache
+def _surrogate() -> re.Pattern[str]:
+    """Compiled when first needed: most runs never see a non-ASCII name."""
+    import re
+
+    return re.compile("[\ud800-\udfff]")
 
 
 def one_line(data: bytes) -> bytes:

@@ -52,6 +52,7 @@ from synchelp import (
 
 from remote_sync import agent as agent_module
 from remote_sync.agent import Agent
+from remote_sync.agent_link import AgentLink
 from remote_sync.agent_protocol import SyncRequest
 from remote_sync.cancel import CancelToken
 from remote_sync.errors import AgentError, ConfigError, DestinationError, MirrorError
@@ -987,7 +988,7 @@ def test_a_request_is_one_line_whatever_its_names_hold(
     from remote_sync.agent_protocol import SyncRequest, decode_request
 
     request = SyncRequest(inventory=inventory, hosts=hosts, tags=tags)
-    line = encode_line(request)
+    line = encode_line(_request(request))
     assert line.endswith(b"\n") and len(line.decode().splitlines()) == 1
     assert decode_request(line) == request
 
@@ -1020,7 +1021,7 @@ def test_the_clients_request_is_the_one_the_agent_reads(
     asked = dict(inventory=inventory, hosts=hosts, tags=tags, dry_run=dry_run, index=False)
     asked.update(concurrency=concurrency, idle_timeout=idle_timeout, compress=compress)
     try:
-        struct_line = encode_line(SyncRequest(**asked))  # type: ignore[arg-type]
+        struct_line = msgspec.json.encode(SyncRequest(**asked))  # type: ignore[arg-type]
     except UnicodeEncodeError:
         with pytest.raises(UnicodeEncodeError):
             encode_line(sync_request(**asked))  # type: ignore[arg-type]
@@ -1060,9 +1061,21 @@ def _json_text(value: Any) -> str:
     return text.replace("-Infinity", "-1e999").replace("Infinity", "1e999")
 
 
-def _relayed(lines: list[bytes]) -> tuple[int | None, list[bytes]]:
-    """What the client of the agent makes of ``lines`` sent by an agent (under ``--json``):
-    its exit code and the lines it relays."""
+def _request(request: SyncRequest) -> dict[str, Any]:
+    """``request`` as the client sends it (agent_link.sync_request's mapping)."""
+    return msgspec.to_builtins(request)  # type: ignore[no-any-return]
+
+
+def _events(link: AgentLink) -> list[Event]:
+    """The events the agent sends on ``link`` until it closes it, decoded."""
+    return [event.decoded for event in link.lines(decode_event)]
+
+
+def _relayed(
+    lines: list[bytes], decode: Callable[[bytes], Event] | None = None
+) -> tuple[int | None, list[bytes]]:
+    """What the client of the agent makes of ``lines`` sent by an agent (under ``--json``,
+    or with ``decode`` the live display's): its exit code and the lines it passes on."""
     from remote_sync import agent_link
     from remote_sync.cli.sync import _agent_events
 
@@ -1077,7 +1090,7 @@ def _relayed(lines: list[bytes]) -> tuple[int | None, list[bytes]]:
     relayed: list[bytes] = []
     try:
         with agent_link.AgentLink(ours, Path("agent.sock")) as link:
-            code = _agent_events(link, lambda event: relayed.append(event.line), True, None)
+            code = _agent_events(link, lambda event: relayed.append(event.line), decode, None)
     finally:
         writer.join()
     return code, relayed
@@ -1156,6 +1169,43 @@ def test_the_client_passes_on_what_it_does_not_read_as_it_came() -> None:
     assert _relayed(lines) == (2, lines)
 
 
+def test_the_live_display_takes_a_line_it_cannot_show_for_no_event() -> None:
+    """The live display reads every field of an event: a line that passes what ``--json``
+    reads of it but not the event's Struct (a progress line without its counts, a summary
+    of too few fields) stops the sync as a line that is no event does, exit 1, where it
+    reached the display's sink, which logged the decoding error and went on to exit 0."""
+    lines = [
+        encode_event(_SAMPLE_EVENTS[0]) + b"\n",
+        b'{"type":"progress","host":"h","phase":"fetching"}\n',
+        b'{"type":"summary","exit_code":0,"hosts_ok":1}\n',
+    ]
+    assert _relayed(lines, decode_event) == (1, lines[:1])
+    assert _relayed(lines[1:], decode_event) == (1, [])
+    assert _relayed(lines[2:], decode_event) == (1, [])
+    assert _relayed([*lines[:1], _SUMMARY_LINE], decode_event) == (0, [*lines[:1], _SUMMARY_LINE])
+    # under --json the client reads no more than the exit code: passed on as they came
+    assert _relayed(lines[1:]) == (0, lines[1:])
+    assert _followed(lines[1:], json=False) == 1
+    assert _followed([*lines[:1], _SUMMARY_LINE], json=False) == 0
+
+
+def _followed(lines: list[bytes], *, json: bool) -> int | None:
+    """The exit code of the sync command's client of an agent that sends ``lines``."""
+    import argparse
+
+    from remote_sync.cli.sync import _follow_agent
+
+    ours, theirs = socket.socketpair()
+    writer = threading.Thread(target=lambda: theirs.sendall(b"".join(lines)) or theirs.close())
+    writer.start()
+    try:
+        with AgentLink(ours, Path("agent.sock")) as link:
+            args = argparse.Namespace(json=json, dest="mirror", verbose=0)
+            return _follow_agent(link, args)
+    finally:
+        writer.join()
+
+
 def test_a_line_nested_past_jsons_recursion_is_no_event_not_a_crash() -> None:
     """json's RecursionError on a line nested deeper than it goes escaped the client (a
     traceback, exit 1 without the error event): the line is no event, an AgentError."""
@@ -1202,8 +1252,8 @@ def _asked(dest: Path, inv: Path, *, hosts: list[str] | None = None, dry_run: bo
     link = agent_link.connect(dest)
     assert link is not None
     with link:
-        link.send(SyncRequest(inventory=str(inv), hosts=hosts or [], dry_run=dry_run))
-        return list(link.events())
+        link.send(_request(SyncRequest(inventory=str(inv), hosts=hosts or [], dry_run=dry_run)))
+        return _events(link)
 
 
 def _one_host_inventory(tmp_path: Path) -> Path:
@@ -1432,8 +1482,8 @@ async def test_a_sync_closes_connections_by_its_own_reading_of_the_inventory(
         link = agent_link.connect(dest)
         assert link is not None
         with link:
-            link.send(SyncRequest(inventory=str(inv)))
-            return list(link.events())
+            link.send(_request(SyncRequest(inventory=str(inv))))
+            return _events(link)
 
     async with _serving(agent, 120):
         await synced()
@@ -1688,8 +1738,8 @@ async def test_a_scheduled_sync_due_while_a_requests_sync_runs_is_skipped_and_lo
         nonlocal link
         link = agent_link.connect(dest)
         assert link is not None
-        link.send(SyncRequest(inventory=str(inv), hosts=["stuck"]))
-        client.extend(link.events())
+        link.send(_request(SyncRequest(inventory=str(inv), hosts=["stuck"])))
+        client.extend(event.decoded for event in link.lines(decode_event))
 
     with anyio.fail_after(120):
         async with anyio.create_task_group() as tg:
@@ -2088,8 +2138,8 @@ def test_an_agent_out_of_descriptors_pauses_accepting_and_goes_on(tmp_path: Path
         link = agent_link.connect(dest)
         assert link is not None
         with link:
-            link.send(SyncRequest(inventory=str(tmp_path / "other.toml")))
-            (refused,) = list(link.events())
+            link.send(_request(SyncRequest(inventory=str(tmp_path / "other.toml"))))
+            (refused,) = _events(link)
         assert isinstance(refused, ErrorEvent) and refused.kind == "agent_refused"
         assert agent.poll() is None
     finally:

@@ -209,7 +209,8 @@ def _sync_output(
 ) -> Iterator[tuple[Emit, _OutputWatch[Event], Callable[[], None] | None]]:
     """Where the events of a sync run here go: ``json_out`` (``--json``), else the live
     display of the mirror ``dest``, for as long as the block runs (a sync run by the agent
-    has sinks of the same kinds for the agent's lines: :func:`_follow_agent`). Yields the sink
+    shows its events through the same display, and under ``--json`` has sinks of the same
+    kinds for the agent's lines: :func:`_follow_agent`). Yields the sink
     to give the events, the watch of its writes (:func:`_with_lost_output`), and what stops
     the display (None for JSON lines)."""
     from ..events import ThrottledProgress, guarded
@@ -328,33 +329,36 @@ def _sync_through_agent(args: argparse.Namespace) -> int | None:
 
 def _follow_agent(link: AgentLink, args: argparse.Namespace) -> int | None:
     """The agent's events shown as a run here shows its own: under ``--json`` each line
-    passed on as the agent wrote it (the same bytes a run here writes), else decoded for the
-    live display. The sinks are those of a run here (:func:`_sync_output`), but for the
-    agent's lines (:class:`~remote_sync.agent_link.AgentEvent`): with no event Structs, the
-    client imports no msgspec; and logging is set up only if a sink fails, to say so."""
-    from ..sinks import Throttled, guarded, line_writer
-
-    def logging_setup() -> None:
-        setup_logging(args.verbose)
-
-    def throttled(out: Callable[[AgentEvent], None], interval: float) -> _AgentEmit:
-        setup = logging_setup if args.json else None
-        return guarded(Throttled(out, _fetching_host, interval), logging_setup=setup)
-
-    watch: _OutputWatch[AgentEvent]
+    passed on as the agent wrote it (the same bytes a run here writes), through sinks like
+    those of a run here but for the agent's lines
+    (:class:`~remote_sync.agent_link.AgentEvent`): with no event Structs, the client imports
+    no msgspec, and logging is set up only if a sink fails, to say so. The live display
+    reads every field of an event: there each line is decoded as it is read (a line that
+    fails stops the sync as one that is no event does) and shown through a run here's own
+    sinks (:func:`_sync_output`)."""
     if args.json:
-        write = line_writer()
-        watch = _OutputWatch(lambda event: write(event.line))
-        code = _agent_events(link, throttled(watch, 0.5), args.json, None)
-    else:
-        from ..events import decode_event
-        from ..render import RichRenderer
+        from ..sinks import Throttled, guarded, line_writer
 
-        logging_setup()  # beside rich's imports, logging's hardly count
-        with RichRenderer(dest=str(args.dest)) as renderer:
-            watch = _OutputWatch(lambda event: renderer(decode_event(event.line)))
-            code = _agent_events(link, throttled(watch, 0.1), args.json, renderer.progress.stop)
-    return None if code is None else _with_lost_output(code, watch)
+        write = line_writer()
+        watch: _OutputWatch[AgentEvent] = _OutputWatch(lambda event: write(event.line))
+
+        def logging_setup() -> None:
+            setup_logging(args.verbose)
+
+        emit = guarded(Throttled(watch, _fetching_host, 0.5), logging_setup=logging_setup)
+        code = _agent_events(link, emit, None, None)
+        return None if code is None else _with_lost_output(code, watch)
+    from ..events import decode_event
+
+    setup_logging(args.verbose)  # beside rich's imports, logging's hardly count
+    with _sync_output(None, args.dest) as (show, shown, stop_display):
+
+        def show_agent_event(event: AgentEvent) -> None:
+            # decoded as it was read, but for this client's own errors (AgentEvent.of_error)
+            show(event.decoded if event.decoded is not None else decode_event(event.line))
+
+        code = _agent_events(link, show_agent_event, decode_event, stop_display)
+    return None if code is None else _with_lost_output(code, shown)
 
 
 def _fetching_host(event: AgentEvent) -> str | None:
@@ -367,11 +371,15 @@ def _fetching_host(event: AgentEvent) -> str | None:
 
 
 def _agent_events(
-    link: AgentLink, emit: _AgentEmit, json: bool, stop_display: Callable[[], None] | None
+    link: AgentLink,
+    emit: _AgentEmit,
+    decode: Callable[[bytes], Event] | None,
+    stop_display: Callable[[], None] | None,
 ) -> int | None:
-    """Pass the agent's events to ``emit`` until it closes; the exit code a run here would
-    have had (from the summary, else from the error that stopped the sync), or None when the
-    agent refused the request. An error is held until the next event: the last one, with
+    """Pass the agent's events to ``emit`` until it closes, each decoded by ``decode`` first
+    when one is given (the live display's; none under ``--json``); the exit code a run here
+    would have had (from the summary, else from the error that stopped the sync), or None
+    when the agent refused the request. An error is held until the next event: the last one, with
     no summary after it, stopped the sync, and is reported as a run here reports such an
     error (a refusal is not shown at all: the sync runs here instead)."""
     from ..agent_link import AgentEvent
@@ -381,7 +389,7 @@ def _agent_events(
     exit_code_of_summary: int | None = None
     with _cancel_on_signals(link, emit, stop_display):
         try:
-            for event in link.lines():
+            for event in link.lines(decode):
                 if held is not None:
                     emit(held)
                     held = None
@@ -409,7 +417,7 @@ def _agent_events(
     if fields["kind"] == "agent_refused":
         say(RemoteSyncError(f"the agent cannot serve this sync: {error}"))
         return None
-    if json:
+    if decode is None:  # under --json, as a run here prints it; the display shows none
         emit(held)
     say(error)
     return exit_code(fields["kind"])

@@ -1886,7 +1886,7 @@ def test_a_preflight_loads_its_keys_again_only_when_a_file_it_read_changed(
     a round); a load that went well is now kept while the files it read are as they were.
     A key edited, replaced by one that does not load, or given a ``.pub`` beside it is
     loaded again, and a load that failed is made again (and fails again) at every pre-flight."""
-    monkeypatch.setattr(filecache, "_RECENT_NS", 0)  # each change below changes the size
+    monkeypatch.setattr(filecache, "_RECENT_NS", 0)  # no file is taken for one changed just now
     monkeypatch.setattr(options, "_KEYS_LOADED", {}, raising=False)
     loads: list[object] = []
     load = asyncssh.load_keypairs
@@ -1903,8 +1903,12 @@ def test_a_preflight_loads_its_keys_again_only_when_a_file_it_read_changed(
     key = tmp_path / "id_box"
 
     def write_key(data: bytes) -> None:
-        key.write_bytes(data)
-        key.chmod(0o600)
+        # replaced, as ssh-keygen does: a new inode whatever the size (two ed25519 keys have
+        # the same) and however coarse the clock's times
+        fresh = tmp_path / "id_box.new"
+        fresh.write_bytes(data)
+        fresh.chmod(0o600)
+        fresh.replace(key)
 
     write_key(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
     ep = Endpoint(
